@@ -15,7 +15,7 @@ MOVE_FILES = ("Move.toml", "sources/*.move", "tests/*.move")
 
 class BuildPyWithMove(build_py):
     """build_py that also copies move/dtp to dtp/move/dtp, where an installed `dtp deploy`
-    finds it (a checkout's own move/dtp comes first; dtp.cli.ledger)."""
+    finds it (a checkout's own move/dtp comes first; dtp.cli._ledger)."""
 
     def run(self) -> None:
         super().run()

@@ -2,7 +2,7 @@
 stream of short connections has gone through it -- 80,000 of them, at most 64
 connecting at once, each one echo of 100 bytes -- ours (``dtp.aio``) against asyncio +
 TLS 1.3 (Python's ``ssl``), each server in a process of its own (bench/netpeers.py),
-measured 5 s after the last connection (dtp.transport.admission gives the heap back at such a
+measured 5 s after the last connection (dtp.transport._admission gives the heap back at such a
 quiet moment, and once more 3 s later). The ratio is TLS's RSS over ours: higher is
 better, bar 0.5. Before, ours held 420 MiB against 45 MiB (0.11)."""
 

@@ -35,33 +35,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # (each module is imported before any is wrapped: see Phases.wrap)
 CLIENT_PHASES = [
-    ("dtp.hostid.connect", "prepare_connecting_early"),
-    ("dtp.hostid.connect", "resolve_service"),
-    ("dtp.ledger.local.ledger", "LocalLedger.prepare_open_connection"),
+    ("dtp.hostid._connect", "prepare_connecting_early"),
+    ("dtp.hostid._connect", "resolve_service"),
+    ("dtp.ledger.local._ledger", "LocalLedger.prepare_open_connection"),
     ("dtp.ledger.interface", "PendingOpen.execute"),
-    ("dtp.hostid.payment_hook", "MeteredClient.__init__"),
-    ("dtp.transport.blocking.connect", "connect"),
-    ("dtp.identity.noise", "Handshake.read_message"),
-    ("dtp.identity.noise", "Handshake.write_message"),
-    ("dtp.transport.blocking.socket", "DTPSocket.sendall"),
-    ("dtp.transport.blocking.socket", "DTPSocket.recv"),
-    ("dtp.transport.blocking.socket", "DTPSocket.close"),
+    ("dtp.hostid._payment_hook", "MeteredClient.__init__"),
+    ("dtp.transport.blocking._connect", "connect"),
+    ("dtp.identity._noise", "Handshake.read_message"),
+    ("dtp.identity._noise", "Handshake.write_message"),
+    ("dtp.transport.blocking._socket", "DTPSocket.sendall"),
+    ("dtp.transport.blocking._socket", "DTPSocket.recv"),
+    ("dtp.transport.blocking._socket", "DTPSocket.close"),
 ]
 SERVER_PHASES = [
-    ("dtp.transport.blocking.server", "DTPServer._serve_one"),
-    ("dtp.transport.blocking.server", "DTPServer._handshake"),
-    ("dtp.transport.blocking.server", "DTPServer._run_hook"),
-    ("dtp.hostid.admission", "while_opening"),
-    ("dtp.ledger.local.reads", "LedgerReads.connection_view"),
-    ("dtp.ledger.local.reads", "LedgerReads.change_marker"),
-    ("dtp.identity.noise", "Handshake.read_message"),
-    ("dtp.identity.noise", "Handshake.write_message"),
-    ("dtp.hostid.paid.blocking_server", "served_refusal"),
-    ("dtp.hostid.paid.blocking_server", "gate_for"),
-    ("dtp.transport.blocking.socket", "DTPSocket.recv_into"),
-    ("dtp.hostid.paid.blocking_server", "PaidServer._end"),
-    ("dtp.payments.settlement", "_read_end"),
-    ("dtp.ledger.local.ledger", "LocalLedger.settle_with_receipt"),
+    ("dtp.transport.blocking._server", "DTPServer._serve_one"),
+    ("dtp.transport.blocking._server", "DTPServer._handshake"),
+    ("dtp.transport.blocking._server", "DTPServer._run_hook"),
+    ("dtp.hostid._admission", "while_opening"),
+    ("dtp.ledger.local._reads", "LedgerReads.connection_view"),
+    ("dtp.ledger.local._reads", "LedgerReads.change_marker"),
+    ("dtp.identity._noise", "Handshake.read_message"),
+    ("dtp.identity._noise", "Handshake.write_message"),
+    ("dtp.hostid.paid._blocking_server", "served_refusal"),
+    ("dtp.hostid.paid._blocking_server", "gate_for"),
+    ("dtp.transport.blocking._socket", "DTPSocket.recv_into"),
+    ("dtp.hostid.paid._blocking_server", "PaidServer._end"),
+    ("dtp.payments._settlement", "_read_end"),
+    ("dtp.ledger.local._ledger", "LocalLedger.settle_with_receipt"),
 ]
 
 
@@ -96,7 +96,7 @@ class Phases:
 
         setattr(owner, name, timed)
         if not path:
-            # a function imported by name elsewhere (dtp.hostid.blocking's connect) is
+            # a function imported by name elsewhere (dtp.hostid._blocking's connect) is
             # called through that name: it is rebound there too
             for mod in list(sys.modules.values()):
                 ours = getattr(mod, "__name__", "").startswith(("dtp.", "bench."))
@@ -129,7 +129,7 @@ def _threads_cpu_ns(pid: int) -> dict[str, int]:
 
 def _serve(report: str, args: list[str]) -> None:
     import bench.hostid_rows as rows
-    import dtp.hostid.paid.blocking_server  # noqa: F401  (its imported names are rebound too)
+    import dtp.hostid.paid._blocking_server  # noqa: F401  (its imported names are rebound too)
 
     phases = Phases()
     for module, qualname in SERVER_PHASES:
@@ -163,7 +163,7 @@ def _wait_for(path: str) -> dict[str, Any]:
 def measure(connections: int, plain: bool = False) -> dict[str, Any]:
     """Each side's phases and threads, µs per connection (the server's only by host ID)."""
     import bench.hostid_rows as rows
-    import dtp.hostid.blocking  # (its imported names are rebound too)
+    import dtp.hostid._blocking  # (its imported names are rebound too)
     import dtp.socket
     from bench.net import Peer, _pingpong
 

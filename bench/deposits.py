@@ -2,7 +2,7 @@
 
 A connection whose fee does not cover the gas of its settlement is not settled by its
 server: its client half-closes it, and the process's refund collector
-(:func:`dtp.payments.refunds.refunds_for`) waits out the half-close timeout (10 minutes
+(:func:`dtp.payments._refunds.refunds_for`) waits out the half-close timeout (10 minutes
 of ledger time) before taking the deposit back. A collector that still waits when the
 process exits logs each deposit with the ``dtp refund`` command that recovers it, which
 is what a real client needs to know. A benchmark's ledger is thrown away with its row,
@@ -12,10 +12,10 @@ so the row takes its deposits back itself before closing that ledger.
 from __future__ import annotations
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
-from dtp.payments.refunds import collect_refund, refunds_for
+from dtp.payments._refunds import collect_refund, refunds_for
 
 __all__ = ["take_back_deposits"]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from bench.workload import Workload
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Receipt, ReceiptScope
 
 __all__ = ["sponsored_cycle", "subscribed_open_close"]

@@ -53,7 +53,7 @@ from bench.workload import Workload
 from dtp.graph import Graph, connect, link
 from dtp.graph.values import encode_value
 from dtp.native.core import NativeHamGraph, encode_ham_batch
-from dtp.native.reference.ham import decode_ham_batch
+from dtp.native.reference._ham import decode_ham_batch
 from dtp.native.types import HamUpdate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,9 +30,9 @@ from bench.deposits import take_back_deposits
 from bench.net import MB, Peer, _pingpong, _send_bulk, _tls_connect
 from bench.workload import Workload
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.payments.metering import MeteringConfig
 

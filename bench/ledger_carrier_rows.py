@@ -25,8 +25,8 @@ import dtp.socket
 from bench.deposits import take_back_deposits
 from bench.workload import Workload
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 
 __all__ = ["ledger_carrier_bulk"]
 

@@ -12,10 +12,10 @@ import tempfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.workload import Workload
-from dtp.identity import ed25519
+from dtp.identity import _ed25519 as ed25519
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Receipt, ReceiptScope, check_receipt
 
 __all__ = ["ledger_open_close", "receipt_verify"]

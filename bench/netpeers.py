@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # 256 KiB recv() results, reader.read()'s) are fresh mmaps, or a heap top grown and
 # trimmed, each read (perf stat: 5 page faults against 119,000 for 256 MiB), and which
 # side of the threshold a server sits on changes tcp_bulk_asyncio about 2x. The DTP
-# server reads its carrier into one reused buffer (dtp/transport/asyncio/protocol.py):
+# server reads its carrier into one reused buffer (dtp/transport/asyncio/_protocol.py):
 # those reads do not depend on it, its readers' read() results still do.
 
 

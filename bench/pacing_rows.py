@@ -26,11 +26,11 @@ from bench.deposits import take_back_deposits
 from bench.workload import Workload
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.engine import PaidConnectionEngine
+from dtp.hostid.paid._engine import PaidConnectionEngine
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
-from dtp.transport.blocking.socket import SEND_HIGH_WATER
+from dtp.transport.blocking._socket import SEND_HIGH_WATER
 
 __all__ = ["PACING_ROWS", "paid_rate_smoothness", "upload_shares"]
 

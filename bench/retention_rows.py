@@ -1,6 +1,6 @@
 """Benchmark row ``ledger_retention_bulk``: what data retention costs on the ledger carrier.
 
-Two sans-I/O connections over :class:`~dtp.hostid.ledger_carrier.carrier.LedgerLink` on
+Two sans-I/O connections over :class:`~dtp.hostid.ledger_carrier._carrier.LedgerLink` on
 one LocalLedger file (frozen clock, no sockets, so the ledger's work is what is measured).
 Ours: ``total``
 bytes one way with ``retention_terms`` (a retention time of 0): every data payload is a
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bench.workload import Workload
-from dtp.hostid.ledger_carrier.bridge import ledger_config
-from dtp.hostid.ledger_carrier.carrier import LedgerCarrier, LedgerLink
+from dtp.hostid.ledger_carrier._bridge import ledger_config
+from dtp.hostid.ledger_carrier._carrier import LedgerCarrier, LedgerLink
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.protocol._events import PeerAuthenticated, StreamDataReceived
 from dtp.protocol.connection import Connection, ConnectionConfig
-from dtp.protocol.events import PeerAuthenticated, StreamDataReceived
 
 __all__ = ["ledger_retention_bulk"]
 

@@ -66,7 +66,7 @@ def serve_aio(backend: tuple[str, int]) -> None:
     import asyncio
 
     import dtp.aio
-    from dtp.hostid.udp.asyncio import relay_udp_async
+    from dtp.hostid.udp._asyncio import relay_udp_async
 
     identity = HostIdentity.generate()
 

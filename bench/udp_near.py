@@ -1,7 +1,7 @@
 """The near side of the udp_tunnel_pps row, in its own process, as the services daemon
 runs apart from the applications it serves: a local UDP endpoint that carries datagrams
 to the far side (bench/udp_far.py) and back, either through DTP (``dtp-aio``: the
-daemon's asyncio forwarder, dtp.hostid.udp.asyncio; ``dtp``: the dtp.hostid.udp threads) or
+daemon's asyncio forwarder, dtp.hostid.udp._asyncio; ``dtp``: the dtp.hostid.udp threads) or
 as a plain Python UDP relay (``plain``).
 
     python bench/udp_near.py {dtp-aio,dtp,plain} FAR_PORT [FAR_KEY_HEX]
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dtp.aio
 import dtp.socket
 from dtp.hostid.udp import UdpForwarder
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder
 
 
 class PlainNearRelay:

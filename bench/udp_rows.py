@@ -79,7 +79,7 @@ def _drive(
 
 def udp_tunnel_pps(count: int = 4096, path: str = "daemon") -> Workload:
     """``path="daemon"``: the services daemon's asyncio forwarder and relay
-    (dtp.hostid.udp.asyncio); ``"blocking"``: the dtp.hostid.udp threads."""
+    (dtp.hostid.udp._asyncio); ``"blocking"``: the dtp.hostid.udp threads."""
     kind = "dtp-aio" if path == "daemon" else "dtp"
     sides: list[_Side] = []
     try:

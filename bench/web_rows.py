@@ -103,7 +103,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def missing() -> str | None:
     """Why the row cannot run here (chromium, or the client's npm packages), or None."""
-    from dtp.cli.chromium import chromium_path
+    from dtp.cli._chromium import chromium_path
 
     if chromium_path() is None:
         return "ws_rpc_roundtrip needs chromium (apt-get install -y chromium)"
@@ -145,7 +145,7 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
     from websockets.asyncio.server import serve as ws_serve
 
     from bench.netpeers import make_tls_context
-    from dtp.cli.chromium import Chromium
+    from dtp.cli._chromium import Chromium
 
     runner = _Loop()
     server_identity = HostIdentity.generate()

@@ -61,10 +61,10 @@ if TYPE_CHECKING:
     )
     from dtp.graph import Graph
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger._objects import Sla
+    from dtp.ledger._open import open_ledger
     from dtp.ledger.interface import Ledger
     from dtp.ledger.local import LocalLedger
-    from dtp.ledger.objects import Sla
-    from dtp.ledger.open import open_ledger
     from dtp.ledger.sui import SuiLedger
     from dtp.messaging.rpc import RpcClient, RpcServer
     from dtp.payments.metering import MeteringConfig
@@ -91,8 +91,8 @@ _FACE: dict[str, str | None] = {
     "Ledger": "dtp.ledger.interface",
     "LocalLedger": "dtp.ledger.local",
     "SuiLedger": "dtp.ledger.sui",
-    "open_ledger": "dtp.ledger.open",
-    "Sla": "dtp.ledger.objects",
+    "open_ledger": "dtp.ledger._open",
+    "Sla": "dtp.ledger._objects",
     "Meter": "dtp.payments.receipts",
     "MeteringConfig": "dtp.payments.metering",
     "Receipt": "dtp.payments.receipts",

@@ -46,7 +46,7 @@ the API itself works on whichever loop calls it.
 
 This module is the face: a plain address goes to the asyncio transport
 (:mod:`dtp.transport.asyncio`), a ``ws://`` / ``wss://`` URL to its WebSocket carrier, a
-``dtp://`` address to :mod:`dtp.hostid.asyncio`.
+``dtp://`` address to :mod:`dtp.hostid._asyncio`.
 """
 
 from __future__ import annotations
@@ -55,38 +55,38 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from dtp.eventloop import run
-from dtp.hostid import asyncio as hostid
-from dtp.hostid.address import HostAddress
-from dtp.hostid.asyncio import DTPServer, start_server
-from dtp.hostid.connect import refuse_ledger_options
+from dtp.hostid import _asyncio as hostid
+from dtp.hostid._address import HostAddress
+from dtp.hostid._asyncio import DTPServer, start_server
+from dtp.hostid._connect import refuse_ledger_options
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.admission import (
+from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.asyncio import connect
-from dtp.transport.asyncio.connect import check_limit
-from dtp.transport.asyncio.protocol import CARRIER_GRACE, LIMIT
-from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback
-from dtp.transport.asyncio.streams import (
+from dtp.transport._session import check_connect_timeout
+from dtp.transport.asyncio import _connect as connect
+from dtp.transport.asyncio._connect import check_limit
+from dtp.transport.asyncio._protocol import CARRIER_GRACE, LIMIT
+from dtp.transport.asyncio._server import AcceptHook, AdmitHook, ClientCallback
+from dtp.transport.asyncio._streams import (
     CLOSE_LINGER,
     SEND_HIGH_WATER,
     DTPStreamReader,
     DTPStreamWriter,
 )
-from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     import ssl as _ssl
     from pathlib import Path
 
-    from dtp.hostid.admission import CarrierChoice
-    from dtp.hostid.connect import OpenJournal
-    from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+    from dtp.hostid._admission import CarrierChoice
+    from dtp.hostid._connect import OpenJournal
+    from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
     from dtp.hostid.paid import ServicePolicy
-    from dtp.hostid.paid.aio import PaidAioServer, PaidCallback
-    from dtp.hostid.paid.request_billing import AsyncRequestServer
+    from dtp.hostid.paid._aio import PaidAioServer, PaidCallback
+    from dtp.hostid.paid._request_billing import AsyncRequestServer
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.payments.metering import MeteringConfig
@@ -143,7 +143,7 @@ async def open_connection(
 
     Arguments as :func:`dtp.socket.create_connection`: ``host`` and ``port`` name the
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
-    :class:`~dtp.hostid.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
+    :class:`~dtp.hostid._address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
     ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
     writer's ``connection_id`` / ``escrow_id`` name the ledger connection then; a host
     without a TCP endpoint (or ``carrier="ledger"``) is reached over the ledger carrier,
@@ -163,9 +163,9 @@ async def open_connection(
     ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
     connection before its deposit can move -- for a caller that keeps a durable record
     of its deposits (the services daemon's forwarders;
-    ``dtp.payments.refunds.refunds_for(ledger, identity, path=...).record_open``) -- in
+    ``dtp.payments._refunds.refunds_for(ledger, identity, path=...).record_open``) -- in
     a worker thread, as :func:`dtp.socket.create_connection`'s
-    (:func:`dtp.hostid.connect.prepare_host_connection`).
+    (:func:`dtp.hostid._connect.prepare_host_connection`).
     """
     check_connect_timeout(timeout)
     check_limit(limit)
@@ -272,8 +272,8 @@ async def serve(
     as :func:`dtp.socket.serve`'s: ``"requests"`` bills each RPC request by the receipt
     it carries, ``callback`` then an :class:`~dtp.messaging.rpc.AsyncRpcServer` made
     without ``payments``. Returns the running
-    :class:`~dtp.hostid.paid.aio.PaidAioServer`; see :mod:`dtp.hostid.paid.aio`."""
-    from dtp.hostid.paid.aio import serve as serve_paid
+    :class:`~dtp.hostid.paid._aio.PaidAioServer`; see :mod:`dtp.hostid.paid._aio`."""
+    from dtp.hostid.paid._aio import serve as serve_paid
 
     return await serve_paid(
         host_id,

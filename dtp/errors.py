@@ -274,7 +274,7 @@ class KeyFileError(DTPError):
 
 class MissingExtra(DTPError, ImportError):
     """A feature whose Python packages come with an extra of the ``dtp`` distribution
-    that is not installed (:mod:`dtp.extras`: ``sui``, ``lan``, ``gun``, ``metrics``,
+    that is not installed (:mod:`dtp._extras`: ``sui``, ``lan``, ``gun``, ``metrics``,
     ``testing``). The message names the feature, the missing module and the command that
     installs the extra, ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the
     import it replaces (``name`` is the missing module): code that tried an import and
@@ -347,7 +347,7 @@ class SubscriptionRefused(SubscriptionEnded, ConnectionRefusedError):
 
 # The CLOSE codes of paid connections (application range, docs/escrow.md "Close codes").
 # Here, in the bottom layer, because both sides need them and may not import each other:
-# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.gate
+# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments._gate
 # re-exports them) decide when to close with them.
 
 #: CLOSE code a paid server uses when receipts stop covering usage.
@@ -370,7 +370,7 @@ CLOSE_SUBSCRIPTION_ENDED: Final = 0x1405
 SUBSCRIPTION_OVER: Final = "The subscription is over"
 
 
-# -- graph privacy tiers (dtp.graph.tiers, docs/graph.md "Privacy tiers") -----------------
+# -- graph privacy tiers (dtp.graph._tiers, docs/graph.md "Privacy tiers") -----------------
 
 
 class GraphAccessError(DTPError, PermissionError):

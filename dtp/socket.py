@@ -18,7 +18,7 @@ idle timeouts. Sockets are thread-safe: different threads may use different stre
 of one connection at once.
 
 This module is the public face: a plain address goes to the blocking transport
-(:mod:`dtp.transport.blocking`), a ``dtp://`` address to :mod:`dtp.hostid.blocking`, and
+(:mod:`dtp.transport.blocking`), a ``dtp://`` address to :mod:`dtp.hostid._blocking`, and
 :func:`serve` to the paid server (docs/architecture.md).
 """
 
@@ -28,38 +28,38 @@ import socket as _socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from dtp.hostid.address import HostAddress
-from dtp.hostid.admission import PeerInfo
-from dtp.hostid.blocking import DTPServer, connect_by_host_id, create_server
-from dtp.hostid.connect import (
+from dtp.hostid._address import HostAddress
+from dtp.hostid._admission import PeerInfo
+from dtp.hostid._blocking import DTPServer, connect_by_host_id, create_server
+from dtp.hostid._connect import (
     CarrierChoice,
     OpenJournal,
     pinned_host_key,
     refuse_ledger_options,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
+from dtp.hostid._payment_hook import PAID_CLOSE_WAIT
+from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.admission import (
+from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.transport._session import check_connect_timeout
 from dtp.transport.blocking import LINGER, AcceptHook, AdmitHook
-from dtp.transport.blocking import connect as blocking_connect
-from dtp.transport.blocking.connect import DEFAULT_TIMEOUT
-from dtp.transport.blocking.files import FileStream, stream_file
-from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
-from dtp.transport.session import check_connect_timeout
+from dtp.transport.blocking import _connect as blocking_connect
+from dtp.transport.blocking._connect import DEFAULT_TIMEOUT
+from dtp.transport.blocking._files import FileStream, stream_file
+from dtp.transport.blocking._socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
 
 if TYPE_CHECKING:
     import ssl as _ssl
     from pathlib import Path
 
     from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-    from dtp.hostid.paid.request_billing import RequestServer
+    from dtp.hostid.paid._request_billing import RequestServer
     from dtp.ledger.interface import Ledger
     from dtp.payments.receipt_store import ReceiptStore
 
@@ -112,7 +112,7 @@ def create_connection(
     ``timeout`` bounds the connect, the upgrade and the handshake, and with none the
     upgrade is bounded by the config's ``handshake_timeout``, as with
     :func:`dtp.aio.open_connection`), or a DTP address
-    (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.hostid.address.HostAddress`). ``server_key``:
+    (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.hostid._address.HostAddress`). ``server_key``:
     its Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
     server without that key cannot answer; without it the handshake is Noise XX and
     ``expected_server_key`` may pin the key the server must present. ``identity``: our
@@ -129,7 +129,7 @@ def create_connection(
     service must exist (``ServiceNotFound``), the firewall must permit us
     (``FirewallDenied``), ``deposit`` (default: the SLA's ``min_deposit``) must reach
     the minimum and our balance (``InsufficientFunds``), and with ``carrier="tcp"`` the host
-    must publish a TCP endpoint (:class:`~dtp.hostid.connect.NoCarrierEndpoint`) — all before
+    must publish a TCP endpoint (:class:`~dtp.hostid._connect.NoCarrierEndpoint`) — all before
     any money moves.
     Then, when ``cap_id`` is None, a new SpendingCap owned by us with
     ``max_per_epoch = deposit`` is created (pass ``cap_id`` to reuse one); the connection
@@ -145,18 +145,18 @@ def create_connection(
     connection on the ledger (our half-close), so that the deposit can be refunded once
     the close timeout has passed (docs/escrow.md §7); the original error is raised.
     ``timeout`` bounds the carrier connect to each of the host's endpoints in turn
-    (:func:`dtp.transport.carriers.tcp.connect_any`) and then the handshake, not the ledger calls.
+    (:func:`dtp.transport.carriers._tcp.connect_any`) and then the handshake, not the ledger calls.
     The connection is metered (signed cumulative receipts in-band, a final one at
     close, then our half-close on the ledger; docs/escrow.md §6.1) unless
     ``metering=MeteringConfig(enabled=False)``; ``metering`` also sets the cadence.
     ``subscription`` (a live Subscription of ours to this service: the connection opens
     unmetered, ``deposit`` defaulting to 0) or ``sponsor_pool`` (the service's
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
-    §13-14; :func:`dtp.hostid.connect.prepare_host_connection`).
+    §13-14; :func:`dtp.hostid._connect.prepare_host_connection`).
 
     ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
     connection before its deposit can move, for a caller that keeps a durable record of
-    its deposits -- ``dtp.payments.refunds.refunds_for(ledger, identity,
+    its deposits -- ``dtp.payments._refunds.refunds_for(ledger, identity,
     path=...).record_open`` keeps them in a file, so that a process killed with the
     connection open leaves it to the next run, which takes the deposit back
     (docs/escrow.md §7.1). Called before the open's transaction with the spending cap

@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger import Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Receipt
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1_000)

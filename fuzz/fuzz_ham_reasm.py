@@ -25,7 +25,7 @@ with atheris.instrument_imports():
     from dtp.errors import ProtocolError
     from dtp.native import core as _core
     from dtp.native import reference as _reference
-    from dtp.native.reference.ham import encode_ham_batch
+    from dtp.native.reference._ham import encode_ham_batch
     from dtp.native.types import HamUpdate
 
 SEED = bytes(range(16))

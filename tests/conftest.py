@@ -65,12 +65,12 @@ def backend(request: pytest.FixtureRequest) -> SimpleNamespace:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_refund_collectors() -> Iterator[None]:
     """A metered client whose server did not settle leaves its process's refund
-    collector waiting ten minutes to take the deposit back (dtp.payments.refunds), and
+    collector waiting ten minutes to take the deposit back (dtp.payments._refunds), and
     what still waits at exit is logged with its ``dtp refund`` command: right for a
     user's program, a hundred lines of noise at the end of a test session, whose
     ledgers are gone by then. The collectors are stopped here, silently."""
     yield
-    from dtp.payments import refunds
+    from dtp.payments import _refunds as refunds
 
     with refunds._collectors_lock:
         collectors = list(refunds._running | set(refunds._collectors.values()))

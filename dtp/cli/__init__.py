@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from dtp import __version__
 
-# (dtp.cli.common, the errors and the subcommands are imported once ``main`` runs:
+# (dtp.cli._common, the errors and the subcommands are imported once ``main`` runs:
 # ``dtp daemon`` catches its stop signals first, _early_stop_signals)
 
 if TYPE_CHECKING:
-    from dtp.daemon.signals import StopSignals
+    from dtp.daemon._signals import StopSignals
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dtp.cli.demo import run_demo
+    from dtp.cli._demo import run_demo
 
     return run_demo(quick=args.quick, browser_wait=args.browser_wait, screenshots=args.screenshots)
 
@@ -79,7 +79,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dtp.cli.common import add_json, duration
+    from dtp.cli._common import add_json, duration
 
     parser = argparse.ArgumentParser(
         prog="dtp",
@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(version)
     version.set_defaults(func=_cmd_version)
 
-    from dtp.cli.daemon import register as register_daemon
-    from dtp.cli.lan import register as register_lan
-    from dtp.cli.ledger import register as register_chain
+    from dtp.cli._daemon import register as register_daemon
+    from dtp.cli._lan import register as register_lan
+    from dtp.cli._ledger import register as register_chain
 
     register_chain(sub)
     register_daemon(sub)
@@ -123,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
     """For ``dtp daemon``: its stop signals caught before the parser is built (the
-    parser's imports, ``dtp.cli.ledger``'s above all, took most of the first tenth of a
+    parser's imports, ``dtp.cli._ledger``'s above all, took most of the first tenth of a
     second, in which a SIGTERM killed the daemon and a SIGINT printed a traceback).
     The command is the first argument that is no option (``-v``, the one option
     before it, takes no value)."""
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command != "daemon" or threading.current_thread() is not threading.main_thread():
         return None
-    from dtp.daemon.signals import StopSignals  # (the standard library only)
+    from dtp.daemon._signals import StopSignals  # (the standard library only)
 
     signals = StopSignals()
     signals.install()
@@ -139,7 +139,7 @@ def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     early = _early_stop_signals(sys.argv[1:] if argv is None else list(argv))
-    from dtp.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, print_error
+    from dtp.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, print_error
     from dtp.errors import DaemonConfigError, DTPError, LedgerSpecError
 
     try:
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     if early is not None:
         if args.command == "daemon":
-            args.stop_signals = early  # (dtp.cli.daemon._cmd_daemon takes them over)
+            args.stop_signals = early  # (dtp.cli._daemon._cmd_daemon takes them over)
         else:
             early.restore()
     logging.basicConfig(

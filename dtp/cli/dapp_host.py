@@ -2,7 +2,7 @@
 backend through a paid DTP service over WebSocket, each call billed per request from an
 escrow the page opened on the ledger, its receipts signed by a session key the wallet
 authorised in the open (docs/escrow.md §6.2). ``dtp demo`` runs it as a step
-(:mod:`dtp.cli.demo_dapp`) and ``python examples/dapp_demo.py`` on its own.
+(:mod:`dtp.cli._demo_dapp`) and ``python examples/dapp_demo.py`` on its own.
 
 What runs here, on 127.0.0.1:
 
@@ -32,11 +32,11 @@ from typing import Any
 import dtp.aio
 from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla, normalize_id
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local.tx import Address, TxValue
-from dtp.ledger.objects import Sla, normalize_id
+from dtp.ledger.local._tx import Address, TxValue
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "web" / "dtp-client"

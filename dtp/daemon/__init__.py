@@ -13,7 +13,7 @@ operator's side: ledger_calls (every ledger call timed), live (the live status a
 history), web (the HTTP endpoint: metrics, status page, live status), control (the
 control socket's client side), metrics (the Prometheus collector), status_page (the
 page), systemd (the service manager's notify protocol), check (``dtp daemon
---check``); the ``dtp daemon`` command itself is :mod:`dtp.cli.daemon`.
+--check``); the ``dtp daemon`` command itself is :mod:`dtp.cli._daemon`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dtp.daemon.config import DaemonConfig, load_config
+    from dtp.daemon._config import DaemonConfig, load_config
 
 __all__ = ["DaemonConfig", "load_config"]
 
 
 def __getattr__(name: str) -> Any:
     # The re-exports load on first use (PEP 562): ``dtp daemon`` imports
-    # dtp.daemon.signals first, to catch a stop signal from its first moment, and that
+    # dtp.daemon._signals first, to catch a stop signal from its first moment, and that
     # import must not pull config's (and with it the ledger's and asyncio's) in ahead
     # of it (tests/daemon/test_signal_import.py).
     if name in __all__:
-        from dtp.daemon import config
+        from dtp.daemon import _config as config
 
         return getattr(config, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from dtp.daemon.logs import kv, log_failure
+from dtp.daemon._logs import kv, log_failure
 from dtp.errors import DTPError, DTPTimeoutError
 
 __all__ = ["cancel_and_wait", "end_for_cleanup", "within"]

@@ -11,7 +11,7 @@ applications (messaging, graph, daemon), which announce through it
 (docs/architecture.md).
 
 mDNS runs on zeroconf, which comes with the ``lan`` extra (``pip install 'dtp[lan]'``,
-:mod:`dtp.extras`): the names from :mod:`dtp.discovery.lan` are imported on first use.
+:mod:`dtp._extras`): the names from :mod:`dtp.discovery.lan` are imported on first use.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   did not finish in time).
 - :class:`LanRecordError`: a DNS-SD TXT record that breaks the format of
   docs/messaging.md §6.1. A browser never raises it: it leaves such a record out and
-  counts it (``Browser.refused``); :func:`~dtp.discovery.records.decode_txt` raises it.
+  counts it (``Browser.refused``); :func:`~dtp.discovery._records.decode_txt` raises it.
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from dtp.discovery.browsing import MAX_QUEUED, AsyncBrowser, Browser, EventCallback
+from dtp.discovery._browsing import MAX_QUEUED, AsyncBrowser, Browser, EventCallback
+from dtp.discovery._mdns import DEFAULT_TTL, Announcement, LanDiscovery
+from dtp.discovery._peers import MAX_PEERS, LanEvent, LanPeer, PeerFilter
+from dtp.discovery._records import SERVICE_TYPE, LanRecord, decode_txt, encode_txt
 from dtp.discovery.errors import LanDiscoveryError, LanRecordError
-from dtp.discovery.mdns import DEFAULT_TTL, Announcement, LanDiscovery
-from dtp.discovery.peers import MAX_PEERS, LanEvent, LanPeer, PeerFilter
-from dtp.discovery.records import SERVICE_TYPE, LanRecord, decode_txt, encode_txt
 from dtp.protocol.connection import TRANSPORT_VERSION
 
 __all__ = [

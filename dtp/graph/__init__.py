@@ -21,12 +21,13 @@ LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
 
 from typing import TYPE_CHECKING, Any
 
-from dtp.graph.clock import HybridClock
+from dtp.graph._clock import HybridClock
+from dtp.graph._persist import GraphStorageError
+from dtp.graph._queries import LiveQuery
+from dtp.graph._query import Query, QueryError, QueryUpdate
+from dtp.graph._store import Change, ChangeStream, Graph, MergeReport, Subscription
+from dtp.graph._tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.namespace import owner_of, user_soul
-from dtp.graph.persist import GraphStorageError
-from dtp.graph.queries import LiveQuery
-from dtp.graph.query import Query, QueryError, QueryUpdate
-from dtp.graph.store import Change, ChangeStream, Graph, MergeReport, Subscription
 from dtp.graph.sync import (
     GraphServer,
     GraphSyncError,
@@ -35,7 +36,6 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
-from dtp.graph.tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -48,7 +48,7 @@ from dtp.graph.values import (
 )
 
 if TYPE_CHECKING:
-    from dtp.graph.sync.lan import LanSync, sync_with_lan
+    from dtp.graph.sync._lan import LanSync, sync_with_lan
 
 __all__ = [
     "JSON",
@@ -89,7 +89,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # (LAN sync brings in mDNS: imported on first use, see dtp.graph.sync)
     if name in ("LanSync", "sync_with_lan"):
-        from dtp.graph.sync import lan
+        from dtp.graph.sync import _lan as lan
 
         return getattr(lan, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

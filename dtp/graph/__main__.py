@@ -36,8 +36,8 @@ import sys
 from typing import Any
 
 from dtp.errors import MissingExtra
-from dtp.graph.persist import GraphStorageError
-from dtp.graph.store import Graph
+from dtp.graph._persist import GraphStorageError
+from dtp.graph._store import Graph
 from dtp.graph.sync import GraphServer
 from dtp.identity.keys import HostIdentity
 
@@ -58,7 +58,7 @@ def serve(args: argparse.Namespace) -> None:
     graph.root_summary()  # build the summaries now, not in the first session
     lan: Any = None
     if args.lan is not None:
-        from dtp.graph.sync.lan import LanSync
+        from dtp.graph.sync._lan import LanSync
 
         lan = LanSync(
             graph,
@@ -125,7 +125,7 @@ def _peer_key(text: str) -> bytes:
 
 
 def gun(args: argparse.Namespace) -> None:
-    from dtp.graph.gun.cli import run_gun_peer
+    from dtp.graph.gun._cli import run_gun_peer
 
     run_gun_peer(args)
 

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from dtp.errors import ErrorCode, RemoteProtocolError
-from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 _F64 = struct.Struct("<d")

@@ -36,7 +36,7 @@ from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph._batch import MAX_DETAILS, drop_refused
 from dtp.identity.keys import HostIdentity, sui_address_from_public_key
 from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
-from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 USER_SPACE = b"~0x"

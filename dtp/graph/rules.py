@@ -39,11 +39,11 @@ from typing import Any, Protocol
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace, sea
+from dtp.graph._arguments import name_text
 from dtp.graph._batch import batch_count
-from dtp.graph.arguments import name_text
 from dtp.graph.values import JSON, decode_value
 from dtp.native.core import decode_ham_batch, find_ham_souls
-from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 logger = logging.getLogger("dtp.graph.rules")
@@ -190,7 +190,7 @@ def _unwrap_sea(value: JSON) -> JSON:
 
 
 class RuledGraph(Protocol):
-    """What the rules read of their graph (:class:`~dtp.graph.store.Graph`):
+    """What the rules read of their graph (:class:`~dtp.graph._store.Graph`):
     its table and a stored value's decoding."""
 
     @property

@@ -72,7 +72,7 @@ from dtp.graph.values import (
     value_text,
 )
 from dtp.native.core import decode_ham_batch, find_ham_souls
-from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 #: gun's ``pubcut``: anything but ASCII letters, digits, ``_`` and ``-`` ends a part

@@ -68,10 +68,10 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from dtp.errors import DTPError, KeyFileError
-from dtp.identity import ed25519 as _ed25519
-from dtp.identity.bcs import uleb128
-from dtp.identity.ed25519 import has_small_order
-from dtp.identity.files import data_home
+from dtp.identity import _ed25519 as _ed25519
+from dtp.identity._bcs import uleb128
+from dtp.identity._ed25519 import has_small_order
+from dtp.identity._files import data_home
 
 __all__ = [
     "ED25519_FLAG",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dtp.ledger.economics import (
+from dtp.ledger._economics import (
     RetainedRecord,
     RetentionTerms,
     SponsorPool,
@@ -21,8 +21,7 @@ from dtp.ledger.economics import (
     SubscriptionOffer,
     TicketSale,
 )
-from dtp.ledger.interface import Ledger
-from dtp.ledger.objects import (
+from dtp.ledger._objects import (
     Broadcast,
     BroadcastStake,
     ChainObject,
@@ -44,8 +43,9 @@ from dtp.ledger.objects import (
     SpendingCap,
     TransportControl,
 )
-from dtp.ledger.open import open_ledger
-from dtp.ledger.spec import LedgerSpec, parse_ledger_spec
+from dtp.ledger._open import open_ledger
+from dtp.ledger._spec import LedgerSpec, parse_ledger_spec
+from dtp.ledger.interface import Ledger
 
 if TYPE_CHECKING:
     from dtp.ledger.local import LocalLedger

@@ -20,7 +20,7 @@ Conventions:
   from the signer's balance; payments and refunds are added to the receiver's balance.
   Gas is paid on top (``SuiLedger`` from the signer's gas coins; ``LocalLedger`` charges
   none): :meth:`Ledger.end_gas` estimates what a connection's end costs, and
-  :meth:`Ledger.gas_spent` tells what an address has paid (dtp.ledger.gas).
+  :meth:`Ledger.gas_spent` tells what an address has paid (dtp.ledger._gas).
 - Where Move takes several related objects (a connection's escrow, its cap) the method
   takes the main ID and looks the others up; the optional keyword arguments
   ``escrow_id`` / ``cap_id`` pass a different object explicitly, which is exactly what
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, ObjectNotFound
-from dtp.ledger.coordination import Coordination
-from dtp.ledger.economics import PaymentModels
-from dtp.ledger.gas import EndGas, GasSpent
-from dtp.ledger.objects import (
+from dtp.ledger._coordination import Coordination
+from dtp.ledger._economics import PaymentModels
+from dtp.ledger._gas import EndGas, GasSpent
+from dtp.ledger._objects import (
     MAX_PURE_BYTES,
     Broadcast,
     ChainObject,
@@ -250,8 +250,8 @@ class PendingOpen:
 
 class Ledger(PaymentModels, Coordination, abc.ABC):
     """A DTP control-plane ledger (see the module docs for the conventions; the payment
-    models' methods come from :class:`~dtp.ledger.economics.PaymentModels`, the
-    registry's from :class:`~dtp.ledger.coordination.Coordination`)."""
+    models' methods come from :class:`~dtp.ledger._economics.PaymentModels`, the
+    registry's from :class:`~dtp.ledger._coordination.Coordination`)."""
 
     # -- receipts (docs/escrow.md §6) ----------------------------------------------------
 
@@ -333,7 +333,7 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
     @abc.abstractmethod
     def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
         """Every address on the Host's ``"allow"`` or ``"deny"`` list, sorted (at most
-        :data:`~dtp.ledger.objects.MAX_FIREWALL_ENTRIES`; on Sui, the Table's dynamic
+        :data:`~dtp.ledger._objects.MAX_FIREWALL_ENTRIES`; on Sui, the Table's dynamic
         fields read page by page)."""
 
     def permits(self, host: Host, client: str) -> bool:
@@ -526,7 +526,7 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
 
     def end_gas(self) -> EndGas:
         """What each transaction of a connection's end is expected to cost its sender in
-        gas (:class:`~dtp.ledger.gas.EndGas`); a ledger that charges none (this default,
+        gas (:class:`~dtp.ledger._gas.EndGas`); a ledger that charges none (this default,
         LocalLedger) says 0 for each. May read the network (the gas price): blocking."""
         return EndGas.free()
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from dtp.errors import MalformedReceipt, UnsupportedReceiptVersion
-from dtp.identity.ed25519 import verify_memoized
-from dtp.ledger.objects import Sla, normalize_id
+from dtp.identity._ed25519 import verify_memoized
+from dtp.ledger._objects import Sla, normalize_id
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

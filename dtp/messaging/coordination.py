@@ -41,8 +41,8 @@ from dtp.errors import (
     LeaseHeld,
     NotAuthorized,
 )
-from dtp.ledger.coordination import MAX_LEASE_MS, RegistryEntry, RegistryState
-from dtp.ledger.objects import Event, EventFilter
+from dtp.ledger._coordination import MAX_LEASE_MS, RegistryEntry, RegistryState
+from dtp.ledger._objects import Event, EventFilter
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

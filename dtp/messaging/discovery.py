@@ -27,7 +27,7 @@ would only fit by pushing out records that outlive it is refused (counted in
 SWIM-style -- probes, indirect probes, suspicion refuted by incarnation, a bounded
 detection time -- with join / suspect / alive / dead / left events.
 :func:`join_group` (threads) and :func:`join_group_async` (asyncio) drive one engine,
-:class:`~dtp.messaging.membership.Membership`.
+:class:`~dtp.messaging._membership.Membership`.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ import msgpack
 
 from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
 from dtp.identity.keys import sui_address_from_public_key
-from dtp.ledger.objects import EventFilter, normalize_id
+from dtp.ledger._objects import EventFilter, normalize_id
 from dtp.messaging import errors as E
-from dtp.messaging.framing import decode_body
-from dtp.messaging.membership import (
+from dtp.messaging._framing import decode_body
+from dtp.messaging._membership import (
     Member,
     Membership,
     MembershipConfig,
@@ -55,14 +55,14 @@ from dtp.messaging.membership import (
     MemberState,
     Seed,
 )
-from dtp.messaging.membership_aio import AsyncMemberNode, join_group_async
-from dtp.messaging.membership_socket import MemberNode, join_group
-from dtp.messaging.protocol import _check_count, _check_wait
+from dtp.messaging._membership_aio import AsyncMemberNode, join_group_async
+from dtp.messaging._membership_socket import MemberNode, join_group
+from dtp.messaging._protocol import _check_count, _check_wait
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger._objects import Sla
     from dtp.ledger.interface import Endpoint, Ledger
-    from dtp.ledger.objects import Sla
     from dtp.messaging.pubsub import PubSubNode
 
 __all__ = [
@@ -334,7 +334,7 @@ def _check_valid_at(ann: Announcement, now_ms: int) -> None:
 def _signed_announcement(data: bytes) -> Announcement:
     """The announcement in ``data`` if well-formed and signed by the key it holds,
     whatever the time (:class:`MalformedMessage`, :class:`ForgedAnnouncement`)."""
-    from dtp.identity.ed25519 import verify_memoized
+    from dtp.identity._ed25519 import verify_memoized
 
     if len(data) > _MAX_ANNOUNCEMENT:
         raise E.MalformedMessage("announcement too large")

@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
+from dtp.messaging._protocol import _check_count, _check_our_timeout
 from dtp.messaging.method_rules import MethodRules, requests_for
-from dtp.messaging.protocol import _check_count, _check_our_timeout
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
-from dtp.transport.carriers.tcp import wait_ready
+from dtp.transport.carriers._tcp import wait_ready
 
 __all__ = [
     "JSONRPC_METHOD",
@@ -110,7 +110,7 @@ class JsonRpcHandler:
             else:  # (JSON-RPC 2.0 §5.1: an integer code and a string message)
                 answer = _error(id_, E.INTERNAL_ERROR, "Internal error (RemoteError)")
         except TypeError as exc:
-            # as the RPC layer has it (dtp.messaging.rpc.server_base.error_reply): Python's
+            # as the RPC layer has it (dtp.messaging.rpc._server_base.error_reply): Python's
             # text only when binding the params to the method failed (the method never
             # ran); a TypeError of the method's own keeps its text private, as any
             # other exception's

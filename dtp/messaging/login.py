@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dtp.identity.keys import sui_address_from_public_key
-from dtp.ledger.objects import normalize_id
+from dtp.ledger._objects import normalize_id
 from dtp.messaging import errors as E
-from dtp.messaging.sealed_messages import open_sealed, seal
+from dtp.messaging._sealed_messages import open_sealed, seal
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from dtp.errors import InvalidObjectId
-from dtp.ledger.objects import Sla, normalize_id
+from dtp.ledger._objects import Sla, normalize_id
 from dtp.messaging import errors as E
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ each subscription a bounded queue; when one is full the message is dropped *for 
 party only* and counted. A peer learns how many messages its upstream dropped for it (a
 DROPPED frame), a subscriber how many it missed (:attr:`Delivery.dropped_before`).
 
-Defences (gossipsub v1.1 ideas, :mod:`dtp.messaging.pubsub_scoring`): a per-topic
+Defences (gossipsub v1.1 ideas, :mod:`dtp.messaging._pubsub_scoring`): a per-topic
 validation hook (:meth:`PubSubNode.set_validator`) judges each new message from a peer
 before it is delivered or forwarded (accept / ignore / reject), and every peer has a
 decaying score: credit for messages it brought first, a squared penalty for invalid
@@ -50,10 +50,10 @@ from typing import Any, Final
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
-from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
-from dtp.messaging.protocol import _check_wait
-from dtp.messaging.pubsub_scoring import PeerScore, PeerScores, ScoreParams, Standing, Verdict
-from dtp.messaging.pubsub_validation import Hook, PeerMessage, Validator, close_private_loop
+from dtp.messaging._framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
+from dtp.messaging._protocol import _check_wait
+from dtp.messaging._pubsub_scoring import PeerScore, PeerScores, ScoreParams, Standing, Verdict
+from dtp.messaging._pubsub_validation import Hook, PeerMessage, Validator, close_private_loop
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [

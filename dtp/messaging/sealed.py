@@ -32,10 +32,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.identity.files import companion, lock_exclusive
+from dtp.identity._files import companion, lock_exclusive
 from dtp.messaging import errors as E
-from dtp.messaging.inbox_state_file import InboxStateFile, mark_seen
-from dtp.messaging.sealed_messages import (
+from dtp.messaging._inbox_state_file import InboxStateFile, mark_seen
+from dtp.messaging._sealed_messages import (
     MAX_BODY,
     MAX_SEALED,
     PATTERN_N,
@@ -161,7 +161,7 @@ class SealedInbox:
             raise TypeError(f"host_id must be a str, not {type(host_id).__name__!r}")
         if ledger is not None:
             from dtp.errors import InvalidObjectId
-            from dtp.ledger.objects import normalize_id
+            from dtp.ledger._objects import normalize_id
 
             # fetch reads the mailbox by it: with anything but an object ID it skipped
             # all the mail, moving (and saving) the cursor past it
@@ -515,7 +515,7 @@ class SealedInbox:
         ended; the wait for something new is not part of a turn. A fetch from an
         ``on_message`` handler (see :meth:`register`) while another fetch waits for that
         handler's message returns [] at once: the other fetch delivers the mail."""
-        from dtp.ledger.objects import EventFilter
+        from dtp.ledger._objects import EventFilter
 
         if self.ledger is None:
             raise E.SealedError("this inbox has no ledger")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
-from dtp.native.reference.limits import (
+from dtp.native.reference._limits import (
     HAM_EXPORT_MAX_BATCH,
     HAM_EXPORT_MIN_BATCH,
     MAX_ACK_RANGES,
@@ -333,7 +333,7 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
-MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp.native.reference.aead.MAX_STREAM_CHUNK
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp.native.reference._aead.MAX_STREAM_CHUNK
 # a record of one STREAM frame: header, tag and at most 25 bytes of frame header
 _STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 OPEN_FRAMES_MAX = 1024
@@ -547,7 +547,7 @@ class NativeAead:
         max_ranges: int = OPEN_FRAMES_MAX,
     ) -> OpenFramesResult:
         """Open the DATA records at the start of ``buf`` and decode their frames in one
-        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference.aead`.
+        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference._aead`.
         Frame data are memoryviews into a scratch buffer, valid until the next call."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
@@ -1452,7 +1452,7 @@ def native_zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[
 # --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
-from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch  # noqa: E402
+from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch  # noqa: E402
 
 if TYPE_CHECKING or not PUREPYTHON:
     write_record_header = native_write_record_header

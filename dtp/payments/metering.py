@@ -6,7 +6,7 @@
   one last receipt for the whole deposit and pays nothing beyond it.
 
 The server's side, which checks those receipts and says whether to serve, pause or
-close, is :class:`dtp.payments.gate.ReceiptGate`.
+close, is :class:`dtp.payments._gate.ReceiptGate`.
 
 What is metered: application bytes in both directions -- new bytes of every stream the
 connection sent plus received, and the payloads of the datagrams it sent and received,
@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtp.errors import InsufficientFunds, InvalidArgument
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import U64_MAX, Receipt, ReceiptScope
 from dtp.payments.receipts import Meter
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
-# the server's receipt gate was defined here before payments/gate.py; its names still
+# the server's receipt gate was defined here before payments/_gate.py; its names still
 # import from here (docs/architecture.md, "Moved modules")
-from dtp.payments.gate import (
+from dtp.payments._gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtp.errors import InsufficientFunds, InvalidArgument, move_error
-from dtp.identity.ed25519 import verify_memoized
-from dtp.ledger.objects import Sla
+from dtp.identity._ed25519 import verify_memoized
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import (
     RECEIPT_DOMAIN,
     RECEIPT_ENCODED_SIZE,
@@ -33,8 +33,8 @@ from dtp.ledger.receipt import (
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger._objects import Escrow, TransportControl
     from dtp.ledger.interface import Ledger
-    from dtp.ledger.objects import Escrow, TransportControl
 
 __all__ = [
     "RECEIPT_DOMAIN",
@@ -205,7 +205,7 @@ class Meter:
     due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
     nothing more than the last one, and costs a signature here and a check and a
     write at the server. Only for a peer that judges receipts by their amount (a paid
-    server's :class:`dtp.payments.gate.ReceiptGate`): one that counts the usage a receipt
+    server's :class:`dtp.payments._gate.ReceiptGate`): one that counts the usage a receipt
     covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.hostid.udp.UdpBilling`)
     waits for receipts for free usage too.
     """

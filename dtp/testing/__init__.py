@@ -20,7 +20,7 @@ so that importing one costs only what it needs:
   for a connection, a small economy on a ledger with the escrow rules' checks.
 - :mod:`dtp.testing.pairs`, :mod:`dtp.testing.services`, :mod:`dtp.testing.daemons` --
   connected client/server pairs (both APIs), a paid service, a pair of ``dtp daemon``
-  processes; :mod:`dtp.testing.loops`, an event loop in a thread of its own.
+  processes; :mod:`dtp.testing._loops`, an event loop in a thread of its own.
 - :mod:`dtp.testing.plugin` -- the pytest plugin (registered under ``pytest11``): the
   fixtures ``dtp_*`` and the ``--dtp-seed`` option.
 

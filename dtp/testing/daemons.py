@@ -28,8 +28,8 @@ from typing import Any, Final
 
 import dtp
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.testing.identities import identity
 
 __all__ = ["DEFAULT_DAEMON_SLA", "Daemon", "DaemonPair", "daemon_pair"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Settlement, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Settlement, Sla
 from dtp.ledger.receipt import Receipt
 from dtp.testing.identities import identity
 from dtp.testing.receipts import ReceiptTerms

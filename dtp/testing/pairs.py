@@ -22,7 +22,7 @@ import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from dtp.testing.identities import identity as numbered
-from dtp.transport.blocking.socket import DTPSocket
+from dtp.transport.blocking._socket import DTPSocket
 
 __all__ = ["AioEnds", "aio_pair", "blocking_pair"]
 

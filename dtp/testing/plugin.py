@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.extras import missing
+from dtp._extras import missing
 
 try:  # (pytest loads this module, so pytest is there; an import by hand may lack it)
     import pytest
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from dtp.testing.pairs import AioEnds
     from dtp.testing.services import PaidService
     from dtp.testing.sui_node import SuiNodeStandIn
-    from dtp.transport.blocking.socket import DTPSocket
+    from dtp.transport.blocking._socket import DTPSocket
 
 __all__ = ["DTP_CLOCK_MS"]
 

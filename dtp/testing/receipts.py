@@ -2,7 +2,7 @@
 (:class:`ReceiptTerms`), on :mod:`dtp.ledger.receipt`'s public API only -- its
 ``Receipt`` and, where the receipt format binds a receipt to its escrow and package as
 well as its connection, its ``ReceiptScope`` -- so that receipts made here follow the
-wire format as it changes. The strategies (:mod:`dtp.testing.strategies.money`) and the
+wire format as it changes. The strategies (:mod:`dtp.testing.strategies._money`) and the
 ledger world build on it; it needs no hypothesis."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import dtp.ledger.receipt as _wire
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import Receipt, fee
 
 if TYPE_CHECKING:

@@ -22,11 +22,11 @@ from typing import Final
 import dtp.socket
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.connections import find_connections
+from dtp.ledger._connections import find_connections
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.testing.identities import identity
-from dtp.transport.blocking.socket import DTPSocket
+from dtp.transport.blocking._socket import DTPSocket
 
 __all__ = ["DEFAULT_PAID_SLA", "PaidService", "echo", "paid_service"]
 

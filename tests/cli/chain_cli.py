@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dtp.cli.ledger import register
+from dtp.cli._ledger import register
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from tests.support.sui_network import SuiNetwork

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dtp.cli.ledger import register
+from dtp.cli._ledger import register
 
 
 def deploy(*argv: str) -> int:

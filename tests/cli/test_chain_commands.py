@@ -1,4 +1,4 @@
-"""The chain CLI (dtp.cli.ledger.register) against a temporary ledger and identity."""
+"""The chain CLI (dtp.cli._ledger.register) against a temporary ledger and identity."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.cli.ledger import SUI_INSTALL_HINT
+from dtp.cli._ledger import SUI_INSTALL_HINT
 from dtp.errors import ChainError
 from dtp.ledger.local import LocalLedger
 from tests.cli.chain_cli import Cli, make_parser
@@ -243,7 +243,7 @@ def test_deploy_the_bundled_package_from_a_copy(
 ) -> None:
     """An installed dtp (no checkout beside it) deploys the Move package it carries, built
     in a temporary copy: sui writes build/ and Move.lock there, not into site-packages."""
-    import dtp.cli.ledger as chain_cli
+    import dtp.cli._ledger as chain_cli
 
     bundled = tmp_path / "site-packages" / "dtp" / "move" / "dtp"
     shutil.copytree(chain_cli.CHECKOUT_PACKAGE, bundled)

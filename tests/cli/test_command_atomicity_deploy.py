@@ -69,7 +69,7 @@ PUBLISHED = '{"digest": "D1", "objectChanges": [{"type": "published", "packageId
 _STOPPED_AFTER_PUBLISH = """
 import os, signal, sys
 from pathlib import Path
-import dtp.cli.ledger as cli
+import dtp.cli._ledger as cli
 from dtp.cli import main
 
 cli.CHECKOUT_PACKAGE = Path(os.devnull)  # no checkout: the bundled copy is deployed

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dtp.cli import main
-from dtp.ledger.objects import MAX_ENDPOINTS, normalize_id
+from dtp.ledger._objects import MAX_ENDPOINTS, normalize_id
 
 #: A host ID that names nothing on the test's ledger.
 NO_HOST = "0x" + "ab" * 32

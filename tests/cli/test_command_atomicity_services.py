@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from dtp.errors import ChainError, InvalidArgument, InvalidObjectId, LedgerUnavailable
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.sui import SuiLedger
 from tests.cli.chain_cli import Cli, make_parser
 from tests.cli.deploy_runs import PUBLISHED, deploy, fake_sui
@@ -137,7 +137,7 @@ def test_a_failed_read_back_names_what_the_transaction_made(
 
     def lagging(self: LocalLedger, object_id: str) -> Any:
         # the CLI's read fails; the ledger's own (renew reads the subscription) does not
-        if sys._getframe(1).f_globals["__name__"] != "dtp.cli.ledger":
+        if sys._getframe(1).f_globals["__name__"] != "dtp.cli._ledger":
             return real(self, object_id)
         raise LedgerUnavailable("the Sui node did not answer within 30 s")
 

@@ -44,12 +44,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.cli.demo as demo
-from dtp.cli import demo_daemon
-from dtp.cli.demo_daemon import run_daemon_step
-from dtp.daemon.status import _table
-from dtp.daemon.tunnel import TcpLeg
-from dtp.ledger.objects import Sla
+import dtp.cli._demo as demo
+from dtp.cli import _demo_daemon as demo_daemon
+from dtp.cli._demo_daemon import run_daemon_step
+from dtp.daemon._status import _table
+from dtp.daemon._tunnel import TcpLeg
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import fee
 from tests.support.interrupts import dtp_main, left_under, run_until
 
@@ -335,7 +335,7 @@ def test_a_held_tunnel_that_ended_is_counted_no_more() -> None:
 def test_an_interrupt_while_a_demo_daemon_is_made_leaves_it_in_the_list_to_stop(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import dtp.cli.demo_daemon as step
+    import dtp.cli._demo_daemon as step
 
     made: list[subprocess.Popen[str]] = []
     real_popen = subprocess.Popen

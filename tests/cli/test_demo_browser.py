@@ -1,4 +1,4 @@
-"""The browser step of ``dtp demo`` (dtp/cli/demo_browser.py): headless Chromium on the
+"""The browser step of ``dtp demo`` (dtp/cli/_demo_browser.py): headless Chromium on the
 Gun endpoint's chat page and a Python peer across DTP sync write to the same graph; the
 browser's part is checked by what the Python peer receives from the page and by the
 screenshot the step saves (build/screenshots/, its path in the test log). A person who
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-import dtp.cli.demo as demo
+import dtp.cli._demo as demo
 from bench import gun_peer
-from dtp.cli import demo_browser
-from dtp.cli.demo_browser import (
+from dtp.cli import _demo_browser as demo_browser
+from dtp.cli._demo_browser import (
     PAGE_TEXT,
     PYTHON_TEXT,
     BrowserStepResult,
@@ -320,7 +320,7 @@ def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Pa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTHONUNBUFFERED", None)  # (as a user's shell has it)
     code = (
-        "import sys; from dtp.cli.demo_browser import run_browser_step; "
+        "import sys; from dtp.cli._demo_browser import run_browser_step; "
         "run_browser_step(print, print, wait=30)"
     )
     proc = subprocess.Popen(
@@ -354,7 +354,7 @@ def test_without_websockets_the_step_says_so(monkeypatch: pytest.MonkeyPatch) ->
     for name in list(sys.modules):
         if name == "websockets" or name.startswith(("websockets.", "dtp.graph.gun")):
             monkeypatch.delitem(sys.modules, name)
-    for name in ("dtp.cli.demo_browser", "dtp.cli.chromium"):
+    for name in ("dtp.cli._demo_browser", "dtp.cli._chromium"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, "websockets", None)  # (import websockets: not found)
     lines: list[str] = []

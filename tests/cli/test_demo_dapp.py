@@ -1,4 +1,4 @@
-"""The dApp step of ``dtp demo`` (dtp/cli/demo_dapp.py): the page's address is printed,
+"""The dApp step of ``dtp demo`` (dtp/cli/_demo_dapp.py): the page's address is printed,
 and a wallet-identified, paid JSON-RPC call is made through DTP over WebSocket -- by
 headless Chromium on the page (its screenshot in build/screenshots/), by the same JS
 client from node without chromium -- and checked against the ledger. Without chromium and
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import dtp.cli.demo as demo
-from dtp.cli import dapp_host, demo_dapp
-from dtp.cli.demo_dapp import DappStepResult, run_dapp_step
+import dtp.cli._demo as demo
+from dtp.cli import _demo_dapp as demo_dapp
+from dtp.cli import dapp_host
+from dtp.cli._demo_dapp import DappStepResult, run_dapp_step
 from tests.support.browser import need_chromium
 from tests.support.interrupts import left_under, run_until
 from tests.support.paths import ROOT
@@ -148,7 +149,7 @@ def test_an_interrupt_in_the_step_leaves_no_browser_and_no_files(
 ) -> None:
     need_chromium()
     need_client()
-    code = "from dtp.cli.demo_dapp import run_dapp_step; run_dapp_step(print, print, wait=60)"
+    code = "from dtp.cli._demo_dapp import run_dapp_step; run_dapp_step(print, print, wait=60)"
     with run_until(code, tmp_path, after) as proc:
         assert list(tmp_path.iterdir()), "the step's files are in TMPDIR"
         proc.send_signal(signal.SIGINT)
@@ -164,7 +165,7 @@ def test_without_websockets_the_step_says_which_extra(monkeypatch: pytest.Monkey
     leaves nothing running."""
     for name in list(sys.modules):
         if name == "websockets" or name.startswith(
-            ("websockets.", "dtp.transport.carriers.websocket", "dtp.cli.chromium")
+            ("websockets.", "dtp.transport.carriers._websocket", "dtp.cli._chromium")
         ):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "websockets", None)  # (import websockets: not found)

@@ -75,7 +75,7 @@ def test_odd_publish_output_is_one_line(
 def test_deploy_hands_its_sui_children_no_passphrase(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp.cli.ledger import register
+    from dtp.cli._ledger import register
 
     (home / "pkg").mkdir()
     (home / "pkg" / "Move.toml").write_text('[package]\nname = "dtp"\n')

@@ -16,8 +16,8 @@ import pytest
 
 from bench import gun_peer
 from dtp.cli import dapp_host, main
-from dtp.cli.demo_browser import PAGE_TEXT, PYTHON_TEXT
-from dtp.daemon.state import StatusBook
+from dtp.cli._demo_browser import PAGE_TEXT, PYTHON_TEXT
+from dtp.daemon._state import StatusBook
 from tests.support.browser import chromium_path
 from tests.support.demo_output import check_demo_output
 from tests.support.paths import ROOT

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 import dtp
-from dtp.cli.funds import sui_text
-from dtp.identity.files import lock_exclusive
+from dtp.cli._funds import sui_text
+from dtp.identity._files import lock_exclusive
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt
 from tests.support.daemon_procs import ENV, ROOT, daemon
@@ -476,7 +476,7 @@ def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
     written off and marked in the store."""
     import argparse
 
-    from dtp.cli.funds import _claim_from
+    from dtp.cli._funds import _claim_from
 
     ledger = _ClientSettlesMeanwhile(tmp_path / "ledger.sqlite")
     server, client = HostIdentity.generate(), HostIdentity.generate()

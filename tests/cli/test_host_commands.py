@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.hostid.connect import tcp_endpoints
+from dtp.hostid._connect import tcp_endpoints
 from dtp.ledger.local import LocalLedger
 
 

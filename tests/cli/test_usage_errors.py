@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from dtp.cli import main
-from dtp.cli.ledger import register
+from dtp.cli._ledger import register
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import FirewallMode
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import FirewallMode
 from tests.support.cli_runs import child_env, cli_env, error_lines, run_dtp
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from dtp.cli import build_parser, main
-from dtp.cli.common import amount, duration, firewall_mode
-from dtp.ledger.objects import FirewallMode
+from dtp.cli._common import amount, duration, firewall_mode
+from dtp.ledger._objects import FirewallMode
 from tests.support.paths import ROOT
 
 #: What every chain command takes (docs/cli.md "Options every chain command takes").

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from dtp.errors import FencedOut
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from tests.coordination.lease_server import identity
 from tests.support.paths import ROOT
 

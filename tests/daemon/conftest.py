@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._state import StatusBook
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.testing.sui_node import SuiNodeStandIn

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI
 

@@ -1,4 +1,4 @@
-"""Services daemons run in the test's own process (``dtp.daemon.runner.Daemon``), on a
+"""Services daemons run in the test's own process (``dtp.daemon._runner.Daemon``), on a
 LocalLedger file or the Sui node stand-in, and what their tests drive them with: an echo
 backend, a client that opens its ledger connections itself and connects on them (as any
 client of a host may), TCP clients of a forwarder, and waits bounded in time."""
@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import dtp.aio
-from dtp.daemon.config import load_config
-from dtp.daemon.runner import Daemon
-from dtp.daemon.tunnel import read_status
+from dtp.daemon._config import load_config
+from dtp.daemon._runner import Daemon
+from dtp.daemon._tunnel import read_status
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import TransportControl
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import TransportControl
 from dtp.payments.receipts import Receipt, fee
 from dtp.protocol.connection import ConnectionConfig
 

@@ -37,17 +37,17 @@ from typing import Any
 
 import pytest
 
-import dtp.daemon.state as state_module
-from dtp.daemon.balancer import BackendPool
-from dtp.daemon.config import Backend, parse_config
-from dtp.daemon.logs import setup_logging
-from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals
-from dtp.daemon.state import STATUS_FILE, StatusBook, process_identity
-from dtp.daemon.status import daemon_running
+import dtp.daemon._state as state_module
+from dtp.daemon._balancer import BackendPool
+from dtp.daemon._config import Backend, parse_config
+from dtp.daemon._logs import setup_logging
+from dtp.daemon._signals import CAUGHT_SIGNALS, LoopSignals
+from dtp.daemon._state import STATUS_FILE, StatusBook, process_identity
+from dtp.daemon._status import daemon_running
 from dtp.errors import DaemonConfigError, DTPError, TunnelError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import MAX_PURE_BYTES, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import MAX_PURE_BYTES, Sla
 from tests.support.daemon_procs import ENV, ROOT, run_daemon
 from tests.support.ports import free_port
 from tests.support.tcp_blackhole import unanswered_address
@@ -163,12 +163,12 @@ health_interval = 30
     return config
 
 
-@pytest.mark.parametrize("trigger", ["dtp.cli.ledger", "dtp.daemon.runner", "dtp.ledger.local"])
+@pytest.mark.parametrize("trigger", ["dtp.cli._ledger", "dtp.daemon._runner", "dtp.ledger.local"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_while_the_daemon_loads_exits_0_creating_nothing(
     tmp_path: Path, sig: str, trigger: str
 ) -> None:
-    """A stop that arrives while ``dtp`` builds its parser (``dtp.cli.ledger``) or
+    """A stop that arrives while ``dtp`` builds its parser (``dtp.cli._ledger``) or
     ``dtp daemon`` imports the runner (where the first few tenths of a second go) ends
     it with status 0, no ready line, no traceback, and no file created (before: SIGTERM
     killed it, 143; SIGINT exited 130)."""
@@ -545,7 +545,7 @@ def test_text_logs_keep_a_remote_reason_on_one_line() -> None:
         root.handlers[:] = handlers
         root.setLevel(level)
     forged = "no\n2030-01-01 00:00:00,000 ERROR dtp.daemon: identity leaked key=x"
-    record = logging.LogRecord("dtp.daemon.forwarder", logging.WARNING, "", 0, "refused", (), None)
+    record = logging.LogRecord("dtp.daemon._forwarder", logging.WARNING, "", 0, "refused", (), None)
     record.fields = {"forward": "db", "reason": forged}
     text = formatter.format(record)
     assert "\n" not in text
@@ -621,6 +621,6 @@ def test_pool_stop_does_not_swallow_the_callers_cancellation(
         await pool.stop()
         assert waiting.cancelled()
 
-    with caplog.at_level("ERROR", logger="dtp.daemon.balancer"):
+    with caplog.at_level("ERROR", logger="dtp.daemon._balancer"):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == ["health checks failed"]

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import cast
 
 import dtp.aio
-from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.served import ServedConnection
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook
+from dtp.daemon._config import Backend, ServiceConfig
+from dtp.daemon._served import ServedConnection
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._state import StatusBook
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import ConnectionTerms
 
 

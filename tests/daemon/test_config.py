@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.config import Backend, parse_config
+from dtp.daemon._config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI, daemon, run_daemon, wait_until

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.config import (
+from dtp.daemon._config import (
     MIN_UNPAID_SLACK,
     ForwardConfig,
     key_lines,
     load_config,
     parse_config,
 )
-from dtp.daemon.state import StatusBook, process_identity
-from dtp.daemon.status import daemon_running, format_table
-from dtp.daemon.status import main as status_main
+from dtp.daemon._state import StatusBook, process_identity
+from dtp.daemon._status import daemon_running, format_table
+from dtp.daemon._status import main as status_main
 from dtp.errors import DaemonConfigError, KeyFileError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig

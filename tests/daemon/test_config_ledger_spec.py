@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import parse_config
+from dtp.daemon._config import parse_config
 from dtp.errors import DaemonConfigError, LedgerSpecError
 from tests.support.daemon_procs import run_daemon
 

@@ -22,15 +22,15 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.runner import Daemon
+from dtp.daemon._runner import Daemon
 from dtp.errors import ConnectionLimitReached, ConnectionRefused
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui import ledger as sui_core
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui import _ledger as sui_core
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, tunnel, until
 

@@ -25,10 +25,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from dtp.daemon.config import Backend, ForwardConfig, HostAddress, load_config
-from dtp.daemon.runner import Daemon
-from dtp.daemon.state import STATUS_FILE, StatusBook
-from dtp.daemon.udp_forward import UdpForward
+from dtp.daemon._config import Backend, ForwardConfig, HostAddress, load_config
+from dtp.daemon._runner import Daemon
+from dtp.daemon._state import STATUS_FILE, StatusBook
+from dtp.daemon._udp_forward import UdpForward
 from dtp.errors import LedgerUnavailable
 from dtp.hostid.udp import UdpStats
 from dtp.identity.keys import HostIdentity
@@ -201,7 +201,7 @@ def test_a_udp_forward_slow_to_close_does_not_end_the_drain(
         await forward.drain(0.0)  # (waits its 1 s floor)
         return time.monotonic() - began
 
-    with caplog.at_level(logging.WARNING, logger="dtp.daemon.udp_forward"):
+    with caplog.at_level(logging.WARNING, logger="dtp.daemon._udp_forward"):
         took = asyncio.run(main())
     assert slow.cancelled and slow.closed
     assert took < 10

@@ -24,18 +24,18 @@ from typing import Any
 
 import pytest
 
-import dtp.payments.ends as ends_mod
-from dtp.daemon import config as config_mod
-from dtp.daemon.config import load_config
-from dtp.daemon.runner import Daemon
-from dtp.daemon.state import read_status
-from dtp.daemon.status import format_table
+import dtp.payments._ends as ends_mod
+from dtp.daemon import _config as config_mod
+from dtp.daemon._config import load_config
+from dtp.daemon._runner import Daemon
+from dtp.daemon._state import read_status
+from dtp.daemon._status import format_table
 from dtp.errors import DaemonConfigError
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.connections import find_connections
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+from dtp.ledger._connections import find_connections
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.payments.refunds import collect_refund
+from dtp.payments._refunds import collect_refund
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, echo_backend, running, through, until
 

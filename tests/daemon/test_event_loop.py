@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import parse_config
+from dtp.daemon._config import parse_config
 from dtp.errors import DaemonConfigError
 from tests.daemon.tunnel_setup import Setup, echo_roundtrip, service
 from tests.support.daemon_procs import SUI, write_forwarder

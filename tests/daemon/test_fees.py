@@ -1,4 +1,4 @@
-"""The daemon's receipt keeping (dtp.daemon.fees.ServerFees): receipts are checked at
+"""The daemon's receipt keeping (dtp.daemon._fees.ServerFees): receipts are checked at
 once, stored by a writer thread (the event loop never waits for the fsync), and count
 only once stored; a settle claims the newest one on the ledger.
 
@@ -27,16 +27,16 @@ from typing import Any
 
 import pytest
 
-import dtp.daemon.fees as fees_mod
-import dtp.daemon.udp_flows as udp_flows_mod
-from dtp.daemon.fees import ServerFees
-from dtp.daemon.runner import Daemon
+import dtp.daemon._fees as fees_mod
+import dtp.daemon._udp_flows as udp_flows_mod
+from dtp.daemon._fees import ServerFees
+from dtp.daemon._runner import Daemon
 from dtp.errors import DTPError, InvalidReceipt
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, until
 from tests.support.paid_stores import StallingStore

@@ -1,4 +1,4 @@
-"""The daemon's settlements (dtp.daemon.fees.ServerFees.settle) and its status file.
+"""The daemon's settlements (dtp.daemon._fees.ServerFees.settle) and its status file.
 
 - settle catches more than ChainError: a damaged stored receipt, an error the ledger
   did not wrap, or the writer closed under it (a settlement outlasting the stop's wait)
@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.fees import ServerFees, Settled
-from dtp.daemon.state import STATUS_FILE, StatusBook
+from dtp.daemon._fees import ServerFees, Settled
+from dtp.daemon._state import STATUS_FILE, StatusBook
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Settlement, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Settlement, Sla
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.support.paid_twins import ident
@@ -131,7 +131,7 @@ def test_a_damaged_stored_receipt_is_logged_and_the_connection_left_open(
     with sqlite3.connect(path) as db:  # a torn block, another program's write
         db.execute("UPDATE receipts SET encoded = ?", (b"not a receipt",))
     try:
-        with caplog.at_level(logging.WARNING, logger="dtp.daemon.fees"):
+        with caplog.at_level(logging.WARNING, logger="dtp.daemon._fees"):
             settled = asyncio.run(fees.settle(cid))
     finally:
         fees.close()
@@ -167,7 +167,7 @@ def test_an_unwrapped_claim_error_does_not_end_the_recovery(
     ledger.fail_claims[first] = error
     fees = ServerFees(ledger, SERVER, host_id, path)
     try:
-        with caplog.at_level(logging.WARNING, logger="dtp.daemon.fees"):
+        with caplog.at_level(logging.WARNING, logger="dtp.daemon._fees"):
             done = dict(asyncio.run(fees.claim_leftovers()))
     finally:
         fees.close()

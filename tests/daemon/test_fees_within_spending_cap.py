@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.fees import ServerFees
+from dtp.daemon._fees import ServerFees
 from dtp.errors import InvalidReceipt
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=100)

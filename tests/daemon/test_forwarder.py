@@ -43,15 +43,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.daemon.config import Backend, ForwardConfig
-from dtp.daemon.forwarder import Forwarder
-from dtp.daemon.state import StatusBook
-from dtp.daemon.tunnel import STATUS_OK
+from dtp.daemon._config import Backend, ForwardConfig
+from dtp.daemon._forwarder import Forwarder
+from dtp.daemon._state import StatusBook
+from dtp.daemon._tunnel import STATUS_OK
 from dtp.errors import ChainError
-from dtp.hostid.address import HostAddress
+from dtp.hostid._address import HostAddress
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.payments.receipts import fee
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_inprocess import ident
@@ -305,7 +305,7 @@ def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
 
     monkeypatch.setattr(dtp.aio, "open_connection", failing)
     # (a short first backoff keeps the test short)
-    monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.3)
+    monkeypatch.setattr("dtp.daemon._outage.OPEN_BACKOFF_FIRST", 0.3)
 
     async def refused(forwarder: Forwarder) -> None:
         reader, writer = await _client(forwarder)
@@ -421,7 +421,7 @@ def test_a_deposit_too_small_for_one_tunnel_backs_off_longer_each_time(
     backoff doubling after each such failure: the fresh connection's successful open
     does not reset the backoff, which would keep it at its first step (a paid
     connection opened on the ledger every 0.5 s for as long as clients come)."""
-    monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.5)
+    monkeypatch.setattr("dtp.daemon._outage.OPEN_BACKOFF_FIRST", 0.5)
     sla = Sla(0, 1000, 100)
 
     async def refused(forwarder: Forwarder) -> None:

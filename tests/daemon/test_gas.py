@@ -1,4 +1,4 @@
-"""The daemon's gas watch (dtp/daemon/gas.py): what its address holds, the states it
+"""The daemon's gas watch (dtp/daemon/_gas.py): what its address holds, the states it
 goes through (ok, low, out) each logged once, the typed error of running out, and how
 ``dtp status`` shows them. The balance comes from a function here; the daemon running
 out of gas on the Sui node stand-in is in tests/daemon/test_on_sui.py."""
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon import gas as gas_mod
-from dtp.daemon.gas import GasWatch, insufficient_gas
-from dtp.daemon.state import StatusBook
-from dtp.daemon.status import format_table
+from dtp.daemon import _gas as gas_mod
+from dtp.daemon._gas import GasWatch, insufficient_gas
+from dtp.daemon._state import StatusBook
+from dtp.daemon._status import format_table
 from dtp.errors import InsufficientFunds, LedgerUnavailable, TunnelError
 
 ADDRESS = "0x" + "ab" * 32
@@ -22,7 +22,7 @@ BUDGET = 1_000
 
 
 def records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dtp.daemon.gas"]
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dtp.daemon._gas"]
 
 
 def watch(tmp_path: Path, balances: list[int | Exception], budget: int = BUDGET) -> GasWatch:
@@ -38,7 +38,7 @@ def watch(tmp_path: Path, balances: list[int | Exception], budget: int = BUDGET)
 def test_each_state_is_logged_once_and_shown_in_the_status(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dtp.daemon.gas")
+    caplog.set_level(logging.DEBUG, logger="dtp.daemon._gas")
     balances: list[int | Exception] = [200_000, 90_000, 80_000, 900, 800, 50_000, 150_000]
     gas = watch(tmp_path, balances)
     assert gas.low == 100 * BUDGET  # the default: a hundred transactions' budgets
@@ -104,7 +104,7 @@ def test_a_failure_is_explained_by_running_out_only_when_the_gas_is_gone(
 def test_a_ledger_that_cannot_be_read_keeps_the_last_balance(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.daemon.gas")
+    caplog.set_level(logging.INFO, logger="dtp.daemon._gas")
     away = LedgerUnavailable("Sui node http://x is unreachable")
     gas = watch(tmp_path, [50_000, away, away, 200_000])
     states = [asyncio.run(gas.check(fresh=True)) for _ in range(3)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import echo_backend, running
 from tests.daemon.test_on_sui import node, quick_retries, service, write_config  # noqa: F401

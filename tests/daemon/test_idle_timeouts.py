@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import load_config
-from dtp.daemon.state import read_status
+from dtp.daemon._config import load_config
+from dtp.daemon._state import read_status
 from dtp.errors import DaemonConfigError
 from tests.daemon.daemon_configs import FAKE_HOST, client_config, forward, forward_rows, provider
 from tests.daemon.tcp_backends import echo_server

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import Backend, parse_config
+from dtp.daemon._config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI, Proc, daemon, write_forwarder

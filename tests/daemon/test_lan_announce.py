@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import parse_config
+from dtp.daemon._config import parse_config
 from dtp.discovery import lan
 from dtp.errors import DaemonConfigError
 from dtp.identity.keys import HostIdentity

@@ -1,4 +1,4 @@
-"""The daemon's ledger calls, timed and counted (dtp.daemon.ledger_calls): each kind by
+"""The daemon's ledger calls, timed and counted (dtp.daemon._ledger_calls): each kind by
 its method, once however deep the ledger calls itself, its errors by name, the ledger's
 health from whether it answers -- and a method patched on the class later is the one
 called."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.ledger_calls import BUCKETS, LedgerCalls, watch_ledger
+from dtp.daemon._ledger_calls import BUCKETS, LedgerCalls, watch_ledger
 from dtp.errors import LedgerUnavailable, ObjectNotFound
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.logs import kv, setup_logging
+from dtp.daemon._logs import kv, setup_logging
 from tests.daemon.tunnel_setup import Setup, service
 from tests.support.daemon_procs import run_daemon
 

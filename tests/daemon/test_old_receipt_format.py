@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.runner import Daemon
+from dtp.daemon._runner import Daemon
 from dtp.errors import DTPError
 from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, service
 from tests.support.scopes import v1_receipt_bytes

@@ -18,18 +18,18 @@ from typing import Any
 
 import pytest
 
-import dtp.daemon.gas as gas_mod
-import dtp.daemon.host_policy as host_policy_mod
-import dtp.daemon.host_setup as host_setup_mod
-import dtp.daemon.settlements as settlements_mod
-from dtp.daemon.forwarder import Forwarder
-from dtp.daemon.runner import Daemon
-from dtp.daemon.udp_forward import UdpForward
+import dtp.daemon._gas as gas_mod
+import dtp.daemon._host_policy as host_policy_mod
+import dtp.daemon._host_setup as host_setup_mod
+import dtp.daemon._settlements as settlements_mod
+from dtp.daemon._forwarder import Forwarder
+from dtp.daemon._runner import Daemon
+from dtp.daemon._udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui import ledger as sui_core
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui import _ledger as sui_core
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, through, tunnel, until
 

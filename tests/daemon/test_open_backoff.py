@@ -1,4 +1,4 @@
-"""A forward's backoff between tries of a new connection (dtp/daemon/outage.py:
+"""A forward's backoff between tries of a new connection (dtp/daemon/_outage.py:
 OpenBackoff, sans I/O: the clock is the test's), and the forwarder through an outage of
 its target: the endpoint that does not answer is found by a probe, before anything is
 spent on the ledger.
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-import dtp.daemon.forwarder
-from dtp.daemon.config import Backend, ForwardConfig
-from dtp.daemon.forwarder import Forwarder
-from dtp.daemon.outage import (
+import dtp.daemon._forwarder
+from dtp.daemon._config import Backend, ForwardConfig
+from dtp.daemon._forwarder import Forwarder
+from dtp.daemon._outage import (
     OPEN_BACKOFF_FIRST,
     OPEN_BACKOFF_MAX,
     SPENT_BACKOFF_FIRST,
@@ -32,12 +32,12 @@ from dtp.daemon.outage import (
     TargetUnreachable,
     probe_target,
 )
-from dtp.daemon.refunds import Refunds
-from dtp.daemon.state import StatusBook
+from dtp.daemon._refunds import Refunds
+from dtp.daemon._state import StatusBook
 from dtp.errors import ChainError, TunnelError
-from dtp.hostid.address import HostAddress
+from dtp.hostid._address import HostAddress
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
 from tests.support.paid_inprocess import ident
 
 SERVER, CLIENT = ident(0x44), ident(0x45)
@@ -181,7 +181,7 @@ def test_a_forwarder_spends_nothing_while_its_target_is_down(
         probes.append(asyncio.get_running_loop().time())
         return await real(*args)
 
-    monkeypatch.setattr(dtp.daemon.forwarder, "probe_target", counted)
+    monkeypatch.setattr(dtp.daemon._forwarder, "probe_target", counted)
     config = ForwardConfig(
         "f", Backend("127.0.0.1", 0), HostAddress.parse(f"dtp://{host}:80"), deposit=5000
     )

@@ -17,11 +17,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from dtp.daemon.refunds import OpenedBook
-from dtp.daemon.state import CONNECTIONS_FILE
-from dtp.ledger.connections import find_connections
+from dtp.daemon._refunds import OpenedBook
+from dtp.daemon._state import CONNECTIONS_FILE
+from dtp.ledger._connections import find_connections
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from tests.daemon.daemon_configs import write_provider
 from tests.daemon.metrics_scrape import METRICS, scrape, value
 from tests.daemon.tcp_backends import Backend, serves_health_checks

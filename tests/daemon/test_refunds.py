@@ -1,4 +1,4 @@
-"""The forwarders' own settlements (dtp/daemon/refunds.py): the book of the connections
+"""The forwarders' own settlements (dtp/daemon/_refunds.py): the book of the connections
 they opened, and the looks that half-close those no link uses, settle those whose
 half-close timeout has passed, and forget those the provider settled.
 
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.refunds import Refunds
-from dtp.daemon.state import CONNECTIONS_FILE
+from dtp.daemon._refunds import Refunds
+from dtp.daemon._state import CONNECTIONS_FILE
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
-from dtp.payments.refund_book import OpenedBook
+from dtp.payments._refund_book import OpenedBook
 from tests.support.paid_inprocess import ident
 
 SERVER, CLIENT = ident(0x54), ident(0x55)
@@ -264,7 +264,7 @@ def test_a_look_cancelled_as_it_settles_still_says_so(
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-        with caplog.at_level(logging.INFO, logger="dtp.daemon.refunds"):
+        with caplog.at_level(logging.INFO, logger="dtp.daemon._refunds"):
             asyncio.run(stop_mid_look())
         assert ledger.get_connection(cid).settled
         assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from tests.daemon.tcp_backends import echo_server

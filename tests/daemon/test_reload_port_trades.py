@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from tests.daemon.daemon_configs import FAKE_HOST, client_config, forward, forward_rows
 from tests.daemon.daemon_configs import provider as provider_config
 from tests.daemon.tcp_backends import echo_server

@@ -1,5 +1,5 @@
-"""ServiceHost hands its work to parts (dtp/daemon/settlements.py, served_tunnels.py,
-udp_flows.py, host_policy.py), each given the few values it needs rather than the host.
+"""ServiceHost hands its work to parts (dtp/daemon/_settlements.py, _served_tunnels.py,
+_udp_flows.py, _host_policy.py), each given the few values it needs rather than the host.
 What they share must stay the host's as it is now: a reload's service table (updated in
 place), and the settlements the drain waits for."""
 
@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Any, cast
 
-from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.fees import Settled
-from dtp.daemon.services import ServiceHost
+from dtp.daemon._config import Backend, ServiceConfig
+from dtp.daemon._fees import Settled
+from dtp.daemon._services import ServiceHost
 
 BACKENDS = (Backend("127.0.0.1", 9),)
 DEPOSIT = 1000

@@ -1,4 +1,4 @@
-"""The services daemon (dtp/daemon/services.py and runner.py):
+"""The services daemon (dtp/daemon/_services.py and _runner.py):
 
 * One DTP connection per ledger connection: a second is refused, as dtp.aio refuses it
   (which it does for a LedgerAdmission hook only; the daemon's hook is its own), so the
@@ -35,14 +35,14 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.daemon.config import load_config
-from dtp.daemon.fees import ServerFees
-from dtp.daemon.runner import Daemon
+from dtp.daemon._config import load_config
+from dtp.daemon._fees import ServerFees
+from dtp.daemon._runner import Daemon
 from dtp.errors import ChainError, ConnectionRefused, DTPError
-from dtp.hostid.admission import Admitted
+from dtp.hostid._admission import Admitted
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState
 from dtp.payments.receipts import ConnectionTerms
 from tests.daemon.inproc import (
     SUI,
@@ -186,7 +186,7 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
             running = asyncio.ensure_future(daemon.run())
             try:
                 # serving, not only started: SIGHUPs before that are one reload, once
-                # ready (runner.py), and the two this test counts would be one
+                # ready (_runner.py), and the two this test counts would be one
                 await until(lambda: daemon.phase == "serving" or running.done(), "ready")
                 assert daemon.host_id is not None and daemon.services is not None
                 config.write_text(config.read_text() + service(7001, port) + service(7002, port))

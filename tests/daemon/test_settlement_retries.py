@@ -1,5 +1,5 @@
-"""The daemon's settlements, counted and retried (dtp/daemon/settlements.py,
-services.py and runner.py; ServerFees.settle does not raise):
+"""The daemon's settlements, counted and retried (dtp/daemon/_settlements.py,
+_services.py and _runner.py; ServerFees.settle does not raise):
 
 * fees_claimed missed claims: a connection refused at admission (a service's deny list,
   a service a reload removed) or cut before it was served (its terms unreadable) was
@@ -47,15 +47,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.daemon.fees as fees_mod
-import dtp.daemon.services as services_mod
-import dtp.daemon.settlements as settlements_mod
-from dtp.daemon.fees import ServerFees
-from dtp.daemon.runner import Daemon
+import dtp.daemon._fees as fees_mod
+import dtp.daemon._services as services_mod
+import dtp.daemon._settlements as settlements_mod
+from dtp.daemon._fees import ServerFees
+from dtp.daemon._runner import Daemon
 from dtp.errors import ChainError, ConnectionRefused, LedgerUnavailable
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Settlement, TransportControl
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Settlement, TransportControl
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import ConnectionTerms, Receipt
 from tests.daemon.inproc import (

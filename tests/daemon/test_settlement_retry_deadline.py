@@ -1,4 +1,4 @@
-"""When the services daemon tries a failed settlement again (dtp/daemon/settlements.py),
+"""When the services daemon tries a failed settlement again (dtp/daemon/_settlements.py),
 against the client's half-close timeout (``HALF_CLOSE_TIMEOUT_MS``, 10 minutes): past
 it the client may settle alone and take its whole deposit back, the host's receipted fee
 lost. A ledger (or the daemon's gas) back at any moment must see the settlement tried
@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dtp.daemon.fees import Settled
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.settlements import SETTLE_RETRY
-from dtp.daemon.state import StatusBook
+from dtp.daemon._fees import Settled
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._settlements import SETTLE_RETRY
+from dtp.daemon._state import StatusBook
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
 
 CID = "0x" + "c1" * 32
 TIMEOUT = HALF_CLOSE_TIMEOUT_MS / 1000

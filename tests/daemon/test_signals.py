@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals, StopSignals
+from dtp.daemon._signals import CAUGHT_SIGNALS, LoopSignals, StopSignals
 from tests.daemon.starting_daemons import stop_daemon_script
 
 # a thread of the process's own that does not block the signals, and the SIGTERM sent

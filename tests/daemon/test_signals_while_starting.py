@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import load_config
-from dtp.daemon.runner import Daemon
-from dtp.daemon.state import read_status
+from dtp.daemon._config import load_config
+from dtp.daemon._runner import Daemon
+from dtp.daemon._state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import FirewallMode
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import FirewallMode
 from tests.daemon.starting_daemons import ALLOWED, stop_daemon_script, write_slow_config
 from tests.support.daemon_procs import ENV, ROOT, SUI, wait_until
 
@@ -414,8 +414,8 @@ def test_the_daemon_loops_workers_block_the_stop_signals() -> None:
     "stopping before ready"): the main thread blocks the signals across the loop's
     close, but an executor worker just joined can outlive its join for a moment and
     took the SIGTERM while its default action was back. The workers block them now."""
-    from dtp.daemon.runner import _signal_free_executor
-    from dtp.daemon.signals import CAUGHT_SIGNALS
+    from dtp.daemon._runner import _signal_free_executor
+    from dtp.daemon._signals import CAUGHT_SIGNALS
 
     with _signal_free_executor() as pool:
         blocked = pool.submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result(30)

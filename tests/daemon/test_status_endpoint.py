@@ -1,4 +1,4 @@
-"""The daemon's small HTTP server (dtp.daemon.web) on its own: what it answers, what it
+"""The daemon's small HTTP server (dtp.daemon._web) on its own: what it answers, what it
 refuses, its limits, and its control socket -- a path too long for a Unix socket
 address included."""
 
@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dtp.daemon.control import unix_get
-from dtp.daemon.web import MAX_HEAD, StatusEndpoint
+from dtp.daemon._control import unix_get
+from dtp.daemon._web import MAX_HEAD, StatusEndpoint
 from dtp.errors import MissingExtra
 
 STATUS = {"live": True, "services": {"svc": {"bytes_in": 5}}}
@@ -89,7 +89,7 @@ def test_healthz_says_the_phase() -> None:
 
 def test_a_silent_client_does_not_hold_a_request_slot_for_ever(monkeypatch: Any) -> None:
     """A client that connects and sends nothing is closed after the read timeout."""
-    monkeypatch.setattr("dtp.daemon.web.READ_TIMEOUT", 0.2)
+    monkeypatch.setattr("dtp.daemon._web.READ_TIMEOUT", 0.2)
 
     async def test(endpoint: StatusEndpoint, address: tuple[str, int]) -> None:
         reader, writer = await asyncio.open_connection(*address)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.daemon.state as state_module
-from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.signals import LoopSignals
-from dtp.daemon.state import STATUS_FILE, StatusBook
-from dtp.daemon.status import main as status_main
+import dtp.daemon._state as state_module
+from dtp.daemon._config import Backend, ServiceConfig
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._signals import LoopSignals
+from dtp.daemon._state import STATUS_FILE, StatusBook
+from dtp.daemon._status import main as status_main
 from dtp.errors import TunnelError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
@@ -245,7 +245,7 @@ _HOST_WRITE = """
 import resource, signal, sys
 from pathlib import Path
 from types import SimpleNamespace
-from dtp.daemon.host_setup import HostSetup
+from dtp.daemon._host_setup import HostSetup
 
 state, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
 # Python ignores SIGXFSZ from its start: put the default (death) back for a crash
@@ -286,7 +286,7 @@ def test_host_json_is_never_left_damaged(tmp_path: Path, crash: bool) -> None:
         # the error names the Host made, for [daemon] host_id (a next start without a
         # record would create another)
         assert "set [daemon] host_id = '0x" + "ab" * 32 + "'" in done.stdout, done
-    from dtp.daemon.host_setup import HOST_FILE, HostSetup, recorded_host_id
+    from dtp.daemon._host_setup import HOST_FILE, HostSetup, recorded_host_id
 
     record = state / HOST_FILE
     # the old record (none here) stays, whole: never a truncated one, which the next

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.control import unix_get
+from dtp.daemon._control import unix_get
 from tests.daemon.metrics_scrape import parse, value
 from tests.daemon.tunnel_setup import Setup, echo_roundtrip, service
 from tests.support.daemon_procs import ENV, ROOT, wait_until

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState
 from tests.daemon.daemon_configs import write_provider
 from tests.support.daemon_procs import (
     SUI,

@@ -1,6 +1,6 @@
 """The services daemon admits a connection opened with a subscription (docs/escrow.md
 §13) only while the subscription lasts: its admission is the library's
-(:class:`~dtp.hostid.admission.LedgerAdmission`), which reads the subscription a
+(:class:`~dtp.hostid._admission.LedgerAdmission`), which reads the subscription a
 connection records and refuses one that is over with the reason the client raises as
 :class:`~dtp.errors.SubscriptionRefused` (and then ends on the ledger at once)."""
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook
+from dtp.daemon._config import Backend, ServiceConfig
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._state import StatusBook
 from dtp.errors import SubscriptionRefused, refusal_error
-from dtp.hostid.admission import PeerInfo
+from dtp.hostid._admission import PeerInfo
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
-from dtp.protocol.state import CloseCode
+from dtp.protocol._state import CloseCode
 
 
 def test_the_daemon_refuses_a_connection_whose_subscription_is_over(tmp_path: Path) -> None:

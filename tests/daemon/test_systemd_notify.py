@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.systemd import Notifier
+from dtp.daemon._systemd import Notifier
 from tests.daemon.tunnel_setup import Setup, service
 from tests.support.daemon_procs import ENV, ROOT
 

@@ -34,19 +34,19 @@ from typing import Any, cast
 import pytest
 
 import dtp.aio
-import dtp.daemon.udp_flows as udp_flows_module
+import dtp.daemon._udp_flows as udp_flows_module
+from dtp.daemon._balancer import BackendPool
+from dtp.daemon._config import Backend, ServiceConfig, parse_config
+from dtp.daemon._fees import Settled
+from dtp.daemon._served import ServedConnection
+from dtp.daemon._services import ServiceHost
+from dtp.daemon._settlements import Retry
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
-from dtp.daemon.balancer import BackendPool
-from dtp.daemon.config import Backend, ServiceConfig, parse_config
-from dtp.daemon.fees import Settled
-from dtp.daemon.served import ServedConnection
-from dtp.daemon.services import ServiceHost
-from dtp.daemon.settlements import Retry
 from dtp.errors import DaemonConfigError
-from dtp.hostid.address import HostAddress, InvalidAddress
-from dtp.hostid.admission import Admitted
-from dtp.ledger.objects import Sla
-from dtp.payments.ratelimit import RateLimiter, TokenBucket
+from dtp.hostid._address import HostAddress, InvalidAddress
+from dtp.hostid._admission import Admitted
+from dtp.ledger._objects import Sla
+from dtp.payments._ratelimit import RateLimiter, TokenBucket
 from dtp.payments.receipts import ConnectionTerms
 from tests.support.scopes import TEST_PACKAGE
 
@@ -161,7 +161,7 @@ def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
         await host.drain(0.0)
         assert host.policy._task is None
 
-    with caplog.at_level(logging.ERROR, logger="dtp.daemon.services"):
+    with caplog.at_level(logging.ERROR, logger="dtp.daemon._services"):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == ["firewall refresh failed"]
 
@@ -405,7 +405,7 @@ def test_a_tunnel_acceptor_that_died_of_a_fault_is_logged(
         await asyncio.wait_for(handler, BOUND)
         assert settled and writer.closes == 1
 
-    with caplog.at_level(logging.ERROR, logger="dtp.daemon.services"):
+    with caplog.at_level(logging.ERROR, logger="dtp.daemon._services"):
         asyncio.run(main())
     failed = [r for r in caplog.records if r.getMessage() == "tunnel acceptor failed"]
     assert len(failed) == 1  # (old: nothing said)

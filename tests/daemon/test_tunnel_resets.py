@@ -29,16 +29,16 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-from dtp.daemon.balancer import BackendPool
-from dtp.daemon.config import Backend, ForwardConfig, parse_config
-from dtp.daemon.forwarder import Forwarder
-from dtp.daemon.state import StatusBook
-from dtp.daemon.tunnel import TcpLeg, refusal, splice_leg
+from dtp.daemon._balancer import BackendPool
+from dtp.daemon._config import Backend, ForwardConfig, parse_config
+from dtp.daemon._forwarder import Forwarder
+from dtp.daemon._state import StatusBook
+from dtp.daemon._tunnel import TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DaemonConfigError, TunnelError
-from dtp.hostid.address import HostAddress
+from dtp.hostid._address import HostAddress
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Escrow, Sla, TransportControl
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Escrow, Sla, TransportControl
 from tests.support.paid_inprocess import ident
 
 BOUND = 15.0  # seconds: generous, for a loaded machine; each end takes ~1-2 s

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.state import read_status
+from dtp.daemon._state import read_status
 from tests.daemon.daemon_configs import write_provider
 from tests.daemon.tcp_backends import Backend, serves_health_checks
 from tests.support.daemon_procs import (

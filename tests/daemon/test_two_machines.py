@@ -37,11 +37,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dtp.daemon.state import RECEIPTS_FILE, read_status
-from dtp.ledger.objects import Escrow, EventFilter, Sla
+from dtp.daemon._state import RECEIPTS_FILE, read_status
+from dtp.ledger._objects import Escrow, EventFilter, Sla
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import fee
-from dtp.testing.sui_node.state import NodeState
+from dtp.testing.sui_node._state import NodeState
 from tests.support.daemon_procs import (
     SUI,
     DaemonPair,

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.ledger.connections import find_connections
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter
+from dtp.ledger._connections import find_connections
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter
 from dtp.payments.receipts import fee
 from tests.daemon import test_two_machines as two
 from tests.daemon.test_two_machines import DEPOSIT, SLA, log_lines, post, row, rpc, start_on_sui

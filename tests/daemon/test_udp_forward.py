@@ -1,4 +1,4 @@
-"""The daemon's UDP forward (dtp.daemon.udp_forward) when the ledger read that follows
+"""The daemon's UDP forward (dtp.daemon._udp_forward) when the ledger read that follows
 a flow's connect fails: the connection just made must not stay open. On a LocalLedger
 file; the host publishes no endpoint, so connections go over the ledger carrier.
 
@@ -23,14 +23,14 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.daemon.config import Backend, ForwardConfig
-from dtp.daemon.state import StatusBook
-from dtp.daemon.udp_forward import UdpForward
+from dtp.daemon._config import Backend, ForwardConfig
+from dtp.daemon._state import StatusBook
+from dtp.daemon._udp_forward import UdpForward
 from dtp.errors import ChainError, DTPError
-from dtp.hostid.address import HostAddress
+from dtp.hostid._address import HostAddress
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter, Sla
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 

@@ -24,9 +24,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import InvalidArgument, TunnelError
 from dtp.hostid.udp import UdpForwarder, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import fee
 from tests.daemon.tunnel_setup import Setup, conserved, ledger_connections, status
 from tests.support.daemon_procs import Proc, wait_until

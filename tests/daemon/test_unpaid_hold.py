@@ -11,12 +11,12 @@ from typing import cast
 import pytest
 
 import dtp.aio
-from dtp.daemon.config import MIN_UNPAID_SLACK, Backend, ServiceConfig
-from dtp.daemon.served import ServedConnection
-from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_WAIT
-from dtp.daemon.services import ServiceHost
+from dtp.daemon._config import MIN_UNPAID_SLACK, Backend, ServiceConfig
+from dtp.daemon._served import ServedConnection
+from dtp.daemon._served_tunnels import UNPAID_PAUSE, UNPAID_WAIT
+from dtp.daemon._services import ServiceHost
 from dtp.errors import TunnelError
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import ConnectionTerms
 from tests.daemon.tunnel_setup import (
     PAID,

@@ -11,14 +11,14 @@ from typing import cast
 import pytest
 
 import dtp.aio
-from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.fees import REQUESTS_PER_RECEIPT, ClientFees
-from dtp.daemon.served import ServedConnection
-from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT
-from dtp.daemon.services import ServiceHost
+from dtp.daemon._config import Backend, ServiceConfig
+from dtp.daemon._fees import REQUESTS_PER_RECEIPT, ClientFees
+from dtp.daemon._served import ServedConnection
+from dtp.daemon._served_tunnels import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT
+from dtp.daemon._services import ServiceHost
 from dtp.errors import TunnelError
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import ConnectionTerms
 from tests.support.scopes import TEST_PACKAGE, scope_of
 

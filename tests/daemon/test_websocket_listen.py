@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-from dtp.daemon.config import load_config, parse_config
-from dtp.daemon.runner import Daemon
+from dtp.daemon._config import load_config, parse_config
+from dtp.daemon._runner import Daemon
 from dtp.errors import ConnectionRefused, DaemonConfigError
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.local.ledger import LocalLedger
+from dtp.ledger.local._ledger import LocalLedger
 from tests.daemon.inproc import BOUND, echo_backend, service, tunnel, write_config
 
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'

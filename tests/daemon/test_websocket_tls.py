@@ -27,12 +27,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import dtp.aio
-from dtp.daemon.check import check_config
-from dtp.daemon.config import load_config, parse_config
-from dtp.daemon.runner import Daemon
+from dtp.daemon._check import check_config
+from dtp.daemon._config import load_config, parse_config
+from dtp.daemon._runner import Daemon
 from dtp.errors import ConnectionLost, DaemonConfigError
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.local.ledger import LocalLedger
+from dtp.ledger.local._ledger import LocalLedger
 from tests.daemon.inproc import BOUND, echo_backend, service, tunnel, write_config
 from tests.support.cert_authority import TestCa
 from tests.support.cli_runs import cli_env, run_dtp

@@ -24,8 +24,8 @@ from zeroconf import IPVersion, ServiceInfo, Zeroconf
 import dtp.aio
 import dtp.socket
 from dtp.discovery import lan
+from dtp.discovery._records import SERVICE_TYPE, LanRecord, encode_txt
 from dtp.discovery.errors import LanDiscoveryError
-from dtp.discovery.records import SERVICE_TYPE, LanRecord, encode_txt
 from dtp.errors import DTPTimeoutError, HandshakeError
 from dtp.identity.keys import HostIdentity
 
@@ -136,8 +136,8 @@ def test_an_instance_that_did_not_resolve_in_time_is_asked_again(
 ) -> None:
     # the first resolution of each instance times out, as a late answer on a loaded
     # machine does: once announced an instance makes no new browser event, so it is
-    # asked again (dtp.discovery.mdns.RESOLVE_RETRY_MAX), not left unresolved
-    from dtp.discovery import mdns
+    # asked again (dtp.discovery._mdns.RESOLVE_RETRY_MAX), not left unresolved
+    from dtp.discovery import _mdns as mdns
 
     failed: set[str] = set()
 

@@ -1,7 +1,7 @@
 """The LAN record (docs/messaging.md §6.1): the TXT record's bytes written and read back,
 every malformed record refused with LanRecordError and its reason (never another
 exception), and the peer table that browsers pump leaving such records out, counted,
-without raising. No sockets: dtp.discovery.records and dtp.discovery.peers are
+without raising. No sockets: dtp.discovery._records and dtp.discovery._peers are
 sans-I/O."""
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.discovery.errors import LanDiscoveryError, LanRecordError
-from dtp.discovery.peers import LanEvent, LanPeer, PeerFilter, PeerTable
-from dtp.discovery.records import (
+from dtp.discovery._peers import LanEvent, LanPeer, PeerFilter, PeerTable
+from dtp.discovery._records import (
     MAX_TXT,
     SERVICE_TYPE,
     LanRecord,
@@ -25,6 +24,7 @@ from dtp.discovery.records import (
     encode_txt,
     instance_name,
 )
+from dtp.discovery.errors import LanDiscoveryError, LanRecordError
 from dtp.errors import DTPError, ObjectNotFound, RemoteProtocolError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

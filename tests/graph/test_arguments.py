@@ -23,7 +23,7 @@ import pytest
 from dtp.errors import DTPError, InvalidArgument, LocalProtocolError
 from dtp.graph import Graph
 from dtp.ledger.local import LocalLedger
-from dtp.native.reference.ham import decode_ham_batch
+from dtp.native.reference._ham import decode_ham_batch
 from tests.support.object_world import CLIENT, SERVER, SLA, World
 
 

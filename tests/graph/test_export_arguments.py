@@ -12,7 +12,7 @@ import pytest
 
 from dtp.graph import Graph
 from dtp.graph._batch import entries
-from dtp.graph.store import LEAF_LEVEL, soul_leaf
+from dtp.graph._store import LEAF_LEVEL, soul_leaf
 from tests.support.polling import raised_within
 
 #: Bound on a refusal, which is at once (a check that waited for the graph's lock, held

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dtp.graph import Graph, GraphStorageError, SyncSession, namespace
-from dtp.graph.persist import FORMAT, GraphStorage
+from dtp.graph._persist import FORMAT, GraphStorage
 from dtp.graph.values import gun_value, is_gun_value
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch

@@ -18,7 +18,7 @@ import pytest
 
 from dtp.graph import Graph, link, sea
 from dtp.graph.gun import GunServerThread, serve_in_thread
-from dtp.graph.gun.relay import GunRelay
+from dtp.graph.gun._relay import GunRelay
 from dtp.identity.keys import HostIdentity
 from tests.support.gun_wire import GunWireClient, node
 
@@ -356,7 +356,7 @@ def test_user_space_of_dtp_is_not_served(server: GunServerThread) -> None:
 
 
 def test_js_numbers_on_the_wire() -> None:
-    from dtp.graph.gun import wire
+    from dtp.graph.gun import _wire as wire
 
     text = wire.node_json("s", [("a", 1700000000000.25, b"1e-7"), ("b", 5.0, b'"x"')])
     assert text == '"s":{"_":{"#":"s",">":{"a":1700000000000.25,"b":5}},"a":1e-7,"b":"x"}'

@@ -1,4 +1,4 @@
-"""Edit history (dtp.graph.history): versions written with each put to a tracked node,
+"""Edit history (dtp.graph._history): versions written with each put to a tracked node,
 read back checked and in one order; concurrent edits on two peers synced over DTP make
 the same DAG on both (two heads, then a version with two parents), kept across a
 restart; the rule a tracked prefix registers refuses forged history fields, and
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dtp.graph import Graph, GraphServer, connect
-from dtp.graph.history import (
+from dtp.graph._history import (
     Version,
     heads_soul,
     record_text,

@@ -158,7 +158,7 @@ def test_a_failing_change_listener_neither_fails_the_write_nor_starves_the_other
     g.add_listener(broken, object())
     g.add_listener(lambda batch, origin: forwarded.append(batch), object())
     g.subscribe("a", seen.append)
-    with caplog.at_level("ERROR", logger="dtp.graph.store"):
+    with caplog.at_level("ERROR", logger="dtp.graph._store"):
         g.put("a", {"v": 1})
     assert g.get("a") == {"v": 1}
     assert len(forwarded) == 1 and [c.value for c in seen] == [1]

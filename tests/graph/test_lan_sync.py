@@ -17,7 +17,7 @@ import pytest
 
 from dtp.discovery import lan
 from dtp.graph import Graph, GraphServer, LanSync, connect, sync_with_lan
-from dtp.graph.sync.messages import VERSION
+from dtp.graph.sync._messages import VERSION
 from dtp.identity.keys import HostIdentity
 
 LOOPBACK = ["127.0.0.1"]

@@ -1,4 +1,4 @@
-"""The private tier's envelope (dtp.graph.private; docs/graph.md, "The private
+"""The private tier's envelope (dtp.graph._private; docs/graph.md, "The private
 envelope"): the documented construction recomputed here from the primitives, values
 and wrapped keys bound to their soul, field and state, any altered byte refused,
 sizes padded, and round trips of every Gun value and of random reader changes
@@ -19,11 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.errors import LocalProtocolError, NotAReader, PrivateDataError
-from dtp.graph import Graph, private
+from dtp.graph import Graph
+from dtp.graph import _private as private
 from dtp.graph.values import MAX_SAFE_INTEGER, decode_value, encode_value
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch
-from dtp.native.reference.limits import HAM_MAX_VALUE
+from dtp.native.reference._limits import HAM_MAX_VALUE
 from dtp.native.types import HamUpdate
 
 ALICE = HostIdentity.generate()

@@ -18,7 +18,8 @@ import pytest
 
 import dtp.socket
 from dtp.errors import NotAReader
-from dtp.graph import Graph, GraphServer, connect, private
+from dtp.graph import Graph, GraphServer, connect
+from dtp.graph import _private as private
 from dtp.graph.gun import GunServerThread, serve_in_thread
 from dtp.graph.sync import sync_blocking
 from dtp.identity.keys import HostIdentity

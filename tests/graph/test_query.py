@@ -11,7 +11,7 @@ import pytest
 
 from dtp.errors import LocalProtocolError
 from dtp.graph import Graph, GraphValueError, Query, QueryError, link
-from dtp.graph.query import comparable
+from dtp.graph._query import comparable
 
 HAMS = ["c", "python"]
 

@@ -1,4 +1,4 @@
-"""The query tables and indexes in SQLite (dtp.graph.query_index; docs/graph.md,
+"""The query tables and indexes in SQLite (dtp.graph._query_index; docs/graph.md,
 "Indexes"): kept right under local puts, peers' batches, ties and deferred updates,
 written with the log in one transaction, rebuilt when a file's tables are missing or
 out of step with its log, and never made for a graph that is not queried."""
@@ -18,7 +18,7 @@ import pytest
 
 from dtp.errors import LocalProtocolError
 from dtp.graph import Graph, GraphStorageError, QueryError, link, link_soul
-from dtp.graph.query import comparable
+from dtp.graph._query import comparable
 from dtp.graph.values import encode_value
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate

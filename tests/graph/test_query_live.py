@@ -149,7 +149,7 @@ def test_a_callback_that_raises_is_logged_and_others_still_hear(
 
     g.query("a").out("b").live(broken)
     g.query("a").out("b").live(heard.append)
-    with caplog.at_level(logging.ERROR, logger="dtp.graph.store"):
+    with caplog.at_level(logging.ERROR, logger="dtp.graph._store"):
         g.put("a", {"b": link("c")})
     assert heard == [QueryUpdate(("c",), ("c",), ())]
     assert "live query callback" in caplog.text and "boom" in caplog.text

@@ -22,7 +22,7 @@ import pytest
 
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
-from dtp.graph.persist import GraphStorageError
+from dtp.graph._persist import GraphStorageError
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate
@@ -161,7 +161,7 @@ def test_a_raising_subscriber_breaks_neither_put_nor_the_others(
 
     g.subscribe("a", broken)
     g.subscribe("a", lambda change: seen.append(change.value))
-    with caplog.at_level(logging.ERROR, logger="dtp.graph.store"):
+    with caplog.at_level(logging.ERROR, logger="dtp.graph._store"):
         g.put("a", {"f": 1})  # the value is committed: put returns normally
         g.put("a", {"f": 2})
     assert seen == [1, 2]
@@ -185,7 +185,7 @@ def test_a_raising_subscriber_does_not_end_a_sync_session(
     dst.subscribe("n3", broken)
     dst.subscribe("n3", lambda change: seen.append(change.value))
     with (
-        caplog.at_level(logging.ERROR, logger="dtp.graph.store"),
+        caplog.at_level(logging.ERROR, logger="dtp.graph._store"),
         GraphServer(src, ("127.0.0.1", 0), HostIdentity.generate()) as server,
     ):
         session = connect(dst, server.address, server_key=server.noise_public_key, timeout=10)
@@ -268,7 +268,7 @@ def test_a_change_stream_whose_loop_is_gone_stops_listening(
         g.changes("a")  # never closed, its loop ends with asyncio.run
 
     asyncio.run(open_stream())
-    with caplog.at_level(logging.ERROR, logger="dtp.graph.store"):
+    with caplog.at_level(logging.ERROR, logger="dtp.graph._store"):
         g.set("a", "f", 1)
         g.set("a", "f", 2)
     assert not caplog.records

@@ -49,8 +49,8 @@ import pytest
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph import Graph
-from dtp.graph.clock import HybridClock
-from dtp.graph.persist import GraphStorage
+from dtp.graph._clock import HybridClock
+from dtp.graph._persist import GraphStorage
 from dtp.graph.values import GraphValueError, encode_value
 from dtp.native import reference as _reference
 from dtp.native.core import NativeHamGraph, encode_ham_batch
@@ -321,8 +321,8 @@ CHILD = textwrap.dedent(
     """
     import logging, resource, signal, sys
     sys.path.insert(0, sys.argv[2])
-    from dtp.graph.persist import GraphStorage
-    from dtp.graph.store import Graph
+    from dtp.graph._persist import GraphStorage
+    from dtp.graph._store import Graph
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), not a kill
     warnings = []

@@ -4,7 +4,7 @@ replayed, a full disk and a file locked by another SQLite client give the graph'
 error -- never sqlite3's own -- and a change whose write failed is still seen by get(),
 the sync summaries and subscribers, and reaches the file once it can be written.
 
-The graph's SQLite file (dtp.graph.persist).
+The graph's SQLite file (dtp.graph._persist).
 
 What was wrong: a file whose log held a NULL (a copy cut short mid-page) or a TEXT value
 (an edit with another tool), or whose meta held TEXT, made ``Graph(path)`` raise a bare

@@ -1,4 +1,4 @@
-"""The graph's SQLite persistence and value encoding (dtp.graph.persist,
+"""The graph's SQLite persistence and value encoding (dtp.graph._persist,
 dtp.graph.values): a database file reached by a second name, and values nested deeper
 than put() writes."""
 
@@ -15,7 +15,7 @@ import pytest
 import dtp
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Graph
-from dtp.graph.persist import GraphStorageError
+from dtp.graph._persist import GraphStorageError
 from dtp.graph.values import decode_value, encode_value
 from dtp.native.core import HamUpdate, encode_ham_batch
 
@@ -49,7 +49,7 @@ def test_a_graph_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
             "-c",
             "import sys\n"
             "from dtp.graph import Graph\n"
-            "from dtp.graph.persist import GraphStorageError\n"
+            "from dtp.graph._persist import GraphStorageError\n"
             "try:\n"
             f"    g = Graph({str(second)!r})\n"
             "except GraphStorageError as exc:\n"

@@ -43,8 +43,8 @@ from dtp.graph import (
     namespace,
     user_soul,
 )
-from dtp.graph.clock import STEP, HybridClock
-from dtp.graph.persist import GraphStorageError
+from dtp.graph._clock import STEP, HybridClock
+from dtp.graph._persist import GraphStorageError
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate

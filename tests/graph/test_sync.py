@@ -417,7 +417,7 @@ def test_asyncio_sync_stream() -> None:
 
 
 def test_demo_graph_story_converges() -> None:
-    from dtp.graph.demo import demo_graph_story
+    from dtp.graph._demo import demo_graph_story
 
     lines: list[str] = []
     demo_graph_story(lines.append)

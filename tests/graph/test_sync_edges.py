@@ -21,7 +21,7 @@ import pytest
 
 from dtp.graph import Graph
 from dtp.graph.sync import MAX_MESSAGE, VERSION, GraphSyncError, SyncSession
-from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_VERSION
 
 
 def _frames(data: bytes) -> list[Any]:

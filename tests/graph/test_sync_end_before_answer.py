@@ -21,10 +21,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.graph import Graph, GraphSyncError, connect, sync_stream
-from dtp.graph.store import LEAF_LEVEL, soul_leaf
+from dtp.graph._store import LEAF_LEVEL, soul_leaf
 from dtp.graph.sync import END, HELLO, SUM, VERSION, WANT, SyncSession
 from dtp.identity.keys import HostIdentity
-from dtp.native.reference.ham import decode_ham_batch
+from dtp.native.reference._ham import decode_ham_batch
 from tests.graph.wire import frame
 
 MIB = 1 << 20

@@ -25,7 +25,7 @@ from dtp.graph.sync import DATA, HELLO, VERSION, SyncSession, sync_blocking
 from dtp.graph.values import encode_value
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch
-from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 from tests.graph.wire import frame
 from tests.support.backends import require_native

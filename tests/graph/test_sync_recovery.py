@@ -35,7 +35,7 @@ from dtp.graph import (
     sync_blocking,
     sync_stream,
 )
-from dtp.graph.store import soul_leaf
+from dtp.graph._store import soul_leaf
 from dtp.graph.sync import HELLO, VERSION
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch

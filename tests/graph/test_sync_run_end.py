@@ -1,5 +1,5 @@
 """What a sync run raises as it ends, decided once for both drivers
-(``dtp.graph.sync.run_checks``): driven here with real sessions on in-memory graphs,
+(``dtp.graph.sync._run_checks``): driven here with real sessions on in-memory graphs,
 without a stream, so each rule is seen on its own. The drivers' own tests
 (test_sync_backlog.py, test_sync_end_on_close.py, test_sync_end.py, test_sync_hello.py)
 see the same rules over real DTP streams."""
@@ -11,7 +11,7 @@ import pytest
 from dtp.errors import DTPTimeoutError
 from dtp.graph import Graph, GraphSyncError, SyncSession
 from dtp.graph.sync import SyncBacklogExceeded
-from dtp.graph.sync.run_checks import (
+from dtp.graph.sync._run_checks import (
     _check_end_coming,
     _check_run_ended,
     _no_hello,

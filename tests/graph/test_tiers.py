@@ -21,7 +21,8 @@ from dtp.errors import (
     NotTheAuthor,
     PrivateDataError,
 )
-from dtp.graph import Change, Graph, PrivateNode, namespace, private
+from dtp.graph import Change, Graph, PrivateNode, namespace
+from dtp.graph import _private as private
 from dtp.graph.values import encode_value
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import decode_ham_batch, encode_ham_batch

@@ -15,8 +15,8 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.protocol.connection import ConnectionConfig
 
 SLA = Sla(10, 5, 1000)

@@ -8,10 +8,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from dtp.hostid.ledger_carrier.carrier import LedgerCarrier, LedgerLink
+from dtp.hostid.ledger_carrier._carrier import LedgerCarrier, LedgerLink
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
-from dtp.protocol.events import PeerAuthenticated
+from dtp.protocol._events import PeerAuthenticated
 from tests.support import ledger_faults
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side
 

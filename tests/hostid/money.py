@@ -13,8 +13,8 @@ from typing import Any
 
 import dtp.aio
 import dtp.socket
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
 from tests.support.ledger_server import identity_from_seed
 
 SERVER = identity_from_seed(0x71)

@@ -15,14 +15,14 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ChainError, ConnectionLost, DTPError, ObjectNotFound
-from dtp.hostid.ledger_carrier.bridge import (
+from dtp.hostid.ledger_carrier._bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
     connect_ledger_carrier,
 )
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, PORT, SERVER, SLA
 
 

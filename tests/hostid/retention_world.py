@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dtp.hostid.ledger_carrier.carrier import LedgerCarrier, LedgerLink
+from dtp.hostid.ledger_carrier._carrier import LedgerCarrier, LedgerLink
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.hostid.ledger_carrier_pairs import frozen_clock, stepper
 from tests.support.ledger_carrier_world import PORT
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair

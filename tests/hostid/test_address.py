@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.errors import InvalidObjectId
-from dtp.hostid.address import HostAddress, InvalidAddress, is_dtp_address
-from dtp.ledger.objects import normalize_id
+from dtp.hostid._address import HostAddress, InvalidAddress, is_dtp_address
+from dtp.ledger._objects import normalize_id
 
 FULL = "0x" + "ab" * 32
 

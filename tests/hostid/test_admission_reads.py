@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.hostid.admission import LedgerAdmission, PeerInfo, while_opening
+from dtp.hostid._admission import LedgerAdmission, PeerInfo, while_opening
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 
 PORT = 443
 GRACE = 1.0

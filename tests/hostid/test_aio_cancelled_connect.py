@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid.asyncio
+import dtp.hostid._asyncio
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
-from dtp.transport.asyncio.threads import threaded_or_released
+from dtp.transport.asyncio._threads import threaded_or_released
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 
@@ -54,7 +54,7 @@ def test_a_connect_cancelled_while_its_ledger_bridge_starts_leaks_no_bridge(
     started = threading.Event()
     release = threading.Event()
     made = threading.Event()
-    real = dtp.hostid.asyncio.connect_ledger_carrier
+    real = dtp.hostid._asyncio.connect_ledger_carrier
 
     def slow_bridge(*args: Any, **kw: Any) -> Any:
         started.set()
@@ -64,7 +64,7 @@ def test_a_connect_cancelled_while_its_ledger_bridge_starts_leaks_no_bridge(
         finally:
             made.set()
 
-    monkeypatch.setattr(dtp.hostid.asyncio, "connect_ledger_carrier", slow_bridge)
+    monkeypatch.setattr(dtp.hostid._asyncio, "connect_ledger_carrier", slow_bridge)
 
     async def main() -> None:
         task = asyncio.ensure_future(

@@ -18,11 +18,11 @@ from dtp.errors import (
     ObjectNotFound,
     ServiceNotFound,
 )
-from dtp.hostid.address import HostAddress
-from dtp.hostid.admission import LedgerAdmission, PeerInfo
-from dtp.hostid.connect import NoCarrierEndpoint, resolve_service, tcp_endpoints
+from dtp.hostid._address import HostAddress
+from dtp.hostid._admission import LedgerAdmission, PeerInfo
+from dtp.hostid._connect import NoCarrierEndpoint, resolve_service, tcp_endpoints
+from dtp.ledger._objects import ConnectionState, FirewallMode
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, FirewallMode
 from dtp.protocol.connection import _parse_params
 from tests.hostid.host_id_world import (
     CLIENT,

@@ -19,10 +19,10 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ConnectionRefused, InvalidTransaction, NotAuthorized, ObjectNotFound
-from dtp.hostid.admission import LedgerAdmission, PeerInfo
+from dtp.hostid._admission import LedgerAdmission, PeerInfo
+from dtp.ledger._objects import ConnectionState, EventFilter
 from dtp.ledger.interface import PendingOpen
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter
 from tests.hostid.host_id_world import (
     APIS,
     CLIENT,
@@ -114,7 +114,7 @@ def test_connect_opens_during_the_handshake(
     """Both drivers execute the open while the server works on the first handshake
     message; the connection is Open with its escrow, and money is conserved. dtp.aio's
     open executes once that message is out (connection_made sends it), not before."""
-    from dtp.transport.asyncio.protocol import Protocol
+    from dtp.transport.asyncio._protocol import Protocol
 
     order: list[str] = []
     made, execute = Protocol.connection_made, PendingOpen.execute

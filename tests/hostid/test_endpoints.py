@@ -20,8 +20,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionLost
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

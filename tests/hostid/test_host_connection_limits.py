@@ -19,8 +19,8 @@ import pytest
 import dtp.aio
 from dtp.errors import ConnectionLimitReached
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 443

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import ObjectNotFound, WrongSigner
-from dtp.hostid.ledger_carrier.carrier import (
+from dtp.hostid.ledger_carrier._carrier import (
     KIND_FRAGMENT,
     KIND_RECORD,
     KIND_SYNC,
@@ -23,8 +23,8 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
+from dtp.ledger._objects import Event, EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Event, EventFilter
 from tests.hostid.ledger_carrier_pairs import (
     PORT,
     SLA,

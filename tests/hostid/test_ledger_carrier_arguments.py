@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
+from dtp.hostid.ledger_carrier._carrier import LedgerCarrier
+from dtp.ledger._objects import Event, EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Event, EventFilter
 from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 

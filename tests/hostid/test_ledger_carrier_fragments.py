@@ -47,8 +47,8 @@ from typing import Any
 import pytest
 
 from dtp.errors import ChainError
-from dtp.hostid.ledger_carrier import bridge as ledger_bridge
-from dtp.hostid.ledger_carrier.bridge import (
+from dtp.hostid.ledger_carrier import _bridge as ledger_bridge
+from dtp.hostid.ledger_carrier._bridge import (
     _MAX_UNSENT,
     LedgerBridge,
     LedgerCarrierOptions,
@@ -57,7 +57,7 @@ from dtp.hostid.ledger_carrier.bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.hostid.ledger_carrier.carrier import (
+from dtp.hostid.ledger_carrier._carrier import (
     KIND_FRAGMENT,
     KIND_RECORD,
     MAX_DTP_RECORD,
@@ -69,8 +69,8 @@ from dtp.hostid.ledger_carrier.carrier import (
     frame_record,
 )
 from dtp.ledger.interface import Ledger
+from dtp.protocol._events import DatagramReceived, PeerAuthenticated
 from dtp.protocol.connection import Connection, ConnectionConfig
-from dtp.protocol.events import DatagramReceived, PeerAuthenticated
 from tests.hostid.ledger_carrier_pairs import World
 from tests.hostid.outages import (
     OutageWorld,

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from dtp.errors import ConnectionClosed
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-from dtp.hostid.ledger_carrier.carrier import CarrierState, LedgerCarrier, confirm_records
+from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._carrier import CarrierState, LedgerCarrier, confirm_records
+from dtp.ledger._objects import Event, EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Event, EventFilter
 from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 

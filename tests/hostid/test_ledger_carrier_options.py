@@ -17,8 +17,8 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ChainError
-from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
-from dtp.hostid.ledger_carrier.carrier import MAX_PIPE_DATA, frame_record
+from dtp.hostid.ledger_carrier._bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._carrier import MAX_PIPE_DATA, frame_record
 from dtp.ledger.local import LocalLedger
 from tests.support.ledger_carrier_world import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 from tests.support.polling import wait_for

@@ -28,21 +28,21 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import ChainError, ConnectionLost, DTPError
-from dtp.hostid.ledger_carrier import bridge as ledger_bridge
-from dtp.hostid.ledger_carrier.bridge import (
+from dtp.hostid.ledger_carrier import _bridge as ledger_bridge
+from dtp.hostid.ledger_carrier._bridge import (
     _MAX_UNSENT,
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     connect_ledger_carrier,
 )
-from dtp.hostid.ledger_carrier.carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
+from dtp.hostid.ledger_carrier._carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from dtp.payments.receipts import object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.session import Session
+from dtp.transport._session import Session
 from tests.hostid.outages import (
     AbortingEcho,
     Outage,

@@ -18,7 +18,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ChainError, ConnectionLost
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
 from dtp.ledger.interface import Ledger
 from tests.hostid.outages import AbortingEcho, says_why
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, host, server_in_thread

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import dtp.aio
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 

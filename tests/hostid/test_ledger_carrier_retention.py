@@ -16,16 +16,16 @@ import pytest
 
 import dtp.socket
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
-from dtp.hostid.ledger_carrier.bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
-from dtp.hostid.ledger_carrier.carrier import (
+from dtp.hostid.ledger_carrier._bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._carrier import (
     KIND_SYNC,
     LedgerCarrier,
     confirm_records,
     confirm_retained,
     reclaim_retained,
 )
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from tests.hostid.ledger_carrier_pairs import ImpairedLedger, frozen_clock, run_exchange
 from tests.hostid.retention_world import PRICE, RETENTION_MS, SLA, World
 from tests.support.ledger_carrier_world import (
@@ -383,7 +383,7 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     """The set of records offered for confirmation grew for a connection's whole life;
     only the newest MAX_OFFERED_RETAINED are kept now, and every record is still
     confirmed once."""
-    import dtp.hostid.ledger_carrier.carrier as retention_module
+    import dtp.hostid.ledger_carrier._carrier as retention_module
 
     monkeypatch.setattr(retention_module, "MAX_OFFERED_RETAINED", 8)
     world = World(tmp_path / "ledger.db")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import ChainError
-from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
+from dtp.hostid.ledger_carrier._carrier import LedgerCarrier
 from dtp.ledger.local import LocalLedger
 from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID

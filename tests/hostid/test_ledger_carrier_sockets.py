@@ -27,20 +27,20 @@ from dtp.errors import (
     NotAuthorized,
     ObjectNotFound,
 )
-from dtp.hostid.address import HostAddress
-from dtp.hostid.connect import prepare_host_connection
-from dtp.hostid.ledger_carrier.bridge import (
+from dtp.hostid._address import HostAddress
+from dtp.hostid._connect import prepare_host_connection
+from dtp.hostid.ledger_carrier._bridge import (
     LEDGER_HANDSHAKE_TIMEOUT,
     LedgerCarrierOptions,
     _cut_records,
     _valid_record,
     connect_ledger_carrier,
 )
-from dtp.hostid.ledger_carrier.carrier import KIND_RECORD
+from dtp.hostid.ledger_carrier._carrier import KIND_RECORD
+from dtp.ledger._objects import ConnectionState, EventFilter
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter
-from dtp.transport.blocking import connect as blocking_connect
+from dtp.transport.blocking import _connect as blocking_connect
 from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
@@ -247,7 +247,7 @@ def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> Non
     # the listener's thread ends with the server; only the process-wide timer service
     # (started by the first connection) may remain, and the client's refund collector:
     # this server settles nothing, so the client half-closed its connections, whose
-    # deposits it takes back once their timeout has passed (dtp.payments.refunds)
+    # deposits it takes back once their timeout has passed (dtp.payments._refunds)
     assert wait_for(
         lambda: (
             {t.name for t in threading.enumerate() if t.ident not in threads}

@@ -12,8 +12,8 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.hostid.address import HostAddress
-from dtp.ledger.local.ledger import LocalLedger
+from dtp.hostid._address import HostAddress
+from dtp.ledger.local._ledger import LocalLedger
 from dtp.payments.metering import MeteringConfig
 
 OPTIONS: list[tuple[str, Any]] = [

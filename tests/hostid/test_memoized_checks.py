@@ -19,16 +19,16 @@ from typing import Any
 import pytest
 
 from dtp.errors import ConnectionStateError, InvalidReceipt, LedgerUnavailable, move_error
-from dtp.hostid.admission import LedgerAdmission, PeerInfo
+from dtp.hostid._admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy, gate_for
-from dtp.identity import ed25519 as memo_module
+from dtp.identity import _ed25519 as memo_module
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
+from dtp.payments._settlement import ClientPayment, claim_and_settle, recover_unclaimed
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, check_receipt, fee, receipt_message
-from dtp.payments.settlement import ClientPayment, claim_and_settle, recover_unclaimed
 from tests.support.paths import ROOT
 from tests.support.scopes import scope_of
 
@@ -456,12 +456,12 @@ def test_paid_server_settles_before_the_client_is_done_closing(
     """Two transactions per connection the client closes: its open and the server's
     settlement, which lands before the client's close() returns (the client waits for
     the server's end of the carrier, which closes after the settlement)."""
-    import dtp.payments.serving
+    import dtp.payments._serving
     import dtp.socket
     from dtp.hostid.paid import PaidSocket
 
     # a slow settlement: a client that did not wait for it would half-close meanwhile
-    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", _slow(claim_and_settle))
+    monkeypatch.setattr(dtp.payments._serving, "claim_and_settle", _slow(claim_and_settle))
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
@@ -620,7 +620,7 @@ class _BlockedStore(ReceiptStore):
 def test_the_writer_knows_receipts_on_their_way_and_marks_after_them(
     world: World, tmp_path: Path
 ) -> None:
-    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments._receipt_writer import ReceiptWriter
 
     cid, _ = world.open()
     receipt = world.receipt(cid, 4096, 1)
@@ -655,7 +655,7 @@ class _CountingReads(_CountingLedger):
 
 
 def test_settling_from_the_writer_with_the_admitted_escrow(world: World, tmp_path: Path) -> None:
-    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments._receipt_writer import ReceiptWriter
 
     cid, escrow_id = world.open()
     escrow = world.ledger.get_escrow(escrow_id)  # as admission read it
@@ -710,8 +710,8 @@ def test_keep_many_keeps_newer_receipts_and_marks_after_them(world: World, tmp_p
 def test_claimed_marks_go_with_the_next_receipt_write(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp.payments import receipt_writer
-    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments import _receipt_writer as receipt_writer
+    from dtp.payments._receipt_writer import ReceiptWriter
 
     monkeypatch.setattr(receipt_writer, "MARK_DELAY", 0.3)
     first, _ = world.open()
@@ -779,18 +779,18 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
 def test_aio_paid_pair_settles_before_the_clients_close_returns(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dtp.hostid.paid.aio settles a connection its client closed before its end of the
+    """dtp.hostid.paid._aio settles a connection its client closed before its end of the
     carrier closes, and dtp.aio's client waits for that end: two transactions per
     connection, as with the blocking pair."""
     import asyncio
 
     import dtp.aio
-    import dtp.hostid.paid.aio
-    import dtp.payments.serving
+    import dtp.hostid.paid._aio
+    import dtp.payments._serving
 
-    # a slow settlement (dtp.payments.serving.settle_ended, shared by both servers, makes it): a
+    # a slow settlement (dtp.payments._serving.settle_ended, shared by both servers, makes it): a
     # client that did not wait for it would half-close meanwhile
-    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", _slow(claim_and_settle))
+    monkeypatch.setattr(dtp.payments._serving, "claim_and_settle", _slow(claim_and_settle))
 
     async def echo(reader: Any, writer: Any) -> None:
         while data := await reader.read(1024):
@@ -799,7 +799,7 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
 
     async def main() -> list[str]:
         cids: list[str] = []
-        server = await dtp.hostid.paid.aio.serve(
+        server = await dtp.hostid.paid._aio.serve(
             world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER
         )
         async with server:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import WrongSigner
-from dtp.hostid.admission import while_opening
-from dtp.identity import ed25519 as _ed25519
+from dtp.hostid._admission import while_opening
+from dtp.identity import _ed25519 as _ed25519
 from dtp.identity import keys
 from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
 from dtp.ledger.local import LocalLedger

@@ -12,7 +12,7 @@ import pytest
 
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 

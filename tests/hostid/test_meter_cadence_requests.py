@@ -11,10 +11,10 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
+from dtp.payments._settlement import ClientPayment
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipts import fee
-from dtp.payments.settlement import ClientPayment
 from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.scopes import scope_of

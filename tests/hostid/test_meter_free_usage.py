@@ -17,7 +17,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.hostid.paid_handlers import echo_streams

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
-from dtp.payments.settlement import publish_endpoint
+from dtp.payments._settlement import publish_endpoint
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 7

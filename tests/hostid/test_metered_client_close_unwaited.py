@@ -15,8 +15,8 @@ from pathlib import Path
 import dtp.aio
 import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.ledger_server import identity_from_seed
 

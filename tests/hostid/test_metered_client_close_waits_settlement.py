@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 import dtp.socket
+from dtp.hostid._payment_hook import MeteredClient
 from dtp.hostid.paid import PaidServer, PaidSocket
-from dtp.hostid.payment_hook import MeteredClient
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

@@ -20,10 +20,10 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.hostid.paid import PaidSocket
-from dtp.ledger.connections import find_connections
-from dtp.ledger.objects import ConnectionState, Sla
-from dtp.payments import refunds
-from dtp.payments.refunds import refunds_for
+from dtp.ledger._connections import find_connections
+from dtp.ledger._objects import ConnectionState, Sla
+from dtp.payments import _refunds as refunds
+from dtp.payments._refunds import refunds_for
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 from tests.support.polling import wait_for
 

@@ -16,8 +16,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.daemon.config as daemon_config
+import dtp.daemon._config as daemon_config
 import dtp.socket
 from dtp.errors import ConnectionRefused, InvalidArgument
-from dtp.hostid.admission import LedgerAdmission
+from dtp.hostid._admission import LedgerAdmission
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import echo, echo_aio, ident, loop_in_thread, stop

@@ -20,9 +20,9 @@ import dtp.socket
 from dtp.errors import SubscriptionExpired, WrongSubscription
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 

@@ -13,10 +13,10 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ConnectionLimitReached, HandshakeError, InvalidArgument
-from dtp.hostid.admission import LedgerAdmission
+from dtp.hostid._admission import LedgerAdmission
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger, rules
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from tests.support.polling import wait_for
 
 PORT = 443

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import PaymentModelError, SponsorUnfunded
-from dtp.hostid.connect import pinned_host_key
+from dtp.hostid._connect import pinned_host_key
 from dtp.ledger.local import LocalLedger
 from dtp.protocol.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
 from tests.hostid.money import (

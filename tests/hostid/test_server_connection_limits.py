@@ -30,10 +30,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionLimitReached, ConnectionStateError
-from dtp.hostid.served import ServedConnections
+from dtp.hostid._served import ServedConnections
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
-from dtp.payments.settlement import collect_refund
+from dtp.payments._settlement import collect_refund
 from tests.support.ledger_server import identity_from_seed
 from tests.support.paid_twins import loop_in_thread
 from tests.support.polling import wait_for

@@ -19,14 +19,14 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.hostid.served import reservations_of
+from dtp.hostid._served import reservations_of
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.asyncio.server import DTPServer as AsyncioTransportServer
-from dtp.transport.blocking.server import DTPServer as BlockingTransportServer
-from dtp.transport.hooks import PeerInfo
+from dtp.transport._hooks import PeerInfo
+from dtp.transport.asyncio._server import DTPServer as AsyncioTransportServer
+from dtp.transport.blocking._server import DTPServer as BlockingTransportServer
 from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()

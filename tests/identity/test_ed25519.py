@@ -1,4 +1,4 @@
-"""Ed25519 verification for the ledger's checks (dtp.identity.ed25519): fastcrypto, as Sui
+"""Ed25519 verification for the ledger's checks (dtp.identity._ed25519): fastcrypto, as Sui
 validators run it, and cryptography's OpenSSL agree on valid signatures, on every one-bit
 change, and on the malformed and edge cases below; LocalLedger's transaction check
 refuses what dtp.identity.keys.verify_transaction refuses."""
@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp.identity import ed25519 as _ed25519
+from dtp.identity import _ed25519 as _ed25519
 from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
 
 VERIFIERS = [v for v in (_ed25519.verify_fastcrypto, _ed25519.verify_openssl) if v is not None]
@@ -74,7 +74,7 @@ def test_edge_cases_agree() -> None:
 
 def test_transaction_check_refuses_what_it_must() -> None:
     # LocalLedger checks every transaction's signature with dtp.identity.keys.verify_transaction,
-    # whose Ed25519 step is dtp.identity.ed25519.verify
+    # whose Ed25519 step is dtp.identity._ed25519.verify
     identity = HostIdentity.from_private_bytes(bytes(32), bytes(range(32)))
     other = HostIdentity.from_private_bytes(bytes([1]) * 32, bytes(range(32)))
     tx = b"transaction bytes"

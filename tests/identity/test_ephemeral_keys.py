@@ -1,5 +1,5 @@
 """Adversarial checks of the handshake's key handling: no ephemeral key outlives
-its handshake (in the Handshake object or in the DH results dtp.identity.ahead made for
+its handshake (in the Handshake object or in the DH results dtp.identity._ahead made for
 it), and a passphrase that has no UTF-8 form is a clear error that does not quote it."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
 from dtp.errors import HandshakeError, KeyFileError
-from dtp.identity import ahead as keys_ahead
+from dtp.identity import _ahead as keys_ahead
+from dtp.identity._noise import Handshake
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import Handshake
-from dtp.transport.admission import AddressSlots, address_key
+from dtp.transport._admission import AddressSlots, address_key
 from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
@@ -59,7 +59,7 @@ def _holds_key(root: object, private: bytes) -> bool:
 
 
 def _pair(ik: bool, made_ahead: bool) -> tuple[Handshake, Handshake, bytes, bytes]:
-    if made_ahead:  # the key pair comes from dtp.identity.ahead, as in every connect
+    if made_ahead:  # the key pair comes from dtp.identity._ahead, as in every connect
         keys_ahead.prepare_ephemeral_key()
         keys_ahead.prepare_ephemeral_key()
     client_e, server_e = keys_ahead.new_ephemeral_key(), keys_ahead.new_ephemeral_key()

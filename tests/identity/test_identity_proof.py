@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from dtp.identity._noise import AUTH_PROOF_SIZE, make_auth_proof, verify_auth_proof
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import AUTH_PROOF_SIZE, make_auth_proof, verify_auth_proof
 
 ALICE = HostIdentity.from_private_bytes(bytes([7]) * 32, bytes([8]) * 32)
 

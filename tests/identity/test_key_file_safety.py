@@ -22,13 +22,13 @@ from types import TracebackType
 
 import pytest
 
-from dtp.daemon.config import load_config
-from dtp.daemon.runner import Daemon, load_identity
+from dtp.daemon._config import load_config
+from dtp.daemon._runner import Daemon, load_identity
 from dtp.errors import KeyFileError
-from dtp.identity import ed25519 as _ed25519
+from dtp.identity import _ed25519 as _ed25519
 from dtp.identity import keys
+from dtp.identity._noise import Handshake, prepare_handshake
 from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
-from dtp.identity.noise import Handshake, prepare_handshake
 from tests.support.daemon_procs import ENV, ROOT
 
 PASSPHRASE = "correct horse battery"

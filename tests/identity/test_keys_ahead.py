@@ -1,4 +1,4 @@
-"""Keys made ahead of need (dtp.identity.ahead): each is handed out once, the key pair made
+"""Keys made ahead of need (dtp.identity._ahead): each is handed out once, the key pair made
 ahead is the one the handshake uses, a forked child never reuses its parent's keys, and
 a connect makes the next one's keys while it waits."""
 
@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
-from dtp.identity import ahead as keys_ahead
+from dtp.identity import _ahead as keys_ahead
+from dtp.identity._noise import PATTERN_IK, Handshake
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import PATTERN_IK, Handshake
 from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
@@ -211,7 +211,7 @@ def test_each_connect_uses_the_secrets_the_previous_one_made() -> None:
 
 
 def test_an_identity_proof_made_ahead_is_the_one_made_then_and_taken_once() -> None:
-    from dtp.identity import noise as crypto
+    from dtp.identity import _noise as crypto
 
     crypto._PROOFS_AHEAD.clear()
     keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
@@ -245,7 +245,7 @@ def test_an_identity_proof_made_ahead_is_the_one_made_then_and_taken_once() -> N
 
 
 def test_a_connect_leaves_the_next_one_its_identity_proof_and_the_server_takes_it() -> None:
-    from dtp.identity import noise as crypto
+    from dtp.identity import _noise as crypto
 
     crypto._PROOFS_AHEAD.clear()
     # the server in a process of its own (in this one it would take the ephemeral keys

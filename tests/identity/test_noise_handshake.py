@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
 from dtp.errors import HandshakeError
-from dtp.identity.keys import HostIdentity, noise_key_object
-from dtp.identity.noise import (
+from dtp.identity._noise import (
     AUTH_PROOF_SIZE,
     MAX_MESSAGE_SIZE,
     MAX_PAYLOAD_SIZE,
@@ -33,6 +32,7 @@ from dtp.identity.noise import (
     make_auth_proof,
     verify_auth_proof,
 )
+from dtp.identity.keys import HostIdentity, noise_key_object
 from dtp.protocol.connection import CloseCode
 from tests.support.pairs import make_pair
 
@@ -646,7 +646,7 @@ def test_fast_noise_hashes_match_the_default_backend(key: bytes, data: bytes) ->
     """The handshake's BLAKE2s and HMAC shortcuts give the default backend's bytes."""
     from noise.backends.default import noise_backend
 
-    from dtp.identity.noise import _BACKEND
+    from dtp.identity._noise import _BACKEND
 
     fast, slow = _BACKEND.hashes["BLAKE2s"](), noise_backend.hashes["BLAKE2s"]()
     assert fast.hash(data) == slow.hash(data)
@@ -670,7 +670,7 @@ def test_fast_noise_hkdf_matches_the_default_backend(
     from noise.backends.default import noise_backend
     from noise.functions.hash import hkdf
 
-    from dtp.identity.noise import _BACKEND
+    from dtp.identity._noise import _BACKEND
 
     blake = partial(noise_backend.hmac, algorithm=noise_backend.hashes["BLAKE2s"]().fn)
     fast_blake = partial(_BACKEND.hmac, algorithm=_BACKEND.hashes["BLAKE2s"]().fn)
@@ -688,7 +688,7 @@ def test_lazy_chachapoly_matches_the_default_cipher() -> None:
     the same bytes as noiseprotocol's, also after a new key is set."""
     from noise.backends.default import noise_backend
 
-    from dtp.identity.noise import _BACKEND
+    from dtp.identity._noise import _BACKEND
 
     ours, stock = _BACKEND.ciphers["ChaChaPoly"](), noise_backend.ciphers["ChaChaPoly"]()
     for key in (bytes(range(32)), bytes(range(1, 33))):
@@ -704,7 +704,7 @@ def test_lazy_chachapoly_matches_the_default_cipher() -> None:
 
 @pytest.mark.parametrize("pattern", [PATTERN_IK, PATTERN_XX])
 def test_handshakes_started_ahead_give_the_same_bytes_and_are_used_once(pattern: int) -> None:
-    from dtp.identity import noise as crypto
+    from dtp.identity import _noise as crypto
 
     crypto._forget_started()
     expected = run(*pair(pattern), [b"a", b"b", b"c"])
@@ -724,7 +724,7 @@ def test_handshakes_started_ahead_give_the_same_bytes_and_are_used_once(pattern:
 
 
 def test_handshakes_started_ahead_only_serve_their_own_keys() -> None:
-    from dtp.identity import noise as crypto
+    from dtp.identity import _noise as crypto
 
     crypto._forget_started()
     other = HostIdentity.from_private_bytes(bytes([7]) * 32, bytes([8]) * 32)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import parse_config
-from dtp.daemon.host_setup import recorded_host_id
-from dtp.daemon.runner import load_identity, lock_state_dir
-from dtp.daemon.state import read_status
+from dtp.daemon._config import parse_config
+from dtp.daemon._host_setup import recorded_host_id
+from dtp.daemon._runner import load_identity, lock_state_dir
+from dtp.daemon._state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError, KeyFileError
-from dtp.identity.files import lock_exclusive
+from dtp.identity._files import lock_exclusive
 from dtp.identity.keys import HostIdentity
 from dtp.messaging.errors import SealedError
 from dtp.messaging.sealed import SealedInbox

@@ -1,4 +1,4 @@
-"""X25519 results of a live identity's static key are kept (dtp.identity.noise._static_dh): a
+"""X25519 results of a live identity's static key are kept (dtp.identity._noise._static_dh): a
 server answering IK from the same client again and again computes its ``ss`` once.
 
 Checked: the handshakes agree with each other and with a fresh computation, a second
@@ -14,9 +14,9 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from dtp.identity import noise as crypto
+from dtp.identity import _noise as crypto
+from dtp.identity._noise import PATTERN_IK, Handshake
 from dtp.identity.keys import HostIdentity, noise_key_object
-from dtp.identity.noise import PATTERN_IK, Handshake
 
 
 @pytest.fixture(autouse=True)

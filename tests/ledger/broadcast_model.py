@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Broadcast, broadcast_idle_ms
+from dtp.ledger._objects import Broadcast, broadcast_idle_ms
 
 SHARE_SCALE = 10**9
 SHARE_BITS = 120

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dtp.ledger.sui.client import SuiNode
+from dtp.ledger.sui._client import SuiNode
 from tests.support.grpc_nodes import NODE_TIMEOUT, Answer, GrpcNode
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.ledger.sui.tx import CLOCK_ID, SharedRef
+from dtp.ledger.sui._tx import CLOCK_ID, SharedRef
 
 REGISTRY = SharedRef("0x" + "c7" * 32, 41)
 MEMBER = "0x" + "0d" * 32

@@ -19,8 +19,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.payments.receipts import Receipt, fee
 from dtp.testing.identities import identities, identity
 from dtp.testing.ledger_world import DEFAULT_SLA, Channel, LedgerWorld

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.checkpoints as checkpoints
+import dtp.ledger.local._checkpoints as checkpoints
 
 
 def damage(path: Path, statement: str, *args: object) -> None:

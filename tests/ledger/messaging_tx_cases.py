@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.ledger.sui.tx import SharedRef
+from dtp.ledger.sui._tx import SharedRef
 from tests.ledger.sui_tx_cases import SENDER
 
 ESCROW_REF = SharedRef("0x" + "a7" * 32, 15)

@@ -7,7 +7,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.sui import execution_error
 from tests.ledger.sui_tx_cases import PACKAGE
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.sui.tx import CLOCK_ID, SharedRef
+from dtp.ledger.sui._tx import CLOCK_ID, SharedRef
 
 # the connection's objects are those of the transport's golden transactions
 from tests.ledger.sui_tx_cases import CAP, CONN, ESCROW, HOST, PIPE, SENDER

@@ -12,9 +12,9 @@ import pytest
 
 from dtp.errors import ChainError, ObjectNotFound
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Event, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Event, Sla
 from dtp.payments.receipts import Receipt
 from tests.support.paths import SCENARIOS
 

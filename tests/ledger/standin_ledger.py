@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import ObjectRef
+from dtp.ledger._objects import ObjectRef
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 

@@ -8,8 +8,8 @@ import struct
 from typing import Any
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
-from dtp.ledger.sui.tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
+from dtp.ledger._objects import Sla
+from dtp.ledger.sui._tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
 from dtp.payments.receipts import Receipt, ReceiptScope, fee
 
 PACKAGE = "0x" + "d7" * 32

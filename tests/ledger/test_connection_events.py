@@ -1,4 +1,4 @@
-"""dtp.ledger.connections: finding a client's or a host's connections through their
+"""dtp.ledger._connections: finding a client's or a host's connections through their
 ``ConnectionOpened`` events, and what a receipt can still claim.
 
 The scan runs on LocalLedger and on the Sui node (tests/support/sui_network.py, the stand-in
@@ -17,10 +17,10 @@ import pytest
 
 from dtp.errors import InvalidReceipt
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.connections import OPENED, claimable_with, find_connections
+from dtp.ledger._connections import OPENED, claimable_with, find_connections
+from dtp.ledger._objects import Escrow, EventFilter, EventRead, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Escrow, EventFilter, EventRead, Sla
 from dtp.payments.receipts import Receipt
 from tests.support.scopes import scope_of
 from tests.support.sui_network import SuiNetwork

@@ -33,7 +33,7 @@ from dtp.errors import (
     NotAuthorized,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.coordination import (
+from dtp.ledger._coordination import (
     MAX_KEYS,
     MAX_LEASE_MS,
     MAX_MEMBERS,
@@ -43,9 +43,9 @@ from dtp.ledger.coordination import (
 )
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.local.rules import from_json
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.coordination import decode_registry
-from dtp.testing.sui_node.objects import object_contents
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._coordination import decode_registry
+from dtp.testing.sui_node._objects import object_contents
 from tests.ledger.coordination_tx_cases import CASES
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
 from tests.support.paths import GOLDEN as GOLDEN_DIR
@@ -418,7 +418,7 @@ def regenerate() -> None:
     """Rewrite tests/golden/coordination_transactions.json from the current builders."""
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui.tx registry builders "
+            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx registry builders "
             "(dtp::registry) for the fixed inputs of tests/ledger/coordination_tx_cases.py. "
             "Regenerate with `python -m tests.ledger.test_coordination_rules --regenerate` "
             "after a deliberate change."

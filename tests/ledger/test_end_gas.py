@@ -1,6 +1,6 @@
 """What a connection's end costs in gas, what an address paid, and batched settlements
-(dtp.ledger.gas, SuiLedger's GasBook and settle_batch), on the Sui node stand-in --
-which charges gas by an exact formula (dtp/testing/sui_node/execute.py) and counts
+(dtp.ledger._gas, SuiLedger's GasBook and settle_batch), on the Sui node stand-in --
+which charges gas by an exact formula (dtp/testing/sui_node/_execute.py) and counts
 what each address paid -- and on a LocalLedger, which charges none."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 
 from dtp.errors import ConnectionStateError, InvalidArgument
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.gas import EndGas
+from dtp.ledger._gas import EndGas
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.interface import Ledger, SettleItem
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.ledger.receipt import Receipt, fee
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn

@@ -18,17 +18,17 @@ from typing import Any
 import pytest
 
 from dtp.errors import FirewallDenied, HostConfigError, InvalidArgument, ObjectNotFound
-from dtp.hostid.admission import LedgerAdmission
-from dtp.hostid.connect import resolve_service
+from dtp.hostid._admission import LedgerAdmission
+from dtp.hostid._connect import resolve_service
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import MAX_FIREWALL_ENTRIES, FirewallMode, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import MAX_FIREWALL_ENTRIES, FirewallMode, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui.client import MalformedResponse, NodeObject, SuiNode
-from dtp.ledger.sui.codec import address_field_id, host_tables
+from dtp.ledger.sui._client import MalformedResponse, NodeObject, SuiNode
+from dtp.ledger.sui._codec import address_field_id, host_tables
 from dtp.testing.sui_node import SuiNodeStandIn
-from dtp.transport.hooks import PeerInfo
+from dtp.transport._hooks import PeerInfo
 from tests.ledger.files import damage
 from tests.support.recording_sui_node import DIGEST, HOST, FakeNode
 

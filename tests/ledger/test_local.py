@@ -33,9 +33,15 @@ from dtp.errors import (
 )
 from dtp.identity.keys import HostIdentity
 from dtp.ledger import LocalLedger as LazyLocalLedger
+from dtp.ledger._objects import (
+    MAX_FIREWALL_ENTRIES,
+    ConnectionState,
+    EventFilter,
+    FirewallMode,
+    Sla,
+)
 from dtp.ledger.local import LocalLedger, default_ledger_path, normalize_id
-from dtp.ledger.local.tx import Address, Tx, base58, decode_tx, encode_tx, tx_digest
-from dtp.ledger.objects import MAX_FIREWALL_ENTRIES, ConnectionState, EventFilter, FirewallMode, Sla
+from dtp.ledger.local._tx import Address, Tx, base58, decode_tx, encode_tx, tx_digest
 from dtp.payments.receipts import Receipt
 from tests.support.paths import MOVE_SOURCES
 
@@ -132,7 +138,7 @@ def test_object_id_derivation_is_suis() -> None:
     tx = encode_tx(Tx("0x" + "ab" * 32, 7, "spending_cap", "create", (5,)))
     digest = tx_digest(tx)
     assert digest == hashlib.blake2b(b"TransactionData::" + tx, digest_size=32).digest()
-    from dtp.ledger.local.tx import derive_object_id
+    from dtp.ledger.local._tx import derive_object_id
 
     expected = hashlib.blake2b(b"\xf1" + digest + (0).to_bytes(8, "little"), digest_size=32)
     assert derive_object_id(digest, 0) == "0x" + expected.hexdigest()

@@ -18,7 +18,7 @@ import pytest
 
 from dtp.errors import ChainError, InvalidArgument
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui import _tx as sui_tx
 from dtp.payments.receipts import Receipt
 from tests.support.object_world import CLIENT, SERVER, SLA, World
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local
+import dtp.ledger.local._store as local
 from dtp.errors import ChainError, InvalidArgument
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import MAX_PURE_BYTES, Sla
 from dtp.ledger.local import CLOCK_MAX_MS, LocalLedger
-from dtp.ledger.local.tx import Address
-from dtp.ledger.objects import MAX_PURE_BYTES, Sla
+from dtp.ledger.local._tx import Address
 
 U64_MAX = 2**64 - 1
 
@@ -120,7 +120,7 @@ def test_a_wall_clock_stops_at_the_end(ledgers: tuple[LocalLedger, LocalLedger])
 #
 # Sui refuses a pure argument of 16384 bytes or more before any Move code runs, so a
 # service kind or a channel name of more than 16381 bytes never reaches the Move code
-# (dtp.ledger.sui.tx refuses it with InvalidArgument). No Move check bounds a String, and
+# (dtp.ledger.sui._tx refuses it with InvalidArgument). No Move check bounds a String, and
 # LocalLedger stored such a kind or channel: a call Sui refuses succeeded here.
 
 
@@ -182,7 +182,7 @@ def test_raw_transaction_with_an_oversized_string_changes_nothing(
 def test_advance_clock_moves_on_after_the_wall_clock_stepped_back(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+    from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 
     with LocalLedger(path) as first, LocalLedger(path) as second:
         assert not first.clock_frozen()
@@ -236,7 +236,7 @@ MAX_OBJECT = 250 * 1024
 
 def _host_size(ledger: LocalLedger, host: str) -> int:
     """The Host's BCS contents, by the codec SuiLedger reads Hosts with."""
-    from dtp.ledger.sui import codec as sui_codec
+    from dtp.ledger.sui import _codec as sui_codec
 
     return len(sui_codec.encode_object(ledger.get_host(host)))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.checkpoints as checkpoints
+import dtp.ledger.local._checkpoints as checkpoints
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from tests.ledger.files import SlowCheckpoints

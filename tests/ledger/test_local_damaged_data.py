@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-import dtp.ledger.local.checkpoints as checkpoints
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local._checkpoints as checkpoints
+import dtp.ledger.local._store as local_module
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger, rules
-from dtp.ledger.objects import Sla
 from tests.ledger.files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)

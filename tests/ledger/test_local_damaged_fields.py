@@ -17,8 +17,8 @@ import pytest
 
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger, rules
-from dtp.ledger.objects import Sla
 from tests.ledger.files import damage
 
 SLA = Sla(10, 5, 1000)

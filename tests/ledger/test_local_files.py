@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as transactions
+import dtp.ledger.local._store as transactions
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local.tx import Address, decode_tx
+from dtp.ledger.local._tx import Address, decode_tx
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x63]) * 32, bytes([0x63]) * 32)
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-import dtp.ledger.local.checkpoints as checkpoints
-import dtp.ledger.local.store as clock
+import dtp.ledger.local._checkpoints as checkpoints
+import dtp.ledger.local._store as clock
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
 from tests.ledger.files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)

@@ -12,11 +12,11 @@ import pytest
 
 from dtp.errors import InvalidTransaction, ObjectNotFound
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Escrow, Host, Sla, SpendingCap, TransportControl
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local.checkpoints import _CHECKPOINT_EVERY, _Checkpointer
-from dtp.ledger.local.tx import base58
-from dtp.ledger.objects import Escrow, Host, Sla, SpendingCap, TransportControl
+from dtp.ledger.local._checkpoints import _CHECKPOINT_EVERY, _Checkpointer
+from dtp.ledger.local._tx import base58
 
 SLA = Sla(10, 5, 1000)
 
@@ -197,7 +197,7 @@ def test_a_checkpoint_never_creates_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_from_json_without_bytes_takes_the_plain_decoder() -> None:
-    from dtp.ledger.local.rules import common as rules
+    from dtp.ledger.local.rules import _common as rules
 
     samples = [
         {"a": 1, "b": [1, 2, {"c": "d"}]},

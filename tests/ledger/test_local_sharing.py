@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as transactions
+import dtp.ledger.local._store as transactions
 from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.payments.receipts import Receipt
 
 SLA = Sla(10, 5, 1000)

@@ -20,7 +20,7 @@ from dtp.ledger.interface import (
     response_ack_message,
 )
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui import _tx as sui_tx
 from tests.ledger.messaging_tx_cases import SUI_CASES
 from tests.ledger.sui_tx_cases import CTX, SENDER
 from tests.support.paths import ROOT
@@ -229,7 +229,7 @@ def test_messaging_golden_bytes(name: str) -> None:
 
 def test_messaging_event_layouts_match_local_ledger_events() -> None:
     from dtp.ledger.sui import MESSAGING_EVENT_LAYOUTS
-    from dtp.ledger.sui.codec import decode, encode
+    from dtp.ledger.sui._codec import decode, encode
 
     ledger = LocalLedger(":memory:", clock_ms=0)
     client, server = ACTORS["client"], ACTORS["server"]
@@ -264,7 +264,7 @@ def regenerate() -> None:
     """Rewrite tests/golden/messaging_transactions.json from the current builders."""
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui.tx messaging builders "
+            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx messaging builders "
             "(mailbox, response_escrow) for the fixed inputs of "
             "tests/ledger/test_messaging_rules.py and tests/ledger/test_sui_transactions.py. "
             "Regenerate with "

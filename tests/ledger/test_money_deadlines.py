@@ -25,10 +25,10 @@ from dtp.errors import (
     WrongObject,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.economics import MAX_RETENTION_MS
+from dtp.ledger._economics import MAX_RETENTION_MS
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 

@@ -1,5 +1,5 @@
-"""Every BCS layout SuiLedger decodes objects and events with (dtp/ledger/sui/codec.py,
-dtp/ledger/sui/economics.py) matches its Move struct in move/dtp/sources: the same
+"""Every BCS layout SuiLedger decodes objects and events with (dtp/ledger/sui/_codec.py,
+dtp/ledger/sui/_economics.py) matches its Move struct in move/dtp/sources: the same
 fields, in the same order, of the same types.
 
 No `sui` binary exists here, and LocalLedger (and so the Sui node stand-in, which runs
@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from dtp.ledger.sui.codec import (
+from dtp.ledger.sui._codec import (
     EVENT_LAYOUTS,
     MESSAGING_EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     RESPONSE_ESCROW_LAYOUT,
 )
-from dtp.ledger.sui.coordination import COORDINATION_EVENT_LAYOUTS, COORDINATION_OBJECT_LAYOUTS
-from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+from dtp.ledger.sui._coordination import COORDINATION_EVENT_LAYOUTS, COORDINATION_OBJECT_LAYOUTS
+from dtp.ledger.sui._economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 from tests.support.paths import MOVE_SOURCES
 
 _STRUCT = re.compile(r"public struct (\w+)(?:<[^>]*>)?\s+has\s+[\w, ]+\s*\{(.*?)\n\}", re.S)

@@ -1,4 +1,4 @@
-"""Every Move call that dtp/ledger/sui/tx.py builds must match a callable Move function.
+"""Every Move call that dtp/ledger/sui/_tx.py builds must match a callable Move function.
 
 No `sui` binary exists here, so a Move signature that drifts from the transaction builder
 (a renamed function, a reordered or added parameter, a parameter that became `&mut` while
@@ -35,8 +35,8 @@ import tests.ledger.messaging_tx_cases as msg_cases
 import tests.ledger.payment_model_cases as econ_cases
 import tests.ledger.sui_tx_cases as sui_cases
 from dtp.errors import InvalidArgument
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.tx import CLOCK_ID
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._tx import CLOCK_ID
 from tests.support.paths import MOVE_SOURCES
 
 SOURCES = MOVE_SOURCES
@@ -447,8 +447,8 @@ def test_16381_bytes_fit_one_pure_argument() -> None:
 
 
 def test_largest_accepted_data_fits_one_pure_argument() -> None:
+    from dtp.ledger._objects import MAX_DATA_LENGTH
     from dtp.ledger.interface import MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH
-    from dtp.ledger.objects import MAX_DATA_LENGTH
 
     largest = max(MAX_DATA_LENGTH, MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH)
     for name, raw in _byte_string_builders(largest).items():

@@ -17,8 +17,8 @@ import pytest
 
 from dtp.errors import ChainError, InvalidArgument
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.sui import execution_error
 from tests.ledger.move_parity import (
     NOT_UTF8,

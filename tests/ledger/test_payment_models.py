@@ -31,14 +31,14 @@ from dtp.errors import (
     SubscriptionExpired,
     WrongObject,
 )
-from dtp.ledger.economics import PaymentModels, sponsor_split
+from dtp.ledger._economics import PaymentModels, sponsor_split
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
+from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui import event_from_proto
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.codec import encode
-from dtp.ledger.sui.economics import (
+from dtp.ledger.sui._codec import encode
+from dtp.ledger.sui._economics import (
     ECONOMICS_EVENT_LAYOUTS,
     ECONOMICS_OBJECT_LAYOUTS,
     decode_economics_object,
@@ -550,7 +550,7 @@ def _proto_event(module: str, name: str, raw: bytes) -> Any:
 def test_sui_ledger_payment_models_need_a_node() -> None:
     from dtp.errors import InvalidArgument
     from dtp.ledger.sui import SuiConfig, SuiLedger
-    from dtp.ledger.sui.client import LedgerUnavailable
+    from dtp.ledger.sui._client import LedgerUnavailable
     from tests.support.ports import free_port
 
     ledger = SuiLedger(SuiConfig(f"http://127.0.0.1:{free_port()}", PACKAGE, timeout=5))
@@ -581,7 +581,7 @@ def regenerate() -> None:
     """Rewrite tests/golden/economics_transactions.json from the current builders."""
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui.tx payment-model "
+            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx payment-model "
             "builders (subscription, sponsor, tickets, retention) for the fixed inputs of "
             "tests/ledger/test_payment_models.py. Regenerate with "
             "`python -m tests.ledger.test_payment_models --regenerate` after a deliberate change."

@@ -20,9 +20,9 @@ from dtp.errors import (
     PaymentModelError,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.economics import BPS, sponsor_split
+from dtp.ledger._economics import BPS, sponsor_split
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Receipt
 
 U64_MAX = 2**64 - 1

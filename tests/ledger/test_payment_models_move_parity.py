@@ -25,11 +25,11 @@ from dtp.errors import (
     WrongSubscription,
     move_error_from_abort_code,
 )
-from dtp.hostid.address import HostAddress
-from dtp.hostid.connect import prepare_host_connection
+from dtp.hostid._address import HostAddress
+from dtp.hostid._connect import prepare_host_connection
+from dtp.ledger._objects import MAX_PURE_BYTES
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import MAX_PURE_BYTES
-from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui import _tx as sui_tx
 from tests.ledger.move_parity import CLIENT, NOT_UTF8, OTHER, SERVER, SLA, sui_string_abort
 from tests.ledger.sui_tx_cases import CTX
 

@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.economics import MAX_RETENTION_MS
-from dtp.ledger.objects import ConnectionState
+from dtp.ledger._economics import MAX_RETENTION_MS
+from dtp.ledger._objects import ConnectionState
 from dtp.testing.identities import identity
 from tests.ledger.broadcast_model import BroadcastModel
 from tests.ledger.escrow_machine import (

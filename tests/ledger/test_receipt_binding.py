@@ -16,10 +16,10 @@ import pytest
 
 from dtp.errors import InvalidReceipt, ObjectNotFound, ReplayedReceipt, UnsupportedReceiptVersion
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import OpenedConnection, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local.tx import decode_tx
-from dtp.ledger.objects import OpenedConnection, Sla
+from dtp.ledger.local._tx import decode_tx
 from dtp.ledger.receipt import Receipt, ReceiptScope, fee
 from tests.support.sui_network import SuiNetwork, real_node_configured, sui_network
 

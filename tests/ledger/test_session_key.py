@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from dtp.errors import FirewallDenied, InvalidReceipt
+from dtp.ledger._objects import Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn

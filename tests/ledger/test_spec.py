@@ -1,4 +1,4 @@
-"""Ledger specs (dtp.ledger.spec, docs/sui.md "Ledger specs"): every form of the grammar,
+"""Ledger specs (dtp.ledger._spec, docs/sui.md "Ledger specs"): every form of the grammar,
 every mistake with its exact one-sentence message naming the setting, open_ledger on a
 LocalLedger (paths, $DTP_LEDGER, the default), a Sui ledger's package from the override,
 $DTP_SUI_PACKAGE or the `dtp deploy` record, the Sui CLI keystore, and the events filter
@@ -19,12 +19,12 @@ from pysui.sui.sui_crypto import SignatureScheme, create_new_keypair
 from dtp.errors import DaemonConfigError, LedgerSpecError, SuiConfigError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger import LedgerSpec, open_ledger, parse_ledger_spec
+from dtp.ledger._objects import EventFilter
+from dtp.ledger._spec import default_local_path, ledger_spec_from_env, resolve_package
 from dtp.ledger.local import LocalLedger, default_ledger_path
-from dtp.ledger.objects import EventFilter
-from dtp.ledger.spec import default_local_path, ledger_spec_from_env, resolve_package
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui.client import SuiNode, narrowing
-from dtp.ledger.sui.keystore import active_address, keystore_identity
+from dtp.ledger.sui._client import SuiNode, narrowing
+from dtp.ledger.sui._keystore import active_address, keystore_identity
 
 PACKAGE = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32

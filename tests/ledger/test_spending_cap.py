@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from dtp.errors import ReplayedReceipt, SpendingCapExceeded
+from dtp.ledger._objects import Sla, SpendingCap
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla, SpendingCap
 from dtp.payments.receipts import Receipt, fee
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.ledger.scenario_runner import ACTORS, LocalWorld, World

@@ -25,12 +25,12 @@ from pysui.sui.sui_bcs import bcs
 
 from dtp.errors import InvalidArgument
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.sui import SuiLedger
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.codec import decode
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._codec import decode
 from dtp.payments.receipts import Receipt, ReceiptScope
 from tests.support.recording_sui_node import CONN, ESCROW, HOST, PIPE, SIGNER, TERMS, ZERO, FakeNode
 from tests.support.recording_sui_node import sui as sui  # the fixture

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from dtp.errors import ChainError, InvalidArgument
-from dtp.ledger.sui import codec as sui_codec
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, BcsDecodeError, decode, encode
-from dtp.ledger.sui.tx import GasData, OwnedRef, SharedRef, TxContext
+from dtp.ledger.sui import _codec as sui_codec
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, BcsDecodeError, decode, encode
+from dtp.ledger.sui._tx import GasData, OwnedRef, SharedRef, TxContext
 
 PACKAGE = "0x" + "d7" * 32
 SENDER = "0x" + "16" * 32

@@ -19,9 +19,9 @@ import pytest
 from dtp.errors import ChainError, FirewallDenied, InvalidArgument, InvalidObjectId
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.sui import SuiConfig, SuiLedger, event_from_proto, execution_error, parse_executed
-from dtp.ledger.sui.client import EventPage, LedgerUnavailable, MalformedResponse, SuiNode
-from dtp.ledger.sui.codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
-from dtp.ledger.sui.tx import OwnedRef
+from dtp.ledger.sui._client import EventPage, LedgerUnavailable, MalformedResponse, SuiNode
+from dtp.ledger.sui._codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
+from dtp.ledger.sui._tx import OwnedRef
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x71]) * 32)

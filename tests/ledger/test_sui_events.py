@@ -21,9 +21,9 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import EventFilter
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger, parse_executed
-from dtp.ledger.sui.client import MalformedResponse, NodeObject, SuiNode
+from dtp.ledger.sui._client import MalformedResponse, NodeObject, SuiNode
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x36]) * 32, bytes([0x37]) * 32)

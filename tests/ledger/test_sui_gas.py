@@ -1,4 +1,4 @@
-"""dtp.ledger.sui.gas offline: the gas-coin pool's leases (one coin per transaction in
+"""dtp.ledger.sui._gas offline: the gas-coin pool's leases (one coin per transaction in
 flight; the fewest coins, largest first), its bookkeeping from effects and from the
 node's listings (read without the pool's lock), the split it asks for, the price cache."""
 
@@ -10,9 +10,9 @@ import time
 import pytest
 
 from dtp.errors import InsufficientFunds
-from dtp.ledger.sui.client import LedgerUnavailable
-from dtp.ledger.sui.gas import MAX_GAS_COINS, POOL_TARGET, GasPool, Lease, PriceCache
-from dtp.ledger.sui.tx import OwnedRef
+from dtp.ledger.sui._client import LedgerUnavailable
+from dtp.ledger.sui._gas import MAX_GAS_COINS, POOL_TARGET, GasPool, Lease, PriceCache
+from dtp.ledger.sui._tx import OwnedRef
 
 OWNER = "0x" + "0a" * 32
 DIGEST = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.ledger.sui.client import MalformedResponse, SuiNode
+from dtp.ledger.sui._client import MalformedResponse, SuiNode
 
 PACKAGE = "0x" + "d7" * 32
 RPC = "http://127.0.0.1:9"

@@ -33,11 +33,11 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Pipe
+from dtp.ledger._objects import Pipe
 from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
-from dtp.ledger.sui.codec import encode_object
-from dtp.ledger.sui.tx import OwnedRef
+from dtp.ledger.sui._client import LedgerUnavailable, MalformedResponse, SuiNode
+from dtp.ledger.sui._codec import encode_object
+from dtp.ledger.sui._tx import OwnedRef
 from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, Http2Status, constant_answer, error_answer
 
 PACKAGE = "0x" + "d7" * 32

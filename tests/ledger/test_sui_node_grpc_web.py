@@ -1,4 +1,4 @@
-"""The node stand-in's gRPC-web front (dtp/testing/sui_node/grpc_web.py) and
+"""The node stand-in's gRPC-web front (dtp/testing/sui_node/_grpc_web.py) and
 ``BatchGetObjects``: what Mysten's TypeScript SDK calls (tests/web/test_sui_escrow.py runs
 the SDK itself against it). Requests are made here by hand, as the gRPC-web protocol
 frames them (binary and base64 text), and the answers read back with pysui's messages."""
@@ -16,7 +16,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.testing.sui_node import SuiNodeStandIn
-from dtp.testing.sui_node.grpc_web import frame
+from dtp.testing.sui_node._grpc_web import frame
 
 OWNER = "0x" + "11" * 32
 MISSING = "0x" + "22" * 32
@@ -157,7 +157,7 @@ def test_without_the_front_there_is_no_url() -> None:
         assert node.grpc_web_url is None
 
 
-# -- SimulateTransaction (dtp/testing/sui_node/simulate.py) ---------------------------------
+# -- SimulateTransaction (dtp/testing/sui_node/_simulate.py) ---------------------------------
 
 SIMULATE = "/sui.rpc.v2.TransactionExecutionService/SimulateTransaction"
 _ARG = sui_prot.ArgumentArgumentKind

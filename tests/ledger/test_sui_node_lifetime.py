@@ -32,8 +32,8 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui.client import LedgerUnavailable, SuiNode
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui._client import LedgerUnavailable, SuiNode
 from tests.ledger.sui_tx_cases import PACKAGE
 from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, constant_answer
 from tests.support.leaks import resource_warnings

@@ -21,8 +21,8 @@ from grpclib.exceptions import GRPCError
 
 from dtp.errors import ChainError, ObjectNotFound
 from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui._client import LedgerUnavailable, MalformedResponse, SuiNode
 from tests.ledger.sui_tx_cases import PACKAGE
 from tests.support.grpc_nodes import (
     JOIN,
@@ -35,7 +35,7 @@ from tests.support.grpc_nodes import (
 from tests.support.sui_proxies import ResettingProxy
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
-LOGGER = "dtp.ledger.sui.client"
+LOGGER = "dtp.ledger.sui._client"
 
 
 @pytest.fixture

@@ -28,17 +28,17 @@ from dtp.errors import (
     move_error_from_abort_code,
 )
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger, rules
-from dtp.ledger.local.tx import tx_digest
-from dtp.ledger.objects import Sla
+from dtp.ledger.local._tx import tx_digest
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.client import LedgerUnavailable, SuiNode
-from dtp.ledger.sui.codec import decode_object
-from dtp.ledger.sui.tx import GasData, SharedRef, TxContext
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._client import LedgerUnavailable, SuiNode
+from dtp.ledger.sui._codec import decode_object
+from dtp.ledger.sui._tx import GasData, SharedRef, TxContext
 from dtp.testing.sui_node import SuiNodeStandIn
-from dtp.testing.sui_node.execute import gas_rates
-from dtp.testing.sui_node.objects import COIN_TYPE
+from dtp.testing.sui_node._execute import gas_rates
+from dtp.testing.sui_node._objects import COIN_TYPE
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 
@@ -359,7 +359,7 @@ def test_the_call_mapping_follows_the_rule_table(
 def test_split_coins_transferred_become_coins_of_the_recipient(
     node: SuiNodeStandIn, client: SuiNode
 ) -> None:
-    from dtp.ledger.sui.gas import split_transaction
+    from dtp.ledger.sui._gas import split_transaction
 
     signer = funded(node)
     executed = send(client, signer, split_transaction(ctx_for(client, node, signer), [10**9] * 3))

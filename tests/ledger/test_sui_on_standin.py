@@ -14,13 +14,13 @@ import pytest
 import dtp.errors
 from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.sui import SharedObjectCongestion, SuiConfig, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui import ledger as sui_core
-from dtp.ledger.sui.client import MalformedResponse
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui import _ledger as sui_core
+from dtp.ledger.sui._client import MalformedResponse
 from dtp.testing.sui_node import SuiNodeStandIn
-from dtp.testing.sui_node.objects import COIN_TYPE
+from dtp.testing.sui_node._objects import COIN_TYPE
 from tests.ledger.scenario_runner import ACTORS, SCENARIOS, Runner
 
 #: MIST each actor gets for gas, apart from what a scenario funds.

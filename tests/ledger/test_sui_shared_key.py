@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.sui import DEFAULT_GAS_BUDGET
-from dtp.ledger.sui.ledger import _unique_budget
+from dtp.ledger.sui._ledger import _unique_budget
 from tests.support.sui_network import SuiNetwork
 
 SUI = 1_000_000_000

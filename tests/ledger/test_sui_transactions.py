@@ -30,8 +30,8 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.identity.keys import HostIdentity, verify_transaction
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.ledger.sui import (
     SuiConfig,
     SuiConfigError,
@@ -40,9 +40,9 @@ from dtp.ledger.sui import (
     execution_error,
     parse_executed,
 )
-from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.client import LedgerUnavailable, parse_endpoint
-from dtp.ledger.sui.codec import (
+from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui._client import LedgerUnavailable, parse_endpoint
+from dtp.ledger.sui._codec import (
     EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     BcsDecodeError,
@@ -52,7 +52,7 @@ from dtp.ledger.sui.codec import (
     encode_event,
     encode_object,
 )
-from dtp.ledger.sui.tx import CLOCK_ID, GasData, SharedRef, TxContext
+from dtp.ledger.sui._tx import CLOCK_ID, GasData, SharedRef, TxContext
 from dtp.payments.receipts import Receipt, fee
 from tests.ledger.sui_tx_cases import (
     CAP,
@@ -604,7 +604,7 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
     cap = sui.create_spending_cap(client, 1_000)
     with pytest.raises(FirewallDenied):
         sui.open_connection(client, host, 9, cap, 5_000)
-    from dtp.ledger.objects import EventFilter
+    from dtp.ledger._objects import EventFilter
 
     events, _ = sui.wait_events(cursor, 60, EventFilter(object_id=host))
     assert events and events[0].name in ("HostCreated", "ServiceAdded", "HostUpdated")
@@ -645,7 +645,7 @@ def regenerate() -> None:
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of dtp.ledger.sui.tx builders for the fixed "
+            "Sui TransactionData V1 bytes (hex) of dtp.ledger.sui._tx builders for the fixed "
             "inputs of tests/ledger/test_sui_transactions.py. Regenerate with "
             "`python -m tests.ledger.test_sui_transactions --regenerate` after a deliberate change."
         ),

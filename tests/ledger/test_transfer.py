@@ -17,9 +17,9 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui.tx import GasData, OwnedRef, TxContext, transfer_sui
+from dtp.ledger.sui._tx import GasData, OwnedRef, TxContext, transfer_sui
 from dtp.testing.sui_node import SuiNodeStandIn
-from dtp.testing.sui_node.ptb import parse_tx
+from dtp.testing.sui_node._ptb import parse_tx
 
 SUI = 10**9
 FUNDS = 10 * SUI

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as transactions
+import dtp.ledger.local._store as transactions
 from dtp import errors
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.local import rules as local_rules
 from dtp.ledger.sui import LedgerUnavailable as SuiLedgerUnavailable
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.ledger.sui import client as sui_client
-from dtp.ledger.sui.client import SuiNode
+from dtp.ledger.sui import _client as sui_client
+from dtp.ledger.sui._client import SuiNode
 from tests.ledger.files import damage
 from tests.ledger.sui_tx_cases import PACKAGE
 from tests.support.ports import free_port

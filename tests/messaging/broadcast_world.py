@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.broadcast import (
     HELLO,
     BroadcastListener,
     BroadcastStation,
     signed_hello,
 )
-from dtp.messaging.framing import encode_frame
 
 PRICE = 100
 SLOT_MS = 1000

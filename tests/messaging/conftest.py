@@ -17,7 +17,7 @@ import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
 from tests.messaging.mesh import Mesh
 from tests.messaging.rpc_world import Served, make_rpc

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dtp.identity.keys import HostIdentity
-from dtp.messaging.membership import Member, MembershipConfig, MembershipEvent, Seed
-from dtp.messaging.membership_aio import AsyncMemberNode, join_group_async
-from dtp.messaging.membership_socket import MemberNode, join_group
-from dtp.testing.loops import LoopThread
+from dtp.messaging._membership import Member, MembershipConfig, MembershipEvent, Seed
+from dtp.messaging._membership_aio import AsyncMemberNode, join_group_async
+from dtp.messaging._membership_socket import MemberNode, join_group
+from dtp.testing._loops import LoopThread
 
 
 class Forwarders:

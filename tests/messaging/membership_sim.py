@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dtp.messaging.membership import (
+from dtp.messaging._membership import (
     Member,
     Membership,
     MembershipConfig,

@@ -10,7 +10,7 @@ import time
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.messaging.framing import decode_body, encode_frame, read_frames
+from dtp.messaging._framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
 
 

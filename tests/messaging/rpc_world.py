@@ -13,7 +13,7 @@ import dtp.errors
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import RequestReceived, RpcProtocol
+from dtp.messaging._protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import CallContext, RpcClient, RpcServer
 from dtp.payments.metering import MeteringConfig
 

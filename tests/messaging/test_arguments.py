@@ -29,13 +29,13 @@ import pytest
 
 import dtp
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
+from dtp.messaging._protocol import _check_wait
 from dtp.messaging.broadcast import BroadcastStation
 from dtp.messaging.discovery import DiscoveryGossip, list_services
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
-from dtp.messaging.protocol import _check_wait
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import (
     AsyncRpcClient,
@@ -320,7 +320,7 @@ def test_broadcast_bad_amounts_pay_and_send_nothing(
 def test_a_bool_timeout_is_refused_after_a_call_with_the_same_value() -> None:
     """The request encoder reuses the last timeout's conversion when the next one is
     equal: True == 1, so after a call with timeout=1 a timeout=True passed unchecked."""
-    from dtp.messaging.protocol import RpcProtocol
+    from dtp.messaging._protocol import RpcProtocol
 
     protocol = RpcProtocol()
     protocol.begin_request("echo", b"x", 0.0, 1)

@@ -13,6 +13,7 @@ import pytest
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.broadcast import (
     AIR,
     MESSAGE,
@@ -23,7 +24,6 @@ from dtp.messaging.broadcast import (
     signed_message,
     verify_message,
 )
-from dtp.messaging.framing import encode_frame
 from tests.messaging.broadcast_world import (
     PRICE,
     SLOT_MS,

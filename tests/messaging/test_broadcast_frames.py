@@ -17,6 +17,7 @@ import pytest
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.broadcast import (
     MAX_PAYLOAD,
     BroadcastListener,
@@ -24,7 +25,6 @@ from dtp.messaging.broadcast import (
     BroadcastStation,
 )
 from dtp.messaging.errors import PayloadTooLarge
-from dtp.messaging.framing import encode_frame
 from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
 from tests.support.polling import wait_for
 

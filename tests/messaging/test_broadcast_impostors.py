@@ -17,9 +17,10 @@ import pytest
 import dtp.socket
 from dtp.errors import ChainError, InvalidObjectId
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Broadcast
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.broadcast import (
     MESSAGE,
     AirChange,
@@ -29,7 +30,6 @@ from dtp.messaging.broadcast import (
     signed_message,
 )
 from dtp.messaging.errors import StationError
-from dtp.messaging.framing import encode_frame
 from tests.messaging.broadcast_world import PRICE, SLOT_MS, World, hello_frame
 from tests.messaging.rpc_world import PROMPT
 from tests.support.polling import wait_for

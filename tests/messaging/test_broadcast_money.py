@@ -37,8 +37,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dtp.errors import BroadcastError, ChainError, InsufficientFunds
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Broadcast
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import AirChange, BroadcastListener, BroadcastMessage, BroadcastStation
 from tests.ledger.broadcast_model import BroadcastModel as Model

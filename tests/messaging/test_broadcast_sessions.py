@@ -41,9 +41,10 @@ from typing import Any
 import pytest
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Broadcast
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
+from dtp.messaging._framing import decode_body, encode_frame, read_frames
 from dtp.messaging.broadcast import (
     AIR,
     MESSAGE,
@@ -57,10 +58,9 @@ from dtp.messaging.broadcast import (
     signed_message,
     signed_tip,
 )
-from dtp.messaging.broadcast import station as tip_state_module
-from dtp.messaging.broadcast import station as tips_module
+from dtp.messaging.broadcast import _station as tip_state_module
+from dtp.messaging.broadcast import _station as tips_module
 from dtp.messaging.discovery import DiscoveryGossip, encode_announcement
-from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
 from tests.messaging.broadcast_world import World, hello_frame
 from tests.support.polling import raised_within, wait_for

@@ -31,9 +31,9 @@ import pytest
 import dtp.socket
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Event, EventFilter
 from dtp.ledger.interface import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Event, EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging.discovery import (
     _DOMAIN,

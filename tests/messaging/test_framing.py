@@ -2,7 +2,7 @@
 exactly what feed + next give, for any split of the input, any buffer type and any cap
 (oversized frames skipped and reported with their head).
 
-The messaging byte layer's caps (dtp.messaging.framing): a cap given
+The messaging byte layer's caps (dtp.messaging._framing): a cap given
 as an int subclass is applied as the int it is, and a message over the 4-byte length
 is refused naming that limit, not a larger cap it is below."""
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtp.messaging import _framing as framing
 from dtp.messaging import errors as E
-from dtp.messaging import framing
-from dtp.messaging.framing import HEAD_KEEP, FrameDecoder, Oversized, encode_frame
+from dtp.messaging._framing import HEAD_KEEP, FrameDecoder, Oversized, encode_frame
 
 _AS = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}
 

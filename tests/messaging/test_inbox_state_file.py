@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dtp.messaging._inbox_state_file import InboxStateFile, mark_seen
 from dtp.messaging.errors import SealedError
-from dtp.messaging.inbox_state_file import InboxStateFile, mark_seen
 
 HOST = "0x" + "ab" * 32
 

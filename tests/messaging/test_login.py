@@ -19,9 +19,9 @@ import dtp.socket
 from dtp.errors import AccessDenied
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
+from dtp.messaging._sealed_messages import seal
 from dtp.messaging.login import LOGIN_ANSWER, LOGIN_CHALLENGE, LoginServer, login, login_async
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
-from dtp.messaging.sealed_messages import seal
 
 HOST = "0x" + "0c" * 32
 ALICE, MALLORY = HostIdentity.generate(), HostIdentity.generate()

@@ -16,9 +16,9 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.membership import MembershipConfig
-from dtp.messaging.membership_aio import join_group_async
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._membership import MembershipConfig
+from dtp.messaging._membership_aio import join_group_async
 from tests.transport.half_handshakes import closed_by_peer, first_record, silent
 
 # (a carrier left open made uvloop's loop.close() hang in C, where no signal reaches it)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.messaging import errors as E
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.membership import (
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._membership import (
     ACK,
     NOTICE,
     PING,

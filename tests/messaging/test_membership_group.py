@@ -13,10 +13,10 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.membership import MembershipConfig, MemberState
-from dtp.messaging.membership_aio import join_group_async
-from dtp.messaging.membership_socket import join_group
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._membership import MembershipConfig, MemberState
+from dtp.messaging._membership_aio import join_group_async
+from dtp.messaging._membership_socket import join_group
 from tests.messaging.membership_net import Group, states
 
 pytestmark = pytest.mark.timeout(120)

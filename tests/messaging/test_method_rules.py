@@ -22,8 +22,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import AccessDenied, ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.method_rules import LedgerList, MethodRule, MethodRules, requests_for

@@ -15,8 +15,8 @@ import dtp.aio
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._protocol import RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer
 from tests.messaging.rpc_world import Served, make_rpc
 

@@ -1,4 +1,4 @@
-"""The public faces of the RPC core and of sealed messages: ``dtp.messaging.protocol``
+"""The public faces of the RPC core and of sealed messages: ``dtp.messaging._protocol``
 and ``dtp.messaging.sealed`` keep every name callers import from them, as the very
 objects their parts define, and ``RpcProtocol`` / ``SealedInbox`` keep the members the
 RPC drivers and applications use (docs/architecture.md, "Layout")."""
@@ -11,8 +11,9 @@ import inspect
 import pytest
 
 from dtp.identity.keys import HostIdentity
-from dtp.messaging import protocol, sealed
-from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging import _protocol as protocol
+from dtp.messaging import sealed
+from dtp.messaging._protocol import RpcProtocol
 from dtp.messaging.sealed import SealedInbox
 
 HOST = "0x" + "ab" * 32
@@ -72,7 +73,7 @@ def test_rpc_protocol_keeps_its_members_and_their_signatures() -> None:
     for name, signature in RPC_MEMBERS.items():
         assert _parameters(getattr(RpcProtocol, name)) == signature, name
     proto = RpcProtocol(first_id=1)
-    assert repr(proto).startswith("<dtp.messaging.protocol.RpcProtocol object at ")
+    assert repr(proto).startswith("<dtp.messaging._protocol.RpcProtocol object at ")
     # the live views the drivers keep: the same objects for the protocol's life
     output, unanswered = proto.output, proto.unanswered
     proto.send_request("echo", b"x")

@@ -13,7 +13,7 @@ import pytest
 
 import dtp.socket
 from dtp.messaging import errors as E
-from dtp.messaging.framing import encode_frame
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.pubsub import PubSubNode, Subscription
 from tests.messaging.mesh import Mesh, drain
 from tests.support.polling import wait_for

@@ -33,8 +33,8 @@ import dtp.aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._protocol import RpcProtocol
 from dtp.messaging.pubsub import MAX_TOPIC_LENGTH, PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from tests.messaging.mesh import Mesh, drain
@@ -286,7 +286,7 @@ def test_interested_links_refuses_what_is_no_topic(
 def test_rpc_protocol_takes_no_max_events() -> None:
     # it was checked and stored, and nothing ever looked at it: a caller that set it
     # believed the event queue bounded (the callers drain it after each read instead)
-    from dtp.messaging.protocol import RpcProtocol
+    from dtp.messaging._protocol import RpcProtocol
 
     with pytest.raises(TypeError, match="max_events"):
         RpcProtocol(max_events=16)  # type: ignore[call-arg]

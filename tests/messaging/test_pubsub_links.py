@@ -35,7 +35,7 @@ import dtp.socket
 from dtp.errors import TunnelError
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import pubsub
-from dtp.messaging.framing import decode_body, read_frames
+from dtp.messaging._framing import decode_body, read_frames
 from dtp.messaging.pubsub import PubSubNode
 from tests.messaging.mesh import Mesh
 from tests.messaging.stream_pairs import Streams
@@ -356,10 +356,10 @@ def test_a_ledger_failure_fails_the_link_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     import dtp.aio
-    from dtp.daemon.config import Backend, ForwardConfig
-    from dtp.daemon.forwarder import Forwarder, close_on_ledger
-    from dtp.daemon.state import StatusBook
-    from dtp.hostid.address import HostAddress
+    from dtp.daemon._config import Backend, ForwardConfig
+    from dtp.daemon._forwarder import Forwarder, close_on_ledger
+    from dtp.daemon._state import StatusBook
+    from dtp.hostid._address import HostAddress
     from dtp.ledger.interface import Ledger
 
     identity = HostIdentity.generate()
@@ -378,11 +378,11 @@ def test_a_ledger_failure_fails_the_link_cleanly(
         return True  # (the target's probe: this is about the escrow's read after the open)
 
     monkeypatch.setattr(dtp.aio, "open_connection", open_connection)
-    monkeypatch.setattr("dtp.daemon.forwarder.probe_target", answered)
+    monkeypatch.setattr("dtp.daemon._forwarder.probe_target", answered)
     config = ForwardConfig("fwd", Backend("127.0.0.1", 0), HostAddress("0x" + "12" * 32, 7))
     forwarder = Forwarder(config, ledger, identity, StatusBook(tmp_path / "state"))
     records = _Records()
-    log = logging.getLogger("dtp.daemon.forwarder")
+    log = logging.getLogger("dtp.daemon._forwarder")
     log.addHandler(records)
     try:
         # the close alone: logged, not raised (a watcher's task ended with it)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import dtp.socket
-from dtp.messaging.framing import encode_frame
+from dtp.messaging._framing import encode_frame
 from dtp.messaging.pubsub import DEFAULT_LINK_QUEUE_BYTES, PubSubNode
 from tests.messaging.mesh import Mesh
 from tests.support.polling import wait_for

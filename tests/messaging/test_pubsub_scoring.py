@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.messaging.pubsub_scoring import PeerScores, ScoreParams, Standing
+from dtp.messaging._pubsub_scoring import PeerScores, ScoreParams, Standing
 
 P = ScoreParams()
 

@@ -16,7 +16,7 @@ import pytest
 
 from dtp.identity.keys import HostIdentity
 from dtp.messaging.pubsub import PeerMessage, ScoreParams, Verdict
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.messaging.mesh import Mesh, RawPeer, drain
 from tests.support.polling import wait_for
 

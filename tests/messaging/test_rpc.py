@@ -27,22 +27,15 @@ import dtp.errors
 import dtp.socket
 from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, PaymentError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.interface import (
     RESPONSE_ESCROW_PAID,
     RESPONSE_ESCROW_REFUNDED,
 )
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
-from dtp.messaging.errors import RpcConnectionLost
-from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
-from dtp.messaging.jsonrpc import (
-    JsonRpcClient,
-    JsonRpcHandler,
-    JsonRpcHttpProxy,
-    serve_jsonrpc,
-)
-from dtp.messaging.protocol import (
+from dtp.messaging._framing import FrameDecoder, Oversized, encode_frame
+from dtp.messaging._protocol import (
     ErrorReceived,
     NotificationReceived,
     ProtocolViolation,
@@ -51,6 +44,13 @@ from dtp.messaging.protocol import (
     RequestTimedOut,
     ResponseReceived,
     RpcProtocol,
+)
+from dtp.messaging.errors import RpcConnectionLost
+from dtp.messaging.jsonrpc import (
+    JsonRpcClient,
+    JsonRpcHandler,
+    JsonRpcHttpProxy,
+    serve_jsonrpc,
 )
 from dtp.messaging.rpc import (
     ACCEPT_POLL_MAX,
@@ -666,7 +666,7 @@ def test_response_escrow_deliver_on_chain_when_unacknowledged() -> None:
 
 
 def test_demo_story_runs() -> None:
-    from dtp.messaging.demo import demo_messaging_story
+    from dtp.messaging._demo import demo_messaging_story
 
     lines: list[str] = []
     demo_messaging_story(lines.append)
@@ -1043,7 +1043,7 @@ def test_claim_all_claims_each_fee_on_its_own() -> None:
     ones not tried yet."""
     from dtp.errors import ChainError
     from dtp.ledger.interface import response_ack_message
-    from dtp.ledger.sui.client import LedgerUnavailable
+    from dtp.ledger.sui._client import LedgerUnavailable
     from dtp.messaging.rpc import response_hash
 
     base = LocalLedger(":memory:", clock_ms=0)

@@ -9,7 +9,7 @@ import socket
 import threading
 
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import ErrorReceived, RequestReceived, RpcProtocol
+from dtp.messaging._protocol import ErrorReceived, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient
 
 

@@ -24,10 +24,10 @@ import pytest
 import dtp.aio
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.protocol import RequestReceived
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
-from dtp.messaging.rpc import blocking_client as rpc_client
+from dtp.messaging.rpc import _blocking_client as rpc_client
 from tests.messaging.rpc_world import ScriptedPeer, Served
 from tests.support.polling import wait_for
 

@@ -20,7 +20,7 @@ import dtp.errors
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import RequestReceived, RpcProtocol
+from dtp.messaging._protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for

@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging._protocol import RpcProtocol
 from dtp.messaging.rpc import CallContext, RpcServer
 from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for

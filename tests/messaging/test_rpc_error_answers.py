@@ -19,7 +19,7 @@ import pytest
 import dtp.aio
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import ErrorReceived, RpcProtocol
+from dtp.messaging._protocol import ErrorReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcServer
 from tests.messaging.rpc_world import Served
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import (
+from dtp.messaging._protocol import (
     MAX_ID,
     RequestReceived,
     ResponseReceived,

@@ -1,4 +1,4 @@
-"""The RPC fee engine (dtp.messaging.rpc.engine) driven with no I/O. Client: the order
+"""The RPC fee engine (dtp.messaging.rpc._engine) driven with no I/O. Client: the order
 of a paid call's steps (checked → deposited → checked again, metered, sent), and that a
 prepaid fee is never lost and a request never metered unsent, whatever step fails.
 Server: the order of a request's admission (refused outright, receipt, escrow), how a
@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.errors import InsufficientFunds
-from dtp.identity.ed25519 import verify_memoized
+from dtp.identity._ed25519 import verify_memoized
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.interface import response_ack_message
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import (
@@ -27,8 +27,8 @@ from dtp.messaging.rpc import (
     ResponsePrepay,
     response_hash,
 )
-from dtp.messaging.rpc.cover import DEPOSIT_REREAD, Refusal, RequestCover, Reread
-from dtp.messaging.rpc.engine import (
+from dtp.messaging.rpc._cover import DEPOSIT_REREAD, Refusal, RequestCover, Reread
+from dtp.messaging.rpc._engine import (
     UNTIMED_DEPOSIT,
     ClientFees,
     KeepResponse,
@@ -39,7 +39,7 @@ from dtp.messaging.rpc.engine import (
     ServerCallFees,
     TakeEscrow,
 )
-from dtp.messaging.rpc.server_base import end_request
+from dtp.messaging.rpc._server_base import end_request
 from dtp.payments.receipts import Meter
 from tests.support.scopes import scope_of, v1_receipt_bytes
 

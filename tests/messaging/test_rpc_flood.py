@@ -20,9 +20,9 @@ import msgpack
 import pytest
 
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import RequestReceived, RpcProtocol
+from dtp.messaging._protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient
-from dtp.messaging.rpc import blocking_client as rpc_client
+from dtp.messaging.rpc import _blocking_client as rpc_client
 from tests.support.timing import bound
 
 #: Empty frames: the costliest bytes to take (each is a violation).

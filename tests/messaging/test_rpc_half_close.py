@@ -16,7 +16,7 @@ import pytest
 import dtp.aio
 import dtp.identity.keys
 import dtp.socket
-from dtp.messaging.protocol import ResponseReceived, RpcProtocol
+from dtp.messaging._protocol import ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcServer
 from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served

@@ -20,7 +20,7 @@ import dtp.aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import ErrorReceived, ResponseReceived, RpcProtocol
+from dtp.messaging._protocol import ErrorReceived, ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
 from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served

@@ -22,7 +22,7 @@ import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import ErrorReceived, ProtocolViolation, RequestReceived, RpcProtocol
+from dtp.messaging._protocol import ErrorReceived, ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from tests.messaging.rpc_world import Served
 

@@ -48,8 +48,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import (
     AsyncRpcClient,
@@ -61,8 +61,8 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
-from dtp.messaging.rpc import engine as rpc_engine
-from dtp.messaging.rpc import fees as rpc_fees
+from dtp.messaging.rpc import _engine as rpc_engine
+from dtp.messaging.rpc import _fees as rpc_fees
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Meter

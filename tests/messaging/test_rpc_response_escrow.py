@@ -147,7 +147,7 @@ def test_a_failing_on_receipt_fails_its_request_not_the_stream(
     through the read loop: the connection closed, every call in flight failed. A fee
     check failing so is that request's internal error on both servers, whatever it
     raised (the asyncio server answered a TypeError as the caller's invalid params)."""
-    from dtp.ledger.objects import Sla
+    from dtp.ledger._objects import Sla
     from dtp.messaging.rpc import RequestPayments
     from dtp.payments.receipts import Meter
 

@@ -1,5 +1,5 @@
 """The RPC servers against clients that cancel, reuse ids and stop reading
-(dtp/messaging/rpc/blocking_server.py, dtp/messaging/rpc/asyncio_server.py):
+(dtp/messaging/rpc/_blocking_server.py, dtp/messaging/rpc/_asyncio_server.py):
 
 - a pool server's queue grew without bound for a client sending requests it cancels
   at once (or gives deadlines that pass at once): each one's slot of ``max_pending``
@@ -32,7 +32,7 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import ProtocolViolation, RequestReceived, RpcProtocol
+from dtp.messaging._protocol import ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
 from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for

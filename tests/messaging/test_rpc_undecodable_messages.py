@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from dtp.messaging import errors as E
-from dtp.messaging.protocol import (
+from dtp.messaging._protocol import (
     ErrorReceived,
     ProtocolViolation,
     RpcProtocol,

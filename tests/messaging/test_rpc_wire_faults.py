@@ -11,10 +11,10 @@ from typing import Any
 import msgpack
 import pytest
 
+from dtp.messaging import _protocol as protocol
 from dtp.messaging import errors as E
-from dtp.messaging import protocol
-from dtp.messaging.framing import encode_frame
-from dtp.messaging.protocol import (
+from dtp.messaging._framing import encode_frame
+from dtp.messaging._protocol import (
     ErrorReceived,
     ProtocolViolation,
     RequestReceived,

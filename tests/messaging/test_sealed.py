@@ -19,11 +19,11 @@ import pytest
 import dtp.socket
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, RemoteProtocolError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.interface import MAX_MAIL_PAYLOAD
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
-from dtp.messaging.framing import FrameDecoder, encode_frame, read_frames
+from dtp.messaging._framing import FrameDecoder, encode_frame, read_frames
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import (
     MAX_BODY,

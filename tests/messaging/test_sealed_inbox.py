@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging import sealed as sealed_module
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal

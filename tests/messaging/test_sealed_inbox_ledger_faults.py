@@ -15,8 +15,8 @@ import pytest
 import dtp.socket
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import SealedInbox, open_sealed, seal, send_sealed

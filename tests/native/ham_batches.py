@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 from dtp.errors import ErrorCode, ProtocolError
-from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.reference._limits import HAM_BATCH_VERSION
 
 
 def outcome(fn: Any, *args: Any) -> Any:

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from dtp.graph.values import encode_value, link
-from dtp.native.reference.ham import HamGraph, encode_ham_batch
+from dtp.native.reference._ham import HamGraph, encode_ham_batch
 from dtp.native.types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_SAME, HamUpdate
 from tests.support.paths import PROTOCOL_MD
 

@@ -602,7 +602,7 @@ def frames_summary(result: Any) -> tuple[Any, ...]:
 
 
 def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) -> None:
-    from dtp.native.reference.frames import encode_frames
+    from dtp.native.reference._frames import encode_frames
     from dtp.native.types import FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
 
     key = os.urandom(32)
@@ -654,7 +654,7 @@ def test_seal_stream_bad_input(backend: SimpleNamespace, args: tuple[Any, ...], 
 
 
 def test_open_frames_statuses_and_errors(backend: SimpleNamespace) -> None:
-    from dtp.native.reference.frames import encode_frames
+    from dtp.native.reference._frames import encode_frames
     from dtp.native.types import FRAME_ACK, FRAME_PING, RawFrame
 
     key = os.urandom(32)
@@ -720,7 +720,7 @@ def test_differential_seal_stream(
 def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
     """Records whose plaintexts are frames (valid, malformed, padding, ACKs), some
     replayed, tampered or foreign, with a possible truncation."""
-    from dtp.native.reference.frames import encode_frames
+    from dtp.native.reference._frames import encode_frames
     from dtp.native.types import FRAME_ACK, FRAME_CLOSE, FRAME_PING, FRAME_STREAM, RawFrame
 
     key = draw(st.binary(min_size=32, max_size=32))

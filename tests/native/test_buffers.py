@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
-from dtp.native.reference.ham import encode_ham_batch
+from dtp.native.reference._ham import encode_ham_batch
 from dtp.native.types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
 from tests.support.backends import BACKENDS
 

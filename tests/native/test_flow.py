@@ -20,8 +20,8 @@ from dtp.errors import LocalProtocolError
 from dtp.native import core as _core
 from dtp.native.core import MAX_STREAM_CHUNK
 from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
+from dtp.protocol._events import StreamDataReceived
 from dtp.protocol.connection import Connection
-from dtp.protocol.events import StreamDataReceived
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.native import core as _core
-from dtp.native.reference.limits import (
+from dtp.native.reference._limits import (
     MAX_ACK_RANGES,
     MAX_CLOSE_REASON,
     MAX_FRAME_DATA,

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.native import core as _core
-from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch, update_size
-from dtp.native.reference.limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
+from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch, update_size
+from dtp.native.reference._limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
 from dtp.native.types import (
     FULL,
     HAM_APPLIED,

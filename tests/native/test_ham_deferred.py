@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch, update_size
+from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch, update_size
 from dtp.native.types import HAM_APPLIED, HAM_DEFERRED, HAM_REJECTED, HamUpdate
 from tests.native.ham_batches import header
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native

@@ -24,7 +24,7 @@ from dtp.errors import ErrorCode, RemoteProtocolError
 from dtp.graph import Graph, namespace
 from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
-from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch
+from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch
 from dtp.native.types import HamUpdate
 from tests.native.ham_batches import BAD_BATCHES, F1, header, outcome, raw_update
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
@@ -258,7 +258,7 @@ def test_c_zero_states_contract() -> None:
 def test_a_graph_merges_a_batch_with_negative_zero_in_values_without_python_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import dtp.native.reference.ham as reference
+    import dtp.native.reference._ham as reference
 
     calls: list[int] = []
     real = reference._walk
@@ -270,7 +270,7 @@ def test_a_graph_merges_a_batch_with_negative_zero_in_values_without_python_deco
     monkeypatch.setattr(reference, "_walk", counting)
     # (what the graph used before: the whole batch through the Python decoder)
     monkeypatch.setattr(
-        "dtp.graph.merges.decode_ham_batch", lambda b: calls.append(len(b)), raising=False
+        "dtp.graph._merges.decode_ham_batch", lambda b: calls.append(len(b)), raising=False
     )
     ups = [
         HamUpdate(b"pub/%d" % i, b"f", 1.0, b'"' + NEG.hex().encode() + b'"') for i in range(500)

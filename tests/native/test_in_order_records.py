@@ -18,8 +18,8 @@ import pytest
 
 from dtp.errors import LocalProtocolError
 from dtp.native.types import OK, STOP
+from dtp.protocol._events import ControlReceived
 from dtp.protocol.connection import CloseCode
-from dtp.protocol.events import ControlReceived
 from tests.native.lanes import SID, take
 from tests.support.backends import BACKENDS
 from tests.support.pairs import Side, connect

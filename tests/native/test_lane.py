@@ -26,8 +26,8 @@ from dtp.native.types import (
     STOP,
     RawFrame,
 )
+from dtp.protocol._events import StreamDataReceived
 from dtp.protocol.connection import Connection
-from dtp.protocol.events import StreamDataReceived
 from tests.native.lanes import SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect

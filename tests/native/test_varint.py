@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.native.reference.varint import VARINT_MAX, varint_decode, varint_encode, varint_size
+from dtp.native.reference._varint import VARINT_MAX, varint_decode, varint_encode, varint_size
 from tests.support.vectors import load_vectors
 
 

@@ -20,11 +20,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.hostid.paid.aio import PaidAioServer
-from dtp.hostid.paid.blocking_server import PaidServer
+from dtp.hostid.paid._aio import PaidAioServer
+from dtp.hostid.paid._blocking_server import PaidServer
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.paid_twins import (
     echo,
@@ -55,8 +55,8 @@ class Driver:
     def server_module(self) -> str:
         """The module whose names (``settle_ended``...) the server calls."""
         if self.name == "blocking":
-            return "dtp.hostid.paid.blocking_server"
-        return "dtp.hostid.paid.asyncio_server"
+            return "dtp.hostid.paid._blocking_server"
+        return "dtp.hostid.paid._asyncio_server"
 
     @contextmanager
     def serve(

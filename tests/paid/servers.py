@@ -28,10 +28,10 @@ from typing import Any
 import dtp.aio
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from tests.support.paths import ROOT

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from dtp.hostid.admission import Admitted
-from dtp.hostid.paid.server_core import PaidServerCore
-from dtp.ledger.objects import Sla
+from dtp.hostid._admission import Admitted
+from dtp.hostid.paid._server_core import PaidServerCore
+from dtp.ledger._objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

@@ -1,6 +1,6 @@
 """``dtp.aio.serve(..., billing="requests")``: the asyncio paid server bills each RPC
 request by the receipt it carries, through the same engine as ``dtp.socket.serve``'s
-(dtp.messaging.rpc.billed; tests/paid/test_serve_per_request.py is the blocking twin),
+(dtp.messaging.rpc._billed; tests/paid/test_serve_per_request.py is the blocking twin),
 over a real socket and a LocalLedger file. Requests at the SLA's price and one at a
 method's own price are billed exactly: the receipts kept, then the settlement at the
 connection's end -- the provider's balance grows by the fee, the client gets the rest
@@ -22,8 +22,8 @@ import pytest
 import dtp.aio
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.method_rules import MethodRule, MethodRules
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcServer, ledger_payments

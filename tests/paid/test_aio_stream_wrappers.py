@@ -1,4 +1,4 @@
-"""The paid stream wrappers against the plain ones (dtp.hostid.paid.aio's PaidReader /
+"""The paid stream wrappers against the plain ones (dtp.hostid.paid._aio's PaidReader /
 PaidWriter against dtp.aio's reader and writer, dtp.hostid.paid's PaidSocket against
 dtp.socket's DTPSocket): a cancelled paid read of all consumes nothing, what moves no
 data is there, and sendfile() is metered. Real LocalLedger files, real DTP connections
@@ -19,9 +19,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import fee
 from tests.support.paid_twins import ident

@@ -17,9 +17,9 @@ from pathlib import Path
 import dtp.aio
 from dtp.errors import ConnectionClosed
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.ledger_server import identity_from_seed
 

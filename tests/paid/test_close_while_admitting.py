@@ -22,10 +22,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionRefused, DTPError
-from dtp.hostid.admission import ConnectionLimits, LedgerAdmission, PeerInfo
+from dtp.hostid._admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import ConnectionState, Sla
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import ConnectionState, Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
 

@@ -21,11 +21,11 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ChainError, ConnectionClosed, ConnectionLost
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.payments._settlement import collect_refund
 from dtp.payments.metering import CLOSE_LEDGER_CLOSED, MeteringConfig
-from dtp.payments.settlement import collect_refund
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

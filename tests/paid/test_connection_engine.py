@@ -1,4 +1,4 @@
-"""PaidConnectionEngine (dtp/hostid/paid/engine.py), the receipt path both paid drivers
+"""PaidConnectionEngine (dtp/hostid/paid/_engine.py), the receipt path both paid drivers
 pump, driven without any I/O: receipt frames in (stored, final, refused), the escrow
 read again, the pause steps of a paused call, the credit cached between looks at the
 gate, the rate limits' questions, and the closes it decides (payment required,
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.errors import LocalProtocolError
-from dtp.hostid.paid.engine import (
+from dtp.hostid.paid._engine import (
     Close,
     Credit,
     PaidConnectionEngine,
@@ -22,18 +22,18 @@ from dtp.hostid.paid.engine import (
     ReceiptStep,
     RefillStep,
 )
-from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy
+from dtp.hostid.paid._policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import Receipt, fee
-from dtp.payments.gate import (
+from dtp.payments._gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     GateState,
     ReceiptGate,
 )
-from dtp.payments.ratelimit import ClientBuckets, TokenBucket
+from dtp.payments._ratelimit import ClientBuckets, TokenBucket
 from tests.support.scopes import any_receipt_bytes, scope_of, v1_receipt_bytes
 
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)  # 1 MIST a byte

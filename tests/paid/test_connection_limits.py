@@ -28,8 +28,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionLimitReached
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from tests.support.paid_twins import PaidWorld, echo_server, hosted_ledgers, ident, loop_in_thread
 from tests.support.polling import wait_for
 

@@ -21,9 +21,9 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import fee
 from dtp.protocol.connection import ConnectionConfig

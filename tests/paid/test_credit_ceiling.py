@@ -1,4 +1,4 @@
-"""A paid server's credit stops at what the escrow can still pay (dtp.payments.gate.ReceiptGate;
+"""A paid server's credit stops at what the escrow can still pay (dtp.payments._gate.ReceiptGate;
 docs/escrow.md §6.1: the allowance exists because "the server never serves more on credit
 than the minimum escrow guarantees it can be paid"). The gate compared unreceipted usage
 with the allowance alone: once a client's receipts had reached its deposit, the escrow
@@ -19,9 +19,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter, Sla
-from dtp.payments.gate import GateState, ReceiptGate
+from dtp.payments._gate import GateState, ReceiptGate
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import (
     funded_ledger,

@@ -21,8 +21,8 @@ from dtp.errors import DTPError, PaymentRequired, WrongSigner
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.identity import keys
 from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.paid_twins import hosted_ledgers, ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

@@ -1,4 +1,4 @@
-"""The asyncio paid server (dtp.hostid.paid.aio) held to what the blocking one
+"""The asyncio paid server (dtp.hostid.paid._aio) held to what the blocking one
 (dtp.hostid.paid) does where a user sees it:
 
 - a handler sending datagrams alone went past the client's bytes/s limit without bound
@@ -16,7 +16,7 @@
 Real connections on 127.0.0.1, a LocalLedger file in tmp_path, real handshakes by host
 ID.
 
-The asyncio paid server's datagram pause (dtp.hostid.paid.aio):
+The asyncio paid server's datagram pause (dtp.hostid.paid._aio):
 
 - the escrow read a dropped datagram starts in a task was left running when the
   connection ended: the settlement went on meanwhile (and what the read found -- a
@@ -45,8 +45,8 @@ from typing import Any
 
 from dtp.errors import DTPError, PaymentRequired
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.paid.world import CLIENT, SERVER, SLA, World

@@ -33,8 +33,8 @@ from typing import Any
 
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.paid.conftest import Driver

@@ -27,8 +27,8 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
@@ -195,7 +195,7 @@ RATE = 100  # bytes/s: a burst of 25 bytes
 def test_datagram_charge_counts_the_frame_header() -> None:
     """A datagram costs its payload and its DATAGRAM frame's type byte and varint
     length (docs/protocol.md)."""
-    from dtp.payments.ratelimit import datagram_charge  # (new: the other tests run without it)
+    from dtp.payments._ratelimit import datagram_charge  # (new: the other tests run without it)
 
     assert [datagram_charge(n) for n in (0, 1, 63, 64, 16383, 16384)] == [
         2,

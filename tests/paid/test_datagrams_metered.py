@@ -24,11 +24,11 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
+from dtp.payments._settlement import ClientPayment
 from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.payments.receipts import fee
-from dtp.payments.settlement import ClientPayment
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 

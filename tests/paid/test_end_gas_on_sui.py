@@ -26,17 +26,17 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.payments.refunds
-import dtp.payments.serving
+import dtp.payments._refunds
+import dtp.payments._serving
 import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.payments._refunds import refunds_for
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.refunds import refunds_for
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.polling import wait_for
 
@@ -105,8 +105,8 @@ def provider(
 ) -> Iterator[Provider]:
     # a refund collector looks at the clock every 0.1 s, recovery rounds (a batch's
     # turn) come every 0.1 s: the test's clock moves by hand
-    monkeypatch.setattr(dtp.payments.refunds, "POLL", 0.1)
-    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.1)
+    monkeypatch.setattr(dtp.payments._refunds, "POLL", 0.1)
+    monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", 0.1)
     identity = HostIdentity.generate()
     with contextlib.ExitStack() as stack:
         node: SuiNodeStandIn | None = None
@@ -132,7 +132,7 @@ def provider(
 def _forget_refunds(ledger: Ledger) -> None:
     """Stop the refund collectors of ``ledger``, what they wait for dropped (the tests
     that leave a deposit behind look at it themselves; logged at exit, it is noise)."""
-    for collector in list(dtp.payments.refunds._collectors.values()):
+    for collector in list(dtp.payments._refunds._collectors.values()):
         if collector.ledger is ledger:
             collector.close(log_waiting=False)
 
@@ -212,7 +212,7 @@ def test_a_cheap_connections_end_is_left_and_its_client_takes_the_deposit_back(
 
 def _client_of(provider: Provider, address: str) -> HostIdentity:
     """The identity of the client at ``address`` (the collectors are per identity)."""
-    for collector in dtp.payments.refunds._collectors.values():
+    for collector in dtp.payments._refunds._collectors.values():
         if collector.identity.sui_address == address:
             return collector.identity
     raise AssertionError(f"no refund collector for {address}")

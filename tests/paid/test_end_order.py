@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

@@ -25,15 +25,15 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, EventFilter
+from dtp.payments._refunds import refunds_for
+from dtp.payments._settlement import collect_refund
 from dtp.payments.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import fee
-from dtp.payments.refunds import refunds_for
-from dtp.payments.settlement import collect_refund
 from tests.paid.servers import METERING, SERVER, SLA, World, fund, hosted_world, paid_server
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import conserved, paid_connect

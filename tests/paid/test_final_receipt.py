@@ -1,5 +1,5 @@
-"""Paid serving (dtp.hostid.paid.aio, dtp.hostid.paid) at a connection's end: a callback that closes
-the connection itself still asks for the final receipt; an asyncio datagram sender
+"""Paid serving (dtp.hostid.paid._aio, dtp.hostid.paid) at a connection's end: a callback
+that closes the connection itself still asks for the final receipt; an asyncio datagram sender
 learns that the client left; the loop's end still settles a connection in its end
 phase; the canonical echo's close() + wait_closed() after the client's close does not
 wait for the settlement; wait_released() from the callback raises; close() does not
@@ -24,7 +24,7 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.hostid.paid import ServicePolicy
-from dtp.ledger.objects import ConnectionState
+from dtp.ledger._objects import ConnectionState
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import fee
 from tests.paid.conftest import Driver

@@ -26,12 +26,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp.hostid._payment_hook import METERED_MAX_WAIT
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.payment_hook import METERED_MAX_WAIT
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import fee
-from dtp.transport.blocking.engine import TIMERS
+from dtp.transport.blocking._engine import TIMERS
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-import dtp.hostid.paid.asyncio as paid_asyncio
-import dtp.hostid.paid.blocking as blocking
+import dtp.hostid.paid._asyncio as paid_asyncio
+import dtp.hostid.paid._blocking as blocking
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from tests.paid.conftest import Driver, exchange
 from tests.support.paid_inprocess import ident

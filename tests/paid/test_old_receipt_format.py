@@ -21,8 +21,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import PaymentRequired
 from dtp.hostid.paid import PaidServer, PaidSocket
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import fee, object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop

@@ -7,7 +7,7 @@
    silently (the thread died; nobody retrieved the task's exception). It now logs the
    error and refreshes again at the next interval.
 2. A refresh that cannot read the ledger (the Host, or the state of open connections)
-   is logged on the server's own logger (``dtp.hostid.paid.blocking_server``,
+   is logged on the server's own logger (``dtp.hostid.paid._blocking_server``,
    ``.asyncio_server``), where an operator filtering on it finds it, whichever module
    made the read.
 3. PaidAioServer's start attached to its receipt store on the event loop: behind
@@ -31,12 +31,12 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.payments.receipt_store.store
+import dtp.payments.receipt_store._store
 import dtp.socket
 from dtp.errors import ConnectionClosed, LedgerUnavailable
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger._objects import Host, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Host, Sla
 from dtp.payments.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import (
     echo_aio,
@@ -178,7 +178,7 @@ def test_a_ledger_read_a_refresh_cannot_make_is_logged_on_the_servers_logger(
 ) -> None:
     host_id = paid_host(ledger)
     outage = ReadOutage(ledger)
-    name = f"dtp.hostid.paid.{api}_server"
+    name = f"dtp.hostid.paid._{api}_server"
     policy = ServicePolicy(refresh_interval=0.1, ledger_check_interval=0.1)
     reads = [
         ("connection_state", "cannot read the state of open connections"),
@@ -217,7 +217,7 @@ def test_the_event_loop_runs_on_while_the_asyncio_server_waits_for_the_lock_file
 ) -> None:
     # the other process holds the lock file for as long as the test wants: the start
     # would wait 600 s for it (before: with the event loop standing still all along)
-    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 600.0)
+    monkeypatch.setattr(dtp.payments.receipt_store._store, "BUSY_TIMEOUT", 600.0)
     host_id = paid_host(ledger)
     reads = HostReadFault(ledger)  # (never armed: it tells when the start read the Host)
     path = (tmp_path / "receipts.db").resolve()

@@ -24,8 +24,8 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.aio import DTPStreamReader, DTPStreamWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)

@@ -1,4 +1,4 @@
-"""A rate-limit wait ends with the connection (dtp.hostid.paid, dtp.hostid.paid.aio; docs/escrow.md
+"""A rate-limit wait ends with the connection (dtp.hostid.paid, dtp.hostid.paid._aio; docs/escrow.md
 §6.1 "Runtime firewall"). A write is charged after the fact, so a large chunk at a low
 rate leaves a long debt -- 256 KiB at 10 kB/s is 26 s -- and the paid server slept it
 off in the handler: a client that had closed meanwhile was settled only that much later,
@@ -18,9 +18,9 @@ import pytest
 
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident
 
@@ -50,7 +50,7 @@ def _client_reads_then_closes(ledger: LocalLedger, host_id: str) -> str:
     ) as sock:
         sock.sendall(b"go")
         got = 0
-        # the bytes come at the limit (dtp.payments.ratelimit's takes): a second's worth, and the
+        # the bytes come at the limit (dtp.payments._ratelimit's takes): a second's worth, and the
         # client leaves with the handler in the midst of the first chunk's wait
         while got < RATE:
             got += len(sock.recv(1 << 16))

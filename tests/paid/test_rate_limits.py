@@ -29,8 +29,8 @@ import pytest
 
 import dtp.socket
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 

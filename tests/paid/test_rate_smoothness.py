@@ -1,6 +1,6 @@
 """A client's bytes/s limit arrives smoothly: every one-second window within 20 % of the
 limit, over 10 s of sustained transfer, both ways, on both paid servers
-(:attr:`dtp.payments.ratelimit.TokenBucket.take`), and the client's own ``sendall`` of an upload
+(:attr:`dtp.payments._ratelimit.TokenBucket.take`), and the client's own ``sendall`` of an upload
 keeps to it too, its credit returned in steps of the rate (``Connection.pace_credit``).
 A read pays before it takes: a handler's ``recv(4 MiB)`` at 200,000 B/s never gets
 1.1 MB at once and then waits 5.5 s (5.6 times the limit in one second, nothing in the
@@ -36,10 +36,10 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
-from dtp.payments.ratelimit import TokenBucket
-from dtp.transport.blocking.socket import SEND_HIGH_WATER
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
+from dtp.payments._ratelimit import TokenBucket
+from dtp.transport.blocking._socket import SEND_HIGH_WATER
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.timing import bound
 

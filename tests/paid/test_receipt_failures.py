@@ -17,13 +17,13 @@ import pytest
 
 from dtp.errors import ConnectionStateError, InvalidReceipt, MalformedReceipt
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, TransportControl
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, TransportControl
-from dtp.payments.gate import ReceiptGate
+from dtp.payments._gate import ReceiptGate
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._settlement import claim_and_settle, collect_refund, recover_unclaimed
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt, ReceiptScope, check_receipt, fee
-from dtp.payments.settlement import claim_and_settle, collect_refund, recover_unclaimed
 from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
@@ -162,7 +162,7 @@ def test_a_failed_receipt_write_is_tried_again_and_claimable_meanwhile(
     counted = threading.Event()
     try:
         receipt = signed(cid, 300 * 1024, 1)
-        with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments._receipt_writer"):
             writer.submit(receipt, lambda r: counted.set())
             _wait_for(
                 lambda: any("cannot store receipts" in r.message for r in caplog.records),
@@ -205,7 +205,7 @@ def test_a_settlement_while_the_store_fails_claims_the_newest_receipt(
     writer = ReceiptWriter(store)
     try:
         newer = signed(cid, 400 * 1024, 2)
-        with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments._receipt_writer"):
             writer.submit(newer, lambda r: None)
             _wait_for(
                 lambda: any("cannot store receipts" in r.message for r in caplog.records),
@@ -255,7 +255,7 @@ def test_a_writer_whose_store_keeps_failing_still_closes(
             )
             writer = ReceiptWriter(store)
             cid = "0x" + "cd" * 32
-            with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
+            with caplog.at_level(logging.ERROR, logger="dtp.payments._receipt_writer"):
                 receipt = signed(cid, 2048, 1)
                 writer.submit(receipt, lambda r: None)
                 assert not writer.flush(cid, timeout=0.2)  # still failing: not idle
@@ -444,7 +444,7 @@ def test_a_settlement_racing_the_clients_own_settles_as_already_settled(
 def test_a_damaged_row_counts_as_served_at_admission(tmp_path: Path, ledger: LocalLedger) -> None:
     """The paid servers refuse a connection ID the store holds receipts of; a damaged row
     is held too (its MalformedReceipt ended the handler with a traceback instead)."""
-    from dtp.payments.serving import _receipts_held
+    from dtp.payments._serving import _receipts_held
 
     host_id = setup_host(ledger)
     damaged = open_for(ledger, host_id, CLIENT)
@@ -472,7 +472,7 @@ def test_a_final_receipt_left_after_the_writer_closed_goes_to_the_store(
     """settle_ended hands an unclaimed final receipt to the writer; one closed meanwhile
     raised RuntimeError and the receipt was lost. It goes to the store itself now, and
     with the store gone too it is logged whole."""
-    from dtp.payments.serving import _keep_final
+    from dtp.payments._serving import _keep_final
 
     host_id = setup_host(ledger)
     cid = open_for(ledger, host_id, CLIENT)
@@ -484,7 +484,7 @@ def test_a_final_receipt_left_after_the_writer_closed_goes_to_the_store(
         kept = store.latest(cid)
         assert kept is not None and kept.receipt.nonce == 3
     later = signed(cid, 20 * 1024, 4)
-    with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
+    with caplog.at_level(logging.ERROR, logger="dtp.payments._serving"):
         _keep_final(writer, later)  # the store is closed as well
     assert later.encode().hex() in caplog.text
 

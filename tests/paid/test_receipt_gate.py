@@ -26,10 +26,10 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, PaymentRequired
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import fee

@@ -9,8 +9,8 @@ from typing import Any
 
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.policy import CREDIT_MAX
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._policy import CREDIT_MAX
+from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)

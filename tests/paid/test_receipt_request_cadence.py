@@ -22,11 +22,11 @@ import pytest
 
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ledger.objects import Sla
-from dtp.payments.gate import RECEIPT_REQUEST
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
+from dtp.payments._gate import RECEIPT_REQUEST
 from dtp.payments.metering import MeteringConfig
-from dtp.protocol.connection.core import Connection
+from dtp.protocol.connection._core import Connection
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

@@ -1,5 +1,5 @@
-"""The paid server's durable receipts as it closes (dtp.payments.receipt_writer,
-dtp.payments.receipt_store, dtp.payments.settlement, dtp.hostid.paid).
+"""The paid server's durable receipts as it closes (dtp.payments._receipt_writer,
+dtp.payments.receipt_store, dtp.payments._settlement, dtp.hostid.paid).
 
 - A receipt still failing to be written as the writer closed (a store locked by another
   process past the busy timeout) got one last try, then was dropped with only its
@@ -33,16 +33,16 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.receipt_store.store
-import dtp.payments.receipt_writer
-import dtp.payments.serving
+import dtp.payments._receipt_writer
+import dtp.payments._serving
+import dtp.payments.receipt_store._store
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._serving import release_receipts, settle_ended
+from dtp.payments._settlement import claim_and_settle, recover_unclaimed
 from dtp.payments.receipt_store import ReceiptStore, ReceiptStoreError
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt, fee
-from dtp.payments.serving import release_receipts, settle_ended
-from dtp.payments.settlement import claim_and_settle, recover_unclaimed
 from tests.support.paid_twins import funded_ledger, ident
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import CONN, locked_by_another_process, receipt
@@ -59,8 +59,8 @@ DEPOSIT = 100_000
 def quick_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked store fails a write after 0.05 s (not 30), and a failed write is tried
     again after 0.1 s (not 1): the behaviour is tested, not those lengths."""
-    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.05)
-    monkeypatch.setattr(dtp.payments.receipt_writer, "RETRY_DELAY", 0.1)
+    monkeypatch.setattr(dtp.payments.receipt_store._store, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(dtp.payments._receipt_writer, "RETRY_DELAY", 0.1)
 
 
 def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]:
@@ -68,7 +68,7 @@ def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "dtp.payments.receipt_writer"
+        if r.name == "dtp.payments._receipt_writer"
         and "trying again" in r.getMessage()
         and r.created > since
     ]
@@ -78,7 +78,7 @@ def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]
 def test_a_receipt_failing_as_the_writer_closes_is_retried_until_the_close_times_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.payments.receipt_writer")
+    caplog.set_level(logging.INFO, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     try:
@@ -111,7 +111,7 @@ def test_a_receipt_failing_as_the_writer_closes_is_retried_until_the_close_times
 def test_a_receipt_given_up_at_close_is_logged_whole_and_close_says_false(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.payments.receipt_writer")
+    caplog.set_level(logging.INFO, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     given = receipt(2, 200)  # e.g. the final receipt a refused claim handed over
@@ -150,8 +150,8 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
     # gives the receipt up; the store stays locked until it has stopped (on a loaded
     # machine a try can outlast the 3 s, and the release then finishes in the writer's
     # thread, as it stops)
-    monkeypatch.setattr(dtp.payments.receipt_writer, "RETRY_DELAY", 0.5)
-    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 3.0)
+    monkeypatch.setattr(dtp.payments._receipt_writer, "RETRY_DELAY", 0.5)
+    monkeypatch.setattr(dtp.payments._serving, "RELEASE_WRITER_WAIT", 3.0)
     caplog.set_level(logging.INFO)
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
@@ -169,7 +169,7 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
         summary = [
             r
             for r in caplog.records
-            if r.name == "dtp.payments.serving"
+            if r.name == "dtp.payments._serving"
             and r.levelno == logging.ERROR
             and "given up" in r.message
         ]
@@ -183,7 +183,7 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
 def test_a_failed_write_of_many_connections_names_a_few_of_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="dtp.payments.receipt_writer")
+    caplog.set_level(logging.ERROR, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
@@ -340,6 +340,6 @@ def test_a_read_only_store_is_refused_at_open_and_a_locked_one_is_not(tmp_path: 
     with locked_by_another_process(path):
         started = time.monotonic()
         with ReceiptStore(path) as store:
-            assert time.monotonic() - started < dtp.payments.receipt_store.store.BUSY_TIMEOUT
+            assert time.monotonic() - started < dtp.payments.receipt_store._store.BUSY_TIMEOUT
             latest = store.latest(CONN)
             assert latest is not None and latest.receipt.nonce == 1

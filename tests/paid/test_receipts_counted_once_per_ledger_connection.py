@@ -21,8 +21,8 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.payments.metering import MeteringConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import again, funded_ledger, ident

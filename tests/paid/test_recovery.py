@@ -10,7 +10,7 @@ no longer unclaimed.
 Real LocalLedger files, real receipt stores, a real dead run (another process attached
 to the store and killed with SIGKILL), real paid servers (blocking and asyncio); the
 recovery rounds are let through one at a time (a wrapper of
-dtp.payments.serving.recover_store in the recovery thread), RECOVERY_INTERVAL short. A
+dtp.payments._serving.recover_store in the recovery thread), RECOVERY_INTERVAL short. A
 failing claim is a ledger wrapper raising LedgerUnavailable at the settlement calls only
 (a claim is never refused by the client's spending cap: the deposit was reserved against
 it at open, docs/escrow.md section 4).
@@ -31,14 +31,14 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.payments.serving
+import dtp.payments._serving
 import dtp.socket
+from dtp.ledger._objects import Settlement, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Settlement, Sla
+from dtp.payments._serving import Recovery, recover_store
+from dtp.payments._settlement import recover_unclaimed
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, fee
-from dtp.payments.serving import Recovery, recover_store
-from dtp.payments.settlement import recover_unclaimed
 from tests.support.paid_stores import kill, server_run
 from tests.support.paid_twins import (
     OutageLedger,
@@ -89,12 +89,12 @@ class Rounds:
     in another thread, is not held)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._real = dtp.payments.serving.recover_store
+        self._real = dtp.payments._serving.recover_store
         self._go = threading.Semaphore(0)
         self._done = threading.Semaphore(0)
         self.count = 0
-        monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.01, raising=False)
-        monkeypatch.setattr(dtp.payments.serving, "recover_store", self._round)
+        monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", 0.01, raising=False)
+        monkeypatch.setattr(dtp.payments._serving, "recover_store", self._round)
 
     def _round(self, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name != "dtp-paid-recovery":
@@ -163,14 +163,14 @@ def _lines(caplog: pytest.LogCaptureFixture, cid: str, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "dtp.payments.settlement" and r.levelno == level and cid in r.getMessage()
+        if r.name == "dtp.payments._settlement" and r.levelno == level and cid in r.getMessage()
     ]
 
 
 def test_a_dead_runs_receipt_the_ledger_cannot_take_is_tried_with_backoff(
     world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dtp.payments.settlement")
+    caplog.set_level(logging.DEBUG, logger="dtp.payments._settlement")
     rounds = Rounds(monkeypatch)
     ledger = CountingLedger(world.ledger)
     ledger.down.set()
@@ -211,7 +211,7 @@ def test_a_dead_runs_receipt_the_ledger_cannot_take_is_tried_with_backoff(
 def test_a_live_servers_failing_claim_waits_and_warns_once(
     world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, api: str
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dtp.payments.settlement")
+    caplog.set_level(logging.DEBUG, logger="dtp.payments._settlement")
     rounds = Rounds(monkeypatch)
     ledger = CountingLedger(world.ledger)
     lost = world.receipt(world.ledger.create_spending_cap(CLIENT, 10**9))

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 import dtp.hostid.paid
-import dtp.hostid.paid.blocking_server
-import dtp.payments.serving
-import dtp.payments.settlement
+import dtp.hostid.paid._blocking_server
+import dtp.payments._serving
+import dtp.payments._settlement
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.paid_stores import STORE_CLIENT as CLIENT
 from tests.support.paid_stores import STORE_PORT as PORT
 from tests.support.paid_stores import STORE_SERVER as SERVER
@@ -44,7 +44,7 @@ def _slow_claims(
     monkeypatch: pytest.MonkeyPatch, seconds: float, started: threading.Event | None = None
 ) -> None:
     """Each claim takes ``seconds`` more (``started`` set as one begins)."""
-    real = dtp.payments.settlement.claim_and_settle
+    real = dtp.payments._settlement.claim_and_settle
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         if started is not None:
@@ -52,7 +52,7 @@ def _slow_claims(
         time.sleep(seconds)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dtp.payments.settlement, "claim_and_settle", slow)
+    monkeypatch.setattr(dtp.payments._settlement, "claim_and_settle", slow)
 
 
 def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.hostid.paid.PaidServer]:
@@ -75,7 +75,7 @@ def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.host
 def test_recovery_holds_up_neither_the_policy_nor_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
+    monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", 0.2)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path, policy=ServicePolicy(refresh_interval=0.05))
         refreshes: list[float] = []
@@ -122,8 +122,8 @@ def test_close_does_not_wait_for_a_slow_claim(
     """close() waits RECOVERY_CLOSE_WAIT at most for a claim under way (the first
     Recovery version joined it without limit: a ledger that stalled hung close()), and
     the release follows the claim: wait_released() is True once it has."""
-    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
-    monkeypatch.setattr(dtp.hostid.paid.blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid._blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path)
         lost = world.receipt()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.refunds as refunds
+import dtp.payments._refunds as refunds
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.receipt import fee
-from dtp.payments.refund_book import OpenedBook
-from dtp.payments.refunds import RefundCollector
+from dtp.payments._refund_book import OpenedBook
+from dtp.payments._refunds import RefundCollector
 from tests.support.paid_inprocess import ident
 from tests.support.polling import wait_for
 from tests.support.procs import announcing, stop

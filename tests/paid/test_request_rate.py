@@ -1,4 +1,4 @@
-"""The host's per-client request rate at a few requests per second (dtp.payments.ratelimit,
+"""The host's per-client request rate at a few requests per second (dtp.payments._ratelimit,
 docs/escrow.md §6.1 "Runtime firewall": usage is charged as it happens and the *next*
 use waits). The burst was a quarter second of the rate: below 4 requests/s, less than
 one request, so a single request ran a full bucket into debt and was itself held back
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
-from dtp.payments.ratelimit import RateLimiter, TokenBucket
+from dtp.payments._ratelimit import RateLimiter, TokenBucket
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident
 

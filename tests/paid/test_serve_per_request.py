@@ -17,8 +17,8 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.method_rules import MethodRule, MethodRules
 from dtp.messaging.rpc import RpcClient, RpcServer

@@ -1,11 +1,11 @@
-"""A paid server's hooks into its DTP server (dtp/hostid/paid/server_admission.py), as
+"""A paid server's hooks into its DTP server (dtp/hostid/paid/_server_admission.py), as
 both paid servers use them, without I/O: the count of the connections served reports
 each reservation, release and refusal at a connection limit to the paid server."""
 
 from __future__ import annotations
 
-from dtp.hostid.admission import ConnectionLimits
-from dtp.hostid.paid.server_admission import ReportedConnections
+from dtp.hostid._admission import ConnectionLimits
+from dtp.hostid.paid._server_admission import ReportedConnections
 
 CID, OTHER = "0x" + "ab" * 32, "0x" + "cd" * 32
 ALICE = "0x" + "a1" * 32

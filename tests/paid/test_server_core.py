@@ -1,4 +1,4 @@
-"""PaidServerCore (dtp/hostid/paid/server_core.py), the server-wide rules both paid
+"""PaidServerCore (dtp/hostid/paid/_server_core.py), the server-wide rules both paid
 servers pump, driven without any I/O: admission steps, the work the release waits for,
 the one-DTP-connection-per-ledger-connection reservation, policy refreshes, settlements."""
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.errors import ConnectionClosed, ObjectNotFound, PaymentRequired
-from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
-from dtp.hostid.paid.server_core import (
+from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy
+from dtp.hostid.paid._server_core import (
     END_FAILED,
     NO_LEDGER_CONNECTION,
     TOP_UP_FAILED,
@@ -26,12 +26,12 @@ from dtp.hostid.paid.server_core import (
     PaidServerCore,
     Refusal,
 )
-from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
-from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
-from dtp.payments.serving import SERVED_REFUSAL
+from dtp.ledger._objects import Firewall, FirewallMode, Host, Settlement
+from dtp.payments._gate import CLOSE_PAYMENT_REQUIRED
+from dtp.payments._serving import SERVED_REFUSAL
+from dtp.protocol._events import ConnectionTerminated
 from dtp.protocol.connection import CloseCode
-from dtp.protocol.events import ConnectionTerminated
-from dtp.transport.session import CALLBACK_FAILED
+from dtp.transport._session import CALLBACK_FAILED
 
 CID = "0x" + "ab" * 32
 ALICE, BOB = "0x" + "a1" * 32, "0x" + "b0" * 32

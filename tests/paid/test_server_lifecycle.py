@@ -20,9 +20,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import InvalidArgument, ReceiptStoreError, ServiceNotFound
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt, fee
 from tests.paid.servers import PORT, SERVER, SLA, hosted_world
 from tests.paid.servers import World as ServiceWorld

@@ -1,4 +1,4 @@
-"""A paid server's options (dtp/hostid/paid/server_core.py: ServerOptions), checked in
+"""A paid server's options (dtp/hostid/paid/_server_core.py: ServerOptions), checked in
 one place for both servers: their defaults, and each bad one refused with its own error
 before the ledger is read or written -- driven without I/O, then through ``PaidServer``,
 ``dtp.socket.serve`` and ``dtp.aio.serve``."""
@@ -16,8 +16,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import InvalidArgument
 from dtp.hostid.paid import PaidServer, ServicePolicy
-from dtp.hostid.paid.server_core import ServerOptions
-from dtp.transport.admission import (
+from dtp.hostid.paid._server_core import ServerOptions
+from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,

@@ -15,12 +15,12 @@ from typing import TypeVar
 import pytest
 
 import dtp.aio
-import dtp.hostid.paid.aio
-import dtp.payments.serving
+import dtp.hostid.paid._aio
+import dtp.payments._serving
 import dtp.socket
 from dtp.errors import LocalProtocolError
 from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
-from dtp.ledger.objects import ConnectionState, Sla
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from tests.paid.conftest import Driver, exchange
@@ -136,7 +136,7 @@ def test_not_released_while_the_receipt_writer_still_writes(
     2 s here), then goes on with the writer still writing (a stalled disk):
     wait_released() said True then, and the caller closing its store lost what the
     writer held (here the settlement's claimed mark). It waits for the writer too."""
-    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
+    monkeypatch.setattr(dtp.payments._serving, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
     try:
         with world.serve_on(driver, PORT, "echo", SERVER, receipts=store, policy=POLICY) as server:

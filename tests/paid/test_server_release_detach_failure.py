@@ -17,8 +17,8 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.hostid.paid.aio import PaidAioServer
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._aio import PaidAioServer
+from dtp.ledger._objects import Sla
 from tests.support.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
 
 PORT = 7

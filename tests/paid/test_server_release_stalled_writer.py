@@ -22,17 +22,17 @@ from typing import Any, TypeVar
 import pytest
 
 import dtp.hostid.paid
-import dtp.payments.serving
+import dtp.payments._serving
 import dtp.socket
 from dtp.errors import LedgerUnavailable
 from dtp.hostid.paid import ServicePolicy
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._serving import recover_store
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
-from dtp.payments.serving import recover_store
 from dtp.protocol.connection import Connection, ConnectionConfig
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.carriers._memory import MemoryLink
 from tests.paid.conftest import exchange
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import (
@@ -91,7 +91,7 @@ def _story(
     up waiting for the writer. Another server starting on the store meanwhile must not
     take the run for a dead one; once the writer is done, the newest receipt is what a
     recovery claims."""
-    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 0.3)
+    monkeypatch.setattr(dtp.payments._serving, "RELEASE_WRITER_WAIT", 0.3)
     down = _ledger_down(world, monkeypatch)
     path = world.tmp_path / "receipts.db"
     store = StallingStore(path)
@@ -199,14 +199,14 @@ def test_an_own_store_left_to_a_stalled_writer_is_closed_once_it_stops(
 ) -> None:
     """release_receipts() left a store it was to close open for good when the writer
     was still writing after the wait; it is closed once the writer stops."""
-    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 0.1)
+    monkeypatch.setattr(dtp.payments._serving, "RELEASE_WRITER_WAIT", 0.1)
     store = StallingStore(tmp_path / "r.db")
     writer = ReceiptWriter(store)
     try:
         store.stall.set()
         writer.submit(receipt(1, 100), lambda r: None)
         assert wait_for(store.stalled.is_set, 10)
-        dtp.payments.serving.release_receipts(writer, store, own_store=True)
+        dtp.payments._serving.release_receipts(writer, store, own_store=True)
         assert not store.closed  # (the writer still writes)
         store.resume.set()
         assert writer.close(10)

@@ -1,4 +1,4 @@
-"""The ledger reads and the release both paid servers make (dtp/hostid/paid/server_steps.py),
+"""The ledger reads and the release both paid servers make (dtp/hostid/paid/_server_steps.py),
 against a real ledger file and receipt store: the Host read at the start and at each
 refresh, the state checks of open connections, what each logs when the ledger cannot
 answer, and the order of the release."""
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from dtp.errors import ServiceNotFound
-from dtp.hostid.paid.policy import ServicePolicy
-from dtp.hostid.paid.server_core import PaidServerCore
-from dtp.hostid.paid.server_steps import (
+from dtp.hostid.paid._policy import ServicePolicy
+from dtp.hostid.paid._server_core import PaidServerCore
+from dtp.hostid.paid._server_steps import (
     ended_connections,
     host_to_refresh,
     refresh_failed,
@@ -24,8 +24,8 @@ from dtp.hostid.paid.server_steps import (
     served_host,
     writer_done,
 )
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from tests.paid.world import CLIENT, PORT, SERVER, World
 
 UNKNOWN = "0x" + "99" * 32

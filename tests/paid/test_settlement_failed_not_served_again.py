@@ -29,8 +29,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidServer, PaidSocket
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.ledger.objects import ConnectionState, Sla
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.payments.receipts import Receipt, ReceiptScope, fee, object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import (

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-import dtp.payments.serving
+import dtp.payments._serving
 import dtp.socket
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._serving import settle_ended
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt, ReceiptScope, fee
-from dtp.payments.serving import settle_ended
 from tests.support.paid_twins import (
     PaidWorld,
     echo,
@@ -95,7 +95,7 @@ def _failing_settlements(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", fail)
+    monkeypatch.setattr(dtp.payments._serving, "claim_and_settle", fail)
 
 
 def test_the_blocking_server_releases_a_connection_whose_settlement_raised(
@@ -110,7 +110,7 @@ def test_the_blocking_server_releases_a_connection_whose_settlement_raised(
         identity=SERVER,
         receipts=world.tmp_path / "r.db",
     ) as server:
-        with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments._serving"):
             for _ in range(2):
                 with world.connect_as(CLIENT, PORT, DEPOSIT) as sock:
                     sock.sendall(b"ping")
@@ -126,7 +126,7 @@ def test_the_asyncio_server_lets_the_carrier_go_when_its_settlement_raised(
     with loop_in_thread() as loop:
         server = world.serve_aio(loop, PORT, echo_aio, SERVER, receipts=world.tmp_path / "r.db")
         try:
-            with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
+            with caplog.at_level(logging.ERROR, logger="dtp.payments._serving"):
                 with world.connect_as(CLIENT, PORT, DEPOSIT) as sock:
                     sock.sendall(b"ping")
                     assert sock.recv(4) == b"ping"
@@ -142,7 +142,7 @@ def test_of_the_stored_and_the_final_receipt_the_one_for_more_is_claimed(
     """A final receipt with a higher nonce but a lower amount than the stored one (a
     ledger connection served again after a failed settlement: its gate was seeded from
     the escrow) took the stored one's place, and the client was refunded the rest."""
-    from dtp.payments.settlement import claim_and_settle
+    from dtp.payments._settlement import claim_and_settle
 
     cap = world.ledger.create_spending_cap(CLIENT, 10**9)
     cid = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, DEPOSIT).connection_id

@@ -24,18 +24,18 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid.paid.aio
-import dtp.hostid.paid.blocking_server
-import dtp.payments.serving
+import dtp.hostid.paid._aio
+import dtp.hostid.paid._blocking_server
+import dtp.payments._serving
 import dtp.socket
 from dtp.errors import ConnectionStateError
 from dtp.hostid.paid import PaidServer
-from dtp.hostid.paid.aio import PaidAioServer
-from dtp.ledger.objects import ConnectionState, Settlement, Sla
+from dtp.hostid.paid._aio import PaidAioServer
+from dtp.ledger._objects import ConnectionState, Settlement, Sla
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._settlement import collect_refund
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt, fee
-from dtp.payments.settlement import collect_refund
 from tests.paid.conftest import exchange
 from tests.support.paid_twins import (
     OutageLedger,
@@ -80,7 +80,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.fixture(autouse=True)
 def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", ROUND)
+    monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", ROUND)
 
 
 def _session(world: World) -> str:
@@ -160,7 +160,7 @@ def test_a_failed_settlement_is_claimed_by_the_live_server(
     receipts = world.tmp_path / "receipts.db"
     outage = OutageLedger(world.server_ledger)
     with (
-        caplog.at_level(logging.DEBUG, logger="dtp.payments.serving"),
+        caplog.at_level(logging.DEBUG, logger="dtp.payments._serving"),
         _serving(api, world, outage, receipts) as server,
     ):
         outage.down.set()
@@ -239,7 +239,7 @@ def test_close_stops_the_retries_between_claims(
     """close() during a retry's claim: the claim under way ends, no other is made (the
     other kept receipt is claimed by the next start), and the blocking close() does not
     wait for the claim."""
-    monkeypatch.setattr(dtp.hostid.paid.blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid._blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
     receipts = world.tmp_path / "receipts.db"
     outage = OutageLedger(world.server_ledger)
     started = threading.Event()
@@ -247,7 +247,7 @@ def test_close_stops_the_retries_between_claims(
     # (and the next one begin) before the close, however late a loaded machine runs it
     closed = threading.Event()
     claims: list[bool] = []  # per claim held: whether the close let it go (else its bound)
-    real = dtp.payments.serving.claim_and_settle
+    real = dtp.payments._serving.claim_and_settle
 
     # a claim begun under the outage runs whole with it (the gate held): one that saw
     # the outage here and then reached a ledger already back would settle unheld
@@ -262,7 +262,7 @@ def test_close_stops_the_retries_between_claims(
             claims.append(closed.wait(CLAIM_HELD))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", held)
+    monkeypatch.setattr(dtp.payments._serving, "claim_and_settle", held)
     with _serving(api, world, outage, receipts) as server:
         outage.down.set()
         first, _ = _failed_settlement(world, server, outage)

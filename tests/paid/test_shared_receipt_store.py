@@ -1,5 +1,5 @@
 """Two or more paid servers on one receipt store, one of them killed (dtp.payments.receipt_store's
-server runs, dtp.payments.serving.recover_store, the servers' policy loops).
+server runs, dtp.payments._serving.recover_store, the servers' policy loops).
 
 A server killed while another was live on the same store left its unclaimed receipts
 for a start when none was: its restart was not alone, so it claimed nothing, and the
@@ -45,13 +45,13 @@ import pytest
 
 import dtp.aio
 import dtp.hostid.paid
+import dtp.payments._serving
 import dtp.payments.receipt_store as receipt_store
-import dtp.payments.serving
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
+from dtp.payments._serving import recover_store
 from dtp.payments.receipt_store import ReceiptStore, StoredReceipt
-from dtp.payments.receipt_store import store as store_runs
-from dtp.payments.serving import recover_store
+from dtp.payments.receipt_store import _store as store_runs
 from tests.support.paid_stores import STORE_PORT as PORT
 from tests.support.paid_stores import STORE_SERVER as SERVER
 from tests.support.paid_stores import StoreWorld as World
@@ -101,7 +101,7 @@ def test_a_live_server_claims_what_a_run_killed_beside_it_left(
     world: World, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:
     # (raising=False: the test holds whether or not the module names this interval)
-    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2, raising=False)
+    monkeypatch.setattr(dtp.payments._serving, "RECOVERY_INTERVAL", 0.2, raising=False)
     policy = ServicePolicy(refresh_interval=0.05)
     options = {
         "ledger": world.ledger,
@@ -128,7 +128,7 @@ def test_a_live_server_claims_what_a_run_killed_beside_it_left(
                 assert wait_for(lambda: len(recovered) == 1, 10)
                 assert recovered[0][0] == lost.connection_id
                 # rounds later, the live run's connection is still its own
-                rounds = 3 * dtp.payments.serving.RECOVERY_INTERVAL
+                rounds = 3 * dtp.payments._serving.RECOVERY_INTERVAL
                 assert not wait_for(lambda: world.settled(live), rounds)
         finally:
             if isinstance(server, dtp.hostid.paid.PaidServer):

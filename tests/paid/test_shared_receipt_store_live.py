@@ -19,8 +19,8 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, fee

@@ -14,7 +14,7 @@ from typing import Any
 
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
@@ -122,7 +122,7 @@ def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
     import asyncio
 
     import dtp.aio
-    from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+    from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
     from dtp.ledger.local import LocalLedger
     from tests.support.paid_twins import funded_ledger, loop_in_thread, stop
 

@@ -14,9 +14,9 @@ import pytest
 
 import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.policy import CALL_COST
+from dtp.hostid.paid._policy import CALL_COST
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)

@@ -18,10 +18,10 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.hostid.paid import PaidSocket, ServicePolicy, gate_for
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop

@@ -27,12 +27,12 @@ from dtp.errors import (
     SubscriptionEnded,
     SubscriptionRefused,
 )
-from dtp.hostid.admission import LedgerAdmission, PeerInfo
+from dtp.hostid._admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.server_steps import ended_subscriptions
+from dtp.hostid.paid._server_steps import ended_subscriptions
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
-from dtp.payments.gate import subscriptions_over
+from dtp.payments._gate import subscriptions_over
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

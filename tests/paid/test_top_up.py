@@ -31,8 +31,8 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import (
     DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,

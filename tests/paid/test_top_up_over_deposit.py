@@ -32,7 +32,7 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.ledger.local import LocalLedger
-from dtp.payments.settlement import ClientPayment
+from dtp.payments._settlement import ClientPayment
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (
     CLIENT,

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from dtp.errors import ChainError, DTPError, ObjectNotFound
-from dtp.hostid.paid.server_core import UNMETERED_REFUSAL
-from dtp.ledger.objects import Sla
+from dtp.hostid.paid._server_core import UNMETERED_REFUSAL
+from dtp.ledger._objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

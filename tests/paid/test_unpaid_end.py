@@ -28,9 +28,9 @@ import pytest
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import CLOSE_FIREWALL_DENIED, MeteringConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident

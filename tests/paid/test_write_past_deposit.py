@@ -7,7 +7,7 @@ and stall until the server's pause timeout (10 s by default) closes the connecti
 the deposit spent all the same. While a top-up is under way the write is
 not refused: it goes out and waits, as the server pauses, for the deposit to grow.
 
-First the rule itself, sans I/O (:class:`dtp.payments.settlement.ClientPayment`), then
+First the rule itself, sans I/O (:class:`dtp.payments._settlement.ClientPayment`), then
 both clients against both paid servers on a real LocalLedger file
 (tests/support/paid_top_ups.py: the dearer service, a deposit of about 5 KiB).
 """
@@ -24,12 +24,12 @@ import pytest
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, InsufficientFunds, PaymentRequired
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.ledger._objects import OpenedConnection, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import OpenedConnection, Sla
 from dtp.ledger.receipt import U64_MAX
+from dtp.payments._settlement import ClientPayment
 from dtp.payments.receipts import fee
-from dtp.payments.settlement import ClientPayment
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (
     CLIENT,

@@ -10,9 +10,9 @@ from typing import Any
 
 import dtp.aio
 from dtp.hostid.paid import PaidServer, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer
+from dtp.hostid.paid._aio import PaidAioServer
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 7

@@ -5,7 +5,7 @@ server was paid less than the deposit allowed)."""
 from __future__ import annotations
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipts import fee
 from tests.support.scopes import scope_of

@@ -14,7 +14,7 @@ import pytest
 
 from dtp.errors import InvalidArgument
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipts import Meter
 from tests.support.scopes import scope_of

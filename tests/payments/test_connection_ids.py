@@ -1,12 +1,12 @@
 """The set of ledger connection IDs a paid server serves, one DTP connection per ledger
-connection at a time (dtp.payments.gate.ConnectionIds, used by dtp.hostid.paid and
-dtp.hostid.paid.aio)."""
+connection at a time (dtp.payments._gate.ConnectionIds, used by dtp.hostid.paid and
+dtp.hostid.paid._aio)."""
 
 from __future__ import annotations
 
 import threading
 
-from dtp.payments.gate import ConnectionIds
+from dtp.payments._gate import ConnectionIds
 
 CID = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32

@@ -1,4 +1,4 @@
-"""The decision at a connection's end, weighed against its gas (dtp.payments.ends,
+"""The decision at a connection's end, weighed against its gas (dtp.payments._ends,
 docs/escrow.md §7.1): settle, wait for a batch, or leave it to the client -- sans I/O,
 with the gas figures given. A server must never lose, by leaving an end, what it would
 have earned net of gas: the property tests compare each plan with every batch that
@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.errors import InvalidArgument
-from dtp.ledger.gas import EndGas, GasSpent, end_kind
-from dtp.ledger.objects import Sla
+from dtp.ledger._gas import EndGas, GasSpent, end_kind
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import Receipt, ReceiptScope, fee
-from dtp.payments.ends import (
+from dtp.payments._ends import (
     BATCH_WINDOW,
     TYPICAL_BYTES,
     Deferred,

@@ -9,7 +9,7 @@ import pytest
 
 from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import U64_MAX, Meter, fee
 from tests.support.scopes import scope_of
 

@@ -2,14 +2,14 @@
 properties (docs/escrow.md §3, §4, §6, §6.1, §7).
 
 A hypothesis state machine drives a :class:`dtp.payments.metering.ClientMeter` and the
-:class:`dtp.payments.gate.ReceiptGate` a paid server builds for the same connection
+:class:`dtp.payments._gate.ReceiptGate` a paid server builds for the same connection
 (:func:`dtp.hostid.paid.gate_for`, a real :class:`dtp.payments.receipt_store.ReceiptStore` file), in
 memory: the receipts the meter signs are handed to the gate late, twice, out of order
 or never, and the usage grows only as far as the gate lets it (as the paid server moves
 at most what the credit covers). The escrow and the spending cap live in a real
 LocalLedger file: top-ups, a new epoch, a lowered or raised cap and the client's other
 connections on the cap happen there, and the connection ends with
-:func:`dtp.payments.settlement.claim_and_settle`, which the cap never refuses (the deposit was
+:func:`dtp.payments._settlement.claim_and_settle`, which the cap never refuses (the deposit was
 reserved on it: docs/escrow.md §4).
 """
 
@@ -32,13 +32,13 @@ from hypothesis.stateful import (
 
 from dtp.errors import InsufficientFunds, InvalidReceipt, ReplayedReceipt, SpendingCapExceeded
 from dtp.hostid.paid import ServicePolicy, gate_for
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
-from dtp.payments.gate import ReceiptGate
+from dtp.payments._gate import ReceiptGate
+from dtp.payments._settlement import claim_and_settle
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import U64_MAX, Meter, Receipt, fee
-from dtp.payments.settlement import claim_and_settle
 from tests.support.paid_twins import ident
 from tests.support.scopes import scope_of
 
@@ -124,7 +124,7 @@ class MeterAndGate(RuleBasedStateMachine):
         self.gate: ReceiptGate = gate_for(
             ledger, self.cid, ServicePolicy(allowance=allowance), self.store
         )
-        # the client's limit, as dtp.payments.settlement.ClientPayment sets it: the deposit
+        # the client's limit, as dtp.payments._settlement.ClientPayment sets it: the deposit
         self.deposited = deposit
         config = MeteringConfig(
             every_bytes=every_bytes, every_ms=every_ms, every_requests=every_requests

@@ -1,4 +1,4 @@
-"""The runtime firewall's rate limits (dtp.payments.ratelimit): a limit the Host lifts
+"""The runtime firewall's rate limits (dtp.payments._ratelimit): a limit the Host lifts
 (0 = unlimited) and later imposes again.
 
 An unlimited bucket is neither charged nor refilled, so the debt a client had when its
@@ -36,17 +36,17 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed
 from dtp.hostid.paid import PaidServer, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer
+from dtp.hostid.paid._aio import PaidAioServer
+from dtp.ledger._objects import Host, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Host, Sla
-from dtp.payments.metering import CLOSE_FIREWALL_DENIED
-from dtp.payments.ratelimit import (
+from dtp.payments._ratelimit import (
     ClientBuckets,
     HostPolicy,
     RateLimiter,
     TokenBucket,
     datagram_charge,
 )
+from dtp.payments.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import echo_server, funded_ledger, ident
 from tests.support.polling import wait_for
 
@@ -135,7 +135,7 @@ def paid_server(api: str, ledger: LocalLedger, host_id: str) -> Any:
 
 def held_back(server: PaidServer | PaidAioServer, client: str) -> bool:
     """Whether the client's bytes bucket holds back its stream now: the handler's next
-    piece waits for it (dtp.payments.ratelimit.TokenBucket.wait_for), mid-way through 30 kB at
+    piece waits for it (dtp.payments._ratelimit.TokenBucket.wait_for), mid-way through 30 kB at
     SLOW -- 300 s of it."""
     limiter = server.limiter
     buckets = limiter.clients.get(client) or limiter.idle.get(client)
@@ -248,7 +248,7 @@ def test_empty_datagrams_are_not_free_under_a_bytes_limit() -> None:
     # each costs its DATAGRAM frame's header (2 bytes): the burst's worth, and one more
     assert admitted == 51
     assert b.admit([0], 0.0) == 0
-    # the header counts for non-empty ones too (dtp.payments.ratelimit.datagram_charge)
+    # the header counts for non-empty ones too (dtp.payments._ratelimit.datagram_charge)
     b = _buckets(400, 0)
     assert b.admit([98, 0], 0.0) == 1
     assert b.bytes.tokens == pytest.approx(100 - datagram_charge(98)) == -1

@@ -1,6 +1,6 @@
 """Sans-I/O parts of paid connections: the client meter, the server's receipt gate, the
-token buckets and the host policy (dtp.payments.metering, dtp.payments.ratelimit), plus the
-ledger-side helpers of dtp.payments.settlement on a LocalLedger file."""
+token buckets and the host policy (dtp.payments.metering, dtp.payments._ratelimit), plus the
+ledger-side helpers of dtp.payments._settlement on a LocalLedger file."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from dtp.errors import (
     ReplayedReceipt,
 )
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, Sla
-from dtp.payments.gate import GateState, ReceiptGate
+from dtp.payments._gate import GateState, ReceiptGate
+from dtp.payments._ratelimit import HostPolicy, RateLimiter, TokenBucket
+from dtp.payments._settlement import claim_and_settle, collect_refund, recover_unclaimed
 from dtp.payments.metering import ClientMeter, MeteringConfig
-from dtp.payments.ratelimit import HostPolicy, RateLimiter, TokenBucket
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, fee
-from dtp.payments.settlement import claim_and_settle, collect_refund, recover_unclaimed
 from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
@@ -330,7 +330,7 @@ def test_gate_counts_a_receipt_only_once_kept_and_refuses_replays_meanwhile() ->
 def test_receipt_writer_stores_the_newest_and_reports_it(tmp_path: Path) -> None:
     import threading
 
-    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments._receipt_writer import ReceiptWriter
 
     store = ReceiptStore(tmp_path / "r.db")
     writer = ReceiptWriter(store)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from dtp.errors import InvalidReceipt
-from dtp.ledger.objects import Sla
-from dtp.payments.gate import ReceiptGate
+from dtp.ledger._objects import Sla
+from dtp.payments._gate import ReceiptGate
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import ident
 from tests.support.scopes import scope_of

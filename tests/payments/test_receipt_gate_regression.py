@@ -1,4 +1,4 @@
-"""The receipt gate's judgement of a regression (dtp.payments.gate.ReceiptGate, docs/escrow.md
+"""The receipt gate's judgement of a regression (dtp.payments._gate.ReceiptGate, docs/escrow.md
 §6.1): a receipt for less than one it checked before is a violation."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 
 from dtp.errors import InvalidReceipt
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
-from dtp.payments.gate import GateState, ReceiptGate
+from dtp.ledger._objects import Sla
+from dtp.payments._gate import GateState, ReceiptGate
 from dtp.payments.receipts import Receipt, fee
 from tests.support.scopes import scope_of
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipt_store import STALE_NEWLOCK, ReceiptStore
 from dtp.payments.receipts import Receipt, fee
 from tests.support.scopes import scope_of

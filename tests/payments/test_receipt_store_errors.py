@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 import dtp.errors
-import dtp.payments.receipt_store.store
+import dtp.payments.receipt_store._store
 from dtp.errors import DTPError, InvalidReceipt
-from dtp.ledger.objects import Sla
-from dtp.payments.gate import ReceiptGate
+from dtp.ledger._objects import Sla
+from dtp.payments._gate import ReceiptGate
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore, ReceiptStoreError
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 from tests.support.scopes import scope_of
@@ -57,8 +57,8 @@ def test_close_waits_for_the_write_in_progress(
 ) -> None:
     # the writer's transaction waits for another process's lock as long as it takes
     # (not SQLite's busy timeout): the test, not the timeout, decides when it goes on
-    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 600.0)
-    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
+    monkeypatch.setattr(dtp.payments.receipt_store._store, "BUSY_TIMEOUT", 600.0)
+    caplog.set_level(logging.WARNING, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)

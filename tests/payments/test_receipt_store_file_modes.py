@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from dtp.payments._serving import recover_store
+from dtp.payments._settlement import ClaimBackoff
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt
-from dtp.payments.serving import recover_store
-from dtp.payments.settlement import ClaimBackoff
 from tests.support.paid_stores import STORE_SERVER as SERVER
 from tests.support.paid_stores import StoreWorld as World
 from tests.support.paid_stores import store_world

@@ -1,5 +1,5 @@
 """The paid server's durable receipts against files it did not
-make (dtp.payments.receipt_store, dtp.payments.receipt_writer).
+make (dtp.payments.receipt_store, dtp.payments._receipt_writer).
 
 - A SQLite file whose ``receipts`` table another program made opened as a store, and
   every keep failed after it ("no column named ..."): the writer retried it for good and
@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import DTPError
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
-from dtp.payments.receipt_store import store as store_module
-from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_store import _store as store_module
 from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import (
     CONN,

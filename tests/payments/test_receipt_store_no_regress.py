@@ -1,5 +1,5 @@
 """A receipt lower than the one stored never replaces it (dtp.payments.receipt_store,
-dtp.payments.receipt_writer; docs/escrow.md §6: receipts are cumulative, "must not be lower than
+dtp.payments._receipt_writer; docs/escrow.md §6: receipts are cumulative, "must not be lower than
 the previous one"). The store compared nonces only: a client that, after a receipt for
 all it used, signed one with a higher nonce for less (a valid receipt for a smaller
 usage) had the store throw the first away -- and the daemon, which checks a receipt
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.fees import ServerFees
+from dtp.daemon._fees import ServerFees
 from dtp.errors import InvalidReceipt
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.support.paid_twins import ident
 from tests.support.scopes import scope_of

@@ -1,4 +1,4 @@
-"""The receipt writer against a closed receipt store (dtp.payments.receipt_writer).
+"""The receipt writer against a closed receipt store (dtp.payments._receipt_writer).
 
 A store closed while the writer still held receipts (its owner closed it first: the
 wrong shutdown order) failed every write with "it is closed", and the writer retried the
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.receipt_store.store
+import dtp.payments.receipt_store._store
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 from tests.support.scopes import scope_of
@@ -48,7 +48,7 @@ def _closed_errors(caplog: pytest.LogCaptureFixture, since: int) -> list[logging
     return [
         r
         for r in caplog.records[since:]
-        if r.name == "dtp.payments.receipt_writer"
+        if r.name == "dtp.payments._receipt_writer"
         and r.levelno == logging.ERROR
         and "is closed" in r.getMessage()
     ]
@@ -77,8 +77,8 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
 ) -> None:
     # the first write fails at once on the lock another process holds: the batch then
     # waits in the writer for its retry, and the store is closed meanwhile
-    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.2)
-    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
+    monkeypatch.setattr(dtp.payments.receipt_store._store, "BUSY_TIMEOUT", 0.2)
+    caplog.set_level(logging.WARNING, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
@@ -118,7 +118,7 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
 def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
+    caplog.set_level(logging.WARNING, logger="dtp.payments._receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
@@ -160,7 +160,7 @@ class BrokenStore(ReceiptStore):
 def test_a_write_failing_otherwise_gives_the_receipts_up_whole(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="dtp.payments.receipt_writer")
+    caplog.set_level(logging.ERROR, logger="dtp.payments._receipt_writer")
     store = BrokenStore(tmp_path / "r.db")
     writer = ReceiptWriter(store)
     kept: list[Receipt] = []

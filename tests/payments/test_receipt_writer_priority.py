@@ -1,5 +1,5 @@
 """The receipt writer's thread runs below the priority of the thread that made it
-(dtp.payments.receipt_writer, Linux): a receipt's SQLite commit and fsync, run at once on a core
+(dtp.payments._receipt_writer, Linux): a receipt's SQLite commit and fsync, run at once on a core
 a paid connection was using, stalled the stream it was paying for.
 
 Real SQLite files and a real ReceiptWriter thread; the refused ``setpriority`` is the one
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.receipt_writer
+import dtp.payments._receipt_writer
+from dtp.payments._receipt_writer import WRITER_NICE, ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import WRITER_NICE, ReceiptWriter
 from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import CONN, receipt
 
@@ -87,8 +87,8 @@ def test_a_refused_priority_change_leaves_the_writes_working(
     def refuse(which: int, who: int, prio: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(dtp.payments.receipt_writer.os, "setpriority", refuse)
-    caplog.set_level(logging.DEBUG, logger="dtp.payments.receipt_writer")
+    monkeypatch.setattr(dtp.payments._receipt_writer.os, "setpriority", refuse)
+    caplog.set_level(logging.DEBUG, logger="dtp.payments._receipt_writer")
     before = _nice(threading.get_native_id())
     store = ReceiptStore(tmp_path / "receipts.db")
     writer = ReceiptWriter(store)

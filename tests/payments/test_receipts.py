@@ -17,7 +17,7 @@ from dtp.errors import (
     UnsupportedReceiptVersion,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import (
     RECEIPT_ENCODED_SIZE,
     RECEIPT_MESSAGE_SIZE,

@@ -9,7 +9,7 @@ import pytest
 
 from dtp.errors import InvalidArgument, InvalidObjectId
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla, normalize_id
+from dtp.ledger._objects import Sla, normalize_id
 from dtp.payments.receipts import U64_MAX, Meter, ReceiptScope, object_id_bytes
 from tests.support.scopes import scope_of
 

@@ -1,4 +1,4 @@
-"""The book of a client's connections until each is settled (dtp/payments/refund_book.py):
+"""The book of a client's connections until each is settled (dtp/payments/_refund_book.py):
 an SQLite file that outlives its process, the entry of an open told first by its
 spending cap and then by its ID, and the files of earlier versions taken up as they
 are found -- the services daemon's first ``connections.sqlite`` and the SDK collector's
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.daemon.state import CONNECTIONS_FILE
-from dtp.payments.refund_book import BOOK_VERSION, OpenedBook
+from dtp.daemon._state import CONNECTIONS_FILE
+from dtp.payments._refund_book import BOOK_VERSION, OpenedBook
 
 CAP1, CAP2 = "0x" + "01" * 32, "0x" + "02" * 32
 CID1, CID2 = "0x" + "a1" * 32, "0x" + "a2" * 32

@@ -1,6 +1,6 @@
 """The one refund engine under its two drivers: the SDK's thread
-(dtp.payments.refunds.RefundCollector) and the services daemon's asyncio task
-(dtp.daemon.refunds.Refunds), each over a book in a file, each test run under both.
+(dtp.payments._refunds.RefundCollector) and the services daemon's asyncio task
+(dtp.daemon._refunds.Refunds), each over a book in a file, each test run under both.
 
 A connection is recorded before its deposit moves (an open's ``on_open`` journal), left
 alone while in use, half-closed once released, settled by its client once the
@@ -20,15 +20,15 @@ from typing import Protocol
 
 import pytest
 
-from dtp.daemon.refunds import Refunds
-from dtp.daemon.state import CONNECTIONS_FILE
+from dtp.daemon._refunds import Refunds
+from dtp.daemon._state import CONNECTIONS_FILE
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.interface import Ledger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.receipt import Receipt, ReceiptScope, fee
-from dtp.payments.refund_book import Opened, OpenedBook
-from dtp.payments.refunder import OpenAttempt
-from dtp.payments.refunds import RefundCollector
+from dtp.payments._refund_book import Opened, OpenedBook
+from dtp.payments._refunder import OpenAttempt
+from dtp.payments._refunds import RefundCollector
 from tests.support.polling import wait_for
 from tests.support.refund_places import DEPOSIT, PORT, SLA, Place, refund_place
 

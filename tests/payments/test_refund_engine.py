@@ -1,4 +1,4 @@
-"""The decisions of a client's refunds, sans I/O (dtp/payments/refund_engine.py): each
+"""The decisions of a client's refunds, sans I/O (dtp/payments/_refund_engine.py): each
 ledger state's step, the gas weighed against the escrow's balance, the connections in
 use left alone, and when the next look comes -- the ledger's clock and the caller's
 passed in, no ledger. What the SDK's collector and the daemon's task do with them is
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import InvalidArgument
-from dtp.ledger.gas import EndGas
+from dtp.ledger._gas import EndGas
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, Sla, TransportControl
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, Sla, TransportControl
-from dtp.payments.refund_book import Opened
-from dtp.payments.refund_engine import (
+from dtp.payments._refund_book import Opened
+from dtp.payments._refund_engine import (
     LOOK_SOON,
     OPEN_LEASE,
     SETTLE_MARGIN_MS,

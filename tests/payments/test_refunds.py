@@ -1,5 +1,5 @@
 """A client's deposits taken back once their half-close timeout has passed, with no
-command typed (dtp.payments.refunds.RefundCollector): on a LocalLedger file (clock moved
+command typed (dtp.payments._refunds.RefundCollector): on a LocalLedger file (clock moved
 by hand) and on the Sui node stand-in (gas charged: a refund below its gas is left)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.refunds as refunds
+import dtp.payments._refunds as refunds
 from dtp.errors import ChainError
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.receipt import Receipt, fee
-from dtp.payments.refund_book import OpenedBook
-from dtp.payments.refunds import RefundCollector
+from dtp.payments._refund_book import OpenedBook
+from dtp.payments._refunds import RefundCollector
 from tests.support.polling import wait_for
 from tests.support.refund_places import DEPOSIT, SLA, Place, refund_place
 
@@ -87,7 +87,7 @@ def test_a_settlement_whose_refund_cannot_be_read_is_not_logged_as_zero(
         raise ChainError("the node is away")
 
     monkeypatch.setattr(place.ledger, "get_escrow", unreadable)
-    caplog.set_level(logging.INFO, logger="dtp.payments.refunds")
+    caplog.set_level(logging.INFO, logger="dtp.payments._refunds")
     with RefundCollector(place.ledger, place.client) as rc:
         rc.add(cid)
         assert wait_for(lambda: rc.refunded, 5)
@@ -146,7 +146,7 @@ def test_a_deposit_smaller_than_the_gas_of_taking_it_back_is_left(
     spent = place.ledger.gas_spent(place.client.sui_address).total
     place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
     with (
-        caplog.at_level(logging.INFO, logger="dtp.payments.refunds"),
+        caplog.at_level(logging.INFO, logger="dtp.payments._refunds"),
         RefundCollector(place.ledger, place.client) as rc,
     ):
         rc.add(cid)
@@ -161,7 +161,7 @@ def test_what_still_waits_at_close_is_logged_with_its_command(
 ) -> None:
     cid = place.open()
     place.ledger.close_connection(place.client, cid)
-    with caplog.at_level(logging.WARNING, logger="dtp.payments.refunds"):
+    with caplog.at_level(logging.WARNING, logger="dtp.payments._refunds"):
         rc = RefundCollector(place.ledger, place.client)
         rc.add(cid)
         rc.close()

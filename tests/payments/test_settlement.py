@@ -1,5 +1,5 @@
 """A stored receipt whose connection was settled without it (the client settled after
-the close timeout while the server was away) is done with (dtp.payments.settlement,
+the close timeout while the server was away) is done with (dtp.payments._settlement,
 dtp.payments.receipt_store; docs/escrow.md §6.1, §7). It was marked with the escrow's claims
 only, so it stayed "unclaimed" in the store for good: every start of the server read the
 ledger for it and warned again, and the store reported MIST to claim that no claim could
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.payments._settlement import claim_and_settle, collect_refund, recover_unclaimed
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, ReceiptScope, fee
-from dtp.payments.settlement import claim_and_settle, collect_refund, recover_unclaimed
 from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -46,7 +46,7 @@ def test_a_receipt_of_a_settled_connection_is_tried_once(
         ledger.close_connection(CLIENT, cid)
         ledger.advance_clock(600_001)
         assert collect_refund(ledger, CLIENT, cid) == DEPOSIT
-        with caplog.at_level(logging.WARNING, logger="dtp.payments.settlement"):
+        with caplog.at_level(logging.WARNING, logger="dtp.payments._settlement"):
             for _ in range(3):  # three starts of the server
                 with ReceiptStore(tmp_path / "r.db") as store:
                     assert recover_unclaimed(ledger, SERVER, store) == []

@@ -675,7 +675,7 @@ def _daemon_table(text: str, heading: str) -> dict[str, str]:
 
 def test_daemon_doc_defaults_are_the_parsers(tmp_path: Path) -> None:
     """docs/daemon.md's config tables give the defaults a minimal file really gets."""
-    from dtp.daemon.config import parse_config
+    from dtp.daemon._config import parse_config
 
     config = parse_config(_MINIMAL_CONFIG, tmp_path / "dtp.toml")
     text = (ROOT / "docs" / "daemon.md").read_text(encoding="utf-8")

@@ -44,8 +44,8 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
     import dtp.aio
     import dtp.socket
     from dtp.graph import Graph, connect, sync_blocking, sync_stream
-    from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-    from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
+    from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
+    from dtp.hostid.ledger_carrier._carrier import LedgerCarrier
     from dtp.payments.metering import MeteringConfig
     from dtp.protocol.connection import ConnectionConfig
 
@@ -220,7 +220,7 @@ def test_readme_layout_lists_the_docs() -> None:
 
 def test_daemon_status_columns_are_documented() -> None:
     """docs/daemon.md's table explains every column `dtp status` prints for a service."""
-    from dtp.daemon.status import _SERVICE_COLUMNS
+    from dtp.daemon._status import _SERVICE_COLUMNS
 
     text = (ROOT / "docs" / "daemon.md").read_text(encoding="utf-8")
     table = text[text.index("| service column | meaning |") :]

@@ -26,7 +26,7 @@ LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
     # the extras and their checks: beside the errors they raise, below every layer that
     # has a feature of an extra
-    "dtp.extras": "errors",
+    "dtp._extras": "errors",
     "dtp.native": "native",
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",
@@ -259,19 +259,19 @@ def test_the_checks_see_what_they_look_for() -> None:
     the package root), and reports a cycle and an upward arrow, so a silent pass means a
     clean tree and not a blind test."""
     graph = {
-        "dtp.protocol.connection": {"dtp.ledger.objects"},
-        "dtp.ledger.objects": {"dtp.protocol.connection"},
+        "dtp.protocol.connection": {"dtp.ledger._objects"},
+        "dtp.ledger._objects": {"dtp.protocol.connection"},
     }
     assert violations(graph) == {
-        ("dtp.protocol.connection", "dtp.ledger.objects"),
-        ("dtp.ledger.objects", "dtp.protocol.connection"),
+        ("dtp.protocol.connection", "dtp.ledger._objects"),
+        ("dtp.ledger._objects", "dtp.protocol.connection"),
     }
-    assert cycles(graph) == {("dtp.ledger.objects", "dtp.protocol.connection")}
+    assert cycles(graph) == {("dtp.ledger._objects", "dtp.protocol.connection")}
     real = import_graph()
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]
-    # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
-    assert "dtp.ledger.interface" in real["dtp.hostid.served"]
+    # typing only: _served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
+    assert "dtp.ledger.interface" in real["dtp.hostid._served"]
     # the root's lazy face is exempt: it names dtp.graph only under TYPE_CHECKING
     assert "dtp.graph" not in real["dtp"]
 
@@ -279,21 +279,25 @@ def test_the_checks_see_what_they_look_for() -> None:
 def test_a_type_only_import_makes_a_cycle() -> None:
     """A part that names, under ``if TYPE_CHECKING:``, the module that imports it is a
     cycle (the shape every part once had before it typed against a Protocol)."""
-    modules = {"dtp.graph.store", "dtp.graph.tiers", "dtp.graph.values"}
+    modules = {"dtp.graph._store", "dtp.graph._tiers", "dtp.graph.values"}
     tiers = (
         "from __future__ import annotations\n"
         "from typing import TYPE_CHECKING\n"
         "from dtp.graph.values import JSON\n"
         "if TYPE_CHECKING:\n"
-        "    from dtp.graph.store import Graph\n"
+        "    from dtp.graph._store import Graph\n"
     )
-    store = "from dtp.graph.tiers import GraphTiers\n"
+    store = "from dtp.graph._tiers import GraphTiers\n"
     graph = {
-        "dtp.graph.tiers": imports_of("dtp.graph.tiers", tiers, is_package=False, modules=modules),
-        "dtp.graph.store": imports_of("dtp.graph.store", store, is_package=False, modules=modules),
+        "dtp.graph._tiers": imports_of(
+            "dtp.graph._tiers", tiers, is_package=False, modules=modules
+        ),
+        "dtp.graph._store": imports_of(
+            "dtp.graph._store", store, is_package=False, modules=modules
+        ),
         "dtp.graph.values": set(),
     }
-    assert graph["dtp.graph.tiers"] == {"dtp.graph.store", "dtp.graph.values"}
-    assert cycles(graph) == {("dtp.graph.store", "dtp.graph.tiers")}
+    assert graph["dtp.graph._tiers"] == {"dtp.graph._store", "dtp.graph.values"}
+    assert cycles(graph) == {("dtp.graph._store", "dtp.graph._tiers")}
     # the same lines in the exempt root count no arrow
     assert imports_of("dtp", tiers, is_package=True, modules=modules) == {"dtp.graph.values"}

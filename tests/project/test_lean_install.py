@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.extras import EXTRAS
+from dtp._extras import EXTRAS
 from tests.support.base_imports import EXTRA_MODULES, extra_of
 from tests.support.demo_output import check_demo_output
 from tests.support.paths import ROOT
@@ -49,7 +49,7 @@ def _run(tmp_path: Path, *argv: str, timeout: float = TIMEOUT) -> subprocess.Com
 
 
 def test_the_blocker_refuses_every_extra_package() -> None:
-    """The simulation covers each extra's modules (dtp.extras.EXTRAS)."""
+    """The simulation covers each extra's modules (dtp._extras.EXTRAS)."""
     finders = list(sys.meta_path)
     sys.path.insert(0, str(NO_EXTRAS))
     try:

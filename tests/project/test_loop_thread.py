@@ -1,5 +1,5 @@
 """The event loop in a thread that the tests' asyncio servers and drivers run on
-(dtp/testing/loops.py): it stops only after a few more passes, so a transport closed in
+(dtp/testing/_loops.py): it stops only after a few more passes, so a transport closed in
 what would have been its last pass still runs its connection_lost (closed while still
 "closing", it warned as unclosed in whichever test the garbage collector ran in next);
 ``close(cancel=True)`` ends what was left pending; a second close does nothing; the
@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from dtp.testing.loops import LoopThread, loop_in_thread
+from dtp.testing._loops import LoopThread, loop_in_thread
 
 
 class _Watched(asyncio.Protocol):

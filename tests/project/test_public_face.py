@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import dtp
-from dtp.extras import EXTRAS
+from dtp._extras import EXTRAS
 from tests.support.paths import ROOT
 
 NO_EXTRAS = ROOT / "tests" / "support" / "no_extras"
@@ -32,8 +32,8 @@ FACE = {
     "Ledger": "dtp.ledger.interface",
     "LocalLedger": "dtp.ledger.local",
     "SuiLedger": "dtp.ledger.sui",
-    "open_ledger": "dtp.ledger.open",
-    "Sla": "dtp.ledger.objects",
+    "open_ledger": "dtp.ledger._open",
+    "Sla": "dtp.ledger._objects",
     "Meter": "dtp.payments.receipts",
     "MeteringConfig": "dtp.payments.metering",
     "Receipt": "dtp.payments.receipts",
@@ -160,8 +160,8 @@ def test_the_upper_layers_hooks_are_not_public_on_the_streams() -> None:
     drivers' streams, not among the members an application calls."""
     from dtp.aio import DTPStreamWriter
     from dtp.socket import DTPSocket
-    from dtp.transport.asyncio.streams import ConnectionLayer as AsyncLayer
-    from dtp.transport.blocking.socket import ConnectionLayer
+    from dtp.transport.asyncio._streams import ConnectionLayer as AsyncLayer
+    from dtp.transport.blocking._socket import ConnectionLayer
 
     upper = {"hook", "set_hook", "start_timer", "check_live", "run_and_flush", "driver", "wake"}
     for cls, layer in ((DTPSocket, ConnectionLayer), (DTPStreamWriter, AsyncLayer)):

@@ -39,11 +39,11 @@ GONE = [
 # old public paths under a retired package, mapped by the longest matching prefix
 UNDER_PACKAGES = {
     "dtp.chain.local": "dtp.ledger.local",
-    "dtp.chain.spec": "dtp.ledger.spec",
+    "dtp.chain.spec": "dtp.ledger._spec",
     "dtp.chain.ledger": "dtp.ledger.interface",
-    "dtp.carriers.tcp": "dtp.transport.carriers.tcp",
-    "dtp.carriers.ledger": "dtp.hostid.ledger_carrier.carrier",
-    "dtp.connection.config": "dtp.protocol.connection.config",
+    "dtp.carriers.tcp": "dtp.transport.carriers._tcp",
+    "dtp.carriers.ledger": "dtp.hostid.ledger_carrier._carrier",
+    "dtp.connection.config": "dtp.protocol.connection._config",
 }
 
 OLD_PUBLIC = {**_retired.RETIRED, **UNDER_PACKAGES}
@@ -147,11 +147,11 @@ def test_the_table_names_only_public_paths_and_existing_modules() -> None:
 
 def test_open_ledger_is_no_longer_importable_from_the_spec_module() -> None:
     from dtp.ledger import open_ledger
-    from dtp.ledger.open import open_ledger as defined
+    from dtp.ledger._open import open_ledger as defined
 
     assert open_ledger is defined
     with pytest.raises(ImportError):
-        from dtp.ledger.spec import open_ledger as _  # noqa: F401
+        from dtp.ledger._spec import open_ledger as _  # noqa: F401
 
 
 def _python(*args: str) -> subprocess.CompletedProcess[str]:
@@ -166,14 +166,14 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_python_m_of_an_old_path_runs_the_new_module_with_a_warning() -> None:
-    """``python -m dtp.demo`` runs ``dtp.cli.demo`` as __main__, and says so by default
+    """``python -m dtp.demo`` runs ``dtp.cli._demo`` as __main__, and says so by default
     (the warning is __main__'s, which Python shows, PEP 565); with the warnings as errors
     it stops before running anything."""
     run = _python("-m", "dtp.demo")
     assert run.returncode == 0, run.stderr
     assert (
         "DeprecationWarning: dtp.demo is deprecated and will be removed in 0.3.0:"
-        " run python -m dtp.cli.demo instead"
+        " run python -m dtp.cli._demo instead"
     ) in run.stderr
     strict = _python("-W", "error::DeprecationWarning", "-m", "dtp.daemon.demo_step")
     assert strict.returncode != 0

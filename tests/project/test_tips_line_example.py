@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import EventFilter
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import EventFilter
 from dtp.messaging.sealed import seal, send_sealed
 from tests.support.paths import ROOT
 

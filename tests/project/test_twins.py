@@ -63,9 +63,9 @@ _PAID_WRITE_NOW = (
 TWINS = [
     Twins(
         "paid connection",
-        "hostid/paid/blocking.py",
-        "hostid/paid/asyncio.py",
-        "hostid/paid/engine.py",
+        "hostid/paid/_blocking.py",
+        "hostid/paid/_asyncio.py",
+        "hostid/paid/_engine.py",
         ("PaidConnectionEngine", "Credit", "PausedCall"),
         ("core", "credit", "pause", "PaidConnectionEngine"),
         {
@@ -95,9 +95,9 @@ TWINS = [
     ),
     Twins(
         "paid server",
-        "hostid/paid/blocking_server.py",
-        "hostid/paid/asyncio_server.py",
-        "hostid/paid/server_core.py",
+        "hostid/paid/_blocking_server.py",
+        "hostid/paid/_asyncio_server.py",
+        "hostid/paid/_server_core.py",
         ("PaidServerCore", "EndPhase", "PolicyRefresh"),
         ("core", "phase", "refresh"),
         {
@@ -121,9 +121,9 @@ TWINS = [
     ),
     Twins(
         "udp relay and forwarder",
-        "hostid/udp/blocking.py",
-        "hostid/udp/asyncio.py",
-        "hostid/udp/engine.py",
+        "hostid/udp/_blocking.py",
+        "hostid/udp/_asyncio.py",
+        "hostid/udp/_engine.py",
         ("RelayEngine", "FlowAccount", "UdpBilling"),
         ("engine", "billing", "flow", "self"),
         {
@@ -147,9 +147,9 @@ TWINS = [
     ),
     Twins(
         "rpc client",
-        "messaging/rpc/blocking_client.py",
-        "messaging/rpc/asyncio_client.py",
-        "messaging/rpc/engine.py",
+        "messaging/rpc/_blocking_client.py",
+        "messaging/rpc/_asyncio_client.py",
+        "messaging/rpc/_engine.py",
         ("ClientFees", "PaidCall"),
         ("fees", "_fees", "paid", "call"),
         {
@@ -167,17 +167,17 @@ TWINS = [
     ),
     Twins(
         "rpc server",
-        "messaging/rpc/blocking_server.py",
-        "messaging/rpc/asyncio_server.py",
-        "messaging/rpc/engine.py",
+        "messaging/rpc/_blocking_server.py",
+        "messaging/rpc/_asyncio_server.py",
+        "messaging/rpc/_engine.py",
         ("ServerCallFees",),
         ("fees", "_fees", "call_fees"),
     ),
     Twins(
         "graph sync",
-        "graph/sync/blocking.py",
-        "graph/sync/asyncio.py",
-        "graph/sync/session.py",
+        "graph/sync/_blocking.py",
+        "graph/sync/_asyncio.py",
+        "graph/sync/_session.py",
         ("SyncSession",),
         ("session", "self"),
     ),
@@ -186,28 +186,28 @@ TWINS = [
 #: Twin classes whose shared methods come in the same order, or twin functions whose
 #: shared inner functions do: (blocking module, class or function, asyncio module, its twin)
 ORDERED = [
-    ("hostid/paid/blocking.py", "PaidConnection", "hostid/paid/asyncio.py", "PaidConnection"),
+    ("hostid/paid/_blocking.py", "PaidConnection", "hostid/paid/_asyncio.py", "PaidConnection"),
     (
-        "hostid/paid/blocking_server.py",
+        "hostid/paid/_blocking_server.py",
         "PaidServer",
-        "hostid/paid/asyncio_server.py",
+        "hostid/paid/_asyncio_server.py",
         "PaidAioServer",
     ),
-    ("hostid/udp/blocking.py", "relay_udp", "hostid/udp/asyncio.py", "relay_udp_async"),
-    ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
+    ("hostid/udp/_blocking.py", "relay_udp", "hostid/udp/_asyncio.py", "relay_udp_async"),
+    ("hostid/udp/_blocking.py", "UdpForwarder", "hostid/udp/_asyncio.py", "AsyncUdpForwarder"),
     (
-        "messaging/rpc/blocking_client.py",
+        "messaging/rpc/_blocking_client.py",
         "RpcClient",
-        "messaging/rpc/asyncio_client.py",
+        "messaging/rpc/_asyncio_client.py",
         "AsyncRpcClient",
     ),
     (
-        "messaging/rpc/blocking_server.py",
+        "messaging/rpc/_blocking_server.py",
         "RpcServer",
-        "messaging/rpc/asyncio_server.py",
+        "messaging/rpc/_asyncio_server.py",
         "AsyncRpcServer",
     ),
-    ("graph/sync/blocking.py", "sync_blocking", "graph/sync/asyncio.py", "sync_stream"),
+    ("graph/sync/_blocking.py", "sync_blocking", "graph/sync/_asyncio.py", "sync_stream"),
 ]
 
 
@@ -222,7 +222,7 @@ NAMED_STEPS = {
 #: Classes that play one role in both twins, under one name: (blocking module, asyncio
 #: module, the classes both define)
 SAME_CLASSES = [
-    ("hostid/udp/blocking.py", "hostid/udp/asyncio.py", ("_Flow",)),
+    ("hostid/udp/_blocking.py", "hostid/udp/_asyncio.py", ("_Flow",)),
 ]
 
 

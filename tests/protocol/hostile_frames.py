@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dtp.native import core as _core
 from dtp.native.types import RawFrame
+from dtp.protocol._state import ConnState
 from dtp.protocol.connection import Connection, ConnectionTerminated
-from dtp.protocol.state import ConnState
 from tests.support.pairs import Side, connect, make_pair, sealed_by
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from dtp.errors import LocalProtocolError
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
+from dtp.protocol._events import DatagramReceived, StreamResetReceived
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig
-from dtp.protocol.events import DatagramReceived, StreamResetReceived
 from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 

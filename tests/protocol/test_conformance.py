@@ -31,12 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 
+from dtp.identity._noise import Handshake, make_auth_proof, verify_auth_proof
 from dtp.identity.keys import HostIdentity, personal_message_digest
-from dtp.identity.noise import Handshake, make_auth_proof, verify_auth_proof
 from dtp.native import core as _core
 from dtp.native.types import REC_DATA, RawFrame
+from dtp.protocol._events import ConnectionTerminated, StreamDataReceived
 from dtp.protocol.connection import Connection, ConnectionConfig, _parse_params
-from dtp.protocol.events import ConnectionTerminated, StreamDataReceived
 from tests.support.backends import BACKENDS
 from tests.support.paths import ROOT
 from tests.support.vectors import load_vectors
@@ -756,7 +756,7 @@ def test_the_ik_binding_vector() -> None:
 
 
 def test_the_identity_proof_vectors() -> None:
-    """Section 8.4's vectors, derived from the text and made and checked by dtp.identity.noise."""
+    """Section 8.4's vectors, derived from the text and made and checked by dtp.identity._noise."""
     vectors = {v["name"]: v for v in load_vectors("identity-proof")}
     assert set(vectors) == {"identity-proof-ik", "identity-proof-xx"}
     for name, v in vectors.items():

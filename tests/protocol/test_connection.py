@@ -1,4 +1,4 @@
-"""The sans-I/O connection, two of them wired in memory (dtp.transport.carriers.memory)."""
+"""The sans-I/O connection, two of them wired in memory (dtp.transport.carriers._memory)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
 from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED
-from dtp.protocol.connection import CloseCode, Connection, error_for_termination
-from dtp.protocol.events import (
+from dtp.protocol._events import (
     ConnectionAccepted,
     ConnectionTerminated,
     ControlReceived,
@@ -38,7 +37,8 @@ from dtp.protocol.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.protocol.connection import CloseCode, Connection, error_for_termination
+from dtp.transport.carriers._memory import MemoryLink
 from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,

@@ -6,8 +6,8 @@ mixins use, and neither object calls anything of the connection's."""
 from __future__ import annotations
 
 import dtp.protocol.connection as package
-from dtp.protocol.connection.base import _ConnectionState
-from dtp.protocol.connection.core import Connection
+from dtp.protocol.connection._base import _ConnectionState
+from dtp.protocol.connection._core import Connection
 
 
 def _own_names(cls: type) -> set[str]:
@@ -70,7 +70,7 @@ def test_the_package_gives_the_old_module_names() -> None:
     for name in package.__all__:
         assert getattr(package, name) is not None, name
     assert package.Connection is Connection
-    assert package._parse_params is package.config.parse_params
+    assert package._parse_params is package._config.parse_params
 
 
 def test_the_stream_table_is_an_object_the_connection_holds() -> None:
@@ -78,7 +78,7 @@ def test_the_stream_table_is_an_object_the_connection_holds() -> None:
     import ast
     import inspect
 
-    import dtp.protocol.connection.stream_table as table_module
+    import dtp.protocol.connection._stream_table as table_module
 
     tree = ast.parse(inspect.getsource(table_module))
     imported = {
@@ -87,7 +87,7 @@ def test_the_stream_table_is_an_object_the_connection_holds() -> None:
         if isinstance(node, ast.ImportFrom) and node.module is not None
     }
     parts = {m for m in imported if m.startswith("dtp.protocol.connection")}
-    assert parts == {"dtp.protocol.connection.config"}, parts
+    assert parts == {"dtp.protocol.connection._config"}, parts
     # (tests/protocol/test_stream_credit.py checks a connection keeps its streams there)
 
 
@@ -95,8 +95,8 @@ def test_the_stream_table_opens_counts_and_forgets_streams() -> None:
     import pytest
 
     from dtp.errors import LocalProtocolError, RemoteProtocolError
-    from dtp.protocol.connection.stream_table import StreamTable
-    from dtp.protocol.state import RecvState, SendState
+    from dtp.protocol._state import RecvState, SendState
+    from dtp.protocol.connection._stream_table import StreamTable
 
     client = StreamTable(is_client=True, max_streams=2, stream_window=1000, connection_window=4000)
     client.send_window = 500
@@ -140,8 +140,8 @@ def test_the_record_layer_is_an_object_the_connection_holds() -> None:
     import ast
     import inspect
 
-    import dtp.protocol.connection.records as records_module
-    from dtp.protocol.connection.records import RecordLayer
+    import dtp.protocol.connection._records as records_module
+    from dtp.protocol.connection._records import RecordLayer
 
     tree = ast.parse(inspect.getsource(records_module))
     imported = {
@@ -151,8 +151,8 @@ def test_the_record_layer_is_an_object_the_connection_holds() -> None:
     }
     parts = {m for m in imported if m.startswith("dtp.protocol.connection")}
     assert parts == {
-        "dtp.protocol.connection.config",
-        "dtp.protocol.connection.stream_table",
+        "dtp.protocol.connection._config",
+        "dtp.protocol.connection._stream_table",
     }, parts
     # every attribute it reaches through self is its own (slots and methods), or one
     # of the objects it is handed (the config, the stream table)
@@ -177,8 +177,8 @@ def test_the_fast_paths_call_nothing_of_the_streams_api() -> None:
     import ast
     import inspect
 
-    import dtp.protocol.connection.fast_paths as fast_module
-    from dtp.protocol.connection.streams import _Streams
+    import dtp.protocol.connection._fast_paths as fast_module
+    from dtp.protocol.connection._streams import _Streams
 
     tree = ast.parse(inspect.getsource(fast_module))
     used = {

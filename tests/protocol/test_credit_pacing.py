@@ -5,7 +5,7 @@ in an eighth of a second, so the sender's writes keep to the limit too. In quart
 
 Checked on a virtual clock (the connections take ``now``): two sans-I/O connections in
 memory, a reader that moves what the token bucket allows
-(:meth:`dtp.payments.ratelimit.TokenBucket.wait_for`, as the paid servers' reads do)
+(:meth:`dtp.payments._ratelimit.TokenBucket.wait_for`, as the paid servers' reads do)
 and a writer that hands over its next piece once the last one went out (a blocking
 ``sendall`` of it). The wall-clock figure, over real sockets, is the bench row
 ``paid_rate_smoothness`` (bench/hostid_rows.py).
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.payments.ratelimit import TokenBucket
-from dtp.protocol.connection.streams import CREDIT_PACE_SECONDS, _credit_at
+from dtp.payments._ratelimit import TokenBucket
+from dtp.protocol.connection._streams import CREDIT_PACE_SECONDS, _credit_at
 from tests.support.pairs import connect
 
 RATE = 200_000  # B/s: the issue's limit

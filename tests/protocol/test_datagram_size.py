@@ -9,9 +9,9 @@ import pytest
 
 import dtp.socket
 from dtp.errors import LocalProtocolError
-from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT
+from dtp.hostid.ledger_carrier._bridge import LEDGER_RECORD_PLAINTEXT
+from dtp.protocol._events import DatagramReceived
 from dtp.protocol.connection import ConnectionConfig
-from dtp.protocol.events import DatagramReceived
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, server_in_thread
 from tests.support.ledger_carrier_world import host as host
 from tests.support.pairs import connect, run

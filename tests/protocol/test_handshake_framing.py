@@ -12,9 +12,10 @@ import msgpack
 import pytest
 
 from dtp.errors import HandshakeError
-from dtp.identity.noise import Handshake, make_auth_proof
+from dtp.identity._noise import Handshake, make_auth_proof
 from dtp.native import core as _core
 from dtp.native.types import FRAME_CONTROL, REC_DATA, RawFrame
+from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import (
     CloseCode,
     Connection,
@@ -22,7 +23,6 @@ from dtp.protocol.connection import (
     _parse_params,
     error_for_termination,
 )
-from dtp.protocol.events import PeerAuthenticated
 from tests.support.pairs import CLIENT_ID, SERVER_ID, make_pair, sealed_by
 
 

@@ -13,7 +13,7 @@ from dtp.native.types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.protocol.events import StreamDataReceived
+from dtp.protocol._events import StreamDataReceived
 from tests.protocol.hostile_frames import send_frames
 from tests.support.pairs import connect
 

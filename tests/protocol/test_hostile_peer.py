@@ -24,7 +24,17 @@ from dtp.native.types import (
     REC_HS_RESP,
     RawFrame,
 )
-from dtp.protocol import recovery as _recovery
+from dtp.protocol import _recovery as _recovery
+from dtp.protocol._events import (
+    ControlReceived,
+    DatagramReceived,
+    PeerAuthenticated,
+    ReceiptReceived,
+    StreamDataReceived,
+    StreamResetReceived,
+)
+from dtp.protocol._recovery import LossRecovery, SentRecord
+from dtp.protocol._state import ControlKind
 from dtp.protocol.connection import (
     MAX_PENDING_EARLY_RECORDS,
     CloseCode,
@@ -33,16 +43,6 @@ from dtp.protocol.connection import (
     ConnectionTerminated,
     _parse_params,
 )
-from dtp.protocol.events import (
-    ControlReceived,
-    DatagramReceived,
-    PeerAuthenticated,
-    ReceiptReceived,
-    StreamDataReceived,
-    StreamResetReceived,
-)
-from dtp.protocol.recovery import LossRecovery, SentRecord
-from dtp.protocol.state import ControlKind
 from tests.protocol.hostile_frames import xx_authenticated_server
 from tests.support.pairs import CLIENT_ID, Side, connect, make_pair, sealed_by
 

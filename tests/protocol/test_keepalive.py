@@ -19,9 +19,9 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
+from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import MIN_KEEPALIVE, Connection, ConnectionConfig
-from dtp.protocol.events import PeerAuthenticated
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.carriers._memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()

@@ -1,4 +1,4 @@
-"""Loss recovery (dtp.protocol.recovery) with the ack delay cap and the
+"""Loss recovery (dtp.protocol._recovery) with the ack delay cap and the
 latest RTT in the loss delay (RFC 9002 5.3 and 6.1.2): what the probe timeout makes of
 an excessive ack delay, and which RTT the loss delay is based on.
 
@@ -7,7 +7,7 @@ loss delay under a sudden RTT increase."""
 
 from __future__ import annotations
 
-from dtp.protocol.recovery import (
+from dtp.protocol._recovery import (
     GRANULARITY,
     INITIAL_RTT,
     MAX_ACK_DELAY,

@@ -141,9 +141,9 @@ def test_the_record_layer_seals_and_resends_on_its_own() -> None:
 
     from dtp.errors import LocalProtocolError, RemoteProtocolError
     from dtp.native import core as native
-    from dtp.protocol.connection.config import ConnectionConfig
-    from dtp.protocol.connection.records import RecordLayer
-    from dtp.protocol.connection.stream_table import StreamTable
+    from dtp.protocol.connection._config import ConnectionConfig
+    from dtp.protocol.connection._records import RecordLayer
+    from dtp.protocol.connection._stream_table import StreamTable
     from tests.support.pairs import CLIENT_ID
 
     config = ConnectionConfig(identity=CLIENT_ID, is_client=True, reliable_carrier=False)

@@ -22,13 +22,13 @@ from collections.abc import Callable
 import pytest
 
 from dtp.errors import HandshakeError
+from dtp.identity._noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
 from dtp.native import core as _core
 from dtp.native.types import REC_HS_INIT
+from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import CloseCode, Connection, ConnState
-from dtp.protocol.events import PeerAuthenticated
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.carriers._memory import MemoryLink
 from tests.support.pairs import SERVER_ID, Side, make_pair
 
 CLIENT = HostIdentity.generate()
@@ -258,7 +258,7 @@ def test_reliable_carrier_still_fails_on_a_record_that_does_not_parse() -> None:
 def test_the_overhead_table_the_payload_cap_is_checked_with_is_exact(pattern: int) -> None:
     # the cap is checked on the message size before Noise reads it (a failed read must
     # change nothing): it relies on knowing what Noise adds to each message
-    from dtp.identity.noise import _NOISE_OVERHEAD
+    from dtp.identity._noise import _NOISE_OVERHEAD
 
     initiator, responder = _pair(pattern)
     sides = (initiator, responder)

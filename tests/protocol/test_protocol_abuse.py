@@ -37,6 +37,14 @@ from dtp.native.types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
+from dtp.protocol._events import (
+    ControlReceived,
+    DatagramReceived,
+    ReceiptReceived,
+    StreamDataReceived,
+    StreamResetReceived,
+)
+from dtp.protocol._state import ConnState
 from dtp.protocol.connection import (
     CloseCode,
     Connection,
@@ -44,14 +52,6 @@ from dtp.protocol.connection import (
     ConnectionTerminated,
     error_for_termination,
 )
-from dtp.protocol.events import (
-    ControlReceived,
-    DatagramReceived,
-    ReceiptReceived,
-    StreamDataReceived,
-    StreamResetReceived,
-)
-from dtp.protocol.state import ConnState
 from dtp.testing.strategies import any_frame
 from tests.protocol.hostile_frames import run_records, send_frames, xx_authenticated_server
 from tests.support.pairs import (

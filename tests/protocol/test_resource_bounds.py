@@ -25,10 +25,10 @@ from dtp.native.types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
+from dtp.protocol._events import SendWindowOpened
+from dtp.protocol._recovery import SentRecord
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig
-from dtp.protocol.events import SendWindowOpened
-from dtp.protocol.recovery import SentRecord
-from dtp.transport.session import Session
+from dtp.transport._session import Session
 from tests.support.pairs import CLIENT_ID, SERVER_ID, connect, sealed_by
 
 
@@ -369,8 +369,8 @@ def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
     is given the idle timeout (docs/protocol.md section 9)."""
     import heapq
 
-    from dtp.protocol.events import PeerAuthenticated
-    from dtp.transport.carriers.memory import MemoryLink
+    from dtp.protocol._events import PeerAuthenticated
+    from dtp.transport.carriers._memory import MemoryLink
     from tests.support.pairs import Side
 
     client = Connection(

@@ -9,12 +9,12 @@ import dataclasses
 import pytest
 
 from dtp.errors import HandshakeError
-from dtp.identity.noise import Handshake
+from dtp.identity._noise import Handshake
 from dtp.native import core as _core
 from dtp.native.types import FRAME_DATAGRAM, FRAME_STREAM, RawFrame
+from dtp.protocol._events import DatagramReceived
+from dtp.protocol._state import CloseCode, ConnState, RecvState, SendState
 from dtp.protocol.connection import ConnectionConfig
-from dtp.protocol.events import DatagramReceived
-from dtp.protocol.state import CloseCode, ConnState, RecvState, SendState
 from tests.protocol.hostile_frames import xx_authenticated_server
 from tests.support.pairs import CLIENT_ID, connect, sealed_by
 from tests.support.paths import ROOT
@@ -124,7 +124,7 @@ def test_the_state_tables_name_every_state() -> None:
 
 def test_the_registries_match_the_code() -> None:
     registries = SPEC[SPEC.index("## 17. Registries") :]
-    from dtp.protocol.connection.config import _KNOWN_PARAMS
+    from dtp.protocol.connection._config import _KNOWN_PARAMS
 
     for key in _KNOWN_PARAMS.values():
         assert f"| `{key}` |" in registries, key

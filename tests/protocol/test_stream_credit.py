@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from dtp.errors import LocalProtocolError
-from dtp.identity.noise import make_auth_proof
+from dtp.identity._noise import make_auth_proof
 from dtp.native import core as _core
 from dtp.native.types import (
     FRAME_ACK,
@@ -30,11 +30,11 @@ from dtp.native.types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
+from dtp.protocol._events import ConnectionTerminated, ControlReceived, StopSendingReceived
+from dtp.protocol._state import ControlKind
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, _split_records
-from dtp.protocol.events import ConnectionTerminated, ControlReceived, StopSendingReceived
-from dtp.protocol.state import ControlKind
-from dtp.transport.carriers.memory import MemoryLink
-from dtp.transport.session import Session, StreamSink
+from dtp.transport._session import Session, StreamSink
+from dtp.transport.carriers._memory import MemoryLink
 from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import (
     CLIENT_ID,

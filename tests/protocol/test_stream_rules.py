@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
+from dtp.protocol._events import StreamDataReceived, StreamOpened, StreamResetReceived
 from dtp.protocol.connection import CloseCode
-from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
 from tests.protocol.hostile_frames import run_records, send_frames
 from tests.support.pairs import connect
 

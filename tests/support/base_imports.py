@@ -13,20 +13,20 @@ import json
 import sys
 from pathlib import Path
 
-#: The modules that belong to an extra (dtp.extras), by name prefix: without the extra
+#: The modules that belong to an extra (dtp._extras), by name prefix: without the extra
 #: each raises MissingExtra naming it; every other module imports with the base install.
 EXTRA_MODULES = {
     "dtp.ledger.sui": "sui",
     "dtp.discovery.lan": "lan",
-    "dtp.discovery.mdns": "lan",
-    "dtp.discovery.browsing": "lan",
-    "dtp.daemon.lan": "lan",
-    "dtp.graph.sync.lan": "lan",
+    "dtp.discovery._mdns": "lan",
+    "dtp.discovery._browsing": "lan",
+    "dtp.daemon._lan": "lan",
+    "dtp.graph.sync._lan": "lan",
     "dtp.graph.gun": "gun",
-    "dtp.cli.demo_browser": "gun",
-    "dtp.daemon.metrics": "metrics",
-    "dtp.transport.carriers.websocket": "ws",
-    "dtp.transport.carriers.websocket_bridge": "ws",
+    "dtp.cli._demo_browser": "gun",
+    "dtp.daemon._metrics": "metrics",
+    "dtp.transport.carriers._websocket": "ws",
+    "dtp.transport.carriers._websocket_bridge": "ws",
     "dtp.testing.strategies": "testing",
     "dtp.testing.machines": "testing",
     "dtp.testing.plugin": "testing",

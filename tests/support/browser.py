@@ -1,7 +1,7 @@
 """Headless Chromium for the tests that need a real browser (Debian's ``chromium``,
 installed by scripts/bootstrap.sh), driven over the DevTools protocol from Python.
 
-The driver is :mod:`dtp.cli.chromium`, which the demo's browser step uses too:
+The driver is :mod:`dtp.cli._chromium`, which the demo's browser step uses too:
 
     with Chromium() as browser:
         page = browser.new_page()
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from dtp.cli.chromium import FLAGS, BrowserError, Chromium, Page, chromium_path
+from dtp.cli._chromium import FLAGS, BrowserError, Chromium, Page, chromium_path
 
 __all__ = ["FLAGS", "BrowserError", "Chromium", "Page", "chromium_path", "need", "need_chromium"]
 

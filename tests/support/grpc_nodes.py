@@ -17,8 +17,8 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
-from dtp.testing.loops import LoopThread
-from dtp.testing.sui_node.server import RawCodec
+from dtp.testing._loops import LoopThread
+from dtp.testing.sui_node._server import RawCodec
 
 #: Long enough that a test finishing means the fix worked, not that a timeout fired.
 NODE_TIMEOUT = 120.0

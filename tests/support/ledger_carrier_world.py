@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
+from dtp.ledger._objects import Event, EventFilter
 from dtp.ledger.interface import Ledger
-from dtp.ledger.objects import Event, EventFilter
 
 #: How the reordering picks the events that wait for a later read: ``"span"``, one draw
 #: holds back a leading span (up to ``reorder`` of them) of the shuffled events;

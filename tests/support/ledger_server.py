@@ -17,7 +17,7 @@ import os
 import sys
 
 import dtp.socket
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from tests.support.ledger_faults import impair

@@ -5,8 +5,8 @@ subscription and a sponsor pool -- for the tests that bad arguments are refused.
 from __future__ import annotations
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 
 
 def ident(seed: int) -> HostIdentity:

@@ -12,8 +12,8 @@ from pathlib import Path
 import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 
 
 def ident(seed: int) -> HostIdentity:

@@ -20,11 +20,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.support.paid_twins import (
     funded_ledger,
     ident,

@@ -19,13 +19,13 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError, LedgerUnavailable
 from dtp.hostid.paid import PaidServer, PaidSocket
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.receipts import object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
+from dtp.testing._loops import loop_in_thread as loop_in_thread  # (its users import it here too)
 
 CHUNK = b"x" * (64 << 10)
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
+from dtp.protocol._events import Event, PeerAuthenticated, StreamDataReceived, StreamOpened
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
-from dtp.protocol.events import Event, PeerAuthenticated, StreamDataReceived, StreamOpened
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.carriers._memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()

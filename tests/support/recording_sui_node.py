@@ -14,10 +14,10 @@ import pytest
 from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.sui import MESSAGING_EVENT_LAYOUTS, SuiConfig, SuiLedger
-from dtp.ledger.sui.client import NodeObject
-from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, encode
-from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
-from dtp.ledger.sui.tx import OwnedRef
+from dtp.ledger.sui._client import NodeObject
+from dtp.ledger.sui._codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, encode
+from dtp.ledger.sui._economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+from dtp.ledger.sui._tx import OwnedRef
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x72]) * 32)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 

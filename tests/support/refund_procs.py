@@ -20,7 +20,7 @@ import time
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
 from dtp.ledger.local import LocalLedger
-from dtp.payments.refunds import refunds_for
+from dtp.payments._refunds import refunds_for
 from tests.support.paid_inprocess import ident
 
 

@@ -37,7 +37,7 @@ import pytest
 
 from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import normalize_id
+from dtp.ledger._objects import normalize_id
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from tests.support.paths import ROOT
 
@@ -86,7 +86,7 @@ def gas_from_effects(ledger: SuiLedger, address: str) -> dict[str, int]:
     call, a system transaction)."""
     from pysui.sui.sui_grpc import pgrpc_requests as rq
 
-    from dtp.ledger.sui.effects import gas_used
+    from dtp.ledger.sui._effects import gas_used
 
     address = normalize_id(address, "address")
     # (SuiNode has no call listing coins' previous transactions or reading effects by

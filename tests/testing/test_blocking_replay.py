@@ -1,5 +1,5 @@
 """Blocking code on the simulated network replays exactly from its seed
-(dtp.testing.network.blocking, docs/testing.md §3): a dtp.socket client and server, each
+(dtp.testing.network._blocking, docs/testing.md §3): a dtp.socket client and server, each
 with its threads and the blocking engine's, over a lossy, reordering datagram link."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dtp.testing.network import (
     lossy,
 )
 from dtp.transport.blocking import sched
-from dtp.transport.carriers.tcp import wait_ready
+from dtp.transport.carriers._tcp import wait_ready
 
 SERVER_KEY = identity(1)
 CLIENT_KEY = identity(2)

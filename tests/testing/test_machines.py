@@ -12,7 +12,7 @@ from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from dtp.errors import ChainError
 from dtp.graph import SyncSession
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.testing.ledger_world import LedgerWorld, WorldBroken
 from dtp.testing.machines import EscrowMachine, GraphMachine
 

@@ -22,7 +22,7 @@ from dtp.testing.ledger_world import LedgerWorld
 from dtp.testing.network import Link, SimNetwork
 from dtp.testing.plugin import DTP_CLOCK_MS
 from dtp.testing.sui_node import SuiNodeStandIn, request_funds
-from dtp.transport.blocking.socket import DTPSocket
+from dtp.transport.blocking._socket import DTPSocket
 from tests.testing.doc_examples import FIXTURES
 from tests.testing.installed import make_site, run_in_project
 
@@ -257,7 +257,7 @@ def test_loading_the_plugin_loads_nothing_of_dtp_but_the_plugin() -> None:
     loaded = set(done.stdout.split())
     ours = {name for name in loaded if name.startswith("dtp")}
     # (dtp._retired: the finder of the retired import paths, which import dtp installs)
-    expected = {"dtp", "dtp._retired", "dtp.errors", "dtp.extras", "dtp.testing"}
+    expected = {"dtp", "dtp._retired", "dtp.errors", "dtp._extras", "dtp.testing"}
     assert ours == expected | {"dtp.testing.plugin"}, ours
     assert not loaded & {"hypothesis", "cffi", "dtp._dtp_core", "asyncio"}, loaded
 

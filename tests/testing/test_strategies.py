@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dtp.errors import ChainError, RemoteProtocolError
 from dtp.graph import Graph
 from dtp.graph.values import decode_value, encode_value, is_gun_value
-from dtp.hostid.address import HostAddress, InvalidAddress
+from dtp.hostid._address import HostAddress, InvalidAddress
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.receipt import Receipt, fee
 from dtp.native.core import decode_frames, decode_ham_batch, encode_frames, parse_records
@@ -29,7 +29,7 @@ FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChec
 def test_identities_sign_and_name_a_sui_address(who: HostIdentity) -> None:
     assert who.sui_address.startswith("0x") and len(who.sui_address) == 66
     assert Receipt  # (the signature check below is the ledger's own)
-    from dtp.identity.ed25519 import verify_memoized
+    from dtp.identity._ed25519 import verify_memoized
 
     assert verify_memoized(who.ed25519_public, who.sign(b"m"), b"m")
 
@@ -49,7 +49,7 @@ def test_invalid_address_texts_are_refused(text: str) -> None:
 
 @given(dst.object_ids(short=True))
 def test_short_object_ids_name_a_normal_one(object_id: str) -> None:
-    from dtp.ledger.objects import normalize_id
+    from dtp.ledger._objects import normalize_id
 
     normal = normalize_id(object_id)
     assert len(normal) == 66 and normal == normal.lower()

@@ -1,5 +1,5 @@
 """A blocking server whose one handshake slot for an address is held while a line of
-clients waits behind it (dtp.transport.admission), for the address-line tests."""
+clients waits behind it (dtp.transport._admission), for the address-line tests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.admission import AddressSlots
+from dtp.transport._admission import AddressSlots
 from tests.transport.half_handshakes import echo
 
 SERVER = HostIdentity.generate()

@@ -1,4 +1,4 @@
-"""Raw client connections at a server's admission (dtp.transport.admission): silent ones, and
+"""Raw client connections at a server's admission (dtp.transport._admission): silent ones, and
 half-handshakes -- a genuine first handshake record, then nothing -- which hold a
 handshake slot while the server waits for their next message; whether the server closed
 one, and the echo handler of the servers they meet."""

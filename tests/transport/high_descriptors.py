@@ -13,7 +13,7 @@ import threading
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.carriers.tcp import PendingTcp
+from dtp.transport.carriers._tcp import PendingTcp
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import dtp.aio
 import dtp.socket
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.support.pairs import SERVER_ID
 
 APIS = ["blocking", "asyncio"]

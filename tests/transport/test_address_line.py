@@ -18,7 +18,7 @@ The blocking server's waits for one of its ``max_handshakes`` slots had no deadl
 connection handed on from its address's line held a thread (and its address's slot)
 until a slot came free or the server closed, and a ledger carrier connection held the
 ledger listener's thread as long. Each now waits in the server's line, holding no
-thread (dtp.transport.admission), until its connection's deadline (its accept plus its
+thread (dtp.transport._admission), until its connection's deadline (its accept plus its
 handshake timeout): closed unserved, counted in ``busy_refused``, its address slot
 handed on. And the paid servers' ``serve()`` take the handshake bounds the plain
 servers take. Real servers and sockets on 127.0.0.1 (the waiting connections from
@@ -38,16 +38,16 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid.paid.aio
+import dtp.hostid.paid._aio
 import dtp.socket
 from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.blocking.server import _Arrival, _waiting_gone
-from dtp.transport.carriers.tcp import wait_ready
+from dtp.transport.blocking._server import _Arrival, _waiting_gone
+from dtp.transport.carriers._tcp import wait_ready
 from tests.support.polling import wait_for
 from tests.transport.address_lines import Held, held_address, holding
 from tests.transport.half_handshakes import closed_by_peer, idle
@@ -243,7 +243,7 @@ def second_of_an_address_is_refused(address: tuple[str, int], busy: object) -> N
 #: dtp.aio give it
 SERVES: dict[str, Any] = {
     "blocking": dtp.socket.serve,
-    "asyncio": dtp.hostid.paid.aio.serve,
+    "asyncio": dtp.hostid.paid._aio.serve,
     "asyncio-dtp.aio": dtp.aio.serve,
 }
 

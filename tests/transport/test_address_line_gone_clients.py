@@ -22,11 +22,11 @@ from typing import Any, cast
 import pytest
 
 import dtp.aio
-import dtp.hostid.paid.aio
+import dtp.hostid.paid._aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.admission import AddressSlots
-from dtp.transport.blocking.server import check_handshake_bounds
+from dtp.transport._admission import AddressSlots
+from dtp.transport.blocking._server import check_handshake_bounds
 from tests.support.polling import wait_for
 from tests.transport.address_lines import HOST, SERVER, held_address
 from tests.transport.half_handshakes import closed_by_peer, idle
@@ -160,7 +160,7 @@ def test_a_paid_aio_server_refuses_such_a_backlog_before_the_ledger(
         async def callback(reader: Any, writer: Any) -> None:
             writer.close()
 
-        await dtp.hostid.paid.aio.serve(
+        await dtp.hostid.paid._aio.serve(
             "0x" + "11" * 32,
             80,
             callback,

@@ -28,15 +28,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.transport.asyncio.streams
+import dtp.transport.asyncio._streams
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
-from dtp.hostid.ledger_carrier.bridge import ledger_config
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.hostid.paid.asyncio import PaidConnection
+from dtp.hostid.ledger_carrier._bridge import ledger_config
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
+from dtp.hostid.paid._asyncio import PaidConnection
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.asyncio.protocol import Protocol
-from dtp.transport.asyncio.server import _Arrival
+from dtp.transport.asyncio._protocol import Protocol
+from dtp.transport.asyncio._server import _Arrival
 from tests.support.leaks import resource_warnings
 from tests.support.procs import ServerProc, server_process
 
@@ -215,7 +215,7 @@ def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
     again must not return their flow-control credit a second time. It did: each
     ``wait_for(reader.readexactly(n), t)`` that timed out let the peer send as much
     again beyond the window, so a reader polling that way buffered without bound.
-    (``paid``: the same through dtp.hostid.paid.aio's PaidReader, which puts back alike.)"""
+    (``paid``: the same through dtp.hostid.paid._aio's PaidReader, which puts back alike.)"""
     window = 64 * 1024
 
     async def main() -> None:
@@ -316,7 +316,7 @@ class _RateLimited:
         self.requests = 0
         self.limited = True
         # what a put-back needs of the connection's state
-        # (dtp.hostid.paid.asyncio.PaidConnection)
+        # (dtp.hostid.paid._asyncio.PaidConnection)
         self.charged_streams: set[int] = set()
         self.charged_datagrams: deque[bytes] = deque()
         self.proto: Any = None
@@ -354,7 +354,7 @@ class _RateLimited:
 
 @pytest.mark.parametrize("method", ["read", "readexactly", "readline", "readuntil"])
 def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) -> None:
-    """dtp.hostid.paid.aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
+    """dtp.hostid.paid._aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
     after it took its bytes puts them back, charged once (dropped, they would be lost:
     the stream would go on without them)."""
 
@@ -388,7 +388,7 @@ def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) 
 
 
 def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() -> None:
-    """dtp.hostid.paid.aio: accept_stream() cancelled while the request rate holds it puts
+    """dtp.hostid.paid._aio: accept_stream() cancelled while the request rate holds it puts
     the stream it had taken back for the next accept_stream(), charged once (it was
     lost: its client waited on it for good)."""
 
@@ -543,7 +543,7 @@ def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
 ) -> None:
     """close() waits CLOSE_LINGER for queued bytes to leave; when they did not, the
     CLOSE says so (it said NO_ERROR: the peer read a clean end of a truncated stream)."""
-    monkeypatch.setattr(dtp.transport.asyncio.streams, "CLOSE_LINGER", 0.3)
+    monkeypatch.setattr(dtp.transport.asyncio._streams, "CLOSE_LINGER", 0.3)
 
     async def close(writer: dtp.aio.DTPStreamWriter) -> None:
         writer.close()
@@ -582,7 +582,7 @@ def test_wait_closed_ends_when_the_peer_stopped_reading(monkeypatch: pytest.Monk
     import os
     import signal
 
-    monkeypatch.setattr(dtp.transport.asyncio.streams, "CLOSE_LINGER", 0.3)
+    monkeypatch.setattr(dtp.transport.asyncio._streams, "CLOSE_LINGER", 0.3)
 
     async def main(srv: ServerProc) -> None:
         _reader, writer = await dtp.aio.open_connection(

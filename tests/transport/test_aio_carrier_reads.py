@@ -20,8 +20,8 @@ import pytest
 
 import dtp.aio as daio
 from dtp.identity.keys import HostIdentity
-from dtp.transport.asyncio.protocol import Protocol
-from dtp.transport.session import FIRST_RECV_CHUNK, RECV_CHUNK
+from dtp.transport._session import FIRST_RECV_CHUNK, RECV_CHUNK
+from dtp.transport.asyncio._protocol import Protocol
 
 
 def _send_and_digest(

@@ -12,7 +12,7 @@
 - a stream a cancelled paid ``accept_stream`` puts back is known as charged to the
   connection: accepted through another writer of it, it is not charged again.
 
-The last two live in ``dtp/hostid/paid/asyncio.py`` (``PaidWriter``), not in
+The last two live in ``dtp/hostid/paid/_asyncio.py`` (``PaidWriter``), not in
 ``dtp/aio.py``, whose own ``accept_stream`` / ``recv_datagram`` take the item with no await
 after the wait.
 
@@ -36,12 +36,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-import dtp.transport.carriers.tcp
+import dtp.transport.carriers._tcp
 from dtp.errors import ConnectionClosed, HandshakeError
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
@@ -134,7 +134,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
     (INTERNAL_ERROR, the fault its cause) at once, not at its timeout (600 s)."""
     fault = RuntimeError("a fault as the connection starts")
     raised: list[BaseException] = []
-    tune = dtp.transport.carriers.tcp.tune
+    tune = dtp.transport.carriers._tcp.tune
 
     async def main() -> None:
         server = await dtp.aio.start_server(
@@ -150,7 +150,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
                     raise fault
                 tune(sock)
 
-            monkeypatch.setattr(dtp.transport.carriers.tcp, "tune", tune_or_fail)
+            monkeypatch.setattr(dtp.transport.carriers._tcp, "tune", tune_or_fail)
             with pytest.raises(ConnectionClosed) as closed:
                 async with asyncio.timeout(WAIT):
                     await dtp.aio.open_connection(
@@ -167,7 +167,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
     asyncio.run(main())
 
 
-# -- paid put-backs (dtp/hostid/paid/asyncio.py) ----------------------------------
+# -- paid put-backs (dtp/hostid/paid/_asyncio.py) ----------------------------------
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

@@ -6,12 +6,12 @@ clean close cut short keeps what it gathered, as its docstring now says.
 
 The per-address cap is lifted (or left above the bound) where it would get in the way:
 all these connections come from 127.0.0.1. A connection takes a slot once it has sent
-its first handshake record (dtp.transport.admission); the slots are held here by
+its first handshake record (dtp.transport._admission); the slots are held here by
 half-handshakes (that record, then nothing: they give way to a client that speaks) or,
 where a line must form, by clients the accept hook keeps deciding on.
 
 The asyncio server's bound on handshakes in progress
-(``max_handshakes``, dtp.transport.admission.ServerSlots):
+(``max_handshakes``, dtp.transport._admission.ServerSlots):
 
 * a newcomer that finds a line full first clears it of the connections nobody can serve
   any more (waited past their deadline, or closed by their own handshake timer): they
@@ -38,10 +38,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
-from dtp.hostid.ledger_carrier.bridge import ledger_config
+from dtp.hostid.ledger_carrier._bridge import ledger_config
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.admission import AddressSlots
+from dtp.transport._admission import AddressSlots
 from tests.support.polling import async_wait_for
 from tests.transport.half_handshakes import first_record
 
@@ -146,7 +146,7 @@ def settled(server: dtp.aio.DTPServer) -> Callable[[], bool]:
 
 
 def test_the_default_and_bad_values_mirror_the_blocking_server() -> None:
-    from dtp.transport.admission import DEFAULT_MAX_HANDSHAKES
+    from dtp.transport._admission import DEFAULT_MAX_HANDSHAKES
 
     blocking = inspect.signature(dtp.socket.create_server).parameters["max_handshakes"].default
     ours = inspect.signature(dtp.aio.start_server).parameters["max_handshakes"].default

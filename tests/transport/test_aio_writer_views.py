@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import dtp.aio as daio
-import dtp.transport.asyncio.streams as streams
+import dtp.transport.asyncio._streams as streams
 from dtp.identity.keys import HostIdentity
 
 CHUNK, COUNT = 64 * 1024, 64  # 4 MiB: within the flow-control window

@@ -16,7 +16,7 @@ import dtp.socket
 from dtp.errors import DTPError
 from dtp.testing.identities import identity
 from dtp.testing.network import Link, SimNetwork, lossy
-from dtp.transport.asyncio.server import ClientCallback
+from dtp.transport.asyncio._server import ClientCallback
 from dtp.transport.blocking import sched
 
 SERVER_KEY, CLIENT_KEY = identity(1), identity(2)

@@ -10,7 +10,7 @@ import threading
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.session import Session
+from dtp.transport._session import Session
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.session import Session
+from dtp.transport._session import Session
 
 CLIENT = HostIdentity.generate()
 SERVER = HostIdentity.generate()

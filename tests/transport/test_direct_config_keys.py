@@ -131,7 +131,7 @@ def test_a_key_given_both_ways_must_agree() -> None:
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
 def test_a_bytes_like_server_key_connects_blocking(kind: type) -> None:
-    # the blocking adapter's keys made ahead (dtp.identity.ahead) took bytes alone: a
+    # the blocking adapter's keys made ahead (dtp.identity._ahead) took bytes alone: a
     # bytearray or memoryview server key failed with a TypeError from the crypto
     with server() as (srv, peers):
         key = kind(SERVER.noise_public)

@@ -39,13 +39,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionLost, ConnectionRefused, LocalProtocolError, ObjectNotFound
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.local.rules import DamagedData
-from dtp.ledger.objects import ConnectionState, EventFilter, Sla
-from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
-from dtp.protocol.events import (
+from dtp.protocol._events import (
     ConnectionAccepted,
     ConnectionTerminated,
     ControlReceived,
@@ -58,8 +57,9 @@ from dtp.protocol.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.transport.blocking import connect as blocking_connect
-from dtp.transport.carriers.memory import MemoryLink
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.transport.blocking import _connect as blocking_connect
+from dtp.transport.carriers._memory import MemoryLink
 from tests.support.ledger_faults import impair
 from tests.support.pairs import (
     CLIENT_ID,
@@ -216,7 +216,7 @@ def test_a_server_without_hooks_sends_message_two_and_the_verdict_together() -> 
 
 
 def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> None:
-    from dtp.identity import ahead as keys_ahead
+    from dtp.identity import _ahead as keys_ahead
 
     server = HostIdentity.generate()
     client = HostIdentity.generate()
@@ -236,9 +236,9 @@ def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> Non
 
 
 def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
-    from dtp.identity import ahead as keys_ahead
-    from dtp.identity import noise as crypto
-    from dtp.identity.noise import Handshake, static_secret_kept
+    from dtp.identity import _ahead as keys_ahead
+    from dtp.identity import _noise as crypto
+    from dtp.identity._noise import Handshake, static_secret_kept
 
     # (the registry starts over once 16 static keys are in it: with 15 from earlier
     # tests, the server's key below would start it over and drop the client's result)
@@ -265,7 +265,7 @@ def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys
     # a server without hooks answers and accepts in one flight: the steps the wait for
     # the reply did not reach are left to the connection's next wait (here its close's,
     # for the server's end), not dropped
-    from dtp.identity import ahead as keys_ahead
+    from dtp.identity import _ahead as keys_ahead
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     accepted: list[tuple[dtp.socket.DTPSocket, str]] = []

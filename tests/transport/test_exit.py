@@ -21,9 +21,9 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking import engine as blocking_engine
+from dtp.transport.blocking import _engine as blocking_engine
 from dtp.transport.blocking import sched
-from dtp.transport.blocking.engine import TimerService
+from dtp.transport.blocking._engine import TimerService
 from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()

@@ -1,4 +1,4 @@
-"""The admission engine both servers share (dtp.transport.admission), sans I/O: the first
+"""The admission engine both servers share (dtp.transport._admission), sans I/O: the first
 record's reader, fed whole, byte by byte and split at random; the unproven pool's
 bounds and who gives way; the half-handshakes; and the whole Admission's decisions,
 driven by hand with a list for a driver; and how both servers count what the admission
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.protocol.connection import CloseCode
-from dtp.transport.admission import (
+from dtp.transport._admission import (
     ENDINGS,
     MAX_STRIKE_SCORE,
     STRIKE_HALF_LIFE,

@@ -1,7 +1,7 @@
 """The per-address cap on handshakes in progress (slowloris hardening) and the line its
 further connections wait in: the AddressSlots helper, then the blocking and asyncio
 servers over real sockets. A connection takes a slot once it has sent its first
-handshake record (dtp.transport.admission): the idle connections here are half-handshakes
+handshake record (dtp.transport._admission): the idle connections here are half-handshakes
 (that record, then nothing).
 
 Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
@@ -37,11 +37,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-import dtp.transport.asyncio.server
+import dtp.transport.asyncio._server
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.admission import (
+from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
     ReplayGuard,
@@ -640,7 +640,7 @@ def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
             real = server._start_serving
             failures: list[str | None] = []
 
-            def fails_once(arrival: dtp.transport.asyncio.server._Arrival) -> None:
+            def fails_once(arrival: dtp.transport.asyncio._server._Arrival) -> None:
                 if not failures:
                     failures.append(arrival.key)
                     # (what a loop that no longer takes tasks raises)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dtp.transport.carriers.tcp import wait_ready
+from dtp.transport.carriers._tcp import wait_ready
 from tests.support.paths import ROOT
 
 

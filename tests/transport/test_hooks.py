@@ -1,4 +1,4 @@
-"""The seam of dtp/transport/hooks.py: what an admission hook's verdict means, and a
+"""The seam of dtp/transport/_hooks.py: what an admission hook's verdict means, and a
 ConnectionHook that is not a payment riding on a plain connection of each driver --
 called where the drivers called the client's payment (output collected, the close's
 last frames, the end), with its own close rules; what the servers show of a Listener
@@ -19,9 +19,9 @@ import dtp.errors
 import dtp.protocol.connection
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking.engine import TIMERS
-from dtp.transport.hooks import ConnectionHook, PeerInfo
-from dtp.transport.session import hook_calls, peer_info, refusal_reason
+from dtp.transport._hooks import ConnectionHook, PeerInfo
+from dtp.transport._session import hook_calls, peer_info, refusal_reason
+from dtp.transport.blocking._engine import TIMERS
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

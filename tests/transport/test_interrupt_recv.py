@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import pytest
 
-import dtp.messaging.rpc.blocking_client as blocking_client
-import dtp.messaging.rpc.blocking_client as rpc_client_module
+import dtp.messaging.rpc._blocking_client as blocking_client
+import dtp.messaging.rpc._blocking_client as rpc_client_module
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.identity.keys import HostIdentity

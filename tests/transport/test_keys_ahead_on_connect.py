@@ -1,4 +1,4 @@
-"""The connect path's keys made ahead (dtp.transport.blocking.connect.NextConnectKeys,
+"""The connect path's keys made ahead (dtp.transport.blocking._connect.NextConnectKeys,
 Engine._make_ahead): they are a bet on a next connect, and nothing of this connection
 -- its connect, reads or close -- may fail for them, nor wait on them for good."""
 
@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.identity import ahead as keys_ahead
+from dtp.identity import _ahead as keys_ahead
+from dtp.identity._noise import prepare_handshake
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import prepare_handshake
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.blocking import connect as blocking_connect
-from dtp.transport.blocking import engine as blocking_engine
-from dtp.transport.carriers.tcp import wait_ready
+from dtp.transport.blocking import _connect as blocking_connect
+from dtp.transport.blocking import _engine as blocking_engine
+from dtp.transport.carriers._tcp import wait_ready
 from tests.support.pairs import SERVER_ID
 
 

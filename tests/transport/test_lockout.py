@@ -1,5 +1,5 @@
 """Silent and half-handshake connections from 200 addresses cannot lock a server's
-clients out (docs/protocol.md §8, "Admission"; dtp.transport.admission): a connection costs
+clients out (docs/protocol.md §8, "Admission"; dtp.transport._admission): a connection costs
 a handshake slot only once it has sent its complete first handshake record, the oldest
 of those still silent give way to newcomers, and the oldest half-handshakes give way
 to clients that proved themselves. Both servers, an attacker in a process of its own
@@ -27,7 +27,7 @@ import dtp.socket
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.loops import loop_in_thread
+from dtp.testing._loops import loop_in_thread
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.procs import descriptors, rss_kib, server_process

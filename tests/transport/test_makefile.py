@@ -35,7 +35,7 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPTimeoutError, StreamReset
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking.engine import TimerService
+from dtp.transport.blocking._engine import TimerService
 from tests.support.polling import wait_for
 from tests.transport.client_processes import run_client_process
 

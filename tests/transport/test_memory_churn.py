@@ -1,5 +1,5 @@
 """A server gives its memory back after a stream of short connections
-(dtp.transport.admission): at a quiet moment after churn -- no new connection for a second --
+(dtp.transport._admission): at a quiet moment after churn -- no new connection for a second --
 it collects the cycles its connections left and trims the heap, so that its resident
 memory stays near what is in use, not growing with the connections served. The policy
 alone, then both servers in a
@@ -15,7 +15,7 @@ import time
 import pytest
 
 import dtp.aio
-from dtp.transport.admission import AGAIN, HeapRelease, release_free_heap
+from dtp.transport._admission import AGAIN, HeapRelease, release_free_heap
 from tests.support.procs import rss_kib, server_process
 from tests.support.timing import bound
 
@@ -115,6 +115,6 @@ def test_after_churn_a_server_s_memory_comes_back_near_where_it_was(api: str) ->
         # quiet moments: the server trims (within REST of its last connection; the
         # deadline leaves room for a loaded machine, where the server takes its last
         # connection late and trims later: 1,500 more stood at +60 MiB and more, and grew
-        # with more, before dtp.transport.admission)
+        # with more, before dtp.transport._admission)
         after = _rss_back_within(srv.proc.pid, rested + 16 * 1024, bound(REST + 15.0, REST + 45.0))
     assert after - rested < 16 * 1024, (api, rested, after)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 
-import dtp.identity.noise
+import dtp.identity._noise
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
@@ -32,7 +32,7 @@ def _echo(sock: dtp.socket.DTPSocket) -> None:
 
 def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
     """Each anonymous connect prepares the next one's Noise IK state under a fresh
-    identity (dtp.identity.noise.prepare_handshake); once taken, its key leaves the
+    identity (dtp.identity._noise.prepare_handshake); once taken, its key leaves the
     module's dict: no entry per connection stays for ever."""
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     serving = threading.Thread(target=server.serve_forever, args=(_echo,), daemon=True)
@@ -51,7 +51,7 @@ def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
             ) as client:
                 client.sendall(b"hi")
                 assert client.recv(10) == b"hi"
-        assert len(dtp.identity.noise._STARTED) <= 8  # (was ROUNDS + 10 and more)
+        assert len(dtp.identity._noise._STARTED) <= 8  # (was ROUNDS + 10 and more)
         # the handler threads end once they read the clients' end
         assert wait_for(lambda: threading.active_count() <= threads + 2, timeout=30)
         assert wait_for(lambda: _open_fds() <= fds + 4, timeout=30)

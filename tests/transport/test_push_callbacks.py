@@ -77,7 +77,7 @@ def _check(caplog: pytest.LogCaptureFixture, ours: BaseException, theirs: BaseEx
     # the peer read an application close, not the carrier vanishing
     assert isinstance(theirs, ConnectionClosed), theirs
     assert theirs.code == CloseCode.APPLICATION
-    logged = [r for r in caplog.records if r.name == "dtp.transport.session" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "dtp.transport._session" and r.exc_info]
     assert len(logged) == 1 and isinstance(logged[0].exc_info[1], Boom)  # type: ignore[index]
 
 
@@ -96,7 +96,7 @@ def test_a_datagram_sink_that_raises_closes_with_an_error(
                 await asyncio.wait_for(reader.read(), 5)
             return ours.value, await asyncio.wait_for(ended, 5)
 
-    with caplog.at_level(logging.ERROR, logger="dtp.transport.session"):
+    with caplog.at_level(logging.ERROR, logger="dtp.transport._session"):
         ours, theirs = asyncio.run(main())
     _check(caplog, ours, theirs)
 
@@ -123,7 +123,7 @@ def test_a_stream_sink_that_raises_closes_with_an_error(caplog: pytest.LogCaptur
             assert len(ends) == 1 and ends[0] is ours.value  # the sink's end: the same
             return ours.value, await asyncio.wait_for(ended, 5)
 
-    with caplog.at_level(logging.ERROR, logger="dtp.transport.session"):
+    with caplog.at_level(logging.ERROR, logger="dtp.transport._session"):
         ours, theirs = asyncio.run(main())
     _check(caplog, ours, theirs)
 
@@ -151,7 +151,7 @@ def test_a_receipt_handler_that_raises_closes_with_an_error(
     with dtp.socket.create_server(("127.0.0.1", 0), identity=identity) as server:
         threading.Thread(target=server.serve_forever, args=(handle,), daemon=True).start()
         with (
-            caplog.at_level(logging.ERROR, logger="dtp.transport.session"),
+            caplog.at_level(logging.ERROR, logger="dtp.transport._session"),
             dtp.socket.create_connection(
                 server.address, server_key=identity.noise_public, timeout=5
             ) as sock,

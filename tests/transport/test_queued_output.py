@@ -13,7 +13,7 @@ import pytest
 
 import dtp.socket
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.blocking.engine import TIMERS
+from dtp.transport.blocking._engine import TIMERS
 from tests.support.polling import wait_for
 from tests.transport.small_window import (
     SERVER_ID,

@@ -10,9 +10,9 @@ Two rules hold it. The unproven connections' bound (``backlog``) makes the oldes
 way to each newcomer; so that a genuine client's connection is not the oldest at
 thousands a second before the server reads its first record, an address whose
 connections keep ending unproven is suspect, and its connections give way first, or are
-refused (dtp.transport.admission.Strikes; the rule on a virtual clock in
+refused (dtp.transport._admission.Strikes; the rule on a virtual clock in
 tests/transport/test_handshake_gate.py). And the kernel's accept queue is at least
-:data:`~dtp.transport.carriers.tcp.LISTEN_QUEUE` long, beyond the backlog (128), so
+:data:`~dtp.transport.carriers._tcp.LISTEN_QUEUE` long, beyond the backlog (128), so
 that the kernel does not drop the genuine client's SYN (a connect then takes the
 retransmission's second)."""
 
@@ -24,7 +24,7 @@ import time
 import pytest
 
 from dtp.errors import DTPError
-from dtp.transport.carriers.tcp import LISTEN_QUEUE, listen_tcp, widen_listen_queue
+from dtp.transport.carriers._tcp import LISTEN_QUEUE, listen_tcp, widen_listen_queue
 from tests.support.polling import wait_for
 from tests.support.procs import server_process
 from tests.support.timing import bound

@@ -20,7 +20,7 @@ The replay guard keeps accepted connections' keys apart from the others.
 Authenticating costs a client nothing but a fresh static key, and the guard remembered
 the keys of every authenticated IK first message in one pool: throw-away identities the
 ledger then refused pushed a real client's recorded key out, and its replay held the
-client's ledger connection again (dtp.transport.admission). Now only accepted connections push
+client's ledger connection again (dtp.transport._admission). Now only accepted connections push
 out accepted keys. Before the fix each test here saw the replay reserve the ledger
 connection (or, for the guard alone, the key come through again)."""
 
@@ -39,14 +39,14 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ConnectionRefused, DTPError
+from dtp.identity._noise import PATTERN_IK
 from dtp.identity.keys import HostIdentity
-from dtp.identity.noise import PATTERN_IK
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.protocol._state import ConnState
 from dtp.protocol.connection import Connection, ConnectionConfig
-from dtp.protocol.state import ConnState
 from dtp.socket import DTPSocket
-from dtp.transport.admission import DEFAULT_CAPACITY, ReplayGuard
+from dtp.transport._admission import DEFAULT_CAPACITY, ReplayGuard
 from tests.support.polling import wait_for
 from tests.transport.half_handshakes import closed_by_peer, idle
 from tests.transport.server_drivers import BlockingDriver, Serve, ServerDriver
@@ -193,7 +193,7 @@ def test_the_guard_refuses_a_key_seen_and_forgets_the_oldest_beyond_its_capacity
     guard = ReplayGuard(capacity=3)
     keys = [bytes([i]) * 32 for i in range(5)]
     assert guard.first_sight(keys[0])
-    with caplog.at_level(logging.INFO, logger="dtp.transport.admission"):
+    with caplog.at_level(logging.INFO, logger="dtp.transport._admission"):
         assert not guard.first_sight(keys[0], "10.0.0.1")
         assert not guard.first_sight(keys[0], "10.0.0.1")  # a flood: one log line
     assert guard.refused == 2

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-import dtp.hostid.served
+import dtp.hostid._served
 import dtp.socket
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
-from dtp.hostid.served import ServedConnections
+from dtp.hostid._served import ServedConnections
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.blocking.engine import Engine
+from dtp.transport.blocking._engine import Engine
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -124,7 +124,7 @@ def test_a_settling_thread_that_cannot_start_settles_in_the_caller(
 ) -> None:
     settled: list[str] = []
     monkeypatch.setattr(
-        dtp.hostid.served,
+        dtp.hostid._served,
         "claim_and_settle",
         lambda _ledger, _identity, cid, *_: settled.append(cid),
     )

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.carriers.memory import MemoryLink
-from dtp.transport.session import Session
+from dtp.transport._session import Session
+from dtp.transport.carriers._memory import MemoryLink
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 #: Streams the client may open (the server's max_streams): room for the N below.

@@ -3,7 +3,7 @@ a sink set with ``views=True`` gets memoryviews of the connection's read buffer,
 bytes pushed to a sink wake no task waiting on the connection for something else (a
 server's accept_stream() woke, looked and waited again at every chunk of every tunnel).
 The tunnel's TCP side writes such a view straight to its socket and queues a copy of
-only what the socket did not take (:meth:`dtp.daemon.tunnel.TcpLeg.write_chunk`).
+only what the socket did not take (:meth:`dtp.daemon._tunnel.TcpLeg.write_chunk`).
 In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 import dtp.aio
-from dtp.daemon.tunnel import TcpLeg, _plain_descriptor
+from dtp.daemon._tunnel import TcpLeg, _plain_descriptor
 from dtp.identity.keys import HostIdentity
 
 CHUNKS = 40

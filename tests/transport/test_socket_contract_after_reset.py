@@ -35,8 +35,8 @@ from dtp.errors import (
     StreamReset,
 )
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.protocol.connection import CloseCode
 from tests.support.polling import raised_within
 

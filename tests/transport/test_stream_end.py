@@ -21,10 +21,10 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from tests.support.paid_twins import ident
 
 SERVER = HostIdentity.generate()

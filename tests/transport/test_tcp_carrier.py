@@ -4,8 +4,8 @@ other work, it gives what connect_tcp gives, and connect_tcp's errors when it fa
 The TCP carrier's two-half connect (PendingTcp) against a host that never answers:
 its timeout bounds the whole wait.
 
-The TCP carrier's connects (dtp.transport.carriers.tcp), the one-holder lock
-and the durable replace (dtp.identity.files):
+The TCP carrier's connects (dtp.transport.carriers._tcp), the one-holder lock
+and the durable replace (dtp.identity._files):
 
 - a published endpoint whose name the IDNA codec refuses (``a..b``, a label past 63
   characters) raised a bare UnicodeError: connect_any stopped there instead of trying
@@ -57,15 +57,15 @@ import pytest
 
 import dtp.messaging.discovery as discovery
 import dtp.socket
-import dtp.transport.carriers.tcp as tcp
+import dtp.transport.carriers._tcp as tcp
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
-from dtp.identity.files import lock_exclusive, write_durably
+from dtp.identity._files import lock_exclusive, write_durably
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.messaging.discovery import Announcement, DiscoveryGossip
 from dtp.messaging.pubsub import PubSubNode
-from dtp.transport.carriers.tcp import (
+from dtp.transport.carriers._tcp import (
     PendingTcp,
     carrier_error,
     connect_any,
@@ -217,7 +217,7 @@ def listener() -> Iterator[socket.socket]:
         sock.close()
 
 
-# -- dtp.transport.carriers.tcp ------------------------------------------------------------------
+# -- dtp.transport.carriers._tcp ------------------------------------------------------------------
 
 
 def test_an_endpoint_name_idna_refuses_moves_on_to_the_next(listener: socket.socket) -> None:
@@ -339,7 +339,7 @@ def test_an_ipv6_endpoint_is_named_in_brackets() -> None:
     assert f"[::1]:{port}" in str(failed.value)
 
 
-# -- dtp.identity.files -----------------------------------------------------------------------
+# -- dtp.identity._files -----------------------------------------------------------------------
 
 
 def test_a_lock_file_is_created_private(tmp_path: Path) -> None:
@@ -408,7 +408,7 @@ def _another_user_tries(path: Path) -> None:
             os.close(end)
 
 
-# -- dtp.identity.files --------------------------------------------------------------------------
+# -- dtp.identity._files --------------------------------------------------------------------------
 
 
 def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
@@ -428,7 +428,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
 NOW = 1_000_000
 
 
-# -- dtp.transport.carriers.tcp ------------------------------------------------------------------
+# -- dtp.transport.carriers._tcp ------------------------------------------------------------------
 
 
 def test_an_early_connect_fails_as_connect_tcp_when_the_last_address_refuses(
@@ -458,7 +458,7 @@ def test_a_bracketed_ipv6_host_is_not_bracketed_twice() -> None:
     assert "[[" not in str(error)
 
 
-# -- dtp.identity.files: the lock and the durable replace ---------------------------------
+# -- dtp.identity._files: the lock and the durable replace ---------------------------------
 
 
 def _refuse_fchmod(monkeypatch: pytest.MonkeyPatch) -> None:

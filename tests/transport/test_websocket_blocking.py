@@ -44,8 +44,8 @@ from dtp.errors import (
 )
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.loops import LoopThread as Loop
-from dtp.transport.carriers.websocket import SUBPROTOCOL
+from dtp.testing._loops import LoopThread as Loop
+from dtp.transport.carriers._websocket import SUBPROTOCOL
 from tests.support.aio_echo import echo_every_stream as echo
 from tests.transport.test_websocket_carrier import _self_signed
 

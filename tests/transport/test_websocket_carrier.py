@@ -43,14 +43,14 @@ from dtp.errors import (
 )
 from dtp.errors import ConnectionClosed as ConnectionClosed_
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.local.ledger import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
+from dtp.ledger.local._ledger import LocalLedger
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ledger_payments
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.loops import LoopThread
-from dtp.transport.carriers.websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
+from dtp.testing._loops import LoopThread
+from dtp.transport.carriers._websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
 from tests.support.aio_echo import echo_every_stream as echo
 
 SERVER = HostIdentity.generate()

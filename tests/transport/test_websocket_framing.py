@@ -1,5 +1,5 @@
 """The WebSocket carrier's own framing of its common messages (a server's: one whole
-binary frame read, records written; dtp.transport.carriers.websocket), against what
+binary frame read, records written; dtp.transport.carriers._websocket), against what
 ``websockets`` makes of the same bytes: a carrier over an in-memory TCP transport, its
 upgrade done, fed reads split every way that matters."""
 
@@ -14,7 +14,7 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from dtp.transport.carriers.websocket import (
+from dtp.transport.carriers._websocket import (
     MAX_MESSAGE,
     SUBPROTOCOL,
     WebSocketTransport,

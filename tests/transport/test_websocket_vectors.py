@@ -24,7 +24,7 @@ import websockets.frames
 
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import Connection, ConnectionConfig
-from dtp.transport.carriers.websocket import (
+from dtp.transport.carriers._websocket import (
     SUBPROTOCOL,
     WebSocketTransport,
     accept_websocket,

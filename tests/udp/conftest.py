@@ -1,7 +1,7 @@
 """Fixtures of the UDP tests: ``backend``, a DNS-like UDP backend, and ``driver``, one
 test body for both UDP drivers, the blocking one (:func:`relay_udp`, :class:`UdpForwarder`,
 in threads) and the asyncio one (:func:`relay_udp_async`, :class:`AsyncUdpForwarder`, on an
-event loop in a thread of its own). Both pump the same engine (dtp.hostid.udp.engine);
+event loop in a thread of its own). Both pump the same engine (dtp.hostid.udp._engine);
 these tests pin that they behave alike on real sockets."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
-from dtp.hostid.udp.blocking import _Flow as _BlockingFlow
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
+from dtp.hostid.udp._blocking import _Flow as _BlockingFlow
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.udp.world import DnsLikeBackend
 
 T = TypeVar("T")

@@ -36,9 +36,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import InvalidArgument
 from dtp.hostid.udp import UdpForwarder
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import Meter
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for

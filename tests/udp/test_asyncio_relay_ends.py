@@ -1,4 +1,4 @@
-"""dtp.hostid.udp.asyncio held to what it promises (docs/udp.md) and against its blocking
+"""dtp.hostid.udp._asyncio held to what it promises (docs/udp.md) and against its blocking
 twin dtp.hostid.udp:
 
 - a draining relay (``finish``) took the backend's later replies off its reader and
@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid.udp.asyncio
+import dtp.hostid.udp._asyncio
 from dtp.hostid.udp import UdpBilling, UdpStats
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.ledger._objects import Sla
 from tests.support.scopes import scope_of
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 
@@ -161,13 +161,13 @@ def test_a_relay_cancelled_while_it_ends_is_cancelled(monkeypatch: pytest.Monkey
     cancelled then (the daemon stopping), it swallowed the cancellation and returned
     its counters as if it had ended on its own."""
     made: list[socket.socket] = []
-    real = dtp.hostid.udp.asyncio._open_backend
+    real = dtp.hostid.udp._asyncio._open_backend
 
     async def open_backend(backend: tuple[str, int]) -> socket.socket:
         made.append(await real(backend))
         return made[-1]
 
-    monkeypatch.setattr(dtp.hostid.udp.asyncio, "_open_backend", open_backend)
+    monkeypatch.setattr(dtp.hostid.udp._asyncio, "_open_backend", open_backend)
     billing = UdpBilling(scope_of(CONNECTION_ID), Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
 
     async def main() -> bool:

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid.udp.asyncio
-import dtp.hostid.udp.engine
+import dtp.hostid.udp._asyncio
+import dtp.hostid.udp._engine
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import relay_udp_async
-from dtp.hostid.udp.engine import control_frame
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._asyncio import relay_udp_async
+from dtp.hostid.udp._engine import control_frame
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
@@ -236,8 +236,8 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
     does; the relay waited out its idle timeout (60 s here) before it ended. Over a
     lossy carrier (the ledger: round trips of seconds) it waits longer."""
     if not reliable:
-        monkeypatch.setattr(dtp.hostid.udp.engine, "FINAL_RECEIPT_WAIT", 30.0)
-        monkeypatch.setattr(dtp.hostid.udp.engine, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
+        monkeypatch.setattr(dtp.hostid.udp._engine, "FINAL_RECEIPT_WAIT", 30.0)
+        monkeypatch.setattr(dtp.hostid.udp._engine, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
     server_config = ConnectionConfig(SERVER, False, reliable_carrier=reliable)
     client_config = ConnectionConfig(CLIENT, True, reliable_carrier=reliable)
     backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -279,7 +279,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
             started = time.monotonic()
             set_finish()
             assert wait_for(lambda: bool(ended), 40), "the relay did not end"
-            assert ended[0] - started < dtp.hostid.udp.engine.FINAL_RECEIPT_WAIT + 5
+            assert ended[0] - started < dtp.hostid.udp._engine.FINAL_RECEIPT_WAIT + 5
     finally:
         echoer.join(5)
         backend.close()
@@ -292,7 +292,7 @@ def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
     """The drain (``finish``) on either relay: once set, datagrams are dropped
     (``dropped_finishing``), the final usage is reported, and the relay ends as soon as
     a receipt covers it -- not after the wait for one that never comes."""
-    monkeypatch.setattr(dtp.hostid.udp.engine, "FINAL_RECEIPT_WAIT", 30.0)
+    monkeypatch.setattr(dtp.hostid.udp._engine, "FINAL_RECEIPT_WAIT", 30.0)
     dns = DnsLikeBackend()
     billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT)
     stats = UdpStats()

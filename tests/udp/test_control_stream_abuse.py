@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio) against a peer that breaks the control
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp._asyncio) against a peer that breaks the control
 protocol on stream 0: a frame too long, of an unknown kind, or meant for the other
 direction ends the connection at once with the reason in its CLOSE. Before, the reader
 of the control stream returned quietly and everything else went on: a relay kept
@@ -29,8 +29,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.udp import UdpBilling
-from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import Meter
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of, v1_receipt_bytes

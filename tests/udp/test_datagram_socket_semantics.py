@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio) as a datagram socket user meets it:
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp._asyncio) as a datagram socket user meets it:
 an ICMP error on the backend's socket, addresses the socket module cannot take, the
 threads and ports left after close(), and datagrams lost on a flow whose connection had
 ended. Real UDP sockets and DTP connections on 127.0.0.1."""
@@ -17,14 +17,14 @@ from typing import Any, ClassVar
 import pytest
 
 import dtp.aio
-import dtp.hostid.udp.asyncio
-import dtp.hostid.udp.blocking
-import dtp.hostid.udp.sockets
+import dtp.hostid.udp._asyncio
+import dtp.hostid.udp._blocking
+import dtp.hostid.udp._sockets
 import dtp.socket
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.ledger._objects import Sla
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
@@ -51,15 +51,15 @@ class _Unreachable(socket.socket):
 
 @pytest.fixture
 def unreachable_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    real = dtp.hostid.udp.sockets.backend_socket
+    real = dtp.hostid.udp._sockets.backend_socket
 
     def backend_socket(*args: Any, **kw: Any) -> socket.socket:
         udp = real(*args, **kw)
         udp.__class__ = _Unreachable
         return udp
 
-    monkeypatch.setattr(dtp.hostid.udp.blocking, "backend_socket", backend_socket)
-    monkeypatch.setattr("dtp.hostid.udp.asyncio.backend_socket", backend_socket)
+    monkeypatch.setattr(dtp.hostid.udp._blocking, "backend_socket", backend_socket)
+    monkeypatch.setattr("dtp.hostid.udp._asyncio.backend_socket", backend_socket)
     _Unreachable.errors[:] = [errno.EHOSTUNREACH]
     yield
     _Unreachable.errors.clear()

@@ -17,8 +17,8 @@ import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, billing_from_ledger, relay_udp
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter, Receipt, ReceiptScope, fee
 from tests.support.scopes import scope_of
@@ -347,7 +347,7 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
     import asyncio
 
     import dtp.aio
-    from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+    from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
 
     ledger = LocalLedger(tmp_path / "ledger.db")
     sla = Sla(price_per_kib=3, price_per_request=2, min_deposit=500)

@@ -1,4 +1,4 @@
-"""dtp.hostid.udp.asyncio's forwarder under asyncio cancellation: a close() cancelled midway
+"""dtp.hostid.udp._asyncio's forwarder under asyncio cancellation: a close() cancelled midway
 (asyncio.wait_for) leaves no socket open, and a later close() ends what is left. Real
 UDP sockets and DTP connections on 127.0.0.1."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.identity.keys import HostIdentity
 from tests.support.scopes import scope_of
 
@@ -88,7 +88,7 @@ def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow
     """A metered flow's end waits for the relay's final totals (up to final_timeout);
     a close() cancelled then still closes the flow's connection. The flow was gone
     from the table, its connection open and its reply task waiting for good."""
-    from dtp.ledger.objects import Sla
+    from dtp.ledger._objects import Sla
     from dtp.payments.receipts import Meter
 
     async def main() -> None:

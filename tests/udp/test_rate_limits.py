@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dtp.hostid.udp import UdpStats
-from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket
+from dtp.payments._ratelimit import ClientBuckets, RateLimiter, TokenBucket
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import DnsLikeBackend, relayed
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.receipt_store.store
+import dtp.payments.receipt_store._store
 import dtp.socket
 from dtp.hostid.udp import UdpBilling, UdpStats
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import Receipt
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import locked_by_another_process
 from tests.support.scopes import scope_of
@@ -46,7 +46,7 @@ def test_a_receipt_counts_only_once_stored_and_a_writer_thread_counts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a write meeting the other process's lock fails soon and is tried again each second
-    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(dtp.payments.receipt_store._store, "BUSY_TIMEOUT", 0.2)
     path = tmp_path / "receipts.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)

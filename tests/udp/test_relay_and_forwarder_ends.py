@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio): the relay's end reaches the
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp._asyncio): the relay's end reaches the
 forwarder, and a forwarder's close() with many flows does not take final_timeout per flow. Real UDP
 sockets and DTP connections on 127.0.0.1.
 
@@ -23,8 +23,8 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpForwarder
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.hostid.udp.blocking import _Flow
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp._blocking import _Flow
 from dtp.socket import DTPSocket
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver

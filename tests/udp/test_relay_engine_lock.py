@@ -1,5 +1,5 @@
 """The blocking relay's threads share one sans-I/O engine under one lock
-(dtp.hostid.udp.blocking.relay_udp): its loop admits the client's datagrams, its reply
+(dtp.hostid.udp._blocking.relay_udp): its loop admits the client's datagrams, its reply
 thread passes the backend's replies, its control thread takes receipts, and all of
 them ask the same billing, and so does a receipt writer's thread counting the
 receipts it stored (``UdpBilling.kept``, with ``counts_when_kept``). The engine holds
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from dtp.hostid.udp import UdpBilling, UdpStats
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import Receipt
+from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
-from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
 from tests.udp.conftest import BlockingDriver

@@ -22,9 +22,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import DnsLikeBackend

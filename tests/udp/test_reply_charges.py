@@ -1,5 +1,5 @@
 """What the UDP relay and forwarder charge to rate limits (dtp.hostid.udp,
-dtp.hostid.udp.asyncio, dtp.payments.ratelimit):
+dtp.hostid.udp._asyncio, dtp.payments._ratelimit):
 
 - a relay charged a backend's replies to the client's bytes/s limit by payload alone,
   while the client's own datagrams (ClientBuckets.admit) and a paid server's sent ones
@@ -22,7 +22,7 @@ import pytest
 import dtp.socket
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpForwarder, UdpStats
-from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
+from dtp.payments._ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from tests.support.polling import wait_for
 from tests.support.udp_backends import UdpBackend
 from tests.udp.conftest import UdpDriver

@@ -19,9 +19,9 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder
-from dtp.hostid.udp.engine import USAGE, control_frame
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._asyncio import AsyncUdpForwarder
+from dtp.hostid.udp._engine import USAGE, control_frame
+from dtp.ledger._objects import Sla
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for

@@ -1,4 +1,4 @@
-"""The UDP flows' sans-I/O rules (dtp.hostid.udp.engine), driven without any socket:
+"""The UDP flows' sans-I/O rules (dtp.hostid.udp._engine), driven without any socket:
 the control stream's decoder, the relay's answers to control frames, its report
 cadence, its drain and end, and the forwarder's answer to a usage report. Both drivers
 (relay_udp, relay_udp_async, UdpForwarder, AsyncUdpForwarder) only pump these."""
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dtp.hostid.udp.engine as engine_module
+import dtp.hostid.udp._engine as engine_module
 from dtp.errors import InsufficientFunds, InvalidArgument
-from dtp.hostid.udp.engine import (
+from dtp.hostid.udp._engine import (
     LOSSY_FINAL_RECEIPT_WAIT,
     USAGE,
     BadControlFrame,
@@ -26,11 +26,11 @@ from dtp.hostid.udp.engine import (
     control_frame,
     parse_report,
 )
-from dtp.hostid.udp.flow_table import FlowTable
-from dtp.hostid.udp.stats import UdpStats
-from dtp.ledger.objects import Sla
+from dtp.hostid.udp._flow_table import FlowTable
+from dtp.hostid.udp._stats import UdpStats
+from dtp.ledger._objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
-from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
+from dtp.payments._ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.payments.receipts import Meter
 from tests.support.scopes import scope_of
 from tests.udp.world import CLIENT, CONNECTION_ID

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.hostid.udp import UdpBilling, UdpStats
-from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
+from dtp.hostid.udp._engine import USAGE, ControlDecoder, control_frame
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
-from dtp.payments.ratelimit import ClientBuckets
+from dtp.ledger._objects import Sla
+from dtp.payments._ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of

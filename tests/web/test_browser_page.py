@@ -11,7 +11,7 @@ import urllib.parse
 
 import pytest
 
-from dtp.cli.chromium import BrowserError
+from dtp.cli._chromium import BrowserError
 from dtp.identity.keys import HostIdentity
 from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT

@@ -23,7 +23,7 @@ from websockets.typing import Subprotocol
 import dtp.aio
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
-from dtp.testing.loops import LoopThread
+from dtp.testing._loops import LoopThread
 from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
 from tests.transport.half_handshakes import first_record

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.cli.chromium import BrowserError
+from dtp.cli._chromium import BrowserError
 from dtp.cli.dapp_host import serve_jsonrpc
 from dtp.hostid.paid import ServicePolicy
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.objects import Sla
+from dtp.ledger._objects import Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.browser import Chromium, need_chromium

@@ -35,21 +35,21 @@ item is the message type. Every message is bounded (``max_message``); anything
 malformed raises :class:`GraphSyncError` (a :class:`~dtp.errors.RemoteProtocolError`),
 which ends that sync session only.
 
-The session is made of parts, one module each: :mod:`~dtp.graph.sync.messages` (types,
-limits, errors, checks), :mod:`~dtp.graph.sync.session` (``SyncSession``) over
-:mod:`~dtp.graph.sync.session_state`, with :mod:`~dtp.graph.sync.receiving` and
-:mod:`~dtp.graph.sync.pushes`; it runs over a blocking stream (:mod:`~dtp.graph.sync.blocking`),
-an asyncio one (:mod:`~dtp.graph.sync.asyncio`) or in :mod:`~dtp.graph.sync.server`;
-:mod:`~dtp.graph.sync.lan` finds the peers on the LAN (mDNS) and keeps a session with each.
+The session is made of parts, one module each: :mod:`~dtp.graph.sync._messages` (types,
+limits, errors, checks), :mod:`~dtp.graph.sync._session` (``SyncSession``) over
+:mod:`~dtp.graph.sync._session_state`, with :mod:`~dtp.graph.sync._receiving` and
+:mod:`~dtp.graph.sync._pushes`; it runs over a blocking stream (:mod:`~dtp.graph.sync._blocking`),
+an asyncio one (:mod:`~dtp.graph.sync._asyncio`) or in :mod:`~dtp.graph.sync._server`;
+:mod:`~dtp.graph.sync._lan` finds the peers on the LAN (mDNS) and keeps a session with each.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dtp.graph.sync.asyncio import sync_stream
-from dtp.graph.sync.blocking import connect, sync_blocking
-from dtp.graph.sync.messages import (
+from dtp.graph.sync._asyncio import sync_stream
+from dtp.graph.sync._blocking import connect, sync_blocking
+from dtp.graph.sync._messages import (
     DATA,
     END,
     HELLO,
@@ -61,14 +61,14 @@ from dtp.graph.sync.messages import (
     WANT,
     GraphSyncError,
 )
-from dtp.graph.sync.messages import MAX_BACKLOG as MAX_BACKLOG
-from dtp.graph.sync.messages import SyncBacklogExceeded as SyncBacklogExceeded
-from dtp.graph.sync.run_checks import HELLO_TIMEOUT
-from dtp.graph.sync.server import DEFAULT_NAMESPACE, MAX_SESSIONS, GraphServer
-from dtp.graph.sync.session import SyncSession
+from dtp.graph.sync._messages import MAX_BACKLOG as MAX_BACKLOG
+from dtp.graph.sync._messages import SyncBacklogExceeded as SyncBacklogExceeded
+from dtp.graph.sync._run_checks import HELLO_TIMEOUT
+from dtp.graph.sync._server import DEFAULT_NAMESPACE, MAX_SESSIONS, GraphServer
+from dtp.graph.sync._session import SyncSession
 
 if TYPE_CHECKING:
-    from dtp.graph.sync.lan import LanSync, sync_with_lan
+    from dtp.graph.sync._lan import LanSync, sync_with_lan
 
 __all__ = [
     "DATA",
@@ -98,7 +98,7 @@ def __getattr__(name: str) -> Any:
     # LAN sync on first use: it brings in mDNS (zeroconf), which a graph that never
     # looks at the LAN has no need to import
     if name in ("LanSync", "sync_with_lan"):
-        from dtp.graph.sync import lan
+        from dtp.graph.sync import _lan as lan
 
         return getattr(lan, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

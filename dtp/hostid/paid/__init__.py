@@ -1,24 +1,23 @@
 """Paid connections by host ID (docs/escrow.md §6.1): the blocking paid
-server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
+server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid._aio`.
 
 ``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they
 both pump (sans-I/O); the drivers: ``blocking`` the paid stream, ``blocking_server`` the
 blocking server (its parts in ``blocking_server_*``), ``asyncio`` and ``asyncio_server``
 their asyncio twins (``asyncio_server_*``); the server's
-receipt store and settlements are the payments layer's (:mod:`dtp.payments.serving`).
+receipt store and settlements are the payments layer's (:mod:`dtp.payments._serving`).
 """
 
-from dtp.hostid.paid.blocking import Handler, PaidSocket
-from dtp.hostid.paid.blocking_server import PaidServer
-from dtp.hostid.paid.policy import (
+from dtp.hostid.paid._blocking import Handler, PaidSocket
+from dtp.hostid.paid._blocking_server import PaidServer
+from dtp.hostid.paid._policy import (
     CLOSED_REFUSAL,
     ServicePolicy,
     check_address,
     datagram_sizes,
     gate_for,
 )
-from dtp.payments.metering import MeteringConfig
-from dtp.payments.serving import (
+from dtp.payments._serving import (
     RECOVERY_CLOSE_WAIT,
     RECOVERY_INTERVAL,
     RELEASE_WRITER_WAIT,
@@ -34,7 +33,8 @@ from dtp.payments.serving import (
     served_refusal,
     settle_ended,
 )
-from dtp.payments.settlement import collect_refund
+from dtp.payments._settlement import collect_refund
+from dtp.payments.metering import MeteringConfig
 
 __all__ = [
     "CLOSED_REFUSAL",

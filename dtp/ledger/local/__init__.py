@@ -6,7 +6,7 @@ What it models of Sui:
   digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
   its sender and unusable by anyone else); versions (1 at creation, +1 on every
   transaction that changes the object).
-- **Transactions**: every call is encoded canonically (:mod:`dtp.ledger.local.tx`);
+- **Transactions**: every call is encoded canonically (:mod:`dtp.ledger.local._tx`);
   :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
   (``identity.sign_transaction``) against the claimed sender before it runs (one a
   HostIdentity of this process has just made is known to verify:
@@ -34,8 +34,8 @@ What it models of Sui:
   Clock and epoch are ledger state, shared by all processes.
 """
 
-from dtp.ledger.local.ledger import LocalLedger
-from dtp.ledger.local.store import CLOCK_MAX_MS, TxResult, default_ledger_path
-from dtp.ledger.objects import normalize_id
+from dtp.ledger._objects import normalize_id
+from dtp.ledger.local._ledger import LocalLedger
+from dtp.ledger.local._store import CLOCK_MAX_MS, TxResult, default_ledger_path
 
 __all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]

@@ -2,11 +2,11 @@
 
 Every state-changing method reads the object references it needs from a full node
 (shared objects' initial shared versions, once per object; owned objects' versions and
-digests), leases gas coins from the signer's pool (:mod:`dtp.ledger.sui.gas`; the
+digests), leases gas coins from the signer's pool (:mod:`dtp.ledger.sui._gas`; the
 reference gas price is read once an epoch), builds the programmable transaction offline
-(:mod:`dtp.ledger.sui.tx`), signs it with ``signer.sign_transaction`` and executes it over
-gRPC (:mod:`dtp.ledger.sui.client`). Results come from the effects (created objects by
-type) and the events (amounts, sequence numbers; :mod:`dtp.ledger.sui.effects`); Move
+(:mod:`dtp.ledger.sui._tx`), signs it with ``signer.sign_transaction`` and executes it over
+gRPC (:mod:`dtp.ledger.sui._client`). Results come from the effects (created objects by
+type) and the events (amounts, sequence numbers; :mod:`dtp.ledger.sui._effects`); Move
 aborts become the same :class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``,
 through ``dtp.errors.move_error_from_abort_code``. Threads may share a ledger: their
 transactions run side by side, each with gas coins of its own.
@@ -17,7 +17,7 @@ on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much, per thre
 cursors are opaque hex strings of ``ListEvents`` watermarks; a transaction Sui's
 congestion control cancels is sent again, then :class:`SharedObjectCongestion`.
 
-Configuration (:class:`~dtp.ledger.sui.config.SuiConfig`): a ledger spec through
+Configuration (:class:`~dtp.ledger.sui._config.SuiConfig`): a ledger spec through
 :func:`dtp.ledger.open_ledger` (``testnet``, ``localnet@http://127.0.0.1:9000``...;
 docs/sui.md), or :meth:`SuiLedger.from_env`: ``DTP_SUI_RPC`` (gRPC endpoint,
 ``https://fullnode.testnet.sui.io:443`` or ``http://127.0.0.1:9000``), ``DTP_SUI_PACKAGE``
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dtp.extras import missing
+from dtp._extras import missing
 
 try:  # first: without the sui extra, one error naming it (and no half-imported package)
     import pysui  # noqa: F401
@@ -38,21 +38,21 @@ except ImportError as exc:
     raise missing("sui", "A Sui ledger", exc) from None
 
 from dtp.errors import SuiConfigError
-from dtp.ledger.sui.calls import SuiCalls
-from dtp.ledger.sui.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
-from dtp.ledger.sui.calls_coordination import CoordinationCalls
-from dtp.ledger.sui.client import LedgerUnavailable, SharedObjectCongestion
-from dtp.ledger.sui.codec import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
-from dtp.ledger.sui.config import DEFAULT_GAS_BUDGET, SuiConfig
-from dtp.ledger.sui.effects import (
+from dtp.ledger.sui._calls import SuiCalls
+from dtp.ledger.sui._calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
+from dtp.ledger.sui._calls_coordination import CoordinationCalls
+from dtp.ledger.sui._client import LedgerUnavailable, SharedObjectCongestion
+from dtp.ledger.sui._codec import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
+from dtp.ledger.sui._config import DEFAULT_GAS_BUDGET, SuiConfig
+from dtp.ledger.sui._effects import (
     MissingEvent,
     TxOutcome,
     event_from_proto,
     execution_error,
     parse_executed,
 )
-from dtp.ledger.sui.gas import MAX_GAS_COINS
-from dtp.ledger.sui.ledger import OBJECT_TYPES, SuiLedgerCore
+from dtp.ledger.sui._gas import MAX_GAS_COINS
+from dtp.ledger.sui._ledger import OBJECT_TYPES, SuiLedgerCore
 
 __all__ = [
     "DEFAULT_GAS_BUDGET",

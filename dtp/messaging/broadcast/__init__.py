@@ -55,14 +55,14 @@ from __future__ import annotations
 
 # (the frame kinds and _StationLink, each imported as itself, are no public API: tests
 # build and watch frames with them)
-from dtp.messaging.broadcast.events import AirChange, BroadcastMessage, ListenerRequest, Tip
-from dtp.messaging.broadcast.listener import BroadcastListener
-from dtp.messaging.broadcast.station import BroadcastStation
-from dtp.messaging.broadcast.station_link import _StationLink as _StationLink
-from dtp.messaging.broadcast.wire import AIR as AIR
-from dtp.messaging.broadcast.wire import DENIED as DENIED
-from dtp.messaging.broadcast.wire import HELLO as HELLO
-from dtp.messaging.broadcast.wire import (
+from dtp.messaging.broadcast._events import AirChange, BroadcastMessage, ListenerRequest, Tip
+from dtp.messaging.broadcast._listener import BroadcastListener
+from dtp.messaging.broadcast._station import BroadcastStation
+from dtp.messaging.broadcast._station_link import _StationLink as _StationLink
+from dtp.messaging.broadcast._wire import AIR as AIR
+from dtp.messaging.broadcast._wire import DENIED as DENIED
+from dtp.messaging.broadcast._wire import HELLO as HELLO
+from dtp.messaging.broadcast._wire import (
     MAX_PAYLOAD,
     MAX_REQUEST,
     MAX_TIP_MESSAGE,
@@ -74,9 +74,9 @@ from dtp.messaging.broadcast.wire import (
     signed_tip,
     verify_message,
 )
-from dtp.messaging.broadcast.wire import MESSAGE as MESSAGE
-from dtp.messaging.broadcast.wire import REQUEST as REQUEST
-from dtp.messaging.broadcast.wire import TIP as TIP
+from dtp.messaging.broadcast._wire import MESSAGE as MESSAGE
+from dtp.messaging.broadcast._wire import REQUEST as REQUEST
+from dtp.messaging.broadcast._wire import TIP as TIP
 
 __all__ = [
     "MAX_PAYLOAD",

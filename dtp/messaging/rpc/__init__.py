@@ -1,6 +1,6 @@
 """RPC over DTP streams: blocking :class:`RpcClient` / :class:`RpcServer` and asyncio
 :class:`AsyncRpcClient` / :class:`AsyncRpcServer`, on the sans-I/O
-:class:`~dtp.messaging.protocol.RpcProtocol` (wire format: docs/messaging.md §2).
+:class:`~dtp.messaging._protocol.RpcProtocol` (wire format: docs/messaging.md §2).
 
 Every API takes an already-open stream — a :class:`dtp.socket.DTPSocket` (or anything with
 ``sendall``/``recv``/``settimeout``), or an asyncio ``(reader, writer)`` pair from
@@ -28,7 +28,7 @@ response fee into a ledger ``ResponseEscrow`` per request; the server checks it
 the server claims with it — or the client takes the fee back after the deadline.
 
 The modules: ``streams`` (what a stream must have, sending; the read sizes are
-``dtp.messaging.protocol``'s), ``fees`` (the
+``dtp.messaging._protocol``'s), ``fees`` (the
 money above, with its locks and ledger reads), ``engine`` (the sans-I/O order of the fee
 steps, which both clients and both servers run), ``client_base`` and ``server_base``
 (what both drivers' clients and servers share), and the drivers: ``blocking_client``,
@@ -36,20 +36,20 @@ steps, which both clients and both servers run), ``client_base`` and ``server_ba
 their public API.
 """
 
-from dtp.messaging.protocol import QUICK_RECV_SIZE, RECV_SIZE
-from dtp.messaging.rpc.asyncio_client import AsyncRpcClient
-from dtp.messaging.rpc.asyncio_server import AsyncRpcServer
-from dtp.messaging.rpc.blocking_client import RpcCall, RpcClient
-from dtp.messaging.rpc.blocking_server import ACCEPT_POLL_MAX, ACCEPT_POLL_MIN, RpcServer
-from dtp.messaging.rpc.fees import (
+from dtp.messaging._protocol import QUICK_RECV_SIZE, RECV_SIZE
+from dtp.messaging.rpc._asyncio_client import AsyncRpcClient
+from dtp.messaging.rpc._asyncio_server import AsyncRpcServer
+from dtp.messaging.rpc._blocking_client import RpcCall, RpcClient
+from dtp.messaging.rpc._blocking_server import ACCEPT_POLL_MAX, ACCEPT_POLL_MIN, RpcServer
+from dtp.messaging.rpc._fees import (
     RequestPayments,
     ResponseFeePolicy,
     ResponsePrepay,
     ledger_payments,
     response_hash,
 )
-from dtp.messaging.rpc.server_base import CallContext, Handler
-from dtp.messaging.rpc.streams import BlockingStream
+from dtp.messaging.rpc._server_base import CallContext, Handler
+from dtp.messaging.rpc._streams import BlockingStream
 
 __all__ = [
     "ACCEPT_POLL_MAX",

@@ -5,22 +5,22 @@ Each name here has the same signature and results as its C-backed counterpart in
 tests check that both backends agree on outputs and error codes.
 """
 
-from dtp.native.reference.aead import Aead
-from dtp.native.reference.frames import (
+from dtp.native.reference._aead import Aead
+from dtp.native.reference._frames import (
     decode_frames,
     encode_frames,
     parse_records,
     write_record_header,
 )
-from dtp.native.reference.ham import (
+from dtp.native.reference._ham import (
     HamGraph,
     decode_ham_batch,
     encode_ham_batch,
     find_ham_souls,
     zero_negative_states,
 )
-from dtp.native.reference.lane import Lane
-from dtp.native.reference.reasm import Reassembler
+from dtp.native.reference._lane import Lane
+from dtp.native.reference._reasm import Reassembler
 
 __all__ = [
     "Aead",

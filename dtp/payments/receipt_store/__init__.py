@@ -17,7 +17,7 @@ store.
 from __future__ import annotations
 
 from dtp.errors import ReceiptStoreError
-from dtp.payments.receipt_store.store import BUSY_TIMEOUT, STALE_NEWLOCK, ReceiptStore
-from dtp.payments.receipt_store.table import StoredReceipt
+from dtp.payments.receipt_store._store import BUSY_TIMEOUT, STALE_NEWLOCK, ReceiptStore
+from dtp.payments.receipt_store._table import StoredReceipt
 
 __all__ = ["BUSY_TIMEOUT", "STALE_NEWLOCK", "ReceiptStore", "ReceiptStoreError", "StoredReceipt"]

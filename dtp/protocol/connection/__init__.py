@@ -6,13 +6,13 @@ It never opens a socket, reads the clock or draws randomness: bytes go in with
 and time is passed in (``now``, in seconds, from any monotonic clock). Timers are
 :meth:`Connection.get_timer` / :meth:`Connection.handle_timer`.
 
-Life of a connection (see :mod:`dtp.protocol.state`):
+Life of a connection (see :mod:`dtp.protocol._state`):
 
 1. Noise handshake in handshake records (IK when the client knows the server's static
    key, XX otherwise); each side's first handshake payload carries its transport
    parameters (flow-control windows, stream limit, idle timeout).
-2. The client proves its Sui address (:mod:`dtp.identity.noise`, channel binding). In IK the
-   proof rides in message 1: the server reports :class:`~dtp.protocol.events.PeerAuthenticated`
+2. The client proves its Sui address (:mod:`dtp.identity._noise`, channel binding). In IK the
+   proof rides in message 1: the server reports :class:`~dtp.protocol._events.PeerAuthenticated`
    and answers only once the application calls :meth:`Connection.accept` (message 2
    and an ACCEPT in one flight) or :meth:`Connection.refuse` (message 2 and a CLOSE),
    so the client has its verdict after one round trip; the client's first stream (0)
@@ -27,22 +27,24 @@ Life of a connection (see :mod:`dtp.protocol.state`):
 Records are sealed and opened in batches by the C core (one call per batch). Over a
 reliable, ordered carrier (TCP) records are not acknowledged; over any other carrier
 (``reliable_carrier=False``) the connection acknowledges, detects loss and retransmits
-(:mod:`dtp.protocol.recovery`), and reorders stream data with the C reassembly buffer.
+(:mod:`dtp.protocol._recovery`), and reorders stream data with the C reassembly buffer.
 
-Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transport
-parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself: the state
+Its parts: :mod:`~dtp.protocol.connection._config` (the config, limits and transport
+parameters), :mod:`~dtp.protocol.connection._core` (:class:`Connection` itself: the state
 machine, the sans-I/O interface, the handshake and the dispatch of what arrives),
-:mod:`~dtp.protocol.connection.stream_table` (the streams by ID, the stream limits and
-the connection-level flow-control counts) and :mod:`~dtp.protocol.connection.records`
+:mod:`~dtp.protocol.connection._stream_table` (the streams by ID, the stream limits and
+the connection-level flow-control counts) and :mod:`~dtp.protocol.connection._records`
 (the record layer: records built, sealed, acknowledged and sent again), objects the
-connection holds, and its mixins :mod:`~dtp.protocol.connection.streams` and
-:mod:`~dtp.protocol.connection.fast_paths`.
+connection holds, and its mixins :mod:`~dtp.protocol.connection._streams` and
+:mod:`~dtp.protocol.connection._fast_paths`.
 Import from here.
 """
 
 from __future__ import annotations
 
-from dtp.protocol.connection.config import (
+from dtp.protocol._events import ConnectionTerminated
+from dtp.protocol._state import CloseCode, ConnState
+from dtp.protocol.connection._config import (
     DATAGRAM_SEND_BACKLOG,
     MAX_CLOSE_REASON,
     MAX_PENDING_EARLY_RECORDS,
@@ -56,11 +58,9 @@ from dtp.protocol.connection.config import (
     checked_noise_key,
     direct_client_config,
 )
-from dtp.protocol.connection.config import parse_params as _parse_params
-from dtp.protocol.connection.core import Connection, _split_records, error_for_termination
-from dtp.protocol.connection.streams import close_reason_bytes
-from dtp.protocol.events import ConnectionTerminated
-from dtp.protocol.state import CloseCode, ConnState
+from dtp.protocol.connection._config import parse_params as _parse_params
+from dtp.protocol.connection._core import Connection, _split_records, error_for_termination
+from dtp.protocol.connection._streams import close_reason_bytes
 
 __all__ = [
     "DATAGRAM_SEND_BACKLOG",

@@ -6,14 +6,14 @@ its ``TestCase``. Needs hypothesis (``pip install 'dtp[testing]'``)."""
 
 from __future__ import annotations
 
-from dtp.extras import missing
+from dtp._extras import missing
 
 try:  # first: without the testing extra, one error naming it
     import hypothesis  # noqa: F401
 except ImportError as exc:
     raise missing("testing", "dtp.testing.machines", exc) from None
 
-from dtp.testing.machines.escrow import EscrowMachine
-from dtp.testing.machines.graph import GraphMachine
+from dtp.testing.machines._escrow import EscrowMachine
+from dtp.testing.machines._graph import GraphMachine
 
 __all__ = ["EscrowMachine", "GraphMachine"]

@@ -6,11 +6,11 @@ partitions (:class:`Link`, :class:`SimNetwork`), driven by a virtual clock
 The asyncio API (``dtp.aio``, and asyncio's own streams) runs on it unchanged: a
 connect or a server on one of its hosts reaches it instead of the operating system.
 So does the blocking API (``dtp.socket``), under :meth:`SimNetwork.run_blocking`, whose
-:class:`~dtp.testing.network.blocking.BlockingScheduler` runs every thread of the
+:class:`~dtp.testing.network._blocking.BlockingScheduler` runs every thread of the
 program in turn on the virtual clock: its runs replay exactly too.
 
 Processes (daemons, a Sui node stand-in) and blocking code in real threads reach the
-same links in real time through :class:`~dtp.testing.network.relay.Relay`: real
+same links in real time through :class:`~dtp.testing.network._relay.Relay`: real
 sockets on 127.0.0.1 whose bytes cross the simulated links. Its draws come from the
 seed too, but the operating system's timing is not the simulation's to fix, so a run
 there does not replay exactly (docs/testing.md §3).
@@ -22,12 +22,12 @@ from typing import Any
 
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.testing.network.blocking import BlockingScheduler, SimulationEnded
-from dtp.testing.network.links import Link
-from dtp.testing.network.loop import SimulationDeadlock, VirtualEventLoop
-from dtp.testing.network.network import NetworkStats, SimHost, SimNetwork, SimulationError
-from dtp.testing.network.relay import Relay
-from dtp.testing.network.transports import SimServer, SimTransport
+from dtp.testing.network._blocking import BlockingScheduler, SimulationEnded
+from dtp.testing.network._links import Link
+from dtp.testing.network._loop import SimulationDeadlock, VirtualEventLoop
+from dtp.testing.network._network import NetworkStats, SimHost, SimNetwork, SimulationError
+from dtp.testing.network._relay import Relay
+from dtp.testing.network._transports import SimServer, SimTransport
 
 __all__ = [
     "BlockingScheduler",

@@ -1,16 +1,16 @@
 """Hypothesis strategies for DTP applications (docs/testing.md), by subject:
-:mod:`~dtp.testing.strategies.identity` (identities, IDs, ports, ``dtp://`` addresses),
-:mod:`~dtp.testing.strategies.money` (SLAs, usages, receipts valid and flawed),
-:mod:`~dtp.testing.strategies.wire` (frames and records, well-formed and hostile),
-:mod:`~dtp.testing.strategies.graph` (values, souls, states, update streams) and
-:mod:`~dtp.testing.strategies.ledger_ops` (ledger operation sequences and their runner).
+:mod:`~dtp.testing.strategies._identity` (identities, IDs, ports, ``dtp://`` addresses),
+:mod:`~dtp.testing.strategies._money` (SLAs, usages, receipts valid and flawed),
+:mod:`~dtp.testing.strategies._wire` (frames and records, well-formed and hostile),
+:mod:`~dtp.testing.strategies._graph` (values, souls, states, update streams) and
+:mod:`~dtp.testing.strategies._ledger_ops` (ledger operation sequences and their runner).
 Every name is importable from here.
 
 Needs hypothesis (``pip install 'dtp[testing]'``)."""
 
 from __future__ import annotations
 
-from dtp.testing.strategies.graph import (
+from dtp.testing.strategies._graph import (
     field_names,
     gun_numbers,
     gun_values,
@@ -21,7 +21,7 @@ from dtp.testing.strategies.graph import (
     states,
     update_streams,
 )
-from dtp.testing.strategies.identity import (
+from dtp.testing.strategies._identity import (
     dtp_address_texts,
     dtp_addresses,
     host_ids,
@@ -31,7 +31,7 @@ from dtp.testing.strategies.identity import (
     ports,
     sui_addresses,
 )
-from dtp.testing.strategies.ledger_ops import (
+from dtp.testing.strategies._ledger_ops import (
     AdvanceClock,
     ClaimFlawed,
     Close,
@@ -47,7 +47,7 @@ from dtp.testing.strategies.ledger_ops import (
     ledger_operations,
     run_operations,
 )
-from dtp.testing.strategies.money import (
+from dtp.testing.strategies._money import (
     SCOPED_RECEIPTS,
     Flaw,
     FlawedReceipt,
@@ -59,7 +59,7 @@ from dtp.testing.strategies.money import (
     usages,
     valid_receipts,
 )
-from dtp.testing.strategies.wire import (
+from dtp.testing.strategies._wire import (
     HostileBody,
     HostileRecord,
     any_frame,

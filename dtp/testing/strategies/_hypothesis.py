@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dtp.extras import missing
+from dtp._extras import missing
 
 try:
     from hypothesis import strategies as st

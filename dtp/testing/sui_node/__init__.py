@@ -27,21 +27,21 @@ It speaks pysui's generated messages: it needs the ``sui`` extra (``pip install
 'dtp[sui,testing]'`` for it and the rest of :mod:`dtp.testing`).
 """
 
-from dtp.extras import missing
+from dtp._extras import missing
 
 try:  # first: without the sui extra, one error naming it (and no half-imported package)
     import pysui  # noqa: F401
 except ImportError as exc:
     raise missing("sui", "The Sui node stand-in", exc) from None
 
-from dtp.testing.sui_node.faucet import DEFAULT_AMOUNT, FaucetError, request_funds
-from dtp.testing.sui_node.server import (
+from dtp.testing.sui_node._faucet import DEFAULT_AMOUNT, FaucetError, request_funds
+from dtp.testing.sui_node._server import (
     DEFAULT_PACKAGE,
     SuiNodeStandIn,
     client_url,
     listening_addresses,
 )
-from dtp.testing.sui_node.state import DAY_MS
+from dtp.testing.sui_node._state import DAY_MS
 
 __all__ = [
     "DAY_MS",

@@ -28,9 +28,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from dtp.testing.sui_node.faucet import FaucetError, request_funds
-from dtp.testing.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
-from dtp.testing.sui_node.state import DAY_MS
+from dtp.testing.sui_node._faucet import FaucetError, request_funds
+from dtp.testing.sui_node._server import DEFAULT_PACKAGE, SuiNodeStandIn
+from dtp.testing.sui_node._state import DAY_MS
 
 PROG = "python -m dtp.testing.sui_node"
 

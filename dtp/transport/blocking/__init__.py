@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dtp.transport.hooks import PeerInfo
+from dtp.transport._hooks import PeerInfo
 
 LINGER = 5.0  # seconds close() waits for queued data to leave
 
@@ -17,5 +17,5 @@ AcceptHook = Callable[[str], "bool | str | None"]
 accept, False or a reason string to refuse."""
 
 AdmitHook = Callable[[PeerInfo], "bool | str | None"]
-"""Server admission hook: gets a :class:`~dtp.hostid.admission.PeerInfo` (verified address,
+"""Server admission hook: gets a :class:`~dtp.hostid._admission.PeerInfo` (verified address,
 the ledger connection ID and port the client named); same verdicts as AcceptHook."""

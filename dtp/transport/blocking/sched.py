@@ -5,16 +5,16 @@ module attributes (``sched.monotonic()``, ``sched.wait_ready(...)``, ``sched.Thr
 rather than :mod:`time`, :mod:`select` and :mod:`threading` directly. By default they
 *are* those functions and classes -- an attribute read, as ``time.monotonic()`` is, so
 the default path does no extra work. :func:`install` puts another scheduler's in their
-place for a while: the deterministic network (``dtp.testing.network.blocking``) runs
+place for a while: the deterministic network (``dtp.testing.network._blocking``) runs
 every blocking thread as a task of its own, one at a time, on a virtual clock, so that a
 blocking program replays exactly from a seed (docs/testing.md §3).
 
 A scheduler replaces all of them at once (:class:`Scheduler` lists them); what a
 replacement must keep is the meaning each has here: ``wait_ready`` and ``poll`` as
-:func:`dtp.transport.carriers.tcp.wait_ready` and :func:`select.poll`, ``Queue`` as
+:func:`dtp.transport.carriers._tcp.wait_ready` and :func:`select.poll`, ``Queue`` as
 :class:`queue.Queue` (``get``, ``get_nowait``, ``put``, ``empty``), and so on. A
 replacement ``listen_tcp`` returns a tuned listener (TCP_NODELAY set, as
-:func:`dtp.transport.carriers.tcp.listen_tcp`'s): the blocking server does not tune the
+:func:`dtp.transport.carriers._tcp.listen_tcp`'s): the blocking server does not tune the
 sockets it accepts, which inherit the listener's setting.
 """
 
@@ -27,9 +27,9 @@ import threading as _threading
 import time as _time
 from typing import Any, Protocol
 
-from dtp.transport.carriers.tcp import connect_tcp as _connect_tcp
-from dtp.transport.carriers.tcp import listen_tcp as _listen_tcp
-from dtp.transport.carriers.tcp import wait_ready as _wait_ready
+from dtp.transport.carriers._tcp import connect_tcp as _connect_tcp
+from dtp.transport.carriers._tcp import listen_tcp as _listen_tcp
+from dtp.transport.carriers._tcp import wait_ready as _wait_ready
 
 __all__ = ["REAL", "Scheduler", "install", "installed"]
 
@@ -56,7 +56,7 @@ class Scheduler(Protocol):
     """What a scheduler provides: the clock (``monotonic``, ``sleep``), the waits
     (``wait_ready``, ``poll``, and the ``Lock``, ``Condition``, ``Queue`` and
     ``SimpleQueue`` classes), the threads (``Thread``), the carriers (``connect_tcp``,
-    ``listen_tcp``, as :mod:`dtp.transport.carriers.tcp`'s) and the wake-up pairs
+    ``listen_tcp``, as :mod:`dtp.transport.carriers._tcp`'s) and the wake-up pairs
     (``socketpair``), the timer service engines register with (``timers``), and
     ``lending``: whether an engine may lend a stream to the lane (whose C code reads the
     system's clock)."""
@@ -163,7 +163,7 @@ def install(scheduler: Scheduler) -> Scheduler:
 
 
 def set_default_timers(service: Any) -> None:
-    """The process's timer service (``dtp.transport.blocking.engine.TIMERS``), which the
+    """The process's timer service (``dtp.transport.blocking._engine.TIMERS``), which the
     default scheduler gives engines."""
     global timers
     _Real.timers = service

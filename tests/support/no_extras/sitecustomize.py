@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-#: the top-level modules of dtp's extras (dtp.extras.EXTRAS), pysui's native module and
+#: the top-level modules of dtp's extras (dtp._extras.EXTRAS), pysui's native module and
 #: pytest's own package (``pytest`` is a shim over ``_pytest``)
 BLOCKED = frozenset(
     {

@@ -1,5 +1,5 @@
 // Refusing replayed Noise IK first messages at a server (docs/protocol.md section 8,
-// "Replayed IK first messages"; the Python servers' dtp/transport/admission.py (ReplayGuard) holds
+// "Replayed IK first messages"; the Python servers' dtp/transport/_admission.py (ReplayGuard) holds
 // the same rule).
 //
 // An IK message 1 carries the client's identity proof and is encrypted to the server's

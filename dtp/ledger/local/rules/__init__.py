@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import InvalidArgument
-from dtp.ledger.local.rules.broadcast import (
+from dtp.ledger._objects import MAX_PURE_BYTES
+from dtp.ledger.local._tx import Address, TxValue
+from dtp.ledger.local.rules._broadcast import (
     broadcast_cancel,
     broadcast_claim,
     broadcast_contribute,
@@ -27,7 +29,7 @@ from dtp.ledger.local.rules.broadcast import (
     broadcast_withdraw,
     new_broadcast,
 )
-from dtp.ledger.local.rules.common import (
+from dtp.ledger.local.rules._common import (
     EINVALID_UTF8,
     MOVE_STDLIB,
     OBJECT_TYPES,
@@ -46,7 +48,7 @@ from dtp.ledger.local.rules.common import (
     utf8,
     wrong_shape,
 )
-from dtp.ledger.local.rules.escrow import (
+from dtp.ledger.local.rules._escrow import (
     cap_create,
     cap_set_max_per_epoch,
     escrow_claim,
@@ -54,7 +56,7 @@ from dtp.ledger.local.rules.escrow import (
     fee,
     receipt_message,
 )
-from dtp.ledger.local.rules.host import (
+from dtp.ledger.local.rules._host import (
     MAX_MOVE_OBJECT_SIZE,
     host_add_service,
     host_bcs_size,
@@ -68,15 +70,15 @@ from dtp.ledger.local.rules.host import (
     host_update_service,
     list_op,
 )
-from dtp.ledger.local.rules.messaging import (
+from dtp.ledger.local.rules._messaging import (
     mailbox_send,
     response_escrow_claim,
     response_escrow_deliver,
     response_escrow_deposit,
     response_escrow_refund,
 )
-from dtp.ledger.local.rules.pipe import pipe_create, pipe_destroy, pipe_send, pipe_sync
-from dtp.ledger.local.rules.transport_control import (
+from dtp.ledger.local.rules._pipe import pipe_create, pipe_destroy, pipe_send, pipe_sync
+from dtp.ledger.local.rules._transport_control import (
     tc_close,
     tc_finalize,
     tc_open,
@@ -84,8 +86,6 @@ from dtp.ledger.local.rules.transport_control import (
     tc_settle,
     tc_settle_with_receipt,
 )
-from dtp.ledger.local.tx import Address, TxValue
-from dtp.ledger.objects import MAX_PURE_BYTES
 
 __all__ = [
     "EINVALID_UTF8",

@@ -1,0 +1,252 @@
+"""The daemon's HTTP endpoint: Prometheus metrics, the status page and the live status,
+on ``[daemon] metrics_listen`` (opt-in) and on the control socket
+``<state_dir>/control.sock`` (always; what ``dtp status`` reads).
+
+A small HTTP/1.1 server on the daemon's event loop, so every answer reads the counters
+where they live, with no lock: ``GET`` (and ``HEAD``) only, one request per connection
+(``Connection: close``), a request head of at most :data:`MAX_HEAD` bytes read within
+:data:`READ_TIMEOUT` seconds, at most :data:`MAX_CLIENTS` connections at once (the one
+over it is closed unanswered). Paths:
+
+* ``/``: the status page (:mod:`dtp.daemon._status_page`), one self-contained HTML
+  document: no script, style or font from elsewhere (its Content-Security-Policy
+  forbids them), charts drawn as inline SVG;
+* ``/metrics``: the metrics (:mod:`dtp.daemon._metrics`; 404 naming the extra when
+  ``prometheus_client`` is missing, which only the control socket can meet:
+  ``metrics_listen`` requires it);
+* ``/status.json``: :func:`dtp.daemon._live.live_status`;
+* ``/history.json``: the last ten minutes of samples (:class:`dtp.daemon._live.History`);
+* ``/healthz``: ``serving`` (200) while the daemon serves, else ``starting`` or
+  ``stopping`` (503): for a load balancer's or an orchestrator's checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dtp._extras import missing
+from dtp.daemon._control import bind_unix
+from dtp.daemon._logs import kv
+from dtp.errors import MissingExtra
+
+if TYPE_CHECKING:
+    from dtp.daemon._metrics import Metrics
+
+__all__ = [
+    "MAX_CLIENTS",
+    "MAX_HEAD",
+    "READ_TIMEOUT",
+    "WRITE_TIMEOUT",
+    "StatusEndpoint",
+    "load_metrics",
+]
+
+logger = logging.getLogger("dtp.daemon._web")
+
+
+def load_metrics() -> type[Metrics]:
+    """:class:`dtp.daemon._metrics.Metrics`, or :class:`~dtp.errors.MissingExtra` naming
+    the ``metrics`` extra when ``prometheus_client`` cannot be imported."""
+    try:
+        from dtp.daemon._metrics import Metrics
+    except ImportError as exc:
+        raise missing("metrics", "The daemon's metrics (metrics_listen)", exc) from exc
+    return Metrics
+
+
+MAX_HEAD = 16 * 1024
+"""Bytes a request's line and headers may take."""
+READ_TIMEOUT = 10.0
+"""Seconds a client has to send its request head."""
+WRITE_TIMEOUT = 30.0
+"""Seconds a client has to take its answer."""
+MAX_CLIENTS = 64
+"""Connections served at once; one more is closed at once."""
+
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+)
+
+
+class StatusEndpoint:
+    """The HTTP answers and the listeners that serve them.
+
+    ``status`` gives the live status, ``history`` the samples, ``metrics`` renders the
+    metrics for an ``Accept`` header (None: not available), ``page`` is the status
+    page's HTML, ``healthy`` the daemon's phase (``/healthz`` answers 200 while it is
+    ``serving``, 503 with the phase otherwise)."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        history: Callable[[], dict[str, Any]],
+        metrics: Callable[[str | None], tuple[bytes, str]] | None,
+        page: str,
+        healthy: Callable[[], str] = lambda: "serving",
+    ) -> None:
+        self._status = status
+        self._phase = healthy
+        self._history = history
+        self._metrics = metrics
+        self._page = page.encode()
+        self._servers: list[asyncio.Server] = []
+        self._clients: set[asyncio.Task[None]] = set()
+        self._unix_path: Path | None = None
+        self.requests = 0
+        """Requests answered (any status)."""
+
+    # -- listeners -------------------------------------------------------------------------
+
+    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Serve on TCP ``host:port`` (port 0: any); returns the bound address."""
+        server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, limit=MAX_HEAD
+        )
+        self._servers.append(server)
+        name = server.sockets[0].getsockname()
+        return name[0], name[1]
+
+    async def listen_unix(self, path: Path) -> None:
+        """Serve on the Unix socket ``path`` (a file left there by a killed daemon is
+        replaced: the caller holds the state directory's lock), mode 0600."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = bind_unix(path)
+        try:
+            server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_HEAD)
+        except BaseException:
+            sock.close()
+            raise
+        self._servers.append(server)
+        self._unix_path = path
+
+    def abort(self) -> None:
+        """Stop listening and cancel the requests under way, without waiting; remove the
+        socket file (``dtp status`` then reads the status file)."""
+        for server in self._servers:
+            server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                self._unix_path.unlink()
+            self._unix_path = None
+
+    async def close(self) -> None:
+        """:meth:`abort`, then wait (2 s at most) for the requests and listeners to end."""
+        servers = list(self._servers)
+        self.abort()
+        self._servers.clear()
+        if self._clients:
+            await asyncio.wait(set(self._clients), timeout=2.0)
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._clients) >= MAX_CLIENTS or task is None:
+            writer.close()
+            return
+        self._clients.add(task)
+        try:
+            await self._answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # (the client went away, or was too slow)
+        except Exception as exc:  # a fault here must not end the daemon's loop
+            logger.warning("status endpoint failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(READ_TIMEOUT):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.LimitOverrunError:
+                return self._send(writer, 431, b"request head too large\n", "text/plain")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return self._send(writer, 400, b"bad request\n", "text/plain")
+        method, target = parts[0], parts[1]
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if method not in ("GET", "HEAD"):
+            return self._send(writer, 405, b"GET only\n", "text/plain", allow="GET, HEAD")
+        path = target.split("?", 1)[0]
+        code, body, kind = self._route(path, headers.get("accept"))
+        extra = {"content_security_policy": _PAGE_CSP} if kind.startswith("text/html") else {}
+        self._send(writer, code, body, kind, head_only=method == "HEAD", **extra)
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+
+    def _route(self, path: str, accept: str | None) -> tuple[int, bytes, str]:
+        if path in ("/", "/index.html"):
+            return 200, self._page, "text/html; charset=utf-8"
+        if path == "/metrics":
+            if self._metrics is None:
+                return 404, b"no metrics here\n", "text/plain; charset=utf-8"
+            try:
+                body, kind = self._metrics(accept)
+            except MissingExtra as exc:
+                return 404, f"{exc}\n".encode(), "text/plain; charset=utf-8"
+            return 200, body, kind
+        if path == "/status.json":
+            return 200, _json(self._status()), "application/json"
+        if path == "/history.json":
+            return 200, _json(self._history()), "application/json"
+        if path == "/healthz":
+            phase = self._phase()
+            return (200 if phase == "serving" else 503), f"{phase}\n".encode(), "text/plain"
+        return 404, b"not found\n", "text/plain; charset=utf-8"
+
+    def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        code: int,
+        body: bytes,
+        kind: str,
+        *,
+        head_only: bool = False,
+        allow: str | None = None,
+        content_security_policy: str | None = None,
+    ) -> None:
+        self.requests += 1
+        reason = HTTPStatus(code).phrase
+        headers = [
+            f"HTTP/1.1 {code} {reason}",
+            f"Date: {formatdate(usegmt=True)}",
+            f"Content-Type: {kind}",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+            "Connection: close",
+        ]
+        if allow:
+            headers.append(f"Allow: {allow}")
+        if content_security_policy:
+            headers.append(f"Content-Security-Policy: {content_security_policy}")
+        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
+        if not head_only:
+            writer.write(body)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, default=str, separators=(",", ":")).encode()

@@ -1,0 +1,875 @@
+"""Serving a paid DTP service with asyncio: :func:`dtp.aio.serve`, the twin of
+:mod:`dtp.hostid.paid` (same policy, gate, rate limits, host refresh and settlement).
+
+The callback gets a :class:`PaidReader` / :class:`PaidWriter` pair: reads and
+``drain()`` wait for payment and for the rate limits first (no flow-control credit goes
+back meanwhile, so the client's writes block), and ``write()`` lets out only what the
+receipt gate allows, holding the rest until payment comes. Ledger calls and
+receipt-store writes run in threads, never on the event loop.
+
+:class:`PaidAioServer` is here whole: its constructor, the serving and end of a
+connection, the admission's verdicts and handing over, the host's policy refresh, and its
+lifetime, its start included; then :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    LocalProtocolError,
+)
+from dtp.hostid._admission import Admitted, checked_open_grace
+from dtp.hostid.paid._asyncio import (
+    PaidCallback,
+    PaidConnection,
+    PaidReader,
+    PaidWriter,
+    protocol_of,
+)
+from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid._request_billing import (
+    AsyncRequestServer,
+    Billing,
+    bill_for,
+    checked_billing,
+    request_server,
+)
+from dtp.hostid.paid._server_admission import PaidAdmission, ReportedConnections
+from dtp.hostid.paid._server_core import (
+    AdmitStep,
+    EndPhase,
+    EndStep,
+    HandleStep,
+    PaidServerCore,
+    ServerOptions,
+)
+from dtp.hostid.paid._server_steps import (
+    ended_connections,
+    ended_subscriptions,
+    host_to_refresh,
+    refresh_failed,
+    refused_clients,
+    release_store,
+    served_host,
+    writer_done,
+)
+from dtp.ledger._objects import normalize_id
+from dtp.ledger.receipt import Receipt
+from dtp.payments._ends import EndDeferred, EndLeft
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._serving import (
+    RECOVERY_CLOSE_WAIT,
+    DeferredEnds,
+    Recovery,
+    SettlementRetries,
+    closes_store,
+    open_store,
+    recover_store,
+    served_refusal,
+    settle_ended,
+)
+from dtp.payments._settlement import publish_endpoint
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.transport._admission import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
+
+if TYPE_CHECKING:
+    from dtp.hostid._admission import Admitted, PeerInfo
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger._objects import Settlement
+    from dtp.ledger.interface import Ledger
+    from dtp.payments._gate import ConnectionIds
+    from dtp.payments._ratelimit import RateLimiter
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.asyncio._protocol import Protocol as _Protocol
+    from dtp.transport.asyncio._server import DTPServer
+    from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
+
+# the server's own logger, where an operator filters for its lines
+# (tests/paid/test_policy_loop.py)
+logger = logging.getLogger("dtp.hostid.paid._asyncio_server")
+
+# seconds between wait_released()'s looks at a receipt writer still writing after the
+# release (a stalled disk: rare, and then long)
+_WRITER_POLL = 0.05
+
+_LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
+
+
+class PaidAioServer:
+    """The asyncio paid server (see :func:`serve`)."""
+
+    ledger: Ledger
+    _open_grace: float | None
+    identity: HostIdentity
+    host_id: str
+    port: int
+    callback: PaidCallback | AsyncRequestServer
+    requests: AsyncRequestServer | None
+    store: ReceiptStore
+    _own_store: bool
+    receipt_writer: ReceiptWriter
+    policy: ServicePolicy
+    core: PaidServerCore[PaidConnection]
+    server: DTPServer | None
+    admission: PaidAdmission[Awaitable[str | None]] | None
+    _refunds: set[asyncio.Task[None]]
+    limiter: RateLimiter
+    recovered: list[tuple[str, Settlement]]
+    settlements: deque[tuple[str, Settlement]]
+    _callback_tasks: set[asyncio.Task[Any]]
+    _serving: ConnectionIds
+    retries: SettlementRetries
+    left: deque[tuple[str, EndLeft]]
+    deferred: DeferredEnds
+    _policy_task: asyncio.Task[None] | None
+    _recovery: Recovery | None
+    _closing: asyncio.Event
+    _lifetime: asyncio.Task[bool] | None
+    _loop_ending: bool
+    _released: asyncio.Event
+
+    def __init__(
+        self,
+        host_id: str,
+        port: int,
+        callback: PaidCallback | AsyncRequestServer,
+        *,
+        ledger: Ledger,
+        identity: HostIdentity,
+        store: ReceiptStore,
+        policy: ServicePolicy,
+        close_store: bool = False,
+        open_grace: float | None = None,
+        billing: Billing = "bytes",
+    ) -> None:
+        #: With ``billing="requests"``: the callback, an AsyncRpcServer serving requests
+        #: paid one by one (checked first: nothing is made for a handler refused)
+        self.requests: AsyncRequestServer | None = (
+            request_server(callback, asynchronous=True)
+            if checked_billing(billing) == "requests"
+            else None
+        )
+        self.ledger = ledger
+        self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
+        self.identity = identity
+        self.host_id = normalize_id(host_id, "host ID")
+        self.port = port
+        self.callback = callback
+        self.store = store
+        self._own_store = close_store  # closed with the server (one serve() opened)
+        self.receipt_writer = ReceiptWriter(store)
+        self.policy = policy
+        #: The server-wide rules (called from the event loop only)
+        self.core: PaidServerCore[PaidConnection] = PaidServerCore(policy)
+        self.server: DTPServer | None = None
+        #: The ledger admission (made as the server starts)
+        self.admission: PaidAdmission[Awaitable[str | None]] | None = None
+        # settlements of connections refused at a connection limit (held: the loop
+        # keeps only weak references to tasks)
+        self._refunds: set[asyncio.Task[None]] = set()
+        self.limiter = self.core.limiter
+        self.recovered: list[tuple[str, Settlement]] = []
+        self.settlements = self.core.settlements
+        #: the tasks running a callback (wait_released() there would wait for its own
+        #: connection; a task a callback starts is another, free to wait)
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
+        self._serving = self.core.serving
+        #: The settlements that failed, retried by the recovery thread (it reserves
+        #: each connection ID in ``_serving`` as a DTP connection would)
+        self.retries = SettlementRetries(
+            ledger, identity, self.receipt_writer, self._serving, self.settlements
+        )
+        self.left = self.core.left
+        """The most recent ends left to their clients: (connection ID, fee and gas)."""
+        #: The ends waiting to be settled together (their fees below a transaction's
+        #: gas), settled or left in the recovery rounds and at the release
+        self.deferred = DeferredEnds(
+            ledger, identity, self.receipt_writer, policy.end_rule, self.settlements, self.left
+        )
+        self._policy_task: asyncio.Task[None] | None = None
+        self._recovery: Recovery | None = None  # (started with the policy task)
+        self._closing = asyncio.Event()
+        self._lifetime: asyncio.Task[bool] | None = None
+        #: The loop is ending (asyncio.run cancelled the lifetime task): the release
+        #: runs inline then, not in a thread
+        self._loop_ending = False
+        #: Set by the release: closed, every connection ended and settled, the receipt
+        #: writer stopped (what wait_released() waits for)
+        self._released = asyncio.Event()
+
+    async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+        raw_cid = protocol_of(writer).conn.peer_connection_id
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
+        step = self.core.handling(cid)
+        if step is HandleStep.SERVE:
+            try:
+                await self._serve(reader, writer)
+            finally:
+                self._done()
+            return
+        # a handshake that finished as the server closed (_admit refuses those it
+        # sees): aborted, and settled at once as _admit does (REFUSE_AND_SETTLE)
+        writer.abort(CLOSED_REFUSAL)
+        if step is HandleStep.REFUSE_AND_SETTLE:
+            assert cid is not None  # (handling() refuses a connection naming none)
+            await self._settle_refused(cid, self._take_admitted(cid))
+
+    async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+        proto = protocol_of(writer)
+        conn = proto.conn
+        client = conn.peer_address
+        raw_cid = conn.peer_connection_id
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
+        # (taken first, whatever follows: a connection refused below leaves no entry)
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is not None:
+            if refused.warning is not None:
+                logger.warning(refused.warning)
+            writer.abort(refused.reason)
+            return
+        assert cid is not None and client is not None  # (serve_refusal refuses them)
+        # Nor may one come back after its receipts were kept (its settlement failed),
+        # or when they cannot be read: its new gate would count them once more (the
+        # store read in a thread, the ID reserved already).
+        try:
+            refusal = await asyncio.to_thread(served_refusal, self.receipt_writer, cid)
+            if refusal is not None:
+                writer.abort(refusal)
+                return
+            await self._serve_paid(reader, writer, proto, cid, client, admitted)
+        finally:
+            self._serving.release(cid)
+
+    async def _serve_paid(
+        self,
+        reader: DTPStreamReader,
+        writer: DTPStreamWriter,
+        proto: _Protocol,
+        cid: str,
+        client: str,
+        admitted: Admitted | None,
+    ) -> None:
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`;
+        ``admitted``: what admission read of it, gone on with)."""
+        try:
+            gate = await asyncio.to_thread(
+                gate_for, self.ledger, cid, self.policy, admitted=admitted
+            )
+        except ChainError as exc:
+            refused = self.core.unmetered(cid, exc)
+            logger.warning(refused.warning)
+            writer.abort(refused.reason)
+            if refused.settle and await self._settle_surely(cid, None, admitted):
+                raise asyncio.CancelledError from None
+            return
+        paid = PaidConnection(
+            proto,
+            gate,
+            self.core.buckets(client, time.monotonic()),
+            self.policy,
+            self.receipt_writer,
+            self.ledger,
+        )
+        paid.attach()
+        proto.hold_carrier = True  # until settled, should the client close
+        self.core.opened(paid)
+        # a callback that failed while the connection goes on: the client must read an
+        # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
+        failed = False
+        task = asyncio.current_task()
+        if task is not None:
+            self._callback_tasks.add(task)
+        try:
+            await paid.throttle(requests=1)
+            if self.requests is not None:
+                # each RPC request pays by its receipt (request_billing), not the bytes
+                # (the store read in a thread: the loop never waits on the disk)
+                key = normalize_id(cid, "connection ID")
+                bill = await asyncio.to_thread(bill_for, paid.gate, key, self.store, self.ledger)
+                await self.requests.serve_billed(reader, writer, bill)
+            else:
+                callback = cast(PaidCallback, self.callback)
+                result = callback(PaidReader(reader, paid), PaidWriter(writer, paid))
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            raised = self.core.handler_raised(cid, exc, proto.session.terminated)
+            logger.log(raised.level, raised.message, exc_info=raised.exc_info)
+            failed = raised.failed
+        finally:
+            if task is not None:
+                self._callback_tasks.discard(task)
+            await self._end(writer, paid, cid, failed, admitted)
+
+    async def _end(
+        self,
+        writer: DTPStreamWriter,
+        paid: PaidConnection,
+        cid: str,
+        failed: bool,
+        admitted: Admitted | None = None,
+    ) -> None:
+        """The end phase of a served connection: the core's :class:`EndPhase` gives its
+        steps in order, each made here; one that raises is logged, and the later ones
+        run all the same (the top-up read and the settlement protect money). A
+        cancellation (asyncio.run ending the loop, which cancels each task once) cuts
+        the waits short, but not the settlement: it is re-raised once settled."""
+        phase = EndPhase(self.core, paid, failed)
+        for step in phase:
+            try:
+                await self._end_step(step, phase, writer, paid, cid, admitted)
+            except asyncio.CancelledError:
+                phase.cancel()
+            except Exception:
+                logger.exception(step.failure, cid)
+        if phase.cancelled:
+            raise asyncio.CancelledError
+
+    async def _end_step(
+        self,
+        step: EndStep,
+        phase: EndPhase[PaidConnection],
+        writer: DTPStreamWriter,
+        paid: PaidConnection,
+        cid: str,
+        admitted: Admitted | None,
+    ) -> None:
+        proto = paid.proto
+        if step is EndStep.FINAL_RECEIPT:
+            if self.requests is None:  # (per request: each receipt came first)
+                await self._final_receipt(paid)
+        elif step is EndStep.TOP_UP:
+            # (a read a datagram send started ends first: what it finds counts, and the
+            # settlement and the release come after it)
+            await paid.deposit_reads_ended()
+            await paid.read_deposit(ending=True)
+        elif step is EndStep.ENDING:
+            phase.ending(proto.session.terminated)
+            # the carrier, held until the settlement, releases the ID (docs/escrow.md §2)
+            if self.admission is not None:
+                self.admission.served.ended(cid)
+        elif step is EndStep.SETTLE:
+            if await self._settle_surely(cid, paid.final, admitted):
+                phase.cancel()
+        else:  # (EndStep.CLOSE)
+            self._release_carrier(proto)
+            if proto.session.terminated is not None:
+                return
+            if phase.plan.abort is not None:
+                writer.abort(phase.plan.abort)
+                return
+            writer.close()
+            try:
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
+            except asyncio.CancelledError:
+                phase.cancel()
+                writer.abort(CLOSED_REFUSAL)
+
+    async def _final_receipt(self, paid: PaidConnection) -> None:
+        """The final receipt asked for, once what the callback wrote and the gate held
+        back went out and the first stream's close (PaidWriter.close) finished."""
+        # what the callback wrote and the gate held back goes out before the end: a
+        # client that does not pay is closed after the pause timeout; one that does not
+        # read gets as long again as a closing stream waits for its queued data
+        if paid.releasing:
+            left = set(paid.releasing)
+            _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
+            for task in late:
+                task.cancel()
+        if paid.closing is not None:
+            # (it asks for the final receipt itself, then closes)
+            with contextlib.suppress(DTPError):
+                await asyncio.shield(paid.closing)
+        if paid.proto.session.terminated is None:
+            await paid.request_final_receipt()
+
+    async def _settle_surely(
+        self, cid: str, final: Receipt | None, known: Admitted | None = None
+    ) -> bool:
+        """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
+        try:
+            await self._settle(cid, final, known)
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    @staticmethod
+    def _release_carrier(proto: _Protocol) -> None:
+        proto.hold_carrier = False
+        if proto.session.terminated is not None:
+            proto.close_carrier()
+
+    async def _settle(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> None:
+        # The settlement reads and marks the receipt store from its thread, which goes
+        # on when this task is cancelled (asyncio.run ending the loop with the server
+        # still settling): it counts as a handler until the thread is done, so that the
+        # store is not closed under it (a crash in SQLite, or the claim's mark lost).
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            None,
+            functools.partial(
+                settle_ended,
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final,
+                escrow=None if known is None else known.escrow,
+                connection=None if known is None else known.connection,
+                rule=self.deferred.rule,
+                batch=self.deferred.batch,
+                now=time.monotonic(),
+            ),
+        )
+        self.core.work_starts()
+        job.add_done_callback(self._settled)
+        cancelled = False
+        while True:
+            try:
+                settlement = await asyncio.shield(job)
+                break
+            except asyncio.CancelledError:
+                # waited for all the same (the thread goes on: what it settled is
+                # recorded), the cancellation re-raised after
+                if job.cancelled():
+                    raise
+                cancelled = True
+        if not self.core.settled(cid, settlement):
+            self.retries.add(cid)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _settled(self, job: asyncio.Future[Settlement | EndLeft | EndDeferred | None]) -> None:
+        self._done()
+
+    async def __aenter__(self) -> PaidAioServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- handing over: the admission's verdicts, a connection nobody will serve ----------------
+
+    async def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` on the loop (``check``, the ledger's verdict, in a
+        thread), counted as work the release waits for. Admitted as the server closes,
+        nobody will serve it: it is settled at once (nothing claimed, the whole deposit
+        refunded) and refused, rather than left Open until the half-close timeout."""
+        if not self.core.admission_starts():
+            return CLOSED_REFUSAL
+        try:
+            verdict = await asyncio.to_thread(check, peer)
+            step = self.core.admitted(verdict, peer.connection_id)
+            if step is not AdmitStep.SETTLE_AND_REFUSE or peer.connection_id is None:
+                # (the callback, _handle, counts it next without yielding to the loop)
+                return verdict
+            await self._settle_unserved(peer.connection_id, self._take_admitted(peer.connection_id))
+            return CLOSED_REFUSAL
+        finally:
+            self._done()
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
+        loop, in the step that ran the admission): a valid, funded connection nobody
+        will serve, settled now, nothing claimed, so that the client's deposit comes
+        back whole at once rather than after the half-close timeout (docs/escrow.md §2,
+        as the daemon does). Counted until settled: the release waits for it."""
+        self.core.work_starts()
+        # taken now, before the DTPServer's refusal drops what admission read of it
+        task = asyncio.ensure_future(self._settle_refused(cid, self._take_admitted(cid)))
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
+
+    async def _settle_refused(self, cid: str, admitted: Admitted | None) -> None:
+        try:
+            await self._settle_unserved(cid, admitted)
+        finally:
+            self._done()
+
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        return None if self.admission is None else self.admission.take_view(cid)
+
+    async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve (``admitted``: what admission read of it, taken; no
+        receipt came on it: nothing is claimed), unless another DTP connection on it is
+        being served or settled (its settlement closes it)."""
+        key = self.core.reserve_unserved(cid)
+        if key is None:
+            return
+        try:
+            await self._settle(key, None, admitted)
+        finally:
+            self._serving.release(key)
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        if self.core.work_ends():
+            self._release()
+
+    # -- the host's policy refresh -------------------------------------------------------------
+
+    async def _policy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.refresh_interval)
+            try:
+                await self.refresh_policy()
+            except Exception:  # (not the end of the task: see refresh_failed)
+                # (nobody retrieves the task's exception; a cancellation passes)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+
+    async def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
+        if host is None:
+            return
+        clients = frozenset(paid.client for paid in self.core.live())
+        denied = (
+            await asyncio.to_thread(refused_clients, self.ledger, host, clients, logger)
+            if clients
+            else frozenset()
+        )
+        now = time.monotonic()
+        refresh = self.core.refresh(host, now, denied)
+        for paid in refresh.denied:
+            paid.deny()
+        due = refresh.ledger_checks
+        if not due:
+            return
+        ended = await asyncio.to_thread(ended_connections, self.ledger, due, logger)
+        for paid in ended:
+            paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in due if paid not in ended]
+        if any(paid.subscription is not None for paid in open_ones):
+            over = await asyncio.to_thread(ended_subscriptions, self.ledger, open_ones, logger)
+            for paid, why in over:
+                paid.subscription_ended(why)
+
+    @property
+    def open_connections(self) -> int:
+        return self.core.open_connections
+
+    # -- lifetime: start, close, the release ---------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return self.server.address
+
+    async def _start(self, options: ServerOptions) -> None:
+        """Recover the store, listen on the ``options``' address (with their handshake
+        bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
+        from dtp.hostid._asyncio import start_server
+
+        host = await asyncio.to_thread(served_host, self.ledger, self.host_id, self.port)
+        # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
+        # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
+        # cannot stop the thread, so an attach it makes after we stopped waiting is
+        # undone when it ends (else the store would count this server for good).
+        attaching = asyncio.ensure_future(asyncio.to_thread(self.store.attach_server))
+        try:
+            alone = await asyncio.shield(attaching)
+        except asyncio.CancelledError:
+            attaching.add_done_callback(self._attached_too_late)
+            raise
+        self.core.attached = True
+        self.recovered = await asyncio.to_thread(
+            functools.partial(
+                recover_store, self.ledger, self.identity, self.store, alone, deferred=self.deferred
+            )
+        )
+        # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
+        # the event loop (_admit), where close() runs, and from there to the callback
+        # nothing yields to the loop, so close() cannot come between the two
+        self.admission = PaidAdmission(
+            self._admit,
+            ReportedConnections(self._refused_at_limit),
+            self.ledger,
+            self.host_id,
+            self.port,
+            self._open_grace,
+        )
+        self.server = await start_server(
+            self._handle,
+            options.address[0],
+            options.address[1],
+            identity=self.identity,
+            config=options.config,
+            admit=self.admission,
+            backlog=options.backlog,
+            max_handshakes=options.max_handshakes,
+            max_handshakes_per_address=options.max_handshakes_per_address,
+            max_waiting_per_address=options.max_waiting_per_address,
+            websocket=options.websocket,
+            origins=options.origins,
+        )
+        endpoint = options.endpoint or self.address
+        await asyncio.to_thread(
+            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint
+        )
+        self.core.start(host, time.monotonic())
+        self._policy_task = asyncio.ensure_future(self._policy_loop())
+        self._recovery = Recovery(
+            self.ledger, self.identity, self.store, self.recovered, self.retries, self.deferred
+        )
+        self._recovery.start()
+        # The server lives no longer than its event loop: asyncio.run ending with it
+        # open (this task cancelled) closes it as close() does, or its receipt writer's
+        # thread would run on, and the store it opened stay open. The connections' tasks,
+        # cancelled with it, still settle (_end waits for the settlement through the
+        # cancellation, then re-raises it).
+        self._lifetime = asyncio.ensure_future(self._closing.wait())
+        self._lifetime.add_done_callback(self._lifetime_ended)
+
+    def _lifetime_ended(self, lifetime: asyncio.Task[bool]) -> None:
+        """close() was called, or the loop is ending (the task cancelled): then the
+        release runs on the loop at once, so that the store is closed before the loop
+        is (in a thread, it raced the loop's end)."""
+        if lifetime.cancelled():
+            self._loop_ending = True
+        self.close()
+
+    def _attached_too_late(self, attaching: asyncio.Future[bool]) -> None:
+        """The start was cancelled while attach_server() ran in its thread: what it
+        attached, nobody detaches at the release, so it is detached here."""
+        if not attaching.cancelled() and attaching.exception() is None:
+            self.store.detach_server()
+
+    async def serve_forever(self) -> None:
+        assert self.server is not None
+        await self.server.serve_forever()
+
+    def close(self) -> None:
+        """Stop accepting and refreshing. Open connections finish and settle; once the
+        last has (at once when there are none), the receipt writer writes what it holds
+        and stops (waited for in a thread, not on the event loop; inline only when the
+        loop is ending), and a store :func:`serve` opened from ``receipts`` (a path) is
+        closed. A :class:`ReceiptStore` passed in stays open: the caller's to close, once
+        :meth:`wait_released` returned True. A client admitted as the server closes is
+        refused and its ledger connection settled at once, nothing claimed, before the
+        release."""
+        release_now = self.core.close()
+        if release_now is None:
+            return
+        self._closing.set()
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+        if self._recovery is not None:
+            self._recovery.stop()
+        if self.server is not None:
+            self.server.close()
+        if release_now:
+            self._release()
+        else:
+            # what is waiting is written now (the last connection to end stops the
+            # writer). Waited for in a thread: a commit held up (a stalled disk, another
+            # process holding the store's lock) froze the loop, every connection's I/O
+            # and timers with it, for the flush's timeout.
+            threading.Thread(
+                target=self.receipt_writer.flush,
+                kwargs={"timeout": 5.0},
+                name="dtp-paid-aio-flush",
+                daemon=True,
+            ).start()
+
+    def _release(self) -> None:
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more): in the loop's executor (joining
+        the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
+        waits for the executor's jobs before it returns, so the store is closed by
+        then -- unless the writer is still writing after that wait: then its thread
+        detaches and closes, once it stops), which sets ``_released`` when done; inline
+        when no loop runs or it is ending (its executor shut down)."""
+        job: asyncio.Future[None] | None = None
+        if not self._loop_ending:
+            with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
+                job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
+        if job is None:
+            try:
+                self._release_store(inline=True)
+            finally:
+                # (as the executor's job: set when it failed too, the failure raised
+                # here where the job's is logged; unset, wait_released() said False)
+                self._released.set()
+        else:
+            job.add_done_callback(self._store_released)
+
+    def _store_released(self, job: asyncio.Future[None]) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            logger.error("releasing the receipt store failed", exc_info=job.exception())
+        self._released.set()
+
+    def _release_store(self, inline: bool = False) -> None:
+        # (the wait for a recovery under way bounded inline, for the loop's own thread
+        # runs this when the loop is ending: a claim that takes longer has its
+        # "claimed" mark logged as not written, the claim made)
+        release_store(
+            self.core,
+            self.receipt_writer,
+            self.store,
+            self._own_store,
+            self._recovery,
+            RECOVERY_CLOSE_WAIT if inline else None,
+        )
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener is closed (connections being served go on: see
+        :meth:`wait_released`)."""
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def wait_released(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open, and for a receipt writer the release left
+        still writing. (False at once when the server is not closed.)
+
+        Not from a callback: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's; raised by
+        the call itself, so ``asyncio.wait_for(server.wait_released(), t)`` there is
+        refused too). A task the callback started (an admin "stop": close, wait, exit)
+        may call it: it waits for the callback's connection too, which ends once the
+        callback returns. So a callback must not await such a task: it would wait
+        until ``timeout``."""
+        # (checked at the call, in the caller's task: wait_for() on Python 3.11 runs
+        # the coroutine in a task of its own)
+        try:
+            caller = asyncio.current_task()
+        except RuntimeError:  # (made off the loop, for run_coroutine_threadsafe())
+            caller = None
+        if caller is not None and caller in self._callback_tasks:
+            raise LocalProtocolError("wait_released() in a callback waits for its own connection")
+        return self._await_released(timeout)
+
+    async def _await_released(self, timeout: float | None) -> bool:
+        if not self.core.closed:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
+        if not self._released.is_set():
+            return False
+        # (writer_done(…, 0) only looks: the writer's thread is told to stop already)
+        while not writer_done(self.receipt_writer, 0):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_WRITER_POLL)
+        return True
+
+
+async def serve(
+    host_id: str,
+    port: int,
+    callback: PaidCallback | AsyncRequestServer,
+    *,
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: tuple[str, int] = ("127.0.0.1", 0),
+    receipts: ReceiptStore | str | Path | None = None,
+    policy: ServicePolicy | None = None,
+    config: ConnectionConfig | None = None,
+    endpoint: tuple[str, int] | None = None,
+    backlog: int = 128,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
+    websocket: tuple[str, int] | None = None,
+    origins: Iterable[str] | None = None,
+    billing: Billing = "bytes",
+) -> PaidAioServer:
+    """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
+    ``callback(reader, writer)`` runs per admitted client.
+
+    ``billing``: as :func:`dtp.socket.serve`'s. ``"bytes"`` (the default) meters each
+    connection by its transport and ``callback`` gets a paid stream pair;
+    ``"requests"`` bills per request: ``callback`` is an
+    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments``, each of its
+    requests paid by the receipt it carries (docs/messaging.md §2.5), kept before it is
+    served and claimed when the connection ends. TypeError / ValueError for a callback
+    that is not such a server (a blocking RpcServer included), before the ledger is
+    read or written.
+
+    ``max_handshakes``, ``backlog`` (the longest line of connections waiting for one of
+    those handshakes to end), ``max_handshakes_per_address`` and
+    ``max_waiting_per_address``: the bounds on handshakes in progress, as
+    :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
+    TypeError for a backlog that is no integer -- but before the ledger is read or
+    written). ``open_grace``: the admission's grace for an open still landing, as
+    :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
+    written). ``websocket=(host, port)`` and ``origins``: also serve over the WebSocket
+    carrier, as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
+    only); its address is ``server.server.websocket_addresses``."""
+    # every option checked before the ledger is read or written (as dtp.socket.serve):
+    # the store's recovery claims on it (tests/paid/test_server_options.py)
+    checked_billing(billing)  # (the callback is checked with it as the server is made)
+    options = ServerOptions.checked(
+        identity,
+        address=address,
+        endpoint=endpoint,
+        policy=policy,
+        config=config,
+        backlog=backlog,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
+        websocket=websocket,
+        origins=origins,
+    )
+    store, opened = open_store(receipts)
+    try:
+        server = PaidAioServer(
+            host_id,
+            port,
+            callback,
+            ledger=ledger,
+            identity=identity,
+            store=store,
+            policy=options.policy,
+            close_store=closes_store(receipts),
+            open_grace=options.open_grace,
+            billing=billing,
+        )
+    except BaseException:
+        if opened:
+            store.close()
+        raise
+    try:
+        await server._start(options)
+    except BaseException:
+        # whatever started so far stops with the error, the store too (in memory as
+        # well: nobody gets this server); closed by the release, which waits for a
+        # connection admitted while the endpoint was being published
+        server._own_store = opened
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+        raise
+    return server

@@ -1,0 +1,207 @@
+"""What a paid server applies on both of its drivers (blocking and asyncio): its
+policy (:class:`ServicePolicy`), the receipt gate built from admission, the checks of
+its arguments and the slices its credit is handed out in (docs/escrow.md §6.1)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dtp.errors import (
+    InvalidArgument,
+    LocalProtocolError,
+)
+from dtp.hostid._admission import Admitted
+from dtp.ledger._objects import normalize_id
+from dtp.ledger.receipt import ReceiptScope
+from dtp.payments._ends import BATCH_WINDOW, EndRule
+from dtp.payments._gate import (
+    ReceiptGate,
+)
+from dtp.payments.receipt_store import ReceiptStore
+
+if TYPE_CHECKING:
+    from dtp.ledger.interface import Ledger
+
+
+SEND_SLICE = 256 * 1024  # sendall pieces: the gate and the rate limit act between them
+CREDIT_MAX = 4 << 20  # the gate is looked at again after at most this many bytes ...
+CALL_COST = 64 << 10  # ... each read or write counted as at least this many
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """A paid server's own settings (the SLA and the firewall are on the ledger)."""
+
+    allowance: int | None = None
+    """MIST of usage served on credit before pausing; None: the SLA's ``min_deposit``
+    (the server never serves more on credit than the minimum escrow guarantees)."""
+    pause_timeout: float = 10.0
+    """Seconds a paused connection waits for a covering receipt before it is closed."""
+    refresh_interval: float = 2.0
+    """Seconds between reads of the Host (limits and deny list reach open connections
+    within this delay)."""
+    request_interval: float = 0.2
+    """Seconds between receipt requests while paused (for the connection, however many
+    of its calls are paused: PaidConnectionEngine.request_due)."""
+    final_receipt_timeout: float = 1.0
+    """When the handler ends a connection the client has not closed: how long to ask
+    for a receipt covering everything before closing (the client pays at its own close
+    otherwise, but a server that closes first would never see that one)."""
+    ledger_check_interval: float = 30.0
+    """Seconds between reads of each open connection's state on the ledger (at the
+    Host's refreshes, so no more often than ``refresh_interval``): one its client closed
+    there while still served is closed (``CLOSE_LEDGER_CLOSED``) and settled at once.
+    Claims come only at the end of a connection, and once ``HALF_CLOSE_TIMEOUT_MS``
+    (10 minutes) have passed since that half-close the client may settle first and
+    take the whole escrow back, the usage served meanwhile unpaid: keep this well
+    below it."""
+    gas_aware_ends: bool = True
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): on a ledger
+    that charges gas, a connection whose fee does not cover the gas of its claim and
+    settlement is settled with others in one transaction, or left to its client (who
+    settles after the half-close timeout and gets the unclaimed fee back). False:
+    every end is settled, whatever it costs. A LocalLedger charges no gas: every end
+    is settled either way."""
+    batch_window: float = BATCH_WINDOW
+    """Seconds an end worth a place in a batch, but not a transaction of its own, waits
+    for others (0: none waits; such ends are left). Batches go out in the server's
+    recovery rounds (every 30 s) and at its release."""
+
+    def __post_init__(self) -> None:
+        # Checked here, not where the values are used: a server takes its policy only
+        # after it listens and has published its endpoint, and a bad value found there
+        # would leave both behind.
+        allowance = self.allowance
+        if allowance is not None and (
+            not isinstance(allowance, int)
+            or isinstance(allowance, bool)
+            or not 0 <= allowance < 2**64
+        ):
+            raise InvalidArgument(
+                f"ServicePolicy.allowance must be None or an integer from 0 to 2**64-1 "
+                f"(MIST), got {allowance!r}"
+            )
+        _seconds("pause_timeout", self.pause_timeout, zero=True)
+        _seconds("refresh_interval", self.refresh_interval, zero=False)
+        _seconds("request_interval", self.request_interval, zero=False)
+        _seconds("final_receipt_timeout", self.final_receipt_timeout, zero=True)
+        _seconds("ledger_check_interval", self.ledger_check_interval, zero=False)
+        if not isinstance(self.gas_aware_ends, bool):
+            raise InvalidArgument(
+                f"ServicePolicy.gas_aware_ends must be a bool, got {self.gas_aware_ends!r}"
+            )
+        _seconds("batch_window", self.batch_window, zero=True)
+
+    @property
+    def end_rule(self) -> EndRule:
+        """How the server weighs a connection's end against its gas."""
+        return EndRule(self.gas_aware_ends, self.batch_window)
+
+
+def _seconds(name: str, value: object, *, zero: bool) -> None:
+    """Refuse a ServicePolicy duration that is not a number of seconds above 0 (or at
+    least 0 with ``zero``) and within what a thread can wait for: a NaN compares false
+    both ways and would slip past a plain range check, an interval of 0 makes a loop
+    that never waits, and a wait beyond threading.TIMEOUT_MAX raises OverflowError in
+    the thread that waits, long after the server started."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= threading.TIMEOUT_MAX
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0 and"
+        raise InvalidArgument(
+            f"ServicePolicy.{name} must be a number of seconds {low} up to "
+            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
+
+
+def gate_for(
+    ledger: Ledger,
+    connection_id: str,
+    policy: ServicePolicy,
+    store: ReceiptStore | None = None,
+    *,
+    admitted: Admitted | None = None,
+) -> ReceiptGate:
+    """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
+    escrow's key, deposit, claims and nonce. ``admitted``: the connection and escrow as
+    admission just read them (:meth:`~dtp.hostid._admission.LedgerAdmission.take_admitted`), so
+    that they are not read again. The client's spending cap is not read: the deposit was
+    reserved on it at the open, so every receipt up to the deposit can be claimed
+    (docs/escrow.md §4)."""
+    if admitted is not None and admitted.of(normalize_id(connection_id, "connection ID")):
+        tc, escrow = admitted.connection, admitted.escrow
+    else:
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+    gate = ReceiptGate(
+        scope=ReceiptScope(ledger.package_id, tc.escrow, tc.id),
+        client_public_key=escrow.client_public_key,
+        sla=tc.sla,
+        deposited=escrow.deposited,
+        claimed=escrow.claimed,
+        latest_nonce=escrow.latest_nonce,
+        allowance=policy.allowance,
+        pause_timeout_ms=int(policy.pause_timeout * 1000),
+        store=store,
+    )
+    gate.escrow_id = escrow.id  # read again should the client top it up while served
+    gate.subscription = tc.subscription  # read while served: over, the connection ends
+    return gate
+
+
+#: The refusal (or abort reason) a client admitted as its server closes gets
+CLOSED_REFUSAL = "the server is closed"
+
+
+def datagram_sizes(items: list[bytes | bytearray | memoryview], limit: int) -> list[int]:
+    """The sizes of the datagrams ``items``, checked as the connection checks them
+    before it sends any (TypeError, LocalProtocolError above ``limit``): a paid stream
+    sends them in the runs its credit covers, and one refused midway would leave the
+    earlier runs sent."""
+    sizes = []
+    for data in items:
+        try:
+            size = memoryview(data).nbytes
+        except TypeError:
+            raise TypeError(
+                f"a bytes-like object is required, not {type(data).__name__!r}"
+            ) from None
+        if size > limit:
+            raise LocalProtocolError(f"datagram of {size} bytes exceeds {limit}")
+        sizes.append(size)
+    return sizes
+
+
+def not_forwarded(stream: object, name: str) -> AttributeError:
+    """The error for an attribute ``name`` a paid stream (PaidSocket, PaidReader,
+    PaidWriter) does not take from the stream it wraps: only what moves no data is
+    forwarded, so that nothing passes the receipt gate."""
+    return AttributeError(
+        f"{type(stream).__name__!r} object has no attribute {name!r} (a paid stream "
+        f"forwards only what moves no data, so that nothing passes the receipt gate)"
+    )
+
+
+def check_address(address: object, what: str) -> None:
+    """Refuse a listening or published address that is not a (host, port) tuple before
+    anything opens (a string such as "127.0.0.1:0" would fail only in bind(), leaving
+    the socket it was made for behind)."""
+    if (
+        not isinstance(address, tuple)
+        or not 2 <= len(address) <= 4  # (an IPv6 one may add flowinfo and scope_id)
+        or not isinstance(address[0], str)
+        or not isinstance(address[1], int)
+        or isinstance(address[1], bool)
+    ):
+        raise TypeError(
+            f"{what} must be a (host, port) tuple such as ('127.0.0.1', 0), got {address!r}"
+        )
+    if not 0 <= address[1] <= 0xFFFF:
+        raise InvalidArgument(f"{what}: port {address[1]} is outside 0..65535")

@@ -1,7 +1,0 @@
-"""Paid connections by host ID on asyncio, re-exported from :mod:`dtp.hostid.paid.asyncio`
-and :mod:`dtp.hostid.paid.asyncio_server`."""
-
-from dtp.hostid.paid.asyncio import PaidCallback, PaidReader, PaidWriter
-from dtp.hostid.paid.asyncio_server import PaidAioServer, serve
-
-__all__ = ["PaidAioServer", "PaidCallback", "PaidReader", "PaidWriter", "serve"]

@@ -1,0 +1,248 @@
+"""UDP through DTP, the I/O side both drivers share: binding and checking the local and
+backend sockets, draining them, the checks of the drivers' arguments, the wall clock,
+and what the drivers do to a DTP connection (:func:`abort_control`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket as _socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dtp.errors import (
+    DTPError,
+    InvalidArgument,
+    TunnelError,
+)
+from dtp.hostid.udp._engine import MAX_UDP_PAYLOAD, BadControlFrame, RelayEngine
+from dtp.hostid.udp._stats import UdpStats
+
+if TYPE_CHECKING:
+    from dtp.transport.asyncio._streams import DTPStreamWriter
+    from dtp.transport.blocking._socket import DTPSocket
+
+
+logger = logging.getLogger(__name__)
+
+
+def wall_ms() -> int:
+    """The wall clock in milliseconds: a receipt's time (the engine reads no clock)."""
+    return int(time.time() * 1000)
+
+
+# -- what the drivers do to a DTP connection: named here, once, for both ---------------
+# (what they read of one is the transport's public API: connection_ended,
+# reliable_carrier, connection_closed())
+
+
+def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason
+    (a blocking socket's or an asyncio writer's: both abort alike)."""
+    logger.info("UDP control stream: %s: closing the connection", exc)
+    with contextlib.suppress(DTPError, OSError):
+        sock.abort(str(exc))
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
+    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
+    infinity is "never"), for the forwarders and relays of both APIs: an
+    ``idle_timeout`` of 0 or less spun a sweeper, a NaN compares false both ways and no
+    flow ever went idle, and a None or a str raised in a thread, task or callback long
+    after the start (a sweeper died silently; a relay left its backend socket and
+    connection open)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0"
+        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
+
+
+def check_count(name: str, value: object, least: int) -> None:
+    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
+    raised in the socket's reader for every new source, its datagrams lost uncounted;
+    True passed as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
+
+
+def _port_ok(port: object) -> bool:
+    return isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 0xFFFF
+
+
+def _check_listen(listen: tuple[str, int]) -> None:
+    """Refuse a local address whose port is out of range before a socket is made for
+    it: bind() raises OverflowError (untyped) and the socket would be left open. (The
+    same error and words as :func:`dtp.hostid.paid._policy.check_address`.) One that is no
+    (host, port) tuple with a str host is a TypeError: a None or bytes host would fail on the family
+    test with words about something else (``argument of type 'NoneType' is not
+    iterable``)."""
+    if (
+        not isinstance(listen, tuple)
+        or not 2 <= len(listen) <= 4  # (an IPv6 one may add flowinfo and scope_id)
+        or not isinstance(listen[0], str)
+    ):
+        raise TypeError(
+            f"listen must be a (host, port) tuple such as ('127.0.0.1', 0), got {listen!r}"
+        )
+    if not _port_ok(listen[1]):
+        raise InvalidArgument(f"listen: port {listen[1]!r} is outside 0..65535")
+
+
+def bind_udp(listen: tuple[str, int], *, blocking: bool) -> _socket.socket:
+    """The forwarders' local UDP socket, bound to ``listen`` (checked first). Closed on
+    any failure, not only an OSError: bind() raises TypeError for an address it cannot
+    take (a null character in the host, an IPv4 address with flowinfo), and the socket
+    would be left to the garbage collector."""
+    _check_listen(listen)
+    family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
+    udp = _socket.socket(family, _socket.SOCK_DGRAM)
+    try:
+        udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
+        udp.setblocking(blocking)
+        udp.bind(listen)
+    except BaseException:
+        udp.close()
+        raise
+    return udp
+
+
+def check_backend(backend: tuple[str, int]) -> None:
+    """:class:`TunnelError` for a backend port out of range, before anything opens
+    (connect() raised OverflowError, untyped, past the socket it left open); the same
+    for a host that is no str (None failed on the family test, untyped)."""
+    if not isinstance(backend, tuple) or len(backend) < 2 or not isinstance(backend[0], str):
+        raise TunnelError(f"UDP backend {backend!r}: not a (host, port) tuple")
+    if not _port_ok(backend[1]):
+        raise TunnelError(f"UDP backend {backend}: port {backend[1]!r} is outside 0..65535")
+
+
+def backend_socket(
+    backend: tuple[str, int],
+    *,
+    blocking: bool = True,
+    resolved: tuple[int, tuple[object, ...]] | None = None,
+) -> _socket.socket:
+    """A UDP socket connected to ``backend`` (so only its replies come back), or
+    :class:`TunnelError` when the address cannot be a UDP destination (e.g. a broadcast
+    address, an unknown host, a port out of range) -- closed first, not left to the
+    garbage collector. ``resolved``: ``(family, sockaddr)`` of ``backend`` already
+    looked up (by an event loop, which must not wait on a blocking lookup here)."""
+    check_backend(backend)
+    if resolved is not None:
+        family, address = resolved
+    else:
+        family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
+        address = backend
+    try:
+        udp = _socket.socket(family, _socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise TunnelError(f"UDP backend {backend}: no socket: {exc}") from exc
+    try:
+        udp.setblocking(blocking)
+        udp.connect(address)
+    except (OSError, ValueError, TypeError) as exc:
+        # (ValueError: UnicodeError of a bad name; TypeError: an address connect()
+        # cannot take, such as a null character in the host -- it would escape untyped,
+        # past this socket and the relay's connection, both left open)
+        udp.close()
+        raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
+    except BaseException:
+        udp.close()
+        raise
+    return udp
+
+
+#: :func:`pass_replies`' guard where one thread alone uses the engine (asyncio).
+_UNGUARDED: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+
+
+def pass_replies(
+    batch: list[bytes],
+    limit: int,
+    send: Callable[[list[bytes]], int],
+    stats: UdpStats,
+    engine: RelayEngine,
+    guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
+) -> tuple[bool, bytes | None]:
+    """Hand the backend's replies ``batch`` to ``send`` (the connection's
+    ``send_datagrams``): those :meth:`RelayEngine.replies` lets through (fitting a
+    datagram of ``limit`` bytes, allowed by the billing); then tell the engine what
+    went (:meth:`RelayEngine.replied`) and count the stats. Returns whether ``send``
+    was called (the relay is not idle) and the usage report then due, if any. Both
+    relays' (blocking and asyncio) reply path; ``guard`` is held around each engine
+    call (the blocking relay's engine lock), never around ``send``."""
+    with guard:
+        replies = engine.replies(batch, limit)
+    fits = replies.send
+    if not fits:
+        stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
+        return False, None
+    try:
+        sent = send(fits)
+    except BaseException:
+        with guard:
+            # nothing went: the reservation goes, and nothing is counted, so no report
+            # falls due that the last count's own call did not return already
+            engine.replied(replies, 0, 0, 0.0)
+        stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
+        raise
+    nbytes = sum(map(len, fits if sent == len(fits) else fits[:sent]))
+    now = time.monotonic()
+    with guard:
+        frame = engine.replied(replies, sent, nbytes, now)
+    stats.add(
+        datagrams_out=sent,
+        bytes_out=nbytes,
+        dropped_backlog=len(fits) - sent,
+        dropped_oversized=replies.oversized,
+        dropped_unpaid=replies.unpaid,
+    )
+    return True, frame
+
+
+def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
+    """Every datagram waiting on a ready socket (at most ``limit``; those read before
+    an ICMP error when the readiness was one, e.g. the backend's port is closed or its
+    host unreachable)."""
+    out: list[bytes] = []
+    try:
+        while len(out) < limit:
+            out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as exc:
+        # the kernel reports an earlier datagram's ICMP error once, on this read, and
+        # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
+        # another host gone away). Raised, it would end the blocking relay's reply
+        # thread for good -- requests still forwarded and billed, no reply ever back --
+        # and the replies read before it would be lost uncounted
+        logger.debug("UDP backend %s: %s", _peer_name(udp), exc)
+    return out
+
+
+def _peer_name(udp: _socket.socket) -> object:
+    """The backend a relay's socket is connected to, for a log line."""
+    try:
+        return udp.getpeername()
+    except OSError:
+        return "?"
+
+
+def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, int], list[bytes]]:
+    """Every datagram waiting on a ready socket (at most ``limit``), grouped by source
+    address in arrival order: each flow's burst is then sealed and sent together."""
+    flows: dict[tuple[str, int], list[bytes]] = {}
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        for _ in range(limit):
+            data, source = udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT)
+            # (an IPv6 source's flowinfo and scope go: one flow per host and port)
+            key = source if len(source) == 2 else (source[0], source[1])
+            flows.setdefault(key, []).append(data)
+    return flows

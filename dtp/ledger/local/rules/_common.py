@@ -1,0 +1,269 @@
+"""The rules' common ground: object data as JSON, the execution context (:class:`Exec`)
+that a rule reads and writes objects through, and Move's checked arithmetic and strings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from dtp.errors import (
+    ChainError,
+    InsufficientFunds,
+    LedgerUnavailable,
+    ObjectNotFound,
+    WrongSigner,
+    foreign_abort,
+)
+from dtp.ledger.local._tx import derive_object_id
+
+U64_MAX: Final = 2**64 - 1
+SHARED: Final = "shared"
+
+#: Short Move type names of LocalLedger objects, by struct name.
+OBJECT_TYPES: Final = {
+    "Host": "dtp::host::Host",
+    "SpendingCap": "dtp::spending_cap::SpendingCap",
+    "TransportControl": "dtp::transport_control::TransportControl",
+    "Escrow": "dtp::escrow::Escrow",
+    "Pipe": "dtp::pipe::Pipe",
+    "Broadcast": "dtp::broadcast::Broadcast",
+    "ResponseEscrow": "dtp::response_escrow::ResponseEscrow",
+}
+
+
+# -- JSON with bytes -------------------------------------------------------------------------
+
+
+def _bytes_to_json(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"$b": obj.hex()}
+    raise TypeError(f"cannot store {type(obj).__name__}")
+
+
+def _bytes_from_json(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$b" in obj:
+        return bytes.fromhex(obj["$b"])
+    return obj
+
+
+# One encoder and one decoder for every call: json.dumps/loads with options build a new
+# one each time, and a transaction encodes and decodes every object it touches.
+_ENCODER: Final = json.JSONEncoder(default=_bytes_to_json, sort_keys=True, separators=(",", ":"))
+_DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
+# Without the hook the C decoder calls no Python per object: for data holding no bytes
+# (no "$b" key can be in a text without that substring, as to_json writes it)
+_PLAIN_DECODER: Final = json.JSONDecoder()
+
+
+def to_json(value: Any) -> str:
+    """Canonical JSON of object data; bytes become ``{"$b": hex}``."""
+    return _ENCODER.encode(value)
+
+
+class DamagedData(LedgerUnavailable):
+    """Stored data that does not read back (a ledger file damaged, or edited by something
+    else): a :class:`~dtp.errors.LedgerUnavailable`, as every other failure of the file,
+    rather than the bare ValueError of a decoder that no caller of a ledger expects."""
+
+    module = "ledger"
+    #: The ledger file named in the message, once the ledger has worded it (None before).
+    ledger: str | None = None
+
+
+def wrong_shape(what: str, exc: BaseException) -> DamagedData:
+    """:class:`DamagedData` for stored data (``what``: "object 0x…") that parses but is
+    not what the ledger writes (a missing field, a list for an object, text for a
+    number), found as the ``exc`` that reading it raised."""
+    return DamagedData(
+        f"the stored data of {what} has the wrong shape ({type(exc).__name__}: {exc!s:.80})"
+    )
+
+
+def from_json(text: str) -> Any:
+    """Inverse of :func:`to_json`; :class:`DamagedData` for a text it cannot have written."""
+    try:
+        if '"$b"' not in text:
+            return _PLAIN_DECODER.decode(text)
+        return _DECODER.decode(text)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # not JSON, a "$b" that is not hex, or not text at all (a row rewritten as a blob)
+        raise DamagedData(f"stored data does not parse ({exc})") from None
+
+
+def stored_int(value: Any) -> int:
+    """A number as stored (a balance or a meta value: decimal text, as the ledger
+    writes it, or an INTEGER); :class:`DamagedData` for anything else."""
+    number = parse_stored_int(value)
+    if number is None:
+        raise DamagedData(f"a stored number is not an integer ({value!r:.60})")
+    return number
+
+
+def parse_stored_int(value: Any) -> int | None:
+    """:func:`stored_int`, None instead of raising."""
+    if type(value) is int:
+        return value
+    if type(value) is str:
+        # int() alone would also take " 5", "5_0", "+5" and non-ASCII digits, none of
+        # which the ledger writes (a clock offset is the one negative value it keeps),
+        # and a float's fraction would be cut
+        digits = value[1:] if value[:1] == "-" else value
+        if 0 < len(digits) <= 20 and digits.isascii() and digits.isdecimal():
+            return int(value)
+    return None
+
+
+# -- execution context -------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """What rules read from the ledger's storage (inside the current transaction)."""
+
+    def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
+        """(type, owner, version, data) of a live object, or None."""
+
+    def load_stored(self, object_id: str) -> tuple[str, str, int, dict[str, Any], str] | None:
+        """:meth:`load` plus the data as stored (:func:`to_json` of it)."""
+
+    def balance(self, address: str) -> int:
+        """SUI balance of ``address``."""
+
+
+@dataclass
+class Obj:
+    """An object touched by the current transaction."""
+
+    id: str
+    type: str
+    owner: str
+    version: int
+    data: dict[str, Any]
+    before: str | None  # JSON at load; None for objects created here
+    deleted: bool = False
+
+
+@dataclass
+class Exec:
+    """One transaction's execution: sender, time, and the changes it makes."""
+
+    store: Store
+    sender: str
+    digest: bytes
+    now_ms: int
+    epoch: int
+    #: The package ID the rules run as: Move's ``type_name::get_with_original_ids`` of
+    #: its own types, which receipts name (docs/escrow.md §6).
+    package: str
+    objects: dict[str, Obj] = field(default_factory=dict)
+    credits: dict[str, int] = field(default_factory=dict)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    created: int = 0
+
+    # objects
+
+    def load(self, object_id: str, struct: str) -> dict[str, Any]:
+        """The data of ``object_id``, which must be a live ``struct`` usable by the sender."""
+        if object_id in self.objects and not self.objects[object_id].deleted:
+            obj = self.objects[object_id]
+        else:
+            row = self.store.load_stored(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            # the stored text is the canonical JSON of the data: what the object is
+            # compared with at the end, to write only what changed
+            type_, owner, version, data, stored = row
+            obj = Obj(object_id, type_, owner, version, data, stored)
+            self.objects[object_id] = obj
+        if obj.type != OBJECT_TYPES[struct]:
+            raise ObjectNotFound(
+                f"Object {object_id} is a {obj.type.rsplit('::', 1)[-1]}, not a {struct}."
+            )
+        if obj.owner not in (SHARED, self.sender):
+            raise WrongSigner(
+                f"{struct} {object_id} is owned by {obj.owner}; only its owner can use it "
+                f"(sender {self.sender}).",
+                name="ObjectOwnedByAnother",
+            )
+        return obj.data
+
+    def create(self, struct: str, owner: str, data: dict[str, Any]) -> str:
+        """Create an object (shared when ``owner`` is ``"shared"``) and return its ID."""
+        object_id = self.new_id()
+        self.objects[object_id] = Obj(object_id, OBJECT_TYPES[struct], owner, 0, data, None)
+        return object_id
+
+    def new_id(self) -> str:
+        """A fresh object ID, derived like Sui's from the digest and a creation index."""
+        object_id = derive_object_id(self.digest, self.created)
+        self.created += 1
+        return object_id
+
+    def delete(self, object_id: str) -> None:
+        self.objects[object_id].deleted = True
+
+    # money
+
+    def take_coin(self, amount: int) -> int:
+        """Split ``amount`` MIST off the sender's balance (a ``Coin<SUI>`` argument)."""
+        available = self.store.balance(self.sender) + self.credits.get(self.sender, 0)
+        if amount > available:
+            raise InsufficientFunds(
+                f"Address {self.sender} has {available} MIST, {amount} are needed.",
+                name="InsufficientCoinBalance",
+                module="sui",
+            )
+        self.credits[self.sender] = self.credits.get(self.sender, 0) - amount
+        return amount
+
+    def pay(self, address: str, amount: int) -> None:
+        """Transfer a coin of ``amount`` MIST to ``address`` (nothing when 0)."""
+        if amount:
+            self.credits[address] = self.credits.get(address, 0) + amount
+
+    # events
+
+    def emit(self, module: str, name: str, fields: dict[str, Any]) -> None:
+        self.events.append((f"dtp::{module}::{name}", fields))
+
+
+def add_u64(a: int, b: int) -> int:
+    """``a + b`` with Move's overflow abort."""
+    total = a + b
+    if total > U64_MAX:
+        raise ChainError(
+            "Arithmetic overflow: a u64 sum exceeds 2**64-1.", name="ArithmeticError", module="sui"
+        )
+    return total
+
+
+#: Argument kinds: "u8", "u16", "u64", "bytes", "utf8", "address", "vec_bytes", "coin"
+#: (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID). "utf8" is
+#: a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed on
+#: as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes which
+#: are not UTF-8 abort there as they do on Sui.
+Handler = Callable[..., Any]
+
+
+#: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).
+EINVALID_UTF8: Final = 1
+
+#: The Move standard library's package ID as Sui reports an abort's location: 64 hex
+#: digits, as the package of any other module (a node never shortens it to ``0x1``).
+MOVE_STDLIB: Final = "0x" + "1".rjust(64, "0")
+
+
+def utf8(raw: bytes, what: str) -> str:
+    """``string::utf8(raw)``: the text of a ``vector<u8>`` argument, or the abort of
+    ``std::string`` for bytes that are not UTF-8 (Sui takes any bytes as a ``vector<u8>``,
+    so the check is the Move code's, made at the point the ``.move`` file calls it)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise foreign_abort(
+            MOVE_STDLIB,
+            "string",
+            EINVALID_UTF8,
+            f"the {what} is not UTF-8 ({e.reason} at byte {e.start}; std::string::EInvalidUTF8)",
+        ) from None

@@ -1,0 +1,899 @@
+"""LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
+``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
+``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
+``.move`` files. Registered into :data:`dtp.ledger.local.rules.FUNCTIONS` by
+:mod:`dtp.ledger.local._store`.
+
+Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
+(a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from dtp.errors import move_error
+from dtp.ledger._economics import BPS, MAX_PAYMENT_MEMO, MAX_RETENTION_MS
+from dtp.ledger.local.rules._broadcast import new_broadcast
+from dtp.ledger.local.rules._common import SHARED, U64_MAX, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._transport_control import tc_end_prepaid, tc_open
+
+__all__ = ["FUNCTIONS", "OBJECT_TYPES"]
+
+#: Move types of the payment-model objects, by struct name.
+OBJECT_TYPES: Final = {
+    "SubscriptionOffer": "dtp::subscription::SubscriptionOffer",
+    "Subscription": "dtp::subscription::Subscription",
+    "SponsorPool": "dtp::sponsor::SponsorPool",
+    "TicketSale": "dtp::tickets::TicketSale",
+    "RetentionTerms": "dtp::retention::RetentionTerms",
+    "RetainedRecord": "dtp::retention::RetainedRecord",
+}
+
+
+def _coin_exists(x: Exec, amount: int) -> None:
+    """The transaction's ``SplitCoins`` runs before the Move call (so a short balance fails
+    first), but the coin is consumed by ``transport_control``'s open, which takes it."""
+    x.take_coin(amount)
+    x.credits[x.sender] += amount
+
+
+def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
+    if str(port) not in host["services"]:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+
+
+# -- subscription -----------------------------------------------------------------------------
+
+
+def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> str:
+    host = x.load(host_id, "Host")
+    if x.sender != host["authority"]:
+        raise move_error("subscription", "ENotProvider", f"{x.sender} on host {host_id}")
+    _service_exists(host, host_id, port)
+    if price == 0 or period == 0:
+        raise move_error("subscription", "EInvalidTerms", f"price {price}, period {period}")
+    offer_id = x.create(
+        "SubscriptionOffer",
+        SHARED,
+        {
+            "host": host_id,
+            "port": port,
+            "provider": x.sender,
+            "price_per_epoch": price,
+            "period_epochs": period,
+            "withdrawn": False,
+            "withdrawn_epoch": 0,
+        },
+    )
+    x.emit(
+        "subscription",
+        "SubscriptionOfferCreated",
+        {
+            "offer": offer_id,
+            "host": host_id,
+            "port": port,
+            "provider": x.sender,
+            "price_per_epoch": price,
+            "period_epochs": period,
+        },
+    )
+    return offer_id
+
+
+def _assert_epochs(offer: dict[str, Any], epochs: int) -> None:
+    if epochs == 0 or epochs % offer["period_epochs"] != 0:
+        raise move_error(
+            "subscription",
+            "EInvalidEpochs",
+            f"{epochs} epochs; the period is {offer['period_epochs']}",
+        )
+
+
+def _assert_payment(paid: int, epochs: int, price: int) -> None:
+    if paid != epochs * price:
+        raise move_error(
+            "subscription", "EWrongPayment", f"{paid} MIST for {epochs} epochs at {price}"
+        )
+
+
+def subscribe(x: Exec, offer_id: str, epochs: int, paid: int) -> str:
+    offer = x.load(offer_id, "SubscriptionOffer")
+    x.take_coin(paid)
+    if offer["withdrawn"]:
+        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    _assert_epochs(offer, epochs)
+    _assert_payment(paid, epochs, offer["price_per_epoch"])
+    start = x.epoch
+    expires = add_u64(start, epochs)
+    sub_id = x.create(
+        "Subscription",
+        SHARED,
+        {
+            "offer": offer_id,
+            "holder": x.sender,
+            "price_per_epoch": offer["price_per_epoch"],
+            "start_epoch": start,
+            "expires_epoch": expires,
+            "claimed_epochs": 0,
+            "funds": paid,
+            "refunded": False,
+        },
+    )
+    x.emit(
+        "subscription",
+        "Subscribed",
+        {
+            "subscription": sub_id,
+            "offer": offer_id,
+            "holder": x.sender,
+            "start_epoch": start,
+            "expires_epoch": expires,
+            "paid": paid,
+        },
+    )
+    return sub_id
+
+
+def _earned_epochs(sub: dict[str, Any], offer: dict[str, Any], epoch: int) -> int:
+    now = epoch
+    if offer["withdrawn"] and offer["withdrawn_epoch"] < now:
+        now = offer["withdrawn_epoch"]
+    end = min(now + 1, sub["expires_epoch"])
+    return 0 if end <= sub["start_epoch"] else int(end - sub["start_epoch"])
+
+
+def _pay_out(x: Exec, sub: dict[str, Any], epochs: int, to: str) -> int:
+    amount: int = epochs * sub["price_per_epoch"]
+    sub["funds"] -= amount
+    x.pay(to, amount)
+    return amount
+
+
+def _sub_and_offer(
+    x: Exec, sub_id: str, offer_id: str, role: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    sub = x.load(sub_id, "Subscription")
+    offer = x.load(offer_id, "SubscriptionOffer")
+    if role == "provider" and x.sender != offer["provider"]:
+        raise move_error("subscription", "ENotProvider", f"{x.sender} on offer {offer_id}")
+    if role == "holder" and x.sender != sub["holder"]:
+        raise move_error("subscription", "ENotHolder", f"{x.sender} on subscription {sub_id}")
+    if sub["offer"] != offer_id:
+        raise move_error("subscription", "EWrongOffer", f"subscription {sub_id}")
+    return sub, offer
+
+
+def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
+    sub, offer = _sub_and_offer(x, sub_id, offer_id, "provider")
+    epochs = _earned_epochs(sub, offer, x.epoch) - sub["claimed_epochs"]
+    amount = _pay_out(x, sub, epochs, offer["provider"])
+    sub["claimed_epochs"] += epochs
+    x.emit(
+        "subscription",
+        "SubscriptionClaimed",
+        {"subscription": sub_id, "provider": offer["provider"], "epochs": epochs, "amount": amount},
+    )
+    return amount
+
+
+def subscription_renew(x: Exec, sub_id: str, offer_id: str, epochs: int, paid: int) -> int:
+    x.load(sub_id, "Subscription")
+    x.load(offer_id, "SubscriptionOffer")
+    x.take_coin(paid)
+    sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
+    if offer["withdrawn"]:
+        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    _assert_epochs(offer, epochs)
+    _assert_payment(paid, epochs, sub["price_per_epoch"])
+    if sub["expires_epoch"] <= x.epoch:
+        due = sub["expires_epoch"] - sub["start_epoch"] - sub["claimed_epochs"]
+        amount = _pay_out(x, sub, due, offer["provider"])
+        x.emit(
+            "subscription",
+            "SubscriptionClaimed",
+            {
+                "subscription": sub_id,
+                "provider": offer["provider"],
+                "epochs": due,
+                "amount": amount,
+            },
+        )
+        sub["start_epoch"] = x.epoch
+        sub["expires_epoch"] = x.epoch
+        sub["claimed_epochs"] = 0
+    sub["funds"] += paid
+    sub["expires_epoch"] = add_u64(sub["expires_epoch"], epochs)
+    x.emit(
+        "subscription",
+        "SubscriptionRenewed",
+        {
+            "subscription": sub_id,
+            "start_epoch": sub["start_epoch"],
+            "expires_epoch": sub["expires_epoch"],
+            "paid": paid,
+        },
+    )
+    return int(sub["expires_epoch"])
+
+
+def offer_withdraw(x: Exec, offer_id: str) -> None:
+    offer = x.load(offer_id, "SubscriptionOffer")
+    if x.sender != offer["provider"]:
+        raise move_error("subscription", "ENotProvider", f"{x.sender} on offer {offer_id}")
+    if offer["withdrawn"]:
+        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    offer["withdrawn"] = True
+    offer["withdrawn_epoch"] = x.epoch
+    x.emit("subscription", "SubscriptionOfferWithdrawn", {"offer": offer_id, "epoch": x.epoch})
+
+
+def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
+    sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
+    if not offer["withdrawn"]:
+        raise move_error("subscription", "ENotWithdrawn", f"offer {offer_id}")
+    if sub["refunded"]:
+        raise move_error("subscription", "EAlreadyRefunded", f"subscription {sub_id}")
+    cut = max(sub["start_epoch"], min(sub["expires_epoch"], offer["withdrawn_epoch"] + 1))
+    epochs = sub["expires_epoch"] - cut
+    amount = _pay_out(x, sub, epochs, sub["holder"])
+    sub["expires_epoch"] = cut
+    sub["refunded"] = True
+    x.emit(
+        "subscription",
+        "SubscriptionRefunded",
+        {"subscription": sub_id, "holder": sub["holder"], "epochs": epochs, "amount": amount},
+    )
+    return amount
+
+
+def subscription_open(
+    x: Exec, sub_id: str, offer_id: str, host_id: str, cap_id: str, key: bytes, amount: int
+) -> str:
+    # Every input object is checked before the coin is split and the call runs.
+    x.load(sub_id, "Subscription")
+    x.load(offer_id, "SubscriptionOffer")
+    x.load(host_id, "Host")
+    x.load(cap_id, "SpendingCap")
+    _coin_exists(x, amount)
+    sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
+    if host_id != offer["host"]:
+        raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
+    if offer["withdrawn"]:
+        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    if not sub["start_epoch"] <= x.epoch < sub["expires_epoch"]:
+        raise move_error(
+            "subscription",
+            "ESubscriptionExpired",
+            f"subscription {sub_id} covers epochs {sub['start_epoch']}.."
+            f"{sub['expires_epoch'] - 1}, now {x.epoch}",
+        )
+    connection = tc_open(x, host_id, offer["port"], cap_id, key, amount, subscription=sub_id)
+    x.emit(
+        "subscription",
+        "SubscribedConnectionOpened",
+        {"subscription": sub_id, "connection": connection},
+    )
+    return connection
+
+
+def subscription_over(sub: dict[str, Any], offer: dict[str, Any], epoch: int) -> bool:
+    """``subscription::is_over``: not live in ``epoch``, or the offer withdrawn."""
+    return bool(offer["withdrawn"]) or not sub["start_epoch"] <= epoch < sub["expires_epoch"]
+
+
+def subscription_end(
+    x: Exec, sub_id: str, offer_id: str, tc_id: str, escrow_id: str, cap_id: str
+) -> int:
+    """``subscription::end_connection``: anyone ends a connection of a subscription
+    that is over (closed and settled at once, nothing owed)."""
+    sub = x.load(sub_id, "Subscription")
+    offer = x.load(offer_id, "SubscriptionOffer")
+    tc = x.load(tc_id, "TransportControl")
+    x.load(escrow_id, "Escrow")
+    x.load(cap_id, "SpendingCap")
+    if sub["offer"] != offer_id:
+        raise move_error("subscription", "EWrongOffer", f"subscription {sub_id}")
+    if tc.get("subscription") != sub_id:
+        raise move_error(
+            "subscription", "ENotSubscribed", f"connection {tc_id} with subscription {sub_id}"
+        )
+    if not subscription_over(sub, offer, x.epoch):
+        raise move_error(
+            "subscription",
+            "ESubscriptionLive",
+            f"subscription {sub_id} covers epochs {sub['start_epoch']}.."
+            f"{sub['expires_epoch'] - 1}, now {x.epoch}",
+        )
+    refunded = tc_end_prepaid(x, tc, tc_id, escrow_id, cap_id)
+    x.emit(
+        "subscription",
+        "SubscribedConnectionEnded",
+        {"subscription": sub_id, "connection": tc_id, "by": x.sender, "refunded": refunded},
+    )
+    return refunded
+
+
+# -- sponsor ---------------------------------------------------------------------------------
+
+
+def _share(amount: int, share_bps: int) -> int:
+    return amount * share_bps // BPS
+
+
+def _max_pledge(pool: dict[str, Any]) -> int:
+    """The pool's pledge limit per connection; a pool a LocalLedger file kept from before
+    the limit pledged without one."""
+    limit: int = pool.get("max_pledge", U64_MAX)
+    return limit
+
+
+def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int) -> str:
+    host = x.load(host_id, "Host")
+    if x.sender != host["authority"]:
+        raise move_error("sponsor", "ENotProvider", f"{x.sender} on host {host_id}")
+    _service_exists(host, host_id, port)
+    if not 0 < share_bps <= BPS:
+        raise move_error("sponsor", "EInvalidShare", f"got {share_bps}")
+    pool_id = x.create(
+        "SponsorPool",
+        SHARED,
+        {
+            "host": host_id,
+            "port": port,
+            "provider": x.sender,
+            "share_bps": share_bps,
+            "max_pledge": max_pledge,
+            "funds": 0,
+            "reserved": 0,
+            "pledges": {},
+        },
+    )
+    x.emit(
+        "sponsor",
+        "SponsorPoolCreated",
+        {
+            "pool": pool_id,
+            "host": host_id,
+            "port": port,
+            "provider": x.sender,
+            "share_bps": share_bps,
+            "max_pledge": max_pledge,
+        },
+    )
+    return pool_id
+
+
+def sponsor_fund(x: Exec, pool_id: str, amount: int) -> None:
+    pool = x.load(pool_id, "SponsorPool")
+    x.take_coin(amount)
+    if amount == 0:
+        raise move_error("sponsor", "EZeroAmount", f"pool {pool_id}")
+    pool["funds"] = add_u64(pool["funds"], amount)
+    x.emit(
+        "sponsor", "SponsorPoolFunded", {"pool": pool_id, "amount": amount, "funds": pool["funds"]}
+    )
+
+
+def sponsor_withdraw(x: Exec, pool_id: str, amount: int) -> None:
+    pool = x.load(pool_id, "SponsorPool")
+    if x.sender != pool["provider"]:
+        raise move_error("sponsor", "ENotProvider", f"{x.sender} on pool {pool_id}")
+    if amount == 0:
+        raise move_error("sponsor", "EZeroAmount", f"pool {pool_id}")
+    available = pool["funds"] - pool["reserved"]
+    if amount > available:
+        raise move_error(
+            "sponsor", "ESponsorUnfunded", f"{amount} MIST asked, {available} unpledged"
+        )
+    pool["funds"] -= amount
+    x.pay(pool["provider"], amount)
+    x.emit(
+        "sponsor",
+        "SponsorPoolWithdrawn",
+        {"pool": pool_id, "amount": amount, "funds": pool["funds"]},
+    )
+
+
+def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
+    """``sponsor::set_max_pledge``: binds the connections opened from now on."""
+    pool = x.load(pool_id, "SponsorPool")
+    if x.sender != pool["provider"]:
+        raise move_error("sponsor", "ENotProvider", f"{x.sender} on pool {pool_id}")
+    pool["max_pledge"] = max_pledge
+    x.emit("sponsor", "SponsorPledgeLimitChanged", {"pool": pool_id, "max_pledge": max_pledge})
+
+
+def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, amount: int) -> str:
+    pool = x.load(pool_id, "SponsorPool")
+    host = x.load(host_id, "Host")
+    x.load(cap_id, "SpendingCap")
+    _coin_exists(x, amount)
+    if host_id != pool["host"]:
+        raise move_error("sponsor", "EWrongHost", f"pool {pool_id} is for host {pool['host']}")
+    if host["authority"] != pool["provider"]:
+        # the connection's fees go to the authority now: only its own pool pays them back
+        raise move_error(
+            "sponsor",
+            "EProviderChanged",
+            f"host {host_id} is {host['authority']}'s now, pool {pool_id} {pool['provider']}'s",
+        )
+    pledge = min(_share(amount, pool["share_bps"]), _max_pledge(pool))
+    available = pool["funds"] - pool["reserved"]
+    if pledge > available:
+        raise move_error(
+            "sponsor",
+            "ESponsorUnfunded",
+            f"pool {pool_id} must pledge {pledge} MIST and has {available} unpledged",
+        )
+    connection = tc_open(x, host_id, pool["port"], cap_id, key, amount)
+    pool["pledges"][connection] = {"amount": pledge, "reimbursed": False}
+    pool["reserved"] += pledge
+    x.emit(
+        "sponsor",
+        "SponsoredConnectionOpened",
+        {
+            "pool": pool_id,
+            "connection": connection,
+            "pledge": pledge,
+            "share_bps": pool["share_bps"],
+        },
+    )
+    return connection
+
+
+def sponsor_reimburse(x: Exec, pool_id: str, tc_id: str, escrow_id: str) -> int:
+    pool = x.load(pool_id, "SponsorPool")
+    tc = x.load(tc_id, "TransportControl")
+    escrow = x.load(escrow_id, "Escrow")
+    pledge = pool["pledges"].get(tc_id)
+    if pledge is None:
+        raise move_error("sponsor", "ENotSponsored", f"connection {tc_id} on pool {pool_id}")
+    if pledge["reimbursed"]:
+        raise move_error("sponsor", "EAlreadyReimbursed", f"connection {tc_id}")
+    if escrow_id != tc["escrow"]:
+        raise move_error("sponsor", "EWrongEscrow", f"connection {tc_id} uses {tc['escrow']}")
+    if not tc["settled"]:
+        raise move_error("sponsor", "ENotSettled", f"connection {tc_id}")
+    amount: int = min(_share(escrow["claimed"], pool["share_bps"]), pledge["amount"])
+    pool["reserved"] -= pledge["amount"]
+    pledge["reimbursed"] = True
+    pool["funds"] -= amount
+    x.pay(tc["client"], amount)
+    x.emit(
+        "sponsor",
+        "SponsorReimbursed",
+        {
+            "pool": pool_id,
+            "connection": tc_id,
+            "client": tc["client"],
+            "claimed": escrow["claimed"],
+            "amount": amount,
+        },
+    )
+    return amount
+
+
+# -- tickets ---------------------------------------------------------------------------------
+
+
+def tickets_create(
+    x: Exec, raw_title: bytes, price: int, min_tickets: int, max_tickets: int, deadline_ms: int
+) -> str:
+    if (
+        price == 0
+        or min_tickets == 0
+        or (max_tickets != 0 and max_tickets < min_tickets)
+        or deadline_ms <= x.now_ms
+    ):
+        raise move_error(
+            "tickets",
+            "EInvalidTerms",
+            f"price {price}, tickets {min_tickets}..{max_tickets}, deadline {deadline_ms} ms "
+            f"(now {x.now_ms})",
+        )
+    title = utf8(raw_title, "title")
+    sale_id = x.create(
+        "TicketSale",
+        SHARED,
+        {
+            "organizer": x.sender,
+            "title": title,
+            "ticket_price": price,
+            "min_tickets": min_tickets,
+            "max_tickets": max_tickets,
+            "deadline_ms": deadline_ms,
+            "sold": 0,
+            "holders": {},
+            "funds": 0,
+            "on_air": False,
+            "cancelled": False,
+        },
+    )
+    x.emit(
+        "tickets",
+        "TicketSaleCreated",
+        {
+            "sale": sale_id,
+            "organizer": x.sender,
+            "title": title,
+            "ticket_price": price,
+            "min_tickets": min_tickets,
+            "max_tickets": max_tickets,
+            "deadline_ms": deadline_ms,
+        },
+    )
+    return sale_id
+
+
+def _assert_selling(x: Exec, sale: dict[str, Any], sale_id: str) -> None:
+    if sale["cancelled"]:
+        raise move_error("tickets", "ECancelled", f"sale {sale_id}")
+    if sale["on_air"]:
+        raise move_error("tickets", "EAlreadyOnAir", f"sale {sale_id}")
+    if x.now_ms > sale["deadline_ms"]:
+        raise move_error(
+            "tickets", "ESaleClosed", f"deadline {sale['deadline_ms']} ms, now {x.now_ms} ms"
+        )
+
+
+def tickets_go_on_air(x: Exec, sale_id: str) -> int:
+    sale = x.load(sale_id, "TicketSale")
+    if x.sender != sale["organizer"]:
+        raise move_error("tickets", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    _assert_selling(x, sale, sale_id)
+    if sale["sold"] < sale["min_tickets"]:
+        raise move_error(
+            "tickets",
+            "EThresholdNotMet",
+            f"{sale['sold']} of {sale['min_tickets']} tickets sold for sale {sale_id}",
+        )
+    sale["on_air"] = True
+    revenue: int = sale["funds"]
+    sale["funds"] = 0
+    x.pay(sale["organizer"], revenue)
+    x.emit(
+        "tickets",
+        "TicketedEventOnAir",
+        {"sale": sale_id, "sold": sale["sold"], "revenue": revenue},
+    )
+    return revenue
+
+
+def tickets_cancel(x: Exec, sale_id: str) -> None:
+    sale = x.load(sale_id, "TicketSale")
+    if x.sender != sale["organizer"]:
+        raise move_error("tickets", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    if sale["cancelled"]:
+        raise move_error("tickets", "ECancelled", f"sale {sale_id}")
+    if sale["on_air"]:
+        raise move_error("tickets", "EAlreadyOnAir", f"sale {sale_id}")
+    sale["cancelled"] = True
+    x.emit("tickets", "TicketSaleCancelled", {"sale": sale_id, "sold": sale["sold"]})
+
+
+def tickets_buy(x: Exec, sale_id: str, count: int, paid: int) -> None:
+    sale = x.load(sale_id, "TicketSale")
+    x.take_coin(paid)
+    _assert_selling(x, sale, sale_id)
+    if count == 0 or paid != count * sale["ticket_price"]:
+        raise move_error(
+            "tickets", "EWrongPayment", f"{paid} MIST for {count} at {sale['ticket_price']}"
+        )
+    if sale["max_tickets"] != 0 and sale["sold"] + count > sale["max_tickets"]:
+        raise move_error(
+            "tickets",
+            "ESoldOut",
+            f"{sale['sold']} of {sale['max_tickets']} sold, {count} more asked",
+        )
+    sale["funds"] += paid
+    sale["holders"][x.sender] = sale["holders"].get(x.sender, 0) + count
+    sale["sold"] += count
+    x.emit(
+        "tickets",
+        "TicketsBought",
+        {"sale": sale_id, "buyer": x.sender, "count": count, "sold": sale["sold"]},
+    )
+
+
+def tickets_refund(x: Exec, sale_id: str) -> int:
+    sale = x.load(sale_id, "TicketSale")
+    missed = not sale["on_air"] and x.now_ms > sale["deadline_ms"]
+    if not (sale["cancelled"] or missed):
+        raise move_error("tickets", "ERefundNotOpen", f"sale {sale_id}")
+    if x.sender not in sale["holders"]:
+        raise move_error("tickets", "ENoTickets", f"{x.sender} on sale {sale_id}")
+    count: int = sale["holders"].pop(x.sender)
+    amount: int = count * sale["ticket_price"]
+    sale["sold"] -= count
+    sale["funds"] -= amount
+    x.pay(x.sender, amount)
+    x.emit(
+        "tickets",
+        "TicketsRefunded",
+        {"sale": sale_id, "buyer": x.sender, "count": count, "amount": amount},
+    )
+    return amount
+
+
+def broadcast_create_ticketed(
+    x: Exec, sale_id: str, raw_channel: bytes, slot_price: int, slot_ms: int
+) -> str:
+    """``broadcast::create_ticketed``: a broadcast for the holders of ``sale_id``'s
+    tickets, by the sale's organizer only."""
+    sale = x.load(sale_id, "TicketSale")
+    if x.sender != sale["organizer"]:
+        raise move_error("broadcast", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    return new_broadcast(x, raw_channel, slot_price, slot_ms, sale_id)
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+def retention_create_terms(
+    x: Exec, host_id: str, port: int, retention_ms: int, price_per_byte: int
+) -> str:
+    host = x.load(host_id, "Host")
+    if x.sender != host["authority"]:
+        raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
+    _service_exists(host, host_id, port)
+    if retention_ms > MAX_RETENTION_MS:
+        raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
+    terms_id = x.create(
+        "RetentionTerms",
+        SHARED,
+        {
+            "host": host_id,
+            "port": port,
+            "retention_ms": retention_ms,
+            "storage_price_per_byte": price_per_byte,
+            "retired": False,
+        },
+    )
+    x.emit(
+        "retention",
+        "RetentionTermsCreated",
+        {
+            "terms": terms_id,
+            "host": host_id,
+            "port": port,
+            "retention_ms": retention_ms,
+            "storage_price_per_byte": price_per_byte,
+        },
+    )
+    return terms_id
+
+
+def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
+    """``retention::retire_terms``: the provider stops offering the terms."""
+    terms = x.load(terms_id, "RetentionTerms")
+    host = x.load(host_id, "Host")
+    if x.sender != host["authority"]:
+        raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
+    if terms["host"] != host_id:
+        raise move_error("retention", "EWrongTerms", f"terms {terms_id} are not of host {host_id}")
+    if terms.get("retired", False):
+        raise move_error("retention", "ETermsRetired", f"terms {terms_id}")
+    terms["retired"] = True
+    x.emit(
+        "retention",
+        "RetentionTermsRetired",
+        {"terms": terms_id, "host": terms["host"], "port": terms["port"]},
+    )
+
+
+def retention_replace_terms(
+    x: Exec, terms_id: str, host_id: str, retention_ms: int, price_per_byte: int
+) -> str:
+    """``retention::replace_terms``: retire the terms and create their successor."""
+    retention_retire_terms(x, terms_id, host_id)
+    port = x.load(terms_id, "RetentionTerms")["port"]
+    return retention_create_terms(x, host_id, port, retention_ms, price_per_byte)
+
+
+def retention_send(
+    x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
+) -> str:
+    from dtp.ledger.local.rules._pipe import pipe_send
+
+    pipe = x.load(pipe_id, "Pipe")
+    tc = x.load(tc_id, "TransportControl")
+    terms = x.load(terms_id, "RetentionTerms")
+    x.take_coin(amount)
+    if pipe["connection"] != tc_id:
+        raise move_error("retention", "EWrongConnection", f"pipe {pipe_id} is not of {tc_id}")
+    if tc["state"]["kind"] != "Open":
+        raise move_error(
+            "retention", "EConnectionNotOpen", f"connection {tc_id} is {tc['state']['kind']}"
+        )
+    if terms["host"] != tc["host"] or terms["port"] != tc["port"]:
+        raise move_error("retention", "EWrongTerms", f"terms {terms_id} for connection {tc_id}")
+    if terms.get("retired", False):
+        raise move_error("retention", "ETermsRetired", f"terms {terms_id}")
+    if amount != len(data) * terms["storage_price_per_byte"]:
+        raise move_error(
+            "retention",
+            "EWrongDeposit",
+            f"{amount} MIST for {len(data)} bytes at {terms['storage_price_per_byte']}/byte",
+        )
+    seq = pipe_send(x, pipe_id, inner, data)
+    receiver = tc["server"] if x.sender == tc["client"] else tc["client"]
+    delete_after = add_u64(x.now_ms, terms["retention_ms"])
+    reclaim_after = add_u64(delete_after, terms["retention_ms"])
+    record_id = x.create(
+        "RetainedRecord",
+        SHARED,
+        {
+            "connection": tc_id,
+            "pipe": pipe_id,
+            "inner": inner,
+            "seq": seq,
+            "sender": x.sender,
+            "receiver": receiver,
+            "data": data,
+            "stored_at_ms": x.now_ms,
+            "retention_ms": terms["retention_ms"],
+            "deposit": amount,
+            "consumed": False,
+        },
+    )
+    x.emit(
+        "retention",
+        "RecordRetained",
+        {
+            "record": record_id,
+            "connection": tc_id,
+            "pipe": pipe_id,
+            "inner": inner,
+            "seq": seq,
+            "sender": x.sender,
+            "receiver": receiver,
+            "deposit": amount,
+            "delete_after_ms": delete_after,
+            "reclaim_after_ms": reclaim_after,
+        },
+    )
+    return record_id
+
+
+def retention_confirm(x: Exec, record_id: str) -> None:
+    record = x.load(record_id, "RetainedRecord")
+    if x.sender != record["receiver"]:
+        raise move_error("retention", "ENotReceiver", f"{x.sender} on record {record_id}")
+    if record["consumed"]:
+        raise move_error("retention", "EAlreadyConsumed", f"record {record_id}")
+    record["consumed"] = True
+    x.emit("retention", "RecordConsumed", {"record": record_id, "receiver": record["receiver"]})
+
+
+def retention_delete(x: Exec, record_id: str) -> int:
+    record = x.load(record_id, "RetainedRecord")
+    if x.sender != record["sender"]:
+        raise move_error("retention", "ENotSender", f"{x.sender} on record {record_id}")
+    # unconfirmed, the record goes once its retention time has passed twice over: the
+    # receiver cannot hold the sender's deposit longer (docs/escrow.md §16)
+    reclaim_after = record["stored_at_ms"] + 2 * record["retention_ms"]
+    if not record["consumed"] and x.now_ms < reclaim_after:
+        raise move_error(
+            "retention",
+            "ENotConsumed",
+            f"record {record_id}, unconfirmed, may be reclaimed from {reclaim_after} ms, "
+            f"now {x.now_ms} ms",
+        )
+    due = record["stored_at_ms"] + record["retention_ms"]
+    if x.now_ms < due:
+        raise move_error(
+            "retention",
+            "ERetentionNotElapsed",
+            f"record {record_id} may be deleted from {due} ms, now {x.now_ms} ms",
+        )
+    refunded: int = record["deposit"]
+    record["deposit"] = 0
+    x.pay(record["sender"], refunded)
+    x.delete(record_id)
+    x.emit(
+        "retention",
+        "RecordDeleted",
+        {"record": record_id, "sender": record["sender"], "refunded": refunded},
+    )
+    return refunded
+
+
+# -- payment ---------------------------------------------------------------------------------
+
+
+def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
+    """``payment::pay``: the coin goes to ``recipient`` at once."""
+    x.take_coin(amount)
+    if amount == 0:
+        raise move_error("payment", "EZeroPayment", f"from {x.sender} to {recipient}")
+    if len(memo) > MAX_PAYMENT_MEMO:
+        raise move_error("payment", "EMemoTooLong", f"{len(memo)} > {MAX_PAYMENT_MEMO} bytes")
+    x.pay(recipient, amount)
+    x.emit(
+        "payment",
+        "PaymentSent",
+        {"from": x.sender, "to": recipient, "amount": amount, "memo": memo},
+    )
+
+
+#: ``(module, function)`` -> (argument kinds, handler), in the format of
+#: :data:`dtp.ledger.local.rules.FUNCTIONS`.
+FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
+    ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
+    ("subscription", "subscribe"): (("obj:SubscriptionOffer", "u64", "coin"), subscribe),
+    ("subscription", "renew"): (
+        ("obj:Subscription", "obj:SubscriptionOffer", "u64", "coin"),
+        subscription_renew,
+    ),
+    ("subscription", "claim"): (
+        ("obj:Subscription", "obj:SubscriptionOffer"),
+        subscription_claim,
+    ),
+    ("subscription", "withdraw_offer"): (("obj:SubscriptionOffer",), offer_withdraw),
+    ("subscription", "refund"): (
+        ("obj:Subscription", "obj:SubscriptionOffer"),
+        subscription_refund,
+    ),
+    ("subscription", "open_connection"): (
+        (
+            "obj:Subscription",
+            "obj:SubscriptionOffer",
+            "obj:Host",
+            "obj:SpendingCap",
+            "bytes",
+            "coin",
+        ),
+        subscription_open,
+    ),
+    ("subscription", "end_connection"): (
+        (
+            "obj:Subscription",
+            "obj:SubscriptionOffer",
+            "obj:TransportControl",
+            "obj:Escrow",
+            "obj:SpendingCap",
+        ),
+        subscription_end,
+    ),
+    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64"), sponsor_create),
+    ("sponsor", "fund"): (("obj:SponsorPool", "coin"), sponsor_fund),
+    ("sponsor", "withdraw"): (("obj:SponsorPool", "u64"), sponsor_withdraw),
+    ("sponsor", "set_max_pledge"): (("obj:SponsorPool", "u64"), sponsor_set_max_pledge),
+    ("sponsor", "open_connection"): (
+        ("obj:SponsorPool", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
+        sponsor_open,
+    ),
+    ("sponsor", "reimburse"): (
+        ("obj:SponsorPool", "obj:TransportControl", "obj:Escrow"),
+        sponsor_reimburse,
+    ),
+    ("tickets", "create"): (("utf8", "u64", "u64", "u64", "u64"), tickets_create),
+    ("tickets", "buy"): (("obj:TicketSale", "u64", "coin"), tickets_buy),
+    ("tickets", "go_on_air"): (("obj:TicketSale",), tickets_go_on_air),
+    ("tickets", "cancel"): (("obj:TicketSale",), tickets_cancel),
+    ("tickets", "refund"): (("obj:TicketSale",), tickets_refund),
+    ("retention", "create_terms"): (
+        ("obj:Host", "u16", "u64", "u64"),
+        retention_create_terms,
+    ),
+    ("retention", "retire_terms"): (
+        ("obj:RetentionTerms", "obj:Host"),
+        retention_retire_terms,
+    ),
+    ("retention", "replace_terms"): (
+        ("obj:RetentionTerms", "obj:Host", "u64", "u64"),
+        retention_replace_terms,
+    ),
+    ("retention", "send"): (
+        ("obj:Pipe", "obj:TransportControl", "obj:RetentionTerms", "u64", "bytes", "coin"),
+        retention_send,
+    ),
+    ("retention", "confirm"): (("obj:RetainedRecord",), retention_confirm),
+    ("retention", "delete"): (("obj:RetainedRecord",), retention_delete),
+    ("broadcast", "create_ticketed"): (
+        ("obj:TicketSale", "utf8", "u64", "u64"),
+        broadcast_create_ticketed,
+    ),
+    ("payment", "pay"): (("coin", "address", "bytes"), payment_pay),
+}

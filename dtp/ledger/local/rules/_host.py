@@ -1,0 +1,285 @@
+"""The rules of ``dtp::host``: a Host object, its services and its firewall.
+
+The firewall's allow and deny lists are Move ``Table<address, bool>``s: LocalLedger keeps
+each as a mapping of address to ``true`` inside the Host's data (as a Broadcast keeps its
+contributions), the node stand-in serves them as the Table's dynamic fields, and only
+their sizes count towards the Host's size on Sui."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from dtp.errors import ChainError, move_error
+from dtp.identity._bcs import uleb128
+from dtp.ledger._objects import (
+    MAX_ENDPOINT_LENGTH,
+    MAX_ENDPOINTS,
+    MAX_FIREWALL_ENTRIES,
+    firewall_entries,
+    is_low_order_noise_key,
+)
+from dtp.ledger.local.rules._common import SHARED, Exec, utf8
+
+
+def _assert_authority(x: Exec, host: dict[str, Any], host_id: str) -> None:
+    if x.sender != host["authority"]:
+        raise move_error(
+            "host", "ENotAuthority", f"{x.sender} is not the authority of host {host_id}"
+        )
+
+
+def _assert_noise_key(key: bytes) -> None:
+    if len(key) != 32:
+        raise move_error("host", "EInvalidNoiseKey", f"got {len(key)} bytes")
+    if is_low_order_noise_key(key):
+        raise move_error(
+            "host",
+            "EInvalidNoiseKey",
+            f"{key.hex()} is a low-order X25519 point, with which no handshake can succeed",
+        )
+
+
+def _assert_endpoints(endpoints: list[bytes]) -> None:
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise move_error("host", "ETooManyEndpoints", f"{len(endpoints)} > {MAX_ENDPOINTS}")
+    for endpoint in endpoints:
+        if len(endpoint) > MAX_ENDPOINT_LENGTH:
+            raise move_error(
+                "host", "ETooManyEndpoints", f"an endpoint of {len(endpoint)} bytes > 256"
+            )
+
+
+def _updated(x: Exec, host_id: str, change: int) -> None:
+    x.emit("host", "HostUpdated", {"host": host_id, "change": change})
+
+
+def host_create(x: Exec, noise_key: bytes, endpoints: list[bytes]) -> str:
+    _assert_noise_key(noise_key)
+    _assert_endpoints(endpoints)
+    data = {
+        "authority": x.sender,
+        "noise_static_key": noise_key,
+        "endpoints": endpoints,
+        "services": {},
+        "firewall": {
+            "mode": 0,
+            "allow": {},
+            "deny": {},
+            "max_connections_per_client": 0,
+            "max_bytes_per_sec": 0,
+            "max_requests_per_sec": 0,
+        },
+    }
+    host_id = x.create("Host", SHARED, data)
+    x.emit("host", "HostCreated", {"host": host_id, "authority": x.sender})
+    return host_id
+
+
+def host_set_authority(x: Exec, host_id: str, new_authority: str) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    host["authority"] = new_authority
+    _updated(x, host_id, 0)
+
+
+def host_set_noise_static_key(x: Exec, host_id: str, key: bytes) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    _assert_noise_key(key)
+    host["noise_static_key"] = key
+    _updated(x, host_id, 1)
+
+
+def host_set_endpoints(x: Exec, host_id: str, endpoints: list[bytes]) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    _assert_endpoints(endpoints)
+    host["endpoints"] = endpoints
+    _assert_host_size(host, host_id)
+    _updated(x, host_id, 2)
+
+
+def new_sla(price_per_kib: int, price_per_request: int, min_deposit: int) -> dict[str, int]:
+    return {
+        "price_per_kib": price_per_kib,
+        "price_per_request": price_per_request,
+        "min_deposit": min_deposit,
+    }
+
+
+#: Sui's largest Move object, in bytes of its BCS contents (protocol config
+#: ``max_move_object_size``, 250 KiB): a transaction that leaves an object larger fails.
+MAX_MOVE_OBJECT_SIZE: Final = 250 * 1024
+
+
+def _vector_size(count: int) -> int:
+    """Bytes of a BCS vector's length prefix (ULEB128)."""
+    return len(uleb128(count))
+
+
+def _bytes_size(value: bytes) -> int:
+    return _vector_size(len(value)) + len(value)
+
+
+#: A ``Table`` inside an object: its UID and its u64 size (the entries are dynamic fields,
+#: objects of their own).
+_TABLE_SIZE: Final = 32 + 8
+
+
+def host_bcs_size(host: dict[str, Any]) -> int:
+    """The BCS size of a ``Host`` as Sui stores it: UID, authority, key, endpoints, the
+    services' VecMap (entries of u16 port and Service: kind, SLA, limit) and the firewall
+    (a u8, the two Tables of its lists, three u64): the lists' entries are not in it."""
+    services = host["services"]
+    return (
+        32
+        + 32
+        + _bytes_size(host["noise_static_key"])
+        + _vector_size(len(host["endpoints"]))
+        + sum(_bytes_size(e) for e in host["endpoints"])
+        + _vector_size(len(services))
+        + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 for s in services.values())
+        + 1
+        + 2 * _TABLE_SIZE
+        + 24
+    )
+
+
+def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
+    """Sui fails a transaction that leaves an object over its size limit, after the Move
+    code ran (an execution error, not an abort). No Move check bounds the number of a
+    Host's services, so a Host can reach the limit; then endpoints, bounded, can no
+    longer be added either (firewall entries can: they are not in the Host)."""
+    size = host_bcs_size(host)
+    if size > MAX_MOVE_OBJECT_SIZE:
+        raise ChainError(
+            f"Transaction failed (OBJECT_TOO_BIG): host {host_id} would be {size} bytes, "
+            f"over Sui's {MAX_MOVE_OBJECT_SIZE}-byte object limit.",
+            name="OBJECT_TOO_BIG",
+            module="sui",
+        )
+
+
+def host_add_service(
+    x: Exec,
+    host_id: str,
+    port: int,
+    raw_kind: bytes,
+    kib: int,
+    req: int,
+    minimum: int,
+    max_conn: int,
+) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    if str(port) in host["services"]:
+        raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
+    sla = new_sla(kib, req, minimum)
+    kind = utf8(raw_kind, "service kind")
+    host["services"][str(port)] = {"kind": kind, "sla": sla, "max_connections": max_conn}
+    _assert_host_size(host, host_id)
+    x.emit(
+        "host",
+        "ServiceAdded",
+        {"host": host_id, "port": port, "kind": kind, "sla": sla, "max_connections": max_conn},
+    )
+
+
+def host_update_service(
+    x: Exec, host_id: str, port: int, kib: int, req: int, minimum: int, max_conn: int
+) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    service = host["services"].get(str(port))
+    if service is None:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+    sla = new_sla(kib, req, minimum)
+    service["sla"] = sla
+    service["max_connections"] = max_conn
+    x.emit(
+        "host",
+        "ServiceUpdated",
+        {"host": host_id, "port": port, "sla": sla, "max_connections": max_conn},
+    )
+
+
+def host_remove_service(x: Exec, host_id: str, port: int) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    if str(port) not in host["services"]:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+    # connections open to it go on: each carries its own copy of the SLA
+    del host["services"][str(port)]
+    x.emit("host", "ServiceRemoved", {"host": host_id, "port": port})
+
+
+def host_set_firewall_mode(x: Exec, host_id: str, mode: int) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    if mode not in (0, 1):
+        raise move_error("host", "EInvalidFirewallMode", f"got {mode}")
+    host["firewall"]["mode"] = mode
+    _updated(x, host_id, 3)
+
+
+def _table(host: dict[str, Any], list_name: str) -> dict[str, bool]:
+    """The firewall list ``list_name`` of ``host``'s data as its Table's entries (a list
+    kept by a file from before the lists were Tables becomes one here)."""
+    fw = host["firewall"]
+    entries = fw[list_name]
+    if not isinstance(entries, dict):
+        fw[list_name] = entries = dict.fromkeys(firewall_entries(entries, list_name), True)
+    return entries
+
+
+def list_op(list_name: str, add: bool) -> Callable[[Exec, str, str], None]:
+    """``host::allow``/``deny`` (``add``) or ``disallow``/``undeny`` on ``list_name``:
+    idempotent, and a new address to a full list aborts ``EFirewallListFull``."""
+
+    def op(x: Exec, host_id: str, client: str) -> None:
+        host = x.load(host_id, "Host")
+        _assert_authority(x, host, host_id)
+        entries = _table(host, list_name)
+        if add and client not in entries:
+            if len(entries) >= MAX_FIREWALL_ENTRIES:
+                raise move_error(
+                    "host", "EFirewallListFull", f"{list_name} list of {host_id} is full"
+                )
+            entries[client] = True
+        elif not add:
+            entries.pop(client, None)
+        _updated(x, host_id, 3)
+
+    return op
+
+
+def host_set_client_limits(
+    x: Exec, host_id: str, per_client: int, bytes_per_sec: int, requests_per_sec: int
+) -> None:
+    host = x.load(host_id, "Host")
+    _assert_authority(x, host, host_id)
+    fw = host["firewall"]
+    fw["max_connections_per_client"] = per_client
+    fw["max_bytes_per_sec"] = bytes_per_sec
+    fw["max_requests_per_sec"] = requests_per_sec
+    _updated(x, host_id, 3)
+
+
+def _permits(host: dict[str, Any], client: str) -> bool:
+    """``host::permits``: one lookup in each list (a mapping, or a list of an old file)."""
+    fw = host["firewall"]
+    if client in fw["deny"]:
+        return False
+    return bool(fw["mode"] == 0 or client in fw["allow"])
+
+
+def admit(host: dict[str, Any], host_id: str, port: int, client: str) -> dict[str, int]:
+    """``host::admit``: the service and the firewall, read only (the connection limits are
+    the host's own admission's, off-chain: docs/escrow.md §2)."""
+    service = host["services"].get(str(port))
+    if service is None:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+    if not _permits(host, client):
+        raise move_error("host", "EFirewallDenied", f"host {host_id} refuses {client}")
+    return dict(service["sla"])

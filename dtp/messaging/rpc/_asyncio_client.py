@@ -1,0 +1,352 @@
+"""The asyncio RPC client (:class:`AsyncRpcClient`), on the same protocol, fees and
+checks as the blocking one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dtp.errors import DTPError
+from dtp.messaging import errors as E
+from dtp.messaging._framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging._protocol import (
+    RECV_SIZE,
+    ErrorReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestReceived,
+    ResponseReceived,
+    RpcEvent,
+    RpcProtocol,
+    _check_count,
+    meta_copy,
+)
+from dtp.messaging.rpc._client_base import ClientBase, check_client_options
+from dtp.messaging.rpc._engine import ClientFees
+from dtp.messaging.rpc._fees import (
+    ResponsePrepay,
+    check_one_meter,
+)
+from dtp.messaging.rpc._streams import (
+    DEFAULT,
+    TAKE_PIECE,
+    TAKE_TIME,
+    check_async_streams,
+    send_failed,
+)
+from dtp.payments.receipts import Meter
+from dtp.transport.asyncio._threads import threaded_or_released
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncRpcClient(ClientBase):
+    """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
+    :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
+
+    ``meter`` and ``prepay`` work as for :class:`RpcClient` (per-request receipts;
+    prepaid response fees, acknowledged on each response); the ledger calls of
+    ``prepay`` run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        writer: Any,
+        *,
+        timeout: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_in_flight: int = 4096,
+        on_notification: Callable[[str, Any], Any] | None = None,
+        meter: Meter | None = None,
+        prepay: ResponsePrepay | None = None,
+    ) -> None:
+        check_client_options(timeout, on_notification)
+        check_async_streams(reader, writer)
+        check_one_meter(meter, writer)
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self._fees = ClientFees(meter, prepay)
+        self.on_notification = on_notification
+        self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._closed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        # the tasks of calls and notifications waiting in _send for the peer to take
+        # their frame, which close() cancels (_closing: those it cancelled, which end
+        # in RpcConnectionLost): the writer stays open, so a peer that does not read
+        # would hold them for good
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
+        self.violations = 0
+
+    def _start(self) -> None:
+        # (not once closed: the reader would take the stream, which is not ours, for good)
+        if self._task is None and self._closed is None:
+            self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = DEFAULT,
+        meta: Mapping[str, Any] | None = None,
+        requests: int = 1,
+    ) -> Any:
+        """Call ``method`` and await its result (raises the typed error otherwise).
+        ``requests``: with a ``meter``, how many requests of the SLA the call is
+        metered as (docs/messaging.md §2.5; 0: a free method)."""
+        _check_count("requests", requests, 0)
+        self._start()
+        if timeout is DEFAULT:
+            timeout = self.timeout
+        if self._closed is not None:
+            raise self._closed_error()
+        loop = asyncio.get_running_loop()
+        extra = meta_copy(meta)
+        # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
+        # would expire (one per call, kept for good)
+        fees = self._fees
+        if fees.meter is None and fees.prepay is None:
+            request_id = self._proto.send_request(
+                method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
+            )
+        else:
+            check = self._can_send(method, params, timeout)
+            paid = fees.begin(extra, timeout, check, requests)
+            if paid.deposit_timeout is not None:
+                assert paid.prepay is not None
+                # (a call cancelled meanwhile leaves the escrow made to refund_due: its
+                # fee would be locked until someone found it)
+                deposit = functools.partial(paid.prepay.deposit, paid.deposit_timeout)
+                escrow = await threaded_or_released(deposit, paid.orphaned)
+                paid.deposited(escrow)
+            # (checked again, metered and sent with no await: receipts go out in nonce
+            # order, and nothing can refuse a request the meter counted)
+            request_id = paid.send(
+                int(time.time() * 1000),
+                check,
+                lambda meta: self._proto.send_request(
+                    method, params, now=loop.time(), timeout=timeout, meta=meta, timer=False
+                ),
+            )
+        future: asyncio.Future[Any] = loop.create_future()
+        self._futures[request_id] = future
+        deadline = asyncio.timeout(timeout)
+        try:
+            # the deadline covers the send too: a peer that does not read holds the
+            # drain (the frame is whole in the writer's buffer: ending the wait loses
+            # nothing of it)
+            async with deadline:
+                await self._send(request_id)
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._futures.pop(request_id, None)
+            self._cancel_at_peer(request_id)
+            if future.done() and not future.cancelled():
+                return future.result()  # it came as the deadline passed
+            self._fees.unanswered(request_id)
+            raise E.RpcTimeout(f"no answer to call {request_id}") from None
+        except asyncio.CancelledError:
+            self._futures.pop(request_id, None)
+            self._fees.unanswered(request_id)
+            self._cancel_at_peer(request_id)
+            if future.done() and not future.cancelled():
+                future.exception()  # seen: no 'Future exception was never retrieved'
+            if self._ended_by_close():
+                raise self._closed_error() from None
+            raise
+
+    def _cancel_at_peer(self, request_id: int) -> None:
+        """Cancel our request at the peer (CANCEL) without waiting for the peer's flow
+        control: the writer buffers the frame, and the next write's drain waits for it
+        (a call that gave up, for its deadline or cancelled, must not wait on)."""
+        if self._proto.cancel(request_id) and self._closed is None:
+            data = self._proto.data_to_send()
+            with contextlib.suppress(Exception):
+                self._writer.write(data)
+
+    async def notify(
+        self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send a notification. Waiting for the peer to take it lasts the client's
+        ``timeout`` at most (as the blocking client's): then RpcTimeout, the
+        notification staying whole in the writer's buffer, to leave when the peer
+        reads."""
+        self._start()
+        if self._closed is not None:
+            raise self._closed_error()
+        self._proto.send_notification(method, params, meta=meta)
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self._send()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise E.RpcTimeout(
+                "the peer took no data before the timeout (the notification is queued)"
+            ) from None
+        except asyncio.CancelledError:
+            if self._ended_by_close():
+                raise self._closed_error() from None
+            raise
+
+    def _ended_by_close(self) -> bool:
+        """In a task cancelled while it called or notified: whether close() cancelled
+        it (its wait in :meth:`_send`) and nobody else did -- a cancellation of the
+        caller's own stays one."""
+        task = asyncio.current_task()
+        if task is None or task not in self._closing:
+            return False
+        self._closing.discard(task)
+        return task.uncancel() == 0
+
+    async def _send(self, request_id: int | None = None) -> None:
+        """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
+        fails every call (RpcConnectionLost, as the blocking client's), and this one's
+        error is raised here. :meth:`close` cancels the wait."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
+        try:
+            await self._flush()
+        except (DTPError, OSError) as exc:
+            if request_id is not None:
+                self._futures.pop(request_id, None)
+                self._fees.unanswered(request_id)
+            error = send_failed(exc)
+            self._fail_all(error)
+            raise error from exc
+        finally:
+            if task is not None:
+                self._sending.discard(task)
+
+    async def _flush(self) -> None:
+        data = self._proto.data_to_send()
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _read_loop(self) -> None:
+        """Read for every call until the stream ends or fails, which fails the calls."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await self._reader.read(RECV_SIZE)
+                if not data:
+                    raise E.RpcConnectionLost("the peer closed the stream")
+                if len(data) <= TAKE_PIECE and self.on_notification is None:
+                    self._proto.receive_data(data, loop.time())
+                    for event in self._proto.events():
+                        self._dispatch(event)
+                else:
+                    await self._receive_in_pieces(data, loop)
+                await self._flush()
+        except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
+            error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
+            self._fail_all(error)
+        except BaseException as exc:
+            # cancelled (close(), or the loop shutting down) or failed: nobody reads any
+            # more, so the calls waiting and those to come fail now, not at their
+            # deadlines (or never, without one)
+            if self._closed is None:
+                if isinstance(exc, asyncio.CancelledError):
+                    self._fail_all(E.RpcConnectionLost("the client stopped reading (cancelled)"))
+                else:
+                    self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
+            raise
+
+    async def _receive_in_pieces(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Take a large read, or one that may hold notifications, letting the loop run
+        (the calls' deadlines among others) every :data:`TAKE_PIECE` bytes and every
+        :data:`TAKE_TIME` seconds of notification handlers: a peer that sends frames
+        costly to take, or notifications faster than the handler takes them, would
+        otherwise hold the loop, and every call's deadline with it, for a whole read."""
+        proto, dispatch = self._proto, self._dispatch
+        pieces = len(data) > TAKE_PIECE
+        since = loop.time()
+        for pos in range(0, len(data), TAKE_PIECE):
+            proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, loop.time())
+            for event in proto.events():
+                dispatch(event)
+                if type(event) is NotificationReceived and loop.time() - since >= TAKE_TIME:
+                    await asyncio.sleep(0)
+                    since = loop.time()
+            if pieces:
+                await asyncio.sleep(0)
+                since = loop.time()
+
+    def _dispatch(self, event: RpcEvent) -> None:
+        if isinstance(event, ResponseReceived):
+            future = self._futures.pop(event.request_id, None)
+            # whether it is acknowledged is the fee engine's rule (ClientFees.answered),
+            # asked when a call holds an escrow
+            if self._fees.escrows:
+                ack = self._fees.answered(event.request_id, event.body)
+                if ack is not None:
+                    self._proto.send_ack(event.request_id, ack)
+            if future is not None and not future.done():
+                future.set_result(event.result)
+        elif isinstance(event, ErrorReceived):
+            future = self._futures.pop(event.request_id, None)
+            self._fees.unanswered(event.request_id)
+            if future is not None and not future.done():
+                future.set_exception(event.error)
+        elif isinstance(event, NotificationReceived) and self.on_notification is not None:
+            try:
+                outcome = self.on_notification(event.method, event.params)
+                if inspect.isawaitable(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                logger.exception("notification handler failed")
+        elif isinstance(event, RequestReceived):
+            # (no bound on these, unlike the blocking client's: the read loop awaits
+            # the drain of each read's answers, so a peer that does not read stops it)
+            self._refuse(event)
+        elif isinstance(event, ProtocolViolation):
+            self.violations += 1
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._closed = error
+        futures, self._futures = self._futures, {}
+        # the prepaid calls failing so got no response: their fees come back (refund_due)
+        self._fees.all_unanswered()
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        """Stop reading and fail calls in flight (the stream stays open): calls and
+        notifications waiting for the peer to take their frame end too, with
+        RpcConnectionLost (what they wrote stays in the writer's buffer). A
+        notification handler (a coroutine: its own task) may await it."""
+        self._fail_all(E.RpcConnectionLost("the client was closed"))
+        sending, self._sending = self._sending, set()
+        for task in sending:
+            self._closing.add(task)
+            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def __aenter__(self) -> AsyncRpcClient:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,411 @@
+"""Record protection: the twin of ``dtp_aead_*`` (aead.c), protocol.md section 4.
+
+ChaCha20-Poly1305 (RFC 8439) exactly as Noise's ``ChaChaPoly`` (Noise spec, section
+12.3): the 96-bit nonce is 4 zero bytes followed by the 64-bit counter, little-endian.
+A DATA record is::
+
+    header = kind 16 | flags 0 | body length u16le (= len(plaintext) + 16) | counter u64le
+    record = header || ChaCha20-Poly1305(key, nonce(counter), ad=header, plaintext)
+
+The receiver keeps a sliding replay window of :data:`REPLAY_WINDOW` counters
+(:class:`ReplayWindow`). The cipher itself comes from ``cryptography``; everything
+around it -- framing, batching, statuses, the window -- is spelled out here and must give
+the same bytes and the same results as the C core.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from dtp.errors import (
+    DecryptionError,
+    DTPError,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    error_for,
+)
+from dtp.native.reference._limits import (
+    AEAD_KEY_LEN,
+    AEAD_TAG_LEN,
+    MAX_FRAME_DATA,
+    MAX_RECORD_PLAINTEXT,
+    RECORD_HEADER_LEN,
+    REPLAY_WINDOW,
+    VARINT_MAX,
+)
+from dtp.native.reference._records import check_header
+from dtp.native.reference._varint import varint_encode, varint_size
+from dtp.native.types import (
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    FULL,
+    NEED_MORE,
+    OK,
+    REC_DATA,
+    STOP,
+    OpenedFrames,
+    OpenedRecord,
+    OpenFramesResult,
+    OpenResult,
+    RecordHeader,
+)
+
+RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
+COUNTER_RESERVED = 2**64 - 1
+"""Never used as a nonce, as in Noise: sealing stops before it, opening rejects it."""
+
+INT_MAX = 2**31 - 1
+"""Largest plaintext / associated data for one ``encrypt``/``decrypt`` (the C core hands
+lengths to OpenSSL as ``int``)."""
+
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21
+"""Default stream bytes per record in ``seal_stream``: a STREAM frame header (type, two
+8-byte varints, a 2-byte length) and the chunk always fit one record."""
+
+OPEN_FRAMES_MAX = 1024
+"""Default frame and ACK range slots of one ``open_frames`` call."""
+
+_HEADER = struct.Struct("<BBHQ")
+_NONCE = struct.Struct("<4xQ")
+
+
+def nonce(counter: int) -> bytes:
+    """The 12-byte ChaCha20-Poly1305 nonce of ``counter``: 4 zero bytes || u64le."""
+    return _NONCE.pack(counter)
+
+
+def next_data_record(view: memoryview, pos: int) -> RecordHeader | int:
+    """The DATA record at ``view[pos:]`` with its body complete (``next_data_record`` in
+    aead.c), or why not: NEED_MORE, STOP (a record of another kind) or the header's
+    error code. Checked in the order every open path uses."""
+    if len(view) - pos < RECORD_HEADER_LEN:
+        return NEED_MORE
+    header = check_header(view, pos)
+    if isinstance(header, ErrorCode):
+        return int(header)
+    if header.kind != REC_DATA:
+        return STOP
+    if pos + RECORD_HEADER_LEN + header.body_len > len(view):
+        return NEED_MORE
+    return header
+
+
+class ReplayWindow:
+    """Sliding window over received counters (protocol.md 4.3).
+
+    ``top`` is the highest counter accepted so far (None before the first). Bit ``i``
+    of ``seen`` is set when counter ``top - i`` was accepted, for ``0 <= i < 4096``.
+    A counter ``c`` is new when ``c > top``, or ``top - c < 4096`` and bit ``top - c``
+    is clear; anything else is a replay (including counters that were never seen but
+    have fallen out of the window).
+    """
+
+    def __init__(self) -> None:
+        self.top: int | None = None
+        self.seen = 0
+        #: Only the counter after ``top`` (0 first) is new (Aead.set_in_order).
+        self.in_order = False
+
+    def check(self, counter: int) -> bool:
+        """True if ``counter`` may be accepted."""
+        if self.in_order:
+            return counter == (0 if self.top is None else self.top + 1)
+        if self.top is None or counter > self.top:
+            return True
+        age = self.top - counter
+        return age < REPLAY_WINDOW and not (self.seen >> age) & 1
+
+    def mark(self, counter: int) -> None:
+        """Record ``counter`` as accepted (``check`` must have returned True)."""
+        if self.top is None:
+            self.top, self.seen = counter, 1
+        elif counter > self.top:
+            shift = counter - self.top
+            # A jump of a whole window or more forgets everything before it.
+            kept = (self.seen << shift) if shift < REPLAY_WINDOW else 0
+            self.top, self.seen = counter, (kept | 1) & ((1 << REPLAY_WINDOW) - 1)
+        else:
+            self.seen |= 1 << (self.top - counter)
+
+
+class Aead:
+    """One direction's ChaCha20-Poly1305 key and receive replay window (pure Python).
+
+    Same methods and results as :class:`dtp.native.core.NativeAead`.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != AEAD_KEY_LEN:
+            raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
+        self._cipher = ChaCha20Poly1305(bytes(key))
+        self._window = ReplayWindow()
+
+    # ---- sealing ---------------------------------------------------------------------
+
+    def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
+        """Seal each plaintext as one DATA record, counters from ``first_counter``."""
+        raw = [bytes(p) for p in plaintexts]  # (bytes: a buffer's bytes, not its items)
+        for p in raw:
+            if len(p) > MAX_RECORD_PLAINTEXT:
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        return self._seal(first_counter, raw)
+
+    def seal_chunks(
+        self,
+        first_counter: int,
+        data: bytes | bytearray | memoryview,
+        chunk: int = MAX_RECORD_PLAINTEXT,
+    ) -> tuple[bytes, int]:
+        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter; empty
+        data gives one empty record) and seal them. Returns (sealed bytes, records)."""
+        if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        raw = bytes(data)
+        n = max(1, -(-len(raw) // chunk))
+        return self._seal(first_counter, [raw[i * chunk : (i + 1) * chunk] for i in range(n)]), n
+
+    def _seal(self, first_counter: int, plaintexts: list[bytes]) -> bytes:
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        n = len(plaintexts)
+        if n == 0:
+            return b""
+        # Every counter used must stay below the reserved 2^64 - 1.
+        if first_counter + n - 1 >= COUNTER_RESERVED:
+            raise LocalProtocolError(code=ErrorCode.COUNTER)
+        out = []
+        for i, plaintext in enumerate(plaintexts):
+            counter = first_counter + i
+            header = _HEADER.pack(REC_DATA, 0, len(plaintext) + AEAD_TAG_LEN, counter)
+            out.append(header)
+            out.append(self._cipher.encrypt(nonce(counter), plaintext, header))
+        return b"".join(out)
+
+    # ---- opening ---------------------------------------------------------------------
+
+    def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
+        """Open the DATA records at the start of ``buf`` (which may end mid-record).
+
+        Walks the records in order and stops at the end (OK), an incomplete record
+        (NEED_MORE), ``max_records`` reported (FULL), a record of another kind (STOP),
+        a malformed header (its code) or a record that fails authentication (DECRYPT).
+        Replays are reported with ``replayed=True`` and do not stop the walk.
+        """
+        # views are released on every path, errors included (callers resize buffers)
+        with memoryview(buf) as base, base.cast("B") as view:
+            return self._open(view, max_records)
+
+    def _open(self, view: memoryview, max_records: int) -> OpenResult:
+        cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
+        records: list[OpenedRecord] = []
+        pos = 0
+        status = OK
+        error: DTPError | None = None
+        while pos < len(view):
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = header
+                if header < 0:
+                    error = _remote_error(ErrorCode(header))
+                break
+            end = pos + RECORD_HEADER_LEN + header.body_len
+            if len(records) == cap:
+                status = FULL
+                break
+            counter = header.counter
+            if counter == COUNTER_RESERVED:
+                # Never sealed by an honest peer: the same answer as a forgery.
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            if not self._window.check(counter):
+                # Checked before decrypting; lossy carriers duplicate, so go on.
+                records.append(OpenedRecord(counter, b"", True))
+            else:
+                ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
+                body = bytes(view[pos + RECORD_HEADER_LEN : end])
+                try:
+                    plaintext = self._cipher.decrypt(nonce(counter), body, ad)
+                except InvalidTag:
+                    status, error = ErrorCode.DECRYPT, DecryptionError()
+                    break
+                self._window.mark(counter)
+                records.append(OpenedRecord(counter, plaintext, False))
+            pos = end
+        return OpenResult(records, pos, int(status), error)
+
+    # ---- stream fast paths (dtp_stream_seal, dtp_aead_open_frames) ----------------
+
+    def seal_stream(
+        self,
+        first_counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fin: bool = False,
+        max_chunk: int = MAX_STREAM_CHUNK,
+    ) -> tuple[bytes, int]:
+        """Seal stream bytes as records of one STREAM frame each (``dtp_stream_seal``):
+        ``data`` in chunks of ``max_chunk`` (one empty record for empty data), the last
+        frame STREAM_FIN when ``fin``. Returns (sealed bytes, number of records)."""
+        raw = bytes(data)
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        if max_chunk <= 0:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        if max_chunk > MAX_FRAME_DATA:
+            raise LocalProtocolError(code=ErrorCode.FRAME_SIZE)
+        if not (0 <= stream_id <= VARINT_MAX and 0 <= offset <= VARINT_MAX):
+            raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
+        if len(raw) > VARINT_MAX - offset:
+            raise LocalProtocolError("stream offset out of range", ErrorCode.FRAME_VALUE)
+        n = max(1, -(-len(raw) // max_chunk))
+        plaintexts = []
+        for i in range(n):
+            chunk = raw[i * max_chunk : (i + 1) * max_chunk]
+            ftype = FRAME_STREAM_FIN if fin and i == n - 1 else FRAME_STREAM
+            header = bytes([ftype]) + b"".join(
+                varint_encode(v) or b"" for v in (stream_id, offset + i * max_chunk, len(chunk))
+            )
+            size = 1 + varint_size(stream_id) + varint_size(offset + i * max_chunk)
+            size += varint_size(len(chunk)) + len(chunk)
+            if size > MAX_RECORD_PLAINTEXT:
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+            plaintexts.append(header + chunk)
+        if first_counter + n - 1 >= COUNTER_RESERVED:
+            raise LocalProtocolError(code=ErrorCode.COUNTER)
+        return self._seal(first_counter, plaintexts), n
+
+    def open_frames(
+        self,
+        buf: bytes | bytearray | memoryview,
+        max_records: int = 1024,
+        max_frames: int = OPEN_FRAMES_MAX,
+        max_ranges: int = OPEN_FRAMES_MAX,
+    ) -> OpenFramesResult:
+        """Open the DATA records at the start of ``buf`` and decode their frames
+        (``dtp_aead_open_frames``). Stops as :meth:`open` does, and also (FULL) before
+        a record whose frames or ACK ranges do not fit in what is left of
+        ``max_frames`` / ``max_ranges``, or (with the decoder's error) at a record whose
+        frames do not decode; the stopping record is not reported and does not move
+        the replay window. A first record too big for the slots is opened alone, with
+        room for any record (at most 16384 frames and ranges)."""
+        if max_records < 0 or max_frames < 0 or max_ranges < 0:
+            raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
+        with memoryview(buf) as base, base.cast("B") as view:
+            cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
+            result = self._open_frames(view, cap, max_frames, max_ranges)
+            if result.status == FULL and not result.records:
+                result = self._open_frames(view, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+            return result
+
+    def _open_frames(
+        self, view: memoryview, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        from dtp.native.reference._frames import decode_frames
+
+        records: list[OpenedFrames] = []
+        pos = 0
+        status = OK
+        error: DTPError | None = None
+        n_frames = n_ranges = 0
+        while pos < len(view):
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = header
+                if header < 0:
+                    error = _remote_error(ErrorCode(header))
+                break
+            end = pos + RECORD_HEADER_LEN + header.body_len
+            if len(records) == cap:
+                status = FULL
+                break
+            counter = header.counter
+            if counter == COUNTER_RESERVED:
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            if not self._window.check(counter):
+                records.append(OpenedFrames(counter, True, []))
+                pos = end
+                continue
+            ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
+            body = bytes(view[pos + RECORD_HEADER_LEN : end])
+            try:
+                plaintext = self._cipher.decrypt(nonce(counter), body, ad)
+            except InvalidTag:
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            try:
+                batch = decode_frames(plaintext, True, max_frames - n_frames, max_ranges - n_ranges)
+            except ProtocolError as exc:
+                status, error = int(exc.code), exc
+                break
+            if batch.status == FULL:
+                status = FULL
+                break
+            frames = list(batch)
+            n_frames += len(frames)
+            n_ranges += sum(len(f.ranges) for f in frames)
+            self._window.mark(counter)
+            records.append(OpenedFrames(counter, False, frames))
+            pos = end
+        return OpenFramesResult(records, pos, int(status), error)
+
+    # ---- single messages (Noise's ChaChaPoly) ----------------------------------------
+
+    def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
+        """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
+        if not 0 <= counter < COUNTER_RESERVED:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad, plaintext = bytes(ad), bytes(plaintext)  # their bytes, whatever the item size
+        if len(ad) > INT_MAX or len(plaintext) > INT_MAX:
+            raise LocalProtocolError(code=ErrorCode.ARG)
+        return self._cipher.encrypt(nonce(counter), plaintext, ad)
+
+    def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+        """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
+        if not 0 <= counter < COUNTER_RESERVED:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad, ciphertext = bytes(ad), bytes(ciphertext)  # their bytes, whatever the item size
+        if len(ciphertext) < AEAD_TAG_LEN:
+            raise DecryptionError()
+        if len(ad) > INT_MAX or len(ciphertext) - AEAD_TAG_LEN > INT_MAX:
+            raise _remote_error(ErrorCode.ARG)
+        try:
+            return self._cipher.decrypt(nonce(counter), ciphertext, ad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    @property
+    def replay_top(self) -> int | None:
+        """Highest counter accepted so far (None before the first)."""
+        return self._window.top
+
+    def set_in_order(self) -> None:
+        """From now on accept records in counter order only (any other counter is
+        refused as a replay): for carriers that deliver records as they were sent, where
+        one removed or moved on the way must not go unnoticed. Only before the first
+        record is accepted (LocalProtocolError after)."""
+        if self._window.top is not None:
+            raise LocalProtocolError("records were accepted already", ErrorCode.ARG)
+        self._window.in_order = True
+
+
+def _remote_error(code: ErrorCode) -> DTPError:
+    error = error_for(code, remote=True)
+    assert isinstance(error, DTPError)
+    return error
+
+
+__all__ = [
+    "COUNTER_RESERVED",
+    "MAX_STREAM_CHUNK",
+    "OPEN_FRAMES_MAX",
+    "Aead",
+    "ReplayWindow",
+    "nonce",
+]

@@ -1,0 +1,509 @@
+"""The established-stream fast path: the twin of ``dtp_rx_take`` (aead.c) and of
+:class:`dtp.native.core.NativeLane`.
+
+A connection over a reliable carrier spends most of its life moving one stream's bytes
+in order. The lane seals them (``dtp_stream_seal``) and, on the way in, takes the run of
+records that each hold exactly one nonempty STREAM frame of the stream being read, at
+its next offset and within both flow-control limits, copying their data straight into
+the reader's buffer. Anything else -- another stream, a control frame, a FIN, a
+malformed, replayed or forged record, a record past a limit -- stops the run untouched
+(its plaintext wiped, the replay window not advanced) for the connection's general path
+to open and judge.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.native.reference._aead import (
+    COUNTER_RESERVED,
+    MAX_STREAM_CHUNK,
+    Aead,
+    next_data_record,
+    nonce,
+)
+from dtp.native.reference._limits import AEAD_TAG_LEN, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
+from dtp.native.reference._varint import varint_decode
+from dtp.native.types import (
+    DUE,
+    EOF,
+    FRAME_STREAM,
+    FULL,
+    NEED_MORE,
+    OK,
+    STOP,
+    WAIT,
+    WAKE,
+    TakeResult,
+)
+
+_STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
+_MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+
+
+def _stream_data(
+    plain: bytes, stream_id: int, offset: int, stream_limit: int, received: int, limit: int
+) -> int | None:
+    """Where the data starts when ``plain`` is exactly one nonempty STREAM frame of
+    ``stream_id`` at ``offset`` within both limits; None otherwise."""
+    if len(plain) < 4 or plain[0] != FRAME_STREAM:
+        return None
+    pos = 1
+    values = []
+    for _ in range(3):
+        got = varint_decode(plain, pos)
+        if got is None:
+            return None
+        value, pos = got
+        values.append(value)
+    sid, off, n = values
+    if sid != stream_id or off != offset or n == 0 or n != len(plain) - pos:
+        return None
+    if offset > stream_limit or n > stream_limit - offset:
+        return None
+    if received > limit or n > limit - received:
+        return None
+    return pos
+
+
+class Rx:
+    """The receive side of a lent stream (``dtp_rx``)."""
+
+    __slots__ = (
+        "conn_limit",
+        "conn_received",
+        "consumed",
+        "offset",
+        "records",
+        "spill_len",
+        "spill_off",
+        "stream_id",
+        "stream_limit",
+        "taken",
+    )
+
+    def __init__(self) -> None:
+        self.stream_id = self.offset = self.stream_limit = 0
+        self.conn_received = self.conn_limit = 0
+        self.consumed = self.records = self.taken = self.spill_off = self.spill_len = 0
+
+
+class Flow:
+    """A lent stream's state (``dtp_flow``): the same fields, the same meaning."""
+
+    __slots__ = (
+        "can_recv",
+        "can_send",
+        "conn_send_limit",
+        "conn_sent",
+        "credit_conn",
+        "credit_offset",
+        "last_received",
+        "last_sent",
+        "records_received",
+        "records_sent",
+        "rx",
+        "send_counter",
+        "send_limit",
+        "send_offset",
+        "stream_id",
+        "taken",
+        "wire_received",
+        "wire_sent",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.stream_id = self.can_send = self.can_recv = 0
+        self.send_counter = self.send_offset = self.send_limit = 0
+        self.conn_sent = self.conn_send_limit = self.records_sent = self.wire_sent = 0
+        self.rx = Rx()
+        self.credit_offset = self.credit_conn = 0
+        self.records_received = self.wire_received = 0
+        self.last_sent = self.last_received = 0.0
+        self.taken = self.written = 0
+
+
+class Io:
+    """The carrier I/O's state (``dtp_lane``): the bytes kept pending, and what the last
+    recv / send did."""
+
+    __slots__ = ("end", "err", "got", "pending", "sent", "status")
+
+    def __init__(self) -> None:
+        self.pending = self.end = self.got = self.sent = self.err = 0
+        self.status = OK
+
+
+class Lane:
+    """The fast path of an established stream (pure Python); same methods and results
+    as :class:`dtp.native.core.NativeLane`."""
+
+    def __init__(
+        self, send: Aead, recv: Aead, seal_cap: int = 1 << 18, recv_cap: int = 1 << 18
+    ) -> None:
+        per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
+        if seal_cap < per_record:
+            raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
+        if recv_cap <= _MAX_RECORD:
+            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
+        self._recv_cap = recv_cap  # (rview and own: made on first use, see __getattr__)
+        self.own_cap = OWN_CAP
+        self._send = send
+        self._recv = recv
+        self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
+        self.flow = Flow()
+        self.io = Io()
+        self._spill: bytes = b""
+
+    #: Where the adapter reads the carrier for :meth:`flow_take`.
+    rview: memoryview
+    #: A buffer of the lane's own for :meth:`recv` to read into.
+    own: memoryview
+
+    def __getattr__(self, name: str) -> memoryview:
+        # the carrier reads' buffers, made on first use as the C core's are (only the
+        # blocking adapter reads its carrier through the lane: an idle connection of
+        # the asyncio one should not hold 320 KiB of zeroed buffers)
+        if name in ("rview", "own"):
+            self.rview = memoryview(bytearray(self._recv_cap))
+            self.own = memoryview(bytearray(OWN_CAP))
+            view: memoryview = self.__dict__[name]
+            return view
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def seal(
+        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+    ) -> tuple[memoryview, int]:
+        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
+        ``counter``; returns the sealed bytes and the number of records."""
+        if memoryview(data).nbytes > self.max_seal:
+            raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
+        sealed, n = self._send.seal_stream(counter, stream_id, offset, data)
+        return memoryview(sealed), n
+
+    def release_output(self) -> None:
+        """As :meth:`dtp.native.core.NativeLane.release_output`; each seal here returns bytes
+        of its own already."""
+
+    def take(
+        self,
+        buf: bytes | bytearray | memoryview,
+        stream_id: int,
+        offset: int,
+        stream_limit: int,
+        conn_received: int,
+        conn_limit: int,
+        dst: bytearray | memoryview,
+    ) -> TakeResult:
+        """Take the records at the start of ``buf`` that carry ``stream_id``'s next
+        bytes within both flow-control limits, their data into ``dst``; stops before
+        anything else. ``dst`` past ``taken`` is unspecified afterwards (the C core
+        decrypts in place there, and zeroes what fails authentication)."""
+        out = memoryview(dst).cast("B")
+        if out.readonly:
+            out.release()  # (no export of the caller's buffer outlives the call)
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        view = memoryview(buf).cast("B")
+        window = self._recv._window
+        cipher = self._recv._cipher
+        pos = taken = records = 0
+        status = OK
+        spill = b""
+        while pos < len(view):
+            if taken == len(out):
+                status = FULL
+                break
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = NEED_MORE if header == NEED_MORE else STOP
+                break
+            end = pos + RECORD_HEADER_LEN + header.body_len
+            counter = header.counter
+            if counter == COUNTER_RESERVED or not window.check(counter):
+                status = STOP
+                break
+            try:
+                plain = cipher.decrypt(
+                    nonce(counter),
+                    bytes(view[pos + RECORD_HEADER_LEN : end]),
+                    bytes(view[pos : pos + RECORD_HEADER_LEN]),
+                )
+            except InvalidTag:
+                status = STOP
+                break
+            start = _stream_data(plain, stream_id, offset, stream_limit, conn_received, conn_limit)
+            if start is None:
+                status = STOP
+                break
+            window.mark(counter)
+            n = len(plain) - start
+            copy = min(n, len(out) - taken)
+            out[taken : taken + copy] = plain[start : start + copy]
+            taken += copy
+            offset += n
+            conn_received += n
+            records += 1
+            pos = end
+            if copy < n:
+                spill = plain[start + copy :]
+                status = FULL
+                break
+        return TakeResult(status, pos, records, taken, spill)
+
+    def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
+        """Seal the start of ``data`` on the lent stream, as much as its limits allow;
+        returns the records (empty when nothing was sealed). ``flow.taken``: how much
+        of ``data`` they hold."""
+        f = self.flow
+        f.taken = f.written = 0
+        # its bytes (a buffer of wider items has fewer items), released on every path
+        with memoryview(data) as base, base.cast("B") as view:
+            if not f.can_send or not len(view):
+                return memoryview(b"")
+            n = min(
+                len(view),
+                f.send_limit - f.send_offset,
+                f.conn_send_limit - f.conn_sent,
+                self.max_seal,
+            )
+            if n <= 0:
+                return memoryview(b"")
+            # (a copy: a slice of the view would outlive it in an error's traceback)
+            chunk = view[:n].tobytes()
+        sealed, records = self.seal(f.send_counter, f.stream_id, f.send_offset, chunk)
+        f.send_counter += records
+        f.send_offset += n
+        f.conn_sent += n
+        f.records_sent += records
+        f.wire_sent += len(sealed)
+        f.last_sent = now
+        f.taken = n
+        f.written = len(sealed)
+        return sealed
+
+    def flow_take(self, n: int, dst: bytearray | memoryview, now: float) -> int:
+        """Take the lent stream's next bytes from the records at the start of
+        ``rview[:n]`` into ``dst``; returns the status (OK, DUE, NEED_MORE, FULL, STOP).
+        ``flow.rx`` holds what was taken and consumed; :meth:`flow_spill` the data of a
+        record that did not fit."""
+        if not 0 <= n <= len(self.rview):
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        if memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        buf = self.rview[:n]
+        f = self.flow
+        rx = f.rx
+        f.taken = 0
+        if not f.can_recv:
+            rx.consumed = rx.records = rx.taken = rx.spill_off = rx.spill_len = 0
+            return STOP
+        if rx.stream_id != f.stream_id:
+            raise LocalProtocolError("flow and receive side name other streams", ErrorCode.ARG)
+        result = self.take(
+            buf, f.stream_id, rx.offset, rx.stream_limit, rx.conn_received, rx.conn_limit, dst
+        )
+        got = result.taken + len(result.spill)
+        rx.offset += got
+        rx.conn_received += got
+        rx.consumed = result.consumed
+        rx.records = result.records
+        rx.taken = result.taken
+        rx.spill_off = 0
+        rx.spill_len = len(result.spill)
+        self._spill = bytes(result.spill)
+        f.taken = result.taken
+        if result.records:
+            f.records_received += result.records
+            f.wire_received += result.consumed
+            f.last_received = now
+        status = result.status
+        if status == OK and (rx.offset > f.credit_offset or rx.conn_received > f.credit_conn):
+            status = DUE
+        return status
+
+    def flow_spill(self) -> memoryview:
+        """After :meth:`flow_take` returned FULL: the data of the last record that did
+        not fit in ``dst``."""
+        return memoryview(self._spill)
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a record the carrier has only begun to bring, kept at
+        ``rview[:pending]`` for :meth:`recv` to complete."""
+        return self.io.pending
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+            raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
+        self.io.pending = n
+
+    @property
+    def status(self) -> int:
+        """The status of the last :meth:`recv` or :meth:`wait_read`."""
+        return self.io.status
+
+    def wait_read(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        timeout_ms: int,
+        dst: bytearray | memoryview | int,
+        stream_id: int,
+    ) -> int:
+        """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
+        the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable, then, lock held
+        again, :meth:`recv` -- if the flow is still lent ``stream_id``. Returns what
+        :meth:`recv` does; 0 with :attr:`status` WAKE (also when the flow changed hands:
+        nothing was read) or WAIT after the wait alone."""
+        if not isinstance(dst, int) and memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if wake_fd >= 0:
+            poller.register(wake_fd, select.POLLIN)
+        lock.release()
+        try:
+            ready = poller.poll(None if timeout_ms < 0 else timeout_ms)
+        finally:
+            lock.acquire()
+        if not ready:
+            self.io.status = WAIT
+            return 0
+        if any(got == wake_fd for got, _ in ready) or (
+            self.flow.stream_id != stream_id or not self.flow.can_recv
+        ):
+            self.io.status = WAKE
+            return 0
+        return self.recv(fd, dst)
+
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
+        """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
+        and :meth:`flow_take` what is there into ``dst`` -- a writable buffer, or a
+        size: then into :attr:`own`. Returns the bytes taken (:attr:`status` OK, or
+        NEED_MORE with a record kept pending); 0 with :attr:`status` NEED_MORE (no
+        record whole yet), WAIT, EOF, or FULL / STOP / DUE, when ``flow.rx`` tells
+        what was taken and consumed and ``rview[flow.rx.consumed : io.end]`` is the
+        general path's."""
+        if isinstance(dst, int):
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            dst = self.own[:dst]
+        if memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        io = self.io
+        pending = io.pending
+        io.got = io.err = 0
+        io.end = pending
+        try:
+            data = os.read(fd, len(self.rview) - pending)
+        except (BlockingIOError, InterruptedError):
+            io.status = WAIT
+            return 0
+        except OSError as exc:
+            io.err = exc.errno or 0
+            raise
+        if not data:
+            io.status = EOF
+            return 0
+        self.rview[pending : pending + len(data)] = data
+        io.got = len(data)
+        return self.feed(len(data), dst)
+
+    def feed(self, n: int, dst: bytearray | memoryview) -> int:
+        """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
+        n]``: take them as :meth:`recv` takes what it reads."""
+        io = self.io
+        if not 0 <= n <= len(self.rview) - io.pending:
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        end = io.pending + n
+        io.end = end
+        status = self.flow_take(end, dst, time.monotonic())
+        f = self.flow
+        rx = f.rx
+        if status in (OK, NEED_MORE, DUE):
+            left = end - rx.consumed
+            self.rview[:left] = self.rview[rx.consumed : end]
+            io.pending = left
+            if status != DUE and not (
+                rx.offset > f.credit_offset or rx.conn_received > f.credit_conn
+            ):
+                io.status = status
+                return rx.taken
+            io.status = DUE  # the bytes are taken, but the connection owes credit
+            return 0
+        io.pending = 0
+        io.status = status
+        return 0
+
+    def exchange(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        data: bytes,
+        queue: list[memoryview],
+        release: Any,
+        timeout_ms: int,
+        size: int,
+        stream_id: int,
+    ) -> int:
+        """:meth:`send` ``data`` and, when every record of all of it went out,
+        :meth:`wait_read` up to ``size`` bytes (at most :attr:`own_cap`) into
+        :attr:`own`. ``release`` (a lock the caller holds, or None) is released once
+        the records are written, or when this raises before. Returns what :meth:`wait_read`
+        does; when not all of ``data`` went on the wire, -1 - the bytes of it left
+        unsealed (the records sealed but not written are appended to ``queue``), and
+        nothing waited."""
+        queued = len(queue)
+        try:
+            if not 0 <= size <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            left = self.send(fd, data, queue)
+        finally:
+            if release is not None:
+                release.release()
+        if left or len(queue) != queued:
+            return -1 - left
+        return self.wait_read(lock, fd, wake_fd, timeout_ms, size, stream_id)
+
+    def send(
+        self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
+    ) -> int:
+        """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
+        and write the records to the carrier ``fd`` (non-blocking); returns how many
+        bytes of ``data`` are left (not sealed). ``io.sent`` of ``flow.written`` bytes
+        went out; the rest (a copy) is appended to ``queue``, when given."""
+        io = self.io
+        io.sent = io.err = 0
+        # flow_seal copies what it seals: no view of the caller's buffer stays alive
+        # (an error's traceback would keep it, and the buffer could not be resized)
+        size = memoryview(data).nbytes
+        sealed = self.flow_seal(data, time.monotonic())
+        if not sealed:
+            return size
+        sent = 0
+        while sent < len(sealed):
+            try:
+                sent += os.write(fd, sealed[sent:])
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                io.sent = sent
+                io.err = exc.errno or 0
+                raise
+        io.sent = sent
+        if queue is not None and sent < len(sealed):
+            queue.append(memoryview(bytes(sealed[sent:])))
+        return size - self.flow.taken

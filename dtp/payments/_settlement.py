@@ -1,0 +1,994 @@
+"""The ledger ends of a paid connection (docs/escrow.md §6.1, §7), shared by the blocking
+and asyncio adapters.
+
+Client: :class:`ClientPayment` meters a connection made by host ID (hooked into the
+adapter's output path), sends the final receipt before CLOSE and then half-closes the
+connection on the ledger unless the server already closed it there;
+:func:`collect_refund` settles once the close timeout has passed when the server never
+did.
+
+Server: :func:`publish_endpoint` puts the server's endpoint and Noise key in the Host;
+:func:`claim_and_settle` claims a connection's latest stored receipt and refunds the
+client the rest, closing the connection in the same transaction when it is still Open;
+:func:`recover_unclaimed` does it for every receipt a previous run left unclaimed (crash
+recovery); :class:`ClaimBackoff` spaces out a live server's tries of those it fails.
+
+A connection the client closes in-band thus costs two transactions in all, its open and
+the server's settlement: a paid server settles before it closes its end of the carrier,
+and the client, once that end closed, finds the connection settled and has nothing
+left to do (docs/escrow.md §6.1).
+
+These functions call the ledger and block: run them in a thread from asyncio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from dtp.errors import (
+    ChainError,
+    ConnectionStateError,
+    DTPError,
+    InvalidArgument,
+    ReceiptStoreError,
+    ReplayedReceipt,
+    SpendingCapExceeded,
+)
+from dtp.ledger._connections import claimable_with
+from dtp.ledger._objects import (
+    HALF_CLOSE_TIMEOUT_MS,
+    ConnectionState,
+    Escrow,
+    OpenedConnection,
+    Settlement,
+    TransportControl,
+    normalize_id,
+)
+from dtp.ledger.interface import SettleItem
+from dtp.ledger.receipt import U64_MAX, ReceiptScope, fee
+from dtp.payments._ends import (
+    BatchPlan,
+    Deferred,
+    EndBatch,
+    EndChoice,
+    EndDeferred,
+    EndLeft,
+    EndRule,
+)
+from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._refund_engine import RefundAction, RefundStep, refund_cost, worth_gas
+from dtp.payments._refunds import collect_refund, connection_ended
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipt_store import StoredReceipt
+
+if TYPE_CHECKING:
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.receipt import Receipt
+    from dtp.payments.receipt_store import ReceiptStore
+
+__all__ = [
+    "ClaimBackoff",
+    "ClientPayment",
+    "MeteredConnection",
+    "claim_and_settle",
+    "collect_refund",
+    "end_connection",
+    "leave",
+    "publish_endpoint",
+    "recover_unclaimed",
+    "settle_deferred",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MeteredConnection(Protocol):
+    """What :class:`ClientPayment` needs of its connection: the usage to sign for and a
+    way to send a receipt. :class:`dtp.protocol.connection.Connection` is one; payments
+    never import the protocol, which sits beside them (docs/architecture.md, "Layout")."""
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """Application bytes sent plus received, and requests (docs/escrow.md §6.1)."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (no receipt can be sent any more)."""
+        ...
+
+    def send_receipt(self, receipt: bytes) -> None:
+        """Send a RECEIPT frame carrying ``receipt`` (an encoded receipt)."""
+        ...
+
+
+class ClientPayment:
+    """The client side of one paid connection: meter, in-band receipts, ledger close.
+
+    The adapter calls :meth:`tick` each time it collects the connection's output (cheap
+    when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
+    (a request for a receipt now), :meth:`closing` just before it closes the connection,
+    and :meth:`finish` after, once the server closed its end of the carrier (the ledger
+    half-close, when still needed; blocking). Before a write that would take the usage
+    past :attr:`payable_bytes` it asks :meth:`refuse_write`: a write the deposit cannot
+    pay ends the connection at once (docs/escrow.md §6.1), where a server would pause it
+    and close it only after its pause timeout.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        host_id: str,
+        connection_id: str,
+        conn: MeteredConnection,
+        config: MeteringConfig | None = None,
+        *,
+        now: float = 0.0,
+        opened: OpenedConnection | None = None,
+    ) -> None:
+        """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
+        spares reading the connection and its escrow back: nothing can have been claimed
+        from an escrow this new, as we have signed no receipt yet. Without it both are
+        read. The spending cap is not: the open reserved the whole deposit on it, so the
+        server can claim every receipt up to the deposit (docs/escrow.md §4)."""
+        if (
+            opened is not None
+            and opened.sla is not None
+            and opened.deposit is not None
+            and opened.connection_id == connection_id
+        ):
+            sla, deposited = opened.sla, opened.deposit
+            escrow_id = opened.escrow_id
+        else:
+            tc = ledger.get_connection(connection_id)
+            escrow = ledger.get_escrow(tc.escrow)
+            escrow_id = escrow.id
+            sla, deposited = tc.sla, escrow.deposited
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = host_id
+        self.connection_id = connection_id
+        self.escrow_id = escrow_id
+        self.conn = conn
+        # never sign for more than the server can claim: the deposit (a top-up raises it)
+        scope = ReceiptScope(ledger.package_id, escrow_id, connection_id)
+        self.meter = ClientMeter(identity, scope, sla, deposited, config, now_ms=int(now * 1000))
+        self.receipts_sent = 0
+        self._now_ms = int(now * 1000)
+        self._finished = False
+        #: Below this usage (bytes) and before this time (monotonic s), :meth:`tick`
+        #: has nothing to do: an adapter's hot path may skip it.
+        self.quiet_bytes = 0
+        self.quiet_until = 0.0
+        # top-ups under way (top_up_on_ledger until topped_up): while there is one, no
+        # write is refused -- it waits, as the server pauses, for the deposit to grow
+        self._top_ups = 0
+        self._top_up_lock = threading.Lock()
+        #: The usage (bytes, with the requests counted so far) up to which the deposit
+        #: pays: a write that would take the usage, what is queued included, past it
+        #: asks :meth:`refuse_write` first (U64_MAX while a top-up is under way)
+        self.payable_bytes = self._payable_bytes()
+
+    def tick(self, now: float) -> None:
+        """Sign and queue a receipt if the cadence says so."""
+        conn = self.conn
+        if conn.closed:
+            return
+        total_bytes, total_requests = conn.usage
+        self._now_ms = now_ms = int(now * 1000)
+        if (
+            total_bytes < self.quiet_bytes
+            and now < self.quiet_until
+            and total_requests == self.meter.seen_requests
+        ):
+            return  # what the meter's own hot path would find, without asking it
+        receipt = self.meter.update(now_ms, total_bytes, total_requests)
+        if receipt is not None:
+            conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+        self.payable_bytes = self._payable_bytes()  # (the requests may have grown)
+        quiet_bytes, due_ms = self.meter.quiet_until()
+        self.quiet_bytes = quiet_bytes
+        self.quiet_until = math.inf if due_ms is None else due_ms / 1000
+
+    def _payable_bytes(self) -> int:
+        """:attr:`payable_bytes` as the deposit and the requests counted stand now."""
+        if self._top_ups:
+            return U64_MAX
+        meter = self.meter.meter
+        sla = meter.sla
+        if sla.price_per_kib == 0:
+            return U64_MAX  # bytes are free: requests alone can outrun the deposit
+        # (the connection's count of requests: the meter's may not have seen the latest)
+        budget = meter.deposit - self.conn.usage[1] * sla.price_per_request
+        # the largest usage b with ceil(b * price / 1024) <= budget (Meter.affordable_bytes)
+        return max(0, budget) * 1024 // sla.price_per_kib
+
+    def refuse_write(self, nbytes: int, requests: int = 0) -> str | None:
+        """Why the connection may not send ``nbytes`` more bytes (what is queued
+        included) and open ``requests`` more streams (None: it may). A write the
+        deposit cannot pay whole is refused, with the reason the adapter ends the
+        connection with (CLOSE_PAYMENT_REQUIRED, before which it queues the final
+        receipt: :meth:`closing`) and raises as PaymentRequired: the server would only
+        pause it, then close it after its pause timeout (ServicePolicy.pause_timeout,
+        10 s by default), the deposit spent all the same. While a top-up is under way
+        (:meth:`top_up_on_ledger` until :meth:`topped_up`) nothing is refused: the
+        write goes out and waits, as the server pauses, for the deposit to grow."""
+        if self._top_ups or self.conn.closed:
+            return None
+        total_bytes, total_requests = self.conn.usage
+        meter = self.meter.meter
+        cost = fee(meter.sla, total_bytes + nbytes, total_requests + requests)
+        if cost <= meter.deposit:
+            self.payable_bytes = self._payable_bytes()
+            return None
+        return (
+            f"the deposit of connection {self.connection_id} ({meter.deposit} MIST) cannot "
+            f"pay for this write: the usage would cost {cost} MIST (connect with a larger "
+            "deposit, or top it up before it runs out)"
+        )
+
+    def on_server_receipt(self, data: bytes) -> None:
+        """The server asks for a receipt (it paused service): pay all usage now."""
+        self._pay_now()
+
+    def top_up_on_ledger(self, amount: int) -> None:
+        """``escrow::top_up`` of ``amount`` MIST for this connection (blocking: a ledger
+        transaction; call without the adapter's lock, then :meth:`topped_up` with it).
+        The amount is reserved on the connection's spending cap. Raises InvalidArgument
+        for an amount that is not a positive int, and what the ledger raises:
+        SpendingCapExceeded for one past the cap's room this epoch (nothing moves: a
+        connection by host ID made without ``cap_id=`` has a cap of its deposit, used up
+        by the open), InsufficientFunds, ConnectionStateError once settled..."""
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 1 << 64:
+            raise InvalidArgument(
+                f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
+            )
+        with self._top_up_lock:
+            self._top_ups += 1
+            self.payable_bytes = U64_MAX  # (writes meanwhile wait for it, as the server)
+        try:
+            self._top_up_on_ledger(amount)
+        except BaseException:
+            self._top_up_ended()
+            raise
+        # (under way until topped_up(): the receipts up to the new deposit are signed then)
+
+    def _top_up_ended(self) -> None:
+        with self._top_up_lock:
+            self._top_ups = max(0, self._top_ups - 1)
+            self.payable_bytes = self._payable_bytes()
+
+    def _top_up_on_ledger(self, amount: int) -> None:
+        try:
+            self.ledger.top_up(self.identity, self.escrow_id, amount)
+        except SpendingCapExceeded as exc:
+            raise SpendingCapExceeded(
+                f"top_up({amount}): {exc} (the spending cap reserves the deposit and each "
+                "top-up); to top up past it, connect with cap_id= of a spending cap that "
+                "has room for it",
+                name=exc.name,
+                module=exc.module,
+                code=exc.code,
+            ) from None
+
+    def topped_up(self, amount: int) -> None:
+        """Sign up to the deposit a :meth:`top_up_on_ledger` raised (adapter's lock held):
+        usage the old deposit did not cover is paid now. The server reads the escrow
+        again when the deposit holds the connection, and serves on."""
+        meter = self.meter
+        receipt = meter.top_up(amount, self._now_ms)
+        if receipt is not None and not self.conn.closed:
+            self.conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+        self.quiet_bytes, self.quiet_until = 0, 0.0  # the next tick looks again
+        self._top_up_ended()
+
+    def closing(self) -> None:
+        """Queue the final receipt (call before the CLOSE frame is queued)."""
+        self._pay_now()
+
+    def _pay_now(self) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        total_bytes, total_requests = conn.usage
+        now_ms = self._now_ms  # the time of the last tick: no cadence depends on it here
+        receipt = self.meter.update(now_ms, total_bytes, total_requests, force=True)
+        receipt = self.meter.flush(now_ms) or receipt
+        if receipt is not None:
+            conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+
+    def finish(self) -> None:
+        """Half-close the connection on the ledger unless it is no longer Open (once;
+        failures are logged). A paid server that saw our CLOSE closes and settles it in
+        one transaction before it closes its end of the carrier, so a caller that waited
+        for that end finds it settled: one read, no transaction. Otherwise our half-close
+        starts the timeout after which the client may settle without the server
+        (:func:`collect_refund`), which the process's
+        :class:`~dtp.payments._refunds.RefundCollector` then does (unless
+        :attr:`collect_refunds` is False): a server whose fee did not cover the gas of
+        its settlement leaves it to us (docs/escrow.md §7.1), and so does one that
+        crashed. On a ledger that charges gas, a deposit whose remainder would not pay
+        for the half-close and the settlement is left as it is (logged). A connection
+        the collector holds from its open (``on_open``) is released to it whatever
+        happened here (:func:`~dtp.payments._refunds.connection_ended`)."""
+        if self._finished:
+            return
+        self._finished = True
+        half_closed = False
+        try:
+            if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
+                return
+            if not self._refund_worth_gas():
+                return
+            self.ledger.close_connection(self.identity, self.connection_id)
+            half_closed = True
+        except ConnectionStateError as exc:
+            # the server closed (and maybe settled) first: nothing left for us to do
+            logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
+        except DTPError as exc:
+            logger.warning(
+                "could not close connection %s on the ledger: %s", self.connection_id, exc
+            )
+        finally:
+            if self.collect_refunds:
+                connection_ended(
+                    self.ledger, self.identity, self.connection_id, half_closed=half_closed
+                )
+
+    #: Whether :meth:`finish` has the process's refund collector settle a connection it
+    #: half-closed once its timeout has passed.
+    collect_refunds = True
+
+    def _refund_worth_gas(self) -> bool:
+        """Whether what the escrow would give back covers the gas of the half-close and
+        the settlement (always, on a ledger that charges none): the refund engine's rule
+        (:func:`~dtp.payments._refund_engine.worth_gas`), which the collector applies
+        too."""
+        cost = refund_cost(RefundAction.HALF_CLOSE, self.ledger.end_gas())
+        if not cost:
+            return True
+        balance = self.ledger.get_escrow(self.escrow_id).balance
+        step = worth_gas(RefundStep(RefundAction.HALF_CLOSE, cost=cost), balance)
+        if step.action is not RefundAction.SKIP:
+            return True
+        logger.info(
+            "connection %s: the %d MIST left in its escrow is less than the %d MIST of gas "
+            "its half-close and settlement cost; left on the ledger",
+            self.connection_id,
+            balance,
+            cost,
+        )
+        return False
+
+
+def claim_and_settle(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    *,
+    escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
+    final: Receipt | None = None,
+) -> Settlement | None:
+    """The server's end of a connection: claim the latest stored receipt and settle (the
+    client is refunded the rest at once), in one transaction that also closes the
+    connection when it is still Open (the server may settle at any time, docs/escrow.md
+    §7; on a ledger whose package predates that, it half-closes first). Whatever the gas
+    (:func:`end_connection` weighs it first).
+
+    ``store``: where the connection's latest receipt is, and where the claim is marked:
+    the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
+    receipts still on their way to the disk: the claim need not wait for the fsync).
+    ``escrow``: the connection's Escrow as the caller read it (a paid server, at
+    admission): what is taken from it -- its ID, spending cap and latest claimed nonce --
+    cannot have moved since unless the caller claimed, so it is not read again. Should it
+    be stale all the same (claimed since), the ledger refuses the claim as replayed (it
+    checks the nonce itself) and the escrow is read afresh for one more try.
+    ``connection``: the TransportControl as the caller read it; where the ledger tells
+    an object's version cheaply, it is read again only once its version moved.
+    ``final``: a checked receipt newer than the store's that was not stored (the one the
+    client's CLOSE came with: the claim on the ledger is its durable copy); the caller
+    stores it should the settlement not claim it (:func:`claimed`). Of it and the
+    store's latest, the one for more is claimed. When the store cannot be read, the
+    final receipt is claimed; without one, the ReceiptStoreError is raised (settling
+    without the latest receipt would refund what the client owes).
+
+    Returns None when the connection was already settled. The client's spending cap
+    cannot refuse the claim: the deposit was reserved on it at the open (docs/escrow.md
+    §4).
+    """
+    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    return _settle_end(ledger, identity, connection_id, store, end)
+
+
+@dataclass(frozen=True)
+class _End:
+    """A connection's end as read before its settlement."""
+
+    tc: TransportControl
+    stored: StoredReceipt | None
+    """The receipt to claim (the store's latest, or the final one for more)."""
+    escrow: Escrow | None
+    """Its escrow (None once settled: not read)."""
+    known: bool
+    """The escrow is the caller's (it may be stale), not read here."""
+
+    @property
+    def fee(self) -> int:
+        """MIST the receipt claims beyond what the escrow paid already."""
+        if self.stored is None or self.escrow is None:
+            return 0
+        return claimable_with(self.stored.receipt, self.escrow)
+
+
+def _read_end(
+    ledger: Ledger,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    escrow: Escrow | None,
+    connection: TransportControl | None,
+    final: Receipt | None,
+) -> _End:
+    tc = _current(ledger, connection_id, connection)
+    try:
+        stored = store.latest(connection_id) if store is not None else None
+    except ReceiptStoreError:
+        if final is None:
+            raise  # settling without the latest receipt would refund what the client owes
+        # the final receipt is the newest of its DTP connection (its gate checked it
+        # against every one kept): claimed now, rather than left for a recovery that
+        # would not find it in the store (see below for the case where it is not)
+        logger.warning("reading the receipts of %s failed; claiming its final one", connection_id)
+        stored = None
+    if final is not None and (
+        stored is None
+        or (final.total_amount, final.nonce) > (stored.receipt.total_amount, stored.receipt.nonce)
+    ):
+        # the one for more: within a DTP connection the final is never lower (its gate
+        # checks it against the receipts it kept), but a ledger connection served again
+        # after a failed settlement has a gate seeded from the escrow, not the store
+        stored = StoredReceipt(final, 0)
+    if tc.settled:
+        return _End(tc, stored, None, False)
+    if escrow is None or escrow.id != tc.escrow:
+        return _End(tc, stored, ledger.get_escrow(tc.escrow), False)
+    return _End(tc, stored, escrow, True)
+
+
+def _settle_end(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    end: _End,
+) -> Settlement | None:
+    """Settle the connection as :func:`claim_and_settle` does, from what ``end`` read."""
+    tc, stored = end.tc, end.stored
+    if tc.settled or end.escrow is None:
+        _write_off(ledger, connection_id, tc, store, stored)
+        return None
+    try:
+        try:
+            settlement = _settle(ledger, identity, tc, end.escrow, stored)
+        except ReplayedReceipt:
+            if not end.known:
+                raise
+            # the escrow was claimed since the caller read it: read it and try again
+            settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
+    except ConnectionStateError as exc:
+        if exc.name not in ("EAlreadySettled", "EEscrowSettled"):
+            raise
+        # the client settled between our read and our transaction (its timeout had
+        # passed): as if we had read it settled, the receipt is written off and marked,
+        # not left unclaimed for every later start to try again
+        tc = ledger.get_connection(connection_id)
+        if not tc.settled:
+            raise
+        _write_off(ledger, connection_id, tc, store, stored)
+        return None
+    if stored is not None and store is not None:
+        _mark_claimed(store, connection_id, settlement.claimed)
+    logger.info(
+        "settled %s: %d MIST claimed, %d refunded",
+        connection_id,
+        settlement.claimed,
+        settlement.refunded,
+    )
+    return settlement
+
+
+def end_connection(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    *,
+    rule: EndRule,
+    batch: EndBatch | None = None,
+    now: float = 0.0,
+    escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
+    final: Receipt | None = None,
+) -> Settlement | EndLeft | EndDeferred | None:
+    """A paid server's end of a connection, its gas weighed (:mod:`dtp.payments._ends`):
+    what its receipts can still claim, against what claiming and settling costs on this
+    ledger (``ledger.end_gas()``), decides between :func:`claim_and_settle` now (its
+    Settlement, or None when the connection was settled already), a place in ``batch``
+    until ``now`` + ``rule.batch_window`` (:class:`EndDeferred`; without a batch, the
+    end is left) and leaving it to its client (:class:`EndLeft`: no transaction; its
+    receipt, ``final`` included, is kept and marked written off, and a line logged).
+    The arguments are :func:`claim_and_settle`'s. A ledger that charges no gas, and
+    ``rule.weigh_gas`` False, settle every end."""
+    gas = ledger.end_gas() if rule.weigh_gas else None
+    if gas is None or not gas.charged:
+        return claim_and_settle(
+            ledger,
+            identity,
+            connection_id,
+            store,
+            escrow=escrow,
+            connection=connection,
+            final=final,
+        )
+    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    if end.tc.settled or end.escrow is None:
+        return _settle_end(ledger, identity, connection_id, store, end)
+    fee = end.fee
+    choice = rule.choose(fee, gas)
+    if choice is EndChoice.BATCH and end.stored is not None and batch is not None:
+        # (its client may be free to settle alone soon: then it is left now)
+        due = min(now + rule.batch_window, _client_may_settle(ledger, end.tc, now))
+        if due > now:
+            batch.add(
+                Deferred(
+                    end.tc.id,
+                    end.stored.receipt,
+                    fee,
+                    due,
+                    end.escrow.id,
+                    end.escrow.spending_cap,
+                )
+            )
+            logger.info(
+                "connection %s waits to be settled with others: its fee of %d MIST is "
+                "below the %d MIST of gas a settlement of its own costs",
+                connection_id,
+                fee,
+                gas.settle_claim,
+            )
+            return EndDeferred(fee, due)
+    if choice is EndChoice.SETTLE:
+        return _settle_end(ledger, identity, connection_id, store, end)
+    cost = gas.settle_claim if fee else gas.settle_refund
+    leave(store, connection_id, end.stored, fee, cost, final)
+    return EndLeft(fee, cost)
+
+
+#: Seconds before its client may settle alone by which a deferred end is settled.
+_DEADLINE_MARGIN = 60.0
+
+
+def _client_may_settle(ledger: Ledger, tc: TransportControl, now: float) -> float:
+    """When (on ``now``'s clock) the client of ``tc`` may settle alone, less a margin:
+    a deferred end is settled or left before that. Without a half-close the client
+    must make one first, and then wait the whole timeout."""
+    if tc.half_closed_at_ms is None:
+        return math.inf
+    try:
+        elapsed_ms = ledger.clock_ms() - tc.half_closed_at_ms
+    except ChainError:
+        elapsed_ms = HALF_CLOSE_TIMEOUT_MS  # (not known: no time to wait)
+    return now + (HALF_CLOSE_TIMEOUT_MS - elapsed_ms) / 1000 - _DEADLINE_MARGIN
+
+
+def leave(
+    store: ReceiptStore | ReceiptWriter | None,
+    connection_id: str,
+    stored: StoredReceipt | None,
+    fee: int,
+    gas: int,
+    final: Receipt | None = None,
+) -> None:
+    """A connection's end left to its client (:attr:`EndChoice.LEAVE`): its receipt
+    (``final``, not stored yet, kept first) is marked written off, so that no recovery
+    claims it later, and a line says why. Nothing goes to the ledger."""
+    if store is not None:
+        if final is not None:
+            _keep(store, final)
+        if stored is not None:
+            _mark_claimed(store, connection_id, stored.receipt.total_amount)
+    if fee:
+        logger.info(
+            "connection %s left to its client: its fee of %d MIST is below the %d MIST "
+            "of gas claiming it costs; the client gets it back when it settles",
+            connection_id,
+            fee,
+            gas,
+        )
+    else:
+        logger.info(
+            "connection %s left to its client: nothing to claim, and settling it costs "
+            "%d MIST of gas; the client settles it after the half-close timeout",
+            connection_id,
+            gas,
+        )
+
+
+def _keep(store: ReceiptStore | ReceiptWriter, receipt: Receipt) -> None:
+    """Store ``receipt`` (through the writer, or straight in the store)."""
+    try:
+        if isinstance(store, ReceiptWriter):
+            store.submit(receipt, lambda _: None)
+        else:
+            store.keep(receipt)
+    except (ReceiptStoreError, RuntimeError) as exc:
+        logger.warning(
+            "the receipt of connection %s, left to its client, is not stored: %s",
+            receipt.connection_id,
+            exc,
+        )
+
+
+def settle_deferred(
+    ledger: Ledger,
+    identity: HostIdentity,
+    store: ReceiptStore | ReceiptWriter | None,
+    plan: BatchPlan,
+    batch: EndBatch | None = None,
+) -> tuple[list[tuple[str, Settlement]], list[tuple[str, EndLeft]]]:
+    """Make an :class:`EndBatch`'s plan: its ends to settle in one transaction
+    (``ledger.settle_batch``), each receipt then marked claimed, and its ends to leave
+    (:func:`leave`). A batch the ledger refuses is read again: its connections settled
+    meanwhile (their clients' timeouts passed) have their receipts written off, and the
+    others go back into ``batch`` to wait on (left once their window ends), or, with no
+    batch, are left now. Returns what was settled and what was left."""
+    settled: list[tuple[str, Settlement]] = []
+    left: list[tuple[str, EndLeft]] = []
+    gas = ledger.end_gas() if plan.leave else None
+    for entry in plan.leave:
+        cost = gas.batch_claim if gas is not None else 0
+        leave(store, entry.connection_id, StoredReceipt(entry.receipt, 0), entry.fee, cost)
+        left.append((entry.connection_id, EndLeft(entry.fee, cost)))
+    if not plan.settle:
+        return settled, left
+    items = [SettleItem(e.connection_id, e.receipt, e.escrow_id, e.cap_id) for e in plan.settle]
+    try:
+        outcomes = ledger.settle_batch(identity, items)
+    except ChainError as exc:
+        logger.warning("settling %d connections in one transaction failed: %s", len(items), exc)
+        _batch_failed(ledger, store, plan.settle, batch, left)
+        return settled, left
+    for entry, settlement in zip(plan.settle, outcomes, strict=True):
+        if store is not None:
+            _mark_claimed(store, entry.connection_id, entry.receipt.total_amount)
+        settled.append((entry.connection_id, settlement))
+    logger.info(
+        "settled %d connections in one transaction: %d MIST claimed, %d refunded",
+        len(outcomes),
+        sum(s.claimed for s in outcomes),
+        sum(s.refunded for s in outcomes),
+    )
+    return settled, left
+
+
+def _batch_failed(
+    ledger: Ledger,
+    store: ReceiptStore | ReceiptWriter | None,
+    entries: Iterable[Deferred],
+    batch: EndBatch | None,
+    left: list[tuple[str, EndLeft]],
+) -> None:
+    """The ends of a refused batch: written off when settled meanwhile, else back in
+    ``batch`` (or left, without one)."""
+    for entry in entries:
+        try:
+            tc = ledger.get_connection(entry.connection_id)
+        except ChainError:
+            tc = None
+        if tc is not None and tc.settled:
+            _write_off(ledger, entry.connection_id, tc, store, StoredReceipt(entry.receipt, 0))
+        elif batch is not None:
+            batch.add(entry)
+        else:
+            leave(store, entry.connection_id, StoredReceipt(entry.receipt, 0), entry.fee, 0)
+            left.append((entry.connection_id, EndLeft(entry.fee, 0)))
+
+
+def _write_off(
+    ledger: Ledger,
+    connection_id: str,
+    tc: TransportControl,
+    store: ReceiptStore | ReceiptWriter | None,
+    stored: StoredReceipt | None,
+) -> None:
+    """``tc`` is settled: what ``stored`` has beyond the escrow's claims is lost."""
+    if stored is not None and stored.unclaimed > 0 and store is not None:
+        escrow = ledger.get_escrow(tc.escrow)
+        if escrow.claimed < stored.receipt.total_amount:
+            logger.warning(
+                "connection %s was settled before its receipt for %d MIST was claimed "
+                "(%d claimed): the rest is written off",
+                connection_id,
+                stored.receipt.total_amount,
+                escrow.claimed,
+            )
+        # a settled escrow pays nothing more: the receipt is done with, as a whole
+        # (marked with the escrow's claims only, it would stay unclaimed in the store,
+        # and every start read the ledger for it and warn again, for good)
+        _mark_claimed(store, connection_id, max(escrow.claimed, stored.receipt.total_amount))
+
+
+def _mark_claimed(store: ReceiptStore | ReceiptWriter, connection_id: str, amount: int) -> None:
+    """Mark in ``store`` what the ledger has settled. A mark that cannot be written (a
+    store locked, read-only or full: ReceiptStoreError; the writer closed:
+    RuntimeError) is logged only: it is bookkeeping, which the next start derives from
+    the ledger again, while the settlement is done on the ledger for good. Raised, it
+    hid that settlement from the caller (a paid server then kept the final receipt it
+    had just claimed as unclaimed) and stopped a recovery before its other receipts."""
+    try:
+        store.mark_claimed(connection_id, amount)
+    except (ReceiptStoreError, RuntimeError) as exc:
+        logger.warning(
+            "connection %s is settled, but its claim of %d MIST is not marked in the "
+            "receipt store (the next start finds it settled on the ledger): %s",
+            connection_id,
+            amount,
+            exc,
+        )
+
+
+def claimed(settlement: Settlement | None, receipt: Receipt) -> bool:
+    """Whether ``settlement`` (from :func:`claim_and_settle`) claimed ``receipt``."""
+    return settlement is not None and settlement.claimed >= receipt.total_amount
+
+
+def _settle(
+    ledger: Ledger,
+    identity: HostIdentity,
+    tc: TransportControl,
+    escrow: Escrow,
+    stored: StoredReceipt | None,
+) -> Settlement:
+    """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet; an Open
+    connection is closed by the same transaction, or first where the ledger's package
+    refuses that (it predates the server's settling an Open connection)."""
+    try:
+        return _settle_once(ledger, identity, tc, escrow, stored)
+    except ConnectionStateError as exc:
+        if exc.name != "EConnectionOpen":
+            raise
+    with contextlib.suppress(ConnectionStateError):  # the client may close meanwhile
+        ledger.close_connection(identity, tc.id)
+    return _settle_once(ledger, identity, tc, escrow, stored)
+
+
+def _settle_once(
+    ledger: Ledger,
+    identity: HostIdentity,
+    tc: TransportControl,
+    escrow: Escrow,
+    stored: StoredReceipt | None,
+) -> Settlement:
+    # the IDs come from the connection and escrow: the ledger need not read them again;
+    # a receipt that pays nothing more is not claimed (a transaction's worth of checks
+    # for nothing)
+    if (
+        stored is not None
+        and stored.receipt.nonce > escrow.latest_nonce
+        and stored.receipt.total_amount > escrow.claimed
+    ):
+        return ledger.settle_with_receipt(
+            identity, tc.id, stored.receipt, escrow_id=tc.escrow, cap_id=escrow.spending_cap
+        )
+    return ledger.settle(identity, tc.id, escrow_id=tc.escrow, cap_id=escrow.spending_cap)
+
+
+def _current(
+    ledger: Ledger, connection_id: str, known: TransportControl | None
+) -> TransportControl:
+    """The connection as it is now: ``known`` when its version has not moved (where the
+    ledger tells versions cheaply), else read."""
+    version_of = getattr(ledger, "object_version", None)
+    if (
+        known is not None
+        and version_of is not None
+        and known.id == normalize_id(connection_id, "connection ID")
+        and version_of(known.id) == known.version
+    ):
+        return known
+    return ledger.get_connection(connection_id)
+
+
+class ClaimBackoff:
+    """A live server's memory of the receipts its recovery failed to claim (for
+    :func:`recover_unclaimed`'s ``backoff``), per connection ID, counted in recovery
+    rounds (:meth:`next_round`). A dead run's receipt the ledger refuses for good (the
+    client's cap this epoch, a connection that cannot be read, a receipt it rejects)
+    was tried -- a ledger call and a warning -- every round by every live server on the
+    store, for as long as it lasted. After its n-th failure it waits 2**(n-1) rounds, at
+    most ``max_rounds``, before it is tried again; its first failure is logged as a
+    warning, the later ones at debug level. Forgotten once claimed, or once its row is
+    no longer unclaimed (claimed by another server, or written off). Thread-safe."""
+
+    def __init__(self, max_rounds: int) -> None:
+        self.max_rounds = max_rounds
+        self._failed: dict[str, tuple[int, int]] = {}  # ID -> (failures, round it is due)
+        self._round = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds have started."""
+        with self._lock:
+            return self._round
+
+    def next_round(self) -> None:
+        """A recovery round starts."""
+        with self._lock:
+            self._round += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._failed)
+
+    def __contains__(self, connection_id: object) -> bool:
+        if not isinstance(connection_id, str):
+            return False
+        with self._lock:
+            return normalize_id(connection_id, "connection ID") in self._failed
+
+    def failures(self, connection_id: str) -> int:
+        """How many tries of ``connection_id`` failed in a row (0: none remembered)."""
+        with self._lock:
+            return self._failed.get(normalize_id(connection_id, "connection ID"), (0, 0))[0]
+
+    def due(self, connection_id: str) -> bool:
+        """Whether ``connection_id`` is to be tried in this round."""
+        with self._lock:
+            entry = self._failed.get(normalize_id(connection_id, "connection ID"))
+            return entry is None or entry[1] <= self._round
+
+    def failed(self, connection_id: str) -> int:
+        """A try of ``connection_id`` failed: how many have, in a row."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._lock:
+            failures = self._failed.get(key, (0, 0))[0] + 1
+            self._failed[key] = (failures, self._round + min(2 ** (failures - 1), self.max_rounds))
+            return failures
+
+    def forget(self, connection_id: str) -> None:
+        """Nothing left to try of ``connection_id``."""
+        with self._lock:
+            self._failed.pop(normalize_id(connection_id, "connection ID"), None)
+
+    def prune(self, store: ReceiptStore, listed: Iterable[StoredReceipt]) -> None:
+        """Forget the IDs ``store`` no longer holds unclaimed, of those not ``listed``
+        in this round (a row a dead run's lock held by another server's recovery keeps
+        out of the list is still unclaimed: remembered)."""
+        with self._lock:
+            if not self._failed:
+                return
+            absent = set(self._failed).difference(s.receipt.connection_id for s in listed)
+        for cid in absent:
+            try:
+                stored = store.latest(cid)
+            except ReceiptStoreError:
+                continue  # (not known gone: tried as due, and forgotten once claimed)
+            if stored is None or stored.unclaimed == 0:
+                self.forget(cid)
+
+
+def recover_unclaimed(
+    ledger: Ledger,
+    identity: HostIdentity,
+    store: ReceiptStore,
+    receipts: Iterable[StoredReceipt] | None = None,
+    stopped: Callable[[], bool] | None = None,
+    backoff: ClaimBackoff | None = None,
+    *,
+    rule: EndRule | None = None,
+    batch: EndBatch | None = None,
+    now: float = 0.0,
+) -> list[tuple[str, Settlement]]:
+    """Claim and settle every connection the store holds an unclaimed receipt for (run at
+    start: a previous run's connections are gone), or those of ``receipts`` (read from
+    it). Failures (the ledger's, the store's, any other exception) are logged and
+    skipped: one receipt's stops none of the others. Not the receipts of a server still
+    serving from the store: it would settle its live connections (the paid servers claim
+    those of dead runs only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true
+    no further receipt is claimed (those left stay unclaimed in the store). With
+    ``backoff`` (a live server's rounds), a receipt whose last tries failed is tried
+    only once due, its failures are remembered there, and only its first is logged as
+    a warning. With ``rule``, each end's gas is weighed first (:func:`end_connection`:
+    one not worth a settlement of its own goes into ``batch`` at ``now``, or is left to
+    its client); the settlements made are returned."""
+
+    def claim(cid: str) -> Settlement | None:
+        if rule is None:
+            return claim_and_settle(ledger, identity, cid, store)
+        outcome = end_connection(ledger, identity, cid, store, rule=rule, batch=batch, now=now)
+        return outcome if isinstance(outcome, Settlement) else None
+
+    done: list[tuple[str, Settlement]] = []
+    for stored in list(store.unclaimed() if receipts is None else receipts):
+        if stopped is not None and stopped():
+            break
+        cid = stored.receipt.connection_id
+        if batch is not None and cid in batch:
+            continue  # (waiting for its batch already)
+        if backoff is None:
+            try:
+                settlement = claim(cid)
+            except (ChainError, ReceiptStoreError) as exc:
+                logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
+                continue
+            except Exception:
+                # (a bug, a ledger's surprise: with its traceback) caught: the recovery
+                # goes on to the receipts after it, and the server starts
+                logger.exception("could not claim the stored receipt of %s", cid)
+                continue
+        else:
+            if not backoff.due(cid):
+                continue
+            settlement = _claim_with_backoff(claim, cid, backoff)
+        if settlement is not None:
+            done.append((cid, settlement))
+    return done
+
+
+def _claim_with_backoff(
+    claim: Callable[[str], Settlement | None], cid: str, backoff: ClaimBackoff
+) -> Settlement | None:
+    """``claim(cid)`` of a receipt ``backoff`` found due: its failure noted there (and
+    logged), its success (or its receipt found written off, or left) forgetting it."""
+    try:
+        settlement = claim(cid)
+    except (ChainError, ReceiptStoreError) as exc:
+        _claim_failed(backoff, cid, str(exc), trace=False)
+        return None
+    except Exception as exc:  # (a bug, a ledger's surprise: with its traceback)
+        _claim_failed(backoff, cid, repr(exc), trace=True)
+        return None
+    backoff.forget(cid)
+    return settlement
+
+
+def _claim_failed(backoff: ClaimBackoff, cid: str, why: str, *, trace: bool) -> None:
+    failures = backoff.failed(cid)
+    if failures == 1:
+        logger.warning(
+            "could not claim the stored receipt of %s (tried again with backoff, further "
+            "failures logged at debug level): %s",
+            cid,
+            why,
+            exc_info=trace,
+        )
+    else:
+        logger.debug(
+            "claim %d of the stored receipt of %s failed: %s", failures, cid, why, exc_info=trace
+        )
+
+
+def publish_endpoint(
+    ledger: Ledger, identity: HostIdentity, host_id: str, address: tuple[str, int]
+) -> None:
+    """Make the Host list this server: its TCP endpoint first (replacing the published
+    list when it differs) and ``identity``'s Noise key. Only the host's authority can."""
+    host = ledger.get_host(host_id)
+    endpoint = f"tcp://{address[0]}:{address[1]}".encode()
+    if host.noise_static_key != identity.noise_public:
+        ledger.set_noise_static_key(identity, host_id, identity.noise_public)
+    if tuple(host.endpoints) != (endpoint,):
+        ledger.set_endpoints(identity, host_id, [endpoint])

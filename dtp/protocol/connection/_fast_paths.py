@@ -1,0 +1,656 @@
+"""The fast paths of a connection (:class:`_FastPaths`, a mixin of
+:class:`~dtp.protocol.connection._core.Connection`): the same records and state changes
+as the general path, with fewer calls and copies.
+
+- Sending: stream data sealed straight from the caller's buffer, by the general path's
+  AEAD when nothing else must go first, or by the lane (:class:`dtp.native.core.Lane`),
+  an I/O adapter's fast path for the established streams of a connection over a
+  reliable carrier (one C call, the bytes going straight from the application's buffer
+  to the carrier).
+- Receiving: whole records opened straight from the carrier's buffer, in-order stream
+  bytes handed to the handler at once, and the lane opening an established stream's run
+  of records in one C call, into the application's buffer or into one buffer for one
+  handler call. Any record these cannot take goes to the general path, in order.
+- Lending: a stream lent to the lane. Its hot state moves into the lane's flow
+  (``dtp_flow``), so that an adapter's send or receive on it is one C call with no
+  bookkeeping here; every other entry point takes it back first (``_take_back``), so
+  the connection never acts on stale fields, and the adapter only ever sees the lane.
+
+One module, as they share the lane and the state a loan moves. Code of the connection
+(a mixin), not an object of its own: each of them moves, per record, the counts of
+both objects the connection holds (the stream table's flow control, the record layer's
+send counter and output) and the connection's own (bytes, times, the lane), reading
+each object into a local once. They call nothing of the streams API
+(tests/protocol/test_connection_parts.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dtp.native import core as _core
+from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN, FULL, REC_DATA, STOP, TakeResult
+from dtp.protocol._events import StreamDataReceived
+from dtp.protocol._state import ConnState, RecvState, SendState
+from dtp.protocol.connection._base import Stream, _ConnectionState
+from dtp.protocol.connection._config import MAX_RECORD_PLAINTEXT, MAX_STREAM_FRAME_OVERHEAD
+from dtp.protocol.connection._records import _varint
+
+_FIN = bytes([FRAME_STREAM_FIN])
+_MAX_STREAMS = bytes([FRAME_MAX_STREAMS])
+
+_LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer kept between reads
+_SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding at once)
+
+
+# The buffers the lane opens records into for the handler, kept between reads for
+# every connection of the process rather than one per connection (an idle connection
+# holds none: 16 KiB or more each, a server keeps thousands). A read takes one and
+# gives it back (list.pop and append: atomic, so threads and a handler that feeds
+# another connection each get a buffer of their own).
+_spare_buffers: list[memoryview] = []
+
+
+def lane_buffer(size: int) -> memoryview:
+    """A buffer the lane opens the records of a read of ``size`` bytes into for the
+    handler (at most the read plus the record it completes); give it back with
+    :func:`give_back` once the handler returned."""
+    size += MAX_RECORD_PLAINTEXT
+    try:
+        buf = _spare_buffers.pop()
+    except IndexError:
+        return memoryview(bytearray(size))
+    return buf if len(buf) >= size else memoryview(bytearray(size))
+
+
+def give_back(buf: memoryview) -> None:
+    """Keep ``buf`` for the next :func:`lane_buffer` (unless enough are kept)."""
+    if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
+        _spare_buffers.append(buf)
+
+
+class _FastPaths(_ConnectionState):
+    """The fast paths of a connection (a mixin): sealing at once (:meth:`seal_fast`),
+    taking a stream's bytes straight into the application's buffer (:meth:`take_fast`),
+    opening records without a copy, and lending a stream to the lane (:meth:`lend`,
+    :meth:`take_back`)."""
+
+    # ----------------------------------------------------------------------------------
+    # sending
+
+    def _can_seal_now(self) -> bool:
+        # (RecordLayer.waiting, inline: this runs on every send)
+        rl = self.records
+        return (
+            not self._lossy
+            and (
+                self._state is ConnState.ESTABLISHED
+                or (self.is_client and self._state is ConnState.AUTHENTICATING)
+            )
+            and not (
+                rl.ctrl
+                or rl.pending_max_data
+                or rl.pending_stream_credit
+                or rl.pending_max_streams
+                or rl.ping_pending
+                or rl.close_frame is not None
+            )
+        )
+
+    def _seal_stream_now(
+        self, stream: Stream, data: bytes | bytearray | memoryview, end_stream: bool
+    ) -> bytes | bytearray | memoryview:
+        """Seal as much of ``data`` as flow control allows; returns the rest. A FIN
+        goes out with the last byte when everything fits; otherwise it stays for the
+        caller to queue."""
+        size = len(data)
+        table = self.streams
+        credit = min(
+            stream.send_credit - stream.next_offset, table.conn_send_credit - table.conn_sent
+        )
+        n = size if size <= credit else max(credit, 0)
+        fin = end_stream and n == size
+        if not n and not fin:
+            return data
+        offset = stream.next_offset
+        view = data if n == size else memoryview(data)[:n]
+        if fin and self._frees_a_stream(stream, n):
+            self._seal_last(stream, offset, view)
+            return b""
+        rl = self.records
+        sealed, records = rl.send_aead.seal_stream(
+            rl.send_counter, stream.stream_id, offset, view, fin
+        )
+        rl.send_counter += records
+        rl.records_sent += records
+        rl.out.append(sealed)
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        table.conn_sent += n
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+            stream.fin_acked = True
+            self.records.forget_if_done(stream)
+            return b""
+        return b"" if n == size else memoryview(data)[n:]
+
+    def _frees_a_stream(self, stream: Stream, n: int) -> bool:
+        """Whether the FIN about to be sealed on the peer's ``stream`` ends it (its
+        receiving half ended, the application took it): then the MAX_STREAMS that
+        returns its place goes in the same record (a reply to a request on a stream of
+        its own -- a JSON-RPC call -- is one record, not two). Only where the stream
+        frame and the credit fit one record."""
+        return (
+            n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
+            and self.streams.frees_a_place(stream)
+        )
+
+    def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
+        """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
+        its end frees, in one record (:meth:`_frees_a_stream`)."""
+        n = len(view)
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        self.streams.conn_sent += n
+        stream.send_state = SendState.FIN_SENT
+        stream.fin_acked = True
+        self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
+        # (the frames' bytes as the record layer's _emit_stream_chunk and build make them)
+        plaintext = b"".join(
+            (
+                _FIN,
+                _varint(stream.stream_id),
+                _varint(offset),
+                _varint(n),
+                view,
+            )
+        )
+        if self.records.pending_max_streams:
+            plaintext += _MAX_STREAMS + _varint(self.streams.max_streams_limit())
+            self.records.pending_max_streams = False
+        self.records.seal([plaintext], [[]], [True], 0.0)
+
+    def _get_lane(self) -> Any:
+        if self._lane is None:
+            self._lane = _core.Lane(self.records.send_aead, self._recv_aead)
+        return self._lane
+
+    def _nothing_goes_first(self) -> bool:
+        """Whether the lane may move stream bytes now: an established connection over a
+        reliable carrier with no records or control frames waiting to go first."""
+        rl = self.records
+        return not (
+            self._state is not ConnState.ESTABLISHED
+            or self._lossy  # a lossy carrier: records are tracked for resending
+            or rl.out
+            or rl.ctrl
+            or rl.pending_max_data
+            or rl.pending_stream_credit
+            or rl.pending_max_streams
+            or rl.ping_pending
+        )
+
+    def seal_fast(
+        self, stream_id: int, data: bytes | bytearray | memoryview, now: float
+    ) -> tuple[memoryview, int] | None:
+        """Seal the start of ``data`` on ``stream_id`` now, as much as flow control
+        allows, when nothing else must go first; returns (records, bytes of ``data``
+        taken) or None to use :meth:`send_stream_data`. The records are a view into the
+        lane's buffer, valid until the next call: the caller writes them to the carrier
+        (or copies them) at once, before anything :meth:`data_to_send` returns."""
+        if self.lent_lane is not None:
+            self._take_back()
+        stream = self._streams.get(stream_id)
+        if (
+            stream is None
+            or stream.send_buf
+            or stream.send_state is not SendState.OPEN
+            or not self._nothing_goes_first()
+        ):
+            return None
+        offset = stream.next_offset
+        table = self.streams
+        credit = min(stream.send_credit - offset, table.conn_send_credit - table.conn_sent)
+        if credit <= 0 or not data:
+            return None
+        lane = self._lane or self._get_lane()
+        n = min(len(data), credit, lane.max_seal)
+        rl = self.records
+        sealed, records = lane.seal(
+            rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
+        )
+        rl.send_counter += records
+        rl.records_sent += records
+        self.bytes_sent += len(sealed)
+        self._last_sent = now
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        table.conn_sent += n
+        return sealed, n
+
+    def sealed_kept(self) -> None:
+        """The carrier kept the view :meth:`seal_fast` returned instead of copying what it
+        could not send yet: the lane seals into a new buffer from now on."""
+        if self._lane is not None:
+            self._lane.release_output()
+
+    # ----------------------------------------------------------------------------------
+    # receiving (any record these cannot take goes to the general path, in order)
+
+    def take_fast(
+        self,
+        data: bytes | bytearray | memoryview,
+        stream_id: int,
+        dst: bytearray | memoryview,
+        now: float,
+    ) -> tuple[int, bool]:
+        """Feed bytes from the carrier, as :meth:`receive_data`, with ``stream_id``'s
+        next bytes going straight into ``dst`` instead of to the handler, for as long as
+        they come in order (up to a record of that stream the general path had to take,
+        or until ``dst`` is full). Those count as read by the application (their
+        flow-control credit is returned). Every other record takes the general path,
+        in order.
+
+        Returns how many bytes were written to ``dst``, and whether the connection now
+        needs the adapter's usual attention (events, output, timers); when it does
+        not, all ``data`` held was that stream's bytes."""
+        if self.lent_lane is not None:
+            self._take_back()
+        stream = self._streams.get(stream_id)
+        if (
+            stream is None
+            or stream.recv_state is not RecvState.OPEN
+            or stream.recv_highest != stream.delivered
+            or self._state is not ConnState.ESTABLISHED
+            or self._lossy
+            or not len(dst)
+        ):
+            self.receive_data(data, now)
+            return 0, True
+        self._last_received = now
+        self.bytes_received += len(data)
+        if self._inbuf:
+            return self._lane_feed(memoryview(data), stream, memoryview(dst), now, False)
+        lane = self._lane or self._get_lane()
+        table = self.streams
+        result = lane.take(
+            data,
+            stream_id,
+            stream.delivered,
+            stream.recv_limit,
+            table.conn_received,
+            table.conn_recv_limit,
+            dst,
+        )
+        if result.consumed != len(data) or result.spill:
+            # something else came along: the general machinery goes on from here
+            taken, attention, _ = self._take_run(
+                memoryview(data), stream, memoryview(dst), now, False, result
+            )
+            return taken, attention
+        # the usual read: whole records of this stream, all of them in dst, read
+        n = result.taken
+        stream.delivered = stream.recv_highest = stream.delivered + n
+        stream.consumed += n
+        table.conn_received += n
+        table.conn_consumed += n
+        self.records_received += result.records
+        self._lane_sid = stream_id
+        if (
+            table.conn_recv_limit - table.conn_consumed < table.conn_credit_at
+            or stream.recv_limit - stream.consumed < table.stream_credit_at
+        ):
+            self.records.return_credit(stream)
+        keepalive = self._keepalive
+        rl = self.records
+        return n, bool(
+            self._events
+            or rl.pending_max_data
+            or rl.pending_stream_credit
+            or (keepalive and now >= self._last_sent + keepalive)
+        )
+
+    def _lane_feed(
+        self, view: memoryview, stream: Stream, dst: memoryview, now: float, deliver: bool
+    ) -> tuple[int, bool]:
+        """Bytes from the carrier (bookkeeping done) through the lane for ``stream``:
+        first the record a previous read ended inside, if any, then the rest. With
+        ``deliver`` the bytes go to the handler (``dst`` is scratch space); without,
+        they stay in ``dst`` for the caller. Returns (bytes taken, attention)."""
+        if self._inbuf:
+            # the last read ended inside a record: complete it, so the lane sees it whole
+            inbuf = self._inbuf
+            have = len(inbuf)
+            if have < 12:
+                inbuf += view[: 12 - have]
+                view = view[12 - have :]
+                if len(inbuf) < 12:
+                    return 0, False
+            body = inbuf[2] | inbuf[3] << 8
+            if inbuf[0] != REC_DATA or inbuf[1] or not 16 <= body <= MAX_RECORD_PLAINTEXT + 16:
+                self._receive(view, now)  # the general path judges (and reports) it
+                return 0, True
+            need = 12 + body - len(inbuf)
+            if len(view) < need:
+                inbuf += view
+                return 0, False
+            first = bytes(inbuf) + view[:need]
+            inbuf.clear()
+            taken, attention, general = self._take_run(first, stream, dst, now, deliver)
+            rest = view[need:]
+            if general or not rest:
+                self._receive(rest, now)  # after what the general path took
+                return taken, attention
+            more, attention2, _ = self._take_run(
+                rest, stream, dst if deliver else dst[taken:], now, deliver
+            )
+            return taken + more, attention or attention2
+        taken, attention, _ = self._take_run(view, stream, dst, now, deliver)
+        return taken, attention
+
+    def _take_run(
+        self,
+        view: bytes | memoryview,
+        stream: Stream,
+        dst: bytearray | memoryview,
+        now: float,
+        deliver: bool = False,
+        result: TakeResult | None = None,
+    ) -> tuple[int, bool, bool]:
+        """:meth:`_lane_feed` over whole records and perhaps a partial one at the end:
+        returns the bytes taken, attention, and whether the general path took over for
+        good (then later bytes must go that way too). ``result``: the lane's take of
+        ``view`` into ``dst`` already made, to go on from."""
+        lane = self._lane or self._get_lane()
+        stream_id = stream.stream_id
+        taken = 0
+        attention = general = False
+        out = dst if type(dst) is memoryview else memoryview(dst)
+        handler = self.stream_data_handler
+        table = self.streams
+        while view:
+            if result is None:
+                result = lane.take(
+                    view,
+                    stream_id,
+                    stream.delivered,
+                    stream.recv_limit,
+                    table.conn_received,
+                    table.conn_recv_limit,
+                    out[taken:] if taken and not deliver else out,
+                )
+            if result.records:
+                n = result.taken
+                spill = result.spill
+                got = n + len(spill)
+                stream.delivered = stream.recv_highest = stream.delivered + got
+                table.conn_received += got
+                self.records_received += result.records
+                taken += n
+                if deliver and n and handler is not None:
+                    handler(stream_id, out[:n], False)
+                if spill:
+                    if handler is not None:
+                        handler(stream_id, spill, False)
+                    else:
+                        self._deliver(StreamDataReceived(stream_id, bytes(spill), False))
+            view = view[result.consumed :]
+            status, result = result.status, None
+            if not view:
+                break
+            attention = True
+            if status != STOP:
+                # a partial record (kept for the next read), or dst is full: the rest
+                # waits in the general path's buffers, after what dst holds
+                self._receive(view, now)
+                general = True
+                break
+            # one record for the general path (a control frame, another stream, a FIN,
+            # something bad); past it the lane goes on if it delivered nothing of ours
+            before = stream.delivered
+            size = 12 + (view[2] | view[3] << 8) if len(view) >= 12 else len(view)
+            self._lane_sid = None
+            self._receive(view[:size], now)
+            view = view[size:]
+            if deliver and self._lane_sid not in (None, stream_id):
+                # the general path delivered to another stream: follow it
+                other = self._streams.get(self._lane_sid)
+                if other is not None and other.recv_highest == other.delivered:
+                    stream, stream_id, before = other, other.stream_id, other.delivered
+            if (
+                self._state is not ConnState.ESTABLISHED
+                or stream.delivered != before
+                or stream.recv_state is not RecvState.OPEN
+                or self._inbuf
+            ):
+                self._receive(view, now)
+                general = True
+                break
+        self._lane_sid = stream_id
+        if taken and not deliver and self._state is not ConnState.CLOSED:
+            # what dst holds counts as read (as acknowledge_read would count it)
+            table.conn_consumed += taken
+            read = self._streams.get(stream_id)
+            if read is not None:
+                read.consumed += taken
+            self.records.return_credit(read)
+        if not attention:
+            keepalive = self._keepalive
+            rl = self.records
+            attention = bool(
+                self._events
+                or rl.pending_max_data
+                or rl.pending_stream_credit
+                or (keepalive and now >= self._last_sent + keepalive)
+            )
+        return taken, attention, general
+
+    def _complete_partial(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Move into the input buffer only the bytes that complete the partial record
+        held there, and process it; returns the rest of ``data``. (Same as feeding the
+        data in two pieces, which any split must handle alike.)"""
+        view = memoryview(data)
+        inbuf = self._inbuf
+        while inbuf and view and self._state is not ConnState.CLOSED:
+            have = len(inbuf)
+            if have < 12:
+                need = 12 - have  # the header first: its checks come as soon as it is whole
+            else:
+                need = 12 + (inbuf[2] | inbuf[3] << 8) - have
+                if need <= 0:
+                    break  # a whole record the general path left for later
+            inbuf += view[:need]
+            view = view[need:]
+            self._process_input(now)
+            inbuf = self._inbuf  # _terminate rebinds it
+        return view
+
+    def _process_direct(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Open the DATA records at the start of ``data`` without copying it; returns
+        what is left for :meth:`_process_input` (a partial record, or a record that
+        needs its attention: an error or a handshake record)."""
+        view = memoryview(data)
+        pos = 0
+        size = len(view)
+        while pos < size:
+            result = self._recv_aead.open_frames(view[pos:] if pos else view)
+            if not self._handle_records(result.records, now):
+                return b""
+            pos += result.consumed
+            if result.status != FULL or result.error is not None:
+                break
+        return view[pos:] if pos else data
+
+    def _fast_stream_frame(self, stream_id: int, offset: int, data: bytes | memoryview) -> bool:
+        """In-order data on an open stream of an established connection over a reliable
+        carrier, within flow control, with a handler to take it: deliver it and return
+        True. Anything else returns False for the general path to judge."""
+        handler = self.stream_data_handler
+        stream = self._streams.get(stream_id)
+        if (
+            handler is None
+            or stream is None
+            or stream.recv_state is not RecvState.OPEN
+            or offset != stream.delivered
+            or self._lossy
+            or self._state is not ConnState.ESTABLISHED
+        ):
+            return False
+        end = offset + len(data)
+        if end > stream.recv_limit:
+            return False
+        grown = end - stream.recv_highest
+        if grown > 0:
+            table = self.streams
+            if table.conn_received + grown > table.conn_recv_limit:
+                return False
+            table.conn_received += grown
+            stream.recv_highest = end
+        if data:
+            stream.delivered = end
+            self._lane_sid = stream_id
+            handler(stream_id, data, False)
+        return True
+
+    # ----------------------------------------------------------------------------------
+    # lending a stream to the lane
+
+    def lend(self, stream_id: int, now: float, recv: bool = True) -> Any:
+        """Lend ``stream_id`` to the lane, when the connection has nothing else to do
+        first: returns the lane (its ``flow`` filled; ``flow_seal`` / ``flow_take``
+        then move the stream's bytes) or None. The loan lasts until any other method
+        of the connection is called, or :meth:`take_back`. ``recv=False`` lends the
+        stream for sending only (:attr:`lent_can_recv` is then False).
+
+        While lent, :attr:`lent_timer` is a time no later than the next timer (the
+        adapter wakes by then and calls :meth:`get_timer`)."""
+        if self.lent_lane is not None:
+            if self.lent_stream_id == stream_id:
+                return self.lent_lane
+            self._take_back()
+        stream = self._streams.get(stream_id)
+        if stream is None or not self._nothing_goes_first() or self._events:
+            return None
+        can_send = stream.send_state is SendState.OPEN and not stream.send_buf
+        can_recv = (
+            recv and stream.recv_state is RecvState.OPEN and stream.recv_highest == stream.delivered
+        )
+        inbuf = self._inbuf
+        if inbuf:
+            # the start of a record the carrier has not brought whole yet: the lane
+            # keeps it for its next read (anything more waits for the general path)
+            have = len(inbuf)
+            if (
+                not can_recv
+                or have > MAX_RECORD_PLAINTEXT + 28
+                or (have >= 12 and have >= 12 + (inbuf[2] | inbuf[3] << 8))
+            ):
+                return None
+        if not (can_send or can_recv):
+            return None
+        timer = self.get_timer()
+        lane = self._lane or self._get_lane()
+        if inbuf:
+            lane.rview[: len(inbuf)] = inbuf
+            lane.pending = len(inbuf)
+            inbuf.clear()
+        f = lane.flow
+        f.stream_id = stream_id
+        f.can_send = can_send
+        f.can_recv = can_recv
+        table = self.streams
+        f.send_counter = self.records.send_counter
+        f.send_offset = stream.next_offset
+        f.send_limit = max(stream.send_credit, stream.next_offset)
+        f.conn_sent = table.conn_sent
+        f.conn_send_limit = max(table.conn_send_credit, table.conn_sent)
+        f.records_sent = f.wire_sent = f.records_received = f.wire_received = 0
+        f.last_sent = self._last_sent
+        f.last_received = self._last_received
+        rx = f.rx
+        rx.stream_id = stream_id
+        rx.offset = stream.delivered
+        rx.stream_limit = stream.recv_limit
+        rx.conn_received = table.conn_received
+        rx.conn_limit = table.conn_recv_limit
+        # credit is due (see RecordLayer.return_credit) once what is read leaves less
+        # than the *_credit_at of a window; reads here are taken as read at once
+        f.credit_offset = stream.delivered + max(
+            0, stream.recv_limit - stream.consumed - table.stream_credit_at
+        )
+        f.credit_conn = table.conn_received + max(
+            0, table.conn_recv_limit - table.conn_consumed - table.conn_credit_at
+        )
+        self.lent_lane = lane
+        self.lent_stream_id = stream_id
+        self.lent_timer = timer
+        self.lent_can_recv = can_recv
+        self._lent = stream
+        return lane
+
+    def take_back(
+        self,
+        now: float,
+        spill: bytes | memoryview = b"",
+        rest: bytes | bytearray | memoryview = b"",
+    ) -> None:
+        """End the loan of :meth:`lend` after a lane call that did not go cleanly:
+        ``spill`` is the data of a record ``flow_take`` could not fit (the stream's next
+        bytes, still to be read), ``rest`` what the adapter read from the carrier past
+        the records taken (the general path has it next, also when the loan had
+        already ended)."""
+        stream = self._lent
+        if stream is not None:
+            self._take_back(len(spill))
+            if spill:
+                handler = self.stream_data_handler
+                if handler is not None:
+                    handler(stream.stream_id, spill, False)
+                else:
+                    self._deliver(StreamDataReceived(stream.stream_id, bytes(spill), False))
+        if rest:
+            self.receive_data(rest, now)  # also when the loan had ended already
+
+    def _take_back(self, unread: int = 0) -> None:
+        """The lent stream's state back from the lane's flow (``unread``: bytes taken
+        there that the application has not read)."""
+        lane = self.lent_lane
+        f = lane.flow
+        stream = self._lent
+        assert stream is not None
+        self.lent_lane = self.lent_stream_id = self.lent_timer = self._lent = None
+        self.lent_can_recv = False
+        # a lane call made with a stale view of the loan (an adapter that waited
+        # without the lock meanwhile) now moves nothing
+        f.can_send = f.can_recv = 0
+        pending = lane.pending
+        if pending:
+            # the start of a record the lane kept: the general path completes it
+            self._inbuf += lane.rview[:pending]
+            lane.pending = 0
+        records = self.records
+        records.send_counter = f.send_counter
+        if f.send_offset != stream.next_offset:
+            stream.announce = False
+            stream.next_offset = stream.base_offset = f.send_offset
+            self.streams.conn_sent = f.conn_sent
+            records.records_sent += f.records_sent
+            self.bytes_sent += f.wire_sent
+            self._last_sent = f.last_sent
+        rx = f.rx
+        got = rx.offset - stream.delivered
+        if got:
+            table = self.streams
+            stream.delivered = stream.recv_highest = rx.offset
+            table.conn_received = rx.conn_received
+            read = got - unread
+            stream.consumed += read
+            table.conn_consumed += read
+            self.records_received += f.records_received
+            self.bytes_received += f.wire_received
+            self._last_received = f.last_received
+            self._lane_sid = stream.stream_id
+            records.return_credit(stream)
