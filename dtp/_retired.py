@@ -103,7 +103,25 @@ def new_path(name: str) -> str | None:
         old, dot, _ = old.rpartition(".")
         if not dot:
             return None
-    return RETIRED[old] + name[len(old) :]
+    return _inside(RETIRED[old], name[len(old) :])
+
+
+# the folder that holds dtp/ (this file is dtp/_retired.py)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inside(package: str, rest: str) -> str:
+    """``package + rest`` with each module of ``rest`` at its private name: a retired
+    package's modules (``dtp.carriers.tcp``) are now the folder's inside (``_tcp.py``,
+    docs/architecture.md "Each folder's face"), found by the file that exists."""
+    parts = package.split(".")
+    for leaf in rest.split(".")[1:]:
+        folder = os.path.join(_ROOT, *parts)
+        public = os.path.exists(os.path.join(folder, f"{leaf}.py"))
+        if not public and os.path.exists(os.path.join(folder, f"_{leaf}.py")):
+            leaf = f"_{leaf}"
+        parts.append(leaf)
+    return ".".join(parts)
 
 
 def message(old: str, new: str, *, use: str = "import {}") -> str:
