@@ -35,10 +35,9 @@ item is the message type. Every message is bounded (``max_message``); anything
 malformed raises :class:`GraphSyncError` (a :class:`~dtp.errors.RemoteProtocolError`),
 which ends that sync session only.
 
-The session is made of parts, one module each: :mod:`~dtp.graph.sync._messages` (types,
-limits, errors, checks), :mod:`~dtp.graph.sync._session` (``SyncSession``) over
-:mod:`~dtp.graph.sync._session_state`, with :mod:`~dtp.graph.sync._receiving` and
-:mod:`~dtp.graph.sync._pushes`; it runs over a blocking stream (:mod:`~dtp.graph.sync._blocking`),
+The session is :mod:`~dtp.graph.sync._session` (``SyncSession``, one class read in the
+order of a session's life) over :mod:`~dtp.graph.sync._messages` (types, limits, errors,
+checks); it runs over a blocking stream (:mod:`~dtp.graph.sync._blocking`),
 an asyncio one (:mod:`~dtp.graph.sync._asyncio`) or in :mod:`~dtp.graph.sync._server`;
 :mod:`~dtp.graph.sync._lan` finds the peers on the LAN (mDNS) and keeps a session with each.
 """
