@@ -274,6 +274,9 @@ class TcpLeg(asyncio.BufferedProtocol):
             self._loop.call_later(RESET_CHECK, self._check_reset)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # the descriptor is closed now and its number free for the next socket opened:
+        # write_chunk must never write to it again
+        self._fd = -1
         if exc is not None and self.error is None:
             self.error = exc
         self._writable.set()
@@ -333,9 +336,11 @@ class TcpLeg(asyncio.BufferedProtocol):
         socket while the transport holds nothing unsent (the order kept, no copy), and
         what the socket does not take now a copy queued on the transport (which may
         keep what it is given: uvloop's does). An error of the direct write is left to
-        the transport's own write, which reports it as it always does."""
+        the transport's own write, which reports it as it always does. A closing
+        transport's socket is never written to directly (its descriptor may be closed
+        and its number reused at any moment): what it gets goes through its write."""
         sent = 0
-        if self._fd >= 0 and not transport.get_write_buffer_size():
+        if self._fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
             try:
                 sent = os.write(self._fd, data)
             except OSError:

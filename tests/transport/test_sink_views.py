@@ -9,6 +9,7 @@ In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from typing import Any
@@ -127,3 +128,48 @@ def test_only_plain_stream_transports_are_written_directly() -> None:
             raise AssertionError("not asked: the transport's kind says no first")
 
     assert _plain_descriptor(_Other()) == -1  # type: ignore[arg-type]
+
+
+def test_write_chunk_after_the_peer_closed_reports_through_the_transport() -> None:
+    """The TCP peer gone: the direct write's EPIPE/ECONNRESET falls back to the
+    transport's write, which ends the connection with the error as it always does
+    (nothing raised to the caller). Once the connection is lost its descriptor number
+    may belong to another socket: nothing is written to it any more."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, leg = await loop.connect_accepted_socket(lambda: TcpLeg(lambda n: None), ours)
+        other_a, other_b = socket.socketpair()
+        fd = _plain_descriptor(transport)
+        taken = False
+        try:
+            assert fd >= 0
+            theirs.close()
+            await asyncio.sleep(0.01)
+            leg.write_chunk(transport, memoryview(b"x" * 1000))  # raises nothing
+            async with asyncio.timeout(5):
+                await leg.lost
+            assert isinstance(leg.error, OSError), leg.error
+            # the closed descriptor's number now names another socket
+            os.dup2(other_a.fileno(), fd)
+            taken = True
+            # (the tunnel writes only while the transport is open; uvloop's write refuses a
+            # closed transport with RuntimeError, asyncio's drops what it is given)
+            with contextlib.suppress(RuntimeError):
+                leg.write_chunk(transport, memoryview(b"not for this socket"))
+            other_b.setblocking(False)
+            try:
+                stray = other_b.recv(100)
+            except BlockingIOError:
+                stray = b""
+            assert stray == b""
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+            if taken:
+                os.close(fd)
+            other_a.close()
+            other_b.close()
+
+    asyncio.run(main())
