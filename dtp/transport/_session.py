@@ -215,7 +215,9 @@ class StreamSink:
 
     ``on_data(chunk)`` gets each chunk: bytes, or with ``views`` a memoryview of the
     connection's read buffer, valid only during the call (no copy per chunk: a relay
-    writing it on at once; what it keeps it copies). ``on_end(error)`` is called once,
+    writing it on at once; what it keeps it copies). The view is released when the
+    call returns, so using it later raises ValueError (a slice of it is not guarded:
+    copy what you keep). ``on_end(error)`` is called once,
     with None at the end of the stream or the error that ended it (reset, connection
     failure).
     Flow-control credit is returned as bytes are delivered, except while
@@ -324,8 +326,14 @@ class Session:
         n = len(data)
         if n:
             try:
-                # a copy (the view's buffer is reused), unless the sink takes views
-                sink.on_data(memoryview(data) if sink.views else bytes(data))
+                if sink.views:
+                    # released when the call returns, so the view itself, kept, raises
+                    # ValueError instead of reading the reused read buffer (one release
+                    # per chunk: noise beside the chunk's decryption)
+                    with memoryview(data) as view:
+                        sink.on_data(view)
+                else:
+                    sink.on_data(bytes(data))  # a copy: the buffer behind data is reused
             except Exception as exc:
                 self._callback_failed(f"the sink of stream {stream_id}", exc)
             if sink.paused:
@@ -415,7 +423,11 @@ class Session:
                 data = bytes(buf.data)
                 buf.data.clear()
                 owed = buf.uncredited(len(data))
-                sink.on_data(memoryview(data) if sink.views else data)
+                if sink.views:
+                    with memoryview(data) as view:  # valid during the call, as in _to_sink
+                        sink.on_data(view)
+                else:
+                    sink.on_data(data)
                 if sink.paused:
                     sink.held += owed
                 elif owed:

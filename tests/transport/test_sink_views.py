@@ -14,6 +14,8 @@ import os
 import socket
 from typing import Any
 
+import pytest
+
 import dtp.aio
 from dtp.daemon._tunnel import TcpLeg, _plain_descriptor
 from dtp.identity.keys import HostIdentity
@@ -171,5 +173,56 @@ def test_write_chunk_after_the_peer_closed_reports_through_the_transport() -> No
                 os.close(fd)
             other_a.close()
             other_b.close()
+
+    asyncio.run(main())
+
+
+def test_a_view_kept_past_the_call_raises_on_use() -> None:
+    """A views sink's view is released when on_data returns: kept and used later, it
+    raises ValueError rather than read the connection's reused read buffer. Both ways a
+    view is delivered: what was buffered before the sink was set, and what arrives
+    after."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        report: asyncio.Future[tuple[list[memoryview], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        first_read = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            kept: list[memoryview] = []
+            got = bytearray()
+
+            def on_data(view: memoryview) -> None:
+                got.extend(view)  # (during the call: valid)
+                kept.append(view)
+
+            def on_end(error: BaseException | None) -> None:
+                if not report.done():
+                    report.set_result((kept, bytes(got)))
+
+            await asyncio.sleep(0.05)  # the first chunk waits in the stream's buffer
+            reader.set_sink(on_data, on_end, views=True)
+            first_read.set()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.write(b"a" * CHUNK)
+            await writer.drain()
+            await asyncio.wait_for(first_read.wait(), 10)
+            writer.write(b"b" * CHUNK)
+            writer.write_eof()
+            kept, got = await asyncio.wait_for(report, 10)
+            writer.close()
+            await writer.wait_closed()
+        assert got == b"a" * CHUNK + b"b" * CHUNK
+        assert len(kept) >= 2
+        for view in kept:
+            with pytest.raises(ValueError):
+                bytes(view)
 
     asyncio.run(main())
