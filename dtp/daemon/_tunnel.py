@@ -168,7 +168,7 @@ class TcpLeg(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
-        # subclasses, so an isinstance check refused every connection on uvloop)
+        # subclasses, so no isinstance check here)
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self._fd = _plain_descriptor(transport)
@@ -402,8 +402,8 @@ class TcpLeg(asyncio.BufferedProtocol):
                 wait = count(len(data))
             except DTPError as exc:
                 # this tunnel cannot go on (a used-up deposit, unpaid usage): it alone is
-                # cut. Raised into the connection's input, it closed the whole connection
-                # with every other tunnel on it (logged as an error with a traceback)
+                # cut, with this error; raised into the connection's input, it would close
+                # the connection and every other tunnel on it
                 done.set_exception(exc)
                 return
             self.write_chunk(transport, data)

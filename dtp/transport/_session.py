@@ -346,9 +346,8 @@ class Session:
             self._broad = True
         elif self._tracking:
             # pushed bytes make no read possible (nobody reads a stream with a sink):
-            # a change of that stream's only, not one every waiting task looks at (a
-            # server's accept_stream() and its first stream's reader woke at each
-            # chunk of every tunnel it carries)
+            # a change of that stream's only, which wakes no task waiting on the
+            # connection for something else (an accept_stream(), another stream's read)
             self._touched.add(stream_id)
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:

@@ -1,7 +1,7 @@
 """Push delivery without a copy or a wake-up per chunk (the tunnels' forwarding path):
 a sink set with ``views=True`` gets memoryviews of the connection's read buffer, and
 bytes pushed to a sink wake no task waiting on the connection for something else (a
-server's accept_stream() woke, looked and waited again at every chunk of every tunnel).
+server's accept_stream() looks when it starts and at the stream's end, not per chunk).
 The tunnel's TCP side writes such a view straight to its socket and queues a copy of
 only what the socket did not take (:meth:`dtp.daemon._tunnel.TcpLeg.write_chunk`).
 In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
