@@ -532,18 +532,23 @@ class Session:
         if self._tracking:
             self._broad = True
         for data in arrived:
-            # (read each time: a sink may replace itself midway, as a relay whose
-            # control stream failed does)
-            sink = self.datagram_sink
-            if sink is not None:
-                try:
-                    sink(data)
-                except Exception as exc:
-                    self._callback_failed("the datagram sink", exc)
-                continue
-            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
-                self.datagrams_dropped += 1
-            _bounded_append(self.datagrams, data)
+            self._give_datagram(data)
+
+    def _give_datagram(self, data: bytes) -> None:
+        """One datagram to :attr:`datagram_sink`, else to the bounded queue (counted in
+        :attr:`datagrams_dropped` when it pushes the oldest out). The sink is read at
+        each datagram: it may replace itself midway, as a relay whose control stream
+        failed does."""
+        sink = self.datagram_sink
+        if sink is not None:
+            try:
+                sink(data)
+            except Exception as exc:
+                self._callback_failed("the datagram sink", exc)
+            return
+        if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
+            self.datagrams_dropped += 1
+        _bounded_append(self.datagrams, data)
 
     # -- what changed (an adapter's targeted wake-ups) -------------------------------------
 
@@ -613,15 +618,7 @@ class Session:
             if self.on_authenticated is not None:
                 self.on_authenticated(event.address)
         elif isinstance(event, DatagramReceived):
-            if self.datagram_sink is not None:
-                try:
-                    self.datagram_sink(event.data)
-                except Exception as exc:
-                    self._callback_failed("the datagram sink", exc)
-                return
-            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
-                self.datagrams_dropped += 1
-            _bounded_append(self.datagrams, event.data)
+            self._give_datagram(event.data)
         elif isinstance(event, ControlReceived):
             _bounded_append(self.controls, (event.kind, event.data))
         elif isinstance(event, ReceiptReceived):
