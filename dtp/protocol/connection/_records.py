@@ -190,6 +190,8 @@ class RecordLayer:
     def waiting(self) -> bool:
         """Whether frames wait for the next record (the fast paths seal stream data at
         once only when nothing must go before it)."""
+        # The definition: build() and the fast paths repeat it inline, a call saved on
+        # every send; tests/protocol/test_waiting_checks.py holds the four to agree.
         return bool(
             self.ctrl
             or self.pending_max_data
@@ -426,6 +428,7 @@ class RecordLayer:
         connection's state lets stream data out) and a CLOSE."""
         if self.send_aead is None:
             return
+        # (waiting(), inline: build runs at every send and input; test_waiting_checks.py)
         if self.acks is None and not (
             self.streams_dirty
             or self.ctrl
