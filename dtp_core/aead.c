@@ -7,7 +7,7 @@
  *     header (12 bytes: kind 16, flags 0, body length u16le, counter u64le)
  *     || ChaCha20-Poly1305(key, nonce(counter), ad = header, plaintext)   (ct || tag)
  *
- * docs/protocol.md section 4 is the normative description; dtp/native/reference/aead.py is
+ * docs/protocol.md section 4 is the normative description; dtp/native/reference/_aead.py is
  * the pure-Python twin that the tests compare this file against.
  *
  * Each dtp_aead holds its own instance of OpenSSL's ChaCha20-Poly1305 implementation,

@@ -56,7 +56,7 @@
 #define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
 #define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
 
-/* ---- limits (mirrored in dtp/native/reference/limits.py) --------------------------------- */
+/* ---- limits (mirrored in dtp/native/reference/_limits.py) -------------------------------- */
 #define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */
 #define DTP_RECORD_HEADER_LEN 12
 #define DTP_AEAD_TAG_LEN 16

@@ -2,7 +2,7 @@
  * bytes (dtp_lane_recv), or seals and writes them (dtp_lane_send), so a small message
  * costs one crossing of the cffi boundary each way, plus a wait (dtp_wait_readable).
  * The socket stays non-blocking (other threads share it): the wait is a poll() that a
- * wake descriptor can interrupt. Python twins: dtp/native/reference/lane.py. */
+ * wake descriptor can interrupt. Python twins: dtp/native/reference/_lane.py. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>

@@ -64,16 +64,23 @@ __all__ = [
 
 def missing_client() -> str | None:
     """Why the page cannot run here, or None: it is the source tree's ``web/dtp-client``
-    folder, and it loads the package's npm dependencies (the @noble packages) from its
-    ``node_modules``, which ``web/dtp-client/scripts/install.sh`` fetches."""
+    folder, and it loads the package's npm dependencies (the @noble packages and
+    libsodium-wrappers, whose AEAD seals the page's records) from its ``node_modules``,
+    which ``web/dtp-client/scripts/install.sh`` fetches."""
     if not (PACKAGE / "demo" / "dapp.html").is_file():
         return (
             f"the browser client's folder is not here ({PACKAGE}): run from a clone of the source"
         )
-    if not (PACKAGE / "node_modules" / "@noble" / "curves").is_dir():
+    modules = PACKAGE / "node_modules"
+    # (an install made before libsodium-wrappers was a dependency lacks it: the page's
+    # import map names it, so such an install is one to run again)
+    absent = [
+        name for name in ("@noble/curves", "libsodium-wrappers") if not (modules / name).is_dir()
+    ]
+    if absent:
         return (
-            "the browser client's npm packages are not installed "
-            "(sh web/dtp-client/scripts/install.sh fetches them; it needs npm)"
+            f"the browser client's npm packages are not installed ({', '.join(absent)} missing;"
+            " sh web/dtp-client/scripts/install.sh fetches them; it needs npm)"
         )
     return None
 

@@ -7,7 +7,7 @@ each write synced twice (the file, then its directory), by one writer thread -- 
 trails the counters by half a second at best, by the disk's sync time on top (seconds
 on a busy disk), and says nothing of what is not a counter. :func:`live_status` is
 what ``dtp status`` reads over the daemon's control socket and the status page over
-HTTP (:mod:`dtp.daemon.http`), the file only when the daemon does not answer.
+HTTP (:mod:`dtp.daemon._web`), the file only when the daemon does not answer.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dtp.errors import DTPError, DTPTimeoutError
 
 __all__ = ["cancel_and_wait", "end_for_cleanup", "within"]
 
-logger = logging.getLogger("dtp.daemon.tasks")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

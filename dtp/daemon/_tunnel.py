@@ -168,7 +168,7 @@ class TcpLeg(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
-        # subclasses, so an isinstance check refused every connection on uvloop)
+        # subclasses, so no isinstance check here)
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self._fd = _plain_descriptor(transport)
@@ -274,6 +274,9 @@ class TcpLeg(asyncio.BufferedProtocol):
             self._loop.call_later(RESET_CHECK, self._check_reset)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # the descriptor is closed now and its number free for the next socket opened:
+        # write_chunk must never write to it again
+        self._fd = -1
         if exc is not None and self.error is None:
             self.error = exc
         self._writable.set()
@@ -333,9 +336,11 @@ class TcpLeg(asyncio.BufferedProtocol):
         socket while the transport holds nothing unsent (the order kept, no copy), and
         what the socket does not take now a copy queued on the transport (which may
         keep what it is given: uvloop's does). An error of the direct write is left to
-        the transport's own write, which reports it as it always does."""
+        the transport's own write, which reports it as it always does. A closing
+        transport's socket is never written to directly (its descriptor may be closed
+        and its number reused at any moment): what it gets goes through its write."""
         sent = 0
-        if self._fd >= 0 and not transport.get_write_buffer_size():
+        if self._fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
             try:
                 sent = os.write(self._fd, data)
             except OSError:
@@ -397,8 +402,8 @@ class TcpLeg(asyncio.BufferedProtocol):
                 wait = count(len(data))
             except DTPError as exc:
                 # this tunnel cannot go on (a used-up deposit, unpaid usage): it alone is
-                # cut. Raised into the connection's input, it closed the whole connection
-                # with every other tunnel on it (logged as an error with a traceback)
+                # cut, with this error; raised into the connection's input, it would close
+                # the connection and every other tunnel on it
                 done.set_exception(exc)
                 return
             self.write_chunk(transport, data)

@@ -17,6 +17,8 @@ from dtp.identity.keys import HostIdentity
 
 __all__ = ["Faucet", "fund", "identities", "identity"]
 
+# The BLAKE2b key of the derivation: a fixed label, not a module's name. Changed, it
+# would change the keys and Sui address of every identity(n) that tests pin.
 _DOMAIN = b"dtp.testing.identity"
 
 

@@ -215,7 +215,9 @@ class StreamSink:
 
     ``on_data(chunk)`` gets each chunk: bytes, or with ``views`` a memoryview of the
     connection's read buffer, valid only during the call (no copy per chunk: a relay
-    writing it on at once; what it keeps it copies). ``on_end(error)`` is called once,
+    writing it on at once; what it keeps it copies). The view is released when the
+    call returns, so using it later raises ValueError (a slice of it is not guarded:
+    copy what you keep). ``on_end(error)`` is called once,
     with None at the end of the stream or the error that ended it (reset, connection
     failure).
     Flow-control credit is returned as bytes are delivered, except while
@@ -324,8 +326,14 @@ class Session:
         n = len(data)
         if n:
             try:
-                # a copy (the view's buffer is reused), unless the sink takes views
-                sink.on_data(memoryview(data) if sink.views else bytes(data))
+                if sink.views:
+                    # released when the call returns, so the view itself, kept, raises
+                    # ValueError instead of reading the reused read buffer (one release
+                    # per chunk: noise beside the chunk's decryption)
+                    with memoryview(data) as view:
+                        sink.on_data(view)
+                else:
+                    sink.on_data(bytes(data))  # a copy: the buffer behind data is reused
             except Exception as exc:
                 self._callback_failed(f"the sink of stream {stream_id}", exc)
             if sink.paused:
@@ -338,9 +346,8 @@ class Session:
             self._broad = True
         elif self._tracking:
             # pushed bytes make no read possible (nobody reads a stream with a sink):
-            # a change of that stream's only, not one every waiting task looks at (a
-            # server's accept_stream() and its first stream's reader woke at each
-            # chunk of every tunnel it carries)
+            # a change of that stream's only, which wakes no task waiting on the
+            # connection for something else (an accept_stream(), another stream's read)
             self._touched.add(stream_id)
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
@@ -415,7 +422,11 @@ class Session:
                 data = bytes(buf.data)
                 buf.data.clear()
                 owed = buf.uncredited(len(data))
-                sink.on_data(memoryview(data) if sink.views else data)
+                if sink.views:
+                    with memoryview(data) as view:  # valid during the call, as in _to_sink
+                        sink.on_data(view)
+                else:
+                    sink.on_data(data)
                 if sink.paused:
                     sink.held += owed
                 elif owed:
@@ -521,18 +532,23 @@ class Session:
         if self._tracking:
             self._broad = True
         for data in arrived:
-            # (read each time: a sink may replace itself midway, as a relay whose
-            # control stream failed does)
-            sink = self.datagram_sink
-            if sink is not None:
-                try:
-                    sink(data)
-                except Exception as exc:
-                    self._callback_failed("the datagram sink", exc)
-                continue
-            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
-                self.datagrams_dropped += 1
-            _bounded_append(self.datagrams, data)
+            self._give_datagram(data)
+
+    def _give_datagram(self, data: bytes) -> None:
+        """One datagram to :attr:`datagram_sink`, else to the bounded queue (counted in
+        :attr:`datagrams_dropped` when it pushes the oldest out). The sink is read at
+        each datagram: it may replace itself midway, as a relay whose control stream
+        failed does."""
+        sink = self.datagram_sink
+        if sink is not None:
+            try:
+                sink(data)
+            except Exception as exc:
+                self._callback_failed("the datagram sink", exc)
+            return
+        if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
+            self.datagrams_dropped += 1
+        _bounded_append(self.datagrams, data)
 
     # -- what changed (an adapter's targeted wake-ups) -------------------------------------
 
@@ -602,15 +618,7 @@ class Session:
             if self.on_authenticated is not None:
                 self.on_authenticated(event.address)
         elif isinstance(event, DatagramReceived):
-            if self.datagram_sink is not None:
-                try:
-                    self.datagram_sink(event.data)
-                except Exception as exc:
-                    self._callback_failed("the datagram sink", exc)
-                return
-            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
-                self.datagrams_dropped += 1
-            _bounded_append(self.datagrams, event.data)
+            self._give_datagram(event.data)
         elif isinstance(event, ControlReceived):
             _bounded_append(self.controls, (event.kind, event.data))
         elif isinstance(event, ReceiptReceived):

@@ -125,6 +125,21 @@ def test_without_the_clients_npm_packages_the_step_says_how_to_fetch_them(
     assert "run from a clone of the source" in (dapp_host.missing_client() or "")
 
 
+def test_an_install_without_libsodium_wrappers_is_one_to_run_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The pages' import maps name libsodium-wrappers beside the @noble packages."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "dapp.html").write_text("<!doctype html>")
+    (tmp_path / "node_modules" / "@noble" / "curves").mkdir(parents=True)
+    monkeypatch.setattr(dapp_host, "PACKAGE", tmp_path)
+    why = dapp_host.missing_client() or ""
+    assert "libsodium-wrappers missing" in why and "@noble" not in why
+    assert "web/dtp-client/scripts/install.sh" in why
+    (tmp_path / "node_modules" / "libsodium-wrappers").mkdir()
+    assert dapp_host.missing_client() is None
+
+
 def test_a_page_that_reports_a_wrong_answer_fails_the_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

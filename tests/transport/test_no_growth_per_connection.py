@@ -51,7 +51,9 @@ def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
             ) as client:
                 client.sendall(b"hi")
                 assert client.recv(10) == b"hi"
-        assert len(dtp.identity._noise._STARTED) <= 8  # (was ROUNDS + 10 and more)
+        # handshakes started ahead are kept for a few peers only (_MAX_STARTED), not one
+        # per connection made
+        assert len(dtp.identity._noise._STARTED) <= dtp.identity._noise._MAX_STARTED
         # the handler threads end once they read the clients' end
         assert wait_for(lambda: threading.active_count() <= threads + 2, timeout=30)
         assert wait_for(lambda: _open_fds() <= fds + 4, timeout=30)

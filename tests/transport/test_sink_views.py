@@ -1,7 +1,7 @@
 """Push delivery without a copy or a wake-up per chunk (the tunnels' forwarding path):
 a sink set with ``views=True`` gets memoryviews of the connection's read buffer, and
 bytes pushed to a sink wake no task waiting on the connection for something else (a
-server's accept_stream() woke, looked and waited again at every chunk of every tunnel).
+server's accept_stream() looks when it starts and at the stream's end, not per chunk).
 The tunnel's TCP side writes such a view straight to its socket and queues a copy of
 only what the socket did not take (:meth:`dtp.daemon._tunnel.TcpLeg.write_chunk`).
 In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
@@ -9,9 +9,12 @@ In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from typing import Any
+
+import pytest
 
 import dtp.aio
 from dtp.daemon._tunnel import TcpLeg, _plain_descriptor
@@ -127,3 +130,99 @@ def test_only_plain_stream_transports_are_written_directly() -> None:
             raise AssertionError("not asked: the transport's kind says no first")
 
     assert _plain_descriptor(_Other()) == -1  # type: ignore[arg-type]
+
+
+def test_write_chunk_after_the_peer_closed_reports_through_the_transport() -> None:
+    """The TCP peer gone: the direct write's EPIPE/ECONNRESET falls back to the
+    transport's write, which ends the connection with the error as it always does
+    (nothing raised to the caller). Once the connection is lost its descriptor number
+    may belong to another socket: nothing is written to it any more."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, leg = await loop.connect_accepted_socket(lambda: TcpLeg(lambda n: None), ours)
+        other_a, other_b = socket.socketpair()
+        fd = _plain_descriptor(transport)
+        taken = False
+        try:
+            assert fd >= 0
+            theirs.close()
+            await asyncio.sleep(0.01)
+            leg.write_chunk(transport, memoryview(b"x" * 1000))  # raises nothing
+            async with asyncio.timeout(5):
+                await leg.lost
+            assert isinstance(leg.error, OSError), leg.error
+            # the closed descriptor's number now names another socket
+            os.dup2(other_a.fileno(), fd)
+            taken = True
+            # (the tunnel writes only while the transport is open; uvloop's write refuses a
+            # closed transport with RuntimeError, asyncio's drops what it is given)
+            with contextlib.suppress(RuntimeError):
+                leg.write_chunk(transport, memoryview(b"not for this socket"))
+            other_b.setblocking(False)
+            try:
+                stray = other_b.recv(100)
+            except BlockingIOError:
+                stray = b""
+            assert stray == b""
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+            if taken:
+                os.close(fd)
+            other_a.close()
+            other_b.close()
+
+    asyncio.run(main())
+
+
+def test_a_view_kept_past_the_call_raises_on_use() -> None:
+    """A views sink's view is released when on_data returns: kept and used later, it
+    raises ValueError rather than read the connection's reused read buffer. Both ways a
+    view is delivered: what was buffered before the sink was set, and what arrives
+    after."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        report: asyncio.Future[tuple[list[memoryview], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        first_read = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            kept: list[memoryview] = []
+            got = bytearray()
+
+            def on_data(view: memoryview) -> None:
+                got.extend(view)  # (during the call: valid)
+                kept.append(view)
+
+            def on_end(error: BaseException | None) -> None:
+                if not report.done():
+                    report.set_result((kept, bytes(got)))
+
+            await asyncio.sleep(0.05)  # the first chunk waits in the stream's buffer
+            reader.set_sink(on_data, on_end, views=True)
+            first_read.set()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.write(b"a" * CHUNK)
+            await writer.drain()
+            await asyncio.wait_for(first_read.wait(), 10)
+            writer.write(b"b" * CHUNK)
+            writer.write_eof()
+            kept, got = await asyncio.wait_for(report, 10)
+            writer.close()
+            await writer.wait_closed()
+        assert got == b"a" * CHUNK + b"b" * CHUNK
+        assert len(kept) >= 2
+        for view in kept:
+            with pytest.raises(ValueError):
+                bytes(view)
+
+    asyncio.run(main())

@@ -1,6 +1,7 @@
 """Reading what the local ledger stores: :class:`SqlStore` (the rules' view of storage
 inside the current SQLite transaction), and decoding stored objects, versions and balances
-into typed values, :class:`~dtp.ledger.errors`-typed when a row is not what the ledger writes."""
+into typed values; a row that is not what the ledger writes raises
+:class:`~dtp.ledger.local.rules.DamagedData` (a :class:`~dtp.errors.LedgerUnavailable`)."""
 
 from __future__ import annotations
 

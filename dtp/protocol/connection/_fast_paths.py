@@ -78,7 +78,7 @@ class _FastPaths(_ConnectionState):
     # sending
 
     def _can_seal_now(self) -> bool:
-        # (RecordLayer.waiting, inline: this runs on every send)
+        # (RecordLayer.waiting, inline: this runs on every send; test_waiting_checks.py)
         rl = self.records
         return (
             not self._lossy
@@ -177,6 +177,8 @@ class _FastPaths(_ConnectionState):
     def _nothing_goes_first(self) -> bool:
         """Whether the lane may move stream bytes now: an established connection over a
         reliable carrier with no records or control frames waiting to go first."""
+        # (RecordLayer.waiting, inline: this runs on every lane call; close_frame is
+        # implied by the state, as it comes with CLOSED; test_waiting_checks.py)
         rl = self.records
         return not (
             self._state is not ConnState.ESTABLISHED

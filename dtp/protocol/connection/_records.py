@@ -76,13 +76,18 @@ class _ResendCredit(NamedTuple):
 _Item = _StreamChunk | _ResendFrame | _ResendCredit
 
 
+#: What a frame other than an ACK takes beyond its data, at most (the C encoder's
+#: budget): its type, three varints and the data's length
+_FRAME_OVERHEAD = 33
+
+
 def _frame_bound(frame: RawFrame) -> int:
-    """An upper bound of a frame's encoded size (the C encoder's budget): type, three
-    varints and a length, plus the data; an ACK's ranges at 16 bytes each."""
+    """An upper bound of a frame's encoded size (the C encoder's budget):
+    :data:`_FRAME_OVERHEAD` plus the data; an ACK's ranges at 16 bytes each."""
     if frame.type == FRAME_ACK:
         return 27 + 16 * len(frame.ranges)
     padding = frame.a if frame.type == FRAME_PADDING else 0
-    return 33 + len(frame.data) + padding
+    return _FRAME_OVERHEAD + len(frame.data) + padding
 
 
 _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}
@@ -185,6 +190,8 @@ class RecordLayer:
     def waiting(self) -> bool:
         """Whether frames wait for the next record (the fast paths seal stream data at
         once only when nothing must go before it)."""
+        # The definition: build() and the fast paths repeat it inline, a call saved on
+        # every send; tests/protocol/test_waiting_checks.py holds the four to agree.
         return bool(
             self.ctrl
             or self.pending_max_data
@@ -421,6 +428,7 @@ class RecordLayer:
         connection's state lets stream data out) and a CLOSE."""
         if self.send_aead is None:
             return
+        # (waiting(), inline: build runs at every send and input; test_waiting_checks.py)
         if self.acks is None and not (
             self.streams_dirty
             or self.ctrl
@@ -570,7 +578,11 @@ class RecordLayer:
         for frame in frames:
             ftype = frame.type
             # (a datagram's bound inline: a burst of them is most of what comes here)
-            cost = 33 + len(frame.data) if ftype == FRAME_DATAGRAM else _frame_bound(frame)
+            cost = (
+                _FRAME_OVERHEAD + len(frame.data)
+                if ftype == FRAME_DATAGRAM
+                else _frame_bound(frame)
+            )
             if group and bound + cost > limit:
                 plaintexts.append(_core.encode_frames(group))
                 items_per_record.append(items)

@@ -57,8 +57,13 @@ class DTPStreamReader:
         end of the stream). For relays: no task wake-up and no buffer per chunk. Pause
         with :meth:`pause_sink` when the consumer is backed up (the peer then stops at
         its flow-control window) and resume with :meth:`resume_sink`. Do not read the
-        stream afterwards. With ``views``, ``on_data`` gets a memoryview valid only
-        during the call instead of a copy (:class:`~dtp.transport._session.StreamSink`)."""
+        stream afterwards.
+
+        With ``views``, ``on_data`` gets a :class:`memoryview` of the connection's read
+        buffer instead of a ``bytes`` copy (no copy per chunk: for a consumer that writes
+        each chunk on at once). The view is valid only during the call: it is released
+        when ``on_data`` returns, so using it later raises :class:`ValueError`; copy
+        (``bytes(view)``) what you keep, a slice of it too, as the buffer is reused."""
         sink = StreamSink(on_data, on_end, views=views)
         self._proto.pinned = self._owner  # its consumer may hold no reader or writer
         # (what a cancelled read put back, credited already, is counted by the stream's
