@@ -225,7 +225,14 @@ def test_the_page_opens_its_escrow_on_sui_in_chromium(
             page.wait_for("document.body.dataset.done", timeout=120)
         except BrowserError as exc:
             text = page.evaluate("document.body.innerText")
-            raise AssertionError(f"{exc}; the page shows:\n{str(text)[:3000]}") from exc
+            # what the page fetched, for a flow that never began (a module not loaded)
+            fetched = page.evaluate(
+                "performance.getEntriesByType('resource')"
+                ".map(e => `${e.responseStatus ?? '?'} ${e.name}`).join('\\n')"
+            )
+            raise AssertionError(
+                f"{exc}; the page shows:\n{str(text)[:3000]}\nit fetched:\n{fetched}"
+            ) from exc
         report = page.evaluate("window.report")
         SHOTS.mkdir(parents=True, exist_ok=True)
         shot = page.screenshot(SHOTS / "dtp-sui-escrow.png")

@@ -19,10 +19,22 @@ export const NOBLE_AEAD = Object.freeze({
 });
 
 /** The same AEAD from libsodium (its C compiled to WebAssembly, `libsodium-wrappers`), or
- * null where that package does not load (a page whose import map leaves it out). For a
- * short record it takes about a fifth of @noble/ciphers' CPU, which made up most of a
- * short call's JavaScript work (docs/benchmarks.md, `ws_rpc_roundtrip`). */
-export const SODIUM_AEAD = await loadSodium();
+ * null where that package does not load (a page whose import map leaves it out) or is
+ * not ready within 15 s: every module that imports this one waits for it, so a
+ * WebAssembly instance that never comes must not hold the page (the records are the same
+ * bytes either way). For a short record it takes about a fifth of @noble/ciphers' CPU,
+ * which made up most of a short call's JavaScript work (docs/benchmarks.md,
+ * `ws_rpc_roundtrip`). */
+export const SODIUM_AEAD = await withinTime(loadSodium(), 15000);
+
+function withinTime(promise, ms) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, ms, null);
+    timer.unref?.(); // (node: the wait keeps no script alive)
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
 
 async function loadSodium() {
   let sodium;
