@@ -241,6 +241,18 @@ class StreamSink:
         self.held = 0
         self.ended = False
 
+    def deliver(self, data: bytes | memoryview) -> None:
+        """Give ``data`` to :attr:`on_data`: with :attr:`views`, as a view released when
+        the call returns, so the view itself, kept, raises ValueError instead of reading
+        the reused read buffer (one release per chunk: noise beside the chunk's
+        decryption); else as bytes of its own (``bytes()`` of bytes is the same object,
+        of a view a copy: the buffer behind it is reused)."""
+        if self.views:
+            with memoryview(data) as view:
+                self.on_data(view)
+        else:
+            self.on_data(bytes(data))
+
 
 class Session:
     """A connection and the application-side state around it."""
@@ -327,14 +339,7 @@ class Session:
         n = len(data)
         if n:
             try:
-                if sink.views:
-                    # released when the call returns, so the view itself, kept, raises
-                    # ValueError instead of reading the reused read buffer (one release
-                    # per chunk: noise beside the chunk's decryption)
-                    with memoryview(data) as view:
-                        sink.on_data(view)
-                else:
-                    sink.on_data(bytes(data))  # a copy: the buffer behind data is reused
+                sink.deliver(data)
             except Exception as exc:
                 self._callback_failed(f"the sink of stream {stream_id}", exc)
             if sink.paused:
@@ -423,11 +428,7 @@ class Session:
                 data = bytes(buf.data)
                 buf.data.clear()
                 owed = buf.uncredited(len(data))
-                if sink.views:
-                    with memoryview(data) as view:  # valid during the call, as in _to_sink
-                        sink.on_data(view)
-                else:
-                    sink.on_data(data)
+                sink.deliver(data)
                 if sink.paused:
                     sink.held += owed
                 elif owed:
