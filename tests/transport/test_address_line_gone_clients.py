@@ -72,7 +72,9 @@ def test_only_the_gone_leave_the_line_a_reset_one_among_them() -> None:
         talking = idle(server.address)
         talking.sendall(b"x")  # data waiting unread: its client is still there
         hung_up = idle(server.address)
-        server_ends = in_line(slots, 3)
+        # the line's order is the order their first records were read, not of connects
+        by_peer = {end.getpeername(): end for end in in_line(slots, 3)}
+        server_ends = [by_peer[sock.getsockname()] for sock in (silent, talking, hung_up)]
         reset(hung_up)
         assert wait_for(lambda: seen_closing(server_ends[2]))
         with silent, talking, idle(server.address) as newcomer:
