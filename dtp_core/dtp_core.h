@@ -534,6 +534,15 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
                          const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
                          int *err);
 
+/* Read up to max (<= DTP_UDP_RUN_MAX) datagrams waiting on the UDP socket fd without
+ * waiting (recvmmsg): datagram i into buf[i * slot ..), its length in lens[i] (a longer
+ * one is cut to slot bytes, as recv cuts it); with addrs, its source into
+ * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). Returns how many were
+ * read (0: none waits), DTP_ERR_IO with the errno in *err when the read failed (an ICMP
+ * error the kernel reports once, on this read), or DTP_ERR_ARG. */
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
+                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err);
+
 /* CDEF-END */
 
 #endif /* DTP_CORE_H */

@@ -56,3 +56,39 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
     }
     return sent;
 }
+
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
+                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err) {
+    if (fd < 0 || err == NULL || max > DTP_UDP_RUN_MAX || (max > 0 && (buf == NULL || lens == NULL)) ||
+        slot == 0 || slot > UINT32_MAX || (addrs != NULL && (addr_lens == NULL || addr_slot == 0)))
+        return DTP_ERR_ARG;
+    *err = 0;
+    if (max == 0) return 0;
+    struct mmsghdr msgs[DTP_UDP_RUN_MAX];
+    struct iovec iov[DTP_UDP_RUN_MAX];
+    memset(msgs, 0, max * sizeof msgs[0]);
+    for (size_t j = 0; j < max; j++) {
+        iov[j].iov_base = buf + j * slot;
+        iov[j].iov_len = slot;
+        msgs[j].msg_hdr.msg_iov = &iov[j];
+        msgs[j].msg_hdr.msg_iovlen = 1;
+        if (addrs != NULL) {
+            msgs[j].msg_hdr.msg_name = addrs + j * addr_slot;
+            msgs[j].msg_hdr.msg_namelen = addr_slot;
+        }
+    }
+    int r;
+    do {
+        r = recvmmsg(fd, msgs, (unsigned int)max, MSG_DONTWAIT, NULL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        *err = errno;
+        return DTP_ERR_IO;
+    }
+    for (int j = 0; j < r; j++) {
+        lens[j] = msgs[j].msg_len;
+        if (addrs != NULL) addr_lens[j] = msgs[j].msg_hdr.msg_namelen;
+    }
+    return r;
+}

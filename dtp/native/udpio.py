@@ -15,9 +15,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dtp.native.core import HAVE_NATIVE, PUREPYTHON, ffi, lib
+from dtp.native.reference._udpio import MAX_UDP_READ
+from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
 from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run
 
-__all__ = ["native_send_datagram_run", "send_datagram_run"]
+__all__ = [
+    "native_recv_datagram_run",
+    "native_send_datagram_run",
+    "recv_datagram_run",
+    "send_datagram_run",
+]
 
 Address = tuple[str, int] | tuple[str, int, int, int]
 
@@ -89,7 +96,108 @@ def native_send_datagram_run(
     return int(rc), int(out[0]), int(err[0])
 
 
+_RUN = 64  # DTP_UDP_RUN_MAX: datagrams per recvmmsg
+_ADDR_SLOT = 128  # sizeof(struct sockaddr_storage)
+_SOURCES: dict[bytes, tuple[Any, ...]] = {}
+
+
+class _RecvSlots:
+    """A read's buffers: _RUN slots of MAX_UDP_READ bytes (untouched pages cost no
+    memory), their lengths, sources and source lengths."""
+
+    def __init__(self) -> None:
+        self.buf = _new_uninit("uint8_t[]", _RUN * MAX_UDP_READ)
+        self.view = ffi.buffer(self.buf)
+        self.lens = _new_uninit("uint32_t[]", _RUN)
+        self.addrs = _new_uninit("uint8_t[]", _RUN * _ADDR_SLOT)
+        self.addrs_view = ffi.buffer(self.addrs)
+        self.addr_lens = _new_uninit("uint32_t[]", _RUN)
+        self.err = ffi.new("int *")
+
+
+_new_uninit: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+_spare_slots: list[_RecvSlots] = []  # (one per thread reading at once, kept for the next)
+
+
+def _source(raw: bytes) -> tuple[Any, ...]:
+    """A struct sockaddr as ``recvfrom`` gives it: (host, port) for IPv4, (host, port,
+    flowinfo, scope_id) for IPv6 (a scoped host names its interface)."""
+    found = _SOURCES.get(raw)
+    if found is not None:
+        return found
+    (family,) = struct.unpack_from("=H", raw)
+    source: tuple[Any, ...]
+    if family == socket.AF_INET:
+        source = (socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big"))
+    elif family == socket.AF_INET6:
+        port, flow = struct.unpack_from("!HI", raw, 2)
+        (scope,) = struct.unpack_from("=I", raw, 24)
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        if scope and host.lower().startswith("fe8"):  # (link-local: as getnameinfo names it)
+            try:
+                host += "%" + socket.if_indextoname(scope)
+            except OSError:
+                host += f"%{scope}"
+        source = (host, port, flow, scope)
+    else:  # (not UDP over IP: the raw address, as a key)
+        source = (raw,)
+    if len(_SOURCES) >= _SOCKADDRS_KEPT:
+        _SOURCES.clear()
+    _SOURCES[raw] = source
+    return source
+
+
+def native_recv_datagram_run(
+    sock: socket.socket, limit: int, sources: bool = False
+) -> tuple[list[bytes], list[tuple[Any, ...]], int]:
+    """The C core's :func:`dtp.native.reference._udpio.recv_datagram_run`: a
+    ``recvmmsg`` per 64 datagrams."""
+    fd = sock.fileno()
+    out: list[bytes] = []
+    froms: list[tuple[Any, ...]] = []
+    if fd < 0:
+        return out, froms, errno.EBADF
+    try:
+        slots = _spare_slots.pop()
+    except IndexError:
+        slots = _RecvSlots()
+    try:
+        addrs = slots.addrs if sources else ffi.NULL
+        while len(out) < limit:
+            want = min(_RUN, limit - len(out))
+            rc = lib.dtp_udp_recv_run(
+                fd,
+                slots.buf,
+                MAX_UDP_READ,
+                want,
+                slots.lens,
+                addrs,
+                _ADDR_SLOT,
+                slots.addr_lens,
+                slots.err,
+            )
+            if rc < 0:
+                return out, froms, int(slots.err[0])
+            view = slots.view
+            lens = slots.lens
+            out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
+            if sources:
+                raw = slots.addrs_view
+                alens = slots.addr_lens
+                froms += [
+                    _source(raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]]) for i in range(rc)
+                ]
+            if rc < want:
+                break
+    finally:
+        if len(_spare_slots) < 4:
+            _spare_slots.append(slots)
+    return out, froms, 0
+
+
 if TYPE_CHECKING or (HAVE_NATIVE and not PUREPYTHON):
     send_datagram_run = native_send_datagram_run
+    recv_datagram_run = native_recv_datagram_run
 else:
     send_datagram_run = _twin_send_datagram_run
+    recv_datagram_run = _twin_recv_datagram_run

@@ -1,12 +1,15 @@
-"""A run of DATAGRAM frames framed in one call (``dtp_datagram_frames_encode``) and a
-run of UDP datagrams sent in one (``dtp_udp_send_run``): both backends give the same
-bytes, results and error codes."""
+"""A run of DATAGRAM frames framed in one call (``dtp_datagram_frames_encode``), and a
+run of UDP datagrams sent (``dtp_udp_send_run``) or read (``dtp_udp_recv_run``) in
+one: both backends give the same bytes, results and error codes."""
 
 from __future__ import annotations
 
 import errno
+import select
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -18,9 +21,10 @@ from dtp.native import core as _core
 from dtp.native.datagrams import native_encode_datagram_run
 from dtp.native.reference._datagrams import encode_datagram_run as twin_encode
 from dtp.native.reference._limits import MAX_FRAME_DATA, MAX_RECORD_PLAINTEXT
+from dtp.native.reference._udpio import recv_datagram_run as twin_recv
 from dtp.native.reference._udpio import send_datagram_run as twin_send
 from dtp.native.types import FRAME_DATAGRAM
-from dtp.native.udpio import native_send_datagram_run
+from dtp.native.udpio import native_recv_datagram_run, native_send_datagram_run
 
 Encode = Callable[[Sequence[bytes | bytearray | memoryview], int], list[bytes]]
 ENCODERS: list[Encode] = [twin_encode, *([native_encode_datagram_run] if _core.HAVE_NATIVE else [])]
@@ -63,7 +67,7 @@ def test_both_backends_frame_a_run_alike_and_within_the_limit(run: list[bytes], 
     assert all(0 < len(p) <= limit for p in plaintexts)
     assert _datagrams_of(plaintexts) == run
     # packed greedily: the next record's first frame did not fit the one before
-    for before, after in zip(plaintexts, plaintexts[1:], strict=False):
+    for before, after in pairwise(plaintexts):
         first = _core.encode_frames([_core.decode_frames(after, True)[0]])
         assert len(before) + len(first) > limit
 
@@ -163,3 +167,65 @@ def test_a_run_to_an_ipv6_address(send: Callable[..., tuple[int, int, int]]) -> 
         for address in ((host, port), (host, port, 0, 0)):
             assert send(tx, [b"six", b"6"], address) == (2, 4, 0)
             assert [rx.recv(10) for _ in range(2)] == [b"six", b"6"]
+
+
+RECEIVERS: list[Callable[..., tuple[list[bytes], list[Any], int]]] = [
+    twin_recv,
+    *([native_recv_datagram_run] if _core.HAVE_NATIVE else []),
+]
+
+
+def _sent_and_waiting(tx: socket.socket, rx: socket.socket, run: list[bytes]) -> None:
+    for data in run:
+        tx.sendto(data, rx.getsockname())
+    # (loopback delivers at once; wait until the last one is readable all the same)
+    rx.settimeout(5)
+    select.select([rx], [], [], 5)
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_a_run_is_read_up_to_its_limit_with_or_without_sources(
+    recv: Callable[..., tuple[list[bytes], list[Any], int]],
+    receiver: socket.socket,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        run = [b"%d" % i for i in range(150)] + [b"", bytes(65000)]
+        _sent_and_waiting(tx, receiver, run)
+        time.sleep(0.05)  # (all queued: a short read below would be the limit's)
+        datagrams, sources, err = recv(receiver, 100, True)
+        assert (datagrams, err) == (run[:100], 0)
+        assert sources == [tx.getsockname()] * 100
+        assert recv(receiver, 1000) == (run[100:], [], 0)
+        assert recv(receiver, 10) == ([], [], 0)  # nothing waits: no wait either
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_an_icmp_error_is_reported_by_a_read(
+    recv: Callable[..., tuple[list[bytes], list[Any], int]],
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nobody listens there now: the kernel answers port unreachable
+        udp.connect(("127.0.0.1", port))
+        udp.send(b"x")
+        deadline = time.monotonic() + 5
+        while True:
+            datagrams, _, err = recv(udp, 10)
+            assert datagrams == []
+            if err or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert err == errno.ECONNREFUSED
+        assert recv(udp, 10) == ([], [], 0)  # reported once
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_a_read_on_a_closed_socket(recv: Callable[..., tuple[list[bytes], list[Any], int]]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.close()
+    assert recv(sock, 10) == ([], [], errno.EBADF)
