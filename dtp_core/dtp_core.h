@@ -506,6 +506,43 @@ size_t dtp_ham_count(const dtp_ham *g);          /* fields in the table */
 size_t dtp_ham_deferred_count(const dtp_ham *g); /* updates held for later */
 size_t dtp_ham_deferred_bytes(const dtp_ham *g); /* their encoded size */
 
+/* ---- a run of DATAGRAM frames (frame.c) -------------------------------------------- */
+/* Encode n DATAGRAM frames, datagram i being data[offs[i] .. offs[i + 1]) (offs has
+ * n + 1 entries), packed in order into records' plaintexts of at most `limit` bytes
+ * each (1 <= limit <= DTP_MAX_RECORD_PLAINTEXT): a frame goes into the current record
+ * while it fits, else it begins the next. The plaintexts are written back to back into
+ * out, record k ending at ends[k]. Every datagram is checked before anything is written:
+ * a slice outside data, or a bad limit, is DTP_ERR_ARG; a datagram above
+ * DTP_MAX_FRAME_DATA, or whose frame fits no record, DTP_ERR_FRAME_SIZE. Then
+ * DTP_ERR_BUFFER if out or ends is too small. Returns the number of records (0 for
+ * n = 0). Encoding is dtp_frames_encode's (minimal varints). */
+int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const uint64_t *offs,
+                                   size_t n, size_t limit, uint8_t *out, size_t out_cap,
+                                   uint64_t *ends, size_t ends_cap);
+
+/* ---- UDP runs (udpio.c) ------------------------------------------------------------ */
+#define DTP_UDP_RUN_MAX 64 /* datagrams per sendmmsg call */
+
+/* Send n datagrams on the non-blocking UDP socket fd, datagram i being
+ * data[offs[i] .. offs[i + 1]) (offs has n + 1 entries): to addr (a struct sockaddr of
+ * addr_len bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One
+ * sendmmsg call per DTP_UDP_RUN_MAX datagrams; a datagram the kernel refuses (a full
+ * buffer, an ICMP error) is dropped and the rest still tried, the last errno in *err
+ * (0 if none was refused). Returns the number sent (their bytes in *sent_bytes), or
+ * DTP_ERR_ARG. */
+int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size_t n,
+                         const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
+                         int *err);
+
+/* Read up to max (<= DTP_UDP_RUN_MAX) datagrams waiting on the UDP socket fd without
+ * waiting (recvmmsg): datagram i into buf[i * slot ..), its length in lens[i] (a longer
+ * one is cut to slot bytes, as recv cuts it); with addrs, its source into
+ * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). Returns how many were
+ * read (0: none waits), DTP_ERR_IO with the errno in *err when the read failed (an ICMP
+ * error the kernel reports once, on this read), or DTP_ERR_ARG. */
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
+                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err);
+
 /* CDEF-END */
 
 #endif /* DTP_CORE_H */

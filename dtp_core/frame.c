@@ -350,3 +350,43 @@ int dtp_frames_encode(const dtp_frame *frames, size_t n, const uint8_t *data, si
     *written = p;
     return DTP_OK;
 }
+
+/* A run of DATAGRAM frames, packed greedily into records: the send path of a burst of
+ * datagrams (a relay's) crosses the boundary once, not once per frame. */
+int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const uint64_t *offs,
+                                   size_t n, size_t limit, uint8_t *out, size_t out_cap,
+                                   uint64_t *ends, size_t ends_cap) {
+    if ((n > 0 && (data == NULL || offs == NULL)) || (out == NULL && out_cap > 0) ||
+        (ends == NULL && ends_cap > 0) || limit == 0 || limit > DTP_MAX_RECORD_PLAINTEXT)
+        return DTP_ERR_ARG;
+    /* Validate everything first, so the error does not depend on the buffers. */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (offs[i + 1] < offs[i] || offs[i + 1] > data_len) return DTP_ERR_ARG;
+        uint64_t len = offs[i + 1] - offs[i];
+        if (len > DTP_MAX_FRAME_DATA) return DTP_ERR_FRAME_SIZE;
+        size_t size = 1 + dtp_varint_size(len) + (size_t)len;
+        if (size > limit) return DTP_ERR_FRAME_SIZE; /* it fits no record */
+        total += size;
+    }
+    if (total > out_cap) return DTP_ERR_BUFFER;
+    size_t p = 0, start = 0, records = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = (size_t)(offs[i + 1] - offs[i]);
+        size_t size = 1 + dtp_varint_size(len) + len;
+        if (p - start + size > limit) { /* this record is full: the next begins */
+            if (records >= ends_cap) return DTP_ERR_BUFFER;
+            ends[records++] = p;
+            start = p;
+        }
+        out[p++] = DTP_FRAME_DATAGRAM;
+        p += dtp_varint_put(out + p, out_cap - p, len);
+        if (len) memcpy(out + p, data + offs[i], len);
+        p += len;
+    }
+    if (n > 0) {
+        if (records >= ends_cap) return DTP_ERR_BUFFER;
+        ends[records++] = p;
+    }
+    return (int64_t)records;
+}

@@ -282,6 +282,9 @@ class Session:
         self.sinks: dict[int, StreamSink] = {}
         #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
         self.datagram_sink: Callable[[bytes], None] | None = None
+        #: Or each run of datagrams that arrived together goes to this one, as a list
+        #: (a relay sends the run on in one call); it wins over :attr:`datagram_sink`.
+        self.datagram_run_sink: Callable[[list[bytes]], None] | None = None
         self._data_arrived = False
         # what changed, for an adapter that wakes only the waiters a change concerns
         # (track_changes, take_changes): off unless one asks
@@ -527,20 +530,35 @@ class Session:
 
     def _take_datagrams(self) -> None:
         """The datagrams the connection handed over (:attr:`Connection.datagram_handler`),
-        each to :attr:`datagram_sink` or the bounded queue, as a DatagramReceived event's
-        would go."""
+        together to :attr:`datagram_run_sink`, else each to :attr:`datagram_sink` or the
+        bounded queue, as a DatagramReceived event's would go."""
         arrived = self._datagrams_in[:]
         self._datagrams_in.clear()  # (the same list: it is the connection's handler)
         if self._tracking:
             self._broad = True
+        if self.datagram_run_sink is not None:
+            self._take_run(arrived)
+            return
         for data in arrived:
             self._give_datagram(data)
+
+    def _take_run(self, run: list[bytes]) -> None:
+        """A run of datagrams to :attr:`datagram_run_sink` (set)."""
+        sink = self.datagram_run_sink
+        assert sink is not None
+        try:
+            sink(run)
+        except Exception as exc:
+            self._callback_failed("the datagram sink", exc)
 
     def _give_datagram(self, data: bytes) -> None:
         """One datagram to :attr:`datagram_sink`, else to the bounded queue (counted in
         :attr:`datagrams_dropped` when it pushes the oldest out). The sink is read at
         each datagram: it may replace itself midway, as a relay whose control stream
         failed does."""
+        if self.datagram_run_sink is not None:
+            self._take_run([data])
+            return
         sink = self.datagram_sink
         if sink is not None:
             try:

@@ -304,6 +304,57 @@ def test_datagram_sink_gets_queued_then_live_datagrams() -> None:
     asyncio.run(main())
 
 
+def test_datagram_run_sink_gets_runs_in_order_and_a_plain_sink_replaces_it() -> None:
+    """set_datagram_run_sink: the datagrams queued come as one list, then each run that
+    arrived together as one; set_datagram_sink replaces it (and the other way round)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        runs: list[list[bytes]] = []
+        single: list[bytes] = []
+        arrived = asyncio.Event()
+
+        def run_sink(run: list[bytes]) -> None:
+            runs.append(run)
+            if sum(map(len, runs)) >= 42:
+                arrived.set()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            assert await reader.readexactly(2) == b"go"  # two datagrams are queued by now
+            writer.set_datagram_run_sink(run_sink)
+            assert runs == [[b"q1", b"q2"]]
+            writer.write(b"ok")
+            await arrived.wait()
+            writer.set_datagram_sink(single.append)
+            writer.write(b"ok")
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.send_datagrams([b"q1", b"q2"])
+            writer.write(b"go")
+            assert await reader.readexactly(2) == b"ok"
+            burst = [b"%d" % i for i in range(40)]
+            writer.send_datagrams(burst)  # sealed and written together: one run or a few
+            assert await reader.readexactly(2) == b"ok"
+            assert [d for run in runs for d in run] == [b"q1", b"q2", *burst]
+            assert len(runs) < 1 + len(burst)
+            writer.send_datagram(b"after")
+            for _ in range(100):
+                if single:
+                    break
+                await asyncio.sleep(0.05)
+            assert single == [b"after"]
+            assert sum(map(len, runs)) == 42  # (the run sink had nothing more)
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("stage", ["handshake", "callback"])
 def test_a_loop_that_ends_aborts_the_servers_connections(stage: str) -> None:
     """When the server's event loop ends (asyncio.run cancels what still runs), each

@@ -39,6 +39,7 @@ from dtp.hostid.udp._sockets import (
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
+from dtp.native.udpio import send_datagram_run
 from dtp.payments._ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
@@ -131,6 +132,7 @@ async def relay_udp_async(
         billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
     )
     last = [loop.time()]  # (after the lookup: it may have taken a while)
+    unpaid = False  # the control stream failed: what arrives is dropped (drop_unpaid)
 
     def relay_replies() -> None:
         # every reply waiting, sealed and written to DTP together
@@ -165,6 +167,8 @@ async def relay_udp_async(
             # a CLOSE (test_a_relay_whose_client_resets_the_control_stream_ends_cleanly)
             logger.info("UDP relay ended: %s", exc)
             end_control()
+            nonlocal unpaid
+            unpaid = True  # (the rest of a run being relayed, too)
             writer.set_datagram_sink(drop_unpaid)  # (until the loop below ends)
 
     def drop_unpaid(data: bytes) -> None:
@@ -193,35 +197,47 @@ async def relay_udp_async(
     gated = engine.gated
 
     def relay_datagram(data: bytes) -> None:
-        # pushed by the connection as each datagram arrives: no task wake-up per
-        # datagram, and each is a batch of one for the engine, asked only when gated
-        # (ungated, it drops and bills nothing: no engine call per datagram at all)
-        last[0] = loop.time()
+        # (gated) each datagram is a batch of one for the engine
+        if unpaid:
+            drop_unpaid(data)
+            return
         nbytes = len(data)
-        if gated:
-            admission = engine.admit([data], time.monotonic())
-            if not admission.forward:
-                stats.add(
-                    dropped_rate_limited=admission.rate_limited, dropped_unpaid=admission.unpaid
-                )
-                return
+        admission = engine.admit([data], time.monotonic())
+        if not admission.forward:
+            stats.add(dropped_rate_limited=admission.rate_limited, dropped_unpaid=admission.unpaid)
+            return
         try:
             udp.send(data)
         except OSError:
             # a full socket buffer or an ICMP error drops the datagram, as UDP does;
             # the client pays only for what reached the backend
             stats.add(dropped_send_failed=1)
-            if gated:
-                engine.delivered(1, nbytes, 0, 0)
+            engine.delivered(1, nbytes, 0, 0)
             return
         # one thread (the event loop) writes these counters: no lock per datagram
         stats.datagrams_in += 1
         stats.bytes_in += nbytes
-        if gated and (frame := engine.delivered(1, nbytes, 1, nbytes)) is not None:
+        if (frame := engine.delivered(1, nbytes, 1, nbytes)) is not None:
             send_control(frame)
 
+    def relay_run(run: list[bytes]) -> None:
+        # pushed by the connection with each run of datagrams that arrived together: no
+        # task wake-up per datagram. Ungated, it drops and bills nothing: the run goes to
+        # the backend in one call (sendmmsg), no engine call per datagram at all
+        last[0] = loop.time()
+        if gated:
+            for data in run:
+                relay_datagram(data)
+            return
+        sent, nbytes, _ = send_datagram_run(udp, run)
+        if sent < len(run):
+            # a full socket buffer or an ICMP error drops a datagram, as UDP does
+            stats.add(dropped_send_failed=len(run) - sent)
+        stats.datagrams_in += sent
+        stats.bytes_in += nbytes
+
     control_task = loop.create_task(read_control()) if billing is not None else None
-    writer.set_datagram_sink(relay_datagram)
+    writer.set_datagram_run_sink(relay_run)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     try:
         ended = writer.connection_closed()
@@ -450,22 +466,22 @@ class AsyncUdpForwarder(FlowTable):
         assert writer is not None
         stats = self.stats
 
-        def on_reply(data: bytes) -> None:
+        def on_replies(run: list[bytes]) -> None:
+            # each run that arrived together goes to the source in one call (sendmmsg)
             flow.last = time.monotonic()
-            flow.received_bytes += len(data)
+            flow.received_bytes += sum(map(len, run))
             if self._sock is None:
-                stats.add(dropped_send_failed=1)
+                stats.add(dropped_send_failed=len(run))
                 return
-            try:
-                self._sock.sendto(data, flow.source)
-            except OSError:  # a full buffer, or the local client's address is gone
-                stats.add(dropped_send_failed=1)
-                return
+            # (a full buffer, or the local client's address is gone: dropped)
+            sent, nbytes, _ = send_datagram_run(self._sock, run, flow.source)
+            if sent < len(run):
+                stats.add(dropped_send_failed=len(run) - sent)
             # one thread (the event loop) writes these counters: no lock
-            stats.datagrams_in += 1
-            stats.bytes_in += len(data)
+            stats.datagrams_in += sent
+            stats.bytes_in += nbytes
 
-        writer.set_datagram_sink(on_reply)
+        writer.set_datagram_run_sink(on_replies)
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
             # the connection's own closed future (its wait_closed() would raise

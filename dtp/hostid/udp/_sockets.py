@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import socket as _socket
 import time
 from collections.abc import Callable
@@ -17,8 +18,9 @@ from dtp.errors import (
     InvalidArgument,
     TunnelError,
 )
-from dtp.hostid.udp._engine import MAX_UDP_PAYLOAD, BadControlFrame, RelayEngine
+from dtp.hostid.udp._engine import BadControlFrame, RelayEngine
 from dtp.hostid.udp._stats import UdpStats
+from dtp.native.udpio import recv_datagram_run
 
 if TYPE_CHECKING:
     from dtp.transport.asyncio._streams import DTPStreamWriter
@@ -211,19 +213,17 @@ def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     """Every datagram waiting on a ready socket (at most ``limit``; those read before
     an ICMP error when the readiness was one, e.g. the backend's port is closed or its
     host unreachable)."""
-    out: list[bytes] = []
-    try:
-        while len(out) < limit:
-            out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError as exc:
-        # the kernel reports an earlier datagram's ICMP error once, on this read, and
+    # (a recvmmsg per 64 in the C core: a recv each released and took back the
+    # interpreter lock, which the relay's other threads, or a backend in the same
+    # process, fought over)
+    out, _, err = recv_datagram_run(udp, limit)
+    if err:
+        # the kernel reports an earlier datagram's ICMP error once, on a read, and
         # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
         # another host gone away). Raised, it would end the blocking relay's reply
         # thread for good -- requests still forwarded and billed, no reply ever back --
         # and the replies read before it would be lost uncounted
-        logger.debug("UDP backend %s: %s", _peer_name(udp), exc)
+        logger.debug("UDP backend %s: %s", _peer_name(udp), os.strerror(err))
     return out
 
 
@@ -239,10 +239,15 @@ def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, in
     """Every datagram waiting on a ready socket (at most ``limit``), grouped by source
     address in arrival order: each flow's burst is then sealed and sent together."""
     flows: dict[tuple[str, int], list[bytes]] = {}
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        for _ in range(limit):
-            data, source = udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT)
-            # (an IPv6 source's flowinfo and scope go: one flow per host and port)
-            key = source if len(source) == 2 else (source[0], source[1])
-            flows.setdefault(key, []).append(data)
+    datagrams, sources, err = recv_datagram_run(udp, limit, sources=True)
+    if err and not datagrams:
+        # (a closed socket, say: as a recvfrom raised it; the blocking forwarder ends
+        # its reader on it once closed)
+        raise OSError(err, os.strerror(err))
+    if err:  # (after datagrams read: they go on)
+        logger.debug("UDP forwarder socket: %s", os.strerror(err))
+    for data, source in zip(datagrams, sources, strict=True):
+        # (an IPv6 source's flowinfo and scope go: one flow per host and port)
+        key = source if len(source) == 2 else (source[0], source[1])
+        flows.setdefault(key, []).append(data)
     return flows

@@ -575,7 +575,11 @@ class Connection(_Streams, _FastPaths):
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        queued, dropped, size = self.records.queue_datagrams(datagrams, backlog)
+        if self._can_seal_now():
+            # nothing waits to go first: sealed at once, the run framed in one call
+            queued, dropped, size = self.records.seal_datagrams(datagrams, backlog)
+        else:
+            queued, dropped, size = self.records.queue_datagrams(datagrams, backlog)
         self.datagrams_send_dropped += dropped
         # metered as they are framed to go (dropped ones never are): over an ordered
         # carrier the peer counts exactly these as it accepts them

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.native import core as _core
+from dtp.native.datagrams import encode_datagram_run
 from dtp.native.reference._varint import varint_encode
 from dtp.native.types import (
     FRAME_ACK,
@@ -252,31 +253,53 @@ class RecordLayer:
         """Queue DATAGRAM frames: all of them, or (on a TypeError or LocalProtocolError
         for any one) none; those that would take ``backlog`` past DATAGRAM_SEND_BACKLOG
         are dropped instead. Returns (queued, dropped, payload bytes queued)."""
+        bodies, dropped, size = self._datagram_bodies(datagrams, backlog)
+        self.ctrl.extend([RawFrame(FRAME_DATAGRAM, 0, 0, 0, body) for body in bodies])
+        return len(bodies), dropped, size
+
+    def seal_datagrams(
+        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int
+    ) -> tuple[int, int, int]:
+        """:meth:`queue_datagrams`, sealed at once into records of DATAGRAM frames alone
+        (one C call frames the run: ``encode_datagram_run``) -- for a reliable carrier
+        when nothing waits to go before them (the stream data fast path's test)."""
+        bodies, dropped, size = self._datagram_bodies(datagrams, backlog)
+        if bodies:
+            limit = self.config.max_record_plaintext
+            if max(map(len, bodies)) + 3 > limit:
+                # (a datagram up to max_datagram_size goes in a record of its own, as
+                # _pack_control lets it: a frame has at most 3 bytes of header)
+                limit = self.record_room()
+            plaintexts = encode_datagram_run(bodies, limit)
+            k = len(plaintexts)
+            self.seal(plaintexts, [[] for _ in range(k)], [True] * k, 0.0)
+        return len(bodies), dropped, size
+
+    def _datagram_bodies(
+        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int
+    ) -> tuple[list[bytes], int, int]:
+        """The datagrams to send (all of them, or on a TypeError or LocalProtocolError
+        for any one none), how many of them the backlog drops, and their size."""
         limit = self.max_datagram_size()
-        frames = []
-        size = 0
-        for data in datagrams:
-            # (bytes as they are: bytes_like would copy each through a memoryview)
-            body = data if type(data) is bytes else bytes_like(data)
-            n = len(body)
-            if n > limit:
-                raise LocalProtocolError(f"datagram of {n} bytes exceeds {limit}")
-            frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
-            size += n
+        # (bytes as they are: bytes_like would copy each through a memoryview)
+        bodies = [data if type(data) is bytes else bytes_like(data) for data in datagrams]
+        sizes = list(map(len, bodies))
+        if sizes and (n := max(sizes)) > limit:
+            raise LocalProtocolError(f"datagram of {n} bytes exceeds {limit}")
+        size = sum(sizes)
         dropped = 0
         if backlog + size > DATAGRAM_SEND_BACKLOG:
             room = DATAGRAM_SEND_BACKLOG - backlog
             kept = size = 0
-            for frame in frames:
-                room -= len(frame.data)
+            for n in sizes:
+                room -= n
                 if room < 0:
                     break
-                size += len(frame.data)
+                size += n
                 kept += 1
-            dropped = len(frames) - kept
-            del frames[kept:]
-        self.ctrl.extend(frames)
-        return len(frames), dropped, size
+            dropped = len(bodies) - kept
+            del bodies[kept:]
+        return bodies, dropped, size
 
     # ----------------------------------------------------------------------------------
     # acknowledgements, losses and probes (lossy carriers only)

@@ -829,10 +829,25 @@ class DTPStreamWriter:
         it. For relays: no task wake-up per datagram."""
         session = self._session
         session.datagram_sink = sink
+        session.datagram_run_sink = None
         if sink is not None:
             self._proto.pinned = self._owner  # its consumer may hold no reader or writer
             while session.datagrams:
                 sink(session.datagrams.popleft())
+
+    def set_datagram_run_sink(self, sink: Callable[[list[bytes]], None] | None) -> None:
+        """:meth:`set_datagram_sink` for a sink that takes each run of datagrams that
+        arrived together as one list (a relay sends the run on in one call); it
+        replaces the sink :meth:`set_datagram_sink` set, and that one replaces it."""
+        session = self._session
+        session.datagram_run_sink = sink
+        session.datagram_sink = None
+        if sink is not None:
+            self._proto.pinned = self._owner  # its consumer may hold no reader or writer
+            if session.datagrams:
+                queued = list(session.datagrams)
+                session.datagrams.clear()
+                sink(queued)
 
     async def recv_datagram(self) -> bytes:
         """The connection's next datagram."""

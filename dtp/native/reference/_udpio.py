@@ -1,0 +1,70 @@
+"""Twin of dtp_core/udpio.c: a run of UDP datagrams sent one system call each."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["recv_datagram_run", "send_datagram_run"]
+
+#: The largest UDP payload a read takes whole (IPv4's limit; IPv6 jumbograms aside)
+MAX_UDP_READ = 65535
+
+
+def send_datagram_run(
+    sock: socket.socket,
+    datagrams: Sequence[bytes | bytearray | memoryview],
+    address: tuple[str, int] | tuple[str, int, int, int] | None = None,
+) -> tuple[int, int, int]:
+    """Send ``datagrams`` on the UDP socket ``sock`` without waiting: to ``address``,
+    or (None) to its connected peer. A datagram the kernel refuses (a full buffer, an
+    ICMP error) is dropped and the rest still tried, as UDP drops it. Returns (how many
+    were sent, their bytes, the errno of the last refused or 0 if none was)."""
+    if sock.fileno() < 0:
+        return 0, 0, errno.EBADF if datagrams else 0
+    sent = nbytes = err = 0
+    flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+    for data in datagrams:
+        try:
+            if address is None:
+                sock.send(data, flags)
+            else:
+                sock.sendto(data, flags, address)
+        except OSError as exc:
+            err = exc.errno or 0
+            continue
+        sent += 1
+        nbytes += len(data) if type(data) is bytes else memoryview(data).nbytes
+    return sent, nbytes, err
+
+
+def recv_datagram_run(
+    sock: socket.socket, limit: int, sources: bool = False
+) -> tuple[list[bytes], list[tuple[Any, ...]], int]:
+    """Read up to ``limit`` datagrams waiting on the UDP socket ``sock`` without waiting
+    (each cut to MAX_UDP_READ bytes). Returns them, their sources (with ``sources``,
+    else an empty list) and the errno of a read that failed (an ICMP error the kernel
+    reports once, on some read: here, or on the next call's), 0 if none did."""
+    out: list[bytes] = []
+    froms: list[tuple[Any, ...]] = []
+    flags = socket.MSG_DONTWAIT
+    # (a socket with a timeout waits for that long before its read, whatever the flags)
+    timed = bool(sock.gettimeout())
+    try:
+        while len(out) < limit:
+            if timed and not select.select([sock], [], [], 0)[0]:
+                break
+            if sources:
+                data, source = sock.recvfrom(MAX_UDP_READ, flags)
+                froms.append(source)
+            else:
+                data = sock.recv(MAX_UDP_READ, flags)
+            out.append(data)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as exc:
+        return out, froms, exc.errno or 0
+    return out, froms, 0

@@ -1,0 +1,203 @@
+"""UDP runs: :func:`send_datagram_run` sends a run of datagrams in one call of the C
+core (``dtp_udp_send_run``: sendmmsg, a system call per 64 datagrams), for the UDP
+relays of :mod:`dtp.hostid.udp`. A send per datagram released and took back the
+interpreter lock each time, which a relay's other threads (or the UDP backend in the
+same process) fought over; its twin is :mod:`dtp.native.reference._udpio`
+(``DTP_PUREPYTHON=1``)."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dtp.native.core import HAVE_NATIVE, PUREPYTHON, ffi, lib
+from dtp.native.reference._udpio import MAX_UDP_READ
+from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
+from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run
+
+__all__ = [
+    "native_recv_datagram_run",
+    "native_send_datagram_run",
+    "recv_datagram_run",
+    "send_datagram_run",
+]
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+_SOCKADDRS: dict[tuple[int, Address], bytes] = {}
+_SOCKADDRS_KEPT = 256
+
+
+def _sockaddr(family: int, address: Address) -> bytes:
+    """``address`` as the kernel's struct sockaddr_in or sockaddr_in6 (Linux's layout:
+    the family in host order, port and flow label in network order). Raises OSError or
+    ValueError for an address the family cannot take, as ``sendto`` does."""
+    key = (family, address)
+    found = _SOCKADDRS.get(key)
+    if found is not None:
+        return found
+    if family == socket.AF_INET:
+        host, port = address[0], address[1]
+        raw = struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_aton(host)
+        raw += bytes(8)
+    elif family == socket.AF_INET6:
+        host, port = address[0], address[1]
+        flow, scope = (address[2], address[3]) if len(address) == 4 else (0, 0)
+        if "%" in host:  # (a scoped literal: its interface is the scope)
+            host, _, name = host.partition("%")
+            scope = scope or socket.if_nametoindex(name)
+        raw = struct.pack("=H", family) + struct.pack("!HI", port, flow)
+        raw += socket.inet_pton(socket.AF_INET6, host) + struct.pack("=I", scope)
+    else:
+        raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not UDP's")
+    if len(_SOCKADDRS) >= _SOCKADDRS_KEPT:
+        _SOCKADDRS.clear()
+    _SOCKADDRS[key] = raw
+    return raw
+
+
+def native_send_datagram_run(
+    sock: socket.socket,
+    datagrams: Sequence[bytes | bytearray | memoryview],
+    address: Address | None = None,
+) -> tuple[int, int, int]:
+    """The C core's :func:`dtp.native.reference._udpio.send_datagram_run`: the same
+    results, one ``sendmmsg`` per 64 datagrams."""
+    n = len(datagrams)
+    fd = sock.fileno()
+    if fd < 0:
+        return 0, 0, errno.EBADF if n else 0
+    if not n:
+        return 0, 0, 0
+    if address is None:
+        addr: Any = ffi.NULL
+        alen = 0
+    else:
+        try:
+            addr = _sockaddr(sock.family, address)
+        except (OSError, ValueError, TypeError):
+            # what sendto makes of it (a name it looks up, an error per datagram)
+            return _twin_send_datagram_run(sock, datagrams, address)
+        alen = len(addr)
+    data = b"".join(datagrams)
+    offs = ffi.new("uint64_t[]", list(itertools.accumulate(map(len, datagrams), initial=0)))
+    if len(data) != offs[n]:
+        # a datagram of items wider than a byte (len() counted items): as the twin does
+        return _twin_send_datagram_run(sock, datagrams, address)
+    out = ffi.new("uint64_t[2]")  # (the bytes sent; the errno, as an int beside it)
+    err = ffi.cast("int *", out + 1)
+    rc = lib.dtp_udp_send_run(fd, data, offs, n, addr, alen, out, err)
+    if rc < 0:  # (only for arguments the checks above rule out)
+        raise ValueError(f"dtp_udp_send_run: bad arguments ({rc})")
+    return int(rc), int(out[0]), int(err[0])
+
+
+_RUN = 64  # DTP_UDP_RUN_MAX: datagrams per recvmmsg
+_ADDR_SLOT = 128  # sizeof(struct sockaddr_storage)
+_SOURCES: dict[bytes, tuple[Any, ...]] = {}
+
+
+class _RecvSlots:
+    """A read's buffers: _RUN slots of MAX_UDP_READ bytes (untouched pages cost no
+    memory), their lengths, sources and source lengths."""
+
+    def __init__(self) -> None:
+        self.buf = _new_uninit("uint8_t[]", _RUN * MAX_UDP_READ)
+        self.view = ffi.buffer(self.buf)
+        self.lens = _new_uninit("uint32_t[]", _RUN)
+        self.addrs = _new_uninit("uint8_t[]", _RUN * _ADDR_SLOT)
+        self.addrs_view = ffi.buffer(self.addrs)
+        self.addr_lens = _new_uninit("uint32_t[]", _RUN)
+        self.err = ffi.new("int *")
+
+
+_new_uninit: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+_spare_slots: list[_RecvSlots] = []  # (one per thread reading at once, kept for the next)
+
+
+def _source(raw: bytes) -> tuple[Any, ...]:
+    """A struct sockaddr as ``recvfrom`` gives it: (host, port) for IPv4, (host, port,
+    flowinfo, scope_id) for IPv6 (a scoped host names its interface)."""
+    found = _SOURCES.get(raw)
+    if found is not None:
+        return found
+    (family,) = struct.unpack_from("=H", raw)
+    source: tuple[Any, ...]
+    if family == socket.AF_INET:
+        source = (socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big"))
+    elif family == socket.AF_INET6:
+        port, flow = struct.unpack_from("!HI", raw, 2)
+        (scope,) = struct.unpack_from("=I", raw, 24)
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        if scope and host.lower().startswith("fe8"):  # (link-local: as getnameinfo names it)
+            try:
+                host += "%" + socket.if_indextoname(scope)
+            except OSError:
+                host += f"%{scope}"
+        source = (host, port, flow, scope)
+    else:  # (not UDP over IP: the raw address, as a key)
+        source = (raw,)
+    if len(_SOURCES) >= _SOCKADDRS_KEPT:
+        _SOURCES.clear()
+    _SOURCES[raw] = source
+    return source
+
+
+def native_recv_datagram_run(
+    sock: socket.socket, limit: int, sources: bool = False
+) -> tuple[list[bytes], list[tuple[Any, ...]], int]:
+    """The C core's :func:`dtp.native.reference._udpio.recv_datagram_run`: a
+    ``recvmmsg`` per 64 datagrams."""
+    fd = sock.fileno()
+    out: list[bytes] = []
+    froms: list[tuple[Any, ...]] = []
+    if fd < 0:
+        return out, froms, errno.EBADF
+    try:
+        slots = _spare_slots.pop()
+    except IndexError:
+        slots = _RecvSlots()
+    try:
+        addrs = slots.addrs if sources else ffi.NULL
+        while len(out) < limit:
+            want = min(_RUN, limit - len(out))
+            rc = lib.dtp_udp_recv_run(
+                fd,
+                slots.buf,
+                MAX_UDP_READ,
+                want,
+                slots.lens,
+                addrs,
+                _ADDR_SLOT,
+                slots.addr_lens,
+                slots.err,
+            )
+            if rc < 0:
+                return out, froms, int(slots.err[0])
+            view = slots.view
+            lens = slots.lens
+            out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
+            if sources:
+                raw = slots.addrs_view
+                alens = slots.addr_lens
+                froms += [
+                    _source(raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]]) for i in range(rc)
+                ]
+            if rc < want:
+                break
+    finally:
+        if len(_spare_slots) < 4:
+            _spare_slots.append(slots)
+    return out, froms, 0
+
+
+if TYPE_CHECKING or (HAVE_NATIVE and not PUREPYTHON):
+    send_datagram_run = native_send_datagram_run
+    recv_datagram_run = native_recv_datagram_run
+else:
+    send_datagram_run = _twin_send_datagram_run
+    recv_datagram_run = _twin_recv_datagram_run

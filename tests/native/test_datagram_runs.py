@@ -1,0 +1,231 @@
+"""A run of DATAGRAM frames framed in one call (``dtp_datagram_frames_encode``), and a
+run of UDP datagrams sent (``dtp_udp_send_run``) or read (``dtp_udp_recv_run``) in
+one: both backends give the same bytes, results and error codes."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.native import core as _core
+from dtp.native.datagrams import native_encode_datagram_run
+from dtp.native.reference._datagrams import encode_datagram_run as twin_encode
+from dtp.native.reference._limits import MAX_FRAME_DATA, MAX_RECORD_PLAINTEXT
+from dtp.native.reference._udpio import recv_datagram_run as twin_recv
+from dtp.native.reference._udpio import send_datagram_run as twin_send
+from dtp.native.types import FRAME_DATAGRAM
+from dtp.native.udpio import native_recv_datagram_run, native_send_datagram_run
+
+Encode = Callable[[Sequence[bytes | bytearray | memoryview], int], list[bytes]]
+ENCODERS: list[Encode] = [twin_encode, *([native_encode_datagram_run] if _core.HAVE_NATIVE else [])]
+SENDERS: list[Callable[..., tuple[int, int, int]]] = [
+    twin_send,
+    *([native_send_datagram_run] if _core.HAVE_NATIVE else []),
+]
+
+
+def _outcome(encode: Encode, run: Sequence[Any], limit: int) -> list[bytes] | ErrorCode:
+    try:
+        return encode(run, limit)
+    except LocalProtocolError as exc:
+        return exc.code
+
+
+def _datagrams_of(plaintexts: list[bytes]) -> list[bytes]:
+    """Decode each plaintext with the frame decoder: DATAGRAM frames only."""
+    out = []
+    for plaintext in plaintexts:
+        for frame in _core.decode_frames(plaintext, True):
+            assert frame.type == FRAME_DATAGRAM
+            out.append(bytes(frame.data))
+    return out
+
+
+@given(
+    st.lists(st.binary(max_size=700), max_size=60),
+    st.integers(min_value=1, max_value=MAX_RECORD_PLAINTEXT),
+)
+def test_both_backends_frame_a_run_alike_and_within_the_limit(run: list[bytes], limit: int) -> None:
+    outcomes = [_outcome(encode, run, limit) for encode in ENCODERS]
+    assert all(o == outcomes[0] for o in outcomes)
+    plaintexts = outcomes[0]
+    if isinstance(plaintexts, ErrorCode):
+        # only a datagram whose frame fits no record is refused
+        assert plaintexts == ErrorCode.FRAME_SIZE
+        assert any(1 + (1 if len(d) < 64 else 2) + len(d) > limit for d in run)
+        return
+    assert all(0 < len(p) <= limit for p in plaintexts)
+    assert _datagrams_of(plaintexts) == run
+    # packed greedily: the next record's first frame did not fit the one before
+    for before, after in pairwise(plaintexts):
+        first = _core.encode_frames([_core.decode_frames(after, True)[0]])
+        assert len(before) + len(first) > limit
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_the_bounds_of_a_run(encode: Encode) -> None:
+    assert encode([], MAX_RECORD_PLAINTEXT) == []  # an empty run: no record
+    assert encode([b""], 2) == [bytes((FRAME_DATAGRAM, 0))]  # an empty datagram: 2 bytes
+    # the largest frame data, alone in a record of the largest size it fits
+    big = bytes(MAX_FRAME_DATA - 3)
+    assert _datagrams_of(encode([big, b"x"], MAX_RECORD_PLAINTEXT)) == [big, b"x"]
+    assert len(encode([big, b"x"], MAX_RECORD_PLAINTEXT)) == 2
+    for run, limit in (
+        ([bytes(MAX_FRAME_DATA + 1)], MAX_RECORD_PLAINTEXT),  # beyond a frame's data cap
+        ([bytes(MAX_FRAME_DATA - 2)], MAX_RECORD_PLAINTEXT),  # its frame fits no record
+        ([b"ok", bytes(600)], 600),  # one of the run fits no record: nothing is framed
+    ):
+        with pytest.raises(LocalProtocolError) as info:
+            encode(run, limit)
+        assert info.value.code == ErrorCode.FRAME_SIZE
+    for limit in (0, -1, MAX_RECORD_PLAINTEXT + 1):  # the record size limit itself
+        with pytest.raises(LocalProtocolError) as info:
+            encode([b"x"], limit)
+        assert info.value.code == ErrorCode.ARG
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_a_run_of_buffers_is_framed_as_their_bytes(encode: Encode) -> None:
+    wide = memoryview(bytes(range(8))).cast("I")  # len() 2 items, 8 bytes
+    run = [bytearray(b"ab"), memoryview(b"cd"), wide]
+    assert _datagrams_of(encode(run, 100)) == [b"ab", b"cd", bytes(range(8))]
+
+
+@pytest.fixture
+def receiver() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def sender() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_run_reaches_its_address_in_order(
+    send: Callable[..., tuple[int, int, int]], receiver: socket.socket, sender: socket.socket
+) -> None:
+    run = [b"%d" % i * (i % 7) for i in range(150)]  # more than one sendmmsg's worth
+    assert send(sender, run, receiver.getsockname()) == (150, sum(map(len, run)), 0)
+    assert [receiver.recv(100) for _ in run] == run
+    sender.connect(receiver.getsockname())  # no address: the connected peer
+    assert send(sender, [b"a", bytearray(b"bc")]) == (2, 3, 0)
+    assert [receiver.recv(100) for _ in range(2)] == [b"a", b"bc"]
+    assert send(sender, []) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_refused_datagram_is_dropped_and_the_rest_still_go(
+    send: Callable[..., tuple[int, int, int]], receiver: socket.socket, sender: socket.socket
+) -> None:
+    run = [b"first", bytes(70000), b"last"]  # the middle one is above UDP's maximum
+    assert send(sender, run, receiver.getsockname()) == (2, 9, errno.EMSGSIZE)
+    assert [receiver.recv(100) for _ in range(2)] == [b"first", b"last"]
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_run_on_a_closed_socket_sends_nothing(
+    send: Callable[..., tuple[int, int, int]], receiver: socket.socket
+) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.close()
+    assert send(sock, [b"x"], receiver.getsockname()) == (0, 0, errno.EBADF)
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_run_to_an_ipv6_address(send: Callable[..., tuple[int, int, int]]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx,
+    ):
+        try:
+            rx.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        rx.settimeout(5)
+        tx.setblocking(False)
+        host, port = rx.getsockname()[:2]
+        for address in ((host, port), (host, port, 0, 0)):
+            assert send(tx, [b"six", b"6"], address) == (2, 4, 0)
+            assert [rx.recv(10) for _ in range(2)] == [b"six", b"6"]
+
+
+RECEIVERS: list[Callable[..., tuple[list[bytes], list[Any], int]]] = [
+    twin_recv,
+    *([native_recv_datagram_run] if _core.HAVE_NATIVE else []),
+]
+
+
+def _sent_and_waiting(tx: socket.socket, rx: socket.socket, run: list[bytes]) -> None:
+    for data in run:
+        tx.sendto(data, rx.getsockname())
+    # (loopback delivers at once; wait until the last one is readable all the same)
+    rx.settimeout(5)
+    select.select([rx], [], [], 5)
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_a_run_is_read_up_to_its_limit_with_or_without_sources(
+    recv: Callable[..., tuple[list[bytes], list[Any], int]],
+    receiver: socket.socket,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        run = [b"%d" % i for i in range(150)] + [b"", bytes(65000)]
+        _sent_and_waiting(tx, receiver, run)
+        time.sleep(0.05)  # (all queued: a short read below would be the limit's)
+        datagrams, sources, err = recv(receiver, 100, True)
+        assert (datagrams, err) == (run[:100], 0)
+        assert sources == [tx.getsockname()] * 100
+        assert recv(receiver, 1000) == (run[100:], [], 0)
+        assert recv(receiver, 10) == ([], [], 0)  # nothing waits: no wait either
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_an_icmp_error_is_reported_by_a_read(
+    recv: Callable[..., tuple[list[bytes], list[Any], int]],
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nobody listens there now: the kernel answers port unreachable
+        udp.connect(("127.0.0.1", port))
+        udp.send(b"x")
+        deadline = time.monotonic() + 5
+        while True:
+            datagrams, _, err = recv(udp, 10)
+            assert datagrams == []
+            if err or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert err == errno.ECONNREFUSED
+        assert recv(udp, 10) == ([], [], 0)  # reported once
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_a_read_on_a_closed_socket(recv: Callable[..., tuple[list[bytes], list[Any], int]]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.close()
+    assert recv(sock, 10) == ([], [], errno.EBADF)
