@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native import core as _core
-from dtp.native.datagrams import native_encode_datagram_run
+from dtp.native._datagrams import native_encode_datagram_run
+from dtp.native._udpio import native_recv_datagram_run, native_send_datagram_run
 from dtp.native.reference._datagrams import encode_datagram_run as twin_encode
 from dtp.native.reference._limits import MAX_FRAME_DATA, MAX_RECORD_PLAINTEXT
 from dtp.native.reference._udpio import recv_datagram_run as twin_recv
 from dtp.native.reference._udpio import send_datagram_run as twin_send
 from dtp.native.types import FRAME_DATAGRAM
-from dtp.native.udpio import native_recv_datagram_run, native_send_datagram_run
 
 Encode = Callable[[Sequence[bytes | bytearray | memoryview], int], list[bytes]]
 ENCODERS: list[Encode] = [twin_encode, *([native_encode_datagram_run] if _core.HAVE_NATIVE else [])]

@@ -39,7 +39,7 @@ from dtp.hostid.udp._sockets import (
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
-from dtp.native.udpio import send_datagram_run
+from dtp.native._udpio import send_datagram_run
 from dtp.payments._ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter

@@ -20,7 +20,7 @@ from dtp.errors import (
 )
 from dtp.hostid.udp._engine import BadControlFrame, RelayEngine
 from dtp.hostid.udp._stats import UdpStats
-from dtp.native.udpio import recv_datagram_run
+from dtp.native._udpio import recv_datagram_run
 
 if TYPE_CHECKING:
     from dtp.transport.asyncio._streams import DTPStreamWriter

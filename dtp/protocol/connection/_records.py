@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.native import core as _core
-from dtp.native.datagrams import encode_datagram_run
+from dtp.native._datagrams import encode_datagram_run
 from dtp.native.reference._varint import varint_encode
 from dtp.native.types import (
     FRAME_ACK,
