@@ -168,8 +168,21 @@ class NoiseState:
     message). Reads are all or nothing: a :class:`NoiseError` leaves the state as it
     was."""
 
-    __slots__ = ("_given", "_h", "_ck", "_k", "_n", "_re", "_rs", "_split", "done", "e",
-                 "initiator", "pattern", "s")  # fmt: skip
+    __slots__ = (
+        "_ck",
+        "_given",
+        "_h",
+        "_k",
+        "_n",
+        "_re",
+        "_rs",
+        "_split",
+        "done",
+        "e",
+        "initiator",
+        "pattern",
+        "s",
+    )  # fmt: skip
 
     def __init__(
         self,
