@@ -545,6 +545,8 @@ int dtp_noise_key_public(const dtp_noise_key *key, uint8_t *out, size_t out_cap)
  * low-order peer key. */
 int dtp_noise_key_dh(const dtp_noise_key *key, const uint8_t *pub, size_t pub_len, uint8_t *out,
                      size_t out_cap);
+/* 1 if the key keeps its static-static result with pub, else 0. */
+int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
 
 /* A handshake's state, in memory the caller owns (plain bytes: a copy is a snapshot).
  * It points at its two keys, which must outlive it. Read the fields only through the

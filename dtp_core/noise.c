@@ -429,6 +429,17 @@ int dtp_noise_key_dh(const dtp_noise_key *key, const uint8_t *pub, size_t pub_le
     return x25519(key, pub, out);
 }
 
+int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len) {
+    if (key == NULL || pub == NULL || pub_len != KEYLEN) return DTP_ERR_ARG;
+    if (!key->keep) return 0;
+    int found = 0;
+    pthread_mutex_lock(&key->lock);
+    for (size_t i = 0; i < key->kept && !found; i++)
+        found = memcmp(key->ring[i].peer, pub, KEYLEN) == 0;
+    pthread_mutex_unlock(&key->lock);
+    return found;
+}
+
 int dtp_noise_init(dtp_noise *hs, const dtp_noise_ctx *ctx, int pattern, int initiator,
                    const uint8_t *prologue, size_t prologue_len, dtp_noise_key *s,
                    dtp_noise_key *e, const uint8_t *rs, size_t rs_len) {

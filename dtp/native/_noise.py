@@ -84,7 +84,7 @@ class NativeNoiseKey:
         out = ffi.new("uint8_t[32]")
         _check(lib.dtp_noise_key_public(self._key, out, KEY_LEN))
         #: the 32-byte public key
-        self.public: bytes = ffi.buffer(out)[:]
+        self.public: bytes = bytes(ffi.buffer(out))
 
     def dh(self, public: bytes) -> bytes:
         """X25519 with a peer's 32-byte public key; :class:`NoiseError` (``NOISE_DH``)
@@ -92,7 +92,12 @@ class NativeNoiseKey:
         public = _bytes_arg(public)
         out = ffi.new("uint8_t[32]")
         _check(lib.dtp_noise_key_dh(self._key, public, len(public), out, KEY_LEN))
-        return ffi.buffer(out)[:]
+        return bytes(ffi.buffer(out))
+
+    def kept(self, public: bytes) -> bool:
+        """Whether the key keeps its static-static result with ``public``."""
+        public = _bytes_arg(public)
+        return _check(lib.dtp_noise_key_kept(self._key, public, len(public))) == 1
 
 
 class NativeNoiseState:
@@ -150,7 +155,7 @@ class NativeNoiseState:
     @property
     def complete(self) -> bool:
         """True once every message of the pattern is written or read."""
-        return self._hs.done >= (2 if self.pattern == NOISE_IK else 3)
+        return int(self._hs.done) >= (2 if self.pattern == NOISE_IK else 3)
 
     @property
     def remote_static(self) -> bytes | None:
@@ -158,7 +163,7 @@ class NativeNoiseState:
         out = ffi.new("uint8_t[32]")
         if _check(lib.dtp_noise_remote_static(self._hs, out, KEY_LEN)) == 0:
             return None
-        return ffi.buffer(out)[:]
+        return bytes(ffi.buffer(out))
 
     def set_ephemeral(self, e: NativeNoiseKey) -> None:
         """Set the ephemeral key of a handshake started without one (before any message)."""
@@ -184,7 +189,7 @@ class NativeNoiseState:
         out = ffi.new("uint8_t[]", max(cap, 1))
         written = ffi.new("size_t *")
         _check(lib.dtp_noise_write(self._hs, _ctx(), payload, len(payload), out, cap, written))
-        return ffi.buffer(out, written[0])[:]
+        return bytes(ffi.buffer(out, written[0]))
 
     def read_message(self, message: bytes) -> bytes:
         """ReadMessage: the payload ``message`` carries; all or nothing."""
@@ -194,13 +199,13 @@ class NativeNoiseState:
         _check(
             lib.dtp_noise_read(self._hs, _ctx(), message, len(message), out, len(message), written)
         )
-        return ffi.buffer(out, written[0])[:]
+        return bytes(ffi.buffer(out, written[0]))
 
     def handshake_hash(self) -> bytes:
         """The handshake hash, once every message is done."""
         out = ffi.new("uint8_t[32]")
         _check(lib.dtp_noise_hash(self._hs, out, 32))
-        return ffi.buffer(out)[:]
+        return bytes(ffi.buffer(out))
 
     def split(self) -> tuple[bytes, bytes]:
         """``(send_key, recv_key)`` of this side, once every message is done; then the
@@ -209,7 +214,7 @@ class NativeNoiseState:
         recv = ffi.new("uint8_t[32]")
         _check(lib.dtp_noise_split(self._hs, _ctx(), send, recv))
         self._e = None
-        return ffi.buffer(send)[:], ffi.buffer(recv)[:]
+        return bytes(ffi.buffer(send)), bytes(ffi.buffer(recv))
 
 
 NoiseKey: type[NativeNoiseKey] | type[ref.NoiseKey]

@@ -144,6 +144,13 @@ class NoiseKey:
         except ValueError:
             raise NoiseError(NOISE_DH) from None
 
+    def kept(self, public: bytes) -> bool:
+        """Whether the key keeps its static-static result with ``public``."""
+        if len(public) != KEY_LEN:
+            raise NoiseError(ARG, "a public key is 32 bytes")
+        with self._lock:
+            return self._kept is not None and bytes(public) in self._kept
+
     def _dh_kept(self, public: bytes) -> bytes:
         kept = self._kept
         if kept is None:
