@@ -543,7 +543,7 @@ void dtp_noise_key_free(dtp_noise_key *key);
 int dtp_noise_key_public(const dtp_noise_key *key, uint8_t *out, size_t out_cap);
 /* X25519 of the key with a peer's public key (32 bytes to out); DTP_ERR_NOISE_DH for a
  * low-order peer key. */
-int dtp_noise_key_dh(const dtp_noise_key *key, const uint8_t *pub, size_t pub_len, uint8_t *out,
+int dtp_noise_key_dh(dtp_noise_key *key, const uint8_t *pub, size_t pub_len, uint8_t *out,
                      size_t out_cap);
 /* 1 if the key keeps its static-static result with pub, else 0. */
 int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
