@@ -68,14 +68,21 @@ def test_a_returning_client_finds_its_ss_kept_and_the_sessions_agree() -> None:
 
 def test_nothing_an_ephemeral_key_made_is_kept() -> None:
     client, server = HostIdentity.generate(), HostIdentity.generate()
-    initiator, responder = None, None
     for _ in range(4):
-        initiator, responder = _handshake(client, server)
-    key = crypto._static_key(server.noise_private_bytes())
-    assert initiator is not None and responder is not None
-    # the client's ephemeral public key met the server's static key (es): not kept
-    assert key.kept(client.noise_public)
-    assert not key.kept(os.urandom(32))
+        initiator = Handshake.initiator(
+            client.noise_private_bytes(), os.urandom(32), server.noise_public
+        )
+        responder = Handshake.responder(server.noise_private_bytes(), os.urandom(32))
+        message1 = initiator.write_message(b"")
+        responder.read_message(message1)
+        message2 = responder.write_message(b"")
+        initiator.read_message(message2)
+        # the server's static key met the client's ephemeral key (es), the client's
+        # static key the server's ephemeral key (se): neither result is kept
+        client_ephemeral, server_ephemeral = message1[1:33], message2[:32]
+        assert not crypto._static_key(server.noise_private_bytes()).kept(client_ephemeral)
+        assert not crypto._static_key(client.noise_private_bytes()).kept(server_ephemeral)
+    assert crypto._static_key(server.noise_private_bytes()).kept(client.noise_public)
     assert len(crypto._STATIC_KEYS) == 2  # the two identities' keys, nothing else
 
 
