@@ -533,10 +533,10 @@ dtp_noise_ctx *dtp_noise_ctx_new(void);
 void dtp_noise_ctx_free(dtp_noise_ctx *ctx);
 
 /* An X25519 private key and its public half (derived once, at creation). With
- * keep_results != 0 (a long-lived static key) the key keeps the last few static-static
- * results (token ss) it made, under a lock of its own: a server answers the same
- * clients again and again. Ephemeral keys keep nothing. NULL if the key is not 32
- * bytes or OpenSSL fails. */
+ * keep_results != 0 (a long-lived static key) the key keeps its last 256 static-static
+ * results (token ss), under a lock of its own: a server answers the same clients again
+ * and again. Ephemeral keys keep nothing. NULL if the key is not 32 bytes or OpenSSL
+ * fails. */
 typedef struct dtp_noise_key dtp_noise_key;
 dtp_noise_key *dtp_noise_key_new(const uint8_t *priv, size_t priv_len, int keep_results);
 void dtp_noise_key_free(dtp_noise_key *key);

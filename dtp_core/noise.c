@@ -41,10 +41,12 @@ struct dtp_noise_ctx {
     EVP_CIPHER *chacha;
 };
 
-/* Static-static results kept by a long-lived key: a small ring, newest overwriting
- * oldest. The results reveal nothing beyond the key itself (anyone holding it makes
- * them again from public keys). */
-#define KEPT_RESULTS 32
+/* Static-static results kept by a long-lived key: a ring of the last peers' (16 KiB),
+ * newest overwriting oldest. The results reveal nothing beyond the key itself (anyone
+ * holding it makes them again from public keys). Its lock is only ever tried, never
+ * waited for (a busy ring is a miss): a child forked while another thread held it
+ * must not hang on it. */
+#define KEPT_RESULTS 256
 
 typedef struct {
     uint8_t peer[KEYLEN];
@@ -193,17 +195,17 @@ static int x25519(dtp_noise_key *key, const uint8_t pub[KEYLEN], uint8_t out[KEY
 static int x25519_kept(dtp_noise_key *key, const uint8_t pub[KEYLEN], uint8_t out[KEYLEN]) {
     if (!key->keep) return x25519(key, pub, out);
     int found = 0;
-    pthread_mutex_lock(&key->lock);
-    for (size_t i = 0; i < key->kept && !found; i++)
-        if (memcmp(key->ring[i].peer, pub, KEYLEN) == 0) {
-            memcpy(out, key->ring[i].secret, KEYLEN);
-            found = 1;
-        }
-    pthread_mutex_unlock(&key->lock);
+    if (pthread_mutex_trylock(&key->lock) == 0) {
+        for (size_t i = 0; i < key->kept && !found; i++)
+            if (memcmp(key->ring[i].peer, pub, KEYLEN) == 0) {
+                memcpy(out, key->ring[i].secret, KEYLEN);
+                found = 1;
+            }
+        pthread_mutex_unlock(&key->lock);
+    }
     if (found) return DTP_OK;
     int rc = x25519(key, pub, out);
-    if (rc != DTP_OK) return rc;
-    pthread_mutex_lock(&key->lock);
+    if (rc != DTP_OK || pthread_mutex_trylock(&key->lock) != 0) return rc;
     kept_result *slot = &key->ring[key->next];
     memcpy(slot->peer, pub, KEYLEN);
     memcpy(slot->secret, out, KEYLEN);
@@ -472,7 +474,7 @@ int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len) {
     if (key == NULL || pub == NULL || pub_len != KEYLEN) return DTP_ERR_ARG;
     if (!key->keep) return 0;
     int found = 0;
-    pthread_mutex_lock(&key->lock);
+    if (pthread_mutex_trylock(&key->lock) != 0) return 0; /* (busy: as if not kept) */
     for (size_t i = 0; i < key->kept && !found; i++)
         found = memcmp(key->ring[i].peer, pub, KEYLEN) == 0;
     pthread_mutex_unlock(&key->lock);

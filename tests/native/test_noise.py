@@ -322,3 +322,17 @@ def test_misuse_is_refused(name: str, Key: Any, State: Any) -> None:
     too_big = bytes(ref.MAX_MESSAGE - 32 + 1)
     assert _code(lambda: hs.write_message(too_big)) == ref.NOISE_SIZE
     assert len(hs.write_message(too_big[:-1])) == ref.MAX_MESSAGE
+
+
+@backends
+def test_kept_results_are_bounded_oldest_first(name: str, Key: Any, State: Any) -> None:
+    """A static key keeps the ss of its last 256 peers: the oldest goes first."""
+    server_key = Key(_key("bounded"), keep_results=True)
+    peers = [Key(_key(f"peer{i}")) for i in range(257)]
+    for peer in peers:
+        client = State(ref.NOISE_IK, True, b"", peer, Key(_key("e")), server_key.public)
+        server = State(ref.NOISE_IK, False, b"", server_key, Key(_key("se")))
+        server.read_message(client.write_message(b""))
+    assert not server_key.kept(peers[0].public)
+    assert all(server_key.kept(peer.public) for peer in peers[1:])
+    assert not Key(_key("plain")).kept(peers[1].public)  # a key made without keeps none

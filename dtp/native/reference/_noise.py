@@ -97,7 +97,7 @@ _PATTERNS: Final[dict[int, tuple[tuple[str, ...], ...]]] = {
     NOISE_XX: ((_E,), (_E, _EE, _S, _ES), (_S, _SE)),
 }
 _SLOT: Final = {_EE: DH_EE, _ES: DH_ES, _SE: DH_SE, _SS: DH_SS}
-_KEPT_RESULTS: Final = 32
+_KEPT_RESULTS: Final = 256  # (as dtp_core/noise.c keeps)
 
 
 def _hash(data: bytes) -> bytes:
