@@ -545,7 +545,8 @@ int dtp_noise_key_public(const dtp_noise_key *key, uint8_t *out, size_t out_cap)
  * low-order peer key. */
 int dtp_noise_key_dh(dtp_noise_key *key, const uint8_t *pub, size_t pub_len, uint8_t *out,
                      size_t out_cap);
-/* 1 if the key keeps its static-static result with pub, else 0. */
+/* 1 if the key keeps its static-static result with pub, else 0 (also while another
+ * thread holds its results: a hint, for deciding whether to make one ahead). */
 int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
 
 /* A handshake's state, in memory the caller owns (plain bytes: a copy is a snapshot).
