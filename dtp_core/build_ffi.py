@@ -25,7 +25,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "dtp_core.h"
 ROOT = HERE.parent
-SOURCES = ["frame.c", "aead.c", "flowio.c", "reasm.c", "ham.c", "util.c", "udpio.c"]
+SOURCES = ["frame.c", "aead.c", "flowio.c", "reasm.c", "ham.c", "util.c", "udpio.c", "noise.c"]
 
 WARNINGS = ["-std=c11", "-Wall", "-Wextra", "-Wshadow", "-Wvla", "-Wstrict-prototypes"]
 #: Set to 1 by the project's own builds (scripts/test.sh, hence CI): warnings fail the

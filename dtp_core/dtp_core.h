@@ -56,6 +56,10 @@
 #define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
 #define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
 
+#define DTP_ERR_NOISE_TURN -60 /* Noise call out of turn (or after the handshake ended) */
+#define DTP_ERR_NOISE_SIZE -61 /* Noise message shorter or longer than this step allows */
+#define DTP_ERR_NOISE_DH -62   /* X25519 gave all zeros (a low-order public key) */
+
 /* ---- limits (mirrored in dtp/native/reference/_limits.py) -------------------------------- */
 #define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */
 #define DTP_RECORD_HEADER_LEN 12
@@ -542,6 +546,102 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
  * error the kernel reports once, on this read), or DTP_ERR_ARG. */
 int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
                          uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err);
+
+/* ---- Noise handshakes (noise.c) --------------------------------------------------- */
+/* Noise_IK and Noise_XX with 25519_ChaChaPoly_BLAKE2s (the Noise spec, revision 34),
+ * message by message; docs/protocol.md section 3 says how DTP carries them, and
+ * dtp/native/reference/_noise.py is the twin. The module takes no randomness: the
+ * caller hands in the ephemeral key. X25519, BLAKE2s and ChaCha20-Poly1305 are
+ * OpenSSL's. */
+#define DTP_NOISE_IK 1 /* Noise_IK_25519_ChaChaPoly_BLAKE2s */
+#define DTP_NOISE_XX 2 /* Noise_XX_25519_ChaChaPoly_BLAKE2s */
+#define DTP_NOISE_KEY_LEN 32
+#define DTP_NOISE_MAX_MESSAGE 65535 /* the Noise spec's limit on any message */
+/* DH tokens, for dtp_noise_give_dh */
+#define DTP_NOISE_EE 0
+#define DTP_NOISE_ES 1
+#define DTP_NOISE_SE 2
+#define DTP_NOISE_SS 3
+
+/* What stays the same for every handshake: the fetched BLAKE2s and ChaCha20-Poly1305.
+ * Read-only once made: one may serve every thread at once. */
+typedef struct dtp_noise_ctx dtp_noise_ctx;
+dtp_noise_ctx *dtp_noise_ctx_new(void);
+void dtp_noise_ctx_free(dtp_noise_ctx *ctx);
+
+/* An X25519 private key and its public half (derived once, at creation). With
+ * keep_results != 0 (a long-lived static key) the key keeps its last 256 static-static
+ * results (token ss), under a lock of its own: a server answers the same clients again
+ * and again. Ephemeral keys keep nothing. NULL if the key is not 32 bytes or OpenSSL
+ * fails. */
+typedef struct dtp_noise_key dtp_noise_key;
+dtp_noise_key *dtp_noise_key_new(const uint8_t *priv, size_t priv_len, int keep_results);
+void dtp_noise_key_free(dtp_noise_key *key);
+int dtp_noise_key_public(const dtp_noise_key *key, uint8_t *out, size_t out_cap);
+/* X25519 of the key with a peer's public key (32 bytes to out); DTP_ERR_NOISE_DH for a
+ * low-order peer key. */
+int dtp_noise_key_dh(dtp_noise_key *key, const uint8_t *pub, size_t pub_len, uint8_t *out,
+                     size_t out_cap);
+/* 1 if the key keeps its static-static result with pub, else 0 (also while another
+ * thread holds its results: a hint, for deciding whether to make one ahead). */
+int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
+
+/* A handshake's state, in memory the caller owns (plain bytes: a copy is a snapshot).
+ * It points at its two keys, which must outlive it. Read the fields only through the
+ * functions below. */
+typedef struct dtp_noise {
+    uint8_t pattern;    /* DTP_NOISE_IK or DTP_NOISE_XX */
+    uint8_t initiator;  /* 1 on the side that writes message 1 */
+    uint8_t done;       /* messages written or read so far */
+    uint8_t flags;      /* which of k, rs, re, split keys are set (noise.c) */
+    uint8_t given_mask; /* bit t: given[t] holds the result of DH token t */
+    uint8_t reserved[3];
+    uint64_t n; /* nonce of k */
+    uint8_t h[32];
+    uint8_t ck[32];
+    uint8_t k[32];
+    uint8_t rs[32];
+    uint8_t re[32];
+    uint8_t given[4][32];
+    dtp_noise_key *s;
+    dtp_noise_key *e;
+} dtp_noise;
+
+/* Start a handshake: Initialize(protocol name, prologue, s, e, rs) of the spec. e may be
+ * NULL (then dtp_noise_set_ephemeral before the first message); rs (rs_len 32) is the
+ * responder's static key, which an IK initiator must have and nobody else may pass. */
+int dtp_noise_init(dtp_noise *hs, const dtp_noise_ctx *ctx, int pattern, int initiator,
+                   const uint8_t *prologue, size_t prologue_len, dtp_noise_key *s,
+                   dtp_noise_key *e, const uint8_t *rs, size_t rs_len);
+/* Set the ephemeral key of a handshake started without one (before any message). */
+int dtp_noise_set_ephemeral(dtp_noise *hs, dtp_noise_key *e);
+/* Hand over the result of DH token t (DTP_NOISE_EE..SS) made ahead of need: the next
+ * message that needs it takes it instead of computing it. Before message 1 is written
+ * or read, or between messages; the caller vouches that it is the right result. */
+int dtp_noise_give_dh(dtp_noise *hs, int token, const uint8_t *secret, size_t secret_len);
+/* Bytes the next message adds to its payload (keys and tags), or DTP_ERR_NOISE_TURN once
+ * the handshake is over. */
+int dtp_noise_overhead(const dtp_noise *hs);
+/* WriteMessage: the next message, carrying payload, to out; *written its size.
+ * DTP_ERR_NOISE_TURN when it is the peer's turn or the handshake is over,
+ * DTP_ERR_NOISE_SIZE when the message would exceed DTP_NOISE_MAX_MESSAGE,
+ * DTP_ERR_BUFFER when out is too small. On any error the state is as it was. */
+int dtp_noise_write(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *payload,
+                    size_t payload_len, uint8_t *out, size_t out_cap, size_t *written);
+/* ReadMessage: the payload of msg to out (out_cap >= msg_len always suffices).
+ * DTP_ERR_NOISE_TURN out of turn, DTP_ERR_NOISE_SIZE for a message too short or too
+ * long, DTP_ERR_DECRYPT when a tag fails, DTP_ERR_NOISE_DH for a low-order key. All or
+ * nothing: on any error the state is as it was and nothing is written to out. */
+int dtp_noise_read(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *msg,
+                   size_t msg_len, uint8_t *out, size_t out_cap, size_t *written);
+/* The peer's static key: 1 and 32 bytes to out once known, else 0. */
+int dtp_noise_remote_static(const dtp_noise *hs, uint8_t *out, size_t out_cap);
+/* Once every message is done: the handshake hash, and Split into this side's send and
+ * receive keys (32 bytes each). dtp_noise_split then wipes the chaining key, the
+ * cipher key and the given DH results; the hash stays. DTP_ERR_NOISE_TURN before. */
+int dtp_noise_hash(const dtp_noise *hs, uint8_t *out, size_t out_cap);
+int dtp_noise_split(dtp_noise *hs, const dtp_noise_ctx *ctx, uint8_t *send_key,
+                    uint8_t *recv_key);
 
 /* CDEF-END */
 

@@ -27,9 +27,9 @@ from collections import deque
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from noise.backends.default.keypairs import KeyPair25519
 
 from dtp.identity.keys import HostIdentity
+from dtp.native._noise import NoiseError, NoiseKey
 
 __all__ = [
     "forget_shared_secrets",
@@ -50,7 +50,7 @@ MAX_AHEAD: Final = 4
 # bound only matters for callers that take a key and never start a handshake.
 _MAX_HANDED: Final = 64
 
-_ephemeral: deque[tuple[bytes, Any]] = deque()  # (private bytes, noise KeyPair25519)
+_ephemeral: deque[tuple[bytes, Any]] = deque()  # (private bytes, the core's NoiseKey)
 _handed: dict[bytes, Any] = {}
 _identities: deque[HostIdentity] = deque()
 # X25519 results made ahead: (our private key, their public key) -> shared secret
@@ -67,34 +67,38 @@ def _bounded_put(table: dict[Any, Any], key: Any, value: Any, limit: int) -> Non
     table[key] = value
 
 
-def _share_ahead(private: X25519PrivateKey, peer_static: bytes | None) -> None:
-    """Compute the DH of ``private`` with ``peer_static`` for a later handshake."""
+def _share_ahead(private: bytes, key: Any, peer_static: bytes | None) -> None:
+    """Compute the DH of ``key`` (an X25519 private key object, or the core's NoiseKey,
+    of the private key ``private``) with ``peer_static`` for a later handshake."""
     if peer_static is None or len(peer_static) != 32:
         return
     try:
-        secret = private.exchange(X25519PublicKey.from_public_bytes(peer_static))
-    except ValueError:
+        if isinstance(key, X25519PrivateKey):
+            secret = key.exchange(X25519PublicKey.from_public_bytes(peer_static))
+        else:
+            secret = key.dh(bytes(peer_static))
+    except (ValueError, NoiseError):
         return  # a low-order key: the handshake itself fails on it, as it should
-    _bounded_put(_shared, (private.private_bytes_raw(), bytes(peer_static)), secret, _MAX_SHARED)
+    _bounded_put(_shared, (private, bytes(peer_static)), secret, _MAX_SHARED)
 
 
-def take_shared_secret(private: X25519PrivateKey, public: X25519PublicKey) -> bytes | None:
-    """The X25519 result of ``private`` with ``public`` if it was made ahead (once);
-    else None (the caller computes it)."""
+def take_shared_secret(private: bytes, public: bytes) -> bytes | None:
+    """The X25519 result of the raw private key ``private`` with ``public`` if it was
+    made ahead (once); else None (the caller computes it)."""
     if not _shared:
         return None
-    return _shared.pop((private.private_bytes_raw(), public.public_bytes_raw()), None)
+    return _shared.pop((private, public), None)
 
 
-def forget_shared_secrets(private: X25519PrivateKey) -> None:
-    """Drop every X25519 result made ahead with ``private``: the handshake that had
-    that ephemeral key is over, and a result it did not take (made for a server the
-    connect did not go to) would hold the key on, long after the session."""
+def forget_shared_secrets(private: bytes) -> None:
+    """Drop every X25519 result made ahead with the raw private key ``private``: the
+    handshake that had that ephemeral key has started, and a result it did not take
+    (made for a server the connect did not go to) would hold the key on, long after
+    the session."""
     if not _shared:
         return
-    raw = private.private_bytes_raw()
     for key in list(_shared):  # (a copy: other threads may add or take meanwhile)
-        if key[0] == raw:
+        if key[0] == private:
             _shared.pop(key, None)
 
 
@@ -104,9 +108,9 @@ def prepare_ephemeral_key(peer_static: bytes | None = None) -> None:
     Noise key, when the next handshake is likely to be with it: IK's ``es``)."""
     if len(_ephemeral) < MAX_AHEAD:
         private = os.urandom(32)
-        keypair = KeyPair25519.from_private_bytes(private)
-        _share_ahead(keypair.private, peer_static)
-        _ephemeral.append((private, keypair))
+        key = NoiseKey(private)
+        _share_ahead(private, key, peer_static)
+        _ephemeral.append((private, key))
 
 
 def next_ephemeral_public() -> bytes | None:
@@ -114,7 +118,7 @@ def next_ephemeral_public() -> bytes | None:
     (None when none is made ahead): what a later handshake's IK identity proof binds,
     so it can be signed ahead too (:func:`dtp.identity._noise.prepare_auth_proof`)."""
     try:
-        public: bytes = _ephemeral[0][1].public_bytes
+        public: bytes = _ephemeral[0][1].public
     except IndexError:
         return None
     return public
@@ -133,8 +137,9 @@ def new_ephemeral_key() -> bytes:
 
 
 def take_ephemeral_keypair(private: bytes) -> Any:
-    """The key pair made ahead for ``private`` (from :func:`new_ephemeral_key`), once;
-    None for any other key (the caller derives the public half itself)."""
+    """The key object (the core's NoiseKey) made ahead for ``private`` (from
+    :func:`new_ephemeral_key`), once; None for any other key (the caller derives the
+    public half itself)."""
     return _handed.pop(private, None)
 
 
@@ -145,7 +150,7 @@ def prepare_anonymous_identity(peer_static: bytes | None = None) -> HostIdentity
     if len(_identities) >= MAX_AHEAD:
         return None
     identity = HostIdentity.generate()
-    _share_ahead(identity._noise, peer_static)
+    _share_ahead(identity.noise_private_bytes(), identity._noise, peer_static)
     _identities.append(identity)
     return identity
 
@@ -153,7 +158,7 @@ def prepare_anonymous_identity(peer_static: bytes | None = None) -> HostIdentity
 def prepare_static_secret(identity: HostIdentity, peer_static: bytes | None) -> None:
     """Make IK's ``ss`` (``identity``'s Noise key with ``peer_static``) for the next
     handshake of this identity with that server."""
-    _share_ahead(identity._noise, peer_static)
+    _share_ahead(identity.noise_private_bytes(), identity._noise, peer_static)
 
 
 def take_anonymous_identity() -> HostIdentity:

@@ -5,7 +5,8 @@ sockets, no clock, no randomness of its own (the caller passes the ephemeral key
 record framing. The connection state machine carries the messages in ``HS_INIT`` /
 ``HS_RESP`` / ``HS_FINAL`` records and hands the resulting keys to the record layer.
 
-Patterns (both ``25519_ChaChaPoly_BLAKE2s``, run by the ``noiseprotocol`` package):
+Patterns (both ``25519_ChaChaPoly_BLAKE2s``, run by the C core's dtp_core/noise.c, or
+its twin dtp.native.reference._noise with ``DTP_PUREPYTHON=1``):
 
 - ``Noise_IK`` (:data:`PATTERN_IK`) when the client knows the server's static key (it is
   published in the server's ``Host`` object). Two messages: client → server, server →
@@ -66,29 +67,11 @@ personal-message signature, and the server checks it with :func:`verify_auth_pro
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import threading
-from collections import OrderedDict
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from noise.backends.default.backend import DefaultNoiseBackend
-from noise.backends.default.ciphers import ChaCha20Cipher
-from noise.backends.default.diffie_hellmans import ED25519
-from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
-from noise.backends.default.keypairs import KeyPair25519
-from noise.connection import Keypair, NoiseConnection
-from noise.exceptions import (
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-    NoiseValidationError,
-    NoiseValueError,
-)
-from noise.functions.hash import hkdf as noise_hkdf
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dtp.errors import HandshakeError
 from dtp.identity._ahead import (
@@ -103,6 +86,7 @@ from dtp.identity.keys import (
     noise_key_object,
     verify_personal_message,
 )
+from dtp.native._noise import DH_ES, DH_SS, NoiseError, NoiseKey, NoiseState
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -163,19 +147,6 @@ AUTH_EARLY_CONTEXT: Final = b"DTP-AUTH-IK-V1"
 #: Size of an identity proof (a serialized Ed25519 Sui signature).
 AUTH_PROOF_SIZE: Final = 97
 
-# Everything noiseprotocol (and cryptography underneath it) raises on bad input: a
-# wrong-length key or message part (NoiseValueError), a failed AEAD tag (InvalidTag), a
-# low-order X25519 point (ValueError), state misuse (NoiseHandshakeError, ...).
-_NOISE_ERRORS: Final = (
-    InvalidTag,
-    ValueError,
-    NoiseValueError,
-    NoiseInvalidMessage,
-    NoiseHandshakeError,
-    NoiseMaxNonceError,
-    NoiseValidationError,
-)
-
 
 def _as_bytes(name: str, value: bytes) -> bytes:
     # bytes(5) would quietly make five zero bytes; accept only bytes-like objects.
@@ -208,222 +179,67 @@ def _check_key(name: str, key: bytes) -> bytes:
     return key
 
 
-class _Blake2sHash(BLAKE2sHash):  # type: ignore[misc]
-    """BLAKE2s for Noise through :mod:`hashlib` (the same function as the default
-    backend's, without building a ``cryptography`` hash object per call)."""
-
-    @property
-    def fn(self) -> Any:
-        return _blake2s_fn
-
-    def hash(self, data: bytes) -> bytes:
-        return hashlib.blake2s(data).digest()
-
-
-_blake2s_fn = BLAKE2sHash().fn  # what the default backend's HMAC is given for BLAKE2s
-
-
-def _hmac(key: bytes, data: bytes, algorithm: Any) -> bytes:
-    """HMAC-HASH as the default backend computes it; HMAC-BLAKE2s (block 64, digest
-    32) through :mod:`hmac` and :mod:`hashlib`."""
-    if algorithm is _blake2s_fn:
-        return hmac.digest(key, data, hashlib.blake2s)
-    return bytes(hmac_hash(key, data, algorithm))
-
-
-# HMAC (RFC 2104) with BLAKE2s: the key, zero-padded to the 64-byte block, XORed with
-# these pads (bytes.translate does the XOR of every byte at once).
-_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
-_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
-
-
-def _blake2s_pads(key: bytes) -> tuple[Any, Any]:
-    """The inner and outer BLAKE2s states of HMAC-BLAKE2s under ``key``, to be copied
-    for each message: one key serves two or three HMACs in an HKDF."""
-    if len(key) > 64:
-        key = hashlib.blake2s(key).digest()
-    block = key.ljust(64, b"\0")
-    return hashlib.blake2s(block.translate(_IPAD)), hashlib.blake2s(block.translate(_OPAD))
-
-
-def _hmac_padded(pads: tuple[Any, Any], data: bytes) -> bytes:
-    inner = pads[0].copy()
-    inner.update(data)
-    outer = pads[1].copy()
-    outer.update(inner.digest())
-    digest: bytes = outer.digest()
-    return digest
-
-
-def _hkdf(
-    chaining_key: bytes, input_key_material: bytes, num_outputs: int, hmac_hash_fn: Any
-) -> tuple[bytes, ...]:
-    """Noise's HKDF (spec section 4.3), HMAC-BLAKE2s computed with the pads of each key
-    made once; other hashes go to noiseprotocol's own."""
-    if getattr(hmac_hash_fn, "keywords", {}).get("algorithm") is not _blake2s_fn:
-        result: tuple[bytes, ...] = noise_hkdf(
-            chaining_key, input_key_material, num_outputs, hmac_hash_fn
-        )
-        return result
-    temp = _blake2s_pads(_hmac_padded(_blake2s_pads(chaining_key), input_key_material))
-    output1 = _hmac_padded(temp, b"\x01")
-    output2 = _hmac_padded(temp, output1 + b"\x02")
-    if num_outputs == 2:
-        return output1, output2
-    return output1, output2, _hmac_padded(temp, output2 + b"\x03")
-
-
-class _LazyChaCha20Cipher(ChaCha20Cipher):  # type: ignore[misc]
-    """ChaChaPoly for Noise, its ``cryptography`` object made on first use: a handshake
-    sets a key at every DH (MixKey) but encrypts under only some of them."""
-
-    def initialize(self, key: bytes) -> None:
-        self._key = key
-        self.cipher: ChaCha20Poly1305 | None = None
-
-    def _aead(self) -> ChaCha20Poly1305:
-        aead = self.cipher
-        if aead is None:
-            aead = self.cipher = ChaCha20Poly1305(self._key)
-        return aead
-
-    def encrypt(self, k: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
-        return self._aead().encrypt(self.format_nonce(n), plaintext, ad)
-
-    def decrypt(self, k: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
-        return self._aead().decrypt(self.format_nonce(n), ciphertext, ad)
-
-
-# X25519 results of a live identity's static key (_static_keypair registers its key
-# object) with a peer's public key. A server answers IK from the same clients again and
-# again, and each handshake's ``ss`` (its static key with the client's) is the same
-# scalar multiplication, 30 us. Static keys only: a secret an ephemeral key made must
-# not outlive its handshake (forward secrecy rests on those), and one is never used
-# twice. Keeping these reveals nothing beyond the static key: whoever holds that
-# computes them again from public keys. The responder's ``es`` (its static key with
-# the client's ephemeral) comes through here too and is kept, never to be asked for
-# again; the table is small and least-recently-used goes first, so a returning
-# client's ``ss`` stays while those pass through.
-_STATIC_SECRETS: OrderedDict[tuple[int, bytes], tuple[X25519PrivateKey, bytes]] = OrderedDict()
-_MAX_STATIC_SECRETS: Final = 256
-# id -> key object of the static keys above; holding the object keeps its id from being
-# reused by another key while it is listed
-_STATIC_KEYS: dict[int, X25519PrivateKey] = {}
+# X25519 key objects of live identities' static keys (the core's NoiseKey, made with
+# keep_results): a server answers IK from the same clients again and again, and each
+# handshake's ``ss`` (its static key with the client's) is the same scalar
+# multiplication; the key object keeps its last few results (static keys only: a secret
+# an ephemeral key made must not outlive its handshake, and one is never used twice;
+# keeping these reveals nothing beyond the static key, whoever holds that computes them
+# again from public keys). Keyed by the identity's key object, held here so its id is
+# not reused while it is listed; a key that is no live identity's gets a fresh object
+# that keeps nothing.
+_STATIC_KEYS: dict[int, tuple[X25519PrivateKey, Any]] = {}
 _MAX_STATIC_KEYS: Final = 16
 _static_lock = threading.Lock()
 
 
-def _register_static(key: X25519PrivateKey) -> None:
+def _static_key(private: bytes) -> Any:
+    """The Noise key object of a static key: the kept one of a live
+    :class:`~dtp.identity.keys.HostIdentity` (building one derives the public key, a
+    scalar multiplication as costly as a DH, and the kept one holds its ``ss``
+    results), else a new one."""
+    owner = noise_key_object(private)
+    if owner is None:
+        return NoiseKey(private)
     with _static_lock:
-        if _STATIC_KEYS.get(id(key)) is key:
-            return
+        entry = _STATIC_KEYS.get(id(owner))
+        if entry is not None and entry[0] is owner:
+            return entry[1]
         if len(_STATIC_KEYS) >= _MAX_STATIC_KEYS:
             # (identities made and dropped by the dozen: start over, results with them)
             _STATIC_KEYS.clear()
-            _STATIC_SECRETS.clear()
-        _STATIC_KEYS[id(key)] = key
-
-
-def _static_dh(private_key: X25519PrivateKey, public_key: X25519PublicKey) -> bytes | None:
-    """A kept result of a registered static key with ``public_key``, else computed and
-    kept; None when ``private_key`` is not a registered static key."""
-    if _STATIC_KEYS.get(id(private_key)) is not private_key:
-        return None
-    key = (id(private_key), public_key.public_bytes_raw())
-    with _static_lock:
-        kept = _STATIC_SECRETS.get(key)
-        if kept is not None and kept[0] is private_key:
-            _STATIC_SECRETS.move_to_end(key)
-            return kept[1]
-    result = private_key.exchange(public_key)  # (a low-order key raises, nothing kept)
-    with _static_lock:
-        _STATIC_SECRETS[key] = (private_key, result)
-        while len(_STATIC_SECRETS) > _MAX_STATIC_SECRETS:
-            _STATIC_SECRETS.popitem(last=False)
-    return result
+        key = NoiseKey(private, keep_results=True)
+        _STATIC_KEYS[id(owner)] = (owner, key)
+        return key
 
 
 def static_secret_kept(identity: HostIdentity, peer_public: bytes) -> bool:
     """Whether the X25519 result of ``identity``'s static key with ``peer_public`` is
-    kept (:func:`_static_dh`): a client need not compute its IK ``ss`` ahead then."""
-    key = noise_key_object(identity.noise_private_bytes())
-    if key is None or _STATIC_KEYS.get(id(key)) is not key:
+    kept (:func:`_static_key`): a client need not compute its IK ``ss`` ahead then."""
+    owner = noise_key_object(identity.noise_private_bytes())
+    entry = None if owner is None else _STATIC_KEYS.get(id(owner))
+    if entry is None or entry[0] is not owner or len(peer_public) != KEY_SIZE:
         return False
-    return (id(key), bytes(peer_public)) in _STATIC_SECRETS
-
-
-class _X25519(ED25519):  # type: ignore[misc]
-    """X25519 for Noise that first takes a result made ahead for exactly these two keys
-    (dtp.identity._ahead: a client's IK ``es``/``ss`` computed while it waited on its
-    previous connect), or one kept for a static key (:func:`_static_dh`), else
-    computes it."""
-
-    def dh(self, private_key: Any, public_key: Any) -> bytes:
-        if isinstance(private_key, X25519PrivateKey) and isinstance(public_key, X25519PublicKey):
-            made = take_shared_secret(private_key, public_key)
-            if made is None:
-                made = _static_dh(private_key, public_key)
-            if made is not None:
-                return made
-        result: bytes = super().dh(private_key, public_key)
-        return result
-
-
-class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
-    """noiseprotocol's default backend with a cheaper BLAKE2s, HMAC and HKDF (a
-    handshake hashes some forty times) and ChaChaPoly objects made only when used;
-    every result is the same."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        hashes: dict[str, Any] = dict(vars(self)["hashes"])
-        hashes["BLAKE2s"] = _Blake2sHash
-        self.hashes = hashes
-        ciphers: dict[str, Any] = dict(vars(self)["ciphers"])
-        ciphers["ChaChaPoly"] = _LazyChaCha20Cipher
-        self.ciphers = ciphers
-        dhs: dict[str, Any] = dict(vars(self)["diffie_hellmans"])
-        dhs["25519"] = _X25519
-        self.diffie_hellmans = dhs
-        self.hmac = _hmac
-        self.hkdf = _hkdf
-
-
-_BACKEND = _Backend()
-
-
-def _static_keypair(private: bytes) -> Any:
-    """The Noise keypair of a static key. The key object of a live
-    :class:`~dtp.identity.keys.HostIdentity` is reused: building one from the bytes derives the
-    public key, a scalar multiplication as costly as a DH, on every handshake."""
-    key = noise_key_object(private)
-    if key is None:
-        return KeyPair25519.from_private_bytes(private)
-    _register_static(key)
-    public = key.public_key()
-    return KeyPair25519(private=key, public=public, public_bytes=public.public_bytes_raw())
+    return bool(entry[1].kept(bytes(peer_public)))
 
 
 _NoiseKey = tuple[bool, int, bytes, bytes | None, bytes]
 # (initiator?, pattern, static private key, remote static key, prologue)
 
 
-def _new_noise(
+def _new_state(
     initiator: bool, pattern: int, static: bytes, remote_static: bytes | None, prologue: bytes
 ) -> Any:
-    """A started noiseprotocol handshake with these keys, its ephemeral key not set yet
-    (the state so far depends on nothing else: name, prologue, pre-message keys)."""
-    noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
-    noise.set_prologue(prologue)
-    if initiator:
-        noise.set_as_initiator()
-    else:
-        noise.set_as_responder()
-    noise.noise_protocol.keypairs["s"] = _static_keypair(static)
-    if initiator and remote_static is not None:
-        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
-    noise.start_handshake()
-    return noise
+    """A started Noise handshake with these keys, its ephemeral key not set yet (the
+    state so far depends on nothing else: name, prologue, pre-message keys)."""
+    return NoiseState(
+        pattern,
+        initiator,
+        prologue,
+        _static_key(static),
+        None,
+        remote_static if initiator and pattern == PATTERN_IK else None,
+    )
 
 
 # Handshakes started ahead of need (prepare_handshake): at most a few, each used once.
@@ -465,7 +281,7 @@ def prepare_handshake(
     # new key each time (the dict would grow by one per connection, forever)
     if len(_STARTED) >= _MAX_STARTED or sum(map(len, _STARTED.values())) >= _MAX_STARTED:
         _STARTED.clear()  # unused ones (a bet on a next peer that did not come)
-    _STARTED.setdefault(key, []).append(_new_noise(*key))
+    _STARTED.setdefault(key, []).append(_new_state(*key))
 
 
 def _forget_started() -> None:
@@ -502,18 +318,19 @@ class Handshake:
         self._static = _check_key("static_private", static_private)
         # Checked before take_ephemeral_keypair, which uses up a key made ahead.
         self._prologue = _check_prologue(prologue)
-        # The raw ephemeral key lives here only until Noise has it (_start_noise): once
-        # the handshake is over nothing may keep it (Noise: delete it after Split), or
-        # whoever later reads this process's memory could rebuild the session keys
+        # The raw ephemeral key lives here only until the Noise state has its key object
+        # (_start_noise): once the handshake is over nothing may keep it (Noise: delete
+        # it after Split), or whoever later reads this process's memory could rebuild
+        # the session keys
         ephemeral = _check_key("ephemeral_private", ephemeral_private)
         self._ephemeral: bytes | None = ephemeral
         # made ahead by dtp.identity._ahead (None otherwise): its public half is known already
-        self._ephemeral_keypair: Any = take_ephemeral_keypair(ephemeral)
+        self._ephemeral_key: Any = take_ephemeral_keypair(ephemeral)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
         )
         self._pattern: int | None = None
-        self._noise: Any = None  # noise.connection.NoiseConnection while in progress
+        self._noise: Any = None  # the core's NoiseState while in progress
         self._messages_done = 0
         self._failed = False
         self._hash: bytes | None = None
@@ -573,27 +390,35 @@ class Handshake:
 
     def _start_noise(self, pattern: int) -> Any:
         key = (self._is_initiator, pattern, self._static, self._remote_static, self._prologue)
-        noise = _take_started(key)
-        if noise is None:
-            noise = _new_noise(*key)
-        # The ephemeral key comes from the caller (sans-I/O). It goes into the handshake
-        # state once that exists (neither pattern has an ephemeral pre-message, so the
-        # state is the same as with the key set before): set earlier, noiseprotocol
-        # warns ("OK for testing") on every handshake, and silencing that costs more
-        # than the rest of the set-up.
-        ephemeral = self._ephemeral_keypair
-        self._ephemeral_keypair = None
+        state = _take_started(key)
+        if state is None:
+            state = _new_state(*key)
+        ephemeral = self._ephemeral_key
+        raw = self._ephemeral
         if ephemeral is None:
-            assert self._ephemeral is not None  # (a restart gets the key pair back)
-            ephemeral = KeyPair25519.from_private_bytes(self._ephemeral)
-        self._ephemeral = None
-        noise.noise_protocol.handshake_state.e = ephemeral
+            assert raw is not None  # (a restart keeps the key object instead)
+            ephemeral = self._ephemeral_key = NoiseKey(raw)
+        state.set_ephemeral(ephemeral)
+        if raw is not None:
+            self._ephemeral = None
+            if self._is_initiator and pattern == PATTERN_IK:
+                # IK's es and ss made ahead (dtp.identity._ahead) for exactly these keys
+                remote = self._remote_static
+                assert remote is not None
+                es = take_shared_secret(raw, remote)
+                if es is not None:
+                    state.give_dh(DH_ES, es)
+                ss = take_shared_secret(self._static, remote)
+                if ss is not None:
+                    state.give_dh(DH_SS, ss)
+            # whatever else was made ahead with this ephemeral key (for a server the
+            # connect did not go to) is never taken: dropped, or the table would keep
+            # the private key on after the handshake
+            forget_shared_secrets(raw)
         if self._is_initiator and pattern == PATTERN_IK:
             assert self._remote_static is not None
-            self._binding = _early_binding(
-                self._prologue, self._remote_static, ephemeral.public_bytes
-            )
-        return noise
+            self._binding = _early_binding(self._prologue, self._remote_static, ephemeral.public)
+        return state
 
     # -- state ----------------------------------------------------------------------------
 
@@ -689,17 +514,15 @@ class Handshake:
             raise HandshakeError(
                 f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
             )
-        noise = self._noise
-        state = noise.noise_protocol.handshake_state  # noise drops it when it completes
         try:
-            body = bytes(noise.write_message(payload))
-        except _NOISE_ERRORS as exc:
+            body: bytes = self._noise.write_message(payload)
+        except NoiseError as exc:
             self._fail()
             raise HandshakeError(f"cannot write handshake message: {exc}") from None
         if self._messages_done == 0:
             assert self._pattern is not None  # the initiator picks it at construction
-            body = bytes([self._pattern]) + body
-        self._after_message(state)
+            body = bytes((self._pattern,)) + body
+        self._after_message()
         return body
 
     def read_message(self, message: bytes, *, keep_state: bool = False) -> bytes:
@@ -714,23 +537,15 @@ class Handshake:
         """
         self._check_usable()
         data = _as_bytes("message", message)
-        if not keep_state:
-            try:
-                return self._read(data)
-            except HandshakeError:
-                self._fail()
-                raise
-        # Noise mixes a message into its state before the AEAD check can fail: save the
-        # little a read changes, to put it back (only here, off the reliable-carrier path)
-        noise = self._noise
-        saved = None if noise is None else _save_read_state(noise)
+        # (a Noise read is all or nothing: a failed one changed no state)
+        started = self._noise is not None
         try:
             return self._read(data)
         except HandshakeError:
-            if saved is None:  # message 1 at a responder: start again from nothing
+            if not keep_state:
+                self._fail()
+            elif not started:  # message 1 at a responder: start again from nothing
                 self._restart_responder()
-            else:
-                _restore_read_state(noise, saved)
             raise
 
     def unread_first_message(self) -> None:
@@ -746,9 +561,7 @@ class Handshake:
         self._binding = None
 
     def _restart_responder(self) -> None:
-        if self._noise is not None:
-            # keep the ephemeral key object (its public half costs a DH)
-            self._ephemeral_keypair = self._noise.noise_protocol.handshake_state.e
+        # (the ephemeral key object stays in self._ephemeral_key: its public half cost a DH)
         self._noise = None
         self._pattern = None
 
@@ -775,76 +588,43 @@ class Handshake:
                 f"handshake payload of {payload_size} bytes exceeds {MAX_PAYLOAD_SIZE}"
             )
         noise = self._noise
-        state = noise.noise_protocol.handshake_state
         try:
-            payload = bytes(noise.read_message(data))
-        except _NOISE_ERRORS:
+            payload: bytes = noise.read_message(data)
+        except NoiseError:
             # No detail: which check failed is of no use to the peer, or to the user.
             raise HandshakeError(
                 f"invalid handshake message {self._messages_done + 1} "
                 "(malformed, or not from the expected peer)"
             ) from None
-        self._after_message(state)
+        self._after_message()
         if self._messages_done == 1 and self._pattern == PATTERN_IK:
             # IK message 1 opens with the client's ephemeral public key, in clear
-            own = noise.noise_protocol.keypairs["s"].public_bytes
-            self._binding = _early_binding(self._prologue, bytes(own), data[:KEY_SIZE])
+            self._binding = _early_binding(self._prologue, noise.s.public, data[:KEY_SIZE])
         return payload
 
     def _fail(self) -> None:
         """The handshake is dead: drop its Noise state, which holds the ephemeral key
         and the chaining key (nothing reads them any more)."""
         self._failed = True
-        noise, self._noise = self._noise, None
-        state = getattr(getattr(noise, "noise_protocol", None), "handshake_state", None)
-        ephemeral = getattr(state, "e", None)
-        if ephemeral is not None:  # (DH results made ahead for it: see _after_message)
-            forget_shared_secrets(ephemeral.private)
+        self._noise = None
+        if self._ephemeral is not None:  # (DH results made ahead for it: see _start_noise)
+            forget_shared_secrets(self._ephemeral)
         self._ephemeral = None
-        self._ephemeral_keypair = None
+        self._ephemeral_key = None
 
-    def _after_message(self, state: Any) -> None:
+    def _after_message(self) -> None:
         self._messages_done += 1
-        remote = getattr(state.rs, "public_bytes", None)
-        if remote is not None:
-            self._remote_static = bytes(remote)
         noise = self._noise
-        if noise.handshake_finished:
+        remote = noise.remote_static
+        if remote is not None:
+            self._remote_static = remote
+        if noise.complete:
             assert self._pattern is not None
             assert self._messages_done == _MESSAGE_COUNT[self._pattern]
-            protocol = noise.noise_protocol
-            self._hash = bytes(protocol.handshake_hash)
-            self._keys = (
-                bytes(protocol.cipher_state_encrypt.k),
-                bytes(protocol.cipher_state_decrypt.k),
-            )
-            self._noise = None  # drop Noise state (and its copies of the keys)
-            # DH results made ahead with our ephemeral key for another server (the
-            # connect went elsewhere) were never taken: dropped, or the table would
-            # keep this handshake's private key on after it
-            forget_shared_secrets(state.e.private)
-
-
-def _save_read_state(noise: Any) -> tuple[Any, ...]:
-    """What noiseprotocol's ``read_message`` changes before it can fail: the turn, the
-    message patterns left, the remote keys, ``h``, ``ck`` and the handshake cipher's key
-    and nonce. (It changes more only once the read succeeded: Split.)"""
-    hs = noise.noise_protocol.handshake_state
-    ss = hs.symmetric_state
-    cs = ss.cipher_state
-    return (noise._next_fn, list(hs.message_patterns), hs.re, hs.rs, ss.h, ss.ck, cs.k, cs.n)
-
-
-def _restore_read_state(noise: Any, saved: tuple[Any, ...]) -> None:
-    """Put back what :func:`_save_read_state` saved."""
-    hs = noise.noise_protocol.handshake_state
-    ss = hs.symmetric_state
-    cs = ss.cipher_state
-    noise._next_fn, hs.message_patterns, hs.re, hs.rs, ss.h, ss.ck, key, cs.n = saved
-    if key is not cs.k:
-        cs.k = key
-        if cs.has_key():
-            cs.cipher.initialize(key)
+            self._hash = noise.handshake_hash()
+            self._keys = noise.split()  # (which wipes the state's secrets)
+            self._noise = None
+            self._ephemeral_key = None
 
 
 # -- channel binding ------------------------------------------------------------------------

@@ -533,7 +533,92 @@ static void exercise_ham(void) {
     dtp_ham_free(g);
 }
 
+/* One Noise handshake of `pattern` between fresh keys, every message's bytes also read
+ * back spoiled (truncated, bit-flipped, random) by the reader first: those must fail and
+ * change nothing. Returns 1 when both sides completed with matching keys. */
+static int noise_round(const dtp_noise_ctx *ctx, int pattern) {
+    uint8_t priv[4][32], pub_s[32], msg[512], bad[512], payload[128], out[512];
+    dtp_noise_key *keys[4];
+    for (int i = 0; i < 4; i++) {
+        fill(priv[i], 32);
+        keys[i] = dtp_noise_key_new(priv[i], 32, i == 2);
+    }
+    int ok = keys[0] && keys[1] && keys[2] && keys[3];
+    dtp_noise hs[2];
+    if (ok) {
+        CHECK(dtp_noise_key_public(keys[2], pub_s, sizeof pub_s) == DTP_OK);
+        int ik = pattern == DTP_NOISE_IK;
+        CHECK(dtp_noise_init(&hs[0], ctx, pattern, 1, (const uint8_t *)"p", 1, keys[0], keys[1],
+                             ik ? pub_s : NULL, ik ? 32 : 0) == DTP_OK);
+        CHECK(dtp_noise_init(&hs[1], ctx, pattern, 0, (const uint8_t *)"p", 1, keys[2], NULL,
+                             NULL, 0) == DTP_OK);
+        CHECK(dtp_noise_set_ephemeral(&hs[1], keys[3]) == DTP_OK);
+        int messages = ik ? 2 : 3;
+        for (int m = 0; m < messages && ok; m++) {
+            dtp_noise *w = &hs[m % 2], *r = &hs[1 - m % 2];
+            size_t plen = next() % sizeof payload, written = 0, got = 0;
+            fill(payload, plen);
+            CHECK(dtp_noise_read(w, ctx, msg, 0, out, sizeof out, &got) == DTP_ERR_NOISE_TURN);
+            CHECK(dtp_noise_write(w, ctx, payload, plen, msg, 8, &written) == DTP_ERR_BUFFER);
+            ok = dtp_noise_write(w, ctx, payload, plen, msg, sizeof msg, &written) == DTP_OK;
+            CHECK(ok);
+            for (int k = 0; k < 8 && ok; k++) {
+                size_t blen = written;
+                memcpy(bad, msg, written);
+                if (k == 0) blen = next() % written;
+                else if (k < 4) bad[next() % written] ^= (uint8_t)(1u << (next() % 8));
+                else fill(bad, blen = next() % sizeof bad);
+                dtp_noise before = *r;
+                int rc = dtp_noise_read(r, ctx, bad, blen, out, sizeof out, &got);
+                if (rc != DTP_OK) CHECK(memcmp(&before, r, sizeof before) == 0);
+                else *r = before; /* (XX message 1 reads whatever follows e: undo) */
+            }
+            ok = ok && dtp_noise_read(r, ctx, msg, written, out, sizeof out, &got) == DTP_OK &&
+                 got == plen && memcmp(out, payload, plen) == 0;
+            CHECK(ok);
+        }
+        uint8_t h0[32], h1[32], s0[32], r0[32], s1[32], r1[32];
+        if (ok) {
+            CHECK(dtp_noise_hash(&hs[0], h0, 32) == DTP_OK && dtp_noise_hash(&hs[1], h1, 32) == DTP_OK);
+            CHECK(memcmp(h0, h1, 32) == 0);
+            CHECK(dtp_noise_split(&hs[0], ctx, s0, r0) == DTP_OK);
+            CHECK(dtp_noise_split(&hs[1], ctx, s1, r1) == DTP_OK);
+            CHECK(memcmp(s0, r1, 32) == 0 && memcmp(r0, s1, 32) == 0);
+            CHECK(dtp_noise_split(&hs[0], ctx, s0, r0) == DTP_ERR_NOISE_TURN);
+        }
+    }
+    for (int i = 0; i < 4; i++) dtp_noise_key_free(keys[i]);
+    return ok;
+}
+
+static void exercise_noise(void) {
+    dtp_noise_ctx *ctx = dtp_noise_ctx_new();
+    CHECK(ctx != NULL);
+    if (ctx == NULL) return;
+    for (int round = 0; round < 200; round++)
+        CHECK(noise_round(ctx, round % 2 ? DTP_NOISE_XX : DTP_NOISE_IK));
+    /* misuse: a zeroed state, wrong lengths, a low-order key */
+    dtp_noise zero;
+    uint8_t buf[64], key[32], low[32] = {0};
+    size_t n = 0;
+    memset(&zero, 0, sizeof zero);
+    CHECK(dtp_noise_write(&zero, ctx, NULL, 0, buf, sizeof buf, &n) == DTP_ERR_ARG);
+    CHECK(dtp_noise_read(&zero, ctx, buf, 10, buf, sizeof buf, &n) == DTP_ERR_ARG);
+    CHECK(dtp_noise_key_new(key, 31, 0) == NULL);
+    fill(key, sizeof key);
+    dtp_noise_key *k = dtp_noise_key_new(key, 32, 1);
+    CHECK(k != NULL);
+    CHECK(dtp_noise_key_dh(k, low, 32, buf, sizeof buf) == DTP_ERR_NOISE_DH);
+    CHECK(dtp_noise_key_dh(k, low, 31, buf, sizeof buf) == DTP_ERR_ARG);
+    CHECK(dtp_noise_key_kept(k, low, 32) == 0);
+    CHECK(dtp_noise_init(&zero, ctx, 3, 1, NULL, 0, k, NULL, NULL, 0) == DTP_ERR_ARG);
+    CHECK(dtp_noise_init(&zero, ctx, DTP_NOISE_IK, 1, NULL, 0, k, NULL, NULL, 0) == DTP_ERR_ARG);
+    dtp_noise_key_free(k);
+    dtp_noise_ctx_free(ctx);
+}
+
 int main(void) {
+    exercise_noise();
     exercise_frames();
     exercise_aead();
     exercise_open_frames();

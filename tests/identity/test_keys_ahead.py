@@ -40,7 +40,7 @@ def test_prepared_ephemeral_keys_are_handed_out_once_then_fresh_ones() -> None:
     assert sum(keys_ahead._handed.get(k) is not None for k in keys) == keys_ahead.MAX_AHEAD
     first = keys[0]
     pair = keys_ahead.take_ephemeral_keypair(first)
-    assert pair.public_bytes == _public(first)
+    assert pair.public == _public(first)
     assert keys_ahead.take_ephemeral_keypair(first) is None  # once only
 
 
@@ -180,12 +180,15 @@ def test_shared_secrets_for_another_server_are_left_alone() -> None:
     keys_ahead.prepare_static_secret(CLIENT, other.noise_public)
     keys_ahead.prepare_ephemeral_key(other.noise_public)
     made = dict(keys_ahead._shared)
-    client = Handshake.initiator(
-        CLIENT.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
-    )
+    ephemeral = keys_ahead.new_ephemeral_key()
+    client = Handshake.initiator(CLIENT.noise_private_bytes(), ephemeral, SERVER.noise_public)
     server = Handshake.responder(SERVER.noise_private_bytes(), bytes(range(32)))
     assert server.read_message(client.write_message(b"x")) == b"x"
-    assert keys_ahead._shared == made  # keyed by both keys: nothing taken
+    # keyed by both keys: nothing taken; the ephemeral key's DH with `other` is dropped
+    # (that key is this handshake's now, never another's), the static key's is left
+    assert (ephemeral, other.noise_public) in made
+    assert keys_ahead._shared == {k: v for k, v in made.items() if k[0] != ephemeral}
+    assert (CLIENT.noise_private_bytes(), other.noise_public) in keys_ahead._shared
     for _ in range(keys_ahead._MAX_SHARED + 5):
         keys_ahead.prepare_static_secret(HostIdentity.generate(), other.noise_public)
     assert len(keys_ahead._shared) == keys_ahead._MAX_SHARED

@@ -641,67 +641,6 @@ def test_bad_handshake_hash_length() -> None:
         verify_auth_proof(bytes(97), bytes(33))
 
 
-@given(key=st.binary(max_size=100), data=st.binary(max_size=300))
-def test_fast_noise_hashes_match_the_default_backend(key: bytes, data: bytes) -> None:
-    """The handshake's BLAKE2s and HMAC shortcuts give the default backend's bytes."""
-    from noise.backends.default import noise_backend
-
-    from dtp.identity._noise import _BACKEND
-
-    fast, slow = _BACKEND.hashes["BLAKE2s"](), noise_backend.hashes["BLAKE2s"]()
-    assert fast.hash(data) == slow.hash(data)
-    assert _BACKEND.hmac(key, data, fast.fn) == noise_backend.hmac(key, data, slow.fn)
-    sha = noise_backend.hashes["SHA256"]()
-    assert _BACKEND.hmac(key, data, sha.fn) == noise_backend.hmac(key, data, sha.fn)
-
-
-@given(
-    chaining_key=st.binary(min_size=32, max_size=32) | st.binary(max_size=100),
-    material=st.binary(max_size=100),
-    outputs=st.sampled_from([2, 3]),
-)
-def test_fast_noise_hkdf_matches_the_default_backend(
-    chaining_key: bytes, material: bytes, outputs: int
-) -> None:
-    """Our HKDF (HMAC-BLAKE2s pads made once per key) gives noiseprotocol's bytes, and
-    leaves other hashes to noiseprotocol's own."""
-    from functools import partial
-
-    from noise.backends.default import noise_backend
-    from noise.functions.hash import hkdf
-
-    from dtp.identity._noise import _BACKEND
-
-    blake = partial(noise_backend.hmac, algorithm=noise_backend.hashes["BLAKE2s"]().fn)
-    fast_blake = partial(_BACKEND.hmac, algorithm=_BACKEND.hashes["BLAKE2s"]().fn)
-    expected = hkdf(chaining_key, material, outputs, blake)
-    assert len(expected) == outputs
-    assert _BACKEND.hkdf(chaining_key, material, outputs, fast_blake) == expected
-    sha = partial(noise_backend.hmac, algorithm=noise_backend.hashes["SHA256"]().fn)
-    assert _BACKEND.hkdf(chaining_key, material, outputs, sha) == hkdf(
-        chaining_key, material, outputs, sha
-    )
-
-
-def test_lazy_chachapoly_matches_the_default_cipher() -> None:
-    """The handshake's ChaChaPoly (its AEAD object made on first use) seals and opens
-    the same bytes as noiseprotocol's, also after a new key is set."""
-    from noise.backends.default import noise_backend
-
-    from dtp.identity._noise import _BACKEND
-
-    ours, stock = _BACKEND.ciphers["ChaChaPoly"](), noise_backend.ciphers["ChaChaPoly"]()
-    for key in (bytes(range(32)), bytes(range(1, 33))):
-        ours.initialize(key)
-        stock.initialize(key)
-        for n in (0, 1, 2**40):
-            sealed = ours.encrypt(key, n, b"ad", b"plaintext")
-            assert sealed == stock.encrypt(key, n, b"ad", b"plaintext")
-            assert ours.decrypt(key, n, b"ad", sealed) == b"plaintext"
-        with pytest.raises(InvalidTag):
-            ours.decrypt(key, 0, b"other ad", ours.encrypt(key, 0, b"ad", b"x"))
-
-
 @pytest.mark.parametrize("pattern", [PATTERN_IK, PATTERN_XX])
 def test_handshakes_started_ahead_give_the_same_bytes_and_are_used_once(pattern: int) -> None:
     from dtp.identity import _noise as crypto

@@ -244,7 +244,6 @@ def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
     # tests, the server's key below would start it over and drop the client's result)
     with crypto._static_lock:
         crypto._STATIC_KEYS.clear()
-        crypto._STATIC_SECRETS.clear()
     server, client = HostIdentity.generate(), HostIdentity.generate()
     initiator = Handshake.initiator(
         client.noise_private_bytes(), os.urandom(32), server.noise_public
