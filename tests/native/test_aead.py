@@ -619,6 +619,32 @@ def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) 
     assert sealed == REFERENCE.Aead(key).seal(9, plaintexts)
 
 
+# Record plaintexts from 512 bytes on go through OpenSSL in two updates, the first of
+# 64 or 128 bytes (the frame header and the data's first bytes, put together), the rest
+# an even number of whole blocks and a tail (aead.c, head_len): each split and header
+# length, against the plaintexts sealed in one piece by the twin.
+SPLIT_PLAINTEXTS = (511, 512, 513, 575, 576, 577, 639, 640, 641, 16319, 16320, 16368, MAX)
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 20, 1 << 40])
+def test_seal_stream_split_updates_match_one_piece(backend: SimpleNamespace, offset: int) -> None:
+    from dtp.native.reference._frames import encode_frames
+    from dtp.native.types import FRAME_STREAM, RawFrame
+
+    key = os.urandom(32)
+    for sid in (4, 1 << 20):
+        base = len(encode_frames([RawFrame(FRAME_STREAM, sid, offset, 0, b"x" * 600)])) - 600
+        for plen in SPLIT_PLAINTEXTS:
+            size = plen - base
+            data = os.urandom(size)
+            frame = encode_frames([RawFrame(FRAME_STREAM, sid, offset, 0, data)])
+            assert len(frame) == plen
+            sealed, n = backend.Aead(key).seal_stream(7, sid, offset, data, False, size)
+            assert n == 1
+            assert sealed == REFERENCE.Aead(key).seal(7, [frame]), (sid, plen)
+            assert backend.Aead(key).open(sealed).records[0].plaintext == frame
+
+
 def test_seal_stream_empty_and_fin(backend: SimpleNamespace) -> None:
     key = os.urandom(32)
     for fin in (False, True):

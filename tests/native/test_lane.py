@@ -209,6 +209,27 @@ def test_tampered_record_is_left_for_the_general_path(backend: SimpleNamespace) 
     assert isinstance(opened.error, DecryptionError)
 
 
+@pytest.mark.parametrize("size", [505, 600, 16000, MAX_STREAM_CHUNK])
+def test_long_records_are_taken_and_refused_whole(backend: SimpleNamespace, size: int) -> None:
+    """A record long enough to be opened in two updates (its head, with the frame header,
+    through a small buffer; aead.c, head_len): taken whole, and refused whole when a bit
+    of its head or of its rest is flipped -- nothing of it left in the destination."""
+    data = os.urandom(size)
+    for flip in (None, 12 + 3, 12 + 100, -20):
+        sender, lane = lane_pair(backend, KEY)
+        record = bytearray(sender.seal_stream(0, SID, 0, data)[0])
+        if flip is not None:
+            record[flip] ^= 4
+        dst = bytearray(b"\xee" * (size + 10))
+        result = take(lane, bytes(record), dst)
+        if flip is None:
+            assert (result.status, result.taken) == (OK, size)
+            assert dst[:size] == data
+        else:
+            assert (result.status, result.taken, result.consumed) == (STOP, 0, 0)
+            assert data[:64] not in dst and data[-64:] not in dst
+
+
 def test_replayed_record_is_left_for_the_general_path(backend: SimpleNamespace) -> None:
     sender, lane = lane_pair(backend, KEY)
     good = sender.seal_stream(0, SID, 0, b"g" * 10)[0]

@@ -301,3 +301,28 @@ def test_a_write_past_the_deposit_waits_for_a_top_up_under_way(
     claimed = settled_claim(ledger, cid)
     assert DEAR_DEPOSIT < fee(DEAR_SLA, 20 << 10, 1) == claimed
     assert conserved(ledger)
+
+
+def test_a_write_past_the_deposit_on_the_lent_stream_is_refused(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """Once the stream carries data it is lent to the lane, and the check of each write
+    reads the usage where the loan keeps it: small writes go until the next would take
+    the usage past what the deposit pays, and that one is refused, nothing of it sent."""
+    got: list[int] = []
+    serve(*sinks(got), policy=PATIENT)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    piece = 256
+    with paid_connect(ledger, host_id, cap) as sock:
+        pay = sock.layer.hook
+        assert isinstance(pay, ClientPayment)
+        conn = sock._engine.conn
+        sent, lent = 0, []
+        with pytest.raises(PaymentRequired):
+            for _ in range(DEAR_DEPOSIT):
+                lent.append(conn.lent_stream_id == sock.stream_id)
+                sock.sendall(b"z" * piece)
+                sent += piece
+        assert lent[-1] and sum(lent) > 1  # (the refused write's check was the lent one)
+        assert sent <= pay.payable_bytes < sent + piece
+    assert wait_for(lambda: got == [sent], 10), (got, sent)
