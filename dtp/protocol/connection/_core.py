@@ -87,7 +87,7 @@ from dtp.protocol.connection._config import (
     ConnectionConfig,
     parse_params,
 )
-from dtp.protocol.connection._fast_paths import _FastPaths, give_back, lane_buffer
+from dtp.protocol.connection._fast_paths import _FastPaths
 from dtp.protocol.connection._records import RecordLayer
 from dtp.protocol.connection._stream_table import Stream, StreamTable, send_done
 from dtp.protocol.connection._streams import (
@@ -366,11 +366,7 @@ class Connection(_Streams, _FastPaths):
                 and stream.recv_state is RecvState.OPEN
                 and stream.recv_highest == stream.delivered
             ):
-                buf = lane_buffer(len(data))
-                try:
-                    self._lane_feed(memoryview(data), stream, buf, now, True)
-                finally:
-                    give_back(buf)
+                self._feed_stream(data, stream, now)
                 return
         self._receive(data, now)
 
