@@ -11,6 +11,7 @@ import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
@@ -416,9 +417,9 @@ class Protocol(asyncio.BufferedProtocol):
         if touched is None:
             self._notify()
         else:
-            self._notify_some(touched.union(keys) if keys else touched)
+            self._notify_some(touched | set(keys) if keys else touched)
 
-    def _notify_some(self, keys: set[int]) -> None:
+    def _notify_some(self, keys: AbstractSet[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
         and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
         stream's reads and the streams the peer opened change only with those
