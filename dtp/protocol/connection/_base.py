@@ -3,8 +3,9 @@
 one part calls in another, declared once so that each mixin type-checks on its own.
 Declarations only: at run time ``_ConnectionState`` is empty, and every attribute lives
 in a slot of ``Connection`` (its ``__slots__``: an attribute added here is added
-there). (What has state of its own is an object the connection holds: the stream
-table, :mod:`~dtp.protocol.connection._stream_table`, and the record layer,
+there; tests/protocol/test_connection_slots.py). (What has state of its own is an
+object the connection holds: the stream table,
+:mod:`~dtp.protocol.connection._stream_table`, and the record layer,
 :mod:`~dtp.protocol.connection._records`.)"""
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 class _ConnectionState:
     """What the mixins of ``Connection`` share; ``Connection.__init__`` says what each
     attribute holds."""
-
-    __slots__ = ()  # (Connection's own hold its state)
 
     config: ConnectionConfig
     is_client: bool

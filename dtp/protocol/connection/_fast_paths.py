@@ -56,8 +56,6 @@ class _FastPaths(_ConnectionState):
     opening records without a copy, and lending a stream to the lane (:meth:`lend`,
     :meth:`take_back`)."""
 
-    __slots__ = ()  # (Connection's own hold its state)
-
     # ----------------------------------------------------------------------------------
     # sending
 

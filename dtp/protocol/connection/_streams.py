@@ -105,8 +105,6 @@ class _Streams(_ConnectionState):
     ``stream_data_handler``.
     """
 
-    __slots__ = ()  # (Connection's own hold its state)
-
     def can_open_stream(self) -> bool:
         """True when :meth:`open_stream` would not hit the peer's stream limit (a
         read-only look: the adapters wait on it for a stream slot to free)."""
