@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -78,6 +79,8 @@ FIRST_RECV_CHUNK = 16 * 1024
 #: each :meth:`Session.forget` looks at again (see there): more than one, so that those
 #: the connection is done with leave the queue faster than closed streams join it.
 _RECHECKED_PER_FORGET = 2
+# what Session.take_changes returns when no stream changed (and nothing else did)
+_NOTHING_TOUCHED: frozenset[int] = frozenset()
 
 
 def check_connect_timeout(timeout: float | None) -> None:
@@ -265,11 +268,14 @@ class Session:
         #: Streams the peer opened, for the application to accept (popleft): each one
         #: taken off gives its place in the stream limit back once it ends
         self.incoming_streams: deque[int] = _IncomingStreams(self.conn.stream_taken)
-        self.datagrams: deque[bytes] = deque()
+        # the queues of datagrams, control messages and receipts (see the properties):
+        # made at their first use, as an empty deque weighs about 600 bytes on every
+        # idle connection, and most connections never use them (idle_memory_10k)
+        self._datagrams: deque[bytes] | None = None
         #: Datagrams dropped because the application did not read them in time.
         self.datagrams_dropped = 0
-        self.controls: deque[tuple[int, bytes]] = deque()
-        self.receipts: deque[bytes] = deque()
+        self._controls: deque[tuple[int, bytes]] | None = None
+        self._receipts: deque[bytes] | None = None
         self.accepted = False
         self.authenticated_address: str | None = None
         self.terminated: ConnectionTerminated | None = None
@@ -289,7 +295,9 @@ class Session:
         # what changed, for an adapter that wakes only the waiters a change concerns
         # (track_changes, take_changes): off unless one asks
         self._tracking = False
-        self._touched: set[int] = set()
+        # (made at the first change after a take_changes(): an idle connection holds
+        # no empty set)
+        self._touched: set[int] | None = None
         self._broad = False
         #: What log messages call this connection (the adapter may name it)
         self.name = ""
@@ -303,7 +311,7 @@ class Session:
         # stream forgotten twice is queued once); made at the first such stream, as an
         # empty deque weighs about 600 bytes on every idle connection (idle_memory_10k)
         self._closed_queue: deque[int] | None = None
-        self._closed_streams: set[int] = set()
+        self._closed_streams: set[int] | None = None
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
         # and so do datagrams, gathered here until process_events hands them on (ahead of
@@ -313,6 +321,33 @@ class Session:
         # a stream's buffer lives until the application accepts it: its place in the
         # stream limit must too, or max_streams bounded nothing held here
         self.conn.defer_stream_credit()
+
+    @property
+    def datagrams(self) -> deque[bytes]:
+        """Datagrams received and not read yet, oldest first (at most
+        MAX_QUEUED_EXTRAS: the oldest go first, counted in :attr:`datagrams_dropped`)."""
+        queue = self._datagrams
+        if queue is None:
+            queue = self._datagrams = deque()
+        return queue
+
+    @property
+    def controls(self) -> deque[tuple[int, bytes]]:
+        """Control messages received (kind, data), oldest first (bounded as
+        :attr:`datagrams`)."""
+        queue = self._controls
+        if queue is None:
+            queue = self._controls = deque()
+        return queue
+
+    @property
+    def receipts(self) -> deque[bytes]:
+        """Receipts received and not handed on yet, oldest first (bounded as
+        :attr:`datagrams`)."""
+        queue = self._receipts
+        if queue is None:
+            queue = self._receipts = deque()
+        return queue
 
     def _on_stream_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
         sink = self.sinks.get(stream_id)
@@ -332,7 +367,11 @@ class Session:
             buf.eof = True
         self._data_arrived = True
         if self._tracking:
-            self._touched.add(stream_id)
+            touched = self._touched
+            if touched is None:
+                self._touched = {stream_id}
+            else:
+                touched.add(stream_id)
 
     def _to_sink(
         self, stream_id: int, sink: StreamSink, data: bytes | memoryview, end: bool
@@ -357,7 +396,11 @@ class Session:
             # pushed bytes make no read possible (nobody reads a stream with a sink):
             # a change of that stream's only, which wakes no task waiting on the
             # connection for something else (an accept_stream(), another stream's read)
-            self._touched.add(stream_id)
+            touched = self._touched
+            if touched is None:
+                self._touched = {stream_id}
+            else:
+                touched.add(stream_id)
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
         """End ``sink`` (the stream finished, was reset or the connection ended): it is
@@ -578,27 +621,28 @@ class Session:
 
     def _track(self, event: Event) -> None:
         kind = type(event)
-        if kind is StreamDataReceived or kind is StreamResetReceived:
-            self._touched.add(event.stream_id)  # type: ignore[attr-defined]
-        elif kind is StreamOpened:
-            self._touched.add(event.stream_id)  # type: ignore[attr-defined]
-            self._touched.add(ACCEPT_KEY)
+        if kind is StreamDataReceived or kind is StreamResetReceived or kind is StreamOpened:
+            touched = self._touched
+            if touched is None:
+                touched = self._touched = set()
+            touched.add(event.stream_id)  # type: ignore[attr-defined]
+            if kind is StreamOpened:
+                touched.add(ACCEPT_KEY)
         else:
             self._broad = True
 
-    def take_changes(self) -> set[int] | None:
+    def take_changes(self) -> AbstractSet[int] | None:
         """What changed since the last call (:meth:`track_changes` on): the streams whose
         reads may have become possible (bytes, their end, a reset, their opening or
         :meth:`discard`) and :data:`ACCEPT_KEY` when the peer opened one; None when
         anything else changed (the connection's end, a datagram, credit, ...), which
         concerns every waiter."""
         touched = self._touched
+        self._touched = None
         if self._broad:
             self._broad = False
-            touched.clear()
             return None
-        self._touched = set()
-        return touched
+        return _NOTHING_TOUCHED if touched is None else touched
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, StreamDataReceived):
@@ -685,7 +729,11 @@ class Session:
                 self.conn.acknowledge_read(stream_id, owed)
         self._data_arrived = True
         if self._tracking:
-            self._touched.add(stream_id)
+            touched = self._touched
+            if touched is None:
+                self._touched = {stream_id}
+            else:
+                touched.add(stream_id)
 
     def unread(self, stream_id: int, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete, back in front of
@@ -728,8 +776,9 @@ class Session:
         # The connection tells us of no stream it is done with (no event): streams
         # closed earlier are looked at again here, a few per call, oldest first.
         queue, waiting = self._closed_queue, self._closed_streams
-        if queue is None:
+        if queue is None or waiting is None:
             queue = self._closed_queue = deque()
+            waiting = self._closed_streams = set()
         for _ in range(min(_RECHECKED_PER_FORGET, len(queue))):
             sid = queue.popleft()
             if sid in live:

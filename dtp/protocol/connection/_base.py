@@ -2,9 +2,11 @@
 ``_ConnectionState``, the attributes ``Connection.__init__`` sets, and the few methods
 one part calls in another, declared once so that each mixin type-checks on its own.
 Declarations only: at run time ``_ConnectionState`` is empty, and every attribute lives
-in the connection's own ``__dict__``. (What has state of its own is an object the
-connection holds: the stream table, :mod:`~dtp.protocol.connection._stream_table`, and
-the record layer, :mod:`~dtp.protocol.connection._records`.)"""
+in a slot of ``Connection`` (its ``__slots__``: an attribute added here is added
+there; tests/protocol/test_connection_slots.py). (What has state of its own is an
+object the connection holds: the stream table,
+:mod:`~dtp.protocol.connection._stream_table`, and the record layer,
+:mod:`~dtp.protocol.connection._records`.)"""
 
 from __future__ import annotations
 

@@ -50,24 +50,6 @@ _SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding
 _spare_buffers: list[memoryview] = []
 
 
-def lane_buffer(size: int) -> memoryview:
-    """A buffer the lane opens the records of a read of ``size`` bytes into for the
-    handler (at most the read plus the record it completes); give it back with
-    :func:`give_back` once the handler returned."""
-    size += MAX_RECORD_PLAINTEXT
-    try:
-        buf = _spare_buffers.pop()
-    except IndexError:
-        return memoryview(bytearray(size))
-    return buf if len(buf) >= size else memoryview(bytearray(size))
-
-
-def give_back(buf: memoryview) -> None:
-    """Keep ``buf`` for the next :func:`lane_buffer` (unless enough are kept)."""
-    if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
-        _spare_buffers.append(buf)
-
-
 class _FastPaths(_ConnectionState):
     """The fast paths of a connection (a mixin): sealing at once (:meth:`seal_fast`),
     taking a stream's bytes straight into the application's buffer (:meth:`take_fast`),
@@ -310,6 +292,29 @@ class _FastPaths(_ConnectionState):
             or rl.pending_stream_credit
             or (keepalive and now >= self._last_sent + keepalive)
         )
+
+    def _feed_stream(
+        self, data: bytes | bytearray | memoryview, stream: Stream, now: float
+    ) -> None:
+        """:meth:`receive_data`'s lane: ``stream``'s run of records opened into one
+        buffer for one handler call. The buffer (at most the read plus the record it
+        completes) comes from :data:`_spare_buffers` and goes back there."""
+        size = len(data) + MAX_RECORD_PLAINTEXT
+        try:
+            buf = _spare_buffers.pop()
+        except IndexError:
+            buf = memoryview(bytearray(size))
+        else:
+            if len(buf) < size:
+                buf = memoryview(bytearray(size))
+        try:
+            if self._inbuf:
+                self._lane_feed(memoryview(data), stream, buf, now, True)
+            else:
+                self._take_run(memoryview(data), stream, buf, now, True)
+        finally:
+            if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
+                _spare_buffers.append(buf)
 
     def _lane_feed(
         self, view: memoryview, stream: Stream, dst: memoryview, now: float, deliver: bool

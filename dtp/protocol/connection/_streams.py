@@ -211,11 +211,22 @@ class _Streams(_ConnectionState):
             self._take_back()
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
-        self.streams.conn_consumed += nbytes
+        table = self.streams
+        table.conn_consumed += nbytes
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.consumed += nbytes
-        self.records.return_credit(stream)
+        # (RecordLayer.return_credit's thresholds, inline: most reads return none)
+        if table.conn_recv_limit - table.conn_consumed < table.conn_credit_at or (
+            stream is not None and stream.recv_limit - stream.consumed < table.stream_credit_at
+        ):
+            self.records.return_credit(stream)
+
+    def credit_due(self) -> bool:
+        """Whether flow-control credit waits to go to the peer (after a read that
+        returned some): an adapter that read without sending flushes only then."""
+        rl = self.records
+        return bool(rl.pending_max_data or rl.pending_stream_credit)
 
     def pace_credit(self, bytes_per_sec: float) -> None:
         """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
@@ -272,8 +283,9 @@ class _Streams(_ConnectionState):
         """Bytes queued but not yet sent (on one stream, or on all)."""
         if stream_id is not None:
             stream = self._streams.get(stream_id)
-            return stream.unsent() if stream else 0
-        # (Stream.unsent, inline: a paid client's every send asks for this total)
+            # (Stream.unsent, inline: every drain() asks)
+            return stream.base_offset + len(stream.send_buf) - stream.next_offset if stream else 0
+        # (the same, inline: a paid client's every send asks for this total)
         n = 0
         for s in self._streams.values():
             n += s.base_offset + len(s.send_buf) - s.next_offset

@@ -11,6 +11,7 @@ import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
@@ -168,7 +169,8 @@ class Protocol(asyncio.BufferedProtocol):
         return self._rbuf or _shared_first_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._rbuf or _shared_first_buffer()
+        # (the buffer get_buffer() gave, in this same callback of this thread's loop)
+        view = self._rbuf or _shared.rbuf
         size = len(view)
         if nbytes == size:
             if size < RECV_CHUNK:
@@ -234,7 +236,10 @@ class Protocol(asyncio.BufferedProtocol):
         data = self.conn.data_to_send(now)
         if data:
             transport.write(data)
-        self._schedule_timer()
+        deadline = self.conn.get_timer()
+        if self._timer is not None and deadline is not None and self._timer_at <= deadline + 0.001:
+            return  # (the usual case, without a call: see _schedule_timer)
+        self._schedule_timer(deadline)
 
     def _after_io(self) -> None:
         session = self.session
@@ -333,8 +338,7 @@ class Protocol(asyncio.BufferedProtocol):
         # (else: half-closed with all of it written; the peer's close or the drain
         # timer ends it)
 
-    def _schedule_timer(self) -> None:
-        deadline = self.conn.get_timer()
+    def _schedule_timer(self, deadline: float | None) -> None:
         if self._timer is not None:
             # Most writes push the deadline later (idle, keepalive): a timer armed for
             # an earlier time is kept — when it fires, handle_timer finds nothing due and
@@ -413,9 +417,9 @@ class Protocol(asyncio.BufferedProtocol):
         if touched is None:
             self._notify()
         else:
-            self._notify_some(touched.union(keys) if keys else touched)
+            self._notify_some(touched | set(keys) if keys else touched)
 
-    def _notify_some(self, keys: set[int]) -> None:
+    def _notify_some(self, keys: AbstractSet[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
         and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
         stream's reads and the streams the peer opened change only with those

@@ -86,7 +86,11 @@ class DTPStreamReader:
     def _take_from_stream(self, n: int) -> bytes:
         data = self._session.take(self._stream_id, n)
         if data:
-            self._proto.flush()  # return flow-control credit promptly
+            proto = self._proto
+            # return flow-control credit promptly; a take queues nothing else, so with
+            # none due and no meter to tell there is nothing to flush (most reads)
+            if proto.hook is not None or proto.conn.credit_due():
+                proto.flush()
         return data
 
     def _unread(self, data: bytes) -> None:
@@ -128,13 +132,23 @@ class DTPStreamReader:
         return self._ended() and self._failure() is None
 
     async def _wait_readable(self, name: str) -> None:
-        if self._session.readable(self._stream_id):
-            return
-        self._claim_wait(name)
+        if not self._session.readable(self._stream_id):
+            await self._wait_for_bytes(name)
+
+    async def _wait_for_bytes(self, name: str) -> None:
+        """:meth:`_wait_readable` once a read found nothing to take (the protocol's
+        ``wait_for`` written out: a read that waits asks ``readable`` once a wake-up)."""
+        if self._waiting is not None:
+            self._claim_wait(name)  # (raises)
+        self._waiting = name
+        session = self._session
+        stream_id = self._stream_id
+        wait_change = self._proto.wait_change
         try:
-            await self._proto.wait_for(
-                lambda: self._session.readable(self._stream_id), self._stream_id
-            )
+            while True:
+                await wait_change(stream_id)
+                if session.readable(stream_id):
+                    return
         finally:
             self._waiting = None
 
@@ -180,7 +194,7 @@ class DTPStreamReader:
                 self._unread(b"".join(chunks))
                 raise
         if not self._session.readable(self._stream_id):
-            await self._wait_readable("read")
+            await self._wait_for_bytes("read")
         return self._take_from_stream(n)
 
     async def readexactly(self, n: int) -> bytes:
@@ -488,7 +502,11 @@ class DTPStreamWriter:
                         self._conn.sealed_kept()
                     view = view[sealed[1] :]
                 if not view:
-                    proto.flush()  # the meter, control frames, timers
+                    # the meter, control frames, timers: a seal queues nothing and moves
+                    # the timers only later, so with no meter and the timer armed there
+                    # is nothing to flush (every write on a quiet stream)
+                    if proto.hook is not None or proto._timer is None:
+                        proto.flush()
                     return
             # no defensive copy: the connection seals the bytes now or copies them
             self._conn.send_stream_data(self._stream_id, view)
@@ -566,10 +584,18 @@ class DTPStreamWriter:
                 )
             )
 
-        if not room():
-            # (with room already, the common case, no wait is built: the same answer,
-            # a coroutine fewer a drain)
-            await self._proto.wait_for(room)
+        proto = self._proto
+        if not (
+            self._closing
+            or self._session.terminated is not None
+            or (
+                not proto._write_paused
+                and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+            )
+        ):
+            # (room() written out first: with room already, the common case, no wait is
+            # built and no call made: the same answer, a coroutine fewer a drain)
+            await proto.wait_for(room)
         session = self._session
         buf = session.streams.get(self._stream_id)
         if buf is not None and buf.send_stopped is not None:
