@@ -563,32 +563,43 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
 #define STREAM_HEADER_MAX 25 /* type + three 8-byte varints */
 #define VARINT_MAX_U64 ((uint64_t)DTP_VARINT_MAX)
 
-/* Records needed for len bytes in chunks of max_chunk (>= 1): one for empty data. */
-static size_t stream_records(size_t len, size_t max_chunk) {
-    return len == 0 ? 1 : len / max_chunk + (len % max_chunk != 0);
+/* The data bytes of the record that starts at data position pos (of len): max_chunk, or
+ * what is left, or -- when the frame header beside them would take the plaintext past
+ * DTP_MAX_RECORD_PLAINTEXT -- what fills the record exactly (a full record's plaintext is
+ * 16,384 bytes: the cipher then runs whole 64-byte blocks, docs/benchmarks.md "Bulk,
+ * blocking"). *hdr is the frame header's length. */
+static size_t stream_chunk(size_t sid_size, uint64_t offset, size_t pos, size_t len,
+                           size_t max_chunk, size_t *hdr) {
+    size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;
+    size_t fixed = 1 + sid_size + dtp_varint_size(offset + (uint64_t)pos);
+    if (fixed + dtp_varint_size((uint64_t)chunk) + chunk > DTP_MAX_RECORD_PLAINTEXT)
+        chunk = DTP_MAX_RECORD_PLAINTEXT - fixed - 2; /* over 16,362 bytes: a 2-byte length */
+    *hdr = fixed + dtp_varint_size((uint64_t)chunk);
+    return chunk;
 }
 
-/* Validate dtp_stream_seal's stream arguments (checks 2 to 5 of its header comment) and
- * compute the exact output size. Returns DTP_OK or the error code. */
+/* Validate dtp_stream_seal's stream arguments (checks 2 to 4 of its header comment) and
+ * compute the number of records and the exact output size. Returns DTP_OK or the error
+ * code. */
 static int stream_seal_check(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk,
                              size_t *n_out, size_t *size_out) {
     if (max_chunk == 0) return DTP_ERR_ARG;
     if (max_chunk > DTP_MAX_FRAME_DATA) return DTP_ERR_FRAME_SIZE;
     if (stream_id > VARINT_MAX_U64 || offset > VARINT_MAX_U64) return DTP_ERR_VARINT;
     if ((uint64_t)len > VARINT_MAX_U64 - offset) return DTP_ERR_FRAME_VALUE;
-    size_t n = stream_records(len, max_chunk);
     const size_t per = DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN + STREAM_HEADER_MAX;
-    /* n <= len / 1 + 1 records; a size that cannot be represented cannot fit anywhere. */
-    if (n > (SIZE_MAX - len) / per) return DTP_ERR_BUFFER;
-    size_t total = 0, sid_size = dtp_varint_size(stream_id);
-    for (size_t i = 0; i < n; i++) {
-        size_t pos = i * max_chunk;
-        size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;
-        size_t hdr = 1 + sid_size + dtp_varint_size(offset + (uint64_t)pos) +
-                     dtp_varint_size((uint64_t)chunk);
-        if (hdr + chunk > DTP_MAX_RECORD_PLAINTEXT) return DTP_ERR_RECORD_SIZE;
+    /* every record but the last holds at least `least` bytes (a frame header takes at
+     * most 21 of a record's 16,384); a size that cannot be represented fits nowhere */
+    size_t least = max_chunk < DTP_MAX_STREAM_CHUNK ? max_chunk : DTP_MAX_STREAM_CHUNK;
+    if (len / least + 1 > (SIZE_MAX - len) / per) return DTP_ERR_BUFFER;
+    size_t n = 0, total = 0, pos = 0, sid_size = dtp_varint_size(stream_id);
+    do {
+        size_t hdr = 0;
+        size_t chunk = stream_chunk(sid_size, offset, pos, len, max_chunk, &hdr);
         total += DTP_RECORD_HEADER_LEN + hdr + chunk + DTP_AEAD_TAG_LEN;
-    }
+        pos += chunk;
+        n++;
+    } while (pos < len);
     *n_out = n;
     *size_out = total;
     return DTP_OK;
@@ -616,10 +627,10 @@ int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, u
         return DTP_ERR_COUNTER;
     if (out_cap < total) return DTP_ERR_BUFFER;
 
-    size_t out_pos = 0;
+    size_t out_pos = 0, pos = 0, sid_size = dtp_varint_size(stream_id);
     for (size_t i = 0; i < n; i++) {
-        size_t pos = i * max_chunk;
-        size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;
+        size_t h_len = 0;
+        size_t chunk = stream_chunk(sid_size, offset, pos, len, max_chunk, &h_len);
         uint8_t fh[STREAM_HEADER_MAX];
         size_t h = 0;
         fh[h++] = (fin && i == n - 1) ? DTP_FRAME_STREAM_FIN : DTP_FRAME_STREAM;
@@ -628,7 +639,7 @@ int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, u
         h += dtp_varint_put(fh + h, sizeof fh - h, (uint64_t)chunk);
         uint64_t counter = first_counter + (uint64_t)i;
         uint8_t *hdr = out + out_pos;
-        size_t plen = h + chunk;
+        size_t plen = h + chunk; /* (h == h_len) */
         hdr[0] = DTP_REC_DATA;
         hdr[1] = 0;
         dtp_put_u16le(hdr + 2, (uint16_t)(plen + DTP_AEAD_TAG_LEN));
@@ -641,6 +652,7 @@ int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, u
             return rc;
         }
         out_pos += DTP_RECORD_HEADER_LEN + plen + DTP_AEAD_TAG_LEN;
+        pos += chunk;
     }
     *written = out_pos;
     *n_records = n;
@@ -854,7 +866,7 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
 int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
                   size_t max_chunk, uint8_t *out, size_t out_cap, double now) {
     if (ctx == NULL || f == NULL || (data == NULL && len > 0) || out == NULL ||
-        max_chunk == 0 || max_chunk > DTP_MAX_STREAM_CHUNK)
+        max_chunk == 0 || max_chunk > DTP_MAX_FRAME_DATA)
         return DTP_ERR_ARG;
     f->taken = f->written = 0;
     if (!f->can_send || len == 0 || f->send_offset >= f->send_limit ||
@@ -863,9 +875,13 @@ int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
     uint64_t n = len;
     if (n > f->send_limit - f->send_offset) n = f->send_limit - f->send_offset;
     if (n > f->conn_send_limit - f->conn_sent) n = f->conn_send_limit - f->conn_sent;
-    /* whole records of max_chunk bytes, each with at most its largest overhead */
-    size_t per = max_chunk + DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN + STREAM_HEADER_MAX;
-    uint64_t room = (uint64_t)(out_cap / per) * max_chunk;
+    /* k records of at most `per` bytes on the wire each; every record but the last
+     * holds at least `least` data bytes, so k * least bytes never need more than k */
+    size_t plain = max_chunk + STREAM_HEADER_MAX;
+    if (plain > DTP_MAX_RECORD_PLAINTEXT) plain = DTP_MAX_RECORD_PLAINTEXT;
+    size_t per = plain + DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN;
+    size_t least = max_chunk < DTP_MAX_STREAM_CHUNK ? max_chunk : DTP_MAX_STREAM_CHUNK;
+    uint64_t room = (uint64_t)(out_cap / per) * least;
     if (n > room) n = room;
     if (n == 0) return DTP_STOP;
     size_t written = 0, records = 0;

@@ -209,17 +209,21 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
                         size_t *consumed);
 
 /* Seal stream bytes straight from the caller's buffer: the fast path for STREAM data.
- * data[0..len) is cut into chunks of max_chunk bytes (the last may be shorter; len 0
- * gives one empty chunk), and chunk i becomes one DATA record (counter first_counter+i)
- * whose plaintext is a single frame: STREAM, or STREAM_FIN for the last chunk when fin
- * is nonzero, with stream id, offset + i * max_chunk, the chunk's length (minimal
- * varints, exactly as dtp_frames_encode writes it) and the chunk. Checks, in order:
- * NULL pointers -> DTP_ERR_ARG; max_chunk 0 -> DTP_ERR_ARG; max_chunk > 16384 ->
- * DTP_ERR_FRAME_SIZE; stream_id or offset > DTP_VARINT_MAX -> DTP_ERR_VARINT;
- * offset + len > DTP_VARINT_MAX -> DTP_ERR_FRAME_VALUE; a record plaintext (frame header
- * + chunk) over 16384 -> DTP_ERR_RECORD_SIZE; counters past 2^64 - 2 -> DTP_ERR_COUNTER;
- * out_cap below the exact output size -> DTP_ERR_BUFFER. Nothing is written on error.
- * On success *written bytes and *n_records records; dtp_stream_seal_size gives the size. */
+ * data[0..len) is cut into chunks in order (len 0 gives one empty chunk), and chunk i
+ * becomes one DATA record (counter first_counter+i) whose plaintext is a single frame:
+ * STREAM, or STREAM_FIN for the last chunk when fin is nonzero, with stream id, the
+ * chunk's stream offset, its length (minimal varints, exactly as dtp_frames_encode
+ * writes them) and the chunk. A chunk is max_chunk bytes, or what is left, or -- where
+ * the frame header beside max_chunk bytes would take the plaintext past 16384 -- the
+ * bytes that fill the plaintext to exactly 16384 (max_chunk DTP_MAX_FRAME_DATA: every
+ * record but the last full; DTP_MAX_STREAM_CHUNK or less: every chunk max_chunk bytes
+ * but the last).
+ * Checks, in order: NULL pointers -> DTP_ERR_ARG; max_chunk 0 -> DTP_ERR_ARG;
+ * max_chunk > 16384 -> DTP_ERR_FRAME_SIZE; stream_id or offset > DTP_VARINT_MAX ->
+ * DTP_ERR_VARINT; offset + len > DTP_VARINT_MAX -> DTP_ERR_FRAME_VALUE; counters past
+ * 2^64 - 2 -> DTP_ERR_COUNTER; out_cap below the exact output size -> DTP_ERR_BUFFER.
+ * Nothing is written on error. On success *written bytes and *n_records records;
+ * dtp_stream_seal_size gives the size. */
 int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, uint64_t offset,
                     const uint8_t *data, size_t len, int fin, size_t max_chunk, uint8_t *out,
                     size_t out_cap, size_t *written, size_t *n_records);
@@ -318,8 +322,8 @@ typedef struct dtp_flow {
 } dtp_flow;
 
 /* Seal the start of data[0..len) as STREAM records of the lent stream: as much as both
- * send limits allow and out holds (max_chunk data bytes per record, 1 to
- * DTP_MAX_STREAM_CHUNK, else DTP_ERR_ARG). Advances the counters and sets taken /
+ * send limits allow and out holds (records cut as dtp_stream_seal cuts them, max_chunk 1
+ * to DTP_MAX_FRAME_DATA, else DTP_ERR_ARG). Advances the counters and sets taken /
  * written. DTP_STOP, sealing nothing, when the stream may not send here, len is 0, or
  * there is no credit; negative on error (nothing advances). */
 int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
@@ -341,7 +345,7 @@ typedef struct dtp_lane {
     dtp_flow *flow;     /* in: the lent stream */
     uint8_t *out;       /* in: where dtp_lane_send seals, out_cap bytes */
     uint64_t out_cap;
-    uint64_t max_chunk; /* in: data bytes per record (<= DTP_MAX_STREAM_CHUNK) */
+    uint64_t max_chunk; /* in: as dtp_flow_seal's (<= DTP_MAX_FRAME_DATA) */
     uint8_t *rbuf;      /* in: where dtp_lane_recv reads the carrier, rbuf_cap bytes */
     uint64_t rbuf_cap;  /*     (more than a record: DTP_MAX_RECORD_PLAINTEXT + 28) */
     uint8_t *scratch;   /* in: DTP_MAX_RECORD_PLAINTEXT bytes for dtp_flow_take */

@@ -503,11 +503,11 @@ class NativeAead:
         offset: int,
         data: bytes | bytearray | memoryview,
         fin: bool = False,
-        max_chunk: int = MAX_STREAM_CHUNK,
+        max_chunk: int = MAX_FRAME_DATA,
     ) -> tuple[bytes, int]:
         """Seal stream bytes as records of one STREAM frame each, straight from ``data``
-        (``dtp_stream_seal``): chunks of ``max_chunk`` (one empty record for empty
-        data), the last frame STREAM_FIN when ``fin``. Returns (sealed bytes, records)."""
+        (``dtp_stream_seal``): chunks of ``max_chunk`` or what fills a record (one empty
+        record for empty data), the last frame STREAM_FIN when ``fin``; (bytes, records)."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
         if max_chunk <= 0:
@@ -516,8 +516,8 @@ class NativeAead:
         src = _from(data)
         size = len(src)
         # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
-        # most 25 of frame header per record
-        cap = size + (size // chunk + 1) * 53
+        # most 25 of frame header per record, each but the last full or of max_chunk
+        cap = size + (size // min(chunk, MAX_STREAM_CHUNK) + 1) * 53
         out = self._buffer(cap)
         counts = self._sizes
         rc = lib.dtp_stream_seal(
@@ -822,7 +822,7 @@ class NativeLane:
         io.flow = self.flow
         io.out = self._out
         io.out_cap = FIRST_OUT
-        io.max_chunk = MAX_STREAM_CHUNK
+        io.max_chunk = MAX_FRAME_DATA  # every record full (its plaintext 16,384 bytes)
         self._err = ffi.new("int *")
 
     #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
@@ -907,7 +907,7 @@ class NativeLane:
                 src,
                 size,
                 0,
-                MAX_STREAM_CHUNK,
+                MAX_FRAME_DATA,
                 self._out,
                 self._out_cap,
                 counts,
@@ -1002,7 +1002,7 @@ class NativeLane:
             flow,
             src,
             len(src),  # bytes, whatever the buffer's item size
-            MAX_STREAM_CHUNK,
+            MAX_FRAME_DATA,
             self._out,
             self._out_cap,
             now,

@@ -286,7 +286,8 @@ static void exercise_rx_take(void) {
     for (int round = 0; round < 500; round++) {
         size_t len = 1 + next() % sizeof data;
         fill(data, len);
-        CHECK(dtp_stream_seal(tx, counter, 4, offset, data, len, 0, 16363, sealed, sizeof sealed,
+        size_t chunk = round % 2 ? DTP_MAX_STREAM_CHUNK : DTP_MAX_FRAME_DATA; /* (full records) */
+        CHECK(dtp_stream_seal(tx, counter, 4, offset, data, len, 0, chunk, sealed, sizeof sealed,
                               &written, &n) == DTP_OK);
         counter += n;
         if (round % 5 == 1) sealed[next() % written] ^= (uint8_t)(1u << (next() % 8));
@@ -327,7 +328,7 @@ static void exercise_flow(void) {
     b.rx.stream_id = 8;
     b.rx.stream_limit = b.rx.conn_limit = 1u << 30;
     dtp_lane la = {.send = a_tx, .flow = &a, .out = out, .out_cap = sizeof out,
-                   .max_chunk = 16363};
+                   .max_chunk = DTP_MAX_FRAME_DATA};
     dtp_lane lb = {.recv = b_rx, .flow = &b, .rbuf = rbuf, .rbuf_cap = sizeof rbuf,
                    .scratch = scratch, .scratch_cap = sizeof scratch};
     int fds[2];
@@ -354,7 +355,7 @@ static void exercise_flow(void) {
         }
         if (round == 199) {
             /* the same through dtp_flow_seal and a tampered copy after the pending bytes */
-            int sc = dtp_flow_seal(a_tx, &a, data, len, 16363, out, sizeof out, 2.0);
+            int sc = dtp_flow_seal(a_tx, &a, data, len, DTP_MAX_STREAM_CHUNK, out, sizeof out, 2.0);
             CHECK(sc == DTP_OK || sc == DTP_STOP);
             if (a.written > 0) out[next() % a.written] ^= 1;
             size_t n = a.written < sizeof rbuf - lb.pending ? a.written : sizeof rbuf - lb.pending;

@@ -7,7 +7,8 @@ C API itself or a wrong argument; the Python wrappers never hit them).
   record, where the header promises an offset into plain_out.
 - dtp_flow_seal took any max_chunk up to DTP_MAX_FRAME_DATA, though a chunk over
   DTP_MAX_STREAM_CHUNK does not fit one record beside its frame header: every full
-  chunk then failed with DTP_ERR_RECORD_SIZE.
+  chunk then failed with DTP_ERR_RECORD_SIZE. Such chunks are now cut to fill their
+  record, and the room dtp_flow_seal leaves for the records counts them so.
 """
 
 from __future__ import annotations
@@ -70,22 +71,34 @@ def test_every_data_off_points_into_its_record() -> None:
     assert rec.plain_off <= fin.data_off <= rec.plain_off + rec.plain_len
 
 
-def test_flow_seal_refuses_a_chunk_no_record_holds() -> None:
+def test_flow_seal_fits_any_chunk_size_into_its_output() -> None:
     require_native()
     ffi, lib = _core.ffi, _core.lib
     largest = _core.MAX_STREAM_CHUNK
-    out = ffi.new("uint8_t[]", 4 * (largest + 64))
-    data = os.urandom(3 * largest)
-    for max_chunk, expected in ((largest, 0), (largest + 1, ErrorCode.ARG), (16384, ErrorCode.ARG)):
-        flow = ffi.new("dtp_flow *")
-        flow.stream_id = 4
-        flow.can_send = 1
-        flow.send_offset = (1 << 62) - (1 << 20)  # the largest offsets: 8-byte varints
-        flow.send_limit = (1 << 62) - 1
-        flow.conn_send_limit = 1 << 40
-        rc = lib.dtp_flow_seal(
-            _core.NativeAead(KEY)._ctx, flow, data, len(data), max_chunk, out, len(out), 0.0
-        )
-        assert rc == expected, max_chunk
-        if rc == 0:
-            assert flow.taken == 3 * largest
+    per = 16384 + 28  # a full record on the wire
+    data = os.urandom(5 * largest)
+    for max_chunk, expected in (
+        (largest, 0),
+        (largest + 1, 0),
+        (16384, 0),
+        (16385, ErrorCode.ARG),
+    ):
+        for records in (2, 4):
+            out = ffi.new("uint8_t[]", records * per + 40)
+            flow = ffi.new("dtp_flow *")
+            flow.stream_id = 4
+            flow.can_send = 1
+            flow.send_offset = (1 << 62) - (1 << 20)  # the largest offsets: 8-byte varints
+            flow.send_limit = (1 << 62) - 1
+            flow.conn_send_limit = 1 << 40
+            rc = lib.dtp_flow_seal(
+                _core.NativeAead(KEY)._ctx, flow, data, len(data), max_chunk, out, len(out), 0.0
+            )
+            assert rc == expected, max_chunk
+            if rc == 0:
+                assert flow.taken == records * largest and flow.records_sent == records
+                assert flow.written <= len(out)
+                sealed = ffi.buffer(out, flow.written)[:]
+                opened = _core.NativeAead(KEY).open_frames(sealed)
+                got = b"".join(bytes(r.frames[0].data) for r in opened.records)
+                assert got == data[: flow.taken]

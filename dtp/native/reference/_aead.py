@@ -64,8 +64,9 @@ INT_MAX = 2**31 - 1
 lengths to OpenSSL as ``int``)."""
 
 MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21
-"""Default stream bytes per record in ``seal_stream``: a STREAM frame header (type, two
-8-byte varints, a 2-byte length) and the chunk always fit one record."""
+"""The stream bytes a record holds at any stream id and offset: a STREAM frame header
+(type, two 8-byte varints, a 2-byte length) always fits beside them. Every record
+``seal_stream`` fills holds at least this many."""
 
 OPEN_FRAMES_MAX = 1024
 """Default frame and ACK range slots of one ``open_frames`` call."""
@@ -247,11 +248,13 @@ class Aead:
         offset: int,
         data: bytes | bytearray | memoryview,
         fin: bool = False,
-        max_chunk: int = MAX_STREAM_CHUNK,
+        max_chunk: int = MAX_FRAME_DATA,
     ) -> tuple[bytes, int]:
         """Seal stream bytes as records of one STREAM frame each (``dtp_stream_seal``):
-        ``data`` in chunks of ``max_chunk`` (one empty record for empty data), the last
-        frame STREAM_FIN when ``fin``. Returns (sealed bytes, number of records)."""
+        ``data`` in chunks of ``max_chunk``, or of what fills the record's plaintext to
+        16,384 bytes where the frame header beside ``max_chunk`` would pass it (one
+        empty record for empty data), the last frame STREAM_FIN when ``fin``. Returns
+        (sealed bytes, number of records)."""
         raw = bytes(data)
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
@@ -263,19 +266,23 @@ class Aead:
             raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
         if len(raw) > VARINT_MAX - offset:
             raise LocalProtocolError("stream offset out of range", ErrorCode.FRAME_VALUE)
-        n = max(1, -(-len(raw) // max_chunk))
         plaintexts = []
-        for i in range(n):
-            chunk = raw[i * max_chunk : (i + 1) * max_chunk]
-            ftype = FRAME_STREAM_FIN if fin and i == n - 1 else FRAME_STREAM
-            header = bytes([ftype]) + b"".join(
-                varint_encode(v) or b"" for v in (stream_id, offset + i * max_chunk, len(chunk))
-            )
-            size = 1 + varint_size(stream_id) + varint_size(offset + i * max_chunk)
-            size += varint_size(len(chunk)) + len(chunk)
-            if size > MAX_RECORD_PLAINTEXT:
-                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-            plaintexts.append(header + chunk)
+        pos = 0
+        sid = varint_encode(stream_id) or b""
+        while True:
+            chunk_len = min(max_chunk, len(raw) - pos)
+            fixed = 1 + len(sid) + varint_size(offset + pos)
+            if fixed + varint_size(chunk_len) + chunk_len > MAX_RECORD_PLAINTEXT:
+                chunk_len = MAX_RECORD_PLAINTEXT - fixed - 2  # (a 2-byte length)
+            end = pos + chunk_len
+            ftype = FRAME_STREAM_FIN if fin and end == len(raw) else FRAME_STREAM
+            header = bytes([ftype]) + sid
+            header += (varint_encode(offset + pos) or b"") + (varint_encode(chunk_len) or b"")
+            plaintexts.append(header + raw[pos:end])
+            pos = end
+            if pos >= len(raw):
+                break
+        n = len(plaintexts)
         if first_counter + n - 1 >= COUNTER_RESERVED:
             raise LocalProtocolError(code=ErrorCode.COUNTER)
         return self._seal(first_counter, plaintexts), n
