@@ -56,9 +56,11 @@
 #define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
 #define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
 
-#define DTP_ERR_NOISE_TURN -60 /* Noise call out of turn (or after the handshake ended) */
-#define DTP_ERR_NOISE_SIZE -61 /* Noise message shorter or longer than this step allows */
-#define DTP_ERR_NOISE_DH -62   /* X25519 gave all zeros (a low-order public key) */
+/* (-60, -61: the lanes' DTP_ERR_IO and DTP_ERR_QUEUE, below) */
+
+#define DTP_ERR_NOISE_TURN -70 /* Noise call out of turn (or after the handshake ended) */
+#define DTP_ERR_NOISE_SIZE -71 /* Noise message shorter or longer than this step allows */
+#define DTP_ERR_NOISE_DH -72   /* X25519 gave all zeros (a low-order public key) */
 
 /* ---- limits (mirrored in dtp/native/reference/_limits.py) -------------------------------- */
 #define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from dtp.errors import HandshakeError
+from dtp.errors import ErrorCode, HandshakeError, describe
 
 __all__ = [
     "DH_EE",
@@ -52,25 +52,20 @@ DH_ES: Final = 1
 DH_SE: Final = 2
 DH_SS: Final = 3
 
-# Status codes shared with the C core (dtp_core.h)
-ARG: Final = -2
-BUFFER: Final = -1
-DECRYPT: Final = -30
-COUNTER: Final = -32
-CRYPTO: Final = -33
-NOISE_TURN: Final = -60
-NOISE_SIZE: Final = -61
-NOISE_DH: Final = -62
+# Status codes shared with the C core (dtp_core.h DTP_ERR_*): dtp.errors.ErrorCode's
+ARG: Final = ErrorCode.ARG
+BUFFER: Final = ErrorCode.BUFFER
+DECRYPT: Final = ErrorCode.DECRYPT
+COUNTER: Final = ErrorCode.COUNTER
+CRYPTO: Final = ErrorCode.CRYPTO
+NOISE_TURN: Final = ErrorCode.NOISE_TURN
+NOISE_SIZE: Final = ErrorCode.NOISE_SIZE
+NOISE_DH: Final = ErrorCode.NOISE_DH
 
 _MESSAGES: Final = {
-    NOISE_TURN: "Noise message out of turn",
-    NOISE_SIZE: "Noise message of the wrong size for this step",
-    NOISE_DH: "X25519 with a low-order public key",
     DECRYPT: "Noise message failed authentication",
     COUNTER: "Noise nonce exhausted",
-    CRYPTO: "internal cryptographic failure",
     ARG: "invalid Noise call",
-    BUFFER: "output buffer too small",
 }
 
 
@@ -79,14 +74,17 @@ class NoiseError(HandshakeError):
     ``DECRYPT``, ...), the same on both backends."""
 
     def __init__(self, code: int, context: str = "") -> None:
-        self.code = code
-        text = _MESSAGES.get(code, f"Noise status {code}")
+        #: the status, a :class:`dtp.errors.ErrorCode`
+        self.code: ErrorCode = ErrorCode(code)
+        text = _MESSAGES.get(self.code) or describe(self.code)
         super().__init__(f"{text} ({context})" if context else text)
 
 
 _HASHLEN: Final = 32
 _TAGLEN: Final = 16
-_NAMES: Final = {
+#: The Noise protocol name of each pattern (dtp_core/noise.c NAMES: the two agree,
+#: tests/native/test_noise.py).
+PROTOCOL_NAMES: Final[dict[int, bytes]] = {
     NOISE_IK: b"Noise_IK_25519_ChaChaPoly_BLAKE2s",
     NOISE_XX: b"Noise_XX_25519_ChaChaPoly_BLAKE2s",
 }
