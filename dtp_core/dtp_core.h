@@ -530,24 +530,27 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
 #define DTP_UDP_RUN_MAX 64 /* datagrams per sendmmsg call */
 
 /* Send n datagrams on the non-blocking UDP socket fd, datagram i being
- * data[offs[i] .. offs[i + 1]) (offs has n + 1 entries): to addr (a struct sockaddr of
- * addr_len bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One
- * sendmmsg call per DTP_UDP_RUN_MAX datagrams; a datagram the kernel refuses (a full
- * buffer, an ICMP error) is dropped and the rest still tried, the last errno in *err
- * (0 if none was refused). Returns the number sent (their bytes in *sent_bytes), or
- * DTP_ERR_ARG. */
-int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size_t n,
-                         const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
+ * data[offs[i] .. offs[i + 1]) (offs has n + 1 ascending entries, the last at most
+ * data_len, else DTP_ERR_ARG before any send): to addr (a struct sockaddr of addr_len
+ * bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One sendmmsg
+ * call per DTP_UDP_RUN_MAX datagrams; a datagram the kernel refuses (a full buffer, an
+ * ICMP error) is dropped and the rest still tried, the last errno in *err (0 if none
+ * was refused). Returns the number sent (their bytes in *sent_bytes), or DTP_ERR_ARG. */
+int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
+                         size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
                          int *err);
 
 /* Read up to max (<= DTP_UDP_RUN_MAX) datagrams waiting on the UDP socket fd without
  * waiting (recvmmsg): datagram i into buf[i * slot ..), its length in lens[i] (a longer
  * one is cut to slot bytes, as recv cuts it); with addrs, its source into
- * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). Returns how many were
- * read (0: none waits), DTP_ERR_IO with the errno in *err when the read failed (an ICMP
- * error the kernel reports once, on this read), or DTP_ERR_ARG. */
-int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
-                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err);
+ * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). buf holds buf_cap
+ * bytes and addrs addrs_cap: below max * slot or max * addr_slot, DTP_ERR_ARG (lens and
+ * addr_lens hold max entries). Returns how many were read (0: none waits), DTP_ERR_IO
+ * with the errno in *err when the read failed (an ICMP error the kernel reports once,
+ * on this read), or DTP_ERR_ARG. */
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t buf_cap, size_t slot, size_t max,
+                         uint32_t *lens, uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
+                         uint32_t *addr_lens, int *err);
 
 /* ---- Noise handshakes (noise.c) --------------------------------------------------- */
 /* Noise_IK and Noise_XX with 25519_ChaChaPoly_BLAKE2s (the Noise spec, revision 34),
