@@ -593,7 +593,8 @@ int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
 
 /* A handshake's state, in memory the caller owns (plain bytes: a copy is a snapshot).
  * It points at its two keys, which must outlive it. Read the fields only through the
- * functions below. */
+ * functions below; it holds secrets until dtp_noise_split, so memory given back before
+ * (a handshake abandoned or failed) goes through dtp_noise_wipe first. */
 typedef struct dtp_noise {
     uint8_t pattern;    /* DTP_NOISE_IK or DTP_NOISE_XX */
     uint8_t initiator;  /* 1 on the side that writes message 1 */
@@ -630,15 +631,22 @@ int dtp_noise_overhead(const dtp_noise *hs);
 /* WriteMessage: the next message, carrying payload, to out; *written its size.
  * DTP_ERR_NOISE_TURN when it is the peer's turn or the handshake is over,
  * DTP_ERR_NOISE_SIZE when the message would exceed DTP_NOISE_MAX_MESSAGE,
- * DTP_ERR_BUFFER when out is too small. On any error the state is as it was. */
+ * DTP_ERR_BUFFER when out is too small, DTP_ERR_ARG when payload and out overlap. On
+ * any error the state is as it was. */
 int dtp_noise_write(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *payload,
                     size_t payload_len, uint8_t *out, size_t out_cap, size_t *written);
 /* ReadMessage: the payload of msg to out (out_cap >= msg_len always suffices).
  * DTP_ERR_NOISE_TURN out of turn, DTP_ERR_NOISE_SIZE for a message too short or too
  * long, DTP_ERR_DECRYPT when a tag fails, DTP_ERR_NOISE_DH for a low-order key. All or
- * nothing: on any error the state is as it was and nothing is written to out. */
+ * nothing: on any error the state is as it was and out holds no plaintext (what the
+ * read wrote there is zeroed). */
 int dtp_noise_read(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *msg,
                    size_t msg_len, uint8_t *out, size_t out_cap, size_t *written);
+/* Messages written or read so far (0 .. 2 for IK, 0 .. 3 for XX; 0 once wiped). */
+int dtp_noise_done(const dtp_noise *hs);
+/* Zero the whole state (keys, hashes, given results, the pointers to its keys): for
+ * memory about to be given back. The state is unusable after (DTP_ERR_ARG). */
+void dtp_noise_wipe(dtp_noise *hs);
 /* The peer's static key: 1 and 32 bytes to out once known, else 0. */
 int dtp_noise_remote_static(const dtp_noise *hs, uint8_t *out, size_t out_cap);
 /* Once every message is done: the handshake hash, and Split into this side's send and
