@@ -34,8 +34,9 @@ _SOCKADDRS_KEPT = 256
 def _sockaddr(family: int, address: Address) -> bytes:
     """``address`` as the kernel's struct sockaddr_in or sockaddr_in6 (Linux's layout:
     the family in host order, port and flow label in network order), for a numeric
-    host. Raises OSError, ValueError or TypeError for anything else (a name to look
-    up, a bad port...): the caller then leaves it to ``sendto``, as the twin does."""
+    host. Raises OSError, ValueError, TypeError or struct.error for anything else (a
+    name to look up, a bad port or flow label...): the caller then leaves it to
+    ``sendto``, as the twin does."""
     key = (family, address)
     found = _SOCKADDRS.get(key)
     if found is not None:
@@ -83,7 +84,7 @@ def native_send_datagram_run(
     else:
         try:
             addr = _sockaddr(sock.family, address)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)
         alen = len(addr)

@@ -134,6 +134,34 @@ def test_both_backends_treat_a_bad_address_alike(
     assert _waiting(rx) == []
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        lambda port: ("::1", port, 1 << 32, 0),  # flow label beyond 32 bits
+        lambda port: ("::1", port, 0, -1),  # scope negative
+        lambda port: ("::1", port, "0", 0),
+        lambda port: ("::1%no-such-interface", port),
+    ],
+)
+def test_both_backends_treat_a_bad_ipv6_address_alike(address: Callable[[int], Any]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx,
+    ):
+        try:
+            rx.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        rx.setblocking(False)
+        tx.setblocking(False)
+        outcomes = []
+        for send in SENDERS:  # (what sendto makes of it, sent or not: the same for both)
+            outcomes.append((_outcome(send, tx, address(rx.getsockname()[1])), _waiting(rx)))
+        assert all(o == outcomes[0] for o in outcomes), outcomes
+
+
 def _sockaddr_in6(host: str, port: int, flow: int, scope: int) -> bytes:
     return (
         struct.pack("=H", socket.AF_INET6)
