@@ -27,7 +27,11 @@ from typing import Final
 
 
 class ErrorCode(enum.IntEnum):
-    """Error codes shared by the C core, its Python twin and the wire (CLOSE frames)."""
+    """Status codes of the C core and its Python twin: every ``DTP_ERR_*`` of
+    dtp_core/dtp_core.h but the lanes' ``DTP_ERR_IO`` and ``DTP_ERR_QUEUE``, which
+    :mod:`dtp.native.core` turns into an OSError or a partial send before Python sees
+    them (tests/native/test_error_codes.py holds the two tables together). Local only:
+    a CLOSE frame carries a :class:`dtp.protocol._state.CloseCode`, never one of these."""
 
     BUFFER = -1
     ARG = -2
@@ -49,6 +53,9 @@ class ErrorCode(enum.IntEnum):
     HAM_MALFORMED = -50
     HAM_STATE = -51
     HAM_SIZE = -52
+    NOISE_TURN = -70
+    NOISE_SIZE = -71
+    NOISE_DH = -72
 
 
 _DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -72,6 +79,9 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.HAM_MALFORMED: "malformed HAM batch",
     ErrorCode.HAM_STATE: "HAM state is not a finite number",
     ErrorCode.HAM_SIZE: "HAM soul, field, value or count beyond its limit",
+    ErrorCode.NOISE_TURN: "Noise message out of turn",
+    ErrorCode.NOISE_SIZE: "Noise message of the wrong size for this step",
+    ErrorCode.NOISE_DH: "X25519 with a low-order public key",
 }
 
 

@@ -56,9 +56,11 @@
 #define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
 #define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
 
-#define DTP_ERR_NOISE_TURN -60 /* Noise call out of turn (or after the handshake ended) */
-#define DTP_ERR_NOISE_SIZE -61 /* Noise message shorter or longer than this step allows */
-#define DTP_ERR_NOISE_DH -62   /* X25519 gave all zeros (a low-order public key) */
+/* (-60, -61: the lanes' DTP_ERR_IO and DTP_ERR_QUEUE, below) */
+
+#define DTP_ERR_NOISE_TURN -70 /* Noise call out of turn (or after the handshake ended) */
+#define DTP_ERR_NOISE_SIZE -71 /* Noise message shorter or longer than this step allows */
+#define DTP_ERR_NOISE_DH -72   /* X25519 gave all zeros (a low-order public key) */
 
 /* ---- limits (mirrored in dtp/native/reference/_limits.py) -------------------------------- */
 #define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */
@@ -532,24 +534,27 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
 #define DTP_UDP_RUN_MAX 64 /* datagrams per sendmmsg call */
 
 /* Send n datagrams on the non-blocking UDP socket fd, datagram i being
- * data[offs[i] .. offs[i + 1]) (offs has n + 1 entries): to addr (a struct sockaddr of
- * addr_len bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One
- * sendmmsg call per DTP_UDP_RUN_MAX datagrams; a datagram the kernel refuses (a full
- * buffer, an ICMP error) is dropped and the rest still tried, the last errno in *err
- * (0 if none was refused). Returns the number sent (their bytes in *sent_bytes), or
- * DTP_ERR_ARG. */
-int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size_t n,
-                         const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
+ * data[offs[i] .. offs[i + 1]) (offs has n + 1 ascending entries, the last at most
+ * data_len, else DTP_ERR_ARG before any send): to addr (a struct sockaddr of addr_len
+ * bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One sendmmsg
+ * call per DTP_UDP_RUN_MAX datagrams; a datagram the kernel refuses (a full buffer, an
+ * ICMP error) is dropped and the rest still tried, the last errno in *err (0 if none
+ * was refused). Returns the number sent (their bytes in *sent_bytes), or DTP_ERR_ARG. */
+int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
+                         size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
                          int *err);
 
 /* Read up to max (<= DTP_UDP_RUN_MAX) datagrams waiting on the UDP socket fd without
  * waiting (recvmmsg): datagram i into buf[i * slot ..), its length in lens[i] (a longer
  * one is cut to slot bytes, as recv cuts it); with addrs, its source into
- * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). Returns how many were
- * read (0: none waits), DTP_ERR_IO with the errno in *err when the read failed (an ICMP
- * error the kernel reports once, on this read), or DTP_ERR_ARG. */
-int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
-                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err);
+ * addrs[i * addr_slot ..] (a struct sockaddr, addr_lens[i] bytes). buf holds buf_cap
+ * bytes and addrs addrs_cap: below max * slot or max * addr_slot, DTP_ERR_ARG (lens and
+ * addr_lens hold max entries). Returns how many were read (0: none waits), DTP_ERR_IO
+ * with the errno in *err when the read failed (an ICMP error the kernel reports once,
+ * on this read), or DTP_ERR_ARG. */
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t buf_cap, size_t slot, size_t max,
+                         uint32_t *lens, uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
+                         uint32_t *addr_lens, int *err);
 
 /* ---- Noise handshakes (noise.c) --------------------------------------------------- */
 /* Noise_IK and Noise_XX with 25519_ChaChaPoly_BLAKE2s (the Noise spec, revision 34),
@@ -592,7 +597,8 @@ int dtp_noise_key_kept(dtp_noise_key *key, const uint8_t *pub, size_t pub_len);
 
 /* A handshake's state, in memory the caller owns (plain bytes: a copy is a snapshot).
  * It points at its two keys, which must outlive it. Read the fields only through the
- * functions below. */
+ * functions below; it holds secrets until dtp_noise_split, so memory given back before
+ * (a handshake abandoned or failed) goes through dtp_noise_wipe first. */
 typedef struct dtp_noise {
     uint8_t pattern;    /* DTP_NOISE_IK or DTP_NOISE_XX */
     uint8_t initiator;  /* 1 on the side that writes message 1 */
@@ -629,15 +635,22 @@ int dtp_noise_overhead(const dtp_noise *hs);
 /* WriteMessage: the next message, carrying payload, to out; *written its size.
  * DTP_ERR_NOISE_TURN when it is the peer's turn or the handshake is over,
  * DTP_ERR_NOISE_SIZE when the message would exceed DTP_NOISE_MAX_MESSAGE,
- * DTP_ERR_BUFFER when out is too small. On any error the state is as it was. */
+ * DTP_ERR_BUFFER when out is too small, DTP_ERR_ARG when payload and out overlap. On
+ * any error the state is as it was. */
 int dtp_noise_write(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *payload,
                     size_t payload_len, uint8_t *out, size_t out_cap, size_t *written);
 /* ReadMessage: the payload of msg to out (out_cap >= msg_len always suffices).
  * DTP_ERR_NOISE_TURN out of turn, DTP_ERR_NOISE_SIZE for a message too short or too
  * long, DTP_ERR_DECRYPT when a tag fails, DTP_ERR_NOISE_DH for a low-order key. All or
- * nothing: on any error the state is as it was and nothing is written to out. */
+ * nothing: on any error the state is as it was and out holds no plaintext (what the
+ * read wrote there is zeroed). */
 int dtp_noise_read(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *msg,
                    size_t msg_len, uint8_t *out, size_t out_cap, size_t *written);
+/* Messages written or read so far (0 .. 2 for IK, 0 .. 3 for XX; 0 once wiped). */
+int dtp_noise_done(const dtp_noise *hs);
+/* Zero the whole state (keys, hashes, given results, the pointers to its keys): for
+ * memory about to be given back. The state is unusable after (DTP_ERR_ARG). */
+void dtp_noise_wipe(dtp_noise *hs);
 /* The peer's static key: 1 and 32 bytes to out once known, else 0. */
 int dtp_noise_remote_static(const dtp_noise *hs, uint8_t *out, size_t out_cap);
 /* Once every message is done: the handshake hash, and Split into this side's send and

@@ -359,8 +359,10 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
     if ((n > 0 && (data == NULL || offs == NULL)) || (out == NULL && out_cap > 0) ||
         (ends == NULL && ends_cap > 0) || limit == 0 || limit > DTP_MAX_RECORD_PLAINTEXT)
         return DTP_ERR_ARG;
-    /* Validate everything first, so the error does not depend on the buffers. */
-    size_t total = 0;
+    /* Validate everything first, so the error does not depend on the buffers, and
+     * count the records (the same greedy packing as below), so nothing is written
+     * unless out and ends both have room. */
+    size_t total = 0, count = 0, fill = 0;
     for (size_t i = 0; i < n; i++) {
         if (offs[i + 1] < offs[i] || offs[i + 1] > data_len) return DTP_ERR_ARG;
         uint64_t len = offs[i + 1] - offs[i];
@@ -368,14 +370,18 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
         size_t size = 1 + dtp_varint_size(len) + (size_t)len;
         if (size > limit) return DTP_ERR_FRAME_SIZE; /* it fits no record */
         total += size;
+        if (count == 0 || fill + size > limit) {
+            count++;
+            fill = 0;
+        }
+        fill += size;
     }
-    if (total > out_cap) return DTP_ERR_BUFFER;
+    if (total > out_cap || count > ends_cap) return DTP_ERR_BUFFER;
     size_t p = 0, start = 0, records = 0;
     for (size_t i = 0; i < n; i++) {
         size_t len = (size_t)(offs[i + 1] - offs[i]);
         size_t size = 1 + dtp_varint_size(len) + len;
         if (p - start + size > limit) { /* this record is full: the next begins */
-            if (records >= ends_cap) return DTP_ERR_BUFFER;
             ends[records++] = p;
             start = p;
         }
@@ -384,9 +390,6 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
         if (len) memcpy(out + p, data + offs[i], len);
         p += len;
     }
-    if (n > 0) {
-        if (records >= ends_cap) return DTP_ERR_BUFFER;
-        ends[records++] = p;
-    }
+    if (n > 0) ends[records++] = p;
     return (int64_t)records;
 }

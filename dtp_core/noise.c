@@ -16,6 +16,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,8 +144,9 @@ static int hkdf2(scratch *sc, const uint8_t ck[HASHLEN], const uint8_t *ikm, siz
 /* ---- X25519 ------------------------------------------------------------------------ */
 
 /* X25519 through a derive context of the key's and a peer key: DTP_OK,
- * DTP_ERR_NOISE_DH when OpenSSL refuses the result (all zeros: a low-order peer key),
- * DTP_ERR_CRYPTO when the peer cannot be set. */
+ * DTP_ERR_CRYPTO when the peer cannot be set, else DTP_ERR_NOISE_DH for every failure
+ * of the derive itself: OpenSSL reports the all-zero result of a low-order peer key no
+ * differently from its other derive failures. */
 static int derive_with(EVP_PKEY_CTX *pc, EVP_PKEY *peer, uint8_t out[KEYLEN]) {
     size_t len = KEYLEN;
     /* (no peer validation: an X25519 public key is any 32 bytes; a low-order one shows
@@ -206,6 +208,12 @@ static int x25519_kept(dtp_noise_key *key, const uint8_t pub[KEYLEN], uint8_t ou
     if (found) return DTP_OK;
     int rc = x25519(key, pub, out);
     if (rc != DTP_OK || pthread_mutex_trylock(&key->lock) != 0) return rc;
+    /* (another thread may have missed on the same peer meanwhile and kept it) */
+    for (size_t i = 0; i < key->kept; i++)
+        if (memcmp(key->ring[i].peer, pub, KEYLEN) == 0) {
+            pthread_mutex_unlock(&key->lock);
+            return DTP_OK;
+        }
     kept_result *slot = &key->ring[key->next];
     memcpy(slot->peer, pub, KEYLEN);
     memcpy(slot->secret, out, KEYLEN);
@@ -236,11 +244,13 @@ static void make_nonce(uint8_t nonce[12], uint64_t n) {
     dtp_put_u64le(nonce + 4, n);
 }
 
-/* EncryptAndHash: out[0..len (+16 once keyed)). len is at most DTP_NOISE_MAX_MESSAGE. */
+/* EncryptAndHash: out[0..len (+16 once keyed)). len is at most DTP_NOISE_MAX_MESSAGE.
+ * plain and out must not overlap (dtp_noise_write's rule): the keyed path and the wipe
+ * of out on failure would destroy plain. */
 static int encrypt_and_hash(scratch *sc, dtp_noise *st, const uint8_t *plain, size_t len,
                             uint8_t *out) {
     if (!(st->flags & F_K)) {
-        if (len > 0) memmove(out, plain, len);
+        if (len > 0) memcpy(out, plain, len);
         return mix_hash(sc, st, out, len) ? DTP_OK : DTP_ERR_CRYPTO;
     }
     if (st->n == UINT64_MAX) return DTP_ERR_COUNTER;
@@ -445,13 +455,22 @@ dtp_noise_key *dtp_noise_key_new(const uint8_t *priv, size_t priv_len, int keep_
     return key;
 }
 
+/* Destroy a lock nobody holds. In a child forked while a thread of the parent held it,
+ * it stays locked for good (the key's users only try it): destroying a locked mutex is
+ * undefined, and a default one holds no resources, so it is left as it is. */
+static void destroy_lock(pthread_mutex_t *lock) {
+    if (pthread_mutex_trylock(lock) != 0) return;
+    pthread_mutex_unlock(lock);
+    pthread_mutex_destroy(lock);
+}
+
 void dtp_noise_key_free(dtp_noise_key *key) {
     if (key == NULL) return;
     EVP_PKEY_CTX_free(key->derive);
     EVP_PKEY_free(key->peer);
     EVP_PKEY_free(key->pkey); /* (OpenSSL cleanses the private key it held) */
-    pthread_mutex_destroy(&key->derive_lock);
-    if (key->keep) pthread_mutex_destroy(&key->lock);
+    destroy_lock(&key->derive_lock);
+    if (key->keep) destroy_lock(&key->lock);
     OPENSSL_cleanse(key, sizeof *key);
     free(key);
 }
@@ -549,6 +568,9 @@ int dtp_noise_write(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *payl
     size_t extra = overhead(hs);
     if (payload_len > DTP_NOISE_MAX_MESSAGE - extra) return DTP_ERR_NOISE_SIZE;
     if (out_cap < payload_len + extra) return DTP_ERR_BUFFER;
+    if (payload_len > 0 && out_cap > 0 && (uintptr_t)out < (uintptr_t)payload + payload_len &&
+        (uintptr_t)payload < (uintptr_t)out + out_cap)
+        return DTP_ERR_ARG; /* (payload inside out: see encrypt_and_hash) */
     dtp_noise st = *hs;
     scratch sc;
     size_t pos = 0;
@@ -591,6 +613,15 @@ int dtp_noise_read(dtp_noise *hs, const dtp_noise_ctx *ctx, const uint8_t *msg, 
     }
     OPENSSL_cleanse(&st, sizeof st);
     return rc;
+}
+
+int dtp_noise_done(const dtp_noise *hs) {
+    if (hs == NULL) return DTP_ERR_ARG;
+    return hs->done;
+}
+
+void dtp_noise_wipe(dtp_noise *hs) {
+    if (hs != NULL) OPENSSL_cleanse(hs, sizeof *hs);
 }
 
 int dtp_noise_remote_static(const dtp_noise *hs, uint8_t *out, size_t out_cap) {

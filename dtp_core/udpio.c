@@ -17,8 +17,8 @@
 #define MSG_NOSIGNAL 0
 #endif
 
-int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size_t n,
-                         const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
+int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
+                         size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
                          int *err) {
     if (fd < 0 || err == NULL || sent_bytes == NULL || (n > 0 && (data == NULL || offs == NULL)) ||
         (addr == NULL && addr_len != 0) || addr_len > sizeof(struct sockaddr_storage))
@@ -27,6 +27,7 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
     *sent_bytes = 0;
     for (size_t i = 0; i < n; i++)
         if (offs[i + 1] < offs[i]) return DTP_ERR_ARG;
+    if (n > 0 && offs[n] > data_len) return DTP_ERR_ARG; /* (ascending: all inside data) */
     struct mmsghdr msgs[DTP_UDP_RUN_MAX];
     struct iovec iov[DTP_UDP_RUN_MAX];
     int64_t sent = 0;
@@ -50,6 +51,11 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
             i++;
             continue;
         }
+        if (r == 0) { /* (none taken and no errno: the first counts as refused, so the
+                       * loop always moves on) */
+            i++;
+            continue;
+        }
         sent += r;
         for (int j = 0; j < r; j++) *sent_bytes += msgs[j].msg_len;
         i += (size_t)r;
@@ -57,10 +63,14 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, const uint64_t *offs, size
     return sent;
 }
 
-int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t slot, size_t max, uint32_t *lens,
-                         uint8_t *addrs, uint32_t addr_slot, uint32_t *addr_lens, int *err) {
+int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t buf_cap, size_t slot, size_t max,
+                         uint32_t *lens, uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
+                         uint32_t *addr_lens, int *err) {
     if (fd < 0 || err == NULL || max > DTP_UDP_RUN_MAX || (max > 0 && (buf == NULL || lens == NULL)) ||
         slot == 0 || slot > UINT32_MAX || (addrs != NULL && (addr_lens == NULL || addr_slot == 0)))
+        return DTP_ERR_ARG;
+    /* (max <= 64 and slot, addr_slot < 2^32: the products cannot overflow) */
+    if (max * slot > buf_cap || (addrs != NULL && max * (size_t)addr_slot > addrs_cap))
         return DTP_ERR_ARG;
     *err = 0;
     if (max == 0) return 0;

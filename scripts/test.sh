@@ -51,7 +51,7 @@ checks() {
   step "C core alone under ASan + UBSan + LeakSanitizer (no Python in the process)"
   gcc -std=c11 -Wall -Wextra -Werror -Wshadow -Wvla \
     -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1 \
-    -Idtp_core dtp_core/tests/sanitize_driver.c dtp_core/{frame,aead,flowio,reasm,ham,util,noise}.c \
+    -Idtp_core dtp_core/tests/sanitize_driver.c dtp_core/{frame,aead,flowio,reasm,ham,util,noise,udpio}.c \
     -lcrypto -o build/sanitize_driver
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     build/sanitize_driver

@@ -87,6 +87,7 @@ from dtp.identity.keys import (
     verify_personal_message,
 )
 from dtp.native._noise import DH_ES, DH_SS, NoiseError, NoiseKey, NoiseState
+from dtp.native._noise import PROTOCOL_NAMES as NOISE_PROTOCOL_NAMES
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -110,23 +111,9 @@ PATTERN_IK: Final = 1
 #: Pattern id of ``Noise_XX_25519_ChaChaPoly_BLAKE2s`` (first byte of message 1).
 PATTERN_XX: Final = 2
 
-#: The Noise protocol name for each pattern id.
-PROTOCOL_NAMES: Final[dict[int, bytes]] = {
-    PATTERN_IK: b"Noise_IK_25519_ChaChaPoly_BLAKE2s",
-    PATTERN_XX: b"Noise_XX_25519_ChaChaPoly_BLAKE2s",
-}
+#: The Noise protocol name for each pattern id (the core's, whose ids these are).
+PROTOCOL_NAMES: Final[dict[int, bytes]] = NOISE_PROTOCOL_NAMES
 _MESSAGE_COUNT: Final[dict[int, int]] = {PATTERN_IK: 2, PATTERN_XX: 3}
-# What Noise adds to the payload of each message, by pattern and message number (pattern
-# byte not counted): 32 per ephemeral key, 48 per encrypted static key, 16 for the
-# payload's tag once there is a key. Lets a read refuse an oversized payload before Noise
-# changes any state.
-_NOISE_OVERHEAD: Final[dict[tuple[int, int], int]] = {
-    (PATTERN_IK, 1): 32 + 48 + 16,
-    (PATTERN_IK, 2): 32 + 16,
-    (PATTERN_XX, 1): 32,
-    (PATTERN_XX, 2): 32 + 48 + 16,
-    (PATTERN_XX, 3): 48 + 16,
-}
 
 #: Upper bound on every handshake message, pattern byte and payload included (the
 #: handshake record body limit of docs/protocol.md).
@@ -562,6 +549,8 @@ class Handshake:
 
     def _restart_responder(self) -> None:
         # (the ephemeral key object stays in self._ephemeral_key: its public half cost a DH)
+        if self._noise is not None:
+            self._noise.wipe()
         self._noise = None
         self._pattern = None
 
@@ -582,7 +571,7 @@ class Handshake:
             self._noise = self._start_noise(pattern)
         assert self._pattern is not None
         # checked before Noise reads it: a failed read must change nothing (keep_state)
-        payload_size = len(data) - _NOISE_OVERHEAD[self._pattern, self._messages_done + 1]
+        payload_size = len(data) - self._noise.overhead()
         if payload_size > MAX_PAYLOAD_SIZE:
             raise HandshakeError(
                 f"handshake payload of {payload_size} bytes exceeds {MAX_PAYLOAD_SIZE}"
@@ -606,6 +595,8 @@ class Handshake:
         """The handshake is dead: drop its Noise state, which holds the ephemeral key
         and the chaining key (nothing reads them any more)."""
         self._failed = True
+        if self._noise is not None:
+            self._noise.wipe()
         self._noise = None
         if self._ephemeral is not None:  # (DH results made ahead for it: see _start_noise)
             forget_shared_secrets(self._ephemeral)

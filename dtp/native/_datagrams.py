@@ -1,7 +1,7 @@
 """A run of DATAGRAM frames in one call of the C core: :func:`encode_datagram_run`
-(``dtp_datagram_frames_encode``), the send path of a burst of datagrams (a UDP relay's),
-which crossed the cffi boundary and packed a frame's fields in Python once per datagram
-before. Its twin is :mod:`dtp.native.reference._datagrams` (``DTP_PUREPYTHON=1``)."""
+(``dtp_datagram_frames_encode``), the send path of a burst of datagrams (a UDP
+relay's): one crossing of the cffi boundary for the run, not one per frame. Its twin
+is :mod:`dtp.native.reference._datagrams` (``DTP_PUREPYTHON=1``)."""
 
 from __future__ import annotations
 

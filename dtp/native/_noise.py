@@ -22,6 +22,7 @@ from dtp.native.reference._noise import (
     MAX_MESSAGE,
     NOISE_IK,
     NOISE_XX,
+    PROTOCOL_NAMES,
     NoiseError,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_MESSAGE",
     "NOISE_IK",
     "NOISE_XX",
+    "PROTOCOL_NAMES",
     "NativeNoiseKey",
     "NativeNoiseState",
     "NoiseError",
@@ -118,12 +120,14 @@ class NativeNoiseState:
         if not isinstance(s, NativeNoiseKey) or not (e is None or isinstance(e, NativeNoiseKey)):
             raise NoiseError(ref.ARG, "keys must be NativeNoiseKey")
         prologue = _bytes_arg(prologue)
-        self._hs = ffi.new("dtp_noise *")
+        remote = ffi.NULL if rs is None else _bytes_arg(rs)
+        if pattern not in (NOISE_IK, NOISE_XX):  # (before cffi: it would take 2**32 + 1 as 1)
+            raise NoiseError(ref.ARG, "unknown pattern")
+        self._hs = ffi.gc(ffi.new("dtp_noise *"), lib.dtp_noise_wipe)
         self._s = s
         self._e = e
         self.pattern = pattern
         self.initiator = bool(initiator)
-        remote = ffi.NULL if rs is None else _bytes_arg(rs)
         _check(
             lib.dtp_noise_init(
                 self._hs,
@@ -149,13 +153,19 @@ class NativeNoiseState:
 
     @property
     def done(self) -> int:
-        """Messages written or read so far."""
-        return int(self._hs.done)
+        """Messages written or read so far (0 once wiped)."""
+        return int(lib.dtp_noise_done(self._hs))
 
     @property
     def complete(self) -> bool:
         """True once every message of the pattern is written or read."""
-        return int(self._hs.done) >= (2 if self.pattern == NOISE_IK else 3)
+        return int(lib.dtp_noise_done(self._hs)) >= (2 if self.pattern == NOISE_IK else 3)
+
+    def wipe(self) -> None:
+        """Zero the state now (its secrets with it), for a handshake given up before
+        Split: every call after raises :class:`NoiseError` (``ARG``)."""
+        lib.dtp_noise_wipe(self._hs)
+        self._e = None
 
     @property
     def remote_static(self) -> bytes | None:
@@ -175,6 +185,8 @@ class NativeNoiseState:
     def give_dh(self, token: int, secret: bytes) -> None:
         """Hand over the result of DH token ``token`` made ahead of need."""
         secret = _bytes_arg(secret)
+        if token not in (DH_EE, DH_ES, DH_SE, DH_SS):  # (an int beyond C's: OverflowError)
+            raise NoiseError(ref.ARG, "a DH token and its 32-byte result")
         _check(lib.dtp_noise_give_dh(self._hs, token, secret, len(secret)))
 
     def overhead(self) -> int:

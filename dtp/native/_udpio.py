@@ -1,9 +1,8 @@
-"""UDP runs: :func:`send_datagram_run` sends a run of datagrams in one call of the C
-core (``dtp_udp_send_run``: sendmmsg, a system call per 64 datagrams), for the UDP
-relays of :mod:`dtp.hostid.udp`. A send per datagram released and took back the
-interpreter lock each time, which a relay's other threads (or the UDP backend in the
-same process) fought over; its twin is :mod:`dtp.native.reference._udpio`
-(``DTP_PUREPYTHON=1``)."""
+"""UDP runs for the relays of :mod:`dtp.hostid.udp`: :func:`send_datagram_run` and
+:func:`recv_datagram_run` move a run of datagrams in one call of the C core
+(``sendmmsg`` / ``recvmmsg``, a system call per 64 datagrams), so that a burst takes
+and releases the interpreter lock once, not once per datagram. Both give exactly what
+their twin, :mod:`dtp.native.reference._udpio` (``DTP_PUREPYTHON=1``), gives."""
 
 from __future__ import annotations
 
@@ -34,18 +33,24 @@ _SOCKADDRS_KEPT = 256
 
 def _sockaddr(family: int, address: Address) -> bytes:
     """``address`` as the kernel's struct sockaddr_in or sockaddr_in6 (Linux's layout:
-    the family in host order, port and flow label in network order). Raises OSError or
-    ValueError for an address the family cannot take, as ``sendto`` does."""
+    the family in host order, port and flow label in network order), for a numeric
+    host. Raises OSError, ValueError, TypeError or struct.error for anything else (a
+    name to look up, a bad port or flow label...): the caller then leaves it to
+    ``sendto``, as the twin does."""
     key = (family, address)
     found = _SOCKADDRS.get(key)
     if found is not None:
         return found
+    port = address[1]
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ValueError("not a port number")
     if family == socket.AF_INET:
-        host, port = address[0], address[1]
-        raw = struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_aton(host)
-        raw += bytes(8)
+        host = address[0]
+        # (inet_pton, not inet_aton: that takes "127.0.0.1 junk" and "1" as addresses)
+        raw = struct.pack("=H", family) + struct.pack("!H", port)
+        raw += socket.inet_pton(socket.AF_INET, host) + bytes(8)
     elif family == socket.AF_INET6:
-        host, port = address[0], address[1]
+        host = address[0]
         flow, scope = (address[2], address[3]) if len(address) == 4 else (0, 0)
         if "%" in host:  # (a scoped literal: its interface is the scope)
             host, _, name = host.partition("%")
@@ -79,7 +84,7 @@ def native_send_datagram_run(
     else:
         try:
             addr = _sockaddr(sock.family, address)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)
         alen = len(addr)
@@ -90,7 +95,7 @@ def native_send_datagram_run(
         return _twin_send_datagram_run(sock, datagrams, address)
     out = ffi.new("uint64_t[2]")  # (the bytes sent; the errno, as an int beside it)
     err = ffi.cast("int *", out + 1)
-    rc = lib.dtp_udp_send_run(fd, data, offs, n, addr, alen, out, err)
+    rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, out, err)
     if rc < 0:  # (only for arguments the checks above rule out)
         raise ValueError(f"dtp_udp_send_run: bad arguments ({rc})")
     return int(rc), int(out[0]), int(err[0])
@@ -121,7 +126,8 @@ _spare_slots: list[_RecvSlots] = []  # (one per thread reading at once, kept for
 
 def _source(raw: bytes) -> tuple[Any, ...]:
     """A struct sockaddr as ``recvfrom`` gives it: (host, port) for IPv4, (host, port,
-    flowinfo, scope_id) for IPv6 (a scoped host names its interface)."""
+    flowinfo, scope_id) for IPv6 (the scope in scope_id only, never as a "%iface"
+    suffix of the host: CPython's recvfrom has not added one since 3.7)."""
     found = _SOURCES.get(raw)
     if found is not None:
         return found
@@ -132,13 +138,7 @@ def _source(raw: bytes) -> tuple[Any, ...]:
     elif family == socket.AF_INET6:
         port, flow = struct.unpack_from("!HI", raw, 2)
         (scope,) = struct.unpack_from("=I", raw, 24)
-        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        if scope and host.lower().startswith("fe8"):  # (link-local: as getnameinfo names it)
-            try:
-                host += "%" + socket.if_indextoname(scope)
-            except OSError:
-                host += f"%{scope}"
-        source = (host, port, flow, scope)
+        source = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope)
     else:  # (not UDP over IP: the raw address, as a key)
         source = (raw,)
     if len(_SOURCES) >= _SOCKADDRS_KEPT:
@@ -168,10 +168,12 @@ def native_recv_datagram_run(
             rc = lib.dtp_udp_recv_run(
                 fd,
                 slots.buf,
+                _RUN * MAX_UDP_READ,
                 MAX_UDP_READ,
                 want,
                 slots.lens,
                 addrs,
+                _RUN * _ADDR_SLOT if sources else 0,
                 _ADDR_SLOT,
                 slots.addr_lens,
                 slots.err,

@@ -614,13 +614,117 @@ static void exercise_noise(void) {
     CHECK(dtp_noise_key_kept(k, low, 32) == 0);
     CHECK(dtp_noise_init(&zero, ctx, 3, 1, NULL, 0, k, NULL, NULL, 0) == DTP_ERR_ARG);
     CHECK(dtp_noise_init(&zero, ctx, DTP_NOISE_IK, 1, NULL, 0, k, NULL, NULL, 0) == DTP_ERR_ARG);
+    /* a started state: payload inside out is refused; wiped, it is refused everywhere */
+    CHECK(dtp_noise_init(&zero, ctx, DTP_NOISE_XX, 1, NULL, 0, k, k, NULL, 0) == DTP_OK);
+    CHECK(dtp_noise_write(&zero, ctx, buf + 40, 8, buf, sizeof buf, &n) == DTP_ERR_ARG);
+    CHECK(dtp_noise_done(&zero) == 0);
+    CHECK(dtp_noise_write(&zero, ctx, buf + 40, 8, buf, 40, &n) == DTP_OK && n == 40);
+    CHECK(dtp_noise_done(&zero) == 1);
+    dtp_noise_wipe(&zero);
+    CHECK(dtp_noise_done(&zero) == 0 && zero.s == NULL);
+    CHECK(dtp_noise_overhead(&zero) == DTP_ERR_ARG);
+    dtp_noise_wipe(NULL);
     dtp_noise_key_free(k);
     dtp_noise_ctx_free(ctx);
+}
+
+/* A run of DATAGRAM frames: random runs and limits, every buffer exactly as small as
+ * allowed, and one byte or one record short (refused before anything is written). */
+static void exercise_datagrams(void) {
+    static uint8_t data[8192], out[8192 + 64 * 4];
+    uint64_t offs[65], ends[65];
+    for (int round = 0; round < 2000; round++) {
+        size_t n = next() % 65, p = 0;
+        offs[0] = 0;
+        for (size_t i = 0; i < n; i++) {
+            p += next() % 128;
+            offs[i + 1] = p;
+        }
+        fill(data, p);
+        size_t limit = 1 + next() % 600, total = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t len = (size_t)(offs[i + 1] - offs[i]);
+            total += 1 + (len < 64 ? 1 : 2) + len;
+        }
+        int64_t records = dtp_datagram_frames_encode(data, p, offs, n, limit, out, sizeof out,
+                                                     ends, 65);
+        if (records < 0) {
+            CHECK(records == DTP_ERR_FRAME_SIZE);
+            continue;
+        }
+        CHECK((records == 0) == (n == 0) && (size_t)records <= n);
+        if (records <= 0) continue;
+        CHECK(ends[records - 1] == total);
+        for (int64_t k = 0; k < records; k++)
+            CHECK(ends[k] - (k ? ends[k - 1] : 0) <= limit && ends[k] > (k ? ends[k - 1] : 0));
+        memset(out, 0xAB, sizeof out);
+        CHECK(dtp_datagram_frames_encode(data, p, offs, n, limit, out, total - 1, ends, 65) ==
+              DTP_ERR_BUFFER);
+        CHECK(dtp_datagram_frames_encode(data, p, offs, n, limit, out, total, ends,
+                                         (size_t)records - 1) == DTP_ERR_BUFFER);
+        CHECK(out[0] == 0xAB); /* nothing written on either refusal */
+        CHECK(dtp_datagram_frames_encode(data, p, offs, n, limit, out, total, ends,
+                                         (size_t)records) == records);
+        if (p > 0) /* a slice past the data */
+            CHECK(dtp_datagram_frames_encode(data, p - 1, offs, n, limit, out, sizeof out, ends,
+                                             65) == DTP_ERR_ARG);
+    }
+    CHECK(dtp_datagram_frames_encode(data, 0, offs, 0, 0, out, sizeof out, ends, 65) == DTP_ERR_ARG);
+}
+
+/* UDP runs over a datagram socket pair: runs in and out, and the bounds refused
+ * before any system call. */
+static void exercise_udp(void) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) {
+        CHECK(0);
+        return;
+    }
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK);
+    static uint8_t data[4096], buf[8 * 512];
+    uint64_t offs[9], sent = 0;
+    uint32_t lens[8], alens[8];
+    uint8_t addrs[8 * 128];
+    int err = 0;
+    for (int round = 0; round < 200; round++) {
+        size_t n = 1 + next() % 8, p = 0;
+        offs[0] = 0;
+        for (size_t i = 0; i < n; i++) {
+            p += next() % 512;
+            offs[i + 1] = p;
+        }
+        fill(data, p);
+        CHECK(dtp_udp_send_run(sv[0], data, p - (p > 0), offs, n, NULL, 0, &sent, &err) ==
+              (p > 0 ? DTP_ERR_ARG : (int64_t)n));
+        if (p == 0) {
+            CHECK(dtp_udp_recv_run(sv[1], buf, sizeof buf, 512, 8, lens, NULL, 0, 128, alens, &err) ==
+                  (int64_t)n);
+            continue;
+        }
+        CHECK(dtp_udp_send_run(sv[0], data, p, offs, n, NULL, 0, &sent, &err) == (int64_t)n);
+        CHECK(sent == p && err == 0);
+        CHECK(dtp_udp_recv_run(sv[1], buf, sizeof buf - 1, 512, 8, lens, NULL, 0, 128, alens,
+                               &err) == DTP_ERR_ARG);
+        CHECK(dtp_udp_recv_run(sv[1], buf, sizeof buf, 512, 8, lens, addrs, sizeof addrs - 1, 128,
+                               alens, &err) == DTP_ERR_ARG);
+        int64_t got = dtp_udp_recv_run(sv[1], buf, sizeof buf, 512, 8, lens, addrs, sizeof addrs,
+                                       128, alens, &err);
+        CHECK(got == (int64_t)n);
+        for (int64_t i = 0; i < got && i < (int64_t)n; i++)
+            CHECK(lens[i] == offs[i + 1] - offs[i] &&
+                  memcmp(buf + i * 512, data + offs[i], lens[i]) == 0);
+    }
+    CHECK(dtp_udp_recv_run(sv[1], buf, sizeof buf, 512, 8, lens, NULL, 0, 128, alens, &err) == 0);
+    close(sv[0]);
+    close(sv[1]);
 }
 
 int main(void) {
     exercise_noise();
     exercise_frames();
+    exercise_datagrams();
+    exercise_udp();
     exercise_aead();
     exercise_open_frames();
     exercise_small_entry_points();

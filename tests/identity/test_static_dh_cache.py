@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from dtp.identity import _noise as crypto
 from dtp.identity._noise import PATTERN_IK, Handshake, static_secret_kept
 from dtp.identity.keys import HostIdentity
+from dtp.native._noise import NOISE_IK, NoiseKey, NoiseState
 from dtp.native.reference._noise import NoiseKey as ReferenceKey
 
 
@@ -59,11 +60,28 @@ def test_a_returning_client_finds_its_ss_kept_and_the_sessions_agree() -> None:
     hashes = {_handshake(client, server)[0].handshake_hash for _ in range(5)}
     assert len(hashes) == 5  # fresh ephemeral keys: five different sessions
     # a kept result is the right one: a handshake on it agrees with one that computes
-    # it (the twin's key with nothing kept), byte for byte
+    # it (a key of the same private bytes with nothing kept), byte for byte, on the
+    # same ephemeral keys
     key = crypto._static_key(server.noise_private_bytes())
     assert key is crypto._static_key(server.noise_private_bytes())  # one object per identity
-    fresh = ReferenceKey(server.noise_private_bytes())
-    assert fresh.dh(client.noise_public) == _ss(server, client)
+    assert key.kept(client.noise_public)
+    fresh = NoiseKey(server.noise_private_bytes())
+    assert not fresh.kept(client.noise_public)
+    ce, se = os.urandom(32), os.urandom(32)
+    outcomes = []
+    for server_key in (key, fresh):
+        c = NoiseState(
+            NOISE_IK, True, b"p", NoiseKey(client.noise_private_bytes()), NoiseKey(ce),
+            server.noise_public,
+        )  # fmt: skip
+        s = NoiseState(NOISE_IK, False, b"p", server_key, NoiseKey(se))
+        message1 = c.write_message(b"one")
+        assert s.read_message(message1) == b"one"  # (the kept key: its ss taken as kept)
+        message2 = s.write_message(b"two")
+        assert c.read_message(message2) == b"two"
+        outcomes.append((message1, message2, s.handshake_hash(), s.split()))
+    assert outcomes[0] == outcomes[1]
+    assert ReferenceKey(server.noise_private_bytes()).dh(client.noise_public) == _ss(server, client)
 
 
 def test_nothing_an_ephemeral_key_made_is_kept() -> None:

@@ -6,6 +6,7 @@ message."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
-from dtp.errors import HandshakeError
+from dtp.errors import ErrorCode, HandshakeError
 from dtp.native import core
 from dtp.native import reference as _reference  # noqa: F401  (the package's import order)
 from dtp.native.reference import _noise as ref
@@ -126,18 +127,19 @@ def test_fixed_vectors_match_noiseprotocol(
     pair.check_end()
 
 
-def test_fixed_vector_bytes() -> None:
+# BLAKE2s of the "pinned" IK transcript (both messages, then the handshake hash), as
+# noiseprotocol 0.3.1 made it
+PINNED_IK = "4b6767bee2b230d95bbdc9961de62e6821f32636ee0f00a0ad204a6835e47176"
+
+
+@backends
+def test_fixed_vector_bytes(name: str, Key: Any, State: Any) -> None:
     """One IK transcript pinned by its digest, so that a change in both the core and
     noiseprotocol (a dependency update) cannot pass unseen."""
-    digests = []
-    for _, Key, State in BACKENDS:
-        pair = Pair(Key, State, ref.NOISE_IK, "pinned")
-        messages = pair.run([b"one", b"two"])
-        digests.append(
-            hashlib.blake2s(b"".join(messages) + pair.client.handshake_hash()).hexdigest()
-        )
-    assert len(set(digests)) == 1
-    assert len(digests[0]) == 64
+    pair = Pair(Key, State, ref.NOISE_IK, "pinned")
+    messages = pair.run([b"one", b"two"])
+    digest = hashlib.blake2s(b"".join(messages) + pair.client.handshake_hash()).hexdigest()
+    assert digest == PINNED_IK
 
 
 @given(
@@ -159,6 +161,7 @@ def _code(call: Callable[[], Any]) -> int:
     with pytest.raises(HandshakeError) as info:
         call()
     assert isinstance(info.value, ref.NoiseError)
+    assert type(info.value.code) is ErrorCode
     return info.value.code
 
 
@@ -336,3 +339,138 @@ def test_kept_results_are_bounded_oldest_first(name: str, Key: Any, State: Any) 
     assert not server_key.kept(peers[0].public)
     assert all(server_key.kept(peer.public) for peer in peers[1:])
     assert not Key(_key("plain")).kept(peers[1].public)  # a key made without keeps none
+
+
+def _failure(call: Callable[[], Any]) -> Any:
+    """What ``call`` raised: its type, and its code for a NoiseError."""
+    try:
+        call()
+    except ref.NoiseError as exc:
+        return ("NoiseError", exc.code)
+    except Exception as exc:
+        return type(exc).__name__
+    return None
+
+
+def test_both_backends_refuse_bad_arguments_alike() -> None:
+    """Wrong types and out-of-range ints: the same exception (and code) on both."""
+    cases: dict[str, Callable[[Any, Any], Any]] = {
+        "key of ints": lambda K, S: K(list(_key("x"))),
+        "key of 31 bytes": lambda K, S: K(bytes(31)),
+        "dh with ints": lambda K, S: K(_key("x")).dh(list(bytes(32))),
+        "kept with a str": lambda K, S: K(_key("x"), keep_results=True).kept("x" * 32),
+        "prologue an int": lambda K, S: S(ref.NOISE_XX, True, 5, K(_key("x"))),
+        "prologue of ints": lambda K, S: S(ref.NOISE_XX, True, [1, 2], K(_key("x"))),
+        "rs of ints": lambda K, S: S(ref.NOISE_IK, True, b"", K(_key("x")), None, list(bytes(32))),
+        "e a str": lambda K, S: S(ref.NOISE_XX, True, b"", K(_key("x")), "e"),
+        "s bytes": lambda K, S: S(ref.NOISE_XX, True, b"", _key("x")),
+        "pattern huge": lambda K, S: S(2**32 + 1, True, b"", K(_key("x"))),
+        "set_ephemeral a str": lambda K, S: S(ref.NOISE_XX, True, b"", K(_key("x"))).set_ephemeral(
+            "e"
+        ),
+        "token huge": lambda K, S: _xx(K, S).give_dh(2**40, bytes(32)),
+        "token negative": lambda K, S: _xx(K, S).give_dh(-1, bytes(32)),
+        "secret of ints": lambda K, S: _xx(K, S).give_dh(ref.DH_EE, list(bytes(32))),
+        "payload of ints": lambda K, S: _xx(K, S).write_message([1, 2, 3]),
+        "payload a str": lambda K, S: _xx(K, S).write_message("abc"),
+        "message of ints": lambda K, S: _xx(K, S, False).read_message(list(bytes(32))),
+    }
+    for what, case in cases.items():
+        outcomes = {name: _failure(lambda c=case, K=K, S=S: c(K, S)) for name, K, S in BACKENDS}
+        assert len(set(outcomes.values())) == 1, (what, outcomes)
+        assert None not in outcomes.values(), what
+
+
+def _xx(Key: Any, State: Any, initiator: bool = True) -> Any:
+    return State(ref.NOISE_XX, initiator, b"", Key(_key("s")), Key(_key("e")))
+
+
+@backends
+def test_a_wiped_state_is_refused_everywhere(name: str, Key: Any, State: Any) -> None:
+    pair = Pair(Key, State, ref.NOISE_XX, "wiped")
+    message = pair.client.write_message(b"x")
+    pair.server.read_message(message)  # (the server now holds ck and a DH result)
+    pair.server.wipe()
+    assert pair.server.done == 0 and not pair.server.complete
+    for call in (
+        lambda: pair.server.write_message(b""),
+        lambda: pair.server.read_message(message),
+        lambda: pair.server.give_dh(ref.DH_EE, bytes(32)),
+        lambda: pair.server.set_ephemeral(Key(_key("e2"))),
+        lambda: pair.server.remote_static,
+        pair.server.overhead,
+        pair.server.handshake_hash,
+        pair.server.split,
+    ):
+        assert _code(call) == ref.ARG
+    if name == "c":
+        assert bytes(native.ffi.buffer(pair.server._hs)) == bytes(native.ffi.sizeof("dtp_noise"))
+
+
+def test_a_failed_handshake_wipes_its_noise_state() -> None:
+    from dtp.identity._noise import Handshake
+
+    client = Handshake.initiator(_key("c"), _key("ce"), _public(_key("s")))
+    server = Handshake.responder(_key("s"), _key("se"))
+    server.read_message(client.write_message(b"hello"))
+    noise = client._noise  # (holds ck and the es and ss results now)
+    assert noise is not None and noise.done == 1
+    with pytest.raises(HandshakeError):
+        client.read_message(bytes(100))  # (a forged message 2: the client's handshake dies)
+    assert client.failed
+    assert _code(noise.overhead) == ref.ARG  # wiped, not merely dropped
+    assert noise.done == 0
+
+
+@backends
+def test_protocol_names_agree(name: str, Key: Any, State: Any) -> None:
+    """The names the core hashes are the twin's and dtp.identity's (h after
+    Initialize: HASH(HASH(name) || prologue), then IK's pre-message key)."""
+    from dtp.identity._noise import PATTERN_IK, PATTERN_XX, PROTOCOL_NAMES
+
+    assert PROTOCOL_NAMES == ref.PROTOCOL_NAMES == NAMES
+    assert (PATTERN_IK, PATTERN_XX) == (ref.NOISE_IK, ref.NOISE_XX)
+    if name != "c":
+        return
+    s = Key(_key("s"))
+    for pattern, nm in NAMES.items():
+        h = hashlib.blake2s(hashlib.blake2s(nm).digest() + b"P").digest()
+        if pattern == ref.NOISE_IK:
+            h = hashlib.blake2s(h + s.public).digest()
+        state = State(pattern, False, b"P", s)
+        assert bytes(native.ffi.buffer(state._hs.h)) == h
+
+
+@backends
+def test_one_result_keeping_key_serves_many_threads(name: str, Key: Any, State: Any) -> None:
+    """The per-key derive context and the kept results are the only C state handshakes
+    share: 4 threads of IK handshakes on one server key, all keys matching."""
+    server_key = Key(_key("shared server"), keep_results=True)
+    clients = [Key(_key(f"client {i}")) for i in range(6)]  # (kept ss: hits and misses)
+    rounds = 200 if name == "c" else 25
+    failures: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for i in range(rounds):
+                tag = f"{index}.{i}"
+                client = State(
+                    ref.NOISE_IK, True, b"", clients[(index + i) % len(clients)],
+                    Key(_key("ce" + tag)), server_key.public,
+                )  # fmt: skip
+                server = State(ref.NOISE_IK, False, b"", server_key, Key(_key("se" + tag)))
+                assert server.read_message(client.write_message(b"a")) == b"a"
+                assert client.read_message(server.write_message(b"b")) == b"b"
+                send, recv = client.split()
+                assert server.split() == (recv, send)
+        except BaseException as exc:  # (reported by the main thread)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert all(server_key.kept(c.public) for c in clients)

@@ -11,7 +11,7 @@ import os
 import socket as _socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import (
     DTPError,
@@ -213,9 +213,7 @@ def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     """Every datagram waiting on a ready socket (at most ``limit``; those read before
     an ICMP error when the readiness was one, e.g. the backend's port is closed or its
     host unreachable)."""
-    # (a recvmmsg per 64 in the C core: a recv each released and took back the
-    # interpreter lock, which the relay's other threads, or a backend in the same
-    # process, fought over)
+    # (one call for the run: the interpreter lock is released once, not per datagram)
     out, _, err = recv_datagram_run(udp, limit)
     if err:
         # the kernel reports an earlier datagram's ICMP error once, on a read, and
@@ -235,10 +233,13 @@ def _peer_name(udp: _socket.socket) -> object:
         return "?"
 
 
-def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, int], list[bytes]]:
+def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[Any, ...], list[bytes]]:
     """Every datagram waiting on a ready socket (at most ``limit``), grouped by source
-    address in arrival order: each flow's burst is then sealed and sent together."""
-    flows: dict[tuple[str, int], list[bytes]] = {}
+    address in arrival order: each flow's burst is then sealed and sent together. A
+    source is ``(host, port)`` for IPv4 and ``(host, port, 0, scope_id)`` for IPv6: one
+    flow per host, port and scope (a link-local host is one per interface, and a reply
+    sent to the key reaches it), whatever flow label the datagrams carried."""
+    flows: dict[tuple[Any, ...], list[bytes]] = {}
     datagrams, sources, err = recv_datagram_run(udp, limit, sources=True)
     if err and not datagrams:
         # (a closed socket, say: as a recvfrom raised it; the blocking forwarder ends
@@ -247,7 +248,6 @@ def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, in
     if err:  # (after datagrams read: they go on)
         logger.debug("UDP forwarder socket: %s", os.strerror(err))
     for data, source in zip(datagrams, sources, strict=True):
-        # (an IPv6 source's flowinfo and scope go: one flow per host and port)
-        key = source if len(source) == 2 else (source[0], source[1])
+        key = source if len(source) != 4 else (source[0], source[1], 0, source[3])
         flows.setdefault(key, []).append(data)
     return flows

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from dtp.errors import HandshakeError
+from dtp.errors import ErrorCode, HandshakeError, describe
 
 __all__ = [
     "DH_EE",
@@ -35,6 +35,7 @@ __all__ = [
     "NOISE_IK",
     "NOISE_SIZE",
     "NOISE_TURN",
+    "PROTOCOL_NAMES",
     "NoiseError",
     "NoiseKey",
     "NoiseState",
@@ -52,25 +53,20 @@ DH_ES: Final = 1
 DH_SE: Final = 2
 DH_SS: Final = 3
 
-# Status codes shared with the C core (dtp_core.h)
-ARG: Final = -2
-BUFFER: Final = -1
-DECRYPT: Final = -30
-COUNTER: Final = -32
-CRYPTO: Final = -33
-NOISE_TURN: Final = -60
-NOISE_SIZE: Final = -61
-NOISE_DH: Final = -62
+# Status codes shared with the C core (dtp_core.h DTP_ERR_*): dtp.errors.ErrorCode's
+ARG: Final = ErrorCode.ARG
+BUFFER: Final = ErrorCode.BUFFER
+DECRYPT: Final = ErrorCode.DECRYPT
+COUNTER: Final = ErrorCode.COUNTER
+CRYPTO: Final = ErrorCode.CRYPTO
+NOISE_TURN: Final = ErrorCode.NOISE_TURN
+NOISE_SIZE: Final = ErrorCode.NOISE_SIZE
+NOISE_DH: Final = ErrorCode.NOISE_DH
 
 _MESSAGES: Final = {
-    NOISE_TURN: "Noise message out of turn",
-    NOISE_SIZE: "Noise message of the wrong size for this step",
-    NOISE_DH: "X25519 with a low-order public key",
     DECRYPT: "Noise message failed authentication",
     COUNTER: "Noise nonce exhausted",
-    CRYPTO: "internal cryptographic failure",
     ARG: "invalid Noise call",
-    BUFFER: "output buffer too small",
 }
 
 
@@ -79,14 +75,17 @@ class NoiseError(HandshakeError):
     ``DECRYPT``, ...), the same on both backends."""
 
     def __init__(self, code: int, context: str = "") -> None:
-        self.code = code
-        text = _MESSAGES.get(code, f"Noise status {code}")
+        #: the status, a :class:`dtp.errors.ErrorCode`
+        self.code: ErrorCode = ErrorCode(code)
+        text = _MESSAGES.get(self.code) or describe(self.code)
         super().__init__(f"{text} ({context})" if context else text)
 
 
 _HASHLEN: Final = 32
 _TAGLEN: Final = 16
-_NAMES: Final = {
+#: The Noise protocol name of each pattern (dtp_core/noise.c NAMES: the two agree,
+#: tests/native/test_noise.py).
+PROTOCOL_NAMES: Final[dict[int, bytes]] = {
     NOISE_IK: b"Noise_IK_25519_ChaChaPoly_BLAKE2s",
     NOISE_XX: b"Noise_XX_25519_ChaChaPoly_BLAKE2s",
 }
@@ -98,6 +97,14 @@ _PATTERNS: Final[dict[int, tuple[tuple[str, ...], ...]]] = {
 }
 _SLOT: Final = {_EE: DH_EE, _ES: DH_ES, _SE: DH_SE, _SS: DH_SS}
 _KEPT_RESULTS: Final = 256  # (as dtp_core/noise.c keeps)
+
+
+def _bytes_arg(value: object) -> bytes:
+    """``value``'s bytes, or TypeError for anything not bytes-like (as the C wrapper's
+    call would raise: a list of ints or an int is no key, prologue or message)."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"expected bytes, not {type(value).__name__}")
+    return bytes(value)
 
 
 def _hash(data: bytes) -> bytes:
@@ -126,9 +133,10 @@ class NoiseKey:
     __slots__ = ("_kept", "_lock", "key", "public")
 
     def __init__(self, private: bytes, *, keep_results: bool = False) -> None:
-        if not isinstance(private, bytes | bytearray | memoryview) or len(private) != KEY_LEN:
+        private = _bytes_arg(private)
+        if len(private) != KEY_LEN:
             raise NoiseError(ARG, "a key is 32 bytes")
-        self.key = X25519PrivateKey.from_private_bytes(bytes(private))
+        self.key = X25519PrivateKey.from_private_bytes(private)
         #: the 32-byte public key
         self.public: bytes = self.key.public_key().public_bytes_raw()
         self._kept: OrderedDict[bytes, bytes] | None = OrderedDict() if keep_results else None
@@ -137,19 +145,21 @@ class NoiseKey:
     def dh(self, public: bytes) -> bytes:
         """X25519 with a peer's 32-byte public key; :class:`NoiseError` (``NOISE_DH``)
         for a low-order key."""
+        public = _bytes_arg(public)
         if len(public) != KEY_LEN:
             raise NoiseError(ARG, "a public key is 32 bytes")
         try:
-            return self.key.exchange(X25519PublicKey.from_public_bytes(bytes(public)))
+            return self.key.exchange(X25519PublicKey.from_public_bytes(public))
         except ValueError:
             raise NoiseError(NOISE_DH) from None
 
     def kept(self, public: bytes) -> bool:
         """Whether the key keeps its static-static result with ``public``."""
+        public = _bytes_arg(public)
         if len(public) != KEY_LEN:
             raise NoiseError(ARG, "a public key is 32 bytes")
         with self._lock:
-            return self._kept is not None and bytes(public) in self._kept
+            return self._kept is not None and public in self._kept
 
     def _dh_kept(self, public: bytes) -> bytes:
         kept = self._kept
@@ -200,8 +210,12 @@ class NoiseState:
         e: NoiseKey | None = None,
         rs: bytes | None = None,
     ) -> None:
-        if pattern not in _NAMES or not isinstance(s, NoiseKey):
-            raise NoiseError(ARG, "unknown pattern or no static key")
+        if not isinstance(s, NoiseKey) or not (e is None or isinstance(e, NoiseKey)):
+            raise NoiseError(ARG, "keys must be NoiseKey")
+        prologue = _bytes_arg(prologue)
+        rs = None if rs is None else _bytes_arg(rs)
+        if pattern not in PROTOCOL_NAMES:
+            raise NoiseError(ARG, "unknown pattern")
         want_rs = pattern == NOISE_IK and initiator
         if want_rs != (rs is not None) or (rs is not None and len(rs) != KEY_LEN):
             raise NoiseError(ARG, "the responder's static key is for an IK initiator")
@@ -210,15 +224,15 @@ class NoiseState:
         self.s = s
         self.e = e
         self.done = 0
-        self._rs: bytes | None = None if rs is None else bytes(rs)
+        self._rs: bytes | None = rs
         self._re: bytes | None = None
         self._k: bytes | None = None
         self._n = 0
         self._given: dict[int, bytes] = {}
         self._split = False
-        self._h = _hash(_NAMES[pattern])  # (the names are longer than HASHLEN)
+        self._h = _hash(PROTOCOL_NAMES[pattern])  # (the names are longer than HASHLEN)
         self._ck = self._h
-        self._mix_hash(bytes(prologue))
+        self._mix_hash(prologue)
         if pattern == NOISE_IK:  # pre-message "<- s"
             self._mix_hash(self._rs if initiator else s.public)  # type: ignore[arg-type]
 
@@ -255,6 +269,8 @@ class NoiseState:
     # -- the spec's HandshakeState ----------------------------------------------------
 
     def _finished(self) -> bool:
+        if self.pattern not in _PATTERNS:
+            raise NoiseError(ARG, "the handshake was wiped")
         return self.done >= len(_PATTERNS[self.pattern])
 
     def _my_turn(self) -> bool:
@@ -297,8 +313,22 @@ class NoiseState:
 
     # -- entry points (those of dtp_core.h) ----------------------------------------------
 
+    def wipe(self) -> None:
+        """Drop the state now (its secrets with it), for a handshake given up before
+        Split: every call after raises :class:`NoiseError` (``ARG``), as the core's
+        dtp_noise_wipe leaves it. (Python cannot zero the bytes objects it drops; the
+        core can, and does.)"""
+        self.pattern = 0
+        self.done = 0
+        self.s = None  # type: ignore[assignment]
+        self.e = None
+        self._h = self._ck = b""
+        self._k = self._rs = self._re = None
+        self._given = {}
+
     def set_ephemeral(self, e: NoiseKey) -> None:
         """Set the ephemeral key of a handshake started without one (before any message)."""
+        self._finished()  # (refuses a wiped state)
         if self.done != 0 or self.e is not None or not isinstance(e, NoiseKey):
             raise NoiseError(ARG, "the ephemeral key is set once, before any message")
         self.e = e
@@ -306,11 +336,12 @@ class NoiseState:
     def give_dh(self, token: int, secret: bytes) -> None:
         """Hand over the result of DH token ``token`` (``DH_EE`` .. ``DH_SS``) made
         ahead of need: the next message that needs it takes it instead."""
+        secret = _bytes_arg(secret)
         if token not in _SLOT.values() or len(secret) != KEY_LEN:
             raise NoiseError(ARG, "a DH token and its 32-byte result")
         if self._finished():
             raise NoiseError(NOISE_TURN)
-        self._given[token] = bytes(secret)
+        self._given[token] = secret
 
     def overhead(self) -> int:
         """Bytes the next message adds to its payload."""
@@ -321,19 +352,20 @@ class NoiseState:
     @property
     def complete(self) -> bool:
         """True once every message of the pattern is written or read."""
-        return self._finished()
+        return self.pattern in _PATTERNS and self._finished()
 
     @property
     def remote_static(self) -> bytes | None:
         """The peer's static key, once known."""
+        self._finished()  # (refuses a wiped state)
         return self._rs
 
     def write_message(self, payload: bytes = b"") -> bytes:
         """WriteMessage: the next message, carrying ``payload``. On any error the state
         is as it was."""
+        payload = _bytes_arg(payload)
         if self._finished() or not self._my_turn():
             raise NoiseError(NOISE_TURN)
-        payload = bytes(payload)
         if len(payload) > MAX_MESSAGE - self._overhead():
             raise NoiseError(NOISE_SIZE)
         saved = self._snapshot()
@@ -360,9 +392,9 @@ class NoiseState:
         """ReadMessage: the payload ``message`` carries. All or nothing: on any error
         (``NOISE_TURN``, ``NOISE_SIZE``, ``DECRYPT``, ``NOISE_DH``) the state is as it
         was."""
+        data = _bytes_arg(message)
         if self._finished() or self._my_turn():
             raise NoiseError(NOISE_TURN)
-        data = bytes(message)
         if len(data) < self._overhead() or len(data) > MAX_MESSAGE:
             raise NoiseError(NOISE_SIZE)
         saved = self._snapshot()

@@ -27,8 +27,14 @@ def send_datagram_run(
         return 0, 0, errno.EBADF if datagrams else 0
     sent = nbytes = err = 0
     flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+    # (a socket with a timeout waits for room that long before its send, whatever the
+    # flags: a full buffer is then EAGAIN, as sendmmsg's MSG_DONTWAIT makes it)
+    timed = bool(sock.gettimeout())
     for data in datagrams:
         try:
+            if timed and not select.select([], [sock], [], 0)[1]:
+                err = errno.EAGAIN
+                continue
             if address is None:
                 sock.send(data, flags)
             else:

@@ -347,16 +347,20 @@ class Connection(_Streams, _FastPaths):
         plus received -- stream bytes over all streams, and datagram payloads as they are
         queued to go out or accepted from an authenticated record; streams opened by the
         client)."""
-        client_streams = self.streams.client_streams()
-        if self.lent_lane is not None:
+        return self.used_bytes(), self.streams.client_streams()
+
+    def used_bytes(self) -> int:
+        """The bytes of :attr:`usage` alone (docs/escrow.md §6.1): cheap enough for a
+        paid client's check before every send."""
+        lane = self.lent_lane
+        if lane is not None:
             # read where the loan keeps them, without ending it: metering threads read
             # this without the adapter's lock (datagrams never move on the lane)
-            f = self.lent_lane.flow
-            return f.conn_sent + f.rx.conn_received + self.datagram_bytes, client_streams
-        return (
-            self.streams.conn_sent + self.streams.conn_received + self.datagram_bytes,
-            client_streams,
-        )
+            f = lane.flow
+            used: int = f.conn_sent + f.rx.conn_received + self.datagram_bytes
+            return used
+        streams = self.streams
+        return streams.conn_sent + streams.conn_received + self.datagram_bytes
 
     @property
     def peer_connection_id(self) -> bytes | None:

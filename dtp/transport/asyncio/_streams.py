@@ -469,7 +469,7 @@ class DTPStreamWriter:
             return
         conn = self._conn
         queued = conn.send_buffered() + nbytes
-        if not requests and conn.usage[0] + queued <= hook.payable_bytes:
+        if not requests and conn.used_bytes() + queued <= hook.payable_bytes:
             return
         reason = hook.refuse_write(queued, requests)
         if reason is not None:

@@ -224,7 +224,7 @@ class Engine:
         assert hook is not None
         now = sched.monotonic()
         # (the usage, datagrams included: the lane's counts alone would miss those)
-        if self.conn.usage[0] < hook.quiet_bytes and now < hook.quiet_until:
+        if self.conn.used_bytes() < hook.quiet_bytes and now < hook.quiet_until:
             return
         hook.on_output(now)
         if self.conn.lent_lane is None:

@@ -144,17 +144,8 @@ class DTPSocket:
             return
         conn = engine.conn
         queued = conn.send_buffered() + nbytes
-        if not requests:
-            lane = conn.lent_lane
-            if lane is not None:
-                # (Connection.usage's bytes, read where the loan keeps them: this runs
-                # on every send of a paid client)
-                f = lane.flow
-                used = f.conn_sent + f.rx.conn_received + conn.datagram_bytes
-            else:
-                used = conn.usage[0]
-            if used + queued <= hook.payable_bytes:
-                return
+        if not requests and conn.used_bytes() + queued <= hook.payable_bytes:
+            return
         reason = hook.refuse_write(queued, requests)
         if reason is not None:
             raise engine.end_unpaid(reason)

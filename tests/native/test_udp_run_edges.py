@@ -1,0 +1,237 @@
+"""The edges of the UDP runs (dtp_core/udpio.c, dtp/native/_udpio.py and its twin):
+the C functions refuse offsets and capacities outside the caller's buffers, both
+backends give the same outcome for addresses ``sendto`` would refuse or look up, the
+same sources (an IPv6 scope in scope_id, never in the host), and a send on a socket
+with a timeout never waits."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dtp.errors import ErrorCode
+from dtp.hostid.udp import _sockets
+from dtp.native import _udpio
+from dtp.native import core as _core
+from dtp.native.reference._udpio import recv_datagram_run as twin_recv
+from dtp.native.reference._udpio import send_datagram_run as twin_send
+
+SENDERS: list[Callable[..., tuple[int, int, int]]] = [twin_send]
+RECEIVERS: list[Callable[..., tuple[list[bytes], list[Any], int]]] = [twin_recv]
+if _core.HAVE_NATIVE:
+    SENDERS.append(_udpio.native_send_datagram_run)
+    RECEIVERS.append(_udpio.native_recv_datagram_run)
+
+native_only = pytest.mark.skipif(not _core.HAVE_NATIVE, reason="the C core is not built")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx.setblocking(False)
+    yield rx, tx
+    rx.close()
+    tx.close()
+
+
+def _waiting(sock: socket.socket) -> list[bytes]:
+    time.sleep(0.05)  # (loopback delivers at once; a margin all the same)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(70000))
+        except BlockingIOError:
+            return out
+
+
+@native_only
+def test_send_run_refuses_offsets_past_its_data(pair: tuple[socket.socket, socket.socket]) -> None:
+    rx, tx = pair
+    lib, ffi = _core.lib, _core.ffi
+    tx.connect(rx.getsockname())
+    data = b"abcdef"
+    sent = ffi.new("uint64_t *")
+    err = ffi.new("int *")
+    for offsets in ([0, 3, 7], [0, 4, 2], [0, 1 << 40]):  # past the end, descending, far out
+        offs = ffi.new("uint64_t[]", offsets)
+        rc = lib.dtp_udp_send_run(
+            tx.fileno(), data, len(data), offs, len(offsets) - 1, ffi.NULL, 0, sent, err
+        )
+        assert rc == ErrorCode.ARG
+    assert _waiting(rx) == []  # nothing left: not even the datagrams before the bad one
+    offs = ffi.new("uint64_t[]", [0, 3, 6])
+    assert lib.dtp_udp_send_run(tx.fileno(), data, len(data), offs, 2, ffi.NULL, 0, sent, err) == 2
+    assert (sent[0], err[0]) == (6, 0)
+    assert _waiting(rx) == [b"abc", b"def"]
+
+
+@native_only
+def test_recv_run_refuses_buffers_smaller_than_asked(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = pair
+    lib, ffi = _core.lib, _core.ffi
+    tx.sendto(b"kept", rx.getsockname())
+    time.sleep(0.05)
+    buf = ffi.new("uint8_t[]", 4 * 100)
+    lens = ffi.new("uint32_t[]", 4)
+    addrs = ffi.new("uint8_t[]", 4 * 128)
+    alens = ffi.new("uint32_t[]", 4)
+    err = ffi.new("int *")
+    fd = rx.fileno()
+    # (fd, buf, buf_cap, slot, max, lens, addrs, addrs_cap, addr_slot, addr_lens, err)
+    assert (
+        lib.dtp_udp_recv_run(fd, buf, 399, 100, 4, lens, ffi.NULL, 0, 128, alens, err)
+        == ErrorCode.ARG
+    )
+    assert (
+        lib.dtp_udp_recv_run(fd, buf, 400, 100, 4, lens, addrs, 511, 128, alens, err)
+        == ErrorCode.ARG
+    )
+    assert (
+        lib.dtp_udp_recv_run(fd, buf, 400, 100, 65, lens, ffi.NULL, 0, 128, alens, err)
+        == ErrorCode.ARG
+    )
+    # refused before any read: the datagram still waits, and exact capacities take it
+    assert lib.dtp_udp_recv_run(fd, buf, 400, 100, 4, lens, addrs, 512, 128, alens, err) == 1
+    assert bytes(ffi.buffer(buf, lens[0])) == b"kept"
+
+
+# addresses the C path cannot take as given (made from the receiver's port: one sent
+# anywhere would arrive there)
+BAD_ADDRESSES: list[Callable[[int], Any]] = [
+    lambda port: ("127.0.0.1", port + 65536),  # port out of range (its low bits: rx's)
+    lambda port: ("127.0.0.1", -1),
+    lambda port: ("127.0.0.1", str(port)),  # port not an int
+    lambda port: ("127.0.0.1 junk", port),  # inet_aton took this for 127.0.0.1
+]
+
+
+def _outcome(send: Callable[..., tuple[int, int, int]], sock: socket.socket, address: Any) -> Any:
+    try:
+        return send(sock, [b"x", b"y"], address)
+    except Exception as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_both_backends_treat_a_bad_address_alike(
+    pair: tuple[socket.socket, socket.socket], address: Callable[[int], Any]
+) -> None:
+    rx, tx = pair
+    outcomes = [_outcome(send, tx, address(rx.getsockname()[1])) for send in SENDERS]
+    assert all(o == outcomes[0] for o in outcomes), outcomes
+    assert outcomes[0] != (2, 2, 0)  # none of them was sent
+    assert _waiting(rx) == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        lambda port: ("::1", port, 1 << 32, 0),  # flow label beyond 32 bits
+        lambda port: ("::1", port, 0, -1),  # scope negative
+        lambda port: ("::1", port, "0", 0),
+        lambda port: ("::1%no-such-interface", port),
+    ],
+)
+def test_both_backends_treat_a_bad_ipv6_address_alike(address: Callable[[int], Any]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx,
+    ):
+        try:
+            rx.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        rx.setblocking(False)
+        tx.setblocking(False)
+        outcomes = []
+        for send in SENDERS:  # (what sendto makes of it, sent or not: the same for both)
+            outcomes.append((_outcome(send, tx, address(rx.getsockname()[1])), _waiting(rx)))
+        assert all(o == outcomes[0] for o in outcomes), outcomes
+
+
+def _sockaddr_in6(host: str, port: int, flow: int, scope: int) -> bytes:
+    return (
+        struct.pack("=H", socket.AF_INET6)
+        + struct.pack("!HI", port, flow)
+        + socket.inet_pton(socket.AF_INET6, host)
+        + struct.pack("=I", scope)
+    )
+
+
+@pytest.mark.parametrize("host", ["fe80::1", "fe90::1", "febf::2", "2001:db8::1"])
+def test_an_ipv6_source_is_what_recvfrom_gives(host: str) -> None:
+    # (CPython's recvfrom: the scope in scope_id, the host bare, since 3.7)
+    source = _udpio._source(_sockaddr_in6(host, 4000, 0, 1))
+    assert source == (host, 4000, 0, 1)
+
+
+def test_sources_agree_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx,
+    ):
+        try:
+            rx.bind(("::1", 0))
+            tx.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        rx.setblocking(False)
+        seen = []
+        for recv in RECEIVERS:
+            tx.sendto(b"q", rx.getsockname())
+            time.sleep(0.05)
+            data, sources, err = recv(rx, 10, True)
+            assert (data, err) == ([b"q"], 0)
+            seen.append(sources[0])
+        assert all(s == tx.getsockname() for s in seen)
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_flows_are_keyed_by_host_port_and_scope(
+    recv: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = ("fe80::1", 5, 0, 2), ("fe80::1", 5, 0, 3)  # one host on two interfaces
+
+    def fake(sock: Any, limit: int, sources: bool = False) -> Any:
+        return [b"1", b"2", b"3", b"4"], [a, b, ("fe80::1", 5, 77, 2), ("10.0.0.1", 5)], 0
+
+    monkeypatch.setattr(_sockets, "recv_datagram_run", fake)
+    flows = _sockets.drain_by_source(None)  # type: ignore[arg-type]
+    # the flow label does not split a flow; the scope does, and stays for the reply
+    assert flows == {a: [b"1", b"3"], b: [b"2"], ("10.0.0.1", 5): [b"4"]}
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_send_on_a_socket_with_a_timeout_never_waits(send: Callable[..., Any]) -> None:
+    # a datagram socket pair of the Unix family: its queue fills and a send then blocks
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right:
+        left.setblocking(False)
+        filled = 0
+        while True:
+            try:
+                left.send(b"z" * 512)
+            except BlockingIOError:
+                break
+            filled += 1
+        assert filled > 0
+        left.settimeout(30)
+        started = time.monotonic()
+        result = send(left, [b"late", b"later"])
+        assert time.monotonic() - started < 10  # (30 if it waited for room)
+        assert result == (0, 0, errno.EAGAIN)
