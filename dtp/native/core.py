@@ -335,6 +335,7 @@ _STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 OPEN_FRAMES_MAX = 1024
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
+_DATAGRAM = t.FRAME_DATAGRAM
 
 
 class _FrameSlots:
@@ -541,22 +542,27 @@ class NativeAead:
         max_records: int = 1024,
         max_frames: int = OPEN_FRAMES_MAX,
         max_ranges: int = OPEN_FRAMES_MAX,
+        datagram_runs: bool = False,
     ) -> OpenFramesResult:
         """Open the DATA records at the start of ``buf`` and decode their frames in one
         call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference._aead`.
-        Frame data are memoryviews into a scratch buffer, valid until the next call."""
+        Frame data are memoryviews into a scratch buffer, valid until the next call.
+        ``datagram_runs``: see :class:`~dtp.native.types.OpenedFrames`."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
         data = _from(buf)
         size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
-        result = self._open_frames(data, size, cap, max_frames, max_ranges)
+        runs = bool(datagram_runs)
+        result = self._open_frames(data, size, cap, max_frames, max_ranges, runs)
         if result.status == t.FULL and not result.records:
-            result = self._open_frames(data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+            result = self._open_frames(
+                data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
+            )
         return result
 
     def _open_frames(
-        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int, runs: bool
     ) -> OpenFramesResult:
         """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
         try:
@@ -564,7 +570,7 @@ class NativeAead:
         except IndexError:
             slots = _FrameSlots()
         try:
-            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges)
+            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
         finally:
             if (
                 slots.frames_len <= _SLOTS_KEEP
@@ -574,7 +580,14 @@ class NativeAead:
                 _spare_slots.append(slots)
 
     def _open_frames_into(
-        self, slots: _FrameSlots, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+        self,
+        slots: _FrameSlots,
+        data: Any,
+        size: int,
+        cap: int,
+        max_frames: int,
+        max_ranges: int,
+        runs: bool,
     ) -> OpenFramesResult:
         """:meth:`_open_frames` with the result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
@@ -628,6 +641,17 @@ class NativeAead:
             recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
+                if runs and count:
+                    # a burst's records hold DATAGRAM frames alone: their payloads in
+                    # one list, no RawFrame each (a cffi buffer's slice is a bytes copy)
+                    payloads = [
+                        view[off : off + n]
+                        for ftype, n, off, _a, _b, _c in cframes[first : first + count]
+                        if ftype == _DATAGRAM
+                    ]
+                    if len(payloads) == count:
+                        append(_tuple_new(OpenedFrames, (counter, False, out, payloads)))
+                        continue
                 for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
                     if ftype == t.FRAME_ACK:
                         raw = slots.ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
@@ -636,7 +660,7 @@ class NativeAead:
                     else:
                         data = view[data_off : data_off + data_len] if data_len else b""
                         out.append(_tuple_new(RawFrame, (ftype, a, b, c, data, ())))
-                append(_tuple_new(OpenedFrames, (counter, status != 0, out)))
+                append(_tuple_new(OpenedFrames, (counter, status != 0, out, None)))
         if rc < 0:
             return OpenFramesResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
         return _tuple_new(OpenFramesResult, (records, consumed, rc, None))
