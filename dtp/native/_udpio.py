@@ -186,8 +186,10 @@ def native_recv_datagram_run(
             if sources:
                 raw = slots.addrs_view
                 alens = slots.addr_lens
+                known = _SOURCES.get  # (a burst's sources are known: no call each)
                 froms += [
-                    _source(raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]]) for i in range(rc)
+                    known(a) or _source(a)
+                    for a in [raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)]
                 ]
             if rc < want:
                 break

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import importlib.util
-import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -18,15 +17,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
 from dtp.native.reference._limits import (
-    HAM_EXPORT_MAX_BATCH,
-    HAM_EXPORT_MIN_BATCH,
     MAX_ACK_RANGES,
     MAX_FRAME_DATA,
 )
 from dtp.native.types import (
     FrameBatch,
     HamUpdate,
-    MergeResult,
     OpenedFrames,
     OpenedRecord,
     OpenFramesResult,
@@ -339,6 +335,7 @@ _STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 OPEN_FRAMES_MAX = 1024
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
+_DATAGRAM = t.FRAME_DATAGRAM
 
 
 class _FrameSlots:
@@ -545,22 +542,27 @@ class NativeAead:
         max_records: int = 1024,
         max_frames: int = OPEN_FRAMES_MAX,
         max_ranges: int = OPEN_FRAMES_MAX,
+        datagram_runs: bool = False,
     ) -> OpenFramesResult:
         """Open the DATA records at the start of ``buf`` and decode their frames in one
         call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference._aead`.
-        Frame data are memoryviews into a scratch buffer, valid until the next call."""
+        Frame data are memoryviews into a scratch buffer, valid until the next call.
+        ``datagram_runs``: see :class:`~dtp.native.types.OpenedFrames`."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
         data = _from(buf)
         size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
-        result = self._open_frames(data, size, cap, max_frames, max_ranges)
+        runs = bool(datagram_runs)
+        result = self._open_frames(data, size, cap, max_frames, max_ranges, runs)
         if result.status == t.FULL and not result.records:
-            result = self._open_frames(data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+            result = self._open_frames(
+                data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
+            )
         return result
 
     def _open_frames(
-        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int, runs: bool
     ) -> OpenFramesResult:
         """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
         try:
@@ -568,7 +570,7 @@ class NativeAead:
         except IndexError:
             slots = _FrameSlots()
         try:
-            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges)
+            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
         finally:
             if (
                 slots.frames_len <= _SLOTS_KEEP
@@ -578,7 +580,14 @@ class NativeAead:
                 _spare_slots.append(slots)
 
     def _open_frames_into(
-        self, slots: _FrameSlots, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+        self,
+        slots: _FrameSlots,
+        data: Any,
+        size: int,
+        cap: int,
+        max_frames: int,
+        max_ranges: int,
+        runs: bool,
     ) -> OpenFramesResult:
         """:meth:`_open_frames` with the result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
@@ -632,6 +641,17 @@ class NativeAead:
             recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
+                if runs and count:
+                    # a burst's records hold DATAGRAM frames alone: their payloads in
+                    # one list, no RawFrame each (a cffi buffer's slice is a bytes copy)
+                    payloads = [
+                        view[off : off + n]
+                        for ftype, n, off, _a, _b, _c in cframes[first : first + count]
+                        if ftype == _DATAGRAM
+                    ]
+                    if len(payloads) == count:
+                        append(_tuple_new(OpenedFrames, (counter, False, out, payloads)))
+                        continue
                 for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
                     if ftype == t.FRAME_ACK:
                         raw = slots.ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
@@ -640,7 +660,7 @@ class NativeAead:
                     else:
                         data = view[data_off : data_off + data_len] if data_len else b""
                         out.append(_tuple_new(RawFrame, (ftype, a, b, c, data, ())))
-                append(_tuple_new(OpenedFrames, (counter, status != 0, out)))
+                append(_tuple_new(OpenedFrames, (counter, status != 0, out, None)))
         if rc < 0:
             return OpenFramesResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
         return _tuple_new(OpenFramesResult, (records, consumed, rc, None))
@@ -1297,162 +1317,14 @@ class NativeReassembler:
 
 
 # --------------------------------------------------------------------------------------
-# HAM
-
-
-# the buffer NativeHamGraph.advance tries first
-_ADVANCE_ROOM = 4096
-
-
-class NativeHamGraph:
-    """The HAM field table (C core): merge batches, hold deferred updates, look up."""
-
-    def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
-        seed = os.urandom(16) if seed is None else seed
-        if not 0 <= max_deferred_bytes < 2**64:
-            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
-        if len(seed) != 16:
-            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
-        g = lib.dtp_ham_new(max_deferred_bytes, _from(seed), len(seed))
-        if g == ffi.NULL:
-            raise MemoryError("could not allocate a HAM table")
-        self._g = ffi.gc(g, lib.dtp_ham_free)
-
-    def merge(self, batch: bytes | bytearray | memoryview, machine_state: float) -> MergeResult:
-        """Merge an encoded batch against the machine clock ``machine_state``."""
-        if not math.isfinite(machine_state):
-            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
-        data = _from(batch)
-        size = len(data)
-        status = bytearray(max(1, size // 12 + 1))
-        changed = bytearray(max(size, HAM_BATCH_HEADER_LEN))
-        counts = ffi.new("size_t[2]")
-        rc = lib.dtp_ham_merge(
-            self._g,
-            machine_state,
-            data,
-            size,
-            _from(status),
-            len(status),
-            counts,
-            _from(changed),
-            len(changed),
-            counts + 1,
-        )
-        del data  # (see _from)
-        _check(rc, remote=True)
-        # one copy each: slicing the memoryview does not copy, bytes() does
-        return MergeResult(
-            bytes(memoryview(status)[: counts[0]]), bytes(memoryview(changed)[: counts[1]])
-        )
-
-    def advance(self, machine_state: float) -> bytes:
-        """Apply deferred updates now due; returns those applied, as a batch."""
-        if not math.isfinite(machine_state):
-            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
-        # One call with a small buffer does for the usual case (nothing or little due):
-        # sizing it for the whole queue cost 16 MiB zeroed per call with the queue full.
-        # When more is due, the C changes nothing and reports the room it needs.
-        changed = bytearray(_ADVANCE_ROOM)
-        written = ffi.new("size_t *")
-        rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
-        if rc == ErrorCode.BUFFER:
-            changed = bytearray(written[0])
-            rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
-        _check(rc, remote=False)
-        return bytes(memoryview(changed)[: written[0]])
-
-    def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
-        """(state, value) of one field, or None."""
-        if type(soul) is not bytes or type(field) is not bytes:
-            # cffi passes bytes as they are; any other bytes-like key as its bytes
-            soul, field = bytes(soul), bytes(field)
-        state = ffi.new("double *")
-        value = ffi.new("uint8_t **")
-        vlen = ffi.new("size_t *")
-        found = lib.dtp_ham_get(self._g, soul, len(soul), field, len(field), state, value, vlen)
-        if not found:
-            return None
-        return state[0], bytes(ffi.buffer(value[0], vlen[0]))
-
-    def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
-        """The whole table as a sequence of batches of at most ``max_batch_bytes`` (as
-        the twin bounds them: never less than one maximal entry needs, nor more than
-        ``HAM_EXPORT_MAX_BATCH``, the buffer being allocated whole).
-
-        Fields may change value while the batches are consumed, but a merge that adds a
-        field (the table grows and moves its entries: the cursor would skip some and
-        repeat others) makes the next batch raise RuntimeError, as a dict's iteration
-        does in the twin."""
-        cursor = ffi.new("uint64_t *")
-        written = ffi.new("size_t *")
-        size = min(max(max_batch_bytes, HAM_EXPORT_MIN_BATCH), HAM_EXPORT_MAX_BATCH)
-        out = bytearray(size)
-        count = lib.dtp_ham_count(self._g)
-        while True:
-            rc = _check(
-                lib.dtp_ham_export(self._g, cursor, _from(out), len(out), written), remote=False
-            )
-            if written[0] > HAM_BATCH_HEADER_LEN:
-                yield bytes(out[: written[0]])
-            if rc == t.OK:
-                return
-            if lib.dtp_ham_count(self._g) != count:
-                raise RuntimeError("HAM table changed size during export")
-
-    def __len__(self) -> int:
-        return int(lib.dtp_ham_count(self._g))
-
-    @property
-    def deferred_count(self) -> int:
-        return int(lib.dtp_ham_deferred_count(self._g))
-
-    @property
-    def deferred_bytes(self) -> int:
-        return int(lib.dtp_ham_deferred_bytes(self._g))
-
-
-# the spans native_find_ham_souls makes room for at first (more: a second call)
-_SOUL_SPANS = 64
-
-
-def native_find_ham_souls(
-    batch: bytes | bytearray | memoryview, prefix: bytes
-) -> list[tuple[int, int]]:
-    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return the
-    byte spans ``(start, end)`` of the updates whose soul starts with ``prefix``."""
-    data = _from(batch)
-    prefix = bytes(prefix)
-    found = ffi.new("size_t *")
-    cap = 2 * _SOUL_SPANS
-    spans = ffi.new("uint64_t[]", cap)
-    rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
-    if rc == ErrorCode.BUFFER:
-        cap = 2 * found[0]
-        spans = ffi.new("uint64_t[]", cap)
-        rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
-    del data  # (see _from)
-    _check(rc, remote=True)
-    flat = ffi.unpack(spans, 2 * found[0])
-    return list(zip(flat[::2], flat[1::2], strict=True))
-
-
-def native_zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[bytes, int]:
-    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return it
-    with every state that is ``-0.0`` written as ``0.0``, and how many were."""
-    out = bytearray(batch)
-    changed = ffi.new("size_t *")
-    buf = _from(out)
-    rc = lib.dtp_ham_zero_states(buf, len(buf), changed)
-    del buf  # (see _from)
-    _check(rc, remote=True)
-    return bytes(out), int(changed[0])
-
-
-# --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
+from dtp.native import _ham  # noqa: E402  (it uses the names above)
 from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch  # noqa: E402
+
+NativeHamGraph = _ham.NativeHamGraph
+native_find_ham_souls = _ham.native_find_ham_souls
+native_zero_negative_states = _ham.native_zero_negative_states
 
 if TYPE_CHECKING or not PUREPYTHON:
     write_record_header = native_write_record_header

@@ -142,11 +142,17 @@ class OpenResult(NamedTuple):
 class OpenedFrames(NamedTuple):
     """One record opened by ``Aead.open_frames``: its counter, whether it was a replay
     (then it has no frames), and its decoded frames. A frame's ``data`` may be a
-    memoryview that stays valid only until the next call on the same ``Aead``."""
+    memoryview that stays valid only until the next call on the same ``Aead``.
+
+    With ``open_frames(..., datagram_runs=True)``, a record whose frames are all
+    DATAGRAM frames has no ``frames``: ``datagrams`` holds their payloads instead, in
+    order, as ``bytes`` (a burst of datagrams costs no RawFrame each). Otherwise
+    ``datagrams`` is None."""
 
     counter: int
     replayed: bool
     frames: list[RawFrame]
+    datagrams: list[bytes] | None = None
 
 
 class OpenFramesResult(NamedTuple):

@@ -318,6 +318,7 @@ class Session:
         # the events, which the connection queues only behind them: see datagram_handler)
         self._datagrams_in: list[bytes] = []
         self.conn.datagram_handler = self._datagrams_in.append
+        self.conn.datagram_run_handler = self._datagrams_in.extend
         # a stream's buffer lives until the application accepts it: its place in the
         # stream limit must too, or max_streams bounded nothing held here
         self.conn.defer_stream_credit()

@@ -595,7 +595,12 @@ def frames_summary(result: Any) -> tuple[Any, ...]:
     if result.error is not None:
         error = (type(result.error).__name__, getattr(result.error, "code", None))
     records = [
-        (r.counter, r.replayed, [(*f[:4], bytes(f.data), f.ranges) for f in r.frames])
+        (
+            r.counter,
+            r.replayed,
+            [(*f[:4], bytes(f.data), f.ranges) for f in r.frames],
+            r.datagrams,
+        )
         for r in result.records
     ]
     return (records, result.consumed, int(result.status), error)
@@ -779,7 +784,14 @@ def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
     """Records whose plaintexts are frames (valid, malformed, padding, ACKs), some
     replayed, tampered or foreign, with a possible truncation."""
     from dtp.native.reference._frames import encode_frames
-    from dtp.native.types import FRAME_ACK, FRAME_CLOSE, FRAME_PING, FRAME_STREAM, RawFrame
+    from dtp.native.types import (
+        FRAME_ACK,
+        FRAME_CLOSE,
+        FRAME_DATAGRAM,
+        FRAME_PING,
+        FRAME_STREAM,
+        RawFrame,
+    )
 
     key = draw(st.binary(min_size=32, max_size=32))
     sealer = REFERENCE.Aead(key)
@@ -789,6 +801,8 @@ def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
             encode_frames([RawFrame(FRAME_STREAM, 3, 9, 0, b"hello")]),
             encode_frames([RawFrame(FRAME_ACK, c=1, ranges=((20, 30), (5, 9), (0, 2)))]),
             encode_frames([RawFrame(FRAME_CLOSE, 0, 0, 0, b"bye")]),
+            encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"dgram")]),
+            encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"")]),
             b"\x00\x00\x00",
             b"\x3f",
             b"\x08\x01",
@@ -817,15 +831,18 @@ def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
     )
 
 
-@given(frame_record_streams(), st.booleans())
-def test_differential_open_frames(streams: tuple[bytes, bytes, int, int, int], twice: bool) -> None:
+@given(frame_record_streams(), st.booleans(), st.booleans())
+def test_differential_open_frames(
+    streams: tuple[bytes, bytes, int, int, int], twice: bool, runs: bool
+) -> None:
     require_native()
     key, data, max_records, max_frames, max_ranges = streams
     native = NATIVE.Aead(key)
     reference = REFERENCE.Aead(key)
+    limits = (max_records, max_frames, max_ranges)
     for _ in range(2 if twice else 1):
-        got = frames_summary(native.open_frames(data, max_records, max_frames, max_ranges))
-        want = frames_summary(reference.open_frames(data, max_records, max_frames, max_ranges))
+        got = frames_summary(native.open_frames(data, *limits, datagram_runs=runs))
+        want = frames_summary(reference.open_frames(data, *limits, datagram_runs=runs))
         assert got == want
         assert native.replay_top == reference.replay_top
 
@@ -843,3 +860,33 @@ def test_seal_stream_open_frames_roundtrip(key: bytes, data: bytes, chunk: int, 
     assert len(result.records) == n and result.status == OK
     assert b"".join(bytes(r.frames[0].data) for r in result.records) == data
     assert [r.frames[0].b for r in result.records] == [77 + i * chunk for i in range(n)]
+
+
+def test_open_frames_datagram_runs(backend: SimpleNamespace) -> None:
+    """``datagram_runs``: a record of DATAGRAM frames alone comes as its payloads (bytes,
+    in order, none lost: an empty one too); a record with anything else beside them, and
+    every record without the flag, as frames."""
+    from dtp.native.reference._frames import encode_frames
+    from dtp.native.types import FRAME_DATAGRAM, FRAME_PING, RawFrame
+
+    key = os.urandom(32)
+    payloads = [os.urandom(n) for n in (512, 0, 1, 1200)]
+    only = encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, p) for p in payloads])
+    mixed = encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"a"), RawFrame(FRAME_PING)])
+    sealed = REFERENCE.Aead(key).seal(3, [only, mixed, only])
+    plain = backend.Aead(key).open_frames(sealed)
+    assert [r.datagrams for r in plain.records] == [None, None, None]
+    assert [bytes(f.data) for f in plain.records[0].frames] == payloads
+    runs = backend.Aead(key).open_frames(sealed, datagram_runs=True)
+    assert runs.status == OK and runs.consumed == len(sealed)
+    first, second, third = runs.records
+    assert (first.counter, first.frames, first.datagrams) == (3, [], payloads)
+    assert all(type(p) is bytes for p in first.datagrams)
+    assert second.datagrams is None
+    assert [f.type for f in second.frames] == [FRAME_DATAGRAM, FRAME_PING]
+    assert third.datagrams == payloads
+    # a replayed record is reported as one, with neither
+    again = backend.Aead(key)
+    again.open_frames(sealed, datagram_runs=True)
+    replayed = again.open_frames(sealed, datagram_runs=True).records
+    assert [(r.replayed, r.frames, r.datagrams) for r in replayed] == [(True, [], None)] * 3

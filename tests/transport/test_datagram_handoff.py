@@ -92,3 +92,100 @@ def test_without_a_sink_datagrams_queue_and_a_sink_set_midway_takes_the_rest() -
     server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
     assert server.process_events()
     assert list(server.datagrams) == [b"d", b"e"]
+
+
+def test_a_record_of_datagrams_goes_to_the_session_in_one_call() -> None:
+    """A burst's records (DATAGRAM frames alone) reach the Session as one list each
+    (Connection.datagram_run_handler), never as one RawFrame and handler call each."""
+    client, server = _established()
+    calls: list[list[bytes]] = []
+    take = server.conn.datagram_run_handler
+    assert take is not None
+
+    def spy(run: list[bytes]) -> None:
+        calls.append(list(run))
+        take(run)
+
+    server.conn.datagram_run_handler = spy
+    got: list[list[bytes]] = []
+    server.datagram_run_sink = got.append
+    sent = [bytes([i]) * 512 for i in range(30)]
+    assert client.conn.send_datagrams(sent) == len(sent)
+    server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
+    assert calls and len(calls) < len(sent)  # (several datagrams a record)
+    assert [d for run in calls for d in run] == sent
+    assert server.process_events()
+    assert [d for run in got for d in run] == sent
+
+
+def test_datagram_records_without_a_session_still_become_events() -> None:
+    """A bare Connection (no handler set) gets its DatagramReceived events, in order,
+    from records the open handed over as payloads."""
+    from dtp.protocol._events import DatagramReceived
+
+    client, server = _established()
+    server.conn.datagram_handler = None
+    server.conn.datagram_run_handler = None
+    sent = [b"x" * n for n in (0, 1, 700, 3)]
+    client.conn.send_datagrams(sent)
+    server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
+    events = []
+    while (event := server.conn.next_event()) is not None:
+        events.append(event)
+    assert [e.data for e in events if isinstance(e, DatagramReceived)] == sent
+
+
+def test_a_lossy_carriers_datagram_records_are_acknowledged() -> None:
+    """Over a lossy carrier a record of datagrams handed on in one call is still
+    recorded for the ACK that the sender's loss recovery waits for."""
+    client = Session(
+        ConnectionConfig(
+            identity=CLIENT,
+            is_client=True,
+            server_static=SERVER.noise_public,
+            reliable_carrier=False,
+        ),
+        now=0.0,
+    )
+    server = Session(
+        ConnectionConfig(identity=SERVER, is_client=False, reliable_carrier=False), now=0.0
+    )
+    for _ in range(10):
+        if client.conn.established and server.conn.established:
+            break
+        for data in client.conn.datagrams_to_send(0.0):
+            server.conn.receive_data(data, 0.0)
+        server.process_events()
+        if server.authenticated_address and not server.conn.established:
+            server.conn.accept()
+        for data in server.conn.datagrams_to_send(0.0):
+            client.conn.receive_data(data, 0.0)
+        client.process_events()
+    assert client.conn.established and server.conn.established
+    acks = server.conn.records.acks
+    assert acks is not None
+    got: list[bytes] = []
+    server.datagram_sink = got.append
+    runs: list[int] = []  # the counters of the records handed on as runs
+    conn = server.conn
+    take = conn._take_datagram_run
+
+    def spy(counter: int, run: list[bytes], now: float) -> bool:
+        taken = take(counter, run, now)
+        if taken:
+            runs.append(counter)
+        return taken
+
+    conn._take_datagram_run = spy  # type: ignore[method-assign]
+    sent: list[bytes] = []
+    for i in range(3):  # (the first records may carry an ACK beside the datagrams)
+        batch = [bytes([i]) * 100, bytes([i]) * 200]
+        sent += batch
+        client.conn.send_datagrams(batch)
+        for data in client.conn.datagrams_to_send(i + 1.0):
+            conn.receive_data(data, i + 1.0)
+        server.process_events()
+    assert got == sent
+    assert runs  # records of datagrams alone were handed on as runs ...
+    assert all(counter in acks.received for counter in runs)  # ... and recorded
+    assert acks.ack_deadline is not None  # (an ACK is due for them)

@@ -308,3 +308,42 @@ def test_datagrams_sent_on_an_ended_connection_are_counted(
         counts = driver.send_on_ended_flow(address, SERVER.noise_public, [b"a", b"bc"])
     # dropped_no_session, then what the flow counts as sent
     assert counts == (2, 0, 0)
+
+
+def test_drain_by_source_groups_each_sources_burst_in_order() -> None:
+    """A forwarder's read: one source's burst comes back as one list, several sources'
+    datagrams each under their own source, every datagram once, in arrival order."""
+    from dtp.hostid.udp._sockets import drain_by_source
+
+    with contextlib.ExitStack() as stack:
+        front = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        front.bind(("127.0.0.1", 0))
+        front.setblocking(False)
+        a, b = (
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(2)
+        )
+        for s in (a, b):
+            s.bind(("127.0.0.1", 0))
+        for i in range(5):
+            a.sendto(b"a%d" % i, front.getsockname())
+        got = _drain_all(front, drain_by_source, 5)
+        assert got == {a.getsockname(): [b"a%d" % i for i in range(5)]}
+        for i in range(6):
+            (a if i % 2 else b).sendto(b"%d" % i, front.getsockname())
+        got = _drain_all(front, drain_by_source, 6)
+        assert got == {b.getsockname(): [b"0", b"2", b"4"], a.getsockname(): [b"1", b"3", b"5"]}
+
+
+def _drain_all(sock: socket.socket, drain: Any, count: int) -> dict[Any, list[bytes]]:
+    """``drain`` until ``count`` datagrams came (loopback delivers at once; the bound
+    only guards a loaded machine)."""
+    got: dict[Any, list[bytes]] = {}
+    deadline = BOUND
+    waited = 0.0
+    while sum(map(len, got.values())) < count and waited < deadline:
+        for source, batch in drain(sock).items():
+            got.setdefault(source, []).extend(batch)
+        if sum(map(len, got.values())) < count:
+            threading.Event().wait(0.01)
+            waited += 0.01
+    return got

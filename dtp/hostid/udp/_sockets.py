@@ -247,6 +247,10 @@ def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[Any, ..
         raise OSError(err, os.strerror(err))
     if err:  # (after datagrams read: they go on)
         logger.debug("UDP forwarder socket: %s", os.strerror(err))
+    if datagrams and sources.count(first := sources[0]) == len(sources):
+        # one source's burst, the common case: no grouping step per datagram (the
+        # sources of one address are one cached tuple, which count() finds by identity)
+        return {first if len(first) == 2 else (first[0], first[1]): datagrams}
     for data, source in zip(datagrams, sources, strict=True):
         key = source if len(source) != 4 else (source[0], source[1], 0, source[3])
         flows.setdefault(key, []).append(data)

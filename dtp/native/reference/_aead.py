@@ -41,6 +41,7 @@ from dtp.native.reference._limits import (
 from dtp.native.reference._records import check_header
 from dtp.native.reference._varint import varint_encode, varint_size
 from dtp.native.types import (
+    FRAME_DATAGRAM,
     FRAME_STREAM,
     FRAME_STREAM_FIN,
     FULL,
@@ -293,6 +294,7 @@ class Aead:
         max_records: int = 1024,
         max_frames: int = OPEN_FRAMES_MAX,
         max_ranges: int = OPEN_FRAMES_MAX,
+        datagram_runs: bool = False,
     ) -> OpenFramesResult:
         """Open the DATA records at the start of ``buf`` and decode their frames
         (``dtp_aead_open_frames``). Stops as :meth:`open` does, and also (FULL) before
@@ -300,18 +302,23 @@ class Aead:
         ``max_frames`` / ``max_ranges``, or (with the decoder's error) at a record whose
         frames do not decode; the stopping record is not reported and does not move
         the replay window. A first record too big for the slots is opened alone, with
-        room for any record (at most 16384 frames and ranges)."""
+        room for any record (at most 16384 frames and ranges). ``datagram_runs``: a
+        record of DATAGRAM frames alone comes as their payloads
+        (:class:`~dtp.native.types.OpenedFrames`)."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
         with memoryview(buf) as base, base.cast("B") as view:
             cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
-            result = self._open_frames(view, cap, max_frames, max_ranges)
+            runs = bool(datagram_runs)
+            result = self._open_frames(view, cap, max_frames, max_ranges, runs)
             if result.status == FULL and not result.records:
-                result = self._open_frames(view, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+                result = self._open_frames(
+                    view, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
+                )
             return result
 
     def _open_frames(
-        self, view: memoryview, cap: int, max_frames: int, max_ranges: int
+        self, view: memoryview, cap: int, max_frames: int, max_ranges: int, runs: bool
     ) -> OpenFramesResult:
         from dtp.native.reference._frames import decode_frames
 
@@ -358,7 +365,11 @@ class Aead:
             n_frames += len(frames)
             n_ranges += sum(len(f.ranges) for f in frames)
             self._window.mark(counter)
-            records.append(OpenedFrames(counter, False, frames))
+            if runs and frames and all(f.type == FRAME_DATAGRAM for f in frames):
+                payloads = [bytes(f.data) for f in frames]
+                records.append(OpenedFrames(counter, False, [], payloads))
+            else:
+                records.append(OpenedFrames(counter, False, frames))
             pos = end
         return OpenFramesResult(records, pos, int(status), error)
 

@@ -55,6 +55,7 @@ class _ConnectionState:
     _held_bytes: int
     stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None
     datagram_handler: Callable[[bytes], None] | None
+    datagram_run_handler: Callable[[list[bytes]], None] | None
     bytes_sent: int
     bytes_received: int
     records_received: int

@@ -295,6 +295,10 @@ class Connection(_Streams, _FastPaths):
         connection goes straight to ``handler(data)`` instead of becoming a
         DatagramReceived event -- while no event waits, so that the order of datagrams
         and events holds for a handler whose datagrams are taken before the events."""
+        self.datagram_run_handler: Callable[[list[bytes]], None] | None = None
+        """With :attr:`datagram_handler` (and under the same rule), a record's DATAGRAM
+        frames go to ``handler(payloads)`` in one call, when the record holds nothing
+        else (the list is the handler's to keep)."""
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -1026,7 +1030,7 @@ class Connection(_Streams, _FastPaths):
                 if not self._process_handshake_records(now):
                     return
                 continue
-            result = self._recv_aead.open_frames(self._inbuf)
+            result = self._recv_aead.open_frames(self._inbuf, datagram_runs=True)
             if not self._handle_records(result.records, now):
                 return
             del self._inbuf[: result.consumed]
@@ -1076,7 +1080,12 @@ class Connection(_Streams, _FastPaths):
             if lossy:
                 self._last_received = now
             frames = record.frames
-            if fast and len(frames) == 1:
+            run = record.datagrams
+            if run is not None:
+                if self._take_datagram_run(record.counter, run, now):
+                    continue
+                frames = [RawFrame(FRAME_DATAGRAM, 0, 0, 0, data, ()) for data in run]
+            elif fast and len(frames) == 1:
                 frame = frames[0]
                 if frame.type == FRAME_STREAM and self._fast_stream_frame(
                     frame.a, frame.b, frame.data
@@ -1085,6 +1094,28 @@ class Connection(_Streams, _FastPaths):
             self._handle_record(record.counter, frames, now)
             if self._state is ConnState.CLOSED:  # a frame in the record ended it
                 return False
+        return True
+
+    def _take_datagram_run(self, counter: int, run: list[bytes], now: float) -> bool:
+        """A record of DATAGRAM frames alone, to :attr:`datagram_run_handler` as
+        :meth:`_handle_record` would hand each to :attr:`datagram_handler` (metered, the
+        record acknowledged); False when that rule would not take them (an event waits,
+        no handler, not established, a client's handshake not known to have arrived):
+        the general path then has them."""
+        handler = self.datagram_run_handler
+        if (
+            handler is None
+            or self.datagram_handler is None
+            or self._events
+            or self._state is not ConnState.ESTABLISHED
+            or self._hs_resend_at is not None
+        ):
+            return False
+        self.datagram_bytes += sum(map(len, run))
+        handler(run)
+        acks = self.records.acks
+        if acks is not None:
+            acks.on_record(counter, True, now)
         return True
 
     def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:

@@ -483,7 +483,7 @@ class _FastPaths(_ConnectionState):
         pos = 0
         size = len(view)
         while pos < size:
-            result = self._recv_aead.open_frames(view[pos:] if pos else view)
+            result = self._recv_aead.open_frames(view[pos:] if pos else view, datagram_runs=True)
             if not self._handle_records(result.records, now):
                 return b""
             pos += result.consumed
