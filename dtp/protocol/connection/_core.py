@@ -211,6 +211,7 @@ class Connection(_Streams, _FastPaths):
         "config",
         "datagram_bytes",
         "datagram_handler",
+        "datagram_run_handler",
         "datagrams_send_dropped",
         "handshake_hash",
         "is_client",
