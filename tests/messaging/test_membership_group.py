@@ -154,7 +154,13 @@ def test_junk_sent_to_a_member_is_refused_and_the_group_goes_on(make_group) -> N
     assert group.view(1)[0].incarnation == 0  # the forged record changed nothing
     time.sleep(2 * CONFIG.probe_interval)
     assert group.wait_all(all_alive(3), timeout=5)
-    assert not any(e.kind != "joined" for events in group.events for e in events)
+    # nobody left or died; a suspicion refuted on the way (a probe late on a loaded
+    # machine: suspect, then alive) is SWIM at work, not the junk's doing
+    for events in group.events:
+        for member in {e.member.id for e in events}:
+            kinds = [e.kind for e in events if e.member.id == member]
+            assert kinds[0] == "joined" and kinds[-1] in ("joined", "alive"), (member, kinds)
+            assert not {"dead", "left"} & set(kinds), (member, kinds)
 
 
 def test_events_come_as_an_iterator_on_both_drivers() -> None:

@@ -95,8 +95,10 @@ def test_a_plain_socket_write_is_not_taken_for_a_read_timeout() -> None:
     try:
         client = RpcClient(client_sock, max_message_size=64 << 20)
         assert client.call("size", b"y" * (32 << 20), timeout=30) == 32 << 20
+        # the server sleeps well past the next call's 0.3 s, however slow the machine,
+        # so that call's 32 MiB cannot all be taken meanwhile
         with pytest.raises(E.RpcTimeout):
-            client.call("sleep", 1.5, timeout=0.2)
+            client.call("sleep", 4.0, timeout=0.2)
         with pytest.raises(E.RpcConnectionLost, match="sending timed out"):
             client.call("size", b"y" * (32 << 20), timeout=0.3)
         with pytest.raises(E.RpcConnectionLost):
@@ -104,7 +106,7 @@ def test_a_plain_socket_write_is_not_taken_for_a_read_timeout() -> None:
         assert rpc.violations == 0
     finally:
         client_sock.close()
-        thread.join(5)
+        thread.join(10)
         server_sock.close()
     assert not thread.is_alive()
 
