@@ -26,6 +26,7 @@ import os
 from collections import deque
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from dtp.identity.keys import HostIdentity
@@ -33,6 +34,7 @@ from dtp.native._noise import NoiseError, NoiseKey
 
 __all__ = [
     "forget_shared_secrets",
+    "new_anonymous_identity",
     "new_ephemeral_key",
     "next_ephemeral_public",
     "prepare_anonymous_identity",
@@ -149,16 +151,28 @@ def prepare_anonymous_identity(peer_static: bytes | None = None) -> HostIdentity
     ``peer_static`` (IK's ``ss``, as for :func:`prepare_ephemeral_key`)."""
     if len(_identities) >= MAX_AHEAD:
         return None
-    identity = HostIdentity.generate()
-    _share_ahead(identity.noise_private_bytes(), identity._noise, peer_static)
+    identity = new_anonymous_identity()
+    _share_ahead(identity.noise_private_bytes(), identity._noise_key, peer_static)
     _identities.append(identity)
     return identity
+
+
+def new_anonymous_identity() -> HostIdentity:
+    """A fresh identity whose Noise key is the core's key object (made from 32 random
+    bytes, its public half derived there once), which its handshakes then use as it is
+    (:meth:`HostIdentity._around_noise_key`); one made with :meth:`HostIdentity.generate`
+    derived that public half twice, once for the identity and once for the core."""
+    private = os.urandom(32)
+    # (keep_results: its handshake's ss, made ahead with the key, is kept in it)
+    key = NoiseKey(private, keep_results=True)
+    return HostIdentity._around_noise_key(Ed25519PrivateKey.generate(), private, key)
 
 
 def prepare_static_secret(identity: HostIdentity, peer_static: bytes | None) -> None:
     """Make IK's ``ss`` (``identity``'s Noise key with ``peer_static``) for the next
     handshake of this identity with that server."""
-    _share_ahead(identity.noise_private_bytes(), identity._noise, peer_static)
+    key = identity._noise_key if identity._noise is None else identity._noise
+    _share_ahead(identity.noise_private_bytes(), key, peer_static)
 
 
 def take_anonymous_identity() -> HostIdentity:
@@ -167,7 +181,7 @@ def take_anonymous_identity() -> HostIdentity:
     try:
         return _identities.popleft()
     except IndexError:
-        return HostIdentity.generate()
+        return new_anonymous_identity()
 
 
 def _forget_all() -> None:

@@ -83,6 +83,7 @@ from dtp.identity._ahead import (
 from dtp.identity.keys import (
     HostIdentity,
     InvalidSignature,
+    core_noise_key,
     noise_key_object,
     verify_personal_message,
 )
@@ -184,7 +185,11 @@ def _static_key(private: bytes) -> Any:
     """The Noise key object of a static key: the kept one of a live
     :class:`~dtp.identity.keys.HostIdentity` (building one derives the public key, a
     scalar multiplication as costly as a DH, and the kept one holds its ``ss``
-    results), else a new one."""
+    results), else a new one. An identity made around the core's key object (a fresh
+    anonymous one: dtp.identity._ahead) is given that object."""
+    made = core_noise_key(private)
+    if made is not None:
+        return made
     owner = noise_key_object(private)
     if owner is None:
         return NoiseKey(private)
@@ -203,9 +208,15 @@ def _static_key(private: bytes) -> Any:
 def static_secret_kept(identity: HostIdentity, peer_public: bytes) -> bool:
     """Whether the X25519 result of ``identity``'s static key with ``peer_public`` is
     kept (:func:`_static_key`): a client need not compute its IK ``ss`` ahead then."""
-    owner = noise_key_object(identity.noise_private_bytes())
+    if len(peer_public) != KEY_SIZE:
+        return False
+    private = identity.noise_private_bytes()
+    made = core_noise_key(private)
+    if made is not None:
+        return bool(made.kept(bytes(peer_public)))
+    owner = noise_key_object(private)
     entry = None if owner is None else _STATIC_KEYS.get(id(owner))
-    if entry is None or entry[0] is not owner or len(peer_public) != KEY_SIZE:
+    if entry is None or entry[0] is not owner:
         return False
     return bool(entry[1].kept(bytes(peer_public)))
 

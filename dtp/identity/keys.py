@@ -80,6 +80,7 @@ __all__ = [
     "SUI_SIGNATURE_SIZE",
     "HostIdentity",
     "InvalidSignature",
+    "core_noise_key",
     "default_identity_path",
     "noise_key_object",
     "passphrase_from_env",
@@ -323,9 +324,17 @@ _BY_NOISE_KEY: weakref.WeakValueDictionary[bytes, HostIdentity] = weakref.WeakVa
 def noise_key_object(noise_private: bytes) -> X25519PrivateKey | None:
     """The X25519 key object of a live identity whose Noise private key is
     ``noise_private`` (it passed through :meth:`HostIdentity.noise_private_bytes`), or
-    None."""
+    None (none, or one made around the core's key: :func:`core_noise_key`)."""
     identity = _BY_NOISE_KEY.get(bytes(noise_private))
     return None if identity is None else identity._noise
+
+
+def core_noise_key(noise_private: bytes) -> Any:
+    """The core's Noise key object (``dtp.native._noise.NoiseKey``) a live identity
+    whose Noise private key is ``noise_private`` was made around
+    (:meth:`HostIdentity._around_noise_key`), or None."""
+    identity = _BY_NOISE_KEY.get(bytes(noise_private))
+    return None if identity is None else identity._noise_key
 
 
 def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
@@ -353,12 +362,16 @@ class HostIdentity:
         "_ed25519",
         "_ed25519_public",
         "_noise",
+        "_noise_key",
         "_noise_public",
+        "_noise_raw",
         "_sui_address",
     )
 
     _ed25519: Ed25519PrivateKey
-    _noise: X25519PrivateKey
+    _noise: X25519PrivateKey | None  # (None: made around the core's key, _noise_key)
+    _noise_key: Any  # the core's NoiseKey it was made around, or None
+    _noise_raw: bytes
     _ed25519_public: bytes
     _noise_public: bytes
     _sui_address: str
@@ -373,9 +386,32 @@ class HostIdentity:
         set_ = object.__setattr__
         set_(self, "_ed25519", ed25519_private)
         set_(self, "_noise", noise_private)
+        set_(self, "_noise_key", None)
+        set_(self, "_noise_raw", noise_private.private_bytes_raw())
         set_(self, "_ed25519_public", ed_public)
         set_(self, "_noise_public", _raw_public(noise_private.public_key()))
         set_(self, "_sui_address", sui_address_from_public_key(ed_public))
+
+    @classmethod
+    def _around_noise_key(
+        cls, ed25519_private: Ed25519PrivateKey, noise_private: bytes, noise_key: Any
+    ) -> HostIdentity:
+        """An identity whose Noise key is ``noise_key``, the core's key object made from
+        the raw ``noise_private`` (``dtp.native._noise.NoiseKey``, holding its public
+        half): a fresh anonymous identity's (dtp.identity._ahead), whose handshakes use
+        that object as it is -- made from the bytes once more, the public half would be
+        derived a second time, an X25519 scalar multiplication per anonymous connect."""
+        self = cls.__new__(cls)
+        ed_public = _raw_public(ed25519_private.public_key())
+        set_ = object.__setattr__
+        set_(self, "_ed25519", ed25519_private)
+        set_(self, "_noise", None)
+        set_(self, "_noise_key", noise_key)
+        set_(self, "_noise_raw", bytes(noise_private))
+        set_(self, "_ed25519_public", ed_public)
+        set_(self, "_noise_public", bytes(noise_key.public))
+        set_(self, "_sui_address", sui_address_from_public_key(ed_public))
+        return self
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("HostIdentity is immutable")
@@ -466,7 +502,7 @@ class HostIdentity:
 
     def noise_private_bytes(self) -> bytes:
         """The raw 32-byte X25519 private key, for the Noise handshake. Keep it secret."""
-        raw = self._noise.private_bytes_raw()
+        raw = self._noise_raw
         _BY_NOISE_KEY[raw] = self
         return raw
 

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
 from dtp.identity import _ahead as keys_ahead
-from dtp.identity._noise import PATTERN_IK, Handshake
-from dtp.identity.keys import HostIdentity
+from dtp.identity._noise import PATTERN_IK, Handshake, _static_key
+from dtp.identity.keys import HostIdentity, core_noise_key
 from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
@@ -157,6 +157,25 @@ def test_connect_makes_the_next_connects_keys_and_each_is_fresh() -> None:
         assert not keys_ahead._identities
     assert len(set(addresses)) == 3  # a new anonymous identity per connection
     assert CLIENT.sui_address not in addresses
+
+
+def test_an_anonymous_identity_is_made_around_the_core_key_its_handshakes_use() -> None:
+    """A fresh anonymous identity holds the core's Noise key object, and its handshake
+    takes that object as it is (its public half is derived once, not again from the
+    bytes); the identity is a whole one: its keys match, it saves and loads."""
+    identity = keys_ahead.new_anonymous_identity()
+    raw = identity.noise_private_bytes()
+    assert identity.noise_public == _public(raw)
+    made = core_noise_key(raw)
+    assert made is not None and made.public == identity.noise_public
+    assert _static_key(raw) is made  # (the handshake's static key: no second derivation)
+    again = HostIdentity.from_sui_keystring(identity.to_sui_keystring(), raw)
+    assert again == identity and again.sui_address == identity.sui_address
+    client = Handshake.initiator(raw, keys_ahead.new_ephemeral_key(), SERVER.noise_public)
+    server = Handshake.responder(SERVER.noise_private_bytes(), keys_ahead.new_ephemeral_key())
+    assert server.read_message(client.write_message(b"one")) == b"one"
+    assert client.read_message(server.write_message(b"two")) == b"two"
+    assert server.remote_static == identity.noise_public
 
 
 def test_shared_secrets_made_ahead_are_the_handshakes_and_used_once() -> None:

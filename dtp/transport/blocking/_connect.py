@@ -147,11 +147,14 @@ def connect(
     ``socket_class``: the socket made (a connection by host ID's: ``HostSocket``)."""
     start = sched.monotonic()
     cfg = bounded_by_caller(cfg, timeout)
+    # the first handshake message is written before the TCP connect, so that it follows
+    # the connect at once: the server then reads it as it accepts, on the accepting
+    # thread, instead of leaving the connection to its reader thread until it comes (a
+    # hop between threads and a wake-up more a connection). A bad server key fails here,
+    # before anything is connected.
+    session = Session(cfg, now=sched.monotonic())
     tcp = sched.connect_tcp(address, timeout) if carrier is None else carrier
     try:
-        session = Session(
-            cfg, now=sched.monotonic()
-        )  # (starts the handshake: a bad server key fails here)
         engine = Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
     except BaseException:
         tcp.close()

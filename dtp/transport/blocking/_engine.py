@@ -26,6 +26,7 @@ from dtp.protocol._state import SendState
 from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG, CloseCode
 from dtp.transport._session import CARRIER_DRAIN, FIRST_RECV_CHUNK, RECV_CHUNK, UNSENT, Session
 from dtp.transport.blocking import LINGER, sched
+from dtp.transport.blocking._wake import make_waker
 
 if TYPE_CHECKING:
     from dtp.transport._hooks import ConnectionHook
@@ -84,10 +85,8 @@ class Engine:
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._fd = sock.fileno()
         self._read_first_skip = 0  # reads to go before recv_lent tries one without waiting
-        self._wake_r, self._wake_w = sched.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_fd = self._wake_r.fileno()
-        self._wake_w.setblocking(False)
+        self._waker = make_waker()  # (an eventfd: _wake.py)
+        self._wake_fd = self._waker.fileno()
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         # streams whose next (or current) blocking read ends in DTPTimeoutError at once
         # (DTPSocket.interrupt_recv)
@@ -475,14 +474,12 @@ class Engine:
         self.session.process_events()
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def _take_wake(self) -> None:
-        """Empty the wake socket: the wakes so far are seen (lock held, by the thread
-        that waited on the carrier)."""
-        with contextlib.suppress(OSError):
-            self._wake_r.recv(4096)
+        """Quiet the wake descriptor: the wakes so far are seen (lock held, by the
+        thread that waited on the carrier)."""
+        self._waker.take()
 
     def wake_waiters(self) -> None:
         """Make every thread waiting on the connection look at its condition again
@@ -548,7 +545,8 @@ class Engine:
                 timer = deadline
             wait = None if timer is None else max(0.0, timer - sched.monotonic())
             wlist = [self.sock] if self.out and not self.carrier_closed else []
-            rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
+            waker = self._waker
+            rlist: list[Any] = [waker] if self.carrier_closed else [waker, self.sock]
             self.lock.release()
             try:
                 r, w = sched.wait_ready(rlist, wlist, wait)
@@ -562,8 +560,8 @@ class Engine:
                         self.lock.release()
             finally:
                 self.lock.acquire()
-            if self._wake_r in r:
-                self._take_wake()
+            if waker in r:
+                waker.take()
             if read and self.sock in r:
                 self._read_available()
             if self.sock in w:
@@ -848,9 +846,9 @@ class Engine:
         self.closed = True
         self.carrier_closed = True
         ahead, self.ahead = self.ahead, None
-        for s in (self.sock, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                s.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self._waker.close()
         self.cond.notify_all()
         hook = self.take_release_hook()
         if hook is not None:

@@ -425,9 +425,9 @@ class DTPSocket:
             engine = self._engine
             engine._fd = engine._wake_fd = _DEAD_FD
             engine.closed = True
-            for s in (engine.sock, engine._wake_r, engine._wake_w):
-                with contextlib.suppress(OSError):
-                    s.close()
+            with contextlib.suppress(OSError):
+                engine.sock.close()
+            engine._waker.close()
             # the release hook (a server's: its count of the connections it serves)
             # takes locks, so it runs in the timer thread; never run, the connection
             # would hold its place under the Host's connection limits for good
