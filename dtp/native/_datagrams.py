@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
-from dtp.native.core import HAVE_NATIVE, PUREPYTHON, ffi, lib
+from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, ffi, lib
 from dtp.native.reference._datagrams import encode_datagram_run as _twin_encode_datagram_run
 
 __all__ = ["encode_datagram_run", "native_encode_datagram_run"]

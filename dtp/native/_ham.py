@@ -10,8 +10,12 @@ from collections.abc import Iterator
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native import types as t
-from dtp.native.core import HAM_BATCH_HEADER_LEN, _check, _from, ffi, lib
-from dtp.native.reference._limits import HAM_EXPORT_MAX_BATCH, HAM_EXPORT_MIN_BATCH
+from dtp.native._binding import _check, _from, ffi, lib
+from dtp.native.reference._limits import (
+    HAM_BATCH_HEADER_LEN,
+    HAM_EXPORT_MAX_BATCH,
+    HAM_EXPORT_MIN_BATCH,
+)
 from dtp.native.types import MergeResult
 
 __all__ = ["NativeHamGraph", "native_find_ham_souls", "native_zero_negative_states"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.native.core import HAVE_NATIVE, PUREPYTHON, ffi, lib
+from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, ffi, lib
 from dtp.native.reference import _noise as ref
 from dtp.native.reference._noise import (
     DH_EE,

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dtp.native.core import HAVE_NATIVE, PUREPYTHON, ffi, lib
+from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, ffi, lib
 from dtp.native.reference._udpio import MAX_UDP_READ
 from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
 from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run

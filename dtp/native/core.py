@@ -8,7 +8,6 @@ specific build of the extension (the sanitizer build CI uses) instead of the ins
 from __future__ import annotations
 
 import array
-import importlib.util
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
+from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, _check, _from, ffi, lib
 from dtp.native.reference._limits import (
     MAX_ACK_RANGES,
     MAX_FRAME_DATA,
@@ -33,60 +33,10 @@ from dtp.native.types import (
     TakeResult,
 )
 
-PUREPYTHON = os.environ.get("DTP_PUREPYTHON") == "1"
-
-
-def _load_extension() -> tuple[Any, Any] | None:
-    path = os.environ.get("DTP_CORE_LIB")
-    if path and not os.path.exists(path):
-        raise ImportError(f"DTP_CORE_LIB={path!r} does not exist")
-    try:
-        if path:
-            spec = importlib.util.spec_from_file_location("dtp._dtp_core", path)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"DTP_CORE_LIB={path!r} is not a loadable extension")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module("dtp._dtp_core")
-    except ImportError:
-        if PUREPYTHON:
-            return None
-        raise ImportError(
-            "DTP's C core (dtp._dtp_core) is not built: install the package with "
-            "'pip install -e .' (needs gcc and libssl-dev), or set DTP_PUREPYTHON=1 "
-            "to use the pure-Python core."
-        ) from None
-    return module.ffi, module.lib
-
-
-_ext = _load_extension()
-HAVE_NATIVE = _ext is not None
-if _ext is not None:
-    ffi, lib = _ext
-else:  # pragma: no cover - only without a built extension
-    ffi = lib = None
-
 MAX_RECORD_PLAINTEXT = 16384
 RECORD_HEADER_LEN = 12
 AEAD_TAG_LEN = 16
 RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
-HAM_BATCH_HEADER_LEN = 5
-
-
-def _check(rc: int, *, remote: bool | None = None, context: str = "") -> int:
-    if rc < 0:
-        raise error_for(rc, remote=remote, context=context)
-    return rc
-
-
-def _from(data: bytes | bytearray | memoryview) -> Any:
-    """``data``'s bytes for a C call. Its ``len()`` is the size in bytes: take lengths
-    from it, not from ``data`` (an ``array('I')`` or a memoryview of another format has
-    fewer items than bytes). It holds an export of ``data`` while it lives: drop it
-    (``del``) before raising, or a caller's bytearray cannot be resized in its except
-    clause (the traceback keeps the frame's locals)."""
-    return ffi.from_buffer("uint8_t[]", data)
 
 
 # --------------------------------------------------------------------------------------
