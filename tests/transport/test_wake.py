@@ -1,4 +1,4 @@
-"""The blocking engine's wake-up descriptor (dtp.transport.blocking._wake): readable once
+"""The blocking engine's wake-up descriptor (dtp.transport.blocking._engine): readable once
 woken until taken, closed once, and its close wakes a thread still waiting on it (as
 the socket pair's close did: a stream blocked while its connection is collected must
 end, tests/transport/test_socket_threads.py). An eventfd under the operating system's
@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from dtp.transport.blocking import sched
-from dtp.transport.blocking._wake import Waker, _EventWaker, _PairWaker, make_waker
+from dtp.transport.blocking._engine import Waker, _EventWaker, _PairWaker, make_waker
 from dtp.transport.carriers._tcp import wait_ready
 
 
