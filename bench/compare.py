@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,16 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'name':<22} {'ours':>14} {'peer':>14} {'unit':<9} {'ratio':>7} {'bar':>6}"
     print(header)
     print("-" * len(header))
+    failed: list[str] = []
     for name in names:
         factory = ALL[name]
         # (a row whose one run takes minutes has a short form of its own for --quick)
         quick = "quick" in inspect.signature(factory).parameters
-        workload = factory(quick=args.quick) if quick else factory()  # type: ignore[call-arg]
+        # A row that fails (a peer that hangs, a tool missing) is reported and the run
+        # goes on: one row's trouble should not cost the readings of all that follow.
         try:
-            row = run_row(workload, rounds, seconds)
-        finally:
-            if workload.close is not None:
-                workload.close()
+            workload = factory(quick=args.quick) if quick else factory()  # type: ignore[call-arg]
+            try:
+                row = run_row(workload, rounds, seconds)
+            finally:
+                if workload.close is not None:
+                    workload.close()
+        except Exception as exc:
+            traceback.print_exc()
+            failed.append(name)
+            print(f"{name:<22} FAILED: {type(exc).__name__}: {exc}"[:200], flush=True)
+            continue
         rows.append(row)
         bar = "" if row["bar"] is None else f"{row['bar']:.2f}"
         flag = "" if row["ok"] is None else ("  ok" if row["ok"] else "  BELOW BAR")
@@ -149,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     missed = [r["name"] for r in rows if r["ok"] is False]
     if missed:
         print(f"\nbelow bar: {', '.join(missed)}")  # type: ignore[arg-type]
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+        return 1
     return 1 if (args.check and missed) else 0
 
 

@@ -294,6 +294,7 @@ def ham_merge_vs_gun() -> Workload:
 
 GUN_CLIENTS = 4
 GUN_WINDOW = 256  # puts awaiting their acknowledgement, per client
+GUN_DEADLINE = 60  # seconds a job may take before its unacknowledged puts count as lost
 
 
 def gun_relay_puts(puts: int = 1500) -> Workload:
@@ -310,18 +311,27 @@ def gun_relay_puts(puts: int = 1500) -> Workload:
         raise
     runs = iter(range(1 << 30))
 
-    def rate(url: str) -> float:
-        job = {
-            "peer": url + "gun",
-            "clients": GUN_CLIENTS,
-            "puts": puts,
-            "window": GUN_WINDOW,
-            "tag": f"r{next(runs)}",
-        }
-        answer = gun_peer.bench(job)
-        if answer["errors"]:
-            raise RuntimeError(f"gun_relay_puts: {answer['errors']} puts refused by {url}")
-        return float(answer["rate"])
+    def rate(url: str, tries: int = 1) -> float:
+        for attempt in range(tries):
+            job = {
+                "peer": url + "gun",
+                "clients": GUN_CLIENTS,
+                "puts": puts,
+                "window": GUN_WINDOW,
+                "tag": f"r{next(runs)}",
+                "deadline": GUN_DEADLINE,
+            }
+            answer = gun_peer.bench(job)
+            if answer["errors"]:
+                raise RuntimeError(f"gun_relay_puts: {answer['errors']} puts refused by {url}")
+            if not answer["lost"]:
+                return float(answer["rate"])
+            print(
+                f"gun_relay_puts: {answer['lost']} of {answer['puts']} puts through {url} "
+                f"never acknowledged (try {attempt + 1} of {tries})",
+                file=sys.stderr,
+            )
+        raise RuntimeError(f"gun_relay_puts: puts through {url} went unacknowledged")
 
     def close() -> None:
         ours_srv.close()
@@ -333,7 +343,10 @@ def gun_relay_puts(puts: int = 1500) -> Workload:
         "puts/s",
         1,
         lambda: rate(ours_srv.url),
-        peer=lambda: rate(relay.url),
+        # gun's own relay now and then never acknowledges a few puts (one job in 25
+        # here, 4 clients of 1,500 puts); its round is run again, once. Ours gets no
+        # second try.
+        peer=lambda: rate(relay.url, tries=2),
         measured=True,
         bar=1.0,
         note=f"gun.js clients ({GUN_CLIENTS}, {GUN_WINDOW} puts in flight each) putting "

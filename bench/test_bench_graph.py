@@ -30,3 +30,41 @@ def test_gun_relay_puts(benchmark) -> None:  # type: ignore[no-untyped-def]
     finally:
         assert w.close is not None
         w.close()
+
+
+@pytest.mark.skipif(not gun_peer.available(), reason="node and npm are needed to run gun.js")
+def test_bench_js_counts_unacknowledged_puts_instead_of_hanging() -> None:
+    # a relay that takes the WebSocket and never answers: every put goes unacknowledged
+    import asyncio
+    import json
+    import threading
+
+    import websockets
+
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def swallow(ws: websockets.ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    async def serve() -> None:
+        async with websockets.serve(swallow, "127.0.0.1", 0) as server:
+            port.append(server.sockets[0].getsockname()[1])
+            ready.set()
+            await asyncio.Future()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    job = {
+        "peer": f"http://127.0.0.1:{port[0]}/gun",
+        "clients": 2,
+        "puts": 5,
+        "window": 2,
+        "tag": "silent",
+        "deadline": 2,
+    }
+    answer = gun_peer.bench(job, timeout=60)
+    assert answer["lost"] == 10, json.dumps(answer)
+    assert answer["seconds"] >= 2

@@ -2,12 +2,15 @@
 // (bench/graph_rows.py) runs it against dtp's Gun endpoint and against gun's own relay
 // (relay.js). Reads one JSON job on stdin, writes one JSON answer on stdout:
 //
-//   {"peer": URL, "clients": C, "puts": N, "window": W, "tag": T}
-//     -> {"puts": C*N, "seconds": S, "rate": puts per second, "errors": E}
+//   {"peer": URL, "clients": C, "puts": N, "window": W, "tag": T, "deadline": D}
+//     -> {"puts": C*N, "seconds": S, "rate": puts per second, "errors": E, "lost": L}
 //
 // Each of the C clients (gun instances, one WebSocket each) puts N nodes
 // "bench/T/<client>/<i>" of three fields, keeping W puts awaiting their
 // acknowledgement; the clock runs from the first put to the last acknowledgement.
+// A put whose acknowledgement has not come D seconds (default 60) after the start is
+// counted as lost and the job ends, so a relay that drops an acknowledgement gives an
+// answer rather than a hang.
 'use strict';
 
 const log = console.log;
@@ -23,18 +26,19 @@ function connected(gun) {
   return new Promise((resolve) => gun.on('hi', () => resolve()));
 }
 
-function run(gun, c, job) {
+function run(gun, c, job, deadline) {
   return new Promise((resolve) => {
     let next = 0;
     let done = 0;
     let errors = 0;
+    deadline.then(() => resolve({ errors, lost: job.puts - done }));
     const one = () => {
       const i = next++;
       gun.get(`bench/${job.tag}/${c}/${i}`).put({ n: i, text: `value ${c}.${i}`, ok: true }, (ack) => {
         if (ack.err) errors++;
         done++;
         if (next < job.puts) one();
-        else if (done === job.puts) resolve(errors);
+        else if (done === job.puts) resolve({ errors, lost: 0 });
       });
     };
     for (let k = 0; k < Math.min(job.window, job.puts); k++) one();
@@ -49,10 +53,13 @@ async function main() {
   for (let c = 0; c < job.clients; c++) guns.push(client(job.peer));
   await Promise.all(guns.map(connected));
   const start = process.hrtime.bigint();
-  const errors = (await Promise.all(guns.map((gun, c) => run(gun, c, job)))).reduce((a, b) => a + b, 0);
+  const deadline = new Promise((resolve) => setTimeout(resolve, 1000 * (job.deadline || 60)));
+  const ends = await Promise.all(guns.map((gun, c) => run(gun, c, job, deadline)));
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   const puts = job.clients * job.puts;
-  log(JSON.stringify({ puts, seconds, rate: puts / seconds, errors }));
+  const errors = ends.reduce((a, e) => a + e.errors, 0);
+  const lost = ends.reduce((a, e) => a + e.lost, 0);
+  log(JSON.stringify({ puts, seconds, rate: puts / seconds, errors, lost }));
   process.exit(0);
 }
 
