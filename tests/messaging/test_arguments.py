@@ -329,6 +329,27 @@ def test_a_bool_timeout_is_refused_after_a_call_with_the_same_value() -> None:
     protocol.begin_request("echo", b"x", 0.0, 1.0)  # an equal float is a timeout
 
 
+def test_a_method_name_checked_once_does_not_let_another_through() -> None:
+    """The request encoder skips the name check for the name it checked last (the same
+    object): other names, and a name refused before, are still checked each time."""
+    from dtp.messaging._protocol import RpcProtocol
+
+    protocol = RpcProtocol()
+    long_ok = "é" * 128  # 256 UTF-8 bytes: past the quick check, within the limit
+    too_long = "é" * 129
+    for _ in range(2):
+        protocol.begin_request(long_ok, None, 0.0, 1.0)
+        for bad in (too_long, "", b"echo", None):
+            with pytest.raises((TypeError, ValueError)):
+                protocol.begin_request(bad, None, 0.0, 1.0)  # type: ignore[arg-type]
+        protocol.begin_request("echo", None, 0.0, 1.0)
+    timeout = 2.5
+    protocol.begin_request("echo", None, 0.0, timeout)
+    protocol.begin_request("echo", None, 0.0, timeout)  # the same object: its value kept
+    _, frame = protocol.begin_request("echo", None, 0.0, 0.25)
+    assert frame.endswith(b"\xcc\xfa\xc0")  # 250 ms on the wire, not 2,500
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [

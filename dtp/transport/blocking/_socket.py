@@ -713,7 +713,7 @@ class DTPSocket:
                 data = readable(data)  # (the lane counts bytes: an array('i') by its items)
             if type(bufsize) is not int or not 0 <= bufsize <= SSIZE_MAX:
                 bufsize = checked_size(bufsize, "recv")
-            if self._closed or self._wr_shut:
+            if not self._fast_write:  # (closed or shut: see _update_fast)
                 self._check_sendable()  # (None would send the caller to sendall to be told)
         except BaseException:
             if release is not None:
@@ -723,8 +723,7 @@ class DTPSocket:
         conn = engine.conn
         sid = self._stream_id
         if not (
-            conn.lent_stream_id == sid
-            and self._fast_write
+            conn.lent_stream_id == sid  # (and _fast_write: checked above)
             and self._fast_read
             and bufsize > 0
             and engine.hook is None
@@ -752,7 +751,10 @@ class DTPSocket:
                     until = conn.lent_timer
                     if deadline is not None and (until is None or deadline < until):
                         until = deadline
-                    ms = -1 if until is None else max(0, int((until - now) * 1000) + 1)
+                    if until is None:
+                        ms = -1
+                    elif (ms := int((until - now) * 1000) + 1) < 0:
+                        ms = 0  # (past: a wait of none, without a call of max)
                     engine.pumping = True  # (others see it only while the wait lets go of lock)
                     owed = None
                     try:
