@@ -178,9 +178,7 @@ class Protocol(asyncio.BufferedProtocol):
                 self._rbuf = memoryview(bytearray(min(2 * size, RECV_CHUNK)))
         elif nbytes < size >> 3 and size > FIRST_RECV_CHUNK:
             self._rbuf = None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
-        # (data_received, inline: a frame less at every read)
-        self.conn.receive_data(view[:nbytes], self.now())
-        self._after_io()
+        self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Bytes from the carrier (also a server's first bytes, read before this
