@@ -414,7 +414,8 @@ class Forwarder:
         except InsufficientFunds:
             link.retired = True
             raise TunnelError("the deposit of this DTP connection is used up") from None
-        self._send_receipt(link, receipt)
+        if receipt is not None:  # (most chunks make none due)
+            self._send_receipt(link, receipt)
 
     def _retire(self, link: _Link) -> None:
         """No new tunnels on ``link``; it closes once its open tunnels end."""

@@ -192,6 +192,8 @@ class ServedTunnels:
         pool = self.pools.get(service.port)
 
         buckets = conn.buckets
+        book = self.book
+        unpaid_hold = self.unpaid_hold
 
         def charge(n: int) -> float | None:
             """Count ``n`` bytes either way: how long the tunnel holds its reading (the
@@ -200,7 +202,10 @@ class ServedTunnels:
             and the client's debt is then looked at under the limits in force (a
             limit the Host lifts or raises while a tunnel waits out a long hold at the
             old rate reaches it without waiting for that hold to end)."""
-            unpaid = self.count(conn, service, n)
+            # (count(), inline: this runs at every chunk either way)
+            conn.bytes += n
+            book.touch()
+            unpaid = unpaid_hold(conn, service)
             rate = 0.0
             if buckets:
                 now = time.monotonic()

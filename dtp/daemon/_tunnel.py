@@ -95,7 +95,8 @@ _shared = threading.local()
 def _shared_read_buffer() -> memoryview:
     """One read buffer per thread, shared by the tunnels of the loop running there: the
     loop reads into it and hands it to :meth:`TcpLeg.buffer_updated` in one callback,
-    whose bytes are sealed (or copied) before it returns, so an idle tunnel holds none."""
+    whose bytes are sealed (or copied) before it returns, so an idle tunnel holds no
+    buffer of its own."""
     buf: memoryview | None = getattr(_shared, "rbuf", None)
     if buf is None:
         buf = _shared.rbuf = memoryview(bytearray(READ_CHUNK))
@@ -158,9 +159,19 @@ class TcpLeg(asyncio.BufferedProtocol):
         self._early: list[bytes] = []
         """What was read before :meth:`attach` (uvloop reads on from connection_made)."""
         self._early_eof = False
-        self._rbuf: memoryview | None = (
-            None if reads_synchronously(self._loop) else memoryview(bytearray(READ_CHUNK))
+        # the thread's shared buffer, held by reference (it costs an idle tunnel
+        # nothing), so that a read asks no thread-local for it
+        self._rbuf = (
+            _shared_read_buffer()
+            if reads_synchronously(self._loop)
+            else memoryview(bytearray(READ_CHUNK))
         )
+        self._views = False
+        """Whether the sink seals what it is given at once (a :class:`DTPStreamWriter`):
+        then a read goes to it as a view of the read buffer, not as bytes of its own."""
+        self._can_write = True
+        """False while the transport's buffer is over its high-water mark (a plain flag:
+        asked at every chunk pushed to the TCP side)."""
         self._fd = -1
         """The plain socket's descriptor (:func:`_plain_descriptor`), or -1."""
 
@@ -178,14 +189,13 @@ class TcpLeg(asyncio.BufferedProtocol):
             transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rbuf or _shared_read_buffer()
+        return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = (self._rbuf or _shared_read_buffer())[:nbytes]
-        if type(self._sink) is DTPStreamWriter:
-            self.data_received(view)  # (it seals the bytes at once, or copies them)
-        else:
-            self.data_received(bytes(view))  # (another writer may keep what it is given)
+        view = self._rbuf[:nbytes]
+        # (a DTPStreamWriter seals the bytes at once, or copies them; another writer may
+        # keep what it is given)
+        self.data_received(view if self._views else bytes(view))
 
     def data_received(self, data: bytes | memoryview) -> None:
         sink = self._sink
@@ -279,14 +289,17 @@ class TcpLeg(asyncio.BufferedProtocol):
         self._fd = -1
         if exc is not None and self.error is None:
             self.error = exc
+        self._can_write = True
         self._writable.set()
         self._finish(self.read_done)
         self._finish(self.lost)
 
     def pause_writing(self) -> None:
+        self._can_write = False
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self._can_write = True
         self._writable.set()
         resume, self._on_writable = self._on_writable, None
         if resume is not None:
@@ -302,6 +315,7 @@ class TcpLeg(asyncio.BufferedProtocol):
     def attach(self, sink: _DTPWriter) -> None:
         """Start reading into ``sink`` (what was read before, first)."""
         self._sink = sink
+        self._views = type(sink) is DTPStreamWriter
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
@@ -407,7 +421,7 @@ class TcpLeg(asyncio.BufferedProtocol):
                 done.set_exception(exc)
                 return
             self.write_chunk(transport, data)
-            if not self._writable.is_set():
+            if not self._can_write:
                 hold("writable")
                 self._on_writable = lambda: release("writable")
             if wait and "rate" not in holds:

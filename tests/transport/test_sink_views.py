@@ -89,6 +89,61 @@ def test_a_sink_with_views_gets_views_and_wakes_no_other_waiter() -> None:
     asyncio.run(main())
 
 
+def test_pushed_bytes_wake_no_task_waiting_on_any_change() -> None:
+    """A task waiting on any change of the connection (``wait_change()`` with no key, as
+    a readuntil() of another stream waits) is not woken by the chunks pushed
+    to a sink, only by what concerns it: here the stream's end."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        report: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            proto = writer._proto
+            done = asyncio.Event()
+            chunks = 0
+            wakes = 0
+
+            def on_data(view: memoryview) -> None:
+                nonlocal chunks
+                chunks += 1
+
+            def on_end(error: BaseException | None) -> None:
+                done.set()
+
+            async def watch() -> None:
+                nonlocal wakes
+                while not done.is_set():
+                    await proto.wait_change()
+                    wakes += 1
+
+            reader.set_sink(on_data, on_end, views=True)
+            watching = asyncio.ensure_future(watch())
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0)  # (the watcher sees the end)
+            watching.cancel()
+            report.set_result((chunks, wakes))
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            for i in range(CHUNKS):
+                writer.write(bytes([i]) * CHUNK)
+                await writer.drain()
+                await asyncio.sleep(0.005)  # (each its own record, most likely)
+            writer.write_eof()
+            chunks, wakes = await asyncio.wait_for(report, 10)
+            writer.close()
+            await writer.wait_closed()
+        assert chunks >= CHUNKS // 4  # (records arrived one or a few at a time)
+        # the end woke it; a control frame of the peer's might once more: not per chunk
+        assert wakes <= 2, (chunks, wakes)
+
+    asyncio.run(main())
+
+
 def test_write_chunk_queues_a_copy_of_what_the_socket_did_not_take() -> None:
     """A view larger than the socket takes: the rest is queued as a copy (the buffer
     behind the view is reused at once), and the next chunk goes after it, in order."""
