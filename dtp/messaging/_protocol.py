@@ -231,8 +231,15 @@ def meta_copy(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(meta) if meta else None
 
 
-# -- the fast paths' read sizes (the blocking drivers read with them; next_read_size is
-# their rule after each read)
+_NO_METHOD_YET = object()
+"""What :meth:`RpcProtocol.begin_request` compares a name with before any passed its
+check: not ``None`` (a name of ``None`` would pass unchecked) nor ``""`` (interned)."""
+
+
+# -- the fast paths' read sizes (the blocking client and server read with them; after a
+# read that was one whole message shorter than QUICK_RECV_SIZE the next read is that
+# size, after any other RECV_SIZE: the rule is written inline in each, a call less a
+# message)
 
 #: What a driver reads at a time while messages are large, or come in pieces.
 RECV_SIZE: Final = 256 * 1024
@@ -243,12 +250,6 @@ RECV_SIZE: Final = 256 * 1024
 #: read RECV_SIZE, which takes large messages faster (what does not fit a read goes
 #: through the general path), until one comes whole and short again.
 QUICK_RECV_SIZE: Final = 64 * 1024
-
-
-def next_read_size(data: bytes, whole: bool) -> int:
-    """A fast path's next read size after the read ``data`` was (``whole``) or was not
-    one whole message (:meth:`RpcProtocol.take_response`, :meth:`RpcProtocol.take_request`)."""
-    return QUICK_RECV_SIZE if whole and len(data) < QUICK_RECV_SIZE else RECV_SIZE
 
 
 class RpcProtocol:
@@ -333,7 +334,8 @@ class RpcProtocol:
         # begin_request: the last timeout seen, and its value on the wire
         self._last_timeout: float | None = None
         self._last_timeout_ms = 0
-        self._last_method: object = None  # the last method name that passed the check
+        # the last method name that passed the check (none yet: a marker no name is)
+        self._last_method: object = _NO_METHOD_YET
         #: Counters for monitoring.
         self.violations = 0
         self.late_responses = 0

@@ -350,6 +350,16 @@ def test_a_method_name_checked_once_does_not_let_another_through() -> None:
     assert frame.endswith(b"\xcc\xfa\xc0")  # 250 ms on the wire, not 2,500
 
 
+@pytest.mark.parametrize("bad", [None, "", b"echo"], ids=["None", "empty", "bytes"])
+def test_a_fresh_protocol_checks_its_first_method_name(bad: object) -> None:
+    """Before any name passed the check there is no last name to match: ``None`` and
+    ``""`` are refused as the first name, not framed and sent."""
+    from dtp.messaging._protocol import RpcProtocol
+
+    with pytest.raises((TypeError, ValueError)):
+        RpcProtocol().begin_request(bad, None, 0.0, 1.0)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [

@@ -178,7 +178,7 @@ class RpcClient(ClientBase):
         self._followers = 0  # threads waiting in _cond for the reader
         self._closed: BaseException | None = None
         self._current_timeout: float | object | None = DEFAULT
-        self._read_size = QUICK_RECV_SIZE  # the quiet call's (see next_read_size)
+        self._read_size = QUICK_RECV_SIZE  # the quiet call's (_protocol's read sizes)
         # (_lock, reader) bytes read but not yet taken: a reader whose deadline passed
         # while it took a large read left them to the next reader (_receive_in_pieces)
         self._backlog = b""
@@ -369,7 +369,7 @@ class RpcClient(ClientBase):
             if data:
                 got = proto.take_response(request_id, data)
                 if got is not None:
-                    # (next_read_size's rule, inline: a Python call less per call)
+                    # (the read-size rule of _protocol's QUICK_RECV_SIZE, inline)
                     self._read_size = QUICK_RECV_SIZE if len(data) < QUICK_RECV_SIZE else RECV_SIZE
                     if self._followers:
                         self._cond.notify_all()

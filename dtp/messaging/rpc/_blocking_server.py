@@ -356,7 +356,7 @@ class _ServerStream:
         if not accepting:
             stream.settimeout(None)
         data: bytes | None = None
-        size = QUICK_RECV_SIZE  # (see next_read_size)
+        size = QUICK_RECV_SIZE  # (_protocol's read sizes)
         while True:
             if data is None:
                 if accepting:
@@ -376,7 +376,7 @@ class _ServerStream:
                 return
             gap = ACCEPT_POLL_MIN
             message = take_request(data)
-            # (next_read_size's rule, inline: a Python call less per request)
+            # (the read-size rule of _protocol's QUICK_RECV_SIZE, inline)
             size = (
                 QUICK_RECV_SIZE
                 if message is not None and len(data) < QUICK_RECV_SIZE

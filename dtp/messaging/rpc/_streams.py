@@ -1,7 +1,7 @@
 """The streams RPC runs on: what the blocking client and server need of one
 (:class:`BlockingStream`), the checks of what they are given, and sending; shared by
 the blocking and asyncio clients and servers (the read sizes are the protocol's,
-:func:`dtp.messaging._protocol.next_read_size`)."""
+``dtp.messaging._protocol.QUICK_RECV_SIZE`` and ``RECV_SIZE``)."""
 
 from __future__ import annotations
 
