@@ -234,10 +234,7 @@ class DTPServer:
       first, else of the address holding the most) closed to make room for a
       newcomer, a suspect newcomer refused rather than displace another's (counted in
       :attr:`unproven_closed`, as those that time out). A record that came with the
-      connect is read as it is accepted: that connection never waits here (on Linux
-      the listener wakes the accepting thread only once that record is in, and
-      accepts a connection that sent nothing a second or more after its connect:
-      :func:`~dtp.transport.carriers._tcp.defer_first_record`). The
+      connect is read as it is accepted: that connection never waits here. The
       accepting thread never waits for a slot: silent connections cannot hold the
       listen backlog, nor the handshake slots, against clients that speak;
     * then it takes one of the ``max_handshakes`` (32) slots of the server and one of

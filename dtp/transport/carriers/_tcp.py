@@ -9,7 +9,6 @@ also cheaper.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -324,30 +323,7 @@ def listen_tcp(address: tuple[str, int], backlog: int = 128) -> socket.socket:
     (tests/transport/test_tcp_carrier.py)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     queue = listen_queue(backlog)
-    listener = _tuned(socket.create_server(address, family=family, backlog=queue, reuse_port=False))
-    defer_first_record(listener)
-    return listener
-
-
-DEFER_ACCEPT_SECONDS = 1
-"""How long Linux keeps a connection whose client sent nothing yet out of the accept
-queue (TCP_DEFER_ACCEPT; rounded up to SYN-ACK retransmissions: the first comes after
-1 s). Past it the connection is accepted anyway, its first record still to come."""
-
-
-def defer_first_record(listener: socket.socket) -> None:
-    """Have ``listener`` wake its accepting thread only once a connection's first data
-    is in (Linux's TCP_DEFER_ACCEPT; elsewhere nothing): a DTP client sends its first
-    handshake message with its connect, so the accepting thread reads it at once
-    instead of handing the connection to the reader thread to wait for it. A client
-    whose first record is late is accepted after :data:`DEFER_ACCEPT_SECONDS` and
-    waits for it among the unproven, as before."""
-    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
-    if option is None:
-        return
-    # (a listener that refuses it accepts as before: the option only saves work)
-    with contextlib.suppress(OSError):
-        listener.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT_SECONDS)
+    return _tuned(socket.create_server(address, family=family, backlog=queue, reuse_port=False))
 
 
 def widen_listen_queue(listener: Any, backlog: int) -> None:
