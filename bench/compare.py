@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             failed.append(name)
-            print(f"{name:<22} FAILED: {type(exc).__name__}: {exc}"[:200], flush=True)
+            reason = f"{type(exc).__name__}: {exc}"
+            print(f"{name:<22} FAILED: {reason}"[:200], flush=True)
+            rows.append({"name": name, "failed": reason, "ok": None})
             continue
         rows.append(row)
         bar = "" if row["bar"] is None else f"{row['bar']:.2f}"
@@ -152,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.json_path:
-        keys = ("name", "ours", "peer", "unit", "ratio")
+        keys = ("name", "ours", "peer", "unit", "ratio", "failed")
         Path(args.json_path).write_text(
-            json.dumps([{k: r[k] for k in keys} for r in rows], indent=2)
+            json.dumps([{k: r[k] for k in keys if k in r} for r in rows], indent=2)
         )
     missed = [r["name"] for r in rows if r["ok"] is False]
     if missed:

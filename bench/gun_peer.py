@@ -62,7 +62,9 @@ def client(job: dict[str, Any], timeout: float = 120.0) -> Any:
 
 
 def bench(job: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-    """Run one ``bench.js`` job: ``{"puts", "seconds", "rate", "errors"}``."""
+    """Run one ``bench.js`` job: ``{"puts", "seconds", "rate", "errors", "lost"}``, where
+    ``lost`` counts the puts not acknowledged by the job's ``deadline`` (seconds, 60 by
+    default; ``rate`` is None then)."""
     answer: dict[str, Any] = _node("bench.js", job, timeout)
     return answer
 

@@ -67,4 +67,22 @@ def test_bench_js_counts_unacknowledged_puts_instead_of_hanging() -> None:
     }
     answer = gun_peer.bench(job, timeout=60)
     assert answer["lost"] == 10, json.dumps(answer)
-    assert answer["seconds"] >= 2
+    assert answer["rate"] is None  # (no rate for work not done)
+
+
+@pytest.mark.skipif(not gun_peer.available(), reason="node and npm are needed to run gun.js")
+def test_bench_js_ends_at_its_deadline_when_the_relay_never_answers_the_upgrade() -> None:
+    import json
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # takes TCP, never the upgrade
+        job = {
+            "peer": f"http://127.0.0.1:{mute.getsockname()[1]}/gun",
+            "clients": 2,
+            "puts": 5,
+            "window": 2,
+            "tag": "mute",
+            "deadline": 2,
+        }
+        answer = gun_peer.bench(job, timeout=60)
+    assert (answer["lost"], answer["rate"]) == (10, None), json.dumps(answer)

@@ -4,6 +4,7 @@
 //
 //   {"peer": URL, "clients": C, "puts": N, "window": W, "tag": T, "deadline": D}
 //     -> {"puts": C*N, "seconds": S, "rate": puts per second, "errors": E, "lost": L}
+//        (rate null when L > 0; seconds null too when the clients never connected)
 //
 // Each of the C clients (gun instances, one WebSocket each) puts N nodes
 // "bench/T/<client>/<i>" of three fields, keeping W puts awaiting their
@@ -51,15 +52,22 @@ async function main() {
   const job = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   const guns = [];
   for (let c = 0; c < job.clients; c++) guns.push(client(job.peer));
-  await Promise.all(guns.map(connected));
+  // (the deadline counts from before the clients connect: a relay that never takes
+  // the connection ends the job as well)
+  const deadline = new Promise((resolve) => setTimeout(resolve, 1000 * (job.deadline ?? 60)));
+  const puts = job.clients * job.puts;
+  const met = await Promise.race([Promise.all(guns.map(connected)).then(() => true), deadline.then(() => false)]);
+  if (!met) {
+    log(JSON.stringify({ puts, seconds: null, rate: null, errors: 0, lost: puts }));
+    process.exit(0);
+  }
   const start = process.hrtime.bigint();
-  const deadline = new Promise((resolve) => setTimeout(resolve, 1000 * (job.deadline || 60)));
   const ends = await Promise.all(guns.map((gun, c) => run(gun, c, job, deadline)));
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-  const puts = job.clients * job.puts;
   const errors = ends.reduce((a, e) => a + e.errors, 0);
   const lost = ends.reduce((a, e) => a + e.lost, 0);
-  log(JSON.stringify({ puts, seconds, rate: puts / seconds, errors, lost }));
+  // (no rate for a job that lost puts: it did not do the work it was timed for)
+  log(JSON.stringify({ puts, seconds, rate: lost ? null : puts / seconds, errors, lost }));
   process.exit(0);
 }
 
