@@ -967,7 +967,7 @@ int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, ui
         pos += (size_t)f->rx.consumed;
         taken += (size_t)f->rx.taken;
         records += f->rx.records;
-        if (rc != DTP_STOP) break;
+        if (rc != DTP_STOP || !f->take_credit) break;
         size_t used = flow_credit_record(ctx, f, buf + pos, len - pos);
         if (used == 0) break;
         pos += used;

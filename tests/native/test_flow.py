@@ -54,7 +54,7 @@ def lent_pair(
     for lane in (a, b):
         f = lane.flow
         f.stream_id = f.rx.stream_id = SID
-        f.can_send = f.can_recv = 1
+        f.can_send = f.can_recv = f.take_credit = 1
         f.send_limit, f.conn_send_limit = send_limit, conn_limit
         f.rx.stream_limit = f.rx.conn_limit = BIG
         f.credit_offset, f.credit_conn = credit, BIG
@@ -194,6 +194,12 @@ def test_take_takes_the_peers_credit_records(backend: SimpleNamespace) -> None:
     b.rview[: len(wire)] = wire
     assert b.flow_take(len(wire), dst, 5.0) == STOP
     assert fb.send_limit == 6000 and fb.rx.consumed == len(wire) - len(other)
+    # not where the connection has data waiting for credit: the general path takes it
+    fb.take_credit = 0
+    wire = _credit(a, keys[0], max_stream_data(SID, 7000))
+    b.rview[: len(wire)] = wire
+    assert b.flow_take(len(wire), dst, 6.0) == STOP
+    assert fb.send_limit == 6000 and fb.rx.consumed == 0
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ class Flow:
         "send_limit",
         "send_offset",
         "stream_id",
+        "take_credit",
         "taken",
         "wire_received",
         "wire_sent",
@@ -131,7 +132,7 @@ class Flow:
         self.credit_offset = self.credit_conn = 0
         self.records_received = self.wire_received = 0
         self.last_sent = self.last_received = 0.0
-        self.taken = self.written = 0
+        self.taken = self.written = self.take_credit = 0
 
 
 class Io:
@@ -328,7 +329,7 @@ class Lane:
             pos += result.consumed
             taken += result.taken
             records += result.records
-            if result.status != STOP:
+            if result.status != STOP or not f.take_credit:
                 break
             used = self._credit_record(buf[pos:])
             if not used:

@@ -568,6 +568,9 @@ class _FastPaths(_ConnectionState):
         f.stream_id = stream_id
         f.can_send = can_send
         f.can_recv = can_recv
+        # the peer's credit may be taken in the lane while nothing waits for it: data
+        # queued on any stream goes out only once the general path sees that credit
+        f.take_credit = can_send and can_recv and not self.send_buffered()
         table = self.streams
         f.send_counter = self.records.send_counter
         f.send_offset = stream.next_offset

@@ -556,9 +556,9 @@ class Engine:
         lane may seal again; False when the general path goes on: nothing came, or
         something the lane hands to the connection (which then has it)."""
         conn = self.conn
-        if self.pumping or self.waiters or self.out or not conn.lent_can_recv:
+        if self.pumping or self.waiters or self.out or not lane.flow.take_credit:
             # (another thread reads the carrier, or waits on what the general path's
-            # reads tell it)
+            # reads tell it; or the lane may not take credit: Connection.lend)
             return False
         try:
             n: int = lane.recv(self._fd, CREDIT_READ)
