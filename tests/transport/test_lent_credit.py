@@ -56,16 +56,16 @@ def _pair(window: int | None) -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket
 
 @pytest.fixture
 def credit_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What each Engine.read_credit call answered."""
+    """What each Engine.take_lent_credit call answered."""
     seen: list[bool] = []
-    original = Engine.read_credit
+    original = Engine.take_lent_credit
 
     def counted(self: Engine, lane: Any) -> bool:
         got = original(self, lane)
         seen.append(got)
         return got
 
-    monkeypatch.setattr(Engine, "read_credit", counted)
+    monkeypatch.setattr(Engine, "take_lent_credit", counted)
     return seen
 
 

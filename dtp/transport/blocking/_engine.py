@@ -549,7 +549,7 @@ class Engine:
             self._after_io()
             return taken
 
-    def read_credit(self, lane: Any) -> bool:
+    def take_lent_credit(self, lane: Any) -> bool:
         """The lent stream sealed nothing for want of credit (lock held): read the
         carrier once through the lane, which takes the peer's credit records as it takes
         the stream's data. True when only those came (or the start of a record), so the

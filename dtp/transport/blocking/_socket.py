@@ -866,7 +866,7 @@ class DTPSocket:
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
                     n: int = len(view) - lane.send(engine._fd, view, engine.out)
-                    if not n and engine.read_credit(lane):
+                    if not n and engine.take_lent_credit(lane):
                         # out of credit, which the peer's records in the socket gave
                         n = len(view) - lane.send(engine._fd, view, engine.out)
                 except OSError as exc:
