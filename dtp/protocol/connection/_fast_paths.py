@@ -570,7 +570,15 @@ class _FastPaths(_ConnectionState):
         f.can_recv = can_recv
         # the peer's credit may be taken in the lane while nothing waits for it: data
         # queued on any stream goes out only once the general path sees that credit
-        f.take_credit = can_send and can_recv and not self.send_buffered()
+        take_credit = can_send and can_recv
+        if take_credit:
+            # (send_buffered() of all streams, inline: the fast paths call nothing of
+            # the streams API)
+            for other in self._streams.values():
+                if other.base_offset + len(other.send_buf) != other.next_offset:
+                    take_credit = False
+                    break
+        f.take_credit = take_credit
         table = self.streams
         f.send_counter = self.records.send_counter
         f.send_offset = stream.next_offset
