@@ -562,6 +562,7 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
 
 #define STREAM_HEADER_MAX 25 /* type + three 8-byte varints */
 #define VARINT_MAX_U64 ((uint64_t)DTP_VARINT_MAX)
+#define CREDIT_RECORD_MAX 64 /* the plaintext of a record flow_credit_record may take */
 
 /* The data bytes of the record that starts at data position pos (of len): max_chunk, or
  * what is left, or -- when the frame header beside them would take the plaintext past
@@ -899,6 +900,53 @@ int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
     return DTP_OK;
 }
 
+/* The record at the start of buf[0..len), when it is a small DATA record whose plaintext
+ * is only credit for the lent stream's sending -- MAX_DATA, and MAX_STREAM_DATA of f's
+ * stream -- is authenticated (the replay window advances for it) and its limits raise
+ * f's send limits: the record's length on the wire. 0, taking nothing, for any other
+ * record (its plaintext wiped): the general path opens and judges it. A bulk sender's
+ * peer sends these as it reads; taken here, they do not end the loan. */
+static size_t flow_credit_record(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len) {
+    dtp_record rec;
+    if (next_data_record(buf, len, 0, &rec) != DTP_OK) return 0;
+    size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
+    /* (larger records are never credit alone: no second decryption of stream data) */
+    if (plen == 0 || plen > CREDIT_RECORD_MAX || rec.counter == COUNTER_RESERVED ||
+        !window_check(ctx, rec.counter))
+        return 0;
+    uint8_t plain[CREDIT_RECORD_MAX];
+    if (open_record(ctx, buf, &rec, plain) != DTP_OK) return 0; /* (wiped there) */
+    uint64_t stream_limit = f->send_limit, conn_limit = f->conn_send_limit;
+    size_t p = 0;
+    int credit_only = 1;
+    while (p < plen) {
+        uint8_t type = plain[p++];
+        uint64_t a = 0, b = 0;
+        size_t k = dtp_varint_get(plain + p, plen - p, &a);
+        if (k == 0 || (type != DTP_FRAME_MAX_DATA && type != DTP_FRAME_MAX_STREAM_DATA)) {
+            credit_only = 0;
+            break;
+        }
+        p += k;
+        if (type == DTP_FRAME_MAX_DATA) {
+            if (a > conn_limit) conn_limit = a;
+            continue;
+        }
+        if (a != f->stream_id || (k = dtp_varint_get(plain + p, plen - p, &b)) == 0) {
+            credit_only = 0;
+            break;
+        }
+        p += k;
+        if (b > stream_limit) stream_limit = b;
+    }
+    OPENSSL_cleanse(plain, plen);
+    if (!credit_only) return 0;
+    window_mark(ctx, rec.counter);
+    f->send_limit = stream_limit;
+    f->conn_send_limit = conn_limit;
+    return DTP_RECORD_HEADER_LEN + rec.body_len;
+}
+
 int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, uint8_t *dst,
                   size_t dst_cap, uint8_t *scratch, size_t scratch_cap, double now) {
     if (ctx == NULL || f == NULL) return DTP_ERR_ARG;
@@ -908,12 +956,30 @@ int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, ui
         return DTP_STOP;
     }
     if (f->rx.stream_id != f->stream_id) return DTP_ERR_ARG;
-    int rc = dtp_rx_take(ctx, buf, len, &f->rx, dst, dst_cap, scratch, scratch_cap);
-    if (rc < 0) return rc;
-    f->taken = f->rx.taken;
-    if (f->rx.records > 0) {
-        f->records_received += f->rx.records;
-        f->wire_received += f->rx.consumed;
+    if (buf == NULL && len > 0) return DTP_ERR_ARG;
+    size_t pos = 0, taken = 0;
+    uint64_t records = 0;
+    int rc;
+    for (;;) {
+        rc = dtp_rx_take(ctx, buf == NULL ? NULL : buf + pos, len - pos, &f->rx,
+                         dst == NULL ? NULL : dst + taken, dst_cap - taken, scratch, scratch_cap);
+        if (rc < 0) return rc; /* (argument errors: the first turn's) */
+        pos += (size_t)f->rx.consumed;
+        taken += (size_t)f->rx.taken;
+        records += f->rx.records;
+        if (rc != DTP_STOP || !f->take_credit) break;
+        size_t used = flow_credit_record(ctx, f, buf + pos, len - pos);
+        if (used == 0) break;
+        pos += used;
+        records++;
+    }
+    f->rx.consumed = pos;
+    f->rx.records = records;
+    f->rx.taken = taken;
+    f->taken = taken;
+    if (records > 0) {
+        f->records_received += records;
+        f->wire_received += pos;
         f->last_received = now;
     }
     if (rc == DTP_OK && (f->rx.offset > f->credit_offset || f->rx.conn_received > f->credit_conn))

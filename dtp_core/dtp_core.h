@@ -321,6 +321,8 @@ typedef struct dtp_flow {
     double last_received;      /* in/out: `now` of the last take that took a record */
     uint64_t taken;            /* out: data bytes of the last call (sealed, or into dst) */
     uint64_t written;          /* out: bytes dtp_flow_seal wrote to out */
+    uint32_t take_credit;      /* in: dtp_flow_take may take the peer's credit records (0 /
+                                  1): only while no data waits for that credit elsewhere */
 } dtp_flow;
 
 /* Seal the start of data[0..len) as STREAM records of the lent stream: as much as both
@@ -333,7 +335,11 @@ int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
 
 /* dtp_rx_take on the lent stream, counting what it takes: same results in f->rx and the
  * same statuses, plus DTP_DUE in place of DTP_OK when credit is due after it; DTP_STOP,
- * taking nothing, when the stream's bytes may not be taken here. */
+ * taking nothing, when the stream's bytes may not be taken here. With f->take_credit,
+ * where the take stops before a small record that holds only credit for the stream's sending (MAX_DATA,
+ * MAX_STREAM_DATA of f's stream: the peer's window updates), that record is taken too
+ * -- authenticated, its limits raising send_limit / conn_send_limit, counted in
+ * rx.consumed and rx.records -- and the take goes on after it. */
 int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, uint8_t *dst,
                   size_t dst_cap, uint8_t *scratch, size_t scratch_cap, double now);
 

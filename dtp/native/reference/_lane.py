@@ -33,6 +33,8 @@ from dtp.native.reference._varint import varint_decode
 from dtp.native.types import (
     DUE,
     EOF,
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAM_DATA,
     FRAME_STREAM,
     FULL,
     NEED_MORE,
@@ -46,6 +48,7 @@ from dtp.native.types import (
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
 _MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
 OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+CREDIT_RECORD_MAX = 64  # the plaintext of a record _credit_record may take
 
 
 def _stream_data(
@@ -114,6 +117,7 @@ class Flow:
         "send_limit",
         "send_offset",
         "stream_id",
+        "take_credit",
         "taken",
         "wire_received",
         "wire_sent",
@@ -128,7 +132,7 @@ class Flow:
         self.credit_offset = self.credit_conn = 0
         self.records_received = self.wire_received = 0
         self.last_sent = self.last_received = 0.0
-        self.taken = self.written = 0
+        self.taken = self.written = self.take_credit = 0
 
 
 class Io:
@@ -307,27 +311,91 @@ class Lane:
             return STOP
         if rx.stream_id != f.stream_id:
             raise LocalProtocolError("flow and receive side name other streams", ErrorCode.ARG)
-        result = self.take(
-            buf, f.stream_id, rx.offset, rx.stream_limit, rx.conn_received, rx.conn_limit, dst
-        )
-        got = result.taken + len(result.spill)
-        rx.offset += got
-        rx.conn_received += got
-        rx.consumed = result.consumed
-        rx.records = result.records
-        rx.taken = result.taken
+        out = memoryview(dst).cast("B")
+        pos = taken = records = 0
+        while True:
+            result = self.take(
+                buf[pos:],
+                f.stream_id,
+                rx.offset,
+                rx.stream_limit,
+                rx.conn_received,
+                rx.conn_limit,
+                out[taken:],
+            )
+            got = result.taken + len(result.spill)
+            rx.offset += got
+            rx.conn_received += got
+            pos += result.consumed
+            taken += result.taken
+            records += result.records
+            if result.status != STOP or not f.take_credit:
+                break
+            used = self._credit_record(buf[pos:])
+            if not used:
+                break
+            pos += used
+            records += 1
+        rx.consumed = pos
+        rx.records = records
+        rx.taken = taken
         rx.spill_off = 0
         rx.spill_len = len(result.spill)
         self._spill = bytes(result.spill)
-        f.taken = result.taken
-        if result.records:
-            f.records_received += result.records
-            f.wire_received += result.consumed
+        f.taken = taken
+        if records:
+            f.records_received += records
+            f.wire_received += pos
             f.last_received = now
         status = result.status
         if status == OK and (rx.offset > f.credit_offset or rx.conn_received > f.credit_conn):
             status = DUE
         return status
+
+    def _credit_record(self, view: memoryview) -> int:
+        """The record at the start of ``view``, when it is a small DATA record whose
+        plaintext is only credit for the lent stream's sending (MAX_DATA, and
+        MAX_STREAM_DATA of its stream): authenticated (the replay window advances), its
+        limits raise the flow's send limits, and its length on the wire is returned. 0,
+        taking nothing, for any other record: the general path opens and judges it."""
+        header = next_data_record(view, 0)
+        if isinstance(header, int):
+            return 0
+        plen = header.body_len - AEAD_TAG_LEN
+        counter = header.counter
+        window = self._recv._window
+        if not 0 < plen <= CREDIT_RECORD_MAX or counter == COUNTER_RESERVED:
+            return 0
+        if not window.check(counter):
+            return 0
+        end = RECORD_HEADER_LEN + header.body_len
+        try:
+            plain = self._recv._cipher.decrypt(
+                nonce(counter), bytes(view[RECORD_HEADER_LEN:end]), bytes(view[:RECORD_HEADER_LEN])
+            )
+        except InvalidTag:
+            return 0
+        f = self.flow
+        stream_limit, conn_limit = f.send_limit, f.conn_send_limit
+        pos = 0
+        while pos < plen:
+            ftype = plain[pos]
+            got = varint_decode(plain, pos + 1)
+            if got is None or ftype not in (FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA):
+                return 0
+            a, pos = got
+            if ftype == FRAME_MAX_DATA:
+                conn_limit = max(conn_limit, a)
+                continue
+            got = varint_decode(plain, pos) if a == f.stream_id else None
+            if got is None:
+                return 0
+            b, pos = got
+            stream_limit = max(stream_limit, b)
+        window.mark(counter)
+        f.send_limit = stream_limit
+        f.conn_send_limit = conn_limit
+        return end
 
     def flow_spill(self) -> memoryview:
         """After :meth:`flow_take` returned FULL: the data of the last record that did

@@ -568,6 +568,17 @@ class _FastPaths(_ConnectionState):
         f.stream_id = stream_id
         f.can_send = can_send
         f.can_recv = can_recv
+        # the peer's credit may be taken in the lane while nothing waits for it: data
+        # queued on any stream goes out only once the general path sees that credit
+        take_credit = can_send and can_recv
+        if take_credit:
+            # (send_buffered() of all streams, inline: the fast paths call nothing of
+            # the streams API)
+            for other in self._streams.values():
+                if other.base_offset + len(other.send_buf) != other.next_offset:
+                    take_credit = False
+                    break
+        f.take_credit = take_credit
         table = self.streams
         f.send_counter = self.records.send_counter
         f.send_offset = stream.next_offset
@@ -647,17 +658,23 @@ class _FastPaths(_ConnectionState):
             records.records_sent += f.records_sent
             self.bytes_sent += f.wire_sent
             self._last_sent = f.last_sent
+        table = self.streams
+        if f.send_limit > stream.send_credit or f.conn_send_limit > table.conn_send_credit:
+            # the peer's credit records, taken in the lane (as _handle_frame takes them)
+            stream.send_credit = max(stream.send_credit, f.send_limit)
+            table.conn_send_credit = max(table.conn_send_credit, f.conn_send_limit)
+            records.streams_dirty = True
+        if f.records_received:
+            self.records_received += f.records_received
+            self.bytes_received += f.wire_received
+            self._last_received = f.last_received
         rx = f.rx
         got = rx.offset - stream.delivered
         if got:
-            table = self.streams
             stream.delivered = stream.recv_highest = rx.offset
             table.conn_received = rx.conn_received
             read = got - unread
             stream.consumed += read
             table.conn_consumed += read
-            self.records_received += f.records_received
-            self.bytes_received += f.wire_received
-            self._last_received = f.last_received
             self._lane_sid = stream.stream_id
             records.return_credit(stream)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, DTPTimeoutError, PaymentRequired
-from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
+from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
 from dtp.protocol._state import SendState
 from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG, CloseCode
 from dtp.transport._session import CARRIER_DRAIN, FIRST_RECV_CHUNK, RECV_CHUNK, UNSENT, Session
@@ -39,6 +39,7 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 # (each datagram sent while the carrier is full queues one): their sum stays cheap.
 _BACKLOG_ENTRIES = 256
 
+CREDIT_READ = 4096  # a sender's read for credit records (any stream data goes to the connection)
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
@@ -547,6 +548,43 @@ class Engine:
                 conn.take_back(sched.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
+
+    def take_lent_credit(self, lane: Any) -> bool:
+        """The lent stream sealed nothing for want of credit (lock held): read the
+        carrier once through the lane, which takes the peer's credit records as it takes
+        the stream's data. True when only those came (or the start of a record), so the
+        lane may seal again; False when the general path goes on: nothing came, or
+        something the lane hands to the connection (which then has it)."""
+        conn = self.conn
+        if self.pumping or self.waiters or self.out or not lane.flow.take_credit:
+            # (another thread reads the carrier, or waits on what the general path's
+            # reads tell it; or the lane may not take credit: Connection.lend)
+            return False
+        try:
+            n: int = lane.recv(self._fd, CREDIT_READ)
+        except OSError as exc:
+            self._carrier_failed(exc)
+            return False
+        status = lane.status
+        if not n and status in (OK, NEED_MORE):
+            return True
+        if status == WAIT:
+            return False
+        if status == EOF:
+            self._carrier_failed(None)
+            return False
+        # the stream's own bytes (the reader's next: as unread), or a record the lane
+        # does not take (the general path's next)
+        rx = lane.flow.rx
+        data = bytes(lane.own[: rx.taken])
+        rest: Any = b""
+        if status in (FULL, STOP):
+            if status == FULL and rx.spill_len:
+                data += bytes(lane.flow_spill())
+            rest = lane.rview[rx.consumed : lane.io.end]
+        conn.take_back(sched.monotonic(), data, rest)
+        self._after_io()
+        return False
 
     def take_interrupt(self, stream_id: int) -> None:
         """Raise DTPTimeoutError when a read of ``stream_id`` was interrupted (lock

@@ -857,10 +857,20 @@ class DTPSocket:
                     lambda: not engine.out or engine.carrier_closed or self._wr_shut, timeout
                 )
                 self._check_sendable()
-            lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
+            if conn.lent_stream_id == sid:
+                lane = conn.lent_lane
+            elif conn.send_buffered(sid):
+                # the lane could not send (the queued bytes go first): a loan would
+                # only be taken back by the general path below
+                lane = None
+            else:
+                lane = engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
                     n: int = len(view) - lane.send(engine._fd, view, engine.out)
+                    if not n and engine.take_lent_credit(lane):
+                        # out of credit, which the peer's records in the socket gave
+                        n = len(view) - lane.send(engine._fd, view, engine.out)
                 except OSError as exc:
                     engine._carrier_failed(exc)
                     n = len(view)  # lost with the carrier: the next call reports it

@@ -1,0 +1,165 @@
+"""A bulk sender on a lent stream takes the reader's credit records in the lane: once out
+of credit, it reads the carrier there (dtp_flow_take takes MAX_DATA / MAX_STREAM_DATA
+records) and seals again, without the general path. What else comes meanwhile -- the
+peer's own stream bytes -- goes to the connection, lost to nobody."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.blocking._engine import Engine
+
+TOTAL = 24 << 20  # several times the 4 MiB stream window
+CHUNK = 64 << 10
+SMALL_WINDOW = 256 << 10
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    yield from _pair(None)
+
+
+@pytest.fixture
+def small_pair() -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    """A server whose stream window (its clients' credit) fits in the carrier's buffers."""
+    yield from _pair(SMALL_WINDOW)
+
+
+def _pair(window: int | None) -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    identity = HostIdentity.generate()
+    config = None
+    if window is not None:
+        config = ConnectionConfig(identity=identity, is_client=False, stream_window=window)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity, config=config)
+    client = dtp.socket.create_connection(
+        server.address, server_key=identity.noise_public, timeout=30
+    )
+    accepted, _ = server.accept(timeout=10)
+    accepted.settimeout(30)
+    try:
+        yield client, accepted
+    finally:
+        client.close()
+        accepted.close()
+        server.close()
+
+
+@pytest.fixture
+def credit_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each Engine.take_lent_credit call answered."""
+    seen: list[bool] = []
+    original = Engine.take_lent_credit
+
+    def counted(self: Engine, lane: Any) -> bool:
+        got = original(self, lane)
+        seen.append(got)
+        return got
+
+    monkeypatch.setattr(Engine, "take_lent_credit", counted)
+    return seen
+
+
+def _read_all(sock: dtp.socket.DTPSocket, total: int, out: list[bytes]) -> None:
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    got = 0
+    while got < total:
+        n = sock.recv_into(buf)
+        assert n, "the stream ended early"
+        digest.update(memoryview(buf)[:n])
+        got += n
+    out.append(digest.digest())
+
+
+def test_a_sender_out_of_credit_takes_the_credit_in_the_socket(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], credit_reads: list[bool]
+) -> None:
+    client, server = small_pair
+    client.sendall(b"a")
+    assert server.recv(1) == b"a"  # both ends lend the stream from here
+    data = os.urandom(SMALL_WINDOW - 1)
+    client.sendall(data)  # the whole credit: the next byte waits for the reader's
+    got = bytearray()
+    while len(got) < len(data):
+        got += server.recv(SMALL_WINDOW)
+    assert bytes(got) == data
+    time.sleep(0.2)  # (the reader's credit records reach the sender's socket)
+    assert credit_reads == []
+    more = os.urandom(CHUNK)
+    client.sendall(more)
+    assert credit_reads[0] is True  # taken in the lane, which sealed the rest
+    got.clear()
+    while len(got) < len(more):
+        got += server.recv(CHUNK)
+    assert bytes(got) == more
+    conn = client._engine.conn
+    if conn.lent_stream_id is not None:
+        conn.take_back(0.0)  # the stream's state back, the credit included
+    assert conn._streams[client._stream_id].send_credit >= SMALL_WINDOW + CHUNK
+
+
+def test_a_bulk_sender_delivers_everything(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], credit_reads: list[bool]
+) -> None:
+    client, server = pair
+    data = os.urandom(TOTAL)
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(server, TOTAL, got))
+    reader.start()
+    view = memoryview(data)
+    for pos in range(0, TOTAL, CHUNK):
+        client.sendall(view[pos : pos + CHUNK])
+    reader.join(30)
+    assert got == [hashlib.sha256(data).digest()]
+    assert credit_reads  # the sender ran out of credit (4 MiB) and looked in the lane
+
+
+def test_what_the_peer_sends_meanwhile_reaches_the_sender(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], credit_reads: list[bool]
+) -> None:
+    client, server = pair
+    data = os.urandom(TOTAL)
+    replies = [os.urandom(1000 + i) for i in range(20)]
+    got: list[bytes] = []
+
+    def read_and_answer() -> None:
+        digest = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        n_got = 0
+        step = TOTAL // len(replies)
+        sent = 0
+        while n_got < TOTAL:
+            n = server.recv_into(buf)
+            assert n
+            digest.update(memoryview(buf)[:n])
+            n_got += n
+            while sent < len(replies) and n_got >= (sent + 1) * step:
+                server.sendall(replies[sent])
+                sent += 1
+        got.append(digest.digest())
+
+    reader = threading.Thread(target=read_and_answer)
+    reader.start()
+    view = memoryview(data)
+    for pos in range(0, TOTAL, CHUNK):
+        client.sendall(view[pos : pos + CHUNK])
+    reader.join(30)
+    assert got == [hashlib.sha256(data).digest()]
+    want = b"".join(replies)
+    received = bytearray()
+    while len(received) < len(want):
+        chunk = client.recv(1 << 16)
+        assert chunk
+        received += chunk
+    assert bytes(received) == want
+    assert credit_reads  # the sender ran out of credit and read in the lane
