@@ -90,6 +90,9 @@ class SqlStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        # balances read so far: a store lives for one transaction, whose writes all
+        # come after its reads, so one read is not made again for its effects
+        self._balances: dict[str, int] = {}
 
     def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
         row = self.load_stored(object_id)
@@ -105,15 +108,26 @@ class SqlStore:
         return row[0], row[1], version, data, row[3]
 
     def balance(self, address: str) -> int:
+        known = self._balances.get(address)
+        if known is not None:
+            return known
         row = self.db.execute(
             "SELECT amount FROM balances WHERE address = ?", (address,)
         ).fetchone()
-        return _balance(address, row[0]) if row else 0
+        amount = _balance(address, row[0]) if row else 0
+        self._balances[address] = amount
+        return amount
 
     def balances(self, addresses: Sequence[str]) -> dict[str, int]:
-        """The balances of ``addresses`` that are not zero (one statement)."""
-        marks = ",".join("?" * len(addresses))
-        rows = self.db.execute(
-            f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
-        )
-        return {address: _balance(address, amount) for address, amount in rows}
+        """The balances of ``addresses`` that are not zero (one statement for those not
+        read by :meth:`balance` already, none when all were)."""
+        known = self._balances
+        held = {a: known[a] for a in addresses if known.get(a)}
+        rest = [a for a in addresses if a not in known]
+        if rest:
+            marks = ",".join("?" * len(rest))
+            rows = self.db.execute(
+                f"SELECT address, amount FROM balances WHERE address IN ({marks})", rest
+            )
+            held.update((address, _balance(address, amount)) for address, amount in rows)
+        return held
