@@ -159,7 +159,7 @@ class ConnectionConfig:
         True passed as 1) from ``least`` to ``most`` (None: no limit): TypeError for
         anything else, ValueError for an int out of range; ``where`` ends the message
         (the case the range is for)."""
-        if isinstance(value, bool) or not isinstance(value, int):
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         if value < least or (most is not None and value > most):
             if most is None:
@@ -250,12 +250,15 @@ def _check_seconds(name: str, value: object, what: str, most: float = math.inf) 
     most ``most``: TypeError for anything else (a bool too: True passed as 1 s; a
     Decimal, not a ``numbers.Real``, as a socket's settimeout refuses it), saying it
     must be ``what``; ValueError for a number out of range (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is float:  # (as most are: no look-up in numbers.Real's registry)
+        seconds = value
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int (or a Fraction) beyond the float range
-        seconds = math.inf
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int (or a Fraction) beyond the float range
+            seconds = math.inf
     if not (math.isfinite(seconds) and 0 < seconds <= most):
         limit = f" up to {most:.0f}" if most < math.inf else ""
         raise ValueError(
