@@ -240,8 +240,31 @@ def direct_client_config(
         fields["identity"] = identity
     # one dataclass made, not a default one and then its replacement
     if config is None:
-        return ConnectionConfig(**fields), made
+        return _default_client_config(fields), made
     return replace(config, **fields), made
+
+
+# The defaults of a client config, as the first one made from them holds them once
+# checked: the fields a direct connect fills in (its keys) are not among what
+# __post_init__ checks, so each later connect need not check the defaults again.
+_CLIENT_DEFAULTS: dict[str, Any] | None = None
+_KEY_FIELDS = frozenset({"is_client", "identity", "server_static", "expected_server_static"})
+
+
+def _default_client_config(fields: dict[str, Any]) -> ConnectionConfig:
+    """``ConnectionConfig(**fields)``; past the checks of the defaults when ``fields``
+    name ``is_client``, ``identity`` and the server keys (checked by the caller)."""
+    global _CLIENT_DEFAULTS
+    if _CLIENT_DEFAULTS is None or fields.keys() != _KEY_FIELDS:
+        made = ConnectionConfig(**fields)
+        if fields.keys() == _KEY_FIELDS:
+            _CLIENT_DEFAULTS = {k: v for k, v in vars(made).items() if k not in _KEY_FIELDS}
+        return made
+    cfg: ConnectionConfig = object.__new__(ConnectionConfig)
+    held = vars(cfg)  # (frozen: filled in past __setattr__, as __init__ itself does)
+    held.update(_CLIENT_DEFAULTS)
+    held.update(fields)
+    return cfg
 
 
 def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> float:
