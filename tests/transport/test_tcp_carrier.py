@@ -594,3 +594,17 @@ def test_an_ipv6_literal_connects() -> None:
         with connect_tcp(address, 5.0) as sock:
             assert sock.family == socket.AF_INET6
             assert sock.getpeername()[:2] == address
+
+
+def test_a_literal_connect_keeps_the_timeout_left_out(listener: socket.socket) -> None:
+    """As with socket.create_connection: the timeout left out is the process's default."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(3.5)
+    try:
+        left_out = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+        with connect_tcp(listener.getsockname(), left_out) as sock:
+            assert sock.gettimeout() == 3.5
+        with connect_tcp(listener.getsockname(), None) as sock:
+            assert sock.gettimeout() is None
+    finally:
+        socket.setdefaulttimeout(previous)

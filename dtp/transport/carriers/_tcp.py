@@ -111,10 +111,16 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
         raise connect_error(address, _unresolvable(exc)) from exc
 
 
+# socket.create_connection's timeout "left out" (the socket keeps the default timeout)
+_LEFT_OUT: object = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", None)
+
+
 def _literal_family(address: tuple[str, int]) -> int:
     """AF_INET or AF_INET6 when ``address`` is an address literal and a port number, else
     0. A literal needs no resolving: socket.create_connection's getaddrinfo would give its
     one address back, at the cost of the name's IDNA encoding and the result's enums."""
+    if len(address) != 2:
+        return 0  # (socket.create_connection says what is wrong with it)
     host, port = address
     if type(host) is not str or type(port) is not int or not 0 <= port <= 0xFFFF:
         return 0
@@ -136,7 +142,8 @@ def _connect_literal(family: int, address: tuple[str, int], timeout: float | Non
     """socket.create_connection for an address literal: one socket, its error raised."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
+        if timeout is not _LEFT_OUT:
+            sock.settimeout(timeout)
         sock.connect(address)
     except BaseException:
         sock.close()
