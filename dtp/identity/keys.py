@@ -323,7 +323,7 @@ _BY_NOISE_KEY: weakref.WeakValueDictionary[bytes, HostIdentity] = weakref.WeakVa
 
 def noise_key_object(noise_private: bytes) -> X25519PrivateKey | None:
     """The X25519 key object of a live identity whose Noise private key is
-    ``noise_private`` (it passed through :meth:`HostIdentity.noise_private_bytes`), or
+    ``noise_private`` (:meth:`HostIdentity.noise_private_bytes`), or
     None (none, or one made around the core's key: :func:`core_noise_key`)."""
     identity = _BY_NOISE_KEY.get(bytes(noise_private))
     return None if identity is None else identity._noise
@@ -391,6 +391,7 @@ class HostIdentity:
         set_(self, "_ed25519_public", ed_public)
         set_(self, "_noise_public", _raw_public(noise_private.public_key()))
         set_(self, "_sui_address", sui_address_from_public_key(ed_public))
+        _BY_NOISE_KEY[self._noise_raw] = self
 
     @classmethod
     def _around_noise_key(
@@ -411,6 +412,7 @@ class HostIdentity:
         set_(self, "_ed25519_public", ed_public)
         set_(self, "_noise_public", bytes(noise_key.public))
         set_(self, "_sui_address", sui_address_from_public_key(ed_public))
+        _BY_NOISE_KEY[self._noise_raw] = self
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -502,9 +504,8 @@ class HostIdentity:
 
     def noise_private_bytes(self) -> bytes:
         """The raw 32-byte X25519 private key, for the Noise handshake. Keep it secret."""
-        raw = self._noise_raw
-        _BY_NOISE_KEY[raw] = self
-        return raw
+        # (the identity is in _BY_NOISE_KEY from its making: each handshake asks for it)
+        return self._noise_raw
 
     # -- signing --------------------------------------------------------------------------
 

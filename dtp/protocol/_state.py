@@ -22,6 +22,10 @@ class ConnState(enum.Enum):
     ESTABLISHED = "established"  # application data flows
     CLOSED = "closed"  # terminal; ConnectionTerminated was reported
 
+    # members are singletons compared by identity, so identity hashing agrees with
+    # equality; Enum's own __hash__ (of the name) is a Python call at every transition
+    __hash__ = object.__hash__
+
 
 _TRANSITIONS: dict[ConnState, set[ConnState]] = {
     ConnState.CLIENT_HELLO: {ConnState.AUTHENTICATING, ConnState.CLOSED},

@@ -228,3 +228,28 @@ def test_a_refused_connect_takes_no_anonymous_identity() -> None:
     with pytest.raises(ValueError, match="differ"):
         direct_client_config(None, None, SERVER.noise_public, OTHER, anonymous)
     assert taken == []
+
+
+def test_a_config_made_from_the_defaults_is_the_one_the_dataclass_makes() -> None:
+    """Each direct connect without a config gets the defaults checked once, not again:
+    the config it gets equals, field by field, the one ConnectionConfig makes, and
+    carries its own keys (the connect before it made the same kind of config)."""
+    for key, pin, identity in (
+        (SERVER.noise_public, None, CLIENT),
+        (None, SERVER.noise_public, SERVER),
+        (bytearray(SERVER.noise_public), None, CLIENT),
+    ):
+        cfg, made = direct_client_config(None, identity, key, pin, HostIdentity.generate)
+        expected = ConnectionConfig(
+            identity=identity,
+            is_client=True,
+            server_static=None if key is None else bytes(key),
+            expected_server_static=pin,
+        )
+        assert not made
+        assert type(cfg) is ConnectionConfig
+        assert vars(cfg) == vars(expected)
+        assert type(cfg.server_static) is (bytes if key is not None else type(None))
+    anonymous, made = direct_client_config(None, None, None, None, HostIdentity.generate)
+    assert made and anonymous.identity not in (SERVER, CLIENT)
+    assert vars(anonymous) == vars(ConnectionConfig(identity=anonymous.identity, is_client=True))

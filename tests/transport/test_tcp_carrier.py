@@ -544,3 +544,67 @@ def test_two_announcements_at_once_are_both_issued_apart_and_recorded(
     finally:
         gossip.close()
         node.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "family"),
+    [
+        (("127.0.0.1", 80), socket.AF_INET),
+        (("::1", 80), socket.AF_INET6),
+        (("localhost", 80), 0),  # a name: resolved
+        (("127.1", 80), 0),  # a short form inet_pton refuses: getaddrinfo's reading
+        (("fe80::1%lo", 80), 0),  # a scope ID: getaddrinfo's
+        (("127.0.0.1", "80"), 0),  # a service given as text: getaddrinfo's
+        (("127.0.0.1", 70000), 0),  # out of range: getaddrinfo's error
+    ],
+)
+def test_only_an_address_literal_and_a_port_number_skip_the_resolver(
+    address: tuple[str, int], family: int
+) -> None:
+    assert tcp._literal_family(address) == family
+
+
+def test_a_literal_address_connects_without_the_resolver(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """connect_tcp and the early connect reach an address literal without getaddrinfo,
+    tuned, with connect_tcp's errors when nothing listens."""
+
+    def resolve(*args: object, **kw: object) -> list[object]:
+        raise AssertionError("getaddrinfo called for an address literal")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    address = listener.getsockname()
+    for sock in (connect_tcp(address, 5.0), PendingTcp(address).finish(5.0)):
+        with sock:
+            assert sock.getpeername() == address
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    dead = ("127.0.0.1", _dead_port())
+    with pytest.raises(CarrierRefused, match=f"127.0.0.1:{dead[1]}"):
+        connect_tcp(dead, 5.0)
+
+
+def test_an_ipv6_literal_connects() -> None:
+    try:
+        listener = listen_tcp(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with listener:
+        address = listener.getsockname()[:2]
+        with connect_tcp(address, 5.0) as sock:
+            assert sock.family == socket.AF_INET6
+            assert sock.getpeername()[:2] == address
+
+
+def test_a_literal_connect_keeps_the_timeout_left_out(listener: socket.socket) -> None:
+    """As with socket.create_connection: the timeout left out is the process's default."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(3.5)
+    try:
+        left_out = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+        with connect_tcp(listener.getsockname(), left_out) as sock:
+            assert sock.gettimeout() == 3.5
+        with connect_tcp(listener.getsockname(), None) as sock:
+            assert sock.gettimeout() is None
+    finally:
+        socket.setdefaulttimeout(previous)

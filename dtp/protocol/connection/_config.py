@@ -159,7 +159,7 @@ class ConnectionConfig:
         True passed as 1) from ``least`` to ``most`` (None: no limit): TypeError for
         anything else, ValueError for an int out of range; ``where`` ends the message
         (the case the range is for)."""
-        if isinstance(value, bool) or not isinstance(value, int):
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         if value < least or (most is not None and value > most):
             if most is None:
@@ -240,8 +240,31 @@ def direct_client_config(
         fields["identity"] = identity
     # one dataclass made, not a default one and then its replacement
     if config is None:
-        return ConnectionConfig(**fields), made
+        return _default_client_config(fields), made
     return replace(config, **fields), made
+
+
+# The defaults of a client config, as the first one made from them holds them once
+# checked: the fields a direct connect fills in (its keys) are not among what
+# __post_init__ checks, so each later connect need not check the defaults again.
+_CLIENT_DEFAULTS: dict[str, Any] | None = None
+_KEY_FIELDS = frozenset({"is_client", "identity", "server_static", "expected_server_static"})
+
+
+def _default_client_config(fields: dict[str, Any]) -> ConnectionConfig:
+    """``ConnectionConfig(**fields)``; past the checks of the defaults when ``fields``
+    name ``is_client``, ``identity`` and the server keys (checked by the caller)."""
+    global _CLIENT_DEFAULTS
+    if _CLIENT_DEFAULTS is None or fields.keys() != _KEY_FIELDS:
+        made = ConnectionConfig(**fields)
+        if fields.keys() == _KEY_FIELDS:
+            _CLIENT_DEFAULTS = {k: v for k, v in vars(made).items() if k not in _KEY_FIELDS}
+        return made
+    cfg: ConnectionConfig = object.__new__(ConnectionConfig)
+    held = vars(cfg)  # (frozen: filled in past __setattr__, as __init__ itself does)
+    held.update(_CLIENT_DEFAULTS)
+    held.update(fields)
+    return cfg
 
 
 def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> float:
@@ -250,12 +273,15 @@ def _check_seconds(name: str, value: object, what: str, most: float = math.inf) 
     most ``most``: TypeError for anything else (a bool too: True passed as 1 s; a
     Decimal, not a ``numbers.Real``, as a socket's settimeout refuses it), saying it
     must be ``what``; ValueError for a number out of range (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is float:  # (as most are: no look-up in numbers.Real's registry)
+        seconds = value
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int (or a Fraction) beyond the float range
-        seconds = math.inf
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int (or a Fraction) beyond the float range
+            seconds = math.inf
     if not (math.isfinite(seconds) and 0 < seconds <= most):
         limit = f" up to {most:.0f}" if most < math.inf else ""
         raise ValueError(

@@ -123,6 +123,13 @@ def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
 #: The frames an XX server takes before the client's AUTH (section 8 of the spec).
 _BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
 
+# the handshake record each state waits for (built once: each handshake message looks)
+_HANDSHAKE_KIND = {
+    ConnState.SERVER_WAIT: REC_HS_INIT,
+    ConnState.CLIENT_HELLO: REC_HS_RESP,
+    ConnState.SERVER_FINAL: REC_HS_FINAL,
+}
+
 
 def _allowed_before_auth(frames: list[RawFrame]) -> bool:
     """Whether every frame before the first AUTH in ``frames`` (all of them if there is
@@ -791,11 +798,7 @@ class Connection(_Streams, _FastPaths):
         return True
 
     def _handle_handshake_message(self, kind: int, body: bytes, now: float) -> None:
-        expected = {
-            ConnState.SERVER_WAIT: REC_HS_INIT,
-            ConnState.CLIENT_HELLO: REC_HS_RESP,
-            ConnState.SERVER_FINAL: REC_HS_FINAL,
-        }.get(self._state)
+        expected = _HANDSHAKE_KIND.get(self._state)
         if kind != expected:
             if not self.config.reliable_carrier:
                 if not self.is_client and kind == REC_HS_INIT and body == self._hs_init:

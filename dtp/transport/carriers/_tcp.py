@@ -97,6 +97,9 @@ def tune(sock: socket.socket) -> None:
 def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socket:
     """Open a tuned TCP connection; errors become DTP errors with the address."""
     try:
+        family = _literal_family(address)
+        if family:
+            return _tuned(_connect_literal(family, address, timeout))
         return _tuned(socket.create_connection(address, timeout=timeout))
     except OSError as exc:
         raise connect_error(address, exc) from exc
@@ -105,6 +108,46 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
         # host may publish it: not found, as getaddrinfo says of a name it cannot
         # resolve (a UnicodeError would escape connect_any, and no later endpoint be tried)
         raise connect_error(address, _unresolvable(exc)) from exc
+
+
+# socket.create_connection's timeout "left out" (the socket keeps the default timeout)
+_LEFT_OUT: object = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", None)
+
+
+def _literal_family(address: tuple[str, int]) -> int:
+    """AF_INET or AF_INET6 when ``address`` is an address literal and a port number, else
+    0. A literal needs no resolving: socket.create_connection's getaddrinfo would give its
+    one address back, at the cost of the name's IDNA encoding and the result's enums."""
+    if len(address) != 2:
+        return 0  # (socket.create_connection says what is wrong with it)
+    host, port = address
+    if type(host) is not str or type(port) is not int or not 0 <= port <= 0xFFFF:
+        return 0
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET
+    except OSError:
+        pass
+    if ":" in host and "%" not in host:  # (a scope ID is left to getaddrinfo)
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+            return socket.AF_INET6
+        except OSError:
+            pass
+    return 0
+
+
+def _connect_literal(family: int, address: tuple[str, int], timeout: float | None) -> socket.socket:
+    """socket.create_connection for an address literal: one socket, its error raised."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if timeout is not _LEFT_OUT:
+            sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def endpoint_text(host: object, port: object) -> str:
@@ -203,10 +246,15 @@ class PendingTcp:
         #: the name's other addresses, in getaddrinfo's order (after the one tried here)
         self._others: Sequence[_AddrInfo] = ()
         try:
-            infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
-            family, kind, proto, _, sockaddr = infos[0]
-            self._others = infos[1:]
-            sock = socket.socket(family, kind, proto)
+            family = _literal_family(address)
+            if family:
+                sockaddr: Any = address
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            else:
+                infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
+                family, kind, proto, _, sockaddr = infos[0]
+                self._others = infos[1:]
+                sock = socket.socket(family, kind, proto)
         except (OSError, UnicodeError):  # (UnicodeError: a name IDNA refuses)
             return
         sock.setblocking(False)
