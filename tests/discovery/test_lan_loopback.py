@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from zeroconf import IPVersion, ServiceInfo, Zeroconf
+from zeroconf import DNSOutgoing, DNSQuestion, IPVersion, ServiceInfo, Zeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
 import dtp.aio
 import dtp.socket
@@ -157,6 +158,35 @@ def test_a_withdrawal_at_once_after_announcing_stays_withdrawn(
                     time.sleep(0.05)
         finally:
             web.close()
+
+
+def test_an_answer_queued_before_the_withdrawal_is_not_sent_after_it(
+    echo_server: dtp.socket.DTPServer,
+) -> None:
+    # a query's multicast answer waits 20-120 ms before it is sent (RFC 6762 §6): the
+    # announcement withdrawn in that time must not be announced again by it
+    key = echo_server.noise_public_key
+    query = DNSOutgoing(_FLAGS_QR_QUERY)
+    query.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+    raw = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only, use_asyncio=False)
+    try:
+        with lan.browse(interfaces=LOOPBACK, key=key) as browser:
+            web = lan.announce(echo_server, interfaces=LOOPBACK, service="web")
+            browser.wait_for(timeout=15)
+            time.sleep(1.0)  # (its own repeats are over)
+            raw.send(query)
+            time.sleep(0.01)  # (the query taken, its answer waiting)
+            web.close()
+            deadline = time.monotonic() + 15
+            while browser.peers():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            settled = time.monotonic() + 2
+            while time.monotonic() < settled:
+                assert browser.peers() == []
+                time.sleep(0.05)
+    finally:
+        raw.close()
 
 
 def test_an_instance_that_did_not_resolve_in_time_is_asked_again(
