@@ -247,7 +247,10 @@ class LanDiscovery:
             self._announcements.add(announcement)
         try:
             # (a name taken by another endpoint gets a number: "name (2)")
-            await self._zc.async_register_service(announcement.info, allow_name_change=True)
+            broadcast = await self._zc.async_register_service(
+                announcement.info, allow_name_change=True
+            )
+            announcement.broadcast = asyncio.ensure_future(broadcast)
         except NonUniqueNameException as exc:
             with self._lock:
                 self._announcements.discard(announcement)
@@ -262,7 +265,8 @@ class LanDiscovery:
         with self._lock:
             if announcement not in self._announcements:
                 raise LanDiscoveryError("this announcement is withdrawn")
-        await self._zc.async_update_service(info)
+        await _stop_broadcast(announcement)  # (its repeats would undo the new record)
+        announcement.broadcast = asyncio.ensure_future(await self._zc.async_update_service(info))
         announcement.info = info
 
     async def _withdraw(self, announcement: Announcement) -> None:
@@ -270,7 +274,11 @@ class LanDiscovery:
             if announcement not in self._announcements:
                 return
             self._announcements.discard(announcement)
+        # zeroconf repeats an announcement twice within half a second of it, in a task
+        # of its own: a repeat sent after the goodbye announces it again for a full TTL
+        await _stop_broadcast(announcement)
         goodbye = await self._zc.async_unregister_service(announcement.info)
+        _drop_queued_answers(self._zc, announcement.info)
         await goodbye  # (the goodbye packets sent: browsers lose it at once)
 
     # -- browsing ------------------------------------------------------------------------
@@ -350,6 +358,24 @@ class LanDiscovery:
         await self.aclose()
 
 
+async def _stop_broadcast(announcement: Announcement) -> None:
+    broadcast, announcement.broadcast = announcement.broadcast, None
+    if broadcast is not None and not broadcast.done():
+        broadcast.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await broadcast
+
+
+def _drop_queued_answers(zc: Zeroconf, info: ServiceInfo) -> None:
+    # answers to queries wait up to half a second in zeroconf's outgoing queues (RFC
+    # 6762 §6): one sent after the goodbye would announce the instance again
+    records = {info.dns_pointer(), info.dns_service(), info.dns_text(), *info.dns_addresses()}
+    for outgoing in (zc.out_queue, zc.out_delay_queue):
+        for group in outgoing.queue:
+            for record in records:
+                group.answers.pop(record, None)
+
+
 def _check_address(address: object) -> tuple[str, int]:
     if (
         not isinstance(address, tuple)
@@ -390,6 +416,9 @@ class Announcement:
         self.owns_discovery = False
         """Close :attr:`discovery` with the announcement (the module functions make one
         of their own)."""
+        self.broadcast: asyncio.Future[Any] | None = None
+        """zeroconf's repeats of the latest announcement (on the mDNS loop), stopped
+        before an update or the goodbye."""
         self._closed = False
 
     @property

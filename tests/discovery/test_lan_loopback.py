@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from zeroconf import IPVersion, ServiceInfo, Zeroconf
+from zeroconf import DNSOutgoing, DNSQuestion, IPVersion, ServiceInfo, Zeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
 import dtp.aio
 import dtp.socket
@@ -129,6 +130,63 @@ def test_updates_and_goodbyes_reach_the_browser_as_events(
         assert [seen.get(timeout=5).kind for _ in range(3)] == ["found", "updated", "lost"]
     with pytest.raises(LanDiscoveryError):
         announcement.update(lan.record_for(key, service="c"))
+
+
+def test_a_withdrawal_at_once_after_announcing_stays_withdrawn(
+    echo_server: dtp.socket.DTPServer,
+) -> None:
+    # mDNS repeats an announcement shortly after it (RFC 6762 §8.3), and answers queries
+    # after a short delay (§6): either one sent after the goodbye announces the instance
+    # again for a full TTL. A browser that saw the first announcement drops the repeats
+    # as duplicates, so this one starts after it, as a client's would
+    key = echo_server.noise_public_key
+    label = f"t-{key[:6].hex()}"
+    with lan.LanDiscovery(LOOPBACK) as mdns:
+        web = lan.announce(echo_server, discovery=mdns, service="web", name=f"{label}-web")
+        ssh = lan.announce(echo_server, discovery=mdns, service="ssh", name=f"{label}-ssh")
+        try:
+            with lan.browse(interfaces=LOOPBACK, key=key) as browser:
+                ssh.close()  # (at once: its repeats not all sent yet)
+                deadline = time.monotonic() + 15
+                while [p.record.service for p in browser.peers()] != ["web"]:
+                    assert time.monotonic() < deadline, [p.record for p in browser.peers()]
+                    time.sleep(0.05)
+                # and it stays so (a late repeat or answer would bring ssh back)
+                settled = time.monotonic() + 2
+                while time.monotonic() < settled:
+                    assert [p.record.service for p in browser.peers()] == ["web"]
+                    time.sleep(0.05)
+        finally:
+            web.close()
+
+
+def test_an_answer_queued_before_the_withdrawal_is_not_sent_after_it(
+    echo_server: dtp.socket.DTPServer,
+) -> None:
+    # a query's multicast answer waits 20-120 ms before it is sent (RFC 6762 §6): the
+    # announcement withdrawn in that time must not be announced again by it
+    key = echo_server.noise_public_key
+    query = DNSOutgoing(_FLAGS_QR_QUERY)
+    query.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+    raw = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only, use_asyncio=False)
+    try:
+        with lan.browse(interfaces=LOOPBACK, key=key) as browser:
+            web = lan.announce(echo_server, interfaces=LOOPBACK, service="web")
+            browser.wait_for(timeout=15)
+            time.sleep(1.0)  # (its own repeats are over)
+            raw.send(query)
+            time.sleep(0.01)  # (the query taken, its answer waiting)
+            web.close()
+            deadline = time.monotonic() + 15
+            while browser.peers():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            settled = time.monotonic() + 2
+            while time.monotonic() < settled:
+                assert browser.peers() == []
+                time.sleep(0.05)
+    finally:
+        raw.close()
 
 
 def test_an_instance_that_did_not_resolve_in_time_is_asked_again(
