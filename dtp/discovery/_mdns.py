@@ -369,11 +369,16 @@ async def _stop_broadcast(announcement: Announcement) -> None:
 def _drop_queued_answers(zc: Zeroconf, info: ServiceInfo) -> None:
     # answers to queries wait up to half a second in zeroconf's outgoing queues (RFC
     # 6762 §6): one sent after the goodbye would announce the instance again
+    # (zeroconf's queues are public attributes but not documented API: tested with the
+    # version pyproject.toml requires; a later one that moved them still says goodbye)
     records = {info.dns_pointer(), info.dns_service(), info.dns_text(), *info.dns_addresses()}
-    for outgoing in (zc.out_queue, zc.out_delay_queue):
-        for group in outgoing.queue:
-            for record in records:
-                group.answers.pop(record, None)
+    try:
+        for outgoing in (zc.out_queue, zc.out_delay_queue):
+            for group in outgoing.queue:
+                for record in records:
+                    group.answers.pop(record, None)
+    except AttributeError as exc:
+        logger.debug("cannot drop queued mDNS answers", exc_info=exc)
 
 
 def _check_address(address: object) -> tuple[str, int]:
