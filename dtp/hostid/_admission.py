@@ -192,8 +192,7 @@ class LedgerAdmission:
     OPEN_GRACE = 2.0
     """Seconds an unknown connection is looked for again before it is refused: a client
     may name its connection in its handshake while its open transaction lands
-    (``dtp.aio`` does, the open overlapping the server's work on the first message;
-    ``dtp.socket``'s lands before its first message goes).
+    (``dtp.socket`` does, the open overlapping the server's work on the first message).
     Generous, since a refusal costs the client dearly (it half-closes the connection,
     and its deposit waits out the half-close timeout), and a busy ledger (many clients
     opening at once, SQLite writers queueing) takes a while to land an open.

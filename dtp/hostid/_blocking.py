@@ -86,8 +86,8 @@ def connect_by_host_id(
     metered = metering is None or metering.enabled
 
     def while_waiting(conn: Connection) -> None:
-        # While the server works on our first message: the meter is set up from the
-        # open (a deferred one landed before that message went: execute returns it)
+        # While the server works on our first message: the open lands on the ledger (the
+        # server's admission gives it a moment), then the meter is set up from it
         opened = prepared.opened
         if prepared.pending_open is not None:
             opened = prepared.pending_open.execute()
@@ -124,15 +124,6 @@ def connect_by_host_id(
             # the host's endpoints in turn until one answers (each with the timeout)
             tcp, reached = connect_any(early, prepared.endpoints, timeout)
             early = None  # (finished: what it made is tcp, or closed)
-            if prepared.pending_open is not None:
-                # Landed before the first message goes: the server's admission then
-                # finds it at its first read, where it read, watched the ledger and read
-                # again. Not before the TCP connect: an unreachable host costs no deposit.
-                try:
-                    prepared.pending_open.execute()
-                except BaseException:
-                    tcp.close()
-                    raise
             sock = connect(
                 reached,
                 timeout,

@@ -253,9 +253,8 @@ class PreparedConnection:
     cap_id: str | None = None
     """The SpendingCap the connection was opened with."""
     pending_open: PendingOpen | None = None
-    """With ``defer_open``: the signed open, to execute during the connect (dtp.aio's
-    while the server works on the first handshake message, dtp.socket's once the TCP
-    connect is made; ``connection_id`` and ``escrow_id`` are its)."""
+    """With ``defer_open``: the signed open, to execute while the server works on the
+    first handshake message (``connection_id`` and ``escrow_id`` are its)."""
     alternates: tuple[tuple[str, int], ...] = ()
     """The host's other TCP endpoints, tried in turn when ``endpoint`` does not answer
     (:func:`~dtp.transport.carriers._tcp.connect_any`)."""
@@ -407,7 +406,7 @@ def prepare_host_connection(
     ``defer_open``: where the ledger can tell the connection's ID before the open lands
     (:meth:`~dtp.ledger.interface.Ledger.prepare_open_connection`), and for a paid open over
     the TCP carrier, the open is only signed here: the result's ``pending_open`` is to be
-    executed by the caller during the connect, after the TCP connect (the
+    executed by the caller while the server works on its first handshake message (the
     server's admission gives a connection still landing a moment:
     :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
 

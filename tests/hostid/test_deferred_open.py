@@ -111,10 +111,9 @@ def test_rpc_payments_wait_for_a_connection_still_landing(world: World) -> None:
 def test_connect_opens_during_the_handshake(
     world: World, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:
-    """Both drivers execute the open during the connect; the connection is Open with
-    its escrow, and money is conserved. dtp.aio's open executes once the first
-    handshake message is out (connection_made sends it), while the server works on it;
-    dtp.socket's lands before that message goes (the next test)."""
+    """Both drivers execute the open while the server works on the first handshake
+    message; the connection is Open with its escrow, and money is conserved. dtp.aio's
+    open executes once that message is out (connection_made sends it), not before."""
     from dtp.transport.asyncio._protocol import Protocol
 
     order: list[str] = []
@@ -140,44 +139,6 @@ def test_connect_opens_during_the_handshake(
     echo_by_host_id(api, world, cap, b"deferred", is_open)
     if api == "asyncio":
         assert order == ["first message out", "open"]
-    assert world.conserved()
-
-
-def test_blocking_open_lands_before_the_first_message_so_admission_reads_once(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """dtp.socket executes the open once the TCP connect is made and before the first
-    handshake message goes: the server's admission finds the connection at its first
-    read rather than reading, watching the ledger and reading again."""
-    import dtp.hostid._blocking as blocking
-
-    order: list[str] = []
-    reads: list[str] = []
-    execute, connect = PendingOpen.execute, blocking.connect
-    view = LocalLedger.connection_view
-
-    def recorded_execute(self: PendingOpen) -> object:
-        order.append("open")
-        return execute(self)
-
-    def recorded_connect(*args: Any, **kw: Any) -> Any:
-        order.append("first message out")
-        return connect(*args, **kw)
-
-    def counted_view(self: LocalLedger, cid: str, *args: Any, **kw: Any) -> Any:
-        if self is not world.ledger:  # (the server's own handle on the file)
-            reads.append(cid)
-        return view(self, cid, *args, **kw)
-
-    monkeypatch.setattr(PendingOpen, "execute", recorded_execute)
-    monkeypatch.setattr(blocking, "connect", recorded_connect)
-    monkeypatch.setattr(LocalLedger, "connection_view", counted_view)
-    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
-    seen: list[str] = []
-    echo_by_host_id("blocking", world, cap, b"early", lambda cid, escrow: seen.append(cid))
-    # (the meter's later call to execute returns the landed open)
-    assert order[:2] == ["open", "first message out"]
-    assert reads == seen
     assert world.conserved()
 
 
