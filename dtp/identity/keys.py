@@ -504,8 +504,13 @@ class HostIdentity:
 
     def noise_private_bytes(self) -> bytes:
         """The raw 32-byte X25519 private key, for the Noise handshake. Keep it secret."""
-        # (the identity is in _BY_NOISE_KEY from its making: each handshake asks for it)
-        return self._noise_raw
+        # (each handshake asks for it: the identity is put in _BY_NOISE_KEY when made,
+        # and again here if another identity of the same key, made and dropped since,
+        # took its weak entry with it; a dict look-up when it is there)
+        raw = self._noise_raw
+        if _BY_NOISE_KEY.get(raw) is not self:
+            _BY_NOISE_KEY[raw] = self
+        return raw
 
     # -- signing --------------------------------------------------------------------------
 

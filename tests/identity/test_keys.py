@@ -201,6 +201,18 @@ def test_noise_key_object_is_the_identity_key_while_it_lives() -> None:
     assert noise_key_object(raw) is None  # held weakly: gone with its identity
 
 
+def test_noise_key_object_survives_a_twin_identity_made_and_dropped() -> None:
+    import gc
+
+    seed, raw = bytes(range(40, 72)), bytes(range(72, 104))
+    identity = identity_from(seed, raw)
+    twin = identity_from(seed, raw)  # the same keys, loaded again
+    del twin
+    gc.collect()  # (its weak entry went with it)
+    assert identity.noise_private_bytes() == raw  # what every handshake asks first
+    assert noise_key_object(raw) is identity._noise
+
+
 def test_equality_and_hash() -> None:
     a = identity_from(bytes(32), bytes([1]) * 32)
     b = identity_from(bytes(32), bytes([1]) * 32)
