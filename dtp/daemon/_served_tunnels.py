@@ -192,25 +192,7 @@ class ServedTunnels:
         pool = self.pools.get(service.port)
 
         buckets = conn.buckets
-        book = self.book
-        unpaid_hold = self.unpaid_hold
-
-        def charge(n: int) -> float | None:
-            """Count ``n`` bytes either way: how long the tunnel holds its reading (the
-            receipts lagging, the client's byte rate), None for not at all. At most
-            POLICY_REFRESH at a time: the tunnel asks again (``n`` 0) when a hold ends,
-            and the client's debt is then looked at under the limits in force (a
-            limit the Host lifts or raises while a tunnel waits out a long hold at the
-            old rate reaches it without waiting for that hold to end)."""
-            # (count(), inline: this runs at every chunk either way)
-            conn.bytes += n
-            book.touch()
-            unpaid = unpaid_hold(conn, service)
-            rate = 0.0
-            if buckets:
-                now = time.monotonic()
-                rate = buckets.bytes.charge(n, now) if n else buckets.bytes.delay(now)
-            return min(max(unpaid, rate), POLICY_REFRESH) or None
+        charge = self.charger(conn, service)
 
         def count_in(n: int) -> float | None:
             stats.bytes_in += n
@@ -276,12 +258,32 @@ class ServedTunnels:
                 extra=kv(service=service.name, backend=str(backend), error=str(error)),
             )
 
-    def count(self, conn: ServedConnection, service: ServiceConfig, n: int) -> float:
-        """Count ``n`` bytes of a tunnel of ``conn``; returns how long the tunnel holds
-        its reading first (:meth:`unpaid_hold`)."""
-        conn.bytes += n
-        self.book.touch()
-        return self.unpaid_hold(conn, service)
+    def charger(
+        self, conn: ServedConnection, service: ServiceConfig
+    ) -> Callable[[int], float | None]:
+        """What a tunnel of ``conn`` calls with each chunk it moves either way (what it
+        needs bound once here: this runs at every chunk)."""
+        buckets = conn.buckets
+        book = self.book
+        unpaid_hold = self.unpaid_hold
+
+        def charge(n: int) -> float | None:
+            """Count ``n`` bytes either way: how long the tunnel holds its reading (the
+            receipts lagging, the client's byte rate), None for not at all. At most
+            POLICY_REFRESH at a time: the tunnel asks again (``n`` 0) when a hold ends,
+            and the client's debt is then looked at under the limits in force (a
+            limit the Host lifts or raises while a tunnel waits out a long hold at the
+            old rate reaches it without waiting for that hold to end)."""
+            conn.bytes += n
+            book.touch()
+            unpaid = unpaid_hold(conn, service)
+            rate = 0.0
+            if buckets:
+                now = time.monotonic()
+                rate = buckets.bytes.charge(n, now) if n else buckets.bytes.delay(now)
+            return min(max(unpaid, rate), POLICY_REFRESH) or None
+
+        return charge
 
     def unpaid_hold(self, conn: ServedConnection, service: ServiceConfig) -> float:
         """0 while the connection's receipts are within ``unpaid_slack`` bytes of its

@@ -66,25 +66,27 @@ def _conn(price_per_kib: int = 10) -> ServedConnection:
 def test_the_hold_lasts_while_receipts_lag_then_cuts(host: ServiceHost) -> None:
     conn = _conn()
     service = conn.service
-    assert host.tunnels.count(conn, service, 1000) == 0.0  # within the slack
-    assert host.tunnels.count(conn, service, 1) == UNPAID_WAIT  # one byte past it: held
+    charge = host.tunnels.charger(conn, service)  # what each tunnel calls per chunk
+    assert charge(1000) is None  # within the slack
+    assert charge(1) == UNPAID_WAIT  # one byte past it: held
     first = conn.unpaid_since
     assert first is not None
-    assert host.tunnels.count(conn, service, 0) == UNPAID_WAIT  # looked at again: still held
+    assert charge(0) == UNPAID_WAIT  # looked at again: still held
     assert conn.unpaid_since == first  # (the pause is timed from its start)
+    assert conn.bytes == 1001
     conn.paid_bytes = 1  # a receipt came: within the slack again
-    assert host.tunnels.count(conn, service, 0) == 0.0 and conn.unpaid_since is None
+    assert charge(0) is None and conn.unpaid_since is None
     assert host.stats(service).denials == 0
     # behind again, and for UNPAID_PAUSE: cut, and counted
-    assert host.tunnels.count(conn, service, 10) == UNPAID_WAIT
+    assert charge(10) == UNPAID_WAIT
     assert conn.unpaid_since is not None
     conn.unpaid_since -= UNPAID_PAUSE
     with pytest.raises(TunnelError, match="not covered by receipts"):
-        host.tunnels.count(conn, service, 0)
+        charge(0)
     assert host.stats(service).denials == 1
 
 
 def test_a_free_service_never_holds(host: ServiceHost) -> None:
     conn = _conn(price_per_kib=0)
-    assert host.tunnels.count(conn, conn.service, 1 << 30) == 0.0
-    assert conn.unpaid_since is None
+    assert host.tunnels.charger(conn, conn.service)(1 << 30) is None
+    assert conn.unpaid_since is None and conn.bytes == 1 << 30

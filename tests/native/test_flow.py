@@ -694,6 +694,25 @@ def test_lend_waits_for_what_must_go_first() -> None:
     assert conn.lend(sid, 1.0) is None
 
 
+def test_a_loan_takes_credit_only_while_no_stream_has_bytes_queued() -> None:
+    """The lane may take the peer's credit records (``flow.take_credit``) only while no
+    stream waits for that credit: it raises no event, so queued bytes would stall."""
+    c, _s, _ = connect(connection_window=64 * 1024)
+    conn = c.conn
+    sid, other = conn.open_stream(), conn.open_stream()
+    conn.send_stream_data(sid, b"a")
+    conn.data_to_send(1.0)
+    lane = conn.lend(sid, 1.0)
+    assert lane is not None and conn.lent_can_recv
+    assert lane.flow.can_send and lane.flow.take_credit == 1
+    conn.send_stream_data(other, os.urandom(128 * 1024))  # past the connection's credit
+    conn.data_to_send(2.0)
+    assert conn.send_buffered(other) > 0  # queued, waiting for MAX_DATA
+    lane = conn.lend(sid, 2.0)
+    assert lane is not None and lane.flow.can_send and conn.lent_can_recv
+    assert lane.flow.take_credit == 0
+
+
 def test_a_loan_ends_at_any_other_call_with_the_state_back() -> None:
     c, s, _ = connect()
     conn = c.conn

@@ -578,6 +578,7 @@ class _FastPaths(_ConnectionState):
                 if other.base_offset + len(other.send_buf) != other.next_offset:
                     take_credit = False
                     break
+        # (its credit raises no SendWindowOpened: safe, take_lent_credit runs with no waiters)
         f.take_credit = take_credit
         table = self.streams
         f.send_counter = self.records.send_counter
