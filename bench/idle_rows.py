@@ -5,7 +5,11 @@ of 100 bytes and then left idle -- ours (``dtp.aio``) against asyncio + TLS 1.3
 the handler waits in ``reader.read``). The figure is the server's RSS with the
 connections open less its RSS before them (after a few warm-up connections, so that
 lazy imports and first-use caches are not counted), over the count, in KiB; the ratio is
-TLS's over ours, higher is better, bar 10. ``--quick`` opens 2,000."""
+TLS's over ours, higher is better, bar 10.
+
+The ``connections_10k`` row times the same opening: the seconds from the first connect
+to the 10,000th connection's echo (64 connecting at once, the client ``dtp.aio`` or
+asyncio + TLS 1.3 in the driver's process), TLS's over ours, bar 1.5."""
 
 from __future__ import annotations
 
@@ -46,6 +50,42 @@ async def _measure(peer: Peer, dtp_side: bool, count: int) -> float:
     after = server_rss_mib(peer.proc.pid)
     await _close(streams)
     return (after - before) * 1024 / count
+
+
+async def _open_seconds(peer: Peer, dtp_side: bool, count: int) -> float:
+    await _close(await _open_many(peer, dtp_side, WARM_UP))
+    started = time.perf_counter()
+    streams = await _open_many(peer, dtp_side, count)
+    took = time.perf_counter() - started
+    await _close(streams)
+    return took
+
+
+def open_seconds(kind: str, connections: int) -> float:
+    """Start a ``kind`` echo server and return the seconds ``connections`` connections
+    take to open, 64 at a time, each echoing once."""
+    return with_echo_server(
+        kind, lambda peer, dtp_side: asyncio.run(_open_seconds(peer, dtp_side, connections))
+    )
+
+
+def connections_10k(connections: int = CONNECTIONS) -> Workload:
+    count = connections
+    return Workload(
+        "connections_10k",
+        "s",
+        1,
+        lambda: open_seconds("dtp-asyncio", count),
+        lambda: open_seconds("tls-asyncio", count),
+        measured=True,
+        lower_is_better=True,
+        rounds=1,
+        bar=1.5,
+        note=(
+            f"seconds to open {count:,} connections, 64 at a time, one echo each: "
+            "asyncio+TLS's / ours (dtp.aio)"
+        ),
+    )
 
 
 def idle_kib_per_connection(kind: str, connections: int) -> float:

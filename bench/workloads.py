@@ -268,9 +268,10 @@ from bench.churn_rows import churn_memory  # noqa: E402
 
 ALL["churn_memory"] = churn_memory
 
-from bench.idle_rows import idle_memory_10k  # noqa: E402
+from bench.idle_rows import connections_10k, idle_memory_10k  # noqa: E402
 
 ALL["idle_memory_10k"] = idle_memory_10k
+ALL["connections_10k"] = connections_10k
 
 from bench.retention_rows import ledger_retention_bulk  # noqa: E402
 
