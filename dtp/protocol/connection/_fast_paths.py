@@ -90,6 +90,10 @@ class _FastPaths(_ConnectionState):
             stream.send_credit - stream.next_offset, table.conn_send_credit - table.conn_sent
         )
         n = size if size <= credit else max(credit, 0)
+        if n != size and n and n == table.conn_send_credit - table.conn_sent:
+            # the connection's credit ran out on this stream: the others go first in
+            # the next packing (RecordLayer._pack_streams)
+            self.records.pack_after = stream.stream_id
         fin = end_stream and n == size
         if not n and not fin:
             return data
@@ -199,6 +203,8 @@ class _FastPaths(_ConnectionState):
         lane = self._lane or self._get_lane()
         n = min(len(data), credit, lane.max_seal)
         rl = self.records
+        if n == table.conn_send_credit - table.conn_sent and n != len(data):
+            rl.pack_after = stream_id  # (as in _seal_stream_now)
         sealed, records = lane.seal(
             rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
         )
@@ -656,6 +662,8 @@ class _FastPaths(_ConnectionState):
             stream.announce = False
             stream.next_offset = stream.base_offset = f.send_offset
             self.streams.conn_sent = f.conn_sent
+            if f.conn_sent >= f.conn_send_limit:
+                records.pack_after = stream.stream_id  # (as in _seal_stream_now)
             records.records_sent += f.records_sent
             self.bytes_sent += f.wire_sent
             self._last_sent = f.last_sent

@@ -133,6 +133,7 @@ class RecordLayer:
         "config",
         "ctrl",
         "out",
+        "pack_after",
         "pending_max_data",
         "pending_max_streams",
         "pending_stream_credit",
@@ -156,6 +157,9 @@ class RecordLayer:
         self.out: list[bytes] = []  # sealed records (and handshake messages) to go
         self.records_sent = 0
         self.streams_dirty = False  # some stream may have something to send
+        # the stream that took the last of the connection's credit in a packing: the
+        # next packing starts with the streams after it (_pack_streams)
+        self.pack_after: int | None = None
         # frames waiting for the next record
         self.ctrl: list[RawFrame] = []
         self.pending_max_data = False
@@ -636,9 +640,20 @@ class RecordLayer:
     ) -> None:
         budget = self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD
         lossy = self.acks is not None
-        for stream in list(self.by_id.values()):
+        streams = list(self.by_id.values())
+        after = self.pack_after
+        if after is not None and len(streams) > 1:
+            # Round robin over the connection's credit: packed always in the same order,
+            # a stream whose writer keeps its queue full took every credit update, and
+            # the bytes queued on the streams after it went out only once it stopped.
+            for i, stream in enumerate(streams):
+                if stream.stream_id == after:
+                    streams = streams[i + 1 :] + streams[: i + 1]
+                    break
+        for stream in streams:
             if stream.send_state is SendState.RESET:
                 continue
+            packed = False
             # retransmissions first (lossy carriers only)
             while stream.retransmit:
                 lo, hi = stream.retransmit.ranges[0]
@@ -672,6 +687,7 @@ class RecordLayer:
                 wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
                 if unsent and credit > 0:
                     length = min(unsent, credit, budget)
+                    packed = True
                     if self.acks is None:
                         # reliable carrier: all that flow control allows in one call
                         self._seal_queued(stream, min(unsent, credit))
@@ -681,6 +697,9 @@ class RecordLayer:
                 elif (wants_fin or stream.announce) and not unsent:
                     length = 0
                 else:
+                    if packed and unsent and stream.send_credit > stream.next_offset:
+                        # cut short by what the connection allows, not by its own credit
+                        self.pack_after = stream.stream_id
                     break
                 self._emit_stream_chunk(
                     stream,
