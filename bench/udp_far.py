@@ -1,7 +1,10 @@
 """The far side of the udp_tunnel_pps row, in its own process: a UDP echo backend and,
 in front of it, either a DTP server relaying datagrams (``dtp``: the blocking relay;
 ``dtp-aio``: the asyncio relay the services daemon runs) or a plain Python UDP relay
-(``plain``). Prints one JSON line: the port to reach (and the DTP key)."""
+(``plain``). Prints one JSON line: the port to reach (and the DTP key).
+
+``dtp-aio`` runs on the event loop the daemon takes by default (:func:`dtp.eventloop.run`:
+uvloop when installed; ``DTP_EVENT_LOOP=asyncio`` for asyncio's own)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import dtp.eventloop
 import dtp.socket
 from dtp.hostid.udp import relay_udp
 from dtp.identity.keys import HostIdentity
@@ -79,7 +83,7 @@ def serve_aio(backend: tuple[str, int]) -> None:
         print(json.dumps(info), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
-    asyncio.run(run())
+    dtp.eventloop.run(run())
 
 
 def main() -> None:

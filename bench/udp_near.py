@@ -6,6 +6,10 @@ as a plain Python UDP relay (``plain``).
 
     python bench/udp_near.py {dtp-aio,dtp,plain} FAR_PORT [FAR_KEY_HEX]
 
+``dtp-aio`` runs on the event loop the daemon takes by default (:func:`dtp.eventloop.run`:
+uvloop when installed, as with ``dtp[fast]``; ``DTP_EVENT_LOOP=asyncio`` for asyncio's
+own). The plain relay is threads, with no event loop to choose.
+
 Prints one JSON line {"port"} once ready; runs until its stdin closes.
 
 In the benchmark's own process the forwarder shared an interpreter lock with the
@@ -26,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.aio
+import dtp.eventloop
 import dtp.socket
 from dtp.hostid.udp import UdpForwarder
 from dtp.hostid.udp._asyncio import AsyncUdpForwarder
@@ -77,7 +82,7 @@ def serve_aio(far: tuple[str, int], key: bytes) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await forwarder.close()
 
-    asyncio.run(run())
+    dtp.eventloop.run(run())
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ echo backend, against a plain Python UDP relay pair on the same path.
 
 Each side's near half (bench/udp_near.py) and far half (bench/udp_far.py) run in
 processes of their own, apart from the one driving the datagrams, as the services
-daemon runs apart from the applications it serves."""
+daemon runs apart from the applications it serves. Ours run on the event loop the daemon
+takes by default (uvloop when installed); the plain relay pair is threads."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 /* UDP runs for the UDP relays (dtp/hostid/udp): a run of datagrams leaves in as few
  * system calls as the kernel allows (sendmmsg), so that a burst costs one crossing of
  * the cffi boundary and one release of the interpreter lock, not one of each per
- * datagram. The socket stays non-blocking (the event loop owns it): a datagram the
- * kernel refuses is dropped, as UDP drops it. Python twin: dtp/native/reference/_udpio.py. */
+ * datagram, and datagrams of one size go down the stack together (UDP GSO). The socket
+ * stays non-blocking (the event loop owns it): a datagram the kernel refuses is dropped,
+ * as UDP drops it. Python twin: dtp/native/reference/_udpio.py. */
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -16,6 +18,44 @@
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0
 #endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* Linux 4.18: the datagram size of a segmented (GSO) send */
+#endif
+/* A segmented send: at most 64 segments (the kernel's UDP_MAX_SEGMENTS before 6.x) and
+ * one UDP payload's bytes in all. */
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 65507
+
+/* Whether fd takes a segmented send: a UDP socket (IPv4 or IPv6) of a kernel that knows
+ * UDP_SEGMENT. Other sockets (a Unix datagram socket, an ICMP ping one) and older
+ * kernels refuse the option here, where a send would ignore its control message and
+ * send the whole buffer as one datagram. */
+static int takes_gso(int fd) {
+    int size = 0;
+    socklen_t len = sizeof size;
+    return getsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, &len) == 0;
+}
+
+/* How many datagrams from first (of the n left, offs as in dtp_udp_send_run) go as one
+ * segmented send: those of the first one's size, the last of them perhaps shorter (but
+ * not empty), within GSO_MAX_SEGS and GSO_MAX_BYTES. Below 2, none: they go alone. */
+static size_t gso_group(const uint64_t *offs, size_t first, size_t n) {
+    uint64_t size = offs[first + 1] - offs[first];
+    uint64_t total = size;
+    size_t count = 1;
+    if (size == 0) return 1;
+    while (first + count < n && count < GSO_MAX_SEGS) {
+        uint64_t len = offs[first + count + 1] - offs[first + count];
+        if (len == 0 || len > size || total + len > GSO_MAX_BYTES) break;
+        total += len;
+        count++;
+        if (len < size) break; /* (a shorter one ends the group) */
+    }
+    return count;
+}
 
 int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
                          size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
@@ -30,20 +70,48 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uin
     if (n > 0 && offs[n] > data_len) return DTP_ERR_ARG; /* (ascending: all inside data) */
     struct mmsghdr msgs[DTP_UDP_RUN_MAX];
     struct iovec iov[DTP_UDP_RUN_MAX];
+    size_t counts[DTP_UDP_RUN_MAX]; /* datagrams per message (more than 1: segmented) */
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctrl[DTP_UDP_RUN_MAX];
+    /* Datagrams of one size to one address go as a segmented send (UDP GSO) where the
+     * socket takes one: the kernel cuts the datagrams apart, a route lookup and a pass
+     * down the stack for the group, not one each. Never as a call's first message: an
+     * error the kernel reports on a send (an ICMP error it keeps for the next one, a
+     * full buffer) then still drops that one datagram alone, the rest tried, as without;
+     * one a segmented message meets later only ends the call's run there (sendmmsg
+     * reports what went before it), and the rest go one by one. */
+    int gso = n > 2 && takes_gso(fd);
     int64_t sent = 0;
     size_t i = 0;
     while (i < n) {
         size_t k = n - i < DTP_UDP_RUN_MAX ? n - i : DTP_UDP_RUN_MAX;
+        size_t m = 0;
         memset(msgs, 0, k * sizeof msgs[0]);
-        for (size_t j = 0; j < k; j++) {
-            iov[j].iov_base = (void *)(data + offs[i + j]);
-            iov[j].iov_len = (size_t)(offs[i + j + 1] - offs[i + j]);
-            msgs[j].msg_hdr.msg_iov = &iov[j];
-            msgs[j].msg_hdr.msg_iovlen = 1;
-            msgs[j].msg_hdr.msg_name = (void *)addr;
-            msgs[j].msg_hdr.msg_namelen = addr_len;
+        for (size_t j = 0; j < k; m++) {
+            size_t c = gso && j > 0 ? gso_group(offs, i + j, i + k) : 1;
+            iov[m].iov_base = (void *)(data + offs[i + j]);
+            iov[m].iov_len = (size_t)(offs[i + j + c] - offs[i + j]);
+            msgs[m].msg_hdr.msg_iov = &iov[m];
+            msgs[m].msg_hdr.msg_iovlen = 1;
+            msgs[m].msg_hdr.msg_name = (void *)addr;
+            msgs[m].msg_hdr.msg_namelen = addr_len;
+            if (c > 1) {
+                memset(&ctrl[m], 0, sizeof ctrl[m]);
+                msgs[m].msg_hdr.msg_control = ctrl[m].buf;
+                msgs[m].msg_hdr.msg_controllen = sizeof ctrl[m].buf;
+                struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[m].msg_hdr);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t seg = (uint16_t)(offs[i + j + 1] - offs[i + j]);
+                memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+            }
+            counts[m] = c;
+            j += c;
         }
-        int r = sendmmsg(fd, msgs, (unsigned int)k, MSG_DONTWAIT | MSG_NOSIGNAL);
+        int r = sendmmsg(fd, msgs, (unsigned int)m, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r < 0) {
             if (errno == EINTR) continue;
             /* the first of them was refused: dropped, the rest still tried */
@@ -56,9 +124,14 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uin
             i++;
             continue;
         }
-        sent += r;
-        for (int j = 0; j < r; j++) *sent_bytes += msgs[j].msg_len;
-        i += (size_t)r;
+        for (int j = 0; j < r; j++) {
+            *sent_bytes += msgs[j].msg_len;
+            sent += (int64_t)counts[j];
+            i += counts[j];
+        }
+        /* a segmented message refused (a device that cannot segment, a datagram over
+         * its MTU, a full buffer): the rest of the call goes one datagram a message */
+        if ((size_t)r < m && counts[r] > 1) gso = 0;
     }
     return sent;
 }

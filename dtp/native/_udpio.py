@@ -1,8 +1,10 @@
 """UDP runs for the relays of :mod:`dtp.hostid.udp`: :func:`send_datagram_run` and
 :func:`recv_datagram_run` move a run of datagrams in one call of the C core
 (``sendmmsg`` / ``recvmmsg``, a system call per 64 datagrams), so that a burst takes
-and releases the interpreter lock once, not once per datagram. Both give exactly what
-their twin, :mod:`dtp.native.reference._udpio` (``DTP_PUREPYTHON=1``), gives."""
+and releases the interpreter lock once, not once per datagram; on a UDP socket a run's
+datagrams of one size go as segmented messages (``UDP_SEGMENT``), which the kernel
+cuts apart below its route lookup. Both give exactly what their twin,
+:mod:`dtp.native.reference._udpio` (``DTP_PUREPYTHON=1``), gives."""
 
 from __future__ import annotations
 

@@ -131,6 +131,78 @@ def test_a_run_reaches_its_address_in_order(
     assert send(sender, []) == (0, 0, 0)
 
 
+def _read_all(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on ``sock``."""
+    time.sleep(0.05)  # (loopback delivers at once; a margin all the same)
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(70000))
+        except BlockingIOError:
+            return out
+
+
+# runs the C core sends in segmented (GSO) messages where the socket takes them: each
+# must still arrive as the datagrams it was, whole and in order
+SIZED_RUNS = {
+    "one-size": [512] * 32,
+    "a-shorter-last": [512] * 31 + [100],
+    "an-empty-one-amid": [512, 512, 0, 512, 512, 512],
+    "longer-after-shorter": [3, 3, 3, 2, 3, 3, 4, 4],
+    "past-64-segments": [100] * 150,
+    "past-64-KiB": [1400] * 60,
+    "large": [60000, 60000, 5000],
+}
+
+
+@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize("sizes", list(SIZED_RUNS.values()), ids=list(SIZED_RUNS))
+def test_a_run_of_one_size_arrives_as_its_datagrams(
+    send: Callable[..., tuple[int, int, int]],
+    sizes: list[int],
+    receiver: socket.socket,
+    sender: socket.socket,
+) -> None:
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    run = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    assert send(sender, run, receiver.getsockname()) == (len(run), sum(sizes), 0)
+    assert _read_all(receiver) == run
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_unix_datagram_socket_gets_each_datagram_apart(
+    send: Callable[..., tuple[int, int, int]],
+) -> None:
+    # (a control message of UDP's is ignored there: sent segmented, the run would
+    # arrive as one datagram)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        b.setblocking(False)
+        run = [bytes([i]) * 100 for i in range(10)]
+        assert send(a, run) == (10, 1000, 0)
+        assert _read_all(b) == run
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_an_error_kept_for_the_next_send_drops_that_datagram_alone(
+    send: Callable[..., tuple[int, int, int]], receiver: socket.socket, sender: socket.socket
+) -> None:
+    # a port unreachable leaves ECONNREFUSED on the socket for its next send (kept
+    # across a connect): the run's first datagram takes it, the rest go
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    closed = dead.getsockname()
+    dead.close()
+    sender.connect(closed)
+    sender.send(b"x")
+    time.sleep(0.05)
+    sender.connect(receiver.getsockname())
+    run = [bytes([i]) * 512 for i in range(10)]
+    assert send(sender, run) == (9, 9 * 512, errno.ECONNREFUSED)
+    assert _read_all(receiver) == run[1:]
+
+
 @pytest.mark.parametrize("send", SENDERS)
 def test_a_refused_datagram_is_dropped_and_the_rest_still_go(
     send: Callable[..., tuple[int, int, int]], receiver: socket.socket, sender: socket.socket

@@ -6,7 +6,10 @@ trimmed, each read: page faults for every page of the data, a third of an asynci
 time in a bulk transfer (bench/compare.py ``tcp_bulk_asyncio``). The protocol is an
 ``asyncio.BufferedProtocol`` now, as the blocking engine reads with ``recv_into``:
 these tests check that the bytes stay intact when the buffer is reused under them,
-and that it is reused, and given back once the reads are small again.
+and that it is reused. On a loop that reads synchronously (selector loops, uvloop) every
+connection of a thread reads into one RECV_CHUNK buffer; elsewhere (a proactor loop,
+here by patching :func:`reads_synchronously`) each has its own, which grows for a
+transfer and is given back once the reads are small again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ import pytest
 import dtp.aio as daio
 from dtp.identity.keys import HostIdentity
 from dtp.transport._session import FIRST_RECV_CHUNK, RECV_CHUNK
+from dtp.transport.asyncio import _protocol
 from dtp.transport.asyncio._protocol import Protocol
+
+
+@pytest.fixture(params=[True, False], ids=["shared", "own"])
+def shared(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether the connections read into the thread's shared buffer (a loop that reads
+    synchronously) or each into its own (one that does not, as a proactor loop)."""
+    if not request.param:
+        monkeypatch.setattr(_protocol, "reads_synchronously", lambda loop: False)
+    return bool(request.param)
 
 
 def _send_and_digest(
@@ -92,12 +105,18 @@ def _send_and_digest(
     [[64 * 1024], [1, 7, 16_000, 65_537, 300_000, 3]],
     ids=["64KiB-writes", "odd-writes"],
 )
-def test_bytes_read_into_a_reused_buffer_arrive_intact(pieces: list[int]) -> None:
+def test_bytes_read_into_a_reused_buffer_arrive_intact(pieces: list[int], shared: bool) -> None:
     # records split across reads, a partial record kept from one read to the next:
     # the connection must have copied what it keeps before the buffer is read into again
     payload = os.urandom(8 << 20)
     digest, buffers, reads = _send_and_digest(payload, pieces)
     assert digest == hashlib.sha256(payload).hexdigest()
+    if shared:
+        # every read went into the one buffer of the thread, RECV_CHUNK from the start
+        # (a burst a little over 16 KiB is one read, not two)
+        assert len({id(b.obj) for b in buffers}) == 1
+        assert {len(b) for b in buffers} == {RECV_CHUNK}
+        return
     # a new buffer only where the rule makes one (protocol.buffer_updated): after a
     # read that filled a buffer under RECV_CHUNK (doubled), or read under an eighth of
     # one above the first size (back to it); every other read reuses its buffer. How
@@ -118,23 +137,26 @@ def test_bytes_read_into_a_reused_buffer_arrive_intact(pieces: list[int]) -> Non
     assert sizes[0] == FIRST_RECV_CHUNK < sizes[-1] <= RECV_CHUNK
 
 
-def test_a_short_connection_keeps_its_first_small_buffer() -> None:
+def test_a_short_connection_keeps_its_first_small_buffer(shared: bool) -> None:
     digest, buffers, _ = _send_and_digest(b"ping", [4])
     assert digest == hashlib.sha256(b"ping").hexdigest()
-    assert buffers and {len(b) for b in buffers} == {FIRST_RECV_CHUNK}
+    # (shared: the thread's one buffer, which no connection holds as its own)
+    assert buffers and {len(b) for b in buffers} == {RECV_CHUNK if shared else FIRST_RECV_CHUNK}
 
 
-def test_a_connection_busy_once_gives_its_big_buffer_back() -> None:
+def test_a_connection_busy_once_gives_its_big_buffer_back(shared: bool) -> None:
     # a server keeps thousands of connections: one that moved a bulk transfer once must
     # not hold RECV_CHUNK for the rest of its life once its reads are small again
     identity = HostIdentity.generate()
     sizes: list[int] = []
+    own: list[bool] = []  # (whether each read went into a buffer of the connection's)
     get_buffer = Protocol.get_buffer
 
     def recording(self: Protocol, sizehint: int) -> memoryview:
         buf = get_buffer(self, sizehint)
         if self.session.conn.is_client is False:
             sizes.append(len(buf))
+            own.append(self._rbuf is not None)
         return buf
 
     async def main() -> None:
@@ -162,9 +184,13 @@ def test_a_connection_busy_once_gives_its_big_buffer_back() -> None:
             seen = await asyncio.wait_for(after_ping, 30)
             w.write_eof()
             await asyncio.wait_for(ended, 30)
-            assert max(sizes[:seen]) > FIRST_RECV_CHUNK  # (it grew for the transfer)
-            # the read after the ping's small one goes into a first-size buffer again
-            assert sizes[seen] == FIRST_RECV_CHUNK, sizes[seen - 2 :]
+            if shared:
+                # no read went into a buffer of its own: it has none to give back
+                assert not any(own) and set(sizes) == {RECV_CHUNK}
+            else:
+                assert max(sizes[:seen]) > FIRST_RECV_CHUNK  # (it grew for the transfer)
+                # the read after the ping's small one goes into a first-size buffer again
+                assert sizes[seen] == FIRST_RECV_CHUNK, sizes[seen - 2 :]
             w.close()
             await w.wait_closed()
 
@@ -176,7 +202,7 @@ def test_a_connection_busy_once_gives_its_big_buffer_back() -> None:
         mp.undo()
 
 
-def test_idle_connections_share_one_first_size_buffer() -> None:
+def test_idle_connections_share_one_buffer() -> None:
     # a server keeps thousands of idle connections: on a loop that reads synchronously
     # (selector loops), none holds a read buffer of its own; both sides' bytes still
     # arrive intact through the one buffer of the thread

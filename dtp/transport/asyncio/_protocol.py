@@ -41,19 +41,22 @@ LIMIT = 2**16  # asyncio.StreamReader's default line limit
 BROAD_KEY = -2
 
 
-# The first-size read buffer, one per thread, shared by the connections of the event
-# loop running there: an idle server connection then holds no read buffer of its own
-# (FIRST_RECV_CHUNK each was a third of what one cost). Sharing is safe where the loop
-# reads synchronously -- get_buffer(), recv_into(), buffer_updated() in one callback,
-# the bytes consumed before it returns -- as selector loops and uvloop do; a proactor
-# loop keeps the buffer through an overlapped read, so there each connection has its own.
+# The read buffer, one per thread, shared by the connections of the event loop running
+# there: an idle server connection then holds no read buffer of its own (FIRST_RECV_CHUNK
+# each was a third of what one cost). Sharing is safe where the loop reads synchronously
+# -- get_buffer(), recv_into(), buffer_updated() in one callback, the bytes consumed
+# before it returns -- as selector loops and uvloop do; a proactor loop keeps the buffer
+# through an overlapped read, so there each connection has its own. Shared, it is
+# RECV_CHUNK large from the start: one per thread costs little, and a first-size one
+# split every burst a little over 16 KiB (a run of 32 datagrams of 512 bytes) into
+# two reads, each opened and sent on apart.
 _shared = threading.local()
 
 
-def _shared_first_buffer() -> memoryview:
+def _shared_buffer() -> memoryview:
     buf: memoryview | None = getattr(_shared, "rbuf", None)
     if buf is None:
-        buf = _shared.rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
+        buf = _shared.rbuf = memoryview(bytearray(RECV_CHUNK))
     return buf
 
 
@@ -117,7 +120,7 @@ class Protocol(asyncio.BufferedProtocol):
         # doubles whenever a read fills it, and starts small again after a read that
         # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
         # for the rest of its life: a server keeps thousands). None: the thread's
-        # shared first-size buffer (_shared_first_buffer), where the loop allows it
+        # shared buffer (_shared_buffer), where the loop allows it
         self._shares_rbuf = reads_synchronously(loop)
         self._rbuf: memoryview | None = (
             None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
@@ -166,11 +169,14 @@ class Protocol(asyncio.BufferedProtocol):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rbuf or _shared_first_buffer()
+        return self._rbuf or _shared_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         # (the buffer get_buffer() gave, in this same callback of this thread's loop)
-        view = self._rbuf or _shared.rbuf
+        view = self._rbuf
+        if view is None:  # (the shared one: RECV_CHUNK already, nothing to resize)
+            self.data_received(_shared.rbuf[:nbytes])
+            return
         size = len(view)
         if nbytes == size:
             if size < RECV_CHUNK:
