@@ -28,6 +28,11 @@
  * one UDP payload's bytes in all. */
 #define GSO_MAX_SEGS 64
 #define GSO_MAX_BYTES 65507
+/* The largest datagram grouped: a segment must fit the device's MTU or the kernel
+ * refuses the message (EINVAL), which would cost every call on a real interface a
+ * failed message before its one-by-one sends; 1,400 bytes fit an Ethernet path with
+ * IPv6 and a tunnel's header or two. Larger datagrams go one a message, as before. */
+#define GSO_MAX_SEG_SIZE 1400
 
 /* Whether fd takes a segmented send: a UDP socket (IPv4 or IPv6) of a kernel that knows
  * UDP_SEGMENT. Other sockets (a Unix datagram socket, an ICMP ping one) and older
@@ -46,7 +51,7 @@ static size_t gso_group(const uint64_t *offs, size_t first, size_t n) {
     uint64_t size = offs[first + 1] - offs[first];
     uint64_t total = size;
     size_t count = 1;
-    if (size == 0) return 1;
+    if (size == 0 || size > GSO_MAX_SEG_SIZE) return 1;
     while (first + count < n && count < GSO_MAX_SEGS) {
         uint64_t len = offs[first + count + 1] - offs[first + count];
         if (len == 0 || len > size || total + len > GSO_MAX_BYTES) break;
