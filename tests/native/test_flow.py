@@ -713,6 +713,23 @@ def test_a_loan_takes_credit_only_while_no_stream_has_bytes_queued() -> None:
     assert lane.flow.take_credit == 0
 
 
+def test_nothing_is_queued_while_a_loan_that_takes_credit_lasts() -> None:
+    """A loan that may take credit began with no stream's bytes queued, and queuing
+    bytes on any stream ends it first: a paid client's per-send check on the lent
+    stream counts nothing queued while ``flow.take_credit`` holds (DTPSocket.sendall)."""
+    c, _s, _ = connect(connection_window=64 * 1024)
+    conn = c.conn
+    sid, other = conn.open_stream(), conn.open_stream()
+    conn.send_stream_data(sid, b"a")
+    conn.data_to_send(1.0)
+    lane = conn.lend(sid, 1.0)
+    assert lane is not None and lane.flow.take_credit == 1
+    assert conn.send_buffered() == 0
+    conn.send_stream_data(other, os.urandom(128 * 1024))  # past the connection's credit
+    assert conn.lent_lane is None and conn.lent_stream_id is None
+    assert conn.send_buffered(other) > 0
+
+
 def test_a_loan_ends_at_any_other_call_with_the_state_back() -> None:
     c, s, _ = connect()
     conn = c.conn

@@ -946,8 +946,19 @@ class DTPSocket:
             lock.acquire()
             try:
                 hook = engine.hook
-                if hook is not None:
-                    self._check_payable(len(data))  # (a paid client's deposit)
+                f = None
+                rest = 0
+                if hook is not None and conn.lent_stream_id == self._stream_id:
+                    # (a paid client's deposit) _check_payable's test, inline: a loan that
+                    # may take credit began with no stream's bytes queued, and any call
+                    # that queues some ends it first, so nothing is queued while it lasts
+                    f = conn.lent_lane.flow
+                    # the usage but the bytes sent, which the lane's send leaves as is
+                    rest = f.rx.conn_received + conn.datagram_bytes
+                    if not f.take_credit or f.conn_sent + rest + len(data) > hook.payable_bytes:
+                        f = None
+                if hook is not None and f is None:
+                    self._check_payable(len(data))
                 out = engine.out
                 if conn.lent_stream_id == self._stream_id and not out and not engine.carrier_closed:
                     lane = conn.lent_lane
@@ -966,10 +977,11 @@ class DTPSocket:
                         # tick_meter's first check, in place (once per send): the
                         # usage as Connection.usage counts it, against the meter's
                         # quiet bounds; the clock the lane stamped this send with
-                        f = lane.flow
+                        if f is None:
+                            f = lane.flow
+                            rest = f.rx.conn_received + conn.datagram_bytes
                         if (
-                            f.conn_sent + f.rx.conn_received + conn.datagram_bytes
-                            >= hook.quiet_bytes
+                            f.conn_sent + rest >= hook.quiet_bytes
                             or f.last_sent >= hook.quiet_until
                         ):
                             engine.tick_meter()
