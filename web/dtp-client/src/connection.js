@@ -517,7 +517,7 @@ export class Connection {
     this.peerStreamsDone += 1;
     const more = frame(FrameType.MAX_STREAMS, { a: this.localParams.ms + this.peerStreamsDone });
     if (into) into.push(more);
-    else this._sendFrames([more]);
+    else if (this._canSend()) this._sendFrames([more]); // (nothing goes out once closed)
   }
 
   // ---- streams -----------------------------------------------------------------------
