@@ -252,7 +252,9 @@ export function decodeFrames(body) {
     if (cap !== null) {
       const len = read();
       if (len > cap) throw fail('FRAME_SIZE', `${len} bytes of data (at most ${cap})`);
-      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && toBig(values[1]) + BigInt(len) > VARINT_MAX) {
+      // (an offset that is a Number is below 2^53: only a BigInt one can pass 2^62 - 1)
+      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && typeof values[1] === 'bigint'
+          && values[1] + BigInt(len) > VARINT_MAX) {
         throw valueError('stream offset + length beyond 2^62 - 1');
       }
       if (at + len > body.length) throw truncated();
