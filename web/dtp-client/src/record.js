@@ -158,16 +158,21 @@ export function handshakeRecord(kind, body) {
 /** The nonce of section 4.1: four zero bytes, then the counter as u64le -- the header's
  * last eight bytes, taken from there. */
 function nonceOf(record) {
-  const nonce = new Uint8Array(12);
-  nonce.set(record.subarray(4, HEADER_SIZE), 4);
-  return nonce;
+  // (one array for every record: the AEADs take it within the call, and an array per
+  // record was one more allocation each way of a short call)
+  NONCE.set(record.subarray(4, HEADER_SIZE), 4);
+  return NONCE;
 }
+const NONCE = new Uint8Array(12);
 
 /** Seals one DATA record (section 4.1): the header and the ciphertext are written into
  * the one buffer the record is (no copy of the ciphertext into a second one). */
 export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
-  const n = BigInt(counter);
-  if (n < 0n || n >= LAST_COUNTER) throw new ProtocolError('COUNTER', `counter ${counter}`);
+  // (a Number counter, every connection's short of 2^53 records, is written without a
+  // BigInt or a DataView: RecordProtection's)
+  const small = typeof counter === 'number' && Number.isSafeInteger(counter) && counter >= 0;
+  const n = small ? 0n : BigInt(counter);
+  if (!small && (n < 0n || n >= LAST_COUNTER)) throw new ProtocolError('COUNTER', `counter ${counter}`);
   if (plaintext.length > MAX_RECORD_PLAINTEXT) {
     throw new ProtocolError('RECORD_SIZE', `${plaintext.length} plaintext bytes`);
   }
@@ -176,7 +181,20 @@ export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
   record[0] = RecordKind.DATA; // (flags, record[1], stay 0)
   record[2] = bodyLength & 0xff;
   record[3] = bodyLength >>> 8;
-  new DataView(record.buffer).setBigUint64(4, n, true);
+  if (small) {
+    const lo = counter >>> 0;
+    const hi = (counter - lo) / 4294967296;
+    record[4] = lo & 0xff;
+    record[5] = (lo >>> 8) & 0xff;
+    record[6] = (lo >>> 16) & 0xff;
+    record[7] = lo >>> 24;
+    record[8] = hi & 0xff;
+    record[9] = (hi >>> 8) & 0xff;
+    record[10] = (hi >>> 16) & 0xff;
+    record[11] = hi >>> 24;
+  } else {
+    new DataView(record.buffer).setBigUint64(4, n, true);
+  }
   aead.sealInto(key, nonceOf(record), record.subarray(0, HEADER_SIZE), plaintext, record.subarray(HEADER_SIZE));
   return record;
 }
@@ -198,13 +216,13 @@ export class RecordProtection {
   constructor(sendKey, receiveKey) {
     this.sendKey = sendKey;
     this.receiveKey = receiveKey;
-    this.sendCounter = 0n;
+    this.sendCounter = 0; // (a Number: 2^53 records is beyond any connection's life)
     this.receiveNext = 0n;
   }
 
   seal(plaintext) {
     const record = sealRecord(this.sendKey, this.sendCounter, plaintext);
-    this.sendCounter += 1n;
+    this.sendCounter += 1;
     return record;
   }
 
