@@ -231,7 +231,6 @@ export class Connection {
       this._protocolFailure(err);
       return;
     }
-    this._lastReceived = Date.now();
     this._armIdle();
     if (this._backlog) {
       // records behind message 2, kept in order until the keys and the proof are ready
