@@ -180,9 +180,14 @@ class DTPStreamReader:
             return b""
         if n < 0:
             chunks: list[bytes] = []
+            session = self._session
+            stream_id = self._stream_id
             try:
                 while True:
-                    await self._wait_readable("read")
+                    # (_wait_readable inline: a coroutine fewer a pass when the bytes
+                    # and the end are there already, as a short request's are)
+                    if not session.readable(stream_id):
+                        await self._wait_for_bytes("read")
                     chunk = self._take_from_stream(1 << 30)
                     if not chunk:
                         return b"".join(chunks)
@@ -639,8 +644,8 @@ class DTPStreamWriter:
             # done -- a request answered with write_eof() -- queues nothing, and its
             # close needs no flush)
             queued = not self._eof_sent
-            with contextlib.suppress(DTPError):
-                if queued:
+            if queued:
+                with contextlib.suppress(DTPError):
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
             # asked to stop sending, and what is unread (and what comes before it stops)

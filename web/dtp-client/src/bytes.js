@@ -50,7 +50,13 @@ export function readU16le(bytes, at) {
 
 /** The u64le at `at`, as a BigInt (counters reach 2^64 - 2). */
 export function readU64le(bytes, at) {
-  return new DataView(bytes.buffer, bytes.byteOffset + at, 8).getBigUint64(0, true);
+  // (two 32-bit halves and one BigInt, not a DataView: a record header's counter, read
+  // for every record received)
+  if (at < 0 || at + 8 > bytes.length) throw new RangeError(`no 8 bytes at ${at}`);
+  const lo = (bytes[at] | (bytes[at + 1] << 8) | (bytes[at + 2] << 16) | (bytes[at + 3] << 24)) >>> 0;
+  const hi = (bytes[at + 4] | (bytes[at + 5] << 8) | (bytes[at + 6] << 16) | (bytes[at + 7] << 24)) >>> 0;
+  if (hi < 0x200000) return BigInt(hi * 4294967296 + lo); // (exact below 2^53)
+  return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
 const encoder = new TextEncoder();

@@ -25,6 +25,8 @@ const VARINT_LIMIT = 2 ** 62 - 1;
  * and its data fit one record's 16384 plaintext bytes. */
 export const STREAM_CHUNK = MAX_FRAME_DATA - 32;
 const KEEPALIVE_MS = 15000;
+/** Where a record's STREAM frame is encoded before it is sealed (_sendFrames). */
+const PLAINTEXT = new Uint8Array(MAX_FRAME_DATA);
 
 export const State = Object.freeze({
   HANDSHAKE: 'handshake', // before the keys
@@ -229,7 +231,6 @@ export class Connection {
       this._protocolFailure(err);
       return;
     }
-    this._lastReceived = Date.now();
     this._armIdle();
     if (this._backlog) {
       // records behind message 2, kept in order until the keys and the proof are ready
@@ -517,7 +518,7 @@ export class Connection {
     this.peerStreamsDone += 1;
     const more = frame(FrameType.MAX_STREAMS, { a: this.localParams.ms + this.peerStreamsDone });
     if (into) into.push(more);
-    else this._sendFrames([more]);
+    else if (this._canSend()) this._sendFrames([more]); // (nothing goes out once closed)
   }
 
   // ---- streams -----------------------------------------------------------------------
@@ -689,7 +690,9 @@ export class Connection {
   }
 
   _sendFrames(frames) {
-    this._sendRaw(this.protection.seal(encodeFrames(frames)));
+    // (the plaintext is sealed at once: a record's STREAM frame is written into one
+    // buffer kept for that, not an array of its own each time)
+    this._sendRaw(this.protection.seal(encodeFrames(frames, PLAINTEXT)));
   }
 
   // The keepalive and the idle timeout are deadlines that each record sent (received)

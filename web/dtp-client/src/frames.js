@@ -75,8 +75,8 @@ function checkVarint(v) {
 }
 
 /** Encodes frames in order (section 3.3); the first invalid frame throws and nothing is returned. */
-export function encodeFrames(frames) {
-  if (frames.length === 1) return encodeFrame(frames[0]);
+export function encodeFrames(frames, scratch = null) {
+  if (frames.length === 1) return encodeFrame(frames[0], scratch);
   const parts = [];
   for (const f of frames) parts.push(encodeFrame(f));
   return concat(...parts);
@@ -119,13 +119,14 @@ function isCount(v) {
 
 /** A STREAM or STREAM_FIN frame whose ID and offset are Numbers (every stream's, short of
  * 2^53 bytes): the bytes encodeFrame's general path makes, written into one buffer. */
-function encodeStreamFrame(type, id, offset, data) {
+function encodeStreamFrame(type, id, offset, data, scratch) {
   if (data.length > MAX_FRAME_DATA) throw fail('FRAME_SIZE', `${data.length} bytes of data`);
   if (!Number.isSafeInteger(offset + data.length)) return null; // (the general path judges it)
   const sa = sizeOf(id);
   const sb = sizeOf(offset);
   const sl = sizeOf(data.length);
-  const out = new Uint8Array(1 + sa + sb + sl + data.length);
+  const size = 1 + sa + sb + sl + data.length;
+  const out = scratch !== null && scratch.length >= size ? scratch.subarray(0, size) : new Uint8Array(size);
   out[0] = type;
   putVarint(out, 1, id, sa);
   putVarint(out, 1 + sa, offset, sb);
@@ -134,11 +135,13 @@ function encodeStreamFrame(type, id, offset, data) {
   return out;
 }
 
-export function encodeFrame(f) {
+/** One frame's bytes; a STREAM frame goes into `scratch` where given and large enough (a
+ * view of it, valid until the next use: for a caller that seals it at once). */
+export function encodeFrame(f, scratch = null) {
   const { type } = f;
   if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && isCount(f.a) && isCount(f.b ?? 0)
       && !f.c && !(f.ranges?.length)) {
-    const fast = encodeStreamFrame(type, f.a, f.b ?? 0, f.data ?? EMPTY);
+    const fast = encodeStreamFrame(type, f.a, f.b ?? 0, f.data ?? EMPTY, scratch);
     if (fast !== null) return fast;
   }
   const a = f.a ?? 0;
@@ -252,7 +255,9 @@ export function decodeFrames(body) {
     if (cap !== null) {
       const len = read();
       if (len > cap) throw fail('FRAME_SIZE', `${len} bytes of data (at most ${cap})`);
-      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && toBig(values[1]) + BigInt(len) > VARINT_MAX) {
+      // (an offset that is a Number is below 2^53: only a BigInt one can pass 2^62 - 1)
+      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && typeof values[1] === 'bigint'
+          && values[1] + BigInt(len) > VARINT_MAX) {
         throw valueError('stream offset + length beyond 2^62 - 1');
       }
       if (at + len > body.length) throw truncated();

@@ -45,13 +45,67 @@ async function loadSodium() {
   } catch {
     return null;
   }
-  return Object.freeze({
+  const wrapped = Object.freeze({
     name: 'libsodium',
     sealInto(key, nonce, ad, plaintext, out) {
       out.set(sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, null, nonce, key));
     },
     open(key, nonce, ad, ciphertext) {
       return sodium.crypto_aead_chacha20poly1305_ietf_decrypt(null, ciphertext, ad, nonce, key);
+    },
+  });
+  return rawSodium(sodium.libsodium, wrapped) ?? wrapped;
+}
+
+/** libsodium's two AEAD functions called directly, their inputs and output in one area of
+ * its WebAssembly memory taken once: the wrappers above allocate and free each argument
+ * and copy the output into a new array on every call, as much work as the cipher itself
+ * for a short record. Null where the module does not expose them. */
+function rawSodium(lib, wrapped) {
+  const need = ['_malloc', '_crypto_aead_chacha20poly1305_ietf_encrypt', '_crypto_aead_chacha20poly1305_ietf_decrypt'];
+  if (!lib || !lib.HEAPU8 || need.some((name) => typeof lib[name] !== 'function')) return null;
+  const MAX_TEXT = 16384 + 16; // a whole record body (MAX_RECORD_PLAINTEXT + TAG_SIZE)
+  const base = lib._malloc(32 + 12 + 12 + 2 * MAX_TEXT);
+  if (!base) return null;
+  const KEY = base;
+  const NONCE = KEY + 32;
+  const AD = NONCE + 12;
+  const IN = AD + 12;
+  const OUT = IN + MAX_TEXT;
+  // (anything but a record's key, nonce, header and body goes through the wrappers, which
+  // check it: tests, never records)
+  const fits = (key, nonce, ad, text) => key.length === 32 && nonce.length === 12 && ad.length === 12
+    && text.length <= MAX_TEXT;
+  const load = (key, nonce, ad, text) => {
+    const heap = lib.HEAPU8; // (looked up each call: a grown memory is a new view)
+    heap.set(key, KEY);
+    heap.set(nonce, NONCE);
+    heap.set(ad, AD);
+    heap.set(text, IN);
+  };
+  // (the key is not left in the module's memory between calls)
+  const wipe = () => lib.HEAPU8.fill(0, KEY, NONCE);
+  return Object.freeze({
+    name: 'libsodium',
+    sealInto(key, nonce, ad, plaintext, out) {
+      if (!fits(key, nonce, ad, plaintext)) {
+        wrapped.sealInto(key, nonce, ad, plaintext, out);
+        return;
+      }
+      load(key, nonce, ad, plaintext);
+      // (the i64 lengths are passed as two i32 halves: the module is built without BigInt
+      // arguments, as the wrappers call it)
+      lib._crypto_aead_chacha20poly1305_ietf_encrypt(OUT, 0, IN, plaintext.length, 0, AD, 12, 0, 0, NONCE, KEY);
+      wipe();
+      out.set(lib.HEAPU8.subarray(OUT, OUT + plaintext.length + 16));
+    },
+    open(key, nonce, ad, ciphertext) {
+      if (!fits(key, nonce, ad, ciphertext) || ciphertext.length < 16) return wrapped.open(key, nonce, ad, ciphertext);
+      load(key, nonce, ad, ciphertext);
+      const rc = lib._crypto_aead_chacha20poly1305_ietf_decrypt(OUT, 0, 0, IN, ciphertext.length, 0, AD, 12, 0, NONCE, KEY);
+      wipe();
+      if (rc !== 0) throw new Error('ciphertext cannot be decrypted using that key');
+      return lib.HEAPU8.slice(OUT, OUT + ciphertext.length - 16);
     },
   });
 }
@@ -104,16 +158,21 @@ export function handshakeRecord(kind, body) {
 /** The nonce of section 4.1: four zero bytes, then the counter as u64le -- the header's
  * last eight bytes, taken from there. */
 function nonceOf(record) {
-  const nonce = new Uint8Array(12);
-  nonce.set(record.subarray(4, HEADER_SIZE), 4);
-  return nonce;
+  // (one array for every record: the AEADs take it within the call, and an array per
+  // record was one more allocation each way of a short call)
+  NONCE.set(record.subarray(4, HEADER_SIZE), 4);
+  return NONCE;
 }
+const NONCE = new Uint8Array(12);
 
 /** Seals one DATA record (section 4.1): the header and the ciphertext are written into
  * the one buffer the record is (no copy of the ciphertext into a second one). */
 export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
-  const n = BigInt(counter);
-  if (n < 0n || n >= LAST_COUNTER) throw new ProtocolError('COUNTER', `counter ${counter}`);
+  // (a Number counter, every connection's short of 2^53 records, is written without a
+  // BigInt or a DataView: RecordProtection's)
+  const small = typeof counter === 'number' && Number.isSafeInteger(counter) && counter >= 0;
+  const n = small ? 0n : BigInt(counter);
+  if (!small && (n < 0n || n >= LAST_COUNTER)) throw new ProtocolError('COUNTER', `counter ${counter}`);
   if (plaintext.length > MAX_RECORD_PLAINTEXT) {
     throw new ProtocolError('RECORD_SIZE', `${plaintext.length} plaintext bytes`);
   }
@@ -122,7 +181,20 @@ export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
   record[0] = RecordKind.DATA; // (flags, record[1], stay 0)
   record[2] = bodyLength & 0xff;
   record[3] = bodyLength >>> 8;
-  new DataView(record.buffer).setBigUint64(4, n, true);
+  if (small) {
+    const lo = counter >>> 0;
+    const hi = (counter - lo) / 4294967296;
+    record[4] = lo & 0xff;
+    record[5] = (lo >>> 8) & 0xff;
+    record[6] = (lo >>> 16) & 0xff;
+    record[7] = lo >>> 24;
+    record[8] = hi & 0xff;
+    record[9] = (hi >>> 8) & 0xff;
+    record[10] = (hi >>> 16) & 0xff;
+    record[11] = hi >>> 24;
+  } else {
+    new DataView(record.buffer).setBigUint64(4, n, true);
+  }
   aead.sealInto(key, nonceOf(record), record.subarray(0, HEADER_SIZE), plaintext, record.subarray(HEADER_SIZE));
   return record;
 }
@@ -144,13 +216,13 @@ export class RecordProtection {
   constructor(sendKey, receiveKey) {
     this.sendKey = sendKey;
     this.receiveKey = receiveKey;
-    this.sendCounter = 0n;
+    this.sendCounter = 0; // (a Number: 2^53 records is beyond any connection's life)
     this.receiveNext = 0n;
   }
 
   seal(plaintext) {
     const record = sealRecord(this.sendKey, this.sendCounter, plaintext);
-    this.sendCounter += 1n;
+    this.sendCounter += 1;
     return record;
   }
 

@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { fromHex, hex, readU64le } from '../src/bytes.js';
+import { fromHex, hex, readU64le, utf8 as utf8Bytes } from '../src/bytes.js';
 import { decodeFrames, encodeFrames } from '../src/frames.js';
 import { ed25519Signer, personalMessageDigest, proofMessage, suiAddress, verifyProof } from '../src/identity.js';
 import { ikBinding } from '../src/noise.js';
@@ -137,6 +137,30 @@ describe('protocol.md vectors', () => {
       assert.equal(hex(openRecord(key, a, parseHeader(a), SODIUM_AEAD)), hex(plaintext));
       assert.equal(hex(openRecord(key, b, parseHeader(b), NOBLE_AEAD)), hex(plaintext));
     }
+  });
+
+  test('a counter given as a Number seals the same record as the same counter as a BigInt', () => {
+    const key = Uint8Array.from({ length: 32 }, (_, i) => 255 - i);
+    const plaintext = Uint8Array.from({ length: 40 }, (_, i) => i);
+    for (const counter of [0, 1, 255, 256, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 5, Number.MAX_SAFE_INTEGER]) {
+      const a = sealRecord(key, counter, plaintext);
+      assert.equal(hex(a), hex(sealRecord(key, BigInt(counter), plaintext)), `counter ${counter}`);
+      assert.equal(parseHeader(a).counter, BigInt(counter));
+    }
+    assert.throws(() => sealRecord(key, -1, plaintext), /COUNTER|counter/);
+    assert.throws(() => sealRecord(key, (1n << 64n) - 1n, plaintext), /COUNTER|counter/);
+  });
+
+  test('an AEAD call leaves no key behind for the next, and a record under another key is refused', () => {
+    const a = Uint8Array.from({ length: 32 }, (_, i) => i);
+    const b = Uint8Array.from({ length: 32 }, (_, i) => i + 1);
+    const plaintext = utf8Bytes('one record');
+    const sealedA = sealRecord(a, 3, plaintext);
+    const sealedB = sealRecord(b, 3, plaintext);
+    assert.notEqual(hex(sealedA), hex(sealedB));
+    assert.equal(hex(openRecord(a, sealedA)), hex(plaintext));
+    assert.throws(() => openRecord(b, sealedA));
+    assert.equal(hex(openRecord(b, sealedB)), hex(plaintext));
   });
 
   for (const v of loadVectors('transport-params')) {
