@@ -146,6 +146,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: Takes each stream the peer opens, as its opening is applied
         #: (DTPStreamWriter.serve_streams), or None: accept_stream() takes them
         self.stream_handler: Callable[[int], None] | None = None
+        #: The set that counts this connection while its carrier is open (a server's
+        #: connections), or None: :meth:`leave_held_in` takes it out
+        self.held_in: set[Protocol] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -483,6 +486,12 @@ class Protocol(asyncio.BufferedProtocol):
         that stream's reads, or on the streams the peer opened, and nothing else)."""
         while not ready():
             await self.wait_change(key)
+
+    def leave_held_in(self, _: object = None) -> None:
+        """Leave :attr:`held_in` (``closed_future``'s done callback)."""
+        if self.held_in is not None:
+            self.held_in.discard(self)
+            self.held_in = None
 
     @property
     def write_paused(self) -> bool:
