@@ -502,10 +502,11 @@ class Protocol(asyncio.BufferedProtocol):
         owner = self._owner() if self._owner is not None else None
         if owner is None:
             owner = _Owner()
-            self._owner = weakref.ref(owner)
-            # (the protocol weakly: the finalizer registry is global, and a pinned owner
-            # lives as long as its protocol, so a strong one would keep both for good)
-            weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
+            # the reference the protocol holds calls _abandoned when the owner goes (a
+            # weakref.finalize would add four objects a connection, and a registry
+            # entry, for the garbage collector to walk while it lives). Its callback
+            # holds the protocol weakly: a strong one would make a cycle of the two
+            self._owner = weakref.ref(owner, _WhenAbandoned(weakref.ref(self)))
         return owner
 
 
@@ -561,6 +562,18 @@ def end_unpaid(proto: Protocol, reason: str) -> DTPError:
 #: The hooks' after_close runs of abandoned connections, while they run (see
 #: _close_abandoned)
 _FINISHING: set[asyncio.Task[None]] = set()
+
+
+class _WhenAbandoned:
+    """The callback of a protocol's reference to its :class:`_Owner`: :func:`_abandoned`."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: weakref.ref[Protocol]) -> None:
+        self.proto = proto
+
+    def __call__(self, _: object) -> None:
+        _abandoned(self.proto)
 
 
 def _abandoned(ref: weakref.ref[Protocol]) -> None:
