@@ -454,6 +454,17 @@ class Protocol(asyncio.BufferedProtocol):
         """Wait until anything happens on the connection; with ``key`` (a stream's ID,
         or ACCEPT_KEY), until something happens that may let that stream be read (or a
         stream be accepted): see :meth:`_notify_some`."""
+        waiter = self.listen(key)
+        try:
+            await waiter
+        finally:
+            self.unlisten(waiter, key)
+
+    def listen(self, key: int | None = None) -> asyncio.Future[None]:
+        """A future the next change (``key`` as for :meth:`wait_change`) completes; the
+        awaiting coroutine calls :meth:`unlisten` once its wait ends, however it ends.
+        (A read waiting for bytes awaits it directly: a coroutine of wait_change's
+        would be two more objects a connection whose handler waits in a read.)"""
         # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
         # only its own, never the others' wake-up
         waiter = self.loop.create_future()
@@ -465,21 +476,23 @@ class Protocol(asyncio.BufferedProtocol):
                 self._keyed[key] = [waiter]
             else:
                 some.append(waiter)
-        try:
-            await waiter
-        finally:
-            if not waiter.done() or waiter.cancelled():
-                # (still listed, if no wake-up took it: where the list is now)
-                if key is None:
+        return waiter
+
+    def unlisten(self, waiter: asyncio.Future[None], key: int | None = None) -> None:
+        """:meth:`listen`'s ``waiter`` is no longer awaited: out of the lists, if no
+        wake-up took it."""
+        if not waiter.done() or waiter.cancelled():
+            # (still listed, if no wake-up took it: where the list is now)
+            if key is None:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            else:
+                some = self._keyed.get(key)
+                if some is not None:
                     with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
-                else:
-                    some = self._keyed.get(key)
-                    if some is not None:
-                        with contextlib.suppress(ValueError):
-                            some.remove(waiter)
-                        if not some:
-                            del self._keyed[key]
+                        some.remove(waiter)
+                    if not some:
+                        del self._keyed[key]
 
     async def wait_for(self, ready: Callable[[], bool], key: int | None = None) -> None:
         """Wait until ``ready()``; ``key`` as for :meth:`wait_change` (a condition on
