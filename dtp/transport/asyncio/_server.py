@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -276,6 +277,11 @@ class DTPServer:
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
         self._serving = reservations
+        # the context the server's own bookkeeping callbacks run in (a connection's
+        # count, its task's end): they read no context variable, and a future's
+        # callback added without one copies the caller's, an object a connection. One
+        # server serves on one loop, which never runs two callbacks at once
+        self._bookkeeping = contextvars.Context()
         self._limit = limit
         self._callback = callback
         self.identity = identity
@@ -767,7 +773,7 @@ class DTPServer:
         # (a bound method: a closure would be three more objects a connection, each
         # one the garbage collector walks for as long as the connection lives)
         proto.held_in = self._connections
-        proto.closed_future.add_done_callback(proto.leave_held_in)
+        proto.closed_future.add_done_callback(proto.leave_held_in, context=self._bookkeeping)
 
     def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
         """The admission's ``close``: connections it turned away (``why``)."""
@@ -804,7 +810,7 @@ class DTPServer:
         assert arrival.proto is not None
         task = arrival.proto.loop.create_task(self._serve(unstarted))
         self._tasks.add(task)
-        task.add_done_callback(unstarted.done)
+        task.add_done_callback(unstarted.done, context=self._bookkeeping)
 
     def _never_served(self, arrival: _Arrival) -> None:
         """``arrival``'s task was cancelled before its first step (the loop shutting
