@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -55,6 +56,17 @@ def _shared_first_buffer() -> memoryview:
     if buf is None:
         buf = _shared.rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
     return buf
+
+
+def _timer_context() -> contextvars.Context:
+    """The context a connection's timers run in: one per thread (where its loop runs,
+    and never runs two callbacks at once). The timers read no context variable; a
+    TimerHandle made without one copies the caller's, an object a live connection
+    holds for as long as its timer is armed."""
+    context: contextvars.Context | None = getattr(_shared, "context", None)
+    if context is None:
+        context = _shared.context = contextvars.Context()
+    return context
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
@@ -351,7 +363,7 @@ class Protocol(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer, context=_timer_context())
             self._timer_at = deadline
 
     def _on_timer(self) -> None:
