@@ -891,6 +891,8 @@ class _IncomingStreams(deque[int]):
     left end; each stream taken off (popleft, remove, clear) is reported to
     ``on_taken``."""
 
+    __slots__ = ("_on_taken",)  # (an instance dict would be one more object a connection)
+
     def __init__(self, on_taken: Callable[[int], None]) -> None:
         super().__init__()
         self._on_taken = on_taken

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.protocol.connection import Connection, ConnState
+from dtp.protocol.connection._stream_table import NO_RANGES
 from tests.support.pairs import connect, run
 
 # what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered
@@ -99,6 +100,21 @@ def test_lossy_both_ways_delivers_exactly(
     for side in (c, s):
         for stream in side.conn.streams.by_id.values():
             assert len(stream.retransmit.ranges) <= window // 1000
+    # the empty sets every stream starts with are shared: acks and losses gave the
+    # streams sets of their own
+    assert not NO_RANGES.ranges
+
+
+def test_a_reliable_carriers_streams_share_the_empty_range_sets() -> None:
+    c, s, link = connect()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"x" * 5000, end_stream=False)
+    run(link, c, s)
+    assert bytes(s.data[sid]) == b"x" * 5000
+    for side in (c, s):
+        stream = side.conn.streams.by_id[sid]
+        assert stream.retransmit is NO_RANGES and stream.acked is NO_RANGES
+        assert not hasattr(stream, "__dict__")
 
 
 JUNK = {

@@ -49,7 +49,7 @@ from dtp.protocol.connection._config import (
     VARINT_MAX,
     ConnectionConfig,
 )
-from dtp.protocol.connection._stream_table import Stream, StreamTable
+from dtp.protocol.connection._stream_table import Stream, StreamTable, own_ranges
 
 
 class _StreamChunk(NamedTuple):
@@ -802,6 +802,7 @@ class RecordLayer:
                 if stream is None:
                     continue
                 if item.length:
+                    stream.acked = own_ranges(stream.acked)
                     stream.acked.add(item.offset, item.offset + item.length - 1)
                     self._advance_acked(stream)
                 if item.fin:
@@ -850,6 +851,7 @@ class RecordLayer:
                 if alo <= lo and hi <= ahi:
                     lo = hi + 1
             if lo <= hi:
+                stream.retransmit = own_ranges(stream.retransmit)
                 stream.retransmit.add(lo, hi)
         if item.fin and not stream.fin_acked:
             stream.fin_pending_resend = True

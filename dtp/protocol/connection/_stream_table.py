@@ -15,10 +15,22 @@ from dtp.protocol._recovery import RangeSet
 from dtp.protocol._state import RecvState, SendState, stream_initiator_is_client
 from dtp.protocol.connection._config import VARINT_MAX
 
+NO_RANGES = RangeSet()
+"""A stream's ``retransmit`` and ``acked`` until a lossy carrier's first use of them
+(:func:`own_ranges`): on a reliable carrier they stay empty, and a connection that
+holds a stream open holds no two sets and their lists for the garbage collector to
+walk. Never changed: whoever adds to a stream's set makes it its own first."""
 
-@dataclass
+
+def own_ranges(ranges: RangeSet) -> RangeSet:
+    """``ranges``, or a new set of its own in place of :data:`NO_RANGES`."""
+    return RangeSet() if ranges is NO_RANGES else ranges
+
+
+@dataclass(slots=True)
 class Stream:
-    """One stream's state: its sending half and its receiving half."""
+    """One stream's state: its sending half and its receiving half (slotted: an
+    instance dict would be one more object a stream)."""
 
     stream_id: int
     # sending half: buf holds bytes from base_offset (unacked or unsent)
@@ -27,8 +39,8 @@ class Stream:
     base_offset: int = 0
     next_offset: int = 0  # first byte never sent
     send_credit: int = 0  # peer's MAX_STREAM_DATA
-    retransmit: RangeSet = field(default_factory=RangeSet)  # offsets to send again
-    acked: RangeSet = field(default_factory=RangeSet)
+    retransmit: RangeSet = NO_RANGES  # offsets to send again (lossy carriers)
+    acked: RangeSet = NO_RANGES  # (lossy carriers)
     fin_pending_resend: bool = False
     fin_acked: bool = False
     announce: bool = False  # opened by us: tell the peer even before any data

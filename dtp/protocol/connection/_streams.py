@@ -17,7 +17,6 @@ from dtp.errors import (
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
 from dtp.protocol._events import StreamDataReceived, StreamOpened, StreamResetReceived
-from dtp.protocol._recovery import RangeSet
 from dtp.protocol._state import (
     CloseCode,
     ConnState,
@@ -26,6 +25,7 @@ from dtp.protocol._state import (
 )
 from dtp.protocol.connection._base import _ConnectionState
 from dtp.protocol.connection._config import MAX_CLOSE_REASON
+from dtp.protocol.connection._stream_table import NO_RANGES
 from dtp.protocol.connection._stream_table import Stream as Stream
 from dtp.protocol.connection._stream_table import send_done as send_done
 
@@ -191,7 +191,7 @@ class _Streams(_ConnectionState):
         self.records.unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
         stream.send_buf.clear()
         stream.base_offset = final
-        stream.retransmit = RangeSet()
+        stream.retransmit = NO_RANGES
         self.records.ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
         self.records.forget_if_done(stream)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -58,6 +59,17 @@ def _shared_buffer() -> memoryview:
     if buf is None:
         buf = _shared.rbuf = memoryview(bytearray(RECV_CHUNK))
     return buf
+
+
+def _timer_context() -> contextvars.Context:
+    """The context a connection's timers run in: one per thread (where its loop runs,
+    and never runs two callbacks at once). The timers read no context variable; a
+    TimerHandle made without one copies the caller's, an object a live connection
+    holds for as long as its timer is armed."""
+    context: contextvars.Context | None = getattr(_shared, "context", None)
+    if context is None:
+        context = _shared.context = contextvars.Context()
+    return context
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
@@ -149,6 +161,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: Takes each stream the peer opens, as its opening is applied
         #: (DTPStreamWriter.serve_streams), or None: accept_stream() takes them
         self.stream_handler: Callable[[int], None] | None = None
+        #: The set that counts this connection while its carrier is open (a server's
+        #: connections), or None: :meth:`leave_held_in` takes it out
+        self.held_in: set[Protocol] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -354,7 +369,7 @@ class Protocol(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer, context=_timer_context())
             self._timer_at = deadline
 
     def _on_timer(self) -> None:
@@ -457,6 +472,17 @@ class Protocol(asyncio.BufferedProtocol):
         """Wait until anything happens on the connection; with ``key`` (a stream's ID,
         or ACCEPT_KEY), until something happens that may let that stream be read (or a
         stream be accepted): see :meth:`_notify_some`."""
+        waiter = self.listen(key)
+        try:
+            await waiter
+        finally:
+            self.unlisten(waiter, key)
+
+    def listen(self, key: int | None = None) -> asyncio.Future[None]:
+        """A future the next change (``key`` as for :meth:`wait_change`) completes; the
+        awaiting coroutine calls :meth:`unlisten` once its wait ends, however it ends.
+        (A read waiting for bytes awaits it directly: a coroutine of wait_change's
+        would be two more objects a connection whose handler waits in a read.)"""
         # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
         # only its own, never the others' wake-up
         waiter = self.loop.create_future()
@@ -468,27 +494,35 @@ class Protocol(asyncio.BufferedProtocol):
                 self._keyed[key] = [waiter]
             else:
                 some.append(waiter)
-        try:
-            await waiter
-        finally:
-            if not waiter.done() or waiter.cancelled():
-                # (still listed, if no wake-up took it: where the list is now)
-                if key is None:
+        return waiter
+
+    def unlisten(self, waiter: asyncio.Future[None], key: int | None = None) -> None:
+        """:meth:`listen`'s ``waiter`` is no longer awaited: out of the lists, if no
+        wake-up took it."""
+        if not waiter.done() or waiter.cancelled():
+            # (still listed, if no wake-up took it: where the list is now)
+            if key is None:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            else:
+                some = self._keyed.get(key)
+                if some is not None:
                     with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
-                else:
-                    some = self._keyed.get(key)
-                    if some is not None:
-                        with contextlib.suppress(ValueError):
-                            some.remove(waiter)
-                        if not some:
-                            del self._keyed[key]
+                        some.remove(waiter)
+                    if not some:
+                        del self._keyed[key]
 
     async def wait_for(self, ready: Callable[[], bool], key: int | None = None) -> None:
         """Wait until ``ready()``; ``key`` as for :meth:`wait_change` (a condition on
         that stream's reads, or on the streams the peer opened, and nothing else)."""
         while not ready():
             await self.wait_change(key)
+
+    def leave_held_in(self, _: object = None) -> None:
+        """Leave :attr:`held_in` (``closed_future``'s done callback)."""
+        if self.held_in is not None:
+            self.held_in.discard(self)
+            self.held_in = None
 
     @property
     def write_paused(self) -> bool:
@@ -499,10 +533,11 @@ class Protocol(asyncio.BufferedProtocol):
         owner = self._owner() if self._owner is not None else None
         if owner is None:
             owner = _Owner()
-            self._owner = weakref.ref(owner)
-            # (the protocol weakly: the finalizer registry is global, and a pinned owner
-            # lives as long as its protocol, so a strong one would keep both for good)
-            weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
+            # the reference the protocol holds calls _abandoned when the owner goes (a
+            # weakref.finalize would add four objects a connection, and a registry
+            # entry, for the garbage collector to walk while it lives). Its callback
+            # holds the protocol weakly: a strong one would make a cycle of the two
+            self._owner = weakref.ref(owner, _WhenAbandoned(weakref.ref(self)))
         return owner
 
 
@@ -558,6 +593,18 @@ def end_unpaid(proto: Protocol, reason: str) -> DTPError:
 #: The hooks' after_close runs of abandoned connections, while they run (see
 #: _close_abandoned)
 _FINISHING: set[asyncio.Task[None]] = set()
+
+
+class _WhenAbandoned:
+    """The callback of a protocol's reference to its :class:`_Owner`: :func:`_abandoned`."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: weakref.ref[Protocol]) -> None:
+        self.proto = proto
+
+    def __call__(self, _: object) -> None:
+        _abandoned(self.proto)
 
 
 def _abandoned(ref: weakref.ref[Protocol]) -> None:

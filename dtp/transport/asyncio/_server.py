@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -139,6 +140,29 @@ class _Arrival(asyncio.Protocol):
         self.server._admission.dropped(self, self.server._now())
 
 
+class _Unstarted:
+    """A connection task's arrival until the task's first step takes it, and the
+    task's done callback: it finds the arrival still here only when the task never
+    started (:meth:`DTPServer._never_served`)."""
+
+    __slots__ = ("arrival", "server")
+
+    def __init__(self, server: DTPServer, arrival: _Arrival) -> None:
+        self.server = server
+        self.arrival: _Arrival | None = arrival
+
+    def take(self) -> _Arrival:
+        arrival = self.arrival
+        assert arrival is not None
+        self.arrival = None
+        return arrival
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.server._tasks.discard(task)
+        if task.cancelled() and self.arrival is not None:
+            self.server._never_served(self.take())
+
+
 def _waiting_gone(arrival: _Arrival) -> bool:
     """Whether a connection waiting for a handshake slot was closed meanwhile."""
     return arrival.lost or arrival.transport is None or arrival.transport.is_closing()
@@ -253,6 +277,11 @@ class DTPServer:
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
         self._serving = reservations
+        # the context the server's own bookkeeping callbacks run in (a connection's
+        # count, its task's end): they read no context variable, and a future's
+        # callback added without one copies the caller's, an object a connection. One
+        # server serves on one loop, which never runs two callbacks at once
+        self._bookkeeping = contextvars.Context()
         self._limit = limit
         self._callback = callback
         self.identity = identity
@@ -741,7 +770,10 @@ class DTPServer:
     def _hold(self, proto: Protocol) -> None:
         """Count ``proto`` among the server's connections until its carrier closes."""
         self._connections.add(proto)
-        proto.closed_future.add_done_callback(lambda _: self._connections.discard(proto))
+        # (a bound method: a closure would be three more objects a connection, each
+        # one the garbage collector walks for as long as the connection lives)
+        proto.held_in = self._connections
+        proto.closed_future.add_done_callback(proto.leave_held_in, context=self._bookkeeping)
 
     def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
         """The admission's ``close``: connections it turned away (``why``)."""
@@ -770,28 +802,29 @@ class DTPServer:
     # -- the connection tasks ------------------------------------------------------------------
 
     def _start_serving(self, arrival: _Arrival) -> None:
-        started: list[bool] = []  # set by _serve's first step
+        # the arrival until _serve's first step takes it: the task's done callback
+        # finds it there only when the task never started. Neither keeps it after the
+        # handshake: it, its first record and its slots' bookkeeping would otherwise
+        # live, and be walked by the garbage collector, as long as the connection
+        unstarted = _Unstarted(self, arrival)
         assert arrival.proto is not None
-        proto = arrival.proto
-        task = proto.loop.create_task(self._serve(arrival, started))
-
-        def done(task: asyncio.Task[None]) -> None:
-            self._tasks.discard(task)
-            if task.cancelled() and not started:
-                # cancelled before its first step (the loop shutting down): none of
-                # _serve ran, its finally blocks included
-                self._admission.ended(arrival, loop_time(self._loop), start_next=False)
-                abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
-
+        task = arrival.proto.loop.create_task(self._serve(unstarted))
         self._tasks.add(task)
-        task.add_done_callback(done)
+        task.add_done_callback(unstarted.done, context=self._bookkeeping)
 
-    async def _serve(self, arrival: _Arrival, started: list[bool]) -> None:
-        """One connection: the handshake and hooks, then the client callback. It holds
-        its slots (one of the server's, one of its address's) until its handshake ends.
-        Cancelled (the loop shutting down), it aborts the connection rather than leave
-        the transport open."""
-        started.append(True)
+    def _never_served(self, arrival: _Arrival) -> None:
+        """``arrival``'s task was cancelled before its first step (the loop shutting
+        down): none of :meth:`_serve` ran, its finally blocks included."""
+        self._admission.ended(arrival, loop_time(self._loop), start_next=False)
+        assert arrival.proto is not None
+        abort(arrival.proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
+
+    async def _serve(self, unstarted: _Unstarted) -> None:
+        """One connection (the arrival ``unstarted`` holds, taken at once): the handshake
+        and hooks, then the client callback. It holds its slots (one of the server's,
+        one of its address's) until its handshake ends. Cancelled (the loop shutting
+        down), it aborts the connection rather than leave the transport open."""
+        arrival = unstarted.take()
         cancelled = False
         proto = arrival.proto
         assert proto is not None
@@ -809,6 +842,7 @@ class DTPServer:
             self._admission.ended(arrival, loop_time(self._loop), start_next=not cancelled)
             if not cancelled and not self._closed.is_set():
                 self._arm_expiry()  # (those it handed on may wait in a line now)
+            del arrival  # (see _start_serving)
         if not accepted:
             return
         session = proto.session

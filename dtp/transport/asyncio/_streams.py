@@ -143,10 +143,15 @@ class DTPStreamReader:
         self._waiting = name
         session = self._session
         stream_id = self._stream_id
-        wait_change = self._proto.wait_change
+        proto = self._proto
         try:
             while True:
-                await wait_change(stream_id)
+                # (Protocol.wait_change written out)
+                waiter = proto.listen(stream_id)
+                try:
+                    await waiter
+                finally:
+                    proto.unlisten(waiter, stream_id)
                 if session.readable(stream_id):
                     return
         finally:
