@@ -375,3 +375,35 @@ def test_what_a_closed_socket_had_sent_crosses_a_healed_partition() -> None:
         return await got
 
     assert net.run(main()) == b"held, then sent"
+
+
+def test_two_tasks_in_blocks_of_the_same_host_each_leave_their_own() -> None:
+    """Each task's ``with net.host(...)`` block ends its own: a block's way back is kept
+    in the task's context, not on the host, which two tasks may be in at once."""
+    net = SimNetwork(seed=1)
+    net.add_hosts("a", "b")
+    left: list[str | None] = []
+
+    async def inside(first: asyncio.Event, second: asyncio.Event) -> None:
+        with net.host("b"):
+            with net.host("a"):
+                first.set()
+                await second.wait()
+            left.append(net.current_host().name)  # (back in "b")
+
+    async def main() -> None:
+        one, two = asyncio.Event(), asyncio.Event()
+        # the first task enters, the second enters, the first leaves: interleaved
+        t1 = asyncio.create_task(inside(one, two))
+        await one.wait()
+        t2 = asyncio.create_task(inside(asyncio.Event(), asyncio.Event()))
+        await asyncio.sleep(0)
+        two.set()
+        await t1
+        t2.cancel()
+        await asyncio.gather(t2, return_exceptions=True)
+
+    net.run(main())
+    assert left == ["b"]
+    with pytest.raises(SimulationError):
+        net.current_host()  # (outside every block, after the run)

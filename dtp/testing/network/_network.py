@@ -51,6 +51,12 @@ _EPHEMERAL = 40000
 _CURRENT: contextvars.ContextVar[SimHost | None] = contextvars.ContextVar(
     "dtp_testing_sim_host", default=None
 )
+#: The hosts the ``with`` blocks around the current one made current, innermost last:
+#: kept in the context, not on the host, as two tasks may each be in a block of the
+#: same host at once (a token kept on the host would be reset by the other task)
+_OUTER: contextvars.ContextVar[tuple[SimHost | None, ...]] = contextvars.ContextVar(
+    "dtp_testing_sim_outer_hosts", default=()
+)
 
 
 class SimulationError(RuntimeError):
@@ -82,17 +88,19 @@ class SimHost:
         self.name = name
         self.ip = ip
         self._ports = itertools.count(_EPHEMERAL)
-        self._tokens: list[contextvars.Token[SimHost | None]] = []
 
     def next_port(self) -> int:
         return next(self._ports)
 
     def __enter__(self) -> SimHost:
-        self._tokens.append(_CURRENT.set(self))
+        _OUTER.set((*_OUTER.get(), _CURRENT.get()))
+        _CURRENT.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _CURRENT.reset(self._tokens.pop())
+        outer = _OUTER.get()
+        _CURRENT.set(outer[-1])
+        _OUTER.set(outer[:-1])
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
         """Start ``coro`` as a task running on this host."""
