@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import threading
 import time
@@ -59,17 +58,6 @@ def _shared_buffer() -> memoryview:
     if buf is None:
         buf = _shared.rbuf = memoryview(bytearray(RECV_CHUNK))
     return buf
-
-
-def _timer_context() -> contextvars.Context:
-    """The context a connection's timers run in: one per thread (where its loop runs,
-    and never runs two callbacks at once). The timers read no context variable; a
-    TimerHandle made without one copies the caller's, an object a live connection
-    holds for as long as its timer is armed."""
-    context: contextvars.Context | None = getattr(_shared, "context", None)
-    if context is None:
-        context = _shared.context = contextvars.Context()
-    return context
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
@@ -369,7 +357,10 @@ class Protocol(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer, context=_timer_context())
+            # (in a copy of the arming code's context, as call_at makes one: a timer
+            # that ends the connection runs the user's sink callbacks, which must see
+            # the user's context variables, not a context every connection shares)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
     def _on_timer(self) -> None:
@@ -611,7 +602,7 @@ def _abandoned(ref: weakref.ref[Protocol]) -> None:
     """The last reader and writer of a client connection were garbage-collected with the
     connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
     transport (nobody can use or close it, and keepalives hold off the idle timeout:
-    it would stay open for good, as the peer's end). A finalizer runs wherever the garbage
+    it would stay open for good, as the peer's end). The callback runs wherever the garbage
     collector starts, perhaps inside a seal on this very loop: it only schedules."""
     proto = ref()
     if proto is None:
