@@ -65,7 +65,8 @@ function rawSodium(lib, wrapped) {
   const need = ['_malloc', '_crypto_aead_chacha20poly1305_ietf_encrypt', '_crypto_aead_chacha20poly1305_ietf_decrypt'];
   if (!lib || !lib.HEAPU8 || need.some((name) => typeof lib[name] !== 'function')) return null;
   const MAX_TEXT = 16384 + 16; // a whole record body (MAX_RECORD_PLAINTEXT + TAG_SIZE)
-  const base = lib._malloc(32 + 12 + 12 + 2 * MAX_TEXT);
+  // (the output area holds a tag past the largest input: a seal writes text + 16)
+  const base = lib._malloc(32 + 12 + 12 + 2 * MAX_TEXT + 16);
   if (!base) return null;
   const KEY = base;
   const NONCE = KEY + 32;
