@@ -124,7 +124,10 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
     asyncio.run(main())
     assert len(seen) == len(handled) == 10, (seen, handled)
     waits = [h - s for s, h in zip(seen, handled, strict=True)]
-    assert handled[-1] > 0  # the flood was being taken meanwhile
+    # the flood came between a request and its handler (a loop that does not take
+    # turns reads 0 there as often as not: no pass by luck) ...
+    assert any(waits), waits
+    # ... a piece of it at a time
     assert max(waits) < FAIR_JUNK, waits
 
 
