@@ -409,8 +409,11 @@ class Forwarder:
 
     def _meter(self, link: _Link, n: int) -> None:
         self.book.touch()
+        fees = link.fees
+        if not fees.paid:
+            return  # (a free connection: its fees count nothing, as record would say)
         try:
-            receipt = link.fees.record(n)
+            receipt = fees.record(n)
         except InsufficientFunds:
             link.retired = True
             raise TunnelError("the deposit of this DTP connection is used up") from None

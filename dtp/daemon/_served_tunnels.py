@@ -276,11 +276,21 @@ class ServedTunnels:
             old rate reaches it without waiting for that hold to end)."""
             conn.bytes += n
             book.touch()
-            unpaid = unpaid_hold(conn, service)
+            sla = conn.terms.sla
+            if sla.price_per_kib > 0 or sla.price_per_request > 0:
+                unpaid = unpaid_hold(conn, service)
+            else:
+                # (nothing to pay: never behind, as unpaid_hold says, without the call)
+                conn.unpaid_since = None
+                unpaid = 0.0
             rate = 0.0
-            if buckets:
+            # (a bucket of rate 0 has no limit: its charge and delay are 0 at once, so
+            # neither they nor the clock are asked at every chunk)
+            if buckets and buckets.bytes.rate:
                 now = time.monotonic()
                 rate = buckets.bytes.charge(n, now) if n else buckets.bytes.delay(now)
+            if not (unpaid or rate):
+                return None
             return min(max(unpaid, rate), POLICY_REFRESH) or None
 
         return charge

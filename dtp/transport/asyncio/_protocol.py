@@ -119,8 +119,9 @@ class Protocol(asyncio.BufferedProtocol):
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
         # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
-        # for the rest of its life: a server keeps thousands). None: the thread's
-        # shared buffer (_shared_buffer), where the loop allows it
+        # for the rest of its life: a server keeps thousands). Where the loop allows
+        # it, the thread's shared buffer instead (_shared_buffer), held from the first
+        # read on (None until then)
         self._shares_rbuf = reads_synchronously(loop)
         self._rbuf: memoryview | None = (
             None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
@@ -172,13 +173,20 @@ class Protocol(asyncio.BufferedProtocol):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rbuf or _shared_buffer()
+        view = self._rbuf
+        if view is None:
+            # the thread's shared buffer, taken here in the loop's own thread and then
+            # held by reference (it costs an idle connection nothing): no thread-local
+            # lookup at every read
+            view = self._rbuf = _shared_buffer()
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         # (the buffer get_buffer() gave, in this same callback of this thread's loop)
         view = self._rbuf
-        if view is None:  # (the shared one: RECV_CHUNK already, nothing to resize)
-            self.data_received(_shared.rbuf[:nbytes])
+        assert view is not None
+        if self._shares_rbuf:  # (the shared one: RECV_CHUNK already, nothing to resize)
+            self.data_received(view[:nbytes])
             return
         size = len(view)
         if nbytes == size:
@@ -186,7 +194,7 @@ class Protocol(asyncio.BufferedProtocol):
                 # the next read may bring more (this one's bytes stay in ``view``)
                 self._rbuf = memoryview(bytearray(min(2 * size, RECV_CHUNK)))
         elif nbytes < size >> 3 and size > FIRST_RECV_CHUNK:
-            self._rbuf = None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
+            self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
         self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
