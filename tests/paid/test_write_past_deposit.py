@@ -326,3 +326,29 @@ def test_a_write_past_the_deposit_on_the_lent_stream_is_refused(
         assert lent[-1] and sum(lent) > 1  # (the refused write's check was the lent one)
         assert sent <= pay.payable_bytes < sent + piece
     assert wait_for(lambda: got == [sent], 10), (got, sent)
+
+
+def test_a_view_of_rows_on_the_lent_stream_is_checked_by_its_bytes(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """A view of bytes with two dimensions (16 rows of 512) is 16 items long but 8 KiB
+    to send: the lent stream's check counts its bytes, so the write the deposit (about
+    5 KiB) cannot pay is refused, nothing of it sent."""
+    got: list[int] = []
+    serve(*sinks(got), policy=PATIENT)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    rows = memoryview(bytes(8192)).cast("B", (16, 512))
+    with paid_connect(ledger, host_id, cap) as sock:
+        pay = sock.layer.hook
+        assert isinstance(pay, ClientPayment)
+        conn = sock._engine.conn
+        sock.sendall(b"z" * 256)
+        sock.sendall(b"z" * 256)  # (lent from the first: this one's check is the lent one)
+        used = conn.used_bytes()
+        assert used + len(rows) <= pay.payable_bytes < used + rows.nbytes
+        lent = conn.lent_stream_id == sock.stream_id
+        with pytest.raises(PaymentRequired):
+            sock.sendall(rows)
+        assert lent
+        assert conn.used_bytes() == used  # nothing of the refused write went out
+    assert wait_for(lambda: got == [512], 10), got

@@ -218,6 +218,38 @@ def test_an_array_is_sent_as_its_bytes_by_every_send(
     _round_trip(client)
 
 
+@pytest.mark.parametrize("lent", [False, True], ids=["not-lent", "lent"])
+def test_a_view_of_rows_is_sent_whole_by_every_send(
+    client: dtp.socket.DTPSocket, lent: bool
+) -> None:
+    """A C-contiguous view of bytes with two dimensions goes as all its bytes, as a
+    socket sends it: ``len()`` counts its rows (4 of 8 bytes here), not what goes."""
+    raw = bytes(range(32))
+    rows = memoryview(raw).cast("B", (4, 8))
+
+    def send_recv() -> bytes:
+        got = client.send_recv(rows, 100)
+        if got is None:  # not lent at that moment: nothing was sent
+            client.sendall(rows)
+            got = b""
+        return got
+
+    for send in (
+        lambda: client.sendall(rows) or b"",
+        lambda: b"" if client.send(rows) == len(raw) else b"short",
+        send_recv,
+    ):
+        _round_trip(client)
+        if not lent:
+            assert client.connection_stats  # (takes the loan back)
+        assert _lent(client) == lent
+        got = send()
+        while len(got) < len(raw):
+            got += client.recv(100)
+        assert got == raw
+    _round_trip(client)
+
+
 # -- dtp.aio: against asyncio's StreamReader / StreamWriter -------------------------------
 
 Reader = dtp.aio.DTPStreamReader
@@ -336,6 +368,10 @@ def test_aio_write_takes_an_array_as_its_bytes() -> None:
             writer.write(words)
             got = await asyncio.wait_for(reader.readexactly(8), WAIT)
             assert got == words.tobytes()
+            rows = memoryview(bytes(range(32))).cast("B", (4, 8))  # (len(): 4 rows)
+            writer.write(rows)
+            got = await asyncio.wait_for(reader.readexactly(32), WAIT)
+            assert got == bytes(range(32))
             await _aio_round_trip(reader, writer)
 
     asyncio.run(main())

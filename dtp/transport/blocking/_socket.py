@@ -930,11 +930,12 @@ class DTPSocket:
         if flags or type(flags) is not int:
             checked_flags(flags)
         if type(data) is not bytes and not (
-            type(data) is memoryview and data.format == "B" and data.c_contiguous
+            type(data) is memoryview and data.format == "B" and data.ndim == 1 and data.c_contiguous
         ):
             # the errors of a socket's (a str: TypeError; a strided view: BufferError)
-            # before either path, and the bytes of an array('i'), not its items (a
-            # view of bytes, as an echo's memoryview(buf)[:n], is taken as it is)
+            # before either path, and the bytes of an array('i') or of a view of rows,
+            # not its items, which len() counts (a flat view of bytes, as an echo's
+            # memoryview(buf)[:n], is taken as it is)
             data = readable(data)
         engine = self._engine
         conn = engine.conn
