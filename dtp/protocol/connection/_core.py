@@ -256,8 +256,9 @@ class Connection(_Streams, _FastPaths):
         # the Noise state until the handshake ends (then dropped: nothing reads it, and
         # the transport keys it holds need not outlive the AEADs made from them)
         self._hs: Handshake | None
-        # sent, for lossy-carrier resends: a tuple, so that a connection that has none
-        # holds no list of its own for its whole life (one object fewer for the collector)
+        # sent, for lossy-carrier resends (kept over those carriers only): a tuple, so
+        # that a connection holds no list of its own for its whole life (one object
+        # fewer for the collector)
         self._hs_messages: tuple[tuple[int, bytes], ...] = ()
         self._hs_resend_at: float | None = None
         self._hs_resend_interval = 0.5
