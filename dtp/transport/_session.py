@@ -267,7 +267,7 @@ class Session:
         self.streams: dict[int, StreamBuffer] = {}
         #: Streams the peer opened, for the application to accept (popleft): each one
         #: taken off gives its place in the stream limit back once it ends
-        self.incoming_streams: deque[int] = _IncomingStreams(self.conn.stream_taken)
+        self.incoming_streams: deque[int] = _IncomingStreams(self.conn)
         # the queues of datagrams, control messages and receipts (see the properties):
         # made at their first use, as an empty deque weighs about 600 bytes on every
         # idle connection, and most connections never use them (idle_memory_10k)
@@ -888,29 +888,31 @@ class Session:
 
 class _IncomingStreams(deque[int]):
     """:attr:`Session.incoming_streams`: the adapters' accept takes streams off its
-    left end; each stream taken off (popleft, remove, clear) is reported to
-    ``on_taken``."""
+    left end; each stream taken off (popleft, remove, clear) is reported to the
+    connection (:meth:`Connection.stream_taken`)."""
 
-    __slots__ = ("_on_taken",)  # (an instance dict would be one more object a connection)
+    # (an instance dict, or a bound method kept for the report, would be one more object
+    # a connection for the garbage collector to walk)
+    __slots__ = ("_conn",)
 
-    def __init__(self, on_taken: Callable[[int], None]) -> None:
+    def __init__(self, conn: Connection) -> None:
         super().__init__()
-        self._on_taken = on_taken
+        self._conn = conn
 
     def popleft(self) -> int:
         stream_id = super().popleft()
-        self._on_taken(stream_id)
+        self._conn.stream_taken(stream_id)
         return stream_id
 
     def remove(self, value: int) -> None:
         super().remove(value)
-        self._on_taken(value)
+        self._conn.stream_taken(value)
 
     def clear(self) -> None:
         taken = list(self)
         super().clear()
         for stream_id in taken:
-            self._on_taken(stream_id)
+            self._conn.stream_taken(stream_id)
 
 
 def _bounded_append(queue: deque[T], item: T) -> None:

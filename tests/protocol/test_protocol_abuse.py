@@ -261,7 +261,7 @@ def test_one_byte_stream_frames_held_before_accept_are_bounded() -> None:
         server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
         if server.closed:
             break
-        assert len(server._held_events) * 64 <= window
+        assert len(server._held_events or ()) * 64 <= window
     term = server.termination
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
     assert not server._held_events
@@ -408,7 +408,7 @@ def _check_windows(conn: Connection, unread: int) -> None:
     assert held <= cfg.connection_window
     # held until accept(): at most one event per 64 bytes of window, besides one
     # StreamOpened, StreamResetReceived and StopSendingReceived per stream
-    assert len(conn._held_events) <= cfg.connection_window // 64 + 3 * cfg.max_streams
+    assert len(conn._held_events or ()) <= cfg.connection_window // 64 + 3 * cfg.max_streams
 
 
 def _deciding_pair(**config: object) -> tuple[Side, Side]:

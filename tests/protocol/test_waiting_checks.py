@@ -27,7 +27,7 @@ def _set(conn: Connection, stream_id: int, waiting: tuple[str, ...]) -> None:
         rl.ctrl.append(RawFrame(FRAME_CONTROL, 20, 0, 0, b"x"))
     rl.pending_max_data = "max_data" in waiting
     if "stream_credit" in waiting:
-        rl.pending_stream_credit.add(stream_id)
+        rl._credit_due(stream_id)
     rl.pending_max_streams = "max_streams" in waiting
     rl.ping_pending = "ping" in waiting
     if "close" in waiting:
@@ -41,7 +41,7 @@ def _clear(conn: Connection) -> None:
     rl = conn.records
     rl.ctrl.clear()
     rl.pending_max_data = rl.pending_max_streams = rl.ping_pending = False
-    rl.pending_stream_credit.clear()
+    rl.pending_stream_credit = None
     rl.close_frame = None
     rl.out.clear()
     rl.streams_dirty = False

@@ -51,7 +51,7 @@ class _ConnectionState:
     _peer_params: dict[str, Any]
     records: RecordLayer
     _lossy: bool
-    _held_events: list[Event]
+    _held_events: list[Event] | None
     _held_bytes: int
     stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None
     datagram_handler: Callable[[bytes], None] | None

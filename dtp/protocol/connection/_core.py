@@ -253,8 +253,13 @@ class Connection(_Streams, _FastPaths):
         # the keepalive interval in force: ours, or less once the peer's idle timeout
         # (its "it" parameter) says it would give up on a quiet connection sooner
         self._keepalive: float | None = config.keepalive_interval
-        self._hs: Handshake
-        self._hs_messages: list[tuple[int, bytes]] = []  # sent, for lossy-carrier resends
+        # the Noise state until the handshake ends (then dropped: nothing reads it, and
+        # the transport keys it holds need not outlive the AEADs made from them)
+        self._hs: Handshake | None
+        # sent, for lossy-carrier resends (kept over those carriers only): a tuple, so
+        # that a connection holds no list of its own for its whole life (one object
+        # fewer for the collector)
+        self._hs_messages: tuple[tuple[int, bytes], ...] = ()
         self._hs_resend_at: float | None = None
         self._hs_resend_interval = 0.5
         self._hs_init: bytes | None = None  # server: the message 1 it answered
@@ -268,7 +273,7 @@ class Connection(_Streams, _FastPaths):
         self.lent_timer: float | None = None
         self.lent_can_recv = False  # whether the lane may take the lent stream's bytes
         self._lent: Stream | None = None
-        self._early_records: list[bytes] = []
+        self._early_records: tuple[bytes, ...] = ()  # (lossy carriers; a few at most)
         self.peer_static: bytes | None = None
         self.handshake_hash: bytes | None = None
         self.peer_address: str | None = None
@@ -291,7 +296,8 @@ class Connection(_Streams, _FastPaths):
         # a lossy carrier: records are acknowledged and sent again (read per record)
         self._lossy = not config.reliable_carrier
         self._peer_params: dict[str, Any] = {}
-        self._held_events: list[Event] = []  # server: data before accept()
+        # server: data before accept(), made at the first (most connections hold none)
+        self._held_events: list[Event] | None = None
         self._held_bytes = 0  # what the held datagrams, controls and receipts weigh
         self._terminated: ConnectionTerminated | None = None
         self.stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None = None
@@ -327,10 +333,16 @@ class Connection(_Streams, _FastPaths):
                 ephemeral_key,
                 remote_static=config.server_static,
             )
-            message = self._hs.write_message(self._transport_params())
+            message = self._handshake().write_message(self._transport_params())
             self._send_handshake(REC_HS_INIT, message, now)
         else:
             self._hs = Handshake.responder(config.identity.noise_private_bytes(), ephemeral_key)
+
+    def _handshake(self) -> Handshake:
+        hs = self._hs
+        if hs is None:
+            raise LocalProtocolError("the handshake is over")
+        return hs
 
     @property
     def state(self) -> ConnState:
@@ -703,8 +715,9 @@ class Connection(_Streams, _FastPaths):
             self._state = transition(self._state, ConnState.ESTABLISHED)
         self.records.ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
         self._events.append(ConnectionAccepted(self.peer_address))
-        self._events.extend(self._held_events)
-        self._held_events.clear()
+        if self._held_events is not None:
+            self._events.extend(self._held_events)
+            self._held_events = None
         self._open_first_stream()
 
     def answer(self) -> None:
@@ -725,7 +738,7 @@ class Connection(_Streams, _FastPaths):
             self._take_back()
         if self.is_client:
             raise LocalProtocolError("refuse() is for servers")
-        self._held_events.clear()
+        self._held_events = None
         if self._state is ConnState.SERVER_DECIDING:
             # IK: the verdict goes out as a CLOSE right behind message 2, so that the
             # client reads the reason under the connection's transport keys
@@ -778,7 +791,7 @@ class Connection(_Streams, _FastPaths):
             if self.config.reliable_carrier:
                 raise RemoteProtocolError("data before the handshake finished", ErrorCode.ARG)
             if len(self._early_records) < MAX_PENDING_EARLY_RECORDS:
-                self._early_records.append(bytes(self._inbuf[: batch.consumed]))
+                self._early_records += (bytes(self._inbuf[: batch.consumed]),)
             # else dropped, as lossy carriers drop what they cannot take: anyone can
             # forge unauthenticated records, and failing here let a few dozen of them
             # end a handshake in progress
@@ -806,12 +819,12 @@ class Connection(_Streams, _FastPaths):
                 return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         if self.config.reliable_carrier:
-            payload = self._hs.read_message(body)
+            payload = self._handshake().read_message(body)
         else:
             # anyone can slip a forged or damaged message in before the genuine one: it
             # is dropped, the handshake left as it was for the genuine one (or its resend)
             try:
-                payload = self._hs.read_message(body, keep_state=True)
+                payload = self._handshake().read_message(body, keep_state=True)
             except HandshakeError as exc:
                 logger.debug("dropping a handshake message that failed: %s", exc)
                 return
@@ -820,10 +833,10 @@ class Connection(_Streams, _FastPaths):
             try:
                 params = parse_params(payload, from_client=True)
                 proof = params.pop("auth", None)
-                if self._hs.pattern == PATTERN_IK:
+                if self._handshake().pattern == PATTERN_IK:
                     if proof is None:
                         raise HandshakeError("IK message 1 carries no identity proof")
-                    address = verify_auth_proof(proof, self._hs.auth_binding, early=True)
+                    address = verify_auth_proof(proof, self._handshake().auth_binding, early=True)
                 elif proof is not None:
                     raise HandshakeError(
                         "an identity proof in XX message 1 (it goes after message 3)"
@@ -835,54 +848,56 @@ class Connection(_Streams, _FastPaths):
                 # IK one only says its sender knows our key): a forgery or damage must
                 # not end the handshake the genuine message 1, or its resend, comes for
                 logger.debug("dropping a handshake message 1 whose payload fails: %s", exc)
-                self._hs.unread_first_message()
+                self._handshake().unread_first_message()
                 return
             # only a copy of this very message is answered again (lossy carriers): any
             # other, which anyone can forge, would have us send message 2 on demand
             self._hs_init = body
             self._peer_params = params
             self.streams.send_window = params.get("msd", 0)
-            if self._hs.pattern == PATTERN_IK:
+            if self._handshake().pattern == PATTERN_IK:
                 assert proof is not None
                 self._authenticated(proof, address)
-                self.peer_static = self._hs.remote_static
+                self.peer_static = self._handshake().remote_static
                 # message 2 waits for the application's verdict (accept / refuse)
                 self._state = transition(self._state, ConnState.SERVER_DECIDING)
                 return
-            reply = self._hs.write_message(self._transport_params())
+            reply = self._handshake().write_message(self._transport_params())
             self._send_handshake(REC_HS_RESP, reply, now, resend=False)
-            if self._hs.complete:
+            if self._handshake().complete:
                 self._finish_handshake(ConnState.AUTHENTICATING)
             else:
                 self._state = transition(self._state, ConnState.SERVER_FINAL)
         elif kind == REC_HS_RESP:
             # before XX message 3, which carries our static key: an impostor gets nothing
             expected_key = self.config.expected_server_static
-            if expected_key is not None and self._hs.remote_static != expected_key:
+            if expected_key is not None and self._handshake().remote_static != expected_key:
                 raise HandshakeError("the server's static key is not the expected one")
             self._peer_params = parse_params(payload)
             self.streams.send_window = self._peer_params.get("msd", 0)
-            if not self._hs.complete:
-                final = self._hs.write_message(b"")
-                self._hs_messages.clear()
+            if not self._handshake().complete:
+                final = self._handshake().write_message(b"")
+                self._hs_messages = ()
                 self._send_handshake(REC_HS_FINAL, final, now)
             else:
-                self._hs_messages.clear()
+                self._hs_messages = ()
                 self._hs_resend_at = None
             self._finish_handshake(ConnState.AUTHENTICATING)
             if self.pattern == "XX":  # in IK the proof went in message 1
-                proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
+                assert self.handshake_hash is not None  # (set as the handshake ended)
+                proof = make_auth_proof(self.config.identity, self.handshake_hash)
                 self.records.ctrl.insert(
                     0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof)
                 )
         else:  # REC_HS_FINAL
             self._finish_handshake(ConnState.AUTHENTICATING)
-        early, self._early_records = self._early_records, []
+        early, self._early_records = self._early_records, ()
         for blob in early:
             self._inbuf[:0] = blob
 
     def _finish_handshake(self, new_state: ConnState) -> None:
-        send_key, recv_key = self._hs.transport_keys()
+        hs = self._handshake()
+        send_key, recv_key = hs.transport_keys()
         self.records.send_aead = _core.Aead(send_key)
         self._recv_aead = _core.Aead(recv_key)
         if self.config.reliable_carrier:
@@ -891,9 +906,10 @@ class Connection(_Streams, _FastPaths):
             # notice (an application CONTROL message, a DATAGRAM or a RESET_STREAM,
             # dropped from the byte stream without a trace)
             self._recv_aead.set_in_order()
-        self.peer_static = self._hs.remote_static
-        self.handshake_hash = self._hs.handshake_hash
-        self.pattern = "IK" if self._hs.pattern == PATTERN_IK else "XX"
+        self.peer_static = hs.remote_static
+        self.handshake_hash = hs.handshake_hash
+        self.pattern = "IK" if hs.pattern == PATTERN_IK else "XX"
+        self._hs = None
         params = self._peer_params
         self.streams.conn_send_credit = params["md"]
         self.streams.peer_max = params["ms"]
@@ -956,7 +972,7 @@ class Connection(_Streams, _FastPaths):
 
     def _answer_hello(self) -> None:
         """Server, IK: message 2, which completes the handshake (sent with the verdict)."""
-        reply = self._hs.write_message(self._transport_params())
+        reply = self._handshake().write_message(self._transport_params())
         self._send_handshake(REC_HS_RESP, reply, None, resend=False)
 
     def _deliver(self, event: Event) -> None:
@@ -980,7 +996,10 @@ class Connection(_Streams, _FastPaths):
                 raise RemoteProtocolError(
                     "too many frames before the server accepted", ErrorCode.FRAME_VALUE
                 )
-            self._held_events.append(event)
+            held = self._held_events
+            if held is None:
+                held = self._held_events = []
+            held.append(event)
         else:
             self._events.append(event)
 
@@ -996,9 +1015,9 @@ class Connection(_Streams, _FastPaths):
             "it": int(min(self.config.idle_timeout * 1000, 2**62 - 1)),
         }
         if self.is_client:
-            if self._hs.pattern == PATTERN_IK:
+            if self._handshake().pattern == PATTERN_IK:
                 params["auth"] = make_auth_proof(
-                    self.config.identity, self._hs.auth_binding, early=True
+                    self.config.identity, self._handshake().auth_binding, early=True
                 )
             # optional binding to a ledger connection: part of message 1's payload, which
             # only the holder of the ephemeral key the identity proof names can write
@@ -1014,10 +1033,10 @@ class Connection(_Streams, _FastPaths):
     ) -> None:
         record = _core.write_record_header(kind, 0, len(message), 0) + message
         self.records.out.append(record)
-        if resend:
-            self._hs_messages.append((kind, message))
-        else:
-            self._hs_messages = [(kind, message)]
+        # kept to be sent again over a lossy carrier only: a reliable one never resends
+        if not self.config.reliable_carrier:
+            kept = self._hs_messages if resend else ()
+            self._hs_messages = (*kept, (kind, message))
         if not self.config.reliable_carrier and self.is_client:
             assert now is not None  # only the client resends on its own
             self._hs_resend_at = now + self._hs_resend_interval
@@ -1128,7 +1147,7 @@ class Connection(_Streams, _FastPaths):
         if self.is_client and self._hs_resend_at is not None:
             # the server answered with sealed data: our handshake messages arrived
             self._hs_resend_at = None
-            self._hs_messages.clear()
+            self._hs_messages = ()
         if self._state is ConnState.AUTHENTICATING:
             if self.is_client:
                 if self._lossy and _stream_frame_before_accept(frames):
@@ -1253,7 +1272,7 @@ class Connection(_Streams, _FastPaths):
         if self._state is ConnState.CLOSED:
             return
         self._state = ConnState.CLOSED
-        self._held_events.clear()
+        self._held_events = None
         self._inbuf = bytearray()  # rebind, not clear(): a decoder may still view the old one
         self._terminated = ConnectionTerminated(code, reason, by_peer)
         self._events.append(self._terminated)

@@ -163,7 +163,8 @@ class RecordLayer:
         # frames waiting for the next record
         self.ctrl: list[RawFrame] = []
         self.pending_max_data = False
-        self.pending_stream_credit: set[int] = set()
+        # (made at the first credit update: a connection that never sends one holds no set)
+        self.pending_stream_credit: set[int] | None = None
         self.pending_max_streams = False
         self.ping_pending = False
         self.close_frame: RawFrame | None = None
@@ -447,7 +448,13 @@ class RecordLayer:
             limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
             if limit > stream.recv_limit:
                 stream.recv_limit = limit
-                self.pending_stream_credit.add(stream.stream_id)
+                self._credit_due(stream.stream_id)
+
+    def _credit_due(self, stream_id: int) -> None:
+        credit = self.pending_stream_credit
+        if credit is None:
+            credit = self.pending_stream_credit = set()
+        credit.add(stream_id)
 
     def build(self, now: float, streams_may_go: bool) -> None:
         """Build and seal (into :attr:`out`) the records of everything queued: the ACK
@@ -513,7 +520,8 @@ class RecordLayer:
         # go with nothing encoded too: credit for streams no longer open sends nothing,
         # and kept, it made every later call skip the early return above.)
         self.pending_max_data = False
-        self.pending_stream_credit.clear()
+        if self.pending_stream_credit:
+            self.pending_stream_credit.clear()
         self.pending_max_streams = False
         self.ctrl.clear()
         self.ping_pending = False
@@ -835,7 +843,7 @@ class RecordLayer:
                     if item.frame_type == FRAME_MAX_DATA:
                         self.pending_max_data = True
                     elif item.frame_type == FRAME_MAX_STREAM_DATA:
-                        self.pending_stream_credit.add(item.stream_id)
+                        self._credit_due(item.stream_id)
                     else:
                         self.pending_max_streams = True
 

@@ -93,6 +93,7 @@ class StreamTable:
         "conn_recv_limit",
         "conn_send_credit",
         "conn_sent",
+        "defers_credit",
         "first_unclaimed",
         "is_client",
         "local_max",
@@ -120,8 +121,11 @@ class StreamTable:
         self.local_max = max_streams  # how many peer-opened streams we allow at once
         self.peer_opened = 0
         self.peer_done = 0  # peer streams whose place went back to the peer
-        # peer streams the application has not taken yet (None: not tracked, their
-        # place returns as they end; see Connection.defer_stream_credit)
+        # peer streams the application has not taken yet, once defers_credit (else
+        # their place returns as they end; see Connection.defer_stream_credit): made
+        # at the first such stream and let go when the last is taken, so that a
+        # connection none waits on holds no set (None: none untaken)
+        self.defers_credit = False
         self.untaken: set[int] | None = None
         # client, IK: stream 0 was opened by the acceptance; open() hands it out
         self.first_unclaimed = False
@@ -201,6 +205,8 @@ class StreamTable:
             raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
         opened = range(self.peer_next_id(), stream_id + 1, 2)
         untaken = self.untaken
+        if untaken is None and self.defers_credit and opened:
+            untaken = self.untaken = set()
         for sid in opened:
             self.create(sid)
             self.peer_opened += 1

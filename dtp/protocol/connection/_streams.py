@@ -261,8 +261,7 @@ class _Streams(_ConnectionState):
         stream until the application accepts it, and a peer that opened a stream,
         finished it at once and had us stop sending on it (the connection then forgets
         it) would otherwise get its place back while that buffer stays -- without end."""
-        if self.streams.untaken is None:
-            self.streams.untaken = set()
+        self.streams.defers_credit = True
 
     def stream_taken(self, stream_id: int) -> None:
         """The application took the peer's stream ``stream_id`` (after
@@ -273,6 +272,8 @@ class _Streams(_ConnectionState):
         if untaken is None or stream_id not in untaken:
             return
         untaken.discard(stream_id)
+        if not untaken:
+            table.untaken = None
         if stream_id not in table.by_id and self._state is not ConnState.CLOSED:
             if self.lent_lane is not None:
                 self._take_back()

@@ -907,18 +907,17 @@ class DTPServer:
             # (A ledger bridge's first record comes over the ledger, slowly: it passed
             # the ledger carrier's own admission, and never gives way)
             self._admission.waiting_for_client(arrival)
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (the
-        # loop ending) that comes as the handshake completes, and the callback would run
-        # in a task asyncio.run then waits on for good
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(session.conn.config.handshake_timeout):
-                await proto.wait_for(
-                    lambda: (
-                        session.authenticated_address is not None
-                        or session.terminated is not None
-                        or arrival.gave_way
-                    )
-                )
+        # No timer of its own: the connection's handshake deadline (its creation plus
+        # handshake_timeout, armed in the protocol's timer since connection_made) ends
+        # it until accept(), and this wait with it. A second timer here was a TimerHandle
+        # and a context a connection, left in the loop's heap once cancelled.
+        await proto.wait_for(
+            lambda: (
+                session.authenticated_address is not None
+                or session.terminated is not None
+                or arrival.gave_way
+            )
+        )
         self._admission.authenticated(arrival)
         if arrival.gave_way:
             # (_give_way closed it already)
