@@ -54,4 +54,3 @@ def test_an_established_connection_keeps_no_handshake_state(ik: bool) -> None:
         assert conn._hs_messages == () and conn._early_records == ()
         assert conn._held_events is None
         assert conn.records.pending_stream_credit is None
-        assert conn.streams.untaken is None
