@@ -176,7 +176,11 @@ def test_events_come_as_an_iterator_on_both_drivers() -> None:
                 second.leave()
             if event.kind == "left":
                 break
-        assert got == [("joined", "b"), ("left", "b")]
+        # (a suspicion refuted on the way -- a probe late on a loaded machine: suspect,
+        # then alive -- is SWIM at work, not the iterator's doing)
+        refuted = {("suspect", "b"), ("alive", "b")}
+        assert got[0] == ("joined", "b") and got[-1] == ("left", "b"), got
+        assert set(got[1:-1]) <= refuted, got
     finally:
         first.close()
 

@@ -536,5 +536,7 @@ def test_an_asyncio_reset_gives_the_peers_sends_its_code() -> None:
                 raised = raised_within(send_until_it_fails, 60, sock.abort)
                 assert isinstance(raised, StreamReset) and raised.code == 5, raised
         finally:
-            server.close()
+            # (on the loop's thread: asyncio's Server is not thread-safe, and the loop
+            # detaching the connection as this closes would wake its waiters twice)
+            loop.call_soon_threadsafe(server.close)
             asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(30)
