@@ -54,9 +54,28 @@ typedef struct {
     OSSL_FUNC_cipher_set_ctx_params_fn *set_params;
 } chacha_impl;
 
+/* ChaCha20 alone and Poly1305, from their providers, for records of up to SMALL_MAX
+ * bytes (see seal_small). */
+typedef struct {
+    EVP_CIPHER *cipher;
+    EVP_MAC *mac;
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_encrypt_init_fn *einit;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_mac_newctx_fn *mac_newctx;
+    OSSL_FUNC_mac_freectx_fn *mac_freectx;
+    OSSL_FUNC_mac_init_fn *mac_init;
+    OSSL_FUNC_mac_update_fn *mac_update;
+    OSSL_FUNC_mac_final_fn *mac_final;
+} small_impl;
+
 struct dtp_aead {
     chacha_impl impl;
     void *alg; /* the provider's cipher context, keyed with `key` */
+    small_impl small;
+    void *stream; /* ChaCha20's provider context (NULL: every record takes `alg`) */
+    void *mac;    /* Poly1305's provider context, keyed per record */
     uint8_t key[DTP_AEAD_KEY_LEN]; /* kept to re-key `alg` after an OpenSSL failure */
     /* Replay window (protocol.md 4.3): `top` is the highest counter accepted so far and
      * `seen` is a ring of DTP_REPLAY_WINDOW bits, bit (c mod DTP_REPLAY_WINDOW) telling
@@ -77,23 +96,40 @@ struct dtp_aead {
 /* ASCII lower case (the names are ASCII; no locale, and OPENSSL_strncasecmp is 3.0.3+). */
 static char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c; }
 
-/* 1 if the alias at p (up to ':' or the end) is CHACHA_NAME (names are case-insensitive in
+/* 1 if the alias at p (up to ':' or the end) is `name` (names are case-insensitive in
  * OpenSSL). */
-static int alias_is(const char *p) {
-    const size_t want = sizeof CHACHA_NAME - 1;
-    for (size_t i = 0; i < want; i++)  /* (a shorter p stops at its '\0': no match) */
-        if (ascii_lower(p[i]) != ascii_lower(CHACHA_NAME[i])) return 0;
-    return p[want] == ':' || p[want] == '\0';
+static int alias_is(const char *p, const char *name) {
+    size_t i = 0;
+    for (; name[i] != '\0'; i++)  /* (a shorter p stops at its '\0': no match) */
+        if (ascii_lower(p[i]) != ascii_lower(name[i])) return 0;
+    return p[i] == ':' || p[i] == '\0';
 }
 
-/* 1 if the provider's colon-separated name list `names` holds CHACHA_NAME: first names
- * only when `first_only` (a provider names the cipher by it first, as OpenSSL's do: that
+/* 1 if the provider's colon-separated name list `names` holds `name`: first names only
+ * when `first_only` (a provider names an algorithm by it first, as OpenSSL's do: that
  * pass over its hundred-odd ciphers is the cheap one), else every alias. */
-static int names_hold(const char *names, int first_only) {
-    if (first_only) return alias_is(names);
+static int names_hold(const char *names, const char *name, int first_only) {
+    if (first_only) return alias_is(names, name);
     for (const char *p = names; p != NULL; p = strchr(p, ':'), p = p != NULL ? p + 1 : NULL)
-        if (alias_is(p)) return 1;
+        if (alias_is(p, name)) return 1;
     return 0;
+}
+
+/* The provider's function table for algorithm `name` of operation `op`, or NULL. The
+ * table is the provider's own (static) data, so it outlives the query. */
+static const OSSL_DISPATCH *provider_fns(const OSSL_PROVIDER *prov, int op, const char *name) {
+    int no_store = 0;
+    const OSSL_ALGORITHM *algs =
+        prov == NULL ? NULL : OSSL_PROVIDER_query_operation(prov, op, &no_store);
+    const OSSL_DISPATCH *fns = NULL;
+    for (int first_only = 1; fns == NULL && first_only >= 0; first_only--)
+        for (const OSSL_ALGORITHM *a = algs; a != NULL && a->algorithm_names != NULL; a++)
+            if (names_hold(a->algorithm_names, name, first_only)) {
+                fns = a->implementation;
+                break;
+            }
+    if (algs != NULL) OSSL_PROVIDER_unquery_operation(prov, op, algs);
+    return fns;
 }
 
 /* Fetch ChaCha20-Poly1305 and take its provider's functions for it. Returns 1, or 0
@@ -102,17 +138,8 @@ static int chacha_find(chacha_impl *im) {
     memset(im, 0, sizeof *im);
     im->cipher = EVP_CIPHER_fetch(NULL, CHACHA_NAME, NULL);
     if (im->cipher == NULL) return 0;
-    const OSSL_PROVIDER *prov = EVP_CIPHER_get0_provider(im->cipher);
-    int no_store = 0;
-    const OSSL_ALGORITHM *algs =
-        prov == NULL ? NULL : OSSL_PROVIDER_query_operation(prov, OSSL_OP_CIPHER, &no_store);
-    const OSSL_DISPATCH *fns = NULL;
-    for (int first_only = 1; fns == NULL && first_only >= 0; first_only--)
-        for (const OSSL_ALGORITHM *a = algs; a != NULL && a->algorithm_names != NULL; a++)
-            if (names_hold(a->algorithm_names, first_only)) {
-                fns = a->implementation;
-                break;
-            }
+    const OSSL_DISPATCH *fns =
+        provider_fns(EVP_CIPHER_get0_provider(im->cipher), OSSL_OP_CIPHER, CHACHA_NAME);
     for (const OSSL_DISPATCH *f = fns; f != NULL && f->function_id != 0; f++) {
         switch (f->function_id) {
         case OSSL_FUNC_CIPHER_NEWCTX: im->newctx = OSSL_FUNC_cipher_newctx(f); break;
@@ -130,9 +157,8 @@ static int chacha_find(chacha_impl *im) {
         default: break;
         }
     }
-    /* The functions point into the provider's code, which the fetched cipher keeps
-     * loaded; the algorithm list itself is handed back. */
-    if (algs != NULL) OSSL_PROVIDER_unquery_operation(prov, OSSL_OP_CIPHER, algs);
+    /* (the functions point into the provider's code, which the fetched cipher keeps
+     * loaded) */
     if (im->newctx == NULL || im->freectx == NULL || im->einit == NULL || im->dinit == NULL ||
         im->update == NULL || im->final == NULL || im->get_params == NULL ||
         im->set_params == NULL) {
@@ -141,6 +167,83 @@ static int chacha_find(chacha_impl *im) {
         return 0;
     }
     return 1;
+}
+
+/* Fetch ChaCha20 and Poly1305 and take their providers' functions. Returns 1, or 0
+ * (nothing held) when either is missing or lacks a function used here: records then all
+ * take the AEAD's own path. */
+static int small_find(small_impl *im) {
+    memset(im, 0, sizeof *im);
+    im->cipher = EVP_CIPHER_fetch(NULL, "ChaCha20", NULL);
+    im->mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+    const OSSL_DISPATCH *cfns =
+        im->cipher == NULL
+            ? NULL
+            : provider_fns(EVP_CIPHER_get0_provider(im->cipher), OSSL_OP_CIPHER, "ChaCha20");
+    const OSSL_DISPATCH *mfns =
+        im->mac == NULL ? NULL
+                        : provider_fns(EVP_MAC_get0_provider(im->mac), OSSL_OP_MAC, "POLY1305");
+    for (const OSSL_DISPATCH *f = cfns; f != NULL && f->function_id != 0; f++) {
+        switch (f->function_id) {
+        case OSSL_FUNC_CIPHER_NEWCTX: im->newctx = OSSL_FUNC_cipher_newctx(f); break;
+        case OSSL_FUNC_CIPHER_FREECTX: im->freectx = OSSL_FUNC_cipher_freectx(f); break;
+        case OSSL_FUNC_CIPHER_ENCRYPT_INIT: im->einit = OSSL_FUNC_cipher_encrypt_init(f); break;
+        case OSSL_FUNC_CIPHER_UPDATE: im->update = OSSL_FUNC_cipher_update(f); break;
+        default: break;
+        }
+    }
+    for (const OSSL_DISPATCH *f = mfns; f != NULL && f->function_id != 0; f++) {
+        switch (f->function_id) {
+        case OSSL_FUNC_MAC_NEWCTX: im->mac_newctx = OSSL_FUNC_mac_newctx(f); break;
+        case OSSL_FUNC_MAC_FREECTX: im->mac_freectx = OSSL_FUNC_mac_freectx(f); break;
+        case OSSL_FUNC_MAC_INIT: im->mac_init = OSSL_FUNC_mac_init(f); break;
+        case OSSL_FUNC_MAC_UPDATE: im->mac_update = OSSL_FUNC_mac_update(f); break;
+        case OSSL_FUNC_MAC_FINAL: im->mac_final = OSSL_FUNC_mac_final(f); break;
+        default: break;
+        }
+    }
+    if (im->newctx == NULL || im->freectx == NULL || im->einit == NULL || im->update == NULL ||
+        im->mac_newctx == NULL || im->mac_freectx == NULL || im->mac_init == NULL ||
+        im->mac_update == NULL || im->mac_final == NULL) {
+        EVP_CIPHER_free(im->cipher);
+        EVP_MAC_free(im->mac);
+        memset(im, 0, sizeof *im);
+        ERR_clear_error();
+        return 0;
+    }
+    return 1;
+}
+
+/* Make ctx's ChaCha20 and Poly1305 contexts (ctx->key is set). Leaves ctx->stream NULL
+ * when they cannot be had: not an error, the AEAD's path serves every record then. */
+static void small_start(dtp_aead *ctx) {
+    if (!small_find(&ctx->small)) return;
+    small_impl *im = &ctx->small;
+    void *stream = im->newctx(
+        OSSL_PROVIDER_get0_provider_ctx(EVP_CIPHER_get0_provider(im->cipher)));
+    void *mac =
+        im->mac_newctx(OSSL_PROVIDER_get0_provider_ctx(EVP_MAC_get0_provider(im->mac)));
+    uint8_t iv[16] = {0};
+    if (stream != NULL && mac != NULL &&
+        im->einit(stream, ctx->key, DTP_AEAD_KEY_LEN, iv, sizeof iv, NULL) == 1) {
+        ctx->stream = stream;
+        ctx->mac = mac;
+        return;
+    }
+    ERR_clear_error();
+    if (stream != NULL) im->freectx(stream);
+    if (mac != NULL) im->mac_freectx(mac);
+    EVP_CIPHER_free(im->cipher);
+    EVP_MAC_free(im->mac);
+    memset(im, 0, sizeof *im);
+}
+
+static void small_free(dtp_aead *ctx) {
+    small_impl *im = &ctx->small;
+    if (ctx->stream != NULL) im->freectx(ctx->stream); /* (cleanses its key) */
+    if (ctx->mac != NULL) im->mac_freectx(ctx->mac);
+    EVP_CIPHER_free(im->cipher);
+    EVP_MAC_free(im->mac);
 }
 
 /* Key the provider's context (for sealing). Used once at creation and to recover. */
@@ -219,6 +322,93 @@ static size_t head_len(size_t plen, size_t min_head) {
     return ((plen - head) / 64) % 2 == 0 ? head : head + 64;
 }
 
+/* Records of up to SMALL_MAX bytes are sealed and opened with ChaCha20 and Poly1305
+ * composed here as RFC 8439 section 2.8 composes them, rather than through the AEAD's
+ * provider: the one-time Poly1305 key (block 0) and the record's keystream (blocks 1 on)
+ * come from one ChaCha20 call over 64 zero bytes and the record, in a stack buffer,
+ * where the AEAD makes a call for the key, one per update and one more for a partial
+ * last block -- each a whole pass of OpenSSL's vector code, most of a small record's
+ * cost (docs/benchmarks.md, "aead_roundtrip_1k"). The bytes are the same
+ * (tests/native/test_aead.py checks both paths against RFC 8439, Wycheproof and
+ * noiseprotocol). Larger records keep the AEAD's path: their copy through the buffer
+ * would cost more than the calls saved. */
+#define SMALL_MAX 1024
+#define BLOCK 64 /* a ChaCha20 block */
+
+/* The bytes small_stream runs ChaCha20 over for a len-byte record. */
+static size_t small_span(size_t len) { return BLOCK + (len + BLOCK - 1) / BLOCK * BLOCK; }
+
+/* ChaCha20 (key ctx->key, nonce(counter), from block 0) over buf[0..small_span(len)),
+ * whose bytes from BLOCK to BLOCK + len the caller has filled: the rest is zeroed here.
+ * Afterwards buf[0..32) is the record's Poly1305 key and buf[BLOCK..BLOCK+len) the
+ * input xor its keystream. Returns 1, or 0 on an OpenSSL failure. */
+static int small_stream(dtp_aead *ctx, uint64_t counter, uint8_t *buf, size_t len) {
+    uint8_t iv[16] = {0}; /* ChaCha20's IV: block counter (u32le) 0 || nonce(counter) */
+    dtp_put_u64le(iv + 8, counter);
+    size_t span = small_span(len), outl = 0;
+    memset(buf, 0, BLOCK);
+    memset(buf + BLOCK + len, 0, span - BLOCK - len);
+    return ctx->small.einit(ctx->stream, NULL, 0, iv, sizeof iv, NULL) == 1 &&
+           ctx->small.update(ctx->stream, buf, &outl, span, buf, span) == 1 && outl == span;
+}
+
+/* The record's tag: Poly1305 under key[0..32) of ad || pad16 || ct || pad16 ||
+ * ad_len (u64le) || ct_len (u64le) (RFC 8439 section 2.8). Returns 1, or 0 on an
+ * OpenSSL failure. */
+static int small_tag(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *ct, size_t len, uint8_t tag[DTP_AEAD_TAG_LEN]) {
+    static const uint8_t zeros[16] = {0};
+    const small_impl *im = &ctx->small;
+    uint8_t lens[16];
+    size_t outl = 0;
+    dtp_put_u64le(lens, (uint64_t)ad_len);
+    dtp_put_u64le(lens + 8, (uint64_t)len);
+    return im->mac_init(ctx->mac, key, 32, NULL) == 1 &&
+           (ad_len == 0 || im->mac_update(ctx->mac, ad, ad_len) == 1) &&
+           (ad_len % 16 == 0 || im->mac_update(ctx->mac, zeros, 16 - ad_len % 16) == 1) &&
+           (len == 0 || im->mac_update(ctx->mac, ct, len) == 1) &&
+           (len % 16 == 0 || im->mac_update(ctx->mac, zeros, 16 - len % 16) == 1) &&
+           im->mac_update(ctx->mac, lens, sizeof lens) == 1 &&
+           im->mac_final(ctx->mac, tag, &outl, DTP_AEAD_TAG_LEN) == 1 &&
+           outl == DTP_AEAD_TAG_LEN;
+}
+
+/* seal_raw2 for l1 + l2 <= SMALL_MAX (ctx->stream set). */
+static int seal_small(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                      const uint8_t *p1, size_t l1, const uint8_t *p2, size_t l2, uint8_t *out,
+                      uint8_t *tag) {
+    uint8_t buf[BLOCK + SMALL_MAX];
+    size_t len = l1 + l2;
+    if (l1 > 0) memcpy(buf + BLOCK, p1, l1);
+    if (l2 > 0) memcpy(buf + BLOCK + l1, p2, l2);
+    int ok = small_stream(ctx, counter, buf, len);
+    if (ok && len > 0) memcpy(out, buf + BLOCK, len);
+    ok = ok && small_tag(ctx, buf, ad, ad_len, out, len, tag);
+    OPENSSL_cleanse(buf, small_span(len));
+    if (!ok) ERR_clear_error();
+    return ok ? DTP_OK : DTP_ERR_CRYPTO;
+}
+
+/* open_raw for len <= SMALL_MAX (ctx->stream set): out is written only once the tag is
+ * verified. */
+static int open_small(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                      const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
+    uint8_t buf[BLOCK + SMALL_MAX];
+    uint8_t want[DTP_AEAD_TAG_LEN];
+    if (len > 0) memcpy(buf + BLOCK, ct, len);
+    int rc = DTP_OK;
+    if (!small_stream(ctx, counter, buf, len) || !small_tag(ctx, buf, ad, ad_len, ct, len, want)) {
+        ERR_clear_error();
+        rc = DTP_ERR_CRYPTO;
+    } else if (CRYPTO_memcmp(want, tag, DTP_AEAD_TAG_LEN) != 0) {
+        rc = DTP_ERR_DECRYPT;
+    } else if (len > 0) {
+        memcpy(out, buf + BLOCK, len);
+    }
+    OPENSSL_cleanse(buf, small_span(len));
+    return rc;
+}
+
 /* ChaCha20-Poly1305 seal of the plaintext p1[0..l1) || p2[0..l2) (two pieces, so that a
  * frame header and the caller's data need not be copied together first): out[0..l1+l2)
  * = ciphertext, tag[0..16) = tag. Lengths are at most INT_MAX (checked by the callers).
@@ -226,6 +416,8 @@ static size_t head_len(size_t plen, size_t min_head) {
 static int seal_raw2(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                      const uint8_t *p1, size_t l1, const uint8_t *p2, size_t l2, uint8_t *out,
                      uint8_t *tag) {
+    if (ctx->stream != NULL && l1 + l2 <= SMALL_MAX)
+        return seal_small(ctx, counter, ad, ad_len, p1, l1, p2, l2, out, tag);
     uint8_t nonce[NONCE_LEN];
     make_nonce(nonce, counter);
     if (!rec_start(ctx, nonce, 1)) return crypto_failed(ctx);
@@ -264,6 +456,8 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
  * DTP_ERR_CRYPTO. */
 static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                     const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
+    if (ctx->stream != NULL && len <= SMALL_MAX)
+        return open_small(ctx, counter, ad, ad_len, ct, len, tag, out);
     uint8_t nonce[NONCE_LEN];
     uint8_t tag_copy[DTP_AEAD_TAG_LEN];
     make_nonce(nonce, counter);
@@ -299,6 +493,45 @@ static size_t rx_stream_header(const dtp_rx *rx, const uint8_t *p, size_t avail,
  * public entry point. */
 #define RX_REPARSE (-1000)
 
+/* 1 if the h bytes at got, which rx_stream_header did not take for rx's STREAM header,
+ * still start a STREAM frame of rx's stream (so only a parse of the whole plaintext can
+ * tell: a stream ID longer than h bytes hold could still be rx's). */
+static int rx_maybe_ours(const dtp_rx *rx, const uint8_t *got, size_t h) {
+    uint64_t sid = 0;
+    return got[0] == DTP_FRAME_STREAM &&
+           (dtp_varint_get(got + 1, h - 1, &sid) == 0 || sid == rx->stream_id);
+}
+
+/* open_stream_record for a record of up to SMALL_MAX bytes (ctx->stream set): the whole
+ * record is decrypted into a stack buffer, its header checked, and only then the tag
+ * verified and the header and data copied out. */
+static int open_stream_small(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
+                             const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
+    uint8_t buf[BLOCK + SMALL_MAX];
+    uint8_t want[DTP_AEAD_TAG_LEN];
+    size_t plen = rec->body_len - DTP_AEAD_TAG_LEN;
+    const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+    memcpy(buf + BLOCK, ct, plen);
+    int rc = DTP_OK;
+    if (!small_stream(ctx, rec->counter, buf, plen)) {
+        ERR_clear_error();
+        rc = DTP_ERR_CRYPTO;
+    } else if (rx_stream_header(rx, buf + BLOCK, h, plen) != h) {
+        /* not the record hoped for: left without checking its tag, as below */
+        rc = rx_maybe_ours(rx, buf + BLOCK, h) ? RX_REPARSE : DTP_STOP;
+    } else if (!small_tag(ctx, buf, hdr, DTP_RECORD_HEADER_LEN, ct, plen, want)) {
+        ERR_clear_error();
+        rc = DTP_ERR_CRYPTO;
+    } else if (CRYPTO_memcmp(want, ct + plen, DTP_AEAD_TAG_LEN) != 0) {
+        rc = DTP_ERR_DECRYPT;
+    } else {
+        memcpy(fh, buf + BLOCK, h);
+        if (plen > h) memcpy(out, buf + BLOCK + h, plen - h);
+    }
+    OPENSSL_cleanse(buf, small_span(plen));
+    return rc;
+}
+
 /* Open a DATA record expected to hold one STREAM frame whose header takes h bytes: the
  * header is decrypted into fh first (with the data's first bytes, into a small buffer,
  * when the record is long enough for head_len's split) and checked (on unauthenticated
@@ -313,6 +546,8 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
     uint8_t tag_copy[DTP_AEAD_TAG_LEN];
     uint8_t first[HEAD_MAX];
     size_t plen = rec->body_len - DTP_AEAD_TAG_LEN, n = plen - h;
+    if (ctx->stream != NULL && plen <= SMALL_MAX)
+        return open_stream_small(ctx, hdr, rec, rx, fh, h, out);
     size_t head = h > 0 && h < 64 ? head_len(plen, h) : 0; /* (h <= STREAM_HEADER_MAX) */
     /* the bytes decrypted before the check: the header's, or the whole head's */
     uint8_t *got = head > 0 ? first : fh;
@@ -328,10 +563,7 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
     if (rx_stream_header(rx, got, h, plen) != h) {
         /* not the record hoped for: leave it (and the context, re-initialised by the
          * next call's nonce) without decrypting further */
-        uint64_t sid = 0;
-        /* (a stream ID longer than fh holds could still be ours) */
-        int ours = got[0] == DTP_FRAME_STREAM &&
-                   (dtp_varint_get(got + 1, h - 1, &sid) == 0 || sid == rx->stream_id);
+        int ours = rx_maybe_ours(rx, got, h);
         OPENSSL_cleanse(got, got_len);
         return ours ? RX_REPARSE : DTP_STOP;
     }
@@ -420,6 +652,7 @@ dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len) {
         dtp_aead_free(ctx);
         return NULL;
     }
+    small_start(ctx);
     return ctx;
 }
 
@@ -428,6 +661,7 @@ void dtp_aead_free(dtp_aead *ctx) {
     /* the provider's freectx cleanses its key schedule */
     if (ctx->alg != NULL) ctx->impl.freectx(ctx->alg);
     EVP_CIPHER_free(ctx->impl.cipher);
+    small_free(ctx);
     OPENSSL_cleanse(ctx, sizeof *ctx);
     free(ctx);
 }

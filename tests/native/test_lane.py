@@ -78,14 +78,16 @@ def _varint(value: int, size: int) -> bytes:
         ((2, 2, 2), SID + 4, False),
     ],
 )
+@pytest.mark.parametrize("length", [700, 3000])
 def test_stream_records_with_longer_varints(
-    backend: SimpleNamespace, sizes: tuple[int, int, int], sid: int, taken: bool
+    backend: SimpleNamespace, sizes: tuple[int, int, int], sid: int, taken: bool, length: int
 ) -> None:
     """A STREAM frame whose varints are longer than needed is taken as any other (the
-    C core's predicted-header path falls back to a full parse, as its twin parses)."""
+    C core's predicted-header path falls back to a full parse, as its twin parses), in
+    records on either side of the C core's composed path's limit (aead.c, SMALL_MAX)."""
     sender, lane = lane_pair(backend, os.urandom(32))
     first, first_n = sender.seal_stream(0, SID, 0, b"12345")
-    data = os.urandom(700)
+    data = os.urandom(length)
     plain = (
         bytes([FRAME_STREAM])
         + _varint(sid, sizes[0])
@@ -209,11 +211,12 @@ def test_tampered_record_is_left_for_the_general_path(backend: SimpleNamespace) 
     assert isinstance(opened.error, DecryptionError)
 
 
-@pytest.mark.parametrize("size", [505, 600, 16000, MAX_STREAM_CHUNK])
+@pytest.mark.parametrize("size", [505, 600, 1015, 1100, 16000, MAX_STREAM_CHUNK])
 def test_long_records_are_taken_and_refused_whole(backend: SimpleNamespace, size: int) -> None:
-    """A record long enough to be opened in two updates (its head, with the frame header,
-    through a small buffer; aead.c, head_len): taken whole, and refused whole when a bit
-    of its head or of its rest is flipped -- nothing of it left in the destination."""
+    """A record opened through a stack buffer (up to aead.c's SMALL_MAX) or in two
+    updates (its head, with the frame header, through a small buffer; aead.c, head_len):
+    taken whole, and refused whole when a bit of its head or of its rest is flipped --
+    nothing of it left in the destination."""
     data = os.urandom(size)
     for flip in (None, 12 + 3, 12 + 100, -20):
         sender, lane = lane_pair(backend, KEY)
