@@ -10,53 +10,40 @@
  * docs/protocol.md section 4 is the normative description; dtp/native/reference/_aead.py is
  * the pure-Python twin that the tests compare this file against.
  *
- * Each dtp_aead holds its own instance of OpenSSL's ChaCha20-Poly1305 implementation,
- * keyed once, and calls the provider's functions for it directly (the public provider
- * interface, openssl/core_dispatch.h): the EVP wrappers around them cost about a tenth of
- * a record's time in OpenSSL 3 (each init asks the provider for the IV length through a
- * parameter lookup, each tag goes through EVP_CIPHER_CTX_ctrl's parameter building). A
- * record sets only its IV: no allocation and no key schedule per record. Records of up
- * to SMALL_MAX bytes take OpenSSL's ChaCha20 and Poly1305 composed here instead
- * (seal_small). The bytes are the same either way (tests/native/test_aead.py: RFC 8439
- * A.5, noiseprotocol, `cryptography` at every length to past SMALL_MAX, the twin).
+ * The AEAD is put together here, as RFC 8439 section 2.8 puts it together, from OpenSSL's
+ * ChaCha20 and Poly1305, each called through its provider's functions directly (the
+ * public provider interface, openssl/core_dispatch.h: the EVP wrappers around them cost
+ * about a tenth of a small record's time in OpenSSL 3). Each dtp_aead holds a ChaCha20
+ * context keyed once and a Poly1305 context keyed per record: a record sets only its
+ * nonce, with no allocation. Not OpenSSL's own ChaCha20-Poly1305, because that makes a
+ * ChaCha20 call for the one-time Poly1305 key, one per update and one more for a partial
+ * last block, and with AVX-512 each call is a whole pass of the vector code (about 130 ns
+ * on a Zen 5 however few blocks it needs), most of a small record's cost; here the key
+ * block and a record's first bytes -- all of a small record -- come from one call
+ * (docs/benchmarks.md, "aead_roundtrip_1k"). The bytes are the same
+ * (tests/native/test_aead.py: RFC 8439 A.5, noiseprotocol, `cryptography` at every length
+ * to past SMALL_MAX and at each block-size edge, the pure-Python twin).
  */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/core_dispatch.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 #include <openssl/provider.h>
 
 #include "dtp_internal.h"
 
-#define NONCE_LEN 12
 #define COUNTER_RESERVED UINT64_MAX /* 2^64 - 1: never used as a nonce (as in Noise) */
 #define WINDOW_WORDS (DTP_REPLAY_WINDOW / 64)
 
 /* The window must be a whole number of 64-bit words for the ring below. */
 _Static_assert(DTP_REPLAY_WINDOW % 64 == 0, "replay window must be a multiple of 64");
 
-/* The provider's functions for ChaCha20-Poly1305 (found by chacha_find), and the fetched
- * cipher that keeps its provider loaded while they are in use. */
-typedef struct {
-    EVP_CIPHER *cipher;
-    OSSL_FUNC_cipher_newctx_fn *newctx;
-    OSSL_FUNC_cipher_freectx_fn *freectx;
-    OSSL_FUNC_cipher_encrypt_init_fn *einit;
-    OSSL_FUNC_cipher_decrypt_init_fn *dinit;
-    OSSL_FUNC_cipher_update_fn *update;
-    OSSL_FUNC_cipher_final_fn *final;
-    OSSL_FUNC_cipher_get_ctx_params_fn *get_params;
-    OSSL_FUNC_cipher_set_ctx_params_fn *set_params;
-} chacha_impl;
-
-/* ChaCha20 alone and Poly1305, from their providers, for records of up to SMALL_MAX
- * bytes (see seal_small). */
+/* The providers' functions for ChaCha20 and Poly1305 (found by fns_find), and the fetched
+ * algorithms that keep their providers loaded while the functions are in use. */
 typedef struct {
     EVP_CIPHER *cipher;
     EVP_MAC *mac;
@@ -69,15 +56,12 @@ typedef struct {
     OSSL_FUNC_mac_init_fn *mac_init;
     OSSL_FUNC_mac_update_fn *mac_update;
     OSSL_FUNC_mac_final_fn *mac_final;
-} small_impl;
+} chacha_poly;
 
 struct dtp_aead {
-    chacha_impl impl;
-    void *alg; /* the provider's cipher context, keyed with `key` */
-    small_impl small;
-    void *stream; /* ChaCha20's provider context (NULL: every record takes `alg`) */
+    chacha_poly fns;
+    void *stream; /* ChaCha20's provider context, keyed once */
     void *mac;    /* Poly1305's provider context, keyed per record */
-    uint8_t key[DTP_AEAD_KEY_LEN]; /* kept to re-key `alg` after an OpenSSL failure */
     /* Replay window (protocol.md 4.3): `top` is the highest counter accepted so far and
      * `seen` is a ring of DTP_REPLAY_WINDOW bits, bit (c mod DTP_REPLAY_WINDOW) telling
      * whether counter c in [top - DTP_REPLAY_WINDOW + 1, top] was accepted. Those
@@ -91,8 +75,6 @@ struct dtp_aead {
 };
 
 /* ---- OpenSSL plumbing ------------------------------------------------------------ */
-
-#define CHACHA_NAME "ChaCha20-Poly1305"
 
 /* ASCII lower case (the names are ASCII; no locale, and OPENSSL_strncasecmp is 3.0.3+). */
 static char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c; }
@@ -133,47 +115,9 @@ static const OSSL_DISPATCH *provider_fns(const OSSL_PROVIDER *prov, int op, cons
     return fns;
 }
 
-/* Fetch ChaCha20-Poly1305 and take its provider's functions for it. Returns 1, or 0
- * (nothing held) when it is missing or lacks a function used here. */
-static int chacha_find(chacha_impl *im) {
-    memset(im, 0, sizeof *im);
-    im->cipher = EVP_CIPHER_fetch(NULL, CHACHA_NAME, NULL);
-    if (im->cipher == NULL) return 0;
-    const OSSL_DISPATCH *fns =
-        provider_fns(EVP_CIPHER_get0_provider(im->cipher), OSSL_OP_CIPHER, CHACHA_NAME);
-    for (const OSSL_DISPATCH *f = fns; f != NULL && f->function_id != 0; f++) {
-        switch (f->function_id) {
-        case OSSL_FUNC_CIPHER_NEWCTX: im->newctx = OSSL_FUNC_cipher_newctx(f); break;
-        case OSSL_FUNC_CIPHER_FREECTX: im->freectx = OSSL_FUNC_cipher_freectx(f); break;
-        case OSSL_FUNC_CIPHER_ENCRYPT_INIT: im->einit = OSSL_FUNC_cipher_encrypt_init(f); break;
-        case OSSL_FUNC_CIPHER_DECRYPT_INIT: im->dinit = OSSL_FUNC_cipher_decrypt_init(f); break;
-        case OSSL_FUNC_CIPHER_UPDATE: im->update = OSSL_FUNC_cipher_update(f); break;
-        case OSSL_FUNC_CIPHER_FINAL: im->final = OSSL_FUNC_cipher_final(f); break;
-        case OSSL_FUNC_CIPHER_GET_CTX_PARAMS:
-            im->get_params = OSSL_FUNC_cipher_get_ctx_params(f);
-            break;
-        case OSSL_FUNC_CIPHER_SET_CTX_PARAMS:
-            im->set_params = OSSL_FUNC_cipher_set_ctx_params(f);
-            break;
-        default: break;
-        }
-    }
-    /* (the functions point into the provider's code, which the fetched cipher keeps
-     * loaded) */
-    if (im->newctx == NULL || im->freectx == NULL || im->einit == NULL || im->dinit == NULL ||
-        im->update == NULL || im->final == NULL || im->get_params == NULL ||
-        im->set_params == NULL) {
-        EVP_CIPHER_free(im->cipher);
-        memset(im, 0, sizeof *im);
-        return 0;
-    }
-    return 1;
-}
-
 /* Fetch ChaCha20 and Poly1305 and take their providers' functions. Returns 1, or 0
- * (nothing held) when either is missing or lacks a function used here: records then all
- * take the AEAD's own path. */
-static int small_find(small_impl *im) {
+ * (nothing held) when either is missing or lacks a function used here. */
+static int fns_find(chacha_poly *im) {
     memset(im, 0, sizeof *im);
     im->cipher = EVP_CIPHER_fetch(NULL, "ChaCha20", NULL);
     im->mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
@@ -209,157 +153,71 @@ static int small_find(small_impl *im) {
         EVP_CIPHER_free(im->cipher);
         EVP_MAC_free(im->mac);
         memset(im, 0, sizeof *im);
-        ERR_clear_error();
         return 0;
     }
     return 1;
 }
 
-/* Make ctx's ChaCha20 and Poly1305 contexts (ctx->key is set). Leaves ctx->stream NULL
- * when they cannot be had: not an error, the AEAD's path serves every record then. */
-static void small_start(dtp_aead *ctx) {
-    if (!small_find(&ctx->small)) return;
-    small_impl *im = &ctx->small;
-    void *stream = im->newctx(
-        OSSL_PROVIDER_get0_provider_ctx(EVP_CIPHER_get0_provider(im->cipher)));
-    void *mac =
-        im->mac_newctx(OSSL_PROVIDER_get0_provider_ctx(EVP_MAC_get0_provider(im->mac)));
-    uint8_t iv[16] = {0};
-    if (stream != NULL && mac != NULL &&
-        im->einit(stream, ctx->key, DTP_AEAD_KEY_LEN, iv, sizeof iv, NULL) == 1) {
-        ctx->stream = stream;
-        ctx->mac = mac;
-        return;
-    }
-    ERR_clear_error();
-    if (stream != NULL) im->freectx(stream);
-    if (mac != NULL) im->mac_freectx(mac);
-    EVP_CIPHER_free(im->cipher);
-    EVP_MAC_free(im->mac);
-    memset(im, 0, sizeof *im);
-}
+/* ---- one record ------------------------------------------------------------------ */
 
-static void small_free(dtp_aead *ctx) {
-    small_impl *im = &ctx->small;
-    if (ctx->stream != NULL) im->freectx(ctx->stream); /* (cleanses its key) */
-    if (ctx->mac != NULL) im->mac_freectx(ctx->mac);
-    EVP_CIPHER_free(im->cipher);
-    EVP_MAC_free(im->mac);
-}
-
-/* Key the provider's context (for sealing). Used once at creation and to recover. */
-static int alg_rekey(dtp_aead *ctx) {
-    if (ctx->impl.einit(ctx->alg, ctx->key, DTP_AEAD_KEY_LEN, NULL, 0, NULL) != 1) {
-        ERR_clear_error();
-        return 0;
-    }
-    return 1;
-}
-
-/* After an OpenSSL failure: drop its error queue and re-key so that the context is in a
- * known state for the next call, whatever the failure left behind. */
-static int crypto_failed(dtp_aead *ctx) {
-    ERR_clear_error();
-    (void)alg_rekey(ctx);
-    return DTP_ERR_CRYPTO;
-}
-
-/* Start a record: set the nonce (key kept) for sealing (enc 1) or opening (enc 0). */
-static int rec_start(dtp_aead *ctx, const uint8_t nonce[], int enc) {
-    return (enc ? ctx->impl.einit : ctx->impl.dinit)(ctx->alg, NULL, 0, nonce, NONCE_LEN,
-                                                     NULL) == 1;
-}
-
-/* Feed n bytes (n <= INT_MAX, checked by the callers): associated data when out is NULL,
- * else n bytes of cipher output to out. */
-static int rec_update(dtp_aead *ctx, uint8_t *out, const uint8_t *in, size_t n) {
-    size_t outl = 0;
-    /* (the provider wants room for n bytes even for associated data, as EVP gives it) */
-    return ctx->impl.update(ctx->alg, out, &outl, n, in, n) == 1 && (out == NULL || outl == n);
-}
-
-/* Finish the record (a stream cipher: nothing more is written); when opening, this is
- * where the tag set by rec_set_tag is checked. */
-static int rec_final(dtp_aead *ctx) {
-    uint8_t none[1];
-    size_t outl = 0;
-    return ctx->impl.final(ctx->alg, none, &outl, 0) == 1 && outl == 0;
-}
-
-static int rec_get_tag(dtp_aead *ctx, uint8_t tag[DTP_AEAD_TAG_LEN]) {
-    OSSL_PARAM p[2];
-    p[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, DTP_AEAD_TAG_LEN);
-    p[1] = OSSL_PARAM_construct_end();
-    return ctx->impl.get_params(ctx->alg, p) == 1;
-}
-
-static int rec_set_tag(dtp_aead *ctx, uint8_t tag[DTP_AEAD_TAG_LEN]) {
-    OSSL_PARAM p[2];
-    p[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, DTP_AEAD_TAG_LEN);
-    p[1] = OSSL_PARAM_construct_end();
-    return ctx->impl.set_params(ctx->alg, p) == 1;
-}
-
-static void make_nonce(uint8_t nonce[NONCE_LEN], uint64_t counter) {
-    nonce[0] = nonce[1] = nonce[2] = nonce[3] = 0;
-    dtp_put_u64le(nonce + 4, counter);
-}
-
-/* The bulk of a record goes through the cipher in one update that starts on a ChaCha20
- * block boundary and spans an even number of whole 64-byte blocks: OpenSSL's x86-64
- * ChaCha20 runs blocks in pairs, and an update that starts inside a block (after a frame
- * header of a few bytes) or spans an odd number of them costs 5-12% more per byte
- * (docs/benchmarks.md, "Bulk, blocking"). The first HEAD_MAX bytes at most -- the
- * header and the data's first bytes, assembled in a small buffer -- go first. */
-#define HEAD_MAX 128
-#define HEAD_MIN_PLAIN 512 /* shorter records: two plain updates (nothing to gain) */
-
-/* How many of a plen-byte plaintext's first bytes (at least min_head, which is below 64)
- * to put through the cipher on their own: 0, 64 or 128, the least that leaves an even
- * number of whole blocks after it; 0 when plen is below HEAD_MIN_PLAIN. */
-static size_t head_len(size_t plen, size_t min_head) {
-    if (plen < HEAD_MIN_PLAIN) return 0;
-    size_t head = min_head == 0 ? 0 : 64;
-    return ((plen - head) / 64) % 2 == 0 ? head : head + 64;
-}
-
-/* Records of up to SMALL_MAX bytes are sealed and opened with ChaCha20 and Poly1305
- * composed here as RFC 8439 section 2.8 composes them, rather than through the AEAD's
- * provider: the one-time Poly1305 key (block 0) and the record's keystream (blocks 1 on)
- * come from one ChaCha20 call over 64 zero bytes and the record, in a stack buffer,
- * where the AEAD makes a call for the key, one per update and one more for a partial
- * last block -- each a whole pass of OpenSSL's vector code, most of a small record's
- * cost (docs/benchmarks.md, "aead_roundtrip_1k"). The bytes are the same
- * (tests/native/test_aead.py checks both paths against RFC 8439, Wycheproof and
- * noiseprotocol). Larger records keep the AEAD's path: their copy through the buffer
- * would cost more than the calls saved. */
-#define SMALL_MAX 1024
 #define BLOCK 64 /* a ChaCha20 block */
 
-/* The bytes small_stream runs ChaCha20 over for a len-byte record. */
-static size_t small_span(size_t len) { return BLOCK + (len + BLOCK - 1) / BLOCK * BLOCK; }
+/* A record of up to SMALL_MAX bytes goes through the cipher whole with its key block, in
+ * one call over a stack buffer. Above it the copy through the buffer would cost more
+ * than the call it saves (at 1,024 bytes the key block and 16 of data are two passes
+ * either way): the record's head goes with the key block, the rest from the caller's
+ * buffer to the output. */
+#define SMALL_MAX 1024
 
-/* ChaCha20 (key ctx->key, nonce(counter), from block 0) over buf[0..small_span(len)),
- * whose bytes from BLOCK to BLOCK + len the caller has filled: the rest is zeroed here.
- * Afterwards buf[0..32) is the record's Poly1305 key and buf[BLOCK..BLOCK+len) the
- * input xor its keystream. Returns 1, or 0 on an OpenSSL failure. */
-static int small_stream(dtp_aead *ctx, uint64_t counter, uint8_t *buf, size_t len) {
+/* The bulk of a larger record goes through the cipher in one update that spans an even
+ * number of whole 64-byte blocks: OpenSSL's x86-64 ChaCha20 runs blocks in pairs, and an
+ * update that spans an odd number of them (or starts inside one) costs 5-12% more per
+ * byte (docs/benchmarks.md, "Bulk, blocking"). The first HEAD_MAX bytes at most -- the
+ * frame header and the data's first bytes -- go first, with the key block. */
+#define HEAD_MAX 128
+
+/* How many of a plen-byte plaintext's first bytes go through the cipher with the key
+ * block: all of them up to SMALL_MAX; else at least min_head (below 64) of them, in
+ * whole blocks: 0, 64 or 128, the least that leaves an even number of whole blocks. */
+static size_t first_len(size_t plen, size_t min_head) {
+    if (plen <= SMALL_MAX) return plen;
+    size_t head = min_head == 0 ? 0 : BLOCK;
+    return ((plen - head) / BLOCK) % 2 == 0 ? head : head + BLOCK;
+}
+
+/* The bytes rec_first runs ChaCha20 over for `first` bytes of a record. */
+static size_t first_span(size_t first) { return BLOCK + (first + BLOCK - 1) / BLOCK * BLOCK; }
+
+/* Start a record: ChaCha20 (nonce(counter), from block 0) over buf[0..first_span(first)),
+ * whose bytes from BLOCK to BLOCK + first the caller has filled (the rest are zeroed
+ * here). Then buf[0..32) is the record's Poly1305 key, buf[BLOCK..BLOCK + first) the
+ * input xor its keystream, and -- `first` being all of the record or whole blocks of it --
+ * the context stands at the keystream of the record's next byte, for rec_more. Returns
+ * 1, or 0 on an OpenSSL failure. */
+static int rec_first(dtp_aead *ctx, uint64_t counter, uint8_t *buf, size_t first) {
     uint8_t iv[16] = {0}; /* ChaCha20's IV: block counter (u32le) 0 || nonce(counter) */
     dtp_put_u64le(iv + 8, counter);
-    size_t span = small_span(len), outl = 0;
+    size_t span = first_span(first), outl = 0;
     memset(buf, 0, BLOCK);
-    memset(buf + BLOCK + len, 0, span - BLOCK - len);
-    return ctx->small.einit(ctx->stream, NULL, 0, iv, sizeof iv, NULL) == 1 &&
-           ctx->small.update(ctx->stream, buf, &outl, span, buf, span) == 1 && outl == span;
+    memset(buf + BLOCK + first, 0, span - BLOCK - first);
+    return ctx->fns.einit(ctx->stream, NULL, 0, iv, sizeof iv, NULL) == 1 &&
+           ctx->fns.update(ctx->stream, buf, &outl, span, buf, span) == 1 && outl == span;
+}
+
+/* The record's keystream continued over n > 0 bytes: out = in xor keystream (out may be
+ * in). Returns 1, or 0 on an OpenSSL failure. */
+static int rec_more(dtp_aead *ctx, uint8_t *out, const uint8_t *in, size_t n) {
+    size_t outl = 0;
+    return ctx->fns.update(ctx->stream, out, &outl, n, in, n) == 1 && outl == n;
 }
 
 /* The record's tag: Poly1305 under key[0..32) of ad || pad16 || ct || pad16 ||
  * ad_len (u64le) || ct_len (u64le) (RFC 8439 section 2.8). Returns 1, or 0 on an
  * OpenSSL failure. */
-static int small_tag(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_t ad_len,
-                     const uint8_t *ct, size_t len, uint8_t tag[DTP_AEAD_TAG_LEN]) {
+static int rec_tag(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_t ad_len,
+                   const uint8_t *ct, size_t len, uint8_t tag[DTP_AEAD_TAG_LEN]) {
     static const uint8_t zeros[16] = {0};
-    const small_impl *im = &ctx->small;
+    const chacha_poly *im = &ctx->fns;
     uint8_t lens[16];
     size_t outl = 0;
     dtp_put_u64le(lens, (uint64_t)ad_len);
@@ -374,77 +232,30 @@ static int small_tag(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_
            outl == DTP_AEAD_TAG_LEN;
 }
 
-/* seal_raw2 for l1 + l2 <= SMALL_MAX (ctx->stream set). */
-static int seal_small(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                      const uint8_t *p1, size_t l1, const uint8_t *p2, size_t l2, uint8_t *out,
-                      uint8_t *tag) {
-    uint8_t buf[BLOCK + SMALL_MAX];
-    size_t len = l1 + l2;
-    if (l1 > 0) memcpy(buf + BLOCK, p1, l1);
-    if (l2 > 0) memcpy(buf + BLOCK + l1, p2, l2);
-    int ok = small_stream(ctx, counter, buf, len);
-    if (ok && len > 0) memcpy(out, buf + BLOCK, len);
-    ok = ok && small_tag(ctx, buf, ad, ad_len, out, len, tag);
-    OPENSSL_cleanse(buf, small_span(len));
-    if (!ok) ERR_clear_error();
-    return ok ? DTP_OK : DTP_ERR_CRYPTO;
-}
-
-/* open_raw for len <= SMALL_MAX (ctx->stream set): out is written only once the tag is
- * verified. */
-static int open_small(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                      const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
-    uint8_t buf[BLOCK + SMALL_MAX];
-    uint8_t want[DTP_AEAD_TAG_LEN];
-    if (len > 0) memcpy(buf + BLOCK, ct, len);
-    int rc = DTP_OK;
-    if (!small_stream(ctx, counter, buf, len) || !small_tag(ctx, buf, ad, ad_len, ct, len, want)) {
-        ERR_clear_error();
-        rc = DTP_ERR_CRYPTO;
-    } else if (CRYPTO_memcmp(want, tag, DTP_AEAD_TAG_LEN) != 0) {
-        rc = DTP_ERR_DECRYPT;
-    } else if (len > 0) {
-        memcpy(out, buf + BLOCK, len);
-    }
-    OPENSSL_cleanse(buf, small_span(len));
-    return rc;
-}
-
 /* ChaCha20-Poly1305 seal of the plaintext p1[0..l1) || p2[0..l2) (two pieces, so that a
  * frame header and the caller's data need not be copied together first): out[0..l1+l2)
- * = ciphertext, tag[0..16) = tag. Lengths are at most INT_MAX (checked by the callers).
- * Returns DTP_OK or DTP_ERR_CRYPTO. */
+ * = ciphertext, tag[0..16) = tag. Returns DTP_OK or DTP_ERR_CRYPTO. */
 static int seal_raw2(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                      const uint8_t *p1, size_t l1, const uint8_t *p2, size_t l2, uint8_t *out,
                      uint8_t *tag) {
-    if (ctx->stream != NULL && l1 + l2 <= SMALL_MAX)
-        return seal_small(ctx, counter, ad, ad_len, p1, l1, p2, l2, out, tag);
-    uint8_t nonce[NONCE_LEN];
-    make_nonce(nonce, counter);
-    if (!rec_start(ctx, nonce, 1)) return crypto_failed(ctx);
-    if (ad_len > 0 && !rec_update(ctx, NULL, ad, ad_len)) return crypto_failed(ctx);
-    size_t head = l2 == 0 ? head_len(l1, 0) : l1 < 64 ? head_len(l1 + l2, l1) : 0;
-    if (head > 0 && l2 == 0) {
-        /* one piece: the same split, nothing to assemble */
-        if (!rec_update(ctx, out, p1, head) || !rec_update(ctx, out + head, p1 + head, l1 - head))
-            return crypto_failed(ctx);
-    } else if (head > 0) {
-        /* the header and the data's first bytes through the cipher together, then the
-         * rest of the data straight from the caller's buffer */
-        uint8_t first[HEAD_MAX];
-        size_t from2 = head - l1;
-        if (l1 > 0) memcpy(first, p1, l1);
-        memcpy(first + l1, p2, from2);
-        int ok = rec_update(ctx, out, first, head);
-        OPENSSL_cleanse(first, head);
-        if (!ok || !rec_update(ctx, out + head, p2 + from2, l2 - from2))
-            return crypto_failed(ctx);
-    } else {
-        if (l1 > 0 && !rec_update(ctx, out, p1, l1)) return crypto_failed(ctx);
-        if (l2 > 0 && !rec_update(ctx, out + l1, p2, l2)) return crypto_failed(ctx);
-    }
-    if (!rec_final(ctx) || !rec_get_tag(ctx, tag)) return crypto_failed(ctx);
-    return DTP_OK;
+    uint8_t buf[BLOCK + SMALL_MAX];
+    size_t len = l1 + l2;
+    /* (a header piece below a block goes in the head, so the rest is p2's alone) */
+    size_t first = first_len(len, l2 > 0 && l1 < BLOCK ? l1 : 0);
+    size_t from1 = first < l1 ? first : l1; /* the head's bytes from p1 */
+    if (from1 > 0) memcpy(buf + BLOCK, p1, from1);
+    if (first > from1) memcpy(buf + BLOCK + from1, p2, first - from1);
+    int ok = rec_first(ctx, counter, buf, first);
+    if (ok && first > 0) memcpy(out, buf + BLOCK, first);
+    /* the rest straight from the caller's pieces */
+    if (ok && l1 > first) ok = rec_more(ctx, out + first, p1 + first, l1 - first);
+    size_t skip2 = first > l1 ? first - l1 : 0;
+    if (ok && l2 > skip2) ok = rec_more(ctx, out + l1 + skip2, p2 + skip2, l2 - skip2);
+    ok = ok && rec_tag(ctx, buf, ad, ad_len, out, len, tag);
+    OPENSSL_cleanse(buf, first_span(first));
+    if (ok) return DTP_OK;
+    ERR_clear_error();
+    return DTP_ERR_CRYPTO;
 }
 
 static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
@@ -452,38 +263,30 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
     return seal_raw2(ctx, counter, ad, ad_len, plain, len, NULL, 0, out, tag);
 }
 
-/* ChaCha20-Poly1305 open of ct[0..len) with `tag`. Writes len bytes at out, and wipes
- * them again if the tag does not verify. Returns DTP_OK, DTP_ERR_DECRYPT or
- * DTP_ERR_CRYPTO. */
+/* ChaCha20-Poly1305 open of ct[0..len) with `tag` into out[0..len) (out may be ct): the
+ * tag is verified first, and out written only if it holds. Returns DTP_OK,
+ * DTP_ERR_DECRYPT or DTP_ERR_CRYPTO. */
 static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                     const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
-    if (ctx->stream != NULL && len <= SMALL_MAX)
-        return open_small(ctx, counter, ad, ad_len, ct, len, tag, out);
-    uint8_t nonce[NONCE_LEN];
-    uint8_t tag_copy[DTP_AEAD_TAG_LEN];
-    make_nonce(nonce, counter);
-    /* The parameter takes a non-const pointer; hand it a copy rather than cast const away. */
-    for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = tag[i];
-    if (!rec_start(ctx, nonce, 0)) return crypto_failed(ctx);
-    if (ad_len > 0 && !rec_update(ctx, NULL, ad, ad_len)) return crypto_failed(ctx);
-    size_t head = head_len(len, 0); /* (the split seal_raw2 makes, for the same reason) */
-    if ((head > 0 && (!rec_update(ctx, out, ct, head) ||
-                      !rec_update(ctx, out + head, ct + head, len - head))) ||
-        (head == 0 && len > 0 && !rec_update(ctx, out, ct, len))) {
-        OPENSSL_cleanse(out, len);
-        return crypto_failed(ctx);
+    uint8_t buf[BLOCK + SMALL_MAX];
+    uint8_t want[DTP_AEAD_TAG_LEN];
+    size_t first = first_len(len, 0);
+    if (first > 0) memcpy(buf + BLOCK, ct, first);
+    int rc = DTP_OK;
+    if (!rec_first(ctx, counter, buf, first) || !rec_tag(ctx, buf, ad, ad_len, ct, len, want)) {
+        rc = DTP_ERR_CRYPTO;
+    } else if (CRYPTO_memcmp(want, tag, DTP_AEAD_TAG_LEN) != 0) {
+        rc = DTP_ERR_DECRYPT;
+    } else {
+        if (first > 0) memcpy(out, buf + BLOCK, first);
+        if (len > first && !rec_more(ctx, out + first, ct + first, len - first)) {
+            OPENSSL_cleanse(out, len);
+            rc = DTP_ERR_CRYPTO;
+        }
     }
-    if (!rec_set_tag(ctx, tag_copy)) {
-        if (len > 0) OPENSSL_cleanse(out, len);
-        return crypto_failed(ctx);
-    }
-    if (!rec_final(ctx)) {
-        /* Tag mismatch: the plaintext written above is unauthenticated; erase it. */
-        if (len > 0) OPENSSL_cleanse(out, len);
-        ERR_clear_error();
-        return DTP_ERR_DECRYPT;
-    }
-    return DTP_OK;
+    OPENSSL_cleanse(buf, first_span(first));
+    if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
+    return rc;
 }
 
 static size_t rx_stream_header(const dtp_rx *rx, const uint8_t *p, size_t avail, size_t plen);
@@ -503,90 +306,44 @@ static int rx_maybe_ours(const dtp_rx *rx, const uint8_t *got, size_t h) {
            (dtp_varint_get(got + 1, h - 1, &sid) == 0 || sid == rx->stream_id);
 }
 
-/* open_stream_record for a record of up to SMALL_MAX bytes (ctx->stream set): the whole
- * record is decrypted into a stack buffer, its header checked, and only then the tag
- * verified and the header and data copied out. */
-static int open_stream_small(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
-                             const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
+/* Open a DATA record expected to hold one STREAM frame whose header takes h bytes
+ * (0 < h < 64): the record's first bytes (its head, or all of a small record) are
+ * decrypted with its key block into a stack buffer and the header checked (on
+ * unauthenticated bytes: only to decide whether to go on); when it matches, the tag is
+ * verified, the header copied to fh and the data to out, the rest of it decrypted
+ * straight there. Returns DTP_OK; DTP_STOP when the header does not match and is not a
+ * STREAM frame of rx's stream, RX_REPARSE when it is one (the tag unchecked, fh and out
+ * untouched, both); DTP_ERR_DECRYPT (nothing written) or DTP_ERR_CRYPTO. */
+static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
+                              const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
     uint8_t buf[BLOCK + SMALL_MAX];
     uint8_t want[DTP_AEAD_TAG_LEN];
     size_t plen = rec->body_len - DTP_AEAD_TAG_LEN;
+    size_t first = first_len(plen, h); /* (at least h: all of a small record, else >= 64) */
     const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
-    memcpy(buf + BLOCK, ct, plen);
+    memcpy(buf + BLOCK, ct, first);
     int rc = DTP_OK;
-    if (!small_stream(ctx, rec->counter, buf, plen)) {
-        ERR_clear_error();
+    if (!rec_first(ctx, rec->counter, buf, first)) {
         rc = DTP_ERR_CRYPTO;
     } else if (rx_stream_header(rx, buf + BLOCK, h, plen) != h) {
-        /* not the record hoped for: left without checking its tag, as below */
+        /* not the record hoped for: left without checking its tag */
         rc = rx_maybe_ours(rx, buf + BLOCK, h) ? RX_REPARSE : DTP_STOP;
-    } else if (!small_tag(ctx, buf, hdr, DTP_RECORD_HEADER_LEN, ct, plen, want)) {
-        ERR_clear_error();
+    } else if (!rec_tag(ctx, buf, hdr, DTP_RECORD_HEADER_LEN, ct, plen, want)) {
         rc = DTP_ERR_CRYPTO;
     } else if (CRYPTO_memcmp(want, ct + plen, DTP_AEAD_TAG_LEN) != 0) {
         rc = DTP_ERR_DECRYPT;
     } else {
         memcpy(fh, buf + BLOCK, h);
-        if (plen > h) memcpy(out, buf + BLOCK + h, plen - h);
+        if (first > h) memcpy(out, buf + BLOCK + h, first - h);
+        if (plen > first && !rec_more(ctx, out + (first - h), ct + first, plen - first)) {
+            OPENSSL_cleanse(fh, h);
+            OPENSSL_cleanse(out, plen - h);
+            rc = DTP_ERR_CRYPTO;
+        }
     }
-    OPENSSL_cleanse(buf, small_span(plen));
+    OPENSSL_cleanse(buf, first_span(first));
+    if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
     return rc;
-}
-
-/* Open a DATA record expected to hold one STREAM frame whose header takes h bytes: the
- * header is decrypted into fh first (with the data's first bytes, into a small buffer,
- * when the record is long enough for head_len's split) and checked (on unauthenticated
- * bytes: only to decide whether to go on); when it matches, the rest -- the frame's
- * data -- is decrypted straight into out and the tag verified. Returns DTP_OK; DTP_STOP
- * when the header does not match and is not a STREAM frame of rx's stream, RX_REPARSE
- * when it is one (out untouched, fh wiped, both); DTP_ERR_DECRYPT or DTP_ERR_CRYPTO (fh
- * and out wiped). */
-static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
-                              const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
-    uint8_t nonce[NONCE_LEN];
-    uint8_t tag_copy[DTP_AEAD_TAG_LEN];
-    uint8_t first[HEAD_MAX];
-    size_t plen = rec->body_len - DTP_AEAD_TAG_LEN, n = plen - h;
-    if (ctx->stream != NULL && plen <= SMALL_MAX)
-        return open_stream_small(ctx, hdr, rec, rx, fh, h, out);
-    size_t head = h > 0 && h < 64 ? head_len(plen, h) : 0; /* (h <= STREAM_HEADER_MAX) */
-    /* the bytes decrypted before the check: the header's, or the whole head's */
-    uint8_t *got = head > 0 ? first : fh;
-    size_t got_len = head > 0 ? head : h;
-    const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
-    make_nonce(nonce, rec->counter);
-    for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = ct[plen + i];
-    if (!rec_start(ctx, nonce, 0) || !rec_update(ctx, NULL, hdr, DTP_RECORD_HEADER_LEN) ||
-        !rec_update(ctx, got, ct, got_len)) {
-        OPENSSL_cleanse(got, got_len);
-        return crypto_failed(ctx);
-    }
-    if (rx_stream_header(rx, got, h, plen) != h) {
-        /* not the record hoped for: leave it (and the context, re-initialised by the
-         * next call's nonce) without decrypting further */
-        int ours = rx_maybe_ours(rx, got, h);
-        OPENSSL_cleanse(got, got_len);
-        return ours ? RX_REPARSE : DTP_STOP;
-    }
-    size_t done = 0; /* bytes of the data already in out */
-    if (head > 0) {
-        memcpy(fh, first, h);
-        done = head - h;
-        memcpy(out, first + h, done);
-        OPENSSL_cleanse(first, head);
-    }
-    if (!rec_update(ctx, out + done, ct + h + done, n - done) || !rec_set_tag(ctx, tag_copy)) {
-        OPENSSL_cleanse(fh, h);
-        OPENSSL_cleanse(out, n);
-        return crypto_failed(ctx);
-    }
-    if (!rec_final(ctx)) {
-        OPENSSL_cleanse(fh, h);
-        OPENSSL_cleanse(out, n);
-        ERR_clear_error();
-        return DTP_ERR_DECRYPT;
-    }
-    return DTP_OK;
 }
 
 /* ---- replay window (protocol.md 4.3) -------------------------------------------- */
@@ -644,25 +401,30 @@ dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len) {
     if (key == NULL || key_len != DTP_AEAD_KEY_LEN) return NULL;
     dtp_aead *ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) return NULL;
-    for (size_t i = 0; i < DTP_AEAD_KEY_LEN; i++) ctx->key[i] = key[i];
-    if (chacha_find(&ctx->impl))
-        ctx->alg = ctx->impl.newctx(
-            OSSL_PROVIDER_get0_provider_ctx(EVP_CIPHER_get0_provider(ctx->impl.cipher)));
-    if (ctx->alg == NULL || !alg_rekey(ctx)) {
+    chacha_poly *im = &ctx->fns;
+    if (fns_find(im)) {
+        ctx->stream = im->newctx(
+            OSSL_PROVIDER_get0_provider_ctx(EVP_CIPHER_get0_provider(im->cipher)));
+        ctx->mac = im->mac_newctx(
+            OSSL_PROVIDER_get0_provider_ctx(EVP_MAC_get0_provider(im->mac)));
+    }
+    uint8_t iv[16] = {0};
+    if (ctx->stream == NULL || ctx->mac == NULL ||
+        im->einit(ctx->stream, key, DTP_AEAD_KEY_LEN, iv, sizeof iv, NULL) != 1) {
         ERR_clear_error();
         dtp_aead_free(ctx);
         return NULL;
     }
-    small_start(ctx);
     return ctx;
 }
 
 void dtp_aead_free(dtp_aead *ctx) {
     if (ctx == NULL) return;
-    /* the provider's freectx cleanses its key schedule */
-    if (ctx->alg != NULL) ctx->impl.freectx(ctx->alg);
-    EVP_CIPHER_free(ctx->impl.cipher);
-    small_free(ctx);
+    /* (the providers' freectx cleanse the key and the MAC's state) */
+    if (ctx->stream != NULL) ctx->fns.freectx(ctx->stream);
+    if (ctx->mac != NULL) ctx->fns.mac_freectx(ctx->mac);
+    EVP_CIPHER_free(ctx->fns.cipher);
+    EVP_MAC_free(ctx->fns.mac);
     OPENSSL_cleanse(ctx, sizeof *ctx);
     free(ctx);
 }
@@ -1230,7 +992,7 @@ int dtp_aead_seal_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t
         return DTP_ERR_ARG;
     *written = 0;
     if (counter == COUNTER_RESERVED) return DTP_ERR_COUNTER;
-    /* EVP takes int lengths; far above any DTP message, and below ChaCha20's 256 GiB. */
+    /* far above any DTP message, and below the 256 GiB ChaCha20 takes under one nonce */
     if (ad_len > INT_MAX || plain_len > INT_MAX) return DTP_ERR_ARG;
     if (out_cap < plain_len + DTP_AEAD_TAG_LEN) return DTP_ERR_BUFFER;
     int rc = seal_raw(ctx, counter, ad, ad_len, plain, plain_len, out, out + plain_len);

@@ -154,9 +154,9 @@ EDGE_SIZES = sorted(
 
 
 def test_sizes_match_cryptography(backend: SimpleNamespace) -> None:
-    """Each size both ways against `cryptography`'s ChaCha20-Poly1305 (OpenSSL through
-    EVP, where the C core calls the provider's functions itself), and a flipped tag bit
-    refused."""
+    """Each size both ways against `cryptography`'s ChaCha20-Poly1305 (OpenSSL's own
+    AEAD through EVP, where the C core composes OpenSSL's ChaCha20 and Poly1305), and a
+    flipped tag bit refused."""
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
     key = os.urandom(32)
@@ -177,8 +177,8 @@ def test_sizes_match_cryptography(backend: SimpleNamespace) -> None:
 
 
 def test_every_length_to_past_the_composed_path_matches_cryptography() -> None:
-    """Every record length from 0 to past 1,024 bytes -- the C core's composed ChaCha20
-    and Poly1305 path below it, the AEAD's own above (aead.c, SMALL_MAX) -- with
+    """Every record length from 0 to past 1,024 bytes -- sealed whole with the key block
+    up to it, as a head and the rest above it (aead.c, SMALL_MAX) -- with
     associated data of every padding, against `cryptography`; a flipped bit of the
     ciphertext, the tag or the associated data refused, and nothing returned."""
     require_native()
@@ -655,11 +655,13 @@ def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) 
     assert sealed == REFERENCE.Aead(key).seal(9, plaintexts)
 
 
-# Record plaintexts from 512 bytes on go through OpenSSL in two updates, the first of
-# 64 or 128 bytes (the frame header and the data's first bytes, put together), the rest
-# an even number of whole blocks and a tail (aead.c, head_len): each split and header
-# length, against the plaintexts sealed in one piece by the twin.
-SPLIT_PLAINTEXTS = (511, 512, 513, 575, 576, 577, 639, 640, 641, 16319, 16320, 16368, MAX)
+# Record plaintexts of up to 1,024 bytes go through ChaCha20 whole with the key block;
+# longer ones as a head of 0, 64 or 128 bytes with it (the frame header and the data's
+# first bytes, put together), then an even number of whole blocks and a tail from the
+# caller's buffer (aead.c, first_len): each split and header length on both sides of the
+# limit, against the plaintexts sealed in one piece by the twin.
+SPLIT_PLAINTEXTS = (511, 512, 513, *range(1023, 1026), *range(1087, 1090), *range(1151, 1154))
+SPLIT_PLAINTEXTS += (16319, 16320, 16368, MAX)
 
 
 @pytest.mark.parametrize("offset", [0, 1 << 20, 1 << 40])

@@ -84,7 +84,8 @@ def test_stream_records_with_longer_varints(
 ) -> None:
     """A STREAM frame whose varints are longer than needed is taken as any other (the
     C core's predicted-header path falls back to a full parse, as its twin parses), in
-    records on either side of the C core's composed path's limit (aead.c, SMALL_MAX)."""
+    records on either side of the C core's limit for opening a record whole (aead.c,
+    SMALL_MAX)."""
     sender, lane = lane_pair(backend, os.urandom(32))
     first, first_n = sender.seal_stream(0, SID, 0, b"12345")
     data = os.urandom(length)
@@ -213,10 +214,10 @@ def test_tampered_record_is_left_for_the_general_path(backend: SimpleNamespace) 
 
 @pytest.mark.parametrize("size", [505, 600, 1015, 1100, 16000, MAX_STREAM_CHUNK])
 def test_long_records_are_taken_and_refused_whole(backend: SimpleNamespace, size: int) -> None:
-    """A record opened through a stack buffer (up to aead.c's SMALL_MAX) or in two
-    updates (its head, with the frame header, through a small buffer; aead.c, head_len):
-    taken whole, and refused whole when a bit of its head or of its rest is flipped --
-    nothing of it left in the destination."""
+    """A record decrypted whole through a stack buffer (up to aead.c's SMALL_MAX) or as
+    a head there (with the frame header) and the rest straight to the destination
+    (aead.c, first_len): taken whole, and refused whole when a bit of its head or of its
+    rest is flipped -- nothing of it left in the destination."""
     data = os.urandom(size)
     for flip in (None, 12 + 3, 12 + 100, -20):
         sender, lane = lane_pair(backend, KEY)
