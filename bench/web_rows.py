@@ -20,6 +20,7 @@ side's CPU goes per call: this process (the servers) and the browser's processes
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import http.server
@@ -32,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,6 +41,9 @@ import dtp.aio
 from bench.workload import Workload
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
+
+if TYPE_CHECKING:
+    from dtp.cli._chromium import Chromium, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "web" / "dtp-client"
@@ -96,9 +100,53 @@ class _Loop:
         self.loop.close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _PackageHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves web/dtp-client, noting each answer in the server's log."""
+
+    server: _PackageServer
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            self.server.asked(self.path)
+        return parsed
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.server.answered(self.path, f"{code} {self.path}")
+
+
+class _PackageServer(http.server.ThreadingHTTPServer):
+    """The package folder over HTTP, keeping what it answered and what went wrong (a
+    page that does not start is reported with it)."""
+
+    def __init__(self, handler: type[_PackageHandler] = _PackageHandler) -> None:
+        super().__init__(("127.0.0.1", 0), functools.partial(handler, directory=str(PACKAGE)))
+        #: each answer ("200 /src/record.js") and each error, in order
+        self.log: list[str] = []
+        #: the paths asked for and not answered yet
+        self.pending: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def asked(self, path: str) -> None:
+        with self._lock:
+            self.pending[path] += 1
+
+    def answered(self, path: str, line: str) -> None:
+        with self._lock:
+            self.pending[path] -= 1
+            self.log.append(line)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # (kept for the report rather than printed: a browser closed mid-answer is no fault)
+        with self._lock:
+            self.log.append(f"error answering port {client_address[1]}: {sys.exc_info()[1]!r}")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 def missing() -> str | None:
@@ -120,6 +168,76 @@ def missing() -> str | None:
         except (OSError, subprocess.SubprocessError) as exc:
             return f"ws_rpc_roundtrip needs web/dtp-client's npm packages, not installed: {exc}"
     return None
+
+
+#: Seconds for the page to start: its libsodium may take up to 15 s before the page
+#: goes on without it (web/dtp-client/src/record.js), so well past that.
+PAGE_START = 60.0
+#: Loads of the page before giving up. Chromium ends every request in flight
+#: (net::ERR_NETWORK_CHANGED) when an interface or address of the host comes or goes, as
+#: the suite's network-namespace tests make them beside the benchmark bodies: a module
+#: of the page lost so fails it, and loading it again fetches it again.
+PAGE_TRIES = 5
+
+
+def open_page(browser: Chromium, server: _PackageServer, timeout: float = PAGE_START) -> Page:
+    """A tab with the benchmark page loaded and its modules ready, loaded again where it
+    failed; a BrowserError that says what happened where it did not start (the page's
+    own error, its failed fetches, what the server answered)."""
+    from dtp.cli._chromium import BrowserError
+
+    page = browser.new_page()
+    failures: list[str] = []
+    for _ in range(PAGE_TRIES):
+        since = len(server.log)
+        navigated = page.send("Page.navigate", {"url": server.base + PAGE})
+        if navigated.get("errorText"):
+            failures.append(f"{PAGE} did not load: {navigated['errorText']}")
+            continue
+        # (the document can still be parsing when the navigation returns: no body yet)
+        started = "document.body?.dataset.ready || document.body?.dataset.failed"
+        try:
+            page.wait_for(started, timeout)
+        except BrowserError as exc:
+            # (not loaded again: a wait this long is no dropped fetch)
+            failures.append(f"{PAGE} did not start: {exc}\n{_page_report(page, server, since)}")
+            break
+        failed = page.evaluate("document.body.dataset.failed")
+        if not failed:
+            return page
+        failures.append(f"{PAGE} failed: {failed}\n{_page_report(page, server, since)}")
+    raise BrowserError("\n".join(f"(load {i}) {why}" for i, why in enumerate(failures, 1)))
+
+
+def _page_report(page: Page, server: _PackageServer, since: int) -> str:
+    """What the page and the server saw: the page's address and state, its fetches that
+    did not answer 200 and how many it made; every server answer but a 200 from
+    ``server.log[since:]`` on, and the requests it has not answered; the end of
+    Chromium's own output."""
+    from dtp.cli._chromium import BrowserError
+
+    try:
+        seen = page.evaluate(
+            "({href: location.href, state: document.readyState,"
+            " fetched: performance.getEntriesByType('resource').length,"
+            " failed: performance.getEntriesByType('resource')"
+            ".filter((e) => e.responseStatus !== 200 && !e.name.endsWith('/favicon.ico'))"
+            ".map((e) => `${e.responseStatus} ${e.name}`)})"  # (0: no answer it could read)
+        )
+    except BrowserError as exc:
+        seen = {"error": str(exc)}
+    # (no icon is served: the browser's request for one is no fault of the page)
+    answers = [line for line in server.log[since:] if not line.endswith(" /favicon.ico")]
+    others = [line for line in answers if not line.startswith("200 ")]
+    waiting = sorted((+server.pending).elements())
+    # (its D-Bus complaints, on every start here, left out)
+    output = [line for line in page.browser.log_tail(20000).splitlines() if "dbus" not in line]
+    return (
+        f"the page: {json.dumps(seen)}\n"
+        f"the server answered {len(answers) - len(others)} requests with 200; besides: "
+        f"{others or 'nothing'}; asked and not answered yet: {waiting or 'nothing'}\n"
+        f"chromium's output ends: {output[-10:]}"
+    )
 
 
 def _group_cpu(pid: int) -> float:
@@ -150,12 +268,10 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
     runner = _Loop()
     server_identity = HostIdentity.generate()
     state: dict[str, Any] = {}
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(PACKAGE))
-    )
+    httpd = _PackageServer()
     http_thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     http_thread.start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    base = httpd.base
     browser: Chromium | None = None
 
     async def start() -> None:
@@ -193,9 +309,7 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
     try:
         runner.run(start())
         browser = Chromium(flags=BROWSER_FLAGS)
-        page = browser.new_page()
-        page.goto(base + PAGE)
-        page.wait_for("document.body.dataset.ready")
+        page = open_page(browser, httpd)
         host, port = state["server"].websocket_addresses[0]
         address = page.evaluate(
             f"rpcBench.openDtp('ws://{host}:{port}/dtp', "
