@@ -128,25 +128,31 @@ static int fns_find(chacha_poly *im) {
     const OSSL_DISPATCH *mfns =
         im->mac == NULL ? NULL
                         : provider_fns(EVP_MAC_get0_provider(im->mac), OSSL_OP_MAC, "POLY1305");
+    /* A function ID's first entry is the one taken, as OpenSSL's own dispatch takes it
+     * (a table may list an ID twice, as some versions' Poly1305 lists its final). */
+#define TAKE(slot, get) \
+    if ((slot) == NULL) (slot) = get(f); \
+    break
     for (const OSSL_DISPATCH *f = cfns; f != NULL && f->function_id != 0; f++) {
         switch (f->function_id) {
-        case OSSL_FUNC_CIPHER_NEWCTX: im->newctx = OSSL_FUNC_cipher_newctx(f); break;
-        case OSSL_FUNC_CIPHER_FREECTX: im->freectx = OSSL_FUNC_cipher_freectx(f); break;
-        case OSSL_FUNC_CIPHER_ENCRYPT_INIT: im->einit = OSSL_FUNC_cipher_encrypt_init(f); break;
-        case OSSL_FUNC_CIPHER_UPDATE: im->update = OSSL_FUNC_cipher_update(f); break;
+        case OSSL_FUNC_CIPHER_NEWCTX: TAKE(im->newctx, OSSL_FUNC_cipher_newctx);
+        case OSSL_FUNC_CIPHER_FREECTX: TAKE(im->freectx, OSSL_FUNC_cipher_freectx);
+        case OSSL_FUNC_CIPHER_ENCRYPT_INIT: TAKE(im->einit, OSSL_FUNC_cipher_encrypt_init);
+        case OSSL_FUNC_CIPHER_UPDATE: TAKE(im->update, OSSL_FUNC_cipher_update);
         default: break;
         }
     }
     for (const OSSL_DISPATCH *f = mfns; f != NULL && f->function_id != 0; f++) {
         switch (f->function_id) {
-        case OSSL_FUNC_MAC_NEWCTX: im->mac_newctx = OSSL_FUNC_mac_newctx(f); break;
-        case OSSL_FUNC_MAC_FREECTX: im->mac_freectx = OSSL_FUNC_mac_freectx(f); break;
-        case OSSL_FUNC_MAC_INIT: im->mac_init = OSSL_FUNC_mac_init(f); break;
-        case OSSL_FUNC_MAC_UPDATE: im->mac_update = OSSL_FUNC_mac_update(f); break;
-        case OSSL_FUNC_MAC_FINAL: im->mac_final = OSSL_FUNC_mac_final(f); break;
+        case OSSL_FUNC_MAC_NEWCTX: TAKE(im->mac_newctx, OSSL_FUNC_mac_newctx);
+        case OSSL_FUNC_MAC_FREECTX: TAKE(im->mac_freectx, OSSL_FUNC_mac_freectx);
+        case OSSL_FUNC_MAC_INIT: TAKE(im->mac_init, OSSL_FUNC_mac_init);
+        case OSSL_FUNC_MAC_UPDATE: TAKE(im->mac_update, OSSL_FUNC_mac_update);
+        case OSSL_FUNC_MAC_FINAL: TAKE(im->mac_final, OSSL_FUNC_mac_final);
         default: break;
         }
     }
+#undef TAKE
     if (im->newctx == NULL || im->freectx == NULL || im->einit == NULL || im->update == NULL ||
         im->mac_newctx == NULL || im->mac_freectx == NULL || im->mac_init == NULL ||
         im->mac_update == NULL || im->mac_final == NULL) {
@@ -172,11 +178,10 @@ static int fns_find(chacha_poly *im) {
 /* The bulk of a larger record goes through the cipher in one update that spans an even
  * number of whole 64-byte blocks: OpenSSL's x86-64 ChaCha20 runs blocks in pairs, and an
  * update that spans an odd number of them (or starts inside one) costs 5-12% more per
- * byte (docs/benchmarks.md, "Bulk, blocking"). The first HEAD_MAX bytes at most -- the
- * frame header and the data's first bytes -- go first, with the key block. */
-#define HEAD_MAX 128
-
-/* How many of a plen-byte plaintext's first bytes go through the cipher with the key
+ * byte (docs/benchmarks.md, "Bulk, blocking"). Two blocks at most -- the frame header
+ * and the data's first bytes -- go first, with the key block.
+ *
+ * How many of a plen-byte plaintext's first bytes go through the cipher with the key
  * block: all of them up to SMALL_MAX; else at least min_head (below 64) of them, in
  * whole blocks: 0, 64 or 128, the least that leaves an even number of whole blocks. */
 static size_t first_len(size_t plen, size_t min_head) {
@@ -285,6 +290,7 @@ static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
         }
     }
     OPENSSL_cleanse(buf, first_span(first));
+    OPENSSL_cleanse(want, sizeof want);
     if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
     return rc;
 }
@@ -342,6 +348,7 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
         }
     }
     OPENSSL_cleanse(buf, first_span(first));
+    OPENSSL_cleanse(want, sizeof want);
     if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
     return rc;
 }
@@ -420,7 +427,7 @@ dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len) {
 
 void dtp_aead_free(dtp_aead *ctx) {
     if (ctx == NULL) return;
-    /* (the providers' freectx cleanse the key and the MAC's state) */
+    /* (ChaCha20's freectx cleanses its key; Poly1305's state is cleansed at each tag) */
     if (ctx->stream != NULL) ctx->fns.freectx(ctx->stream);
     if (ctx->mac != NULL) ctx->fns.mac_freectx(ctx->mac);
     EVP_CIPHER_free(ctx->fns.cipher);
@@ -912,7 +919,7 @@ static size_t flow_credit_record(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf,
         !window_check(ctx, rec.counter))
         return 0;
     uint8_t plain[CREDIT_RECORD_MAX];
-    if (open_record(ctx, buf, &rec, plain) != DTP_OK) return 0; /* (wiped there) */
+    if (open_record(ctx, buf, &rec, plain) != DTP_OK) return 0; /* (nothing written) */
     uint64_t stream_limit = f->send_limit, conn_limit = f->conn_send_limit;
     size_t p = 0;
     int credit_only = 1;

@@ -288,10 +288,10 @@ typedef struct dtp_rx {
  * Stops, consuming nothing more, with DTP_OK at the end of buf, DTP_NEED_MORE before an
  * incomplete record, DTP_FULL when dst is full, and DTP_STOP before any other record --
  * of another kind, malformed, replayed, failing authentication, holding other frames or
- * breaking a limit -- for the general path (dtp_aead_open_frames) to open and judge; such
- * a record's plaintext is wiped and the replay window does not advance for it. The
- * bytes of dst past rx->taken are unspecified after the call: a record's data is
- * decrypted in place there and wiped (zeroed) when the record fails authentication.
+ * breaking a limit -- for the general path (dtp_aead_open_frames) to open and judge;
+ * nothing of such a record is written to dst and the replay window does not advance for
+ * it (a record's tag is checked before its data is decrypted there). The bytes of dst
+ * past rx->taken are unspecified after the call.
  * NULL pointers, or scratch_cap below DTP_MAX_RECORD_PLAINTEXT -> DTP_ERR_ARG. */
 int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
                 size_t dst_cap, uint8_t *scratch, size_t scratch_cap);
