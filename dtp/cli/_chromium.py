@@ -328,20 +328,22 @@ class Page:
         path = urlsplit(url).path or url
         failures: list[str] = []
         for _ in range(max(1, tries)):
-            why = self._load(url, path, ready, failed, timeout, again=bool(failures))
-            if why is None:
+            outcome = self._load(url, path, ready, failed, timeout, again=bool(failures))
+            if outcome is None:
                 return
+            why, lost = outcome
             if report is not None:
                 why += f"\n{report()}"
             failures.append(why)
-            if why.startswith(f"{path} did not start"):
+            if not lost:
                 break  # (a wait that long is no lost fetch)
         raise LoadFailed("\n".join(f"(load {i}) {why}" for i, why in enumerate(failures, 1)))
 
     def _load(
         self, url: str, path: str, ready: str, failed: str | None, timeout: float, again: bool
-    ) -> str | None:
-        """One load of ``url``: None once it is ready, else what went wrong."""
+    ) -> tuple[str, bool] | None:
+        """One load of ``url``: None once it is ready, else what went wrong and whether
+        the load was lost (False: it did not get ready in time)."""
         if again:
             # (from a blank page: the same address with a fragment would only scroll)
             self.send("Page.navigate", {"url": "about:blank"})
@@ -351,26 +353,26 @@ class Page:
         try:
             navigated = self.send("Page.navigate", {"url": url})
             if navigated.get("errorText"):
-                return f"{path} did not load: {navigated['errorText']}"
+                return f"{path} did not load: {navigated['errorText']}", True
             load = _Load(url, navigated.get("loaderId"))
             deadline = time.monotonic() + timeout
             while True:
-                is_ready, said = self._ask(ready), None
-                if failed is not None and not is_ready:
-                    said = self._ask(failed)
+                is_ready, threw = self._ask(ready)
+                said = self._ask(failed)[0] if failed is not None and not is_ready else None
                 for event in events:
                     load.note(event)
                 events.clear()
                 if said:
-                    return f"{path} failed: {said}\n{self._state(load)}"
+                    return f"{path} failed: {said}\n{self._state(load)}", True
                 if load.lost and failed is None:
-                    return f"{path} lost a fetch\n{self._state(load)}"
+                    return f"{path} lost a fetch\n{self._state(load)}", True
                 if is_ready:
                     return None
                 if time.monotonic() > deadline:
                     return (
-                        f"{path} did not start: still false after {timeout} s: {ready}\n"
-                        f"{self._state(load)}"
+                        f"{path} did not start: still false after {timeout} s: {ready}"
+                        f"{f' (it threw {threw})' if threw else ''}\n{self._state(load)}",
+                        False,
                     )
                 time.sleep(0.05)
         finally:
@@ -379,16 +381,17 @@ class Page:
             with contextlib.suppress(BrowserError):
                 self.send("Network.disable")
 
-    def _ask(self, expression: str) -> Any:
-        """``expression``'s value, or None where it threw: the document it reads can
+    def _ask(self, expression: str) -> tuple[Any, str | None]:
+        """``expression``'s value, or None and what it threw: the document it reads can
         still be parsing (an element not there yet)."""
         result = self.send(
             "Runtime.evaluate",
             {"expression": expression, "returnByValue": True, "awaitPromise": True},
         )
         if "exceptionDetails" in result:
-            return None
-        return result.get("result", {}).get("value")
+            details = result["exceptionDetails"]
+            return None, details.get("exception", {}).get("description") or details.get("text")
+        return result.get("result", {}).get("value"), None
 
     def _state(self, load: _Load) -> str:
         try:

@@ -143,6 +143,13 @@ def test_a_page_that_never_gets_ready_is_not_loaded_again(site: _Site) -> None:
     assert "not answered yet: ['http://127.0.0.1:" in message and "/word.js']" in message
 
 
+def test_a_ready_expression_that_throws_says_what_it_threw(site: _Site) -> None:
+    with _page() as page, pytest.raises(LoadFailed) as failed:
+        page.goto(site.url, ready="document.body.dataset.nothing.here", timeout=1)
+    assert "(it threw TypeError: Cannot read properties of undefined" in str(failed.value)
+    assert _asked(site, "/index.html") == 1
+
+
 def test_a_fetch_failing_once_the_page_is_ready_is_the_page_s_own(site: _Site) -> None:
     with _page() as page:
         page.goto(site.url, ready="document.body?.dataset.started")
