@@ -8,6 +8,11 @@ from __future__ import annotations
 import collections
 import functools
 import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +22,8 @@ from typing import Any
 import pytest
 
 from dtp.cli._chromium import LOAD_TRIES, LoadFailed
-from tests.support.browser import Chromium, need_chromium
+from tests.support.browser import Chromium, need, need_chromium
+from tests.support.paths import ROOT
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head>
@@ -179,3 +185,33 @@ def test_a_page_s_own_word_that_it_failed_loads_it_again(site: _Site) -> None:
             ".some((e) => e.responseStatus === 404 && e.name.endsWith('/word.js'))",
         )
     assert _asked(site, "/index.html") == 2
+
+
+def _network_change_load(tries: int) -> dict[str, Any]:
+    """tests/cli/network_change_load.py's outcome, in a network namespace of its own."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        need("root, unshare and ip (a network namespace of its own)", False)
+    ran = subprocess.run(
+        ["unshare", "--net", sys.executable, "-m", "tests.cli.network_change_load", str(tries)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    outcome: dict[str, Any] = json.loads(ran.stdout.splitlines()[-1])
+    return outcome
+
+
+@pytest.mark.parametrize("tries", [1, LOAD_TRIES])
+def test_a_load_across_a_network_change(tries: int) -> None:
+    need_chromium()
+    outcome = _network_change_load(tries)
+    if tries == 1:
+        # (the modules queued for a connection ended with the change: the page never ran)
+        assert outcome["pages"] == 1 and outcome["started"] is None
+        assert "net::ERR_NETWORK_CHANGED Script http://127.0.0.1:" in outcome["error"]
+    else:
+        assert outcome == {"pages": 2, "started": "yes", "error": None}
