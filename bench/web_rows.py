@@ -182,31 +182,29 @@ PAGE_TRIES = 5
 
 def open_page(browser: Chromium, server: _PackageServer, timeout: float = PAGE_START) -> Page:
     """A tab with the benchmark page loaded and its modules ready, loaded again where it
-    failed; a BrowserError that says what happened where it did not start (the page's
-    own error, its failed fetches, what the server answered)."""
-    from dtp.cli._chromium import BrowserError
-
+    failed (Page.goto); a BrowserError that says what happened where it did not start
+    (the page's own error, its failed fetches, what the server answered)."""
     page = browser.new_page()
-    failures: list[str] = []
-    for _ in range(PAGE_TRIES):
+    since = len(server.log)
+
+    def report() -> str:
+        # (each failed load's own answers: the log from the end of the load before)
+        nonlocal since
+        text = _page_report(page, server, since)
         since = len(server.log)
-        navigated = page.send("Page.navigate", {"url": server.base + PAGE})
-        if navigated.get("errorText"):
-            failures.append(f"{PAGE} did not load: {navigated['errorText']}")
-            continue
+        return text
+
+    page.goto(
+        server.base + PAGE,
         # (the document can still be parsing when the navigation returns: no body yet)
-        started = "document.body?.dataset.ready || document.body?.dataset.failed"
-        try:
-            page.wait_for(started, timeout)
-        except BrowserError as exc:
-            # (not loaded again: a wait this long is no dropped fetch)
-            failures.append(f"{PAGE} did not start: {exc}\n{_page_report(page, server, since)}")
-            break
-        failed = page.evaluate("document.body.dataset.failed")
-        if not failed:
-            return page
-        failures.append(f"{PAGE} failed: {failed}\n{_page_report(page, server, since)}")
-    raise BrowserError("\n".join(f"(load {i}) {why}" for i, why in enumerate(failures, 1)))
+        ready="document.body?.dataset.ready",
+        # the page says where a module failed to load or to run
+        failed="document.body?.dataset.failed",
+        timeout=timeout,
+        tries=PAGE_TRIES,
+        report=report,
+    )
+    return page
 
 
 def _page_report(page: Page, server: _PackageServer, since: int) -> str:

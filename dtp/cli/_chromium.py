@@ -4,9 +4,14 @@ pages with it. It needs Debian's ``chromium`` (scripts/bootstrap.sh installs it)
 
     with Chromium() as browser:
         page = browser.new_page()
-        page.goto("http://127.0.0.1:8765/")
+        page.goto("http://127.0.0.1:8765/", ready="document.body.dataset.started")
         page.wait_for("document.body.dataset.messages === '1'")
         page.screenshot(path)
+
+:meth:`Page.goto` loads the page again where its load lost a fetch: Chromium ends every
+request in flight (``net::ERR_NETWORK_CHANGED``) when an interface or address of the host
+comes or goes, and a module lost so leaves a page that never starts. It watches the
+DevTools Network domain's events for that load until the page says it is ready.
 
 Chromium runs with the flags this machine needs (no sandbox as root, no GPU, and no
 background networking: the network is closed and its attempts only fail), in a fresh
@@ -28,9 +33,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from dtp._extras import missing
 
@@ -92,6 +98,8 @@ class Chromium:
         self._log = open(Path(self._profile) / "chromium.log", "wb")  # noqa: SIM115
         self._next_id = 0
         self._ws: ClientConnection | None = None
+        #: the Network events of the sessions being watched (Page.goto), by session
+        self._events: dict[str, list[dict[str, Any]]] = {}
         try:
             self.process = subprocess.Popen(
                 [binary, *FLAGS, *flags, f"--user-data-dir={self._profile}", "about:blank"],
@@ -147,7 +155,7 @@ class Chromium:
         self, method: str, params: dict[str, Any] | None = None, session: str | None = None
     ) -> Any:
         """Run one DevTools command and return its result (events on the way are
-        dropped: callers poll the page instead)."""
+        dropped, but for the Network events of a page loading: callers poll the page)."""
         if self._ws is None:
             raise BrowserError(f"{method}: the browser is closed")
         self._next_id += 1
@@ -164,6 +172,11 @@ class Chromium:
             try:
                 answer = json.loads(self._ws.recv(timeout=left))
             except TimeoutError:
+                continue
+            if "id" not in answer:
+                watched = self._events.get(answer.get("sessionId", ""))
+                if watched is not None and answer.get("method", "").startswith("Network."):
+                    watched.append(answer)
                 continue
             if answer.get("id") != msg_id:
                 continue
@@ -214,6 +227,75 @@ class Chromium:
         self.close()
 
 
+#: Loads of a page before :meth:`Page.goto` gives up on it.
+LOAD_TRIES = 5
+#: What a page is ready at unless told otherwise: its document and the scripts it
+#: loads as it parses (modules and their imports) loaded and run.
+LOADED = "document.readyState === 'complete'"
+#: Requests whose failure is the page's own business, not its load's: a connection it
+#: keeps open, and the icon the browser asks for by itself.
+_NOT_LOADS = frozenset({"WebSocket", "EventSource"})
+
+
+class LoadFailed(BrowserError):
+    """A page did not load: every load lost a fetch or failed, or one did not get ready
+    in time (the message says what happened to each load)."""
+
+
+class _Load:
+    """One load's requests, from the Network events of its navigation (``loader``): the
+    fetches it lost, and those not answered yet."""
+
+    def __init__(self, url: str, loader: str | None) -> None:
+        parts = urlsplit(url)
+        self.origin = (parts.scheme, parts.netloc)
+        self.loader = loader
+        self.requests: dict[str, tuple[str, str]] = {}  # id: (type, url)
+        self.open: set[str] = set()
+        self.lost: list[str] = []
+
+    def note(self, event: dict[str, Any]) -> None:
+        method, params = event["method"], event.get("params", {})
+        rid = params.get("requestId", "")
+        if method == "Network.requestWillBeSent":
+            if self.loader is not None and params.get("loaderId") != self.loader:
+                return  # (the page before, or another frame's document)
+            url = params.get("request", {}).get("url", "")
+            kind = params.get("type", "Other")
+            if kind in _NOT_LOADS or url.endswith("/favicon.ico"):
+                return
+            self.requests[rid] = (kind, url)
+            self.open.add(rid)
+        elif rid not in self.requests:
+            return
+        elif method == "Network.responseReceived":
+            status = params.get("response", {}).get("status", 0)
+            kind, url = self.requests[rid]
+            if status >= 400 and self._own(url):
+                self.lost.append(f"{status} {kind} {url}")
+        elif method == "Network.loadingFinished":
+            self.open.discard(rid)
+        elif method == "Network.loadingFailed":
+            self.open.discard(rid)
+            kind, url = self.requests[rid]
+            error = params.get("errorText", "")
+            # (a request the page itself cancelled is no loss; one the network change
+            # ended is, wherever it went)
+            if not params.get("canceled") and (self._own(url) or "ERR_NETWORK_CHANGED" in error):
+                self.lost.append(f"{error} {kind} {url}")
+
+    def _own(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc) == self.origin
+
+    def report(self) -> str:
+        waiting = sorted(self.requests[rid][1] for rid in self.open)
+        return (
+            f"{len(self.requests)} requests; lost: {self.lost or 'none'}; "
+            f"not answered yet: {waiting or 'none'}"
+        )
+
+
 class Page:
     """One tab: navigate, evaluate JavaScript, wait for a condition, screenshot."""
 
@@ -224,10 +306,99 @@ class Page:
     def send(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return self.browser.send(method, params, self.session)
 
-    def goto(self, url: str) -> None:
-        """Load ``url`` and wait until its document has loaded."""
-        self.send("Page.navigate", {"url": url})
-        self.wait_for("document.readyState === 'complete'")
+    def goto(
+        self,
+        url: str,
+        ready: str = LOADED,
+        *,
+        failed: str | None = None,
+        timeout: float = 20.0,
+        tries: int = LOAD_TRIES,
+        report: Callable[[], str] | None = None,
+    ) -> None:
+        """Load ``url`` and wait until the JavaScript ``ready`` is truthy in it: the page
+        has loaded (by default its document and its scripts), before what it goes on to
+        do. A load that lost its navigation or a fetch (one of the page's own origin that
+        failed or answered 400 or more, or any that a network change ended) before then
+        is loaded again, up to ``tries`` loads; so is one where the JavaScript ``failed``
+        is truthy, the page's own word that it could not start (the lost fetches are
+        then left to it). A load that is neither ready nor lost in ``timeout`` seconds is
+        not loaded again. :class:`LoadFailed` says what each load came to (with
+        ``report()``'s text, for what the caller saw of it)."""
+        path = urlsplit(url).path or url
+        failures: list[str] = []
+        for _ in range(max(1, tries)):
+            outcome = self._load(url, path, ready, failed, timeout, again=bool(failures))
+            if outcome is None:
+                return
+            why, lost = outcome
+            if report is not None:
+                why += f"\n{report()}"
+            failures.append(why)
+            if not lost:
+                break  # (a wait that long is no lost fetch)
+        raise LoadFailed("\n".join(f"(load {i}) {why}" for i, why in enumerate(failures, 1)))
+
+    def _load(
+        self, url: str, path: str, ready: str, failed: str | None, timeout: float, again: bool
+    ) -> tuple[str, bool] | None:
+        """One load of ``url``: None once it is ready, else what went wrong and whether
+        the load was lost (False: it did not get ready in time)."""
+        if again:
+            # (from a blank page: the same address with a fragment would only scroll)
+            self.send("Page.navigate", {"url": "about:blank"})
+        events = self.browser._events.setdefault(self.session, [])
+        events.clear()
+        self.send("Network.enable")
+        try:
+            navigated = self.send("Page.navigate", {"url": url})
+            if navigated.get("errorText"):
+                return f"{path} did not load: {navigated['errorText']}", True
+            load = _Load(url, navigated.get("loaderId"))
+            deadline = time.monotonic() + timeout
+            while True:
+                is_ready, threw = self._ask(ready)
+                said = self._ask(failed)[0] if failed is not None and not is_ready else None
+                for event in events:
+                    load.note(event)
+                events.clear()
+                if said:
+                    return f"{path} failed: {said}\n{self._state(load)}", True
+                if load.lost and failed is None:
+                    return f"{path} lost a fetch\n{self._state(load)}", True
+                if is_ready:
+                    return None
+                if time.monotonic() > deadline:
+                    return (
+                        f"{path} did not start: still false after {timeout} s: {ready}"
+                        f"{f' (it threw {threw})' if threw else ''}\n{self._state(load)}",
+                        False,
+                    )
+                time.sleep(0.05)
+        finally:
+            # (what the page fetches once ready is its own business: not watched)
+            self.browser._events.pop(self.session, None)
+            with contextlib.suppress(BrowserError):
+                self.send("Network.disable")
+
+    def _ask(self, expression: str) -> tuple[Any, str | None]:
+        """``expression``'s value, or None and what it threw: the document it reads can
+        still be parsing (an element not there yet)."""
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            return None, details.get("exception", {}).get("description") or details.get("text")
+        return result.get("result", {}).get("value"), None
+
+    def _state(self, load: _Load) -> str:
+        try:
+            seen = self.evaluate("({href: location.href, state: document.readyState})")
+        except BrowserError as exc:
+            seen = {"error": str(exc)}
+        return f"the page: {json.dumps(seen)}; {load.report()}"
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises awaited)."""
@@ -258,4 +429,13 @@ class Page:
         return out
 
 
-__all__ = ["FLAGS", "BrowserError", "Chromium", "Page", "chromium_path"]
+__all__ = [
+    "FLAGS",
+    "LOADED",
+    "LOAD_TRIES",
+    "BrowserError",
+    "Chromium",
+    "LoadFailed",
+    "Page",
+    "chromium_path",
+]

@@ -217,8 +217,7 @@ def _headless(
         return
     with browser:
         page = browser.new_page()
-        page.goto(url)
-        page.wait_for("document.getElementById('status').textContent === 'connected'")
+        page.goto(url, ready="document.getElementById('status')?.textContent === 'connected'")
         relay_url = page.evaluate("document.getElementById('peer').textContent")
         say(f"headless Chromium opened the page: gun.js connected to its relay peer {relay_url}")
         page.evaluate(

@@ -112,8 +112,10 @@ def _person(url: str, name: str, said: str, done: threading.Event, errors: list[
     try:
         with Chromium() as browser:
             page = browser.new_page()
-            page.goto(f"{url}?name={name}")
-            page.wait_for("document.getElementById('status').textContent === 'connected'")
+            page.goto(
+                f"{url}?name={name}",
+                ready="document.getElementById('status')?.textContent === 'connected'",
+            )
             page.evaluate(
                 f"document.getElementById('text').value = {json.dumps(said)};"
                 "document.getElementById('send').click()"

@@ -18,6 +18,8 @@ from tests.support.daemon_procs import wait_until
 from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
+#: the page has loaded and its first fetch of the daemon's figures answered
+LIVE = "document.body?.dataset.state === 'live'"
 
 
 @pytest.fixture
@@ -42,8 +44,7 @@ def test_the_status_page_shows_a_live_service(setup: Setup, browser: Chromium) -
     with browser, streaming(pair.address) as stream:
         wait_until(lambda: stream.received > 1 << 20, 60, "traffic through the tunnel")
         page = browser.new_page()
-        page.goto(f"http://{pair.provider_metrics}/")
-        page.wait_for("document.body.dataset.state === 'live'")
+        page.goto(f"http://{pair.provider_metrics}/", ready=LIVE)
         page.wait_for(f"!!document.querySelector('{card}')")
         assert page.evaluate(f"document.querySelector('{card}').dataset.connections") == "1"
         assert page.evaluate(f"document.querySelector('{card}').dataset.backendsUp") == "1"
@@ -77,6 +78,6 @@ def test_the_status_page_shows_a_live_service(setup: Setup, browser: Chromium) -
     # the daemon gone, the page says so rather than showing stale figures as live
     with Chromium() as again:
         page = again.new_page()
-        page.goto(f"http://{pair.provider_metrics}/")
+        page.goto(f"http://{pair.provider_metrics}/", ready=LIVE)
         pair.provider.stop()
         page.wait_for("document.body.dataset.state === 'offline'", timeout=30)

@@ -24,6 +24,8 @@ from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
 ROOM = "dtp-demo/chat"
+#: the page has loaded and gun.js reached its relay peer
+CONNECTED = "document.getElementById('status')?.textContent === 'connected'"
 
 
 @pytest.fixture
@@ -97,8 +99,7 @@ def test_a_browser_and_a_python_peer_chat_through_dtp(
 ) -> None:
     with Chromium() as browser:
         page = browser.new_page()
-        page.goto(endpoint.url)
-        page.wait_for("document.getElementById('status').textContent === 'connected'")
+        page.goto(endpoint.url, ready=CONNECTED)
         assert page.evaluate("document.getElementById('peer').textContent") == endpoint.url + "gun"
         _shot(page, "1-connected", capsys)
 
@@ -141,7 +142,7 @@ def test_a_browser_and_a_python_peer_chat_through_dtp(
 
         # a second browser tab, a peer of its own, gets the whole conversation
         other = browser.new_page()
-        other.goto(endpoint.url)
+        other.goto(endpoint.url, ready=CONNECTED)
         other.wait_for("document.body.dataset.messages === '2'")
         assert "far side of DTP" in _visible(other)
         _shot(other, "3-second-tab", capsys)

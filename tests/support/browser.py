@@ -5,9 +5,14 @@ The driver is :mod:`dtp.cli._chromium`, which the demo's browser step uses too:
 
     with Chromium() as browser:
         page = browser.new_page()
-        page.goto("http://127.0.0.1:8765/")
+        page.goto("http://127.0.0.1:8765/", ready="document.body.dataset.started")
         page.wait_for("document.body.dataset.messages === '1'")
         page.screenshot(path)
+
+``goto`` loads the page again where its load lost a fetch (a network namespace coming or
+going beside the test ends Chromium's requests in flight) until ``ready`` holds: give
+the page's own sign that it has started, before anything it does that a load again
+would repeat.
 """
 
 from __future__ import annotations

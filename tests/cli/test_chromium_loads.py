@@ -1,0 +1,217 @@
+"""Page.goto in headless Chromium against a local HTTP server that drops fetches: a load
+that lost a module (as Chromium ends every request in flight, net::ERR_NETWORK_CHANGED,
+when the host's network changes) is loaded again; one that never gets its module says
+which; a fetch that fails once the page is ready is left to the page."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.cli._chromium import LOAD_TRIES, LoadFailed
+from tests.support.browser import Chromium, need, need_chromium
+from tests.support.paths import ROOT
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head>
+<body><script type="module" src="./start.js"></script></body></html>
+"""
+# (a module that imports another: the lost fetch can be one the page never names)
+START = "import { word } from './word.js';\ndocument.body.dataset.started = word;\n"
+WORD = "export const word = 'yes';\n"
+# a page whose own WebSocket fails, and a fetch elsewhere, as it starts: neither is its load
+OTHERS = """
+new WebSocket(`ws://${location.host}/socket`).onclose = () => { window.socket = 'closed'; };
+fetch('http://127.0.0.1:9/elsewhere').catch(() => { window.elsewhere = 'failed'; });
+document.body.dataset.started = 'yes';
+"""
+
+
+class _Site(http.server.ThreadingHTTPServer):
+    """The page's folder over HTTP; ``refuse`` says how many times each path is answered
+    404 first (or, where ``stall``, never answered), and ``log`` what it answered."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+        self.refuse: collections.Counter[str] = collections.Counter()
+        self.stall: set[str] = set()
+        self.release = threading.Event()
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/index.html"
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    server: _Site
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path in self.server.stall:
+            self.server.release.wait(30)
+        if self.server.refuse[self.path] > 0:
+            self.server.refuse[self.path] -= 1
+            self.send_error(404)
+        else:
+            super().do_GET()
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.server.log.append(f"{code} {self.path}")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[_Site]:
+    need_chromium()
+    (tmp_path / "index.html").write_text(PAGE)
+    (tmp_path / "start.js").write_text(START)
+    (tmp_path / "word.js").write_text(WORD)
+    (tmp_path / "others.html").write_text(PAGE.replace("start.js", "others.js"))
+    (tmp_path / "others.js").write_text(OTHERS)
+    server = _Site(tmp_path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _asked(site: _Site, path: str) -> int:
+    """How many times ``path`` was answered (a load again can get a 304)."""
+    return sum(line.endswith(f" {path}") for line in site.log)
+
+
+@contextmanager
+def _page() -> Iterator[Any]:
+    with Chromium() as browser:
+        yield browser.new_page()
+
+
+def test_a_page_that_lost_a_module_is_loaded_again(site: _Site) -> None:
+    site.refuse["/word.js"] = 1
+    with _page() as page:
+        page.goto(site.url, ready="document.body?.dataset.started")
+        assert page.evaluate("document.body.dataset.started") == "yes"
+    assert [line for line in site.log if line.endswith("/word.js")] == [
+        "404 /word.js",
+        "200 /word.js",
+    ]
+    assert _asked(site, "/index.html") == 2
+
+
+def test_a_page_loaded_by_default_is_one_whose_scripts_ran(site: _Site) -> None:
+    # (the document completes even where its module failed: that load is not taken)
+    site.refuse["/start.js"] = 2
+    with _page() as page:
+        page.goto(site.url)
+        assert page.evaluate("document.body.dataset.started") == "yes"
+    assert _asked(site, "/index.html") == 3
+
+
+def test_a_module_never_served_is_named_after_every_load(site: _Site) -> None:
+    site.refuse["/word.js"] = LOAD_TRIES
+    with _page() as page, pytest.raises(LoadFailed) as failed:
+        page.goto(site.url, ready="document.body?.dataset.started")
+    message = str(failed.value)
+    for load in range(1, LOAD_TRIES + 1):
+        assert f"(load {load}) /index.html lost a fetch" in message
+    assert f"(load {LOAD_TRIES + 1})" not in message
+    assert f"lost: ['404 Script {site.url.removesuffix('index.html')}word.js']" in message
+    assert site.log.count("404 /word.js") == LOAD_TRIES
+
+
+def test_a_page_that_never_gets_ready_is_not_loaded_again(site: _Site) -> None:
+    site.stall.add("/word.js")
+    with _page() as page, pytest.raises(LoadFailed) as failed:
+        page.goto(site.url, ready="document.body?.dataset.started", timeout=2)
+    message = str(failed.value)
+    assert message.startswith("(load 1) /index.html did not start: still false after 2 s")
+    assert "(load 2)" not in message
+    assert "not answered yet: ['http://127.0.0.1:" in message and "/word.js']" in message
+
+
+def test_a_ready_expression_that_throws_says_what_it_threw(site: _Site) -> None:
+    with _page() as page, pytest.raises(LoadFailed) as failed:
+        page.goto(site.url, ready="document.body.dataset.nothing.here", timeout=1)
+    assert "(it threw TypeError: Cannot read properties of undefined" in str(failed.value)
+    assert _asked(site, "/index.html") == 1
+
+
+def test_a_fetch_failing_once_the_page_is_ready_is_the_page_s_own(site: _Site) -> None:
+    with _page() as page:
+        page.goto(site.url, ready="document.body?.dataset.started")
+        assert page.evaluate("fetch('./later.json').then((r) => r.status)") == 404
+    assert _asked(site, "/index.html") == 1
+    assert "404 /later.json" in site.log
+
+
+def test_a_websocket_or_a_fetch_elsewhere_failing_is_no_lost_load(site: _Site) -> None:
+    with _page() as page:
+        page.goto(
+            site.url.replace("index.html", "others.html"),
+            ready="document.body?.dataset.started && window.socket && window.elsewhere",
+        )
+    assert _asked(site, "/others.html") == 1
+    assert "404 /socket" in site.log  # (its handshake, answered: the socket closed)
+
+
+def test_a_page_s_own_word_that_it_failed_loads_it_again(site: _Site) -> None:
+    # (with a failed expression the page reports its lost fetch itself)
+    site.refuse["/word.js"] = 1
+    with _page() as page:
+        page.goto(
+            site.url,
+            ready="document.body?.dataset.started",
+            failed="document.body && performance.getEntriesByType('resource')"
+            ".some((e) => e.responseStatus === 404 && e.name.endsWith('/word.js'))",
+        )
+    assert _asked(site, "/index.html") == 2
+
+
+def _network_change_load(tries: int) -> dict[str, Any]:
+    """tests/cli/network_change_load.py's outcome, in a network namespace of its own."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        need("root, unshare and ip (a network namespace of its own)", False)
+    ran = subprocess.run(
+        ["unshare", "--net", sys.executable, "-m", "tests.cli.network_change_load", str(tries)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    outcome: dict[str, Any] = json.loads(ran.stdout.splitlines()[-1])
+    return outcome
+
+
+@pytest.mark.parametrize("tries", [1, LOAD_TRIES])
+def test_a_load_across_a_network_change(tries: int) -> None:
+    need_chromium()
+    outcome = _network_change_load(tries)
+    if tries == 1:
+        # (the modules queued for a connection ended with the change: the page never ran)
+        assert outcome["pages"] == 1 and outcome["started"] is None
+        assert "net::ERR_NETWORK_CHANGED Script http://127.0.0.1:" in outcome["error"]
+    else:
+        assert outcome == {"pages": 2, "started": "yes", "error": None}
