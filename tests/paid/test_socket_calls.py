@@ -16,6 +16,7 @@ import dtp.socket
 from dtp.hostid.paid import PaidSocket
 from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
+from tests.support.reads import recv_exactly
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x81), ident(0x82)
@@ -100,12 +101,7 @@ def test_sizes_and_flags_as_the_socket_takes_them(tmp_path: Path) -> None:
         ) as client,
     ):
         client.sendall(bytes(64))
-        got = b""
-        while len(got) < 4:
-            part = client.recv(4 - len(got))
-            assert part, "the handler failed"
-            got += part
-        assert got == b"done"
+        assert recv_exactly(client, 4) == b"done"  # (an end first: the handler failed)
     for credit in ("ample", "short"):
         for call, rows in seen[credit].items():
             for argument, plain, paid_outcome in rows:
@@ -179,12 +175,7 @@ def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
                 deposit=1_000_000,
             ) as client:
                 client.sendall(bytes(64))
-                got = b""
-                while len(got) < 4:
-                    part = client.recv(4 - len(got))
-                    assert part, "the handler failed"
-                    got += part
-                assert got == b"done"
+                assert recv_exactly(client, 4) == b"done"  # (an end first: the handler failed)
         finally:
             asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
     for name, size, plain, paid_outcome in seen["rows"]:

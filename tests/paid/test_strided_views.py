@@ -18,6 +18,7 @@ from dtp.ledger._objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
+from tests.support.reads import recv_exactly
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1000)
 SERVER, CLIENT = ident(0xC1), ident(0xC2)
@@ -121,11 +122,7 @@ def test_a_view_no_socket_sends_is_refused_as_the_socket_refuses_it(
         ) as (_, sock),
     ):
         sock.sendall(b"?")  # (the handler starts once the stream is opened)
-        got = b""
-        while len(got) < len(want):
-            part = sock.recv(len(want))
-            assert part, ("the handler failed", got)
-            got += part
+        got = recv_exactly(sock, len(want))  # (the handler failed, when it ends first)
         sock.sendall(b".")
     assert got == want
     expected = socket_outcomes()

@@ -19,6 +19,7 @@ import dtp.aio
 import dtp.socket
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking._engine import Engine
+from tests.support.reads import recv_exactly
 from tests.transport.small_window import SERVER_ID, WINDOW, connect_client
 
 CHUNK = 64 << 10
@@ -72,11 +73,7 @@ def test_a_small_write_goes_out_while_another_stream_keeps_writing(
             writer.join(0.01)  # S is well under way (its credit taken over and over)
         assert writer.is_alive()
         t_client.sendall(b"hello")
-        got = b""
-        while len(got) < 5:
-            more = t_server.recv(5 - len(got))
-            assert more
-            got += more
+        got = recv_exactly(t_server, 5)
         at = sent[0]
     finally:
         arrived.set()
