@@ -8,19 +8,22 @@ both patterns, both carrier kinds; whole, cut short, and behind stream data."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from dtp.errors import HandshakeError, RemoteProtocolError
 from dtp.native import core as _core
 from dtp.native.types import REC_DATA, REC_HS_INIT, REC_HS_RESP
-from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import CloseCode, Connection
 from dtp.protocol.connection._streams import close_code_for
 from dtp.transport.carriers._memory import MemoryLink
-from tests.support.pairs import Side, make_pair, run
+from tests.support.pairs import Side, carries_both_ways, establish, make_pair, run
 
 # a peer's bytes that loop forever would never return: the marker ends the test instead
 pytestmark = pytest.mark.timeout(120)
+
+Receive = Callable[[bytes, float], None]
 
 
 def _handshake_records(blob: bytes) -> list[bytes]:
@@ -33,29 +36,19 @@ def established(ik: bool, reliable: bool) -> tuple[Side, Side, MemoryLink, dict[
     """A pair run until both sides are established: (client, server, link, the
     handshake records each side received, by "client" and "server")."""
     client, server = make_pair(ik=ik, reliable_carrier=reliable)
-    c, s = Side(client), Side(server)
     got: dict[str, list[bytes]] = {"client": [], "server": []}
     for name, conn in (("client", client), ("server", server)):
         genuine = conn.receive_data  # (receive_datagram hands each datagram to it)
 
         def receive(
-            data: bytes, now: float, genuine: object = genuine, seen: list[bytes] = got[name]
+            data: bytes, now: float, genuine: Receive = genuine, seen: list[bytes] = got[name]
         ) -> None:
             seen.extend(_handshake_records(bytes(data)))
-            genuine(data, now)  # type: ignore[operator]
+            genuine(data, now)
 
         conn.receive_data = receive  # type: ignore[method-assign]
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and not server.established and not server.closed:
-            server.accept()
-
-    assert link.run(lambda: client.established and server.established, on_round=step)
-    c.drain()
-    s.drain()
+    c, s, link = establish(client, server)
+    assert client.established and server.established
     for conn in (client, server):
         del conn.receive_data  # type: ignore[attr-defined]
     assert got["server"] and got["client"]
@@ -68,16 +61,6 @@ def feed(conn: Connection, data: bytes, now: float) -> None:
         conn.receive_data(data, now)
     else:
         conn.receive_datagram(data, now)
-
-
-def still_carries_data(c: Side, s: Side, link: MemoryLink) -> None:
-    sid = c.conn.open_stream()
-    c.conn.send_stream_data(sid, b"ping", end_stream=True)
-    assert run(link, c, s, lambda: sid in s.eof)
-    assert bytes(s.data[sid]) == b"ping"
-    s.conn.send_stream_data(sid, b"pong", end_stream=True)
-    assert run(link, c, s, lambda: sid in c.eof)
-    assert bytes(c.data[sid]) == b"pong"
 
 
 def closed_for_the_late_record(victim: Side, peer: Side, link: MemoryLink) -> None:
@@ -116,7 +99,7 @@ def test_a_late_copy_of_a_handshake_message(ik: bool, reliable: bool, receiver: 
             assert [r[0] for r in again] == [REC_HS_RESP]
         else:
             assert again == [], [r[0] for r in again]
-    still_carries_data(c, s, link)
+    carries_both_ways(link, c, s)
 
 
 @pytest.mark.parametrize(("ik", "reliable"), PAIRS)
@@ -132,7 +115,7 @@ def test_a_late_handshake_record_cut_short(ik: bool, reliable: bool) -> None:
         return
     # a datagram's truncated end is damage: dropped, the connection goes on
     assert s.conn.established and not s.conn._inbuf
-    still_carries_data(c, s, link)
+    carries_both_ways(link, c, s)
 
 
 def test_a_late_handshake_record_cut_short_behind_stream_data() -> None:
@@ -171,4 +154,4 @@ def test_a_handshake_message_after_the_keys_is_the_peers_doing(ik: bool, reliabl
     assert server._process_handshake_records(link.now)
     assert [r[0] for r in server.datagrams_to_send(link.now)] == [REC_HS_RESP]
     assert server.established
-    still_carries_data(c, s, link)
+    carries_both_ways(link, c, s)
