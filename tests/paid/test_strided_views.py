@@ -54,53 +54,47 @@ def socket_outcomes() -> dict[str, str]:
         return {name: outcome(a.sendall, view) for name, view in bad_views()}
 
 
+Row = tuple[str, str, str, str]
+
+
+def side_by_side(plain: Any, paid: Any, *calls: str) -> list[Row]:
+    """What each of ``calls`` of ``plain`` and of ``paid`` did with each bad view: (the
+    view's name, the call, the plain one's outcome, the paid one's)."""
+    return [
+        (name, call, outcome(getattr(plain, call), view), outcome(getattr(paid, call), view))
+        for name, view in bad_views()
+        for call in calls
+    ]
+
+
+def alone(what: str, call: Any) -> list[Row]:
+    """What ``call``, which has no plain twin here, did with each bad view."""
+    return [(name, what, "", outcome(call, view)) for name, view in bad_views()]
+
+
 def handle(seen: dict[str, Any]) -> tuple[Any, Any]:
     """The (blocking, asyncio) handlers: each records what the wrapped and the paid call
     did with each bad view, then sends :func:`rows` through each paid call that takes
-    it (the client reads the bytes: :func:`expected`)."""
+    it, three times in all (the client reads them)."""
 
     def blocking(sock: PaidSocket) -> None:
-        plain = sock._sock
-        found = []
         with sock.makefile("wb", buffering=0) as raw:
-            for name, view in bad_views():
-                for call in ("send", "sendall"):
-                    found.append(
-                        (
-                            name,
-                            call,
-                            outcome(getattr(plain, call), view),
-                            outcome(getattr(sock, call), view),
-                        )
-                    )
-                found.append((name, "raw write", "", outcome(raw.write, view)))
-            seen["found"] = found
+            seen["found"] = side_by_side(sock._sock, sock, "send", "sendall")
+            seen["found"] += alone("raw write", raw.write)
             seen["sent"] = sock.send(rows())  # (an empty stream with credit: all of it)
             sock.sendall(rows())
             seen["written"] = raw.write(rows())
         sock.recv(1)
 
     async def aio(reader: PaidReader, writer: PaidWriter) -> None:
-        plain = writer._writer
         paid = writer._paid
-        found = []
-        for name, view in bad_views():
-            for call in ("write", "write_eof"):
-                found.append(
-                    (
-                        name,
-                        call,
-                        outcome(getattr(plain, call), view),
-                        outcome(getattr(writer, call), view),
-                    )
-                )
+        found = side_by_side(writer._writer, writer, "write", "write_eof")
         writer.write(rows())
         # nothing may go now: what is written is held, behind it what comes next
         paid.write_now = lambda nbytes: 0  # type: ignore[method-assign]
         writer.write(rows())
         assert writer._releasing is not None
-        for name, view in bad_views():
-            found.append((name, "write (held)", "", outcome(writer.write, view)))
+        found += alone("write (held)", writer.write)
         writer.write(rows())
         del paid.write_now
         seen["found"] = found
