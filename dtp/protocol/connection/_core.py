@@ -746,7 +746,7 @@ class Connection(_Streams, _FastPaths):
             self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)
 
-    def _handle_late_handshake_record(self, now: float) -> bool:
+    def _handle_late_handshake_record(self) -> bool:
         """The handshake record at the head of the input once the session keys exist
         (docs/protocol.md 8.1): :meth:`_late_handshake_message`. False while its body
         is not whole over a lossy carrier (the input waits for more, as for any partial
@@ -1090,7 +1090,7 @@ class Connection(_Streams, _FastPaths):
                         return
                 raise result.error
             if result.status == STOP:
-                if not self._handle_late_handshake_record(now):
+                if not self._handle_late_handshake_record():
                     return
                 continue
             if result.status == FULL:
