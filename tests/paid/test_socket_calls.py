@@ -1,5 +1,6 @@
 """PaidSocket.recv_into and recv take a size (and flags) exactly as the socket they wrap
-does, whatever the gate's credit: the socket's error for each bad argument, and a size
+does, whatever the gate's credit, and sendall its flags (it ignored them): the socket's
+error for each bad argument, and a size
 that is an int only through ``__index__`` read as that int. ``None`` or ``0.0`` as the
 size read the whole buffer while the credit lasted (and raised TypeError once the gate
 cut the read), and an ``__index__`` size raised TypeError from the comparison with the
@@ -47,7 +48,7 @@ def _outcome(fn: Any, *args: Any) -> str:
 def _compare(sock: PaidSocket) -> dict[str, list[tuple[Any, str, str]]]:
     """Each bad call on the plain socket and on the paid one: (argument, plain, paid)."""
     plain = sock._sock
-    found: dict[str, list[tuple[Any, str, str]]] = {"recv_into": [], "recv": []}
+    found: dict[str, list[tuple[Any, str, str]]] = {"recv_into": [], "recv": [], "sendall": []}
     for size in BAD_SIZES:
         found["recv_into"].append(
             (
@@ -67,6 +68,14 @@ def _compare(sock: PaidSocket) -> dict[str, list[tuple[Any, str, str]]]:
         )
         found["recv"].append(
             (("flags", flags), _outcome(plain.recv, 4, flags), _outcome(sock.recv, 4, flags))
+        )
+        # (nothing to send: a call that took the flags sends nothing either)
+        found["sendall"].append(
+            (
+                ("flags", flags),
+                _outcome(plain.sendall, b"", flags),
+                _outcome(sock.sendall, b"", flags),
+            )
         )
     return found
 

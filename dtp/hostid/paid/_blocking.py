@@ -643,6 +643,8 @@ class PaidSocket:
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
         and the rate limits between the pieces)."""
+        if flags or type(flags) is not int:
+            checked_flags(flags)  # the socket's error for any (the pieces go without)
         view = readable(data)  # (as send)
         while len(view):
             n = self.send(view[:SEND_SLICE])
