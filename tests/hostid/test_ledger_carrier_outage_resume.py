@@ -22,6 +22,7 @@ from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
 from dtp.ledger.interface import Ledger
 from tests.hostid.outages import AbortingEcho, says_why
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, host, server_in_thread
+from tests.support.reads import recv_exactly
 
 __all__ = ["host"]  # (the fixture, imported)
 
@@ -86,20 +87,11 @@ def _echo_connection(
             echo.abort()
 
 
-def _recv_exactly(sock: dtp.socket.DTPSocket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        assert data, "the connection ended"
-        buf += data
-    return bytes(buf)
-
-
 def test_a_short_outage_loses_nothing(host: Host) -> None:
     options, made = _options(outage_timeout=20.0)
     with _echo_connection(host, options, 30) as sock:
         sock.sendall(b"hi")
-        assert _recv_exactly(sock, 2) == b"hi"
+        assert recv_exactly(sock, 2) == b"hi"
         flaky = made[0]
         flaky.down.set()
         # written while the client's ledger is down: nothing can be posted or read
@@ -111,16 +103,16 @@ def test_a_short_outage_loses_nothing(host: Host) -> None:
         assert flaky.failed >= 5  # the bridge kept trying
         time.sleep(0.3)  # (an outage of a while: the bridge must keep riding it)
         flaky.down.clear()
-        assert _recv_exactly(sock, len(message)) == message
+        assert recv_exactly(sock, len(message)) == message
         sock.sendall(b"after")
-        assert _recv_exactly(sock, 5) == b"after"
+        assert recv_exactly(sock, 5) == b"after"
 
 
 def test_an_outage_past_the_timeout_ends_the_connection_with_the_cause(host: Host) -> None:
     options, made = _options(outage_timeout=0.5)
     with _echo_connection(host, options, 15) as sock:
         sock.sendall(b"hi")
-        assert _recv_exactly(sock, 2) == b"hi"
+        assert recv_exactly(sock, 2) == b"hi"
         made[0].down.set()
         started = time.monotonic()
         with pytest.raises(ConnectionLost) as lost:

@@ -694,15 +694,21 @@ def test_lend_waits_for_what_must_go_first() -> None:
     assert conn.lend(sid, 1.0) is None
 
 
-def test_a_loan_takes_credit_only_while_no_stream_has_bytes_queued() -> None:
-    """The lane may take the peer's credit records (``flow.take_credit``) only while no
-    stream waits for that credit: it raises no event, so queued bytes would stall."""
+def _lent_beside_another_stream() -> tuple[Connection, int, int, Any]:
+    """A client whose stream ``sid`` (a byte sent) is lent, with a second stream
+    ``other`` open and nothing queued: (the connection, sid, other, the lane)."""
     c, _s, _ = connect(connection_window=64 * 1024)
     conn = c.conn
     sid, other = conn.open_stream(), conn.open_stream()
     conn.send_stream_data(sid, b"a")
     conn.data_to_send(1.0)
-    lane = conn.lend(sid, 1.0)
+    return conn, sid, other, conn.lend(sid, 1.0)
+
+
+def test_a_loan_takes_credit_only_while_no_stream_has_bytes_queued() -> None:
+    """The lane may take the peer's credit records (``flow.take_credit``) only while no
+    stream waits for that credit: it raises no event, so queued bytes would stall."""
+    conn, sid, other, lane = _lent_beside_another_stream()
     assert lane is not None and conn.lent_can_recv
     assert lane.flow.can_send and lane.flow.take_credit == 1
     conn.send_stream_data(other, os.urandom(128 * 1024))  # past the connection's credit
@@ -717,12 +723,7 @@ def test_nothing_is_queued_while_a_loan_that_takes_credit_lasts() -> None:
     """A loan that may take credit began with no stream's bytes queued, and queuing
     bytes on any stream ends it first: a paid client's per-send check on the lent
     stream counts nothing queued while ``flow.take_credit`` holds (DTPSocket.sendall)."""
-    c, _s, _ = connect(connection_window=64 * 1024)
-    conn = c.conn
-    sid, other = conn.open_stream(), conn.open_stream()
-    conn.send_stream_data(sid, b"a")
-    conn.data_to_send(1.0)
-    lane = conn.lend(sid, 1.0)
+    conn, _sid, other, lane = _lent_beside_another_stream()
     assert lane is not None and lane.flow.take_credit == 1
     assert conn.send_buffered() == 0
     conn.send_stream_data(other, os.urandom(128 * 1024))  # past the connection's credit

@@ -31,6 +31,7 @@ from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.payments.receipts import fee
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
+from tests.support.reads import recv_exactly
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7
@@ -176,12 +177,7 @@ def test_datagrams_the_server_sends_are_in_the_clients_final_receipt(
     with paid_server(world, api, push, push_aio):
         with world.connect() as sock:
             sock.sendall(b"go")
-            got = b""
-            while len(got) < 4:
-                data = sock.recv(4 - len(got))
-                assert data
-                got += data
-            assert got == b"done"
+            assert recv_exactly(sock, 4) == b"done"
             received: list[bytes] = []
             while len(received) < count:
                 received += sock.recv_datagrams(timeout=WAIT)

@@ -1,5 +1,6 @@
 """PaidSocket.recv_into and recv take a size (and flags) exactly as the socket they wrap
-does, whatever the gate's credit: the socket's error for each bad argument, and a size
+does, whatever the gate's credit, and sendall its flags (it ignored them): the socket's
+error for each bad argument, and a size
 that is an int only through ``__index__`` read as that int. ``None`` or ``0.0`` as the
 size read the whole buffer while the credit lasted (and raised TypeError once the gate
 cut the read), and an ``__index__`` size raised TypeError from the comparison with the
@@ -16,6 +17,7 @@ import dtp.socket
 from dtp.hostid.paid import PaidSocket
 from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
+from tests.support.reads import recv_exactly
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x81), ident(0x82)
@@ -46,7 +48,7 @@ def _outcome(fn: Any, *args: Any) -> str:
 def _compare(sock: PaidSocket) -> dict[str, list[tuple[Any, str, str]]]:
     """Each bad call on the plain socket and on the paid one: (argument, plain, paid)."""
     plain = sock._sock
-    found: dict[str, list[tuple[Any, str, str]]] = {"recv_into": [], "recv": []}
+    found: dict[str, list[tuple[Any, str, str]]] = {"recv_into": [], "recv": [], "sendall": []}
     for size in BAD_SIZES:
         found["recv_into"].append(
             (
@@ -66,6 +68,14 @@ def _compare(sock: PaidSocket) -> dict[str, list[tuple[Any, str, str]]]:
         )
         found["recv"].append(
             (("flags", flags), _outcome(plain.recv, 4, flags), _outcome(sock.recv, 4, flags))
+        )
+        # (nothing to send: a call that took the flags sends nothing either)
+        found["sendall"].append(
+            (
+                ("flags", flags),
+                _outcome(plain.sendall, b"", flags),
+                _outcome(sock.sendall, b"", flags),
+            )
         )
     return found
 
@@ -100,12 +110,7 @@ def test_sizes_and_flags_as_the_socket_takes_them(tmp_path: Path) -> None:
         ) as client,
     ):
         client.sendall(bytes(64))
-        got = b""
-        while len(got) < 4:
-            part = client.recv(4 - len(got))
-            assert part, "the handler failed"
-            got += part
-        assert got == b"done"
+        assert recv_exactly(client, 4) == b"done"  # (an end first: the handler failed)
     for credit in ("ample", "short"):
         for call, rows in seen[credit].items():
             for argument, plain, paid_outcome in rows:
@@ -179,12 +184,7 @@ def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
                 deposit=1_000_000,
             ) as client:
                 client.sendall(bytes(64))
-                got = b""
-                while len(got) < 4:
-                    part = client.recv(4 - len(got))
-                    assert part, "the handler failed"
-                    got += part
-                assert got == b"done"
+                assert recv_exactly(client, 4) == b"done"  # (an end first: the handler failed)
         finally:
             asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
     for name, size, plain, paid_outcome in seen["rows"]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dtp.protocol.connection import Connection, ConnState
 from dtp.protocol.connection._stream_table import NO_RANGES
-from tests.support.pairs import connect, run
+from tests.support.pairs import carries_both_ways, connect, run
 
 # what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered
 # after the next ones)
@@ -135,13 +135,7 @@ def test_a_datagram_with_a_bad_header_is_dropped_on_a_lossy_carrier(junk: str) -
     assert s.conn.state is ConnState.ESTABLISHED
     assert c.conn.state is ConnState.ESTABLISHED
     # and the connection goes on carrying data both ways
-    sid = c.conn.open_stream()
-    c.conn.send_stream_data(sid, b"after the junk", end_stream=True)
-    assert run(link, c, s, lambda: sid in s.eof)
-    assert bytes(s.data[sid]) == b"after the junk"
-    s.conn.send_stream_data(sid, b"and back", end_stream=True)
-    assert run(link, c, s, lambda: sid in c.eof)
-    assert bytes(c.data[sid]) == b"and back"
+    carries_both_ways(link, c, s, b"after the junk", b"and back")
 
 
 def test_a_bad_header_still_ends_a_reliable_connection() -> None:

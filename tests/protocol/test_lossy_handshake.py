@@ -26,10 +26,9 @@ from dtp.identity._noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handsh
 from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native.types import REC_HS_INIT
-from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import CloseCode, Connection, ConnState
 from dtp.transport.carriers._memory import MemoryLink
-from tests.support.pairs import SERVER_ID, Side, make_pair
+from tests.support.pairs import SERVER_ID, Side, carries_both_ways, establish, make_pair
 
 CLIENT = HostIdentity.generate()
 SERVER = HostIdentity.generate()
@@ -151,20 +150,8 @@ def _open(
     ik: bool, reliable: bool, target: str, kind: int, forge: Callable[[bytes], bytes]
 ) -> tuple[Side, Side, MemoryLink, list[int]]:
     client, server = make_pair(ik=ik, reliable_carrier=reliable)
-    c, s = Side(client), Side(server)
     made = _forge_first(client if target == "client" else server, kind, forge)
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and not server.established and not server.closed:
-            server.accept()
-
-    link.run(
-        lambda: (client.established and server.established) or client.closed or server.closed,
-        on_round=step,
-    )
+    c, s, link = establish(client, server)
     return c, s, link, made
 
 
@@ -180,13 +167,7 @@ def test_lossy_carrier_drops_a_forged_handshake_message_and_opens(
     c, s, link, made = _open(ik, False, target, kind, FORGERIES[forgery])
     assert made == [kind]
     assert c.conn.established and s.conn.established, (c.conn.termination, s.conn.termination)
-    sid = c.conn.open_stream()
-    c.conn.send_stream_data(sid, b"ping", end_stream=True)
-    assert link.run(lambda: sid in s.eof, on_round=lambda: (c.drain(), s.drain()))
-    assert bytes(s.data[sid]) == b"ping"
-    s.conn.send_stream_data(sid, b"pong", end_stream=True)
-    assert link.run(lambda: sid in c.eof, on_round=lambda: (c.drain(), s.drain()))
-    assert bytes(c.data[sid]) == b"pong"
+    carries_both_ways(link, c, s)
 
 
 @pytest.mark.parametrize(("ik", "target", "kind"), E2E)
@@ -232,17 +213,9 @@ def test_lossy_carrier_drops_datagrams_that_do_not_parse_during_the_handshake(
     ik: bool, target: str
 ) -> None:
     client, server = make_pair(ik=ik, reliable_carrier=False)
-    c, s = Side(client), Side(server)
     made = _inject_before_first(client if target == "client" else server, MALFORMED)
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and not server.established and not server.closed:
-            server.accept()
-
-    assert link.run(lambda: client.established and server.established, on_round=step)
+    establish(client, server)
+    assert client.established and server.established
     assert made == [1]
 
 

@@ -64,6 +64,21 @@ def connect(
     the client is in (the server accepts as soon as the client is authenticated, unless
     ``accept`` is false) or closed."""
     client, server = make_pair(**overrides)  # type: ignore[arg-type]
+    c, s, link = establish(client, server, split=split, accept=accept, seed=seed)
+    assert client.established or client.closed
+    return c, s, link
+
+
+def establish(
+    client: Connection,
+    server: Connection,
+    split: str = "whole",
+    accept: bool = True,
+    seed: int = 0,
+) -> tuple[Side, Side, MemoryLink]:
+    """:func:`connect` of a pair already made (a test may have wrapped what its
+    connections receive): run until the client is in or closed, or until the link's
+    time is up (the client then neither)."""
     c, s = Side(client), Side(server)
     link = MemoryLink(client, server, split=split, seed=seed)  # type: ignore[arg-type]
 
@@ -73,10 +88,24 @@ def connect(
         if accept and s.of(PeerAuthenticated) and not server.established and not server.closed:
             server.accept()
 
-    assert link.run(lambda: client.established or client.closed, on_round=step)
+    link.run(lambda: client.established or client.closed, on_round=step)
     c.drain()
     s.drain()
     return c, s, link
+
+
+def carries_both_ways(
+    link: MemoryLink, c: Side, s: Side, there: bytes = b"ping", back: bytes = b"pong"
+) -> None:
+    """The pair still carries a stream both ways: ``there`` from the client on a new
+    stream, ``back`` from the server on it, each with its end."""
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, there, end_stream=True)
+    assert run(link, c, s, lambda: sid in s.eof)
+    assert bytes(s.data[sid]) == there
+    s.conn.send_stream_data(sid, back, end_stream=True)
+    assert run(link, c, s, lambda: sid in c.eof)
+    assert bytes(c.data[sid]) == back
 
 
 def answered_pair(**overrides: object) -> tuple[Side, Side, MemoryLink]:

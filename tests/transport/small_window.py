@@ -5,9 +5,12 @@ of queued output and of the timer thread."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 
 SERVER_ID = HostIdentity.generate()
 WINDOW = 64 << 10
@@ -18,6 +21,23 @@ def connect_client(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
     return dtp.socket.create_connection(
         server.address, timeout=10, server_key=server.noise_public_key
     )
+
+
+@contextmanager
+def window_pair() -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    """A client and the server's socket for it, the server granting a connection window
+    of WINDOW (smaller than a stream's: the connection's credit binds); both with a
+    30 s timeout."""
+    config = ConnectionConfig(identity=SERVER_ID, is_client=False, connection_window=WINDOW)
+    with (
+        dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv,
+        connect_client(srv) as client,
+    ):
+        server, _ = srv.accept(timeout=10)
+        with server:
+            server.settimeout(30)
+            client.settimeout(30)
+            yield client, server
 
 
 def accept_both(

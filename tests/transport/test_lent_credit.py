@@ -18,7 +18,7 @@ import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking._engine import Engine
-from tests.transport.small_window import SERVER_ID, WINDOW, connect_client
+from tests.transport.small_window import WINDOW, window_pair
 
 TOTAL = 24 << 20  # several times the 4 MiB stream window
 CHUNK = 64 << 10
@@ -172,32 +172,25 @@ def test_bytes_queued_on_another_stream_follow_the_credit_a_lent_stream_reads() 
     """Stream T waits, its bytes queued, for the connection's credit while stream S is
     lent and its reader waits in the lane: the credit records that come are T's, which
     the lane must leave to the general path (it raises no event for credit it takes)."""
-    config = ConnectionConfig(identity=SERVER_ID, is_client=False, connection_window=WINDOW)
     queued = os.urandom(4 * WINDOW)  # four windows: sendall() leaves most of it queued
-    with (
-        dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv,
-        connect_client(srv) as s_client,
-    ):
-        s_server, _ = srv.accept(timeout=10)
-        with s_server:
-            s_server.settimeout(10)
-            s_client.settimeout(30)
-            s_client.sendall(b"s")
-            assert s_server.recv(1) == b"s"
-            s_server.sendall(b"r")
-            assert s_client.recv(1) == b"r"  # S is lent both ways at both ends from here
-            t_client = s_client.open_stream()
-            t_client.sendall(queued)
-            assert s_client._engine.conn.send_buffered(t_client.stream_id) > 0
-            s_got: list[bytes] = []
-            s_reader = threading.Thread(target=lambda: s_got.append(s_client.recv(10)), daemon=True)
-            s_reader.start()  # S's reader waits in the lane; T's credit comes meanwhile
-            t_server = s_server.accept_stream()
-            t_got: list[bytes] = []
-            _read_all(t_server, len(queued), t_got)  # (a stall: DTPTimeoutError)
-            assert t_got == [hashlib.sha256(queued).digest()]
-            s_server.sendall(b"end")
-            s_reader.join(30)
-            assert s_got == [b"end"]
-            t_server.close()
-            t_client.close()
+    with window_pair() as (s_client, s_server):
+        s_server.settimeout(10)
+        s_client.sendall(b"s")
+        assert s_server.recv(1) == b"s"
+        s_server.sendall(b"r")
+        assert s_client.recv(1) == b"r"  # S is lent both ways at both ends from here
+        t_client = s_client.open_stream()
+        t_client.sendall(queued)
+        assert s_client._engine.conn.send_buffered(t_client.stream_id) > 0
+        s_got: list[bytes] = []
+        s_reader = threading.Thread(target=lambda: s_got.append(s_client.recv(10)), daemon=True)
+        s_reader.start()  # S's reader waits in the lane; T's credit comes meanwhile
+        t_server = s_server.accept_stream()
+        t_got: list[bytes] = []
+        _read_all(t_server, len(queued), t_got)  # (a stall: DTPTimeoutError)
+        assert t_got == [hashlib.sha256(queued).digest()]
+        s_server.sendall(b"end")
+        s_reader.join(30)
+        assert s_got == [b"end"]
+        t_server.close()
+        t_client.close()

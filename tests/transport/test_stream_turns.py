@@ -19,7 +19,8 @@ import dtp.aio
 import dtp.socket
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking._engine import Engine
-from tests.transport.small_window import SERVER_ID, WINDOW, connect_client
+from tests.support.reads import recv_exactly
+from tests.transport.small_window import SERVER_ID, WINDOW, window_pair
 
 CHUNK = 64 << 10
 LIMIT = 64 << 20  # what S's writer sends at most: far more than T's turn needs
@@ -27,18 +28,8 @@ LIMIT = 64 << 20  # what S's writer sends at most: far more than T's turn needs
 
 @pytest.fixture
 def pair() -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
-    """A client and the server's socket for it, the server granting a connection
-    window of WINDOW (smaller than a stream's: the connection's credit binds)."""
-    config = ConnectionConfig(identity=SERVER_ID, is_client=False, connection_window=WINDOW)
-    with (
-        dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv,
-        connect_client(srv) as client,
-    ):
-        server, _ = srv.accept(timeout=10)
-        with server:
-            server.settimeout(30)
-            client.settimeout(30)
-            yield client, server
+    with window_pair() as both:
+        yield both
 
 
 def test_a_small_write_goes_out_while_another_stream_keeps_writing(
@@ -72,11 +63,7 @@ def test_a_small_write_goes_out_while_another_stream_keeps_writing(
             writer.join(0.01)  # S is well under way (its credit taken over and over)
         assert writer.is_alive()
         t_client.sendall(b"hello")
-        got = b""
-        while len(got) < 5:
-            more = t_server.recv(5 - len(got))
-            assert more
-            got += more
+        got = recv_exactly(t_server, 5)
         at = sent[0]
     finally:
         arrived.set()

@@ -44,6 +44,7 @@ from dtp.payments._gate import (
 )
 from dtp.payments._ratelimit import ClientBuckets, datagram_charge
 from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.transport.blocking._checks import readable
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -663,6 +664,9 @@ class PaidWriter:
         return self._paid.gate
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        # the wrapped writer's error for a view it does not take (a strided one:
+        # BufferError) in any state, as it raises it; a view of rows by its bytes
+        view = readable(data)
         if self._closing is not None:
             # (the wrapped writer is closed only once the final receipt came)
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
@@ -672,9 +676,8 @@ class PaidWriter:
             if self._eof_after or self._close_after:
                 raise LocalProtocolError("write on a closed or half-closed DTP stream")
             self._writer.write(b"")  # its checks (a reset stream, a closed connection)
-            self._held += memoryview(data).cast("B")  # behind what is held: in order
+            self._held += view  # behind what is held: in order
             return
-        view = memoryview(data).cast("B")
         size = len(view)
         paid = self._paid
         # what goes now is charged to the rate limits at once, not at drain(): a callback
@@ -774,10 +777,10 @@ class PaidWriter:
         """As :meth:`dtp.aio.DTPStreamWriter.write_eof`: with ``data``, those last bytes
         and the end in one record where the rate limits let them go at once (else they
         are held, as :meth:`write` holds them, and the end follows them)."""
-        if data:
+        view = readable(data)  # (as write)
+        if view:
             if self._closing is not None:
                 raise LocalProtocolError("write on a closed or half-closed DTP stream")
-            view = memoryview(data).cast("B")
             if self._releasing is None and self._paid.write_now(len(view)) == len(view):
                 self._writer.write_eof(view)
                 self._charged(len(view))

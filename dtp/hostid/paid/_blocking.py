@@ -48,6 +48,7 @@ from dtp.transport.blocking._checks import (
     checked_flags,
     checked_size,
     checked_timeout,
+    readable,
     recv_into_target,
 )
 from dtp.transport.blocking._files import stream_file
@@ -623,9 +624,11 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.send`, once the connection is paid up and within
         the rate limits: sends at most what the gate still allows and returns how much
         was sent."""
+        # the socket's error for a view it does not send (a strided one: BufferError),
+        # before any wait; a view of rows counted by its bytes
+        view = readable(data)
         paid = self._paid
         paid.wait_send(self._sock)
-        view = memoryview(data).cast("B")
         size = paid.pace(len(view))
         if size < len(view):
             view = view[:size]
@@ -640,7 +643,9 @@ class PaidSocket:
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
         and the rate limits between the pieces)."""
-        view = memoryview(data).cast("B")
+        if flags or type(flags) is not int:
+            checked_flags(flags)  # the socket's error for any (the pieces go without)
+        view = readable(data)  # (as send)
         while len(view):
             n = self.send(view[:SEND_SLICE])
             view = view[n:]

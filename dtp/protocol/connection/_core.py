@@ -746,23 +746,34 @@ class Connection(_Streams, _FastPaths):
             self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)
 
-    def _handle_late_handshake_record(self, now: float) -> None:
+    def _handle_late_handshake_record(self) -> bool:
+        """The handshake record at the head of the input once the session keys exist
+        (docs/protocol.md 8.1): :meth:`_late_handshake_message`. False while its body
+        is not whole over a lossy carrier (the input waits for more, as for any partial
+        record: a datagram's truncated end is dropped)."""
         batch = _core.parse_records(self._inbuf, max_records=1)
         if not batch.records:
-            return
+            if self.config.reliable_carrier:
+                # its header is enough (this raises): waiting for the rest of its body
+                # looped for good, the opener stopping at the same header each time
+                self._late_handshake_message(self._inbuf[0], 0, b"")
+            return False
         record = batch.records[0]
         start = record.offset + 12
         body = bytes(self._inbuf[start : start + record.body_len])
         del self._inbuf[: 12 + record.body_len]
+        self._late_handshake_message(record.kind, record.counter, body)
+        return True
+
+    def _late_handshake_message(self, kind: int, counter: int, body: bytes) -> None:
+        """A handshake message after the session keys, whatever path brought it: over a
+        reliable carrier it breaks the protocol (RemoteProtocolError: the connection
+        closes with PROTOCOL_VIOLATION); over a lossy one it is a repeat or a forgery,
+        dropped -- but a copy of the message 1 a server answered gets its reply again
+        (8.6: the reply was lost)."""
         if self.config.reliable_carrier:
             raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
-        # a lossy carrier repeated a handshake message: answer a repeated first message
-        if (
-            not self.is_client
-            and record.kind == REC_HS_INIT
-            and record.counter == 0
-            and body == self._hs_init
-        ):
+        if not self.is_client and kind == REC_HS_INIT and counter == 0 and body == self._hs_init:
             self._resend_handshake()
 
     def _resend_handshake(self) -> None:
@@ -798,6 +809,13 @@ class Connection(_Streams, _FastPaths):
             del self._inbuf[: batch.consumed]
             return True
         del self._inbuf[: batch.consumed]
+        hs = self._hs
+        if hs is None:
+            # the handshake is over (its state dropped with the keys' making): a peer's
+            # message now is a late one, as the spec has it, not the local misuse
+            # _handshake() reports (records are opened with the keys before this)
+            self._late_handshake_message(record.kind, record.counter, body)
+            return True
         if record.counter != 0:
             # docs/protocol.md 8.1: a handshake record's counter is 0, like a reserved
             # field; anything else is a damaged or forged handshake message
@@ -807,10 +825,10 @@ class Connection(_Streams, _FastPaths):
                 )
             logger.debug("dropping a handshake record with counter %d", record.counter)
             return True
-        self._handle_handshake_message(record.kind, body, now)
+        self._handle_handshake_message(hs, record.kind, body, now)
         return True
 
-    def _handle_handshake_message(self, kind: int, body: bytes, now: float) -> None:
+    def _handle_handshake_message(self, hs: Handshake, kind: int, body: bytes, now: float) -> None:
         expected = _HANDSHAKE_KIND.get(self._state)
         if kind != expected:
             if not self.config.reliable_carrier:
@@ -819,12 +837,12 @@ class Connection(_Streams, _FastPaths):
                 return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         if self.config.reliable_carrier:
-            payload = self._handshake().read_message(body)
+            payload = hs.read_message(body)
         else:
             # anyone can slip a forged or damaged message in before the genuine one: it
             # is dropped, the handshake left as it was for the genuine one (or its resend)
             try:
-                payload = self._handshake().read_message(body, keep_state=True)
+                payload = hs.read_message(body, keep_state=True)
             except HandshakeError as exc:
                 logger.debug("dropping a handshake message that failed: %s", exc)
                 return
@@ -833,10 +851,10 @@ class Connection(_Streams, _FastPaths):
             try:
                 params = parse_params(payload, from_client=True)
                 proof = params.pop("auth", None)
-                if self._handshake().pattern == PATTERN_IK:
+                if hs.pattern == PATTERN_IK:
                     if proof is None:
                         raise HandshakeError("IK message 1 carries no identity proof")
-                    address = verify_auth_proof(proof, self._handshake().auth_binding, early=True)
+                    address = verify_auth_proof(proof, hs.auth_binding, early=True)
                 elif proof is not None:
                     raise HandshakeError(
                         "an identity proof in XX message 1 (it goes after message 3)"
@@ -848,35 +866,35 @@ class Connection(_Streams, _FastPaths):
                 # IK one only says its sender knows our key): a forgery or damage must
                 # not end the handshake the genuine message 1, or its resend, comes for
                 logger.debug("dropping a handshake message 1 whose payload fails: %s", exc)
-                self._handshake().unread_first_message()
+                hs.unread_first_message()
                 return
             # only a copy of this very message is answered again (lossy carriers): any
             # other, which anyone can forge, would have us send message 2 on demand
             self._hs_init = body
             self._peer_params = params
             self.streams.send_window = params.get("msd", 0)
-            if self._handshake().pattern == PATTERN_IK:
+            if hs.pattern == PATTERN_IK:
                 assert proof is not None
                 self._authenticated(proof, address)
-                self.peer_static = self._handshake().remote_static
+                self.peer_static = hs.remote_static
                 # message 2 waits for the application's verdict (accept / refuse)
                 self._state = transition(self._state, ConnState.SERVER_DECIDING)
                 return
-            reply = self._handshake().write_message(self._transport_params())
+            reply = hs.write_message(self._transport_params())
             self._send_handshake(REC_HS_RESP, reply, now, resend=False)
-            if self._handshake().complete:
+            if hs.complete:
                 self._finish_handshake(ConnState.AUTHENTICATING)
             else:
                 self._state = transition(self._state, ConnState.SERVER_FINAL)
         elif kind == REC_HS_RESP:
             # before XX message 3, which carries our static key: an impostor gets nothing
             expected_key = self.config.expected_server_static
-            if expected_key is not None and self._handshake().remote_static != expected_key:
+            if expected_key is not None and hs.remote_static != expected_key:
                 raise HandshakeError("the server's static key is not the expected one")
             self._peer_params = parse_params(payload)
             self.streams.send_window = self._peer_params.get("msd", 0)
-            if not self._handshake().complete:
-                final = self._handshake().write_message(b"")
+            if not hs.complete:
+                final = hs.write_message(b"")
                 self._hs_messages = ()
                 self._send_handshake(REC_HS_FINAL, final, now)
             else:
@@ -1072,7 +1090,8 @@ class Connection(_Streams, _FastPaths):
                         return
                 raise result.error
             if result.status == STOP:
-                self._handle_late_handshake_record(now)
+                if not self._handle_late_handshake_record():
+                    return
                 continue
             if result.status == FULL:
                 continue

@@ -6,6 +6,8 @@ import io
 import weakref
 from typing import Any, Protocol
 
+from dtp.transport.blocking._checks import readable
+
 
 class FileOwner(Protocol):
     """The DTP socket a file is made of (:class:`~dtp.transport.blocking._socket.DTPSocket`):
@@ -145,7 +147,7 @@ class _StreamIO(io.RawIOBase):
             raise ValueError("I/O operation on closed file.")
         if not self._writing:
             raise io.UnsupportedOperation("File or stream is not writable.")
-        view = memoryview(b).cast("B")
+        view = readable(b)  # (a socket file's error for a strided view: BufferError)
         try:
             sent = self._sock.send(view)
         except BlockingIOError:
