@@ -360,15 +360,26 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
     )
     host, port = f.info["forwards"]["svc"].rsplit(":", 1)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.settimeout(2)
-    answered = 0
+    answers: set[int] = set()
     for i in range(60):
         query = i.to_bytes(2, "big") + b"example.org"
         client.sendto(query, (host, int(port)))
-        with contextlib.suppress(TimeoutError):
-            assert client.recv(65535) == query + b"OK"
-            answered += 1
+        # the first datagram waits for the flow's connection to open on the ledger (on
+        # a loaded machine, seconds on Sui): its answer is waited for as long; an answer
+        # that comes after its query's wait (the queries behind it then held too) is
+        # counted when it comes, instead of being taken for the next query's
+        deadline = time.monotonic() + (30 if i == 0 else 2)
+        while i not in answers and (left := deadline - time.monotonic()) > 0:
+            client.settimeout(left)
+            try:
+                answer = client.recv(65535)
+            except TimeoutError:
+                break
+            n = int.from_bytes(answer[:2], "big")
+            assert n <= i and answer == n.to_bytes(2, "big") + b"example.orgOK", answer
+            answers.add(n)
     client.close()
+    answered = len(answers)
     assert answered >= 55
 
     # the flow goes idle: the forwarder settles the final count, the daemon claims it
@@ -377,7 +388,9 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
         row = found.get("svc5300") if isinstance(found, dict) else None
         return row if row and row["fees_claimed"] else None
 
-    row = wait_until(claimed, 20, "the daemon's claim")
+    # (the forwarder's settlement and the daemon's claim: two transactions, slow on a
+    # loaded machine on Sui)
+    row = wait_until(claimed, 60, "the daemon's claim")
     assert row["tunnels"] == 1 and row["bytes_in"] >= answered * 13
     store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
     (held,) = [store.latest(c) for c in ledger_connections(ledger, setup)]
