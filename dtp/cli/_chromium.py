@@ -232,9 +232,12 @@ LOAD_TRIES = 5
 #: What a page is ready at unless told otherwise: its document and the scripts it
 #: loads as it parses (modules and their imports) loaded and run.
 LOADED = "document.readyState === 'complete'"
-#: Requests whose failure is the page's own business, not its load's: a connection it
-#: keeps open, and the icon the browser asks for by itself.
-_NOT_LOADS = frozenset({"WebSocket", "EventSource"})
+#: The requests that make up a page (DevTools resource types): one of these lost leaves
+#: the page half loaded. The page's own calls (fetch, XHR, WebSocket, EventSource ...)
+#: are its business: loading it again would repeat what they did.
+_PAGE_PARTS = frozenset(
+    {"Document", "Script", "Stylesheet", "Font", "Image", "Manifest", "Media", "TextTrack"}
+)
 
 
 class LoadFailed(BrowserError):
@@ -262,8 +265,8 @@ class _Load:
                 return  # (the page before, or another frame's document)
             url = params.get("request", {}).get("url", "")
             kind = params.get("type", "Other")
-            if kind in _NOT_LOADS or url.endswith("/favicon.ico"):
-                return
+            if kind not in _PAGE_PARTS or url.endswith("/favicon.ico"):
+                return  # (the icon: the browser asks for it by itself)
             self.requests[rid] = (kind, url)
             self.open.add(rid)
         elif rid not in self.requests:
@@ -272,6 +275,7 @@ class _Load:
             status = params.get("response", {}).get("status", 0)
             kind, url = self.requests[rid]
             if status >= 400 and self._own(url):
+                self.open.discard(rid)  # (answered: not also "not answered yet")
                 self.lost.append(f"{status} {kind} {url}")
         elif method == "Network.loadingFinished":
             self.open.discard(rid)
@@ -318,9 +322,11 @@ class Page:
     ) -> None:
         """Load ``url`` and wait until the JavaScript ``ready`` is truthy in it: the page
         has loaded (by default its document and its scripts), before what it goes on to
-        do. A load that lost its navigation or a fetch (one of the page's own origin that
-        failed or answered 400 or more, or any that a network change ended) before then
-        is loaded again, up to ``tries`` loads; so is one where the JavaScript ``failed``
+        do. A load that lost its navigation or a part of the page (a document, script,
+        stylesheet, font or image of the page's own origin that failed or answered 400
+        or more, or any that a network change ended; never the page's own fetch, XHR or
+        socket calls, which a new load would repeat) before then is loaded again, up to
+        ``tries`` loads; so is one where the JavaScript ``failed``
         is truthy, the page's own word that it could not start (the lost fetches are
         then left to it). A load that is neither ready nor lost in ``timeout`` seconds is
         not loaded again. :class:`LoadFailed` says what each load came to (with
@@ -362,12 +368,15 @@ class Page:
                 for event in events:
                     load.note(event)
                 events.clear()
+                # A page's own sign of being ready wins over what it lost by then (that
+                # may have come after the sign: the page's business). The default sign
+                # does not: a document completes although a module of it failed.
+                if is_ready and (ready != LOADED or not load.lost):
+                    return None
                 if said:
                     return f"{path} failed: {said}\n{self._state(load)}", True
                 if load.lost and failed is None:
                     return f"{path} lost a fetch\n{self._state(load)}", True
-                if is_ready:
-                    return None
                 if time.monotonic() > deadline:
                     return (
                         f"{path} did not start: still false after {timeout} s: {ready}"

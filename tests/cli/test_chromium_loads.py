@@ -32,6 +32,16 @@ PAGE = """<!doctype html>
 # (a module that imports another: the lost fetch can be one the page never names)
 START = "import { word } from './word.js';\ndocument.body.dataset.started = word;\n"
 WORD = "export const word = 'yes';\n"
+# a page whose own call to its server fails as it starts (as a demo's first POST may),
+# and one that loads a module it lacks the moment it says it is ready
+OWN_CALL = """
+const status = await fetch('./missing.json', { method: 'POST' }).then((r) => r.status);
+document.body.dataset.started = String(status);
+"""
+LATE_MODULE = """
+document.body.dataset.started = 'yes';
+import('./missing.js').catch(() => { window.late = 'failed'; });
+"""
 # a page whose own WebSocket fails, and a fetch elsewhere, as it starts: neither is its load
 OTHERS = """
 new WebSocket(`ws://${location.host}/socket`).onclose = () => { window.socket = 'closed'; };
@@ -83,6 +93,9 @@ def site(tmp_path: Path) -> Iterator[_Site]:
     (tmp_path / "word.js").write_text(WORD)
     (tmp_path / "others.html").write_text(PAGE.replace("start.js", "others.js"))
     (tmp_path / "others.js").write_text(OTHERS)
+    for name, script in (("own", OWN_CALL), ("late", LATE_MODULE)):
+        (tmp_path / f"{name}.html").write_text(PAGE.replace("start.js", f"{name}.js"))
+        (tmp_path / f"{name}.js").write_text(script)
     server = _Site(tmp_path)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -162,6 +175,28 @@ def test_a_fetch_failing_once_the_page_is_ready_is_the_page_s_own(site: _Site) -
         assert page.evaluate("fetch('./later.json').then((r) => r.status)") == 404
     assert _asked(site, "/index.html") == 1
     assert "404 /later.json" in site.log
+
+
+def test_a_module_lost_as_the_page_says_it_is_ready_is_the_page_s_own(site: _Site) -> None:
+    # (ready and the lost module come within one poll: ready wins)
+    with _page() as page:
+        page.goto(
+            site.url.replace("index.html", "late.html"), ready="document.body?.dataset.started"
+        )
+        page.wait_for("window.late === 'failed'")
+    assert _asked(site, "/late.html") == 1
+    assert "404 /missing.js" in site.log
+
+
+def test_the_page_s_own_call_failing_as_it_starts_is_not_made_again(site: _Site) -> None:
+    # (a new load would repeat the call: a demo's POST to its bridge, say)
+    with _page() as page:
+        page.goto(
+            site.url.replace("index.html", "own.html"), ready="document.body?.dataset.started"
+        )
+        assert page.evaluate("document.body.dataset.started") == "501"
+    assert _asked(site, "/own.html") == 1
+    assert _asked(site, "/missing.json") == 1
 
 
 def test_a_websocket_or_a_fetch_elsewhere_failing_is_no_lost_load(site: _Site) -> None:
