@@ -190,7 +190,7 @@ def test_sizes_match_cryptography(backend: SimpleNamespace) -> None:
 
 def test_every_length_to_past_the_composed_path_matches_cryptography() -> None:
     """Every record length from 0 to past 1,024 bytes: sealed whole with the key block
-    up to it, as a head and the rest above it (aead.c, SMALL_MAX)."""
+    below it, as a head and the rest from it on (aead.c, SMALL_MAX)."""
     require_native()
     _matches_cryptography(NATIVE, range(1090))
 
@@ -643,7 +643,7 @@ def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) 
     assert sealed == REFERENCE.Aead(key).seal(9, plaintexts)
 
 
-# Record plaintexts of up to 1,024 bytes go through ChaCha20 whole with the key block;
+# Record plaintexts below 1,024 bytes go through ChaCha20 whole with the key block;
 # longer ones as a head of 0, 64 or 128 bytes with it (the frame header and the data's
 # first bytes, put together), then an even number of whole blocks and a tail from the
 # caller's buffer (aead.c, first_len): each split and header length on both sides of the
