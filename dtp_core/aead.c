@@ -241,6 +241,19 @@ static int rec_tag(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_t 
            outl == DTP_AEAD_TAG_LEN;
 }
 
+/* Check a record's tag against its Poly1305 under key[0..32) (rec_tag): DTP_OK,
+ * DTP_ERR_DECRYPT when it does not hold (compared in constant time), DTP_ERR_CRYPTO on an
+ * OpenSSL failure. */
+static int rec_check(dtp_aead *ctx, const uint8_t *key, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *ct, size_t len, const uint8_t *tag) {
+    uint8_t want[DTP_AEAD_TAG_LEN];
+    int rc = !rec_tag(ctx, key, ad, ad_len, ct, len, want)       ? DTP_ERR_CRYPTO
+             : CRYPTO_memcmp(want, tag, DTP_AEAD_TAG_LEN) != 0 ? DTP_ERR_DECRYPT
+                                                               : DTP_OK;
+    OPENSSL_cleanse(want, sizeof want);
+    return rc;
+}
+
 /* ChaCha20-Poly1305 seal of the plaintext p1[0..l1) || p2[0..l2) (two pieces, so that a
  * frame header and the caller's data need not be copied together first): out[0..l1+l2)
  * = ciphertext, tag[0..16) = tag. Returns DTP_OK or DTP_ERR_CRYPTO. */
@@ -278,15 +291,11 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
 static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                     const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
     uint8_t buf[FIRST_SPAN_MAX];
-    uint8_t want[DTP_AEAD_TAG_LEN];
     size_t first = first_len(len, 0);
     if (first > 0) memcpy(buf + BLOCK, ct, first);
-    int rc = DTP_OK;
-    if (!rec_first(ctx, counter, buf, first) || !rec_tag(ctx, buf, ad, ad_len, ct, len, want)) {
-        rc = DTP_ERR_CRYPTO;
-    } else if (CRYPTO_memcmp(want, tag, DTP_AEAD_TAG_LEN) != 0) {
-        rc = DTP_ERR_DECRYPT;
-    } else {
+    int rc = rec_first(ctx, counter, buf, first) ? rec_check(ctx, buf, ad, ad_len, ct, len, tag)
+                                                 : DTP_ERR_CRYPTO;
+    if (rc == DTP_OK) {
         if (first > 0) memcpy(out, buf + BLOCK, first);
         if (len > first && !rec_more(ctx, out + first, ct + first, len - first)) {
             OPENSSL_cleanse(out, len);
@@ -294,7 +303,6 @@ static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
         }
     }
     OPENSSL_cleanse(buf, first_span(first));
-    OPENSSL_cleanse(want, sizeof want);
     if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
     return rc;
 }
@@ -327,7 +335,6 @@ static int rx_maybe_ours(const dtp_rx *rx, const uint8_t *got, size_t h) {
 static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
                               const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
     uint8_t buf[FIRST_SPAN_MAX];
-    uint8_t want[DTP_AEAD_TAG_LEN];
     size_t plen = rec->body_len - DTP_AEAD_TAG_LEN;
     size_t first = first_len(plen, h); /* (at least h: all of a small record, else >= 64) */
     const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
@@ -338,11 +345,8 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
     } else if (rx_stream_header(rx, buf + BLOCK, h, plen) != h) {
         /* not the record hoped for: left without checking its tag */
         rc = rx_maybe_ours(rx, buf + BLOCK, h) ? RX_REPARSE : DTP_STOP;
-    } else if (!rec_tag(ctx, buf, hdr, DTP_RECORD_HEADER_LEN, ct, plen, want)) {
-        rc = DTP_ERR_CRYPTO;
-    } else if (CRYPTO_memcmp(want, ct + plen, DTP_AEAD_TAG_LEN) != 0) {
-        rc = DTP_ERR_DECRYPT;
-    } else {
+    } else if ((rc = rec_check(ctx, buf, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen)) ==
+               DTP_OK) {
         memcpy(fh, buf + BLOCK, h);
         if (first > h) memcpy(out, buf + BLOCK + h, first - h);
         if (plen > first && !rec_more(ctx, out + (first - h), ct + first, plen - first)) {
@@ -352,7 +356,6 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
         }
     }
     OPENSSL_cleanse(buf, first_span(first));
-    OPENSSL_cleanse(want, sizeof want);
     if (rc == DTP_ERR_CRYPTO) ERR_clear_error();
     return rc;
 }
