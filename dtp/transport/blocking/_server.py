@@ -873,10 +873,10 @@ class DTPServer:
                 self._handshaking.discard(engine)
         # the engine's lock is not held here: abort() and friends take it themselves
         ending = ENDINGS[outcome]
-        if ending.failed or ending.refused:
+        if ending.failed:
+            # (refusals are counted in _authenticate, before the client can read them)
             with self._stats_lock:
                 self.handshakes_failed += ending.failed
-                self.refused += ending.refused
         if ending.code is not None:
             engine.abort(ending.code, verdict if ending.reason is None else ending.reason)
             return None
@@ -948,6 +948,9 @@ class DTPServer:
             # finds them free (tests/transport/test_handshake_slots.py)
             self._handshake_over(arrival)
             if verdict is not None:
+                if outcome is Outcome.REFUSED:
+                    with self._stats_lock:  # (counted before the client can read it)
+                        self.refused += ENDINGS[outcome].refused
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
                 engine.pump(lambda: not engine.out, 1.0)
