@@ -216,6 +216,45 @@ def test_connects_are_refused_or_time_out_as_tcp_ones() -> None:
     assert timed_out_after == pytest.approx(127.0)  # 1 + 2 + ... + 64 s of SYNs
 
 
+def test_a_listener_is_handed_a_connection_once_its_syn_is_answered() -> None:
+    """A kernel queues a connection for accept() only once its handshake is complete,
+    so a lost SYN-ACK costs the client its SYN retries, not the server's wait for a
+    first message (which starts at the accept). Over a link that loses half of
+    everything, each connection reaches the listener when its client's connect
+    returns, never before (a retried answer took 1 s or more)."""
+    net = _network(Link(delay=0.02, loss=0.5), seed=3)
+
+    async def main() -> list[tuple[float, float]]:
+        loop = asyncio.get_running_loop()
+        accepted: list[float] = []
+
+        def arrived(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(loop.time())
+            writer.close()
+
+        await asyncio.start_server(arrived, "server", 9)
+        times = []
+        with net.host("client"):
+            for _ in range(20):
+                began = loop.time()
+                try:
+                    _, writer = await asyncio.open_connection("server", 9)
+                except TimeoutError:
+                    continue  # (every SYN or answer lost: the listener saw nothing)
+                connected = loop.time()
+                await asyncio.sleep(0)  # (the listener's callback runs)
+                times.append((began, connected, accepted[-1]))
+                writer.close()
+        return [(connected - began, at - connected) for began, connected, at in times]
+
+    runs = net.run(main())
+    assert len(runs) >= 15
+    assert any(took >= 1.0 for took, _ in runs)  # some SYN or its answer was sent again
+    for took, accept_after_connect in runs:
+        assert accept_after_connect == pytest.approx(0.0, abs=1e-9)
+        assert took >= 0.04 - 1e-9  # (a SYN there and its answer back at the least)
+
+
 def test_plain_asyncio_streams_and_flow_control() -> None:
     """A reader that stops reading holds its writer up (pause_writing past the kernel's
     buffers), and the writer goes on once it reads."""

@@ -482,6 +482,16 @@ class SimNetwork:
             raise ConnectionRefusedError(
                 errno.ECONNREFUSED, f"Connect call failed ('{dst.ip}', {port})"
             )
+        # the listener is handed the connection once the SYN's answer has crossed back,
+        # as a kernel queues it for accept() only when the handshake is complete: a
+        # lost SYN-ACK costs the client its retries, not the server's first-message
+        # window (its handshake timer starts at the accept)
+        await self._control(dst, src, rng, syn=False)
+        if (dst.name, port) not in self._listeners:
+            raise ConnectionRefusedError(  # (closed while the answer was on its way)
+                errno.ECONNREFUSED, f"Connect call failed ('{dst.ip}', {port})"
+            )
+        listener = self._listeners[(dst.name, port)]
         local = (src.ip, src.next_port())
         out = Direction(self._medium(src, dst), random.Random(f"{self.seed}/{serial}/out"))
         back = Direction(self._medium(dst, src), random.Random(f"{self.seed}/{serial}/back"))
@@ -493,7 +503,6 @@ class SimNetwork:
         self.stats.connections += 1
         self._note(f"connect #{serial} {src.name}:{local[1]} -> {dst.name}:{port}")
         listener.accept(server)
-        await self._control(dst, src, rng, syn=False)
         protocol = protocol_factory()
         if client.is_closing():  # (reset while the answer was on its way)
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
