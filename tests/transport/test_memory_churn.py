@@ -80,8 +80,9 @@ async def _churn(endpoint: tuple[str, int], key: bytes) -> None:
                     )
                     break
                 except HandshakeError:
-                    # a server starved of CPU sheds handshakes it cannot finish in time
-                    # (its first-message window): a client tries again, as a user's would
+                    # a server starved of CPU closes the handshakes its deadlines ran out
+                    # on (its first-message and handshake timeouts, its lines'): a client
+                    # tries again, as a user's would
                     if attempt == TRIES - 1:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
