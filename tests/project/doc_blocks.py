@@ -148,14 +148,24 @@ def port_free(port: int) -> bool:
     return True
 
 
+#: A block that announces or browses on the LAN (mDNS) sees every other process's
+#: announcements of its namespace on this host.
+_LAN = re.compile(r"\bsync_with_lan\(|\bannounce=True|\blan\.browse\(")
+
+
 @contextlib.contextmanager
-def ports_held(ports: set[int]) -> Iterator[None]:
-    """Hold ``ports`` for one block at a time across the suite's processes: the core
-    backends run the same blocks at once, and both probes found a port free before
-    either bound it (one block then failed with EADDRINUSE)."""
+def held_for(chain: list[Block]) -> Iterator[None]:
+    """Hold what ``chain``'s blocks share with the same blocks in the suite's other
+    processes, one chain at a time: the core backends run the same blocks at once.
+    Their fixed ports (both probes found a port free before either bound it, and one
+    block failed with EADDRINUSE) and the LAN (a block counting the peers of its
+    namespace found the other backend's run of it too)."""
+    names = [f"port-{b.port}" for b in chain if b.port is not None]
+    if any(_LAN.search(b.code) for b in chain):
+        names.append("lan")
     with contextlib.ExitStack() as stack:
-        for port in sorted(ports):
-            path = os.path.join(tempfile.gettempdir(), f"dtp-doc-test-port-{port}.lock")
+        for name in sorted(names):
+            path = os.path.join(tempfile.gettempdir(), f"dtp-doc-test-{name}.lock")
             lock = stack.enter_context(open(path, "a"))
             fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
         yield

@@ -55,9 +55,9 @@ from tests.project.doc_blocks import (
     Block,
     chain_of,
     expected_output,
+    held_for,
     in_order,
     port_free,
-    ports_held,
 )
 from tests.support.paths import ROOT
 
@@ -516,7 +516,7 @@ def test_block_runs(key: str, tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     chain = chain_of(block)
-    with ports_held({b.port for b in chain if b.port is not None}):
+    with held_for(chain):
         _run_block(key, block, chain, tmp_path)
 
 

@@ -381,9 +381,9 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
         BLOCKS,
         chain_of,
         expected_output,
+        held_for,
         in_order,
         port_free,
-        ports_held,
     )
     from tests.support.sui_network import real_node_configured
 
@@ -397,7 +397,7 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
     script.write_text(_PRELUDE + code, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
-    with ports_held({b.port for b in chain if b.port is not None}):
+    with held_for(chain):
         for b in chain:
             if b.port is not None and not port_free(b.port):
                 pytest.skip(f"127.0.0.1:{b.port} is in use by another process")
