@@ -56,6 +56,20 @@ def _taken(stats: UdpStats) -> int:
     )
 
 
+def _relay_took(stats: UdpStats) -> int:
+    """The datagrams a relay has taken off its DTP connection: delivered, or dropped
+    (those the connection dropped before the relay read them too)."""
+    return (
+        stats.datagrams_in
+        + stats.dropped_oversized
+        + stats.dropped_unpaid
+        + stats.dropped_rate_limited
+        + stats.dropped_send_failed
+        + stats.dropped_finishing
+        + stats.dropped_unread
+    )
+
+
 def _replies_until(client: socket.socket, replies: dict[int, bytes], index: int | None) -> None:
     """Read ``client``'s replies into ``replies`` (by their query's index) until the one
     to query ``index`` came or the socket timed out (None: until it times out). A reply
@@ -188,6 +202,7 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
     sink.answer = False
     billings: list[UdpBilling] = []
     kept: dict[str, Receipt] = {}
+    relay_stats = UdpStats()
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
         assert sock.peer_connection_id is not None
@@ -195,7 +210,7 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
             ledger, sock.peer_connection_id, on_receipt=lambda r: kept.update({r.connection_id: r})
         )
         billings.append(billing)
-        relay_udp(sock, sink.address, billing=billing, idle_timeout=10)
+        relay_udp(sock, sink.address, billing=billing, stats=relay_stats, idle_timeout=10)
 
     server = dtp.socket.create_server(
         ("127.0.0.1", 0), identity=SERVER, ledger=ledger, host_id=host, port=53
@@ -221,19 +236,37 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
         metering=OFF,
     )
     sent = 2000
+    burst = 64
+
+    def burst_settled(end: int, fwd: UdpForwarder) -> bool:
+        """Whether the relay has taken the first ``end`` datagrams (or the forwarder
+        dropped them) and receipts cover all but half the relay's credit of them."""
+        if not billings:
+            return False  # (the flow's connection is not made yet)
+        billing = billings[0]
+        lost_before = _taken(fwd.stats) - fwd.stats.datagrams_out
+        paid = 0 if billing.latest is None else billing.latest.total_requests
+        return (
+            _relay_took(relay_stats) + lost_before >= end
+            and billing.datagrams - paid <= billing.credit_datagrams // 2
+        )
+
     try:
         with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
             client = _client()
             payload = bytes(range(256)) * 2
-            for i in range(sent):
-                client.sendto(struct.pack(">I", i) + payload[4:], fwd.address)
-                if i % 64 == 63:
-                    # a paced stream, as real senders are: at most two batches ahead of
-                    # the forwarder (paced by the clock alone, a forwarder that a loaded
-                    # machine left waiting lost what overflowed its socket's buffer)
-                    deadline = time.monotonic() + 5
-                    while _taken(fwd.stats) < i + 1 - 128 and time.monotonic() < deadline:
-                        time.sleep(0.002)
+            # a paced stream, in bursts: each waits until the relay took it and receipts
+            # kept up (paced by the forwarder alone, a loaded machine left the relay's
+            # reader behind, past the 1,024 datagrams its connection queues and its
+            # credit of 1,024 unpaid ones). One deadline for the stream: a flow never
+            # paid for fails the checks below, not after a wait per burst
+            deadline = time.monotonic() + 30
+            for start in range(0, sent, burst):
+                end = min(start + burst, sent)
+                for i in range(start, end):
+                    client.sendto(struct.pack(">I", i) + payload[4:], fwd.address)
+                while not burst_settled(end, fwd) and time.monotonic() < deadline:
+                    time.sleep(0.002)
             client.close()
             deadline = time.monotonic() + 10
             while fwd.stats.datagrams_out + fwd.stats.dropped_unpaid < sent and (
@@ -249,6 +282,7 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
             time.sleep(0.01)
         # loopback UDP and DTP datagrams may drop a few under load: tolerated, not billed
         assert sent * 0.9 <= billing.datagrams <= forwarded <= sent
+        assert relay_stats.datagrams_in == billing.datagrams  # (delivered: each billed)
         assert meter.total_requests == billing.datagrams
         assert meter.total_bytes == billing.datagrams * 512 == billing.bytes
         assert billing.latest is not None and billing.latest == meter.latest

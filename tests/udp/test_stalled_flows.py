@@ -591,3 +591,56 @@ def test_async_a_flow_idle_while_another_ends_is_swept_on_time(quiet_relay: Quie
             await fwd.close()
 
     asyncio.run(main())
+
+
+def test_datagrams_a_held_up_relay_left_unread_are_counted(backend: DnsLikeBackend) -> None:
+    """A blocking relay held up while its client goes on sending: its connection keeps
+    the newest 1024 datagrams unread and drops the others (its control stream's reader
+    goes on reading the carrier), and the relay counts them in its UdpStats, where they
+    were missing: its counters showed fewer datagrams in than the client sent, with no
+    drop to say why."""
+    billing = UdpBilling(
+        scope_of(CONNECTION_ID), Sla(0, 1, 0), CLIENT.ed25519_public, 10**6, credit_datagrams=5000
+    )
+    backend.answer = False  # (the client's datagrams alone)
+    relay_stats = UdpStats()
+    relayed: list[dtp.socket.DTPSocket] = []
+
+    def relay(sock: dtp.socket.DTPSocket) -> None:
+        relayed.append(sock)
+        relay_udp(sock, backend.address, billing=billing, stats=relay_stats, idle_timeout=10)
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # (the relay's engine lock, held: its datagram loop waits)
+        holding.set()
+        release.wait(30)
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        threading.Thread(target=server.serve_forever, args=(relay,), daemon=True).start()
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            sock.send_datagram(b"first")
+            assert wait_for(lambda: relay_stats.datagrams_in == 1)
+            run_kept = billing.run_kept
+            assert run_kept is not None
+            holder = threading.Thread(target=run_kept, args=(hold,), daemon=True)
+            holder.start()
+            try:
+                assert holding.wait(5)
+                sent = 1
+                for i in range(2000):
+                    sent += sock.send_datagrams([i.to_bytes(4, "big") * 16])
+                # the connection read them all: queued (the newest 1024), in the relay's
+                # hands (one batch, waiting for the lock) or dropped unread
+                assert wait_for(lambda: relayed[0].datagrams_dropped >= sent - 1 - 1024 - 256)
+            finally:
+                release.set()
+                holder.join(5)
+            unread = relayed[0].datagrams_dropped
+            assert unread > 0
+            assert wait_for(lambda: relay_stats.datagrams_in + unread >= sent)
+            assert relay_stats.dropped_unread == unread
+            assert relay_stats.datagrams_in + relay_stats.dropped_unread == sent
+            assert billing.datagrams == relay_stats.datagrams_in

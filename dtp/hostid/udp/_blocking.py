@@ -57,6 +57,7 @@ from dtp.hostid.udp._engine import (
 )
 from dtp.hostid.udp._flow_table import FlowTable
 from dtp.hostid.udp._sockets import (
+    UnreadDrops,
     abort_control,
     backend_socket,
     bind_udp,
@@ -173,6 +174,7 @@ def relay_udp(
     passing = threading.Lock()
 
     limit = sock.max_datagram_size
+    unread = UnreadDrops(sock, stats)
 
     def relay_replies() -> None:
         """The backend's replies to the client, until the relay ends (a thread)."""
@@ -274,6 +276,7 @@ def relay_udp(
                 continue
             except DTPError:
                 break  # the connection ended
+            unread.count()
             if engine.finishing:
                 # after the final report: nobody would pay for these
                 stats.add(dropped_finishing=len(batch))
@@ -283,6 +286,7 @@ def relay_udp(
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
+        unread.count()
         with lock:
             settled = engine.settled
         if not settled:
@@ -543,6 +547,7 @@ class UdpForwarder(FlowTable):
 
     def _replies(self, flow: _Flow) -> None:
         sock = flow.sock
+        unread = UnreadDrops(sock, self.stats)
         while not flow.closed:
             try:
                 batch = sock.recv_datagrams(256, 0.5)
@@ -552,6 +557,7 @@ class UdpForwarder(FlowTable):
                 continue
             except DTPError:
                 break
+            unread.count()
             flow.last = time.monotonic()
             with flow.lock:
                 flow.received_bytes += sum(map(len, batch))
@@ -565,6 +571,7 @@ class UdpForwarder(FlowTable):
                 delivered += 1
                 nbytes += len(data)
             self.stats.add(datagrams_in=delivered, bytes_in=nbytes, dropped_send_failed=failed)
+        unread.count()
         self._end(flow)
 
     def _control(self, flow: _Flow) -> None:

@@ -48,6 +48,24 @@ def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> No
         sock.abort(str(exc))
 
 
+class UnreadDrops:
+    """A blocking DTP socket's datagrams dropped unread (``datagrams_dropped``), added
+    to ``stats.dropped_unread`` as they grow: counted by the connection alone, a relay
+    that fell behind showed fewer datagrams in than its client sent, and no drop."""
+
+    def __init__(self, sock: DTPSocket, stats: UdpStats) -> None:
+        self._sock = sock
+        self._stats = stats
+        self._seen = sock.datagrams_dropped
+
+    def count(self) -> None:
+        """Add what the connection dropped since the last count (one thread calls)."""
+        dropped = self._sock.datagrams_dropped
+        if dropped != self._seen:
+            self._stats.add(dropped_unread=dropped - self._seen)
+            self._seen = dropped
+
+
 def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
     """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
     infinity is "never"), for the forwarders and relays of both APIs: an

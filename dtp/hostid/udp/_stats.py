@@ -37,6 +37,10 @@ class UdpStats:
     #: Dropped: the relay was finishing (its daemon stopping): its final usage was
     #: reported, and a datagram forwarded after that would go unpaid.
     dropped_finishing: int = 0
+    #: Dropped: arrived on the DTP connection but not read in time (it keeps the newest
+    #: 1024, ``DTPSocket.datagrams_dropped``): a blocking relay or forwarder whose reader
+    #: fell behind (the asyncio ones take each datagram as it arrives).
+    dropped_unread: int = 0
     sessions_opened: int = 0
     #: Receipts signed and sent to relays (forwarder), and the MIST they added: the
     #: payments a forwarder made, for its owner's status.
