@@ -155,3 +155,37 @@ def test_a_handshake_message_after_the_keys_is_the_peers_doing(ik: bool, reliabl
     assert [r[0] for r in server.datagrams_to_send(link.now)] == [REC_HS_RESP]
     assert server.established
     carries_both_ways(link, c, s)
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["handler", "take_fast"])
+@pytest.mark.parametrize("behind", [False, True], ids=["alone", "behind-data"])
+@pytest.mark.parametrize("split", [1, 5, 11])
+def test_a_late_handshake_header_whole_at_the_end_of_a_read(
+    split: int, behind: bool, into: bool
+) -> None:
+    # the stream's lane completes a header a read ended inside; one that then names a
+    # handshake record went to the general path with nothing behind it, and waited in
+    # the input for one byte more (or the idle timeout). Both of the lane's callers: the
+    # handler's (receive_data) and a read's own buffer (take_fast)
+    c, s, link, got = established(True, True)
+    delivered: list[bytes] = []
+    s.conn.stream_data_handler = lambda sid, data, end: delivered.append(bytes(data))
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"first")
+    run(link, c, s)
+    assert delivered == [b"first"] and s.conn._lane_sid == sid
+    data = b""
+    if behind:
+        c.conn.send_stream_data(sid, b"second")
+        data = c.conn.data_to_send(link.now)
+    header = got["server"][0][:12]
+    s.conn.receive_data(data + header[:split], link.now)
+    assert s.conn.established and len(s.conn._inbuf) == split
+    rest = header[split:]  # the header whole, and nothing more
+    if into:
+        assert s.conn.take_fast(rest, sid, bytearray(64), link.now) == (0, True)
+    else:
+        s.conn.receive_data(rest, link.now)
+    s.drain()
+    assert delivered == ([b"first", b"second"] if behind else [b"first"])
+    closed_for_the_late_record(s, c, link)
