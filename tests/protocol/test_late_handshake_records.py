@@ -12,11 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from dtp.errors import HandshakeError, RemoteProtocolError
 from dtp.native import core as _core
 from dtp.native.types import REC_DATA, REC_HS_INIT, REC_HS_RESP
 from dtp.protocol.connection import CloseCode, Connection
-from dtp.protocol.connection._streams import close_code_for
 from dtp.transport.carriers._memory import MemoryLink
 from tests.support.pairs import Side, carries_both_ways, establish, make_pair, run
 
@@ -137,21 +135,57 @@ def test_a_late_handshake_record_cut_short_behind_stream_data() -> None:
 
 
 @pytest.mark.parametrize(("ik", "reliable"), PAIRS)
-def test_a_handshake_message_after_the_keys_is_the_peers_doing(ik: bool, reliable: bool) -> None:
-    # the handshake's own path, were a late record to reach it (records are opened with
-    # the keys first today): the spec's outcome, not the local misuse error of a
-    # handshake state that is gone, nor a failed handshake
+def test_a_late_record_never_reaches_the_handshakes_own_path(
+    ik: bool, reliable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # that path takes its Noise state as there (an assertion): the state goes only once
+    # the receiving keys exist, and from then on every record is opened with them first
     c, s, link, got = established(ik, reliable)
-    server = s.conn
-    assert server._hs is None
-    server._inbuf += got["server"][0]
+
+    def never(self: Connection, now: float) -> bool:
+        raise AssertionError("a record reached the handshake's path after the handshake")
+
+    monkeypatch.setattr(Connection, "_process_handshake_records", never)
+    for side in (c, s):
+        assert side.conn._hs is None and side.conn._recv_aead is not None
+    feed(s.conn, got["server"][0], link.now)
+    s.drain()
     if reliable:
-        with pytest.raises(RemoteProtocolError) as raised:
-            server._process_handshake_records(link.now)
-        assert not isinstance(raised.value, HandshakeError)
-        assert close_code_for(raised.value) == CloseCode.PROTOCOL_VIOLATION
+        closed_for_the_late_record(s, c, link)
         return
-    assert server._process_handshake_records(link.now)
-    assert [r[0] for r in server.datagrams_to_send(link.now)] == [REC_HS_RESP]
-    assert server.established
+    assert [r[0] for r in s.conn.datagrams_to_send(link.now)] == [REC_HS_RESP]
     carries_both_ways(link, c, s)
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["handler", "take_fast"])
+@pytest.mark.parametrize("behind", [False, True], ids=["alone", "behind-data"])
+@pytest.mark.parametrize("split", [1, 5, 11])
+def test_a_late_handshake_header_whole_at_the_end_of_a_read(
+    split: int, behind: bool, into: bool
+) -> None:
+    # the stream's lane completes a header a read ended inside; one that then names a
+    # handshake record went to the general path with nothing behind it, and waited in
+    # the input for one byte more (or the idle timeout). Both of the lane's callers: the
+    # handler's (receive_data) and a read's own buffer (take_fast)
+    c, s, link, got = established(True, True)
+    delivered: list[bytes] = []
+    s.conn.stream_data_handler = lambda sid, data, end: delivered.append(bytes(data))
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"first")
+    run(link, c, s)
+    assert delivered == [b"first"] and s.conn._lane_sid == sid
+    data = b""
+    if behind:
+        c.conn.send_stream_data(sid, b"second")
+        data = c.conn.data_to_send(link.now)
+    header = got["server"][0][:12]
+    s.conn.receive_data(data + header[:split], link.now)
+    assert s.conn.established and len(s.conn._inbuf) == split
+    rest = header[split:]  # the header whole, and nothing more
+    if into:
+        assert s.conn.take_fast(rest, sid, bytearray(64), link.now) == (0, True)
+    else:
+        s.conn.receive_data(rest, link.now)
+    s.drain()
+    assert delivered == ([b"first", b"second"] if behind else [b"first"])
+    closed_for_the_late_record(s, c, link)

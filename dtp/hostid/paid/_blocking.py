@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import operator
+import socket as _socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -197,15 +198,20 @@ class PaidConnection:
             return  # within what the gate allowed at its last look
         self._look_at_gate(False, 0, sock, timeout)
 
-    def wait_send(self, sock: DTPSocket) -> None:
+    def wait_send(self, sock: DTPSocket, nowait: bool = False) -> None:
         """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
         queued bytes to go is waiting for the client to read, as a plain send waits:
         within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
-        and so is a pause for payment."""
+        and so is a pause for payment. ``nowait`` (a send with MSG_DONTWAIT): one look
+        at the gate and at what came, waiting for nothing, then BlockingIOError when
+        the credit covers none of the write (a paused connection asks for a receipt
+        as any paused call does)."""
         if self.credit.send > 0:
             return
         start = time.monotonic()
-        while not self._look_at_gate(True, 0, sock, "socket", start):
+        while not self._look_at_gate(True, 0, sock, "socket", start, nowait=nowait):
+            if nowait:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
             _timed_out(sock, start)
 
     # (blocking only: wait_paid and wait_send share one look, the credit cached between looks)
@@ -216,10 +222,13 @@ class PaidConnection:
         sock: DTPSocket | None = None,
         timeout: float | Literal["socket"] | None = "socket",
         began: float | None = None,
+        *,
+        nowait: bool = False,
     ) -> bool:
         """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
         ``writing``): False when the credit it allows is all held by writes under way or
-        queued (after waiting a little for some of them to go), so that the writer looks
+        queued (after waiting a little for some of them to go; ``nowait``: not at all,
+        and a pause is waited out as on a non-blocking socket), so that the writer looks
         again. ``whole``: bytes of a write that cannot go in part (a datagram), judged
         as if in the usage already: paused until the credit covers all of them.
         ``sock``, ``timeout``: the call's timeout, which a pause is waited out within
@@ -228,7 +237,7 @@ class PaidConnection:
         timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
         total_bytes, total_requests = self.engine.conn.usage
         if self.gate.serving(total_bytes + whole, total_requests):
-            return self._refill(writing, whole)
+            return self._refill(writing, whole, nowait)
         self.read_deposit()
         verdict = self.verdict(whole)
         now = time.monotonic()
@@ -236,7 +245,9 @@ class PaidConnection:
         deadline = None
         nonblocking = False
         if sock is not None and verdict.state is GateState.PAUSE:
-            if timeout == "socket":
+            if nowait:
+                timeout, nonblocking = 0.0, True
+            elif timeout == "socket":
                 timeout = sock.gettimeout()
                 nonblocking = timeout == 0
             else:
@@ -278,7 +289,7 @@ class PaidConnection:
         if step.close is not None:
             self.abort(step.close)
             raise PaymentRequired(step.close.reason, step.close.code)
-        return self._refill(writing, whole)
+        return self._refill(writing, whole, nowait)
 
     def read_deposit(self, *, ending: bool = False) -> None:
         """Read the escrow again when the gate wants it (the deposit holds a paused
@@ -315,13 +326,14 @@ class PaidConnection:
         if self.gate.violation is not None:
             self.credit.void()
 
-    def _refill(self, writing: bool, whole: int = 0) -> bool:
+    def _refill(self, writing: bool, whole: int = 0, nowait: bool = False) -> bool:
         """Set the credit to what the gate allows (the connection serving); for writes,
         less the bytes written but not in the usage yet: those of writes under way, and
         those queued in the connection beyond the client's flow-control window (the
         usage counts a byte once it is sent). False when they hold all of it (or, for a
         write of ``whole`` bytes, too much of it for them), after waiting up to
-        ``request_interval`` for some of them to go."""
+        ``request_interval`` for some of them to go (``nowait``: after one look at what
+        came)."""
         engine = self.engine
         if not writing:
             self.credit.read = self.core.read_credit(engine.conn.usage)
@@ -338,6 +350,8 @@ class PaidConnection:
             if step is RefillStep.GO:
                 return True
             if step is RefillStep.WRITES:
+                if nowait:
+                    return False
                 self._waiters += 1
                 try:
                     self._cond.wait(self.policy.request_interval)
@@ -345,6 +359,10 @@ class PaidConnection:
                     self._waiters -= 1
                 return False
         # (RefillStep.QUEUE) drive the I/O until some of the queued bytes went
+        if nowait:
+            with engine.lock:
+                engine.poll()
+            return False
         with engine.lock, contextlib.suppress(DTPTimeoutError):
             engine.pump(
                 lambda: engine.conn.send_buffered() < queued or self.ended(),
@@ -438,8 +456,9 @@ class PaidConnection:
         self.limit(nbytes, requests)
 
     # (blocking only: throttle less the read credit's count: a send took its bytes already)
-    def limit(self, nbytes: int = 0, requests: int = 0) -> None:
-        """Charge the client's rate limits and wait as long as they say."""
+    def limit(self, nbytes: int = 0, requests: int = 0, *, hold: bool = True) -> None:
+        """Charge the client's rate limits and wait as long as they say (``hold``
+        False: not at all; the debt then holds back the next :meth:`pace`)."""
         buckets = self.buckets
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
@@ -447,13 +466,15 @@ class PaidConnection:
         core = self.core
         with self.limit_lock:
             delay = core.charge(nbytes, requests, now)
-        self._hold(delay, core.debt)
+        if hold:
+            self._hold(delay, core.debt)
 
-    def pace(self, nbytes: int) -> int:
+    def pace(self, nbytes: int, nowait: bool = False) -> int:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
-        (waits until then, and while the requests/s limit is in debt). Unlimited: all of
-        it at once (no clock read, no lock).
+        (waits until then, and while the requests/s limit is in debt; ``nowait``:
+        BlockingIOError instead of a wait, nothing charged). Unlimited: all of it at
+        once (no clock read, no lock).
         See :attr:`dtp.payments._ratelimit.TokenBucket.take`."""
         core = self.core
         if not self.buckets.bytes.rate and not core.credit_rate:
@@ -471,6 +492,8 @@ class PaidConnection:
 
         with self.limit_lock:
             delay = wait(time.monotonic())
+        if nowait and delay > 0:
+            raise BlockingIOError(errno.EAGAIN, "operation would block")
         self._hold(delay, wait)
         return size
 
@@ -623,13 +646,28 @@ class PaidSocket:
     def send(self, data: Any, flags: int = 0) -> int:
         """:meth:`dtp.socket.DTPSocket.send`, once the connection is paid up and within
         the rate limits: sends at most what the gate still allows and returns how much
-        was sent."""
+        was sent.
+
+        ``flags``: 0, or ``socket.MSG_DONTWAIT`` to wait for nothing, payment included,
+        whatever the timeout: when the gate's credit covers none of the send now (the
+        connection paused for a receipt, or its credit held by writes under way or
+        queued), the call looks once at what came (a paused connection asks the client
+        for a receipt, as any paused call does) and raises BlockingIOError, as the
+        socket's send does when nothing fits: nothing sent, nothing charged; send again
+        later. So too when the rate limits would hold the send back; what it sends is
+        charged to them without a wait, the debt holding back the next call. Other
+        flags raise as the socket's send does, before any wait."""
+        nowait = False
+        if flags or type(flags) is not int:
+            if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
+                checked_flags(flags)
+            nowait = True
         # the socket's error for a view it does not send (a strided one: BufferError),
         # before any wait; a view of rows counted by its bytes
         view = readable(data)
         paid = self._paid
-        paid.wait_send(self._sock)
-        size = paid.pace(len(view))
+        paid.wait_send(self._sock, nowait)
+        size = paid.pace(len(view), nowait)
         if size < len(view):
             view = view[:size]
         room = paid.reserve(size)
@@ -637,7 +675,7 @@ class PaidSocket:
             n = self._sock.send(view if room == size else view[:room], flags)
         finally:
             paid.sent(room)
-        paid.limit(n)
+        paid.limit(n, hold=not nowait)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:

@@ -766,8 +766,9 @@ class Connection(_Streams, _FastPaths):
         return True
 
     def _late_handshake_message(self, kind: int, counter: int, body: bytes) -> None:
-        """A handshake message after the session keys, whatever path brought it: over a
-        reliable carrier it breaks the protocol (RemoteProtocolError: the connection
+        """A handshake message after the session keys (where the records opened with
+        them stop: :meth:`_handle_late_handshake_record`): over a reliable carrier it
+        breaks the protocol (RemoteProtocolError: the connection
         closes with PROTOCOL_VIOLATION); over a lossy one it is a repeat or a forgery,
         dropped -- but a copy of the message 1 a server answered gets its reply again
         (8.6: the reply was lost)."""
@@ -810,12 +811,9 @@ class Connection(_Streams, _FastPaths):
             return True
         del self._inbuf[: batch.consumed]
         hs = self._hs
-        if hs is None:
-            # the handshake is over (its state dropped with the keys' making): a peer's
-            # message now is a late one, as the spec has it, not the local misuse
-            # _handshake() reports (records are opened with the keys before this)
-            self._late_handshake_message(record.kind, record.counter, body)
-            return True
+        # _process_input calls this only before the receiving keys exist, and the state
+        # goes only after them (_finish_handshake): late records take the keys' path
+        assert hs is not None
         if record.counter != 0:
             # docs/protocol.md 8.1: a handshake record's counter is 0, like a reserved
             # field; anything else is a damaged or forged handshake message

@@ -340,7 +340,11 @@ class _FastPaths(_ConnectionState):
                     return 0, False
             body = inbuf[2] | inbuf[3] << 8
             if inbuf[0] != REC_DATA or inbuf[1] or not 16 <= body <= MAX_RECORD_PLAINTEXT + 16:
-                self._receive(view, now)  # the general path judges (and reports) it
+                # the general path judges (and reports) it at once, fed with what follows:
+                # given nothing, it waited for a byte more when the header ended the read
+                head = bytes(inbuf) + view
+                inbuf.clear()
+                self._receive(head, now)
                 return 0, True
             need = 12 + body - len(inbuf)
             if len(view) < need:
