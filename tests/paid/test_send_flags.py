@@ -50,6 +50,8 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
             for flags in BAD_FLAGS
         ]
         usage = paid.engine.conn.usage
+        # nothing to send is nothing to pay for: 0 at once, as the socket's send returns
+        seen["empty"] = [_outcome(sock.send, b"", flags) for flags in (0, socket.MSG_DONTWAIT)]
         seen["dontwait"] = [_outcome(sock.send, b"y" * 1000, socket.MSG_DONTWAIT) for _ in "ab"]
         seen["usage"] = (usage, paid.engine.conn.usage)
         seen["held"] = (paid.credit.send, paid.credit.sending)
@@ -77,6 +79,7 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
     for flags, plain, paid_outcome in seen["bad"]:
         assert plain != "sent", flags
         assert paid_outcome == plain, (flags, plain, paid_outcome)
+    assert seen["empty"] == ["sent", "sent"]
     assert seen["dontwait"] == ["BlockingIOError", "BlockingIOError"]
     before, after = seen["usage"]
     assert before == after

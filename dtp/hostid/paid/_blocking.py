@@ -656,7 +656,8 @@ class PaidSocket:
         socket's send does when nothing fits: nothing sent, nothing charged; send again
         later. So too when the rate limits would hold the send back; what it sends is
         charged to them without a wait, the debt holding back the next call. Other
-        flags raise as the socket's send does, before any wait."""
+        flags raise as the socket's send does, before any wait. An empty send returns 0
+        at once, paused or not, as the socket's does."""
         nowait = False
         if flags or type(flags) is not int:
             if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
@@ -665,6 +666,8 @@ class PaidSocket:
         # the socket's error for a view it does not send (a strided one: BufferError),
         # before any wait; a view of rows counted by its bytes
         view = readable(data)
+        if not len(view):
+            return self._sock.send(view, flags)  # (nothing to pay for: 0, as a socket's)
         paid = self._paid
         paid.wait_send(self._sock, nowait)
         size = paid.pace(len(view), nowait)
