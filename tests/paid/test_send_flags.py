@@ -56,6 +56,10 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
         seen["usage"] = (usage, paid.engine.conn.usage)
         seen["held"] = (paid.credit.send, paid.credit.sending)
         seen["ended"] = paid.ended()
+        # a falsy flag of another type is no flag: it waits for payment, as flags=0 does
+        sock.settimeout(0.3)
+        began = time.monotonic()
+        seen["false"] = (_outcome(sock.send, b"z", False), time.monotonic() - began)
 
     with (
         paid_service(tmp_path, SERVER, CLIENT, 7091, SLA, handle, POLICY) as service,
@@ -85,6 +89,8 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
     assert before == after
     assert seen["held"] == (0, 0)  # no credit taken, none held as under way
     assert not seen["ended"]  # (waiting for payment, the paused sends had closed it)
+    outcome, waited = seen["false"]
+    assert outcome == "DTPTimeoutError" and waited >= 0.29, seen["false"]
 
 
 def test_a_send_without_waiting_made_again_until_it_goes_loses_nothing(tmp_path: Path) -> None:

@@ -661,8 +661,9 @@ class PaidSocket:
         nowait = False
         if flags or type(flags) is not int:
             if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
-                checked_flags(flags)
-            nowait = True
+                checked_flags(flags)  # (False, a numpy 0: no flag, as the socket's send)
+            else:
+                nowait = True
         # the socket's error for a view it does not send (a strided one: BufferError),
         # before any wait; a view of rows counted by its bytes
         view = readable(data)
