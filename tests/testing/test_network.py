@@ -255,6 +255,58 @@ def test_a_listener_is_handed_a_connection_once_its_syn_is_answered() -> None:
         assert took >= 0.04 - 1e-9  # (a SYN there and its answer back at the least)
 
 
+@pytest.mark.parametrize("event", ["client crash", "server crash", "listener closed", "cancel"])
+def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: str) -> None:
+    """What happens while a SYN's answer is on its way (the SYN in at 0.1 s, its answer
+    back at 0.2 s): the client's host crashing aborts the connect, the listener closing
+    (its host crashed, a new server listening there since) resets it, a cancel drops it;
+    none leaves an end open, and no listener is handed a connection whose SYN it never
+    answered."""
+    net = _network(Link(delay=0.1))
+
+    async def main() -> tuple[str, int, int]:
+        accepted: list[int] = []
+
+        def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(1)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "server", 9)
+
+        def at_half_way() -> None:
+            if event == "client crash":
+                net.crash("client")
+            elif event == "listener closed":
+                server.close()
+            elif event == "server crash":  # (restarted: a new server on the same port)
+                net.crash("server")
+                net.host("server").spawn(asyncio.start_server(serve, "server", 9))
+
+        net.after(0.15, at_half_way)
+        with net.host("client"):
+            connect = asyncio.ensure_future(asyncio.open_connection("server", 9))
+            if event == "cancel":
+                net.after(0.15, connect.cancel)
+            try:
+                await connect
+                outcome = "connected"
+            except (OSError, asyncio.CancelledError) as exc:
+                outcome = type(exc).__name__
+        await asyncio.sleep(1)
+        return outcome, len(accepted), len(net.open_connections())
+
+    outcome, accepted, still_open = net.run(main())
+    assert outcome == {
+        "client crash": "ConnectionAbortedError",
+        "server crash": "ConnectionResetError",
+        "listener closed": "ConnectionResetError",
+        "cancel": "CancelledError",
+    }[event]
+    assert accepted == 0 and still_open == 0
+    assert net.stats.connections == 0
+    assert net.stats.resets == (1 if event.startswith(("server", "listener")) else 0)
+
+
 def test_plain_asyncio_streams_and_flow_control() -> None:
     """A reader that stops reading holds its writer up (pause_writing past the kernel's
     buffers), and the writer goes on once it reads."""

@@ -88,6 +88,9 @@ class SimHost:
         self.name = name
         self.ip = ip
         self._ports = itertools.count(_EPHEMERAL)
+        #: How many times the host crashed: a connect tells by it whether its program
+        #: died while its SYN was being answered.
+        self.crashes = 0
 
     def next_port(self) -> int:
         return next(self._ports)
@@ -271,6 +274,7 @@ class SimNetwork:
         (``ConnectionAbortedError`` on the host, a reset to each peer). A new server may
         listen on the host at once, as a restarted process would."""
         h = self.resolve(host)
+        h.crashes += 1
         for key, server in list(self._listeners.items()):
             if key[0] == h.name:
                 server.close()
@@ -469,7 +473,9 @@ class SimNetwork:
         cross the link (lost ones sent again after 1 s, doubling, as TCP does; a
         partition loses them), then the listener's protocol and ours are made.
         ``ConnectionRefusedError`` when nothing listens there, ``TimeoutError`` after
-        :data:`CONNECT_RETRIES` SYNs unanswered."""
+        :data:`CONNECT_RETRIES` SYNs unanswered; ``ConnectionResetError`` when the
+        listener closed while the SYN's answer was on its way, ``ConnectionAbortedError``
+        when our host crashed meanwhile."""
         src, dst = self.current_host(), self.resolve(host)
         serial = next(self._serial)
         rng = random.Random(f"{self.seed}/{serial}/syn")
@@ -485,13 +491,19 @@ class SimNetwork:
         # the listener is handed the connection once the SYN's answer has crossed back,
         # as a kernel queues it for accept() only when the handshake is complete: a
         # lost SYN-ACK costs the client its retries, not the server's first-message
-        # window (its handshake timer starts at the accept)
+        # window (its handshake timer starts at the accept). Nothing exists of it
+        # meanwhile, so a connect cancelled or failed on the way leaves nothing behind
+        lives = src.crashes
         await self._control(dst, src, rng, syn=False)
-        if (dst.name, port) not in self._listeners:
-            raise ConnectionRefusedError(  # (closed while the answer was on its way)
-                errno.ECONNREFUSED, f"Connect call failed ('{dst.ip}', {port})"
-            )
-        listener = self._listeners[(dst.name, port)]
+        if src.crashes != lives:
+            # (the connecting program died meanwhile, as crash() ends the host's others)
+            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
+        if self._listeners.get((dst.name, port)) is not listener:
+            # its listener closed (its host crashed, perhaps a new one listening since)
+            # while the answer was on its way: the client's ACK meets a reset
+            self.stats.resets += 1
+            self._note(f"reset {dst.name}:{port} -> {src.name} (its listener closed)")
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
         local = (src.ip, src.next_port())
         out = Direction(self._medium(src, dst), random.Random(f"{self.seed}/{serial}/out"))
         back = Direction(self._medium(dst, src), random.Random(f"{self.seed}/{serial}/back"))
@@ -504,8 +516,6 @@ class SimNetwork:
         self._note(f"connect #{serial} {src.name}:{local[1]} -> {dst.name}:{port}")
         listener.accept(server)
         protocol = protocol_factory()
-        if client.is_closing():  # (reset while the answer was on its way)
-            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
         client.attach(protocol)
         return client, protocol
 
