@@ -296,12 +296,15 @@ def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: st
         return outcome, len(accepted), len(net.open_connections())
 
     outcome, accepted, still_open = net.run(main())
-    assert outcome == {
-        "client crash": "ConnectionAbortedError",
-        "server crash": "ConnectionResetError",
-        "listener closed": "ConnectionResetError",
-        "cancel": "CancelledError",
-    }[event]
+    assert (
+        outcome
+        == {
+            "client crash": "ConnectionAbortedError",
+            "server crash": "ConnectionResetError",
+            "listener closed": "ConnectionResetError",
+            "cancel": "CancelledError",
+        }[event]
+    )
     assert accepted == 0 and still_open == 0
     assert net.stats.connections == 0
     assert net.stats.resets == (1 if event.startswith(("server", "listener")) else 0)
