@@ -638,9 +638,10 @@ def test_datagrams_a_held_up_relay_left_unread_are_counted(backend: DnsLikeBacke
             finally:
                 release.set()
                 holder.join(5)
-            unread = relayed[0].datagrams_dropped
-            assert unread > 0
-            assert wait_for(lambda: relay_stats.datagrams_in + unread >= sent)
-            assert relay_stats.dropped_unread == unread
-            assert relay_stats.datagrams_in + relay_stats.dropped_unread == sent
+            # (the connection may go on dropping while the relay catches up: every
+            # datagram ends delivered or counted, whatever the split)
+            assert wait_for(
+                lambda: relay_stats.datagrams_in + relay_stats.dropped_unread == sent
+            ), (relay_stats, sent)
+            assert relay_stats.dropped_unread == relayed[0].datagrams_dropped > 0
             assert billing.datagrams == relay_stats.datagrams_in
