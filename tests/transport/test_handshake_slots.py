@@ -482,6 +482,22 @@ def test_established_connections_hold_no_handshake_slot(server_driver: Serve) ->
     assert sorted(driver.served(10)[1] for _ in range(3)) == [b"c0", b"c1", b"c2"]
 
 
+def test_a_refusal_is_counted_before_its_client_can_read_it(server_driver: Serve) -> None:
+    """``server.refused`` includes a refusal as soon as its client has read it: a
+    client that counts what it was refused and the server's count agree at every step
+    (the blocking server counted just after its CLOSE(REFUSED) went out, and clients
+    read their refusal first now and then)."""
+    driver = server_driver(lambda address: address != DENIED.sui_address)
+    server = driver.server
+    for i in range(60):
+        with pytest.raises(ConnectionRefused):
+            dtp.socket.create_connection(
+                driver.address, timeout=10, server_key=driver.noise_public_key, identity=DENIED
+            )
+        assert server.refused == i + 1
+    assert server.handshakes_failed == 0  # (each counted once: refused, not failed too)
+
+
 def test_ledger_handoffs_are_not_capped_by_address(server_driver: Serve) -> None:
     # a ledger-carrier connection reaches the server as a local socket (no client IP)
     driver = server_driver(max_handshakes_per_address=1)

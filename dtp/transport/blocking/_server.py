@@ -953,7 +953,10 @@ class DTPServer:
                         self.refused += ENDINGS[outcome].refused
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
-                engine.pump(lambda: not engine.out, 1.0)
+                # (counted as refused already: a drain that times out or finds the carrier
+                # gone does not make it a failed handshake too)
+                with contextlib.suppress(DTPError):
+                    engine.pump(lambda: not engine.out, 1.0)
                 return outcome, verdict
             session.conn.accept()
             self._replays.accepted(conn)
