@@ -286,7 +286,6 @@ def relay_udp(
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
-        unread.count()
         with lock:
             settled = engine.settled
         if not settled:
@@ -300,6 +299,7 @@ def relay_udp(
         # and the relay returns after it (test_a_relay_that_idles_out_leaves_no_control_thread)
         for thread in threads:
             thread.join(2)
+        unread.count()  # (after the control thread's last read of the carrier)
         if engine.finishing:
             # the replies that came since the last read count as dropped, as the
             # client's datagrams do (docs/udp.md)
