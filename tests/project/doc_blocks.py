@@ -150,7 +150,7 @@ def port_free(port: int) -> bool:
 
 #: A block that announces or browses on the LAN (mDNS) sees every other process's
 #: announcements of its namespace on this host.
-_LAN = re.compile(r"\bsync_with_lan\(|\bannounce=True|\blan\.browse\(")
+_LAN = re.compile(r"\bsync_with_lan\(|\bannounce=True|\b(?:announce|browse)(?:_async)?\(")
 
 
 @contextlib.contextmanager
