@@ -46,7 +46,9 @@ DROPPED = (
     "finishing",
     "no_session",
 )
-"""The reasons a UDP relay or forwarder drops a datagram (``UdpStats.dropped_<reason>``)."""
+"""The reasons the daemon's UDP relays and forwarders drop a datagram
+(``UdpStats.dropped_<reason>``). They are the asyncio ones, which take each datagram as it
+arrives: the blocking ones' ``dropped_unread`` never happens here."""
 
 UDP_TALLY = 0.5
 """Seconds between copies of a UDP flow's counters into its service's status row (the
