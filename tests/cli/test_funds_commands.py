@@ -382,6 +382,23 @@ def test_refund_is_the_clients(place: Place) -> None:
     assert "is not a valid connection ID" in place.run("refund", "zz")[2]
 
 
+def test_refund_of_an_unknown_connection_names_the_ledger_asked(place: Place) -> None:
+    # a connection ID mistyped, or one on another ledger: said in the user's words (a
+    # connection, not the Move struct) with the ledger that was asked
+    unknown = "0x" + "77c2".rjust(64, "0")
+    message = place.fails("refund", unknown)
+    assert message.startswith(f"No connection {unknown} on ")
+    assert "TransportControl" not in message
+    if isinstance(place.world, LocalWorld):
+        assert f"on the ledger file {place.world.path}:" in message
+    assert message.endswith(
+        "`dtp connections` lists the identity's (pass --ledger for another ledger)."
+    )
+    code, out, err = place.run("refund", unknown, "--json")
+    assert (code, out) == (1, "")
+    assert json.loads(err)["error"] == "ObjectNotFound"  # the type scripts branch on, kept
+
+
 # -- claim -------------------------------------------------------------------------------------
 
 
