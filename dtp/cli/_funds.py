@@ -240,6 +240,10 @@ def _connections(args: argparse.Namespace) -> int:
     try:
         ledger = _ledger(args, create=False)
         try:
+            if as_server:
+                # a mistyped or shortened host ID (0x8a4f) would list none, as a host
+                # with no connections does: say that no such host is on this ledger
+                ledger.get_host(args.host)
             scan = find_connections(
                 ledger,
                 client=address,

@@ -248,6 +248,13 @@ def test_connections_as_client_and_as_host(place: Place) -> None:
     assert f"service:    {place.host}:7" in text and "claimable:  unknown" in text
 
 
+def test_connections_of_a_host_not_on_the_ledger_fail(place: Place) -> None:
+    # a shortened or mistyped host ID is not "a host with no connections"
+    message = place.fails("connections", "--host", "0x8a4f")
+    assert message.startswith("No Host with ID 0x" + "8a4f".rjust(64, "0"))
+    assert place.json("connections", "--host", place.host)["connections"] == []
+
+
 def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> None:
     first, second = place.open(), place.open()
     ledger = place.world.ledger
