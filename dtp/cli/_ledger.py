@@ -95,8 +95,9 @@ def _common() -> argparse.ArgumentParser:
     parent.add_argument(
         "--ledger",
         metavar="SPEC",
-        help="the ledger: local (the embedded one), local:PATH, localnet, devnet, testnet, "
-        "mainnet, NETWORK@URL or sui:URL (default $DTP_LEDGER, else local; docs/sui.md)",
+        help="the ledger: local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite), "
+        "local:PATH, localnet, devnet, testnet, mainnet, NETWORK@URL or sui:URL (default "
+        "$DTP_LEDGER, else local; docs/sui.md)",
     )
     parent.add_argument("--ledger-path", metavar="PATH", help="the same as --ledger local:PATH")
     parent.add_argument(
@@ -105,7 +106,11 @@ def _common() -> argparse.ArgumentParser:
         help="the dtp package on a Sui ledger (default $DTP_SUI_PACKAGE, else the one "
         "`dtp deploy` recorded for the network)",
     )
-    parent.add_argument("--identity", help="identity file (default: the DTP identity path)")
+    parent.add_argument(
+        "--identity",
+        help="identity file (default $XDG_DATA_HOME/dtp/identity.json, "
+        "~/.local/share/dtp/identity.json when it is unset)",
+    )
     parent.add_argument(
         "--passphrase-env",
         default=_PASSPHRASE_ENV,

@@ -451,3 +451,15 @@ def test_the_daemon_refuses_an_empty_passphrase_variable(tmp_path: Path) -> None
                 pipe.close()
     assert not (tmp_path / "id.json").exists()
     assert not (tmp_path / "l.sqlite").exists()  # nothing was started
+
+
+def test_help_names_the_default_identity_and_ledger_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "the DTP identity path" left a newcomer to find where a key lives; the help says it
+    with pytest.raises(SystemExit):
+        run("balance", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--identity IDENTITY identity file (default $XDG_DATA_HOME/dtp/identity.json," in text
+    assert "~/.local/share/dtp/identity.json when it is unset" in text
+    assert "local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite)" in text
