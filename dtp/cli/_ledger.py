@@ -271,6 +271,9 @@ def _keys_new(args: argparse.Namespace) -> int:
     from dtp.identity.keys import HostIdentity
 
     path = _identity_path(args)
+    if path.is_dir():
+        # (--force cannot replace a folder: saying "pass --force" sent the user round)
+        raise _CliError(f"{path} is a directory: --identity names the identity file to write.")
     if not args.force and os.path.lexists(path):
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")

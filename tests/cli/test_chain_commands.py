@@ -44,6 +44,18 @@ def test_keys(cli: Cli) -> None:
     assert cli.json("keys", "new", "--force")["sui_address"] != created["sui_address"]
 
 
+def test_keys_new_on_a_directory_says_so(cli: Cli) -> None:
+    # not "already exists; pass --force": --force cannot replace a folder either
+    cli.identity.mkdir()
+    for force in ((), ("--force",)):
+        err = cli("keys", "new", *force, code=1)
+        assert (
+            err
+            == f"dtp: {cli.identity} is a directory: --identity names the identity file to write.\n"
+        )
+    assert cli.identity.is_dir() and not any(cli.identity.iterdir())
+
+
 def test_localnet_commands(cli: Cli) -> None:
     cli.json("keys", "new")
     assert "No ledger at" in cli("localnet", "status", code=1)  # status creates nothing
