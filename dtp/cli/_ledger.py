@@ -1122,7 +1122,24 @@ def register(subparsers: Any) -> None:
 
     register_funds(subparsers, leaf)
 
-    deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
+    # (the sui CLI publishes with its active key and environment: no --ledger, --identity
+    # or --sui-package, which a user would take for the key that pays, is taken)
+    deploy = subparsers.add_parser(
+        "deploy",
+        help="build and publish the dtp Move package",
+        description="Build move/dtp and publish it with the Sui CLI's active address and "
+        "environment (`sui client active-address`, `sui client switch --env`), then record "
+        "its package ID for the network.",
+    )
+    deploy.set_defaults(func=_run(_deploy))
+    deploy.add_argument(
+        "--passphrase-env",
+        default=_PASSPHRASE_ENV,
+        type=_parse_env_name,
+        help="environment variable holding a DTP identity passphrase, kept from the sui "
+        "commands it runs (default DTP_PASSPHRASE)",
+    )
+    deploy.add_argument("--json", action="store_true", help="machine-readable output")
     deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")
     deploy.add_argument("--sui-bin", help="path to the sui binary (default: found on PATH)")
     deploy.add_argument(
