@@ -828,8 +828,9 @@ def _deploy_package(args: argparse.Namespace, stop: _Stop) -> int:
     sui_bin = _given_path(args.sui_bin, "--sui-bin")
     sui = str(sui_bin) if sui_bin is not None else shutil.which("sui")
     if not sui or not Path(sui).exists():
-        print(SUI_INSTALL_HINT, file=sys.stderr)
-        return 1
+        # (a CliError: "dtp: " before it as every command's failures, and with --json one
+        # JSON object, where a bare line was printed)
+        raise _CliError(SUI_INSTALL_HINT)
     # absolute: `sui move build` and `sui client publish` run in the package directory,
     # where a relative --sui-bin (or a relative PATH entry) names nothing
     sui = os.path.abspath(sui)

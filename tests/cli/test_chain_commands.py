@@ -224,10 +224,17 @@ def test_identity_missing(chain_cli: Cli) -> None:
 def test_deploy_without_sui(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
     err = cli("deploy", "--network", "localnet", code=1)
-    assert err.strip() == SUI_INSTALL_HINT
+    assert err == f"dtp: {SUI_INSTALL_HINT}\n"
     assert err.count(". ") == 0 and "install" in err  # one sentence
     err = cli("deploy", "--network", "devnet", "--sui-bin", "/nonexistent/sui", code=1)
-    assert err.strip() == SUI_INSTALL_HINT
+    assert err == f"dtp: {SUI_INSTALL_HINT}\n"
+    # --json: the failure as one JSON object, as every command's
+    err = cli("deploy", "--network", "localnet", "--json", code=1)
+    assert json.loads(err) == {
+        "error": "CommandError",
+        "message": SUI_INSTALL_HINT,
+        "exit_status": 1,
+    }
 
 
 def test_deploy_with_fake_sui(cli: Cli, tmp_path: Path) -> None:
