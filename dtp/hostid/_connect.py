@@ -10,6 +10,7 @@ connect fails (:func:`abandon_host_connection`).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -425,6 +426,12 @@ def prepare_host_connection(
         raise TypeError(
             f"identity must be a HostIdentity (the paying client's keys), "
             f"got {type(identity).__name__}"
+        )
+    if isinstance(ledger, str | os.PathLike):
+        # (a ledger file's path where its LocalLedger goes: an AttributeError, 'get_host')
+        raise TypeError(
+            f"ledger must be a ledger object, not the {type(ledger).__name__} {ledger!r}: "
+            "LocalLedger(path) opens a ledger file, dtp.open_ledger(spec) any ledger"
         )
     if config is not None and not isinstance(config, ConnectionConfig):
         # else replace() below finds it, after the spending cap is created and (paying by
