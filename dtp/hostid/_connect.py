@@ -343,6 +343,16 @@ def check_connect_options(metering: object, ledger_options: object) -> None:
         )
 
 
+def check_ledger_object(ledger: object) -> None:
+    """TypeError for a ledger file's path given where its ledger goes (``ledger=
+    "localnet.sqlite"``): else an AttributeError ('get_host') from the first read."""
+    if isinstance(ledger, str | os.PathLike):
+        raise TypeError(
+            f"ledger must be a ledger object, not the {type(ledger).__name__} {ledger!r}: "
+            "LocalLedger(path) opens a ledger file, dtp.open_ledger(spec) any ledger"
+        )
+
+
 def prepare_connecting_early(
     ledger: Ledger, address: HostAddress, identity: HostIdentity, **options: Any
 ) -> tuple[PreparedConnection, PendingTcp | None]:
@@ -427,12 +437,7 @@ def prepare_host_connection(
             f"identity must be a HostIdentity (the paying client's keys), "
             f"got {type(identity).__name__}"
         )
-    if isinstance(ledger, str | os.PathLike):
-        # (a ledger file's path where its LocalLedger goes: an AttributeError, 'get_host')
-        raise TypeError(
-            f"ledger must be a ledger object, not the {type(ledger).__name__} {ledger!r}: "
-            "LocalLedger(path) opens a ledger file, dtp.open_ledger(spec) any ledger"
-        )
+    check_ledger_object(ledger)
     if config is not None and not isinstance(config, ConnectionConfig):
         # else replace() below finds it, after the spending cap is created and (paying by
         # subscription or sponsor pool) the deposit moved, with nothing half-closed

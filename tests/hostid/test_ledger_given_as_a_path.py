@@ -46,3 +46,36 @@ def test_the_asyncio_connect_says_it_too(kind: str, path: Any) -> None:
     with pytest.raises(TypeError) as refused:
         asyncio.run(connect())
     assert str(refused.value) == _expected(type(path).__name__, path)
+
+
+def test_the_servers_say_it_before_they_listen(tmp_path: Path) -> None:
+    identity, host = HostIdentity.generate(), "0x" + "12" * 32
+    path = str(tmp_path / "localnet.sqlite")
+    made = [
+        lambda: dtp.socket.create_server(
+            ("127.0.0.1", 0), identity=identity, ledger=path, host_id=host, port=7000
+        ),
+        lambda: dtp.socket.serve(host, 7000, lambda sock: None, ledger=path, identity=identity),
+    ]
+    for make in made:
+        with pytest.raises(TypeError) as refused:
+            make()
+        assert str(refused.value) == _expected("str", path)
+
+    async def serve() -> None:
+        await dtp.aio.serve(host, 7000, _echo, ledger=path, identity=identity)
+
+    async def start() -> None:
+        await dtp.aio.start_server(
+            _echo, "127.0.0.1", 0, identity=identity, ledger=path, host_id=host, dtp_port=7000
+        )
+
+    for coro in (serve, start):
+        with pytest.raises(TypeError) as refused:
+            asyncio.run(coro())
+        assert str(refused.value) == _expected("str", path)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def _echo(reader: Any, writer: Any) -> None:
+    writer.close()
