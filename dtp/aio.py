@@ -152,10 +152,12 @@ async def open_connection(
     A connection by host ID is metered as with the blocking API (``metering``), and may
     pay with a ``subscription`` or through a ``sponsor_pool`` as there.
 
-    ``timeout`` bounds the carrier connect and the handshake; left out it is None (no
-    bound), as asyncio's own connects have none: :func:`socket.getdefaulttimeout`, which
-    the blocking API takes then, is for blocking sockets (wrap the call in
-    :func:`asyncio.timeout` for an overall bound).
+    ``timeout`` bounds the carrier connect and the handshake; left out it is None: no
+    bound on the carrier connect, as asyncio's own connects have none
+    (:func:`socket.getdefaulttimeout`, which the blocking API takes then, is for
+    blocking sockets; wrap the call in :func:`asyncio.timeout` for an overall bound),
+    and the handshake within the config's ``handshake_timeout`` (10 s, HandshakeError),
+    as with the blocking API.
 
     ``limit``: the line limit of the connection's readers (readline, readuntil), as
     :func:`asyncio.open_connection`'s (64 KiB).

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from dtp.cli._common import EXIT_USAGE, CliError, print_error
     from dtp.cli._demo import run_demo
 
+    if args.screenshots is not None:
+        # made now: a folder that cannot be was a traceback six steps into the demo
+        try:
+            os.makedirs(args.screenshots, exist_ok=True)
+        except OSError as exc:
+            problem = CliError(f"--screenshots: cannot make {args.screenshots}: {exc.strerror}")
+            return print_error(problem, EXIT_USAGE, as_json=False, command="demo")
     return run_demo(quick=args.quick, browser_wait=args.browser_wait, screenshots=args.screenshots)
 
 

@@ -240,6 +240,10 @@ def _connections(args: argparse.Namespace) -> int:
     try:
         ledger = _ledger(args, create=False)
         try:
+            if as_server:
+                # a mistyped or shortened host ID (0x8a4f) would list none, as a host
+                # with no connections does: say that no such host is on this ledger
+                ledger.get_host(args.host)
             scan = find_connections(
                 ledger,
                 client=address,
@@ -288,7 +292,7 @@ def _refund(args: argparse.Namespace) -> int:
     """One connection's refund by hand: the refund engine's steps (half-close, wait,
     settle; :func:`dtp.payments._refund_engine.refund_step`), gas not weighed -- asked
     for, the deposit is taken back whatever it costs."""
-    from dtp.errors import ConnectionStateError
+    from dtp.errors import ConnectionStateError, ObjectNotFound
     from dtp.payments._refund_engine import RefundAction, refund_step
     from dtp.payments._refunds import collect_refund
 
@@ -296,7 +300,15 @@ def _refund(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
     try:
         cid = args.connection
-        tc = ledger.get_connection(cid)
+        try:
+            tc = ledger.get_connection(cid)
+        except ObjectNotFound:
+            # (the ledger's own words name the Move struct, TransportControl, and not
+            # which ledger was asked: the usual slip is the wrong ID or the wrong --ledger)
+            raise ObjectNotFound(
+                f"No connection {cid} on {_ledger_spec(args).describe()}: `dtp connections` "
+                "lists the identity's (pass --ledger for another ledger)."
+            ) from None
         if tc.client != identity.sui_address:
             raise _CliError(
                 f"Connection {cid} is the client {tc.client}'s, not {identity.sui_address}'s: "

@@ -95,8 +95,9 @@ def _common() -> argparse.ArgumentParser:
     parent.add_argument(
         "--ledger",
         metavar="SPEC",
-        help="the ledger: local (the embedded one), local:PATH, localnet, devnet, testnet, "
-        "mainnet, NETWORK@URL or sui:URL (default $DTP_LEDGER, else local; docs/sui.md)",
+        help="the ledger: local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite), "
+        "local:PATH, localnet, devnet, testnet, mainnet, NETWORK@URL or sui:URL (default "
+        "$DTP_LEDGER, else local; docs/sui.md)",
     )
     parent.add_argument("--ledger-path", metavar="PATH", help="the same as --ledger local:PATH")
     parent.add_argument(
@@ -105,7 +106,11 @@ def _common() -> argparse.ArgumentParser:
         help="the dtp package on a Sui ledger (default $DTP_SUI_PACKAGE, else the one "
         "`dtp deploy` recorded for the network)",
     )
-    parent.add_argument("--identity", help="identity file (default: the DTP identity path)")
+    parent.add_argument(
+        "--identity",
+        help="identity file (default $XDG_DATA_HOME/dtp/identity.json, "
+        "~/.local/share/dtp/identity.json when it is unset)",
+    )
     parent.add_argument(
         "--passphrase-env",
         default=_PASSPHRASE_ENV,
@@ -266,6 +271,9 @@ def _keys_new(args: argparse.Namespace) -> int:
     from dtp.identity.keys import HostIdentity
 
     path = _identity_path(args)
+    if path.is_dir():
+        # (--force cannot replace a folder: saying "pass --force" sent the user round)
+        raise _CliError(f"{path} is a directory: --identity names the identity file to write.")
     if not args.force and os.path.lexists(path):
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
@@ -820,8 +828,9 @@ def _deploy_package(args: argparse.Namespace, stop: _Stop) -> int:
     sui_bin = _given_path(args.sui_bin, "--sui-bin")
     sui = str(sui_bin) if sui_bin is not None else shutil.which("sui")
     if not sui or not Path(sui).exists():
-        print(SUI_INSTALL_HINT, file=sys.stderr)
-        return 1
+        # (a CliError: "dtp: " before it as every command's failures, and with --json one
+        # JSON object, where a bare line was printed)
+        raise _CliError(SUI_INSTALL_HINT)
     # absolute: `sui move build` and `sui client publish` run in the package directory,
     # where a relative --sui-bin (or a relative PATH entry) names nothing
     sui = os.path.abspath(sui)
@@ -1114,7 +1123,24 @@ def register(subparsers: Any) -> None:
 
     register_funds(subparsers, leaf)
 
-    deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
+    # (the sui CLI publishes with its active key and environment: no --ledger, --identity
+    # or --sui-package, which a user would take for the key that pays, is taken)
+    deploy = subparsers.add_parser(
+        "deploy",
+        help="build and publish the dtp Move package",
+        description="Build move/dtp and publish it with the Sui CLI's active address and "
+        "environment (`sui client active-address`, `sui client switch --env`), then record "
+        "its package ID for the network.",
+    )
+    deploy.set_defaults(func=_run(_deploy))
+    deploy.add_argument(
+        "--passphrase-env",
+        default=_PASSPHRASE_ENV,
+        type=_parse_env_name,
+        help="environment variable holding a DTP identity passphrase, kept from the sui "
+        "commands it runs (default DTP_PASSPHRASE)",
+    )
+    deploy.add_argument("--json", action="store_true", help="machine-readable output")
     deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")
     deploy.add_argument("--sui-bin", help="path to the sui binary (default: found on PATH)")
     deploy.add_argument(

@@ -149,13 +149,25 @@ def _websocket_tls(cert: Path, key: Path, check: Check) -> None:
         )
 
 
+def _not_creatable(path: Path) -> str | None:
+    """Why the first start cannot create ``path`` (None: it can, as far as a look tells):
+    its nearest existing parent must be a writable directory -- a file there passed the
+    check, and the start then failed with "Not a directory"."""
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK):
+        return f"{path} cannot be created here"
+    if not parent.is_dir():
+        return f"{path} cannot be created: {parent} is not a directory"
+    return None
+
+
 def _state_dir(config: DaemonConfig, check: Check) -> int | None:
     """Check the state directory; the pid of the daemon holding it, if one does."""
     state_dir = config.daemon.state_dir
     if not state_dir.exists():
-        parent = next((p for p in state_dir.parents if p.exists()), None)
-        if parent is None or not os.access(parent, os.W_OK):
-            check.add("problem", "state_dir", f"{state_dir} cannot be created here")
+        why = _not_creatable(state_dir)
+        if why is not None:
+            check.add("problem", "state_dir", why)
         else:
             check.add("note", "state_dir", f"{state_dir} is created (0700) at the first start")
         return None
@@ -210,7 +222,11 @@ def _identity(config: DaemonConfig, passphrase_env: str, check: Check) -> HostId
         check.add("problem", "identity", str(exc))
         return None
     if not path.exists():
-        check.add("note", "identity", f"{path} is generated (0600) at the first start")
+        why = _not_creatable(path)
+        if why is not None:
+            check.add("problem", "identity", why)
+        else:
+            check.add("note", "identity", f"{path} is generated (0600) at the first start")
         return None
     try:
         identity = HostIdentity.load(path, passphrase)
@@ -240,7 +256,11 @@ def _ledger(config: DaemonConfig, identity: HostIdentity | None, check: Check) -
         ledger = open_ledger(spec, package=package, create=False)
     except DaemonConfigError as exc:
         if spec.path is not None and not spec.path.exists():
-            check.add("note", "ledger", f"{spec.path} is created at the first start")
+            why = _not_creatable(spec.path)
+            if why is not None:
+                check.add("problem", "ledger", why)
+            else:
+                check.add("note", "ledger", f"{spec.path} is created at the first start")
             for forward in config.forwards:
                 check.add("note", f"forward {forward.name}", "target not checked: no ledger yet")
         else:

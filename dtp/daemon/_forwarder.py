@@ -416,7 +416,12 @@ class Forwarder:
             receipt = fees.record(n)
         except InsufficientFunds:
             link.retired = True
-            raise TunnelError("the deposit of this DTP connection is used up") from None
+            # (said with the remedy: the README's forward, at its service's minimum
+            # deposit, is cut a few MiB into a download)
+            raise TunnelError(
+                f"the deposit of this DTP connection ({fees.meter.deposit:,} MIST) is used "
+                "up: a larger `deposit` in the [[forward]] pays for larger transfers"
+            ) from None
         if receipt is not None:  # (most chunks make none due)
             self._send_receipt(link, receipt)
 

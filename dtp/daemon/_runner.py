@@ -100,7 +100,14 @@ def lock_state_dir(config: DaemonConfig) -> int:
     closes, at the latest when the process ends (a killed daemon leaves no stale lock).
     """
     state_dir = config.daemon.state_dir
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        # (by its key and line, as the other settings: "Not a directory: PATH" alone
+        # did not say which setting named the path)
+        raise config.error(
+            ("daemon", "state_dir"), f"cannot create {state_dir}: {exc.strerror or exc}"
+        ) from None
     # the directory holds the receipts (earned fees) and the lock: one that another
     # user owns or may write to could hold links planted where the daemon writes
     info = state_dir.stat()

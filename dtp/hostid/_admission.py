@@ -32,6 +32,7 @@ from dtp.hostid._connect import (
     ResolvedService,
     abandon_host_connection,
     check_connect_options,
+    check_ledger_object,
     pinned_host_key,
     prepare_connecting_early,
     prepare_host_connection,
@@ -216,6 +217,7 @@ class LedgerAdmission:
         # be refused, with "serves port 443, not 443"
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
             raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
+        check_ledger_object(ledger)  # (else each client's admission failed on it)
         self.ledger = ledger
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port

@@ -10,6 +10,7 @@ connect fails (:func:`abandon_host_connection`).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -342,6 +343,16 @@ def check_connect_options(metering: object, ledger_options: object) -> None:
         )
 
 
+def check_ledger_object(ledger: object) -> None:
+    """TypeError for a ledger file's path given where its ledger goes (``ledger=
+    "localnet.sqlite"``): else an AttributeError ('get_host') from the first read."""
+    if isinstance(ledger, str | os.PathLike):
+        raise TypeError(
+            f"ledger must be a ledger object, not the {type(ledger).__name__} {ledger!r}: "
+            "LocalLedger(path) opens a ledger file, dtp.open_ledger(spec) any ledger"
+        )
+
+
 def prepare_connecting_early(
     ledger: Ledger, address: HostAddress, identity: HostIdentity, **options: Any
 ) -> tuple[PreparedConnection, PendingTcp | None]:
@@ -426,6 +437,7 @@ def prepare_host_connection(
             f"identity must be a HostIdentity (the paying client's keys), "
             f"got {type(identity).__name__}"
         )
+    check_ledger_object(ledger)
     if config is not None and not isinstance(config, ConnectionConfig):
         # else replace() below finds it, after the spending cap is created and (paying by
         # subscription or sponsor pool) the deposit moved, with nothing half-closed

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -282,7 +283,7 @@ class RefundCollector:
                     "given up to `dtp refund`",
                     GIVE_UP // 60,
                 )
-                _log_waiting(self._entries())
+                _log_waiting(self._entries(), self.ledger)
                 self.close(timeout=0, log_waiting=False)
             with self._cond:
                 if not self._closed and not self._poked:
@@ -313,7 +314,7 @@ class RefundCollector:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if self.path is None and log_waiting:
-            _log_waiting(self._left)
+            _log_waiting(self._left, self.ledger)
         with self._cond:
             if self._thread is None:
                 self.book.close()  # (else the thread does, as it ends)
@@ -369,13 +370,21 @@ def _log(event: refund.LookEvent) -> None:
             )
 
 
-def _log_waiting(entries: Iterable[Opened]) -> None:
+def _log_waiting(entries: Iterable[Opened], ledger: Ledger) -> None:
+    # a LocalLedger file is named in the command: `dtp refund` alone looks in the
+    # default file, where a program's own ledger (LocalLedger("localnet.sqlite")) is not
+    path = getattr(ledger, "path", None)
+    where = ""
+    if isinstance(path, str) and path != ":memory:":
+        where = f" --ledger local:{os.path.abspath(path)}"
     for entry in entries:
         logger.warning(
-            "the deposit of connection %s is still in its escrow: `dtp refund %s --wait` "
-            "takes it back (%d minutes after its half-close)",
+            "the deposit of connection %s is still in its escrow: `dtp refund %s --wait%s` "
+            "with the client's identity file (--identity) takes it back (%d minutes after "
+            "its half-close)",
             entry.name,
             entry.name,
+            where,
             HALF_CLOSE_TIMEOUT_MS // 60_000,
         )
 
@@ -470,4 +479,4 @@ def _at_exit() -> None:
         collectors = list(_running | set(_collectors.values()))
     for collector in collectors:
         if collector.path is None and not collector.closed:
-            _log_waiting(collector._entries())
+            _log_waiting(collector._entries(), collector.ledger)

@@ -38,10 +38,14 @@ class Cli:
             network.args if network is not None else ["--ledger-path", str(self.ledger)]
         )
 
+    def _argv(self, argv: tuple[str, ...]) -> list[str]:
+        # (deploy takes no ledger and no identity: the sui CLI's key publishes)
+        if argv[:1] == ("deploy",):
+            return list(argv)
+        return [*argv, *self.ledger_args, "--identity", str(self.identity)]
+
     def __call__(self, *argv: str, code: int = 0) -> str:
-        args = make_parser().parse_args(
-            [*argv, *self.ledger_args, "--identity", str(self.identity)]
-        )
+        args = make_parser().parse_args(self._argv(argv))
         assert args.func(args) == code
         out, err = self.capsys.readouterr()
         return out if code == 0 else err
@@ -51,9 +55,7 @@ class Cli:
 
     def run(self, *argv: str) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of a command, whatever its code."""
-        args = make_parser().parse_args(
-            [*argv, *self.ledger_args, "--identity", str(self.identity)]
-        )
+        args = make_parser().parse_args(self._argv(argv))
         code = int(args.func(args))
         out, err = self.capsys.readouterr()
         return code, out, err

@@ -44,6 +44,18 @@ def test_keys(cli: Cli) -> None:
     assert cli.json("keys", "new", "--force")["sui_address"] != created["sui_address"]
 
 
+def test_keys_new_on_a_directory_says_so(cli: Cli) -> None:
+    # not "already exists; pass --force": --force cannot replace a folder either
+    cli.identity.mkdir()
+    for force in ((), ("--force",)):
+        err = cli("keys", "new", *force, code=1)
+        assert (
+            err
+            == f"dtp: {cli.identity} is a directory: --identity names the identity file to write.\n"
+        )
+    assert cli.identity.is_dir() and not any(cli.identity.iterdir())
+
+
 def test_localnet_commands(cli: Cli) -> None:
     cli.json("keys", "new")
     assert "No ledger at" in cli("localnet", "status", code=1)  # status creates nothing
@@ -212,10 +224,17 @@ def test_identity_missing(chain_cli: Cli) -> None:
 def test_deploy_without_sui(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
     err = cli("deploy", "--network", "localnet", code=1)
-    assert err.strip() == SUI_INSTALL_HINT
+    assert err == f"dtp: {SUI_INSTALL_HINT}\n"
     assert err.count(". ") == 0 and "install" in err  # one sentence
     err = cli("deploy", "--network", "devnet", "--sui-bin", "/nonexistent/sui", code=1)
-    assert err.strip() == SUI_INSTALL_HINT
+    assert err == f"dtp: {SUI_INSTALL_HINT}\n"
+    # --json: the failure as one JSON object, as every command's
+    err = cli("deploy", "--network", "localnet", "--json", code=1)
+    assert json.loads(err) == {
+        "error": "CommandError",
+        "message": SUI_INSTALL_HINT,
+        "exit_status": 1,
+    }
 
 
 def test_deploy_with_fake_sui(cli: Cli, tmp_path: Path) -> None:

@@ -196,3 +196,27 @@ def test_the_setup_of_the_daemon_tests_passes_its_own_check(tmp_path: Path, echo
     )
     code, out, _ = _check(config)
     assert code == 0, out
+
+
+def test_what_a_first_start_cannot_create_under_a_file_is_a_problem(
+    tmp_path: Path, echo: int
+) -> None:
+    # a file where a folder must be: the start fails with "Not a directory", so the
+    # check says so instead of "created at the first start"
+    (tmp_path / "afile").write_text("")
+    config = _config(tmp_path, 'ledger = "afile/ledger.sqlite"', echo)
+    text = config.read_text()
+    text = text.replace('state_dir = "state"', 'state_dir = "afile/state"')
+    config.write_text(text.replace('identity = "host.key"', 'identity = "afile/host.key"'))
+    code, out, err = _check(config)
+    assert code == 1, out + err
+    for what, name in (
+        ("state_dir", "state"),
+        ("identity", "host.key"),
+        ("ledger", "ledger.sqlite"),
+    ):
+        blocker = tmp_path / "afile"
+        assert (
+            f"  PROBLEM  {what}: {blocker / name} cannot be created: {blocker} is not a directory"
+        ) in out
+    assert err.splitlines()[-1].endswith("test failed: 3 problems")

@@ -46,6 +46,7 @@ import pytest
 
 import dtp.cli._demo as demo
 from dtp.cli import _demo_daemon as demo_daemon
+from dtp.cli import main
 from dtp.cli._demo_daemon import run_daemon_step
 from dtp.daemon._status import _table
 from dtp.daemon._tunnel import TcpLeg
@@ -382,3 +383,17 @@ def test_the_demo_starts_its_daemons_without_the_callers_passphrase(
         demo_daemon._start(tmp_path / "provider.toml", [])
     assert len(seen) == 1 and seen[0] is not None
     assert "DTP_PASSPHRASE" not in seen[0] and "PATH" in seen[0]
+
+
+def test_a_screenshots_folder_that_cannot_be_made_is_refused_before_the_first_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # (a folder inside a file: no step runs, one line says why, as a usage error)
+    assert main(["demo", "--quick", "--screenshots", str(blocker / "shots")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"dtp demo: --screenshots: cannot make {blocker / 'shots'}: Not a directory\n"
+    )

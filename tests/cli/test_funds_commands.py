@@ -248,6 +248,13 @@ def test_connections_as_client_and_as_host(place: Place) -> None:
     assert f"service:    {place.host}:7" in text and "claimable:  unknown" in text
 
 
+def test_connections_of_a_host_not_on_the_ledger_fail(place: Place) -> None:
+    # a shortened or mistyped host ID is not "a host with no connections"
+    message = place.fails("connections", "--host", "0x8a4f")
+    assert message.startswith("No Host with ID 0x" + "8a4f".rjust(64, "0"))
+    assert place.json("connections", "--host", place.host)["connections"] == []
+
+
 def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> None:
     first, second = place.open(), place.open()
     ledger = place.world.ledger
@@ -380,6 +387,23 @@ def test_refund_is_the_clients(place: Place) -> None:
     )
     assert place.world.ledger.get_connection(opened).half_closed_at_ms is None
     assert "is not a valid connection ID" in place.run("refund", "zz")[2]
+
+
+def test_refund_of_an_unknown_connection_names_the_ledger_asked(place: Place) -> None:
+    # a connection ID mistyped, or one on another ledger: said in the user's words (a
+    # connection, not the Move struct) with the ledger that was asked
+    unknown = "0x" + "77c2".rjust(64, "0")
+    message = place.fails("refund", unknown)
+    assert message.startswith(f"No connection {unknown} on ")
+    assert "TransportControl" not in message
+    if isinstance(place.world, LocalWorld):
+        assert f"on the ledger file {place.world.path}:" in message
+    assert message.endswith(
+        "`dtp connections` lists the identity's (pass --ledger for another ledger)."
+    )
+    code, out, err = place.run("refund", unknown, "--json")
+    assert (code, out) == (1, "")
+    assert json.loads(err)["error"] == "ObjectNotFound"  # the type scripts branch on, kept
 
 
 # -- claim -------------------------------------------------------------------------------------

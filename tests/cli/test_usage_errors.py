@@ -451,3 +451,34 @@ def test_the_daemon_refuses_an_empty_passphrase_variable(tmp_path: Path) -> None
                 pipe.close()
     assert not (tmp_path / "id.json").exists()
     assert not (tmp_path / "l.sqlite").exists()  # nothing was started
+
+
+def test_help_names_the_default_identity_and_ledger_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "the DTP identity path" left a newcomer to find where a key lives; the help says it
+    with pytest.raises(SystemExit):
+        run("balance", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--identity IDENTITY identity file (default $XDG_DATA_HOME/dtp/identity.json," in text
+    assert "~/.local/share/dtp/identity.json when it is unset" in text
+    assert "local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite)" in text
+
+
+@pytest.mark.parametrize(
+    "option", [("--identity", "k.json"), ("--ledger", "testnet"), ("--sui-package", "0x1")]
+)
+def test_deploy_takes_no_identity_or_ledger(
+    option: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the sui CLI's active key publishes: an --identity taken and ignored let a user
+    # believe another key paid
+    with pytest.raises(SystemExit) as refused:
+        run("deploy", "--network", "testnet", *option)
+    assert refused.value.code == 2
+    assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("deploy", "--help")
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--identity" not in shown and "--ledger" not in shown
+    assert "with the Sui CLI's active address and environment" in shown

@@ -201,6 +201,18 @@ def test_a_listen_address_that_cannot_be_bound_is_a_config_error(tmp_path: Path)
     )
 
 
+def test_a_state_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "dtp.toml"
+    (tmp_path / "afile").write_text("")
+    config.write_text(HEAD + 'state_dir = "afile/state"\n' + SVC)
+    done = run_daemon(config)
+    assert done.returncode == 2
+    assert one_line(done) == (
+        f"dtp daemon: {config}:4: daemon.state_dir: cannot create {tmp_path / 'afile' / 'state'}: "
+        "Not a directory"
+    )
+
+
 def test_a_ledger_that_is_not_sqlite_is_a_one_line_error(tmp_path: Path) -> None:
     config = tmp_path / "dtp.toml"
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)

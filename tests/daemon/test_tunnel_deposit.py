@@ -62,6 +62,11 @@ def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
                     assert rest == b"-more"  # the other tunnel went on to its end
                 assert f.stop() == 0
             assert "raised: closing the connection" not in f.log()
+            # the cut says how much was held and what to change
+            assert (
+                "the deposit of this DTP connection (10,000 MIST) is used up: a larger "
+                "`deposit` in the [[forward]] pays for larger transfers"
+            ) in f.log()
             assert d.stop() == 0
     finally:
         go_on.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import dtp.payments._refunds as refunds
 from dtp.errors import ChainError
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+from dtp.ledger.local import LocalLedger
 from dtp.ledger.receipt import Receipt, fee
 from dtp.payments._refund_book import OpenedBook
 from dtp.payments._refunds import RefundCollector
@@ -165,7 +167,13 @@ def test_what_still_waits_at_close_is_logged_with_its_command(
         rc = RefundCollector(place.ledger, place.client)
         rc.add(cid)
         rc.close()
-    assert any(f"`dtp refund {cid} --wait`" in r.getMessage() for r in caplog.records)
+    # a LocalLedger file is named (dtp refund alone reads the default file), and whose
+    # identity signs
+    path = getattr(place.ledger, "path", None)
+    ledger = f" --ledger local:{os.path.abspath(path)}" if isinstance(path, str) else ""
+    command = f"`dtp refund {cid} --wait{ledger}` with the client's identity file (--identity)"
+    assert any(command in r.getMessage() for r in caplog.records), caplog.text
+    assert ledger or not isinstance(place.ledger, LocalLedger)
     with pytest.raises(RuntimeError, match="closed"):
         rc.add(cid)
 

@@ -95,6 +95,8 @@ def test_the_demo_runs_without_the_extras(tmp_path: Path) -> None:
         (["-m", "dtp", "balance", "--ledger", "localnet"], "sui", "--ledger: Sui localnet"),
         (["-m", "dtp", "lan", "--timeout", "0.1"], "lan", "LAN discovery"),
         (["-m", "dtp.graph", "gun", "--listen", "127.0.0.1:0"], "gun", "The Gun peer"),
+        # (its package's import raises, before its __main__ runs)
+        (["-m", "dtp.testing.sui_node", "--port", "0"], "sui", "The Sui node stand-in"),
     ],
 )
 def test_a_feature_without_its_extra_names_the_extra(

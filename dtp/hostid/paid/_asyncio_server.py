@@ -32,6 +32,7 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.hostid._admission import Admitted, checked_open_grace
+from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid._asyncio import (
     PaidCallback,
     PaidConnection,
@@ -829,6 +830,7 @@ async def serve(
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
     checked_billing(billing)  # (the callback is checked with it as the server is made)
+    check_ledger_object(ledger)
     options = ServerOptions.checked(
         identity,
         address=address,

@@ -52,6 +52,7 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.hostid._admission import Admitted
+from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid._blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid._request_billing import (
@@ -197,6 +198,7 @@ class PaidServer:
         from dtp.hostid._blocking import create_server
 
         checked_billing(billing)
+        check_ledger_object(ledger)
 
         options = ServerOptions.checked(
             identity,

@@ -27,12 +27,19 @@ It speaks pysui's generated messages: it needs the ``sui`` extra (``pip install
 'dtp[sui,testing]'`` for it and the rest of :mod:`dtp.testing`).
 """
 
+import sys
+
 from dtp._extras import missing
 
 try:  # first: without the sui extra, one error naming it (and no half-imported package)
     import pysui  # noqa: F401
 except ImportError as exc:
-    raise missing("sui", "The Sui node stand-in", exc) from None
+    error = missing("sui", "The Sui node stand-in", exc)
+    if sys.argv[:1] == ["-m"]:
+        # `python -m dtp.testing.sui_node` imports this package before its __main__ can
+        # catch anything (argv[0] is "-m" meanwhile): one line there too, not a traceback
+        raise SystemExit(f"python -m dtp.testing.sui_node: {error}") from None
+    raise error from None
 
 from dtp.testing.sui_node._faucet import DEFAULT_AMOUNT, FaucetError, request_funds
 from dtp.testing.sui_node._server import (
