@@ -255,10 +255,13 @@ def test_a_listener_is_handed_a_connection_once_its_syn_is_answered() -> None:
         assert took >= 0.04 - 1e-9  # (a SYN there and its answer back at the least)
 
 
-@pytest.mark.parametrize("event", ["client crash", "server crash", "listener closed", "cancel"])
+@pytest.mark.parametrize(
+    "event", ["client crash", "client crash early", "server crash", "listener closed", "cancel"]
+)
 def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: str) -> None:
     """What happens while a SYN's answer is on its way (the SYN in at 0.1 s, its answer
-    back at 0.2 s): the client's host crashing aborts the connect, the listener closing
+    back at 0.2 s): the client's host crashing aborts the connect (so does one while the
+    SYN is on its way, at 0.05 s), the listener closing
     (its host crashed, a new server listening there since) resets it, a cancel drops it;
     none leaves an end open, and no listener is handed a connection whose SYN it never
     answered."""
@@ -274,7 +277,7 @@ def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: st
         server = await asyncio.start_server(serve, "server", 9)
 
         def at_half_way() -> None:
-            if event == "client crash":
+            if event.startswith("client crash"):
                 net.crash("client")
             elif event == "listener closed":
                 server.close()
@@ -282,7 +285,7 @@ def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: st
                 net.crash("server")
                 net.host("server").spawn(asyncio.start_server(serve, "server", 9))
 
-        net.after(0.15, at_half_way)
+        net.after(0.05 if event == "client crash early" else 0.15, at_half_way)
         with net.host("client"):
             connect = asyncio.ensure_future(asyncio.open_connection("server", 9))
             if event == "cancel":
@@ -300,6 +303,7 @@ def test_a_connect_whose_syn_answer_meets_an_end_leaves_nothing_behind(event: st
         outcome
         == {
             "client crash": "ConnectionAbortedError",
+            "client crash early": "ConnectionAbortedError",
             "server crash": "ConnectionResetError",
             "listener closed": "ConnectionResetError",
             "cancel": "CancelledError",

@@ -475,11 +475,15 @@ class SimNetwork:
         ``ConnectionRefusedError`` when nothing listens there, ``TimeoutError`` after
         :data:`CONNECT_RETRIES` SYNs unanswered; ``ConnectionResetError`` when the
         listener closed while the SYN's answer was on its way, ``ConnectionAbortedError``
-        when our host crashed meanwhile."""
+        when our host crashed while the SYN or its answer was on its way."""
         src, dst = self.current_host(), self.resolve(host)
         serial = next(self._serial)
         rng = random.Random(f"{self.seed}/{serial}/syn")
+        lives = src.crashes
         await self._control(src, dst, rng, syn=True)
+        if src.crashes != lives:
+            # (the connecting program died meanwhile, as crash() ends the host's others)
+            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
         listener = self._listeners.get((dst.name, port))
         if listener is None:
             await self._control(dst, src, rng, syn=False)
@@ -493,10 +497,8 @@ class SimNetwork:
         # lost SYN-ACK costs the client its retries, not the server's first-message
         # window (its handshake timer starts at the accept). Nothing exists of it
         # meanwhile, so a connect cancelled or failed on the way leaves nothing behind
-        lives = src.crashes
         await self._control(dst, src, rng, syn=False)
         if src.crashes != lives:
-            # (the connecting program died meanwhile, as crash() ends the host's others)
             raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
         if self._listeners.get((dst.name, port)) is not listener:
             # its listener closed (its host crashed, perhaps a new one listening since)
