@@ -652,7 +652,8 @@ class PaidSocket:
         whatever the timeout: when the gate's credit covers none of the send now (the
         connection paused for a receipt, or its credit held by writes under way or
         queued), the call looks once at what came (a paused connection asks the client
-        for a receipt, as any paused call does) and raises BlockingIOError, as the
+        for a receipt, as any paused call does, and reads the escrow again at most once a
+        second, a ledger read: how a top-up is seen) and raises BlockingIOError, as the
         socket's send does when nothing fits: nothing sent, nothing charged; send again
         later. So too when the rate limits would hold the send back; what it sends is
         charged to them without a wait, the debt holding back the next call. Other
