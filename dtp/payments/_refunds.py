@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shlex
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -376,7 +377,7 @@ def _log_waiting(entries: Iterable[Opened], ledger: Ledger) -> None:
     path = getattr(ledger, "path", None)
     where = ""
     if isinstance(path, str) and path != ":memory:":
-        where = f" --ledger local:{os.path.abspath(path)}"
+        where = " --ledger " + shlex.quote(f"local:{os.path.abspath(path)}")  # (a space)
     for entry in entries:
         logger.warning(
             "the deposit of connection %s is still in its escrow: `dtp refund %s --wait%s` "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def test_what_still_waits_at_close_is_logged_with_its_command(
     # a LocalLedger file is named (dtp refund alone reads the default file), and whose
     # identity signs
     path = getattr(place.ledger, "path", None)
-    ledger = f" --ledger local:{os.path.abspath(path)}" if isinstance(path, str) else ""
+    quoted = shlex.quote(f"local:{os.path.abspath(path)}") if isinstance(path, str) else ""
+    ledger = f" --ledger {quoted}" if quoted else ""
     command = f"`dtp refund {cid} --wait{ledger}` with the client's identity file (--identity)"
     assert any(command in r.getMessage() for r in caplog.records), caplog.text
     assert ledger or not isinstance(place.ledger, LocalLedger)
