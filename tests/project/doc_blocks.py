@@ -160,9 +160,11 @@ def held_for(chain: list[Block]) -> Iterator[None]:
     Their fixed ports (both probes found a port free before either bound it, and one
     block failed with EADDRINUSE) and the LAN (a block counting the peers of its
     namespace found the other backend's run of it too)."""
-    names = [f"port-{b.port}" for b in chain if b.port is not None]
+    # (a set: a chain's blocks often share a port, and a second flock of the same file
+    # through another open file waits for the first for good)
+    names = {f"port-{b.port}" for b in chain if b.port is not None}
     if any(_LAN.search(b.code) for b in chain):
-        names.append("lan")
+        names.add("lan")
     with contextlib.ExitStack() as stack:
         for name in sorted(names):
             path = os.path.join(tempfile.gettempdir(), f"dtp-doc-test-{name}.lock")
