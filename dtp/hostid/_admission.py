@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from dtp.errors import (
     ChainError,
+    HostConfigError,
     InvalidArgument,
     connection_limit_refusal,
     finite_float,
@@ -161,6 +162,24 @@ def check_open_grace_use(open_grace: float | None, ledger: object | None) -> Non
     if open_grace is not None and ledger is None:
         raise InvalidArgument(
             "open_grace is the ledger admission's: give it with ledger and host_id"
+        )
+
+
+def check_serves_host(ledger: Ledger, host_id: str, noise_public: bytes) -> None:
+    """Before a server admits the clients of ``host_id``: that the Host is on the ledger
+    (ObjectNotFound) and publishes this server's Noise key (HostConfigError). A client
+    resolves the key it handshakes with from the Host and opens its deposit first: a
+    server holding another key would fail every handshake after the deposit went into
+    escrow, where it waits for the half-close timeout. (Its services may be added once
+    it listens, as its endpoint is.)"""
+    host = ledger.get_host(host_id)
+    if host.noise_static_key != noise_public:
+        raise HostConfigError(
+            f"host {host.id} publishes the Noise key {host.noise_static_key.hex()}, not this "
+            f"server's identity's ({noise_public.hex()}): its clients' handshakes would fail "
+            "after their deposits went into escrow. Publish this identity's key "
+            "(ledger.set_noise_static_key, or `dtp host set HOST --noise-key KEY`) before "
+            "the server starts, or serve with the identity whose key the Host publishes"
         )
 
 

@@ -21,6 +21,7 @@ from dtp.hostid._admission import (
     abandon_host_connection,
     check_connect_options,
     check_open_grace_use,
+    check_serves_host,
     pinned_host_key,
     prepare_connecting_early,
 )
@@ -537,6 +538,7 @@ async def start_server(
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/dtp_port, not both")
         admit = LedgerAdmission(ledger, host_id, dtp_port, open_grace=open_grace)
+        check_serves_host(ledger, host_id, identity.noise_public)  # (after the port's check)
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
     server = DTPServer(

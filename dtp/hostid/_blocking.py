@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dtp.errors import LocalProtocolError
 from dtp.hostid._address import HostAddress
-from dtp.hostid._admission import LedgerAdmission, check_open_grace_use
+from dtp.hostid._admission import LedgerAdmission, check_open_grace_use, check_serves_host
 from dtp.hostid._connect import (
     CarrierChoice,
     OpenJournal,
@@ -278,7 +278,10 @@ def create_server(
     ``port`` (the DTP port served, a service of that Host), clients are admitted only
     through :class:`~dtp.hostid._admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
-    host's firewall must permit them; others get ConnectionRefused with the reason. One
+    host's firewall must permit them; others get ConnectionRefused with the reason. The
+    Host must exist (ObjectNotFound) and publish ``identity``'s Noise key
+    (HostConfigError), checked before anything listens: its clients take the key from
+    the Host and open their deposits first. One
     DTP connection is served per ledger connection at a time, within the Host's
     connection limits (``max_connections_per_client``, the service's
     ``max_connections``), counted over the DTP connections the server serves now: one
@@ -332,6 +335,7 @@ def create_server(
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/port, not both")
         admit = LedgerAdmission(ledger, host_id, port, open_grace=open_grace)
+        check_serves_host(ledger, host_id, identity.noise_public)  # (after the port's check)
     server = DTPServer(
         address,
         identity,

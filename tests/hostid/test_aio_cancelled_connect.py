@@ -190,13 +190,15 @@ def test_a_server_whose_ledger_listener_fails_leaves_no_tcp_listener(
     ledger: tuple[LocalLedger, str],
 ) -> None:
     """start_server on TCP and the ledger carrier for a host the identity is not the
-    authority of: NotAuthorized, and the TCP listener it had started is closed (it
-    listened on, unreachable through the server nobody got)."""
+    authority of (though the Host publishes its Noise key): NotAuthorized, and the TCP
+    listener it had started is closed (it listened on, unreachable through the server
+    nobody got)."""
     from dtp.errors import NotAuthorized
     from tests.support.leaks import resource_warnings
 
     book, host_id = ledger
     stranger = identity_from_seed(0x63)
+    book.set_noise_static_key(SERVER, host_id, stranger.noise_public)
 
     async def main() -> None:
         with pytest.raises(NotAuthorized):
