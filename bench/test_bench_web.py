@@ -106,17 +106,22 @@ class _StalledStream(web_rows._PackageHandler):
 
 def test_a_module_never_answered_ends_the_wait_with_a_report() -> None:
     _need_row()
-    _RELEASE.clear()
-    try:
-        with (
-            _serving(_StalledStream) as server,
-            Chromium() as browser,
-            pytest.raises(BrowserError) as failed,
-        ):
-            web_rows.open_page(browser, server, timeout=3)
-    finally:
-        _RELEASE.set()
-    message = str(failed.value)
+    for _ in range(3):
+        _RELEASE.clear()
+        try:
+            with (
+                _serving(_StalledStream) as server,
+                Chromium() as browser,
+                pytest.raises(BrowserError) as failed,
+            ):
+                web_rows.open_page(browser, server, timeout=3)
+        finally:
+            _RELEASE.set()
+        message = str(failed.value)
+        if "Failed to fetch dynamically imported module" not in message:
+            break
+        # (another module's fetch failed, the page reporting it: a change of the host's
+        # network by the suite's other tests ends Chromium's requests in flight. Again)
     assert message.startswith("(load 1) /bench/rpc.html did not start: still false after 3 s")
     assert "(load 2)" not in message  # (a wait that long is not loaded again)
     assert "the page: {" in message and '"state": "complete"' in message
