@@ -13,7 +13,8 @@ __all__ = ["METERED_MAX_WAIT", "PAID_CLOSE_WAIT", "MeteredClient"]
 
 # seconds a paid client's close waits for the server's end of the carrier, which closes
 # once the server settled on the ledger: about what a ledger transaction takes, the one
-# the client would otherwise send itself (its half-close) and pay the gas of
+# the client would otherwise send itself (its half-close) and pay the gas of. (A server
+# that only admits closes its end as soon as it read the CLOSE: Reservations.ends_carriers)
 PAID_CLOSE_WAIT = 3.0
 
 # A metered client is looked at more often than a plain one (the timer's MAX_WAIT): a

@@ -79,6 +79,10 @@ class ServedConnections:
         self._ledger = ledger
         self._identity = identity
         self._settle = settle
+        #: Nothing is left to do at a connection's end (Reservations.ends_carriers):
+        #: unless it settles, a server that only admits does not keep its clients
+        #: waiting for its end of the carrier
+        self.ends_carriers = not settle
         #: Where :meth:`take` reads the Host's connection limits: the admission that
         #: admitted the client, as it last read them (``LedgerAdmission.reservations``
         #: sets it).

@@ -45,6 +45,13 @@ class Reservations(Protocol):
     connection, within the Host's limits), given to the server by the layer that made
     it (``DTPServer(reservations=...)``)."""
 
+    ends_carriers: bool
+    """Whether nothing is left to do at a connection's end: the blocking server then
+    half-closes its carrier as soon as the peer closed the connection, as the asyncio
+    one closes it, rather than when its application closes the socket (a metered
+    client waits for that end: ConnectionHook.close_wait). False where the layer above
+    settles first (the paid server, ``settle_on_close``)."""
+
     def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
         """For ``peer``, which the hooks accepted: the refusal (and None), or None and
         the callable to run, from any thread or an event loop (it must not block),

@@ -198,21 +198,28 @@ class PaidConnection:
             return  # within what the gate allowed at its last look
         self._look_at_gate(False, 0, sock, timeout)
 
-    def wait_send(self, sock: DTPSocket, nowait: bool = False) -> None:
+    def wait_send(
+        self, sock: DTPSocket, nowait: bool = False, deadline: float | None = None
+    ) -> None:
         """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
         queued bytes to go is waiting for the client to read, as a plain send waits:
         within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
-        and so is a pause for payment. ``nowait`` (a send with MSG_DONTWAIT): one look
-        at the gate and at what came, waiting for nothing, then BlockingIOError when
-        the credit covers none of the write (a paused connection asks for a receipt
-        as any paused call does)."""
+        and so is a pause for payment. ``nowait`` (a send with MSG_DONTWAIT, or on a
+        non-blocking socket): one look at the gate and at what came, waiting for
+        nothing, then BlockingIOError when the credit covers none of the write (a
+        paused connection asks for a receipt as any paused call does). ``deadline``
+        (monotonic): the call's own end, in place of ``sock``'s timeout from now (a
+        sendall's, which bounds the whole call)."""
         if self.credit.send > 0:
             return
         start = time.monotonic()
-        while not self._look_at_gate(True, 0, sock, "socket", start, nowait=nowait):
+        timeout: float | Literal["socket"] = (
+            "socket" if deadline is None else max(0.0, deadline - start)
+        )
+        while not self._look_at_gate(True, 0, sock, timeout, start, nowait=nowait, ends=deadline):
             if nowait:
                 raise BlockingIOError(errno.EAGAIN, "operation would block")
-            _timed_out(sock, start)
+            _timed_out(sock, start, deadline)
 
     # (blocking only: wait_paid and wait_send share one look, the credit cached between looks)
     def _look_at_gate(
@@ -224,6 +231,7 @@ class PaidConnection:
         began: float | None = None,
         *,
         nowait: bool = False,
+        ends: float | None = None,
     ) -> bool:
         """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
         ``writing``): False when the credit it allows is all held by writes under way or
@@ -234,10 +242,11 @@ class PaidConnection:
         ``sock``, ``timeout``: the call's timeout, which a pause is waited out within
         (:meth:`wait_paid`; None ``sock``: until the pause ends), counted from ``began``
         (the call's start; by default the pause's), then BlockingIOError (the socket's
-        timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
+        timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes.
+        ``ends``: the call's end, which a wait for writes to go stops at too."""
         total_bytes, total_requests = self.engine.conn.usage
         if self.gate.serving(total_bytes + whole, total_requests):
-            return self._refill(writing, whole, nowait)
+            return self._refill(writing, whole, nowait, ends)
         self.read_deposit()
         verdict = self.verdict(whole)
         now = time.monotonic()
@@ -289,7 +298,7 @@ class PaidConnection:
         if step.close is not None:
             self.abort(step.close)
             raise PaymentRequired(step.close.reason, step.close.code)
-        return self._refill(writing, whole, nowait)
+        return self._refill(writing, whole, nowait, ends)
 
     def read_deposit(self, *, ending: bool = False) -> None:
         """Read the escrow again when the gate wants it (the deposit holds a paused
@@ -326,15 +335,20 @@ class PaidConnection:
         if self.gate.violation is not None:
             self.credit.void()
 
-    def _refill(self, writing: bool, whole: int = 0, nowait: bool = False) -> bool:
+    def _refill(
+        self, writing: bool, whole: int = 0, nowait: bool = False, deadline: float | None = None
+    ) -> bool:
         """Set the credit to what the gate allows (the connection serving); for writes,
         less the bytes written but not in the usage yet: those of writes under way, and
         those queued in the connection beyond the client's flow-control window (the
         usage counts a byte once it is sent). False when they hold all of it (or, for a
         write of ``whole`` bytes, too much of it for them), after waiting up to
         ``request_interval`` for some of them to go (``nowait``: after one look at what
-        came)."""
+        came; ``deadline``: no longer than until then)."""
         engine = self.engine
+        wait = self.policy.request_interval
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
         if not writing:
             self.credit.read = self.core.read_credit(engine.conn.usage)
             return True
@@ -354,7 +368,7 @@ class PaidConnection:
                     return False
                 self._waiters += 1
                 try:
-                    self._cond.wait(self.policy.request_interval)
+                    self._cond.wait(wait)
                 finally:
                     self._waiters -= 1
                 return False
@@ -364,10 +378,7 @@ class PaidConnection:
                 engine.poll()
             return False
         with engine.lock, contextlib.suppress(DTPTimeoutError):
-            engine.pump(
-                lambda: engine.conn.send_buffered() < queued or self.ended(),
-                self.policy.request_interval,
-            )
+            engine.pump(lambda: engine.conn.send_buffered() < queued or self.ended(), wait)
         return False
 
     def reserve(self, nbytes: int) -> int:
@@ -469,12 +480,13 @@ class PaidConnection:
         if hold:
             self._hold(delay, core.debt)
 
-    def pace(self, nbytes: int, nowait: bool = False) -> int:
+    def pace(self, nbytes: int, nowait: bool = False, deadline: float | None = None) -> int:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
         (waits until then, and while the requests/s limit is in debt; ``nowait``:
-        BlockingIOError instead of a wait, nothing charged). Unlimited: all of it at
-        once (no clock read, no lock).
+        BlockingIOError instead of a wait; ``deadline``: DTPTimeoutError once it
+        passes first -- nothing charged either way). Unlimited: all of it at once (no
+        clock read, no lock).
         See :attr:`dtp.payments._ratelimit.TokenBucket.take`."""
         core = self.core
         if not self.buckets.bytes.rate and not core.credit_rate:
@@ -494,12 +506,15 @@ class PaidConnection:
             delay = wait(time.monotonic())
         if nowait and delay > 0:
             raise BlockingIOError(errno.EAGAIN, "operation would block")
-        self._hold(delay, wait)
+        self._hold(delay, wait, deadline)
         return size
 
-    def _hold(self, delay: float, again: Callable[[float], float]) -> None:
+    def _hold(
+        self, delay: float, again: Callable[[float], float], deadline: float | None = None
+    ) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
-        limits' lock), or until the connection ends."""
+        limits' lock), or until the connection ends; past ``deadline``, DTPTimeoutError
+        instead."""
         # a wait the connection's end cuts short: a large chunk's debt at a low rate
         # lasts long, and a plain sleep would hold the handler -- and so the settlement
         # and the server's release -- for all of it after the client had gone. Looked at
@@ -508,8 +523,14 @@ class PaidConnection:
         engine = self.engine
         ended = self.ended
         while delay > 0:
+            step = self.core.hold_wait(delay)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DTPTimeoutError("timed out")
+                step = min(step, left)
             with engine.lock, contextlib.suppress(DTPTimeoutError):
-                engine.pump(ended, self.core.hold_wait(delay))
+                engine.pump(ended, step)
             if ended():
                 return
             with self.limit_lock:
@@ -540,16 +561,27 @@ def _ends_connection(sock: DTPSocket) -> bool:
     return bool(getattr(sock, "_primary", False)) and not getattr(sock, "_closed", True)
 
 
-def _timed_out(sock: DTPSocket, began: float) -> None:
+def _timed_out(sock: DTPSocket, began: float, deadline: float | None = None) -> None:
     """Raise as an unpaid call on ``sock`` that began at ``began`` would, once its
-    timeout passed (BlockingIOError at once for a non-blocking socket); else return."""
+    timeout (or its own ``deadline``) passed (BlockingIOError at once for a
+    non-blocking socket); else return."""
     timeout = sock.gettimeout()
     if timeout == 0:
         raise BlockingIOError(errno.EAGAIN, "operation would block")
     now = time.monotonic()
-    deadline = PaidConnectionEngine.call_deadline(timeout, began, now)
+    if deadline is None:
+        deadline = PaidConnectionEngine.call_deadline(timeout, began, now)
     if deadline is not None and now >= deadline:
         raise DTPTimeoutError("timed out")
+
+
+def _send_within(sock: DTPSocket, view: memoryview, timeout: float) -> int:
+    """``sock.send(view)``, waiting up to ``timeout`` seconds rather than the socket's
+    own timeout: what is left of a paid call's, which its waits for payment and the
+    rate limits took from (as DTPSocket.sendall bounds its pieces)."""
+    n = sock._send(view, timeout)
+    sock._engine.leave_queued(sock._stream_id)
+    return n
 
 
 def _left_of(
@@ -658,7 +690,12 @@ class PaidSocket:
         later. So too when the rate limits would hold the send back; what it sends is
         charged to them without a wait, the debt holding back the next call. Other
         flags raise as the socket's send does, before any wait. An empty send returns 0
-        at once, paused or not, as the socket's does."""
+        at once, paused or not, as the socket's does.
+
+        A non-blocking socket (``settimeout(0)``, ``setblocking(False)``) sends as
+        MSG_DONTWAIT does; a positive timeout bounds every wait of the call, payment and
+        the rate limits included (DTPTimeoutError, ``socket.timeout``, nothing sent or
+        charged), the debt of what it sent holding back the next call."""
         nowait = False
         if flags or type(flags) is not int:
             if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
@@ -670,27 +707,54 @@ class PaidSocket:
         view = readable(data)
         if not len(view):
             return self._sock.send(view, flags)  # (nothing to pay for: 0, as a socket's)
+        timeout = self._sock.gettimeout()
+        if timeout == 0:
+            nowait = True
+        deadline = None if timeout is None or nowait else time.monotonic() + timeout
+        return self._send(view, nowait, deadline)
+
+    def _send(self, view: memoryview, nowait: bool, deadline: float | None) -> int:
+        """:meth:`send` of the non-empty ``view``: waiting for nothing (``nowait``), or
+        until ``deadline`` (None: for good)."""
         paid = self._paid
-        paid.wait_send(self._sock, nowait)
-        size = paid.pace(len(view), nowait)
-        if size < len(view):
-            view = view[:size]
+        sock = self._sock
+        paid.wait_send(sock, nowait, deadline)
+        size = paid.pace(len(view), nowait, deadline)
         room = paid.reserve(size)
         try:
-            n = self._sock.send(view if room == size else view[:room], flags)
+            if nowait:
+                n = sock.send(view[:room], _socket.MSG_DONTWAIT)
+            elif deadline is None:
+                n = sock.send(view[:room])
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DTPTimeoutError("timed out")
+                n = _send_within(sock, view[:room], left)
         finally:
             paid.sent(room)
-        paid.limit(n, hold=not nowait)
+        if not n:
+            # never 0 for bytes given: a caller's loop would go round for good
+            raise BlockingIOError(errno.EAGAIN, "operation would block")
+        # without a timeout the debt of what went is waited out now; with one, by the
+        # next call, within its own
+        paid.limit(n, hold=deadline is None and not nowait)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
-        and the rate limits between the pieces)."""
+        and the rate limits between the pieces). The socket's timeout bounds the whole
+        call, as :meth:`dtp.socket.DTPSocket.sendall`'s does (DTPTimeoutError, an
+        unknown part of ``data`` sent); a non-blocking socket sends what goes now,
+        then BlockingIOError, as a socket's sendall does."""
         if flags or type(flags) is not int:
             checked_flags(flags)  # the socket's error for any (the pieces go without)
         view = readable(data)  # (as send)
+        timeout = self._sock.gettimeout()
+        nowait = timeout == 0
+        deadline = None if timeout is None or nowait else time.monotonic() + timeout
         while len(view):
-            n = self.send(view[:SEND_SLICE])
+            n = self._send(view[:SEND_SLICE], nowait, deadline)
             view = view[n:]
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:

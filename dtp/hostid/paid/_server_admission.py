@@ -45,6 +45,7 @@ class ReportedConnections(ServedConnections):
         released: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
+        self.ends_carriers = False  # (the paid server settles before its end closes)
         self._refused_at_limit = refused_at_limit
         self._reserved = reserved
         self._released = released

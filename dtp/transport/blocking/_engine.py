@@ -207,6 +207,9 @@ class Engine:
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
+        # a server's: half-close the carrier once the peer closed the connection, nothing
+        # being left to do at its end (Reservations.ends_carriers; see _end_carrier)
+        self.ends_carrier = False
         self.timer_started = False  # (start_timer: one entry in the timer heap, ever)
         # a server's accepted connection holding one of its accept() queue's places
         self.holds_place = False
@@ -732,6 +735,24 @@ class Engine:
                 conn.handle_timer(now)
         self.session.process_events()
         self.flush()
+        if self.ends_carrier and self.session.terminated is not None:
+            self._end_carrier()
+
+    def _end_carrier(self) -> None:
+        """The connection ended: when the peer closed it, half-close the carrier now, as
+        the asyncio server closes its end, not once the application closes its socket
+        (lock held). A metered client waits for that end after its CLOSE
+        (ConnectionHook.close_wait), which a server that only admits gave it only at
+        its application's close: 3 s of every close (tests/hostid/test_admit_only_close.py).
+        What is still queued goes first: the next pass looks again."""
+        if self.out and not self.carrier_closed:
+            return
+        self.ends_carrier = False
+        ended = self.session.terminated
+        if self.carrier_closed or ended is None or not ended.by_peer:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(_socket.SHUT_WR)
 
     def _close_dropped(self) -> None:
         """Close the streams whose sockets were garbage-collected unclosed, as their
