@@ -32,7 +32,7 @@ from dtp.daemon._outage import (
 from dtp.daemon._refunds import OpenAttempt, Refunds
 from dtp.daemon._state import ForwardStats, StatusBook
 from dtp.daemon._tasks import within
-from dtp.daemon._tunnel import TcpLeg, read_status, splice_leg
+from dtp.daemon._tunnel import PaidInPart, TcpLeg, read_status, splice_leg
 from dtp.errors import (
     ChainError,
     ConnectionRefused,
@@ -416,11 +416,19 @@ class Forwarder:
             receipt = fees.record(n)
         except InsufficientFunds:
             link.retired = True
+            # the part of this chunk the deposit still covers is counted and goes on
+            # (PaidInPart), the rest does not: the final receipt, sent now, pays for
+            # the deposit to the byte and for nothing the client does not get
+            covered = min(n, fees.affordable_bytes())
+            if covered:
+                self._send_receipt(link, fees.record(covered))  # (when one is due)
+            self._send_receipt(link, fees.flush())
             # (said with the remedy: the README's forward, at its service's minimum
             # deposit, is cut a few MiB into a download)
-            raise TunnelError(
+            raise PaidInPart(
                 f"the deposit of this DTP connection ({fees.meter.deposit:,} MIST) is used "
-                "up: a larger `deposit` in the [[forward]] pays for larger transfers"
+                "up: a larger `deposit` in the [[forward]] pays for larger transfers",
+                covered,
             ) from None
         if receipt is not None:  # (most chunks make none due)
             self._send_receipt(link, receipt)

@@ -26,6 +26,7 @@ from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 __all__ = [
     "CHUNK",
     "STATUS_OK",
+    "PaidInPart",
     "TcpLeg",
     "read_status",
     "refusal",
@@ -38,6 +39,16 @@ _REFUSED = 1
 TUNNEL_RESET = 1
 """The code of the RESET_STREAM that ends a tunnel cut short (its TCP side was reset
 or failed, it was cut for unpaid usage, or a stopping daemon cut it)."""
+
+
+class PaidInPart(TunnelError):
+    """Raised by a tunnel's count for a chunk it covers only in part (a deposit used up
+    in the middle of it): its first :attr:`covered` bytes are counted and go on to the
+    peer, then the tunnel is cut -- bytes paid for are never dropped with the rest."""
+
+    def __init__(self, message: str, covered: int) -> None:
+        super().__init__(message)
+        self.covered = covered
 
 
 class _Reader(Protocol):
@@ -209,6 +220,17 @@ class TcpLeg(asyncio.BufferedProtocol):
             return
         try:
             hold = self._count(len(data))
+        except DTPError as exc:
+            # this tunnel cannot go on: what the count covered goes on, then it is cut
+            if isinstance(exc, PaidInPart) and exc.covered:
+                with contextlib.suppress(DTPError, RuntimeError):
+                    sink.write(data[: exc.covered])
+            self.fail(exc)
+            return
+        except RuntimeError as exc:
+            self.fail(exc)
+            return
+        try:
             sink.write(data)
         except (DTPError, RuntimeError) as exc:
             self.fail(exc)
@@ -378,7 +400,11 @@ class TcpLeg(asyncio.BufferedProtocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the TCP side of the tunnel closed")
-            hold = count(len(data))
+            try:
+                hold = count(len(data))
+            except PaidInPart as exc:
+                transport.write(data[: exc.covered])
+                raise
             transport.write(data)
             if not self._writable.is_set():
                 await self._writable.wait()
@@ -417,7 +443,10 @@ class TcpLeg(asyncio.BufferedProtocol):
             except DTPError as exc:
                 # this tunnel cannot go on (a used-up deposit, unpaid usage): it alone is
                 # cut, with this error; raised into the connection's input, it would close
-                # the connection and every other tunnel on it
+                # the connection and every other tunnel on it. What the count covered of
+                # this chunk is paid for: it goes on
+                if isinstance(exc, PaidInPart) and exc.covered:
+                    self.write_chunk(transport, data[: exc.covered])
                 done.set_exception(exc)
                 return
             self.write_chunk(transport, data)
