@@ -194,8 +194,12 @@ class Forwarder:
         stats = self.stats
 
         def count_in(n: int) -> None:
+            try:
+                self._meter(holder[0], n)
+            except PaidInPart as exc:
+                stats.bytes_in += exc.covered  # (what goes on, not what was read)
+                raise
             stats.bytes_in += n
-            self._meter(holder[0], n)
 
         leg = TcpLeg(count_in)
         task = asyncio.get_running_loop().create_task(self._tunnel(leg, holder))
@@ -521,8 +525,12 @@ class Forwarder:
                 raise
 
             def count_out(n: int) -> None:
+                try:
+                    self._meter(link, n)
+                except PaidInPart as exc:
+                    stats.bytes_out += exc.covered  # (what goes on, not what came)
+                    raise
                 stats.bytes_out += n
-                self._meter(link, n)
 
             error = await splice_leg(leg, s_reader, s_writer, count_out)
             if error is not None:

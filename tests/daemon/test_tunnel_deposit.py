@@ -5,6 +5,7 @@ alone. Raised inside the DTP connection's input, the error closed the whole conn
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -180,6 +181,9 @@ def test_a_cut_download_delivers_every_byte_paid_for(tmp_path: Path, loop: str) 
     assert 0 < received < SIZE
     # every byte paid for reached the client, and nothing more (3 bytes went up)
     assert received + 3 == final.total_bytes
+    # the forward's status counts what went on, not the chunk's uncovered rest
+    row = json.loads((tmp_path / "forwarder-state" / "status.json").read_text())["forwards"]["svc"]
+    assert (row["bytes_in"], row["bytes_out"]) == (3, received)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
