@@ -106,6 +106,8 @@ async def _exactly(reader: _Reader, n: int) -> bytes:
 class _DTPWriter(_Writer, Protocol):
     def get_write_buffer_size(self) -> int: ...
 
+    def is_closing(self) -> bool: ...
+
 
 READ_CHUNK = 256 * 1024
 """The TCP side's read size (uvloop's own read buffer is as large)."""
@@ -605,11 +607,12 @@ async def splice_leg(
 
 
 async def _stream_sent(writer: _DTPWriter, deadline: float) -> None:
-    """Wait until ``writer`` (a DTP stream) sent what was written to it, or
-    ``deadline`` (the loop's time) passed."""
+    """Wait until ``writer`` (a DTP stream) sent what was written to it, or it is
+    closing (its connection ended: nothing more goes out), or ``deadline`` (the loop's
+    time) passed."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(DTPError):
-        while writer.get_write_buffer_size() and loop.time() < deadline:
+        while writer.get_write_buffer_size() and not writer.is_closing() and loop.time() < deadline:
             await asyncio.sleep(DELIVERY_POLL)
 
 
