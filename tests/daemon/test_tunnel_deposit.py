@@ -216,3 +216,68 @@ def test_a_cut_upload_delivers_every_byte_paid_for(tmp_path: Path, loop: str) ->
     assert reset  # cut: not the clean end of a transfer
     assert 0 < received < SIZE
     assert received == final.total_bytes
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path, loop: str) -> None:
+    """Downloads read as fast as they come, each cut by its connection's deposit: the
+    provider, still sending when the cut's receipts leave, gets them all and claims
+    the whole deposit of every connection. (A connection closed at once after the cut
+    reset its carrier under the provider's bytes, and the reset lost the receipts
+    the provider had not read yet: it claimed less, or nothing.)"""
+    if loop == "uvloop" and not uvloop_installed():
+        pytest.skip("uvloop is not installed")
+    downloads = 4
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.settimeout(10)
+        sock.recv(16)
+        with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
+            sock.sendall(b"x" * SIZE)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(16)
+
+    backend = Backend(handler)
+    got = []
+    try:
+        config = write_provider(
+            tmp_path,
+            backend.port,
+            f'drain_timeout = 2\nevent_loop = "{loop}"',
+            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
+        )
+        d = daemon(config)
+        with running(d):
+            lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
+            f = daemon(
+                write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines)
+            )
+            with running(f):
+                for _ in range(downloads):
+                    received = 0
+                    with socket.create_connection(forward_address(f), timeout=10) as sock:
+                        sock.sendall(b"big")
+                        with contextlib.suppress(ConnectionResetError):
+                            while chunk := sock.recv(1 << 16):
+                                received += len(chunk)
+                    got.append(received)
+                assert f.stop() == 0
+            assert d.stop() == 0
+    finally:
+        backend.close()
+    # each download was cut where its own connection's deposit ran out
+    assert got == [10000 * 1024 // 10 - 3] * downloads
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        client_address = HostIdentity.load(tmp_path / "client.key").sui_address
+        events, _ = ledger.events()
+        escrows = [
+            ledger.get_escrow(ledger.get_connection(e.fields["connection"]).escrow)
+            for e in events
+            if e.name == "ConnectionOpened" and e.fields["client"] == client_address
+        ]
+    finally:
+        ledger.close()
+    assert [(e.claimed, e.refunded) for e in escrows] == [(10000, 0)] * downloads
