@@ -118,6 +118,10 @@ class ClientFees:
         cost = fee(meter.sla, meter.total_bytes + nbytes, meter.total_requests + requests)
         return cost <= meter.deposit
 
+    def affordable_bytes(self) -> int:
+        """How many more bytes the deposit covers (free services: no limit, as 2**64)."""
+        return self.meter.affordable_bytes() if self.paid else 1 << 64
+
     def flush(self) -> Receipt | None:
         """A receipt for all usage so far, unless one already covers it."""
         return self.meter.flush(_now_ms()) if self.paid else None

@@ -32,7 +32,7 @@ from dtp.daemon._outage import (
 from dtp.daemon._refunds import OpenAttempt, Refunds
 from dtp.daemon._state import ForwardStats, StatusBook
 from dtp.daemon._tasks import within
-from dtp.daemon._tunnel import TcpLeg, read_status, splice_leg
+from dtp.daemon._tunnel import PaidInPart, TcpLeg, read_status, splice_leg
 from dtp.errors import (
     ChainError,
     ConnectionRefused,
@@ -54,6 +54,10 @@ from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon._forwarder")
 
+CUT_CLOSE_GRACE = 1.0
+"""Seconds a connection whose deposit ran out stays open once its last tunnel ended,
+before it closes (:meth:`Forwarder._cut_grace`)."""
+
 
 @dataclass(eq=False)
 class _Link:
@@ -69,6 +73,8 @@ class _Link:
     paid: int = 0
     """MIST covered by the latest receipt sent."""
     retired: bool = False
+    cut_at: float | None = None
+    """When (the loop's time) its deposit ran out, cutting a tunnel."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -194,8 +200,12 @@ class Forwarder:
         stats = self.stats
 
         def count_in(n: int) -> None:
+            try:
+                self._meter(holder[0], n)
+            except PaidInPart as exc:
+                stats.bytes_in += exc.covered  # (what goes on, not what was read)
+                raise
             stats.bytes_in += n
-            self._meter(holder[0], n)
 
         leg = TcpLeg(count_in)
         task = asyncio.get_running_loop().create_task(self._tunnel(leg, holder))
@@ -416,11 +426,21 @@ class Forwarder:
             receipt = fees.record(n)
         except InsufficientFunds:
             link.retired = True
+            if link.cut_at is None:
+                link.cut_at = asyncio.get_running_loop().time()
+            # the part of this chunk the deposit still covers is counted and goes on
+            # (PaidInPart), the rest does not: the final receipt, sent now, pays for
+            # the deposit to the byte and for nothing the client does not get
+            covered = min(n, fees.affordable_bytes())
+            if covered:
+                self._send_receipt(link, fees.record(covered))  # (when one is due)
+            self._send_receipt(link, fees.flush())
             # (said with the remedy: the README's forward, at its service's minimum
             # deposit, is cut a few MiB into a download)
-            raise TunnelError(
+            raise PaidInPart(
                 f"the deposit of this DTP connection ({fees.meter.deposit:,} MIST) is used "
-                "up: a larger `deposit` in the [[forward]] pays for larger transfers"
+                "up: a larger `deposit` in the [[forward]] pays for larger transfers",
+                covered,
             ) from None
         if receipt is not None:  # (most chunks make none due)
             self._send_receipt(link, receipt)
@@ -430,6 +450,23 @@ class Forwarder:
         link.retired = True
         if self._link is link:
             self._link = None
+        if link.tunnels == 0 and not link.closed.is_set():
+            wait = self._cut_grace(link)
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._close_link, link)
+            else:
+                self._close_link(link)
+
+    def _cut_grace(self, link: _Link) -> float:
+        """Seconds ``link`` stays open yet after its deposit ran out: the provider goes
+        on sending what the cut tunnel had credit for until our reset of it arrives,
+        and a carrier closed under those bytes is reset, which destroys what the
+        provider had not read yet -- our final receipts (RFC 1122 4.2.2.13)."""
+        if link.cut_at is None:
+            return 0.0
+        return link.cut_at + CUT_CLOSE_GRACE - asyncio.get_running_loop().time()
+
+    def _close_link(self, link: _Link) -> None:
         if link.tunnels == 0 and not link.closed.is_set():
             self._send_receipt(link, link.fees.flush())
             link.writer.close()
@@ -513,8 +550,12 @@ class Forwarder:
                 raise
 
             def count_out(n: int) -> None:
+                try:
+                    self._meter(link, n)
+                except PaidInPart as exc:
+                    stats.bytes_out += exc.covered  # (what goes on, not what came)
+                    raise
                 stats.bytes_out += n
-                self._meter(link, n)
 
             error = await splice_leg(leg, s_reader, s_writer, count_out)
             if error is not None:
@@ -570,6 +611,9 @@ class Forwarder:
             # final receipts: sent first, they missed the bytes a tunnel counted until
             # its cancel ran (a receipt's worth, never signed for)
             await asyncio.wait(cut, timeout=5.0)
+        grace = max((self._cut_grace(link) for link in self._links), default=0.0)
+        if grace > 0:
+            await asyncio.sleep(grace)  # (see _cut_grace: the final receipts' way)
         for link in list(self._links):
             self._send_receipt(link, link.fees.flush())
             link.writer.close()

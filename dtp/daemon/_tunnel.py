@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -23,9 +24,19 @@ from dtp.protocol.connection import close_reason_bytes
 from dtp.transport.asyncio._protocol import reads_synchronously
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
+try:
+    import fcntl
+except ImportError:  # (not POSIX: a cut tunnel waits for its transport's buffer alone)
+    fcntl = None  # type: ignore[assignment]
+
+# SIOCOUTQ, the same number as TIOCOUTQ: on sockets Linux answers it with the bytes not
+# yet acknowledged; other kernels answer with another count, or not at all
+_OUTQ: int | None = 0x5411 if sys.platform.startswith("linux") else None
+
 __all__ = [
     "CHUNK",
     "STATUS_OK",
+    "PaidInPart",
     "TcpLeg",
     "read_status",
     "refusal",
@@ -38,6 +49,16 @@ _REFUSED = 1
 TUNNEL_RESET = 1
 """The code of the RESET_STREAM that ends a tunnel cut short (its TCP side was reset
 or failed, it was cut for unpaid usage, or a stopping daemon cut it)."""
+
+
+class PaidInPart(TunnelError):
+    """Raised by a tunnel's count for a chunk it covers only in part (a deposit used up
+    in the middle of it): its first :attr:`covered` bytes are counted and go on to the
+    peer, then the tunnel is cut -- bytes paid for are never dropped with the rest."""
+
+    def __init__(self, message: str, covered: int) -> None:
+        super().__init__(message)
+        self.covered = covered
 
 
 class _Reader(Protocol):
@@ -84,6 +105,8 @@ async def _exactly(reader: _Reader, n: int) -> bytes:
 
 class _DTPWriter(_Writer, Protocol):
     def get_write_buffer_size(self) -> int: ...
+
+    def is_closing(self) -> bool: ...
 
 
 READ_CHUNK = 256 * 1024
@@ -209,6 +232,18 @@ class TcpLeg(asyncio.BufferedProtocol):
             return
         try:
             hold = self._count(len(data))
+        except DTPError as exc:
+            # this tunnel cannot go on: what the count covered goes on, then it is cut
+            # (by splice_leg, which lets the other direction's bytes reach the peer first)
+            if isinstance(exc, PaidInPart) and exc.covered:
+                with contextlib.suppress(DTPError, RuntimeError):
+                    sink.write(data[: exc.covered])
+            self._stop(exc)
+            return
+        except RuntimeError as exc:
+            self.fail(exc)
+            return
+        try:
             sink.write(data)
         except (DTPError, RuntimeError) as exc:
             self.fail(exc)
@@ -233,7 +268,11 @@ class TcpLeg(asyncio.BufferedProtocol):
             return
         try:
             hold = self._count(0)
-        except (DTPError, RuntimeError) as exc:
+        except DTPError as exc:
+            self._throttled = False
+            self._stop(exc)
+            return
+        except RuntimeError as exc:
             self._throttled = False
             self.fail(exc)
             return
@@ -338,6 +377,33 @@ class TcpLeg(asyncio.BufferedProtocol):
         else:
             self.transport.close()
 
+    def _stop(self, exc: BaseException) -> None:
+        """End this tunnel with ``exc`` without resetting the TCP peer yet: reading
+        stops, and :func:`splice_leg` resets it once what was sent to it left us."""
+        if self.error is None:
+            self.error = exc
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._finish(self.read_done)
+
+    async def deliver(self, timeout: float) -> None:
+        """Stop reading, and wait up to ``timeout`` until what was written to the TCP
+        peer left us: the transport's buffer, and the kernel's send queue, acknowledged
+        by the peer (where the kernel tells: :func:`_unacknowledged`). A reset drops
+        both unsent; the peer reads what it acknowledged before it sees the reset."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(RuntimeError):
+            transport.pause_reading()
+        deadline = self._loop.time() + timeout
+        while not transport.is_closing() and not self.lost.done():
+            if not transport.get_write_buffer_size() and not _unacknowledged(self._fd):
+                return
+            if self._loop.time() >= deadline:
+                return
+            await asyncio.sleep(DELIVERY_POLL)
+
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
@@ -378,7 +444,11 @@ class TcpLeg(asyncio.BufferedProtocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the TCP side of the tunnel closed")
-            hold = count(len(data))
+            try:
+                hold = count(len(data))
+            except PaidInPart as exc:
+                transport.write(data[: exc.covered])
+                raise
             transport.write(data)
             if not self._writable.is_set():
                 await self._writable.wait()
@@ -417,7 +487,10 @@ class TcpLeg(asyncio.BufferedProtocol):
             except DTPError as exc:
                 # this tunnel cannot go on (a used-up deposit, unpaid usage): it alone is
                 # cut, with this error; raised into the connection's input, it would close
-                # the connection and every other tunnel on it
+                # the connection and every other tunnel on it. What the count covered of
+                # this chunk is paid for: it goes on
+                if isinstance(exc, PaidInPart) and exc.covered:
+                    self.write_chunk(transport, data[: exc.covered])
                 done.set_exception(exc)
                 return
             self.write_chunk(transport, data)
@@ -460,6 +533,10 @@ class TcpLeg(asyncio.BufferedProtocol):
 
 
 HIGH_WATER = 512 * 1024
+CUT_DELIVERY = 5.0
+"""Seconds a cut tunnel waits for what it sent its TCP peer to leave us (the peer
+reading it) before the reset, which would drop what is still unsent."""
+DELIVERY_POLL = 0.01
 RESET_CHECK = 1.0
 """Seconds between looks for a reset from a TCP peer that sent EOF (see
 :meth:`TcpLeg._check_reset`)."""
@@ -478,27 +555,38 @@ async def splice_leg(
     error: BaseException | None = None
     cut = True  # until both directions ended: a cancel (a stopping daemon) cuts too
     try:
-        await asyncio.wait([back, leg.read_done], return_when=asyncio.FIRST_COMPLETED)
-        if back.done():
-            error = back.exception()  # the DTP side failed, or ended: wait for TCP EOF
-            if error is None:
-                await leg.read_done
-                error = leg.error
-        else:
-            error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
-            if error is None:
-                # ... or for the TCP side's loss (a reset after its EOF): the DTP side,
-                # paused for the lost transport's full buffer or idle, would wait for good
-                await asyncio.wait([back, leg.lost], return_when=asyncio.FIRST_COMPLETED)
-                if back.done():
-                    back.result()
-                else:
-                    error = leg.error or ConnectionResetError("the TCP side of the tunnel closed")
-        cut = error is not None
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        error = exc
+        try:
+            await asyncio.wait([back, leg.read_done], return_when=asyncio.FIRST_COMPLETED)
+            if back.done():
+                error = back.exception()  # the DTP side failed, or ended: wait for TCP EOF
+                if error is None:
+                    await leg.read_done
+                    error = leg.error
+            else:
+                error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
+                if error is None:
+                    # ... or for the TCP side's loss (a reset after its EOF): the DTP side,
+                    # paused for the lost transport's full buffer or idle, would wait for
+                    # good
+                    await asyncio.wait([back, leg.lost], return_when=asyncio.FIRST_COMPLETED)
+                    if back.done():
+                        back.result()
+                    else:
+                        error = leg.error or ConnectionResetError(
+                            "the TCP side of the tunnel closed"
+                        )
+            cut = error is not None
+        except Exception as exc:
+            error = exc
+        if cut:
+            # what the tunnel passed on either way (counted, and paid for on a paid
+            # service) reaches its peer before the resets, which would drop it unsent
+            if not back.done():
+                back.cancel()
+            await asyncio.wait([back])
+            deadline = asyncio.get_running_loop().time() + CUT_DELIVERY
+            await leg.deliver(CUT_DELIVERY)
+            await _stream_sent(writer, deadline)
     finally:
         if not back.done():
             back.cancel()
@@ -516,6 +604,28 @@ async def splice_leg(
             else:
                 writer.close()
     return error
+
+
+async def _stream_sent(writer: _DTPWriter, deadline: float) -> None:
+    """Wait until ``writer`` (a DTP stream) sent what was written to it, or it is
+    closing (its connection ended: nothing more goes out), or ``deadline`` (the loop's
+    time) passed."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(DTPError):
+        while writer.get_write_buffer_size() and not writer.is_closing() and loop.time() < deadline:
+            await asyncio.sleep(DELIVERY_POLL)
+
+
+def _unacknowledged(fd: int) -> int:
+    """Bytes in the kernel's send queue of the socket ``fd`` that its peer has not
+    acknowledged (Linux's ``SIOCOUTQ``); 0 where that cannot be asked."""
+    if fd < 0 or fcntl is None or _OUTQ is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(fd, _OUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
 
 
 def reset_tcp(transport: asyncio.Transport) -> None:

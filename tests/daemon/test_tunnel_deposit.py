@@ -4,13 +4,33 @@ alone. Raised inside the DTP connection's input, the error closed the whole conn
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from dtp.eventloop import uvloop_installed
+from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Escrow
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.receipt import Receipt, fee
+from dtp.payments.receipt_store import ReceiptStore
 from tests.daemon.daemon_configs import write_provider
 from tests.daemon.tcp_backends import Backend, serves_health_checks
-from tests.support.daemon_procs import daemon, forward_address, running, write_forwarder
+from tests.support.daemon_procs import (
+    SUI,
+    daemon,
+    forward_address,
+    running,
+    write_forwarder,
+)
+
+ClientRun = Callable[[socket.socket], Any]
 
 
 def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
@@ -25,8 +45,7 @@ def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
             sock.sendall(b"x" * (3 << 20))  # far more than the deposit pays for
         else:
             sock.sendall(b"small-reply")
-            go_on.wait(20)
-            sock.sendall(b"-more")
+            go_on.wait(20)  # (the deposit is used up to the byte: nothing more is sent)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(16)
 
@@ -56,10 +75,8 @@ def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
                             pass
                         assert received < 3 << 20  # cut: the deposit ran out
                     go_on.set()
-                    rest = b""
-                    while chunk := small.recv(16):
-                        rest += chunk
-                    assert rest == b"-more"  # the other tunnel went on to its end
+                    # the other tunnel went on to its clean end: not reset with the cut one
+                    assert small.recv(16) == b""
                 assert f.stop() == 0
             assert "raised: closing the connection" not in f.log()
             # the cut says how much was held and what to change
@@ -71,3 +88,196 @@ def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
     finally:
         go_on.set()
         backend.close()
+
+
+SIZE = 4 << 20
+"""Bytes each transfer would move: four times what the deposit pays for."""
+
+
+def _cut_transfer(
+    tmp_path: Path, loop: str, handler: Callable[[socket.socket], None], client: ClientRun
+) -> tuple[int, Receipt, Escrow]:
+    """One tunnel of a forwarder with a deposit of 10,000 MIST at 10 MIST per KiB, both
+    daemons on ``loop``: the backend runs ``handler``, the local client ``client(sock)``
+    (what it returns is returned first); then the final receipt the provider holds,
+    and the connection's escrow once both daemons stopped."""
+    if loop == "uvloop" and not uvloop_installed():
+        pytest.skip("uvloop is not installed")
+    backend = Backend(handler)
+    try:
+        config = write_provider(
+            tmp_path,
+            backend.port,
+            f'drain_timeout = 2\nevent_loop = "{loop}"',
+            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
+        )
+        d = daemon(config)
+        with running(d):
+            lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
+            f = daemon(
+                write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines)
+            )
+            with running(f):
+                with socket.create_connection(forward_address(f), timeout=10) as sock:
+                    result = client(sock)
+                assert f.stop() == 0
+            assert d.stop() == 0
+    finally:
+        backend.close()
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        client_address = HostIdentity.load(tmp_path / "client.key").sui_address
+        events, _ = ledger.events()
+        opened = [
+            e.fields
+            for e in events
+            if e.name == "ConnectionOpened" and e.fields["client"] == client_address
+        ]
+        assert len(opened) == 1
+        cid = opened[0]["connection"]
+        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    finally:
+        ledger.close()
+    with ReceiptStore(tmp_path / "daemon-state" / "receipts.sqlite") as store:
+        stored = store.latest(cid)
+    assert stored is not None
+    final = stored.receipt
+    assert final.total_requests == 1
+    # the deposit is used to the byte: one more would not be covered
+    assert final.total_amount <= 10000 < fee(escrow.sla, final.total_bytes + 1, 1)
+    # the provider claimed what the receipt covers, and the client got the rest back
+    assert escrow.claimed == final.total_amount
+    assert escrow.refunded == escrow.deposited - final.total_amount
+    return result, final, escrow
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cut_download_delivers_every_byte_paid_for(tmp_path: Path, loop: str) -> None:
+    """A download larger than the deposit: the local client gets exactly the bytes the
+    final receipt covers (the last chunk cut where its cover ends), then a reset."""
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.settimeout(10)
+        sock.recv(16)
+        with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
+            sock.sendall(b"x" * SIZE)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(16)
+
+    def download(sock: socket.socket) -> int:
+        # a small receive buffer: most of what was paid for is still on its way to us
+        # when the deposit runs out
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(b"big")
+        received = 0
+        with pytest.raises(ConnectionResetError):  # cut: not the clean end of a transfer
+            while chunk := sock.recv(1 << 16):
+                received += len(chunk)
+        return received
+
+    received, final, _ = _cut_transfer(tmp_path, loop, handler, download)
+    assert 0 < received < SIZE
+    # every byte paid for reached the client, and nothing more (3 bytes went up)
+    assert received + 3 == final.total_bytes
+    # the forward's status counts what went on, not the chunk's uncovered rest
+    row = json.loads((tmp_path / "forwarder-state" / "status.json").read_text())["forwards"]["svc"]
+    assert (row["bytes_in"], row["bytes_out"]) == (3, received)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cut_upload_delivers_every_byte_paid_for(tmp_path: Path, loop: str) -> None:
+    """An upload larger than the deposit: the backend gets exactly the bytes the final
+    receipt covers, then a reset."""
+    got: list[tuple[int, bool]] = []
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.settimeout(10)
+        received = 0
+        try:
+            while chunk := sock.recv(1 << 16):
+                received += len(chunk)
+        except ConnectionResetError:
+            got.append((received, True))
+        else:
+            got.append((received, False))
+
+    def upload(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # (the cut resets us)
+            sock.sendall(b"y" * SIZE)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(16)
+
+    _, final, _ = _cut_transfer(tmp_path, loop, handler, upload)
+    [(received, reset)] = got
+    assert reset  # cut: not the clean end of a transfer
+    assert 0 < received < SIZE
+    assert received == final.total_bytes
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path, loop: str) -> None:
+    """Downloads read as fast as they come, each cut by its connection's deposit: the
+    provider, still sending when the cut's receipts leave, gets them all and claims
+    the whole deposit of every connection. (A connection closed at once after the cut
+    reset its carrier under the provider's bytes, and the reset lost the receipts
+    the provider had not read yet: it claimed less, or nothing.)"""
+    if loop == "uvloop" and not uvloop_installed():
+        pytest.skip("uvloop is not installed")
+    downloads = 4
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.settimeout(10)
+        sock.recv(16)
+        with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
+            sock.sendall(b"x" * SIZE)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(16)
+
+    backend = Backend(handler)
+    got = []
+    try:
+        config = write_provider(
+            tmp_path,
+            backend.port,
+            f'drain_timeout = 2\nevent_loop = "{loop}"',
+            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
+        )
+        d = daemon(config)
+        with running(d):
+            lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
+            f = daemon(
+                write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines)
+            )
+            with running(f):
+                for _ in range(downloads):
+                    received = 0
+                    with socket.create_connection(forward_address(f), timeout=10) as sock:
+                        sock.sendall(b"big")
+                        with contextlib.suppress(ConnectionResetError):
+                            while chunk := sock.recv(1 << 16):
+                                received += len(chunk)
+                    got.append(received)
+                assert f.stop() == 0
+            assert d.stop() == 0
+    finally:
+        backend.close()
+    # each download was cut where its own connection's deposit ran out
+    assert got == [10000 * 1024 // 10 - 3] * downloads
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        client_address = HostIdentity.load(tmp_path / "client.key").sui_address
+        events, _ = ledger.events()
+        escrows = [
+            ledger.get_escrow(ledger.get_connection(e.fields["connection"]).escrow)
+            for e in events
+            if e.name == "ConnectionOpened" and e.fields["client"] == client_address
+        ]
+    finally:
+        ledger.close()
+    assert [(e.claimed, e.refunded) for e in escrows] == [(10000, 0)] * downloads
