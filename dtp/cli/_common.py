@@ -301,6 +301,12 @@ def ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
         raise CliError(
             f"No ledger at {spec.path}: check {option}, or create one with `dtp localnet faucet`."
         )
+    if not spec.path.exists():
+        from dtp.daemon._paths import under_a_file
+
+        blocked = under_a_file(spec.path)
+        if blocked is not None:
+            raise CliError(f"{blocked}; check {spec.setting}.")
     from dtp.ledger.local import LocalLedger
 
     return _closed_after(args, LocalLedger(spec.path))

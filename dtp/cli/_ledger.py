@@ -277,6 +277,11 @@ def _keys_new(args: argparse.Namespace) -> int:
     if not args.force and os.path.lexists(path):
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
+    from dtp.daemon._paths import under_a_file
+
+    blocked = under_a_file(path)
+    if blocked is not None:
+        raise _CliError(f"{blocked}; check --identity.")
     passphrase = _env_passphrase(args)
     unset = unset_passphrase_env(args)
     if unset is not None:
