@@ -288,10 +288,11 @@ def ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
     a mistyped LocalLedger path is an error rather than a new, empty ledger (left behind
     by a command that then failed with "No object with ID ...")."""
     spec = ledger_spec(args)
+    package = getattr(args, "sui_package", None)  # (the localnet commands take none)
     if spec.path is None:
-        ledger = open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
+        ledger = open_ledger(spec, package=package, package_setting="--sui-package")
         return _closed_after(args, ledger)
-    if args.sui_package is not None:
+    if package is not None:
         raise UsageError(
             f"--sui-package names a package on a Sui ledger; {spec.setting} names "
             f"{spec.describe()}."
