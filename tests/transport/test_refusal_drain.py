@@ -6,7 +6,6 @@ goes on serving the next client. Real connections on 127.0.0.1."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError
 from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking._engine import Engine
+from tests.support.polling import wait_for
 
 SERVER, REFUSED, WELCOME = (HostIdentity.generate() for _ in range(3))
 
@@ -46,9 +46,7 @@ def test_a_refusal_whose_drain_fails_is_counted_once_as_a_refusal(
             dtp.socket.create_connection(
                 server.address, identity=REFUSED, server_key=SERVER.noise_public, timeout=5
             )
-        deadline = time.monotonic() + 5
-        while server.refused < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_for(lambda: server.refused == 1)
         assert len(drains_failed) == 1 and drains_failed[0].startswith("server-")
         # the next client is served
         with dtp.socket.create_connection(
