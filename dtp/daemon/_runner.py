@@ -135,7 +135,7 @@ def lock_state_dir(config: DaemonConfig) -> int:
 def refuse_paths_under_a_file(config: DaemonConfig) -> None:
     """Raise the config error of a state directory, identity or ledger file that the
     start would create under a file, before anything is made (the key and line, and the
-    file in the way; the write itself said only "File exists")."""
+    file in the way, where the write itself says only "File exists")."""
     settings = config.daemon
     wanted = {
         "state_dir": settings.state_dir,
