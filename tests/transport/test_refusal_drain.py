@@ -46,8 +46,9 @@ def test_a_refusal_whose_drain_fails_is_counted_once_as_a_refusal(
             dtp.socket.create_connection(
                 server.address, identity=REFUSED, server_key=SERVER.noise_public, timeout=5
             )
-        assert wait_for(lambda: server.refused == 1)
-        assert len(drains_failed) == 1 and drains_failed[0].startswith("server-")
+        # (counted before the refusal goes out, and drained after: both awaited)
+        assert wait_for(lambda: server.refused == 1 and len(drains_failed) == 1)
+        assert drains_failed[0].startswith("server-")
         # the next client is served
         with dtp.socket.create_connection(
             server.address, identity=WELCOME, server_key=SERVER.noise_public, timeout=5
