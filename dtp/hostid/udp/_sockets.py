@@ -64,6 +64,8 @@ class UnreadDrops:
 
     def count(self) -> None:
         """Add what the connection dropped since the last count."""
+        if self._sock.datagrams_dropped == self._seen:
+            return  # (the common case, without the lock: nothing new to add)
         with self._lock:
             dropped = self._sock.datagrams_dropped
             if dropped != self._seen:
