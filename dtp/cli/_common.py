@@ -288,10 +288,11 @@ def ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
     a mistyped LocalLedger path is an error rather than a new, empty ledger (left behind
     by a command that then failed with "No object with ID ...")."""
     spec = ledger_spec(args)
+    package = getattr(args, "sui_package", None)  # (the localnet commands take none)
     if spec.path is None:
-        ledger = open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
+        ledger = open_ledger(spec, package=package, package_setting="--sui-package")
         return _closed_after(args, ledger)
-    if args.sui_package is not None:
+    if package is not None:
         raise UsageError(
             f"--sui-package names a package on a Sui ledger; {spec.setting} names "
             f"{spec.describe()}."
@@ -301,6 +302,12 @@ def ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
         raise CliError(
             f"No ledger at {spec.path}: check {option}, or create one with `dtp localnet faucet`."
         )
+    if not spec.path.exists():
+        from dtp.daemon._paths import under_a_file
+
+        blocked = under_a_file(spec.path)
+        if blocked is not None:
+            raise CliError(f"{blocked}; check {spec.setting}.")
     from dtp.ledger.local import LocalLedger
 
     return _closed_after(args, LocalLedger(spec.path))

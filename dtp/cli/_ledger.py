@@ -90,34 +90,44 @@ _T = TypeVar("_T")
 # -- helpers ------------------------------------------------------------------
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(
+    *, ledger: bool = True, package: bool = True, identity: bool = True
+) -> argparse.ArgumentParser:
+    """The options the chain commands share, as a parent parser: ``ledger``,
+    ``--ledger`` and ``--ledger-path``; ``package``, ``--sui-package``; ``identity``,
+    ``--identity`` and ``--passphrase-env``; ``--json`` always. A command takes only
+    those it uses: one taken and ignored lets a user believe it acted on that ledger
+    or key."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--ledger",
-        metavar="SPEC",
-        help="the ledger: local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite), "
-        "local:PATH, localnet, devnet, testnet, mainnet, NETWORK@URL or sui:URL (default "
-        "$DTP_LEDGER, else local; docs/sui.md)",
-    )
-    parent.add_argument("--ledger-path", metavar="PATH", help="the same as --ledger local:PATH")
-    parent.add_argument(
-        "--sui-package",
-        metavar="ID",
-        help="the dtp package on a Sui ledger (default $DTP_SUI_PACKAGE, else the one "
-        "`dtp deploy` recorded for the network)",
-    )
-    parent.add_argument(
-        "--identity",
-        help="identity file (default $XDG_DATA_HOME/dtp/identity.json, "
-        "~/.local/share/dtp/identity.json when it is unset)",
-    )
-    parent.add_argument(
-        "--passphrase-env",
-        default=_PASSPHRASE_ENV,
-        type=_parse_env_name,
-        action=EnvNameGiven,
-        help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
-    )
+    if ledger:
+        parent.add_argument(
+            "--ledger",
+            metavar="SPEC",
+            help="the ledger: local (the embedded one, $XDG_DATA_HOME/dtp/localnet.sqlite), "
+            "local:PATH, localnet, devnet, testnet, mainnet, NETWORK@URL or sui:URL (default "
+            "$DTP_LEDGER, else local; docs/sui.md)",
+        )
+        parent.add_argument("--ledger-path", metavar="PATH", help="the same as --ledger local:PATH")
+    if package:
+        parent.add_argument(
+            "--sui-package",
+            metavar="ID",
+            help="the dtp package on a Sui ledger (default $DTP_SUI_PACKAGE, else the one "
+            "`dtp deploy` recorded for the network)",
+        )
+    if identity:
+        parent.add_argument(
+            "--identity",
+            help="identity file (default $XDG_DATA_HOME/dtp/identity.json, "
+            "~/.local/share/dtp/identity.json when it is unset)",
+        )
+        parent.add_argument(
+            "--passphrase-env",
+            default=_PASSPHRASE_ENV,
+            type=_parse_env_name,
+            action=EnvNameGiven,
+            help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
+        )
     parent.add_argument("--json", action="store_true", help="machine-readable output")
     return parent
 
@@ -277,6 +287,11 @@ def _keys_new(args: argparse.Namespace) -> int:
     if not args.force and os.path.lexists(path):
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
+    from dtp.daemon._paths import under_a_file
+
+    blocked = under_a_file(path)
+    if blocked is not None:
+        raise _CliError(f"{blocked}; check --identity.")
     passphrase = _env_passphrase(args)
     unset = unset_passphrase_env(args)
     if unset is not None:
@@ -992,27 +1007,42 @@ def register(subparsers: Any) -> None:
     returned by ``ArgumentParser.add_subparsers``)."""
     common = _common()
 
-    def leaf(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+    def leaf(
+        group: Any,
+        name: str,
+        handler: Handler,
+        help_text: str,
+        options: argparse.ArgumentParser = common,
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=[options], help=help_text)
         parser.set_defaults(func=_run(handler))
         return parser
 
+    # the keys commands read or write the identity file alone; the localnet ones act on
+    # a LocalLedger file (whose package is its own), and only faucet reads the identity
+    # (the address it mints to by default)
+    keys_only = _common(ledger=False, package=False)
+    local_only = _common(package=False, identity=False)
+    local_and_key = _common(package=False)
+
     keys = subparsers.add_parser("keys", help="create or show the host identity")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    new = leaf(keys_sub, "new", _keys_new, "create a new identity file")
+    new = leaf(keys_sub, "new", _keys_new, "create a new identity file", keys_only)
     new.add_argument("--force", action="store_true", help="overwrite an existing identity")
-    leaf(keys_sub, "show", _keys_show, "show the identity's address and public keys")
+    leaf(keys_sub, "show", _keys_show, "show the identity's address and public keys", keys_only)
 
     localnet = subparsers.add_parser("localnet", help="the embedded local ledger")
     local_sub = localnet.add_subparsers(dest="localnet_command", metavar="ACTION", required=True)
-    leaf(local_sub, "status", _localnet_status, "clock, epoch, objects and events")
-    faucet = leaf(local_sub, "faucet", _localnet_faucet, "mint test SUI")
+    leaf(local_sub, "status", _localnet_status, "clock, epoch, objects and events", local_only)
+    faucet = leaf(local_sub, "faucet", _localnet_faucet, "mint test SUI", local_and_key)
     faucet.add_argument("--to", help="address (default: the identity's)")
     faucet.add_argument(
         "--amount", type=_amount, default=_DEFAULT_FAUCET, help="MIST, or 1.5sui (default 10 SUI)"
     )
-    leaf(local_sub, "advance-epoch", _localnet_advance_epoch, "start the next epoch")
-    clock = leaf(local_sub, "advance-clock", _localnet_advance_clock, "move the clock forward")
+    leaf(local_sub, "advance-epoch", _localnet_advance_epoch, "start the next epoch", local_only)
+    clock = leaf(
+        local_sub, "advance-clock", _localnet_advance_clock, "move the clock forward", local_only
+    )
     clock.add_argument(
         "ms", type=_duration("ms", whole=True), help="milliseconds, or a duration (90s, 5m, 2h)"
     )

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dtp.daemon._config import Backend, DaemonConfig, ForwardConfig, load_config
+from dtp.daemon._paths import not_creatable
 from dtp.daemon._reporting import report
 from dtp.daemon._state import LOCK_FILE, lock_holder
 from dtp.errors import ChainError, DaemonConfigError, DTPError, KeyFileError, MissingExtra
@@ -149,23 +150,11 @@ def _websocket_tls(cert: Path, key: Path, check: Check) -> None:
         )
 
 
-def _not_creatable(path: Path) -> str | None:
-    """Why the first start cannot create ``path`` (None: it can, as far as a look tells):
-    its nearest existing parent must be a writable directory -- a file there passed the
-    check, and the start then failed with "Not a directory"."""
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK):
-        return f"{path} cannot be created here"
-    if not parent.is_dir():
-        return f"{path} cannot be created: {parent} is not a directory"
-    return None
-
-
 def _state_dir(config: DaemonConfig, check: Check) -> int | None:
     """Check the state directory; the pid of the daemon holding it, if one does."""
     state_dir = config.daemon.state_dir
     if not state_dir.exists():
-        why = _not_creatable(state_dir)
+        why = not_creatable(state_dir)
         if why is not None:
             check.add("problem", "state_dir", why)
         else:
@@ -222,7 +211,7 @@ def _identity(config: DaemonConfig, passphrase_env: str, check: Check) -> HostId
         check.add("problem", "identity", str(exc))
         return None
     if not path.exists():
-        why = _not_creatable(path)
+        why = not_creatable(path)
         if why is not None:
             check.add("problem", "identity", why)
         else:
@@ -256,7 +245,7 @@ def _ledger(config: DaemonConfig, identity: HostIdentity | None, check: Check) -
         ledger = open_ledger(spec, package=package, create=False)
     except DaemonConfigError as exc:
         if spec.path is not None and not spec.path.exists():
-            why = _not_creatable(spec.path)
+            why = not_creatable(spec.path)
             if why is not None:
                 check.add("problem", "ledger", why)
             else:

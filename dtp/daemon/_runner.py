@@ -46,6 +46,7 @@ from dtp.daemon._host_setup import HostSetup, HostSync
 from dtp.daemon._ledger_calls import LedgerCalls, watch_ledger
 from dtp.daemon._live import History, live_status
 from dtp.daemon._logs import kv, setup_logging
+from dtp.daemon._paths import under_a_file
 from dtp.daemon._refunds import Refunds
 from dtp.daemon._reporting import USAGE_ERROR, report
 from dtp.daemon._services import ServiceHost
@@ -131,6 +132,23 @@ def lock_state_dir(config: DaemonConfig) -> int:
     return fd
 
 
+def refuse_paths_under_a_file(config: DaemonConfig) -> None:
+    """Raise the config error of a state directory, identity or ledger file that the
+    start would create under a file, before anything is made (the key and line, and the
+    file in the way, where the write itself says only "File exists")."""
+    settings = config.daemon
+    wanted = {
+        "state_dir": settings.state_dir,
+        "identity": settings.identity,
+        "ledger": settings.ledger.path,
+    }
+    for key, path in wanted.items():
+        if path is not None and not path.exists():
+            why = under_a_file(path)
+            if why is not None:
+                raise config.error(("daemon", key), why)
+
+
 #: The environment variable holding the identity file's passphrase, as for the chain
 #: commands of the ``dtp`` CLI (``--passphrase-env``).
 PASSPHRASE_ENV = "DTP_PASSPHRASE"
@@ -177,6 +195,7 @@ class Daemon:
         package = settings.sui_package
         if settings.ledger.is_sui:
             package = resolve_package(settings.ledger, package, package_setting="sui_package")
+        refuse_paths_under_a_file(config)
         # first: a second daemon started at the same moment must not also generate
         # the identity, or touch the ledger on this state's behalf
         self._lock: int | None = lock_state_dir(config)
@@ -1006,7 +1025,7 @@ def _main(
         return fail(2, exc, kind=USAGE_ERROR)
     try:
         daemon = Daemon(config, passphrase, passphrase_env)
-    except DaemonConfigError as exc:  # the state directory is in use
+    except DaemonConfigError as exc:  # the state directory in use, a path under a file
         return fail(2, exc)
     except KeyFileError as exc:
         hint = (

@@ -345,11 +345,14 @@ def check_connect_options(metering: object, ledger_options: object) -> None:
 
 def check_ledger_object(ledger: object) -> None:
     """TypeError for a ledger file's path given where its ledger goes (``ledger=
-    "localnet.sqlite"``): else an AttributeError ('get_host') from the first read."""
-    if isinstance(ledger, str | os.PathLike):
+    "localnet.sqlite"``, or its bytes): else an AttributeError ('get_host') from the
+    first read."""
+    if isinstance(ledger, str | bytes | os.PathLike):
+        # (LocalLedger takes a str or PathLike: a bytes path is decoded first)
+        opened = "os.fsdecode(path)" if isinstance(ledger, bytes) else "path"
         raise TypeError(
             f"ledger must be a ledger object, not the {type(ledger).__name__} {ledger!r}: "
-            "LocalLedger(path) opens a ledger file, dtp.open_ledger(spec) any ledger"
+            f"LocalLedger({opened}) opens a ledger file, dtp.open_ledger(spec) any ledger"
         )
 
 

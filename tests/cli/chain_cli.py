@@ -13,6 +13,7 @@ import pytest
 from dtp.cli._ledger import register
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
+from tests.support.cli_runs import chain_argv
 from tests.support.sui_network import SuiNetwork
 
 
@@ -39,10 +40,7 @@ class Cli:
         )
 
     def _argv(self, argv: tuple[str, ...]) -> list[str]:
-        # (deploy takes no ledger and no identity: the sui CLI's key publishes)
-        if argv[:1] == ("deploy",):
-            return list(argv)
-        return [*argv, *self.ledger_args, "--identity", str(self.identity)]
+        return chain_argv(argv, self.ledger_args, ["--identity", str(self.identity)])
 
     def __call__(self, *argv: str, code: int = 0) -> str:
         args = make_parser().parse_args(self._argv(argv))

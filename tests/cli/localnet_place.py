@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dtp.cli import main
+from tests.support.cli_runs import chain_argv
 
 
 @pytest.fixture
@@ -25,13 +26,11 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def dtp(place: Path, *argv: str, ledger: Path | None = None) -> int:
     """``dtp ARGV`` in-process, on the place's ledger (or ``ledger``) and identity."""
     return main(
-        [
-            *argv,
-            "--ledger-path",
-            str(ledger or place / "ledger.sqlite"),
-            "--identity",
-            str(place / "id.json"),
-        ]
+        chain_argv(
+            argv,
+            ["--ledger-path", str(ledger or place / "ledger.sqlite")],
+            ["--identity", str(place / "id.json")],
+        )
     )
 
 

@@ -56,6 +56,28 @@ def test_keys_new_on_a_directory_says_so(cli: Cli) -> None:
     assert cli.identity.is_dir() and not any(cli.identity.iterdir())
 
 
+def test_a_file_named_under_a_file_is_refused_in_words(cli: Cli, tmp_path: Path) -> None:
+    # the file in the way named, where the writes say "File exists: PARENT"
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    key, ledger = blocker / "key.json", blocker / "l.sqlite"
+    cli.json("keys", "new")
+    for argv, option, path in (
+        (("keys", "new", "--identity", str(key)), "--identity", key),
+        (
+            ("localnet", "faucet", "--ledger-path", str(ledger), "--identity", str(cli.identity)),
+            "--ledger-path",
+            ledger,
+        ),
+    ):
+        args = make_parser().parse_args(argv)
+        assert args.func(args) == 1
+        assert cli.capsys.readouterr().err == (
+            f"dtp: {path} cannot be created: {blocker} is not a directory; check {option}.\n"
+        )
+    assert blocker.read_text() == ""
+
+
 def test_localnet_commands(cli: Cli) -> None:
     cli.json("keys", "new")
     assert "No ledger at" in cli("localnet", "status", code=1)  # status creates nothing
@@ -328,5 +350,7 @@ def test_a_file_that_is_not_a_ledger_is_a_one_line_error(tmp_path: Path) -> None
             env=ENV,
         )
         assert done.returncode == 1 and "Traceback" not in done.stderr
-        assert done.stderr.startswith(f"dtp: cannot open the ledger {path}: ")
+        # (a path under a file is named so before the open: the test above)
+        opened = f"cannot open the ledger {path}: " if path.exists() else f"{path} cannot be"
+        assert done.stderr.startswith(f"dtp: {opened}")
         assert done.stderr.count("\n") == 1

@@ -17,6 +17,7 @@ import pytest
 
 from dtp.cli import main
 from dtp.identity.keys import HostIdentity
+from tests.support.cli_runs import chain_argv
 from tests.support.paths import ROOT
 
 #: A host ID that names nothing on the test's ledger.
@@ -35,7 +36,11 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def dtp(place: Path, *argv: str, identity: str = "id.json") -> int:
     """``dtp ARGV`` in-process, on a ledger and identity in ``place``."""
     return main(
-        [*argv, "--ledger-path", str(place / "ledger.sqlite"), "--identity", str(place / identity)]
+        chain_argv(
+            argv,
+            ["--ledger-path", str(place / "ledger.sqlite")],
+            ["--identity", str(place / identity)],
+        )
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from dtp.cli import main
 from dtp.ledger._objects import MAX_ENDPOINTS, normalize_id
+from tests.support.cli_runs import chain_argv
 
 #: A host ID that names nothing on the test's ledger.
 NO_HOST = "0x" + "ab" * 32
@@ -30,7 +31,11 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def dtp(place: Path, *argv: str, ledger: str = "ledger.sqlite") -> int:
     """``dtp ARGV`` in-process, on a ledger and identity in ``place``."""
-    return main([*argv, "--ledger-path", str(place / ledger), "--identity", str(place / "id.json")])
+    return main(
+        chain_argv(
+            argv, ["--ledger-path", str(place / ledger)], ["--identity", str(place / "id.json")]
+        )
+    )
 
 
 def funded(place: Path, capsys: pytest.CaptureFixture[str]) -> None:

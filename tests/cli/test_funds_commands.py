@@ -33,6 +33,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt
+from tests.support.cli_runs import chain_argv
 from tests.support.daemon_procs import ENV, ROOT, daemon
 from tests.support.sui_network import SuiNetwork
 
@@ -113,11 +114,14 @@ class Place:
 
     def run(self, *argv: str, who: str = "client", ledger: bool = True) -> tuple[int, str, str]:
         """``python -m dtp ARGV`` as ``who`` (its identity file): (status, out, err)."""
-        extra = [*self.world.args] if ledger else []
-        if who:
-            extra += ["--identity", str(self.tmp / f"{who}.json")]
+        identity = ["--identity", str(self.tmp / f"{who}.json")] if who else []
         done = subprocess.run(
-            [sys.executable, "-m", "dtp", *argv, *extra],
+            [
+                sys.executable,
+                "-m",
+                "dtp",
+                *chain_argv(argv, self.world.args if ledger else [], identity),
+            ],
             cwd=ROOT,
             env=self.env,
             capture_output=True,

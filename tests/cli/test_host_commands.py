@@ -13,6 +13,7 @@ import pytest
 
 from dtp.hostid._connect import tcp_endpoints
 from dtp.ledger.local import LocalLedger
+from tests.support.cli_runs import chain_argv
 
 
 def _dtp(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,7 @@ def chain(tmp_path: Path) -> tuple[str, ...]:
     """The --ledger-path and --identity of a funded identity in tmp_path."""
     files = ("--ledger-path", str(tmp_path / "ledger.sqlite"), "--identity", str(tmp_path / "id"))
     for argv in (("keys", "new"), ("localnet", "faucet")):
-        done = _dtp(*argv, *files, cwd=tmp_path)
+        done = _dtp(*chain_argv(argv, files[:2], files[2:]), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     return files
 

@@ -199,7 +199,7 @@ def test_faucet_to_an_empty_address_mints_nothing(
 ) -> None:
     """``localnet faucet --to "$UNSET"`` minted to the identity's address instead."""
     files = ["--ledger-path", str(place / "ledger.sqlite"), "--identity", str(place / "id")]
-    assert main(["keys", "new", *files]) == 0
+    assert main(["keys", "new", *files[2:]]) == 0
     capsys.readouterr()
     assert main(["localnet", "faucet", "--to", "", *files]) == 1
     assert capsys.readouterr().err.splitlines() == [
@@ -214,7 +214,7 @@ def test_host_set_with_an_empty_authority_changes_nothing(
     """``host set H --authority "$UNSET" --firewall allow-listed`` skipped the hand-over
     and closed the firewall, exit 0: the rest done, the one change asked for left out."""
     files = ["--ledger-path", str(place / "ledger.sqlite"), "--identity", str(place / "id")]
-    assert main(["keys", "new", *files]) == 0
+    assert main(["keys", "new", *files[2:]]) == 0
     assert main(["localnet", "faucet", *files]) == 0
     capsys.readouterr()
     assert main(["host", "create", "--json", *files]) == 0
@@ -482,3 +482,30 @@ def test_deploy_takes_no_identity_or_ledger(
     shown = " ".join(capsys.readouterr().out.split())
     assert "--identity" not in shown and "--ledger" not in shown
     assert "with the Sui CLI's active address and environment" in shown
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (("keys", "new"), ("--ledger", "testnet")),
+        (("keys", "show"), ("--ledger-path", "l.sqlite")),
+        (("keys", "show"), ("--sui-package", "0x1")),
+        (("localnet", "status"), ("--identity", "k.json")),
+        (("localnet", "advance-epoch"), ("--passphrase-env", "SECRET")),
+        (("localnet", "faucet"), ("--sui-package", "0x1")),
+    ],
+)
+def test_keys_and_localnet_take_only_the_options_they_use(
+    command: tuple[str, ...],
+    option: tuple[str, str],
+    data_home: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the keys commands read no ledger; the localnet ones act on a LocalLedger file (its
+    # package its own), and only faucet reads the identity: one taken and ignored let a
+    # user believe the command acted on that ledger or key
+    with pytest.raises(SystemExit) as refused:
+        run(*command, *option)
+    assert refused.value.code == 2
+    assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+    assert not any(data_home.rglob("*"))  # (no identity, no ledger made)

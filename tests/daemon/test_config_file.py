@@ -201,16 +201,28 @@ def test_a_listen_address_that_cannot_be_bound_is_a_config_error(tmp_path: Path)
     )
 
 
-def test_a_state_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "line", "name"),
+    [("state_dir", 4, "state"), ("identity", 3, "k.key"), ("ledger", 2, "l.sqlite")],
+)
+def test_a_path_under_a_file_is_a_config_error(
+    tmp_path: Path, key: str, line: int, name: str
+) -> None:
+    # the setting's key and line and the file in the way, with nothing created: the
+    # writes themselves fail with "File exists: PARENT" (the identity's and the
+    # ledger's parent folders), which names neither
     config = tmp_path / "dtp.toml"
     (tmp_path / "afile").write_text("")
-    config.write_text(HEAD + 'state_dir = "afile/state"\n' + SVC)
+    text = HEAD + 'state_dir = "state"\n' + SVC
+    config.write_text(text.replace(f'"{name}"', f'"afile/{name}"'))
     done = run_daemon(config)
     assert done.returncode == 2
+    blocked = tmp_path / "afile" / name
     assert one_line(done) == (
-        f"dtp daemon: {config}:4: daemon.state_dir: cannot create {tmp_path / 'afile' / 'state'}: "
-        "Not a directory"
+        f"dtp daemon: {config}:{line}: daemon.{key}: {blocked} cannot be created: "
+        f"{tmp_path / 'afile'} is not a directory"
     )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dtp.toml"]
 
 
 def test_a_ledger_that_is_not_sqlite_is_a_one_line_error(tmp_path: Path) -> None:

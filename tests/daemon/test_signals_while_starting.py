@@ -410,10 +410,10 @@ sys.exit(main(["daemon", "--config", sys.argv[1]]))
 
 
 def test_the_daemon_loops_workers_block_the_stop_signals() -> None:
-    """The sigterm-as-the-loop-closes test failed once more in CI (-15 after
-    "stopping before ready"): the main thread blocks the signals across the loop's
-    close, but an executor worker just joined can outlive its join for a moment and
-    took the SIGTERM while its default action was back. The workers block them now."""
+    """The daemon loop's executor workers block the stop signals from their start:
+    the main thread blocks them across the loop's close, but a worker just joined can
+    outlive its join for a moment, and a SIGTERM it took while the default action was
+    back would end the process (-15 after "stopping before ready")."""
     from dtp.daemon._runner import _signal_free_executor
     from dtp.daemon._signals import CAUGHT_SIGNALS
 
@@ -425,7 +425,8 @@ def test_the_daemon_loops_workers_block_the_stop_signals() -> None:
 
 
 def test_sigterm_as_the_loop_closes_keeps_status_0(tmp_path: Path) -> None:
-    """The moment the flaky test above hit once in CI (exit -15 after "stopped"),
-    placed on purpose: the event loop's close put SIGTERM's default action back before
-    the daemon's own handler returned, so a SIGTERM then killed the process."""
+    """A SIGTERM sent just as the event loop closes (placed there on purpose) leaves
+    exit status 0: the loop's close puts SIGTERM's default action back, and the
+    daemon's own handler must be in place again before a SIGTERM can end the process
+    (exit -15 after "stopped")."""
     stop_daemon_script(tmp_path, SIGNAL_AS_THE_LOOP_CLOSES)

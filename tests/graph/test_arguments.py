@@ -36,7 +36,8 @@ def graph(tmp_path: Path) -> Iterator[Graph]:
 
 
 GRAPH_CASES: dict[str, tuple[type[Exception], Callable[[Graph], Any]]] = {
-    # refused before the fix
+    # walks, subscriptions and listeners: a soul or field that names nothing, a
+    # listener that cannot be called
     "walk soul None": (LocalProtocolError, lambda g: g.walk(None)),
     "walk soul int": (LocalProtocolError, lambda g: g.walk(3)),
     "subscribe empty soul": (LocalProtocolError, lambda g: g.subscribe("", print)),
@@ -45,7 +46,8 @@ GRAPH_CASES: dict[str, tuple[type[Exception], Callable[[Graph], Any]]] = {
     "changes empty field": (LocalProtocolError, lambda g: g.changes("a", field="")),
     "add_listener not callable": (LocalProtocolError, lambda g: g.add_listener(3, object())),
     "listen not callable": (LocalProtocolError, lambda g: g.listen(None, object())),
-    # refused already (kept so that they stay refused)
+    # puts, gets and merges: souls, fields and values the graph cannot hold (and a
+    # bool maxsize)
     "put soul int": (LocalProtocolError, lambda g: g.put(5, {"x": 1})),
     "put soul empty": (LocalProtocolError, lambda g: g.put("", {"x": 1})),
     "put soul huge": (LocalProtocolError, lambda g: g.put("s" * 100_000, {"x": 1})),

@@ -19,6 +19,7 @@ import dtp.hostid._asyncio
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from dtp.transport.asyncio._threads import threaded_or_released
+from tests.support.admitting_servers import start_admitting
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 
@@ -202,16 +203,7 @@ def test_a_server_whose_ledger_listener_fails_leaves_no_tcp_listener(
 
     async def main() -> None:
         with pytest.raises(NotAuthorized):
-            await dtp.aio.start_server(
-                lambda r, w: None,
-                "127.0.0.1",
-                0,
-                identity=stranger,
-                ledger=book,
-                host_id=host_id,
-                dtp_port=PORT,
-                carriers=("tcp", "ledger"),
-            )
+            await start_admitting(stranger, book, host_id, PORT, carriers=("tcp", "ledger"))
 
     left = resource_warnings(lambda: asyncio.run(main()))
     assert [m for m in left if "unclosed" in m] == []

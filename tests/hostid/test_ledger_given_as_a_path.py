@@ -6,6 +6,7 @@ from deep in the resolution."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,19 @@ import dtp.socket
 from dtp.identity.keys import HostIdentity
 
 ADDRESS = "dtp://0x" + "12" * 32 + ":7000"
-PATHS = [("str", "localnet.sqlite"), ("Path", Path("localnet.sqlite"))]
+PATHS = [
+    ("str", "localnet.sqlite"),
+    ("Path", Path("localnet.sqlite")),
+    ("bytes", b"localnet.sqlite"),
+]
 
 
 def _expected(kind: str, path: Any) -> str:
+    # (LocalLedger takes no bytes: the hint decodes them)
+    opened = "os.fsdecode(path)" if kind == "bytes" else "path"
     return (
-        f"ledger must be a ledger object, not the {kind} {path!r}: LocalLedger(path) opens "
-        "a ledger file, dtp.open_ledger(spec) any ledger"
+        f"ledger must be a ledger object, not the {kind} {path!r}: LocalLedger({opened}) "
+        "opens a ledger file, dtp.open_ledger(spec) any ledger"
     )
 
 
@@ -48,9 +55,11 @@ def test_the_asyncio_connect_says_it_too(kind: str, path: Any) -> None:
     assert str(refused.value) == _expected(type(path).__name__, path)
 
 
-def test_the_servers_say_it_before_they_listen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["str", "bytes"])
+def test_the_servers_say_it_before_they_listen(kind: str, tmp_path: Path) -> None:
     identity, host = HostIdentity.generate(), "0x" + "12" * 32
-    path = str(tmp_path / "localnet.sqlite")
+    named = str(tmp_path / "localnet.sqlite")
+    path: str | bytes = named if kind == "str" else os.fsencode(named)
     made = [
         lambda: dtp.socket.create_server(
             ("127.0.0.1", 0), identity=identity, ledger=path, host_id=host, port=7000
@@ -60,7 +69,7 @@ def test_the_servers_say_it_before_they_listen(tmp_path: Path) -> None:
     for make in made:
         with pytest.raises(TypeError) as refused:
             make()
-        assert str(refused.value) == _expected("str", path)
+        assert str(refused.value) == _expected(kind, path)
 
     async def serve() -> None:
         await dtp.aio.serve(host, 7000, _echo, ledger=path, identity=identity)
@@ -73,7 +82,7 @@ def test_the_servers_say_it_before_they_listen(tmp_path: Path) -> None:
     for coro in (serve, start):
         with pytest.raises(TypeError) as refused:
             asyncio.run(coro())
-        assert str(refused.value) == _expected("str", path)
+        assert str(refused.value) == _expected(kind, path)
     assert list(tmp_path.iterdir()) == []
 
 

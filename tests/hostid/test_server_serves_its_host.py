@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import dtp.aio
 import dtp.socket
 from dtp.errors import HostConfigError, ObjectNotFound
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
+from tests.support.admitting_servers import start_admitting
 from tests.support.paid_twins import ident
 
 PORT = 443
@@ -36,15 +36,7 @@ def _make(kind: str, ledger: LocalLedger, host_id: str, port: int, identity: Hos
         return
 
     async def start() -> None:
-        server = await dtp.aio.start_server(
-            lambda r, w: None,
-            "127.0.0.1",
-            0,
-            identity=identity,
-            ledger=ledger,
-            host_id=host_id,
-            dtp_port=port,
-        )
+        server = await start_admitting(identity, ledger, host_id, port)
         server.close()
         await server.wait_closed()
 

@@ -192,7 +192,7 @@ def test_service_add_with_an_empty_kind_is_refused(
         monkeypatch.delenv(name, raising=False)
     ledger = tmp_path / "ledger.sqlite"
     files = ["--ledger-path", str(ledger), "--identity", str(tmp_path / "id")]
-    assert main(["keys", "new", *files]) == 0
+    assert main(["keys", "new", *files[2:]]) == 0
     assert main(["localnet", "faucet", *files]) == 0
     capsys.readouterr()
     assert main(["host", "create", "--json", *files]) == 0

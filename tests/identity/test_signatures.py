@@ -4,11 +4,11 @@ tests/identity/test_ed25519.py's.)
 
 dtp.identity.keys' signing and verifying helpers: arguments that are not bytes-like.
 
-``bytes(5)`` is five zero bytes, so before the fix an int given where bytes belong was
-taken as that many zero bytes: ``sign(64)`` signed 64 zero bytes, a message of ``5``
-verified against a signature over five zero bytes, and ``verify_transaction(tx, 97)``
-read 97 zero bytes as a signature by the all-zero key (of small order), which verifies
-for any transaction and names a real address as its signer."""
+An int given where bytes belong is a TypeError: ``bytes(5)`` is five zero bytes, so
+taken as bytes ``sign(64)`` would sign 64 zero bytes, a message of ``5`` would verify
+against a signature over five zero bytes, and ``verify_transaction(tx, 97)`` would read
+97 zero bytes as a signature by the all-zero key (of small order), which verifies for
+any transaction and names a real address as its signer."""
 
 from __future__ import annotations
 

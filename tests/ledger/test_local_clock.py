@@ -305,7 +305,7 @@ def test_clock_reads_do_not_go_back_when_the_wall_clock_steps_back(
         first = ledger.clock_ms()  # served, not saved: no transaction has run yet
         _step_wall_clock_back(monkeypatch, HOUR_MS)
         second = ledger.clock_ms()
-        assert second >= first  # read an hour earlier before the fix
+        assert second >= first  # (the wall clock reads an hour earlier now)
         assert ledger.clock_ms() >= second
 
 
@@ -318,7 +318,7 @@ def test_a_transaction_after_the_wall_clock_stepped_back_saves_no_earlier_time(
         ledger.create_host(ALICE, b"\x09" * 32)
         events, _ = ledger.events()
         (created,) = [e for e in events if e.name == "HostCreated"]
-        assert created.timestamp_ms >= served  # dated an hour back before the fix
+        assert created.timestamp_ms >= served  # (not by the wall clock, an hour back)
         # saved with the transaction: another handle (another process) reads no earlier
         with LocalLedger(path) as other:
             assert other.clock_ms() >= created.timestamp_ms

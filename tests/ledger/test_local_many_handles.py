@@ -197,8 +197,8 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
     closer = threading.Thread(target=ledger.close)
     with ledger._lock:  # another thread in the handle, under way when close() is called
         closer.start()
-        # close() is under way (before the fix: past its look for a checkpoint, at the
-        # lock); with the fix it looks only once this thread is out
+        # close() is under way: it must look for a running checkpoint only once this
+        # thread is out of the handle, not while it waits for the lock
         looked.wait(3.0)
         ledger.faucet(CLIENT.sui_address, 1)  # (reentrant: this thread holds the lock)
         assert slow.running.wait(BOUND)  # that commit started a checkpoint

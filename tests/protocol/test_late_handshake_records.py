@@ -53,6 +53,23 @@ def established(ik: bool, reliable: bool) -> tuple[Side, Side, MemoryLink, dict[
     return c, s, link, got
 
 
+def established_in_the_lane() -> tuple[
+    Side, Side, MemoryLink, dict[str, list[bytes]], list[bytes], int
+]:
+    """:func:`established` (IK, a reliable carrier), then a stream from the client
+    whose data (b"first") went through the server's stream lane, which holds it:
+    (client, server, link, the handshake records, what the server's handler got, the
+    stream)."""
+    c, s, link, got = established(True, True)
+    delivered: list[bytes] = []
+    s.conn.stream_data_handler = lambda sid, data, end: delivered.append(bytes(data))
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"first")
+    run(link, c, s)
+    assert delivered == [b"first"] and s.conn._lane_sid == sid
+    return c, s, link, got, delivered, sid
+
+
 def feed(conn: Connection, data: bytes, now: float) -> None:
     """``data`` as ``conn``'s carrier delivers it (a datagram on a lossy one)."""
     if conn.config.reliable_carrier:
@@ -119,13 +136,7 @@ def test_a_late_handshake_record_cut_short(ik: bool, reliable: bool) -> None:
 def test_a_late_handshake_record_cut_short_behind_stream_data() -> None:
     # the stream's own lane takes the records of the stream that got data last and
     # leaves the handshake record to the general path, which looped on it as well
-    c, s, link, got = established(True, True)
-    delivered: list[bytes] = []
-    s.conn.stream_data_handler = lambda sid, data, end: delivered.append(bytes(data))
-    sid = c.conn.open_stream()
-    c.conn.send_stream_data(sid, b"first")
-    run(link, c, s)
-    assert delivered == [b"first"] and s.conn._lane_sid == sid
+    c, s, link, got, delivered, sid = established_in_the_lane()
     c.conn.send_stream_data(sid, b"second")
     data = c.conn.data_to_send(link.now)
     s.conn.receive_data(data + got["server"][0][:20], link.now)
@@ -167,13 +178,7 @@ def test_a_late_handshake_header_whole_at_the_end_of_a_read(
     # handshake record went to the general path with nothing behind it, and waited in
     # the input for one byte more (or the idle timeout). Both of the lane's callers: the
     # handler's (receive_data) and a read's own buffer (take_fast)
-    c, s, link, got = established(True, True)
-    delivered: list[bytes] = []
-    s.conn.stream_data_handler = lambda sid, data, end: delivered.append(bytes(data))
-    sid = c.conn.open_stream()
-    c.conn.send_stream_data(sid, b"first")
-    run(link, c, s)
-    assert delivered == [b"first"] and s.conn._lane_sid == sid
+    c, s, link, got, delivered, sid = established_in_the_lane()
     data = b""
     if behind:
         c.conn.send_stream_data(sid, b"second")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.paths import ROOT
@@ -50,3 +51,17 @@ def child_env(**extra: str) -> dict[str, str]:
     env.pop("DTP_LEDGER", None)
     env.update(extra)
     return env
+
+
+def chain_argv(argv: Sequence[str], ledger: Sequence[str], identity: Sequence[str]) -> list[str]:
+    """``argv`` with those of the ledger options ``ledger`` and the identity options
+    ``identity`` its command takes (docs/cli.md): ``keys`` takes no ledger, ``localnet``
+    no identity (but ``faucet``, whose default address it is), ``deploy`` neither."""
+    command = tuple(argv[:2])
+    if command[:1] == ("deploy",):
+        return list(argv)
+    if command[:1] == ("keys",):
+        return [*argv, *identity]
+    if command[:1] == ("localnet",):
+        return [*argv, *ledger, *(identity if command == ("localnet", "faucet") else ())]
+    return [*argv, *ledger, *identity]

@@ -20,7 +20,7 @@ from grpclib.server import Server
 from dtp.testing._loops import LoopThread
 from dtp.testing.sui_node._server import RawCodec
 
-#: Long enough that a test finishing means the fix worked, not that a timeout fired.
+#: Long enough that a test finishing means what it checks held, not that a timeout fired.
 NODE_TIMEOUT = 120.0
 #: "Does not hang" bound for joins (slow, loaded CI machine).
 JOIN = 60.0

@@ -2,9 +2,9 @@
 "Admission"; §16): 300 silent connections from 200 addresses, each opened again as soon
 as the server closes it -- thousands of connects a second, in a process of its own
 (tests/transport/lockout_attack.py) -- while a genuine client connects 50 times, each
-connect (and one echo) within a second, against both servers; and the two parts of
-the fix alone: a suspect address's newcomer refused on a real server, and the accept
-queue holding hundreds of connects nobody accepted yet.
+connect (and one echo) within a second, against both servers; and each of the two
+rules below alone: a suspect address's newcomer refused on a real server, and the
+accept queue holding hundreds of connects nobody accepted yet.
 
 Two rules hold it. The unproven connections' bound (``backlog``) makes the oldest give
 way to each newcomer; so that a genuine client's connection is not the oldest at

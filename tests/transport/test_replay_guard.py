@@ -2,9 +2,9 @@
 
 Anyone who recorded a client's IK message 1 can send it again: it authenticates the
 client a second time (inherent to IK). A server admitting through the ledger serves one
-DTP connection per ledger connection, so before the fix the replay reserved the client's
+DTP connection per ledger connection, so a replay let through would reserve the client's
 ledger connection until the server's connection timed out, and the real client,
-reconnecting meanwhile, was refused ("already served"). Both servers now remember the
+reconnecting meanwhile, would be refused ("already served"). Both servers remember the
 ephemeral keys of the IK first messages they saw and turn a repeat away before the
 hooks run. The timeouts here are huge (600 s): a replay that held the connection would
 hold it for the whole test.
@@ -17,12 +17,12 @@ per-address handshake slots under a flood of half-open connections. Real servers
 
 The replay guard keeps accepted connections' keys apart from the others.
 
-Authenticating costs a client nothing but a fresh static key, and the guard remembered
-the keys of every authenticated IK first message in one pool: throw-away identities the
-ledger then refused pushed a real client's recorded key out, and its replay held the
-client's ledger connection again (dtp.transport._admission). Now only accepted connections push
-out accepted keys. Before the fix each test here saw the replay reserve the ledger
-connection (or, for the guard alone, the key come through again)."""
+Authenticating costs a client nothing but a fresh static key: were the keys of every
+authenticated IK first message kept in one pool, throw-away identities the ledger then
+refused would push a real client's recorded key out, and its replay would hold the
+client's ledger connection again (dtp.transport._admission). Only accepted connections
+push out accepted keys: each test here checks that the replay reserves no ledger
+connection (or, for the guard alone, that the key does not come through again)."""
 
 from __future__ import annotations
 

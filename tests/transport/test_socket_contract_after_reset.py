@@ -93,8 +93,8 @@ def _before_the_reset(
             resetter.sendall(b"q" * (8 << 20))
         resetter.settimeout(PATIENT)
     elif state == "sender-stopped-reading":
-        # the resetter's sending side ended already (at the sender's STOP_SENDING): the
-        # write half of its close raised, which skipped the read half before the fix
+        # the resetter's sending side ended already (at the sender's STOP_SENDING): its
+        # close must still end the read half when the write half raises
         sender.shutdown(socket.SHUT_RD)
         stopped = raised_within(sendall_until_it_fails(resetter), WAIT, resetter.abort)
         assert isinstance(stopped, StreamReset), stopped
@@ -127,11 +127,11 @@ def test_sendall_raises_stream_reset_after_the_peer_resets_an_extra_stream(state
         sender, resetter = extra_stream(client, peer)
         _before_the_reset(state, sender, resetter)
         resetter.reset(7)
-        # no timeout (600 s): before the fix, this sent until the window was used, then
-        # waited for credit that never came
+        # no timeout (600 s): a sendall that missed the reset would send until the
+        # window was used, then wait for credit that never comes
         raised = raised_within(sendall_until_it_fails(sender), WAIT, client.abort)
         assert isinstance(raised, StreamReset), raised
-        assert raised.code == 7  # the reset's code, as the peer's reads get (it was 0)
+        assert raised.code == 7  # the reset's code (not 0), as the peer's reads get
         # the connection goes on: its first stream still works both ways
         client.sendall(b"still here")
         assert peer.recv(100) == b"still here"

@@ -186,7 +186,7 @@ class BlockingDriver(UdpDriver):
         with UdpForwarder(("127.0.0.1", 0), no_connect) as fwd:
             sock = dtp.socket.create_connection(address, server_key=server_key, timeout=5)
             sock.close()
-            flow = _BlockingFlow(("127.0.0.1", 9), sock, None)
+            flow = _BlockingFlow(("127.0.0.1", 9), sock, None, fwd.stats)
             with flow.lock:
                 assert fwd._send_locked(flow, batch) is False
             return fwd.stats.dropped_no_session, flow.sent_datagrams, flow.sent_bytes

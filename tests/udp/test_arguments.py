@@ -72,7 +72,7 @@ def test_a_forwarder_refuses_bad_numbers(kw: dict[str, Any], driver: UdpDriver) 
             pytest.raises(InvalidArgument, match=next(iter(kw))),
             driver.forwarder(connect, ("127.0.0.1", 9), **kw),
         ):
-            pass  # (the old code took them: the test fails above)
+            pass  # (a forwarder made with them fails the test: no InvalidArgument)
 
     assert resource_warnings(make) == []  # (refused before the bind)
 

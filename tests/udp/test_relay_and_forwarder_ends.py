@@ -196,10 +196,12 @@ def test_a_flow_that_is_ending_sends_nothing_more() -> None:
         sent.append(list(out))
         return len(out)
 
-    sock: Any = types.SimpleNamespace(max_datagram_size=1200, send_datagrams=send_datagrams)
+    sock: Any = types.SimpleNamespace(
+        max_datagram_size=1200, send_datagrams=send_datagrams, datagrams_dropped=0
+    )
     fwd = _forwarder()
     try:
-        flow = _Flow(("127.0.0.1", 9), cast(DTPSocket, sock), None)
+        flow = _Flow(("127.0.0.1", 9), cast(DTPSocket, sock), None, fwd.stats)
         with flow.lock:
             assert fwd._send_locked(flow, [b"a", b"b"])
         assert sent == [[b"a", b"b"]]

@@ -315,10 +315,15 @@ def relay_udp(
 class _Flow(FlowAccount):
     """One source address's DTP connection, and what it owes."""
 
-    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
+    def __init__(
+        self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None, stats: UdpStats
+    ) -> None:
         super().__init__(meter)
         self.source = source
         self.sock = sock
+        # counted as replies are read, and once more after the flow's end has waited
+        # for the relay's final report: nothing reads replies then
+        self.unread = UnreadDrops(sock, stats)
         self.last = time.monotonic()
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
@@ -475,7 +480,7 @@ class UdpForwarder(FlowTable):
                 dropped = len(connecting.pending)
             self.stats.add(dropped_no_session=dropped)
             return
-        flow = _Flow(source, sock, meter)
+        flow = _Flow(source, sock, meter, self.stats)
         # held until the queued datagrams are sent: later ones from this source wait
         # for them in _send, so the flow keeps its order
         with flow.lock:
@@ -547,7 +552,7 @@ class UdpForwarder(FlowTable):
 
     def _replies(self, flow: _Flow) -> None:
         sock = flow.sock
-        unread = UnreadDrops(sock, self.stats)
+        unread = flow.unread
         while not flow.closed:
             try:
                 batch = sock.recv_datagrams(256, 0.5)
@@ -666,6 +671,7 @@ class UdpForwarder(FlowTable):
         for flow in mine:
             with contextlib.suppress(DTPError, OSError):
                 flow.sock.close()
+            flow.unread.count()  # (the replies dropped while the final report was awaited)
             self.stats.add(sessions_closed=1)
 
     def close(self) -> None:

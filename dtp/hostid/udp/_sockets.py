@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket as _socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -57,13 +58,19 @@ class UnreadDrops:
         self._sock = sock
         self._stats = stats
         self._seen = sock.datagrams_dropped
+        # (a forwarder's flow counts from its reply thread and from the thread that
+        # ends it, which may overlap: each drop is added once)
+        self._lock = threading.Lock()
 
     def count(self) -> None:
-        """Add what the connection dropped since the last count (one thread calls)."""
-        dropped = self._sock.datagrams_dropped
-        if dropped != self._seen:
-            self._stats.add(dropped_unread=dropped - self._seen)
-            self._seen = dropped
+        """Add what the connection dropped since the last count."""
+        if self._sock.datagrams_dropped == self._seen:
+            return  # (the common case, without the lock: nothing new to add)
+        with self._lock:
+            dropped = self._sock.datagrams_dropped
+            if dropped != self._seen:
+                self._stats.add(dropped_unread=dropped - self._seen)
+                self._seen = dropped
 
 
 def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
