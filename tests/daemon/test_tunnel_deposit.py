@@ -8,7 +8,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,27 @@ SIZE = 4 << 20
 """Bytes each transfer would move: four times what the deposit pays for."""
 
 
+@contextlib.contextmanager
+def _deposit_pair(tmp_path: Path, loop: str, backend_port: int) -> Iterator[tuple[str, int]]:
+    """A provider serving ``backend_port`` at 10 MIST per KiB and a forwarder holding a
+    deposit of 10,000 MIST, both on ``loop``; yields the forward's address, and checks
+    that both daemons stop cleanly."""
+    config = write_provider(
+        tmp_path,
+        backend_port,
+        f'drain_timeout = 2\nevent_loop = "{loop}"',
+        "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
+    )
+    d = daemon(config)
+    with running(d):
+        lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
+        f = daemon(write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines))
+        with running(f):
+            yield forward_address(f)
+            assert f.stop() == 0
+        assert d.stop() == 0
+
+
 def _cut_transfer(
     tmp_path: Path, loop: str, handler: Callable[[socket.socket], None], client: ClientRun
 ) -> tuple[int, Receipt, Escrow]:
@@ -105,23 +126,11 @@ def _cut_transfer(
         pytest.skip("uvloop is not installed")
     backend = Backend(handler)
     try:
-        config = write_provider(
-            tmp_path,
-            backend.port,
-            f'drain_timeout = 2\nevent_loop = "{loop}"',
-            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
-        )
-        d = daemon(config)
-        with running(d):
-            lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
-            f = daemon(
-                write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines)
-            )
-            with running(f):
-                with socket.create_connection(forward_address(f), timeout=10) as sock:
-                    result = client(sock)
-                assert f.stop() == 0
-            assert d.stop() == 0
+        with (
+            _deposit_pair(tmp_path, loop, backend.port) as address,
+            socket.create_connection(address, timeout=10) as sock,
+        ):
+            result = client(sock)
     finally:
         backend.close()
     ledger = LocalLedger(tmp_path / "ledger.sqlite")
@@ -242,29 +251,15 @@ def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path,
     backend = Backend(handler)
     got = []
     try:
-        config = write_provider(
-            tmp_path,
-            backend.port,
-            f'drain_timeout = 2\nevent_loop = "{loop}"',
-            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
-        )
-        d = daemon(config)
-        with running(d):
-            lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{loop}"'
-            f = daemon(
-                write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n", lines)
-            )
-            with running(f):
-                for _ in range(downloads):
-                    received = 0
-                    with socket.create_connection(forward_address(f), timeout=10) as sock:
-                        sock.sendall(b"big")
-                        with contextlib.suppress(ConnectionResetError):
-                            while chunk := sock.recv(1 << 16):
-                                received += len(chunk)
-                    got.append(received)
-                assert f.stop() == 0
-            assert d.stop() == 0
+        with _deposit_pair(tmp_path, loop, backend.port) as address:
+            for _ in range(downloads):
+                received = 0
+                with socket.create_connection(address, timeout=10) as sock:
+                    sock.sendall(b"big")
+                    with contextlib.suppress(ConnectionResetError):
+                        while chunk := sock.recv(1 << 16):
+                            received += len(chunk)
+                got.append(received)
     finally:
         backend.close()
     # each download was cut where its own connection's deposit ran out

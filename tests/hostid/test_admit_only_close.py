@@ -26,6 +26,7 @@ from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._settlement import claim_and_settle, publish_endpoint
 from tests.support.ledger_server import identity_from_seed
+from tests.support.paid_twins import hosted_ledger
 
 PORT = 7
 SERVER = identity_from_seed(0x81)
@@ -37,14 +38,9 @@ PROMPT = 2.0
 
 @pytest.fixture
 def book(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
-        yield ledger, host_id
-    finally:
-        ledger.close()
+    """A host with a service on PORT; a funded client."""
+    with hosted_ledger(tmp_path, SERVER, CLIENT, PORT, Sla(10, 5, 1000)) as hosted:
+        yield hosted
 
 
 def half_closes(ledger: LocalLedger, cid: str) -> list[str]:

@@ -20,6 +20,7 @@ from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._settlement import publish_endpoint
 from tests.support.ledger_server import identity_from_seed
+from tests.support.paid_twins import hosted_ledger
 
 PORT = 7
 SERVER = identity_from_seed(0x71)
@@ -29,14 +30,8 @@ CLIENT = identity_from_seed(0x72)
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
     """A host with a service on PORT; a funded client."""
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
-        yield ledger, host_id
-    finally:
-        ledger.close()
+    with hosted_ledger(tmp_path, SERVER, CLIENT, PORT, Sla(10, 5, 1000)) as hosted:
+        yield hosted
 
 
 async def _echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:

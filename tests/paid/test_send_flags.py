@@ -21,7 +21,7 @@ from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.ledger._objects import Sla
 from dtp.payments.metering import MeteringConfig
 from tests.support.paid_inprocess import ident, paid_service
-from tests.support.reads import recv_exactly
+from tests.support.reads import recv_exactly, recv_through
 
 #: the first stream is the first request: with no allowance, unpaid at once
 SLA = Sla(price_per_kib=1024, price_per_request=1, min_deposit=1000)
@@ -180,11 +180,7 @@ def test_a_send_without_waiting_is_not_held_back_by_the_rate_limit(tmp_path: Pat
         ) as client,
     ):
         client.sendall(b"g")
-        got = b""
-        while not got.endswith(b"end"):
-            data = client.recv(1 << 16)
-            assert data
-            got += data
+        got = recv_through(client, b"end")
         client.sendall(b"e")
     assert seen["outcome"] == "BlockingIOError"
     assert 0 < seen["sent"] < 40 * 1000

@@ -21,6 +21,7 @@ import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.ledger._objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
+from tests.support.reads import recv_through
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1000)
 SERVER, CLIENT = ident(0x93), ident(0x94)
@@ -62,11 +63,7 @@ def _served(
         ) as client,
     ):
         client.sendall(b"g")
-        got = b""
-        while not got.endswith(b"end"):
-            data = client.recv(1 << 16)
-            assert data
-            got += data
+        got = recv_through(client, b"end")
         client.sendall(b"e")
     return seen, got[:-3]
 
@@ -78,20 +75,36 @@ def _sends(sock: PaidSocket) -> None:
         sent += sock.send(bytes(SIZE - sent))
 
 
-@pytest.mark.parametrize("call", ["send", "sendall"])
-def test_a_non_blocking_send_is_not_held_back_by_the_rate_limit(tmp_path: Path, call: str) -> None:
+def _sending(call: str, timeout: float) -> Callable[[PaidSocket], None]:
+    """A handler's send of SIZE bytes by ``call`` ("send": as many calls as it takes),
+    with the socket's timeout ``timeout`` (0: set non-blocking)."""
+
     def send(sock: PaidSocket) -> None:
-        sock.setblocking(False)
+        if timeout == 0:
+            sock.setblocking(False)
+        else:
+            sock.settimeout(timeout)
         if call == "send":
             _sends(sock)
         else:
             sock.sendall(bytes(SIZE))
 
-    seen, got = _served(tmp_path, 7094 if call == "send" else 7095, send)
-    assert seen["outcome"] == "BlockingIOError"
+    return send
+
+
+def _assert_cut(seen: dict[str, Any], got: bytes, raised: str) -> None:
+    """The send ended by ``raised`` part of the way, what went counted once, nothing
+    left held for a send."""
+    assert seen["outcome"] == raised
     assert 0 < len(got) < SIZE
     assert seen["usage"] == len(got)  # what went, each byte once: nothing else charged
     assert seen["held"] == 0
+
+
+@pytest.mark.parametrize("call", ["send", "sendall"])
+def test_a_non_blocking_send_is_not_held_back_by_the_rate_limit(tmp_path: Path, call: str) -> None:
+    seen, got = _served(tmp_path, 7094 if call == "send" else 7095, _sending(call, 0))
+    _assert_cut(seen, got, "BlockingIOError")
 
 
 @pytest.mark.parametrize("call", ["send", "sendall"])
@@ -99,16 +112,6 @@ def test_a_timeout_bounds_the_wait_for_the_rate_limit(tmp_path: Path, call: str)
     """A send's timeout shorter than the wait for the bucket's next take (50 ms at the
     rate), a sendall's shorter than the 3 s of the whole: DTPTimeoutError, with what
     went counted once."""
-
-    def send(sock: PaidSocket) -> None:
-        sock.settimeout(0.01 if call == "send" else 0.5)
-        if call == "send":
-            _sends(sock)
-        else:
-            sock.sendall(bytes(SIZE))
-
-    seen, got = _served(tmp_path, 7096 if call == "send" else 7097, send)
-    assert seen["outcome"] == "DTPTimeoutError"
-    assert 0 < len(got) < SIZE
-    assert seen["usage"] == len(got)
-    assert seen["held"] == 0
+    timeout = 0.01 if call == "send" else 0.5
+    seen, got = _served(tmp_path, 7096 if call == "send" else 7097, _sending(call, timeout))
+    _assert_cut(seen, got, "DTPTimeoutError")

@@ -47,6 +47,23 @@ def funded_ledger(tmp_path: Path, client: HostIdentity) -> Iterator[LocalLedger]
 
 
 @contextmanager
+def hosted_ledger(
+    tmp_path: Path,
+    server: HostIdentity,
+    client: HostIdentity,
+    port: int,
+    sla: Sla,
+    kind: str = "echo",
+) -> Iterator[tuple[LocalLedger, str]]:
+    """:func:`funded_ledger` with ``server``'s host offering a service of ``kind`` on
+    ``port``: (the ledger, the host ID)."""
+    with funded_ledger(tmp_path, client) as ledger:
+        host_id = ledger.create_host(server, server.noise_public)
+        ledger.add_service(server, host_id, port, kind, sla)
+        yield ledger, host_id
+
+
+@contextmanager
 def hosted_ledgers(
     tmp_path: Path,
     server: HostIdentity,
@@ -55,12 +72,9 @@ def hosted_ledgers(
     sla: Sla,
     kind: str = "echo",
 ) -> Iterator[tuple[LocalLedger, LocalLedger, str]]:
-    """:func:`funded_ledger` with ``server``'s host offering a service of ``kind`` on
-    ``port``: (the client's ledger, the server's own handle on the same file, the host
-    ID)."""
-    with funded_ledger(tmp_path, client) as ledger:
-        host_id = ledger.create_host(server, server.noise_public)
-        ledger.add_service(server, host_id, port, kind, sla)
+    """:func:`hosted_ledger` and the server's own handle on the same file: (the client's
+    ledger, the server's, the host ID)."""
+    with hosted_ledger(tmp_path, server, client, port, sla, kind) as (ledger, host_id):
         server_ledger = LocalLedger(tmp_path / "ledger.db")
         try:
             yield ledger, server_ledger, host_id
