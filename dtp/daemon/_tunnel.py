@@ -386,21 +386,29 @@ class TcpLeg(asyncio.BufferedProtocol):
             self.transport.pause_reading()
         self._finish(self.read_done)
 
-    async def deliver(self, timeout: float) -> None:
-        """Stop reading, and wait up to ``timeout`` until what was written to the TCP
-        peer left us: the transport's buffer, and the kernel's send queue, acknowledged
-        by the peer (where the kernel tells: :func:`_unacknowledged`). A reset drops
-        both unsent; the peer reads what it acknowledged before it sees the reset."""
+    async def deliver(self, idle: float, most: float) -> None:
+        """Stop reading, and wait until what was written to the TCP peer left us: the
+        transport's buffer, and the kernel's send queue, acknowledged by the peer
+        (where the kernel tells: :func:`_unacknowledged`). A reset drops both unsent;
+        the peer reads what it acknowledged before it sees the reset. The wait goes on
+        while the peer takes some of it within every ``idle`` seconds (a slow reader
+        gets all it was sent), for ``most`` seconds at most."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         with contextlib.suppress(RuntimeError):
             transport.pause_reading()
-        deadline = self._loop.time() + timeout
+        loop = self._loop
+        start = moved = loop.time()
+        least = -1
         while not transport.is_closing() and not self.lost.done():
-            if not transport.get_write_buffer_size() and not _unacknowledged(self._fd):
+            left = transport.get_write_buffer_size() + _unacknowledged(self._fd)
+            if not left:
                 return
-            if self._loop.time() >= deadline:
+            now = loop.time()
+            if least < 0 or left < least:
+                least, moved = left, now
+            if now - moved >= idle or now - start >= most:
                 return
             await asyncio.sleep(DELIVERY_POLL)
 
@@ -534,8 +542,13 @@ class TcpLeg(asyncio.BufferedProtocol):
 
 HIGH_WATER = 512 * 1024
 CUT_DELIVERY = 5.0
-"""Seconds a cut tunnel waits for what it sent its TCP peer to leave us (the peer
-reading it) before the reset, which would drop what is still unsent."""
+"""Seconds a cut tunnel waits, with no progress, for what it sent its TCP peer to leave
+us (the peer reading it) before the reset, which would drop what is still unsent; and
+how long it waits for its DTP stream to send what it queued."""
+CUT_DELIVERY_MOST = 120.0
+"""Seconds a cut tunnel waits at most for a TCP peer that keeps reading what it was
+sent, however slowly: what was paid for, up to the transport's high-water mark and the
+kernel's send queue (some MiB), reaches a peer reading 64 KiB/s."""
 DELIVERY_POLL = 0.01
 RESET_CHECK = 1.0
 """Seconds between looks for a reset from a TCP peer that sent EOF (see
@@ -584,9 +597,8 @@ async def splice_leg(
             if not back.done():
                 back.cancel()
             await asyncio.wait([back])
-            deadline = asyncio.get_running_loop().time() + CUT_DELIVERY
-            await leg.deliver(CUT_DELIVERY)
-            await _stream_sent(writer, deadline)
+            await leg.deliver(CUT_DELIVERY, CUT_DELIVERY_MOST)
+            await _stream_sent(writer, asyncio.get_running_loop().time() + CUT_DELIVERY)
     finally:
         if not back.done():
             back.cancel()

@@ -1,6 +1,7 @@
 """The services daemon: a forwarder's deposit running out mid-tunnel cuts that tunnel
-alone. Raised inside the DTP connection's input, the error closed the whole connection
-(logged as an error with a traceback), resetting the other tunnels on it too."""
+alone (the other tunnels of its DTP connection go on to their ends), and the local
+client gets every byte paid for, then a reset; the provider claims exactly what the
+final receipt covers."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dtp.daemon._tunnel import CUT_DELIVERY
 from dtp.eventloop import uvloop_installed
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Escrow
@@ -95,15 +98,17 @@ SIZE = 4 << 20
 
 
 @contextlib.contextmanager
-def _deposit_pair(tmp_path: Path, loop: str, backend_port: int) -> Iterator[tuple[str, int]]:
-    """A provider serving ``backend_port`` at 10 MIST per KiB and a forwarder holding a
-    deposit of 10,000 MIST, both on ``loop``; yields the forward's address, and checks
-    that both daemons stop cleanly."""
+def _deposit_pair(
+    tmp_path: Path, loop: str, backend_port: int, price: int = 10
+) -> Iterator[tuple[str, int]]:
+    """A provider serving ``backend_port`` at ``price`` MIST per KiB and a forwarder
+    holding a deposit of 10,000 MIST, both on ``loop``; yields the forward's address,
+    and checks that both daemons stop cleanly."""
     config = write_provider(
         tmp_path,
         backend_port,
         f'drain_timeout = 2\nevent_loop = "{loop}"',
-        "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
+        f"health_interval = 30\nprice_per_kib = {price}\nmin_deposit = 10000",
     )
     d = daemon(config)
     with running(d):
@@ -116,10 +121,14 @@ def _deposit_pair(tmp_path: Path, loop: str, backend_port: int) -> Iterator[tupl
 
 
 def _cut_transfer(
-    tmp_path: Path, loop: str, handler: Callable[[socket.socket], None], client: ClientRun
+    tmp_path: Path,
+    loop: str,
+    handler: Callable[[socket.socket], None],
+    client: ClientRun,
+    price: int = 10,
 ) -> tuple[int, Receipt, Escrow]:
-    """One tunnel of a forwarder with a deposit of 10,000 MIST at 10 MIST per KiB, both
-    daemons on ``loop``: the backend runs ``handler``, the local client ``client(sock)``
+    """One tunnel of a forwarder with a deposit of 10,000 MIST at ``price`` MIST per KiB,
+    both daemons on ``loop``: the backend runs ``handler``, the local client ``client(sock)``
     (what it returns is returned first); then the final receipt the provider holds,
     and the connection's escrow once both daemons stopped."""
     if loop == "uvloop" and not uvloop_installed():
@@ -127,7 +136,7 @@ def _cut_transfer(
     backend = Backend(handler)
     try:
         with (
-            _deposit_pair(tmp_path, loop, backend.port) as address,
+            _deposit_pair(tmp_path, loop, backend.port, price) as address,
             socket.create_connection(address, timeout=10) as sock,
         ):
             result = client(sock)
@@ -195,6 +204,46 @@ def test_a_cut_download_delivers_every_byte_paid_for(tmp_path: Path, loop: str) 
     assert (row["bytes_in"], row["bytes_out"]) == (3, received)
 
 
+def _sends_then_waits(sock: socket.socket) -> None:
+    """A backend that sends SIZE bytes once asked, or until the tunnel's cut."""
+    if serves_health_checks(sock):
+        return
+    sock.settimeout(30)
+    sock.recv(16)
+    with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
+        sock.sendall(b"x" * SIZE)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(16)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cut_download_waits_for_a_slow_reader(tmp_path: Path, loop: str) -> None:
+    """A local client that reads a little at a time, pausing, takes longer than
+    CUT_DELIVERY in all to read what was paid for (about 100 KiB at 100 MIST per KiB):
+    the cut waits for it as long as it keeps reading, and it still gets every byte paid
+    for before the reset."""
+    pause = 0.4  # well under CUT_DELIVERY: the client is slow, not gone
+    assert pause < CUT_DELIVERY
+
+    def download(sock: socket.socket) -> tuple[int, float]:
+        # a small window: what was paid for waits in the forwarder's send queue
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"big")
+        received = 0
+        start = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                received += len(chunk)
+                time.sleep(pause)
+        return received, time.monotonic() - start
+
+    (received, took), final, _ = _cut_transfer(
+        tmp_path, loop, _sends_then_waits, download, price=100
+    )
+    assert received + 3 == final.total_bytes  # every byte paid for, and nothing more
+    assert took > CUT_DELIVERY  # (longer than the wait without progress allows in all)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_cut_upload_delivers_every_byte_paid_for(tmp_path: Path, loop: str) -> None:
     """An upload larger than the deposit: the backend gets exactly the bytes the final
@@ -231,9 +280,9 @@ def test_a_cut_upload_delivers_every_byte_paid_for(tmp_path: Path, loop: str) ->
 def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path, loop: str) -> None:
     """Downloads read as fast as they come, each cut by its connection's deposit: the
     provider, still sending when the cut's receipts leave, gets them all and claims
-    the whole deposit of every connection. (A connection closed at once after the cut
-    reset its carrier under the provider's bytes, and the reset lost the receipts
-    the provider had not read yet: it claimed less, or nothing.)"""
+    the whole deposit of every connection: the forwarder's connection stays open a
+    second after the cut, since a carrier closed under the provider's bytes would be
+    reset, losing the receipts the provider had not read yet."""
     if loop == "uvloop" and not uvloop_installed():
         pytest.skip("uvloop is not installed")
     downloads = 4

@@ -1,11 +1,11 @@
 """A metered client's close against a server that only admits through the ledger
 (``create_server(..., ledger=...)``, README.md's host-ID snippet), which never settles:
-the client's wait for the server's end of the carrier (MeteredClient.close_wait, 3 s)
-ends as soon as that server has read the CLOSE, not when its application closes its
-socket -- the blocking server kept every metered close waiting the whole 3 s, with its
-application reading or not. The client then half-closes the ledger connection itself.
-A paid server still settles before its end closes: the client waits for it and sends
-no half-close of its own (one transaction for the end, not two)."""
+the client's wait for the server's end of the carrier (MeteredClient.close_wait) ends
+as soon as that server has read the CLOSE, also when its application holds the
+connection open or never accepted it, not at the wait's end. The client then
+half-closes the ledger connection itself. A paid server still settles before its end
+closes: the client waits for it and sends no half-close of its own (one transaction for
+the end, not two)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 import dtp.aio
 import dtp.payments._serving
 import dtp.socket
+from dtp.hostid._payment_hook import MeteredClient
 from dtp.hostid.paid import PaidSocket
 from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
@@ -31,9 +32,17 @@ from tests.support.paid_twins import hosted_ledger
 PORT = 7
 SERVER = identity_from_seed(0x81)
 CLIENT = identity_from_seed(0x82)
-# well under the 3 s the close waited; loose, as the machine may be loaded (a blocking
-# server that does not read learns of the CLOSE at its timer's next pass, within 1 s)
-PROMPT = 2.0
+# the client's wait for the server's end, made long here (3 s by default), so that a
+# close bounded by it alone cannot pass for a prompt one even on a loaded machine
+CLOSE_WAIT = 30.0
+# a blocking server that does not read learns of the CLOSE at its timer's next pass,
+# within a second: the bound leaves room for load
+PROMPT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def long_close_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MeteredClient, "close_wait", CLOSE_WAIT)
 
 
 @pytest.fixture

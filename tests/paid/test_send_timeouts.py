@@ -2,8 +2,8 @@
 non-blocking socket (``settimeout(0)``) waits for nothing, as MSG_DONTWAIT does
 (tests/paid/test_send_flags.py) -- BlockingIOError when the rate limits would hold the
 send back, nothing sent or charged -- and a positive timeout bounds the whole call,
-the rate limits' waits included (DTPTimeoutError). Both waited out the rate limits
-whatever the timeout: a non-blocking sendall of 6 kB at 2,000 B/s took 3 s.
+the rate limits' waits included (DTPTimeoutError): at 2,000 B/s, a send of 6 kB would
+otherwise wait 3 s.
 
 Blocking servers only (asyncio's writer has no timeout); real connections on
 127.0.0.1, a LocalLedger file in tmp_path."""

@@ -742,9 +742,10 @@ class Engine:
         """The connection ended: when the peer closed it, half-close the carrier now, as
         the asyncio server closes its end, not once the application closes its socket
         (lock held). A metered client waits for that end after its CLOSE
-        (ConnectionHook.close_wait), which a server that only admits gave it only at
-        its application's close: 3 s of every close (tests/hostid/test_admit_only_close.py).
-        What is still queued goes first: the next pass looks again."""
+        (ConnectionHook.close_wait): a server that only admits ends it here, so that the
+        client's close does not wait out close_wait while the application holds the
+        socket (tests/hostid/test_admit_only_close.py). What is still queued goes first:
+        the next pass looks again."""
         if self.out and not self.carrier_closed:
             return
         self.ends_carrier = False
