@@ -753,9 +753,10 @@ def _sui(
 ) -> str:
     """Run ``sui argv...`` and return what it printed; a failure is a :class:`_CliError`.
     Stopped meanwhile (``stop``'s SIGTERM, Ctrl-C), the child is killed before the
-    exception goes on; a SIGTERM that lands while the child is being started is held
-    until it is ours to kill (raised inside Popen's construction, it left the child
-    running, orphaned)."""
+    exception goes on; a SIGTERM that lands from the child's start until the wait for
+    it is held until it is ours to kill (raised inside Popen's construction, it left
+    the child running, orphaned; raised as the progress display started, before the
+    kill was set up, it left ``Popen.__exit__`` waiting for the child's own end)."""
     if stop is not None:
         stop.holding = True
     try:
@@ -771,14 +772,17 @@ def _sui(
             encoding="utf-8",
             errors="replace",
         )
-    finally:
+    except BaseException:
         if stop is not None:
             stop.holding = False
-    with process, progress(f"sui {' '.join(argv[:2])}"):
+        raise
+    with process:
         try:
-            if stop is not None:
-                stop.raise_held()
-            stdout, stderr = process.communicate(timeout=900)
+            with progress(f"sui {' '.join(argv[:2])}"):
+                if stop is not None:
+                    stop.holding = False
+                    stop.raise_held()
+                stdout, stderr = process.communicate(timeout=900)
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()

@@ -6,14 +6,19 @@ test fails on the code before."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import dtp.cli._ledger as cli
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from tests.cli.localnet_place import a_host, dtp, fake_sui
@@ -144,3 +149,41 @@ def test_deploy_stopped_during_the_publish_says_it_may_have_published(
     assert out == "" and "Traceback" not in err, err
     assert "may have been published" in err, err
     assert str(place / "data" / "dtp" / "deployments.json") in err
+
+
+def test_a_sigterm_as_the_wait_for_sui_starts_kills_sui(
+    place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM that lands after `sui` started but before the wait for it (here: as the
+    progress display starts) is held until the wait's kill is set up: `sui` is killed
+    and the deploy ends at once, where Popen's exit waited for `sui`'s own end."""
+    pid_file = place / "publish.pid"
+    sui = fake_sui(place, f"echo $$ > {pid_file}; exec sleep 30")
+    real_progress = cli.progress
+
+    @contextlib.contextmanager
+    def stopped_progress(label: str) -> Iterator[object]:
+        assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        os.kill(os.getpid(), signal.SIGTERM)  # (the handler runs here, on this thread)
+        with real_progress(label) as shown:
+            yield shown
+
+    monkeypatch.setattr(cli, "progress", stopped_progress)
+    stop = cli._Stop()
+    previous = signal.signal(signal.SIGTERM, stop)
+    start = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli._sui(str(sui), "client", "publish", env=dict(os.environ), stop=stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert time.monotonic() - start < 20  # not the child's 30 s
+    child = int(pid_file.read_text())
+    assert wait_for(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), timeout=5)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    return True
