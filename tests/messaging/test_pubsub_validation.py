@@ -212,7 +212,10 @@ def test_a_cut_off_peer_finds_its_score_when_it_reconnects(line: Mesh) -> None:
     assert raw.link not in hub.links
     score = hub.scores()[who.noise_public.hex()]
     assert score.graylisted and score.links == 0
-    # its connection is gone: the flooder's next writes fail rather than pile up
+    # its connection is gone: once the flooder's side has read the end (its reader
+    # thread takes the node's CLOSE, in its own time), its next writes fail rather than
+    # pile up in the socket buffers
+    assert wait_for(lambda: raw.sock._engine.session.terminated is not None)
     with pytest.raises(Exception):  # noqa: B017 (whichever the transport raises)
         for _ in range(1000):
             publish(raw, b"x" * 1000)
