@@ -169,20 +169,22 @@ def _cut_transfer(
     return result, final, escrow
 
 
+def _sends_then_waits(sock: socket.socket) -> None:
+    """A backend that sends SIZE bytes once asked, or until the tunnel's cut."""
+    if serves_health_checks(sock):
+        return
+    sock.settimeout(30)
+    sock.recv(16)
+    with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
+        sock.sendall(b"x" * SIZE)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(16)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_cut_download_delivers_every_byte_paid_for(tmp_path: Path, loop: str) -> None:
     """A download larger than the deposit: the local client gets exactly the bytes the
     final receipt covers (the last chunk cut where its cover ends), then a reset."""
-
-    def handler(sock: socket.socket) -> None:
-        if serves_health_checks(sock):
-            return
-        sock.settimeout(10)
-        sock.recv(16)
-        with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
-            sock.sendall(b"x" * SIZE)
-            sock.shutdown(socket.SHUT_WR)
-            sock.recv(16)
 
     def download(sock: socket.socket) -> int:
         # a small receive buffer: most of what was paid for is still on its way to us
@@ -195,25 +197,13 @@ def test_a_cut_download_delivers_every_byte_paid_for(tmp_path: Path, loop: str) 
                 received += len(chunk)
         return received
 
-    received, final, _ = _cut_transfer(tmp_path, loop, handler, download)
+    received, final, _ = _cut_transfer(tmp_path, loop, _sends_then_waits, download)
     assert 0 < received < SIZE
     # every byte paid for reached the client, and nothing more (3 bytes went up)
     assert received + 3 == final.total_bytes
     # the forward's status counts what went on, not the chunk's uncovered rest
     row = json.loads((tmp_path / "forwarder-state" / "status.json").read_text())["forwards"]["svc"]
     assert (row["bytes_in"], row["bytes_out"]) == (3, received)
-
-
-def _sends_then_waits(sock: socket.socket) -> None:
-    """A backend that sends SIZE bytes once asked, or until the tunnel's cut."""
-    if serves_health_checks(sock):
-        return
-    sock.settimeout(30)
-    sock.recv(16)
-    with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
-        sock.sendall(b"x" * SIZE)
-        sock.shutdown(socket.SHUT_WR)
-        sock.recv(16)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -287,17 +277,7 @@ def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path,
         pytest.skip("uvloop is not installed")
     downloads = 4
 
-    def handler(sock: socket.socket) -> None:
-        if serves_health_checks(sock):
-            return
-        sock.settimeout(10)
-        sock.recv(16)
-        with contextlib.suppress(OSError):  # (the tunnel's cut resets us)
-            sock.sendall(b"x" * SIZE)
-            sock.shutdown(socket.SHUT_WR)
-            sock.recv(16)
-
-    backend = Backend(handler)
+    backend = Backend(_sends_then_waits)
     got = []
     try:
         with _deposit_pair(tmp_path, loop, backend.port) as address:

@@ -17,11 +17,9 @@ from typing import Any
 
 import pytest
 
-import dtp.socket
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.ledger._objects import Sla
-from tests.support.paid_inprocess import ident, paid_service
-from tests.support.reads import recv_through
+from tests.support.paid_inprocess import ident, paid_service, read_reply
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1000)
 SERVER, CLIENT = ident(0x93), ident(0x94)
@@ -54,18 +52,11 @@ def _served(
         sock.sendall(b"end")
         sock.recv(1)
 
-    with (
-        paid_service(
-            tmp_path, SERVER, CLIENT, port, SLA, handle, ServicePolicy(pause_timeout=10.0)
-        ) as service,
-        dtp.socket.create_connection(
-            service.address, timeout=10, ledger=service.ledger, identity=CLIENT, deposit=1 << 20
-        ) as client,
-    ):
-        client.sendall(b"g")
-        got = recv_through(client, b"end")
-        client.sendall(b"e")
-    return seen, got[:-3]
+    with paid_service(
+        tmp_path, SERVER, CLIENT, port, SLA, handle, ServicePolicy(pause_timeout=10.0)
+    ) as service:
+        got = read_reply(service, CLIENT)
+    return seen, got
 
 
 def _sends(sock: PaidSocket) -> None:

@@ -14,6 +14,7 @@ from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
+from tests.support.reads import recv_through
 
 
 def ident(seed: int) -> HostIdentity:
@@ -59,3 +60,15 @@ def paid_service(
         served.close()
         thread.join(5)
         ledger.close()
+
+
+def read_reply(service: PaidService, client: HostIdentity) -> bytes:
+    """Connect to ``service`` as ``client`` (a deposit of 1 MiB), send b"g", read what
+    the handler sends up to b"end", answer b"e", and return what came before b"end"."""
+    with dtp.socket.create_connection(
+        service.address, timeout=10, ledger=service.ledger, identity=client, deposit=1 << 20
+    ) as sock:
+        sock.sendall(b"g")
+        got = recv_through(sock, b"end")
+        sock.sendall(b"e")
+    return got[:-3]
