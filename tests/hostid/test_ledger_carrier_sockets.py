@@ -53,12 +53,11 @@ from tests.support.ledger_carrier_world import (
     echo,
     echo_exchange,
     server_in_thread,
-    thread_stacks,
 )
 from tests.support.ledger_carrier_world import host as host
 from tests.support.ledger_faults import impair
 from tests.support.paths import ROOT
-from tests.support.polling import wait_for
+from tests.support.polling import thread_stacks, wait_for
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from dtp.messaging import errors as E
 from dtp.messaging._framing import encode_frame
 from dtp.messaging.pubsub import PubSubNode, Subscription
 from tests.messaging.mesh import Mesh, drain
-from tests.support.polling import wait_for
+from tests.support.polling import thread_stacks, wait_for
 
 
 def test_five_peer_mesh_converges_without_duplicates(mesh: Mesh) -> None:
@@ -281,6 +281,7 @@ def test_closing_the_node_wakes_get_and_drops_what_its_links_still_read() -> Non
         sub = line.nodes[1].subscribe("t")
         assert line.nodes[0].wait_for_interest("t", timeout=10)
         thread, raised = blocked_get(sub)
+        (link,) = line.nodes[1].links
         line.nodes[1].close()
         thread.join(5)
         assert not thread.is_alive() and isinstance(raised[0], E.PubSubError)
@@ -289,8 +290,7 @@ def test_closing_the_node_wakes_get_and_drops_what_its_links_still_read() -> Non
         # at those bytes, without waiting for the stream's owner
         fresh = line.nodes[1].subscribe("t")
         line.nodes[0].publish("t", b"too late")
-        reader = [t for t in threading.enumerate() if t.name == "pubsub-r-1<-0"]
-        assert wait_for(lambda: not any(t.is_alive() for t in reader))
+        assert wait_for(lambda: not link._reader.is_alive()), thread_stacks()
         time.sleep(0.1)
         assert fresh.qsize() == 0
         line.nodes[1].publish("t", b"local")

@@ -4,7 +4,6 @@ and the bridge threads to wait for (the ledger carrier tests of hostid/ and prot
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ import dtp.socket
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from tests.support.ledger_server import identity_from_seed
-from tests.support.polling import wait_for
+from tests.support.polling import thread_stacks, wait_for
 
 SLA = Sla(10, 5, 1000)
 PORT = 7
@@ -87,18 +86,6 @@ def server_in_thread(
         # accepted connections outlive the server: let their bridges finish first
         assert wait_for(lambda: not bridge_threads(), 30), thread_stacks()
         ledger.close()
-
-
-def thread_stacks() -> str:
-    """Every thread's stack, for the message of a failed wait."""
-    import traceback
-
-    frames = sys._current_frames()
-    return "\n".join(
-        f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
-        for t in threading.enumerate()
-        if t.ident in frames
-    )
 
 
 def bridge_threads() -> list[threading.Thread]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 import pytest
@@ -59,3 +61,13 @@ async def async_wait_for(
             return False
         await asyncio.sleep(interval)
     return True
+
+
+def thread_stacks() -> str:
+    """Every thread's stack, for the message of a failed wait."""
+    frames = sys._current_frames()
+    return "\n".join(
+        f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+        for t in threading.enumerate()
+        if t.ident in frames
+    )
