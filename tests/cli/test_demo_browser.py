@@ -321,8 +321,11 @@ def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Pa
     out only after the wait it was printed for."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTHONUNBUFFERED", None)  # (as a user's shell has it)
+    # (SIGINT is Python's default in the child: a shell that starts the suite in the
+    # background has it ignored, and then the interrupt below waited out the 30 s)
     code = (
-        "import sys; from dtp.cli._demo_browser import run_browser_step; "
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from dtp.cli._demo_browser import run_browser_step; "
         "run_browser_step(print, print, wait=30)"
     )
     proc = subprocess.Popen(

@@ -67,10 +67,22 @@ def serves_health_checks(sock: socket.socket) -> bool:
     return not first
 
 
+class _Listener(socket.socket):
+    """A listening socket whose close wakes the thread blocked in its ``accept``: a bare
+    close does not (Linux), and the accepting thread lived on, a ``join(5)`` on it
+    waiting out its 5 s."""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.shutdown(socket.SHUT_RDWR)
+        super().close()
+
+
 def echo_server() -> tuple[socket.socket, threading.Thread]:
     """A TCP echo server on 127.0.0.1 (a thread per connection): its listener, which
     stops it when closed, and its accepting thread."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    made = socket.create_server(("127.0.0.1", 0))
+    listener = _Listener(made.family, made.type, made.proto, fileno=made.detach())
 
     def serve() -> None:
         threads = []

@@ -49,15 +49,24 @@ odd_bytes = st.sampled_from(
 )
 
 
+# (built once: a strategy made inside the draw loop was made and validated again for
+# every update, most of the random-query tests' time)
+_update_counts = st.integers(0, 40)
+_update_souls = st.sampled_from(SOULS) | st.just(b"\xff")
+_update_fields = st.sampled_from(FIELDS) | st.just(b"x\xff")
+_update_states = st.integers(1, 4)
+_update_raws = values.map(encode_value) | odd_bytes
+
+
 @st.composite
 def updates(draw: st.DrawFn) -> list[Update]:
     """Peers' updates: few states (ties are many), some odd names and bytes."""
     out = []
-    for _ in range(draw(st.integers(0, 40))):
-        soul: str | bytes = draw(st.sampled_from(SOULS) | st.just(b"\xff"))
-        field: str | bytes = draw(st.sampled_from(FIELDS) | st.just(b"x\xff"))
-        state = float(draw(st.integers(1, 4)))
-        raw = draw(values.map(encode_value) | odd_bytes)
+    for _ in range(draw(_update_counts)):
+        soul: str | bytes = draw(_update_souls)
+        field: str | bytes = draw(_update_fields)
+        state = float(draw(_update_states))
+        raw = draw(_update_raws)
         out.append((soul, field, state, raw))
     return out
 
@@ -131,11 +140,19 @@ def compare(found: Any, op: str, wanted: Any) -> bool:
     return bool(operation(found, wanted))
 
 
+def _read(g: Graph, soul: str, read: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    node = read.get(soul)
+    if node is None:
+        node = read[soul] = g.get(soul) or {}
+    return node
+
+
 def naive(g: Graph, start: list[str], plan: list[tuple[Any, ...]]) -> list[str]:
     """The query evaluated with get() and Python loops."""
     frontier = set(start)
+    read: dict[str, dict[str, Any]] = {}  # (each node read once: nothing writes meanwhile)
     for step in plan:
-        nodes = {soul: g.get(soul) or {} for soul in frontier}
+        nodes = {soul: _read(g, soul, read) for soul in frontier}
         if step[0] == "out":
             frontier = {t for n in nodes.values() if (t := link_soul(n.get(step[1])))}
         elif step[0] == "each":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from typing import Any
 
 import dtp.errors
@@ -53,7 +52,23 @@ class Served:
             sock.close()
         self.server.close()
         self.rpc.close()
+        sleep = self.rpc.methods.get("sleep")
+        if sleep is not None and isinstance(sleep[0], _Sleep):
+            sleep[0].released.set()  # (the server is closed: nobody reads their results)
         self.thread.join(5)
+
+
+class _Sleep:
+    """The ``sleep`` method ([seconds, result]). Its wait ends early once released
+    (:meth:`Served.close`, after the server's close): a handler a test left asleep for
+    30 s kept a worker thread alive into the tests after it."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def __call__(self, p: list[Any]) -> Any:
+        self.released.wait(p[0])
+        return p[1]
 
 
 def make_rpc(workers: int = 16, **kw: Any) -> RpcServer:
@@ -61,12 +76,7 @@ def make_rpc(workers: int = 16, **kw: Any) -> RpcServer:
     fail (InvalidParams), crash (an internal error) and wait_cancel."""
     rpc = RpcServer(workers=workers, **kw)
     rpc.register("echo", lambda p: p)
-
-    def sleep_then(p: list[Any]) -> Any:
-        time.sleep(p[0])
-        return p[1]
-
-    rpc.register("sleep", sleep_then)
+    rpc.register("sleep", _Sleep())
 
     def fail(p: Any) -> Any:
         raise E.InvalidParams("bad value", data={"got": p})

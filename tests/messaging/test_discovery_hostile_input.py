@@ -19,6 +19,7 @@ null result.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -321,6 +322,9 @@ class _InterimBackend:
                 )
 
     def close(self) -> None:
+        # (shut down first: a bare close leaves the accepting thread blocked in accept)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 

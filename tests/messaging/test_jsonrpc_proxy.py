@@ -372,6 +372,9 @@ class RawBackend:
                 self.open -= 1
 
     def close(self) -> None:
+        # (shut down first: a bare close leaves the accepting thread blocked in accept)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
