@@ -258,11 +258,19 @@ def address(args: argparse.Namespace) -> str:
 
 
 def identity(args: argparse.Namespace) -> Any:
+    """The key a command signs with: the identity file's (:func:`identity_file`), or on
+    a Sui ledger without one the Sui key's (docs/sui.md, "Signing keys")."""
+    if _uses_sui_keys(args):
+        return _sui_key()
+    return identity_file(args)
+
+
+def identity_file(args: argparse.Namespace) -> Any:
+    """The DTP identity in ``--identity`` (else the default file), whatever the ledger:
+    a missing file is an error naming it."""
     from dtp.errors import KeyFileError
     from dtp.identity.keys import HostIdentity
 
-    if _uses_sui_keys(args):
-        return _sui_key()
     passphrase = env_passphrase(args)
     try:
         if passphrase is None:

@@ -43,6 +43,7 @@ from dtp.cli._common import env_passphrase as _env_passphrase
 from dtp.cli._common import firewall_mode as _firewall_mode
 from dtp.cli._common import given_path as _given_path
 from dtp.cli._common import identity as _identity
+from dtp.cli._common import identity_file as _identity_file
 from dtp.cli._common import identity_path as _identity_path
 from dtp.cli._common import ledger as _ledger
 from dtp.cli._common import ledger_spec as _spec
@@ -317,11 +318,22 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _keys_show(args: argparse.Namespace) -> int:
-    identity = _identity(args)
+    # the identity file's keys, even where a Sui ledger signs with the Sui keystore's
+    # key without one: printed under the file's path, that key passed for the file's
+    path = _identity_path(args)
+    if not os.path.lexists(path):
+        from dtp.errors import KeyFileError
+
+        raise KeyFileError(
+            f"no identity file at {path}: create one with `dtp keys new`, or name one "
+            "with --identity (`keys show` shows a DTP identity; on a Sui ledger without "
+            "one, the other commands sign with $DTP_SUI_KEY, else the Sui CLI's key)"
+        )
+    identity = _identity_file(args)
     _emit(
         args,
         {
-            "identity": str(_identity_path(args)),
+            "identity": str(path),
             "sui_address": identity.sui_address,
             "ed25519_public": identity.ed25519_public.hex(),
             "noise_public": identity.noise_public.hex(),

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Literal
 
 import dtp.aio
 from dtp.daemon._config import ForwardConfig, join_host_port
@@ -200,12 +201,7 @@ class Forwarder:
         stats = self.stats
 
         def count_in(n: int) -> None:
-            try:
-                self._meter(holder[0], n)
-            except PaidInPart as exc:
-                stats.bytes_in += exc.covered  # (what goes on, not what was read)
-                raise
-            stats.bytes_in += n
+            self._count(holder[0], n, stats, "bytes_in")
 
         leg = TcpLeg(count_in)
         task = asyncio.get_running_loop().create_task(self._tunnel(leg, holder))
@@ -417,6 +413,25 @@ class Forwarder:
 
     # -- tunnels -------------------------------------------------------------------------
 
+    def _count(
+        self,
+        link: _Link,
+        n: int,
+        stats: ForwardStats,
+        stat: Literal["bytes_in", "bytes_out"],
+    ) -> None:
+        """A tunnel on ``link`` moved a chunk of ``n`` bytes (``bytes_in``: from its local
+        client, ``bytes_out``: to it): metered (:meth:`_meter`) and added to ``stat`` of
+        the forward's ``stats`` (the row the tunnel took as it began), all of it or, when
+        the deposit covers it only in part, what goes on (:class:`PaidInPart`'s
+        ``covered``, raised again to cut the tunnel)."""
+        try:
+            self._meter(link, n)
+        except PaidInPart as exc:
+            setattr(stats, stat, getattr(stats, stat) + exc.covered)
+            raise
+        setattr(stats, stat, getattr(stats, stat) + n)
+
     def _meter(self, link: _Link, n: int) -> None:
         self.book.touch()
         fees = link.fees
@@ -550,12 +565,7 @@ class Forwarder:
                 raise
 
             def count_out(n: int) -> None:
-                try:
-                    self._meter(link, n)
-                except PaidInPart as exc:
-                    stats.bytes_out += exc.covered  # (what goes on, not what came)
-                    raise
-                stats.bytes_out += n
+                self._count(link, n, stats, "bytes_out")
 
             error = await splice_leg(leg, s_reader, s_writer, count_out)
             if error is not None:

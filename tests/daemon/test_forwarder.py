@@ -46,7 +46,7 @@ import dtp.aio
 from dtp.daemon._config import Backend, ForwardConfig
 from dtp.daemon._forwarder import Forwarder
 from dtp.daemon._state import StatusBook
-from dtp.daemon._tunnel import STATUS_OK
+from dtp.daemon._tunnel import STATUS_OK, PaidInPart
 from dtp.errors import ChainError
 from dtp.hostid._address import HostAddress
 from dtp.identity.keys import HostIdentity
@@ -447,3 +447,34 @@ def test_a_deposit_too_small_for_one_tunnel_backs_off_longer_each_time(
             assert forwarder.stats.errors == 3
 
     asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
+
+
+def test_a_tunnels_count_adds_what_goes_on_to_its_own_direction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both directions of a tunnel count through one helper: a chunk the deposit covers
+    counts whole, one it covers in part (PaidInPart, raised again to cut the tunnel)
+    counts its covered part, each to its own stat alone."""
+    config = ForwardConfig(
+        "f", Backend("127.0.0.1", 0), HostAddress.parse("dtp://0x" + "ab" * 32 + ":80")
+    )
+    with contextlib.closing(LocalLedger(tmp_path / "ledger.sqlite")) as ledger:
+        forwarder = Forwarder(config, ledger, HostIdentity.generate(), StatusBook(tmp_path))
+        link = object()
+
+        def meter(on: object, n: int) -> None:
+            assert on is link
+            if n > 100:
+                raise PaidInPart("the deposit is used up", 40)
+
+        monkeypatch.setattr(forwarder, "_meter", meter)
+        stats = forwarder.stats
+        forwarder._count(link, 100, stats, "bytes_in")  # type: ignore[arg-type]
+        assert (stats.bytes_in, stats.bytes_out) == (100, 0)
+        forwarder._count(link, 70, stats, "bytes_out")  # type: ignore[arg-type]
+        with pytest.raises(PaidInPart):
+            forwarder._count(link, 500, stats, "bytes_out")  # type: ignore[arg-type]
+        assert (stats.bytes_in, stats.bytes_out) == (100, 110)
+        with pytest.raises(PaidInPart):
+            forwarder._count(link, 500, stats, "bytes_in")  # type: ignore[arg-type]
+        assert (stats.bytes_in, stats.bytes_out) == (140, 110)

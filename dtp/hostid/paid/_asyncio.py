@@ -768,9 +768,10 @@ class PaidWriter:
         await self._writer.drain()
         if self._limits_charged:
             # stream bytes and datagrams were charged as they went, without a wait: it
-            # is here
-            self._limits_charged = False
+            # is here (the flag cleared once waited out: a drain() cancelled in the wait,
+            # by asyncio.timeout say, leaves the debt to the next drain() and the close)
             await self._paid.wait_limits()
+            self._limits_charged = False
         await self._paid.wait_paid()
 
     def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
@@ -815,8 +816,8 @@ class PaidWriter:
         if self._limits_charged:
             # what went uncharged by a wait is waited for before the end (the client's
             # limit holds for a callback that wrote and closed without draining)
-            self._limits_charged = False
             await paid.wait_limits()
+            self._limits_charged = False
         if paid.proto.session.terminated is None:
             await paid.request_final_receipt()
         # (not when cancelled: that is the loop ending, and the end phase aborts the

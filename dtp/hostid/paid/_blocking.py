@@ -388,16 +388,28 @@ class PaidConnection:
             return self.credit.reserve(nbytes)
 
     # (blocking only: a datagram send waits for credit (asyncio's drops: datagrams_now))
-    def reserve_datagrams(self, sock: DTPSocket, sizes: list[int], start: int) -> tuple[int, int]:
+    def reserve_datagrams(
+        self,
+        sock: DTPSocket,
+        sizes: list[int],
+        start: int,
+        nowait: bool = False,
+        deadline: float | None = None,
+    ) -> tuple[int, int]:
         """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
         (a datagram cannot go in part: its bytes are metered as they go), pausing for a
         receipt as a write does at the end of the credit; then take from the credit as
         many datagrams from ``start`` on as it covers (:meth:`Credit.reserve_datagrams`).
         Returns (how many, their bytes held as under way until :meth:`sent`); (0, 0)
-        once the connection ended (the send then reports how). Waits within ``sock``'s
-        timeout, as :meth:`wait_send`."""
+        once the connection ended (the send then reports how). Waits as
+        :meth:`wait_send` does: ``nowait``, for nothing (BlockingIOError when the
+        credit does not cover the datagram now); else until ``deadline`` (monotonic;
+        None: within ``sock``'s timeout from now), then DTPTimeoutError."""
         first = sizes[start]
         began = time.monotonic()
+        timeout: float | Literal["socket"] = (
+            "socket" if deadline is None else max(0.0, deadline - began)
+        )
         while True:
             with self._cond:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
@@ -411,8 +423,12 @@ class PaidConnection:
                 return count, taken
             if self.ended():
                 return 0, 0
-            if not self._look_at_gate(True, first, sock, "socket", began):
-                _timed_out(sock, began)
+            if not self._look_at_gate(
+                True, first, sock, timeout, began, nowait=nowait, ends=deadline
+            ):
+                if nowait:
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+                _timed_out(sock, began, deadline)
 
     def sent(self, reserved: int) -> None:
         """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
@@ -479,6 +495,22 @@ class PaidConnection:
             delay = core.charge(nbytes, requests, now)
         if hold:
             self._hold(delay, core.debt)
+
+    def wait_debt(self, nowait: bool = False, deadline: float | None = None) -> None:
+        """Return once neither rate limit is in debt (what went before was charged
+        without a wait: a timed or non-blocking send's): at once when unlimited;
+        ``nowait``: BlockingIOError instead of a wait; ``deadline``: DTPTimeoutError
+        once it passes first. A datagram goes whole or not at all, so it waits for the
+        debt alone, not for a take of the bucket as stream bytes do (:meth:`pace`)."""
+        buckets = self.buckets
+        if not buckets.bytes.rate and not buckets.requests.rate:
+            return
+        core = self.core
+        with self.limit_lock:
+            delay = core.debt(time.monotonic())
+        if nowait and delay > 0:
+            raise BlockingIOError(errno.EAGAIN, "operation would block")
+        self._hold(delay, core.debt, deadline)
 
     def pace(self, nbytes: int, nowait: bool = False, deadline: float | None = None) -> int:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
@@ -816,7 +848,8 @@ class PaidSocket:
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """:meth:`dtp.socket.DTPSocket.send_datagram`, metered as :meth:`send`: the
         datagram goes once the gate's credit covers all of it (it waits while the
-        connection is paused for payment) and within the rate limits."""
+        connection is paused for payment) and within the rate limits. The socket's
+        timeout bounds those waits, as :meth:`send_datagrams` says."""
         self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
@@ -824,14 +857,32 @@ class PaidSocket:
         (in runs the credit covers, each after waiting for it): all of them, or (on a
         TypeError or LocalProtocolError for any one) none. Returns how many were
         queued. Those the carrier's backlog drops (``datagrams_send_dropped``) are not
-        charged to the rate limits: they never go."""
+        charged to the rate limits: they never go.
+
+        A non-blocking socket (``settimeout(0)``) waits for nothing, as :meth:`send`:
+        when the credit does not cover the next datagram now (the connection paused,
+        or its credit held by writes under way or queued) or the rate limits are in
+        debt, the call stops there; a positive timeout bounds all its waits together.
+        Either way it returns how many of the first ones went when some did, else
+        raises (BlockingIOError; DTPTimeoutError past the timeout): the rest are
+        neither sent nor charged. What went is charged to the rate limits without a
+        wait, its debt holding back the next call."""
         items = list(datagrams)
         sock = self._sock
         sizes = datagram_sizes(items, sock.max_datagram_size)
         paid = self._paid
+        timeout = sock.gettimeout()
+        nowait = timeout == 0
+        deadline = None if timeout is None or nowait else time.monotonic() + timeout
         queued = start = 0
         while start < len(items):
-            count, reserved = paid.reserve_datagrams(sock, sizes, start)
+            try:
+                paid.wait_debt(nowait, deadline)
+                count, reserved = paid.reserve_datagrams(sock, sizes, start, nowait, deadline)
+            except (BlockingIOError, DTPTimeoutError):
+                if start:
+                    return queued  # (the first ones went: a short count, as send's)
+                raise
             if not count:
                 # the connection ended: the socket's own call says how
                 return queued + sock.send_datagrams(items[start:])
@@ -842,7 +893,10 @@ class PaidSocket:
             queued += sent
             # the limits charged for the queued ones alone, as send() charges what went
             # (the credit the dropped ones took comes back at the gate's next look)
-            paid.limit(sum(map(datagram_charge, sizes[start : start + sent])))
+            paid.limit(
+                sum(map(datagram_charge, sizes[start : start + sent])),
+                hold=deadline is None and not nowait,
+            )
             start += count
         return queued
 
