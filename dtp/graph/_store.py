@@ -452,7 +452,11 @@ class Graph:
                     if namespace.is_user_space(s):
                         if self.identity is None:
                             raise LocalProtocolError(
-                                "writing to a user-space soul needs the owner's identity",
+                                f"put() to the user-space soul {s.decode()[:80]!r} is signed "
+                                f"by its owner {namespace.owner_of(s)}: open the graph with "
+                                "Graph(identity=<the owner's HostIdentity>), or write with "
+                                "graph.protected(path, identity) (docs/graph.md, 'Signed "
+                                "namespaces')",
                                 ErrorCode.ARG,
                             )
                         value = namespace.seal(self.identity, s, f, state, value)
