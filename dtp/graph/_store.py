@@ -529,7 +529,12 @@ class Graph:
         return writes
 
     def _flatten(
-        self, soul: str, data: Mapping[str, Any], out: list[tuple[bytes, bytes, bytes]], depth: int
+        self,
+        soul: str,
+        data: Mapping[str, Any],
+        out: list[tuple[bytes, bytes, bytes]],
+        depth: int,
+        above: dict[int, str] | None = None,
     ) -> None:
         if not isinstance(soul, str) or not soul:
             raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
@@ -542,15 +547,23 @@ class Graph:
             )
         if not isinstance(data, Mapping) or not data:
             raise LocalProtocolError("put() takes a non-empty mapping of fields", ErrorCode.ARG)
-        for field, value in data.items():
-            if not isinstance(field, str) or not field:
-                raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
-            check_field_name(field)
-            if isinstance(value, Mapping) and link_soul(value) is None:
-                child = f"{soul}/{field}"
-                self._flatten(child, value, out, depth + 1)
-                value = {"#": child}
-            out.append((s, utf8_name(field, "a field name"), encode_value(value)))
+        # the mappings being written on the way down, by id, and their souls: one that
+        # holds itself would otherwise recurse to the depth limit, whose message hides why
+        above = {} if above is None else above
+        above[id(data)] = soul
+        try:
+            for field, value in data.items():
+                if not isinstance(field, str) or not field:
+                    raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+                check_field_name(field)
+                if isinstance(value, Mapping) and link_soul(value) is None:
+                    _check_nested(soul, field, value, above)
+                    child = f"{soul}/{field}"
+                    self._flatten(child, value, out, depth + 1, above)
+                    value = {"#": child}
+                out.append((s, utf8_name(field, "a field name"), encode_value(value)))
+        finally:
+            del above[id(data)]
 
     # -- merging what peers send (protocol.md 6.1), and the deferred updates ---------------
 
@@ -1315,6 +1328,22 @@ class Graph:
             for soul, field, state, value, _ in entries(batch):
                 out[soul, field] = (state, value)
         return out
+
+
+def _check_nested(soul: str, field: str, value: Mapping[str, Any], above: dict[int, str]) -> None:
+    """Refuse a nested mapping put() cannot make a node of, saying why."""
+    if id(value) in above:
+        raise LocalProtocolError(
+            f"put(): field {field!r} of node {soul!r} holds a mapping that contains it (a "
+            f"cycle): link to its node instead, link({above[id(value)]!r})",
+            ErrorCode.ARG,
+        )
+    if not value:
+        raise LocalProtocolError(
+            f"put(): field {field!r} of node {soul!r} holds an empty mapping: a node needs "
+            "a field (a HAM table holds fields, not empty nodes)",
+            ErrorCode.ARG,
+        )
 
 
 def _field_written_twice(writes: list[tuple[bytes, bytes, bytes]]) -> tuple[str, str] | None:
