@@ -148,4 +148,6 @@ class ChangeStream:
         self._wake()
 
     async def aclose(self) -> None:
+        """:meth:`close`, awaitable (what ``contextlib.aclosing`` and async generators'
+        users call)."""
         self.close()
