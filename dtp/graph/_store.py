@@ -115,6 +115,7 @@ _BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not t
 _BLIND_RETRY_MAX = 1000.0  # ms: longest one (while they find nothing)
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
 _BATCH_BYTES = 1 << 20  # about the bytes of one such batch (as the export's)
+_MISSING: Any = object()  # walk(): a field the node does not hold
 
 _Item = TypeVar("_Item")
 
@@ -926,13 +927,24 @@ class Graph:
 
     def walk(self, soul: str, *path: str) -> str:
         """Follow links from ``soul`` through the fields in ``path``; returns the soul
-        reached. KeyError when a field is missing or not a link."""
+        reached. KeyError when a field is missing or not a link (its message says
+        which: a value is read with :meth:`get_field`, as gun's chain reads it)."""
         utf8_name(soul, "a soul")  # (with no path, nothing else would look at it)
         current = soul
         for field in path:
-            target = link_soul(self.get_field(current, field))
+            value = self.get_field(current, field, _MISSING)
+            target = link_soul(value)
             if target is None:
-                raise KeyError(f"{current}.{field} is not a link")
+                if value is _MISSING:
+                    raise KeyError(
+                        f"{current}.{field} is not a link: node {current!r} has no field {field!r}"
+                    )
+                if value is None:
+                    raise KeyError(f"{current}.{field} is not a link: it holds null (deleted)")
+                raise KeyError(
+                    f"{current}.{field} is not a link: it holds {value!r:.80}, a value "
+                    f"(get_field({current!r}, {field!r}) reads it)"
+                )
             current = target
         return current
 
