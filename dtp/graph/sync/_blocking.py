@@ -14,6 +14,7 @@ from dtp.graph.sync._messages import MAX_MESSAGE
 from dtp.graph.sync._run_checks import (
     _backlog_exceeded,
     _check_end_coming,
+    _check_graph,
     _check_run_ended,
     _check_tick,
     _check_timeout,
@@ -222,6 +223,7 @@ def connect(
     the stream, however long no change is made."""
     import dtp.socket
 
+    _check_graph(graph)  # before connecting: a peer would otherwise see us come and go
     with dtp.socket.create_connection(
         address, timeout, server_key=server_key, **connect_args
     ) as sock:

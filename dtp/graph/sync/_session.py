@@ -59,6 +59,7 @@ from dtp.graph.sync._messages import (
     _is_digest,
     _push_whole,
 )
+from dtp.graph.sync._run_checks import _check_graph
 from dtp.native.core import encode_ham_batch
 from dtp.native.reference._limits import HAM_BATCH_VERSION, HAM_MAX_KEY
 
@@ -105,6 +106,7 @@ class SyncSession:
         live: bool = True,
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
+        _check_graph(graph)
         check_int("max_message", max_message, 1)
         check_int("max_backlog", max_backlog, 0)
         if not isinstance(live, bool):
