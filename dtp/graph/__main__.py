@@ -37,7 +37,7 @@ import json
 import sys
 from typing import Any
 
-from dtp.errors import MissingExtra
+from dtp.errors import KeyFileError, MissingExtra
 from dtp.graph._persist import GraphStorageError
 from dtp.graph._store import Graph
 from dtp.graph.sync import GraphServer
@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
             gun(args)
             return
         serve(args)
-    except (GraphStorageError, MissingExtra) as exc:
-        # a --db that is a directory or not a graph file, or `gun` or `--lan` without
-        # their extra: one line, not a traceback
+    except (GraphStorageError, MissingExtra, KeyFileError, OSError) as exc:
+        # a --db that is a directory or not a graph file, `gun` or `--lan` without their
+        # extra, a --key that is no key file, a port taken: one line, not a traceback
         print(f"python -m dtp.graph: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
