@@ -14,14 +14,13 @@ from dtp.graph.sync._messages import MAX_MESSAGE
 from dtp.graph.sync._run_checks import (
     _backlog_exceeded,
     _check_end_coming,
-    _check_graph,
     _check_run_ended,
     _check_tick,
     _check_timeout,
     _left_cleanly,
     _no_hello,
 )
-from dtp.graph.sync._session import SyncSession
+from dtp.graph.sync._session import SyncSession, _check_graph
 
 
 def sync_blocking(

@@ -27,15 +27,6 @@ def _check_timeout(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
 
 
-def _check_graph(graph: object) -> None:
-    """The graph a session syncs: a :class:`~dtp.graph.Graph` (TypeError naming it, before
-    any connection is made: anything else failed deep in the session, an AttributeError)."""
-    from dtp.graph._store import Graph
-
-    if not isinstance(graph, Graph):
-        raise TypeError(f"graph must be a dtp.graph.Graph, not {type(graph).__name__}")
-
-
 def _check_address(address: object) -> None:
     """A listening address: a (host, port) tuple, as ``socket.bind`` takes it."""
     if (

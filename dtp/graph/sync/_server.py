@@ -17,9 +17,9 @@ from dtp.graph.sync._messages import VERSION
 from dtp.graph.sync._run_checks import (
     HELLO_TIMEOUT,
     _check_address,
-    _check_graph,
     _check_timeout,
 )
+from dtp.graph.sync._session import _check_graph
 
 if TYPE_CHECKING:
     from dtp.discovery.lan import Announcement, LanDiscovery

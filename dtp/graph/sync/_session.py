@@ -59,11 +59,19 @@ from dtp.graph.sync._messages import (
     _is_digest,
     _push_whole,
 )
-from dtp.graph.sync._run_checks import _check_graph
 from dtp.native.core import encode_ham_batch
 from dtp.native.reference._limits import HAM_BATCH_VERSION, HAM_MAX_KEY
 
 logger = logging.getLogger("dtp.graph.sync")
+
+
+def _check_graph(graph: object) -> None:
+    """The graph a session syncs: a :class:`~dtp.graph.Graph` (TypeError naming it; the
+    runners check it before any connection is made: anything else failed deep in the
+    session, with an AttributeError)."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a dtp.graph.Graph, not {type(graph).__name__}")
+
 
 _BATCH_HEADER = struct.Struct("<BI")  # a HAM batch's version and count (protocol.md 6.1)
 _HELD_BACK = 16 << 20
