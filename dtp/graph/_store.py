@@ -535,7 +535,7 @@ class Graph:
         data: Mapping[str, Any],
         out: list[tuple[bytes, bytes, bytes]],
         depth: int,
-        above: dict[int, str] | None = None,
+        above: tuple[tuple[int, str], ...] = (),
     ) -> None:
         if not isinstance(soul, str) or not soul:
             raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
@@ -548,23 +548,19 @@ class Graph:
             )
         if not isinstance(data, Mapping) or not data:
             raise LocalProtocolError("put() takes a non-empty mapping of fields", ErrorCode.ARG)
-        # the mappings being written on the way down, by id, and their souls: one that
-        # holds itself would otherwise recurse to the depth limit, whose message hides why
-        above = {} if above is None else above
-        above[id(data)] = soul
-        try:
-            for field, value in data.items():
-                if not isinstance(field, str) or not field:
-                    raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
-                check_field_name(field)
-                if isinstance(value, Mapping) and link_soul(value) is None:
-                    _check_nested(soul, field, value, above)
-                    child = f"{soul}/{field}"
-                    self._flatten(child, value, out, depth + 1, above)
-                    value = {"#": child}
-                out.append((s, utf8_name(field, "a field name"), encode_value(value)))
-        finally:
-            del above[id(data)]
+        for field, value in data.items():
+            if not isinstance(field, str) or not field:
+                raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+            check_field_name(field)
+            if isinstance(value, Mapping) and link_soul(value) is None:
+                # the mappings on the way down and their souls: one that holds itself
+                # would otherwise recurse to the depth limit, whose message hides why
+                path = (*above, (id(data), soul))
+                _check_nested(soul, field, value, path)
+                child = f"{soul}/{field}"
+                self._flatten(child, value, out, depth + 1, path)
+                value = {"#": child}
+            out.append((s, utf8_name(field, "a field name"), encode_value(value)))
 
     # -- merging what peers send (protocol.md 6.1), and the deferred updates ---------------
 
@@ -1342,14 +1338,17 @@ class Graph:
         return out
 
 
-def _check_nested(soul: str, field: str, value: Mapping[str, Any], above: dict[int, str]) -> None:
+def _check_nested(
+    soul: str, field: str, value: Mapping[str, Any], above: tuple[tuple[int, str], ...]
+) -> None:
     """Refuse a nested mapping put() cannot make a node of, saying why."""
-    if id(value) in above:
-        raise LocalProtocolError(
-            f"put(): field {field!r} of node {soul!r} holds a mapping that contains it (a "
-            f"cycle): link to its node instead, link({above[id(value)]!r})",
-            ErrorCode.ARG,
-        )
+    for mapping, where in above:
+        if mapping == id(value):
+            raise LocalProtocolError(
+                f"put(): field {field!r} of node {soul!r} holds a mapping that contains it "
+                f"(a cycle): link to its node instead, link({where!r})",
+                ErrorCode.ARG,
+            )
     if not value:
         raise LocalProtocolError(
             f"put(): field {field!r} of node {soul!r} holds an empty mapping: a node needs "
