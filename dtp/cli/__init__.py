@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtp",
         description="DTP: encrypted, paid, TCP-like connections between Sui hosts.",
+        # the graph's peers have a command of their own, which nothing here names
+        epilog="The replicated graph's peers: python -m dtp.graph serve|gun --help "
+        "(a graph over DTP sync; a Gun relay for gun.js apps). docs/graph.md.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")

@@ -2,7 +2,7 @@
 peer that browsers use as their relay.
 
     python -m dtp.graph serve [--db PATH] [--fill N] [--ham c|python]
-                              [--listen HOST] [--lan NAMESPACE [--interface IP ...]]
+                              [--listen HOST[:PORT]] [--lan NAMESPACE [--interface IP ...]]
     python -m dtp.graph gun [--db PATH] [--listen HOST:PORT] [--sync HOST:PORT]
                             [--key FILE] [--peer HOST:PORT --peer-key HEX] ...
 
@@ -12,7 +12,8 @@ demo chat page at ``/``) over a graph, optionally serving DTP graph sync
 JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening, and runs until
 SIGINT or SIGTERM, then closes everything and flushes the graph.
 
-Listens for graph sync on ``--listen`` (default 127.0.0.1; a free port), prints one JSON
+Listens for graph sync on ``--listen`` (default 127.0.0.1; a free port unless one is
+given), prints one JSON
 line ``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a
 line, answering each with one JSON line:
 
@@ -31,11 +32,12 @@ finds (:func:`dtp.graph.sync_with_lan`): no address or key is given to it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from typing import Any
 
-from dtp.errors import MissingExtra
+from dtp.errors import KeyFileError, MissingExtra
 from dtp.graph._persist import GraphStorageError
 from dtp.graph._store import Graph
 from dtp.graph.sync import GraphServer
@@ -64,12 +66,12 @@ def serve(args: argparse.Namespace) -> None:
             graph,
             identity,
             namespace=args.lan,
-            address=(args.listen, 0),
+            address=args.listen,
             interfaces=args.interface or None,
         )
         server = lan.server
     else:
-        server = GraphServer(graph, (args.listen, 0), identity)
+        server = GraphServer(graph, args.listen, identity)
     print(
         json.dumps(
             {
@@ -114,6 +116,24 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    """``serve --listen``: a host (a free port), or HOST:PORT as ``gun`` takes it."""
+    try:
+        ipaddress.ip_address(text.strip("[]"))  # an IPv6 address's colons are no port
+        return text.strip("[]"), 0
+    except ValueError:
+        pass
+    return _host_port(text) if ":" in text else (text, 0)
+
+
+_SERVE_HELP = """\
+Serves a graph over DTP graph sync and prints one JSON line {"port", "key", "address"}.
+Then it reads commands on stdin, one JSON array a line, each answered with a JSON line:
+["put", soul, {fields}], ["get", soul], ["digest"], ["stats"], ["peers"]. It stops at
+the end of stdin: keep stdin open to keep it serving (a stdin of /dev/null, as nohup
+or a service manager may give, stops it at once)."""
+
+
 def _peer_key(text: str) -> bytes:
     try:
         key = bytes.fromhex(text)
@@ -133,11 +153,22 @@ def gun(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dtp.graph")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="serve a graph over DTP on 127.0.0.1")
+    p = sub.add_parser(
+        "serve",
+        help="serve a graph over DTP, driven by JSON commands on stdin",
+        description=_SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--db", default=None, help="SQLite file (default: in memory)")
     p.add_argument("--fill", type=int, default=0, help="write this many fields first")
     p.add_argument("--ham", choices=["c", "python"], default=None)
-    p.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 0),
+        metavar="HOST[:PORT]",
+        help="address to listen on (default 127.0.0.1; without a port, a free one)",
+    )
     p.add_argument("--lan", metavar="NAMESPACE", help="find and sync with LAN peers (mDNS)")
     p.add_argument(
         "--interface", action="append", metavar="IP", help="mDNS on this address (repeatable)"
@@ -171,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
             gun(args)
             return
         serve(args)
-    except (GraphStorageError, MissingExtra) as exc:
-        # a --db that is a directory or not a graph file, or `gun` or `--lan` without
-        # their extra: one line, not a traceback
+    except (GraphStorageError, MissingExtra, KeyFileError, OSError) as exc:
+        # a --db that is a directory or not a graph file, `gun` or `--lan` without their
+        # extra, a --key that is no key file, a port taken: one line, not a traceback
         print(f"python -m dtp.graph: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

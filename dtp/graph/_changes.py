@@ -84,7 +84,14 @@ class ChangeStream:
             raise ValueError(f"changes(maxsize=...) must be an int >= 1, not {maxsize!r}")
         # a bad soul or field is reported as such, not as "no running event loop"
         check_names(soul, field)
-        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "changes() is an async iterator: call it in a coroutine, with its event loop "
+                "running (async for change in graph.changes(soul)); outside asyncio, "
+                "graph.subscribe(soul, callback) calls back in the writer's thread"
+            ) from None
         self._queue: deque[Change] = deque()
         self._maxsize = maxsize
         self._waiters: list[asyncio.Future[None]] = []
@@ -148,4 +155,6 @@ class ChangeStream:
         self._wake()
 
     async def aclose(self) -> None:
+        """:meth:`close`, awaitable (what ``contextlib.aclosing`` and async generators'
+        users call)."""
         self.close()

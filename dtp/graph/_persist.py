@@ -502,7 +502,9 @@ def _lock(path: Path) -> int | None:
     except BlockingIOError:
         raise GraphStorageError(
             f"graph database {str(path)!r} is already open in another graph "
-            "(this process or another): one file holds one graph at a time"
+            "(this process or another): one file holds one graph at a time. To share "
+            "it, open a file of your own and sync with that graph (docs/graph.md, 'Sync "
+            "protocol': connect() to its GraphServer, or to python -m dtp.graph gun --sync)"
         ) from None
 
 

@@ -115,6 +115,7 @@ _BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not t
 _BLIND_RETRY_MAX = 1000.0  # ms: longest one (while they find nothing)
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
 _BATCH_BYTES = 1 << 20  # about the bytes of one such batch (as the export's)
+_MISSING: Any = object()  # walk(): a field the node does not hold
 
 _Item = TypeVar("_Item")
 
@@ -452,7 +453,11 @@ class Graph:
                     if namespace.is_user_space(s):
                         if self.identity is None:
                             raise LocalProtocolError(
-                                "writing to a user-space soul needs the owner's identity",
+                                f"put() to the user-space soul {s.decode()[:80]!r} is signed "
+                                f"by its owner {namespace.owner_of(s)}: open the graph with "
+                                "Graph(identity=<the owner's HostIdentity>), or write with "
+                                "graph.protected(path, identity) (docs/graph.md, 'Signed "
+                                "namespaces')",
                                 ErrorCode.ARG,
                             )
                         value = namespace.seal(self.identity, s, f, state, value)
@@ -525,7 +530,12 @@ class Graph:
         return writes
 
     def _flatten(
-        self, soul: str, data: Mapping[str, Any], out: list[tuple[bytes, bytes, bytes]], depth: int
+        self,
+        soul: str,
+        data: Mapping[str, Any],
+        out: list[tuple[bytes, bytes, bytes]],
+        depth: int,
+        above: tuple[tuple[int, str], ...] = (),
     ) -> None:
         if not isinstance(soul, str) or not soul:
             raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
@@ -543,8 +553,12 @@ class Graph:
                 raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
             check_field_name(field)
             if isinstance(value, Mapping) and link_soul(value) is None:
+                # the mappings on the way down and their souls: one that holds itself
+                # would otherwise recurse to the depth limit, whose message hides why
+                path = (*above, (id(data), soul))
+                _check_nested(soul, field, value, path)
                 child = f"{soul}/{field}"
-                self._flatten(child, value, out, depth + 1)
+                self._flatten(child, value, out, depth + 1, path)
                 value = {"#": child}
             out.append((s, utf8_name(field, "a field name"), encode_value(value)))
 
@@ -909,13 +923,24 @@ class Graph:
 
     def walk(self, soul: str, *path: str) -> str:
         """Follow links from ``soul`` through the fields in ``path``; returns the soul
-        reached. KeyError when a field is missing or not a link."""
+        reached. KeyError when a field is missing or not a link (its message says
+        which: a value is read with :meth:`get_field`, as gun's chain reads it)."""
         utf8_name(soul, "a soul")  # (with no path, nothing else would look at it)
         current = soul
         for field in path:
-            target = link_soul(self.get_field(current, field))
+            value = self.get_field(current, field, _MISSING)
+            target = link_soul(value)
             if target is None:
-                raise KeyError(f"{current}.{field} is not a link")
+                if value is _MISSING:
+                    raise KeyError(
+                        f"{current}.{field} is not a link: node {current!r} has no field {field!r}"
+                    )
+                if value is None:
+                    raise KeyError(f"{current}.{field} is not a link: it holds null (deleted)")
+                raise KeyError(
+                    f"{current}.{field} is not a link: it holds {value!r:.80}, a value "
+                    f"(get_field({current!r}, {field!r}) reads it)"
+                )
             current = target
         return current
 
@@ -1311,6 +1336,25 @@ class Graph:
             for soul, field, state, value, _ in entries(batch):
                 out[soul, field] = (state, value)
         return out
+
+
+def _check_nested(
+    soul: str, field: str, value: Mapping[str, Any], above: tuple[tuple[int, str], ...]
+) -> None:
+    """Refuse a nested mapping put() cannot make a node of, saying why."""
+    for mapping, where in above:
+        if mapping == id(value):
+            raise LocalProtocolError(
+                f"put(): field {field!r} of node {soul!r} holds a mapping that contains it "
+                f"(a cycle): link to its node instead, link({where!r})",
+                ErrorCode.ARG,
+            )
+    if not value:
+        raise LocalProtocolError(
+            f"put(): field {field!r} of node {soul!r} holds an empty mapping: a node needs "
+            "a field (a HAM table holds fields, not empty nodes)",
+            ErrorCode.ARG,
+        )
 
 
 def _field_written_twice(writes: list[tuple[bytes, bytes, bytes]]) -> tuple[str, str] | None:

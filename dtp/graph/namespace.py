@@ -97,7 +97,9 @@ def seal(identity: HostIdentity, soul: bytes, field: bytes, state: float, value:
         raise LocalProtocolError(f"not an owned soul: {soul!r}", ErrorCode.ARG)
     if owner != identity.sui_address:
         raise LocalProtocolError(
-            f"{soul.decode(errors='replace')} belongs to {owner}, not {identity.sui_address}",
+            f"{soul.decode(errors='replace')[:80]} belongs to {owner}, not "
+            f"{identity.sui_address}: only its owner's identity signs there (docs/graph.md, "
+            "'Signed namespaces')",
             ErrorCode.ARG,
         )
     signature = identity.sign(signing_message(soul, field, state, value))

@@ -155,6 +155,7 @@ class Rule:
 
     @property
     def prefix_bytes(self) -> bytes:
+        """:attr:`prefix` in UTF-8, as souls are compared."""
         return self.prefix.encode()
 
     def applies(self, soul: bytes, soul_text: str | None) -> bool:

@@ -20,7 +20,7 @@ from dtp.graph.sync._run_checks import (
     _left_cleanly,
     _no_hello,
 )
-from dtp.graph.sync._session import SyncSession
+from dtp.graph.sync._session import SyncSession, _check_graph
 
 
 def sync_blocking(
@@ -222,6 +222,7 @@ def connect(
     the stream, however long no change is made."""
     import dtp.socket
 
+    _check_graph(graph)  # before connecting: a peer would otherwise see us come and go
     with dtp.socket.create_connection(
         address, timeout, server_key=server_key, **connect_args
     ) as sock:

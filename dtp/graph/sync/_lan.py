@@ -318,6 +318,7 @@ class LanSync:
 
     @property
     def address(self) -> tuple[str, int]:
+        """The (host, port) this peer's :class:`GraphServer` listens on."""
         assert self.server is not None
         return self.server.address
 

@@ -14,7 +14,12 @@ from dtp.graph._arguments import check_int
 from dtp.graph._store import Graph
 from dtp.graph.sync._blocking import sync_blocking
 from dtp.graph.sync._messages import VERSION
-from dtp.graph.sync._run_checks import HELLO_TIMEOUT, _check_timeout
+from dtp.graph.sync._run_checks import (
+    HELLO_TIMEOUT,
+    _check_address,
+    _check_timeout,
+)
+from dtp.graph.sync._session import _check_graph
 
 if TYPE_CHECKING:
     from dtp.discovery.lan import Announcement, LanDiscovery
@@ -69,6 +74,8 @@ class GraphServer:
     ) -> None:
         import dtp.socket
 
+        _check_graph(graph)  # its sessions are made as peers come: check it now
+        _check_address(address)
         check_int("max_sessions", max_sessions, 1)
         if not isinstance(announce, bool):
             raise TypeError(f"announce must be a bool, not {type(announce).__name__}")

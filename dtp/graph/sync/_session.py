@@ -64,6 +64,15 @@ from dtp.native.reference._limits import HAM_BATCH_VERSION, HAM_MAX_KEY
 
 logger = logging.getLogger("dtp.graph.sync")
 
+
+def _check_graph(graph: object) -> None:
+    """The graph a session syncs: a :class:`~dtp.graph.Graph` (TypeError naming it; the
+    runners check it before any connection is made: anything else failed deep in the
+    session, with an AttributeError)."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a dtp.graph.Graph, not {type(graph).__name__}")
+
+
 _BATCH_HEADER = struct.Struct("<BI")  # a HAM batch's version and count (protocol.md 6.1)
 _HELD_BACK = 16 << 20
 """Bytes of a peer's updates a session holds back to try again at its END, at most."""
@@ -105,6 +114,7 @@ class SyncSession:
         live: bool = True,
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
+        _check_graph(graph)
         check_int("max_message", max_message, 1)
         check_int("max_backlog", max_backlog, 0)
         if not isinstance(live, bool):
