@@ -685,6 +685,11 @@ class Engine:
         self.pumping = True
         try:
             self.flush()
+            if self.carrier_closed and not self.out:
+                # the flush's write failed (a peer's reset): waited for, only the
+                # waker would be watched, and with no timer due nothing would end it
+                self._after_io()
+                return
             # What we wait for has often arrived already (a reply that came while we
             # were sending): a non-blocking read first saves the wait and its syscall.
             if read and not self.carrier_closed and self._read_available():
