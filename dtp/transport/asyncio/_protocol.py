@@ -128,6 +128,7 @@ class Protocol(asyncio.BufferedProtocol):
         #: Our graceful close (or a payment's end) ended the connection: its carrier
         #: drains before it closes (_closed_here); an abort's closes at once
         self.lingers = False
+        self._peer_eof = False  # the peer's end came while the carrier was held
         self._write_paused = False
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
@@ -144,6 +145,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: Keep the carrier open once the session ended, until its owner closes it (a
         #: server whose layer above has work to do first: ConnectionHook.close_wait)
         self.hold_carrier = False
+        #: Run once as the session ends while the carrier is held (a server that
+        #: settles first: its release, which lets go of the carrier once it settled)
+        self.on_end: Callable[[], None] | None = None
         #: What ``get_extra_info("peername")`` reports when the transport's own would
         #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
         #: transport is a local socket pair
@@ -219,6 +223,11 @@ class Protocol(asyncio.BufferedProtocol):
         self._after_io()
 
     def eof_received(self) -> bool | None:
+        if self.hold_carrier and self.session.terminated is not None:
+            # a client that half-closes after its CLOSE and then waits for our end
+            # (the blocking one): held, the carrier closes once let go of (release_carrier)
+            self._peer_eof = True
+            return True
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -277,12 +286,12 @@ class Protocol(asyncio.BufferedProtocol):
         session = self.session
         changed = session.process_events()
         self.flush()
-        if (
-            session.terminated is not None
-            and self.transport is not None
-            and (not self.hold_carrier or self._close_after_closing)
-        ):
-            self.close_carrier()
+        if session.terminated is not None:
+            if self.on_end is not None:
+                on_end, self.on_end = self.on_end, None
+                on_end()
+            if self.transport is not None and (not self.hold_carrier or self._close_after_closing):
+                self.close_carrier()
         if changed:
             self.notify_changes()
         elif self.stream_slot_waiters and self.conn.can_open_stream():
@@ -302,6 +311,9 @@ class Protocol(asyncio.BufferedProtocol):
         timed, and closes when that ends (:meth:`_after_io`) or the peer closes it."""
         transport = self.transport
         if transport is None:
+            return
+        if self._peer_eof:
+            self._close_transport()  # (both sides are done: nothing to drain or resend)
             return
         self._close_after_closing = drain and self.conn.closing and not transport.is_closing()
         if self._close_after_closing:
@@ -331,6 +343,13 @@ class Protocol(asyncio.BufferedProtocol):
                     self._abort_after_grace(transport.get_write_buffer_size())
                 return
         self._close_transport()
+
+    def release_carrier(self) -> None:
+        """Stop holding the carrier (:attr:`hold_carrier`): closed now if the session
+        has ended, else as it ends."""
+        self.hold_carrier = False
+        if self.session.terminated is not None:
+            self.close_carrier()
 
     def _peer_may_send_more(self) -> bool:
         """Whether the client, not told yet that we closed, may still be sending: a
