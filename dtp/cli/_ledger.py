@@ -322,12 +322,22 @@ def _keys_show(args: argparse.Namespace) -> int:
     # key without one: printed under the file's path, that key passed for the file's
     path = _identity_path(args)
     if not os.path.lexists(path):
-        from dtp.errors import KeyFileError
+        from dtp.errors import KeyFileError, LedgerSpecError
 
+        try:
+            on_sui = _spec(args).is_sui
+        except (_UsageError, LedgerSpecError):
+            on_sui = False  # (a bad $DTP_LEDGER is the other commands' error to report)
+        # the Sui remark only where it applies: on a local ledger nothing signs without it
+        sui = (
+            " (`keys show` shows a DTP identity; on a Sui ledger without one, the other "
+            "commands sign with $DTP_SUI_KEY, else the Sui CLI's key)"
+            if on_sui
+            else ""
+        )
         raise KeyFileError(
             f"no identity file at {path}: create one with `dtp keys new`, or name one "
-            "with --identity (`keys show` shows a DTP identity; on a Sui ledger without "
-            "one, the other commands sign with $DTP_SUI_KEY, else the Sui CLI's key)"
+            f"with --identity{sui}"
         )
     identity = _identity_file(args)
     _emit(

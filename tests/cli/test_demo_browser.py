@@ -322,7 +322,7 @@ def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Pa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTHONUNBUFFERED", None)  # (as a user's shell has it)
     # (SIGINT is Python's default in the child: a shell that starts the suite in the
-    # background has it ignored, and then the interrupt below waited out the 30 s)
+    # background has it ignored, and the interrupt below must end the child's wait)
     code = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "from dtp.cli._demo_browser import run_browser_step; "

@@ -44,3 +44,12 @@ def test_keys_show_on_a_sui_ledger_shows_the_identity_file(
     out = capsys.readouterr().out
     assert f"identity: {path}\n" in out
     assert f"sui address: {identity.sui_address}\n" in out
+
+
+def test_keys_show_on_a_local_ledger_without_an_identity_file_says_nothing_of_sui(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DTP_LEDGER", raising=False)
+    assert main(["keys", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dtp: no identity file at ") and "Sui" not in err

@@ -69,8 +69,8 @@ def serves_health_checks(sock: socket.socket) -> bool:
 
 class _Listener(socket.socket):
     """A listening socket whose close wakes the thread blocked in its ``accept``: a bare
-    close does not (Linux), and the accepting thread lived on, a ``join(5)`` on it
-    waiting out its 5 s."""
+    close does not (Linux), and a test's ``join`` on that thread would wait out its
+    timeout."""
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -49,8 +49,8 @@ odd_bytes = st.sampled_from(
 )
 
 
-# (built once: a strategy made inside the draw loop was made and validated again for
-# every update, most of the random-query tests' time)
+# (built once: a strategy made inside the draw loop is made and validated again for
+# every update, which would be most of the random-query tests' time)
 _update_counts = st.integers(0, 40)
 _update_souls = st.sampled_from(SOULS) | st.just(b"\xff")
 _update_fields = st.sampled_from(FIELDS) | st.just(b"x\xff")

@@ -1,6 +1,6 @@
-"""``python -m dtp.graph serve``: its ``--listen`` takes a port as ``gun --listen`` does
-(``127.0.0.1:7400`` was taken for a host name and ended in a traceback), and its help
-says that it is driven by stdin and stops at its end."""
+"""``python -m dtp.graph serve``: its ``--listen`` takes HOST[:PORT] as ``gun --listen``
+does (``127.0.0.1:7400`` is a host and a port), and its help says that it is driven by
+stdin and stops at its end."""
 
 from __future__ import annotations
 

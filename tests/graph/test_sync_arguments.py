@@ -1,7 +1,7 @@
 """The graph sync runners check their graph (and the server its address) before
-anything runs: ``connect(None, ...)`` connected and then failed with an AttributeError
-inside the session, ``GraphServer(None, ...)`` served and failed each session, and a
-``"host:port"`` string as the server's address failed in ``socket.bind``."""
+anything runs: ``connect(None, ...)`` makes no connection, ``GraphServer(None, ...)``
+serves nothing, and a ``"host:port"`` string as the server's address is named as the
+wrong type, each with a TypeError."""
 
 from __future__ import annotations
 

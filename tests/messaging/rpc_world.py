@@ -60,8 +60,8 @@ class Served:
 
 class _Sleep:
     """The ``sleep`` method ([seconds, result]). Its wait ends early once released
-    (:meth:`Served.close`, after the server's close): a handler a test left asleep for
-    30 s kept a worker thread alive into the tests after it."""
+    (:meth:`Served.close`, after the server's close), so that no worker thread outlives
+    the test that put a handler to sleep."""
 
     def __init__(self) -> None:
         self.released = threading.Event()

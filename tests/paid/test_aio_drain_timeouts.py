@@ -136,7 +136,7 @@ def test_a_drain_cancelled_in_the_wait_for_the_rate_limits_leaves_it_to_the_next
 ) -> None:
     """3 kB of datagrams go at once at 2,000 B/s, charged without a wait: a drain()
     bounded to 0.1 s raises TimeoutError in the wait for their debt, and the next
-    drain() waits it out (it returned at once, the limit still in debt)."""
+    drain() waits it out rather than return with the limit still in debt."""
 
     async def handler(reader: PaidReader, writer: PaidWriter, seen: dict[str, Any]) -> None:
         paid = writer._paid

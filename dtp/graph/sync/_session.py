@@ -67,8 +67,8 @@ logger = logging.getLogger("dtp.graph.sync")
 
 def _check_graph(graph: object) -> None:
     """The graph a session syncs: a :class:`~dtp.graph.Graph` (TypeError naming it; the
-    runners check it before any connection is made: anything else failed deep in the
-    session, with an AttributeError)."""
+    runners check it before any connection is made, so that a wrong argument is named
+    where it was given rather than deep in the session)."""
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a dtp.graph.Graph, not {type(graph).__name__}")
 
