@@ -6,6 +6,7 @@ registers them)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class SubscribedGraph(Protocol):
         self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
     ) -> Subscription: ...
 
-    def _unsubscribe(self, sub: Subscription) -> None: ...
+    def _unsubscribe(self, sub: Subscription, *, wait: bool = True) -> None: ...
 
 
 class Subscription:
@@ -62,6 +63,13 @@ class Subscription:
         if self.active:
             self.active = False
             self._graph._unsubscribe(self)
+
+    def _abandon(self) -> None:
+        # run by the garbage collector, in whatever thread it runs: it must not wait
+        # for the graph's lock, which that thread may be holding or waiting behind
+        if self.active:
+            self.active = False
+            self._graph._unsubscribe(self, wait=False)
 
     def __enter__(self) -> Subscription:
         return self
@@ -97,10 +105,25 @@ class ChangeStream:
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.dropped = 0
-        self._sub = graph.subscribe(soul, self._deliver, field=field)
+        # the graph holds the stream only weakly: a stream nobody reads any more is
+        # collected, and its subscription goes with it rather than at the graph's close
+        stream = weakref.ref(self)
+
+        def deliver(change: Change) -> None:
+            alive = stream()
+            if alive is not None:
+                alive._deliver(change)
+
+        def on_graph_close() -> None:
+            alive = stream()
+            if alive is not None:
+                alive.close()
+
+        self._sub = graph.subscribe(soul, deliver, field=field)
         # no change comes after the graph's close(): the iteration ends then, once
         # drained, rather than waiting for ever
-        self._sub._on_graph_close = self.close
+        self._sub._on_graph_close = on_graph_close
+        weakref.finalize(self, self._sub._abandon)
 
     def _deliver(self, change: Change) -> None:
         try:
