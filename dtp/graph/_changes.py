@@ -57,6 +57,9 @@ class Subscription:
         self.active = True
         # called when the graph closes (a ChangeStream ends its readers' iteration)
         self._on_graph_close: Callable[[], None] | None = None
+        # a ChangeStream while a reader waits on it: the graph then holds the stream, and
+        # through it the waiting task (asyncio holds tasks only weakly)
+        self._reader: object = None
 
     def cancel(self) -> None:
         """Stop receiving changes (idempotent)."""
@@ -153,12 +156,15 @@ class ChangeStream:
                 raise StopAsyncIteration
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
+            self._sub._reader = self
             try:
                 await waiter
             finally:
                 # a cancelled reader must not leave its future behind
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                if not self._waiters:
+                    self._sub._reader = None
         return self._queue.popleft()
 
     def close(self) -> None:

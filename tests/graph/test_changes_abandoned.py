@@ -70,6 +70,32 @@ def test_a_live_stream_still_receives_every_change_after_a_collection() -> None:
     graph.close()
 
 
+def test_a_reader_task_nobody_holds_still_receives_while_it_waits() -> None:
+    # asyncio holds tasks weakly: the graph holds the stream a reader waits on, and so
+    # the waiting task itself
+    graph = Graph()
+
+    async def run() -> list[object]:
+        seen: list[object] = []
+        done = asyncio.Event()
+
+        async def reader() -> None:
+            async for change in graph.changes("chat"):
+                seen.append(change.value)
+                done.set()
+
+        asyncio.get_running_loop().create_task(reader())  # no reference kept
+        await asyncio.sleep(0)  # the reader waits for its first change
+        gc.collect()
+        assert _listening(graph) == 1
+        graph.put("chat", {"a": 1})
+        await asyncio.wait_for(done.wait(), 30)
+        return seen
+
+    assert asyncio.run(run()) == [1]
+    graph.close()
+
+
 def test_a_collection_while_another_thread_holds_the_lock_is_done_later() -> None:
     graph = Graph()
     holding = threading.Event()
