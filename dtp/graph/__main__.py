@@ -23,7 +23,9 @@ line, answering each with one JSON line:
 - ``["stats"]`` -> the graph's stats
 - ``["peers"]`` -> ``{"peers": [key hex, ...]}``: with ``--lan``, the LAN peers in session
 
-It stops at end of input. ``--fill N`` writes N fields first (10 per node). ``--lan
+A line that is no such command (not JSON, an unknown name, a bad argument) is
+answered ``{"error": "..."}`` and the next line read. It stops at end of input.
+``--fill N`` writes N fields first (10 per node). ``--lan
 NAMESPACE`` announces the peer on the LAN (mDNS, on every interface or the
 ``--interface`` addresses) and keeps it in sync with the peers of that namespace it
 finds (:func:`dtp.graph.sync_with_lan`): no address or key is given to it.
@@ -37,7 +39,7 @@ import json
 import sys
 from typing import Any
 
-from dtp.errors import KeyFileError, MissingExtra
+from dtp.errors import DTPError, KeyFileError, MissingExtra
 from dtp.graph._persist import GraphStorageError
 from dtp.graph._store import Graph
 from dtp.graph.sync import GraphServer
@@ -85,28 +87,47 @@ def serve(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
-        command = json.loads(line)
-        reply: object
-        if command[0] == "put":
-            reply = {"state": graph.put(command[1], command[2])}
-        elif command[0] == "get":
-            reply = {"node": graph.get(command[1])}
-        elif command[0] == "digest":
-            digest, count = graph.root_summary()
-            reply = {"digest": f"{digest:016x}", "count": count}
-        elif command[0] == "stats":
-            reply = graph.stats
-        elif command[0] == "peers":
-            peers = [] if lan is None else lan.peers()
-            reply = {"peers": sorted(peer.key.hex() for peer in peers)}
-        else:
-            reply = {"error": f"unknown command {command[0]!r}"}
+        # one bad line gets an error answer: whoever drives the pipe reads it and goes on
+        try:
+            reply = _answer(graph, lan, line)
+        except DTPError as exc:
+            reply = {"error": str(exc)}
         print(json.dumps(reply), flush=True)
     if lan is not None:
         lan.close()
     else:
         server.close()
     graph.close()
+
+
+_USAGE = 'a command is a JSON array: ["put", soul, {fields}], ["get", soul], ["digest"], ...'
+_ARITY = {"put": 3, "get": 2, "digest": 1, "stats": 1, "peers": 1}
+
+
+def _answer(graph: Graph, lan: Any, line: str) -> object:
+    """The JSON answer to one stdin line; a bad argument raises the graph's DTPError."""
+    try:
+        command = json.loads(line)
+    except ValueError:
+        return {"error": f"not JSON: {line.strip()[:80]!r}; {_USAGE}"}
+    if not isinstance(command, list) or not command:
+        return {"error": _USAGE}
+    name = command[0]
+    if not isinstance(name, str) or name not in _ARITY:
+        return {"error": f"unknown command {name!r}"}
+    if len(command) != _ARITY[name]:
+        return {"error": f"{name} takes {_ARITY[name] - 1} argument(s); {_USAGE}"}
+    if name == "put":
+        return {"state": graph.put(command[1], command[2])}
+    if name == "get":
+        return {"node": graph.get(command[1])}
+    if name == "digest":
+        digest, count = graph.root_summary()
+        return {"digest": f"{digest:016x}", "count": count}
+    if name == "stats":
+        return graph.stats
+    peers = [] if lan is None else lan.peers()
+    return {"peers": sorted(peer.key.hex() for peer in peers)}
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -129,7 +150,8 @@ def _listen_address(text: str) -> tuple[str, int]:
 _SERVE_HELP = """\
 Serves a graph over DTP graph sync and prints one JSON line {"port", "key", "address"}.
 Then it reads commands on stdin, one JSON array a line, each answered with a JSON line:
-["put", soul, {fields}], ["get", soul], ["digest"], ["stats"], ["peers"]. It stops at
+["put", soul, {fields}], ["get", soul], ["digest"], ["stats"], ["peers"]; a bad line is
+answered {"error": "..."}. It stops at
 the end of stdin: keep stdin open to keep it serving (a stdin of /dev/null, as nohup
 or a service manager may give, stops it at once)."""
 

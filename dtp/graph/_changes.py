@@ -6,6 +6,7 @@ registers them)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class SubscribedGraph(Protocol):
         self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
     ) -> Subscription: ...
 
-    def _unsubscribe(self, sub: Subscription) -> None: ...
+    def _unsubscribe(self, sub: Subscription, *, wait: bool = True) -> None: ...
 
 
 class Subscription:
@@ -56,12 +57,22 @@ class Subscription:
         self.active = True
         # called when the graph closes (a ChangeStream ends its readers' iteration)
         self._on_graph_close: Callable[[], None] | None = None
+        # a ChangeStream while a reader waits on it: the graph then holds the stream, and
+        # through it the waiting task (asyncio holds tasks only weakly)
+        self._reader: object = None
 
     def cancel(self) -> None:
         """Stop receiving changes (idempotent)."""
         if self.active:
             self.active = False
             self._graph._unsubscribe(self)
+
+    def _abandon(self) -> None:
+        # run by the garbage collector, in whatever thread it runs: it must not wait
+        # for the graph's lock, which that thread may be holding or waiting behind
+        if self.active:
+            self.active = False
+            self._graph._unsubscribe(self, wait=False)
 
     def __enter__(self) -> Subscription:
         return self
@@ -97,10 +108,25 @@ class ChangeStream:
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.dropped = 0
-        self._sub = graph.subscribe(soul, self._deliver, field=field)
+        # the graph holds the stream only weakly: a stream nobody reads any more is
+        # collected, and its subscription goes with it rather than at the graph's close
+        stream = weakref.ref(self)
+
+        def deliver(change: Change) -> None:
+            alive = stream()
+            if alive is not None:
+                alive._deliver(change)
+
+        def on_graph_close() -> None:
+            alive = stream()
+            if alive is not None:
+                alive.close()
+
+        self._sub = graph.subscribe(soul, deliver, field=field)
         # no change comes after the graph's close(): the iteration ends then, once
         # drained, rather than waiting for ever
-        self._sub._on_graph_close = self.close
+        self._sub._on_graph_close = on_graph_close
+        weakref.finalize(self, self._sub._abandon)
 
     def _deliver(self, change: Change) -> None:
         try:
@@ -130,12 +156,15 @@ class ChangeStream:
                 raise StopAsyncIteration
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
+            self._sub._reader = self
             try:
                 await waiter
             finally:
                 # a cancelled reader must not leave its future behind
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                if not self._waiters:
+                    self._sub._reader = None
         return self._queue.popleft()
 
     def close(self) -> None:

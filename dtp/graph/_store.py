@@ -35,6 +35,7 @@ import numbers
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -207,6 +208,8 @@ class Graph:
         # the soul index and summaries, None while a large merge left them to rebuild
         self._view: SummaryView | None = SummaryView()
         self._subs: dict[str, list[Subscription]] = {}  # subscriptions by soul
+        # those of collected streams whose finalizer found the lock taken
+        self._abandoned: deque[Subscription] = deque()
         # sync sessions' change listeners, each with its owner (not sent its own changes)
         self._listeners: list[tuple[ChangeListener, object]] = []
         # the query tables (made by the first query or index) and the live queries
@@ -337,7 +340,9 @@ class Graph:
             flusher = None if self._writeback is None else self._writeback.close()
             self._closed = True
             self._query.close()
-            ending = [sub for subs in self._subs.values() for sub in subs]
+            # copies first: a collected stream's finalizer may remove its subscription
+            # in the middle of this
+            ending = [sub for subs in list(self._subs.values()) for sub in list(subs)]
         if flusher is not None:
             # joined outside the lock: the thread may be waiting for it, and then finds
             # the graph closed
@@ -1124,16 +1129,32 @@ class Graph:
         sub = Subscription(self, soul, field, callback)
         with self._lock:
             self._check_open()
+            self._drop_abandoned()
             self._subs.setdefault(soul, []).append(sub)
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
-            subs = self._subs.get(sub.soul, [])
-            if sub in subs:
-                subs.remove(sub)
-            if not subs:
-                self._subs.pop(sub.soul, None)
+    def _unsubscribe(self, sub: Subscription, *, wait: bool = True) -> None:
+        # without wait (a collected stream's finalizer) a lock held elsewhere leaves the
+        # subscription to whoever takes the lock next
+        if not self._lock.acquire(blocking=wait):
+            self._abandoned.append(sub)
+            return
+        try:
+            self._drop_abandoned()
+            self._remove_sub(sub)
+        finally:
+            self._lock.release()
+
+    def _drop_abandoned(self) -> None:
+        while self._abandoned:
+            self._remove_sub(self._abandoned.popleft())
+
+    def _remove_sub(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.soul, [])
+        if sub in subs:
+            subs.remove(sub)
+        if not subs:
+            self._subs.pop(sub.soul, None)
 
     def changes(self, soul: str, *, field: str | None = None, maxsize: int = 1024) -> ChangeStream:
         """An async iterator of :class:`Change` for a node or a field (call it from a

@@ -80,3 +80,27 @@ def test_serve_help_says_it_reads_stdin_and_stops_at_its_end() -> None:
     assert "reads commands on stdin" in text
     assert "stops at the end of stdin" in text
     assert "HOST[:PORT]" in text
+
+
+def test_serve_answers_a_bad_line_with_an_error_and_goes_on() -> None:
+    bad = ["nope", '["put", "a", {}]', "{}", "[]", '["put", "a"]', '["get", 5]', '["frob"]']
+    lines = [*bad, '["put", "a", {"b": 1}]', '["get", "a"]']
+    done = subprocess.run(
+        [sys.executable, "-m", "dtp.graph", "serve"],
+        cwd=ROOT,
+        env=ENV,
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()[1:]]
+    assert len(answers) == len(lines)
+    for line, answer in zip(bad, answers, strict=False):
+        assert list(answer) == ["error"], (line, answer)
+        assert isinstance(answer["error"], str) and answer["error"], line
+    assert "non-empty mapping" in answers[1]["error"]
+    assert "state" in answers[-2]
+    assert answers[-1] == {"node": {"b": 1}}

@@ -141,7 +141,8 @@ class GunServer:
     ``max_peers``: peers at once (one more is closed at once, code 1013, "try again
     later"). ``relay`` options go to :class:`~dtp.graph.gun._relay.GunRelay`.
     :attr:`stats` counts, beside the relay's counters, the peers ``turned_away`` and
-    ``cut_off``.
+    ``cut_off``. While it runs, it merges the graph's deferred updates (a put's state
+    ahead of the clock) as their time comes.
 
     Use it as an async context manager, or :meth:`start` and :meth:`close`.
     """
@@ -180,6 +181,7 @@ class GunServer:
         self.relay.stats.update(turned_away=0, cut_off=0)
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deferred: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (host, port)
 
     @property
@@ -222,6 +224,7 @@ class GunServer:
             raise
         sock = next(iter(self._server.sockets))
         self.address = sock.getsockname()[:2]
+        self._deferred = asyncio.create_task(self._apply_deferred())
         logger.info("gun endpoint on %s (peers: %sgun)", self.url, self.url)
 
     def _listener(self, batch: bytes, origin: object) -> None:
@@ -232,12 +235,23 @@ class GunServer:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
             loop.call_soon_threadsafe(self.relay.changed, batch, origin)
 
+    async def _apply_deferred(self) -> None:
+        # gun.js merges a put's future state when its time comes (a timer), not at the
+        # next write: so here, for reads and for the peers following the node
+        with contextlib.suppress(LocalProtocolError):  # the graph closed: nothing to apply
+            await self.graph.watch_deferred()
+
     async def close(self) -> None:
         """Stop listening, close every peer's connection (code 1001), stop following
         the graph (which stays open)."""
         server, self._server = self._server, None
         if server is None:
             return
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            deferred.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deferred
         self.graph.remove_listener(self)
         server.close()
         await server.wait_closed()
