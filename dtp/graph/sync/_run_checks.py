@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 HELLO_TIMEOUT = 10.0
 """GraphServer's default deadline for a peer's HELLO, in seconds (DTP's handshake_timeout)."""
 
+CONNECT_TIMEOUT = 10.0
+""":func:`~dtp.graph.sync.connect`'s default bound on connecting and on each wait of the
+initial exchange, in seconds: without one, an address that accepts and stays silent
+held the sync for good."""
+
 
 def _check_timeout(name: str, value: object) -> None:
     """A deadline in seconds: a finite number > 0 (TypeError / ValueError naming it)."""
