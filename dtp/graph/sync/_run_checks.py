@@ -32,20 +32,6 @@ def _check_timeout(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
 
 
-def _check_address(address: object) -> None:
-    """A listening address: a (host, port) tuple, as ``socket.bind`` takes it."""
-    if (
-        not isinstance(address, tuple)
-        or len(address) not in (2, 4)  # (IPv6's flowinfo and scope_id may follow)
-        or not isinstance(address[0], str)
-        or isinstance(address[1], bool)
-        or not isinstance(address[1], int)
-    ):
-        raise TypeError(
-            f"address must be a (host, port) tuple such as ('127.0.0.1', 7400), not {address!r:.80}"
-        )
-
-
 def _check_tick(tick: object) -> None:
     """The runners' tick: a finite number of seconds > 0 (NaN, 0 or less would spin)."""
     _check_timeout("tick", tick)
