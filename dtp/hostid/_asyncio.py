@@ -53,7 +53,12 @@ from dtp.transport.asyncio._server import AcceptHook, AdmitHook, ClientCallback
 from dtp.transport.asyncio._server import DTPServer as TransportServer
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio._threads import threaded_or_released
-from dtp.transport.carriers._tcp import PendingTcp, connect_any
+from dtp.transport.carriers._tcp import (
+    PendingTcp,
+    check_listen_address,
+    check_listen_host_port,
+    connect_any,
+)
 
 if TYPE_CHECKING:
     import ssl as _ssl  # (annotations only: see dtp.transport.asyncio._server)
@@ -468,10 +473,12 @@ async def start_server(
     websocket: tuple[str, int] | None = None,
     origins: Iterable[str] | None = None,
 ) -> DTPServer:
-    """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
-    accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
-    ``admit`` hook, given a :class:`~dtp.hostid._admission.PeerInfo`). It may be a coroutine
-    function or a plain one. An exception it raises goes to the loop's exception
+    """Listen on ``host`` and ``port``, passed apart (a str or None, an int or None:
+    TypeError otherwise, ValueError for a ``"host:port"`` string, InvalidArgument for a
+    port outside 0..65535, before anything else); ``client_connected_cb(reader, writer)``
+    runs for each accepted client (the ``accept`` hook, sync or async, may refuse it
+    first; then the ``admit`` hook, given a :class:`~dtp.hostid._admission.PeerInfo`). It
+    may be a coroutine function or a plain one. An exception it raises goes to the loop's exception
     handler, as with :func:`asyncio.start_server`, and the connection is aborted (the
     client reads ConnectionClosed, not the clean end asyncio's close gives); the
     connection's own end raised in it (a DTPError other than a LocalProtocolError on a
@@ -515,6 +522,9 @@ async def start_server(
     pages may connect (see :meth:`DTPServer.listen_websocket`); ``host`` may then be
     None for a server on WebSocket alone. Its address: ``websocket_addresses``.
     """
+    check_listen_host_port(host, port)
+    if websocket is not None:
+        check_listen_address(websocket, "websocket")
     check_limit(limit)
     check_open_grace_use(open_grace, ledger)
     if origins is not None and websocket is None:

@@ -40,7 +40,7 @@ from dtp.transport.blocking._checks import checked_timeout
 from dtp.transport.blocking._connect import connect
 from dtp.transport.blocking._server import DTPServer as TransportServer
 from dtp.transport.blocking._socket import DTPSocket
-from dtp.transport.carriers._tcp import connect_any
+from dtp.transport.carriers._tcp import check_listen_address, connect_any
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -272,7 +272,9 @@ def create_server(
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
     open_grace: float | None = None,
 ) -> DTPServer:
-    """Listen for DTP connections on ``address`` with the host's ``identity``.
+    """Listen for DTP connections on ``address`` with the host's ``identity``:
+    a ``(host, port)`` tuple, checked before anything else (TypeError naming what was
+    given, InvalidArgument for a port outside 0..65535).
 
     ``accept`` / ``admit``: see :class:`DTPServer`. With ``ledger``, ``host_id`` and
     ``port`` (the DTP port served, a service of that Host), clients are admitted only
@@ -320,6 +322,8 @@ def create_server(
     a refusal (the daemon's default there is 3 s). InvalidArgument unless None or a
     finite number >= 0, or when given without ledger admission.
     """
+    if address is not None:
+        check_listen_address(address)
     check_open_grace_use(open_grace, ledger)
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)

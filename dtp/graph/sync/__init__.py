@@ -62,7 +62,7 @@ from dtp.graph.sync._messages import (
 )
 from dtp.graph.sync._messages import MAX_BACKLOG as MAX_BACKLOG
 from dtp.graph.sync._messages import SyncBacklogExceeded as SyncBacklogExceeded
-from dtp.graph.sync._run_checks import HELLO_TIMEOUT
+from dtp.graph.sync._run_checks import CONNECT_TIMEOUT, HELLO_TIMEOUT
 from dtp.graph.sync._server import DEFAULT_NAMESPACE, MAX_SESSIONS, GraphServer
 from dtp.graph.sync._session import SyncSession
 
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from dtp.graph.sync._lan import LanSync, sync_with_lan
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "DATA",
     "DEFAULT_NAMESPACE",
     "END",

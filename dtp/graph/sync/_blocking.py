@@ -8,10 +8,11 @@ import contextlib
 import threading
 from typing import Any
 
-from dtp.errors import ConnectionClosed, DTPError, RemoteProtocolError
+from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, RemoteProtocolError
 from dtp.graph._store import Graph
 from dtp.graph.sync._messages import MAX_MESSAGE
 from dtp.graph.sync._run_checks import (
+    CONNECT_TIMEOUT,
     _backlog_exceeded,
     _check_end_coming,
     _check_run_ended,
@@ -211,19 +212,35 @@ def connect(
     *,
     server_key: bytes | None = None,
     until_synced: bool = True,
-    timeout: float | None = None,
+    timeout: float | None = CONNECT_TIMEOUT,
     **connect_args: Any,
 ) -> SyncSession:
     """Connect to a graph peer over DTP and sync (blocking); see :func:`sync_blocking`.
 
-    ``timeout`` (seconds, None: none) bounds connecting and the handshake, then each
-    wait of the initial exchange and each send (else DTPTimeoutError). It does not
-    bound idleness: a live session (``until_synced=False``) lasts until the peer closes
-    the stream, however long no change is made."""
+    ``timeout`` (seconds, :data:`CONNECT_TIMEOUT` = 10 by default, None for none) bounds
+    connecting and the handshake, then each wait of the initial exchange and each send:
+    an address that does not answer in time raises DTPTimeoutError naming it. It does
+    not bound idleness: a live session (``until_synced=False``) lasts until the peer
+    closes the stream, however long no change is made."""
     import dtp.socket
+    from dtp.transport.carriers._tcp import endpoint_text
 
     _check_graph(graph)  # before connecting: a peer would otherwise see us come and go
     with dtp.socket.create_connection(
         address, timeout, server_key=server_key, **connect_args
     ) as sock:
-        return sync_blocking(graph, sock, until_synced=until_synced)
+        try:
+            return sync_blocking(graph, sock, until_synced=until_synced)
+        except DTPTimeoutError as exc:
+            if timeout is None:
+                raise
+            # the socket's own "timed out" names neither the peer nor the bound
+            target = (
+                endpoint_text(address[0], address[1])
+                if isinstance(address, tuple)
+                else str(address)
+            )
+            raise DTPTimeoutError(
+                f"graph sync with {target} timed out after {timeout:g} s: the peer did not"
+                " answer in time"
+            ) from exc

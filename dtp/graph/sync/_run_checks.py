@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 HELLO_TIMEOUT = 10.0
 """GraphServer's default deadline for a peer's HELLO, in seconds (DTP's handshake_timeout)."""
 
+CONNECT_TIMEOUT = 10.0
+""":func:`~dtp.graph.sync.connect`'s default bound on connecting and on each wait of the
+initial exchange, in seconds: without one, an address that accepts and stays silent
+held the sync for good."""
+
 
 def _check_timeout(name: str, value: object) -> None:
     """A deadline in seconds: a finite number > 0 (TypeError / ValueError naming it)."""
@@ -25,20 +30,6 @@ def _check_timeout(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not 0 < value < math.inf:
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
-
-
-def _check_address(address: object) -> None:
-    """A listening address: a (host, port) tuple, as ``socket.bind`` takes it."""
-    if (
-        not isinstance(address, tuple)
-        or len(address) not in (2, 4)  # (IPv6's flowinfo and scope_id may follow)
-        or not isinstance(address[0], str)
-        or isinstance(address[1], bool)
-        or not isinstance(address[1], int)
-    ):
-        raise TypeError(
-            f"address must be a (host, port) tuple such as ('127.0.0.1', 7400), not {address!r:.80}"
-        )
 
 
 def _check_tick(tick: object) -> None:

@@ -16,10 +16,10 @@ from dtp.graph.sync._blocking import sync_blocking
 from dtp.graph.sync._messages import VERSION
 from dtp.graph.sync._run_checks import (
     HELLO_TIMEOUT,
-    _check_address,
     _check_timeout,
 )
 from dtp.graph.sync._session import _check_graph
+from dtp.transport.carriers._tcp import check_listen_address
 
 if TYPE_CHECKING:
     from dtp.discovery.lan import Announcement, LanDiscovery
@@ -75,7 +75,7 @@ class GraphServer:
         import dtp.socket
 
         _check_graph(graph)  # its sessions are made as peers come: check it now
-        _check_address(address)
+        check_listen_address(address)
         check_int("max_sessions", max_sessions, 1)
         if not isinstance(announce, bool):
             raise TypeError(f"announce must be a bool, not {type(announce).__name__}")

@@ -21,6 +21,7 @@ from dtp.payments._gate import (
     ReceiptGate,
 )
 from dtp.payments.receipt_store import ReceiptStore
+from dtp.transport.carriers._tcp import check_listen_address
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -192,16 +193,5 @@ def not_forwarded(stream: object, name: str) -> AttributeError:
 def check_address(address: object, what: str) -> None:
     """Refuse a listening or published address that is not a (host, port) tuple before
     anything opens (a string such as "127.0.0.1:0" would fail only in bind(), leaving
-    the socket it was made for behind)."""
-    if (
-        not isinstance(address, tuple)
-        or not 2 <= len(address) <= 4  # (an IPv6 one may add flowinfo and scope_id)
-        or not isinstance(address[0], str)
-        or not isinstance(address[1], int)
-        or isinstance(address[1], bool)
-    ):
-        raise TypeError(
-            f"{what} must be a (host, port) tuple such as ('127.0.0.1', 0), got {address!r}"
-        )
-    if not 0 <= address[1] <= 0xFFFF:
-        raise InvalidArgument(f"{what}: port {address[1]} is outside 0..65535")
+    the socket it was made for behind): the servers' one check, naming ``what``."""
+    check_listen_address(address, what)

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
+from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError, InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,51 @@ def _connect_literal(family: int, address: tuple[str, int], timeout: float | Non
         sock.close()
         raise
     return sock
+
+
+def check_listen_address(address: object, name: str = "address") -> None:
+    """A listening (or published) address as ``socket.bind`` takes it: a ``(host, port)``
+    tuple (IPv6's flowinfo and scope_id may follow) with a port of 0..65535; TypeError /
+    InvalidArgument naming ``name`` and what was given, before anything opens. A
+    ``"host:port"`` string otherwise failed inside ``bind`` with the socket's own words,
+    leaving the socket made for it behind."""
+    if (
+        not isinstance(address, tuple)
+        or len(address) not in (2, 4)
+        or not isinstance(address[0], str)
+        or isinstance(address[1], bool)
+        or not isinstance(address[1], int)
+    ):
+        raise TypeError(
+            f"{name} must be a (host, port) tuple such as ('127.0.0.1', 7400), got {address!r:.80}"
+        )
+    if not 0 <= address[1] <= 0xFFFF:
+        raise InvalidArgument(f"{name}: port {address[1]} is outside 0..65535")
+
+
+def check_listen_host_port(host: object, port: object) -> None:
+    """asyncio's listening ``host`` (a str, a sequence of them, or None for every
+    interface) and ``port`` (an int of 0..65535, or None): TypeError / ValueError naming
+    them and what was given, before anything listens. A ``"host:port"`` string, or a
+    ``(host, port)`` tuple passed as the host, otherwise failed in the name lookup or
+    asked for a port."""
+    hosts = [] if host is None else [host] if isinstance(host, str) else host
+    if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) for h in hosts):
+        raise TypeError(
+            f"host must be a str such as '127.0.0.1' (or None), not {host!r:.80}"
+            " (the host and the port are passed apart)"
+        )
+    for one in hosts:
+        # (an IPv6 address has two colons or more: one alone is a "host:port")
+        if isinstance(one, str) and one.count(":") == 1:
+            raise ValueError(
+                f"host must be a host name or address, not {one!r:.80}: pass the host"
+                " and the port apart, as start_server(callback, '127.0.0.1', 7400)"
+            )
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise TypeError(f"port must be an int (or None), not {port!r:.80}")
+    if port is not None and not 0 <= port <= 65535:
+        raise InvalidArgument(f"port {port} is outside 0..65535")
 
 
 def endpoint_text(host: object, port: object) -> str:
