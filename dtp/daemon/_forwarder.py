@@ -55,6 +55,10 @@ from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon._forwarder")
 
+CUT_CLOSE_GRACE = 1.0
+"""Seconds a connection whose deposit ran out stays open once its last tunnel ended,
+before it closes (:meth:`Forwarder._cut_grace`)."""
+
 
 @dataclass(eq=False)
 class _Link:
@@ -70,6 +74,8 @@ class _Link:
     paid: int = 0
     """MIST covered by the latest receipt sent."""
     retired: bool = False
+    cut_at: float | None = None
+    """When (the loop's time) its deposit ran out, cutting a tunnel."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -435,6 +441,8 @@ class Forwarder:
             receipt = fees.record(n)
         except InsufficientFunds:
             link.retired = True
+            if link.cut_at is None:
+                link.cut_at = asyncio.get_running_loop().time()
             # the part of this chunk the deposit still covers is counted and goes on
             # (PaidInPart), the rest does not: the final receipt, sent now, pays for
             # the deposit to the byte and for nothing the client does not get
@@ -458,7 +466,20 @@ class Forwarder:
         if self._link is link:
             self._link = None
         if link.tunnels == 0 and not link.closed.is_set():
-            self._close_link(link)
+            wait = self._cut_grace(link)
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._close_link, link)
+            else:
+                self._close_link(link)
+
+    def _cut_grace(self, link: _Link) -> float:
+        """Seconds ``link`` stays open yet after its deposit ran out: the provider goes
+        on sending what the cut tunnel had credit for until our reset of it arrives,
+        and a carrier closed under those bytes is reset, which destroys what the
+        provider had not read yet -- our final receipts (RFC 1122 4.2.2.13)."""
+        if link.cut_at is None:
+            return 0.0
+        return link.cut_at + CUT_CLOSE_GRACE - asyncio.get_running_loop().time()
 
     def _close_link(self, link: _Link) -> None:
         if link.tunnels == 0 and not link.closed.is_set():
@@ -600,6 +621,9 @@ class Forwarder:
             # final receipts: sent first, they missed the bytes a tunnel counted until
             # its cancel ran (a receipt's worth, never signed for)
             await asyncio.wait(cut, timeout=5.0)
+        grace = max((self._cut_grace(link) for link in self._links), default=0.0)
+        if grace > 0:
+            await asyncio.sleep(grace)  # (see _cut_grace: the final receipts' way)
         for link in list(self._links):
             self._send_receipt(link, link.fees.flush())
             link.writer.close()

@@ -22,6 +22,7 @@ release comes from whichever thread closed the connection, or from an event loop
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from dtp.errors import DTPError
 from dtp.payments._gate import ConnectionIds
 from dtp.payments._settlement import claim_and_settle
-from dtp.transport._hooks import Release, Reservations
+from dtp.transport._hooks import Reservations
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -82,10 +83,6 @@ class ServedConnections:
         #: unless it settles, a server that only admits does not keep its clients
         #: waiting for its end of the carrier
         self.ends_carriers = not settle
-        #: Settling, the server keeps a connection's end of its carrier open until the
-        #: settlement is sent (Reservations.holds_carriers): a metered client that finds
-        #: the connection settled as that end closes sends no half-close of its own
-        self.holds_carriers = settle
         #: Where :meth:`take` reads the Host's connection limits: the admission that
         #: admitted the client, as it last read them (``LedgerAdmission.reservations``
         #: sets it).
@@ -95,8 +92,7 @@ class ServedConnections:
         #: (``LedgerAdmission.reservations`` sets its ``take_admitted``).
         self.forget: Callable[[str], object] | None = None
         self._lock = threading.Lock()
-        # connection IDs to settle, each with what runs once it is (ServedConnections.release)
-        self._due: collections.deque[tuple[str, Callable[[], None] | None]] = collections.deque()
+        self._due: collections.deque[str] = collections.deque()
         self._busy = False  # a settling thread runs (it takes _due until it is empty)
         self._idle = threading.Condition(self._lock)
         #: Settlements made (connection ID, settlement), oldest first; at most
@@ -107,7 +103,7 @@ class ServedConnections:
 
     KEEP_SETTLEMENTS = 1024
 
-    def take(self, peer: PeerInfo) -> tuple[str | None, Release | None]:
+    def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
         """A server's reservation (:class:`dtp.transport._hooks.Reservations`) for
         ``peer``, whom the ledger admitted by its connection ID: :meth:`reserve`'s
         refusal, or None and the :meth:`release` to run as its connection ends."""
@@ -120,11 +116,7 @@ class ServedConnections:
                 # (after refused_at_limit: a paid server's takes what it settles with)
                 self.forget(cid)
             return refusal, None
-
-        def release(then: Callable[[], None] | None = None) -> None:
-            self.release(cid, then)
-
-        return None, release
+        return None, functools.partial(self.release, cid)
 
     def reserve(
         self,
@@ -178,24 +170,21 @@ class ServedConnections:
         with self._live_lock:
             self._live.pop(connection_id, None)
 
-    def release(self, connection_id: str, then: Callable[[], None] | None = None) -> None:
+    def release(self, connection_id: str) -> None:
         """The DTP connection on ``connection_id`` ended (:meth:`ended`), and its ID is
         given back. Never blocks: a settlement is queued for the settling thread, which
-        gives the ID back when it is done, then runs ``then`` (the server's close of its
-        end of the carrier: Reservations.holds_carriers); without one, ``then`` runs now."""
+        gives the ID back when it is done."""
         self.ended(connection_id)
         if not self._settle:
             self._ids.release(connection_id)
-            if then is not None:
-                then()
             return
-        self._queue(connection_id, then)
+        self._queue(connection_id)
 
-    def _queue(self, connection_id: str, then: Callable[[], None] | None = None) -> None:
+    def _queue(self, connection_id: str) -> None:
         """Settle ``connection_id`` (its ID taken) in the settling thread, which gives
-        the ID back when it is done, then runs ``then``."""
+        the ID back when it is done."""
         with self._lock:
-            self._due.append((connection_id, then))
+            self._due.append(connection_id)
             if self._busy:
                 return
             self._busy = True
@@ -214,13 +203,11 @@ class ServedConnections:
                     self._busy = False
                     self._idle.notify_all()
                     return
-                cid, then = self._due.popleft()
+                cid = self._due.popleft()
             try:
                 self._settle_one(cid)
             finally:
                 self._ids.release(cid)
-                if then is not None:
-                    _run_then(then, cid)
 
     def _settle_one(self, cid: str) -> None:
         assert self._ledger is not None and self._identity is not None
@@ -253,15 +240,6 @@ class ServedConnections:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-
-def _run_then(then: Callable[[], None], cid: str) -> None:
-    """What a release left to run after settling ``cid`` (a carrier's close): a failure
-    of it must not stop the settling thread, which has the next ones to settle."""
-    try:
-        then()
-    except Exception:
-        logger.exception("closing the carrier of connection %s after settling it failed", cid)
 
 
 class SettlingReservations(Reservations, Protocol):

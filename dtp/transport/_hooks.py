@@ -16,7 +16,6 @@ __all__ = [
     "ConnectionHook",
     "Listener",
     "PeerInfo",
-    "Release",
     "Reservations",
 ]
 
@@ -53,26 +52,10 @@ class Reservations(Protocol):
     client waits for that end: ConnectionHook.close_wait). False where the layer above
     settles first (the paid server, ``settle_on_close``)."""
 
-    holds_carriers: bool
-    """Whether a connection's end leaves work (a settlement) that its client waits for
-    by waiting for the server's end of the carrier (ConnectionHook.close_wait): the
-    servers then keep that end open once the peer closed the connection, and give the
-    release the callable that closes it, to run once that work is done."""
-
-    def take(self, peer: PeerInfo) -> tuple[str | None, Release | None]:
+    def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
         """For ``peer``, which the hooks accepted: the refusal (and None), or None and
-        the :class:`Release` to run, from any thread or an event loop (it must not
-        block), once its connection ends."""
-        ...
-
-
-class Release(Protocol):
-    """What a server runs as a reserved connection ends (:meth:`Reservations.take`)."""
-
-    def __call__(self, then: Callable[[], None] | None = None) -> None:
-        """The connection ended; ``then`` (with :attr:`Reservations.holds_carriers`:
-        what closes the server's end of its carrier) runs, from any thread, once what
-        the end leaves to do is done -- at once when nothing is."""
+        the callable to run, from any thread or an event loop (it must not block),
+        once its connection ends."""
         ...
 
 

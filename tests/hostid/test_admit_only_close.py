@@ -3,14 +3,13 @@
 the client's wait for the server's end of the carrier (MeteredClient.close_wait) ends
 as soon as that server has read the CLOSE, also when its application holds the
 connection open or never accepted it, not at the wait's end. The client then
-half-closes the ledger connection itself. A paid server, and one that settles on close
-(``settle_on_close=True``), settles before its end closes: the client waits for it and
-sends no half-close of its own (one transaction for the end, not two)."""
+half-closes the ledger connection itself. A paid server still settles before its end
+closes: the client waits for it and sends no half-close of its own (one transaction for
+the end, not two)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.hostid._served
 import dtp.payments._serving
 import dtp.socket
 from dtp.hostid._payment_hook import MeteredClient
@@ -28,7 +26,6 @@ from dtp.hostid.paid import PaidSocket
 from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._settlement import claim_and_settle, publish_endpoint
-from dtp.testing._loops import LoopThread
 from tests.support.ledger_server import identity_from_seed
 from tests.support.paid_twins import hosted_ledger
 
@@ -205,89 +202,3 @@ def test_a_paid_blocking_server_still_settles_before_its_end_closes(
         assert tc.settled and tc.state == ConnectionState.CLOSED
         assert half_closes(ledger, cid) == []
         assert [c for c, _ in server.settlements] == [cid]
-
-
-def _settling_blocking_server(ledger: LocalLedger, host_id: str) -> Iterator[Any]:
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0),
-        identity=SERVER,
-        ledger=ledger,
-        host_id=host_id,
-        port=PORT,
-        settle_on_close=True,
-    )
-    publish_endpoint(ledger, SERVER, host_id, server.address)
-    thread = threading.Thread(target=server.serve_forever, args=(_echo,), daemon=True)
-    thread.start()
-    try:
-        yield server._serving
-    finally:
-        server.close()
-        thread.join(10)
-        assert server.wait_settled(10)
-
-
-def _settling_asyncio_server(ledger: LocalLedger, host_id: str) -> Iterator[Any]:
-    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    loop = LoopThread()
-    try:
-        server = loop.run(
-            dtp.aio.start_server(
-                echo,
-                "127.0.0.1",
-                0,
-                identity=SERVER,
-                ledger=ledger,
-                host_id=host_id,
-                dtp_port=PORT,
-                settle_on_close=True,
-            )
-        )
-        publish_endpoint(ledger, SERVER, host_id, server.address)
-        yield server._serving
-
-        async def closed() -> bool:
-            server.close()
-            await server.wait_closed()
-            return await server.wait_settled(10)
-
-        assert loop.run(closed())
-    finally:
-        loop.close(cancel=True, timeout=30)
-
-
-SETTLING_SERVERS = {
-    "blocking": contextlib.contextmanager(_settling_blocking_server),
-    "asyncio": contextlib.contextmanager(_settling_asyncio_server),
-}
-
-
-@pytest.mark.parametrize("client", sorted(CLIENTS))
-@pytest.mark.parametrize("server_api", sorted(SETTLING_SERVERS))
-def test_a_settle_on_close_server_settles_before_its_end_closes(
-    book: tuple[LocalLedger, str], client: str, server_api: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A server made with ``settle_on_close=True`` keeps its end of the carrier until
-    it settled, as a paid server does: a slow settlement, and the metered client's
-    close waits for it -- not for its whole close_wait -- and finds the connection
-    settled: one settlement, and no half-close of the client's own (a second
-    transaction's gas for the same deposit)."""
-    ledger, host_id = book
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.3)
-        return claim_and_settle(*args, **kwargs)
-
-    monkeypatch.setattr(dtp.hostid._served, "claim_and_settle", slow)
-    with SETTLING_SERVERS[server_api](ledger, host_id) as served:
-        cid, took = CLIENTS[client](ledger, host_id)
-        assert took < PROMPT
-        tc = ledger.get_connection(cid)
-        assert tc.settled and tc.state == ConnectionState.CLOSED
-        assert half_closes(ledger, cid) == []
-        assert [c for c, _ in served.settlements] == [cid]

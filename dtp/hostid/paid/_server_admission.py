@@ -61,8 +61,8 @@ class ReportedConnections(ServedConnections):
             self._reserved(connection_id, refusal is None)
         return refusal
 
-    def release(self, connection_id: str, then: Callable[[], None] | None = None) -> None:
-        super().release(connection_id, then)
+    def release(self, connection_id: str) -> None:
+        super().release(connection_id)
         if self._released is not None:
             self._released(connection_id)
 

@@ -35,12 +35,6 @@ logger = logging.getLogger(__name__)
 #: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
-#: How long a carrier half-closed after our own CLOSE may go without the peer's bytes
-#: before it closes (:meth:`Protocol.close_carrier`): what the peer sent before it read
-#: our CLOSE comes within a round trip and its scheduling, which on a loaded machine or
-#: a LAN is well under this; a peer that holds its end open then costs a close this
-#: much, not the whole CARRIER_DRAIN.
-CLOSE_DRAIN_QUIET = 0.1
 LIMIT = 2**16  # asyncio.StreamReader's default line limit
 #: A key of :meth:`Protocol.wait_change` that no stream's change reaches: only a change
 #: that concerns every waiter (the connection's end among them) wakes it
@@ -118,17 +112,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
         #: closes its side, or when this fires
         self._drain_timer: asyncio.TimerHandle | None = None
-        # a drain that ends once the peer goes quiet (_end_drain): when it ends at the
-        # latest (the loop's time), else None; and whether bytes came since its last look
-        self._drain_until: float | None = None
-        self._drain_heard = False
         # close_carrier() came while our CLOSE may still go again (Connection.closing):
         # the carrier closes once that ends (_after_io)
         self._close_after_closing = False
-        #: Our graceful close (or a payment's end) ended the connection: its carrier
-        #: drains before it closes (_closed_here); an abort's closes at once
-        self.lingers = False
-        self._peer_eof = False  # the peer's end came while the carrier was held
         self._write_paused = False
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
@@ -145,9 +131,6 @@ class Protocol(asyncio.BufferedProtocol):
         #: Keep the carrier open once the session ended, until its owner closes it (a
         #: server whose layer above has work to do first: ConnectionHook.close_wait)
         self.hold_carrier = False
-        #: Run once as the session ends while the carrier is held (a server that
-        #: settles first: its release, which lets go of the carrier once it settled)
-        self.on_end: Callable[[], None] | None = None
         #: What ``get_extra_info("peername")`` reports when the transport's own would
         #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
         #: transport is a local socket pair
@@ -217,17 +200,10 @@ class Protocol(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         """Bytes from the carrier (also a server's first bytes, read before this
         protocol took the transport over); the connection keeps none of ``data``."""
-        if self._drain_timer is not None:
-            self._drain_heard = True  # (the peer is still sending: see _end_drain)
         self.conn.receive_data(data, self.now())
         self._after_io()
 
     def eof_received(self) -> bool | None:
-        if self.hold_carrier and self.session.terminated is not None:
-            # a client that half-closes after its CLOSE and then waits for our end
-            # (the blocking one): held, the carrier closes once let go of (release_carrier)
-            self._peer_eof = True
-            return True
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -286,12 +262,12 @@ class Protocol(asyncio.BufferedProtocol):
         session = self.session
         changed = session.process_events()
         self.flush()
-        if session.terminated is not None:
-            if self.on_end is not None:
-                on_end, self.on_end = self.on_end, None
-                on_end()
-            if self.transport is not None and (not self.hold_carrier or self._close_after_closing):
-                self.close_carrier()
+        if (
+            session.terminated is not None
+            and self.transport is not None
+            and (not self.hold_carrier or self._close_after_closing)
+        ):
+            self.close_carrier()
         if changed:
             self.notify_changes()
         elif self.stream_slot_waiters and self.conn.can_open_stream():
@@ -312,9 +288,6 @@ class Protocol(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             return
-        if self._peer_eof:
-            self._close_transport()  # (both sides are done: nothing to drain or resend)
-            return
         self._close_after_closing = drain and self.conn.closing and not transport.is_closing()
         if self._close_after_closing:
             return  # (docs/protocol.md 3.1: its end could reach the peer without the CLOSE)
@@ -322,34 +295,22 @@ class Protocol(asyncio.BufferedProtocol):
             if not drain:
                 self._close_transport()
             return  # (half-closed already: the peer's close or the timer ends it)
-        patient = self.conn.peer_may_send_credit() or self._peer_may_send_more()
         if (
             drain
             and not transport.is_closing()
             and transport.can_write_eof()
-            and (patient or self._closed_here())
+            and (self.conn.peer_may_send_credit() or self._peer_may_send_more())
         ):
             try:
                 transport.write_eof()  # (after what the transport holds)
             except (OSError, RuntimeError):
                 pass  # closed at once instead
             else:
-                if patient:
-                    self._drain_timer = self.loop.call_later(CARRIER_DRAIN, self._end_drain)
-                else:
-                    self._drain_until = self.loop.time() + CARRIER_DRAIN
-                    self._drain_timer = self.loop.call_later(CLOSE_DRAIN_QUIET, self._end_drain)
+                self._drain_timer = self.loop.call_later(CARRIER_DRAIN, self._end_drain)
                 if self._abort_timer is None and not self.closed_future.done():
                     self._abort_after_grace(transport.get_write_buffer_size())
                 return
         self._close_transport()
-
-    def release_carrier(self) -> None:
-        """Stop holding the carrier (:attr:`hold_carrier`): closed now if the session
-        has ended, else as it ends."""
-        self.hold_carrier = False
-        if self.session.terminated is not None:
-            self.close_carrier()
 
     def _peer_may_send_more(self) -> bool:
         """Whether the client, not told yet that we closed, may still be sending: a
@@ -367,36 +328,8 @@ class Protocol(asyncio.BufferedProtocol):
             and self.conn.handshake_hash is not None
         )
 
-    def _closed_here(self) -> bool:
-        """Whether our own CLOSE ended the connection over a reliable carrier: the peer
-        may still be sending what it wrote before it read the CLOSE. Closed with those
-        bytes unread, or under bytes still on their way, the carrier is reset, and a
-        peer that writes into the reset before it reads loses what it had not read yet
-        -- the CLOSE and what came just before it (a metered client's last receipts).
-        So the carrier is half-closed and read until the peer closes its side or goes
-        quiet for CLOSE_DRAIN_QUIET, within CARRIER_DRAIN (as the blocking socket's
-        drain; tests/transport/test_close_while_peer_sends.py). Not after an abort
-        (:attr:`lingers`): closed at once, as asyncio's transport.abort(), the loop
-        may end right after it."""
-        ended = self.conn.termination
-        return (
-            self.lingers
-            and ended is not None
-            and not ended.by_peer
-            and self.conn.config.reliable_carrier
-        )
-
     def _end_drain(self) -> None:
-        """The peer did not close its side within CARRIER_DRAIN, or (a drain after our
-        own CLOSE: _closed_here) sent nothing for CLOSE_DRAIN_QUIET: close ours."""
-        until = self._drain_until
-        if until is not None and self._drain_heard:
-            left = until - self.loop.time()
-            if left > 0:
-                self._drain_heard = False
-                wait = min(CLOSE_DRAIN_QUIET, left)
-                self._drain_timer = self.loop.call_later(wait, self._end_drain)
-                return
+        """The peer did not close its side within CARRIER_DRAIN: close ours."""
         self._close_transport()
 
     def _close_transport(self) -> None:
@@ -645,7 +578,6 @@ def end_unpaid(proto: Protocol, reason: str) -> DTPError:
     if session.terminated is None:
         if proto.hook is not None:
             proto.hook.before_close()
-        proto.lingers = True  # (the final receipt must reach the server)
         proto.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
         proto.flush()
         session.process_events()

@@ -38,7 +38,7 @@ from dtp.transport._admission import (
     release_free_heap,
     unserved_counts,
 )
-from dtp.transport._hooks import Listener, PeerInfo, Release, Reservations
+from dtp.transport._hooks import Listener, PeerInfo, Reservations
 from dtp.transport._session import HOOK_FAILED, Session, hook_calls, refusal_reason
 from dtp.transport.asyncio._protocol import (
     LIMIT,
@@ -944,9 +944,7 @@ class DTPServer:
         if verdict is None and self._serving is not None:
             # (what the admission counts while the connection is served: hooks.Reservations)
             verdict, release = self._serving.take(peer)
-            if release is not None and self._serving.holds_carriers:
-                _hold_until_released(proto, release)
-            elif release is not None:
+            if release is not None:
                 # (never blocks the loop: what a release does that takes long, it does in a
                 # thread of its own)
                 proto.closed_future.add_done_callback(lambda _: release())
@@ -997,30 +995,3 @@ class DTPServer:
             if reason is not None:
                 return reason
         return None
-
-
-def _hold_until_released(proto: Protocol, release: Release) -> None:
-    """A connection of a server that settles it as it ends (Reservations.holds_carriers):
-    its carrier stays open once the session ended, until the release, run then, has
-    settled it (the metered client, waiting for that end, then finds it settled and
-    sends no half-close of its own); should the carrier end first, the release runs
-    at that. Once either way. (Never blocks the loop: the release settles in a thread
-    of its own, and lets go of the carrier from there.)"""
-    loop = proto.loop
-    pending = [release]
-
-    def let_go() -> None:
-        with contextlib.suppress(RuntimeError):  # (the loop is closed: the carrier with it)
-            loop.call_soon_threadsafe(proto.release_carrier)
-
-    def ended() -> None:
-        if pending:
-            pending.pop()(let_go)
-
-    def lost(_: object) -> None:
-        if pending:
-            pending.pop()()
-
-    proto.hold_carrier = True
-    proto.on_end = ended
-    proto.closed_future.add_done_callback(lost)

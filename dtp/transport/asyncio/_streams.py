@@ -748,7 +748,6 @@ class DTPStreamWriter:
             conn.close(CloseCode.APPLICATION, UNSENT)
         else:
             conn.close(CloseCode.NO_ERROR, "")
-        self._proto.lingers = True  # (set after the close: an abort meanwhile unsets it)
         self._proto.flush()
         if hook is not None:
             # the peer closes its end once its layer above is done with the
@@ -795,7 +794,6 @@ class DTPStreamWriter:
         raise ConnectionClosed from now on (as asyncio's drain() raises once the
         transport was aborted)."""
         was_closing, self._closing = self._closing, True
-        self._proto.lingers = False  # (closed at once, a graceful close's drain too)
         self._conn.close(CloseCode.APPLICATION, reason)
         self._proto.flush()
         # the end is known now, not only once the transport reports it lost: a drain()

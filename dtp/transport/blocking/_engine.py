@@ -28,7 +28,7 @@ from dtp.transport._session import CARRIER_DRAIN, FIRST_RECV_CHUNK, RECV_CHUNK, 
 from dtp.transport.blocking import LINGER, sched
 
 if TYPE_CHECKING:
-    from dtp.transport._hooks import ConnectionHook, Release
+    from dtp.transport._hooks import ConnectionHook
 
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 
@@ -208,11 +208,8 @@ class Engine:
         self.abandoned = False
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         # a server's: half-close the carrier once the peer closed the connection, nothing
-        # being left to do at its end (Reservations.ends_carriers; see _end_carrier) --
-        # or, with holds_end, hand that end to the release, which closes it once it
-        # settled the connection (Reservations.holds_carriers)
+        # being left to do at its end (Reservations.ends_carriers; see _end_carrier)
         self.ends_carrier = False
-        self.holds_end = False
         self.timer_started = False  # (start_timer: one entry in the timer heap, ever)
         # a server's accepted connection holding one of its accept() queue's places
         self.holds_place = False
@@ -222,7 +219,7 @@ class Engine:
         # run once as the engine is released (lock held: it must not block), or handed
         # to the timer thread by DTPSocket.__del__; a list, taken with one pop (a single
         # step under the GIL), so that whichever of the two comes first runs it, once
-        self.on_release: list[Release] = []
+        self.on_release: list[Callable[[], None]] = []
         # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
         # are closed at the next I/O, under the lock (see _close_dropped)
         self.dropped: deque[int] = deque()
@@ -688,11 +685,6 @@ class Engine:
         self.pumping = True
         try:
             self.flush()
-            if self.carrier_closed and not self.out:
-                # the flush's write failed (a peer's reset): waited for, only the
-                # waker would be watched, and with no timer due nothing would end it
-                self._after_io()
-                return
             # What we wait for has often arrived already (a reply that came while we
             # were sending): a non-blocking read first saves the wait and its syscall.
             if read and not self.carrier_closed and self._read_available():
@@ -760,32 +752,8 @@ class Engine:
         ended = self.session.terminated
         if self.carrier_closed or ended is None or not ended.by_peer:
             return
-        if self.holds_end:
-            self._hand_end()
-            return
         with contextlib.suppress(OSError):
             self.sock.shutdown(_socket.SHUT_WR)
-
-    def _hand_end(self) -> None:
-        """The peer closed the connection of a server that settles it (lock held): the
-        release runs now, given a duplicate of the carrier to close once it settled, so
-        that the client finds the connection settled as that end closes and sends no
-        half-close of its own (a second transaction's gas for the same deposit)."""
-        hook = self.take_release_hook()
-        if hook is None:
-            return
-        try:
-            carrier = self.sock.dup()
-        except OSError:
-            self.on_release.append(hook)  # (released with the socket, as without)
-            return
-
-        def close_end() -> None:
-            with contextlib.suppress(OSError):
-                carrier.shutdown(_socket.SHUT_WR)
-            carrier.close()
-
-        hook(close_end)
 
     def _close_dropped(self) -> None:
         """Close the streams whose sockets were garbage-collected unclosed, as their
@@ -1024,7 +992,7 @@ class Engine:
             self._release()
         return self.session.error or PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
 
-    def take_release_hook(self) -> Release | None:
+    def take_release_hook(self) -> Callable[[], None] | None:
         """The :attr:`on_release` hook, taken (None when there is none, or it was taken)."""
         try:
             return self.on_release.pop()

@@ -938,9 +938,7 @@ class DTPServer:
                 verdict, release = self._serving.take(peer)
                 if release is not None:
                     engine.on_release.append(release)
-                    holds = self._serving.holds_carriers
-                    engine.ends_carrier = self._serving.ends_carriers or holds
-                    engine.holds_end = holds
+                    engine.ends_carrier = self._serving.ends_carriers
             outcome = Outcome.REFUSED
             if verdict is None and not self._wait_for_accept_place(engine, deadline):
                 outcome, verdict = Outcome.BUSY, SERVER_BUSY
