@@ -14,7 +14,7 @@ import time
 
 from bench.echo_memory import at_most, echo_once, server_rss_mib, with_echo_server
 from bench.net import Peer
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 
 CONNECTIONS = 80_000
 QUICK_CONNECTIONS = 4_000
@@ -56,7 +56,7 @@ def churn_memory(quick: bool = False, connections: int | None = None) -> Workloa
         measured=True,
         lower_is_better=True,
         rounds=1,
-        bar=0.5,
+        bar=Floor(1.0),
         note=(
             f"server RSS after {count:,} connections, at most {CONCURRENCY} connecting at "
             f"once, {REST:g} s after the last: asyncio+TLS's / ours (dtp.aio)"

@@ -10,7 +10,7 @@ with ``time.thread_time`` (its own thread's CPU, so waits and the other threads'
 are not counted; nested phases count in each). ``--plain`` runs ``connect_rate``'s
 operation instead (a known key, no ledger; the client's phases only). A phase whose
 function is no longer where it is named is reported as missing, not measured.
-docs/benchmarks.md ("CPU per connection, by side and phase") holds a reading.
+docs/benchmark-history.md ("CPU per connection, by side and phase") holds a reading.
 """
 
 from __future__ import annotations

@@ -24,9 +24,12 @@ def take_back_deposits(ledger: Ledger, identity: HostIdentity) -> int:
     """Settle every connection of ``identity``'s that waits in the process's refund
     collector of ``ledger``, then stop that collector; how many were settled here. On a
     :class:`LocalLedger` its clock is moved past the half-close timeout first (the
-    timeout exists to leave a server time for its last receipt; the row's server is
-    gone). On another ledger, whose clock cannot be moved, the collector is stopped
-    without its report: the ledger goes with the row."""
+    timeout exists to leave a server time for its last receipt). Call it only once the
+    row's servers are gone -- killed, or released (``wait_released``: a paid server's
+    ``close()`` returns before the settlements of the connections it was serving): the
+    moved clock lets the client settle first, and a server still settling then is paid
+    nothing, its receipts written off. On another ledger, whose clock cannot be moved,
+    the collector is stopped without its report: the ledger goes with the row."""
     collector = refunds_for(ledger, identity)
     waiting = list(collector.pending())
     collector.close(log_waiting=False)

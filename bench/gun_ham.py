@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from bench.node_jobs import run_job
 
 RUNNER = Path(__file__).resolve().parent.parent / "tools" / "gun-ham" / "run.sh"
 
@@ -27,17 +28,7 @@ def available() -> bool:
 def run(job: dict[str, Any] | str, timeout: float = 600.0) -> Any:
     """Run one job (or its JSON text) through ``ham.js`` and return its answer
     (RuntimeError if it fails)."""
-    out = subprocess.run(
-        ["sh", str(RUNNER)],
-        input=job if isinstance(job, str) else json.dumps(job, allow_nan=False),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"tools/gun-ham failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    return json.loads(run_job(RUNNER, job, timeout=timeout))
 
 
 def stringify(values: list[Any]) -> list[str]:

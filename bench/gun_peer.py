@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.node_jobs import run_job
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "gun-peer"
 RUNNER = TOOL / "run.sh"
@@ -41,19 +43,8 @@ def install() -> Path:
 
 
 def _node(script: str, job: dict[str, Any], timeout: float) -> Any:
-    out = subprocess.run(
-        ["sh", str(RUNNER), script],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(
-            f"tools/gun-peer/{script} failed ({out.returncode}): {out.stderr[-3000:]}"
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_job(RUNNER, job, script, timeout=timeout)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def client(job: dict[str, Any], timeout: float = 120.0) -> Any:

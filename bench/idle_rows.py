@@ -19,7 +19,7 @@ import time
 
 from bench.echo_memory import Stream, at_most, echo_once, server_rss_mib, with_echo_server
 from bench.net import Peer
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 
 CONNECTIONS = 10_000
 CONCURRENCY = 64
@@ -107,7 +107,7 @@ def idle_memory_10k(connections: int = CONNECTIONS) -> Workload:
         measured=True,
         lower_is_better=True,
         rounds=1,
-        bar=10,
+        bar=Floor(15),
         note=(
             f"server RSS per idle connection, {count:,} open at once (one echo each): "
             "asyncio+TLS's / ours (dtp.aio)"

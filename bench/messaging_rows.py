@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
 from bench.net import Peer, _tls_connect
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 from dtp.identity.keys import HostIdentity
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import QUICK_RECV_SIZE, RpcClient, RpcServer
@@ -151,7 +151,7 @@ def rpc_roundtrip(rounds: int = 1000) -> Workload:
         rounds,
         client,
         "sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
-        bar=1.0,
+        bar=Floor(0.77),
     )
 
 
@@ -211,6 +211,7 @@ def rpc_roundtrip_uvloop(rounds: int = 1000) -> Workload:
         rounds,
         lambda: runner.run(calls()),
         lambda: runner.run(pingpong()),
+        bar=0.8,
         note="sequential 100-byte echo calls (asyncio API) vs asyncio TLS ping-pong, all on "
         "uvloop, CPU 0",
         close=close,
@@ -284,7 +285,7 @@ def rpc_roundtrip_zmq(rounds: int = 1000) -> Workload:
         rounds,
         op,
         zmq_op,
-        bar=2.0,
+        bar=Floor(1.25),
         note="sequential 100-byte echo calls vs pyzmq REQ/REP + CURVE, CPU 0",
         close=close,
     )

@@ -40,6 +40,8 @@ PIECE = b"u" * (8 << 10)  # what each sendall hands over
 _PORT = 21
 _SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 _STREAM_WINDOW = 4 << 20  # ConnectionConfig.stream_window's default
+#: How long the row waits for its server's settlement (seconds)
+_RELEASE_WAIT = 60.0
 
 
 @contextlib.contextmanager
@@ -71,21 +73,30 @@ def upload_shares(paced: bool = True, windows: int = WINDOWS) -> list[float]:
                     pass
 
             pacing = contextlib.nullcontext() if paced else _unpaced()
-            with (
-                pacing,
-                dtp.socket.serve(host_id, _PORT, handle, ledger=server_ledger, identity=server),
-                dtp.socket.create_connection(
-                    f"dtp://{host_id}:{_PORT}",
-                    timeout=30,
-                    ledger=ledger,
-                    identity=client,
-                    deposit=1_000_000,
-                ) as sock,
-                contextlib.suppress(DTPError),  # (the server's end ends the upload)
-            ):
-                while True:
-                    sock.sendall(PIECE)
-                    events.append((time.monotonic(), len(PIECE)))
+            with pacing:
+                paid = dtp.socket.serve(
+                    host_id, _PORT, handle, ledger=server_ledger, identity=server
+                )
+                with (
+                    paid,
+                    dtp.socket.create_connection(
+                        f"dtp://{host_id}:{_PORT}",
+                        timeout=30,
+                        ledger=ledger,
+                        identity=client,
+                        deposit=1_000_000,
+                    ) as sock,
+                    contextlib.suppress(DTPError),  # (the server's end ends the upload)
+                ):
+                    while True:
+                        sock.sendall(PIECE)
+                        events.append((time.monotonic(), len(PIECE)))
+                # The server closes its end of the carrier first and settles after
+                # (its handler ended the connection), and close() returns before that:
+                # its settlement is waited for before the clock moves, or the client
+                # settled alone first and the server was paid nothing for the upload.
+                if not paid.wait_released(_RELEASE_WAIT):
+                    raise RuntimeError("the paid server did not settle its connection")
         finally:
             take_back_deposits(ledger, client)
             ledger.close()

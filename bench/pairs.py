@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.workload import bar_kind
 from bench.workloads import ALL
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         low, high = bootstrap_median(ratios, 2000, rng)
         ours_rate = work.units * args.pairs / totals["ours"]
         peer_rate = peer_units * args.pairs / totals["peer"]
-        bar = f" (bar {work.bar:g})" if work.bar is not None else ""
+        bar = f" ({bar_kind(work.bar)} {work.bar:g})" if work.bar is not None else ""
         print(
             f"{args.row}: median ratio {statistics.median(ratios):.3f} over {args.pairs} "
             f"pairs, 95% interval {low:.3f}-{high:.3f}{bar}; "

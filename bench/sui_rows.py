@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.hostid_rows import _PaidPeer
 from bench.net import _pingpong
 from bench.tunnel_rows import MB, _bulk, _peer, _Proc
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 from dtp.identity.keys import HostIdentity
 
 __all__ = ["SUI_ROWS", "daemon_bulk_sui", "hostid_connect_rate_sui", "sui_latency"]
@@ -173,7 +173,7 @@ def daemon_bulk_sui(total: int = 256 << 20, latency: float | None = None) -> Wor
         total / MB,
         lambda: _bulk(sui.address, total),
         lambda: _bulk(local.address, total),
-        bar=0.9,
+        bar=Floor(0.95),
         note=f"one-way 256 MiB through the paid daemon pair, its ledger on the Sui stand-in "
         f"at {latency:g} s a transaction vs a LocalLedger file (the ledger off the data path)",
         close=close,

@@ -33,6 +33,32 @@ def test_ws_rpc_roundtrip(benchmark, side: str) -> None:  # type: ignore[no-unty
     run_side(benchmark, web_rows.ws_rpc_roundtrip(20), side)
 
 
+@pytest.mark.parametrize("side", ["ours", "peer"])
+def test_ws_rpc_paid_roundtrip(benchmark, side: str) -> None:  # type: ignore[no-untyped-def]
+    _need_row()
+    run_side(benchmark, web_rows.ws_rpc_paid_roundtrip(20), side)
+
+
+def test_the_paid_rows_calls_are_claimed_to_the_mist() -> None:
+    """The paid row's body: each call a request of 25 MIST, its receipts far fewer than
+    its calls (the page's Payment as the docs advise: a quarter of the 2000 MIST credit,
+    every 20 calls), and the provider's claim at the end exactly the calls' price."""
+    _need_row()
+    w = web_rows.ws_rpc_paid_roundtrip(45)
+    try:
+        for _ in range(3):
+            w.ours()
+        requests, receipts, claimed = w.finish()  # type: ignore[attr-defined]
+    finally:
+        assert w.close is not None
+        w.close()
+    assert requests == 3 * 45
+    assert claimed == requests * web_rows.PAID_SLA.price_per_request
+    # one receipt per 20 calls at most (sooner where the server asked, its copy of the
+    # last one still being written), and the close's
+    assert requests // 20 <= receipts <= requests // 5, receipts
+
+
 @contextmanager
 def _serving(handler: type[web_rows._PackageHandler]) -> Iterator[web_rows._PackageServer]:
     server = web_rows._PackageServer(handler)

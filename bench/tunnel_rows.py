@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
@@ -123,7 +123,7 @@ def tunnel_bulk(total: int = 256 << 20) -> Workload:
         total / MB,
         lambda: _bulk(paths.ours, total),
         lambda: _bulk(paths.peer, total),
-        bar=1.2,
+        bar=Floor(1.2),
         note="one-way 256 MiB: forwarder→DTP→daemon→backend vs TLS relay pair",
         close=paths.close,
     )
@@ -160,7 +160,7 @@ def tunnel_requests(count: int = 2000) -> Workload:
         count,
         make("ours"),
         make("peer"),
-        bar=1.2,
+        bar=Floor(1.2),
         note="HTTP/1.1 keep-alive POSTs through forwarder→DTP→daemon vs TLS relay pair",
         close=close,
     )

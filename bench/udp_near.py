@@ -7,7 +7,7 @@ as a plain Python UDP relay (``plain``).
     python bench/udp_near.py {dtp-aio,dtp,plain} FAR_PORT [FAR_KEY_HEX]
 
 ``dtp-aio`` runs on the event loop the daemon takes by default (:func:`dtp.eventloop.run`:
-uvloop when installed, as with ``dtp[fast]``; ``DTP_EVENT_LOOP=asyncio`` for asyncio's
+uvloop when installed, as with ``dtp-sui[fast]``; ``DTP_EVENT_LOOP=asyncio`` for asyncio's
 own). The plain relay is threads, with no event loop to choose.
 
 Prints one JSON line {"port"} once ready; runs until its stdin closes.

@@ -107,7 +107,7 @@ def udp_tunnel_pps(count: int = 4096, path: str = "daemon") -> Workload:
         count,
         _drive(ours.address, count, clients),
         _drive(peer.address, count, clients),
-        bar=0.8,
+        bar=0.85,
         note=f"512 B datagrams, windows of 32 echoed: forwarder→DTP→relay→UDP ({path}) "
         "vs a UDP relay pair, each half in its own process",
         close=close,

@@ -1,20 +1,25 @@
-"""The web frontend's row of bench/compare.py (docs/web-frontend.md):
+"""The web frontend's rows of bench/compare.py (docs/web-frontend.md):
 
 - ``ws_rpc_roundtrip``: JSON-RPC calls per second from a headless browser (Debian's
   ``chromium``, driven over DevTools) through DTP over WebSocket, against the same calls
-  over a plain ``wss://`` JSON-RPC endpoint, in the same run (bar 0.8, the issue's: what a
-  frontend gives up for end-to-end encryption to the service, its wallet's identity and
-  per-request billing). The page (``web/dtp-client/bench/rpc.html``) makes the calls one
-  after another with the package's client: through DTP, one stream a call as the dApp
-  page makes them (open, request, FIN, the whole answer) on a ``dtp.aio`` server's
-  WebSocket carrier (``ws://``: the records are encrypted end to end already); plain, one
-  text message a call on a ``websockets`` server with TLS (a throwaway self-signed
-  certificate, which this browser alone is told to accept:
-  ``--ignore-certificate-errors``). Both send the same request bytes and both servers
-  answer with the same backend, on one event loop in a thread of this process.
+  over a plain ``wss://`` JSON-RPC endpoint, in the same run (bar 0.9: what a frontend
+  gives up for end-to-end encryption to the service and its wallet's identity). The
+  page (``web/dtp-client/bench/rpc.html``) makes the calls one after another with the
+  package's client: through DTP, one stream a call as the dApp page makes them (open,
+  request, FIN, the whole answer) on a ``dtp.aio`` server's WebSocket carrier (``ws://``:
+  the records are encrypted end to end already); plain, one text message a call on a
+  ``websockets`` server with TLS (a throwaway self-signed certificate, which this
+  browser alone is told to accept: ``--ignore-certificate-errors``). Both send the same
+  request bytes and both servers answer with the same backend, on one event loop in a
+  thread of this process.
+- ``ws_rpc_paid_roundtrip``: the same, each DTP call paid at 25 MIST (bar 0.6): a paid
+  ``dtp.aio.serve`` server on a LocalLedger file, the page's ``Payment`` signing its
+  receipts as docs/web-frontend.md advises (one every 20 calls here), the provider's
+  claim at the end exactly the calls' price.
 
-``python bench/web_rows.py [--calls N] [--rounds N]`` prints both rates and where each
-side's CPU goes per call: this process (the servers) and the browser's processes.
+``python bench/web_rows.py [--row NAME] [--calls N] [--rounds N] [--every-amount MIST]``
+prints both rates and where each side's CPU goes per call: this process (the servers)
+and the browser's processes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import dtp.aio
 from bench.workload import Workload
 from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._objects import Sla
 
 if TYPE_CHECKING:
     from dtp.cli._chromium import Chromium, Page
@@ -254,97 +260,316 @@ def _group_cpu(pid: int) -> float:
     return total / tick
 
 
+class _Bench:
+    """What both rows start: the servers' event loop, the package over HTTP, the plain
+    ``wss://`` echo on the loop and, once :meth:`browse` runs, a headless Chromium with
+    the bench page; :meth:`close` stops them all (and ``stop``, the row's own servers,
+    first)."""
+
+    def __init__(self) -> None:
+        why = missing()
+        if why is not None:
+            raise RuntimeError(why)
+        self.runner = _Loop()
+        self.httpd = _PackageServer()
+        self._http_thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._http_thread.start()
+        self.base = self.httpd.base
+        self.browser: Chromium | None = None
+        self.plain: Any = None
+        #: the row's DTP server (:meth:`open`), closed by :meth:`close`
+        self.server: Any = None
+        #: what else the row stops, after the server
+        self.stop: Callable[[], Awaitable[None]] | None = None
+
+    def open(
+        self,
+        start: Callable[[], Awaitable[Any]],
+        connect: Callable[[Any], str],
+        close: Callable[[], None],
+    ) -> tuple[Page, Any]:
+        """Start the row's DTP server (``start()`` on the loop), the plain echo and the
+        page, then have the page connect (``connect(server)``: the JavaScript it runs)
+        and open the plain WebSocket: (the page, the server). Anything that fails part
+        way runs ``close`` (which stops what started) first."""
+        try:
+            self.server = self.runner.run(start())
+            self.start_plain()
+            page = self.browse()
+            page.evaluate(connect(self.server))
+            self.open_plain(page)
+        except BaseException:
+            close()
+            raise
+        return page, self.server
+
+    def start_plain(self) -> None:
+        from websockets.asyncio.server import serve as ws_serve
+
+        from bench.netpeers import make_tls_context
+
+        async def start() -> Any:
+            tls, _ = make_tls_context()
+            return await ws_serve(_ws_service, "127.0.0.1", 0, ssl=tls, compression=None)
+
+        self.plain = self.runner.run(start())
+
+    def browse(self) -> Page:
+        from dtp.cli._chromium import Chromium
+
+        self.browser = Chromium(flags=BROWSER_FLAGS)
+        return open_page(self.browser, self.httpd)
+
+    def open_plain(self, page: Page) -> None:
+        wss_port = self.plain.sockets[0].getsockname()[1]
+        page.evaluate(f"rpcBench.openPlain('wss://127.0.0.1:{wss_port}/')")
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self.plain is not None:
+                self.plain.close()
+                await self.plain.wait_closed()
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+            if self.stop is not None:
+                await self.stop()
+
+        try:
+            if self.browser is not None:
+                self.browser.close()
+            self.runner.run(stop())
+        finally:
+            self.runner.stop()
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self._http_thread.join(10)
+
+
+def _side(page: Page, method: str, calls: int) -> Callable[[], None]:
+    # (the page's own figure is in milliseconds: a failed check raises in the page, and
+    # Page.evaluate raises it here)
+    return lambda: page.evaluate(f"rpcBench.{method}({calls})")
+
+
 def ws_rpc_roundtrip(calls: int = 200) -> Workload:
-    why = missing()
-    if why is not None:
-        raise RuntimeError(why)
-    from websockets.asyncio.server import serve as ws_serve
-
-    from bench.netpeers import make_tls_context
-    from dtp.cli._chromium import Chromium
-
-    runner = _Loop()
+    bench = _Bench()
     server_identity = HostIdentity.generate()
-    state: dict[str, Any] = {}
-    httpd = _PackageServer()
-    http_thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    http_thread.start()
-    base = httpd.base
-    browser: Chromium | None = None
 
-    async def start() -> None:
-        server = await dtp.aio.start_server(
+    async def start() -> Any:
+        return await dtp.aio.start_server(
             _dtp_service,
             None,
             None,
             identity=server_identity,
             websocket=("127.0.0.1", 0),
-            origins=[base],
+            origins=[bench.base],
         )
-        tls, _ = make_tls_context()
-        plain = await ws_serve(_ws_service, "127.0.0.1", 0, ssl=tls, compression=None)
-        state.update(server=server, plain=plain)
 
-    def close() -> None:
-        async def stop() -> None:
-            if "plain" in state:
-                state["plain"].close()
-                await state["plain"].wait_closed()
-            if "server" in state:
-                state["server"].close()
-                await state["server"].wait_closed()
-
-        try:
-            if browser is not None:
-                browser.close()
-            runner.run(stop())
-        finally:
-            runner.stop()
-            httpd.shutdown()
-            httpd.server_close()
-            http_thread.join(10)
-
-    try:
-        runner.run(start())
-        browser = Chromium(flags=BROWSER_FLAGS)
-        page = open_page(browser, httpd)
-        host, port = state["server"].websocket_addresses[0]
-        address = page.evaluate(
+    def connect(server: Any) -> str:
+        host, port = server.websocket_addresses[0]
+        return (
             f"rpcBench.openDtp('ws://{host}:{port}/dtp', "
             f"'{server_identity.noise_public.hex()}', '{SEED.hex()}')"
         )
-        wss_port = state["plain"].sockets[0].getsockname()[1]
-        # (libsodium, or @noble/ciphers where the page could not load it: web/dtp-client)
-        aead = page.evaluate("import('/src/record.js').then((m) => m.RECORD_AEAD.name)")
-        page.evaluate(f"rpcBench.openPlain('wss://127.0.0.1:{wss_port}/')")
-    except BaseException:
-        close()
-        raise
-    state["address"] = address
 
-    def side(method: str) -> Callable[[], None]:
-        # (the page's own figure is in milliseconds: a failed check raises in the page,
-        # and Page.evaluate raises it here)
-        return lambda: page.evaluate(f"rpcBench.{method}({calls})")
+    page, _ = bench.open(start, connect, bench.close)
+    # (libsodium, or @noble/ciphers where the page could not load it: web/dtp-client)
+    try:
+        aead = page.evaluate("import('/src/record.js').then((m) => m.RECORD_AEAD.name)")
+    except BaseException:
+        bench.close()
+        raise
 
     workload = Workload(
         name="ws_rpc_roundtrip",
         unit="calls/s",
         units=calls,
-        ours=side("dtpCalls"),
-        peer=side("plainCalls"),
-        bar=0.8,
+        ours=_side(page, "dtpCalls", calls),
+        peer=_side(page, "plainCalls", calls),
+        bar=0.9,
         note=(
             "headless Chromium: DTP over WebSocket (stream a call) vs JSON-RPC over wss://"
             f" (the page's records: {aead})"
         ),
-        close=close,
+        close=bench.close,
     )
-    workload.browser_pid = browser.process.pid  # type: ignore[attr-defined]
+    workload.browser_pid = bench.browser.process.pid  # type: ignore[attr-defined,union-attr]
     return workload
 
 
-WEB_ROWS: dict[str, Callable[..., Workload]] = {"ws_rpc_roundtrip": ws_rpc_roundtrip}
+#: The paid row's service: 25 MIST a request, bytes free (the guide's), and a minimum
+#: deposit -- the server's credit by default -- of 80 requests, so that the page signs a
+#: receipt every 20 calls (Payment's default: a quarter of the credit), as
+#: docs/web-frontend.md advises a service paid per call from a page.
+PAID_SLA = Sla(price_per_kib=0, price_per_request=25, min_deposit=2000)
+#: The page's escrow: enough for every call a compare.py run makes (about 10^5)
+PAID_DEPOSIT = 10**12
+#: The escrow's receipt key (the page's session key, docs/escrow.md §6.2), as a seed
+SESSION_SEED = bytes([0x5E] * 32)
+PAID_PORT = 8
+
+
+async def _paid_service(reader: Any, writer: Any) -> None:
+    """The paid service: one JSON-RPC call a stream, as :func:`_dtp_service`, through the
+    paid stream pair (PaidReader, PaidWriter: each read and write behind the receipt
+    gate)."""
+
+    async def call(r: Any, w: Any) -> None:
+        w.write_eof(_answer(await r.read()))
+        await w.drain()
+        w.close()
+
+    async def first(r: Any, w: Any) -> None:
+        with contextlib.suppress(DTPError):
+            while await r.read(4096):
+                pass
+        w.close()
+
+    await asyncio.gather(first(reader, writer), writer.serve_streams(call))
+
+
+class PaidLedger:
+    """The paid row's ledger: a LocalLedger file holding the provider's Host (port 8 at
+    :data:`PAID_SLA`) and the page wallet's connection, opened with the session key
+    :data:`SESSION_SEED` as its receipt key; ``claimed()`` reads what the provider
+    claimed from it."""
+
+    def __init__(self, folder: Path) -> None:
+        from dtp.ledger.local import LocalLedger
+
+        self.path = folder / "ledger.db"
+        self.receipts = folder / "receipts.db"
+        ledger = LocalLedger(self.path)
+        self.ledger = ledger
+        self.provider = HostIdentity.generate()
+        wallet = HostIdentity.from_private_bytes(SEED, bytes(32))
+        session = HostIdentity.from_private_bytes(SESSION_SEED, bytes(32))
+        ledger.faucet(self.provider.sui_address, 10**9)
+        ledger.faucet(wallet.sui_address, PAID_DEPOSIT + 10**9)
+        self.host_id = ledger.create_host(self.provider, self.provider.noise_public)
+        ledger.add_service(self.provider, self.host_id, PAID_PORT, "jsonrpc", PAID_SLA)
+        cap = ledger.create_spending_cap(wallet, PAID_DEPOSIT)
+        self.opened = ledger.open_session_connection(
+            wallet, self.host_id, PAID_PORT, cap, PAID_DEPOSIT, session.ed25519_public
+        )
+
+    def page_options(self, every: dict[str, int] | None = None) -> dict[str, Any]:
+        """What the page's ``openDtpPaid`` takes besides the URL and keys."""
+        return {
+            "every": every,
+            "port": PAID_PORT,
+            "scope": {
+                "package": self.ledger.package_id,
+                "escrow": self.opened.escrow_id,
+                "connection": self.opened.connection_id,
+            },
+            "sla": {
+                "pricePerKib": PAID_SLA.price_per_kib,
+                "pricePerRequest": PAID_SLA.price_per_request,
+                "minDeposit": PAID_SLA.min_deposit,
+            },
+            "deposit": str(PAID_DEPOSIT),
+            "sessionSeed": SESSION_SEED.hex(),
+        }
+
+    def claimed(self) -> int:
+        return self.ledger.get_escrow(self.opened.escrow_id).claimed
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def ws_rpc_paid_roundtrip(calls: int = 200, every: dict[str, int] | None = None) -> Workload:
+    """As :func:`ws_rpc_roundtrip`, each DTP call paid: the page's ``Payment`` on a ledger
+    connection its wallet opened with a session key, against a paid ``dtp.aio.serve``
+    server on a LocalLedger file (receipts kept in a store before they count, the
+    latest claimed at the end). ``every``: the page's ``Payment`` bound (``{"amount":
+    MIST, "ms": ms}``; None: its default, the docs' advice). The workload's
+    ``finish()`` ends the connection and returns (requests the page made, receipts it
+    signed, MIST the provider claimed)."""
+    import tempfile
+
+    from dtp.ledger.local import LocalLedger
+
+    bench = _Bench()
+    folder = tempfile.TemporaryDirectory(prefix="dtp-bench-paid-")
+    state: dict[str, Any] = {}
+    ledger = PaidLedger(Path(folder.name))
+
+    async def start() -> Any:
+        server_ledger = LocalLedger(ledger.path)
+        state["server_ledger"] = server_ledger
+        return await dtp.aio.serve(
+            ledger.host_id,
+            PAID_PORT,
+            _paid_service,
+            ledger=server_ledger,
+            identity=ledger.provider,
+            receipts=ledger.receipts,
+            address=("127.0.0.1", 0),
+            websocket=("127.0.0.1", 0),
+            origins=[bench.base],
+        )
+
+    async def stop() -> None:
+        if "server_ledger" in state:
+            state["server_ledger"].close()
+
+    def close() -> None:
+        try:
+            bench.close()
+        finally:
+            ledger.close()
+            folder.cleanup()
+
+    def connect(server: Any) -> str:
+        host, port = server.websocket_addresses[0]
+        return (
+            f"rpcBench.openDtpPaid('ws://{host}:{port}/dtp', "
+            f"'{ledger.provider.noise_public.hex()}', '{SEED.hex()}', "
+            f"'{ledger.opened.connection_id}', {json.dumps(ledger.page_options(every))})"
+        )
+
+    bench.stop = stop
+    page, server = bench.open(start, connect, close)
+
+    def finish() -> tuple[int, int, int]:
+        ended = page.evaluate("rpcBench.closePaid()")
+        bench.runner.run(_settled(server))
+        return int(ended["requests"]), int(ended["receipts"]), ledger.claimed()
+
+    workload = Workload(
+        name="ws_rpc_paid_roundtrip",
+        unit="calls/s",
+        units=calls,
+        ours=_side(page, "dtpPaidCalls", calls),
+        peer=_side(page, "plainCalls", calls),
+        bar=0.6,
+        note=(
+            f"headless Chromium: DTP paid per call ({PAID_SLA.price_per_request} MIST, "
+            "receipts batched) vs JSON-RPC over wss://"
+        ),
+        close=close,
+    )
+    workload.browser_pid = bench.browser.process.pid  # type: ignore[attr-defined,union-attr]
+    workload.finish = finish  # type: ignore[attr-defined]
+    return workload
+
+
+async def _settled(server: Any, timeout: float = 30.0) -> None:
+    """Wait until ``server`` has settled every connection it served (its settlements)."""
+    deadline = time.monotonic() + timeout
+    while server.open_connections or not server.settlements:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the paid server did not settle the page's connection")
+        await asyncio.sleep(0.05)
+
+
+WEB_ROWS: dict[str, Callable[..., Workload]] = {
+    "ws_rpc_roundtrip": ws_rpc_roundtrip,
+    "ws_rpc_paid_roundtrip": ws_rpc_paid_roundtrip,
+}
 
 
 @contextmanager
@@ -359,11 +584,22 @@ def _cpu(into: dict[str, float], browser_pid: int) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="ws_rpc_roundtrip, with CPU per call")
+    parser = argparse.ArgumentParser(description="the web rows, with CPU per call")
+    parser.add_argument("--row", choices=sorted(WEB_ROWS), default="ws_rpc_roundtrip")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--every-amount",
+        type=int,
+        help="ws_rpc_paid_roundtrip: the page signs once this many MIST are unsigned "
+        "(0: a receipt every call; default: Payment's, half the SLA's min_deposit)",
+    )
     args = parser.parse_args(argv)
-    w = ws_rpc_roundtrip(args.calls)
+    if args.row == "ws_rpc_paid_roundtrip":
+        every = None if args.every_amount is None else {"amount": args.every_amount}
+        w = ws_rpc_paid_roundtrip(args.calls, every)
+    else:
+        w = ws_rpc_roundtrip(args.calls)
     pid: int = w.browser_pid  # type: ignore[attr-defined]
     try:
         assert w.peer is not None
@@ -381,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"browser {per['browser']:6.1f} µs",
                     flush=True,
                 )
+        finish = getattr(w, "finish", None)
+        if finish is not None:
+            requests, receipts, claimed = finish()
+            print(f"paid: {requests} requests, {receipts} receipts, {claimed} MIST claimed")
     finally:
         if w.close is not None:
             w.close()

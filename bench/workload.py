@@ -7,6 +7,23 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class Floor(float):
+    """A bar that is a floor, not a target: the row sits near the limit of the design's
+    shape (a cffi core under Python connection objects), and no change may read below
+    it. ``bar=Floor(0.84)`` compares and prints as the number itself."""
+
+    def __repr__(self) -> str:
+        return f"Floor({float(self)!r})"
+
+
+def bar_kind(bar: float | None) -> str:
+    """``"floor"`` for a :class:`Floor`, ``"bar"`` for any other figure, ``""`` for a
+    row that only reports."""
+    if bar is None:
+        return ""
+    return "floor" if isinstance(bar, Floor) else "bar"
+
+
 @dataclass
 class Workload:
     name: str
@@ -16,6 +33,7 @@ class Workload:
     peer: Callable[[], object] | None = None
     peer_units: float | None = None
     peer_rate: Callable[[float], float] | None = None  # seconds -> rate, measured elsewhere
+    #: the ratio the row must reach (a target), or a :class:`Floor` it must not fall below
     bar: float | None = None
     note: str = ""
     close: Callable[[], None] | None = None  # stops servers the workload started

@@ -16,7 +16,7 @@ import struct
 import subprocess
 from collections.abc import Callable
 
-from bench.workload import Workload
+from bench.workload import Floor, Workload
 from dtp.native import core as _core
 from dtp.native import reference as _reference
 from dtp.native.types import FRAME_STREAM, HamUpdate, RawFrame
@@ -120,7 +120,7 @@ def aead_roundtrip_1k() -> Workload:
         len(data) / MB,
         ours,
         peer,
-        bar=3.0,
+        bar=Floor(2.0),
         note="seal+open of 1 KiB records in batches of 64 vs noiseprotocol encrypt+decrypt",
     )
 
@@ -259,6 +259,10 @@ ALL["ledger_carrier_bulk"] = ledger_carrier_bulk
 from bench.tunnel_rows import TUNNEL_ROWS  # noqa: E402
 
 ALL.update(TUNNEL_ROWS)
+
+from bench.collab_rows import collab_text_sync  # noqa: E402
+
+ALL["collab_text_sync"] = collab_text_sync
 
 from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 

@@ -1,7 +1,7 @@
-"""The optional parts of the ``dtp`` distribution and the packages each needs.
+"""The optional parts of the ``dtp-sui`` distribution and the packages each needs.
 
-``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Six features bring
+``pip install dtp-sui`` installs what the protocol, the embedded ledger (LocalLedger), the
+messaging layers, the graph store and the services daemon need. Eight features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -22,6 +22,8 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   ``sui``.
 - ``fast``: uvloop, the event loop the daemon and :func:`dtp.aio.run` take when it is
   installed (:mod:`dtp.eventloop`; ``[daemon] event_loop`` chooses).
+- ``collab``: collaborative values in the graph (:mod:`dtp.graph.collab`,
+  ``graph.text()``: Yjs documents merged by pycrdt).
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -47,6 +49,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "metrics": ("prometheus_client",),
     "testing": ("hypothesis", "pytest"),
     "fast": ("uvloop",),
+    "collab": ("pycrdt",),
 }
 
 

@@ -40,7 +40,7 @@ connects over it::
 
     reader, writer = await dtp.aio.open_connection("ws://127.0.0.1:8443/", server_key=key)
 
-``dtp.aio.run(main())`` runs a program on uvloop when it is installed (``dtp[fast]``),
+``dtp.aio.run(main())`` runs a program on uvloop when it is installed (``dtp-sui[fast]``),
 else on asyncio's loop (:mod:`dtp.eventloop`; ``$DTP_EVENT_LOOP`` or ``loop=`` chooses);
 the API itself works on whichever loop calls it.
 
@@ -58,7 +58,7 @@ from dtp.eventloop import run
 from dtp.hostid import _asyncio as hostid
 from dtp.hostid._address import HostAddress
 from dtp.hostid._asyncio import DTPServer, start_server
-from dtp.hostid._connect import refuse_ledger_options
+from dtp.hostid._connect import refuse_ledger_options, websocket_url
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
@@ -171,10 +171,8 @@ async def open_connection(
     """
     check_connect_timeout(timeout)
     check_limit(limit)
-    websocket_url = (
-        host if isinstance(host, str) and host[:6].lower().startswith(("ws://", "wss://")) else None
-    )
-    if websocket_url is not None:
+    url = websocket_url(host)
+    if url is not None:
         if port is not None:
             raise ValueError("a WebSocket URL names its port: pass no port")
         if websocket is not None:
@@ -184,13 +182,13 @@ async def open_connection(
             raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
         if isinstance(host, HostAddress):
             raise ValueError("a HostAddress names its port: pass no port")
-    if websocket_url is not None or port is not None:
+    if url is not None or port is not None:
         # the ledger's options belong to a DTP address only
         refuse_ledger_options(
-            "a WebSocket URL" if websocket_url is not None else "a carrier address",
+            url is not None,
             ledger=ledger,
             deposit=deposit,
-            cap_id=cap_id or None,
+            cap_id=cap_id,
             carrier=carrier,
             ledger_options=ledger_options,
             subscription=subscription,
@@ -198,9 +196,9 @@ async def open_connection(
             metering=metering,
             on_open=on_open,
         )
-    if websocket_url is not None:
+    if url is not None:
         return await connect.open_websocket_connection(
-            websocket_url,
+            url,
             server_key=server_key,
             expected_server_key=expected_server_key,
             identity=identity,

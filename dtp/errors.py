@@ -22,8 +22,11 @@ from __future__ import annotations
 import enum
 import errno
 import math
+import re
 import sqlite3
-from typing import Final
+from typing import Any, Final
+
+from dtp._distribution import NAME as DISTRIBUTION
 
 
 class ErrorCode(enum.IntEnum):
@@ -283,10 +286,11 @@ class KeyFileError(DTPError):
 
 
 class MissingExtra(DTPError, ImportError):
-    """A feature whose Python packages come with an extra of the ``dtp`` distribution
+    """A feature whose Python packages come with an extra of the ``dtp-sui`` distribution
     that is not installed (:mod:`dtp._extras`: ``sui``, ``lan``, ``gun``, ``metrics``,
     ``testing``). The message names the feature, the missing module and the command that
-    installs the extra, ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the
+    installs the extra, ``pip install 'dtp-sui[sui]'`` (the distribution's name, not the
+    import package's: :mod:`dtp._distribution`). Also an :class:`ImportError`, as the
     import it replaces (``name`` is the missing module): code that tried an import and
     caught that goes on catching it."""
 
@@ -294,8 +298,8 @@ class MissingExtra(DTPError, ImportError):
         self.extra = extra
         self.feature = feature
         super().__init__(
-            f"{feature} needs the {extra!r} extra of dtp, which is not installed "
-            f"(no module named {module!r}): pip install 'dtp[{extra}]'",
+            f"{feature} needs the {extra!r} extra of {DISTRIBUTION}, which is not installed "
+            f"(no module named {module!r}): pip install '{DISTRIBUTION}[{extra}]'",
             name=module,
         )
 
@@ -341,10 +345,12 @@ class PaymentRequired(ConnectionClosed, PaymentError):
 
 class SubscriptionEnded(ConnectionClosed):
     """A connection opened with a subscription (docs/escrow.md §13) that its paid server
-    ended, the subscription being over on the ledger: it no longer covers the epoch, or
-    its offer was withdrawn. Nothing is owed on such a connection; the server settles
-    it. ``code`` is :data:`CLOSE_SUBSCRIPTION_ENDED`. Renew the subscription (or pay by
-    the byte) and connect again."""
+    ended, the subscription being over on the ledger: it no longer covers the epoch, its
+    offer was withdrawn, or its offer was sold with the host (whose new authority's
+    server serves none of its connections). Nothing is owed on such a connection; the
+    server settles it (after a sale: withdraws the offer and ends it). ``code`` is
+    :data:`CLOSE_SUBSCRIPTION_ENDED`. Renew the subscription (or pay by the byte) and
+    connect again."""
 
 
 class SubscriptionRefused(SubscriptionEnded, ConnectionRefusedError):
@@ -370,9 +376,9 @@ CLOSE_FIREWALL_DENIED: Final = 0x1403
 #: whole escrow back, the usage served meanwhile unpaid.
 CLOSE_LEDGER_CLOSED: Final = 0x1404
 #: CLOSE code a paid server uses when a connection opened with a subscription finds the
-#: subscription over on the ledger while it is served (expired, or its offer
-#: withdrawn): the client raises :class:`SubscriptionEnded`, and the server settles it
-#: at once (nothing is owed on it).
+#: subscription over on the ledger while it is served (expired, its offer withdrawn, or
+#: sold with the host): the client raises :class:`SubscriptionEnded`, and the server
+#: settles it at once (nothing is owed on it).
 CLOSE_SUBSCRIPTION_ENDED: Final = 0x1405
 
 #: The start of a paid server's refusal of a connection whose subscription is over
@@ -423,6 +429,16 @@ class ChainError(DTPError):
     module: str = ""
     code: int | None = None
 
+    def __init_subclass__(
+        cls, *, name: str | None = None, module: str | None = None, **kwargs: Any
+    ) -> None:
+        # (``class E(ChainError, name="EName", module="sui")``: a class's own name and module)
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+        if module is not None:
+            cls.module = module
+
     def __init__(
         self,
         message: str,
@@ -445,7 +461,7 @@ class ChainError(DTPError):
         return f"{self.module}::{self.name}" if self.module else self.name
 
 
-class LedgerUnavailable(ChainError):
+class LedgerUnavailable(ChainError, name="LedgerUnavailable", module="ledger"):
     """The ledger did not answer, or its storage failed: a Sui node that cannot be
     reached, times out, is overloaded or rate limiting, or was closed during the call; a
     LocalLedger that is closed, whose file cannot be opened, is not a ledger (or one a
@@ -461,25 +477,29 @@ class LedgerUnavailable(ChainError):
 
     :attr:`name` stays ``"LedgerUnavailable"``, for code that tells it by name."""
 
-    name = "LedgerUnavailable"
-    module = "ledger"
 
-
-class FaucetError(ChainError):
+class FaucetError(ChainError, name="FaucetError", module="sui"):
     """A faucet (the Sui faucet service of a localnet or devnet, ``dtp fund``) refused
     a request, with its reason, or could not be reached, or answered something that is
     no faucet's answer. The message names the faucet's URL. Nothing was received."""
 
-    name = "FaucetError"
-    module = "sui"
+
+class ZkLoginRefused(ChainError, name="ZkLoginRefused", module="sui"):
+    """A Sui node was asked about a zkLogin signature (docs/protocol.md 8.4) and said it
+    does not hold: its proof, its issuer's key (JWK), its ephemeral key's signature or
+    its address -- or its last epoch is past, or further ahead than Sui allows. The
+    message gives the node's reason."""
 
 
-class SuiConfigError(ChainError):
+class ZkLoginUnsupported(ChainError, name="ZkLoginUnsupported", module="ledger"):
+    """A zkLogin signature is verified by a Sui node (its Groth16 proof and its issuer's
+    key), and this ledger has none: LocalLedger cannot verify one, so a zkLogin proof is
+    refused there, as a zkLogin-signed transaction is (docs/protocol.md 8.4)."""
+
+
+class SuiConfigError(ChainError, name="SuiNotConfigured", module="sui"):
     """``SuiLedger`` is not configured (missing or invalid settings); the message names
     the setting."""
-
-    name = "SuiNotConfigured"
-    module = "sui"
 
 
 class LedgerSpecError(SuiConfigError, DaemonConfigError):
@@ -491,32 +511,20 @@ class LedgerSpecError(SuiConfigError, DaemonConfigError):
     the errors it stands for were."""
 
 
-class ObjectNotFound(ChainError):
+class ObjectNotFound(ChainError, name="ObjectNotFound", module="sui"):
     """No object with this ID exists (or it exists with another type, or was deleted)."""
 
-    name = "ObjectNotFound"
-    module = "sui"
 
-
-class InvalidObjectId(ChainError, ValueError):
+class InvalidObjectId(ChainError, ValueError, name="InvalidObjectId", module="sui"):
     """An object ID or address is malformed (not ``0x`` followed by hex of 32 bytes)."""
 
-    name = "InvalidObjectId"
-    module = "sui"
 
-
-class InvalidArgument(ChainError, ValueError):
+class InvalidArgument(ChainError, ValueError, name="InvalidArgument", module="sui"):
     """A call argument cannot be encoded (e.g. an integer outside u64, a port outside u16)."""
 
-    name = "InvalidArgument"
-    module = "sui"
 
-
-class InvalidTransaction(ChainError):
+class InvalidTransaction(ChainError, name="InvalidTransaction", module="sui"):
     """Transaction bytes are malformed, or reuse a nonce the sender already used."""
-
-    name = "InvalidTransaction"
-    module = "sui"
 
 
 class NotAuthorized(ChainError):
@@ -524,12 +532,9 @@ class NotAuthorized(ChainError):
     participant or broadcaster)."""
 
 
-class WrongSigner(NotAuthorized):
+class WrongSigner(NotAuthorized, name="InvalidSignature", module="sui"):
     """The transaction signature does not match its sender, or the transaction uses an
     object owned by another address."""
-
-    name = "InvalidSignature"
-    module = "sui"
 
 
 class ServiceNotFound(ChainError):
@@ -561,20 +566,16 @@ class ReplayedReceipt(InvalidReceipt):
     """A receipt's nonce is not above the last claimed one."""
 
 
-class MalformedReceipt(InvalidReceipt):
+class MalformedReceipt(InvalidReceipt, name="MalformedReceipt", module="escrow"):
     """Receipt bytes received in-band cannot be decoded."""
 
-    name = "MalformedReceipt"
-    module = "escrow"
 
-
-class UnsupportedReceiptVersion(MalformedReceipt):
+class UnsupportedReceiptVersion(
+    MalformedReceipt, name="UnsupportedReceiptVersion", module="escrow"
+):
     """A receipt in-band is of a format version this DTP does not speak (its first
     byte): a peer of another release, e.g. one signing version-1 receipts, which bind
     the connection alone (docs/escrow.md §6). :attr:`version` is the one received."""
-
-    name = "UnsupportedReceiptVersion"
-    module = "escrow"
 
     #: The version byte received, and the one spoken here.
     version: int = 0
@@ -611,9 +612,16 @@ class WrongObject(ChainError):
     """An object was passed that does not belong with the others (host, escrow, cap)."""
 
 
+class WrongVersion(WrongObject):
+    """An object of another version of the package than the code called
+    (``version::EWrongVersion``): after an upgrade, one not yet migrated, called through
+    the new package, or one migrated, called through the old one (docs/escrow.md
+    "Versions")."""
+
+
 class HostConfigError(ChainError):
     """A host or service setting is invalid (Noise key, endpoints, firewall mode, port in
-    use, firewall list full)."""
+    use, firewall list full, a half-close timeout out of bounds)."""
 
 
 class PipeError(ChainError):
@@ -644,7 +652,8 @@ class WrongSubscription(PaymentModelError, ValueError):
 
 
 class SponsorUnfunded(PaymentModelError, InsufficientFunds):
-    """The sponsor pool has too little unpledged money."""
+    """The sponsor lane has too little unpledged money (each of a pool's lanes pledges
+    from its own funds)."""
 
 
 class SponsorNotSettled(PaymentModelError, ConnectionStateError):
@@ -653,7 +662,7 @@ class SponsorNotSettled(PaymentModelError, ConnectionStateError):
 
 
 class AlreadyRefunded(PaymentModelError):
-    """The refund or reimbursement was already paid."""
+    """The refund was already paid."""
 
 
 class CoordinationError(ChainError):
@@ -692,579 +701,197 @@ class MoveErrorInfo:
         return self.cls(text, name=self.name, module=self.module, code=self.code)
 
 
-_MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
-    ("host", "ENotAuthority", 1, NotAuthorized, "Sender is not the host's authority"),
-    ("host", "EServiceNotFound", 2, ServiceNotFound, "No service on this port"),
-    ("host", "EServiceExists", 3, HostConfigError, "A service already uses this port"),
-    (
-        "host",
-        "EInvalidNoiseKey",
-        5,
-        HostConfigError,
-        "Noise static key must be 32 bytes and not a low-order point",
-    ),
-    (
-        "host",
-        "ETooManyEndpoints",
-        6,
-        HostConfigError,
-        "Too many endpoints or an endpoint is too long",
-    ),
-    (
-        "host",
-        "EInvalidFirewallMode",
-        7,
-        HostConfigError,
-        "Firewall mode must be 0 (allow-all) or 1 (allow-listed)",
-    ),
-    ("host", "EFirewallDenied", 8, FirewallDenied, "The host's firewall denies this client"),
-    ("host", "EMaxConnections", 9, ConnectionLimitReached, "Connection limit reached"),
-    (
-        "host",
-        "EFirewallListFull",
-        10,
-        HostConfigError,
-        "The firewall list already holds its maximum of addresses",
-    ),
-    ("spending_cap", "ENotCapOwner", 20, NotAuthorized, "Only the cap's owner can change it"),
-    (
-        "spending_cap",
-        "ESpendingCapExceeded",
-        21,
-        SpendingCapExceeded,
-        "Payment would exceed the client's spending cap for this epoch",
-    ),
-    ("escrow", "ENotServer", 30, NotAuthorized, "Only the connection's server can do this"),
-    ("escrow", "ENotClient", 31, NotAuthorized, "Only the connection's client can do this"),
-    (
-        "escrow",
-        "EBadSignature",
-        32,
-        InvalidReceipt,
-        "Receipt signature does not verify against the client's key",
-    ),
-    (
-        "escrow",
-        "EReplayedReceipt",
-        33,
-        ReplayedReceipt,
-        "Receipt nonce is not greater than the last claimed nonce",
-    ),
-    ("escrow", "EReceiptExceedsDeposit", 34, InvalidReceipt, "Receipt amount exceeds the deposit"),
-    (
-        "escrow",
-        "EReceiptNotCumulative",
-        35,
-        InvalidReceipt,
-        "Receipt amount is below what was already claimed",
-    ),
-    (
-        "escrow",
-        "EAmountMismatch",
-        36,
-        InvalidReceipt,
-        "Receipt amount does not match the connection's fees",
-    ),
-    ("escrow", "EEscrowSettled", 37, ConnectionStateError, "Escrow is already settled"),
-    (
-        "escrow",
-        "EWrongSpendingCap",
-        38,
-        WrongObject,
-        "Not the spending cap this escrow is bound to",
-    ),
-    ("escrow", "EInvalidPublicKey", 39, InvalidReceipt, "Ed25519 public key must be 32 bytes"),
-    (
-        "escrow",
-        "EKeyMismatch",
-        40,
-        InvalidReceipt,
-        "Public key does not belong to the client's address",
-    ),
-    (
-        "transport_control",
-        "EInsufficientDeposit",
-        50,
-        InsufficientFunds,
-        "Deposit is below the service's minimum",
-    ),
-    (
-        "transport_control",
-        "ENotParticipant",
-        51,
-        NotAuthorized,
-        "Sender is neither the client nor the server of this connection",
-    ),
-    (
-        "transport_control",
-        "EConnectionClosed",
-        52,
-        ConnectionStateError,
-        "Connection is already closed",
-    ),
-    (
-        "transport_control",
-        "EAlreadyHalfClosed",
-        53,
-        ConnectionStateError,
-        "Sender already closed its side; wait for the peer or the timeout",
-    ),
-    (
-        "transport_control",
-        "ENotHalfClosed",
-        54,
-        ConnectionStateError,
-        "Connection is not half-closed",
-    ),
-    (
-        "transport_control",
-        "ETimeoutNotReached",
-        55,
-        ConnectionStateError,
-        "Half-close timeout has not elapsed",
-    ),
-    (
-        "transport_control",
-        "EConnectionOpen",
-        56,
-        ConnectionStateError,
-        "Connection must be closed (or half-closed) first, or settled by the server",
-    ),
-    ("transport_control", "EWrongEscrow", 58, WrongObject, "Not this connection's escrow"),
-    (
-        "transport_control",
-        "EAlreadySettled",
-        59,
-        ConnectionStateError,
-        "Connection is already settled",
-    ),
-    ("pipe", "EInvalidInnerCount", 70, PipeError, "A pipe has between 1 and 8 inner pipes"),
-    ("pipe", "EInnerNotFound", 71, PipeError, "No inner pipe with this index"),
-    ("inner_pipe", "EDataTooLarge", 72, PipeError, "Record data exceeds the per-record limit"),
-    (
-        "inner_pipe",
-        "EAckBeyondSent",
-        73,
-        PipeError,
-        "Acknowledged sequence number was never sent",
-    ),
-    (
-        "inner_pipe",
-        "EAckRegressed",
-        74,
-        PipeError,
-        "Acknowledged sequence number went backwards",
-    ),
-    (
-        "broadcast",
-        "ENotBroadcaster",
-        90,
-        BroadcastNotAuthorized,
-        "Only the broadcaster can do this",
-    ),
-    (
-        "broadcast",
-        "ENotOnAir",
-        91,
-        BroadcastError,
-        "Listeners' contributions do not cover the current slot",
-    ),
-    ("broadcast", "EBroadcastCancelled", 92, BroadcastError, "Broadcast is cancelled"),
-    (
-        "broadcast",
-        "ENotCancelled",
-        93,
-        BroadcastError,
-        "Refunds open only after the broadcast is cancelled",
-    ),
-    ("broadcast", "ENoContribution", 94, BroadcastError, "Sender has no contribution to withdraw"),
-    (
-        "broadcast",
-        "EInvalidSlot",
-        95,
-        BroadcastError,
-        "Slot price and slot length must be positive",
-    ),
-    ("broadcast", "EZeroAmount", 96, BroadcastError, "Contribution must be positive"),
-    (
-        "broadcast",
-        "EDataTooLarge",
-        97,
-        BroadcastError,
-        "Broadcast data exceeds the per-message limit",
-    ),
-    (
-        "broadcast",
-        "ENotOrganizer",
-        98,
-        NotAuthorized,
-        "Only the ticket sale's organizer can broadcast for it",
-    ),
-    (
-        "broadcast",
-        "EBroadcastLive",
-        99,
-        BroadcastError,
-        "The broadcast has not been idle long enough to leave",
-    ),
-    (
-        "broadcast",
-        "EContributionTooSmall",
-        100,
-        BroadcastError,
-        "Contribution buys no share at the pool's current value",
-    ),
-    ("mailbox", "EEmptyPayload", 160, InvalidArgument, "Mail payload is empty"),
-    (
-        "mailbox",
-        "EPayloadTooLarge",
-        161,
-        InvalidArgument,
-        "Mail payload exceeds the per-message limit",
-    ),
-    (
-        "response_escrow",
-        "ENotServer",
-        170,
-        NotAuthorized,
-        "Only the response escrow's server can do this",
-    ),
-    (
-        "response_escrow",
-        "ENotRequester",
-        171,
-        NotAuthorized,
-        "Only the response escrow's requester can do this",
-    ),
-    (
-        "response_escrow",
-        "EEscrowClosed",
-        172,
-        ConnectionStateError,
-        "Response escrow is already paid or refunded",
-    ),
-    (
-        "response_escrow",
-        "EBadSignature",
-        173,
-        InvalidReceipt,
-        "Acknowledgement does not verify against the requester's key",
-    ),
-    (
-        "response_escrow",
-        "EDeadlinePassed",
-        174,
-        ConnectionStateError,
-        "The response deadline has passed",
-    ),
-    (
-        "response_escrow",
-        "EDeadlineNotReached",
-        175,
-        ConnectionStateError,
-        "The response deadline has not passed yet",
-    ),
-    ("response_escrow", "EZeroAmount", 176, InvalidArgument, "Response fee must be positive"),
-    (
-        "response_escrow",
-        "EInvalidPublicKey",
-        177,
-        InvalidReceipt,
-        "Ed25519 public key must be 32 bytes",
-    ),
-    (
-        "response_escrow",
-        "EKeyMismatch",
-        178,
-        InvalidReceipt,
-        "Public key does not belong to the requester's address",
-    ),
-    ("response_escrow", "ERequestIdTooLong", 179, InvalidArgument, "Request id exceeds 64 bytes"),
-    (
-        "response_escrow",
-        "EDeadlineInPast",
-        180,
-        InvalidArgument,
-        "Deadline must be after the current time",
-    ),
-    ("response_escrow", "EInvalidHash", 181, InvalidArgument, "Response hash must be 32 bytes"),
-    (
-        "response_escrow",
-        "EResponseTooLarge",
-        182,
-        InvalidArgument,
-        "Response exceeds the per-message limit",
-    ),
-    (
-        "response_escrow",
-        "EEmptyResponse",
-        183,
-        InvalidArgument,
-        "A delivered response must not be empty",
-    ),
-    # -- payment models (docs/escrow.md §13-16) --
-    (
-        "subscription",
-        "ENotProvider",
-        185,
-        NotAuthorized,
-        "Only the offer's provider (the host's authority) can do this",
-    ),
-    (
-        "subscription",
-        "ENotHolder",
-        186,
-        NotAuthorized,
-        "Only the subscription's holder can do this",
-    ),
-    (
-        "subscription",
-        "EInvalidTerms",
-        187,
-        InvalidArgument,
-        "Price per epoch and period must be positive",
-    ),
-    (
-        "subscription",
-        "EInvalidEpochs",
-        188,
-        InvalidArgument,
-        "Epochs must be a positive multiple of the offer's period",
-    ),
-    (
-        "subscription",
-        "EWrongPayment",
-        189,
-        InvalidArgument,
-        "Payment must be epochs times the price per epoch",
-    ),
-    ("subscription", "EOfferWithdrawn", 190, PaymentModelError, "The offer is withdrawn"),
-    (
-        "subscription",
-        "ESubscriptionExpired",
-        191,
-        SubscriptionExpired,
-        "The subscription is not live in this epoch",
-    ),
-    ("subscription", "EWrongOffer", 192, WrongObject, "Not this subscription's offer"),
-    ("subscription", "EWrongHost", 193, WrongObject, "Not the offer's host"),
-    (
-        "subscription",
-        "ENotWithdrawn",
-        194,
-        PaymentModelError,
-        "Refunds open only after the offer is withdrawn",
-    ),
-    (
-        "subscription",
-        "EAlreadyRefunded",
-        195,
-        AlreadyRefunded,
-        "The subscription was already refunded",
-    ),
-    (
-        "subscription",
-        "ENotSubscribed",
-        196,
-        WrongObject,
-        "The connection was not opened with this subscription",
-    ),
-    (
-        "subscription",
-        "ESubscriptionLive",
-        197,
-        PaymentModelError,
-        "The subscription still covers its connections",
-    ),
-    (
-        "sponsor",
-        "ENotProvider",
-        200,
-        NotAuthorized,
-        "Only the pool's provider (the host's authority) can do this",
-    ),
-    (
-        "sponsor",
-        "EInvalidShare",
-        201,
-        InvalidArgument,
-        "Share must be between 1 and 10000 basis points",
-    ),
-    (
-        "sponsor",
-        "ESponsorUnfunded",
-        202,
-        SponsorUnfunded,
-        "The sponsor pool has too little unpledged money",
-    ),
-    ("sponsor", "EWrongHost", 203, WrongObject, "Not the pool's host"),
-    ("sponsor", "ENotSettled", 204, SponsorNotSettled, "The connection is not settled yet"),
-    (
-        "sponsor",
-        "EAlreadyReimbursed",
-        205,
-        AlreadyRefunded,
-        "The connection was already reimbursed",
-    ),
-    (
-        "sponsor",
-        "ENotSponsored",
-        206,
-        WrongObject,
-        "The connection was not opened through this pool",
-    ),
-    ("sponsor", "EZeroAmount", 207, InvalidArgument, "Amount must be positive"),
-    ("sponsor", "EWrongEscrow", 208, WrongObject, "Not this connection's escrow"),
-    (
-        "sponsor",
-        "EProviderChanged",
-        209,
-        PaymentModelError,
-        "The host's authority is no longer the pool's provider: it sponsors no new connections",
-    ),
-    ("tickets", "ENotOrganizer", 210, NotAuthorized, "Only the organizer can do this"),
-    (
-        "tickets",
-        "EInvalidTerms",
-        211,
-        InvalidArgument,
-        "Price and threshold must be positive, the cap at least the threshold, the deadline ahead",
-    ),
-    (
-        "tickets",
-        "EWrongPayment",
-        212,
-        InvalidArgument,
-        "Payment must be a positive number of tickets times the price",
-    ),
-    ("tickets", "ESoldOut", 213, PaymentModelError, "Not that many tickets are left"),
-    ("tickets", "ESaleClosed", 214, PaymentModelError, "The sale's deadline has passed"),
-    (
-        "tickets",
-        "EThresholdNotMet",
-        215,
-        PaymentModelError,
-        "Fewer tickets sold than the threshold",
-    ),
-    ("tickets", "EAlreadyOnAir", 216, PaymentModelError, "The event is already on air"),
-    (
-        "tickets",
-        "ERefundNotOpen",
-        217,
-        PaymentModelError,
-        "Refunds open only after a cancel or a missed deadline",
-    ),
-    ("tickets", "ENoTickets", 218, AlreadyRefunded, "Sender holds no tickets to refund"),
-    ("tickets", "ECancelled", 219, PaymentModelError, "The sale is cancelled"),
-    (
-        "retention",
-        "ENotProvider",
-        220,
-        NotAuthorized,
-        "Only the host's authority can set retention terms",
-    ),
-    (
-        "retention",
-        "EWrongConnection",
-        221,
-        WrongObject,
-        "The pipe does not belong to this connection",
-    ),
-    (
-        "retention",
-        "EWrongTerms",
-        222,
-        WrongObject,
-        "The terms are not those of the connection's service",
-    ),
-    (
-        "retention",
-        "EWrongDeposit",
-        223,
-        InvalidArgument,
-        "Deposit must be the data length times the storage price per byte",
-    ),
-    (
-        "retention",
-        "ENotReceiver",
-        224,
-        NotAuthorized,
-        "Only the record's receiver can confirm consumption",
-    ),
-    ("retention", "EAlreadyConsumed", 225, PaymentModelError, "Consumption was already confirmed"),
-    ("retention", "ENotSender", 226, NotAuthorized, "Only the record's sender can delete it"),
-    (
-        "retention",
-        "ENotConsumed",
-        227,
-        PaymentModelError,
-        "The receiver has not confirmed consumption and the reclaim time has not come",
-    ),
-    (
-        "retention",
-        "ERetentionNotElapsed",
-        228,
-        PaymentModelError,
-        "The retention time has not elapsed",
-    ),
-    (
-        "retention",
-        "ETermsRetired",
-        229,
-        PaymentModelError,
-        "The provider retired these retention terms",
-    ),
-    (
-        "retention",
-        "EConnectionNotOpen",
-        240,
-        ConnectionStateError,
-        "Records are sent only on an Open connection",
-    ),
-    (
-        "retention",
-        "EInvalidTerms",
-        241,
-        InvalidArgument,
-        "Retention time exceeds the maximum of 30 days",
-    ),
-    ("payment", "EZeroPayment", 230, InvalidArgument, "Payment must be positive"),
-    ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
-    ("registry", "ENotRegistryOwner", 130, NotAuthorized, "Only the registry's owner can do this"),
-    ("registry", "ENotMember", 131, NotAuthorized, "Sender is not a member of the registry"),
-    (
-        "registry",
-        "EInvalidDuration",
-        132,
-        InvalidArgument,
-        "A lease lasts from 1 ms to MAX_LEASE_MS",
-    ),
-    ("registry", "ELeaseHeld", 133, LeaseHeld, "The lease is held until it expires"),
-    (
-        "registry",
-        "EStaleToken",
-        134,
-        FencedOut,
-        "The fencing token is not the lease's current one",
-    ),
-    ("registry", "ENotHolder", 135, NotAuthorized, "Only the lease's holder can do this"),
-    ("registry", "ELeaseExpired", 136, FencedOut, "The lease has expired or was released"),
-    (
-        "registry",
-        "EInvalidEntry",
-        137,
-        InvalidArgument,
-        "A name or key is 1 to 64 bytes, a holder at most 64, a value at most 512",
-    ),
-    (
-        "registry",
-        "ERegistryFull",
-        138,
-        CoordinationError,
-        "The registry already holds its most names, keys or members",
-    ),
-    ("registry", "ENoLease", 139, FencedOut, "No lease of this name exists"),
-)
+#: The Move errors, by module: a constant's code, its name, the class raised and its
+#: message, as ``#[error(code = N)] const EName: vector<u8> = b"message"`` states them in
+#: move/dtp/sources (tests/ledger/test_move_errors.py holds the two equal); a long message
+#: goes on over indented lines.
+_MOVE_ERROR_TABLE: Final = """
+host
+  1 ENotAuthority NotAuthorized: Sender is not the host's authority
+  2 EServiceNotFound ServiceNotFound: No service on this port
+  3 EServiceExists HostConfigError: A service already uses this port
+  5 EInvalidNoiseKey HostConfigError: Noise static key must be 32 bytes and not a low-order point
+  6 ETooManyEndpoints HostConfigError: Too many endpoints or an endpoint is too long
+  7 EInvalidFirewallMode HostConfigError: Firewall mode must be 0 (allow-all) or 1 (allow-listed)
+  8 EFirewallDenied FirewallDenied: The host's firewall denies this client
+  9 EMaxConnections ConnectionLimitReached: Connection limit reached
+  10 EFirewallListFull HostConfigError: The firewall list already holds its maximum of addresses
+  11 EInvalidHalfCloseTimeout HostConfigError: Half-close timeout must be from 10 minutes to 7 days
+spending_cap
+  20 ENotCapOwner NotAuthorized: Only the cap's owner can change it
+  21 ESpendingCapExceeded SpendingCapExceeded: Payment would exceed the client's spending cap for
+      this epoch
+escrow
+  30 ENotServer NotAuthorized: Only the connection's server can do this
+  31 ENotClient NotAuthorized: Only the connection's client can do this
+  32 EBadSignature InvalidReceipt: Receipt signature does not verify against the client's key
+  33 EReplayedReceipt ReplayedReceipt: Receipt nonce is not greater than the last claimed nonce
+  34 EReceiptExceedsDeposit InvalidReceipt: Receipt amount exceeds the deposit
+  35 EReceiptNotCumulative InvalidReceipt: Receipt amount is below what was already claimed
+  36 EAmountMismatch InvalidReceipt: Receipt amount does not match the connection's fees
+  37 EEscrowSettled ConnectionStateError: Escrow is already settled
+  38 EWrongSpendingCap WrongObject: Not the spending cap this escrow is bound to
+  39 EInvalidPublicKey InvalidReceipt: Ed25519 public key must be 32 bytes
+  40 EKeyMismatch InvalidReceipt: Public key does not belong to the client's address
+transport_control
+  50 EInsufficientDeposit InsufficientFunds: Deposit is below the service's minimum
+  51 ENotParticipant NotAuthorized: Sender is neither the client nor the server of this connection
+  52 EConnectionClosed ConnectionStateError: Connection is already closed
+  53 EAlreadyHalfClosed ConnectionStateError: Sender already closed its side; wait for the peer or
+      the timeout
+  54 ENotHalfClosed ConnectionStateError: Connection is not half-closed
+  55 ETimeoutNotReached ConnectionStateError: Half-close timeout has not elapsed
+  56 EConnectionOpen ConnectionStateError: Connection must be closed (or half-closed) first, or
+      settled by the server
+  58 EWrongEscrow WrongObject: Not this connection's escrow
+  59 EAlreadySettled ConnectionStateError: Connection is already settled
+  60 ENotClient NotAuthorized: Only the connection's client can delete it
+  61 ENotSettled ConnectionStateError: Connection must be settled before it is deleted
+  242 ESponsored ConnectionStateError: A sponsored connection is deleted by
+      sponsor::reimburse_and_destroy, which reimburses it first
+pipe
+  70 EInvalidInnerCount PipeError: A pipe has between 1 and 8 inner pipes
+  71 EInnerNotFound PipeError: No inner pipe with this index
+inner_pipe
+  72 EDataTooLarge PipeError: Record data exceeds the per-record limit
+  73 EAckBeyondSent PipeError: Acknowledged sequence number was never sent
+  74 EAckRegressed PipeError: Acknowledged sequence number went backwards
+broadcast
+  90 ENotBroadcaster BroadcastNotAuthorized: Only the broadcaster can do this
+  91 ENotOnAir BroadcastError: Listeners' contributions do not cover the current slot
+  92 EBroadcastCancelled BroadcastError: Broadcast is cancelled
+  93 ENotCancelled BroadcastError: Refunds open only after the broadcast is cancelled
+  94 ENoContribution BroadcastError: Sender has no contribution to withdraw
+  95 EInvalidSlot BroadcastError: Slot price and slot length must be positive
+  96 EZeroAmount BroadcastError: Contribution must be positive
+  97 EDataTooLarge BroadcastError: Broadcast data exceeds the per-message limit
+  98 ENotOrganizer NotAuthorized: Only the ticket sale's organizer can broadcast for it
+  99 EBroadcastLive BroadcastError: The broadcast has not been idle long enough to leave
+  100 EContributionTooSmall BroadcastError: Contribution buys no share at the pool's current value
+mailbox
+  160 EEmptyPayload InvalidArgument: Mail payload is empty
+  161 EPayloadTooLarge InvalidArgument: Mail payload exceeds the per-message limit
+response_escrow
+  170 ENotServer NotAuthorized: Only the response escrow's server can do this
+  171 ENotRequester NotAuthorized: Only the response escrow's requester can do this
+  172 EEscrowClosed ConnectionStateError: Response escrow is already paid or refunded
+  173 EBadSignature InvalidReceipt: Acknowledgement does not verify against the requester's key
+  174 EDeadlinePassed ConnectionStateError: The response deadline has passed
+  175 EDeadlineNotReached ConnectionStateError: The response deadline has not passed yet
+  176 EZeroAmount InvalidArgument: Response fee must be positive
+  177 EInvalidPublicKey InvalidReceipt: Ed25519 public key must be 32 bytes
+  178 EKeyMismatch InvalidReceipt: Public key does not belong to the requester's address
+  179 ERequestIdTooLong InvalidArgument: Request id exceeds 64 bytes
+  180 EDeadlineInPast InvalidArgument: Deadline must be after the current time
+  181 EInvalidHash InvalidArgument: Response hash must be 32 bytes
+  182 EResponseTooLarge InvalidArgument: Response exceeds the per-message limit
+  183 EEmptyResponse InvalidArgument: A delivered response must not be empty
+  184 EEscrowOpen ConnectionStateError: Response escrow is still open: it is deleted once paid or
+      refunded
+subscription
+  185 ENotProvider NotAuthorized: Only the offer's provider (the host's authority) can do this
+  186 ENotHolder NotAuthorized: Only the subscription's holder can do this
+  187 EInvalidTerms InvalidArgument: Price per epoch and period must be positive
+  188 EInvalidEpochs InvalidArgument: Epochs must be a positive multiple of the offer's period
+  189 EWrongPayment InvalidArgument: Payment must be epochs times the price per epoch
+  190 EOfferWithdrawn PaymentModelError: The offer is withdrawn
+  191 ESubscriptionExpired SubscriptionExpired: The subscription is not live in this epoch
+  192 EWrongOffer WrongObject: Not this subscription's offer
+  193 EWrongHost WrongObject: Not the offer's host
+  194 ENotWithdrawn PaymentModelError: Refunds open only after the offer is withdrawn
+  195 EAlreadyRefunded AlreadyRefunded: The subscription was already refunded
+  196 ENotSubscribed WrongObject: The connection was not opened with this subscription
+  197 ESubscriptionLive PaymentModelError: The subscription still covers its connections
+  198 EProviderChanged PaymentModelError: The host's authority is no longer the offer's provider:
+      the offer sells nothing more
+sponsor
+  200 ENotProvider NotAuthorized: Only the pool's provider (the host's authority) can do this
+  201 EInvalidShare InvalidArgument: Share must be between 1 and 10000 basis points
+  202 ESponsorUnfunded SponsorUnfunded: The sponsor lane has too little unpledged money
+  203 EWrongHost WrongObject: Not the pool's host
+  204 ENotSettled SponsorNotSettled: The connection is not settled yet
+  206 ENotSponsored WrongObject: The lane holds no pledge for the connection (not opened through it,
+      or reimbursed)
+  207 EZeroAmount InvalidArgument: Amount must be positive
+  208 EWrongEscrow WrongObject: Not this connection's escrow
+  209 EProviderChanged PaymentModelError: The host's authority is no longer the pool's provider: it
+      sponsors no new connections
+  250 EWrongLane WrongObject: Not a lane of this pool
+  251 EInvalidLanes InvalidArgument: A pool has between 1 and 64 lanes
+tickets
+  210 ENotOrganizer NotAuthorized: Only the organizer can do this
+  211 EInvalidTerms InvalidArgument: Price and threshold must be positive, the cap at least the
+      threshold, the deadline ahead
+  212 EWrongPayment InvalidArgument: Payment must be a positive number of tickets times the price
+  213 ESoldOut PaymentModelError: Not that many tickets are left
+  214 ESaleClosed PaymentModelError: The sale's deadline has passed
+  215 EThresholdNotMet PaymentModelError: Fewer tickets sold than the threshold
+  216 EAlreadyOnAir PaymentModelError: The event is already on air
+  217 ERefundNotOpen PaymentModelError: Refunds open only after a cancel or a missed deadline
+  218 ENoTickets AlreadyRefunded: Sender holds no tickets to refund
+  219 ECancelled PaymentModelError: The sale is cancelled
+  252 ENotOnAir PaymentModelError: Tickets are given back only once the event went on air (else
+      refunded)
+  253 ESaleNotOver PaymentModelError: The sale is not over: not on air, cancelled or past its
+      deadline
+  254 ETicketsHeld PaymentModelError: Buyers still hold tickets of the sale
+retention
+  220 ENotProvider NotAuthorized: Only the host's authority can set retention terms
+  221 EWrongConnection WrongObject: The pipe does not belong to this connection
+  222 EWrongTerms WrongObject: The terms are not those of the connection's service
+  223 EWrongDeposit InvalidArgument: Deposit must be the data length times the storage price per
+      byte
+  224 ENotReceiver NotAuthorized: Only the record's receiver can confirm consumption
+  225 EAlreadyConsumed PaymentModelError: Consumption was already confirmed
+  226 ENotSender NotAuthorized: Only the record's sender can delete it
+  227 ENotConsumed PaymentModelError: The receiver has not confirmed consumption and the reclaim
+      time has not come
+  228 ERetentionNotElapsed PaymentModelError: The retention time has not elapsed
+  229 ETermsRetired PaymentModelError: The provider retired these retention terms
+  240 EConnectionNotOpen ConnectionStateError: Records are sent only on an Open connection
+  241 EInvalidTerms InvalidArgument: Retention time exceeds the maximum of 30 days
+payment
+  230 EZeroPayment InvalidArgument: Payment must be positive
+  231 EMemoTooLong InvalidArgument: Memo exceeds 256 bytes
+registry
+  130 ENotRegistryOwner NotAuthorized: Only the registry's owner can do this
+  131 ENotMember NotAuthorized: Sender is not a member of the registry
+  132 EInvalidDuration InvalidArgument: A lease lasts from 1 ms to MAX_LEASE_MS
+  133 ELeaseHeld LeaseHeld: The lease is held until it expires
+  134 EStaleToken FencedOut: The fencing token is not the lease's current one
+  135 ENotHolder NotAuthorized: Only the lease's holder can do this
+  136 ELeaseExpired FencedOut: The lease has expired or was released
+  137 EInvalidEntry InvalidArgument: A name or key is 1 to 64 bytes, a holder at most 64, a value at
+      most 512
+  138 ERegistryFull CoordinationError: The registry already holds its most names, keys or members
+  139 ENoLease FencedOut: No lease of this name exists
+version
+  243 EWrongVersion WrongVersion: The object is of another version of the package: call the package
+      of its version, or migrate it
+  244 ENotUpgrade InvalidArgument: The object is already at this version of the package, or a later
+      one
+"""
+
+
+def _move_error_rows(table: str) -> tuple[tuple[str, str, int, type[ChainError], str], ...]:
+    """The rows of ``table``, written as :data:`_MOVE_ERROR_TABLE` is, as
+    ``(module, name, code, class, message)``."""
+    rows: list[tuple[str, str, int, type[ChainError], str]] = []
+    module = ""
+    for line in re.sub(r"\n {4,}", " ", table).strip().splitlines():  # long messages joined
+        if not line.startswith(" "):
+            module = line
+        else:
+            code, name, rest = line.split(maxsplit=2)
+            cls_name, message = rest.split(": ", 1)
+            cls = globals()[cls_name]
+            if not (isinstance(cls, type) and issubclass(cls, ChainError)):
+                raise TypeError(f"{cls_name} is not a ChainError")
+            rows.append((module, name, int(code), cls, message))
+    return tuple(rows)
+
+
+_MOVE_ERROR_ROWS = _move_error_rows(_MOVE_ERROR_TABLE)
 
 #: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per
 #: module, not across the package (``EDataTooLarge`` exists in ``inner_pipe`` and

@@ -1,5 +1,5 @@
 """Which asyncio event loop DTP runs on: uvloop when it is installed (the ``fast``
-extra, ``pip install dtp[fast]``), else the standard library's.
+extra, ``pip install 'dtp-sui[fast]'``), else the standard library's.
 
 The choice is one word, the same everywhere: ``"auto"`` (uvloop if importable, else
 asyncio), ``"uvloop"`` (uvloop, or :class:`~dtp.errors.MissingExtra` naming the extra)

@@ -24,7 +24,6 @@ This module is the public face: a plain address goes to the blocking transport
 
 from __future__ import annotations
 
-import socket as _socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +35,7 @@ from dtp.hostid._connect import (
     OpenJournal,
     pinned_host_key,
     refuse_ledger_options,
+    websocket_url,
 )
 from dtp.hostid._payment_hook import PAID_CLOSE_WAIT
 from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
@@ -47,7 +47,6 @@ from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport._session import check_connect_timeout
 from dtp.transport.blocking import LINGER, AcceptHook, AdmitHook
 from dtp.transport.blocking import _connect as blocking_connect
 from dtp.transport.blocking._connect import DEFAULT_TIMEOUT
@@ -163,25 +162,17 @@ def create_connection(
     (and the connection ID where the ledger tells it ahead), again with the ID once
     the open landed; when it raises, nothing is opened and its error is raised.
     """
-    if timeout is DEFAULT_TIMEOUT:
-        # left out, or passed on as socket.create_connection takes it (http.client and
-        # others do): the process's default socket timeout
-        timeout = _socket.getdefaulttimeout()
-    check_connect_timeout(timeout)
-    websocket_url = (
-        address
-        if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://"))
-        else None
-    )
-    if websocket_url is None and (origin is not None or ssl is not None):
+    timeout = blocking_connect.connect_timeout(timeout)
+    url = websocket_url(address)
+    if url is None and (origin is not None or ssl is not None):
         raise ValueError("origin and ssl are for a WebSocket URL (ws://…, wss://…)")
-    if websocket_url is not None or not isinstance(address, (str, HostAddress)):
+    if url is not None or not isinstance(address, (str, HostAddress)):
         # the ledger's options belong to a DTP address only
         refuse_ledger_options(
-            "a WebSocket URL" if websocket_url is not None else "a carrier address",
+            url is not None,
             ledger=ledger,
             deposit=deposit,
-            cap_id=cap_id or None,
+            cap_id=cap_id,
             carrier=carrier,
             ledger_options=ledger_options,
             subscription=subscription,
@@ -189,9 +180,9 @@ def create_connection(
             metering=metering,
             on_open=on_open,
         )
-    if websocket_url is not None:
+    if url is not None:
         return blocking_connect.create_websocket_connection(
-            websocket_url,
+            url,
             timeout,
             server_key=server_key,
             expected_server_key=expected_server_key,

@@ -182,8 +182,8 @@ static int fns_find(chacha_poly *im) {
 /* The bulk of a larger record goes through the cipher in one update that spans an even
  * number of whole 64-byte blocks: OpenSSL's x86-64 ChaCha20 runs blocks in pairs, and an
  * update that spans an odd number of them (or starts inside one) costs 5-12% more per
- * byte (docs/benchmarks.md, "Bulk, blocking"). Two blocks at most -- the frame header
- * and the data's first bytes -- go first, with the key block.
+ * byte (docs/benchmark-history.md, "Bulk, blocking"). Two blocks at most -- the frame
+ * header and the data's first bytes -- go first, with the key block.
  *
  * How many of a plen-byte plaintext's first bytes go through the cipher with the key
  * block: all of them up to SMALL_MAX; else at least min_head (below 64) of them, in
@@ -578,8 +578,8 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
 /* The data bytes of the record that starts at data position pos (of len): max_chunk, or
  * what is left, or -- when the frame header beside them would take the plaintext past
  * DTP_MAX_RECORD_PLAINTEXT -- what fills the record exactly (a full record's plaintext is
- * 16,384 bytes: the cipher then runs whole 64-byte blocks, docs/benchmarks.md "Bulk,
- * blocking"). *hdr is the frame header's length. */
+ * 16,384 bytes: the cipher then runs whole 64-byte blocks, docs/benchmark-history.md
+ * "Bulk, blocking"). *hdr is the frame header's length. */
 static size_t stream_chunk(size_t sid_size, uint64_t offset, size_t pos, size_t len,
                            size_t max_chunk, size_t *hdr) {
     size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;

@@ -539,15 +539,16 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
 /* ---- UDP runs (udpio.c) ------------------------------------------------------------ */
 #define DTP_UDP_RUN_MAX 64 /* datagrams per sendmmsg call */
 
-/* Send n datagrams on the non-blocking UDP socket fd, datagram i being
+/* Send n datagrams on the UDP socket fd, datagram i being
  * data[offs[i] .. offs[i + 1]) (offs has n + 1 ascending entries, the last at most
  * data_len, else DTP_ERR_ARG before any send): to addr (a struct sockaddr of addr_len
  * bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One sendmmsg
  * call per DTP_UDP_RUN_MAX datagrams, where a UDP socket takes datagrams of one size
  * together as one segmented (UDP_SEGMENT) message but for each call's first; a datagram
  * the kernel refuses (a full buffer, an ICMP error) is dropped and the rest still
- * tried, the last errno in *err (0 if none was refused). Returns the number sent
- * (their bytes in *sent_bytes), or DTP_ERR_ARG. */
+ * tried, the last errno in *err (0 if none was refused); a full buffer refuses one
+ * only on a non-blocking fd, a blocking one waits for room as send() does. Returns the
+ * number sent (their bytes in *sent_bytes), or DTP_ERR_ARG. */
 int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
                          size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
                          int *err);

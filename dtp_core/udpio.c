@@ -1,9 +1,11 @@
 /* UDP runs for the UDP relays (dtp/hostid/udp): a run of datagrams leaves in as few
  * system calls as the kernel allows (sendmmsg), so that a burst costs one crossing of
  * the cffi boundary and one release of the interpreter lock, not one of each per
- * datagram, and datagrams of one size go down the stack together (UDP GSO). The socket
- * stays non-blocking (the event loop owns it): a datagram the kernel refuses is dropped,
- * as UDP drops it. Python twin: dtp/native/reference/_udpio.py. */
+ * datagram, and datagrams of one size go down the stack together (UDP GSO). A send
+ * waits as the socket's own mode says: a non-blocking one (an event loop's) never
+ * waits, a datagram the kernel refuses is dropped, as UDP drops it; a blocking one (a
+ * relay's thread) waits for room in its buffer, as send() does, the interpreter lock
+ * released meanwhile. Python twin: dtp/native/reference/_udpio.py. */
 #define _GNU_SOURCE
 
 #include <errno.h>
@@ -116,7 +118,8 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uin
             counts[m] = c;
             j += c;
         }
-        int r = sendmmsg(fd, msgs, (unsigned int)m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        /* (no MSG_DONTWAIT: the socket's O_NONBLOCK decides whether a full buffer waits) */
+        int r = sendmmsg(fd, msgs, (unsigned int)m, MSG_NOSIGNAL);
         if (r < 0) {
             if (errno == EINTR) continue;
             /* the first of them was refused: dropped, the rest still tried */

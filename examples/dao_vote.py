@@ -21,10 +21,10 @@ How it holds together:
   namespaces") -- nobody votes for anyone else, and each voter has exactly one vote
   per proposal. Voting again writes the same field at a later state: HAM keeps the
   newest.
-- **The rules** (``install_rules``) refuse, on every path in -- a local put, a DTP sync
-  peer, a Gun peer -- a proposal whose text is not its id's or not a proposal, and a
-  vote that is malformed (another field, a value that is not a string) or names an
-  option the proposal does not have.
+- **The rules** (``install_rules``) refuse, on every path in -- a local write (``put``,
+  a tier's handle), a DTP sync peer, a Gun peer -- a proposal whose text is not its
+  id's or not a proposal, and a vote that is malformed (another field, a value that is
+  not a string) or names an option the proposal does not have.
 - **The tally** (``tally``) is a function of the merged graph alone: the votes in the
   graph whose option is one of the proposal's, counted by option. Peers that hold the
   same graph print the same tally.
@@ -101,10 +101,11 @@ def options_of(graph: Graph, pid: str) -> list[str] | None:
 
 
 def vote(graph: Graph, pid: str, option: str) -> None:
-    """Vote (or vote again) with the graph's identity: the field ``option`` of
-    ``~<address>/dao/<pid>``, signed."""
+    """Vote (or vote again) with the graph's identity: the field ``option`` of its
+    protected node ``~<address>/dao/<pid>``, signed. The rules judge it here as every
+    peer will (a write through a tier's handle meets them as ``graph.put`` does)."""
     assert graph.identity is not None, "a voter's graph has the voter's identity"
-    graph.put(f"~{graph.identity.sui_address}/dao/{pid}", {"option": option})
+    graph.protected(f"dao/{pid}").put({"option": option})
 
 
 def tally(graph: Graph, pid: str) -> dict[str, int]:

@@ -3,12 +3,13 @@
 # a virtualenv in .venv, and the package with its C core built in place.
 # Safe to run again: each step is skipped when already done.
 #
-#   bash scripts/bootstrap.sh          everything the tests need: every extra (dtp[all]),
+#   bash scripts/bootstrap.sh          everything the tests need: every extra (dtp-sui[all]),
 #                                      the test, dev and bench tools, Chromium, iproute2
 #   bash scripts/bootstrap.sh --demo   only what `dtp demo` needs: a compiler, OpenSSL's
 #                                      and Python's headers, and the base install with
-#                                      dtp[gun] (the demo runs on the embedded ledger; its
-#                                      browser step serves a gun.js page)
+#                                      dtp-sui[gun,collab] (the demo runs on the embedded
+#                                      ledger; its browser step serves a gun.js page with a
+#                                      shared Yjs note)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,13 +73,25 @@ fi
 so=$(ls dtp/_dtp_core*.so 2>/dev/null | head -n1 || true)
 stamp=.venv/.dtp-installed
 target='.[all,test,dev,bench]'
-what="dtp with every extra and the test tools"
+what="dtp-sui with every extra and the test tools"
 if [ "$demo" -eq 1 ]; then
-  target='.[gun]'
-  what="dtp with dtp[gun] (the demo's browser step)"
+  target='.[gun,collab]'
+  what="dtp-sui with its gun and collab extras (the demo's browser step)"
   [ -f "$stamp" ] || stamp=.venv/.dtp-installed-base
 fi
-if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml setup.py -newer "$so" -type f 2>/dev/null | head -n1)" ]; then
+# A .venv made when the distribution was named dtp holds that install: it and dtp-sui
+# both own the dtp package and the dtp command, and removing either later would take
+# the other's files. It goes first (its files are this checkout's: an editable install),
+# and so does the metadata its build left here, dtp.egg-info (from this folder, on the
+# path of every `python -m` run in it, it would still say dtp is installed).
+old_install=0
+(cd .venv && bin/python -c 'import importlib.metadata as m; m.distribution("dtp")') 2>/dev/null && old_install=1
+if [ ! -f "$stamp" ] || [ -z "$so" ] || [ "$old_install" -eq 1 ] || [ -n "$(find dtp_core pyproject.toml setup.py -newer "$so" -type f 2>/dev/null | head -n1)" ]; then
+  if [ "$old_install" -eq 1 ]; then
+    log "removing the install made under the old name, dtp"
+    .venv/bin/pip uninstall -q -y dtp 2>&1 | grep -v '^WARNING: Location' || true
+    rm -rf dtp.egg-info
+  fi
   log "installing $what (builds the C core)"
   PYTHONWARNINGS=ignore .venv/bin/pip install -q -e "$target" 2>&1 | grep -v '^WARNING: Location' || true
   touch "$stamp"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command: set up what the demo needs (a compiler and the headers the C
-# core builds with, .venv with the base install and dtp[gun], node and chromium for the
-# browser step), then run `dtp demo`.
+# core builds with, .venv with the base install and dtp-sui[gun,collab], node and chromium
+# for the browser step), then run `dtp demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --demo
@@ -39,6 +39,10 @@ fi
 # gun's browser files, which the demo page loads (pinned by tools/gun-peer/package-lock.json)
 if command -v npm >/dev/null 2>&1 && ! sh tools/gun-peer/run.sh --install; then
   log "could not fetch the gun npm package: the browser step will say so"
+fi
+# Yjs's modules, which the demo page's shared note loads (pinned by tools/yjs/package-lock.json)
+if command -v npm >/dev/null 2>&1 && ! sh tools/yjs/run.sh --install; then
+  log "could not fetch the yjs npm package: the browser step's shared note will say so"
 fi
 # the browser client's pinned npm packages (web/dtp-client/package-lock.json), which the
 # dApp page loads

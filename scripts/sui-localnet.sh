@@ -73,7 +73,20 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 sui_client() { "$SUI" client --yes "$@"; }
 
-say "using $SUI ($("$SUI" --version 2>/dev/null || echo 'version unknown'))"
+SUI_VERSION="$("$SUI" --version 2>/dev/null || true)"
+say "using $SUI (${SUI_VERSION:-version unknown})"
+# move/dtp's `#[error(code = N)]` constants need a compiler with Sui PR #21426, first
+# released in the 1.46 line (move/README.md); an older CLI fails the build with errors
+# that do not say why
+if [[ "$SUI_VERSION" =~ ([0-9]+)\.([0-9]+)\.[0-9]+ ]]; then
+  major="${BASH_REMATCH[1]}" minor="${BASH_REMATCH[2]}"
+  if ((major < 1 || (major == 1 && minor < 46))); then
+    echo "scripts/sui-localnet.sh needs Sui CLI 1.46 or newer (move/dtp uses #[error(code = N)], Sui PR #21426); $SUI is ${BASH_REMATCH[0]}." >&2
+    fail "sui ${BASH_REMATCH[0]} is older than 1.46"
+  fi
+else
+  say "could not read the version of $SUI; it must be 1.46 or newer"
+fi
 
 say "bootstrap"
 bash "$ROOT/scripts/bootstrap.sh" || fail "bootstrap"

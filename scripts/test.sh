@@ -34,6 +34,8 @@ $PYBIN/mypy dtp
 # The C core under the sanitizers, the fuzzers, the benchmark bodies and the wheel: one
 # job, run beside the suite's parts (the suite waits more than it computes: sockets, timers,
 # other processes), into build/checks.log.
+# (each of the checks' pytest runs interrupted, as Ctrl-C would, past DTP_CHECK_LIMIT)
+check_limit="timeout --signal=INT --kill-after=60 ${DTP_CHECK_LIMIT:-40m}"
 checks() {
   step "C core under AddressSanitizer + UndefinedBehaviorSanitizer"
   rm -rf build/asan
@@ -46,7 +48,7 @@ checks() {
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     DTP_CORE_LIB="$ASAN_LIB" HYPOTHESIS_PROFILE=sanitizer \
-    $PYBIN/python -m pytest -q -p no:cacheprovider -x $CORE_TESTS
+    $check_limit $PYBIN/python -m pytest -q -p no:cacheprovider -x $CORE_TESTS
 
   step "C core alone under ASan + UBSan + LeakSanitizer (no Python in the process)"
   gcc -std=c11 -Wall -Wextra -Werror -Wshadow -Wvla \
@@ -66,11 +68,11 @@ checks() {
   done
 
   step "benchmark bodies (run once each, no timing)"
-  $PYBIN/python -m pytest -q -p no:cacheprovider bench
+  $check_limit $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
   step "the wheel (scripts/wheel.sh): installed in fresh virtualenvs, the demo run from it"
   # (once, here: the suite's parts leave the tests marked wheel out)
-  $PYBIN/python -m pytest -q -p no:cacheprovider -m wheel tests/project/test_wheel.py
+  $check_limit $PYBIN/python -m pytest -q -p no:cacheprovider -m wheel tests/project/test_wheel.py
 }
 
 step "sanitizers, fuzzers, benchmark bodies and the wheel; beside them the suite on both core backends, the C core (the asyncio tests of tests/uvloop.txt's folders on uvloop) and pure Python (DTP_PUREPYTHON=1, asyncio's loop), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
@@ -102,11 +104,15 @@ parts_started=$SECONDS
 pids=()
 logs=()
 # (the checks job in a process group of its own: an interrupted run ends its children too)
-trap 'kill "${pids[@]}" 2>/dev/null; [ -z "${checks_pid:-}" ] || kill -- "-$checks_pid" 2>/dev/null || true' EXIT INT TERM
+trap 'kill "${pids[@]}" ${heartbeat_pid:-} 2>/dev/null; [ -z "${checks_pid:-}" ] || kill -- "-$checks_pid" 2>/dev/null || true' EXIT INT TERM
 set -m
 (set -e; checks) >build/checks.log 2>&1 &
 checks_pid=$!
 set +m
+# A part still running after DTP_PART_LIMIT (default 70 minutes, inside CI's 90) is
+# interrupted as Ctrl-C would: pytest reports what it had done and the test it was in,
+# and the run fails saying so, rather than being cut off by CI's limit with no word.
+limit="timeout --signal=INT --kill-after=60 ${DTP_PART_LIMIT:-70m}"
 for backend in c pure; do
   for ((part = 0; part < parts; part++)); do
     log="build/suite-$backend-$part.log"
@@ -114,19 +120,38 @@ for backend in c pure; do
     junit="--junitxml=build/junit-$backend-$part.xml"
     # shellcheck disable=SC2086  # (a part is a list of file names, without spaces)
     if [ "$backend" = pure ]; then
-      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" "$junit" \
-        ${pure_chunks[part]} >"$log" 2>&1 &
+      DTP_PUREPYTHON=1 $limit $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" \
+        "$junit" ${pure_chunks[part]} >"$log" 2>&1 &
     else
-      DTP_TEST_LOOP=uvloop-listed $PYBIN/python -m pytest -q -p no:cacheprovider \
+      DTP_TEST_LOOP=uvloop-listed $limit $PYBIN/python -m pytest -q -p no:cacheprovider \
         -m "not wheel" "$junit" ${c_chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done
 done
+# A line every five minutes while the parts run: how far each has got (the last
+# percentage its log shows) and the checks' current step, so that the output of a run
+# stopped from outside still says where it was.
+heartbeat() {
+  local line log pct
+  while sleep "${DTP_TEST_HEARTBEAT:-300}"; do
+    line="[$(( ($(date +%s) - parts_started_at) / 60 )) min]"
+    for log in "${logs[@]}"; do
+      pct=$(grep -ao '\[ *[0-9]*%\]' "$log" 2>/dev/null | tail -n1 | tr -d '[] ')
+      line+=" ${log#build/suite-}"
+      line="${line%.log} ${pct:-0%}"
+    done
+    echo "$line; checks: $(grep -a '== ' build/checks.log | tail -n1 | sed 's/.*== //; s/\x1b\[0m//')"
+  done
+}
+parts_started_at=$(date +%s)
+heartbeat &
+heartbeat_pid=$!
 status=0
 checks_status=0
 wait "$checks_pid" || checks_status=1
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+kill "$heartbeat_pid" 2>/dev/null || true
 trap - EXIT INT TERM
 read -r busy_after idle_after < <(cpu_ticks)
 cpu_busy=$(( 100 * (busy_after - busy_before) / (busy_after - busy_before + idle_after - idle_before + 1) ))

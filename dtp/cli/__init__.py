@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dtp import __version__
+from dtp._distribution import NAME as DISTRIBUTION
 
 # (dtp.cli._common, the errors and the subcommands are imported once ``main`` runs:
 # ``dtp daemon`` catches its stop signals first, _early_stop_signals)
@@ -38,13 +39,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def package_version() -> str:
-    """The installed distribution's version (``importlib.metadata``), else
-    ``dtp.__version__`` (a source tree run without installing; pyproject.toml reads its
-    version from there, so both are one)."""
+    """The installed distribution's version (``importlib.metadata``, under the name pip
+    installs it by, ``dtp-sui``), else ``dtp.__version__`` (a source tree run without
+    installing; pyproject.toml reads its version from there, so both are one)."""
     from importlib import metadata
 
     try:
-        return metadata.version("dtp")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return __version__
 
@@ -75,6 +76,8 @@ def _cmd_version(args: argparse.Namespace) -> int:
     if args.json:
         data = {
             "version": package_version(),
+            # what pip knows it by (pip show, pip uninstall), which is not the command's
+            "distribution": DISTRIBUTION,
             "core_backend": _core.BACKEND,
             "python": platform.python_version(),
             # the loop dtp.aio.run and the daemon take by default ("auto")
@@ -82,7 +85,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
         }
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
-    print(f"dtp {package_version()} (core backend: {_core.BACKEND})")
+    print(f"dtp {package_version()} (distribution {DISTRIBUTION}, core backend: {_core.BACKEND})")
     return 0
 
 

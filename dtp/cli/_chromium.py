@@ -116,7 +116,7 @@ class Chromium:
             shutil.rmtree(self._profile, ignore_errors=True)
             raise BrowserError(f"chromium could not be started: {exc}") from exc
         try:
-            # (imported here: the DevTools client is dtp[gun]'s websockets, and a base
+            # (imported here: the DevTools client is dtp-sui[gun]'s websockets, and a base
             # install imports this module without it)
             try:
                 from websockets.sync.client import connect

@@ -65,7 +65,14 @@ FIREWALL_MODES: Final = {"open": FirewallMode.ALLOW_ALL, "allowlist": FirewallMo
 _FIREWALL_ALIASES: Final = {"allow-all": "open", "allow-listed": "allowlist"}
 
 _MIST_PER_SUI: Final = 1_000_000_000
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION_UNITS: Final = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 
 
 def firewall_mode(text: str) -> FirewallMode:
@@ -108,7 +115,8 @@ def amount(text: str) -> int:
 
 def duration(unit: str, *, whole: bool = False) -> Any:
     """A duration's argparse type: a number in ``unit`` (``"s"`` or ``"ms"``), or one with
-    its own unit (``1500ms``, ``90s``, ``5m``, ``2h``), as a number of ``unit``; from 0.
+    its own unit (``1500ms``, ``90s``, ``5m``, ``2h``, ``7d``), as a number of ``unit``;
+    from 0.
     ``whole``: an integer of ``unit`` (a ledger's milliseconds), its range the command's
     to check, in the ledger's words, as for amounts."""
 
@@ -129,7 +137,7 @@ def duration(unit: str, *, whole: bool = False) -> Any:
                 return int(exact)
             raise argparse.ArgumentTypeError(
                 f"expected a whole number of {_UNIT_WORDS[unit]} or a duration with its "
-                f"unit (1500ms, 90s, 5m, 2h), got {text!r}"
+                f"unit (1500ms, 90s, 5m, 2h, 7d), got {text!r}"
             )
         try:
             value = float(number) * scale
@@ -138,7 +146,7 @@ def duration(unit: str, *, whole: bool = False) -> Any:
         if not 0 <= value < float("inf"):  # (nan, inf and negatives)
             raise argparse.ArgumentTypeError(
                 f"expected a duration from 0: a number of {_UNIT_WORDS[unit]} or one with "
-                f"its unit (1500ms, 90s, 5m, 2h), got {text!r}"
+                f"its unit (1500ms, 90s, 5m, 2h, 7d), got {text!r}"
             )
         return value
 

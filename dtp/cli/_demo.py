@@ -559,7 +559,7 @@ def demo_browser(
     try:
         from dtp.cli._demo_browser import interactive, run_browser_step
     except MissingExtra as exc:
-        # (an install without dtp[gun]: the Gun endpoint and the browser's driver run on
+        # (an install without dtp-sui[gun]: the Gun endpoint and the browser's driver run on
         # its websockets)
         tour.say(f"skipped: {exc}; the rest of the demo goes on")
         tour.remember(f"browser: skipped (the '{exc.extra}' extra is needed)")

@@ -1,12 +1,15 @@
 """The browser step of ``dtp demo``: a gun.js page in headless Chromium and a Python
-peer edit the same graph.
+peer edit the same graph -- a chat, and a shared note both type into at once.
 
 :func:`run_browser_step` starts, in a temporary directory: a graph node (its SQLite
 file) with the Gun endpoint serving the demo chat page (:mod:`dtp.graph.gun`) and DTP
 graph sync beside it; a Python peer, a graph of its own, following the node live over
 DTP; and headless Chromium (:mod:`dtp.cli._chromium`) on the page. The page writes a
 message through gun.js, the Python peer receives it over DTP sync and writes one back,
-and the page shows it live. Then the page's address is printed for a person to open,
+and the page shows it live. Then both type into the page's shared note at the same
+time -- a collaborative text (:mod:`dtp.graph.collab`: Yjs in the page, pycrdt in the
+Python peer, records in the graph) -- and both end with the same text, holding what
+each typed. Then the page's address is printed for a person to open,
 and the page stays up for them (:func:`wait_for_person`): what they write, the Python
 peer prints and answers.
 
@@ -14,7 +17,9 @@ What the step needs beyond dtp -- gun's browser files, from the ``gun`` npm pack
 (node and npm fetch it; ``bash scripts/demo.sh`` installs them), and Debian's
 ``chromium`` -- it checks first. Without gun.js the page cannot run: the step says so
 and is skipped. Without chromium the node and the Python peer still run, for a person
-to open the page.
+to open the page. The shared note also needs Yjs's modules (the ``yjs`` npm package:
+``tools/yjs/run.sh --install``) and the ``collab`` extra (pycrdt); without them the
+note is skipped, saying which is missing, and the chat goes on.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from dtp import _extras
 from dtp.cli._chromium import BrowserError, Chromium, Page, chromium_path
 from dtp.cli._person import PERSON_WAIT, SHORT_WAIT, interactive, wait_for_person
 from dtp.errors import DTPError
 from dtp.graph._store import Graph
 from dtp.graph.gun._server import find_gun_dir, serve_in_thread
+from dtp.graph.gun._yjs import find_yjs_dir
 from dtp.graph.sync import GraphServer, connect
 from dtp.graph.values import link_soul
 from dtp.identity.keys import HostIdentity
@@ -57,6 +64,14 @@ EXCHANGE_TIMEOUT = 20.0
 """Seconds each hop of the exchange may take before the step fails."""
 PAGE_TEXT = "hello from a browser (gun.js in headless Chromium)"
 PYTHON_TEXT = "hello back from a Python peer, over DTP sync"
+NOTE = ("dtp-demo/note", "body")
+"""The shared note: a collaborative text in this node's field (dtp/graph/gun/demo/collab.mjs)."""
+NOTE_START = "page: \npython: "
+"""What the Python peer writes first: a line for each editor to type on."""
+PAGE_NOTE = "typed in the page"
+PYTHON_NOTE = "typed by the Python peer"
+NOTE_END = f"page: {PAGE_NOTE}\npython: {PYTHON_NOTE}"
+"""The note once both typed: each on its own line, every keystroke in its place."""
 _TOOL = Path(__file__).resolve().parents[2] / "tools" / "gun-peer" / "run.sh"
 
 
@@ -85,6 +100,18 @@ class BrowserStepResult:
     """(who, text) of the messages people wrote while the page stayed up."""
     waited: str = ""
     """How the wait for a person ended: ``"enter"``, ``"time"`` or ``""`` (no wait)."""
+    note_skipped: str | None = None
+    """Why the shared note was not typed into (what is missing), or None."""
+    note_page: str | None = None
+    """The shared note's text as the page shows it, once both typed."""
+    note_python: str | None = None
+    """The same, as the Python peer's replica holds it."""
+    note_seconds: float = 0.0
+
+    @property
+    def note_merged(self) -> bool:
+        """The page and the Python peer hold one text, with what each typed in it."""
+        return self.note_page == self.note_python == NOTE_END
 
     @property
     def exchanged(self) -> bool:
@@ -252,10 +279,73 @@ def _headless(
         ok(f"the page shows it live, {result.to_page_seconds:.2f} s later; the page lists:")
         for who, text in result.page_shows:
             say(f"    {who}: {_quote(text)}")
+        _note(page, peer, result, say, ok)
         if screenshots is not None:
             screenshots.mkdir(parents=True, exist_ok=True)
             result.screenshot = page.screenshot(screenshots / "demo-browser-chat.png")
             say(f"a screenshot of the page: {result.screenshot}")
+
+
+def missing_note() -> str | None:
+    """Why the shared note cannot run here, or None."""
+    if not _extras.installed("collab"):
+        return "the collab extra is not installed (pip install 'dtp-sui[collab]': pycrdt)"
+    if find_yjs_dir() is None:
+        return "the yjs npm package is not installed (tools/yjs/run.sh --install fetches it)"
+    return None
+
+
+def _note(
+    page: Page,
+    peer: _Follower,
+    result: BrowserStepResult,
+    say: Callable[[str], None],
+    ok: Callable[[str], None],
+) -> None:
+    """The page and the Python peer type into the shared note at once, each on a line of
+    its own (the page at the end of the first, the Python peer at the end of the note);
+    both end with one text holding every keystroke of each, in its place."""
+    result.note_skipped = missing_note()
+    if result.note_skipped is not None:
+        say(f"the shared note is skipped: {result.note_skipped}")
+        return
+    _wait_until("the page's shared note did not start", lambda: page.evaluate("!!window.dtpNote"))
+    note = peer.graph.text(*NOTE)
+    note.insert(0, NOTE_START)
+    _wait_until(
+        "the note's first lines did not reach the page",
+        lambda: page.evaluate("window.dtpNote.value()") == NOTE_START,
+    )
+    say(
+        "the page (Yjs) and the Python peer (pycrdt) type into the shared note at once, "
+        "one character a keystroke, each a record of the graph:"
+    )
+    say(f"    the page types {_quote(PAGE_NOTE)}, the Python peer {_quote(PYTHON_NOTE)}")
+    start = time.monotonic()
+
+    def type_python() -> None:
+        for ch in PYTHON_NOTE:
+            note.append(ch)
+
+    typing = threading.Thread(target=type_python, name="demo-python-typist", daemon=True)
+    typing.start()
+    page.evaluate(
+        f"window.dtpNote.type({json.dumps(PAGE_NOTE)}, window.dtpNote.value().indexOf('\\n'))"
+    )
+    typing.join(EXCHANGE_TIMEOUT)
+
+    def merged() -> bool:
+        result.note_page = str(page.evaluate("window.dtpNote.value()"))
+        result.note_python = note.value
+        return result.note_merged
+
+    _wait_until("the page and the Python peer did not end with one note", merged)
+    result.note_seconds = time.monotonic() - start
+    note.close()
+    ok(
+        f"both show the same note {result.note_seconds:.2f} s after the first keystroke, "
+        f"no keystroke lost: {_quote(result.note_page or '')}"
+    )
 
 
 def run_browser_step(
@@ -303,6 +393,11 @@ def run_browser_step(
             if result.headless is not None:  # (for a person to read on the page)
                 _write(peer.graph, "python", PYTHON_TEXT)
                 say(f"the Python peer writes: python: {_quote(PYTHON_TEXT)}")
+                result.note_skipped = missing_note()
+                if result.note_skipped is None:
+                    with peer.graph.text(*NOTE) as note:
+                        note.insert(0, NOTE_START + PYTHON_NOTE)
+                    say(f"and types into the shared note: {_quote(PYTHON_NOTE)}")
             _wait_until(
                 "the node and the Python peer did not converge",
                 lambda: _messages(relay) == _messages(peer.graph) and _messages(relay),

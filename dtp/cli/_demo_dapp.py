@@ -44,8 +44,8 @@ __all__ = ["FLOW_TIMEOUT", "DappStepResult", "node_command", "run_dapp_step"]
 FLOW_TIMEOUT = 90.0
 """Seconds the page's whole flow (escrow, connection, calls, claim, refusal) may take."""
 CALLS = 3
-"""The page's JSON-RPC calls (whoami, add, echo); with stream 0 they are the requests
-billed (docs/web-frontend.md)."""
+"""The page's JSON-RPC calls (whoami, add, echo): the requests billed (stream 0, which
+carries none of them, is not: docs/escrow.md §6.1)."""
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _check(report: dict[str, Any], demo: DappDemo, result: DappStepResult) -> No
     """What the flow reported, checked against the ledger (RuntimeError if wrong)."""
     if "error" in report:
         raise RuntimeError(f"the dApp step went wrong: the page says {report['error']}")
-    requests = CALLS + 1  # (stream 0, held for the connection's life, is billed too)
+    requests = CALLS
     price = SLA.price_per_request
     receipts = report.get("receipts") or []
     escrow = str((report.get("escrow") or {}).get("escrow", ""))
@@ -216,10 +216,8 @@ def run_dapp_step(
     stdin: TextIO | None = None,
     screenshots: str | os.PathLike[str] | None = None,
 ) -> DappStepResult:
-    """Run the step (see the module docs), narrating through ``say`` (and ``ok`` for what
-    was checked). ``wait``: seconds the page stays up for a person afterwards (None:
-    until Enter on ``stdin``, at most :data:`PERSON_WAIT`, when there is one, else
-    :data:`SHORT_WAIT`). ``screenshots``: a folder for a PNG of the page (None: none)."""
+    """Run the step (see the module docs), with the arguments of
+    :func:`dtp.cli._demo_browser.run_browser_step`."""
     tick = ok or say
     result = DappStepResult()
     result.skipped = missing_client()

@@ -1,21 +1,6 @@
 """``dtp balance|fund|transfer|connections|refund|claim``: what an identity holds and is
-owed on the ledger, getting SUI and moving it, and getting back what is owed
-(docs/cli.md).
-
-- ``balance [ADDRESS]``: SUI in MIST and in SUI (on Sui, the number of gas coins too);
-- ``fund [ADDRESS]``: test SUI from a faucet: the embedded ledger's own, or on Sui the
-  faucet ``--faucet`` (``$DTP_SUI_FAUCET``) names, else the network's
-  (:mod:`dtp.ledger._faucet`: localnet's and devnet's);
-- ``transfer ADDRESS --amount AMOUNT``: SUI from the identity to an address (a plain Sui
-  transfer: :meth:`~dtp.ledger.interface.Ledger.transfer`), one's own other key included;
-- ``connections``: the identity's connections as a client, or a host's (``--host``),
-  with deposit, claims, refunds, what is claimable and refundable, and when
-  (:mod:`dtp.ledger._connections`);
-- ``refund CONNECTION_ID``: the client half-closes and, once the timeout allows,
-  settles (``--wait`` waits for it);
-- ``claim CONNECTION_ID --state-dir DIR``: the server claims the latest receipt its
-  daemon's receipt store holds (``--settle``: and settles), never while a daemon runs
-  on that store.
+owed on the ledger, getting SUI and moving it, and getting back what is owed (each
+command: docs/cli.md).
 
 Every command takes the ledger options of :mod:`dtp.cli._ledger` (``--ledger SPEC``...)
 and works through the :class:`~dtp.ledger.interface.Ledger` interface alone, so on either
@@ -210,14 +195,13 @@ def _report(report: ConnectionReport, as_server: bool) -> dict[str, Any]:
     }
 
 
-def _receipts(args: argparse.Namespace) -> Any:
-    """The receipt store of ``--state-dir`` opened (None without the option); read
-    only, so a running daemon's store may be read."""
+def _receipts_path(args: argparse.Namespace) -> Path | None:
+    """The receipt store in ``--state-dir`` (None without the option), which must be
+    there."""
     state_dir = _given_path(args.state_dir, "--state-dir", "a directory")
     if state_dir is None:
         return None
     from dtp.daemon._state import RECEIPTS_FILE
-    from dtp.payments.receipt_store import ReceiptStore
 
     path = state_dir / RECEIPTS_FILE
     if not path.is_file():
@@ -225,7 +209,16 @@ def _receipts(args: argparse.Namespace) -> Any:
             f"No receipt store at {path}: give the daemon's state directory "
             "([daemon] state_dir) with --state-dir."
         )
-    return ReceiptStore(path)
+    return path
+
+
+def _receipts(args: argparse.Namespace) -> Any:
+    """The receipt store of ``--state-dir`` opened (None without the option); read
+    only, so a running daemon's store may be read."""
+    from dtp.payments.receipt_store import ReceiptStore
+
+    path = _receipts_path(args)
+    return None if path is None else ReceiptStore(path)
 
 
 def _latest_receipt(store: Any, connection_id: str) -> Any:
@@ -393,17 +386,12 @@ def _wait_for(ledger: Any, at_ms: int) -> None:
 
 
 def _claim(args: argparse.Namespace) -> int:
-    from dtp.daemon._state import LOCK_FILE, RECEIPTS_FILE, lock_holder
+    from dtp.daemon._state import LOCK_FILE, lock_holder
     from dtp.identity._files import lock_exclusive
 
-    state_dir = _given_path(args.state_dir, "--state-dir", "a directory")
-    assert state_dir is not None  # (required)
-    path = state_dir / RECEIPTS_FILE
-    if not path.is_file():
-        raise _CliError(
-            f"No receipt store at {path}: give the daemon's state directory "
-            "([daemon] state_dir) with --state-dir."
-        )
+    path = _receipts_path(args)
+    assert path is not None  # (required)
+    state_dir = path.parent
     identity = _identity(args)
     ledger = _ledger(args, create=False)
     try:
@@ -428,7 +416,33 @@ def _claim(args: argparse.Namespace) -> int:
         ledger.close()
 
 
+def _deleted(
+    args: argparse.Namespace, ledger: Any, cid: str, store: Any, done: dict[str, Any]
+) -> int:
+    """The answer for a connection not on the ledger: settled and then deleted by its
+    client (docs/escrow.md §7, "Deletion"), the receipt written off; or never one."""
+    from dtp.errors import ObjectNotFound
+    from dtp.payments._settlement import deleted_once_settled
+
+    claimed = deleted_once_settled(ledger, cid, store)
+    if claimed is None:
+        raise ObjectNotFound(f"Connection {cid} is not on the ledger, nor was it settled there.")
+    _emit(
+        args,
+        {
+            **done,
+            "claimed_mist": 0,
+            "total_claimed_mist": claimed,
+            "settled": True,
+            "already_claimed": claimed >= done["receipt_mist"],
+            "already_settled": True,
+        },
+    )
+    return 0
+
+
 def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path) -> int:
+    from dtp.errors import ObjectNotFound
     from dtp.ledger._connections import claimable_with
     from dtp.payments._settlement import claim_and_settle
     from dtp.payments.receipt_store import ReceiptStore
@@ -447,15 +461,18 @@ def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path
             stored = store.latest(cid)
             if stored is None:
                 raise _CliError(f"The receipt store {path} holds no receipt for {cid}.")
-            tc = ledger.get_connection(cid)
+            receipt = stored.receipt
+            done = {"connection": cid, "receipt_mist": receipt.total_amount}
+            try:
+                tc = ledger.get_connection(cid)
+            except ObjectNotFound:
+                return _deleted(args, ledger, cid, store, done)
             if tc.server != identity.sui_address:
                 raise _CliError(
                     f"Connection {cid} pays {tc.server}, not {identity.sui_address}: pass "
                     "the daemon's identity file with --identity."
                 )
             escrow = ledger.get_escrow(tc.escrow)
-            receipt = stored.receipt
-            done = {"connection": cid, "receipt_mist": receipt.total_amount}
             if args.settle and not tc.settled:
                 settlement = claim_and_settle(ledger, identity, cid, store, escrow=escrow)
                 if settlement is not None:
@@ -463,7 +480,10 @@ def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path
                     return 0
                 # None: settled since it was read (by its client, once the half-close
                 # timeout passed), the receipt written off: said below
-                tc = ledger.get_connection(cid)
+                try:
+                    tc = ledger.get_connection(cid)
+                except ObjectNotFound:  # (and deleted by its client since)
+                    return _deleted(args, ledger, cid, store, done)
                 escrow = ledger.get_escrow(tc.escrow)
             # a receipt beyond the deposit claims nothing, yet is not done with: the
             # ledger's refusal of the claim below says why

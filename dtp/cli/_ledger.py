@@ -3,16 +3,10 @@
 docs/escrow.md §13-16, ``service retire-retention`` takes retention terms back;
 ``balance``, ``connections``, ``refund`` and ``claim`` live in :mod:`dtp.cli._funds`).
 
-:func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
-``--ledger SPEC`` (a ledger spec, :mod:`dtp.ledger._spec`: ``local``, the embedded
-LocalLedger at its default file, unless ``$DTP_LEDGER`` names another; ``local:PATH``;
-``testnet``, ``NETWORK@URL``, ``sui:URL`` for Sui), ``--ledger-path PATH`` (the same as
-``--ledger local:PATH``), ``--sui-package`` (a Sui ledger's package: default
-``$DTP_SUI_PACKAGE``, else what ``dtp deploy`` recorded), ``--identity`` (default: the
-DTP identity file; on a Sui ledger without one, ``$DTP_SUI_KEY`` or the Sui CLI's
-keystore), ``--passphrase-env`` (default ``DTP_PASSPHRASE``, which ``keys new`` may find
-unset: an unencrypted identity; a variable named by the option must be set) and
-``--json``.
+:func:`register` adds them to the ``dtp`` command's subparsers. The options they share
+(the ledger spec, :mod:`dtp.ledger._spec`; the package, the identity, its passphrase's
+variable, ``--json``), and which command takes which: docs/cli.md, "Options every
+chain command takes", and :func:`_common`.
 """
 
 from __future__ import annotations
@@ -52,11 +46,15 @@ from dtp.cli._common import print_error as _print_error
 from dtp.cli._progress import progress
 from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
 from dtp.identity._files import write_durably
+from dtp.ledger._economics import DEFAULT_SPONSOR_LANES
 from dtp.ledger._objects import (
+    HALF_CLOSE_TIMEOUT_MS,
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
+    Service,
     Sla,
     as_bytes_list,
+    check_half_close_timeout,
     is_low_order_noise_key,
     normalize_id,
 )
@@ -573,7 +571,12 @@ def _reason(exc: BaseException) -> str:
 def _service_add(args: argparse.Namespace) -> int:
     identity = _identity(args)
     ledger = _ledger(args, create=False)
-    sla = Sla(args.price_per_kib, args.price_per_request, args.min_deposit)
+    sla = Sla(
+        args.price_per_kib,
+        args.price_per_request,
+        args.min_deposit,
+        _timeout_or(args.half_close_timeout, HALF_CLOSE_TIMEOUT_MS),
+    )
     _naming_host(
         ledger,
         args.host,
@@ -582,6 +585,70 @@ def _service_add(args: argparse.Namespace) -> int:
         ),
     )
     _emit(args, {"host": args.host, "port": args.port, "kind": args.kind, "sla": sla})
+    return 0
+
+
+def _timeout_or(given: int | None, default: int) -> int:
+    """``--half-close-timeout`` (ms), else ``default``; one out of the ledger's bounds is
+    refused in its words (``host::EInvalidHalfCloseTimeout``) before the transaction."""
+    return default if given is None else check_half_close_timeout(given)
+
+
+def _published_service(ledger: Any, host_id: str, port: int) -> Service:
+    """The service ``host_id`` publishes on ``port``: ``host::EServiceNotFound`` for none
+    (and the Host named when it is the Host that is missing)."""
+    service: Service | None = _naming_host(
+        ledger, host_id, lambda: ledger.get_service(host_id, port)
+    )
+    if service is None:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+    return service
+
+
+def _service_update(args: argparse.Namespace) -> int:
+    """``host::update_service``: the terms and limit given change, the others stay as
+    published (the half-close timeout among them: a service's connections keep the one
+    they opened under, docs/escrow.md §2)."""
+    changes = {
+        name: getattr(args, name)
+        for name in ("price_per_kib", "price_per_request", "min_deposit", "max_connections")
+        if getattr(args, name) is not None
+    }
+    if not changes and args.half_close_timeout is None:
+        raise _CliError(
+            "Nothing to change: give at least one option (see dtp service update --help)."
+        )
+    identity = _identity(args)
+    ledger = _ledger(args, create=False)
+    current = _published_service(ledger, args.host, args.port)
+    old = current.sla
+    sla = Sla(
+        changes.get("price_per_kib", old.price_per_kib),
+        changes.get("price_per_request", old.price_per_request),
+        changes.get("min_deposit", old.min_deposit),
+        _timeout_or(args.half_close_timeout, old.half_close_timeout_ms),
+    )
+    limit = changes.get("max_connections", current.max_connections)
+    _naming_host(
+        ledger, args.host, lambda: ledger.update_service(identity, args.host, args.port, sla, limit)
+    )
+    _emit(
+        args,
+        {
+            "host": args.host,
+            "port": args.port,
+            "kind": current.kind,
+            "sla": sla,
+            "max_connections": limit,
+        },
+    )
+    return 0
+
+
+def _service_show(args: argparse.Namespace) -> int:
+    ledger = _ledger(args, create=False)
+    service = _published_service(ledger, args.host, args.port)
+    _emit(args, {"host": args.host, "port": args.port, **_plain(service)})
     return 0
 
 
@@ -631,7 +698,12 @@ def _service_sponsor(args: argparse.Namespace) -> int:
         ledger,
         args.host,
         lambda: ledger.create_sponsor_pool(
-            identity, args.host, args.port, args.share_bps, max_pledge=args.max_pledge
+            identity,
+            args.host,
+            args.port,
+            args.share_bps,
+            max_pledge=args.max_pledge,
+            lanes=args.lanes,
         ),
     )
     if args.fund:
@@ -647,7 +719,11 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     done = f"Created the sponsor pool {pool}" + (
         f" and funded it with {args.fund} MIST" if args.fund else ""
     )
-    _emit(args, {"pool": _read_back(done, lambda: ledger.get_sponsor_pool(pool))})
+    shown = _read_back(
+        done, lambda: (ledger.get_sponsor_pool(pool), ledger.get_sponsor_lanes(pool))
+    )
+    # the pool's terms, and its money lane by lane (docs/escrow.md §14)
+    _emit(args, {"pool": shown[0], "lanes": shown[1]})
     return 0
 
 
@@ -1008,10 +1084,16 @@ def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> 
             raise _CliError(f"{what} (printed above).")
         raise _CliError(f"{what}.")
     digest = effects.get("digest")
-    records[args.network] = {
+    record: dict[str, Any] = {
         "package_id": package_id,
         "digest": digest if isinstance(digest, str) else None,
     }
+    admin_cap = _admin_cap(changes)
+    if admin_cap is not None:
+        # the AdminCap init gave the publisher: what migrates the objects after an
+        # upgrade (docs/sui.md, "Upgrading the package")
+        record["admin_cap"] = admin_cap
+    records[args.network] = record
     try:
         _write_deployments(record_path, records)
     except OSError as exc:
@@ -1020,16 +1102,44 @@ def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> 
             f"Published {package_id} on {args.network}, but could not record it in "
             f"{record_path}: {exc.strerror or exc}"
         ) from None
-    _emit(args, {"network": args.network, "package_id": package_id, "recorded_in": record_path})
+    _emit(
+        args,
+        {
+            "network": args.network,
+            "package_id": package_id,
+            "admin_cap": admin_cap,
+            "recorded_in": record_path,
+        },
+    )
     return 0
+
+
+def _admin_cap(changes: Any) -> str | None:
+    """The ID of the ``version::AdminCap`` a publish created (its ``objectChanges``), or
+    None (a package from before the versioned objects, or output without it)."""
+    for change in changes if isinstance(changes, list) else []:
+        if (
+            isinstance(change, dict)
+            and change.get("type") == "created"
+            and str(change.get("objectType", "")).endswith("::version::AdminCap")
+            and isinstance(change.get("objectId"), str)
+        ):
+            return str(change["objectId"])
+    return None
 
 
 # -- registration ------------------------------------------------------------------
 
+_HALF_CLOSE_HELP = (
+    "the time its server has to claim after a connection's first close, before the "
+    "client may settle alone: milliseconds, or a duration (10m, 2h, 7d); from 10 minutes "
+    "to 7 days (docs/escrow.md section 2)"
+)
+
 
 def register(subparsers: Any) -> None:
     """Add ``keys``, ``localnet``, ``host``, ``service``, ``subscription``, ``balance``,
-    ``connections``, ``refund``, ``claim`` and ``deploy`` to ``subparsers`` (the object
+    ``connections``, ``refund``, ``claim``, ``migrate`` and ``deploy`` to ``subparsers`` (the object
     returned by ``ArgumentParser.add_subparsers``)."""
     common = _common()
 
@@ -1050,6 +1160,9 @@ def register(subparsers: Any) -> None:
     keys_only = _common(ledger=False, package=False)
     local_only = _common(package=False, identity=False)
     local_and_key = _common(package=False)
+    of_a_service = _common()
+    of_a_service.add_argument("host", help="host ID")
+    of_a_service.add_argument("port", type=int, help="port of the service")
 
     keys = subparsers.add_parser("keys", help="create or show the host identity")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -1122,15 +1235,35 @@ def register(subparsers: Any) -> None:
     add.add_argument("--price-per-request", type=_amount, default=0, help="MIST per request")
     add.add_argument("--min-deposit", type=_amount, default=0, help="smallest deposit, MIST")
     add.add_argument("--max-connections", type=int, default=0, help="0 = unlimited")
+    add.add_argument(
+        "--half-close-timeout",
+        type=_duration("ms", whole=True),
+        help=_HALF_CLOSE_HELP + " (default 10 minutes)",
+    )
+    update = leaf(
+        service_sub,
+        "update",
+        _service_update,
+        "change a service's terms (what is not given stays as published)",
+        of_a_service,
+    )
+    update.add_argument("--price-per-kib", type=_amount, help="MIST per KiB")
+    update.add_argument("--price-per-request", type=_amount, help="MIST per request")
+    update.add_argument("--min-deposit", type=_amount, help="smallest deposit, MIST")
+    update.add_argument("--max-connections", type=int, help="0 = unlimited")
+    update.add_argument(
+        "--half-close-timeout", type=_duration("ms", whole=True), help=_HALF_CLOSE_HELP
+    )
+    leaf(service_sub, "show", _service_show, "show a service's terms", of_a_service)
 
-    offer = leaf(service_sub, "subscription", _service_subscription, "sell access by the epoch")
-    offer.add_argument("host", help="host ID")
-    offer.add_argument("port", type=int, help="port of the service")
+    offer = leaf(
+        service_sub, "subscription", _service_subscription, "sell access by the epoch", of_a_service
+    )
     offer.add_argument("--price-per-epoch", type=_amount, required=True, help="MIST per epoch")
     offer.add_argument("--period-epochs", type=int, default=1, help="sold in multiples of")
-    sponsor = leaf(service_sub, "sponsor", _service_sponsor, "pay a share of clients' fees")
-    sponsor.add_argument("host", help="host ID")
-    sponsor.add_argument("port", type=int, help="port of the service")
+    sponsor = leaf(
+        service_sub, "sponsor", _service_sponsor, "pay a share of clients' fees", of_a_service
+    )
     sponsor.add_argument("--share-bps", type=int, required=True, help="1..10000 basis points")
     sponsor.add_argument(
         "--max-pledge",
@@ -1138,10 +1271,19 @@ def register(subparsers: Any) -> None:
         required=True,
         help="most MIST the pool pledges to one connection (so no client locks it all)",
     )
-    sponsor.add_argument("--fund", type=_amount, default=0, help="MIST to put in the pool")
-    keep = leaf(service_sub, "retention", _service_retention, "retain ledger-carried data")
-    keep.add_argument("host", help="host ID")
-    keep.add_argument("port", type=int, help="port of the service")
+    sponsor.add_argument(
+        "--lanes",
+        type=int,
+        default=DEFAULT_SPONSOR_LANES,
+        help=f"1..64 parts of the pool's money that clients open through, so that their "
+        f"sponsored opens are not ordered with each other (default {DEFAULT_SPONSOR_LANES})",
+    )
+    sponsor.add_argument(
+        "--fund", type=_amount, default=0, help="MIST to put in the pool (spread over its lanes)"
+    )
+    keep = leaf(
+        service_sub, "retention", _service_retention, "retain ledger-carried data", of_a_service
+    )
     keep.add_argument(
         "--retention-ms",
         type=_duration("ms", whole=True),
@@ -1178,6 +1320,10 @@ def register(subparsers: Any) -> None:
     from dtp.cli._funds import register as register_funds
 
     register_funds(subparsers, leaf)
+
+    from dtp.cli._migrate import register as register_migrate
+
+    register_migrate(subparsers, leaf)
 
     # (the sui CLI publishes with its active key and environment: no --ledger, --identity
     # or --sui-package, which a user would take for the key that pays, is taken)

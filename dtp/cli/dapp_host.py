@@ -10,19 +10,19 @@ What runs here, on 127.0.0.1:
   request (bytes free), its firewall allow-listed, the demo wallet on the allow list;
 - the provider's paid ``dtp.aio`` server on the WebSocket carrier, admitting the page's
   origin, whose streams carry one JSON-RPC request each to the backend (:func:`backend`);
-- one HTTP server for the page and the ledger bridge: the package folder
-  ``web/dtp-client`` of the source tree (the page is ``demo/dapp.html``; it loads the
-  package's npm dependencies from its ``node_modules``), and ``/ledger/*``, which builds
-  LocalLedger transactions for the page, runs the ones its wallet signed, and reads
-  escrows back. The bridge stands in for a Sui full node: it holds no key, and every
-  transaction it runs carries the wallet's own signature (LocalLedger checks it).
+- one HTTP server for the page and the ledger bridge (:mod:`dtp.ledger.local.bridge`):
+  the package folder ``web/dtp-client`` of the source tree (the page is
+  ``demo/dapp.html``; it loads the package's npm dependencies from its
+  ``node_modules``), and ``/ledger/*``, which builds LocalLedger transactions for the
+  page, runs the ones its wallet signed, and reads escrows back. The bridge stands in
+  for a Sui full node: it holds no key, and every transaction it runs carries the
+  wallet's own signature (LocalLedger checks it); its faucet gives the demo's wallets
+  their test SUI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import json
 import tempfile
 import threading
@@ -34,9 +34,9 @@ from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import Sla, normalize_id
+from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local._tx import Address, TxValue
+from dtp.ledger.local.bridge import LocalLedgerBridge, LocalLedgerBridgeServer, serve_bridge
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "web" / "dtp-client"
@@ -47,7 +47,6 @@ WALLET_SEED = bytes(range(32))
 DENIED_SEED = bytes([7] * 32)
 FAUCET_MIST = 1_000_000
 MAX_BODY = 64 * 1024
-OPEN_WITH_SESSION_KEY = "transport_control::open_with_session_key"
 
 __all__ = [
     "DENIED_SEED",
@@ -147,114 +146,6 @@ async def serve_jsonrpc(reader: PaidReader, writer: PaidWriter) -> None:
     await asyncio.gather(*calls, return_exceptions=True)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, int | str | bool) or value is None:
-        return value
-    return str(value)
-
-
-class Bridge:
-    """The ledger bridge's calls, on its own LocalLedger handle (one at a time)."""
-
-    def __init__(self, ledger: LocalLedger, info: dict[str, Any]) -> None:
-        self.ledger = ledger
-        self.info = info
-        self.lock = threading.Lock()
-
-    def call(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            if name == "info":
-                return self.info
-            if name == "faucet":
-                address = normalize_id(str(body["address"]), "address")
-                return {"balance": self.ledger.faucet(address, FAUCET_MIST)}
-            if name == "build":
-                return {"tx": self._build(body).hex()}
-            if name == "execute":
-                tx, signature = bytes.fromhex(body["tx"]), bytes.fromhex(body["signature"])
-                result = self.ledger.execute(tx, signature)
-                events = [
-                    {"name": e.name, "fields": _jsonable(dict(e.fields))} for e in result.events
-                ]
-                return {"value": _jsonable(result.value), "events": events}
-            if name == "escrow":
-                escrow = self.ledger.get_escrow(str(body["id"]))
-                return {
-                    "deposited": escrow.deposited,
-                    "claimed": escrow.claimed,
-                    "receiptKey": escrow.client_public_key.hex(),
-                }
-            if name == "connection":
-                connection = self.ledger.get_connection(str(body["id"]))
-                return {"state": connection.state.name, "client": connection.client}
-        raise KeyError(name)
-
-    def _build(self, body: dict[str, Any]) -> bytes:
-        sender = normalize_id(str(body["sender"]), "address")
-        if body.get("call") == "spending_cap::create":
-            cap_limit = int(body["max_per_epoch"])
-            return self.ledger.build_tx(sender, "spending_cap", "create", [cap_limit])
-        if body.get("call") in ("transport_control::open", OPEN_WITH_SESSION_KEY):
-            args: list[TxValue] = [
-                Address(normalize_id(str(body["host"]))),
-                int(body["port"]),
-                Address(normalize_id(str(body["cap"]))),
-                bytes.fromhex(str(body["public_key"])),
-                int(body["deposit"]),
-            ]
-            function = str(body["call"]).split("::")[1]
-            return self.ledger.build_tx(sender, "transport_control", function, args)
-        raise ValueError(
-            "the bridge builds spending_cap::create and transport_control::open "
-            "(or open_with_session_key), "
-            f"not {body.get('call')!r}"
-        )
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    bridge: Bridge
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path == "/ledger/info":
-            self._answer(200, self.bridge.call("info", {}))
-            return
-        super().do_GET()
-
-    def do_POST(self) -> None:
-        if not self.path.startswith("/ledger/"):
-            self._answer(404, {"error": "NotFound", "message": self.path})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._answer(413, {"error": "TooLarge", "message": f"{length} bytes"})
-            return
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-            self._answer(200, self.bridge.call(self.path[len("/ledger/") :], body))
-        except KeyError as exc:
-            self._answer(404, {"error": "NotFound", "message": str(exc)})
-        except (DTPError, ValueError, TypeError) as exc:
-            # a refused transaction (the firewall, a bad signature) is the page's to show
-            self._answer(400, {"error": type(exc).__name__, "message": str(exc)})
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def address_of(seed: bytes) -> str:
     """The Sui address of the demo wallet whose Ed25519 seed is ``seed``."""
     return HostIdentity.from_private_bytes(seed, bytes(32)).sui_address
@@ -283,8 +174,7 @@ class DappDemo:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: Any = None
-        self.httpd: http.server.ThreadingHTTPServer | None = None
-        self._http_thread: threading.Thread | None = None
+        self.httpd: LocalLedgerBridgeServer | None = None
         self.ledgers: list[LocalLedger] = []
 
     def __enter__(self) -> DappDemo:
@@ -306,11 +196,16 @@ class DappDemo:
         setup.set_firewall_mode(self.provider, self.host_id, 1)
         setup.allow(self.provider, self.host_id, self.wallet_address)
 
-        self.httpd = http.server.ThreadingHTTPServer((self.host, 0), _Handler)
-        base = f"http://{self.host}:{self.httpd.server_address[1]}"
         self.thread.start()
         server_ledger = LocalLedger(path)
         self.ledgers.append(server_ledger)
+        bridge_ledger = LocalLedger(path)
+        self.ledgers.append(bridge_ledger)
+        # (the bridge's info names the service once it listens: the page's origin is
+        # the bridge's, which the service must know first)
+        bridge = LocalLedgerBridge(bridge_ledger, faucet=FAUCET_MIST)
+        self.httpd = serve_bridge(bridge, (self.host, 0), static=PACKAGE)
+        base = self.httpd.url
         self.server = asyncio.run_coroutine_threadsafe(
             dtp.aio.serve(
                 self.host_id,
@@ -326,29 +221,21 @@ class DappDemo:
             ),
             self.loop,
         ).result(30)
-        ws_host, ws_port = self.server.server.websocket_addresses[0]
+        ws_host, ws_port = self.server.websocket_addresses[0]
         self.websocket_port: int = ws_port
-        bridge_ledger = LocalLedger(path)
-        self.ledgers.append(bridge_ledger)
-        self.info: dict[str, Any] = {
-            "package": bridge_ledger.package_id,
-            "host": self.host_id,
-            "port": PORT,
-            "sla": {
+        bridge.info.update(
+            host=self.host_id,
+            port=PORT,
+            sla={
                 "pricePerKib": SLA.price_per_kib,
                 "pricePerRequest": SLA.price_per_request,
                 "minDeposit": SLA.min_deposit,
             },
-            "url": f"ws://{ws_host}:{ws_port}/dtp",
-            "serverKey": self.provider.noise_public.hex(),
-        }
-        handler = type("Handler", (_Handler,), {"bridge": Bridge(bridge_ledger, self.info)})
-        self.httpd.RequestHandlerClass = functools.partial(handler, directory=str(PACKAGE))
-        self.base = base
-        self._http_thread = threading.Thread(
-            target=self.httpd.serve_forever, name="dapp-http", daemon=True
+            url=f"ws://{ws_host}:{ws_port}/dtp",
+            serverKey=self.provider.noise_public.hex(),
         )
-        self._http_thread.start()
+        self.info: dict[str, Any] = bridge.info
+        self.base = base
 
     @property
     def page_url(self) -> str:
@@ -360,10 +247,7 @@ class DappDemo:
 
     def __exit__(self, *exc: object) -> None:
         if self.httpd is not None:
-            if self._http_thread is not None:  # (shutdown() waits for serve_forever())
-                self.httpd.shutdown()
-                self._http_thread.join(10)
-            self.httpd.server_close()
+            self.httpd.close()
             self.httpd = None
 
         async def stop() -> None:

@@ -1,28 +1,8 @@
 """``dtp daemon --check``: test a config as ``nginx -t`` does, then exit -- every problem
 listed, none fixed, nothing created (no state directory, identity or ledger file) and
-nothing spent (reads only, and TCP connects closed at once).
-
-What is checked, in order (each line ``ok``, ``note``, ``warning`` or ``PROBLEM``):
-
-* the file itself (its syntax and every value: a mistake there is the one error
-  ``dtp daemon`` would stop at, exit 2, and nothing else is checked);
-* what the keys need installed (``metrics_listen``: ``dtp[metrics]``), the log
-  file's directory, and the certificate ``websocket_cert`` serves (whom it names, how
-  long it is valid: expired is a problem, within 14 days a warning);
-* the state directory (its owner and mode, as the daemon refuses them; whether a
-  running daemon holds it -- then the listen addresses are its, and not tried);
-* the identity: it loads (with the passphrase from ``--passphrase-env``), or will be
-  generated at the first start;
-* the ledger spec: its package (Sui), the ledger reached (a read), the identity's gas
-  or balance, a configured ``host_id`` that exists and is this identity's;
-* each listen address binds (``websocket_listen`` too; when no daemon holds the state
-  directory);
-* each TCP service's backends answer a connect within their ``connect_timeout`` (UDP
-  backends: their host name resolves);
-* each forward's target Host exists and publishes its port (a warning when its
-  endpoint does not answer: the daemon backs off until it does).
-
-Exit status 0 when there is no PROBLEM, 1 otherwise, 2 for a config file with an error.
+nothing spent (reads only, and TCP connects closed at once). What it checks, in order,
+each line ``ok``, ``note``, ``warning`` or ``PROBLEM``, and its exit statuses:
+docs/daemon.md, "Checking a config".
 """
 
 from __future__ import annotations
@@ -59,6 +39,15 @@ class Check:
 
     def add(self, level: str, subject: str, text: str) -> None:
         self.findings.append((level, subject, text))
+
+    def made_at_start(self, subject: str, path: Path, made: str) -> None:
+        """A ``path`` not there yet: the problem that would stop the first start making
+        it, else a note that it does (``made``: how)."""
+        why = not_creatable(path)
+        if why is not None:
+            self.add("problem", subject, why)
+        else:
+            self.add("note", subject, f"{path} is {made} at the first start")
 
     @property
     def problems(self) -> list[tuple[str, str, str]]:
@@ -154,11 +143,7 @@ def _state_dir(config: DaemonConfig, check: Check) -> int | None:
     """Check the state directory; the pid of the daemon holding it, if one does."""
     state_dir = config.daemon.state_dir
     if not state_dir.exists():
-        why = not_creatable(state_dir)
-        if why is not None:
-            check.add("problem", "state_dir", why)
-        else:
-            check.add("note", "state_dir", f"{state_dir} is created (0700) at the first start")
+        check.made_at_start("state_dir", state_dir, "created (0700)")
         return None
     info = state_dir.stat()
     if not stat.S_ISDIR(info.st_mode):
@@ -211,11 +196,7 @@ def _identity(config: DaemonConfig, passphrase_env: str, check: Check) -> HostId
         check.add("problem", "identity", str(exc))
         return None
     if not path.exists():
-        why = not_creatable(path)
-        if why is not None:
-            check.add("problem", "identity", why)
-        else:
-            check.add("note", "identity", f"{path} is generated (0600) at the first start")
+        check.made_at_start("identity", path, "generated (0600)")
         return None
     try:
         identity = HostIdentity.load(path, passphrase)
@@ -245,11 +226,7 @@ def _ledger(config: DaemonConfig, identity: HostIdentity | None, check: Check) -
         ledger = open_ledger(spec, package=package, create=False)
     except DaemonConfigError as exc:
         if spec.path is not None and not spec.path.exists():
-            why = not_creatable(spec.path)
-            if why is not None:
-                check.add("problem", "ledger", why)
-            else:
-                check.add("note", "ledger", f"{spec.path} is created at the first start")
+            check.made_at_start("ledger", spec.path, "created")
             for forward in config.forwards:
                 check.add("note", f"forward {forward.name}", "target not checked: no ledger yet")
         else:

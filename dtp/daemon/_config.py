@@ -21,9 +21,13 @@ from dtp.eventloop import EVENT_LOOPS
 from dtp.hostid._address import HostAddress
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger._objects import (
+    HALF_CLOSE_TIMEOUT_MS,
     MAX_ENDPOINT_LENGTH,
     MAX_FIREWALL_ENTRIES,
+    MAX_HALF_CLOSE_TIMEOUT_MS,
     MAX_PURE_BYTES,
+    MIN_HALF_CLOSE_TIMEOUT_MS,
+    Sla,
     normalize_id,
 )
 from dtp.ledger._spec import LedgerSpec, parse_ledger_spec
@@ -71,6 +75,16 @@ OPEN_TIMEOUT_SUI = 30.0
 #: that half-closed may settle alone.
 BATCH_WINDOW = 60.0
 MAX_BATCH_WINDOW = 300.0
+#: ``[daemon] claim_age`` and ``claim_interval`` by default
+#: (dtp.payments._live_claims.CLAIM_AGE and CLAIM_INTERVAL, repeated as BATCH_WINDOW is;
+#: tests/daemon/test_end_gas.py keeps them equal), and the longest interval: a claim
+#: spaced further would come after a good part of the half-close timeout.
+CLAIM_AGE = 0.5
+CLAIM_INTERVAL = 10.0
+MAX_CLAIM_INTERVAL = 300.0
+#: ``claim_above`` when ``false``: never by amount (2**64-1 MIST, more than a TOML
+#: integer can say)
+NEVER_BY_AMOUNT = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -149,10 +163,24 @@ class ServiceConfig:
     loss_allowance: float = DEFAULT_LOSS_ALLOWANCE
     """UDP, paid: the share of reply bytes written off as lost on the way back (never
     signed for by the client; docs/udp.md)."""
+    half_close_timeout_ms: int | None = None
+    """The half-close timeout the service publishes in its terms (``half_close_timeout``,
+    in seconds in the file; docs/escrow.md §2); None: not set, so the one published is
+    kept (a new service gets the ledger's default, 10 minutes), and one a provider set by
+    hand is never undone by a start or a reload."""
 
     @property
     def paid(self) -> bool:
         return self.price_per_kib > 0 or self.price_per_request > 0
+
+    def sla(self, published: Sla | None = None) -> Sla:
+        """The terms the service publishes: its prices and minimum deposit, and its
+        half-close timeout -- else ``published``'s (the terms on the ledger now), else the
+        ledger's default."""
+        timeout = self.half_close_timeout_ms
+        if timeout is None:
+            timeout = published.half_close_timeout_ms if published else HALF_CLOSE_TIMEOUT_MS
+        return Sla(self.price_per_kib, self.price_per_request, self.min_deposit, timeout)
 
 
 @dataclass(frozen=True)
@@ -228,10 +256,19 @@ class DaemonSettings:
     batch_window: float = BATCH_WINDOW
     """Seconds an end worth a place in a batch, but not a transaction of its own, waits
     for others (0: none waits)."""
+    claim_above: int | None = None
+    """MIST a served connection's receipts may hold unclaimed before they are claimed,
+    while it lives (docs/escrow.md §7.1): None, as soon as that pays for the claim's
+    gas; :data:`NEVER_BY_AMOUNT` (``false`` in the file): never by amount."""
+    claim_age: float | None = CLAIM_AGE
+    """The fraction of a connection's half-close timeout after which a receipt still
+    unclaimed is claimed while it lives (None, ``false`` in the file: never by age)."""
+    claim_interval: float = CLAIM_INTERVAL
+    """The least time (seconds) between two claims of one connection while it lives."""
     websocket_listen: Backend | None = None
     """Where the services are also served over the WebSocket carrier (docs/protocol.md
     §13), for web pages (None: TCP only; port 0: any, the ready line tells which).
-    Needs ``dtp[ws]``."""
+    Needs ``dtp-sui[ws]``."""
     websocket_origins: tuple[str, ...] = ()
     """The web origins whose pages may connect over WebSocket (``"https://app.example"``;
     ``"*"``: any); none by default: only clients that send no Origin (programs)."""
@@ -242,7 +279,7 @@ class DaemonSettings:
     """The unencrypted PEM private key of ``websocket_cert``."""
     metrics_listen: Backend | None = None
     """Where the Prometheus metrics and the status page are served over HTTP (None:
-    not served; port 0: any, the ready line tells which). Needs ``dtp[metrics]``."""
+    not served; port 0: any, the ready line tells which). Needs ``dtp-sui[metrics]``."""
     log_file: Path | None = None
     """The file the logs go to, rotated by size (None: stderr)."""
     log_max_bytes: int = LOG_MAX_BYTES
@@ -251,7 +288,7 @@ class DaemonSettings:
     """Rotated log files kept (``log_file``.1 the newest)."""
     event_loop: str = "auto"
     """The event loop the daemon runs on (:mod:`dtp.eventloop`): ``"auto"`` (uvloop
-    when installed, else asyncio's), ``"uvloop"`` (needs ``dtp[fast]``) or
+    when installed, else asyncio's), ``"uvloop"`` (needs ``dtp-sui[fast]``) or
     ``"asyncio"``."""
 
 
@@ -690,6 +727,9 @@ _DAEMON_KEYS = {
     "lan_interfaces",
     "gas_aware_ends",
     "batch_window",
+    "claim_above",
+    "claim_age",
+    "claim_interval",
     "metrics_listen",
     "websocket_listen",
     "websocket_origins",
@@ -801,6 +841,11 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         batch_window=check.seconds_within(
             doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
         ),
+        claim_above=_claim_above(check, doc, (*k, "claim_above")),
+        claim_age=_claim_age(check, doc, (*k, "claim_age")),
+        claim_interval=check.seconds_within(
+            doc, (*k, "claim_interval"), CLAIM_INTERVAL, MAX_CLAIM_INTERVAL
+        ),
         metrics_listen=(
             check.endpoint(doc, (*k, "metrics_listen")) if "metrics_listen" in doc else None
         ),
@@ -813,6 +858,33 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),
         event_loop=event_loop,
     )
+
+
+def _claim_above(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> int | None:
+    """``[daemon] claim_above``: MIST from 0 (absent: None, the claim's gas), or
+    ``false`` (never by amount)."""
+    value = doc.get(str(key[-1]))
+    if value is None:
+        return None
+    if value is False:
+        return NEVER_BY_AMOUNT
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise check.fail(key, f"expected MIST from 0, or false (never), got {shown(value)}")
+    return value
+
+
+def _claim_age(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> float | None:
+    """``[daemon] claim_age``: a fraction of the half-close timeout above 0 and below 1,
+    or ``false`` (never by age)."""
+    value = doc.get(str(key[-1]), CLAIM_AGE)
+    if value is False:
+        return None
+    share = finite_float(value)
+    if share is None or not 0 < share < 1:
+        raise check.fail(
+            key, f"expected a fraction above 0 and below 1, or false (never), got {shown(value)}"
+        )
+    return share
 
 
 def _websocket_tls(
@@ -885,6 +957,7 @@ _SERVICE_KEYS = {
     "idle_timeout",
     "credit_datagrams",
     "loss_allowance",
+    "half_close_timeout",
 }
 
 
@@ -923,6 +996,7 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         # 0 would relay nothing, ever: receipts only cover datagrams already relayed
         credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 1),
         loss_allowance=check.share(doc, (*k, "loss_allowance"), DEFAULT_LOSS_ALLOWANCE),
+        half_close_timeout_ms=_half_close_timeout(check, doc, (*k, "half_close_timeout")),
     )
 
 
@@ -934,6 +1008,25 @@ def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
         # length: refused here, naming the file, line and key
         raise check.fail(key, f"is {size} bytes long; the ledger takes at most {MAX_PURE_BYTES}")
     return kind
+
+
+def _half_close_timeout(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> int | None:
+    """``half_close_timeout``: seconds from 600 (10 minutes) to 604800 (7 days), the
+    ledger's bounds (``host::EInvalidHalfCloseTimeout``), as whole milliseconds; refused
+    here, naming the line, rather than by the start's transaction. Absent: None."""
+    value = doc.get(str(key[-1]))
+    if value is None:
+        return None
+    seconds = finite_float(value)
+    ms = None if seconds is None else round(seconds * 1000)
+    if ms is None or not MIN_HALF_CLOSE_TIMEOUT_MS <= ms <= MAX_HALF_CLOSE_TIMEOUT_MS:
+        low, high = MIN_HALF_CLOSE_TIMEOUT_MS // 1000, MAX_HALF_CLOSE_TIMEOUT_MS // 1000
+        raise check.fail(
+            key,
+            f"expected seconds from {low} (10 minutes) to {high} (7 days), the ledger's "
+            f"bounds, got {shown(value)}",
+        )
+    return ms
 
 
 #: The connection window a paying client may fill before its receipts catch up

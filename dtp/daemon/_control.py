@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["bind_unix", "connect_unix", "unix_get"]
@@ -20,50 +21,47 @@ __all__ = ["bind_unix", "connect_unix", "unix_get"]
 _SUN_PATH = 107
 
 
-def _short(path: Path) -> tuple[str, int | None]:
-    """A name for ``path`` that fits a Unix socket address: itself, or, when too long,
-    the same file reached through ``/proc/self/fd/N`` of a descriptor of its directory
-    (the caller closes it once bound or connected)."""
-    text = os.fsencode(path)
-    if len(text) <= _SUN_PATH:
-        return str(path), None
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{fd}/{path.name}", fd
+def _unix_socket(path: Path, use: Callable[[socket.socket, str], None]) -> socket.socket:
+    """A Unix stream socket ``use``d (bound or connected) on a name for ``path`` that fits
+    a socket address: itself, or, when too long, the same file reached through
+    ``/proc/self/fd/N`` of a descriptor of its directory (closed once used)."""
+    fd = None
+    name = str(path)
+    if len(os.fsencode(path)) > _SUN_PATH:
+        fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        name = f"/proc/self/fd/{fd}/{path.name}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        use(sock, name)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return sock
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """A listening Unix stream socket at ``path``, mode 0600 (a path too long for a
-    socket address is bound through its directory's descriptor)."""
-    name, fd = _short(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    """A listening Unix stream socket at ``path``, mode 0600."""
+
+    def listen(sock: socket.socket, name: str) -> None:
         sock.bind(name)
         os.chmod(path, 0o600)
         sock.listen(16)
         sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sock
+
+    return _unix_socket(path, listen)
 
 
 def connect_unix(path: Path, timeout: float) -> socket.socket:
     """A Unix stream socket connected to ``path`` (OSError when no one listens)."""
-    name, fd = _short(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
+
+    def connect(sock: socket.socket, name: str) -> None:
+        sock.settimeout(timeout)
         sock.connect(name)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sock
+
+    return _unix_socket(path, connect)
 
 
 def unix_get(path: Path, target: str, timeout: float = 2.0) -> bytes:

@@ -1,20 +1,19 @@
-"""Fee and receipt accounting of the daemon, behind two small classes so that the
-shared in-band metering runtime can replace them later without touching the tunnels.
+"""Fee and receipt accounting of the daemon (what it does, when it claims and settles:
+docs/daemon.md, "How it works", "Fees"), behind two small classes so that the shared
+in-band metering runtime can replace them later without touching the tunnels.
 
-- :class:`ClientFees` (forwarder side): counts tunnel bytes and tunnels (one request
-  each) on a :class:`dtp.payments.receipts.Meter` and hands out signed cumulative receipts, which
-  the forwarder sends on the connection's control stream (stream 0) as
-  :meth:`dtp.ledger.receipt.Receipt.encode` records of :data:`RECEIPT_SIZE` bytes.
-- :class:`ServerFees` (daemon side): checks each receipt with
-  :func:`dtp.payments.receipts.check_receipt`, keeps the newest in a :class:`ReceiptStore` (durable
-  before it counts anywhere: written by a :class:`dtp.payments._receipt_writer.ReceiptWriter`
-  thread, so that the fsync never stalls the event loop), and on connection end claims
-  it on the ledger, closes the connection and settles it so the client is refunded the
-  rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind, and
-  settles the connections whose settlement failed after their claim (a receipt is marked
-  claimed only once its connection is settled). Each settlement's :class:`Settled` says
-  what it moved, on which service port, and whether it is done: the daemon
-  (:class:`dtp.daemon._settlements.Settlements`) counts it and retries one not done.
+- :class:`ClientFees` (forwarder side): counts tunnel bytes and tunnels on a
+  :class:`dtp.payments.receipts.Meter` and hands out signed cumulative receipts, sent
+  on stream 0 as :meth:`dtp.ledger.receipt.Receipt.encode` records of
+  :data:`RECEIPT_SIZE` bytes.
+- :class:`ServerFees` (daemon side): checks each receipt, keeps the newest in a
+  :class:`ReceiptStore` (durable before it counts anywhere, written by a
+  :class:`dtp.payments._receipt_writer.ReceiptWriter` thread so that the fsync never
+  stalls the event loop), claims it as it falls due (:meth:`ServerFees.run_claims`) and
+  settles the connection at its end; :meth:`ServerFees.claim_leftovers` takes up what a
+  crashed daemon left. Each settlement's :class:`Settled` says what it moved, on which
+  service port, and whether it is done: :class:`dtp.daemon._settlements.Settlements`
+  counts it and retries one not done.
 
 Ledger calls block: the async methods run them in worker threads.
 """
@@ -22,6 +21,8 @@ Ledger calls block: the async methods run them in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,11 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dtp.errors import ChainError, DTPError
+from dtp.errors import ChainError, DTPError, ObjectNotFound
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
-from dtp.ledger._objects import Settlement, Sla
+from dtp.ledger._connections import half_close_timeout_ms
+from dtp.ledger._objects import Escrow, Settlement, Sla, TransportControl, normalize_id
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, ReceiptScope, fee
 from dtp.payments._ends import EndBatch, EndChoice, EndDeferred, EndLeft, EndRule
+from dtp.payments._live_claims import CLAIM_RETRY, ClaimRule, LiveClaim, LiveClaims, claim_live
+from dtp.payments._live_claims import END_WAIT as CLAIM_END_WAIT
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments._settlement import end_connection, settle_deferred
 from dtp.payments.metering import MeteringConfig
@@ -157,6 +161,11 @@ class Settled:
     fee: int = field(default=0, compare=False)
     """The fee of an end left to its client or waiting in the batch."""
 
+    @property
+    def moved(self) -> dict[str, int]:
+        """What moved, as the log lines give it."""
+        return {"claimed": self.claimed, "refunded": self.refunded}
+
 
 class ServerFees:
     """The daemon's receipts: checked, stored, claimed. Use from one event loop."""
@@ -170,6 +179,7 @@ class ServerFees:
         *,
         gas: GasWatch | None = None,
         rule: EndRule | None = None,
+        claims: ClaimRule | None = None,
     ) -> None:
         self.ledger = ledger
         self.gas = gas
@@ -186,15 +196,105 @@ class ServerFees:
         # per live connection: the newest receipt checked (perhaps not stored yet) and
         # the MIST already claimed, so a receipt is checked without a read of the store
         self._checked: dict[str, tuple[Receipt | None, int]] = {}
+        self.claims = LiveClaims(claims or ClaimRule())
+        """The claims of the served connections' receipts while they live
+        (:meth:`run_claims`, docs/escrow.md §7.1)."""
+        # the claim of each connection under way (its end waits for it), and what wakes
+        # run_claims when a receipt stored may make a claim due (set once it runs)
+        self._claiming: dict[str, asyncio.Future[LiveClaim | None]] = {}
+        self._claim_wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._ports: dict[str, int] = {}  # (each watched connection's service port)
+        self.writer.on_stored = self._stored
 
-    async def terms(self, connection_id: str, admitted: Admitted | None = None) -> ConnectionTerms:
+    async def terms(
+        self, connection_id: str, admitted: Admitted | None = None, *, served: bool = False
+    ) -> ConnectionTerms:
         """A connection's fee terms: from what its admission read (``admitted``: on Sui
-        every read is a round trip to the node), else read from the ledger."""
+        every read is a round trip to the node), else read from the ledger. ``served``
+        (it is served from now on): its receipts are claimed while it lives, until
+        :meth:`settle` ends it."""
         if admitted is not None and admitted.of(connection_id):
-            return ConnectionTerms.from_objects(
-                admitted.connection, admitted.escrow, self.ledger.package_id
-            )
-        return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
+            tc, escrow = admitted.connection, admitted.escrow
+        else:
+            tc, escrow = await asyncio.to_thread(self._objects, connection_id)
+        if not served:
+            return ConnectionTerms.from_objects(tc, escrow, self.ledger.package_id)
+        self._ports[tc.id] = tc.port
+        self.claims.watch(
+            tc.id,
+            escrow.id,
+            half_close_timeout_ms(tc),
+            time.monotonic(),
+            claimed=escrow.claimed,
+            latest_nonce=escrow.latest_nonce,
+        )
+        return ConnectionTerms.from_objects(tc, escrow, self.ledger.package_id)
+
+    def _objects(self, connection_id: str) -> tuple[TransportControl, Escrow]:
+        tc = self.ledger.get_connection(connection_id)
+        return tc, self.ledger.get_escrow(tc.escrow)
+
+    def _stored(self, receipt: Receipt) -> None:
+        """A receipt is on disk (the writer's thread): :meth:`run_claims` looks when it
+        may make a claim due."""
+        if self.claims.kept(receipt, time.monotonic()) and self._claim_wake is not None:
+            loop, wake = self._claim_wake
+            with contextlib.suppress(RuntimeError):  # (the loop is gone)
+                loop.call_soon_threadsafe(wake.set)
+
+    async def run_claims(self, claimed: Callable[[str, LiveClaim, int | None], None]) -> None:
+        """Claim the served connections' receipts while they live, as the claims fall
+        due (:class:`~dtp.payments._live_claims.LiveClaims`), one at a time, each in a
+        worker thread; ``claimed(connection_id, claim, port)`` counts each one made (on
+        the connection's service port). Until cancelled (a claim under way then goes
+        on: its connection's end waits for it)."""
+        wake = asyncio.Event()
+        self._claim_wake = (asyncio.get_running_loop(), wake)
+        while True:
+            wake.clear()
+            now = time.monotonic()
+            at = self.claims.next_due(now)
+            if at is None or at > now:
+                # (asyncio.timeout, not wait_for: see Settlements._retry_loop)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if at is None else at - now):
+                        await wake.wait()
+                continue
+            try:
+                gas = await asyncio.to_thread(self.ledger.end_gas)
+            except ChainError as exc:
+                logger.debug("live claims wait: the gas cannot be read", extra=kv(error=str(exc)))
+                await asyncio.sleep(CLAIM_RETRY)
+                continue
+            for due in self.claims.due(time.monotonic(), gas):
+                if not self.claims.still_due(due):
+                    continue  # (its end began meanwhile: released)
+                cid = due.connection_id
+                job = asyncio.ensure_future(
+                    asyncio.to_thread(claim_live, self.ledger, self.identity, self.claims, due)
+                )
+                self._claiming[cid] = job
+                job.add_done_callback(functools.partial(self._claim_over, cid))
+                claim = await asyncio.shield(job)
+                if claim is None:
+                    continue
+                known = self._checked.get(cid)
+                if known is not None:
+                    self._checked[cid] = (known[0], max(known[1], claim.total_amount))
+                claimed(cid, claim, self._ports.get(cid))
+
+    def _claim_over(self, connection_id: str, _: asyncio.Future[LiveClaim | None]) -> None:
+        self._claiming.pop(connection_id, None)
+
+    async def _claims_ended(self, connection_id: str) -> None:
+        """No claim of ``connection_id`` while it lives from now on (its settlement
+        follows); one under way is waited for, up to its end's wait."""
+        key = normalize_id(connection_id, "connection ID")
+        if self.claims.end(key) is None:
+            if (job := self._claiming.get(key)) is not None:
+                await asyncio.wait({job}, timeout=CLAIM_END_WAIT)
+            self.claims.end(key, abandon=True)
+        self._ports.pop(key, None)
 
     def accept(
         self, terms: ConnectionTerms, data: bytes, on_kept: Callable[[Receipt], None]
@@ -300,6 +400,8 @@ class ServerFees:
         other connections. (``escrow_id``: the connection's escrow, when known; read
         again all the same, with the connection.)"""
         level = logging.DEBUG if quiet else logging.WARNING
+        watched = self._ports.get(connection_id)  # (its port, if served: forgotten next)
+        await self._claims_ended(connection_id)
         # its newest receipt on disk first, as a rule (its callbacks have run when this
         # returns), but not for long: a failing store held this up for the writer's
         # whole flush timeout, and then the claim took an older receipt. The newest,
@@ -318,8 +420,17 @@ class ServerFees:
         ports: list[int] = []
 
         def end() -> Settlement | EndLeft | EndDeferred | None:
-            tc = self.ledger.get_connection(connection_id)
-            ports.append(tc.port)
+            tc: TransportControl | None
+            try:
+                tc = self.ledger.get_connection(connection_id)
+            except ObjectNotFound:
+                # (settled and deleted by its client, docs/escrow.md §7: end_connection
+                # reads the settlement's event and writes the receipt off)
+                tc = None
+                if watched is not None:
+                    ports.append(watched)
+            else:
+                ports.append(tc.port)
             return end_connection(
                 self.ledger,
                 self.identity,
@@ -346,7 +457,7 @@ class ServerFees:
             else:
                 _failed("settle failed", connection_id, exc, level)
             return Settled(0, 0, ports[-1] if ports else None, False)
-        port = ports[-1]
+        port = ports[-1] if ports else None
         if isinstance(outcome, Settlement):
             return Settled(outcome.paid, outcome.refunded, port, True)
         if isinstance(outcome, EndLeft):

@@ -4,10 +4,9 @@ tunnel (a DTP stream) to a remote ``<host id>:<port>`` service.
 All tunnels of a forwarder share one DTP connection (opened on the ledger with its
 escrow on first use, reopened if it ends or its deposit runs out). Usage of paid
 services is metered by :class:`dtp.daemon._fees.ClientFees`; receipts go on stream 0.
-A new connection is opened only once the target's endpoint answers, and backs off while
-it does not (:mod:`dtp.daemon._outage`); each one is written to the daemon's book of
-connections before its deposit moves, whose task settles it once no link uses it and
-the provider did not (:mod:`dtp.daemon._refunds`).
+Opens back off through an outage of the target and lock one deposit per target at most
+(:mod:`dtp.daemon._outage`); each connection is in the daemon's book before its deposit
+moves, settled there where the provider does not (:mod:`dtp.daemon._refunds`).
 """
 
 from __future__ import annotations
@@ -15,23 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Literal
 
-import dtp.aio
-from dtp.daemon._config import ForwardConfig, join_host_port
-from dtp.daemon._fees import OWN_BILLING, RECEIPT_MS, ClientFees
-from dtp.daemon._gas import GasWatch
+from dtp.daemon._config import join_host_port
+from dtp.daemon._fees import RECEIPT_MS, ClientFees
+from dtp.daemon._forwarding import Forward
 from dtp.daemon._outage import (
-    PROBE_TIMEOUT,
     BackingOff,
-    OpenBackoff,
+    DepositTry,
     TargetUnreachable,
+    connect_forward,
     probe_target,
 )
-from dtp.daemon._refunds import OpenAttempt, Refunds
-from dtp.daemon._state import ForwardStats, StatusBook
+from dtp.daemon._refunds import OpenAttempt
+from dtp.daemon._state import ForwardStats
 from dtp.daemon._tasks import within
 from dtp.daemon._tunnel import PaidInPart, TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -46,7 +43,6 @@ from dtp.ledger._objects import ConnectionState
 from dtp.ledger.interface import Ledger
 from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.payments._refund_engine import RefundAction, refund_cost
-from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
 
@@ -127,28 +123,13 @@ async def close_on_ledger(
         )
 
 
-class Forwarder:
+class Forwarder(Forward):
     """Listens on ``config.listen`` and tunnels to ``config.target``."""
 
-    def __init__(
-        self,
-        config: ForwardConfig,
-        ledger: Ledger,
-        identity: HostIdentity,
-        book: StatusBook,
-        *,
-        gas: GasWatch | None = None,
-        refunds: Refunds | None = None,
-    ) -> None:
-        self.config = config
-        self.ledger = ledger
-        self.identity = identity
-        self.book = book
-        self.gas = gas
-        """The daemon's gas watch: an open failing for want of gas is its to report."""
-        self.refunds = refunds
-        """The daemon's book of connections, each written there before its deposit
-        moves and settled by it once no link uses it (None: none kept)."""
+    _log = logger
+    _LEDGER_DENIALS = True
+
+    def _own_fields(self) -> None:
         self.server: asyncio.base_events.Server | None = None
         self._link: _Link | None = None
         self._links: set[_Link] = set()
@@ -158,17 +139,9 @@ class Forwarder:
         self._retired = False
         """Retired by a reload: every connection closes once its last tunnel ended,
         those opened since for clients accepted before the retirement too."""
-        self.backoff = OpenBackoff()
-        """When the next connection may be tried, after failures (an outage)."""
-        self.opens_in_flight = 0
-        """New DTP connections being opened now (probe, ledger open, handshake)."""
-
-    @property
-    def stats(self) -> ForwardStats:
-        # the row is shared by name with the forwarder a reload put in our place: its
-        # target is set once, at start (set here, a retired forwarder's last receipts put
-        # its old target back in the status)
-        return self.book.forward(self.config.name)
+        self._said_quietly: BaseException | None = None
+        """The last open's failure when it was logged at debug level (a repeat): its
+        local client's failure is too."""
 
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the bound address."""
@@ -220,19 +193,18 @@ class Forwarder:
             # backoff, share its failure: each tried its own in turn, every one waiting
             # for all those before it (open_timeout each against a silent host) and the
             # ledger asked once per client
-            refused = self.backoff.refusal(asyncio.get_running_loop().time())
+            refused = self.backoff.refusal(self._now())
             if refused is not None:
                 raise refused
-            attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
+            tried: list[DepositTry] = []
             try:
-                link = await self._open_link_within(attempt)
+                link = await self._open_link_within(tried)
             except Exception as exc:
-                if attempt is not None:
-                    attempt.release()  # (half-closed by the open's abandon, or never made)
+                # (its connection held for the next try, or the book's looks')
+                spent = self.deposits.failed(tried[0] if tried else None)
                 if not isinstance(exc, TargetUnreachable):  # (counted by the probe)
                     # out of gas: said once by the gas watch, not at every try
                     quiet = self.gas is not None and await self.gas.explains(exc)
-                    spent = attempt is not None and attempt.spent
                     self._failed_open(exc, quiet=quiet, spent=spent)
                 raise
             # (the backoff is kept until a tunnel opened on it: reset here, a deposit too
@@ -243,58 +215,29 @@ class Forwarder:
             return link
 
     def _failed_open(self, exc: BaseException, *, quiet: bool = False, spent: bool = False) -> None:
-        """No new connection until the backoff after this failure has passed (logged
-        at debug level when ``quiet``); ``spent``: its transactions went through."""
-        delay = self.backoff.failed(asyncio.get_running_loop().time(), exc, spent=spent)
-        logger.log(
-            logging.DEBUG if quiet else logging.WARNING,
-            "cannot open a connection",
-            extra=kv(
-                forward=self.config.name,
-                error=str(exc) if isinstance(exc, DTPError | OSError) else repr(exc),
-                retry_in=delay,
-            ),
-        )
+        """:meth:`_backed_off`, remembering a failure said quietly (its local client's
+        is then said quietly too)."""
+        self._said_quietly = exc if self._backed_off(exc, spent=spent, quiet=quiet) else None
 
     async def _probe(self) -> None:
-        """The look at the target before anything is spent on the ledger: raises
-        :class:`TargetUnreachable` (the backoff counted, the outage's start logged once)
-        when its endpoint does not answer."""
-        target = self.config.target
-        timeout = min(PROBE_TIMEOUT, self.config.open_timeout)
-        loop = asyncio.get_running_loop()
-        try:
-            await probe_target(self.ledger, target, timeout)
-        except (ChainError, OSError, sqlite3.Error) as exc:
-            # the Host's read: refused (no such host: a denial, as an open's), or the
-            # ledger failing (a LocalLedger's disk): the tunnel's error, not a raw one
-            if isinstance(exc, ChainError):
-                self.stats.deny("ledger")
-            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
-        except TargetUnreachable as exc:
-            delay, began = self.backoff.unreachable(loop.time(), exc)
-            logger.log(
-                logging.WARNING if began else logging.DEBUG,
-                "target unreachable: no connection is opened on the ledger until it answers",
-                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
-            )
-            raise
-        if self.backoff.reached():
-            logger.info("target reachable again", extra=kv(forward=self.config.name))
+        # (the probe by this module's name, which a test may stand another in for)
+        await self._probe_by(probe_target)
 
-    async def _open_link_within(self, attempt: OpenAttempt | None = None) -> _Link:
+    async def _open_link_within(self, tried: list[DepositTry]) -> _Link:
         """:meth:`_open_link` within the forward's ``open_timeout``, all of it: the
         ledger work (the Host's and the balance's reads, the spending cap, the open)
         as well as the carrier connect and the handshake, which alone
         ``open_connection``'s ``timeout`` bounds. Given up, it is abandoned in the
-        background (the open half-closed once it landed: dtp.aio), and the local
-        clients waiting for it are refused at once (DTPTimeoutError)."""
+        background (an open still landing half-closed once it landed, a connect under
+        way left Open for the next try: :func:`~dtp.daemon._outage.connect_forward`),
+        and the local clients waiting for it are refused at once (DTPTimeoutError).
+        ``tried`` is given the try's deposit as soon as it is chosen."""
         timeout = self.config.open_timeout
         self.opens_in_flight += 1
         try:
             return await within(
                 timeout,
-                self._open_link(attempt),
+                self._open_link(tried),
                 self._watchers,
                 f"cannot connect to {self.config.target}: no connection within the "
                 f"forward's open_timeout ({timeout:g} s)",
@@ -302,26 +245,13 @@ class Forwarder:
         finally:
             self.opens_in_flight -= 1
 
-    async def _open_link(self, attempt: OpenAttempt | None = None) -> _Link:
+    async def _open_link(self, tried: list[DepositTry]) -> _Link:
         target = self.config.target
         await self._probe()
+        deposit = await self.deposits.next(target)
+        tried.append(deposit)
         try:
-            reader, writer = await dtp.aio.open_connection(
-                target,
-                ledger=self.ledger,
-                identity=self.identity,
-                deposit=self.config.deposit,
-                config=ConnectionConfig(
-                    identity=self.identity,
-                    is_client=True,
-                    idle_timeout=self.config.connection_idle_timeout,
-                ),
-                # (the ledger open, the carrier connect and the handshake: on Sui the
-                # open alone is two transactions, each seconds long under load)
-                timeout=self.config.open_timeout,
-                metering=OWN_BILLING,
-                on_open=attempt,
-            )
+            reader, writer = await connect_forward(self.config, self.ledger, self.identity, deposit)
         except DTPError as exc:
             if isinstance(exc, ConnectionRefused):
                 self.stats.deny("refused")
@@ -331,6 +261,8 @@ class Forwarder:
         assert writer.connection_id is not None and writer.escrow_id is not None
         connection_id = writer.connection_id
         try:
+            # served: never to be connected on again (its receipts are the server's)
+            await self.deposits.served(deposit)
             # (the escrow alone holds the SLA and the deposit: one read, on Sui one round
             # trip to the node, which shows what our open created)
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
@@ -352,7 +284,7 @@ class Forwarder:
         fees = ClientFees(
             self.identity, scope, escrow.sla, escrow.deposited, self.config.receipt_every
         )
-        link = _Link(connection_id, reader, writer, fees, attempt)
+        link = _Link(connection_id, reader, writer, fees, deposit.attempt)
         self._links.add(link)
         self.stats.connections += 1
         logger.info(
@@ -540,8 +472,9 @@ class Forwarder:
             self.book.touch()
             why = str(exc) if isinstance(exc, DTPError | OSError) else repr(exc)
             # (refused during a backoff: the failure it repeats was logged once, not
-            # once per local client of an outage)
-            level = logging.DEBUG if isinstance(exc, BackingOff) else logging.WARNING
+            # once per local client of an outage; so was a failure said again quietly)
+            quiet = isinstance(exc, BackingOff) or exc is self._said_quietly
+            level = logging.DEBUG if quiet else logging.WARNING
             logger.log(level, "tunnel failed", extra=kv(forward=self.config.name, error=why))
             leg.close()
             return

@@ -1,24 +1,14 @@
 """The daemon's gas: the SUI its address holds to pay for its transactions (host
 set-up, claims, settlements, a forwarder's opens), shown in the status, warned about
-when it runs low, and reported once -- not once per connection -- when it runs out.
+when it runs low, and reported once -- not once per connection -- when it runs out
+(what the daemon does meanwhile: docs/daemon.md, "On Sui", "Gas and the low-gas
+warning"). A LocalLedger charges no gas: the balance is shown, never warned about.
 
-On a Sui ledger every transaction needs coins covering its gas budget
-(``SuiConfig.gas_budget``) before it is sent. Below ``low_gas`` MIST (by default enough
-for :data:`LOW_GAS_TRANSACTIONS` transactions at that budget) the daemon warns; below
-one budget it can send none: its claims and settlements wait (they are tried again:
-``dtp.daemon._settlements``, at once when a read finds it funded again) and its forwarders
-open no new connection, while what is open and paid for goes on, its receipts off the
-ledger. A LocalLedger charges no gas: the
-balance is shown, never warned about.
-
-States (``dtp status``'s ``gas.state``): ``unknown`` (not read yet, or the ledger cannot
-be read), ``ok``, ``low`` (below ``low_gas``), ``out`` (below one gas budget).
-
-What the daemon has paid in gas is shown too (``gas.spent``: in all, by kind -- the ends
-of connections, a forwarder's opens, the Host's set-up -- and over every run of the
-state directory), and at start (and at a reload that changes prices) each paid service
-whose prices cannot cover the gas of a typical connection's end is warned about, with
-the numbers (:func:`warn_prices`, docs/daemon.md "On Sui").
+What ``dtp status`` shows of it (``gas``: the states ``ok``, ``low``, ``out``,
+``unknown``; ``gas.spent``, over every run of the state directory): docs/daemon.md,
+"How it works", after the status tables. Each paid service whose prices cannot cover
+the gas of a typical connection's end is warned about at start and at a reload
+(:func:`warn_prices`).
 """
 
 from __future__ import annotations
@@ -33,7 +23,6 @@ from dtp.daemon._logs import kv, log_failure
 from dtp.daemon._state import StatusBook
 from dtp.errors import ChainError, InsufficientFunds
 from dtp.ledger._gas import END_KINDS, EndGas, GasSpent
-from dtp.ledger._objects import Sla
 from dtp.payments._ends import TYPICAL_BYTES, TYPICAL_REQUESTS, check_prices
 
 if TYPE_CHECKING:
@@ -266,8 +255,7 @@ def warn_prices(services: Iterable[ServiceConfig], gas: EndGas) -> list[str]:
     about. Nothing on a ledger that charges no gas, nor for a free service."""
     warned: list[str] = []
     for service in services:
-        sla = Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
-        check = check_prices(sla, gas)
+        check = check_prices(service.sla(), gas)
         if check is None or check.covered:
             continue
         fields: dict[str, Any] = {
@@ -285,7 +273,7 @@ def warn_prices(services: Iterable[ServiceConfig], gas: EndGas) -> list[str]:
             fields["bytes_needed"] = check.bytes_needed
         fields["hint"] = (
             f"price_per_request = {check.end_gas} alone covers every connection's end "
-            "(a connection makes one request at least)"
+            "(a connection that carries anything makes one request at least)"
         )
         logger.warning("prices below the gas of a connection's end", extra=kv(**fields))
         warned.append(service.name)

@@ -1,7 +1,8 @@
 """The Host's firewall while the services daemon serves: re-read every
 :data:`POLICY_REFRESH` seconds, its rate limits applied to every client's buckets and a
 deny to the open connections it names; each open connection's state on the ledger read
-every :data:`dtp.daemon._served.LEDGER_CHECK`, one its client closed there cut."""
+every :data:`dtp.daemon._served.LEDGER_CHECK`, one its client closed there cut, and one
+opened with a subscription now over closed (``CLOSE_SUBSCRIPTION_ENDED``)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from dtp.daemon import _served as served
 from dtp.daemon._logs import kv, log_failure
 from dtp.daemon._served import ServedConnection, service_row
 from dtp.daemon._state import StatusBook
 from dtp.daemon._tasks import cancel_and_wait
-from dtp.errors import ChainError
+from dtp.errors import CLOSE_SUBSCRIPTION_ENDED, ChainError
 from dtp.ledger._objects import Firewall, Host
 from dtp.ledger.interface import Ledger
-from dtp.payments._gate import ended_on_ledger, ledger_checks_due
+from dtp.payments._gate import ended_on_ledger, ledger_checks_due, subscriptions_over
 from dtp.payments._ratelimit import RateLimiter
 
 __all__ = ["POLICY_REFRESH", "HostPolicy"]
 
 logger = logging.getLogger("dtp.daemon._services")  # (the exposing side logs under one name)
+
+_T = TypeVar("_T")
 
 POLICY_REFRESH = 2.0
 """Seconds between reads of the Host's firewall (rate limits, denials) while serving."""
@@ -112,7 +116,7 @@ class HostPolicy:
                     extra=kv(client=conn.client, connection=conn.connection_id),
                 )
                 conn.writer.abort("the host's firewall now denies this client")
-        await self._check_on_ledger()
+        await self._check_on_ledger(host)
 
     async def _refused(self, host: Host) -> frozenset[str]:
         """The clients served now whom the Host's firewall refuses: its lists are Tables,
@@ -121,30 +125,34 @@ class HostPolicy:
         clients = frozenset(conn.client for conn in self.conns.values())
         if not clients:
             return frozenset()
+        refused = await self._read("the host's firewall lists", self.ledger.refused, host, clients)
+        return frozenset() if refused is None else refused
+
+    async def _read(self, what: str, read: Callable[..., _T], *args: object) -> _T | None:
+        """``read(*args)``, in a thread; None when the ledger cannot be read now (said
+        as "cannot read ``what``": a warning, or a debug line while the ledger is known
+        to be away), the next refresh reading again."""
         try:
-            return await asyncio.to_thread(self.ledger.refused, host, clients)
+            return await asyncio.to_thread(read, *args)
         except ChainError as exc:
             logger.log(
                 logging.DEBUG if self.ledger_away else logging.WARNING,
-                "cannot read the host's firewall lists",
+                f"cannot read {what}",
                 extra=kv(error=str(exc)),
             )
-            return frozenset()
+            return None
 
-    async def _check_on_ledger(self) -> None:
-        """Close the open connections no longer Open on the ledger (each read every
-        :data:`LEDGER_CHECK`, in a thread)."""
+    async def _check_on_ledger(self, host: Host) -> None:
+        """Close the open connections no longer Open on the ledger, and those opened
+        with a subscription now over (expired, its offer withdrawn, or sold with
+        ``host``, just read): each read every :data:`LEDGER_CHECK`, in a thread. Their
+        ends follow (a subscribed one of a host sold to this daemon is ended by the
+        subscription's rule, its offer withdrawn: docs/escrow.md §13)."""
         due = ledger_checks_due(self.conns.values(), time.monotonic(), served.LEDGER_CHECK)
         if not due:
             return
-        try:
-            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
-        except ChainError as exc:
-            logger.log(
-                logging.DEBUG if self.ledger_away else logging.WARNING,
-                "cannot read the state of open connections",
-                extra=kv(error=str(exc)),
-            )
+        ended = await self._read("the state of open connections", ended_on_ledger, self.ledger, due)
+        if ended is None:
             return
         for conn in ended:
             logger.warning(
@@ -152,6 +160,22 @@ class HostPolicy:
                 extra=kv(client=conn.client, connection=conn.connection_id),
             )
             conn.writer.abort("the connection was closed on the ledger")
+        subscribed = [c for c in due if c not in ended and c.subscription is not None]
+        if not subscribed:
+            return
+        over = await self._read(
+            "the subscriptions of open connections",
+            subscriptions_over,
+            self.ledger,
+            subscribed,
+            host,
+        )
+        for conn, why in over or ():
+            logger.info(
+                "a connection's subscription is over",
+                extra=kv(client=conn.client, connection=conn.connection_id, reason=why),
+            )
+            conn.writer.abort(f"the subscription is over: {why}", code=CLOSE_SUBSCRIPTION_ENDED)
 
     async def stop(self) -> None:
         """Stop re-reading the firewall (at the end of a drain); a later :meth:`watch`

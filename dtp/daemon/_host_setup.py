@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dtp.daemon._config import DaemonConfig, DaemonSettings, ServiceConfig
+from dtp.daemon._config import DaemonConfig, DaemonSettings
 from dtp.daemon._logs import kv
 from dtp.errors import ChainError, DTPError, HostConfigError, LedgerUnavailable, ObjectNotFound
 from dtp.identity._files import write_durably
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import FirewallMode, Sla
+from dtp.ledger._objects import FirewallMode
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 
@@ -28,7 +28,6 @@ __all__ = [
     "HostSetup",
     "HostSync",
     "recorded_host_id",
-    "sla_of",
 ]
 
 logger = logging.getLogger("dtp.daemon")  # (the start and the reloads are one story in its log)
@@ -129,14 +128,15 @@ class HostSetup:
             if current is None:
                 step()
                 ledger.add_service(
-                    me, host_id, port, service.kind, sla_of(service), service.max_connections
+                    me, host_id, port, service.kind, service.sla(), service.max_connections
                 )
-            elif (current.sla, current.max_connections) != (
-                sla_of(service),
-                service.max_connections,
-            ):
+                continue
+            # a half-close timeout the config does not set is the published one, kept: a
+            # provider's own (set with `dtp service update`) is not undone by a reload
+            sla = service.sla(current.sla)
+            if (current.sla, current.max_connections) != (sla, service.max_connections):
                 step()
-                ledger.update_service(me, host_id, port, sla_of(service), service.max_connections)
+                ledger.update_service(me, host_id, port, sla, service.max_connections)
         for port in host.services:
             if port not in wanted:
                 step()
@@ -249,11 +249,6 @@ def recorded_host_id(record: Path) -> str:
 
 def _no_checkpoint() -> None:
     """The checkpoint of work that no stop interrupts (a reload finishes first)."""
-
-
-def sla_of(service: ServiceConfig) -> Sla:
-    """The SLA ``service`` publishes."""
-    return Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
 
 
 def _published(ledger: Ledger, host_id: str, which: str, count: int) -> set[str]:

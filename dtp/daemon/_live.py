@@ -2,12 +2,10 @@
 running process knows (the ledger's health, each backend up or down, the handshakes in
 flight, the fees owed), and a short history of them for the status page's charts.
 
-``status.json`` is a durable snapshot of the counters: written at most twice a second,
-each write synced twice (the file, then its directory), by one writer thread -- so it
-trails the counters by half a second at best, by the disk's sync time on top (seconds
-on a busy disk), and says nothing of what is not a counter. :func:`live_status` is
-what ``dtp status`` reads over the daemon's control socket and the status page over
-HTTP (:mod:`dtp.daemon._web`), the file only when the daemon does not answer.
+``status.json`` trails the counters and holds nothing else (docs/daemon.md, "How it
+works", "Status"): :func:`live_status` is what ``dtp status`` reads over the daemon's
+control socket and the status page over HTTP (:mod:`dtp.daemon._web`), the file only
+when the daemon does not answer.
 """
 
 from __future__ import annotations

@@ -1,24 +1,19 @@
-"""The daemon's Prometheus metrics (``[daemon] metrics_listen``, docs/daemon.md
-"Metrics and the status page"), in the exposition format ``prometheus_client`` writes.
+"""The daemon's Prometheus metrics (``[daemon] metrics_listen``; each one, and the
+naming conventions they follow: docs/daemon.md "Metrics and the status page"), in the
+exposition format ``prometheus_client`` writes.
 
-One custom collector reads, at each scrape, what the daemon counts anyway -- the status
-book's counters, the gas watch, the ledger calls' figures, the listener's handshakes,
-the forwards' states -- from the daemon's own event loop (the HTTP server runs there):
-nothing is counted twice, and no increment anywhere pays for the metrics.
-
-Names follow Prometheus's conventions: ``dtp_`` first, counters end in ``_total``,
-amounts in base units (bytes, seconds; fees in MIST, SUI's base unit), one label per
-dimension (``service``, ``forward``, ``direction``, ``reason``, ``operation``).
-``prometheus_client`` is the ``dtp[metrics]`` extra: this module is imported only when
-metrics are asked for (:func:`dtp.daemon._web.load_metrics` names the extra when it is
-missing).
+One custom collector reads, at each scrape, what the daemon counts anyway, from the
+daemon's own event loop (the HTTP server runs there): nothing is counted twice, and no
+increment anywhere pays for the metrics. ``prometheus_client`` is the
+``dtp-sui[metrics]`` extra: this module is imported only when metrics are asked for
+(:func:`dtp.daemon._web.load_metrics` names the extra when it is missing).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtp._extras import missing
 
@@ -33,12 +28,12 @@ try:
     )
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.metrics_core import Metric
-except ImportError as exc:  # the dtp[metrics] extra (dtp._extras)
+except ImportError as exc:  # the dtp-sui[metrics] extra (dtp._extras)
     raise missing("metrics", "The daemon's metrics (metrics_listen)", exc) from None
 
 from dtp import __version__
 from dtp.daemon._ledger_calls import BUCKETS
-from dtp.daemon._state import FORWARD_DENIALS, SERVICE_DENIALS, ForwardStats, ServiceStats
+from dtp.daemon._state import FORWARD_DENIALS, SERVICE_DENIALS
 from dtp.daemon._udp_flows import DROPPED
 
 if TYPE_CHECKING:
@@ -92,28 +87,8 @@ class DaemonCollector:
     # -- services -------------------------------------------------------------------------
 
     def _services(self) -> Iterator[Metric]:
-        rows = sorted(self.daemon.book.services.items())
+        rows = self.daemon.book.services
         host = self.daemon.services
-
-        def counter(name: str, doc: str, read: Callable[[ServiceStats], int]) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=["service"])
-            for service, row in rows:
-                family.add_metric([service], read(row))
-            return family
-
-        def gauge(name: str, doc: str, values: dict[str, int]) -> Metric:
-            family = GaugeMetricFamily(name, doc, labels=["service"])
-            for service, _ in rows:
-                family.add_metric([service], values.get(service, 0))
-            return family
-
-        def by(name: str, doc: str, label: str, values: dict[str, dict[str, int]]) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=["service", label])
-            for service, _ in rows:
-                for key, value in values[service].items():
-                    family.add_metric([service, key], value)
-            return family
-
         open_now: dict[str, int] = {}
         owed: dict[str, int] = {}
         if host is not None:
@@ -121,58 +96,8 @@ class DaemonCollector:
                 open_now[conn.service.name] = open_now.get(conn.service.name, 0) + 1
             if host.host_id and host.fees_ready:
                 owed = host.settlements.owed()
-        yield counter(
-            "dtp_service_connections_total",
-            "DTP connections admitted to a service.",
-            lambda r: r.connections,
-        )
-        yield gauge(
-            "dtp_service_connections_open", "DTP connections of a service served now.", open_now
-        )
-        yield counter(
-            "dtp_service_tunnels_total",
-            "Tunnels (TCP streams; UDP flows) a service served.",
-            lambda r: r.tunnels,
-        )
-        yield gauge(
-            "dtp_service_tunnels_active",
-            "Tunnels and UDP flows open now.",
-            {s: r.active_tunnels for s, r in rows},
-        )
-        yield by(
-            "dtp_service_bytes_total",
-            "Tunnel bytes: in = client to backend, out = backend to client.",
-            "direction",
-            {s: {"in": r.bytes_in, "out": r.bytes_out} for s, r in rows},
-        )
-        yield by(
-            "dtp_service_datagrams_total",
-            "UDP datagrams relayed: in = client to backend, out = backend to client.",
-            "direction",
-            {s: {"in": r.datagrams_in, "out": r.datagrams_out} for s, r in rows},
-        )
-        yield by(
-            "dtp_service_datagrams_dropped_total",
-            "UDP datagrams dropped, by reason.",
-            "reason",
-            {s: _by_reason(r.datagrams_dropped, DROPPED) for s, r in rows},
-        )
-        yield by(
-            "dtp_service_denials_total",
-            "Connections refused and tunnels cut, by reason.",
-            "reason",
-            {s: _by_reason(r.denied, SERVICE_DENIALS) for s, r in rows},
-        )
-        yield counter(
-            "dtp_service_backend_errors_total",
-            "Backend connects that failed (another backend may have taken over).",
-            lambda r: r.backend_errors,
-        )
-        yield counter(
-            "dtp_service_no_backend_total",
-            "Tunnels refused because no backend answered.",
-            lambda r: r.unavailable,
-        )
+        given = {"open_now": open_now, "owed": owed}
+        yield from _per_row("service", rows, _SERVICE_TRAFFIC, given)
         backends = GaugeMetricFamily(
             "dtp_backend_up",
             "1 when a TCP backend passed its last health check, else 0.",
@@ -185,114 +110,17 @@ class DaemonCollector:
                     up = pool is not None and pool.healthy.get(backend, False)
                     backends.add_metric([service.name, str(backend)], 1 if up else 0)
         yield backends
-        yield counter(
-            "dtp_service_receipts_total",
-            "Receipts accepted and kept on disk.",
-            lambda r: r.receipts,
-        )
-        yield gauge(
-            "dtp_service_receipts_held",
-            "Connections holding a receipt not claimed yet.",
-            {s: r.receipts_held for s, r in rows},
-        )
-        yield counter(
-            "dtp_service_fees_earned_mist_total",
-            "MIST covered by accepted receipts.",
-            lambda r: r.fees_earned,
-        )
-        yield gauge(
-            "dtp_service_fees_owed_mist",
-            "MIST the receipts held can still claim (connections served, ends waiting "
-            "for a batch or a retry).",
-            owed,
-        )
-        yield counter(
-            "dtp_service_fees_claimed_mist_total",
-            "MIST claimed on the ledger.",
-            lambda r: r.fees_claimed,
-        )
-        yield counter(
-            "dtp_service_refunded_mist_total",
-            "MIST refunded to clients at settlement.",
-            lambda r: r.refunded,
-        )
-        yield counter(
-            "dtp_service_claims_total", "Settlements that claimed a fee.", lambda r: r.claims
-        )
-        yield counter(
-            "dtp_service_claim_failures_total",
-            "Settlements that failed (each try; tried again later).",
-            lambda r: r.claim_failures,
-        )
-        yield counter(
-            "dtp_service_ends_left_total",
-            "Connection ends left to their clients: their fee was below the gas of claiming it.",
-            lambda r: r.ends_left,
-        )
-        yield counter(
-            "dtp_service_fees_left_mist_total",
-            "MIST of fees those ends gave up.",
-            lambda r: r.fees_left,
-        )
+        yield from _per_row("service", rows, _SERVICE_FEES, given)
 
     def _listener(self) -> Iterator[Metric]:
         host = self.daemon.services
         if host is None:
             return
-        settlements = host.settlements
-        yield GaugeMetricFamily(
-            "dtp_settlements_retrying",
-            "Failed settlements waiting to be tried again.",
-            value=len(settlements.retries),
-        )
-        yield GaugeMetricFamily(
-            "dtp_settlements_batched",
-            "Connection ends waiting to be settled together.",
-            value=len(settlements.deferred),
-        )
-        yield CounterMetricFamily(
-            "dtp_settlement_failures_unplaced_total",
-            "Failed settlements whose service could not be told.",
-            value=settlements.unplaced_failures,
-        )
-        yield GaugeMetricFamily(
-            "dtp_admissions_in_progress",
-            "Handshakes whose admission waits on the ledger now.",
-            value=host.admitting,
-        )
-        yield CounterMetricFamily(
-            "dtp_admissions_no_service_total",
-            "Connections refused because they named no configured service.",
-            value=host.no_service,
-        )
+        yield from _one_series(_HOST, host)
         server = host.server
         if server is None:
             return
-        yield GaugeMetricFamily(
-            "dtp_handshakes_in_progress",
-            "Handshakes of the service listener in progress now.",
-            value=server.handshakes_in_progress,
-        )
-        yield GaugeMetricFamily(
-            "dtp_handshakes_waiting",
-            "Connections waiting for a handshake slot.",
-            value=server.handshakes_waiting,
-        )
-        yield GaugeMetricFamily(
-            "dtp_handshakes_unproven",
-            "Connections waiting for their first complete handshake record.",
-            value=server.unproven,
-        )
-        yield CounterMetricFamily(
-            "dtp_handshakes_failed_total",
-            "Handshakes that failed (replays refused included).",
-            value=server.handshakes_failed,
-        )
-        yield CounterMetricFamily(
-            "dtp_handshakes_replayed_total",
-            "Replayed first handshake messages refused.",
-            value=server.replays_refused,
-        )
+        yield from _one_series(_SERVER, server)
         refused = CounterMetricFamily(
             "dtp_listener_refused_total",
             "Connections the listener refused: admission (the daemon said no) or busy "
@@ -306,116 +134,16 @@ class DaemonCollector:
     # -- forwards -------------------------------------------------------------------------
 
     def _forwards(self) -> Iterator[Metric]:
-        rows = sorted(self.daemon.book.forwards.items())
-        running = sorted(self.daemon.forwarders.items())
-
-        def counter(name: str, doc: str, read: Callable[[ForwardStats], int]) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=["forward"])
-            for forward, row in rows:
-                family.add_metric([forward], read(row))
-            return family
-
-        def gauge(name: str, doc: str, read: Callable[[Any], int]) -> Metric:
-            family = GaugeMetricFamily(name, doc, labels=["forward"])
-            for forward, fwd in running:
-                family.add_metric([forward], read(fwd))
-            return family
-
-        def by(name: str, doc: str, label: str, values: dict[str, dict[str, int]]) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=["forward", label])
-            for forward, _ in rows:
-                for key, value in values[forward].items():
-                    family.add_metric([forward, key], value)
-            return family
-
-        yield counter(
-            "dtp_forward_connections_total",
-            "DTP connections a forward opened on the ledger.",
-            lambda r: r.connections,
-        )
-        yield gauge(
-            "dtp_forward_connections_open",
-            "DTP connections of a forward open now.",
-            lambda f: f.open_connections,
-        )
-        yield gauge(
-            "dtp_forward_opens_in_flight",
-            "New DTP connections being opened now (probe, ledger open, handshake).",
-            lambda f: f.opens_in_flight,
-        )
-        yield gauge(
-            "dtp_forward_target_up",
-            "0 while the forward's target does not answer its probe, else 1.",
-            lambda f: 0 if f.backoff.outage else 1,
-        )
-        yield counter(
-            "dtp_forward_tunnels_total",
-            "Tunnels (local TCP connections; UDP flows) a forward carried.",
-            lambda r: r.tunnels,
-        )
-        active = GaugeMetricFamily(
-            "dtp_forward_tunnels_active",
-            "Tunnels and UDP flows of a forward open now.",
-            labels=["forward"],
-        )
-        for forward, row in rows:
-            active.add_metric([forward], row.active_tunnels)
-        yield active
-        yield by(
-            "dtp_forward_bytes_total",
-            "Tunnel bytes: in = local client to the tunnel, out = back to local clients.",
-            "direction",
-            {f: {"in": r.bytes_in, "out": r.bytes_out} for f, r in rows},
-        )
-        yield by(
-            "dtp_forward_datagrams_total",
-            "UDP datagrams: in = local client to the tunnel, out = back to local clients.",
-            "direction",
-            {f: {"in": r.datagrams_in, "out": r.datagrams_out} for f, r in rows},
-        )
-        yield by(
-            "dtp_forward_datagrams_dropped_total",
-            "UDP datagrams a forward dropped, by reason.",
-            "reason",
-            {f: _by_reason(r.datagrams_dropped, DROPPED) for f, r in rows},
-        )
-        yield by(
-            "dtp_forward_denials_total",
-            "Connections the target or its ledger refused, by reason.",
-            "reason",
-            {f: _by_reason(r.denied, FORWARD_DENIALS) for f, r in rows},
-        )
-        yield counter("dtp_forward_errors_total", "Tunnels that failed.", lambda r: r.errors)
-        yield counter(
-            "dtp_forward_receipts_total", "Receipts signed and sent.", lambda r: r.receipts_sent
-        )
-        yield counter(
-            "dtp_forward_fees_paid_mist_total",
-            "MIST covered by the receipts sent.",
-            lambda r: r.fees_paid,
-        )
+        rows = self.daemon.book.forwards
+        yield from _per_row("forward", rows, _FORWARD_OPENED)
+        yield from _per_row("forward", self.daemon.forwarders, _FORWARDERS)
+        yield from _per_row("forward", rows, _FORWARD_TRAFFIC)
 
     def _refunds(self) -> Iterator[Metric]:
         """The forwarders' own connections, settled by the daemon where their server
         did not (:mod:`dtp.daemon._refunds`): counted by this run."""
         refunds = self.daemon.refunds
-        yield CounterMetricFamily(
-            "dtp_refunds_settled_total",
-            "The forwarders' connections this run settled itself after their half-close "
-            "timeout (their server never did).",
-            value=refunds.settled,
-        )
-        yield CounterMetricFamily(
-            "dtp_refunded_mist_total",
-            "MIST those settlements gave back.",
-            value=refunds.refunded,
-        )
-        yield CounterMetricFamily(
-            "dtp_refunds_skipped_total",
-            "The forwarders' connections left on the ledger: their refund was below the "
-            "gas of taking it back (dtp refund takes it back by hand).",
-            value=refunds.skipped,
-        )
+        yield from _one_series(_REFUNDS, refunds)
         try:
             waiting = refunds.waiting()
         except sqlite3.Error:
@@ -504,6 +232,272 @@ class DaemonCollector:
             "Transactions the daemon paid gas for, over all runs of its state directory.",
             value=spent.get("transactions", 0),
         )
+
+
+class _Family(NamedTuple):
+    """One family declared: a counter when its name ends in ``_total`` (the Prometheus
+    convention), else a gauge. ``read``: the attribute (or the function) giving a row's
+    number; a pair of attributes, its numbers by ``direction`` (in, out); with
+    ``reasons``, the attribute counting by ``reason`` (those always shown)."""
+
+    name: str
+    doc: str
+    read: str | tuple[str, str] | Callable[[Any], int]
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def by(self) -> str:
+        return "direction" if isinstance(self.read, tuple) else "reason" if self.reasons else ""
+
+    def make(self, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+        kind = CounterMetricFamily if self.name.endswith("_total") else GaugeMetricFamily
+        return kind(self.name, self.doc, labels=labels)
+
+    def value(self, row: Any) -> Any:
+        if isinstance(self.read, tuple):
+            return {"in": getattr(row, self.read[0]), "out": getattr(row, self.read[1])}
+        if isinstance(self.read, str):
+            value = getattr(row, self.read)
+            return _by_reason(value, self.reasons) if self.reasons else value
+        return self.read(row)
+
+
+def _one_series(families: tuple[_Family, ...], source: Any) -> Iterator[Metric]:
+    """The families of one series each, read off ``source``."""
+    for family in families:
+        metric = family.make([])
+        metric.add_metric([], family.value(source))
+        yield metric
+
+
+# A service's families (a name in ``given`` reads that mapping by service name), in the
+# order of the scrape: its traffic, then (after dtp_backend_up) its receipts and fees.
+_SERVICE_TRAFFIC = (
+    _Family(
+        "dtp_service_connections_total", "DTP connections admitted to a service.", "connections"
+    ),
+    _Family("dtp_service_connections_open", "DTP connections of a service served now.", "open_now"),
+    _Family(
+        "dtp_service_tunnels_total", "Tunnels (TCP streams; UDP flows) a service served.", "tunnels"
+    ),
+    _Family("dtp_service_tunnels_active", "Tunnels and UDP flows open now.", "active_tunnels"),
+    _Family(
+        "dtp_service_bytes_total",
+        "Tunnel bytes: in = client to backend, out = backend to client.",
+        ("bytes_in", "bytes_out"),
+    ),
+    _Family(
+        "dtp_service_datagrams_total",
+        "UDP datagrams relayed: in = client to backend, out = backend to client.",
+        ("datagrams_in", "datagrams_out"),
+    ),
+    _Family(
+        "dtp_service_datagrams_dropped_total",
+        "UDP datagrams dropped, by reason.",
+        "datagrams_dropped",
+        DROPPED,
+    ),
+    _Family(
+        "dtp_service_denials_total",
+        "Connections refused and tunnels cut, by reason.",
+        "denied",
+        SERVICE_DENIALS,
+    ),
+    _Family(
+        "dtp_service_backend_errors_total",
+        "Backend connects that failed (another backend may have taken over).",
+        "backend_errors",
+    ),
+    _Family(
+        "dtp_service_no_backend_total",
+        "Tunnels refused because no backend answered.",
+        "unavailable",
+    ),
+)
+_SERVICE_FEES = (
+    _Family("dtp_service_receipts_total", "Receipts accepted and kept on disk.", "receipts"),
+    _Family(
+        "dtp_service_receipts_held",
+        "Connections holding a receipt not claimed yet.",
+        "receipts_held",
+    ),
+    _Family(
+        "dtp_service_fees_earned_mist_total", "MIST covered by accepted receipts.", "fees_earned"
+    ),
+    _Family(
+        "dtp_service_fees_owed_mist",
+        "MIST the receipts held can still claim (connections served, ends waiting "
+        "for a batch or a retry).",
+        "owed",
+    ),
+    _Family("dtp_service_fees_claimed_mist_total", "MIST claimed on the ledger.", "fees_claimed"),
+    _Family(
+        "dtp_service_refunded_mist_total", "MIST refunded to clients at settlement.", "refunded"
+    ),
+    _Family("dtp_service_claims_total", "Settlements that claimed a fee.", "claims"),
+    _Family(
+        "dtp_service_claim_failures_total",
+        "Settlements that failed (each try; tried again later).",
+        "claim_failures",
+    ),
+    _Family(
+        "dtp_service_ends_left_total",
+        "Connection ends left to their clients: their fee was below the gas of claiming it.",
+        "ends_left",
+    ),
+    _Family("dtp_service_fees_left_mist_total", "MIST of fees those ends gave up.", "fees_left"),
+)
+# The service listener's: its settlements and admissions, then its server's handshakes.
+_HOST = (
+    _Family(
+        "dtp_settlements_retrying",
+        "Failed settlements waiting to be tried again.",
+        lambda host: len(host.settlements.retries),
+    ),
+    _Family(
+        "dtp_settlements_batched",
+        "Connection ends waiting to be settled together.",
+        lambda host: len(host.settlements.deferred),
+    ),
+    _Family(
+        "dtp_settlement_failures_unplaced_total",
+        "Failed settlements whose service could not be told.",
+        lambda host: host.settlements.unplaced_failures,
+    ),
+    _Family(
+        "dtp_admissions_in_progress",
+        "Handshakes whose admission waits on the ledger now.",
+        "admitting",
+    ),
+    _Family(
+        "dtp_admissions_no_service_total",
+        "Connections refused because they named no configured service.",
+        "no_service",
+    ),
+)
+_SERVER = (
+    _Family(
+        "dtp_handshakes_in_progress",
+        "Handshakes of the service listener in progress now.",
+        "handshakes_in_progress",
+    ),
+    _Family(
+        "dtp_handshakes_waiting", "Connections waiting for a handshake slot.", "handshakes_waiting"
+    ),
+    _Family(
+        "dtp_handshakes_unproven",
+        "Connections waiting for their first complete handshake record.",
+        "unproven",
+    ),
+    _Family(
+        "dtp_handshakes_failed_total",
+        "Handshakes that failed (replays refused included).",
+        "handshakes_failed",
+    ),
+    _Family(
+        "dtp_handshakes_replayed_total",
+        "Replayed first handshake messages refused.",
+        "replays_refused",
+    ),
+)
+# A forward's: the connections it opened; the forwarders running now; its traffic.
+_FORWARD_OPENED = (
+    _Family(
+        "dtp_forward_connections_total",
+        "DTP connections a forward opened on the ledger.",
+        "connections",
+    ),
+)
+_FORWARDERS = (
+    _Family(
+        "dtp_forward_connections_open", "DTP connections of a forward open now.", "open_connections"
+    ),
+    _Family(
+        "dtp_forward_opens_in_flight",
+        "New DTP connections being opened now (probe, ledger open, handshake).",
+        "opens_in_flight",
+    ),
+    _Family(
+        "dtp_forward_target_up",
+        "0 while the forward's target does not answer its probe, else 1.",
+        lambda f: 0 if f.backoff.outage else 1,
+    ),
+)
+_FORWARD_TRAFFIC = (
+    _Family(
+        "dtp_forward_tunnels_total",
+        "Tunnels (local TCP connections; UDP flows) a forward carried.",
+        "tunnels",
+    ),
+    _Family(
+        "dtp_forward_tunnels_active",
+        "Tunnels and UDP flows of a forward open now.",
+        "active_tunnels",
+    ),
+    _Family(
+        "dtp_forward_bytes_total",
+        "Tunnel bytes: in = local client to the tunnel, out = back to local clients.",
+        ("bytes_in", "bytes_out"),
+    ),
+    _Family(
+        "dtp_forward_datagrams_total",
+        "UDP datagrams: in = local client to the tunnel, out = back to local clients.",
+        ("datagrams_in", "datagrams_out"),
+    ),
+    _Family(
+        "dtp_forward_datagrams_dropped_total",
+        "UDP datagrams a forward dropped, by reason.",
+        "datagrams_dropped",
+        DROPPED,
+    ),
+    _Family(
+        "dtp_forward_denials_total",
+        "Connections the target or its ledger refused, by reason.",
+        "denied",
+        FORWARD_DENIALS,
+    ),
+    _Family("dtp_forward_errors_total", "Tunnels that failed.", "errors"),
+    _Family("dtp_forward_receipts_total", "Receipts signed and sent.", "receipts_sent"),
+    _Family("dtp_forward_fees_paid_mist_total", "MIST covered by the receipts sent.", "fees_paid"),
+)
+# The forwarders' own connections the daemon settled (:mod:`dtp.daemon._refunds`).
+_REFUNDS = (
+    _Family(
+        "dtp_refunds_settled_total",
+        "The forwarders' connections this run settled itself after their half-close "
+        "timeout (their server never did).",
+        "settled",
+    ),
+    _Family("dtp_refunded_mist_total", "MIST those settlements gave back.", "refunded"),
+    _Family(
+        "dtp_refunds_skipped_total",
+        "The forwarders' connections left on the ledger: their refund was below the "
+        "gas of taking it back (dtp refund takes it back by hand).",
+        "skipped",
+    ),
+)
+
+
+def _per_row(
+    label: str,
+    rows: Mapping[str, Any],
+    families: tuple[_Family, ...],
+    given: Mapping[str, Mapping[str, int]] = {},
+) -> Iterator[Metric]:
+    """The families of one series per service or per forward (``label``), in the order
+    of their names, each read off a row (a stats row, a forwarder), or out of a mapping
+    ``given`` by name (0 for a name it lacks)."""
+    for family in families:
+        metric = family.make([label, family.by] if family.by else [label])
+        for key, row in sorted(rows.items()):
+            if family.by:
+                for value_key, value in family.value(row).items():
+                    metric.add_metric([key, value_key], value)
+            elif isinstance(family.read, str) and family.read in given:
+                metric.add_metric([key], given[family.read].get(key, 0))
+            else:
+                metric.add_metric([key], family.value(row))
+        yield metric
 
 
 def _by_reason(counted: dict[str, int], known: tuple[str, ...]) -> dict[str, int]:

@@ -1,29 +1,43 @@
 """A forward's way to a new DTP connection through an outage of its target: nothing is
 spent on the ledger until the target's endpoint answers, and while it does not, the
-tries back off (docs/daemon.md, "Tunnels").
+tries back off; a target that answers and then refuses locks one deposit at most
+(docs/daemon.md, "Tunnels").
 
 - :class:`OpenBackoff` (sans I/O: every call is given ``now``): when the next open may
   be tried, what local clients coming before then are refused with, and whether an
   outage began or ended (logged once each, not per client).
 - :func:`probe_target`: the cheap look before any transaction -- the Host read (a
   ledger read, no gas) and a TCP connect to its published endpoints, closed at once.
-
-An open that fails after the probe passed has cost a spending cap, the deposit in
-escrow and the half-close (on Sui about 11 M MIST of gas): it backs off longer
-(:data:`SPENT_BACKOFF_FIRST`), and its deposit comes back through the forwarder's own
-settlement once the half-close timeout has passed (:mod:`dtp.daemon._refunds`).
+- :class:`ForwardDeposits`: which deposit the next connection goes with: an open that
+  failed after the probe passed (it cost a spending cap and an open: it backs off
+  longer, :data:`SPENT_BACKOFF_FIRST`) leaves its connection Open and held for the
+  forward's next tries (:func:`held_step`), and no other is opened until it is settled
+  (docs/daemon.md, "One deposit locked per target").
+- :func:`connect_forward`: the connect itself, on a held connection or a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import enum
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from dtp.errors import DTPError, TunnelError
+from dtp.daemon._config import ForwardConfig
+from dtp.daemon._fees import OWN_BILLING
+from dtp.daemon._refunds import HOLD_TIME, OpenAttempt, Refunds
+from dtp.errors import ChainError, DTPError, ObjectNotFound, TunnelError
 from dtp.hostid._address import HostAddress
+from dtp.hostid._asyncio import open_kept_connection
 from dtp.hostid._connect import tcp_endpoints
+from dtp.identity.keys import HostIdentity
+from dtp.ledger._connections import client_settles_at
+from dtp.ledger._objects import ConnectionState, TransportControl
 from dtp.ledger.interface import Ledger
+from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = [
     "OPEN_BACKOFF_FIRST",
@@ -32,8 +46,14 @@ __all__ = [
     "SPENT_BACKOFF_FIRST",
     "SPENT_BACKOFF_MAX",
     "BackingOff",
+    "DepositLocked",
+    "DepositTry",
+    "ForwardDeposits",
+    "HeldStep",
     "OpenBackoff",
     "TargetUnreachable",
+    "connect_forward",
+    "held_step",
     "probe_target",
 ]
 
@@ -47,8 +67,9 @@ failing): a target back from an outage is reached within it, for a TCP connect's
 worth of probing meanwhile."""
 SPENT_BACKOFF_FIRST = 30.0
 """The least wait after an open that failed once its transactions went through (the
-target answered the probe, then refused the DTP connection): each such try locks a
-deposit until the half-close timeout and costs the gas of three transactions."""
+target answered the probe, then refused the DTP connection): such a try cost the gas
+of two transactions, and its deposit stays in escrow until settled. (The tries on the
+connection it left, which spend nothing, back off as failures that spent nothing.)"""
 SPENT_BACKOFF_MAX = 300.0
 """The longest wait after such failures."""
 PROBE_TIMEOUT = 5.0
@@ -64,6 +85,12 @@ class TargetUnreachable(TunnelError):
 class BackingOff(TunnelError):
     """A local client refused at once during the backoff after a failure (which it
     names): the failure was logged once, not once per client."""
+
+
+class DepositLocked(TunnelError):
+    """No new connection is opened while the deposit a failed connect of the forward
+    locked is on its way back (half-closed, not settled yet): one deposit locked per
+    target at a time."""
 
 
 @dataclass
@@ -107,6 +134,12 @@ class OpenBackoff:
             self.delay = min(2 * self.delay, OPEN_BACKOFF_MAX) or OPEN_BACKOFF_FIRST
         self.retry_at = now + self.delay
         return self.delay
+
+    def repeats(self, error: BaseException) -> bool:
+        """Whether ``error`` says what the last failure said (a held connection refused
+        again, a deposit still on its way back): such a failure is logged once, as it
+        begins, not at every try."""
+        return self.failure is not None and str(error) == str(self.failure)
 
     def unreachable(self, now: float, error: BaseException) -> tuple[float, bool]:
         """The probe found the target not answering at ``now``: the failure, and whether
@@ -161,4 +194,174 @@ async def probe_target(ledger: Ledger, target: HostAddress, timeout: float) -> b
     raise TargetUnreachable(
         f"cannot reach {target}: host {target.host_id} does not answer "
         f"({'; '.join(failures)}); nothing was spent on the ledger"
+    )
+
+
+# -- which deposit the next connection goes with -------------------------------------------
+
+
+class HeldStep(enum.Enum):
+    """What a forward does with a connection a failed connect of its own left, by its
+    state on the ledger (:func:`held_step`)."""
+
+    RECONNECT = "reconnect"
+    """Open: the next try connects on it again (nothing spent)."""
+    WAIT = "wait"
+    """Closed or half-closed and not settled: its deposit is on its way back; no
+    other is opened meanwhile (:class:`DepositLocked`)."""
+    GONE = "gone"
+    """Settled, not on the ledger (an open that never landed), or to another target (a
+    reload changed it): nothing of this target's locked; the looks forget or settle it."""
+
+
+def held_step(connection: TransportControl | None, target: HostAddress) -> HeldStep:
+    """:class:`HeldStep` for ``connection`` (None: not on the ledger), a connection a
+    failed connect of a forward to ``target`` left unserved. Sans I/O."""
+    if connection is None or connection.settled:
+        return HeldStep.GONE
+    if connection.host != target.host_id or connection.port != target.port:
+        return HeldStep.GONE
+    if connection.state == ConnectionState.OPEN:
+        return HeldStep.RECONNECT
+    return HeldStep.WAIT
+
+
+@dataclass(eq=False)
+class DepositTry:
+    """One try of a forward's new connection: its attempt in the book (None: the daemon
+    keeps no book) and whether it connects on a connection a failed connect left."""
+
+    attempt: OpenAttempt | None
+    held: bool = False
+
+    @property
+    def reconnect(self) -> str | None:
+        """The ledger connection it connects on again (None: it opens one)."""
+        if not self.held or self.attempt is None:
+            return None
+        return self.attempt.connection_id
+
+
+@dataclass(eq=False)
+class ForwardDeposits:
+    """Which deposit one forward's next connection goes with: a connection a failed
+    connect of the forward left Open (held in the book, this run's or a previous one's),
+    else a new one -- never while such a connection's deposit is on its way back.
+    Several tries may run at once (a UDP forward's flows): each takes its own."""
+
+    name: str
+    """The forward's name: its connections' label in the book."""
+    ledger: Ledger
+    refunds: Refunds | None
+    _trying: set[OpenAttempt] = field(default_factory=set)
+
+    async def next(self, target: HostAddress) -> DepositTry:
+        """The next try's deposit (the ledger read for each held connection, in a
+        thread). Raises :class:`DepositLocked` while a held one's deposit is on its way
+        back, TunnelError when the ledger or the book cannot be read."""
+        refunds = self.refunds
+        if refunds is None:
+            return DepositTry(None)
+        try:
+            chosen, locked = await self._choose(refunds, target)
+            if chosen is not None:
+                chosen.hold()  # (in use while it is tried, and while served)
+                return self._trying_with(DepositTry(chosen, held=True))
+            if locked is None:
+                return self._trying_with(DepositTry(refunds.attempt(self.name)))
+        except sqlite3.Error as exc:  # (the book's file failing: no open without it)
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
+        due = client_settles_at(locked)
+        when = (
+            ""
+            if due is None
+            else f" from {datetime.fromtimestamp(due / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+        raise DepositLocked(
+            f"no new connection to {target} while the deposit of connection {locked.id}, "
+            f"which a failed connect left, is on its way back (the forwarder settles "
+            f"it{when} unless the provider does first): one deposit locked per target "
+            "at a time"
+        )
+
+    async def _choose(
+        self, refunds: Refunds, target: HostAddress
+    ) -> tuple[OpenAttempt | None, TransportControl | None]:
+        """Of the forward's held connections (another try's aside), the first still
+        Open, and the first whose deposit is on its way back; every other is released
+        to the book's looks (half-closed, settled when due, or forgotten)."""
+        busy = {t.key for t in self._trying}
+        chosen: OpenAttempt | None = None
+        locked: TransportControl | None = None
+        for attempt in refunds.held(self.name):
+            if attempt.key in busy:
+                continue  # (another flow's try under way)
+            connection = await self._read(attempt, target)
+            step = held_step(connection, target)
+            if step is HeldStep.RECONNECT and chosen is None:
+                chosen = attempt
+                continue
+            if step is HeldStep.WAIT and locked is None:
+                locked = connection
+            attempt.release()
+        return chosen, locked
+
+    def _trying_with(self, deposit: DepositTry) -> DepositTry:
+        if deposit.attempt is not None:
+            self._trying.add(deposit.attempt)
+        return deposit
+
+    async def _read(self, attempt: OpenAttempt, target: HostAddress) -> TransportControl | None:
+        cid = attempt.connection_id
+        assert cid is not None  # (Refunds.held gives those known by their ID)
+        try:
+            return await asyncio.to_thread(self.ledger.get_connection, cid)
+        except ObjectNotFound:
+            return None
+        except (ChainError, OSError, sqlite3.Error) as exc:
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
+
+    def failed(self, deposit: DepositTry | None) -> bool:
+        """``deposit``'s try failed (None: before it had one): its connection, Open
+        unless the server settled it, is held for the next try when it was opened and
+        never served, else the looks' (released). Returns whether this try spent (a new
+        open may have landed), for the backoff."""
+        if deposit is None or deposit.attempt is None:
+            return False
+        attempt = deposit.attempt
+        self._trying.discard(attempt)
+        if attempt.spent and attempt.unserved:
+            attempt.hold(HOLD_TIME)
+            return not deposit.held
+        attempt.release()
+        return False
+
+    async def served(self, deposit: DepositTry) -> None:
+        """``deposit``'s connection was made: no longer unserved in the book (a synced
+        write, in a thread; its user releases it once it ended)."""
+        if deposit.attempt is not None:
+            self._trying.discard(deposit.attempt)
+            await asyncio.to_thread(deposit.attempt.served)
+
+
+async def connect_forward(
+    config: ForwardConfig, ledger: Ledger, identity: HostIdentity, deposit: DepositTry
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """A new DTP connection of the forward ``config`` to its target, with ``deposit``:
+    on the connection it holds, or opened with its attempt as the journal -- left Open
+    should the connect fail (half-closed where the daemon keeps no book)."""
+    return await open_kept_connection(
+        config.target,
+        ledger=ledger,
+        identity=identity,
+        on_open=deposit.attempt,
+        reconnect=deposit.reconnect,
+        deposit=config.deposit,
+        config=ConnectionConfig(
+            identity=identity, is_client=True, idle_timeout=config.connection_idle_timeout
+        ),
+        # (the ledger open, the carrier connect and the handshake: on Sui the open
+        # alone is two transactions, each seconds long under load)
+        timeout=config.open_timeout,
+        metering=OWN_BILLING,
     )

@@ -1,18 +1,17 @@
 """The forwarders' own ledger connections, until each is settled: the daemon's asyncio
-driver of the library's refunds (:mod:`dtp.payments._refunds`; docs/daemon.md,
-"Tunnels").
+driver of the library's refunds (:mod:`dtp.payments._refunds`; what happens to them:
+docs/daemon.md, "How it works", "Settlements of the forwards' connections" and "One
+deposit locked per target").
 
 A connection ends on the provider's settlement as a rule. Where it does not -- the
-provider down, killed, or never reached (an open whose connect then failed) -- the
-deposit would stay in escrow for good: only the client may settle then, once the
-half-close timeout has passed since the first close. So each connection a forwarder
-opens is written to the book, ``<state_dir>/connections.sqlite``, before its deposit
-can move (``on_open`` of :func:`dtp.aio.open_connection`: an :class:`OpenAttempt`), and
-once no link uses it (:meth:`OpenAttempt.release`) the task looks at it every
-``refund_interval`` seconds, and at once when a link ends: one still Open is
-half-closed, one half-closed past the timeout settled, one settled by anyone forgotten
-(:mod:`dtp.payments._refund_engine` decides). The book survives restarts: a start
-settles what a previous run left, with no command.
+provider down, killed, or never reached -- only the client may settle, once the
+half-close timeout has passed, or the deposit would stay in escrow for good. So each
+connection a forwarder opens is written to the book, ``<state_dir>/connections.sqlite``,
+before its deposit can move (``on_open`` of :func:`dtp.aio.open_connection`: an
+:class:`OpenAttempt`), and once no link uses it the task looks at it until it is
+settled (:mod:`dtp.payments._refund_engine` decides each step). A forward's open whose
+connect failed stays *unserved* in the book, held for the forward's next try
+(:data:`HOLD_TIME`, :mod:`dtp.daemon._outage`). The book survives restarts.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dtp.daemon._config import REFUND_INTERVAL
@@ -34,9 +35,17 @@ from dtp.payments._refund_book import Opened, OpenedBook
 from dtp.payments._refund_engine import RefundEngine
 from dtp.payments._refunder import OpenAttempt, Refunder
 
-__all__ = ["CONNECTIONS_FILE", "REFUND_INTERVAL", "OpenAttempt", "Refunds"]
+__all__ = ["CONNECTIONS_FILE", "HOLD_TIME", "REFUND_INTERVAL", "OpenAttempt", "Refunds"]
 
 logger = logging.getLogger("dtp.daemon._refunds")
+
+HOLD_TIME = 300.0
+"""Seconds a ledger connection a forward's failed connect left Open is held for the
+forward after its last try (at a start, after the start): its next try connects on it
+again, spending nothing; once none came for this long, the looks take it -- half-closed,
+and its deposit back once the half-close timeout has passed (the provider may settle
+it sooner). Longer than the forward's backoff (8 s at most between tries that spend
+nothing), so that a forward with local clients coming keeps it."""
 
 
 class Refunds:
@@ -45,7 +54,8 @@ class Refunds:
     which looks at the book at once (a previous run's connections) and then every
     ``interval`` seconds, at a connection's deadline, or when a link ends, until
     cancelled. ``weigh_gas`` (``gas_aware_ends``): a refund smaller than the gas of
-    taking it back is left on the ledger, logged."""
+    taking it back is left on the ledger, logged. ``clock``: the monotonic seconds of
+    the holds and of the looks' waits (a test's own)."""
 
     def __init__(
         self,
@@ -56,6 +66,7 @@ class Refunds:
         gas: GasWatch | None = None,
         *,
         weigh_gas: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.gas = gas
         self.interval = interval
@@ -63,7 +74,9 @@ class Refunds:
         """``gas_aware_ends``: the forwarders' half-closes are weighed the same way."""
         self.book = OpenedBook(state_dir / CONNECTIONS_FILE)
         engine = RefundEngine(interval=interval, retry=interval, weigh_gas=weigh_gas)
-        self.refunder = Refunder(ledger, identity, self.book, engine, wake=self._wake_up)
+        self.refunder = Refunder(
+            ledger, identity, self.book, engine, wake=self._wake_up, clock=clock
+        )
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.refunded = 0
@@ -72,12 +85,28 @@ class Refunds:
         """Connections this run settled itself."""
         self.skipped = 0
         """Connections this run left on the ledger: their refund was below its gas."""
+        for entry in self.book.entries():
+            if entry.unserved and entry.connection_id is not None and entry.due_ms is None:
+                # a previous run's forward left it (Open as far as the book knows): its
+                # forward of this run may take it up before the first look half-closes it
+                self.refunder.hold(entry.connection_id, HOLD_TIME)
 
     # -- what the forwarders call -------------------------------------------------------
 
     def attempt(self, forward: str) -> OpenAttempt:
-        """The journal of one open of ``forward``."""
-        return OpenAttempt(self.refunder, forward)
+        """The journal of one open of ``forward``: unserved in the book until its
+        connect succeeded (:meth:`OpenAttempt.served`)."""
+        return OpenAttempt(self.refunder, forward, unserved=True)
+
+    def held(self, forward: str) -> list[OpenAttempt]:
+        """The connections of ``forward`` the book holds unserved and known by their
+        ID, oldest first -- each a connect that failed (or is under way), this run's or
+        a previous one's -- as attempts to hold, release or connect on again."""
+        return [
+            OpenAttempt.of(self.refunder, entry)
+            for entry in self.book.entries()
+            if entry.unserved and entry.label == forward and entry.connection_id is not None
+        ]
 
     def _wake_up(self) -> None:
         """A link ended (any thread): look at once."""

@@ -1,16 +1,12 @@
 """``dtp daemon``: set up the host on the ledger, run the services and forwarders,
-reload on SIGHUP, drain on SIGTERM/SIGINT, log structured lines.
-
-Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdout
-(host ID, DTP endpoint, forwarder addresses and, under ``forward_protocols``, which
-forwards are TCP or UDP); logs go to stderr.
+reload on SIGHUP, drain on SIGTERM/SIGINT, log structured lines, and print the ready
+line once everything listens (what each signal does, at any moment of the start, and
+what the ready line holds: docs/daemon.md, "How it works", "Reload (SIGHUP)",
+"Shutdown (SIGTERM/SIGINT)" and "Logs").
 
 The signals are caught from the moment ``dtp daemon`` has read its command line
 (``dtp.cli._daemon`` installs :class:`StopSignals` before importing this module), or
-:func:`main` runs, not only once the daemon is ready: a SIGTERM or SIGINT while it is
-starting ends the start at its next step (what was started is stopped, the status
-written) and the exit status is 0, as for a stop after the ready line; a SIGHUP while
-starting is a reload once it is ready.
+:func:`main` runs.
 """
 
 from __future__ import annotations
@@ -79,6 +75,7 @@ from dtp.ledger._open import open_ledger
 from dtp.ledger._spec import resolve_package
 from dtp.ledger.interface import Ledger
 from dtp.payments._ends import EndRule
+from dtp.payments._live_claims import ClaimRule
 
 if TYPE_CHECKING:
     # (ssl for annotations only: it loads where wss:// is served, so a system whose
@@ -285,20 +282,12 @@ class Daemon:
 
     # -- the Host on the ledger ---------------------------------------------------------
 
-    def sync_host(
-        self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
-    ) -> str:
-        """Publish the endpoint, key, services and firewall of ``config`` on the ledger
-        (only what differs); returns the host ID (:meth:`HostSetup.sync`; blocking)."""
-        return self.host_setup.sync(
-            HostSync(self.config, config, endpoint, self.host_id, checkpoint)
-        )
-
     async def _sync(
         self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
     ) -> str:
-        """:meth:`sync_host` in a thread, sent again while Sui's congestion control
-        cancels it (:meth:`HostSetup.sync_retried`)."""
+        """Publish the endpoint, key, services and firewall of ``config`` on the ledger
+        (only what differs; in a thread, sent again while Sui's congestion control cancels
+        it: :meth:`HostSetup.sync_retried`); returns the host ID."""
         return await self.host_setup.sync_retried(
             HostSync(self.config, config, endpoint, self.host_id, checkpoint)
         )
@@ -386,6 +375,12 @@ class Daemon:
                     receipts,
                     gas=self.gas,
                     rule=EndRule(settings.gas_aware_ends, settings.batch_window),
+                    claims=ClaimRule(
+                        settings.claim_above,
+                        settings.claim_age,
+                        settings.claim_interval,
+                        settings.gas_aware_ends,
+                    ),
                 )
             except sqlite3.Error as exc:
                 if isinstance(exc, DTPError):  # a ReceiptStoreError: it names the file
@@ -396,6 +391,7 @@ class Daemon:
                 ) from None
             self.services.host_id = self.host_id
             self.services.fees = self.fees
+            self.services.settlements.start_claims()
             await self._warn_prices(self.config.services)
             await self._claim_leftovers()
             self._checkpoint()
@@ -519,8 +515,7 @@ class Daemon:
                     "claimed after restart",
                     extra=kv(
                         connection=connection_id,
-                        claimed=settled.claimed,
-                        refunded=settled.refunded,
+                        **settled.moved,
                     ),
                 )
 

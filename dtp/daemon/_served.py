@@ -21,9 +21,11 @@ __all__ = ["LEDGER_CHECK", "ServedConnection", "service_row"]
 LEDGER_CHECK = 30.0
 """Seconds between reads of each open connection's state on the ledger (at the policy
 refreshes): one its client half-closed there while still served is closed and settled
-at once. Claims come when a connection ends; once ``HALF_CLOSE_TIMEOUT_MS`` (10 min)
-had passed since that half-close, the client could settle first and take the whole
-escrow back, the usage served meanwhile unpaid (dtp.hostid.paid's ``ledger_check_interval``)."""
+at once: once its half-close timeout (10 min) had passed since that half-close, the
+client could settle first and take back what no claim had taken, the usage served
+meanwhile unpaid (dtp.hostid.paid's ``ledger_check_interval``). One opened with a
+subscription now over (expired, its offer withdrawn or sold with the host) is closed
+and ended then too (docs/escrow.md §13)."""
 
 
 @dataclass(eq=False)
@@ -58,6 +60,11 @@ class ServedConnection:
     :meth:`dtp.daemon._settlements.Settlements.earn`)."""
     accepted: int = 0
     """The total of the newest receipt accepted (checked; stored, or on its way)."""
+
+    @property
+    def subscription(self) -> str | None:
+        """The Subscription the connection was opened with (None: a metered one)."""
+        return self.terms.subscription
 
 
 def service_row(book: StatusBook, service: ServiceConfig) -> ServiceStats:

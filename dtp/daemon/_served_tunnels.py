@@ -8,16 +8,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from dtp.daemon._balancer import BackendPool
 from dtp.daemon._config import ServiceConfig
-from dtp.daemon._fees import RECEIPT_SIZE, ServerFees, Settled
+from dtp.daemon._fees import RECEIPT_SIZE
 from dtp.daemon._host_policy import POLICY_REFRESH
 from dtp.daemon._logs import kv, log_failure
 from dtp.daemon._served import ServedConnection, service_row
-from dtp.daemon._settlements import Settlements
-from dtp.daemon._state import StatusBook
+from dtp.daemon._settlements import ServedSide
 from dtp.daemon._tasks import end_for_cleanup
 from dtp.daemon._tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import DTPError, InvalidReceipt, TunnelError
@@ -42,29 +42,16 @@ UNPAID_PAUSE = 10.0
 default)."""
 
 
-class ServedTunnels:
+@dataclass(eq=False)
+class ServedTunnels(ServedSide):
     """The tunnels of the TCP services' connections.
 
     ``services`` and ``pools`` are the host's service table and backend pools as
     configured now (a tunnel looks its service up again: a reload may have changed its
-    backends); ``settlements`` counts the receipts kept; ``end`` ends a served
-    connection (forgets it, closes it, settles it) once its tunnels are done."""
+    backends)."""
 
-    def __init__(
-        self,
-        book: StatusBook,
-        services: Mapping[int, ServiceConfig],
-        pools: Mapping[int, BackendPool],
-        fees: Callable[[], ServerFees],
-        settlements: Settlements,
-        end: Callable[[ServedConnection], Awaitable[Settled]],
-    ) -> None:
-        self.book = book
-        self.services = services
-        self.pools = pools
-        self.fees = fees
-        self.settlements = settlements
-        self.end = end
+    services: Mapping[int, ServiceConfig]
+    pools: Mapping[int, BackendPool]
 
     async def serve(self, conn: ServedConnection, reader: DTPStreamReader) -> None:
         """Serve ``conn``'s tunnels until the connection ends, then end it (its tunnels
@@ -103,8 +90,7 @@ class ServedTunnels:
                     service=service.name,
                     connection=conn.connection_id,
                     bytes=conn.bytes,
-                    claimed=settled.claimed,
-                    refunded=settled.refunded,
+                    **settled.moved,
                 ),
             )
             if cancelled is not None:

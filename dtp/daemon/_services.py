@@ -1,12 +1,8 @@
 """The exposing side: one DTP listener for every service of the host; each admitted
 connection's extra streams are tunnels to the service's TCP backends.
 
-Admission per connection: the DTP port the client named must be a configured service,
-the service's own allow/deny lists must permit the client, then
-:class:`dtp.hostid._admission.LedgerAdmission` (Open connection of this client to this host and
-port, funded escrow, host firewall), and no other DTP connection may be served on that
-ledger connection. Tunnels of a paid service are refused or cut when
-the client's receipts fall more than ``unpaid_slack`` bytes behind.
+Admission per connection, in order: docs/daemon.md, "How it works", "Exposing" (the
+ledger's part is :class:`dtp.hostid._admission.LedgerAdmission`).
 
 :class:`ServiceHost` keeps the listener, the admission and the handler that hands each
 connection to its part: its tunnels (:mod:`dtp.daemon._served_tunnels`) or UDP flow
@@ -132,7 +128,7 @@ class ServiceHost:
         self.policy = HostPolicy(ledger, self.limiter, self.conns, book, self.settlements.retry_now)
         """The Host's firewall, re-read while serving."""
         self.tunnels = ServedTunnels(
-            book, self.services, self.pools, fees, self.settlements, self._end
+            book, fees, self.settlements, self._end, self.services, self.pools
         )
         """The TCP services' connections: their tunnels and receipts."""
         self.udp_flows = UdpFlows(book, fees, self.settlements, self._end)
@@ -289,7 +285,11 @@ class ServiceHost:
                 # refused here, its deposit would stay in escrow for good. One the ledger
                 # admits (this client's, Open, to this host and port) is settled now
                 admission = LedgerAdmission(
-                    self.ledger, self.host_id, peer.port, open_grace=self.open_grace
+                    self.ledger,
+                    self.host_id,
+                    peer.port,
+                    open_grace=self.open_grace,
+                    withdraw_as=self.identity,
                 )
                 verdict = await asyncio.to_thread(admission, peer)
                 # (not one still served, under the service as it was: a second DTP
@@ -303,7 +303,12 @@ class ServiceHost:
             )
             return why
         admission = LedgerAdmission(
-            self.ledger, self.host_id, service.port, remember=True, open_grace=self.open_grace
+            self.ledger,
+            self.host_id,
+            service.port,
+            remember=True,
+            open_grace=self.open_grace,
+            withdraw_as=self.identity,
         )
         reason = await asyncio.to_thread(admission, peer)
         kind = "ledger"  # (what the denial counts under: state.DENIAL_REASONS)
@@ -392,7 +397,7 @@ class ServiceHost:
             return
         client: str = writer.get_extra_info("peer_address")
         try:
-            terms = await self.fees.terms(connection_id, admitted)
+            terms = await self.fees.terms(connection_id, admitted, served=True)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
             self._served.ended(connection_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,9 @@ from dtp.daemon._tasks import cancel_and_wait
 from dtp.hostid._served import ServedConnections
 from dtp.ledger.receipt import Receipt
 from dtp.payments._ends import EndChoice
+from dtp.payments._live_claims import LiveClaim
 
-__all__ = ["SETTLE_RETRY", "SETTLE_RETRY_MAX", "Settlements", "next_settle_retry"]
+__all__ = ["SETTLE_RETRY", "SETTLE_RETRY_MAX", "ServedSide", "Settlements", "next_settle_retry"]
 
 logger = logging.getLogger("dtp.daemon._services")  # (the exposing side logs under one name)
 
@@ -32,8 +33,9 @@ SETTLE_RETRY = 30.0
 again, doubled after each failure up to :data:`SETTLE_RETRY_MAX`
 (:func:`next_settle_retry`); tried at once when the Host can be read again after an
 outage, or the daemon's gas is funded again. Left for the next start, it could come
-too late: ``HALF_CLOSE_TIMEOUT_MS`` (10 min) after a half-close the client may settle
-alone and take its whole deposit back, the receipted fee lost."""
+too late: the connection's half-close timeout (10 min unless the service set longer)
+after a half-close, the client may settle alone and take its whole deposit back, the
+receipted fee lost."""
 
 SETTLE_RETRY_MAX = 60.0
 """The longest wait between two tries of a settlement: whenever the client's
@@ -122,6 +124,31 @@ class Settlements:
         self._batch_wake = asyncio.Event()
         self.unplaced_failures = 0
         """Failed settlements whose service could not be told (no status row)."""
+        self._claim_task: asyncio.Task[None] | None = None
+
+    def start_claims(self) -> None:
+        """Claim the served connections' receipts while they live (the fees'
+        :meth:`~dtp.daemon._fees.ServerFees.run_claims`, docs/escrow.md §7.1), each
+        claim counted as a settlement's is (:meth:`count_claim`), until :meth:`stop`."""
+        if self._claim_task is None and not self.stopped:
+            self._claim_task = asyncio.ensure_future(self.fees().run_claims(self.count_claim))
+
+    def count_claim(self, connection_id: str, claim: LiveClaim, port: int | None) -> None:
+        """A claim made while ``connection_id`` lived (on service ``port``): in its
+        service's ``claims`` and ``fees_claimed``; its end's settlement adds what it
+        claims beyond."""
+        conn = self.conns.get(connection_id)
+        row = self._settled_row(conn.service if conn is not None else None, port)
+        if row is None:
+            logger.warning(
+                "claim not counted: its service is unknown",
+                extra=kv(connection=connection_id, claimed=claim.paid),
+            )
+            return
+        if claim.paid:
+            row.claims += 1
+            row.fees_claimed += claim.paid
+            self.book.touch()
 
     def settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
         """Close and settle (refund) a ledger connection refused at admission (a receipt
@@ -194,9 +221,7 @@ class Settlements:
         if row is None:  # (a claim or a refund read the connection: not expected)
             logger.warning(
                 "settlement not counted: its service is unknown",
-                extra=kv(
-                    connection=connection_id, claimed=settled.claimed, refunded=settled.refunded
-                ),
+                extra=kv(connection=connection_id, **settled.moved),
             )
             return
         if left:
@@ -295,8 +320,7 @@ class Settlements:
                     "settled after a failure",
                     extra=kv(
                         connection=connection_id,
-                        claimed=settled.claimed,
-                        refunded=settled.refunded,
+                        **settled.moved,
                     ),
                 )
             return
@@ -465,6 +489,9 @@ class Settlements:
         :attr:`running`, which the drain waits for); one failing from now on is left
         for the next start."""
         self.stopped = True
+        claims, self._claim_task = self._claim_task, None
+        if claims is not None and (error := await cancel_and_wait(claims)) is not None:
+            log_failure(logger, "claiming while connections live failed", error)
         batch, self._batch_task = self._batch_task, None
         if batch is not None and (error := await cancel_and_wait(batch)) is not None:
             log_failure(logger, "settling the batch failed", error)
@@ -488,3 +515,16 @@ class Settlements:
                 ),
             )
         self.retries.clear()  # (said once)
+
+
+@dataclass(eq=False)
+class ServedSide:
+    """What a connection's TCP or UDP side shares with its host: the status ``book``,
+    ``fees`` (read when used: set after the sides are made), the ``settlements`` that
+    count the receipts kept, and ``end``, which ends a served connection (forgets it,
+    closes it, settles it) once its tunnels or flow are done."""
+
+    book: StatusBook
+    fees: Callable[[], ServerFees]
+    settlements: Settlements
+    end: Callable[[ServedConnection], Awaitable[Settled]]

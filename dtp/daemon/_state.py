@@ -1,13 +1,11 @@
 """The daemon's counters and the status file ``dtp status`` reads.
 
 Counters live in memory (one event loop writes them) and are written to
-``<state_dir>/status.json`` atomically and durably (:func:`dtp.identity._files.write_durably`:
-temp file synced, renamed, directory synced) at most every ``interval`` seconds and at
-exit. The periodic writes happen in a thread of their own, off the event loop (their
-two fsyncs held up every tunnel for as long as the disk took); the one at exit, forced,
-is done by the time :meth:`StatusBook.save` returns. Cumulative counters survive a
-restart: they are read back from the previous file at start; live counters (active
-tunnels) start at zero.
+``<state_dir>/status.json`` (:func:`dtp.identity._files.write_durably`; how often, and
+what survives a restart: docs/daemon.md, "How it works", "Status"). The periodic
+writes happen in a thread of their own, off the event loop (their two fsyncs held up
+every tunnel for as long as the disk took); the one at exit, forced, is done by the
+time :meth:`StatusBook.save` returns.
 
 The names of the state directory's other files are here too, for the commands that
 look into a daemon's state directory without running it (``dtp claim``).
@@ -70,8 +68,22 @@ def lock_holder(state_dir: Path) -> int | None:
     return int(holder) if holder.isdigit() else None
 
 
+class _Denials:
+    """What both rows count denials with (no fields: each row's stay in its order)."""
+
+    denials: int
+    denied: dict[str, int]
+
+    def deny(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` denials for ``reason`` (one of :data:`DENIAL_REASONS`)."""
+        if count <= 0:
+            return
+        self.denials += count
+        self.denied[reason] = self.denied.get(reason, 0) + count
+
+
 @dataclass
-class ServiceStats:
+class ServiceStats(_Denials):
     """Counters of one exposed service."""
 
     port: int = 0
@@ -123,13 +135,9 @@ class ServiceStats:
     """UDP: datagrams dropped, by reason (``unpaid``, ``rate_limited``, ``oversized``,
     ``backlog``, ``send_failed``, ``finishing``, ``no_session``)."""
 
-    def deny(self, reason: str, count: int = 1) -> None:
-        """Count ``count`` denials for ``reason`` (one of :data:`DENIAL_REASONS`)."""
-        _deny(self, reason, count)
-
 
 @dataclass
-class ForwardStats:
+class ForwardStats(_Denials):
     """Counters of one client-side forwarder."""
 
     listen: str = ""
@@ -158,10 +166,6 @@ class ForwardStats:
     datagrams_dropped: dict[str, int] = field(default_factory=dict)
     """UDP: datagrams dropped, by reason (as :attr:`ServiceStats.datagrams_dropped`)."""
 
-    def deny(self, reason: str, count: int = 1) -> None:
-        """Count ``count`` denials for ``reason`` (one of :data:`DENIAL_REASONS`)."""
-        _deny(self, reason, count)
-
 
 DENIAL_REASONS = {
     "firewall": "the service's own allow/deny lists refuse the client",
@@ -189,13 +193,6 @@ SERVICE_DENIALS = (
 """The reasons a service counts denials under."""
 FORWARD_DENIALS = ("ledger", "refused", "unpaid")
 """The reasons a forward counts denials under."""
-
-
-def _deny(row: ServiceStats | ForwardStats, reason: str, count: int) -> None:
-    if count <= 0:
-        return
-    row.denials += count
-    row.denied[reason] = row.denied.get(reason, 0) + count
 
 
 _LIVE = {"active_tunnels", "healthy_backends", "receipts_held"}

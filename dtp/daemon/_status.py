@@ -19,15 +19,19 @@ from dtp.errors import DaemonConfigError
 
 __all__ = ["LIVE_TIMEOUT", "daemon_running", "format_table", "main", "read_live", "state_dir_of"]
 
-_SERVICE_COLUMNS = (
-    ("service", "name"),
-    ("port", "port"),
+# (heading, key) of the columns services and forwards both show
+_TRAFFIC_COLUMNS = (
     ("conns", "connections"),
     ("tunnels", "tunnels"),
     ("active", "active_tunnels"),
     ("bytes in", "bytes_in"),
     ("bytes out", "bytes_out"),
     ("denied", "denials"),
+)
+_SERVICE_COLUMNS = (
+    ("service", "name"),
+    ("port", "port"),
+    *_TRAFFIC_COLUMNS,
     ("rate-limited", "rate_limited"),
     ("no backend", "unavailable"),
     ("healthy", "healthy_backends"),
@@ -39,12 +43,7 @@ _SERVICE_COLUMNS = (
 _FORWARD_COLUMNS = (
     ("forward", "name"),
     ("listen", "listen"),
-    ("conns", "connections"),
-    ("tunnels", "tunnels"),
-    ("active", "active_tunnels"),
-    ("bytes in", "bytes_in"),
-    ("bytes out", "bytes_out"),
-    ("denied", "denials"),
+    *_TRAFFIC_COLUMNS,
     ("errors", "errors"),
     ("receipts", "receipts_sent"),
     ("paid", "fees_paid"),

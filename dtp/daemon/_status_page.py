@@ -1,15 +1,15 @@
-"""The status page the daemon serves at ``/`` of its metrics address (docs/daemon.md,
-"Metrics and the status page"): one HTML document with its style and script inline --
-nothing loaded from elsewhere, no build step -- that reads ``/status.json`` and
-``/history.json`` every two seconds and draws, per service, its connections, throughput
-and fees over the last ten minutes as inline SVG charts, its backends up or down, and
-above them the ledger's health and the gas. Every value is put in the page as text
+"""The status page the daemon serves at ``/`` of its metrics address: one HTML document
+with its style and script inline, what it shows live and offline as docs/daemon.md,
+"Metrics and the status page", says. Every value is put in the page as text
 (``textContent``), never as markup: a service's name cannot inject any.
 
 The page marks what it shows for scripts and tests: ``body[data-state]`` is
-``loading``, ``live`` or ``offline`` (the daemon stopped answering), each service's card
+``loading``, ``live`` or ``offline``, ``body[data-figures]`` ``live``, ``last-known``
+(the daemon stopped answering) or ``saved`` (it said it stopped); each service's card
 carries ``data-service`` and its figures (``data-connections``, ``data-bytes``,
-``data-backends-up``), each forward's ``data-forward``."""
+``data-backends-up``, ``data-fees-earned``, ``data-fees-claimed``, ``data-fees-owed``),
+each forward's ``data-forward``.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ svg { display:block; width:100%; height:54px; background:#fafbfc; border-radius:
 .dot.up { background:var(--ok); } .dot.down { background:var(--bad); }
 .dot.unchecked { background:var(--dim); }
 #empty { color:var(--dim); padding:20px; }
+#banner { padding:10px 20px; background:#fdecec; color:var(--bad); font-weight:600;
+  border-bottom:1px solid var(--line); }
+body[data-state="offline"] .figures, body[data-state="offline"] .chart { opacity:.5; }
+.asof { color:var(--bad); font-size:12px; margin:-6px 0 8px; }
 footer { color:var(--dim); font-size:11px; padding:0 20px 16px; }
 </style>
 </head>
@@ -63,6 +67,7 @@ footer { color:var(--dim); font-size:11px; padding:0 20px 16px; }
     <span id="ledger-info"></span></span>
   <span class="kv">gas <span id="gas" class="badge">…</span> <span id="gas-info"></span></span>
 </header>
+<div id="banner" role="status" hidden></div>
 <main id="cards"><div id="empty">Loading…</div></main>
 <footer id="footer"></footer>
 <script>
@@ -90,6 +95,8 @@ function mist(n) {
   return Number(n).toLocaleString("en") + " MIST";
 }
 function count(n) { return Number(n || 0).toLocaleString("en"); }
+function clock(t) { return new Date(t * 1000).toLocaleTimeString("en-GB"); }
+const NONE = "\u2013";  // what a figure only a running daemon knows shows offline
 function ago(t) {
   if (!t) return "never";
   const s = Math.max(0, Date.now() / 1000 - t);
@@ -102,7 +109,7 @@ function fig(n, label) {
     el("div", { class: "n" }, n), el("div", { class: "l" }, label));
 }
 
-function chart(title, points, fmt, color) {
+function chart(title, points, fmt, color, live) {
   // points: [[t, v], ...] drawn as a line and the area under it, over the sampled span
   const W = 400, H = 54, pad = 2, NS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(NS, "svg");
@@ -131,12 +138,13 @@ function chart(title, points, fmt, color) {
     svg.append(area, stroke);
   }
   const last = vals.length ? vals[vals.length - 1] : 0;
-  const legend = "now " + fmt(last) + " · max " + fmt(max);
+  const legend = (live ? "now " : "last ") + fmt(last) + " · max " + fmt(max);
   return el("div", { class: "chart" },
     el("div", { class: "t" }, el("span", {}, title), el("span", {}, legend)), svg);
 }
 
 function series(history, kind, name, field) {
+  if (!history) return [];
   const idx = history[kind + "_fields"].indexOf(field);
   const out = [];
   for (const s of history.samples) {
@@ -160,7 +168,18 @@ function traffic(history, kind, name, row) {
   return { udp, points, now, fmt: perSecond(udp), title: udp ? "datagrams / s" : "throughput" };
 }
 
-function serviceCard(name, row, history) {
+// mode: "live"; "last-known" (the daemon does not answer: its last figures, as of
+// ``at``); "saved" (the daemon stopped: its figures as it saved them, at ``at``)
+function asOf(mode, at) {
+  const when = clock(at);
+  return el("div", { class: "asof" }, mode === "saved"
+    ? `stopped: figures as the daemon saved them at ${when}`
+    : `offline: last known figures, from ${when}`);
+}
+function offBadge(mode) { return badge("", mode === "saved" ? "stopped" : "offline"); }
+
+function serviceCard(name, row, history, mode, at) {
+  const live = mode === "live";
   const t = traffic(history, "service", name, row);
   const backends = Object.entries(row.backends || {});
   const up = backends.filter(([, s]) => s === "up").length;
@@ -168,69 +187,88 @@ function serviceCard(name, row, history) {
   const card = el("section", {
     class: "card", "data-service": name, "data-connections": row.connections_open || 0,
     "data-bytes": (row.bytes_in || 0) + (row.bytes_out || 0), "data-backends-up": up,
+    "data-fees-earned": row.fees_earned || 0, "data-fees-claimed": row.fees_claimed || 0,
+    "data-fees-owed": row.fees_owed === undefined ? "" : row.fees_owed,
   },
-    el("h2", {}, name, badge(down ? "bad" : "ok", down ? "no backend" : "serving")),
-    el("div", { class: "sub" }, `service · port ${row.port} · ${row.protocol || "tcp"}`),
-    el("div", { class: "figures" },
-      fig(count(row.connections_open), "connections open"),
-      fig(count(row.active_tunnels), t.udp ? "flows" : "tunnels open"),
-      fig(t.fmt(t.now), t.title),
+    el("h2", {}, name, live ? badge(down ? "bad" : "ok", down ? "no backend" : "serving")
+      : offBadge(mode)),
+    el("div", { class: "sub" }, `service · port ${row.port} · ${row.protocol || "tcp"}`));
+  if (!live) card.append(asOf(mode, at));
+  card.append(
+    el("div", { class: "figures" }, ...nowFigs(row, t, live),
       fig(count(row.denials), "denied"),
       fig(mist(row.fees_earned), "earned"),
       fig(mist(row.fees_claimed), "claimed"),
-      fig(mist(row.fees_owed), "owed"),
+      fig(row.fees_owed === undefined ? NONE : mist(row.fees_owed), "owed"),
       fig(count(row.ends_left), "ends left")),
     chart("connections open", series(history, "service", name, "connections_open"),
-      count, "var(--chart)"),
-    chart(t.title + " (both ways)", t.points, t.fmt, "var(--chart)"),
-    chart("fees earned", series(history, "service", name, "fees_earned"), mist, "var(--chart2)"));
+      count, "var(--chart)", live),
+    chart(t.title + " (both ways)", t.points, t.fmt, "var(--chart)", live),
+    chart("fees earned", series(history, "service", name, "fees_earned"), mist,
+      "var(--chart2)", live));
   if (backends.length) {
-    card.append(el("div", { class: "backends" }, ...backends.map(([b, s]) =>
-      el("span", { class: "backend", "data-backend": b, "data-up": s },
-        el("span", { class: "dot " + s }), b + " " + s))));
+    // offline, no backend is known up or down: each is named, grey
+    card.append(el("div", { class: "backends" }, ...backends.map(([b, s]) => live
+      ? el("span", { class: "backend", "data-backend": b, "data-up": s },
+        el("span", { class: "dot " + s }), b + " " + s)
+      : el("span", { class: "backend", "data-backend": b, "data-up": "unknown" },
+        el("span", { class: "dot unchecked" }), b))));
   }
   return card;
 }
 
-function forwardCard(name, row, history) {
+// what a service and a forward show alike of now (offline: nothing)
+function nowFigs(row, t, live) {
+  return [
+    fig(live ? count(row.connections_open) : NONE, "connections open"),
+    fig(live ? count(row.active_tunnels) : NONE, t.udp ? "flows" : "tunnels open"),
+    fig(live ? t.fmt(t.now) : NONE, t.title)];
+}
+
+function forwardCard(name, row, history, mode, at) {
+  const live = mode === "live";
   const t = traffic(history, "forward", name, row);
-  const state = row.state || "ok";
+  const state = live ? row.state || "ok" : "unknown";
   const kind = state === "ok" ? "ok" : state === "unreachable" ? "bad" : "warn";
-  return el("section", {
+  const card = el("section", {
     class: "card", "data-forward": name, "data-state": state,
     "data-bytes": (row.bytes_in || 0) + (row.bytes_out || 0),
   },
-    el("h2", {}, name, badge(kind, state === "ok" ? "target up" : state.replace("_", " "))),
-    el("div", { class: "sub" }, `forward · ${row.listen || ""} → ${row.target || ""}`),
-    el("div", { class: "figures" },
-      fig(count(row.connections_open), "connections open"),
-      fig(count(row.active_tunnels), t.udp ? "flows" : "tunnels open"),
-      fig(t.fmt(t.now), t.title),
-      fig(mist(row.fees_paid), "paid")),
-    chart(t.title + " (both ways)", t.points, t.fmt, "var(--chart)"),
-    chart("fees paid", series(history, "forward", name, "fees_paid"), mist, "var(--chart2)"));
+    el("h2", {}, name, live
+      ? badge(kind, state === "ok" ? "target up" : state.replace("_", " ")) : offBadge(mode)),
+    el("div", { class: "sub" }, `forward · ${row.listen || ""} → ${row.target || ""}`));
+  if (!live) card.append(asOf(mode, at));
+  card.append(
+    el("div", { class: "figures" }, ...nowFigs(row, t, live), fig(mist(row.fees_paid), "paid")),
+    chart(t.title + " (both ways)", t.points, t.fmt, "var(--chart)", live),
+    chart("fees paid", series(history, "forward", name, "fees_paid"), mist, "var(--chart2)",
+      live));
+  return card;
 }
 
-function header(status) {
+function header(status, mode, at) {
+  const live = mode === "live";
   $("daemon").replaceChildren(
     "host ", el("b", {}, status.host_id || "(no services)"),
     " · address ", el("b", {}, status.address || "?"),
     " · pid ", el("b", {}, status.pid || "?"),
     " · v", status.version || "?");
   const ledger = status.ledger || {};
-  const lstate = ledger.state || "unknown";
+  const lstate = live ? ledger.state || "unknown" : "unknown";
   $("ledger").className = "badge " + ({ ok: "ok", unavailable: "bad" }[lstate] || "");
   $("ledger").textContent = lstate;
-  $("ledger-info").textContent = `${ledger.spec || ""} · ${count(ledger.calls)} calls, ` +
+  $("ledger-info").textContent = (live ? "" : `as of ${clock(at)}: ${ledger.state || "?"}, `) +
+    `${ledger.spec || ""} · ${count(ledger.calls)} calls, ` +
     `${count(ledger.errors)} errors` +
     (ledger.mean_seconds ? `, mean ${(ledger.mean_seconds * 1000).toFixed(1)} ms` : "") +
     (lstate === "unavailable" && ledger.last_error ? " · " + ledger.last_error : "") +
-    ` · answered ${ago(ledger.last_ok)}`;
+    (live ? ` · answered ${ago(ledger.last_ok)}` : "");
   const gas = status.gas || {};
-  const gstate = gas.budget ? (gas.state || "unknown") : "no gas";
+  const gstate = !live ? "unknown" : gas.budget ? (gas.state || "unknown") : "no gas";
   $("gas").className = "badge " + ({ ok: "ok", low: "warn", out: "bad" }[gstate] || "");
   $("gas").textContent = gstate;
-  $("gas-info").textContent = (gas.budget ? "" : "balance ") + mist(gas.balance) +
+  $("gas-info").textContent = (live ? "" : `as of ${clock(at)}: `) +
+    (gas.budget ? "" : "balance ") + mist(gas.balance) +
     (gas.spent && gas.spent.total ? ` · spent ${mist(gas.spent.total)}` : "");
 }
 
@@ -240,28 +278,87 @@ async function fetchJson(path) {
   return answer.json();
 }
 
-async function refresh() {
-  try {
-    const [status, history] = await Promise.all([
-      fetchJson("status.json"), fetchJson("history.json")]);
-    header(status);
-    const services = Object.entries(status.services || {});
-    const forwards = Object.entries(status.forwards || {});
-    const cards = [
-      ...services.map(([name, row]) => serviceCard(name, row, history)),
-      ...forwards.map(([name, row]) => forwardCard(name, row, history)),
-    ];
-    if (!cards.length) cards.push(el("div", { id: "empty" }, "No services or forwards."));
-    $("cards").replaceChildren(...cards);
-    document.body.dataset.state = "live";
-    document.body.dataset.services = services.length;
-    document.body.dataset.forwards = forwards.length;
-    $("footer").textContent = "Live: updated every 2 s from this daemon's /status.json " +
-      "(charts: its last 10 minutes). Prometheus metrics: /metrics.";
-  } catch (err) {
+// the last figures that answered ({status, history, at}), and the status the daemon
+// left as it stopped (/stopped.json), once it did
+let last = null;
+let stopped = null;
+let watching = false;
+
+function render(status, history, mode, at) {
+  header(status, mode, at);
+  const services = Object.entries(status.services || {});
+  const forwards = Object.entries(status.forwards || {});
+  const cards = [
+    ...services.map(([name, row]) => serviceCard(name, row, history, mode, at)),
+    ...forwards.map(([name, row]) => forwardCard(name, row, history, mode, at)),
+  ];
+  if (!cards.length) cards.push(el("div", { id: "empty" }, "No services or forwards."));
+  $("cards").replaceChildren(...cards);
+  document.body.dataset.state = mode === "live" ? "live" : "offline";
+  document.body.dataset.figures = mode;
+  document.body.dataset.services = services.length;
+  document.body.dataset.forwards = forwards.length;
+}
+
+function offline(why) {
+  // nothing live-looking: the last figures, marked, or the ones saved at the stop
+  const banner = $("banner");
+  banner.hidden = false;
+  if (stopped) {
+    render(stopped, last && last.history, "saved", stopped.stopped);
+    banner.textContent = `Stopped: the daemon stopped at ${clock(stopped.stopped)}. ` +
+      "The figures below are the ones it saved then; nothing is live.";
+  } else if (last) {
+    render(last.status, last.history, "last-known", last.at);
+    banner.textContent = `Offline: the daemon does not answer (${why}). The figures ` +
+      `below are the last it gave, at ${clock(last.at)}; nothing is live.`;
+  } else {
     document.body.dataset.state = "offline";
-    $("footer").textContent = "The daemon does not answer (" + err.message + "); trying again.";
+    banner.textContent = `Offline: the daemon does not answer (${why}).`;
   }
+  $("footer").textContent = "Trying again every 2 s.";
+}
+
+async function watchStop() {
+  // one request held open: the daemon answers it as it stops, with its last status
+  if (watching) return;
+  watching = true;
+  try {
+    for (;;) {
+      const answer = await fetch("stopped.json", { cache: "no-store" });
+      if (answer.status === 200) {
+        stopped = await answer.json();
+        offline("it stopped");
+        return;
+      }
+      if (answer.status !== 204) await new Promise((done) => setTimeout(done, 10 * STEP_MS));
+    }
+  } catch (err) {
+    // gone without a word (killed, or the network): refresh() shows the last figures
+  } finally {
+    watching = false;
+  }
+}
+
+async function refresh() {
+  let status, history;
+  try {
+    [status, history] = await Promise.all([
+      fetchJson("status.json"), fetchJson("history.json")]);
+  } catch (err) {
+    offline(err.message);
+    return;
+  }
+  if (stopped && status.pid === stopped.pid && status.started === stopped.started) {
+    return;  // (an answer of the stopped daemon's last moments, after its last word)
+  }
+  stopped = null;
+  last = { status, history, at: Date.now() / 1000 };
+  $("banner").hidden = true;
+  render(status, history, "live");
+  $("footer").textContent = "Live: updated every 2 s from this daemon's /status.json " +
+    "(charts: its last 10 minutes). Prometheus metrics: /metrics.";
+  watchStop();
 }
 refresh();
 setInterval(refresh, STEP_MS);

@@ -1,15 +1,9 @@
 """The service manager's notify protocol (``sd_notify``, systemd.service(5)
-``Type=notify``): ``READY=1`` once the daemon serves, ``RELOADING=1`` and ``READY=1``
-around a reload, ``STOPPING=1`` as it drains, ``STATUS=…`` lines an operator reads in
-``systemctl status``, and ``WATCHDOG=1`` at half the ``WatchdogSec`` the manager asks
-for -- sent from the daemon's event loop, so a loop that hangs stops it, and the
-manager restarts the daemon.
-
-The protocol is one datagram per message, ``KEY=value`` lines, to the ``AF_UNIX``
-socket named by ``$NOTIFY_SOCKET`` (a path, or an abstract name written with a leading
-``@``); the watchdog's period is ``$WATCHDOG_USEC`` microseconds, meant for the process
-``$WATCHDOG_PID`` (when set). Outside a service manager (no ``$NOTIFY_SOCKET``) every
-call does nothing. A failed send is logged once, never fatal: the daemon serves on.
+``Type=notify``): what the daemon sends and when, docs/daemon.md "Running under
+systemd". The watchdog's pings go from the daemon's event loop, so a loop that hangs
+stops them and the manager restarts the daemon. Outside a service manager (no
+``$NOTIFY_SOCKET``) every call does nothing; a failed send is logged once, never fatal:
+the daemon serves on.
 """
 
 from __future__ import annotations

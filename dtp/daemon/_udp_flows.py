@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from dtp.daemon._fees import ServerFees, Settled
 from dtp.daemon._logs import kv, log_failure
 from dtp.daemon._served import ServedConnection, service_row
 from dtp.daemon._served_tunnels import refuse_tunnels
-from dtp.daemon._settlements import Settlements
-from dtp.daemon._state import StatusBook
+from dtp.daemon._settlements import ServedSide
 from dtp.daemon._tasks import end_for_cleanup
 from dtp.errors import DTPError, TunnelError
 from dtp.hostid.udp import UdpStats
@@ -55,27 +53,14 @@ UDP_TALLY = 0.5
 status file is written at most twice a second anyway)."""
 
 
-class UdpFlows:
-    """The flows of the UDP services' connections.
+@dataclass(eq=False)
+class UdpFlows(ServedSide):
+    """The flows of the UDP services' connections."""
 
-    ``settlements`` counts the receipts kept; ``end`` ends a served connection (forgets
-    it, closes it, settles it) once its flow is done."""
-
-    def __init__(
-        self,
-        book: StatusBook,
-        fees: Callable[[], ServerFees],
-        settlements: Settlements,
-        end: Callable[[ServedConnection], Awaitable[Settled]],
-    ) -> None:
-        self.book = book
-        self.fees = fees
-        self.settlements = settlements
-        self.end = end
-        self._turns: dict[int, int] = {}
-        """Round robin over each UDP service's backends, per port: one counter shared
-        by all services sent flows alternating between two of them to the same
-        backend of each, every time."""
+    _turns: dict[int, int] = field(default_factory=dict, init=False)
+    """Round robin over each UDP service's backends, per port: one counter shared
+    by all services sent flows alternating between two of them to the same
+    backend of each, every time."""
 
     async def serve(self, conn: ServedConnection, reader: DTPStreamReader) -> None:
         """Relay ``conn``'s flow until it idles out (or the drain finishes it), then end
@@ -193,8 +178,7 @@ class UdpFlows:
                     service=service.name,
                     connection=conn.connection_id,
                     datagrams=snap["datagrams_in"],
-                    claimed=settled.claimed,
-                    refunded=settled.refunded,
+                    **settled.moved,
                 ),
             )
             if cancelled is not None:

@@ -3,8 +3,10 @@ whose flows reach a remote ``<host id>:<port>`` UDP service through DTP, one con
 per source address (opened on the ledger with the forward's deposit), billed per
 datagram (docs/udp.md). Same interface as :class:`dtp.daemon._forwarder.Forwarder`, and
 the same way to a new connection: the target probed first, one probe at a time, a
-backoff during an outage (:mod:`dtp.daemon._outage`), each connection in the daemon's
-book until settled (:mod:`dtp.daemon._refunds`).
+backoff during an outage, a connection whose connect failed held and connected on again
+(:mod:`dtp.daemon._outage`), each connection in the daemon's book until settled
+(:mod:`dtp.daemon._refunds`). Flows open their connections one at a time until the
+target has served one (since the start, or the last failure), at once after.
 """
 
 from __future__ import annotations
@@ -12,33 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 
-import dtp.aio
-from dtp.daemon._config import ForwardConfig
-from dtp.daemon._fees import OWN_BILLING
 from dtp.daemon._forwarder import close_on_ledger
-from dtp.daemon._gas import GasWatch
+from dtp.daemon._forwarding import Forward
 from dtp.daemon._logs import kv
 from dtp.daemon._outage import (
-    PROBE_TIMEOUT,
     BackingOff,
-    OpenBackoff,
+    DepositTry,
     TargetUnreachable,
+    connect_forward,
     probe_target,
 )
-from dtp.daemon._refunds import OpenAttempt, Refunds
-from dtp.daemon._state import ForwardStats, StatusBook
+from dtp.daemon._refunds import OpenAttempt
 from dtp.daemon._tasks import within
 from dtp.daemon._udp_flows import DROPPED
-from dtp.errors import ChainError, ConnectionRefused, DTPError, TunnelError
+from dtp.errors import ConnectionRefused, DTPError
 from dtp.hostid.udp._asyncio import AsyncUdpForwarder
-from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
-from dtp.ledger.interface import Ledger
 from dtp.ledger.receipt import ReceiptScope
 from dtp.payments.receipts import Meter
-from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = ["UdpForward"]
@@ -47,33 +41,20 @@ __all__ = ["UdpForward"]
 logger = logging.getLogger("dtp.daemon._udp_forward")
 
 
-class UdpForward:
+class UdpForward(Forward):
     """Listens on ``config.listen`` (UDP) and forwards to ``config.target``."""
 
-    def __init__(
-        self,
-        config: ForwardConfig,
-        ledger: Ledger,
-        identity: HostIdentity,
-        book: StatusBook,
-        *,
-        gas: GasWatch | None = None,
-        refunds: Refunds | None = None,
-    ) -> None:
-        self.config = config
-        self.ledger = ledger
-        self.identity = identity
-        self.book = book
-        self.gas = gas
-        """The daemon's gas watch, told of opens failing (it reports running out)."""
-        self.refunds = refunds
-        """The daemon's book of connections (None: none kept)."""
-        self.backoff = OpenBackoff()
-        """When the next flow's connection may be tried, after failures (an outage)."""
+    _log = logger
+    _LEDGER_DENIALS = False  # (the flow's error only)
+
+    def _own_fields(self) -> None:
+        self._proven = False
+        """The target served a connection since the start or the last failure: flows
+        open theirs at once (until then one at a time, so that a target that refuses
+        them locks one deposit, not one per flow)."""
         self._probing = asyncio.Lock()
-        """Held by the look at the target before an open: one at a time."""
-        self.opens_in_flight = 0
-        """New flows' connections being opened now (probe, ledger open, handshake)."""
+        """Held by the look at the target before an open (and, until the target is
+        proven, by the open): one at a time."""
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
@@ -88,109 +69,79 @@ class UdpForward:
         #: given up, unwinding: see :meth:`_connect`)
         self._watchers: set[asyncio.Task[None]] = set()
 
-    @property
-    def stats(self) -> ForwardStats:
-        # (the target is set at start, not here: see Forwarder.stats)
-        return self.book.forward(self.config.name)
-
     async def _connect(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """A new flow's DTP connection, all of it within the forward's ``open_timeout``
         (as :meth:`dtp.daemon._forwarder.Forwarder._open_link_within`: the probe and the
         ledger work too, which ``open_connection``'s ``timeout`` leaves out), once the
         target answered the probe; refused at once during a backoff."""
         timeout = self.config.open_timeout
-        attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
+        tried: list[DepositTry] = []
         self.opens_in_flight += 1
         try:
             opened = await within(
                 timeout,
-                self._probe_and_open(attempt),
+                self._probe_and_open(tried),
                 self._watchers,
                 f"cannot connect to {self.config.target}: no connection within the "
                 f"forward's open_timeout ({timeout:g} s)",
             )
         except ConnectionRefused:
-            self._failed(attempt, None)
+            self._failed(tried, None)
             raise  # (counted as a denial)
         except DTPError as exc:
             # (any other failure, a give-up included: the open failing, or the read of
             # the escrow it made)
-            self._failed(attempt, exc)
+            self._failed(tried, exc)
             self.stats.errors += 1
             self.book.touch()
             raise
         finally:
             self.opens_in_flight -= 1
         self.backoff.tunnel_opened()
+        self._proven = True
         return opened
 
     async def _probe_and_open(
-        self, attempt: OpenAttempt | None
+        self, tried: list[DepositTry]
     ) -> tuple[DTPStreamReader, DTPStreamWriter]:
-        """The backoff's verdict and the probe, one flow at a time, then the open."""
-        async with self._probing:
-            refused = self.backoff.refusal(asyncio.get_running_loop().time())
+        """The backoff's verdict, the probe and the deposit's choice, one flow at a
+        time, then the open (one at a time too until the target is proven)."""
+        await self._probing.acquire()
+        held = True
+        try:
+            refused = self.backoff.refusal(self._now())
             if refused is not None:
                 raise refused
             await self._probe()
-        return await self._open(attempt)
+            deposit = await self.deposits.next(self.config.target)
+            tried.append(deposit)
+            if self._proven:
+                self._probing.release()
+                held = False
+            return await self._open(deposit)
+        finally:
+            if held:
+                self._probing.release()
 
-    def _failed(self, attempt: OpenAttempt | None, exc: DTPError | None) -> None:
+    def _failed(self, tried: list[DepositTry], exc: DTPError | None) -> None:
         """An open failed (``exc``; None: refused by the host, whose refusal its log
-        line says): its connection is the book's to settle, and the next waits."""
-        if attempt is not None:
-            attempt.release()
+        line says): its connection is held for the next try, or the book's to settle,
+        and the next waits."""
+        spent = self.deposits.failed(tried[0] if tried else None)
+        self._proven = False
         if isinstance(exc, TargetUnreachable | BackingOff):
             return  # (the probe backed off already, or the backoff refused it)
         error = exc if exc is not None else DTPError("refused by the host")
-        spent = attempt is not None and attempt.spent
-        delay = self.backoff.failed(asyncio.get_running_loop().time(), error, spent=spent)
-        if exc is not None:
-            logger.warning(
-                "cannot open a connection",
-                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
-            )
+        self._backed_off(error, spent=spent, said=exc is not None)
 
     async def _probe(self) -> None:
-        """As :meth:`dtp.daemon._forwarder.Forwarder._probe`: the target's endpoint must
-        answer before anything is spent on the ledger."""
-        timeout = min(PROBE_TIMEOUT, self.config.open_timeout)
-        loop = asyncio.get_running_loop()
-        try:
-            await probe_target(self.ledger, self.config.target, timeout)
-        except (ChainError, OSError, sqlite3.Error) as exc:
-            # the Host's read refused or failing: the flow's error, not a raw one
-            raise TunnelError(f"cannot connect to {self.config.target}: {exc}") from exc
-        except TargetUnreachable as exc:
-            delay, began = self.backoff.unreachable(loop.time(), exc)
-            logger.log(
-                logging.WARNING if began else logging.DEBUG,
-                "target unreachable: no connection is opened on the ledger until it answers",
-                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
-            )
-            raise
-        if self.backoff.reached():
-            logger.info("target reachable again", extra=kv(forward=self.config.name))
+        # (the probe by this module's name, which a test may stand another in for)
+        await self._probe_by(probe_target)
 
-    async def _open(
-        self, attempt: OpenAttempt | None = None
-    ) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    async def _open(self, deposit: DepositTry) -> tuple[DTPStreamReader, DTPStreamWriter]:
         stats = self.stats
         try:
-            reader, writer = await dtp.aio.open_connection(
-                self.config.target,
-                ledger=self.ledger,
-                identity=self.identity,
-                deposit=self.config.deposit,
-                config=ConnectionConfig(
-                    identity=self.identity,
-                    is_client=True,
-                    idle_timeout=self.config.connection_idle_timeout,
-                ),
-                timeout=self.config.open_timeout,
-                metering=OWN_BILLING,
-                on_open=attempt,
-            )
+            reader, writer = await connect_forward(self.config, self.ledger, self.identity, deposit)
         except ConnectionRefused as exc:
             stats.deny("refused")
             self.book.touch()
@@ -207,10 +158,12 @@ class UdpForward:
         # refused) the client could never settle: EConnectionOpen, the deposit held.
         # Watched from here, before the escrow read, so that the read's failure path
         # (the close below) half-closes it too (tests/daemon/test_udp_forward.py)
-        watcher = asyncio.ensure_future(self._close_when_ended(writer, attempt))
+        watcher = asyncio.ensure_future(self._close_when_ended(writer, deposit.attempt))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         try:
+            # served: never to be connected on again (its receipts are the server's)
+            await self.deposits.served(deposit)
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException:
             # (failed or cancelled) the forwarder never sees this connection: closed

@@ -3,21 +3,12 @@ on ``[daemon] metrics_listen`` (opt-in) and on the control socket
 ``<state_dir>/control.sock`` (always; what ``dtp status`` reads).
 
 A small HTTP/1.1 server on the daemon's event loop, so every answer reads the counters
-where they live, with no lock: ``GET`` (and ``HEAD``) only, one request per connection
-(``Connection: close``), a request head of at most :data:`MAX_HEAD` bytes read within
-:data:`READ_TIMEOUT` seconds, at most :data:`MAX_CLIENTS` connections at once (the one
-over it is closed unanswered). Paths:
-
-* ``/``: the status page (:mod:`dtp.daemon._status_page`), one self-contained HTML
-  document: no script, style or font from elsewhere (its Content-Security-Policy
-  forbids them), charts drawn as inline SVG;
-* ``/metrics``: the metrics (:mod:`dtp.daemon._metrics`; 404 naming the extra when
-  ``prometheus_client`` is missing, which only the control socket can meet:
-  ``metrics_listen`` requires it);
-* ``/status.json``: :func:`dtp.daemon._live.live_status`;
-* ``/history.json``: the last ten minutes of samples (:class:`dtp.daemon._live.History`);
-* ``/healthz``: ``serving`` (200) while the daemon serves, else ``starting`` or
-  ``stopping`` (503): for a load balancer's or an orchestrator's checks.
+where they live, with no lock. Its paths and limits (:data:`MAX_HEAD`,
+:data:`READ_TIMEOUT`, :data:`MAX_CLIENTS`, :data:`STOP_WAIT`, :data:`MAX_STOP_WATCHERS`):
+docs/daemon.md, "Metrics and the status page". ``/metrics`` on the control socket is a
+404 naming the extra when ``prometheus_client`` is missing (``metrics_listen`` requires
+it); ``/stopped.json`` lets the status page show a stopped daemon's last figures, not
+those of its last poll.
 """
 
 from __future__ import annotations
@@ -26,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -43,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CLIENTS",
     "MAX_HEAD",
+    "MAX_STOP_WATCHERS",
     "READ_TIMEOUT",
+    "STOP_WAIT",
     "WRITE_TIMEOUT",
     "StatusEndpoint",
     "load_metrics",
@@ -70,6 +64,10 @@ WRITE_TIMEOUT = 30.0
 """Seconds a client has to take its answer."""
 MAX_CLIENTS = 64
 """Connections served at once; one more is closed at once."""
+STOP_WAIT = 25.0
+"""Seconds a request for ``/stopped.json`` is held before its 204 (the page asks again)."""
+MAX_STOP_WATCHERS = 16
+"""Requests for ``/stopped.json`` held at once (pages watching for the stop)."""
 
 _PAGE_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -100,9 +98,16 @@ class StatusEndpoint:
         self._page = page.encode()
         self._servers: list[asyncio.Server] = []
         self._clients: set[asyncio.Task[None]] = set()
+        # the requests for /stopped.json held, each answered when the daemon stops
+        self._stop_watchers: dict[asyncio.Task[None], asyncio.Future[bytes]] = {}
         self._unix_path: Path | None = None
         self.requests = 0
         """Requests answered (any status)."""
+
+    @property
+    def stop_watchers(self) -> int:
+        """Requests for ``/stopped.json`` waiting for the stop."""
+        return len(self._stop_watchers)
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -142,7 +147,23 @@ class StatusEndpoint:
             self._unix_path = None
 
     async def close(self) -> None:
-        """:meth:`abort`, then wait (2 s at most) for the requests and listeners to end."""
+        """Answer the requests waiting for the stop (``/stopped.json``) with the status
+        now -- the daemon's last, taken after its drain: the counters it saves -- and
+        give them 2 s to go out; then :meth:`abort`, and wait (2 s at most) for the
+        requests and listeners to end."""
+        if self._stop_watchers:
+            try:
+                final = self._status()
+            except Exception as exc:  # (no last word then: the page shows its last figures)
+                logger.warning(
+                    "status at the stop failed", extra=kv(error=f"{type(exc).__name__}: {exc}")
+                )
+            else:
+                body = _json({**final, "live": False, "stopped": time.time()})
+                for future in self._stop_watchers.values():
+                    if not future.done():
+                        future.set_result(body)
+                await asyncio.wait(set(self._stop_watchers), timeout=2.0)
         servers = list(self._servers)
         self.abort()
         self._servers.clear()
@@ -191,11 +212,30 @@ class StatusEndpoint:
         if method not in ("GET", "HEAD"):
             return self._send(writer, 405, b"GET only\n", "text/plain", allow="GET, HEAD")
         path = target.split("?", 1)[0]
-        code, body, kind = self._route(path, headers.get("accept"))
+        if path == "/stopped.json":
+            code, body, kind = await self._until_stopped()
+        else:
+            code, body, kind = self._route(path, headers.get("accept"))
         extra = {"content_security_policy": _PAGE_CSP} if kind.startswith("text/html") else {}
         self._send(writer, code, body, kind, head_only=method == "HEAD", **extra)
         async with asyncio.timeout(WRITE_TIMEOUT):
             await writer.drain()
+
+    async def _until_stopped(self) -> tuple[int, bytes, str]:
+        """``/stopped.json``: the daemon's status as it stops (:meth:`close`), or 204
+        after :data:`STOP_WAIT` seconds; 503 when :data:`MAX_STOP_WATCHERS` wait."""
+        task = asyncio.current_task()
+        if task is None or len(self._stop_watchers) >= MAX_STOP_WATCHERS:
+            return 503, b"too many waiting for the stop\n", "text/plain; charset=utf-8"
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._stop_watchers[task] = future
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                return 200, await future, "application/json"
+        except TimeoutError:
+            return 204, b"", "application/json"
+        finally:
+            del self._stop_watchers[task]
 
     def _route(self, path: str, accept: str | None) -> tuple[int, bytes, str]:
         if path in ("/", "/index.html"):

@@ -3,11 +3,8 @@
 without a TLS proxy in front (behind one, every client has the proxy's address for the
 per-address admission bounds: docs/protocol.md §8.6).
 
-The files are PEM: the certificate first, then any intermediates (the chain a browser is
-sent), and an unencrypted private key. They are read when the config is parsed (so
-``dtp daemon --check`` and a start name the file and what is wrong with it), again at
-start, and again at each reload (SIGHUP), so that a renewed certificate takes effect
-without a restart.
+What the files hold and when they are read (at the config's parse, at start, at each
+reload): docs/daemon.md, ``[daemon]``'s ``websocket_cert`` and ``websocket_key``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ The layer sits between the public faces (:mod:`dtp.socket`, :mod:`dtp.aio`) and 
 applications (messaging, graph, daemon), which announce through it
 (docs/architecture.md).
 
-mDNS runs on zeroconf, which comes with the ``lan`` extra (``pip install 'dtp[lan]'``,
+mDNS runs on zeroconf, which comes with the ``lan`` extra (``pip install 'dtp-sui[lan]'``,
 :mod:`dtp._extras`): the names from :mod:`dtp.discovery.lan` are imported on first use.
 """
 

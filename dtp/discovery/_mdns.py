@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from dtp._extras import missing
 
@@ -73,7 +73,30 @@ MAX_RESOLVING = 16
 _T = TypeVar("_T")
 
 
-class LanDiscovery:
+class _Closing:
+    """``with`` and ``async with`` for what :meth:`close` ends, and :meth:`aclose`, that
+    close for asyncio callers (in a worker thread: it waits for the mDNS thread)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class LanDiscovery(_Closing):
     """One mDNS endpoint: zeroconf's sockets on ``interfaces`` (IP addresses of this
     machine; None: every interface) and the thread that runs them. Announcements
     (:meth:`announce`) and browsers (:meth:`browse`, :meth:`browse_async`) share it;
@@ -340,23 +363,6 @@ class LanDiscovery:
             self._closed = True
         self._zc.close()
 
-    async def aclose(self) -> None:
-        """:meth:`close` for asyncio callers (in a worker thread: it waits for the mDNS
-        thread)."""
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> LanDiscovery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> LanDiscovery:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
 
 async def _stop_broadcast(announcement: Announcement) -> None:
     broadcast, announcement.broadcast = announcement.broadcast, None
@@ -401,7 +407,7 @@ def _host_label(label: str) -> str:
     return text.strip("-")[:63] or "dtp"
 
 
-class Announcement:
+class Announcement(_Closing):
     """An endpoint announced on the LAN, until :meth:`close` (or the end of a ``with`` /
     ``async with`` block) withdraws it with goodbye packets. :attr:`name` is its
     instance name (zeroconf adds a number when the name is taken), :attr:`record`
@@ -477,21 +483,6 @@ class Announcement:
                 self.discovery.run(self.discovery._withdraw(self), 5.0)
         if self.owns_discovery:
             self.discovery.close()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> Announcement:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Announcement:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "withdrawn" if self._closed else "announced"

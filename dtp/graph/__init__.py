@@ -16,7 +16,8 @@ to the readers the author names) return node handles of one shape.
 
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
 (blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
-LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
+LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger). :func:`open_stored` reads a
+value as the table stores it (``snapshot()``, ``stored_node()``, ``export()``), verified.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from dtp.graph._query import Query, QueryError, QueryUpdate
 from dtp.graph._store import Change, ChangeStream, Graph, MergeReport, Subscription
 from dtp.graph._tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.namespace import owner_of, user_soul
+from dtp.graph.stored import StoredValue, StoredValueError, open_stored
 from dtp.graph.sync import (
     GraphServer,
     GraphSyncError,
@@ -70,6 +72,8 @@ __all__ = [
     "Query",
     "QueryError",
     "QueryUpdate",
+    "StoredValue",
+    "StoredValueError",
     "Subscription",
     "SyncSession",
     "connect",
@@ -78,6 +82,7 @@ __all__ = [
     "gun_value",
     "link",
     "link_soul",
+    "open_stored",
     "owner_of",
     "sync_blocking",
     "sync_stream",

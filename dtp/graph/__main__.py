@@ -1,34 +1,17 @@
 """A graph peer in its own process: for tests, benchmarks and experiments, and the Gun
-peer that browsers use as their relay.
+peer that browsers use as their relay (``python -m dtp.graph serve|gun --help``).
 
-    python -m dtp.graph serve [--db PATH] [--fill N] [--ham c|python]
-                              [--listen HOST[:PORT]] [--lan NAMESPACE [--interface IP ...]]
-    python -m dtp.graph gun [--db PATH] [--listen HOST:PORT] [--sync HOST:PORT]
-                            [--key FILE] [--peer HOST:PORT --peer-key HEX] ...
+``serve`` listens for graph sync and is driven by JSON commands on stdin, one a line,
+each answered with one JSON line (docs/graph.md, "A peer in its own process", lists
+them and their answers); a line that is no such command is answered ``{"error":
+"..."}`` and the next line read, so whoever drives the pipe goes on. ``--lan
+NAMESPACE`` keeps it in sync with the LAN peers of that namespace
+(:func:`dtp.graph.sync_with_lan`).
 
-``gun`` runs the Gun endpoint (:mod:`dtp.graph.gun`: Gun's wire on ``/gun`` and the
-demo chat page at ``/``) over a graph, optionally serving DTP graph sync
-(``--sync``) and syncing live with another DTP graph peer (``--peer``). It prints one
-JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening, and runs until
-SIGINT or SIGTERM, then closes everything and flushes the graph.
-
-Listens for graph sync on ``--listen`` (default 127.0.0.1; a free port unless one is
-given), prints one JSON
-line ``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a
-line, answering each with one JSON line:
-
-- ``["put", soul, {fields}]`` -> ``{"state": s}``
-- ``["get", soul]`` -> ``{"node": {...} | null}``
-- ``["digest"]`` -> ``{"digest": hex, "count": n}`` (the root summary)
-- ``["stats"]`` -> the graph's stats
-- ``["peers"]`` -> ``{"peers": [key hex, ...]}``: with ``--lan``, the LAN peers in session
-
-A line that is no such command (not JSON, an unknown name, a bad argument) is
-answered ``{"error": "..."}`` and the next line read. It stops at end of input.
-``--fill N`` writes N fields first (10 per node). ``--lan
-NAMESPACE`` announces the peer on the LAN (mDNS, on every interface or the
-``--interface`` addresses) and keeps it in sync with the peers of that namespace it
-finds (:func:`dtp.graph.sync_with_lan`): no address or key is given to it.
+``gun`` runs the Gun endpoint (:mod:`dtp.graph.gun`) over a graph, optionally serving
+DTP graph sync (``--sync``) and syncing live with another DTP graph peer (``--peer``).
+It prints one JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening,
+and runs until SIGINT or SIGTERM, then closes everything and flushes the graph.
 """
 
 from __future__ import annotations
@@ -212,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--peer", type=_host_port, help="sync live with this DTP graph peer")
     g.add_argument("--peer-key", type=_peer_key, help="that peer's Noise key (hex)")
     g.add_argument("--gun-dir", help="the gun npm package whose browser files are served")
-    g.add_argument("--site", help="a folder of pages served at / (default: the demo chat)")
-    g.add_argument("--no-site", action="store_true", help="serve no pages")
+    pages = g.add_mutually_exclusive_group()
+    pages.add_argument("--site", help="a folder of pages served at / (default: the demo chat)")
+    pages.add_argument(
+        "--no-site", action="store_true", help="serve no pages (gun's browser files still are)"
+    )
     g.add_argument("--ham", choices=["c", "python"], default=None)
     g.add_argument("-v", "--verbose", action="store_true", help="log what the peer does")
     args = parser.parse_args(argv)

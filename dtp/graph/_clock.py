@@ -1,19 +1,7 @@
-"""The hybrid clock that assigns HAM states (docs/graph.md, "States").
-
-A state is a float64 number of milliseconds since the Unix epoch. Each write takes
-``max(wall clock in whole ms, last state + STEP)``: successive writes of one peer are
-strictly ordered even within one millisecond (up to 256 per ms before the clock runs
-ahead of the wall clock, as a hybrid logical clock does), and a restart that finds the
-wall clock behind the last persisted state keeps counting from that state.
-
-The *machine state* -- the bound past which an incoming update is deferred -- is the wall
-clock plus ``max_drift_ms``, the skew tolerated between honest peers (at most
-:data:`MAX_DRIFT_MS`). The wall clock is injectable (``now_ms``) so tests control time.
-
-States stay finite: a write that would need a state past the largest float (a field
-merged at it, say) raises ``LocalProtocolError(HAM_STATE)`` and issues nothing -- an
-infinite state, once issued, was persisted as the clock and no write, nor the file's
-next open, could get past it.
+"""The hybrid clock that assigns HAM states: docs/graph.md, "States", says the rule
+(``max(wall clock in whole ms, last state + STEP)``), the *machine state* past which a
+peer's update is deferred, and why states stay finite. The wall clock is injectable
+(``now_ms``) so tests control time.
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
-"""Graph files of format 1, migrated to format 2 when they are opened (docs/graph.md,
-"Format versions").
+"""Graph files of format 1, migrated to format 2 when they are opened: docs/graph.md,
+"Format versions", says what changed, what is respelled and what is kept as it was.
 
-Format 1 stored values as Python's canonical JSON (``1.0``, ``1e-06``) and broke ties
-bytewise; format 2 stores each value as its Gun text and breaks ties in UTF-16 order, as
-GunDB does (protocol.md 6.3). A format 1 log is replayed update by update with every
-value *respelled* -- read, then written again by :func:`~dtp.graph.values.encode_value`
--- and merged under the new rules, so where the two orders differ the tie goes to the
-value the new order prefers among those the log still holds. The table is then written
-back as the new log, with the format, in one transaction: a failure leaves the file of
-format 1, and the next open migrates it again.
-
-Respelling is a function of the soul and the stored bytes alone, so replicas that held
-the same update hold the same one after migrating, and converge again by syncing: a
-value that lost a tie under the old order and won it under the new one comes back from
-whichever peer still holds it. Two values are not respelled:
-
-- fields of a user space (``~0x...``): the owner's signature covers the stored bytes,
-  which another replica cannot sign again; they stay as they are (reads accept the old
-  spelling) until the owner writes the field again;
-- values a Gun peer cannot hold (arrays, objects other than links, ints beyond a
-  binary64, anything that is not JSON): kept as they are, and read as before, so
-  nothing is lost; :func:`~dtp.graph.values.gun_value` refuses them.
+A format 1 log is replayed update by update with every value *respelled* -- read, then
+written again by :func:`~dtp.graph.values.encode_value` -- and merged under the new
+rules; the table is then written back as the new log, with the format, in one
+transaction: a failure leaves the file of format 1, and the next open migrates it
+again. Respelling is a function of the soul and the stored bytes alone, so replicas
+that held the same update hold the same one after migrating.
 """
 
 from __future__ import annotations

@@ -1,36 +1,14 @@
-"""Edit history that replicates: an opt-in chain of versions per node (docs/graph.md,
-"History").
+"""Edit history that replicates: an opt-in chain of versions per node. docs/graph.md,
+"History", says the layout (version nodes ``<soul>/.history/<id>``, the heads
+``<soul>/.history``), the records, authors, private spaces and limits.
 
-A graph that tracks a soul (``graph.history.track(prefix)``) writes, with every local
-``put`` to it and in the same batch, at the same state:
-
-- a **version node** ``<soul>/.history/<id>`` holding one field, ``v``: the version's
-  record, a JSON text (as a string value)::
-
-      {"author":A,"fields":{name:value,...},"parents":[id,...],"soul":S,"state":T}
-
-  -- what the put wrote to that node (values in Gun's text), when (its HAM state, ms),
-  by whom (``author``), and the versions it follows (``parents``). ``<id>`` is the
-  SHA-256 of the record's text, in hex: a version's soul names its content, so no two
-  peers can hold different versions under one soul, and a version never changes;
-- the **heads** ``<soul>/.history``: a field per version nobody has followed yet, named
-  by its id and linking to it; the put's version takes its parents' places (their
-  fields become null).
-
-Both merge like any other data. Two peers editing one node concurrently each write a
-version whose parents are the heads they knew; once synced, both versions are heads
-(the heads node holds two links), and the next edit lists both as its parents: the
-history is a DAG, a version with two parents where edits were concurrent.
-
-``graph.history(soul)`` walks it from the heads and returns every version it reaches,
-checked (its text must hash to its id, and name the soul and the state it was written
-at), oldest first. ``author`` is the signer in a signed space (``~0x<address>/...``:
-the owner, whose signature covers the version node like any field of the space) and
-otherwise only what the writer claimed (``Version.verified`` says which).
-
-Tracking registers a rule (:mod:`dtp.graph.rules`) that refuses malformed version and
-heads fields under the prefix, so a peer cannot plant a version whose content does not
-match its id, or a heads field that links elsewhere.
+A version's id is the SHA-256 of its record's text, so its soul names its content: no
+two peers can hold different versions under one soul. Both nodes merge like any other
+data, so concurrent edits leave two heads and the next edit follows both: the history
+is a DAG. Tracking registers a rule (:mod:`dtp.graph.rules`) that refuses malformed
+version and heads fields under the prefix; in a private space the rule checks only the
+names (peers cannot read the rest) and a reader checks the rest as it decrypts
+(:meth:`History.versions_with`).
 """
 
 from __future__ import annotations
@@ -38,12 +16,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
+import os
 import re
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dtp.errors import DTPError
+from dtp.graph import _private as private
 from dtp.graph import namespace
 from dtp.graph._arguments import name_text, utf8_name
 from dtp.graph._summaries import SummaryView
@@ -68,8 +49,14 @@ MAX_PARENTS = 64
 """Parents a version lists at most: the newest heads (the others stay heads, to be
 followed by the next edit)."""
 _ID = re.compile(r"[0-9a-f]{64}")
+_SALT = re.compile(r"[0-9a-f]{32}")
 _KEYS = ("author", "fields", "parents", "soul", "state")
+_SALTED_KEYS = ("author", "fields", "parents", "salt", "soul", "state")
 _NULL = b"null"
+
+Opener = Callable[[bytes, bytes, float, bytes], JSON]
+"""How a history reads a stored value: ``open(soul, field, state, stored)``, the value
+decoded, or a DTPError (a private value this identity cannot read: NotAReader)."""
 
 
 def heads_soul(soul: str) -> str:
@@ -122,9 +109,11 @@ def record_text(
     author: str | None,
     parents: list[str],
     fields: list[tuple[str, str]],
+    salt: str | None = None,
 ) -> str:
     """A version's record, in its one canonical text: keys sorted, ``fields`` given as
-    (name, the value's Gun text) and written sorted by name, ``parents`` sorted."""
+    (name, the value's Gun text) and written sorted by name, ``parents`` sorted; a
+    ``salt`` (a private space's versions: :func:`new_salt`) between them and ``soul``."""
     body = ",".join(value_text(name) + ":" + text for name, text in sorted(fields))
     return (
         '{"author":'
@@ -133,12 +122,20 @@ def record_text(
         + body
         + '},"parents":['
         + ",".join(value_text(p) for p in sorted(parents))
-        + '],"soul":'
+        + "]"
+        + ("" if salt is None else ',"salt":' + value_text(salt))
+        + ',"soul":'
         + value_text(soul)
         + ',"state":'
         + js_number(state)
         + "}"
     )
+
+
+def new_salt() -> str:
+    """A random salt for a version of a private node: its id hashes the plaintext, and
+    without 128 unknown bits anyone could test guesses of the values against it."""
+    return os.urandom(16).hex()
 
 
 def version_id(text: str) -> str:
@@ -162,10 +159,12 @@ def parse_record(text: str) -> _Record:
         data = decode_value(text.encode("utf-8"))
     except (DTPError, UnicodeEncodeError):
         raise ValueError("a version's record is a JSON object") from None
-    if not isinstance(data, dict) or tuple(sorted(data)) != _KEYS:
-        raise ValueError(f"a version's record holds exactly {', '.join(_KEYS)}")
+    if not isinstance(data, dict) or tuple(sorted(data)) not in (_KEYS, _SALTED_KEYS):
+        raise ValueError(f"a version's record holds exactly {', '.join(_KEYS)} (and a salt)")
     soul, state, author = data["soul"], data["state"], data["author"]
-    parents, fields = data["parents"], data["fields"]
+    parents, fields, salt = data["parents"], data["fields"], data.get("salt")
+    if salt is not None and (not isinstance(salt, str) or _SALT.fullmatch(salt) is None):
+        raise ValueError("a version's salt is 32 hex digits")
     if not isinstance(soul, str) or not soul:
         raise ValueError("a version's soul is a non-empty string")
     if isinstance(state, bool) or not isinstance(state, int | float) or not math.isfinite(state):
@@ -183,7 +182,7 @@ def parse_record(text: str) -> _Record:
         raise ValueError("a version's fields are a non-empty object")
     try:
         texts = [(name, value_text(value)) for name, value in fields.items()]
-        canonical = record_text(soul, float(state), author, parents, texts)
+        canonical = record_text(soul, float(state), author, parents, texts, salt)
     except GraphValueError as exc:
         raise ValueError(f"a version holds a value Gun cannot: {exc}") from None
     if canonical != text:
@@ -214,9 +213,10 @@ class _Plan:
         out: list[tuple[bytes, bytes, bytes]] = []
         for soul, (fields, heads) in self.nodes.items():
             # (in a signed space the author is the owner, who alone signs there)
-            owner = namespace.owner_of(soul.encode())
+            owner = signer_of(soul.encode())
             author = self.author if owner is None else owner
-            text = record_text(soul, state, author, heads, fields)
+            salt = new_salt() if private.is_private(soul.encode()) else None
+            text = record_text(soul, state, author, heads, fields, salt)
             vid = version_id(text)
             vsoul = version_soul(soul, vid)
             hsoul = heads_soul(soul).encode()
@@ -317,8 +317,10 @@ class History:
 
     # -- writing (called by put, the graph's lock held) -----------------------------------
 
-    def plan(self, writes: list[tuple[bytes, bytes, bytes]]) -> _Plan | None:
-        """What a put of ``writes`` adds to the tracked nodes' histories, or None."""
+    def plan(self, writes: Sequence[tuple[bytes, bytes, bytes]], open: Opener) -> _Plan | None:
+        """What a write of ``writes`` (soul, field, the value's Gun text) adds to the
+        tracked nodes' histories, or None; ``open`` reads the heads' stored values (the
+        graph's lock held)."""
         plan: _Plan | None = None
         for soul_b, field_b, value in writes:
             soul = soul_b.decode()
@@ -328,80 +330,90 @@ class History:
                 plan = _Plan(self.author)
             node = plan.nodes.get(soul)
             if node is None:
-                node = plan.nodes[soul] = ([], self._heads_locked(soul))
+                node = plan.nodes[soul] = ([], self._heads_locked(soul, open))
             node[0].append((field_b.decode(), value.decode()))
         return plan
 
-    def _heads_locked(self, soul: str) -> list[str]:
+    def _heads_locked(self, soul: str, open: Opener) -> list[str]:
         """The ids of ``soul``'s heads whose version is here and sound, the newest
         :data:`MAX_PARENTS` of them (lock held)."""
+        found = [
+            (state, vid)
+            for state, vid in self._head_fields(soul, open)
+            if self._version_locked(soul, vid, open) is not None
+        ]
+        found.sort(reverse=True)
+        return sorted(vid for _, vid in found[:MAX_PARENTS])
+
+    def _head_fields(self, soul: str, open: Opener) -> list[tuple[float, str]]:
+        """(state, id) of each heads field of ``soul`` that links to its version (a
+        followed one holds null, lock held)."""
         graph = self._graph
         hsoul = heads_soul(soul).encode()
-        fields = graph._ensure_view().fields.get(hsoul)
-        if not fields:
-            return []
-        found: list[tuple[float, str]] = []
-        for f in fields:
+        out = []
+        for f in graph._ensure_view().fields.get(hsoul) or ():
             entry = graph._table.get(hsoul, f)
             vid = name_text(f)
             if entry is None or vid is None or _ID.fullmatch(vid) is None:
                 continue
-            if entry[1] == _NULL:
+            try:
+                target = link_soul(open(hsoul, f, entry[0], entry[1]))
+            except DTPError:
                 continue
-            if self._version_locked(soul, vid) is not None:
-                found.append((entry[0], vid))
-        found.sort(reverse=True)
-        return sorted(vid for _, vid in found[:MAX_PARENTS])
+            if target == version_soul(soul, vid):
+                out.append((entry[0], vid))
+        return out
 
-    def _version_locked(self, soul: str, vid: str) -> _Record | None:
+    def _version_locked(self, soul: str, vid: str, open: Opener) -> _Record | None:
         graph = self._graph
         vsoul = version_soul(soul, vid).encode()
         entry = graph._table.get(vsoul, VERSION_FIELD.encode())
         if entry is None:
             return None
-        return _read_version(graph, vsoul, soul, vid, entry[1])
+        return _read_version(open, vsoul, soul, vid, entry)
+
+    def _open(self, soul: bytes, field: bytes, state: float, stored: bytes) -> JSON:
+        """The opener of every tier but the private one: the stored value decoded."""
+        return self._graph._value_of(soul, stored)
 
     # -- reading ----------------------------------------------------------------------------
 
     def heads(self, soul: str) -> list[str]:
         """The ids of the versions of ``soul`` nobody has followed yet (two or more
         after concurrent edits, until the next edit follows them all), sorted."""
+        return self.heads_with(soul, self._open)
+
+    def heads_with(self, soul: str, open: Opener) -> list[str]:
+        """:meth:`heads`, reading stored values with ``open`` (a private node's handle
+        decrypts them)."""
         utf8_name(soul, "a soul")
         graph = self._graph
         with graph._lock:
             graph._check_open()
-            hsoul = heads_soul(soul).encode()
-            fields = graph._ensure_view().fields.get(hsoul) or ()
-            out = []
-            for f in fields:
-                entry = graph._table.get(hsoul, f)
-                vid = name_text(f)
-                if entry is None or vid is None or _ID.fullmatch(vid) is None:
-                    continue
-                try:
-                    target = link_soul(graph._value_of(hsoul, entry[1]))
-                except DTPError:
-                    continue
-                if target == version_soul(soul, vid):
-                    out.append(vid)
-        return sorted(out)
+            return sorted(vid for _, vid in self._head_fields(soul, open))
 
     def __call__(self, soul: str) -> list[Version]:
         """Every version of ``soul`` reachable from its heads, checked, oldest first
         (by state, then id: the same order on every peer holding the same graph). A
         version not here yet (a sync under way) is left out, with what only it leads
         to; so is one whose record does not match its id."""
+        return self.versions_with(soul, self._open)
+
+    def versions_with(self, soul: str, open: Opener) -> list[Version]:
+        """``history(soul)``, reading stored values with ``open`` (a private node's
+        handle decrypts them: :meth:`PrivateNode.history
+        <dtp.graph._tiers.PrivateNode.history>`)."""
         utf8_name(soul, "a soul")
         graph = self._graph
         found: dict[str, Version | None] = {}
         with graph._lock:
             graph._check_open()
-            stack = self.heads(soul)
+            stack = sorted(vid for _, vid in self._head_fields(soul, open))
             while stack:
                 vid = stack.pop()
                 if vid in found:
                     continue
-                record = self._version_locked(soul, vid)
+                record = self._version_locked(soul, vid, open)
                 if record is None:
                     found[vid] = None
                     continue
@@ -416,32 +428,37 @@ class History:
         every version before it, each field's value chosen as HAM would (the higher
         state; at equal states, the greater Gun text in UTF-16 order). KeyError when
         the version is not here."""
-        versions = {v.id: v for v in self(soul)}
-        if version_id not in versions:
-            raise KeyError(f"no version {version_id!r} of {soul!r} here")
-        best: dict[str, tuple[float, bytes, JSON]] = {}
-        stack, seen = [version_id], set()
-        while stack:
-            vid = stack.pop()
-            version = versions.get(vid)
-            if version is None or vid in seen:
-                continue
-            seen.add(vid)
-            stack.extend(version.parents)
-            for name, value in version.fields.items():
-                key = (version.state, value_text(value).encode("utf-16-be"), value)
-                if name not in best or key[:2] > best[name][:2]:
-                    best[name] = key
-        return {name: best[name][2] for name in sorted(best)}
+        return node_at(self(soul), soul, version_id)
+
+
+def node_at(history: list[Version], soul: str, version_id: str) -> dict[str, JSON]:
+    """:meth:`History.node_at` over the versions ``history`` of ``soul``."""
+    versions = {v.id: v for v in history}
+    if version_id not in versions:
+        raise KeyError(f"no version {version_id!r} of {soul!r} here")
+    best: dict[str, tuple[float, bytes, JSON]] = {}
+    stack, seen = [version_id], set()
+    while stack:
+        vid = stack.pop()
+        version = versions.get(vid)
+        if version is None or vid in seen:
+            continue
+        seen.add(vid)
+        stack.extend(version.parents)
+        for name, value in version.fields.items():
+            key = (version.state, value_text(value).encode("utf-16-be"), value)
+            if name not in best or key[:2] > best[name][:2]:
+                best[name] = key
+    return {name: best[name][2] for name in sorted(best)}
 
 
 def _read_version(
-    graph: HistoryGraph, vsoul: bytes, soul: str, vid: str, stored: bytes
+    open: Opener, vsoul: bytes, soul: str, vid: str, entry: tuple[float, bytes]
 ) -> _Record | None:
     """A version's record, when it is sound: its text hashes to its id and names its
-    node."""
+    node and the state it is stored at."""
     try:
-        text = graph._value_of(vsoul, stored)
+        text = open(vsoul, VERSION_FIELD.encode(), entry[0], entry[1])
     except DTPError:
         return None
     if not isinstance(text, str) or version_id(text) != vid:
@@ -450,11 +467,21 @@ def _read_version(
         record = parse_record(text)
     except ValueError:
         return None
-    return record if record.soul == soul else None
+    return record if record.soul == soul and record.state == entry[0] else None
+
+
+def signer_of(soul: bytes) -> str | None:
+    """The author whose key alone signs ``soul``: the owner of a ``~0x<address>/...``
+    soul, the author of a private space's ``%0x<address>/...``; None elsewhere."""
+    owner = namespace.owner_of(soul)
+    if owner is not None:
+        return owner
+    parsed = private.parse_soul(soul)
+    return None if parsed is None else parsed.author
 
 
 def _version(soul: str, vid: str, record: _Record) -> Version:
-    owner = namespace.owner_of(soul.encode())
+    owner = signer_of(soul.encode())
     return Version(
         id=vid,
         soul=soul,
@@ -470,13 +497,18 @@ def check_history(update: Update) -> str | None:
     """The rule of a tracked prefix's history souls: a heads field links to the
     version it is named by (or is null: followed); a version node holds one field,
     ``v``, whose record hashes to the version's id, in canonical form, naming its node
-    and the state it is written at (and, in a signed space, the owner as author)."""
+    and the state it is written at (and, in a signed space, the owner as author).
+
+    In a private space only the names are checked: every peer judges alike, and most
+    cannot read the values (the author's signature, verified before any rule, says who
+    wrote them; a reader checks the rest as it reads, :meth:`History.versions_with`)."""
     soul = update.soul
+    sealed = private.is_private(soul.encode())
     if soul.endswith(HISTORY):
         base = soul[: -len(HISTORY)]
         if _ID.fullmatch(update.field) is None:
             return "a heads field is named by a version's id (64 hex digits)"
-        if update.value is None:
+        if update.value is None or sealed:
             return None
         if link_soul(update.value) != version_soul(base, update.field):
             return "a heads field links to the version it is named by"
@@ -484,6 +516,8 @@ def check_history(update: Update) -> str | None:
     base, _, vid = soul.rpartition(HISTORY + "/")
     if update.field != VERSION_FIELD:
         return f"a version node holds one field, {VERSION_FIELD!r}"
+    if sealed:
+        return None
     if not isinstance(update.value, str):
         return "a version's record is a string"
     if version_id(update.value) != vid:
@@ -510,8 +544,11 @@ __all__ = [
     "check_history",
     "heads_soul",
     "is_history_soul",
+    "new_salt",
+    "node_at",
     "parse_record",
     "record_text",
+    "signer_of",
     "version_id",
     "version_soul",
 ]

@@ -1,42 +1,18 @@
-"""SQLite persistence of a graph (docs/graph.md, "Persistence").
+"""SQLite persistence of a graph: docs/graph.md, "Persistence", says the log, its
+flushes and compactions, ``meta`` and the one-graph-per-file lock.
 
-The HAM table in memory (C) is the working set; SQLite keeps it across restarts. What is
-stored is the table's own output: every ``changed`` batch (the canonical batch of the
-updates a merge applied) is appended to a log, in order. Replaying the log with the
-clock past every state rebuilds the same table, because merge is commutative,
-associative and idempotent -- and it costs one C merge per stored row, no per-field
-Python work. Writes are buffered and go to SQLite in one transaction (``executemany``)
-per flush; a flush of many batches packs consecutive ones into one row (a batch is a
-header and its updates, merged one at a time in order: the joined batch merges exactly
-as the batches one after the other did). When the log has grown well past the table
-it is *compacted*: replaced, in one transaction, by the table's ``export``.
+The HAM table in memory (C) is the working set; SQLite keeps its ``changed`` batches as
+a log, whose replay rebuilds the same table (merge is commutative, associative and
+idempotent) at one C merge per row, no per-field Python work. The log is measured in
+bytes, not rows: counting rows against a count reset at each open let a peer's stream
+of tiny DATA messages rewrite a large table every few thousand of them. A file of format
+1 is migrated by :mod:`dtp.graph._formats`; ``sync_refusal`` is
+:mod:`dtp.graph._reported`'s.
 
-"Well past" is counted in bytes, each row weighing 1 KiB more (what a row costs to
-replay beyond its bytes: one SQLite step and one merge call), against the table's size
-at the last compaction -- kept in ``meta``, so it holds across restarts. Counting rows
-alone, against a count reset at each open, let a peer's stream of tiny DATA messages
-(a row each) rewrite a large table every few thousand of them.
-
-The database runs in WAL mode. ``meta`` holds the replica id, the clock's last state
-(so states keep increasing after a restart even if the wall clock went back) and the
-file's format (:data:`FORMAT`; a file without one is of format 1, from before values
-were held in Gun's text: the graph migrates it when it opens it, :mod:`dtp.graph._formats`).
-
-One file, one graph at a time: each open graph holds an exclusive advisory lock
-(``flock``) on a companion file ``<path>-lock``, and a second open -- from another
-process or this one -- fails with :class:`GraphStorageError` instead of running beside
-the first. (Two tables on one log would each compact it to their own export, deleting
-the other's writes; and they would share one replica id and clock.) The lock goes with
-the process, so a crash leaves nothing to clean up. A file with more than one name (hard
-links) is refused: the lock, and SQLite's own ``-wal`` file, are found by name.
-
-Failures of the file (corrupt pages, disk full, I/O errors, a lock held by some other
-SQLite client for too long) raise :class:`GraphStorageError`, never ``sqlite3``'s own
-exceptions; a failed flush keeps its batches for the next one.
-
-A buffer that no later write comes to flush is flushed by :class:`IdleFlusher`, a
-thread armed by each buffered write: without it the last writes before an idle period
-would stay in memory until ``close()``, and a crash would lose them.
+Failures of the file raise :class:`GraphStorageError`, never ``sqlite3``'s own; a failed
+flush keeps its batches for the next one. :class:`IdleFlusher` flushes a buffer no later
+write comes to flush: else the last writes before an idle period would wait for
+``close()``, and a crash would lose them.
 """
 
 from __future__ import annotations
@@ -65,14 +41,28 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
 """
-_GRAPH_TABLES = frozenset({"meta", "log", "sqlite_sequence", "query_link", "query_value"})
+_GRAPH_TABLES = frozenset(
+    {"meta", "log", "sqlite_sequence", "query_link", "query_value", "sync_refusal"}
+)
 #: The columns of our tables, as ``PRAGMA table_info`` gives them (name, declared type,
 #: not null, primary key): a table of that name laid out otherwise is another
 #: application's, and so is its file.
 _COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
     "meta": [("key", "TEXT", 0, 1), ("value", "BLOB", 1, 0)],
     "log": [("seq", "INTEGER", 0, 1), ("batch", "BLOB", 1, 0)],
+    "sync_refusal": [
+        ("peer", "BLOB", 1, 1),
+        ("soul", "BLOB", 1, 2),
+        ("field", "BLOB", 1, 3),
+        ("state", "REAL", 1, 0),
+    ],
 }
+#: The refusals described to sync peers (dtp.graph._reported), made by the first one.
+_REFUSALS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_refusal (
+    peer BLOB NOT NULL, soul BLOB NOT NULL, field BLOB NOT NULL, state REAL NOT NULL,
+    PRIMARY KEY (peer, soul, field)
+)"""
 FORMAT = 2
 """The format of the graph files this version writes: 2 holds values in Gun's text and
 its log's batches are of HAM batch version 2 (ties in UTF-16 order); 1 (no ``format`` in
@@ -99,6 +89,15 @@ _COMPACT_FLOOR = 64 << 10
 #: transaction grows it to the table's size, and SQLite otherwise keeps a WAL file at
 #: the largest size it ever reached.
 _WAL_LIMIT = 8 << 20
+
+
+def table_layout(db: sqlite3.Connection, table: str) -> list[tuple[str, str, int, int]]:
+    """A table's columns as ``PRAGMA table_info`` gives them: (name, declared type, not
+    null, primary key); none for a table that does not exist."""
+    return [
+        (name, decl.upper(), notnull, pk)
+        for _cid, name, decl, notnull, _default, pk in db.execute(f"PRAGMA table_info({table})")
+    ]
 
 
 class StorageTables(Protocol):
@@ -176,13 +175,7 @@ class GraphStorage:
             for table in sorted(tables & _COLUMNS.keys()):
                 # (an application's own "log" table passed the names alone: the file was
                 # switched to WAL and given a meta table before anything refused it)
-                columns = [
-                    (name, decl.upper(), notnull, pk)
-                    for _cid, name, decl, notnull, _default, pk in self._db.execute(
-                        f"PRAGMA table_info({table})"
-                    )
-                ]
-                if columns != _COLUMNS[table]:
+                if table_layout(self._db, table) != _COLUMNS[table]:
                     raise sqlite3.DatabaseError(
                         f"not a graph database (its table {table!r} is laid out otherwise)"
                     )
@@ -224,8 +217,6 @@ class GraphStorage:
         self.compactions = 0
         #: tables written with the log (the query index), once a graph has them
         self.tables: StorageTables | None = None
-        #: bytes written by compactions since the file was opened (each rewrites the table)
-        self.compaction_bytes = 0
 
     # -- meta -------------------------------------------------------------------------------
 
@@ -339,6 +330,44 @@ class GraphStorage:
     def _corrupt(self, what: str) -> GraphStorageError:
         return GraphStorageError(f"graph database {str(self.path)!r} is corrupt: {what}")
 
+    # -- the refusals described to sync peers (dtp.graph._reported) ------------------------
+
+    def refusals_reported(self) -> list[tuple[bytes, bytes, bytes, float]]:
+        """(peer, soul, field, state) of each refusal remembered, oldest first. Rows of
+        other types (another tool's) are left out: forgetting one only describes it
+        again."""
+        with self._errors("read"):
+            if not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_refusal'"
+            ).fetchone():
+                return []
+            rows = self._db.execute(
+                "SELECT peer, soul, field, state FROM sync_refusal ORDER BY rowid"
+            ).fetchall()
+        return [
+            (peer, soul, field, state)
+            for peer, soul, field, state in rows
+            if type(peer) is bytes
+            and type(soul) is bytes
+            and type(field) is bytes
+            and type(state) is float
+        ]
+
+    def remember_refusals(
+        self,
+        rows: list[tuple[bytes, bytes, bytes, float]],
+        forget: list[tuple[bytes, bytes, bytes]],
+    ) -> None:
+        """Remember ``rows`` (peer, soul, field, state; one a field and peer, the newest
+        replacing and going last) and forget ``forget`` (peer, soul, field), in one
+        transaction."""
+        with self._errors("write"), self._transaction():
+            self._db.execute(_REFUSALS_SCHEMA)
+            self._db.executemany(
+                "DELETE FROM sync_refusal WHERE peer = ? AND soul = ? AND field = ?", forget
+            )
+            self._db.executemany("INSERT OR REPLACE INTO sync_refusal VALUES (?, ?, ?, ?)", rows)
+
     # -- the log ----------------------------------------------------------------------------
 
     def load(self) -> Iterator[bytes]:
@@ -436,7 +465,6 @@ class GraphStorage:
         self._compacted_bytes = size
         self._last_flush = time.monotonic()
         self.compactions += 1
-        self.compaction_bytes += size
         if migrated:
             self.format = FORMAT
 

@@ -1,51 +1,10 @@
-"""The private tier's format and the rule every peer applies to it (docs/graph.md,
-"Privacy tiers").
+"""The private tier's format and the rule every peer applies to it: docs/graph.md, "The
+private envelope (format 1)", says the souls, the signed string, the bodies and their
+keys byte for byte.
 
 A private space belongs to an *author* (a host key, named by its Sui address) and holds
-nodes whose values are encrypted to a set of *readers*. Its souls::
-
-    %0x<64 lowercase hex>/<space>            the space's root node
-    %0x<64 lowercase hex>/<space>/<path>     nodes below it
-    %0x<64 lowercase hex>/<space>:keys       its key node: readers and wrapped keys
-
-``<space>`` is 1..64 of ``A-Z a-z 0-9 _ . -``. Any other soul starting with ``%0x`` and
-64 hex digits is refused, so nobody can squat look-alike names.
-
-Every field of every such soul holds a Gun **string** (so HAM merges it blind and Gun
-peers store and relay it)::
-
-    "dtp/p1:" + base64url, unpadded, of
-        ed25519 public key (32) || signature (64) || body
-
-The key must hash to the author's address (Sui's Ed25519 address, as in the protected
-tier, :mod:`dtp.graph.namespace`) and the signature is Ed25519 over::
-
-    "dtp-graph-v1/private-field" 0x00 || canonical HAM update encoding of
-        (soul, field, state, body)
-
-so only the author writes, and what it wrote cannot be moved to another soul, field or
-state. The body's first byte says what it is:
-
-- ``1``, a value (a data node's field): ``1 || key id (16) || nonce (24) ||
-  ChaCha20-Poly1305 ciphertext and tag`` of the value's Gun text padded with zero bytes
-  to a multiple of 32 bytes. The AEAD key is ``HKDF-Expand-SHA256(K, "dtp-graph-v1/
-  private-value" 0x00 || key id || nonce, 32)`` -- a key of its own for every value, so
-  random nonces never repeat under one key -- with a nonce of 12 zero bytes, and the
-  associated data is ``"dtp-graph-v1/private-value" 0x00 || canonical update encoding
-  of (soul, field, state, the body's first 41 bytes)``. ``K`` is the content key named
-  by the key id.
-- ``2``, a reader record (field ``r:<reader key, 64 hex>`` of the key node):
-  ``2 || 1`` (a reader) or ``2 || 0`` (removed).
-- ``3``, a wrapped content key (field ``w:<key id, 32 hex>:<reader key, 64 hex>`` of the
-  key node): ``3 || ephemeral X25519 public key E (32) || ChaCha20-Poly1305 of K (48)``
-  under ``HKDF-SHA256(X25519(e, reader), salt = E || reader key, info =
-  "dtp-graph-v1/private-wrap", 32)``, a nonce of 12 zero bytes (each wrap key is used
-  once) and the associated data ``"dtp-graph-v1/private-wrap" 0x00 || canonical update
-  encoding of (soul, field, state, 3 || E)``.
-
-A reader is known by its X25519 public key: a host's Noise static key
-(:attr:`~dtp.identity.keys.HostIdentity.noise_public`), the key peers already know each
-other by. Peers that are not readers check the signature and the body's shape (not the
+nodes whose values are encrypted to a set of *readers*, each known by its X25519 Noise
+static key. Peers that are not readers check the signature and the body's shape (not the
 ciphertext: they cannot), merge by HAM and forward; the keys and who may read are the
 business of :mod:`dtp.graph._tiers`.
 """
@@ -56,23 +15,20 @@ import base64
 import binascii
 import os
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from dtp.errors import ErrorCode, LocalProtocolError, PrivateDataError
-from dtp.graph._batch import drop_refused
-from dtp.identity.keys import HostIdentity, sui_address_from_public_key
-from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
-from dtp.native.reference._limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION, HAM_MAX_VALUE
+from dtp.graph._batch import filter_souls
+from dtp.graph.namespace import _key, _update_bytes
+from dtp.identity.keys import HostIdentity
+from dtp.native.reference._limits import HAM_MAX_VALUE
 from dtp.native.types import HamUpdate
 
 PREFIX = b"%0x"
@@ -109,9 +65,6 @@ _SOUL = re.compile(rb"%(0x[0-9a-f]{64})/([A-Za-z0-9_.-]{1,64})(:keys|/.+)?", re.
 SPACE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _READER_FIELD = re.compile(rb"r:([0-9a-f]{64})")
 _WRAP_FIELD = re.compile(rb"w:([0-9a-f]{32}):([0-9a-f]{64})")
-
-_HEADER = struct.Struct("<BI")
-_ONE = _HEADER.pack(HAM_BATCH_VERSION, 1)
 
 # the largest Gun text a private value may hold: its stored string stays within a HAM value
 MAX_PLAINTEXT = (
@@ -201,11 +154,6 @@ def parse_key_field(field: bytes) -> tuple[str, bytes, bytes | None] | None:
 # -- the signed string -------------------------------------------------------------------
 
 
-def _update_bytes(soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
-    """The canonical HAM update encoding of one update (protocol.md 6.1, no header)."""
-    return encode_ham_batch([HamUpdate(soul, field, state, value)])[HAM_BATCH_HEADER_LEN:]
-
-
 def signing_message(soul: bytes, field: bytes, state: float, body: bytes) -> bytes:
     """The bytes the author signs for a field."""
     return SIGN_DOMAIN + _update_bytes(soul, field, state, body)
@@ -253,11 +201,6 @@ def body_of(stored: bytes | str) -> bytes | None:
     return None if parts is None else parts[2]
 
 
-@lru_cache(maxsize=1024)
-def _key(public: bytes) -> tuple[str, Ed25519PublicKey]:
-    return sui_address_from_public_key(public), Ed25519PublicKey.from_public_bytes(public)
-
-
 def _body_shape(parsed: PrivateSoul, field: bytes, body: bytes) -> bool:
     """Whether a body has the shape its soul and field call for."""
     if parsed.keys:
@@ -301,26 +244,12 @@ def filter_batch(
     held: Callable[[list[HamUpdate]], list[bool]] | None = None,
     details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
-    """Drop the updates of a peer's batch that break the private tier's rule (as
-    :func:`dtp.graph.namespace.filter_batch` does for the protected tier).
-
-    A batch in which ``%0x`` and 64 hex digits appear nowhere passes untouched (one
-    regex scan); otherwise the C core finds the updates whose soul starts with ``%0x``
-    and only those are decoded and checked. ``held`` skips updates the table already
-    holds exactly (verified when they first came); ``details``, if given, receives
-    ``(update, reason, message)`` for each refused update (a sync session reports them
-    to the peer). Returns the batch to merge and the count of refusals per reason.
-    """
+    """Drop the updates of a peer's batch that break the private tier's rule, as
+    :func:`dtp.graph.namespace.filter_batch` does for the protected tier (the marker:
+    ``%0x`` and 64 hex digits)."""
     if _CLAIMED.search(batch) is None:
         return batch, {}
-    claimed: list[tuple[int, int, HamUpdate]] = []
-    for start, end in find_ham_souls(batch, PREFIX):
-        (update,) = decode_ham_batch(_ONE + batch[start:end])
-        if is_private(update.soul):
-            claimed.append((start, end, update))
-    if not claimed:
-        return batch, {}
-    return drop_refused(batch, claimed, held, _judge, details)
+    return filter_souls(batch, (PREFIX,), is_private, _judge, held, details)
 
 
 def _judge(update: HamUpdate) -> tuple[str, str] | None:
@@ -337,16 +266,27 @@ def _value_key(content_key: bytes, key_id: bytes, nonce: bytes) -> ChaCha20Poly1
 
 
 def seal_value(
-    content_key: bytes, key_id: bytes, soul: bytes, field: bytes, state: float, text: bytes
+    content_key: bytes,
+    key_id: bytes,
+    soul: bytes,
+    field: bytes,
+    state: float,
+    text: bytes,
+    *,
+    nonce: bytes | None = None,
 ) -> bytes:
     """The body of a value: ``text`` (the value's Gun text) encrypted under the content
-    key, bound to its soul, field and state."""
+    key, bound to its soul, field and state. ``nonce`` is random unless given (the
+    docs' vectors fix it)."""
     if len(text) > MAX_PLAINTEXT:
         raise LocalProtocolError(
             f"a private value's Gun text is at most {MAX_PLAINTEXT} bytes, not {len(text)}",
             ErrorCode.HAM_SIZE,
         )
-    nonce = os.urandom(NONCE_LEN)
+    if nonce is None:
+        nonce = os.urandom(NONCE_LEN)
+    elif len(nonce) != NONCE_LEN:
+        raise LocalProtocolError(f"a value's nonce is {NONCE_LEN} bytes", ErrorCode.ARG)
     header = bytes([VALUE]) + key_id + nonce
     padded = text + bytes(-len(text) % PAD)
     aad = VALUE_LABEL + _update_bytes(soul, field, state, header)
@@ -393,10 +333,19 @@ def _wrap_aead(shared: bytes, ephemeral: bytes, reader: bytes) -> ChaCha20Poly13
     return ChaCha20Poly1305(key)
 
 
-def wrap(content_key: bytes, reader: bytes, soul: bytes, field: bytes, state: float) -> bytes:
+def wrap(
+    content_key: bytes,
+    reader: bytes,
+    soul: bytes,
+    field: bytes,
+    state: float,
+    *,
+    ephemeral_secret: X25519PrivateKey | None = None,
+) -> bytes:
     """The body of a wrap: ``content_key`` encrypted to the X25519 key ``reader``
-    (LocalProtocolError when ``reader`` is no usable X25519 public key)."""
-    secret = X25519PrivateKey.generate()
+    (LocalProtocolError when ``reader`` is no usable X25519 public key). The ephemeral
+    key is fresh unless given (the docs' vectors fix it)."""
+    secret = X25519PrivateKey.generate() if ephemeral_secret is None else ephemeral_secret
     ephemeral = secret.public_key().public_bytes_raw()
     try:
         shared = secret.exchange(X25519PublicKey.from_public_bytes(reader))

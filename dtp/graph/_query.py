@@ -1,24 +1,13 @@
 """Queries over a graph: start at souls, follow links and sets of links, keep the nodes
-whose fields compare as asked (docs/graph.md, "Queries").
-
-::
-
-    recent = (
-        g.query("user/alice").out("posts").each().out("replies").each()
-        .where("time", ">", t)
-    )
-    recent.souls()                 # ["reply/17", ...], sorted
-    live = recent.live(print)      # calls back when the result changes
+whose fields compare as asked (docs/graph.md, "Queries", says the steps, the results
+and the comparisons).
 
 A :class:`Query` is an immutable description: each step method returns a new one, and
 nothing runs until :meth:`Query.souls`, :meth:`Query.nodes`, :meth:`Query.count` or
 :meth:`Query.live`. The graph evaluates it (:mod:`dtp.graph._query_index`) in SQLite, one
-statement per hop over the whole frontier.
-
-Values compare as Gun values (:func:`comparable`): numbers with numbers, strings with
-strings (by UTF-16 code units, as JavaScript compares them), booleans, null and links
-only for equality. A comparison across types is false, whatever the operator (``!=``
-included), and so is one with a missing field.
+statement per hop over the whole frontier. Values compare as Gun values
+(:func:`comparable`): a comparison across types, or with a missing field, is false
+whatever the operator (``!=`` included).
 """
 
 from __future__ import annotations

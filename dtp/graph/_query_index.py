@@ -1,25 +1,13 @@
 """The SQLite tables a graph's queries read, kept up to date with its table, and a
-query's evaluation over them, one statement per hop (docs/graph.md, "Queries").
+query's evaluation over them, one statement per hop: docs/graph.md, "Indexes", says
+the tables, when they are written (with the log's flush, in the same transaction),
+rebuilt or marked stale.
 
-``query_link`` holds every field whose value is a link: (soul, field, target), keyed by
-(soul, field), so that a hop from a whole frontier is one join. ``query_value`` holds
-the values of the *indexed* fields (:meth:`Graph.create_index
-<dtp.graph._store.Graph.create_index>`): (field, soul, kind, value), keyed by (field,
-soul) for a filter over a frontier, and ordered by (field, kind, value) for a range
-scan (:meth:`Graph.find <dtp.graph._store.Graph.find>`). Values are held as
-:func:`~dtp.graph._query.comparable` gives them, so that SQLite's own comparison is
-Gun's: numbers as REAL, strings as UTF-16-BE blobs (``memcmp`` order is UTF-16 code
-unit order).
-
-The tables are derived from the HAM table: every changed batch the graph commits is
-queued here and written with the next flush of the log, *in the same transaction*, so
-the file never holds one without the other; ``meta`` records the last log row they
-reflect (``query_seq``) and the indexed fields (``query_fields``). A graph opened with
-the two out of step (written by a version without queries, a crash between the log's
-write and a rebuild, a migration) rebuilds them from the table. A merge that changes a
-large share of the table marks them stale instead (rebuilt once, at the next query:
-amortised O(1) per change, as the sync summaries are). An in-memory graph keeps them in
-an in-memory SQLite database of their own.
+``query_link`` holds every field whose value is a link, keyed by (soul, field), so that
+a hop from a whole frontier is one join; ``query_value`` the values of the indexed
+fields, keyed by (field, soul) for a filter and ordered by (field, kind, value) for a
+range scan. Values are held as :func:`~dtp.graph._query.comparable` gives them, so that
+SQLite's own comparison is Gun's.
 """
 
 from __future__ import annotations
@@ -36,7 +24,7 @@ from typing import Any
 
 from dtp.errors import DTPError
 from dtp.graph._batch import Entry, entries
-from dtp.graph._persist import GraphStorage, GraphStorageError
+from dtp.graph._persist import GraphStorage, GraphStorageError, table_layout
 from dtp.graph._query import LINK, NUMBER, STRING, Each, Key, Out, Step, Where, comparable
 from dtp.graph.values import JSON, link_soul
 
@@ -309,11 +297,7 @@ class QueryIndex:
         assert self._storage is not None
         db = self.db
         for name, layout in _LAYOUT.items():
-            columns = [
-                (n, decl.upper(), notnull, pk)
-                for _cid, n, decl, notnull, _default, pk in db.execute(f"PRAGMA table_info({name})")
-            ]
-            if columns != layout:
+            if table_layout(db, name) != layout:
                 return f"table {name} is missing or laid out otherwise"
         if not db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'query_value_order'"

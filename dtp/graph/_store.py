@@ -37,7 +37,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.graph import _private as private
@@ -62,6 +62,7 @@ from dtp.graph._query import (
     make_where,
 )
 from dtp.graph._query_index import QueryIndex, ReadSet, explain
+from dtp.graph._reported import ReportedRefusals
 from dtp.graph._summaries import (
     FANOUT_BITS,
     LEAF_BITS,
@@ -75,6 +76,8 @@ from dtp.graph._tiers import (
     PrivateNode,
     ProtectedNode,
     PublicNode,
+    Sealer,
+    Signer,
     private_node,
     protected_node,
     public_node,
@@ -101,6 +104,9 @@ from dtp.native.types import (
     HAM_SAME,
     HamUpdate,
 )
+
+if TYPE_CHECKING:
+    from dtp.graph.collab import CollabArray, CollabMap, CollabText
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +316,8 @@ class Graph:
                 storage, self._lock, self.clock, self._table, float(flush_interval), last
             )
         )
+        # what sync sessions have told each peer of its refused updates (in the file)
+        self._reported = ReportedRefusals(storage)
         self._closed = False
 
     def flush(self) -> None:
@@ -399,20 +407,9 @@ class Graph:
         The graph's rules (:attr:`rules`) judge every field first: one refused raises
         :class:`~dtp.graph.rules.RuleRefused` and nothing is written. A node whose
         history is tracked (:attr:`history`) gets a version of this write, in the same
-        batch.
+        batch. (The tiers' handles write through the same path: :meth:`_write`.)
         """
-        writes: list[tuple[bytes, bytes, bytes]] = []
-        self._flatten(soul, data, writes, 0)
-        twice = _field_written_twice(writes)
-        if twice is not None:
-            # two paths to one node's field ({"b": {"c": {...}}} and {"b/c": {...}} both
-            # write node <soul>/b/c): written at one state, the merge would keep one of
-            # them by its bytes, not the caller's order; refuse the write whole
-            raise LocalProtocolError(
-                f"put() writes field {twice[1]!r} of node {twice[0]!r} twice "
-                "(nested mappings naming the same child node)",
-                ErrorCode.ARG,
-            )
+        writes = self._fields_of(soul, data)
         for s, _, _ in writes:
             if private.is_private(s):
                 # encrypted to readers and signed by the author: only the tier's API
@@ -422,14 +419,44 @@ class Graph:
                     "with graph.private(...) (docs/graph.md, 'Privacy tiers')",
                     ErrorCode.ARG,
                 )
+        return self._write(writes, Signer(self.identity))
+
+    def set(self, soul: str, field: str, value: Any) -> float:
+        """Write one field (see :meth:`put`)."""
+        return self.put(soul, {field: value})
+
+    def _write(
+        self,
+        data: Sequence[tuple[bytes, bytes, bytes]],
+        sealer: Sealer,
+        records: Sequence[tuple[bytes, bytes, Callable[[float], bytes]]] = (),
+        *,
+        versioned: bool = True,
+    ) -> float:
+        """The one path of every local write -- :meth:`put`, :meth:`set`, the tiers'
+        handles (:mod:`dtp.graph._tiers`), a private space's key records -- as one
+        batch at one state; returns the state.
+
+        ``data``: (soul, field, the value's Gun text), each stored as
+        ``sealer.seal(soul, field, state, text)`` makes it (plain, signed over the
+        state, or encrypted with it as associated data); a tracked node's version and
+        heads (:attr:`history`, read with ``sealer.open``) are written with them, sealed
+        alike. ``records``: fields whose stored value is made from the state alone
+        (``make(state)``: a private space's readers and wrapped keys), no history's.
+        ``versioned`` False: no version either way (a collaborative value's records,
+        :mod:`dtp.graph.collab`, are their own history). Then the rules (:attr:`rules`)
+        judge every update, as peers will: one refused raises
+        :class:`~dtp.graph.rules.RuleRefused`. What raises -- a seal, a rule --
+        leaves the graph as it was."""
         changes: list[Change] = []
         try:
             with self._lock:
                 self._check_open()
                 self._advance_due(changes)
                 # a tracked node's version and heads (dtp.graph._history), written with it
-                plan = self.history.plan(writes) if self.history.tracking else None
-                touched = [(s, f) for s, f, _ in writes]
+                tracking = versioned and self.history.tracking
+                plan = self.history.plan(data, sealer.open) if tracking else None
+                touched = [(s, f) for s, f, _ in data] + [(s, f) for s, f, _ in records]
                 if plan is not None:
                     touched.extend(plan.touched)
                 after: float | None = None
@@ -439,34 +466,15 @@ class Graph:
                         after = current[0]
                 state = self.clock.next(after)
                 if plan is not None:
-                    writes = writes + plan.writes(state)
+                    data = [*data, *plan.writes(state)]
                 writeback = self._writeback
                 if writeback is not None and state > writeback.clock_reserved:
                     writeback.reserve_clock(state)
-                updates = []
-                for s, f, value in writes:
-                    refusal = sea.check_stored(s, f, state, value)
-                    if refusal is not None:
-                        # a Gun user space (~<pub>): only SEA's owner signs there, and
-                        # the signature covers the state this write just took
-                        raise LocalProtocolError(
-                            f"put() to {s.decode(errors='replace')[:80]!r} breaks a rule "
-                            f"of Gun's user spaces: {refusal.message} (docs/graph.md, "
-                            "'Gun user spaces')",
-                            ErrorCode.ARG,
-                        )
-                    if namespace.is_user_space(s):
-                        if self.identity is None:
-                            raise LocalProtocolError(
-                                f"put() to the user-space soul {s.decode()[:80]!r} is signed "
-                                f"by its owner {namespace.owner_of(s)}: open the graph with "
-                                "Graph(identity=<the owner's HostIdentity>), or write with "
-                                "graph.protected(path, identity) (docs/graph.md, 'Signed "
-                                "namespaces')",
-                                ErrorCode.ARG,
-                            )
-                        value = namespace.seal(self.identity, s, f, state, value)
-                    updates.append(HamUpdate(s, f, state, value))
+                updates = [HamUpdate(s, f, state, make(state)) for s, f, make in records]
+                seal = sealer.seal
+                updates.extend(
+                    HamUpdate(s, f, state, seal(s, f, state, text)) for s, f, text in data
+                )
                 if self.rules.active:
                     refused = self.rules.check_local(updates)
                     if refused is not None:
@@ -479,44 +487,7 @@ class Graph:
         finally:
             # deferred updates applied on the way in are committed (forwarded, logged):
             # their subscribers must hear of them even when this write fails (a value
-            # too large, no identity for a user-space soul)
-            self._deliver(changes)
-        return state
-
-    def set(self, soul: str, field: str, value: Any) -> float:
-        """Write one field (see :meth:`put`)."""
-        return self.put(soul, {field: value})
-
-    def _write_sealed(
-        self,
-        writes: Sequence[tuple[bytes, bytes, _Item]],
-        seal: Callable[[bytes, bytes, float, _Item], bytes],
-    ) -> float:
-        """Write fields whose stored values depend on the state they are written at --
-        signed over it, or encrypted with it as associated data (the tiers of
-        :mod:`dtp.graph._tiers`) -- as one batch at one state, taken as :meth:`put`
-        takes it; returns the state. ``seal(soul, field, state, item)`` makes each
-        stored value, under the graph's lock; what it raises leaves the graph as it
-        was. The souls and field names are the UTF-8 bytes the table keys on; no rule
-        of :meth:`put` is applied here (the caller's seal is the rule)."""
-        changes: list[Change] = []
-        try:
-            with self._lock:
-                self._check_open()
-                self._advance_due(changes)
-                after: float | None = None
-                for s, f, _ in writes:
-                    current = self._table.get(s, f)
-                    if current is not None and (after is None or current[0] > after):
-                        after = current[0]
-                state = self.clock.next(after)
-                writeback = self._writeback
-                if writeback is not None and state > writeback.clock_reserved:
-                    writeback.reserve_clock(state)
-                updates = [HamUpdate(s, f, state, seal(s, f, state, item)) for s, f, item in writes]
-                result = self._table.merge(encode_ham_batch(updates), max(state, MAX_STATE))
-                self._changed(result.changed, None, changes)
-        finally:
+            # too large, no identity for a user-space soul, a rule's refusal)
             self._deliver(changes)
         return state
 
@@ -1188,6 +1159,36 @@ class Graph:
         return private_node(self, path, identity, author)
 
     # -- what sync sessions read (dtp.graph.sync, protocol.md 6); export for tools ---------
+
+    def text(self, soul: str, field: str) -> CollabText:
+        """A replica of the collaborative text in ``field`` of ``soul`` (docs/graph.md,
+        "Collaborative values"): a Yjs document, merged by Yjs, whose edits are written
+        as :meth:`put` writes (a ``~0x`` soul signed with :attr:`identity`; a private
+        soul through :meth:`private`). Needs the ``collab`` extra."""
+        return self._collab_node(soul).text(field)
+
+    def array(self, soul: str, field: str) -> CollabArray:
+        """A replica of the collaborative array (a list) in ``field`` of ``soul`` (see
+        :meth:`text`)."""
+        return self._collab_node(soul).array(field)
+
+    def map(self, soul: str, field: str) -> CollabMap:
+        """A replica of the collaborative map in ``field`` of ``soul`` (see :meth:`text`);
+        not gun's ``map()``."""
+        return self._collab_node(soul).map(field)
+
+    def _collab_node(self, soul: str) -> PublicNode | ProtectedNode:
+        s = utf8_name(soul, "a soul")
+        if private.is_private(s):
+            raise LocalProtocolError(
+                f"a collaborative value of the private soul {soul[:80]!r}: open it with "
+                "graph.private(...).text(field) (docs/graph.md, 'Privacy tiers')",
+                ErrorCode.ARG,
+            )
+        owner = namespace.owner_of(s) if namespace.is_user_space(s) else None
+        if owner is not None:
+            return ProtectedNode(self, soul, owner, self.identity)
+        return self.public(soul)
 
     def add_listener(self, listener: ChangeListener, owner: object) -> None:
         """Call ``listener(changed_batch, origin)`` after every merge that changes the

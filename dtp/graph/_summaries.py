@@ -6,7 +6,7 @@ few digests."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 from dtp.graph._batch import Entry
 
@@ -98,16 +98,11 @@ class SummaryView:
         child_level = level + 1
         shift = LEAF_BITS - FANOUT_BITS * child_level
         out: dict[int, tuple[int, int]] = {}
-        if level == 0:
-            for leaf, n in self.count.items():
-                if n:
-                    child = leaf >> shift
-                    d, c = out.get(child, (0, 0))
-                    out[child] = (d ^ self.digest[leaf], c + n)
-            return out
-        span = 1 << (LEAF_BITS - FANOUT_BITS * level)
-        first = prefix * span
-        for leaf in range(first, first + span):
+        leaves: Iterable[int] = self.count  # the root's children: every leaf held
+        if level:
+            span = 1 << (LEAF_BITS - FANOUT_BITS * level)
+            leaves = range(prefix * span, (prefix + 1) * span)
+        for leaf in leaves:
             n = self.count.get(leaf, 0)
             if n:
                 child = leaf >> shift
@@ -121,15 +116,3 @@ class SummaryView:
         for value in self.digest.values():
             d ^= value
         return d, self.size
-
-    def souls_under(self, level: int, prefix: int) -> Iterator[bytes]:
-        """Souls in the leaves under node (level, prefix)."""
-        span = 1 << (LEAF_BITS - FANOUT_BITS * level)
-        first = prefix * span
-        if span > len(self.leaves):
-            for leaf, souls in self.leaves.items():
-                if first <= leaf < first + span:
-                    yield from souls
-        else:
-            for leaf in range(first, first + span):
-                yield from self.leaves.get(leaf, ())

@@ -1,28 +1,14 @@
-"""The graph's privacy tiers, one API shape for the three (docs/graph.md, "Privacy
-tiers"):
+"""The graph's privacy tiers, one API shape for the three: docs/graph.md, "Privacy
+tiers", says the tiers, their handles and (in "Private spaces") how an author keeps
+the private tier's keys.
 
-- **public** (:meth:`Graph.public <dtp.graph._store.Graph.public>`): anyone reads and
-  writes -- plain souls;
-- **protected** (:meth:`Graph.protected <dtp.graph._store.Graph.protected>`): anyone
-  reads, only the author writes -- the signed user space ``~0x<address>/...``
-  (:mod:`dtp.graph.namespace`);
-- **private** (:meth:`Graph.private <dtp.graph._store.Graph.private>`): values encrypted
-  to readers the author names; only the author writes -- ``%0x<address>/<space>/...``
-  (:mod:`dtp.graph._private` holds the format and the rule every peer applies).
-
-Each returns a node handle with ``soul``, ``tier``, ``put(fields)``, ``get()``,
-``get_field(field)``, ``child(name)`` and ``subscribe(callback)``; the private one adds
-``readers()``, ``add_reader(key)`` and ``remove_reader(key)``.
-
-How the private tier's keys are kept (each record a field of the space's key node,
-signed by the author): a *content key* encrypts values; each is wrapped to the author
-and to every reader (``w:<key id>:<reader>``), and readers are listed (``r:<reader>``,
-on or off). The author writes with the newest content key wrapped to itself and to no
-removed reader -- so removing a reader (or learning that another device of the author's
-removed one) makes the next write take a new key, wrapped to the readers that remain.
-Adding a reader wraps every content key of the space to it: a new reader reads the
-space's past too. Each record is written once or flips one reader on or off, so the
-author's devices may change the key node at the same time and their records merge.
+Every write a handle makes goes through the graph's one write path
+(:meth:`Graph._write <dtp.graph._store.Graph._write>`) with the tier's :class:`Sealer`
+-- :class:`Signer` for the public and protected tiers, the space's for the private
+one -- so the rules judge it and a tracked node gets a version, as for ``put``. Each
+record of a private space's key node is written once or flips one reader on or off,
+so the author's devices may change the key node at the same time and their records
+merge.
 """
 
 from __future__ import annotations
@@ -31,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -43,9 +29,24 @@ from dtp.graph._changes import Change, Subscription
 from dtp.graph.values import JSON, decode_value
 from dtp.identity.keys import HostIdentity, noise_key_object
 
+if TYPE_CHECKING:
+    from dtp.graph._history import History, Version
+    from dtp.graph.collab import Access, CollabArray, CollabMap, CollabText
+
 logger = logging.getLogger("dtp.graph._store")
 
-_Sealed = TypeVar("_Sealed")
+
+class Sealer(Protocol):
+    """How one local write stores its values and reads them back (per tier): what
+    :meth:`Graph._write <dtp.graph._store.Graph._write>` takes."""
+
+    def seal(self, soul: bytes, field: bytes, state: float, text: bytes) -> bytes:
+        """The stored value of a field holding the Gun text ``text`` at ``state``."""
+        ...
+
+    def open(self, soul: bytes, field: bytes, state: float, stored: bytes) -> JSON:
+        """A stored value read back (a tracked node's heads and versions)."""
+        ...
 
 
 class TieredGraph(Protocol):
@@ -53,6 +54,9 @@ class TieredGraph(Protocol):
 
     @property
     def identity(self) -> HostIdentity | None: ...
+
+    @property
+    def history(self) -> History: ...
 
     def put(self, soul: str, data: Mapping[str, Any]) -> float: ...
 
@@ -72,11 +76,50 @@ class TieredGraph(Protocol):
         self, soul: str, data: Mapping[str, Any]
     ) -> list[tuple[bytes, bytes, bytes]]: ...
 
-    def _write_sealed(
+    def _write(
         self,
-        writes: Sequence[tuple[bytes, bytes, _Sealed]],
-        seal: Callable[[bytes, bytes, float, _Sealed], bytes],
+        data: Sequence[tuple[bytes, bytes, bytes]],
+        sealer: Sealer,
+        records: Sequence[tuple[bytes, bytes, Callable[[float], bytes]]] = (),
+        *,
+        versioned: bool = True,
     ) -> float: ...
+
+
+class Signer:
+    """The sealer of the public and protected tiers: a public soul's value is its Gun
+    text, a ``~0x<address>/...`` one is signed by ``identity`` (which must own it); a
+    write to a Gun user space (only SEA's owner signs there) is refused."""
+
+    def __init__(self, identity: HostIdentity | None) -> None:
+        self.identity = identity
+
+    def seal(self, soul: bytes, field: bytes, state: float, text: bytes) -> bytes:
+        refusal = sea.check_stored(soul, field, state, text)
+        if refusal is not None:
+            # a Gun user space (~<pub>): only SEA's owner signs there, and the signature
+            # covers the state this write just took
+            raise LocalProtocolError(
+                f"put() to {soul.decode(errors='replace')[:80]!r} breaks a rule of Gun's "
+                f"user spaces: {refusal.message} (docs/graph.md, 'Gun user spaces')",
+                ErrorCode.ARG,
+            )
+        if not namespace.is_user_space(soul):
+            return text
+        if self.identity is None:
+            raise LocalProtocolError(
+                f"put() to the user-space soul {soul.decode()[:80]!r} is signed by its "
+                f"owner {namespace.owner_of(soul)}: open the graph with "
+                "Graph(identity=<the owner's HostIdentity>), or write with "
+                "graph.protected(path, identity) (docs/graph.md, 'Signed namespaces')",
+                ErrorCode.ARG,
+            )
+        return namespace.seal(self.identity, soul, field, state, text)
+
+    def open(self, soul: bytes, field: bytes, state: float, stored: bytes) -> JSON:
+        if namespace.is_user_space(soul):
+            stored = namespace.open_envelope(stored)
+        return decode_value(stored)
 
 
 PUBLIC = "public"
@@ -144,15 +187,31 @@ class _Node:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.soul!r}>"
 
+    def _access(self) -> Access:
+        raise NotImplementedError
 
-class PublicNode(_Node):
-    """A public node: anyone reads and writes (``graph.put``/``graph.get`` on it)."""
+    def _collab(self, kind: str, field: str) -> Any:
+        from dtp.graph import collab  # (pycrdt: the collab extra, on first use)
 
-    tier = PUBLIC
+        return collab.open_value(kind, self._access(), self.soul, field)
 
-    def put(self, fields: Mapping[str, Any]) -> float:
-        """Write fields (as :meth:`Graph.put`); returns their state."""
-        return self.graph.put(self.soul, _check_fields(fields))
+    def text(self, field: str) -> CollabText:
+        """A replica of the collaborative text in ``field`` (docs/graph.md,
+        "Collaborative values"): edits merged by Yjs, written through the tier."""
+        return cast("CollabText", self._collab("text", field))
+
+    def array(self, field: str) -> CollabArray:
+        """A replica of the collaborative array (a list) in ``field``."""
+        return cast("CollabArray", self._collab("array", field))
+
+    def map(self, field: str) -> CollabMap:
+        """A replica of the collaborative map in ``field``."""
+        return cast("CollabMap", self._collab("map", field))
+
+
+class _StoredNode(_Node):
+    """What the public and protected handles read as the graph holds it (a protected
+    node's fields each verified when they were merged)."""
 
     def get(self) -> dict[str, JSON] | None:
         """The node's fields, or None for an unknown node."""
@@ -162,9 +221,11 @@ class PublicNode(_Node):
         """One field's value, or ``default`` when there is none."""
         return self.graph.get_field(self.soul, field, default)
 
-    def child(self, name: str) -> PublicNode:
-        """The node ``<soul>/<name>`` (where a nested mapping in put() lands)."""
-        return PublicNode(self.graph, f"{self.soul}/{_child_name(name)}")
+    def history(self) -> list[Version]:
+        """The node's versions, oldest first, when its history is tracked
+        (``graph.history(soul)``; docs/graph.md, "History"; in a protected node each
+        signed by the author: ``verified``)."""
+        return self.graph.history(self.soul)
 
     def subscribe(
         self, callback: Callable[[Change], None], *, field: str | None = None
@@ -173,7 +234,31 @@ class PublicNode(_Node):
         return self.graph.subscribe(self.soul, callback, field=field)
 
 
-class ProtectedNode(_Node):
+class PublicNode(_StoredNode):
+    """A public node: anyone reads and writes (``graph.put``/``graph.get`` on it)."""
+
+    tier = PUBLIC
+
+    def put(self, fields: Mapping[str, Any]) -> float:
+        """Write fields (as :meth:`Graph.put`); returns their state."""
+        return self.graph.put(self.soul, _check_fields(fields))
+
+    def _access(self) -> Access:
+        from dtp.graph.collab import Access
+
+        graph = self.graph
+
+        def write(writes: list[tuple[bytes, bytes, bytes]]) -> float:
+            return graph._write(writes, Signer(graph.identity), versioned=False)
+
+        return Access(graph, write, Signer(None).open, PUBLIC)
+
+    def child(self, name: str) -> PublicNode:
+        """The node ``<soul>/<name>`` (where a nested mapping in put() lands)."""
+        return PublicNode(self.graph, f"{self.soul}/{_child_name(name)}")
+
+
+class ProtectedNode(_StoredNode):
     """A node of an author's signed space ``~<author>/<path>``: anyone reads, only the
     author writes (every value signed by its Ed25519 key; peers refuse the rest)."""
 
@@ -192,29 +277,22 @@ class ProtectedNode(_Node):
         anyone else (nothing written)."""
         identity = _must_author(self.identity, self.author, self.soul, "writing to")
         writes = self.graph._fields_of(self.soul, _check_fields(fields))
-        return self.graph._write_sealed(
-            writes, lambda s, f, state, v: namespace.seal(identity, s, f, state, v)
-        )
+        return self.graph._write(writes, Signer(identity))
 
-    def get(self) -> dict[str, JSON] | None:
-        """The node's fields (each verified when it was merged), or None."""
-        return self.graph.get(self.soul)
+    def _access(self) -> Access:
+        from dtp.graph.collab import Access
 
-    def get_field(self, field: str, default: Any = None) -> JSON:
-        """One field's value, or ``default`` when there is none."""
-        return self.graph.get_field(self.soul, field, default)
+        def write(writes: list[tuple[bytes, bytes, bytes]]) -> float:
+            identity = _must_author(self.identity, self.author, self.soul, "writing to")
+            return self.graph._write(writes, Signer(identity), versioned=False)
+
+        return Access(self.graph, write, Signer(None).open, PROTECTED)
 
     def child(self, name: str) -> ProtectedNode:
         """The node ``<soul>/<name>`` of the same space."""
         return ProtectedNode(
             self.graph, f"{self.soul}/{_child_name(name)}", self.author, self.identity
         )
-
-    def subscribe(
-        self, callback: Callable[[Change], None], *, field: str | None = None
-    ) -> Subscription:
-        """``callback(change)`` for every change of the node (or of one field)."""
-        return self.graph.subscribe(self.soul, callback, field=field)
 
 
 # -- the private tier --------------------------------------------------------------------
@@ -371,7 +449,7 @@ class _Space:
             body = bytes([private.READER, 1 if item.on else 0])
         return private.sign(identity, soul, field, state, body)
 
-    def write(self, writes: list[tuple[bytes, bytes, bytes]]) -> float:
+    def write(self, writes: list[tuple[bytes, bytes, bytes]], *, versioned: bool = True) -> float:
         self._author_identity("writing to")
         for soul, _, _ in writes:
             parsed = private.parse_soul(soul)
@@ -384,8 +462,17 @@ class _Space:
                     ErrorCode.ARG,
                 )
         key_id, key, items = self._plan(self.key_node())
-        items += [(s, f, _Value(key_id, key, text)) for s, f, text in writes]
-        return self.graph._write_sealed(items, self.seal)
+        sealer = _SpaceSealer(self, (key_id, key))
+        return self.graph._write(writes, sealer, self._records(items), versioned=versioned)
+
+    def _records(
+        self, items: list[tuple[bytes, bytes, _Item]]
+    ) -> list[tuple[bytes, bytes, Callable[[float], bytes]]]:
+        """The key node's records, each sealed at the write's state."""
+        return [(s, f, self._record(s, f, item)) for s, f, item in items]
+
+    def _record(self, soul: bytes, field: bytes, item: _Item) -> Callable[[float], bytes]:
+        return lambda state: self.seal(soul, field, state, item)
 
     def set_reader(self, reader: bytes, on: bool) -> bool:
         """Add (``on``) or remove a reader; False when nothing had to change."""
@@ -416,8 +503,26 @@ class _Space:
             items.insert(0, (self._keys_b, private.reader_field(reader).encode(), _Reader(on)))
         if not items:
             return False
-        self.graph._write_sealed(items, self.seal)
+        self.graph._write((), _SpaceSealer(self, None), self._records(items))
         return was != on
+
+
+class _SpaceSealer:
+    """The sealer of a private space's data (values, and a tracked node's history):
+    encrypted under the content key the write took, signed by the author."""
+
+    def __init__(self, space: _Space, key: tuple[bytes, bytes] | None) -> None:
+        self._space = space
+        self._key = key  # (key id, content key): None for a write of key records alone
+
+    def seal(self, soul: bytes, field: bytes, state: float, text: bytes) -> bytes:
+        if self._key is None:
+            raise AssertionError("a private value sealed without a content key")
+        key_id, key = self._key
+        return self._space.seal(soul, field, state, _Value(key_id, key, text))
+
+    def open(self, soul: bytes, field: bytes, state: float, stored: bytes) -> JSON:
+        return self._space.open(soul, field, state, stored)
 
 
 def _reader_key(reader: object) -> bytes:
@@ -496,6 +601,12 @@ class PrivateNode(_Node):
         self._space._author_identity("writing to")
         return self._space.write(self.graph._fields_of(self.soul, _check_fields(fields)))
 
+    def _access(self) -> Access:
+        from dtp.graph.collab import Access
+
+        space = self._space
+        return Access(self.graph, lambda w: space.write(w, versioned=False), space.open, PRIVATE)
+
     def get(self) -> dict[str, JSON] | None:
         """The node's fields in plaintext, or None for an unknown node. Fields written
         under a key this identity does not hold (after it was removed) are left out;
@@ -529,6 +640,13 @@ class PrivateNode(_Node):
     def child(self, name: str) -> PrivateNode:
         """The node ``<soul>/<name>`` of the same space (where a nested mapping lands)."""
         return PrivateNode(self._space, f"{self.soul}/{_child_name(name)}")
+
+    def history(self) -> list[Version]:
+        """The node's versions in plaintext, oldest first, when its history is tracked:
+        those this identity can read (each checked against its id as it is decrypted;
+        signed by the author: ``verified``)."""
+        space = self._space
+        return self.graph.history.versions_with(self.soul, space.open)
 
     def readers(self) -> list[bytes]:
         """The readers' X25519 keys, sorted (the author, who always reads, is not

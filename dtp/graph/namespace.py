@@ -1,31 +1,23 @@
-"""User space: nodes owned by a host key (docs/graph.md, "Signed namespaces").
-
-A soul that begins with ``~0x`` and 64 hex digits belongs to the user space. It must
-read ``~0x<64 lowercase hex>`` -- a Sui address, the *owner* -- optionally followed by
-``/`` and anything; other souls with that beginning (upper-case hex, no ``/``) are
-refused outright, so nobody can squat look-alike names. Every other soul, ``~bob``
-included, is public.
+"""User space: nodes owned by a host key. docs/graph.md, "Signed namespaces", says the
+souls (``~0x<64 lowercase hex>`` -- a Sui address, the *owner* -- optionally followed by
+``/`` and anything; look-alikes refused), the signed envelope and what its signature
+covers, and its Gun string on Gun's wire.
 
 Every field of an owned node carries a **signed envelope** as its stored value::
 
     value = ed25519 public key (32) || signature (64) || the value's Gun text
 
-The public key must hash to the owner's Sui address (``blake2b-256(0x00 || key)``), and
-the signature is Ed25519 over::
-
-    b"dtp-graph-v1/signed-field\\x00" || canonical HAM update encoding of
-        (soul, field, state, the value's Gun text)
-
-(protocol.md 6.1: varint lengths, the state as f64le), so a signature binds the value
-to its node, its field and its state -- it cannot be replayed elsewhere or later. The
-envelope lives inside the HAM value, so it travels, persists and is forwarded with the
-update unchanged, and every peer checks it again before the update reaches the merge.
+The signature is over :func:`signing_message` (the soul, field and state with the
+value), so it cannot be replayed elsewhere or later. The envelope lives inside the HAM
+value: it travels, persists and is forwarded with the update unchanged, and every peer
+checks it again before the update reaches the merge. On Gun's wire it travels as the
+string :func:`to_wire` makes (``"dtp/s1:"`` and the ranked hex of key and signature,
+so that Gun peers break ties as dtp peers do), read back by :func:`from_wire`.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -33,10 +25,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph._batch import MAX_DETAILS, drop_refused
+from dtp.graph._batch import MAX_DETAILS, filter_souls
+from dtp.graph.values import is_gun_value
 from dtp.identity.keys import HostIdentity, sui_address_from_public_key
-from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
-from dtp.native.reference._limits import HAM_BATCH_VERSION
+from dtp.native.core import encode_ham_batch
+from dtp.native.reference._limits import HAM_BATCH_HEADER_LEN
 from dtp.native.types import HamUpdate
 
 USER_SPACE = b"~0x"
@@ -44,11 +37,17 @@ DOMAIN = b"dtp-graph-v1/signed-field\x00"
 PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
 ENVELOPE_LEN = PUBLIC_KEY_LEN + SIGNATURE_LEN
+WIRE_PREFIX = "dtp/s1:"
+"""What a signed field's Gun string starts with on Gun's wire: the form's name and
+version."""
+
+# a byte's rank in protocol.md 6.3's UTF-16 order, and back
+_RANK = bytes(b if b < 0xEE else b + 0x10 if b < 0xF0 else b - 2 for b in range(256))
+_UNRANK = bytes(_RANK.index(r) for r in range(256))
+_WIRE_HEX = re.compile(f"[0-9a-f]{{{2 * ENVELOPE_LEN}}}")
 
 _OWNED = re.compile(rb"~(0x[0-9a-f]{64})(?:/.*)?", re.DOTALL)
 _CLAIMED = re.compile(rb"~0x[0-9a-fA-F]{64}")  # what a user-space soul starts with
-_HEADER = struct.Struct("<BI")
-_ONE = _HEADER.pack(HAM_BATCH_VERSION, 1)  # the header of a batch of one update
 
 # reasons an update is refused (keys of Graph.stats["rejected"])
 UNSIGNED = "unsigned"
@@ -85,9 +84,15 @@ def owner_of(soul: bytes) -> str | None:
     return match.group(1).decode() if match else None
 
 
+def _update_bytes(soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
+    """The canonical HAM update encoding of one update (protocol.md 6.1, no header): what
+    the signed tiers sign (the private tier's associated data too)."""
+    return encode_ham_batch([HamUpdate(soul, field, state, value)])[HAM_BATCH_HEADER_LEN:]
+
+
 def signing_message(soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
     """The bytes the owner signs: the domain, then the canonical update encoding."""
-    return DOMAIN + encode_ham_batch([HamUpdate(soul, field, state, value)])[5:]
+    return DOMAIN + _update_bytes(soul, field, state, value)
 
 
 def seal(identity: HostIdentity, soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
@@ -111,8 +116,36 @@ def open_envelope(stored: bytes) -> bytes:
     return stored[ENVELOPE_LEN:]
 
 
+def to_wire(stored: bytes) -> str | None:
+    """The Gun string a signed field travels as on Gun's wire, or None for a stored
+    value that is no envelope of a Gun value (one a format-1 file kept)."""
+    if len(stored) < ENVELOPE_LEN or not is_gun_value(stored[ENVELOPE_LEN:]):
+        return None
+    ranked = stored[:ENVELOPE_LEN].translate(_RANK).hex()
+    return WIRE_PREFIX + ranked + stored[ENVELOPE_LEN:].decode()
+
+
+def from_wire(value: object) -> bytes | None:
+    """The stored envelope a Gun peer's string stands for (the inverse of
+    :func:`to_wire`), or None when it is not of that form (unchecked: :func:`check`
+    judges the envelope)."""
+    if not isinstance(value, str) or not value.startswith(WIRE_PREFIX):
+        return None
+    head = len(WIRE_PREFIX) + 2 * ENVELOPE_LEN
+    if _WIRE_HEX.fullmatch(value, len(WIRE_PREFIX), head) is None:
+        return None
+    try:
+        text = value[head:].encode()
+    except UnicodeEncodeError:  # (a lone surrogate: no Gun value)
+        return None
+    if not is_gun_value(text):
+        return None
+    return bytes.fromhex(value[len(WIRE_PREFIX) : head]).translate(_UNRANK) + text
+
+
 @lru_cache(maxsize=1024)
 def _key(public: bytes) -> tuple[str, Ed25519PublicKey]:
+    """A signer's Sui address and Ed25519 key (the signed tiers' checks, cached)."""
     return sui_address_from_public_key(public), Ed25519PublicKey.from_public_bytes(public)
 
 
@@ -148,37 +181,18 @@ def filter_batch(
     held: Callable[[list[HamUpdate]], list[bool]] | None = None,
     details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
-    """Drop the updates of a peer's batch that break the ownership rule.
-
-    Returns the batch to merge (the input itself when nothing was dropped) and the
-    count of refusals per reason. A batch in which ``~0x`` and 64 hex digits appear
-    nowhere cannot name a user-space soul, so it passes without being decoded (one
-    regex scan in C). Otherwise the C core validates it (RemoteProtocolError if
-    malformed) and finds the updates whose soul starts with ``~0x``; only those are
-    decoded here, and every user-space one checked. (Decoding the whole batch in Python
-    cost about a second of CPU per 8 MiB of small public updates that one such update,
-    or the marker anywhere in a value, brought along.)
-
-    ``held(updates)``, if given, tells for each user-space update whether the table
-    already holds exactly it (same state and stored bytes, signature included): such
-    an update was checked when it first came, so it passes without a second Ed25519
-    verification -- a batch sent again (a resync, the same change forwarded by several
-    neighbours) costs a table lookup per update, not a signature check.
-
-    ``details``, if given, receives ``(update, reason, message)`` for each refused
-    update (a sync session reports them to the peer) while it holds fewer than
-    :data:`MAX_DETAILS`.
+    """Drop the updates of a peer's batch that break the ownership rule: the batch to
+    merge (the input itself when nothing was dropped) and the count of refusals per
+    reason. A batch in which ``~0x`` and 64 hex digits appear nowhere cannot name a
+    user-space soul and passes without being decoded (one regex scan in C); the rest
+    goes through :func:`dtp.graph._batch.filter_souls`. ``held(updates)``, if given,
+    tells which updates the table already holds exactly, signature included: they pass
+    without a second verification. ``details``, if given, receives ``(update, reason,
+    message)`` for each refused update while it holds fewer than :data:`MAX_DETAILS`.
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
-    claimed: list[tuple[int, int, HamUpdate]] = []
-    for start, end in find_ham_souls(batch, USER_SPACE):
-        (update,) = decode_ham_batch(_ONE + batch[start:end])
-        if _CLAIMED.match(update.soul) is not None:
-            claimed.append((start, end, update))
-    if not claimed:
-        return batch, {}
-    return drop_refused(batch, claimed, held, _judge, details)
+    return filter_souls(batch, (USER_SPACE,), _CLAIMED.match, _judge, held, details)
 
 
 def _judge(update: HamUpdate) -> tuple[str, str] | None:
@@ -195,13 +209,16 @@ __all__ = [
     "MESSAGES",
     "UNSIGNED",
     "USER_SPACE",
+    "WIRE_PREFIX",
     "WRONG_KEY",
     "check",
     "filter_batch",
+    "from_wire",
     "is_user_space",
     "open_envelope",
     "owner_of",
     "seal",
     "signing_message",
+    "to_wire",
     "user_soul",
 ]

@@ -1,30 +1,20 @@
 """Validation rules: an application's checks that run before a local write and before
 each peer's update merges, on every path in -- ``put``, a DTP sync session, the Gun
-endpoint (docs/graph.md, "Rules").
+endpoint (docs/graph.md, "Rules", with an example, what an :class:`Update` holds and the
+order rules see updates in).
 
-A rule is a function of one :class:`Update` (soul, field, value, state, the signer in a
-signed space, and the field's current value) that returns None to let it in, or the
-reason it is refused (a str; ``False`` for no reason given)::
+A rule is a function of one :class:`Update` that returns None to let it in, or the
+reason it is refused (a str; ``False`` for no reason given), registered for the souls
+under a ``prefix``: ``graph.rules.add("tags", one_word, prefix="tags/")``. A refused
+update is never stored: a local ``put`` raises :class:`RuleRefused` and writes nothing;
+a peer's update is cut out of its batch before the merge, counted and reported (to the
+peer too).
 
-    def one_word(update):
-        if not isinstance(update.value, str) or " " in update.value:
-            return "a tag is one word"
-        return None
-
-    graph.rules.add("tags", one_word, prefix="tags/")
-
-A refused update is never stored: a local ``put`` raises :class:`RuleRefused` and writes
-nothing; a peer's update is cut out of its batch before the merge, counted in
-``graph.stats["refused_by_rule"]`` and reported in the :class:`MergeReport` (and to the
-peer: a sync session's REFUSED message, a Gun ``err`` acknowledgement).
-
-Cost: with no rule registered a merge asks one attribute. A rule names the souls it
-looks at by a ``prefix`` (and optionally a regular expression, ``souls``): a batch in
-which no rule's prefix appears passes without being decoded, and in the others the C
-core finds the updates under the prefixes (:func:`dtp.native.core.find_ham_souls`):
-only those are decoded here, once per batch, under the graph's lock -- a rule sees the
-current value the merge will compare against. Rules therefore must be quick and must
-not write to the graph (reading it is fine).
+Cost: with no rule registered a merge asks one attribute; a batch in which no rule's
+prefix appears passes without being decoded, and in the others the C core finds the
+updates under the prefixes (:func:`dtp.native.core.find_ham_souls`), decoded here once
+per batch under the graph's lock. Rules therefore must be quick and must not write to
+the graph (reading it is fine).
 """
 
 from __future__ import annotations
@@ -38,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.graph import _private as private
 from dtp.graph import namespace, sea
 from dtp.graph._arguments import name_text
 from dtp.graph._batch import batch_count
@@ -71,9 +62,12 @@ class Update:
     ``~0x`` spaces, SEA's ``{":": v, "~": sig}``); ``current_state`` is None when the
     field does not exist yet (``current`` is None then too, as it is for a field that
     holds null). ``author`` is the signer for a signed space -- the owner's Sui address
-    for ``~0x<address>/...``, the SEA key ``x.y`` for ``~x.y...`` -- whose signature
-    was verified before any rule runs, and None elsewhere (public souls have no
-    author). ``local`` is True for a ``put`` of this graph, False for a peer's update.
+    for ``~0x<address>/...`` and for a private space's ``%0x<address>/...``, the SEA
+    key ``x.y`` for ``~x.y...`` -- whose signature was verified before any rule runs,
+    and None elsewhere (public souls have no author). In a private space ``value`` and
+    ``current`` are the stored envelopes (``"dtp/p1:..."`` strings), as every peer sees
+    them, readers or not. ``local`` is True for a write of this graph (``put``, a
+    tier's handle), False for a peer's update.
     """
 
     soul: str
@@ -171,6 +165,9 @@ def _author(soul: bytes, soul_text: str | None) -> str | None:
     owner = namespace.owner_of(soul)
     if owner is not None:
         return owner
+    space = private.parse_soul(soul)
+    if space is not None:
+        return space.author
     if soul_text is not None and soul_text.startswith("~") and not namespace.is_user_space(soul):
         return sea.sea_pub(soul_text)
     return None
@@ -354,7 +351,8 @@ class RuleSet:
                 current_value = self._graph._value_of(soul_b, current[1])
             except DTPError:
                 current_value = None
-        if author is not None and namespace.owner_of(soul_b) is None:
+        if author is not None and not namespace.is_user_space(soul_b) and soul.startswith("~"):
+            # (a SEA user space: the value inside gun's signed envelope)
             value, current_value = _unwrap_sea(value), _unwrap_sea(current_value)
         seen = Update(
             soul,

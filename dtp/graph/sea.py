@@ -1,39 +1,13 @@
-"""Gun's user spaces: the rules a GunDB relay applies to SEA's souls (docs/graph.md,
-"Gun user spaces").
-
-GunDB's SEA keeps a user's data under the soul ``~<pub>`` (and souls below it,
-``~<pub>/profile``), where ``<pub>`` is the user's ECDSA P-256 public key written as
-``<x>.<y>``, each coordinate in unpadded base64url. Every field there but ``pub`` holds
-a string, the JSON text of ``{":": value, "~": signature}``: ``signature`` is the
-base64 of the raw ECDSA P-256 signature (r || s, 64 bytes) with SHA-256, made by the
-owner, of the SHA-256 digest of the text::
-
-    {"#":<soul>,".":<field>,":":<value>,">":<state>}
-
-(``JSON.stringify`` of that object: soul, field and value as JavaScript writes them,
-the state as a JavaScript number -- :func:`dtp.graph.values.value_text`,
-:func:`~dtp.graph.values.js_number`). So a signature binds the value to its node, field
-and state. The field ``pub`` of ``~<pub>`` must hold ``<pub>`` itself.
-
-Two system souls hold no signatures but check themselves: ``~@`` lists aliases (field
-``~@alice`` must be the link ``{"#": "~@alice"}``), and ``~@<alias>`` lists the public
-keys that claimed an alias (field ``~<pub>`` must be the link ``{"#": "~<pub>"}``). A
-soul holding ``#`` is content-addressed: a field's name ends (after its last ``#``) in
-the SHA-256 of the value's text, in base64 or hex.
+"""Gun's user spaces: the rules a GunDB relay applies to SEA's souls. docs/graph.md,
+"Gun user spaces", says them: the signed ``{":": value, "~": signature}`` strings of
+``~<pub>`` souls and what the signature covers, the alias lists, content-addressed
+souls, and which souls are user spaces (:func:`sea_pub`).
 
 These are the checks of gun's ``sea/index.js`` (``check``, gun 0.2020.1241) as a relay
-runs them -- which soul is a user space (:func:`sea_pub`, its odd corners included:
-any soul with a ``~`` followed by two runs of base64url characters), and the same error
-texts -- with three differences, each refusing what gun would take:
-
-- gun also accepts a signature made by another key named in the value (``"*"``), which
-  it then checks against a certificate (``"+"``) only if one is present: a value
-  without a certificate is taken on the word of any key. Here a value naming another
-  signer is refused (certificates are not supported);
-- gun's fallback for data from SEA before 2019 accepts signatures over the text
-  ``[object Object]`` (whatever the value); here they are refused;
-- a signed value must be one Gun holds in a field (null, a boolean, a number, a string,
-  a link); gun would take any JSON.
+runs them, with the same error texts and three differences, each refusing what gun
+would take: a value naming another signer (``"*"``: gun takes it on that key's word
+when no certificate comes with it), SEA's pre-2019 fallback (signatures over
+``[object Object]``), and a signed value Gun does not hold in a field.
 
 Public keys are parsed once (a small cache) and so are signatures found valid: the Gun
 endpoint checks an update before it merges it, and the merge checks it again.
@@ -62,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace
-from dtp.graph._batch import drop_refused
+from dtp.graph._batch import filter_souls
 from dtp.graph.values import (
     GraphValueError,
     GunValue,
@@ -71,8 +45,6 @@ from dtp.graph.values import (
     link_soul,
     value_text,
 )
-from dtp.native.core import decode_ham_batch, find_ham_souls
-from dtp.native.reference._limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 #: gun's ``pubcut``: anything but ASCII letters, digits, ``_`` and ``-`` ends a part
@@ -317,42 +289,23 @@ def check_stored(soul: bytes, field: bytes, state: float, stored: bytes) -> SeaR
     return check(soul_text, field_text, value, state)
 
 
-_HEADER_ONE = bytes([HAM_BATCH_VERSION]) + (1).to_bytes(4, "little")
-
-
 def filter_batch(
     batch: bytes,
     held: Callable[[list[HamUpdate]], list[bool]] | None = None,
     details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
-    """Drop the updates of a peer's batch that break a SEA rule (as
-    :func:`dtp.graph.namespace.filter_batch` does for dtp's own user space).
+    """Drop the updates of a peer's batch that break a SEA rule, as
+    :func:`dtp.graph.namespace.filter_batch` does for dtp's own user space.
 
     The updates looked at are those whose soul starts with ``~`` (user spaces and
     alias lists; dtp's ``~0x<64 hex>`` souls are left to their own rule) or with ``#``
-    (content-addressed): the C core finds them without decoding the rest, and a batch
-    holding neither byte passes untouched. (Souls with a ``~`` or ``#`` further in,
-    which gun also guards, are checked where a Gun peer writes them: the Gun endpoint.)
-    ``held`` skips updates the table already holds exactly. ``details``, if given,
-    receives ``(update, reason, message)`` for each refused update while it holds
-    fewer than :data:`dtp.graph._batch.MAX_DETAILS`.
+    (content-addressed); a batch holding neither byte passes untouched. (Souls with a
+    ``~`` or ``#`` further in, which gun also guards, are checked where a Gun peer
+    writes them: the Gun endpoint.)
     """
-    spans: list[tuple[int, int]] = []
-    if b"~" in batch:
-        spans.extend(find_ham_souls(batch, b"~"))
-    if b"#" in batch:
-        spans.extend(find_ham_souls(batch, b"#"))
-    if not spans:
-        return batch, {}
-    spans.sort()
-    found: list[tuple[int, int, HamUpdate]] = []
-    for start, end in spans:
-        (update,) = decode_ham_batch(_HEADER_ONE + batch[start:end])
-        if not namespace.is_user_space(update.soul):
-            found.append((start, end, update))
-    if not found:
-        return batch, {}
-    return drop_refused(batch, found, held, _judge, details)
+    return filter_souls(
+        batch, (b"~", b"#"), lambda soul: not namespace.is_user_space(soul), _judge, held, details
+    )
 
 
 def _judge(update: HamUpdate) -> tuple[str, str] | None:

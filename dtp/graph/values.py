@@ -1,43 +1,15 @@
-"""Graph field values as GunDB holds them (docs/graph.md, "Values").
+"""Graph field values as GunDB holds them: docs/graph.md, "Values", gives the table of
+Python values and the Gun values they are, how numbers are written and read back, and
+what is refused.
 
 A field's value is stored in the HAM table as the UTF-8 bytes of its **Gun text**: the
 text ``JSON.stringify`` gives for the value in JavaScript. GunDB breaks ties between
 equal states by comparing exactly that text (by UTF-16 code units, protocol.md 6.3), so
 a value written here and the same value written by a Gun peer are the same bytes, and
-both networks pick the same winner.
-
-The Python values and the Gun values they are (:func:`encode_value`):
-
-========================  =============================  ==============================
-Python                    Gun (JavaScript)               Gun text
-========================  =============================  ==============================
-``None``                  ``null`` (Gun's delete)        ``null``
-``True`` / ``False``      boolean                        ``true`` / ``false``
-``int``, ``float``        number (binary64)              as ``Number.prototype.toString``
-``str``                   string                         JSON string, as JS escapes it
-``{"#": soul}``           link to the node ``soul``      ``{"#":"soul"}``
-========================  =============================  ==============================
-
-Gun has one number type: ``1`` and ``1.0`` are one value, written ``1``; ``-0.0`` is
-written ``0``; a float is written in the shortest form that reads back to it, in
-positional notation for magnitudes from 1e-6 up to 1e21 (excluded) and in exponent
-notation (``1e-7``, ``1.5e+21``) outside. An ``int`` is taken when a binary64 holds it
-exactly (every int up to 2**53 in magnitude, and larger ones such as 2**60), since Gun
-would silently hold another number; NaN and infinities are refused, as Gun refuses
-them. A number reads back (:func:`decode_value`) as an ``int`` when its text is an
-integer of at most 2**53 in magnitude -- the number's exact value -- and as a ``float``
-otherwise (JavaScript writes the float 2**60 + 2**8 as ``1152921504606847000``, which is
-not its exact value).
-
-Gun holds nothing else in a field: lists, tuples and other mappings are refused with
-:class:`GraphValueError` (``put`` makes a node of a nested mapping, as Gun does), and so
-are strings holding a lone surrogate (no UTF-8 holds them). A field may not be named
-``_``, where Gun keeps a node's metadata (:func:`check_field_name`).
-
-Reading is wider than writing: :func:`decode_value` also reads arrays, objects and
-numbers in other spellings, which only a graph written before format 2 (docs/graph.md,
-"Format versions") or a non-conforming peer holds; :func:`gun_value` reads only what a
-Gun peer could hold, in Gun's own text, and is what a Gun endpoint serves.
+both networks pick the same winner. :func:`encode_value` writes it (GraphValueError for
+what Gun cannot hold); :func:`decode_value` reads wider, as a graph written before
+format 2 holds; :func:`gun_value` reads only what a Gun peer could hold, in Gun's own
+text, and is what a Gun endpoint serves.
 """
 
 from __future__ import annotations

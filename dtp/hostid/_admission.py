@@ -1,15 +1,12 @@
-"""Connecting by host ID, the server side: :class:`LedgerAdmission`, an admission hook
-for the host-ID servers (:class:`dtp.socket.DTPServer`, :class:`dtp.aio.DTPServer`, which
-also hold its reservations: one DTP connection per ledger connection) that accepts a
-client only when the connection ID it named in its handshake is an Open TransportControl
-of this client, host and port whose escrow is funded, the host's firewall (read
-afresh) still permits the client, and the subscription it was opened with, if any, is
-not over; and what a hook's verdict means. The client side is
-:mod:`dtp.hostid._connect`, whose names this module re-exports.
+"""Connecting by host ID, the server side: :class:`LedgerAdmission`, the host-ID
+servers' admission hook (a funded, Open connection of this client, host and port, the
+firewall and any subscription permitting), and what a hook's verdict means. The client
+side is :mod:`dtp.hostid._connect`, whose names this module re-exports.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +40,7 @@ from dtp.hostid._connect import (
 )
 from dtp.hostid._served import ServedConnections
 from dtp.ledger._objects import ConnectionState, Escrow, Host, TransportControl, normalize_id
+from dtp.payments._sold_offers import withdraw_sold_offer
 
 # what the transport's servers give and take of an admission hook, re-exported: this is
 # where admission hooks were written against
@@ -74,13 +72,17 @@ __all__ = [
     "prepare_host_connection",
     "refusal_reason",
     "resolve_service",
+    "server_admission",
     "tcp_endpoint",
     "tcp_endpoints",
     "while_opening",
 ]
 
 
+logger = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
+_H = TypeVar("_H")
 
 
 @dataclass(frozen=True)
@@ -132,18 +134,14 @@ class Admitted(NamedTuple):
     escrow: Escrow
 
     def of(self, key: str) -> bool:
-        """Whether these are the objects of ledger connection ``key`` (normalized): the
-        one check before a gate, a settlement or fee terms go on with them rather than
-        read them again (only the server claims from the escrow, and its key and SLA are
-        fixed, so they are current; a deposit that grew is seen at the next escrow read)."""
+        """Whether these are ledger connection ``key``'s, used rather than read again:
+        only the server claims from the escrow, so they are current."""
         return self.connection.id == key
 
 
 def checked_open_grace(open_grace: float | None) -> float | None:
-    """A server's ``open_grace`` as :class:`LedgerAdmission` takes it: None (its default,
-    :attr:`LedgerAdmission.OPEN_GRACE`), or a finite number of seconds, 0 or more
-    (:class:`~dtp.errors.InvalidArgument` naming the argument otherwise). Checked by
-    the servers before they touch the ledger or listen."""
+    """``open_grace``: None (:attr:`LedgerAdmission.OPEN_GRACE`) or finite seconds >= 0,
+    else :class:`~dtp.errors.InvalidArgument`; checked before the ledger is touched."""
     if open_grace is None:
         return None
     seconds = finite_float(open_grace)
@@ -166,12 +164,9 @@ def check_open_grace_use(open_grace: float | None, ledger: object | None) -> Non
 
 
 def check_serves_host(ledger: Ledger, host_id: str, noise_public: bytes) -> None:
-    """Before a server admits the clients of ``host_id``: that the Host is on the ledger
-    (ObjectNotFound) and publishes this server's Noise key (HostConfigError). A client
-    resolves the key it handshakes with from the Host and opens its deposit first: a
-    server holding another key would fail every handshake after the deposit went into
-    escrow, where it waits for the half-close timeout. (Its services may be added once
-    it listens, as its endpoint is.)"""
+    """That the Host ``host_id`` is on the ledger (ObjectNotFound) and publishes this
+    server's Noise key (HostConfigError): else every handshake fails after the client's
+    deposit went into escrow."""
     host = ledger.get_host(host_id)
     if host.noise_static_key != noise_public:
         raise HostConfigError(
@@ -181,6 +176,49 @@ def check_serves_host(ledger: Ledger, host_id: str, noise_public: bytes) -> None
             "(ledger.set_noise_static_key, or `dtp host set HOST --noise-key KEY`) before "
             "the server starts, or serve with the identity whose key the Host publishes"
         )
+
+
+def server_admission(
+    carriers: tuple[str, ...] | None,
+    admit: _H | None,
+    *,
+    tcp: bool,
+    websocket: bool,
+    tcp_host: bool = False,
+    ledger: Ledger | None,
+    host_id: str | None,
+    port: int | None,
+    identity: HostIdentity,
+    open_grace: float | None,
+    names: tuple[str, str] = ("an address is", "port"),
+) -> tuple[tuple[str, ...], _H | LedgerAdmission | None]:
+    """The carriers a host-ID server serves and its admission hook, from the arguments
+    of :func:`dtp.socket.create_server` / :func:`dtp.aio.start_server`, checked before
+    anything listens: ``carriers`` default to ``("tcp",)`` with a TCP host, else
+    ``("ledger",)``; with ``ledger``, ``host_id`` and ``port``, a :class:`LedgerAdmission`
+    (:func:`check_serves_host`). ValueError for a contradiction, naming the arguments
+    by ``names``."""
+    address_is, port_name = names
+    if carriers is None:
+        if tcp or bool(tcp_host):
+            carriers = ("tcp",)
+        else:
+            carriers = ("ledger",) if not websocket or ledger is not None else ()
+    if (not carriers and not websocket) or not set(carriers) <= {"tcp", "ledger"}:
+        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
+    if ("tcp" in carriers) != tcp:
+        raise ValueError(f"{address_is} needed for the 'tcp' carrier, and only for it")
+    if "ledger" in carriers and (ledger is None or host_id is None or port is None):
+        raise ValueError(f"the ledger carrier needs ledger, host_id and {port_name}")
+    if ledger is None and host_id is None and port is None:
+        return carriers, admit
+    if ledger is None or host_id is None or port is None:
+        raise ValueError(f"ledger admission needs ledger, host_id and {port_name} together")
+    if admit is not None:
+        raise ValueError(f"pass either admit or ledger/host_id/{port_name}, not both")
+    admission = LedgerAdmission(ledger, host_id, port, open_grace=open_grace)
+    check_serves_host(ledger, host_id, identity.noise_public)  # (after the port's check)
+    return carriers, admission
 
 
 class LedgerAdmission:
@@ -196,12 +234,13 @@ class LedgerAdmission:
     ``open_grace``: seconds an unknown connection is looked for before it is refused
     (default :attr:`OPEN_GRACE`; :func:`checked_open_grace`).
 
-    ``remember``: keep the TransportControl and Escrow read for each
-    accepted connection, for :meth:`take_admitted` (the blocking paid server,
-    :class:`dtp.hostid.paid.PaidServer`, the asyncio one and the daemon build their
-    receipt gates from them, and settle a connection they do not serve from them,
-    instead of reading them again a moment later); at most :attr:`REMEMBERED`
-    connections not yet taken are kept.
+    ``remember``: keep what was read of each accepted connection for
+    :meth:`take_admitted` (the paid servers' gates and settlements), at most
+    :attr:`REMEMBERED` not yet taken.
+
+    ``withdraw_as``: the server's identity, to withdraw a subscription offer sold with
+    the host as one of its connections is refused (docs/escrow.md §13), so its client
+    can end the connection at once. None: refused, the offer left as it is.
 
     A decision takes one read where the ledger can: the connection with its escrow and
     the host together (:meth:`~dtp.ledger.interface.Ledger.connection_view`).
@@ -210,18 +249,11 @@ class LedgerAdmission:
     REMEMBERED = 256
     """How many accepted connections' objects are kept for :meth:`take_admitted`."""
     OPEN_GRACE = 2.0
-    """Seconds an unknown connection is looked for again before it is refused: a client
-    may name its connection in its handshake while its open transaction lands
-    (``dtp.socket`` does, the open overlapping the server's work on the first message).
-    Generous, since a refusal costs the client dearly (it half-closes the connection,
-    and its deposit waits out the half-close timeout), and a busy ledger (many clients
-    opening at once, SQLite writers queueing) takes a while to land an open.
-
-    The library's default on every ledger, and the daemon's on a LocalLedger
-    (:data:`dtp.daemon._config.OPEN_GRACE`, equal by value: tests/hostid/test_open_grace.py).
-    On Sui the daemon waits 3 s (:data:`dtp.daemon._config.OPEN_GRACE_SUI`: the host's
-    full node may show an open later than the client's did); a library server is given
-    that as ``open_grace`` by its caller, who knows which node it reads."""
+    """Seconds an unknown connection is looked for before it is refused, for a client
+    may name it while its open lands; generous, since a refusal locks the client's
+    deposit for the half-close timeout. Equal to :data:`dtp.daemon._config.OPEN_GRACE`
+    (tests/hostid/test_open_grace.py); on Sui the daemon passes 3 s
+    (:data:`dtp.daemon._config.OPEN_GRACE_SUI`)."""
 
     def __init__(
         self,
@@ -231,6 +263,7 @@ class LedgerAdmission:
         *,
         remember: bool = False,
         open_grace: float | None = None,
+        withdraw_as: HostIdentity | None = None,
     ) -> None:
         # a port given as "443" never equals the 443 a client names: every client would
         # be refused, with "serves port 443, not 443"
@@ -241,6 +274,7 @@ class LedgerAdmission:
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.remember = remember
+        self.withdraw_as = withdraw_as
         #: The connection limits of the Host as the latest admission read it (None
         #: before the first): the server counts its live connections against them as
         #: it takes each one in (:meth:`dtp.hostid._served.ServedConnections.reserve`).
@@ -327,13 +361,30 @@ class LedgerAdmission:
         if tc.subscription is not None:
             # a connection opened with a subscription is free only while that lasts:
             # its SLA is all zeros, so once the subscription is over nothing pays for it
-            over = self.ledger.subscription_over(tc.subscription)
+            over = self.ledger.subscription_over(tc.subscription, host)
             if over is not None:
+                if self.withdraw_as is not None:
+                    self._withdraw_sold(tc.subscription, host)
                 return subscription_refusal(f"connection {cid}: {over}")
         self.limits = ConnectionLimits.of(host, self.port)
         if self.remember:
             self._remember(Admitted(tc, escrow))
         return None
+
+    def _withdraw_sold(self, subscription_id: str, host: Host) -> None:
+        """Withdraw the offer of ``subscription_id`` if it was sold with ``host``
+        (:func:`~dtp.payments._sold_offers.withdraw_sold_offer`); a failure is logged,
+        the refusal stands."""
+        assert self.withdraw_as is not None
+        try:
+            withdraw_sold_offer(self.ledger, self.withdraw_as, subscription_id, host)
+        except ChainError as exc:
+            logger.warning(
+                "could not withdraw the offer of subscription %s, sold with host %s: %s",
+                subscription_id,
+                host.id,
+                exc,
+            )
 
     def _view(self, cid: str) -> ConnectionView | None:
         """The connection's view; looked for again for up to :attr:`OPEN_GRACE` while
@@ -351,25 +402,18 @@ _MAX_LOOK_S = 0.02
 _FIRST_WATCH_S = 0.00005
 _MAX_WATCH_S = 0.005
 LOOK_SPREAD: Final = 4
-"""A connection not found is read again no sooner than a quarter (1 / LOOK_SPREAD) of
-the time looked for it so far: anyone who completes a handshake may name a connection
-that does not exist, and each such name cost about 110 reads over the two seconds of
-grace (every 20 ms; every 5 ms while other writes moved LocalLedger's change marker) --
-on a Sui ledger, as many RPC calls. Now some 30 to 40 at most; an open that lands is
-found within a quarter of the time waited until then."""
+"""A connection not found is read again no sooner than 1 / LOOK_SPREAD of the time
+looked so far: anyone may name one that does not exist, and every 20 ms that cost ~110
+reads (Sui RPC calls) over the grace; now 30 to 40 at most."""
 
 
 def while_opening(
     read: Callable[[], _T | None], grace: float, changed: Callable[[], object] | None = None
 ) -> _T | None:
-    """``read()`` of a connection a client named, looked for again, more and more
-    rarely, for up to ``grace`` seconds while it gives None (no such connection): the
-    client may name it while its open transaction lands, as ``dtp.socket`` does.
-    ``changed()``: a cheap token that differs once the ledger changed (LocalLedger's
-    ``change_marker``); with it, read again only once it moved (and while it does not,
-    after :data:`_MAX_LOOK_S`, then as long as the time looked so far), so the read that
-    finds the open follows its landing closely. Never two reads closer than
-    :data:`LOOK_SPREAD` allows, and always one at the end of the grace."""
+    """``read()`` of a connection a client named, again more and more rarely for up to
+    ``grace`` seconds while it gives None. ``changed()``: a cheap token that differs once
+    the ledger changed, so a read follows an open's landing closely. Never two reads
+    closer than :data:`LOOK_SPREAD` allows; always one at the end of the grace."""
     marker = changed() if changed is not None else None
     found = read()
     if found is not None:

@@ -12,28 +12,27 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dtp._extras import require
-from dtp.errors import LocalProtocolError
 from dtp.hostid._address import HostAddress
 from dtp.hostid._admission import (
     CarrierChoice,
-    LedgerAdmission,
     PreparedConnection,
     abandon_host_connection,
     check_connect_options,
     check_open_grace_use,
-    check_serves_host,
     pinned_host_key,
     prepare_connecting_early,
+    server_admission,
 )
-from dtp.hostid._connect import OpenJournal
-from dtp.hostid._payment_hook import MeteredClient
+from dtp.hostid._connect import OpenJournal, prepare_reconnection
+from dtp.hostid._payment_hook import MeteredClient, PaidOpening
 from dtp.hostid._served import reservations_of
 from dtp.hostid.ledger_carrier._bridge import (
+    Accepted,
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     connect_ledger_carrier,
-    ledger_config,
+    listen_on_ledger,
 )
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import OpenedConnection
@@ -45,7 +44,6 @@ from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport._session import check_connect_timeout
 from dtp.transport.asyncio import _connect as connect
 from dtp.transport.asyncio._connect import check_limit
 from dtp.transport.asyncio._protocol import LIMIT, Protocol
@@ -67,10 +65,8 @@ if TYPE_CHECKING:
 
 
 class HostStreamWriter(DTPStreamWriter):
-    """The writer of a connection by host ID (what :func:`dtp.aio.open_connection`
-    returns for a ``dtp://`` address, and each of its streams'): a
-    :class:`DTPStreamWriter` that names its ledger objects (on the first stream) and can
-    top its deposit up."""
+    """The writer of a connection by host ID, as :class:`dtp.hostid._blocking.HostSocket`
+    is the socket."""
 
     async def top_up(self, amount: int) -> None:
         """As :meth:`dtp.hostid._blocking.HostSocket.top_up`: add ``amount`` MIST to the deposit of
@@ -97,10 +93,8 @@ class HostStreamWriter(DTPStreamWriter):
 
 
 class DTPServer(TransportServer):
-    """The transport's :class:`~dtp.transport.asyncio._server.DTPServer` that can also
-    serve the ledger carrier (:meth:`listen_ledger`) and settle what its ledger admission
-    admitted (``settle_on_close``, :meth:`wait_settled`): :class:`dtp.aio.DTPServer`,
-    what :func:`start_server` makes."""
+    """:class:`dtp.aio.DTPServer`, what :func:`start_server` makes: as
+    :class:`dtp.socket.DTPServer`, on the asyncio transport's server."""
 
     #: listen_ledger's arguments while start_server(start_serving=False) holds it
     #: back, until start_serving()
@@ -141,9 +135,7 @@ class DTPServer(TransportServer):
         )
 
     async def wait_settled(self, timeout: float | None = None) -> bool:
-        """With ``settle_on_close``: wait until the ledger connections of the DTP
-        connections that ended so far are settled (True), or ``timeout`` seconds
-        (False). Without it there is nothing to wait for (True)."""
+        """As :meth:`dtp.socket.DTPServer.wait_settled` (in a thread)."""
         if self._settling is None:
             return True
         return await asyncio.to_thread(self._settling.wait_settled, timeout)
@@ -159,20 +151,19 @@ class DTPServer(TransportServer):
         carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
         event loop). The listener watches the ledger in a thread of its own and hands
         each bridged connection to the loop."""
-        if self.attached is not None:
-            raise LocalProtocolError("this server already listens on the ledger")
-        loop = asyncio.get_running_loop()
-        config = ledger_config(self.connection_config)
 
-        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
-            try:
-                loop.call_soon_threadsafe(self.handoff, bridge.socket, bridge.peername, config)
-            except RuntimeError:  # the loop is closed: nobody will serve it
-                bridge.socket.close()  # (its thread ends with it)
+        def handing(config: ConnectionConfig) -> Accepted:
+            loop = asyncio.get_running_loop()
 
-        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
-        self.attach(listener)
-        return listener
+            def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
+                try:
+                    loop.call_soon_threadsafe(self.handoff, bridge.socket, bridge.peername, config)
+                except RuntimeError:  # the loop is closed: nobody will serve it
+                    bridge.socket.close()  # (its thread ends with it)
+
+            return handoff
+
+        return listen_on_ledger(self, ledger, host_id, port, options, handing)
 
     async def start_serving(self) -> None:
         """As :meth:`TransportServer.start_serving`, and the ledger listener
@@ -183,6 +174,26 @@ class DTPServer(TransportServer):
         pending, self._ledger_pending = self._ledger_pending, None
         if pending is not None:
             self.listen_ledger(*pending)
+
+
+Carrier = Callable[[Protocol], Awaitable[None]]
+"""What makes a connection's carrier and hands it to its protocol (``connect.open``'s
+``carrier``)."""
+
+
+def _websocket_carrier(url: str, origin: str | None, ssl: _ssl.SSLContext | None) -> Carrier:
+    """The WebSocket carrier to ``url``, as ``connect.open`` takes it (the URL checked
+    now, before the ledger is touched)."""
+    from dtp.transport.carriers._websocket import connect_websocket, parse_url
+
+    parse_url(url)
+    if ssl is not None and not url.lower().startswith("wss:"):
+        raise ValueError("ssl is for a wss:// URL")
+
+    async def carrier(proto: Protocol) -> None:
+        await connect_websocket(url, proto, origin=origin, ssl=ssl)
+
+    return carrier
 
 
 async def open_connection(
@@ -206,20 +217,25 @@ async def open_connection(
     websocket: str | None = None,
     origin: str | None = None,
     ssl: _ssl.SSLContext | None = None,
+    reconnect: str | None = None,
+    keep_failed: bool = False,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.hostid._address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
-    (see there for the arguments). ``on_open``: told of the connection before its
-    deposit can move (:func:`~dtp.hostid._connect.prepare_host_connection`; called in a
-    worker thread, it may block).
+    (see there for the arguments, checked there). ``on_open``: told of the connection
+    before its deposit can move (:func:`~dtp.hostid._connect.prepare_host_connection`;
+    called in a worker thread, it may block). ``reconnect`` and ``keep_failed``: see
+    :func:`open_kept_connection`.
 
     ``websocket``: reach the service over the WebSocket carrier at this URL
     (``ws://…``, ``wss://…``; docs/protocol.md §13) instead of the Host's published
     endpoint -- the ledger connection, its payment and the handshake are the same --
-    sending ``origin`` as its ``Origin`` and using ``ssl`` for ``wss://``."""
-    check_connect_timeout(timeout)
-    check_limit(limit)
+    sending ``origin`` as its ``Origin`` and using ``ssl`` for ``wss://``.
+
+    Overlapping as dtp.socket does: the TCP connect starts as soon as the service is
+    resolved (while the open is signed), and the open executes while the server works
+    on the first handshake message."""
     address = HostAddress.parse(host) if isinstance(host, str) else host
     if ledger is None or identity is None:
         raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
@@ -231,80 +247,21 @@ async def open_connection(
         over = _websocket_carrier(websocket, origin, ssl)
     elif origin is not None or ssl is not None:
         raise ValueError("origin and ssl are for the WebSocket carrier (websocket=...)")
-    reader, writer = await _open_by_host_id(
-        address,
-        ledger,
-        identity,
-        timeout,
-        server_key=pinned_host_key(server_key, expected_server_key),
-        config=config,
-        deposit=deposit,
-        cap_id=cap_id,
-        carrier=carrier,
-        ledger_options=ledger_options,
-        metering=metering,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-        limit=limit,
-        on_open=on_open,
-        over=over,
-    )
-    return reader, writer
-
-
-Carrier = Callable[[Protocol], Awaitable[None]]
-"""What makes a connection's carrier and hands it to its protocol (``connect.open``'s
-``carrier``)."""
-
-
-def _websocket_carrier(url: str, origin: str | None, ssl: _ssl.SSLContext | None) -> Carrier:
-    """The WebSocket carrier to ``url``, as ``connect.open`` takes it (the URL checked
-    now, before the ledger is touched)."""
-    from dtp.transport.carriers._websocket import connect_websocket, parse_url
-
-    parse_url(url)
-    if ssl is not None and not url.lower().startswith("wss:"):
-        raise ValueError("ssl is for a wss:// URL")
-
-    async def carrier(proto: Protocol) -> None:
-        await connect_websocket(url, proto, origin=origin, ssl=ssl)
-
-    return carrier
-
-
-async def _open_by_host_id(
-    address: HostAddress,
-    ledger: Ledger,
-    identity: HostIdentity,
-    timeout: float | None,
-    *,
-    server_key: bytes | None,
-    config: ConnectionConfig | None,
-    deposit: int | None,
-    cap_id: str | None,
-    carrier: CarrierChoice,
-    ledger_options: LedgerCarrierOptions | None,
-    metering: MeteringConfig | None,
-    subscription: str | None,
-    sponsor_pool: str | None,
-    limit: int,
-    on_open: OpenJournal | None = None,
-    over: Carrier | None = None,
-) -> tuple[DTPStreamReader, DTPStreamWriter]:
-    """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
-    connect starts as soon as the service is resolved (while the open is signed), and
-    the open executes while the server works on the first handshake message."""
-    # The preparation may open the connection on the ledger (paying by subscription or
-    # sponsor pool, or over the ledger carrier), in a worker thread, which a cancelled
-    # connect cannot stop: what it opened for a connect cancelled meanwhile is abandoned
-    # (half-closed, so the deposit comes back), by the thread itself or, when the
-    # result was ready but not yet taken, by another.
+    server_key = pinned_host_key(server_key, expected_server_key)
+    # the preparation may open the connection, in a thread a cancellation cannot stop:
+    # what it opened for a connect cancelled meanwhile is abandoned (half-closed)
     check_connect_options(metering, ledger_options)
     handover = threading.Lock()
     taken: list[tuple[PreparedConnection, PendingTcp | None]] = []
     cancelled = False
 
     def prepare() -> tuple[PreparedConnection, PendingTcp | None]:
+        if reconnect is not None:
+            # (nothing written to the ledger: no early connect to overlap with it)
+            again = prepare_reconnection(
+                ledger, address, identity, reconnect, config=config, carrier=carrier
+            )
+            return again, None
         result = prepare_connecting_early(
             ledger,
             address,
@@ -336,32 +293,19 @@ async def _open_by_host_id(
                 target=_abandon_prepared, args=(ledger, identity, address, result)
             ).start()
         raise
-    pending_open = prepared.pending_open
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
-    landing: asyncio.Future[OpenedConnection] | None = None
-    payments: list[MeteredClient] = []
+    landing: asyncio.Future[OpenedConnection | None] | None = None
+    opening = PaidOpening(ledger, identity, address.host_id, prepared, metering)
 
     async def while_waiting(proto: Protocol) -> None:
         nonlocal landing
         opened = prepared.opened
-        if pending_open is not None:
-            landing = asyncio.ensure_future(asyncio.to_thread(pending_open.execute))
+        if prepared.pending_open is not None:
+            landing = asyncio.ensure_future(asyncio.to_thread(opening.land))
             opened = await asyncio.shield(landing)
-        if metering is None or metering.enabled:
-            payments.append(
-                await asyncio.to_thread(
-                    MeteredClient,
-                    ledger,
-                    identity,
-                    address.host_id,
-                    prepared.connection_id,
-                    proto.conn,
-                    metering,
-                    now=proto.loop.time(),
-                    opened=opened,
-                )
-            )
+        if opening.metered:
+            await asyncio.to_thread(opening.meter, proto.conn, proto.loop.time(), opened)
 
     try:
         if over is not None:
@@ -422,13 +366,44 @@ async def _open_by_host_id(
         if landing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(landing)
-        await asyncio.to_thread(abandon_host_connection, ledger, identity, address, prepared, exc)
+        if not keep_failed:
+            await asyncio.to_thread(
+                abandon_host_connection, ledger, identity, address, prepared, exc
+            )
         raise
-    writer.connection_id = prepared.connection_id
-    writer.escrow_id = prepared.escrow_id
-    if payments:
-        writer.layer.set_hook(payments[0], payments[0].on_receipt_frame)
+    opening.hand_over(writer, writer.layer)
     return reader, writer
+
+
+async def open_kept_connection(
+    address: HostAddress,
+    *,
+    ledger: Ledger,
+    identity: HostIdentity,
+    on_open: OpenJournal | None,
+    reconnect: str | None = None,
+    deposit: int | None = None,
+    config: ConnectionConfig | None = None,
+    timeout: float | None = None,
+    metering: MeteringConfig | None = None,
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """:func:`open_connection` for a caller that keeps its ledger connections in a book
+    (``on_open``: the daemon's forwards): a connect that fails once the open landed
+    leaves it Open, for its keeper to reuse or refund. ``reconnect``: connect on that
+    Open connection of ours (:func:`~dtp.hostid._connect.prepare_reconnection`, nothing
+    written), left Open too on failure."""
+    return await open_connection(
+        address,
+        ledger=ledger,
+        identity=identity,
+        config=config,
+        timeout=timeout,
+        deposit=deposit,
+        metering=metering,
+        on_open=on_open,
+        reconnect=reconnect,
+        keep_failed=on_open is not None or reconnect is not None,
+    )
 
 
 def _abandon_prepared(
@@ -484,34 +459,13 @@ async def start_server(
     connection's own end raised in it (a DTPError other than a LocalProtocolError on a
     live connection: the peer reset a stream, closed, vanished) is logged at INFO.
 
-    With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
-    Host), clients are admitted only through :class:`~dtp.hostid._admission.LedgerAdmission`, as
-    with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
-    connection of theirs to this host and port with a funded escrow, and the host's
-    firewall must permit them; others get ConnectionRefused with the reason.
-    ``settle_on_close=True`` closes and settles each ledger connection as its DTP
-    connection ends, and each one refused at one of the Host's connection limits as it
-    is refused, refunding the client its whole deposit at once (by default the ledger
-    connection stays Open, for the client to reconnect on, until the half-close
-    timeout; a client refused at a limit half-closes it and collects its refund after
-    that timeout); see :func:`dtp.socket.create_server`.
-
-    ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
-    when ``host`` is None) the server also accepts connections that come over the ledger
-    carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
-
-    ``max_handshakes``: at most that many handshakes in progress at once on the whole
-    server (as :func:`dtp.socket.create_server`'s; ValueError unless an int of at least
-    1, before anything listens); further connections wait for one to end in a line of at
-    most ``backlog``. ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
-    most that many handshakes from one client IP address in progress at once (None: no
-    cap), and at most that many of its connections waiting for one to end.
-    ``first_message_timeout``: seconds a new connection has to send its complete first
-    handshake record (ValueError unless a number > 0); at most ``backlog`` connections
-    wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
-
-    ``open_grace``: with ledger admission, seconds a connection a client names is looked
-    for on the ledger before it is refused as unknown, as :func:`dtp.socket.create_server`'s.
+    The garbage collector's sizing for serving, ledger admission (``ledger``,
+    ``host_id`` and ``dtp_port``: the DTP port served), ``settle_on_close``,
+    ``carriers`` (``"ledger"`` the default when ``host`` is None), ``max_handshakes``,
+    ``max_handshakes_per_address``, ``max_waiting_per_address``,
+    ``first_message_timeout`` and ``open_grace`` are as :func:`dtp.socket.create_server`'s,
+    checked before anything listens; at most ``backlog`` connections wait for a
+    handshake to start.
 
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
@@ -531,24 +485,19 @@ async def start_server(
         raise ValueError("origins are for a WebSocket listener (websocket=(host, port))")
     if websocket is not None:
         require("ws", "The WebSocket carrier")
-    if carriers is None:
-        if host is not None:
-            carriers = ("tcp",)
-        else:
-            carriers = ("ledger",) if websocket is None or ledger is not None else ()
-    if (not carriers and websocket is None) or not set(carriers) <= {"tcp", "ledger"}:
-        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
-    if ("tcp" in carriers) != (host is not None and port is not None):
-        raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
-    if "ledger" in carriers and (ledger is None or host_id is None or dtp_port is None):
-        raise ValueError("the ledger carrier needs ledger, host_id and dtp_port")
-    if ledger is not None or host_id is not None or dtp_port is not None:
-        if ledger is None or host_id is None or dtp_port is None:
-            raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
-        if admit is not None:
-            raise ValueError("pass either admit or ledger/host_id/dtp_port, not both")
-        admit = LedgerAdmission(ledger, host_id, dtp_port, open_grace=open_grace)
-        check_serves_host(ledger, host_id, identity.noise_public)  # (after the port's check)
+    carriers, admit = server_admission(
+        carriers,
+        admit,
+        tcp=host is not None and port is not None,
+        websocket=websocket is not None,
+        tcp_host=host is not None,
+        ledger=ledger,
+        host_id=host_id,
+        port=dtp_port,
+        identity=identity,
+        open_grace=open_grace,
+        names=("host and port are", "dtp_port"),
+    )
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
     server = DTPServer(

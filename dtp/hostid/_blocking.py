@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from dtp.errors import LocalProtocolError
 from dtp.hostid._address import HostAddress
-from dtp.hostid._admission import LedgerAdmission, check_open_grace_use, check_serves_host
+from dtp.hostid._admission import check_open_grace_use, server_admission
 from dtp.hostid._connect import (
     CarrierChoice,
     OpenJournal,
@@ -17,14 +16,15 @@ from dtp.hostid._connect import (
     check_connect_options,
     prepare_connecting_early,
 )
-from dtp.hostid._payment_hook import MeteredClient
+from dtp.hostid._payment_hook import MeteredClient, PaidOpening
 from dtp.hostid._served import reservations_of
 from dtp.hostid.ledger_carrier._bridge import (
+    Accepted,
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     connect_ledger_carrier,
-    ledger_config,
+    listen_on_ledger,
 )
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
@@ -82,28 +82,13 @@ def connect_by_host_id(
         sponsor_pool=sponsor_pool,
         on_open=on_open,
     )
-    payments: list[MeteredClient] = []
-    metered = metering is None or metering.enabled
+    opening = PaidOpening(ledger, identity, address.host_id, prepared, metering)
 
     def while_waiting(conn: Connection) -> None:
-        # While the server works on our first message: the open lands on the ledger (the
-        # server's admission gives it a moment), then the meter is set up from it
-        opened = prepared.opened
-        if prepared.pending_open is not None:
-            opened = prepared.pending_open.execute()
-        if metered:
-            payments.append(
-                MeteredClient(
-                    ledger,
-                    identity,
-                    address.host_id,
-                    prepared.connection_id,
-                    conn,
-                    metering,
-                    now=time.monotonic(),
-                    opened=opened,
-                )
-            )
+        # while the server works on our first message
+        opened = opening.land()
+        if opening.metered:
+            opening.meter(conn, time.monotonic(), opened)
 
     try:
         if prepared.endpoint is None:
@@ -140,11 +125,8 @@ def connect_by_host_id(
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
     assert isinstance(sock, HostSocket)
-    sock.connection_id = prepared.connection_id
-    sock.escrow_id = prepared.escrow_id
     layer = sock.layer
-    if payments:
-        layer.set_hook(payments[0], payments[0].on_receipt_frame)
+    opening.hand_over(sock, layer)
     layer.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
 
@@ -155,18 +137,14 @@ class HostSocket(DTPSocket):
     ledger objects (on the first stream) and can top its deposit up."""
 
     def top_up(self, amount: int) -> None:
-        """Add ``amount`` MIST to the deposit of this paid connection (one made by host
-        ID with a ``deposit``) while it is open: an ``escrow::top_up`` transaction
-        (blocking), then receipts are signed up to the new deposit -- usage the old one
-        did not cover is paid at once. The server reads the escrow again when the
-        deposit holds the connection (within about a second) and serves on.
+        """Add ``amount`` MIST to the deposit of this paid connection while it is open:
+        an ``escrow::top_up`` transaction (blocking), then receipts are signed up to the
+        new deposit. The server sees it within about a second and serves on.
 
         Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid
-        or a closed socket, the connection's error (ConnectionClosed, ...) once it has
-        ended -- before any transaction: what it added would only come back in the
-        refund --, InvalidArgument for an amount that is not a positive int, and what
-        the ledger raises (InsufficientFunds: the balance is short; nothing was added
-        then)."""
+        or a closed socket, the connection's error once it has ended (before any
+        transaction), InvalidArgument for an amount that is not a positive int, and what
+        the ledger raises (InsufficientFunds: nothing was added)."""
         layer = self.layer
         payment = layer.hook
         if not isinstance(payment, MeteredClient):
@@ -240,16 +218,14 @@ class DTPServer(TransportServer):
         the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
         connections. Our identity must be the host's authority (NotAuthorized otherwise;
         ObjectNotFound when there is no such host)."""
-        if self.attached is not None:
-            raise LocalProtocolError("this server already listens on the ledger")
-        config = ledger_config(self.connection_config)
 
-        def handoff(bridge: LedgerBridge) -> None:
-            self.handoff(bridge.socket, bridge.peername, config)
+        def handing(config: ConnectionConfig) -> Accepted:
+            def handoff(bridge: LedgerBridge) -> None:
+                self.handoff(bridge.socket, bridge.peername, config)
 
-        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
-        self.attach(listener)
-        return listener
+            return handoff
+
+        return listen_on_ledger(self, ledger, host_id, port, options, handing)
 
 
 def create_server(
@@ -276,29 +252,26 @@ def create_server(
     a ``(host, port)`` tuple, checked before anything else (TypeError naming what was
     given, InvalidArgument for a port outside 0..65535).
 
+    The first server a process makes sizes CPython's garbage collector for serving,
+    once: ``gc.freeze()`` of what exists, the youngest generation's threshold 700 ->
+    10,000 (:mod:`dtp.transport._collector`); not when the program set thresholds of
+    its own, nor with ``DTP_SERVER_GC=default`` in the environment.
+
     ``accept`` / ``admit``: see :class:`DTPServer`. With ``ledger``, ``host_id`` and
-    ``port`` (the DTP port served, a service of that Host), clients are admitted only
-    through :class:`~dtp.hostid._admission.LedgerAdmission`: their handshake must name an Open
-    ledger connection of theirs to this host and port with a funded escrow, and the
-    host's firewall must permit them; others get ConnectionRefused with the reason. The
-    Host must exist (ObjectNotFound) and publish ``identity``'s Noise key
-    (HostConfigError), checked before anything listens: its clients take the key from
-    the Host and open their deposits first. One
-    DTP connection is served per ledger connection at a time, within the Host's
-    connection limits (``max_connections_per_client``, the service's
-    ``max_connections``), counted over the DTP connections the server serves now: one
-    beyond them is refused (``ConnectionLimitReached`` at the client). Such a server
-    only admits: it claims nothing. By default it does not close its side of the ledger
-    connection either, so a client may reconnect on the same ledger connection, but its
-    deposit waits for the half-close timeout (10 minutes) -- as does that of a client
-    refused at a limit, which half-closes its ledger connection as it meets the refusal
-    and collects its refund once the timeout has passed (``dtp refund``).
+    ``port`` (the DTP port served), clients are admitted only through
+    :class:`~dtp.hostid._admission.LedgerAdmission`: their handshake must name an Open,
+    funded ledger connection of theirs to this host and port, and the firewall must
+    permit them (else ConnectionRefused with the reason). The Host must exist
+    (ObjectNotFound) and publish ``identity``'s Noise key (HostConfigError), checked
+    before anything listens. One DTP connection is served per ledger connection, within
+    the Host's connection limits counted over the connections served now (one beyond
+    them: ``ConnectionLimitReached`` at the client). Such a server claims nothing, and
+    by default leaves the ledger connection Open (a client may reconnect on it), the
+    deposit waiting for the half-close timeout (``dtp refund``).
     ``settle_on_close=True`` closes and settles each ledger connection as its DTP
-    connection ends, and each one refused at a limit as it is refused (in a thread of
-    the server's: the client is refunded its whole deposit at once;
-    :meth:`DTPServer.wait_settled`); ``identity`` must then be the host's authority. A
-    paid service is :func:`serve`'s (which claims what the client's receipts say and
-    settles each connection as it ends, and refunds one refused at a limit at once).
+    connection ends or is refused at a limit, in a thread of the server's, refunding
+    the client at once (:meth:`DTPServer.wait_settled`); ``identity`` must then be the
+    host's authority. A paid service is :func:`serve`'s.
 
     ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
     ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts
@@ -315,31 +288,25 @@ def create_server(
     wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
 
     ``open_grace``: with ledger admission, seconds a connection a client names is looked
-    for on the ledger before it is refused as unknown (its open may still be landing:
-    the client's open overlaps its handshake); by default
-    :attr:`~dtp.hostid._admission.LedgerAdmission.OPEN_GRACE` (2 s). On Sui, where the host's
-    full node may show an open later than the client's did, a longer one spares clients
-    a refusal (the daemon's default there is 3 s). InvalidArgument unless None or a
-    finite number >= 0, or when given without ledger admission.
+    for before it is refused as unknown (its open may still be landing); by default
+    :attr:`~dtp.hostid._admission.LedgerAdmission.OPEN_GRACE` (2 s; the daemon's on Sui,
+    whose full node may lag, is 3 s). InvalidArgument unless None or a finite number
+    >= 0, or when given without ledger admission.
     """
     if address is not None:
         check_listen_address(address)
     check_open_grace_use(open_grace, ledger)
-    if carriers is None:
-        carriers = ("tcp",) if address is not None else ("ledger",)
-    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
-        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
-    if ("tcp" in carriers) != (address is not None):
-        raise ValueError("an address is needed for the 'tcp' carrier, and only for it")
-    if "ledger" in carriers and (ledger is None or host_id is None or port is None):
-        raise ValueError("the ledger carrier needs ledger, host_id and port")
-    if ledger is not None or host_id is not None or port is not None:
-        if ledger is None or host_id is None or port is None:
-            raise ValueError("ledger admission needs ledger, host_id and port together")
-        if admit is not None:
-            raise ValueError("pass either admit or ledger/host_id/port, not both")
-        admit = LedgerAdmission(ledger, host_id, port, open_grace=open_grace)
-        check_serves_host(ledger, host_id, identity.noise_public)  # (after the port's check)
+    carriers, admit = server_admission(
+        carriers,
+        admit,
+        tcp=address is not None,
+        websocket=False,
+        ledger=ledger,
+        host_id=host_id,
+        port=port,
+        identity=identity,
+        open_grace=open_grace,
+    )
     server = DTPServer(
         address,
         identity,

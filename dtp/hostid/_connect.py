@@ -28,7 +28,9 @@ from dtp.errors import (
 from dtp.hostid._address import HostAddress
 from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions, ledger_config
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._economics import lane_order
 from dtp.ledger._objects import (
+    ConnectionState,
     Host,
     OpenedConnection,
     Service,
@@ -55,6 +57,7 @@ __all__ = [
     "pinned_host_key",
     "prepare_connecting_early",
     "prepare_host_connection",
+    "prepare_reconnection",
     "resolve_service",
     "tcp_endpoint",
     "tcp_endpoints",
@@ -171,16 +174,12 @@ def resolve_service(
     min_deposit: int | None = None,
     host: Host | None = None,
 ) -> ResolvedService:
-    """Read the Host and check, in the ledger's order, what ``open_connection`` would
-    refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
-    (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
-    minimum, or more than ``client`` holds); :class:`~dtp.errors.HandshakeError` when the
-    host's Noise key is one no handshake can use (a low-order point); then, with
-    ``carrier="tcp"``, :class:`NoCarrierEndpoint` when the host publishes no TCP
-    endpoint. The result's ``endpoint`` is None when the ledger carrier is to be used.
-    Nothing is written to the ledger. ``min_deposit`` overrides the SLA's minimum (0 for
-    a subscription: subscribed connections open with an all-zero SLA). ``host``: the
-    Host object when the caller has just read it (saves reading it again)."""
+    """Read the Host and check, in the ledger's order and without writing, what
+    ``open_connection`` would refuse (ObjectNotFound, ServiceNotFound, FirewallDenied,
+    InsufficientFunds), a Noise key no handshake can use (HandshakeError), and with
+    ``carrier="tcp"`` a host with no TCP endpoint (:class:`NoCarrierEndpoint`). The
+    result's ``endpoint`` is None for the ledger carrier. ``min_deposit`` overrides the
+    SLA's (0 for a subscription); ``host``: the Host, when just read."""
     if carrier not in ("auto", "tcp", "ledger"):
         raise ValueError(f"carrier must be 'auto', 'tcp' or 'ledger', not {carrier!r}")
     if host is None:
@@ -276,12 +275,9 @@ class PreparedConnection:
 
 
 def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None) -> bytes | None:
-    """The Noise key a connect by host ID was told the host has: ``server_key`` or
-    ``expected_server_key`` (a pin: the key the server must present), which
-    :func:`prepare_host_connection` compares with the one the Host publishes before any
-    money moves. The host's published key is the one the handshake uses, so a pin that
-    was ignored let a host whose key changed be paid unnoticed. ValueError when the two
-    are given and differ; TypeError / ValueError for a key that is not 32 bytes."""
+    """The Noise key a connect by host ID was told the host has (``server_key`` or the
+    pin ``expected_server_key``; ValueError when they differ), compared with the Host's
+    before any money moves: ignored, a host whose key changed was paid unnoticed."""
     key = checked_noise_key("server_key", server_key)
     pin = checked_noise_key("expected_server_key", expected_server_key)
     if key is not None and pin is not None and key != pin:
@@ -289,8 +285,17 @@ def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None)
     return key if key is not None else pin
 
 
+def websocket_url(address: object) -> str | None:
+    """``address`` when it is a WebSocket URL (``ws://…``, ``wss://…``, any case), which a
+    connect reaches over the WebSocket carrier; else None. As both faces' connects
+    (``dtp.socket.create_connection``, ``dtp.aio.open_connection``) tell one."""
+    if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://")):
+        return address
+    return None
+
+
 def refuse_ledger_options(
-    address: str,
+    websocket: bool,
     *,
     ledger: object = None,
     deposit: object = None,
@@ -302,16 +307,16 @@ def refuse_ledger_options(
     metering: object = None,
     on_open: object = None,
 ) -> None:
-    """ValueError naming the ledger's options given to a connect whose ``address`` (what
-    it is: "a WebSocket URL", "a carrier address") is not a DTP address: they open and
-    pay a connection on the ledger, which only a host ID (dtp://…) has. The one check of
-    ``dtp.socket.create_connection`` and ``dtp.aio.open_connection``."""
+    """ValueError naming the ledger's options given to a connect to an address that is
+    not a DTP address (only a host ID, dtp://…, is paid on the ledger); an empty
+    ``cap_id`` is none."""
+    address = "a WebSocket URL" if websocket else "a carrier address"
     given = [
         name
         for name, value in (
             ("ledger", ledger),
             ("deposit", deposit),
-            ("cap_id", cap_id),
+            ("cap_id", cap_id or None),
             ("ledger_options", ledger_options),
             ("subscription", subscription),
             ("sponsor_pool", sponsor_pool),
@@ -329,11 +334,8 @@ def refuse_ledger_options(
 
 
 def check_connect_options(metering: object, ledger_options: object) -> None:
-    """The adapters' own arguments to a connect by host ID (``metering``,
-    ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
-    ledger: TypeError for one of another type. (Found where they are first used, they
-    would fail after the spending cap or the deposit, and a wrong ``metering`` would
-    escape before the connection is abandoned, the deposit left locked.)"""
+    """TypeError for ``metering`` or ``ledger_options`` of another type, before the
+    ledger is written (found later, the deposit would be left locked)."""
     if metering is not None and not isinstance(metering, MeteringConfig):
         raise TypeError(f"metering must be a MeteringConfig or None, got {type(metering).__name__}")
     if ledger_options is not None and not isinstance(ledger_options, LedgerCarrierOptions):
@@ -359,11 +361,9 @@ def check_ledger_object(ledger: object) -> None:
 def prepare_connecting_early(
     ledger: Ledger, address: HostAddress, identity: HostIdentity, **options: Any
 ) -> tuple[PreparedConnection, PendingTcp | None]:
-    """:func:`prepare_host_connection` with ``defer_open`` (``options`` are its other
-    keywords), and the TCP connect to the host's endpoint started as soon as the service
-    is resolved, so it runs while the ledger work goes on. Returns the prepared
-    connection and that pending connect (None when the host publishes no endpoint),
-    which the caller finishes or closes; it is closed here if preparing fails."""
+    """:func:`prepare_host_connection` with ``defer_open``, the TCP connect started as
+    soon as the service is resolved, to overlap the ledger work: (the prepared
+    connection, that pending connect or None), closed here if preparing fails."""
     early: list[PendingTcp] = []
 
     def connect_early(resolved: ResolvedService) -> None:
@@ -399,39 +399,24 @@ def prepare_host_connection(
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
-    Paying another way (docs/escrow.md §13-14): with ``subscription`` (a live
-    Subscription of ours to this service) the connection opens unmetered with an
-    all-zero SLA and ``deposit`` defaults to 0; with ``sponsor_pool`` (the service's
-    SponsorPool) the pool pledges its share of the deposit (at most its ``max_pledge``),
-    paid back to us by ``reimburse`` after settlement.
+    Paying another way (docs/escrow.md §13-14): ``subscription`` opens unmetered with an
+    all-zero SLA (``deposit`` defaults to 0); ``sponsor_pool``: a lane pledges its share
+    of the deposit, reimbursed to us after settlement.
 
     Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
-    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool whose provider
-    is no longer the host's authority, or whose unpledged funds fall short), and that
-    ``server_key`` and the ``config``'s ``server_static`` / ``expected_server_static``,
-    when given, are the Noise key the host publishes (the handshake runs IK to that key),
-    creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
-    the connection with ``deposit`` (default: the SLA's minimum) and returns the client
-    config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
-    If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
-    ``on_resolved(service)`` runs once the checks passed, before the ledger writes (a
-    caller starts its carrier connect there, to overlap with them).
+    which picks the carrier) and that the keys given are the Host's, creates a
+    SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens the
+    connection (``deposit`` defaults to the SLA's minimum) and returns the client config.
+    Blocking. If the connect then fails, call :func:`abandon_host_connection`.
+    ``on_resolved(service)`` runs before the ledger writes (to overlap a carrier connect).
 
-    ``defer_open``: where the ledger can tell the connection's ID before the open lands
-    (:meth:`~dtp.ledger.interface.Ledger.prepare_open_connection`), and for a paid open over
-    the TCP carrier, the open is only signed here: the result's ``pending_open`` is to be
-    executed by the caller while the server works on its first handshake message (the
-    server's admission gives a connection still landing a moment:
-    :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
+    ``defer_open``: where the ledger can tell the ID before the open lands, a paid TCP
+    open is only signed here; the caller executes ``pending_open`` while the server works
+    on the first handshake message (:attr:`LedgerAdmission.OPEN_GRACE`).
 
     ``on_open(cap_id, connection_id)``: told of every connection before its deposit can
-    move, so that a caller keeping a durable book of them forgets none (the services
-    daemon's forwarders settle those they no longer use: docs/daemon.md): called with
-    the spending cap and the connection ID -- None where the ledger cannot tell it
-    before the open lands -- before the open's transaction (a deferred open's before it
-    executes); when it raises, nothing is opened and its error is raised. Where the ID
-    was not known, it is called again once the open landed, with it; an error then is
-    logged, not raised (the connection is open and paid: the connect goes on).
+    move (docs/daemon.md), the ID None where not known yet (then called again once it
+    landed, an error logged); when it raises first, nothing is opened.
     """
     # before any ledger read, with the errors the ledger gives the same mistakes (a
     # str identity would otherwise surface as an AttributeError deep in the resolution)
@@ -489,12 +474,13 @@ def prepare_host_connection(
                 f"{host.authority}'s now: it sponsors no new connections",
             )
         pledge = pool.pledge_for(deposit)
-        if pledge > pool.available:
+        lanes = lane_order(pool.lanes, cap_id)
+        if not any(ledger.get_sponsor_lane(lane).available >= pledge for lane in lanes):
             raise move_error(
                 "sponsor",
                 "ESponsorUnfunded",
-                f"pool {pool.id} must pledge {pledge} MIST of the deposit {deposit} and "
-                f"has {pool.available} unpledged",
+                f"pool {pool.id} must pledge {pledge} MIST of the deposit {deposit}, and "
+                f"none of its {len(lanes)} lanes has that much unpledged",
             )
     resolved = resolve_service(
         ledger,
@@ -557,17 +543,7 @@ def prepare_host_connection(
                 on_open(cap_id, connection_id)
             except Exception:
                 logger.exception("recording connection %s failed", connection_id)
-    cfg = replace(
-        base,
-        identity=identity,
-        is_client=True,
-        server_static=host_key,
-        expected_server_static=None,
-        connection_id=bytes.fromhex(connection_id[2:]),
-        port=address.port,
-    )
-    if resolved.endpoint is None:
-        cfg = ledger_config(cfg)
+    cfg = _client_config(base, identity, host_key, connection_id, address.port, resolved)
     return PreparedConnection(
         resolved.endpoint,
         cfg,
@@ -582,12 +558,80 @@ def prepare_host_connection(
     )
 
 
+def prepare_reconnection(
+    ledger: Ledger,
+    address: HostAddress,
+    identity: HostIdentity,
+    connection_id: str,
+    *,
+    config: ConnectionConfig | None = None,
+    carrier: CarrierChoice = "auto",
+) -> PreparedConnection:
+    """The ledger half of connecting again on ``connection_id``, an Open connection of
+    ours kept after a failed connect (docs/daemon.md): nothing is written; the Host is
+    checked as :func:`resolve_service` does. NotAuthorized for another client's,
+    InvalidArgument for another service's, ConnectionStateError once not Open. Blocking."""
+    tc = ledger.get_connection(connection_id)
+    if tc.client != identity.sui_address:
+        raise move_error(
+            "transport_control", "ENotParticipant", f"connection {tc.id} is {tc.client}'s"
+        )
+    if tc.host != address.host_id or tc.port != address.port:
+        raise InvalidArgument(f"connection {tc.id} is to dtp://{tc.host}:{tc.port}, not {address}")
+    if tc.settled or tc.state != ConnectionState.OPEN:
+        raise move_error(
+            "transport_control",
+            "EConnectionClosed",
+            f"connection {tc.id} is {'settled' if tc.settled else tc.state.label}",
+        )
+    resolved = resolve_service(
+        ledger, address.host_id, address.port, identity.sui_address, 0, carrier, min_deposit=0
+    )
+    base = config or ConnectionConfig(identity=identity, is_client=True)
+    key = resolved.host.noise_static_key
+    cfg = _client_config(base, identity, key, tc.id, address.port, resolved)
+    return PreparedConnection(
+        resolved.endpoint,
+        cfg,
+        tc.id,
+        tc.escrow,
+        resolved.host.authority,
+        cap_id=tc.spending_cap,
+        alternates=resolved.alternates,
+        journaled=True,
+    )
+
+
+def _client_config(
+    base: ConnectionConfig,
+    identity: HostIdentity,
+    host_key: bytes,
+    connection_id: str,
+    port: int,
+    resolved: ResolvedService,
+) -> ConnectionConfig:
+    """The client's handshake config for a ledger connection: IK to the key the Host
+    publishes, the connection named, the ledger carrier's settings where the host is
+    reached through it."""
+    cfg = replace(
+        base,
+        identity=identity,
+        is_client=True,
+        server_static=host_key,
+        expected_server_static=None,
+        connection_id=bytes.fromhex(connection_id[2:]),
+        port=port,
+    )
+    return ledger_config(cfg) if resolved.endpoint is None else cfg
+
+
 def _check_subscription(
     ledger: Ledger, subscription_id: str, address: HostAddress, client: str
 ) -> None:
     """Early, typed refusals for a subscription that cannot open this connection: those of
-    ``subscription::open_connection``, in its order (holder, host, withdrawn offer,
-    expiry) and, past the holder and host, with the ledger's own errors; then the port."""
+    ``subscription::open_connection``, in its order (holder, host, withdrawn offer, the
+    host's sale, expiry) and, past the holder and host, with the ledger's own errors; then
+    the port."""
     from dtp.errors import WrongSubscription
 
     sub = ledger.get_subscription(subscription_id)
@@ -615,6 +659,14 @@ def _check_subscription(
             f"offer {sub.offer} of subscription {subscription_id} (since epoch "
             f"{offer.withdrawn_epoch})",
         )
+    authority = ledger.get_host(address.host_id).authority
+    if authority != offer.provider:
+        raise move_error(
+            "subscription",
+            "EProviderChanged",
+            f"offer {sub.offer} of subscription {subscription_id} is {offer.provider}'s, and "
+            f"host {address.host_id} is {authority}'s now: it opens no connections",
+        )
     epoch = ledger.epoch()
     if not sub.is_live(epoch):
         raise move_error(
@@ -637,16 +689,11 @@ def abandon_host_connection(
     prepared: PreparedConnection,
     cause: BaseException,
 ) -> None:
-    """Half-close a prepared connection on the ledger after the connect failed, so the
-    deposit can be refunded once the close timeout has passed (docs/escrow.md §7) --
-    by the process's refund collector, which takes it then
-    (:func:`dtp.payments._refunds.connection_ended`), unless an ``on_open`` journal
-    recorded it (its keeper's; a collector's own is released to it). A failure here is
-    logged, not raised: the caller re-raises ``cause``. A deferred open that never
-    landed leaves nothing to close. A connection refused because the subscription it
-    was opened with is over (:class:`~dtp.errors.SubscriptionRefused`) is ended at once
-    instead (``subscription::end_connection``: nothing is owed, the deposit comes back
-    now), falling back to the half-close should that fail."""
+    """Half-close a prepared connection after the connect failed, so the refund
+    collector (:func:`dtp.payments._refunds.connection_ended`) or its ``on_open``
+    keeper refunds it after the close timeout (docs/escrow.md §7); failures logged, the
+    caller re-raises ``cause``. One refused as its subscription is over is ended at once
+    (``subscription::end_connection``)."""
     half_closed = False
     try:
         if prepared.pending_open is not None and prepared.pending_open.opened is None:

@@ -1,22 +1,9 @@
-"""The ledger connections a ledger-admitted DTP server is serving (blocking and asyncio
-servers alike): one DTP connection per ledger connection at a time, within the
-connection limits the Host publishes, and, when asked, each ledger connection settled as
-its DTP connection ends.
-
-The ledger counts no connections (a Host that every open and close wrote would order all
-of its clients' transactions one at a time on Sui): the limits of the Host
-(``max_connections_per_client``, a service's ``max_connections``) are enforced here,
-against the DTP connections the server is serving at that moment -- live ones, where the
-ledger counted connections still Open while they waited out a half-close timeout
-(docs/escrow.md §2).
-
-An unpaid server that admits through the ledger (``create_server(ledger=...)``) claims
-nothing. Left alone, its clients' ledger connections stay Open until the half-close
-timeout (10 minutes): the deposits wait that long. With ``settle_on_close`` the server
-closes and settles each one as its DTP connection ends, and each it refuses at a
-connection limit as it refuses it -- the client is refunded its whole deposit at once --
-in a thread of its own, as a settlement is a ledger transaction (seconds on Sui) and the
-release comes from whichever thread closed the connection, or from an event loop.
+"""The ledger connections a ledger-admitted DTP server is serving: one DTP connection
+per ledger connection, within the Host's connection limits, counted here over the live
+connections (the ledger counts none: a Host written at every open would serialize its
+clients on Sui; docs/escrow.md §2). With ``settle_on_close`` each one is settled as it
+ends or is refused at a limit, in a thread of its own (a ledger transaction), so the
+client is refunded at once rather than after the half-close timeout.
 """
 
 from __future__ import annotations
@@ -56,12 +43,9 @@ class ServiceLimits(Protocol):
 
 
 class ServedConnections:
-    """Ledger connection IDs in service. :meth:`reserve` takes one as a DTP connection on
-    it is admitted (within the Host's connection limits); :meth:`release` gives it back
-    when that connection ends -- after settling it on the ledger, when built with
-    ``settle=True`` (the ID stays taken until the settlement is done: a DTP connection
-    arriving on it meanwhile is refused, as it would be by the ledger once the connection
-    is settled; it no longer counts against the limits)."""
+    """Ledger connection IDs in service: :meth:`reserve` as a DTP connection on one is
+    admitted, :meth:`release` as it ends (with ``settle=True`` after settling it, the
+    ID taken meanwhile but no longer counted against the limits)."""
 
     def __init__(
         self,
@@ -124,11 +108,8 @@ class ServedConnections:
         client: str | None = None,
         limits: ServiceLimits | None = None,
     ) -> str | None:
-        """Take ``connection_id`` for a DTP connection of ``client``: None, or the refusal
-        to give the client when a DTP connection is already served on it, or when
-        ``limits`` (the Host's, as the admission just read them) leave no room for it
-        among the connections served now: ``client``'s to the host, and those of the
-        limits' port."""
+        """Take ``connection_id`` for a DTP connection of ``client``: None, or the
+        refusal when one is served on it already or ``limits`` leave no room."""
         with self._live_lock:
             refusal = None
             if limits is not None and client is not None and connection_id not in self._ids:
@@ -150,23 +131,16 @@ class ServedConnections:
         return refusal
 
     def refused_at_limit(self, connection_id: str) -> None:
-        """:meth:`reserve` refused ``connection_id`` -- admitted by the ledger, funded,
-        and served by no DTP connection -- at a connection limit. With ``settle=True``
-        it is closed and settled now, in the settling thread, its ID taken until that is
-        done: the client is refunded its whole deposit at once, as the daemon refunds
-        one (docs/escrow.md §2). Without, nothing: the client half-closes the ledger
-        connection as it meets the refusal, and takes its deposit back once the
-        half-close timeout has passed (``dtp refund``, docs/escrow.md §7). A paid
-        server's own count settles it its own way (it overrides this)."""
+        """:meth:`reserve` refused ``connection_id`` at a connection limit: with
+        ``settle=True`` it is settled now, the deposit refunded at once (docs/escrow.md
+        §2); else the client takes it back after the half-close timeout."""
         if self._settle and self._ids.reserve(connection_id):
             self._queue(connection_id)
 
     def ended(self, connection_id: str) -> None:
-        """The DTP connection on ``connection_id`` ended: it no longer counts against
-        the connection limits, while its ID stays taken until :meth:`release` (a server
-        that settles the connection first calls this as it ends: a settlement is three
-        transactions on Sui, and its client, reconnecting at once, must not be refused
-        as over its limit by the very connection it has closed)."""
+        """The DTP connection on ``connection_id`` ended: no longer counted against the
+        limits, its ID taken until :meth:`release`, so a client reconnecting at once is
+        not refused by the very connection it closed."""
         with self._live_lock:
             self._live.pop(connection_id, None)
 
@@ -256,10 +230,9 @@ class SettlingReservations(Reservations, Protocol):
 def reservations_of(
     admit: object, identity: HostIdentity, settle: bool
 ) -> SettlingReservations | None:
-    """A host-ID server's reservations, from its admission hook's ``reservations(identity,
-    settle)`` (:meth:`dtp.hostid._admission.LedgerAdmission.reservations`), or None for a
-    hook without (ValueError then when ``settle``, the server's ``settle_on_close``: only
-    what reserves can settle)."""
+    """A host-ID server's reservations from its admission hook
+    (:meth:`dtp.hostid._admission.LedgerAdmission.reservations`), or None for a hook
+    without (ValueError with ``settle``: only what reserves can settle)."""
     make: Callable[[HostIdentity, bool], SettlingReservations] | None = getattr(
         admit, "reservations", None
     )

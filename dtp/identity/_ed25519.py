@@ -2,22 +2,15 @@
 of every transaction's signature, and receipt signatures (a paid server's check of each
 receipt and the escrow claim rule's).
 
-With fastcrypto when it is installed (``pysui_fastcrypto``, pysui's native module, which
-pysui brings): the library Sui validators verify with, at about half the cost of OpenSSL
-here; else with cryptography's OpenSSL. Both refuse every malformed key or signature and
-every changed bit (tests/identity/test_ed25519.py pins that they agree).
-
-The two libraries verify by different rules: fastcrypto by ZIP-215's (the cofactored
-equation, non-canonical point encodings accepted), OpenSSL by RFC 8032's cofactorless
-equation. They part on points of small order: under ZIP-215 the all-zero signature
-verifies for every message under a small-order key (no private key needed), under
-RFC 8032 forgeries for such a key succeed about one time in eight, and a signature
-whose R has small order verifies under fastcrypto only. So both verifiers here refuse,
-before either library sees it, a public key or an R of small order
-(:func:`has_small_order`, one check for both). They still part on a public key or R
-with a small-order component added to a point of large order ("mixed order"): such a
-signature verifies under fastcrypto and mostly not under OpenSSL, but only the holder
-of the private key can make one, so it lets no one sign for another's key.
+With fastcrypto when it is installed (``pysui_fastcrypto``, which pysui brings: the
+library Sui validators verify with, at about half the cost of OpenSSL here); else with
+cryptography's OpenSSL. Both refuse every malformed key or signature and every changed
+bit (tests/identity/test_ed25519.py pins that they agree). They verify by different
+rules (ZIP-215's cofactored equation, RFC 8032's cofactorless one), which part on
+points of small order: both verifiers here refuse a public key or an R of small order
+(:func:`has_small_order`) before either library sees it, as docs/protocol.md 8.4 asks.
+What still parts them, a "mixed order" point, only the holder of the private key can
+make: it lets no one sign for another's key.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ try:
 except ImportError:  # (not POSIX: no lock; one user per file is then up to the caller)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["companion", "data_home", "lock_exclusive", "write_durably"]
+__all__ = ["companion", "data_home", "fsync_directory", "lock_exclusive", "write_durably"]
 
 
 def data_home(env: Mapping[str, str] | None = None) -> Path:
@@ -130,13 +130,22 @@ def write_durably(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable, as far as it can be: a directory that
+    cannot be opened or synced (some file systems; not POSIX) leaves the rename done,
+    only less sure to survive a power loss."""
+    if os.name != "posix":
+        return
     try:
-        dir_fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:
-        return  # renamed all the same; only its durability across a power loss is less
+        return
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     except OSError:
-        pass  # some file systems cannot sync a directory
+        pass
     finally:
-        os.close(dir_fd)
+        os.close(fd)

@@ -2,66 +2,32 @@
 
 This module turns handshake messages into session keys and does nothing else: no
 sockets, no clock, no randomness of its own (the caller passes the ephemeral key), no
-record framing. The connection state machine carries the messages in ``HS_INIT`` /
-``HS_RESP`` / ``HS_FINAL`` records and hands the resulting keys to the record layer.
-
-Patterns (both ``25519_ChaChaPoly_BLAKE2s``, run by the C core's dtp_core/noise.c, or
-its twin dtp.native.reference._noise with ``DTP_PUREPYTHON=1``):
-
-- ``Noise_IK`` (:data:`PATTERN_IK`) when the client knows the server's static key (it is
-  published in the server's ``Host`` object). Two messages: client → server, server →
-  client.
-- ``Noise_XX`` (:data:`PATTERN_XX`) otherwise. Three messages; the client learns the
-  server's static key from message 2 (:attr:`Handshake.remote_static`) and must check it
-  against what it expected before trusting the session.
-
-Wire form of the handshake messages:
-
-- message 1 (client → server): one byte, the pattern id (1 = IK, 2 = XX), then the Noise
-  message;
-- later messages: the Noise message alone.
-
-Every message is at most :data:`MAX_MESSAGE_SIZE` (4096) bytes, pattern byte included, and
-carries a payload of at most :data:`MAX_PAYLOAD_SIZE` bytes. The pattern byte is not
-authenticated by itself, but it cannot be changed unnoticed: the Noise protocol name is
-hashed into the transcript, so two sides running different patterns never agree on keys.
+record framing. docs/protocol.md section 8 says the wire: the patterns (IK when the client
+knows the server's static key, else XX, whose client must check the key it learns from
+message 2), message 1's pattern byte (8.1), the size bounds and the identity proof's
+binding (8.4). The patterns run in the C core's dtp_core/noise.c, or its twin
+dtp.native.reference._noise with ``DTP_PUREPYTHON=1``.
 
 Payload confidentiality follows Noise: the first XX payload is sent in clear; the first
 IK payload is encrypted to the server's static key but has no forward secrecy and can be
 replayed to the server. Put nothing secret in message 1, and nothing whose replay matters.
 
-Any failure while reading (malformed, truncated, oversized or undecryptable message,
-unknown pattern id, message out of turn) raises :class:`~dtp.errors.HandshakeError`, and
-the handshake is then dead: every later call raises ``HandshakeError`` too. On a lossy
-carrier, where anyone may slip in a forged or damaged message before the genuine one,
-``read_message(message, keep_state=True)`` instead leaves the handshake exactly as it
-was (the message is as if never read) and the genuine message, or its retransmission,
-can still complete it; a message 1 that Noise took but whose payload the caller refuses
-is forgotten with :meth:`Handshake.unread_first_message`. What this cannot cover: XX
-message 1 is not authenticated at all, so a forged one that reads cleanly and arrives
-first is answered, and the genuine client (whose resends no longer match) times out --
-on carriers where anyone may inject a message (a UDP port), not on the ledger carrier,
-where only the pipe's owner writes. A client
-that used the wrong server key in IK never gets a reply (the server's ``read_message``
-raises on message 1 and there is nothing to send back); the connection layer sees the
-carrier close or its handshake timeout. A message 2 from anyone but the holder of the
-server key the client used fails the client's ``read_message`` with ``HandshakeError``.
+Any failure while reading raises :class:`~dtp.errors.HandshakeError`, and the handshake
+is then dead: every later call raises it too. On a lossy carrier, where anyone may slip
+in a forged or damaged message before the genuine one, ``read_message(message,
+keep_state=True)`` instead leaves the handshake as if the message were never read, and a
+message 1 that Noise took but whose payload the caller refuses is forgotten with
+:meth:`Handshake.unread_first_message`. XX message 1 is not authenticated at all: a
+forged one that reads cleanly and arrives first is answered (on carriers where anyone
+may inject a message, not on the ledger carrier).
 
 Channel binding: the client proves its Sui address with :func:`make_auth_proof`, a Sui
-personal-message signature, and the server checks it with :func:`verify_auth_proof`.
-
-- In XX the proof is sent once the handshake is complete and signs ``b"DTP-AUTH-V1" ||
-  handshake_hash``. The handshake hash is unique to this handshake, so the proof cannot be
-  replayed into another one.
-- In IK it travels in the payload of message 1 (``early=True``), so that the server can
-  decide on the client before it answers and the client learns the verdict with message
-  2, saving a round trip. It then signs ``b"DTP-AUTH-IK-V1" || binding``, where the
-  binding (:attr:`Handshake.auth_binding`) is BLAKE2s over the IK protocol name, the
-  prologue (u16le length first), the server's static key and the client's ephemeral
-  public key. The ephemeral key is fresh for every handshake and the session keys
-  depend on its private half (``es``, ``ee``), so a copied proof is of no use to anyone
-  without that key, even to someone holding the server's static key (``ee`` needs one of
-  the two ephemeral private keys).
+personal-message signature by its wallet, of any Sui scheme, and the server checks it
+with :func:`check_auth_proof` (a zkLogin proof then waits on a Sui node:
+:mod:`dtp.identity._zklogin`). In XX the proof follows the handshake and signs its hash;
+in IK it travels in message 1 (``early=True``), saving a round trip, and signs
+:attr:`Handshake.auth_binding`, which covers the client's fresh ephemeral key: a copied
+proof is of no use without that key's private half.
 """
 
 from __future__ import annotations
@@ -80,28 +46,33 @@ from dtp.identity._ahead import (
     take_ephemeral_keypair,
     take_shared_secret,
 )
+from dtp.identity._schemes import InvalidSignature, SuiSigner, check_signature
 from dtp.identity.keys import (
     HostIdentity,
-    InvalidSignature,
     core_noise_key,
     noise_key_object,
-    verify_personal_message,
+    personal_message_digest,
 )
 from dtp.native._noise import DH_ES, DH_SS, NoiseError, NoiseKey, NoiseState
 from dtp.native._noise import PROTOCOL_NAMES as NOISE_PROTOCOL_NAMES
 
 __all__ = [
+    "ANY_SCHEME_VERSION",
     "AUTH_CONTEXT",
     "AUTH_EARLY_CONTEXT",
     "AUTH_PROOF_SIZE",
     "DEFAULT_PROLOGUE",
     "KEY_SIZE",
+    "MAX_AUTH_PROOF_SIZE",
     "MAX_MESSAGE_SIZE",
     "MAX_PAYLOAD_SIZE",
     "PATTERN_IK",
     "PATTERN_XX",
     "PROTOCOL_NAMES",
     "Handshake",
+    "SuiSigner",
+    "check_auth_proof",
+    "is_ed25519_proof",
     "make_auth_proof",
     "prepare_handshake",
     "verify_auth_proof",
@@ -132,8 +103,15 @@ KEY_SIZE: Final = 32
 AUTH_CONTEXT: Final = b"DTP-AUTH-V1"
 #: Domain separation tag of the identity proof an IK client sends in message 1.
 AUTH_EARLY_CONTEXT: Final = b"DTP-AUTH-IK-V1"
-#: Size of an identity proof (a serialized Ed25519 Sui signature).
+#: Size of an Ed25519 identity proof (a serialized Ed25519 Sui signature): the only proof
+#: transport version 1 takes.
 AUTH_PROOF_SIZE: Final = 97
+#: Largest identity proof, of any scheme (transport version 2): what IK message 1's
+#: payload holds beside the other transport parameters, whose widest forms take 126
+#: bytes (docs/protocol.md 8.4).
+MAX_AUTH_PROOF_SIZE: Final = MAX_PAYLOAD_SIZE - 128
+#: The transport version from which a proof may be of any Sui scheme (docs/protocol.md 8.2).
+ANY_SCHEME_VERSION: Final = 2
 
 
 def _as_bytes(name: str, value: bytes) -> bytes:
@@ -678,37 +656,81 @@ def prepare_auth_proof(
     _bounded_put(_PROOFS_AHEAD, key, identity.sign_personal_message(message), _MAX_PROOFS_AHEAD)
 
 
-def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: bool = False) -> bytes:
-    """The client's proof of its Sui address for this handshake (97 bytes).
+def make_auth_proof(identity: Any, session_digest: bytes, *, early: bool = False) -> bytes:
+    """The client's proof of its Sui address for this handshake.
 
-    A Sui personal-message signature by ``identity`` over ``b"DTP-AUTH-V1" ||
-    handshake_hash`` (XX: sent once the handshake is complete), or with ``early`` over
-    ``b"DTP-AUTH-IK-V1" || auth_binding`` (IK: sent in message 1; see the module docs;
-    one :func:`prepare_auth_proof` made for this binding is taken instead). Raises
+    A Sui personal-message signature by ``identity`` -- a
+    :class:`~dtp.identity.keys.HostIdentity` (Ed25519, 97 bytes) or any wallet of
+    :mod:`dtp.identity.wallets` -- over ``b"DTP-AUTH-V1" || handshake_hash`` (XX: sent
+    once the handshake is complete), or with ``early`` over ``b"DTP-AUTH-IK-V1" ||
+    auth_binding`` (IK: sent in message 1; see the module docs; one
+    :func:`prepare_auth_proof` made for this binding is taken instead). Raises
     ValueError if ``session_digest`` is not 32 bytes (TypeError if it is not
-    bytes-like).
+    bytes-like), :class:`HandshakeError` if the wallet's proof is larger than
+    :data:`MAX_AUTH_PROOF_SIZE`.
     """
     message = _auth_message(session_digest, early)
     if early and type(identity) is HostIdentity:
         made = _PROOFS_AHEAD.pop((identity.ed25519_public, message), None)
         if made is not None:
             return made
-    return identity.sign_personal_message(message)
+    proof = bytes(identity.sign_personal_message(message))
+    if len(proof) > MAX_AUTH_PROOF_SIZE:
+        raise HandshakeError(
+            f"the wallet's identity proof is {len(proof)} bytes: DTP takes at most "
+            f"{MAX_AUTH_PROOF_SIZE} (a multisig of fewer zkLogin members fits)"
+        )
+    return proof
+
+
+def is_ed25519_proof(proof: bytes) -> bool:
+    """Whether ``proof`` has the form of an Ed25519 one, the only form transport version
+    1 takes: 97 bytes, flag 0x00."""
+    return len(proof) == AUTH_PROOF_SIZE and proof[0] == 0x00
+
+
+def check_auth_proof(
+    proof: bytes, session_digest: bytes, *, early: bool = False, version: int = ANY_SCHEME_VERSION
+) -> SuiSigner:
+    """Check a client's identity proof for this handshake: who it proves.
+
+    ``session_digest`` and ``early`` as for :func:`make_auth_proof`; ``version``, the
+    transport version in force (1: the Ed25519 form only). A zkLogin proof (or a
+    multisig with zkLogin members) is checked here in all but its Groth16 proof: the
+    result's ``node_check`` says what a Sui node must still confirm before the client is
+    proven (dtp.identity._zklogin). Raises :class:`HandshakeError` if the proof is
+    malformed, of another scheme than the version allows, or does not verify over this
+    digest in this context; ValueError if the digest is not 32 bytes; TypeError if the
+    proof or the digest is not bytes-like.
+    """
+    message = _auth_message(session_digest, early)
+    proof = _as_bytes("proof", proof)
+    if not 1 <= len(proof) <= MAX_AUTH_PROOF_SIZE:
+        raise HandshakeError(
+            f"identity proof must be 1 to {MAX_AUTH_PROOF_SIZE} bytes, got {len(proof)}"
+        )
+    if version < ANY_SCHEME_VERSION and not is_ed25519_proof(proof):
+        raise HandshakeError(
+            f"identity proof rejected: transport version {version} takes only the "
+            f"{AUTH_PROOF_SIZE}-byte Ed25519 form (a wallet of another scheme needs version "
+            f"{ANY_SCHEME_VERSION})"
+        )
+    try:
+        return check_signature(proof, personal_message_digest(message))
+    except InvalidSignature as exc:
+        raise HandshakeError(f"identity proof rejected: {exc}") from None
 
 
 def verify_auth_proof(proof: bytes, session_digest: bytes, *, early: bool = False) -> str:
     """Check a client's identity proof for this handshake; return its Sui address.
 
-    ``session_digest`` and ``early`` as for :func:`make_auth_proof`. Raises
-    :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not made
-    over this digest in this context; ValueError if the digest is not 32 bytes;
-    TypeError if the proof or the digest is not bytes-like.
+    As :func:`check_auth_proof`, for a proof wholly verified here: a zkLogin one, whose
+    proof only a Sui node verifies, raises :class:`HandshakeError`.
     """
-    message = _auth_message(session_digest, early)
-    proof = _as_bytes("proof", proof)
-    if len(proof) != AUTH_PROOF_SIZE:
-        raise HandshakeError(f"identity proof must be {AUTH_PROOF_SIZE} bytes, got {len(proof)}")
-    try:
-        return verify_personal_message(message, proof)
-    except InvalidSignature as exc:
-        raise HandshakeError(f"identity proof rejected: {exc}") from None
+    signer = check_auth_proof(proof, session_digest, early=early)
+    if signer.node_check is not None:
+        raise HandshakeError(
+            f"identity proof rejected: a {signer.scheme} proof is verified by a Sui node, "
+            "and none was asked"
+        )
+    return signer.address

@@ -3,20 +3,11 @@
 A DTP host is named on chain by its ``Host`` object; the object records the host's
 *authority* (a Sui address, derived from an Ed25519 public key) and its Noise static
 public key. :class:`HostIdentity` holds both private keys and does what the rest of DTP
-needs with them:
-
-- Sui addresses: ``"0x" + hex(blake2b-256(0x00 || ed25519_public))`` (flag 0x00 is
-  Ed25519).
-- Sui intent signing (serialized Sui signatures, ``flag || sig || pubkey``, 97 bytes):
-  personal messages (intent ``[3, 0, 0]``, message BCS-encoded as ``vector<u8>``) and
-  transaction data (intent ``[0, 0, 0]``).
-- Interchange with Sui wallets and pysui through the base64 keystring
-  (``base64(0x00 || 32-byte seed)``).
-- Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
-  written atomically with mode 0600 and refused on load when group/other can read them;
-  refused on save and on load when a directory on the way to them belongs to another
-  user than root and this one, or others may write to it (without the sticky bit; a
-  private group's write is allowed).
+needs with them: Sui addresses, Sui intent signing (personal messages and transactions,
+whose checks take every Sui scheme, :mod:`dtp.identity._schemes`, as a wallet of any
+kind may sign), interchange with Sui wallets and pysui through keystrings, and identity
+files, encrypted with a passphrase or plain, kept from other users
+(:meth:`HostIdentity.save`, :meth:`HostIdentity.load`).
 
 Identity file format (JSON, version 1)::
 
@@ -53,9 +44,9 @@ import shlex
 import stat
 import unicodedata
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -67,11 +58,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from dtp.errors import DTPError, KeyFileError
-from dtp.identity import _ed25519 as _ed25519
+from dtp.errors import KeyFileError
 from dtp.identity._bcs import uleb128
-from dtp.identity._ed25519 import has_small_order
-from dtp.identity._files import data_home
+from dtp.identity._ed25519 import has_small_order as has_small_order
+from dtp.identity._files import data_home, fsync_directory
+from dtp.identity._schemes import InvalidSignature, check_signature
 
 __all__ = [
     "ED25519_FLAG",
@@ -80,6 +71,7 @@ __all__ = [
     "SUI_SIGNATURE_SIZE",
     "HostIdentity",
     "InvalidSignature",
+    "NeedsSuiNode",
     "core_noise_key",
     "default_identity_path",
     "noise_key_object",
@@ -90,6 +82,11 @@ __all__ = [
     "verify_personal_message",
     "verify_transaction",
 ]
+
+_T = TypeVar("_T")
+
+#: Durable renames, for identity files and the sealed inbox's state file alike.
+_fsync_directory = fsync_directory
 
 #: Sui signature scheme flag for Ed25519 (the only scheme DTP host authorities use).
 ED25519_FLAG: Final = 0x00
@@ -135,8 +132,10 @@ _MAX_IDENTITY_FILE_SIZE: Final = 1 << 20
 _MAX_SYMLINKS: Final = 40
 
 
-class InvalidSignature(DTPError):
-    """A Sui signature is malformed, uses an unsupported scheme, or does not verify."""
+class NeedsSuiNode(InvalidSignature):
+    """A zkLogin signature (or a multisig with zkLogin members), checked where no Sui
+    node verifies its proof: it is refused, as it proves nothing there (docs/protocol.md
+    8.4)."""
 
 
 #: Transaction signatures a :class:`HostIdentity` of this process made, each taken once
@@ -204,32 +203,26 @@ def transaction_digest(tx_bytes: bytes) -> bytes:
 
 
 def _verify_sui_signature(digest: bytes, sui_signature: bytes) -> str:
-    sig = _bytes_arg("a Sui signature", sui_signature)
-    if len(sig) == 0:
-        raise InvalidSignature("empty Sui signature")
-    if sig[0] != ED25519_FLAG:
-        raise InvalidSignature(f"unsupported Sui signature scheme flag 0x{sig[0]:02x}")
-    if len(sig) != SUI_SIGNATURE_SIZE:
-        raise InvalidSignature(
-            f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
+    signer = check_signature(_bytes_arg("a Sui signature", sui_signature), digest)
+    if signer.node_check is not None:
+        raise NeedsSuiNode(
+            "a zkLogin signature's proof is verified by a Sui node, which this check has "
+            "not: it proves nothing here"
         )
-    raw, public = sig[1:65], sig[65:]
-    # (_ed25519.verify refuses it too; checked here for a message that says why)
-    if has_small_order(public):
-        raise InvalidSignature("the signing key is of small order (it proves no one)")
-    if not _ed25519.verify(public, raw, digest):
-        raise InvalidSignature("Sui signature does not verify")
-    return sui_address_from_public_key(public)
+    return signer.address
 
 
 def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
     """Check a Sui personal-message signature and return the signer's Sui address.
 
-    ``sui_signature`` is the serialized form (``0x00 || sig || pubkey``, 97 bytes), as
-    :meth:`HostIdentity.sign_personal_message` and Sui wallets produce it (base64-decoded).
-    Raises :class:`InvalidSignature` if it is malformed, not Ed25519, made with a key
-    of small order (:func:`has_small_order`: anyone can sign for one; DTP refuses them
-    in every check, a stricter rule than Sui's for transactions), or does not verify;
+    ``sui_signature`` is the serialized form Sui wallets produce (base64-decoded), of
+    any scheme :mod:`dtp.identity._schemes` checks: Ed25519 (``0x00 || sig || pubkey``,
+    97 bytes, as :meth:`HostIdentity.sign_personal_message` makes it), Secp256k1,
+    Secp256r1, passkey or multisig. Raises :class:`InvalidSignature` if it is
+    malformed, of an unknown scheme, made with an Ed25519 key of small order
+    (:func:`has_small_order`: anyone can sign for one; DTP refuses them in every check,
+    a stricter rule than Sui's for transactions), or does not verify -- and
+    :class:`NeedsSuiNode` for a zkLogin one, whose proof only a Sui node verifies;
     TypeError if ``message`` or ``sui_signature`` is not bytes-like (a wallet's base64
     string must be decoded first).
     """
@@ -521,6 +514,12 @@ class HostIdentity:
     def _sui_sign(self, digest: bytes) -> bytes:
         return bytes([ED25519_FLAG]) + self._ed25519.sign(digest) + self._ed25519_public
 
+    def sign_digest(self, digest: bytes) -> bytes:
+        """A serialized Sui signature (97 bytes) over a 32-byte intent digest, as a
+        wallet's member of a multisig or a zkLogin account's ephemeral key signs
+        (:mod:`dtp.identity.wallets`)."""
+        return self._sui_sign(_bytes_arg("the digest", digest))
+
     def sign_personal_message(self, message: bytes) -> bytes:
         """A serialized Sui signature (97 bytes) over a personal message.
 
@@ -599,14 +598,20 @@ class HostIdentity:
         UTF-8 form).
         """
         _check_passphrase_type(passphrase)
-        failure = _save_identity(self, Path(path), passphrase, overwrite, allow_insecure)
+        failure = _untraced(
+            (KeyFileError, ValueError),
+            _write_identity_file,
+            self,
+            Path(path),
+            passphrase,
+            overwrite,
+            allow_insecure,
+        )
         # Dropped before the raise: the traceback starts in this frame, and an error
         # reporter that records locals would show the passphrase it holds.
         del passphrase
         if failure is not None:
-            # Raised here, like load()'s errors: the frames below held the secret JSON
-            # (the Sui keystring in it) and the file's bytes as locals.
-            raise failure
+            raise failure  # (here, with a traceback of this frame alone: _untraced)
 
     @classmethod
     def load(
@@ -632,32 +637,27 @@ class HostIdentity:
         neither None nor a str.
         """
         _check_passphrase_type(passphrase)
-        outcome = _load_identity(Path(path), passphrase, allow_insecure)
-        if isinstance(outcome, KeyFileError):
-            # Raised here, with a traceback that starts in this frame: the frames below
-            # held the file and the decrypted secret as locals, which an error reporter
-            # that records locals (or a debugger walking the traceback) would show.
-            raise outcome
+        outcome = _untraced(
+            (KeyFileError,), _parse_identity_file, Path(path), passphrase, allow_insecure
+        )
+        if isinstance(outcome, Exception):
+            raise outcome  # (here, with a traceback of this frame alone: _untraced)
         return outcome
 
 
-def _save_identity(
-    identity: HostIdentity,
-    target: Path,
-    passphrase: str | None,
-    overwrite: bool,
-    allow_insecure: bool,
-) -> KeyFileError | ValueError | None:
-    """:meth:`HostIdentity.save`'s work: None once the file is written, else the error to
-    raise (KeyFileError, or ValueError for an unusable passphrase), returned without its
-    traceback (whose frames hold the secret)."""
+def _untraced(
+    errors: tuple[type[Exception], ...], work: Callable[..., _T], *args: Any
+) -> _T | Exception:
+    """What ``work(*args)`` returns, or the error of ``errors`` it raised, returned
+    without its traceback and context: save() and load() raise it from their own frame,
+    as the frames below held the secret (the secret JSON, the file's bytes) as locals,
+    which an error reporter that records locals (or a debugger) would show. (``from
+    None`` only hides a context: a failed read's frames would still be linked.)"""
     try:
-        _write_identity_file(identity, target, passphrase, overwrite, allow_insecure)
-    except (KeyFileError, ValueError) as exc:
-        # (``from None`` only hides a context: an OSError's frames would still be linked)
+        return work(*args)
+    except errors as exc:
         exc.__context__ = None
         return exc.with_traceback(None)
-    return None
 
 
 def _write_identity_file(
@@ -707,20 +707,6 @@ def _write_identity_file(
         }
     data = (json.dumps(document, indent=2) + "\n").encode()
     _write_private_file(target, data, overwrite=overwrite)
-
-
-def _load_identity(
-    target: Path, passphrase: str | None, allow_insecure: bool
-) -> HostIdentity | KeyFileError:
-    """:meth:`HostIdentity.load`'s work: the identity, or the error to raise, returned
-    without its traceback (whose frames hold the secret)."""
-    try:
-        return _parse_identity_file(target, passphrase, allow_insecure)
-    except KeyFileError as exc:
-        # (a context hidden by ``from None`` is still linked, with its own frames: a
-        # failed read's hold what was read of the file)
-        exc.__context__ = None
-        return exc.with_traceback(None)
 
 
 def _parse_identity_file(
@@ -1034,34 +1020,25 @@ def _group_name(gid: int) -> str | None:
 
 
 def _directories_above(path: Path, *, creating: bool = False) -> Iterator[Path]:
-    """The directories a key file at ``path`` depends on, each resolved: every one a
-    name on the way to the file is looked up in -- the one holding the file's name, the
-    one holding each symlink met on the way (a directory's, not only the file's), and
-    those the links' targets go through -- and every directory above each of them up
-    to the root; the nearest to the file first (the last looked in first). A relative
-    ``path`` starts at the working directory.
+    """The directories a key file at ``path`` depends on, each resolved, the nearest to
+    the file first: every one a name on the way is looked up in -- the one holding the
+    file's name, the one holding each symlink met (a directory's too), those the links'
+    targets go through -- and every directory above each of them up to the root. A
+    relative ``path`` starts at the working directory. Whoever may write to one of these
+    may change what the path opens (a symlinked directory's own directory included:
+    ``shared/keys -> private`` depends on ``shared``).
 
-    Whoever may write to one of these may change what the path opens: rename an entry
-    away, or replace a symlink with one to a tree of their own. (Resolving the path's
-    directory with realpath and checking it and its parents skipped the directories
-    that hold a symlinked directory: ``shared/keys -> private`` was checked as
-    ``private``, and a ``shared`` anyone may write to passed.)
+    The path is resolved as the kernel resolves it, a name at a time (a symlink's target
+    spliced in where it was met, so ``link/..`` is the parent of the link's target): one
+    lstat per name, not a resolution of each prefix anew (quadratic in the path's
+    length). Raises OSError -- ELOOP past as many symlinks as Linux follows, or what an
+    lstat raised -- where the open would have failed too.
 
-    The path is resolved as the kernel resolves it, a name at a time from the directory
-    reached so far (a symlink's target spliced in where it was met, so ``link/..`` is
-    the parent of the link's target): one lstat per name and per name of each target.
-    (Resolving each prefix of the path anew took as many lookups as the path's length
-    squared, each of a path that long: 16 s for a path of a thousand names.)
-    Raises OSError -- ELOOP past as many symlinks as Linux follows in one lookup, or
-    what an lstat on the way raised -- where the open would have failed too.
-
-    ``creating``: ``path`` names a file about to be written (:meth:`HostIdentity.save`,
-    by a rename into its directory): its last name is not followed (the rename replaces
-    a symlink there, not its target); a name missing on the way is a directory save
-    makes (this user's, mode 0700), which is not given, nor checked for what is looked up
-    in it, but the walk goes on through it by name (a ".." after it leads back to
-    directories that exist); it ends at a name that is no directory (the write fails
-    there)."""
+    ``creating``: ``path`` names a file :meth:`HostIdentity.save` is about to rename into
+    its directory: its last name is not followed (the rename replaces a symlink there);
+    a missing directory on the way is one save makes (this user's, 0700), neither given
+    nor checked, but walked through by name (a ".." after it leads back to directories
+    that exist); a name that is no directory ends the walk (the write fails there)."""
     start = os.fspath(path)
     resolved = "/" if os.path.isabs(start) else os.getcwd()
     pending = [part for part in reversed(start.split("/")) if part not in ("", ".")]
@@ -1222,18 +1199,3 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         if os.path.lexists(path):
             raise FileExistsError(path) from None
         os.replace(tmp, path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

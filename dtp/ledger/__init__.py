@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from dtp.ledger._economics import (
     RetainedRecord,
     RetentionTerms,
+    SponsorLane,
+    SponsorPledge,
     SponsorPool,
     Subscription,
     SubscriptionOffer,
@@ -75,6 +77,8 @@ __all__ = [
     "Settlement",
     "Sla",
     "SpendingCap",
+    "SponsorLane",
+    "SponsorPledge",
     "SponsorPool",
     "Subscription",
     "SubscriptionOffer",

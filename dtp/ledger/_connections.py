@@ -9,9 +9,10 @@ reads at most ``limit`` of them and says whether it reached the end. Each connec
 TransportControl and Escrow are then read as they are now.
 
 The timing rule is the Move package's (``transport_control::settle``): the server may
-settle at any time; the client only once ``HALF_CLOSE_TIMEOUT_MS`` has passed since the
-first close, which leaves the server that long to claim its last receipt. Times are the
-ledger's clock.
+settle at any time; the client only once the connection's half-close timeout has passed
+since the first close, which leaves the server that long to claim its last receipt. The
+timeout is each connection's own, fixed when it opened (its SLA's: 10 minutes unless its
+provider chose longer, docs/escrow.md §7). Times are the ledger's clock.
 
 Only the :class:`~dtp.ledger.interface.Ledger` interface is used: it works on either ledger.
 """
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import InvalidArgument, ObjectNotFound
 from dtp.ledger._objects import (
-    HALF_CLOSE_TIMEOUT_MS,
     ConnectionState,
     Escrow,
     EventFilter,
@@ -43,7 +43,9 @@ __all__ = [
     "claimable_with",
     "client_settles_at",
     "find_connections",
+    "format_duration",
     "format_ms",
+    "half_close_timeout_ms",
 ]
 
 #: The event every open emits, whatever the payment model (subscribed and sponsored
@@ -53,19 +55,41 @@ OPENED: Final = "dtp::transport_control::ConnectionOpened"
 _PAGE: Final = 1000
 
 
+def format_duration(ms: int) -> str:
+    """A half-close timeout in words: ``10 min``, ``1 h``, ``1 h 30 min``, ``7 d`` (a
+    time that is not whole minutes in seconds: ``600.5 s``)."""
+    if ms % 60_000:
+        return f"{ms / 1000:g} s"
+    if ms and ms % 86_400_000 == 0:
+        return f"{ms // 86_400_000} d"
+    hours, minutes = divmod(ms // 60_000, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
+
+
 def format_ms(ms: int) -> str:
     """A ledger time (ms since the Unix epoch) as ``YYYY-MM-DD HH:MM:SS UTC``."""
     moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def half_close_timeout_ms(connection: TransportControl) -> int:
+    """How long (ms of ledger time) after the first close of ``connection`` its client
+    may settle alone: the time its server has, from then on, to claim its last receipt
+    (``transport_control::settle``). Everything off-chain that times itself against
+    that timeout asks here, so that it follows the connection's own terms (its SLA's,
+    fixed when it opened)."""
+    return connection.half_close_timeout_ms
+
+
 def client_settles_at(connection: TransportControl) -> int | None:
-    """The ledger time from which the client may settle ``connection`` alone
-    (``HALF_CLOSE_TIMEOUT_MS`` after its first close); None while it is Open (the
-    client must half-close first) and once it is settled."""
-    if connection.settled or connection.half_closed_at_ms is None:
+    """The ledger time from which the client may settle ``connection`` alone (its own
+    half-close timeout after its first close); None while it is Open (the client must
+    half-close first) and once it is settled."""
+    if connection.settled:
         return None
-    return connection.half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS
+    return connection.client_settles_at_ms
 
 
 def claimable_with(receipt: Receipt | None, escrow: Escrow) -> int:
@@ -132,7 +156,7 @@ class ConnectionReport:
         if at is None:
             return (
                 "half-close first (dtp refund): then refundable by the client "
-                f"{HALF_CLOSE_TIMEOUT_MS // 60_000} min later"
+                f"{format_duration(self.connection.half_close_timeout_ms)} later"
             )
         if self.now_ms >= at:
             return "settle now"

@@ -2,8 +2,8 @@
 leases with fencing tokens and a small key-value registry, the typed view of a
 ``Registry`` and the ledger methods behind them.
 
-:class:`Coordination` is mixed into :class:`~dtp.ledger.interface.Ledger`; its methods
-raise NotImplementedError unless a ledger implements them (both built-in ledgers do).
+:class:`Coordination` is mixed into :class:`~dtp.ledger.interface.Ledger`; its calls are
+made through the ledger's ``_move`` (NotImplementedError for a ledger without one).
 The servers' side, leases that renew themselves, locks and watches, is
 :mod:`dtp.messaging.coordination`.
 """
@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from dtp.errors import InvalidArgument
+from dtp.ledger._move_call import Id, MoveCall, MoveCaller, u64
+from dtp.ledger._objects import as_bytes, check_signer, normalize_id
+from dtp.ledger._versions import stored_version
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -43,6 +46,11 @@ MAX_VALUE_LEN: Final = 512
 MAX_NAMES: Final = 64
 MAX_KEYS: Final = 256
 MAX_MEMBERS: Final = 64
+
+# where SuiLedger reads the calls' results (MoveCall.result)
+_ACQUIRED: Final = "LeaseAcquired.token"
+_RENEWED: Final = "LeaseRenewed.expires_at_ms"
+_DURATION: Final = "duration_ms"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,9 @@ class RegistryState:
     members: tuple[str, ...]
     leases: Mapping[str, LeaseState] = field(default_factory=dict)
     entries: Mapping[str, RegistryEntry] = field(default_factory=dict)
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @classmethod
     def from_fields(cls, object_id: str, version: int, d: Mapping[str, Any]) -> RegistryState:
@@ -115,6 +126,7 @@ class RegistryState:
             tuple(str(m) for m in d["members"]),
             leases,
             entries,
+            stored_version(d),
         )
 
     def is_member(self, address: str) -> bool:
@@ -133,33 +145,34 @@ def text(value: str, what: str) -> bytes:
         raise InvalidArgument(f"The {what} {value!r:.40} has no UTF-8 form.") from None
 
 
-def _missing(ledger: object) -> NotImplementedError:
-    return NotImplementedError(f"{type(ledger).__name__} has no registry (dtp::registry)")
-
-
-class Coordination:
+class Coordination(MoveCaller):
     """Ledger methods of ``dtp::registry``, one per entry function (docs/escrow.md §21).
     Names and keys are text (at most ``MAX_NAME_LEN`` bytes of UTF-8), a holder label
     text of at most as many bytes, a value bytes (at most ``MAX_VALUE_LEN``)."""
 
     def create_registry(self, signer: HostIdentity) -> str:
         """``registry::create``: an empty registry owned by the signer. Returns its ID."""
-        raise _missing(self)
+        check_signer(signer)
+        call = MoveCall("registry", "create", (), 0, "RegistryCreated.registry")
+        return str(self._move(signer, call))
 
     def registry_admit(self, signer: HostIdentity, registry_id: str, member: str) -> None:
         """``registry::admit`` (owner): let the address ``member`` take leases and write."""
-        raise _missing(self)
+        self._on_members(signer, registry_id, member, "admit")
 
     def registry_revoke(self, signer: HostIdentity, registry_id: str, member: str) -> None:
         """``registry::revoke`` (owner): stop ``member`` acquiring, renewing and writing."""
-        raise _missing(self)
+        self._on_members(signer, registry_id, member, "revoke")
 
     def acquire_lease(
         self, signer: HostIdentity, registry_id: str, name: str, holder: str, duration_ms: int
     ) -> int:
         """``registry::acquire``: take the lease ``name`` for ``duration_ms`` if it is free
         or expired (else :class:`~dtp.errors.LeaseHeld`). Returns its fencing token."""
-        raise _missing(self)
+        check_signer(signer)
+        lease = (text(name, "lease name"), text(holder, "holder"), u64(duration_ms, _DURATION))
+        args = (Id(registry_id, "Registry"), *lease)
+        return int(self._move(signer, MoveCall("registry", "acquire", args, 0, _ACQUIRED)))
 
     def renew_lease(
         self, signer: HostIdentity, registry_id: str, name: str, token: int, duration_ms: int
@@ -167,11 +180,16 @@ class Coordination:
         """``registry::renew``: extend the lease held with ``token`` to ``now +
         duration_ms``; returns the new ``expires_at_ms``. :class:`~dtp.errors.FencedOut`
         once it expired or another tenure began."""
-        raise _missing(self)
+        check_signer(signer)
+        lease = (text(name, "lease name"), u64(token, "token"), u64(duration_ms, _DURATION))
+        args = (Id(registry_id, "Registry"), *lease)
+        return int(self._move(signer, MoveCall("registry", "renew", args, 0, _RENEWED)))
 
     def release_lease(self, signer: HostIdentity, registry_id: str, name: str, token: int) -> None:
         """``registry::release``: give up the lease held with ``token`` (free at once)."""
-        raise _missing(self)
+        check_signer(signer)
+        lease = (text(name, "lease name"), u64(token, "token"))
+        self._move(signer, MoveCall("registry", "release", (Id(registry_id, "Registry"), *lease)))
 
     def registry_put(
         self,
@@ -185,14 +203,25 @@ class Coordination:
         """``registry::put``: set ``key`` under the lease ``name`` held with ``token``
         (fenced: :class:`~dtp.errors.FencedOut` for a token not the current one). Returns
         the key's new version."""
-        raise _missing(self)
+        check_signer(signer)
+        raw, raw_key, data = text(name, "lease name"), text(key, "key"), as_bytes(value, "value")
+        args = (Id(registry_id, "Registry"), raw, u64(token, "token"), raw_key, data)
+        return int(self._move(signer, MoveCall("registry", "put", args, 0, "ValuePut.version")))
 
     def registry_remove(
         self, signer: HostIdentity, registry_id: str, name: str, token: int, key: str
     ) -> None:
         """``registry::remove``: delete ``key`` (nothing when absent), fenced as ``put``."""
-        raise _missing(self)
+        check_signer(signer)
+        raw, raw_key = text(name, "lease name"), text(key, "key")
+        args = (Id(registry_id, "Registry"), raw, u64(token, "token"), raw_key)
+        self._move(signer, MoveCall("registry", "remove", args))
 
     def get_registry(self, registry_id: str) -> RegistryState:
         """The registry ``registry_id`` as the ledger holds it now."""
-        raise _missing(self)
+        raise NotImplementedError(f"{type(self).__name__} has no registry (dtp::registry)")
+
+    def _on_members(self, signer: HostIdentity, registry_id: str, member: str, fn: str) -> None:
+        check_signer(signer)
+        who = Id(normalize_id(member, "member address"))
+        self._move(signer, MoveCall("registry", fn, (Id(registry_id, "Registry"), who)))

@@ -4,7 +4,9 @@ ledger methods behind them.
 - **Subscriptions** (``dtp::subscription``): access to one service bought by the epoch;
   a live subscription opens connections with an all-zero SLA.
 - **Sponsoring** (``dtp::sponsor``): the provider pays ``share_bps`` of its clients'
-  fees from a funded pool; the split is public before opening.
+  fees from a funded pool, whose money is held in lanes a client opens through (so
+  sponsored opens of different clients write no object in common); the split is public
+  before opening.
 - **Tickets** (``dtp::tickets``): an event goes on air only once ``min_tickets`` sold;
   otherwise every buyer is refunded.
 - **Retention** (``dtp::retention``): data sent through the ledger carrier is kept with
@@ -12,39 +14,65 @@ ledger methods behind them.
   time and the receiver's confirmation -- or, unconfirmed, once twice the retention time
   has passed: no deposit is held beyond ``2 * MAX_RETENTION_MS``.
 
-:class:`PaymentModels` is mixed into :class:`~dtp.ledger.interface.Ledger`; its methods raise
-NotImplementedError unless a ledger implements them (both built-in ledgers do).
+:class:`PaymentModels` is mixed into :class:`~dtp.ledger.interface.Ledger`; its calls are made
+through the ledger's ``_move`` and its reads through ``_model`` (NotImplementedError for a
+ledger without them; both built-in ledgers have them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
-from dtp.errors import InvalidArgument
-from dtp.ledger._objects import OpenedConnection
+from dtp.errors import InvalidArgument, move_error
+from dtp.ledger._move_call import Id, MoveCall, MoveCaller, signer_key, u64
+from dtp.ledger._objects import (
+    OpenedConnection,
+    Pipe,
+    TransportControl,
+    as_bytes,
+    check_port,
+    check_signer,
+    from_move_fields,
+    normalize_id,
+)
+from dtp.ledger._versions import MIGRATE
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "BPS",
+    "DEFAULT_SPONSOR_LANES",
     "MAX_PAYMENT_MEMO",
     "MAX_RETENTION_MS",
+    "MAX_SPONSOR_LANES",
     "PaymentModels",
     "RetainedRecord",
     "RetentionTerms",
+    "SponsorLane",
+    "SponsorPledge",
     "SponsorPool",
     "Subscription",
     "SubscriptionOffer",
     "TicketSale",
     "economics_object_from_fields",
+    "gather_from_lanes",
+    "lane_order",
     "sponsor_split",
+    "spread_over_lanes",
 ]
 
 #: 100% in basis points (``SponsorPool.share_bps``).
 BPS: Final = 10_000
+
+#: The most lanes a sponsor pool has (``sponsor::MAX_LANES``).
+MAX_SPONSOR_LANES: Final = 64
+
+#: The lanes of a pool whose creator names no number: sponsored opens of clients on
+#: different lanes write no object in common (docs/escrow.md §19).
+DEFAULT_SPONSOR_LANES: Final = 8
 
 #: Longest memo of a ``payment::pay`` (bytes).
 MAX_PAYMENT_MEMO: Final = 256
@@ -89,6 +117,17 @@ class SubscriptionOffer:
     withdrawn: bool
     #: The epoch of the withdrawal (meaningful once withdrawn).
     withdrawn_epoch: int
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
+
+    def sold(self, authority: str) -> bool:
+        """Whether the offer, not withdrawn, was sold with its host: ``authority`` (the
+        host's now) is not its provider. It earns nothing from then on, and anyone may
+        withdraw it (``subscription::withdraw_offer``, docs/escrow.md §13)."""
+        return not self.withdrawn and normalize_id(authority, "address") != normalize_id(
+            self.provider, "address"
+        )
 
 
 @dataclass(frozen=True)
@@ -109,15 +148,23 @@ class Subscription:
     #: MIST paid and neither earned by the provider nor refunded.
     funds: int
     refunded: bool
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     def is_live(self, epoch: int) -> bool:
         """Whether the subscription grants access in ``epoch``."""
         return self.start_epoch <= epoch < self.expires_epoch
 
-    def over(self, offer: SubscriptionOffer, epoch: int) -> str | None:
+    def over(
+        self, offer: SubscriptionOffer, epoch: int, authority: str | None = None
+    ) -> str | None:
         """``subscription::is_over`` worded: None while the subscription covers its
         connections in ``epoch``, else why not (its offer withdrawn, or the epochs it
-        covers)."""
+        covers). ``authority``, the offer's host's authority now: an offer whose provider
+        it no longer is earns nothing (docs/escrow.md §13), so its subscriptions cover
+        nothing for the runtime either, though the chain holds them over only once the
+        offer is withdrawn (:meth:`SubscriptionOffer.sold`)."""
         if offer.withdrawn:
             return (
                 f"subscription {self.id}: its offer {offer.id} was withdrawn in epoch "
@@ -128,12 +175,73 @@ class Subscription:
                 f"subscription {self.id} covers epochs {self.start_epoch}.."
                 f"{self.expires_epoch - 1}; it is epoch {epoch}"
             )
+        if authority is not None and offer.sold(authority):
+            return (
+                f"subscription {self.id}: its offer {offer.id} is {offer.provider}'s, and "
+                f"host {offer.host} is {authority}'s now (an offer earns only while its "
+                "provider is the host's authority)"
+            )
         return None
+
+
+def lane_order(lanes: Sequence[str], cap_id: str | None) -> list[str]:
+    """A pool's lanes in the order a client tries them: from the lane its spending cap
+    falls on (the cap ID modulo the number of lanes) round. A client's opens are ordered
+    by its cap already (docs/escrow.md §19), so its home lane adds no ordering of its
+    own; different caps fall on different lanes. ``cap_id`` None: from the first."""
+    if not lanes:
+        return []
+    start = 0 if cap_id is None else int(normalize_id(cap_id)[2:], 16) % len(lanes)
+    return [lanes[(start + i) % len(lanes)] for i in range(len(lanes))]
+
+
+def _level(amount: int, levels: Sequence[int], up: bool) -> list[int]:
+    """The parts of ``amount`` that bring ``levels`` towards one level: raising the
+    lowest first (``up``) or lowering the highest first; ties go to the first lanes."""
+    sign = 1 if up else -1
+    keys = [sign * v for v in levels]
+
+    def moved(target: int) -> int:
+        return sum(max(0, target - k) for k in keys)
+
+    # the highest target whose whole moves fit in amount (moved() grows with it)
+    low, high = min(keys), min(keys) + amount
+    while low < high:
+        mid = (low + high + 1) // 2
+        if moved(mid) <= amount:
+            low = mid
+        else:
+            high = mid - 1
+    parts = [max(0, low - k) for k in keys]
+    rest = amount - sum(parts)
+    for i, k in enumerate(keys):
+        if rest == 0:
+            break
+        if k <= low:
+            parts[i] += 1
+            rest -= 1
+    return parts
+
+
+def spread_over_lanes(amount: int, available: Sequence[int]) -> list[int]:
+    """How a pool-wide funding of ``amount`` MIST is split over lanes that hold
+    ``available`` unpledged: the least funded lanes first, towards one level, so that
+    every lane can pledge alike."""
+    return _level(amount, available, up=True)
+
+
+def gather_from_lanes(amount: int, available: Sequence[int]) -> list[int]:
+    """How a pool-wide withdrawal of ``amount`` MIST (at most the sum of ``available``)
+    is taken from the lanes: the best funded first, towards one level."""
+    if amount > sum(available):
+        raise InvalidArgument(f"{amount} MIST is more than the lanes' {sum(available)} unpledged.")
+    return _level(amount, available, up=False)
 
 
 @dataclass(frozen=True)
 class SponsorPool:
-    """``dtp::sponsor::SponsorPool`` (shared)."""
+    """``dtp::sponsor::SponsorPool`` (shared): a service's sponsoring terms. Its money is
+    in its :class:`SponsorLane` objects (:meth:`PaymentModels.get_sponsor_lanes`)."""
 
     id: str
     version: int
@@ -144,17 +252,13 @@ class SponsorPool:
     provider: str
     #: The provider's share of each sponsored connection's fees, in basis points.
     share_bps: int
-    #: MIST in the pool, pledged or not.
-    funds: int
-    #: Part of :attr:`funds` pledged to open sponsored connections.
-    reserved: int
-    #: The most the pool pledges to one connection (0: it sponsors nothing new).
-    max_pledge: int = _U64_MAX
-
-    @property
-    def available(self) -> int:
-        """MIST the pool can still pledge or the provider withdraw."""
-        return self.funds - self.reserved
+    #: The most a lane pledges to one connection (0: it sponsors nothing new).
+    max_pledge: int
+    #: Its lanes' IDs, fixed when it was made.
+    lanes: tuple[str, ...]
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     def pledge_for(self, deposit: int) -> int:
         """The pledge a connection opened now with ``deposit`` would get:
@@ -167,6 +271,39 @@ class SponsorPool:
         """The split of ``fee`` shown before opening: (client pays, provider pays).
         Raises InvalidArgument for a fee that is not a u64."""
         return sponsor_split(fee, self.share_bps)
+
+
+@dataclass(frozen=True)
+class SponsorLane:
+    """``dtp::sponsor::SponsorLane`` (shared): part of a pool's money and the pledges
+    made from it. In every lane ``reserved`` is the sum of its pledges, at most
+    ``funds``."""
+
+    id: str
+    version: int
+    pool: str
+    #: MIST in the lane, pledged or not.
+    funds: int
+    #: Part of :attr:`funds` pledged to open sponsored connections.
+    reserved: int
+    #: Pledges it holds (connections opened through it, not yet reimbursed).
+    pledges: int
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
+
+    @property
+    def available(self) -> int:
+        """MIST the lane can still pledge or the provider withdraw."""
+        return self.funds - self.reserved
+
+
+@dataclass(frozen=True)
+class SponsorPledge:
+    """What a lane pledged to one connection, until its reimbursement removes it."""
+
+    lane: str
+    amount: int
 
 
 @dataclass(frozen=True)
@@ -193,6 +330,9 @@ class TicketSale:
     funds: int
     on_air: bool
     cancelled: bool
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
 
 @dataclass(frozen=True)
@@ -207,6 +347,9 @@ class RetentionTerms:
     storage_price_per_byte: int
     #: Taken back by the provider (``retention::retire_terms``): sends refuse them.
     retired: bool = False
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     def deposit_for(self, size: int) -> int:
         """The storage deposit of a record of ``size`` bytes (InvalidArgument for a size
@@ -232,6 +375,9 @@ class RetainedRecord:
     #: The sender's storage deposit, MIST.
     deposit: int
     consumed: bool
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @property
     def delete_after_ms(self) -> int:
@@ -251,30 +397,40 @@ class RetainedRecord:
         return now_ms >= due
 
 
-#: Struct name -> Move module, for the objects of this module.
-ECONOMICS_MODULES: Final = {
-    "SubscriptionOffer": "subscription",
-    "Subscription": "subscription",
-    "SponsorPool": "sponsor",
-    "TicketSale": "tickets",
-    "RetentionTerms": "retention",
-    "RetainedRecord": "retention",
-}
-
 EconomicsObject = (
-    SubscriptionOffer | Subscription | SponsorPool | TicketSale | RetentionTerms | RetainedRecord
+    SubscriptionOffer
+    | Subscription
+    | SponsorPool
+    | SponsorLane
+    | TicketSale
+    | RetentionTerms
+    | RetainedRecord
 )
 _M = TypeVar("_M", bound=EconomicsObject)
 
-_AREAS: Final = {
-    "SubscriptionOffer": "subscriptions",
-    "Subscription": "subscriptions",
-    "SponsorPool": "sponsor pools",
-    "TicketSale": "ticket sales",
-    "RetentionTerms": "retention",
-    "RetainedRecord": "retention",
+#: The payment-model objects' classes, by struct name.
+_ECONOMICS_OBJECTS: Final[dict[str, type[EconomicsObject]]] = {
+    cls.__name__: cls
+    for cls in (
+        SubscriptionOffer,
+        Subscription,
+        SponsorPool,
+        SponsorLane,
+        TicketSale,
+        RetentionTerms,
+        RetainedRecord,
+    )
 }
-"""The payment model each object type belongs to (for "this ledger has no ...")."""
+#: Struct name -> Move module, for the objects of this module.
+ECONOMICS_MODULES: Final = {name: MIGRATE[name][0] for name in _ECONOMICS_OBJECTS}
+
+#: The payment model of each module (for "this ledger has no ...").
+_AREAS: Final = {
+    "subscription": "subscriptions",
+    "sponsor": "sponsor pools",
+    "tickets": "ticket sales",
+    "retention": "retention",
+}
 
 
 def economics_object_from_fields(
@@ -282,102 +438,75 @@ def economics_object_from_fields(
 ) -> EconomicsObject:
     """The typed view of a payment-model object from its Move fields (balances as ints,
     a TicketSale's ``holders`` table as a dict). Raises ValueError for other names."""
-    if name == "SubscriptionOffer":
-        return SubscriptionOffer(
-            object_id,
-            version,
-            d["host"],
-            d["port"],
-            d["provider"],
-            d["price_per_epoch"],
-            d["period_epochs"],
-            d["withdrawn"],
-            d["withdrawn_epoch"],
-        )
-    if name == "Subscription":
-        return Subscription(
-            object_id,
-            version,
-            d["offer"],
-            d["holder"],
-            d["price_per_epoch"],
-            d["start_epoch"],
-            d["expires_epoch"],
-            d["claimed_epochs"],
-            d["funds"],
-            d["refunded"],
-        )
-    if name == "SponsorPool":
-        return SponsorPool(
-            object_id,
-            version,
-            d["host"],
-            d["port"],
-            d["provider"],
-            d["share_bps"],
-            d["funds"],
-            d["reserved"],
-            # a pool a LocalLedger file kept from before the limit pledged without one
-            d.get("max_pledge", _U64_MAX),
-        )
-    if name == "TicketSale":
-        return TicketSale(
-            object_id,
-            version,
-            d["organizer"],
-            d["title"],
-            d["ticket_price"],
-            d["min_tickets"],
-            d["max_tickets"],
-            d["deadline_ms"],
-            d["sold"],
-            dict(d.get("holders", {})),
-            d["funds"],
-            d["on_air"],
-            d["cancelled"],
-        )
-    if name == "RetentionTerms":
-        return RetentionTerms(
-            object_id,
-            version,
-            d["host"],
-            d["port"],
-            d["retention_ms"],
-            d["storage_price_per_byte"],
-            # (terms stored before they could be retired have no flag: live)
-            d.get("retired", False),
-        )
-    if name == "RetainedRecord":
-        return RetainedRecord(
-            object_id,
-            version,
-            d["connection"],
-            d["pipe"],
-            d["inner"],
-            d["seq"],
-            d["sender"],
-            d["receiver"],
-            d["data"],
-            d["stored_at_ms"],
-            d["retention_ms"],
-            d["deposit"],
-            d["consumed"],
-        )
-    raise ValueError(f"{name} is not a payment-model object")
+    cls = _ECONOMICS_OBJECTS.get(name)
+    if cls is None:
+        raise ValueError(f"{name} is not a payment-model object")
+    given: dict[str, Any] = {}
+    if cls is SponsorPool:
+        if not isinstance(d["lanes"], list):
+            raise TypeError(f"SponsorPool.lanes is {d['lanes']!r:.40}, not a vector of IDs")
+        given["lanes"] = tuple(d["lanes"])
+    elif cls is SponsorLane:
+        # LocalLedger keeps the entries, a node the Table's size
+        pledges = d["pledges"]
+        given["pledges"] = len(pledges) if isinstance(pledges, dict) else pledges
+    elif cls is TicketSale:
+        given["holders"] = dict(d.get("holders", {}))
+    elif cls is RetentionTerms:
+        # (terms stored before they could be retired have no flag: live)
+        given["retired"] = d.get("retired", False)
+    return from_move_fields(cls, object_id, version, d, **given)
+
+
+class _Reads(Protocol):
+    """The reads of :class:`~dtp.ledger.interface.Ledger` the sponsoring methods use."""
+
+    def balance(self, address: str) -> int: ...
+
+    def get_connection(self, connection_id: str) -> TransportControl: ...
+
+    def get_pipe(self, pipe_id: str) -> Pipe: ...
+
+
+# the Move types and argument names the calls below name more than once
+_TERMS: Final = "RetentionTerms"
+_RECORD: Final = "RetainedRecord"
+_PER_BYTE: Final = "storage_price_per_byte"
+_DEPOSIT: Final = "the storage deposit"
+# where SuiLedger reads each call's result (MoveCall.result)
+_OPENED: Final = "ConnectionOpened"
+_CLAIMED: Final = "SubscriptionClaimed.amount"
+_REFUNDED: Final = "SubscriptionRefunded.amount"
+_POOL_CREATED: Final = "SponsorPoolCreated.pool"
+_REIMBURSED: Final = "SponsorReimbursed.amount"
+_BROADCAST_CREATED: Final = "BroadcastCreated.broadcast"
+_SALE_CREATED: Final = "TicketSaleCreated.sale"
+_ON_AIR: Final = "TicketedEventOnAir.revenue"
+_TICKETS_REFUNDED: Final = "TicketsRefunded.amount"
+_TERMS_CREATED: Final = "RetentionTermsCreated.terms"
+_DELETED: Final = "RecordDeleted.refunded"
+
+
+def _pool_lane(pool_id: str, lane_id: str) -> tuple[Id, Id]:
+    return Id(pool_id, "SponsorPool"), Id(lane_id, "SponsorLane")
+
+
+def _subscription_ids(sub: Subscription) -> tuple[Id, Id]:
+    return Id(sub.id, "Subscription"), Id(sub.offer, "SubscriptionOffer")
 
 
 def _missing(ledger: object, what: str) -> NotImplementedError:
     return NotImplementedError(f"{type(ledger).__name__} has no {what}")
 
 
-class PaymentModels:
+class PaymentModels(MoveCaller):
     """Ledger methods of the payment models; one per entry function of
     ``dtp::subscription``, ``dtp::sponsor``, ``dtp::tickets`` and ``dtp::retention``."""
 
     def _model(self, object_id: str, struct: str) -> EconomicsObject:
         """Read the payment-model object ``object_id`` of Move type ``struct`` (each
         ledger reads its own way); the typed getters below are built on it."""
-        raise _missing(self, _AREAS[struct])
+        raise _missing(self, _AREAS[ECONOMICS_MODULES[struct]])
 
     def _typed_model(self, object_id: str, struct: str, cls: type[_M]) -> _M:
         obj = self._model(object_id, struct)
@@ -395,28 +524,72 @@ class PaymentModels:
         period_epochs: int = 1,
     ) -> str:
         """``subscription::create_offer`` (host authority). Returns the offer ID."""
-        raise _missing(self, "subscriptions")
+        check_signer(signer)
+        args = (check_port(port), u64(price_per_epoch, "price_per_epoch"))
+        call = MoveCall(
+            "subscription",
+            "create_offer",
+            (Id(host_id, "Host"), *args, u64(period_epochs, "period_epochs")),
+            result="SubscriptionOfferCreated.offer",
+        )
+        return str(self._move(signer, call))
 
-    def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
+    def subscribe(
+        self, signer: HostIdentity, offer_id: str, epochs: int, host_id: str | None = None
+    ) -> str:
         """``subscription::subscribe``: pay ``epochs * price_per_epoch`` MIST for epochs
-        ``[now, now + epochs)``. Returns the subscription ID."""
-        raise _missing(self, "subscriptions")
+        ``[now, now + epochs)``, while the offer's provider is its host's authority
+        (``EProviderChanged`` after the host changed hands). ``host_id`` defaults to the
+        offer's host. Returns the subscription ID."""
+        check_signer(signer)
+        u64(epochs, "epochs")
+        offer = self.get_subscription_offer(offer_id)
+        payment = u64(epochs * offer.price_per_epoch, "the payment")
+        host = Id(offer.host if host_id is None else host_id, "Host")
+        args = (Id(offer_id, "SubscriptionOffer"), host, epochs, payment)
+        call = MoveCall("subscription", "subscribe", args, payment, "Subscribed.subscription")
+        return str(self._move(signer, call))
 
-    def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
-        """``subscription::renew`` (holder). Returns the new ``expires_epoch``."""
-        raise _missing(self, "subscriptions")
+    def renew_subscription(
+        self, signer: HostIdentity, subscription_id: str, epochs: int, host_id: str | None = None
+    ) -> int:
+        """``subscription::renew`` (holder; ``EProviderChanged`` after the host changed
+        hands). ``host_id`` defaults to the offer's host. Returns the new
+        ``expires_epoch``."""
+        check_signer(signer)
+        u64(epochs, "epochs")
+        sub = self.get_subscription(subscription_id)
+        if host_id is None:
+            host_id = self.get_subscription_offer(sub.offer).host
+        payment = u64(epochs * sub.price_per_epoch, "the payment")
+        args = (*_subscription_ids(sub), Id(host_id, "Host"), epochs, payment)
+        call = MoveCall("subscription", "renew", args, payment, "SubscriptionRenewed.expires_epoch")
+        return int(self._move(signer, call))
 
     def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
         """``subscription::claim`` (provider): the MIST of the begun, unpaid epochs."""
-        raise _missing(self, "subscriptions")
+        check_signer(signer)
+        ids = _subscription_ids(self.get_subscription(subscription_id))
+        return int(self._move(signer, MoveCall("subscription", "claim", ids, 0, _CLAIMED)))
 
-    def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
-        """``subscription::withdraw_offer`` (provider)."""
-        raise _missing(self, "subscriptions")
+    def withdraw_subscription_offer(
+        self, signer: HostIdentity, offer_id: str, host_id: str | None = None
+    ) -> None:
+        """``subscription::withdraw_offer``: by the provider; by anyone once the host's
+        authority is no longer the provider (the new authority after a sale, a holder:
+        the provider then earns no epoch begun after this one, docs/escrow.md §13).
+        ``host_id`` defaults to the offer's host."""
+        check_signer(signer)
+        if host_id is None:
+            host_id = self.get_subscription_offer(offer_id).host
+        ids = (Id(offer_id, "SubscriptionOffer"), Id(host_id, "Host"))
+        self._move(signer, MoveCall("subscription", "withdraw_offer", ids))
 
     def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
         """``subscription::refund`` (holder, after withdrawal): the unused whole epochs."""
-        raise _missing(self, "subscriptions")
+        check_signer(signer)
+        ids = _subscription_ids(self.get_subscription(subscription_id))
+        return int(self._move(signer, MoveCall("subscription", "refund", ids, 0, _REFUNDED)))
 
     def open_subscribed_connection(
         self,
@@ -428,8 +601,17 @@ class PaymentModels:
         host_id: str | None = None,
     ) -> OpenedConnection:
         """``subscription::open_connection``: an unmetered connection (all-zero SLA) to the
-        offer's service. ``host_id`` defaults to the offer's host."""
-        raise _missing(self, "subscriptions")
+        offer's service, while the offer's provider is its host's authority
+        (``EProviderChanged``). ``host_id`` defaults to the offer's host."""
+        check_signer(signer)
+        u64(deposit, "the deposit")
+        key = signer_key(signer, client_public_key, "client_public_key")
+        sub = self.get_subscription(subscription_id)
+        if host_id is None:
+            host_id = self.get_subscription_offer(sub.offer).host
+        ids = (*_subscription_ids(sub), Id(host_id, "Host"), Id(cap_id, "SpendingCap"))
+        call = MoveCall("subscription", "open_connection", (*ids, key, deposit), deposit, _OPENED)
+        return cast(OpenedConnection, self._move(signer, call))
 
     def end_subscribed_connection(
         self,
@@ -447,7 +629,25 @@ class PaymentModels:
         no subscription, and without one given is refused here as the ledger would
         (``ENotSubscribed``). ``ESubscriptionLive`` while the subscription still covers
         the connection."""
-        raise _missing(self, "subscriptions")
+        check_signer(signer)
+        tc = cast(_Reads, self).get_connection(connection_id)
+        subscription_id = subscription_id or tc.subscription
+        if subscription_id is None:
+            # (Move would need a subscription to be given: refused here, before any call)
+            raise move_error(
+                "subscription",
+                "ENotSubscribed",
+                f"connection {tc.id} was not opened with a subscription",
+            )
+        ids = _subscription_ids(self.get_subscription(subscription_id))
+        objects = (
+            Id(tc.id, "TransportControl"),
+            Id(escrow_id or tc.escrow, "Escrow"),
+            Id(cap_id or tc.spending_cap, "SpendingCap"),
+        )
+        result = "SubscribedConnectionEnded.refunded"
+        call = MoveCall("subscription", "end_connection", (*ids, *objects), 0, result)
+        return int(self._move(signer, call))
 
     def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
         """The SubscriptionOffer ``offer_id``."""
@@ -458,28 +658,99 @@ class PaymentModels:
         return self._typed_model(subscription_id, "Subscription", Subscription)
 
     # -- sponsoring ----------------------------------------------------------------------------
+    #
+    # A pool's money is in its lanes: the methods below take a pool and pick its lanes (or
+    # take the one given as ``lane``); the Move calls are one per lane.
 
     def create_sponsor_pool(
-        self, signer: HostIdentity, host_id: str, port: int, share_bps: int, *, max_pledge: int
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        share_bps: int,
+        *,
+        max_pledge: int,
+        lanes: int = DEFAULT_SPONSOR_LANES,
     ) -> str:
         """``sponsor::create`` (host authority): a pool paying back ``share_bps`` of the
         fees of the service on ``port``, pledging at most ``max_pledge`` MIST to any one
-        connection, so that no client locks the pool with one large deposit
-        (docs/escrow.md §14). Returns the pool ID."""
-        raise _missing(self, "sponsor pools")
+        connection, so that no client locks the pool with one large deposit, with its
+        money in ``lanes`` lanes (1 to 64) that clients open through, so that their
+        sponsored opens are not ordered with each other (docs/escrow.md §14, §19).
+        Returns the pool ID."""
+        check_signer(signer)
+        terms = (check_port(port), u64(share_bps, "share_bps"), u64(max_pledge, "max_pledge"))
+        args = (Id(host_id, "Host"), *terms, u64(lanes, "lanes"))
+        return str(self._move(signer, MoveCall("sponsor", "create", args, 0, _POOL_CREATED)))
 
     def set_sponsor_max_pledge(self, signer: HostIdentity, pool_id: str, max_pledge: int) -> None:
-        """``sponsor::set_max_pledge`` (provider): the most the pool pledges to one
+        """``sponsor::set_max_pledge`` (provider): the most a lane pledges to one
         connection opened from now on (0 pauses the sponsoring)."""
-        raise _missing(self, "sponsor pools")
+        check_signer(signer)
+        args = (Id(pool_id, "SponsorPool"), u64(max_pledge, "max_pledge"))
+        self._move(signer, MoveCall("sponsor", "set_max_pledge", args))
 
-    def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
-        """``sponsor::fund``: ``amount`` MIST from the signer into the pool."""
-        raise _missing(self, "sponsor pools")
+    def fund_sponsor_pool(
+        self, signer: HostIdentity, pool_id: str, amount: int, *, lane: str | None = None
+    ) -> None:
+        """``sponsor::fund``: ``amount`` MIST from the signer into the pool's ``lane``, or,
+        by default, spread over its lanes, the least funded first (one transaction for
+        each lane it reaches: if one fails, the ones before it stay funded, as the
+        error's note says). A signer without ``amount`` MIST is refused before any."""
+        check_signer(signer)
+        _whole(amount, "the amount", _U64_MAX)
+        if lane is not None:
+            self._sponsor_fund(signer, pool_id, lane, amount)
+            return
+        lanes = self.get_sponsor_lanes(pool_id)
+        parts = spread_over_lanes(amount, [one.available for one in lanes])
+        plan = [(one.id, part) for one, part in zip(lanes, parts, strict=True) if part]
+        if len(plan) > 1 and amount > cast(_Reads, self).balance(signer.sui_address):
+            plan = [(plan[0][0], amount)]  # refused by the ledger as it refuses any fund
+        self._per_lane(
+            "funded",
+            plan or [(lanes[0].id, amount)],
+            lambda one, part: self._sponsor_fund(signer, pool_id, one, part),
+        )
 
-    def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
-        """``sponsor::withdraw`` (provider): unpledged MIST back to the provider."""
-        raise _missing(self, "sponsor pools")
+    def withdraw_sponsor_pool(
+        self, signer: HostIdentity, pool_id: str, amount: int, *, lane: str | None = None
+    ) -> None:
+        """``sponsor::withdraw`` (provider): unpledged MIST back to the provider, from
+        ``lane``, or, by default, from the best funded lanes first (one transaction for
+        each: if one fails, the ones before it stay withdrawn, as the error's note says).
+        More than the lanes hold unpledged is refused before any."""
+        check_signer(signer)
+        _whole(amount, "the amount", _U64_MAX)
+        if lane is not None:
+            self._sponsor_withdraw(signer, pool_id, lane, amount)
+            return
+        lanes = self.get_sponsor_lanes(pool_id)
+        available = [one.available for one in lanes]
+        if amount == 0 or amount > sum(available):
+            # refused by the ledger, as the best funded lane refuses it
+            plan = [(lanes[available.index(max(available))].id, amount)]
+        else:
+            parts = gather_from_lanes(amount, available)
+            plan = [(one.id, part) for one, part in zip(lanes, parts, strict=True) if part]
+        self._per_lane(
+            "withdrawn from",
+            plan,
+            lambda one, part: self._sponsor_withdraw(signer, pool_id, one, part),
+        )
+
+    @staticmethod
+    def _per_lane(done: str, plan: list[tuple[str, int]], call: Callable[[str, int], None]) -> None:
+        """Run ``call`` for each (lane, MIST) of ``plan`` in order; a failure after the
+        first notes what was done before it (those transactions stand)."""
+        for index, (lane, part) in enumerate(plan):
+            try:
+                call(lane, part)
+            except Exception as exc:
+                if index:
+                    moved = ", ".join(f"{p} MIST {done} lane {n}" for n, p in plan[:index])
+                    exc.add_note(f"Done before this failed, and kept: {moved}.")
+                raise
 
     def open_sponsored_connection(
         self,
@@ -489,9 +760,35 @@ class PaymentModels:
         deposit: int,
         client_public_key: bytes | None = None,
         host_id: str | None = None,
+        *,
+        lane: str | None = None,
     ) -> OpenedConnection:
-        """``sponsor::open_connection``: open with the pool pledging its share."""
-        raise _missing(self, "sponsor pools")
+        """``sponsor::open_connection``: open with one of the pool's lanes pledging its
+        share: ``lane``, or, by default, the first in :func:`lane_order` of ``cap_id``
+        that holds the pledge unpledged (none: its home lane, which refuses with
+        ``ESponsorUnfunded``). ``host_id`` defaults to the pool's host."""
+        # (the arguments checked before anything is read)
+        check_signer(signer)
+        _whole(deposit, "the deposit", _U64_MAX)
+        if client_public_key is not None:
+            as_bytes(client_public_key, "client_public_key")
+        pool = self.get_sponsor_pool(pool_id)
+        if lane is None:
+            order = lane_order(pool.lanes, cap_id)
+            pledge = pool.pledge_for(deposit)
+            lane = next(
+                (one for one in order if self.get_sponsor_lane(one).available >= pledge),
+                order[0],
+            )
+        return self._sponsor_open(
+            signer,
+            pool_id,
+            lane,
+            pool.host if host_id is None else host_id,
+            cap_id,
+            deposit,
+            client_public_key,
+        )
 
     def reimburse(
         self,
@@ -499,14 +796,100 @@ class PaymentModels:
         pool_id: str,
         connection_id: str,
         escrow_id: str | None = None,
+        *,
+        lane: str | None = None,
     ) -> int:
-        """``sponsor::reimburse`` (anyone, after settlement): returns the MIST paid to the
-        connection's client."""
-        raise _missing(self, "sponsor pools")
+        """``sponsor::reimburse`` (anyone, after settlement) through ``lane``, by default
+        the lane holding the connection's pledge (none holds it: the first lane tried,
+        which refuses with ``ENotSponsored``). Removes the pledge; returns the MIST paid
+        to the connection's client."""
+        check_signer(signer)
+        tc = cast(_Reads, self).get_connection(connection_id)
+        if lane is None:
+            pool = self.get_sponsor_pool(pool_id)
+            found = self._find_pledge(pool, tc.id, tc.spending_cap)
+            lane = found.lane if found is not None else lane_order(pool.lanes, tc.spending_cap)[0]
+        return self._sponsor_reimburse(
+            signer, pool_id, lane, tc.id, tc.escrow if escrow_id is None else escrow_id
+        )
 
     def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
         """The SponsorPool ``pool_id``."""
         return self._typed_model(pool_id, "SponsorPool", SponsorPool)
+
+    def get_sponsor_lane(self, lane_id: str) -> SponsorLane:
+        """The SponsorLane ``lane_id``."""
+        return self._typed_model(lane_id, "SponsorLane", SponsorLane)
+
+    def get_sponsor_lanes(self, pool_id: str) -> tuple[SponsorLane, ...]:
+        """The lanes of the pool ``pool_id``, in its order: its money is the sum of their
+        ``funds``, pledged the sum of their ``reserved``."""
+        return tuple(self.get_sponsor_lane(one) for one in self.get_sponsor_pool(pool_id).lanes)
+
+    def get_sponsor_pledge(self, pool_id: str, connection_id: str) -> SponsorPledge | None:
+        """What the pool pledged to ``connection_id``, and from which lane; None if no
+        lane holds a pledge for it (never sponsored by the pool, or reimbursed)."""
+        return self._find_pledge(self.get_sponsor_pool(pool_id), connection_id, None)
+
+    def _find_pledge(
+        self, pool: SponsorPool, connection_id: str, cap_id: str | None
+    ) -> SponsorPledge | None:
+        """The pledge for ``connection_id`` in ``pool``'s lanes, looked for from the home
+        lane of ``cap_id`` (the one its open tried first)."""
+        connection_id = normalize_id(connection_id, "connection ID")
+        for one in lane_order(pool.lanes, cap_id):
+            amount = self._sponsor_pledge(one, connection_id)
+            if amount is not None:
+                return SponsorPledge(one, amount)
+        return None
+
+    # one Move call per lane, and the one read each ledger makes its own way
+
+    def _sponsor_fund(self, signer: HostIdentity, pool_id: str, lane_id: str, amount: int) -> None:
+        """``sponsor::fund(&pool, &mut lane, coin)``."""
+        check_signer(signer)
+        args = (*_pool_lane(pool_id, lane_id), u64(amount, "the amount"))
+        self._move(signer, MoveCall("sponsor", "fund", args, amount))
+
+    def _sponsor_withdraw(
+        self, signer: HostIdentity, pool_id: str, lane_id: str, amount: int
+    ) -> None:
+        """``sponsor::withdraw(&pool, &mut lane, amount)``."""
+        check_signer(signer)
+        args = (*_pool_lane(pool_id, lane_id), u64(amount, "the amount"))
+        self._move(signer, MoveCall("sponsor", "withdraw", args))
+
+    def _sponsor_open(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        lane_id: str,
+        host_id: str,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None,
+    ) -> OpenedConnection:
+        """``sponsor::open_connection(&pool, &mut lane, &host, &mut cap, key, coin,
+        &clock)``."""
+        check_signer(signer)
+        u64(deposit, "the deposit")
+        key = signer_key(signer, client_public_key, "client_public_key")
+        ids = (*_pool_lane(pool_id, lane_id), Id(host_id, "Host"), Id(cap_id, "SpendingCap"))
+        call = MoveCall("sponsor", "open_connection", (*ids, key, deposit), deposit, _OPENED)
+        return cast(OpenedConnection, self._move(signer, call))
+
+    def _sponsor_reimburse(
+        self, signer: HostIdentity, pool_id: str, lane_id: str, connection_id: str, escrow_id: str
+    ) -> int:
+        """``sponsor::reimburse(&pool, &mut lane, &tc, &escrow)``."""
+        check_signer(signer)
+        objects = (Id(connection_id, "TransportControl"), Id(escrow_id, "Escrow"))
+        args = (*_pool_lane(pool_id, lane_id), *objects)
+        return int(self._move(signer, MoveCall("sponsor", "reimburse", args, 0, _REIMBURSED)))
+
+    def _sponsor_pledge(self, lane_id: str, connection_id: str) -> int | None:
+        """The lane's pledge to ``connection_id`` (None: it holds none)."""
+        raise _missing(self, "sponsor pools")
 
     # -- tickets -------------------------------------------------------------------------------
 
@@ -521,7 +904,16 @@ class PaymentModels:
         """``broadcast::create_ticketed``: a broadcast (as ``create_broadcast``) for the
         holders of ``sale_id``'s tickets, by the sale's organizer (``ENotOrganizer``).
         Returns the broadcast ID."""
-        raise _missing(self, "ticketed broadcasts")
+        check_signer(signer)
+        raw = as_bytes(channel, "channel")
+        args = (
+            Id(sale_id, "TicketSale"),
+            raw,
+            u64(slot_price, "slot_price"),
+            u64(slot_ms, "slot_ms"),
+        )
+        call = MoveCall("broadcast", "create_ticketed", args, 0, _BROADCAST_CREATED, "Broadcast")
+        return str(self._move(signer, call))
 
     def create_ticket_sale(
         self,
@@ -536,23 +928,40 @@ class PaymentModels:
         given: the Move call gets a ``vector<u8>`` and checks the terms before
         ``string::utf8``, which aborts on bytes that are not UTF-8 (``std::string``'s
         ``EInvalidUTF8``, a :class:`~dtp.errors.ChainError` named ``"MoveAbort"``)."""
-        raise _missing(self, "ticket sales")
+        check_signer(signer)
+        args = (
+            as_bytes(title, "title"),
+            u64(ticket_price, "ticket_price"),
+            u64(min_tickets, "min_tickets"),
+            u64(max_tickets, "max_tickets"),
+            u64(deadline_ms, "deadline_ms"),
+        )
+        return str(self._move(signer, MoveCall("tickets", "create", args, 0, _SALE_CREATED)))
 
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
         """``tickets::buy``: ``count * ticket_price`` MIST from the signer."""
-        raise _missing(self, "ticket sales")
+        check_signer(signer)
+        u64(count, "count")
+        payment = u64(count * self.get_ticket_sale(sale_id).ticket_price, "the payment")
+        args = (Id(sale_id, "TicketSale"), count, payment)
+        self._move(signer, MoveCall("tickets", "buy", args, payment))
 
     def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
         """``tickets::go_on_air`` (organizer): returns the revenue paid out."""
-        raise _missing(self, "ticket sales")
+        check_signer(signer)
+        call = MoveCall("tickets", "go_on_air", (Id(sale_id, "TicketSale"),), 0, _ON_AIR)
+        return int(self._move(signer, call))
 
     def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
         """``tickets::cancel`` (organizer)."""
-        raise _missing(self, "ticket sales")
+        check_signer(signer)
+        self._move(signer, MoveCall("tickets", "cancel", (Id(sale_id, "TicketSale"),)))
 
     def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
         """``tickets::refund`` (a buyer, after cancel or a missed deadline)."""
-        raise _missing(self, "ticket sales")
+        check_signer(signer)
+        call = MoveCall("tickets", "refund", (Id(sale_id, "TicketSale"),), 0, _TICKETS_REFUNDED)
+        return int(self._move(signer, call))
 
     def get_ticket_sale(self, sale_id: str) -> TicketSale:
         """The TicketSale ``sale_id``."""
@@ -569,12 +978,19 @@ class PaymentModels:
         storage_price_per_byte: int,
     ) -> str:
         """``retention::create_terms`` (host authority). Returns the terms' ID."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        port = check_port(port)
+        terms = (u64(retention_ms, "retention_ms"), u64(storage_price_per_byte, _PER_BYTE))
+        args = (Id(host_id, "Host"), port, *terms)
+        call = MoveCall("retention", "create_terms", args, 0, _TERMS_CREATED)
+        return str(self._move(signer, call))
 
     def retire_retention_terms(self, signer: HostIdentity, terms_id: str) -> None:
         """``retention::retire_terms`` (the host's authority): sends refuse the terms
         from now on (``ETermsRetired``); records kept under them keep their deadlines."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        host = Id(self.get_retention_terms(terms_id).host, "Host")
+        self._move(signer, MoveCall("retention", "retire_terms", (Id(terms_id, _TERMS), host)))
 
     def replace_retention_terms(
         self,
@@ -585,7 +1001,12 @@ class PaymentModels:
     ) -> str:
         """``retention::replace_terms`` (the host's authority): retire ``terms_id`` and
         publish new terms for its port in one transaction. Returns the new terms' ID."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        terms = (u64(retention_ms, "retention_ms"), u64(storage_price_per_byte, _PER_BYTE))
+        host = Id(self.get_retention_terms(terms_id).host, "Host")
+        args = (Id(terms_id, _TERMS), host, *terms)
+        call = MoveCall("retention", "replace_terms", args, 0, _TERMS_CREATED)
+        return str(self._move(signer, call))
 
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
@@ -593,17 +1014,30 @@ class PaymentModels:
         """``retention::send``: send ``data`` on the pipe of an Open connection and retain
         it with a deposit of ``len(data) * storage_price_per_byte``, under live terms of
         the connection's service. Returns the RetainedRecord ID."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        # before len(): the deposit is for the bytes sent (len() of an array('I') counts
+        # items, and retention::send aborts EWrongDeposit unless deposit == bytes * price)
+        payload = as_bytes(data, "data")
+        u64(inner, "inner")
+        pipe = cast(_Reads, self).get_pipe(pipe_id)
+        deposit = u64(self.get_retention_terms(terms_id).deposit_for(len(payload)), _DEPOSIT)
+        objects = (Id(pipe_id, "Pipe"), Id(pipe.connection, "TransportControl"))
+        args = (*objects, Id(terms_id, _TERMS), inner, payload, deposit)
+        call = MoveCall("retention", "send", args, deposit, "RecordRetained.record")
+        return str(self._move(signer, call))
 
     def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
         """``retention::confirm`` (the receiver)."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        self._move(signer, MoveCall("retention", "confirm", (Id(record_id, _RECORD),)))
 
     def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
         """``retention::delete`` (the sender): returns the deposit refunded. A confirmed
         record goes once its retention time has passed, an unconfirmed one once twice
         that has (:attr:`RetainedRecord.reclaim_after_ms`)."""
-        raise _missing(self, "retention")
+        check_signer(signer)
+        call = MoveCall("retention", "delete", (Id(record_id, _RECORD),), 0, _DELETED)
+        return int(self._move(signer, call))
 
     def get_retention_terms(self, terms_id: str) -> RetentionTerms:
         """The RetentionTerms ``terms_id``."""

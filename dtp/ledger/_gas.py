@@ -1,5 +1,5 @@
-"""What a ledger charges in gas for the end of a connection, and what an address has
-paid so far (docs/escrow.md §7.1).
+"""What a ledger charges in gas for the end of a connection (and for a claim made while it
+lives), and what an address has paid so far (docs/escrow.md §7.1).
 
 On Sui every transaction costs its sender gas on top of what it moves; a connection's
 end is a transaction of its server (the claim and the settlement, one
@@ -42,11 +42,22 @@ class EndGas:
     observed: bool = True
     """Whether the figures come from transactions this ledger paid for (else from the
     network's gas price and a model of the objects written: docs/sui.md, "Gas")."""
+    claim_only: int | None = None
+    """A claim alone (``escrow::claim``), made while the connection lives; None: not
+    known apart (see :attr:`claim`)."""
 
     @classmethod
     def free(cls) -> EndGas:
         """A ledger that charges no gas (LocalLedger)."""
-        return cls(0, 0, 0, 0, True)
+        return cls(0, 0, 0, 0, True, 0)
+
+    @property
+    def claim(self) -> int:
+        """What a claim made while the connection lives costs (``escrow::claim``: the
+        server's payment as a new coin, the escrow rewritten): :attr:`claim_only`, else
+        the figure of a settlement that claims nothing, which writes that and a little
+        more (the connection and the cap): never less than the claim."""
+        return self.settle_refund if self.claim_only is None else self.claim_only
 
     @property
     def charged(self) -> bool:

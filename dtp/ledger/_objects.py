@@ -14,9 +14,14 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from dtp.errors import InvalidArgument, InvalidObjectId
+from dtp.errors import InvalidArgument, InvalidObjectId, move_error
+from dtp.ledger._airtime import AirTime, air_time_due, slot_part
+from dtp.ledger._versions import stored_version
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # The argument checks both ledgers make before anything else (a test holds the two to
 # the same answers): a call Sui would refuse must not succeed on LocalLedger, and no bad
@@ -29,6 +34,13 @@ def check_signer(signer: object) -> None:
     for attribute in ("sui_address", "ed25519_public", "sign_transaction"):
         if not hasattr(signer, attribute):
             raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
+
+
+def check_port(port: object) -> int:
+    """A port: a u16 (both ledgers' words, before anything is read or signed)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+        raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
+    return port
 
 
 def check_transfer_amount(amount: object) -> int:
@@ -85,8 +97,10 @@ __all__ = [
     "MAX_ENDPOINTS",
     "MAX_ENDPOINT_LENGTH",
     "MAX_FIREWALL_ENTRIES",
+    "MAX_HALF_CLOSE_TIMEOUT_MS",
     "MAX_INNERS",
     "MAX_PURE_BYTES",
+    "MIN_HALF_CLOSE_TIMEOUT_MS",
     "U128",
     "Broadcast",
     "BroadcastStake",
@@ -113,13 +127,25 @@ __all__ = [
     "broadcast_idle_ms",
     "check_fields",
     "check_firewall_list",
+    "check_half_close_timeout",
+    "check_port",
     "check_signer",
     "firewall_entries",
+    "from_move_fields",
     "is_low_order_noise_key",
+    "service_from_fields",
 ]
 
-#: How long a half-closed connection waits for the peer (transport_control).
+#: The default half-close timeout of a service's connections (``host::new_sla``): how
+#: long a half-closed connection waits for the peer, and the server has from the first
+#: close to claim before the client may settle alone. A connection's own is its SLA's
+#: (:attr:`TransportControl.half_close_timeout_ms`), which a provider may set longer.
 HALF_CLOSE_TIMEOUT_MS: Final = 600_000
+#: The bounds of a half-close timeout a provider chooses (``host::EInvalidHalfCloseTimeout``,
+#: docs/escrow.md §2): never less time to claim than the default gives, never a client's
+#: deposit locked more than a week after its half-close.
+MIN_HALF_CLOSE_TIMEOUT_MS: Final = 600_000
+MAX_HALF_CLOSE_TIMEOUT_MS: Final = 604_800_000
 #: Largest pure byte-string argument a Sui transaction can carry: Sui refuses a pure
 #: argument of 16384 bytes or more before any Move code runs, and a ``vector<u8>``
 #: of this size takes 2 bytes of length (docs/escrow.md §8).
@@ -195,9 +221,25 @@ class ObjectRef:
     type: str
 
 
+def check_half_close_timeout(ms: object) -> int:
+    """A half-close timeout a provider may choose: an int of ms from
+    :data:`MIN_HALF_CLOSE_TIMEOUT_MS` to :data:`MAX_HALF_CLOSE_TIMEOUT_MS`, else the
+    Move abort ``host::EInvalidHalfCloseTimeout`` (both ledgers' check, before anything
+    is signed or read: on Sui the abort would still cost the transaction's gas)."""
+    if type(ms) is not int or not MIN_HALF_CLOSE_TIMEOUT_MS <= ms <= MAX_HALF_CLOSE_TIMEOUT_MS:
+        raise move_error(
+            "host",
+            "EInvalidHalfCloseTimeout",
+            f"got {ms!r:.40} ms; from {MIN_HALF_CLOSE_TIMEOUT_MS} (10 minutes) to "
+            f"{MAX_HALF_CLOSE_TIMEOUT_MS} (7 days)",
+        )
+    return ms
+
+
 @dataclass(frozen=True)
 class Sla:
-    """Fee terms of a service, copied into each connection when it opens."""
+    """The terms of a service, copied into each connection when it opens: its fees, and
+    how long its server has to claim after the connection's first close."""
 
     #: MIST per KiB (1024 bytes), charged per byte rounded up.
     price_per_kib: int
@@ -205,6 +247,10 @@ class Sla:
     price_per_request: int
     #: Smallest deposit accepted at open, MIST.
     min_deposit: int
+    #: From a connection's first close, how long the server has to claim before the
+    #: client may settle alone (docs/escrow.md §7); the provider's choice, from
+    #: :data:`MIN_HALF_CLOSE_TIMEOUT_MS` to :data:`MAX_HALF_CLOSE_TIMEOUT_MS`.
+    half_close_timeout_ms: int = HALF_CLOSE_TIMEOUT_MS
 
     def to_fields(self) -> dict[str, int]:
         """The Move struct's fields as a dict."""
@@ -212,14 +258,21 @@ class Sla:
             "price_per_kib": self.price_per_kib,
             "price_per_request": self.price_per_request,
             "min_deposit": self.min_deposit,
+            "half_close_timeout_ms": self.half_close_timeout_ms,
         }
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Sla:
         """Inverse of :meth:`to_fields`. The values are taken as they are, not converted:
         int() would read text, a float or a bool as a number, hiding damaged data from
-        :func:`check_fields`."""
-        return cls(fields["price_per_kib"], fields["price_per_request"], fields["min_deposit"])
+        :func:`check_fields`. Terms a LocalLedger file kept from before the timeout was
+        a term have the default one, under which they were made."""
+        return cls(
+            fields["price_per_kib"],
+            fields["price_per_request"],
+            fields["min_deposit"],
+            fields.get("half_close_timeout_ms", HALF_CLOSE_TIMEOUT_MS),
+        )
 
 
 @dataclass(frozen=True)
@@ -284,6 +337,9 @@ class Host:
     endpoints: tuple[bytes, ...]
     services: Mapping[int, Service]
     firewall: Firewall
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
 
 @dataclass(frozen=True)
@@ -302,6 +358,9 @@ class SpendingCap:
     #: epoch.
     outstanding: int
     epoch: int
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @property
     def spent(self) -> int:
@@ -349,11 +408,33 @@ class TransportControl:
     #: (``subscription::end_connection``), by a paid server while serving it
     #: (docs/escrow.md §13).
     subscription: str | None = None
+    #: The SponsorLane a sponsored connection was opened through (None: any other). Its
+    #: client deletes it with ``sponsor::reimburse_and_destroy`` alone, which releases
+    #: the lane's pledge first (docs/escrow.md §7, §14).
+    sponsor: str | None = None
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @property
     def connection_id(self) -> str:
         """Same as :attr:`id`."""
         return self.id
+
+    @property
+    def half_close_timeout_ms(self) -> int:
+        """The connection's half-close timeout, fixed when it opened (its SLA's:
+        ``transport_control::half_close_timeout_ms``): the server's time to claim from
+        the first close, after which the client may settle alone."""
+        return self.sla.half_close_timeout_ms
+
+    @property
+    def client_settles_at_ms(self) -> int | None:
+        """The ledger time from which the client may settle alone (the first close plus
+        the half-close timeout); None while Open, when the client must half-close first."""
+        if self.half_closed_at_ms is None:
+            return None
+        return self.half_closed_at_ms + self.sla.half_close_timeout_ms
 
     @property
     def state_code(self) -> int:
@@ -387,6 +468,9 @@ class Escrow:
     claim_epoch: int = 0
     #: MIST claimed during :attr:`claim_epoch`.
     claimed_in_epoch: int = 0
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
 
 @dataclass(frozen=True)
@@ -459,7 +543,12 @@ class Broadcast:
     slot_price: int
     slot_ms: int
     start_ms: int
+    #: First slot not yet accounted for (paid or skipped) to its end.
     next_slot: int
+    #: How much of slot :attr:`next_slot` (ms from its start) is accounted for already: the
+    #: time before a contribution made in it.
+    slot_accounted_ms: int
+    #: Slots paid to their end (one a contribution put on air part way counts).
     paid_slots: int
     #: Listeners' money not yet earned (as last accounted): the value of every share of
     #: the current generation.
@@ -484,6 +573,9 @@ class Broadcast:
     #: The TicketSale whose holders alone may listen (``create_ticketed``); None for an
     #: open broadcast.
     ticket_sale: str | None = None
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @property
     def contributions(self) -> dict[str, int]:
@@ -510,21 +602,35 @@ class Broadcast:
         """Index of the slot in progress at ``now_ms``."""
         return 0 if now_ms < self.start_ms else (now_ms - self.start_ms) // self.slot_ms
 
-    def _due(self, now_ms: int) -> int:
-        """Completed slots the pool pays for at ``now_ms`` (``broadcast::due``)."""
-        current = self.slot_at(now_ms)
-        if self.cancelled or current <= self.next_slot:
-            return 0
-        return min(current - self.next_slot, self.pool // self.slot_price)
+    def air_time_due(self, now_ms: int, *, split: bool = False) -> AirTime:
+        """What accounting the air time up to ``now_ms`` would pay and skip
+        (``broadcast::due``; ``split``: as a contribution then would, the part of the
+        slot in progress gone by too)."""
+        return air_time_due(
+            start_ms=self.start_ms,
+            slot_ms=self.slot_ms,
+            slot_price=self.slot_price,
+            next_slot=self.next_slot,
+            slot_accounted_ms=self.slot_accounted_ms,
+            pool=self.pool,
+            cancelled=self.cancelled,
+            now_ms=now_ms,
+            split=split,
+        )
 
     def pool_at(self, now_ms: int) -> int:
         """The pool once the slots completed by ``now_ms`` are paid (what the next call
         on the broadcast would find)."""
-        return self.pool - self._due(now_ms) * self.slot_price
+        return self.pool - self.air_time_due(now_ms).amount
 
     def is_on_air(self, now_ms: int) -> bool:
-        """Whether the pool covers the slot in progress at ``now_ms`` (after accrual)."""
-        return not self.cancelled and self.pool_at(now_ms) >= self.slot_price
+        """Whether the pool covers what is left of the slot in progress at ``now_ms``
+        (after accrual)."""
+        if self.cancelled:
+            return False
+        due = self.air_time_due(now_ms)
+        rest = self.slot_price - slot_part(self.slot_price, self.slot_ms, due.slot_accounted_ms)
+        return self.pool - due.amount >= rest
 
     def shares_of(self, listener: str) -> int:
         """``listener``'s shares of the current generation, in the current unit."""
@@ -572,7 +678,12 @@ class OpenedConnection:
         return cls(
             str(fields["connection"]),
             str(fields["escrow"]),
-            Sla(int(sla["price_per_kib"]), int(sla["price_per_request"]), int(sla["min_deposit"])),
+            Sla(
+                int(sla["price_per_kib"]),
+                int(sla["price_per_request"]),
+                int(sla["min_deposit"]),
+                int(sla.get("half_close_timeout_ms", HALF_CLOSE_TIMEOUT_MS)),
+            ),
             int(fields["deposit"]),
         )
 
@@ -682,6 +793,23 @@ def object_from_fields(
     return obj
 
 
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def from_move_fields(
+    cls: type[_D], object_id: str, version: int, d: Mapping[str, Any], **given: Any
+) -> _D:
+    """``cls``, a typed object (its ID and version, then its Move fields), from the fields
+    ``d`` by name but for those ``given`` (read otherwise); its ``package_version``, where
+    it has one, the Move field ``version``. KeyError for a field missing."""
+    names = [f.name for f in dataclasses.fields(cls)[2:]]
+    values = {n: given[n] if n in given else d[n] for n in names if n != "package_version"}
+    if "package_version" in names:
+        values["package_version"] = stored_version(d)
+    make: Callable[..., _D] = cls
+    return make(object_id, version, **values)
+
+
 _ADDRESS_TEXT: Final = re.compile(r"0x[0-9a-f]{64}")
 
 
@@ -735,134 +863,83 @@ def _object_from_fields(
             sizes = {which: _list_count(fw[which], f"firewall.{which}") for which in FIREWALL_LISTS}
         else:
             sizes = dict(table_sizes)
-        services = {
-            _port(port): Service(s["kind"], Sla.from_fields(s["sla"]), s["max_connections"])
-            for port, s in d["services"].items()
-        }
-        return Host(
-            object_id,
-            version,
-            d["authority"],
-            d["noise_static_key"],
-            _sequence(d["endpoints"], "endpoints"),
-            services,
-            Firewall(
-                FirewallMode(_integer(fw["mode"], "firewall.mode")),
-                sizes["allow"],
-                sizes["deny"],
-                fw["max_connections_per_client"],
-                fw["max_bytes_per_sec"],
-                fw["max_requests_per_sec"],
-            ),
+        services = {_port(port): _service(s) for port, s in d["services"].items()}
+        firewall = Firewall(
+            FirewallMode(_integer(fw["mode"], "firewall.mode")),
+            sizes["allow"],
+            sizes["deny"],
+            fw["max_connections_per_client"],
+            fw["max_bytes_per_sec"],
+            fw["max_requests_per_sec"],
+        )
+        endpoints = _sequence(d["endpoints"], "endpoints")
+        return from_move_fields(
+            Host, object_id, version, d, endpoints=endpoints, services=services, firewall=firewall
         )
     if name == "SpendingCap":
         if "outstanding" not in d:
             # kept by a LocalLedger file from before outstanding deposits were counted
             # (rules/_escrow.py reads it so too)
-            return SpendingCap(
-                object_id, version, d["owner"], d["max_per_epoch"], d["spent"], 0, d["epoch"]
-            )
-        return SpendingCap(
-            object_id,
-            version,
-            d["owner"],
-            d["max_per_epoch"],
-            d["claimed"],
-            d["outstanding"],
-            d["epoch"],
-        )
+            old = {"claimed": d["spent"], "outstanding": 0}
+            return from_move_fields(SpendingCap, object_id, version, d, **old)
+        return from_move_fields(SpendingCap, object_id, version, d)
     if name == "TransportControl":
         state = d["state"]
         kind = state["kind"]
         if kind not in _STATES:
             # any other value read as Closed would end a connection nobody closed
             raise ValueError(f"state.kind {kind!r:.40} is not a connection state")
-        return TransportControl(
+        return from_move_fields(
+            TransportControl,
             object_id,
             version,
-            d["host"],
-            d["port"],
-            d["client"],
-            d["server"],
-            Sla.from_fields(d["sla"]),
-            d["escrow"],
-            d["spending_cap"],
-            _STATES[kind],
-            state.get("by"),
-            state.get("at_ms", state.get("half_closed_at_ms")),
-            state.get("closed_at_ms"),
-            d["opened_at_ms"],
-            d["settled"],
-            # (a LocalLedger file written before connections recorded it has none)
-            d.get("subscription"),
+            d,
+            sla=Sla.from_fields(d["sla"]),
+            state=_STATES[kind],
+            half_closed_by=state.get("by"),
+            half_closed_at_ms=state.get("at_ms", state.get("half_closed_at_ms")),
+            closed_at_ms=state.get("closed_at_ms"),
+            # (a LocalLedger file written before connections recorded them has none)
+            subscription=d.get("subscription"),
+            sponsor=d.get("sponsor"),
         )
     if name == "Escrow":
         # an escrow a LocalLedger file kept from before the cap's counts has nothing
         # outstanding on its cap (rules/_escrow.py reads it so too)
-        counts = (
-            (d["reserved"], d["claim_epoch"], d["claimed_in_epoch"])
-            if "claim_epoch" in d
-            else (0, 0, 0)
-        )
-        return Escrow(
-            object_id,
-            version,
-            d["connection"],
-            d["client"],
-            d["client_public_key"],
-            d["server"],
-            d["spending_cap"],
-            Sla.from_fields(d["sla"]),
-            d["funds"],
-            d["deposited"],
-            d["claimed"],
-            d["refunded"],
-            d["latest_nonce"],
-            d["settled"],
-            *counts,
+        counts = {} if "claim_epoch" in d else dict.fromkeys(_ESCROW_COUNTS, 0)
+        sla = Sla.from_fields(d["sla"])
+        return from_move_fields(
+            Escrow, object_id, version, d, sla=sla, balance=d["funds"], **counts
         )
     if name == "Pipe":
-        return Pipe(
-            object_id,
-            version,
-            d["connection"],
-            d["owner"],
-            tuple(
-                InnerPipe(i["index"], i["next_seq"], i["acked"])
-                for i in _sequence(d["inners"], "inners")
-            ),
+        inners = tuple(
+            InnerPipe(i["index"], i["next_seq"], i["acked"])
+            for i in _sequence(d["inners"], "inners")
         )
+        return from_move_fields(Pipe, object_id, version, d, inners=inners)
     if name == "Broadcast":
-        return Broadcast(
+        stakes = {
+            address: BroadcastStake(
+                stake["contributed"], stake["generation"], stake["shift"], stake["shares"]
+            )
+            for address, stake in _table(table_entries).items()
+        }
+        return from_move_fields(
+            Broadcast,
             object_id,
             version,
-            d["broadcaster"],
-            d["channel"],
-            d["slot_price"],
-            d["slot_ms"],
-            d["start_ms"],
-            d["next_slot"],
-            d["paid_slots"],
-            d["pool"],
-            d["earned"],
-            {
-                address: BroadcastStake(
-                    stake["contributed"], stake["generation"], stake["shift"], stake["shares"]
-                )
-                for address, stake in _table(table_entries).items()
-            },
-            d["total_contributed"],
-            d["next_seq"],
-            d["cancelled"],
-            d["total_shares"],
-            d["holders"],
-            d["generation"],
-            d["share_shift"],
-            d["last_live_ms"],
-            d.get("ticket_sale"),
+            d,
+            # (a broadcast a LocalLedger file kept from before contributions accounted for
+            # the slot in progress: nothing of its slot accounted yet)
+            slot_accounted_ms=d.get("slot_accounted_ms", 0),
+            stakes=stakes,
+            ticket_sale=d.get("ticket_sale"),
         )
     raise ValueError(f"{name} is not a dtp object type")
 
+
+#: An Escrow's counts on its cap (none in one a LocalLedger file kept from before them).
+_ESCROW_COUNTS: Final = ("reserved", "claim_epoch", "claimed_in_epoch")
 
 _STATES: Final = {
     "Open": ConnectionState.OPEN,
@@ -877,6 +954,19 @@ def _integer(value: Any, what: str) -> int:
     if type(value) is not int:
         raise TypeError(f"{what} is {value!r:.40}, not an integer")
     return value
+
+
+def _service(fields: Mapping[str, Any]) -> Service:
+    return Service(fields["kind"], Sla.from_fields(fields["sla"]), fields["max_connections"])
+
+
+def service_from_fields(fields: Mapping[str, Any]) -> Service:
+    """The typed view of a ``host::Service`` from its Move fields (one entry of a Host's
+    services Table, read alone); KeyError, TypeError or ValueError for damaged fields,
+    as :func:`object_from_fields`."""
+    service = _service(fields)
+    check_fields(service)
+    return service
 
 
 def _port(key: Any) -> int:

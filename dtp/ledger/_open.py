@@ -5,11 +5,18 @@ so that LocalLedger can use the spec's default path without the two importing ea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
 from dtp._extras import require
-from dtp.ledger._spec import LedgerSpec, ledger_spec_from_env, parse_ledger_spec, resolve_package
+from dtp.ledger._spec import (
+    LedgerSpec,
+    ledger_spec_from_env,
+    parse_ledger_spec,
+    recorded_admin_cap,
+    resolve_package,
+)
 from dtp.ledger.interface import Ledger
 
 __all__ = ["open_ledger"]
@@ -59,4 +66,8 @@ def open_ledger(
     from dtp.ledger.sui import SuiLedger
     from dtp.ledger.sui._config import SuiConfig
 
-    return SuiLedger(SuiConfig.for_node(parsed.node, package_id, env))
+    config = SuiConfig.for_node(parsed.node, package_id, env)
+    if config.admin_cap is None:
+        admin_cap = recorded_admin_cap(parsed, config.package, env)
+        config = dataclasses.replace(config, admin_cap=admin_cap)
+    return SuiLedger(config)

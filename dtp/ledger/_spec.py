@@ -45,6 +45,7 @@ __all__ = [
     "ledger_spec_from_env",
     "parse_ledger_spec",
     "read_deployments",
+    "recorded_admin_cap",
     "resolve_package",
 ]
 
@@ -322,3 +323,25 @@ def resolve_package(
             f"run `dtp deploy --network {network}`, or set {_PACKAGE_SETTINGS}."
         )
     return _package_id(record["package_id"], f"{path}: {network}")
+
+
+def recorded_admin_cap(
+    spec: LedgerSpec, package_id: str, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The AdminCap ``dtp deploy`` recorded with ``package_id`` for the spec's network
+    (docs/sui.md, "Upgrading the package"), or None: no network, no record, a record of
+    another package, or one written before deploys recorded it."""
+    if spec.network is None:
+        return None
+    try:
+        record = read_deployments(deployments_path(env)).get(spec.network)
+    except LedgerSpecError:
+        return None
+    if record is None or not isinstance(record.get("admin_cap"), str):
+        return None
+    try:
+        if normalize_id(record["package_id"], "package ID") != package_id:
+            return None
+        return normalize_id(record["admin_cap"], "AdminCap ID")
+    except ChainError:
+        return None

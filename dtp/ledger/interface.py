@@ -31,14 +31,23 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, ObjectNotFound
+from dtp.errors import (
+    ChainError,
+    InvalidArgument,
+    InvalidTransaction,
+    ObjectNotFound,
+    ZkLoginUnsupported,
+)
 from dtp.ledger._coordination import Coordination
+from dtp.ledger._deletion import Deletions
 from dtp.ledger._economics import PaymentModels
 from dtp.ledger._gas import EndGas, GasSpent
+from dtp.ledger._move_call import Id, MoveCall, check_receipt, check_sla, signer_key, u64
 from dtp.ledger._objects import (
     MAX_PURE_BYTES,
     Broadcast,
@@ -51,14 +60,22 @@ from dtp.ledger._objects import (
     Host,
     OpenedConnection,
     Pipe,
+    Service,
     Settlement,
     Sla,
     SpendingCap,
     TransportControl,
+    as_bytes,
+    as_bytes_list,
+    check_port,
+    check_signer,
+    from_move_fields,
     normalize_id,
 )
+from dtp.ledger._versions import Versions
 
 if TYPE_CHECKING:
+    from dtp.identity._zklogin import ZkLoginCheck
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.receipt import Receipt, ReceiptScope
 
@@ -83,6 +100,12 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+# where SuiLedger reads the calls' results (MoveCall.result), named more than once
+_REFUNDED: Final = "ContributionRefunded.amount"
+_SETTLED: Final = "ConnectionSettled"
+_OPENED: Final = "ConnectionOpened"
+_MAX: Final = "max_connections"
 
 #: An endpoint as given by callers: bytes, or text encoded as UTF-8.
 Endpoint = bytes | str
@@ -146,23 +169,15 @@ class ResponseEscrow:
     amount: int
     #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
     state: int
+    #: The package version the object records (the Move field ``version``: the one
+    #: that made it or last migrated it; docs/escrow.md "Versions").
+    package_version: int = 1
 
     @classmethod
     def from_fields(cls, object_id: str, version: int, d: Mapping[str, Any]) -> ResponseEscrow:
         """The escrow from its Move fields by name (decoded BCS or stored JSON); KeyError
         for a field missing."""
-        return cls(
-            object_id,
-            version,
-            d["requester"],
-            d["requester_public_key"],
-            d["server"],
-            d["request_id"],
-            d["deadline_ms"],
-            d["funds"],
-            d["amount"],
-            d["state"],
-        )
+        return from_move_fields(cls, object_id, version, d)
 
 
 @dataclass(frozen=True)
@@ -248,10 +263,13 @@ class PendingOpen:
         return opened
 
 
-class Ledger(PaymentModels, Coordination, abc.ABC):
+class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     """A DTP control-plane ledger (see the module docs for the conventions; the payment
     models' methods come from :class:`~dtp.ledger._economics.PaymentModels`, the
-    registry's from :class:`~dtp.ledger._coordination.Coordination`)."""
+    registry's from :class:`~dtp.ledger._coordination.Coordination`, the deletions of
+    what is over from :class:`~dtp.ledger._deletion.Deletions`). Each state-changing
+    method states the built-in ledgers' argument checks and Move call, made through
+    ``_move``; an abstract one is still for each ledger to implement (or to take)."""
 
     # -- receipts (docs/escrow.md §6) ----------------------------------------------------
 
@@ -282,41 +300,62 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         The Noise key must be 32 bytes and not a low-order X25519 point (the all-zero key,
         say), with which no handshake could succeed: ``HostConfigError``
         (``EInvalidNoiseKey``)."""
+        check_signer(signer)
+        # converted here: bytes(32) would be 32 zero bytes, and list("a:1") three
+        # endpoints (as_bytes_list refuses a single value)
+        args = (as_bytes(noise_static_key, "noise_static_key"), as_bytes_list(endpoints))
+        call = MoveCall("host", "create", args, 0, "HostCreated.host", "Host")
+        return str(self._move(signer, call))
 
     @abc.abstractmethod
     def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
         """``host::set_authority`` (authority only)."""
+        check_signer(signer)
+        authority = Id(normalize_id(new_authority, "address"))
+        self._on_host(signer, host_id, "set_authority", authority)
 
     @abc.abstractmethod
     def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
         """``host::set_noise_static_key`` (authority only; 32 bytes, not a low-order
         point: ``EInvalidNoiseKey``)."""
+        check_signer(signer)
+        self._on_host(signer, host_id, "set_noise_static_key", as_bytes(key, "key"))
 
     @abc.abstractmethod
     def set_endpoints(
         self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
     ) -> None:
         """``host::set_endpoints`` (authority only; at most 16, each at most 256 bytes)."""
+        check_signer(signer)
+        self._on_host(signer, host_id, "set_endpoints", as_bytes_list(endpoints))
 
     @abc.abstractmethod
     def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
         """``host::set_firewall_mode``: 0 allow-all, 1 allow-listed."""
+        check_signer(signer)
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
+            raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
+        self._on_host(signer, host_id, "set_firewall_mode", mode)
 
     @abc.abstractmethod
     def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::allow``: add ``client`` to the allow list (idempotent)."""
+        self._firewall_list("allow", signer, host_id, client)
 
     @abc.abstractmethod
     def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::disallow``: remove ``client`` from the allow list (idempotent)."""
+        self._firewall_list("disallow", signer, host_id, client)
 
     @abc.abstractmethod
     def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::deny``: add ``client`` to the deny list (idempotent)."""
+        self._firewall_list("deny", signer, host_id, client)
 
     @abc.abstractmethod
     def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::undeny``: remove ``client`` from the deny list (idempotent)."""
+        self._firewall_list("undeny", signer, host_id, client)
 
     # the lists as they are read: Tables on Sui, so one client is one lookup, and the
     # Host itself carries only their sizes (Host.firewall.allow_count, deny_count)
@@ -361,6 +400,13 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         max_requests_per_sec: int,
     ) -> None:
         """``host::set_client_limits`` (0 = unlimited)."""
+        check_signer(signer)
+        limits = (
+            u64(max_connections_per_client, "max_connections_per_client"),
+            u64(max_bytes_per_sec, "max_bytes_per_sec"),
+            u64(max_requests_per_sec, "max_requests_per_sec"),
+        )
+        self._on_host(signer, host_id, "set_client_limits", *limits)
 
     @abc.abstractmethod
     def add_service(
@@ -376,27 +422,42 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         given: the Move call gets a ``vector<u8>`` and makes it a String with
         ``string::utf8``, which aborts on bytes that are not UTF-8 (``std::string``'s
         ``EInvalidUTF8``, a :class:`~dtp.errors.ChainError` named ``"MoveAbort"``)."""
+        check_signer(signer)
+        args = (check_port(port), as_bytes(kind, "kind"), check_sla(sla))
+        self._on_host(signer, host_id, "add_service", *args, u64(max_connections, _MAX))
 
     @abc.abstractmethod
     def update_service(
         self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
     ) -> None:
         """``host::update_service``: new terms for connections opened afterwards."""
+        check_signer(signer)
+        args = (check_port(port), check_sla(sla), u64(max_connections, _MAX))
+        self._on_host(signer, host_id, "update_service", *args)
 
     @abc.abstractmethod
     def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
         """``host::remove_service``: no new connections; open ones go on under their SLA."""
+        check_signer(signer)
+        self._on_host(signer, host_id, "remove_service", check_port(port))
 
     # -- spending cap (dtp::spending_cap) ---------------------------------------------------
 
     @abc.abstractmethod
     def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
         """``spending_cap::create``: a shared cap owned by the signer. Returns its ID."""
+        check_signer(signer)
+        args = (u64(max_per_epoch, "max_per_epoch"),)
+        call = MoveCall("spending_cap", "create", args, 0, "SpendingCapCreated.cap", "SpendingCap")
+        return str(self._move(signer, call))
 
     @abc.abstractmethod
     def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
         """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups of
         more than 0 from now on: what is outstanding stays claimable, docs/escrow.md §4)."""
+        check_signer(signer)
+        args = (Id(cap_id, "SpendingCap"), u64(max_per_epoch, "max_per_epoch"))
+        self._move(signer, MoveCall("spending_cap", "set_max_per_epoch", args))
 
     # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
 
@@ -414,6 +475,8 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         new escrow, and are reserved on the spending cap ``cap_id``, outstanding there
         until claimed or refunded (docs/escrow.md §4; the Host is only read).
         ``client_public_key`` defaults to the signer's Ed25519 key."""
+        call = self._client_open(signer, (host_id, port, cap_id), deposit, client_public_key)
+        return cast(OpenedConnection, self._move(signer, call))
 
     @abc.abstractmethod
     def open_session_connection(
@@ -429,6 +492,10 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         receipts are signed by ``session_public_key`` (32 bytes, any Ed25519 key: a key
         the signer's page holds, docs/escrow.md §6.2) rather than by the signer's key. The
         connection's client is the signer."""
+        key = lambda: as_bytes(session_public_key, "session_public_key")  # noqa: E731
+        service = (host_id, port, cap_id)
+        call = self._open_call(signer, "open_with_session_key", service, deposit, key)
+        return cast(OpenedConnection, self._move(signer, call))
 
     def prepare_open_connection(
         self,
@@ -451,20 +518,35 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         """``escrow::top_up`` (client only): the escrow's claims are counted on the
         spending cap (``cap_id``, by default the escrow's), then ``amount`` MIST from the
         signer's balance are reserved on it (0 always fits)."""
+        check_signer(signer)
+        u64(amount, "the top-up amount")
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
+        args = (Id(escrow_id, "Escrow"), Id(cap_id, "SpendingCap"), amount)
+        self._move(signer, MoveCall("escrow", "top_up", args, amount))
 
     @abc.abstractmethod
     def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         """``escrow::claim`` (server only): returns the MIST paid to the server. The
         spending cap is not involved: the deposit was reserved on it (the escrow counts
         the claim on it at its next top-up or its settlement)."""
+        check_signer(signer)
+        args = (Id(escrow_id, "Escrow"), check_receipt(receipt))
+        return int(self._move(signer, MoveCall("escrow", "claim", args, 0, "ReceiptClaimed.paid")))
 
     @abc.abstractmethod
     def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::close``: half-close, or complete the peer's half-close."""
+        check_signer(signer)
+        args = (Id(connection_id, "TransportControl"),)
+        self._move(signer, MoveCall("transport_control", "close", args))
 
     @abc.abstractmethod
     def finalize(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::finalize``: close a half-closed connection after the timeout."""
+        check_signer(signer)
+        args = (Id(connection_id, "TransportControl"),)
+        self._move(signer, MoveCall("transport_control", "finalize", args))
 
     @abc.abstractmethod
     def settle(
@@ -478,6 +560,10 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         """``transport_control::settle``: refund the escrow's remainder to the client, count
         the escrow's claims on the spending cap and release the refund from it
         (``escrow_id`` and ``cap_id`` default to the connection's)."""
+        check_signer(signer)
+        args = self._settled(connection_id, escrow_id, cap_id)
+        call = MoveCall("transport_control", "settle", args, 0, _SETTLED)
+        return cast(Settlement, self._move(signer, call))
 
     @abc.abstractmethod
     def settle_with_receipt(
@@ -490,6 +576,11 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         cap_id: str | None = None,
     ) -> Settlement:
         """``transport_control::settle_with_receipt``: claim ``receipt``, then settle."""
+        check_signer(signer)
+        check_receipt(receipt)
+        args = (*self._settled(connection_id, escrow_id, cap_id), receipt)
+        call = MoveCall("transport_control", "settle_with_receipt", args, 0, _SETTLED)
+        return cast(Settlement, self._move(signer, call))
 
     def settle_batch(self, signer: HostIdentity, items: Sequence[SettleItem]) -> list[Settlement]:
         """Several connections' settlements, each claiming its receipt first when it has
@@ -540,18 +631,30 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
     @abc.abstractmethod
     def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
         """``pipe::create``: a Pipe owned by the signer. Returns its ID."""
+        check_signer(signer)
+        args = (Id(connection_id, "TransportControl"), u64(inner_count, "inner_count"))
+        call = MoveCall("pipe", "create", args, 0, "PipeCreated.pipe", "Pipe")
+        return str(self._move(signer, call))
 
     @abc.abstractmethod
     def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
         """``pipe::send`` (owner only): emits ``PipeDataSent``; returns the record's seq."""
+        check_signer(signer)
+        args = (Id(pipe_id, "Pipe"), u64(inner, "inner"), as_bytes(data, "data"))
+        return int(self._move(signer, MoveCall("pipe", "send", args, 0, "PipeDataSent.seq")))
 
     @abc.abstractmethod
     def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
         """``pipe::sync`` (owner only): every seq below ``acked`` was received."""
+        check_signer(signer)
+        args = (Id(pipe_id, "Pipe"), u64(inner, "inner"), u64(acked, "acked"))
+        self._move(signer, MoveCall("pipe", "sync", args))
 
     @abc.abstractmethod
     def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
         """``pipe::destroy`` (owner only)."""
+        check_signer(signer)
+        self._move(signer, MoveCall("pipe", "destroy", (Id(pipe_id, "Pipe"),)))
 
     # -- broadcast (dtp::broadcast) ---------------------------------------------------------
 
@@ -562,27 +665,42 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         """``broadcast::create``: slot 0 starts now. Returns the broadcast ID.
         ``channel`` is text, or bytes taken as given: ``string::utf8`` aborts on bytes
         that are not UTF-8, as for :meth:`add_service`'s ``kind``."""
+        check_signer(signer)
+        args = (as_bytes(channel, "channel"), u64(slot_price, "slot_price"))
+        result, created = "BroadcastCreated.broadcast", "Broadcast"
+        call = MoveCall("broadcast", "create", (*args, u64(slot_ms, "slot_ms")), 0, result, created)
+        return str(self._move(signer, call))
 
     @abc.abstractmethod
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
         """``broadcast::contribute``: ``amount`` MIST from the signer's balance to the pool."""
+        check_signer(signer)
+        args = (Id(broadcast_id, "Broadcast"), u64(amount, "the contribution"))
+        self._move(signer, MoveCall("broadcast", "contribute", args, amount))
 
     @abc.abstractmethod
     def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
         """``broadcast::transmit`` (broadcaster, on air): returns the message's seq."""
+        check_signer(signer)
+        args = (Id(broadcast_id, "Broadcast"), as_bytes(data, "data"))
+        call = MoveCall("broadcast", "transmit", args, 0, "BroadcastTransmitted.seq")
+        return int(self._move(signer, call))
 
     @abc.abstractmethod
     def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
         """``broadcast::claim`` (broadcaster): returns the MIST paid out."""
+        return int(self._on_broadcast(signer, broadcast_id, "claim", "BroadcastClaimed.amount"))
 
     @abc.abstractmethod
     def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
         """``broadcast::cancel`` (broadcaster)."""
+        self._on_broadcast(signer, broadcast_id, "cancel")
 
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         """``broadcast::withdraw`` (a listener, after cancel): returns the refund, the
         value of the signer's shares."""
+        return int(self._on_broadcast(signer, broadcast_id, "withdraw", _REFUNDED))
 
     @abc.abstractmethod
     def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
@@ -590,20 +708,26 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         ``transmit`` or ``heartbeat`` for ``Broadcast.idle_ms``, else ``EBroadcastLive``):
         completed, covered slots are paid first; returns the refund, the value of the
         signer's shares."""
+        return int(self._on_broadcast(signer, broadcast_id, "leave", _REFUNDED))
 
     @abc.abstractmethod
     def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
         """``broadcast::heartbeat`` (broadcaster, on air): records that it is transmitting
         off the ledger, which keeps its listeners from leaving for ``Broadcast.idle_ms``."""
+        self._on_broadcast(signer, broadcast_id, "heartbeat")
 
     # -- payment (dtp::payment) -----------------------------------------------------------------
-    # Not abstract, as the messaging calls below; both built-in ledgers implement it.
+    # Not abstract, as the messaging calls below: made through ``_move`` (NotImplementedError
+    # for a ledger without one).
 
     def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
         """``payment::pay``: send ``amount`` MIST (> 0) from the signer's balance to the
         address ``recipient``, with a ``memo`` of at most ``MAX_PAYMENT_MEMO`` (256) bytes
         carried by its ``PaymentSent`` event: a tip, a reward, a bounty."""
-        raise NotImplementedError(f"{type(self).__name__} has no payment call")
+        check_signer(signer)
+        u64(amount, "the amount")
+        to = Id(normalize_id(recipient, "recipient address"))
+        self._move(signer, MoveCall("payment", "pay", (amount, to, as_bytes(memo, "memo")), amount))
 
     # -- plain transfers (Sui's, no dtp package call) ------------------------------------------
     # Not abstract either; both built-in ledgers implement it.
@@ -620,13 +744,14 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no transfer call")
 
     # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
-    # Not abstract: ledgers written before these modules keep working; both built-in
-    # ledgers implement them.
+    # Not abstract: ledgers written before these modules keep working.
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
         """``mailbox::send``: emit ``MailDeposited { recipient_host, payload }`` for the Host
         ``host_id`` (1..MAX_MAIL_PAYLOAD bytes; anyone may send)."""
-        raise NotImplementedError(f"{type(self).__name__} has no mailbox")
+        check_signer(signer)
+        args = (Id(host_id, "Host"), as_bytes(payload, "payload"))
+        self._move(signer, MoveCall("mailbox", "send", args))
 
     def response_escrow_deposit(
         self,
@@ -639,7 +764,16 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
     ) -> str:
         """``response_escrow::deposit``: prepay ``amount`` MIST for a response from
         ``server`` by ``deadline_ms`` (ledger clock). Returns the ResponseEscrow ID."""
-        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+        check_signer(signer)
+        args = (
+            Id(normalize_id(server, "address")),
+            as_bytes(request_id, "request_id"),
+            signer_key(signer, requester_public_key, "requester_public_key"),
+            u64(deadline_ms, "the deadline"),
+            u64(amount, "the response fee"),
+        )
+        result = "ResponseFeeDeposited.escrow"
+        return str(self._move(signer, MoveCall("response_escrow", "deposit", args, amount, result)))
 
     def response_escrow_claim(
         self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
@@ -647,20 +781,94 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         """``response_escrow::claim`` (server): paid with the requester's acknowledgement
         (signature over :func:`response_ack_message` for this ledger's ``package_id``).
         Returns the MIST paid."""
-        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+        check_signer(signer)
+        proof = (as_bytes(response_hash, "response_hash"), as_bytes(signature, "signature"))
+        args = (Id(escrow_id, "ResponseEscrow"), *proof)
+        call = MoveCall("response_escrow", "claim", args, 0, "ResponseFeeClaimed.amount")
+        return int(self._move(signer, call))
 
     def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
         """``response_escrow::deliver`` (server, before the deadline): post the response
         as an event and take the fee. Returns the MIST paid."""
-        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+        check_signer(signer)
+        args = (Id(escrow_id, "ResponseEscrow"), as_bytes(response, "response"))
+        call = MoveCall("response_escrow", "deliver", args, 0, "ResponseDelivered.amount")
+        return int(self._move(signer, call))
 
     def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
         """``response_escrow::refund`` (requester, after the deadline). Returns the refund."""
-        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+        check_signer(signer)
+        args = (Id(escrow_id, "ResponseEscrow"),)
+        call = MoveCall("response_escrow", "refund", args, 0, "ResponseFeeRefunded.amount")
+        return int(self._move(signer, call))
 
     def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
         """The ResponseEscrow ``escrow_id``."""
         raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    # -- the calls' shared steps ----------------------------------------------------------
+
+    def _on_host(self, signer: HostIdentity, host_id: str, function: str, *args: Any) -> None:
+        self._move(signer, MoveCall("host", function, (Id(host_id, "Host"), *args)))
+
+    def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
+        check_signer(signer)
+        self._on_host(signer, host_id, fn, Id(normalize_id(client, "address")))
+
+    def _open_call(
+        self,
+        signer: HostIdentity,
+        function: str,
+        service: tuple[str, int, str],
+        deposit: int,
+        key: Callable[[], bytes],
+    ) -> MoveCall:
+        """``transport_control::open`` or ``open_with_session_key`` to the service
+        ``(host, port)`` with the spending cap ``cap`` (``key`` gives the public key,
+        checked after the other arguments)."""
+        host_id, port, cap_id = service
+        check_signer(signer)
+        check_port(port)
+        u64(deposit, "the deposit")
+        raw = key()
+        objects = (Id(host_id, "Host"), port, Id(cap_id, "SpendingCap"))
+        return MoveCall("transport_control", function, (*objects, raw, deposit), deposit, _OPENED)
+
+    def _client_open(
+        self,
+        signer: HostIdentity,
+        service: tuple[str, int, str],
+        deposit: int,
+        client_public_key: bytes | None,
+    ) -> MoveCall:
+        """``transport_control::open``, the client's key the signer's by default."""
+        what = "client_public_key"
+        key = lambda: signer_key(signer, client_public_key, what)  # noqa: E731
+        return self._open_call(signer, "open", service, deposit, key)
+
+    def _settled(
+        self, connection_id: str, escrow_id: str | None, cap_id: str | None
+    ) -> tuple[Id, Id, Id]:
+        """The connection, its escrow and its cap (``escrow_id`` and ``cap_id`` passing
+        others explicitly): the connection is read only for what the caller did not give
+        (the call checks every object itself; a missing connection fails there,
+        ObjectNotFound alike)."""
+        if escrow_id is None or cap_id is None:
+            tc = self.get_connection(connection_id)
+            escrow_id = tc.escrow if escrow_id is None else escrow_id
+            cap_id = tc.spending_cap if cap_id is None else cap_id
+        return (
+            Id(connection_id, "TransportControl"),
+            Id(escrow_id, "Escrow"),
+            Id(cap_id, "SpendingCap"),
+        )
+
+    def _on_broadcast(
+        self, signer: HostIdentity, broadcast_id: str, function: str, result: str = ""
+    ) -> Any:
+        check_signer(signer)
+        args = (Id(broadcast_id, "Broadcast"),)
+        return self._move(signer, MoveCall("broadcast", function, args, 0, result))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -683,13 +891,23 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         found = self.get_objects(wanted)
         return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
 
-    def subscription_over(self, subscription_id: str) -> str | None:
+    def subscription_over(self, subscription_id: str, host: Host | None = None) -> str | None:
         """Why the Subscription ``subscription_id`` no longer covers connections (its
-        offer withdrawn, or the current epoch outside it: ``subscription::is_over``), or
-        None while it does. What a paid server checks of a connection opened with a
-        subscription, at admission and while serving it (docs/escrow.md §13)."""
+        offer withdrawn, or the current epoch outside it: ``subscription::is_over``; or
+        its offer's provider no longer the host's authority, whose offer earns nothing
+        though the chain holds it over only once withdrawn), or None while it does.
+        What a paid server checks of a connection opened with a subscription, at
+        admission and while serving it (docs/escrow.md §13). ``host``: the offer's Host
+        as the caller read it (a server's, just now), else read here."""
         sub = self.get_subscription(subscription_id)
-        return sub.over(self.get_subscription_offer(sub.offer), self.epoch())
+        offer = self.get_subscription_offer(sub.offer)
+        epoch = self.epoch()
+        why = sub.over(offer, epoch)
+        if why is not None:
+            return why
+        if host is None or normalize_id(host.id, "host ID") != normalize_id(offer.host, "host ID"):
+            host = self.get_host(offer.host)
+        return sub.over(offer, epoch, host.authority)
 
     def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
         """Several objects by ID, typed, in the order asked (raises
@@ -700,6 +918,13 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
     @abc.abstractmethod
     def get_host(self, host_id: str) -> Host:
         """The Host ``host_id``."""
+
+    def get_service(self, host_id: str, port: int) -> Service | None:
+        """``host::service`` without its abort: the service the Host ``host_id`` publishes
+        on ``port`` now, None if none. The services are a Table on Sui, so this is one
+        lookup whatever their number (SuiLedger: one read of the entry's dynamic field);
+        here, a read of the Host."""
+        return self.get_host(host_id).services.get(check_port(port))
 
     @abc.abstractmethod
     def get_cap(self, cap_id: str) -> SpendingCap:
@@ -743,6 +968,16 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
     @abc.abstractmethod
     def epoch(self) -> int:
         """The current epoch."""
+
+    def verify_zklogin(self, check: ZkLoginCheck) -> None:
+        """Have this ledger's Sui node confirm a zkLogin identity proof (docs/protocol.md
+        8.4), as a server's ``ConnectionConfig.zklogin_verifier``: return once it did;
+        :class:`~dtp.errors.ZkLoginRefused` when it did not. A ledger without a Sui node
+        (LocalLedger) cannot: :class:`~dtp.errors.ZkLoginUnsupported`."""
+        raise ZkLoginUnsupported(
+            f"{type(self).__name__} cannot verify the zkLogin proof of {check.address}: "
+            "a zkLogin proof is verified by a Sui node, and this ledger has none"
+        )
 
     # -- events ------------------------------------------------------------------------------
 
@@ -856,3 +1091,26 @@ class TypedReads(Ledger):
     ) -> tuple[list[Event], str | None]:
         read = self.read_events(cursor, filter, limit)
         return read.events, read.cursor
+
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
+            # NaN would never pass the deadline check: the call would not return
+            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            events, cursor = self.events(cursor, filter, limit)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return events, cursor
+            self._await_events(remaining)
+
+    @abc.abstractmethod
+    def _await_events(self, remaining: float) -> None:
+        """Wait, at most ``remaining`` seconds, for events to be read again (each ledger
+        its own way: woken by a commit, or a poll's interval)."""

@@ -28,6 +28,7 @@ __all__ = [
     "Oversized",
     "bytes_like",
     "decode_body",
+    "encode_body",
     "encode_frame",
     "read_frames",
 ]
@@ -42,6 +43,12 @@ _HEADER: Final = struct.Struct(">I")
 _MAX_LENGTH: Final = 0xFFFFFFFF
 # one msgpack Packer per thread: msgpack.packb builds one (with a 256 KiB buffer) per call
 _packers = threading.local()
+
+
+def encode_body(message: Any) -> bytes:
+    """The msgpack of ``message`` (a frame's body, or a part of one a caller assembles):
+    :class:`NotEncodable` (a TypeError) for values msgpack cannot encode."""
+    return _pack(message)
 
 
 def _pack(message: Any) -> bytes:

@@ -11,6 +11,10 @@ datagram would be: the protocol's timeouts make up for it.
     node = await join_group_async("a", identity, seeds=[Seed("10.0.0.7", 7946, key)])
     async for event in node.events():
         print(event.kind, event.member.id)
+
+With a :class:`~dtp.messaging._membership_admission.GroupAdmission`, the server refuses
+peers the group does not name at their handshake, and a connection whose first frame
+does not prove the group's key is dropped before anything it sent is read.
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import dtp.aio
 from dtp.errors import DTPError
-from dtp.messaging import errors as E
-from dtp.messaging._framing import FrameDecoder, Oversized
+from dtp.messaging._framing import FrameDecoder
 from dtp.messaging._membership import (
     MAX_MESSAGE,
     Member,
@@ -36,6 +39,7 @@ from dtp.messaging._membership import (
     Outgoing,
     Seed,
 )
+from dtp.messaging._membership_admission import Gate, GroupAdmission
 from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
@@ -62,11 +66,13 @@ async def join_group_async(
     config: MembershipConfig | None = None,
     rng: random.Random | None = None,
     route: Route | None = None,
+    admission: GroupAdmission | None = None,
 ) -> AsyncMemberNode:
     """Start a member: serve on ``host:port`` (0: any free port), tell others to reach it
     at ``advertise`` (default: the address served) and join through ``seeds`` (none: a
-    group of one, that others join). ``route``: see :data:`Route`."""
-    node = AsyncMemberNode(identity, config or MembershipConfig(), route)
+    group of one, that others join). ``route``: see :data:`Route`. ``admission``: who
+    may join (None: anyone who reaches the port)."""
+    node = AsyncMemberNode(identity, config or MembershipConfig(), route, admission)
     await node._start(member_id, host, port, advertise, seeds, rng)
     return node
 
@@ -75,12 +81,18 @@ class AsyncMemberNode(NodeFace):
     """One member of a group, on the running event loop (:func:`join_group_async` makes one)."""
 
     def __init__(
-        self, identity: HostIdentity, config: MembershipConfig, route: Route | None = None
+        self,
+        identity: HostIdentity,
+        config: MembershipConfig,
+        route: Route | None = None,
+        admission: GroupAdmission | None = None,
     ) -> None:
         self.identity = identity
         self._log = logger
         self._route = route
         self.config = config
+        self._gate = Gate(admission)
+        self._refusals: set[tuple[str, int]] = set()
         self.engine: Membership
         self._server: dtp.aio.DTPServer | None = None
         self._links: dict[_Address, asyncio.Queue[bytes]] = {}
@@ -90,6 +102,7 @@ class AsyncMemberNode(NodeFace):
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closed = False
+        self._held = contextlib.nullcontext()
         #: Messages dropped on the way out (peer unreachable or its queue full).
         self.dropped = 0
 
@@ -103,7 +116,7 @@ class AsyncMemberNode(NodeFace):
         rng: random.Random | None,
     ) -> None:
         self._server = await dtp.aio.start_server(
-            self._serve_peer, host, port, identity=self.identity
+            self._serve_peer, host, port, identity=self.identity, admit=self._gate.hook
         )
         where = advertise or self._server.address
         me = Member(member_id, where[0], where[1], self.identity.noise_public, 0, MemberState.ALIVE)
@@ -118,14 +131,6 @@ class AsyncMemberNode(NodeFace):
         """The address served."""
         assert self._server is not None
         return self._server.address
-
-    def members(self, *, include_self: bool = True) -> list[Member]:
-        """The live member list (alive and suspect), by id."""
-        return self.engine.members(include_self=include_self)
-
-    def member(self, member_id: str) -> Member | None:
-        """The record held of ``member_id`` (dead and left ones for a while too)."""
-        return self.engine.member(member_id)
 
     async def events(self) -> AsyncIterator[MembershipEvent]:
         """Every change from now on, until the node stops (a reader that falls
@@ -277,11 +282,13 @@ class AsyncMemberNode(NodeFace):
                             identity=self.identity,
                             timeout=self.config.connect_timeout,
                         )
+                        if self._gate.proves:
+                            writer.write(self._gate.proof(writer.get_extra_info("handshake_hash")))
                     writer.write(data)
                     async with asyncio.timeout(self.config.probe_interval):
                         await writer.drain()
                 except (DTPError, OSError, TimeoutError) as exc:
-                    logger.debug("membership link to %s:%s: %s", host, port, exc)
+                    self._link_failed(host, port, exc)
                     self.dropped += 1 + queue.qsize()
                     return
         finally:
@@ -304,16 +311,16 @@ class AsyncMemberNode(NodeFace):
         if self._closed:
             writer.abort("member stopped")
             return
+        proven = not self._gate.proves
         try:
             while data := await reader.read(65536):
                 for body in decoder.frames(data):
-                    if isinstance(body, Oversized):
-                        self.engine.refused += 1
+                    if not proven:  # its first frame: the proof of the group's key, or out
+                        if not self._gate.check(body, writer.get_extra_info("handshake_hash")):
+                            return
+                        proven = True
                         continue
-                    try:
-                        self.engine.receive(body, loop.time(), peer_key=key)
-                    except E.MalformedMessage as exc:
-                        logger.debug("membership message refused: %s", exc)
+                    self._take(body, loop.time(), key)
                 self._flush()
         except DTPError:
             pass  # the peer went away: its messages so far were taken

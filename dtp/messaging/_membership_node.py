@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Final
 
+from dtp.errors import ConnectionRefused
+from dtp.messaging import errors as E
+from dtp.messaging._framing import Oversized
 from dtp.messaging._membership import Member, Membership, MembershipConfig, MembershipEvent, Seed
+from dtp.messaging._membership_admission import Gate
 
 __all__ = ["EVENT_QUEUE", "LINK_QUEUE", "NodeFace", "Route"]
 
@@ -35,14 +40,46 @@ class NodeFace:
 
     engine: Membership
     config: MembershipConfig
+    _gate: Gate
     _route: Route | None
     _callbacks: list[Callable[[MembershipEvent], object]]
+    #: Held while the engine is read (the blocking node's lock; nothing on asyncio).
+    _held: AbstractContextManager[object]
     _log: logging.Logger = logger
+    #: Addresses that refused this member at the handshake, logged once each.
+    _refusals: set[tuple[str, int]]
 
     @property
     def me(self) -> Member:
         """This member's own record."""
         return self.engine.me
+
+    @property
+    def refused(self) -> int:
+        """Messages refused: malformed, forged (a sender record another key than the
+        connection's), oversized, or of members past ``max_members``."""
+        return self.engine.refused
+
+    @property
+    def refused_peers(self) -> int:
+        """Peers refused by the group's admission: at the handshake, or at a first frame
+        that proved no group key (nothing they sent was read)."""
+        return self._gate.refused
+
+    @property
+    def health(self) -> int:
+        """The local health score (0: healthy; timeouts are this + 1 times longer)."""
+        return self.engine.health
+
+    def members(self, *, include_self: bool = True) -> list[Member]:
+        """The live member list (alive and suspect), by id."""
+        with self._held:
+            return self.engine.members(include_self=include_self)
+
+    def member(self, member_id: str) -> Member | None:
+        """The record held of ``member_id`` (dead and left ones for a while too)."""
+        with self._held:
+            return self.engine.member(member_id)
 
     def seed(self) -> Seed:
         """A :class:`~dtp.messaging._membership.Seed` for others to join through this member."""
@@ -64,6 +101,29 @@ class NodeFace:
     def _where(self, host: str, port: int) -> tuple[str, int]:
         """The address to connect to for a member advertising ``host:port`` (:data:`Route`)."""
         return self._route(host, port) if self._route else (host, port)
+
+    def _link_failed(self, host: str, port: int, exc: Exception) -> None:
+        """A link could not carry its message: dropped, as a datagram is lost. A member
+        that refuses this one at the handshake is logged once as a warning (the group's
+        admission leaves this member out: a configuration to fix)."""
+        first = (host, port) not in self._refusals and len(self._refusals) < 1024
+        if isinstance(exc, ConnectionRefused) and first:
+            self._refusals.add((host, port))
+            self._log.warning("membership: %s:%s refused this member: %s", host, port, exc.reason)
+            return
+        self._log.debug("membership link to %s:%s: %s", host, port, exc)
+
+    def _take(self, body: bytes | Oversized, now: float, key: bytes | None) -> bool:
+        """A peer's frame into the engine (under the driver's lock, if it has one):
+        False when it was too large to read (refused, counted)."""
+        if isinstance(body, Oversized):
+            self.engine.refused += 1
+            return False
+        try:
+            self.engine.receive(body, now, peer_key=key)
+        except E.MalformedMessage as exc:
+            self._log.debug("membership message refused: %s", exc)
+        return True
 
     def _link_idle(self) -> float:
         """Seconds a link to one member stays open with nothing to send."""

@@ -10,6 +10,7 @@ message that cannot go out promptly is dropped, as a datagram would be.
     with join_group("a", identity, seeds=[Seed("10.0.0.7", 7946, key)]) as node:
         for event in node.events(timeout=60):
             print(event.kind, event.member.id)
+Admission (a :class:`~dtp.messaging._membership_admission.GroupAdmission`): as on asyncio.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import dtp.socket
 from dtp.errors import DTPError
-from dtp.messaging import errors as E
-from dtp.messaging._framing import Oversized, read_frames
+from dtp.messaging._framing import read_frames
 from dtp.messaging._membership import (
     MAX_MESSAGE,
     Member,
@@ -37,6 +37,7 @@ from dtp.messaging._membership import (
     Outgoing,
     Seed,
 )
+from dtp.messaging._membership_admission import Gate, GroupAdmission
 from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def join_group(
     config: MembershipConfig | None = None,
     rng: random.Random | None = None,
     route: Route | None = None,
+    admission: GroupAdmission | None = None,
 ) -> MemberNode:
     """Start a member (arguments as :func:`~dtp.messaging._membership_aio.join_group_async`;
     ``route``: see :data:`Route`)."""
@@ -73,6 +75,7 @@ def join_group(
         config=config,
         rng=rng,
         route=route,
+        admission=admission,
     )
 
 
@@ -91,15 +94,20 @@ class MemberNode(NodeFace):
         config: MembershipConfig | None = None,
         rng: random.Random | None = None,
         route: Route | None = None,
+        admission: GroupAdmission | None = None,
     ) -> None:
         self.identity = identity
         self._log = logger
         self._route = route
         self.config = config or MembershipConfig()
-        self._server = dtp.socket.create_server((host, port), identity=identity)
+        self._gate = Gate(admission)
+        self._refusals: set[tuple[str, int]] = set()
+        self._server = dtp.socket.create_server(
+            (host, port), identity=identity, admit=self._gate.hook
+        )
         where = advertise or self._server.address
         me = Member(member_id, where[0], where[1], identity.noise_public, 0, MemberState.ALIVE)
-        self._lock = threading.Condition()
+        self._lock = self._held = threading.Condition()
         self._dispatch = threading.RLock()
         self.engine = Membership(me, time.monotonic(), config=self.config, rng=rng, seeds=seeds)
         self._links: dict[_Address, queue.Queue[bytes]] = {}
@@ -110,8 +118,8 @@ class MemberNode(NodeFace):
         self._threads: list[threading.Thread] = []
         #: Messages dropped on the way out (peer unreachable or its queue full).
         self.dropped = 0
-        self._start(self._timers, "timers")
-        self._start(self._accept, "accept")
+        self._spawn(self._pump, "timers")
+        self._spawn(self._accept, "accept")
         self._flush()
 
     # -- the face (and NodeFace's) -----------------------------------------------------------
@@ -120,16 +128,6 @@ class MemberNode(NodeFace):
     def address(self) -> tuple[str, int]:
         """The address served."""
         return self._server.address
-
-    def members(self, *, include_self: bool = True) -> list[Member]:
-        """The live member list (alive and suspect), by id."""
-        with self._lock:
-            return self.engine.members(include_self=include_self)
-
-    def member(self, member_id: str) -> Member | None:
-        """The record held of ``member_id`` (dead and left ones for a while too)."""
-        with self._lock:
-            return self.engine.member(member_id)
 
     def events(self, timeout: float | None = None) -> Iterator[MembershipEvent]:
         """Every change from now on, until the node stops or ``timeout`` s pass with none
@@ -203,13 +201,13 @@ class MemberNode(NodeFace):
 
     # -- the driver -------------------------------------------------------------------------
 
-    def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=f"membership-{name}", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
 
-    def _timers(self) -> None:
+    def _pump(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 timer = self.engine.get_timer()
@@ -255,7 +253,7 @@ class MemberNode(NodeFace):
             q = self._links.get(address)
             if q is None:
                 self._links[address] = q = queue.Queue(LINK_QUEUE)
-                self._start(self._link, "link", address, q)
+                self._spawn(self._link, "link", address, q)
         try:
             q.put_nowait(out.data)
         except queue.Full:
@@ -286,9 +284,11 @@ class MemberNode(NodeFace):
                         )
                         sock.settimeout(self.config.probe_interval)
                         self._socks.add(sock)
+                        if self._gate.proves:
+                            sock.sendall(self._gate.proof(sock.handshake_hash))
                     sock.sendall(data)
                 except (DTPError, OSError) as exc:
-                    logger.debug("membership link to %s:%s: %s", host, port, exc)
+                    self._link_failed(host, port, exc)
                     self.dropped += 1 + q.qsize()
                     return
         finally:
@@ -309,23 +309,23 @@ class MemberNode(NodeFace):
                 sock.abort("member stopped")
                 return
             self._socks.add(sock)
-            self._start(self._read, "reader", sock)
+            self._spawn(self._serve_peer, "reader", sock)
 
-    def _read(self, sock: dtp.socket.DTPSocket) -> None:
+    def _serve_peer(self, sock: dtp.socket.DTPSocket) -> None:
         """Read one peer's messages into the engine."""
         key = sock.peer_static_key
         sock.settimeout(None)
+        proven = not self._gate.proves
         try:
             for body in read_frames(sock, MAX_MESSAGE, self._stop):
-                if isinstance(body, Oversized):
-                    with self._lock:
-                        self.engine.refused += 1
+                if not proven:  # its first frame: the proof of the group's key, or out
+                    if not self._gate.check(body, sock.handshake_hash):
+                        return
+                    proven = True
                     continue
                 with self._lock:
-                    try:
-                        self.engine.receive(body, time.monotonic(), peer_key=key)
-                    except E.MalformedMessage as exc:
-                        logger.debug("membership message refused: %s", exc)
+                    if not self._take(body, time.monotonic(), key):
+                        continue
                     self._lock.notify_all()  # (the timer thread: a new timer may be due)
                 self._flush()
         except (DTPError, OSError):

@@ -11,13 +11,8 @@ message becomes a :class:`ProtocolViolation` event and, when the peer could be w
 an answer, an error frame back; the stream stays usable (frames are length-prefixed, so
 the next one is found regardless).
 
-The module holds, in this order: the message format (kinds, limits, the checks of what
-the peer sends), the checks of a caller's arguments, the fast paths' read sizes, and the
-class, whole, in the order of a message's life: what one side knows (its limits, the
-requests in flight either way, the output queue and the framing), sending, the fast path
-(a request and its answer without the queue), receiving and the timers. The events are
-``protocol_events``; the frames' byte layer, shared by every messaging protocol,
-``framing``.
+Its layout, the class whole in the order of a message's life: docs/architecture.md
+("apps: messaging").
 """
 
 from __future__ import annotations
@@ -188,14 +183,10 @@ def _check_our_timeout(timeout: Any) -> None:
 
 def _check_wait(timeout: Any) -> None:
     """A local wait's ``timeout`` (not None), refused as ``socket.settimeout`` refuses
-    it (the messaging waits' one check): ValueError for NaN, OverflowError past
-    ``threading.TIMEOUT_MAX`` either way, infinities included, ValueError below 0. Not
-    a number (a str, and a bool here) is a TypeError.
-
-    Left to the waits, a NaN deadline never passed (queue's and Condition's own checks
-    let it through), inf overflowed a lock's wait with a bare "timestamp out of range"
-    from inside queue (the OverflowError here has ``DTPSocket.settimeout``'s words), and
-    a str failed deep inside the wait."""
+    it (the messaging waits' one check): ValueError for NaN or below 0, OverflowError
+    past ``threading.TIMEOUT_MAX`` either way (infinities too), TypeError for what is
+    not a number (a str, a bool). Left to the waits, a NaN deadline never passes and
+    inf or a str fails deep inside them with no word of why."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
     if timeout != timeout:
@@ -236,10 +227,8 @@ _NO_METHOD_YET = object()
 check: not ``None`` (a name of ``None`` would pass unchecked) nor ``""`` (interned)."""
 
 
-# -- the fast paths' read sizes (the blocking client and server read with them; after a
-# read that was one whole message shorter than QUICK_RECV_SIZE the next read is that
-# size, after any other RECV_SIZE: the rule is written inline in each, a call less a
-# message)
+# -- the fast paths' read sizes (the blocking client and server read with them, by a rule
+# written inline in each: a call less a message)
 
 #: What a driver reads at a time while messages are large, or come in pieces.
 RECV_SIZE: Final = 256 * 1024
@@ -313,10 +302,7 @@ class RpcProtocol:
         self._events: deque[RpcEvent] = deque()
         if first_id is not None and not _valid_id(first_id):
             raise ValueError(f"first_id must be an int from 1 to {MAX_ID}, not {first_id!r}")
-        # a random first id by default: a client made on a stream another one used
-        # (its calls still in flight, their answers on the way) took those answers
-        # for its own, numbered from 1 as well -- now they are late answers, dropped
-        # (31 bits: a 5-byte msgpack int, and 2**62 calls before the numbers wrap)
+        # (first_id: see the class doc; 31 bits: a 5-byte msgpack int, 2**62 calls to wrap)
         self._next_id = random.randrange(1, 1 << 31) if first_id is None else first_id
         #: our requests in flight: id -> deadline (None = none)
         self._outgoing: dict[int, float | None] = {}
@@ -641,9 +627,9 @@ class RpcProtocol:
 
     def take_response(self, request_id: int, data: bytes) -> tuple[Any] | None:
         """When ``data`` (bytes just read) is exactly one frame, the RESPONSE to our
-        pending request ``request_id``: settle the request and return ``(result,)`` (a
-        response's meta is not kept). Otherwise None, with nothing changed: feed
-        ``data`` to :meth:`receive_data`."""
+        pending request ``request_id``: settle the request (its timer, if :meth:`track`
+        gave it one, goes) and return ``(result,)`` (a response's meta is not kept).
+        Otherwise None, with nothing changed: feed ``data`` to :meth:`receive_data`."""
         # exactly one whole frame, nothing partial in the decoder (checked here, not in
         # a helper shared with take_request: a Python call less per call; struct and
         # a slice cost a third of int.from_bytes and startswith)
@@ -671,6 +657,13 @@ class RpcProtocol:
             and (meta is None or type(meta) is dict)
             and self._outgoing.pop(request_id, _MISSING) is not _MISSING
         ):
+            timers = self._timers
+            if timers:
+                # its timer, when it is the next due (a sequential caller's, from
+                # track()): dropped now, as the next get_timer() would drop it
+                head = timers[0]
+                if head[2] == request_id and head[1] == 0:
+                    heapq.heappop(timers)
             return (result,)
         return None
 

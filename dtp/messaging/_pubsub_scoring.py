@@ -1,21 +1,9 @@
-"""Validation verdicts and peer scores for pub/sub (docs/messaging.md §4.1, §4.2).
-
-The ideas are gossipsub v1.1's (libp2p specs, ``pubsub/gossipsub/gossipsub-v1.1.md``:
-validators that accept, ignore or reject; a score made of first-message deliveries and
-a squared, decaying count of invalid messages; a graylist threshold), kept to what a
-node without a mesh overlay can use. Everything here takes ``now`` (seconds on any
-monotonic clock) rather than reading a clock, so the rules are tested on virtual time
+"""Validation verdicts and peer scores for pub/sub: the rules, the score's formula and
+its decay are docs/messaging.md §4.1, §4.2 (gossipsub v1.1's ideas, kept to what a node
+without a mesh overlay can use, plus the mesh-delivery deficit, gossipsub's P3, for a
+node with one). Everything here takes ``now`` (seconds on any monotonic clock) rather
+than reading a clock, so the rules are tested on virtual time
 (tests/messaging/test_pubsub_scoring.py).
-
-A peer's score is::
-
-    score = first_delivery_weight * min(first_deliveries, first_delivery_cap)
-          + invalid_weight * invalid ** 2
-
-Both counters decay exponentially, each with its half-life, and one that falls below
-``decay_to_zero`` becomes 0. Below ``graylist_threshold`` a peer's PUBLISH frames are
-dropped unread (each counting as one more invalid message); below
-``disconnect_threshold`` its links are closed.
 """
 
 from __future__ import annotations
@@ -76,6 +64,14 @@ class ScoreParams:
     #: A counter that decays below this is 0 (and a record of a peer with no link and
     #: both counters 0 is forgotten).
     decay_to_zero: float = 0.01
+    #: P3: a mesh peer below ``mesh_delivery_threshold`` deliveries (decaying with
+    #: ``mesh_delivery_half_life``), ``mesh_delivery_activation`` seconds after it was
+    #: grafted, costs ``mesh_delivery_weight`` times the deficit squared (threshold 0:
+    #: off).
+    mesh_delivery_weight: float = -1.0
+    mesh_delivery_threshold: float = 0.0
+    mesh_delivery_half_life: float = 60.0
+    mesh_delivery_activation: float = 30.0
     #: Most records kept for peers with no link (a peer that reconnects finds its
     #: score); past this, the oldest are forgotten.
     retain: int = 4096
@@ -90,6 +86,10 @@ class ScoreParams:
             "graylist_threshold",
             "disconnect_threshold",
             "decay_to_zero",
+            "mesh_delivery_weight",
+            "mesh_delivery_threshold",
+            "mesh_delivery_half_life",
+            "mesh_delivery_activation",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -98,8 +98,12 @@ class ScoreParams:
                 raise ValueError(f"{name} must be finite")
         if self.first_delivery_weight < 0 or self.first_delivery_cap < 0:
             raise ValueError("first-delivery weight and cap are 0 or more (a credit)")
-        if self.invalid_weight > 0:
-            raise ValueError("invalid_weight is 0 or less (a penalty)")
+        if self.invalid_weight > 0 or self.mesh_delivery_weight > 0:
+            raise ValueError("invalid_weight and mesh_delivery_weight are 0 or less (penalties)")
+        if self.mesh_delivery_threshold < 0 or self.mesh_delivery_activation < 0:
+            raise ValueError("mesh_delivery_threshold and _activation are 0 or more")
+        if self.mesh_delivery_half_life <= 0:
+            raise ValueError("half-lives are above 0 seconds")
         if self.first_delivery_half_life <= 0 or self.invalid_half_life <= 0:
             raise ValueError("half-lives are above 0 seconds")
         if not self.disconnect_threshold <= self.graylist_threshold < 0:
@@ -121,6 +125,10 @@ class PeerScore:
     standing: Standing
     #: Links to the peer open now.
     links: int
+    #: Messages it brought while in one of the node's meshes (decaying: P3).
+    mesh_deliveries: float = 0.0
+    #: Meshes of the node it is in now.
+    meshes: int = 0
 
     @property
     def graylisted(self) -> bool:
@@ -128,7 +136,18 @@ class PeerScore:
 
 
 class _Record:
-    __slots__ = ("first", "graylisted", "invalid", "label", "links", "stamp")
+    __slots__ = (
+        "delivered",
+        "first",
+        "graylisted",
+        "invalid",
+        "label",
+        "links",
+        "mesh_active",
+        "mesh_since",
+        "meshes",
+        "stamp",
+    )
 
     def __init__(self, label: str, now: float) -> None:
         self.label = label
@@ -136,6 +155,12 @@ class _Record:
         self.invalid = 0.0
         self.stamp = now
         self.links = 0
+        #: P3: meshes of the node the peer is in, since when, and what it delivered there
+        #: (decaying); whether its deficit counts yet (set by _decay).
+        self.meshes = 0
+        self.mesh_since = now
+        self.delivered = 0.0
+        self.mesh_active = False
         #: Whether the last look found it graylisted (to log the transitions once).
         self.graylisted = False
 
@@ -160,12 +185,14 @@ class PeerScores:
 
     def _decay(self, rec: _Record, now: float) -> None:
         """(lock held) Bring ``rec``'s counters to ``now`` (a clock that goes back
-        decays nothing: the stamp only moves forward)."""
+        decays nothing: the stamp only moves forward), and whether its mesh-delivery
+        deficit counts yet."""
+        p = self.params
+        rec.mesh_active = rec.meshes > 0 and now - rec.mesh_since >= p.mesh_delivery_activation
         elapsed = now - rec.stamp
         if elapsed <= 0:
             return
         rec.stamp = now
-        p = self.params
         if rec.first:
             rec.first *= math.exp(-_LN2 * elapsed / p.first_delivery_half_life)
             if rec.first < p.decay_to_zero:
@@ -174,13 +201,21 @@ class PeerScores:
             rec.invalid *= math.exp(-_LN2 * elapsed / p.invalid_half_life)
             if rec.invalid < p.decay_to_zero:
                 rec.invalid = 0.0
+        if rec.delivered:
+            rec.delivered *= math.exp(-_LN2 * elapsed / p.mesh_delivery_half_life)
+            if rec.delivered < p.decay_to_zero:
+                rec.delivered = 0.0
 
     def _score(self, rec: _Record) -> float:
         p = self.params
-        return (
+        score = (
             p.first_delivery_weight * min(rec.first, p.first_delivery_cap)
             + p.invalid_weight * rec.invalid * rec.invalid
         )
+        if rec.mesh_active and rec.delivered < p.mesh_delivery_threshold:
+            deficit = p.mesh_delivery_threshold - rec.delivered
+            score += p.mesh_delivery_weight * deficit * deficit
+        return score
 
     def _standing(self, rec: _Record) -> Standing:
         """(lock held) ``rec``'s standing, logging a move on or off the graylist."""
@@ -244,7 +279,7 @@ class PeerScores:
             if rec.links:
                 continue
             self._decay(rec, now)
-            if rec.first == 0 and rec.invalid == 0:
+            if rec.first == 0 and rec.invalid == 0 and rec.delivered == 0:
                 del self._records[key]
             else:
                 idle.append((rec.stamp, key))
@@ -261,6 +296,33 @@ class PeerScores:
             rec = self._get(key, label, now)
             rec.first = min(rec.first + 1, self.params.first_delivery_cap)
 
+    def graft(self, key: Hashable, now: float) -> None:
+        """The peer joined one of the node's meshes (P3 counts from its first)."""
+        with self._lock:
+            rec = self._records.get(key)
+            if rec is None:
+                return
+            self._decay(rec, now)
+            if not rec.meshes:
+                rec.mesh_since = now
+            rec.meshes += 1
+
+    def prune(self, key: Hashable, now: float) -> None:
+        """The peer left one of the node's meshes."""
+        with self._lock:
+            rec = self._records.get(key)
+            if rec is not None:
+                self._decay(rec, now)
+                rec.meshes = max(0, rec.meshes - 1)
+
+    def mesh_delivery(self, key: Hashable, now: float) -> None:
+        """A mesh peer brought a message (first, or within the delivery window)."""
+        with self._lock:
+            rec = self._records.get(key)
+            if rec is not None:
+                self._decay(rec, now)
+                rec.delivered += 1
+
     def invalid(self, key: Hashable, label: str, now: float, count: int = 1) -> Standing:
         """The peer sent ``count`` invalid messages (rejected, malformed, or sent while
         graylisted)."""
@@ -275,7 +337,7 @@ class PeerScores:
         """The peer's standing now (OK for a peer never seen)."""
         with self._lock:
             rec = self._records.get(key)
-            if rec is None or (rec.invalid == 0 and not rec.graylisted):
+            if rec is None or (rec.invalid == 0 and not rec.graylisted and not rec.meshes):
                 return Standing.OK  # (no penalty: credit alone never lowers a score)
             self._decay(rec, now)
             return self._standing(rec)
@@ -303,5 +365,7 @@ class PeerScores:
                     rec.invalid,
                     self._standing(rec),
                     rec.links,
+                    rec.delivered,
+                    rec.meshes,
                 )
             return out

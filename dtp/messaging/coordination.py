@@ -266,6 +266,16 @@ class LeaseSteps:
             raise exc
         logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
 
+    @contextlib.contextmanager
+    def _fenced(self) -> Iterator[None]:
+        """A ledger call a newer tenure may fence out: then the lease is lost, and the
+        :class:`FencedOut` goes on up."""
+        try:
+            yield
+        except FencedOut:
+            self._lose()
+            raise
+
     def _lose(self: Self) -> None:
         """The tenure is over: the renewer stops and ``on_lost`` is called, once."""
         with self._engine_lock:
@@ -281,26 +291,47 @@ class LeaseSteps:
         """Stop the renewer once the lease is lost (the asyncio one ends by itself)."""
 
 
+@dataclass
+class _Tenure:
+    """A watched lease's tenure as the watch last saw it."""
+
+    token: int
+    #: When it ends (ledger ms); 0 once released, or once its expiry was reported.
+    expires_at_ms: int
+
+
 class WatchEngine:
-    """Which ledger events a watch reports, and when it must look at the clock; no I/O.
+    """Which ledger events a watch reports, and the expiries between them; no I/O.
 
     ``key`` selects a key's puts and removals, ``lease`` a lease's changes and its
-    expiry; with neither, every change of the registry."""
+    expiry; with neither, every change of the registry, every lease's expiry included.
+
+    No event marks an expiry, so the engine places each one where the ledger had it: a
+    tenure not released ended at its ``expires_at_ms``, reported before the first event
+    stamped at or after that time, before the ``acquired`` of the next tenure whatever
+    the stamps say (a name is taken again only once free), and otherwise once the
+    ledger's clock has passed it. A new tenure read together with the old one's end thus
+    never hides that end."""
 
     def __init__(self, registry_id: str, key: str | None, lease: str | None) -> None:
         self.registry_id = registry_id
         self.key = key
         self.lease = lease
         self.filter = EventFilter(module="registry", object_id=registry_id)
-        #: The watched lease's end as last seen (ledger ms), 0 when not held.
-        self.expires_at_ms = 0
-        self.token = 0
+        #: The watched leases' tenures as last seen, by name.
+        self.tenures: dict[str, _Tenure] = {}
 
-    def start(self, state: RegistryState) -> None:
-        """Take what the ledger holds now (the watch reports only later changes)."""
-        if self.lease is not None and self.lease in state.leases:
-            lease = state.leases[self.lease]
-            self.expires_at_ms, self.token = lease.expires_at_ms, lease.token
+    def _watches_lease(self, name: str) -> bool:
+        return self.key is None and self.lease in (None, name)
+
+    def start(self, state: RegistryState, ledger_now_ms: int) -> None:
+        """Take what the ledger holds now (the watch reports only later changes);
+        ``ledger_now_ms`` is the ledger's clock read *before* ``state``, so a lease that
+        runs out in between is still reported."""
+        for name, lease in state.leases.items():
+            if self._watches_lease(name):
+                ends = lease.expires_at_ms if lease.held_at(ledger_now_ms) else 0
+                self.tenures[name] = _Tenure(lease.token, ends)
 
     def _wanted(self, event: Event) -> bool:
         f = event.fields
@@ -309,15 +340,48 @@ class WatchEngine:
         if event.name in _VALUE_EVENTS:
             return self.lease is None and self.key in (None, f["key"])
         if event.name in _LEASE_EVENTS:
-            return self.key is None and self.lease in (None, f["name"])
+            return self._watches_lease(str(f["name"]))
         return False
 
+    def _expire(self, ended: Callable[[str, _Tenure], bool]) -> list[Change]:
+        """The expiries of the tenures ``ended`` says are over, oldest first, each once."""
+        over = sorted(
+            (t.expires_at_ms, name)
+            for name, t in self.tenures.items()
+            if t.expires_at_ms > 0 and ended(name, t)
+        )
+        out = []
+        for at, name in over:
+            tenure = self.tenures[name]
+            out.append(Change("expired", name, tenure.token, expires_at_ms=at))
+            tenure.expires_at_ms = 0
+        return out
+
+    def _ended_before(self, event: Event) -> list[Change]:
+        """The expiries that came before ``event`` on the ledger."""
+        f = event.fields
+        name = str(f.get("name", ""))
+        lease_event = event.name in _LEASE_EVENTS
+
+        def ended(tenure_name: str, tenure: _Tenure) -> bool:
+            if lease_event and tenure_name == name:
+                if event.name == "LeaseAcquired":
+                    return int(f["token"]) > tenure.token  # a new tenure: the old one ran out
+                if event.name == "LeaseRenewed":
+                    return False  # a renewal proves its tenure stood
+            return tenure.expires_at_ms <= event.timestamp_ms  # (0: no stamp, no rule)
+
+        return self._expire(ended)
+
     def changes(self, events: list[Event], ledger_now_ms: int) -> list[Change]:
-        """The changes in ``events`` (oldest first), then an expiry the clock passed."""
+        """The changes in ``events`` (oldest first) with the expiries between them, then
+        the expiries the clock passed: ``ledger_now_ms`` must be read before the last
+        read of ``events`` (then no event earlier than such an expiry is still unread)."""
         out: list[Change] = []
         for event in events:
             if not self._wanted(event):
                 continue
+            out.extend(self._ended_before(event))
             f = event.fields
             kind = _KINDS[event.name]
             if event.name in _VALUE_EVENTS:
@@ -332,29 +396,53 @@ class WatchEngine:
                     )
                 )
                 continue
+            name, token = str(f["name"]), int(f["token"])
             expires = int(f.get("expires_at_ms", 0))
-            if self.lease is not None:
-                self.token, self.expires_at_ms = int(f["token"]), expires
+            self.tenures[name] = _Tenure(token, expires)
             out.append(
                 Change(
                     kind,
-                    str(f["name"]),
-                    int(f["token"]),
+                    name,
+                    token,
                     holder=bytes(f["holder"]) if kind == "acquired" else None,
                     expires_at_ms=expires if kind != "released" else None,
                     event=event,
                 )
             )
-        if self.lease is not None and 0 < self.expires_at_ms <= ledger_now_ms:
-            out.append(Change("expired", self.lease, self.token, expires_at_ms=self.expires_at_ms))
-            self.expires_at_ms = 0
+        out.extend(self._expire(lambda _name, tenure: tenure.expires_at_ms <= ledger_now_ms))
         return out
 
+    def expiry_due(self, ledger_now_ms: int) -> bool:
+        """Whether a watched tenure ran out by ``ledger_now_ms`` and is not reported yet:
+        the events up to that time must then be read before it is placed."""
+        return any(0 < t.expires_at_ms <= ledger_now_ms for t in self.tenures.values())
+
     def wait_slice(self, ledger_now_ms: int, poll_interval: float) -> float:
-        """How long to wait for events before looking at the clock again (s)."""
-        if self.lease is not None and self.expires_at_ms > ledger_now_ms:
-            return min(poll_interval, (self.expires_at_ms - ledger_now_ms) / 1000)
+        """How long to wait for events before looking at the clock again (s): 0 when an
+        expiry is due already."""
+        ends = [t.expires_at_ms for t in self.tenures.values() if t.expires_at_ms > 0]
+        if ends:
+            return min(poll_interval, max(0, min(ends) - ledger_now_ms) / 1000)
         return poll_interval
+
+
+def _settle(
+    ledger: Ledger, engine: WatchEngine, events: list[Event], cursor: str | None
+) -> tuple[list[Change], str | None]:
+    """The changes of a wait's ``events``: the ledger's clock is read now, and when a
+    tenure ran out by then, the events up to it are read too, so that the expiry lands
+    after every event before it and before every event after it (blocking; the asyncio
+    watch runs it in a worker thread)."""
+    now_ms = ledger.clock_ms()
+    if engine.expiry_due(now_ms):
+        events = list(events)
+        while True:
+            read = ledger.read_events(cursor, engine.filter)
+            events.extend(read.events)
+            cursor = read.cursor
+            if read.at_end:
+                break
+    return engine.changes(events, now_ms), cursor
 
 
 # -- blocking side ------------------------------------------------------------------------------
@@ -431,7 +519,8 @@ class Watch:
         self.engine = WatchEngine(registry.id, key, lease)
         ledger = registry.ledger
         self.cursor = ledger.head_cursor()
-        self.engine.start(registry.state())
+        now_ms = ledger.clock_ms()
+        self.engine.start(registry.state(), now_ms)
         self._pending: list[Change] = []
 
     def wait(self, timeout: float | None = None) -> Change | None:
@@ -443,8 +532,9 @@ class Watch:
             wait = self.engine.wait_slice(now_ms, self.registry.poll_interval)
             if end is not None:
                 wait = min(wait, max(0.0, end - time.monotonic()))
-            events, self.cursor = ledger.wait_events(self.cursor, wait, self.engine.filter)
-            self._pending.extend(self.engine.changes(events, ledger.clock_ms()))
+            events, cursor = ledger.wait_events(self.cursor, wait, self.engine.filter)
+            changes, self.cursor = _settle(ledger, self.engine, events, cursor)
+            self._pending.extend(changes)
             if not self._pending and end is not None and time.monotonic() >= end:
                 return None
         return self._pending.pop(0)
@@ -523,11 +613,8 @@ class Lease(LeaseSteps):
         r = self.registry
         token = self._renewing()
         sent = time.monotonic()
-        try:
+        with self._fenced():
             r.ledger.renew_lease(r.signer, r.id, self.name, token, self.engine.duration_ms)
-        except FencedOut:
-            self._lose()
-            raise
         with self._engine_lock:
             self.engine.renewed(sent)
 
@@ -554,20 +641,14 @@ class Lease(LeaseSteps):
     def put(self, key: str, value: bytes) -> int:
         """Set ``key`` fenced by this lease's token; returns the key's version."""
         r = self.registry
-        try:
+        with self._fenced():
             return r.ledger.registry_put(r.signer, r.id, self.name, self.check(), key, value)
-        except FencedOut:
-            self._lose()
-            raise
 
     def remove(self, key: str) -> None:
         """Delete ``key`` fenced by this lease's token."""
         r = self.registry
-        try:
+        with self._fenced():
             r.ledger.registry_remove(r.signer, r.id, self.name, self.check(), key)
-        except FencedOut:
-            self._lose()
-            raise
 
     # the renewing thread
 
@@ -673,7 +754,8 @@ class AsyncWatch:
             return
         ledger = self.registry.ledger
         self.cursor = await asyncio.to_thread(ledger.head_cursor)
-        self.engine.start(await self.registry.state())
+        now_ms = await asyncio.to_thread(ledger.clock_ms)
+        self.engine.start(await self.registry.state(), now_ms)
         self._started = True
 
     async def wait(self, timeout: float | None = None) -> Change | None:
@@ -686,11 +768,11 @@ class AsyncWatch:
             wait = self.engine.wait_slice(now_ms, self.registry.sync.poll_interval)
             if end is not None:
                 wait = min(wait, max(0.0, end - time.monotonic()))
-            events, self.cursor = await ledger.wait_events_async(
-                self.cursor, wait, self.engine.filter
+            events, cursor = await ledger.wait_events_async(self.cursor, wait, self.engine.filter)
+            changes, self.cursor = await asyncio.to_thread(
+                _settle, ledger, self.engine, events, cursor
             )
-            now_ms = await asyncio.to_thread(ledger.clock_ms)
-            self._pending.extend(self.engine.changes(events, now_ms))
+            self._pending.extend(changes)
             if not self._pending and end is not None and time.monotonic() >= end:
                 return None
         return self._pending.pop(0)
@@ -762,13 +844,10 @@ class AsyncLease(LeaseSteps):
         r = self.registry.sync
         token = self._renewing()
         sent = time.monotonic()
-        try:
+        with self._fenced():
             await asyncio.to_thread(
                 r.ledger.renew_lease, r.signer, r.id, self.name, token, self.engine.duration_ms
             )
-        except FencedOut:
-            self._lose()
-            raise
         self.engine.renewed(sent)
 
     async def release(self) -> None:
@@ -787,23 +866,17 @@ class AsyncLease(LeaseSteps):
 
     async def put(self, key: str, value: bytes) -> int:
         r = self.registry.sync
-        try:
+        with self._fenced():
             return await asyncio.to_thread(
                 r.ledger.registry_put, r.signer, r.id, self.name, self.check(), key, value
             )
-        except FencedOut:
-            self._lose()
-            raise
 
     async def remove(self, key: str) -> None:
         r = self.registry.sync
-        try:
+        with self._fenced():
             await asyncio.to_thread(
                 r.ledger.registry_remove, r.signer, r.id, self.name, self.check(), key
             )
-        except FencedOut:
-            self._lose()
-            raise
 
     async def _renew_loop(self) -> None:
         while True:

@@ -24,10 +24,10 @@ would only fit by pushing out records that outlive it is refused (counted in
 :mod:`dtp.discovery.lan` (docs/messaging.md §6.1).
 
 **Membership** (docs/messaging.md §6.2): a group of servers that know who is alive,
-SWIM-style -- probes, indirect probes, suspicion refuted by incarnation, a bounded
-detection time -- with join / suspect / alive / dead / left events.
-:func:`join_group` (threads) and :func:`join_group_async` (asyncio) drive one engine,
-:class:`~dtp.messaging._membership.Membership`.
+SWIM-style with Lifeguard's refinements. :func:`join_group` (threads) and
+:func:`join_group_async` (asyncio) drive one engine,
+:class:`~dtp.messaging._membership.Membership`; a :class:`GroupAdmission` names who may
+join (a group key, Sui addresses, Noise keys, a ledger registry's members).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from dtp.messaging._membership import (
     MemberState,
     Seed,
 )
+from dtp.messaging._membership_admission import GroupAdmission
 from dtp.messaging._membership_aio import AsyncMemberNode, join_group_async
 from dtp.messaging._membership_socket import MemberNode, join_group
 from dtp.messaging._protocol import _check_count, _check_wait
@@ -72,6 +73,7 @@ __all__ = [
     "Announcement",
     "AsyncMemberNode",
     "DiscoveryGossip",
+    "GroupAdmission",
     "Member",
     "MemberNode",
     "MemberState",

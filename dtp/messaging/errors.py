@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from dtp.errors import (
     AccessDenied,
@@ -316,6 +316,16 @@ class RpcConnectionLost(RpcError, ConnectionError):
     OSError``) catches it."""
 
 
+class _BadBytes(RemoteProtocolError):
+    """A peer's sealed message, broadcast or announcement that fails its check: an
+    ``ErrorCode.ARG`` with the class's own message unless one is given."""
+
+    default_message: ClassVar[str]
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message, ErrorCode.ARG)
+
+
 # -- sealed messages ----------------------------------------------------------------------------
 
 
@@ -330,11 +340,10 @@ class SealedDecryptError(SealedError):
         super().__init__("sealed message failed to open")
 
 
-class MalformedSealed(SealedError, RemoteProtocolError):
+class MalformedSealed(SealedError, _BadBytes):
     """Sealed-message bytes do not follow the format (docs/messaging.md)."""
 
-    def __init__(self, message: str | None = None) -> None:
-        RemoteProtocolError.__init__(self, message or "malformed sealed message", ErrorCode.ARG)
+    default_message = "malformed sealed message"
 
 
 class ForgedSender(SealedError):
@@ -389,22 +398,16 @@ class OffAir(StationError):
     broadcast is cancelled); nothing was sent."""
 
 
-class ForgedBroadcast(StationError, RemoteProtocolError):
+class ForgedBroadcast(StationError, _BadBytes):
     """A broadcast message's signature does not verify under the broadcaster's key."""
 
-    def __init__(self, message: str | None = None) -> None:
-        RemoteProtocolError.__init__(
-            self, message or "broadcast signature does not verify", ErrorCode.ARG
-        )
+    default_message = "broadcast signature does not verify"
 
 
-class ReplayedBroadcast(StationError, RemoteProtocolError):
+class ReplayedBroadcast(StationError, _BadBytes):
     """A broadcast message's sequence number is not above the last one accepted."""
 
-    def __init__(self, message: str | None = None) -> None:
-        RemoteProtocolError.__init__(
-            self, message or "broadcast message replayed or out of order", ErrorCode.ARG
-        )
+    default_message = "broadcast message replayed or out of order"
 
 
 class NoTicket(StationError):
@@ -413,23 +416,19 @@ class NoTicket(StationError):
     station's ``attach`` and, at the listener, by ``get`` once the refusal arrived."""
 
 
-class InvalidTip(StationError, RemoteProtocolError):
+class InvalidTip(StationError, _BadBytes):
     """A tip is not signed by its contributor or not covered by its contributions."""
 
-    def __init__(self, message: str | None = None) -> None:
-        RemoteProtocolError.__init__(self, message or "invalid tip", ErrorCode.ARG)
+    default_message = "invalid tip"
 
 
 # -- discovery (continued) ----------------------------------------------------------------------
 
 
-class ForgedAnnouncement(DiscoveryError, RemoteProtocolError):
+class ForgedAnnouncement(DiscoveryError, _BadBytes):
     """A discovery announcement is not signed by the host's authority."""
 
-    def __init__(self, message: str | None = None) -> None:
-        RemoteProtocolError.__init__(
-            self, message or "announcement signature does not verify", ErrorCode.ARG
-        )
+    default_message = "announcement signature does not verify"
 
 
 class ExpiredAnnouncement(DiscoveryError):

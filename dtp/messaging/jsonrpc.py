@@ -848,6 +848,31 @@ def _check_request(method: object, params: object) -> None:
         raise TypeError(f"params are a list, a dict or None, not {type(params).__name__!r}")
 
 
+def _outcome(answer: Any, id_: int | None) -> Any:
+    """The result of the JSON-RPC answer ``answer`` to request ``id_`` (None: to a
+    document it could not be matched with), or the typed RemoteError it holds.
+    MalformedMessage: no JSON-RPC answer to that request."""
+    if not isinstance(answer, dict):
+        raise E.MalformedMessage("the JSON-RPC answer is not an object")
+    # JSON-RPC 2.0 §5: exactly one of result and error, and the request's id, so
+    # that another's answer (a backend that mixed up its connections) is never
+    # taken for this call's. An error may have id null, as when the service could
+    # not read the request's id.
+    if "result" not in answer and "error" not in answer:
+        raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
+    if "result" in answer and "error" in answer:
+        raise E.MalformedMessage("the JSON-RPC answer holds both result and error")
+    got = answer.get("id", _GONE)
+    if not (type(got) is int and got == id_) and not ("error" in answer and got is None):
+        raise E.MalformedMessage("the JSON-RPC answer is to another request (its id)")
+    if "error" in answer:
+        err = answer["error"]
+        if not isinstance(err, dict) or type(err.get("code")) is not int:
+            raise E.MalformedMessage("malformed JSON-RPC error object")
+        return E.remote_error(err["code"], str(err.get("message", "")), err.get("data"))
+    return answer["result"]
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 calls through a DTP RPC client.
 
@@ -856,38 +881,51 @@ class JsonRpcClient:
     exactly each call's price (docs/messaging.md §2.5); without it every call is
     metered as one request of the SLA, which a method priced higher is refused for
     (:class:`~dtp.messaging.errors.PaymentRequired`, its ``data`` saying how many
-    requests it counts as)."""
+    requests it counts as). With the rules themselves, a method they refuse the client
+    is metered at nothing: ``address`` is the Sui address the service knows the client
+    by (its DTP identity's; by default the address of the identity that signs the
+    meter's receipts, which is that one when the client connected with it). A mapping
+    says nothing of access: a call it prices that the rules refuse is signed for, and
+    the service's answer, which says what it counted, gives it back to the meter."""
 
     def __init__(
         self,
         client: RpcClient,
         *,
         prices: MethodRules | Mapping[str, int | None] | None = None,
+        address: str | None = None,
     ) -> None:
         self.client = client
         self.prices = prices
+        self._address = address
         self._next = 1
         self._lock = threading.Lock()
 
+    @property
+    def address(self) -> str | None:
+        """The Sui address the method rules know the client by (None: anonymous)."""
+        if self._address is not None:
+            return self._address
+        meter = self.client.meter
+        return None if meter is None else meter.identity.sui_address
+
     def requests_of(self, method: str) -> int:
         """How many requests of the SLA a call of ``method`` is metered as (1 with no
-        meter or no ``prices``)."""
+        meter or no ``prices``; 0 for a method the rules refuse the client)."""
         meter = self.client.meter
         prices = self.prices
         if meter is None or prices is None:
             return 1
         if isinstance(prices, MethodRules):
-            rule = prices.rule_for(method)
-            price = None if rule is None else rule.price
+            try:
+                price = prices.check(method, self.address)
+            except E.MethodNotAllowed:
+                return 0
         else:
             price = prices.get(method)
         return requests_for(meter.sla, price)
 
-    def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
-        """Call ``method``; returns its result or raises the typed RemoteError. ``params``
-        must be strict JSON (TypeError, or ValueError for NaN and the infinities).
-        MalformedMessage: the answer is no JSON-RPC answer to this request (another id,
-        both or neither of result and error)."""
+    def _request(self, method: str, params: list[Any] | dict[str, Any] | None) -> dict[str, Any]:
         _check_request(method, params)
         with self._lock:
             id_ = self._next
@@ -895,34 +933,66 @@ class JsonRpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
         if params is not None:
             request["params"] = params
+        return request
+
+    def _document(self, payload: Any, kw: dict[str, Any], methods: Iterable[str]) -> Any:
+        """Send the JSON document ``payload`` (the requests of ``methods``), metered as
+        their prices unless the caller said (``requests``); its answer, decoded."""
         if "requests" not in kw and self.prices is not None:
-            kw["requests"] = self.requests_of(method)
-        raw = self.client.call(JSONRPC_METHOD, _dumps(request).encode(), **kw)
+            kw["requests"] = sum(self.requests_of(method) for method in methods)
+        raw = self.client.call(JSONRPC_METHOD, _dumps(payload).encode(), **kw)
         if not isinstance(raw, bytes):
             raise E.MalformedMessage("the JSON-RPC service answered no document")
         try:
-            answer = _loads(raw)
+            return _loads(raw)
         except (ValueError, RecursionError):
             raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
-        if not isinstance(answer, dict):
-            raise E.MalformedMessage("the JSON-RPC answer is not an object")
-        # JSON-RPC 2.0 §5: exactly one of result and error, and the request's id, so
-        # that another's answer (a backend that mixed up its connections) is never
-        # taken for this call's. An error may have id null, as when the service could
-        # not read the request's id.
-        if "result" not in answer and "error" not in answer:
-            raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
-        if "result" in answer and "error" in answer:
-            raise E.MalformedMessage("the JSON-RPC answer holds both result and error")
-        got = answer.get("id", _GONE)
-        if not (type(got) is int and got == id_) and not ("error" in answer and got is None):
-            raise E.MalformedMessage("the JSON-RPC answer is to another request (its id)")
-        if "error" in answer:
-            err = answer["error"]
-            if not isinstance(err, dict) or type(err.get("code")) is not int:
-                raise E.MalformedMessage("malformed JSON-RPC error object")
-            raise E.remote_error(err["code"], str(err.get("message", "")), err.get("data"))
-        return answer["result"]
+
+    def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
+        """Call ``method``; returns its result or raises the typed RemoteError. ``params``
+        must be strict JSON (TypeError, or ValueError for NaN and the infinities).
+        MalformedMessage: the answer is no JSON-RPC answer to this request (another id,
+        both or neither of result and error)."""
+        request = self._request(method, params)
+        outcome = _outcome(self._document(request, kw, [method]), request["id"])
+        if isinstance(outcome, E.RemoteError):
+            raise outcome
+        return outcome
+
+    def batch(
+        self, calls: Iterable[tuple[str, list[Any] | dict[str, Any] | None]], **kw: Any
+    ) -> list[Any]:
+        """Call each ``(method, params)`` of ``calls`` in one JSON-RPC batch, metered as
+        the sum of their prices (those the rules refuse the client: nothing). Returns,
+        in the order of ``calls``, each one's result, or the typed RemoteError it was
+        answered with (not raised: the others were answered all the same).
+        MalformedMessage: the answer is no JSON-RPC answer to the batch; an error for
+        the whole batch (id null, the service could not read it) is raised."""
+        requests = [self._request(method, params) for method, params in calls]
+        if not requests:
+            raise ValueError("a JSON-RPC batch holds one request at least")
+        answer = self._document(requests, kw, [r["method"] for r in requests])
+        if isinstance(answer, dict):
+            lone = _outcome(answer, None)
+            raise (
+                lone
+                if isinstance(lone, E.RemoteError)
+                else E.MalformedMessage("the JSON-RPC service answered a batch with one result")
+            )
+        if not isinstance(answer, list):
+            raise E.MalformedMessage("the JSON-RPC answer to a batch is not an array")
+        by_id: dict[int, Any] = {}
+        for entry in answer:
+            if not isinstance(entry, dict) or type(entry.get("id")) is not int:
+                raise E.MalformedMessage("a JSON-RPC answer in the batch names no request")
+            by_id[entry["id"]] = entry
+        results = []
+        for request in requests:
+            entry = by_id.get(request["id"])
+            if entry is None:
+                raise E.MalformedMessage(f"no JSON-RPC answer to request {request['id']}")
+            results.append(_outcome(entry, request["id"]))
+        return results
 
     def notify(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> None:
         """A JSON-RPC notification (no id, no answer)."""

@@ -1,22 +1,13 @@
-"""The login flow of sealed messaging (docs/messaging.md §3.1): a challenge, a signed
-answer, a session token.
+"""The login flow of sealed messaging: a challenge, a signed answer, a session token
+(docs/messaging.md §3.1: the bytes, the tags, the refusals and their wire codes).
 
-1. The client asks for a challenge (RPC ``login.challenge``): 41 bytes the server made
-   and can recognise without keeping them -- version, a random nonce, an expiry, and a
-   keyed BLAKE2b tag over them and the server's Noise key.
-2. It answers (``login.answer``) with the challenge sealed to the server's Noise key
-   with the ``X`` pattern (docs/messaging.md §3): the sealed sender proof is its Sui
-   key's Ed25519 signature binding its address to the answer, and nobody else can read
-   or replay it to another server.
-3. The server opens it, checks the proof, the challenge's tag and expiry, and that the
-   challenge was not answered before, asks its ``allow`` rule, and returns a session
-   token: the address and an expiry under the same keyed tag. Handlers take it from a
-   request's meta ``"s"`` (:meth:`LoginServer.session_of`).
-
-Refusals are typed (:class:`~dtp.messaging.errors.LoginRefused` and its subclasses
-:class:`~dtp.messaging.errors.BadLoginAnswer`, ``LoginExpired``, ``InvalidSession``,
-``SessionExpired``; all :class:`dtp.errors.AccessDenied`), and carry their own wire
-codes, -32007 to -32011, so a client over RPC raises the same class.
+The client asks for a challenge the server can recognise without keeping it, answers
+with it sealed to the server's Noise key with the ``X`` pattern (its sender proof binds
+its Sui address, and nobody else can read or replay it to another server), and gets a
+session token that handlers take from a request's meta ``"s"``
+(:meth:`LoginServer.session_of`). Refusals are typed
+(:class:`~dtp.messaging.errors.LoginRefused` and its subclasses, all
+:class:`dtp.errors.AccessDenied`), so a client over RPC raises the same class.
 
 The server's rules take ``now_ms`` (ms since the epoch) where they need a time, read
 from ``clock`` only when it is not given.

@@ -1,32 +1,19 @@
 """Per-method access and prices for a provider's RPC and JSON-RPC methods
-(docs/messaging.md §2.5).
+(docs/messaging.md §2.5: the rules' vocabulary and its TOML form).
 
 A :class:`MethodRules` is an ordered list of :class:`MethodRule`: the first rule whose
 ``name`` matches a method (exactly, or as a shell-style pattern such as ``"eth_get*"``)
 decides whether a client may call it and what it costs; a method no rule names is
-allowed or refused as ``default`` says. Clients are named by Sui address, by ``"*"``
-(everyone, the anonymous too) or by a named list, ``"@partners"``: a list of addresses,
-or any ``address -> bool`` function, such as :class:`LedgerList`, the Host's firewall
-lists on the ledger. The deny entries win over the allow ones.
+allowed or refused as ``default`` says. Clients are named by Sui address, ``"*"`` or a
+named list (``"@partners"``: addresses, or any ``address -> bool`` function such as
+:class:`LedgerList`, the Host's firewall lists); deny entries win over allow ones.
 
 The rules are sans-I/O: :meth:`MethodRules.check` takes the method and the client's
 address and answers the price (or raises :class:`~dtp.messaging.errors.MethodNotAllowed`);
 the servers call it before the request's fee is taken, so a refused request costs
-nothing. The same vocabulary is read from a mapping (:meth:`MethodRules.from_config`,
-the TOML table documented in docs/messaging.md §2.5)::
-
-    default = "allow"
-    lists = { partners = ["0x…"], firewall = "host.allow" }
-
-    [[method]]
-    name = "eth_sendRawTransaction"
-    allow = ["@partners"]
-    price = 5_000_000
-
-A ``price`` is in MIST and must be a multiple of the connection's ``price_per_request``:
+nothing. A ``price`` is in MIST, a multiple of the connection's ``price_per_request``:
 receipts count requests (docs/escrow.md §3), so a method priced at five times the SLA's
-request price counts as five requests; no price is the SLA's own (one request), 0 free.
-"""
+request price counts as five requests; no price is the SLA's own (one request), 0 free."""
 
 from __future__ import annotations
 

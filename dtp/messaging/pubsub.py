@@ -1,35 +1,22 @@
-"""Topic pub/sub over a mesh of DTP streams (docs/messaging.md §4).
+"""Topic pub/sub over a mesh of DTP streams (docs/messaging.md §4: the frames, interest
+routing, drops, validation and peer scores, and why each rule holds).
 
 A :class:`PubSubNode` holds links to peers (any open bidirectional stream: attach a
 :class:`dtp.socket.DTPSocket` with :meth:`PubSubNode.attach`). A published message gets a
 random 16-byte id and a hop limit; every node delivers it to its local subscribers once
-(ids, each bound to a digest of the message's topic and data, are remembered in a bounded
-cache) and forwards it, while hops remain, to the other links whose peer is *interested*
-in its topic. So messages reach every subscriber of a connected mesh within the hop
-limit, whatever its shape, and loops and duplicate paths cost bandwidth but never
-duplicate deliveries.
+(a bounded cache of ids bound to the message's content) and forwards it, while hops
+remain, to the peers *interested* in its topic, so loops and duplicate paths cost
+bandwidth but never duplicate deliveries. Interest is a distance vector per topic,
+bounded by the node's horizon (``max_hops``), so it only ever points along paths to real
+subscribers and converges after an unsubscription.
 
-Interest is a distance vector per topic: a node tells each peer (SUBSCRIBE / UNSUBSCRIBE
-frames) the topics for which it has local subscribers (distance 0) or a peer other than
-that one that is interested (its distance + 1), as long as the distance stays below the
-node's horizon (``max_hops``). Interest therefore only ever points along paths to real
-subscribers; after an unsubscription, stale interest circulating in a loop grows by one
-per round and vanishes at the horizon, so the routing state converges. Until a peer has
-sent its first SUBSCRIBE frame it gets every message (a peer that does not route). A
-peer's table is bounded (:data:`MAX_PEER_TOPICS`), and past that bound a node shares the
-places among its neighbours, so one declaring many topics cannot push out the others'.
-
-Nothing waits on a slow party: each link has its own writer thread and a bounded queue,
-each subscription a bounded queue; when one is full the message is dropped *for that
-party only* and counted. A peer learns how many messages its upstream dropped for it (a
-DROPPED frame), a subscriber how many it missed (:attr:`Delivery.dropped_before`).
-
-Defences (gossipsub v1.1 ideas, :mod:`dtp.messaging._pubsub_scoring`): a per-topic
-validation hook (:meth:`PubSubNode.set_validator`) judges each new message from a peer
-before it is delivered or forwarded (accept / ignore / reject), and every peer has a
-decaying score: credit for messages it brought first, a squared penalty for invalid
-ones. A peer below the graylist threshold has its messages dropped unread; below the
-disconnect threshold its links are closed (:meth:`PubSubNode.scores`).
+Nothing waits on a slow party: each link and each subscription has a bounded queue, and
+what does not fit is dropped for that party only and counted (a peer learns it from a
+DROPPED frame, a subscriber from :attr:`Delivery.dropped_before`). A per-topic
+validation hook (:meth:`PubSubNode.set_validator`) judges each new message from a peer,
+and every peer has a decaying score (:mod:`dtp.messaging._pubsub_scoring`): below the
+graylist threshold its messages are dropped unread, below the disconnect threshold its
+links are closed (:meth:`PubSubNode.scores`).
 """
 
 from __future__ import annotations
@@ -40,6 +27,7 @@ import itertools
 import logging
 import os
 import queue
+import random
 import threading
 import time
 import weakref
@@ -52,6 +40,14 @@ from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging._framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 from dtp.messaging._protocol import _check_wait
+from dtp.messaging._pubsub_mesh import (
+    HELLO,
+    IWANT,
+    MeshParams,
+    MeshRouter,
+    UnsupportedVersion,
+    is_mesh_control,
+)
 from dtp.messaging._pubsub_scoring import PeerScore, PeerScores, ScoreParams, Standing, Verdict
 from dtp.messaging._pubsub_validation import Hook, PeerMessage, Validator, close_private_loop
 from dtp.messaging.rpc import BlockingStream
@@ -62,6 +58,7 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "Delivery",
     "Link",
+    "MeshParams",
     "PeerMessage",
     "PeerScore",
     "PubSubNode",
@@ -110,7 +107,11 @@ _PUBLISH_HEAD: Final = b"\x96\x0a"
 #: copies are not judged again (a rejected one counts against whoever sends it).
 _REJECTED: Final = -1
 _IGNORED: Final = -2
-_WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
+#: A node's mesh unless told otherwise (MeshParams is frozen: one instance serves all).
+_DEFAULT_MESH: Final = MeshParams()
+_WAKE: Final = b"\x00wake"
+#: The mesh's control frames a link holds at most (a heartbeat queues a few per link).
+_CONTROL_QUEUE: Final = 256  # identity-compared: the writer should flush control state
 
 
 class _PatientReads:
@@ -262,6 +263,10 @@ class Link:
         self._max_bytes = max_bytes
         #: Frames waiting in the queue, markers not counted (under _drop_lock).
         self._queued_frames = 0
+        #: The mesh's control frames waiting (under _drop_lock), and those dropped past
+        #: _CONTROL_QUEUE (a peer that stops reading).
+        self._queued_control = 0
+        self.control_dropped = 0
         #: Bytes of the frames waiting in the queue (under _drop_lock).
         self._queued_bytes = 0
         self._drop_lock = threading.Lock()
@@ -277,6 +282,8 @@ class Link:
         self.rejected = 0
         #: PUBLISH frames dropped unread because the peer was graylisted.
         self.graylisted_drops = 0
+        #: Why the link was refused (a HELLO of a version this node does not speak).
+        self.error: E.MessagingProtocolError | None = None
         key = getattr(stream, "peer_static_key", None)
         # Scored per peer, not per link: a peer's second link shares its score, and one
         # that reconnects finds it (the Noise static key is authenticated by the
@@ -368,6 +375,9 @@ class Link:
             )
         self.withheld = withheld
         told = self._advertised
+        if told is None and self.node._mesh is not None:
+            # a mesh node's first frame: HELLO (the flooding kind sends none)
+            self.stream.sendall(self.node._mesh.hello_frame())
         if told is None:
             sets = desired
             unsets: list[str] = []
@@ -391,10 +401,20 @@ class Link:
 
     def offer(self, frame: bytes) -> bool:
         """Queue a frame for the peer; False (and counted) when the queue is full, in
-        frames or in bytes."""
+        frames or in bytes. The mesh's control frames (small) have a bound of their own
+        and take no place of a message: a GRAFT waiting must not make a message above the
+        byte cap, which goes when the queue is empty, a drop."""
         if self.closed.is_set():
             return False
         size = len(frame)
+        if _is_mesh_frame(frame):
+            with self._drop_lock:
+                if self._queued_control >= _CONTROL_QUEUE:
+                    self.control_dropped += 1
+                    return False
+                self._queued_control += 1
+            self._out.put_nowait(frame)
+            return True
         with self._drop_lock:
             # a count alone let a peer that stops reading hold maxsize frames of up to
             # max_message_size each (256 MiB by default) per link
@@ -424,6 +444,8 @@ class Link:
                     unreported, self._unreported = self._unreported, 0
                     if frame is _WAKE:
                         self._wake_pending = False
+                    elif frame is not None and _is_mesh_frame(frame):
+                        self._queued_control -= 1
                     elif frame is not None:
                         self._queued_frames -= 1
                         self._queued_bytes -= len(frame)
@@ -436,7 +458,8 @@ class Link:
                 if frame is None or frame is _WAKE:
                     continue
                 self.stream.sendall(frame)
-                self.sent += 1
+                if frame[4:6] == _PUBLISH_HEAD:
+                    self.sent += 1  # messages (the mesh's control frames go uncounted)
         except (DTPError, OSError) as exc:
             logger.debug("pubsub link %s: writing failed: %s", self.name, exc)
             self.close()
@@ -444,8 +467,8 @@ class Link:
     def _next_flush(self) -> float:
         """(writer thread) Seconds until the writer may tell the peer what changed: 0
         while it has tokens (_FLUSH_BURST, refilled at _FLUSH_RATE a second). Each update
-        costs the node lock O(what is told): neighbours churning thousands of topics
-        made every link update on each of their frames, and kept the lock busy."""
+        costs the node lock O(what is told): a neighbour churning thousands of topics
+        must not make every link update on each of its frames."""
         now = time.monotonic()
         self._flush_tokens = min(
             _FLUSH_BURST, self._flush_tokens + (now - self._flush_clock) * _FLUSH_RATE
@@ -479,7 +502,11 @@ class Link:
                     continue
                 try:
                     message = decode_body(item)
-                    if len(item) > cap and not _is_control(message):
+                    if (
+                        len(item) > cap
+                        and not _is_control(message)
+                        and not is_mesh_control(message)
+                    ):
                         raise E.MessageTooLarge("a pub/sub message above max_message_size")
                     with self._handling:
                         # Checked again where close() waits: a frame decoded while
@@ -487,6 +514,11 @@ class Link:
                         if self.closed.is_set():
                             break
                         self._handle(message)
+                except UnsupportedVersion as exc:
+                    # a peer of another version: refused, the link closed
+                    self.error = exc
+                    logger.warning("pubsub link %s refused: %s", self.name, exc)
+                    break
                 except E.MessagingProtocolError:
                     self.violations += 1
                     node._invalid(self)
@@ -567,6 +599,9 @@ class Link:
         ):
             self.node._interest(self, {}, message[1])
             return
+        elif self.node._mesh is not None and is_mesh_control(message):
+            self.node._mesh_control(self, message)
+            return
         raise E.MalformedMessage("not a pub/sub frame")
 
     def close(self) -> None:
@@ -640,8 +675,14 @@ class PubSubNode:
         link_queue_bytes: int = DEFAULT_LINK_QUEUE_BYTES,
         scoring: ScoreParams | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mesh: MeshParams | None = _DEFAULT_MESH,
+        address: str | None = None,
     ) -> None:
-        """``scoring``: the weights and thresholds of peer scores (default
+        """``mesh``: the degrees and timings of the bounded gossip mesh kept per topic
+        (docs/messaging.md §4.3; gossipsub v1.1's defaults); None makes a node of the
+        flooding kind, which forwards every message to every interested peer and
+        speaks no mesh frames. ``address``: where peers may reach this node, named to others
+        in peer exchange. ``scoring``: the weights and thresholds of peer scores (default
         :class:`ScoreParams()`, docs/messaging.md §4.2); ``clock``: the seconds they
         decay on (a monotonic clock; tests pass a virtual one).
 
@@ -670,6 +711,10 @@ class PubSubNode:
             raise TypeError(f"scoring must be ScoreParams, not {type(scoring).__name__!r}")
         if not callable(clock):
             raise TypeError("clock must be callable (seconds, monotonic)")
+        if mesh is not None and not isinstance(mesh, MeshParams):
+            raise TypeError(f"mesh must be MeshParams, not {type(mesh).__name__!r}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str, not {type(address).__name__!r}")
         self._scores = PeerScores(scoring)
         self._clock = clock
         self._validators: dict[str, Validator] = {}
@@ -703,6 +748,21 @@ class PubSubNode:
         self._both = 0
         self.duplicates = 0
         self.hop_limited = 0
+        self._mesh: MeshRouter[Link] | None = None
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        if mesh is not None:
+            scores = self._scores
+            self._mesh = MeshRouter(
+                self.node_id,
+                params=mesh,
+                rng=random.Random(),
+                score=scores.score,
+                on_graft=scores.graft,
+                on_prune=scores.prune,
+                on_mesh_delivery=scores.mesh_delivery,
+                address=address,
+            )
 
     @property
     def links(self) -> list[Link]:
@@ -749,6 +809,10 @@ class PubSubNode:
             )
             self._attached += 1
             self._scores.connect(link.peer_key, link.peer, self._clock())
+            if self._mesh is not None:
+                # (its HELLO goes first, from the link's writer: _flush_control)
+                self._mesh.add_peer(link, link.peer_key, link.peer)
+                self._start_heartbeat()
             with contextlib.suppress(TypeError):  # a stream without weak references
                 self._read_streams.add(stream)
             # what the new link is told is computed when its writer starts; nobody
@@ -835,6 +899,8 @@ class PubSubNode:
             if link in self._links:
                 self._links.remove(link)
                 self._scores.disconnect(link.peer_key, self._clock())
+                if self._mesh is not None:
+                    self._mesh.remove_peer(link, self._clock())
                 gone = self._seen_by.pop(link, None)
                 if gone:
                     self._seen_by.setdefault(_GONE, OrderedDict()).update(gone)
@@ -881,6 +947,9 @@ class PubSubNode:
         if not entry.dists:
             del index[topic]
             self._both -= topic in self._subs
+            self._mesh_topic(topic)
+        elif len(entry.dists) == 1 and sole is None:
+            self._mesh_topic(topic)
         entry.rank()
         if topic in self._subs or self.max_hops == 0:
             return  # told at distance 0 (or nothing) whoever declares it
@@ -916,6 +985,7 @@ class PubSubNode:
         """(lock held) ``topic`` gained its first or lost its last local subscriber."""
         if topic in self._index:
             self._both += 1 if topic in self._subs else -1
+        self._mesh_topic(topic)
         if self.max_hops:
             dirty.add(None)  # every link is told 0, or now the nearest's + 1 or nothing
 
@@ -937,13 +1007,11 @@ class PubSubNode:
         """(lock held) What to tell ``link`` (topic -> distance), and how many topics of
         interest that leaves out. At most MAX_PEER_TOPICS, the peer refusing topics past
         that in the order they come: this node's own subscriptions first, then one topic
-        from each other neighbour in turn, each neighbour's nearest first. So every
-        neighbour gets an equal share of the places left and one declaring many topics
-        takes only what the others leave: cut by distance and name alone, one
-        neighbour's topics named to sort first took every place, and the other
-        neighbours' subscribers were denied every message from beyond this node. A
-        topic several neighbours declared counts once, in the first share that reaches
-        it. O(topics told + the index when under the limit), not O(all topics)."""
+        from each other neighbour in turn, each neighbour's nearest first, so that one
+        neighbour declaring many topics takes only the places the others leave (cut by
+        distance and name alone, its topics could take every place). A topic several
+        neighbours declared counts once, in the first share that reaches it.
+        O(topics told + the index when under the limit), not O(all topics)."""
         if self.max_hops == 0:
             return {}, 0
         subs, index = self._subs, self._index
@@ -988,6 +1056,8 @@ class PubSubNode:
             remote = link.remote
             dirty: set[Link | None] = set()
             changed = False  # only a change can move anyone's interest: a repeat costs nothing
+            added: list[str] = []
+            removed: list[str] = []
             for topic, dist in sets.items():
                 if topic not in remote and len(remote) >= MAX_PEER_TOPICS:
                     if not link.refused_topics:
@@ -1001,13 +1071,20 @@ class PubSubNode:
                     link.violations += 1
                     continue
                 if remote.get(topic) != dist:
+                    if topic not in remote:
+                        added.append(topic)
                     remote[topic] = dist
                     self._declare(link, topic, dist, dirty)
                     changed = True
             for topic in unsets:
                 if remote.pop(topic, None) is not None:
+                    removed.append(topic)
                     self._declare(link, topic, None, dirty)
                     changed = True
+            if self._mesh is not None:
+                # (an empty first SUBSCRIBE too: the peer has declared, and now gets
+                # only what it declared)
+                _send(self._mesh.interest(link, added, removed, self._clock()))
             if changed:
                 link._ranked = None
                 self._mark(dirty)
@@ -1015,9 +1092,11 @@ class PubSubNode:
             self._changed.notify_all()
 
     def interested_links(self, topic: str) -> list[str]:
-        """Names of the links a message of ``topic`` would be forwarded to (a topic that
-        is not one is a :class:`~dtp.messaging.errors.PubSubError`, as for
-        :meth:`publish`: it answered, naming every peer yet to subscribe)."""
+        """Names of the links whose peer wants ``topic``: those a message of it is
+        forwarded to without a mesh (with one, only the topic's :meth:`mesh_peers` and
+        flooding peers among them). A topic that is not one is a
+        :class:`~dtp.messaging.errors.PubSubError`, as for :meth:`publish`: it answered,
+        naming every peer yet to subscribe."""
         _check_topic(topic)
         with self._lock:
             return [link.name for link in self._links if link.wants(topic)]
@@ -1101,7 +1180,10 @@ class PubSubNode:
         key = _message_key(message_id, topic, data)
         with self._lock:
             self._remember(key, hops, _LOCAL)
-            links = [link for link in self._links if link.wants(topic)]
+            if self._mesh is not None:
+                links = self._mesh.published(topic, message_id, frame, self._clock())
+            else:
+                links = [link for link in self._links if link.wants(topic)]
         self._deliver(topic, data, message_id, self.node_id)
         if hops > 0:
             for link in links:
@@ -1161,6 +1243,10 @@ class PubSubNode:
             else:
                 verdict = Verdict.ACCEPT
                 before = self._remember(key, hops, src)
+                mesh = self._mesh
+                if mesh is not None and (before is not None or hops <= 1):
+                    # seen (and a mesh peer credited for it: P3); nothing to pass on
+                    mesh.received(src, topic, message_id, None, self._clock())
                 if before is not None:
                     self.duplicates += 1
                     # a copy with more hops left than the first goes on (not delivered
@@ -1173,7 +1259,12 @@ class PubSubNode:
                 if hops <= 1:
                     # (counted under the lock: several readers count at once)
                     self.hop_limited += 1
-                links = [link for link in self._links if link is not src and link.wants(topic)]
+                if mesh is not None:
+                    # the mesh's peers (after the frame is made, below), or on a copy
+                    # with more hops left, where the first one went
+                    links = [] if before is None else mesh.targets(topic, src, self._clock())
+                else:
+                    links = [link for link in self._links if link is not src and link.wants(topic)]
         if verdict is not Verdict.ACCEPT:
             # judged before (here or on another link) and dropped: so is this copy,
             # and a copy of an invalid message is invalid too (gossipsub v1.1 P4)
@@ -1189,8 +1280,77 @@ class PubSubNode:
         frame = encode_frame(
             [PUBLISH, message_id, topic, hops - 1, data, origin], self.max_message_size
         )
+        if mesh is not None and before is None:
+            with self._lock:
+                if src.closed.is_set():
+                    return
+                links = mesh.received(src, topic, message_id, frame, self._clock())
         for link in links:
             link.offer(frame)
+
+    # -- the mesh (docs/messaging.md §4.3) ---------------------------------------------------
+
+    def _mesh_topic(self, topic: str) -> None:
+        """(lock held) Join or leave ``topic``'s mesh: a node is in a topic while it has
+        subscribers of it or a neighbour declared interest in it (it relays)."""
+        mesh = self._mesh
+        if mesh is None:
+            return
+        now = self._clock()
+        if topic in self._subs or topic in self._index:
+            frames = mesh.join(topic, now)
+        else:
+            frames = mesh.leave(topic, now)
+        _send(frames)
+
+    def _mesh_control(self, link: Link, message: list[Any]) -> None:
+        """(``link``'s reader) A HELLO, GRAFT, PRUNE, IHAVE or IWANT from the peer."""
+        assert self._mesh is not None
+        with self._lock:
+            if link.closed.is_set():
+                return
+            frames = self._mesh.control(link, message, self._clock())
+        _send(frames)
+
+    def _start_heartbeat(self) -> None:
+        """(lock held) The mesh's heartbeat thread, while the node has links."""
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._heartbeat_stop.clear()
+        self._heartbeat = threading.Thread(
+            target=self._beat, name=f"pubsub-heartbeat-{self.node_id}", daemon=True
+        )
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        mesh = self._mesh
+        assert mesh is not None
+        while not self._heartbeat_stop.wait(mesh.params.heartbeat):
+            with self._lock:
+                if not self._links:
+                    self._heartbeat = None
+                    return
+                frames = mesh.heartbeat(self._clock())
+            _send(frames)
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Names of the links in ``topic``'s mesh ([] without a mesh, or not in it)."""
+        with self._lock:
+            if self._mesh is None:
+                return []
+            return sorted(link.name for link in self._mesh.mesh.get(topic, ()))
+
+    def mesh_counters(self) -> dict[str, int]:
+        """What the mesh sent and refused: GRAFT, PRUNE, IHAVE and IWANT frames, messages
+        served for IWANTs, GRAFTs refused ({} without a mesh)."""
+        with self._lock:
+            return {} if self._mesh is None else dict(self._mesh.counters)
+
+    def exchanged_peers(self) -> dict[str, str | None]:
+        """Peers named by PRUNEs (peer exchange), node id -> address, oldest first: the
+        application may link to them."""
+        with self._lock:
+            return {} if self._mesh is None else dict(self._mesh.exchanged)
 
     def _drop(self, key: bytes, hops: int, src: Link, verdict: Verdict) -> None:
         """A message from ``src`` judged IGNORE or REJECT: remember the verdict (copies
@@ -1239,6 +1399,18 @@ class PubSubNode:
             sub.close()
 
 
+def _is_mesh_frame(frame: bytes) -> bool:
+    """Whether a queued frame is one of the mesh's control frames (kinds 14..18, a
+    one-byte int after the 4-byte length and the array's one-byte header)."""
+    return len(frame) > 5 and HELLO <= frame[5] <= IWANT
+
+
+def _send(frames: list[tuple[Link, bytes]]) -> None:
+    """Queue each of the mesh's frames on its link."""
+    for link, frame in frames:
+        link.offer(frame)
+
+
 def _check_size(name: str, value: object, low: int, high: int | None) -> None:
     """Refuse a constructor size that is not an int in ``low..high``."""
     if type(value) is not int:
@@ -1263,17 +1435,13 @@ def _check_node_id(node_id: object) -> None:
 
 def _message_key(message_id: bytes, topic: str, data: bytes) -> bytes:
     """What the seen cache remembers a message by: its id bound to a digest of its topic
-    and data. Remembered by the id alone, a copy of a genuine message's id with another
-    topic (that nobody subscribes to) and 255 hops, sent first by a peer that had seen
-    the id elsewhere, made the genuine message a duplicate with fewer hops: neither
-    delivered nor forwarded, on every path through the node. Such a copy is now another
-    message, and only a copy with the same topic and data is a duplicate.
-
-    The origin is left out: it is what the publisher stated, checked by nobody, so a
-    copy that differs only there carries the same message (delivered once, with the
-    first copy's origin), and a node's own message coming back round a loop stays a
-    duplicate whatever origin a peer put on it. The topic is length-prefixed and the
-    data comes last, so no two contents share the bytes hashed."""
+    and data, so that a copy of a genuine message's id with another topic (and 255
+    hops), sent first, is another message, not a duplicate that stops the genuine one
+    on every path through the node. The origin is left out: stated by the publisher and
+    checked by nobody, a copy that differs only there carries the same message
+    (delivered once, with the first copy's origin), and a node's own message coming
+    back round a loop stays a duplicate. The topic is length-prefixed and the data comes
+    last, so no two contents share the bytes hashed."""
     digest = hashlib.blake2b(message_id, digest_size=16)
     name = topic.encode()
     digest.update(len(name).to_bytes(2, "big"))

@@ -16,9 +16,7 @@ once, whichever way (and however often) it arrived.
 
 :func:`seal` / :func:`open_sealed` are pure functions of their inputs (keys and randomness
 are passed in); they live in ``sealed_messages`` with :func:`send_sealed`.
-:class:`SealedInbox` is here whole: what it knows, delivery (claiming, settling, direct
-delivery) and fetching from the ledger mailbox; it holds its state file, an
-``inbox_state_file.InboxStateFile``.
+:class:`SealedInbox` is here whole (its parts: docs/architecture.md, "apps: messaging").
 """
 
 from __future__ import annotations

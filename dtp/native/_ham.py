@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native import types as t
 from dtp.native._binding import _check, _from, ffi, lib
+from dtp.native.reference._ham import check_table_args
 from dtp.native.reference._limits import (
     HAM_BATCH_HEADER_LEN,
     HAM_EXPORT_MAX_BATCH,
@@ -28,11 +28,7 @@ class NativeHamGraph:
     """The HAM field table (C core): merge batches, hold deferred updates, look up."""
 
     def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
-        seed = os.urandom(16) if seed is None else seed
-        if not 0 <= max_deferred_bytes < 2**64:
-            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
-        if len(seed) != 16:
-            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+        seed = check_table_args(max_deferred_bytes, seed)
         g = lib.dtp_ham_new(max_deferred_bytes, _from(seed), len(seed))
         if g == ffi.NULL:
             raise MemoryError("could not allocate a HAM table")

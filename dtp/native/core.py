@@ -17,8 +17,17 @@ from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
 from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, _check, _from, ffi, lib
 from dtp.native.reference._limits import (
+    AEAD_TAG_LEN,
+    LANE_OWN_CAP,
     MAX_ACK_RANGES,
     MAX_FRAME_DATA,
+    MAX_RECORD,
+    MAX_RECORD_PLAINTEXT,
+    MAX_STREAM_CHUNK,
+    OPEN_FRAMES_MAX,
+    RECORD_HEADER_LEN,
+    RECORD_OVERHEAD,
+    lane_max_seal,
 )
 from dtp.native.types import (
     FrameBatch,
@@ -32,12 +41,6 @@ from dtp.native.types import (
     RecordHeader,
     TakeResult,
 )
-
-MAX_RECORD_PLAINTEXT = 16384
-RECORD_HEADER_LEN = 12
-AEAD_TAG_LEN = 16
-RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
-
 
 # --------------------------------------------------------------------------------------
 # records and frames
@@ -279,10 +282,6 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
-MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp.native.reference._aead.MAX_STREAM_CHUNK
-# a record of one STREAM frame: header, tag and at most 25 bytes of frame header
-_STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
-OPEN_FRAMES_MAX = 1024
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 _DATAGRAM = t.FRAME_DATAGRAM
@@ -617,51 +616,29 @@ class NativeAead:
 
     def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
-        if not 0 <= counter < 2**64 - 1:
-            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        ad_buf, plain = _from(ad), _from(plaintext)
-        size = len(plain) + AEAD_TAG_LEN
-        out = self._buffer(size)
-        written = self._sizes
-        rc = lib.dtp_aead_seal_one(
-            self._ctx,
-            counter,
-            ad_buf,
-            len(ad_buf),
-            plain,
-            len(plain),
-            out,
-            size,
-            written,
-        )
-        del ad_buf, plain  # (see _from)
-        _check(rc, remote=False)
-        sealed: bytes = ffi.buffer(out, written[0])[:]
-        return sealed
+        return self._one(lib.dtp_aead_seal_one, counter, ad, plaintext, AEAD_TAG_LEN, False)
 
     def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
         """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
+        return self._one(lib.dtp_aead_open_one, counter, ad, ciphertext, 0, True)
+
+    def _one(
+        self, call: Any, counter: int, ad: bytes, data: bytes, grow: int, remote: bool
+    ) -> bytes:
+        """One message through ``call`` (``dtp_aead_seal_one`` or ``_open_one``), its
+        output ``grow`` bytes longer than ``data`` at most; ``remote``: a failure is the
+        peer's (an open)."""
         if not 0 <= counter < 2**64 - 1:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        ad_buf, sealed = _from(ad), _from(ciphertext)
-        size = max(1, len(sealed))
+        ad_buf, src = _from(ad), _from(data)
+        size = max(1, len(src) + grow)
         out = self._buffer(size)
         written = self._sizes
-        rc = lib.dtp_aead_open_one(
-            self._ctx,
-            counter,
-            ad_buf,
-            len(ad_buf),
-            sealed,
-            len(sealed),
-            out,
-            size,
-            written,
-        )
-        del ad_buf, sealed  # (see _from)
-        _check(rc, remote=True)
-        opened: bytes = ffi.buffer(out, written[0])[:]
-        return opened
+        rc = call(self._ctx, counter, ad_buf, len(ad_buf), src, len(src), out, size, written)
+        del ad_buf, src  # (see _from)
+        _check(rc, remote=remote)
+        done: bytes = ffi.buffer(out, written[0])[:]
+        return done
 
     @property
     def replay_top(self) -> int | None:
@@ -698,8 +675,7 @@ _WAKE: int = lib.DTP_WAKE
 _ERR_IO: int = lib.DTP_ERR_IO
 _ERR_QUEUE: int = lib.DTP_ERR_QUEUE
 _ERR_BUFFER: int = lib.DTP_ERR_BUFFER
-_MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
-OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+OWN_CAP = LANE_OWN_CAP
 FIRST_OUT = 2048  # what a lane's seal output starts at (it grows to seal_cap on demand)
 _from_buffer = ffi.from_buffer
 
@@ -751,17 +727,13 @@ class NativeLane:
         seal_cap: int = 1 << 18,
         recv_cap: int = 1 << 18,
     ) -> None:
-        per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
-        if seal_cap < per_record:
-            raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
-        if recv_cap <= _MAX_RECORD:
-            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
+        max_seal = lane_max_seal(seal_cap, recv_cap)
         self._send = send
         self._recv = recv
         self._send_ctx = send._ctx
         self._recv_ctx = recv._ctx
         #: Most bytes one :meth:`seal` call takes.
-        self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
+        self.max_seal = max_seal
         # seal's output starts small and grows to seal_cap as the seals ask for it (a
         # small message's seal fits, and an idle connection keeps a page less); the
         # blocking adapter's flow_seal and send get seal_cap at once (_ready_io)
@@ -847,7 +819,7 @@ class NativeLane:
 
     @pending.setter
     def pending(self, n: int) -> None:
-        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+        if not 0 <= n <= MAX_RECORD or n > len(self.rview):
             raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
         self.io.pending = n
 

@@ -2,31 +2,15 @@
 settles a connection that ended, waits to settle it with others in one transaction, or
 leaves it to its client -- and what a service's prices say about it.
 
-On a ledger that charges gas (Sui), a connection's end is a transaction of the server:
-``settle_with_receipt`` claims its last receipt, closes it and refunds the client the
-rest (:class:`~dtp.ledger._gas.EndGas` is what it costs). Claimed, a fee below that
-cost loses the server money. So (:meth:`EndRule.choose`):
-
-- **settle** when the fee the server's receipts can still claim covers the gas of its
-  settlement: claimed and settled at once, the client refunded at once;
-- **batch** when it does not, but covers what one more settlement adds to a transaction
-  that settles several (:meth:`~dtp.ledger.interface.Ledger.settle_batch`): it waits
-  up to :attr:`EndRule.batch_window` for others (:class:`EndBatch`); the batch goes
-  out as soon as its fees cover its gas, and what is still waiting when its window
-  ends and the batch would not pay for itself is left;
-- **leave** otherwise, and for a connection with nothing to claim (a refused one, a free
-  one): no transaction. The client settles alone once the half-close timeout has
-  passed (``collect_refund``; the SDK's :class:`~dtp.payments._refunds.RefundCollector`
-  does it without being asked) and the escrow's whole balance -- the unclaimed fee
-  with it -- goes back to it.
-
-A server never loses by this what it would have earned net of gas: it leaves a fee only
-when claiming it (alone, or in the batch it waited for) would have cost more. A ledger
-that charges no gas (LocalLedger) makes every end a settlement, as before gas was
-weighed; so does ``EndRule(weigh_gas=False)``.
-
-The rules here are sans-I/O: the servers pass the fee, the gas and ``now`` (monotonic
-seconds), and make the transactions (:func:`dtp.payments._settlement.end_connection`).
+A fee below the gas of claiming it loses the server money, so (:meth:`EndRule.choose`):
+**settle** when the fee covers a settlement's gas (:class:`~dtp.ledger._gas.EndGas`);
+**batch** when it covers what one more adds to
+:meth:`~dtp.ledger.interface.Ledger.settle_batch`, waiting up to
+:attr:`EndRule.batch_window` (:class:`EndBatch`); **leave** otherwise, for the client to
+settle after the half-close timeout (the
+:class:`~dtp.payments._refunds.RefundCollector`). Without gas (LocalLedger) or with
+``EndRule(weigh_gas=False)``, every end settles. Sans-I/O: the servers make the
+transactions (:func:`dtp.payments._settlement.end_connection`).
 """
 
 from __future__ import annotations
@@ -59,18 +43,35 @@ __all__ = [
     "EndRule",
     "PriceCheck",
     "check_prices",
+    "check_seconds",
 ]
 
 #: Seconds an end below one settlement's gas waits for others to share a transaction
-#: with: far inside the 10-minute half-close timeout after which its client may settle
-#: alone (its client half-closes it seconds after it ended, or had half-closed it up
-#: to ``ledger_check_interval`` before).
+#: with: far inside the 10-minute half-close timeout after which its client may settle.
 BATCH_WINDOW: Final = 60.0
 
 #: What a "typical" connection carries, for :func:`check_prices`: 1 MiB in both
 #: directions together, in one request (the first stream; for the daemon, one tunnel).
 TYPICAL_BYTES: Final = 1 << 20
 TYPICAL_REQUESTS: Final = 1
+
+
+def check_seconds(what: str, value: object, *, zero: bool) -> None:
+    """Refuse (InvalidArgument naming ``what``) a duration that is not seconds above 0
+    (at least 0 with ``zero``) within threading.TIMEOUT_MAX, NaN included: else the
+    error comes in a waiting thread, long after the setting was made."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= threading.TIMEOUT_MAX
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0 and"
+        raise InvalidArgument(
+            f"{what} must be a number of seconds {low} up to "
+            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
 
 
 class EndChoice(enum.Enum):
@@ -99,16 +100,7 @@ class EndRule:
     def __post_init__(self) -> None:
         if not isinstance(self.weigh_gas, bool):
             raise InvalidArgument(f"EndRule.weigh_gas must be a bool, got {self.weigh_gas!r}")
-        window = self.batch_window
-        if (
-            not isinstance(window, int | float)
-            or isinstance(window, bool)
-            or not math.isfinite(window)
-            or not 0 <= window <= threading.TIMEOUT_MAX
-        ):
-            raise InvalidArgument(
-                f"EndRule.batch_window must be a number of seconds from 0, got {window!r}"
-            )
+        check_seconds("EndRule.batch_window", self.batch_window, zero=True)
 
     def choose(self, fee: int, gas: EndGas) -> EndChoice:
         """The end of a connection whose receipts can still claim ``fee`` MIST, on a
@@ -212,16 +204,10 @@ class EndBatch:
             return min((e.due for e in self._waiting.values()), default=None)
 
     def plan(self, now: float, gas: EndGas, *, final: bool = False) -> BatchPlan:
-        """What to do at ``now`` with ends costing ``gas``; ``final`` (the server stops):
-        as if every window had ended. The ends taken (settled or left) leave the batch.
-
-        A batch pays for itself when its fees cover its gas (``gas.batch(n)``). The
-        most valuable ends go first, at most ``max_batch``: each adds its fee and
-        ``gas.batch_claim`` to the batch, and an end whose fee is below that adds a
-        loss, so it is never taken -- it waits, and is left once its window ends. An end
-        whose fee covers a settlement of its own (the gas fell) makes any batch pay.
-        When the batch does not pay, the ends whose window ended are left, and the
-        others wait on."""
+        """What to do at ``now`` with ends costing ``gas`` (``final``: every window
+        ended); the ends taken leave the batch. The most valuable go first, at most
+        ``max_batch``, an end below ``gas.batch_claim`` never (a loss); when the batch
+        does not cover ``gas.batch(n)``, the ends whose window ended are left."""
         with self._lock:
             ranked = sorted(self._waiting.values(), key=lambda e: e.fee, reverse=True)
             members = [e for e in ranked if e.fee >= gas.batch_claim][: self.max_batch]

@@ -29,7 +29,7 @@ from dtp.errors import (
     InvalidReceipt,
     move_error,
 )
-from dtp.ledger._objects import ConnectionState, Sla
+from dtp.ledger._objects import ConnectionState, Host, Sla
 from dtp.ledger.receipt import U64_MAX, Receipt, ReceiptScope, fee
 from dtp.payments.receipts import check_receipt
 
@@ -57,11 +57,9 @@ __all__ = [
 #: How often (ms) a paid server reads a connection's escrow again while the deposit is
 #: what holds the connection (a top-up is seen within this delay).
 DEPOSIT_READ_INTERVAL_MS: Final = 1000
-#: How long (ms of the server's reads) a receipt may go on waiting above the deposit the
-#: escrow shows before it is a violation. A client tops up, then signs for more; the
-#: ledger the server reads (a Sui full node) may not show the top-up for a few
-#: checkpoints yet, and an honest client would be closed for it. Meanwhile the receipt
-#: is not counted, so its wait buys the client nothing.
+#: How long (ms of the server's reads) a receipt may wait above the deposit shown before
+#: it is a violation: a full node may show a top-up a few checkpoints late. Not counted
+#: meanwhile, its wait buys the client nothing.
 DEPOSIT_LAG_MS: Final = 5000
 #: Payload of a RECEIPT frame sent by the server: "send me a receipt now". The server
 #: sends it while paused, so a client whose sends are blocked by flow control (and so
@@ -89,13 +87,9 @@ class GateVerdict:
 
 
 class ConnectionIds:
-    """The ledger connection IDs a paid server is serving or settling: one DTP connection
-    per ledger connection at a time. A second DTP connection naming an ID in use would,
-    on a gate of its own, count the first one's receipts again and take another
-    allowance from one escrow.
-
-    Its own lock, held only for a set operation, makes it safe from the blocking
-    server's threads and costs the asyncio server's event loop nothing noticeable."""
+    """The ledger connection IDs a paid server is serving or settling, one DTP
+    connection each: a second, on a gate of its own, would count the first one's
+    receipts again and take another allowance from one escrow. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -124,15 +118,17 @@ class ConnectionIds:
             return len(self._ids)
 
 
-class _LedgerChecked(Protocol):
+class LedgerChecked(Protocol):
+    """What a state check reads of a served connection."""
+
     connection_id: str
     ledger_check_due: float  # (monotonic)
 
 
-_C = TypeVar("_C", bound=_LedgerChecked)
+CheckedT = TypeVar("CheckedT", bound=LedgerChecked)
 
 
-def ledger_checks_due(live: Iterable[_C], now: float, interval: float) -> list[_C]:
+def ledger_checks_due(live: Iterable[CheckedT], now: float, interval: float) -> list[CheckedT]:
     """Those of the open connections ``live`` due for a read of their state on the ledger
     at ``now``, each then due again ``interval`` seconds later (the paid servers' and the
     daemon's check: :func:`ended_on_ledger`)."""
@@ -142,7 +138,7 @@ def ledger_checks_due(live: Iterable[_C], now: float, interval: float) -> list[_
     return due
 
 
-def ended_on_ledger(ledger: Ledger, connections: Iterable[_C]) -> list[_C]:
+def ended_on_ledger(ledger: Ledger, connections: Iterable[CheckedT]) -> list[CheckedT]:
     """Those of ``connections`` no longer Open on the ledger (one read each; a
     ChainError passes)."""
     return [
@@ -152,21 +148,24 @@ def ended_on_ledger(ledger: Ledger, connections: Iterable[_C]) -> list[_C]:
     ]
 
 
-class _Subscribed(Protocol):
+class Subscribed(Protocol):
+    """What a subscription check reads of a served connection."""
+
     connection_id: str
 
     @property
     def subscription(self) -> str | None: ...
 
 
-_S = TypeVar("_S", bound=_Subscribed)
+SubscribedT = TypeVar("SubscribedT", bound=Subscribed)
 
 
-def subscriptions_over(ledger: Ledger, connections: Iterable[_S]) -> list[tuple[_S, str]]:
-    """Those of ``connections`` opened with a subscription that is over on the ledger
-    (expired, or its offer withdrawn: :meth:`~dtp.ledger.interface.Ledger.subscription_over`),
-    each with why; a connection with no subscription is not read. Each subscription is
-    read once however many connections share it (a ChainError passes)."""
+def subscriptions_over(
+    ledger: Ledger, connections: Iterable[SubscribedT], host: Host | None = None
+) -> list[tuple[SubscribedT, str]]:
+    """Those of ``connections`` opened with a subscription that is over
+    (:meth:`~dtp.ledger.interface.Ledger.subscription_over`), each with why; each
+    subscription read once however many connections share it."""
     why: dict[str, str | None] = {}
     over = []
     for conn in connections:
@@ -174,7 +173,7 @@ def subscriptions_over(ledger: Ledger, connections: Iterable[_S]) -> list[tuple[
         if sub is None:
             continue
         if sub not in why:
-            why[sub] = ledger.subscription_over(sub)
+            why[sub] = ledger.subscription_over(sub, host)
         reason = why[sub]
         if reason is not None:
             over.append((conn, reason))
@@ -184,15 +183,10 @@ def subscriptions_over(ledger: Ledger, connections: Iterable[_S]) -> list[tuple[
 class ReceiptGate:
     """The server's receipt check and credit limit for one connection.
 
-    ``allowance``: how many MIST of usage the server extends on credit (usage seen
-    minus the latest accepted receipt) before it pauses. The SLA has no such field and
-    the Move structs stay as they are, so it is a server policy; the default is the
-    SLA's ``min_deposit``: the server never serves more on credit than the minimum
-    escrow guarantees it can be paid. ``pause_timeout_ms``: a connection paused this
-    long without a covering receipt is to be closed. The client's spending cap plays no
-    part: the deposit was reserved on it at the open (and each top-up as it was made),
-    so every receipt up to the deposit can be claimed whatever the client spends
-    elsewhere (docs/escrow.md §4).
+    ``allowance``: MIST of usage served on credit beyond the latest accepted receipt
+    before it pauses (a server policy; default the SLA's ``min_deposit``, which the
+    escrow guarantees). ``pause_timeout_ms``: a connection paused this long is closed.
+    The spending cap plays no part: the deposit was reserved on it (docs/escrow.md §4).
     """
 
     def __init__(
@@ -235,6 +229,9 @@ class ReceiptGate:
         #: The Subscription the connection was opened with (None: a metered one): read
         #: while it is served, the connection ends once it is over (docs/escrow.md §13).
         self.subscription: str | None = None
+        #: The connection's half-close timeout (ms; None: not read): its receipts are
+        #: claimed while it lives before they are that old (docs/escrow.md §7.1).
+        self.half_close_timeout_ms: int | None = None
         #: The newest receipt valid but for being above ``deposited``: the client may
         #: have topped the escrow up. Not counted; judged once the escrow is read again
         #: (:meth:`deposit_read`): counted then, or a violation.
@@ -244,19 +241,13 @@ class ReceiptGate:
         self._above_since_ms: int | None = None
 
     def check(self, data: bytes) -> Receipt:
-        """Validate an encoded receipt without counting it yet; the caller stores it
-        durably and then calls :meth:`kept` (which is when it starts to count).
+        """Validate an encoded receipt; the caller stores it, then :meth:`kept` counts it.
 
-        Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
-        malformed, replayed, badly signed, priced wrong or lower than an earlier one.
-        Replays and regressions are judged against the newest receipt checked, kept or
-        not. One beyond ``deposited`` raises
-        InvalidReceipt (``EReceiptExceedsDeposit``) and is not counted, but it is no
-        violation yet: the client may have topped the escrow up since the server read
-        it. It waits in :attr:`over_deposit` for the server to read the escrow again
-        (:meth:`wants_deposit`, :meth:`deposit_read`; for up to :data:`DEPOSIT_LAG_MS`
-        of reads): a closed connection then, where a client that topped up and signed
-        on was closed for an "invalid" receipt.
+        Raises :class:`dtp.errors.InvalidReceipt` (a violation, remembered) when it is
+        malformed, replayed, badly signed, priced wrong or lower than the newest checked.
+        One beyond ``deposited`` raises InvalidReceipt (``EReceiptExceedsDeposit``) but is
+        no violation yet: the client may have topped up. It waits in
+        :attr:`over_deposit` for the escrow to be read again (:meth:`deposit_read`).
         """
         try:
             receipt = Receipt.decode(data)
@@ -274,10 +265,8 @@ class ReceiptGate:
             except InvalidReceipt as exc:
                 if exc.name != "EReceiptExceedsDeposit":
                     raise
-                # nonce, signature and amount are good (checked first): only the
-                # deposit as read at admission is short, and the client may have topped
-                # the escrow up since. Not counted, not a violation yet: judged once the
-                # escrow is read again (deposit_read)
+                # good but for the deposit read at admission: judged once the escrow is
+                # read again (deposit_read)
                 self._not_below_pending(receipt, pending)
                 if pending is None or receipt.nonce > pending.nonce:
                     self.over_deposit = receipt
@@ -302,10 +291,8 @@ class ReceiptGate:
 
     @staticmethod
     def _not_below_pending(receipt: Receipt, pending: Receipt | None) -> None:
-        """A receipt signed after the one waiting above the deposit (good but for the
-        deposit) must not be lower: the client signed for more first, and the later,
-        lower receipt would take its place -- counted, or waiting instead of it -- and
-        cost the server the difference. A regression: a violation, as any other."""
+        """A receipt signed after the one waiting above the deposit must not be lower:
+        taking its place, it would cost the server the difference (a violation)."""
         if (
             pending is not None
             and receipt.nonce > pending.nonce
@@ -344,14 +331,10 @@ class ReceiptGate:
     def wants_deposit(
         self, now_ms: int, total_bytes: int, total_requests: int, *, ending: bool = False
     ) -> bool:
-        """Whether the server should read the escrow's deposit again now: a receipt
-        waits above the deposit as known (:attr:`over_deposit`), or the usage outruns
-        the credit and the deposit is what holds it (with more deposit, more credit) --
-        the client may have topped the escrow up while the connection was open. At
-        most once per :data:`DEPOSIT_READ_INTERVAL_MS` (the read itself is the
-        server's: :meth:`deposit_read` takes what it found). ``ending`` (the connection
-        is over, its settlement next): whenever a receipt waits above the deposit,
-        whatever the interval -- else it goes unclaimed."""
+        """Whether to read the escrow's deposit again now (a top-up may have come): a
+        receipt waits above it, or the deposit is what holds the usage; at most once per
+        :data:`DEPOSIT_READ_INTERVAL_MS`. ``ending``: whenever a receipt waits above it,
+        else it goes unclaimed."""
         if self.escrow_id is None or self.violation is not None:
             return False
         if ending:
@@ -371,12 +354,9 @@ class ReceiptGate:
         self._deposit_read_ms = now_ms
 
     def deposit_read(self, deposited: int) -> Receipt | None:
-        """The escrow read again: it holds ``deposited`` MIST in all (a deposit only
-        grows). Returns the receipt that waited above the old deposit when the new one
-        covers it: the caller hands it to its receipt path again (check, keep, count).
-        One still above it goes on waiting (the ledger read may lag the client's top-up)
-        until reads :data:`DEPOSIT_LAG_MS` apart both found it above: a violation then,
-        the client signed for more than it deposited."""
+        """The escrow holds ``deposited`` MIST: the receipt that waited above the old
+        deposit if the new one covers it (for the receipt path again). One still above
+        waits on until reads :data:`DEPOSIT_LAG_MS` apart found it so: a violation."""
         if deposited > self.deposited:
             self.deposited = deposited
         pending, self.over_deposit = self.over_deposit, None
@@ -400,11 +380,8 @@ class ReceiptGate:
         return None
 
     def credit(self) -> int:
-        """MIST of usage the server serves beyond the accepted receipts now: the
-        allowance, but never more than the escrow can still pay -- the deposit less what
-        the receipts take already. The allowance alone let a client whose receipts had
-        reached its deposit be served a whole allowance more, for nothing (with the
-        default allowance, a deposit of ``min_deposit`` bought twice its worth)."""
+        """MIST of usage served beyond the accepted receipts now: the allowance, but
+        never more than the escrow can still pay (else a deposit bought twice its worth)."""
         return self._credit(self.deposited)
 
     def _credit(self, deposited: int) -> int:

@@ -39,11 +39,7 @@ __all__ = [
 
 def datagram_charge(size: int) -> int:
     """What a datagram of ``size`` payload bytes costs a bytes/s limit: the payload and
-    its DATAGRAM frame's header (a type byte and the length as a varint, docs/protocol.md).
-    Charged its payload alone, an empty datagram cost nothing, and a client sent as many
-    as the connection could carry whatever its limits (each one read, framed, decrypted
-    and handed to the handler all the same). Stream bytes are charged their payload: a
-    STREAM frame carries many of them, a datagram's header is paid once per datagram."""
+    its DATAGRAM frame's header (docs/protocol.md), else empty datagrams cost nothing."""
     return size + 1 + varint_size(size)
 
 
@@ -87,17 +83,10 @@ class TokenBucket:
         return int(self.take)
 
     def wait_for(self, amount: float, now: float) -> float:
-        """Seconds to wait before a stream moves a piece of ``amount`` units (at most
-        :attr:`take`; more counts as that): until the bucket has refilled to within one
-        take of full (and holds the piece). 0 when it has, or when unlimited.
-
-        A sustained stream then moves one take per take's worth of time, after at most
-        two at its start, and the bytes of any one-second window stay within the rate
-        plus three takes (two at the start, one a window boundary may split): 15 % at
-        the default burst (tests/paid/test_rate_smoothness.py). What the rest of the
-        burst holds serves short exchanges at once. Charged after the fact instead, a
-        read of whatever had arrived (1.1 MB at 200 kB/s) went at once and was paid for
-        by a 5.5 s wait: 5.6 times the rate in that second, nothing in the next five."""
+        """Seconds to wait before a stream moves a piece of ``amount`` (at most
+        :attr:`take`): until the bucket is within one take of full. So any one-second
+        window carries the rate within 15 % (tests/paid/test_rate_smoothness.py), not a
+        burst paid for by a long silence."""
         rate = self.rate  # (read once: see delay)
         if rate == 0:
             return 0.0
@@ -123,10 +112,8 @@ class TokenBucket:
         bucket that was unlimited starts full, as a new one does)."""
         rate = _checked_rate(rate)
         if not self.rate:
-            # from unlimited: as good as a new bucket. An unlimited bucket never refills
-            # (nor is it charged), so kept, the debt it had when the limit was lifted would
-            # come back whole with the next limit, however long ago: a client would wait
-            # for bytes moved hours before, and even a fresh one start with no burst
+            # from unlimited: a new bucket, or the debt from before the limit was lifted
+            # would come back whole with the next one
             self.rate = rate
             self.tokens = self.capacity
             self.stamp = max(self.stamp, now)
@@ -184,11 +171,9 @@ class ClientBuckets:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def admit(self, sizes: Sequence[int], now: float) -> int:
-        """How many of ``sizes`` (datagrams' payloads, in arrival order) may be served
-        at ``now``: each is one request of its bytes with its frame header
-        (:func:`datagram_charge`), admitted while neither bucket is in debt and charged
-        when admitted. For traffic that cannot wait (UDP), where the caller drops what
-        is over the rate instead of holding it back."""
+        """How many of ``sizes`` (datagrams, in order) are served now, each a request of
+        :func:`datagram_charge` bytes, while neither bucket is in debt: for traffic that
+        cannot wait (UDP), whose caller drops the rest."""
         admitted = 0
         with self.lock:
             for size in sizes:
@@ -225,11 +210,8 @@ class RateLimiter:
     bytes_per_sec: int = 0
     requests_per_sec: int = 0
     clients: dict[str, ClientBuckets] = field(default_factory=dict)
-    #: Buckets of clients with no connection left, kept until they have refilled: a
-    #: client that reconnected got a new pair, its debt forgiven and a new burst given
-    #: (a request a connection, at once, whatever the rate). Oldest released first,
-    #: at most ``max_idle``: kept until refilled alone, they grew by every distinct
-    #: client in debt for as long as its debt lasts (a 64 KiB chunk at 1 B/s: 18 h)
+    #: Buckets of clients with no connection left, kept until refilled (else a
+    #: reconnect forgave the debt), at most ``max_idle``, oldest released first
     idle: dict[str, ClientBuckets] = field(default_factory=dict)
     max_idle: int = DEFAULT_MAX_IDLE
     _next_sweep: float = field(default=float("-inf"), repr=False)

@@ -1,29 +1,16 @@
 """Durable receipt writes off the I/O path, for paid servers.
 
-A receipt must be on disk before it counts (docs/escrow.md §6.1), and a synchronous
-SQLite commit is an fsync: done where the connection is driven, it would stall reading
-(and, under asyncio, the whole event loop) for as long as the disk takes. A
-:class:`ReceiptWriter` thread does the writes instead; the connection keeps serving on
-credit (within the allowance) meanwhile and counts a receipt once its write returns.
-Only the newest receipt of a connection matters, so a newer one replaces an older one
-still waiting: under load, fewer fsyncs.
+A receipt must be on disk before it counts (docs/escrow.md §6.1), and an fsync where the
+connection is driven would stall it (under asyncio, the whole loop): a
+:class:`ReceiptWriter` thread writes instead, the connection serving on credit
+meanwhile, and a newer receipt replaces an older one still waiting (fewer fsyncs).
 
-The writer thread runs at a lower CPU priority than the thread that made it (Linux, where
-a thread has a nice value of its own: :data:`WRITER_NICE`). A write costs about half a
-millisecond of CPU (the SQLite commit and its fsync), and at the same priority the
-scheduler ran it as soon as it woke, on a core a connection was using: with both cores of
-a small host busy moving one paid stream, four receipt writes took 4-12 ms off a 256 MiB
-transfer, and 1-3 ms at +10. The writes are not urgent (the connection serves on credit
-meanwhile). The thread holds the GIL only for the Python between its SQLite calls (which
-let go of it), some tens of microseconds a write: the window in which a busier core
-preempting it would keep the other threads waiting is small.
+The thread runs at a lower CPU priority (:data:`WRITER_NICE`, Linux): at the same one,
+its writes took 4-12 ms off a 256 MiB paid transfer on a 2-core host, 1-3 ms at +10.
 
-The writer also stands in for its store in the settlement
-(:func:`dtp.payments._settlement.claim_and_settle`): :meth:`ReceiptWriter.latest` knows the
-receipts still on their way to the disk, so a claim need not wait for the fsync (a claim
-on the ledger is what the durable copy is for), and :meth:`ReceiptWriter.mark_claimed`
-marks the claim once the receipt it is for has been written (with the next receipts'
-commit: a settlement costs no write of its own).
+It stands in for its store in the settlement: :meth:`ReceiptWriter.latest` knows the
+receipts not yet on disk, and :meth:`ReceiptWriter.mark_claimed` marks a claim with the
+next receipts' commit.
 """
 
 from __future__ import annotations
@@ -62,21 +49,14 @@ class ReceiptWriter:
     """One thread writing receipts to ``store``; ``done(receipt)`` runs (in that thread)
     after a receipt is stored.
 
-    Claimed marks (:meth:`mark_claimed`) are bookkeeping the store commits without a
-    sync anyway (a lost one is derived from the ledger again at the next start): they
-    wait up to :data:`MARK_DELAY` for the next receipt write and go into its commit, so
-    a paid server's settlement costs no write of its own; :meth:`flush` and
-    :meth:`close` write them at once.
+    Claimed marks wait up to :data:`MARK_DELAY` to go into the next receipt write's
+    commit (a lost one is derived from the ledger again), so a settlement costs no write
+    of its own.
 
-    A write that fails (a store locked past SQLite's busy timeout, a full disk) is tried
-    again every :data:`RETRY_DELAY` seconds, at once when :meth:`close` comes, and from
-    then on until the close's timeout is spent; its receipts do not count meanwhile, but
-    :meth:`latest` still reports them, so a settlement claims them all the same. What
-    is still not written then is given up (:attr:`given_up`): each receipt logged whole,
-    for an operator to claim by hand, and :meth:`close` returns False. A write that
-    fails because the store is closed (closed before this writer: the wrong order) is
-    not tried again: what is waiting is given up at once, each receipt logged whole, and
-    ``done`` does not run for it (see :meth:`_dropped`)."""
+    A failed write is tried again every :data:`RETRY_DELAY` seconds until the close's
+    timeout is spent (:meth:`latest` still reports its receipts for a settlement); then
+    it is given up (:attr:`given_up`, each receipt logged whole) and :meth:`close`
+    returns False. A closed store gives up at once (:meth:`_dropped`)."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
@@ -97,6 +77,10 @@ class ReceiptWriter:
         # when_stopped(): run once the thread is past its last write (set under _cond)
         self._ended = False
         self._on_stop: list[Callable[[], None]] = []
+        #: Told of every receipt once it is stored (in this thread, before its
+        #: ``done``): what claims receipts while their connections live learns of them
+        #: here (:class:`~dtp.payments._live_claims.LiveClaimer`)
+        self.on_stored: Done | None = None
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
         self._thread.start()
 
@@ -113,11 +97,8 @@ class ReceiptWriter:
             self._cond.notify_all()
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
-        """The newest receipt of a connection: the one waiting or being written, else the
-        stored one (:meth:`ReceiptStore.latest`); claimed as far as the store says and
-        the claimed marks waiting or being written say (read before those were written,
-        a claim just made -- or a receipt just written off -- looked unclaimed, and a
-        paid server's retry of a failed settlement asked the ledger again for it)."""
+        """The newest receipt of a connection, waiting, being written or stored, claimed
+        as far as the store and the marks not yet written say."""
         key = normalize_id(connection_id, "connection ID")
         with self._cond:
             waiting = self._pending.get(key)
@@ -195,16 +176,10 @@ class ReceiptWriter:
         return batch, marks
 
     def when_stopped(self, then: Callable[[], None]) -> None:
-        """Run ``then`` once the thread will use the store no more: in the thread, as
-        its last step (so :attr:`stopped` is True only after it), or at once, in the
-        caller's, when the thread is past its last write already. What a paid server's
-        release leaves to a writer still writing after its wait (detaching from the
-        store, closing it): done before, the receipts the writer still held were written
-        under a run whose lock was gone, where another server's recovery took them for a
-        dead server's (and claimed an older one under them). An exception it raises is
-        logged. (Run at once, :attr:`stopped` may say True before ``then`` has run: a
-        caller waiting for it waits for the caller of this too, as the paid servers'
-        ``wait_released`` waits for their release.)"""
+        """Run ``then`` once the thread will use the store no more: as the thread's last
+        step (:attr:`stopped` True only after it), or at once when it is past its last
+        write. What a paid server's release leaves to a writer still writing (detach,
+        close). An exception it raises is logged."""
         with self._cond:
             if not self._ended:
                 self._on_stop.append(then)
@@ -262,10 +237,13 @@ class ReceiptWriter:
                         receipt.connection_id,
                     )
                     continue
-                try:
-                    done(receipt)
-                except Exception:
-                    logger.exception("receipt callback failed for %s", receipt.connection_id)
+                for callback in (self.on_stored, done):
+                    if callback is None:
+                        continue
+                    try:
+                        callback(receipt)
+                    except Exception:
+                        logger.exception("receipt callback failed for %s", receipt.connection_id)
             with self._cond:
                 self._busy = {}
                 self._busy_marks = {}
@@ -274,15 +252,9 @@ class ReceiptWriter:
     def _failed(
         self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
     ) -> None:
-        """A write failed: keep the batch waiting (behind any newer receipt submitted
-        meanwhile) and try again after :data:`RETRY_DELAY`. Dropped, the receipt was
-        lost for good: its client had paid and would not sign the same usage again, so
-        the connection paused and closed for want of payment, and its settlement
-        claimed the receipt before (the service given on it never paid).
-
-        After :meth:`close`, only as long as the next try would start within the close's
-        timeout: then the batch, and whatever else waits, is given up
-        (:func:`_give_up`)."""
+        """A write failed: keep the batch waiting and try again after
+        :data:`RETRY_DELAY` (dropped, the client would not sign that usage again). After
+        :meth:`close`, only within its timeout; then it is given up (:func:`_give_up`)."""
         with self._cond:
             self._requeue(batch, marks)
             retry_at = time.monotonic() + RETRY_DELAY
@@ -322,19 +294,9 @@ class ReceiptWriter:
     def _dropped(
         self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
     ) -> None:
-        """A write failed because the store is closed: every call on it fails from now
-        on, and retried, the batch would be logged every :data:`RETRY_DELAY` seconds for
-        good while :meth:`flush` waits out its whole timeout. Drop it, and what was
-        submitted meanwhile (it meets the same closed store): each receipt logged whole
-        and kept in :attr:`given_up` (one error naming only its connection lost the fee
-        an operator could have claimed by hand).
-
-        ``done`` does not run for a dropped receipt, as for one the store refused: it
-        was not kept, and ``done`` means kept (the paid servers count it as paid). No
-        caller waits on ``done`` alone: a paid connection paused for want of a counted
-        receipt closes after its pause timeout, and :meth:`flush` / :meth:`close`
-        return as the writer is idle again. A dropped claimed mark costs nothing: a
-        restart asks the ledger again."""
+        """A write failed because the store is closed, for good: drop the batch and what
+        waits, each receipt logged whole and kept in :attr:`given_up`, rather than retry
+        it for good. ``done`` does not run for them: ``done`` means kept."""
         with self._cond:
             self._requeue(batch, marks)
             receipts, dropped_marks = self._take_all()
@@ -343,10 +305,8 @@ class ReceiptWriter:
 
     @property
     def given_up(self) -> tuple[Receipt, ...]:
-        """The receipts given up, the newest of each connection: at :meth:`close` (their
-        writes kept failing until its timeout was spent), or dropped (the store closed
-        under the writer, or a write failing with an error that is not the disk's). Not
-        stored, each logged whole at error level."""
+        """The receipts given up (the newest of each connection), not stored, each
+        logged whole at error level."""
         with self._cond:
             return tuple(self._given_up.values())
 
@@ -363,14 +323,10 @@ class ReceiptWriter:
         return not self._thread.is_alive()
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Write what is waiting, then stop the thread. A write failing meanwhile is
-        tried again every :data:`RETRY_DELAY` seconds as long as the next try would
-        start within ``timeout`` (of the first call: a later one only waits); then what
-        is still not written is given up (:attr:`given_up`).
-
-        True when everything was written. False when receipts were given up, or when
-        the thread is still writing after ``timeout`` (:attr:`stopped` tells these apart:
-        still writing, the store is in use yet, and must not be closed)."""
+        """Write what is waiting, then stop the thread, retrying a failed write within
+        ``timeout`` (of the first call), then giving it up. True when everything was
+        written; False when receipts were given up or the thread still writes
+        (:attr:`stopped` tells: then the store must not be closed)."""
         with self._cond:
             if not self._closed:
                 # (None: tried again for as long as it takes, as join(None) waits; set
@@ -403,10 +359,8 @@ def _give_up(
     exc: Exception,
     how: str,
 ) -> None:
-    """Log what the writer gives up (``how``: at close, or dropped): each receipt whole
-    (its encoding is all an operator needs to claim it by hand: it may be the only copy
-    of a fee, e.g. the final receipt a refused claim handed over); the claimed marks
-    briefly (a restart derives them from the ledger again)."""
+    """Log what the writer gives up: each receipt whole (all an operator needs to claim
+    it by hand), the claimed marks briefly."""
     for receipt, _ in receipts.values():
         logger.error(
             "receipt %d of connection %s (%d MIST) not stored, %s (%s); receipt: %s",

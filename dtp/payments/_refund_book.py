@@ -26,8 +26,8 @@ from dtp.ledger._objects import normalize_id
 __all__ = ["BOOK_VERSION", "Opened", "OpenedBook"]
 
 BOOK_VERSION: Final = 2
-"""The file's ``PRAGMA user_version``. 0: the first daemon book (``cap_id`` its primary
-key, no ``due_ms``), taken up as it is found; 2: this one."""
+"""The file's ``PRAGMA user_version``: 0, the first daemon book (taken up as found); 2,
+this one (the ``unserved`` column added as opened where missing)."""
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -50,6 +50,9 @@ class Opened:
     due_ms: int | None = None
     """The ledger time from which its client may settle it alone, once read (None:
     not known yet: still Open, or not looked at)."""
+    unserved: bool = False
+    """Recorded as not served (yet), so its client may connect on it again instead of
+    opening another (docs/daemon.md, "Tunnels")."""
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -71,21 +74,17 @@ CREATE TABLE opened (
     forward TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     due_ms INTEGER,
+    unserved INTEGER NOT NULL DEFAULT 0,
     CHECK (cap_id IS NOT NULL OR connection_id IS NOT NULL)
 )
 """
-_COLUMNS = "rowid, cap_id, connection_id, forward, recorded_at, due_ms"
+_COLUMNS = "rowid, cap_id, connection_id, forward, recorded_at, due_ms, unserved"
 
 
 class OpenedBook:
-    """The connections recorded and not known settled, oldest first. With a ``path``
-    the file is made by the first record (a client that never opened a connection has
-    none) and every write is synced before it returns; without one the book lives in
-    memory, as long as the object. Thread-safe.
-
-    An existing file opens whatever its version: the first daemon book's is converted
-    in place (one transaction), and a JSON file of the refund collector's first
-    version (``{connection ID: due ms}``) is replaced by a book holding its entries."""
+    """The connections recorded and not known settled, oldest first: with a ``path``,
+    a file made by the first record, every write synced; else in memory. Thread-safe.
+    An older file (the first daemon book, the collector's JSON) is taken up as found."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
@@ -122,9 +121,12 @@ class OpenedBook:
         connection_id: str | None,
         label: str = "",
         due_ms: int | None = None,
+        *,
+        unserved: bool = False,
     ) -> Opened:
         """Write a connection: a new entry, or what the entry of its cap or its ID did
-        not know yet (a known ID, cap or time stays). Returns the entry as written."""
+        not know yet (a known ID, cap or time stays). ``unserved``: a new entry's
+        :attr:`Opened.unserved` (until :meth:`served`). Returns the entry as written."""
         if cap_id is None and connection_id is None:
             raise ValueError("a connection is recorded by its spending cap or its ID")
         with self._lock:
@@ -139,8 +141,8 @@ class OpenedBook:
                 if not rows:
                     cursor = db.execute(
                         "INSERT INTO opened (cap_id, connection_id, forward, recorded_at, "
-                        "due_ms) VALUES (?, ?, ?, ?, ?)",
-                        (cap_id, connection_id, label, time.time(), due_ms),
+                        "due_ms, unserved) VALUES (?, ?, ?, ?, ?, ?)",
+                        (cap_id, connection_id, label, time.time(), due_ms, int(unserved)),
                     )
                     key = cursor.lastrowid
                 else:
@@ -174,6 +176,16 @@ class OpenedBook:
             if self._db is not None:
                 self._db.execute(
                     "UPDATE opened SET due_ms = ? WHERE rowid = ?", (due_ms, entry.key)
+                )
+
+    def served(self, some_id: str) -> None:
+        """The connection of this spending cap or ID carried a DTP connection: no longer
+        :attr:`Opened.unserved`."""
+        with self._lock:
+            if self._db is not None:
+                self._db.execute(
+                    "UPDATE opened SET unserved = 0 WHERE cap_id = ? OR connection_id = ?",
+                    (some_id, some_id),
                 )
 
     def forget(self, entry: Opened) -> None:
@@ -233,7 +245,7 @@ class OpenedBook:
 
 
 def _entry(row: tuple[object, ...]) -> Opened:
-    key, cap, cid, label, at, due = row
+    key, cap, cid, label, at, due, unserved = row
     return Opened(
         int(key),  # type: ignore[call-overload]
         None if cap is None else str(cap),
@@ -241,14 +253,19 @@ def _entry(row: tuple[object, ...]) -> Opened:
         str(label),
         float(at),  # type: ignore[arg-type]
         None if due is None else int(due),  # type: ignore[call-overload]
+        bool(unserved),
     )
 
 
 def _take_up(db: sqlite3.Connection, path: Path | None) -> None:
     """Make the table, or bring a first daemon book's up to this version (one
-    transaction: a crash leaves the old table whole)."""
+    transaction: a crash leaves the old table whole), or add the ``unserved`` column
+    to a book of this version made before it."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version == BOOK_VERSION:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(opened)")}
+        if "unserved" not in columns:
+            db.execute("ALTER TABLE opened ADD COLUMN unserved INTEGER NOT NULL DEFAULT 0")
         return
     if version > BOOK_VERSION:
         raise sqlite3.DatabaseError(

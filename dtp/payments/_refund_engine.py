@@ -1,22 +1,16 @@
 """The decisions of a client's refunds, sans I/O (docs/escrow.md §7, §7.1): what to do
 with a connection of the book that nothing uses any more, and when to look again.
 
-A connection's deposit comes back by its server's settlement as a rule. Where that does
-not come -- the server down, killed, never reached, or leaving an end whose fee does not
-cover its gas -- only the client may settle, once ``HALF_CLOSE_TIMEOUT_MS`` (10 min)
-has passed since the first close. So each connection nothing uses is, by the ledger's
-state (:func:`refund_step`): Open, half-closed (which starts the timeout); half-closed
-past the timeout, settled by its client (the escrow's whole balance back, less what
-the server claimed in time); settled, by anyone, or not on the ledger, forgotten. A
-half-close or settlement that would cost more gas than the escrow gives back is
-skipped: the connection is left on the ledger, for ``dtp refund`` by hand.
+Where the server does not settle, only the client may, once the connection's
+half-close timeout has passed since the first close. By the ledger's state
+(:func:`refund_step`) a connection nothing uses is half-closed, then settled past the
+timeout, then forgotten (its objects deleted first when worth it:
+:func:`worth_deleting`); a step costing more gas than it returns is skipped, left for
+``dtp refund``.
 
-:class:`RefundEngine` holds the rest of the state between looks: which connections are
-in use (a live connection is never half-closed under its user), which wait after a
-failure, whether the ledger could be read. It is fed the book's entries, what the
-ledger said and ``now``, and says what to look at, when, and what each step costs.
-:class:`dtp.payments._refunds.Refunder` does the ledger calls; the SDK's thread and the
-daemon's task drive it.
+:class:`RefundEngine` holds the state between looks (connections in use, waits after a
+failure, whether the ledger could be read); :class:`dtp.payments._refunds.Refunder`
+does the ledger calls.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ from typing import Final
 
 from dtp.errors import InvalidArgument, finite_float, shown
 from dtp.ledger._connections import client_settles_at
+from dtp.ledger._deletion import StorageRebate
 from dtp.ledger._gas import EndGas
 from dtp.ledger._objects import ConnectionState, TransportControl
 from dtp.payments._refund_book import Opened
@@ -53,6 +48,7 @@ __all__ = [
     "next_look",
     "refund_cost",
     "refund_step",
+    "worth_deleting",
     "worth_gas",
 ]
 
@@ -61,16 +57,12 @@ LOOK_SOON: Final = 0.05
 it, not in a tight loop."""
 
 SETTLE_MARGIN_MS: Final = 1000
-"""Milliseconds past the timeout before a client settles on a ledger that charges gas:
-the clock must have passed it where the transaction executes too, and a settlement
-refused there (``ETimeoutNotReached``) is paid for all the same. A ledger without gas
-needs none (a refusal costs nothing, and is tried again)."""
+"""Milliseconds past the timeout before a client settles on a ledger that charges gas,
+where a refused settlement (``ETimeoutNotReached``) is paid for all the same."""
 
 OPEN_LEASE: Final = 600.0
-"""Seconds a connection recorded by its spending cap alone counts as in use unreleased:
-its open lands and tells its ID well within this, or it failed (a caller that knows
-releases it at once, as the daemon's forwarders do). Past it, a look finds out which,
-by the cap."""
+"""Seconds a connection recorded by its spending cap alone counts as in use: its open
+lands well within this, or failed; past it, a look finds out which by the cap."""
 
 
 class RefundAction(enum.Enum):
@@ -107,11 +99,8 @@ class RefundStep:
 
 
 def refund_step(connection: TransportControl | None, now_ms: int, margin_ms: int = 0) -> RefundStep:
-    """What to do with a connection of ours that nothing uses (None: not on the
-    ledger), the ledger's clock at ``now_ms``: the Move package's rule
-    (``transport_control::settle``: the client settles only once
-    ``HALF_CLOSE_TIMEOUT_MS`` has passed since the first close), settled ``margin_ms``
-    after that."""
+    """What to do with a connection of ours nothing uses (None: not on the ledger), by
+    ``transport_control::settle``'s rule, settled ``margin_ms`` after its timeout."""
     if connection is None or connection.settled:
         return RefundStep(RefundAction.FORGET)
     if connection.state == ConnectionState.OPEN:
@@ -145,11 +134,16 @@ def worth_gas(step: RefundStep, balance: int) -> RefundStep:
     return step
 
 
+def worth_deleting(rebate: StorageRebate, weigh_gas: bool = True) -> bool:
+    """Whether the client deletes a settled connection's objects: when their storage
+    rebate is worth more than the deleting transaction's gas (always on a ledger that
+    charges none, or gas not weighed), docs/escrow.md §7.1."""
+    return not weigh_gas or rebate.worth
+
+
 def next_look(deadlines: Iterable[float], now_ms: int, interval: float) -> float:
-    """Seconds until the next look: ``interval``, or sooner when a connection's timeout
-    ends before (``deadlines``, ledger times), but at least :data:`LOOK_SOON`. The
-    ledger's clock need not run with ours (a test's stand-in moves it in jumps): the
-    interval bounds how late a jump is seen."""
+    """Seconds until the next look: ``interval``, or a connection's earlier deadline,
+    at least :data:`LOOK_SOON` (the interval bounds how late a ledger clock's jump is seen)."""
     wait = interval
     for at in deadlines:
         wait = min(wait, (at - now_ms) / 1000)
@@ -181,6 +175,8 @@ class Settled(RefundEvent):
 
     refunded: int
     """MIST back to the client."""
+    deleted: bool = False
+    """Its objects deleted in the same transaction (their storage rebate the client's)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +185,8 @@ class FoundSettled(RefundEvent):
 
     refunded: int | None
     """What that settlement refunded (None: not read)."""
+    deleted: bool = False
+    """Its objects deleted by the client (their storage rebate the client's)."""
 
 
 @dataclass(frozen=True)
@@ -292,11 +290,11 @@ class RefundEngine:
 
     # -- in use ----------------------------------------------------------------------------
 
-    def use(self, entry: Opened, now: float) -> None:
-        """``entry``'s connection is in use: never touched until released. One known by
-        its spending cap alone is in use for :data:`OPEN_LEASE` at most, unless its ID
-        comes (its open landed)."""
-        until = math.inf if entry.connection_id is not None else now + OPEN_LEASE
+    def use(self, entry: Opened, now: float, until: float | None = None) -> None:
+        """``entry``'s connection is in use until released or ``until`` (a lease); by its
+        cap alone, for :data:`OPEN_LEASE` at most."""
+        if until is None:
+            until = math.inf if entry.connection_id is not None else now + OPEN_LEASE
         ids = entry.ids
         for some_id in ids:
             self._in_use[some_id] = (ids, until)
@@ -314,8 +312,8 @@ class RefundEngine:
         return any(self._in_use.get(i, ((), -math.inf))[1] > now for i in entry.ids)
 
     def leased(self, now: float) -> bool:
-        """Whether a connection known by its spending cap alone is in use on a lease
-        (its end is a look's work to come)."""
+        """Whether a connection is in use on a lease (one known by its spending cap
+        alone, or one its keeper holds on to): its end is a look's work to come."""
         return any(now < until < math.inf for _, until in self._in_use.values())
 
     def forget(self, entry: Opened) -> None:
@@ -378,12 +376,9 @@ class RefundEngine:
         return LookRecovered()
 
     def wait(self, entries: Iterable[Opened], now_ms: int | None, now: float) -> float:
-        """Seconds until the next look, after one at ``now`` that read the ledger's
-        clock at ``now_ms`` (None: it read none, as nothing was idle): the earliest of
-        the interval, each idle connection's deadline (ledger time, with the settling
-        margin), the end of each wait after a failure or of a lease, and at once for a
-        connection whose time is not known. After a look that could not read the
-        ledger, :attr:`retry`."""
+        """Seconds until the next look: the earliest of the interval, each idle
+        connection's deadline, the end of each wait or lease; at once for a connection
+        whose time is not known; :attr:`retry` after a look that could not read the ledger."""
         if self._unreadable_since is not None:
             return self.retry
         soonest = self.interval

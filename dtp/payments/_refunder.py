@@ -1,15 +1,13 @@
 """The ledger calls of a client's refunds, shared by their drivers (docs/escrow.md
-§7.1): :class:`Refunder` records connections in the book and makes one look at those
-nothing uses, doing what :class:`~dtp.payments._refund_engine.RefundEngine` decides;
-:class:`OpenAttempt` is one open's ``on_open`` journal; :func:`collect_refund` settles
-one connection for its client. They block (ledger calls, synced writes): the SDK's
-collector runs them in its thread (:mod:`dtp.payments._refunds`), the daemon's task
-through ``asyncio.to_thread`` (:mod:`dtp.daemon._refunds`).
+§7.1): :class:`Refunder` does what :class:`~dtp.payments._refund_engine.RefundEngine`
+decides, :class:`OpenAttempt` is one open's ``on_open`` journal, :func:`collect_refund`
+settles one connection. They block: drivers run them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
@@ -25,7 +23,8 @@ from dtp.errors import (
     ReceiptStoreError,
 )
 from dtp.ledger._connections import client_settles_at, find_connections
-from dtp.ledger._objects import ConnectionState, normalize_id
+from dtp.ledger._deletion import Deletions
+from dtp.ledger._objects import ConnectionState, TransportControl, normalize_id
 from dtp.payments._refund_book import Opened, OpenedBook
 from dtp.payments._refund_engine import (
     Forgotten,
@@ -38,6 +37,7 @@ from dtp.payments._refund_engine import (
     Settled,
     Skipped,
     StepFailed,
+    worth_deleting,
     worth_gas,
 )
 
@@ -65,21 +65,24 @@ def collect_refund(ledger: Ledger, identity: HostIdentity, connection_id: str) -
     return _collect(ledger, identity, connection_id)[0]
 
 
-def _collect(ledger: Ledger, identity: HostIdentity, connection_id: str) -> tuple[int, bool]:
-    """:func:`collect_refund`, and whether this call settled (else someone had)."""
+def _collect(
+    ledger: Ledger, identity: HostIdentity, connection_id: str, *, destroy: bool = False
+) -> tuple[int, bool]:
+    """:func:`collect_refund`, and whether this call settled (else someone had);
+    ``destroy``: a settlement of ours deletes the connection's objects in the same
+    transaction (``Ledger.settle_and_destroy``)."""
     tc = ledger.get_connection(connection_id)
     if tc.settled:
         return ledger.get_escrow(tc.escrow).refunded, False
     try:
         if tc.state == ConnectionState.OPEN:
             ledger.close_connection(identity, connection_id)
+        if destroy:
+            return ledger.settle_and_destroy(identity, connection_id).refunded, True
         return ledger.settle(identity, connection_id).refunded, True
     except ConnectionStateError:
-        # The server may settle between our read and our transaction (it does so as the
-        # connection ends): the close then fails as EConnectionClosed and the settle as
-        # EAlreadySettled, though the refund we came for has been paid. Report it, as
-        # when we read the connection settled; anything else (the timeout not reached)
-        # stands.
+        # the server may settle between our read and our transaction (EConnectionClosed,
+        # EAlreadySettled): the refund was paid, reported as when read settled
         tc = ledger.get_connection(connection_id)
         if tc.settled:
             return ledger.get_escrow(tc.escrow).refunded, False
@@ -96,13 +99,11 @@ class Look:
 
 
 class Refunder:
-    """The refunds of ``identity``'s connections on ``ledger`` kept in ``book``: its
-    entries recorded and released (any thread), and :meth:`look`, one look at those
-    nothing uses, as :class:`~dtp.payments._refund_engine.RefundEngine` decides (blocking
-    ledger calls: a driver runs it in its thread, or through ``asyncio.to_thread``; one
-    at a time). ``report_others``: read what a settlement someone else made refunded
-    (one more read; the SDK reports it, the daemon counts its own alone). ``wake`` is
-    called when a connection is released, for the driver to look at once."""
+    """The refunds of ``identity``'s connections kept in ``book``: entries recorded and
+    released (any thread), and :meth:`look` (blocking, one at a time).
+    ``report_others``: read what another's settlement refunded (one more read).
+    ``wake``: called on a release, for the driver to look at once. ``clock``: the
+    engine's ``now``."""
 
     def __init__(
         self,
@@ -113,7 +114,9 @@ class Refunder:
         *,
         report_others: bool = False,
         wake: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.ledger = ledger
         self.identity = identity
         self.book = book
@@ -134,18 +137,21 @@ class Refunder:
         *,
         in_use: bool = True,
         due_ms: int | None = None,
+        unserved: bool = False,
     ) -> Opened:
         """Write a connection to the book (blocking: a synced write), in use unless
-        not ``in_use``. Raises what the book raises: before an open, that stops it."""
+        not ``in_use``; ``unserved``: see :attr:`Opened.unserved`. Raises what the book
+        raises: before an open, that stops it."""
         entry = self.book.record(
             None if cap_id is None else normalize_id(cap_id, "spending cap ID"),
             None if connection_id is None else normalize_id(connection_id, "connection ID"),
             label,
             due_ms,
+            unserved=unserved,
         )
         with self._lock:
             if in_use:
-                self.engine.use(entry, time.monotonic())
+                self.engine.use(entry, self.clock())
             else:
                 self.engine.release(entry.ids)
         if not in_use:
@@ -163,12 +169,30 @@ class Refunder:
             self._wake()
         return entry is not None
 
+    def hold(self, some_id: str, seconds: float = math.inf) -> bool:
+        """The connection of this spending cap or connection ID is in use by its keeper
+        for ``seconds`` more (a lease, renewed by the next call; inf: until released):
+        a look takes it once that has passed. Whether the book holds it."""
+        entry = self.book.find(normalize_id(some_id, "object ID"))
+        if entry is None:
+            return False
+        now = self.clock()
+        with self._lock:
+            self.engine.use(entry, now, now + seconds)
+        self._wake()  # (the driver's wait ends with the lease at the latest)
+        return True
+
+    def served(self, some_id: str) -> None:
+        """The connection of this spending cap or connection ID carried a DTP
+        connection: no longer :attr:`Opened.unserved` (blocking: a synced write)."""
+        self.book.served(normalize_id(some_id, "object ID"))
+
     def has_work(self) -> bool:
         """Whether the looks have work: a connection of the book nothing uses, or one
         in use on a lease (see :meth:`RefundEngine.use`), which a look takes once it
         ends."""
         entries = self.book.entries()
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             return bool(self.engine.idle(entries, now)) or self.engine.leased(now)
 
@@ -184,10 +208,8 @@ class Refunder:
     # -- a look ----------------------------------------------------------------------------
 
     def look(self) -> Look:
-        """One look at every connection of the book nothing uses, each half-closed,
-        settled, skipped, forgotten or left to wait (see the engine). A ledger that
-        cannot be read ends it (:class:`LookFailed`); a step that fails is tried again
-        after the engine's ``retry``."""
+        """One look at every connection of the book nothing uses; an unreadable ledger
+        ends it (:class:`LookFailed`), a failed step is retried after ``retry``."""
         with self._looking:
             if self._stopping:
                 return Look([], self.engine.interval)
@@ -195,7 +217,7 @@ class Refunder:
 
     def _look_at_all(self) -> Look:
         events: list[LookEvent] = []
-        now = time.monotonic()
+        now = self.clock()
         now_ms: int | None = None
         gas: EndGas | None = None
         try:
@@ -231,14 +253,11 @@ class Refunder:
         except sqlite3.Error:
             entries = []
         with self._lock:
-            return Look(events, self.engine.wait(entries, now_ms, time.monotonic()))
+            return Look(events, self.engine.wait(entries, now_ms, self.clock()))
 
     def _resolve(self, chosen: list[Opened], events: list[LookEvent]) -> list[Opened]:
-        """The entries recorded before the ledger told their connection's ID (the
-        process stopped while the open landed, or it failed): found among the client's
-        connections by their spending cap, or forgotten once a complete scan shows none
-        (the open never landed, or the connection is settled). Returns the entries
-        with an ID."""
+        """Entries recorded before their connection's ID was known: found by their
+        spending cap, or forgotten once a complete scan shows none. The entries with an ID."""
         scan = find_connections(self.ledger, client=self.identity.sui_address)
         by_cap = {
             normalize_id(r.connection.spending_cap, "spending cap ID"): r.connection.id
@@ -284,9 +303,13 @@ class Refunder:
             if action is RefundAction.HALF_CLOSE:
                 return self._half_close(entry, cid)
             if action is RefundAction.SETTLE:
-                refunded, ours = _collect(self.ledger, self.identity, cid)
+                assert tc is not None
+                destroy = self._worth_deleting(tc)
+                refunded, ours = _collect(self.ledger, self.identity, cid, destroy=destroy)
                 event: RefundEvent = (
-                    Settled(entry, refunded) if ours else FoundSettled(entry, refunded)
+                    Settled(entry, refunded, destroy)
+                    if ours
+                    else FoundSettled(entry, refunded, self._delete(tc))
                 )
             elif action is RefundAction.SKIP:
                 assert tc is not None and step.balance is not None
@@ -295,7 +318,8 @@ class Refunder:
             elif tc is None:
                 event = Forgotten(entry)
             else:
-                event = FoundSettled(entry, self._refunded_of(tc.escrow))
+                refunded_of = self._refunded_of(tc.escrow)  # (read before it is deleted)
+                event = FoundSettled(entry, refunded_of, self._delete(tc))
             self._forget(entry)
         except ConnectionStateError as exc:
             return [self._refused(entry, action, exc)]
@@ -318,6 +342,37 @@ class Refunder:
         with self._lock:
             self.engine.succeeded(entry)
         return [HalfClosed(entry, due)] if closed else []
+
+    def _worth_deleting(self, tc: TransportControl) -> bool:
+        """Whether the client deletes ``tc``'s objects once settled: its own, and their
+        storage rebate worth the deleting transaction (the engine's rule). A ledger that
+        cannot delete, or cannot say what a deletion gives back, leaves them."""
+        if tc.client != normalize_id(self.identity.sui_address, "address"):
+            return False
+        if type(self.ledger).destroy_connection is Deletions.destroy_connection:
+            return False  # (a ledger without deletions: its settle_and_destroy would fail)
+        try:
+            rebate = self.ledger.storage_rebate([tc.id, tc.escrow])
+        except (NotImplementedError, ChainError, OSError):
+            return False
+        return worth_deleting(rebate, self.engine.weigh_gas)
+
+    def _delete(self, tc: TransportControl) -> bool:
+        """Delete a settled connection's objects when worth it (a sponsored one's with
+        ``reimburse_and_destroy``); whether it was done (a failure leaves them: nothing
+        is owed on them)."""
+        if not self._worth_deleting(tc):
+            return False
+        try:
+            if tc.sponsor is not None:
+                # (its lane's pledge released first: a plain destroy is refused, and
+                # would lock the pledge for good)
+                self.ledger.reimburse_and_destroy(self.identity, tc.id, escrow_id=tc.escrow)
+            else:
+                self.ledger.destroy_connection(self.identity, tc.id, escrow_id=tc.escrow)
+        except (NotImplementedError, ChainError, OSError):
+            return False
+        return True
 
     def _refunded_of(self, escrow_id: str) -> int | None:
         if not self.report_others:
@@ -358,22 +413,30 @@ class Refunder:
         too_early: bool = False,
     ) -> StepFailed:
         with self._lock:
-            self.engine.failed(entry, time.monotonic())
+            self.engine.failed(entry, self.clock())
         return StepFailed(entry, action, exc, unexpected=unexpected, too_early=too_early)
 
 
 class OpenAttempt:
-    """One open's ``on_open`` journal (:data:`dtp.hostid._connect.OpenJournal`; called
-    in the connect's thread, it blocks on a synced write), and what it learnt: whether
-    money moved (:attr:`spent`), the connection's ID. Its connection is in use until
-    :meth:`release` (by its user once it ended; at once when the open failed)."""
+    """One open's ``on_open`` journal (:data:`dtp.hostid._connect.OpenJournal`, a synced
+    write), and what it learnt (:attr:`spent`, the ID); in use until :meth:`release` or
+    held (:meth:`hold`). ``unserved`` until :meth:`served`."""
 
-    def __init__(self, refunder: Refunder, label: str = "") -> None:
+    def __init__(self, refunder: Refunder, label: str = "", *, unserved: bool = False) -> None:
         self._refunder = refunder
         self.label = label
+        self.unserved = unserved
         self.cap_id: str | None = None
         self.connection_id: str | None = None
         self._released = False
+
+    @classmethod
+    def of(cls, refunder: Refunder, entry: Opened) -> OpenAttempt:
+        """The attempt of a connection the book holds (a previous try's, a previous
+        run's): released, held or served as one just made."""
+        attempt = cls(refunder, entry.label, unserved=entry.unserved)
+        attempt.cap_id, attempt.connection_id = entry.cap_id, entry.connection_id
+        return attempt
 
     def __call__(self, cap_id: str, connection_id: str | None) -> None:
         self.cap_id = cap_id
@@ -381,7 +444,33 @@ class OpenAttempt:
             self.connection_id = connection_id
         # (an open given up by its caller may land later, in the background: its record
         # then leaves it to the looks, in use by nobody)
-        self._refunder.record(cap_id, connection_id, self.label, in_use=not self._released)
+        self._refunder.record(
+            cap_id,
+            connection_id,
+            self.label,
+            in_use=not self._released,
+            unserved=self.unserved,
+        )
+
+    @property
+    def key(self) -> str | None:
+        """The ID the book knows it by (its connection's, else its cap's; None: never
+        recorded)."""
+        return self.connection_id or self.cap_id
+
+    def hold(self, seconds: float = math.inf) -> None:
+        """In use for ``seconds`` more (inf: until released): its keeper holds on to
+        it, and the looks take it once that has passed unless held again."""
+        self._released = False
+        if self.key is not None:
+            self._refunder.hold(self.key, seconds)
+
+    def served(self) -> None:
+        """Its DTP connection was made: no longer unserved in the book (blocking: a
+        synced write)."""
+        if self.unserved and self.key is not None:
+            self._refunder.served(self.key)
+        self.unserved = False
 
     @property
     def spent(self) -> bool:
@@ -393,5 +482,5 @@ class OpenAttempt:
         """The connection is no longer used (or the open failed): the next look takes
         it."""
         self._released = True
-        if self.cap_id is not None:
-            self._refunder.release(self.cap_id)
+        if self.key is not None:
+            self._refunder.release(self.key)

@@ -1,32 +1,18 @@
 """A client's deposits left in connections its server did not settle, taken back once
 the half-close timeout has passed, with no command typed (docs/escrow.md §7.1).
 
-A server settles a connection as it ends, refunding the client at once -- unless its
-fee does not cover the gas of that settlement (:mod:`dtp.payments._ends`), or the server
-crashed, or was never reached. Then the client half-closes the connection on the
-ledger, which starts the half-close timeout (10 minutes), after which the client alone
-may settle it and take back the escrow's whole balance, the unclaimed fee with it
-(:func:`collect_refund`, also ``dtp.payments._settlement.collect_refund``).
+Where the server does not settle (its fee below the gas, a crash, never reached), the
+client half-closes, and once the half-close timeout has passed it alone may settle and
+take the escrow's balance back (:func:`collect_refund`).
 
-One engine does this for every client of the library: the decisions are
-:mod:`dtp.payments._refund_engine`'s (sans I/O), the connections waiting are an
-:class:`~dtp.payments._refund_book.OpenedBook` (SQLite: a file that outlives the process,
-or memory), and a :class:`Refunder` makes the ledger calls of one look. Two drivers run
-the looks: :class:`RefundCollector`, a thread of its own (the SDK's), and the services
-daemon's asyncio task (:class:`dtp.daemon._refunds.Refunds`).
-
-A connection enters the book in one of two ways. Handed over after its client
-half-closed it (:meth:`RefundCollector.add`: a metered connection's end does it with
-the process's collector, :func:`refunds_for`); or recorded before its deposit can move,
-by the ``on_open`` journal of a connect (:meth:`RefundCollector.record_open`,
-:class:`OpenAttempt`) -- its spending cap first, its ID as soon as the ledger tells it
--- and taken once it is released (its connection ended, or its connect failed). With a
-book in a file, a connection recorded so is never lost: a process killed with it open
-leaves it to the next, which half-closes and settles it.
-
-A refund smaller than the gas of taking it back is not worth a transaction: it is
-left on the ledger with a line in the log (``dtp refund`` takes it back by hand),
-unless ``weigh_gas`` is False.
+The decisions are :mod:`dtp.payments._refund_engine`'s, the connections waiting an
+:class:`~dtp.payments._refund_book.OpenedBook` (SQLite, a file or memory), the ledger
+calls a :class:`Refunder`'s; :class:`RefundCollector` (a thread) and the daemon's task
+(:class:`dtp.daemon._refunds.Refunds`) drive them. A connection enters the book
+half-closed (:meth:`RefundCollector.add`) or before its deposit can move
+(:meth:`RefundCollector.record_open`, a connect's ``on_open``): with a book in a file,
+a process killed with it open leaves it to the next. A refund smaller than its gas is
+left on the ledger, logged for ``dtp refund``, unless ``weigh_gas`` is False.
 """
 
 from __future__ import annotations
@@ -42,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from dtp.errors import DTPError
+from dtp.ledger._connections import format_duration
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, normalize_id
 from dtp.payments import _refund_engine as refund
 from dtp.payments._refund_book import Opened, OpenedBook
@@ -86,11 +73,9 @@ class RefundCollector:
     collector, and what still waits when it closes, or the process exits, is logged with
     the ``dtp refund`` command that takes it back.
 
-    The thread looks at the ledger's clock at most every :data:`POLL` seconds, and at
-    once when a connection is added or released; it tries a failed step again after
-    :data:`RETRY` seconds, gives up after :data:`GIVE_UP` seconds of a ledger it cannot
-    read, and ends once nothing waits (:meth:`add` starts another). Thread-safe;
-    :meth:`close` (or ``with``) stops it."""
+    The thread looks every :data:`POLL` seconds at most (at once on an add or a
+    release), retries after :data:`RETRY`, gives up after :data:`GIVE_UP` of an
+    unreadable ledger, and ends once nothing waits. Thread-safe; :meth:`close` stops it."""
 
     def __init__(
         self,
@@ -146,13 +131,10 @@ class RefundCollector:
         self.start()
 
     def record_open(self, cap_id: str, connection_id: str | None) -> None:
-        """An ``on_open`` journal for connects (``dtp.socket.create_connection``,
-        ``dtp.aio.open_connection``): ``cap_id``'s connection written to the book before
-        its deposit can move, in use until it is released -- by its end handing it over
-        (:func:`connection_ended`, for the process's collector) or :meth:`release`. One
-        recorded by its cap alone whose open never told its ID is looked for after
-        :data:`~dtp.payments._refund_engine.OPEN_LEASE`. Raises what the book raises
-        (the open does not happen) and RuntimeError once closed."""
+        """An ``on_open`` journal for connects: ``cap_id``'s connection written to the
+        book before its deposit can move, in use until released (:func:`connection_ended`,
+        :meth:`release`; by its cap alone, for :data:`~dtp.payments._refund_engine.OPEN_LEASE`).
+        Raises what the book raises (no open then), RuntimeError once closed."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the refund collector is closed")
@@ -381,12 +363,13 @@ def _log_waiting(entries: Iterable[Opened], ledger: Ledger) -> None:
     for entry in entries:
         logger.warning(
             "the deposit of connection %s is still in its escrow: `dtp refund %s --wait%s` "
-            "with the client's identity file (--identity) takes it back (%d minutes after "
-            "its half-close)",
+            "with the client's identity file (--identity) takes it back (once the "
+            "connection's half-close timeout has passed since its half-close: %s unless "
+            "its service set a longer one)",
             entry.name,
             entry.name,
             where,
-            HALF_CLOSE_TIMEOUT_MS // 60_000,
+            format_duration(HALF_CLOSE_TIMEOUT_MS),
         )
 
 
@@ -401,15 +384,9 @@ def refunds_for(
     ledger: Ledger, identity: HostIdentity, path: str | Path | None = None
 ) -> RefundCollector:
     """The process's :class:`RefundCollector` of ``identity``'s connections on
-    ``ledger``: the one a connection's end hands its refund to (:func:`connection_ended`).
-    One per ledger object and address while it has connections in its book; without a
-    ``path`` its thread runs while they wait, and whatever still waits at exit is logged.
-
-    ``path``: its book is that file, and it stays the process's until closed -- made so
-    by the first call (which takes up what a previous run left there), before any
-    connection is handed over; a later call naming another file raises ValueError. Its
-    :meth:`~RefundCollector.record_open` as a connect's ``on_open`` makes every deposit
-    of the process findable after a crash."""
+    ``ledger`` (one per ledger object and address), which a connection's end hands its
+    refund to (:func:`connection_ended`). ``path``: its book's file, fixed by the first
+    call (a later one naming another raises ValueError)."""
     key = (id(ledger), identity.sui_address)
     want = None if path is None else Path(path)
     made = False
@@ -440,11 +417,8 @@ def _collector_of(ledger: Ledger, identity: HostIdentity) -> RefundCollector | N
 def connection_ended(
     ledger: Ledger, identity: HostIdentity, connection_id: str, *, half_closed: bool
 ) -> None:
-    """A connection of ``identity``'s on ``ledger`` ended, or its connect failed: the
-    process's collector takes its refund when its client half-closed it
-    (``half_closed``), or when the collector holds it (recorded by its
-    :meth:`~RefundCollector.record_open`); otherwise nothing waits for it. Never raises
-    (logged)."""
+    """A connection ended or its connect failed: the process's collector takes its
+    refund when ``half_closed`` or when it holds it. Never raises (logged)."""
     try:
         if half_closed:
             refunds_for(ledger, identity).add(connection_id)

@@ -23,6 +23,7 @@ from dtp.payments._ends import EndBatch, EndDeferred, EndLeft, EndRule
 from dtp.payments._gate import (
     ConnectionIds,
 )
+from dtp.payments._live_claims import LiveClaimer
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments._settlement import (
     ClaimBackoff,
@@ -58,24 +59,17 @@ def settle_ended(
     rule: EndRule | None = None,
     batch: EndBatch | None = None,
     now: float = 0.0,
+    claims: LiveClaimer | None = None,
 ) -> Settlement | EndLeft | EndDeferred | None:
-    """A paid server's settlement of a connection that ended (:func:`claim_and_settle`;
-    ``escrow`` and ``connection`` as the server read them, if it did), its gas weighed
-    first with ``rule`` (:func:`end_connection`: left to its client, or put in ``batch``
-    at ``now``, when claiming it alone costs more gas than it pays). The claim is made
-    from the receipt writer: its last receipt may still be on its way to the disk (the
-    claim on the ledger does not wait for the fsync; the writer marks the claim in the
-    store once the receipt is written). ``final``, the receipt the client's CLOSE came
-    with, is handed to the writer should the settlement not claim it, kept for a later
-    claim (the server's :class:`SettlementRetries`, to which it hands a settlement that
-    returned None; recover_unclaimed at the next start). A ChainError, or a
-    ReceiptStoreError (the store unreadable and no final receipt), is logged: None; so is
-    anything else (a bug, a ledger error that is not a ChainError), with its traceback:
-    the server's release of the connection -- its socket, its place in the limits, its
-    cap share -- goes on after it, and the receipt stays for the retry. A claimed mark the
-    writer cannot take (closed meanwhile) is logged, and the settlement made returned
-    all the same (:func:`claim_and_settle`)."""
+    """A paid server's settlement of a connection that ended (:func:`claim_and_settle`,
+    its gas weighed with ``rule``: :func:`end_connection`), once the live ``claims``
+    stopped. The claim is made from the receipt writer (no wait for the fsync).
+    ``final``, if not claimed, is kept for a later claim (:class:`SettlementRetries`,
+    or the next start's recovery). Any error is logged, with None returned: the
+    server's release of the connection goes on, the receipt kept for the retry."""
     settlement: Settlement | EndLeft | EndDeferred | None = None
+    if claims is not None and claims.end(connection_id):
+        escrow = None  # (claimed from since the caller read it)
     try:
         # (a ledger that charges no gas: every end is settled, as before gas was weighed)
         if rule is None or not rule.weigh_gas or not ledger.end_gas().charged:
@@ -119,10 +113,8 @@ def settle_ended(
 
 
 def _keep_final(writer: ReceiptWriter, final: Receipt) -> None:
-    """Keep a final receipt the settlement did not claim, for a later claim: through the
-    writer, or -- the writer closed meanwhile (a server stopped before this settlement
-    ended) -- straight in its store; failing that, it is logged whole, for an operator
-    to claim by hand (the RuntimeError from the closed writer would lose it silently)."""
+    """Keep a final receipt not claimed: through the writer, or (closed) straight in
+    its store; failing that it is logged whole, for an operator to claim by hand."""
     try:
         writer.submit(final, _stored)
         return
@@ -172,18 +164,11 @@ UNKNOWN_RECEIPTS_REFUSAL = (
 
 
 def served_refusal(writer: ReceiptWriter, connection_id: str) -> str | None:
-    """Why ``connection_id`` (reserved by the caller, so that no DTP connection on it is
-    live) may not be served again, or None when its store holds no receipt of it.
-
-    A ledger connection whose settlement failed (the ledger unavailable as it ended)
-    stays Open, its receipts kept for a later claim; a client back on it
-    would be served on a new gate seeded from the escrow (:func:`gate_for`), which knows
-    nothing of them: a fresh allowance on top of the usage they cover, and its next
-    receipts judged against the escrow's claims instead of the kept receipt. So a
-    connection with receipts is refused, and so is one whose receipts cannot be read
-    (the store unreadable: logged): serving it on the escrow's word is that same gate.
-    (Raised, the ReceiptStoreError ended the handler with a traceback, the client told
-    only of an internal error.)"""
+    """Why ``connection_id`` (reserved by the caller) may not be served again, or None
+    when its store holds no receipt of it: a connection whose settlement failed keeps
+    its receipts, and a new gate seeded from the escrow (:func:`gate_for`) would know
+    nothing of them (a fresh allowance on top). One whose receipts cannot be read is
+    refused too (logged)."""
     try:
         held = _receipts_held(writer, connection_id)
     except ReceiptStoreError as exc:
@@ -215,21 +200,12 @@ def recover_store(
     backoff: ClaimBackoff | None = None,
     deferred: DeferredEnds | None = None,
 ) -> list[tuple[str, Settlement]]:
-    """A paid server's :func:`recover_unclaimed` of what dead server runs left in its
-    store (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
-    :meth:`ReceiptStore.attach_server` said: then every other run is dead) and every
-    :data:`RECOVERY_INTERVAL` after (``alone`` False). A server killed while another
-    was live on the same store left its receipts unclaimed for as long as any was
-    (its restart was not alone either), and its clients' half-close timeouts refunded
-    the fees they had paid. The receipts of live servers are never claimed: they are
-    their connections', settled under them the service they go on giving is never
-    paid. Once ``stopped()`` is true no further receipt is claimed. ``backoff``: the
-    live server's memory of its failed claims (a call is one of its rounds): a receipt
-    that failed is tried again only after 1, 2, 4 rounds... (at most
-    :data:`RETRY_MAX_ROUNDS`), not in every round by every live server; the start's
-    recovery has none, and tries every receipt once. With ``deferred`` (the server's
-    :class:`DeferredEnds`), each end's gas is weighed as the server weighs its own
-    connections' (:func:`dtp.payments._settlement.end_connection`)."""
+    """A paid server's :func:`recover_unclaimed` of what dead runs left in its store
+    (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
+    :meth:`ReceiptStore.attach_server` said) and every :data:`RECOVERY_INTERVAL` after,
+    so a run killed beside a live one is not left to its clients' refunds. Live runs'
+    receipts are never claimed. ``backoff``: :class:`ClaimBackoff`; ``deferred``: each
+    end's gas weighed as the server's own (:func:`dtp.payments._settlement.end_connection`)."""
     with store.orphaned(alone) as receipts:
         if backoff is not None:
             backoff.next_round()
@@ -253,13 +229,9 @@ def recover_store(
 
 class DeferredEnds:
     """A live paid server's ends waiting to be settled together
-    (:attr:`~dtp.payments._ends.EndChoice.BATCH`: each worth a place in a batch, not a
-    transaction of its own): its :class:`Recovery` settles them every round once their
-    fees cover a batch's gas, and leaves those whose window ended; its release, once
-    every connection has ended, settles what pays and leaves the rest
-    (:meth:`flush`). What is settled goes to ``settlements``, what is left to ``left``.
-    The claims are marked through ``writer`` (behind the receipts still on their way to
-    the disk). Thread-safe."""
+    (:attr:`~dtp.payments._ends.EndChoice.BATCH`): settled by its :class:`Recovery` once
+    their fees cover a batch's gas, left once their window ended, and flushed at the
+    release (:meth:`flush`). Thread-safe."""
 
     def __init__(
         self,
@@ -282,9 +254,7 @@ class DeferredEnds:
 
     def flush(self, final: bool = False) -> None:
         """Settle the batch if it pays, leave the ends whose window ended (``final``:
-        every end, the server stopping). A ledger that cannot be read, or a batch it
-        refuses, leaves them waiting (their receipts unclaimed in the store: a restart's
-        recovery weighs them again)."""
+        all); a ledger error leaves them waiting."""
         with self._lock:
             if not len(self.batch):
                 return
@@ -314,38 +284,21 @@ RECOVERY_INTERVAL = 30.0
 RECOVERY_CLOSE_WAIT = 5.0
 
 
-#: The most recovery rounds a retried settlement (:class:`SettlementRetries`), or a dead
-#: run's receipt whose claim (:func:`recover_store`) keeps failing, waits before its next
-#: try: after its n-th failure it waits 2**(n-1) rounds, at most this many -- every 2
-#: minutes at the default :data:`RECOVERY_INTERVAL`, so that one the ledger refuses for
-#: good (a bad receipt) costs a try every 2 minutes, not every 30 s, while one failing for
-#: an outage is still tried 6 times within the 10-minute half-close timeout after which its
-#: client may take the whole deposit back.
+#: The most rounds a failing claim waits (2**(n-1) after its n-th failure): every 2
+#: minutes at the default interval, yet 6 tries within the 10-minute half-close timeout.
 RETRY_MAX_ROUNDS = 4
 
 
 class SettlementRetries:
     """A live paid server's own failed settlements, tried again in its :class:`Recovery`
-    rounds. A connection whose settlement failed as it ended (the ledger unavailable, a
-    connection that could not be read) stays Open on the ledger, its receipt kept
-    in the store; the dead-run recovery never claims a live run's rows, so the receipt
-    waited for the server's next start -- while the client, which half-closed the
-    connection as it left, may settle alone once the half-close timeout has passed and
-    take back the whole deposit, the receipted fee with it.
+    rounds: the dead-run recovery never claims a live run's rows, and the client may
+    take the whole deposit back once the half-close timeout has passed.
 
-    :meth:`add` is called by the server's settlement that claimed nothing (its reservation
-    of the connection ID still held). Each round, a connection due is reserved in
-    ``serving`` as a new DTP connection on it would be (one being served or settled right
-    now is left for the next round), its latest receipt read from ``writer`` (which knows
-    the final receipt still on its way to the disk and the claims not yet marked), and,
-    when part of it is unclaimed, claimed and settled as the settlement would have
-    (:func:`claim_and_settle`: a connection settled meanwhile -- its client settled alone
-    -- has the receipt written off and marked, never claimed twice); what it settles goes
-    to ``settlements``. Only the connections this server settled are retried: the rows of
-    its run may also be another live server's on the same store handle. A retry that
-    fails waits 1, 2, 4 rounds... (at most :data:`RETRY_MAX_ROUNDS`); its first failure is
-    logged as a warning, the later ones at debug level (the settlement's own failure was
-    a warning already). Lost with the server: a restart's recovery claims what is left."""
+    Each round a connection due is reserved in ``serving`` (one in use waits), its
+    latest receipt read from ``writer`` and, if part of it is unclaimed, claimed and
+    settled (:func:`claim_and_settle`; one settled meanwhile is written off). A retry
+    that fails backs off as :class:`ClaimBackoff` does. Lost with the server: a
+    restart's recovery claims what is left."""
 
     def __init__(
         self,
@@ -466,17 +419,10 @@ class SettlementRetries:
 
 
 class Recovery:
-    """A live paid server's recovery of what dead server runs left unclaimed in its
-    store (:func:`recover_store`), and of its own settlements that failed
-    (``retries``: :class:`SettlementRetries`), every :data:`RECOVERY_INTERVAL`, in a
-    thread of its own: elsewhere its ledger transactions (one per receipt) would hold
-    up the policy refreshes -- the firewall's enforcement on open connections -- for as
-    long as they take, and go on after the server closed. :meth:`stop` ends it between two claims;
-    :meth:`join` waits for that, before the store is released. What it settles of dead
-    runs is appended to ``recovered``; ``retries`` appends its own to the server's
-    settlements. A dead run's receipt whose claim fails is tried again after 1, 2, 4
-    rounds... (:attr:`backoff`), its first failure logged as a warning, the later ones
-    at debug level."""
+    """A live paid server's recovery (:func:`recover_store`) and ``retries``
+    (:class:`SettlementRetries`) every :data:`RECOVERY_INTERVAL`, in a thread of its own
+    so that its ledger transactions hold up no policy refresh. :meth:`stop` ends it
+    between two claims; :meth:`join` waits for that before the store is released."""
 
     def __init__(
         self,
@@ -556,20 +502,12 @@ def release_receipts(
     own_store: bool,
     then: Callable[[], None] | None = None,
 ) -> None:
-    """A closed paid server's last step: stop the receipt writer (after it wrote
-    everything, within :data:`RELEASE_WRITER_WAIT`), then run ``then`` (the server's
-    :meth:`ReceiptStore.detach_server`) and close the store if the server opened it.
-    Receipts the writer gave up (the store refused them, or was closed under it) are
-    logged whole by the writer, and counted here: the store is closed all the same, as
-    nothing writes to it any more.
-
-    A writer still writing after the wait (a stalled disk, a commit blocked on a lock)
-    keeps the store, and ``then`` and the close wait for it: they run in its thread once
-    it stops (:meth:`ReceiptWriter.when_stopped`). Detached before, the run's lock file
-    was let go of (or removed) while the writer still held receipts of it: another
-    server taking the run for a dead one claimed the older receipt stored for a
-    connection whose settlement had failed, and the newer one written after was worth
-    nothing; and closed under the writer, the store lost what it held."""
+    """A closed paid server's last step: stop the receipt writer (within
+    :data:`RELEASE_WRITER_WAIT`), then run ``then`` (:meth:`ReceiptStore.detach_server`)
+    and close the store if the server opened it. A writer still writing keeps the store:
+    ``then`` and the close run in its thread once it stops
+    (:meth:`ReceiptWriter.when_stopped`), or another server would take the run for dead
+    and claim an older receipt under it."""
     if not writer.close(RELEASE_WRITER_WAIT) and not writer.stopped:
         logger.error(
             "the receipt writer did not finish within %g s: the receipt store stays in "

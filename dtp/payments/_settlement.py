@@ -1,24 +1,15 @@
 """The ledger ends of a paid connection (docs/escrow.md §6.1, §7), shared by the blocking
 and asyncio adapters.
 
-Client: :class:`ClientPayment` meters a connection made by host ID (hooked into the
-adapter's output path), sends the final receipt before CLOSE and then half-closes the
-connection on the ledger unless the server already closed it there;
-:func:`collect_refund` settles once the close timeout has passed when the server never
-did.
+Client: :class:`ClientPayment` meters the connection, sends the final receipt before
+CLOSE, then half-closes on the ledger unless the server closed it there;
+:func:`collect_refund` settles when the server never did. Server:
+:func:`publish_endpoint`, :func:`claim_and_settle` (claim the latest receipt, refund
+the rest, close if still Open), :func:`recover_unclaimed` (crash recovery).
 
-Server: :func:`publish_endpoint` puts the server's endpoint and Noise key in the Host;
-:func:`claim_and_settle` claims a connection's latest stored receipt and refunds the
-client the rest, closing the connection in the same transaction when it is still Open;
-:func:`recover_unclaimed` does it for every receipt a previous run left unclaimed (crash
-recovery); :class:`ClaimBackoff` spaces out a live server's tries of those it fails.
-
-A connection the client closes in-band thus costs two transactions in all, its open and
-the server's settlement: a paid server settles before it closes its end of the carrier,
-and the client, once that end closed, finds the connection settled and has nothing
-left to do (docs/escrow.md §6.1).
-
-These functions call the ledger and block: run them in a thread from asyncio.
+A connection closed in-band costs two transactions, its open and the server's
+settlement, made before the server closes its end of the carrier (docs/escrow.md §6.1).
+These functions block: run them in a thread from asyncio.
 """
 
 from __future__ import annotations
@@ -29,22 +20,23 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
     DTPError,
     InvalidArgument,
+    ObjectNotFound,
     ReceiptStoreError,
     ReplayedReceipt,
     SpendingCapExceeded,
 )
-from dtp.ledger._connections import claimable_with
+from dtp.ledger._connections import claimable_with, half_close_timeout_ms
 from dtp.ledger._objects import (
-    HALF_CLOSE_TIMEOUT_MS,
     ConnectionState,
     Escrow,
+    EventFilter,
     OpenedConnection,
     Settlement,
     TransportControl,
@@ -64,6 +56,7 @@ from dtp.payments._ends import (
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments._refund_engine import RefundAction, RefundStep, refund_cost, worth_gas
 from dtp.payments._refunds import collect_refund, connection_ended
+from dtp.payments._sold_offers import end_sold_subscription, not_its_server
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
 
@@ -79,6 +72,7 @@ __all__ = [
     "MeteredConnection",
     "claim_and_settle",
     "collect_refund",
+    "deleted_once_settled",
     "end_connection",
     "leave",
     "publish_endpoint",
@@ -100,6 +94,12 @@ class MeteredConnection(Protocol):
         ...
 
     @property
+    def requests_pending(self) -> int:
+        """Requests the usage may still gain with no stream opened (1 while the first
+        stream carries none yet, else 0)."""
+        ...
+
+    @property
     def closed(self) -> bool:
         """Whether the connection is closed (no receipt can be sent any more)."""
         ...
@@ -112,14 +112,9 @@ class MeteredConnection(Protocol):
 class ClientPayment:
     """The client side of one paid connection: meter, in-band receipts, ledger close.
 
-    The adapter calls :meth:`tick` each time it collects the connection's output (cheap
-    when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
-    (a request for a receipt now), :meth:`closing` just before it closes the connection,
-    and :meth:`finish` after, once the server closed its end of the carrier (the ledger
-    half-close, when still needed; blocking). Before a write that would take the usage
-    past :attr:`payable_bytes` it asks :meth:`refuse_write`: a write the deposit cannot
-    pay ends the connection at once (docs/escrow.md §6.1), where a server would pause it
-    and close it only after its pause timeout.
+    The adapter calls :meth:`tick` as it collects output, :meth:`on_server_receipt` for
+    the server's RECEIPT frames, :meth:`closing` before its close and :meth:`finish`
+    after (blocking); :meth:`refuse_write` before a write past :attr:`payable_bytes`.
     """
 
     def __init__(
@@ -134,11 +129,9 @@ class ClientPayment:
         now: float = 0.0,
         opened: OpenedConnection | None = None,
     ) -> None:
-        """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
-        spares reading the connection and its escrow back: nothing can have been claimed
-        from an escrow this new, as we have signed no receipt yet. Without it both are
-        read. The spending cap is not: the open reserved the whole deposit on it, so the
-        server can claim every receipt up to the deposit (docs/escrow.md §4)."""
+        """``opened`` (our ``open_connection``'s result) spares reading the connection
+        and its escrow back: nothing can have been claimed yet. The spending cap is not
+        read: the open reserved the deposit on it (docs/escrow.md §4)."""
         if (
             opened is not None
             and opened.sla is not None
@@ -207,25 +200,26 @@ class ClientPayment:
         sla = meter.sla
         if sla.price_per_kib == 0:
             return U64_MAX  # bytes are free: requests alone can outrun the deposit
-        # (the connection's count of requests: the meter's may not have seen the latest)
-        budget = meter.deposit - self.conn.usage[1] * sla.price_per_request
+        # (the connection's count of requests: the meter's may not have seen the latest;
+        # and the first stream's, while it carries none yet: its first bytes make one)
+        conn = self.conn
+        budget = meter.deposit - (conn.usage[1] + conn.requests_pending) * sla.price_per_request
         # the largest usage b with ceil(b * price / 1024) <= budget (Meter.affordable_bytes)
         return max(0, budget) * 1024 // sla.price_per_kib
 
     def refuse_write(self, nbytes: int, requests: int = 0) -> str | None:
-        """Why the connection may not send ``nbytes`` more bytes (what is queued
-        included) and open ``requests`` more streams (None: it may). A write the
-        deposit cannot pay whole is refused, with the reason the adapter ends the
-        connection with (CLOSE_PAYMENT_REQUIRED, before which it queues the final
-        receipt: :meth:`closing`) and raises as PaymentRequired: the server would only
-        pause it, then close it after its pause timeout (ServicePolicy.pause_timeout,
-        10 s by default), the deposit spent all the same. While a top-up is under way
-        (:meth:`top_up_on_ledger` until :meth:`topped_up`) nothing is refused: the
-        write goes out and waits, as the server pauses, for the deposit to grow."""
+        """Why the connection may not send ``nbytes`` more bytes and open ``requests``
+        more streams (None: it may): a write the deposit cannot pay ends it at once
+        (CLOSE_PAYMENT_REQUIRED, PaymentRequired) rather than after the server's pause
+        timeout. Nothing is refused while a top-up is under way."""
         if self._top_ups or self.conn.closed:
             return None
-        total_bytes, total_requests = self.conn.usage
+        conn = self.conn
+        total_bytes, total_requests = conn.usage
         meter = self.meter.meter
+        # (the first stream's request counts while it may still come: the write may be
+        # its first bytes)
+        requests += conn.requests_pending
         cost = fee(meter.sla, total_bytes + nbytes, total_requests + requests)
         if cost <= meter.deposit:
             self.payable_bytes = self._payable_bytes()
@@ -241,13 +235,11 @@ class ClientPayment:
         self._pay_now()
 
     def top_up_on_ledger(self, amount: int) -> None:
-        """``escrow::top_up`` of ``amount`` MIST for this connection (blocking: a ledger
-        transaction; call without the adapter's lock, then :meth:`topped_up` with it).
-        The amount is reserved on the connection's spending cap. Raises InvalidArgument
-        for an amount that is not a positive int, and what the ledger raises:
-        SpendingCapExceeded for one past the cap's room this epoch (nothing moves: a
-        connection by host ID made without ``cap_id=`` has a cap of its deposit, used up
-        by the open), InsufficientFunds, ConnectionStateError once settled..."""
+        """``escrow::top_up`` of ``amount`` MIST, reserved on the spending cap (a ledger
+        transaction: without the adapter's lock, then :meth:`topped_up` with it).
+        InvalidArgument, or what the ledger raises: SpendingCapExceeded (a connection
+        made without ``cap_id=`` has a cap of its deposit), InsufficientFunds,
+        ConnectionStateError..."""
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 1 << 64:
             raise InvalidArgument(
                 f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
@@ -310,18 +302,11 @@ class ClientPayment:
 
     def finish(self) -> None:
         """Half-close the connection on the ledger unless it is no longer Open (once;
-        failures are logged). A paid server that saw our CLOSE closes and settles it in
-        one transaction before it closes its end of the carrier, so a caller that waited
-        for that end finds it settled: one read, no transaction. Otherwise our half-close
-        starts the timeout after which the client may settle without the server
-        (:func:`collect_refund`), which the process's
-        :class:`~dtp.payments._refunds.RefundCollector` then does (unless
-        :attr:`collect_refunds` is False): a server whose fee did not cover the gas of
-        its settlement leaves it to us (docs/escrow.md §7.1), and so does one that
-        crashed. On a ledger that charges gas, a deposit whose remainder would not pay
-        for the half-close and the settlement is left as it is (logged). A connection
-        the collector holds from its open (``on_open``) is released to it whatever
-        happened here (:func:`~dtp.payments._refunds.connection_ended`)."""
+        failures logged): a paid server usually settled it already (one read). The
+        half-close starts the timeout after which the
+        :class:`~dtp.payments._refunds.RefundCollector` settles (unless
+        :attr:`collect_refunds` is False), for a server that crashed or left it to us
+        (docs/escrow.md §7.1); skipped when the refund would not pay the gas."""
         if self._finished:
             return
         self._finished = True
@@ -351,10 +336,8 @@ class ClientPayment:
     collect_refunds = True
 
     def _refund_worth_gas(self) -> bool:
-        """Whether what the escrow would give back covers the gas of the half-close and
-        the settlement (always, on a ledger that charges none): the refund engine's rule
-        (:func:`~dtp.payments._refund_engine.worth_gas`), which the collector applies
-        too."""
+        """Whether the refund covers the gas of the half-close and the settlement
+        (:func:`~dtp.payments._refund_engine.worth_gas`, as the collector's)."""
         cost = refund_cost(RefundAction.HALF_CLOSE, self.ledger.end_gas())
         if not cost:
             return True
@@ -382,34 +365,24 @@ def claim_and_settle(
     connection: TransportControl | None = None,
     final: Receipt | None = None,
 ) -> Settlement | None:
-    """The server's end of a connection: claim the latest stored receipt and settle (the
-    client is refunded the rest at once), in one transaction that also closes the
-    connection when it is still Open (the server may settle at any time, docs/escrow.md
-    §7; on a ledger whose package predates that, it half-closes first). Whatever the gas
-    (:func:`end_connection` weighs it first).
+    """The server's end of a connection: claim the latest receipt and settle, refunding
+    the client the rest, in one transaction that also closes it when still Open
+    (docs/escrow.md §7). Whatever the gas (:func:`end_connection` weighs it).
 
-    ``store``: where the connection's latest receipt is, and where the claim is marked:
-    the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
-    receipts still on their way to the disk: the claim need not wait for the fsync).
-    ``escrow``: the connection's Escrow as the caller read it (a paid server, at
-    admission): what is taken from it -- its ID, spending cap and latest claimed nonce --
-    cannot have moved since unless the caller claimed, so it is not read again. Should it
-    be stale all the same (claimed since), the ledger refuses the claim as replayed (it
-    checks the nonce itself) and the escrow is read afresh for one more try.
-    ``connection``: the TransportControl as the caller read it; where the ledger tells
-    an object's version cheaply, it is read again only once its version moved.
-    ``final``: a checked receipt newer than the store's that was not stored (the one the
-    client's CLOSE came with: the claim on the ledger is its durable copy); the caller
-    stores it should the settlement not claim it (:func:`claimed`). Of it and the
-    store's latest, the one for more is claimed. When the store cannot be read, the
-    final receipt is claimed; without one, the ReceiptStoreError is raised (settling
-    without the latest receipt would refund what the client owes).
+    ``store``: the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which
+    knows receipts not yet fsynced). ``escrow``, ``connection``: as the caller read
+    them, not read again (a stale escrow is refused as replayed, read afresh, tried
+    once more). ``final``: a checked receipt not stored (the one CLOSE came with); of
+    it and the store's latest, the one for more is claimed; when the store cannot be
+    read, without ``final``, ReceiptStoreError (settling without the latest receipt
+    would refund what the client owes).
 
-    Returns None when the connection was already settled. The client's spending cap
-    cannot refuse the claim: the deposit was reserved on it at the open (docs/escrow.md
-    §4).
+    Returns None when already settled. The spending cap cannot refuse the claim: the
+    deposit was reserved on it at the open (docs/escrow.md §4).
     """
     end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    if end is None:
+        return None
     return _settle_end(ledger, identity, connection_id, store, end)
 
 
@@ -440,8 +413,14 @@ def _read_end(
     escrow: Escrow | None,
     connection: TransportControl | None,
     final: Receipt | None,
-) -> _End:
-    tc = _current(ledger, connection_id, connection)
+) -> _End | None:
+    """The connection's end as read (None: settled, and deleted since by its client)."""
+    try:
+        tc = _current(ledger, connection_id, connection)
+    except ObjectNotFound:
+        if deleted_once_settled(ledger, connection_id, store) is None:
+            raise
+        return None
     try:
         stored = store.latest(connection_id) if store is not None else None
     except ReceiptStoreError:
@@ -480,13 +459,12 @@ def _settle_end(
         _write_off(ledger, connection_id, tc, store, stored)
         return None
     try:
-        try:
-            settlement = _settle(ledger, identity, tc, end.escrow, stored)
-        except ReplayedReceipt:
-            if not end.known:
-                raise
-            # the escrow was claimed since the caller read it: read it and try again
-            settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
+        if not_its_server(tc, identity):
+            # a subscribed connection of a host sold to us: ended by the subscription's
+            # rule, its sold offer withdrawn first (docs/escrow.md §13)
+            settlement = end_sold_subscription(ledger, identity, tc, end.escrow)
+        else:
+            settlement = _settle_or_retry(ledger, identity, end)
     except ConnectionStateError as exc:
         if exc.name not in ("EAlreadySettled", "EEscrowSettled"):
             raise
@@ -509,6 +487,18 @@ def _settle_end(
     return settlement
 
 
+def _settle_or_retry(ledger: Ledger, identity: HostIdentity, end: _End) -> Settlement:
+    """:func:`_settle` from what ``end`` read, once more with the escrow read again when
+    the caller's was stale (claimed since it read it)."""
+    assert end.escrow is not None
+    try:
+        return _settle(ledger, identity, end.tc, end.escrow, end.stored)
+    except ReplayedReceipt:
+        if not end.known:
+            raise
+        return _settle(ledger, identity, end.tc, ledger.get_escrow(end.tc.escrow), end.stored)
+
+
 def end_connection(
     ledger: Ledger,
     identity: HostIdentity,
@@ -523,14 +513,10 @@ def end_connection(
     final: Receipt | None = None,
 ) -> Settlement | EndLeft | EndDeferred | None:
     """A paid server's end of a connection, its gas weighed (:mod:`dtp.payments._ends`):
-    what its receipts can still claim, against what claiming and settling costs on this
-    ledger (``ledger.end_gas()``), decides between :func:`claim_and_settle` now (its
-    Settlement, or None when the connection was settled already), a place in ``batch``
-    until ``now`` + ``rule.batch_window`` (:class:`EndDeferred`; without a batch, the
-    end is left) and leaving it to its client (:class:`EndLeft`: no transaction; its
-    receipt, ``final`` included, is kept and marked written off, and a line logged).
-    The arguments are :func:`claim_and_settle`'s. A ledger that charges no gas, and
-    ``rule.weigh_gas`` False, settle every end."""
+    what its receipts can claim against ``ledger.end_gas()`` decides between
+    :func:`claim_and_settle` now, a place in ``batch`` (:class:`EndDeferred`) and
+    leaving it to its client (:class:`EndLeft`, its receipt written off). Arguments as
+    :func:`claim_and_settle`'s; without gas or ``rule.weigh_gas``, every end settles."""
     gas = ledger.end_gas() if rule.weigh_gas else None
     if gas is None or not gas.charged:
         return claim_and_settle(
@@ -543,7 +529,11 @@ def end_connection(
             final=final,
         )
     end = _read_end(ledger, connection_id, store, escrow, connection, final)
-    if end.tc.settled or end.escrow is None:
+    if end is None:
+        return None
+    # (a subscribed connection of a host sold to us is ended whatever the gas: that
+    # withdraws its sold offer, which the holders' refunds wait on, docs/escrow.md §13)
+    if end.tc.settled or end.escrow is None or not_its_server(end.tc, identity):
         return _settle_end(ledger, identity, connection_id, store, end)
     fee = end.fee
     choice = rule.choose(fee, gas)
@@ -586,11 +576,12 @@ def _client_may_settle(ledger: Ledger, tc: TransportControl, now: float) -> floa
     must make one first, and then wait the whole timeout."""
     if tc.half_closed_at_ms is None:
         return math.inf
+    timeout_ms = half_close_timeout_ms(tc)
     try:
         elapsed_ms = ledger.clock_ms() - tc.half_closed_at_ms
     except ChainError:
-        elapsed_ms = HALF_CLOSE_TIMEOUT_MS  # (not known: no time to wait)
-    return now + (HALF_CLOSE_TIMEOUT_MS - elapsed_ms) / 1000 - _DEADLINE_MARGIN
+        elapsed_ms = timeout_ms  # (not known: no time to wait)
+    return now + (timeout_ms - elapsed_ms) / 1000 - _DEADLINE_MARGIN
 
 
 def leave(
@@ -648,12 +639,10 @@ def settle_deferred(
     plan: BatchPlan,
     batch: EndBatch | None = None,
 ) -> tuple[list[tuple[str, Settlement]], list[tuple[str, EndLeft]]]:
-    """Make an :class:`EndBatch`'s plan: its ends to settle in one transaction
-    (``ledger.settle_batch``), each receipt then marked claimed, and its ends to leave
-    (:func:`leave`). A batch the ledger refuses is read again: its connections settled
-    meanwhile (their clients' timeouts passed) have their receipts written off, and the
-    others go back into ``batch`` to wait on (left once their window ends), or, with no
-    batch, are left now. Returns what was settled and what was left."""
+    """Make an :class:`EndBatch`'s plan: settle its ends in one ``ledger.settle_batch``
+    and leave the rest (:func:`leave`). A batch refused is read again: ends settled
+    meanwhile are written off, the others wait on in ``batch`` (or are left). Returns
+    what was settled and what was left."""
     settled: list[tuple[str, Settlement]] = []
     left: list[tuple[str, EndLeft]] = []
     gas = ledger.end_gas() if plan.leave else None
@@ -715,28 +704,61 @@ def _write_off(
 ) -> None:
     """``tc`` is settled: what ``stored`` has beyond the escrow's claims is lost."""
     if stored is not None and stored.unclaimed > 0 and store is not None:
-        escrow = ledger.get_escrow(tc.escrow)
-        if escrow.claimed < stored.receipt.total_amount:
-            logger.warning(
-                "connection %s was settled before its receipt for %d MIST was claimed "
-                "(%d claimed): the rest is written off",
-                connection_id,
-                stored.receipt.total_amount,
-                escrow.claimed,
-            )
-        # a settled escrow pays nothing more: the receipt is done with, as a whole
-        # (marked with the escrow's claims only, it would stay unclaimed in the store,
-        # and every start read the ledger for it and warn again, for good)
-        _mark_claimed(store, connection_id, max(escrow.claimed, stored.receipt.total_amount))
+        _written_off(store, connection_id, stored, ledger.get_escrow(tc.escrow).claimed)
+
+
+def _written_off(
+    store: ReceiptStore | ReceiptWriter, connection_id: str, stored: StoredReceipt, claimed: int
+) -> None:
+    """The settled connection's escrow paid ``claimed``: ``stored`` is done with."""
+    if claimed < stored.receipt.total_amount:
+        logger.warning(
+            "connection %s was settled before its receipt for %d MIST was claimed "
+            "(%d claimed): the rest is written off",
+            connection_id,
+            stored.receipt.total_amount,
+            claimed,
+        )
+    # a settled escrow pays nothing more: the receipt is done with, as a whole (marked
+    # with the escrow's claims only, it would stay unclaimed in the store, and every
+    # start read the ledger for it and warn again, for good)
+    _mark_claimed(store, connection_id, max(claimed, stored.receipt.total_amount))
+
+
+#: A connection's settlement event (its ID is the connection's: docs/escrow.md §18).
+SETTLED: Final = "dtp::transport_control::ConnectionSettled"
+
+
+def deleted_once_settled(
+    ledger: Ledger, connection_id: str, store: ReceiptStore | ReceiptWriter | None
+) -> int | None:
+    """What the escrow of the connection, not found, paid its server when it was
+    settled, before it was deleted (docs/escrow.md §7, "Deletion", by its
+    ConnectionSettled event); None: no settlement of it. Its receipt is written off, or
+    every recovery round would try it for good."""
+    wanted = EventFilter(type=SETTLED, object_id=normalize_id(connection_id, "connection ID"))
+    settled = None
+    cursor: str | None = None
+    while True:  # (every page: on Sui the filter narrows to the event type, not the ID)
+        got = ledger.read_events(cursor, wanted, 1000)
+        if got.events:
+            settled = got.events[-1]
+        if got.at_end or (got.cursor == cursor and not got.events):
+            break
+        cursor = got.cursor
+    if settled is None:
+        return None
+    claimed = int(settled["claimed"])
+    stored = store.latest(connection_id) if store is not None else None
+    if store is not None and stored is not None and stored.unclaimed > 0:
+        _written_off(store, connection_id, stored, claimed)
+    return claimed
 
 
 def _mark_claimed(store: ReceiptStore | ReceiptWriter, connection_id: str, amount: int) -> None:
-    """Mark in ``store`` what the ledger has settled. A mark that cannot be written (a
-    store locked, read-only or full: ReceiptStoreError; the writer closed:
-    RuntimeError) is logged only: it is bookkeeping, which the next start derives from
-    the ledger again, while the settlement is done on the ledger for good. Raised, it
-    hid that settlement from the caller (a paid server then kept the final receipt it
-    had just claimed as unclaimed) and stopped a recovery before its other receipts."""
+    """Mark in ``store`` what the ledger has settled. A mark that cannot be written is
+    only logged: the next start derives it from the ledger again, and raised it hid the
+    settlement from the caller and stopped a recovery."""
     try:
         store.mark_claimed(connection_id, amount)
     except (ReceiptStoreError, RuntimeError) as exc:
@@ -764,35 +786,30 @@ def _settle(
     """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet; an Open
     connection is closed by the same transaction, or first where the ledger's package
     refuses that (it predates the server's settling an Open connection)."""
+    # the IDs come from the connection and escrow: the ledger need not read them again;
+    # a receipt that pays nothing more is not claimed (a transaction's worth of checks
+    # for nothing)
+    receipt = None if stored is None else stored.receipt
+    if receipt is not None and not (
+        receipt.nonce > escrow.latest_nonce and receipt.total_amount > escrow.claimed
+    ):
+        receipt = None
+
+    def once() -> Settlement:
+        if receipt is not None:
+            return ledger.settle_with_receipt(
+                identity, tc.id, receipt, escrow_id=tc.escrow, cap_id=escrow.spending_cap
+            )
+        return ledger.settle(identity, tc.id, escrow_id=tc.escrow, cap_id=escrow.spending_cap)
+
     try:
-        return _settle_once(ledger, identity, tc, escrow, stored)
+        return once()
     except ConnectionStateError as exc:
         if exc.name != "EConnectionOpen":
             raise
     with contextlib.suppress(ConnectionStateError):  # the client may close meanwhile
         ledger.close_connection(identity, tc.id)
-    return _settle_once(ledger, identity, tc, escrow, stored)
-
-
-def _settle_once(
-    ledger: Ledger,
-    identity: HostIdentity,
-    tc: TransportControl,
-    escrow: Escrow,
-    stored: StoredReceipt | None,
-) -> Settlement:
-    # the IDs come from the connection and escrow: the ledger need not read them again;
-    # a receipt that pays nothing more is not claimed (a transaction's worth of checks
-    # for nothing)
-    if (
-        stored is not None
-        and stored.receipt.nonce > escrow.latest_nonce
-        and stored.receipt.total_amount > escrow.claimed
-    ):
-        return ledger.settle_with_receipt(
-            identity, tc.id, stored.receipt, escrow_id=tc.escrow, cap_id=escrow.spending_cap
-        )
-    return ledger.settle(identity, tc.id, escrow_id=tc.escrow, cap_id=escrow.spending_cap)
+    return once()
 
 
 def _current(
@@ -812,15 +829,10 @@ def _current(
 
 
 class ClaimBackoff:
-    """A live server's memory of the receipts its recovery failed to claim (for
-    :func:`recover_unclaimed`'s ``backoff``), per connection ID, counted in recovery
-    rounds (:meth:`next_round`). A dead run's receipt the ledger refuses for good (the
-    client's cap this epoch, a connection that cannot be read, a receipt it rejects)
-    was tried -- a ledger call and a warning -- every round by every live server on the
-    store, for as long as it lasted. After its n-th failure it waits 2**(n-1) rounds, at
-    most ``max_rounds``, before it is tried again; its first failure is logged as a
-    warning, the later ones at debug level. Forgotten once claimed, or once its row is
-    no longer unclaimed (claimed by another server, or written off). Thread-safe."""
+    """The receipts a live server's recovery failed to claim, per connection ID, in
+    recovery rounds (:meth:`next_round`): one the ledger refuses for good was else tried
+    every round by every server. After its n-th failure it waits 2**(n-1) rounds (at
+    most ``max_rounds``); only its first is logged as a warning. Thread-safe."""
 
     def __init__(self, max_rounds: int) -> None:
         self.max_rounds = max_rounds
@@ -902,18 +914,11 @@ def recover_unclaimed(
     batch: EndBatch | None = None,
     now: float = 0.0,
 ) -> list[tuple[str, Settlement]]:
-    """Claim and settle every connection the store holds an unclaimed receipt for (run at
-    start: a previous run's connections are gone), or those of ``receipts`` (read from
-    it). Failures (the ledger's, the store's, any other exception) are logged and
-    skipped: one receipt's stops none of the others. Not the receipts of a server still
-    serving from the store: it would settle its live connections (the paid servers claim
-    those of dead runs only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true
-    no further receipt is claimed (those left stay unclaimed in the store). With
-    ``backoff`` (a live server's rounds), a receipt whose last tries failed is tried
-    only once due, its failures are remembered there, and only its first is logged as
-    a warning. With ``rule``, each end's gas is weighed first (:func:`end_connection`:
-    one not worth a settlement of its own goes into ``batch`` at ``now``, or is left to
-    its client); the settlements made are returned."""
+    """Claim and settle every connection the store holds an unclaimed receipt for (at
+    start), or those of ``receipts``: failures are logged and skipped. Not a live
+    server's (the paid servers pass :meth:`ReceiptStore.orphaned`). Stops once
+    ``stopped()``. ``backoff``: :class:`ClaimBackoff`; ``rule``: each end's gas weighed
+    (:func:`end_connection`). Returns the settlements made."""
 
     def claim(cid: str) -> Settlement | None:
         if rule is None:

@@ -11,9 +11,10 @@ close, is :class:`dtp.payments._gate.ReceiptGate`.
 What is metered: application bytes in both directions -- new bytes of every stream the
 connection sent plus received, and the payloads of the datagrams it sent and received,
 as :attr:`dtp.protocol.connection.Connection.usage` counts them -- and requests = streams opened
-by the client. Both sides count the same bytes (a datagram as it is framed to go, and
-as it is accepted, before any queue drops it), so over an ordered carrier they disagree
-only by what is in flight.
+by the client, its first one only once data went on it (docs/escrow.md §6.1). Both
+sides count the same bytes (a datagram as it is framed to go, and as it is accepted,
+before any queue drops it), so over an ordered carrier they disagree only by what is in
+flight.
 
 Nothing here reads the clock: ``now_ms`` is always passed in.
 """
@@ -126,21 +127,16 @@ class ClientMeter:
         now_ms: int = 0,
     ) -> None:
         cfg = config or MeteringConfig()
-        # bytes that cost nothing (price_per_kib 0: a service priced by the request, or
-        # a subscribed connection's all-zero SLA) are never signed for on their own: a
-        # receipt for them pays nothing more, and it was signed every second they
-        # moved (every_ms), at every ask of the server and at close
+        # bytes that cost nothing (price_per_kib 0) are never signed for on their own:
+        # such a receipt pays nothing more
         every_bytes = cfg.every_bytes if sla.price_per_kib else 0
         if every_bytes:
             quarter = max(4096, sla.min_deposit // 4 * 1024 // sla.price_per_kib)
             every_bytes = min(every_bytes, quarter)
         every_requests = cfg.every_requests
         if sla.price_per_request and (cfg.every_bytes or cfg.every_ms or every_requests):
-            # the same bound for requests, whenever the client pays on a cadence at all:
-            # the byte cadence alone let a client opening streams with few bytes each
-            # (RPC calls) run up a whole allowance of request fees between receipts,
-            # and the server paused it for one every min_deposit's worth of requests.
-            # (Only the "pay when asked" configuration -- all three 0 -- is left alone.)
+            # the same bound for requests (unless all three are 0): else a client of
+            # many small streams ran up an allowance of request fees and was paused
             quarter_requests = max(1, sla.min_deposit // 4 // sla.price_per_request)
             every_requests = min(every_requests or quarter_requests, quarter_requests)
         self.meter = Meter(
@@ -167,10 +163,8 @@ class ClientMeter:
         self._unseen_bytes = 0
 
     def _bytes_bound(self) -> int:
-        """The usage (bytes) below which counting can change nothing: the byte
-        cadence's next receipt, or the first byte the deposit does not cover, whichever
-        comes first. (Counting in steps of a sixteenth of the cadence instead ran the
-        meter -- a fee, a deposit check -- 16 times a receipt: 64 times per 256 MiB.)"""
+        """The usage (bytes) below which counting can change nothing: the next receipt
+        by bytes, or the first byte the deposit does not cover."""
         meter = self.meter
         if self.exhausted:
             return self._seen_bytes + self._step

@@ -13,7 +13,7 @@ Nothing here reads the clock: times are passed in (milliseconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import InsufficientFunds, InvalidArgument, move_error
 from dtp.identity._ed25519 import verify_memoized
@@ -42,6 +42,7 @@ __all__ = [
     "RECEIPT_ENCODING_VERSION",
     "RECEIPT_MESSAGE_SIZE",
     "U64_MAX",
+    "Charge",
     "ConnectionTerms",
     "Meter",
     "Receipt",
@@ -75,12 +76,9 @@ def check_receipt(
     """
     if receipt.nonce <= latest_nonce:
         raise move_error("escrow", "EReplayedReceipt", f"nonce {receipt.nonce} <= {latest_nonce}")
-    # The signature is checked over the expected scope, but the receipt names one of its
-    # own, and that is the one it is stored and later claimed under: a receipt signed for
-    # this connection that named another would be counted here and kept under the
-    # other's row, whose claim then fails on its signature -- the client's own connection
-    # served on a receipt never claimable, and any other connection's genuine receipts
-    # (nonces below the planted one) refused by the store for good.
+    # the receipt is stored and claimed under the scope it names: one signed for this
+    # connection naming another would be counted here yet never claimable, and block
+    # that other's genuine receipts in the store
     if receipt.scope != scope:
         raise move_error(
             "escrow",
@@ -157,6 +155,9 @@ class ConnectionTerms:
     cap, so no claim within it can be refused (docs/escrow.md §4)."""
     package: str
     """The ledger's package (its original ID), which receipts name (docs/escrow.md §6)."""
+    subscription: str | None = None
+    """The Subscription the connection was opened with (None: a metered one): it is
+    served only while that covers it (docs/escrow.md §13)."""
 
     @property
     def scope(self) -> ReceiptScope:
@@ -171,11 +172,17 @@ class ConnectionTerms:
 
     @classmethod
     def from_objects(cls, tc: TransportControl, escrow: Escrow, package: str) -> ConnectionTerms:
-        """The terms of ``tc`` from objects already read (an admission's connection
-        view): its escrow, and ``package``, the ledger's
-        (:attr:`~dtp.ledger.interface.Ledger.package_id`). The whole deposit is reserved
-        on the client's cap at open (docs/escrow.md §4), so no cap needs reading."""
-        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited, package)
+        """The terms of ``tc`` from objects already read (no cap: the deposit is
+        reserved on it, docs/escrow.md §4)."""
+        return cls(
+            tc.id,
+            tc.escrow,
+            tc.sla,
+            escrow.client_public_key,
+            escrow.deposited,
+            package,
+            tc.subscription,
+        )
 
 
 def _meter_count(name: str, value: object) -> int:
@@ -186,6 +193,16 @@ def _meter_count(name: str, value: object) -> int:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One call a :class:`Meter` counted (:meth:`Meter.charge`): the receipt it carries
+    (None: none), and how many requests of the SLA it was counted as. The caller tells
+    the meter how the call ended (:meth:`Meter.settle`)."""
+
+    receipt: Receipt | None
+    requests: int
+
+
 class Meter:
     """The client's meter for one connection: usage in, signed cumulative receipts out,
     each bound to ``scope`` (the package, the connection's escrow and the connection:
@@ -193,21 +210,22 @@ class Meter:
 
     A receipt is issued when, since the last one, at least ``every_bytes`` bytes or
     ``every_requests`` requests were used or ``every_ms`` milliseconds passed with unpaid
-    usage (a zero setting disables that trigger). Usage that would make the total fee
-    exceed the deposit is refused with :class:`dtp.errors.InsufficientFunds` before it
-    is counted: the caller must :meth:`top_up` first (after ``escrow::top_up``), so no
-    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` (1 by default, and
-    never 0, which no escrow can claim) and increase by one per receipt. Amounts and
-    usage are integers: anything else (a float, a bool, a negative number) is
+    usage (0 disables that trigger). Usage that would take the fee past the deposit is
+    refused with :class:`dtp.errors.InsufficientFunds` before it is counted (:meth:`top_up`
+    first), so no receipt exceeds the deposit. Nonces start at ``start_nonce`` (1 by
+    default, never 0, which no escrow can claim), one more per receipt. Amounts and usage
+    are ints: anything else (a float, a bool, a negative number) is
     :class:`dtp.errors.InvalidArgument`, a ValueError.
-    ``sign_free=False``: usage of a kind the SLA prices at 0 (bytes at
-    ``price_per_kib`` 0, requests at ``price_per_request`` 0) does not make a receipt
-    due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
-    nothing more than the last one, and costs a signature here and a check and a
-    write at the server. Only for a peer that judges receipts by their amount (a paid
-    server's :class:`dtp.payments._gate.ReceiptGate`): one that counts the usage a receipt
-    covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.hostid.udp.UdpBilling`)
-    waits for receipts for free usage too.
+
+    Calls paid per request (docs/messaging.md §2.5) are counted with :meth:`charge` and
+    settled with :meth:`settle`: a call the server refused before counting it is taken
+    back, or, when a later receipt covers it already (receipts stay cumulative, never
+    below :attr:`latest`), a credit the next calls spend first.
+    ``sign_free=False``: usage the SLA prices at 0 makes no receipt due on its own, nor
+    does :meth:`flush` sign for it alone (it pays nothing more): only for a peer that
+    judges receipts by their amount (:class:`dtp.payments._gate.ReceiptGate`), not one
+    counting the usage a receipt covers (:class:`dtp.messaging.rpc.RequestPayments`,
+    :class:`dtp.hostid.udp.UdpBilling`).
     """
 
     def __init__(
@@ -258,6 +276,18 @@ class Meter:
         self._receipted = (0, 0)
         self._last_receipt_ms = now_ms
         self.latest: Receipt | None = None
+        """The newest receipt the peer may hold: the last one signed, or after a call
+        the peer refused (:meth:`settle`), the newest of those it may have kept."""
+        # receipts carried by calls not settled yet: nonce -> [receipt, calls carrying
+        # it, whether the peer may have kept it]; and the newest one a settled call left
+        # with the peer (what a refused call's receipt falls back to)
+        self._carried: dict[int, list[Any]] = {}
+        self._kept: Receipt | None = None
+
+    @property
+    def identity(self) -> HostIdentity:
+        """The identity whose key signs the receipts (the escrow's client key)."""
+        return self._identity
 
     @property
     def total_amount(self) -> int:
@@ -300,10 +330,8 @@ class Meter:
         if new_bytes > U64_MAX or new_requests > U64_MAX:
             raise InvalidArgument("usage beyond u64")
         cost = fee(self.sla, new_bytes, new_requests)
-        # the deposit first: a fee past u64 is past every escrow's deposit (a u64), and
-        # that is usage the deposit cannot cover -- InsufficientFunds, which the
-        # ClientMeter answers with its last receipt for the whole deposit; refused as
-        # InvalidArgument it would escape the ClientMeter and the connection's I/O
+        # the deposit first: a fee past u64 is InsufficientFunds (which the ClientMeter
+        # answers), not an InvalidArgument that would escape the connection's I/O
         if cost > self.deposit:
             raise InsufficientFunds(
                 f"Usage would cost {cost} MIST but connection {self.connection_id} has a "
@@ -339,7 +367,9 @@ class Meter:
         return self.flush(now_ms) if due else None
 
     def flush(self, now_ms: int) -> Receipt | None:
-        """A receipt for all usage so far, unless the last one already covers it."""
+        """A receipt for all usage so far, unless the last one already covers it. (Its
+        totals never fall below those of the receipt the peer may hold, :attr:`latest`:
+        receipts are cumulative, and a credit left by a refused call stays one.)"""
         if not self._unpaid():
             return None
         if self._next_nonce > U64_MAX:
@@ -347,21 +377,73 @@ class Meter:
             raise InvalidArgument(
                 f"connection {self.connection_id} has used every receipt nonce (2**64)"
             )
-        receipt = Receipt(
-            self.scope,
-            self.total_bytes,
-            self.total_requests,
-            self.total_amount,
-            self._next_nonce,
-        ).sign(self._identity)
+        done_bytes, done_requests = self._receipted
+        totals = (max(self.total_bytes, done_bytes), max(self.total_requests, done_requests))
+        receipt = Receipt(self.scope, *totals, fee(self.sla, *totals), self._next_nonce).sign(
+            self._identity
+        )
         self._next_nonce += 1
-        self._receipted = (self.total_bytes, self.total_requests)
+        self._receipted = totals
         self._last_receipt_ms = now_ms
         self.latest = receipt
         return receipt
 
     def _unpaid(self) -> bool:
         done_bytes, done_requests = self._receipted
-        return (self._owed_bytes and self.total_bytes != done_bytes) or (
-            self._owed_requests and self.total_requests != done_requests
+        return (self._owed_bytes and self.total_bytes > done_bytes) or (
+            self._owed_requests and self.total_requests > done_requests
         )
+
+    def charge(self, now_ms: int, requests: int) -> Charge:
+        """Count a call paid per request as ``requests`` requests of the SLA: the
+        receipt it carries is a new one covering it, or -- when a receipt the peer may
+        hold pays for it already (a refused call's credit) -- that one again, nothing
+        more signed. Raises as :meth:`record`. Tell the meter how the call ended with
+        :meth:`settle`."""
+        floor = self.latest
+        if (
+            requests
+            and floor is not None
+            and self.total_requests + _meter_count("requests", requests) <= floor.total_requests
+            and self.total_bytes <= floor.total_bytes
+        ):
+            self.total_requests += requests
+            receipt: Receipt | None = floor
+        else:
+            receipt = self.record(now_ms, requests=requests) or self.flush(now_ms)
+        if receipt is not None:
+            entry = self._carried.setdefault(receipt.nonce, [receipt, 0, False])
+            entry[1] += 1
+        return Charge(receipt, requests)
+
+    def settle(self, charge: Charge, counted: int | None = None) -> None:
+        """The call of ``charge`` ended. ``counted``: how many requests of the SLA the
+        peer says it counted the call as -- 0 when it refused the call before counting
+        it, which leaves no receipt of the call's with the peer (docs/messaging.md
+        §2.5); None when it did not say (answered, failed or never answered: the
+        receipt may be with the peer, and the call stays counted as charged). A call
+        counted as fewer requests than charged gives the rest back: taken back
+        outright when its receipt is not with the peer (the next receipt counts from
+        the one before), else a credit the next calls spend (:meth:`charge`)."""
+        receipt = charge.receipt
+        if receipt is not None:
+            entry = self._carried.get(receipt.nonce)
+            if entry is not None:
+                entry[1] -= 1
+                entry[2] = entry[2] or counted != 0
+                if entry[1] <= 0:
+                    del self._carried[receipt.nonce]
+                    if entry[2] and (self._kept is None or receipt.nonce > self._kept.nonce):
+                        self._kept = receipt
+        if counted is None or counted == charge.requests:
+            return
+        self.total_requests = max(0, self.total_requests + counted - charge.requests)
+        if counted == 0 and receipt is not None:
+            # the newest receipt the peer may hold now: one a settled call left it, or
+            # one a call in flight carries
+            floor = self._kept
+            for held, _, _ in self._carried.values():
+                if floor is None or held.nonce > floor.nonce:
+                    floor = held
+            self.latest = floor
+            self._receipted = (0, 0) if floor is None else (floor.total_bytes, floor.total_requests)

@@ -8,6 +8,10 @@ wake-ups and errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dtp.identity._zklogin import ZkLoginCheck
 
 
 class Event:
@@ -38,7 +42,17 @@ class PeerAuthenticated(Event):
     address: str
     """The client's Sui address (``0x`` + 64 hex digits)."""
     public_key: bytes
-    """The client's Ed25519 public key."""
+    """What stands for the client's key (docs/protocol.md 8.4): its Ed25519 public key
+    (32 bytes); a Secp256k1, Secp256r1 or passkey key (33 bytes, compressed); a
+    multisig's BCS ``MultiSigPublicKey``; a zkLogin public identifier."""
+    scheme: str = "ed25519"
+    """The proof's Sui signature scheme: ``ed25519``, ``secp256k1``, ``secp256r1``,
+    ``passkey``, ``multisig`` or ``zklogin``."""
+    zklogin: ZkLoginCheck | None = None
+    """None when the proof is wholly verified; else what a Sui node must still confirm
+    (a zkLogin proof, a multisig with zkLogin members) before the client is proven: the
+    server's driver asks it (``ConnectionConfig.zklogin_verifier``) before it decides,
+    and fails the handshake if the node does not confirm it."""
 
 
 @dataclass(frozen=True)

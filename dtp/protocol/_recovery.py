@@ -27,11 +27,10 @@ MAX_ACK_RANGES = 64
 #: (and the per-timer scans of it) for as long as the application sends.
 MAX_IN_FLIGHT = 16384
 #: Probe timeouts in a row without an acknowledgement after which the next one takes the
-#: peer for gone, once nothing was acknowledged for the idle timeout either (the
-#: connection closes with IDLE_TIMEOUT): a peer that sends (its PINGs keep the idle timer
-#: alive) but acknowledges nothing would be probed for, its data kept, for good. The
-#: timeouts double, so the 6th fires 63 PTOs after the probing began: about a minute at
-#: the initial PTO of 1 s.
+#: peer for gone, once nothing was acknowledged for the idle timeout either
+#: (IDLE_TIMEOUT): a peer that sends (its PINGs keep the idle timer alive) but
+#: acknowledges nothing would otherwise be probed for, its data kept, for good. The
+#: timeouts double: the 6th fires 63 PTOs in, about a minute at the initial PTO of 1 s.
 MAX_PTO_COUNT = 5
 
 
@@ -96,14 +95,12 @@ class AckTracker:
             elif self.ack_deadline is None:
                 self.ack_deadline = now + MAX_ACK_DELAY
 
-    def ack_due(self, now: float) -> bool:
-        return self.ack_deadline is not None and now >= self.ack_deadline
-
     def take_ack(self, now: float) -> tuple[tuple[tuple[int, int], ...], int]:
         """The ranges to acknowledge (largest first) and the ack delay in microseconds."""
         self.unacked_eliciting = 0
         self.ack_deadline = None
-        delay_us = max(0, int((now - self.largest_time) * 1_000_000))
+        # (to the nearest: the clock is float seconds, and truncated, 20 ms read 19999 us)
+        delay_us = max(0, round((now - self.largest_time) * 1_000_000))
         return self.received.descending(), delay_us
 
 
@@ -151,9 +148,8 @@ class LossRecovery:
         if self.min_rtt is None or sample < self.min_rtt:
             self.min_rtt = sample
         # At most the peer's max_ack_delay is taken off (RFC 9002 5.3): not negotiated
-        # here, it is MAX_ACK_DELAY, the deadline both sides' AckTracker keeps to. A peer
-        # reporting more brought the estimate down to the minimum RTT however long the
-        # path took.
+        # here, it is MAX_ACK_DELAY, the deadline both sides' AckTracker keeps to; more
+        # would bring the estimate down to the minimum RTT however long the path took.
         ack_delay = min(ack_delay, MAX_ACK_DELAY)
         if sample - ack_delay >= self.min_rtt:
             sample -= ack_delay
@@ -216,10 +212,9 @@ class LossRecovery:
         delay = self._loss_delay()
         largest = self.largest_acked
         in_flight = self.in_flight
-        # The table is in counter order (on_sent adds each record with the next counter),
-        # so the walk stops at the first record above the largest acknowledged: it costs
-        # what it finds lost plus at most PACKET_THRESHOLD records, never a copy of the
-        # table (which a record of 2700 tiny ACK frames paid 2700 times).
+        # The table is in counter order, so the walk stops at the first record above the
+        # largest acknowledged: it costs what it finds lost plus at most
+        # PACKET_THRESHOLD records, never a copy of the table.
         for counter, rec in in_flight.items():
             if counter > largest:
                 break
@@ -253,6 +248,10 @@ class LossRecovery:
         """The probe timer fired: the two oldest ack-eliciting records in flight are
         sent again as probes; their acknowledgement then settles the rest."""
         self.pto_count += 1
+        return self.take_probes()
+
+    def take_probes(self) -> list[SentRecord]:
+        """The two oldest ack-eliciting records in flight, taken out to be sent again."""
         probes: list[int] = []
         for counter, rec in self.in_flight.items():  # (not a scan of the whole table)
             if rec.ack_eliciting:

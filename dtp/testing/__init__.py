@@ -25,7 +25,7 @@ so that importing one costs only what it needs:
   fixtures ``dtp_*`` and the ``--dtp-seed`` option.
 
 The strategies and the machines need hypothesis, the plugin pytest (the ``testing``
-extra: ``pip install 'dtp[testing]'``), the node stand-in pysui (the ``sui`` extra); the
+extra: ``pip install 'dtp-sui[testing]'``), the node stand-in pysui (the ``sui`` extra); the
 rest needs nothing beyond dtp itself. Without its extra a module raises
 :class:`~dtp.errors.MissingExtra` naming it.
 """

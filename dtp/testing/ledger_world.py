@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Settlement, Sla
+from dtp.ledger._connections import client_settles_at
+from dtp.ledger._objects import ConnectionState, Settlement, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.receipt import Receipt
@@ -205,12 +206,9 @@ class LedgerWorld:
         return {p.sui_address: self.ledger.balance(p.sui_address) for p in who}
 
     def client_settles_at(self, channel: Channel) -> int | None:
-        """When the client may settle ``channel`` alone: ``HALF_CLOSE_TIMEOUT_MS`` after
-        its first close (None while it is Open, or once settled)."""
-        tc = self.ledger.get_connection(channel.connection_id)
-        if tc.settled or tc.half_closed_at_ms is None:
-            return None
-        return tc.half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS
+        """When the client may settle ``channel`` alone: the connection's half-close
+        timeout after its first close (None while it is Open, or once settled)."""
+        return client_settles_at(self.ledger.get_connection(channel.connection_id))
 
     # -- what must always hold -------------------------------------------------------------------
 

@@ -1,116 +1,60 @@
 """What a server does with a new connection before it is served, sans I/O, both servers
-alike: the admission policy (which connections get a handshake: docs/protocol.md §8,
-"Admission"), the handshake slots it hands out, the replay guard on first messages, and
-when the freed heap goes back.
+alike: the admission policy, the handshake slots it hands out, the replay guard on first
+messages, and when the freed heap goes back. docs/protocol.md §8 ("Admission", "Replayed
+IK first messages") states the rules and their defaults; both servers drive these
+classes with their own clocks and sockets (tests/transport/test_handshake_gate.py,
+test_lockout.py, test_reconnect_flood.py, test_replay_guard.py, test_memory_churn.py).
 
 The admission policy
 --------------------
 
-A TCP connection proves it speaks DTP by sending its complete first handshake record
-(an ``HS_INIT`` of at most :data:`~dtp.identity._noise.MAX_MESSAGE_SIZE` bytes, whose first byte
-names a pattern: docs/protocol.md §2, §8). Until then it is *unproven*: it costs its
-socket and the bytes it sent, no handshake slot, thread, task or Noise state, and it
-has :data:`DEFAULT_FIRST_MESSAGE_TIMEOUT` to finish (nginx's ``client_header_timeout``
-and HAProxy's ``timeout http-request`` bound a request's head the same way). At most
-``max_unproven`` wait at once on a server and ``per_address`` from one client address
-(:func:`~dtp.transport._admission.address_key`); a newcomer beyond either bound makes the
-oldest of them give way, closed -- a genuine client sends its first message with its
-connect, so it is never the oldest for long, while a silent one ages (a bound that
-refused the newcomer instead would let silent connections lock everyone out).
+A connection is *unproven* until it sent its complete first ``HS_INIT`` record: it costs
+its socket and bytes only, no slot, thread, task or Noise state, for at most
+:data:`DEFAULT_FIRST_MESSAGE_TIMEOUT`. Beyond the bounds on unproven connections the
+oldest gives way rather than the newcomer being refused: a genuine client sends its
+first message with its connect, so it is never the oldest for long, while a refusing
+bound would let silent connections lock everyone out. An address whose connections keep
+ending unproven is suspect (:class:`Strikes`): its connections give way first, and a
+suspect newcomer never makes another address's connection give way, so a reconnect
+flood churns through its own connections only.
 
-An address whose connections keep ending unproven -- gave way, timed out, sent what is
-not DTP, or hung up before their first record -- is *suspect* (:class:`Strikes`: a
-second such end within :data:`STRIKE_HALF_LIFE` seconds of the first; forgiven as they
-decay, by half every half-life). Its new connections wait apart: when the server's
-bound is reached they give way first, oldest first, and a suspect newcomer that finds
-only others' connections waiting is refused at once rather than make one of them give
-way. A reconnect flood -- silent connections reopened as fast as they are closed,
-thousands a second from a few hundred addresses -- thus churns through its own
-connections only, never a genuine client's connect (tests/transport/
-test_reconnect_flood.py).
-
-A proven connection takes the server's handshake slots (below).
-When they are all taken, the *half-handshakes* -- connections whose handshake waits for
-the client's next message (XX after message 2), not for the server's own work (its
-hooks, the ledger admission) -- give way, oldest first, before a proven newcomer is
-made to wait: :class:`HalfHandshakes`. On TCP, where QUIC's Retry and WireGuard's
-cookie reply (proof of the source address before any state) have no use -- the TCP
-handshake proved the address already -- the cost that matters is a slot held by a
-client that has stopped, and that is what gives way.
-
-Both servers drive these classes with their own clocks and sockets (tests/transport/
-test_handshake_gate.py, test_lockout.py, test_replay_guard.py, test_memory_churn.py).
-
-The handshake slots
--------------------
-
-How many handshakes a server, and each client address, has in progress.
-
-A handshake holds server resources from its start until the client is accepted or
-refused, up to ``ConnectionConfig.handshake_timeout``. :class:`ServerSlots` bounds them
-on the whole server (``max_handshakes``), :class:`AddressSlots` per client address, so
-one address can hold at most its share; further connections wait in a line -- holding
-a socket, but no slot, thread or task -- for one of the handshakes to end. A client
-that opens many connections at once (a pool warming up, a forwarder opening a flow per
-source) is served in turn rather than refused; a line that is full, or a wait longer
-than the handshake timeout, closes the connection.
-
-Only connections that proved they speak DTP take these slots, and half-handshakes give
-way to them (:class:`Admission`).
+A proven connection takes the handshake slots (:class:`ServerSlots`,
+:class:`AddressSlots`), or waits in a line holding only its socket, so a client opening
+many connections at once is served in turn rather than refused. When the slots are all
+taken, the *half-handshakes* -- waiting for the client's next message, not for the
+server's own work -- give way, oldest first (:class:`HalfHandshakes`): over TCP the
+address is proven already (no use for QUIC's Retry or WireGuard's cookie reply), so what
+must not be spent on a client that stopped is a slot.
 
 The replay guard
 ----------------
 
-An IK message 1 carries the client's identity proof and is encrypted to the server's
-static key alone, so anyone who recorded one can send it again and the server
-authenticates the client a second time (inherent to Noise IK: see :mod:`dtp.identity._noise`).
-The replayer cannot finish the handshake, but the server decides on it first: a server
-admitting through the ledger would reserve the client's ledger connection (one DTP
-connection each) for it and hold that reservation until the connection times out, so
-the real client, reconnecting meanwhile, is refused.
+Anyone who recorded an IK message 1 can send it again and be authenticated as that
+client (inherent to Noise IK: :mod:`dtp.identity._noise`); a server admitting through
+the ledger would then hold the client's ledger connection for the replayer. A genuine
+message 1 opens with a fresh ephemeral key that no one else can reuse (Noise's ``es``:
+:func:`dtp.identity._ahead.new_ephemeral_key`), so :class:`ReplayGuard` remembers those
+keys and refuses one it has seen, the most recent :data:`DEFAULT_CAPACITY` of them.
 
-A genuine message 1 opens with a fresh ephemeral public key (every connect takes a new
-one: :func:`dtp.identity._ahead.new_ephemeral_key`), and no one without the matching private
-key can make another valid message 1 with it (Noise's ``es``). So a server remembers the
-ephemeral keys of the IK first messages it authenticated and refuses one it has seen.
-:class:`ReplayGuard` holds the most recent :data:`DEFAULT_CAPACITY` of them, oldest
-forgotten first: a replay after its key was forgotten is served as it was before this
-guard (held until the connection times out), which a payload timestamp would need a
-wire change to stop.
-
-The keys of connections the server went on to accept are kept apart from the others
-(refused, failed, replayed), each with its own :data:`DEFAULT_CAPACITY`: authenticating
-costs nothing but a fresh static key, so one pool of both would let anyone push a
-client's recorded key out with that many throw-away identities the ledger then refuses,
-and replay it. Only accepted connections push accepted keys out -- on a server that
-admits through the ledger, each one a funded ledger connection of its own.
-
-While a connection's admission is being decided (the ledger read, up to its grace), its
-key is held in a third set that nothing pushes out (in the unaccepted pool, a flood of
-throw-away handshakes in that window could push it out before
-:meth:`ReplayGuard.accepted` kept it, and let its replay through). That set holds one
-key per admission in progress, which the blocking server bounds (``max_handshakes``); a
-decided key -- accepted, refused, failed or gone -- moves to the pool of its verdict,
-found by looking at the oldest two keys held each time one comes in or is accepted (the
-servers do not say when they refuse): about twice the admissions in progress at their
-peak, a few dict operations a step.
+Accepted connections' keys are kept apart from the others' (refused, failed, replayed),
+each pool with its own capacity, so throw-away identities the ledger refuses cannot push
+an accepted client's key out. While an admission is being decided (the ledger read, up
+to its grace) its key sits in a third set nothing pushes out, bounded by the admissions
+in progress; a decided key moves to its verdict's pool, found by looking at the oldest
+two keys held each time one comes in or is accepted (the servers do not say when they
+refuse): a few dict operations a step.
 
 The heap given back
 -------------------
 
-Each connection allocates and frees a few hundred kilobytes (its Session, the carrier's
-read buffers, Noise state) among small objects that outlive it (the replay guard's
-keys, the caches of keys made ahead). glibc's malloc keeps the freed pages between
-those survivors rather than return them (80,000 connections left an asyncio server
-420 MiB resident, 5-6 MiB in use); ``malloc_trim(0)`` returns them, in the middle of the
-heap too (``MADV_DONTNEED``), after a collection of the connections' reference cycles.
-
-:class:`HeapRelease` decides when, sans I/O: at a quiet moment -- no new connection for
-:data:`QUIET` seconds after at least :data:`MIN_CHURN` of them, and once more
-:data:`AGAIN` seconds later -- and, under steady churn that leaves no quiet moment,
-every :data:`CHURN` connections at most every :data:`INTERVAL` seconds. A trim walks the
-heap holding malloc's lock (a few ms for a few hundred MiB; the collection as long), so
-it is not done per connection (bench/compare.py ``churn_memory``).
+glibc's malloc keeps the pages freed by ended connections between the small objects
+that outlive them (80,000 connections left an asyncio server 420 MiB resident, 5-6 MiB
+in use); ``malloc_trim(0)`` after a collection of their reference cycles returns them.
+A trim walks the heap under malloc's lock (a few ms for a few hundred MiB), so
+:class:`HeapRelease` does it at a quiet moment -- no new connection for :data:`QUIET`
+seconds after at least :data:`MIN_CHURN`, and once more :data:`AGAIN` seconds later --
+or, under steady churn, every :data:`CHURN` connections at most every :data:`INTERVAL`
+seconds (bench/compare.py ``churn_memory``).
 """
 
 from __future__ import annotations
@@ -135,7 +79,7 @@ from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar
 
 from dtp.errors import finite_float
 from dtp.identity._noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
-from dtp.native.core import RECORD_HEADER_LEN
+from dtp.native.reference._limits import RECORD_HEADER_LEN
 from dtp.native.types import REC_HS_INIT
 from dtp.protocol._state import ConnState
 from dtp.protocol.connection import CloseCode
@@ -223,14 +167,11 @@ _NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 @functools.lru_cache(maxsize=4096)
 def address_key(host: str) -> str:
-    """What the cap counts by for a client's IP address ``host``: the address itself for
-    IPv4 (and IPv4-mapped IPv6), the /64 network for IPv6 -- one subscriber usually
-    holds a whole /64, so counting single IPv6 addresses would give one client 2**64
-    caps -- except the addresses of IPv4 clients behind a NAT64 (``64:ff9b::/96``) or
-    Teredo relay, and 6to4 addresses (``2002::/16``: the /48 of one IPv4 address, 65536
-    /64s), counted by that IPv4 address. Anything that does not parse is counted as
-    given. Remembered for the last few thousand addresses: parsing one with
-    :mod:`ipaddress` costs some 30 us of a server's accept, and clients come back."""
+    """What the caps count a client's IP address ``host`` by (docs/protocol.md §8): IPv4
+    itself (IPv4-mapped IPv6 too); IPv6 by its /64, one subscriber's usual share, but by
+    the embedded IPv4 address behind NAT64 (``64:ff9b::/96``), Teredo and 6to4
+    (``2002::/16``); anything that does not parse as given. Cached: parsing costs some
+    30 us of an accept, and clients come back."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])  # (a scope ID: fe80::1%eth0)
     except ValueError:
@@ -455,13 +396,10 @@ class AddressSlots(Generic[T]):
 
 
 class ServerSlots(Generic[T]):
-    """Handshakes in progress on a whole server, at most ``cap`` (``max_handshakes``),
-    and one line, in arrival order, of at most ``max_waiting`` connections waiting for
-    one of them to end: :class:`AddressSlots` with a single address for them all, so
-    both count, hand on and expire the same way.
-
-    ``cap`` is checked by :func:`check_count`, as :class:`dtp.socket.DTPServer` checks its
-    ``max_handshakes`` (ValueError unless an int of at least 1)."""
+    """Handshakes in progress on a whole server, at most ``cap`` (``max_handshakes``,
+    checked by :func:`check_count`), and one line of at most ``max_waiting`` connections
+    waiting for one of them to end: :class:`AddressSlots` with one address for them all,
+    so both count, hand on and expire the same way."""
 
     _ALL = ""  # the one "address" every connection counts under
 
@@ -676,20 +614,12 @@ class Strikes:
 
 class Unproven(Generic[H]):
     """Connections that have not sent their complete first record yet: at most ``cap``
-    on the server and ``per_address`` from one address, each until its deadline. A
-    newcomer beyond its address's bound makes that address's oldest give way; beyond the
-    server's, the oldest of the address that holds the most (per-source fairness, as
-    HAProxy's and nginx's per-source limits: a client that sends its first record with
-    its connect holds one at a time, so while any address holds more, it never gives
-    way -- not even when the server was too busy to read that record yet).
-
-    Connections from a suspect address (:class:`Strikes`, struck each time one of its
-    connections ends here unproven) are held apart: beyond the server's bound the
-    oldest of them gives way first, and a suspect newcomer finding none of them is
-    refused -- closed at once, never making another's connection give way.
-    :meth:`arrived` returns those that gave way (and a refused newcomer), to close.
-    Thread-safe (the blocking server's accepting thread adds, its reader thread proves
-    and expires)."""
+    on the server and ``per_address`` from one address, each until its deadline; beyond
+    a bound the oldest gives way -- its address's, else the oldest of the address
+    holding the most, a suspect address's first (:class:`Strikes`), a suspect newcomer
+    refused rather than displace another's (docs/protocol.md §8). :meth:`arrived`
+    returns those to close. Thread-safe (the blocking server's accepting thread adds,
+    its reader thread proves and expires)."""
 
     def __init__(
         self, cap: int, per_address: int, timeout: float, strikes: Strikes | None = None
@@ -881,6 +811,7 @@ class Outcome(enum.Enum):
     REFUSED = "refused"  #: a hook (or the reservations) refused it
     BUSY = "busy"  #: accepted, but no place in the accept() queue in time
     FAILED = "failed"  #: the handshake failed, timed out, or its client left
+    PROOF_REFUSED = "proof refused"  #: a Sui node did not confirm the client's zkLogin proof
     REPLAYED = "replayed"  #: a replayed first message (dtp.transport._admission)
     GAVE_WAY = "gave way"  #: a half-handshake that gave way to a proven newcomer
     CLOSED = "closed"  #: the server closed meanwhile
@@ -908,6 +839,7 @@ ENDINGS: dict[Outcome, Ending] = {
     Outcome.REFUSED: Ending(0, 1, CloseCode.REFUSED, None),
     Outcome.BUSY: Ending(0, 0, CloseCode.REFUSED, None),
     Outcome.FAILED: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
+    Outcome.PROOF_REFUSED: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, None),
     Outcome.REPLAYED: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
     Outcome.GAVE_WAY: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "gave way to a waiting client"),
     Outcome.CLOSED: Ending(0, 0, CloseCode.HANDSHAKE_FAILED, "the server is closed"),

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
 from dtp.identity._ahead import new_ephemeral_key
+from dtp.identity._zklogin import ZkLoginCheck
 from dtp.protocol._events import (
     ConnectionAccepted,
     ConnectionTerminated,
@@ -61,16 +62,14 @@ UNSENT = "closed before all that was written was sent"
 CALLBACK_FAILED = "internal error"
 #: How long a closed connection's carrier, half-closed once it wrote what it holds,
 #: waits for the peer to close its side (reading and dropping what still comes) before
-#: it closes anyway (both APIs). Closed at once, a socket with the peer's late bytes
-#: unread (its flow-control credit, sent as it read our last data; what a client in a
-#: sendall loop still sends) was reset, and the reset threw away what the peer had not
-#: read yet: the end of our data, and the CLOSE.
+#: it closes anyway (both APIs): closed with the peer's late bytes unread, a socket is
+#: reset, and the reset throws away what the peer has not read yet -- the end of our
+#: data, and the CLOSE.
 CARRIER_DRAIN = 2.0
-#: The most one carrier read takes. Both adapters read into one reused buffer: a fresh
-#: 256 KiB object per read is, depending on glibc malloc's dynamic mmap threshold (set
-#: by the largest block the process happened to free before), an mmap and munmap, or a
-#: heap top grown and trimmed, each read -- page faults for every page of the data,
-#: a third of an asyncio server's time in a bulk transfer (bench/compare.py tcp_bulk_asyncio).
+#: The most one carrier read takes, into one reused buffer: a fresh 256 KiB object per
+#: read may be an mmap and munmap each time (glibc's dynamic mmap threshold), page
+#: faults for every page -- a third of an asyncio server's time in a bulk transfer
+#: (bench/compare.py tcp_bulk_asyncio).
 RECV_CHUNK = 256 * 1024
 #: What a carrier's read buffer starts at (a short connection never pays for zeroing
 #: RECV_CHUNK); it doubles whenever a read fills it.
@@ -217,16 +216,11 @@ class StreamSink:
     application reads (e.g. a tunnel writing straight to a TCP transport).
 
     ``on_data(chunk)`` gets each chunk: bytes, or with ``views`` a memoryview of the
-    connection's read buffer, valid only during the call (no copy per chunk: a relay
-    writing it on at once; what it keeps it copies). The view is released when the
-    call returns, so using it later raises ValueError (a slice of it is not guarded:
-    copy what you keep). ``on_end(error)`` is called once,
-    with None at the end of the stream or the error that ended it (reset, connection
-    failure).
-    Flow-control credit is returned as bytes are delivered, except while
-    :attr:`paused`: then it is held, so the sender stops once its window is used, and
-    returned by :meth:`Session.resume_sink`.
-    """
+    connection's read buffer (no copy per chunk), released when the call returns -- what
+    it keeps it copies. ``on_end(error)`` is called once, with None at the stream's end
+    or the error that ended it. Credit goes back as bytes are delivered, except while
+    :attr:`paused` (the sender then stops once its window is used), until
+    :meth:`Session.resume_sink`."""
 
     __slots__ = ("ended", "held", "on_data", "on_end", "paused", "views")
 
@@ -278,6 +272,9 @@ class Session:
         self._receipts: deque[bytes] | None = None
         self.accepted = False
         self.authenticated_address: str | None = None
+        #: What a Sui node must confirm of the client's proof before the server decides
+        #: (a zkLogin proof), None when nothing (docs/protocol.md 8.4).
+        self.zklogin_check: ZkLoginCheck | None = None
         self.terminated: ConnectionTerminated | None = None
         self.error: DTPError | None = None
         self.on_authenticated: Callable[[str], None] | None = None
@@ -420,13 +417,11 @@ class Session:
                 self._callback_failed(f"the sink of stream {stream_id}", exc)
 
     def _callback_failed(self, what: str, exc: Exception) -> None:
-        """A push callback of the application raised (called as the connection's input
-        is handled): noted here, and the connection closes with an error once the
-        events at hand are applied (:meth:`process_events`). Raised on, it went up
-        through the adapter's read of the carrier: asyncio took it (a DTPError is an
-        OSError) as the transport failing and aborted it, with nothing logged and no
-        CLOSE, so the peer saw the carrier vanish; halfway through a record, it left
-        the connection's input half handled."""
+        """A push callback of the application raised while the connection's input was
+        handled: noted here, and the connection closes with an error once the events at
+        hand are applied (:meth:`process_events`). Raised on, it would go up through the
+        adapter's read of the carrier, leave the input half handled and end the carrier
+        with no CLOSE."""
         if self._failure is None:
             self._failure = (what, exc)
         else:
@@ -678,6 +673,7 @@ class Session:
         elif isinstance(event, ConnectionAccepted):
             self.accepted = True
         elif isinstance(event, PeerAuthenticated):
+            self.zklogin_check = event.zklogin
             self.authenticated_address = event.address
             if self.on_authenticated is not None:
                 self.on_authenticated(event.address)
@@ -707,6 +703,10 @@ class Session:
             for stream_id, sink in list(self.sinks.items()):
                 # (a sink's stream had not ended, or it would be detached already)
                 self._end_sink(stream_id, sink, self.error or self.cut_short(stream_id))
+            # none of these can be called once the connection has ended (the final
+            # receipt came before this event); each is a bound method or closure of an
+            # object that holds the session, a cycle left to the collector otherwise
+            self.on_receipt = self.on_authenticated = self.on_handshake = None
         elif isinstance(event, HandshakeCompleted):
             if self.on_handshake is not None:
                 self.on_handshake()
@@ -763,14 +763,11 @@ class Session:
 
     def forget(self, stream_id: int) -> None:
         """The application closed ``stream_id`` (after :meth:`discard`): its buffer goes
-        once the connection is done with the stream too -- else a connection that
-        carries many short streams would keep one for each, for good. Until then it
-        stays, discarding what comes, and is looked at again on later calls: each call
-        looks at the stream it is given and at the :data:`_RECHECKED_PER_FORGET` oldest
-        of those still waiting, so each does a constant amount of work. (Looking at
-        every waiting stream on each call made closing N streams the connection was not
-        done with cost O(N**2); this way each waiting stream is looked at again within
-        as many calls as there are streams waiting, and its buffer goes then.)"""
+        once the connection is done with the stream too (a connection of many short
+        streams would keep one each, for good). Until then it stays, discarding what
+        comes; each call looks again at the :data:`_RECHECKED_PER_FORGET` oldest of
+        those waiting, a constant amount of work (looking at all of them made closing N
+        such streams O(N**2))."""
         self.process_events()  # (what is queued for it arrives before it goes)
         live = self.conn.streams.by_id
         # The connection tells us of no stream it is done with (no event): streams
@@ -833,19 +830,15 @@ class Session:
 
     def cut_short(self, stream_id: int) -> ConnectionClosed | None:
         """What reads of ``stream_id`` raise, once its buffered bytes are read, when the
-        peer closed the connection cleanly before the stream ended (for a stream that
-        is not ended, reset or discarded: the caller checked); None when the connection
-        did not end that way, and on the first stream.
+        peer closed the connection cleanly before the stream ended (the caller checked
+        it is not ended, reset or discarded); None otherwise, and on the first stream.
 
-        As QUIC does, a connection's close ends the streams it leaves unfinished
-        abruptly: read as a clean end, a reply cut short by the peer's close() looked
-        complete. The first stream is the connection's own, as a TCP connection is:
-        the peer's close() ends it by closing the connection, with no FIN on it (none
-        from a peer of any version, and one sent just before the CLOSE would not be
-        sent again if lost on the ledger carrier), so its reads end cleanly. (A close
-        that gave up on unsent bytes is no clean close: the peer closes with an error
-        then.) Only the peer's close counts: after our own close() the reads of our
-        streams end as they did, we cut them short ourselves."""
+        As QUIC does, a close ends the streams it leaves unfinished abruptly: read as a
+        clean end, a reply cut short looked complete. The first stream is the
+        connection's own, as a TCP connection is: the peer's close() ends it with no FIN
+        (one sent just before the CLOSE would not be sent again if lost on the ledger
+        carrier), so its reads end cleanly. Only the peer's close counts: after our own
+        close() we cut our streams short ourselves."""
         event = self.terminated
         if (
             event is None

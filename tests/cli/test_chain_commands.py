@@ -142,6 +142,65 @@ def test_host_and_service_commands(chain_cli: Cli) -> None:
     ledger.close()
 
 
+def test_service_half_close_timeout_options(chain_cli: Cli) -> None:
+    """``service add|update --half-close-timeout`` set a service's half-close timeout
+    (docs/escrow.md §2); ``service update`` changes what it is given and keeps the rest
+    as published; ``service show`` and ``host show`` read it back; a timeout out of the
+    ledger's bounds is refused in its words, before any transaction."""
+    cli = chain_cli
+    address = cli.json("keys", "new")["sui_address"]
+    funds = 500 if cli.network is None else SUI  # (gas, on Sui)
+    cli.fund(address, funds)
+    host = cli.json("host", "create")["host"]
+    added = cli.json(
+        "service", "add", host, "7", "--price-per-kib", "10", "--half-close-timeout", "2h"
+    )
+    assert added["sla"]["half_close_timeout_ms"] == 7_200_000
+    cli("service", "add", host, "8")  # not given: the ledger's default, 10 minutes
+    assert cli.json("service", "show", host, "8")["sla"]["half_close_timeout_ms"] == 600_000
+    # an update of the price alone keeps the timeout (and the rest) as published
+    updated = cli.json("service", "update", host, "7", "--price-per-kib", "20")
+    assert updated["sla"] == {
+        "price_per_kib": 20,
+        "price_per_request": 0,
+        "min_deposit": 0,
+        "half_close_timeout_ms": 7_200_000,
+    }
+    # and of the timeout alone, the prices: 7 days, the longest, in milliseconds
+    cli("service", "update", host, "7", "--half-close-timeout", "604800000")
+    shown = cli.json("service", "show", host, "7")
+    assert shown["kind"] == "raw" and shown["max_connections"] == 0
+    assert shown["sla"]["price_per_kib"] == 20
+    assert shown["sla"]["half_close_timeout_ms"] == 604_800_000
+    assert cli.json("host", "show", host)["services"]["7"]["sla"]["half_close_timeout_ms"] == (
+        604_800_000
+    )
+    assert "half_close_timeout_ms" in cli("service", "show", host, "7")  # (text output too)
+    ledger = cli.open_ledger()
+    service = ledger.get_service(host, 7)
+    assert service is not None and service.sla.half_close_timeout_ms == 604_800_000
+    gas = cli.gas_paid(address)
+    ledger.close()
+    # refused before any transaction: out of bounds, nothing to change, no such service
+    for argv in (
+        ("service", "update", host, "7", "--half-close-timeout", "9m"),
+        ("service", "update", host, "7", "--half-close-timeout", "8d"),
+        ("service", "add", host, "9", "--half-close-timeout", "599999"),
+    ):
+        err = cli(*argv, code=1)
+        assert err.startswith("dtp: ") and "from 600000 (10 minutes) to 604800000" in err
+    assert "Nothing to change" in cli("service", "update", host, "7", code=1)
+    for argv in (("update", "--min-deposit", "1"), ("show",)):
+        err = cli("service", argv[0], host, "9", *argv[1:], code=1)
+        assert err.startswith("dtp: No service on this port: port 9 of host")
+    missing = cli("service", "update", "0x" + "12" * 32, "7", "--min-deposit", "1", code=1)
+    assert missing.startswith("dtp: No Host")
+    ledger = cli.open_ledger()
+    assert ledger.get_service(host, 9) is None
+    assert cli.gas_paid(address) == gas  # (the refusals cost nothing)
+    ledger.close()
+
+
 def test_host_command_errors_are_one_line(chain_cli: Cli) -> None:
     cli = chain_cli
     address = cli.json("keys", "new")["sui_address"]
@@ -182,7 +241,8 @@ def test_payment_model_commands(chain_cli: Cli) -> None:
         "--fund",
         "500",
     )
-    assert (pool["pool"]["share_bps"], pool["pool"]["funds"]) == (2500, 500)
+    assert pool["pool"]["share_bps"] == 2500
+    assert sum(lane["funds"] for lane in pool["lanes"]) == 500
     terms = cli.json(
         "service", "retention", host, "7", "--retention-ms", "60000",
         "--storage-price-per-byte", "2",
@@ -267,14 +327,17 @@ def test_deploy_with_fake_sui(cli: Cli, tmp_path: Path) -> None:
         '  "client active-env") echo localnet ;;\n'
         '  "move build") echo built ;;\n'
         '  "client publish") echo \'{"digest": "D1", "objectChanges": '
-        '[{"type": "published", "packageId": "0xabc"}]}\' ;;\n'
+        '[{"type": "published", "packageId": "0xabc"}, {"type": "created", '
+        '"objectType": "0xabc::version::AdminCap", "objectId": "0xad"}, {"type": "created", '
+        '"objectType": "0x2::package::UpgradeCap", "objectId": "0xbc"}]}\' ;;\n'
         "esac\n"
     )
     fake.chmod(0o755)
     result = cli.json("deploy", "--network", "localnet", "--sui-bin", str(fake))
-    assert result["package_id"] == "0xabc"
+    assert result["package_id"] == "0xabc" and result["admin_cap"] == "0xad"
     records = json.loads(Path(result["recorded_in"]).read_text())
-    assert records["localnet"] == {"package_id": "0xabc", "digest": "D1"}
+    # the AdminCap that migrates the objects after an upgrade is recorded with the package
+    assert records["localnet"] == {"package_id": "0xabc", "digest": "D1", "admin_cap": "0xad"}
     err = cli("deploy", "--network", "testnet", "--sui-bin", str(fake), code=1)
     assert "sui client switch --env testnet" in err
 

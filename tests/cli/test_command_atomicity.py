@@ -100,7 +100,7 @@ def test_sponsor_fund_failure_names_the_created_pool(cli: Cli) -> None:
     assert code == 1 and out == ""
     with LocalLedger(cli.ledger) as ledger:
         (pool,) = [ref.object_id for ref in ledger.objects("SponsorPool")]
-        assert ledger.get_sponsor_pool(pool).funds == 0
+        assert all(lane.funds == 0 for lane in ledger.get_sponsor_lanes(pool))
     assert err.startswith(f"dtp: Created the sponsor pool {pool}, but funding it failed")
     assert "MIST" in err  # the funding error itself follows
 
@@ -120,7 +120,9 @@ def test_sponsor_fund_that_works_still_shows_the_funded_pool(cli: Cli) -> None:
         "--fund",
         "500",
     )
-    assert shown["pool"]["funds"] == 500
+    # spread over the pool's lanes (8 by default)
+    assert len(shown["pool"]["lanes"]) == len(shown["lanes"]) == 8
+    assert [lane["funds"] for lane in shown["lanes"]] == [63, 63, 63, 63, 62, 62, 62, 62]
 
 
 def test_text_that_is_not_utf8_is_one_line(cli: Cli) -> None:

@@ -160,7 +160,12 @@ def test_a_funded_pool_whose_read_back_failed_says_it_was_funded(
     host = cli.json("host", "create")["host"]
     cli.json("service", "add", host, "7")
 
+    real = LocalLedger.get_sponsor_pool
+
     def lagging(self: LocalLedger, object_id: str) -> Any:
+        # the CLI's read back fails; the funding's own (which finds the lanes) does not
+        if sys._getframe(1).f_globals["__name__"] != "dtp.cli._ledger":
+            return real(self, object_id)
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(LocalLedger, "get_sponsor_pool", lagging)
@@ -179,7 +184,7 @@ def test_a_funded_pool_whose_read_back_failed_says_it_was_funded(
     monkeypatch.undo()
     with LocalLedger(cli.ledger) as ledger:
         (pool,) = [r.object_id for r in ledger.objects("SponsorPool")]
-        assert ledger.get_sponsor_pool(pool).funds == 500
+        assert sum(lane.funds for lane in ledger.get_sponsor_lanes(pool)) == 500
     assert code == 1
     assert f"sponsor pool {pool} and funded it with 500 MIST" in err
     assert err.rstrip().endswith("Input/output error")
@@ -239,7 +244,14 @@ BAD_ARGUMENTS: dict[str, Callable[[Any, Ids], Any]] = {
     "create_sponsor_pool share_bps": lambda led, i: led.create_sponsor_pool(
         SIGNER, i["host"], 7, -1, max_pledge=10**9
     ),
+    "create_sponsor_pool lanes": lambda led, i: led.create_sponsor_pool(
+        SIGNER, i["host"], 7, 100, max_pledge=10**9, lanes=-1
+    ),
+    "fund_sponsor_pool amount": lambda led, i: led.fund_sponsor_pool(SIGNER, i["pool"], 2**64),
     "withdraw_sponsor_pool amount": lambda led, i: led.withdraw_sponsor_pool(SIGNER, i["pool"], -1),
+    "open_sponsored_connection deposit": lambda led, i: led.open_sponsored_connection(
+        SIGNER, i["pool"], i["host"], -1
+    ),
     "create_ticket_sale ticket_price": lambda led, i: led.create_ticket_sale(
         SIGNER, "t", -1, 1, 2, 10**9
     ),

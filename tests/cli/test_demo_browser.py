@@ -23,10 +23,13 @@ from pathlib import Path
 import pytest
 
 import dtp.cli._demo as demo
-from bench import gun_peer
+from bench import gun_peer, yjs_edges
 from dtp.cli import _demo_browser as demo_browser
 from dtp.cli._demo_browser import (
+    NOTE_END,
+    PAGE_NOTE,
     PAGE_TEXT,
+    PYTHON_NOTE,
     PYTHON_TEXT,
     BrowserStepResult,
     run_browser_step,
@@ -42,11 +45,13 @@ DEMO = dtp_main("demo", "--quick", "--browser-wait", "60")
 
 @pytest.fixture
 def browser_ready(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Chromium and gun's files are here (gun installed on first use); the gun folder."""
+    """Chromium and gun's files are here (gun installed on first use), and Yjs's for
+    the shared note; the gun folder."""
     need_chromium()
     need("node and npm", gun_peer.available())
     gun_dir = gun_peer.install()
     monkeypatch.setenv("DTP_GUN_DIR", str(gun_dir))
+    monkeypatch.setenv("DTP_YJS_DIR", str(yjs_edges.install()))
     return gun_dir
 
 
@@ -90,6 +95,18 @@ def test_the_page_and_the_python_peer_see_each_others_messages(
     # both are in the node's SQLite file, read back after the node closed
     assert result.stored == sorted([PAGE_TEXT, PYTHON_TEXT])
     assert result.exchanged
+
+    # the shared note: the page (Yjs) and the Python peer (pycrdt) typed into it at once,
+    # one keystroke a record, each on its line; both hold one text, every keystroke of
+    # each in its place
+    assert result.note_skipped is None, text
+    assert result.note_page == result.note_python == NOTE_END, (
+        result.note_page,
+        result.note_python,
+    )
+    assert f"page: {PAGE_NOTE}\npython: {PYTHON_NOTE}" == NOTE_END
+    assert result.note_merged
+    assert any(line.startswith("✓ both show the same note") for line in lines)
 
     # the screenshot: a page, saved in this run, where the step said
     assert result.screenshot == SHOTS / "demo-browser-chat.png"
@@ -354,7 +371,7 @@ def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Pa
 
 
 def test_without_websockets_the_step_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An install without websockets (dtp[gun]: the Gun endpoint's and the driver's): the
+    """An install without websockets (dtp-sui[gun]: the Gun endpoint's and the driver's): the
     step is skipped with the extra to install, not a traceback that ends the demo."""
     for name in list(sys.modules):
         if name == "websockets" or name.startswith(("websockets.", "dtp.graph.gun")):
@@ -367,6 +384,6 @@ def test_without_websockets_the_step_says_so(monkeypatch: pytest.MonkeyPatch) ->
     tour.say = lines.append  # type: ignore[method-assign]
     demo.demo_browser(tour, wait=0)
     assert len(lines) == 1 and lines[0].startswith("skipped: "), lines
-    assert "pip install 'dtp[gun]'" in lines[0] and "websockets" in lines[0]
+    assert "pip install 'dtp-sui[gun]'" in lines[0] and "websockets" in lines[0]
     assert lines[0].endswith("; the rest of the demo goes on")
     assert tour.summary == ["browser: skipped (the 'gun' extra is needed)"]

@@ -48,9 +48,10 @@ def _check_calls(result: DappStepResult, lines: list[str]) -> None:
     # the backend answered whoami with the address the wallet proved in the handshake
     assert result.report["whoami"] == result.wallet == dapp_host.address_of(dapp_host.WALLET_SEED)
     assert f"✓ a wallet-identified call: whoami -> {result.wallet}: the backend saw" in text
-    # stream 0 and three calls, 25 MIST each: what the receipts say, the ledger claimed
-    assert result.claimed == 4 * PRICE
-    assert f"the provider claimed {4 * PRICE} MIST from the escrow" in text
+    # three calls, 25 MIST each (stream 0 carries none): what the receipts say, the
+    # ledger claimed
+    assert result.claimed == 3 * PRICE
+    assert f"the provider claimed {3 * PRICE} MIST from the escrow" in text
     assert "the ledger refused its escrow (FirewallDenied)" in text
     assert "the service its connection (CLOSE 11," in text
 
@@ -191,7 +192,7 @@ def test_without_websockets_the_step_says_which_extra(monkeypatch: pytest.Monkey
     demo.demo_dapp(tour, wait=0)
     assert lines and lines[-1].startswith("skipped: "), lines
     assert "The WebSocket carrier needs the 'ws' extra" in lines[-1]
-    assert "pip install 'dtp[ws]'" in lines[-1]
+    assert "pip install 'dtp-sui[ws]'" in lines[-1]
     assert lines[-1].endswith("; the rest of the demo goes on")
     assert tour.summary == ["dapp: skipped (the 'ws' extra is needed)"]
     assert threading.active_count() <= threads

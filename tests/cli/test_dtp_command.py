@@ -95,7 +95,7 @@ def test_demo_runs(capsys) -> None:  # type: ignore[no-untyped-def]
         wallet = re.search(r"a wallet-identified call: whoami -> (0x[0-9a-f]{64})", out)
         assert wallet is not None, out
         assert f"the wallet {wallet[1]} opened escrow" in out  # the page's own wallet
-        assert "the provider claimed 100 MIST from the escrow (read from the ledger)" in out
+        assert "the provider claimed 75 MIST from the escrow (read from the ledger)" in out
         assert "the ledger refused its escrow (FirewallDenied)" in out
         assert "dapp: a wallet-identified page (run by chromium) made three paid" in out
         assert (SHOTS / "demo-dapp.png").stat().st_mtime >= started - 1

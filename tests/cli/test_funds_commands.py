@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 
 import dtp
+from dtp._distribution import NAME as DISTRIBUTION
 from dtp.cli._funds import sui_text
+from dtp.errors import ObjectNotFound
 from dtp.identity._files import lock_exclusive
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, Sla
@@ -186,10 +188,12 @@ def place(tmp_path: Path, world: World) -> Place:
 def test_version(place: Place) -> None:
     code, out, err = place.run("--version", who="", ledger=False)
     assert (code, err) == (0, "")
-    assert out == f"dtp {metadata.version('dtp')}\n"
-    assert metadata.version("dtp") == dtp.__version__  # one version, pyproject reads it
+    # the version of the distribution installed, found by its name (dtp-sui)
+    assert out == f"dtp {metadata.version(DISTRIBUTION)}\n"
+    assert metadata.version(DISTRIBUTION) == dtp.__version__  # one version, pyproject reads it
     code, out, _ = place.run("version", who="", ledger=False)
-    assert code == 0 and out.startswith(f"dtp {dtp.__version__} (core backend: ")
+    assert code == 0
+    assert out.startswith(f"dtp {dtp.__version__} (distribution dtp-sui, core backend: ")
 
 
 # -- balance -------------------------------------------------------------------------------
@@ -488,20 +492,27 @@ class _ClientSettlesMeanwhile(LocalLedger):
     read the escrow, before its own settlement."""
 
     client: HostIdentity | None = None
+    delete = False
+    """And deletes the connection's objects once settled (docs/escrow.md §7)."""
 
     def get_escrow(self, escrow_id: str) -> Any:
         escrow = super().get_escrow(escrow_id)
         if self.client is not None:
             client, self.client = self.client, None
             super().settle(client, escrow.connection)
+            if self.delete:
+                self.destroy_connection(client, escrow.connection)
         return escrow
 
 
-def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("when", ["settled meanwhile", "deleted meanwhile", "deleted before"])
+def test_claim_settle_on_a_connection_its_client_settled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], when: str
 ) -> None:
-    """claim_and_settle finds it settled: the command says so, and the receipt is
-    written off and marked in the store."""
+    """The client settled the connection while ``dtp claim`` ran (claim_and_settle finds
+    it settled), and perhaps deleted it then or before the command (docs/escrow.md §7):
+    the command says it is settled with what its escrow paid (read from the settlement's
+    event once deleted), and the receipt is written off and marked in the store."""
     import argparse
 
     from dtp.cli._funds import _claim_from
@@ -518,11 +529,15 @@ def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
         assert receipts.keep(Receipt(ledger.receipt_scope(opened), 0, 2, 200, 1).sign(client))
     ledger.close_connection(client, opened)
     ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
-    ledger.client = client
+    if when == "deleted before":
+        ledger.settle(client, opened)
+        ledger.destroy_connection(client, opened)
+    else:
+        ledger.client, ledger.delete = client, when == "deleted meanwhile"
+    balance = ledger.balance(server.sui_address)
     args = argparse.Namespace(connection=opened, settle=True, json=True)
     assert _claim_from(args, ledger, server, store) == 0
-    said = json.loads(capsys.readouterr().out)
-    assert said == {
+    assert json.loads(capsys.readouterr().out) == {
         "connection": opened,
         "receipt_mist": 200,
         "claimed_mist": 0,
@@ -531,10 +546,17 @@ def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
         "already_claimed": False,
         "already_settled": True,
     }
-    escrow = ledger.get_escrow(ledger.get_connection(opened).escrow)
-    assert escrow.settled and escrow.refunded == DEPOSIT  # the client took it all back
+    if when == "settled meanwhile":
+        escrow = ledger.get_escrow(ledger.get_connection(opened).escrow)
+        assert escrow.settled and escrow.refunded == DEPOSIT  # the client took it all back
+    else:
+        with pytest.raises(ObjectNotFound):
+            ledger.get_connection(opened)
+    assert ledger.balance(server.sui_address) == balance
     with ReceiptStore(store) as receipts:
         assert list(receipts.unclaimed()) == []  # written off: no recovery tries again
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
     ledger.close()
 
 

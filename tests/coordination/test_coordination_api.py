@@ -15,6 +15,7 @@ import pytest
 
 from dtp.errors import DTPTimeoutError, FencedOut, InvalidArgument, LedgerUnavailable
 from dtp.identity.keys import HostIdentity
+from dtp.ledger._coordination import LeaseState, RegistryState
 from dtp.ledger.local import LocalLedger
 from dtp.messaging.coordination import (
     AsyncRegistry,
@@ -64,8 +65,10 @@ def test_the_local_deadline_is_the_sending_time_plus_the_lease_less_the_skew() -
 
 
 def test_a_watch_sees_an_expiry_only_once_the_ledger_clock_passes_it() -> None:
-    engine = WatchEngine("0x" + "01" * 32, None, "leader")
-    engine.expires_at_ms = 5_000
+    registry = "0x" + "01" * 32
+    engine = WatchEngine(registry, None, "leader")
+    lease = LeaseState("leader", b"a", "0x0", 1, 5_000)
+    engine.start(RegistryState(registry, 1, "0x0", (), leases={"leader": lease}), 4_000)
     assert engine.wait_slice(4_950, 0.2) == pytest.approx(0.05)
     assert engine.changes([], 4_999) == []
     (expired,) = engine.changes([], 5_000)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import dtp.payments._ends as ends_mod
+import dtp.payments._live_claims as live_claims_mod
 from dtp.daemon import _config as config_mod
 from dtp.daemon._config import load_config
 from dtp.daemon._runner import Daemon
@@ -335,6 +336,9 @@ def test_the_config_keys_and_their_defaults(tmp_path: Path) -> None:
     settings = load_config(path).daemon
     assert settings.gas_aware_ends is True
     assert settings.batch_window == config_mod.BATCH_WINDOW == ends_mod.BATCH_WINDOW
+    # (the claims while a connection lives: the library's defaults, repeated there)
+    assert settings.claim_age == config_mod.CLAIM_AGE == live_claims_mod.CLAIM_AGE
+    assert settings.claim_interval == config_mod.CLAIM_INTERVAL == live_claims_mod.CLAIM_INTERVAL
     path.write_text(base + "gas_aware_ends = false\nbatch_window = 0\n" + forward)
     settings = load_config(path).daemon
     assert settings.gas_aware_ends is False and settings.batch_window == 0

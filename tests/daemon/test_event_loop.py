@@ -1,5 +1,5 @@
 """The daemon's event loop (``[daemon] event_loop``, :mod:`dtp.eventloop`): uvloop when
-installed (``dtp[fast]``), asyncio's when asked for; the ready line says which. A
+installed (``dtp-sui[fast]``), asyncio's when asked for; the ready line says which. A
 provider on uvloop and a forwarder on asyncio carry a tunnel between them."""
 
 from __future__ import annotations

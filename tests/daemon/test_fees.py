@@ -29,19 +29,21 @@ import pytest
 
 import dtp.daemon._fees as fees_mod
 import dtp.daemon._udp_flows as udp_flows_mod
-from dtp.daemon._fees import ServerFees
+from dtp.daemon._fees import ServerFees, Settled
 from dtp.daemon._runner import Daemon
 from dtp.errors import DTPError, InvalidReceipt
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import ConnectionState, Sla
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._receipt_writer import ReceiptWriter
+from dtp.payments._refunder import collect_refund
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, until
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000
@@ -324,8 +326,45 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
         assert daemon.fees is not None
         await asyncio.to_thread(daemon.fees.writer.flush)
         await asyncio.sleep(0)  # (a callback, had one been posted before flush ended)
-        assert client.ledger.get_connection(cid).settled
+        assert is_settled(client.ledger, cid)
         assert row.fees_claimed == receipt.total_amount
         assert row.fees_earned == receipt.total_amount
 
     run_with_file_client(tmp_path, lambda backend: _udp_service(7000, backend), scenario)
+
+
+def test_a_connection_its_client_settled_and_deleted_ends_with_its_receipt_written_off(
+    tmp_path: Path,
+) -> None:
+    """The client settled alone once the half-close timeout passed and deleted the
+    connection's objects (docs/escrow.md §7, "Deletion") before the daemon's end came:
+    the end reads the settlement from its event, writes the receipt off and is done,
+    rather than failing on the missing object and leaving the receipt to every later
+    start."""
+    ledger, server, client, host_id, cid = _setup(tmp_path)
+    fees = ServerFees(ledger, server, host_id, tmp_path / "receipts.db")
+    terms = ConnectionTerms.from_ledger(ledger, cid)
+    balance = ledger.balance(server.sui_address)
+
+    async def run() -> Settled:
+        await fees.terms(cid, served=True)
+        kept: list[Receipt] = []
+        fees.accept(
+            terms, _receipt(client, ledger.receipt_scope(cid), 8192, 1).encode(), kept.append
+        )
+        ledger.close_connection(client, cid)
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        collect_refund(ledger, client, cid)
+        ledger.destroy_connection(client, cid)
+        return await fees.settle(cid)
+
+    settled = asyncio.run(run())
+    fees.close()
+    assert settled.done and (settled.claimed, settled.refunded) == (0, 0)
+    assert settled.port == 80
+    store = ReceiptStore(tmp_path / "receipts.db")
+    assert list(store.unclaimed()) == []  # (written off: no later start tries it again)
+    store.close()
+    assert ledger.balance(server.sui_address) == balance
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -31,6 +31,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.support.paid_twins import ident
+from tests.support.settlements import is_settled
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000
@@ -179,7 +180,7 @@ def test_an_unwrapped_claim_error_does_not_end_the_recovery(
     assert failed and failed[0].exc_info is not None and failed[0].exc_info[1] is error
     assert _unclaimed(path) == {first: fee(SLA, 40 * 1024, 0)}  # kept for the next start
     assert ledger.get_connection(first).state == ConnectionState.OPEN
-    assert ledger.get_connection(second).settled
+    assert is_settled(ledger, second)
     ledger.close()
 
 
@@ -207,7 +208,7 @@ def test_a_failed_settlement_leaves_everything_for_the_next_start(
         fees.close()
     assert first == Settled(0, 0) and not first.done
     assert ledger.get_escrow(escrow_id).claimed == 0
-    assert not ledger.get_connection(cid).settled
+    assert not is_settled(ledger, cid)
     assert _unclaimed(path) == {cid: receipt.total_amount}
 
     fees = ServerFees(ledger, SERVER, host_id, path)  # the next start
@@ -271,7 +272,7 @@ def test_a_settlement_outlasting_the_writer_still_settles_and_counts(
     finally:
         fees.store.close()
     assert settled == Settled(receipt.total_amount, DEPOSIT - receipt.total_amount)
-    assert ledger.get_connection(cid).settled
+    assert is_settled(ledger, cid)
     assert any("is not marked in the receipt store" in r.getMessage() for r in caplog.records)
     ledger.close()
 

@@ -15,6 +15,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
+from tests.support.settlements import settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=100)
 
@@ -40,7 +41,7 @@ def test_receipts_up_to_the_deposit_are_taken_whatever_the_cap(tmp_path: Path) -
     """The deposit was reserved on the cap at the open: a cap used up by it and lowered
     to nothing still lets every receipt up to the deposit be claimed."""
     ledger, server, client, host, cid = _world(tmp_path, 10_000)  # used up by the open
-    cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
+    cap = settled_escrow(ledger, cid).spending_cap
     ledger.set_max_per_epoch(client, cap, 0)
     terms = ConnectionTerms.from_ledger(ledger, cid)
     assert terms.deposited == 10_000

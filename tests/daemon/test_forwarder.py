@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
+import dtp.daemon._forwarder
 from dtp.daemon._config import Backend, ForwardConfig
 from dtp.daemon._forwarder import Forwarder
 from dtp.daemon._state import StatusBook
@@ -67,7 +68,7 @@ def test_an_unexpected_error_opening_the_connection_closes_the_client(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("filedescriptor out of range in select()")
 
-    monkeypatch.setattr(dtp.aio, "open_connection", broken)
+    monkeypatch.setattr(dtp.daemon._forwarder, "connect_forward", broken)
     ledger = LocalLedger(tmp_path / "ledger.sqlite")
     book = StatusBook(tmp_path)
     config = ForwardConfig(
@@ -252,7 +253,7 @@ def test_a_connection_opened_as_the_forwarder_retires_closes_after_its_tunnel(
     """A reload retires the forwarder while a local client's connection is being opened:
     the new connection is retired with it, and closes after its tunnel ends (not kept
     open by keepalives, Open on the ledger with its deposit)."""
-    real = dtp.aio.open_connection
+    real = dtp.daemon._forwarder.connect_forward
     entered, gate = asyncio.Event(), asyncio.Event()
 
     async def gated(*args: Any, **kwargs: Any) -> Any:
@@ -260,7 +261,7 @@ def test_a_connection_opened_as_the_forwarder_retires_closes_after_its_tunnel(
         await gate.wait()
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(dtp.aio, "open_connection", gated)
+    monkeypatch.setattr(dtp.daemon._forwarder, "connect_forward", gated)
 
     async def run() -> None:
         host = _Host()
@@ -303,7 +304,7 @@ def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
         await asyncio.sleep(0.2)
         raise ChainError("ledger RPC timed out")
 
-    monkeypatch.setattr(dtp.aio, "open_connection", failing)
+    monkeypatch.setattr(dtp.daemon._forwarder, "connect_forward", failing)
     # (a short first backoff keeps the test short)
     monkeypatch.setattr("dtp.daemon._outage.OPEN_BACKOFF_FIRST", 0.3)
 

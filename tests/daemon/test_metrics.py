@@ -162,7 +162,7 @@ def test_metrics_without_prometheus_client_name_the_extra(tmp_path: Path) -> Non
     )
     assert done.returncode == 2, done.stderr
     assert "daemon.metrics_listen" in done.stderr
-    assert "pip install 'dtp[metrics]'" in done.stderr
+    assert "pip install 'dtp-sui[metrics]'" in done.stderr
     assert not (tmp_path / "state").exists()
     assert not (tmp_path / "k.key").exists()
     assert not (tmp_path / "l.sqlite").exists()

@@ -32,6 +32,7 @@ from dtp.ledger.sui import _client as sui_client
 from dtp.ledger.sui import _ledger as sui_core
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, through, tunnel, until
+from tests.support.settlements import settled_escrow
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000
@@ -312,7 +313,7 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
                 row = daemon.book.service("svc")
                 await until(lambda: row.refunded == 2 * DEPOSIT, "both refunds")
                 for cid in (first, second):
-                    escrow = client.ledger.get_escrow(client.ledger.get_connection(cid).escrow)
+                    escrow = settled_escrow(client.ledger, cid)
                     assert escrow.settled and escrow.refunded == DEPOSIT
             finally:
                 client.close()
@@ -392,7 +393,13 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
                 writers = [(await client.connect(cid))[1] for cid in cids]
                 me = daemon.identity
                 pool = await asyncio.to_thread(
-                    spender.create_sponsor_pool, me, daemon.host_id, 7000, 1000, max_pledge=10**9
+                    spender.create_sponsor_pool,
+                    me,
+                    daemon.host_id,
+                    7000,
+                    1000,
+                    max_pledge=10**9,
+                    lanes=1,  # (one funding transaction: it spends all but the budget)
                 )
                 left = await asyncio.to_thread(spender.gas_balance, me.sui_address)
                 await asyncio.to_thread(spender.fund_sponsor_pool, me, pool, left - budget - 1)

@@ -92,6 +92,19 @@ def test_a_tunnel_resets_the_backoff_an_open_alone_does_not() -> None:
     assert backoff.failed(3.0, ChainError("x")) == OPEN_BACKOFF_FIRST
 
 
+def test_a_failure_that_says_what_the_last_said_is_a_repeat() -> None:
+    """A held connection refused again, a deposit still on its way back: the forwarder
+    logs such a failure once, as it begins."""
+    backoff = OpenBackoff()
+    refused = TunnelError("cannot connect to dtp://0x1:80: refused")
+    assert not backoff.repeats(refused)  # (nothing failed yet)
+    backoff.failed(0.0, refused, spent=True)
+    assert backoff.repeats(TunnelError("cannot connect to dtp://0x1:80: refused"))
+    assert not backoff.repeats(TunnelError("cannot connect to dtp://0x1:80: limit"))
+    backoff.tunnel_opened()
+    assert not backoff.repeats(refused)
+
+
 def test_an_outage_begins_and_ends_once() -> None:
     """The first probe that finds the target silent begins the outage (logged once), the
     following ones do not; the first that reaches it ends it."""

@@ -33,6 +33,7 @@ from tests.support.daemon_procs import (
     wait_until,
     write_forwarder,
 )
+from tests.support.settlements import is_settled, settled_escrow
 
 DEPOSIT = 1_000_000
 
@@ -81,7 +82,7 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
                 assert value(samples, "dtp_refunds_waiting") == 1
                 assert value(samples, "dtp_refunds_settled_total") == 0
                 assert forwarder.stop() == 0  # before the ten minutes are over
-            assert not ledger.get_connection(cid).settled
+            assert not is_settled(ledger, cid)
             book = OpenedBook(tmp_path / "forwarder-state" / CONNECTIONS_FILE)
             try:
                 assert [e.connection_id for e in book.entries()] == [cid]
@@ -92,7 +93,7 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
             again = daemon(config)  # no command: the start does it
             with running(again):
                 wait_until(
-                    lambda: ledger.get_connection(cid).settled,
+                    lambda: is_settled(ledger, cid),
                     timeout=30,
                     what="the settlement after the restart",
                 )
@@ -107,7 +108,7 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
                 assert value(samples, "dtp_refunds_waiting") == 0
                 assert value(samples, "dtp_refunds_skipped_total") == 0
                 assert again.stop() == 0
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        escrow = settled_escrow(ledger, cid)
         assert (escrow.claimed, escrow.refunded, escrow.balance) == (0, DEPOSIT, 0)
         # (the faucet of each start tops the balance up: the escrow's refund says it)
         assert "deposit refunded" in again.log()

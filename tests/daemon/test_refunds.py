@@ -22,10 +22,12 @@ import pytest
 
 from dtp.daemon._refunds import Refunds
 from dtp.daemon._state import CONNECTIONS_FILE
+from dtp.errors import ObjectNotFound
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._refund_book import OpenedBook
 from tests.support.paid_inprocess import ident
+from tests.support.settlements import is_settled, settlement
 
 SERVER, CLIENT = ident(0x54), ident(0x55)
 SLA = Sla(10, 5, 1000)
@@ -85,12 +87,13 @@ def test_a_connection_nobody_settled_is_refunded_once_its_timeout_passed(
         assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
         ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS - 2_000)
         assert look(refunds) == 2.0  # the deadline comes before the interval
-        assert not ledger.get_connection(cid).settled
+        assert not is_settled(ledger, cid)
         assert ledger.balance(CLIENT.sui_address) == FUNDS - DEPOSIT
         ledger.advance_clock(2_000)
         look(refunds)
-        tc = ledger.get_connection(cid)
-        assert tc.settled and ledger.get_escrow(tc.escrow).refunded == DEPOSIT
+        # settled and deleted in one transaction (docs/escrow.md §7.1)
+        done = settlement(ledger, cid)
+        assert done is not None and done.deleted and done.refunded == DEPOSIT
         assert ledger.balance(CLIENT.sui_address) == FUNDS
         assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)
         assert refunds.book.entries() == []
@@ -98,7 +101,7 @@ def test_a_connection_nobody_settled_is_refunded_once_its_timeout_passed(
         refunds.close()
 
 
-def test_one_the_provider_settled_is_forgotten_without_a_transaction(
+def test_one_the_provider_settled_is_deleted_and_forgotten(
     tmp_path: Path, ledger: LocalLedger, host: str
 ) -> None:
     refunds = Refunds(ledger, CLIENT, tmp_path)
@@ -107,11 +110,16 @@ def test_one_the_provider_settled_is_forgotten_without_a_transaction(
         cap, cid = open_one(ledger, host)
         attempt(cap, cid)
         ledger.settle(SERVER, cid)  # the provider closes and settles as the link ends
+        escrow = ledger.get_connection(cid).escrow
+        held = ledger.balance(CLIENT.sui_address)
         attempt.release()
-        version = ledger.get_connection(cid).version
         look(refunds)
         assert refunds.book.entries() == []
-        assert ledger.get_connection(cid).version == version  # nothing sent
+        # nothing to refund, but its objects' storage is the client's: deleted
+        for gone in (cid, escrow):
+            with pytest.raises(ObjectNotFound):
+                ledger.get_object(gone)
+        assert ledger.balance(CLIENT.sui_address) == held
         assert refunds.settled == 0
     finally:
         refunds.close()
@@ -137,7 +145,7 @@ def test_an_open_recorded_before_it_landed_is_found_by_its_cap(
         assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
         ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
         look(refunds)
-        assert ledger.get_connection(cid).settled
+        assert is_settled(ledger, cid)
         assert refunds.book.entries() == []
         assert ledger.balance(CLIENT.sui_address) == FUNDS
     finally:
@@ -155,8 +163,10 @@ def test_a_restart_settles_what_the_previous_run_left(
     ended, killed = first.attempt("svc"), first.attempt("svc")
     cap1, cid1 = open_one(ledger, host)
     ended(cap1, cid1)
+    ended.served()
     cap2, cid2 = open_one(ledger, host)
     killed(cap2, cid2)
+    killed.served()  # (both links' connects succeeded: never to be connected on again)
     ledger.close_connection(CLIENT, cid1)  # its watcher's half-close
     ended.release()
     first.close()  # (killed: nothing more of it)
@@ -166,10 +176,10 @@ def test_a_restart_settles_what_the_previous_run_left(
         look(second)  # the start's look: the Open one is half-closed now
         assert ledger.get_connection(cid2).state == ConnectionState.HALF_CLOSED
         ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
-        assert not ledger.get_connection(cid2).settled
+        assert not is_settled(ledger, cid2)
         look(second)
-        assert ledger.get_connection(cid1).settled
-        assert ledger.get_connection(cid2).settled
+        assert is_settled(ledger, cid1)
+        assert is_settled(ledger, cid2)
         assert (second.settled, second.refunded) == (2, 2 * DEPOSIT)
         assert ledger.balance(CLIENT.sui_address) == FUNDS
         assert second.book.entries() == []
@@ -266,7 +276,7 @@ def test_a_look_cancelled_as_it_settles_still_says_so(
 
         with caplog.at_level(logging.INFO, logger="dtp.daemon._refunds"):
             asyncio.run(stop_mid_look())
-        assert ledger.get_connection(cid).settled
+        assert is_settled(ledger, cid)
         assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)
         assert any("deposit refunded" in r.getMessage() for r in caplog.records)
     finally:

@@ -135,13 +135,17 @@ def test_a_drain_closes_a_connection_admitted_as_it_began(
     real_terms = ServerFees.terms
 
     async def slow_terms(
-        self: ServerFees, connection_id: str, admitted: Admitted | None = None
+        self: ServerFees,
+        connection_id: str,
+        admitted: Admitted | None = None,
+        *,
+        served: bool = False,
     ) -> ConnectionTerms:
         reading.set()
         # held until the drain is under way (a ledger read, where the admission kept no
         # view; the firewall's first read: the handler's awaits before it registers)
         await go_on.wait()
-        return await real_terms(self, connection_id, admitted)
+        return await real_terms(self, connection_id, admitted, served=served)
 
     monkeypatch.setattr(ServerFees, "terms", slow_terms)
 
@@ -242,12 +246,16 @@ def test_a_connection_whose_terms_cannot_be_read_is_settled(
     real_terms = ServerFees.terms
 
     async def flaky_terms(
-        self: ServerFees, connection_id: str, admitted: Admitted | None = None
+        self: ServerFees,
+        connection_id: str,
+        admitted: Admitted | None = None,
+        *,
+        served: bool = False,
     ) -> ConnectionTerms:
         if not failed:
             failed.append(connection_id)
             raise ChainError("ledger RPC timed out")
-        return await real_terms(self, connection_id, admitted)
+        return await real_terms(self, connection_id, admitted, served=served)
 
     monkeypatch.setattr(ServerFees, "terms", flaky_terms)
 

@@ -68,6 +68,7 @@ from tests.daemon.inproc import (
     until,
     write_config,
 )
+from tests.support.settlements import is_settled
 
 
 def _paid(port: int, backend: int, extra: str = "") -> str:
@@ -203,12 +204,12 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
         real_terms = ServerFees.terms
 
         async def flaky_terms(
-            self: ServerFees, connection_id: str, admitted: Any = None
+            self: ServerFees, connection_id: str, admitted: Any = None, *, served: bool = False
         ) -> ConnectionTerms:
             if failed_terms == ["armed"]:
                 failed_terms[0] = connection_id
                 raise ChainError("ledger RPC timed out")
-            return await real_terms(self, connection_id, admitted)
+            return await real_terms(self, connection_id, admitted, served=served)
 
         monkeypatch.setattr(ServerFees, "terms", flaky_terms)
 
@@ -514,12 +515,12 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
         await until(lambda: attempts, "a retry made")
         await asyncio.wait(set(attempts))
         # the retry left the connection served alone: still Open on the ledger
-        assert not client.ledger.get_connection(cid).settled
+        assert not is_settled(client.ledger, cid)
         row = daemon.book.service("svc7000")
         assert row.refunded == 0
         host._served.release(cid)  # the connection served ends
         await until(lambda: row.refunded, "settled by a later retry")
-        assert client.ledger.get_connection(cid).settled
+        assert is_settled(client.ledger, cid)
         assert row.refunded == DEPOSIT
 
     run_with_file_client(tmp_path, lambda b: service(7000, b), scenario)
@@ -561,7 +562,7 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
         let_go.set()  # the write lands: its "kept" callback runs
         await asyncio.to_thread(daemon.fees.writer.flush)
         await asyncio.sleep(0)  # (the callback, posted to the loop before flush ended)
-        assert client.ledger.get_connection(cid).settled
+        assert is_settled(client.ledger, cid)
         assert row.fees_claimed == receipt.total_amount
         assert row.fees_earned == receipt.total_amount
 

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from dtp.daemon import _web
 from dtp.daemon._control import unix_get
-from dtp.daemon._web import MAX_HEAD, StatusEndpoint
+from dtp.daemon._web import MAX_HEAD, MAX_STOP_WATCHERS, StatusEndpoint
 from dtp.errors import MissingExtra
 
 STATUS = {"live": True, "services": {"svc": {"bytes_in": 5}}}
@@ -70,6 +71,40 @@ def test_get_head_and_what_is_refused() -> None:
         page = await _raw(address, b"GET / HTTP/1.1\r\n\r\n")
         assert b"Content-Security-Policy: default-src 'none'" in page
         assert endpoint.requests == 7
+
+    _run(test)
+
+
+def test_requests_for_the_stop_get_the_status_as_the_daemon_stops() -> None:
+    # what the status page keeps open, so that it shows a stopped daemon's last figures
+    async def test(endpoint: StatusEndpoint, address: tuple[str, int]) -> None:
+        request = b"GET /stopped.json HTTP/1.1\r\n\r\n"
+        waiting = [asyncio.ensure_future(_raw(address, request)) for _ in range(MAX_STOP_WATCHERS)]
+        while endpoint.stop_watchers < MAX_STOP_WATCHERS:
+            await asyncio.sleep(0.01)
+        assert (await _raw(address, request)).startswith(b"HTTP/1.1 503")  # (one too many)
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiting)
+        await endpoint.close()
+        for answer in await asyncio.gather(*waiting):
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            final = json.loads(body)
+            assert final.pop("live") is False and final.pop("stopped") > 0
+            assert final == {k: v for k, v in STATUS.items() if k != "live"}
+        assert STATUS["live"] is True  # (the live status itself is left as it was)
+        assert endpoint.stop_watchers == 0
+
+    _run(test)
+
+
+def test_a_request_for_the_stop_is_answered_204_after_its_wait(monkeypatch: Any) -> None:
+    monkeypatch.setattr(_web, "STOP_WAIT", 0.05)
+
+    async def test(endpoint: StatusEndpoint, address: tuple[str, int]) -> None:
+        answer = await _raw(address, b"GET /stopped.json HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 204") and answer.endswith(b"\r\n\r\n")
+        assert endpoint.stop_watchers == 0
 
     _run(test)
 
@@ -148,7 +183,7 @@ def test_metrics_without_their_client_say_which_extra() -> None:
         try:
             answer = await _raw(address, b"GET /metrics HTTP/1.1\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 404")
-            assert answer.endswith(b"pip install 'dtp[metrics]'\n")
+            assert answer.endswith(b"pip install 'dtp-sui[metrics]'\n")
         finally:
             await endpoint.close()
 

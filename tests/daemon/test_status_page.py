@@ -2,8 +2,10 @@
 installed by scripts/bootstrap.sh) loads ``/`` from a provider daemon's metrics address
 while traffic flows through it, and the page shows the service live -- its connection,
 its bytes growing, its backend up, the ledger healthy, the charts drawn -- with nothing
-loaded from elsewhere. Its screenshots go into the test log (the files' paths, under
-build/screenshots/)."""
+loaded from elsewhere. Once the daemons are gone the pages turn offline with nothing
+that looks live: a stopped daemon's page shows the figures it saved as it stopped, a
+killed one's its last, marked as such. Its screenshots go into the test log (the
+files' paths, under build/screenshots/)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.metrics_scrape import metered_pair, streaming
-from tests.daemon.tunnel_setup import PAID, Setup, service
+from tests.daemon.tunnel_setup import PAID, Setup, service, svc_row
 from tests.support.browser import Chromium, Page, need_chromium
 from tests.support.daemon_procs import wait_until
 from tests.support.paths import ROOT
@@ -75,9 +77,58 @@ def test_the_status_page_shows_a_live_service(setup: Setup, browser: Chromium) -
             == "ok"
         )
         _shot(client, f"forwarder-{'sui' if setup.node else 'local'}")
-    # the daemon gone, the page says so rather than showing stale figures as live
+    # the daemons gone, the pages say so: nothing on them looks live, the stopped one's
+    # figures are those it saved as it stopped (its drain's settlement claimed what the
+    # last poll showed owed), the killed one's its last, marked as such
     with Chromium() as again:
         page = again.new_page()
         page.goto(f"http://{pair.provider_metrics}/", ready=LIVE)
+        client = again.new_page()
+        client.goto(f"http://{pair.forwarder_metrics}/", ready=LIVE)
+        page.wait_for(f"Number(document.querySelector('{card}').dataset.feesOwed) > 0")
+        assert page.evaluate(f"document.querySelector('{card}').dataset.feesClaimed") == "0"
         pair.provider.stop()
-        page.wait_for("document.body.dataset.state === 'offline'", timeout=30)
+        page.wait_for("document.body.dataset.figures === 'saved'", timeout=30)
+        saved = svc_row(setup, state="daemon-state")
+        assert saved["fees_claimed"] > 0
+        shown = page.evaluate(f"({{...document.querySelector('{card}').dataset}})")
+        assert int(shown["feesClaimed"]) == saved["fees_claimed"]
+        assert int(shown["feesEarned"]) == saved["fees_earned"]
+        assert nothing_live(page, "Stopped")
+        _shot(page, f"provider-stopped-{'sui' if setup.node else 'local'}")
+        pair.forwarder.kill()  # (no last word from it)
+        client.wait_for("document.body.dataset.figures === 'last-known'", timeout=30)
+        assert nothing_live(client, "Offline")
+        paid = client.evaluate("document.querySelector('[data-forward=\"svc\"]').innerText")
+        assert "offline: last known figures, from" in paid and "paid" in paid, paid
+
+
+def nothing_live(page: Page, banner: str) -> bool:
+    """The page says, in its banner, that it is ``banner`` (stopped, offline), and shows
+    nothing that looks live: no coloured badge, no badge that says serving, ok or up,
+    no backend up, no figure or chart legend of what is open or flowing now, every card
+    marked with the time its figures are from."""
+    state = page.evaluate(
+        """(() => {
+        const badges = [...document.querySelectorAll('.badge')];
+        const figures = [...document.querySelectorAll('.fig')].map(f => f.innerText);
+        return {
+          state: document.body.dataset.state,
+          banner: document.getElementById('banner').hidden ? '' :
+            document.getElementById('banner').innerText,
+          coloured: badges.filter(b => /\b(ok|bad|warn)\b/.test(b.className)).length,
+          said: badges.map(b => b.textContent),
+          up: document.querySelectorAll('.dot.up, .dot.down, [data-up="up"]').length,
+          now: figures.filter(f => /open|throughput|flows/.test(f) && !f.startsWith('\u2013'))
+            .concat([...document.querySelectorAll('.chart .t')].map(t => t.innerText)
+              .filter(t => /\bnow\b/.test(t))),
+          cards: document.querySelectorAll('section.card').length,
+          marked: document.querySelectorAll('section.card .asof').length,
+        };
+        })()"""
+    )
+    assert state["state"] == "offline" and state["banner"].startswith(banner), state
+    assert state["coloured"] == 0 and state["up"] == 0 and state["now"] == [], state
+    assert not {"serving", "ok", "target up", "no backend"} & set(state["said"]), state
+    assert state["cards"] > 0 and state["marked"] == state["cards"], state
+    return True

@@ -180,7 +180,7 @@ def serve_free(
     class Fees:
         # (ServerFees.terms' signature: the handler passes what the admission read)
         async def terms(
-            self, connection_id: str, admitted: Admitted | None = None
+            self, connection_id: str, admitted: Admitted | None = None, *, served: bool = False
         ) -> ConnectionTerms:
             return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000, TEST_PACKAGE)
 

@@ -19,7 +19,7 @@ import pytest
 from dtp.daemon._tunnel import CUT_DELIVERY
 from dtp.eventloop import uvloop_installed
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import Escrow
+from dtp.ledger._objects import Escrow, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.receipt import Receipt, fee
 from dtp.payments.receipt_store import ReceiptStore
@@ -32,6 +32,7 @@ from tests.support.daemon_procs import (
     running,
     write_forwarder,
 )
+from tests.support.settlements import settled_escrow
 
 ClientRun = Callable[[socket.socket], Any]
 
@@ -153,7 +154,8 @@ def _cut_transfer(
         ]
         assert len(opened) == 1
         cid = opened[0]["connection"]
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        sla = Sla(**opened[0]["sla"])  # (the connection's terms, from its open)
+        escrow = settled_escrow(ledger, cid)
     finally:
         ledger.close()
     with ReceiptStore(tmp_path / "daemon-state" / "receipts.sqlite") as store:
@@ -162,7 +164,7 @@ def _cut_transfer(
     final = stored.receipt
     assert final.total_requests == 1
     # the deposit is used to the byte: one more would not be covered
-    assert final.total_amount <= 10000 < fee(escrow.sla, final.total_bytes + 1, 1)
+    assert final.total_amount <= 10000 < fee(sla, final.total_bytes + 1, 1)
     # the provider claimed what the receipt covers, and the client got the rest back
     assert escrow.claimed == final.total_amount
     assert escrow.refunded == escrow.deposited - final.total_amount
@@ -298,7 +300,7 @@ def test_the_provider_claims_every_cut_connections_final_receipt(tmp_path: Path,
         client_address = HostIdentity.load(tmp_path / "client.key").sui_address
         events, _ = ledger.events()
         escrows = [
-            ledger.get_escrow(ledger.get_connection(e.fields["connection"]).escrow)
+            settled_escrow(ledger, e.fields["connection"])
             for e in events
             if e.name == "ConnectionOpened" and e.fields["client"] == client_address
         ]

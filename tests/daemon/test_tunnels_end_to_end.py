@@ -28,6 +28,7 @@ from tests.daemon.tunnel_setup import (
     svc_row,
 )
 from tests.support.daemon_procs import wait_until
+from tests.support.settlements import settled_escrow
 
 
 def test_large_transfer_integrity_and_status(setup: Setup) -> None:
@@ -213,7 +214,7 @@ def test_paid_service_fees_survive_a_daemon_crash(setup: Setup) -> None:
     wait_until(lambda: ledger.balance(setup.provider.sui_address) > provider_before)
     gained = ledger.balance(setup.provider.sui_address) - provider_before
     assert gained == receipt.total_amount
-    escrow = ledger.get_escrow(ledger.get_connection(receipt.connection_id).escrow)
+    escrow = settled_escrow(ledger, receipt.connection_id)
     assert escrow.claimed == receipt.total_amount
     claimed = receipt.total_amount
     row = wait_until(lambda: svc_row(setup)["fees_claimed"] == claimed and svc_row(setup))
@@ -406,8 +407,7 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
         == receipt.total_amount
         == (28 * datagrams * 4 + 1023) // 1024 + 2 * datagrams
     )
-    tc = ledger.get_connection(receipt.connection_id)
-    escrow = ledger.get_escrow(tc.escrow)
+    escrow = settled_escrow(ledger, receipt.connection_id)  # (deleted once settled)
     assert escrow.settled and escrow.claimed == receipt.total_amount
     assert escrow.refunded == escrow.deposited - receipt.total_amount
     f.stop()

@@ -36,6 +36,7 @@ from tests.daemon import test_two_machines as two
 from tests.daemon.test_two_machines import DEPOSIT, SLA, log_lines, post, row, rpc, start_on_sui
 from tests.support.daemon_procs import daemon, wait_until
 from tests.support.netns import TwoMachines
+from tests.support.settlements import is_settled, settled_escrow
 from tests.support.sui_network import SuiNetwork
 from tests.support.sui_proxies import Relay
 
@@ -103,11 +104,11 @@ def test_a_provider_outage_locks_at_most_one_deposit_and_every_deposit_comes_bac
 
     network.advance_clock(HALF_CLOSE_TIMEOUT_MS)  # the outage's ten minutes
     wait_until(
-        lambda: reader.get_connection(first).settled,
+        lambda: is_settled(reader, first),
         timeout=20,
         what="the forwarder's own settlement",
     )
-    escrow = reader.get_escrow(reader.get_connection(first).escrow)
+    escrow = settled_escrow(reader, first)
     # the provider died before claiming: the whole deposit came back to the client
     assert (escrow.claimed, escrow.refunded, escrow.balance) == (0, DEPOSIT, 0)
     # (logged once the settlement's effects are back: a moment after the node shows it)
@@ -122,22 +123,21 @@ def test_a_provider_outage_locks_at_most_one_deposit_and_every_deposit_comes_bac
     )
     assert "target reachable again" in pair.forwarder.log()
     assert pair.forwarder.stop() == 0
+    # (read from their events: the forwarder deletes a settled connection's objects)
+    opened, _ = reader.events(None, EventFilter(type="ConnectionOpened", object_id=forwarder))
+    cids = [str(e["connection"]) for e in opened if e["client"] == forwarder]
+    assert len(cids) == 2
     wait_until(
-        lambda: all(
-            reader.get_connection(r.connection.id).settled
-            for r in find_connections(reader, client=forwarder, settled=True).reports
-        ),
+        lambda: all(is_settled(reader, cid) for cid in cids),
         timeout=20,
         what="the provider's settlement of the second connection",
     )
     assert provider.stop() == 0
     # every deposit the forwarder put in escrow is out again: refunded, or paid for
     # what the receipts signed
-    scan = find_connections(reader, client=forwarder, settled=True)
-    assert scan.complete and len(scan.reports) == 2
-    for report in scan.reports:
-        held = report.escrow
+    for cid in cids:
+        held = settled_escrow(reader, cid)
         assert held.settled and held.balance == 0
         assert held.claimed + held.refunded == held.deposited == DEPOSIT
-    second = next(r.escrow for r in scan.reports if r.connection.id != first)
+    second = next(settled_escrow(reader, cid) for cid in cids if cid != first)
     assert 0 < second.claimed <= fee(SLA, 1 << 20, 1)

@@ -31,6 +31,7 @@ from dtp.payments.receipts import fee
 from tests.daemon.tunnel_setup import Setup, conserved, ledger_connections, status
 from tests.support.daemon_procs import Proc, wait_until
 from tests.support.polling import wait_for
+from tests.support.settlements import settled_escrow
 from tests.support.udp_backends import EchoBackend
 
 PRICED = "price_per_request = 1\nprice_per_kib = 1\nmin_deposit = 100000"
@@ -116,7 +117,7 @@ def test_a_stop_right_after_traffic_claims_every_datagram(
     assert served["fees_claimed"] == served["fees_earned"] == owed, served
     ledger = setup.ledger()
     (connection,) = ledger_connections(ledger, setup)
-    escrow = ledger.get_escrow(ledger.get_connection(connection).escrow)
+    escrow = settled_escrow(ledger, connection)
     assert escrow.settled and escrow.claimed == owed
     assert escrow.refunded == escrow.deposited - owed
     # what the client's side signed for is what the server claimed

@@ -7,8 +7,6 @@ paths, under build/screenshots/)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from bench import gun_peer
-from dtp.errors import DTPError
-from dtp.graph import Graph, connect
+from dtp.graph import Graph
 from dtp.graph.values import link_soul
 from tests.support.browser import Chromium, Page, need, need_chromium
+from tests.support.graph_sync import following
 from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
@@ -42,19 +40,8 @@ def endpoint(tmp_path: Path) -> Iterator[gun_peer.EndpointProcess]:
 @pytest.fixture
 def python_peer(endpoint: gun_peer.EndpointProcess) -> Iterator[Graph]:
     """A graph in this process, synced live with the endpoint's over DTP."""
-    graph = Graph(None)
-    host, port = endpoint.info["sync"]
-    key = bytes.fromhex(endpoint.info["key"])
-
-    def follow() -> None:
-        with contextlib.suppress(DTPError, OSError):
-            connect(graph, (host, port), server_key=key, until_synced=False, timeout=20)
-
-    thread = threading.Thread(target=follow, daemon=True)
-    thread.start()
-    yield graph
-    graph.close()  # (the live session ends within a tick)
-    thread.join(10)
+    with following(endpoint.info) as graph:
+        yield graph
 
 
 def _messages(graph: Graph) -> dict[str, dict[str, object]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.graph import Graph, link, sea
+from dtp.graph import Graph, link, namespace, sea
 from dtp.graph.gun import GunServerThread, serve_in_thread
 from dtp.graph.gun._relay import GunRelay
 from dtp.identity.keys import HostIdentity
@@ -345,14 +345,45 @@ def test_peers_beyond_the_cap_are_turned_away(graph: Graph) -> None:
         assert first.put({"x": node("x", {"a": 1}, NOW)})["ok"]
 
 
-def test_user_space_of_dtp_is_not_served(server: GunServerThread) -> None:
-    me = HostIdentity.generate()
+def test_a_dtp_user_space_travels_as_its_gun_string(server: GunServerThread) -> None:
+    """Served as its ``dtp/s1:`` string (answers and live updates); a peer's string is
+    stored as the envelope it spells once the owner's signature verifies; forgeries
+    are refused with the reason a sync peer's would be counted under."""
+    me, mallory = HostIdentity.generate(), HostIdentity.generate()
     g = server.server.graph
     g.identity = me
-    soul = f"~{me.sui_address}/notes"
+    soul = namespace.user_soul(me, "notes")
     g.put(soul, {"a": 1})
-    with GunWireClient(server.url) as peer:
-        assert "put" not in peer.get(soul)
+    ((_, state, stored),) = g.stored_node(soul)
+    with GunWireClient(server.url) as peer, GunWireClient(server.url) as watcher:
+        served = peer.get(soul)["put"][soul]
+        assert served["a"] == namespace.to_wire(stored) and served["a"].startswith("dtp/s1:")
+        assert served["_"][">"]["a"] == state
+        watcher.get(soul)
+        # the owner's signed field, as a Gun peer sends it
+        at = NOW - 5
+        text = namespace.to_wire(namespace.seal(me, soul.encode(), b"b", at, b'"hi"'))
+        assert peer.put({soul: node(soul, {"b": text}, at)})["ok"]
+        assert g.get_field(soul, "b") == "hi"
+        assert namespace.from_wire(text) == g.stored_node(soul)[1][2]
+        live = watcher.wait_for(lambda m: "b" in m.get("put", {}).get(soul, {}))
+        assert live["put"][soul]["b"] == text
+        signed_by_mallory = namespace.to_wire(
+            namespace.seal(mallory, namespace.user_soul(mallory, "x").encode(), b"c", at, b"1")
+        )
+        for value, at_, reason in [
+            (text, at + 1, "bad_signature"),  # moved to another state
+            ("hi", at, "unsigned"),
+            (text[:-3] + 'ho"', at, "bad_signature"),
+            (text[:-4] + "1.0", at, "unsigned"),  # no Gun text: one spelling only
+            (signed_by_mallory, at, "wrong_key"),
+        ]:
+            err = peer.put({soul: node(soul, {"c": value}, at_)})["err"]
+            assert f"dtp user space: only its owner's Ed25519 key signs there ({reason};" in err
+        assert g.get_field(soul, "c") is None and g.state_of(soul, "c") is None
+    # a value a format-1 file kept (no Gun text) has no Gun string: it is not served
+    assert namespace.to_wire(stored[:96] + b"1.0") is None
+    assert namespace.to_wire(stored[:95]) is None
 
 
 def test_js_numbers_on_the_wire() -> None:

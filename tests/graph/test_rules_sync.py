@@ -267,3 +267,70 @@ def test_a_refused_is_read_and_a_second_final_is_an_error() -> None:
     assert session.peer_report_final
     with pytest.raises(GraphSyncError):
         session.receive_data(frame([REFUSED, 0, [], True]))
+
+
+def _sync(graph: Graph, served: Graph, identity: HostIdentity) -> SyncSession:
+    with GraphServer(served, ("127.0.0.1", 0), identity) as server:
+        return connect(graph, server.address, server_key=server.noise_public_key, timeout=10)
+
+
+def test_a_peer_is_told_of_a_refused_version_once(tmp_path: Path) -> None:
+    """The client pushes its refused value at every session (the tables differ); the
+    server describes it once per version and peer, remembered in its file."""
+    identity = HostIdentity.generate()
+    served = Graph(tmp_path / "server.db")
+    served.rules.add("short", short, prefix="tags/")
+    client = Graph(tmp_path / "client.db")
+    client.put("tags/1", {"a": "much too long"})
+    first = _sync(client, served, identity)
+    assert [(r.soul, r.field, r.rule) for r in first.peer_refusals] == [("tags/1", "a", "short")]
+    second = _sync(client, served, identity)
+    assert second.synced and second.peer_report_final
+    assert list(second.peer_refusals) == [] and second.stats["refused_by_peer"] == 0
+    assert client.stats["refused_by_peers"] == 1
+    # refused each time all the same, and counted so
+    assert served.stats["refused_by_rule"] == {"short": 2} and "tags/1" not in served
+
+    served.close()  # a restart: the file remembers what was told
+    served = Graph(tmp_path / "server.db")
+    served.rules.add("short", short, prefix="tags/")
+    third = _sync(client, served, identity)
+    assert third.peer_report_final and list(third.peer_refusals) == []
+    assert served.stats["refused_by_rule"] == {"short": 1}
+
+    # a newer version of the field is another refusal, told
+    state = client.put("tags/1", {"a": "longer still, and newer"})
+    fourth = _sync(client, served, identity)
+    assert [(r.field, r.state) for r in fourth.peer_refusals] == [("a", state)]
+    assert list(_sync(client, served, identity).peer_refusals) == []
+    # and another peer sending the same version is told too
+    other = Graph()
+    for batch in client.export():
+        other.merge(batch)
+    assert [(r.field, r.state) for r in _sync(other, served, identity).peer_refusals] == [
+        ("a", state)
+    ]
+    assert client.stats["refused_by_peers"] == 2
+    served.close()
+    client.close()
+
+
+def test_the_wire_says_nothing_of_what_the_peer_was_told() -> None:
+    """A peer (known by the replica id of its HELLO) sending again what was refused is
+    sent a final REFUSED that counts none of it; under another replica id it is told."""
+    served = Graph()
+    served.rules.add("short", short, prefix="tags/")
+    told = [REFUSED, 1, [[b"tags/1", b"a", 1.0e12, "rule:short", "too long"]], True]
+    with GraphServer(served, ("127.0.0.1", 0), HostIdentity.generate()) as server:
+        for replica, expected in ((b"n" * 16, told), (b"n" * 16, [REFUSED, 0, [], True])):
+            peer = RawPeer(server)
+            peer.send([HELLO, VERSION, replica, 0, 0], [WANT, []], [DATA, bad_tag_batch()], [END])
+            peer.read_until(lambda m: m[0] == REFUSED and m[3] is True)
+            assert [m for m in peer.received if m[0] == REFUSED] == [expected]
+            peer.close()
+        peer = RawPeer(server)
+        peer.send([HELLO, VERSION, b"o" * 16, 0, 0], [WANT, []], [DATA, bad_tag_batch()], [END])
+        peer.read_until(lambda m: m[0] == REFUSED and m[3] is True)
+        assert [m for m in peer.received if m[0] == REFUSED] == [told]
+        peer.close()
+    assert served.stats["refused_by_rule"] == {"short": 3}

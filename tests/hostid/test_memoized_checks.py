@@ -199,10 +199,11 @@ def test_open_reports_the_sla_and_deposit_it_opened_with(world: World) -> None:
 
 
 class _Conn:
-    """The two Connection attributes ClientPayment reads."""
+    """The Connection attributes ClientPayment reads."""
 
     closed = False
     usage = (0, 0)
+    requests_pending = 0
 
 
 def test_client_payment_from_open_matches_reading_back(world: World) -> None:

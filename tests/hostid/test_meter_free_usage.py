@@ -24,6 +24,7 @@ from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
+from tests.support.settlements import settled_escrow
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)
@@ -120,8 +121,9 @@ def test_a_service_priced_by_the_request_gets_a_receipt_per_request_at_most(
 
             connection_id = asyncio.run(main())
         assert connection_id is not None
-        # the first stream and the ones opened: every one paid, and nothing else signed
-        requests = STREAMS + 1
+        # the streams opened, each carrying a call: every one paid, and nothing else
+        # signed -- the first stream, held open and ended empty, carries no request
+        requests = STREAMS
         amounts = [receipt.total_amount for receipt in signed]
         assert amounts == sorted(set(amounts)), amounts  # each receipt pays more
         assert len(signed) <= requests
@@ -129,8 +131,8 @@ def test_a_service_priced_by_the_request_gets_a_receipt_per_request_at_most(
         assert signed[-1].total_amount == fee(BY_REQUEST, 0, requests)
         # the server counted the requests as the client did: it claimed the last one
         # (after the client's close, in its own time)
-        escrow_id = ledger.get_connection(connection_id).escrow
+        # (read through its settlement's event once its client deleted it)
         assert wait_for(
-            lambda: ledger.get_escrow(escrow_id).claimed == fee(BY_REQUEST, 0, requests),
+            lambda: settled_escrow(ledger, connection_id).claimed == fee(BY_REQUEST, 0, requests),
             timeout=20,
-        ), ledger.get_escrow(escrow_id)
+        ), settled_escrow(ledger, connection_id)

@@ -19,6 +19,7 @@ from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments.metering import MeteringConfig
 from tests.support.ledger_server import identity_from_seed
+from tests.support.settlements import is_settled, settled_escrow
 
 PORT = 7
 SERVER = identity_from_seed(0x79)
@@ -72,12 +73,11 @@ def test_close_without_wait_closed_at_loop_end_still_pays_the_final_receipt(
         asyncio.run(main())
         (cid,) = ids
         deadline = time.monotonic() + 10
-        while not book.get_connection(cid).settled and time.monotonic() < deadline:
+        while not is_settled(book, cid) and time.monotonic() < deadline:
             time.sleep(0.02)  # the server settles in its own thread
-        tc = book.get_connection(cid)
-        assert tc.settled
+        assert is_settled(book, cid)
         # 2 x 100 kB at 10 MIST/KiB and one request: about 1,960 MIST (0 before)
-        assert book.get_escrow(tc.escrow).claimed > 1_900
+        assert settled_escrow(book, cid).claimed > 1_900
     finally:
         service.close()
         server_book.close()

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 import dtp.socket
+from dtp.errors import ObjectNotFound
 from dtp.hostid._payment_hook import MeteredClient
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import ConnectionState, Sla
 from dtp.ledger.local import LocalLedger
+from tests.support.settlements import is_settled
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -54,7 +56,10 @@ class World:
         return f"dtp://{self.host_id}:{PORT}"
 
     def settled(self, connection_id: str) -> bool:
-        tc = self.client_ledger.get_connection(connection_id)
+        try:
+            tc = self.client_ledger.get_connection(connection_id)
+        except ObjectNotFound:  # (deleted by its client once settled)
+            return is_settled(self.client_ledger, connection_id)
         return tc.settled and tc.state != ConnectionState.OPEN
 
 

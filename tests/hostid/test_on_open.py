@@ -26,6 +26,7 @@ from dtp.payments import _refunds as refunds
 from dtp.payments._refunds import refunds_for
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settlement
 
 SERVER, CLIENT = ident(0x71), ident(0x72)
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000)
@@ -130,10 +131,12 @@ def test_the_collectors_journal_forgets_a_connection_its_server_settled(
         refunds_for(service.ledger, CLIENT, path=tmp_path / "other.sqlite")
     cid = connect(api, service, collector.record_open)
     # the server settles as the connection ends; its end released it to the collector,
-    # which finds it settled and lets it go
-    assert wait_for(lambda: service.ledger.get_connection(cid).settled, 10)
+    # which finds it settled, deletes it (its storage is the client's) and lets it go
+    assert wait_for(lambda: is_settled(service.ledger, cid), 10)
     assert wait_for(lambda: cid not in collector, 10)
     assert len(collector) == 0
+    done = settlement(service.ledger, cid)
+    assert done is not None and done.deleted
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)
 PORT = 8080
@@ -76,7 +77,7 @@ class World:
 
     def settled(self, connection_id: str) -> None:
         deadline = time.monotonic() + 10
-        while not self.ledger.get_connection(connection_id).settled:
+        while not is_settled(self.ledger, connection_id):
             assert time.monotonic() < deadline, "the server did not settle"
             time.sleep(0.02)
 
@@ -159,7 +160,7 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
         _transfer(sock, 1 << 20)
         connection_id = sock.connection_id
     world.settled(connection_id)
-    escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+    escrow = settled_escrow(ledger, connection_id)
     assert escrow.deposited == 0 and escrow.claimed == 0
     # only the subscription cost money (paid before), and the spending cap's creation none
     assert world.balance(client.sui_address) == before
@@ -202,8 +203,10 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
 @pytest.mark.parametrize("world", ["local", "sui"], indirect=True)
 def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
     ledger, client, provider = world.ledger, world.client, world.provider
-    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500, max_pledge=10**9)
-    ledger.fund_sponsor_pool(provider, pool, 100_000)
+    pool = ledger.create_sponsor_pool(
+        provider, world.host, PORT, share_bps=2_500, max_pledge=10**9, lanes=2
+    )
+    ledger.fund_sponsor_pool(provider, pool, 100_000)  # 50 000 in each lane
     before = world.balance(client.sui_address)
     with dtp.socket.create_connection(
         world.address,
@@ -217,7 +220,7 @@ def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
         _transfer(sock, 256 << 10)
         connection_id = sock.connection_id
     world.settled(connection_id)
-    escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+    escrow = settled_escrow(ledger, connection_id)
     fee_paid = escrow.claimed
     assert fee_paid > 0  # 512 KiB both ways at 10 MIST/KiB
     client_part, provider_part = ledger.get_sponsor_pool(pool).quote(fee_paid)
@@ -245,8 +248,10 @@ def test_a_cancelled_asyncio_connect_abandons_the_connection_it_opened(
     unknown to the caller: it is half-closed once the open lands, so the refund can
     follow."""
     ledger, client, provider = world.ledger, world.client, world.provider
-    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500, max_pledge=10**9)
-    ledger.fund_sponsor_pool(provider, pool, 100_000)
+    pool = ledger.create_sponsor_pool(
+        provider, world.host, PORT, share_bps=2_500, max_pledge=10**9, lanes=2
+    )
+    ledger.fund_sponsor_pool(provider, pool, 100_000)  # 50 000 in each lane
 
     class SlowLedger(LocalLedger):
         def open_sponsored_connection(self, *args: Any, **kw: Any) -> Any:

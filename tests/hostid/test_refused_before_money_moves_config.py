@@ -39,6 +39,7 @@ from tests.hostid.money import (
     paid_host,
     untouched,
 )
+from tests.support.sponsor_lanes import pool_totals
 
 #: not a ConnectionConfig: what a caller may pass by mistake (its fields as a dict)
 NOT_A_CONFIG: Any = {"stream_window": 1 << 20}
@@ -82,16 +83,17 @@ def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
 def test_an_unfunded_sponsor_pool_is_refused_before_the_spending_cap(
     ledger: tuple[LocalLedger, str], adapter: str
 ) -> None:
-    # the pool pledges half of the deposit (2500) and holds 1000 unpledged: the open
-    # aborted with ESponsorUnfunded after the cap was made for it
+    # the pool pledges half of the deposit (2500) and holds 2000 unpledged, 1000 in each
+    # of its lanes: the open aborted with ESponsorUnfunded after the cap was made for it
+    # (a pool whose lanes together hold the pledge is refused too: each pledges alone)
     chain, host_id = ledger
-    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=10**9)
-    chain.fund_sponsor_pool(SERVER, pool, 1000)
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=10**9, lanes=2)
+    chain.fund_sponsor_pool(SERVER, pool, 2000)
     before = chain.balance(CLIENT.sui_address)
     with pytest.raises(SponsorUnfunded, match="must pledge 2500 MIST"):
         connect(adapter, chain, host_id, sponsor_pool=pool)
     untouched(chain, before)
-    assert chain.get_sponsor_pool(pool).reserved == 0
+    assert pool_totals(chain, pool) == (2000, 0)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -102,7 +104,7 @@ def test_a_bounded_pledge_is_checked_as_the_ledger_bounds_it(
     # that is what the check weighs against the 1000 unpledged (weighing the 2500, it
     # would refuse a pool that covers a bound pledge of 1000)
     chain, host_id = ledger
-    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=1001)
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=1001, lanes=1)
     chain.fund_sponsor_pool(SERVER, pool, 1000)
     before = chain.balance(CLIENT.sui_address)
     with pytest.raises(SponsorUnfunded, match="must pledge 1001 MIST"):
@@ -126,7 +128,7 @@ def test_a_pool_of_a_former_authority_is_refused_before_the_spending_cap(
         connect(adapter, chain, host_id, sponsor_pool=pool)
     assert info.value.qualified_name == "sponsor::EProviderChanged"
     untouched(chain, before)
-    assert chain.get_sponsor_pool(pool).reserved == 0
+    assert pool_totals(chain, pool) == (10_000, 0)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -5,15 +5,23 @@ tests/ledger/test_payment_models_state_machine.py).
 Two books are kept side by side:
 
 - the *rule*: slots, pool and shares as the docs word them (new money buys shares at the
-  pool's value per share, a pool spent to 0 starts a new generation, the unit doubles
-  past ``2**120`` shares, refunds round down, the last holder takes the pool), to predict
-  every call's exact outcome;
+  pool's value per share once the air time up to its moment is accounted for, the part
+  of the slot in progress gone by included, a pool spent to 0 starts a new generation,
+  the unit doubles past ``2**120`` shares, refunds round down, the last holder takes the
+  pool), to predict every call's exact outcome;
 - the *fair value* of each holder, in exact fractions, with no shares at all: what it
-  paid in, less its part of each slot paid while it held money in the pool. Rounding
-  leftovers (``dust``) are kept apart and lose their part of each slot alike. A
-  listener's refund must never fall below its fair value by a MIST or more: that is, no
-  listener pays for a slot that ended before it paid in, nor for more than its part of
-  the slots after. Above its fair value it can get no more than the dust.
+  paid in, less its part of each payment for air time made while it held money in the
+  pool. Rounding leftovers (``dust``) are kept apart and lose their part of each payment
+  alike. A listener's refund must never fall below its fair value by a MIST or more:
+  that is, no listener pays for air time gone by before it paid in (a slot that ended,
+  or the part of the slot in progress), nor for more than its part of the time after.
+  Above its fair value it can get no more than the dust.
+
+Air time is accounted for in pieces: the rest of a slot, whole slots, and (at a
+contribution) the part of the slot in progress gone by; a piece costs ``slot_price``
+pro rata (the price of a slot's first ``ms`` rounded down, so the pieces of a slot add up
+to its price) and is paid while the pool covers the rest of its slot, every piece from
+the first that is not being skipped.
 """
 
 from __future__ import annotations
@@ -51,8 +59,12 @@ class BroadcastModel:
     slot_ms: int
     start_ms: int
     next_slot: int = 0
+    #: Of slot ``next_slot``, the ms accounted for already (by a contribution in it).
+    accounted: int = 0
     pool: int = 0
     earned: int = 0
+    #: Every MIST paid for air time so far.
+    charged: int = 0
     claimed: int = 0
     refunded: int = 0
     total: int = 0
@@ -67,8 +79,11 @@ class BroadcastModel:
     stakes: dict[str, StakeModel] = field(default_factory=dict)
     #: Each current holder's fair value (see the module's docstring).
     fair: dict[str, Fraction] = field(default_factory=dict)
-    #: Paid slots, as ranges [first, first + count) in order (runs joined).
+    #: Slots paid to their end, as ranges [first, first + count) in order (runs joined).
     paid: list[tuple[int, int]] = field(default_factory=list)
+    #: The air time accounted for, piece by piece as the events tell it: ("paid", from,
+    #: to, slots, amount) or ("skipped", from, to, 0, 0), in order.
+    told: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     #: Per slot, whether the last look in it saw the broadcast on air.
     seen: dict[int, bool] = field(default_factory=dict)
 
@@ -80,36 +95,86 @@ class BroadcastModel:
     def slot_at(self, now: int) -> int:
         return 0 if now < self.start_ms else (now - self.start_ms) // self.slot_ms
 
-    def due(self, now: int) -> int:
-        """Completed slots the pool pays for at ``now``: one after another, from the
-        first not accounted for, while the pool holds a slot's price."""
+    def part(self, ms: int) -> int:
+        """The price of a slot's first ``ms``, rounded down."""
+        return self.price * ms // self.slot_ms
+
+    def slot_start(self, slot: int) -> int:
+        return self.start_ms + slot * self.slot_ms
+
+    def pieces(self, now: int, split: bool) -> tuple[int, list[tuple[int, int]], int, int, int]:
+        """Accounting at ``now`` (``split``: for a contribution, the part of the slot in
+        progress gone by too), piece by piece: (the cost, the runs of slots paid to their
+        end, where the paid air time ends, and the new ``next_slot`` and ``accounted``).
+        Nothing after a cancel."""
+        slot, done = self.next_slot, self.accounted
+        paid_to = self.slot_start(slot) + done
         if self.cancelled:
-            return 0
-        completed = max(0, self.slot_at(now) - self.next_slot)
-        return min(completed, self.pool // self.price)
+            return 0, [], paid_to, slot, done
+        pool, cost, runs, covered = self.pool, 0, [], True
+        current = self.slot_at(now)
+        if current > slot:
+            # the rest of slot ``next_slot``, then whole slots: paid one after another
+            # while the pool holds what is left of each
+            rest = self.price - self.part(done)
+            if pool >= rest:
+                pool -= rest
+                whole = min(current - slot - 1, pool // self.price)
+                pool -= whole * self.price
+                cost += rest + whole * self.price
+                runs.append((slot, 1 + whole))
+                paid_to = self.slot_start(slot + 1 + whole)
+                covered = whole == current - slot - 1
+            else:
+                covered = False
+            slot, done = current, 0
+        at = now - self.slot_start(slot)
+        if split and current == slot and at > done:
+            # a contribution: the part of the slot in progress gone by is the money's
+            # that was in the pool during it, pro rata, or was off air
+            if covered and pool >= self.price - self.part(done):
+                cost += self.part(at) - self.part(done)
+                paid_to = now
+            done = at
+        return cost, runs, paid_to, slot, done
+
+    def due(self, now: int) -> int:
+        """MIST the completed slots cost at ``now`` (what the next call pays from the pool)."""
+        return self.pieces(now, split=False)[0]
 
     def pool_at(self, now: int) -> int:
-        return self.pool - self.due(now) * self.price
+        return self.pool - self.due(now)
 
-    def accrue(self, now: int) -> None:
-        paid = self.due(now)
-        assert paid * self.price <= self.pool
-        if paid:
-            assert not self.paid or self.paid[-1][0] + self.paid[-1][1] <= self.next_slot
-            if self.paid and sum(self.paid[-1]) == self.next_slot:
-                self.paid[-1] = (self.paid[-1][0], self.paid[-1][1] + paid)  # one run
+    def accrue(self, now: int, split: bool = False) -> None:
+        start = self.slot_start(self.next_slot) + self.accounted
+        cost, runs, paid_to, slot, done = self.pieces(now, split)
+        assert cost <= self.pool
+        for first, count in runs:
+            assert not self.paid or self.paid[-1][0] + self.paid[-1][1] <= first
+            if self.paid and sum(self.paid[-1]) == first:
+                self.paid[-1] = (self.paid[-1][0], self.paid[-1][1] + count)  # one run
             else:
-                self.paid.append((self.next_slot, paid))
-            cost = paid * self.price
-            # every MIST in the pool, the dust included, bears the slots alike
+                self.paid.append((first, count))
+        if cost:
+            # every MIST in the pool, the dust included, bears the air time alike
             keep = Fraction(self.pool - cost, self.pool)
             self.fair = {a: v * keep for a, v in self.fair.items()}
             self.pool -= cost
             self.earned += cost
-        self.next_slot = max(self.next_slot, self.slot_at(now))
+            self.charged += cost
+        self.next_slot, self.accounted = slot, done
+        end = self.slot_start(slot) + done
+        if paid_to > start:
+            self.told.append(("paid", start, paid_to, sum(n for _, n in runs), cost))
+        if end > paid_to:
+            self.told.append(("skipped", paid_to, end, 0, 0))
 
     def on_air(self, now: int) -> bool:
-        return not self.cancelled and self.pool_at(now) >= self.price
+        """The pool covers what is left of the slot in progress."""
+        if self.cancelled:
+            return False
+        cost, _, _, _, done = self.pieces(now, split=False)
+        return self.pool - cost >= self.price - self.part(done)
 
     def is_paid(self, slot: int) -> bool:
         at = bisect.bisect_right(self.paid, (slot, math.inf)) - 1
@@ -148,15 +213,16 @@ class BroadcastModel:
         return shares * pool // self.total_shares if shares else 0
 
     def minted(self, amount: int, now: int) -> int:
-        """The shares ``amount`` buys at ``now`` (0: ``EContributionTooSmall``)."""
-        pool = self.pool_at(now)
+        """The shares ``amount`` buys at ``now`` (0: ``EContributionTooSmall``), once the
+        air time gone by is accounted for."""
+        pool = self.pool - self.pieces(now, split=True)[0]
         if pool == 0:
             return amount * SHARE_SCALE
         return amount * self.total_shares // pool
 
     def contribute(self, address: str, amount: int, now: int) -> None:
         """An accepted contribution."""
-        self.accrue(now)
+        self.accrue(now, split=True)
         if self.pool == 0 and (self.total_shares or self.holders):
             self.generation += 1
             self.total_shares = self.holders = self.share_shift = 0
@@ -219,6 +285,7 @@ class BroadcastModel:
         back at least its fair value, less a MIST of rounding, at ``now``."""
         assert (b.pool, b.earned, b.total_contributed) == (self.pool, self.earned, self.total)
         assert (b.paid_slots, b.next_slot) == (self.paid_slots, self.next_slot)
+        assert b.slot_accounted_ms == self.accounted
         assert b.cancelled == self.cancelled and b.next_seq == self.next_seq
         assert (b.total_shares, b.holders) == (self.total_shares, self.holders)
         assert (b.generation, b.share_shift) == (self.generation, self.share_shift)
@@ -233,7 +300,8 @@ class BroadcastModel:
         assert dict(b.contributions) == self.contributions
         # listeners' money: what is left, earned, claimed and refunded is what came in
         assert self.pool + self.earned + self.claimed + self.refunded == self.total
-        assert self.claimed + self.earned == self.paid_slots * self.price
+        assert self.claimed + self.earned == self.charged
+        assert sum(amount for *_, amount in self.told) == self.charged
         # the holders' shares never add up to more than the total (a doubling of the unit
         # rounds each down)
         assert sum(self.shares_now(s) for s in self.stakes.values()) <= self.total_shares

@@ -24,6 +24,7 @@ POOL = SharedRef("0x" + "b3" * 32, 33)
 SALE = SharedRef("0x" + "b4" * 32, 34)
 TERMS = SharedRef("0x" + "b5" * 32, 35)
 RECORD = SharedRef("0x" + "b6" * 32, 36)
+LANE = SharedRef("0x" + "b7" * 32, 33)
 S, OWN = "shared", "owned"
 KEY = SENDER.ed25519_public
 #: name -> (builder args, the Move call's argument kinds, {shared object: mutable}).
@@ -33,14 +34,23 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
         [S, "pure", "pure", "pure"],
         {HOST.object_id: False},
     ),
-    "subscribe": ((OFFER, 4, 400), [S, "pure", "coin"], {OFFER.object_id: False}),
-    "renew_subscription": (
-        (SUB, OFFER, 2, 200),
+    # the Host read-only: the offer sells only while its provider is the host's authority
+    "subscribe": (
+        (OFFER, HOST, 4, 400),
         [S, S, "pure", "coin"],
-        {SUB.object_id: True, OFFER.object_id: False},
+        {OFFER.object_id: False, HOST.object_id: False},
+    ),
+    "renew_subscription": (
+        (SUB, OFFER, HOST, 2, 200),
+        [S, S, S, "pure", "coin"],
+        {SUB.object_id: True, OFFER.object_id: False, HOST.object_id: False},
     ),
     "claim_subscription": ((SUB, OFFER), [S, S], {SUB.object_id: True, OFFER.object_id: False}),
-    "withdraw_subscription_offer": ((OFFER,), [S], {OFFER.object_id: True}),
+    "withdraw_subscription_offer": (
+        (OFFER, HOST),
+        [S, S],
+        {OFFER.object_id: True, HOST.object_id: False},
+    ),
     "refund_subscription": ((SUB, OFFER), [S, S], {SUB.object_id: True}),
     "open_subscribed_connection": (
         (SUB, OFFER, HOST, CAP, 0, KEY),
@@ -63,22 +73,37 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
         },
     ),
     "create_sponsor_pool": (
-        (HOST, 7, 2_500, 400),
-        [S, "pure", "pure", "pure"],
+        (HOST, 7, 2_500, 400, 8),
+        [S, "pure", "pure", "pure", "pure"],
         {HOST.object_id: False},
     ),
-    "fund_sponsor_pool": ((POOL, 5_000), [S, "coin"], {POOL.object_id: True}),
+    # the pool read-only (its terms), the lane written (its money and pledges): sponsored
+    # opens and reimbursements on different lanes are not ordered with each other
+    "fund_sponsor_pool": (
+        (POOL, LANE, 5_000),
+        [S, S, "coin"],
+        {POOL.object_id: False, LANE.object_id: True},
+    ),
     "set_sponsor_max_pledge": ((POOL, 300), [S, "pure"], {POOL.object_id: True}),
-    "withdraw_sponsor_pool": ((POOL, 70), [S, "pure"], {POOL.object_id: True}),
+    "withdraw_sponsor_pool": (
+        (POOL, LANE, 70),
+        [S, S, "pure"],
+        {POOL.object_id: False, LANE.object_id: True},
+    ),
     "open_sponsored_connection": (
-        (POOL, HOST, CAP, 1_000, KEY),
-        [S, S, S, "pure", "coin", S],
-        {POOL.object_id: True, HOST.object_id: False, CAP.object_id: True},
+        (POOL, LANE, HOST, CAP, 1_000, KEY),
+        [S, S, S, S, "pure", "coin", S],
+        {POOL.object_id: False, LANE.object_id: True, HOST.object_id: False, CAP.object_id: True},
     ),
     "reimburse": (
-        (POOL, CONN, ESCROW),
-        [S, S, S],
-        {POOL.object_id: True, CONN.object_id: False, ESCROW.object_id: False},
+        (POOL, LANE, CONN, ESCROW),
+        [S, S, S, S],
+        {
+            POOL.object_id: False,
+            LANE.object_id: True,
+            CONN.object_id: False,
+            ESCROW.object_id: False,
+        },
     ),
     "create_ticket_sale": (("launch", 50, 3, 0, 10_000), ["pure"] * 5 + [S], {CLOCK_ID: False}),
     "buy_tickets": ((SALE, 2, 100), [S, "pure", "coin", S], {SALE.object_id: True}),

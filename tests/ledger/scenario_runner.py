@@ -77,6 +77,9 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "set_authority": ["HostUpdated"],
     "open_sponsored": ["SpendingCapReserved", "ConnectionOpened", "SponsoredConnectionOpened"],
     "reimburse": ["SponsorReimbursed"],
+    "destroy": ["ConnectionDeleted"],
+    # (SponsorReimbursed before it when the lane still held the pledge)
+    "reimburse_and_destroy": ["ConnectionDeleted"],
     "ticket_sale_create": ["TicketSaleCreated"],
     "buy_tickets": ["TicketsBought"],
     "go_on_air": ["TicketedEventOnAir"],
@@ -169,6 +172,8 @@ class Runner:
         self.ledger = self.world.ledger
         self.caps: dict[str, str] = {}
         self.conns: dict[str, str] = {}
+        #: The sponsor lane (by place) each sponsored connection opened through.
+        self.lanes: dict[str, int] = {}
         self.host_id: str | None = None
         self.broadcast_id: str | None = None
         # payment models: one offer, subscription, pool, sale and terms per scenario
@@ -234,6 +239,18 @@ class Runner:
                 by, self.caps[step["by"]], step["max_per_epoch"]
             ),
             "set_authority": lambda: ledger.set_authority(by, host, self.addr(step["to"])),
+            "update_service": lambda: ledger.update_service(
+                by,
+                host,
+                PORT,
+                Sla(
+                    step["price_per_kib"],
+                    step["price_per_request"],
+                    step["min_deposit"],
+                    step["half_close_timeout_ms"],
+                ),
+                step["max_connections"],
+            ),
             "open": lambda: self.open(step),
             "top_up": lambda: ledger.top_up(
                 by, ledger.get_connection(conn()).escrow, step["amount"]
@@ -246,6 +263,8 @@ class Runner:
                 ledger.get_connection(conn()).escrow,
                 self.receipt(step["conn"], step["receipt"]),
             ),
+            "destroy": lambda: ledger.destroy_connection(by, conn()),
+            "reimburse_and_destroy": lambda: ledger.reimburse_and_destroy(by, conn()),
             "close": lambda: ledger.close_connection(by, conn()),
             "finalize": lambda: ledger.finalize(by, conn()),
             "settle": lambda: ledger.settle(by, conn()).refunded,
@@ -294,6 +313,12 @@ class Runner:
 
         def opened(opened: Any) -> None:
             self.conns[step["conn"]] = opened.connection_id
+            if "lane" in step:
+                self.lanes[step["conn"]] = step["lane"]
+
+        def lane(index: int) -> str:
+            """The ID of the pool's lane ``index`` (the scenario names lanes by place)."""
+            return ledger.get_sponsor_pool(m["pool"]).lanes[index]
 
         def record() -> str:
             return self.records[step["record"]]
@@ -321,20 +346,39 @@ class Runner:
             "sponsor_create": lambda: keep(
                 "pool",
                 ledger.create_sponsor_pool(
-                    by, host, PORT, step["share_bps"], max_pledge=step["max_pledge"]
+                    by,
+                    host,
+                    PORT,
+                    step["share_bps"],
+                    max_pledge=step["max_pledge"],
+                    lanes=step.get("lanes", 1),
                 ),
             ),
-            "sponsor_fund": lambda: ledger.fund_sponsor_pool(by, m["pool"], step["amount"]),
-            "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(by, m["pool"], step["amount"]),
+            "sponsor_fund": lambda: ledger.fund_sponsor_pool(
+                by, m["pool"], step["amount"], lane=lane(step.get("lane", 0))
+            ),
+            "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(
+                by, m["pool"], step["amount"], lane=lane(step.get("lane", 0))
+            ),
             "sponsor_set_max_pledge": lambda: ledger.set_sponsor_max_pledge(
                 by, m["pool"], step["max_pledge"]
             ),
             "open_sponsored": lambda: opened(
                 ledger.open_sponsored_connection(
-                    by, m["pool"], self.caps[step["by"]], step["deposit"]
+                    by,
+                    m["pool"],
+                    self.caps[step["by"]],
+                    step["deposit"],
+                    lane=lane(step.get("lane", 0)),
                 )
             ),
-            "reimburse": lambda: ledger.reimburse(by, m["pool"], self.conns[step["conn"]]),
+            # through the lane the connection opened through, unless the step names one
+            "reimburse": lambda: ledger.reimburse(
+                by,
+                m["pool"],
+                self.conns[step["conn"]],
+                lane=lane(step.get("lane", self.lanes.get(step["conn"], 0))),
+            ),
             "ticket_sale_create": lambda: keep(
                 "sale",
                 ledger.create_ticket_sale(
@@ -391,14 +435,24 @@ class Runner:
             assert sub.funds == span * sub.price_per_epoch, "subscription funds invariant"
         if "sponsor" in step:
             pool = ledger.get_sponsor_pool(self.model["pool"])
+            lanes = ledger.get_sponsor_lanes(pool.id)
+            totals = {
+                "funds": sum(one.funds for one in lanes),
+                "reserved": sum(one.reserved for one in lanes),
+                "max_pledge": pool.max_pledge,
+            }
             for key, expected in step["sponsor"].items():
                 if key == "quote":
                     fee, client_part, provider_part = expected
                     assert pool.quote(fee) == (client_part, provider_part), "quote"
+                elif key == "lanes":
+                    got = [[one.funds, one.reserved, one.pledges] for one in lanes]
+                    assert got == expected, "sponsor.lanes"
                 else:
-                    assert key in {"funds", "reserved", "max_pledge"}, key
-                    assert getattr(pool, key) == expected, f"sponsor.{key}"
-            assert 0 <= pool.reserved <= pool.funds
+                    assert key in totals, key
+                    assert totals[key] == expected, f"sponsor.{key}"
+            for one in lanes:
+                assert 0 <= one.reserved <= one.funds, f"lane {one.id}"
         if "tickets" in step:
             sale = ledger.get_ticket_sale(self.model["sale"])
             for key, expected in step["tickets"].items():
@@ -465,12 +519,20 @@ class Runner:
             assert escrow.balance == escrow.deposited - escrow.claimed - escrow.refunded
         if "connection" in step:
             spec = dict(step["connection"])
-            tc = ledger.get_connection(self.conns[spec.pop("conn")])
+            cid = self.conns[spec.pop("conn")]
+            if spec.pop("deleted", False):
+                # (deleted: read as unknown, as an ID never on the ledger)
+                assert not spec, f"connection check keys {set(spec)} of a deleted connection"
+                with pytest.raises(ObjectNotFound):
+                    ledger.get_connection(cid)
             for key, expected in spec.items():
+                tc = ledger.get_connection(cid)
                 if key == "state":
                     assert tc.state.label == expected
                 elif key == "settled":
                     assert tc.settled == expected
+                elif key == "half_close_timeout_ms":
+                    assert tc.half_close_timeout_ms == expected, key
                 else:
                     pytest.fail(f"connection check key {key!r} has no runner support")
         if "cap" in step:

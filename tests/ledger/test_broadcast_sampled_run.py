@@ -1,11 +1,13 @@
 """A sampled run of a broadcast's money (docs/escrow.md §9) on LocalLedger and on
-SuiLedger over the Sui node stand-in alike: one seeded sequence of contributions, clock
-moves (slot boundaries, the idle bound), transmissions and heartbeats, claims, leaves,
-cancels and withdrawals by three listeners, each call's outcome predicted by the model
-of tests/ledger/broadcast_model.py and checked after every step: the same errors and
-refunds on both ledgers, money conserved (gas counted apart on Sui), every holder able
-to take back its fair value less a MIST, and the pool all back or earned once everyone
-has left. The hypothesis machines run the same properties on LocalLedger at length."""
+SuiLedger over the Sui node stand-in alike: one seeded sequence of contributions (at slot
+boundaries and part way through slots), clock moves (slot boundaries, the idle bound),
+transmissions and heartbeats, claims, leaves, cancels and withdrawals by three
+listeners, each call's outcome predicted by the model of tests/ledger/broadcast_model.py
+and checked after every step: the same errors and refunds on both ledgers, money
+conserved (gas counted apart on Sui), every holder able to take back its fair value less
+a MIST, the air time paid and skipped told by the events exactly as the model accounts
+for it, and the pool all back or earned once everyone has left. The hypothesis machines
+run the same properties on LocalLedger at length."""
 
 from __future__ import annotations
 
@@ -108,6 +110,9 @@ class Run:
         self.rng = random.Random(seed)
         self.models: list[BroadcastModel] = []
         self.outcomes: list[Any] = []
+        self.cursor: str | None = None
+        #: The BroadcastSlotsPaid / BroadcastSlotsSkipped events read, by broadcast.
+        self.told: dict[str, list[tuple[str, int, int, int, int]]] = {}
         self.new_broadcast()
 
     def new_broadcast(self) -> None:
@@ -161,6 +166,7 @@ class Run:
                 [
                     now + 1,
                     m.start_ms + (m.slot_at(now) + rng.choice([1, 2, 7])) * SLOT_MS,
+                    m.start_ms + m.slot_at(now) * SLOT_MS + rng.randrange(SLOT_MS),
                     m.last_live_ms + m.idle_ms - 1,
                     m.last_live_ms + m.idle_ms,
                 ]
@@ -229,10 +235,27 @@ class Run:
             self.new_broadcast()
         self.check()
 
+    def read_slot_events(self) -> None:
+        events, self.cursor = self.ledger.events(self.cursor)
+        for event in events:
+            if event.name in ("BroadcastSlotsPaid", "BroadcastSlotsSkipped"):
+                f = event.fields
+                if event.name == "BroadcastSlotsPaid":
+                    told = ("paid", f["from_ms"], f["to_ms"], f["slots"], f["amount"])
+                else:
+                    told = ("skipped", f["from_ms"], f["to_ms"], 0, 0)
+                self.told.setdefault(f["broadcast"], []).append(told)
+
     def check(self) -> None:
         now = self.world.now()
+        self.read_slot_events()
         for m in self.models:
             m.check(self.ledger.get_broadcast(m.id), now)
+            # the events tell the air time as the model accounts for it, piece by piece,
+            # one piece after another from the start
+            assert self.told.get(m.id, []) == m.told
+            assert all(a[2] == b[1] for a, b in zip(m.told, m.told[1:], strict=False))
+            assert not m.told or m.told[0][1] == m.start_ms
         assert self.world.held() == sum(m.pool + m.earned for m in self.models)
         assert self.world.conserved()
 
@@ -257,7 +280,7 @@ class Run:
 
 
 def _run(world: World) -> Run:
-    run = Run(world, seed=53)
+    run = Run(world, seed=62)
     for _ in range(STEPS):
         run.step()
     run.everyone_leaves()
@@ -268,6 +291,11 @@ def _run(world: World) -> Run:
     assert sum(m.paid_slots for m in run.models) > 0
     assert len(run.models) > 1 and any(m.refunded for m in run.models[:-1])
     assert any(m.generation for m in run.models)  # a pool spent to 0, then bought into
+    # air time was paid and skipped, and contributions accounted for the part of the slot
+    # in progress gone by: pro rata when on air, skipped when off air
+    pieces = [(m.start_ms, piece) for m in run.models for piece in m.told]
+    ends = {(kind, (to - start) % SLOT_MS > 0) for start, (kind, _, to, *_) in pieces}
+    assert {("paid", True), ("skipped", True), ("paid", False), ("skipped", False)} <= ends
     return run
 
 

@@ -122,6 +122,23 @@ def test_an_end_is_estimated_before_any_and_measured_after(place: Place) -> None
     assert place.ledger.end_gas().settle_refund == refund < paid  # one coin fewer
 
 
+def test_a_claim_alone_is_estimated_before_any_and_measured_after(place: Place) -> None:
+    """What a claim made while its connection lives costs (docs/escrow.md §7.1): one
+    coin to the server, the escrow rewritten -- as a settlement that claims nothing."""
+    gas = place.ledger.end_gas()
+    if place.node is None:
+        assert gas.claim == 0
+        return
+    assert gas.claim < gas.settle_refund  # (the model: one coin, the escrow alone rewritten)
+    cid, receipt = place.opened()
+    escrow_id = place.ledger.get_connection(cid).escrow
+    assert place.ledger.claim(place.provider, escrow_id, receipt) == receipt.total_amount
+    paid = place.ledger.last_outcome.gas_cost  # type: ignore[attr-defined]
+    assert abs(gas.claim - paid) < paid // 100
+    assert place.ledger.end_gas().claim == paid
+    assert place.ledger.end_gas().settle_claim == gas.settle_claim  # (not mixed up)
+
+
 def test_a_batch_settles_several_connections_in_one_transaction(place: Place) -> None:
     ends = [place.opened(kib) for kib in (100, 200, 300)]
     solo, solo_receipt = place.opened(50)

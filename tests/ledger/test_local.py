@@ -113,7 +113,7 @@ def test_abort_code_mapping() -> None:
     assert isinstance(move_error_from_abort_code(33), ReplayedReceipt)
     assert isinstance(move_error_from_abort_code(90), BroadcastNotAuthorized)
     assert isinstance(move_error_from_abort_code(90), NotAuthorized)
-    assert move_error_from_abort_code(250).name == "UnknownAbort"
+    assert move_error_from_abort_code(999).name == "UnknownAbort"
 
 
 # -- object model --------------------------------------------------------------------------

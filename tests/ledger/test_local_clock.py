@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import dtp.ledger.local._store as local
-from dtp.errors import ChainError, InvalidArgument
+from dtp.errors import InvalidArgument
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import MAX_PURE_BYTES, Sla
 from dtp.ledger.local import CLOCK_MAX_MS, LocalLedger
@@ -225,11 +225,12 @@ def test_objects_refuses_a_type_name_that_is_not_text(
     assert [ref.object_id for ref in second.objects("Broadcast")] == [b]
 
 
-# -- a Host cannot grow past Sui's object size limit ------------------------------------------
+# -- a Host and Sui's object size limit ---------------------------------------------------------
 #
 # Sui fails a transaction that leaves a Move object over max_move_object_size (250 KiB of
-# BCS contents). No Move check bounds a Host's services, and LocalLedger let a Host grow
-# without limit: calls that fail on Sui (an execution error, OBJECT_TOO_BIG) succeeded.
+# BCS contents). A Host's services are a Table beside it, each an object of its own, so
+# neither the Host nor any entry can reach the limit; LocalLedger's size rule follows
+# that layout (and once let a Host grow without limit, succeeding where Sui failed).
 
 MAX_OBJECT = 250 * 1024
 
@@ -241,51 +242,46 @@ def _host_size(ledger: LocalLedger, host: str) -> int:
     return len(sui_codec.encode_object(ledger.get_host(host)))
 
 
-def _assert_too_big(error: pytest.ExceptionInfo[ChainError]) -> None:
-    assert (error.value.module, error.value.name) == ("sui", "OBJECT_TOO_BIG")
-
-
-def test_a_host_stops_growing_at_the_object_size_limit(
+def test_a_host_does_not_grow_with_its_services(
     ledgers: tuple[LocalLedger, LocalLedger],
 ) -> None:
+    from dtp.ledger.local.rules import host_bcs_size
+    from dtp.ledger.local.rules._host import service_field_bcs_size
+    from dtp.ledger.sui import _codec as sui_codec
+
     first, second = ledgers
     host = first.create_host(ALICE, NOISE_KEY)
+    empty = _host_size(second, host)
     big = "k" * MAX_PURE_BYTES
-    for port in range(1, 16):
+    # twenty services of the longest kind: 320 KiB, which a Host holding them inline
+    # (a VecMap) could not hold
+    for port in range(1, 21):
         (first, second)[port % 2].add_service(ALICE, host, port, big, Sla(1, 1, 0))
-    room = MAX_OBJECT - _host_size(second, host)
-    # a service entry: u16 port, kind (2-byte length here), Sla and its u64 limit
-    kind_length = room - (2 + 2 + 24 + 8)
-    assert 128 <= kind_length <= MAX_PURE_BYTES
-    version = second.object_version(host)
-    with pytest.raises(ChainError) as too_big:
-        first.add_service(ALICE, host, 16, "s" * (kind_length + 1), Sla(1, 1, 0))
-    _assert_too_big(too_big)
-    assert 16 not in second.get_host(host).services
-    assert second.object_version(host) == version
-    # one byte less fits: the Host is then exactly at the limit
-    second.add_service(ALICE, host, 16, "s" * kind_length, Sla(1, 1, 0))
-    assert _host_size(first, host) == MAX_OBJECT
-
-    # nothing else that makes a Host larger fits any more
-    with pytest.raises(ChainError) as refused:
-        first.set_endpoints(ALICE, host, [b"x"])
-    _assert_too_big(refused)
-    assert first.get_host(host).endpoints == ()
-    # the firewall's lists are Tables beside the Host: their entries do not grow it
-    first.allow(ALICE, host, BOB.sui_address)
-    second.deny(ALICE, host, BOB.sui_address)
-    assert _host_size(first, host) == MAX_OBJECT
-    host_now = first.get_host(host)
-    assert (host_now.firewall.allow_count, host_now.firewall.deny_count) == (1, 1)
-    # what does not grow it still runs, and removing a service makes room again
-    first.disallow(ALICE, host, BOB.sui_address)
-    first.update_service(ALICE, host, 16, Sla(2, 2, 0), 3)
+    read = second.get_host(host)
+    assert sorted(read.services) == list(range(1, 21))
+    assert _host_size(second, host) == empty
+    # the largest Host there is: sixteen endpoints of 256 bytes
+    first.set_endpoints(ALICE, host, [b"x" * 256] * 16)
+    largest = first.get_host(host)
+    assert _host_size(first, host) == 32 + 8 + 32 + 33 + 1 + 16 * 258 + 40 + 1 + 80 + 24
+    assert _host_size(first, host) < MAX_OBJECT // 50
+    # LocalLedger's size rule reads the same layout, and so sizes each service's entry
+    data = {
+        "noise_static_key": largest.noise_static_key,
+        "endpoints": list(largest.endpoints),
+        "services": {str(p): {} for p in largest.services},
+    }
+    assert host_bcs_size(data) == _host_size(first, host)
+    service = {"kind": big, "sla": Sla(1, 1, 0).to_fields(), "max_connections": 0}
+    entry = 32 + 2 + len(sui_codec.encode(sui_codec.SERVICE_LAYOUT, service))
+    assert service_field_bcs_size(service) == entry < MAX_OBJECT // 15
+    # and what grew it no more still runs: a service removed, updated, the lists used
     second.remove_service(ALICE, host, 1)
+    first.update_service(ALICE, host, 20, Sla(2, 2, 0), 3)
     first.allow(ALICE, host, BOB.sui_address)
-    first.set_endpoints(ALICE, host, [b"tcp://127.0.0.1:7000"])
     assert second.firewall_list(host, "allow") == (BOB.sui_address,)
-    assert _host_size(second, host) <= MAX_OBJECT
+    assert 1 not in second.get_host(host).services
+    assert second.get_host(host).services[20].max_connections == 3
 
 
 HOUR_MS = 3_600_000

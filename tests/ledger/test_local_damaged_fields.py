@@ -58,7 +58,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         ledger.broadcast_contribute(CLIENT, broadcast, 100)
         offer = ledger.create_subscription_offer(SERVER, host, PORT, 100)
         subscription = ledger.subscribe(CLIENT, offer, 1)
-        pool = ledger.create_sponsor_pool(SERVER, host, PORT, 5000, max_pledge=10**9)
+        pool = ledger.create_sponsor_pool(SERVER, host, PORT, 5000, max_pledge=10**9, lanes=2)
+        lane = ledger.get_sponsor_pool(pool).lanes[1]
         sale = ledger.create_ticket_sale(SERVER, "show", 10, 1, 5, 2**50)
         ledger.buy_tickets(CLIENT, sale, 1)
         terms = ledger.create_retention_terms(SERVER, host, PORT, 60_000, 1)
@@ -77,6 +78,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             "SubscriptionOffer": offer,
             "Subscription": subscription,
             "SponsorPool": pool,
+            "SponsorLane": lane,
             "TicketSale": sale,
             "RetentionTerms": terms,
             "ResponseEscrow": deposit,
@@ -121,6 +123,10 @@ READS: dict[str, list[tuple[str, Read]]] = {
     ],
     "Subscription": [("get", lambda led, w: led.get_subscription(w.ids["Subscription"]))],
     "SponsorPool": [("get", lambda led, w: led.get_sponsor_pool(w.ids["SponsorPool"]))],
+    "SponsorLane": [
+        ("get", lambda led, w: led.get_sponsor_lane(w.ids["SponsorLane"])),
+        ("get_sponsor_lanes", lambda led, w: led.get_sponsor_lanes(w.ids["SponsorPool"])),
+    ],
     "TicketSale": [("get", lambda led, w: led.get_ticket_sale(w.ids["TicketSale"]))],
     "RetentionTerms": [("get", lambda led, w: led.get_retention_terms(w.ids["RetentionTerms"]))],
     "ResponseEscrow": [("get", lambda led, w: led.get_response_escrow(w.ids["ResponseEscrow"]))],
@@ -182,10 +188,13 @@ FIELDS: list[tuple[str, str, list[object]]] = [
     ("SubscriptionOffer", "$.withdrawn", FLAG_DAMAGE),
     ("Subscription", "$.funds", NUMBER_DAMAGE),
     ("Subscription", "$.expires_epoch", NUMBER_DAMAGE),
-    ("SponsorPool", "$.reserved", NUMBER_DAMAGE),
     ("SponsorPool", "$.share_bps", NUMBER_DAMAGE),
-    # (missing: a pool stored before the pledge limit, read as pledging without one)
-    ("SponsorPool", "$.max_pledge", ["1000", 1.5, True, -1]),
+    ("SponsorPool", "$.max_pledge", NUMBER_DAMAGE),
+    ("SponsorPool", "$.lanes", ["0x1", [5], {"0x1": 1}, MISSING]),
+    ("SponsorLane", "$.funds", NUMBER_DAMAGE),
+    ("SponsorLane", "$.reserved", NUMBER_DAMAGE),
+    ("SponsorLane", "$.pool", ADDRESS_DAMAGE),
+    ("SponsorLane", "$.pledges", ["x", [5], MISSING]),
     ("TicketSale", "$.funds", NUMBER_DAMAGE),
     ("TicketSale", "$.on_air", FLAG_DAMAGE),
     ("RetentionTerms", "$.storage_price_per_byte", NUMBER_DAMAGE),

@@ -248,6 +248,7 @@ def test_messaging_event_layouts_match_local_ledger_events() -> None:
     ledger.response_escrow_deliver(server, b, b"answer")
     ledger.advance_clock(200)
     ledger.response_escrow_refund(client, c)
+    ledger.destroy_response_escrow(client, c)
     seen = set()
     for event in ledger.events()[0]:
         key = (event.module, event.name)

@@ -31,11 +31,13 @@ import pytest
 from pysui.sui.sui_bcs import bcs
 
 import tests.ledger.coordination_tx_cases as coord_cases
+import tests.ledger.deletion_tx_cases as deletion_cases
 import tests.ledger.messaging_tx_cases as msg_cases
 import tests.ledger.payment_model_cases as econ_cases
 import tests.ledger.sui_tx_cases as sui_cases
 from dtp.errors import InvalidArgument
 from dtp.ledger.sui import _tx as sui_tx
+from dtp.ledger.sui import _tx_deletion as sui_tx_deletion
 from dtp.ledger.sui._tx import CLOCK_ID
 from tests.support.paths import MOVE_SOURCES
 
@@ -160,6 +162,7 @@ OBJECT_TYPES: dict[str, str] = {
     econ_cases.OFFER.object_id: "SubscriptionOffer",
     econ_cases.SUB.object_id: "Subscription",
     econ_cases.POOL.object_id: "SponsorPool",
+    econ_cases.LANE.object_id: "SponsorLane",
     econ_cases.SALE.object_id: "TicketSale",
     econ_cases.TERMS.object_id: "RetentionTerms",
     econ_cases.RECORD.object_id: "RetainedRecord",
@@ -178,6 +181,8 @@ def _built() -> dict[str, bytes]:
         out[name] = sui_tx.MESSAGING_BUILDERS[name](sui_cases.CTX, *args)
     for name, (args, _, _) in coord_cases.CASES.items():
         out[name] = sui_tx.COORDINATION_BUILDERS[name](sui_cases.CTX, *args)
+    for name, (args, _) in deletion_cases.CASES.items():
+        out[name] = sui_tx_deletion.DELETION_BUILDERS[name](sui_cases.CTX, *args)
     return out
 
 
@@ -187,6 +192,7 @@ BUILT = _built()
 def test_every_builder_is_covered() -> None:
     builders = set(sui_tx.BUILDERS) | set(sui_tx.ECONOMICS_BUILDERS)
     builders |= set(sui_tx.MESSAGING_BUILDERS) | set(sui_tx.COORDINATION_BUILDERS)
+    builders |= set(sui_tx_deletion.DELETION_BUILDERS)
     assert builders == set(BUILT)
 
 
@@ -312,7 +318,12 @@ def test_builder_calls_match_move_signatures(name: str) -> None:
 
 
 def test_target_tables_name_callable_functions() -> None:
-    tables = (sui_tx.TARGETS, sui_tx.ECONOMICS_TARGETS, sui_tx.MESSAGING_TARGETS)
+    tables = (
+        sui_tx.TARGETS,
+        sui_tx.ECONOMICS_TARGETS,
+        sui_tx.MESSAGING_TARGETS,
+        sui_tx_deletion.DELETION_TARGETS,
+    )
     for table in tables:
         for method, (module, function) in table.items():
             fun = MODULES.get(module, {}).get(function)
@@ -453,3 +464,28 @@ def test_largest_accepted_data_fits_one_pure_argument() -> None:
     largest = max(MAX_DATA_LENGTH, MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH)
     for name, raw in _byte_string_builders(largest).items():
         assert _largest_pure(raw) < MAX_PURE_ARGUMENT_SIZE, name
+
+
+def test_terms_with_their_own_half_close_timeout_call_its_constructor() -> None:
+    """Terms of the default half-close timeout are built with `host::new_sla` (the bytes
+    of the golden vectors, unchanged); others with `host::new_sla_with_half_close_timeout`,
+    its four u64 from the Sla, its result the `Sla` the next call takes."""
+    from dtp.ledger._objects import Sla
+
+    sla = Sla(10, 5, 1000, 3_600_000)
+    built = {
+        "add_service": sui_tx.add_service(sui_cases.CTX, sui_cases.HOST, 7, "raw", sla, 3),
+        "update_service": sui_tx.update_service(sui_cases.CTX, sui_cases.HOST, 7, sla, 0),
+    }
+    for name, raw in built.items():
+        inputs, commands = _move_calls(raw)
+        calls = [(i, c.value) for i, c in enumerate(commands) if c.enum_name == "MoveCall"]
+        assert [c.Function for _, c in calls] == ["new_sla_with_half_close_timeout", name]
+        constructor = calls[0][1]
+        values = [bytes(inputs[a.value].value) for a in constructor.Arguments]
+        assert values == [v.to_bytes(8, "little") for v in (10, 5, 1000, 3_600_000)]
+        for index, call in calls:
+            _check_call(name, index, call, inputs, commands)
+    default = sui_tx.update_service(sui_cases.CTX, sui_cases.HOST, 7, Sla(10, 5, 1000), 0)
+    _, commands = _move_calls(default)
+    assert commands[0].value.Function == "new_sla"

@@ -109,10 +109,11 @@ def test_tuple_bound_to_one_local_is_found_where_it_was(tmp_path: Path) -> None:
     shutil.copytree(PACKAGE, package)
     tests = package / "tests" / "economics_scenario_tests.move"
     source = tests.read_text()
-    fixed = "let (funds, reserved) = (pool.funds_value(), pool.reserved());"
+    values = "(lane.funds_value(), lane.reserved(), lane.pledge_count());"
+    fixed = "let (funds, reserved, pledges) = " + values
     assert fixed in source
-    broken = source.replace(fixed, "let state = (pool.funds_value(), pool.reserved());")
-    tests.write_text(broken.replace("    (funds, reserved)\n}", "    state\n}"))
+    broken = source.replace(fixed, "let state = " + values)
+    tests.write_text(broken.replace("    (funds, reserved, pledges)\n}", "    state\n}"))
     line = broken[: broken.index("let state = (")].count("\n") + 1
     result = run_checker(package)
     assert result.returncode == 1, result.stdout + result.stderr

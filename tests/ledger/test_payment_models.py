@@ -31,7 +31,7 @@ from dtp.errors import (
     SubscriptionExpired,
     WrongObject,
 )
-from dtp.ledger._economics import PaymentModels, sponsor_split
+from dtp.ledger._economics import PaymentModels, SponsorPledge, sponsor_split
 from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
@@ -173,13 +173,21 @@ def test_subscribed_connection_is_unmetered_and_claims_zero(world: World) -> Non
 
 def test_sponsor_bad_input(world: World) -> None:
     ledger = world.ledger
-    create = partial(ledger.create_sponsor_pool, max_pledge=10**9)
+    create = partial(ledger.create_sponsor_pool, max_pledge=10**9, lanes=1)
     world.refused(NotAuthorized, "ENotProvider", create, CLIENT, world.host, 7, 1)
     world.refused(ChainError, "EInvalidShare", create, SERVER, world.host, 7, 0)
     world.refused(ChainError, "EInvalidShare", create, SERVER, world.host, 7, 10_001)
+    for lanes in (0, 65):
+        err = world.refused(
+            InvalidArgument, "EInvalidLanes", partial(create, lanes=lanes), SERVER, world.host,
+            7, 1,
+        )  # fmt: skip
+        assert err.qualified_name == "sponsor::EInvalidLanes"
     with pytest.raises(InvalidArgument, match="max_pledge"):
         ledger.create_sponsor_pool(SERVER, world.host, 7, 1, max_pledge=-1)
-    pool = ledger.create_sponsor_pool(SERVER, world.host, 7, 10_000, max_pledge=10**9)
+    with pytest.raises(InvalidArgument, match="lanes"):
+        ledger.create_sponsor_pool(SERVER, world.host, 7, 1, max_pledge=1, lanes=2**64)
+    pool = create(SERVER, world.host, 7, 10_000)
     world.refused(NotAuthorized, "ENotProvider", ledger.set_sponsor_max_pledge, CLIENT, pool, 1)
     with pytest.raises(InvalidArgument, match="max_pledge"):
         ledger.set_sponsor_max_pledge(SERVER, pool, 2**64)
@@ -192,7 +200,9 @@ def test_sponsor_bad_input(world: World) -> None:
     assert isinstance(err, InsufficientFunds)
     ledger.fund_sponsor_pool(OTHER, pool, 1_500)  # anyone may fund
     opened = ledger.open_sponsored_connection(CLIENT, pool, world.cap, 1_000)
-    assert ledger.get_sponsor_pool(pool).available == 500
+    (lane,) = ledger.get_sponsor_lanes(pool)
+    assert (lane.available, lane.pledges) == (500, 1)
+    assert ledger.get_sponsor_pledge(pool, opened.connection_id) == SponsorPledge(lane.id, 1_000)
     world.refused(NotAuthorized, "ENotProvider", ledger.withdraw_sponsor_pool, CLIENT, pool, 1)
     world.refused(
         SponsorUnfunded, "ESponsorUnfunded", ledger.withdraw_sponsor_pool, SERVER, pool, 501
@@ -203,6 +213,16 @@ def test_sponsor_bad_input(world: World) -> None:
         WrongObject, "EWrongEscrow", ledger.reimburse, CLIENT, pool, opened.connection_id,
         plain.escrow_id,
     )  # fmt: skip
+    # A lane of another pool (of the same service) is refused by every call that takes one.
+    other_lane = ledger.get_sponsor_pool(create(SERVER, world.host, 7, 5_000)).lanes[0]
+    for call, *args in (
+        (ledger.fund_sponsor_pool, OTHER, pool, 1),
+        (ledger.withdraw_sponsor_pool, SERVER, pool, 1),
+        (ledger.open_sponsored_connection, CLIENT, pool, world.cap, 1_000),
+        (ledger.reimburse, CLIENT, pool, opened.connection_id),
+    ):
+        err = world.refused(WrongObject, "EWrongLane", partial(call, lane=other_lane), *args)
+        assert other_lane in str(err)
     # A top-up is not sponsored: the reimbursement stops at the pledge.
     ledger.top_up(CLIENT, opened.escrow_id, 1_000)
     receipt = Receipt(ledger.receipt_scope(opened.connection_id), 153_600, 0, 1_500, 1).sign(CLIENT)
@@ -211,10 +231,14 @@ def test_sponsor_bad_input(world: World) -> None:
     before = ledger.balance(CLIENT.sui_address)
     assert ledger.reimburse(OTHER, pool, opened.connection_id) == 1_000
     assert ledger.balance(CLIENT.sui_address) == before + 1_000
-    assert ledger.get_sponsor_pool(pool).reserved == 0
-    world.refused(
-        AlreadyRefunded, "EAlreadyReimbursed", ledger.reimburse, CLIENT, pool, opened.connection_id
+    # the pledge is gone with its reimbursement: the lane holds no entry for it
+    (lane,) = ledger.get_sponsor_lanes(pool)
+    assert (lane.funds, lane.reserved, lane.pledges) == (500, 0, 0)
+    assert ledger.get_sponsor_pledge(pool, opened.connection_id) is None
+    err = world.refused(
+        WrongObject, "ENotSponsored", ledger.reimburse, CLIENT, pool, opened.connection_id
     )
+    assert "reimbursed" in str(err)
     assert conserved(ledger)
 
 
@@ -463,7 +487,7 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     ledger.withdraw_subscription_offer(SERVER, offer)
     ledger.refund_subscription(CLIENT, sub)
     ledger.end_subscribed_connection(OTHER, subscribed.connection_id)
-    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5_000, max_pledge=10**9)
+    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5_000, max_pledge=10**9, lanes=2)
     ledger.set_sponsor_max_pledge(SERVER, pool, 800)
     ledger.fund_sponsor_pool(SERVER, pool, 2_000)
     ledger.withdraw_sponsor_pool(SERVER, pool, 100)
@@ -482,6 +506,7 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     pipe = ledger.create_pipe(CLIENT, conn.connection_id, 1)
     record = ledger.send_retained(CLIENT, pipe, terms, 0, b"kept")
     ids = {"offer": offer, "sub": sub, "pool": pool, "sale": other_sale, "terms": terms}
+    ids["lane"] = ledger.get_sponsor_pool(pool).lanes[0]
     ids["record"] = record
     ledger.confirm_consumed(SERVER, record)
     gone = ledger.send_retained(CLIENT, pipe, terms, 0, b"gone")
@@ -489,6 +514,8 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     ledger.delete_retained(CLIENT, gone)
     ledger.replace_retention_terms(SERVER, terms, 0, 2)
     ledger.refund_tickets(OTHER, other_sale)
+    ledger.leave_ticket_sale(CLIENT, sale)
+    ledger.destroy_ticket_sale(SERVER, sale)
     ledger.pay(CLIENT, OTHER.sui_address, 5, b"thanks")
     return ids
 
@@ -514,6 +541,7 @@ def test_event_and_object_layouts_match_local_ledger(world: World) -> None:
         "SubscriptionOffer": (ledger.get_subscription_offer, ids["offer"]),
         "Subscription": (ledger.get_subscription, ids["sub"]),
         "SponsorPool": (ledger.get_sponsor_pool, ids["pool"]),
+        "SponsorLane": (ledger.get_sponsor_lane, ids["lane"]),
         "TicketSale": (ledger.get_ticket_sale, ids["sale"]),
         "RetentionTerms": (ledger.get_retention_terms, ids["terms"]),
         "RetainedRecord": (ledger.get_retained_record, ids["record"]),
@@ -521,8 +549,10 @@ def test_event_and_object_layouts_match_local_ledger(world: World) -> None:
     assert set(getters) == set(ECONOMICS_OBJECT_LAYOUTS)
     for struct, (get, object_id) in getters.items():
         obj = get(object_id)
-        fields = {**vars(obj), "id": obj.id}
-        fields.setdefault("pledges", {"id": "0x" + "77" * 32, "size": 1})
+        # (the Move field ``version`` is the view's package_version; its version, Sui's)
+        fields = {**vars(obj), "id": obj.id, "version": obj.package_version}
+        if struct == "SponsorLane":
+            fields["pledges"] = {"id": "0x" + "77" * 32, "size": fields["pledges"]}
         holders = fields.get("holders")
         if struct == "TicketSale":
             fields["holders"] = {"id": "0x" + "78" * 32, "size": len(holders or {})}

@@ -24,6 +24,7 @@ from dtp.ledger._economics import BPS, sponsor_split
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments.receipts import Receipt
+from tests.support.sponsor_lanes import pool_totals
 
 U64_MAX = 2**64 - 1
 SLA = Sla(10, 5, 100)
@@ -233,15 +234,18 @@ def test_a_new_authority_cannot_take_the_old_providers_money(world: World) -> No
     ledger = world.ledger
     offer = ledger.create_subscription_offer(PROVIDER, world.host, 7, 30, 1)
     sub = ledger.subscribe(CLIENT, offer, 2)
-    pool = ledger.create_sponsor_pool(PROVIDER, world.host, 7, 10_000, max_pledge=10**9)
-    ledger.fund_sponsor_pool(PROVIDER, pool, 1_000)
+    pool = ledger.create_sponsor_pool(PROVIDER, world.host, 7, 10_000, max_pledge=10**9, lanes=2)
+    ledger.fund_sponsor_pool(PROVIDER, pool, 1_000)  # 500 in each lane
     opened = ledger.open_sponsored_connection(CLIENT, pool, world.cap, 400)
     ledger.set_authority(PROVIDER, world.host, HEIR.sui_address)
     ledger.faucet(HEIR.sui_address, 1)
-    # The offer and the pool stay their creator's: the heir neither claims nor withdraws
-    # nor bounds the pledges, and the old authority makes no new ones.
+    # The offer's earnings and the pool stay their creator's: the heir neither claims nor
+    # withdraws nor bounds the pledges, and the old authority makes no new ones.
     world.refused(NotAuthorized, "ENotProvider", ledger.claim_subscription, HEIR, sub)
-    world.refused(NotAuthorized, "ENotProvider", ledger.withdraw_subscription_offer, HEIR, offer)
+    # The heir may withdraw the offer, which sells nothing for the host any more
+    # (docs/escrow.md §13): the epoch begun stays the provider's, the other the holder's.
+    ledger.withdraw_subscription_offer(HEIR, offer)
+    assert ledger.refund_subscription(CLIENT, sub) == 30
     world.refused(NotAuthorized, "ENotProvider", ledger.withdraw_sponsor_pool, HEIR, pool, 1)
     world.refused(NotAuthorized, "ENotProvider", ledger.set_sponsor_max_pledge, HEIR, pool, 1)
     world.refused(
@@ -269,15 +273,15 @@ def test_a_new_authority_cannot_take_the_old_providers_money(world: World) -> No
     receipt = Receipt(ledger.receipt_scope(opened.connection_id), 0, 20, 100, 1).sign(CLIENT)
     ledger.settle_with_receipt(PROVIDER, opened.connection_id, receipt)
     assert ledger.reimburse(HEIR, pool, opened.connection_id) == 100
-    p = ledger.get_sponsor_pool(pool)
-    assert (p.funds, p.reserved) == (900, 0)
-    # what is left is still the provider's: nothing stays locked in a pool nobody uses
+    assert pool_totals(ledger, pool) == (900, 0)
+    # what is left is still the provider's, from both lanes: nothing stays locked in a
+    # pool nobody uses
     ledger.withdraw_sponsor_pool(PROVIDER, pool, 900)
-    assert ledger.get_sponsor_pool(pool).funds == 0
+    assert pool_totals(ledger, pool) == (0, 0)
     assert ledger.claim_subscription(PROVIDER, sub) == 30
     # Once the host is back with its provider, the pool sponsors again.
     ledger.set_authority(HEIR, world.host, PROVIDER.sui_address)
-    ledger.fund_sponsor_pool(PROVIDER, pool, 400)
+    ledger.fund_sponsor_pool(PROVIDER, pool, 800)  # 400 in each lane
     ledger.open_sponsored_connection(CLIENT, pool, world.cap, 400)
-    assert ledger.get_sponsor_pool(pool).reserved == 400
+    assert pool_totals(ledger, pool) == (800, 400)
     world.conserved()

@@ -7,7 +7,8 @@
   the payment models' state errors PaymentModelError.
 - A connect with ``subscription=`` refused a withdrawn offer as a nameless
   SubscriptionExpired (the ledger says ``EOfferWithdrawn``), an expired subscription
-  without its Move name, and checked the service before the holder (Move: holder first).
+  without its Move name, and checked the service before the holder (Move: holder first);
+  it refuses a sold host's offer (``EProviderChanged``) where Move does, before the expiry.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def test_not_settled_is_a_payment_model_error_and_still_a_connection_state_error
 ) -> None:
     host = _host(ledger, 7)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5000, max_pledge=10**9)
+    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5000, max_pledge=10**9, lanes=1)
     ledger.fund_sponsor_pool(SERVER, pool, 1000)
     opened = ledger.open_sponsored_connection(CLIENT, pool, cap, 1000)
     with pytest.raises(PaymentModelError) as info:
@@ -178,3 +179,28 @@ def test_the_holder_is_checked_before_the_service(ledger: LocalLedger) -> None:
         prepare_host_connection(ledger, HostAddress(host, 8), CLIENT, subscription=sub, cap_id=cap)
     assert wrong.value.qualified_name == "subscription::EWrongHost"
     assert ledger.dump() == before
+
+
+def test_a_sold_hosts_offer_is_refused_before_the_expiry_as_the_ledger_does(
+    ledger: LocalLedger,
+) -> None:
+    host = _host(ledger, 7)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    offer = ledger.create_subscription_offer(SERVER, host, 7, 100, 1)
+    sub = ledger.subscribe(CLIENT, offer, 1)
+    ledger.set_authority(SERVER, host, OTHER.sui_address)
+    ledger.advance_epoch()  # expired too: Move checks the host's authority first
+    before = ledger.dump()
+    with pytest.raises(PaymentModelError) as on_ledger:
+        ledger.open_subscribed_connection(CLIENT, sub, cap)
+    with pytest.raises(PaymentModelError) as early:
+        prepare_host_connection(ledger, HostAddress(host, 7), CLIENT, subscription=sub, cap_id=cap)
+    assert early.value.qualified_name == on_ledger.value.qualified_name
+    assert early.value.qualified_name == "subscription::EProviderChanged"
+    assert OTHER.sui_address in str(early.value) and sub in str(early.value)
+    assert ledger.dump() == before
+    # once withdrawn (by anyone, the host being another's), the withdrawal is named first
+    ledger.withdraw_subscription_offer(CLIENT, offer)
+    with pytest.raises(PaymentModelError) as withdrawn:
+        prepare_host_connection(ledger, HostAddress(host, 7), CLIENT, subscription=sub, cap_id=cap)
+    assert withdrawn.value.qualified_name == "subscription::EOfferWithdrawn"

@@ -1,18 +1,19 @@
 """The escrow state machine of tests/ledger/escrow_machine.py, extended with the payment
 models (docs/escrow.md §13-16): subscriptions (subscribe, renew, claim, withdraw, refund,
 unmetered connections, and their end by anyone once the subscription is over), a sponsor
-pool (fund, withdraw, pledge limit, sponsored connections, reimbursements, the host's
-authority changing and back), ticket sales (buy, go on air, cancel, refund) and retained
-records (terms published, retired and replaced; send, confirm, delete, and the sender's
-reclaim of an unconfirmed record after its deadline); and broadcasts (docs/escrow.md §9:
-contribute, slots paid as the clock moves, transmit and heartbeat, claim, cancel,
-withdraw, leave).
+pool of two lanes (fund and withdraw, of the pool or of one lane; pledge limit, sponsored
+connections through either lane, reimbursements, the host's authority changing and
+back), ticket sales (buy, go on air, cancel, refund) and retained records (terms
+published, retired and replaced; send, confirm, delete, and the sender's reclaim of an
+unconfirmed record after its deadline); and broadcasts (docs/escrow.md §9: contribute,
+slots paid as the clock moves, transmit and heartbeat, claim, cancel, withdraw, leave).
 
 Every call's outcome (error name or the exact balance moves) is predicted from the rules
 and compared, as in the escrow machine; failed calls must leave the ledger unchanged.
 Invariants on top of the escrow ones: MIST conserved with every new holder counted, a
-subscription holds exactly its unearned epochs, a pool's pledges are covered and equal
-the unreimbursed pledges, each within the pledge limit in force at its open, a sale holds
+subscription holds exactly its unearned epochs, each lane's pledges are covered by its
+own funds and equal its unreimbursed pledges (a reimbursed one leaves no entry), each
+within the pledge limit in force at its open, a sale holds
 exactly the price of its unrefunded tickets, a record holds its storage deposit and has a
 deadline at most twice the longest retention; the escrow machine's cap invariants (no
 epoch's claims exceed the cap) cover the unmetered and sponsored connections too, and a
@@ -59,6 +60,7 @@ from tests.ledger.escrow_machine import (
 PRICE = 50  # per epoch
 SHARE_BPS = 5_000
 MAX_PLEDGE = 600  # the pool's limit per connection at first: deposits above 1200 hit it
+LANES = 2  # the pool's lanes, each pledging from its own funds
 HEIR = identity(5)  # the host's authority for a while (change_authority)
 STORAGE_PRICE = 2  # per byte
 RETENTION_MS = 1_000
@@ -88,18 +90,20 @@ class EconomicsMachine(LedgerMachine):
     def __init__(self) -> None:
         super().__init__()
         ledger = self.ledger
-        ledger.faucet(SERVER.sui_address, 6_000)
+        ledger.faucet(SERVER.sui_address, 7_500)
         self.offer = ledger.create_subscription_offer(SERVER, self.host, 7, PRICE, 1)
         self.pool = ledger.create_sponsor_pool(
-            SERVER, self.host, 7, SHARE_BPS, max_pledge=MAX_PLEDGE
+            SERVER, self.host, 7, SHARE_BPS, max_pledge=MAX_PLEDGE, lanes=LANES
         )
-        ledger.fund_sponsor_pool(SERVER, self.pool, 1_500)
+        self.lanes = ledger.get_sponsor_pool(self.pool).lanes
+        ledger.fund_sponsor_pool(SERVER, self.pool, 3_000)  # 1500 in each lane
         self.terms = ledger.create_retention_terms(SERVER, self.host, 7, RETENTION_MS, 2)
         self.retired_terms: list[str] = []  # retired by the provider: sends refuse them
         self.subs: list[tuple[str, HostIdentity]] = []
         self.offers = [self.offer]
         self.free: list[Conn] = []  # connections opened with a subscription (SLA all zero)
-        self.pledges: dict[str, int] = {}  # sponsored connection -> pledge (until reimbursed)
+        # sponsored connection -> (its lane, the pledge), until reimbursed
+        self.pledges: dict[str, tuple[str, int]] = {}
         self.reimbursed: set[str] = set()
         self.sales: list[Sale] = []
         self.pipes: dict[tuple[str, str], str] = {}
@@ -348,34 +352,49 @@ class EconomicsMachine(LedgerMachine):
     def conns_of(self, cap_id: str) -> list[Conn]:
         return [c for c in self.conns + self.free if c.cap == cap_id]
 
-    @rule(who=st.sampled_from(CLIENTS), deposit=st.integers(0, 3_000))
-    def open_sponsored(self, who: HostIdentity, deposit: int) -> None:
+    def lane_available(self) -> dict[str, int]:
+        """What each lane holds unpledged, read from the ledger."""
+        return {lane.id: lane.available for lane in self.ledger.get_sponsor_lanes(self.pool)}
+
+    def lane_reserved(self, lane: str) -> int:
+        """What the model says ``lane`` has pledged."""
+        return sum(amount for one, amount in self.pledges.values() if one == lane)
+
+    @rule(data=st.data(), who=st.sampled_from(CLIENTS), deposit=st.integers(0, 3_000))
+    def open_sponsored(self, data: st.DataObject, who: HostIdentity, deposit: int) -> None:
         pool = self.ledger.get_sponsor_pool(self.pool)
         # bounded per connection: one large deposit cannot lock the whole pool
         pledge = min(deposit * SHARE_BPS // 10_000, pool.max_pledge)
         assert pool.pledge_for(deposit) == pledge
+        cap = self.caps[who.sui_address]
+        available = self.lane_available()
+        # named: the lane a client picks by default follows its cap's ID, which differs
+        # between LocalLedger and the stand-in, whose runs are compared call by call
+        # (tests/ledger/test_sponsor_lanes.py tests that choice)
+        lane = data.draw(st.sampled_from(self.lanes))
         error = (
             "InsufficientCoinBalance"
             if deposit > self.ledger.balance(who.sui_address)
             else "ESponsorUnfunded"
-            if pledge > pool.available
+            if pledge > available[lane]
             else "EInsufficientDeposit"
             if deposit < 100
             else "ESpendingCapExceeded"
-            if self.refused_reservation(self.caps[who.sui_address], deposit)
+            if self.refused_reservation(cap, deposit)
             else None
         )
-        cap = self.caps[who.sui_address]
         result = self.expect(
-            lambda: self.ledger.open_sponsored_connection(who, self.pool, cap, deposit),
+            lambda: self.ledger.open_sponsored_connection(who, self.pool, cap, deposit, lane=lane),
             {who.sui_address: -deposit},
             error,
         )
         if error is None:
             self.conns.append(self.track(result.connection_id, result.escrow_id, who))
             self.reserve(result.connection_id, cap, deposit, top_up=False)
-            self.pledges[result.connection_id] = pledge
-            assert self.ledger.get_sponsor_pool(self.pool).reserved == pool.reserved + pledge
+            self.pledges[result.connection_id] = (lane, pledge)
+            found = self.ledger.get_sponsor_pledge(self.pool, result.connection_id)
+            assert found is not None and (found.lane, found.amount) == (lane, pledge)
+            assert self.lane_available()[lane] == available[lane] - pledge
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data(), who=st.sampled_from([SERVER, MALLORY, *CLIENTS]))
@@ -396,20 +415,22 @@ class EconomicsMachine(LedgerMachine):
                 self.release(conn.id, conn.cap, e.balance)
         tc = self.ledger.get_connection(conn.id)
         e = self.ledger.get_escrow(conn.escrow)
+        # through the lane that holds the pledge (by default), or one named
+        named = data.draw(st.sampled_from([None, *self.lanes]))
+        lane = self.pledges[conn.id][0] if conn.id in self.pledges else None
         error = (
+            # never sponsored, reimbursed already (its pledge is gone) or not this lane's
             "ENotSponsored"
-            if conn.id not in self.pledges and conn.id not in self.reimbursed
-            else "EAlreadyReimbursed"
-            if conn.id in self.reimbursed
+            if lane is None or named not in (None, lane)
             else "ENotSettled"
             if not tc.settled
             else None
         )
         amount = 0
         if error is None:
-            amount = min(e.claimed * SHARE_BPS // 10_000, self.pledges[conn.id])
+            amount = min(e.claimed * SHARE_BPS // 10_000, self.pledges[conn.id][1])
         result = self.expect(
-            lambda: self.ledger.reimburse(who, self.pool, conn.id),
+            lambda: self.ledger.reimburse(who, self.pool, conn.id, lane=named),
             {conn.client.sui_address: amount},
             error,
         )
@@ -417,19 +438,30 @@ class EconomicsMachine(LedgerMachine):
             assert result == amount
             del self.pledges[conn.id]
             self.reimbursed.add(conn.id)
+            # the pledge's entry is removed with it: nothing of it is left in the lane
+            assert self.ledger.get_sponsor_pledge(self.pool, conn.id) is None
 
-    @rule(amount=st.integers(0, 2_000), withdraw=st.booleans())
-    def pool_money(self, amount: int, withdraw: bool) -> None:
-        pool = self.ledger.get_sponsor_pool(self.pool)
+    @rule(
+        data=st.data(),
+        amount=st.integers(0, 2_000),
+        withdraw=st.booleans(),
+    )
+    def pool_money(self, data: st.DataObject, amount: int, withdraw: bool) -> None:
+        """Money in and out of the whole pool (spread over its lanes, or taken from them)
+        or of one lane."""
+        available = self.lane_available()
+        named = data.draw(st.sampled_from([None, *self.lanes]))
         if withdraw:
             error = (
                 "EZeroAmount"
                 if amount == 0
                 else "ESponsorUnfunded"
-                if amount > pool.available
+                if amount > (sum(available.values()) if named is None else available[named])
                 else None
             )
-            call: Any = lambda: self.ledger.withdraw_sponsor_pool(SERVER, self.pool, amount)  # noqa: E731
+            call: Any = lambda: self.ledger.withdraw_sponsor_pool(  # noqa: E731
+                SERVER, self.pool, amount, lane=named
+            )
             changes = {SERVER.sui_address: amount}
         else:
             error = (
@@ -439,9 +471,19 @@ class EconomicsMachine(LedgerMachine):
                 if amount == 0
                 else None
             )
-            call = lambda: self.ledger.fund_sponsor_pool(SERVER, self.pool, amount)  # noqa: E731
+            call = lambda: self.ledger.fund_sponsor_pool(  # noqa: E731
+                SERVER, self.pool, amount, lane=named
+            )
             changes = {SERVER.sui_address: -amount}
         self.expect(call, changes if error is None else {}, error)
+        if error is None and named is None:
+            # spread to (or taken from) the lanes towards one level: the lanes it reached
+            # end at most a MIST apart
+            after = self.lane_available()
+            moved = {one: abs(after[one] - available[one]) for one in self.lanes}
+            assert sum(moved.values()) == amount
+            touched = [after[one] for one in self.lanes if moved[one]]
+            assert not touched or max(touched) - min(touched) <= 1
 
     @rule(who=st.sampled_from([SERVER, SERVER, *CLIENTS]), limit=st.integers(0, 2_000))
     def set_max_pledge(self, who: HostIdentity, limit: int) -> None:
@@ -456,10 +498,20 @@ class EconomicsMachine(LedgerMachine):
     def change_authority(self, data: st.DataObject, deposit: int, amount: int) -> None:
         """The host changes hands and back. Meanwhile the pool sponsors no new connection
         (their fees would go to the heir), stays its provider's to withdraw and to bound
-        (not the heir's), and its pledges still bind it."""
+        (not the heir's), and its pledges still bind it; the subscription offer sells
+        nothing (no subscribe, renew or open), and anyone may withdraw it, which ends its
+        earning at this epoch (the provider comes back with a new offer)."""
         ledger, client = self.ledger, data.draw(st.sampled_from(CLIENTS))
         ledger.set_authority(SERVER, self.host, HEIR.sui_address)
+        withdrawn = False
         try:
+            self._offer_after_a_sale(data, client)
+            if data.draw(st.booleans()):
+                by = data.draw(st.sampled_from([HEIR, MALLORY, *CLIENTS]))
+                self.expect(lambda: ledger.withdraw_subscription_offer(by, self.offer), {})
+                offer = ledger.get_subscription_offer(self.offer)
+                assert offer.withdrawn and offer.withdrawn_epoch == ledger.epoch()
+                withdrawn = True
             cap = self.caps[client.sui_address]
             self.expect(
                 lambda: ledger.open_sponsored_connection(client, self.pool, cap, deposit),
@@ -474,17 +526,48 @@ class EconomicsMachine(LedgerMachine):
             self.expect(
                 lambda: ledger.set_sponsor_max_pledge(HEIR, self.pool, amount), {}, "ENotProvider"
             )
-            pool = ledger.get_sponsor_pool(self.pool)
-            error = "ESponsorUnfunded" if amount > pool.available else None
+            error = "ESponsorUnfunded" if amount > sum(self.lane_available().values()) else None
             self.expect(
                 lambda: ledger.withdraw_sponsor_pool(SERVER, self.pool, amount),
                 {SERVER.sui_address: amount} if error is None else {},
                 error,
             )
-            assert ledger.get_sponsor_pool(self.pool).reserved == sum(self.pledges.values())
+            reserved = sum(lane.reserved for lane in ledger.get_sponsor_lanes(self.pool))
+            assert reserved == sum(amount for _, amount in self.pledges.values())
         finally:
             ledger.set_authority(HEIR, self.host, SERVER.sui_address)
         self.host_version = ledger.object_ref(self.host).version  # (written by the change)
+        if withdrawn:
+            self.offer = ledger.create_subscription_offer(SERVER, self.host, 7, PRICE, 1)
+
+    def _offer_after_a_sale(self, data: st.DataObject, client: HostIdentity) -> None:
+        """With the host another's, the offers refuse to sell: subscribe, renew and open
+        abort (``EProviderChanged``, after the checks that come before it)."""
+        ledger = self.ledger
+        cost = PRICE
+        self.expect(
+            lambda: ledger.subscribe(client, self.offer, 1),
+            {},
+            "InsufficientCoinBalance"
+            if cost > ledger.balance(client.sui_address)
+            else "EProviderChanged",
+        )
+        if not self.subs:
+            return
+        sub_id, holder = data.draw(st.sampled_from(self.subs))
+        withdrawn = self._offer_of(sub_id).withdrawn
+        after_holder = "EOfferWithdrawn" if withdrawn else "EProviderChanged"
+        self.expect(
+            lambda: ledger.renew_subscription(holder, sub_id, 1),
+            {},
+            "InsufficientCoinBalance"
+            if cost > ledger.balance(holder.sui_address)
+            else after_holder,
+        )
+        cap = self.caps[holder.sui_address]
+        self.expect(
+            lambda: ledger.open_subscribed_connection(holder, sub_id, cap), {}, after_holder
+        )
 
     # -- tickets -----------------------------------------------------------------------------
 
@@ -921,7 +1004,7 @@ class EconomicsMachine(LedgerMachine):
     def every_holder_is_audited(self) -> None:
         audit = self.ledger.audit()
         subs = sum(self.ledger.get_subscription(s).funds for s, _ in self.subs)
-        pool = self.ledger.get_sponsor_pool(self.pool).funds
+        pool = sum(lane.funds for lane in self.ledger.get_sponsor_lanes(self.pool))
         records = sum(self.ledger.get_retained_record(r.id).deposit for r in self.records)
         escrows = sum(self.ledger.get_escrow(c.escrow).balance for c in self.conns + self.free)
         assert audit["escrows"] == escrows + subs + pool + records
@@ -936,9 +1019,12 @@ class EconomicsMachine(LedgerMachine):
             sub = self.ledger.get_subscription(sub_id)
             span = sub.expires_epoch - sub.start_epoch - sub.claimed_epochs
             assert span >= 0 and sub.funds == span * PRICE
-        pool = self.ledger.get_sponsor_pool(self.pool)
-        assert 0 <= pool.reserved <= pool.funds
-        assert pool.reserved == sum(self.pledges.values())
+        # in every lane: reserved == the sum of its pledges (no entry past its
+        # reimbursement) <= funds
+        for lane in self.ledger.get_sponsor_lanes(self.pool):
+            assert 0 <= lane.reserved <= lane.funds
+            assert lane.reserved == self.lane_reserved(lane.id)
+            assert lane.pledges == sum(1 for one, _ in self.pledges.values() if one == lane.id)
         for spec in self.sales:
             sale = self.ledger.get_ticket_sale(spec.id)
             assert sum(sale.holders.values()) == sale.sold

@@ -151,9 +151,9 @@ def test_object_both_owned_and_shared_is_refused() -> None:
 
 def test_shared_object_with_two_initial_versions_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="initial shared version"):
-        sui_tx.reimburse(CTX, HOST, SharedRef(HOST.object_id, 99), TERMS)
+        sui_tx.reimburse(CTX, HOST, SharedRef(HOST.object_id, 99), TERMS, TERMS)
     # the same ref twice is one input (mutable, since one use is)
-    built = sui_tx.reimburse(CTX, HOST, TERMS, HOST)
+    built = sui_tx.reimburse(CTX, TERMS, HOST, TERMS, HOST)
     assert built.count(bytes.fromhex("a1" * 32)) == 1
 
 

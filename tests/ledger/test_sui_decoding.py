@@ -94,8 +94,9 @@ def test_events_read_past_an_unknown_dtp_event() -> None:
 
 def test_an_object_value_without_a_typed_member_is_a_decode_error() -> None:
     fields = {
-        "id": "0x" + "a1" * 32, "authority": SIGNER.sui_address, "noise_static_key": b"\x01" * 32,
-        "endpoints": [], "services": {},
+        "id": "0x" + "a1" * 32, "version": 1, "authority": SIGNER.sui_address,
+        "noise_static_key": b"\x01" * 32,
+        "endpoints": [], "services": {"id": "0x" + "a4" * 32, "size": 0},
         "firewall": {
             "mode": 0, "allow": {"id": "0x" + "a2" * 32, "size": 3},
             "deny": {"id": "0x" + "a3" * 32, "size": 0}, "max_connections_per_client": 0,

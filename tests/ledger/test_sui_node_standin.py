@@ -34,7 +34,7 @@ from dtp.ledger.local._tx import tx_digest
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui._client import LedgerUnavailable, SuiNode
-from dtp.ledger.sui._codec import decode_object
+from dtp.ledger.sui._codec import decode_object, decode_service, port_field_id, table_id
 from dtp.ledger.sui._tx import GasData, SharedRef, TxContext
 from dtp.testing.sui_node import SuiNodeStandIn
 from dtp.testing.sui_node._execute import gas_rates
@@ -125,7 +125,24 @@ def test_objects_have_full_types_owners_and_bcs_contents(
     obj = client.get_object(host)
     assert obj.type == f"{node.package_id}::host::Host"
     host_view = decode_object("Host", obj.version, obj.contents, {})
+    assert host_view.services == {}  # a Table: the Host holds its ID and size
+    # each service is a dynamic field of the services Table, found by its derived ID
+    services = table_id("Host", obj.contents)
+    assert services is not None
+    entry = client.get_object(port_field_id(services, 7))
+    assert entry.type == (
+        f"0x{'0' * 63}2::dynamic_field::Field<u16, {node.package_id}::host::Service>"
+    )
+    assert entry.owner == "object"
+    assert entry.contents[:34] == bytes.fromhex(port_field_id(services, 7)[2:]) + b"\x07\x00"
+    fields = client.table_fields(services, 2)
+    assert list(fields) == [b"\x07\x00"] and fields[b"\x07\x00"] == entry.contents[34:]
+    entries = {7: decode_service(fields[b"\x07\x00"])}
+    host_view = decode_object("Host", obj.version, obj.contents, entries)
     assert host_view.services[7].sla == SLA
+    assert ledger.get_host(host).services == host_view.services
+    assert ledger.get_service(host, 7) == host_view.services[7]
+    assert ledger.get_service(host, 8) is None
     # an open takes the Host read-only (docs/escrow.md §19): its version does not move,
     # while the client's cap, taken mutably, holds the reserved deposit
     assert (obj.version, obj.digest) == (before_open.version, before_open.digest)

@@ -14,6 +14,7 @@ from typing import Any
 
 from dtp.identity.keys import HostIdentity
 from dtp.messaging._membership import Member, MembershipConfig, MembershipEvent, Seed
+from dtp.messaging._membership_admission import GroupAdmission
 from dtp.messaging._membership_aio import AsyncMemberNode, join_group_async
 from dtp.messaging._membership_socket import MemberNode, join_group
 from dtp.testing._loops import LoopThread
@@ -112,9 +113,20 @@ class Group:
     :class:`MemberNode`; "aio": :class:`AsyncMemberNode` on an event loop of its own);
     every member's events are recorded with the time they came."""
 
-    def __init__(self, driver: str, n: int, config: MembershipConfig, *, forwarders: bool) -> None:
+    def __init__(
+        self,
+        driver: str,
+        n: int,
+        config: MembershipConfig,
+        *,
+        forwarders: bool,
+        admission: GroupAdmission | None = None,
+        identities: list[HostIdentity] | None = None,
+    ) -> None:
         self.driver = driver
         self.config = config
+        self.admission = admission
+        self.identities = identities or [HostIdentity.generate() for _ in range(n)]
         self.net = Forwarders(n) if forwarders else None
         self.loop = LoopThread() if driver == "aio" else None
         self.nodes: list[Any] = []
@@ -123,7 +135,7 @@ class Group:
         self.alive = set(range(n))
         for i in range(n):
             seeds = [self.nodes[0].seed()] if i else []
-            node = self._start(i, seeds)
+            node = self.start(f"m{i}", self.identities[i], seeds, admission, self.events[i])
             self.nodes.append(node)
             self.port_of[node.me.port] = i
             if self.net is not None:
@@ -135,23 +147,38 @@ class Group:
             return None
         return lambda host, port: net.address(i, self.port_of[port])
 
-    def _start(self, i: int, seeds: list[Seed]) -> Any:
-        kw: dict[str, Any] = dict(seeds=seeds, config=self.config, route=self._route(i))
+    def start(
+        self,
+        member_id: str,
+        identity: HostIdentity,
+        seeds: list[Seed],
+        admission: GroupAdmission | None,
+        events: list[MembershipEvent],
+    ) -> Any:
+        """A member on this group's driver (one of the group, or one that is not),
+        recording its events in ``events``."""
+        i = len(self.nodes)
+        route = self._route(i) if i < len(self.identities) else None
+        kw: dict[str, Any] = dict(seeds=seeds, config=self.config, route=route, admission=admission)
         if self.loop is not None:
             loop = self.loop
 
             async def start() -> AsyncMemberNode:
-                node = await join_group_async(f"m{i}", HostIdentity.generate(), **kw)
-                node.on_event(self.events[i].append)
+                node = await join_group_async(member_id, identity, **kw)
+                node.on_event(events.append)
                 return node
 
             return loop.run(start())
-        node: MemberNode = join_group(f"m{i}", HostIdentity.generate(), **kw)
-        node.on_event(self.events[i].append)
+        node: MemberNode = join_group(member_id, identity, **kw)
+        node.on_event(events.append)
         return node
 
     def _do(self, i: int, name: str, *args: Any) -> Any:
-        result = getattr(self.nodes[i], name)(*args)
+        return self.call(self.nodes[i], name, *args)
+
+    def call(self, node: Any, name: str, *args: Any) -> Any:
+        """``node.name(*args)``, on the loop for the asyncio driver."""
+        result = getattr(node, name)(*args)
         if self.loop is not None and asyncio.iscoroutine(result):
             return self.loop.run(result, timeout=60)
         return result

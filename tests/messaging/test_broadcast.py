@@ -387,6 +387,31 @@ def test_a_ticketed_station_admits_holders_and_refuses_the_others(world: World) 
     w.conserved()
 
 
+def test_a_ticketed_station_whose_sale_was_deleted_admits_nobody(world: World) -> None:
+    """The sale aired, its holder gave its ticket back and the organizer deleted it
+    (docs/escrow.md §15): the station reads it as a sale nobody holds a ticket of, and
+    refuses with NoTicket rather than a ledger error."""
+    w = world
+    holder, _ = w.fans
+    sale = w.ledger.create_ticket_sale(w.caster, "launch", 50, 1, 0, 10_000)
+    w.ledger.buy_tickets(holder, sale, 1)
+    b_id = w.ledger.create_ticketed_broadcast(w.caster, sale, "radio", PRICE, SLOT_MS)
+    station = BroadcastStation(w.ledger, w.caster, b_id)
+    w.ledger.go_on_air(w.caster, sale)
+    assert w.ledger.leave_ticket_sale(holder, sale) == 1
+    w.ledger.destroy_ticket_sale(w.caster, sale)
+    client = dtp.socket.create_connection(
+        w.server.address, server_key=w.caster.noise_public, identity=holder, timeout=10
+    )
+    s_side, _ = w.server.accept(timeout=10)
+    w.socks += [client, s_side]
+    with pytest.raises(E.NoTicket, match="holds no ticket"):
+        station.attach(s_side, "former holder")
+    assert station.refused_listeners == 1
+    station.close()
+    w.conserved()
+
+
 def test_an_open_broadcast_admits_anyone(world: World) -> None:
     station, listener = station_and_listener(world, fan=1)
     assert station.ticket_sale is None and station.refused_listeners == 0

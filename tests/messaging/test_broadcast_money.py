@@ -533,10 +533,11 @@ def _next(listener: BroadcastListener) -> BroadcastMessage | AirChange:
 
 
 def test_station_delivers_exactly_what_the_pool_pays(radio: Radio) -> None:
-    """One send per slot while the pool runs dry and is topped up (mid-slot, on a slot
-    boundary, after a long dry spell): a send goes out exactly in the slots the ledger
-    then charges for, the listener hears AIR off when the pool runs dry and AIR on after
-    each top-up, and the broadcaster's claim is exactly the delivered slots' price."""
+    """One send per slot while the pool runs dry and is topped up (10 ms into a slot,
+    after a long dry spell): a send goes out exactly in the slots the ledger then charges
+    for, the listener hears AIR off when the pool runs dry and AIR on after each top-up
+    that covers what is left of the slot, and the broadcaster's claim is exactly the
+    delivered slots' price less the part of each gone by off air before its top-up."""
     ledger, b_id = radio.ledger, radio.b_id
     station = BroadcastStation(ledger, CASTERS[0], b_id)
     listener = radio.tune_in(station)
@@ -574,21 +575,24 @@ def test_station_delivers_exactly_what_the_pool_pays(radio: Radio) -> None:
                 assert _next(listener).payload == b"end of slot %d" % slot  # type: ignore[union-attr]
         ledger.set_clock(20 * SLOT_MS)
         station.check()
-        # covered: 0, 1 (250 → 50 left), 3 (50 + 100; 50 + 49 leaves 4 uncovered), 5
-        # (99 + 1; slot 4 was off air and is not charged), 9, 10, 11 (300 + 50 → 50 left)
-        assert delivered == [0, 1, 3, 5, 9, 10, 11]
+        # covered: 0 and 1 (250: the rest of slot 0 after its first 10 ms, off air, costs
+        # 99 → 51 left), 3 (51 + 100), 4 (52 + 49 = 101 covers the 99 left of slot 4:
+        # its first 10 ms were off air), not 5 (2 + 1), then 9, 10, 11 (3 + 300 + 50:
+        # slot 10's first 10 ms were on air, paid at its top-up → 54 left)
+        assert delivered == [0, 1, 3, 4, 9, 10, 11]
         claimed = station.claim()
         b = ledger.get_broadcast(b_id)
-        assert b.paid_slots == len(delivered) and claimed == PRICE * len(delivered)
-        assert b.pool == sum(top_ups.values()) - claimed == 50
+        # 10 ms off air before the top-up of slots 0, 3, 4 and 9: 1 MIST each not charged
+        assert b.paid_slots == len(delivered) and claimed == PRICE * len(delivered) - 4
+        assert b.pool == sum(top_ups.values()) - claimed == 54
         assert ledger.balance(fan) == fan_start - sum(top_ups.values())
         assert ledger.balance(CASTERS[0].sui_address) == claimed
         # AIR: on for the first top-up, then off/on around each dry spell, off at the end
-        while len(air) < 8:
+        while len(air) < 6:
             item = _next(listener)
             assert isinstance(item, AirChange)
             air.append(item.on_air)
-        assert air == [True, False, True, False, True, False, True, False]
+        assert air == [True, False, True, False, True, False]
         assert listener.received == 2 * len(delivered) and listener.missed == 0
         audit = ledger.audit()
         assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

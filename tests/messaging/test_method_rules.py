@@ -329,14 +329,16 @@ def test_a_dear_method_metered_as_one_request_is_refused_with_its_count(world: W
         plain = JsonRpcClient(alice)  # (no prices: every call metered as one request)
         with pytest.raises(E.PaymentRequired) as refused:
             plain.call("eth_sendRawTransaction", ["0xf8"])
-        assert refused.value.data == {"requests": 5}
-        # the one request it paid for stays paid: the next call at the SLA's price is
-        # served on it, plus its own
+        # what it counts as, and that it was counted as nothing: its receipt is not
+        # kept, and the meter takes it back -- the next call pays for itself alone
+        assert refused.value.data == {"requests": 5, "counted": 0}
+        assert meter.latest is None and meter.total_requests == 0
         assert plain.call("eth_call", [1]) == {"called": [1]}
-        assert meter.latest is not None and meter.latest.total_requests == 2
+        assert meter.latest is not None and meter.latest.total_requests == 1
         assert JsonRpcClient(alice, prices={"eth_call": 25}).call("eth_call", [3]) == {
             "called": [3]
         }
+        assert world.claim(sock, meter) == 2 * 25
     finally:
         alice.close()
         sock.close()
@@ -467,6 +469,33 @@ def test_a_refused_notification_is_dropped(world: World) -> None:
         clients.append((client, sock))
     assert heard == [ALICE]
     for client, sock in clients:
+        client.close()
+        sock.close()
+
+
+def test_a_server_without_workers_or_fees_still_applies_the_rules(world: World) -> None:
+    """A blocking server with no worker pool and no fees answered plain handlers in
+    its inline loop without asking the rules: a denied method was served."""
+    rules = MethodRules([MethodRule("secret", allow=[ALICE])])
+    if world.kind == "blocking":
+        rpc: Any = RpcServer(workers=0, rules=rules)
+    else:
+        rpc = AsyncRpcServer(rules=rules)
+    rpc.register("secret", lambda p: "served")
+    if world.kind == "blocking":
+        world.start_blocking(rpc)
+    else:
+        world.start_asyncio(rpc)
+    for key, allowed in ((BOB_KEY, False), (ALICE_KEY, True)):
+        sock = dtp.socket.create_connection(
+            world.address, server_key=world.provider.noise_public, identity=key, timeout=10
+        )
+        client = RpcClient(sock, timeout=10)
+        if allowed:
+            assert client.call("secret", None) == "served"
+        else:
+            with pytest.raises(E.MethodNotAllowed):
+                client.call("secret", None)
         client.close()
         sock.close()
 

@@ -355,7 +355,6 @@ class _Records(logging.Handler):
 def test_a_ledger_failure_fails_the_link_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    import dtp.aio
     from dtp.daemon._config import Backend, ForwardConfig
     from dtp.daemon._forwarder import Forwarder, close_on_ledger
     from dtp.daemon._state import StatusBook
@@ -371,13 +370,13 @@ def test_a_ledger_failure_fails_the_link_cleanly(
         close=lambda: closed.append(True),
     )
 
-    async def open_connection(*args: object, **kwargs: object) -> tuple[object, object]:
+    async def connect_forward(*args: object, **kwargs: object) -> tuple[object, object]:
         return object(), writer
 
     async def answered(*args: object) -> bool:
         return True  # (the target's probe: this is about the escrow's read after the open)
 
-    monkeypatch.setattr(dtp.aio, "open_connection", open_connection)
+    monkeypatch.setattr("dtp.daemon._forwarder.connect_forward", connect_forward)
     monkeypatch.setattr("dtp.daemon._forwarder.probe_target", answered)
     config = ForwardConfig("fwd", Backend("127.0.0.1", 0), HostAddress("0x" + "12" * 32, 7))
     forwarder = Forwarder(config, ledger, identity, StatusBook(tmp_path / "state"))
@@ -390,7 +389,7 @@ def test_a_ledger_failure_fails_the_link_cleanly(
         assert [r.getMessage() for r in records.records] == ["ledger close failed"]
         # the link: the TunnelError _tunnel reports, not the ledger's exception
         with pytest.raises(TunnelError, match="cannot read connection"):
-            asyncio.run(forwarder._open_link())
+            asyncio.run(forwarder._open_link([]))
     finally:
         log.removeHandler(records)
     assert closed == [True]

@@ -25,13 +25,10 @@ import pytest
 import dtp.aio
 import dtp.errors
 import dtp.socket
-from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, PaymentError
+from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, ObjectNotFound, PaymentError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
-from dtp.ledger.interface import (
-    RESPONSE_ESCROW_PAID,
-    RESPONSE_ESCROW_REFUNDED,
-)
+from dtp.ledger.interface import RESPONSE_ESCROW_PAID
 from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging._framing import FrameDecoder, Oversized, encode_frame
@@ -635,7 +632,11 @@ def test_response_escrow_paid_with_ack_and_refunded_after_deadline() -> None:
         escrows = [ledger.get_response_escrow(e) for e in policy.acks] or []
         assert escrows == []
         assert call.escrow_id is not None
-        assert ledger.get_response_escrow(call.escrow_id).state == RESPONSE_ESCROW_REFUNDED
+        # refunded, and deleted by its requester in the same transaction
+        with pytest.raises(ObjectNotFound):
+            ledger.get_response_escrow(call.escrow_id)
+        refunded = [e for e in ledger.events()[0] if e.name == "ResponseFeeRefunded"]
+        assert [(e["escrow"], e["amount"]) for e in refunded] == [(call.escrow_id, 10)]
         # without a prepaid fee the service refuses
         with pytest.raises(E.PaymentRequired):
             s.connect(timeout=5).call("echo", 1)

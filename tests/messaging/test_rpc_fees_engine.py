@@ -1,7 +1,7 @@
 """The RPC fee engine (dtp.messaging.rpc._engine) driven with no I/O. Client: the order
 of a paid call's steps (checked → deposited → checked again, metered, sent), and that a
 prepaid fee is never lost and a request never metered unsent, whatever step fails.
-Server: the order of a request's admission (refused outright, receipt, escrow), how a
+Server: the order of a request's admission (refused outright, escrow, receipt), how a
 failing check is answered, and that an escrow is kept only for an answered request,
 until its one ACK."""
 
@@ -288,13 +288,14 @@ def test_no_fee_is_lost_and_no_unsent_request_is_metered(
 ) -> None:
     """Money conservation for the client's fee steps: every escrow made belongs to a
     call sent or waits on ``unanswered`` (exactly once); the meter counted exactly
-    the requests that reached the send step; and the receipts went out in nonce order."""
+    the requests sent (one whose send failed is taken back); and the receipts went
+    out in nonce order, cumulative."""
     meter, prepay = _meter(deposit=PRICE * deposit_requests), _prepay()
     fees = ClientFees(meter, None)
     made: list[str] = []
     in_flight: list[str] = []
     sent_receipts: list[Receipt] = []
-    reached_send = 0
+    reached_send = sent = 0
     for index, (fail, prepaid) in enumerate(calls):
         fees.prepay = prepay if prepaid else None
 
@@ -307,12 +308,13 @@ def test_no_fee_is_lost_and_no_unsent_request_is_metered(
                 raise Refused
 
         def send(meta: Meta, fail: str = fail, index: int = index) -> int:
-            nonlocal reached_send
+            nonlocal reached_send, sent
             reached_send += 1
             if fail == "send":
                 raise Refused
             assert meta is not None and "r" in meta
             sent_receipts.append(Receipt.decode(meta["r"]))
+            sent += 1
             return index
 
         try:
@@ -332,10 +334,12 @@ def test_no_fee_is_lost_and_no_unsent_request_is_metered(
     assert sorted(in_flight + prepay.unanswered) == sorted(made)
     assert len(set(prepay.unanswered)) == len(prepay.unanswered)
     # a send that failed after the meter counted (the driver's framing refusing, which
-    # the check just before rules out) is the only request metered and not sent
-    assert meter.total_requests == reached_send
+    # the check just before rules out) is taken back: its receipt never left
+    assert meter.total_requests == sent <= reached_send
     nonces = [r.nonce for r in sent_receipts]
     assert nonces == sorted(set(nonces))
+    amounts = [r.total_amount for r in sent_receipts]
+    assert amounts == sorted(amounts) and (not amounts or amounts[-1] == PRICE * sent)
     assert all(r.total_amount <= PRICE * deposit_requests for r in sent_receipts)
 
 
@@ -373,15 +377,16 @@ def _policy() -> ResponseFeePolicy:
     return ResponseFeePolicy(LEDGER, SERVER, min_amount=10)
 
 
-def test_admission_runs_the_receipt_before_the_escrow() -> None:
-    """A request the receipt check refuses must not hold an escrow: the escrow is
-    taken last."""
+def test_admission_takes_the_escrow_before_the_receipt() -> None:
+    """A request the escrow check refuses must not have counted or kept its receipt (a
+    refused request costs nothing): the receipt is taken last, and a request it
+    refuses has its escrow released by the driver."""
     payments, policy = _payments(), _policy()
     fees = ServerCallFees(payments, None, policy)
     meta = {"r": b"x", "re": "0xe1"}
     steps = fees.admission(meta, CLIENT.sui_address)
-    assert [type(step) for step in steps] == [PayRequest, TakeEscrow]
-    pay, take = steps
+    assert [type(step) for step in steps] == [TakeEscrow, PayRequest]
+    take, pay = steps
     assert isinstance(pay, PayRequest) and pay.payments is payments and pay.meta is meta
     assert isinstance(take, TakeEscrow) and take.policy is policy
     assert take.peer == CLIENT.sui_address
@@ -407,13 +412,24 @@ def test_a_connection_with_no_check_refuses_every_request() -> None:
 
 
 def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
-    assert ServerCallFees.refusal(E.PaymentRequired("no receipt")) == (
+    """A refusal says it counted nothing on a stream paid per request (the client's
+    meter takes the call back); a check failing itself says nothing of the kind."""
+    paid, prepaid_only = (
+        ServerCallFees(_payments(), None, None),
+        ServerCallFees(None, None, _policy()),
+    )
+    assert paid.refusal(E.PaymentRequired("no receipt")) == (
         E.PAYMENT_REQUIRED,
         "no receipt",
-        None,
+        {"counted": 0},
     )
+    assert paid.refusal(E.PaymentRequired("short", data={"requests": 5}))[2] == {
+        "requests": 5,
+        "counted": 0,
+    }
+    assert prepaid_only.refusal(E.PaymentRequired("no escrow"))[2] is None
     for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
-        code, message, data = ServerCallFees.refusal(exc)
+        code, message, data = paid.refusal(exc)
         assert data is None
         assert code == E.INTERNAL_ERROR
         assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
@@ -537,24 +553,37 @@ def test_a_request_is_counted_only_while_receipts_and_credit_cover_it() -> None:
     assert cover.served == 2 and cover.earned == PRICE
     # a stale receipt, while the latest pays for no request unserved: refused
     stale = cover.admit(first)
-    assert isinstance(stale, Refusal) and stale.accepted is None and not stale.beyond_deposit
+    assert isinstance(stale, Refusal) and not stale.beyond_deposit
+    assert cover.latest == Receipt.decode(first)
 
 
-def test_a_receipt_that_covers_too_little_is_kept_though_its_request_is_refused() -> None:
-    """A valid newer receipt that pays for no more requests than were served: the
-    request is refused, and the receipt is accepted all the same (to keep: it is the
-    newest the server may claim)."""
+def test_the_receipt_of_a_refused_request_is_not_kept() -> None:
+    """A valid newer receipt that pays for too few requests (a call metered below its
+    price): the request is refused and the receipt is not kept -- the server never
+    holds a receipt that pays for a refused request. The client's next receipt, signed
+    from the one before (a higher nonce, lower totals than the refused one), is taken."""
+    first = Receipt(scope_of(CONNECTION), 0, 2, 2 * PRICE, 1).sign(CLIENT)
     cover = _cover()
-    cover.resume(Receipt(scope_of(CONNECTION), 0, 2, 2 * PRICE, 1).sign(CLIENT))
+    cover.resume(first)
     assert cover.served == 2
-    same_totals = Receipt(scope_of(CONNECTION), 0, 2, 2 * PRICE, 2).sign(CLIENT)
-    refused = cover.admit(same_totals.encode())
-    assert isinstance(refused, Refusal) and refused.accepted == same_totals
-    assert "request 3 is not covered" in refused.error.message
-    assert cover.latest == same_totals and cover.served == 2
-    more = Receipt(scope_of(CONNECTION), 0, 3, 3 * PRICE, 3).sign(CLIENT)
-    assert cover.admit(more.encode()) == more
-    assert cover.served == 3
+    short = Receipt(scope_of(CONNECTION), 0, 4, 4 * PRICE, 2).sign(CLIENT)
+    refused = cover.admit(short.encode(), requests=3)
+    assert isinstance(refused, Refusal) and refused.error.data == {"requests": 3}
+    assert "requests 3..5 are not covered" in refused.error.message
+    assert cover.latest == first and cover.served == 2
+    paid = Receipt(scope_of(CONNECTION), 0, 3, 3 * PRICE, 3).sign(CLIENT)
+    assert cover.admit(paid.encode()) == paid
+    assert cover.served == 3 and cover.earned == 3 * PRICE
+
+
+def test_a_request_counted_as_none_keeps_no_receipt() -> None:
+    """A free request (a method priced 0, a JSON-RPC document whose requests the rules
+    refuse all) is served without its receipt being looked at: a receipt it carries
+    pays for nothing served, and is not kept."""
+    cover, meter = _cover(), _meter()
+    assert cover.admit(_signed(meter), requests=0) is None
+    assert cover.admit(b"not a receipt", requests=0) is None
+    assert cover.latest is None and cover.served == 0
 
 
 def test_receipts_in_another_order_pay_for_the_requests_they_overtook() -> None:
@@ -596,11 +625,11 @@ def test_a_receipt_of_another_scope_or_version_is_refused() -> None:
     for scope in (other_escrow, other_package):
         receipt = Receipt(scope, 0, 1, PRICE, 1).sign(CLIENT)
         refused = cover.admit(receipt.encode())
-        assert isinstance(refused, Refusal) and refused.accepted is None
+        assert isinstance(refused, Refusal)
         assert "receipt refused" in refused.error.message
         assert "does not verify" in refused.error.message
     old = cover.admit(v1_receipt_bytes(CONNECTION, 0, 1, PRICE, 1, CLIENT))
-    assert isinstance(old, Refusal) and old.accepted is None
+    assert isinstance(old, Refusal)
     assert "Receipt format version 1 is not supported" in old.error.message
     assert cover.latest is None and cover.served == 0
     good = Receipt(scope_of(CONNECTION), 0, 1, PRICE, 1).sign(CLIENT)

@@ -61,7 +61,6 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
-from dtp.messaging.rpc import _engine as rpc_engine
 from dtp.messaging.rpc import _fees as rpc_fees
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
@@ -1040,7 +1039,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, meter.deposit)
     served = Served(make_rpc(payments=payments))
     client = served.connect(timeout=20, meter=meter)
-    real = rpc_engine.sign_request
+    real = meter.charge
     closer: list[threading.Thread] = []
 
     def metering(*args: Any) -> Any:
@@ -1054,7 +1053,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
             time.sleep(0.01)
         return real(*args)
 
-    monkeypatch.setattr(rpc_engine, "sign_request", metering)  # (where PaidCall looks it up)
+    monkeypatch.setattr(meter, "charge", metering)  # (what PaidCall meters with)
     try:
         try:
             # (answered a second late: the close, waiting for the lock the metering

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode, RemoteProtocolError
 from dtp.graph import Graph, namespace
+from dtp.graph import _batch as graph_batch
 from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native.reference._ham import decode_ham_batch, encode_ham_batch
@@ -157,14 +158,14 @@ def test_filter_decodes_only_the_claimed_updates(
     owner: HostIdentity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded: list[int] = []
-    real = namespace.decode_ham_batch
+    real = graph_batch.decode_ham_batch
 
     def counting(batch: Any) -> list[HamUpdate]:
         got = real(batch)
         decoded.append(len(got))
         return got
 
-    monkeypatch.setattr(namespace, "decode_ham_batch", counting)
+    monkeypatch.setattr(graph_batch, "decode_ham_batch", counting)
     public = [HamUpdate(b"pub/%d" % i, b"f", 1.0, b"1") for i in range(2000)]
     public[7] = public[7]._replace(value=b'"' + MARK + b'"')
     batch = encode_ham_batch([*public, signed(owner, "a", b"1"), signed(owner, "b", b"2")])

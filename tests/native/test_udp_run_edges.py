@@ -1,14 +1,16 @@
 """The edges of the UDP runs (dtp_core/udpio.c, dtp/native/_udpio.py and its twin):
 the C functions refuse offsets and capacities outside the caller's buffers, both
 backends give the same outcome for addresses ``sendto`` would refuse or look up, the
-same sources (an IPv6 scope in scope_id, never in the host), and a send on a socket
-with a timeout never waits."""
+same sources (an IPv6 scope in scope_id, never in the host), a send on a socket
+with a timeout never waits, and one on a blocking socket waits for room, as ``send``."""
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -235,3 +237,53 @@ def test_a_send_on_a_socket_with_a_timeout_never_waits(send: Callable[..., Any])
         result = send(left, [b"late", b"later"])
         assert time.monotonic() - started < 10  # (30 if it waited for room)
         assert result == (0, 0, errno.EAGAIN)
+
+
+def _full_pair() -> tuple[socket.socket, socket.socket]:
+    """A datagram socket pair of the Unix family whose queue ``left`` to ``right`` is full."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.setblocking(False)
+    while True:
+        try:
+            left.send(b"z" * 512)
+        except BlockingIOError:
+            return left, right
+
+
+def _sleeping_in_kernel(thread: threading.Thread) -> bool:
+    """Whether ``thread`` sleeps in a system call (its state in /proc is S)."""
+    stat = f"/proc/self/task/{thread.native_id}/stat"
+    with open(stat) as f:
+        return f.read().rpartition(")")[2].split()[0] == "S"
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_send_on_a_blocking_socket_waits_for_room(send: Callable[..., Any]) -> None:
+    # the blocking relays' sockets: a full buffer holds the run back, as a blocking send
+    # holds a datagram back, and drops nothing
+    left, right = _full_pair()
+    with left, right:
+        left.setblocking(True)
+        result: list[tuple[int, int, int]] = []
+        sender = threading.Thread(target=lambda: result.append(send(left, [b"late", b"later"])))
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not _sleeping_in_kernel(sender):
+            assert time.monotonic() < deadline, "the run never waited"
+            time.sleep(0.01)
+        assert sender.is_alive() and not result  # (waiting for room, not dropped)
+        right.setblocking(False)
+        received = []
+        while sender.is_alive() or len(received) < 2 or received[-1] != b"later":
+            try:
+                data = right.recv(1024)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the run never went"
+                time.sleep(0.01)
+                continue
+            if data != b"z" * 512:
+                received.append(data)
+        sender.join(30)
+        assert result == [(2, 9, 0)]
+        assert received == [b"late", b"later"]
+        assert os.get_blocking(left.fileno())  # (the socket's mode is untouched)

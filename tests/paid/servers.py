@@ -2,6 +2,7 @@
 
     python -m tests.paid.servers LEDGER HOST_ID PORT SEED_HEX RECEIPTS
         [--api blocking|asyncio] [--mode echo|sink] [--pause-timeout S] [--refresh S]
+        [--claim-above MIST|none] [--claim-age FRACTION|none] [--claim-interval S]
 
 The host (authority = the identity from SEED_HEX) and its service must exist. Prints
 one JSON line {"port", "recovered"} once serving (the endpoint is published in the Host
@@ -32,10 +33,12 @@ from dtp.hostid.paid._aio import PaidReader, PaidWriter
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
+from dtp.payments._live_claims import CLAIM_AGE, CLAIM_INTERVAL
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from tests.support.paths import ROOT
 from tests.support.servers import blocking_handler
+from tests.support.settlements import is_settled, settled_escrow, settlement
 
 # -- the client's side: this module run in its own process, on a test's ledger ---------
 # (tests/paid/test_end_to_end.py, test_server_killed.py)
@@ -69,7 +72,7 @@ class World:
 
     def wait_settled(self, cid: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.ledger.get_connection(cid).settled:
+        while not is_settled(self.ledger, cid):
             assert time.monotonic() < deadline, f"connection {cid} not settled in time"
             time.sleep(0.05)
 
@@ -85,7 +88,10 @@ class World:
                 time.sleep(0.02)
 
     def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+        done = settlement(self.ledger, cid)
+        if done is not None and done.deleted:
+            return done.claimed  # (its client deleted it once settled)
+        return settled_escrow(self.ledger, cid).claimed
 
     def connect(
         self,
@@ -110,12 +116,12 @@ class World:
 
 
 @contextmanager
-def hosted_world(tmp_path: Path) -> Iterator[World]:
+def hosted_world(tmp_path: Path, sla: Sla = SLA) -> Iterator[World]:
     """A :class:`World` in ``tmp_path``: its LocalLedger file with SERVER's host offering
-    the echo service on PORT (closed at the end)."""
+    the echo service on PORT at ``sla``'s prices (closed at the end)."""
     ledger = LocalLedger(tmp_path / "ledger.db")
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.add_service(SERVER, host_id, PORT, "echo", sla)
     try:
         yield World(tmp_path, ledger, host_id)
     finally:
@@ -129,8 +135,11 @@ def paid_server(
     mode: str = "echo",
     pause_timeout: float = 10.0,
     refresh: float = 2.0,
+    claims: tuple[str, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    """The paid service in its own process; yields (process, its announcement)."""
+    """The paid service in its own process; yields (process, its announcement).
+    ``claims``: its command line's options of the claims while a connection lives
+    (``--claim-above``, ``--claim-age``, ``--claim-interval`` and their values)."""
     cmd = [
         sys.executable,
         "-m",
@@ -148,6 +157,7 @@ def paid_server(
         str(pause_timeout),
         "--refresh",
         str(refresh),
+        *claims,
     ]
     with open(world.tmp / "server.log", "a") as log:
         proc = subprocess.Popen(
@@ -238,11 +248,21 @@ def main() -> None:
     parser.add_argument("--mode", choices=["echo", "sink"], default="echo")
     parser.add_argument("--pause-timeout", type=float, default=10.0)
     parser.add_argument("--refresh", type=float, default=2.0)
+    # (the claims while a connection lives: the policy's settings, as text; "none": None)
+    parser.add_argument("--claim-above", default=None)
+    parser.add_argument("--claim-age", default=str(CLAIM_AGE))
+    parser.add_argument("--claim-interval", type=float, default=CLAIM_INTERVAL)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     seed = bytes.fromhex(args.seed)
     identity = HostIdentity.from_private_bytes(seed, seed)
-    policy = ServicePolicy(pause_timeout=args.pause_timeout, refresh_interval=args.refresh)
+    policy = ServicePolicy(
+        pause_timeout=args.pause_timeout,
+        refresh_interval=args.refresh,
+        claim_above=None if args.claim_above in (None, "none") else int(args.claim_above),
+        claim_age=None if args.claim_age == "none" else float(args.claim_age),
+        claim_interval=args.claim_interval,
+    )
     if args.api == "blocking":
         serve_blocking(args, identity, policy)
     else:

@@ -3,8 +3,8 @@ their admission read (PaidServerCore.admission_view): the gate is made from them
 settlement starts from them, rather than reading both again from the ledger.
 
 Both drivers (the ``driver`` fixture), a real echo over 127.0.0.1 and a LocalLedger file
-in tmp_path; ``gate_for`` and ``settle_ended`` are wrapped where the server module looks
-them up, and still run."""
+in tmp_path; ``gate_for`` and ``settle_ended`` are wrapped where the servers look them
+up (the server module; the books both servers keep), and still run."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0xB1), ident(0xB2)
@@ -32,8 +33,9 @@ def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
     tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = importlib.import_module(driver.server_module)
+    books = importlib.import_module("dtp.hostid.paid._server_books")
     seen: dict[str, Any] = {}
-    gate_for, settle_ended = module.gate_for, module.settle_ended
+    gate_for, settle_ended = module.gate_for, books.settle_ended
 
     def gate_seen(*args: Any, **kwargs: Any) -> Any:
         seen["gate"] = kwargs.get("admitted")
@@ -44,7 +46,7 @@ def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
         return settle_ended(*args, **kwargs)
 
     monkeypatch.setattr(module, "gate_for", gate_seen)
-    monkeypatch.setattr(module, "settle_ended", settle_seen)
+    monkeypatch.setattr(books, "settle_ended", settle_seen)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         with driver.connected(
             ledger, "echo", host=SERVER, client=CLIENT, port=PORT, sla=SLA, deposit=5000
@@ -54,8 +56,8 @@ def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
             assert sock.recv(4) == b"ping"
             sock.close()  # (the connection ends while the server runs on)
             assert cid is not None
-            assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-        settled = ledger.get_escrow(ledger.get_connection(cid).escrow)
+            assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+        settled = settled_escrow(ledger, cid)
     admitted = seen["gate"]
     assert admitted is not None and admitted.connection.id == cid
     connection, escrow = seen["settle"]

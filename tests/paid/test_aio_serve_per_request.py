@@ -153,20 +153,21 @@ def test_unpaid_and_refused_requests_cost_nothing(tmp_path: Path) -> None:
             await client.call("admin", None, requests=0)
         with pytest.raises(E.PaymentRequired) as short:
             await client.call("dear", 1)  # (metered as one request: it counts as five)
-        assert short.value.data == {"requests": 5}
-        # the one request that receipt paid for is still the client's: served now
-        assert await meter_less.call("echo", 1) == 1
+        assert short.value.data == {"requests": 5, "counted": 0}
+        # its receipt was not kept (nothing pays for another stream's request), and
+        # the meter took it back: the next receipt pays for the next call alone
         with pytest.raises(E.PaymentRequired):
             await meter_less.call("echo", 1)
+        assert meter.latest is None
         assert await client.call("echo", 2) == 2
-        assert meter.latest is not None and meter.latest.total_requests == 2
+        assert meter.latest is not None and meter.latest.total_requests == 1
         cid = writer.connection_id
         await meter_less.close()
         await client.close()
         await close(writer)
         assert await settled(server, cid)
-        assert ledger.balance(PROVIDER.sui_address) - provider_before == 50
-        assert bob_before - ledger.balance(BOB.sui_address) == 50
+        assert ledger.balance(PROVIDER.sui_address) - provider_before == 25
+        assert bob_before - ledger.balance(BOB.sui_address) == 25
 
     run(tmp_path, body)
 

@@ -30,6 +30,7 @@ from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=10_000)
 DEPOSIT = 1 << 32  # (never used up here: 4 TiB at 1 MIST a KiB)
@@ -66,7 +67,7 @@ def _half_close_while_served(ledger: LocalLedger, sock: dtp.socket.DTPSocket) ->
             assert error.code == CLOSE_LEDGER_CLOSED
         # (the settlement follows the close: the ten minutes the client would wait
         # before settling itself pass here at once)
-        wait_for(lambda: ledger.get_connection(cid).settled, 5.0)
+        wait_for(lambda: is_settled(ledger, cid), 5.0)
     # still connected when the server serves on: the client settles itself
     ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1)
     with contextlib.suppress(ChainError):  # (settled already: what it refunded)
@@ -76,8 +77,8 @@ def _half_close_while_served(ledger: LocalLedger, sock: dtp.socket.DTPSocket) ->
 
 
 def _settled_with_a_claim(ledger: LocalLedger, cid: str, got: int) -> None:
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+    escrow = settled_escrow(ledger, cid)
     # the server claimed at least what the client read before its half-close (1 MIST
     # a KiB; the last receipt may lag a cadence), the rest refunded; the client that
     # settled first once the timeout passed had it all back, nothing claimed

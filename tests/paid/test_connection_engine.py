@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dtp.errors import LocalProtocolError
@@ -351,6 +351,78 @@ def test_datagrams_go_whole_within_the_credit(credit: int, sizes: list[int], lea
     assert left == credit - sum(max(size, least) for size in went)
     if count < len(sizes):  # the next one is not covered
         assert sizes[count] > left or (least and left <= 0)
+
+
+def test_a_datagram_that_came_after_the_look_at_the_gate_waits_for_payment() -> None:
+    """A datagram is in the usage from its arrival: the gate served the usage when the
+    receive looked (600 bytes), but the 500-byte datagram that came before the receive
+    took it carried the usage past the allowance (1000 bytes): it is not handed out
+    until a receipt covers it."""
+    paid = engine()
+    assert paid.gate.serving(600, 0)  # the look before the take
+    arrived = b"d" * 500
+    assert paid.datagrams_received((1100, 0), [arrived], []) == 0
+    step, checked = paid.receipt_frame(receipt(1100, 1), closed=False)
+    assert step is ReceiptStep.STORE and checked is not None
+    paid.kept(checked)
+    assert paid.datagrams_received((1100, 0), [arrived], []) == 1
+
+
+def test_each_datagram_is_judged_on_the_usage_as_it_came() -> None:
+    """Those queued behind a datagram came after it: it goes when the usage without them
+    is served (700 bytes here), the one that took the usage past the allowance does not,
+    and a batch hands out the first ones the credit covers, each whole, in order."""
+    paid = engine()
+    first, second = b"a" * 400, b"b" * 400  # after 300 stream bytes
+    assert paid.datagrams_received((1100, 0), [first], [second]) == 1
+    assert paid.datagrams_received((1100, 0), [second], []) == 0
+    batch = [b"c" * 300] * 4  # 1200 bytes from nothing
+    assert paid.datagrams_received((1200, 0), batch, []) == 3
+    assert paid.datagrams_received((1300, 0), batch, [b"q" * 100]) == 3
+    assert paid.datagrams_received((1000, 0), [b"h" * 500] * 2, []) == 2  # to the byte
+    # past the limit nothing goes, an empty datagram neither (counted as a byte)
+    assert paid.datagrams_received((1001, 0), [b"h" * 1000, b""], [b"x"]) == 1
+    assert paid.datagrams_received((1200, 0), [b"", b"y"], [b"z" * 100]) == 0
+    assert paid.gate.verdict(0, 1200, 0).state is GateState.PAUSE  # (pure: still paused)
+
+
+def test_no_datagram_goes_once_a_receipt_was_refused() -> None:
+    paid = engine()
+    paid.receipt_frame(receipt(800, 1, MALLORY), closed=False)
+    assert paid.datagrams_received((0, 0), [b"", b"x"], []) == 0
+
+
+@given(
+    before=st.integers(0, 1500),
+    arrivals=st.lists(st.integers(0, 600), max_size=12),
+    batches=st.lists(st.integers(1, 4), min_size=1, max_size=12),
+)
+@example(before=400, arrivals=[0, 600, 1], batches=[2])  # (an empty one takes a byte)
+def test_what_datagram_receives_hand_out_never_passes_the_allowance(
+    before: int, arrivals: list[int], batches: list[int]
+) -> None:
+    """Whatever came after a look (all of ``arrivals`` here, queued), receives taking
+    batches of any size hand out only datagrams the usage as they came was served
+    with: ``before`` (stream bytes) plus what was handed stays within the allowance,
+    and a receive hands out nothing only when the next one is past it."""
+    paid = engine()
+    queue = [b"d" * size for size in arrivals]
+    usage = (before + sum(arrivals), 0)
+    handed = charged = 0  # (charged: an empty datagram counts as a byte)
+    for size in itertools.cycle(batches):
+        if not queue:
+            break
+        taken, queue = queue[:size], queue[size:]
+        count = paid.datagrams_received(usage, taken, queue)
+        handed += sum(map(len, taken[:count]))
+        charged += sum(max(1, len(data)) for data in taken[:count])
+        if count:
+            assert fee(SLA, before + handed, 0) <= 1000
+        if usage[0] <= 1000:
+            assert count == len(taken)  # all of it served: all of them go
+        if count < len(taken):
+            assert before + charged + max(1, len(taken[count])) > 1000
+            break
 
 
 def test_a_paused_call_asks_waits_and_ends_when_paid() -> None:

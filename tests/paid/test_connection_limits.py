@@ -28,10 +28,11 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import ConnectionLimitReached
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import ConnectionState, EventFilter, Sla
+from dtp.ledger._objects import EventFilter, Sla
 from dtp.ledger.local import LocalLedger
 from tests.support.paid_twins import PaidWorld, echo_server, hosted_ledgers, ident, loop_in_thread
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow, settlement
 
 PORT = 7100
 SLA = Sla(1, 1, 1000)
@@ -70,14 +71,15 @@ def refunded_whole(world: PaidWorld, cid: str) -> Callable[[], bool]:
     """Whether ``cid`` is settled with its whole deposit refunded."""
 
     def check() -> bool:
-        tc = world.ledger.get_connection(cid)
-        return tc.settled and world.ledger.get_escrow(tc.escrow).refunded == DEPOSIT
+        # (read from its settlement's event once its client deleted it)
+        done = settlement(world.ledger, cid)
+        return done is not None and done.refunded == DEPOSIT
 
     return check
 
 
 def settled(world: PaidWorld, cid: str) -> Callable[[], bool]:
-    return lambda: world.ledger.get_connection(cid).settled
+    return lambda: is_settled(world.ledger, cid)
 
 
 def last_opened(world: PaidWorld) -> str:
@@ -113,9 +115,7 @@ def test_a_connection_beyond_a_limit_is_refused_and_refunded_at_once(
         else:
             assert f"port {PORT} of host {world.host_id} serves 2 of 2 connections" in str(error)
         assert wait_for(refunded_whole(world, cid), timeout=10), "not refunded at once"
-        tc = world.ledger.get_connection(cid)
-        assert tc.state is ConnectionState.CLOSED
-        assert world.ledger.get_escrow(tc.escrow).claimed == 0
+        assert settled_escrow(world.ledger, cid).claimed == 0  # (closed: settled)
         # nothing the admission read of the refused connection is kept
         assert not server.admission._admitted
         for sock in (alice, bob):  # served on
@@ -197,7 +197,7 @@ def test_a_client_reconnecting_while_its_last_connection_settles_is_served(
             first_cid = last_opened(world)
             closing = asyncio.run_coroutine_threadsafe(close(first), loop)
             assert ledger.held.wait(10), "the first connection's settlement never began"
-            assert not world.ledger.get_connection(first_cid).settled
+            assert not is_settled(world.ledger, first_cid)
             second = served(world, ALICE)
         finally:
             ledger.go.set()

@@ -33,6 +33,7 @@ from tests.support.paid_twins import (
 )
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x89), ident(0x8A)
@@ -101,8 +102,8 @@ def _check(ledger: LocalLedger, got: int, cid: str) -> None:
     assert fee(SLA, got + 2 - 1, 1) <= DEPOSIT
     # the server settles in the connection's thread once the client is cut off, which
     # the blocking server's close() does not wait for (CI read the escrow first)
-    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=30)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), timeout=30)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.claimed + escrow.refunded == DEPOSIT
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

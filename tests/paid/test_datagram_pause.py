@@ -228,7 +228,10 @@ def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) 
     async def callback(reader: PaidReader, writer: PaidWriter) -> None:
         paid = reader._paid
         proto = paid.proto
-        # (allowance 0: the first request is unpaid, so the first read pauses)
+        # (allowance 0: the client's request -- a byte on a stream of its own, so that
+        # this read has nothing to return once resumed -- is unpaid: the read pauses,
+        # once the request is in)
+        await asyncio.wait_for(until(lambda: paid.conn.usage[1] > 0), WAIT)
         task = asyncio.ensure_future(reader.read(10))
         await asyncio.wait_for(until(lambda: paid.gate.pause_deadline_ms() is not None), WAIT)
         await asyncio.sleep(0)  # the read is in its wait for a receipt now
@@ -254,6 +257,8 @@ def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) 
     async def main() -> None:
         server = await w.serve(callback, ServicePolicy(allowance=0, pause_timeout=30.0))
         _, writer = await w.connect(metering=UNPAID)
+        _, other = await writer.open_stream()
+        other.write(b"?")
         try:
             await asyncio.wait_for(until(lambda: "cancelled" in out), WAIT)
         finally:

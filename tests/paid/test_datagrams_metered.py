@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from dtp.payments.receipts import fee
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 from tests.support.reads import recv_exactly
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7
@@ -53,8 +55,8 @@ class World(PaidWorld):
 
     def claimed_when_settled(self, cid: str) -> int:
         """What the server claimed from ``cid``'s escrow, once the connection settled."""
-        assert wait_for(lambda: self.ledger.get_connection(cid).settled, WAIT)
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+        assert wait_for(lambda: is_settled(self.ledger, cid), WAIT)
+        return settled_escrow(self.ledger, cid).claimed
 
 
 @pytest.fixture
@@ -106,8 +108,8 @@ def paid_server(
 @pytest.mark.parametrize("api", APIS)
 def test_a_datagram_echo_is_paid_for_both_ways(world: World, api: str) -> None:
     """A client echoes datagrams off a paid service: the server claims the fee of every
-    payload both ways (it claimed only the request before), and the client's count is
-    the server's."""
+    payload both ways, and the client's count is the server's. No request: the
+    connection's first stream carried nothing (docs/escrow.md §6.1)."""
     count, size = 40, 4000
     server_usage: queue.Queue[tuple[int, int]] = queue.Queue()
 
@@ -140,8 +142,8 @@ def test_a_datagram_echo_is_paid_for_both_ways(world: World, api: str) -> None:
         assert cid is not None
         claimed = world.claimed_when_settled(cid)
         served = server_usage.get(timeout=WAIT)
-    assert client_usage == served == (2 * count * size, 1)
-    assert claimed == fee(SLA, 2 * count * size, 1)
+    assert client_usage == served == (2 * count * size, 0)
+    assert claimed == fee(SLA, 2 * count * size, 0)
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -269,6 +271,108 @@ def test_datagrams_of_a_client_that_pays_nothing_pause_then_close_the_connection
     assert claimed == 0
 
 
+def test_a_batch_receive_hands_out_only_the_datagrams_the_allowance_covers(
+    world: World,
+) -> None:
+    """A blocking handler read one datagram of a client that pays nothing (the gate
+    looked, its credit cached), then takes the 69 that came after it in one batch: the
+    first 63 go (64 with the first: the allowance to the byte), the 6 whose arrival took
+    the usage past it stay queued, and the next receive waits for payment rather than
+    take them. (The batch took them all before: the cached credit was trusted, and
+    never spent on datagrams.)"""
+    size, count = 8000, 70
+    covered = SLA.min_deposit * 1024 // SLA.price_per_kib // size
+    outcome: queue.Queue[tuple[int, int, int] | BaseException] = queue.Queue()
+    first_read = threading.Event()
+
+    def handler(sock: PaidSocket) -> None:
+        try:
+            sock.recv_datagram(timeout=WAIT)
+            first_read.set()
+            engine = sock._paid.engine
+            assert wait_for(lambda: engine.conn.usage[0] >= count * size, WAIT)
+            batch = sock.recv_datagrams(1024, timeout=WAIT)
+            queued = len(engine.session.datagrams)
+            with pytest.raises(DTPTimeoutError):
+                sock.recv_datagram(timeout=0.3)
+            outcome.put((1 + len(batch), queued, len(engine.session.datagrams)))
+        except BaseException as exc:  # (reported to the test thread)
+            outcome.put(exc)
+
+    payload = os.urandom(size)
+    with paid_server(world, "blocking", handler, _sinks(queue.Queue())[1]):
+        sock = world.connect(SLA.min_deposit, UNPAID)
+        sent = 0
+        deadline = time.monotonic() + WAIT
+        while sent < count and time.monotonic() < deadline:
+            if sent == 1:
+                assert first_read.wait(WAIT)
+            if sock.send_datagrams([payload]):
+                sent += 1
+            else:
+                time.sleep(0.01)  # the carrier is backed up: it was dropped
+        got = outcome.get(timeout=WAIT)
+        sock.close()
+    assert not isinstance(got, BaseException), got
+    assert covered == 64 and got == (covered, count - covered, count - covered)
+    assert fee(SLA, covered * size, 0) <= SLA.min_deposit
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_datagrams_past_the_allowance_at_an_unpaid_end_are_never_handed_out(
+    world: World, api: str
+) -> None:
+    """A client that pays nothing sends 70 datagrams and leaves; the handler reads only
+    then: the 64 the allowance covers come out, the rest are unpaid and the next
+    receive reports the end (rather than take a datagram it put back again and
+    again)."""
+    size, count = 8000, 70
+    covered = SLA.min_deposit * 1024 // SLA.price_per_kib // size
+    outcome: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+    left = threading.Event()
+
+    def handler(sock: PaidSocket) -> None:
+        got = 0
+        try:
+            assert left.wait(WAIT) and wait_for(sock._paid.ended, WAIT)
+            while True:
+                got += 1 if sock.recv_datagram(timeout=WAIT) else 0
+        except DTPError as exc:
+            outcome.put((got, exc))
+        except BaseException as exc:  # (reported to the test thread)
+            outcome.put((got, exc))
+
+    async def handler_aio(reader: PaidReader, writer: PaidWriter) -> None:
+        got = 0
+        try:
+            assert await asyncio.to_thread(left.wait, WAIT)
+            assert await asyncio.to_thread(wait_for, writer._paid.ended, WAIT)
+            while True:
+                async with asyncio.timeout(WAIT):
+                    got += 1 if await writer.recv_datagram() else 0
+        except BaseException as exc:  # (reported to the test thread)
+            outcome.put((got, exc))
+
+    payload = os.urandom(size)
+    with paid_server(world, api, handler, handler_aio):
+        sock = world.connect(SLA.min_deposit, UNPAID)
+        engine = sock._engine
+        sent = 0
+        deadline = time.monotonic() + WAIT
+        while sent < count and time.monotonic() < deadline:
+            if sock.send_datagrams([payload]):
+                sent += 1
+            else:
+                time.sleep(0.01)  # the carrier is backed up: it was dropped
+        assert wait_for(lambda: engine.conn.send_buffered() == 0, WAIT)
+        sock.close()
+        left.set()
+        got, error = outcome.get(timeout=WAIT)
+    assert sent == count
+    assert isinstance(error, DTPError) and not isinstance(error, DTPTimeoutError), error
+    assert got == covered == 64
+
+
 @pytest.mark.parametrize("api", APIS)
 def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, api: str) -> None:
     """A metered client floods a paid datagram sink with a deposit that covers a third
@@ -308,10 +412,12 @@ def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, a
     assert handler_ended < policy.pause_timeout / 3  # ended by the client, not the pause
     final = payment.meter.latest
     assert final is not None
-    # what went out is what the deposit covers, to within one datagram, and paid
+    # what went out is what the deposit covers, to within one datagram -- the room of
+    # the request the first stream would make if it carried anything kept -- and paid:
+    # datagrams alone, no request
     assert deposit - fee(SLA, size, 0) < fee(SLA, sent, 1) <= deposit
     assert served <= sent
-    assert claimed == final.total_amount == fee(SLA, sent, 1)
+    assert claimed == final.total_amount == fee(SLA, sent, 0)
 
 
 def test_blocking_datagrams_to_a_client_that_pays_nothing_stop_at_the_allowance(
@@ -348,7 +454,7 @@ def test_blocking_datagrams_to_a_client_that_pays_nothing_stop_at_the_allowance(
     assert isinstance(error, PaymentRequired)
     assert isinstance(ended.value, PaymentRequired)
     assert got == sent * size
-    assert fee(SLA, got, 1) <= ALLOWANCE < fee(SLA, got + size, 1)
+    assert fee(SLA, got, 0) <= ALLOWANCE < fee(SLA, got + size, 0)  # (no request made)
 
 
 def test_asyncio_datagrams_to_a_client_that_pays_nothing_are_dropped_past_the_allowance(
@@ -378,7 +484,7 @@ def test_asyncio_datagrams_to_a_client_that_pays_nothing_are_dropped_past_the_al
             while True:
                 got += len(sock.recv_datagram(timeout=1.0))
     assert got + dropped * size == count * size
-    assert fee(SLA, got, 1) <= ALLOWANCE < fee(SLA, got + size, 1)
+    assert fee(SLA, got, 0) <= ALLOWANCE < fee(SLA, got + size, 0)  # (no request made)
 
 
 def push_aio_unused(reader: PaidReader, writer: PaidWriter) -> None:

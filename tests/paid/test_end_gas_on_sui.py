@@ -39,6 +39,7 @@ from dtp.payments._refunds import refunds_for
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow, settlement
 
 PORT = 8080
 DEPOSIT = 20_000_000
@@ -179,7 +180,7 @@ def test_a_cheap_connections_end_is_left_and_its_client_takes_the_deposit_back(
         tc = provider.ledger.get_connection(cid)
         if provider.node is None:
             # no gas: settled as it ended, as ever
-            assert wait_for(lambda: provider.ledger.get_connection(cid).settled, 10)
+            assert wait_for(lambda: is_settled(provider.ledger, cid), 10)
             assert [c for c, _ in server.settlements] == [cid] and not server.left
             return
         assert wait_for(lambda: len(server.left) == 1, 10)
@@ -194,10 +195,10 @@ def test_a_cheap_connections_end_is_left_and_its_client_takes_the_deposit_back(
         collector = refunds_for(client_ledger, _client_of(provider, tc.client))
         assert cid in collector
         time.sleep(0.5)  # (looked at the clock: not due yet)
-        assert not provider.ledger.get_connection(cid).settled
+        assert not is_settled(provider.ledger, cid)
         provider.advance_past_timeout()
-        assert wait_for(lambda: provider.ledger.get_connection(cid).settled, 10)
-        escrow = provider.ledger.get_escrow(tc.escrow)
+        assert wait_for(lambda: is_settled(provider.ledger, cid), 10)
+        escrow = settled_escrow(provider.ledger, cid)
         # the whole deposit back: the fee the server gave up with it
         assert escrow.claimed == 0 and escrow.refunded == DEPOSIT
         assert wait_for(lambda: cid not in collector, 5)  # (dropped just after)
@@ -223,9 +224,9 @@ def test_a_profitable_connection_is_claimed_as_it_ends(provider: Provider) -> No
     server = _serve(provider, PORT)
     try:
         cid, _ = _connect_and_close(provider, PORT)
-        assert wait_for(lambda: provider.ledger.get_connection(cid).settled, 10)
+        assert wait_for(lambda: is_settled(provider.ledger, cid), 10)
         ((settled_cid, settlement),) = server.settlements
-        escrow = provider.ledger.get_escrow(provider.ledger.get_connection(cid).escrow)
+        escrow = settled_escrow(provider.ledger, cid)
         assert settled_cid == cid and settlement.claimed == escrow.claimed >= 4_000_000
         assert escrow.refunded == DEPOSIT - escrow.claimed
         assert not server.left
@@ -248,15 +249,15 @@ def test_two_ends_worth_a_batch_are_settled_in_one_transaction(provider: Provide
             # alone, it waits: its 3 M do not pay for a transaction (3.33 M)
             assert wait_for(lambda: len(server.deferred.batch) == 1, 10)
             time.sleep(0.3)  # (recovery rounds: it still waits)
-            assert not provider.ledger.get_connection(first).settled
+            assert not is_settled(provider.ledger, first)
         second, _ = _connect_and_close(provider, PORT)
-        assert wait_for(lambda: provider.ledger.get_connection(second).settled, 10)
-        assert provider.ledger.get_connection(first).settled
+        assert wait_for(lambda: is_settled(provider.ledger, second), 10)
+        assert is_settled(provider.ledger, first)
         # (the server records a settlement once its transaction returns, which the
         # ledger shows first)
         assert wait_for(lambda: {c for c, _ in server.settlements} == {first, second}, 10)
         for cid in (first, second):
-            escrow = provider.ledger.get_escrow(provider.ledger.get_connection(cid).escrow)
+            escrow = settled_escrow(provider.ledger, cid)
             assert escrow.claimed >= 3_000_000 and escrow.refunded == DEPOSIT - escrow.claimed
         if provider.node is not None:
             after = provider.ledger.gas_spent(provider.identity.sui_address)
@@ -283,7 +284,7 @@ def test_an_end_waiting_for_a_batch_is_left_when_the_server_stops(provider: Prov
     with ReceiptStore(provider.tmp / f"receipts-{PORT}.db") as store:
         stored = store.latest(cid)
         assert stored is not None and stored.unclaimed == 0  # written off: never claimed
-    assert not provider.ledger.get_connection(cid).settled  # its client's to settle
+    assert not is_settled(provider.ledger, cid)  # its client's to settle
 
 
 def test_the_asyncio_server_leaves_a_cheap_end_too(provider: Provider) -> None:
@@ -301,7 +302,7 @@ def test_the_asyncio_server_leaves_a_cheap_end_too(provider: Provider) -> None:
         async with server:
             cid, _ = await asyncio.to_thread(_connect_and_close, provider, PORT)
             if provider.node is None:
-                await _until(lambda: provider.ledger.get_connection(cid).settled)
+                await _until(lambda: is_settled(provider.ledger, cid))
                 return cid
             await _until(lambda: len(server.left) == 1)
             assert server.left[0][0] == cid and not server.settlements
@@ -313,8 +314,9 @@ def test_the_asyncio_server_leaves_a_cheap_end_too(provider: Provider) -> None:
         tc = provider.ledger.get_connection(cid)
         assert tc.state == ConnectionState.HALF_CLOSED and not tc.settled
         provider.advance_past_timeout()
-        assert wait_for(lambda: provider.ledger.get_connection(cid).settled, 10)
-        assert provider.ledger.get_escrow(tc.escrow).refunded == DEPOSIT
+        assert wait_for(lambda: is_settled(provider.ledger, cid), 10)
+        done = settlement(provider.ledger, cid)
+        assert done is not None and done.refunded == DEPOSIT
 
 
 async def _aio_echo(reader: Any, writer: Any) -> None:

@@ -3,7 +3,8 @@ paid servers (the ``driver`` fixture) a client that closes cleanly, settled befo
 server's end of the carrier closes, is no longer among ``open_connections`` (nor its
 client's rate-limit buckets held) while the settlement runs -- the blocking server
 counted it until after its close. A real echo over 127.0.0.1 and a LocalLedger file;
-``settle_ended`` is wrapped where the server module looks it up, and still runs."""
+``settle_ended`` is wrapped where the servers look it up (the books both keep), and still
+runs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0xB7), ident(0xB8)
@@ -27,7 +29,7 @@ PORT = 7107
 def test_a_connection_settled_first_no_longer_counts_during_its_settlement(
     tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = importlib.import_module(driver.server_module)
+    module = importlib.import_module("dtp.hostid.paid._server_books")
     settle_ended = module.settle_ended
     seen: list[tuple[int, bool]] = []
     servers: list[Any] = []
@@ -49,7 +51,7 @@ def test_a_connection_settled_first_no_longer_counts_during_its_settlement(
             assert server.open_connections == 1
             sock.close()  # cleanly: the server settles before its end closes
             assert cid is not None
-            assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-        settled = ledger.get_escrow(ledger.get_connection(cid).escrow)
+            assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+        settled = settled_escrow(ledger, cid)
     assert seen == [(0, False)]
     assert settled.claimed > 0 and settled.claimed + settled.refunded == settled.deposited

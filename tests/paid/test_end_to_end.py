@@ -39,6 +39,7 @@ from tests.support import paid_top_ups
 from tests.support.paid_top_ups import conserved, paid_connect
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled
 
 # the paid server fixtures the handler test below runs on
 ledger = paid_top_ups.ledger
@@ -553,5 +554,5 @@ def test_a_paid_handler_that_raises_ends_the_connection_with_an_error(
                 got += data
         assert info.value.reason == "internal error"
         assert got == b"half a rep"
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
+    assert wait_for(lambda: is_settled(ledger, cid), 30)
     assert conserved(ledger)

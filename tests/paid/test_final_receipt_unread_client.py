@@ -33,6 +33,7 @@ from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import fee
 from dtp.transport.blocking._engine import TIMERS
 from tests.support.paid_inprocess import PaidService, ident, paid_service
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
 SENT = 100_000
@@ -63,7 +64,7 @@ def _blocking_client(service: PaidService) -> str:
         assert cid is not None
         # the application does not read: only the engine's passes see the request
         deadline = time.monotonic() + 10
-        while not ledger.get_connection(cid).settled:
+        while not is_settled(ledger, cid):
             assert time.monotonic() < deadline, "the server never settled"
             time.sleep(0.02)
         # what it did not read is all there still, whole
@@ -93,7 +94,7 @@ def _aio_client(service: PaidService) -> str:
         await writer.drain()
         # the application reads nothing; the server settles meanwhile
         deadline = time.monotonic() + 10
-        while not ledger.get_connection(cid).settled:
+        while not is_settled(ledger, cid):
             assert time.monotonic() < deadline, "the server never settled"
             await asyncio.sleep(0.02)
         # what it did not read is all there still, whole
@@ -126,7 +127,7 @@ def test_a_client_that_reads_nothing_answers_the_final_receipt_request(
         ledger = service.ledger
         for _ in range(3):
             cid = client(service)
-            escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+            escrow = settled_escrow(ledger, cid)
             # settled with the answer to its request: both directions paid for, to the
             # byte (the usage counts stream bytes; the records' framing is not billed)
             assert escrow.claimed == fee(SLA, SENT + REPLY, 1)

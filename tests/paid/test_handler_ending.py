@@ -28,6 +28,7 @@ from tests.paid.conftest import Driver, exchange
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1024, price_per_request=1, min_deposit=1000)  # 1 MIST a byte
 SERVER, CLIENT = ident(0xC1), ident(0xC2)
@@ -97,8 +98,8 @@ def test_the_client_reads_how_the_handler_ended(
                 assert error.code == CLOSE_PAYMENT_REQUIRED, error
             else:
                 assert error.code != CLOSE_PAYMENT_REQUIRED and "internal error" in str(error)
-            assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+            assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+        escrow = settled_escrow(ledger, cid)
         assert escrow.claimed + escrow.refunded == escrow.deposited == DEPOSIT
     # logged by the server's own module (where an operator filters for it), not the core's
     logged = [r for r in caplog.records if cid in r.getMessage()]
@@ -192,8 +193,8 @@ def test_a_failed_step_of_the_end_does_not_skip_the_settlement(
         cid = sock.connection_id
         assert cid is not None
         exchange(sock, ROUNDS)
-        assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+        escrow = settled_escrow(ledger, cid)
         # (1 MIST a byte: the final receipt covers both directions of every round)
         assert escrow.claimed >= 2 * ROUNDS * 30_000
         assert escrow.claimed + escrow.refunded == escrow.deposited

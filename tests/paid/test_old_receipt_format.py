@@ -28,6 +28,7 @@ from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 from tests.support.scopes import v1_receipt_bytes
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0xC3)
@@ -101,6 +102,6 @@ def test_a_version_1_receipt_closes_the_connection_saying_why(api: str, world: P
                 while sock.recv(65536):
                     pass
         assert "Receipt format version 1 is not supported" in str(refused.value)
-        assert wait_for(lambda: world.ledger.get_connection(cid).settled, 30)
-    escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
+        assert wait_for(lambda: is_settled(world.ledger, cid), 30)
+    escrow = settled_escrow(world.ledger, cid)
     assert (escrow.claimed, escrow.refunded) == (0, DEPOSIT)

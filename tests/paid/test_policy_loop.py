@@ -48,6 +48,7 @@ from tests.support.paid_twins import (
 )
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import held_by_another_process
+from tests.support.settlements import is_settled
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x91), ident(0x92)
@@ -161,7 +162,7 @@ def test_an_unexpected_error_in_a_refresh_does_not_end_the_policy_loop(
             assert closed.value.code == CLOSE_FIREWALL_DENIED
         finally:
             sock.close()
-        assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=30)
+        assert wait_for(lambda: is_settled(ledger, cid), timeout=30)
         assert wait_for(lambda: server.open_connections == 0, timeout=30)
     failures = [
         r for r in caplog.records if r.exc_info is not None and r.exc_info[0] is RuntimeError

@@ -23,6 +23,7 @@ from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)
 SERVER, CLIENT = ident(0x7B), ident(0x7C)
@@ -62,11 +63,11 @@ def _client_reads_then_closes(ledger: LocalLedger, host_id: str) -> str:
 def _settled_soon(ledger: LocalLedger, cid: str, ended: threading.Event, start: float) -> None:
     assert ended.wait(5), "the handler slept off the rate limit's debt"
     deadline = start + 5
-    while not ledger.get_connection(cid).settled and time.monotonic() < deadline:
+    while not is_settled(ledger, cid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert ledger.get_connection(cid).settled
+    assert is_settled(ledger, cid)
     assert time.monotonic() - start < 5  # before: 26 s
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.claimed > 0 and escrow.claimed + escrow.refunded == 1_000_000
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -43,7 +43,7 @@ from dtp.transport.blocking._socket import SEND_HIGH_WATER
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.timing import bound
 
-RATE = 200_000  # B/s: the limit
+RATE = 200_000  # B/s: the service's byte rate limit
 WINDOWS = 10  # one-second windows measured
 TOLERANCE = 0.2
 BLOCKING_SERVER, AIO_SERVER = ident(0x91), ident(0x94)
@@ -176,7 +176,7 @@ def blocking_handler(seen: dict[str, Events]) -> object:
         with pytest.raises(DTPError) if verb == b"dn" else _nothing():
             while time.monotonic() < end:
                 if verb == b"up":
-                    # the reader: a large buffer, taking whatever has arrived
+                    # a bulk reader: a large buffer, taking whatever has arrived
                     data = sock.recv(4 << 20)
                     if not data:
                         return

@@ -25,6 +25,7 @@ from dtp.payments._settlement import claim_and_settle, collect_refund, recover_u
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, ReceiptScope, check_receipt, fee
 from tests.support.scopes import scope_of
+from tests.support.settlements import settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 DEPOSIT = 5000
@@ -186,7 +187,7 @@ def test_a_failed_receipt_write_is_tried_again_and_claimable_meanwhile(
         other.close()
         store.close()
     assert ledger.balance(SERVER.sui_address) == 3000
-    assert ledger.get_escrow(ledger.get_connection(cid).escrow).refunded == DEPOSIT - 3000
+    assert settled_escrow(ledger, cid).refunded == DEPOSIT - 3000
 
 
 def test_a_settlement_while_the_store_fails_claims_the_newest_receipt(

@@ -33,6 +33,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import fee
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -61,7 +62,7 @@ class World:
         return f"dtp://{self.host_id}:{PORT}"
 
     def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+        return settled_escrow(self.ledger, cid).claimed
 
 
 @pytest.fixture
@@ -532,7 +533,7 @@ def test_asyncio_loop_ending_during_a_settlement_leaves_the_store_to_it(world: W
     holder = threading.Thread(target=hold_ledger)
     cid = asyncio.run(main())
     holder.join(20)
-    assert world.ledger.get_connection(cid).settled
+    assert is_settled(world.ledger, cid)
     with ReceiptStore(world.receipts) as store:
         kept = store.latest(cid)
     assert kept is not None and kept.unclaimed == 0, kept

@@ -5,8 +5,8 @@ so two paused calls or a call retried at once do not ask more often.
 
 Both paid servers (the ``driver`` fixture): a handler with two calls paused at once (a
 read and a datagram read), or one read tried again every 10 ms, and a client that never
-pays; the server's RECEIPT_REQUEST frames are counted until the pause timeout closes the
-connection. Real connections on
+pays (it sends a byte, its first request); the server's RECEIPT_REQUEST frames are
+counted until the pause timeout closes the connection. Real connections on
 127.0.0.1, a LocalLedger file in tmp_path."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 
-#: the first stream is the first request: with no allowance, unpaid at once
+#: the client's first bytes make its first request: with no allowance, unpaid at once
 SLA = Sla(price_per_kib=1024, price_per_request=1, min_deposit=1000)
 INTERVAL = 0.2
 POLICY = ServicePolicy(allowance=0, pause_timeout=1.5, request_interval=INTERVAL)
@@ -39,8 +39,23 @@ SERVER, CLIENT = ident(0xA1), ident(0xA2)
 PORT = 7101
 
 
+def _request_in(sock: PaidSocket) -> None:
+    """Until the client's request (its byte) is in: the calls that follow pause."""
+    engine = sock._paid.engine
+    with engine.lock:
+        engine.pump(lambda: engine.conn.usage[1] > 0, 10)
+
+
+async def _request_in_aio(writer: PaidWriter) -> None:
+    conn = writer._paid.conn
+    async with asyncio.timeout(10):
+        while not conn.usage[1]:
+            await asyncio.sleep(0.005)
+
+
 def _paused_twice(sock: PaidSocket) -> None:
     """A read and a datagram read, both paused (the client pays nothing)."""
+    _request_in(sock)
 
     def datagram() -> None:
         with contextlib.suppress(DTPError):
@@ -54,11 +69,13 @@ def _paused_twice(sock: PaidSocket) -> None:
 
 
 async def _paused_twice_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    await _request_in_aio(writer)
     await asyncio.gather(reader.read(10), writer.recv_datagram(), return_exceptions=True)
 
 
 def _tried_again(sock: PaidSocket) -> None:
     """A non-blocking read tried again every 10 ms while paused."""
+    _request_in(sock)
     sock.setblocking(False)
     with contextlib.suppress(DTPError):
         while True:
@@ -70,6 +87,7 @@ def _tried_again(sock: PaidSocket) -> None:
 
 async def _tried_again_aio(reader: PaidReader, writer: PaidWriter) -> None:
     """A read given up after 10 ms and made again while paused."""
+    await _request_in_aio(writer)
     with contextlib.suppress(DTPError):
         while True:
             with contextlib.suppress(TimeoutError):
@@ -107,6 +125,7 @@ def test_a_pause_asks_once_per_request_interval(
             policy=POLICY,
         ) as (_, sock),
     ):
+        sock.sendall(b"?")  # (the first stream's request: unpaid)
         began = time.monotonic()
         with contextlib.suppress(DTPError):
             while sock.recv(1 << 16) and time.monotonic() - began < 10:

@@ -47,6 +47,7 @@ from tests.support.paid_twins import funded_ledger, ident
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import CONN, locked_by_another_process, receipt
 from tests.support.scopes import scope_of
+from tests.support.settlements import settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0x81)
@@ -235,7 +236,7 @@ class World:
         )
 
     def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+        return settled_escrow(self.ledger, cid).claimed
 
 
 @pytest.fixture

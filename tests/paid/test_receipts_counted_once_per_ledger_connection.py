@@ -27,6 +27,7 @@ from dtp.payments.metering import MeteringConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import again, funded_ledger, ident
 from tests.support.polling import wait_for
+from tests.support.settlements import settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -102,7 +103,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         assert wait_for(lambda: not server.admission._admitted, 3)
         # the first one is served on as before
         assert first.recv(1 << 16)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.claimed >= paid.total_amount
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
@@ -118,7 +119,7 @@ def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
     # of reach, say: done here by a settlement that does nothing), so its receipts wait
     # in the store for a later claim. A new DTP connection on the same ID was served on
     # a fresh gate, which counted the amount of the stored receipt once more
-    monkeypatch.setattr(f"{driver.server_module}.settle_ended", lambda *args, **kwargs: None)
+    monkeypatch.setattr("dtp.hostid.paid._server_books.settle_ended", lambda *args, **kwargs: None)
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
     with driver.serve(

@@ -26,6 +26,7 @@ from dtp.payments._refunds import RefundCollector
 from tests.support.paid_inprocess import ident
 from tests.support.polling import wait_for
 from tests.support.procs import announcing, stop
+from tests.support.settlements import settlement
 
 MODULE = "tests.support.refund_procs"
 SERVER_SEED, CLIENT_SEED = 0x61, 0x62
@@ -74,11 +75,11 @@ def test_a_killed_clients_deposit_comes_back_through_its_book(
             )
             ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1_000)
             assert wait_for(lambda: next_run.refunded, 40)
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        escrow = settlement(ledger, cid)
+        assert escrow is not None and escrow.deleted  # (its client deleted it as it settled)
         assert next_run.refunded == [(cid, escrow.refunded)]
         # everything the server did not claim (it claims at a connection's end, which it
         # never saw)
-        assert escrow.settled and escrow.balance == 0
         assert escrow.claimed + escrow.refunded == DEPOSIT
         assert escrow.refunded >= DEPOSIT - fee(SLA, 1 << 16, 1)
         with OpenedBook(book) as left:

@@ -23,7 +23,7 @@ from dtp.payments.metering import MeteringConfig
 from tests.support.paid_inprocess import ident, paid_service, read_reply
 from tests.support.reads import recv_exactly
 
-#: the first stream is the first request: with no allowance, unpaid at once
+#: the client's first bytes make its first request: with no allowance, unpaid at once
 SLA = Sla(price_per_kib=1024, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0x91), ident(0x92)
 #: a pause long enough that the calls below, made within it, were not ended by it
@@ -44,7 +44,10 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
 
     def handle(sock: PaidSocket) -> None:
         paid = sock._paid
-        assert not paid.gate.serving(*paid.engine.conn.usage)  # (paused from the start)
+        engine = paid.engine
+        with engine.lock:  # (the client's byte: its first request, unpaid)
+            engine.pump(lambda: engine.conn.usage[1] > 0, 10)
+        assert not paid.gate.serving(*engine.conn.usage)  # (paused from the start)
         seen["bad"] = [
             (flags, _outcome(sock._sock.send, b"", flags), _outcome(sock.send, b"x", flags))
             for flags in BAD_FLAGS
@@ -72,6 +75,7 @@ def test_flags_are_checked_before_the_wait_for_payment(tmp_path: Path) -> None:
             metering=MeteringConfig(enabled=False),  # (pays nothing)
         ) as client,
     ):
+        client.sendall(b"?")
         got = b""
         began = time.monotonic()
         try:

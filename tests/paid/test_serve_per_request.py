@@ -9,6 +9,7 @@ RpcServer, or one with payments of its own, is refused before anything is publis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
+from dtp.hostid.paid import ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
@@ -26,6 +28,7 @@ from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)
 PORT = 8545
@@ -42,6 +45,14 @@ RULES = MethodRules(
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with _serving(tmp_path) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, policy: ServicePolicy | None = None) -> Iterator[dict[str, Any]]:
+    """The provider's RPC service billed per request, served with ``policy``, and a
+    ledger of its clients: what the tests use, as a dict."""
     ledger = LocalLedger(tmp_path / "ledger.db")
     host = ledger.create_host(PROVIDER, PROVIDER.noise_public)
     ledger.add_service(PROVIDER, host, PORT, "rpc", SLA)
@@ -60,6 +71,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         identity=PROVIDER,
         receipts=tmp_path / "receipts.db",
         billing="requests",
+        policy=policy,
     )
     try:
         yield {"ledger": ledger, "host": host, "server": server, "rpc": rpc}
@@ -117,20 +129,21 @@ def test_unpaid_and_refused_requests_cost_nothing(world: dict[str, Any]) -> None
         client.call("admin", None, requests=0)
     with pytest.raises(E.PaymentRequired) as short:
         client.call("dear", 1)  # (metered as one request: it counts as five)
-    assert short.value.data == {"requests": 5}
-    # the one request that receipt paid for is still the client's: served now
-    assert meter_less.call("echo", 1) == 1
+    assert short.value.data == {"requests": 5, "counted": 0}
+    # its receipt was not kept (nothing pays for another stream's request), and the
+    # meter took it back: the next receipt pays for the next call alone
     with pytest.raises(E.PaymentRequired):
         meter_less.call("echo", 1)
+    assert meter.latest is None
     assert client.call("echo", 2) == 2
-    assert meter.latest is not None and meter.latest.total_requests == 2
+    assert meter.latest is not None and meter.latest.total_requests == 1
     cid = sock.connection_id
     meter_less.close()
     client.close()
     sock.close()
     assert wait_for(lambda: any(c == cid for c, _ in server.settlements), 20)
-    assert ledger.balance(PROVIDER.sui_address) - provider_before == 50
-    assert bob_before - ledger.balance(BOB.sui_address) == 50
+    assert ledger.balance(PROVIDER.sui_address) - provider_before == 25
+    assert bob_before - ledger.balance(BOB.sui_address) == 25
 
 
 def test_the_handler_must_be_an_rpc_server_without_payments(tmp_path: Path) -> None:
@@ -152,3 +165,29 @@ def test_the_handler_must_be_an_rpc_server_without_payments(tmp_path: Path) -> N
     assert ledger.get_host(host).endpoints == ()  # (nothing published)
     paid.close()
     ledger.close()
+
+
+def test_requests_are_claimed_while_the_connection_lives(tmp_path: Path) -> None:
+    """Each request's receipt is kept before it is served; the server claims it while
+    the connection lives (docs/escrow.md §7.1), its end then settling the rest."""
+    with _serving(tmp_path, ServicePolicy(claim_interval=0)) as world:
+        ledger, server = world["ledger"], world["server"]
+        provider_before = ledger.balance(PROVIDER.sui_address)
+        client, meter, sock = _connect(world, ALICE)
+        for i in range(4):
+            assert client.call("echo", i) == i
+        cid = sock.connection_id
+        assert cid is not None and meter.latest is not None
+        signed = meter.latest.total_amount
+        escrow_id = ledger.get_connection(cid).escrow
+        assert wait_for(lambda: ledger.get_escrow(escrow_id).claimed == signed, 20)
+        assert not ledger.get_connection(cid).settled  # (claimed while it lives)
+        assert [c.total_amount for k, c in server.live_claims if k == cid][-1] == signed
+        client.close()
+        sock.close()
+        assert wait_for(lambda: is_settled(ledger, cid), 20)
+        escrow = settled_escrow(ledger, cid)
+        assert (escrow.claimed, escrow.refunded) == (signed, DEPOSIT - signed)
+        assert ledger.balance(PROVIDER.sui_address) - provider_before == signed
+        audit = ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -29,6 +29,7 @@ from tests.paid.servers import World as ServiceWorld
 from tests.support.leaks import resource_warnings
 from tests.support.paid_twins import ident
 from tests.support.scopes import scope_of
+from tests.support.settlements import is_settled
 
 CID = "0x" + "ab" * 32
 CLIENT = ident(0x62)
@@ -213,7 +214,7 @@ def test_a_connection_open_at_close_settles_then_the_writer_ends(world: World) -
         cid = sock.connection_id
         assert cid is not None
     assert_back_to(threads, fds)
-    assert world.ledger.get_connection(cid).settled
+    assert is_settled(world.ledger, cid)
     assert [c for c, _ in server.settlements] == [cid]
 
 
@@ -250,7 +251,7 @@ def test_asyncio_connection_open_at_close_settles_then_the_writer_ends(world: Wo
         while "dtp-receipts" in dtp_threads() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)  # the server's side settles on this loop
         assert_back_to(threads, fds)
-        assert world.ledger.get_connection(cid).settled
+        assert is_settled(world.ledger, cid)
         assert [c for c, _ in server.settlements] == [cid]
 
     asyncio.run(main())

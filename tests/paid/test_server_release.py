@@ -18,7 +18,7 @@ import dtp.aio
 import dtp.hostid.paid._aio
 import dtp.payments._serving
 import dtp.socket
-from dtp.errors import LocalProtocolError
+from dtp.errors import LocalProtocolError, ObjectNotFound
 from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.ledger._objects import ConnectionState, Sla
 from dtp.payments.metering import MeteringConfig
@@ -27,6 +27,7 @@ from tests.paid.conftest import Driver, exchange
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import PaidWorld, echo, hosted_ledgers, ident
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled
 
 T = TypeVar("T")
 
@@ -48,7 +49,10 @@ class World(PaidWorld):
         return self.connect_as(CLIENT, PORT, 200_000, metering=MeteringConfig(every_bytes=16 << 10))
 
     def settled(self, connection_id: str) -> bool:
-        tc = self.ledger.get_connection(connection_id)
+        try:
+            tc = self.ledger.get_connection(connection_id)
+        except ObjectNotFound:  # (deleted by its client once settled)
+            return is_settled(self.ledger, connection_id)
         return tc.settled and tc.state != ConnectionState.OPEN
 
 

@@ -39,6 +39,7 @@ from tests.support.paid_twins import (
     stop,
 )
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0x91)
@@ -75,7 +76,7 @@ def test_a_closed_store_with_the_final_receipt_claims_it(
     with caplog.at_level(logging.WARNING):
         settlement = settle_ended(world.server_ledger, SERVER, cid, writer, final)
     assert settlement is not None and settlement.claimed == final.total_amount
-    assert world.ledger.get_connection(cid).settled
+    assert is_settled(world.ledger, cid)
     assert "claiming its final one" in caplog.text
 
 
@@ -88,7 +89,7 @@ def test_a_closed_store_without_a_final_receipt_leaves_it_for_recovery(
     with caplog.at_level(logging.WARNING):
         assert settle_ended(world.server_ledger, SERVER, cid, writer, None) is None
     assert "could not settle connection" in caplog.text
-    assert not world.ledger.get_connection(cid).settled  # nothing refunded of what is owed
+    assert not is_settled(world.ledger, cid)  # nothing refunded of what is owed
 
 
 def _failing_settlements(monkeypatch: pytest.MonkeyPatch) -> None:

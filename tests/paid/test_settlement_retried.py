@@ -49,6 +49,7 @@ from tests.support.paid_twins import (
 )
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
+from tests.support.settlements import is_settled
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0xC5)
@@ -65,7 +66,7 @@ class World(PaidWorld):
         return self.connect_as(CLIENT, PORT, DEPOSIT)
 
     def settled(self, cid: str) -> bool:
-        return self.ledger.get_connection(cid).settled
+        return is_settled(self.ledger, cid)
 
     def conserved(self) -> None:
         audit = self.ledger.audit()

@@ -25,6 +25,7 @@ from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 FIRST, SECOND = 7000, 7001
@@ -136,8 +137,8 @@ def test_a_server_started_on_a_live_servers_store_leaves_its_receipts(
             more += len(client.recv(1 << 16))
         later = client._engine.hook.meter.latest
         assert later is not None and later.total_amount > paid
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
-    assert ledger.get_connection(cid).settled
+    escrow = settled_escrow(ledger, cid)
+    assert is_settled(ledger, cid)
     assert escrow.claimed >= later.total_amount  # before: only what the second claimed
     assert escrow.claimed + escrow.refunded == DEPOSIT
     assert conserved(ledger)

@@ -26,6 +26,7 @@ from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7015
@@ -127,7 +128,7 @@ def _take_service(sock: dtp.socket.DTPSocket) -> None:
 
 
 def _escrow_of(ledger: LocalLedger, cid: str) -> tuple[int, int, int]:
-    e = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    e = settled_escrow(ledger, cid)
     return e.deposited, e.claimed, e.refunded
 
 
@@ -153,7 +154,7 @@ def test_a_cap_spent_elsewhere_and_lowered_cannot_void_the_receipts(
             ledger.set_max_per_epoch(CLIENT, cap, 0)
         # (before reservations: the claim was refused, and the client could take its
         # whole deposit back once the half-close timeout passed)
-        assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=5)
+        assert wait_for(lambda: is_settled(ledger, cid), timeout=5)
     assert _escrow_of(ledger, cid) == (DEPOSIT, PAID, DEPOSIT - PAID)
     assert _conserved(ledger)
 
@@ -169,7 +170,7 @@ def test_two_connections_on_one_cap_are_both_paid_in_full(
             _take_service(sock)
         ledger.set_max_per_epoch(CLIENT, cap, 0)
         stack.close()
-        assert wait_for(lambda: all(ledger.get_connection(c).settled for c in cids), timeout=5)
+        assert wait_for(lambda: all(is_settled(ledger, c) for c in cids), timeout=5)
     for cid in cids:
         assert cid is not None
         assert _escrow_of(ledger, cid) == (DEPOSIT, PAID, DEPOSIT - PAID)
@@ -192,7 +193,7 @@ def test_a_top_up_past_the_cap_is_refused_and_moves_nothing(
             assert ledger.balance(CLIENT.sui_address) == balance
             assert _escrow_of(ledger, cid)[0] == DEPOSIT
             _take_service(sock)  # and the connection is served on
-        assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=5)
+        assert wait_for(lambda: is_settled(ledger, cid), timeout=5)
     assert _escrow_of(ledger, cid) == (DEPOSIT, PAID, DEPOSIT - PAID)
 
 
@@ -207,13 +208,13 @@ def test_a_settled_connection_releases_its_unspent_deposit(
             first = sock.connection_id
             assert first is not None
             _take_service(sock)
-        assert wait_for(lambda: ledger.get_connection(first).settled, timeout=5)
+        assert wait_for(lambda: is_settled(ledger, first), timeout=5)
         assert ledger.get_cap(cap).remaining(ledger.epoch()) == DEPOSIT
         with _connect(ledger, host_id, cap) as sock:
             second = sock.connection_id
             assert second is not None
             _take_service(sock)
-        assert wait_for(lambda: ledger.get_connection(second).settled, timeout=5)
+        assert wait_for(lambda: is_settled(ledger, second), timeout=5)
     assert _escrow_of(ledger, second) == (DEPOSIT, PAID, DEPOSIT - PAID)
     assert ledger.get_cap(cap).spent == 2 * PAID
     assert _conserved(ledger)

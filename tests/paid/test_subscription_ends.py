@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import (
-    CLOSE_SUBSCRIPTION_ENDED,
     LedgerUnavailable,
     SubscriptionEnded,
     SubscriptionRefused,
@@ -30,13 +28,15 @@ from dtp.errors import (
 from dtp.hostid._admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid._server_steps import ended_subscriptions
-from dtp.ledger._objects import ConnectionState, EventFilter, Sla
+from dtp.ledger._objects import ConnectionState, EventFilter, Host, Sla
 from dtp.ledger.local import LocalLedger
 from dtp.payments._gate import subscriptions_over
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
+from tests.support.subscribed import served_free, until_ended
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)
 POLICY = ServicePolicy(refresh_interval=0.05, ledger_check_interval=0.1)
@@ -84,31 +84,19 @@ def test_a_served_connection_ends_with_its_subscription(
             try:
                 cid = sock.connection_id
                 assert cid is not None and ledger.get_connection(cid).subscription == sub
-                # served free while the subscription lasts: well past a few ledger checks
-                until = time.monotonic() + 0.5
-                while time.monotonic() < until:
-                    sock.sendall(b"ping")
-                    assert sock.recv(16) == b"ping"
+                served_free(sock)  # while the subscription lasts
                 if ends == "expiry":
                     ledger.advance_epoch()
                 else:
                     ledger.withdraw_subscription_offer(SERVER, offer)
-                with pytest.raises(SubscriptionEnded) as ended:
-                    deadline = time.monotonic() + 10
-                    while time.monotonic() < deadline:
-                        sock.sendall(b"ping")
-                        sock.recv(16)
-                        time.sleep(0.02)
-                assert ended.value.code == CLOSE_SUBSCRIPTION_ENDED
-                assert not isinstance(ended.value, ConnectionRefusedError)
-                assert "the subscription is over" in ended.value.reason
+                ended = until_ended(sock, 10)
+                assert not isinstance(ended, ConnectionRefusedError)
+                assert "the subscription is over" in ended.reason
             finally:
                 sock.close()
             # the server settled it: closed, nothing claimed (its fees are all zero)
-            assert wait_for(lambda: ledger.get_connection(cid).settled, 10)
-            tc = ledger.get_connection(cid)
-            escrow = ledger.get_escrow(tc.escrow)
-            assert tc.state is ConnectionState.CLOSED
+            assert wait_for(lambda: is_settled(ledger, cid), 10)
+            escrow = settled_escrow(ledger, cid)  # (closed by its settlement)
             assert escrow.claimed == 0 and escrow.balance == 0
         assert _conserved(ledger)
 
@@ -213,7 +201,7 @@ class _Conn:
 
 
 class _Unreadable(LocalLedger):
-    def subscription_over(self, subscription_id: str) -> str | None:
+    def subscription_over(self, subscription_id: str, host: Host | None = None) -> str | None:
         raise LedgerUnavailable("the node is away")
 
 
@@ -235,9 +223,9 @@ def test_the_subscriptions_of_served_connections_are_read_once_each(
         reads: list[str] = []
         real = ledger.subscription_over
 
-        def counted(subscription_id: str) -> str | None:
+        def counted(subscription_id: str, host: Host | None = None) -> str | None:
             reads.append(subscription_id)
-            return real(subscription_id)
+            return real(subscription_id, host)
 
         ledger.subscription_over = counted  # type: ignore[method-assign]
         over = ended_subscriptions(ledger, conns, LOG)

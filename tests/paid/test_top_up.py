@@ -54,6 +54,7 @@ from tests.support.paid_top_ups import (
 )
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
+from tests.support.settlements import is_settled, settled_escrow
 
 # the paid server fixtures: a funded LocalLedger file, its paid server of each kind
 ledger = paid_top_ups.ledger
@@ -120,8 +121,8 @@ def test_a_top_up_while_open_is_served_on(
     assert error is None, error
     assert got >= 3 << 20
     assert counting.lag_reads == 0  # the lagging reads were made
-    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
-    escrow = ledger.get_escrow(escrow_id)
+    assert wait_for(lambda: is_settled(ledger, cid), timeout=10)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.deposited == DEPOSIT + TOP_UP
     # paid for what was served, beyond the old deposit (within the allowance)
     assert DEPOSIT < escrow.claimed <= DEPOSIT + TOP_UP
@@ -152,8 +153,8 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
     assert isinstance(error, PaymentRequired), (got, error)
     assert "deposit" in str(error)
     assert got < 3 << 20
-    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), timeout=10)
+    escrow = settled_escrow(ledger, cid)
     assert 0 < escrow.claimed <= DEPOSIT
     # one a second while the receipt waits above the deposit, and the lag's worth
     most = 5 + DEPOSIT_LAG_MS // DEPOSIT_READ_INTERVAL_MS + 1
@@ -176,8 +177,8 @@ def test_a_deposit_run_out_is_read_again_at_most_once_an_interval(
         sock.sendall(b"go")
         got, error = read_until(sock, 0, 3 << 20)
     assert isinstance(error, PaymentRequired), (got, error)
-    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), timeout=10)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.claimed == DEPOSIT
     reads = counting.escrow_reads
     # paused for pause_timeout (2 s), the receipt requests every 0.2 s (10 of them),
@@ -269,8 +270,8 @@ def test_a_top_up_as_the_deposit_runs_out_serves_on(
         cid = sock.connection_id
     assert error is None, error
     assert got >= 3 << 20
-    assert cid is not None and wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert cid is not None and wait_for(lambda: is_settled(ledger, cid), timeout=10)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.deposited == DEPOSIT + TOP_UP
     assert escrow.claimed > DEPOSIT
     assert conserved(ledger)
@@ -302,8 +303,8 @@ def test_an_asyncio_client_tops_up_too(
 
     got, cid = asyncio.run(main())
     assert got >= 3 << 20
-    assert cid is not None and wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert cid is not None and wait_for(lambda: is_settled(ledger, cid), timeout=10)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.deposited == DEPOSIT + TOP_UP and escrow.claimed > DEPOSIT
     assert conserved(ledger)
 

@@ -45,6 +45,7 @@ from tests.support.paid_top_ups import (
     quiet_handlers,
 )
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 # the paid server fixtures: a funded LocalLedger file, the dearer service's Host, its
 # paid server of each kind
@@ -81,7 +82,7 @@ def send_topped_up_then_end(
         if refused is not None:
             with pytest.raises(SpendingCapExceeded):
                 sock.top_up(refused)
-            assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
+            assert settled_escrow(ledger, cid).deposited == DEPOSIT
         sock.top_up(top_up)
         sock.sendall(b"x" * sent)
         assert wait_for(lambda: (payment.meter.latest or _NONE).total_amount > DEPOSIT, 30)
@@ -113,8 +114,8 @@ def test_a_receipt_above_the_old_deposit_is_claimed_when_the_connection_ends(
     serve(*quiet_handlers(release))
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     cid, signed = send_topped_up_then_end(ledger, host_id, cap, release)
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), 30)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.deposited == DEPOSIT + TOP_UP
     assert signed > DEPOSIT
     assert escrow.claimed == signed
@@ -138,8 +139,8 @@ def test_a_top_up_does_not_lift_the_client_past_its_cap(
         ledger, host_id, cap, release, top_up=cap_max - DEPOSIT, refused=TOP_UP, sent=6 << 10
     )
     assert DEPOSIT < signed <= cap_max
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
-    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert wait_for(lambda: is_settled(ledger, cid), 30)
+    escrow = settled_escrow(ledger, cid)
     assert escrow.claimed == signed
     assert conserved(ledger)
 
@@ -158,7 +159,7 @@ def test_a_top_up_above_u64_moves_nothing(
         limit = payment.meter.meter.deposit
         with pytest.raises(InvalidArgument):
             sock.top_up(1 << 64)
-        assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
+        assert settled_escrow(ledger, cid).deposited == DEPOSIT
         assert payment.meter.meter.deposit == limit
 
 
@@ -215,7 +216,7 @@ def test_an_asyncio_top_up_on_an_ended_connection_is_refused_before_the_ledger(
             await writer.wait_closed()
 
     cid = asyncio.run(main())
-    assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
+    assert settled_escrow(ledger, cid).deposited == DEPOSIT
     assert conserved(ledger)
 
 
@@ -268,13 +269,13 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
 
     limit, cid = asyncio.run(main())
     assert limit == DEPOSIT + TOP_UP
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
-    assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT + TOP_UP
+    assert wait_for(lambda: is_settled(ledger, cid), 30)
+    assert settled_escrow(ledger, cid).deposited == DEPOSIT + TOP_UP
     assert conserved(ledger)
 
 
 def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:
-    return ledger.get_escrow(ledger.get_connection(cid).escrow).deposited
+    return settled_escrow(ledger, cid).deposited
 
 
 def test_a_top_up_on_the_default_cap_is_refused_and_moves_nothing(

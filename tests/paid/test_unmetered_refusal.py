@@ -25,6 +25,7 @@ from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0xB5), ident(0xB6)
@@ -63,7 +64,7 @@ def test_a_connection_that_cannot_be_metered_is_aborted_with_the_reason(
             sock.recv(4)
         # settled by the server while the client's socket is still open (the client
         # has not asked for its refund)
-        assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
-        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        assert wait_for(lambda: is_settled(ledger, cid), 10.0)
+        escrow = settled_escrow(ledger, cid)
         assert (escrow.claimed, escrow.refunded) == (0, escrow.deposited)
     assert f"cannot meter connection {cid}: the ledger is unreachable" in caplog.text

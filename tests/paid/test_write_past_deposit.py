@@ -41,6 +41,7 @@ from tests.support.paid_top_ups import (
     paid_open,
 )
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled, settled_escrow
 
 ledger = paid_top_ups.ledger
 host_id = paid_top_ups.host_id
@@ -60,6 +61,7 @@ class FakeConn:
 
     def __init__(self) -> None:
         self.usage = (0, 0)
+        self.requests_pending = 0  # (the first stream's request counted already)
         self.closed = False
         self.receipts: list[bytes] = []
 
@@ -106,6 +108,22 @@ def test_a_write_within_the_deposit_goes_and_one_past_it_is_refused() -> None:
     conn.usage = (most - 100, 1)
     assert pay.refuse_write(100, 0) is None
     assert pay.refuse_write(101, 0) is not None
+
+
+def test_the_deposit_keeps_room_for_the_first_streams_request_until_it_comes() -> None:
+    """A first stream that carries nothing yet makes no request (docs/escrow.md §6.1),
+    but its first bytes will: the write checks count it ahead, so a write that would
+    leave no room for it is refused (the receipts never need to pass the deposit)."""
+    pay, conn, _ = payment(1000, usage=(0, 0))
+    conn.requests_pending = 1
+    pay.payable_bytes = pay._payable_bytes()
+    most = (1000 - 5) * 1024 // 10  # (the request counted ahead)
+    assert pay.payable_bytes == most
+    assert pay.refuse_write(most, 0) is None
+    assert pay.refuse_write(most + 1, 0) is not None
+    conn.usage, conn.requests_pending = (most, 1), 0  # (its bytes made it one)
+    assert pay._payable_bytes() == most
+    assert pay.refuse_write(0, 0) is None and pay.refuse_write(1, 0) is not None
 
 
 def test_a_stream_the_deposit_cannot_pay_for_is_refused() -> None:
@@ -186,8 +204,8 @@ def sinks(got: list[int]) -> tuple[Callable[[PaidSocket], None], Any]:
 
 
 def settled_claim(ledger: LocalLedger, cid: str) -> int:
-    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
-    return ledger.get_escrow(ledger.get_connection(cid).escrow).claimed
+    assert wait_for(lambda: is_settled(ledger, cid), 30)
+    return settled_escrow(ledger, cid).claimed
 
 
 def test_a_blocking_write_past_the_deposit_ends_the_connection_at_once(

@@ -14,6 +14,7 @@ from dtp.hostid.paid._aio import PaidAioServer
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
 from tests.support.ledger_server import identity_from_seed
+from tests.support.settlements import settled_escrow
 
 PORT = 7
 SERVER = identity_from_seed(0x51)
@@ -39,7 +40,7 @@ class World:
 
     def claimed(self, connection_id: str) -> int:
         """What the settlement claimed from the connection's escrow."""
-        return self.book.get_escrow(self.book.get_connection(connection_id).escrow).claimed
+        return settled_escrow(self.book, connection_id).claimed
 
     async def serve(
         self, callback: Any, policy: ServicePolicy | None = None, **kw: Any

@@ -235,8 +235,8 @@ def test_a_plan_never_loses_what_a_batch_would_have_earned_net_of_gas(
 
 def test_the_docs_example_price_does_not_cover_an_end_on_sui() -> None:
     """10 MIST/KiB: a typical connection (1 MiB, one request) pays 10 240 MIST against
-    3.33 M of gas -- the figures of issue 53's provider that earned 6.85 M and paid
-    21.5 M."""
+    3.33 M of gas: a provider at that price earns less than its ends cost (6.85 M
+    earned against 21.5 M of gas paid, for one)."""
     check = check_prices(Sla(10, 0, 1_000_000), SUI)
     assert check is not None and not check.covered
     assert check.typical_fee == 10_240

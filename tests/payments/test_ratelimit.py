@@ -49,6 +49,7 @@ from dtp.payments._ratelimit import (
 from dtp.payments.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import echo_server, funded_ledger, ident
 from tests.support.polling import wait_for
+from tests.support.settlements import is_settled
 
 #: A debt that takes 600 s to pay at the rate it was made at
 RATE = 1000
@@ -206,7 +207,8 @@ def test_a_client_denied_while_held_back_by_its_rate_is_cut_off(
         assert time.monotonic() - started < 30
         assert closed.value.code == CLOSE_FIREWALL_DENIED
         sock.close()
-        assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=30)
+        # (its client deletes the settled connection's objects: the settlement's event says it)
+        assert wait_for(lambda: is_settled(ledger, cid), timeout=30)
         assert wait_for(lambda: server.open_connections == 0, timeout=30)
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -12,6 +12,7 @@ from dtp.errors import (
     ConnectionStateError,
     InvalidArgument,
     InvalidReceipt,
+    ObjectNotFound,
     ReplayedReceipt,
 )
 from dtp.identity.keys import HostIdentity
@@ -274,6 +275,31 @@ def test_recovery_claims_stored_receipts_and_refunds_the_rest(tmp_path: Path) ->
     assert list(store.unclaimed()) == []
     assert collect_refund(ledger, CLIENT, cid) == 5000 - 1010  # already settled: reported
     assert claim_and_settle(ledger, SERVER, cid, store) is None
+    assert conserved(ledger)
+
+
+def test_recovery_writes_off_a_receipt_whose_connection_was_settled_and_deleted(
+    tmp_path: Path,
+) -> None:
+    """A stored receipt of a connection its client settled alone and then deleted
+    (docs/escrow.md §7, "Deletion"): the recovery reads the settlement from its event and
+    writes the receipt off, rather than failing on the missing object every round."""
+    ledger = LocalLedger(tmp_path / "l.db", clock_ms=1_000_000)
+    _, cid = open_paid(ledger)
+    store = ReceiptStore(tmp_path / "r.db")
+    r = Receipt(ledger.receipt_scope(cid), 100 * 1024, 2, fee(SLA, 100 * 1024, 2), 3).sign(CLIENT)
+    assert store.keep(r)
+    with pytest.raises(ConnectionStateError):
+        collect_refund(ledger, CLIENT, cid)  # half-closed; the server missed its time
+    ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    assert collect_refund(ledger, CLIENT, cid) == 5000
+    ledger.destroy_connection(CLIENT, cid)
+    with pytest.raises(ObjectNotFound):
+        ledger.get_connection(cid)
+    assert recover_unclaimed(ledger, SERVER, ReceiptStore(tmp_path / "r.db")) == []
+    assert list(store.unclaimed()) == []
+    assert claim_and_settle(ledger, SERVER, cid, store) is None
+    assert ledger.balance(SERVER.sui_address) == 0
     assert conserved(ledger)
 
 

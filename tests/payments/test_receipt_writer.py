@@ -190,3 +190,29 @@ def test_given_up_keeps_the_newest_receipt_of_each_connection(tmp_path: Path) ->
         assert not writer.close(30)
         store.close()
     assert writer.given_up == (receipt(5, 50),)
+
+
+def test_the_writers_listener_hears_every_receipt_stored_and_cannot_stop_its_count(
+    tmp_path: Path,
+) -> None:
+    """``on_stored`` (what claims receipts while their connections live) is told of
+    each receipt once stored, before its ``done``; one that raises is logged, and the
+    receipt counts all the same (its ``done`` runs)."""
+    heard: list[int] = []
+    done: list[int] = []
+
+    def listener(r: Receipt) -> None:
+        heard.append(r.nonce)
+        if r.nonce == 2:
+            raise RuntimeError("a listener's bug")
+
+    with ReceiptStore(tmp_path / "r.db") as store:
+        writer = ReceiptWriter(store)
+        writer.on_stored = listener
+        for nonce in (1, 2, 3):
+            writer.submit(receipt(nonce, 100 * nonce), lambda r: done.append(r.nonce))
+            assert writer.flush(timeout=10)
+        assert writer.close(10)
+        stored = store.latest(CONN)
+    assert heard == done == [1, 2, 3]
+    assert stored is not None and stored.receipt.nonce == 3

@@ -83,6 +83,55 @@ def test_records_from_many_threads_all_land(tmp_path: Path) -> None:
         assert sorted(e.cap_id or "" for e in book.entries()) == caps
 
 
+def test_an_unserved_connection_is_said_so_until_served(tmp_path: Path) -> None:
+    """A forward's open is recorded unserved (it may be connected on again should its
+    connect fail) until its connect succeeded; the mark outlives the process, and a
+    repeat of the record leaves it as it is."""
+    path = tmp_path / CONNECTIONS_FILE
+    with OpenedBook(path) as book:
+        book.record(CAP1, None, "f", unserved=True)
+        book.record(CAP1, CID1, "f", unserved=True)  # the ID once the open landed
+        book.record(CAP2, CID2, "f")
+        assert [e.unserved for e in book.entries()] == [True, False]
+    with OpenedBook(path) as book:
+        assert [e.unserved for e in book.entries()] == [True, False]
+        book.served(CID1)
+        book.record(CAP1, CID1, "f", unserved=True)  # (a late repeat: no longer)
+        assert [e.unserved for e in book.entries()] == [False, False]
+
+
+def test_a_book_of_this_version_without_the_unserved_column_gets_it(tmp_path: Path) -> None:
+    """A file its version's first daemons wrote: the column is added as it is opened,
+    its entries not unserved; a daemon that knows no such column still writes it."""
+    path = tmp_path / CONNECTIONS_FILE
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE opened (cap_id TEXT UNIQUE, connection_id TEXT UNIQUE, forward TEXT "
+        "NOT NULL, recorded_at REAL NOT NULL, due_ms INTEGER, CHECK (cap_id IS NOT NULL "
+        "OR connection_id IS NOT NULL))"
+    )
+    db.execute("INSERT INTO opened VALUES (?, ?, 'web', 1.0, 5)", (CAP1, CID1))
+    db.execute(f"PRAGMA user_version = {BOOK_VERSION}")
+    db.commit()
+    db.close()
+    with OpenedBook(path) as book:
+        (entry,) = book.entries()
+        assert (entry.connection_id, entry.due_ms, entry.unserved) == (CID1, 5, False)
+        book.record(CAP2, CID2, "web", unserved=True)
+    db = sqlite3.connect(path)
+    try:
+        db.execute(
+            "INSERT INTO opened (cap_id, connection_id, forward, recorded_at, due_ms) "
+            "VALUES (?, NULL, 'f', 3.0, NULL)",
+            ("0x" + "03" * 32,),
+        )
+        db.commit()
+        rows = db.execute("SELECT unserved FROM opened ORDER BY rowid").fetchall()
+        assert rows == [(0,), (1,), (0,)]
+    finally:
+        db.close()
+
+
 def _first_daemon_book(path: Path) -> None:
     """A ``connections.sqlite`` as the daemon's first book wrote it."""
     db = sqlite3.connect(path)

@@ -129,16 +129,20 @@ def test_a_released_connection_is_half_closed_then_settled_after_its_timeout(
     assert place.state(cid) == ConnectionState.HALF_CLOSED
     driver.look()
     assert not place.ledger.get_connection(cid).settled  # (the timeout runs)
+    escrow = place.ledger.get_connection(cid).escrow
     place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
     driver.look()
-    tc = place.ledger.get_connection(cid)
-    assert tc.settled and place.ledger.get_escrow(tc.escrow).refunded == DEPOSIT
+    # settled by its client, and deleted in the same transaction (docs/escrow.md §7.1)
+    assert place.settled_refund(cid) == DEPOSIT
+    assert place.gone(cid, escrow)
     assert driver.book.entries() == []
 
 
-def test_one_its_server_settled_is_forgotten_without_a_transaction(
+def test_one_its_server_settled_is_deleted_and_forgotten(
     place: Place, make: Callable[[], Driver]
 ) -> None:
+    """Its server settled it: nothing to refund, but its objects' storage is the
+    client's, which deletes them -- on Sui for a net gain (the rebate beats the gas)."""
     driver = make()
     attempt = driver.attempt("app")
     cid = place.open(journal=attempt)
@@ -147,10 +151,17 @@ def test_one_its_server_settled_is_forgotten_without_a_transaction(
     receipt = Receipt(scope, 4096, 0, fee(SLA, 4096, 0), 1).sign(place.client)
     place.server_ledger.settle_with_receipt(place.server, cid, receipt)
     spent = place.ledger.gas_spent(place.client.sui_address).total
+    held = place.ledger.balance(place.client.sui_address)
     attempt.release()
     driver.look()
     assert driver.book.entries() == []
-    assert place.ledger.gas_spent(place.client.sui_address).total == spent
+    assert place.gone(cid, escrow)
+    gas = place.ledger.gas_spent(place.client.sui_address).total - spent
+    assert place.ledger.balance(place.client.sui_address) == held - gas
+    if place.node is not None:
+        assert gas < 0  # one transaction, paid for by the rebate with MIST to spare
+    else:
+        assert gas == 0
 
 
 def test_a_run_killed_with_a_connection_in_use_leaves_it_to_the_next(
@@ -161,7 +172,9 @@ def test_a_run_killed_with_a_connection_in_use_leaves_it_to_the_next(
     on the same file, with nothing in use, takes both: found by its cap, half-closed,
     settled after the timeout."""
     first = make()
-    cid = place.open(journal=first.attempt("app"))
+    in_use = first.attempt("app")
+    cid = place.open(journal=in_use)
+    in_use.served()  # (a link's: not one a forward may connect on again)
     cap = place.ledger.create_spending_cap(place.client, DEPOSIT)
     first.attempt("app")(cap, None)
     landed = place.ledger.open_connection(place.client, place.host, PORT, cap, DEPOSIT)
@@ -174,8 +187,8 @@ def test_a_run_killed_with_a_connection_in_use_leaves_it_to_the_next(
     assert place.state(landed.connection_id) == ConnectionState.HALF_CLOSED
     place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
     second.look()
-    assert place.ledger.get_connection(cid).settled
-    assert place.ledger.get_connection(landed.connection_id).settled
+    assert place.settled_refund(cid) == DEPOSIT
+    assert place.settled_refund(landed.connection_id) == DEPOSIT
     assert second.book.entries() == []
 
 

@@ -168,6 +168,20 @@ def test_an_open_known_by_its_cap_alone_is_in_use_for_a_lease() -> None:
     assert engine.to_look([landed], 1e12) == []
 
 
+def test_a_connection_its_keeper_holds_on_to_is_in_use_for_its_lease() -> None:
+    """A forward holds the connection a failed connect left for its next try: in use
+    until the lease it gave ends (each try renews it), then looked at; the next look
+    is due at the lease's end."""
+    engine = RefundEngine(interval=30, retry=30)
+    held = entry(1, CAP, CID)
+    engine.use(held, 100.0, until=400.0)
+    assert engine.to_look([held], 399.0) == [] and engine.leased(399.0)
+    assert engine.wait([held], 0, 390.0) == 10.0
+    engine.use(held, 390.0, until=690.0)  # the next try renewed it
+    assert engine.to_look([held], 400.0) == []
+    assert engine.to_look([held], 690.0) == [held]
+
+
 def test_a_failed_step_waits_its_retry() -> None:
     engine = RefundEngine(interval=30, retry=5)
     due = entry(1, cid=CID, due=START_MS)
@@ -230,3 +244,17 @@ def test_a_bad_engine_is_refused(options: dict[str, object]) -> None:
     args: dict[str, object] = {"interval": 30.0, "retry": 30.0, **options}
     with pytest.raises(InvalidArgument):
         RefundEngine(**args)  # type: ignore[arg-type]
+
+
+def test_a_settled_connection_is_deleted_when_its_rebate_beats_the_gas() -> None:
+    """docs/escrow.md §7.1: deleted when the rebate is worth more than the deleting
+    transaction's gas (on Sui), always on a ledger that charges none, or gas not
+    weighed."""
+    from dtp.ledger._deletion import StorageRebate
+    from dtp.payments._refund_engine import worth_deleting
+
+    assert worth_deleting(StorageRebate(5_469_948, 1_010_640))
+    assert not worth_deleting(StorageRebate(900_000, 1_010_640))
+    assert not worth_deleting(StorageRebate(1_010_640, 1_010_640))  # (nothing gained)
+    assert worth_deleting(StorageRebate(900_000, 1_010_640), weigh_gas=False)
+    assert worth_deleting(StorageRebate.free())

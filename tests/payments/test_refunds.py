@@ -15,7 +15,7 @@ import pytest
 
 import dtp.payments._refunds as refunds
 from dtp.errors import ChainError
-from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.receipt import Receipt, fee
 from dtp.payments._refund_book import OpenedBook
@@ -49,7 +49,9 @@ def test_a_half_closed_connection_is_settled_once_its_timeout_has_passed(place: 
         place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
         assert wait_for(lambda: got, 5)
     assert got == [(cid, DEPOSIT)]
-    assert place.ledger.get_connection(cid).settled and len(rc) == 0
+    # settled, and deleted in the same transaction: its objects' storage is the client's
+    assert place.settled_refund(cid) == DEPOSIT and len(rc) == 0
+    assert place.gone(cid)
 
 
 def test_an_open_connection_is_half_closed_first(place: Place) -> None:
@@ -60,8 +62,9 @@ def test_an_open_connection_is_half_closed_first(place: Place) -> None:
             lambda: place.ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED, 5
         )
         place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
-        assert wait_for(lambda: place.ledger.get_connection(cid).settled, 5)
+        assert wait_for(lambda: place.settled_refund(cid) is not None, 5)
     assert rc.refunded == [(cid, DEPOSIT)]
+    assert place.gone(cid)
 
 
 def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place: Place) -> None:
@@ -75,6 +78,56 @@ def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place
         rc.add(cid)
         assert wait_for(lambda: rc.refunded, 5)
     assert rc.refunded == [(cid, DEPOSIT - receipt.total_amount)]
+
+
+def _reimbursed(place: Place, cid: str) -> list[int]:
+    """The amounts of the SponsorReimbursed events naming ``cid``."""
+    events, _ = place.ledger.events(None, EventFilter(type="SponsorReimbursed", object_id=cid))
+    return [int(e["amount"]) for e in events]
+
+
+def test_a_sponsored_connection_its_server_settled_is_reimbursed_before_it_is_deleted(
+    place: Place,
+) -> None:
+    # a plain destroy is refused (it would leave the pledge reserved for good): the
+    # collector deletes it with reimburse_and_destroy, which pays the provider's share
+    cid, lane = place.open_sponsored(share_bps=5_000, funds=DEPOSIT)
+    assert place.ledger.get_connection(cid).sponsor == lane
+    pledge = DEPOSIT // 2
+    assert place.ledger.get_sponsor_lane(lane).reserved == pledge
+    receipt = Receipt(place.ledger.receipt_scope(cid), 4096, 0, fee(SLA, 4096, 0), 1).sign(
+        place.client
+    )
+    place.server_ledger.settle_with_receipt(place.server, cid, receipt)
+    with RefundCollector(place.ledger, place.client) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.refunded, 5)
+        assert wait_for(lambda: place.gone(cid), 5)
+    share = receipt.total_amount // 2
+    assert _reimbursed(place, cid) == [share]
+    after = place.ledger.get_sponsor_lane(lane)
+    assert (after.funds, after.reserved, after.pledges) == (DEPOSIT - share, 0, 0)
+
+
+def test_a_sponsored_connection_its_client_settles_is_reimbursed_in_the_same_step(
+    place: Place,
+) -> None:
+    cid, lane = place.open_sponsored(share_bps=10_000, funds=DEPOSIT)
+    receipt = Receipt(place.ledger.receipt_scope(cid), 4096, 0, fee(SLA, 4096, 0), 1).sign(
+        place.client
+    )
+    place.server_ledger.claim(place.server, place.ledger.get_connection(cid).escrow, receipt)
+    place.ledger.close_connection(place.client, cid)
+    with RefundCollector(place.ledger, place.client) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.pending().get(cid) is not None, 5)
+        place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+        assert wait_for(lambda: rc.refunded, 5)
+    assert rc.refunded == [(cid, DEPOSIT - receipt.total_amount)]
+    assert place.gone(cid)
+    assert _reimbursed(place, cid) == [receipt.total_amount]
+    after = place.ledger.get_sponsor_lane(lane)
+    assert (after.funds, after.reserved, after.pledges) == (DEPOSIT - receipt.total_amount, 0, 0)
 
 
 def test_a_settlement_whose_refund_cannot_be_read_is_not_logged_as_zero(

@@ -23,6 +23,7 @@ OWNED = [
     "docs/ledger-carrier.md",
     "docs/daemon.md",
     "docs/testing.md",
+    "docs/pypi.md",
 ]
 READ_ONLY = ["docs/escrow.md", "docs/graph.md", "docs/messaging.md", "docs/sui.md"]
 _MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(.*?)\s*-->\s*$")

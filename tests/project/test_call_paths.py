@@ -1,7 +1,7 @@
 """The paths docs/architecture.md traces, run: each call is made under a profiler that
 notes the modules of ``dtp/`` whose Python functions run on the side that matters, and
 that set must be the list the doc names for the path ("Files crossed: ..."), so that the
-doc and the code cannot drift apart; issue 52 wants at most six files per path.
+doc and the code cannot drift apart; a path crosses at most six files.
 
 What counts (docs/architecture.md, "What a path counts"): every module of ``dtp/`` one of
 whose functions runs; the protocol layer as one entry, ``protocol/`` (the transport

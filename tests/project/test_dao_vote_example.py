@@ -190,3 +190,30 @@ def test_three_voters_on_three_peers_reach_one_tally(
     assert alice.snapshot() == bob.snapshot() == carol.snapshot()
     for graph in graphs.values():
         assert all(b"burgers" not in value for _, value in graph.snapshot().values())
+
+
+@pytest.mark.parametrize("three_peers", ["c", "python"], indirect=True)
+def test_a_vote_through_the_tier_handle_meets_the_rules(three_peers: Any, dao: ModuleType) -> None:
+    """The voter's own peer judges a vote written through ``graph.protected(...)`` as
+    every other peer does: refused there, it never replaces the voter's valid vote, and
+    every peer counts the same tally."""
+    graphs, _server = three_peers
+    alice, bob = graphs["alice"], graphs["bob"]
+    pid = dao.propose(alice, "Lunch?", ["pizza", "sushi", "salad"])
+    wait_until(lambda: all(dao.options_of(g, pid) for g in graphs.values()))
+    dao.vote(bob, pid, "sushi")
+    expected = {"pizza": 0, "sushi": 1, "salad": 0}
+    wait_until(lambda: all(dao.tally(g, pid) == expected for g in graphs.values()))
+
+    ballot = bob.protected(f"dao/{pid}")
+    before = bob.snapshot()
+    with pytest.raises(RuleRefused) as refused:
+        ballot.put({"option": "maybe"})
+    assert refused.value.refusal.rule == "dao-vote"
+    assert bob.snapshot() == before  # nothing of the put stored
+    assert ballot.get() == {"option": "sushi"}
+    assert bob.stats["refused_by_rule"] == {"dao-vote": 1}
+
+    time.sleep(0.3)  # (a vote that got out would have reached alice and carol by now)
+    assert [dao.tally(g, pid) for g in graphs.values()] == [expected] * 3
+    assert alice.snapshot() == bob.snapshot() == graphs["carol"].snapshot()

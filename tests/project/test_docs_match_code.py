@@ -207,6 +207,44 @@ def test_dotted_names_in_the_docs_resolve() -> None:
     assert not missing, missing
 
 
+#: an install by a name that is not the distribution's: ``pip install dtp`` (on PyPI, an
+#: unrelated project), an extra of ``dtp`` (``dtp[sui]``), a file named for it
+#: (``dist/dtp-0.1.0-....whl``; the built files are ``dtp_sui-...``)
+_NOT_THE_DISTRIBUTION = re.compile(
+    r"pip3? install\s+(?:-\S+\s+)*['\"]?dtp(?![\w.-])|(?<![\w.-])dtp\[|dist/dtp-"
+)
+#: what users and developers read install lines in, besides the docs (CHANGES.md keeps
+#: the history of the name, the old one included)
+_READ_BESIDES_DOCS = ("dtp", "scripts", "examples", "bench", "fuzz", "web")
+_TEXT = {".py", ".sh", ".md", ".toml", ".service", ".html", ".js", ".mjs", ".json"}
+
+
+def test_every_install_line_names_the_distribution() -> None:
+    """The docs, the package's docstrings and messages, the scripts and the examples
+    install ``dtp-sui`` (``dtp`` is the import package's name and the command's)."""
+    from dtp._distribution import NAME
+
+    files = list(DOCS) + [
+        path
+        for folder in _READ_BESIDES_DOCS
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in _TEXT and "node_modules" not in path.parts and path.is_file()
+    ]
+    assert len(files) > 300
+    wrong = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for found in _NOT_THE_DISTRIBUTION.finditer(text):
+            line = text.count("\n", 0, found.start()) + 1
+            wrong.append(f"{path.relative_to(ROOT)}:{line}: {found.group()!r}")
+    assert not wrong, wrong
+    # (and the pattern does find the old lines: an unanchored regex passes any text)
+    for old in ("pip install dtp\n", "pip install -U 'dtp[sui]'", "(`dtp[fast]`)", "dist/dtp-0"):
+        assert _NOT_THE_DISTRIBUTION.search(old), old
+    for new in (f"pip install {NAME}\n", f"pip install '{NAME}[sui]'", "pip install -e '.[all]'"):
+        assert not _NOT_THE_DISTRIBUTION.search(new), new
+
+
 def test_readme_layout_lists_the_docs() -> None:
     """The README's Layout block names every page of docs/ and every dtp/ subpackage."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The base install (``pip install dtp``, no extra) as a user has it: every module but
+"""The base install (``pip install dtp-sui``, no extra) as a user has it: every module but
 those of the extras imports, the embedded-ledger demo runs, and each feature of an extra
 asked for says which extra to install, in one line.
 
@@ -106,7 +106,7 @@ def test_a_feature_without_its_extra_names_the_extra(
     assert done.returncode == 1, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr  # one line, no traceback
-    assert named in lines[0] and lines[0].endswith(f"pip install 'dtp[{extra}]'"), lines[0]
+    assert named in lines[0] and lines[0].endswith(f"pip install 'dtp-sui[{extra}]'"), lines[0]
 
 
 def test_open_ledger_names_the_extra(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_open_ledger_names_the_extra(tmp_path: Path) -> None:
     done = _run(tmp_path, "-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("sui ledger spec: Sui localnet at http://127.0.0.1:9 needs")
-    assert "pip install 'dtp[sui]'" in done.stdout
+    assert "pip install 'dtp-sui[sui]'" in done.stdout
 
 
 def test_the_websocket_carrier_names_the_extra(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_the_websocket_carrier_names_the_extra(tmp_path: Path) -> None:
     assert len(lines) == 2, done.stdout
     for line in lines:
         assert line.startswith("ws The WebSocket carrier") and line.endswith(
-            "pip install 'dtp[ws]'"
+            "pip install 'dtp-sui[ws]'"
         ), line
 
 
@@ -173,6 +173,6 @@ def test_the_daemon_config_names_the_extra(
     done = _run(tmp_path, "-m", "dtp", "daemon", "--config", str(config))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"dtp.toml:{2 if extra == 'sui' else 3}: {key}: " in done.stderr, done.stderr
-    assert f"pip install 'dtp[{extra}]'" in done.stderr
+    assert f"pip install 'dtp-sui[{extra}]'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "dtp-state").exists()  # nothing started

@@ -1,4 +1,4 @@
-"""What `pip install dtp` gets: the sdist's file list and the metadata setuptools computes.
+"""What `pip install dtp-sui` gets: the sdist's file list and the metadata setuptools computes.
 
 The file list comes from ``setup.py egg_info`` (its SOURCES.txt is what ``sdist`` packs,
 the wheel being built from that sdist) run on a copy of the project that also holds what
@@ -90,13 +90,13 @@ def egg_info(project: Path) -> Path:
         capture_output=True,
         timeout=120,
     )
-    return out / "dtp.egg-info"
+    return out / "dtp_sui.egg-info"
 
 
 @pytest.fixture(scope="module")
 def sdist_files(egg_info: Path) -> set[str]:
     """The sdist's files, relative to the project (the egg-info's own files, named by
-    the absolute --egg-base, are left out: the sdist holds them under dtp.egg-info/)."""
+    the absolute --egg-base, are left out: the sdist holds them under dtp_sui.egg-info/)."""
     lines = (egg_info / "SOURCES.txt").read_text(encoding="utf-8").splitlines()
     return {line for line in lines if line and not line.startswith("/")}
 
@@ -160,12 +160,23 @@ def test_sdist_leaves_out_unrunnable_tests_and_leftovers(sdist_files: set[str]) 
 
 
 def test_metadata_agrees_with_the_code(egg_info: Path) -> None:
-    """One version everywhere, and the console script names a real function."""
+    """One name and one version everywhere, and the console script names a real
+    function."""
     import dtp
     import dtp.cli
+    from dtp._distribution import NAME
 
     pkg_info = (egg_info / "PKG-INFO").read_text(encoding="utf-8")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    # the distribution's name (what pip installs, the install command of MissingExtra)
+    # is pyproject's; the import package keeps its own (the only one shipped)
+    assert pyproject["project"]["name"] == NAME == "dtp-sui"
+    assert f"\nName: {NAME}\n" in pkg_info
+    assert (egg_info / "top_level.txt").read_text(encoding="utf-8").split() == ["dtp"]
+    # the all extra names the distribution by its own name (another's would be fetched)
+    assert pyproject["project"]["optional-dependencies"]["all"] == [
+        f"{NAME}[sui,lan,gun,ws,metrics,fast,collab]"
+    ]
     assert f"\nVersion: {dtp.__version__}\n" in pkg_info
     # written once, in dtp/__init__.py: the metadata's is read from there
     assert "version" not in pyproject["project"]

@@ -65,6 +65,28 @@ def test_without_sui_it_says_what_it_needs_and_runs_nothing(
     assert not ran.exists(), ran.read_text()
 
 
+@pytest.mark.parametrize("version", ["sui 1.45.3-3c4d2e1", "sui 0.28.0"])
+def test_a_sui_older_than_1_46_is_refused_before_anything_runs(
+    tmp_path: Path, version: str
+) -> None:
+    """move/dtp's `#[error(code = N)]` constants need the 1.46 line's compiler
+    (move/README.md): an older CLI is named and refused, no network started, nothing
+    bootstrapped."""
+    bin_dir, ran = _spies(tmp_path)
+    calls = tmp_path / "sui-calls"
+    sui = tmp_path / "sui"
+    sui.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\necho "{version}"\n')
+    sui.chmod(0o755)
+    done = _run({"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SUI_BIN": str(sui)})
+    number = version.split()[1].split("-")[0]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "needs Sui CLI 1.46 or newer" in done.stderr and f"is {number}." in done.stderr
+    assert done.stdout.endswith(f"sui-localnet: FAIL (sui {number} is older than 1.46)\n")
+    assert "bootstrap" not in done.stdout
+    assert calls.read_text() == "--version\n"  # (no `sui start`, no `sui client`)
+    assert "python" not in (ran.read_text() if ran.exists() else "")
+
+
 def test_it_parses_and_is_shellcheck_clean() -> None:
     assert subprocess.run(["bash", "-n", str(SCRIPT)], timeout=30).returncode == 0
     shellcheck = shutil.which("shellcheck")

@@ -132,11 +132,6 @@ TWINS = [
                 "a kept receipt is counted under the blocking relay's engine lock (the "
                 "writer's thread); on asyncio its count hops to the loop",
             ),
-            "gated": (
-                ASYNCIO,
-                "asyncio takes each datagram as the connection pushes it and asks the "
-                "engine only when gated; the blocking relay reads batches",
-            ),
             "meter": (
                 ASYNCIO,
                 "an asyncio flow exists before its connection opens (its datagrams wait "
@@ -181,6 +176,14 @@ TWINS = [
         ("SyncSession",),
         ("session", "self"),
     ),
+    Twins(
+        "membership node",
+        "messaging/_membership_socket.py",
+        "messaging/_membership_aio.py",
+        "messaging/_membership.py",
+        ("Membership",),
+        ("engine",),
+    ),
 ]
 
 #: Twin classes whose shared methods come in the same order, or twin functions whose
@@ -208,6 +211,12 @@ ORDERED = [
         "AsyncRpcServer",
     ),
     ("graph/sync/_blocking.py", "sync_blocking", "graph/sync/_asyncio.py", "sync_stream"),
+    (
+        "messaging/_membership_socket.py",
+        "MemberNode",
+        "messaging/_membership_aio.py",
+        "AsyncMemberNode",
+    ),
 ]
 
 

@@ -1,12 +1,17 @@
-"""The wheel scripts/wheel.sh builds, as a user on another machine gets it.
+"""The wheel and the sdist scripts/wheel.sh builds, as a user on another machine gets them.
 
-Built once (the sdist, the wheel from it, ``auditwheel repair``), then installed with
-pip into a fresh virtualenv for each CPython the package supports (its classifiers),
-with no compiler on ``PATH`` and, where this runs as root, OpenSSL's headers hidden;
-then, with the system's ``libcrypto.so.3`` and ``libssl.so.3`` hidden too (a private
-mount namespace binds empty files over them), the demo runs from the virtualenv. A
-plain install must pull in no Sui package, and the features of the extras must name
-them.
+Built once (the sdist, the wheel from it, ``auditwheel repair``, ``twine check`` on
+both), then installed by name, ``pip install dtp-sui``, from the folder they were built
+into, as from a package index: ``--no-index --find-links`` that folder and a wheelhouse
+of the dependencies fetched for each CPython the package supports (its classifiers),
+into fresh virtualenvs of each. The wheel goes in with no compiler on ``PATH`` and,
+where this runs as root, OpenSSL's headers hidden; then, with the system's
+``libcrypto.so.3`` and ``libssl.so.3`` hidden too (a private mount namespace binds empty
+files over them), the demo runs from the virtualenv. The sdist is built there by pip
+with this machine's compiler. A plain install must pull in no Sui package, the features
+of the extras must name them, and every extra must resolve against the folder and the
+package index (pip's resolver, a dry run: the ``testing`` virtualenv below installs the
+heaviest, ``sui``, for real).
 
 Marked ``wheel``: scripts/test.sh runs this file once, in its checks job (building the
 C core and installing a few virtualenvs takes a minute or two), and leaves it out of
@@ -25,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from dtp._distribution import NAME
 from tests.support.base_imports import extra_of
 from tests.support.demo_output import check_demo_output
 from tests.support.paths import ROOT
@@ -48,20 +55,25 @@ from tests.testing.doc_examples import (
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]
 
-#: what `pip install <the wheel>` installs: dtp and the base dependencies (with
+#: what the wheel and the sdist are named after: the distribution's name as file names
+#: hold it (dtp_sui-0.1.0-....whl, dtp_sui-0.1.0.tar.gz)
+FILE_NAME = re.sub(r"[-_.]+", "_", NAME).lower()
+#: what `pip install dtp-sui` installs: dtp-sui and the base dependencies (with
 #: pycparser, cffi's own); pip's and setuptools' are the venv's
-BASE_DISTRIBUTIONS = {"dtp", "cffi", "pycparser", "cryptography", "noiseprotocol", "msgpack"}
+BASE_DISTRIBUTIONS = {NAME, "cffi", "pycparser", "cryptography", "noiseprotocol", "msgpack"}
+#: the extras that are the project's own tools, not features (README.md lists the others)
+TOOL_EXTRAS = {"test", "dev", "bench"}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 #: the Sui stack that a plain install must not bring (pysui's dependencies among them)
 SUI_DISTRIBUTIONS = {"pysui", "pysui-fastcrypto", "pyyaml", "betterproto2", "grpclib", "gql"}
 
 
 def _supported_pythons() -> list[str]:
     """``3.11``, ``3.12``...: the CPython versions pyproject.toml's classifiers claim."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     prefix = "Programming Language :: Python :: "
     versions = [
         c[len(prefix) :]
-        for c in pyproject["project"]["classifiers"]
+        for c in PYPROJECT["project"]["classifiers"]
         if re.fullmatch(re.escape(prefix) + r"3\.\d+", c)
     ]
     return sorted(versions, key=lambda v: int(v.split(".")[1]))
@@ -144,26 +156,52 @@ def _hidden(argv: list[str], paths: list[str], tmp: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """scripts/wheel.sh's output folder: one manylinux wheel and one sdist."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """scripts/wheel.sh's output folder (one manylinux wheel and one sdist, nothing else)
+    and what it printed."""
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "wheel.sh"), str(out)],
-        env={**os.environ, "PYTHON": sys.executable},
+        # (twine's report plain and on one line a file)
+        env={**os.environ, "PYTHON": sys.executable, "NO_COLOR": "1", "COLUMNS": "400"},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "bundled dtp.libs/libcrypto-" in done.stdout and "OpenSSL 3." in done.stdout
-    return out
+    assert "bundled dtp_sui.libs/libcrypto-" in done.stdout and "OpenSSL 3." in done.stdout
+    return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def dist(built: tuple[Path, str]) -> Path:
+    """The folder pip installs from by name (--find-links): a local package index."""
+    return built[0]
 
 
 @pytest.fixture(scope="module")
 def wheel(dist: Path) -> Path:
-    (found,) = dist.glob("dtp-*.whl")
+    (found,) = dist.glob(f"{FILE_NAME}-*.whl")
     return found
+
+
+@pytest.fixture(scope="module")
+def sdist(dist: Path) -> Path:
+    (found,) = dist.glob(f"{FILE_NAME}-*.tar.gz")
+    return found
+
+
+def test_the_folder_holds_the_two_files_and_twine_passes_both(
+    built: tuple[Path, str], wheel: Path, sdist: Path
+) -> None:
+    """`twine check --strict` (scripts/wheel.sh's last step; a warning fails it too):
+    the metadata and the description as the package index reads them, for each file."""
+    out, printed = built
+    assert sorted(out.iterdir()) == sorted([wheel, sdist])
+    flat = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", printed).split())
+    checked = re.findall(r"Checking (\S+?):\s*(\w+)", flat)
+    assert sorted(checked) == sorted([(str(wheel), "PASSED"), (str(sdist), "PASSED")]), flat
 
 
 def _metadata(wheel: Path) -> email.message.Message:
@@ -179,7 +217,7 @@ def test_the_wheel_is_manylinux_for_every_supported_python(wheel: Path) -> None:
 
     machine = platform.machine()
     match = re.fullmatch(
-        rf"dtp-{re.escape(dtp.__version__)}-cp311-abi3-manylinux_2_(\d+)_{machine}\.whl",
+        rf"{FILE_NAME}-{re.escape(dtp.__version__)}-cp311-abi3-manylinux_2_(\d+)_{machine}\.whl",
         wheel.name,
     )
     assert match, wheel.name
@@ -188,12 +226,14 @@ def test_the_wheel_is_manylinux_for_every_supported_python(wheel: Path) -> None:
 
 
 def test_the_wheel_carries_its_own_libcrypto(wheel: Path, tmp_path: Path) -> None:
-    """The core needs libcrypto-<hash>.so.3 from dtp.libs/ (its RPATH), never the
+    """The core needs libcrypto-<hash>.so.3 from dtp_sui.libs/ (its RPATH), never the
     system's libcrypto.so.3; the copy's licence notice is in the metadata."""
     with zipfile.ZipFile(wheel) as archive:
         names = [n for n in archive.namelist() if not n.endswith("/")]  # (no folders)
-        libs = [n for n in names if n.startswith("dtp.libs/")]
-        assert len(libs) == 1 and re.fullmatch(r"dtp\.libs/libcrypto-[0-9a-f]{8}\.so\.3", libs[0])
+        libs = [n for n in names if n.startswith("dtp_sui.libs/")]
+        assert len(libs) == 1 and re.fullmatch(
+            r"dtp_sui\.libs/libcrypto-[0-9a-f]{8}\.so\.3", libs[0]
+        )
         core = Path(archive.extract("dtp/_dtp_core.abi3.so", tmp_path))
         licences = {n.split(".dist-info/licenses/", 1)[1] for n in names if "/licenses/" in n}
     assert licences == {"LICENSE", "licenses/OpenSSL.txt"}
@@ -206,16 +246,17 @@ def test_the_wheel_carries_its_own_libcrypto(wheel: Path, tmp_path: Path) -> Non
     )
     assert Path(libs[0]).name in needed
     assert not [n for n in needed if n.startswith(("libcrypto.so", "libssl.so"))], needed
-    assert runpath == ["$ORIGIN/../dtp.libs"]
+    assert runpath == ["$ORIGIN/../dtp_sui.libs"]
 
 
 def test_the_wheels_metadata(wheel: Path) -> None:
-    """The base needs no Sui package; each extra holds its feature's packages; the
-    description is the short docs/pypi.md, not the README."""
+    """Named dtp-sui; the base needs no Sui package; each extra holds its feature's
+    packages; the description is the short docs/pypi.md, not the README."""
     meta = _metadata(wheel)
+    assert meta["Name"] == NAME == PYPROJECT["project"]["name"]
     requires = meta.get_all("Requires-Dist") or []
     base = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requires if ";" not in r}
-    assert base == BASE_DISTRIBUTIONS - {"dtp", "pycparser"}
+    assert base == BASE_DISTRIBUTIONS - {NAME, "pycparser"}
     extras: dict[str, set[str]] = {}
     for requirement in requires:
         found = re.search(r'extra == "([a-z]+)"', requirement)
@@ -225,7 +266,9 @@ def test_the_wheels_metadata(wheel: Path) -> None:
     assert {"pysui", "pysui-fastcrypto", "pyyaml"} <= extras["sui"]
     assert extras["lan"] == {"zeroconf", "ifaddr"}
     assert extras["gun"] == extras["ws"] == {"websockets"}
-    assert extras["all"] == {"dtp"}
+    # (the distribution itself with the features' extras: by its own name, or pip would
+    # fetch the unrelated project named dtp)
+    assert extras["all"] == {NAME}
     description = meta.get_payload()
     assert isinstance(description, str)
     assert description.strip() == (ROOT / "docs" / "pypi.md").read_text(encoding="utf-8").strip()
@@ -233,12 +276,18 @@ def test_the_wheels_metadata(wheel: Path) -> None:
     assert meta["License-Expression"] == "Apache-2.0"
 
 
-def test_the_sdist_builds_the_wheel_and_holds_no_binary(dist: Path) -> None:
-    (sdist,) = dist.glob("dtp-*.tar.gz")
-    import tarfile
+def test_the_sdist_builds_the_wheel_and_holds_no_binary(sdist: Path) -> None:
+    import dtp
 
     with tarfile.open(sdist) as archive:
+        tops = {n.split("/", 1)[0] for n in archive.getnames()}
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+        pkg_info = archive.extractfile(f"{FILE_NAME}-{dtp.__version__}/PKG-INFO")
+        assert pkg_info is not None
+        meta = email.parser.Parser().parsestr(pkg_info.read().decode())
+    assert sdist.name == f"{FILE_NAME}-{dtp.__version__}.tar.gz"
+    assert tops == {f"{FILE_NAME}-{dtp.__version__}"}
+    assert meta["Name"] == NAME
     assert {"docs/pypi.md", "licenses/OpenSSL.txt", "dtp_core/build_ffi.py", "setup.py"} <= names
     assert not [n for n in names if n.endswith((".so", ".o", ".so.3"))]
 
@@ -247,23 +296,69 @@ def test_the_sdist_builds_the_wheel_and_holds_no_binary(dist: Path) -> None:
 
 
 @pytest.fixture(scope="module", params=PYTHONS)
-def venv(
-    request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
-    """A fresh virtualenv of that CPython with the wheel installed by pip, as a user
-    does: ``PATH`` holds the virtualenv alone (no compiler), OpenSSL's headers hidden."""
-    version = request.param
-    python = _interpreter(version)
-    if python is None:
+def python(request: pytest.FixtureRequest) -> str:
+    """A CPython the package supports, one per version (the tests below run once each)."""
+    version: str = request.param
+    found = _interpreter(version)
+    if found is None:
         pytest.skip(f"no CPython {version} with venv and ensurepip on this machine")
-    where = tmp_path_factory.mktemp(f"venv-{version}")
-    env_dir = where / "venv"
+    return found
+
+
+def _new_venv(python: str, env_dir: Path) -> dict[str, str]:
+    """A fresh virtualenv of ``python`` at ``env_dir``; the environment pip runs in there
+    (``PATH`` the virtualenv's bin/ alone: no compiler; the machine's pip settings)."""
     subprocess.run([python, "-m", "venv", str(env_dir)], check=True, timeout=120)
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in ("HOME", "LANG")},
         "PATH": str(env_dir / "bin"),
     }
-    install = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
+
+
+def _pip(env_dir: Path, *args: str) -> list[str]:
+    return [str(env_dir / "bin" / "python"), "-m", "pip", *args]
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(python: str, wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """For that CPython, as wheels fetched from the package index: the base
+    dependencies the wheel's metadata names and what building the sdist needs
+    (pyproject.toml's build-system). With the built files' folder, all that installing
+    dtp-sui by name needs, so pip reads no index (and cannot take a dtp-sui from one)."""
+    where = tmp_path_factory.mktemp("wheelhouse")
+    env = _new_venv(python, where / "venv")
+    requires = [r for r in _metadata(wheel).get_all("Requires-Dist") or [] if "extra ==" not in r]
+    wanted = [*requires, *PYPROJECT["build-system"]["requires"]]
+    fetch = _pip(where / "venv", "download", "-q", "--only-binary", ":all:", "--dest")
+    done = subprocess.run(
+        [*fetch, str(where / "wheels"), *wanted],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return where / "wheels"
+
+
+def _by_name(dist: Path, wheelhouse: Path) -> list[str]:
+    """pip's options that install dtp-sui by name from ``dist`` and ``wheelhouse`` alone."""
+    return ["--no-index", "--find-links", str(dist), "--find-links", str(wheelhouse)]
+
+
+@pytest.fixture(scope="module")
+def venv(
+    python: str, dist: Path, wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A fresh virtualenv of that CPython where ``pip install dtp-sui`` took the wheel
+    from the folder, as a user does from the index: ``PATH`` holds the virtualenv alone
+    (no compiler), OpenSSL's headers hidden, and the sdist beside it refused (a wheel
+    whose tags this CPython did not take would be built from it instead)."""
+    where = tmp_path_factory.mktemp("venv")
+    env_dir = where / "venv"
+    env = _new_venv(python, env_dir)
+    install = _pip(env_dir, "install", "-q", *_by_name(dist, wheelhouse), "--only-binary", NAME)
+    install.append(NAME)
     if CAN_HIDE:
         install = _hidden(install, ["/usr/include/openssl"], where)
     done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
@@ -271,17 +366,44 @@ def venv(
     yield env_dir
 
 
+@pytest.fixture(scope="module")
+def sdist_venv(
+    python: str, dist: Path, wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A fresh virtualenv of that CPython where ``pip install dtp-sui`` took the sdist
+    from the folder (the wheel refused) and built it, as on a machine the wheel does not
+    serve: with the compiler and OpenSSL's headers, its build requirements from the
+    wheelhouse."""
+    env_dir = tmp_path_factory.mktemp("sdist-venv") / "venv"
+    env = _new_venv(python, env_dir)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None, "building the sdist needs a C compiler"
+    env["PATH"] += os.pathsep.join(["", os.path.dirname(compiler), "/usr/bin", "/bin"])
+    install = _pip(env_dir, "install", "-q", *_by_name(dist, wheelhouse), "--no-binary", NAME)
+    done = subprocess.run([*install, NAME], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return env_dir
+
+
 def _in_venv(
-    venv: Path, tmp_path: Path, *argv: str, hide_openssl: bool = False, timeout: float = 300
+    venv: Path,
+    tmp_path: Path,
+    *argv: str,
+    hide_openssl: bool = False,
+    pip_settings: bool = False,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """``argv`` run from the virtualenv's bin/ as a user runs it there, in a folder of
-    its own; with the system's OpenSSL hidden if asked."""
+    its own; with the system's OpenSSL hidden if asked, with the machine's pip settings
+    (its package index, from the real home's and the environment's) if asked."""
     env = {
         "PATH": str(venv / "bin"),
         "HOME": str(tmp_path),
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "LANG": "C.UTF-8",
     }
+    if pip_settings:
+        env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_") or k == "HOME"})
     command = [str(venv / "bin" / argv[0]), *argv[1:]]
     if hide_openssl:
         command = _hidden(command, _system_openssl(), tmp_path)
@@ -300,15 +422,88 @@ def test_a_plain_install_pulls_in_no_sui_package(venv: Path, tmp_path: Path) -> 
     assert installed == BASE_DISTRIBUTIONS
 
 
+def test_metadata_and_dtp_version_name_the_distribution(venv: Path, tmp_path: Path) -> None:
+    """Installed by the name dtp-sui, found by it (and by the package it holds, dtp);
+    no distribution named dtp; `dtp --version` and `dtp version` read its version."""
+    probe = _in_venv(
+        venv,
+        tmp_path,
+        "python",
+        "-c",
+        "import json, importlib.metadata as m\n"
+        "try:\n    m.distribution('dtp')\nexcept m.PackageNotFoundError:\n    old = None\n"
+        "else:\n    old = 'found'\n"
+        f"print(json.dumps({{'name': m.metadata({NAME!r})['Name'], "
+        f"'version': m.version({NAME!r}), 'of_dtp': m.packages_distributions()['dtp'], "
+        "'old': old}))",
+    )
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    assert found == {"name": NAME, "version": found["version"], "of_dtp": [NAME], "old": None}
+    short = _in_venv(venv, tmp_path, "dtp", "--version")
+    assert short.stdout == f"dtp {found['version']}\n", short.stdout + short.stderr
+    long = _in_venv(venv, tmp_path, "dtp", "version")
+    assert long.stdout == f"dtp {found['version']} (distribution {NAME}, core backend: c)\n"
+    as_json = json.loads(_in_venv(venv, tmp_path, "dtp", "version", "--json").stdout)
+    assert (as_json["distribution"], as_json["version"]) == (NAME, found["version"])
+
+
+def test_every_extra_resolves_from_the_folder_and_the_index(
+    venv: Path, dist: Path, wheel: Path, tmp_path: Path
+) -> None:
+    """pip's resolver, every feature's extra at once (a set that satisfies them all
+    satisfies each), on that CPython, as `pip install --find-links dist 'dtp-sui[...]'`
+    would install them (a dry run: what it reports, nothing installed): dtp-sui is the
+    built wheel, each extra brings the packages the metadata names for it, and the
+    project named dtp never comes in."""
+    meta = _metadata(wheel)
+    extras = sorted(set(meta.get_all("Provides-Extra") or []) - TOOL_EXTRAS)
+    report = tmp_path / "report.json"
+    done = _in_venv(
+        venv,
+        tmp_path,
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--dry-run",
+        "--ignore-installed",
+        "--report",
+        str(report),
+        "--find-links",
+        str(dist),
+        "--only-binary",
+        NAME,
+        f"{NAME}[{','.join(extras)}]",
+        pip_settings=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    chosen = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item
+        for item in json.loads(report.read_text(encoding="utf-8"))["install"]
+    }
+    assert chosen[NAME]["download_info"]["url"] == wheel.as_uri()
+    assert chosen[NAME]["requested_extras"] == extras
+    assert "dtp" not in chosen
+    for extra in extras:
+        named = {
+            re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]).lower()
+            for r in meta.get_all("Requires-Dist") or []
+            if f'extra == "{extra}"' in r
+        }
+        assert named and named <= set(chosen), (extra, named - set(chosen))
+
+
 def test_the_installed_core_loads_the_wheels_libcrypto(venv: Path, tmp_path: Path) -> None:
-    """``ldd`` of the installed core resolves libcrypto into the wheel's dtp.libs/."""
+    """``ldd`` of the installed core resolves libcrypto into the wheel's dtp_sui.libs/."""
     (core,) = venv.glob("lib/python3.*/site-packages/dtp/_dtp_core.abi3.so")
     done = subprocess.run(["ldd", str(core)], capture_output=True, text=True, check=True)
     crypto = [line.split() for line in done.stdout.splitlines() if "crypto" in line]
     assert len(crypto) == 1, done.stdout
     name, arrow, path = crypto[0][:3]
     assert re.fullmatch(r"libcrypto-[0-9a-f]{8}\.so\.3", name) and arrow == "=>"
-    assert Path(path).resolve() == (core.parent.parent / "dtp.libs" / name).resolve()
+    assert Path(path).resolve() == (core.parent.parent / "dtp_sui.libs" / name).resolve()
 
 
 def test_every_base_module_imports_and_the_extras_are_named(venv: Path, tmp_path: Path) -> None:
@@ -329,7 +524,7 @@ def test_every_base_module_imports_and_the_extras_are_named(venv: Path, tmp_path
     assert where.stdout.startswith(str(venv)), where.stdout
     refused = _in_venv(venv, tmp_path, "dtp", "balance", "--ledger", "testnet", "0x1")
     assert refused.returncode == 1
-    assert refused.stderr.strip().endswith("pip install 'dtp[sui]'"), refused.stderr
+    assert refused.stderr.strip().endswith("pip install 'dtp-sui[sui]'"), refused.stderr
 
 
 def test_the_demo_runs_without_a_compiler_or_the_systems_openssl(
@@ -351,13 +546,36 @@ def test_the_demo_runs_without_a_compiler_or_the_systems_openssl(
         "import dtp.native.core as core\n"
         "assert core.BACKEND == 'c', core.BACKEND\n"
         "maps = [l.split()[-1] for l in open('/proc/self/maps') if 'libcrypto' in l]\n"
-        "assert maps and all('/dtp.libs/libcrypto-' in m for m in maps), maps\n",
+        "assert maps and all('/dtp_sui.libs/libcrypto-' in m for m in maps), maps\n",
         hide_openssl=True,
     )
     assert probe.returncode == 0, probe.stdout + probe.stderr
     done = _in_venv(venv, tmp_path, "dtp", "demo", "--quick", hide_openssl=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check_demo_output(done.stdout)
+
+
+def test_the_sdist_installs_by_name_and_builds_the_core_here(
+    sdist_venv: Path, tmp_path: Path
+) -> None:
+    """pip took the sdist (no wheel of dtp-sui was allowed) and built the C core with
+    this machine's compiler, against the system's libcrypto (no bundled copy); the
+    package runs from there under the distribution's name."""
+    site = next(sdist_venv.glob("lib/python3.*/site-packages"))
+    (info,) = site.glob(f"{FILE_NAME}-*.dist-info")
+    tags = [line for line in (info / "WHEEL").read_text().splitlines() if line.startswith("Tag:")]
+    assert tags == [f"Tag: cp311-abi3-linux_{platform.machine()}"], tags  # built here
+    assert not list(site.glob("*.libs"))
+    linked = subprocess.run(
+        ["ldd", str(site / "dtp" / "_dtp_core.abi3.so")], capture_output=True, text=True
+    ).stdout
+    assert re.search(r"^\s*libcrypto\.so\.3 => /", linked, re.M), linked
+    done = _in_venv(sdist_venv, tmp_path, "dtp", "version")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(rf"dtp \S+ \(distribution {NAME}, core backend: c\)\n", done.stdout)
+    demo = _in_venv(sdist_venv, tmp_path, "dtp", "demo", "--quick")
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    check_demo_output(demo.stdout)
 
 
 # -- what README.md says ---------------------------------------------------------------
@@ -371,10 +589,12 @@ def _install_section() -> str:
 
 def test_the_readmes_install_section_is_what_the_tests_show(wheel: Path) -> None:
     """The wheel's name, glibc floor and Pythons, the base dependencies and the extras,
-    as README.md's "Install" gives them."""
+    and the install lines these tests run, as README.md's "Install" gives them."""
     section = _install_section()
     flat = " ".join(section.split())
     assert f"# {Path('dist') / wheel.name}" in section
+    assert f"pip install --find-links dist {NAME} " in section
+    assert f"pip install --find-links dist '{NAME}[sui]' " in section
     glibc = re.search(r"manylinux_2_(\d+)_", wheel.name)
     assert glibc is not None
     assert f"glibc 2.{glibc.group(1)} or newer" in flat
@@ -382,10 +602,10 @@ def test_the_readmes_install_section_is_what_the_tests_show(wheel: Path) -> None
     *first, last = PYTHONS
     assert f"CPython {', '.join(first)} and {last};" in flat
     named = re.search(r"dependencies: ([a-z]+), ([a-z]+), ([a-z]+) and ([a-z]+)\.", flat)
-    assert named is not None and set(named.groups()) == BASE_DISTRIBUTIONS - {"dtp", "pycparser"}
+    assert named is not None and set(named.groups()) == BASE_DISTRIBUTIONS - {NAME, "pycparser"}
     meta = _metadata(wheel)
-    extras = set(meta.get_all("Provides-Extra") or []) - {"test", "dev", "bench"}
-    assert set(re.findall(r"\| `pip install 'dtp\[([a-z]+)\]'` \|", section)) == extras
+    extras = set(meta.get_all("Provides-Extra") or []) - TOOL_EXTRAS
+    assert set(re.findall(rf"\| `pip install '{NAME}\[([a-z]+)\]'` \|", section)) == extras
 
 
 def test_the_readmes_missing_extra_line_is_what_dtp_prints(venv: Path, tmp_path: Path) -> None:
@@ -401,22 +621,22 @@ def test_the_readmes_missing_extra_line_is_what_dtp_prints(venv: Path, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def testing_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def testing_venv(dist: Path, wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv of the CPython running the suite with the wheel and its
     ``testing`` and ``sui`` extras (pytest, hypothesis; pysui for the node stand-in), as
-    docs/testing.md has a user install it; the plugin comes in through the wheel's
+    docs/testing.md has a user install it, by name (the wheel from the folder, the
+    extras' packages from the package index); the plugin comes in through the wheel's
     pytest11 entry point alone."""
-    where = tmp_path_factory.mktemp("venv-testing")
-    env_dir = where / "venv"
-    python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([python, "-m", "venv", str(env_dir)], check=True, timeout=120)
-    env = {
-        **{k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in ("HOME", "LANG")},
-        "PATH": str(env_dir / "bin"),
-    }
-    install = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    env_dir = tmp_path_factory.mktemp("venv-testing") / "venv"
+    env = _new_venv(getattr(sys, "_base_executable", sys.executable), env_dir)
+    version = wheel.name.split("-")[1]
+    install = _pip(env_dir, "install", "-q", "--find-links", str(dist), "--only-binary", NAME)
     done = subprocess.run(
-        [*install, f"{wheel}[sui,testing]"], env=env, capture_output=True, text=True, timeout=900
+        [*install, f"{NAME}[sui,testing]=={version}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return env_dir

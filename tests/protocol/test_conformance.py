@@ -179,10 +179,44 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
             ],
             "lost": [1],
         },
-        {"side": "server", "now": 0.03, "actions": []},
-        {"side": "client", "now": 0.04, "actions": []},
-        {"side": "server", "now": 0.05, "actions": []},
-        {"side": "client", "now": 0.06, "actions": [{"do": "close", "code": 0, "reason": "bye"}]},
+        {
+            "side": "server",
+            "now": 0.03,
+            "actions": [],
+            "note": (
+                "acknowledges what came, at once since two ack-eliciting records did "
+                "(section 9 of protocol.md): two ranges, counter 1 missing between them"
+            ),
+        },
+        {
+            "side": "client",
+            "now": 0.04,
+            "actions": [],
+            "note": (
+                "finds counter 1 lost (counter 4, three above it, was acknowledged) and "
+                "sends its frame again in a new record: the byte and the FIN that ends "
+                "stream 2, one STREAM_FIN as before"
+            ),
+        },
+        {
+            "side": "server",
+            "now": 0.05,
+            "actions": [],
+            "note": (
+                "takes the record; one ack-eliciting record came since its last ACK, "
+                "so the next may wait 25 ms from its arrival"
+            ),
+        },
+        {
+            "side": "server",
+            "now": 0.08,
+            "actions": [],
+            "note": (
+                "acknowledges once the 25 ms are up; the ACK delay is the 30 ms since "
+                "the largest counter it acknowledges arrived"
+            ),
+        },
+        {"side": "client", "now": 0.09, "actions": [{"do": "close", "code": 0, "reason": "bye"}]},
     ],
 }
 
@@ -812,6 +846,10 @@ def _describe_frame(frame: dict[str, Any]) -> str:
     words = [name] + [
         f"{field} {value}" for field, value in zip(fields, slots[: len(fields)], strict=True)
     ]
+    if name == "ACK":
+        ranges = [f"{lo}" if lo == hi else f"{lo} to {hi}" for lo, hi in frame["ranges"]]
+        plural = "s" if len(ranges) > 1 or " to " in ranges[0] else ""
+        words.append(f"counter{plural} {' and '.join(ranges)}, ack delay {frame['c']} µs")
     if name == "CONTROL" and frame["a"] in (1, 2):
         words[-1] += " (AUTH)" if frame["a"] == 1 else " (ACCEPT)"
     if name == "CLOSE":
@@ -827,7 +865,7 @@ def _describe_frame(frame: dict[str, Any]) -> str:
     return ", ".join(words)
 
 
-def _describe_action(action: dict[str, Any]) -> str:
+def _describe_action(action: dict[str, Any], proof: bytes) -> str:
     do = action["do"]
     if do == "send":
         fin = ", then its end" if action["fin"] else ""
@@ -841,7 +879,10 @@ def _describe_action(action: dict[str, Any]) -> str:
     if do == "refuse":
         return f'refuses the client with code {action["code"]} and reason "{action["reason"]}"'
     if do == "corrupt_auth":
-        return "sends an identity proof whose signature's last byte is flipped"
+        return (
+            "sends an identity proof whose signature's last byte (byte 64 of the proof) "
+            f"has its lowest bit flipped: 0x{proof[64]:02x} becomes 0x{proof[64] ^ 1:02x}"
+        )
     return "accepts the client"
 
 
@@ -928,9 +969,12 @@ def render_appendix(transcripts: dict[str, dict[str, Any]]) -> str:
         ]
         for index, step in enumerate(t["steps"], 1):
             side, peer = step["side"], _other(step["side"])
-            does = "; ".join(_describe_action(a) for a in step["actions"])
+            proof = bytes.fromhex(auth["proof"])
+            does = "; ".join(_describe_action(a, proof) for a in step["actions"])
             if index == 1:
                 does = "starts the handshake"
+            elif "note" in step:
+                does = step["note"]
             elif not does:
                 does = "answers" if step["records"] else "sends nothing"
             out += [

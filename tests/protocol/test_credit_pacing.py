@@ -19,7 +19,7 @@ from dtp.payments._ratelimit import TokenBucket
 from dtp.protocol.connection._streams import CREDIT_PACE_SECONDS, _credit_at
 from tests.support.pairs import connect
 
-RATE = 200_000  # B/s: the limit
+RATE = 200_000  # B/s: the service's byte rate limit
 WINDOWS = 10  # one-second windows checked
 TOLERANCE = 0.2
 TICK = 0.005  # s of virtual time between looks (a loaded thread's lateness)

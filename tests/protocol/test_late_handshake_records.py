@@ -2,9 +2,11 @@
 
 Over a reliable carrier any of them closes the connection with PROTOCOL_VIOLATION, and
 its header is enough: the rest of its body need not come. Over a lossy carrier they are
-repeats or forgeries, dropped, except that a server answers a copy of the message 1 it
-answered with its reply again. A late copy of every handshake message each side got,
-both patterns, both carrier kinds; whole, cut short, and behind stream data."""
+repeats or forgeries, dropped, except that a server answers a copy of a message it took
+while the client has acknowledged none of its records (the client repeats its message
+until the verdict arrives): message 2 again for a message 1, and the verdict's record.
+A late copy of every handshake message each side got, both patterns, both carrier
+kinds; whole, cut short, and behind stream data."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from dtp.native import core as _core
-from dtp.native.types import REC_DATA, REC_HS_INIT, REC_HS_RESP
+from dtp.native.types import REC_DATA, REC_HS_FINAL, REC_HS_INIT, REC_HS_RESP
 from dtp.protocol.connection import CloseCode, Connection
 from dtp.transport.carriers._memory import MemoryLink
 from tests.support.pairs import Side, carries_both_ways, establish, make_pair, run
@@ -70,6 +72,15 @@ def established_in_the_lane() -> tuple[
     return c, s, link, got, delivered, sid
 
 
+def answer_to_a_copy(server: Connection, kind: int) -> list[int]:
+    """The kinds of the records a lossy server answers a copy of the client's handshake
+    message ``kind`` with (docs/protocol.md 8.6): none once the client acknowledged one
+    of its records; else message 2 again for a message 1, and the verdict's record."""
+    if not server.records.acknowledged_nothing():
+        return []
+    return ([REC_HS_RESP] if kind == REC_HS_INIT else []) + [REC_DATA]
+
+
 def feed(conn: Connection, data: bytes, now: float) -> None:
     """``data`` as ``conn``'s carrier delivers it (a datagram on a lossy one)."""
     if conn.config.reliable_carrier:
@@ -108,10 +119,12 @@ def test_a_late_copy_of_a_handshake_message(ik: bool, reliable: bool, receiver: 
             closed_for_the_late_record(victim, peer, link)
             return
         assert victim.conn.established, victim.conn.termination
+        if receiver == "server":
+            # its reply was lost, as far as the server can tell: sent again
+            expected = answer_to_a_copy(victim.conn, record[0])
         again = victim.conn.datagrams_to_send(link.now)
-        if receiver == "server" and record[0] == REC_HS_INIT:
-            # its reply was lost, as far as the server can tell: sent again, alone
-            assert [r[0] for r in again] == [REC_HS_RESP]
+        if receiver == "server" and record[0] in (REC_HS_INIT, REC_HS_FINAL):
+            assert [r[0] for r in again] == expected
         else:
             assert again == [], [r[0] for r in again]
     carries_both_ways(link, c, s)
@@ -164,8 +177,23 @@ def test_a_late_record_never_reaches_the_handshakes_own_path(
     if reliable:
         closed_for_the_late_record(s, c, link)
         return
-    assert [r[0] for r in s.conn.datagrams_to_send(link.now)] == [REC_HS_RESP]
+    expected = answer_to_a_copy(s.conn, REC_HS_INIT)
+    assert [r[0] for r in s.conn.datagrams_to_send(link.now)] == expected
     carries_both_ways(link, c, s)
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_a_copy_after_the_client_acknowledged_the_verdict_is_not_answered(ik: bool) -> None:
+    # the client had the verdict: its copy was one still on its way, and answering it
+    # would send message 2 and the verdict again for nothing
+    c, s, link, got = established(ik, False)
+    carries_both_ways(link, c, s)  # (acknowledgements flow both ways)
+    assert not s.conn.records.acknowledged_nothing()
+    for record in got["server"]:
+        feed(s.conn, record, link.now)
+        s.drain()
+        assert s.conn.datagrams_to_send(link.now) == []
+    assert s.conn.established
 
 
 @pytest.mark.parametrize("into", [False, True], ids=["handler", "take_fast"])

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dtp.native.types import FRAME_STREAM, FRAME_STREAM_FIN
 from dtp.protocol.connection import Connection, ConnState
 from dtp.protocol.connection._stream_table import NO_RANGES
-from tests.support.pairs import carries_both_ways, connect, run
+from tests.support.pairs import Side, carries_both_ways, connect, run
 
 # what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered
 # after the next ones)
@@ -179,3 +180,50 @@ def test_the_record_layer_seals_and_resends_on_its_own() -> None:
     assert layer.send_counter == 2
     assert not layer.on_ack(((1, 1),), 0, 10.1)
     assert not layer.awaiting_acks()
+
+
+def _resent_stream_frames(c: Side, now: float) -> list[tuple[int, int, int, bytes]]:
+    """The stream frames ``c`` sends again when its probe timeout fires, nothing it
+    sent since ``now`` having been delivered: (type, stream, offset, data) each. (Its
+    own sealing key opens them: an Aead seals and opens alike.)"""
+    recovery = c.conn.records.recovery
+    assert recovery is not None
+    deadline = recovery.pto_deadline()
+    assert deadline is not None and deadline > now
+    c.conn.handle_timer(deadline)
+    opener = c.conn.records.send_aead
+    frames = []
+    for datagram in c.conn.datagrams_to_send(deadline):
+        for record in opener.open_frames(datagram).records:
+            frames += [
+                (f.type, f.a, f.b, bytes(f.data))
+                for f in record.frames
+                if f.type in (FRAME_STREAM, FRAME_STREAM_FIN)
+            ]
+    return frames
+
+
+def test_a_lost_fin_goes_again_with_the_bytes_that_end_the_stream() -> None:
+    """Section 9 of docs/protocol.md: the frames of a lost record go again. A lost
+    STREAM_FIN with data goes again as that one STREAM_FIN -- not the data and then an
+    empty STREAM_FIN of its own (one frame, and a record, more every time)."""
+    c, _s, link = connect(reliable_carrier=False)
+    now = link.now
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"b", end_stream=True)
+    assert len(c.conn.datagrams_to_send(now)) == 1  # lost
+    assert _resent_stream_frames(c, now) == [(FRAME_STREAM_FIN, sid, 0, b"b")]
+
+
+def test_a_lost_fin_sent_alone_goes_again_alone() -> None:
+    """A STREAM_FIN that went with no data (its bytes went, and were acknowledged,
+    before) goes again as an empty STREAM_FIN at the stream's end."""
+    c, s, link = connect(reliable_carrier=False)
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"x" * 3000, end_stream=False)
+    assert run(link, c, s, lambda: len(s.data.get(sid, b"")) == 3000)
+    assert run(link, c, s, lambda: not c.conn.records.awaiting_acks())  # (acknowledged)
+    now = link.now
+    c.conn.send_stream_data(sid, b"", end_stream=True)
+    assert len(c.conn.datagrams_to_send(now)) == 1  # lost
+    assert _resent_stream_frames(c, now) == [(FRAME_STREAM_FIN, sid, 3000, b"")]

@@ -23,6 +23,8 @@ EXTRA_MODULES = {
     "dtp.daemon._lan": "lan",
     "dtp.graph.sync._lan": "lan",
     "dtp.graph.gun": "gun",
+    "dtp.graph.collab": "collab",
+    "dtp.graph._ydoc": "collab",
     "dtp.cli._demo_browser": "gun",
     "dtp.daemon._metrics": "metrics",
     "dtp.transport.carriers._websocket": "ws",

@@ -21,6 +21,7 @@ from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import fee
 from tests.support.paid_twins import funded_ledger, ident
+from tests.support.settlements import is_settled, settled_escrow
 
 
 class StallingStore(ReceiptStore):
@@ -118,11 +119,10 @@ class StoreWorld:
         ).sign(STORE_CLIENT)
 
     def settled(self, receipt: Receipt) -> bool:
-        return self.ledger.get_connection(receipt.connection_id).settled
+        return is_settled(self.ledger, receipt.connection_id)
 
     def claimed(self, receipt: Receipt) -> int:
-        tc = self.ledger.get_connection(receipt.connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
+        return settled_escrow(self.ledger, receipt.connection_id).claimed
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.payments.receipts import object_id_bytes
 from dtp.protocol.connection import ConnectionConfig
 from dtp.testing._loops import loop_in_thread as loop_in_thread  # (its users import it here too)
+from tests.support.settlements import settled_escrow
 
 CHUNK = b"x" * (64 << 10)
 
@@ -115,9 +116,9 @@ class PaidWorld:
         )
 
     def claimed(self, connection_id: str) -> int:
-        """What the connection's escrow has paid the server so far."""
-        tc = self.ledger.get_connection(connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
+        """What the connection's escrow has paid the server so far (read from its
+        settlement once its client deleted it)."""
+        return settled_escrow(self.ledger, connection_id).claimed
 
     def serve_blocking(
         self, port: int, handler: Any, identity: HostIdentity, **options: Any

@@ -13,5 +13,7 @@ GOLDEN = ROOT / "tests" / "golden"
 SCENARIOS = ROOT / "tests" / "scenarios"
 #: the normative wire spec, whose hex vectors the tests load
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
+#: the graph's doc, whose vectors of the signed tiers the tests load
+GRAPH_MD = ROOT / "docs" / "graph.md"
 #: the Move package's sources
 MOVE_SOURCES = ROOT / "move" / "dtp" / "sources"

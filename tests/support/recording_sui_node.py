@@ -46,7 +46,12 @@ class FakeNode:
         self.calls: list[str] = []
         self.sent: list[bytes] = []
         self.next_events: list[tuple[str, str, dict[str, Any]]] = []
-        sla = {"price_per_kib": 0, "price_per_request": 0, "min_deposit": 0}
+        sla = {
+            "price_per_kib": 0,
+            "price_per_request": 0,
+            "min_deposit": 0,
+            "half_close_timeout_ms": 600_000,
+        }
         self.objects = {
             HOST: _shared(
                 HOST,
@@ -54,10 +59,11 @@ class FakeNode:
                 OBJECT_LAYOUTS["Host"],
                 {
                     "id": HOST,
+                    "version": 1,
                     "authority": SIGNER.sui_address,
                     "noise_static_key": SIGNER.noise_public,
                     "endpoints": [],
-                    "services": {},
+                    "services": {"id": "0x" + "a7" * 32, "size": 0},
                     "firewall": {
                         "mode": 0,
                         "allow": {"id": "0x" + "a8" * 32, "size": 0},
@@ -91,6 +97,7 @@ class FakeNode:
                 OBJECT_LAYOUTS["TransportControl"],
                 {
                     "id": CONN,
+                    "version": 1,
                     "host": HOST,
                     "port": 7,
                     "client": SIGNER.sui_address,
@@ -102,6 +109,7 @@ class FakeNode:
                     "opened_at_ms": 0,
                     "settled": False,
                     "subscription": None,
+                    "sponsor": None,
                 },
             ),
             TERMS: _shared(
@@ -110,6 +118,7 @@ class FakeNode:
                 ECONOMICS_OBJECT_LAYOUTS["RetentionTerms"],
                 {
                     "id": TERMS,
+                    "version": 1,
                     "host": HOST,
                     "port": 7,
                     "retention_ms": 1000,
@@ -135,6 +144,12 @@ class FakeNode:
 
     def table_values(self, table_id: str) -> dict[str, bytes]:
         self.calls.append("table_values")
+        return {}
+
+    def table_fields(
+        self, table_id: str, key_length: int, *, values: bool = True
+    ) -> dict[bytes, bytes]:
+        self.calls.append("table_fields")
         return {}
 
     def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:

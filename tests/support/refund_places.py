@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import ConnectionState, Sla
+from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.sui import SuiConfig, SuiLedger
@@ -44,6 +45,18 @@ class Place:
             journal(cap, cid)
         return cid
 
+    def open_sponsored(self, share_bps: int, funds: int, deposit: int = DEPOSIT) -> tuple[str, str]:
+        """A sponsored connection of the client's, Open, through a one-lane pool the
+        server made with ``share_bps`` and funded with ``funds``: (connection, lane)."""
+        pool = self.server_ledger.create_sponsor_pool(
+            self.server, self.host, PORT, share_bps, max_pledge=deposit, lanes=1
+        )
+        self.server_ledger.fund_sponsor_pool(self.server, pool, funds)
+        cap = self.ledger.create_spending_cap(self.client, deposit)
+        opened = self.ledger.open_sponsored_connection(self.client, pool, cap, deposit)
+        lane = self.ledger.get_sponsor_pool(pool).lanes[0]
+        return opened.connection_id, lane
+
     def advance(self, ms: int) -> None:
         if self.node is not None:
             self.node.advance_clock(ms)
@@ -53,6 +66,23 @@ class Place:
 
     def state(self, cid: str) -> ConnectionState:
         return self.ledger.get_connection(cid).state
+
+    def settled_refund(self, cid: str) -> int | None:
+        """What the settlement of ``cid`` refunded, from its ``ConnectionSettled`` event
+        (None: not settled): read so, it outlives the connection's objects, which its
+        client deletes once settled."""
+        events, _ = self.ledger.events(None, EventFilter(type="ConnectionSettled", object_id=cid))
+        return int(events[-1]["refunded"]) if events else None
+
+    def gone(self, *object_ids: str) -> bool:
+        """Whether every one of ``object_ids`` is deleted (reads as unknown)."""
+        for object_id in object_ids:
+            try:
+                self.ledger.get_object(object_id)
+            except ObjectNotFound:
+                continue
+            return False
+        return True
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from tests.support.paths import ROOT
 
 
 def make_site(where: Path) -> Path:
-    """``where/site``: ``dtp`` (this checkout's package) and ``dtp.egg-info`` (from
-    ``setup.py egg_info`` on a copy of the build inputs)."""
+    """``where/site``: ``dtp`` (this checkout's package) and ``dtp_sui.egg-info``, the
+    distribution's metadata (from ``setup.py egg_info`` on a copy of the build inputs)."""
     site, egg, project = where / "site", where / "egg", where / "project"
     for d in (site, egg, project):
         d.mkdir()
@@ -34,7 +34,7 @@ def make_site(where: Path) -> Path:
         timeout=300,
     )
     (site / "dtp").symlink_to(ROOT / "dtp")
-    shutil.copytree(egg / "dtp.egg-info", site / "dtp.egg-info")
+    shutil.copytree(egg / "dtp_sui.egg-info", site / "dtp_sui.egg-info")
     return site
 
 

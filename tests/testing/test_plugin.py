@@ -180,7 +180,7 @@ def _fresh_project(tmp_path: Path, site: Path, *args: str) -> subprocess.Complet
 def test_a_fresh_project_finds_the_fixtures_through_the_entry_point(
     installed: Path, tmp_path: Path
 ) -> None:
-    entry_points = (installed / "dtp.egg-info" / "entry_points.txt").read_text()
+    entry_points = (installed / "dtp_sui.egg-info" / "entry_points.txt").read_text()
     assert (
         "[pytest11]" in entry_points and "dtp.testing.plugin = dtp.testing.plugin" in entry_points
     )
@@ -256,8 +256,16 @@ def test_loading_the_plugin_loads_nothing_of_dtp_but_the_plugin() -> None:
     )
     loaded = set(done.stdout.split())
     ours = {name for name in loaded if name.startswith("dtp")}
-    # (dtp._retired: the finder of the retired import paths, which import dtp installs)
-    expected = {"dtp", "dtp._retired", "dtp.errors", "dtp._extras", "dtp.testing"}
+    # (dtp._retired: the finder of the retired import paths, which import dtp installs;
+    # dtp._distribution: the distribution's name, which MissingExtra's message gives)
+    expected = {
+        "dtp",
+        "dtp._retired",
+        "dtp.errors",
+        "dtp._distribution",
+        "dtp._extras",
+        "dtp.testing",
+    }
     assert ours == expected | {"dtp.testing.plugin"}, ours
     assert not loaded & {"hypothesis", "cffi", "dtp._dtp_core", "asyncio"}, loaded
 
@@ -338,4 +346,4 @@ def test_what_needs_no_hypothesis_imports_without_it() -> None:
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
-    assert "pip install 'dtp[testing]'" in done.stdout
+    assert "pip install 'dtp-sui[testing]'" in done.stdout

@@ -335,7 +335,7 @@ class _RateLimited:
     def room(self, nbytes: int) -> int:
         return nbytes
 
-    def write_now(self, nbytes: int) -> int:  # (no bytes/s limit: a write goes whole)
+    def write_now(self, nbytes: int, first: bool = False) -> int:  # (no bytes/s limit: whole)
         return nbytes
 
     async def pace(self, nbytes: int) -> int:

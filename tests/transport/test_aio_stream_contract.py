@@ -33,7 +33,13 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.errors import DTPError, LocalProtocolError, StreamReset
+from dtp.errors import (
+    CLOSE_SUBSCRIPTION_ENDED,
+    DTPError,
+    LocalProtocolError,
+    StreamReset,
+    SubscriptionEnded,
+)
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 
@@ -755,3 +761,35 @@ def test_a_streams_close_wakes_what_the_connections_end_concerns() -> None:
                 hold.set()
 
     asyncio.run(main())
+
+
+def test_an_abort_carries_an_applications_close_code() -> None:
+    """``abort(reason, code=...)``: the peer's error carries the code (a paid server's
+    ``CLOSE_SUBSCRIPTION_ENDED`` is raised as SubscriptionEnded); a code below the
+    application range, or not an int, is refused before anything is closed."""
+    refused: list[str] = []
+
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        await reader.read(2)
+        for code in (CloseCode.IDLE_TIMEOUT, 1 << 62, True, "0x1405"):
+            with pytest.raises(ValueError) as bad:
+                writer.abort("no", code=code)  # type: ignore[arg-type]
+            refused.append(str(bad.value))
+        writer.write(b"ok")  # (still open)
+        await writer.drain()
+        writer.abort("the subscription is over: gone", code=CLOSE_SUBSCRIPTION_ENDED)
+
+    async def client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> Any:
+        writer.write(b"hi")
+        await writer.drain()
+        assert await reader.readexactly(2) == b"ok"
+        with pytest.raises(SubscriptionEnded) as ended:
+            while await reader.read(100):
+                pass
+            await writer.drain()
+        return ended.value
+
+    ended = run(handler, client)
+    assert ended.code == CLOSE_SUBSCRIPTION_ENDED and ended.reason.endswith("gone")
+    assert len(refused) == 4
+    assert all(r.startswith("an abort's code is an int from 0x1000") for r in refused)

@@ -80,7 +80,7 @@ def _timed(
 def test_a_25_second_connect_to_a_silent_server_times_out_at_25_seconds_in_both_apis(
     silent_server: tuple[str, int],
 ) -> None:
-    # the figure: 25 s +- 1 s, DTPTimeoutError (it was HandshakeError at 10 s,
+    # the timeout asked for: 25 s +- 1 s, DTPTimeoutError (not HandshakeError at 10 s,
     # the config's handshake_timeout). Both APIs run side by side: 25 s of wall time once
     outcome = _timed(silent_server, 25.0)
     assert set(outcome) == set(_APIS)

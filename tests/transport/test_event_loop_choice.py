@@ -55,7 +55,7 @@ def test_bad_choices_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # (as if not installed)
-    with pytest.raises(MissingExtra, match=r"dtp\[fast\]"):
+    with pytest.raises(MissingExtra, match=r"dtp-sui\[fast\]"):
         loop_factory("uvloop")
     assert loop_factory("auto") is asyncio_loop
 

@@ -287,8 +287,13 @@ def test_silent_connections_time_out_as_over_tcp() -> None:
             _, raw = await asyncio.open_connection(host, port)  # never upgrades
             async with ws_connect(url, subprotocols=[SUBPROTOCOL], open_timeout=5) as ws:
                 assert await _until(lambda: server.unproven == 2)
-                with pytest.raises(ConnectionClosed):
+                with pytest.raises(ConnectionClosed) as ended:
                     await asyncio.wait_for(ws.recv(), 5)
+            # the upgraded one: no message, then the server's close frame, 1000 and no
+            # reason -- where a TCP client reads the end of the stream (no CLOSE record:
+            # it has no keys to seal one with)
+            assert ended.value.rcvd is not None
+            assert (ended.value.rcvd.code, ended.value.rcvd.reason) == (1000, "")
             elapsed = time.monotonic() - started
             assert 0.4 < elapsed < 4.0
             assert await _until(lambda: server.unproven_closed == 2)
@@ -527,7 +532,9 @@ def test_silent_websockets_give_way_to_a_genuine_client() -> None:
 
 def test_an_upgrade_request_head_is_bounded() -> None:
     """An unproven WebSocket client holds at most MAX_REQUEST_HEAD bytes of its upgrade
-    request, as a TCP one holds at most its first record: beyond, HTTP 431."""
+    request, as a TCP one holds at most its first record: beyond, HTTP 431. A request
+    line past 8192 bytes (414) and bytes that are no HTTP request (no answer) are
+    refused upgrades too, counted as such."""
 
     async def main() -> None:
         server, _ = await ws_server()
@@ -541,6 +548,17 @@ def test_an_upgrade_request_head_is_bounded() -> None:
             assert answer.startswith(b"HTTP/1.1 431 ")
             writer.close()
             assert await _until(lambda: server.handshakes_failed == 1)
+            for request, answered in (
+                (b"GET /" + b"p" * 9000 + b" HTTP/1.1\r\n", b"HTTP/1.1 414 "),
+                (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b""),
+            ):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(request)
+                answer = await asyncio.wait_for(reader.read(), 5)
+                assert answer.startswith(answered) and (answered or not answer)
+                writer.close()
+            assert await _until(lambda: server.handshakes_failed == 3)
+            assert server.unproven == 0
         finally:
             await closed(server)
 

@@ -11,88 +11,23 @@ from typing import Any
 
 import pytest
 from websockets.frames import Frame, Opcode
-from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
-from dtp.transport.carriers._websocket import (
-    MAX_MESSAGE,
-    SUBPROTOCOL,
-    WebSocketTransport,
-    _between_frames,
-    apply_mask,
-)
-
-UPGRADE = (
-    b"GET /dtp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Protocol: dtp.v1\r\n\r\n"
-)
-
-
-class _Tcp:
-    """What the carrier writes to its TCP connection, kept."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-
-    def data_received(self, data: bytes) -> None:
-        self.records.append(bytes(data))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.records.append(b"<lost>")
+from dtp.transport.carriers._websocket import MAX_MESSAGE, WebSocketTransport, _between_frames
+from tests.support.ws_carriers import MemoryTcp, Records, masked, record, upgraded_server
 
 
 @pytest.fixture
-def carrier() -> Iterator[tuple[WebSocketTransport, _Tcp, _Protocol]]:
+def carrier() -> Iterator[tuple[WebSocketTransport, MemoryTcp, Records]]:
     loop = asyncio.new_event_loop()
-    ws = ServerProtocol(subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=MAX_MESSAGE)
-    transport = WebSocketTransport(ws, loop)
-    tcp = _Tcp()
-    transport._tcp_made(tcp)  # type: ignore[arg-type]
-    transport._receive(UPGRADE)
-    assert transport._upgraded and tcp.out.startswith(b"HTTP/1.1 101")
-    tcp.out.clear()
-    protocol = _Protocol()
-    transport.set_protocol(protocol)
-    yield transport, tcp, protocol
+    yield upgraded_server(loop)
     loop.close()
-
-
-def record(size: int, fill: int = 0x5A) -> bytes:
-    """A message the carrier takes as one record (its header's body length right)."""
-    body = size - 12
-    return bytes((16, 0, body & 0xFF, body >> 8)) + bytes(8) + bytes([fill]) * body
-
-
-def _masked(opcode: Opcode, payload: bytes, mask: bytes, fin: bool = True) -> bytes:
-    size = len(payload)
-    head = bytes((0x80 * fin | opcode.value,))
-    head += bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126, size >> 8, size & 0xFF))
-    return head + mask + apply_mask(payload, mask)
 
 
 def test_whole_frames_in_one_read_each(carrier: Any) -> None:
     transport, tcp, protocol = carrier
     messages = [record(12 + 16), record(130), record(MAX_MESSAGE)]
     for message in messages:
-        transport._receive(_masked(Opcode.BINARY, message, b"\x9a\x00\xff\x31"))
+        transport._receive(masked(Opcode.BINARY, message, b"\x9a\x00\xff\x31"))
         assert _between_frames(transport._ws)
     assert protocol.records == messages
     assert not tcp.out
@@ -106,7 +41,7 @@ def test_a_frame_split_across_reads_whose_rest_looks_like_a_frame(carrier: Any) 
     # the mask makes the masked payload start 0x82, 0x80 | 94: a masked binary frame of
     # 94 bytes, after its four mask bytes exactly the 100 bytes read
     mask = bytes((message[0] ^ 0x82, message[1] ^ (0x80 | 94), 7, 9))
-    frame = _masked(Opcode.BINARY, message, mask)
+    frame = masked(Opcode.BINARY, message, mask)
     head, rest = frame[:6], frame[6:]
     assert rest[0] == 0x82 and rest[1] == 0x80 | 94 and len(rest) == 2 + 4 + 94
     transport._receive(head)
@@ -121,7 +56,7 @@ def test_frames_split_and_joined_every_way(carrier: Any) -> None:
     belongs, and the messages come whole and in order."""
     transport, _tcp, protocol = carrier
     messages = [record(40, 1), record(300, 2)]
-    stream = b"".join(_masked(Opcode.BINARY, m, b"\x11\x22\x33\x44") for m in messages)
+    stream = b"".join(masked(Opcode.BINARY, m, b"\x11\x22\x33\x44") for m in messages)
     expected: list[bytes] = []
     for cut in range(1, len(stream)):
         transport._receive(stream[:cut])
@@ -133,15 +68,15 @@ def test_frames_split_and_joined_every_way(carrier: Any) -> None:
 def test_fragments_and_control_frames_go_through_websockets(carrier: Any) -> None:
     transport, tcp, protocol = carrier
     message = record(200)
-    transport._receive(_masked(Opcode.PING, b"hi", b"\x00\x00\x00\x01"))
+    transport._receive(masked(Opcode.PING, b"hi", b"\x00\x00\x00\x01"))
     assert tcp.out == Frame(Opcode.PONG, b"hi").serialize(mask=False)  # (websockets answers)
     tcp.out.clear()
-    transport._receive(_masked(Opcode.BINARY, message[:50], b"\x05\x06\x07\x08", fin=False))
-    transport._receive(_masked(Opcode.CONT, message[50:], b"\x05\x06\x07\x08"))
+    transport._receive(masked(Opcode.BINARY, message[:50], b"\x05\x06\x07\x08", fin=False))
+    transport._receive(masked(Opcode.CONT, message[50:], b"\x05\x06\x07\x08"))
     assert protocol.records == [message]
     # one final binary frame while a fragmented message is open: websockets fails it
-    transport._receive(_masked(Opcode.BINARY, message[:50], b"\x01\x01\x01\x01", fin=False))
-    transport._receive(_masked(Opcode.BINARY, message, b"\x01\x01\x01\x01"))
+    transport._receive(masked(Opcode.BINARY, message[:50], b"\x01\x01\x01\x01", fin=False))
+    transport._receive(masked(Opcode.BINARY, message, b"\x01\x01\x01\x01"))
     assert protocol.records == [message] and transport._closing
     assert tcp.out[0] == 0x88 and tcp.out[2:4] == (1002).to_bytes(2, "big")  # (a close, 1002)
 
@@ -185,12 +120,12 @@ def test_a_ping_between_messages_keeps_both_paths_right(carrier: Any) -> None:
     transport, tcp, protocol = carrier
     mask = b"\x01\x02\x03\x04"
     messages = [record(30, 1), record(31, 2), record(32, 3)]
-    transport._receive(_masked(Opcode.BINARY, messages[0], mask))
+    transport._receive(masked(Opcode.BINARY, messages[0], mask))
     transport.write(messages[0])
-    transport._receive(_masked(Opcode.PING, b"p", mask))
+    transport._receive(masked(Opcode.PING, b"p", mask))
     transport.write(messages[1])
-    transport._receive(_masked(Opcode.BINARY, messages[1], mask))
-    transport._receive(_masked(Opcode.BINARY, messages[2], mask))
+    transport._receive(masked(Opcode.BINARY, messages[1], mask))
+    transport._receive(masked(Opcode.BINARY, messages[2], mask))
     transport.write(messages[2])
     assert protocol.records == messages
     assert bytes(tcp.out) == b"".join(

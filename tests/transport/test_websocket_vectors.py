@@ -3,7 +3,12 @@ records a whole connection sends over it against those it sends over TCP.
 
 - Each ``ws-message`` vector's frame, read by RFC 6455 §5.2 alone (the code below, not
   ``websockets``), carries exactly its record, and this carrier frames the record so
-  (the mask a client drew fixed to the vector's).
+  (the mask a client drew fixed to the vector's); the receiving side's carrier reads
+  the frame as that one record.
+- Each ``ws-frame-head`` vector's head reads by §5.2 as its payload length and mask;
+  one in the shortest form is what senders write; the receiving side's carrier takes
+  the payload after it as a message, or fails with the vector's close code as soon as
+  it has read the length.
 - The §12 transcripts (tests/golden/conformance_*.json), two real DTP connections with
   fixed keys, are run with their records carried between the two sides by real sockets
   on 127.0.0.1: once over TCP and once over the WebSocket carrier. Each side sends the
@@ -23,18 +28,30 @@ import pytest
 import websockets.frames
 
 from dtp.identity.keys import HostIdentity
+from dtp.native import core
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.carriers._websocket import (
+    MAX_MESSAGE,
     SUBPROTOCOL,
     WebSocketTransport,
+    _framed,
     accept_websocket,
+    apply_mask,
     connect_websocket,
     split_records,
 )
 from tests.support.paths import ROOT
 from tests.support.vectors import load_vectors
+from tests.support.ws_carriers import (
+    close_codes,
+    frame_head,
+    record,
+    upgraded_client,
+    upgraded_server,
+)
 
 VECTORS = load_vectors("ws-message")
+HEADS = load_vectors("ws-frame-head")
 GOLDEN = {p: ROOT / "tests" / "golden" / f"conformance_{p.lower()}.json" for p in ("IK", "XX")}
 
 
@@ -76,10 +93,37 @@ def framed(record: bytes, mask: bytes | None) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(record))
 
 
-def test_there_are_vectors_of_both_directions_and_both_lengths() -> None:
-    assert {v["direction"] for v in VECTORS} == {"client-to-server", "server-to-client"}
-    sizes = [len(bytes.fromhex(v["record"])) for v in VECTORS]
-    assert min(sizes) < 126 <= max(sizes)  # the 7-bit and the 16-bit payload length
+def test_there_are_vectors_of_both_directions_at_each_length_edge() -> None:
+    """Each side of each edge between length forms, from a client and from a server:
+    125 | 126 (7 and 16 bits), 16412 | 16413 (the largest record), 65535 | 65536 (16
+    and 64 bits); and longer forms than needed, which a receiver takes."""
+    for direction in ("client-to-server", "server-to-client"):
+        sizes = {len(bytes.fromhex(v["record"])) for v in VECTORS if v["direction"] == direction}
+        assert {125, 126} <= sizes
+        heads = {v["payload_length"] for v in HEADS if v["direction"] == direction}
+        assert {16412, 16413, 65535, 65536} <= heads
+    assert sum(bytes.fromhex(v["head"]) != _shortest(v) for v in HEADS) == 2
+    for vector in VECTORS + HEADS:
+        assert set(vector) >= {"name", "kind", "direction", "mask"}
+        assert (vector["direction"] == "client-to-server") == (len(vector["mask"]) == 8)
+
+
+def _shortest(vector: dict[str, Any]) -> bytes:
+    """The vector's frame head with its length in the shortest form."""
+    return frame_head(0x2, vector["payload_length"], bytes.fromhex(vector["mask"]))
+
+
+def test_the_data_records_of_the_length_edges_open_as_the_spec_says() -> None:
+    """ws-data-125 and ws-data-126: sealed under aead-record-hello's key, counters 2 and
+    3, one STREAM frame on stream 0 of 92 or 93 bytes "x"."""
+    key = bytes.fromhex(
+        next(v for v in load_vectors("aead-record") if v["name"] == "aead-record-hello")["key"]
+    )
+    for name, counter, n in (("ws-data-125", 2, 92), ("ws-data-126", 3, 93)):
+        vector = next(v for v in VECTORS if v["name"] == name)
+        (opened,) = core.Aead(key).open_frames(bytes.fromhex(vector["record"])).records
+        assert opened.counter == counter
+        assert [(f.type, f.a, f.b, bytes(f.data)) for f in opened.frames] == [(8, 0, 0, b"x" * n)]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["name"])
@@ -90,6 +134,76 @@ def test_each_vector_frame_carries_its_record(vector: dict[str, Any]) -> None:
     assert framed(record, bytes.fromhex(vector["mask"]) if client else None) == frame
     # ... and the carrier takes it as one whole record
     assert split_records(record, bytearray()) == [record]
+    if not client:  # (a server's carrier frames it itself)
+        assert bytes(_framed(record) or b"") == frame
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["name"])
+def test_the_receiving_carrier_reads_each_vector_frame_as_its_record(
+    vector: dict[str, Any],
+) -> None:
+    """The frame fed to the other side's carrier, whole and then a byte at a time: it
+    hands over the record, once, and answers nothing."""
+    loop = asyncio.new_event_loop()
+    try:
+        frame = bytes.fromhex(vector["frame"])
+        receiver = upgraded_server if vector["direction"] == "client-to-server" else upgraded_client
+        for cut in (len(frame), 1):
+            transport, tcp, protocol = receiver(loop)
+            for at in range(0, len(frame), cut):
+                transport._receive(frame[at : at + cut])
+            assert protocol.records == [bytes.fromhex(vector["record"])] and not tcp.out
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("vector", HEADS, ids=lambda v: v["name"])
+def test_each_frame_head_reads_and_is_met_as_the_vector_says(vector: dict[str, Any]) -> None:
+    head = bytes.fromhex(vector["head"])
+    size, mask = vector["payload_length"], bytes.fromhex(vector["mask"])
+    client = vector["direction"] == "client-to-server"
+    # RFC 6455 section 5.2: a final binary frame, masked from a client, of that length
+    (parsed,) = rfc6455_frames(head + apply_mask(bytes(size), mask or b"\0" * 4))
+    assert parsed == (0x2, client, bytes(size))
+    assert head.endswith(mask)
+    if head == _shortest(vector):
+        # what senders write: websockets' framing, and a server carrier's own
+        framed = _serialized(bytes(size), mask)
+        assert framed[: len(head)] == head
+        if not client and size <= MAX_MESSAGE:
+            assert bytes(_framed(record(size)) or b"")[: len(head)] == head
+    loop = asyncio.new_event_loop()
+    try:
+        receiver = upgraded_server if client else upgraded_client
+        transport, tcp, protocol = receiver(loop)
+        transport._receive(head)
+        if vector["close_code"] is None:
+            message = record(size)
+            transport._receive(apply_mask(message, mask) if client else message)
+            assert protocol.records == [message] and not tcp.out
+        else:
+            # failed on the length alone: no payload byte was sent
+            assert close_codes(tcp.out) == [vector["close_code"]]
+            assert protocol.records == [] and transport._closing
+    finally:
+        loop.close()
+
+
+def _serialized(payload: bytes, mask: bytes) -> bytes:
+    """``payload`` in a binary frame as ``websockets`` frames it (a client's ``mask``,
+    which it draws at random, fixed)."""
+    if not mask:
+        return websockets.frames.Frame(websockets.frames.Opcode.BINARY, payload).serialize(
+            mask=False, extensions=[]
+        )
+    drawn = websockets.frames.secrets.token_bytes
+    websockets.frames.secrets.token_bytes = lambda n: mask  # type: ignore[assignment]
+    try:
+        return websockets.frames.Frame(websockets.frames.Opcode.BINARY, payload).serialize(
+            mask=True, extensions=[]
+        )
+    finally:
+        websockets.frames.secrets.token_bytes = drawn  # type: ignore[assignment]
 
 
 class _Wire(asyncio.Protocol):

@@ -27,15 +27,16 @@ def _check(report: dict[str, Any], demo: Any) -> None:
     assert report["whoami"] == demo.wallet_address
     assert report["add"] == 42 and report["echo"] == ["gm"]
     assert report["closed"] == 0
-    # stream 0 (held for the connection's life) and the three calls: four requests at 25
+    # the three calls: three requests at 25 (stream 0, held for the connection's life
+    # and ended empty, carries none)
     price = dapp_host.SLA.price_per_request
     receipts = report["receipts"]
     assert [r["nonce"] for r in receipts] == list(range(1, len(receipts) + 1))
-    assert [r["requests"] for r in receipts][:3] == [2, 3, 4]
-    assert receipts[-1]["requests"] == 4 and receipts[-1]["amount"] == 4 * price
+    assert [r["requests"] for r in receipts][:3] == [1, 2, 3]
+    assert receipts[-1]["requests"] == 3 and receipts[-1]["amount"] == 3 * price
     # what the page read back from the ledger, and the ledger itself
-    assert report["claimed"] == 4 * price
-    assert demo.claimed(report["escrow"]["escrow"]) == 4 * price
+    assert report["claimed"] == 3 * price
+    assert demo.claimed(report["escrow"]["escrow"]) == 3 * price
     # the receipts were the session key's: the escrow's receipt key, not the wallet's
     wallet_key = dapp_host.wallet_public_key()
     assert report["receiptKey"] == report["sessionKey"] != wallet_key.hex()

@@ -5,8 +5,9 @@ through a WebSocket relay (tests/web/ws_relay.py; src/relay.js on the JS side), 
 by node: dtp.aio's client connects to the relay's URL over the WebSocket carrier, in IK
 and in XX, echoes on the first stream and on a second one (1 MiB: many records, credit
 both ways), closes; and a wallet the JS server's decide hook denies is refused with its
-reason. The JS server reports the address it proved from the Python client's proof. The
-same runs with the server in a page (demo/serve.html) in headless Chromium."""
+reason. The JS server reports the address it proved from the Python client's proof, of
+any offline Sui scheme. The same runs with the server in a page (demo/serve.html) in
+headless Chromium."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ import pytest
 from websockets.typing import Subprotocol
 
 import dtp.aio
-from dtp.errors import ConnectionRefused
+from dtp.errors import ConnectionRefused, HandshakeError
 from dtp.identity.keys import HostIdentity
+from dtp.identity.wallets import MultiSigWallet, Secp256k1Wallet, Secp256r1Wallet, SoftwarePasskey
+from dtp.protocol.connection import ConnectionConfig
 from dtp.testing._loops import LoopThread
+from tests.identity.zklogin_servers import zklogin_wallet
 from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
 from tests.transport.half_handshakes import first_record
@@ -262,3 +266,55 @@ def test_the_js_server_refuses_a_replayed_ik_first_message_of_the_python_client(
     # the replay: authenticated again, refused before the verdict, with nothing sent
     assert replayed == []
     assert reports[1] == {"error": "a replayed handshake first message", "code": 10}
+
+
+def test_the_js_server_proves_wallets_of_every_offline_scheme() -> None:
+    """The JS server checks proofs of every scheme as 8.4 says: the Python client's
+    Secp256k1, Secp256r1, passkey and multisig wallets are proven as their own
+    addresses, in IK and XX; a zkLogin proof, which this server has no Sui node to
+    confirm, fails the handshake saying so."""
+    need_client()
+    server_identity = HostIdentity.generate()
+    client = HostIdentity.generate()
+    k1, r1 = Secp256k1Wallet(bytes([0x11] * 32)), Secp256r1Wallet(bytes([0x22] * 32))
+    wallets = [
+        k1,
+        r1,
+        SoftwarePasskey(bytes([0x33] * 32)),
+        MultiSigWallet([(*MultiSigWallet.member_of(w), 1) for w in (k1, r1)], 2, [r1, k1]),
+    ]
+
+    async def hello(url: str, wallet: object, ik: bool) -> bytes:
+        config = ConnectionConfig(identity=client, is_client=True, wallet=wallet)  # type: ignore[arg-type]
+        reader, writer = await dtp.aio.open_connection(
+            url,
+            server_key=server_identity.noise_public if ik else None,
+            identity=client,
+            config=config,
+            timeout=30,
+        )
+        try:
+            writer.write(b"hello")
+            writer.write_eof()
+            return await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def main() -> tuple[list[bytes], list[dict[str, object]], str]:
+        async with _js_echo_server(server_identity) as (_relay, proc, base):
+            url = f"{base}/echo"
+            echoes, reports = [], []
+            for wallet in wallets:
+                for ik in (True, False):
+                    echoes.append(await hello(url, wallet, ik))
+                    reports.append(await _line(proc))
+            with pytest.raises(HandshakeError) as failed:
+                await hello(url, zklogin_wallet(), ik=False)
+            return echoes, reports, str(failed.value)
+
+    echoes, reports, zk_failure = asyncio.run(main())
+    assert echoes == [b"hello"] * 8
+    assert [r["address"] for r in reports] == [w.sui_address for w in wallets for _ in (1, 2)]
+    assert [r["pattern"] for r in reports] == ["IK", "XX"] * 4
+    assert "verified by a Sui node" in zk_failure

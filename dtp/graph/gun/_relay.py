@@ -1,29 +1,18 @@
 """A Gun relay over a :class:`~dtp.graph._store.Graph`: what a GunDB relay peer does with
-the messages of the peers connected to it, without I/O (docs/graph.md, "The Gun peer").
+the messages of the peers connected to it, without I/O. docs/graph.md, "The Gun peer",
+says what it answers to each message, what a put is refused for and what it sends on.
 
 The driver (:mod:`dtp.graph.gun._server`) hands :meth:`GunRelay.hear` each text frame a
 peer sends and gives the relay, per peer, an object whose ``send(text)`` queues a
 message for it; it calls :meth:`GunRelay.changed` with every batch the graph's table
-changed by (the graph's change listener, brought to the driver's thread).
-
-- A ``put`` is checked whole (:func:`dtp.graph.gun._wire.read_put`, then dtp's user
-  space, dtp's private tier (:mod:`dtp.graph._private`: signed ciphertexts, relayed
-  blind) and Gun's SEA rules, :mod:`dtp.graph.sea`) and merged as one HAM batch, as a
-  sync peer's batch is (:meth:`Graph.merge`: HAM rules, states ahead of the clock
-  deferred, the graph's own rules, :mod:`dtp.graph.rules`): acknowledged ``ok``, or
-  ``err`` with the reason and nothing stored.
-- A ``get`` is answered from the graph, and subscribes the peer to the node (or to the
-  fields it asked for): every later change of it -- a write here, a Gun peer's put, a
-  DTP sync peer's update -- is sent to the peer as a ``put``, but not back to the peer
-  it came from. Only values a Gun peer can hold are served (dtp's signed
-  ``~0x<address>`` fields and values of an older format are not).
-- ``dam`` messages: the ``?`` greeting is answered; the rest is logged or ignored.
-
-Message IDs seen in the last ``dedup_seconds`` are not handled twice (gun's ``dup``).
+changed by (the graph's change listener, brought to the driver's thread). A put is
+checked whole and merged as one HAM batch, as a sync peer's batch is
+(:meth:`Graph.merge`), so a value written here and in gun are the same bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -198,9 +187,7 @@ class GunRelay:
     def _put(self, peer: _Peer, msg_id: str, put: object) -> None:
         self.stats["puts"] += 1
         try:
-            fields = wire.read_put(put)
-            for f in fields:
-                self._check_rules(f)
+            fields = [self._check_rules(f) for f in wire.read_put(put)]
         except wire.GunWireError as exc:
             self._refuse(peer, msg_id, str(exc))
             return
@@ -240,12 +227,19 @@ class GunRelay:
         peer.link.send(wire.ack(self._new_id(), msg_id, reason))
 
     @staticmethod
-    def _check_rules(f: wire.PutField) -> None:
+    def _check_rules(f: wire.PutField) -> wire.PutField:
+        """The field as the graph stores it, once it passes the tiers' and SEA's rules."""
         if namespace.is_user_space(f.soul_bytes):
-            raise wire.GunWireError(
-                f"Error: {f.soul[:80]!r} is a dtp user space: only its owner's Ed25519 "
-                "key signs there (docs/graph.md, 'Signed namespaces')."
-            )
+            # a signed field comes as its Gun string: stored as the envelope it spells
+            stored = namespace.from_wire(f.value)
+            update = HamUpdate(f.soul_bytes, f.field_bytes, f.state + 0.0, stored or b"")
+            reason = namespace.check(update)
+            if reason is not None:
+                raise wire.GunWireError(
+                    f"Error: {f.soul[:80]!r} is a dtp user space: only its owner's Ed25519 "
+                    f"key signs there ({reason}; docs/graph.md, 'Signed namespaces')."
+                )
+            return dataclasses.replace(f, text=update.value)
         if private.is_private(f.soul_bytes):
             # ciphertexts relay as strings; only the author's signature lets one in
             # (as the merge would refuse it, but refused here before any of the put)
@@ -255,10 +249,11 @@ class GunRelay:
                     f"Error: {f.soul[:80]!r} is a dtp private space: only its author's "
                     f"Ed25519 key signs there ({reason}; docs/graph.md, 'Privacy tiers')."
                 )
-            return
+            return f
         refusal = sea.check(f.soul, f.field, f.value, f.state)
         if refusal is not None:
             raise wire.GunWireError(refusal.message)
+        return f
 
     def _get(self, peer: _Peer, msg_id: str, get: object) -> None:
         self.stats["gets"] += 1
@@ -302,15 +297,17 @@ class GunRelay:
             stored = self.graph.stored_node(soul)
         except DTPError:
             return None
-        if not stored or namespace.is_user_space(soul.encode("utf-8", "surrogatepass")):
+        if not stored:
             return None
+        signed = namespace.is_user_space(soul.encode("utf-8", "surrogatepass"))
         fields: list[tuple[str, float, bytes]] = []
         for field_b, state, value in stored:
             name = name_text(field_b)
             if name is None or (has is not None and not wire.lex_match(name, has)):
                 continue
-            if is_gun_value(value):
-                fields.append((name, state, value))
+            text = _served(signed, value)
+            if text is not None:
+                fields.append((name, state, text))
         if not fields:
             return None
         fields.sort()  # (gun sorts a node's keys as it answers)
@@ -351,12 +348,13 @@ class GunRelay:
             if not subs:
                 continue
             field = name_text(field_b)
-            if field is None or namespace.is_user_space(soul_b) or not is_gun_value(value):
+            text = None if field is None else _served(namespace.is_user_space(soul_b), value)
+            if field is None or text is None:
                 continue
             for peer, keys in subs.items():
                 if peer is origin or (keys is not None and field not in keys):
                     continue
-                pending.setdefault(peer, {}).setdefault(soul, []).append((field, state, value))
+                pending.setdefault(peer, {}).setdefault(soul, []).append((field, state, text))
         for peer, nodes in pending.items():
             self.stats["sent_updates"] += sum(len(f) for f in nodes.values())
             peer.link.send(
@@ -364,6 +362,15 @@ class GunRelay:
                     self._new_id(), [wire.node_json(soul, f) for soul, f in nodes.items()]
                 )
             )
+
+
+def _served(signed: bool, stored: bytes) -> bytes | None:
+    """The Gun text a Gun peer is sent for a stored value (a signed field's envelope as
+    its Gun string), or None for a value no Gun peer can hold."""
+    if signed:
+        text = namespace.to_wire(stored)
+        return None if text is None else wire.quote(text).encode()
+    return stored if is_gun_value(stored) else None
 
 
 __all__ = ["MAX_REPLY_BYTES", "MAX_SUBSCRIPTIONS", "GunRelay", "PeerLink"]

@@ -1,16 +1,11 @@
 """The Gun endpoint: a WebSocket server (``websockets``, on asyncio) that speaks Gun's
-wire to browsers and gun.js peers, and serves web pages over the same port (docs/graph.md,
-"The Gun peer").
+wire to browsers and gun.js peers on ``/gun``, and serves web pages over the same port:
+gun's browser files, ``yjs`` (:mod:`._yjs`) and a site (docs/graph.md, "The Gun peer",
+says which paths).
 
     async with GunServer(graph, "127.0.0.1", 8765) as server:
         print(server.url)            # http://127.0.0.1:8765/ -- the demo page
         await server.serve_forever()
-
-Gun clients connect to ``ws://host:port/gun`` (gun's default path; any path works) --
-``Gun({peers: ["http://host:port/gun"]})``. Every other HTTP request is a page:
-``/gun.js``, ``/sea.js`` and ``/gun/<file>.js`` from the ``gun`` npm package
-(``gun_dir``: never shipped with dtp, found by :func:`find_gun_dir`), everything
-else from ``site`` (the demo chat page by default; None serves no pages).
 
 :func:`serve_in_thread` runs one in a thread of its own, for blocking programs.
 """
@@ -39,6 +34,7 @@ except ImportError as exc:
 
 from dtp.errors import DTPTimeoutError, ErrorCode, LocalProtocolError
 from dtp.graph._store import Graph
+from dtp.graph.gun import _yjs
 from dtp.graph.gun._relay import GunRelay
 
 logger = logging.getLogger("dtp.graph.gun")
@@ -136,7 +132,9 @@ class GunServer:
 
     ``gun_dir``: the ``gun`` npm package whose browser files are served (default:
     :func:`find_gun_dir`); ``site``: a folder of pages served at ``/`` (default: the
-    demo; None: none). ``max_message``: the largest frame a peer may send;
+    demo; None: none); ``yjs_dir``: the ``node_modules`` folder whose ``yjs`` is served
+    at ``/yjs/`` (default: :func:`~dtp.graph.gun._yjs.find_yjs_dir`). ``max_message``:
+    the largest frame a peer may send;
     ``max_backlog``: bytes queued for a peer before it is cut off (close code 1008);
     ``max_peers``: peers at once (one more is closed at once, code 1013, "try again
     later"). ``relay`` options go to :class:`~dtp.graph.gun._relay.GunRelay`.
@@ -155,6 +153,7 @@ class GunServer:
         *,
         gun_dir: str | os.PathLike[str] | None = None,
         site: str | os.PathLike[str] | None = DEMO_SITE,
+        yjs_dir: str | os.PathLike[str] | None = None,
         max_message: int = MAX_MESSAGE,
         max_backlog: int = MAX_BACKLOG,
         max_peers: int = MAX_PEERS,
@@ -173,6 +172,9 @@ class GunServer:
         self.port = port
         self.gun_dir = Path(gun_dir) if gun_dir is not None else find_gun_dir()
         self.site = Path(site) if site is not None else None
+        self.yjs_dir = Path(yjs_dir) if yjs_dir is not None else _yjs.find_yjs_dir()
+        """The ``node_modules`` folder holding ``yjs``, served at ``/yjs/`` for pages'
+        collaborative values (:mod:`dtp.graph.gun._yjs`); None: not served."""
         self.max_message = max_message
         self.max_backlog = max_backlog
         self.max_peers = max_peers
@@ -309,6 +311,10 @@ class GunServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None  # a Gun peer: go on with the WebSocket handshake
         path = request.path.split("?", 1)[0]
+        if path == _yjs.PREFIX + "importmap.js":
+            return _response(
+                200, _yjs.import_map_script(self.yjs_dir), "text/javascript; charset=utf-8"
+            )
         target = self._file_for(path)
         if target is None:
             if path in ("/gun.js", "/sea.js") or path.startswith("/gun/"):
@@ -338,6 +344,8 @@ class GunServer:
             base, rel = self.gun_dir, path[len("/gun/") :]
             if not rel.endswith(".js"):
                 return None
+        elif path.startswith(_yjs.PREFIX):
+            return _yjs.file_for(self.yjs_dir, path)
         else:
             base, rel = self.site, path.lstrip("/") or "index.html"
         if base is None:

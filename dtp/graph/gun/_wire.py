@@ -1,26 +1,12 @@
-"""Gun's wire messages, read and written (docs/graph.md, "The Gun peer"); no I/O.
+"""Gun's wire messages, read and written; no I/O. docs/graph.md, "The Gun peer", lists
+the messages a relay sees (``put``, ``get`` with a field or a LEX, the ``dam``
+greeting) and their answers.
 
 A WebSocket text frame holds one message, a JSON object, or a batch of them, a JSON
-array. A message has an ID ``"#"`` and, when it answers another, that one's ID in
-``"@"``. What a relay sees:
-
-- ``{"#": id, "put": {soul: node, ...}}`` -- a write. A node is
-  ``{"_": {"#": soul, ">": {field: state, ...}}, field: value, ...}``: its soul again
-  and the HAM state of every field. Values are null, booleans, numbers, strings and
-  links ``{"#": soul}``. The answer is an acknowledgement ``{"#": id2, "@": id,
-  "ok": true}`` or ``{"#": id2, "@": id, "err": text}``.
-- ``{"#": id, "get": {"#": soul}}`` (a node), ``{"#": id, "get": {"#": soul, ".":
-  field}}`` (one field), where ``"."`` may also be a LEX object (``{"*": prefix}``,
-  ``{">": from, "<": to}``, ``{"=": name}``) and ``"#"`` one too (souls). The answer is
-  ``{"#": id2, "@": id, "put": {soul: node}}``, or ``{"#": id2, "@": id}`` for nothing.
-- ``{"#": id, "dam": "?", "pid": peer_id}`` -- the greeting each side sends when a
-  connection opens, answered with the same and ``"@"``; ``"dam": "hi"`` (a client
-  starting), ``"dam": "!"`` (an error report) and other ``dam`` messages are for the
-  mesh.
-
-JSON is read as JavaScript reads it: every number is a binary64 (``parse_int=float``),
-and NaN or Infinity are no JSON. Output is built from the stored values' Gun text
-(:func:`dtp.graph.values.gun_value`), which is the JSON text gun would send.
+array. JSON is read as JavaScript reads it: every number is a binary64
+(``parse_int=float``), and NaN or Infinity are no JSON. Output is built from the stored
+values' Gun text (:func:`dtp.graph.values.gun_value`), which is the JSON text gun would
+send.
 """
 
 from __future__ import annotations

@@ -35,14 +35,10 @@ async def sync_stream(
 ) -> SyncSession:
     """Run a sync session over an asyncio DTP stream (``dtp.aio`` reader/writer).
 
-    As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
-    the peer closes the stream before) or when the peer closes the stream -- or, on any
-    stream, closes the connection cleanly (a stream other than the first is cut short
-    then, its reads raising ConnectionClosed with code 0: the end of the session all
-    the same; a close with an error code raises as before). The writer is left open for
+    It returns and raises as :func:`sync_blocking` does (``until_synced``, the peer's
+    end of the stream or clean close of the connection). The writer is left open for
     the caller to close, except when the peer broke the protocol (GraphSyncError): the
-    stream is then aborted with the reason "graph sync protocol error", as
-    :func:`sync_blocking` does.
+    stream is then aborted with the reason "graph sync protocol error".
 
     ``hello_timeout``: seconds the peer has to send its HELLO (:data:`HELLO_TIMEOUT` by
     default, as :class:`GraphServer`'s: an asyncio server runs this for each connection,
@@ -99,14 +95,10 @@ async def sync_stream(
             raise
         except BaseException as exc:
             if isinstance(exc, ConnectionClosed) and not exc.code:
-                # the connection ended cleanly (the peer left while we were sending --
-                # drain() raises so when what we wrote was not all sent): no failure of
-                # ours, as sync_blocking's writer takes it -- the reader reads the end,
-                # and the session ends as the peer's leaving ends it. A catch-up is not
-                # done then, even with both ENDs through (ours may be among what did
-                # not go): GraphSyncError below, as sync_blocking raises, never this
-                # ConnectionClosed, whose code 0 says a clean end
-                # (tests/graph/test_sync_end.py)
+                # the connection ended cleanly while we were sending (drain() raises so
+                # when what we wrote was not all sent): as sync_blocking's writer takes
+                # it, no failure of ours, and a catch-up not done (GraphSyncError below,
+                # never this ConnectionClosed: tests/graph/test_sync_end.py)
                 cut_off.append(exc)
                 return
             # the reader may wait for as long as the peer is quiet (the graph closed,

@@ -1,18 +1,9 @@
-"""A graph kept in sync with the graph peers of its namespace on the LAN, with no ledger
-(docs/graph.md, "LAN discovery"): :func:`sync_with_lan` / :class:`LanSync`.
-
-It serves the graph (:class:`~dtp.graph.sync._server.GraphServer`, announced over mDNS
-as a graph peer of the namespace), browses the LAN for the other peers of the
-namespace, and keeps one live sync session with each: the peer with the lower Noise
-key connects; the other waits ``grace`` seconds for it and connects itself only if no
-session came (a peer that cannot reach us is still synced). A session that ends is
-started again, after a pause that grows on each failure, for as long as the peer is
-announced.
-
-What mDNS says is unauthenticated: a connection is made with ``server_key`` = the key
-the peer announced, so the handshake reaches that key or fails. Whoever announces in
-the namespace is synced with, as any peer that connects to a graph server is; ``allow``
-restricts both directions to a set of keys.
+"""A graph kept in sync with the graph peers of its namespace on the LAN, with no ledger:
+:func:`sync_with_lan` / :class:`LanSync`. docs/graph.md, "LAN discovery", says who
+connects (the lower Noise key; the other after ``grace``), the retries, and what an
+announcement may be trusted with: a connection is made with ``server_key`` = the key
+the peer announced, so the handshake reaches that key or fails; ``allow`` restricts
+both directions to a set of keys.
 """
 
 from __future__ import annotations

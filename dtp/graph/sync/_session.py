@@ -1,6 +1,6 @@
 """The sans-I/O sync session, :class:`SyncSession` (the protocol: :mod:`dtp.graph.sync`).
 
-The class reads top to bottom in the order of a session's life: made, started and
+The class reads top to bottom in the order of the life of a session: made, started and
 closed; fed the peer's bytes and read for its own, and its timer; local changes and
 messages queued for the peer; the peer's messages checked and handled (HELLO and SUM
 compared with our summaries, WANT queued for a push, END taken); the peer's DATA merged,
@@ -593,7 +593,10 @@ class SyncSession:
         if not self.peer_reports or (not count and not final):
             return
         room = max(0, MAX_REPORTS - self._reports_sent)
-        described = refusals[:room]
+        described, told = self._not_told(refusals, room)
+        count -= told
+        if not count and not final:
+            return
         self._reports_sent += len(described)
         entries = [
             [
@@ -614,6 +617,16 @@ class SyncSession:
             n = left if last else len(chunk)
             left -= n
             self._send([REFUSED, n, chunk, final and last])
+
+    def _not_told(self, refusals: list[Refusal], room: int) -> tuple[list[Refusal], int]:
+        """The refusals to describe to the peer (at most ``room``), and how many of
+        ``refusals`` it was told before, in the current session or an earlier one: a version
+        of a field is described to a peer once (:mod:`dtp.graph._reported`)."""
+        graph, peer = self.graph, self.peer_replica
+        with graph._lock:
+            if graph._closed or peer is None:
+                return refusals[:room], 0
+            return graph._reported.select(peer, refusals, room)
 
     # -- the peer's REFUSED: what it refused of ours ---------------------------------------
 

@@ -3,36 +3,12 @@ moves records between a :class:`~dtp.hostid.ledger_carrier._carrier.LedgerCarrie
 local socket pair, and a listener that finds the connections made to a host over the
 ledger (docs/ledger-carrier.md).
 
-The I/O adapters (``dtp.socket``'s engine, ``dtp.aio``'s protocol) drive a connection
-over a connected stream socket; handing them the other end of an ``AF_UNIX`` stream
-socketpair lets them run over the ledger unchanged. What crosses the pair is the
-connection's byte stream: a sequence of whole records (docs/protocol.md §2), each with
-its length in its header. So the bridge needs no framing of its own:
-
-- socket → ledger: the bytes read are cut at record boundaries (a trailing partial
-  record waits for the rest) and each whole record is posted with
-  :meth:`LedgerCarrier.send` (one ``pipe::send``, or fragments).
-- ledger → socket: each record the carrier hands back came whole from one payload (or
-  reassembled fragments); it is written only if its header is valid and its length is
-  exactly the header's, since one bad record in a byte stream would end the connection
-  (a stream parser cannot resynchronise). The lossy-carrier connection drops records
-  that fail authentication, so damage inside a valid frame costs only a retransmission.
-
-Closing: when the application side closes its end (the engine has written its CLOSE
-record first), the bridge posts what is left and destroys its pipe (``pipe::destroy``,
-§7). When the peer's pipe is destroyed, the bridge writes what arrived, waits
-``peer_close_grace`` for stragglers (events may come reordered) and then ends its side
-of the pair, which the adapter sees as the carrier ending.
-
-Retention (``LedgerCarrierOptions.retention_terms``, docs/ledger-carrier.md): the
-bridge confirms the peer's retained records in a second thread, started on the first
-one, so confirmations never hold up the records. At its end, if the peer retains, it
-reads on until the peer's pipe is gone (at most ``2 × peer_close_grace``) so that the
-peer's last records are confirmed too, waits for its confirmations, and deletes its
-own records that are already deletable.
-
-The connection must run with ``reliable_carrier=False``: :func:`ledger_config` gives
-that, with a handshake timeout that suits the ledger's latency and loss.
+The adapters run unchanged on one end of an ``AF_UNIX`` stream socketpair; the bridge
+cuts the byte stream at record boundaries (the records' own headers frame it) and
+writes back only records whose header and length are valid, for a stream parser cannot
+resynchronise. Closing, polling, backpressure and retention's confirmations (in a
+thread of their own) are docs/ledger-carrier.md. The connection must run with
+:func:`ledger_config`.
 """
 
 from __future__ import annotations
@@ -46,9 +22,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
+from dtp.errors import ChainError, ConnectionLost, DTPError, LocalProtocolError, NotAuthorized
 from dtp.hostid.ledger_carrier._carrier import (
     MAX_DTP_RECORD,
     MAX_PIPE_DATA,
@@ -61,9 +37,12 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.ledger.interface import Ledger
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.carriers._bridged_end import BridgedEnd
 from dtp.transport.carriers._tcp import wait_ready
 
 __all__ = [
+    "LEDGER_CLOSE_COPIES",
+    "LEDGER_HANDSHAKE_RESEND_MAX",
     "LEDGER_HANDSHAKE_TIMEOUT",
     "LEDGER_RECORD_PLAINTEXT",
     "LEDGER_STREAM_WINDOW",
@@ -72,6 +51,7 @@ __all__ = [
     "LedgerListener",
     "connect_ledger_carrier",
     "ledger_config",
+    "listen_on_ledger",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +60,12 @@ logger = logging.getLogger(__name__)
 #: 0.5 s, doubling up to 8 s (dtp.protocol.connection): 30 s leaves room for six resends, so a
 #: handshake survives a 15 % event loss with a failure chance well below 1e-3.
 LEDGER_HANDSHAKE_TIMEOUT = 30.0
+#: The longest wait between two copies of a handshake message over the ledger carrier
+#: (s): the doubling from 0.5 s goes on to here (docs/ledger-carrier.md).
+LEDGER_HANDSHAKE_RESEND_MAX = 8.0
+#: The copies of a CLOSE over the ledger carrier, one each probe timeout of the closing
+#: period (docs/protocol.md 3.1).
+LEDGER_CLOSE_COPIES = 3
 
 _HEADER = 12
 _TAG = 16
@@ -101,10 +87,8 @@ _READ_CHUNK = 256 * 1024
 #: ledger answer again and to keep the adapter's last (its CLOSE); the connection
 #: retransmits the rest, and each one posted again is a transaction.
 _MAX_UNSENT = 8
-#: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
-#: stops reading the ledger (events wait there) until the adapter catches up. Each read
-#: takes no more than the room left below it (``LedgerCarrier.receive(max_bytes=...)``),
-#: so the bridge holds at most this and a few payloads more.
+#: Records read and not yet taken by the adapter beyond which the bridge stops reading
+#: the ledger (each read sized to the room left: ``receive(max_bytes=...)``).
 _OUT_HIGH_WATER = 4 << 20
 #: Connection IDs a listener remembers having handled (a client's second pipe for the
 #: same connection is not a new connection); the oldest are forgotten beyond this.
@@ -119,10 +103,8 @@ class LedgerCarrierOptions:
     """Inner pipes of our pipe (1..8)."""
     sync_every: int = 64
     sync_interval: float = 0.25
-    """The receiver acknowledges (a SYNC payload, then ``pipe::sync`` by the owner) after
-    ``sync_every`` new payloads or ``sync_interval`` seconds after the first one; the
-    connection's own ACKs drive retransmission, so these only keep the pipes' counters
-    moving and need not be frequent."""
+    """The SYNC cadence (docs/protocol.md §7): the connection's own ACKs drive
+    retransmission, so these only keep the pipes' counters moving."""
     gap_timeout: float = 0.5
     """Seconds before a missing event is given up (the connection retransmits it)."""
     max_payload: int = MAX_PIPE_DATA
@@ -133,12 +115,9 @@ class LedgerCarrierOptions:
     peer_close_grace: float = 1.0
     """Seconds to keep reading after the peer destroyed its pipe."""
     outage_timeout: float = 30.0
-    """Seconds a connection rides out a ledger that does not answer (``LedgerUnavailable``:
-    a Sui node timing out or restarting, a LocalLedger file locked past its busy
-    timeout). Meanwhile what could not be posted is lost, as on any lossy link (the
-    connection retransmits it), and reading resumes where it stopped; the poll backs off
-    to ``poll_max``. An outage longer than this ends the carrier with the ledger's error
-    (0: the first failure does). Other ledger errors end it at once."""
+    """Seconds a connection rides out a ledger that does not answer
+    (``LedgerUnavailable``), what could not be posted lost as on any lossy link; longer
+    (0: at once), or any other ledger error, ends the carrier."""
     ledger_filter: Callable[[Ledger], Ledger] | None = None
     """Wraps the ledger each carrier uses (tests: fault injection at the ledger edge)."""
     retention_terms: str | None = None
@@ -147,11 +126,8 @@ class LedgerCarrierOptions:
     records are confirmed whatever this says."""
 
     def __post_init__(self) -> None:
-        # refused here, before any money moves: poll_min is > 0, since the idle poll
-        # interval doubles from it (from 0 it would stay 0 and poll the ledger without
-        # a pause), and the counts are integers, as the carrier wants them (checked on a
-        # server here, not in its listener thread per connection). A wrong type is a
-        # TypeError, a value out of range a ValueError, as the messaging options' checks
+        # refused before any money moves (TypeError, ValueError): poll_min > 0, for the
+        # idle poll doubles from it, and integer counts, as the carrier wants them
         for name in ("inner_count", "sync_every", "max_payload"):
             _check_int(name, getattr(self, name))
         if not 1 <= self.inner_count <= 8:
@@ -199,14 +175,15 @@ _SECONDS_FIELDS: Final = (
 
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
-    """``base`` made fit for the ledger carrier: acknowledgements and retransmission on
-    (``reliable_carrier=False``), records that fit one ``pipe::send``, windows of at most
-    :data:`LEDGER_STREAM_WINDOW` and a handshake timeout of at least
-    :data:`LEDGER_HANDSHAKE_TIMEOUT`."""
+    """``base`` made fit for the ledger carrier (docs/ledger-carrier.md): lossy-carrier
+    mode, records that fit one ``pipe::send``, and the windows, handshake timeouts and
+    CLOSE copies of the ``LEDGER_*`` constants above (each copy is a transaction)."""
     return replace(
         base,
         reliable_carrier=False,
         handshake_timeout=max(base.handshake_timeout, LEDGER_HANDSHAKE_TIMEOUT),
+        handshake_resend_max=max(base.handshake_resend_max, LEDGER_HANDSHAKE_RESEND_MAX),
+        close_copies=min(base.close_copies, LEDGER_CLOSE_COPIES),
         max_record_plaintext=min(base.max_record_plaintext, LEDGER_RECORD_PLAINTEXT),
         stream_window=min(base.stream_window, LEDGER_STREAM_WINDOW),
         connection_window=min(base.connection_window, 2 * LEDGER_STREAM_WINDOW),
@@ -242,68 +219,35 @@ def _cut_records(buf: bytearray) -> list[bytes]:
     return out
 
 
-class _AdapterEnd(socket.socket):
-    """The adapter's end of the pair. Once the bridge failed (a ledger error), the end
-    of its reads is that failure: :class:`~dtp.errors.ConnectionLost` saying why, the
-    bridge's error as its ``__cause__`` -- an OSError, which both adapters take as the
-    carrier failing, and put in the connection's error ("carrier error: ..."). A clean
-    EOF, the adapters' "the peer vanished", had lost the cause."""
+class _AdapterEnd(BridgedEnd):
+    """The adapter's end of the pair: once the bridge failed, its reads and writes end
+    with :class:`~dtp.errors.ConnectionLost` (the bridge's error as ``__cause__``), not a
+    clean EOF that loses the cause."""
 
-    __slots__ = ("failure",)
+    __slots__ = ()
 
-    def __init__(
-        self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
-    ) -> None:
-        # (socket.socket's signature: its dup() makes another of this class)
-        super().__init__(family, type, proto, fileno)
-        #: Set by the bridge, before it closes its end, when it failed
-        self.failure: BaseException | None = None
-
-    def _lost(self) -> ConnectionLost:
+    def _raised(self) -> ConnectionLost:
         assert self.failure is not None
         error = ConnectionLost(f"the ledger carrier failed: {_describe(self.failure)}")
         error.__cause__ = self.failure
         return error
 
-    def lost_error(self) -> ConnectionLost | None:
-        """The failure as the reads would raise it, None while the bridge has not
-        failed: asked by the asyncio driver as its transport ends
-        (:func:`dtp.transport.asyncio._protocol.carrier_failure`), since uvloop's
-        transports use the descriptor and never call the methods below."""
-        return None if self.failure is None else self._lost()
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        if not data and bufsize and self.failure is not None:
-            raise self._lost()
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n = super().recv_into(buffer, nbytes, flags)
-        if not n and self.failure is not None and (nbytes or memoryview(buffer).nbytes):
-            raise self._lost()
-        return n
-
-    # a write after the bridge's end closed fails with EPIPE: that failure too
     def send(self, data: Any, flags: int = 0) -> int:
-        try:
-            return super().send(data, flags)
-        except (BlockingIOError, InterruptedError):
-            raise
-        except OSError:
-            if self.failure is None:
-                raise
-            raise self._lost() from self.failure
+        return self._write(super().send, data, flags)
 
     def sendmsg(self, *args: Any) -> int:
+        return self._write(super().sendmsg, *args)
+
+    def _write(self, write: Callable[..., int], *args: Any) -> int:
+        # a write after the bridge's end closed fails with EPIPE: that failure too
         try:
-            return super().sendmsg(*args)
+            return write(*args)
         except (BlockingIOError, InterruptedError):
             raise
         except OSError:
             if self.failure is None:
                 raise
-            raise self._lost() from self.failure
+            raise self._raised() from self.failure
 
 
 def _describe(exc: BaseException) -> str:
@@ -483,10 +427,8 @@ class LedgerBridge:
         write_failed = False
         peer_closed_at: float | None = None
         outage: float | None = None  # when the ledger stopped answering
-        # records the ledger did not take (an outage), posted again at each turn: the
-        # outage lasts until a post goes through, reads answering or not (else a ledger
-        # that takes reads but no transaction would be ridden out forever, each read
-        # ending the outage); and at close they are the adapter's last (its CLOSE)
+        # records the ledger did not take, posted again at each turn: the outage lasts
+        # until a post goes through (reads answering do not end it)
         unsent: list[bytes] = []
         while not self._stop.is_set():
             timer = carrier.get_timer()
@@ -581,11 +523,8 @@ class LedgerBridge:
             self.records_posted += 1
 
     def _close_out(self, unsent: list[bytes], outage: float | None) -> None:
-        """The adapter closed its end: post what it wrote last and the ledger did not
-        take (its CLOSE), then destroy our pipe, so the peer sees the connection end.
-        An outage is ridden out for these as for any call (``outage_timeout``): given up
-        at the first failure, the peer would learn nothing until its idle timeout and the
-        pipe would stay on the ledger."""
+        """The adapter closed its end: post what is left (its CLOSE) and destroy our
+        pipe, riding out an outage as any call, so that the peer sees the end."""
         while True:
             try:
                 self._post(unsent)
@@ -716,12 +655,10 @@ class LedgerListener:
     """Server side: finds connections made to ``host_id``:``port`` over the ledger
     carrier and hands each one, bridged, to ``on_accept``.
 
-    A client that reaches the host over the ledger creates its pipe for the connection
-    (``PipeCreated``, owner = the client); the listener then checks that the connection
-    is an Open TransportControl of that client to this host and port, creates the
-    host's pipe and starts a :class:`LedgerBridge`. Admission proper (escrow, firewall)
-    is the server's usual hook, run on the handshake that follows. Connections whose
-    pipe was created before the listener started are not picked up.
+    On a client's ``PipeCreated`` it checks the connection is an Open TransportControl
+    of that client to this host and port, creates the host's pipe and starts a
+    :class:`LedgerBridge`; admission proper is the server's hook, on the handshake.
+    Pipes created before the listener started are not picked up.
     """
 
     def __init__(
@@ -859,3 +796,39 @@ class LedgerListener:
         except Exception:
             logger.exception("handing over ledger connection %s failed", cid)
             bridge.socket.close()
+
+
+class _LedgerServer(Protocol):
+    """A DTP server that takes connections bridged from the ledger into its handshakes
+    (:class:`dtp.socket.DTPServer`, :class:`dtp.aio.DTPServer`)."""
+
+    identity: HostIdentity
+
+    @property
+    def attached(self) -> object | None: ...
+
+    @property
+    def connection_config(self) -> ConnectionConfig: ...
+
+    def attach(self, listener: LedgerListener) -> None: ...
+
+
+def listen_on_ledger(
+    server: _LedgerServer,
+    ledger: Ledger,
+    host_id: str,
+    port: int,
+    options: LedgerCarrierOptions | None,
+    handing: Callable[[ConnectionConfig], Accepted],
+) -> LedgerListener:
+    """Have ``server`` also accept connections to ``host_id``:``port`` over the ledger
+    carrier: a :class:`LedgerListener` attached to it, each bridged connection handed
+    over by what ``handing`` makes of the server's config for the ledger carrier
+    (:func:`ledger_config`): the server's handshake, at once or on its event loop.
+    LocalProtocolError when the server listens on the ledger already."""
+    if server.attached is not None:
+        raise LocalProtocolError("this server already listens on the ledger")
+    on_accept = handing(ledger_config(server.connection_config))
+    listener = LedgerListener(ledger, server.identity, host_id, port, on_accept, options=options)
+    server.attach(listener)
+    return listener

@@ -1,83 +1,27 @@
 """The ledger carrier: DTP records through ``pipe::send`` instead of TCP (IP-hiding mode).
 
-Each side owns one Pipe for the connection (``pipe::create``; owned objects, so only the
-owner can send on it) and posts its outgoing DTP records as the ``data`` of
-``pipe::send`` calls, spread over the Pipe's InnerPipes (least loaded first: fewest
-records sent and not yet acknowledged). The other side reads the sender's
-``PipeDataSent`` events from a cursor and feeds the payloads to its connection.
+Each side owns one Pipe (only the owner can send on it) and posts its DTP records as
+``pipe::send`` data over the Pipe's InnerPipes, least loaded first; the other side reads
+the ``PipeDataSent`` events from a cursor. Nothing relies on the ledger's order or
+losslessness: the connection runs with ``reliable_carrier=False`` and events are taken in
+any order, with duplicates and gaps.
 
-The ledger is a lossless, ordered log, but nothing here relies on that: the connection
-runs with ``ConnectionConfig(reliable_carrier=False)`` (ACKs, retransmission and
-reassembly), and the carrier accepts events in any order, with duplicates and gaps.
-
-Payload framing (docs/protocol.md §7). A DATA record is up to 12 + 16400 bytes while
-``pipe::send`` takes at most 16381 (``inner_pipe::EDataTooLarge``; the most one pure
-argument of a Sui transaction can carry), so every payload
-starts with a one-byte kind:
-
-- ``0x00`` RECORD: the rest is one whole DTP record (at most 16380 bytes).
-- ``0x01`` FRAGMENT: ``u32le id || u8 index || u8 count || bytes``; a record too large
-  for one payload is cut into ``count`` (2..255) fragments sharing ``id``.
-
-Fragment ids. The receiver joins pieces by (pipe, id), and one pipe can have more than
-one writer: a carrier that adopts its side's pipe (``pipe_id=``) while the old one still
-posts, or one resumed from a snapshot (``state=``) while the old one lives on, or after
-the old one used ids the snapshot does not know of. Each carrier therefore counts its
-ids from a random 32-bit start (a resumed one: from the snapshot's ``next_fragment_id``
-plus a random jump of 2**20..2**31, so never onto ids the old carrier used in its next
-million fragmented records), instead of every carrier from 0: two writers' pieces under
-one id would be joined into one garbled record, or one writer's record lost. The
-receiver drops, never joins, pieces of an id that turns out to carry two records (a
-piece for an index it holds other bytes for): counted in ``fragment_clashes``.
-- ``0x02`` SYNC: ``pipe id (32) || u8 n || n × u64le prefix``: the receiver's report that
-  it has seen every seq below ``prefix[i]`` of inner ``i`` of that pipe. Only the owner
-  may call ``pipe::sync``, so the receiver posts this on *its own* pipe and the owner,
-  reading it, calls ``pipe::sync`` on its pipe.
-
-Acknowledgement cadence: a SYNC is posted after ``sync_every`` new data payloads, or
-``sync_interval`` seconds after the first unreported one. SYNCs themselves do not count
-as data, so two carriers never echo SYNCs back and forth. A gap in an inner's seqs (an
-event that never arrives) is given up after ``gap_timeout`` seconds so the prefix can
-advance; the connection retransmits whatever the lost payload carried. Every seq missing
-below the largest one seen when the gap's timer started goes when it expires, so steady
-loss gives up all its gaps, one timer after another, not one gap per timer.
+The payloads (RECORD, FRAGMENT, SYNC), the SYNC cadence, gaps given up and resuming are
+docs/protocol.md §7; fragment ids (a random start per carrier: one pipe may have two
+writers) and backpressure (``receive(max_bytes=n)``: pages sized to the room, so the
+bridge never takes a whole backlog at once) are docs/ledger-carrier.md.
 
 Retention (docs/escrow.md §16, docs/ledger-carrier.md "Retention"): with
-``retention_terms`` a side posts its RECORD and FRAGMENT payloads with
-``retention::send`` (SYNCs stay plain ``pipe::send``: they are not the connection's
-data) and remembers each RetainedRecord; :meth:`LedgerCarrier.reclaim_storage` deletes
-those that are consumed and past their retention time, returning the deposits. Every
-carrier, option or not, notices the peer's ``RecordRetained`` events addressed to it
-and offers each record for confirmation (:meth:`LedgerCarrier.take_confirmations`,
-:meth:`LedgerCarrier.confirm_retained`) once its payload is handed on, or given up as
-a gap (the connection retransmits its content, so the receiver never needs it again).
-:func:`reclaim_retained` (the sender) and :func:`confirm_retained` (the receiver) find
-the records of a connection by their events, for later or after a crash.
+``retention_terms`` the data payloads go by ``retention::send`` and
+:meth:`LedgerCarrier.reclaim_storage` deletes the RetainedRecords once consumed and past
+their time; every carrier offers the peer's records for confirmation
+(:meth:`LedgerCarrier.take_confirmations`) once handed on or given up as a gap.
+:func:`reclaim_retained` and :func:`confirm_retained` find a connection's records by
+their events, after a crash too.
 
-Backpressure: ``receive(max_bytes=n)`` reads no more pages once it holds ``n`` bytes of
-records, and reads pages sized to what is left (at most one payload per
-:data:`MAX_PIPE_DATA` bytes, at least :data:`MIN_PAGE` events), so it returns about
-``n`` bytes at most (a page of :data:`MIN_PAGE` payloads more, or a record completed
-from fragments held, or the payloads kept for a pipe just learnt); the events not read
-wait on the ledger. Without it a call read every page the ledger had: the bridge,
-which stops reading beyond its buffer's high-water mark, took a whole backlog into
-memory in one call as soon as its consumer had taken a byte.
-
-Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes, the
-per-inner seen sets and the peer's retained records still to confirm; a new carrier built
-with ``state=`` continues from there, so it does not hand back a payload the old one
-already returned after that snapshot, and gives up a gap in the seen sets ``gap_timeout``
-after its start. (An older snapshot re-delivers what came later; the connection's replay
-window drops those.)
-
-:class:`LedgerLink` drives two connections over two carriers with a virtual clock, like
-:class:`dtp.transport.carriers._memory.MemoryLink`.
-
-:class:`LedgerCarrier` is one class read top to bottom: its options, snapshot and closing;
-sending; its timers (gaps given up, SYNCs and ``pipe::sync``); receiving; retained records.
+:class:`LedgerLink` drives two connections over two carriers with a virtual clock.
 ``framing`` holds the payload format, ``lanes`` what the receiver has seen of one inner
-pipe, and ``retention`` the ledger calls that confirm and reclaim retained records, also
-without a carrier.
+pipe, ``retention`` the ledger calls on retained records without a carrier.
 """
 
 from __future__ import annotations
@@ -115,6 +59,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.receipt import object_id_bytes
 from dtp.protocol._buffers import bytes_like
 from dtp.protocol.connection import Connection
+from dtp.transport.carriers._memory import VirtualLink
 
 __all__ = [
     "KIND_FRAGMENT",
@@ -340,10 +285,8 @@ class LedgerCarrier:
         # record -> (pipe, inner, seq, when its RecordRetained was seen)
         self._retained_pending: OrderedDict[str, tuple[str, int, int, float]] = OrderedDict()
         self._to_confirm: list[str] = []
-        # records offered for confirmation, so that a repeated RetainedRecord event
-        # (a batch read again after an outage) offers none twice; the oldest are
-        # forgotten past MAX_OFFERED_RETAINED (a set grew for the connection's whole
-        # life), and a confirmation repeated that late is skipped (confirm_records)
+        # records offered for confirmation (a repeated event offers none twice), the
+        # oldest forgotten past MAX_OFFERED_RETAINED
         self._offered: OrderedDict[str, None] = OrderedDict()
         if state is not None:
             # (not restored, they would never be confirmed: the cursor is past their
@@ -585,21 +528,13 @@ class LedgerCarrier:
     def receive(
         self, timeout: float = 0.0, now: float | None = None, *, max_bytes: int | None = None
     ) -> list[bytes]:
-        """DTP records the peer posted since the last call (waiting up to ``timeout``
-        seconds for the first: events that carry none, such as the peer's SYNC, do not
-        end the wait, the peer destroying its pipe does). Also posts our SYNC and calls
-        ``pipe::sync`` as due.
+        """DTP records the peer posted since the last call, waiting up to ``timeout``
+        for the first (the peer destroying its pipe ends the wait too); posts our SYNC
+        and calls ``pipe::sync`` as due. ``max_bytes``: stop reading near that many
+        bytes (about :data:`MIN_PAGE` payloads more), the rest left on the ledger.
 
-        ``max_bytes`` (a consumer's room, e.g. the bridge's buffer below its high-water
-        mark): stop reading once the records read come to that many bytes, leaving the
-        rest on the ledger for a later call; the records returned may exceed it by
-        about :data:`MIN_PAGE` payloads (see the module docs). None: read every page
-        the ledger has.
-
-        Ledger errors propagate, but nothing read is lost: records read before a failed
-        read are handed back by the next call, and when a SYNC or ``pipe::sync`` fails
-        after records were read, the records are returned and the failed call, still
-        due, is tried (and raises) again later."""
+        Ledger errors propagate, but nothing read is lost: it is handed back by the
+        next call, and a failed SYNC or ``pipe::sync`` stays due."""
         if max_bytes is not None:
             _check_int("max_bytes", max_bytes)
             if max_bytes < 1:
@@ -710,12 +645,10 @@ class LedgerCarrier:
             self._foreign.popitem(last=False)
 
     def _keep_orphan(self, event: Event) -> None:
-        """A data event of a pipe we do not know. The peer's other connections share its
-        sender address, so most are theirs: a pipe whose PipeCreated named another
-        connection is skipped, and the others are kept (in case their PipeCreated comes
-        later, on a ledger that reorders) within MAX_ORPHAN_EVENTS and
-        MAX_ORPHAN_BYTES, oldest dropped first. Kept by count alone, a client of a busy
-        host held up to 1024 payloads of other connections, 16 MiB, per connection."""
+        """A data event of a pipe we do not know (most are the peer's other
+        connections'): skipped when its PipeCreated named another connection, else kept
+        for a PipeCreated that comes later, within MAX_ORPHAN_EVENTS and
+        MAX_ORPHAN_BYTES (by count alone: 16 MiB per connection)."""
         pipe = event.fields.get("pipe", "")
         if pipe in self._foreign:
             return
@@ -876,10 +809,10 @@ class LedgerCarrier:
         return refunded
 
 
-class LedgerLink:
+class LedgerLink(VirtualLink):
     """Drives connections ``a`` and ``b`` over carriers ``ca`` and ``cb`` (``ca`` posts
-    what ``a`` sends and reads what ``b``'s carrier posted) with a virtual clock; the same
-    shape as :class:`~dtp.transport.carriers._memory.MemoryLink`."""
+    what ``a`` sends and reads what ``b``'s carrier posted) with a virtual clock, as
+    :class:`~dtp.transport.carriers._memory.MemoryLink` does."""
 
     def __init__(
         self,
@@ -940,27 +873,3 @@ class LedgerLink:
             if ctimer is not None and ctimer <= self.now and not carrier.closed:
                 carrier.poll(self.now)
         return True
-
-    def run(
-        self,
-        until: Callable[[], bool] | None = None,
-        *,
-        max_rounds: int = 100_000,
-        max_time: float = 120.0,
-        on_round: Callable[[], None] | None = None,
-    ) -> bool:
-        """Pump, advancing virtual time when idle, until ``until()`` holds, both sides are
-        quiet, or a limit is hit (see :meth:`MemoryLink.run`)."""
-        start = self.now
-        for _ in range(max_rounds):
-            if on_round is not None:
-                on_round()
-            if until is not None and until():
-                return True
-            if self.pump():
-                continue
-            if until is None:
-                return True
-            if self.now - start > max_time or not self.advance():
-                return until()
-        return until() if until is not None else False

@@ -13,13 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from dtp.errors import (
-    ChainError,
-    ConnectionClosed,
-    DTPError,
-    LocalProtocolError,
-    PaymentRequired,
-)
+from dtp.errors import ChainError, ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
 from dtp.hostid.paid._engine import (
     Close,
     Credit,
@@ -36,12 +30,7 @@ from dtp.hostid.paid._policy import (
     not_forwarded,
 )
 from dtp.ledger.receipt import Receipt
-from dtp.payments._gate import (
-    RECEIPT_REQUEST,
-    GateState,
-    GateVerdict,
-    ReceiptGate,
-)
+from dtp.payments._gate import RECEIPT_REQUEST, GateState, GateVerdict, ReceiptGate
 from dtp.payments._ratelimit import ClientBuckets, datagram_charge
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.transport.blocking._checks import readable
@@ -96,10 +85,8 @@ class PaidConnection:
         self.releasing: set[asyncio.Task[None]] = set()
         #: The first stream's close (PaidWriter.close): the end phase waits for it
         self.closing: asyncio.Task[None] | None = None
-        #: Datagrams a cancelled recv_datagram() put back, charged to the rate limits
-        #: already: known by identity (any writer of the connection may read one next).
-        #: Bounded: one the full datagram queue dropped is never read to be forgotten
-        #: (an older one than these that is read after all is charged again).
+        #: Datagrams a cancelled recv_datagram() put back, charged already: known by
+        #: identity; bounded, for one the full queue dropped is never read again.
         self.charged_datagrams: deque[bytes] = deque(maxlen=_CHARGED_KEPT)
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
@@ -160,10 +147,8 @@ class PaidConnection:
         self.wake()  # a paused reader or drain() looks again
 
     def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read): a pause of
-        datagram sends ends once the credit covers the datagram a send last dropped
-        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_covered_again`,
-        as the blocking driver's)."""
+        """Payment came: a pause of datagram sends may end
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_covered_again`)."""
         conn = self.conn
         self.core.datagrams_covered_again(conn.usage, conn.send_buffered() + self.credit.sending)
 
@@ -213,29 +198,26 @@ class PaidConnection:
             self.conn.send_receipt(RECEIPT_REQUEST)
         self.proto.flush()
 
-    async def wait_send(self) -> None:
-        """Wait until a held write may go (then :meth:`reserve`): the client paid, or
-        read bytes queued for it; at once once the connection ended (the write then
-        reports how)."""
+    async def wait_send(self, first: bool = False) -> None:
+        """Wait until a held write may go (then :meth:`reserve`): paid for, or the queue
+        read; at once after the end. ``first``: on the first stream (its request counted
+        ahead)."""
         conn = self.conn
         while True:
             await self.wait_paid()
-            if self._refill():
+            if self._refill(first):
                 return
             # the queued bytes hold the credit: they go as the client reads (its window
             # opening notifies the protocol), or a receipt comes (_kept notifies); the
             # end of the connection gives room too (_refill)
 
             def moved(queued: int = conn.send_buffered()) -> bool:
-                return conn.send_buffered() < queued or self._refill()
+                return conn.send_buffered() < queued or self._refill(first)
 
             await self.proto.wait_for(moved)
 
     async def read_deposit(self, *, ending: bool = False) -> None:
-        """As :meth:`dtp.hostid.paid._blocking.PaidConnection.read_deposit`: the escrow
-        read again (in a thread) when the deposit holds the connection -- the client may have topped
-        it up while the connection was open -- or, ``ending``, when a receipt still
-        waits above it before the settlement."""
+        """As :meth:`dtp.hostid.paid._blocking.PaidConnection.read_deposit` (in a thread)."""
         if self.ledger is None:
             return
         escrow_id = self.core.escrow_to_read(self.conn.usage, time.monotonic(), ending=ending)
@@ -259,11 +241,8 @@ class PaidConnection:
 
     # (asyncio only: only a datagram send that never waits starts a read in the background)
     async def deposit_reads_ended(self) -> None:
-        """The end phase: wait for the escrow read a datagram send started, if one is
-        under way, and let no send start another. (Left running, the settlement would go
-        on meanwhile -- a receipt the read found waiting above the old deposit would come
-        after it, unclaimed -- and the server would be released with the read still on
-        the ledger.)"""
+        """The end phase: wait for an escrow read a datagram send started and let none
+        start, or a receipt it finds would come after the settlement, unclaimed."""
         self._deposit_reads_over = True
         task = self._deposit_task
         if task is None:
@@ -271,15 +250,20 @@ class PaidConnection:
         with contextlib.suppress(Exception):  # (logged by _log_failure)
             await _shielded(task)
 
-    def _refill(self) -> bool:
-        """Set the send credit to what the gate allows on the usage and the bytes queued
-        beyond the client's window (the engine's
-        :meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.refill_send`): False when the
-        queued bytes hold all of it. (No write is under way here: one event loop, each
-        write's bytes in the usage or the queue as it returns.)"""
+    def _refill(self, first: bool = False) -> bool:
+        """Set the send credit
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.refill_send`): False when
+        the queued bytes hold all of it (one loop: no write is under way)."""
         conn = self.conn
         ended = self.proto.session.terminated is not None  # (ended(), inline)
-        step = self.core.refill_send(self.credit, conn.usage, conn.send_buffered(), 0, ended=ended)
+        step = self.core.refill_send(
+            self.credit,
+            conn.usage,
+            conn.send_buffered(),
+            0,
+            ended=ended,
+            pending=conn.requests_pending if first else 0,
+        )
         return step is RefillStep.GO
 
     def reserve(self, nbytes: int) -> int:
@@ -289,12 +273,9 @@ class PaidConnection:
 
     # (asyncio only: a datagram send never waits (the blocking one does: reserve_datagrams))
     def datagrams_now(self, sizes: list[int]) -> int:
-        """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
-        the rest dropped and counted (the engine's
-        :meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_now`). Those
-        dropped for want of payment are a pause: the client is asked for a receipt, the
-        escrow read again when a top-up would help (in a task), and once the pause
-        timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
+        """How many of ``sizes`` a send sends now, the rest dropped and counted
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_now`); drops for
+        want of payment are a pause, which asks, reads the escrow and may close."""
         conn = self.conn
         core = self.core
         now = time.monotonic() if self.buckets.bytes.rate else None
@@ -332,11 +313,8 @@ class PaidConnection:
         self.credit.sent(reserved)
 
     def room(self, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): what the
-        gate still allows on the usage seen (at most CREDIT_MAX, so a read takes a
-        bounded chunk per look), at least 1 byte (the gate said serve, or the connection
-        ended: the read reports how); 0 once it ended while the gate does not serve
-        (:meth:`unpaid_end`: nothing buffered is served)."""
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`), at
+        least 1 byte; 0 at an unpaid end (:meth:`unpaid_end`)."""
         if self.unpaid_end():
             return 0
         return self.core.read_room(self.conn.usage, nbytes)[0]
@@ -365,21 +343,19 @@ class PaidConnection:
         await self._hold(core.charge(nbytes, requests, time.monotonic()), core.debt)
 
     # (asyncio only: a write never waits (the blocking one does: wait_send, pace, reserve))
-    def write_now(self, nbytes: int) -> int:
-        """How much of a write of ``nbytes`` (which never waits) goes at once, the rest
-        held (the engine's
-        :meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.write_now`)."""
+    def write_now(self, nbytes: int, first: bool = False) -> int:
+        """How much of a write goes at once, the rest held
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.write_now`)."""
         conn = self.conn
         core = self.core
         now = time.monotonic() if self.buckets.bytes.rate else None
-        return core.write_now(conn.usage, conn.send_buffered(), nbytes, now)
+        pending = conn.requests_pending if first else 0
+        return core.write_now(conn.usage, conn.send_buffered(), nbytes, now, pending)
 
     # (asyncio only: what went without a wait is charged after it (blocking: limit, first))
     def charge_sent(self, nbytes: int) -> bool:
-        """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
-        client's bytes/s limit now, without waiting: the debt holds back the client's
-        next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
-        it."""
+        """Charge what went to the bytes/s limit without waiting (:meth:`wait_limits`
+        waits for the debt); whether a limit took it."""
         return self.core.charge_sent(nbytes, time.monotonic())
 
     # (asyncio only: the debt charge_sent left is waited for at drain())
@@ -412,10 +388,8 @@ class PaidConnection:
 
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
-        # as the blocking driver's _hold: the connection's end cuts the wait short (the
-        # handler, and so the settlement, is not held for a debt after the client left),
-        # and it looks again each refresh interval, so a limit the Host raised or lifted
-        # reaches a wait under way (tests/paid/test_rate_limit_wait_ends.py)
+        # as the blocking driver's _hold: cut short by the end, looked at again each
+        # refresh interval (tests/paid/test_rate_limit_wait_ends.py)
         session = self.proto.session
         while delay > 0:
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
@@ -436,24 +410,33 @@ class PaidConnection:
                 return True
         return False
 
-    def put_back_datagram(self, data: bytes) -> None:
-        """``data``, read and charged to the rate limits by a read then cancelled, is
-        the next datagram to read again (charged already: not again), and a task
-        waiting for one is woken: it found the queue empty, and dtp.aio wakes it only
-        when the connection changes (which may be never: a client waiting for its
-        reply)."""
+    def received(self, data: bytes, charged: bool) -> bool:
+        """Whether ``data`` goes to the application now
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_received`), else
+        it is read again once paid for (``charged``: already). At an unpaid end it is
+        dropped, so the next read reports the end."""
+        queue = self.proto.session.datagrams
+        if self.core.datagrams_received(self.conn.usage, (data,), queue):
+            return True
+        if self.unpaid_end():
+            queue.clear()
+        else:
+            self.put_back_datagram(data, charged=charged)
+        return False
+
+    def put_back_datagram(self, data: bytes, *, charged: bool = True) -> None:
+        """``data``, taken by a read cancelled or refused, is the next to read (not
+        charged again); a waiting task is woken, which dtp.aio would not do."""
         self.proto.session.datagrams.appendleft(data)
-        if len(data) > 1:
+        if charged and len(data) > 1:
             # (known by identity, and CPython shares its empty and one-byte bytes
             # objects: those are charged again, three bytes at most)
             self.charged_datagrams.append(data)
         self.wake()
 
     def put_back_stream(self, stream_id: int) -> None:
-        """Stream ``stream_id``, accepted and charged by an accept then cancelled, goes
-        back for the next accept (dropped, it would be lost, its client waiting on it
-        for good), charged already; a task waiting to accept one is woken (as
-        :meth:`put_back_datagram`)."""
+        """Stream ``stream_id``, taken by an accept cancelled, goes back for the next
+        (charged already), as :meth:`put_back_datagram`."""
         self.proto.session.incoming_streams.appendleft(stream_id)
         self.charged_streams.add(stream_id)
         self.wake()
@@ -489,10 +472,9 @@ def _first_stream(writer: DTPStreamWriter) -> bool:
 
 
 async def _shielded(task: asyncio.Task[None]) -> None:
-    """Wait for ``task`` without cancelling it should this task be cancelled. ``task``
-    cancelled by another (abort(), the loop's end) is not this task's cancellation: that
-    returns, so that a drain() nobody cancelled does not raise CancelledError into its
-    handler (tests/paid/test_aio_writer_abort.py)."""
+    """Wait for ``task`` without cancelling it; its cancellation by another returns, so
+    a drain() nobody cancelled does not raise CancelledError
+    (tests/paid/test_aio_writer_abort.py)."""
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -533,12 +515,8 @@ class PaidReader:
         return await self._throttled(data)
 
     def _unpaid_end(self) -> bytes:
-        """What a read returns when the connection ended while paused for payment:
-        the stream's failure raised, else b"" -- as the wrapped read with nothing
-        buffered. What is still buffered came beyond what the client paid for and is
-        never served: a handler's ``while await reader.read(n)`` loop ends at once
-        rather than spinning through them with the event loop held
-        (tests/paid/test_unpaid_end.py)."""
+        """What a read returns at an unpaid end: the failure raised, else b"". What is
+        buffered was never paid for and is not served (tests/paid/test_unpaid_end.py)."""
         failure = self._reader.exception()
         if failure is not None:
             raise failure
@@ -576,12 +554,12 @@ class PaidReader:
         return data
 
     async def _gather(self, need: int | None) -> tuple[bytes, int]:
-        """Gated chunks until ``need`` bytes came (None: until EOF), or EOF: (them, how
-        many are still missing). A read cancelled, or one that meets a reset or a
-        failure, consumes nothing, as asyncio's and dtp.aio's: what was gathered goes
-        back in front of the stream, charged already (tests/paid/test_aio_stream_wrappers.py)."""
+        """Gated chunks until ``need`` bytes came (None: EOF): (them, how many are
+        missing). A read cancelled or failed consumes nothing, as asyncio's
+        (tests/paid/test_aio_stream_wrappers.py)."""
         chunks: list[bytes] = []
         left = 0 if need is None else need
+        reader = self._reader
         try:
             while chunk := await self._chunk(CREDIT_MAX if need is None else left):
                 chunks.append(chunk)
@@ -589,6 +567,10 @@ class PaidReader:
                     left -= len(chunk)
                     if not left:
                         break
+                elif reader.at_eof():
+                    # the end came with the last bytes (a call's request, with its FIN):
+                    # a look at the gate for the b"" that follows would move nothing
+                    break
         except BaseException:
             self._put_back(b"".join(chunks))
             raise
@@ -644,6 +626,8 @@ class PaidWriter:
     def __init__(self, writer: DTPStreamWriter, paid: PaidConnection) -> None:
         self._writer = writer
         self._paid = paid
+        # the connection's first stream: its first bytes may make its request
+        self._first = writer.stream_id == 0
         # written, not let out yet: _held[_held_from:] (a bytearray, not a queue of the
         # caller's buffers, which it may reuse once write() returned)
         self._held = bytearray()
@@ -682,7 +666,7 @@ class PaidWriter:
         paid = self._paid
         # what goes now is charged to the rate limits at once, not at drain(): a callback
         # may never drain (tests/paid/test_rate_limit_asyncio_callback.py)
-        room = paid.write_now(size)
+        room = paid.write_now(size, self._first)
         if room == size:
             self._writer.write(data)
             self._charged(size)
@@ -714,12 +698,10 @@ class PaidWriter:
         try:
             while self._held_from < len(self._held):
                 start = self._held_from
-                # in slices the rate limit acts between, of its burst at most when the
-                # client has one, each after the debt is paid (wait_send waits for
-                # payment only): the backlog keeps to the rate, not paid for by a wait
-                # after it went (tests/paid/test_rate_limit_asyncio_callback.py)
+                # in slices the rate limit acts between, each after the debt is paid
+                # (tests/paid/test_rate_limit_asyncio_callback.py)
                 paced = await paid.pace(min(len(self._held) - start, SEND_SLICE))
-                await paid.wait_send()
+                await paid.wait_send(self._first)
                 n = paid.reserve(paced)
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held
@@ -782,7 +764,9 @@ class PaidWriter:
         if view:
             if self._closing is not None:
                 raise LocalProtocolError("write on a closed or half-closed DTP stream")
-            if self._releasing is None and self._paid.write_now(len(view)) == len(view):
+            if self._releasing is None and self._paid.write_now(len(view), self._first) == len(
+                view
+            ):
                 self._writer.write_eof(view)
                 self._charged(len(view))
                 return
@@ -793,10 +777,9 @@ class PaidWriter:
             self._writer.write_eof()
 
     def close(self) -> None:
-        """Close this stream; on the first stream, end the connection -- after what is
-        held went out and the client was asked for a receipt for all its usage (the
-        final receipt, docs/escrow.md 6.1: without it the usage since the last receipt,
-        all of a short request/reply's, would go unpaid)."""
+        """Close this stream; on the first stream, end the connection once what is held
+        went out and the final receipt was asked for (docs/escrow.md 6.1), as
+        :meth:`dtp.hostid.paid._blocking.PaidSocket.close`."""
         if self._closing is not None:
             return
         if _first_stream(self._writer) and not self._writer.is_closing():
@@ -838,11 +821,8 @@ class PaidWriter:
         await self._wait_released()
         proto = self._paid.proto
         if _first_stream(self._writer) and proto.hold_carrier:
-            # The server holds its end of the carrier until it settled, which it does
-            # once the callback returned: the wrapped wait (for the carrier's end) would
-            # wait for this very callback, and an echo's close() + wait_closed() would
-            # hold until the client gave up on the settlement. So this waits for the
-            # session's end (and our own close's part, if any); the carrier follows.
+            # the carrier ends with the settlement, after this callback: wait for the
+            # end of the session (and our close's part), or close() + wait_closed() would hang
             session = proto.session
             await proto.wait_for(lambda: session.terminated is not None)
             task = getattr(self._writer, "_close_task", None)
@@ -858,11 +838,8 @@ class PaidWriter:
         self._writer.abort(reason)
 
     def reset(self, code: int = 0) -> None:
-        """:meth:`dtp.aio.DTPStreamWriter.reset`: what is held is dropped with what is
-        unsent (a reset moves no data: no gate), and the client reads
-        :class:`~dtp.errors.StreamReset`. On the first stream the connection ends
-        without a final receipt (none comes over a reset stream): it is settled with
-        the latest receipt, as after any abort."""
+        """:meth:`dtp.aio.DTPStreamWriter.reset`, what is held dropped with what is unsent,
+        as :meth:`dtp.hostid.paid._blocking.PaidSocket.reset`."""
         if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 1 << 62:
             raise ValueError(f"a reset code is an int from 0 to 2**62 - 1, not {code!r}")
         # the release task's end must not close the stream before the reset does
@@ -874,18 +851,13 @@ class PaidWriter:
         self._writer.reset(code)
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
-        """Send a datagram when the gate's credit covers all of it (its bytes are
-        metered): never waits, so one that would wait for payment is dropped and
-        counted, as the writer drops one that does not fit. While they are, the client
-        is asked for a receipt, and once they have been for the pause timeout the
-        connection closes (:class:`~dtp.errors.PaymentRequired`), as a blocking send's
-        pause ends. Its bytes are charged to the rate limits as it goes: the debt holds
-        back the client's next read or write, and the next :meth:`drain` waits for it
-        (back-pressure: a sender that drains is never dropped for it). A send made while
-        the bytes/s limit is still in debt is dropped and counted, as the UDP relay
-        drops what is over the rate, so that a sender of datagrams alone that never
-        drains keeps to the limit. Once the connection ended it raises
-        how (ConnectionClosed, ...), as the wrapped writer does, paused or not."""
+        """Send a datagram when the gate's credit covers all of it. It never waits: one
+        that would wait for payment is dropped and counted (the client asked for a
+        receipt; after the pause timeout, :class:`~dtp.errors.PaymentRequired`), and so
+        is one sent while the bytes/s limit is in debt, so that a sender that never
+        drains keeps to the limit; what goes is charged at once, the next :meth:`drain`
+        waiting for the debt. Once the connection ended it raises how, as the wrapped
+        writer does."""
         self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
@@ -912,11 +884,18 @@ class PaidWriter:
 
     async def recv_datagram(self) -> bytes:
         """The connection's next datagram, once paid up (it is in the usage since it
-        arrived), within the rate limits."""
+        arrived: one that took it past what the gate serves waits for payment,
+        :meth:`PaidConnection.received`), within the rate limits."""
         paid = self._paid
-        await paid.wait_paid()
-        data = await self._writer.recv_datagram()
-        charge = 0 if paid.charged_already(data) else datagram_charge(len(data))
+        while True:
+            await paid.wait_paid()
+            data = await self._writer.recv_datagram()
+            charged = paid.charged_already(data)
+            # (judged as taken, not at the look before: one that came meanwhile may
+            # be past what the gate serves)
+            if paid.received(data, charged):
+                break
+        charge = 0 if charged else datagram_charge(len(data))
         await self._throttled(charge, 0, lambda: paid.put_back_datagram(data))
         return data
 
@@ -930,6 +909,28 @@ class PaidWriter:
         paid.charged_streams.discard(stream_id)
         await self._throttled(0, 0 if charged else 1, lambda: paid.put_back_stream(stream_id))
         return PaidReader(reader, paid), PaidWriter(writer, paid)
+
+    async def serve_streams(
+        self, handler: Callable[[PaidReader, PaidWriter], Awaitable[object]]
+    ) -> None:
+        """As :meth:`dtp.aio.DTPStreamWriter.serve_streams`, each stream a paid pair that
+        waits for payment and the request rate limit first, as an accepted one does; a
+        handler's writer is closed when it returns, after what it holds went out."""
+        paid = self._paid
+
+        async def serve(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+            try:
+                await paid.wait_paid()
+            except PaymentRequired:
+                return
+            await paid.throttle(0, 1)
+            paid_writer = PaidWriter(writer, paid)
+            await handler(PaidReader(reader, paid), paid_writer)
+            if not paid_writer.is_closing():
+                paid_writer.close()
+            await paid_writer._wait_released()
+
+        await self._writer.serve_streams(serve)
 
     async def _throttled(self, nbytes: int, requests: int, put_back: Callable[[], None]) -> None:
         """Charge what was just taken to the rate limits and wait as they say; cancelled

@@ -7,32 +7,24 @@ back meanwhile, so the client's writes block), and ``write()`` lets out only wha
 receipt gate allows, holding the rest until payment comes. Ledger calls and
 receipt-store writes run in threads, never on the event loop.
 
-:class:`PaidAioServer` is here whole: its constructor, the serving and end of a
-connection, the admission's verdicts and handing over, the host's policy refresh, and its
-lifetime, its start included; then :func:`serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from dtp.errors import (
-    ChainError,
-    DTPError,
-    LocalProtocolError,
-)
+from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted, checked_open_grace
 from dtp.hostid._connect import check_ledger_object
+from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._asyncio import (
     PaidCallback,
     PaidConnection,
@@ -40,7 +32,7 @@ from dtp.hostid.paid._asyncio import (
     PaidWriter,
     protocol_of,
 )
-from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for, watch_claims
 from dtp.hostid.paid._request_billing import (
     AsyncRequestServer,
     Billing,
@@ -49,39 +41,12 @@ from dtp.hostid.paid._request_billing import (
     request_server,
 )
 from dtp.hostid.paid._server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid._server_core import (
-    AdmitStep,
-    EndPhase,
-    EndStep,
-    HandleStep,
-    PaidServerCore,
-    ServerOptions,
-)
-from dtp.hostid.paid._server_steps import (
-    ended_connections,
-    ended_subscriptions,
-    host_to_refresh,
-    refresh_failed,
-    refused_clients,
-    release_store,
-    served_host,
-    writer_done,
-)
+from dtp.hostid.paid._server_books import ServerBooks
+from dtp.hostid.paid._server_core import AdmitStep, EndPhase, EndStep, HandleStep, ServerOptions
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments._ends import EndDeferred, EndLeft
-from dtp.payments._receipt_writer import ReceiptWriter
-from dtp.payments._serving import (
-    RECOVERY_CLOSE_WAIT,
-    DeferredEnds,
-    Recovery,
-    SettlementRetries,
-    closes_store,
-    open_store,
-    recover_store,
-    served_refusal,
-    settle_ended,
-)
+from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, open_store, served_refusal
 from dtp.payments._settlement import publish_endpoint
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport._admission import (
@@ -95,8 +60,6 @@ if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger._objects import Settlement
     from dtp.ledger.interface import Ledger
-    from dtp.payments._gate import ConnectionIds
-    from dtp.payments._ratelimit import RateLimiter
     from dtp.protocol.connection import ConnectionConfig
     from dtp.transport.asyncio._protocol import Protocol as _Protocol
     from dtp.transport.asyncio._server import DTPServer
@@ -113,34 +76,19 @@ _WRITER_POLL = 0.05
 _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 
 
-class PaidAioServer:
+class PaidAioServer(ServerBooks[PaidConnection]):
     """The asyncio paid server (see :func:`serve`)."""
 
-    ledger: Ledger
     _open_grace: float | None
-    identity: HostIdentity
     host_id: str
     port: int
     callback: PaidCallback | AsyncRequestServer
     requests: AsyncRequestServer | None
-    store: ReceiptStore
-    _own_store: bool
-    receipt_writer: ReceiptWriter
-    policy: ServicePolicy
-    core: PaidServerCore[PaidConnection]
     server: DTPServer | None
     admission: PaidAdmission[Awaitable[str | None]] | None
     _refunds: set[asyncio.Task[None]]
-    limiter: RateLimiter
-    recovered: list[tuple[str, Settlement]]
-    settlements: deque[tuple[str, Settlement]]
     _callback_tasks: set[asyncio.Task[Any]]
-    _serving: ConnectionIds
-    retries: SettlementRetries
-    left: deque[tuple[str, EndLeft]]
-    deferred: DeferredEnds
     _policy_task: asyncio.Task[None] | None
-    _recovery: Recovery | None
     _closing: asyncio.Event
     _lifetime: asyncio.Task[bool] | None
     _loop_ending: bool
@@ -167,45 +115,23 @@ class PaidAioServer:
             if checked_billing(billing) == "requests"
             else None
         )
-        self.ledger = ledger
         self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
-        self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.callback = callback
-        self.store = store
-        self._own_store = close_store  # closed with the server (one serve() opened)
-        self.receipt_writer = ReceiptWriter(store)
-        self.policy = policy
-        #: The server-wide rules (called from the event loop only)
-        self.core: PaidServerCore[PaidConnection] = PaidServerCore(policy)
+        # (the store is closed with the server when serve() opened it; the server-wide
+        # rules, self.core, are called from the event loop only)
+        self._keep_books(ledger, identity, policy, store, close_store)
         self.server: DTPServer | None = None
         #: The ledger admission (made as the server starts)
         self.admission: PaidAdmission[Awaitable[str | None]] | None = None
         # settlements of connections refused at a connection limit (held: the loop
         # keeps only weak references to tasks)
         self._refunds: set[asyncio.Task[None]] = set()
-        self.limiter = self.core.limiter
-        self.recovered: list[tuple[str, Settlement]] = []
-        self.settlements = self.core.settlements
         #: the tasks running a callback (wait_released() there would wait for its own
         #: connection; a task a callback starts is another, free to wait)
         self._callback_tasks: set[asyncio.Task[Any]] = set()
-        self._serving = self.core.serving
-        #: The settlements that failed, retried by the recovery thread (it reserves
-        #: each connection ID in ``_serving`` as a DTP connection would)
-        self.retries = SettlementRetries(
-            ledger, identity, self.receipt_writer, self._serving, self.settlements
-        )
-        self.left = self.core.left
-        """The most recent ends left to their clients: (connection ID, fee and gas)."""
-        #: The ends waiting to be settled together (their fees below a transaction's
-        #: gas), settled or left in the recovery rounds and at the release
-        self.deferred = DeferredEnds(
-            ledger, identity, self.receipt_writer, policy.end_rule, self.settlements, self.left
-        )
-        self._policy_task: asyncio.Task[None] | None = None
-        self._recovery: Recovery | None = None  # (started with the policy task)
+        self._policy_task: asyncio.Task[None] | None = None  # (with the recovery)
         self._closing = asyncio.Event()
         self._lifetime: asyncio.Task[bool] | None = None
         #: The loop is ending (asyncio.run cancelled the lifetime task): the release
@@ -281,6 +207,7 @@ class PaidAioServer:
             if refused.settle and await self._settle_surely(cid, None, admitted):
                 raise asyncio.CancelledError from None
             return
+        watch_claims(self.claimer, gate)  # (ended by its settlement, in _end)
         paid = PaidConnection(
             proto,
             gate,
@@ -304,7 +231,9 @@ class PaidAioServer:
                 # each RPC request pays by its receipt (request_billing), not the bytes
                 # (the store read in a thread: the loop never waits on the disk)
                 key = normalize_id(cid, "connection ID")
-                bill = await asyncio.to_thread(bill_for, paid.gate, key, self.store, self.ledger)
+                bill = await asyncio.to_thread(
+                    bill_for, paid.gate, key, self.store, self.ledger, self.claimer.kept
+                )
                 await self.requests.serve_billed(reader, writer, bill)
             else:
                 callback = cast(PaidCallback, self.callback)
@@ -328,11 +257,8 @@ class PaidAioServer:
         failed: bool,
         admitted: Admitted | None = None,
     ) -> None:
-        """The end phase of a served connection: the core's :class:`EndPhase` gives its
-        steps in order, each made here; one that raises is logged, and the later ones
-        run all the same (the top-up read and the settlement protect money). A
-        cancellation (asyncio.run ending the loop, which cancels each task once) cuts
-        the waits short, but not the settlement: it is re-raised once settled."""
+        """The end phase of a served connection, the steps of :class:`EndPhase`; a
+        cancellation cuts the waits short, not the settlement, and is re-raised after."""
         phase = EndPhase(self.core, paid, failed)
         for step in phase:
             try:
@@ -420,27 +346,9 @@ class PaidAioServer:
             proto.close_carrier()
 
     async def _settle(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> None:
-        # The settlement reads and marks the receipt store from its thread, which goes
-        # on when this task is cancelled (asyncio.run ending the loop with the server
-        # still settling): it counts as a handler until the thread is done, so that the
-        # store is not closed under it (a crash in SQLite, or the claim's mark lost).
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            None,
-            functools.partial(
-                settle_ended,
-                self.ledger,
-                self.identity,
-                cid,
-                self.receipt_writer,
-                final,
-                escrow=None if known is None else known.escrow,
-                connection=None if known is None else known.connection,
-                rule=self.deferred.rule,
-                batch=self.deferred.batch,
-                now=time.monotonic(),
-            ),
-        )
+        # the settlement's thread goes on when this task is cancelled: it counts as a
+        # handler until done, so the store is not closed under it
+        job = asyncio.get_running_loop().run_in_executor(None, self._settling(cid, final, known))
         self.core.work_starts()
         job.add_done_callback(self._settled)
         cancelled = False
@@ -454,8 +362,7 @@ class PaidAioServer:
                 if job.cancelled():
                     raise
                 cancelled = True
-        if not self.core.settled(cid, settlement):
-            self.retries.add(cid)
+        self._record(cid, settlement)
         if cancelled:
             raise asyncio.CancelledError
 
@@ -472,10 +379,8 @@ class PaidAioServer:
     # -- handing over: the admission's verdicts, a connection nobody will serve ----------------
 
     async def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
-        """The admission of ``peer`` on the loop (``check``, the ledger's verdict, in a
-        thread), counted as work the release waits for. Admitted as the server closes,
-        nobody will serve it: it is settled at once (nothing claimed, the whole deposit
-        refunded) and refused, rather than left Open until the half-close timeout."""
+        """The admission of ``peer`` (``check`` in a thread), counted as work the release
+        waits for; one admitted as the server closes is refused and settled at once."""
         if not self.core.admission_starts():
             return CLOSED_REFUSAL
         try:
@@ -490,11 +395,8 @@ class PaidAioServer:
             self._done()
 
     def _refused_at_limit(self, cid: str) -> None:
-        """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
-        loop, in the step that ran the admission): a valid, funded connection nobody
-        will serve, settled now, nothing claimed, so that the client's deposit comes
-        back whole at once rather than after the half-close timeout (docs/escrow.md §2,
-        as the daemon does). Counted until settled: the release waits for it."""
+        """The DTPServer refused ``cid`` at a connection limit: settled now, nothing
+        claimed, the deposit back at once (docs/escrow.md §2); the release waits for it."""
         self.core.work_starts()
         # taken now, before the DTPServer's refusal drops what admission read of it
         task = asyncio.ensure_future(self._settle_refused(cid, self._take_admitted(cid)))
@@ -512,10 +414,8 @@ class PaidAioServer:
         return None if self.admission is None else self.admission.take_view(cid)
 
     async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
-        """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve (``admitted``: what admission read of it, taken; no
-        receipt came on it: nothing is claimed), unless another DTP connection on it is
-        being served or settled (its settlement closes it)."""
+        """Settle an admitted connection the server will not serve (nothing claimed),
+        unless another one on it is served or settled."""
         key = self.core.reserve_unserved(cid)
         if key is None:
             return
@@ -539,16 +439,16 @@ class PaidAioServer:
                 await self.refresh_policy()
             except Exception:  # (not the end of the task: see refresh_failed)
                 # (nobody retrieves the task's exception; a cancellation passes)
-                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+                steps.refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
+        host = await asyncio.to_thread(steps.host_to_refresh, self.ledger, self.host_id, logger)
         if host is None:
             return
         clients = frozenset(paid.client for paid in self.core.live())
         denied = (
-            await asyncio.to_thread(refused_clients, self.ledger, host, clients, logger)
+            await asyncio.to_thread(steps.refused_clients, self.ledger, host, clients, logger)
             if clients
             else frozenset()
         )
@@ -559,13 +459,15 @@ class PaidAioServer:
         due = refresh.ledger_checks
         if not due:
             return
-        ended = await asyncio.to_thread(ended_connections, self.ledger, due, logger)
+        ended = await asyncio.to_thread(steps.ended_connections, self.ledger, due, logger)
         for paid in ended:
             paid.closed_on_ledger()
         # a connection opened with a subscription ends with it (docs/escrow.md §13)
         open_ones = [paid for paid in due if paid not in ended]
         if any(paid.subscription is not None for paid in open_ones):
-            over = await asyncio.to_thread(ended_subscriptions, self.ledger, open_ones, logger)
+            over = await asyncio.to_thread(
+                steps.ended_subscriptions, self.ledger, open_ones, logger, host
+            )
             for paid, why in over:
                 paid.subscription_ended(why)
 
@@ -580,16 +482,23 @@ class PaidAioServer:
         assert self.server is not None
         return self.server.address
 
+    @property
+    def websocket_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The (host, port) each of the server's WebSocket listeners is bound to, in the
+        order they were made (``websocket=(host, 0)`` picks a free port: this says which);
+        empty for a server on TCP alone. A page's URL is ``ws://host:port/`` on one of
+        them, any path (docs/web-frontend.md)."""
+        assert self.server is not None
+        return self.server.websocket_addresses
+
     async def _start(self, options: ServerOptions) -> None:
         """Recover the store, listen on the ``options``' address (with their handshake
         bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
         from dtp.hostid._asyncio import start_server
 
-        host = await asyncio.to_thread(served_host, self.ledger, self.host_id, self.port)
-        # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
-        # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
-        # cannot stop the thread, so an attach it makes after we stopped waiting is
-        # undone when it ends (else the store would count this server for good).
+        host = await asyncio.to_thread(steps.served_host, self.ledger, self.host_id, self.port)
+        # in a thread (up to BUSY_TIMEOUT for the lock file), shielded: an attach made
+        # after a cancellation is undone, or the store would count this server for good
         attaching = asyncio.ensure_future(asyncio.to_thread(self.store.attach_server))
         try:
             alone = await asyncio.shield(attaching)
@@ -597,11 +506,7 @@ class PaidAioServer:
             attaching.add_done_callback(self._attached_too_late)
             raise
         self.core.attached = True
-        self.recovered = await asyncio.to_thread(
-            functools.partial(
-                recover_store, self.ledger, self.identity, self.store, alone, deferred=self.deferred
-            )
-        )
+        self.recovered = await asyncio.to_thread(self._recovered, alone)
         # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
         # the event loop (_admit), where close() runs, and from there to the callback
         # nothing yields to the loop, so close() cannot come between the two
@@ -612,6 +517,7 @@ class PaidAioServer:
             self.host_id,
             self.port,
             self._open_grace,
+            self.identity,
         )
         self.server = await start_server(
             self._handle,
@@ -633,15 +539,10 @@ class PaidAioServer:
         )
         self.core.start(host, time.monotonic())
         self._policy_task = asyncio.ensure_future(self._policy_loop())
-        self._recovery = Recovery(
-            self.ledger, self.identity, self.store, self.recovered, self.retries, self.deferred
-        )
-        self._recovery.start()
-        # The server lives no longer than its event loop: asyncio.run ending with it
-        # open (this task cancelled) closes it as close() does, or its receipt writer's
-        # thread would run on, and the store it opened stay open. The connections' tasks,
-        # cancelled with it, still settle (_end waits for the settlement through the
-        # cancellation, then re-raises it).
+        self._make_recovery().start()
+        self.claimer.start()
+        # the server lives no longer than its loop: cancelled, it closes as close()
+        # does, or its writer's thread and its store would stay open
         self._lifetime = asyncio.ensure_future(self._closing.wait())
         self._lifetime.add_done_callback(self._lifetime_ended)
 
@@ -685,10 +586,8 @@ class PaidAioServer:
         if release_now:
             self._release()
         else:
-            # what is waiting is written now (the last connection to end stops the
-            # writer). Waited for in a thread: a commit held up (a stalled disk, another
-            # process holding the store's lock) froze the loop, every connection's I/O
-            # and timers with it, for the flush's timeout.
+            # what is waiting is written now, waited for in a thread: a stalled commit
+            # froze the loop for the flush's timeout
             threading.Thread(
                 target=self.receipt_writer.flush,
                 kwargs={"timeout": 5.0},
@@ -697,13 +596,9 @@ class PaidAioServer:
             ).start()
 
     def _release(self) -> None:
-        """Stop the receipt writer and close our own store (once, when the server is
-        closed and no connection can write any more): in the loop's executor (joining
-        the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
-        waits for the executor's jobs before it returns, so the store is closed by
-        then -- unless the writer is still writing after that wait: then its thread
-        detaches and closes, once it stops), which sets ``_released`` when done; inline
-        when no loop runs or it is ending (its executor shut down)."""
+        """Stop the receipt writer and close our own store, once, in the loop's executor
+        (asyncio.run waits for it), setting ``_released``; inline when the loop is
+        ending."""
         job: asyncio.Future[None] | None = None
         if not self._loop_ending:
             with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
@@ -727,14 +622,7 @@ class PaidAioServer:
         # (the wait for a recovery under way bounded inline, for the loop's own thread
         # runs this when the loop is ending: a claim that takes longer has its
         # "claimed" mark logged as not written, the claim made)
-        release_store(
-            self.core,
-            self.receipt_writer,
-            self.store,
-            self._own_store,
-            self._recovery,
-            RECOVERY_CLOSE_WAIT if inline else None,
-        )
+        self._release_books(RECOVERY_CLOSE_WAIT, RECOVERY_CLOSE_WAIT if inline else None)
 
     async def wait_closed(self) -> None:
         """Wait until the listener is closed (connections being served go on: see
@@ -776,8 +664,8 @@ class PaidAioServer:
             await asyncio.wait_for(self._released.wait(), timeout)
         if not self._released.is_set():
             return False
-        # (writer_done(…, 0) only looks: the writer's thread is told to stop already)
-        while not writer_done(self.receipt_writer, 0):
+        # (_writer_done(0) only looks: the writer's thread is told to stop already)
+        while not self._writer_done(0):
             if deadline is not None and loop.time() >= deadline:
                 return False
             await asyncio.sleep(_WRITER_POLL)
@@ -808,25 +696,13 @@ async def serve(
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client.
 
-    ``billing``: as :func:`dtp.socket.serve`'s. ``"bytes"`` (the default) meters each
-    connection by its transport and ``callback`` gets a paid stream pair;
-    ``"requests"`` bills per request: ``callback`` is an
-    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments``, each of its
-    requests paid by the receipt it carries (docs/messaging.md §2.5), kept before it is
-    served and claimed when the connection ends. TypeError / ValueError for a callback
-    that is not such a server (a blocking RpcServer included), before the ledger is
-    read or written.
-
-    ``max_handshakes``, ``backlog`` (the longest line of connections waiting for one of
-    those handshakes to end), ``max_handshakes_per_address`` and
-    ``max_waiting_per_address``: the bounds on handshakes in progress, as
-    :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
-    TypeError for a backlog that is no integer -- but before the ledger is read or
-    written). ``open_grace``: the admission's grace for an open still landing, as
-    :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
-    written). ``websocket=(host, port)`` and ``origins``: also serve over the WebSocket
-    carrier, as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
-    only); its address is ``server.server.websocket_addresses``."""
+    ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` taking an
+    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments`` (docs/messaging.md
+    §2.5). ``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
+    ``max_waiting_per_address``, ``open_grace``, ``websocket=(host, port)`` and
+    ``origins``: as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
+    only; the WebSocket address is ``server.websocket_addresses``). Every option is
+    refused before the ledger is read or written."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
     checked_billing(billing)  # (the callback is checked with it as the server is made)
@@ -844,6 +720,7 @@ async def serve(
         open_grace=open_grace,
         websocket=websocket,
         origins=origins,
+        ledger=ledger,
     )
     store, opened = open_store(receipts)
     try:

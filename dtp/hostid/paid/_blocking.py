@@ -14,12 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from dtp.errors import (
-    ChainError,
-    DTPError,
-    DTPTimeoutError,
-    PaymentRequired,
-)
+from dtp.errors import ChainError, DTPError, DTPTimeoutError, PaymentRequired
 from dtp.hostid.paid._engine import (
     Close,
     Credit,
@@ -36,12 +31,7 @@ from dtp.hostid.paid._policy import (
     not_forwarded,
 )
 from dtp.ledger.receipt import Receipt
-from dtp.payments._gate import (
-    RECEIPT_REQUEST,
-    GateState,
-    GateVerdict,
-    ReceiptGate,
-)
+from dtp.payments._gate import RECEIPT_REQUEST, GateState, GateVerdict, ReceiptGate
 from dtp.payments._ratelimit import ClientBuckets, datagram_charge
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.transport.blocking._checks import (
@@ -112,7 +102,7 @@ class PaidConnection:
             while engine.session.receipts:
                 self.on_receipt(engine.session.receipts.popleft())
 
-    # (blocking only: the server reads the session's end here; asyncio's reads it off proto)
+    # (blocking only: the server reads the end of the session here; asyncio's off proto)
     @property
     def terminated(self) -> ConnectionTerminated | None:
         """How the connection's session ended (None: not yet)."""
@@ -154,21 +144,15 @@ class PaidConnection:
         self.wake()
 
     def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read): a pause of datagram sends ends
-        once the credit covers the datagram a send last found no credit for
-        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_covered_again`,
-        as asyncio's)."""
+        """Payment came: a pause of datagram sends may end
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_covered_again`)."""
         if self.core.unpaid_datagrams_since is None:
-            # no pause of datagram sends: the engine lock is not taken, so that the
-            # receipt writer's thread never waits on it (a server's release holds it
-            # while it waits for that writer to finish). A pause a send begins after
-            # this look is timed from after the payment, which its verdict then sees.
+            # no pause: the engine lock is not taken, so that the receipt writer's
+            # thread never waits on it (a server's release holds it waiting for that writer)
             return
         engine = self.engine
-        # the test, the judgment and the clear under the engine lock, which a waiting
-        # datagram send holds from its step's read of the pause's start to its use
-        # (_look_at_gate): a step never judges by a start from before a payment that ended
-        # that pause (tests/paid/test_datagram_pause_rule.py)
+        # under the engine lock, which a waiting datagram send holds across its step: no
+        # step judges by a pause a payment ended (tests/paid/test_datagram_pause_rule.py)
         with engine.lock:
             self.core.datagrams_covered_again(
                 engine.conn.usage, engine.conn.send_buffered() + self.credit.sending
@@ -184,16 +168,11 @@ class PaidConnection:
         sock: DTPSocket | None = None,
         timeout: float | Literal["socket"] | None = "socket",
     ) -> None:
-        """Return when the receipts cover the usage (within the allowance); while they
-        do not, neither read nor write (so no flow-control credit goes back) and ask the
-        client for a receipt. Raises PaymentRequired after closing the connection when
-        none comes within the pause timeout.
-
-        ``sock``: the socket whose call waits, and ``timeout`` the call's own
-        (``"socket"``: ``sock``'s, as for recv; a number or None: recv_datagram's): a
-        pause is waited out within it, then raises as the unpaid call would when nothing
-        comes (:meth:`_look_at_gate`). The gate's pause clock goes on across such calls:
-        the connection closes once paused ``pause_timeout``, at the next call that looks."""
+        """Return when the receipts cover the usage; meanwhile move nothing (no
+        flow-control credit goes back) and ask for a receipt; PaymentRequired, the
+        connection closed, when none comes within the pause timeout. A pause is waited
+        out within ``timeout`` (``"socket"``: ``sock``'s), then raises as the unpaid call
+        would (:meth:`_look_at_gate`)."""
         if self.credit.read > 0:
             return  # within what the gate allowed at its last look
         self._look_at_gate(False, 0, sock, timeout)
@@ -201,22 +180,20 @@ class PaidConnection:
     def wait_send(
         self, sock: DTPSocket, nowait: bool = False, deadline: float | None = None
     ) -> None:
-        """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
-        queued bytes to go is waiting for the client to read, as a plain send waits:
-        within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
-        and so is a pause for payment. ``nowait`` (a send with MSG_DONTWAIT, or on a
-        non-blocking socket): one look at the gate and at what came, waiting for
-        nothing, then BlockingIOError when the credit covers none of the write (a
-        paused connection asks for a receipt as any paused call does). ``deadline``
-        (monotonic): the call's own end, in place of ``sock``'s timeout from now (a
-        sendall's, which bounds the whole call)."""
+        """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`): queued bytes
+        and a pause are waited for within ``sock``'s timeout, as a plain send waits.
+        ``nowait``: one look, then BlockingIOError when the credit covers none of it;
+        ``deadline`` (monotonic): the call's own end in place of the timeout (sendall)."""
         if self.credit.send > 0:
             return
         start = time.monotonic()
         timeout: float | Literal["socket"] = (
             "socket" if deadline is None else max(0.0, deadline - start)
         )
-        while not self._look_at_gate(True, 0, sock, timeout, start, nowait=nowait, ends=deadline):
+        first = sock.stream_id == 0  # (its bytes may make the first stream's request)
+        while not self._look_at_gate(
+            True, 0, sock, timeout, start, nowait=nowait, ends=deadline, first=first
+        ):
             if nowait:
                 raise BlockingIOError(errno.EAGAIN, "operation would block")
             _timed_out(sock, start, deadline)
@@ -232,21 +209,17 @@ class PaidConnection:
         *,
         nowait: bool = False,
         ends: float | None = None,
+        first: bool = False,
     ) -> bool:
-        """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
-        ``writing``): False when the credit it allows is all held by writes under way or
-        queued (after waiting a little for some of them to go; ``nowait``: not at all,
-        and a pause is waited out as on a non-blocking socket), so that the writer looks
-        again. ``whole``: bytes of a write that cannot go in part (a datagram), judged
-        as if in the usage already: paused until the credit covers all of them.
-        ``sock``, ``timeout``: the call's timeout, which a pause is waited out within
-        (:meth:`wait_paid`; None ``sock``: until the pause ends), counted from ``began``
-        (the call's start; by default the pause's), then BlockingIOError (the socket's
-        timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes.
-        ``ends``: the call's end, which a wait for writes to go stops at too."""
+        """One look at the gate for :meth:`wait_paid` / :meth:`wait_send`
+        (``writing``; ``first``: on the first stream, its request counted ahead): False
+        when writes under way or queued hold all the credit, so the writer looks again.
+        ``whole``: bytes that cannot go in part, judged as in the usage already. A pause
+        is waited out within the call's timeout from ``began`` (None ``sock``: to its
+        end), then raises as the unpaid call would; ``ends`` bounds the wait for writes."""
         total_bytes, total_requests = self.engine.conn.usage
         if self.gate.serving(total_bytes + whole, total_requests):
-            return self._refill(writing, whole, nowait, ends)
+            return self._refill(writing, whole, nowait, ends, first)
         self.read_deposit()
         verdict = self.verdict(whole)
         now = time.monotonic()
@@ -298,20 +271,14 @@ class PaidConnection:
         if step.close is not None:
             self.abort(step.close)
             raise PaymentRequired(step.close.reason, step.close.code)
-        return self._refill(writing, whole, nowait, ends)
+        return self._refill(writing, whole, nowait, ends, first)
 
     def read_deposit(self, *, ending: bool = False) -> None:
-        """Read the escrow again when the gate wants it (the deposit holds a paused
-        connection, or a receipt waits above it: the client may have topped it up while
-        the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
-        with what it holds now. A gate that kept the deposit admission read would hold a
-        client that topped up to the old one, and close the connection as invalid at its
-        first receipt above it. Called without the engine lock (a ledger read).
-
-        ``ending`` (the connection is over, the settlement next): read it whenever a
-        receipt still waits above the deposit, whatever the interval: a connection still
-        serving need not have read it, and the settlement would claim an older receipt
-        than the one the client signed after its top-up
+        """Read the escrow again when the gate wants it
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.escrow_to_read`), so that a
+        client that topped up is served on rather than held to the old deposit. Without
+        the engine lock (a ledger read). ``ending``: also whenever a receipt waits above
+        the deposit, or the settlement claims an older one
         (tests/paid/test_top_up_over_deposit.py)."""
         ledger = self.ledger
         if ledger is None:
@@ -336,15 +303,17 @@ class PaidConnection:
             self.credit.void()
 
     def _refill(
-        self, writing: bool, whole: int = 0, nowait: bool = False, deadline: float | None = None
+        self,
+        writing: bool,
+        whole: int = 0,
+        nowait: bool = False,
+        deadline: float | None = None,
+        first: bool = False,
     ) -> bool:
-        """Set the credit to what the gate allows (the connection serving); for writes,
-        less the bytes written but not in the usage yet: those of writes under way, and
-        those queued in the connection beyond the client's flow-control window (the
-        usage counts a byte once it is sent). False when they hold all of it (or, for a
-        write of ``whole`` bytes, too much of it for them), after waiting up to
-        ``request_interval`` for some of them to go (``nowait``: after one look at what
-        came; ``deadline``: no longer than until then)."""
+        """Set the credit to what the gate allows, for writes less the bytes under way
+        or queued; False when they hold all of it (or too much for ``whole``), after
+        waiting up to ``request_interval`` for some to go (``nowait``: one look;
+        ``deadline``: no later)."""
         engine = self.engine
         wait = self.policy.request_interval
         if deadline is not None:
@@ -360,7 +329,10 @@ class PaidConnection:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = self.ended()
-            step = self.core.refill_send(self.credit, usage, queued, whole, ended=ended)
+                pending = engine.conn.requests_pending if first else 0
+            step = self.core.refill_send(
+                self.credit, usage, queued, whole, ended=ended, pending=pending
+            )
             if step is RefillStep.GO:
                 return True
             if step is RefillStep.WRITES:
@@ -396,15 +368,9 @@ class PaidConnection:
         nowait: bool = False,
         deadline: float | None = None,
     ) -> tuple[int, int]:
-        """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
-        (a datagram cannot go in part: its bytes are metered as they go), pausing for a
-        receipt as a write does at the end of the credit; then take from the credit as
-        many datagrams from ``start`` on as it covers (:meth:`Credit.reserve_datagrams`).
-        Returns (how many, their bytes held as under way until :meth:`sent`); (0, 0)
-        once the connection ended (the send then reports how). Waits as
-        :meth:`wait_send` does: ``nowait``, for nothing (BlockingIOError when the
-        credit does not cover the datagram now); else until ``deadline`` (monotonic;
-        None: within ``sock``'s timeout from now), then DTPTimeoutError."""
+        """Wait (as :meth:`wait_send`) until the credit covers ``sizes[start]`` whole,
+        then take as many datagrams as it covers (:meth:`Credit.reserve_datagrams`):
+        (how many, their bytes under way until :meth:`sent`); (0, 0) once ended."""
         first = sizes[start]
         began = time.monotonic()
         timeout: float | Literal["socket"] = (
@@ -438,10 +404,9 @@ class PaidConnection:
                 self._cond.notify_all()
 
     def room(self, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): no more
-        than the gate's credit, at least 1 byte (the gate said serve; 0 once the
-        connection ended while it does not). Short of the cached credit, the gate is
-        asked again before the read is cut (tests/paid/test_receipt_gate_read_room.py)."""
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`); short of
+        the cached credit the gate is asked again first
+        (tests/paid/test_receipt_gate_read_room.py)."""
         credit = self.credit
         if nbytes <= credit.read:
             return nbytes
@@ -497,11 +462,9 @@ class PaidConnection:
             self._hold(delay, core.debt)
 
     def wait_debt(self, nowait: bool = False, deadline: float | None = None) -> None:
-        """Return once neither rate limit is in debt (what went before was charged
-        without a wait: a timed or non-blocking send's): at once when unlimited;
-        ``nowait``: BlockingIOError instead of a wait; ``deadline``: DTPTimeoutError
-        once it passes first. A datagram goes whole or not at all, so it waits for the
-        debt alone, not for a take of the bucket as stream bytes do (:meth:`pace`)."""
+        """Return once neither rate limit is in debt (``nowait``: BlockingIOError;
+        ``deadline``: DTPTimeoutError): a datagram goes whole, so it waits for the debt
+        alone, not for a take as stream bytes do (:meth:`pace`)."""
         buckets = self.buckets
         if not buckets.bytes.rate and not buckets.requests.rate:
             return
@@ -513,13 +476,9 @@ class PaidConnection:
         self._hold(delay, core.debt, deadline)
 
     def pace(self, nbytes: int, nowait: bool = False, deadline: float | None = None) -> int:
-        """How much of a read or write of ``nbytes`` stream bytes goes now under the
-        client's bytes/s limit: at most the bucket's take, once the bucket holds it
-        (waits until then, and while the requests/s limit is in debt; ``nowait``:
-        BlockingIOError instead of a wait; ``deadline``: DTPTimeoutError once it
-        passes first -- nothing charged either way). Unlimited: all of it at once (no
-        clock read, no lock).
-        See :attr:`dtp.payments._ratelimit.TokenBucket.take`."""
+        """How much of ``nbytes`` goes now under the bytes/s limit, once the bucket holds
+        its take (waits as :meth:`wait_debt`, nothing charged on a raise); unlimited:
+        all at once, no clock read, no lock."""
         core = self.core
         if not self.buckets.bytes.rate and not core.credit_rate:
             return nbytes
@@ -547,11 +506,8 @@ class PaidConnection:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
         limits' lock), or until the connection ends; past ``deadline``, DTPTimeoutError
         instead."""
-        # a wait the connection's end cuts short: a large chunk's debt at a low rate
-        # lasts long, and a plain sleep would hold the handler -- and so the settlement
-        # and the server's release -- for all of it after the client had gone. Looked at
-        # again each refresh interval: the Host may raise or lift the limit meanwhile,
-        # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
+        # a wait the connection's end cuts short (a sleep would hold the settlement
+        # after the client had gone), looked at again each refresh interval (hold_wait)
         engine = self.engine
         ended = self.ended
         while delay > 0:
@@ -567,6 +523,28 @@ class PaidConnection:
                 return
             with self.limit_lock:
                 delay = again(time.monotonic())
+
+    def received(self, batch: list[bytes]) -> int:
+        """How many of ``batch`` go to the application now
+        (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.datagrams_received`, under
+        the engine lock); the rest are read again once paid for. At an unpaid end they
+        are dropped, so the next read reports the end rather than take them again."""
+        engine = self.engine
+        with engine.lock:
+            queue = engine.session.datagrams
+            usage = engine.conn.usage
+            count = self.core.datagrams_received(usage, batch, queue)
+            if count < len(batch):
+                if self.ended() and not self.gate.serving(*usage):
+                    queue.clear()
+                else:
+                    queue.extendleft(reversed(batch[count:]))
+        if count < len(batch):
+            with self._cond:
+                self.credit.void()
+        if count:
+            self.credit.spent(sum(map(len, batch[:count])))
+        return count
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
@@ -619,11 +597,8 @@ def _send_within(sock: DTPSocket, view: memoryview, timeout: float) -> int:
 def _left_of(
     sock: DTPSocket, timeout: float | Literal["socket"] | None, began: float
 ) -> float | Literal["socket"] | None:
-    """What is left, at the wait for the datagram, of a receive's ``timeout`` (as
-    :meth:`dtp.socket.DTPSocket.recv_datagram` takes it) that began at ``began`` and
-    waited for payment first: the pause comes out of it, so that the call lasts no
-    longer than its timeout. None (no limit) and a non-blocking socket's
-    "socket" stay as they are; 0 left is one look."""
+    """What is left of a receive's ``timeout``, begun at ``began``, after it waited for
+    payment: the call lasts no longer than its timeout (None and "socket" as they are)."""
     limit = checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
     if limit is None or limit == 0:
         return timeout
@@ -709,25 +684,19 @@ class PaidSocket:
 
     def send(self, data: Any, flags: int = 0) -> int:
         """:meth:`dtp.socket.DTPSocket.send`, once the connection is paid up and within
-        the rate limits: sends at most what the gate still allows and returns how much
-        was sent.
+        the rate limits: sends at most what the gate still allows; returns how much.
 
-        ``flags``: 0, or ``socket.MSG_DONTWAIT`` to wait for nothing, payment included,
-        whatever the timeout: when the gate's credit covers none of the send now (the
-        connection paused for a receipt, or its credit held by writes under way or
-        queued), the call looks once at what came (a paused connection asks the client
-        for a receipt, as any paused call does, and reads the escrow again at most once a
-        second, a ledger read: how a top-up is seen) and raises BlockingIOError, as the
-        socket's send does when nothing fits: nothing sent, nothing charged; send again
-        later. So too when the rate limits would hold the send back; what it sends is
-        charged to them without a wait, the debt holding back the next call. Other
-        flags raise as the socket's send does, before any wait. An empty send returns 0
-        at once, paused or not, as the socket's does.
+        ``flags``: 0, or ``socket.MSG_DONTWAIT`` to wait for nothing, payment included:
+        when the credit covers none of the send now (paused, or held by writes under
+        way or queued) or the rate limits would hold it back, the call looks once at
+        what came (a paused connection asks for a receipt and reads the escrow again, at
+        most once a second) and raises BlockingIOError, nothing sent or charged. What it
+        sends is charged to the rate limits without a wait, the debt holding back the
+        next call. Other flags raise as the socket's send does; an empty send returns 0.
 
-        A non-blocking socket (``settimeout(0)``, ``setblocking(False)``) sends as
-        MSG_DONTWAIT does; a positive timeout bounds every wait of the call, payment and
-        the rate limits included (DTPTimeoutError, ``socket.timeout``, nothing sent or
-        charged), the debt of what it sent holding back the next call."""
+        A non-blocking socket sends as MSG_DONTWAIT does; a positive timeout bounds
+        every wait of the call, payment and the rate limits included (DTPTimeoutError,
+        nothing sent or charged)."""
         nowait = False
         if flags or type(flags) is not int:
             if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
@@ -774,11 +743,8 @@ class PaidSocket:
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
-        and the rate limits between the pieces). The socket's timeout bounds the whole
-        call, as :meth:`dtp.socket.DTPSocket.sendall`'s does (DTPTimeoutError, an
-        unknown part of ``data`` sent); a non-blocking socket sends what goes now,
-        then BlockingIOError, as a socket's sendall does."""
+        """Send all of ``data`` through :meth:`send`, piece by piece; the timeout bounds
+        the whole call, as :meth:`dtp.socket.DTPSocket.sendall`'s does."""
         if flags or type(flags) is not int:
             checked_flags(flags)  # the socket's error for any (the pieces go without)
         view = readable(data)  # (as send)
@@ -790,11 +756,9 @@ class PaidSocket:
             view = view[n:]
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        """:meth:`dtp.socket.DTPSocket.sendfile`, metered: the file goes out through
-        :meth:`send`, piece by piece, so the gate and the rate limits act between the
-        pieces (the wrapped socket's would send it all past them). Returns the bytes
-        sent, the file's position left after the last of them. The socket's timeout
-        bounds each piece, as for :meth:`sendall`."""
+        """:meth:`dtp.socket.DTPSocket.sendfile` through :meth:`send`, piece by piece, so
+        that the gate and the rate limits act between the pieces (the wrapped socket's
+        would pass them). Returns the bytes sent; the timeout bounds each piece."""
         if "b" not in getattr(file, "mode", "b"):
             raise ValueError("file should be opened in binary mode")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
@@ -854,19 +818,14 @@ class PaidSocket:
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         """:meth:`dtp.socket.DTPSocket.send_datagrams`, metered as :meth:`send_datagram`
-        (in runs the credit covers, each after waiting for it): all of them, or (on a
-        TypeError or LocalProtocolError for any one) none. Returns how many were
-        queued. Those the carrier's backlog drops (``datagrams_send_dropped``) are not
-        charged to the rate limits: they never go.
+        (in runs the credit covers): all of them, or none on a TypeError or
+        LocalProtocolError for any one. Returns how many were queued; those the
+        carrier's backlog drops are not charged to the rate limits.
 
-        A non-blocking socket (``settimeout(0)``) waits for nothing, as :meth:`send`:
-        when the credit does not cover the next datagram now (the connection paused,
-        or its credit held by writes under way or queued) or the rate limits are in
-        debt, the call stops there; a positive timeout bounds all its waits together.
-        Either way it returns how many of the first ones went when some did, else
-        raises (BlockingIOError; DTPTimeoutError past the timeout): the rest are
-        neither sent nor charged. What went is charged to the rate limits without a
-        wait, its debt holding back the next call."""
+        A non-blocking socket waits for nothing, as :meth:`send`; a positive timeout
+        bounds all the waits together. Either way it returns how many of the first ones
+        went when some did, else raises (BlockingIOError; DTPTimeoutError): the rest are
+        neither sent nor charged."""
         items = list(datagrams)
         sock = self._sock
         sizes = datagram_sizes(items, sock.max_datagram_size)
@@ -902,31 +861,47 @@ class PaidSocket:
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
-        datagram is in the usage since it arrived), then within the rate limits."""
-        data = self._sock.recv_datagram(self._paid_within(timeout))
-        self._paid.throttle(datagram_charge(len(data)))
-        return data
+        datagram is in the usage since it arrived: one that took it past what the gate
+        serves waits for payment, :meth:`PaidConnection.received`), then within the
+        rate limits."""
+        return self._received(timeout, None)[0]
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
-        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
-        batch = self._sock.recv_datagrams(max_count, self._paid_within(timeout))
-        self._paid.throttle(sum(map(datagram_charge, map(len, batch))))
-        return batch
+        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`: the
+        first datagrams the credit covers, the rest queued."""
+        return self._received(timeout, max_count)
 
-    def _paid_within(
-        self, timeout: float | Literal["socket"] | None
-    ) -> float | Literal["socket"] | None:
-        """Wait while the connection is paused for payment, within a receive's
-        ``timeout`` (as recv_datagram takes it); returns what is left of it for the
-        receive itself (the pause comes out of it: tests/paid/test_datagrams.py)."""
+    def _received(
+        self, timeout: float | Literal["socket"] | None, max_count: int | None
+    ) -> list[bytes]:
+        """The datagrams a receive hands out (``max_count``; None: one): it waits while
+        paused, within ``timeout`` (tests/paid/test_datagrams.py), takes what came, and
+        waits again while the credit covers none of it (judged as taken: one that came
+        meanwhile may be past what the gate serves)."""
+        sock = self._sock
         paid = self._paid
-        if paid.credit.read > 0:
-            return timeout
         began = time.monotonic()
-        paid.wait_paid(self._sock, timeout)
-        return _left_of(self._sock, timeout, began)
+        left = timeout
+        if paid.credit.read <= 0:
+            paid.wait_paid(sock, timeout)
+            left = _left_of(sock, timeout, began)
+        while True:
+            if max_count is None:
+                batch = [sock.recv_datagram(left)]
+            else:
+                batch = sock.recv_datagrams(max_count, left)
+            count = paid.received(batch)
+            if count:
+                break
+            paid.wait_paid(sock, _left_of(sock, timeout, began))
+            left = _left_of(sock, timeout, began)
+        if count < len(batch):
+            del batch[count:]
+        # (the rate limits only: received() spent their bytes from the read credit)
+        paid.limit(sum(map(datagram_charge, map(len, batch))))
+        return batch
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""

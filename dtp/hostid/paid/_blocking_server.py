@@ -25,14 +25,9 @@ and a client the firewall now denies is closed with
 or the client vanished), the server claims its latest receipt and the client is refunded
 the rest (:func:`~dtp.payments._settlement.claim_and_settle`).
 
-The Host's connection limits (``max_connections_per_client``, a service's
-``max_connections``) are counted over the connections being served
-(:mod:`dtp.hostid._served`): one counts until it ends, not until its settlement is done, and a
-client refused at a limit has its ledger connection settled at once, its deposit
+The Host's connection limits count the connections being served until they end
+(:mod:`dtp.hostid._served`); a client refused at a limit is settled at once, its deposit
 refunded whole (docs/escrow.md §2).
-
-:class:`PaidServer` is here whole: its constructor, the serving and end of a connection,
-the admission's verdicts and handing over, the host's policy refresh, and its lifetime.
 """
 
 from __future__ import annotations
@@ -41,20 +36,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-from dtp.errors import (
-    ChainError,
-    DTPError,
-    LocalProtocolError,
-)
+from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted
 from dtp.hostid._connect import check_ledger_object
+from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._blocking import Handler, PaidConnection, PaidSocket
-from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for, watch_claims
 from dtp.hostid.paid._request_billing import (
     RequestServer,
     bill_for,
@@ -62,41 +53,12 @@ from dtp.hostid.paid._request_billing import (
     request_server,
 )
 from dtp.hostid.paid._server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid._server_core import (
-    AdmitStep,
-    EndPhase,
-    EndStep,
-    HandleStep,
-    PaidServerCore,
-    ServerOptions,
-)
-from dtp.hostid.paid._server_steps import (
-    ended_connections,
-    ended_subscriptions,
-    host_to_refresh,
-    refresh_failed,
-    refused_clients,
-    release_store,
-    served_host,
-    writer_done,
-)
+from dtp.hostid.paid._server_books import ServerBooks
+from dtp.hostid.paid._server_core import AdmitStep, EndPhase, EndStep, HandleStep, ServerOptions
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments._receipt_writer import ReceiptWriter
-from dtp.payments._serving import (
-    RECOVERY_CLOSE_WAIT,
-    DeferredEnds,
-    Recovery,
-    SettlementRetries,
-    closes_store,
-    open_store,
-    recover_store,
-    served_refusal,
-    settle_ended,
-)
-from dtp.payments._settlement import (
-    publish_endpoint,
-)
+from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, open_store, served_refusal
+from dtp.payments._settlement import publish_endpoint
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
@@ -107,11 +69,7 @@ from dtp.transport._admission import (
 if TYPE_CHECKING:
     from dtp.hostid._admission import Admitted, PeerInfo
     from dtp.identity.keys import HostIdentity
-    from dtp.ledger._objects import Settlement
     from dtp.ledger.interface import Ledger
-    from dtp.payments._ends import EndLeft
-    from dtp.payments._gate import ConnectionIds
-    from dtp.payments._ratelimit import RateLimiter
     from dtp.protocol.connection import ConnectionConfig
     from dtp.transport.blocking._server import DTPServer
     from dtp.transport.blocking._socket import DTPSocket
@@ -125,7 +83,7 @@ logger = logging.getLogger("dtp.hostid.paid._blocking_server")
 _WRITER_WAIT = 60.0
 
 
-class PaidServer:
+class PaidServer(ServerBooks[PaidConnection]):
     """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
     in background threads from construction until :meth:`close`.
 
@@ -146,32 +104,17 @@ class PaidServer:
     requests paid by the receipt it carries: :mod:`~dtp.hostid.paid._request_billing`).
     """
 
-    ledger: Ledger
-    identity: HostIdentity
     host_id: str
     port: int
     handler: Handler | RequestServer
     requests: RequestServer | None
-    policy: ServicePolicy
-    core: PaidServerCore[PaidConnection]
-    _serving: ConnectionIds
     _live_lock: threading.Lock
     _limit_lock: threading.Lock
-    limiter: RateLimiter
     _closed: threading.Event
     _released: threading.Event
     _in_handler: threading.local
     _threads: list[threading.Thread]
-    settlements: deque[tuple[str, Settlement]]
-    store: ReceiptStore
-    _own_store: bool
-    receipt_writer: ReceiptWriter
-    retries: SettlementRetries
-    left: deque[tuple[str, EndLeft]]
-    deferred: DeferredEnds
     server: DTPServer | None
-    _recovery: Recovery | None
-    recovered: list[tuple[str, Settlement]]
     admission: PaidAdmission[str | None]
     address: tuple[str, int]
 
@@ -211,21 +154,15 @@ class PaidServer:
             max_handshakes_per_address=max_handshakes_per_address,
             max_waiting_per_address=max_waiting_per_address,
             open_grace=open_grace,
+            ledger=ledger,
         )
-        self.ledger = ledger
-        self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.handler = handler
-        self.policy = options.policy
-        #: The server-wide rules (called under _live_lock: the threads share it)
-        self.core: PaidServerCore[PaidConnection] = PaidServerCore(self.policy)
-        self._serving = self.core.serving
         self._live_lock = threading.Lock()
         #: What the connections' rate-limit buckets are touched under (by the core, and
         #: by each connection: PaidConnection); taken after _live_lock, never before
         self._limit_lock = threading.Lock()
-        self.limiter = self.core.limiter
         # set with core.closed: what the policy loop and serve_forever() wait on
         self._closed = threading.Event()
         #: Set by the release: closed, every connection ended and settled, the receipt
@@ -234,59 +171,31 @@ class PaidServer:
         # marks the threads running _handle: wait_released() there waits for itself
         self._in_handler = threading.local()
         self._threads: list[threading.Thread] = []
-        self.settlements = self.core.settlements
-        """The most recent settlements: (connection ID, outcome)."""
-        self.store, opened = open_store(receipts)
-        self._own_store = closes_store(receipts)
+        self.server: DTPServer | None = None
+        store, opened = open_store(receipts)
         try:
             #: With ``billing="requests"``: the handler, serving requests paid one by one
             self.requests = (
                 request_server(handler, asynchronous=False) if billing == "requests" else None
             )
-            self.receipt_writer = ReceiptWriter(self.store)
+            # (the server-wide rules, self.core, are called under _live_lock: the
+            # threads share it)
+            self._keep_books(ledger, identity, options.policy, store, closes_store(receipts))
         except BaseException:
             if opened:
-                self.store.close()
+                store.close()
             raise
-        #: The settlements that failed, retried by the recovery thread
-        self.retries = SettlementRetries(
-            ledger, identity, self.receipt_writer, self._serving, self.settlements
-        )
-        self.left = self.core.left
-        """The most recent ends left to their clients: (connection ID, fee and gas)."""
-        #: The ends waiting to be settled together (their fees below a transaction's
-        #: gas), settled or left in the recovery rounds and at the release
-        self.deferred = DeferredEnds(
-            ledger,
-            identity,
-            self.receipt_writer,
-            self.policy.end_rule,
-            self.settlements,
-            self.left,
-        )
-        self.server: DTPServer | None = None
-        self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
-            host = served_host(ledger, self.host_id, port)
+            host = steps.served_host(ledger, self.host_id, port)
             alone = self.store.attach_server()
             self.core.attached = True
-            self.recovered = recover_store(
-                ledger, identity, self.store, alone, deferred=self.deferred
-            )
-            """(connection ID, settlement) of what dead server runs left unclaimed: at
-            the start, then every :data:`RECOVERY_INTERVAL` (this server's own
-            settlements retried then go to :attr:`settlements`)."""
-            self._recovery = recovery = Recovery(
-                ledger, identity, self.store, self.recovered, self.retries, self.deferred
-            )
-            # our own LedgerAdmission (what create_server would make from ledger,
-            # host_id and port), remembering what it read for the gate; its count of the
-            # connections served tells us of every DTP connection admitted being
-            # reserved and ending: one never served (its handshake finished as the
-            # server closed, and it was aborted) is settled then (_unreserved)
+            self.recovered = self._recovered(alone)
+            recovery = self._make_recovery()
+            # our own LedgerAdmission, remembering what it read for the gate, and told
+            # of each reservation and its end (one never served is settled: _unreserved)
             served = ReportedConnections(self._refused_at_limit, self._reserved, self._unreserved)
             self.admission = PaidAdmission(
-                self._admit, served, ledger, self.host_id, port, options.open_grace
+                self._admit, served, ledger, self.host_id, port, options.open_grace, identity
             )
             self.server = create_server(
                 options.address,
@@ -313,6 +222,7 @@ class PaidServer:
             for thread in self._threads:
                 thread.start()
             recovery.start()
+            self.claimer.start()
         except BaseException:
             # nothing was served yet: whatever started so far stops with the error, the
             # store too (in memory as well: nobody gets this server)
@@ -377,6 +287,7 @@ class PaidServer:
             if refused.settle:
                 self._settle(cid, admitted)
             return
+        watch_claims(self.claimer, gate)  # (ended by its settlement, in _end)
         with self._live_lock, self._limit_lock:
             buckets = self.core.buckets(client, time.monotonic())
         paid = PaidConnection(
@@ -399,7 +310,7 @@ class PaidServer:
             if self.requests is not None:
                 # each RPC request pays by its receipt (request_billing), not the bytes
                 key = normalize_id(cid, "connection ID")
-                bill = bill_for(gate, key, self.store, self.ledger)
+                bill = bill_for(gate, key, self.store, self.ledger, self.claimer.kept)
                 self.requests.serve_billed(sock, bill)
             else:
                 cast(Handler, self.handler)(PaidSocket(sock, paid))
@@ -447,20 +358,7 @@ class PaidServer:
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
     ) -> None:
-        settlement = settle_ended(
-            self.ledger,
-            self.identity,
-            cid,
-            self.receipt_writer,
-            final,
-            escrow=None if known is None else known.escrow,
-            connection=None if known is None else known.connection,
-            rule=self.deferred.rule,
-            batch=self.deferred.batch,
-            now=time.monotonic(),
-        )
-        if not self.core.settled(cid, settlement):
-            self.retries.add(cid)
+        self._record(cid, self._settling(cid, final, known)())
 
     def __enter__(self) -> PaidServer:
         return self
@@ -499,20 +397,16 @@ class PaidServer:
                 self._done()
 
     def _reserved(self, cid: str, reserved: bool) -> None:
-        """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
-        refused it -- one is served on it already, or the Host's connection limits
-        leave no room for it (:meth:`_refused_at_limit` has its settlement under way
-        then) -- and the admission's count ends here."""
+        """The DTPServer reserved ``cid`` for the connection just admitted, or refused
+        it (:meth:`_refused_at_limit` settles it then)."""
         with self._live_lock:
             last = self.core.reserved(cid, reserved)
         if last:
             self._release()
 
     def _unreserved(self, cid: str) -> None:
-        """The engine of an admitted DTP connection is released (under its lock, in
-        whichever thread ended it). Never served -- its handshake finished as the server
-        closed, and it was aborted -- it is settled now, in a thread of its own (a
-        ledger transaction); the admission's count ends once it is."""
+        """An admitted connection's reservation is released (in whichever thread ended
+        it); never served, it is settled now in a thread of its own."""
         with self._live_lock:
             unserved = self.core.unreserved(cid)
         if not unserved:
@@ -521,11 +415,8 @@ class PaidServer:
         self._settle_aside(cid, self._take_admitted(cid))
 
     def _refused_at_limit(self, cid: str) -> None:
-        """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
-        handshake's thread, the admission still counted): a valid, funded connection
-        nobody will serve, settled now, nothing claimed, in a thread of its own, so that
-        the client's deposit comes back whole at once rather than after the half-close
-        timeout (docs/escrow.md §2, as the daemon does)."""
+        """The DTPServer refused ``cid`` at a connection limit: settled now in a thread,
+        nothing claimed, the deposit back at once (docs/escrow.md §2)."""
         with self._live_lock:
             self.core.work_starts()  # (the release waits for the settlement)
         # taken now, before the DTPServer's refusal drops what admission read of it
@@ -554,11 +445,8 @@ class PaidServer:
             self._done()
 
     def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
-        """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve (``admitted``: what admission read of it, taken): no
-        receipt came on it, so nothing is claimed and the client is refunded its whole
-        deposit at once. Left alone when another DTP connection on it is being served
-        or settled (that one's settlement closes it)."""
+        """Settle an admitted connection the server will not serve (nothing claimed),
+        unless another one on it is served or settled."""
         with self._live_lock:
             key = self.core.reserve_unserved(cid)
         if key is None:
@@ -583,28 +471,28 @@ class PaidServer:
             try:
                 self.refresh_policy()
             except Exception:  # (not the end of the loop: see refresh_failed)
-                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+                steps.refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = host_to_refresh(self.ledger, self.host_id, logger)
+        host = steps.host_to_refresh(self.ledger, self.host_id, logger)
         if host is None:
             return
         # (a connection served from now on was admitted by a firewall read after this)
         with self._live_lock:
             clients = frozenset(paid.client for paid in self.core.live())
-        denied = refused_clients(self.ledger, host, clients, logger)
+        denied = steps.refused_clients(self.ledger, host, clients, logger)
         now = time.monotonic()
         with self._live_lock, self._limit_lock:
             refresh = self.core.refresh(host, now, denied)
         for paid in refresh.denied:
             paid.deny()
-        ended = ended_connections(self.ledger, refresh.ledger_checks, logger)
+        ended = steps.ended_connections(self.ledger, refresh.ledger_checks, logger)
         for paid in ended:
             paid.closed_on_ledger()
         # a connection opened with a subscription ends with it (docs/escrow.md §13)
         open_ones = [paid for paid in refresh.ledger_checks if paid not in ended]
-        for paid, why in ended_subscriptions(self.ledger, open_ones, logger):
+        for paid, why in steps.ended_subscriptions(self.ledger, open_ones, logger, host):
             paid.subscription_ended(why)
 
     @property
@@ -656,9 +544,7 @@ class PaidServer:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
         try:
-            release_store(
-                self.core, self.receipt_writer, self.store, self._own_store, self._recovery
-            )
+            self._release_books(RECOVERY_CLOSE_WAIT)
         finally:
             # also when the detach (or the store's close) raised: the writer has stopped
             # all the same, and unset, wait_released() said False for good (while the
@@ -682,7 +568,7 @@ class PaidServer:
             return False
         while True:
             left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
-            if writer_done(self.receipt_writer, left):
+            if self._writer_done(left):
                 return True
             if deadline is not None:
                 return False

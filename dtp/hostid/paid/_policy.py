@@ -4,8 +4,7 @@ its arguments and the slices its credit is handed out in (docs/escrow.md §6.1).
 
 from __future__ import annotations
 
-import math
-import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,12 +13,14 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.hostid._admission import Admitted
+from dtp.ledger._connections import half_close_timeout_ms
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import ReceiptScope
-from dtp.payments._ends import BATCH_WINDOW, EndRule
+from dtp.payments._ends import BATCH_WINDOW, EndRule, check_seconds
 from dtp.payments._gate import (
     ReceiptGate,
 )
+from dtp.payments._live_claims import CLAIM_AGE, CLAIM_INTERVAL, ClaimRule, LiveClaimer
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport.carriers._tcp import check_listen_address
 
@@ -53,28 +54,33 @@ class ServicePolicy:
     otherwise, but a server that closes first would never see that one)."""
     ledger_check_interval: float = 30.0
     """Seconds between reads of each open connection's state on the ledger (at the
-    Host's refreshes, so no more often than ``refresh_interval``): one its client closed
-    there while still served is closed (``CLOSE_LEDGER_CLOSED``) and settled at once.
-    Claims come only at the end of a connection, and once ``HALF_CLOSE_TIMEOUT_MS``
-    (10 minutes) have passed since that half-close the client may settle first and
-    take the whole escrow back, the usage served meanwhile unpaid: keep this well
-    below it."""
+    Host's refreshes): one its client closed there is closed (``CLOSE_LEDGER_CLOSED``)
+    and settled. Keep it well below the half-close timeout, after which the client may
+    settle first."""
     gas_aware_ends: bool = True
-    """Weigh each connection's end against its gas (docs/escrow.md §7.1): on a ledger
-    that charges gas, a connection whose fee does not cover the gas of its claim and
-    settlement is settled with others in one transaction, or left to its client (who
-    settles after the half-close timeout and gets the unclaimed fee back). False:
-    every end is settled, whatever it costs. A LocalLedger charges no gas: every end
-    is settled either way."""
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): an end whose
+    fee does not cover it is batched or left to its client. False: every end is
+    settled, whatever it costs (as on a LocalLedger, which charges no gas)."""
     batch_window: float = BATCH_WINDOW
     """Seconds an end worth a place in a batch, but not a transaction of its own, waits
     for others (0: none waits; such ends are left). Batches go out in the server's
     recovery rounds (every 30 s) and at its release."""
+    claim_above: int | None = None
+    """Claim a live connection's receipts once they hold this many MIST unclaimed
+    (docs/escrow.md §7.1): what a crash can cost the server. None: once that pays the
+    claim's gas (``Ledger.end_gas().claim``); 2**64-1: never by amount."""
+    claim_age: float | None = CLAIM_AGE
+    """Claim a live connection's oldest unclaimed receipt once it has waited this
+    fraction (0 < age < 1) of the half-close timeout (with ``gas_aware_ends``, only
+    when that pays): a server down then has the rest of it to come back. None: never."""
+    claim_interval: float = CLAIM_INTERVAL
+    """The least time (seconds) between two claims of one connection while it lives,
+    and from the moment it is served to its first: a connection shorter than this is
+    claimed at its end only."""
 
     def __post_init__(self) -> None:
-        # Checked here, not where the values are used: a server takes its policy only
-        # after it listens and has published its endpoint, and a bad value found there
-        # would leave both behind.
+        # checked here: found where used, after the server listens and published its
+        # endpoint, a bad value would leave both behind
         allowance = self.allowance
         if allowance is not None and (
             not isinstance(allowance, int)
@@ -95,31 +101,25 @@ class ServicePolicy:
                 f"ServicePolicy.gas_aware_ends must be a bool, got {self.gas_aware_ends!r}"
             )
         _seconds("batch_window", self.batch_window, zero=True)
+        try:
+            self.claim_rule  # noqa: B018 (checked by making it)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"ServicePolicy.{exc}") from None
 
     @property
     def end_rule(self) -> EndRule:
         """How the server weighs a connection's end against its gas."""
         return EndRule(self.gas_aware_ends, self.batch_window)
 
+    @property
+    def claim_rule(self) -> ClaimRule:
+        """When the server claims receipts while their connections live."""
+        return ClaimRule(self.claim_above, self.claim_age, self.claim_interval, self.gas_aware_ends)
+
 
 def _seconds(name: str, value: object, *, zero: bool) -> None:
-    """Refuse a ServicePolicy duration that is not a number of seconds above 0 (or at
-    least 0 with ``zero``) and within what a thread can wait for: a NaN compares false
-    both ways and would slip past a plain range check, an interval of 0 makes a loop
-    that never waits, and a wait beyond threading.TIMEOUT_MAX raises OverflowError in
-    the thread that waits, long after the server started."""
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0 <= value <= threading.TIMEOUT_MAX
-        or (value == 0 and not zero)
-    ):
-        low = "from 0" if zero else "above 0 and"
-        raise InvalidArgument(
-            f"ServicePolicy.{name} must be a number of seconds {low} up to "
-            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
-        )
+    """Refuse a ServicePolicy duration (:func:`~dtp.payments._ends.check_seconds`)."""
+    check_seconds(f"ServicePolicy.{name}", value, zero=zero)
 
 
 def gate_for(
@@ -130,12 +130,9 @@ def gate_for(
     *,
     admitted: Admitted | None = None,
 ) -> ReceiptGate:
-    """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
-    escrow's key, deposit, claims and nonce. ``admitted``: the connection and escrow as
-    admission just read them (:meth:`~dtp.hostid._admission.LedgerAdmission.take_admitted`), so
-    that they are not read again. The client's spending cap is not read: the deposit was
-    reserved on it at the open, so every receipt up to the deposit can be claimed
-    (docs/escrow.md §4)."""
+    """A :class:`ReceiptGate` for an admitted connection from its escrow (``admitted``:
+    as admission just read it, not read again). No spending cap is read: the deposit was
+    reserved on it (docs/escrow.md §4)."""
     if admitted is not None and admitted.of(normalize_id(connection_id, "connection ID")):
         tc, escrow = admitted.connection, admitted.escrow
     else:
@@ -154,7 +151,24 @@ def gate_for(
     )
     gate.escrow_id = escrow.id  # read again should the client top it up while served
     gate.subscription = tc.subscription  # read while served: over, the connection ends
+    gate.half_close_timeout_ms = half_close_timeout_ms(tc)  # (its receipts' claims)
     return gate
+
+
+def watch_claims(claimer: LiveClaimer, gate: ReceiptGate) -> None:
+    """Claim the receipts of the connection ``gate`` (just made by :func:`gate_for`)
+    meters while it lives (docs/escrow.md §7.1): its escrow's claims and nonce as the
+    gate was made from them."""
+    if gate.escrow_id is None or gate.half_close_timeout_ms is None:
+        return
+    claimer.claims.watch(
+        gate.connection_id,
+        gate.escrow_id,
+        gate.half_close_timeout_ms,
+        time.monotonic(),
+        claimed=gate.claimed,
+        latest_nonce=gate.latest_nonce,
+    )
 
 
 #: The refusal (or abort reason) a client admitted as its server closes gets
@@ -162,10 +176,9 @@ CLOSED_REFUSAL = "the server is closed"
 
 
 def datagram_sizes(items: list[bytes | bytearray | memoryview], limit: int) -> list[int]:
-    """The sizes of the datagrams ``items``, checked as the connection checks them
-    before it sends any (TypeError, LocalProtocolError above ``limit``): a paid stream
-    sends them in the runs its credit covers, and one refused midway would leave the
-    earlier runs sent."""
+    """The sizes of the datagrams ``items``, checked as the connection checks them, all
+    before any goes: a paid stream sends them in runs, and one refused midway would
+    leave the earlier runs sent."""
     sizes = []
     for data in items:
         try:

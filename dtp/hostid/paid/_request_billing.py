@@ -1,13 +1,8 @@
-"""A paid server billing per request (``dtp.socket.serve(..., billing="requests")``,
-``dtp.aio.serve(..., billing="requests")``): what it hands its handler, a server of
-requests each paid by the receipt it carries (an :class:`~dtp.messaging.rpc.RpcServer`,
-or an :class:`~dtp.messaging.rpc.AsyncRpcServer` on asyncio, whose fee engine checks
-them: docs/messaging.md §2, per-method prices §2.5), for each connection it admits. The
-paid server does the rest as for metered bytes: admission through the ledger, the Host's
-firewall while serving, the receipts kept durably in its store before the request they
-pay for is served, and the settlement claiming the newest of them when the connection
-ends (a crash's receipts claimed at the next start). Both paid servers check their
-handler here and bill through one engine (:mod:`dtp.messaging.rpc._billed`)."""
+"""A paid server billing per request (``serve(..., billing="requests")``): its handler
+is an RpcServer (AsyncRpcServer on asyncio) whose requests are each paid by the receipt
+they carry (docs/messaging.md §2, §2.5), billed through one engine
+(:mod:`dtp.messaging.rpc._billed`); admission, firewall, durable receipts and
+settlement are as for metered bytes."""
 
 from __future__ import annotations
 
@@ -113,15 +108,20 @@ def request_server(handler: object, *, asynchronous: bool) -> Any:
 
 
 def bill_for(
-    gate: ReceiptGate, connection_id: str, store: ReceiptStore, ledger: Ledger
+    gate: ReceiptGate,
+    connection_id: str,
+    store: ReceiptStore,
+    ledger: Ledger,
+    kept: Callable[[Receipt], None] | None = None,
 ) -> ConnectionBill:
-    """The bill of a connection from the receipt gate the paid server made at its
-    admission (its escrow's key, deposit and SLA) and the store's newest receipt."""
+    """The bill of a connection from its receipt gate and the store's newest receipt;
+    ``kept(receipt)`` is told of each receipt once stored."""
     stored = store.latest(connection_id)
     escrow_id = gate.escrow_id
 
     def keep(receipt: Receipt) -> None:
-        store.keep(receipt)
+        if store.keep(receipt) and kept is not None:
+            kept(receipt)
 
     return ConnectionBill(
         connection_id,

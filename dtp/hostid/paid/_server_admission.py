@@ -1,12 +1,7 @@
-"""How a paid server hooks into the DTP server it listens with, written once for the
-blocking and the asyncio paid server: its ledger admission (:class:`PaidAdmission`),
-whose verdicts go through the paid server's own step, and its count of the ledger
-connections served (:class:`ReportedConnections`), which tells the paid server of the
-DTP connections it admitted being reserved, released, or refused at a connection limit.
-
-What the paid server does with each report (count it as work the release waits for,
-settle a connection nobody will serve) is its rule, kept in
-:class:`~dtp.hostid.paid._server_core.PaidServerCore`; these classes only carry the calls.
+"""How a paid server hooks into its DTP server, once for both: its ledger admission
+(:class:`PaidAdmission`) and its count of the connections served
+(:class:`ReportedConnections`); these only carry the calls, the rules are
+:class:`~dtp.hostid.paid._server_core.PaidServerCore`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ from dtp.ledger._objects import normalize_id
 
 if TYPE_CHECKING:
     from dtp.hostid._admission import Admitted, PeerInfo
+    from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
 
 __all__ = ["PaidAdmission", "ReportedConnections"]
@@ -71,11 +67,9 @@ class ReportedConnections(ServedConnections):
 
 
 class PaidAdmission(LedgerAdmission, Generic[_V]):
-    """A paid server's ledger admission: it remembers what it read of each connection
-    it admits (the server's gate and settlement go on with it), gives each verdict
-    through the server's ``admit(peer, check)`` step (``check``: the ledger's verdict),
-    and keeps the server's count of the connections served (:attr:`served`, which
-    :meth:`LedgerAdmission.reservations` hands the DTPServer)."""
+    """A paid server's ledger admission: remembering what it read of each connection,
+    giving each verdict through the server's ``admit(peer, check)``, and keeping the
+    count of connections served (:attr:`served`). ``identity``: ``withdraw_as``."""
 
     def __init__(
         self,
@@ -85,8 +79,11 @@ class PaidAdmission(LedgerAdmission, Generic[_V]):
         host_id: str,
         port: int,
         open_grace: float | None = None,
+        identity: HostIdentity | None = None,
     ) -> None:
-        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
+        super().__init__(
+            ledger, host_id, port, remember=True, open_grace=open_grace, withdraw_as=identity
+        )
         self._admit = admit
         #: The DTPServer's served connections: the paid server ends a connection's
         #: count there before settling it, and learns of those refused at a limit

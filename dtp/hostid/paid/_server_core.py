@@ -3,21 +3,11 @@
 (:class:`~dtp.hostid.paid._asyncio_server.PaidAioServer`) server.
 
 :class:`ServerOptions` checks both servers' options and fills in their defaults.
-:class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
-pass it ``now`` and what they read from the ledger, and it answers with what to do next:
-whether an admission may start and what follows its verdict; what a DTP connection
-handed over after its handshake gets (served, refused, settled as unserved) and why one
-is refused before it is served; the Host's rate limits and each client's buckets; which
-connections the firewall now denies and which are due for a read of their state on the
-ledger; how a served connection ends; whether the release of the receipt writer is due;
-whether an unserved connection is theirs to settle. The ledger reads, the store's writes
-and the connections' closes stay in the servers (in threads there, or in the event
-loop's executor), the reads and the release both make in
-:mod:`dtp.hostid.paid._server_steps`.
-
-The blocking server calls it under its own lock (its threads share one core; the rate
-limiter under the lock its connections take for their buckets too); the asyncio server
-from the event loop only.
+:class:`PaidServerCore` is sans-I/O: given ``now`` and what the servers read from the
+ledger, it decides admissions, handing over, refusals, rate limits, firewall denials,
+how a served connection ends and when the release is due; the ledger reads, store
+writes and closes stay in the servers (:mod:`dtp.hostid.paid._server_steps`). The
+blocking server calls it under its lock, the asyncio server from the event loop only.
 """
 
 from __future__ import annotations
@@ -26,19 +16,20 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from dtp._extras import require
 from dtp.errors import DTPError
 from dtp.hostid._admission import checked_open_grace
 from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, check_address
+from dtp.identity._zklogin import ZkLoginVerifier
 from dtp.ledger._objects import normalize_id
 from dtp.payments._ends import EndDeferred, EndLeft
 from dtp.payments._gate import ConnectionIds, ledger_checks_due
 from dtp.payments._ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.payments._serving import SERVED_REFUSAL
-from dtp.protocol.connection import CloseCode
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport._session import CALLBACK_FAILED
 from dtp.transport.blocking._server import check_handshake_bounds, check_server_identity
 
@@ -78,7 +69,9 @@ class ServerOptions:
     policy: ServicePolicy
     """The service's policy (``ServicePolicy()`` when none was given)."""
     config: ConnectionConfig | None
-    """The connections' configuration (None: the default)."""
+    """The connections' configuration (None: the default); its ``zklogin_verifier`` is
+    the server's ledger unless it names another: zkLogin proofs go to the ledger's Sui
+    node (docs/protocol.md 8.4; a LocalLedger refuses them)."""
     backlog: int
     """The longest line of connections waiting for a handshake slot."""
     max_handshakes: int
@@ -110,16 +103,12 @@ class ServerOptions:
         open_grace: float | None,
         websocket: tuple[str, int] | None = None,
         origins: Iterable[str] | None = None,
+        ledger: ZkLoginVerifier | None = None,
     ) -> ServerOptions:
-        """The options, refused as the DTP server would refuse them but before anything
-        reads or writes the ledger (the store's recovery claims on the ledger, so a bad
-        option stops the server first: tests/paid/test_server_options.py): TypeError for
-        an ``identity`` that is no HostIdentity or an address that is no (host, port)
-        tuple, ValueError or TypeError for a handshake bound (as
-        :func:`dtp.socket.create_server`'s), InvalidArgument for a port out of range or
-        a bad ``open_grace``; ValueError or TypeError for ``origins`` without
-        ``websocket``, or that are no list of origins; MissingExtra for ``websocket``
-        without the ``ws`` extra."""
+        """The options, refused as the DTP server would refuse them (TypeError,
+        ValueError, InvalidArgument, MissingExtra for ``websocket`` without ``ws``) but
+        before the ledger is read or written, for the store's recovery claims on it
+        (tests/paid/test_server_options.py)."""
         check_server_identity(identity)
         check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
@@ -139,6 +128,9 @@ class ServerOptions:
             allowed = tuple(origins)
             if not all(isinstance(o, str) and o for o in allowed):
                 raise ValueError(f"origins must be non-empty strings: {allowed!r}")
+        if ledger is not None and (config is None or config.zklogin_verifier is None):
+            base = config or ConnectionConfig(identity=identity, is_client=False)  # type: ignore[arg-type]
+            config = replace(base, zklogin_verifier=ledger)
         return cls(
             address,
             endpoint,
@@ -184,10 +176,8 @@ class HandleStep(enum.Enum):
     SERVE = "serve"
     """Serve it (counted as work until :meth:`PaidServerCore.work_ends`)."""
     REFUSE = "refuse"
-    """Abort it with ``CLOSED_REFUSAL``, nothing more: the server is closed, and either
-    its reservation settles it as it is released (:meth:`PaidServerCore.unreserved`),
-    or nothing can (no ledger connection; the release is decided: the receipt writer
-    is gone)."""
+    """Abort it with ``CLOSED_REFUSAL``: the server is closed, and its reservation's
+    release settles it (:meth:`PaidServerCore.unreserved`), if anything can."""
     REFUSE_AND_SETTLE = "refuse and settle"
     """The server is closed: abort it with ``CLOSED_REFUSAL``, then settle it as a
     connection nobody serves (:meth:`PaidServerCore.reserve_unserved`: nothing claimed,
@@ -217,21 +207,17 @@ class EndPlan:
     """Settle before the server's end of the carrier closes (:meth:`PaidServerCore.settles_first`);
     else close first, then settle."""
     abort: str | None
-    """Abort the connection with this reason: ``CALLBACK_FAILED`` when the handler
-    failed while the connection went on (the client must read an error, not a clean end
-    that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
-    cancelled (the event loop ending: a graceful close could not finish). None: close
-    it gracefully."""
+    """Abort with this reason: ``CALLBACK_FAILED`` when the handler failed (a reply cut
+    short must not look whole), ``CLOSED_REFUSAL`` when the end was cancelled; None:
+    close gracefully."""
 
 
 class EndStep(enum.Enum):
     """A step of a served connection's end, in the order :class:`EndPhase` gives them."""
 
     FINAL_RECEIPT = "final receipt"
-    """Ask for a receipt for all usage and wait ``final_receipt_timeout`` at most for it
-    (on asyncio once what the gate held back went out and the first stream's close
-    finished): a client's own final receipt goes out only at its close, which would
-    come too late (docs/escrow.md §6.1)."""
+    """Ask for a receipt for all usage and wait ``final_receipt_timeout`` at most: the
+    client's own comes only at its close, too late (docs/escrow.md §6.1)."""
     TOP_UP = "top-up read"
     """Read the escrow again (``read_deposit(ending=True)``): a receipt the client signed
     above the deposit as admission read it (it topped up) is judged before the
@@ -241,10 +227,8 @@ class EndStep(enum.Enum):
     against the Host's connection limits: the client may connect again at once, while
     the settlement goes on (docs/escrow.md §2)."""
     SETTLE = "settle"
-    """Claim its latest receipt and refund the client the rest (a settlement that
-    claimed nothing is retried) -- or, its fee below the gas that costs, settle it with
-    others later or leave it to its client (the policy's ``end_rule``, docs/escrow.md
-    §7.1)."""
+    """Claim its latest receipt and refund the rest (retried when it claimed nothing),
+    or batch or leave it by the policy's ``end_rule`` (docs/escrow.md §7.1)."""
     CLOSE = "close"
     """The server's end closes: aborted with the plan's reason, else gracefully."""
 
@@ -265,17 +249,12 @@ _END_STEP_FAILED = {
 
 
 class EndPhase(Generic[_P]):
-    """The end of served connection ``paid`` (on ledger connection ``cid``) once its
-    handler returned or raised (``failed``: :attr:`HandlerRaised.failed`), as one list of
-    steps: iterated, it gives the next :class:`EndStep` -- the final receipt, the top-up
-    read, the end of its count (:meth:`ending`, which makes the :attr:`plan`), then the
-    settlement and the close in the plan's order. The driver makes each step (the waits
-    are its own) and logs one that raises with the step's line; the later steps run all
-    the same, for the top-up read and the settlement protect money (skipped, a fee goes
-    unclaimed and the deposit stays locked until the half-close timeout:
-    tests/paid/test_handler_ending.py). A step cut short by a cancellation (the event
-    loop ending) is reported with :meth:`cancel`: the waits left before the settlement
-    are skipped, never the settlement."""
+    """The end of served connection ``paid`` once its handler returned or raised, as
+    steps: iterated, it gives the next :class:`EndStep` (final receipt, top-up read,
+    :meth:`ending`, then settlement and close in the plan's order). A step that raises
+    is logged and the later ones run all the same, for they protect money
+    (tests/paid/test_handler_ending.py); after :meth:`cancel` the waits left are
+    skipped, never the settlement."""
 
     def __init__(self, core: PaidServerCore[_P], paid: _P, failed: bool) -> None:
         self.core = core
@@ -327,18 +306,14 @@ class Refusal:
     warning: str | None
     """The line the server logs as a warning with its own logger (None: nothing)."""
     settle: bool = False
-    """Settle its ledger connection at once, once aborted, as one nobody serves (no
-    receipt came on it: nothing claimed, the whole deposit refunded; the ID is
-    reserved by :meth:`PaidServerCore.serve_refusal` already, released after), rather
+    """Settle it at once once aborted (nothing claimed, the deposit refunded) rather
     than leave the deposit locked until the half-close timeout."""
 
 
 @dataclass(frozen=True)
 class HandlerRaised:
-    """What a handler that raised means for its connection
-    (:meth:`PaidServerCore.handler_raised`), and the line the server logs for it with
-    its own module's logger (``dtp.hostid.paid._blocking_server``,
-    ``dtp.hostid.paid._asyncio_server``), where an operator filters for it."""
+    """What a handler that raised means (:meth:`PaidServerCore.handler_raised`), and the
+    line the server logs with its own module's logger."""
 
     failed: bool
     """Whether the handler failed: end the connection with ``CALLBACK_FAILED``
@@ -355,11 +330,9 @@ class HandlerRaised:
 class PaidServerCore(Generic[_P]):
     """The rules a paid server applies across its connections (see the module docs).
 
-    ``serving`` holds the ledger connection IDs being served or settled: one DTP
-    connection per ledger connection at a time (a second one, on a gate of its own,
-    would count the first one's receipts again and take another allowance from one
-    escrow). ``settlements``: the most recent (connection ID, outcome) pairs; ``left``:
-    the ends left to their clients, their fees below the gas of claiming them.
+    ``serving``: the ledger connection IDs being served or settled (one DTP connection
+    each: :meth:`serve_refusal`). ``settlements``: the latest (connection ID, outcome)
+    pairs; ``left``: the ends left to their clients.
     """
 
     def __init__(self, policy: ServicePolicy) -> None:
@@ -384,10 +357,8 @@ class PaidServerCore(Generic[_P]):
         self.working = 0
         #: attach_server() was made on the store: detach_server() is due at the release
         self.attached = False
-        #: The ledger connections (normalized IDs) of the DTP connections admitted and
-        #: reserved whose reservation is not released yet, reported by a server whose
-        #: DTPServer tells it of both (:meth:`reserved`, :meth:`unreserved`): True once
-        #: handed to the server to serve (its settlement is then the server's)
+        #: Reserved ledger connections (:meth:`reserved`, :meth:`unreserved`): True once
+        #: handed to the server to serve (its settlement then the server's)
         self._reserved: dict[str, bool] = {}
 
     # -- the host's policy -------------------------------------------------------------
@@ -403,10 +374,8 @@ class PaidServerCore(Generic[_P]):
     def refresh(
         self, host: Host, now: float, denied: frozenset[str] = frozenset()
     ) -> PolicyRefresh[_P]:
-        """A fresh read of the Host, applied to the open connections: new rate limits
-        are set at once (on every client's buckets); ``denied``: the clients its
-        firewall refuses now (:func:`~dtp.hostid.paid._server_steps.refused_clients`).
-        The denials and the state checks are the caller's to make."""
+        """A fresh read of the Host: new rate limits set at once; ``denied``, the clients
+        its firewall refuses now, are the caller's to close."""
         assert self.host_policy is not None, "refresh() before start()"
         live = list(self._live.values())
         change = self.host_policy.refresh(host, now, denied)
@@ -452,14 +421,10 @@ class PaidServerCore(Generic[_P]):
         return self.serving.reserve(cid)
 
     def serve_refusal(self, cid: str | None, client: str | None) -> Refusal | None:
-        """Whether the DTP connection of ``client`` on ledger connection ``cid``, handed
-        over to serve (:attr:`HandleStep.SERVE`), is refused before its receipts and its
-        gate are read: None, and ``cid`` reserved (:meth:`reserve_served`; release it
-        with ``serving.release`` of the normalized ID once the connection is settled),
-        or why not. One DTP connection per ledger connection: a second one, on a gate
-        of its own, would count the first one's receipts again (the client paying once
-        for twice the service) and take another allowance from one escrow. The ID is
-        reserved before the store is read, so that two cannot both pass."""
+        """Why the connection handed over on ``cid`` is refused, or None with ``cid``
+        reserved (released with ``serving.release`` once settled) before the store is
+        read: one DTP connection per ledger connection, or a second one would count
+        the first one's receipts again and take another allowance from one escrow."""
         if cid is None or client is None:
             return Refusal(NO_LEDGER_CONNECTION, None)
         key = normalize_id(cid, "connection ID")
@@ -469,18 +434,14 @@ class PaidServerCore(Generic[_P]):
 
     @staticmethod
     def unmetered(cid: str, exc: DTPError) -> Refusal:
-        """Connection ``cid``, its receipt gate not made for ``exc`` (a ChainError: its
-        state could not be read on the ledger), is refused and settled as unserved
-        (should the ledger still be unreadable, the settlement is retried as a failed
-        one is)."""
+        """Connection ``cid``, whose state could not be read (``exc``), is refused and
+        settled as unserved (retried as a failed settlement is)."""
         return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}", settle=True)
 
     def reserve_unserved(self, cid: str) -> str | None:
-        """The key to settle an admitted connection nobody will serve by (no receipt
-        came on it: nothing is claimed, the whole deposit is refunded), reserved; None
-        when another DTP connection on it is served or settled (that one's settlement
-        closes it), or one admitted on it is still reserved (its release settles it,
-        :meth:`unreserved`). Released with ``serving.release(key)``."""
+        """The key to settle an unserved connection by, reserved (released with
+        ``serving.release(key)``); None when another one on it is served, settled or
+        still reserved: that one's end settles it."""
         key = normalize_id(cid, "connection ID")
         if key in self._reserved:
             return None
@@ -489,21 +450,17 @@ class PaidServerCore(Generic[_P]):
     # -- the DTPServer's reservations and hand-overs --------------------------------------
 
     def reserved(self, cid: str, made: bool) -> bool:
-        """The DTPServer reserved ``cid`` for the DTP connection an admission (counted
-        as work, :meth:`admission_starts`) just admitted (``made``), and the count goes
-        on with the reservation until :meth:`unreserved`; or it refused it (served
-        already, or at a connection limit), and the admission's count ends here: True
-        when the release is due now (see :meth:`work_ends`)."""
+        """The DTPServer reserved ``cid`` (``made``; the admission's count goes on until
+        :meth:`unreserved`) or refused it (the count ends here): True when the release
+        is due now (:meth:`work_ends`)."""
         if not made:
             return self.work_ends()
         self._reserved[normalize_id(cid, "connection ID")] = False
         return False
 
     def handling(self, cid: str | None) -> HandleStep:
-        """The DTPServer hands over the DTP connection on ledger connection ``cid``
-        (None: it names none) after its handshake: served unless the server is closed
-        (see :class:`HandleStep`). One handshake can finish as the server closes, after
-        its admission: then nobody will serve it."""
+        """The DTPServer hands over the connection on ``cid`` after its handshake:
+        served unless the server closed meanwhile (:class:`HandleStep`)."""
         key = None if cid is None else normalize_id(cid, "connection ID")
         if self.closed:
             if key is None or key in self._reserved or self.releasing:
@@ -516,40 +473,31 @@ class PaidServerCore(Generic[_P]):
         return HandleStep.SERVE
 
     def unreserved(self, cid: str) -> bool:
-        """The reservation of ``cid`` (:meth:`reserved`) is released, the DTP connection
-        gone: True when it was never served (aborted as the server closed: settle it
-        now, then end its admission's count with :meth:`work_ends`); False when it was
-        (or was not reserved here), and its admission's count is to end now."""
+        """The reservation of ``cid`` is released: True when it was never served (settle
+        it, then :meth:`work_ends`); else its admission's count ends now."""
         return self._reserved.pop(normalize_id(cid, "connection ID"), True) is False
 
     @staticmethod
     def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
-        """The connection and escrow admission read (``admitted``, taken from the
-        admission), when they are those of ledger connection ``key`` (normalized):
-        the gate and the settlement go on with them rather than read them again (why
-        they are current: :meth:`Admitted.of`)."""
+        """What the admission read for ``key``, which the gate and the settlement use
+        rather than read it again (:meth:`Admitted.of`)."""
         if admitted is None or not admitted.of(key):
             return None
         return admitted
 
     @staticmethod
     def settles_first(ended: ConnectionTerminated | None) -> bool:
-        """Whether a served connection that ``ended`` so (None: not yet) is settled
-        before the server's end of its carrier closes: when the client closed it
-        cleanly, it waits for that end and then finds nothing left to do on the
-        ledger (the settlement closes the connection there in the same transaction).
-        Otherwise the connection is closed first, then settled."""
+        """Whether a connection that ``ended`` so is settled before the server's end of
+        its carrier closes (a clean client close: the client then has nothing left to
+        do on the ledger), else closed first."""
         return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
 
     @staticmethod
     def handler_raised(
         cid: str, exc: Exception, ended: ConnectionTerminated | None
     ) -> HandlerRaised:
-        """The handler of connection ``cid`` raised ``exc``, the connection having
-        ``ended`` so (None: not yet): whether the handler failed, and what the server
-        logs. A DTPError (PaymentRequired: the gate closed it) is a failure only while
-        the connection goes on -- once it ended, that end says how; any other error
-        always."""
+        """The handler raised ``exc``: a DTPError is a failure only while the connection
+        goes on (once ``ended``, that end says how), any other error always."""
         if isinstance(exc, DTPError):
             return HandlerRaised(
                 ended is None, logging.INFO, f"connection {cid} ended: {exc}", None
@@ -563,12 +511,9 @@ class PaidServerCore(Generic[_P]):
         failed: bool,
         cancelled: bool = False,
     ) -> EndPlan:
-        """The end of served connection ``paid`` begins, its final receipt asked for and
-        its deposit read: it no longer counts (:meth:`ended`: its client's rate-limit
-        buckets given back, no refresh reaches it) while its settlement and its close
-        go on, and this is how they go (:meth:`end_plan`). (The server also ends its
-        count against the Host's connection limits now: the client may connect again
-        at once, docs/escrow.md §2.)"""
+        """The end of ``paid`` begins: it no longer counts (:meth:`ended`; the client may
+        connect again at once, docs/escrow.md §2) while its settlement and close go on
+        as :meth:`end_plan` says."""
         self.ended(paid)
         return self.end_plan(ended, failed, cancelled)
 
@@ -581,11 +526,8 @@ class PaidServerCore(Generic[_P]):
         return EndPlan(self.settles_first(ended), abort)
 
     def settled(self, cid: str, settlement: Settlement | EndLeft | EndDeferred | None) -> bool:
-        """A settlement of ``cid`` ended with ``settlement``, recorded (in
-        :attr:`settlements`; an end left to its client in :attr:`left`; one waiting for a
-        batch is recorded once the batch settles it); False when it claimed nothing (a
-        failure: the caller has it retried, the ID still reserved so that the retry
-        cannot start before the caller is done)."""
+        """Record a settlement of ``cid`` (:attr:`settlements`, or :attr:`left`); False
+        when it claimed nothing: the caller retries it, the ID still reserved."""
         if settlement is None:
             return False
         if isinstance(settlement, EndLeft):

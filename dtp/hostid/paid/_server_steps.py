@@ -1,10 +1,6 @@
-"""The ledger reads both paid servers make, written once with what a failed one logs:
-the blocking server (:mod:`dtp.hostid.paid._blocking_server`) calls them inline, the
-asyncio one (:mod:`dtp.hostid.paid._asyncio_server`) in a worker thread. Each logs with
-the logger the server passes, its own module's (``dtp.hostid.paid._blocking_server``,
-``dtp.hostid.paid._asyncio_server``), where an operator filters for a server's lines.
-What the servers then do with the answers is decided by
-:class:`~dtp.hostid.paid._server_core.PaidServerCore`.
+"""The ledger reads both paid servers make (the asyncio one in a worker thread), with
+what a failed one logs on the server's own logger; what follows is
+:class:`~dtp.hostid.paid._server_core.PaidServerCore`'s to decide.
 """
 
 from __future__ import annotations
@@ -12,10 +8,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import ChainError, move_error
-from dtp.payments._gate import ended_on_ledger, subscriptions_over
+from dtp.payments._gate import CheckedT, SubscribedT, ended_on_ledger, subscriptions_over
 from dtp.payments._serving import release_receipts
 
 if TYPE_CHECKING:
@@ -42,16 +38,6 @@ __all__ = [
 ]
 
 
-class _Checked(Protocol):
-    """What a state check reads of a served connection."""
-
-    connection_id: str
-    ledger_check_due: float  # (monotonic)
-
-
-_C = TypeVar("_C", bound=_Checked)
-
-
 def served_host(ledger: Ledger, host_id: str, port: int) -> Host:
     """The Host ``host_id`` as a server of its ``port`` reads it at the start;
     ServiceNotFound (``host::EServiceNotFound``) when it publishes no service on that
@@ -76,10 +62,8 @@ def host_to_refresh(ledger: Ledger, host_id: str, log: logging.Logger) -> Host |
 def refused_clients(
     ledger: Ledger, host: Host, clients: frozenset[str], log: logging.Logger
 ) -> frozenset[str]:
-    """Of ``clients`` (those served now), the ones the firewall of ``host`` (just read)
-    refuses: its lists looked up on the ledger, for each client only where they can
-    decide. None refused (a warning logged on ``log``) when the lists cannot be read
-    now: the next refresh looks again."""
+    """Of ``clients``, those the firewall of ``host`` refuses; none (a warning logged)
+    when the lists cannot be read now: the next refresh looks again."""
     if not clients:
         return frozenset()
     try:
@@ -89,11 +73,11 @@ def refused_clients(
         return frozenset()
 
 
-def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) -> list[_C]:
-    """Those of the connections ``due`` for a read of their state
-    (:attr:`PolicyRefresh.ledger_checks <dtp.hostid.paid._server_core.PolicyRefresh>`)
-    no longer Open on the ledger, to be closed; none (a warning logged on ``log``) when
-    the ledger cannot be read now: they are due again at the next check."""
+def ended_connections(
+    ledger: Ledger, due: Sequence[CheckedT], log: logging.Logger
+) -> list[CheckedT]:
+    """Those of the connections ``due`` no longer Open on the ledger, to be closed; none
+    (a warning logged) when it cannot be read: due again at the next check."""
     if not due:
         return []
     try:
@@ -103,41 +87,23 @@ def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) ->
         return []
 
 
-class _Subscribed(Protocol):
-    """What a subscription check reads of a served connection."""
-
-    connection_id: str
-
-    @property
-    def subscription(self) -> str | None: ...
-
-
-_S = TypeVar("_S", bound=_Subscribed)
-
-
 def ended_subscriptions(
-    ledger: Ledger, due: Sequence[_S], log: logging.Logger
-) -> list[tuple[_S, str]]:
-    """Those of the connections ``due`` for a read on the ledger that were opened with a
-    subscription now over (expired, or its offer withdrawn), each with why, to be
-    closed (:meth:`~dtp.hostid.paid._engine.PaidConnectionEngine.subscription_ended`);
-    none (a warning logged on ``log``) when the ledger cannot be read now: they are due
-    again at the next check. Metered connections are not read."""
+    ledger: Ledger, due: Sequence[SubscribedT], log: logging.Logger, host: Host | None = None
+) -> list[tuple[SubscribedT, str]]:
+    """Those of the connections ``due`` opened with a subscription now over, each with
+    why, to be closed; none (a warning logged) when the ledger cannot be read."""
     if not any(conn.subscription is not None for conn in due):
         return []
     try:
-        return subscriptions_over(ledger, due)
+        return subscriptions_over(ledger, due, host)
     except ChainError as exc:
         log.warning("cannot read the subscriptions of open connections: %s", exc)
         return []
 
 
 def refresh_failed(host_id: str, interval: float, log: logging.Logger) -> None:
-    """Log on ``log`` a refresh of the policy that raised something other than a ChainError (a
-    bug, a value a ledger should not return), with its traceback. The servers' policy
-    loops go on after it: ended, the firewall and the limits of open connections would
-    go unenforced for the life of the server, silently. One refresh, so one log, per
-    interval."""
+    """Log a policy refresh that raised other than a ChainError, with its traceback: the
+    policy loop goes on, or the firewall would go unenforced, silently."""
     log.exception(
         "refreshing the policy of host %s failed; trying again in %g s", host_id, interval
     )
@@ -152,11 +118,8 @@ def release_store(
     recovery_wait: float | None = None,
 ) -> None:
     """The release of a closed server with no work left: a recovery under way ends
-    first (it claims from the store; waited for ``recovery_wait`` seconds at most, None:
-    until it does), then the receipt writer writes what it holds and stops, and only
-    then is the store left (:meth:`ReceiptStore.detach_server`, once, if the server
-    attached: until then the run's lock file says its rows are a live server's) and
-    closed when the server opened it (``own_store``): :func:`release_receipts`."""
+    first (``recovery_wait`` at most), then :func:`release_receipts` stops the writer,
+    detaches and closes the store if ``own_store``."""
     if recovery is not None:
         recovery.join(recovery_wait)
         if recovery.deferred is not None:
@@ -175,9 +138,6 @@ def _detach(core: PaidServerCore[Any], store: ReceiptStore) -> None:
 
 
 def writer_done(writer: ReceiptWriter, wait: float) -> bool:
-    """After the release: whether the receipt writer no longer uses the store -- it
-    stopped within ``wait`` seconds (0: only look), or gave its receipts up (its close()
-    says False, but it has stopped). The release waits for the writer only so long
-    (:func:`release_receipts`); one still writing then (a stalled disk) uses the store
-    yet: a store passed in, closed under it, loses the receipts it holds."""
+    """After the release: whether the receipt writer stopped within ``wait`` seconds
+    (0: only look); one still writing uses the store yet."""
     return writer.close(wait) or writer.stopped

@@ -33,13 +33,13 @@ from dtp.hostid.udp._sockets import (
     check_backend,
     check_count,
     check_seconds,
+    deliver,
     drain,
     drain_by_source,
     pass_replies,
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
-from dtp.native._udpio import send_datagram_run
 from dtp.payments._ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
@@ -98,24 +98,12 @@ async def relay_udp_async(
     limits: ClientBuckets | None = None,
     finish: asyncio.Event | None = None,
 ) -> UdpStats:
-    """Relay one DTP connection's datagrams to ``backend`` and back (see
-    :func:`dtp.hostid.udp._blocking.relay_udp`, billing and ``limits`` included), until the
-    connection ends or sits idle; then the connection is closed, as
-    :func:`dtp.hostid.udp._blocking.relay_udp` closes its socket (a client sending on would
-    otherwise be heard by nobody, and never told). Raises :class:`~dtp.errors.TunnelError`
-    when ``backend`` cannot be used as a UDP destination at all (the connection closed
-    too); a host name is looked up without blocking the event loop.
-
-    ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
-    and replies from then on are dropped, ``dropped_finishing``), reports its final
-    usage and ends when a receipt covers it -- or the connection ends, or none has
-    within :data:`~dtp.hostid.udp._engine.FINAL_RECEIPT_WAIT` seconds
-    (:data:`~dtp.hostid.udp._engine.LOSSY_FINAL_RECEIPT_WAIT` over the
-    ledger carrier; replies lost on the way back are never
-    signed for, so such a flow's receipt stays short of the count). The caller
-    bounds the wait by closing the connection. Cut at once instead, the usage since
-    the last report would never be billed: the client has been served, and the server
-    could claim none of it."""
+    """Relay one DTP connection's datagrams to ``backend`` and back, as
+    :func:`dtp.hostid.udp._blocking.relay_udp` does (the connection closed at the end,
+    or a client sending on would never be told); a host name is looked up without
+    blocking the loop. ``finish`` (the daemon's drain):
+    :meth:`~dtp.hostid.udp._engine.RelayEngine.finish`; the caller bounds that wait by
+    closing the connection."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
     limit = writer.max_datagram_size
@@ -161,10 +149,9 @@ async def relay_udp_async(
         try:
             writer.write(frame)
         except DTPError as exc:
-            # the client reset the control stream: no more usage reports, so the
-            # relay ends, as relay_udp does. Not raised: this may run in the
-            # connection's datagram sink, where an error aborts the carrier without
-            # a CLOSE (test_a_relay_whose_client_resets_the_control_stream_ends_cleanly)
+            # the client reset the control stream: the relay ends, not raised (in the
+            # datagram sink an error aborts the carrier without a CLOSE:
+            # test_a_relay_whose_client_resets_the_control_stream_ends_cleanly)
             logger.info("UDP relay ended: %s", exc)
             end_control()
             nonlocal unpaid
@@ -229,12 +216,8 @@ async def relay_udp_async(
             for data in run:
                 relay_datagram(data)
             return
-        sent, nbytes, _ = send_datagram_run(udp, run)
-        if sent < len(run):
-            # a full socket buffer or an ICMP error drops a datagram, as UDP does
-            stats.add(dropped_send_failed=len(run) - sent)
-        stats.datagrams_in += sent
-        stats.bytes_in += nbytes
+        # (a full socket buffer or an ICMP error drops a datagram, as UDP does)
+        deliver(udp, run, stats, shared=False)
 
     control_task = loop.create_task(read_control()) if billing is not None else None
     writer.set_datagram_run_sink(relay_run)
@@ -268,9 +251,7 @@ async def relay_udp_async(
                 try:
                     if not engine.settled:
                         # the stream may still hold the final receipt: read it to the
-                        # end first. (asyncio.wait: a cancellation of ours is raised, not
-                        # swallowed with the task's outcome -- a relay cancelled here
-                        # would return as if it had ended on its own)
+                        # end first (asyncio.wait raises our own cancellation)
                         await asyncio.wait([control_task], timeout=2.0)
                 finally:
                     control_task.cancel()
@@ -279,10 +260,8 @@ async def relay_udp_async(
                     # (a bug: the readers catch what the stream and the peer raise)
                     logger.error("UDP relay: its control reader failed", exc_info=exc)
         finally:
-            # the relay has ended (idle, or the connection or control stream did): left
-            # open, the connection would take the client's datagrams for good -- its
-            # forwarder, whose own sends keep the flow from idling out, never told to
-            # reconnect
+            # the relay has ended: left open, the connection would take the client's
+            # datagrams for good, its forwarder never told to reconnect
             writer.close()
     return stats
 
@@ -307,11 +286,8 @@ class AsyncUdpForwarder(FlowTable):
 
     ``connect()`` is a coroutine function returning a new ``(reader, writer)`` to the
     relaying service (e.g. :func:`dtp.aio.open_connection` with a ``dtp://`` address);
-    ``meter_for(writer)`` the connection's Meter (None: unmetered). Up to
-    ``max_pending`` datagrams of a new source wait for its connection, more are dropped
-    (``dropped_no_session``). When ``connect()`` or ``meter_for()`` fails (any exception;
-    unexpected ones are logged with their traceback) the waiting datagrams are dropped
-    and counted, and that source's next attempt waits ``retry_after`` seconds.
+    ``meter_for(writer)`` the connection's Meter (None: unmetered); ``max_pending`` and
+    ``retry_after`` as the blocking forwarder's.
     """
 
     def __init__(
@@ -473,13 +449,9 @@ class AsyncUdpForwarder(FlowTable):
             if self._sock is None:
                 stats.add(dropped_send_failed=len(run))
                 return
-            # (a full buffer, or the local client's address is gone: dropped)
-            sent, nbytes, _ = send_datagram_run(self._sock, run, flow.source)
-            if sent < len(run):
-                stats.add(dropped_send_failed=len(run) - sent)
-            # one thread (the event loop) writes these counters: no lock
-            stats.datagrams_in += sent
-            stats.bytes_in += nbytes
+            # (a full buffer, or the local client's address is gone: dropped; one
+            # thread, the event loop, writes the counters: no lock)
+            deliver(self._sock, run, stats, flow.source, shared=False)
 
         writer.set_datagram_run_sink(on_replies)
         try:
@@ -538,10 +510,8 @@ class AsyncUdpForwarder(FlowTable):
                 for flow in self._flows.values()
                 if flow.writer is not None and self.idle(flow.last, now)
             ]
-            # each in a task of its own: an end waits for its relay's final report (up
-            # to final_timeout), and neither the other idle flows nor the next sweep
-            # wait for it (test_async_idle_flows_of_a_quiet_relay_end_together,
-            # test_async_a_flow_idle_while_another_ends_is_swept_on_time)
+            # each in a task of its own, so no other flow nor the next sweep waits for
+            # its final report (test_async_idle_flows_of_a_quiet_relay_end_together)
             for flow in idle:
                 self._end_later(flow)
 
@@ -597,11 +567,9 @@ class AsyncUdpForwarder(FlowTable):
         flow.pending = []
 
     async def close(self) -> None:
-        """Stop forwarding; each flow settles its final receipt and closes. Cancelled
-        meanwhile (asyncio.wait_for), the local socket is closed all the same, and a later
-        close() ends the flows left. A close() called while another is at work waits
-        for it (the daemon's drain after a reload's retire), so that when any returns
-        the flows are settled and the port is closed."""
+        """Stop forwarding; each flow settles its final receipt and closes. Cancelled,
+        the local socket is closed all the same; a close() while another is at work
+        waits for it, so when any returns the flows are settled and the port closed."""
         while self._closing is not None and not self._closing.done():
             # (shielded: our cancellation must not cancel the other close's wait)
             await asyncio.shield(self._closing)

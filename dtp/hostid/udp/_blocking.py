@@ -11,28 +11,10 @@ Two halves, both blocking (threads), on :mod:`dtp.socket` connections:
   host ID), NAT-style, closed after ``idle_timeout``; replies go back to that source.
 
 UDP semantics are kept: nothing is retransmitted and nothing queues without bound;
-every drop is counted in :class:`UdpStats`.
-
-**Metering, per datagram** (docs/escrow.md §3 fees): the client pays exactly for what
-the relay forwarded — each datagram the relay delivered to the backend is one request
-plus its bytes, and each reply the relay sent back counts by its bytes. The relay counts
-(:class:`UdpBilling`) and reports its totals on the connection's first stream every few
-datagrams; the forwarder checks a report against what it sent and received (a relay
-cannot bill more than that), signs a cumulative receipt for it with its
-:class:`~dtp.payments.receipts.Meter` and sends it back. Datagrams lost on the way, before the relay
-counted them, are never billed. The relay forwards a datagram only while the datagrams no
-receipt covers stay below ``credit_datagrams``; others are dropped and counted as unpaid.
-On close the forwarder asks for a final report and signs it, so the latest receipt
-equals the relay's count.
-
-Control stream (stream 0, both ways): frames of a 4-byte big-endian length and a body
-whose first byte is the kind — ``U`` a usage report (u64 datagrams, u64 bytes, big-endian;
-relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay), ``F`` a
-request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
-A frame either side never sends (too long, an unknown kind, a kind meant for the other
-direction) ends the connection at once, its reason in the CLOSE: a peer that breaks the
-control protocol can no longer be paid or billed, and serving it on would mean forwarding
-its datagrams with nobody reading its receipts.
+every drop is counted in :class:`UdpStats`. Metering per datagram and the control
+stream (``U``, ``R``, ``F``, ``Z`` frames on stream 0) are docs/udp.md "Paying per
+datagram": the client pays exactly for what the relay forwarded, and a frame either
+side never sends ends the connection, for such a peer can no longer be paid or billed.
 """
 
 from __future__ import annotations
@@ -40,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,12 +46,14 @@ from dtp.hostid.udp._sockets import (
     bind_udp,
     check_count,
     check_seconds,
+    deliver,
     drain,
     drain_by_source,
     pass_replies,
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
+from dtp.native._udpio import send_datagram_run
 from dtp.payments.receipts import Meter
 from dtp.transport.carriers._tcp import wait_ready
 
@@ -107,6 +92,23 @@ def _under(lock: threading.RLock, count: Callable[[], None]) -> None:
         count()
 
 
+def _send_each(udp: socket.socket, datagrams: list[bytes]) -> tuple[int, int]:
+    """A billed batch to the backend a send each (as the asyncio relay sends a gated
+    one): a datagram the kernel refuses -- ECONNREFUSED, an earlier datagram's ICMP
+    error, which each send may meet and a run's sends after its first do not -- is then
+    not billed. How many went, and their bytes."""
+    sent = nbytes = 0
+    for data in datagrams:
+        try:
+            udp.send(data)
+        except OSError:
+            # (the kernel discards a datagram whose send reported the error)
+            continue
+        sent += 1
+        nbytes += len(data)
+    return sent, nbytes
+
+
 def relay_udp(
     sock: DTPSocket,
     backend: tuple[str, int],
@@ -119,29 +121,17 @@ def relay_udp(
     finish: threading.Event | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and its replies back, until
-    the connection ends or no datagram passes for ``idle_timeout`` seconds. Use it as a
+    the connection ends or sits idle ``idle_timeout`` seconds: a
     :meth:`dtp.socket.DTPServer.serve_forever` handler (``functools.partial``). With
-    ``billing``, usage is reported every ``report_every`` datagrams (and when traffic
-    pauses), receipts are read from the connection's first stream and unpaid datagrams
-    are dropped. With ``limits`` (the client's firewall buckets, see
-    :meth:`dtp.payments._ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
-    and replies count by their bytes (both with their frame headers,
-    :func:`dtp.payments._ratelimit.datagram_charge`); datagrams over the rate are dropped and
-    counted (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
-    holding it back would only add delay the application did not ask for. A datagram
-    the backend's socket refuses (its port closed, say) is dropped, counted
-    (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
-    shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
-    as a UDP destination at all; ``sock`` is closed then too, as at the end. A
-    ``billing`` with ``counts_when_kept`` may be told :meth:`UdpBilling.kept` from any
-    thread (a :class:`~dtp.payments._receipt_writer.ReceiptWriter`'s): the count runs
-    under this relay's engine lock.
+    ``billing``, usage is reported, receipts read and unpaid datagrams dropped. With
+    ``limits`` (the client's buckets), datagrams over the rate are dropped before they
+    are billed (``dropped_rate_limited``: a datagram cannot wait). One the backend
+    refuses is dropped unbilled (``dropped_send_failed``). Returns the counters
+    (``stats`` if given). :class:`~dtp.errors.TunnelError` when ``backend`` cannot be a
+    UDP destination (``sock`` closed too). :meth:`UdpBilling.kept` may come from any
+    thread: it runs under this relay's engine lock.
 
-    ``finish`` (a drain): once set, the relay stops relaying (datagrams and replies
-    from then on are dropped, ``dropped_finishing``), reports its final usage and ends
-    when a receipt covers it -- or the connection ends, or none has within
-    :data:`~dtp.hostid.udp._engine.FINAL_RECEIPT_WAIT` seconds
-    (:data:`~dtp.hostid.udp._engine.LOSSY_FINAL_RECEIPT_WAIT` over the ledger carrier),
+    ``finish`` (a drain): once set, :meth:`~dtp.hostid.udp._engine.RelayEngine.finish`,
     as :func:`dtp.hostid.udp._asyncio.relay_udp_async` does."""
     stats = stats if stats is not None else UdpStats()
     try:
@@ -159,10 +149,8 @@ def relay_udp(
     engine = RelayEngine(
         billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
     )
-    # the one lock of the engine (and its billing), which this loop, the reply thread,
-    # the control thread and a receipt writer's UdpBilling.kept share; held for engine
-    # calls only, never for I/O (tests/udp/test_relay_engine_lock.py). Reentrant: an
-    # on_receipt that stores at once calls kept() inside the control thread's hold
+    # the engine's one lock, held for engine calls only, never for I/O
+    # (tests/udp/test_relay_engine_lock.py); reentrant: on_receipt may call kept()
     lock = threading.RLock()
     if billing is not None:
         billing.run_kept = functools.partial(_under, lock)
@@ -175,6 +163,7 @@ def relay_udp(
 
     limit = sock.max_datagram_size
     unread = UnreadDrops(sock, stats)
+    gated = engine.gated
 
     def relay_replies() -> None:
         """The backend's replies to the client, until the relay ends (a thread)."""
@@ -219,23 +208,17 @@ def relay_udp(
                 engine.control_ended = True
 
     def relay_datagram(batch: list[bytes]) -> None:
-        """The client's datagrams to the backend, as one read of the connection returned
-        them (the asyncio twin's step takes each as the connection pushes it): one
-        engine call before the batch and one after, under the engine lock, never
-        around the sends."""
+        """The client's datagrams to the backend, one read's batch: an engine call before
+        and after it under the engine lock, never around the sends."""
         last[0] = time.monotonic()
         with lock:
             admission = engine.admit(batch, last[0])
-        sent = nbytes = 0
-        for data in admission.forward:
-            try:
-                udp.send(data)
-            except OSError:
-                # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on this
-                # send, which the kernel then discards -- nothing to bill
-                continue
-            sent += 1
-            nbytes += len(data)
+        if gated:
+            sent, nbytes = _send_each(udp, admission.forward)
+        else:
+            # nothing billed: the batch in one call (sendmmsg), as the asyncio relay
+            # sends an ungated run, waiting for room as a blocking send does
+            sent, nbytes, _ = send_datagram_run(udp, admission.forward)
         with lock:
             frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
         stats.add(
@@ -348,18 +331,14 @@ class UdpForwarder(FlowTable):
     ``connect()`` returns a new DTP connection to the relaying service (e.g. a
     ``functools.partial`` of :func:`dtp.socket.create_connection` with a ``dtp://``
     address). ``meter_for(sock)`` returns the :class:`~dtp.payments.receipts.Meter` of a new
-    connection (None: unmetered): the forwarder signs the relay's usage reports with it
-    and asks for a final one when a flow ends (waiting up to ``final_timeout``).
-    Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in
-    threads from construction until :meth:`close`.
+    connection (None: unmetered), which signs the relay's usage reports and a final one
+    when a flow ends (within ``final_timeout``); what the deposit cannot cover is dropped
+    (``dropped_unpaid``). Runs in threads from construction until :meth:`close`.
 
-    A new source's connection is made in a thread of its own, so a slow or unreachable
-    service holds up only that source: up to ``max_pending`` of its datagrams wait for
-    the connection, more are dropped (``dropped_no_session``). When ``connect()`` or
-    ``meter_for()`` fails (any exception; unexpected ones are logged with their
-    traceback) the waiting datagrams are dropped and counted, and that source's next
-    attempt waits ``retry_after`` seconds (its datagrams meanwhile dropped and counted):
-    each attempt at an unreachable service costs a connect timeout.
+    A new source's connection is made in a thread of its own, so an unreachable service
+    holds up only that source: up to ``max_pending`` of its datagrams wait, more are
+    dropped (``dropped_no_session``); after a failed connect the source waits
+    ``retry_after`` seconds before it tries again, its datagrams dropped and counted.
     """
 
     def __init__(
@@ -566,16 +545,8 @@ class UdpForwarder(FlowTable):
             flow.last = time.monotonic()
             with flow.lock:
                 flow.received_bytes += sum(map(len, batch))
-            delivered = nbytes = failed = 0
-            for data in batch:
-                try:
-                    self._udp.sendto(data, flow.source)
-                except OSError:
-                    failed += 1
-                    continue
-                delivered += 1
-                nbytes += len(data)
-            self.stats.add(datagrams_in=delivered, bytes_in=nbytes, dropped_send_failed=failed)
+            # the run in one call (sendmmsg), waiting for room as a blocking send does
+            deliver(self._udp, batch, self.stats, flow.source)
         unread.count()
         self._end(flow)
 
@@ -642,10 +613,8 @@ class UdpForwarder(FlowTable):
         self._end_all([flow])
 
     def _end_all(self, flows: list[_Flow]) -> None:
-        """End these sessions (those still open), together: each asks its relay for
-        the final report and all wait for theirs at once, up to ``final_timeout`` in
-        all, not per flow, however many flows a quiet relay has
-        (tests/udp/test_relay_and_forwarder_ends.py, close ends the flows together)."""
+        """End these sessions together: all wait for their final reports at once, up to
+        ``final_timeout`` in all, not per flow (tests/udp/test_relay_and_forwarder_ends.py)."""
         with self._lock:
             mine = [s for s in flows if self._flows.get(s.source) is s]
             for flow in mine:

@@ -1,11 +1,7 @@
-"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O: no socket,
-clock, lock or ledger here (callers pass ``now`` and the facts; the blocking driver's
-threads share an engine under one lock of the driver's). The relay's and the
-forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`), the control stream's
-codec (:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
-(:class:`RelayEngine`: admission, replies, answers, reports, drain, end). The forwarders' rules
-over their flows are :class:`dtp.hostid.udp._flow_table.FlowTable`; the counters,
-:class:`dtp.hostid.udp._stats.UdpStats`."""
+"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O (callers pass
+``now`` and the facts): the relay's and the forwarder's billing (:class:`UdpBilling`,
+:class:`FlowAccount`), the control stream's codec (:class:`ControlDecoder`,
+:func:`control_frame`) and the relay's rules (:class:`RelayEngine`)."""
 
 from __future__ import annotations
 
@@ -52,34 +48,24 @@ _CREDIT_BYTES_PER_DATAGRAM = 16 * 1024
 class UdpBilling:
     """The relay's check of one connection's per-datagram payments.
 
-    ``credit_datagrams``: datagrams served ahead of the receipts covering them — the
-    relay's risk, and the slack a fast stream needs while reports and receipts make
-    their round trip (at 512 bytes, 1024 datagrams are 0.5 MB of traffic).
-    ``credit_bytes`` (by default ``credit_datagrams`` x 16 KiB): the same for the bytes
-    both ways, requests and replies, served ahead of the receipts covering them. A
-    receipt pays for requests and bytes apart, and counting requests alone let a client
-    sign for its datagrams but no bytes (on a service priced by the byte, nothing at
-    all) and be served without bound, replies included. ``on_receipt`` sees every
-    accepted receipt (e.g. ``ReceiptStore.keep``).
+    ``credit_datagrams``: datagrams served ahead of the receipts covering them (the
+    relay's risk, and the slack a fast stream needs for the reports' round trip).
+    ``credit_bytes`` (default ``credit_datagrams`` x 16 KiB): the same for the bytes both
+    ways, for a receipt pays for requests and bytes apart and a client that signed for
+    datagrams but no bytes was served without bound. ``on_receipt`` sees every accepted
+    receipt (e.g. ``ReceiptStore.keep``).
 
-    ``loss_allowance``: the share of the reply bytes the relay writes off as lost on
-    the way back. The forwarder signs for no more than it received, so each reply lost
-    after the relay counted it stays unreceipted for good; without the write-off those
-    bytes would add up until the credit is gone and a lossy flow is served nothing more.
-    A client that claims losses it did not have gets at most this share of its replies
-    for free: the relay's risk, with ``credit_bytes``.
+    ``loss_allowance``: the share of the reply bytes written off as lost on the way back:
+    the forwarder signs only for what it received, and without it a lossy flow's
+    credit would run out for good.
 
-    ``counts_when_kept``: a receipt accepted counts (pays, extends the credit) only once
-    the caller passes it to :meth:`kept`, for a caller whose ``on_receipt`` only queues
-    it for the disk (a :class:`~dtp.payments._receipt_writer.ReceiptWriter`): counted at once, the
-    relay served on a receipt a crash could still lose, a receipt interval beyond the
-    credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
+    ``counts_when_kept``: a receipt counts only once passed to :meth:`kept` (on disk:
+    docs/escrow.md §6.1), for an ``on_receipt`` that only queues it (a
+    :class:`~dtp.payments._receipt_writer.ReceiptWriter`).
 
-    Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
-    under its engine lock; the asyncio relay on its loop). ``kept`` may come from
-    another thread (a receipt writer's): the blocking relay sets :attr:`run_kept` to
-    count it under its engine lock; the asyncio relay sets none, so its caller calls
-    ``kept`` on the relay's loop (the daemon, with ``call_soon_threadsafe``).
+    Lock-free: one relay uses it at a time. ``kept`` may come from another thread: the
+    blocking relay sets :attr:`run_kept` to count under its lock; the asyncio relay's
+    caller calls it on the loop.
     """
 
     def __init__(
@@ -128,15 +114,11 @@ class UdpBilling:
         self.refused_receipts = 0
         #: Why the latest refused receipt was refused (None: none was).
         self.last_refusal: DTPError | None = None
-        #: How :meth:`kept` runs its count: ``run_kept(count)`` calls ``count`` where
-        #: the relay's other calls cannot overlap it (the blocking relay: under its
-        #: engine lock). None: at once, in the caller's thread.
+        #: How :meth:`kept` runs its count where no other call overlaps it (None: at once)
         self.run_kept: Callable[[Callable[[], None]], None] | None = None
         self._reported = (0, 0)
-        # allowed and not counted yet (a datagram on its way to the backend, replies
-        # on their way to the client): the request path and the reply path run apart
-        # (threads, under the blocking driver's lock, or callbacks), and each must count
-        # what the other is about to send, or together they would serve past the deposit
+        # allowed and not counted yet: the request and reply paths run apart, and each
+        # must count what the other is about to send, or together they pass the deposit
         self._pending_datagrams = 0
         self._pending_bytes = 0
 
@@ -181,10 +163,8 @@ class UdpBilling:
         return True
 
     def kept(self, receipt: Receipt) -> None:
-        """Count a receipt :meth:`receipt` accepted, now kept durably (with
-        ``counts_when_kept``). One older than the newest counted changes nothing (a
-        writer that replaced it with a newer one may report either first). Through
-        :attr:`run_kept` when a relay set one."""
+        """Count a receipt :meth:`receipt` accepted, now kept durably; an older one than
+        the newest counted changes nothing (a writer may report either first)."""
         run = self.run_kept
         if run is None:
             self._count_kept(receipt)
@@ -196,13 +176,10 @@ class UdpBilling:
             self.latest = receipt
 
     def may_forward(self, nbytes: int = 0) -> bool:
-        """Whether a datagram of ``nbytes`` from the client may go: the receipts so far
-        leave credit for one more (its request and its bytes), and the deposit pays
-        for it on top of everything served (beyond it, no receipt could). The relays
-        ask this before sending and count with :meth:`forwarded` only once the
-        backend's socket took the datagram: a send that fails is not billed (call
-        :meth:`not_forwarded`). True reserves the datagram until then, so that the
-        replies allowed meanwhile leave room for it."""
+        """Whether a datagram of ``nbytes`` may go: the receipts leave credit for it and
+        the deposit pays for it. True reserves it until :meth:`forwarded` counts what
+        the backend's socket took (a failed send is not billed), so that replies allowed
+        meanwhile leave room for it."""
         if not self._may_serve(nbytes, 1):
             return False
         self._pending_datagrams += 1
@@ -214,10 +191,8 @@ class UdpBilling:
         self.delivered(1, nbytes, 0, 0)
 
     def delivered(self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int) -> None:
-        """Count what went of datagrams :meth:`may_forward` allowed: ``sent`` of
-        ``sent_bytes`` delivered to the backend, billed, and the reservation of all
-        ``reserved`` (of ``reserved_bytes``) released -- those not sent are not
-        billed. One call for a batch."""
+        """Bill the ``sent`` of a batch :meth:`may_forward` allowed and release the
+        reservation of all ``reserved``."""
         self._unreserve(reserved_bytes, reserved)
         self.datagrams += sent
         self.bytes += sent_bytes
@@ -245,10 +220,8 @@ class UdpBilling:
         return self.credit_bytes + int(self.reply_bytes * self.loss_allowance)
 
     def replies_allowed(self, sizes: list[int]) -> int:
-        """How many of the replies of these sizes (the first ones) may go: each while
-        the bytes no receipt covers stay below ``credit_bytes`` and the deposit pays
-        for it. Their bytes are reserved until the relays count those sent with
-        :meth:`replied` (passing what was reserved)."""
+        """How many of the first replies may go within ``credit_bytes`` and the
+        deposit; reserved until :meth:`replied`."""
         paid_bytes = 0 if self.latest is None else self.latest.total_bytes
         start = nbytes = self.bytes + self._pending_bytes
         datagrams = self.datagrams + self._pending_datagrams
@@ -286,11 +259,8 @@ class UdpBilling:
         self.reply_bytes += nbytes
 
     def report_interval(self, every: int) -> int:
-        """``every`` (datagrams between usage reports), lowered to half the credit when
-        that is less: the receipts must come back before the credit is used up. With
-        a credit of 16 and reports every 32 datagrams, a steady stream got 16 through
-        and then nothing (no report was due, and traffic never paused for the
-        forced one)."""
+        """``every`` (datagrams between usage reports), at most half the credit: the
+        receipts must come back before the credit is used up."""
         return max(1, min(every, self.credit_datagrams // 2))
 
     def final_totals(self) -> tuple[int, int]:
@@ -299,10 +269,8 @@ class UdpBilling:
         return self._reported
 
     def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
-        """The totals to report when ``every`` datagrams, or half of ``credit_bytes``,
-        passed since the last report (or anything changed, with ``force``); None when
-        no report is due. (By bytes too: a stream of replies, which are no requests,
-        would otherwise run through its byte credit before a report was due.)"""
+        """The totals to report after ``every`` datagrams or half of ``credit_bytes``
+        (by bytes too: replies are no requests), or any change with ``force``; else None."""
         last_datagrams, last_bytes = self._reported
         changed = (self.datagrams, self.bytes) != self._reported
         if not changed or not (
@@ -330,17 +298,15 @@ def check_control_size(size: int) -> None:
         raise BadControlFrame(f"UDP control frame of {size} bytes (1 to {_MAX_CONTROL})")
 
 
-#: Receipts a relay refuses on one connection before it ends it: one is no fault (a
-#: stale one, say), but each costs a verification and a log line, and a client sending
-#: nothing else kept a relay's event loop (every service's) busy.
+#: Receipts a relay refuses on one connection before it ends it: each costs a
+#: verification, and a client sending nothing else kept a relay's loop busy.
 _REFUSED_RECEIPTS_MAX = 8
 
 
 def keep_receipt(billing: UdpBilling, encoded: bytes) -> None:
-    """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`); raises
-    :class:`BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused,
-    and at once for a receipt of a format version this relay does not speak (a
-    forwarder of another release: none of its receipts could ever pay)."""
+    """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`);
+    :class:`BadControlFrame` past :data:`_REFUSED_RECEIPTS_MAX` refused, or at once for
+    a format version this relay does not speak (none of them could ever pay)."""
     if billing.receipt(encoded):
         return
     if isinstance(billing.last_refusal, UnsupportedReceiptVersion):
@@ -350,9 +316,8 @@ def keep_receipt(billing: UdpBilling, encoded: bytes) -> None:
 
 
 def check_final(finals: int) -> None:
-    """A client asks for the final report once: answered again and again (5 bytes in,
-    21 out, never drained), a client that did not read grew the relay's buffer without
-    bound, or held its control thread in a blocked send."""
+    """A client asks for the final report once: answered again and again, an unread
+    reply grew the relay's buffer without bound."""
     if finals > 1:
         raise BadControlFrame("a second request for the final report")
 
@@ -371,10 +336,8 @@ CONTROL_READ = 4096
 
 
 class ControlDecoder:
-    """The control stream's frames from its bytes as they come, whatever their split
-    (sans-I/O: the drivers read, this parses). A declared length out of bounds raises
-    :class:`BadControlFrame` as soon as its header is in: its body is never waited
-    for nor buffered."""
+    """The control stream's frames from its bytes, whatever their split; a length out
+    of bounds raises :class:`BadControlFrame` at its header, the body never buffered."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -439,17 +402,10 @@ LOSSY_FINAL_RECEIPT_WAIT = 30.0
 
 
 class RelayEngine:
-    """The rules of one relayed flow, held once for :func:`dtp.hostid.udp._blocking.relay_udp`
-    and :func:`dtp.hostid.udp._asyncio.relay_udp_async` (docs/udp.md). Sans-I/O: the
-    drivers pass ``now`` (``time.monotonic()``) and what happened, and send the control
-    frames it returns.
-
-    It admits the client's datagrams (:meth:`admit`, :meth:`delivered`) and the
-    backend's replies (:meth:`replies`, :meth:`replied`), each with one call before
-    and one after a batch is sent; answers the forwarder's control frames
-    (:meth:`control_frame`), says when a
-    usage report is due (:meth:`report`, :meth:`paused`), drains (:meth:`finish`) and
-    says when the relay is over (:meth:`done`)."""
+    """The rules of one relayed flow for :func:`dtp.hostid.udp._blocking.relay_udp` and
+    :func:`dtp.hostid.udp._asyncio.relay_udp_async` (docs/udp.md): the drivers pass
+    ``now`` and what happened, one call before and one after each batch, and send the
+    control frames it returns."""
 
     def __init__(
         self,
@@ -482,12 +438,9 @@ class RelayEngine:
         self._finals = 0
 
     def admit(self, batch: list[bytes], now: float) -> Admission:
-        """Which of the client's datagrams ``batch`` go to the backend (docs/udp.md):
-        first the rate limits (a datagram over them is dropped before it is billed: it
-        cannot wait, and holding it back only adds delay), then the billing, datagram
-        by datagram (:meth:`UdpBilling.may_forward`, which reserves each allowed one).
-        ``now`` is ``time.monotonic()``. The driver sends :attr:`Admission.forward`
-        and then calls :meth:`delivered` once for the batch."""
+        """Which of ``batch`` go to the backend: the rate limits first (one over them is
+        dropped unbilled: waiting only adds delay), then :meth:`UdpBilling.may_forward`.
+        The driver sends :attr:`Admission.forward`, then calls :meth:`delivered`."""
         limited = 0
         limits = self.limits
         if limits is not None:
@@ -505,10 +458,8 @@ class RelayEngine:
     def delivered(
         self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int
     ) -> bytes | None:
-        """After sending what :meth:`admit` let through (``reserved`` datagrams of
-        ``reserved_bytes``): ``sent`` of ``sent_bytes`` reached the backend's socket
-        and are billed; the others (a send refused: the backend's port closed, say)
-        are not. Returns the usage report now due, if any (:meth:`report`)."""
+        """``sent`` of what :meth:`admit` let through reached the backend and are billed,
+        the others not: the usage report now due, if any."""
         billing = self.billing
         if billing is None:
             return None
@@ -516,12 +467,9 @@ class RelayEngine:
         return self.report()
 
     def replies(self, batch: list[bytes], limit: int) -> Replies:
-        """Which of the backend's replies ``batch`` go to the client (docs/udp.md):
-        those that fit a datagram of ``limit`` bytes, then the first ones the billing
-        allows (:meth:`UdpBilling.replies_allowed`, which reserves their bytes). No
-        rate limit holds a reply back (it is charged once sent, :meth:`replied`), so no
-        ``now``. The driver sends :attr:`Replies.send` and then calls :meth:`replied`
-        once for the batch, whether the send went or raised."""
+        """Which of ``batch`` go to the client: those that fit ``limit``, then the first
+        ones :meth:`UdpBilling.replies_allowed` allows (charged to the rate limits once
+        sent). The driver sends :attr:`Replies.send`, then calls :meth:`replied`."""
         fits = [d for d in batch if len(d) <= limit]
         oversized = len(batch) - len(fits)
         billing = self.billing
@@ -533,14 +481,9 @@ class RelayEngine:
         return Replies(fits, sum(map(len, fits)), oversized, unpaid)
 
     def replied(self, replies: Replies, sent: int, sent_bytes: int, now: float) -> bytes | None:
-        """After sending what :meth:`replies` let through: the first ``sent`` of
-        :attr:`Replies.send` (``sent_bytes``) went to the client (0 when the send
-        raised). They are billed and the reservation of all is released; the client's
-        byte budget is charged each reply with its frame header, as the client's own
-        datagrams are (:meth:`admit`; by payload alone, a backend's empty replies would
-        cost the client nothing however many went). ``now`` is ``time.monotonic()``.
-        Returns the usage report now due, if any (:meth:`report`; replies alone may
-        make one due), as :meth:`delivered` does: one call per batch."""
+        """The first ``sent`` of :attr:`Replies.send` went (0 when the send raised):
+        billed, and charged to the byte budget with their frame headers (else empty
+        replies cost nothing); the usage report now due, if any."""
         limits = self.limits
         if limits is not None and sent:
             went = replies.send if sent == len(replies.send) else replies.send[:sent]
@@ -552,12 +495,9 @@ class RelayEngine:
         return self.report()
 
     def control_frame(self, body: bytes) -> bytes | None:
-        """The answer to a frame from the forwarder: None for a receipt (``R``, kept),
-        the final report (``Z``) for its request (``F``). Raises
-        :class:`BadControlFrame` for any other frame (a usage report sent back at the
-        relay, say), a second ``F``, or too many refused receipts: the driver aborts
-        the connection with it, since a relay whose receipts nobody reads can only
-        serve on credit and then drop everything as unpaid
+        """The answer to a frame from the forwarder: None for a receipt (``R``), the
+        final report (``Z``) for ``F``. :class:`BadControlFrame` (the driver aborts) for
+        any other, a second ``F`` or too many refused receipts
         (tests/udp/test_control_stream_abuse.py)."""
         billing = self.billing
         assert billing is not None, "an unbilled relay reads no control stream"
@@ -571,9 +511,7 @@ class RelayEngine:
         raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
 
     def report(self, force: bool = False) -> bytes | None:
-        """The usage report (``U``) due now, if any: every ``report_every`` datagrams or
-        half the byte credit (:meth:`UdpBilling.report_due`), or anything new with
-        ``force``. None without billing or once the control stream ended."""
+        """The usage report (``U``) due now (:meth:`UdpBilling.report_due`), if any."""
         billing = self.billing
         if billing is None or self.control_ended:
             return None
@@ -581,24 +519,18 @@ class RelayEngine:
         return None if totals is None else control_frame(b"U", USAGE.pack(*totals))
 
     def paused(self, now: float, last: float) -> bytes | None:
-        """The report forced by a pause: traffic (``last``, the latest datagram either
-        way) stopped for :attr:`wait` seconds. Reports wait for ``report_every``
-        datagrams, and a flow that pauses short of them would otherwise never be billed
-        for its last ones, nor get the credit back that the receipt frees."""
+        """The report forced when traffic stopped (since ``last``) for :attr:`wait`
+        seconds: else a flow pausing short of ``report_every`` is never billed for its
+        last datagrams."""
         if now - last < self.wait:
             return None
         return self.report(force=True)
 
     def finish(self, now: float, *, reliable: bool) -> bytes | None:
-        """Start the drain (a daemon stopping): from now on nothing is relayed
-        (datagrams and replies are dropped, ``dropped_finishing``), and the final usage
-        is reported (the frame returned); :meth:`done` then waits for a receipt that
-        covers it up to :data:`FINAL_RECEIPT_WAIT` seconds
-        (:data:`LOSSY_FINAL_RECEIPT_WAIT` over a lossy carrier, where a round trip
-        alone may take that long), never past the idle timeout. Replies lost on the way
-        back are never signed for, so a lossy flow's receipt may stay short: the wait
-        is bounded. Cut at once instead, the usage since the last report would never be
-        billed."""
+        """Start the drain: nothing more is relayed (``dropped_finishing``) and the final
+        usage is reported (the frame returned); :meth:`done` waits for its receipt up to
+        :data:`FINAL_RECEIPT_WAIT` (:data:`LOSSY_FINAL_RECEIPT_WAIT` over a lossy
+        carrier, whose receipt may stay short), so the last usage is billed."""
         if self.finishing:
             return None
         self.finishing = True
@@ -607,9 +539,8 @@ class RelayEngine:
         return self.report(force=True)
 
     def done(self, now: float, last: float) -> bool:
-        """Whether the relay is over: its control stream ended, no datagram passed
-        either way since ``last`` for ``idle_timeout`` seconds, or, finishing, a
-        receipt covers the final usage (or none came in time, or it is unbilled)."""
+        """Whether the relay is over: its control stream ended, idle for
+        ``idle_timeout``, or, finishing, the final receipt came (or will not)."""
         if self.control_ended or now - last >= self.idle_timeout:
             return True
         if not self.finishing:
@@ -626,10 +557,8 @@ class RelayEngine:
 
 
 def parse_report(body: bytes) -> tuple[int, int, bool]:
-    """A forwarder's reading of a relay's usage report: its totals (datagrams, bytes)
-    and whether it is the final one (``Z``, else ``U``). Raises
-    :class:`BadControlFrame` for any other frame: the flow is aborted, as serving on,
-    the relay billed reports nobody signed until its credit ran out."""
+    """A relay's usage report: its totals (datagrams, bytes) and whether it is the
+    final one (``Z``); :class:`BadControlFrame` (the flow aborted) for any other frame."""
     kind = body[:1]
     if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
         raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
@@ -668,10 +597,8 @@ class FlowAccount:
         self._warned_unpaid = False
 
     def final_request(self) -> bytes | None:
-        """End the flow: nothing more goes on it (what went after the final report
-        would never be paid for), and a metered one asks its relay for the final
-        report (the ``F`` frame returned), so that the latest receipt equals the
-        relay's count. None when unmetered: there is nothing to ask."""
+        """End the flow (what went after the final report would never be paid for):
+        the ``F`` frame that asks for the final report, None when unmetered."""
         self.closed = True
         return None if self.meter is None else control_frame(b"F")
 
@@ -733,11 +660,9 @@ class FlowAccount:
     def count_send(
         self, out: list[bytes], sent: int | None, oversized: int, unpaid: int
     ) -> dict[str, int]:
-        """Count a batch :meth:`admit` split: ``sent`` of its ``out`` left (the rest were
-        dropped, the carrier backed up), or None when the connection had ended and
-        none did -- then they are dropped (``dropped_no_session``), not sent: a relay's
-        final report may not bill them. Returns the counts for the driver's
-        :class:`~dtp.hostid.udp._stats.UdpStats` (``stats.add(**counts)``)."""
+        """Count a batch :meth:`admit` split: ``sent`` of its ``out`` left (None: the
+        connection had ended, all ``dropped_no_session``). The counts for
+        ``stats.add(**counts)``."""
         if sent is None:
             self.unsent(out)
             return {
@@ -756,9 +681,7 @@ class FlowAccount:
         }
 
     def unsent(self, dropped: list[bytes]) -> None:
-        """Uncount datagrams :meth:`admit` gave that the connection then dropped unsent
-        (its carrier backed up): they never left, so no relay can bill them, and the
-        deposit they were counted against is still there for later ones."""
+        """Uncount datagrams the connection dropped unsent: no relay can bill them."""
         self.sent_datagrams -= len(dropped)
         self.sent_bytes -= sum(map(len, dropped))
 
@@ -786,13 +709,10 @@ class FlowAccount:
         return control_frame(b"R", receipt.encode())
 
     def answer(self, body: bytes, flow: object, now_ms: int) -> ReportAnswer:
-        """What to do with a control frame from the relay (``flow`` names the flow in
-        the log; ``now_ms`` is the wall clock in milliseconds): a usage report gets the
-        receipt for it (:meth:`sign`), when there is something new to sign and the
-        deposit pays for it (else the refusal is logged: the relay's credit, not this
-        flow, decides what is served next). Raises
-        :class:`BadControlFrame` for a frame the relay never sends
-        (:func:`parse_report`)."""
+        """A control frame from the relay: a usage report gets its receipt
+        (:meth:`sign`) when the deposit pays for it, else the refusal is logged (the
+        relay's credit decides what is served next); :class:`BadControlFrame` for a frame
+        the relay never sends."""
         datagrams, nbytes, final = parse_report(body)
         paid = self.paid
         try:

@@ -21,7 +21,7 @@ from dtp.errors import (
 )
 from dtp.hostid.udp._engine import BadControlFrame, RelayEngine
 from dtp.hostid.udp._stats import UdpStats
-from dtp.native._udpio import recv_datagram_run
+from dtp.native._udpio import recv_datagram_run, send_datagram_run
 
 if TYPE_CHECKING:
     from dtp.transport.asyncio._streams import DTPStreamWriter
@@ -75,11 +75,8 @@ class UnreadDrops:
 
 def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
     """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
-    infinity is "never"), for the forwarders and relays of both APIs: an
-    ``idle_timeout`` of 0 or less spun a sweeper, a NaN compares false both ways and no
-    flow ever went idle, and a None or a str raised in a thread, task or callback long
-    after the start (a sweeper died silently; a relay left its backend socket and
-    connection open)."""
+    infinity is "never"), NaN included: else it fails in a thread or task long after
+    the start."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -104,12 +101,9 @@ def _port_ok(port: object) -> bool:
 
 
 def _check_listen(listen: tuple[str, int]) -> None:
-    """Refuse a local address whose port is out of range before a socket is made for
-    it: bind() raises OverflowError (untyped) and the socket would be left open. (The
-    same error and words as :func:`dtp.hostid.paid._policy.check_address`.) One that is no
-    (host, port) tuple with a str host is a TypeError: a None or bytes host would fail on the family
-    test with words about something else (``argument of type 'NoneType' is not
-    iterable``)."""
+    """Refuse a local address before a socket is made for it, as
+    :func:`dtp.hostid.paid._policy.check_address` does: a port out of range, or a TypeError
+    for no (host, port) tuple with a str host."""
     if (
         not isinstance(listen, tuple)
         or not 2 <= len(listen) <= 4  # (an IPv6 one may add flowinfo and scope_id)
@@ -123,10 +117,8 @@ def _check_listen(listen: tuple[str, int]) -> None:
 
 
 def bind_udp(listen: tuple[str, int], *, blocking: bool) -> _socket.socket:
-    """The forwarders' local UDP socket, bound to ``listen`` (checked first). Closed on
-    any failure, not only an OSError: bind() raises TypeError for an address it cannot
-    take (a null character in the host, an IPv4 address with flowinfo), and the socket
-    would be left to the garbage collector."""
+    """The forwarders' local UDP socket, bound to ``listen``, closed on any failure
+    (bind() raises TypeError too)."""
     _check_listen(listen)
     family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
     udp = _socket.socket(family, _socket.SOCK_DGRAM)
@@ -198,13 +190,9 @@ def pass_replies(
     engine: RelayEngine,
     guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
 ) -> tuple[bool, bytes | None]:
-    """Hand the backend's replies ``batch`` to ``send`` (the connection's
-    ``send_datagrams``): those :meth:`RelayEngine.replies` lets through (fitting a
-    datagram of ``limit`` bytes, allowed by the billing); then tell the engine what
-    went (:meth:`RelayEngine.replied`) and count the stats. Returns whether ``send``
-    was called (the relay is not idle) and the usage report then due, if any. Both
-    relays' (blocking and asyncio) reply path; ``guard`` is held around each engine
-    call (the blocking relay's engine lock), never around ``send``."""
+    """Both relays' reply path: hand ``send`` what :meth:`RelayEngine.replies` lets
+    through, then :meth:`RelayEngine.replied`, ``guard`` held around each engine call,
+    never around ``send``. Whether ``send`` was called, and the report due, if any."""
     with guard:
         replies = engine.replies(batch, limit)
     fits = replies.send
@@ -234,6 +222,30 @@ def pass_replies(
     return True, frame
 
 
+def deliver(
+    udp: _socket.socket,
+    run: list[bytes],
+    stats: UdpStats,
+    address: tuple[Any, ...] | None = None,
+    *,
+    shared: bool = True,
+) -> None:
+    """Send a run of datagrams to the UDP side (``address``, or the socket's connected
+    peer) in one call (:func:`~dtp.native._udpio.send_datagram_run`: a system call per
+    64, not one each) and count them: ``datagrams_in`` and ``bytes_in``, or
+    ``dropped_send_failed`` for those the kernel refused (a blocking socket waits for
+    room instead). ``shared``: the counters are shared by threads (added under their
+    lock); else one thread (the event loop) writes them, and adds to the fields."""
+    sent, nbytes, _ = send_datagram_run(udp, run, address)
+    if shared:
+        stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_send_failed=len(run) - sent)
+        return
+    if sent < len(run):
+        stats.add(dropped_send_failed=len(run) - sent)
+    stats.datagrams_in += sent
+    stats.bytes_in += nbytes
+
+
 def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     """Every datagram waiting on a ready socket (at most ``limit``; those read before
     an ICMP error when the readiness was one, e.g. the backend's port is closed or its
@@ -241,11 +253,8 @@ def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     # (one call for the run: the interpreter lock is released once, not per datagram)
     out, _, err = recv_datagram_run(udp, limit)
     if err:
-        # the kernel reports an earlier datagram's ICMP error once, on a read, and
-        # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
-        # another host gone away). Raised, it would end the blocking relay's reply
-        # thread for good -- requests still forwarded and billed, no reply ever back --
-        # and the replies read before it would be lost uncounted
+        # an earlier datagram's ICMP error, reported once on a read: raised, it would
+        # end the blocking relay's reply thread for good
         logger.debug("UDP backend %s: %s", _peer_name(udp), os.strerror(err))
     return out
 
@@ -260,10 +269,8 @@ def _peer_name(udp: _socket.socket) -> object:
 
 def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[Any, ...], list[bytes]]:
     """Every datagram waiting on a ready socket (at most ``limit``), grouped by source
-    address in arrival order: each flow's burst is then sealed and sent together. A
-    source is ``(host, port)`` for IPv4 and ``(host, port, 0, scope_id)`` for IPv6: one
-    flow per host, port and scope (a link-local host is one per interface, and a reply
-    sent to the key reaches it), whatever flow label the datagrams carried."""
+    in arrival order, each flow's burst sent together. An IPv6 source is
+    ``(host, port, 0, scope_id)``: one flow per scope, whatever the flow label."""
     flows: dict[tuple[Any, ...], list[bytes]] = {}
     datagrams, sources, err = recv_datagram_run(udp, limit, sources=True)
     if err and not datagrams:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -346,22 +345,7 @@ class LedgerReads(LocalStore):
             raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.")
         return int(cursor)
 
-    def wait_events(
-        self,
-        cursor: str | None,
-        timeout: float,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
-            # NaN would never pass the deadline check: the call would not return
-            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            events, cursor = self.events(cursor, filter, limit)
-            remaining = deadline - time.monotonic()
-            if events or remaining <= 0:
-                return events, cursor
-            # Woken at once by commits of this process; other processes are polled.
-            with self._changed:
-                self._changed.wait(min(remaining, 0.05))
+    def _await_events(self, remaining: float) -> None:
+        # Woken at once by commits of this process; other processes are polled.
+        with self._changed:
+            self._changed.wait(min(remaining, 0.05))

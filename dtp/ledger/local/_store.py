@@ -32,20 +32,22 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.ledger._move_call import U64_MAX, Id, MoveCall, u64
 from dtp.ledger._objects import (
     Event,
     OpenedConnection,
     Settlement,
     Sla,
     as_bytes,
+    check_port,
     check_signer,
     check_transfer_amount,
     normalize_id,
 )
 from dtp.ledger._spec import default_local_path
+from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.ledger.interface import TypedReads
 from dtp.ledger.local import rules
-from dtp.ledger.local._call_arguments import U64_MAX, u64
 from dtp.ledger.local._checkpoints import (
     _CHECKPOINT_EVERY,
     _CHECKPOINTER,
@@ -54,7 +56,9 @@ from dtp.ledger.local._checkpoints import (
 from dtp.ledger.local._stored import SEQ_MAX, SHAPE_ERRORS, SqlStore, _balance
 from dtp.ledger.local._tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.ledger.local.rules import _coordination as local_coordination
+from dtp.ledger.local.rules import _deletion as local_deletion
 from dtp.ledger.local.rules import _economics as local_economics
+from dtp.ledger.local.rules import _versions as local_versions
 from dtp.ledger.receipt import Receipt
 
 #: How long a call waits for another writer (any process) to finish before failing.
@@ -133,6 +137,10 @@ rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
 # So do the registry's (docs/escrow.md §21).
 rules.FUNCTIONS.update(local_coordination.FUNCTIONS)
 rules.OBJECT_TYPES.update(local_coordination.OBJECT_TYPES)
+# And the deletions of what is over (docs/escrow.md §7, §12, §15).
+rules.FUNCTIONS.update(local_deletion.FUNCTIONS)
+# And each versioned object's migration (docs/escrow.md "Versions").
+rules.FUNCTIONS.update(local_versions.FUNCTIONS)
 
 
 def _tx_value(value: Any, depth: int) -> TxValue:
@@ -187,7 +195,7 @@ class TxResult:
 #: Escrow-like money holders of the payment models: Move type -> the balance field.
 _ESCROW_LIKE: Final = {
     local_economics.OBJECT_TYPES["Subscription"]: "funds",
-    local_economics.OBJECT_TYPES["SponsorPool"]: "funds",
+    local_economics.OBJECT_TYPES["SponsorLane"]: "funds",
     local_economics.OBJECT_TYPES["RetainedRecord"]: "deposit",
 }
 
@@ -286,7 +294,26 @@ class LocalStore(TypedReads):
 
     # -- the file: opened, shared across handles and forks, closed -------------------------
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        clock_ms: int | None = None,
+        package_version: int = PACKAGE_VERSION,
+    ):
+        if (
+            not isinstance(package_version, int)
+            or isinstance(package_version, bool)
+            or not 1 <= package_version <= U64_MAX
+        ):
+            raise InvalidArgument(
+                f"package_version must be a package version from 1 to 2**64-1, got "
+                f"{package_version!r:.40}."
+            )
+        #: The package version whose code this handle runs (docs/escrow.md "Versions"):
+        #: two handles of one file with different ones stand for the package before and
+        #: after an upgrade.
+        self.package_version = package_version
         if not isinstance(path, str | os.PathLike):
             # str(None) would be a file named "None" in the working directory
             raise TypeError(f"The ledger path must be str or os.PathLike, got {path!r}.")
@@ -705,7 +732,7 @@ class LocalStore(TypedReads):
                     f"The transaction is signed by {signer}, but its sender is {tx.sender}."
                 )
         args = rules.check_args(tx.module, tx.function, tx.args)
-        handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
+        handler = rules.entry(tx.module, tx.function)
         digest = tx_digest(tx_bytes)
         return self._apply(tx, digest, handler, args)
 
@@ -750,7 +777,9 @@ class LocalStore(TypedReads):
         meta = self._metas()
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
-        x = rules.Exec(store, tx.sender, digest, now, epoch, package or self._package_id)
+        x = rules.Exec(
+            store, tx.sender, digest, now, epoch, package or self._package_id, self.package_version
+        )
         try:
             value = handler(x, *args)
         except SHAPE_ERRORS as exc:
@@ -851,6 +880,40 @@ class LocalStore(TypedReads):
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
         return self._execute(*self._signed(signer, module, function, *args))
 
+    def _move(self, signer: HostIdentity, call: MoveCall) -> Any:
+        """Run ``call`` on the rows; returns the value the Move function returns (an
+        OpenedConnection for an open, a Settlement for a settlement; for a function
+        that returns none, the event field ``call.result`` names)."""
+        result = self._call(signer, call.module, call.function, *self._move_args(call))
+        if call.result == "ConnectionOpened":
+            return self._opened(result)
+        if call.result == "ConnectionSettled":
+            receipt = any(isinstance(a, Receipt) for a in call.args)
+            return self._settlement(result, int(result.value) if receipt else 0)
+        if result.value is None and call.result:
+            # a function that returns nothing: its result is its event's, as on Sui
+            event, name = call.result.split(".")
+            (fields,) = [e.fields for e in result.events if e.name == event]
+            return fields[name]
+        return result.value
+
+    def _move_args(self, call: MoveCall) -> list[TxValue]:
+        """``call``'s arguments as the rules take them: IDs as addresses, an Sla and a
+        Receipt as their fields (the values Sui's ``host::new_sla`` and claim take)."""
+        args: list[TxValue] = []
+        for a in call.args:
+            if isinstance(a, Id):
+                args.append(self._id(a.value))
+            elif isinstance(a, Sla):
+                args += (a.price_per_kib, a.price_per_request, a.min_deposit)
+                args.append(a.half_close_timeout_ms)
+            elif isinstance(a, Receipt):
+                args += (a.total_bytes, a.total_requests, a.total_amount, a.nonce)
+                args.append(as_bytes(a.signature, "signature"))
+            else:
+                args.append(a)
+        return args
+
     def _signed(
         self, signer: HostIdentity, module: str, function: str, *args: TxValue
     ) -> tuple[Tx, bytes, bytes | None]:
@@ -943,7 +1006,7 @@ class LocalStore(TypedReads):
 
     def audit(self) -> dict[str, int]:
         """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows,
-        prepaid response fees, unearned subscription money, sponsor pools and retained
+        prepaid response fees, unearned subscription money, sponsor lanes and retained
         records' storage deposits), ``broadcasts`` (pools plus unclaimed earnings, and ticket
         money of events not yet on air). Conservation holds iff minted == the other three."""
 
@@ -994,28 +1057,4 @@ class LocalStore(TypedReads):
 
     @staticmethod
     def _port(port: int) -> int:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
-            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
-        return port
-
-    @staticmethod
-    def _sla_args(sla: Sla) -> tuple[int, int, int]:
-        if not isinstance(sla, Sla):
-            raise InvalidArgument(f"sla must be an Sla, got {type(sla).__name__}.")
-        return (
-            u64(sla.price_per_kib, "price_per_kib"),
-            u64(sla.price_per_request, "price_per_request"),
-            u64(sla.min_deposit, "min_deposit"),
-        )
-
-    @staticmethod
-    def _receipt_args(receipt: Receipt) -> tuple[int, int, int, int, bytes]:
-        if not isinstance(receipt, Receipt):
-            raise InvalidArgument(f"receipt must be a Receipt, got {type(receipt).__name__}.")
-        return (
-            u64(receipt.total_bytes, "total_bytes"),
-            u64(receipt.total_requests, "total_requests"),
-            u64(receipt.total_amount, "total_amount"),
-            u64(receipt.nonce, "nonce"),
-            as_bytes(receipt.signature, "signature"),
-        )
+        return check_port(port)

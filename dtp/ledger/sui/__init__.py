@@ -39,8 +39,9 @@ except ImportError as exc:
 
 from dtp.errors import SuiConfigError
 from dtp.ledger.sui._calls import SuiCalls
-from dtp.ledger.sui._calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
-from dtp.ledger.sui._calls_coordination import CoordinationCalls
+from dtp.ledger.sui._calls_apps import SuiAppCalls
+from dtp.ledger.sui._calls_deletion import DeletionCalls
+from dtp.ledger.sui._calls_versions import VersionCalls
 from dtp.ledger.sui._client import LedgerUnavailable, SharedObjectCongestion
 from dtp.ledger.sui._codec import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
 from dtp.ledger.sui._config import DEFAULT_GAS_BUDGET, SuiConfig
@@ -74,10 +75,9 @@ __all__ = [
 
 
 class SuiLedger(
-    BroadcastCalls,
-    MessagingCalls,
-    PaymentModelCalls,
-    CoordinationCalls,
+    VersionCalls,
+    DeletionCalls,
+    SuiAppCalls,
     SuiCalls,
     SuiLedgerCore,
 ):

@@ -35,7 +35,7 @@ import re
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -57,6 +57,7 @@ from dtp.errors import (
     shown,
 )
 from dtp.errors import LedgerUnavailable as _LedgerUnavailable
+from dtp.identity._bcs import uleb128
 from dtp.ledger._objects import EventFilter, normalize_id
 from dtp.ledger.sui._codec import BcsDecodeError
 from dtp.ledger.sui._tx import OwnedRef
@@ -664,6 +665,8 @@ class SuiNode:
             return sui_prot.StateServiceStub(channel)
         if service == Service.TRANSACTION:
             return sui_prot.TransactionExecutionServiceStub(channel)
+        if service == Service.SIGNATURE:
+            return sui_prot.SignatureVerificationServiceStub(channel)
         raise ValueError(f"service {service} is not used")
 
     async def _unary(self, request: PGRPC_Request) -> Any:
@@ -706,6 +709,22 @@ class SuiNode:
 
         return self.run(call, f"GetObject {object_id}")
 
+    def storage_paid(self, object_id: str) -> int:
+        """The storage fee an object paid when last written (its ``storage_rebate``: what
+        deleting it rebates, before the non-refundable part); ``ObjectNotFound`` if
+        absent."""
+        object_id = normalize_id(object_id)
+
+        async def call() -> int:
+            resp = await self._unary(
+                rq.GetObject(object_id=object_id, field_mask=["object_id", "storage_rebate"])
+            )
+            if resp is None or resp.object is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this network.")
+            return int(resp.object.storage_rebate or 0)
+
+        return self.run(call, f"GetObject {object_id}")
+
     def table_entries(self, table_id: str) -> dict[str, int]:
         """Entries of a ``Table<address, u64>`` (its dynamic fields)."""
         out: dict[str, int] = {}
@@ -721,56 +740,42 @@ class SuiNode:
     def table_values(self, table_id: str) -> dict[str, bytes]:
         """Entries of a ``Table`` keyed by an address or an ID (its dynamic fields): each
         key as ``0x`` hex, each value as its BCS bytes, for the caller to decode."""
-        table_id = normalize_id(table_id)
-
-        async def call() -> dict[str, bytes]:
-            out: dict[str, bytes] = {}
-            token: bytes | None = None
-            seen: set[bytes] = set()
-            while True:
-                resp = await self._unary(
-                    rq.GetDynamicFields(
-                        table_id, page_size=1000, page_token=token, field_mask=["name", "value"]
-                    )
-                )
-                for df in resp.dynamic_fields:
-                    # an address or ID (32 bytes) to a value: anything else is not this table's
-                    name = bytes(df.name.value or b"") if df.name is not None else b""
-                    value = bytes(df.value.value or b"") if df.value is not None else b""
-                    if len(name) != 32:
-                        raise BcsDecodeError(
-                            f"An entry of the table {table_id} is not keyed by an address "
-                            f"({len(name)} bytes)."
-                        )
-                    out["0x" + name.hex()] = value
-                token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
-                if not token:
-                    return out
-
-        return self.run(call, f"ListDynamicFields {table_id}")
+        fields = self.table_fields(table_id, 32)
+        return {"0x" + name.hex(): value for name, value in fields.items()}
 
     def table_keys(self, table_id: str) -> list[str]:
         """The keys of a ``Table<address, _>`` (its dynamic fields' names), every page."""
-        table_id = normalize_id(table_id)
+        return ["0x" + name.hex() for name in self.table_fields(table_id, 32, values=False)]
 
-        async def call() -> list[str]:
-            out: list[str] = []
+    def table_fields(
+        self, table_id: str, key_length: int, *, values: bool = True
+    ) -> dict[bytes, bytes]:
+        """Every entry of a ``Table`` whose keys' BCS is ``key_length`` bytes (an address
+        or an ID: 32; a ``u16`` port: 2), read page by page: each key's BCS to its
+        value's (empty when ``values`` is False: only the names are asked for). An entry
+        keyed otherwise is not this table's: BcsDecodeError."""
+        table_id = normalize_id(table_id)
+        mask = ["name", "value"] if values else ["name"]
+
+        async def call() -> dict[bytes, bytes]:
+            out: dict[bytes, bytes] = {}
             token: bytes | None = None
             seen: set[bytes] = set()
             while True:
                 resp = await self._unary(
-                    rq.GetDynamicFields(
-                        table_id, page_size=1000, page_token=token, field_mask=["name"]
-                    )
+                    rq.GetDynamicFields(table_id, page_size=1000, page_token=token, field_mask=mask)
                 )
                 for df in resp.dynamic_fields:
                     name = bytes(df.name.value or b"") if df.name is not None else b""
-                    if len(name) != 32:
+                    value = b""
+                    if values and df.value is not None:
+                        value = bytes(df.value.value or b"")
+                    if len(name) != key_length:
                         raise BcsDecodeError(
-                            f"An entry of the table {table_id} is not keyed by an address "
-                            f"({len(name)} bytes)."
+                            f"An entry of the table {table_id} is not keyed by a "
+                            f"{key_length}-byte key ({len(name)} bytes)."
                         )
-                    out.append("0x" + name.hex())
+                    out[name] = value
                 token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
                 if not token:
                     return out
@@ -885,6 +890,47 @@ class SuiNode:
                 f"{exc} The transaction may still have executed: read its outcome before "
                 "sending it again."
             ) from None
+
+    def verify_signature(
+        self,
+        message: bytes,
+        signature: bytes,
+        address: str,
+        *,
+        jwks: Sequence[Mapping[str, str]] = (),
+    ) -> tuple[bool, str]:
+        """Whether ``signature`` (a serialized Sui signature of any scheme) signs the
+        personal message ``message`` for ``address``, in the node's judgment
+        (``SignatureVerificationService/VerifySignature``): ``(valid, the node's reason
+        when not)``. A zkLogin proof is checked against its issuer's key: one of
+        ``jwks`` (each ``{iss, kid, kty, e, n, alg}``) when given, else the node's
+        current on-chain keys. The node does not compare a zkLogin proof's last epoch
+        with the current one: its caller does (``epoch_info``)."""
+        bcs_message = uleb128(len(message)) + bytes(message)  # BCS vector<u8>
+        request = sui_prot.VerifySignatureRequest(
+            message=sui_prot.Bcs(name="PersonalMessage", value=bcs_message),
+            signature=sui_prot.UserSignature(
+                bcs=sui_prot.Bcs(name="UserSignature", value=bytes(signature))
+            ),
+            address=normalize_id(address, "address"),
+            jwks=[
+                sui_prot.ActiveJwk(
+                    id=sui_prot.JwkId(iss=jwk["iss"], kid=jwk["kid"]),
+                    jwk=sui_prot.Jwk(kty=jwk["kty"], e=jwk["e"], n=jwk["n"], alg=jwk["alg"]),
+                )
+                for jwk in jwks
+            ],
+        )
+
+        async def call() -> tuple[bool, str]:
+            resp = await self._stub(Service.SIGNATURE).verify_signature(request)
+            if resp is None or resp.is_valid is None:
+                raise MalformedResponse(
+                    f"Sui node {self.endpoint} answered VerifySignature without is_valid."
+                )
+            return bool(resp.is_valid), resp.reason or ""
+
+        return self.run(call, "VerifySignature")
 
     def checkpoint_timestamp_ms(self, sequence: int) -> int:
         """The timestamp of a checkpoint, in ms."""

@@ -2,12 +2,13 @@
 views of :mod:`dtp.ledger._objects` (offline; used by ``SuiLedger`` on node answers).
 
 Sui returns an object's Move contents and an event's payload as BCS bytes. The layouts
-below are written from the Move sources (field order is BCS order): ``ID``/``UID`` and
-``address`` are 32 bytes, ``String`` and ``vector<u8>`` are ``uleb128(len) || bytes``,
-``VecMap<K, V>`` is a vector of ``(K, V)`` pairs, ``VecSet<T>`` a vector of ``T``,
-``Balance<T>`` a ``u64``, ``Table<K, V>`` a ``UID`` plus a ``u64`` size (entries are
-dynamic fields, read separately), enums a ``uleb128`` variant index then its fields,
-``Option<T>`` a vector of zero or one ``T`` (decoded as None or the value).
+below are the structs' fields as the Move sources declare them (field order is BCS order;
+:func:`_struct` reads them): ``ID``/``UID`` and ``address`` are 32 bytes, ``String`` and
+``vector<u8>`` are ``uleb128(len) || bytes``, ``VecMap<K, V>`` is a vector of ``(K, V)``
+pairs, ``VecSet<T>`` a vector of ``T``, ``Balance<T>`` a ``u64``, ``Table<K, V>`` a
+``UID`` plus a ``u64`` size (entries are dynamic fields, read separately), enums a
+``uleb128`` variant index then its fields, ``Option<T>`` a vector of zero or one ``T``
+(decoded as None or the value).
 
 Decoded values follow :class:`dtp.ledger._objects.Event`: IDs and addresses as ``0x`` + 64
 lowercase hex, integers as int, ``vector<u8>`` as bytes, ``String`` as str, ``Sla`` as a
@@ -17,7 +18,8 @@ dict — the same as ``LocalLedger`` gives.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dtp.errors import ChainError, InvalidArgument
@@ -25,10 +27,7 @@ from dtp.identity._bcs import BCS_MAX_ULEB, bcs_uleb128
 from dtp.ledger._objects import (
     ChainObject,
     ConnectionState,
-    Escrow,
-    Host,
-    Pipe,
-    SpendingCap,
+    Service,
     TransportControl,
     as_bytes,
     normalize_id,
@@ -40,18 +39,23 @@ __all__ = [
     "MESSAGING_EVENT_LAYOUTS",
     "OBJECT_LAYOUTS",
     "RESPONSE_ESCROW_LAYOUT",
+    "SERVICE_LAYOUT",
     "TABLE_VALUE_LAYOUTS",
     "BcsDecodeError",
     "address_field_id",
     "decode",
     "decode_event",
     "decode_object",
+    "decode_service",
     "decode_table_values",
     "encode",
     "encode_event",
     "encode_object",
     "host_tables",
+    "id_field_id",
     "object_to_fields",
+    "port_field_id",
+    "service_to_fields",
 ]
 
 #: A layout: a primitive name, or a tuple ``("vec", T)``, ``("option", T)``,
@@ -67,326 +71,206 @@ class BcsDecodeError(ChainError):
     module = "sui"
 
 
-_SLA: Final[Layout] = (
-    "struct",
-    (("price_per_kib", "u64"), ("price_per_request", "u64"), ("min_deposit", "u64")),
+_INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
+
+
+def _split(text: str) -> list[str]:
+    """``text`` split at its commas outside angle brackets."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "<") - (char == ">")
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
+
+
+def _move_type(move: str, nested: Mapping[str, Layout]) -> Layout:
+    """The layout that reads a field of Move type ``move`` (as the module says; a struct
+    or enum of the package is one of ``nested``)."""
+    if move in nested:
+        return nested[move]
+    if move in _INT_WIDTH or move in ("bool", "address"):
+        return move
+    if move in ("ID", "UID"):
+        return "id"
+    if move == "String":
+        return "string"
+    outer, _, rest = move.partition("<")
+    if outer == "Table":  # its UID and size; the entries are dynamic fields
+        return "table"
+    if outer == "Balance":
+        return "u64"
+    if outer in ("vector", "VecSet", "VecMap", "Option") and rest.endswith(">"):
+        args = [_move_type(arg, nested) for arg in _split(rest[:-1])]
+        if outer == "VecMap":
+            return ("map", args[0], args[1])
+        if outer == "Option":
+            return ("option", args[0])
+        return "bytes" if outer == "vector" and args == ["u8"] else ("vec", args[0])
+    raise ValueError(f"no layout reads the Move type {move}")
+
+
+def _struct(fields: str, **nested: Layout) -> Layout:
+    """A struct's layout from its fields as Move declares them (``"cap: ID, epoch: u64"``),
+    with the layouts of the package's structs and enums it holds, by name."""
+    parts = (field.partition(":") for field in _split(" ".join(fields.split())))
+    return (
+        "struct",
+        tuple((name.strip(), _move_type(kind.strip(), nested)) for name, _, kind in parts),
+    )
+
+
+#: A declaration of :func:`_declared`: ``module::Struct { fields }``.
+_DECLARATION: Final = re.compile(r"(\w+)::(\w+)\s*\{(.*?)\}", re.S)
+
+
+def _declared(declarations: str, **nested: Layout) -> dict[tuple[str, str], Layout]:
+    """Layouts by ``(module, struct)`` from declarations as Move's (``host::HostUpdated {
+    host: ID, change: u8 }``); each may hold ``nested`` and the structs declared before it."""
+    out: dict[tuple[str, str], Layout] = {}
+    for module, name, fields in _DECLARATION.findall(declarations):
+        out[(module, name)] = nested[name] = _struct(fields, **nested)
+    return out
+
+
+#: The package's structs that objects and events hold, by name.
+_HELD: Final = {
+    name: layout
+    for (_, name), layout in _declared(
+        """
+    host::Sla { price_per_kib: u64, price_per_request: u64, min_deposit: u64,
+        half_close_timeout_ms: u64 }
+    host::Service { kind: String, sla: Sla, max_connections: u64 }
+    host::Firewall { mode: u8, allow: Table<address, bool>, deny: Table<address, bool>,
+        max_connections_per_client: u64, max_bytes_per_sec: u64, max_requests_per_sec: u64 }
+    inner_pipe::InnerPipe { index: u64, next_seq: u64, acked: u64 }
+    broadcast::Stake { contributed: u64, generation: u64, shift: u64, shares: u128 }
+"""
+    ).items()
+}
+#: ``transport_control::State`` (each variant's fields as a struct's).
+_STATE: Final[Layout] = (
+    "enum",
+    (
+        ("Open", ()),
+        ("HalfClosed", _struct("by: address, at_ms: u64")[1]),
+        ("Closed", _struct("half_closed_at_ms: u64, closed_at_ms: u64")[1]),
+    ),
 )
 
+#: ``host::Service``: the value of each entry of a Host's ``services`` Table.
+SERVICE_LAYOUT: Final = _HELD["Service"]
 
-def _struct(*fields: tuple[str, Layout]) -> Layout:
-    return ("struct", fields)
-
-
+_OBJECTS: Final = _declared(
+    """
+    host::Host { id: UID, version: u64, authority: address, noise_static_key: vector<u8>,
+        endpoints: vector<vector<u8>>, services: Table<u16, Service>, firewall: Firewall }
+    spending_cap::SpendingCap { id: UID, version: u64, owner: address, max_per_epoch: u64,
+        claimed: u64, outstanding: u64, epoch: u64 }
+    transport_control::TransportControl { id: UID, version: u64, host: ID, port: u16,
+        client: address, server: address, sla: Sla, escrow: ID, spending_cap: ID, state: State,
+        opened_at_ms: u64, settled: bool, subscription: Option<ID>, sponsor: Option<ID> }
+    escrow::Escrow { id: UID, version: u64, connection: ID, client: address,
+        client_public_key: vector<u8>, server: address, spending_cap: ID, reserved: u64,
+        claim_epoch: u64, claimed_in_epoch: u64, sla: Sla, funds: Balance<SUI>, deposited: u64,
+        claimed: u64, refunded: u64, latest_nonce: u64, settled: bool }
+    pipe::Pipe { id: UID, connection: ID, owner: address, inners: vector<InnerPipe> }
+    broadcast::Broadcast { id: UID, version: u64, broadcaster: address, channel: String,
+        slot_price: u64, slot_ms: u64, start_ms: u64, next_slot: u64, slot_accounted_ms: u64,
+        paid_slots: u64, pool: Balance<SUI>, earned: Balance<SUI>, stakes: Table<address, Stake>,
+        total_contributed: u64, next_seq: u64, cancelled: bool, total_shares: u128, holders: u64,
+        generation: u64, share_shift: u64, last_live_ms: u64, ticket_sale: Option<ID> }
+""",
+    State=_STATE,
+    **_HELD,
+)
 #: Object structs by name (contents without type tag).
-OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
-    "Host": _struct(
-        ("id", "id"),
-        ("authority", "address"),
-        ("noise_static_key", "bytes"),
-        ("endpoints", ("vec", "bytes")),
-        (
-            "services",
-            (
-                "map",
-                "u16",
-                _struct(("kind", "string"), ("sla", _SLA), ("max_connections", "u64")),
-            ),
-        ),
-        (
-            "firewall",
-            _struct(
-                ("mode", "u8"),
-                ("allow", "table"),
-                ("deny", "table"),
-                ("max_connections_per_client", "u64"),
-                ("max_bytes_per_sec", "u64"),
-                ("max_requests_per_sec", "u64"),
-            ),
-        ),
-    ),
-    "SpendingCap": _struct(
-        ("id", "id"),
-        ("owner", "address"),
-        ("max_per_epoch", "u64"),
-        ("claimed", "u64"),
-        ("outstanding", "u64"),
-        ("epoch", "u64"),
-    ),
-    "TransportControl": _struct(
-        ("id", "id"),
-        ("host", "id"),
-        ("port", "u16"),
-        ("client", "address"),
-        ("server", "address"),
-        ("sla", _SLA),
-        ("escrow", "id"),
-        ("spending_cap", "id"),
-        (
-            "state",
-            (
-                "enum",
-                (
-                    ("Open", ()),
-                    ("HalfClosed", (("by", "address"), ("at_ms", "u64"))),
-                    ("Closed", (("half_closed_at_ms", "u64"), ("closed_at_ms", "u64"))),
-                ),
-            ),
-        ),
-        ("opened_at_ms", "u64"),
-        ("settled", "bool"),
-        ("subscription", ("option", "id")),
-    ),
-    "Escrow": _struct(
-        ("id", "id"),
-        ("connection", "id"),
-        ("client", "address"),
-        ("client_public_key", "bytes"),
-        ("server", "address"),
-        ("spending_cap", "id"),
-        ("reserved", "u64"),
-        ("claim_epoch", "u64"),
-        ("claimed_in_epoch", "u64"),
-        ("sla", _SLA),
-        ("funds", "u64"),
-        ("deposited", "u64"),
-        ("claimed", "u64"),
-        ("refunded", "u64"),
-        ("latest_nonce", "u64"),
-        ("settled", "bool"),
-    ),
-    "Pipe": _struct(
-        ("id", "id"),
-        ("connection", "id"),
-        ("owner", "address"),
-        ("inners", ("vec", _struct(("index", "u64"), ("next_seq", "u64"), ("acked", "u64")))),
-    ),
-    "Broadcast": _struct(
-        ("id", "id"),
-        ("broadcaster", "address"),
-        ("channel", "string"),
-        ("slot_price", "u64"),
-        ("slot_ms", "u64"),
-        ("start_ms", "u64"),
-        ("next_slot", "u64"),
-        ("paid_slots", "u64"),
-        ("pool", "u64"),
-        ("earned", "u64"),
-        ("stakes", "table"),
-        ("total_contributed", "u64"),
-        ("next_seq", "u64"),
-        ("cancelled", "bool"),
-        ("total_shares", "u128"),
-        ("holders", "u64"),
-        ("generation", "u64"),
-        ("share_shift", "u64"),
-        ("last_live_ms", "u64"),
-        ("ticket_sale", ("option", "id")),
-    ),
-}
+OBJECT_LAYOUTS: Final = {name: layout for (_, name), layout in _OBJECTS.items()}
+#: Which module defines each object struct.
+OBJECT_MODULES: Final = {name: module for module, name in _OBJECTS}
 
 #: The values of an object's ``Table`` (a dynamic field's value), by object struct:
-#: ``Broadcast.stakes: Table<address, broadcast::Stake>``.
-TABLE_VALUE_LAYOUTS: Final[dict[str, Layout]] = {
-    "Broadcast": _struct(
-        ("contributed", "u64"), ("generation", "u64"), ("shift", "u64"), ("shares", "u128")
-    ),
-}
+#: ``Broadcast.stakes: Table<address, broadcast::Stake>``, ``Host.services: Table<u16,
+#: host::Service>`` (the Host's firewall lists are read entry by entry, not decoded whole).
+TABLE_VALUE_LAYOUTS: Final = {"Broadcast": _HELD["Stake"], "Host": SERVICE_LAYOUT}
+#: The keys of those Tables, where not an ``address``.
+TABLE_KEY_LAYOUTS: Final[dict[str, str]] = {"Host": "u16"}
 
-#: Which module defines each object struct.
-OBJECT_MODULES: Final[dict[str, str]] = {
-    "Host": "host",
-    "SpendingCap": "spending_cap",
-    "TransportControl": "transport_control",
-    "Escrow": "escrow",
-    "Pipe": "pipe",
-    "Broadcast": "broadcast",
-}
-
-#: Events by ``(module, struct)``.
-EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
-    ("host", "HostCreated"): _struct(("host", "id"), ("authority", "address")),
-    ("host", "HostUpdated"): _struct(("host", "id"), ("change", "u8")),
-    ("host", "ServiceAdded"): _struct(
-        ("host", "id"),
-        ("port", "u16"),
-        ("kind", "string"),
-        ("sla", _SLA),
-        ("max_connections", "u64"),
-    ),
-    ("host", "ServiceUpdated"): _struct(
-        ("host", "id"), ("port", "u16"), ("sla", _SLA), ("max_connections", "u64")
-    ),
-    ("host", "ServiceRemoved"): _struct(("host", "id"), ("port", "u16")),
-    ("spending_cap", "SpendingCapCreated"): _struct(
-        ("cap", "id"), ("owner", "address"), ("max_per_epoch", "u64")
-    ),
-    ("spending_cap", "SpendingCapChanged"): _struct(("cap", "id"), ("max_per_epoch", "u64")),
-    ("spending_cap", "SpendingCapReserved"): _struct(
-        ("cap", "id"),
-        ("epoch", "u64"),
-        ("amount", "u64"),
-        ("claimed", "u64"),
-        ("outstanding", "u64"),
-    ),
-    ("spending_cap", "SpendingCapClaimsCounted"): _struct(
-        ("cap", "id"),
-        ("epoch", "u64"),
-        ("amount", "u64"),
-        ("in_epoch", "u64"),
-        ("claimed", "u64"),
-        ("outstanding", "u64"),
-    ),
-    ("spending_cap", "SpendingCapReleased"): _struct(
-        ("cap", "id"),
-        ("epoch", "u64"),
-        ("amount", "u64"),
-        ("claimed", "u64"),
-        ("outstanding", "u64"),
-    ),
-    ("escrow", "ReceiptClaimed"): _struct(
-        ("escrow", "id"),
-        ("connection", "id"),
-        ("server", "address"),
-        ("nonce", "u64"),
-        ("total_bytes", "u64"),
-        ("total_requests", "u64"),
-        ("total_amount", "u64"),
-        ("paid", "u64"),
-    ),
-    ("escrow", "EscrowToppedUp"): _struct(
-        ("escrow", "id"), ("connection", "id"), ("amount", "u64"), ("deposited", "u64")
-    ),
-    ("escrow", "EscrowRefunded"): _struct(
-        ("escrow", "id"), ("connection", "id"), ("client", "address"), ("amount", "u64")
-    ),
-    ("transport_control", "ConnectionOpened"): _struct(
-        ("connection", "id"),
-        ("host", "id"),
-        ("port", "u16"),
-        ("client", "address"),
-        ("server", "address"),
-        ("escrow", "id"),
-        ("deposit", "u64"),
-        ("sla", _SLA),
-        ("at_ms", "u64"),
-    ),
-    ("transport_control", "ConnectionHalfClosed"): _struct(
-        ("connection", "id"), ("by", "address"), ("at_ms", "u64")
-    ),
-    ("transport_control", "ConnectionClosed"): _struct(
-        ("connection", "id"), ("by", "address"), ("at_ms", "u64")
-    ),
-    ("transport_control", "ConnectionSettled"): _struct(
-        ("connection", "id"),
-        ("escrow", "id"),
-        ("by", "address"),
-        ("claimed", "u64"),
-        ("refunded", "u64"),
-    ),
-    ("pipe", "PipeCreated"): _struct(
-        ("pipe", "id"), ("connection", "id"), ("owner", "address"), ("inners", "u64")
-    ),
-    ("pipe", "PipeDestroyed"): _struct(("pipe", "id"), ("connection", "id")),
-    ("inner_pipe", "PipeDataSent"): _struct(
-        ("pipe", "id"), ("inner", "u64"), ("seq", "u64"), ("data", "bytes")
-    ),
-    ("inner_pipe", "PipeSynced"): _struct(("pipe", "id"), ("inner", "u64"), ("acked", "u64")),
-    ("broadcast", "BroadcastCreated"): _struct(
-        ("broadcast", "id"),
-        ("broadcaster", "address"),
-        ("channel", "string"),
-        ("slot_price", "u64"),
-        ("slot_ms", "u64"),
-        ("start_ms", "u64"),
-        ("ticket_sale", ("option", "id")),
-    ),
-    ("broadcast", "BroadcastContributed"): _struct(
-        ("broadcast", "id"),
-        ("listener", "address"),
-        ("amount", "u64"),
-        ("contribution", "u64"),
-        ("pool", "u64"),
-        ("shares", "u128"),
-    ),
-    ("broadcast", "BroadcastTransmitted"): _struct(
-        ("broadcast", "id"), ("seq", "u64"), ("data", "bytes")
-    ),
-    ("broadcast", "BroadcastHeartbeat"): _struct(("broadcast", "id"), ("at_ms", "u64")),
-    ("broadcast", "BroadcastClaimed"): _struct(
-        ("broadcast", "id"), ("amount", "u64"), ("paid_slots", "u64")
-    ),
-    ("broadcast", "BroadcastCancelled"): _struct(
-        ("broadcast", "id"), ("at_ms", "u64"), ("refundable", "u64")
-    ),
-    ("broadcast", "ContributionRefunded"): _struct(
-        ("broadcast", "id"), ("listener", "address"), ("amount", "u64")
-    ),
-}
+#: Events by ``(module, struct)`` (``version::ObjectMigrated``: a versioned object
+#: migrated, docs/escrow.md "Versions").
+EVENT_LAYOUTS: Final = _declared(
+    """
+    version::ObjectMigrated { object: ID, from_version: u64, to_version: u64 }
+    host::HostCreated { host: ID, authority: address }
+    host::HostUpdated { host: ID, change: u8 }
+    host::ServiceAdded { host: ID, port: u16, kind: String, sla: Sla, max_connections: u64 }
+    host::ServiceUpdated { host: ID, port: u16, sla: Sla, max_connections: u64 }
+    host::ServiceRemoved { host: ID, port: u16 }
+    spending_cap::SpendingCapCreated { cap: ID, owner: address, max_per_epoch: u64 }
+    spending_cap::SpendingCapChanged { cap: ID, max_per_epoch: u64 }
+    spending_cap::SpendingCapReserved { cap: ID, epoch: u64, amount: u64, claimed: u64,
+        outstanding: u64 }
+    spending_cap::SpendingCapClaimsCounted { cap: ID, epoch: u64, amount: u64, in_epoch: u64,
+        claimed: u64, outstanding: u64 }
+    spending_cap::SpendingCapReleased { cap: ID, epoch: u64, amount: u64, claimed: u64,
+        outstanding: u64 }
+    escrow::ReceiptClaimed { escrow: ID, connection: ID, server: address, nonce: u64,
+        total_bytes: u64, total_requests: u64, total_amount: u64, paid: u64 }
+    escrow::EscrowToppedUp { escrow: ID, connection: ID, amount: u64, deposited: u64 }
+    escrow::EscrowRefunded { escrow: ID, connection: ID, client: address, amount: u64 }
+    transport_control::ConnectionOpened { connection: ID, host: ID, port: u16, client: address,
+        server: address, escrow: ID, deposit: u64, sla: Sla, at_ms: u64 }
+    transport_control::ConnectionHalfClosed { connection: ID, by: address, at_ms: u64 }
+    transport_control::ConnectionClosed { connection: ID, by: address, at_ms: u64 }
+    transport_control::ConnectionSettled { connection: ID, escrow: ID, by: address, claimed: u64,
+        refunded: u64 }
+    transport_control::ConnectionDeleted { connection: ID, escrow: ID, client: address }
+    pipe::PipeCreated { pipe: ID, connection: ID, owner: address, inners: u64 }
+    pipe::PipeDestroyed { pipe: ID, connection: ID }
+    inner_pipe::PipeDataSent { pipe: ID, inner: u64, seq: u64, data: vector<u8> }
+    inner_pipe::PipeSynced { pipe: ID, inner: u64, acked: u64 }
+    broadcast::BroadcastCreated { broadcast: ID, broadcaster: address, channel: String,
+        slot_price: u64, slot_ms: u64, start_ms: u64, ticket_sale: Option<ID> }
+    broadcast::BroadcastContributed { broadcast: ID, listener: address, amount: u64,
+        contribution: u64, pool: u64, shares: u128 }
+    broadcast::BroadcastTransmitted { broadcast: ID, seq: u64, data: vector<u8> }
+    broadcast::BroadcastHeartbeat { broadcast: ID, at_ms: u64 }
+    broadcast::BroadcastClaimed { broadcast: ID, amount: u64, paid_slots: u64 }
+    broadcast::BroadcastSlotsPaid { broadcast: ID, from_ms: u64, to_ms: u64, slots: u64,
+        amount: u64 }
+    broadcast::BroadcastSlotsSkipped { broadcast: ID, from_ms: u64, to_ms: u64 }
+    broadcast::BroadcastCancelled { broadcast: ID, at_ms: u64, refundable: u64 }
+    broadcast::ContributionRefunded { broadcast: ID, listener: address, amount: u64 }
+""",
+    **_HELD,
+)
 
 # -- layouts of the messaging modules (move/dtp/sources/mailbox.move, response_escrow.move) ----
 
 #: ``dtp::response_escrow::ResponseEscrow`` contents.
-RESPONSE_ESCROW_LAYOUT: Layout = (
-    "struct",
-    (
-        ("id", "id"),
-        ("requester", "address"),
-        ("requester_public_key", "bytes"),
-        ("server", "address"),
-        ("request_id", "bytes"),
-        ("deadline_ms", "u64"),
-        ("funds", "u64"),
-        ("amount", "u64"),
-        ("state", "u8"),
-    ),
-)
+(RESPONSE_ESCROW_LAYOUT,) = _declared(
+    """
+    response_escrow::ResponseEscrow { id: UID, version: u64, requester: address,
+        requester_public_key: vector<u8>, server: address, request_id: vector<u8>,
+        deadline_ms: u64, funds: Balance<SUI>, amount: u64, state: u8 }
+"""
+).values()
 
 #: Event layouts of the messaging modules (sui_codec.EVENT_LAYOUTS holds the others).
-MESSAGING_EVENT_LAYOUTS: dict[tuple[str, str], Layout] = {}
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("mailbox", "MailDeposited"),
-    ("struct", (("recipient_host", "id"), ("payload", "bytes"))),
+MESSAGING_EVENT_LAYOUTS = _declared(
+    """
+    mailbox::MailDeposited { recipient_host: ID, payload: vector<u8> }
+    response_escrow::ResponseFeeDeposited { escrow: ID, requester: address, server: address,
+        request_id: vector<u8>, amount: u64, deadline_ms: u64 }
+    response_escrow::ResponseFeeClaimed { escrow: ID, server: address, amount: u64,
+        response_hash: vector<u8> }
+    response_escrow::ResponseDelivered { escrow: ID, requester: address, request_id: vector<u8>,
+        response: vector<u8>, amount: u64 }
+    response_escrow::ResponseFeeRefunded { escrow: ID, requester: address, amount: u64 }
+    response_escrow::ResponseEscrowDeleted { escrow: ID, requester: address, state: u8 }
+"""
 )
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeDeposited"),
-    (
-        "struct",
-        (
-            ("escrow", "id"),
-            ("requester", "address"),
-            ("server", "address"),
-            ("request_id", "bytes"),
-            ("amount", "u64"),
-            ("deadline_ms", "u64"),
-        ),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeClaimed"),
-    (
-        "struct",
-        (("escrow", "id"), ("server", "address"), ("amount", "u64"), ("response_hash", "bytes")),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseDelivered"),
-    (
-        "struct",
-        (
-            ("escrow", "id"),
-            ("requester", "address"),
-            ("request_id", "bytes"),
-            ("response", "bytes"),
-            ("amount", "u64"),
-        ),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeRefunded"),
-    ("struct", (("escrow", "id"), ("requester", "address"), ("amount", "u64"))),
-)
-
-_INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -594,176 +478,169 @@ def decode_object(
     struct: str,
     version: int,
     data: bytes,
-    table_entries: Mapping[str, Any] | None = None,
+    table_entries: Mapping[Any, Any] | None = None,
 ) -> ChainObject:
     """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
-    the entries of its ``Table`` (a Broadcast's stakes, each the fields of a ``Stake``:
-    :func:`decode_table_values` of the dynamic fields), read by the caller."""
+    the entries of its ``Table`` (a Broadcast's stakes, each the fields of a ``Stake``;
+    a Host's services by port: :func:`decode_table_values` of the dynamic fields), read
+    by the caller."""
     layout = OBJECT_LAYOUTS.get(struct)
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
     d = decode(layout, data)
-    # a Host carries its firewall Tables' IDs and sizes, not their entries
-    sizes = {w: d["firewall"][w]["size"] for w in ("allow", "deny")} if struct == "Host" else None
+    entries = table_entries or {}
+    sizes = None
+    if struct == "Host":
+        # a Host carries its Tables' IDs and sizes, not their entries: its services are
+        # the entries read beside it; of its firewall lists, the view keeps the sizes
+        sizes = {w: d["firewall"][w]["size"] for w in ("allow", "deny")}
+        d["services"], entries = dict(entries), {}
     try:
-        return object_from_fields(struct, d["id"], version, d, table_entries or {}, sizes)
+        return object_from_fields(struct, d["id"], version, d, entries, sizes)
     except (ValueError, KeyError, TypeError) as exc:
         # well-formed BCS with a value the typed view has no member for (a firewall
         # mode byte of 2): still not an object this version can read
         raise BcsDecodeError(f"The {struct} object does not decode: {exc}.") from None
 
 
+#: The field holding the ``Table`` whose entries an object's view carries.
+_VIEW_TABLES: Final = {"Broadcast": "stakes", "Host": "services"}
+
+
 def table_id(struct: str, data: bytes) -> str | None:
-    """The ID of the ``Table`` inside a Broadcast (None for other structs)."""
-    if struct != "Broadcast":
+    """The ID of the ``Table`` whose entries the view of a ``struct`` object carries: a
+    Broadcast's stakes, a Host's services (None for other structs)."""
+    field = _VIEW_TABLES.get(struct)
+    if field is None:
         return None
-    return str(decode(OBJECT_LAYOUTS[struct], data)["stakes"]["id"])
+    return str(decode(OBJECT_LAYOUTS[struct], data)[field]["id"])
 
 
-def decode_table_values(struct: str, values: Mapping[str, bytes]) -> dict[str, Any]:
-    """The entries of a ``struct`` object's ``Table`` from the BCS of their values (a
-    Broadcast's stakes), as :func:`decode_object` takes them."""
+def table_key_length(struct: str) -> int:
+    """Bytes of the BCS of each key of that Table: an address (32), a ``u16`` port (2)."""
+    key = TABLE_KEY_LAYOUTS.get(struct, "address")
+    return 32 if key == "address" else _INT_WIDTH[key]
+
+
+def decode_table_values(struct: str, values: Mapping[bytes, bytes]) -> dict[Any, Any]:
+    """The entries of a ``struct`` object's ``Table`` from the BCS of their keys and
+    values (a Broadcast's stakes by address, a Host's services by port), as
+    :func:`decode_object` takes them."""
     layout = TABLE_VALUE_LAYOUTS[struct]
-    return {key: decode(layout, raw) for key, raw in values.items()}
+    key = TABLE_KEY_LAYOUTS.get(struct, "address")
+    return {decode(key, name): decode(layout, raw) for name, raw in values.items()}
+
+
+def decode_service(data: bytes) -> dict[str, Any]:
+    """A ``host::Service``'s fields from its BCS (one entry of a Host's services)."""
+    fields: dict[str, Any] = decode(SERVICE_LAYOUT, data)
+    return fields
 
 
 def host_tables(data: bytes) -> tuple[str, str]:
     """The UIDs of the allow and deny ``Table``s in a Host's BCS contents: the parents of
-    the lists' entries (they never change for the Host's life)."""
+    the lists' entries (they never change for the Host's life; the services' Table is
+    :func:`table_id`'s)."""
     fw = decode(OBJECT_LAYOUTS["Host"], data)["firewall"]
     return str(fw["allow"]["id"]), str(fw["deny"]["id"])
 
 
-#: BCS ``TypeTag::Address`` (variant 4): the key type of the firewall Tables.
+#: BCS ``TypeTag``s of the keys of the package's Tables: ``Address`` (variant 4), the
+#: firewall lists'; ``U16`` (variant 8), the services'.
 _ADDRESS_TYPE_TAG: Final = b"\x04"
+#: BCS ``TypeTag::Struct`` (variant 7) of ``0x2::object::ID``: the key type of a
+#: SponsorLane's pledges.
+_ID_TYPE_TAG: Final = b"\x07" + b"\x00" * 31 + b"\x02" + b"\x06object" + b"\x02ID" + b"\x00"
+_U16_TYPE_TAG: Final = b"\x08"
 #: Sui's ``HashingIntentScope::ChildObjectId``.
 _CHILD_OBJECT_SCOPE: Final = b"\xf0"
 
 
+def _field_id(table_id: str, name: bytes, type_tag: bytes) -> str:
+    """Sui's ``dynamic_field::hash_type_and_key``: blake2b-256 of the ChildObjectId scope
+    byte, the table's UID, the key's BCS length as a u64 and its bytes, and the key's
+    BCS ``TypeTag``."""
+    parent = bytes.fromhex(normalize_id(table_id)[2:])
+    data = _CHILD_OBJECT_SCOPE + parent + len(name).to_bytes(8, "little") + name
+    return "0x" + hashlib.blake2b(data + type_tag, digest_size=32).hexdigest()
+
+
 def address_field_id(table_id: str, key: str) -> str:
     """The object ID of the entry ``key`` of a ``Table<address, _>`` (its dynamic field),
-    as Sui derives it (``dynamic_field::hash_type_and_key``): blake2b-256 of the
-    ChildObjectId scope byte, the table's UID, the key's BCS length as a u64 and its
-    bytes, and the key's BCS ``TypeTag``. The entry exists iff the object does, so one
-    GetObject tells whether ``key`` is in the table."""
-    parent = bytes.fromhex(normalize_id(table_id)[2:])
+    as Sui derives it. The entry exists iff the object does, so one GetObject tells
+    whether ``key`` is in the table."""
     name = bytes.fromhex(normalize_id(key, "address")[2:])
-    data = _CHILD_OBJECT_SCOPE + parent + len(name).to_bytes(8, "little") + name
-    return "0x" + hashlib.blake2b(data + _ADDRESS_TYPE_TAG, digest_size=32).hexdigest()
+    return _field_id(table_id, name, _ADDRESS_TYPE_TAG)
+
+
+def id_field_id(table_id: str, key: str) -> str:
+    """The object ID of the entry ``key`` of a ``Table<ID, _>`` (a SponsorLane's
+    pledges), as :func:`address_field_id` for an address key."""
+    return _field_id(table_id, bytes.fromhex(normalize_id(key)[2:]), _ID_TYPE_TAG)
+
+
+def port_field_id(table_id: str, port: int) -> str:
+    """The object ID of the entry ``port`` of a ``Table<u16, _>`` (a Host's services), as
+    Sui derives it: one GetObject reads the service on ``port``, or finds none."""
+    return _field_id(table_id, encode("u16", port), _U16_TYPE_TAG)
+
+
+def _connection_state(tc: TransportControl) -> dict[str, Any]:
+    """``transport_control::State`` of a connection's view: the variant and its fields."""
+    if tc.state == ConnectionState.OPEN:
+        return {"kind": "Open"}
+    if tc.state == ConnectionState.HALF_CLOSED:
+        return {"kind": "HalfClosed", "by": tc.half_closed_by, "at_ms": tc.half_closed_at_ms}
+    return {
+        "kind": "Closed",
+        "half_closed_at_ms": tc.half_closed_at_ms,
+        "closed_at_ms": tc.closed_at_ms,
+    }
+
+
+#: The fields a typed view holds otherwise than its Move struct, by (view class, field):
+#: the Move value from the view and the ID given to its Tables. Every other field is the
+#: view's attribute of its name (``version``: ``package_version``), a Table its size.
+_VIEW_FIELDS: Final[dict[tuple[str, str], Callable[[Any, str], Any]]] = {
+    ("Escrow", "funds"): lambda escrow, table: escrow.balance,
+    ("Firewall", "mode"): lambda fw, table: int(fw.mode),
+    ("Firewall", "allow"): lambda fw, table: {"id": table, "size": fw.allow_count},
+    ("Firewall", "deny"): lambda fw, table: {"id": table, "size": fw.deny_count},
+    ("TransportControl", "state"): lambda tc, table: _connection_state(tc),
+}
+
+
+def _move_value(value: Any, layout: Layout, table: str) -> Any:
+    """A typed view's ``value`` as :func:`encode` takes it under ``layout``."""
+    if layout == "table":
+        return {"id": table, "size": len(value)}
+    if isinstance(layout, str) or layout[0] not in ("struct", "vec"):
+        return value
+    if layout[0] == "vec":
+        return [_move_value(item, layout[1], table) for item in value]
+    out: dict[str, Any] = {}
+    for name, sub in layout[1]:
+        special = _VIEW_FIELDS.get((type(value).__name__, name))
+        if special is not None:
+            out[name] = special(value, table)
+        else:
+            field = getattr(value, "package_version" if name == "version" else name)
+            out[name] = _move_value(field, sub, table)
+    return out
 
 
 def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
     """The Move-shaped fields of a typed object (inverse of :func:`decode_object`, with
-    ``table`` as the ID of its Tables, if any)."""
-    if isinstance(obj, Host):
-        fw = obj.firewall
-        return {
-            "id": obj.id,
-            "authority": obj.authority,
-            "noise_static_key": obj.noise_static_key,
-            "endpoints": list(obj.endpoints),
-            "services": {
-                port: {
-                    "kind": s.kind,
-                    "sla": s.sla.to_fields(),
-                    "max_connections": s.max_connections,
-                }
-                for port, s in obj.services.items()
-            },
-            "firewall": {
-                "mode": int(fw.mode),
-                "allow": {"id": table, "size": fw.allow_count},
-                "deny": {"id": table, "size": fw.deny_count},
-                "max_connections_per_client": fw.max_connections_per_client,
-                "max_bytes_per_sec": fw.max_bytes_per_sec,
-                "max_requests_per_sec": fw.max_requests_per_sec,
-            },
-        }
-    if isinstance(obj, SpendingCap):
-        return {
-            "id": obj.id,
-            "owner": obj.owner,
-            "max_per_epoch": obj.max_per_epoch,
-            "claimed": obj.claimed,
-            "outstanding": obj.outstanding,
-            "epoch": obj.epoch,
-        }
-    if isinstance(obj, TransportControl):
-        state: dict[str, Any]
-        if obj.state == ConnectionState.OPEN:
-            state = {"kind": "Open"}
-        elif obj.state == ConnectionState.HALF_CLOSED:
-            state = {"kind": "HalfClosed", "by": obj.half_closed_by, "at_ms": obj.half_closed_at_ms}
-        else:
-            state = {
-                "kind": "Closed",
-                "half_closed_at_ms": obj.half_closed_at_ms,
-                "closed_at_ms": obj.closed_at_ms,
-            }
-        return {
-            "id": obj.id,
-            "host": obj.host,
-            "port": obj.port,
-            "client": obj.client,
-            "server": obj.server,
-            "sla": obj.sla.to_fields(),
-            "escrow": obj.escrow,
-            "spending_cap": obj.spending_cap,
-            "state": state,
-            "opened_at_ms": obj.opened_at_ms,
-            "settled": obj.settled,
-            "subscription": obj.subscription,
-        }
-    if isinstance(obj, Escrow):
-        return {
-            "id": obj.id,
-            "connection": obj.connection,
-            "client": obj.client,
-            "client_public_key": obj.client_public_key,
-            "server": obj.server,
-            "spending_cap": obj.spending_cap,
-            "reserved": obj.reserved,
-            "claim_epoch": obj.claim_epoch,
-            "claimed_in_epoch": obj.claimed_in_epoch,
-            "sla": obj.sla.to_fields(),
-            "funds": obj.balance,
-            "deposited": obj.deposited,
-            "claimed": obj.claimed,
-            "refunded": obj.refunded,
-            "latest_nonce": obj.latest_nonce,
-            "settled": obj.settled,
-        }
-    if isinstance(obj, Pipe):
-        return {
-            "id": obj.id,
-            "connection": obj.connection,
-            "owner": obj.owner,
-            "inners": [
-                {"index": i.index, "next_seq": i.next_seq, "acked": i.acked} for i in obj.inners
-            ],
-        }
-    return {
-        "id": obj.id,
-        "broadcaster": obj.broadcaster,
-        "channel": obj.channel,
-        "slot_price": obj.slot_price,
-        "slot_ms": obj.slot_ms,
-        "start_ms": obj.start_ms,
-        "next_slot": obj.next_slot,
-        "paid_slots": obj.paid_slots,
-        "pool": obj.pool,
-        "earned": obj.earned,
-        "stakes": {"id": table, "size": len(obj.stakes)},
-        "total_contributed": obj.total_contributed,
-        "next_seq": obj.next_seq,
-        "cancelled": obj.cancelled,
-        "total_shares": obj.total_shares,
-        "holders": obj.holders,
-        "generation": obj.generation,
-        "share_shift": obj.share_shift,
-        "last_live_ms": obj.last_live_ms,
-        "ticket_sale": obj.ticket_sale,
-    }
+    ``table`` as the ID of its Tables, if any: a Host's services, as a Broadcast's stakes,
+    are entries beside it, :func:`service_to_fields` each)."""
+    fields: dict[str, Any] = _move_value(obj, OBJECT_LAYOUTS[type(obj).__name__], table)
+    return fields
+
+
+def service_to_fields(service: Service) -> dict[str, Any]:
+    """The Move-shaped fields of a ``host::Service`` (one entry of a Host's services)."""
+    fields: dict[str, Any] = _move_value(service, SERVICE_LAYOUT, "")
+    return fields
 
 
 def encode_object(obj: ChainObject, table: str = "0x" + "00" * 32) -> bytes:

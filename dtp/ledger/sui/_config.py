@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import ChainError, SuiConfigError, shown
 from dtp.ledger._objects import normalize_id
+from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.ledger.sui._client import parse_endpoint, positive_seconds
 
 if TYPE_CHECKING:
@@ -44,6 +45,14 @@ class SuiConfig:
     type_package: str | None = None
     #: Times a read that failed transiently is tried again (see :class:`SuiNode`).
     retries: int = 2
+    #: The package's AdminCap (``dtp::version::AdminCap``), which migrates its objects
+    #: after an upgrade (``Ledger.migrate``; docs/sui.md, "Upgrading the package"): what
+    #: ``dtp deploy`` recorded, or ``DTP_SUI_ADMIN_CAP``. None: unknown here.
+    admin_cap: str | None = None
+    #: The version of the package ``package`` names (``version::VERSION`` of its code):
+    #: the SDK's own by default, ``DTP_SUI_PACKAGE_VERSION`` for a package upgraded past
+    #: it. What ``dtp migrate`` moves objects to.
+    package_version: int = PACKAGE_VERSION
 
     def __post_init__(self) -> None:
         try:
@@ -58,6 +67,20 @@ class SuiConfig:
                 )
         except ChainError as exc:
             raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
+        if (
+            not isinstance(self.package_version, int)
+            or isinstance(self.package_version, bool)
+            or not 0 < self.package_version < 2**64
+        ):
+            raise SuiConfigError(
+                f"DTP_SUI_PACKAGE_VERSION: a package version is a positive integer, got "
+                f"{shown(self.package_version)}."
+            )
+        if self.admin_cap is not None:
+            try:
+                object.__setattr__(self, "admin_cap", normalize_id(self.admin_cap, "AdminCap ID"))
+            except ChainError as exc:
+                raise SuiConfigError(f"DTP_SUI_ADMIN_CAP: {exc}") from None
         # an int (not a bool), checked here: encode_u64 would refuse a float only in
         # each transaction, after the node was asked for gas; True would be 1 MIST
         if (
@@ -109,8 +132,9 @@ class SuiConfig:
     @classmethod
     def for_node(cls, rpc: str, package: str, env: Mapping[str, str] | None = None) -> SuiConfig:
         """The node ``rpc`` and the package ``package``, with the optional ``DTP_SUI_KEY``,
-        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT`` and ``DTP_SUI_RETRIES`` of ``env``
-        (``os.environ`` when None); raises :class:`SuiConfigError`."""
+        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``, ``DTP_SUI_RETRIES``,
+        ``DTP_SUI_ADMIN_CAP`` and ``DTP_SUI_PACKAGE_VERSION`` of ``env`` (``os.environ`` when
+        None); raises :class:`SuiConfigError`."""
         env = os.environ if env is None else env
         key = None
         keystring = env.get("DTP_SUI_KEY", "").strip()
@@ -129,4 +153,18 @@ class SuiConfig:
             raise SuiConfigError(
                 f"DTP_SUI_GAS_BUDGET / DTP_SUI_TIMEOUT / DTP_SUI_RETRIES: {exc}."
             ) from None
-        return cls(rpc, package, key, budget, timeout, retries=retries)
+        admin_cap = env.get("DTP_SUI_ADMIN_CAP", "").strip() or None
+        try:
+            version = int(env.get("DTP_SUI_PACKAGE_VERSION", "") or PACKAGE_VERSION)
+        except ValueError as exc:
+            raise SuiConfigError(f"DTP_SUI_PACKAGE_VERSION: {exc}.") from None
+        return cls(
+            rpc,
+            package,
+            key,
+            budget,
+            timeout,
+            retries=retries,
+            admin_cap=admin_cap,
+            package_version=version,
+        )

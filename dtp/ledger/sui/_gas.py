@@ -37,6 +37,7 @@ __all__ = [
     "COIN_STORAGE",
     "MAX_GAS_COINS",
     "POOL_TARGET",
+    "TX_UNITS",
     "GasBook",
     "GasPool",
     "Lease",
@@ -387,12 +388,17 @@ COIN_STORAGE: Final = (_COIN_BYTES + _OBJECT_OVERHEAD) * STORAGE_UNITS_PER_BYTE 
 #: their storage as they are rewritten, after the rebate of what they paid before: their
 #: closing fields grow them a little.
 _REWRITE: Final = 200_000
-#: Computation units of one transaction: Sui's minimum, within which these calls stay.
-_UNITS: Final = 1_000
+#: What a claim alone adds to the escrow's storage as it rewrites it, after its rebate
+#: (the escrow only: its claim counters).
+_CLAIM_REWRITE: Final = 40_000
+#: Computation units of one transaction: Sui's minimum, within which these calls (and a
+#: deletion) stay.
+TX_UNITS: Final = 1_000
 #: Successful transactions of a kind whose gas the estimate is the median of.
 _SAMPLES: Final = 16
 
 #: The transactions of a connection's end, as SuiLedger names them.
+CLAIM: Final = "escrow::claim"
 SETTLE_WITH_RECEIPT: Final = "transport_control::settle_with_receipt"
 SETTLE: Final = "transport_control::settle"
 SETTLE_BATCH: Final = "transport_control::settle_batch"
@@ -450,12 +456,13 @@ class GasBook:
     def end_gas(self, price: int) -> EndGas:
         """What a connection's end costs, at reference gas price ``price``: the samples
         where there are some, else the model (see the class docs)."""
-        computation = price * _UNITS
+        computation = price * TX_UNITS
         model_claim = computation + 2 * COIN_STORAGE + _REWRITE
         claim = self.estimate(SETTLE_WITH_RECEIPT)
         refund = self.estimate(SETTLE)
         close = self.estimate(CLOSE)
         batch = self.estimate(SETTLE_BATCH)
+        live = self.estimate(CLAIM)
         settle_claim = model_claim if claim is None else claim
         if batch is None:
             # a batch pays one transaction's minimum computation once
@@ -466,4 +473,6 @@ class GasBook:
             batch,
             computation + _REWRITE if close is None else close,
             observed=None not in (claim, refund, close),
+            # (a claim alone: one coin, the escrow rewritten)
+            claim_only=computation + COIN_STORAGE + _CLAIM_REWRITE if live is None else live,
         )

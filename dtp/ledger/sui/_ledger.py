@@ -17,18 +17,25 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, WrongSigner
+from dtp.identity._zklogin import NodeVerifier
 from dtp.ledger._economics import ECONOMICS_MODULES, EconomicsObject
 from dtp.ledger._gas import EndGas, GasSpent
+from dtp.ledger._move_call import Id, MoveCall
 from dtp.ledger._objects import (
     ChainObject,
     Event,
     EventFilter,
     EventRead,
     OpenedConnection,
+    Service,
+    Settlement,
     check_firewall_list,
+    check_port,
     normalize_id,
+    service_from_fields,
 )
 from dtp.ledger.interface import TypedReads, check_event_read
+from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui._client import (
     LedgerUnavailable,
@@ -44,9 +51,12 @@ from dtp.ledger.sui._codec import (
     BcsDecodeError,
     address_field_id,
     decode_object,
+    decode_service,
     decode_table_values,
     host_tables,
+    port_field_id,
     table_id,
+    table_key_length,
 )
 from dtp.ledger.sui._config import SuiConfig
 from dtp.ledger.sui._economics import decode_economics_object, economics_table_id
@@ -70,6 +80,7 @@ from dtp.ledger.sui._gas import (
 from dtp.ledger.sui._tx import OwnedRef, SharedRef, TxContext
 
 if TYPE_CHECKING:
+    from dtp.identity._zklogin import ZkLoginCheck
     from dtp.identity.keys import HostIdentity
 
 
@@ -83,6 +94,11 @@ _SHARED_CACHE: Final = 4096
 #: The type of a firewall list's entry: a dynamic field of the list's Table (the
 #: framework's address in full or short, spaces left out).
 _FIREWALL_ENTRY_TYPE: Final = re.compile(r"0x0{0,63}2::dynamic_field::Field<address,bool>")
+#: The type of a service's entry: a dynamic field of the Host's services Table, its value
+#: a ``host::Service`` of a package (checked to be this ledger's).
+_SERVICE_ENTRY_TYPE: Final = re.compile(
+    r"0x0{0,63}2::dynamic_field::Field<u16,(0x[0-9a-fA-F]{1,64})::host::Service>"
+)
 #: Times a transaction cancelled by congestion control is sent again, after a backoff
 #: from _CONGESTION_DELAY s doubling to _CONGESTION_DELAY_CAP s (jittered).
 _CONGESTION_RETRIES: Final = 5
@@ -91,9 +107,29 @@ _CONGESTION_DELAY_CAP: Final = 4.0
 T = TypeVar("T")
 
 
-def signer_key(signer: HostIdentity, key: bytes | None, what: str) -> bytes:
-    """An optional public-key argument: the signer's own Ed25519 key when None."""
-    return signer.ed25519_public if key is None else sui_tx.as_bytes(key, what)
+def _host_tables(contents: bytes) -> tuple[str, str, str]:
+    """The UIDs of a Host's allow, deny and services Tables."""
+    allow, deny = host_tables(contents)
+    services = table_id("Host", contents)
+    assert services is not None
+    return allow, deny, services
+
+
+#: Each Move call's row of MOVE_CALLS, by its module and function.
+_BUILDER_OF: Final = {(row[0], row[1]): name for name, row in sui_tx.MOVE_CALLS.items()}
+
+
+def _builder_order(builder: str, values: Sequence[Any]) -> list[Any]:
+    """``values``, given in the order the Move call takes them, in the order its builder
+    takes them: its row's ``order`` (where the builder takes the deposit before the
+    key) names, for each of the call's arguments, its place among the builder's."""
+    order = getattr(sui_tx.MOVE_CALLS[builder], "order", None)
+    if order is None:
+        return list(values)
+    out: list[Any] = [None] * len(values)
+    for place, value in zip(order, values, strict=True):
+        out[place] = value
+    return out
 
 
 # -- the ledger -----------------------------------------------------------------------------------
@@ -150,8 +186,11 @@ class SuiLedgerCore(TypedReads):
         self._checkpoint_lock = threading.Lock()
         #: Shared objects' struct and initial shared version, which never change.
         self._shared_refs: dict[str, tuple[str, int]] = {}
-        #: The UIDs of each Host's allow and deny Tables, which never change either.
-        self._host_tables: dict[str, tuple[str, str]] = {}
+        #: The UIDs of each Host's allow, deny and services Tables, which never change
+        #: either.
+        self._host_tables: dict[str, tuple[str, str, str]] = {}
+        #: The UID of each SponsorLane's pledges Table, which never changes.
+        self._pledge_tables: dict[str, str] = {}
         self._shared_lock = threading.Lock()
         self._pools: dict[str, GasPool] = {}
         self._pools_lock = threading.Lock()
@@ -179,6 +218,11 @@ class SuiLedgerCore(TypedReads):
         ``SuiConfig.package`` (what receipts name, docs/escrow.md §6)."""
         return self.config.type_package or self.config.package
 
+    def verify_zklogin(self, check: ZkLoginCheck) -> None:
+        """Have this ledger's node confirm a zkLogin identity proof: its epoch, then its
+        ``VerifySignature`` against the issuers' on-chain keys (dtp.identity._zklogin)."""
+        NodeVerifier(self._node).verify_zklogin(check)
+
     def close(self) -> None:
         self._node.close()
 
@@ -187,17 +231,19 @@ class SuiLedgerCore(TypedReads):
 
     # -- objects ---------------------------------------------------------------------------
 
-    def _load(self, object_id: str, struct: str | None) -> tuple[NodeObject, str]:
+    def _fetch(self, object_id: str, what: str) -> tuple[NodeObject, str | None]:
+        """The object and its short type (None: not of this package's). A missing one is
+        named as LocalLedger names it (a node's NOT_FOUND says "Object 0x… not found",
+        which read as a failed call rather than a wrong ID)."""
         object_id = normalize_id(object_id)
         try:
             obj = self._node.get_object(object_id)
         except ObjectNotFound:
-            # named as LocalLedger names it (a node's NOT_FOUND says "Object 0x… not
-            # found", which read as a failed call rather than a wrong ID)
-            raise ObjectNotFound(
-                f"No {struct or 'object'} with ID {object_id} exists on this network."
-            ) from None
-        short = short_type(obj.type, self._packages)
+            raise ObjectNotFound(f"No {what} with ID {object_id} exists on this network.") from None
+        return obj, short_type(obj.type, self._packages)
+
+    def _load(self, object_id: str, struct: str | None) -> tuple[NodeObject, str]:
+        obj, short = self._fetch(object_id, struct or "object")
         name = short.rsplit("::", 1)[-1] if short is not None else None
         if name not in OBJECT_LAYOUTS:
             raise ObjectNotFound(
@@ -210,7 +256,19 @@ class SuiLedgerCore(TypedReads):
         return obj, name
 
     def _shared(self, object_id: str, struct: str) -> SharedRef:
-        return self._shared_ref(object_id, struct, lambda: self._load(object_id, struct)[0])
+        """A shared object's reference: a payment model's, a response escrow's, a
+        registry's or a core object's, each read its own way the first time."""
+
+        def load() -> NodeObject:
+            if struct in ECONOMICS_MODULES:
+                return self._model_object(object_id, struct)
+            if struct == "ResponseEscrow":
+                return self._response_escrow_object(object_id)
+            if struct == "Registry":
+                return self._registry_object(object_id)
+            return self._load(object_id, struct)[0]
+
+        return self._shared_ref(object_id, struct, load)
 
     def _shared_ref(self, object_id: str, struct: str, load: Callable[[], NodeObject]) -> SharedRef:
         """The ``SharedRef`` of a ``struct``, read with ``load`` once per object: a shared
@@ -247,11 +305,12 @@ class SuiLedgerCore(TypedReads):
         entries: dict[str, Any] = {}
         table = table_id(name, obj.contents)
         if table is not None:
-            entries = decode_table_values(name, self._node.table_values(table))
+            fields = self._node.table_fields(table, table_key_length(name))
+            entries = decode_table_values(name, fields)
         try:
             typed = decode_object(name, obj.version, obj.contents, entries)
             if name == "Host":
-                self._remember_tables(obj.object_id, host_tables(obj.contents))
+                self._remember_tables(obj.object_id, _host_tables(obj.contents))
             return typed
         except BcsDecodeError as exc:
             raise BcsDecodeError(
@@ -264,29 +323,36 @@ class SuiLedgerCore(TypedReads):
         assert isinstance(obj, cls)
         return obj
 
-    # -- the firewall's lists: Tables, looked up entry by entry -----------------------------
+    # -- the Host's Tables: the firewall's lists and the services, read entry by entry -------
 
-    def _remember_tables(self, host_id: str, tables: tuple[str, str]) -> None:
+    def _remember_tables(self, host_id: str, tables: tuple[str, str, str]) -> None:
+        self._remember(self._host_tables, host_id, tables)
+
+    def _remember(self, cache: dict[str, Any], key: str, value: Any) -> None:
+        """Keep ``value`` of an object that never changes in ``cache``, the oldest
+        dropped past :data:`_SHARED_CACHE`."""
         with self._shared_lock:
-            while len(self._host_tables) >= _SHARED_CACHE:
-                del self._host_tables[next(iter(self._host_tables))]
-            self._host_tables[host_id] = tables
+            while len(cache) >= _SHARED_CACHE:
+                del cache[next(iter(cache))]
+            cache[key] = value
 
     def _firewall_table(self, host_id: str, which: str) -> str:
-        """The UID of the Host's ``which`` list's Table: remembered from any read of the
-        Host (it never changes), or read with the Host once."""
-        check_firewall_list(which)
+        """The UID of the Host's ``which`` list's Table (``"services"``: its services'):
+        remembered from any read of the Host (it never changes), or read with the Host
+        once."""
+        if which != "services":
+            check_firewall_list(which)
         host_id = normalize_id(host_id, "host ID")
         with self._shared_lock:
             tables = self._host_tables.get(host_id)
         if tables is None:
             obj, _ = self._load(host_id, "Host")
             try:
-                tables = host_tables(obj.contents)
+                tables = _host_tables(obj.contents)
             except BcsDecodeError as exc:
                 raise BcsDecodeError(f"Host {host_id} does not decode ({exc}).") from None
             self._remember_tables(host_id, tables)
-        return tables[0] if which == "allow" else tables[1]
+        return tables[("allow", "deny", "services").index(which)]
 
     def _listed(self, host_id: str, which: str, client: str) -> bool:
         """Whether ``client`` is on the Host's ``which`` list: one GetObject of the entry's
@@ -316,6 +382,35 @@ class SuiLedgerCore(TypedReads):
 
     def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
         return tuple(sorted(set(self._node.table_keys(self._firewall_table(host_id, which)))))
+
+    def get_service(self, host_id: str, port: int) -> Service | None:
+        """One GetObject of the service's dynamic field, whose ID is derived from the
+        services Table's and the port (absent: no service on the port), whatever the
+        number of the Host's services."""
+        self._check_port(port)
+        field_id = port_field_id(self._firewall_table(host_id, "services"), port)
+        try:
+            entry = self._node.get_object(field_id)
+        except ObjectNotFound:
+            return None
+        # Field<u16, Service> { id, name: the port, value: the Service }
+        match = _SERVICE_ENTRY_TYPE.fullmatch(entry.type.replace(" ", ""))
+        head = bytes.fromhex(field_id[2:]) + port.to_bytes(2, "little")
+        if (
+            match is None
+            or normalize_id(match.group(1), "package ID") not in self._packages
+            or not entry.contents.startswith(head)
+        ):
+            raise MalformedResponse(
+                f"The node sent {entry.type} {field_id} as the service on port {port} of "
+                f"host {host_id}: not a Field<u16, host::Service> of it."
+            )
+        try:
+            return service_from_fields(decode_service(entry.contents[len(head) :]))
+        except (BcsDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise BcsDecodeError(
+                f"The service on port {port} of host {host_id} does not decode ({exc})."
+            ) from None
 
     # -- executing -------------------------------------------------------------------------
 
@@ -487,24 +582,13 @@ class SuiLedgerCore(TypedReads):
     def _check_port(port: int) -> None:
         # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
         # says it in its own)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
-            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
+        check_port(port)
 
     def _model_object(self, object_id: str, struct: str) -> NodeObject:
-        object_id = normalize_id(object_id)
-        try:
-            obj = self._node.get_object(object_id)
-        except ObjectNotFound:
-            # named as _load names the others, and LocalLedger all of them
-            raise ObjectNotFound(
-                f"No {struct} with ID {object_id} exists on this network."
-            ) from None
-        if short_type(obj.type, self._packages) != f"dtp::{ECONOMICS_MODULES[struct]}::{struct}":
+        obj, short = self._fetch(object_id, struct)
+        if short != f"dtp::{ECONOMICS_MODULES[struct]}::{struct}":
             raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a {struct}.")
         return obj
-
-    def _model_ref(self, object_id: str, struct: str) -> SharedRef:
-        return self._shared_ref(object_id, struct, lambda: self._model_object(object_id, struct))
 
     def _model(self, object_id: str, struct: str) -> EconomicsObject:
         obj = self._model_object(object_id, struct)
@@ -515,6 +599,73 @@ class SuiLedgerCore(TypedReads):
     def _opened(self, out: TxOutcome) -> OpenedConnection:
         # (the event carries the SLA and deposit too, as LocalLedger reports them)
         return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
+
+    def _response_escrow_object(self, escrow_id: str) -> NodeObject:
+        obj = self._node.get_object(normalize_id(escrow_id))
+        if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
+        return obj
+
+    def _registry_object(self, registry_id: str) -> NodeObject:
+        obj = self._node.get_object(normalize_id(registry_id))
+        if short_type(obj.type, self._packages) != "dtp::registry::Registry":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a Registry.")
+        return obj
+
+    # -- a ledger method's Move call, sent --------------------------------------------------
+
+    def _ref(self, signer: HostIdentity, arg: Id, kind: str) -> SharedRef | OwnedRef | str:
+        """The reference of an ID argument of ``kind`` (its column of MOVE_CALLS): owned
+        by the signer, or shared; an address is its text."""
+        struct = arg.struct
+        if struct is None:
+            return arg.value
+        if kind == "owned":
+            return self._owned(signer, arg.value, struct)
+        return self._shared(arg.value, struct)
+
+    def _move(self, signer: HostIdentity, call: MoveCall) -> Any:
+        """Send ``call`` as the transaction of its row of MOVE_CALLS, its objects by
+        reference, ``call.spend`` split off the gas coin; returns what ``call.result``
+        names (the created object of ``call.created`` first, when there is one)."""
+        builder = _BUILDER_OF[call.module, call.function]
+        kinds = [kind for kind, _ in sui_tx.MOVE_CALLS[builder][2] if kind != "clock"]
+        refs = {
+            i: (arg, kind)
+            for i, (arg, kind) in enumerate(zip(call.args, kinds, strict=True))
+            if isinstance(arg, Id)
+        }
+        values = list(call.args)
+        for i, (arg, kind) in refs.items():
+            values[i] = self._ref(signer, arg, kind)
+        again = False
+
+        def build(ctx: TxContext) -> bytes:
+            # sent again after a congestion cancellation, an owned object is at a new
+            # version (a cancelled transaction still bumps its owned inputs): read again
+            nonlocal again
+            if again:
+                for i, (arg, kind) in refs.items():
+                    if kind == "owned":
+                        values[i] = self._ref(signer, arg, kind)
+            again = True
+            tx = sui_tx._Tx(ctx)
+            sui_tx._add_call(tx, builder, *_builder_order(builder, values))
+            return tx.finish()
+
+        out = self._execute(signer, f"{call.module}::{call.function}", build, call.spend)
+        if call.result == "ConnectionOpened":
+            return self._opened(out)
+        if call.result == "ConnectionSettled":
+            settled = out.event("ConnectionSettled")
+            receipt = any(isinstance(a, Receipt) for a in call.args)
+            paid = int(out.event("ReceiptClaimed")["paid"]) if receipt else 0
+            return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+        created = out.created_of(call.created) if call.created else None
+        if created is not None or not call.result:
+            return created
+        event, field = call.result.split(".")
+        return out.event(event)[field]
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -624,24 +775,9 @@ class SuiLedgerCore(TypedReads):
             passed.add(last)
             after = last
 
-    def wait_events(
-        self,
-        cursor: str | None,
-        timeout: float,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        """Polls :meth:`events` every ``config.poll_interval`` seconds until something
-        matches or ``timeout`` passes."""
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
-            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            events, cursor = self.events(cursor, filter, limit)
-            remaining = deadline - time.monotonic()
-            if events or remaining <= 0:
-                return events, cursor
-            time.sleep(min(remaining, self.config.poll_interval))
+    def _await_events(self, remaining: float) -> None:
+        """Polls: :meth:`events` is read again every ``config.poll_interval`` seconds."""
+        time.sleep(min(remaining, self.config.poll_interval))
 
 
 # Object types this ledger reads, for documentation and tests.

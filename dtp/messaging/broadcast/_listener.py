@@ -1,10 +1,5 @@
-"""A listener, :class:`BroadcastListener`, one class read top to bottom: its start, the
-waits for what it received, and its closing; its reading of the station's stream (the
-HELLO and every message verified, forged and replayed ones counted and never delivered,
-what is delivered queued within its bound, an air change never lost); and what it sends
-the station and pays through the ledger (requests, contributions, signed tips, and the
-way back: the value of its shares of the pool after a cancel, or when it leaves an idle
-broadcast)."""
+"""A listener, :class:`BroadcastListener`, one class read top to bottom (its parts, in
+order: docs/architecture.md, "apps")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The broadcaster's side, :class:`BroadcastStation`, one class read top to bottom: its
-start, its money (claim, cancel) and its closing; its listeners, attached (on a ticketed
-broadcast, only ticket holders) and sent every frame; its air time, asked of the ledger
-once per slot and whenever off air (docs/escrow.md §9), the sending of messages, which
-only an on-air station does, and the heartbeats that tell the ledger it sends; and its
-inbox of requests and tips, each tip checked (signed for the station's session, never
-replayed, covered by what the tipper contributed) and its total kept in the tip state
-file. A listener's link is an object of its own (:mod:`~dtp.messaging.broadcast._station_link`)."""
+"""The broadcaster's side, :class:`BroadcastStation`, one class read top to bottom (its
+parts, in order: docs/architecture.md, "apps"); a listener's link is an object of its
+own (:mod:`~dtp.messaging.broadcast._station_link`)."""
 
 from __future__ import annotations
 
@@ -20,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.errors import ChainError, DTPError, InvalidObjectId
+from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
 from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger._objects import normalize_id
 from dtp.messaging import errors as E
@@ -318,9 +313,14 @@ class BroadcastStation:
                 held = holders.get(address, 0) > 0
                 if (held and now - began < _TICKET_READ_TRUST) or now - began < _TICKET_READ_GAP:
                     return held
-            sale = self.ledger.get_ticket_sale(self.ticket_sale)
-            self._ticket_read = (now, sale.holders)
-            return sale.holders.get(address, 0) > 0
+            try:
+                holders = self.ledger.get_ticket_sale(self.ticket_sale).holders
+            except ObjectNotFound:
+                # its organizer deleted it, once every holder had left (docs/escrow.md
+                # §15): nobody holds a ticket of it any more
+                holders = {}
+            self._ticket_read = (now, holders)
+            return holders.get(address, 0) > 0
 
     def _detach(self, link: _StationLink) -> None:
         with self._lock:
@@ -529,7 +529,7 @@ class BroadcastStation:
             return
         raise E.MalformedMessage("not a broadcast frame for the station")
 
-    # -- tips: signed for this session, never replayed, covered by contributions -----------
+    # -- tips: signed for the current session, never replayed, covered by contributions ----
 
     def _check_tip(self, message: list[Any]) -> Tip:
         arrived = time.monotonic()

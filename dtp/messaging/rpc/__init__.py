@@ -26,13 +26,8 @@ requests that no valid receipt covers. With :class:`ResponsePrepay` the client p
 response fee into a ledger ``ResponseEscrow`` per request; the server checks it
 (:class:`ResponseFeePolicy`), the client acknowledges each response with a signature, and
 the server claims with it — or the client takes the fee back after the deadline.
-
-The modules: ``streams`` (what a stream must have, sending; the read sizes are
-``dtp.messaging._protocol``'s), ``fees`` (the
-money above, with its locks and ledger reads), ``engine`` (the sans-I/O order of the fee
-steps, which both clients and both servers run), ``client_base`` and ``server_base``
-(what both drivers' clients and servers share), and the drivers: ``blocking_client``,
-``blocking_server``, ``asyncio_client``, ``asyncio_server``. This package re-exports
+The package re-exports the public API of its modules (their parts: docs/architecture.md,
+"apps: rpc").
 their public API.
 """
 

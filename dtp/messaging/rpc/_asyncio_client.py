@@ -21,6 +21,7 @@ from dtp.messaging._protocol import (
     NotificationReceived,
     ProtocolViolation,
     RequestReceived,
+    RequestTimedOut,
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
@@ -84,8 +85,17 @@ class AsyncRpcClient(ClientBase):
         # their frame, which close() cancels (_closing: those it cancelled, which end
         # in RpcConnectionLost): the writer stays open, so a peer that does not read
         # would hold them for good
-        self._sending: set[asyncio.Task[Any]] = set()
+        self._sending: dict[asyncio.Task[Any], int | None] = {}
         self._closing: set[asyncio.Task[Any]] = set()
+        # the calls' deadlines are the protocol's timers (as the blocking client's), run
+        # by one loop timer armed for the earliest (_timer_at); a call whose deadline
+        # passes in its send is cancelled out of it (_expired: those, which end in
+        # RpcTimeout)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._expired: set[asyncio.Task[Any]] = set()
+        # (kept: whether output waits is asked at each read, without a call for it)
+        self._output = self._proto.output
         self.violations = 0
 
     def _start(self) -> None:
@@ -105,22 +115,34 @@ class AsyncRpcClient(ClientBase):
         """Call ``method`` and await its result (raises the typed error otherwise).
         ``requests``: with a ``meter``, how many requests of the SLA the call is
         metered as (docs/messaging.md §2.5; 0: a free method)."""
-        _check_count("requests", requests, 0)
-        self._start()
+        if requests != 1 or type(requests) is not int:
+            _check_count("requests", requests, 0)
+        if self._task is None:
+            self._start()
         if timeout is DEFAULT:
             timeout = self.timeout
         if self._closed is not None:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
-        extra = meta_copy(meta)
-        # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
-        # would expire (one per call, kept for good)
+        proto = self._proto
+        now = loop.time()
         fees = self._fees
         if fees.meter is None and fees.prepay is None:
-            request_id = self._proto.send_request(
-                method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
-            )
+            if meta is None:
+                # (the protocol's fast framing, as the blocking client's quiet call: the
+                # checks of a method name and timeout seen last time are not made again)
+                request_id, frame = proto.begin_request(method, params, now, timeout)
+                if timeout is not None:
+                    proto.track(request_id)  # (its deadline's timer, as send_request's)
+                if self._output:  # (what the protocol queued goes first: CANCELs)
+                    frame = proto.data_to_send() + frame
+            else:
+                request_id = proto.send_request(
+                    method, params, now=now, timeout=timeout, meta=meta_copy(meta)
+                )
+                frame = proto.data_to_send()
         else:
+            extra = meta_copy(meta)
             check = self._can_send(method, params, timeout)
             paid = fees.begin(extra, timeout, check, requests)
             if paid.deposit_timeout is not None:
@@ -130,43 +152,71 @@ class AsyncRpcClient(ClientBase):
                 deposit = functools.partial(paid.prepay.deposit, paid.deposit_timeout)
                 escrow = await threaded_or_released(deposit, paid.orphaned)
                 paid.deposited(escrow)
+                now = loop.time()
             # (checked again, metered and sent with no await: receipts go out in nonce
             # order, and nothing can refuse a request the meter counted)
             request_id = paid.send(
                 int(time.time() * 1000),
                 check,
-                lambda meta: self._proto.send_request(
-                    method, params, now=loop.time(), timeout=timeout, meta=meta, timer=False
+                lambda meta: proto.send_request(
+                    method, params, now=now, timeout=timeout, meta=meta
                 ),
             )
+            frame = proto.data_to_send()
+        # the deadline is the protocol's timer, run by the client's one loop timer
+        # (armed again only for an earlier deadline than the one it waits for)
+        if timeout is not None and (self._timer is None or now + timeout < self._timer_at):
+            self._arm(now + timeout)
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
-        deadline = asyncio.timeout(timeout)
+        task = asyncio.current_task()
         try:
             # the deadline covers the send too: a peer that does not read holds the
-            # drain (the frame is whole in the writer's buffer: ending the wait loses
-            # nothing of it)
-            async with deadline:
-                await self._send(request_id)
-                return await asyncio.shield(future)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            self._futures.pop(request_id, None)
-            self._cancel_at_peer(request_id)
-            if future.done() and not future.cancelled():
-                return future.result()  # it came as the deadline passed
-            self._fees.unanswered(request_id)
-            raise E.RpcTimeout(f"no answer to call {request_id}") from None
+            # drain, and the timer cancels it (the frame is whole in the writer's
+            # buffer: ending the wait loses nothing of it)
+            await self._send(frame, task, request_id)
+            # (no shield: the future is this call's alone, and what settles it looks
+            # whether it is done first)
+            return await future
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
             self._fees.unanswered(request_id)
             self._cancel_at_peer(request_id)
             if future.done() and not future.cancelled():
                 future.exception()  # seen: no 'Future exception was never retrieved'
+            if task is not None and task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:  # (nobody else cancelled it meanwhile)
+                    raise E.RpcTimeout(f"no answer to call {request_id}") from None
             if self._ended_by_close():
                 raise self._closed_error() from None
             raise
+
+    def _arm(self, deadline: float | None) -> None:
+        """Run :meth:`_on_timer` at ``deadline`` (None: not at all)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._closed is None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        """The calls whose deadline passed end in RpcTimeout, and the peer is told
+        (CANCEL, written without waiting for its flow control)."""
+        self._timer = None
+        if self._closed is not None:
+            return
+        proto = self._proto
+        # (a loop timer may fire a little early: the deadline it was armed for is due)
+        proto.handle_timer(max(asyncio.get_running_loop().time(), self._timer_at))
+        for event in proto.events():
+            self._dispatch(event)
+        if self._output and self._closed is None:
+            data = proto.data_to_send()
+            with contextlib.suppress(Exception):
+                self._writer.write(data)
+        self._arm(proto.get_timer())
 
     def _cancel_at_peer(self, request_id: int) -> None:
         """Cancel our request at the peer (CANCEL) without waiting for the peer's flow
@@ -191,7 +241,7 @@ class AsyncRpcClient(ClientBase):
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                await self._send()
+                await self._send(self._proto.data_to_send(), asyncio.current_task())
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -213,15 +263,19 @@ class AsyncRpcClient(ClientBase):
         self._closing.discard(task)
         return task.uncancel() == 0
 
-    async def _send(self, request_id: int | None = None) -> None:
-        """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
-        fails every call (RpcConnectionLost, as the blocking client's), and this one's
-        error is raised here. :meth:`close` cancels the wait."""
-        task = asyncio.current_task()
+    async def _send(
+        self, data: bytes, task: asyncio.Task[Any] | None, request_id: int | None = None
+    ) -> None:
+        """Write ``data`` for a call (``request_id``) or a notification and wait for the
+        writer's room: a failed write fails every call (RpcConnectionLost, as the
+        blocking client's), and this one's error is raised here. :meth:`close` (and a
+        call's deadline) cancels the wait of ``task``, the caller's."""
         if task is not None:
-            self._sending.add(task)
+            self._sending[task] = request_id
         try:
-            await self._flush()
+            if data:
+                self._writer.write(data)
+                await self._writer.drain()
         except (DTPError, OSError) as exc:
             if request_id is not None:
                 self._futures.pop(request_id, None)
@@ -231,7 +285,7 @@ class AsyncRpcClient(ClientBase):
             raise error from exc
         finally:
             if task is not None:
-                self._sending.discard(task)
+                self._sending.pop(task, None)
 
     async def _flush(self) -> None:
         data = self._proto.data_to_send()
@@ -243,17 +297,33 @@ class AsyncRpcClient(ClientBase):
         """Read for every call until the stream ends or fails, which fails the calls."""
         loop = asyncio.get_running_loop()
         try:
+            read, proto, fees = self._reader.read, self._proto, self._fees
             while True:
-                data = await self._reader.read(RECV_SIZE)
+                data = await read(RECV_SIZE)
                 if not data:
                     raise E.RpcConnectionLost("the peer closed the stream")
+                futures = self._futures
+                if len(futures) == 1 and not (fees.escrows or fees.charges):
+                    # one call in flight (a sequential caller's) and a read that is
+                    # exactly its RESPONSE: taken as the blocking client's quiet call
+                    # takes it, with no decoder, event or dispatch (its timer dropped)
+                    request_id = next(iter(futures))
+                    got = proto.take_response(request_id, data)
+                    if got is not None:
+                        future = futures.pop(request_id)
+                        if not future.done():
+                            future.set_result(got[0])
+                        continue
                 if len(data) <= TAKE_PIECE and self.on_notification is None:
-                    self._proto.receive_data(data, loop.time())
-                    for event in self._proto.events():
+                    proto.receive_data(data, loop.time())
+                    for event in proto.events():
                         self._dispatch(event)
                 else:
                     await self._receive_in_pieces(data, loop)
-                await self._flush()
+                if self._timer is not None:
+                    proto.get_timer()  # (drops the timers of the calls just answered)
+                if self._output:
+                    await self._flush()
         except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
             error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
             self._fail_all(error)
@@ -291,17 +361,19 @@ class AsyncRpcClient(ClientBase):
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
-            # whether it is acknowledged is the fee engine's rule (ClientFees.answered),
-            # asked when a call holds an escrow
-            if self._fees.escrows:
-                ack = self._fees.answered(event.request_id, event.body)
+            # whether it is acknowledged, and what its meter is told, is the fee
+            # engine's rule (ClientFees.answered), asked when a call holds an escrow
+            # or a charge
+            fees = self._fees
+            if fees.escrows or fees.charges:
+                ack = fees.answered(event.request_id, event.body, event.meta)
                 if ack is not None:
                     self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):
             future = self._futures.pop(event.request_id, None)
-            self._fees.unanswered(event.request_id)
+            self._fees.unanswered(event.request_id, event.error)
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, NotificationReceived) and self.on_notification is not None:
@@ -317,11 +389,26 @@ class AsyncRpcClient(ClientBase):
             # (no bound on these, unlike the blocking client's: the read loop awaits
             # the drain of each read's answers, so a peer that does not read stops it)
             self._refuse(event)
+        elif isinstance(event, RequestTimedOut):
+            # its deadline passed (_on_timer: the protocol queued the CANCEL)
+            future = self._futures.pop(event.request_id, None)
+            self._fees.unanswered(event.request_id)
+            if future is None or future.done():
+                return
+            for task, sending in self._sending.items():
+                if sending == event.request_id:  # still in its send: cancelled out of it
+                    self._expired.add(task)
+                    task.cancel()
+                    return
+            future.set_exception(E.RpcTimeout(f"no answer to call {event.request_id}"))
         elif isinstance(event, ProtocolViolation):
             self.violations += 1
 
     def _fail_all(self, error: BaseException) -> None:
         self._closed = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         futures, self._futures = self._futures, {}
         # the prepaid calls failing so got no response: their fees come back (refund_due)
         self._fees.all_unanswered()
@@ -335,7 +422,7 @@ class AsyncRpcClient(ClientBase):
         RpcConnectionLost (what they wrote stays in the writer's buffer). A
         notification handler (a coroutine: its own task) may await it."""
         self._fail_all(E.RpcConnectionLost("the client was closed"))
-        sending, self._sending = self._sending, set()
+        sending, self._sending = self._sending, {}
         for task in sending:
             self._closing.add(task)
             task.cancel()

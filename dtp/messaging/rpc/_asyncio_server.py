@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
+import types
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,10 +37,12 @@ from dtp.messaging.rpc._server_base import (
     CallContext,
     Handler,
     ServerBase,
+    answer_meta,
     call_notification,
     end_request,
     error_reply,
     failure_reply,
+    note_counted,
     notification_failed,
     refusal_reply,
     refuse_missing,
@@ -54,13 +58,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _returning(outcome: Any) -> Handler:
+    """A handler giving ``outcome``, what a plain handler returned that is still to be
+    awaited (AsyncRpcServer.serve_stream's inline answers)."""
+    return lambda _params: outcome
+
+
 class AsyncRpcServer(ServerBase):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
-    runs as its own task, so answers go out in completion order. Notifications are
-    handled in order by the stream's reading loop (an async notification handler is
-    awaited there: a slow one delays the requests behind it). Use :meth:`serve_stream`
-    as a :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``),
-    or :meth:`serve_connection` to also answer on every stream the client opens.
+    runs as its own task, so answers go out in completion order (a request for a plain
+    function taking no context, read alone on a stream that pays nothing, is answered by
+    the stream's task after a turn of the loop: it would complete at its task's first
+    step). Notifications are handled in order by the stream's reading loop (an async
+    notification handler is awaited there: a slow one delays the requests behind it).
+    Use :meth:`serve_stream` as a :func:`dtp.aio.start_server` callback (or call it on
+    any ``(reader, writer)``), or :meth:`serve_connection` to also answer on every
+    stream the client opens.
 
     ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
     a worker thread. The options are checked here, as :class:`RpcServer`'s are.
@@ -79,6 +92,10 @@ class AsyncRpcServer(ServerBase):
         self.violations = 0
         self.served = 0
         self._billed: BilledConnections | None = None
+        # handler -> whether it is a plain function (not a coroutine function): one
+        # such, taking no context, answers a request read alone in the stream's own
+        # task (_answer_inline), as the blocking server's inline loop answers it
+        self._plain: dict[Handler, bool] = {}
 
     async def serve_connection(self, reader: Any, writer: Any) -> None:
         """:meth:`serve_stream` on the connection's first stream and on every stream the client
@@ -173,6 +190,7 @@ class AsyncRpcServer(ServerBase):
                     for step in fees.admission(event.meta, peer, prices) if fees.paid else ():
                         if type(step) is PayRequest:
                             await step.payments.admit_async(step.meta, step.requests)
+                            ctx = note_counted(ctx, step, event, peer)
                         else:
                             assert ctx is not None and type(step) is TakeEscrow
                             # (a request cancelled meanwhile -- its CANCEL, the
@@ -186,7 +204,7 @@ class AsyncRpcServer(ServerBase):
                 except Exception as exc:
                     refused = exc
                 if refused is not None:
-                    refusal = refusal_reply(event.method, refused)
+                    refusal = refusal_reply(fees, event.method, refused)
                     proto.send_error(event.request_id, *refusal, request=event)
                 else:
                     outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
@@ -194,7 +212,8 @@ class AsyncRpcServer(ServerBase):
                         left = None if event.deadline is None else event.deadline - loop.time()
                         outcome = await asyncio.wait_for(outcome, left)
                     # (only its own request: the client may have ended it, reused its id)
-                    body = proto.send_response(event.request_id, outcome, request=event)
+                    meta = answer_meta(fees, ctx)
+                    body = proto.send_response(event.request_id, outcome, meta=meta, request=event)
                     self.served += 1
                     ended = True
                     end_request(fees, event.request_id, escrow_id, body)
@@ -237,6 +256,10 @@ class AsyncRpcServer(ServerBase):
                 await flush()
 
         since = loop.time()  # the loop last ran other tasks (about)
+        # (kept: live views of the protocol's state, asked per read without a call)
+        methods, plain, unanswered = self.methods, self._plain, proto.unanswered
+        output = proto.output
+        take_request, response_frame = proto.take_request, proto.response_frame
         try:
             while True:
                 # no wait_for around read(): cancelling a read can lose what it took;
@@ -253,25 +276,101 @@ class AsyncRpcServer(ServerBase):
                         await asyncio.wait(list(tasks.values()), timeout=0.1)
                     return
                 # requests whose deadline passed first: they count against max_pending
-                # until then, and nothing here wakes up at a deadline
+                # until then, and nothing here wakes up at a deadline (none pending,
+                # none can have passed)
                 now = loop.time()
-                timer = proto.get_timer()
-                if timer is not None and timer <= now:
-                    proto.handle_timer(now)
+                if unanswered:
+                    timer = proto.get_timer()
+                    if timer is not None and timer <= now:
+                        proto.handle_timer(now)
+                # a read that is exactly one request, for a plain function taking no
+                # context, of a stream that pays nothing on a server with no method
+                # rules: answered by this task, with no task of its own, event or
+                # pending state (the blocking server's inline loop; the engine's
+                # take_request and response_frame)
+                message = (
+                    take_request(data)
+                    if not fees.paid and self.rules is None and not self._pricing
+                    else None
+                )
+                if message is not None:
+                    entry = methods.get(message[2])
+                    fn = entry[0] if entry is not None and not entry[1] else None
+                    if fn is not None:
+                        is_plain = plain.get(fn)
+                        if is_plain is None:
+                            is_plain = plain[fn] = not inspect.iscoroutinefunction(fn)
+                        if is_plain:
+                            # the handler starts on a later turn of the loop than the read,
+                            # as the request's own task would: the loop's other work (the
+                            # other streams) has its turn in between. Nothing of this
+                            # stream is read meanwhile (this task is its reader)
+                            await asyncio.sleep(0)
+                            since = now
+                            # (in a copy of this task's context, as the request's own task
+                            # would run it: its context variables stay its own)
+                            context = contextvars.copy_context()
+                            request_id = message[1]
+                            reply = None
+                            try:
+                                outcome = context.run(fn, message[3])
+                            except asyncio.CancelledError as exc:  # (its own: as run()'s)
+                                logger.warning("handler %s failed: cancelled (%r)", message[2], exc)
+                                reply = proto.error_frame(request_id, *error_reply(exc))
+                            except Exception as exc:
+                                timeout_ms = message[4]
+                                if not (
+                                    isinstance(exc, TimeoutError)
+                                    and timeout_ms
+                                    and loop.time() >= now + timeout_ms / 1000
+                                ):  # (past the request's deadline, as run(): no answer)
+                                    code, text, extra = failure_reply(message[2], exc)
+                                    reply = proto.error_frame(request_id, code, text, extra)
+                            except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                                # answered as any failure, then on up (as run())
+                                with contextlib.suppress(DTPError, OSError):
+                                    writer.write(proto.error_frame(request_id, *error_reply(exc)))
+                                    await writer.drain()
+                                raise
+                            else:
+                                if hasattr(outcome, "__await__") or isinstance(
+                                    outcome, types.GeneratorType
+                                ):
+                                    # a plain function that returned an awaitable: awaited
+                                    # in a task of its own, in the context it ran in
+                                    proto.admit_request(message, now)
+                                    event = proto.next_event()
+                                    assert type(event) is RequestReceived
+                                    tasks[request_id] = loop.create_task(
+                                        run(event, _returning(outcome), False), context=context
+                                    )
+                                else:
+                                    reply = response_frame(request_id, outcome)
+                                    self.served += 1
+                            if reply is not None:
+                                if output:  # (what was queued before goes first)
+                                    writer.write(proto.data_to_send())
+                                writer.write(reply)
+                                await writer.drain()
+                            continue
+                    if message is not None:
+                        proto.admit_request(message, now)
+                        data = b""  # (taken: its event is below)
                 # a large read is taken in pieces, the loop running in between (as in
                 # AsyncRpcClient._receive_in_pieces): frames costly to take (junk, a flood of tiny
                 # ones) held the loop, and every other stream it serves, for a whole read
                 pieces = len(data) > TAKE_PIECE
-                for pos in range(0, len(data), TAKE_PIECE):
+                for pos in range(0, len(data) or 1, TAKE_PIECE):
                     if pos:  # (pieces only)
                         await asyncio.sleep(0)
                         since = now = loop.time()
-                    proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, now)
+                    if data:
+                        proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, now)
                     for event in proto.events():
                         if isinstance(event, RequestReceived):
                             entry = self.methods.get(event.method)
                             if entry is None:
-                                refuse_missing(proto, event)
+                                refuse_missing(proto, event, fees)
                                 continue
                             tasks[event.request_id] = loop.create_task(run(event, *entry))
                         elif isinstance(event, RequestCancelled):

@@ -1,8 +1,6 @@
 """The blocking RPC client (:class:`RpcClient`) and its calls (:class:`RpcCall`): the
-socket work is done in the calling threads (leader/follower). The client is here whole:
-what it knows, its face with its calls and the quiet call's one send and read, what
-settles calls (the protocol's events, deadlines, a failure), its writes, and the
-leader/follower reading and waits."""
+socket work is done in the calling threads (leader/follower). The client is here whole
+(its parts: docs/architecture.md, "apps: rpc")."""
 
 from __future__ import annotations
 
@@ -656,17 +654,19 @@ class RpcClient(ClientBase):
         """Hand events to their calls (lock held)."""
         for event in events:
             if isinstance(event, ResponseReceived):
-                # whether it is acknowledged is the fee engine's rule (ClientFees.answered),
-                # asked when a call holds an escrow
-                if self._fees.escrows:
-                    ack = self._fees.answered(event.request_id, event.body)
+                # whether it is acknowledged, and what its meter is told, is the fee
+                # engine's rule (ClientFees.answered), asked when a call holds an
+                # escrow or a charge
+                fees = self._fees
+                if fees.escrows or fees.charges:
+                    ack = fees.answered(event.request_id, event.body, event.meta)
                     if ack is not None:
                         self._proto.send_ack(event.request_id, ack)
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
                     call._finish(event.result, None)
             elif isinstance(event, ErrorReceived):
-                self._fees.unanswered(event.request_id)
+                self._fees.unanswered(event.request_id, event.error)
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
                     call._finish(None, event.error)

@@ -1,6 +1,5 @@
-"""The blocking RPC server (:class:`RpcServer`, a thread per stream) and the read loops of
-a stream it serves (``_ServerStream``, whole: what it knows, its read loops, its sending
-and error answers, and the events handed to handlers inline or through the pool); what
+"""The blocking RPC server (:class:`RpcServer`, a thread per stream) and a stream it
+serves (``_ServerStream``), whole (their parts: docs/architecture.md, "apps: rpc"); what
 the asyncio server shares with it is in :mod:`dtp.messaging.rpc._server_base`."""
 
 from __future__ import annotations
@@ -43,10 +42,12 @@ from dtp.messaging.rpc._server_base import (
     CallContext,
     Handler,
     ServerBase,
+    answer_meta,
     call_notification,
     end_request,
     error_reply,
     failure_reply,
+    note_counted,
     refusal_reply,
     refuse_missing,
     tell_client_ended,
@@ -319,7 +320,14 @@ class _ServerStream:
         with server._stats_lock:
             server._live.add(self)
         try:
-            if server._pool is None and not self.fees.paid:
+            # (the inline loop answers a plain handler at once: not where method rules
+            # or a method's pricing must admit each request first)
+            if (
+                server._pool is None
+                and not self.fees.paid
+                and server.rules is None
+                and not server.priced
+            ):
                 self.run_inline()
             else:
                 self.run_general()
@@ -336,11 +344,11 @@ class _ServerStream:
 
     def run_inline(self) -> None:
         """The read loop when every request is answered in this thread as it is read
-        (no worker pool, no fees): no other thread touches the protocol (no locks),
-        and nothing is pending between reads, so no deadline comes due while we wait
-        -- a read waits only for the next look for new streams. A read that is one
-        request for a plain handler is answered straight away; anything else takes the
-        protocol's general path and the handlers run in turn."""
+        (no worker pool, no fees, no method rules or pricing): no other thread touches
+        the protocol (no locks), and nothing is pending between reads, so no deadline
+        comes due while we wait -- a read waits only for the next look for new streams.
+        A read that is one request for a plain handler is answered straight away;
+        anything else takes the protocol's general path and the handlers run in turn."""
         stream, proto = self.stream, self.proto
         methods = self.server.methods
         take_request, response_frame = proto.take_request, proto.response_frame
@@ -639,12 +647,12 @@ class _ServerStream:
         server = self.server
         if isinstance(event, RequestReceived):
             entry = server.methods.get(event.method)
+            fees = self.fees
             if entry is None:
                 with self.lock:
-                    refuse_missing(self.proto, event)
+                    refuse_missing(self.proto, event, fees)
                 return
             fn, wants_ctx = entry
-            fees = self.fees
             prices = ONE_REQUEST
             if server.rules is not None or server.priced:
                 # the method rules first: a refused request takes no fee
@@ -652,7 +660,7 @@ class _ServerStream:
                 try:
                     prices = server.request_cost(event.method, event.params, self.peer)
                 except Exception as exc:
-                    refusal = refusal_reply(event.method, exc)
+                    refusal = refusal_reply(fees, event.method, exc)
                     with self.lock:
                         self.proto.send_error(event.request_id, *refusal, request=event)
                     return
@@ -667,13 +675,15 @@ class _ServerStream:
                     for step in fees.admission(event.meta, self.peer, prices):
                         if type(step) is PayRequest:
                             step.payments.admit(step.meta, step.requests)
+                            ctx = note_counted(ctx, step, event, self.peer)
                         else:
                             assert ctx is not None and type(step) is TakeEscrow
                             ctx.escrow_id = step.policy.admit(step.meta, step.peer)
                 except Exception as exc:
-                    refusal = refusal_reply(event.method, exc)
+                    refusal = refusal_reply(fees, event.method, exc)
                     with self.lock:
                         self.proto.send_error(event.request_id, *refusal, request=event)
+                    self.release_escrow(ctx)  # (taken before the receipt refused it)
                     return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
@@ -757,7 +767,8 @@ class _ServerStream:
         with self.lock:
             self.forget_context(request_id, ctx)
             # (only its own request: the client may have ended it and reused its id)
-            body = self.proto.send_response(request_id, result, request=event)
+            meta = answer_meta(self.fees, ctx)
+            body = self.proto.send_response(request_id, result, meta=meta, request=event)
             if ctx is not None and ctx.escrow_id is not None:
                 # before the lock is let go: any flush may send the response from then
                 # on, and the client's ACK must find its escrow answered (body None:

@@ -1,7 +1,4 @@
-"""What both RPC clients share (the blocking :class:`~dtp.messaging.rpc._blocking_client.RpcClient`
-and :class:`~dtp.messaging.rpc._asyncio_client.AsyncRpcClient`) besides the fee engine's
-steps: the options' checks, ``meter`` and ``prepay``, a paid call's check, the closed
-error, the answer to a peer's request."""
+"""What both RPC clients share besides the fee engine's steps (:class:`ClientBase`)."""
 
 from __future__ import annotations
 

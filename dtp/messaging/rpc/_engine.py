@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.messaging import errors as E
 from dtp.messaging.method_rules import requests_for
-from dtp.payments.receipts import Meter
+from dtp.messaging.rpc._cover import COUNTED, METERED, counted_of, metered_of, uncounted
+from dtp.payments.receipts import Charge, Meter
 
 if TYPE_CHECKING:
     # (types only: _fees.py's helpers run the steps named here)
@@ -34,14 +35,6 @@ Check = Callable[[Meta], None]
 UNTIMED_DEPOSIT = 60.0
 
 
-def sign_request(meter: Meter, now_ms: int, requests: int = 1) -> bytes | None:
-    """Count a request in ``meter`` as ``requests`` requests of the SLA (its method's
-    price, docs/messaging.md §2.5); the encoded receipt that covers it, when the meter
-    signs one now (meta ``"r"``)."""
-    receipt = meter.record(now_ms, requests=requests) or meter.flush(now_ms)
-    return None if receipt is None else receipt.encode()
-
-
 class ClientFees:
     """A client's fees: a ``meter`` (per-request receipts) and a ``prepay`` (a response
     escrow per call), either or both, and the registry of the calls in flight that
@@ -50,11 +43,15 @@ class ClientFees:
     :meth:`all_unanswered` when every call fails at once (the stream lost, closed).
     Every escrow made is acknowledged or put to refund exactly once."""
 
-    __slots__ = ("escrows", "meter", "prepay")
+    __slots__ = ("charges", "escrows", "meter", "prepay")
 
     def __init__(self, meter: Meter | None, prepay: ResponsePrepay | None) -> None:
         self.meter = meter
         self.prepay = prepay
+        #: request ID -> (the meter that counted the call, its charge), until the call
+        #: ends: the meter is told how it ended (``Meter.settle``), so that a call the
+        #: server refused costs nothing. A replaced meter still settles its own calls.
+        self.charges: dict[int, tuple[Meter, Charge]] = {}
         #: request ID -> (the escrow its call prepaid, the ResponsePrepay that made it),
         #: until the call ends: a prepay replaced meanwhile still refunds its own escrows.
         #: Empty, no answer has anything to acknowledge: the drivers ask :meth:`answered`
@@ -73,35 +70,55 @@ class ClientFees:
             paid.deposit_timeout = UNTIMED_DEPOSIT if timeout is None else timeout
         return paid
 
-    def answered(self, request_id: int, body: bytes) -> bytes | None:
-        """The call ``request_id`` was answered with ``body``: the signature
-        acknowledging it, for the driver to send back in an ACK (the server claims the
-        escrow with it); None when the call prepaid nothing or ended already. The
-        drivers ask this for each response while ``escrows`` is not empty (with none
-        it would return None): an answer reaching a call that ended
+    def answered(
+        self, request_id: int, body: bytes, meta: Mapping[str, Any] | None = None
+    ) -> bytes | None:
+        """The call ``request_id`` was answered with ``body`` (and ``meta``, which may
+        say how many requests the server counted it as: its meter is told); the
+        signature acknowledging it, for the driver to send back in an ACK (the server
+        claims the escrow with it); None when the call prepaid nothing or ended
+        already. The drivers ask this for each response while ``escrows`` or
+        ``charges`` is not empty (with neither it would return None): an answer
+        reaching a call that ended
         (:meth:`unanswered`: timed out, cancelled, failed) is never acknowledged -- its
         caller never saw it, and its escrow waits for refund; a server that answered
         before the ledger deadline is paid by ``deliver`` instead (docs/escrow.md)."""
+        if self.charges:
+            self._settle(request_id, counted_of(meta))
         entry = self.escrows.pop(request_id, None)
         if entry is None:
             return None
         escrow_id, prepay = entry
         return prepay.acknowledgement(escrow_id, body)
 
-    def unanswered(self, request_id: int) -> None:
-        """The call ``request_id`` ended with no response (failed, timed out,
-        cancelled): its escrow, if it prepaid one, waits for
-        :meth:`ResponsePrepay.refund_due`. A second report of the same call does nothing."""
+    def unanswered(self, request_id: int, error: BaseException | None = None) -> None:
+        """The call ``request_id`` ended with no response (failed -- with ``error``, the
+        server's answer -- timed out, cancelled): its escrow, if it prepaid one, waits
+        for :meth:`ResponsePrepay.refund_due`; its meter takes it back when the
+        server's refusal says it counted nothing (:func:`uncounted`). A second report
+        of the same call does nothing."""
+        if self.charges:
+            data = error.data if isinstance(error, E.RemoteError) else None
+            self._settle(request_id, counted_of(data))
         entry = self.escrows.pop(request_id, None)
         if entry is not None:
             entry[1].unanswered.append(entry[0])
 
     def all_unanswered(self) -> None:
         """Every call in flight ended with no response (the stream failed or the client
-        closed): their escrows wait for refund."""
+        closed): their escrows wait for refund; their charges stand (the server may
+        have counted them)."""
         escrows, self.escrows = self.escrows, {}
         for escrow_id, prepay in escrows.values():
             prepay.unanswered.append(escrow_id)
+        charges, self.charges = self.charges, {}
+        for meter, charge in charges.values():
+            meter.settle(charge)
+
+    def _settle(self, request_id: int, counted: int | None) -> None:
+        entry = self.charges.pop(request_id, None)
+        if entry is not None:
+            entry[0].settle(entry[1], counted)
 
     @property
     def prepaid(self) -> int:
@@ -155,25 +172,34 @@ class PaidCall:
         across this call (or does not await in it), so receipts reach the server in
         their nonce order, and nothing (another call filling the in-flight limit, a
         close) can refuse a request the meter has counted. The call's escrow is then
-        filed under the request ID (:meth:`ClientFees.answered`/``unanswered``). Any
-        failure puts the escrow on ``unanswered`` and is raised."""
+        filed under the request ID (:meth:`ClientFees.answered`/``unanswered``), and so
+        is its charge. Any failure puts the escrow on ``unanswered``, takes the charge
+        back (nothing was sent) and is raised."""
+        meter = self._fees.meter
+        charge = None
         try:
             # again: the driver let go of its state for the deposit (or its lock)
             check(self.meta)
-            meter = self._fees.meter
             if meter is not None:
-                receipt = sign_request(meter, now_ms, self.requests)
-                if receipt is not None:
-                    meta = {} if self.meta is None else self.meta
-                    meta["r"] = receipt
-                    self.meta = meta
+                charge = meter.charge(now_ms, self.requests)
+                meta = {} if self.meta is None else self.meta
+                meta[METERED] = self.requests
+                if charge.receipt is not None:
+                    meta["r"] = charge.receipt.encode()
+                self.meta = meta
             request_id = send(self.meta)
         except BaseException:
             if self.escrow_id is not None:
                 self.orphaned(self.escrow_id)
+            if charge is not None:
+                assert meter is not None
+                meter.settle(charge, 0)
             raise
         if self.escrow_id is not None and self.prepay is not None:
             self._fees.escrows[request_id] = (self.escrow_id, self.prepay)
+        if charge is not None:
+            assert meter is not None
+            self._fees.charges[request_id] = (meter, charge)
         return request_id
 
 
@@ -186,6 +212,14 @@ class PayRequest:
     payments: RequestPayments
     meta: Mapping[str, Any] | None
     requests: int = 1
+
+    @property
+    def counted(self) -> int | None:
+        """What to tell the client its request, once admitted, was counted as: the
+        count when the client metered it above that (its meter gives the rest back),
+        else None (as metered, or a client that did not say)."""
+        metered = metered_of(self.meta)
+        return self.requests if metered is not None and metered > self.requests else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,32 +302,47 @@ class ServerCallFees:
         prices: tuple[int | None, ...] = (None,),
     ) -> tuple[PayRequest | TakeEscrow, ...]:
         """The steps admitting one request, in their order: the connection refused
-        outright first (PaymentRequired raised here), then the per-request fee (its
-        receipt; the request counted as the requests of the connection's SLA its
-        ``prices`` come to, from the server's ``request_cost``: ValueError for a price
-        no receipt can pay exactly), then
-        the response escrow (taken last: a request the receipt check refuses does not
-        hold an escrow). The driver runs each in turn."""
+        outright first (PaymentRequired raised here), then the response escrow, then
+        the per-request fee (its receipt; the request counted as the requests of the
+        connection's SLA its ``prices`` come to, from the server's ``request_cost``:
+        ValueError for a price no receipt can pay exactly). The receipt comes last: a
+        request the escrow check refuses has counted nothing and kept no receipt (it
+        costs nothing, docs/messaging.md §2.5), and one the receipt check refuses has
+        the escrow it took released (:meth:`ended`). The driver runs each in turn."""
         if self.payments_error is not None:
             raise E.PaymentRequired(self.payments_error)
         steps: list[PayRequest | TakeEscrow] = []
+        if self.response_fees is not None:
+            steps.append(TakeEscrow(self.response_fees, meta, peer))
         if self.payments is not None:
             sla = self.payments.sla
             requests = sum(requests_for(sla, price) for price in prices)
             steps.append(PayRequest(self.payments, meta, requests))
-        if self.response_fees is not None:
-            steps.append(TakeEscrow(self.response_fees, meta, peer))
         return tuple(steps)
 
+    def refusal_data(self, data: Any) -> Any:
+        """``data`` of a refusal of this stream made before its request was counted
+        (unknown method, method rules, fee admission): marked so when the stream pays
+        per request (:func:`uncounted`), for the client's meter to take the call back."""
+        if self.payments is None and self.payments_error is None:
+            return data
+        return uncounted(data)
+
     @staticmethod
-    def refusal(exc: Exception) -> tuple[int, str, Any]:
+    def counted_meta(counted: int | None) -> dict[str, int] | None:
+        """The RESPONSE meta of a request admitted with :attr:`PayRequest.counted`."""
+        return None if counted is None else {COUNTED: counted}
+
+    def refusal(self, exc: Exception) -> tuple[int, str, Any]:
         """The answer (code, message, data) to a request whose admission raised
-        ``exc``: a RemoteError (PaymentRequired, MethodNotAllowed) as it is; anything
-        else is the check failing itself (``on_receipt`` with the disk full, a method
-        priced off the SLA's step, say): that request's internal error, never the
-        stream's end (the driver logs it)."""
+        ``exc``: a RemoteError (PaymentRequired, MethodNotAllowed) as it is, its data
+        marked as counting nothing (:meth:`refusal_data`); anything else is the check
+        failing itself (``on_receipt`` with the disk full, a method priced off the
+        SLA's step, say): that request's internal error, never the stream's end (the
+        driver logs it), and not marked (the receipt may be kept: the call stays
+        charged at the client)."""
         if isinstance(exc, E.RemoteError):
-            return exc.code, exc.message, exc.data
+            return exc.code, exc.message, self.refusal_data(exc.data)
         return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
 
     def ended(

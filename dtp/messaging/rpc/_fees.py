@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import math
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from dtp.errors import DTPError, ObjectNotFound
 from dtp.hostid._admission import LedgerAdmission, while_opening
@@ -22,7 +23,7 @@ from dtp.ledger._objects import Sla, normalize_id
 from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.messaging import errors as E
 from dtp.messaging._protocol import _check_count
-from dtp.messaging.rpc._cover import Refusal, RequestCover, Reread
+from dtp.messaging.rpc._cover import Refusal, RequestCover, Reread, metered_of
 from dtp.payments.receipts import ConnectionTerms, Meter
 
 if TYPE_CHECKING:
@@ -61,6 +62,32 @@ FEE_META_RESERVE = 512
 def response_hash(body: bytes) -> bytes:
     """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
     return hashlib.blake2b(body, digest_size=32).digest()
+
+
+_T = TypeVar("_T")
+
+
+class _OfCover(Generic[_T]):
+    """An attribute of :class:`RequestPayments` that is its :class:`RequestCover`'s: one
+    state, whichever face reads or sets it."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _OfCover[_T]: ...
+    @overload
+    def __get__(self, obj: RequestPayments, owner: type) -> _T: ...
+    def __get__(self, obj: RequestPayments | None, owner: type) -> _OfCover[_T] | _T:
+        if obj is None:
+            return self
+        return getattr(obj._cover, self._name)  # type: ignore[no-any-return]
+
+    def __set__(self, obj: RequestPayments, value: _T) -> None:
+        setattr(obj._cover, self._name, value)
 
 
 class RequestPayments:
@@ -145,14 +172,18 @@ class RequestPayments:
         payments.read_deposit = lambda: ledger.get_escrow(escrow_id).deposited
         return payments
 
-    @property
-    def scope(self) -> ReceiptScope:
-        """The package, escrow and connection the receipts must be signed for."""
-        return self._cover.scope
-
-    @scope.setter
-    def scope(self, value: ReceiptScope) -> None:
-        self._cover.scope = value
+    # the rules' state is the cover's: read and set through it
+    scope = _OfCover[ReceiptScope](
+        "The package, escrow and connection the receipts must be signed for."
+    )
+    sla = _OfCover[Sla]("The connection's fees.")
+    client_public_key = _OfCover[bytes]("The client's Ed25519 key, which signs the receipts.")
+    deposited = _OfCover[int](
+        "The escrow's deposit known (read again when a receipt goes beyond it)."
+    )
+    credit_requests = _OfCover[int]("Requests served ahead of the receipts covering them.")
+    served = _OfCover[int]("Requests counted as served.")
+    latest = _OfCover[Receipt | None]("The newest receipt accepted: what the server claims.")
 
     @property
     def connection_id(self) -> str:
@@ -162,60 +193,6 @@ class RequestPayments:
     @connection_id.setter
     def connection_id(self, value: str) -> None:
         self._cover.scope = replace(self._cover.scope, connection_id=value)
-
-    @property
-    def sla(self) -> Sla:
-        """The connection's fees."""
-        return self._cover.sla
-
-    @sla.setter
-    def sla(self, value: Sla) -> None:
-        self._cover.sla = value
-
-    @property
-    def client_public_key(self) -> bytes:
-        """The client's Ed25519 key, which signs the receipts."""
-        return self._cover.client_public_key
-
-    @client_public_key.setter
-    def client_public_key(self, value: bytes) -> None:
-        self._cover.client_public_key = value
-
-    @property
-    def deposited(self) -> int:
-        """The escrow's deposit known (read again when a receipt goes beyond it)."""
-        return self._cover.deposited
-
-    @deposited.setter
-    def deposited(self, value: int) -> None:
-        self._cover.deposited = value
-
-    @property
-    def credit_requests(self) -> int:
-        """Requests served ahead of the receipts covering them."""
-        return self._cover.credit_requests
-
-    @credit_requests.setter
-    def credit_requests(self, value: int) -> None:
-        self._cover.credit_requests = value
-
-    @property
-    def served(self) -> int:
-        """Requests counted as served."""
-        return self._cover.served
-
-    @served.setter
-    def served(self, value: int) -> None:
-        self._cover.served = value
-
-    @property
-    def latest(self) -> Receipt | None:
-        """The newest receipt accepted: what the server claims."""
-        return self._cover.latest
-
-    @latest.setter
-    def latest(self, value: Receipt | None) -> None:
-        self._cover.latest = value
 
     def resume(self, latest: Receipt) -> None:
         """Carry on from ``latest``, a receipt accepted earlier on this connection
@@ -238,8 +215,7 @@ class RequestPayments:
         and they came in another (two streams sharing a meter), and the newer receipt
         already paid for this request. A receipt beyond the known deposit has the
         escrow's deposit read again first (the client may have topped up)."""
-        raw = None if meta is None else meta.get("r")
-        refused = self._first_admit(raw, None, requests)
+        refused = self._first_admit(meta, None, requests)
         if refused is None:
             return
         error, step, reading = refused
@@ -252,7 +228,7 @@ class RequestPayments:
                 raise error
         else:
             raise error
-        self._readmit(raw, None, requests)
+        self._readmit(meta, None, requests)
 
     async def admit_async(self, meta: Mapping[str, Any] | None, requests: int = 1) -> None:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
@@ -264,11 +240,10 @@ class RequestPayments:
         A request whose receipt ``on_receipt`` fails to keep, or whose task is cancelled
         while it keeps it, is not counted, as with :meth:`admit`: it is never served
         (the receipt is kept all the same, and pays for the next request)."""
-        raw = None if meta is None else meta.get("r")
         accepted: list[Receipt] = []
         counted = False
         try:
-            await self._admit_async(raw, accepted, requests)
+            await self._admit_async(meta, accepted, requests)
             counted = True
         finally:
             if accepted and self.on_receipt is not None:
@@ -282,8 +257,10 @@ class RequestPayments:
                             self._cover.not_served(requests)
                     raise
 
-    async def _admit_async(self, raw: Any, accepted: list[Receipt], requests: int) -> None:
-        refused = self._first_admit(raw, accepted, requests)
+    async def _admit_async(
+        self, meta: Mapping[str, Any] | None, accepted: list[Receipt], requests: int
+    ) -> None:
+        refused = self._first_admit(meta, accepted, requests)
         if refused is None:
             return
         error, step, reading = refused
@@ -301,17 +278,20 @@ class RequestPayments:
                 raise error from None
         else:
             raise error
-        self._readmit(raw, accepted, requests)
+        self._readmit(meta, accepted, requests)
 
     def _first_admit(
-        self, raw: Any, accepted: list[Receipt] | None = None, requests: int = 1
+        self,
+        meta: Mapping[str, Any] | None,
+        accepted: list[Receipt] | None = None,
+        requests: int = 1,
     ) -> tuple[E.PaymentRequired, Reread, concurrent.futures.Future[None] | None] | None:
         """:meth:`_count`; for a refusal, its error and what to do about it
         (:meth:`RequestCover.reread`: read the deposit again, wait for the re-read under
         way -- the future returned -- or refuse): a receipt signed after a top-up,
         behind another one's re-read, is covered once that read is in."""
         with self._lock:
-            refused = self._count(raw, accepted, requests)
+            refused = self._count(meta, accepted, requests)
             if refused is None:
                 return None
             if not refused.beyond_deposit or self.read_deposit is None:
@@ -346,33 +326,37 @@ class RequestPayments:
                 done.set_result(None)
         return True
 
-    def _readmit(self, raw: Any, accepted: list[Receipt] | None = None, requests: int = 1) -> None:
+    def _readmit(
+        self,
+        meta: Mapping[str, Any] | None,
+        accepted: list[Receipt] | None = None,
+        requests: int = 1,
+    ) -> None:
         with self._lock:
-            again = self._count(raw, accepted, requests)
+            again = self._count(meta, accepted, requests)
         if again is not None:
             raise again.error
 
-    def _count(self, raw: Any, accepted: list[Receipt] | None, requests: int = 1) -> Refusal | None:
+    def _count(
+        self, meta: Mapping[str, Any] | None, accepted: list[Receipt] | None, requests: int = 1
+    ) -> Refusal | None:
         """:meth:`RequestCover.admit` (``_lock`` held): None once the request is
         counted, else why not. A receipt it accepts goes to ``on_receipt`` now -- a
         request whose receipt it fails to keep is not counted -- or into ``accepted``
         for the caller to pass on (outside the lock)."""
-        outcome = self._cover.admit(raw, requests)
-        if outcome is None:
-            return None
-        refused = outcome if isinstance(outcome, Refusal) else None
-        receipt = outcome.accepted if isinstance(outcome, Refusal) else outcome
-        if receipt is not None:
-            if accepted is not None:
-                accepted.append(receipt)
-            elif self.on_receipt is not None:
-                try:
-                    self.on_receipt(receipt)
-                except BaseException:
-                    if refused is None:
-                        self._cover.not_served(requests)
-                    raise
-        return refused
+        raw = None if meta is None else meta.get("r")
+        outcome = self._cover.admit(raw, requests, metered_of(meta))
+        if outcome is None or isinstance(outcome, Refusal):
+            return outcome
+        if accepted is not None:
+            accepted.append(outcome)
+        elif self.on_receipt is not None:
+            try:
+                self.on_receipt(outcome)
+            except BaseException:
+                self._cover.not_served(requests)
+                raise
+        return None
 
 
 #: Longest a request beyond the deposit waits for another request's re-read of it.
@@ -587,7 +571,18 @@ class ResponsePrepay:
         after the last was looked at -- never refunded. An error (the ledger not
         answering) puts back the escrow it came on too."""
         from dtp.errors import ChainError
+        from dtp.ledger._deletion import Deletions
 
+        # the requester deletes what it refunds, in the same transaction, and what was
+        # paid meanwhile: its deposit paid for the escrow's storage (docs/escrow.md §12)
+        deletes = type(self.ledger).destroy_response_escrow is not (
+            Deletions.destroy_response_escrow
+        )
+        refund = (
+            self.ledger.refund_and_destroy_response_escrow
+            if deletes
+            else self.ledger.response_escrow_refund
+        )
         total = 0
         keep: list[str] = []
         try:
@@ -599,12 +594,15 @@ class ResponsePrepay:
                 try:
                     esc = self.ledger.get_response_escrow(escrow_id)
                     if esc.state != 0:
+                        if deletes:
+                            with contextlib.suppress(ChainError):
+                                self.ledger.destroy_response_escrow(self.identity, escrow_id)
                         continue
                     if self.ledger.clock_ms() <= esc.deadline_ms:
                         keep.append(escrow_id)
                         continue
                     try:
-                        total += self.ledger.response_escrow_refund(self.identity, escrow_id)
+                        total += refund(self.identity, escrow_id)
                     except ChainError:
                         keep.append(escrow_id)
                 except BaseException:

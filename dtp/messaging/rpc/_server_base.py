@@ -20,7 +20,7 @@ from dtp.messaging._protocol import (
     _check_our_method,
 )
 from dtp.messaging.method_rules import MethodRules
-from dtp.messaging.rpc._engine import KeepResponse, ServerCallFees
+from dtp.messaging.rpc._engine import KeepResponse, PayRequest, ServerCallFees
 from dtp.messaging.rpc._fees import (
     PaymentsCache,
     RequestPayments,
@@ -56,6 +56,10 @@ class CallContext:
     #: even if the rules would answer otherwise by now (serve_jsonrpc's per-entry
     #: verdicts ride on it).
     cost: tuple[int | None, ...] = (None,)
+    #: How many requests of the SLA the request was counted as, when the client metered
+    #: it above that (a JSON-RPC document with requests the rules refuse): its response
+    #: says so, for the client's meter (docs/messaging.md §2.5). None otherwise.
+    counted: int | None = None
 
 
 Handler = Callable[..., Any]
@@ -74,10 +78,36 @@ def end_request(
         step.policy.release(step.escrow_id)
 
 
-def refuse_missing(proto: RpcProtocol, event: RequestReceived) -> None:
-    """Both servers' answer to a request for a method nobody registered."""
+def note_counted(
+    ctx: CallContext | None, step: PayRequest, event: RequestReceived, peer: str | None
+) -> CallContext | None:
+    """Both servers, once ``step`` admitted the request of ``event``: its context, made
+    now if it had none, carrying what its answer must say it was counted as
+    (:attr:`PayRequest.counted`: it was metered above that); ``ctx`` as it was otherwise."""
+    counted = step.counted
+    if counted is None:
+        return ctx
+    if ctx is None:
+        ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+    ctx.counted = counted
+    return ctx
+
+
+def answer_meta(fees: ServerCallFees, ctx: CallContext | None) -> dict[str, int] | None:
+    """Both servers: the RESPONSE meta of the request of ``ctx`` (what it was counted as,
+    when it was metered above it; None mostly)."""
+    return None if ctx is None else fees.counted_meta(ctx.counted)
+
+
+def refuse_missing(proto: RpcProtocol, event: RequestReceived, fees: ServerCallFees) -> None:
+    """Both servers' answer to a request for a method nobody registered: counted as
+    nothing, and said so on a stream paid per request (:meth:`ServerCallFees.refusal_data`)."""
     proto.send_error(
-        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}", request=event
+        event.request_id,
+        E.METHOD_NOT_FOUND,
+        f"no method {event.method!r}",
+        fees.refusal_data(None),
+        request=event,
     )
 
 
@@ -274,13 +304,14 @@ def failure_reply(method: str, exc: BaseException) -> tuple[int, str, Any]:
     return error_reply(exc)
 
 
-def refusal_reply(method: str, exc: Exception) -> tuple[int, str, Any]:
-    """The answer to a request of ``method`` whose fee admission raised ``exc``
-    (:meth:`ServerCallFees.refusal`), logged when the check failed itself rather than
-    refused (not a RemoteError): that request's failure alone."""
+def refusal_reply(fees: ServerCallFees, method: str, exc: Exception) -> tuple[int, str, Any]:
+    """The answer to a request of ``method`` refused before it was counted: its pricing
+    (the method rules) or its fee admission raised ``exc`` (:meth:`ServerCallFees.refusal`).
+    Logged when the check failed itself rather than refused (not a RemoteError): that
+    request's failure alone."""
     if not isinstance(exc, E.RemoteError):
         logger.error("the fee check of %s failed", method, exc_info=exc)
-    return ServerCallFees.refusal(exc)
+    return fees.refusal(exc)
 
 
 class ServerBase(Registry):

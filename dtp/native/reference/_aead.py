@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -34,11 +35,14 @@ from dtp.native.reference._limits import (
     AEAD_TAG_LEN,
     MAX_FRAME_DATA,
     MAX_RECORD_PLAINTEXT,
+    MAX_STREAM_CHUNK,
+    OPEN_FRAMES_MAX,
     RECORD_HEADER_LEN,
+    RECORD_OVERHEAD,
     REPLAY_WINDOW,
     VARINT_MAX,
 )
-from dtp.native.reference._records import check_header
+from dtp.native.reference._records import RECORD_HEADER, check_header
 from dtp.native.reference._varint import varint_encode, varint_size
 from dtp.native.types import (
     FRAME_DATAGRAM,
@@ -56,7 +60,6 @@ from dtp.native.types import (
     RecordHeader,
 )
 
-RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
 COUNTER_RESERVED = 2**64 - 1
 """Never used as a nonce, as in Noise: sealing stops before it, opening rejects it."""
 
@@ -64,15 +67,6 @@ INT_MAX = 2**31 - 1
 """Largest plaintext / associated data for one ``encrypt``/``decrypt`` (the C core hands
 lengths to OpenSSL as ``int``)."""
 
-MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21
-"""The stream bytes a record holds at any stream id and offset: a STREAM frame header
-(type, two 8-byte varints, a 2-byte length) always fits beside them. Every record
-``seal_stream`` fills holds at least this many."""
-
-OPEN_FRAMES_MAX = 1024
-"""Default frame and ACK range slots of one ``open_frames`` call."""
-
-_HEADER = struct.Struct("<BBHQ")
 _NONCE = struct.Struct("<4xQ")
 
 
@@ -163,8 +157,7 @@ class Aead:
         data: bytes | bytearray | memoryview,
         chunk: int = MAX_RECORD_PLAINTEXT,
     ) -> tuple[bytes, int]:
-        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter; empty
-        data gives one empty record) and seal them. Returns (sealed bytes, records)."""
+        """As :meth:`dtp.native.core.NativeAead.seal_chunks`."""
         if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         raw = bytes(data)
@@ -183,7 +176,7 @@ class Aead:
         out = []
         for i, plaintext in enumerate(plaintexts):
             counter = first_counter + i
-            header = _HEADER.pack(REC_DATA, 0, len(plaintext) + AEAD_TAG_LEN, counter)
+            header = RECORD_HEADER.pack(REC_DATA, 0, len(plaintext) + AEAD_TAG_LEN, counter)
             out.append(header)
             out.append(self._cipher.encrypt(nonce(counter), plaintext, header))
         return b"".join(out)
@@ -191,13 +184,7 @@ class Aead:
     # ---- opening ---------------------------------------------------------------------
 
     def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
-        """Open the DATA records at the start of ``buf`` (which may end mid-record).
-
-        Walks the records in order and stops at the end (OK), an incomplete record
-        (NEED_MORE), ``max_records`` reported (FULL), a record of another kind (STOP),
-        a malformed header (its code) or a record that fails authentication (DECRYPT).
-        Replays are reported with ``replayed=True`` and do not stop the walk.
-        """
+        """As :meth:`dtp.native.core.NativeAead.open`."""
         # views are released on every path, errors included (callers resize buffers)
         with memoryview(buf) as base, base.cast("B") as view:
             return self._open(view, max_records)
@@ -206,39 +193,47 @@ class Aead:
         cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
         records: list[OpenedRecord] = []
         pos = 0
-        status = OK
+        status: int = OK
         error: DTPError | None = None
         while pos < len(view):
-            header = next_data_record(view, pos)
-            if isinstance(header, int):
-                status = header
-                if header < 0:
-                    error = _remote_error(ErrorCode(header))
+            step = self._next(view, pos, len(records) == cap)
+            if isinstance(step, _Stop):
+                status, error = step
                 break
-            end = pos + RECORD_HEADER_LEN + header.body_len
-            if len(records) == cap:
-                status = FULL
-                break
-            counter = header.counter
-            if counter == COUNTER_RESERVED:
-                # Never sealed by an honest peer: the same answer as a forgery.
-                status, error = ErrorCode.DECRYPT, DecryptionError()
-                break
-            if not self._window.check(counter):
-                # Checked before decrypting; lossy carriers duplicate, so go on.
+            end, counter, plaintext = step
+            if plaintext is None:
                 records.append(OpenedRecord(counter, b"", True))
             else:
-                ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
-                body = bytes(view[pos + RECORD_HEADER_LEN : end])
-                try:
-                    plaintext = self._cipher.decrypt(nonce(counter), body, ad)
-                except InvalidTag:
-                    status, error = ErrorCode.DECRYPT, DecryptionError()
-                    break
                 self._window.mark(counter)
                 records.append(OpenedRecord(counter, plaintext, False))
             pos = end
         return OpenResult(records, pos, int(status), error)
+
+    def _next(
+        self, view: memoryview, pos: int, full: bool
+    ) -> _Stop | tuple[int, int, bytes | None]:
+        """The DATA record at ``pos`` of an open walk: its end, counter and plaintext
+        (None for a replay, which does not stop the walk), or why the walk stops there
+        (``full``: the caller has no room for another record). The window is not marked."""
+        header = next_data_record(view, pos)
+        if isinstance(header, int):
+            return _Stop(header, _remote_error(ErrorCode(header)) if header < 0 else None)
+        if full:
+            return _Stop(FULL)
+        counter = header.counter
+        if counter == COUNTER_RESERVED:
+            # Never sealed by an honest peer: the same answer as a forgery.
+            return _Stop(ErrorCode.DECRYPT, DecryptionError())
+        end = pos + RECORD_HEADER_LEN + header.body_len
+        if not self._window.check(counter):
+            # Checked before decrypting; lossy carriers duplicate, so go on.
+            return end, counter, None
+        ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
+        body = bytes(view[pos + RECORD_HEADER_LEN : end])
+        try:
+            return end, counter, self._cipher.decrypt(nonce(counter), body, ad)
+        except InvalidTag:
+            return _Stop(ErrorCode.DECRYPT, DecryptionError())
 
     # ---- stream fast paths (dtp_stream_seal, dtp_aead_open_frames) ----------------
 
@@ -324,35 +319,19 @@ class Aead:
 
         records: list[OpenedFrames] = []
         pos = 0
-        status = OK
+        status: int = OK
         error: DTPError | None = None
         n_frames = n_ranges = 0
         while pos < len(view):
-            header = next_data_record(view, pos)
-            if isinstance(header, int):
-                status = header
-                if header < 0:
-                    error = _remote_error(ErrorCode(header))
+            step = self._next(view, pos, len(records) == cap)
+            if isinstance(step, _Stop):
+                status, error = step
                 break
-            end = pos + RECORD_HEADER_LEN + header.body_len
-            if len(records) == cap:
-                status = FULL
-                break
-            counter = header.counter
-            if counter == COUNTER_RESERVED:
-                status, error = ErrorCode.DECRYPT, DecryptionError()
-                break
-            if not self._window.check(counter):
+            end, counter, plaintext = step
+            if plaintext is None:
                 records.append(OpenedFrames(counter, True, []))
                 pos = end
                 continue
-            ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
-            body = bytes(view[pos + RECORD_HEADER_LEN : end])
-            try:
-                plaintext = self._cipher.decrypt(nonce(counter), body, ad)
-            except InvalidTag:
-                status, error = ErrorCode.DECRYPT, DecryptionError()
-                break
             try:
                 batch = decode_frames(plaintext, True, max_frames - n_frames, max_ranges - n_ranges)
             except ProtocolError as exc:
@@ -404,13 +383,17 @@ class Aead:
         return self._window.top
 
     def set_in_order(self) -> None:
-        """From now on accept records in counter order only (any other counter is
-        refused as a replay): for carriers that deliver records as they were sent, where
-        one removed or moved on the way must not go unnoticed. Only before the first
-        record is accepted (LocalProtocolError after)."""
+        """As :meth:`dtp.native.core.NativeAead.set_in_order`."""
         if self._window.top is not None:
             raise LocalProtocolError("records were accepted already", ErrorCode.ARG)
         self._window.in_order = True
+
+
+class _Stop(NamedTuple):
+    """Where an open walk stops: the status it returns, and the error it raises, if any."""
+
+    status: int
+    error: DTPError | None = None
 
 
 def _remote_error(code: ErrorCode) -> DTPError:

@@ -238,6 +238,16 @@ class _DeferredQueue:
             self._slots[self._slot(encoded)] = len(self.states)
 
 
+def check_table_args(max_deferred_bytes: int, seed: bytes | None) -> bytes:
+    """The checks of a new HAM table's arguments (both backends'); returns its seed."""
+    seed = os.urandom(16) if seed is None else seed
+    if not 0 <= max_deferred_bytes < 2**64:
+        raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
+    if len(seed) != 16:
+        raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+    return seed
+
+
 class HamGraph:
     """The HAM field table: merge batches, hold deferred updates, look up.
 
@@ -245,11 +255,7 @@ class HamGraph:
     """
 
     def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
-        seed = os.urandom(16) if seed is None else seed
-        if not 0 <= max_deferred_bytes < 2**64:
-            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
-        if len(seed) != 16:
-            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+        check_table_args(max_deferred_bytes, seed)
         self._max_deferred = max_deferred_bytes
         self._table: dict[tuple[bytes, bytes], tuple[float, bytes]] = {}
         self._deferred = _DeferredQueue()

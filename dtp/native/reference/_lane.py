@@ -23,12 +23,17 @@ from cryptography.exceptions import InvalidTag
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native.reference._aead import (
     COUNTER_RESERVED,
-    MAX_STREAM_CHUNK,
     Aead,
     next_data_record,
     nonce,
 )
-from dtp.native.reference._limits import AEAD_TAG_LEN, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
+from dtp.native.reference._limits import (
+    AEAD_TAG_LEN,
+    LANE_OWN_CAP,
+    MAX_RECORD,
+    RECORD_HEADER_LEN,
+    lane_max_seal,
+)
 from dtp.native.reference._varint import varint_decode
 from dtp.native.types import (
     DUE,
@@ -45,9 +50,7 @@ from dtp.native.types import (
     TakeResult,
 )
 
-_STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
-_MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
-OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+OWN_CAP = LANE_OWN_CAP
 CREDIT_RECORD_MAX = 64  # the plaintext of a record _credit_record may take
 
 
@@ -153,16 +156,11 @@ class Lane:
     def __init__(
         self, send: Aead, recv: Aead, seal_cap: int = 1 << 18, recv_cap: int = 1 << 18
     ) -> None:
-        per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
-        if seal_cap < per_record:
-            raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
-        if recv_cap <= _MAX_RECORD:
-            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
+        self.max_seal = lane_max_seal(seal_cap, recv_cap)
         self._recv_cap = recv_cap  # (rview and own: made on first use, see __getattr__)
         self.own_cap = OWN_CAP
         self._send = send
         self._recv = recv
-        self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
         self.flow = Flow()
         self.io = Io()
         self._spill: bytes = b""
@@ -186,8 +184,7 @@ class Lane:
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
     ) -> tuple[memoryview, int]:
-        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
-        ``counter``; returns the sealed bytes and the number of records."""
+        """As :meth:`dtp.native.core.NativeLane.seal`."""
         if memoryview(data).nbytes > self.max_seal:
             raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
         sealed, n = self._send.seal_stream(counter, stream_id, offset, data)
@@ -207,10 +204,8 @@ class Lane:
         conn_limit: int,
         dst: bytearray | memoryview,
     ) -> TakeResult:
-        """Take the records at the start of ``buf`` that carry ``stream_id``'s next
-        bytes within both flow-control limits, their data into ``dst``; stops before
-        anything else. ``dst`` past ``taken`` is unspecified afterwards (the C core
-        decrypts in place there, and zeroes what fails authentication)."""
+        """As :meth:`dtp.native.core.NativeLane.take` (which decrypts in place in ``dst``
+        past ``taken``; this twin leaves it as it was)."""
         out = memoryview(dst).cast("B")
         if out.readonly:
             out.release()  # (no export of the caller's buffer outlives the call)
@@ -263,9 +258,7 @@ class Lane:
         return TakeResult(status, pos, records, taken, spill)
 
     def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
-        """Seal the start of ``data`` on the lent stream, as much as its limits allow;
-        returns the records (empty when nothing was sealed). ``flow.taken``: how much
-        of ``data`` they hold."""
+        """As :meth:`dtp.native.core.NativeLane.flow_seal`."""
         f = self.flow
         f.taken = f.written = 0
         # its bytes (a buffer of wider items has fewer items), released on every path
@@ -294,10 +287,7 @@ class Lane:
         return sealed
 
     def flow_take(self, n: int, dst: bytearray | memoryview, now: float) -> int:
-        """Take the lent stream's next bytes from the records at the start of
-        ``rview[:n]`` into ``dst``; returns the status (OK, DUE, NEED_MORE, FULL, STOP).
-        ``flow.rx`` holds what was taken and consumed; :meth:`flow_spill` the data of a
-        record that did not fit."""
+        """As :meth:`dtp.native.core.NativeLane.flow_take`."""
         if not 0 <= n <= len(self.rview):
             raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
         if memoryview(dst).readonly:
@@ -398,19 +388,17 @@ class Lane:
         return end
 
     def flow_spill(self) -> memoryview:
-        """After :meth:`flow_take` returned FULL: the data of the last record that did
-        not fit in ``dst``."""
+        """As :meth:`dtp.native.core.NativeLane.flow_spill`."""
         return memoryview(self._spill)
 
     @property
     def pending(self) -> int:
-        """Bytes of a record the carrier has only begun to bring, kept at
-        ``rview[:pending]`` for :meth:`recv` to complete."""
+        """As :attr:`dtp.native.core.NativeLane.pending`."""
         return self.io.pending
 
     @pending.setter
     def pending(self, n: int) -> None:
-        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+        if not 0 <= n <= MAX_RECORD or n > len(self.rview):
             raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
         self.io.pending = n
 
@@ -428,11 +416,7 @@ class Lane:
         dst: bytearray | memoryview | int,
         stream_id: int,
     ) -> int:
-        """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
-        the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable, then, lock held
-        again, :meth:`recv` -- if the flow is still lent ``stream_id``. Returns what
-        :meth:`recv` does; 0 with :attr:`status` WAKE (also when the flow changed hands:
-        nothing was read) or WAIT after the wait alone."""
+        """As :meth:`dtp.native.core.NativeLane.wait_read`."""
         if not isinstance(dst, int) and memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         poller = select.poll()
@@ -455,13 +439,7 @@ class Lane:
         return self.recv(fd, dst)
 
     def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
-        """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
-        and :meth:`flow_take` what is there into ``dst`` -- a writable buffer, or a
-        size: then into :attr:`own`. Returns the bytes taken (:attr:`status` OK, or
-        NEED_MORE with a record kept pending); 0 with :attr:`status` NEED_MORE (no
-        record whole yet), WAIT, EOF, or FULL / STOP / DUE, when ``flow.rx`` tells
-        what was taken and consumed and ``rview[flow.rx.consumed : io.end]`` is the
-        general path's."""
+        """As :meth:`dtp.native.core.NativeLane.recv`."""
         if isinstance(dst, int):
             if not 0 <= dst <= OWN_CAP:
                 raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
@@ -488,8 +466,7 @@ class Lane:
         return self.feed(len(data), dst)
 
     def feed(self, n: int, dst: bytearray | memoryview) -> int:
-        """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
-        n]``: take them as :meth:`recv` takes what it reads."""
+        """As :meth:`dtp.native.core.NativeLane.feed`."""
         io = self.io
         if not 0 <= n <= len(self.rview) - io.pending:
             raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
@@ -525,13 +502,7 @@ class Lane:
         size: int,
         stream_id: int,
     ) -> int:
-        """:meth:`send` ``data`` and, when every record of all of it went out,
-        :meth:`wait_read` up to ``size`` bytes (at most :attr:`own_cap`) into
-        :attr:`own`. ``release`` (a lock the caller holds, or None) is released once
-        the records are written, or when this raises before. Returns what :meth:`wait_read`
-        does; when not all of ``data`` went on the wire, -1 - the bytes of it left
-        unsealed (the records sealed but not written are appended to ``queue``), and
-        nothing waited."""
+        """As :meth:`dtp.native.core.NativeLane.exchange`."""
         queued = len(queue)
         try:
             if not 0 <= size <= OWN_CAP:
@@ -547,10 +518,7 @@ class Lane:
     def send(
         self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
     ) -> int:
-        """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
-        and write the records to the carrier ``fd`` (non-blocking); returns how many
-        bytes of ``data`` are left (not sealed). ``io.sent`` of ``flow.written`` bytes
-        went out; the rest (a copy) is appended to ``queue``, when given."""
+        """As :meth:`dtp.native.core.NativeLane.send`."""
         io = self.io
         io.sent = io.err = 0
         # flow_seal copies what it seals: no view of the caller's buffer stays alive

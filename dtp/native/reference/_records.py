@@ -7,6 +7,7 @@ and then the body (protocol.md, section 2).
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from dtp.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from dtp.native.reference._limits import (
@@ -27,14 +28,15 @@ from dtp.native.types import (
     RecordHeader,
 )
 
-_HEADER = struct.Struct("<BBHQ")
+#: A record header: kind (u8), flags (u8), body length (u16le), counter (u64le).
+RECORD_HEADER: Final = struct.Struct("<BBHQ")
 _HANDSHAKE_KINDS = (REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL)
 
 
 def check_header(buf: bytes | memoryview, pos: int) -> RecordHeader | ErrorCode:
     """Validate the header at ``buf[pos:pos+12]`` (which must exist): kind, then flags,
     then body length. Returns the header or the failing code."""
-    kind, flags, body_len, counter = _HEADER.unpack_from(buf, pos)
+    kind, flags, body_len, counter = RECORD_HEADER.unpack_from(buf, pos)
     if kind == REC_DATA:
         if flags != 0:
             return ErrorCode.RECORD_FLAGS
@@ -88,7 +90,7 @@ def write_record_header(kind: int, flags: int, body_len: int, counter: int) -> b
         raise LocalProtocolError("record header field out of range", ErrorCode.ARG)
     if not 0 <= body_len <= 0xFFFF:
         raise LocalProtocolError(code=ErrorCode.RECORD_SIZE)
-    header = _HEADER.pack(kind, flags, body_len, counter)
+    header = RECORD_HEADER.pack(kind, flags, body_len, counter)
     checked = check_header(header, 0)
     if isinstance(checked, ErrorCode):
         raise LocalProtocolError(code=checked)

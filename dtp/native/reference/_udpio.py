@@ -19,16 +19,19 @@ def send_datagram_run(
     datagrams: Sequence[bytes | bytearray | memoryview],
     address: tuple[str, int] | tuple[str, int, int, int] | None = None,
 ) -> tuple[int, int, int]:
-    """Send ``datagrams`` on the UDP socket ``sock`` without waiting: to ``address``,
-    or (None) to its connected peer. A datagram the kernel refuses (a full buffer, an
-    ICMP error) is dropped and the rest still tried, as UDP drops it. Returns (how many
-    were sent, their bytes, the errno of the last refused or 0 if none was)."""
+    """Send ``datagrams`` on the UDP socket ``sock``: to ``address``, or (None) to its
+    connected peer. A datagram the kernel refuses (a full buffer, an ICMP error) is
+    dropped and the rest still tried, as UDP drops it; a full buffer refuses one only
+    on a socket that does not block (non-blocking, or with a timeout), a blocking one
+    waits for room, as its ``send`` does. Returns (how many were sent, their bytes, the
+    errno of the last refused or 0 if none was)."""
     if sock.fileno() < 0:
         return 0, 0, errno.EBADF if datagrams else 0
     sent = nbytes = err = 0
-    flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+    # (no MSG_DONTWAIT: the socket's own mode decides, as the C core's sendmmsg)
+    flags = socket.MSG_NOSIGNAL
     # (a socket with a timeout waits for room that long before its send, whatever the
-    # flags: a full buffer is then EAGAIN, as sendmmsg's MSG_DONTWAIT makes it)
+    # flags: a full buffer is then EAGAIN, as the C core's non-blocking fd makes it)
     timed = bool(sock.gettimeout())
     for data in datagrams:
         try:

@@ -1,13 +1,9 @@
-"""The receipt store, :class:`ReceiptStore`, one class read top to bottom: its opening
-and closing; its SQLite handle (errors as :class:`~dtp.errors.ReceiptStoreError` naming
-the file, the checks that the file is a writable receipt store, its migration, the read
-and write transactions every call runs in); its rows (receipts kept, only a newer,
-cumulative one, in one statement, committed with a sync before the call returns; claims
-marked; receipts read back); and the servers attached to it, each run's lock file, which
-tells every other server its rows belong to a live one, and the recovery of the rows
-that dead runs left (:meth:`ReceiptStore.orphaned`). The schema, statements and stored
-rows are :mod:`~dtp.payments.receipt_store._table`'s. The waits of the opening (SQLite's
-busy timeout) and of a server attaching (its lock file) are bounded by
+"""The receipt store, :class:`ReceiptStore`: its SQLite handle (errors as
+:class:`~dtp.errors.ReceiptStoreError` naming the file), its rows (a newer cumulative
+receipt kept with a sync before the call returns; claims marked), and the servers
+attached to it, each run's lock file telling the others its rows are a live run's
+(:meth:`ReceiptStore.orphaned` recovers the dead ones'). The schema and statements are
+:mod:`~dtp.payments.receipt_store._table`'s. The waits are bounded by
 :data:`BUSY_TIMEOUT`, read here: set it on this module."""
 
 from __future__ import annotations
@@ -85,15 +81,10 @@ class ReceiptStore:
             # (a file that is not a database fails here: the handle is not left open)
             self._db.close()
             raise
-        # The "claimed" marks are committed without a sync (synchronous=NORMAL for that
-        # one statement): a mark lost in a crash only means that, at restart,
-        # recover_unclaimed asks the ledger again, sees the connection settled and marks
-        # it then (the ledger, not this mark, is what stops a double claim). Receipts
-        # keep their sync on every commit, and a synced WAL commit (or checkpoint) also
-        # makes the earlier frames durable, never the reverse. The same handle does both
-        # (a second handle's commits can leave a read that is still open on this one
-        # with a stale snapshot, and the next keep then fails as "database is locked");
-        # this lock keeps every keep out while the handle is switched to NORMAL.
+        # "claimed" marks are committed without a sync: one lost in a crash is marked
+        # again by the next recovery (the ledger stops a double claim). Receipts keep
+        # their sync. One handle does both (a second one's commits left reads here with
+        # a stale snapshot); this lock keeps every keep out while it is NORMAL.
         self._write_lock = threading.Lock()
         # reads in progress (they take no write lock: WAL lets them run beside a write),
         # which close() waits for as it waits for the write
@@ -119,12 +110,9 @@ class ReceiptStore:
         return self._closed
 
     def close(self) -> None:
-        """Close the store, once the write in progress (a statement or a whole
-        :meth:`keep_many` transaction) and the reads in progress are done: the handle
-        closed under a statement can crash the process (CPython's sqlite3 finalizes it
-        while another thread runs it) or fail the write half-way, which its writer would
-        then retry against the closed store for good. Every call after it raises
-        :class:`ReceiptStoreError` ("closed")."""
+        """Close the store once the reads and the write in progress are done (closed
+        under a statement, CPython's sqlite3 can crash the process). Every call after it
+        raises :class:`ReceiptStoreError` ("closed")."""
         with self._write_lock:
             with self._reads_done:
                 self._closed = True
@@ -189,15 +177,10 @@ class ReceiptStore:
                 self._db.execute("ALTER TABLE receipts ADD COLUMN run_id TEXT NOT NULL DEFAULT ''")
 
     def _retire_old_receipts(self) -> None:
-        """Rows of an older receipt format (version 1: bound to the connection alone,
-        docs/escrow.md §6), from a release before this one. No package that takes this
-        release's receipts can claim them, and they cannot be made anew (the client
-        signed them). Those fully claimed (or written off) hold nothing more: they are
-        dropped. Should any still hold MIST unclaimed, the store is refused
-        (:class:`ReceiptStoreError`) and the file left as it is: its owner claims them
-        with the release that wrote them, against the package they were signed for, or
-        moves the file away -- silently ignored, they would be lost. In one write
-        transaction, as :meth:`_migrate`."""
+        """Rows of receipt format version 1 (docs/escrow.md §6), which this release
+        cannot claim: dropped when fully claimed; should any still hold MIST unclaimed,
+        the store is refused (:class:`ReceiptStoreError`) and left as it is, for the
+        release that wrote them to claim -- ignored, they would be lost."""
         old = "substr(encoded, 1, 1) = x'01'"
         if self._db.execute(f"SELECT 1 FROM receipts WHERE {old} LIMIT 1").fetchone() is None:
             return
@@ -222,11 +205,8 @@ class ReceiptStore:
             self._db.execute(f"DELETE FROM receipts WHERE {old}")
 
     def _check_writable(self) -> None:
-        """Refuse a store that cannot be written (a read-only file, an immutable one, a
-        read-only mount): it opens and reads, so a paid server would attach and serve,
-        and every keep fail after it, for good (no receipt ever counted). BEGIN
-        IMMEDIATE does not tell (SQLite takes the lock of a read-only file all the
-        same); a write that changes no row does, before it takes any lock."""
+        """Refuse a store that cannot be written, or a paid server would serve with every
+        keep failing; a write that changes no row tells (BEGIN IMMEDIATE does not)."""
         timeout_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
         # Not waiting for the lock: a store another writer holds is writable, and the
         # probe waited out BUSY_TIMEOUT before saying so.
@@ -398,20 +378,13 @@ class ReceiptStore:
 
     def attach_server(self) -> bool:
         """A paid server starts using this store; :meth:`detach_server` when it stops.
+        True when no other live server uses it (a shared ``flock`` on ``<path>-lock``),
+        so all its unclaimed receipts are earlier runs'; else claiming them would settle
+        another server's live connections under it.
 
-        True when no other live server uses the store -- on this handle, another handle
-        or in another process (a shared ``flock`` on the companion file
-        ``<path>-lock``) -- so that its unclaimed receipts are all what earlier runs
-        left, for :func:`dtp.payments._settlement.recover_unclaimed`. False when another one is
-        serving: some of them are its live connections' receipts, and claiming them
-        would settle those connections under it (the client refunded, the service it
-        goes on giving never paid).
-
-        The first server attached on this handle starts a run: the rows written until
-        the last one detaches are the run's, and its lock file
-        ``<path>-lock-<run ID>``, locked meanwhile, tells every other server that they
-        belong to a live one. Once it is not (the process killed), any server recovers
-        them (:meth:`orphaned`), alone on the store or not."""
+        The first server attached on this handle starts a run, whose lock file
+        ``<path>-lock-<run ID>`` marks its rows as a live run's until the last detaches;
+        after that (or a kill) any server recovers them (:meth:`orphaned`)."""
         with self._server_lock:
             self._servers += 1
             if self._servers > 1:
@@ -453,10 +426,8 @@ class ReceiptStore:
             return alone
 
     def _lock_shared(self, fd: int) -> None:
-        """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT` for an exclusive
-        holder. Another server holds it for an instant; a blocking wait would hang a
-        server's start (and, in the asyncio server, its event loop) for good behind a
-        holder that does not let go: a process stopped in that instant, another program."""
+        """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT`: a blocking wait
+        would hang a server's start for good behind a holder that does not let go."""
         assert fcntl is not None
         deadline = time.monotonic() + BUSY_TIMEOUT
         delay = 0.001
@@ -498,11 +469,9 @@ class ReceiptStore:
             return self._path
 
     def _start_run(self, real: Path) -> None:
-        """A new run ID, its lock file made and locked (server lock held). Made under
-        another name and renamed once locked: under its own, another server finding it
-        unlocked for an instant took the run for a dead one. Without one (a read-only
-        directory), the run's rows are owned by no run: recovered only by a server
-        alone on the store."""
+        """A new run ID, its lock file made under another name and renamed once locked
+        (else it looked dead for an instant). None in a read-only directory: the rows
+        are then recovered only by a server alone on the store."""
         made = self._make_run(real)
         if made is None:
             self._run_id = None
@@ -535,10 +504,8 @@ class ReceiptStore:
         return run_id, fd, path
 
     def _end_run(self) -> None:
-        """The run's servers are gone (server lock held): its lock is let go of, and
-        its file removed when the run left nothing to claim (else another server, or
-        the next start, recovers it). A row written after this (a writer finishing) is
-        still the run's: unclaimed, recovered as a dead run's."""
+        """The run's servers are gone: its lock let go of, its file removed when nothing
+        is left to claim (else recovered as a dead run's, later rows too)."""
         fd, self._run_fd = self._run_fd, None
         if fd is None:
             return
@@ -557,15 +524,10 @@ class ReceiptStore:
 
     @contextlib.contextmanager
     def orphaned(self, everyone: bool = False) -> Iterator[list[StoredReceipt]]:
-        """The unclaimed receipts dead server runs left (:meth:`attach_server`), oldest
-        first: those of every run whose lock file this handle could lock (its server is
-        gone). Their locks are held until the block ends, so that no other server claims
-        them at the same time; then the lock files of the runs with nothing left to
-        claim are removed. With ``everyone`` (the servers on this handle are the only
-        live ones: :meth:`attach_server` said True), those owned by no run with a lock
-        file too (written before run IDs, or with no server attached), given to a dead
-        run of their own (:meth:`_adopt_orphans`). The rows of live runs are never
-        listed: they are their connections' receipts."""
+        """The unclaimed receipts of dead runs (whose lock file this handle could lock),
+        oldest first, their locks held until the block ends so no other server claims
+        them too. With ``everyone`` (:meth:`attach_server` said True), also those of no
+        run (:meth:`_adopt_orphans`). A live run's rows are never listed."""
         locks, live = self._lock_dead_runs()
         try:
             if everyone:
@@ -589,13 +551,9 @@ class ReceiptStore:
             self._forget_runs(locks)
 
     def _orphan_runs(self, owned: list[str]) -> list[object]:
-        """The ``run_id`` values of the unclaimed rows of no run with a lock file (not
-        ``owned``: this handle's run, the live runs and the dead ones found). A run's
-        rows name it only once its lock file has its name, and its lock file is there
-        as long as it is live: one not there when looked for after the rows were read
-        is not a live run's -- not one of a server that attached after the look for
-        runs, whose rows were taken for orphans' (listed at the start, and given to a
-        dead run: claimed by every recovery round under its live connections)."""
+        """The ``run_id`` values of unclaimed rows of no run with a lock file (not
+        ``owned``), looked for after the rows were read: a run's rows name it only once
+        its lock file is there, so a run that attached meanwhile is not taken for one."""
         where = f"run_id NOT IN ({', '.join('?' * len(owned))}) AND total_amount > claimed_amount"
         with self._errors("read"), self._reading():
             found = [
@@ -621,14 +579,9 @@ class ReceiptStore:
         ]
 
     def _adopt_orphans(self, orphans: list[object], locks: dict[str, tuple[int, Path]]) -> bool:
-        """Give the unclaimed rows of ``orphans`` (:meth:`_orphan_runs`: of no run with
-        a lock file -- written before run IDs, by a server that could make none, or
-        after its run ended) to a new run, dead from the start: its lock file, made here
-        and held, joins ``locks`` (a server alone on the store only). Left owned by no
-        lock file, they were listed by a start alone only, and one whose claim failed
-        there (the ledger unavailable for a moment) was not tried again before the next
-        start alone, while its client's half-close timeout ran; a dead run's rows are
-        tried again by every live server's recovery until claimed. Whether they were."""
+        """Give the unclaimed rows of ``orphans`` to a new run, dead from the start (its
+        lock file joins ``locks``), so every live server's recovery tries them again
+        until claimed, not only the next start alone. Whether they were."""
         if not orphans or self._path is None or fcntl is None:
             return False
         made = self._make_run(self._real_path())
@@ -713,11 +666,9 @@ class ReceiptStore:
 
 
 def _create_private(name: str) -> None:
-    """Make a store file that does not exist yet, empty and 0o600, before SQLite opens it
-    (an empty file is a new database to it): made by SQLite, it took the umask's mode,
-    and its ``-wal`` and ``-shm`` files, which SQLite gives the database's, too -- every
-    local user could read every client's receipts (its usage) and the claims made. One
-    that exists keeps the mode its owner gave it."""
+    """Make a new store file empty and 0o600 before SQLite opens it (and its ``-wal``,
+    ``-shm``, which take its mode): by the umask, every local user could read the
+    receipts. One that exists keeps its mode."""
     if name in ("", ":memory:") or name.startswith("file:"):
         return
     try:
@@ -731,11 +682,8 @@ def _create_private(name: str) -> None:
 
 
 def _remove_stale_newlock(path: Path) -> None:
-    """Remove a run's lock file that never got its name (``-newlock-``): left by a
-    server killed between making it and renaming it, it would stay for good. Only one
-    older than :data:`STALE_NEWLOCK` that nobody holds: a server making its lock file
-    now holds it locked (or, in the instant before it locks it, made it just now). Its
-    run wrote nothing under it -- a run's rows name the lock file only once renamed."""
+    """Remove a ``-newlock-`` file a server killed before renaming it left, once older
+    than :data:`STALE_NEWLOCK` and held by nobody (no rows name it)."""
     assert fcntl is not None
     try:
         if time.time() - os.stat(path).st_mtime < STALE_NEWLOCK:

@@ -46,6 +46,8 @@ from dtp.protocol._events import ConnectionTerminated
 from dtp.protocol._state import CloseCode, ConnState
 from dtp.protocol.connection._config import (
     DATAGRAM_SEND_BACKLOG,
+    FIRST_MESSAGE_COPIES,
+    HANDSHAKE_RESEND_FIRST,
     MAX_CLOSE_REASON,
     MAX_PENDING_EARLY_RECORDS,
     MAX_RECEIPT,
@@ -57,6 +59,7 @@ from dtp.protocol.connection._config import (
     ConnectionConfig,
     checked_noise_key,
     direct_client_config,
+    first_message_window,
 )
 from dtp.protocol.connection._config import parse_params as _parse_params
 from dtp.protocol.connection._core import Connection, _split_records, error_for_termination
@@ -64,6 +67,8 @@ from dtp.protocol.connection._streams import close_reason_bytes
 
 __all__ = [
     "DATAGRAM_SEND_BACKLOG",
+    "FIRST_MESSAGE_COPIES",
+    "HANDSHAKE_RESEND_FIRST",
     "MAX_CLOSE_REASON",
     "MAX_PENDING_EARLY_RECORDS",
     "MAX_RECEIPT",
@@ -81,6 +86,7 @@ __all__ = [
     "close_reason_bytes",
     "direct_client_config",
     "error_for_termination",
+    "first_message_window",
 ]
 
 # private names the tests import from here

@@ -13,8 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dtp.errors import HandshakeError
-from dtp.identity._noise import AUTH_PROOF_SIZE
+from dtp.identity._noise import ANY_SCHEME_VERSION, MAX_AUTH_PROOF_SIZE
+from dtp.identity._zklogin import ZkLoginVerifier
 from dtp.identity.keys import HostIdentity
+from dtp.identity.wallets import SuiWallet
 from dtp.protocol.connection._param_map import read_bin, read_uint, split_map
 
 MAX_RECORD_PLAINTEXT = 16384
@@ -22,8 +24,11 @@ MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length 
 MAX_RECEIPT = 1024  # the RECEIPT frame's limit (docs/protocol.md 3.1)
 MAX_CLOSE_REASON = 1024  # a CLOSE frame's reason, in bytes (DTP_MAX_CLOSE_REASON)
 VARINT_MAX = (1 << 62) - 1  # the largest value a varint holds (docs/protocol.md 1)
-#: The transport version this side speaks and offers (parameter ``"v"``, docs/protocol.md 8.2).
-TRANSPORT_VERSION = 1
+#: The highest transport version this side speaks (parameter ``"v"``, docs/protocol.md
+#: 8.2): version 2 takes identity proofs of every Sui scheme, version 1 the Ed25519 one
+#: only. A client whose proof is Ed25519 offers 1 (what a version-1 server expects, and
+#: the same bytes as before), any other 2.
+TRANSPORT_VERSION = ANY_SCHEME_VERSION
 MAX_PENDING_EARLY_RECORDS = 64
 #: Unsent bytes on the carrier beyond which new datagrams are dropped (counted in
 #: ``Connection.datagrams_send_dropped``) rather than queued behind them: a datagram
@@ -32,6 +37,15 @@ MAX_PENDING_EARLY_RECORDS = 64
 DATAGRAM_SEND_BACKLOG = 1 << 20
 #: Shortest keepalive interval a peer's idle timeout brings ours down to (seconds).
 MIN_KEEPALIVE = 1.0
+#: Over a lossy carrier, a client's handshake message goes again this long after it was
+#: sent (seconds); each later wait is twice the last, up to the config's
+#: ``handshake_resend_max`` (docs/protocol.md 8.6).
+HANDSHAKE_RESEND_FIRST = 0.5
+#: The copies of message 1 (the first and its resends) a server's first-message window
+#: covers over a lossy carrier, and the time the last has to arrive in (seconds): at
+#: 20 % loss all nine are lost once in two million connects.
+FIRST_MESSAGE_COPIES = 9
+FIRST_MESSAGE_TRANSIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,19 @@ class ConnectionConfig:
     timeout is under twice this."""
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
+    handshake_resend_max: float = HANDSHAKE_RESEND_FIRST
+    """Lossy carriers: the longest wait between two copies of a handshake message
+    (seconds). The first copy goes again :data:`HANDSHAKE_RESEND_FIRST` after it was
+    sent, each later wait is twice the last up to this: by default a copy every 0.5 s
+    until the handshake ends (at most its timeout, so 20 copies). The ledger carrier,
+    where each copy is a transaction that the ledger does not lose, waits up to 8 s."""
+    close_copies: int = 8
+    """Lossy carriers: the copies of our CLOSE, one each probe timeout of the closing
+    period, which lasts as many probe timeouts (docs/protocol.md 3.1), an int from 1 to
+    64. At 20 % loss the default's eight are all lost once in 390,000 closes; a peer
+    that has the CLOSE closes its side, which ends the period at once. The ledger
+    carrier, where each copy is a transaction that the ledger does not lose, sends
+    three."""
     max_datagram_size: int = 16000
     """Largest datagram we send (LocalProtocolError above it), at least 1 byte; less
     where a record holds less. What the peer sends is taken up to what one record holds,
@@ -77,15 +104,21 @@ class ConnectionConfig:
     port: int | None = None
     """Client only: the DTP port (service) we connect to, 0 to 65535; sent in the
     handshake (key ``"port"``)."""
+    wallet: SuiWallet | None = None
+    """Client only: the Sui wallet whose signature proves who we are
+    (:class:`dtp.identity.wallets.SuiWallet`: a Secp256k1, Secp256r1, passkey, multisig or
+    zkLogin wallet, or a HostIdentity), the server seeing its address; None: the
+    identity's own Ed25519 key. A wallet of another scheme than Ed25519 needs a server
+    of transport version 2."""
+    zklogin_verifier: ZkLoginVerifier | None = None
+    """Server only: what asks a Sui node about zkLogin proofs (a SuiLedger: its node,
+    docs/protocol.md 8.4); None refuses them, as a LocalLedger does."""
 
     def __post_init__(self) -> None:
-        # Checked when the config is made, not where it is used: 0 or less timed out
-        # every handshake at once, NaN never timed one out (nor held a server's
-        # handshake slot any less), and a string failed with a TypeError naming no
-        # option -- each found only at a connection, on a server in its own thread.
-        # Above threading.TIMEOUT_MAX a server's wait for its accept queue overflows.
-        # Each is stored as a float: a Fraction (a real number, as dtp.socket's timeouts
-        # take) would otherwise meet the floats of the clocks in the timer arithmetic.
+        # Checked when the config is made, not at a connection (in a server's own
+        # thread): at most threading.TIMEOUT_MAX, as a server's wait for its accept
+        # queue takes it, and stored as a float, to meet the clocks' floats in the timer
+        # arithmetic.
         self._set_seconds(
             "handshake_timeout",
             _check_seconds(
@@ -95,9 +128,14 @@ class ConnectionConfig:
                 threading.TIMEOUT_MAX,
             ),
         )
-        # A negative keepalive_interval made the timer always due (a PING each time it
-        # was looked at, a busy loop in the adapters); NaN or 0 meant no keepalive,
-        # silently (None says that)
+        self._set_seconds(
+            "handshake_resend_max",
+            _check_seconds(
+                "handshake_resend_max", self.handshake_resend_max, "a number of seconds"
+            ),
+        )
+        # A negative keepalive_interval would make the timer always due (a busy loop in
+        # the adapters); NaN or 0 would mean no keepalive, silently (None says that)
         if self.keepalive_interval is not None:
             self._set_seconds(
                 "keepalive_interval",
@@ -105,26 +143,20 @@ class ConnectionConfig:
                     "keepalive_interval", self.keepalive_interval, "a number of seconds or None"
                 ),
             )
-        # idle_timeout goes to the peer in milliseconds: infinity raised OverflowError
-        # (out of receive_data, on a server), and zero or less failed the peer's
-        # handshake. No upper limit: above 2**62 - 1 ms the parameter says its largest.
+        # idle_timeout goes to the peer in milliseconds, so it is finite and above 0. No
+        # upper limit: above 2**62 - 1 ms the parameter says its largest.
         self._set_seconds(
             "idle_timeout",
             _check_seconds("idle_timeout", self.idle_timeout, "a number of seconds"),
         )
-        # A str failed comparing with the record's room in every send_datagram, and 0 or
-        # less refused every datagram (but an empty one). The size is of the datagram
-        # itself: the DATAGRAM frame's 3 bytes of header come on top, and where a record
-        # holds less (a lossy carrier's max_record_plaintext, 22 at least) the limit
-        # in force is less -- so any size from 1 byte can be sent. No upper limit: the
-        # record's room caps it.
+        # The size is of the datagram itself, the DATAGRAM frame's header on top; a
+        # record that holds less (a lossy carrier's) makes the limit in force less, so
+        # any size from 1 byte can be sent. No upper limit: the record's room caps it.
         self._check_int("max_datagram_size", self.max_datagram_size, 1)
-        # Checked here, not only by Connection() (a LocalProtocolError), so a bad config
-        # is found when it is made, not at a connection: inside a server's accept, or
-        # after a ledger deposit for a connect by host ID. The windows and the stream
-        # limit go to the peer as transport parameters ("md", "msd", "ms"), which it
-        # takes from 0 to 2**62 - 1 (parse_params): beyond that its handshake would fail
-        # and we would see only a handshake timeout (or msgpack's OverflowError from 2**64).
+        self._check_int("close_copies", self.close_copies, 1, 64)
+        # Checked here, not only by Connection(), so that a bad config is found when it
+        # is made, not inside a server's accept or after a ledger deposit. These go to
+        # the peer as transport parameters, which take 0 to 2**62 - 1 (parse_params).
         for name in ("connection_window", "stream_window", "max_streams"):
             self._check_int(name, getattr(self, name), 0, VARINT_MAX)
         lossy = "" if self.reliable_carrier else " over a lossy carrier (reliable_carrier=False)"
@@ -175,13 +207,40 @@ class ConnectionConfig:
         object.__setattr__(self, name, value)
 
 
+def next_handshake_resend(wait: float, config: ConnectionConfig) -> float:
+    """The wait before a handshake message's next copy, after one of ``wait`` seconds
+    (docs/protocol.md 8.6): twice as long, up to ``config.handshake_resend_max``."""
+    return min(2 * wait, config.handshake_resend_max)
+
+
+def first_handshake_resend(config: ConnectionConfig) -> float:
+    """The wait before a handshake message's first copy (seconds)."""
+    return min(HANDSHAKE_RESEND_FIRST, config.handshake_resend_max)
+
+
+def first_message_window(config: ConnectionConfig | None, first_message_timeout: float) -> float:
+    """The seconds a server gives a new connection to send its first record: the
+    server's ``first_message_timeout``, and over a lossy carrier (a ``config`` with
+    ``reliable_carrier=False``; None is TCP's default) at least the time in
+    which a client on ``config``'s resend schedule sends :data:`FIRST_MESSAGE_COPIES`
+    copies of message 1, plus :data:`FIRST_MESSAGE_TRANSIT` for the last to arrive (not
+    past the handshake timeout): the window and the schedule agree, so a lossy link
+    costs a connect only when every copy is lost (docs/protocol.md 8.6)."""
+    if config is None or config.reliable_carrier:
+        return first_message_timeout
+    sent, wait = 0.0, first_handshake_resend(config)
+    for _ in range(FIRST_MESSAGE_COPIES - 1):
+        sent += wait
+        wait = next_handshake_resend(wait, config)
+    covered = min(sent + FIRST_MESSAGE_TRANSIT, config.handshake_timeout)
+    return max(first_message_timeout, covered)
+
+
 def checked_noise_key(source: str, key: object) -> bytes | None:
     """``key`` (the argument or config field ``source``: a server's Noise static public
     key, or None) as bytes: TypeError for anything but bytes, bytearray or memoryview,
-    ValueError unless 32 bytes. (A bytearray or memoryview key failed the blocking
-    adapter's handshake with a TypeError from deep in the crypto; compared as it was, a
-    hex string or a key cut short was refused only as one that "differs"; and bytes()
-    of an int made that many zero bytes.)"""
+    ValueError unless 32 bytes -- checked here, not deep in the handshake's crypto, and
+    not compared as given (a hex string, a short key or ``bytes(n)``)."""
     if key is None:
         return None
     if not isinstance(key, bytes | bytearray | memoryview):
@@ -203,15 +262,12 @@ def direct_client_config(
 ) -> tuple[ConnectionConfig, bool]:
     """The client config of a connect to a carrier endpoint (the adapters'
     ``create_connection`` / ``open_connection`` with ``(host, port)``), and whether its
-    identity is a fresh anonymous one (from ``anonymous()``). What ``config`` holds
-    stands where the argument is None: its identity, its ``server_static`` and its
-    ``expected_server_static`` (they were replaced by the arguments, None when not
-    given: the config's keys dropped for an anonymous one, and a pinned server key
-    dropped unseen -- an XX handshake then took any server). A key given both ways must
-    be the same, and so must the key and the pin (IK to one server while the other is
-    pinned sent our static key and proof to a server the pin refuses): ValueError. A
-    key is 32 bytes (bytes, bytearray or memoryview, kept as bytes), else TypeError /
-    ValueError naming it."""
+    identity is a fresh anonymous one (from ``anonymous()``). The config's identity,
+    ``server_static`` and ``expected_server_static`` stand where the argument is None
+    (dropped, an XX handshake would take any server). A key given both ways must be the
+    same, and so must the key and the pin (IK to one server with another pinned would
+    send our proof to a server the pin refuses): ValueError. A key is 32 bytes (bytes,
+    bytearray or memoryview, kept as bytes), else TypeError / ValueError naming it."""
 
     fields: dict[str, Any] = {"is_client": True}
     named: dict[str, str] = {}  # each key's source, for the messages
@@ -290,7 +346,9 @@ def _check_seconds(name: str, value: object, what: str, most: float = math.inf) 
     return seconds
 
 
-def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]:
+def parse_params(
+    payload: bytes, *, from_client: bool = False, offered: int = TRANSPORT_VERSION
+) -> dict[str, Any]:
     """Decode and validate the peer's transport parameters (docs/protocol.md 8.2): the
     required integers, and the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a
     client may send, and the ``"auth"`` identity proof an IK client sends (its size
@@ -302,8 +360,8 @@ def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]
     send anything there.
 
     ``v``: a client offers the highest version it speaks, so a server (``from_client``)
-    takes any version from :data:`TRANSPORT_VERSION` up and answers with its own; a
-    client takes only the version it offered (docs/protocol.md 8.2)."""
+    takes any version from 1 up and answers the highest it speaks that is not above it;
+    a client takes a version from 1 to the one it ``offered`` (docs/protocol.md 8.2)."""
     values: dict[str, bytes] = {}
     for raw_key, value in split_map(payload):
         key = _KNOWN_PARAMS.get(raw_key)
@@ -320,7 +378,7 @@ def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]
             raise HandshakeError(f"transport parameter {key!r} missing or invalid")
         out[key] = number
     version = out["v"]
-    if version < TRANSPORT_VERSION or (version > TRANSPORT_VERSION and not from_client):
+    if version < 1 or (version > offered and not from_client):
         raise HandshakeError(f"peer speaks DTP transport version {version}")
     if "cid" in values:
         cid = read_bin(values["cid"])
@@ -334,8 +392,10 @@ def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]
         out["port"] = port
     if "auth" in values:
         proof = read_bin(values["auth"])
-        if proof is None or len(proof) != AUTH_PROOF_SIZE:
-            raise HandshakeError(f"transport parameter 'auth' must be {AUTH_PROOF_SIZE} bytes")
+        if proof is None or not 1 <= len(proof) <= MAX_AUTH_PROOF_SIZE:
+            raise HandshakeError(
+                f"transport parameter 'auth' must be 1 to {MAX_AUTH_PROOF_SIZE} bytes"
+            )
         out["auth"] = proof
     return out
 

@@ -1,19 +1,15 @@
-"""The connection itself: :class:`Connection` -- its state machine, the sans-I/O interface
-(the carrier's bytes in and out, events, timers and close), the handshake and the
-server's verdict, and the dispatch of what arrives -- and :func:`error_for_termination`.
-The life of a connection is told in :mod:`dtp.protocol.connection`.
+"""The connection itself: :class:`Connection` -- its state machine, the sans-I/O
+interface, the handshake and the server's verdict, and the dispatch of what arrives --
+and :func:`error_for_termination`; the life of a connection is told in
+:mod:`dtp.protocol.connection`.
 
-What has state of its own is an object the connection holds and calls one way:
-:class:`~dtp.protocol.connection._stream_table.StreamTable` (``self.streams``: which
-streams exist, how many each side may open, and the connection-level flow-control
-counts) and :class:`~dtp.protocol.connection._records.RecordLayer` (``self.records``:
-what waits for the next record, building and sealing records under the send counter,
-and on lossy carriers acknowledgements, losses and probes). Neither calls back: the
-connection acts on what they return. The rest of the connection's behaviour is in two
-mixins over fields of the connection itself (declared once in
-:mod:`~dtp.protocol.connection._base`): :mod:`~dtp.protocol.connection._streams` (the
-streams API and flow-control credit) and :mod:`~dtp.protocol.connection._fast_paths`
-(the per-record fast paths and the lane)."""
+What has state of its own is an object the connection holds and calls one way, which
+never calls back (the connection acts on what they return):
+:class:`~dtp.protocol.connection._stream_table.StreamTable` (``self.streams``) and
+:class:`~dtp.protocol.connection._records.RecordLayer` (``self.records``). The rest is
+in two mixins over the connection's own fields (declared once in
+:mod:`~dtp.protocol.connection._base`): :mod:`~dtp.protocol.connection._streams` and
+:mod:`~dtp.protocol.connection._fast_paths`."""
 
 from __future__ import annotations
 
@@ -40,7 +36,19 @@ from dtp.errors import (
     SubscriptionEnded,
     refusal_error,
 )
-from dtp.identity._noise import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
+from dtp.identity._noise import (
+    ANY_SCHEME_VERSION,
+    AUTH_CONTEXT,
+    AUTH_EARLY_CONTEXT,
+    PATTERN_IK,
+    Handshake,
+    SuiSigner,
+    check_auth_proof,
+    is_ed25519_proof,
+    make_auth_proof,
+)
+from dtp.identity._zklogin import ZkLoginCheck
+from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native.types import (
     FRAME_ACK,
@@ -85,6 +93,8 @@ from dtp.protocol.connection._config import (
     MIN_KEEPALIVE,
     TRANSPORT_VERSION,
     ConnectionConfig,
+    first_handshake_resend,
+    next_handshake_resend,
     parse_params,
 )
 from dtp.protocol.connection._fast_paths import _FastPaths
@@ -173,21 +183,17 @@ def _repeat_safe_before(frames: list[RawFrame], failed: RawFrame) -> bool:
 
 
 class Connection(_Streams, _FastPaths):
-    """One DTP connection, either side. See :mod:`dtp.protocol.connection`.
+    """One DTP connection, either side (see :mod:`dtp.protocol.connection`): its state,
+    its sans-I/O interface, the handshake and the dispatch of what arrives; its streams
+    are :attr:`streams`, its record layer :attr:`records`, the rest its mixins
+    :mod:`~dtp.protocol.connection._streams` and
+    :mod:`~dtp.protocol.connection._fast_paths`."""
 
-    This class holds its state (``__init__``, the public properties), its sans-I/O
-    interface (:meth:`receive_data`, :meth:`data_to_send`, :meth:`next_event`, the
-    timers, :meth:`close`), the handshake (:meth:`accept`, :meth:`answer`,
-    :meth:`refuse`) and the dispatch of what arrives; the table of its streams is
-    :attr:`streams`, its record layer :attr:`records`; the rest is in its mixins
-    :mod:`~dtp.protocol.connection._streams` and :mod:`~dtp.protocol.connection._fast_paths`.
-    """
-
-    # The attributes __init__ and the mixins set, as slots: 45 in an instance dict
-    # took 1.6 KiB on every connection (idle_memory_10k). The mixins declare none, so
-    # an instance still has a ``__dict__`` (made only when something not listed here is
-    # set: a subclass's attribute, a test replacing a method on an instance) and a
-    # ``__weakref__`` (the replay guard holds the connection deciding a key weakly).
+    # The attributes __init__ and the mixins set, as slots (an instance dict took 1.6
+    # KiB a connection: idle_memory_10k). The mixins declare none, so an instance still
+    # has a ``__dict__`` (made only when something else is set: a subclass's attribute,
+    # a test's patch) and a ``__weakref__`` (the replay guard holds the connection
+    # deciding a key weakly).
     __slots__ = (
         "_auth_proof",
         "_created",
@@ -196,6 +202,7 @@ class Connection(_Streams, _FastPaths):
         "_held_bytes",
         "_held_events",
         "_hs",
+        "_hs_final",
         "_hs_init",
         "_hs_messages",
         "_hs_resend_at",
@@ -229,12 +236,14 @@ class Connection(_Streams, _FastPaths):
         "pattern",
         "peer_address",
         "peer_public_key",
+        "peer_scheme",
         "peer_static",
         "records",
         "records_dropped_fragmented",
         "records_received",
         "stream_data_handler",
         "streams",
+        "transport_version",
     )
 
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
@@ -261,8 +270,9 @@ class Connection(_Streams, _FastPaths):
         # fewer for the collector)
         self._hs_messages: tuple[tuple[int, bytes], ...] = ()
         self._hs_resend_at: float | None = None
-        self._hs_resend_interval = 0.5
+        self._hs_resend_interval = first_handshake_resend(config)
         self._hs_init: bytes | None = None  # server: the message 1 it answered
+        self._hs_final: bytes | None = None  # XX server, lossy: the message 3 it took
         self._recv_aead: Any = None
         self._lane: Any = None  # _core.Lane, made on first use
         self._lane_sid: int | None = None  # the stream that got data last (lane's guess)
@@ -278,6 +288,10 @@ class Connection(_Streams, _FastPaths):
         self.handshake_hash: bytes | None = None
         self.peer_address: str | None = None
         self.peer_public_key: bytes | None = None
+        self.peer_scheme: str | None = None
+        #: The transport version in force, once both sides' parameters are known
+        #: (docs/protocol.md 8.2): 1 or 2.
+        self.transport_version: int | None = None
         self._auth_proof: bytes | None = None
         self.pattern: str | None = None
         # streams and connection-level flow control: which streams exist, how many each
@@ -369,9 +383,42 @@ class Connection(_Streams, _FastPaths):
     def usage(self) -> tuple[int, int]:
         """What paid connections meter (docs/escrow.md §6.1): (application bytes sent
         plus received -- stream bytes over all streams, and datagram payloads as they are
-        queued to go out or accepted from an authenticated record; streams opened by the
-        client)."""
-        return self.used_bytes(), self.streams.client_streams()
+        queued to go out or accepted from an authenticated record; requests,
+        :meth:`requests_made`)."""
+        return self.used_bytes(), self.requests_made()
+
+    def requests_made(self) -> int:
+        """The requests of :attr:`usage`: the streams the client opened, its first one
+        (stream 0, which the connection opens with it) only once data went on it, either
+        way -- a first stream held open and ended empty carries no request."""
+        table = self.streams
+        opened = table.client_streams()
+        if opened and not table.first_carried and not self._first_carries():
+            return opened - 1
+        return opened
+
+    @property
+    def requests_pending(self) -> int:
+        """1 while the client's first stream is open and carries no request yet (its
+        first bytes, either way, make it one: a paid client's deposit keeps room for
+        it), else 0."""
+        table = self.streams
+        return int(table.client_streams() > self.requests_made() and 0 in table.by_id)
+
+    def _first_carries(self) -> bool:
+        """Whether the client's first stream carries a request now (read where a loan
+        of it to the lane keeps its offsets)."""
+        table = self.streams
+        stream = table.by_id.get(0)
+        if stream is None:
+            return False  # (not open yet, or ended carrying nothing: remembered so)
+        lane = self.lent_lane
+        if lane is not None and self.lent_stream_id == 0:
+            f = lane.flow
+            if f.send_offset > 0 or f.rx.offset > 0:
+                table.first_carried = True
+                return True
+        return table.first_carries(stream)
 
     def used_bytes(self) -> int:
         """The bytes of :attr:`usage` alone (docs/escrow.md §6.1): cheap enough for a
@@ -584,7 +631,8 @@ class Connection(_Streams, _FastPaths):
             self.records.ping_pending = True
         if self._hs_resend_at is not None and now >= self._hs_resend_at:
             self._resend_handshake()
-            self._hs_resend_interval = min(self._hs_resend_interval * 2, 8.0)
+            self.records.resend_handshake_flight()  # (XX: the AUTH's record, if lost)
+            self._hs_resend_interval = next_handshake_resend(self._hs_resend_interval, self.config)
             self._hs_resend_at = now + self._hs_resend_interval
         if self._lossy and not self.records.on_timer(now, self.config.idle_timeout):
             # a peer that goes on sending but acknowledges nothing of ours is gone
@@ -720,6 +768,13 @@ class Connection(_Streams, _FastPaths):
             self._held_events = None
         self._open_first_stream()
 
+    @property
+    def handshake_deadline(self) -> float:
+        """When the handshake times out (``handshake_timeout`` after the connection was
+        made), on the clock ``now`` is given in: what a server's wait on a Sui node for
+        a zkLogin proof must end before."""
+        return self._created + self.config.handshake_timeout
+
     def answer(self) -> None:
         """Server, IK: send message 2 now, before the verdict, so that the client works
         on it (two Diffie-Hellman operations and the key derivation) while the server
@@ -766,16 +821,29 @@ class Connection(_Streams, _FastPaths):
         return True
 
     def _late_handshake_message(self, kind: int, counter: int, body: bytes) -> None:
-        """A handshake message after the session keys (where the records opened with
-        them stop: :meth:`_handle_late_handshake_record`): over a reliable carrier it
-        breaks the protocol (RemoteProtocolError: the connection
-        closes with PROTOCOL_VIOLATION); over a lossy one it is a repeat or a forgery,
-        dropped -- but a copy of the message 1 a server answered gets its reply again
-        (8.6: the reply was lost)."""
+        """A handshake message after the session keys: over a reliable carrier it breaks
+        the protocol (RemoteProtocolError, PROTOCOL_VIOLATION); over a lossy one it is a
+        repeat or a forgery, dropped -- but a copy of a message a server took is
+        answered (8.6: :meth:`_answer_copy`)."""
         if self.config.reliable_carrier:
             raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
-        if not self.is_client and kind == REC_HS_INIT and counter == 0 and body == self._hs_init:
-            self._resend_handshake()
+        if not self.is_client and counter == 0:
+            self._answer_copy(kind, body)
+
+    def _answer_copy(self, kind: int, body: bytes) -> None:
+        """Server, lossy carrier: a handshake record of the client's that is not the one
+        the handshake waits for. A copy of the message 1 it answered, or of the XX
+        message 3 it took, says the client lacks what came after (the client sends its
+        message again until the verdict arrives: 8.6): message 2 goes again (for a
+        message 1), and so does the verdict (:meth:`RecordLayer.resend_handshake_flight`),
+        until the client acknowledges one of our records. Only an exact copy: any other,
+        which anyone can forge, would have us send on demand."""
+        if kind == REC_HS_INIT and body == self._hs_init:
+            if self.records.acknowledged_nothing():
+                self._resend_handshake()
+        elif not (kind == REC_HS_FINAL and body == self._hs_final):
+            return
+        self.records.resend_handshake_flight()
 
     def _resend_handshake(self) -> None:
         for kind, message in self._hs_messages:
@@ -830,8 +898,8 @@ class Connection(_Streams, _FastPaths):
         expected = _HANDSHAKE_KIND.get(self._state)
         if kind != expected:
             if not self.config.reliable_carrier:
-                if not self.is_client and kind == REC_HS_INIT and body == self._hs_init:
-                    self._resend_handshake()  # our reply was lost: the client repeats
+                if not self.is_client:
+                    self._answer_copy(kind, body)  # our reply was lost: the client repeats
                 return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         if self.config.reliable_carrier:
@@ -849,10 +917,11 @@ class Connection(_Streams, _FastPaths):
             try:
                 params = parse_params(payload, from_client=True)
                 proof = params.pop("auth", None)
+                version = min(params["v"], TRANSPORT_VERSION)
                 if hs.pattern == PATTERN_IK:
                     if proof is None:
                         raise HandshakeError("IK message 1 carries no identity proof")
-                    address = verify_auth_proof(proof, hs.auth_binding, early=True)
+                    signer = check_auth_proof(proof, hs.auth_binding, early=True, version=version)
                 elif proof is not None:
                     raise HandshakeError(
                         "an identity proof in XX message 1 (it goes after message 3)"
@@ -870,10 +939,11 @@ class Connection(_Streams, _FastPaths):
             # other, which anyone can forge, would have us send message 2 on demand
             self._hs_init = body
             self._peer_params = params
+            self.transport_version = version
             self.streams.send_window = params.get("msd", 0)
             if hs.pattern == PATTERN_IK:
                 assert proof is not None
-                self._authenticated(proof, address)
+                self._authenticated(proof, signer, hs.auth_binding, early=True)
                 self.peer_static = hs.remote_static
                 # message 2 waits for the application's verdict (accept / refuse)
                 self._state = transition(self._state, ConnState.SERVER_DECIDING)
@@ -889,23 +959,32 @@ class Connection(_Streams, _FastPaths):
             expected_key = self.config.expected_server_static
             if expected_key is not None and hs.remote_static != expected_key:
                 raise HandshakeError("the server's static key is not the expected one")
-            self._peer_params = parse_params(payload)
+            self._peer_params = parse_params(payload, offered=self._offered_version())
+            self.transport_version = self._peer_params["v"]
             self.streams.send_window = self._peer_params.get("msd", 0)
-            if not hs.complete:
+            proof = None
+            if not hs.complete:  # XX: message 3, then our proof (in IK it went in message 1)
                 final = hs.write_message(b"")
+                proof = make_auth_proof(self._prover(), hs.handshake_hash)
+                version = self.transport_version
+                if version < ANY_SCHEME_VERSION and not is_ed25519_proof(proof):
+                    # (before message 3, which carries our static key, goes out)
+                    raise HandshakeError(
+                        f"the server speaks transport version {version}, which takes only "
+                        "Ed25519 identity proofs: this wallet's proof is of another scheme"
+                    )
                 self._hs_messages = ()
                 self._send_handshake(REC_HS_FINAL, final, now)
-            else:
-                self._hs_messages = ()
-                self._hs_resend_at = None
+            # (IK: message 1 goes on being sent again, as message 3 in XX, until the
+            # verdict arrives: a copy tells the server that its verdict was lost, 8.6)
             self._finish_handshake(ConnState.AUTHENTICATING)
-            if self.pattern == "XX":  # in IK the proof went in message 1
-                assert self.handshake_hash is not None  # (set as the handshake ended)
-                proof = make_auth_proof(self.config.identity, self.handshake_hash)
+            if proof is not None:
                 self.records.ctrl.insert(
                     0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof)
                 )
         else:  # REC_HS_FINAL
+            if not self.config.reliable_carrier:
+                self._hs_final = body  # (its copies are answered: _answer_copy)
             self._finish_handshake(ConnState.AUTHENTICATING)
         early, self._early_records = self._early_records, ()
         for blob in early:
@@ -918,9 +997,9 @@ class Connection(_Streams, _FastPaths):
         self._recv_aead = _core.Aead(recv_key)
         if self.config.reliable_carrier:
             # records come as they were sent (0, 1, 2, ...): one missing or moved was
-            # removed or moved on the way, which a window of unseen counters would not
-            # notice (an application CONTROL message, a DATAGRAM or a RESET_STREAM,
-            # dropped from the byte stream without a trace)
+            # removed or moved on the way (a CONTROL message, a DATAGRAM or a
+            # RESET_STREAM dropped without a trace), which a window of unseen counters
+            # would not notice
             self._recv_aead.set_in_order()
         self.peer_static = hs.remote_static
         self.handshake_hash = hs.handshake_hash
@@ -931,9 +1010,8 @@ class Connection(_Streams, _FastPaths):
         self.streams.peer_max = params["ms"]
         if self._keepalive:
             # a PING at half the peer's idle timeout, or a quiet connection (or one we
-            # only send on, whose peer may answer nothing) dies at its end: the peer
-            # hears nothing from us for our whole interval. Not below MIN_KEEPALIVE,
-            # whatever the peer asks (a PING every millisecond would be its to order)
+            # only send on) dies at its end; not below MIN_KEEPALIVE, whatever the peer
+            # asks
             peer_idle = params["it"] / 1000
             self._keepalive = min(self._keepalive, max(peer_idle / 2, MIN_KEEPALIVE))
         self._state = transition(self._state, new_state)
@@ -947,14 +1025,18 @@ class Connection(_Streams, _FastPaths):
                 return  # a retransmitted copy of the proof we already accepted
             if self.is_client or self.peer_address is not None:
                 raise RemoteProtocolError("unexpected AUTH frame", ErrorCode.FRAME_VALUE)
-            assert self.handshake_hash is not None
-            self._authenticated(data, verify_auth_proof(data, self.handshake_hash))
+            assert self.handshake_hash is not None and self.transport_version is not None
+            signer = check_auth_proof(data, self.handshake_hash, version=self.transport_version)
+            self._authenticated(data, signer, self.handshake_hash, early=False)
         elif kind == ControlKind.ACCEPT:
             if lossy and self.is_client and self._state is ConnState.ESTABLISHED:
                 return  # a retransmitted copy
             if not self.is_client or self._state is not ConnState.AUTHENTICATING:
                 raise RemoteProtocolError("unexpected ACCEPT frame", ErrorCode.FRAME_VALUE)
             self._state = transition(self._state, ConnState.ESTABLISHED)
+            # the verdict arrived: our handshake messages did, and need not go again
+            self._hs_resend_at = None
+            self._hs_messages = ()
             self._events.append(ConnectionAccepted(None))
             self._open_first_stream()
         elif kind >= ControlKind.APPLICATION:
@@ -979,12 +1061,22 @@ class Connection(_Streams, _FastPaths):
         elif table.local_max > 0:
             self._open_peer_streams_up_to(0)
 
-    def _authenticated(self, proof: bytes, address: str) -> None:
-        """The client's identity proof checked out: it is ``address``."""
-        self.peer_address = address
-        self.peer_public_key = proof[65:97]
+    def _authenticated(self, proof: bytes, signer: SuiSigner, bound: bytes, early: bool) -> None:
+        """The client's identity proof checked out: it is ``signer``'s address -- once a
+        Sui node confirms its zkLogin parts, if it has any (the event says what to ask;
+        the server's driver asks before it decides)."""
+        self.peer_address = signer.address
+        self.peer_public_key = signer.public_key
+        self.peer_scheme = signer.scheme
         self._auth_proof = proof
-        self._events.append(PeerAuthenticated(address, proof[65:97]))
+        node = signer.node_check
+        zklogin = None
+        if node is not None:
+            context = AUTH_EARLY_CONTEXT if early else AUTH_CONTEXT
+            zklogin = ZkLoginCheck(context + bound, proof, node.address, node.max_epochs)
+        self._events.append(
+            PeerAuthenticated(signer.address, signer.public_key, signer.scheme, zklogin)
+        )
 
     def _answer_hello(self) -> None:
         """Server, IK: message 2, which completes the handshake (sent with the verdict)."""
@@ -999,12 +1091,10 @@ class Connection(_Streams, _FastPaths):
                 # fill the server's memory while the application decides on it
                 self._held_bytes += len(event.data) + 64
             else:
-                # every other event weighs too. Flow control bounds the held stream
-                # bytes, not the events that carry them (one-byte frames held a hundred
-                # times the connection window); and a stream the client opened, reset
-                # and had us stop sending on is forgotten, which gives it a new stream
-                # in MAX_STREAMS: unweighed, that cycle held three events per stream for
-                # as long as the application decided, without end
+                # every other event weighs too: flow control bounds the held stream
+                # bytes, not the events that carry them, and a stream opened, reset and
+                # stopped gives its place back in MAX_STREAMS, so unweighed, that cycle
+                # held events without end
                 self._held_bytes += 64
             if self._held_bytes > self.config.connection_window:
                 if isinstance(event, DatagramReceived):
@@ -1024,7 +1114,7 @@ class Connection(_Streams, _FastPaths):
 
     def _transport_params(self) -> bytes:
         params: dict[str, Any] = {
-            "v": TRANSPORT_VERSION,
+            "v": self._offered_version(),
             "md": self.config.connection_window,
             "msd": self.config.stream_window,
             "ms": self.config.max_streams,
@@ -1033,7 +1123,7 @@ class Connection(_Streams, _FastPaths):
         if self.is_client:
             if self._handshake().pattern == PATTERN_IK:
                 params["auth"] = make_auth_proof(
-                    self.config.identity, self._handshake().auth_binding, early=True
+                    self._prover(), self._handshake().auth_binding, early=True
                 )
             # optional binding to a ledger connection: part of message 1's payload, which
             # only the holder of the ephemeral key the identity proof names can write
@@ -1043,6 +1133,25 @@ class Connection(_Streams, _FastPaths):
                 params["port"] = self.config.port
         packed: bytes = msgpack.packb(params)
         return packed
+
+    def _prover(self) -> Any:
+        """Client: what signs our identity proof (docs/protocol.md 8.4)."""
+        wallet = self.config.wallet
+        return self.config.identity if wallet is None else wallet
+
+    def _offered_version(self) -> int:
+        """The transport version we say (docs/protocol.md 8.2). A client offers 1 when
+        its proof is Ed25519 (a version-1 server takes it; the bytes are those of
+        version 1), else 2; a server answers the highest it speaks that is not above
+        the client's (known by the time it writes)."""
+        if not self.is_client:
+            # (set as message 1 was read; before, for a look at our parameters alone,
+            # version 1's, as docs/protocol.md 8.2's default vector shows them)
+            return 1 if self.transport_version is None else self.transport_version
+        wallet = self.config.wallet
+        if wallet is None or isinstance(wallet, HostIdentity):
+            return 1
+        return TRANSPORT_VERSION
 
     def _send_handshake(
         self, kind: int, message: bytes, now: float | None, resend: bool = True
@@ -1161,23 +1270,19 @@ class Connection(_Streams, _FastPaths):
     def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:
         """Act on one opened record's frames (their data may be views into the AEAD's
         scratch buffer: whatever outlives this call is copied)."""
-        if self.is_client and self._hs_resend_at is not None:
-            # the server answered with sealed data: our handshake messages arrived
-            self._hs_resend_at = None
-            self._hs_messages = ()
         if self._state is ConnState.AUTHENTICATING:
             if self.is_client:
                 if self._lossy and _stream_frame_before_accept(frames):
                     # a lossy carrier lost the ACCEPT's record or brought it late: the
                     # server's first stream frames got here first. Dropped
-                    # unacknowledged, they are sent again; taken, stream data would be
-                    # data before authentication, and a reset of stream 0 (not open
-                    # before the ACCEPT) would be lost.
+                    # unacknowledged, they come again; taken, they would be data before
+                    # authentication (and a reset of stream 0, not open before the
+                    # ACCEPT, would be lost).
                     return
             elif self.peer_address is None and not _allowed_before_auth(frames):
-                # XX: the client's first DATA record opens with its AUTH. Taken, what
-                # comes before it had us answer (a STOP_SENDING's reset) a peer not yet
-                # authenticated, and reach the application after accept() as if the
+                # XX: the client's first DATA record opens with its AUTH: what came
+                # before it would be answered (a STOP_SENDING's reset) before
+                # authentication, and reach the application after accept() as if the
                 # authenticated client had sent it.
                 if not self._lossy:
                     raise RemoteProtocolError(
@@ -1214,12 +1319,10 @@ class Connection(_Streams, _FastPaths):
                 and _repeat_safe_before(frames, frame)
             ):
                 raise
-            # A lossy carrier: an honest sender with many small records in flight,
-            # some of them lost, outran the reassembly's range limit. The record is
-            # dropped unacknowledged (its STREAM frame changed nothing, and what came
-            # before it in the record is harmless to take again), so the sender sends
-            # it again -- by then the gaps before it are filled. The limit still bounds
-            # what a peer can make us buffer.
+            # A lossy carrier: an honest sender with many small records in flight, some
+            # lost, outran the reassembly's range limit. Dropped unacknowledged (taking
+            # it again is harmless), the record comes again once the gaps before it are
+            # filled; the limit still bounds what a peer can make us buffer.
             self.records_dropped_fragmented += 1
             return
         acks = self.records.acks
@@ -1290,6 +1393,10 @@ class Connection(_Streams, _FastPaths):
             return
         self._state = ConnState.CLOSED
         self._held_events = None
+        # nothing is delivered once closed: the handlers, bound methods of the Session,
+        # hold it and through it this connection, so dropping them lets reference
+        # counting free the pair at once, not the collector's next full collection
+        self.stream_data_handler = self.datagram_handler = self.datagram_run_handler = None
         self._inbuf = bytearray()  # rebind, not clear(): a decoder may still view the old one
         self._terminated = ConnectionTerminated(code, reason, by_peer)
         self._events.append(self._terminated)

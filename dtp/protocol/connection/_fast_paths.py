@@ -3,25 +3,18 @@
 as the general path, with fewer calls and copies.
 
 - Sending: stream data sealed straight from the caller's buffer, by the general path's
-  AEAD when nothing else must go first, or by the lane (:class:`dtp.native.core.Lane`),
-  an I/O adapter's fast path for the established streams of a connection over a
-  reliable carrier (one C call, the bytes going straight from the application's buffer
-  to the carrier).
+  AEAD when nothing else must go first, or by the lane (:class:`dtp.native.core.Lane`:
+  one C call from the application's buffer to the carrier).
 - Receiving: whole records opened straight from the carrier's buffer, in-order stream
-  bytes handed to the handler at once, and the lane opening an established stream's run
-  of records in one C call, into the application's buffer or into one buffer for one
-  handler call. Any record these cannot take goes to the general path, in order.
-- Lending: a stream lent to the lane. Its hot state moves into the lane's flow
-  (``dtp_flow``), so that an adapter's send or receive on it is one C call with no
-  bookkeeping here; every other entry point takes it back first (``_take_back``), so
-  the connection never acts on stale fields, and the adapter only ever sees the lane.
+  bytes handed on at once, the lane opening a run of an established stream's records in
+  one C call; any record these cannot take goes to the general path, in order.
+- Lending: a stream's hot state moved into the lane's flow (``dtp_flow``), so that a
+  send or receive on it is one C call; every other entry point takes it back first
+  (``_take_back``), so the connection never acts on stale fields.
 
-One module, as they share the lane and the state a loan moves. Code of the connection
-(a mixin), not an object of its own: each of them moves, per record, the counts of
-both objects the connection holds (the stream table's flow control, the record layer's
-send counter and output) and the connection's own (bytes, times, the lane), reading
-each object into a local once. They call nothing of the streams API
-(tests/protocol/test_connection_parts.py)."""
+A mixin, not an object of its own, since per record each moves the counts of both the
+stream table and the record layer and the connection's own, reading each into a local
+once; they call nothing of the streams API (tests/protocol/test_connection_parts.py)."""
 
 from __future__ import annotations
 
@@ -42,11 +35,10 @@ _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer kept between reads
 _SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding at once)
 
 
-# The buffers the lane opens records into for the handler, kept between reads for
-# every connection of the process rather than one per connection (an idle connection
-# holds none: 16 KiB or more each, a server keeps thousands). A read takes one and
-# gives it back (list.pop and append: atomic, so threads and a handler that feeds
-# another connection each get a buffer of their own).
+# The buffers the lane opens records into for the handler, shared by every connection of
+# the process (an idle connection holds none: 16 KiB or more each). A read takes one and
+# gives it back (list.pop and append: atomic, so each thread, and a handler that feeds
+# another connection, gets a buffer of its own).
 _spare_buffers: list[memoryview] = []
 
 

@@ -1,17 +1,12 @@
 """The record layer of a connection (:class:`RecordLayer`): control frames, receipts and
 datagrams queued, packed with stream data into records and sealed in batches under the
-send counter; and, on lossy carriers, what acknowledgements and losses do to them --
-acknowledged stream bytes leave the streams' send buffers, and what a lost record carried
-is queued to go again: stream ranges not acknowledged since, control frames as they
-were, flow-control credits as they are now (:mod:`dtp.protocol._recovery` tells which
-records were acknowledged or lost, and when a probe is due).
+send counter; and, on lossy carriers, what acknowledgements and losses do to them
+(:mod:`dtp.protocol._recovery` tells which records were acknowledged or lost).
 
-An object the connection holds (``Connection.records``), not a part of it: it imports
-nothing of :mod:`~dtp.protocol.connection._core` and calls no method of the connection.
-It works on the stream table it is given (the streams' send buffers and the
-connection-level flow-control counts), and what the connection must do after it acted
-(report a window opened, give up on a peer that acknowledges nothing) it reads from the
-return values (tests/protocol/test_connection_parts.py checks this)."""
+An object the connection holds (``Connection.records``) that imports nothing of
+:mod:`~dtp.protocol.connection._core` and calls no method of the connection: it works on
+the stream table it is given, and what the connection must do after it acted it reads
+from the return values (tests/protocol/test_connection_parts.py)."""
 
 from __future__ import annotations
 
@@ -171,7 +166,7 @@ class RecordLayer:
         # lossy carriers, after our CLOSE went out (QUIC's closing state): its plaintext,
         # sealed again until closing_until in reply to what still arrives, after the
         # 1st, 2nd, 4th, 8th... input (closing_next), and at closing_resend_at, every
-        # closing_interval (a probe timeout) when nothing does (docs/protocol.md 3.1)
+        # closing_interval (a probe timeout), whatever arrives (docs/protocol.md 3.1)
         self.closing: bytes | None = None
         self.closing_until = 0.0
         self.closing_resend_at = 0.0
@@ -365,9 +360,8 @@ class RecordLayer:
                 max(recovery.last_ack_time, recovery.probing_since) + idle_timeout
             ):
                 # A peer that goes on sending (its PINGs keep the idle timer alive) but
-                # acknowledges nothing of ours is as gone as a silent one: held on, our
-                # data would be probed for, and kept, for good. (Never before the idle
-                # timeout: a link down both ways gets as long.)
+                # acknowledges nothing of ours is as gone as a silent one (never before
+                # the idle timeout: a link down both ways gets as long).
                 return False
             lost += recovery.on_pto()
             # the probe must elicit an ACK even when the records it gives up held
@@ -376,6 +370,21 @@ class RecordLayer:
             self.ping_pending = True
         self.requeue(lost)
         return True
+
+    def acknowledged_nothing(self) -> bool:
+        """Whether the peer has acknowledged none of our records yet (lossy carriers)."""
+        return self.recovery is not None and self.recovery.largest_acked < 0
+
+    def resend_handshake_flight(self) -> None:
+        """A handshake message goes again over a lossy carrier (the client's, on its
+        timer; the server's answer to a copy of the client's), and with it the two
+        oldest records the peer has not acknowledged -- the rest of the handshake's
+        flight: the client's AUTH, the server's verdict -- rather than at the probe
+        timeout, which has no RTT sample to go by yet (RFC 9002 6.2.3). Nothing once
+        the peer acknowledged one of our records: it has that flight then."""
+        if self.acknowledged_nothing():
+            assert self.recovery is not None
+            self.requeue(self.recovery.take_probes())
 
     # ----------------------------------------------------------------------------------
     # our CLOSE on a lossy carrier (QUIC's closing state, docs/protocol.md 3.1)
@@ -390,9 +399,9 @@ class RecordLayer:
         """Something arrived after our CLOSE went out. The peer sends on because the
         CLOSE was lost, perhaps: it goes again (alone, in a new record), as QUIC's
         closing state does -- without it the peer ended only at its idle timeout, never
-        learning the code and reason. For about three probe timeouts, and rate-limited:
-        after the 1st, 2nd, 4th, 8th... input, whatever it is (what arrives is not
-        opened: anyone could have sent it)."""
+        learning the code and reason. For the closing period (``close_copies`` probe
+        timeouts), and rate-limited: after the 1st, 2nd, 4th, 8th... input, whatever it
+        is (what arrives is not opened: anyone could have sent it)."""
         if now >= self.closing_until:
             self.closing = None  # the closing period is over
             return
@@ -430,10 +439,8 @@ class RecordLayer:
         """After the application consumed bytes (of ``stream``): queue credit updates
         for the windows that are used up enough."""
         # Credit goes back once a quarter of the window is used (or a paced step of it:
-        # Connection.pace_credit): a sender on a fast carrier then always has most of a
-        # window to go on while the update travels.
-        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
-        # reaches that once some bytes are read), so they stop there.
+        # Connection.pace_credit), so a sender always has most of a window to go on
+        # while the update travels. Limits are varints: they stop at VARINT_MAX.
         table = self.streams
         if table.conn_recv_limit - table.conn_consumed < table.conn_credit_at:
             limit = min(table.conn_consumed + self.config.connection_window, VARINT_MAX)
@@ -481,12 +488,10 @@ class RecordLayer:
             and acks.ack_deadline is not None
             and (now >= acks.ack_deadline or self._has_outgoing())
         ):
-            # Only once a record that asks for one arrived since the last ACK (its
-            # deadline is set until then), and then at the deadline or with what goes
-            # out anyway. Sent on every call with anything to go (the ranges received
-            # are never cleared), it cost a record of its own per call. A lost ACK is
-            # made up for by the next: the sender's resends and probes ask for one, and
-            # each ACK holds every range received (up to MAX_ACK_RANGES).
+            # Only once a record that asks for one arrived since the last ACK, at its
+            # deadline or with what goes out anyway (not a record of its own per call).
+            # A lost ACK is made up for by the next: each holds every range received (up
+            # to MAX_ACK_RANGES).
             ranges, delay = acks.take_ack(now)
             if ranges:
                 ack = RawFrame(FRAME_ACK, c=delay, ranges=ranges)
@@ -515,10 +520,9 @@ class RecordLayer:
         # control frames first, packed into as few records as fit
         if frames_now:
             self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
-        # What was queued is let go only once it is encoded: an encoding that failed
-        # lost it all (every frame queued with the one that failed), and raised. (Let
-        # go with nothing encoded too: credit for streams no longer open sends nothing,
-        # and kept, it made every later call skip the early return above.)
+        # What was queued is let go only once it is encoded (a failed encoding keeps it
+        # and raises), or when nothing encodes (credit for streams no longer open: kept,
+        # it would defeat the early return above).
         self.pending_max_data = False
         if self.pending_stream_credit:
             self.pending_stream_credit.clear()
@@ -549,7 +553,7 @@ class RecordLayer:
                 # period (input_while_closing, closing_timer; docs/protocol.md 3.1)
                 pto = self.recovery.pto_interval()
                 self.closing = close
-                self.closing_until = now + 3 * pto
+                self.closing_until = now + self.config.close_copies * pto
                 self.closing_interval = pto
                 self.closing_resend_at = now + pto
             plaintexts.append(close)
@@ -776,6 +780,10 @@ class RecordLayer:
         items_per_record.append([_StreamChunk(stream.stream_id, offset, length, fin)])
         eliciting.append(True)
         if retransmit:
+            if fin:
+                # the FIN goes again with the bytes that end the stream: no empty
+                # STREAM_FIN of its own after them (docs/protocol.md section 9)
+                stream.fin_pending_resend = False
             if length:
                 hi = stream.retransmit.ranges[0][1]
                 if end - 1 >= hi:

@@ -74,16 +74,11 @@ def send_done(stream: Stream) -> bool:
 
 
 class StreamTable:
-    """The streams of one connection by ID, and how many each side may open: opening
-    ours and the peer's, forgetting those done, and the stream limits (MAX_STREAMS) both
-    ways. An object the connection holds (``Connection.streams``); it never calls back
-    into the connection: what the connection must do after a change (an event, a
-    MAX_STREAMS to send) it learns from the return values.
-
-    It also holds the connection-level flow-control counts (``conn_*``: the peer's
-    MAX_DATA and the new stream bytes sent against it; our MAX_DATA, the bytes received
-    and those the application read), the sums over its streams that the connection, its
-    fast paths and the record layer each move as bytes go and come."""
+    """The streams of one connection by ID and how many each side may open (MAX_STREAMS
+    both ways), and the connection-level flow-control counts (``conn_*``) that the
+    connection, its fast paths and the record layer move as bytes go and come. An object
+    the connection holds (``Connection.streams``) that never calls back into it: what
+    the connection must do after a change it learns from the return values."""
 
     __slots__ = (
         "by_id",
@@ -94,6 +89,7 @@ class StreamTable:
         "conn_send_credit",
         "conn_sent",
         "defers_credit",
+        "first_carried",
         "first_unclaimed",
         "is_client",
         "local_max",
@@ -129,6 +125,9 @@ class StreamTable:
         self.untaken: set[int] | None = None
         # client, IK: stream 0 was opened by the acceptance; open() hands it out
         self.first_unclaimed = False
+        # whether the client's first stream (0) has carried a request: data went on it,
+        # either way (Connection.requests_made; set once seen, and as it is forgotten)
+        self.first_carried = False
         # connection-level flow control (docs/protocol.md, section 9)
         self.conn_send_credit = 0  # the peer's MAX_DATA
         self.conn_sent = 0  # new bytes sent over all streams
@@ -148,8 +147,19 @@ class StreamTable:
         return first + 2 * self.peer_opened
 
     def client_streams(self) -> int:
-        """How many streams the client opened (what paid connections meter)."""
+        """How many streams the client opened (its first one included, whether or not
+        it carried a request: ``Connection.requests_made`` says what is metered)."""
         return self.opened_by_us if self.is_client else self.peer_opened
+
+    def first_carries(self, stream: Stream) -> bool:
+        """Whether the client's first stream, ``stream``, carries a request: data went on
+        it, either way (the next byte to send, or the highest received, past 0: both
+        sides see the same, but for what is in flight). Once seen, remembered
+        (:attr:`first_carried`)."""
+        carried = stream.next_offset > 0 or stream.recv_highest > 0
+        if carried:
+            self.first_carried = True
+        return carried
 
     def ended(self, stream_id: int) -> bool:
         """Whether ``stream_id`` was opened (by either side) and is forgotten since."""
@@ -244,6 +254,8 @@ class StreamTable:
         done_sending = stream.send_state is SendState.RESET or send_done(stream)
         recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
         if done_sending and recv_done and stream.stream_id in self.by_id:
+            if stream.stream_id == 0:
+                self.first_carries(stream)  # (remembered: forgotten, it is asked no more)
             del self.by_id[stream.stream_id]
             if not self.is_ours(stream.stream_id) and (
                 self.untaken is None or stream.stream_id not in self.untaken

@@ -53,11 +53,9 @@ def close_code_for(exc: ProtocolError) -> CloseCode:
 
 def close_reason_bytes(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
     """``reason`` as a CLOSE frame carries it: UTF-8, at most ``limit`` bytes
-    (:data:`MAX_CLOSE_REASON`), cut at a character boundary. A cut at the byte limit
-    could split a multi-byte character, which the peer (decoding with "replace") showed
-    as a U+FFFD at the end.
-    A lone surrogate (no UTF-8 form) becomes "?": raising here would leave a close (or
-    a failure on its way out) half done."""
+    (:data:`MAX_CLOSE_REASON`), cut at a character boundary (not inside a character,
+    which the peer would show as U+FFFD); a lone surrogate becomes "?" (raising here
+    would leave a close half done)."""
     encoded = reason.encode("utf-8", "replace")
     if len(encoded) <= limit:
         return encoded
@@ -94,16 +92,9 @@ def _credit_at(window: int, step: int) -> int:
 class _Streams(_ConnectionState):
     """The streams API of a :class:`~dtp.protocol.connection._core.Connection` (a
     mixin): sending, resetting and reading streams, flow-control credit, and the peer's
-    stream frames. Which streams exist and how many each side may open is the
-    :class:`StreamTable` the connection holds (``streams``).
-
-    Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
-    ``_state``, ``_lane_sid``, ``lent_lane``, ``peer_address``, ``streams`` (and its
-    ``conn_*`` flow-control counts), ``_streams`` (the table's dict), ``records`` (what
-    waits for the next record: control frames, credit due, ``streams_dirty``),
-    ``_peer_params``,
-    ``stream_data_handler``.
-    """
+    stream frames, over the fields ``Connection.__init__`` declares
+    (:mod:`~dtp.protocol.connection._base`). Which streams exist and how many each side
+    may open is the :class:`StreamTable` the connection holds (``streams``)."""
 
     def can_open_stream(self) -> bool:
         """True when :meth:`open_stream` would not hit the peer's stream limit (a
@@ -121,14 +112,13 @@ class _Streams(_ConnectionState):
 
     def peer_may_send_credit(self) -> bool:
         """Whether the peer, as it reads what we sent, will still send flow-control
-        credit: it does each time it has read a quarter of a window past its last
-        update (RecordLayer.return_credit), so while what we sent reaches beyond that
-        point of the window it last gave us, its reading is not over. (A carrier closed
-        under such a peer is reset by its late bytes, and the reset destroys what it has
-        not read yet: the end of our data, RFC 1122 4.2.2.13.) A peer that paces its
-        credit at a rate limit (:meth:`pace_credit`: a paid server) updates sooner than
+        credit (it does each quarter window read past its last update:
+        RecordLayer.return_credit), so its reading is not over: a carrier closed under
+        it would be reset by its late bytes, destroying the end of our data (RFC 1122
+        4.2.2.13). A peer pacing its credit (:meth:`pace_credit`) updates sooner than
         this tells; its clients' close waits for the server's end anyway
-        (``ConnectionHook.close_wait``). A lent stream's counts must be taken back first."""
+        (``ConnectionHook.close_wait``). A lent stream's counts must be taken back
+        first."""
         params = self._peer_params
         md, msd = params.get("md"), params.get("msd")
         if (
@@ -254,13 +244,11 @@ class _Streams(_ConnectionState):
         self.streams.stream_credit_at = _credit_at(config.stream_window, step)
 
     def defer_stream_credit(self) -> None:
-        """From now on a stream the peer opens is given back to its stream limit
+        """From now on a stream the peer opens goes back to its stream limit
         (MAX_STREAMS) only once it ended *and* the application took it
         (:meth:`stream_taken`), so that ``max_streams`` also bounds the streams waiting
-        to be accepted. The adapters' Session calls this: it keeps a buffer for each
-        stream until the application accepts it, and a peer that opened a stream,
-        finished it at once and had us stop sending on it (the connection then forgets
-        it) would otherwise get its place back while that buffer stays -- without end."""
+        to be accepted: the Session keeps a buffer for each until then, which a peer
+        could otherwise grow without end."""
         self.streams.defers_credit = True
 
     def stream_taken(self, stream_id: int) -> None:

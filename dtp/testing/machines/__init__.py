@@ -2,7 +2,7 @@
 :class:`EscrowMachine` (the escrow rules: money conserved, no claim beyond a signed
 receipt, refunds after timeouts) and :class:`GraphMachine` (graph replicas that
 converge under any partition schedule). Subclass one, add rules of your own, and run
-its ``TestCase``. Needs hypothesis (``pip install 'dtp[testing]'``)."""
+its ``TestCase``. Needs hypothesis (``pip install 'dtp-sui[testing]'``)."""
 
 from __future__ import annotations
 

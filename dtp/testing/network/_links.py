@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dtp.errors import InvalidArgument
+from dtp.native.reference._limits import RECORD_HEADER_LEN
 
 __all__ = ["RECORD_HEADER_LEN", "SEGMENT", "Direction", "Link", "Medium", "records_in"]
 
 #: The largest chunk a stream link moves at once (what one delivery carries).
 SEGMENT: Final = 16384
-#: A DTP record's header (docs/protocol.md §2): kind, flags, body length (u16le), counter.
-RECORD_HEADER_LEN: Final = 12
 #: TCP's least and greatest retransmission timeouts (Linux's 200 ms and 120 s).
 MIN_RTO: Final = 0.2
 MAX_RTO: Final = 120.0

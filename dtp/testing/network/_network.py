@@ -116,14 +116,6 @@ class SimHost:
 
 
 @dataclass
-class _Pair:
-    """The two media of a link (one per direction)."""
-
-    forward: Medium
-    back: Medium
-
-
-@dataclass
 class _Live:
     """The open ends, by host (crashes and heals reach them)."""
 
@@ -522,12 +514,16 @@ class SimNetwork:
         return client, protocol
 
     async def _control(self, src: SimHost, dst: SimHost, rng: random.Random, *, syn: bool) -> None:
-        """Wait until a SYN (or its answer) crosses from ``src`` to ``dst``."""
+        """Wait until a SYN (or its answer) crosses from ``src`` to ``dst``. A datagram
+        link's loss spares them: a datagram carrier has no connect of its own, its
+        first datagram is the handshake's message 1, whose losses DTP's resends recover
+        (a partition still holds the connect)."""
         rto = 1.0
         for _ in range(CONNECT_RETRIES + 1):
             medium = self._medium(src, dst)
             link = medium.link
-            lost = medium.cut or (link.loss and rng.random() < link.loss)
+            lossy = link.loss and not link.datagrams
+            lost = medium.cut or (lossy and rng.random() < link.loss)
             if not lost:
                 jitter = rng.uniform(0, link.jitter) if link.jitter else 0.0
                 await asyncio.sleep(link.delay + jitter)

@@ -6,7 +6,7 @@
 :mod:`~dtp.testing.strategies._ledger_ops` (ledger operation sequences and their runner).
 Every name is importable from here.
 
-Needs hypothesis (``pip install 'dtp[testing]'``)."""
+Needs hypothesis (``pip install 'dtp-sui[testing]'``)."""
 
 from __future__ import annotations
 

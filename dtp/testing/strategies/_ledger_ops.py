@@ -81,28 +81,25 @@ class ClaimFlawed:
 
 
 @dataclass(frozen=True)
-class Close:
+class _ByWho:
+    """A step of the channel's end that ``who`` takes (the client, the server, or a
+    stranger, whom the ledger must refuse)."""
+
+    channel: int
+    who: Who
+
+
+class Close(_ByWho):
     """``who`` closes the channel (half-close, then close)."""
 
-    channel: int
-    who: Who
 
-
-@dataclass(frozen=True)
-class Finalize:
+class Finalize(_ByWho):
     """``who`` finalizes the channel (its half-close timeout passed)."""
 
-    channel: int
-    who: Who
 
-
-@dataclass(frozen=True)
-class Settle:
+class Settle(_ByWho):
     """``who`` settles the channel (the server at any time, the client after the
     timeout)."""
-
-    channel: int
-    who: Who
 
 
 @dataclass(frozen=True)
@@ -190,11 +187,8 @@ def apply_operation(world: LedgerWorld, operation: Operation) -> Step:
     if isinstance(operation, ClaimFlawed):
         return _claim_flawed(world, channel, operation)
     actor = {"client": channel.client, "server": world.server, "stranger": STRANGER}[operation.who]
-    if isinstance(operation, Close):
-        return _guarded(world, operation, lambda: world.close(channel, actor))
-    if isinstance(operation, Finalize):
-        return _guarded(world, operation, lambda: world.finalize(channel, actor))
-    return _guarded(world, operation, lambda: world.settle(channel, actor))
+    end = {Close: world.close, Finalize: world.finalize, Settle: world.settle}[type(operation)]
+    return _guarded(world, operation, lambda: end(channel, actor))
 
 
 def _guarded(world: LedgerWorld, operation: Operation, call: object) -> Step:

@@ -17,15 +17,19 @@ well-formed and hostile.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from dtp.errors import ErrorCode
 from dtp.native.core import encode_frames
 from dtp.native.reference._frames import KNOWN_TYPES, LAYOUTS, Layout
-from dtp.native.reference._limits import MAX_FRAME_DATA, MAX_HANDSHAKE_RECORD, VARINT_MAX
+from dtp.native.reference._limits import (
+    AEAD_TAG_LEN,
+    MAX_FRAME_DATA,
+    MAX_HANDSHAKE_RECORD,
+    VARINT_MAX,
+)
+from dtp.native.reference._records import RECORD_HEADER
 from dtp.native.reference._varint import varint_encode
 from dtp.native.types import (
     FRAME_ACK,
@@ -62,10 +66,7 @@ __all__ = [
     "records",
 ]
 
-#: A record header: kind (u8), flags (u8), body length (u16le), counter (u64le).
-RECORD_HEADER: Final = struct.Struct("<BBHQ")
-_TAG = 16
-_DATA_BODY_MIN, _DATA_BODY_MAX = _TAG, MAX_FRAME_DATA + _TAG
+_DATA_BODY_MIN, _DATA_BODY_MAX = AEAD_TAG_LEN, MAX_FRAME_DATA + AEAD_TAG_LEN
 
 
 def _varints(big: bool) -> st.SearchStrategy[int]:
@@ -291,7 +292,9 @@ def records(*, max_body: int = 512) -> st.SearchStrategy[bytes]:
     def build(draw: st.DrawFn) -> bytes:
         kind = draw(st.sampled_from([REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL, REC_DATA]))
         if kind == REC_DATA:
-            size = draw(st.integers(_DATA_BODY_MIN, min(_DATA_BODY_MAX, max(max_body, _TAG))))
+            size = draw(
+                st.integers(_DATA_BODY_MIN, min(_DATA_BODY_MAX, max(max_body, _DATA_BODY_MIN)))
+            )
             counter = draw(st.integers(0, 2**64 - 1))
         else:
             size = draw(st.integers(1, min(MAX_HANDSHAKE_RECORD, max_body)))
@@ -333,7 +336,11 @@ def hostile_records() -> st.SearchStrategy[HostileRecord]:
         elif flaw == "flags":
             flags, error = draw(st.integers(1, 255)), ErrorCode.RECORD_FLAGS
         elif kind == REC_DATA:
-            size = draw(st.one_of(st.integers(0, _TAG - 1), st.integers(_DATA_BODY_MAX + 1, 65535)))
+            size = draw(
+                st.one_of(
+                    st.integers(0, _DATA_BODY_MIN - 1), st.integers(_DATA_BODY_MAX + 1, 65535)
+                )
+            )
         else:
             size = draw(st.one_of(st.just(0), st.integers(MAX_HANDSHAKE_RECORD + 1, 65535)))
         counter = 0 if kind != REC_DATA else draw(st.integers(0, 2**64 - 1))

@@ -24,7 +24,7 @@ can share it: ``--host 0.0.0.0``, and each names one of the URLs its ready line 
     python -m dtp.testing.sui_node fund http://127.0.0.1:9123/v2/gas 0x…=5000000000
 
 It speaks pysui's generated messages: it needs the ``sui`` extra (``pip install
-'dtp[sui,testing]'`` for it and the rest of :mod:`dtp.testing`).
+'dtp-sui[sui,testing]'`` for it and the rest of :mod:`dtp.testing`).
 """
 
 import sys

@@ -28,6 +28,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.testing.sui_node._faucet import FaucetError, request_funds
 from dtp.testing.sui_node._server import DEFAULT_PACKAGE, SuiNodeStandIn
 from dtp.testing.sui_node._state import DAY_MS
@@ -99,6 +100,18 @@ def parser() -> argparse.ArgumentParser:
         "(0: any free one); the ready line names it web=URL",
     )
     p.add_argument("--print-url", action="store_true", help="print only 'URL PACKAGE' when ready")
+    p.add_argument(
+        "--publisher",
+        metavar="ADDRESS",
+        help="give ADDRESS the package's AdminCap, as publishing does (ready line: admin_cap=)",
+    )
+    p.add_argument(
+        "--package-version",
+        type=int,
+        default=PACKAGE_VERSION,
+        help="the package version the node runs (a kept --state restarted with a higher one "
+        "stands for the package upgraded)",
+    )
     return p
 
 
@@ -146,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         index_lag=args.index_lag,
         faucet_port=None if args.no_faucet else args.faucet_port,
         grpc_web_port=args.grpc_web_port,
+        package_version=args.package_version,
+        publisher=args.publisher,
     )
     stop = threading.Event()
     requests: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -165,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 line += f" faucet={node.faucet_url}"
             if node.grpc_web_url is not None:
                 line += f" web={node.grpc_web_url}"
+            if node.admin_cap is not None:
+                line += f" admin_cap={node.admin_cap}"
             others = node.urls[1:]
             if others:
                 line += " also=" + ",".join(others)

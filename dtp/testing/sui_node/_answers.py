@@ -20,6 +20,9 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
 from dtp.errors import ChainError
+from dtp.identity._bcs import BcsError, BcsReader
+from dtp.identity._schemes import InvalidSignature, check_signature
+from dtp.identity.keys import personal_message_digest
 from dtp.ledger._objects import normalize_id
 from dtp.testing.sui_node._execute import owner_message
 from dtp.testing.sui_node._objects import COIN_TYPE, full_address
@@ -237,15 +240,16 @@ def dynamic_fields(
     rows = state.fields(parent, _page_token(request.page_token), size + 1)
     out = []
     for row in rows[:size]:
-        # Field<K, V> { id, name: K (32 bytes here: an address or an ID), value: V }
+        # Field<K, V> { id, name: K (an address or an ID, 32 bytes; a u16, 2), value: V }
         key_type, value_type = row.type.split("<", 1)[1][:-1].split(",", 1)
+        end = 32 + (2 if key_type.strip() == "u16" else 32)
         field = sui_prot.DynamicField(
             kind=sui_prot.DynamicFieldDynamicFieldKind.FIELD,
             parent=parent,
             field_id=row.id,
             field_object=object_message(row),
-            name=sui_prot.Bcs(name=key_type.strip(), value=row.contents[32:64]),
-            value=sui_prot.Bcs(name=value_type.strip(), value=row.contents[64:]),
+            name=sui_prot.Bcs(name=key_type.strip(), value=row.contents[32:end]),
+            value=sui_prot.Bcs(name=value_type.strip(), value=row.contents[end:]),
             value_type=value_type.strip(),
         )
         out.append(masked(field, request.read_mask, "ListDynamicFields"))
@@ -474,3 +478,39 @@ def _frame(
         watermark=sui_prot.Watermark(cursor=cursor(position), checkpoint=covered),
         end=sui_prot.QueryEnd(reason=reason) if reason is not None else None,
     )
+
+
+def verify_signature(request: sui_prot.VerifySignatureRequest) -> Any:
+    """``VerifySignature`` as a full node answers it (sui-rpc-api): a ``PersonalMessage``
+    (a BCS ``vector<u8>``), the signature of any scheme checked as DTP checks it
+    (:mod:`dtp.identity._schemes`), the address, when given, compared with the one the
+    signature proves. A zkLogin proof's Groth16 part is beyond this stand-in (no
+    verifying key, no issuer keys): it answers such a proof invalid, saying why."""
+    message = request.message
+    if message is None or message.name != "PersonalMessage" or message.value is None:
+        raise Refusal(Status.INVALID_ARGUMENT, "message: this stand-in checks PersonalMessage only")
+    reader = BcsReader(bytes(message.value))
+    try:
+        text = reader.vector()
+        reader.done()
+    except BcsError as exc:
+        raise Refusal(Status.INVALID_ARGUMENT, f"message: invalid message: {exc}") from None
+    user = request.signature
+    if user is None or user.bcs is None or not user.bcs.value:
+        raise Refusal(Status.INVALID_ARGUMENT, "signature: field missing")
+
+    def verdict(reason: str | None) -> Any:
+        return sui_prot.VerifySignatureResponse(is_valid=reason is None, reason=reason)
+
+    try:
+        signer = check_signature(bytes(user.bcs.value), personal_message_digest(text))
+    except InvalidSignature as exc:
+        return verdict(str(exc))
+    if request.address and normalize_id(request.address, "address") != signer.address:
+        return verdict(
+            f"provided address `{request.address}` does not match derived address "
+            f"`{signer.address}`"
+        )
+    if signer.node_check is not None:
+        return verdict("this node stand-in verifies no zkLogin proof (no Groth16 verifying key)")
+    return verdict(None)

@@ -9,8 +9,9 @@ their current versions, shared inputs are shared since the versions given.
 
 :func:`execute` then runs it. The command list is mapped onto
 :data:`dtp.ledger.local.rules.FUNCTIONS` generically: ``SplitCoins(GasCoin, [a])``
-results are ``coin`` arguments, a ``host::new_sla`` result is the three ``u64`` the next
-call takes, object inputs are ``obj:<Struct>`` IDs, the Clock is passed implicitly, pure
+results are ``coin`` arguments, a ``host::new_sla`` (or
+``new_sla_with_half_close_timeout``) result is the four ``u64`` of an Sla the next call
+takes, object inputs are ``obj:<Struct>`` IDs, the Clock is passed implicitly, pure
 inputs decode per the schema's kind. The rules run inside one LocalLedger transaction
 (:meth:`LocalLedger.apply_verified`); so does the gas charge. A failed transaction (Move
 abort, bad argument, out of gas) still charges gas and bumps the versions of its
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -67,8 +68,13 @@ REBATE_BPS: Final = 9_900
 MAX_BUDGET: Final = 50_000_000_000
 MIN_BUDGET_UNITS: Final = 1_000
 #: The Move functions the node knows that return a value rather than being the call:
-#: struct constructors, with the arguments their result stands for.
-CONSTRUCTORS: Final = {("host", "new_sla"): ("u64", "u64", "u64")}
+#: struct constructors, with the arguments they take and the rule that makes the values
+#: their result stands for (which aborts as the Move constructor does).
+_U64S: Final = ("u64", "u64", "u64", "u64")
+CONSTRUCTORS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Callable[..., Any]]]] = {
+    ("host", "new_sla"): (_U64S[:3], rules.new_sla),
+    ("host", "new_sla_with_half_close_timeout"): (_U64S, rules.new_sla),
+}
 _KINDS = sui_prot.ExecutionErrorExecutionErrorKind
 #: What an entry a table did not hold compares unequal to.
 _GONE: Final = object()
@@ -501,10 +507,15 @@ class _Execution:
                     flat.append(("coin", value, ai))
                 else:
                     flat.extend(("value", v, ai) for v in value)
-        shape = CONSTRUCTORS.get((module, function))
-        if shape is not None:
+        constructor = CONSTRUCTORS.get((module, function))
+        if constructor is not None:
+            shape, make = constructor
             values = self._values(module, function, shape, flat, ci)
-            results[ci] = [("struct", values)]
+            try:
+                made = make(*values)
+            except ChainError as exc:
+                raise Failure(abort_error(exc, self.state.package, ci, module, function)) from None
+            results[ci] = [("struct", list(made.values()))]
             return 0
         entry = rules.FUNCTIONS.get((module, function))
         if entry is None:
@@ -513,7 +524,7 @@ class _Execution:
                 f"FunctionNotFound: {self.state.package}::{module}::{function}",
                 ci,
             )
-        schema, handler = entry
+        schema, _ = entry
         values = self._values(module, function, schema, flat, ci)
         try:
             args = rules.check_args(module, function, tuple(values))
@@ -521,7 +532,9 @@ class _Execution:
             raise _arg_error(_ARG_ERRORS.TYPE_MISMATCH, 0, ci, str(exc)) from None
         before = len(x.events)
         try:
-            handler(x, *args)
+            # (its objects loaded, its coin checked and its objects' versions first, as
+            # Sui runs a Move call: docs/escrow.md "Versions")
+            rules.call(x, module, function, args)
         except ChainError as exc:
             raise Failure(abort_error(exc, self.state.package, ci, module, function)) from None
         for local_type, fields in x.events[before:]:

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Final
 
+from dtp._http_json import answer_json
 from dtp.errors import InvalidObjectId
 from dtp.ledger._objects import normalize_id
 from dtp.testing.sui_node._http_server import QuietHandler, ThreadedHttpServer
@@ -70,12 +71,8 @@ class FaucetServer(ThreadedHttpServer):
                 return self.rfile.read(length)
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+
+                answer_json(self, status, body)
 
         return Handler
 

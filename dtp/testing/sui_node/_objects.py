@@ -22,6 +22,7 @@ from dtp.ledger.sui._codec import (
     MESSAGING_EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     RESPONSE_ESCROW_LAYOUT,
+    SERVICE_LAYOUT,
     TABLE_VALUE_LAYOUTS,
     Layout,
     encode,
@@ -60,6 +61,8 @@ _OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
     **ECONOMICS_OBJECT_LAYOUTS,
     **COORDINATION_OBJECT_LAYOUTS,
     "ResponseEscrow": RESPONSE_ESCROW_LAYOUT,
+    # (the package's one owned capability: its UID alone)
+    "AdminCap": ("struct", (("id", "id"),)),
 }
 #: Payloads of every event of the package, by (module, struct).
 _EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
@@ -70,15 +73,25 @@ _EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
 }
 
 #: Keys and values of the package's ``Table``s other than ``Table<address, u64>``
-#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``; broadcast.move:
+#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, u64>``; broadcast.move:
 #: ``stakes: Table<address, Stake>``; host.move: the firewall's ``allow`` and ``deny``,
-#: ``Table<address, bool>``).
-_TABLE_KEYS: Final = {"pledges": "id"}
+#: ``Table<address, bool>``, and ``services: Table<u16, Service>``, which LocalLedger keys
+#: by the port as text).
+_TABLE_KEYS: Final = {"pledges": "id", "services": "u16"}
 _TABLE_VALUES: Final[dict[str, tuple[str, Layout]]] = {
-    "pledges": ("sponsor::Pledge", ("struct", (("amount", "u64"), ("reimbursed", "bool")))),
     "stakes": ("broadcast::Stake", TABLE_VALUE_LAYOUTS["Broadcast"]),
     "allow": ("bool", "bool"),
     "deny": ("bool", "bool"),
+    "services": ("host::Service", SERVICE_LAYOUT),
+}
+#: Each kind of key: its Move type in a Field's type, and its BCS ``TypeTag``.
+_KEY_TYPES: Final = {
+    "address": ("address", b"\x04"),
+    "id": (
+        f"{SUI_FRAMEWORK}::object::ID",
+        b"\x07" + bytes.fromhex(SUI_FRAMEWORK[2:]) + b"\x06object" + b"\x02ID" + b"\x00",
+    ),
+    "u16": ("u16", b"\x08"),
 }
 
 
@@ -159,19 +172,19 @@ class TableField:
         return bytes.fromhex(self.field_id[2:]) + self.name + self.value
 
 
-def _type_tag(key: str) -> bytes:
-    """BCS ``TypeTag`` of a table key: ``address`` or ``0x2::object::ID``."""
-    if key == "address":
-        return b"\x04"
-    struct_tag = bytes.fromhex(SUI_FRAMEWORK[2:]) + b"\x06object" + b"\x02ID" + b"\x00"
-    return b"\x07" + struct_tag
-
-
 def _field_id(parent: str, name: bytes, key: str) -> str:
     """Sui's dynamic field ID: blake2b-256 of the ChildObjectId scope byte (0xf0), the
     parent, the key's BCS length (u64) and bytes, and the key's TypeTag."""
     data = b"\xf0" + bytes.fromhex(parent[2:]) + len(name).to_bytes(8, "little") + name
-    return "0x" + hashlib.blake2b(data + _type_tag(key), digest_size=32).hexdigest()
+    return "0x" + hashlib.blake2b(data + _KEY_TYPES[key][1], digest_size=32).hexdigest()
+
+
+def _key_bcs(key: str, entry: str) -> bytes:
+    """The BCS of a table key as LocalLedger keeps it: an address or ID as ``0x`` hex, a
+    port as its decimal text."""
+    if key == "u16":
+        return int(entry).to_bytes(2, "little")
+    return bytes.fromhex(entry[2:])
 
 
 def _tables(layout: Layout, data: Any) -> list[tuple[str, Any]]:
@@ -193,7 +206,7 @@ class Table:
     objects, and its entries (key -> value) as LocalLedger keeps them."""
 
     uid: str
-    #: ``"address"`` or ``"id"`` (``0x2::object::ID``): what its keys are.
+    #: ``"address"``, ``"id"`` (``0x2::object::ID``) or ``"u16"``: what its keys are.
     key: str
     type: str
     value_layout: Layout
@@ -201,11 +214,11 @@ class Table:
 
     def field_id(self, entry: str) -> str:
         """The ID of the dynamic field holding ``entry``."""
-        return _field_id(self.uid, bytes.fromhex(entry[2:]), self.key)
+        return _field_id(self.uid, _key_bcs(self.key, entry), self.key)
 
     def field(self, entry: str, value: Any) -> TableField:
         """The dynamic-field object of ``entry`` holding ``value``."""
-        name = bytes.fromhex(entry[2:])
+        name = _key_bcs(self.key, entry)
         return TableField(
             _field_id(self.uid, name, self.key),
             self.uid,
@@ -224,7 +237,7 @@ def tables(
     for field, entries in _tables(_OBJECT_LAYOUTS[struct], data):
         key = _TABLE_KEYS.get(field, "address")
         value_name, value_layout = _TABLE_VALUES.get(field, ("u64", "u64"))
-        key_type = "address" if key == "address" else f"{SUI_FRAMEWORK}::object::ID"
+        key_type = _KEY_TYPES[key][0]
         value_type = value_name if "::" not in value_name else f"{package}::{value_name}"
         type_ = f"{SUI_FRAMEWORK}::dynamic_field::Field<{key_type}, {value_type}>"
         if entries is None:

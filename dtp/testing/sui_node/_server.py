@@ -36,6 +36,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
+from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.ledger.local._tx import base58, tx_digest
 from dtp.testing._loops import LoopThread
 from dtp.testing.sui_node import _answers as answers
@@ -75,6 +76,7 @@ _METHODS: Final = {
     ),
     "StateService": ("ListOwnedObjects", "GetBalance", "ListDynamicFields"),
     "TransactionExecutionService": ("ExecuteTransaction", "SimulateTransaction"),
+    "SignatureVerificationService": ("VerifySignature",),
 }
 _STREAMING: Final = frozenset({"ListEvents"})
 
@@ -161,7 +163,11 @@ class SuiNodeStandIn:
     :meth:`set_clock`); otherwise it follows wall time. ``epoch_ms`` is the epoch length.
     The knobs (``tx_latency``, ``read_latency``, ``rate_limit`` calls per second,
     ``contention`` probability, ``scan_limit`` events per ListEvents, ``index_lag``
-    seconds) are attributes tests may change at any time.
+    seconds) are attributes tests may change at any time. ``publisher`` holds the
+    package's AdminCap (:attr:`admin_cap`), as whoever publishes the package does;
+    ``package_version`` is the version of the package code the node runs: a state kept
+    (``state_dir``) restarted with a higher one stands for the package upgraded
+    (docs/sui.md, "Upgrading the package").
     """
 
     def __init__(
@@ -183,9 +189,23 @@ class SuiNodeStandIn:
         seed: int | None = None,
         faucet_port: int | None = None,
         grpc_web_port: int | None = None,
+        package_version: int = PACKAGE_VERSION,
+        publisher: str | None = None,
     ) -> None:
         self.state = NodeState(
-            state_dir, package=package, clock_ms=clock_ms, epoch_ms=epoch_ms, gas_price=gas_price
+            state_dir,
+            package=package,
+            clock_ms=clock_ms,
+            epoch_ms=epoch_ms,
+            gas_price=gas_price,
+            package_version=package_version,
+        )
+        #: The package's AdminCap, which ``publisher`` holds (None: no publisher given,
+        #: and none in a state kept).
+        self.admin_cap = (
+            self.state.publish_admin_cap(publisher)
+            if publisher is not None
+            else self.state.ledger.admin_cap()
         )
         self.host = host
         self.port = port
@@ -539,6 +559,8 @@ class SuiNodeStandIn:
             return await self._execute(data, peer)
         if name == "SimulateTransaction":
             return simulate.simulate(state, data)
+        if name == "VerifySignature":
+            return answers.verify_signature(self._parse(sui_prot.VerifySignatureRequest, data))
         requests = {
             "GetServiceInfo": sui_prot.GetServiceInfoRequest,
             "GetObject": sui_prot.GetObjectRequest,

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from dtp.ledger._objects import normalize_id
+from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.ledger.local import LocalLedger
+from dtp.ledger.local._calls_versions import admin_cap_digest
 from dtp.ledger.local._tx import base58
 from dtp.testing.sui_node._objects import (
     CLOCK_ID,
@@ -28,6 +30,7 @@ from dtp.testing.sui_node._objects import (
     clock_contents,
     coin_contents,
     full_address,
+    move_type,
     object_digest,
 )
 
@@ -142,6 +145,7 @@ class NodeState:
         clock_ms: int | None = None,
         epoch_ms: int = DAY_MS,
         gas_price: int = 1000,
+        package_version: int = PACKAGE_VERSION,
     ) -> None:
         self.lock = threading.RLock()
         self.package = full_address(normalize_id(package, "package ID"))
@@ -164,7 +168,9 @@ class NodeState:
                     f"The state in {directory} belongs to package {stored}, not {self.package}."
                 )
             clock_ms = None  # the clock is part of the state kept
-        self.ledger = LocalLedger(ledger_path, clock_ms=clock_ms)
+        # (the package version whose code the node runs: a state kept across a restart
+        # with a higher one stands for the package upgraded; docs/escrow.md "Versions")
+        self.ledger = LocalLedger(ledger_path, clock_ms=clock_ms, package_version=package_version)
         if fresh:
             now = self.ledger.clock_ms()
             with self.write():
@@ -358,6 +364,34 @@ class NodeState:
                     )
                 )
             return coin_id
+
+    def publish_admin_cap(self, publisher: str) -> str:
+        """The package's ``AdminCap`` for ``publisher``, as ``version::init`` makes it when
+        the package is published (once: the one made before, if any); returns its ID."""
+        publisher = full_address(normalize_id(publisher, "address"))
+        with self.lock:
+            found = self.ledger.admin_cap()
+            if found is not None:
+                return found
+            cap_id = self.ledger.create_admin_cap(publisher)
+            digest = base58(admin_cap_digest(self.ledger.package_id))
+            with self.write():
+                self.record_transaction(digest, self.latest_checkpoint(), publisher, b"")
+                self.put(
+                    ObjectRow.make(
+                        cap_id,
+                        move_type(self.package, "dtp::version::AdminCap"),
+                        "address",
+                        publisher,
+                        None,
+                        1,
+                        bytes.fromhex(cap_id[2:]),
+                        0,
+                        digest,
+                        None,
+                    )
+                )
+            return cap_id
 
     def add_gas_paid(self, address: str, amount: int) -> None:
         self.db.execute(

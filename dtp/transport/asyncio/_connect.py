@@ -64,14 +64,10 @@ async def open_websocket_connection(
     origin: str | None = None,
     ssl: _ssl.SSLContext | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
-    """Connect over the WebSocket carrier (docs/protocol.md §13) to ``url``
-    (``ws://host:port/path``, ``wss://…``) and return the first stream's (reader,
-    writer), as :func:`open_connection` does over TCP. ``origin``: the ``Origin`` header
-    sent, as a page at that origin would (None: none); ``ssl``: the TLS context of a
-    ``wss://`` URL (None: the system's). ``timeout`` bounds the connect, the upgrade
-    and the handshake; with none, the connect and the upgrade are bounded by the
-    config's ``handshake_timeout`` (HandshakeError), as the handshake is. Needs the
-    ``ws`` extra."""
+    """:func:`dtp.aio.open_connection` for a WebSocket URL (docs/protocol.md §13; see
+    there for the arguments): ``timeout`` bounds the connect, the upgrade and the
+    handshake; with none, the connect and the upgrade are bounded by the config's
+    ``handshake_timeout`` (HandshakeError), as the handshake is. Needs the ``ws`` extra."""
     from dtp.transport.carriers._websocket import connect_websocket, parse_url
 
     check_connect_timeout(timeout)

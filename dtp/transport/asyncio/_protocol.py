@@ -42,14 +42,11 @@ BROAD_KEY = -2
 
 
 # The read buffer, one per thread, shared by the connections of the event loop running
-# there: an idle server connection then holds no read buffer of its own (FIRST_RECV_CHUNK
-# each was a third of what one cost). Sharing is safe where the loop reads synchronously
-# -- get_buffer(), recv_into(), buffer_updated() in one callback, the bytes consumed
-# before it returns -- as selector loops and uvloop do; a proactor loop keeps the buffer
-# through an overlapped read, so there each connection has its own. Shared, it is
-# RECV_CHUNK large from the start: one per thread costs little, and a first-size one
-# split every burst a little over 16 KiB (a run of 32 datagrams of 512 bytes) into
-# two reads, each opened and sent on apart.
+# there, so an idle server connection holds none of its own. Safe where the loop reads
+# synchronously (get_buffer(), recv_into(), buffer_updated() in one callback: selector
+# loops and uvloop), not on a proactor loop, where each connection has its own. Shared,
+# it is RECV_CHUNK large from the start (a first-size one split bursts of a little over
+# 16 KiB into two reads).
 _shared = threading.local()
 
 
@@ -118,10 +115,9 @@ class Protocol(asyncio.BufferedProtocol):
         self._write_paused = False
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
-        # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
-        # for the rest of its life: a server keeps thousands). Where the loop allows
-        # it, the thread's shared buffer instead (_shared_buffer), held from the first
-        # read on (None until then)
+        # fills less than an eighth (a server keeps thousands of connections); where the
+        # loop allows it, the thread's shared buffer instead (_shared_buffer), None
+        # until the first read
         self._shares_rbuf = reads_synchronously(loop)
         self._rbuf: memoryview | None = (
             None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
@@ -313,12 +309,12 @@ class Protocol(asyncio.BufferedProtocol):
         self._close_transport()
 
     def _peer_may_send_more(self) -> bool:
-        """Whether the client, not told yet that we closed, may still be sending: a
-        server ended an established connection for a reason (a firewall, payment or rate
-        close, an abort). Its bytes, unread at our close, reset the carrier, and the
-        reset overtook our CLOSE: a client denied in a sendall loop read a bare
-        ConnectionLost (tests/transport/test_close_code_delivery.py). (A client's abort closes at
-        once, as asyncio's transport.abort(): the loop may end right after it.)"""
+        """Whether the client, not told yet that we closed, may still be sending (a
+        server ended an established connection for a reason): its unread bytes would
+        reset the carrier ahead of our CLOSE, as
+        :meth:`dtp.transport.blocking._engine.Engine.abort` says. (A client's abort
+        closes at once, as asyncio's transport.abort(): the loop may end right after
+        it.)"""
         ended = self.conn.termination  # (the session learns of it at its next events)
         return (
             ended is not None
@@ -382,17 +378,11 @@ class Protocol(asyncio.BufferedProtocol):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def _fail(self, exc: BaseException) -> None:
-        """A callback of the loop on this connection (its start, a timer pass, the
-        carrier's end, the close of an abandoned one) raised ``exc``: abort the
-        connection, as the blocking sockets' timer thread does
-        (``_TimerService._fail``).
-
-        Left to asyncio, it would be logged and the connection live on half-alive: its
-        timer, cleared before the pass, is armed again only by the next write or input,
-        so a silent peer would never be timed out (keepalive, idle timeout,
-        retransmission, the close linger) and ``wait_closed()`` or a read would wait for
-        good. Aborted, the peer reads INTERNAL_ERROR, the carrier is released and the
-        application's calls raise ConnectionClosed, ``exc`` its cause."""
+        """A callback of the loop on this connection raised ``exc``: abort the
+        connection, as the blocking driver's timer thread does (``TimerService._fail``).
+        Left to asyncio it would be logged and the connection live on half-alive, its
+        timer never armed again: a silent peer never timed out, ``wait_closed()`` or a
+        read waiting for good."""
         logger.error(
             "dtp: handling the connection with %s raised: aborting it",
             peer_label(self),
@@ -441,11 +431,9 @@ class Protocol(asyncio.BufferedProtocol):
 
     def _notify_some(self, keys: AbstractSet[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
-        and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
-        stream's reads and the streams the peer opened change only with those
-        (Session.take_changes): the other readers and acceptors would only look again
-        and wait on (a connection serving a call a stream, with a reader on its first
-        stream)."""
+        and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY) -- not
+        every reader and acceptor of the connection, who would only look again and wait
+        on."""
         if self.stream_handler is not None and ACCEPT_KEY in keys:
             self.start_streams()
         waiters, self._waiters = self._waiters, []
@@ -567,13 +555,11 @@ def abort(proto: Protocol, code: int, reason: str) -> None:
 
 
 def end_unpaid(proto: Protocol, reason: str) -> DTPError:
-    """The connection's hook refused a write (``ConnectionHook.refuse_write``: the
-    deposit cannot pay it): the connection ends at once, as a paid server would end it
-    after its pause -- the hook's last frames (the final receipt), then CLOSE with
-    CLOSE_PAYMENT_REQUIRED and ``reason`` -- and the error its calls raise from now on
-    is returned, for the caller to raise (the blocking driver's ``Engine.end_unpaid``).
-    The carrier closes as a graceful close's does; the hook's ``after_close`` runs at
-    the writer's close."""
+    """The blocking driver's ``Engine.end_unpaid`` for an asyncio connection: the hook
+    refused a write, so the connection ends at once (its last frames, then CLOSE with
+    CLOSE_PAYMENT_REQUIRED and ``reason``), and the error its calls raise from now on is
+    returned. The carrier closes as a graceful close's does; the hook's ``after_close``
+    runs at the writer's close."""
     session = proto.session
     if session.terminated is None:
         if proto.hook is not None:
@@ -608,10 +594,9 @@ class _WhenAbandoned:
 
 def _abandoned(ref: weakref.ref[Protocol]) -> None:
     """The last reader and writer of a client connection were garbage-collected with the
-    connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
-    transport (nobody can use or close it, and keepalives hold off the idle timeout:
-    it would stay open for good, as the peer's end). The callback runs wherever the garbage
-    collector starts, perhaps inside a seal on this very loop: it only schedules."""
+    connection open: close it, as asyncio's ``StreamWriter.__del__`` closes its
+    transport (keepalives would keep it open for good). It runs wherever the collector
+    starts, perhaps inside a seal on this very loop: it only schedules."""
     proto = ref()
     if proto is None:
         return

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import DTPError, LocalProtocolError
+from dtp.identity._zklogin import node_refusal_async
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport._admission import (
@@ -24,21 +25,19 @@ from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     ENDINGS,
-    AddressSlots,
-    Admission,
     FirstMessage,
     HeapRelease,
     Outcome,
     Progress,
     ReplayGuard,
-    ServerSlots,
     Why,
     address_key,
-    checked_first_message_timeout,
     release_free_heap,
     unserved_counts,
 )
+from dtp.transport._collector import tune_for_serving
 from dtp.transport._hooks import Listener, PeerInfo, Reservations
+from dtp.transport._server_base import AdmittingServer
 from dtp.transport._session import HOOK_FAILED, Session, hook_calls, refusal_reason
 from dtp.transport.asyncio._protocol import (
     LIMIT,
@@ -77,15 +76,15 @@ def _being_cancelled() -> bool:
 
 
 logger = logging.getLogger("dtp.transport.asyncio._server")
+#: Seconds of a handshake's time kept for its refusal to go out after a wait on a Sui node.
+_CLOSE_MARGIN = 0.5
 
 
 class _Arrival(asyncio.Protocol):
-    """A server's new connection until its handshake starts (dtp.transport._admission): it
-    reads the client's first record, then waits for its handshake slots unread. It
-    holds its socket and what the client sent -- no Session, task or timer -- and is the
-    connection's entry in the server's :class:`~dtp.transport._admission.Admission` for good
-    (its handshake's end releases its slots by it). Once the handshake may start, the
-    transport goes to the connection's :class:`Protocol` (:meth:`DTPServer._begin`)."""
+    """An asyncio server's new connection until its handshake starts, as the blocking
+    server's (:class:`dtp.transport.blocking._server._Arrival`), with no Session, task
+    or timer; once the handshake may start, the transport goes to the connection's
+    :class:`Protocol` (:meth:`DTPServer._begin`)."""
 
     def __init__(
         self,
@@ -175,45 +174,18 @@ def loop_time(loop: asyncio.AbstractEventLoop | None) -> float:
     return loop.time() if loop is not None else time.monotonic()
 
 
-class DTPServer:
+class DTPServer(AdmittingServer[_Arrival]):
     """A listening asyncio DTP server (see :func:`start_server`).
 
     New connections are admitted as :class:`dtp.socket.DTPServer` admits them, by the
-    same engine (:class:`dtp.transport._admission.Admission`, docs/protocol.md §8):
-
-    * until it has sent its complete first handshake record, within
-      ``first_message_timeout`` (3 s), a connection holds only its socket: at most
-      ``backlog`` of them on the server and ``max_handshakes_per_address +
-      max_waiting_per_address`` from one address, the oldest (of a suspect address --
-      one whose connections keep ending unproven -- first, else of the address holding
-      the most) closed to make room for a newcomer, a suspect newcomer refused rather
-      than displace another's (counted in :attr:`unproven_closed`, as those that time
-      out);
-    * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
-      the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
-      that cap), or waits for them, unread, in a line of at most ``backlog`` (the
-      server's) or ``max_waiting_per_address`` (its address's), in arrival order, until
-      its accept plus its handshake timeout. A proven connection that has to wait makes
-      the oldest *half-handshake* -- one waiting for its client's next message -- give
-      way (closed, counted in :attr:`half_handshakes_evicted`), so clients that stopped
-      midway cannot hold the slots against clients that speak;
-    * one that finds a line full, or waited past its deadline, is closed with no DTP
-      reply, counted in :attr:`busy_refused`.
-
-    Connections over the ledger carrier skip the first step and the address cap. A
+    same engine (:class:`dtp.transport._admission.Admission`; the rules and defaults:
+    docs/protocol.md §8, "Admission"): closed unproven ones count in
+    :attr:`unproven_closed`, evicted half-handshakes in :attr:`half_handshakes_evicted`,
+    those a full line or their deadline turned away in :attr:`busy_refused`. A
     handshake's slots are free again however it ends (accepted, refused, failed, timed
     out, given way, cancelled), and :meth:`close` closes the connections still waiting
     (and any whose accept completes after it)."""
 
-    identity: HostIdentity
-    handshakes_failed: int
-    refused: int
-    busy_refused: int
-    unproven_closed: int
-    half_handshakes_evicted: int
-    _admission: Admission[_Arrival]
-    _handshake_slots: ServerSlots[_Arrival]
-    _address_slots: AddressSlots[_Arrival] | None
     _expiry: asyncio.TimerHandle | None
     _heap: HeapRelease
     _heap_look: asyncio.TimerHandle | None
@@ -258,23 +230,20 @@ class DTPServer:
         # first: a bad bound fails before anything starts (a backlog listen() refuses
         # too: it left a bound socket open)
         check_backlog(backlog)
-        self._admission: Admission[_Arrival] = Admission(
+        self._admit_by(
+            config,
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
             max_waiting_per_address=max_waiting_per_address,
-            max_waiting=max(backlog, 1),
-            max_unproven=max(backlog, 1),
-            first_message_timeout=checked_first_message_timeout(first_message_timeout),
-            start=self._begin,
-            close=self._close_unserved,
-            give_way=self._give_way,
+            backlog=backlog,
+            first_message_timeout=first_message_timeout,
             gone=_waiting_gone,
         )
-        self._handshake_slots = self._admission.server_slots
-        self._address_slots = self._admission.address_slots
         self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
         # the heap's free pages go back to the system after churn (dtp.transport._admission)
         self._heap = HeapRelease()
+        # the collector sized for serving, once per process (dtp.transport._collector)
+        tune_for_serving()
         self._heap_look: asyncio.TimerHandle | None = None
         self._serving = reservations
         # the context the server's own bookkeeping callbacks run in (a connection's
@@ -305,42 +274,6 @@ class DTPServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
             self._loop = asyncio.get_running_loop()
-        self.handshakes_failed = 0
-        self.refused = 0
-        #: Connections closed unserved: their address's line, or the server's, was full,
-        #: or they waited in it past the handshake timeout
-        self.busy_refused = 0
-        #: Connections closed before their complete first handshake record: timed out
-        #: (``first_message_timeout``), or the oldest, making room for newer ones
-        self.unproven_closed = 0
-        #: Half-handshakes (waiting for their client's next message) ended to make room
-        #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
-        self.half_handshakes_evicted = 0
-        # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.transport._admission)
-        self._replays = ReplayGuard()
-
-    @property
-    def handshakes_in_progress(self) -> int:
-        """Handshakes in progress now (at most ``max_handshakes``)."""
-        return self._admission.in_progress
-
-    @property
-    def handshakes_waiting(self) -> int:
-        """Connections waiting for one of the ``max_handshakes`` slots (not those
-        waiting in their own address's line, nor for their first message)."""
-        return self._admission.waiting
-
-    @property
-    def unproven(self) -> int:
-        """Connections waiting for their complete first handshake record now."""
-        return len(self._admission.unproven)
-
-    @property
-    def replays_refused(self) -> int:
-        """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.transport._admission`."""
-        return self._replays.refused
 
     @property
     def noise_public_key(self) -> bytes:
@@ -363,16 +296,6 @@ class DTPServer:
         (:meth:`listen_websocket`), in the order they were made."""
         names = [sock.getsockname() for server in self._websockets for sock in server.sockets]
         return tuple((name[0], name[1]) for name in names)
-
-    @property
-    def attached(self) -> Listener | None:
-        """The listener :meth:`attach` gave this server, if any."""
-        return self._attached
-
-    @property
-    def connection_config(self) -> ConnectionConfig:
-        """The configuration the server's connections start from (its identity's)."""
-        return self._config
 
     @property
     def closed(self) -> bool:
@@ -443,7 +366,8 @@ class DTPServer:
         web origins whose pages may connect (``"https://app.example"``; ``"*"``: any);
         by default none, only clients that send no ``Origin`` (programs, not browsers).
         A refused upgrade (an origin not allowed, no ``dtp.v1`` subprotocol, not a
-        WebSocket request) gets its HTTP answer and counts in :attr:`handshakes_failed`.
+        WebSocket request, a request head too large) gets its HTTP answer (none for
+        bytes that are no HTTP request) and counts in :attr:`handshakes_failed`.
         ``ssl``: a TLS context for ``wss://``; ``start_serving=False``: accept nothing
         until :meth:`start_serving`, as :meth:`listen`. May be called more than once."""
         from dtp.transport.carriers._websocket import accept_websocket, origin_rule
@@ -802,10 +726,9 @@ class DTPServer:
     # -- the connection tasks ------------------------------------------------------------------
 
     def _start_serving(self, arrival: _Arrival) -> None:
-        # the arrival until _serve's first step takes it: the task's done callback
-        # finds it there only when the task never started. Neither keeps it after the
-        # handshake: it, its first record and its slots' bookkeeping would otherwise
-        # live, and be walked by the garbage collector, as long as the connection
+        # the arrival until _serve's first step takes it (the task's done callback finds
+        # it there only when the task never started); neither keeps it after the
+        # handshake, for the collector to walk as long as the connection lives
         unstarted = _Unstarted(self, arrival)
         assert arrival.proto is not None
         task = arrival.proto.loop.create_task(self._serve(unstarted))
@@ -871,12 +794,9 @@ class DTPServer:
             logger.info("connection from %s ended: %s", session.authenticated_address, exc)
             if session.terminated is None and not writer._closing:
                 # an error of the callback's own (a stream the peer reset) while the
-                # connection goes on: nobody serves it any more, and the client must
-                # not wait on it. (Not once the first stream is closing: that close
-                # ends it, after what is queued went out. A drain() waiting when another
-                # task closed the writer raises ConnectionClosed at once; aborted here,
-                # what the close was still sending was cut and the client read an
-                # error.)
+                # connection goes on: nobody serves it any more, so the client must not
+                # wait on it -- unless the first stream is closing, whose close ends the
+                # connection after what is queued went out
                 writer.abort("internal error")
         except Exception as exc:
             # then the connection ends, the peer reading an error, not a clean end
@@ -907,10 +827,10 @@ class DTPServer:
             # (A ledger bridge's first record comes over the ledger, slowly: it passed
             # the ledger carrier's own admission, and never gives way)
             self._admission.waiting_for_client(arrival)
-        # No timer of its own: the connection's handshake deadline (its creation plus
-        # handshake_timeout, armed in the protocol's timer since connection_made) ends
-        # it until accept(), and this wait with it. A second timer here was a TimerHandle
-        # and a context a connection, left in the loop's heap once cancelled.
+        # No timer of its own: the connection's handshake deadline, armed in the
+        # protocol's timer since connection_made, ends it until accept(), and this wait
+        # with it (a second timer was a TimerHandle and a context a connection, left in
+        # the loop's heap).
         await proto.wait_for(
             lambda: (
                 session.authenticated_address is not None
@@ -929,6 +849,19 @@ class DTPServer:
         # before the hooks: a replay must not reserve the client's ledger connection
         if self._replays.is_replay(conn, peer_label(proto)):
             return self._end(proto, Outcome.REPLAYED)
+        check = session.zklogin_check
+        if check is not None:
+            # a zkLogin proof: a Sui node must confirm it before anyone decides on the
+            # client (docs/protocol.md 8.4). Message 2 goes first, so that a refusal
+            # travels, as in XX, in a CLOSE under the transport keys
+            conn.answer()
+            proto.flush()
+            left = conn.handshake_deadline - loop_time(self._loop) - _CLOSE_MARGIN
+            why = await node_refusal_async(conn.config.zklogin_verifier, check, left)
+            if session.terminated is not None or conn.closed:
+                return self._end(proto, Outcome.FAILED)
+            if why is not None:
+                return self._end(proto, Outcome.PROOF_REFUSED, f"identity proof rejected: {why}")
         if self._accept is not None or self._admit is not None:
             # IK: message 2 goes now, and the client works on it while the hooks (the
             # ledger admission) decide; the verdict follows it. Without hooks the verdict
@@ -960,14 +893,15 @@ class DTPServer:
         proto.flush()
         return True
 
-    def _end(self, proto: Protocol, outcome: Outcome) -> bool:
+    def _end(self, proto: Protocol, outcome: Outcome, reason: str = "") -> bool:
         """Count a handshake that ended with ``outcome`` and close it as
-        :data:`~dtp.transport._admission.ENDINGS` says: False (not accepted)."""
+        :data:`~dtp.transport._admission.ENDINGS` says (with ``reason`` where it has
+        none of its own): False (not accepted)."""
         ending = ENDINGS[outcome]
         self.handshakes_failed += ending.failed
         self.refused += ending.refused
         if ending.code is not None:
-            abort(proto, ending.code, ending.reason or "")
+            abort(proto, ending.code, reason if ending.reason is None else ending.reason)
         return False
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:

@@ -95,13 +95,11 @@ class DTPStreamReader:
 
     def _unread(self, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete (cancelled, or failed),
-        back in front of the stream, for the next read (consuming nothing, as asyncio's
-        reads). Its flow-control credit stays given: the stream's buffer counts it as
-        credited, so no later take, sink or close returns it again (twice given, each
-        wait_for(readexactly(n), t) that timed out would let the peer send that much again
-        beyond the window). Not into a stream closed here meanwhile (a task cancelled,
-        then its writer closed, before it ran): its reads give b"" from then on, and
-        the bytes would come back after the close."""
+        back in front of the stream for the next read, consuming nothing, as asyncio's
+        reads. Its credit stays given, counted as credited (given twice, each timed-out
+        ``wait_for(readexactly(n), t)`` let the peer send that much more beyond the
+        window). Not into a stream closed here meanwhile: its reads give b"" from then
+        on."""
         buf = self._session.streams.get(self._stream_id)
         if buf is not None and buf.discarded:
             return
@@ -321,10 +319,9 @@ class DTPStreamReader:
                 )
             start = max(0, len(buf) - len(separator) + 1)
             # What is buffered stays (a cancelled or failing readuntil consumes nothing,
-            # and a LimitOverrunError leaves it, as asyncio's), but its credit goes back
-            # now: held until the separator came, the end of a line longer than the
-            # stream's window would never arrive, the peer stopped at the window. The limit
-            # bounds what this lets the peer send ahead (as asyncio's buffer).
+            # as asyncio's), but its credit goes back now, or a line longer than the
+            # window would never end; the limit bounds what this lets the peer send
+            # ahead.
             if self._session.credit_buffered(self._stream_id):
                 self._proto.flush()
             self._claim_wait("readuntil")
@@ -653,9 +650,9 @@ class DTPStreamWriter:
                 with contextlib.suppress(DTPError):
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
-            # asked to stop sending, and what is unread (and what comes before it stops)
-            # is dropped, its flow-control credit returned; reads give b"". Kept, it would
-            # be held for good: two such streams would stall every other stream.
+            # asked to stop sending, and what is unread is dropped, its credit returned
+            # (held for good, two such streams would stall every other stream); reads
+            # give b"".
             session = self._session
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
@@ -672,7 +669,7 @@ class DTPStreamWriter:
             # daemon's tunnels) would hold one for each, for good
             session.forget(self._stream_id)
             # (what waits on this stream's reads, and whatever forget()'s processing of
-            # the session's events concerns: the connection's end, say)
+            # the events of the session concerns: the connection's end, say)
             self._proto.notify_changes(self._stream_id)
             if queued:
                 self._proto.flush()
@@ -697,10 +694,8 @@ class DTPStreamWriter:
     def _close_ended(self, task: asyncio.Future[None]) -> None:
         """The graceful close was cancelled (the loop ending, as asyncio.run does after
         ``close()`` without ``wait_closed()``), perhaps before its first step: abort
-        instead, so the transport is not left open (asyncio's ``close()`` closes it at
-        once). A hook's last frames go out first, as in the graceful close (a
-        ``close()`` without ``wait_closed()`` at the end of ``asyncio.run`` would
-        otherwise drop them: ConnectionHook.before_close)."""
+        instead, so the transport is not left open, a hook's last frames going out first
+        (ConnectionHook.before_close)."""
         if task.cancelled():
             hook = self._proto.hook
             if hook is not None:
@@ -722,10 +717,9 @@ class DTPStreamWriter:
                         lambda: conn.send_buffered() == 0 or self._session.terminated is not None
                     )
         else:
-            # over a lossy carrier (the ledger) data has left only once acknowledged, and
-            # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
-            # not wait_for: on Python 3.11 wait_for swallows a cancel that comes as a
-            # change does, and the close would go on for those 30 s, the loop's end with it.)
+            # over a lossy carrier (the ledger) data has left only once acknowledged,
+            # and an ACK is no event: look again every 50 ms, for up to 30 s
+            # (asyncio.timeout, not wait_for, which on Python 3.11 may swallow a cancel)
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
             ):
@@ -789,12 +783,21 @@ class DTPStreamWriter:
                 )
             )
 
-    def abort(self, reason: str = "aborted") -> None:
+    def abort(self, reason: str = "aborted", *, code: int = CloseCode.APPLICATION) -> None:
         """Close the whole connection at once, dropping queued data. Reads and drain()
         raise ConnectionClosed from now on (as asyncio's drain() raises once the
-        transport was aborted)."""
+        transport was aborted). ``code``: the CLOSE's, an application's (from
+        ``CloseCode.APPLICATION``, 0x1000, to 2**62 - 1: docs/protocol.md §11), which the
+        peer's error carries (a paid server's ``CLOSE_SUBSCRIPTION_ENDED`` is raised as
+        :class:`~dtp.errors.SubscriptionEnded`)."""
+        if (
+            not isinstance(code, int)
+            or isinstance(code, bool)
+            or not CloseCode.APPLICATION <= code < 1 << 62
+        ):
+            raise ValueError(f"an abort's code is an int from 0x1000 to 2**62 - 1, not {code!r}")
         was_closing, self._closing = self._closing, True
-        self._conn.close(CloseCode.APPLICATION, reason)
+        self._conn.close(code, reason)
         self._proto.flush()
         # the end is known now, not only once the transport reports it lost: a drain()
         # right after returned as if all had gone out
@@ -1040,16 +1043,13 @@ class ConnectionLayer:
 
     @property
     def hook(self) -> ConnectionHook | None:
-        """What a layer above has riding on this connection (a connection by host ID's
-        metered payment), or None."""
+        """As the blocking driver's (:class:`dtp.transport.blocking._socket.ConnectionLayer`)."""
         return self._proto.hook
 
     def set_hook(
         self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
     ) -> None:
-        """Have ``hook`` ride on this connection (the driver calls it as
-        :class:`~dtp.transport._hooks.ConnectionHook` says), and ``on_receipt`` take each
-        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        """As the blocking driver's, from the event loop."""
         self._proto.hook = hook
         self._session.on_receipt = on_receipt
 

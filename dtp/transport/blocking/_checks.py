@@ -50,6 +50,10 @@ def readable(data: Any) -> memoryview:
     """``data`` as the bytes a socket sends of it (an ``array('i')``'s raw bytes), or
     the error a socket raises for it: TypeError when not bytes-like, BufferError when
     not contiguous."""
+    if type(data) is bytes:
+        # (a view of bytes is one of bytes already: no cast, which makes a view and a
+        # bytes object of its format each time)
+        return memoryview(data)
     try:
         view = memoryview(data)
     except TypeError:

@@ -43,6 +43,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT: Any = _socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 
 
+def connect_timeout(timeout: float | None) -> float | None:
+    """A blocking connect's ``timeout``, checked (:func:`check_connect_timeout`): left
+    out, or passed on as socket.create_connection takes it (http.client and others do),
+    the process's default socket timeout."""
+    if timeout is DEFAULT_TIMEOUT:
+        timeout = _socket.getdefaulttimeout()
+    check_connect_timeout(timeout)
+    return timeout
+
+
 def create_connection(
     address: tuple[str, int],
     timeout: float | None = DEFAULT_TIMEOUT,
@@ -55,11 +65,7 @@ def create_connection(
     """Connect to the DTP server at the carrier endpoint ``address`` (``(host, port)``)
     and return the connection's first stream; the arguments are
     :func:`dtp.socket.create_connection`'s, which connects by host ID as well."""
-    if timeout is DEFAULT_TIMEOUT:
-        # left out, or passed on as socket.create_connection takes it (http.client and
-        # others do): the process's default socket timeout
-        timeout = _socket.getdefaulttimeout()
-    check_connect_timeout(timeout)
+    timeout = connect_timeout(timeout)
     cfg, anonymous = direct_client_config(
         config, identity, server_key, expected_server_key, take_anonymous_identity
     )
@@ -77,24 +83,17 @@ def create_websocket_connection(
     origin: str | None = None,
     ssl: _ssl.SSLContext | None = None,
 ) -> DTPSocket:
-    """Connect over the WebSocket carrier (docs/protocol.md §13) to ``url``
-    (``ws://host:port/path``, ``wss://…``) and return the first stream, as
-    :func:`create_connection` does over TCP, with the errors and timeouts of
-    :func:`dtp.aio.open_connection`'s WebSocket connect: ``timeout`` bounds the TCP (TLS)
-    connect, the upgrade and the handshake (DTPTimeoutError); with none, the connect and
-    the upgrade are bounded by the config's ``handshake_timeout`` (HandshakeError), as the
-    handshake is. ``origin``: the ``Origin`` header sent (None: none, as programs send);
-    ``ssl``: a ``wss://`` URL's TLS context (None: the system's defaults). Needs the ``ws``
-    extra. The carrier is :mod:`dtp.transport.carriers._websocket_bridge`'s."""
+    """:func:`dtp.socket.create_connection` for a WebSocket URL (docs/protocol.md §13;
+    see there for the arguments, and the timeouts of :func:`dtp.aio.open_connection`'s
+    WebSocket connect): the carrier is
+    :mod:`dtp.transport.carriers._websocket_bridge`'s. Needs the ``ws`` extra."""
     from dtp.transport.carriers._websocket import parse_url
     from dtp.transport.carriers._websocket_bridge import (
         open_websocket_carrier,
         websocket_connect_error,
     )
 
-    if timeout is DEFAULT_TIMEOUT:
-        timeout = _socket.getdefaulttimeout()
-    check_connect_timeout(timeout)
+    timeout = connect_timeout(timeout)
     wsuri = parse_url(url)  # (a bad URL is a ValueError before anything is made)
     if ssl is not None and not wsuri.secure:
         raise ValueError("ssl is for a wss:// URL")
@@ -148,10 +147,9 @@ def connect(
     start = sched.monotonic()
     cfg = bounded_by_caller(cfg, timeout)
     # the first handshake message is written before the TCP connect, so that it follows
-    # the connect at once: the server then reads it as it accepts, on the accepting
-    # thread, instead of leaving the connection to its reader thread until it comes (a
-    # hop between threads and a wake-up more a connection). A bad server key fails here,
-    # before anything is connected.
+    # the connect at once and the server reads it as it accepts, on the accepting thread
+    # (not a hop to its reader thread); a bad server key fails here, before anything is
+    # connected.
     session = Session(cfg, now=sched.monotonic())
     tcp = sched.connect_tcp(address, timeout) if carrier is None else carrier
     try:
@@ -210,9 +208,8 @@ def connect(
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
     # what the waits left unmade (the verdict came with the reply) is made at the
-    # connection's next wait on the carrier (Engine._make_ahead): a reply it waits
-    # for, or its close's wait for the peer's end -- here it delayed what the caller
-    # does next, and the next connect too when it went into its own waits instead
+    # connection's next wait on the carrier (Engine._make_ahead), not here, where it
+    # would delay what the caller does next
     if not keys.done:
         with engine.lock:
             engine.ahead = keys
@@ -224,17 +221,13 @@ def connect(
 
 
 class NextConnectKeys:
-    """Keys for a next connect like this one (dtp.identity._ahead), made in steps while this
-    connect waits: an ephemeral key and, in IK, its DH with the server's key; an
-    anonymous identity (a process that connects anonymously once usually does again),
-    or our static key's DH with the server's (unless dtp.identity._noise keeps it already); and
-    in IK the Noise state started for that identity and server, and the identity proof
-    for that ephemeral key (dtp.identity._noise.prepare_auth_proof).
-
-    :meth:`make` stops between steps once the server's reply is here: the reply is
-    worked on first, and the rest is made during the next wait (for the verdict), or
-    the connection's next waits (:meth:`Engine._make_ahead`), at the latest its
-    close (:meth:`Engine._release`)."""
+    """Keys for a next connect like this one (dtp.identity._ahead), made in steps while
+    this connect waits: an ephemeral key (in IK, with its DH with the server's key); an
+    anonymous identity (who connects anonymously once usually does again), or our static
+    key's DH with the server's; and in IK the Noise state and the identity proof for
+    that key (dtp.identity._noise.prepare_auth_proof). :meth:`make` stops between steps
+    once the server's reply is here: the rest is made in the connection's next waits
+    (:meth:`Engine._make_ahead`), at the latest at its close (:meth:`Engine._release`)."""
 
     def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
         self._cfg = cfg

@@ -53,10 +53,10 @@ DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's byt
 
 # --------------------------------------------------------------------------------------
 # the wake-up descriptor: how a thread makes the one waiting on the carrier (in ``poll``,
-# in Python or in the C lane's ``dtp_wait_readable``) look at its conditions again. On
-# Linux an ``eventfd``: one descriptor, about 2.5 us to make and close, where a socket
-# pair took two and about 12 us a connection (docs/benchmarks.md, "The connect rows").
-# A simulated scheduler (``sched.install``) gets the pair from its own ``socketpair``.
+# or in the C lane's ``dtp_wait_readable``) look at its conditions again. On Linux an
+# ``eventfd``: one descriptor, about 2.5 us to make and close, where a socket pair took
+# two and about 12 us (docs/benchmark-history.md, "The transport's own connect and
+# accept paths"); a simulated scheduler (``sched.install``) gets its own ``socketpair``.
 
 _EVENTFD = hasattr(os, "eventfd")
 
@@ -458,7 +458,7 @@ class Engine:
         # What we wait for has often arrived already (a reply that came while we were
         # sending): a read first saves the wait's syscall. Where it usually has not (a
         # server waiting for the next request), the read first is tried only now and
-        # then, as it would cost a syscall of its own.
+        # then.
         if self._read_first_skip:
             self._read_first_skip -= 1
         else:
@@ -524,16 +524,14 @@ class Engine:
                 continue
             if status == WAKE:
                 # another thread wants the general path, or took the lane; the wake is
-                # for the thread that waits on the carrier, which is us: taken here, as
-                # _pump_once takes it, or every wait of ours returned at once until the
-                # general path's next pump (a server's layer above wakes it for each
-                # frame it took in: some twenty reads per wake went the general path)
+                # for the thread waiting on the carrier, us: taken here, as _pump_once
+                # takes it, or each of our waits would return at once until the general
+                # path's next pump
                 self._take_wake()
                 if self.out:
-                    # a sender queued records the full carrier did not take and woke
-                    # us, the pumping thread, to write them: now, and the timer thread
-                    # waits for room for the rest -- our caller may return with bytes
-                    # the general path reads and not call again for a long time
+                    # records a full carrier did not take: written now, the timer thread
+                    # waiting for room for the rest (our caller may not call again for a
+                    # long time)
                     self._send_some()
                     if self.out:
                         self.timers.watch(self)
@@ -607,10 +605,9 @@ class Engine:
             return
         self.carrier_closed = True
         self.out.clear()
-        # a carrier that keeps its own account of why it ended (a bridge's end, the
-        # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end: an
-        # EOF, or a reset (a bridge that failed with our bytes unread in its end), as
-        # the asyncio driver's connection_lost prefers it
+        # a carrier that keeps its own account of why it ended (a bridge's end:
+        # BridgedEnd) says so, whichever read saw the end, as the asyncio driver's
+        # connection_lost prefers it
         lost = getattr(self.sock, "lost_error", None)
         failure = lost() if callable(lost) else None
         if failure is not None:
@@ -810,13 +807,11 @@ class Engine:
 
     def shutdown(self, linger: float) -> None:
         """Close gracefully: wait up to ``linger`` for queued data, then CLOSE; over a
-        lossy carrier, the closing period's resends of CLOSE are waited for out of what
-        is left of the same ``linger`` (_linger_closing), not a fresh one. After
-        ``abandoned`` (the first stream was reset: DTPSocket.reset, a TCP reset's
-        counterpart) the peer's reading is not waited for here, as the patient drain of
-        _drain_carrier would (up to the whole linger, with a peer that does not read):
-        that drain goes on in the background (_drain_detached), so that the reset
-        and the CLOSE behind what the peer has yet to read still reach it."""
+        lossy carrier the CLOSE's resends come out of the same ``linger``
+        (_linger_closing). After ``abandoned`` (DTPSocket.reset, a TCP reset's
+        counterpart) the peer's reading is not waited for here but in the background
+        (_drain_detached), so that the reset and the CLOSE behind what the peer has yet
+        to read still reach it."""
         with self.lock:
             if self.closed:
                 return
@@ -886,17 +881,13 @@ class Engine:
                 self.pump(lambda: not self.conn.closing, linger)
 
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
-        """Before closing the carrier: half-close it and read (discarding) until the peer
-        closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. Closing a TCP
-        socket with unread bytes resets the connection, and the reset can destroy what
-        the peer has not read yet (RFC 1122 4.2.2.13) -- the end of our data, when the
-        peer, still reading it, sends flow-control updates after we stopped reading.
-        ``patience``: going quiet ends nothing, only the peer's close or ``patience``
-        seconds do. So when the peer is still reading what we sent
-        (Connection.peer_may_send_credit), at its own pace (a slow reader lost the end of our data
-        to the reset), and when the connection has a hook: the peer's end closes once
-        its layer above is done with the connection (ConnectionHook.close_wait; a quiet
-        moment of its work must not end our wait)."""
+        """Before closing the carrier: half-close it and read (discarding) until the
+        peer closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. A TCP socket
+        closed with unread bytes is reset, and the reset can destroy what the peer has
+        not read yet (RFC 1122 4.2.2.13): the end of our data. With ``patience``, going
+        quiet ends nothing, only the peer's close or ``patience`` seconds do: for a peer
+        still reading what we sent (Connection.peer_may_send_credit) at its own pace, or
+        a hook's layer above that ends its side once done (ConnectionHook.close_wait)."""
         if self.carrier_closed or self.out:
             return
         try:
@@ -926,36 +917,24 @@ class Engine:
                 left = min(left, DRAIN_QUIET)
             try:
                 if not sched.wait_ready([self.sock], [], left)[0]:
-                    if patient:
-                        return  # (the deadline)
-                    return  # quiet: nothing more is coming that a reset could cut off
+                    # the deadline, or quiet: nothing more is coming that a reset could cut off
+                    return
             except (OSError, ValueError):
                 return
 
     def _drain_detached(self, patience: float) -> None:
-        """_drain_carrier's patient drain, left to the timer thread: half-close the
-        carrier now, and read (discarding) from a duplicate of it until the peer closes
-        its side or ``patience`` seconds pass, then close it -- the caller, who
-        abandoned the connection, returns at once. (A carrier closed at once with the
-        peer still reading was reset at its next flow-control update: the peer lost
-        the rest, our reset and CLOSE too, and read ConnectionLost.)"""
-        if self.carrier_closed or self.out:
-            return
-        try:
-            carrier = self.sock.dup()
-        except OSError:
-            return
-        self.timers.drain(carrier, patience)
+        """:meth:`_drain_carrier`'s patient drain left to the timer thread, so that the
+        caller, who abandoned the connection, returns at once (a carrier closed at once,
+        the peer still reading, was reset: it lost the rest, our reset and CLOSE too)."""
+        if not self.out:
+            self._drain_in_background(patience)
 
     def abort(self, code: int, reason: str) -> None:
         """Close the connection at once with ``code`` and ``reason``, dropping queued
-        data. A server's CLOSE for a reason, once the handshake is done, still reaches
-        the client whatever it is doing: the carrier goes to the timer thread, which
-        writes what is left of the CLOSE, half-closes, and reads (dropping) what the
-        client still sends until it closes its side or CARRIER_DRAIN passes
-        (:meth:`TimerService.drain`). Closed with the client's bytes unread, the
-        carrier was reset, and the reset overtook the CLOSE: a client denied in a
-        sendall loop read a bare ConnectionLost (tests/transport/test_close_code_delivery.py)."""
+        data. A server's CLOSE for a reason, after the handshake, goes to the timer
+        thread's drain (:meth:`TimerService.drain`), so it reaches the client whatever
+        it is doing: closed with the client's bytes unread, the carrier was reset, and
+        the reset overtook the CLOSE (tests/transport/test_close_code_delivery.py)."""
         with self.lock:
             if self.closed:
                 return
@@ -974,10 +953,9 @@ class Engine:
         """The connection's hook refused a write (``ConnectionHook.refuse_write``: the
         deposit cannot pay it), lock held: the connection ends at once, as a paid server
         would end it after its pause -- the hook's last frames (the final receipt), then
-        CLOSE with CLOSE_PAYMENT_REQUIRED and ``reason`` -- and the error its calls raise
-        from now on is returned, for the caller to raise. The carrier is drained as an
-        abort's is (the CLOSE behind what the peer has yet to read still reaches it);
-        the hook's :meth:`after_close` runs at the socket's close, as ever."""
+        CLOSE with CLOSE_PAYMENT_REQUIRED and ``reason`` -- and the error its calls
+        raise from now on is returned, for the caller to raise. The carrier is drained
+        as an abort's is; the hook's :meth:`after_close` runs at the socket's close."""
         if not self.closed and self.session.terminated is None:
             if self.hook is not None:
                 self.hook.before_close()
@@ -1003,6 +981,11 @@ class Engine:
         """Leave the carrier to the timer thread's drain (lock held; :meth:`abort`):
         a duplicate of it, with the output still queued, so that :meth:`_release` closes
         ours as it would."""
+        self._drain_in_background(CARRIER_DRAIN)
+
+    def _drain_in_background(self, patience: float) -> None:
+        """Hand a duplicate of the carrier, with the output still queued, to the timer
+        thread's drain (:meth:`TimerService.drain`) for up to ``patience`` seconds."""
         if self.carrier_closed:
             return
         try:
@@ -1010,7 +993,7 @@ class Engine:
         except OSError:
             return  # (out of descriptors: closed at once, as before)
         out, self.out = self.out, []
-        self.timers.drain(carrier, CARRIER_DRAIN, out)
+        self.timers.drain(carrier, patience, out)
 
     def _release(self, closing: bool = False) -> None:
         """Close the carrier and wake every waiter (lock held). ``closing``: the
@@ -1052,17 +1035,13 @@ class Closable(Protocol):
 class TimerService:
     """Keepalives, idle timeouts and queued output for connections nobody drives now.
 
-    One thread per process serves every engine (a thread per connection would cost a
-    thread start and exit per connect). It sleeps until the earliest engine is due (at
-    most a second, as the engine's timers may move while callers drive it), and then
-    does one non-blocking pass on each due engine whose lock is free and which no
-    caller is busy with. Engines are held weakly and dropped once closed.
-
-    A write that returns with bytes still queued -- behind the peer's flow control, or
-    a full carrier -- :meth:`watch`-es its engine: the thread then also waits on that
-    carrier, so the peer's credit (or the room) lets the bytes out when it arrives,
-    not at the next tick, while the application does something else.
-    """
+    One thread per process serves every engine (not one per connection: a thread start
+    and exit per connect). It sleeps until the earliest engine is due (at most a second,
+    as timers move while callers drive it), then does one non-blocking pass on each due
+    engine whose lock is free and no caller is busy with; engines are held weakly. A
+    write that returns with bytes queued (flow control, a full carrier) :meth:`watch`-es
+    its engine, so the credit or the room lets them out when it comes, not at the next
+    tick."""
 
     MAX_WAIT = 1.0
     MIN_WAIT = 0.005
@@ -1076,10 +1055,10 @@ class TimerService:
         # makes its own when its first connection starts a thread there
         self._wake_fds: tuple[int, int] | None = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pid = os.getpid()
-        # engines with output queued, by id: (the engine, when to look next, the back-off
-        # after finding a caller busy with it -- the caller drives its I/O meanwhile, and
-        # the number of the last watch() call, so that a pass that found nothing queued
-        # does not forget an engine a write watched meanwhile)
+        # engines with output queued, by id: (the engine, when to look next, the
+        # back-off after finding a caller busy with it, the number of the last watch()
+        # call -- so that a pass that found nothing queued does not forget an engine a
+        # write watched meanwhile)
         self._watched: dict[int, tuple[weakref.ref[Engine], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[Closable] = deque()  # close_later()'s sockets
@@ -1213,10 +1192,9 @@ class TimerService:
         """Start a closing thread for each socket close_later() queued."""
         while True:
             # taken off the queue and started under the lock: finish_closes (at exit, in
-            # another thread) must see each close either queued (it starts those) or
-            # with its closer started (it joins those: a thread not started cannot be
-            # joined), or the exit would cut the close off mid-linger, and the peer
-            # would read a reset
+            # another thread) must see each close either queued or with its closer
+            # started, or the exit would cut the close off mid-linger and the peer would
+            # read a reset
             with self._lock:
                 try:
                     sock = self._closing.popleft()
@@ -1249,15 +1227,12 @@ class TimerService:
             self._deferred.add(sock)
 
     def finish_closes(self, timeout: float | None = None) -> None:
-        """Wait for the closes close_later() queued and the carriers drained in the
-        background (run at interpreter exit), up to ``timeout`` seconds; by default
-        up to the longest linger among the closes, and a second. Their threads are
-        daemons, which the interpreter stops at exit wherever they are: a close cut off
-        while it lingered sent no CLOSE, and the carrier's kernel socket, closed with
-        unread bytes, reset the connection -- the peer lost what it had not read yet.
-        A socket closed while a file of it was still open is closed now, if none of its
-        files' closes did it: a file left open to the end is closed by its finalizer
-        during the interpreter's teardown, after this, and its close never ran."""
+        """Wait, at interpreter exit, for the closes close_later() queued and the
+        carriers drained in the background, up to ``timeout`` seconds (by default the
+        longest linger among them, and a second): their threads are daemons, and a close
+        cut off mid-linger sent no CLOSE, its carrier reset with the peer's unread bytes
+        lost. A socket closed with a file of it still open is closed now, if no file's
+        close did it (that file's finalizer runs in the teardown, after this)."""
         if self._pid != os.getpid():
             return  # (a forked child: the threads were its parent's)
         with self._lock:
@@ -1362,14 +1337,10 @@ class TimerService:
     @staticmethod
     def _fail(engine: Engine, exc: BaseException) -> None:
         """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
-
-        Left as it is, it would live on half-alive: never scheduled again, so none of its
-        timers would run (keepalive, idle timeout, retransmission), a peer that vanished
-        would go unnoticed and the carrier never be released. Aborted, the peer reads
-        INTERNAL_ERROR (as when a server's handshake code raises) and the application's
-        calls raise ConnectionClosed, ``exc`` its cause. ``exc`` may be any exception,
-        SystemExit too (a push callback's sys.exit() runs here): what escapes the pass
-        ends the thread, and every other connection's timers with it."""
+        Left as it is, it would never be scheduled again (no keepalive, idle timeout or
+        retransmission, the carrier never released). ``exc`` may be anything, SystemExit
+        too (a push callback's sys.exit() runs here): escaping the pass, it ended the
+        thread and every other connection's timers with it."""
         logger.error(
             "dtp timer thread: a pass on %s raised: aborting the connection",
             engine.name,
@@ -1435,9 +1406,8 @@ class TimerService:
                     engine.poll()
                     queued = engine.queued_output()
             except BaseException as exc:
-                # ended (closed: no longer watched): left watched, its carrier would stay
-                # ready, and the thread would come straight back to a pass that raises
-                # again, spinning (and logging each time) for as long as the connection lives
+                # ended (closed: no longer watched): left watched, its carrier would
+                # stay ready, and the thread would spin on a pass that raises again
                 self._fail(engine, exc)
             finally:
                 engine.lock.release()

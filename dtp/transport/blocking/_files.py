@@ -74,16 +74,12 @@ def _held(file: Any, owner: FileOwner | None) -> Any:
 
 
 class _StreamIO(io.RawIOBase):
-    """The raw file under :func:`stream_file`, with :class:`socket.SocketIO`'s contract.
-
-    A read that times out (or is interrupted: :meth:`DTPSocket.interrupt_recv`) may
-    leave bytes taken from the stream in the buffered file above, which drops them when
-    the error goes through it; so, as a socket's file, the file then refuses to read on
-    (OSError) rather than go on after a gap. On a non-blocking socket, a read that
-    would block returns None and a write sends what fits now and returns its count (or
-    None: nothing fits), so that the buffered file above neither loses bytes nor sends
-    one twice (a blocking write goes on until all of it is sent or the socket's timeout
-    passes: what went then is the count)."""
+    """The raw file under :func:`stream_file`, with :class:`socket.SocketIO`'s contract:
+    after a read that timed out (or was interrupted), which may leave taken bytes in the
+    buffered file above, it refuses to read on (OSError) rather than go on after a gap;
+    on a non-blocking socket a read that would block returns None and a write sends what
+    fits and returns its count (None: nothing fits), so that the buffered file neither
+    loses bytes nor sends one twice."""
 
     def __init__(
         self, sock: FileStream, reading: bool, writing: bool, owner: FileOwner | None

@@ -25,6 +25,7 @@ from typing import Any
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError, SocketClosed
 from dtp.identity._ahead import prepare_ephemeral_key
 from dtp.identity._noise import prepare_handshake
+from dtp.identity._zklogin import node_refusal
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport._admission import (
@@ -35,7 +36,6 @@ from dtp.transport._admission import (
     ENDINGS,
     SERVER_BUSY,
     AddressSlots,
-    Admission,
     FirstMessage,
     HeapRelease,
     Outcome,
@@ -45,11 +45,12 @@ from dtp.transport._admission import (
     Why,
     address_key,
     check_count,
-    checked_first_message_timeout,
     release_free_heap,
     unserved_counts,
 )
+from dtp.transport._collector import tune_for_serving
 from dtp.transport._hooks import Listener, PeerInfo, Reservations
+from dtp.transport._server_base import AdmittingServer
 from dtp.transport._session import CALLBACK_FAILED, HOOK_FAILED, Session, hook_calls, refusal_reason
 from dtp.transport.blocking import AcceptHook, AdmitHook, sched
 from dtp.transport.blocking._checks import OWN, Own, checked_timeout
@@ -58,12 +59,11 @@ from dtp.transport.blocking._socket import DTPSocket
 
 
 class _Arrival:
-    """A blocking server's new connection until its handshake starts (dtp.transport._admission):
-    its first record is read (by the accepting thread, or the server's reader thread),
-    then it waits for its handshake slots unread, holding its socket and what the
-    client sent -- no thread, engine or Noise state. It stays the connection's entry in
-    the server's :class:`~dtp.transport._admission.Admission` (its handshake's end releases
-    its slots by it)."""
+    """A blocking server's new connection until its handshake starts: its first record
+    read (by the accepting thread or the reader thread), then waiting for its handshake
+    slots, unread, with no thread, engine or Noise state -- and its entry in the
+    server's :class:`~dtp.transport._admission.Admission` for good (its handshake's end
+    releases its slots by it)."""
 
     __slots__ = (
         "config",
@@ -109,14 +109,12 @@ def _read_first(arrival: _Arrival) -> Progress | None:
 
 
 def _waiting_gone(arrival: _Arrival) -> bool:
-    """Whether the client of a connection waiting, unread, in a line for a handshake
-    slot has left already: it closed its end (a peek reads end of file) or reset it.
-    Nothing is consumed (its handshake reads what came, in its turn), and nothing waits
-    -- it runs under the line's lock: a look with no timeout first, as a peek on a
-    socket with a timeout would wait for data up to that timeout. The peek itself runs
-    with the socket's timeout at 0: with one, a peek that finds no data (poll woke for
-    a TCP urgent byte alone, which a peek skips) waits for some up to that timeout,
-    MSG_DONTWAIT or not, and then counted the live client as gone."""
+    """Whether the client of a connection waiting, unread, for a handshake slot has left
+    (a peek reads end of file, or a reset). It consumes nothing and never waits (it runs
+    under the line's lock): a look with no timeout first, then the peek with the
+    socket's timeout at 0 -- with one, a peek that finds no data (poll woke for a TCP
+    urgent byte alone) waited up to it, MSG_DONTWAIT or not, and counted the live client
+    as gone."""
     tcp = arrival.tcp
     try:
         if not sched.wait_ready([tcp], [], 0)[0]:
@@ -187,13 +185,9 @@ def check_handshake_bounds(
     max_waiting_per_address: int,
     backlog: int,
 ) -> None:
-    """Refuse the handshake bounds :func:`create_server` and :func:`dtp.aio.start_server`
-    would refuse, as they do (the same classes check them: ValueError for a
-    ``max_handshakes`` that is not an int of at least 1, a per-address cap below 1 or a
-    line below 0; TypeError for a ``backlog`` that is no integer, OverflowError for one
-    that does not fit the C int listen() takes), for a caller that must refuse them
-    before it does anything -- the servers of the layers above, before their own
-    work starts."""
+    """Refuse the handshake bounds :func:`create_server` and
+    :func:`dtp.aio.start_server` would refuse, with the same classes' checks, for the
+    servers of the layers above, which must refuse them before their own work starts."""
     ServerSlots(max_handshakes, 1)
     if max_handshakes_per_address is not None:
         AddressSlots(max_handshakes_per_address, max_waiting_per_address)
@@ -212,7 +206,7 @@ def check_backlog(backlog: int) -> None:
         raise OverflowError("signed integer is less than minimum")
 
 
-class DTPServer:
+class DTPServer(AdmittingServer[_Arrival]):
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own, so a slow or hostile client cannot stall :meth:`accept` for others; under
     :meth:`serve_forever` that thread then runs the handler. A connection whose first
@@ -224,44 +218,22 @@ class DTPServer:
     connections come from an :meth:`attach`-ed listener).
 
     New connections are admitted by :class:`dtp.transport._admission.Admission`, as the
-    asyncio server admits them (docs/protocol.md §8):
-
-    * until it has sent its complete first handshake record, within
-      ``first_message_timeout`` (3 s), a connection holds only its socket (one reader
-      thread watches them all): at most ``backlog`` of them on the server and
-      ``max_handshakes_per_address + max_waiting_per_address`` from one address, the
-      oldest (of a suspect address -- one whose connections keep ending unproven --
-      first, else of the address holding the most) closed to make room for a
-      newcomer, a suspect newcomer refused rather than displace another's (counted in
-      :attr:`unproven_closed`, as those that time out). A record that came with the
-      connect is read as it is accepted: that connection never waits here. The
-      accepting thread never waits for a slot: silent connections cannot hold the
-      listen backlog, nor the handshake slots, against clients that speak;
-    * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
-      the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
-      that cap), or waits for them, unread and holding no thread, in a line of at most
-      ``backlog`` (the server's) or ``max_waiting_per_address`` (its address's), in
-      arrival order, until its accept plus its handshake timeout. A proven connection
-      that has to wait makes the oldest *half-handshake* -- one waiting for its
-      client's next message -- give way (closed, counted in
-      :attr:`half_handshakes_evicted`);
-    * one that finds a line full, or waited past its deadline, is closed with no DTP
-      reply, counted in :attr:`busy_refused`.
-
-    Connections over the ledger carrier skip the first step and the address cap.
-    Accepted connections wait for :meth:`accept` in a queue of ``max_pending`` (128):
-    a client the queue has no room for waits in its handshake, and is refused "server
-    busy" at its handshake timeout (:meth:`_wait_for_accept_place`)."""
+    asyncio server admits them (the rules and defaults: docs/protocol.md §8,
+    "Admission"), counted in :attr:`unproven_closed`, :attr:`half_handshakes_evicted`
+    and :attr:`busy_refused` as there. While unproven, a connection holds only its
+    socket, one reader thread watching them all; a record that came with the connect is
+    read as it is accepted, so that connection never waits there. The accepting thread
+    never waits for a slot: silent connections cannot hold the listen backlog, nor the
+    handshake slots, against clients that speak. Accepted connections wait for
+    :meth:`accept` in a queue of ``max_pending`` (128): a client the queue has no room
+    for waits in its handshake, and is refused "server busy" at its handshake timeout
+    (:meth:`_wait_for_accept_place`)."""
 
     WORKER_IDLE: float
-    identity: HostIdentity
-    handshakes_failed: int
-    refused: int
+    #: Connections closed unserved: their address's line, or the server's, was full,
+    #: or they waited in it past their deadline; and clients refused "server busy" for
+    #: want of room in the accept() queue
     busy_refused: int
-    unproven_closed: int
-    half_handshakes_evicted: int
-    _admission: Admission[_Arrival]
-    _address_slots: AddressSlots[_Arrival] | None
     _reading: dict[int, _Arrival]
     _heap: HeapRelease
     _local: threading.local
@@ -324,23 +296,21 @@ class DTPServer:
         check_count("max_pending", max_pending)  # (a queue of 0 or less is unbounded)
         if address is not None:
             check_backlog(backlog)
-        self._admission: Admission[_Arrival] = Admission(
+        self._admit_by(
+            config,
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
             max_waiting_per_address=max_waiting_per_address,
-            max_waiting=max(backlog, 1),
-            max_unproven=max(backlog, 1),
-            first_message_timeout=checked_first_message_timeout(first_message_timeout),
-            start=self._begin,
-            close=self._close_unserved,
-            give_way=self._give_way,
+            backlog=backlog,
+            first_message_timeout=first_message_timeout,
             gone=_waiting_gone,
         )
-        self._address_slots = self._admission.address_slots
         # unproven connections the reader thread watches, by descriptor (_read_loop)
         self._reading: dict[int, _Arrival] = {}
         # the heap's free pages go back to the system after churn (dtp.transport._admission)
         self._heap = HeapRelease()
+        # the collector sized for serving, once per process (dtp.transport._collector)
+        tune_for_serving()
         # the accepting thread's own next connection, when the admission starts it at
         # once (leader/follower: _accept_next)
         self._local = threading.local()
@@ -382,21 +352,6 @@ class DTPServer:
         # engines whose handshake is in progress: close() wakes them, so that their
         # threads and descriptors go at once rather than at the handshake timeout
         self._handshaking: set[Engine] = set()
-        self.handshakes_failed = 0
-        self.refused = 0
-        #: Connections closed unserved: their address's line, or the server's, was
-        #: full, or they waited in it past their deadline; and clients refused "server
-        #: busy" for want of room in the accept() queue
-        self.busy_refused = 0
-        #: Connections closed before their complete first handshake record: timed out
-        #: (``first_message_timeout``), or the oldest, making room for newer ones
-        self.unproven_closed = 0
-        #: Half-handshakes (waiting for their client's next message) ended to make room
-        #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
-        self.half_handshakes_evicted = 0
-        # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.transport._admission)
-        self._replays = ReplayGuard()
         # one thread reads the first records still coming and closes what waited too
         # long (for its first record, or in a line for a slot); made last, so that a
         # listener that failed leaves none of it behind
@@ -415,16 +370,6 @@ class DTPServer:
             raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         return self._address
 
-    @property
-    def attached(self) -> Listener | None:
-        """The listener :meth:`attach` gave this server, if any."""
-        return self._attached
-
-    @property
-    def connection_config(self) -> ConnectionConfig:
-        """The configuration the server's connections start from (its identity's)."""
-        return self._config
-
     def attach(self, listener: Listener) -> None:
         """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger
         carrier's: :meth:`dtp.hostid._blocking.DTPServer.listen_ledger`); it is closed
@@ -437,28 +382,6 @@ class DTPServer:
     def noise_public_key(self) -> bytes:
         """The key clients pass as ``server_key``."""
         return self.identity.noise_public
-
-    @property
-    def handshakes_in_progress(self) -> int:
-        """Handshakes in progress now (at most ``max_handshakes``)."""
-        return self._admission.in_progress
-
-    @property
-    def handshakes_waiting(self) -> int:
-        """Connections waiting for one of the ``max_handshakes`` slots (not those
-        waiting in their own address's line, nor for their first message)."""
-        return self._admission.waiting
-
-    @property
-    def unproven(self) -> int:
-        """Connections waiting for their complete first handshake record now."""
-        return len(self._admission.unproven)
-
-    @property
-    def replays_refused(self) -> int:
-        """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.transport._admission`."""
-        return self._replays.refused
 
     def close(self) -> None:
         """Stop listening. Connections accept() handed out (or serve_forever's handlers
@@ -634,10 +557,10 @@ class DTPServer:
         try:
             self._hand_to_thread(arrival)
         except RuntimeError as exc:
-            # the process is out of threads: the first thread free serves it -- the
-            # accepting one, woken for it, at the latest (as it serves what it accepts).
-            # A ledger connection is closed: a server on the ledger alone has no
-            # accepting thread, and its client's ledger connection is not held meanwhile
+            # the process is out of threads: the first thread free serves it (the
+            # accepting one, woken for it, at the latest); a ledger connection is
+            # closed, as a server on the ledger alone has no accepting thread and its
+            # client's ledger connection is not held
             logger.warning("no thread for a connection from %s: %s", arrival.peer, exc)
             if arrival.key is None:
                 arrival.tcp.close()
@@ -772,11 +695,9 @@ class DTPServer:
                 try:
                     self._hand_to_thread(_ACCEPT_TURN)  # the next client need not wait for this one
                 except RuntimeError as exc:
-                    # the process is out of threads. Lost, the turn stopped all
-                    # accepting for good; kept by us, serving this connection, it
-                    # stopped it for as long as that lasted (under serve_forever, the
-                    # handler's whole run): left for whichever thread is free first --
-                    # we, or one whose connection ends sooner
+                    # the process is out of threads: the turn is left for whichever
+                    # thread is free first (lost, it stopped all accepting; kept while
+                    # serving, it stopped accepting for the handler's whole run)
                     logger.warning("no thread to pass the accepting on to: %s", exc)
                     with self._idle_lock:
                         if self._idle:  # one became free meanwhile (and waits)
@@ -925,6 +846,19 @@ class DTPServer:
             # before the hooks: a replay must not reserve the client's ledger connection
             if self._replays.is_replay(conn, engine.peername):
                 return Outcome.REPLAYED, ""
+            check = session.zklogin_check
+            if check is not None:
+                # a zkLogin proof: a Sui node must confirm it before anyone decides on
+                # the client (docs/protocol.md 8.4). Message 2 goes first, so that a
+                # refusal travels, as in XX, in a CLOSE under the transport keys
+                conn.answer()
+                engine.flush()
+                left = deadline - sched.monotonic()
+                why = node_refusal(conn.config.zklogin_verifier, check, left)
+                if session.terminated is not None:
+                    return Outcome.FAILED, ""
+                if why is not None:
+                    return Outcome.PROOF_REFUSED, f"identity proof rejected: {why}"
             if self._accept_hook is not None or self._admit_hook is not None:
                 # IK: message 2 goes now, and the client works on it while the hooks
                 # (the ledger admission) decide; the verdict follows it. Without hooks

@@ -193,6 +193,13 @@ class DTPSocket:
         """The peer's Noise static key, authenticated by the handshake."""
         return self._engine.conn.peer_static
 
+    @property
+    def handshake_hash(self) -> bytes | None:
+        """The Noise handshake hash: the same at both ends of this connection and of no
+        other, for binding a proof to it (the asyncio writer's
+        ``get_extra_info("handshake_hash")``)."""
+        return self._engine.conn.handshake_hash
+
     def getpeername(self) -> Any:
         """The carrier's remote endpoint (the TCP address for direct connections)."""
         return self._engine.peername
@@ -375,13 +382,10 @@ class DTPSocket:
 
     def _release_file(self) -> None:
         """A file from :meth:`makefile` was closed; the last one closes the socket if
-        :meth:`close` was deferred for it. This may run in a finalizer -- the file's, or
-        that of an object wrapping it (an ``http.client.HTTPResponse``, a
-        ``TextIOWrapper`` the application made), which no flag tells from the
-        application's own close -- inside any allocation, perhaps with this connection's
-        lock held: the deferred close is only queued here (a deque append and a pipe
-        write) for a thread of its own, which the interpreter's exit waits for a while
-        (TimerService.finish_closes)."""
+        :meth:`close` was deferred for it. This may run in a finalizer (the file's, or
+        that of an object wrapping it), inside any allocation, perhaps with this
+        connection's lock held: the deferred close is only queued here, for a thread of
+        its own (TimerService.close_later; the exit waits for it: finish_closes)."""
         if self._io_refs > 0:
             self._io_refs -= 1
         if self._close_deferred and self._io_refs == 0 and not self._closed:
@@ -408,17 +412,14 @@ class DTPSocket:
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def __del__(self) -> None:
-        # A finalizer runs wherever the garbage collector happens to start: inside any
-        # allocation, possibly in the middle of sealing on this or another connection.
-        # So it does no protocol work (no seal, no flush, no lock): it only closes the
-        # carrier, as a garbage-collected socket.socket does; the peer sees the
-        # connection end. (Sealing a CLOSE from here could re-enter a seal in progress.)
-        # The connection's other streams may live on (and be in use in other threads):
-        # their next call must end with a typed error, not read a closed descriptor's
-        # number, which the process may already have given to another socket (the C
-        # lane reads and writes by number). So the numbers go first, and the carrier is
-        # left "open": the next I/O on it fails (EBADF) and ends the connection under
-        # the lock, as a carrier error does (ConnectionLost).
+        # A finalizer runs wherever the garbage collector starts, possibly in the middle
+        # of a seal on this or another connection: it does no protocol work (no seal,
+        # flush or lock) and only closes the carrier, as a collected socket.socket does.
+        # The connection's other streams may live on in other threads, and the C lane
+        # reads and writes by descriptor number, which the process may give to another
+        # socket: so the numbers go first, and the carrier is left "open", its next I/O
+        # failing (EBADF) and ending the connection under the lock, as a carrier error
+        # does (ConnectionLost).
         if getattr(self, "_closed", True):
             return
         if self._primary:

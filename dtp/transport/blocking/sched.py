@@ -1,22 +1,15 @@
 """Where the blocking transport gets its time, its waits, its threads and its carriers.
 
-The engine, the sockets, the connects, the server and the timer service call these
-module attributes (``sched.monotonic()``, ``sched.wait_ready(...)``, ``sched.Thread``...)
-rather than :mod:`time`, :mod:`select` and :mod:`threading` directly. By default they
-*are* those functions and classes -- an attribute read, as ``time.monotonic()`` is, so
-the default path does no extra work. :func:`install` puts another scheduler's in their
-place for a while: the deterministic network (``dtp.testing.network._blocking``) runs
-every blocking thread as a task of its own, one at a time, on a virtual clock, so that a
-blocking program replays exactly from a seed (docs/testing.md §3).
-
-A scheduler replaces all of them at once (:class:`Scheduler` lists them); what a
-replacement must keep is the meaning each has here: ``wait_ready`` and ``poll`` as
-:func:`dtp.transport.carriers._tcp.wait_ready` and :func:`select.poll`, ``Queue`` as
-:class:`queue.Queue` (``get``, ``get_nowait``, ``put``, ``empty``), and so on. A
-replacement ``listen_tcp`` returns a tuned listener (TCP_NODELAY set, as
-:func:`dtp.transport.carriers._tcp.listen_tcp`'s): the blocking server does not tune the
-sockets it accepts, which inherit the listener's setting.
-"""
+The blocking transport calls these module attributes (``sched.monotonic()``,
+``sched.wait_ready(...)``, ``sched.Thread``...) rather than :mod:`time`, :mod:`select`
+and :mod:`threading`: by default they *are* those (an attribute read, no extra work),
+and :func:`install` puts another scheduler's in their place for a while -- the
+deterministic network (``dtp.testing.network._blocking``) runs every blocking thread as
+a task on a virtual clock, so that a blocking program replays exactly from a seed
+(docs/testing.md §3). A replacement (:class:`Scheduler` lists them all) keeps each one's
+meaning here; its ``listen_tcp`` returns a tuned listener (TCP_NODELAY, as
+:func:`dtp.transport.carriers._tcp.listen_tcp`'s), whose setting accepted sockets
+inherit."""
 
 from __future__ import annotations
 

@@ -18,7 +18,48 @@ from dtp.protocol.connection import Connection
 Split = Literal["whole", "bytes", "random"]
 
 
-class MemoryLink:
+class VirtualLink:
+    """Two connections carried on a virtual clock: :meth:`run` over the carrier's
+    :meth:`pump` and :meth:`advance` (:class:`MemoryLink`, and the ledger carrier's
+    :class:`~dtp.hostid.ledger_carrier._carrier.LedgerLink`)."""
+
+    now: float
+
+    def pump(self) -> bool:
+        """Move everything pending, both ways, once. True if anything moved."""
+        raise NotImplementedError
+
+    def advance(self) -> bool:
+        """Jump the clock to the next timer and fire it. False if there is none."""
+        raise NotImplementedError
+
+    def run(
+        self,
+        until: Callable[[], bool] | None = None,
+        *,
+        max_rounds: int = 100_000,
+        max_time: float = 120.0,
+        on_round: Callable[[], None] | None = None,
+    ) -> bool:
+        """Pump (advancing virtual time when idle) until ``until()`` holds, both sides
+        are quiet, or a limit is hit. Returns whether ``until`` held (True when
+        ``until`` is None and the link went quiet)."""
+        start = self.now
+        for _ in range(max_rounds):
+            if on_round is not None:
+                on_round()
+            if until is not None and until():
+                return True
+            if self.pump():
+                continue
+            if until is None:
+                return True
+            if self.now - start > max_time or not self.advance():
+                return until()
+        return until() if until is not None else False
+
+
+class MemoryLink(VirtualLink):
     """Carries bytes between ``a`` and ``b``; see the module docstring."""
 
     def __init__(
@@ -87,13 +128,11 @@ class MemoryLink:
         return bool(data)
 
     def pump(self) -> bool:
-        """Move everything pending, both ways, once. True if anything moved."""
         moved_ab = self._send(self.a, self.b)
         moved_ba = self._send(self.b, self.a)
         return moved_ab or moved_ba
 
     def advance(self) -> bool:
-        """Jump the clock to the next timer and fire it. False if there is none."""
         timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
         if not timers:
             return False
@@ -103,28 +142,3 @@ class MemoryLink:
             if timer is not None and timer <= self.now:
                 conn.handle_timer(self.now)
         return True
-
-    def run(
-        self,
-        until: Callable[[], bool] | None = None,
-        *,
-        max_rounds: int = 100_000,
-        max_time: float = 120.0,
-        on_round: Callable[[], None] | None = None,
-    ) -> bool:
-        """Pump (advancing virtual time when idle) until ``until()`` holds, both sides
-        are quiet, or a limit is hit. Returns whether ``until`` held (True when
-        ``until`` is None and the link went quiet)."""
-        start = self.now
-        for _ in range(max_rounds):
-            if on_round is not None:
-                on_round()
-            if until is not None and until():
-                return True
-            if self.pump():
-                continue
-            if until is None:
-                return True
-            if self.now - start > max_time or not self.advance():
-                return until()
-        return until() if until is not None else False

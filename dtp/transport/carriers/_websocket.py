@@ -13,13 +13,11 @@ the client sends, so the server's first-message timeout, its bounds on unproven
 connections and its per-address lines (dtp.transport._admission) cover the upgrade
 and the first record together, and a client that never upgrades holds only its socket.
 
-Carrier rules (each breach ends the carrier with a WebSocket close code, the DTP
-connection with ``ConnectionLost``): binary messages only (a text message: 1003), each
-exactly one record (:func:`one_record`; else 1002), none above :data:`MAX_MESSAGE` bytes
-(1009), the ``dtp.v1`` subprotocol (:data:`SUBPROTOCOL`) agreed in the upgrade, and the
-``Origin`` of a browser's upgrade on the server's allow list (:func:`origin_rule`; else
-HTTP 403). No extension is agreed: records are encrypted, permessage-deflate would only
-spend CPU on them.
+Carrier rules (docs/protocol.md §13; a breach ends the carrier with a WebSocket close
+code, the DTP connection with ``ConnectionLost``): :func:`one_record` a binary message,
+at most :data:`MAX_MESSAGE` bytes, the :data:`SUBPROTOCOL` agreed, a browser's
+``Origin`` on the allow list (:func:`origin_rule`), and no extension (records are
+encrypted: permessage-deflate would only spend CPU on them).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from dtp._extras import missing
 
 try:  # (the ws extra: without it, one error naming it)
     from websockets.client import ClientProtocol
-    from websockets.exceptions import InvalidURI
+    from websockets.exceptions import InvalidHeader, InvalidURI
     from websockets.frames import Frame, Opcode
     from websockets.http11 import Request, Response
     from websockets.protocol import Protocol as WsProtocol
@@ -51,7 +49,7 @@ except ImportError:  # (websockets built without its C speedups)
     from websockets.utils import apply_mask
 
 from dtp.errors import ConnectionLost, ConnectionRefused
-from dtp.native.core import MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
+from dtp.native.reference._limits import MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -181,12 +179,10 @@ _AT_EOF = getattr(getattr(StreamReader, "at_eof", None), "__code__", None)
 
 
 def _between_frames(ws: WsProtocol) -> bool:
-    """Whether ``ws``'s parser waits for the first byte of a frame, holding nothing: the
-    generator it runs (``parse``, each ``yield from`` followed down) waits in
-    ``StreamReader.at_eof`` with an empty buffer. Not between two frames -- part of one
-    read, its header perhaps consumed already -- the next bytes are that frame's, for
-    websockets to parse. (A websockets whose parser is built otherwise never matches:
-    every frame then goes through it.)"""
+    """Whether ``ws``'s parser waits for the first byte of a frame, holding nothing (its
+    generator waits in ``StreamReader.at_eof`` with an empty buffer); otherwise the next
+    bytes are part of a frame for websockets to parse. (A websockets whose parser is
+    built otherwise never matches: every frame then goes through it.)"""
     held: Any = getattr(getattr(ws, "reader", None), "buffer", None)
     if _AT_EOF is None or held is None or len(held):
         return False
@@ -410,6 +406,13 @@ class WebSocketTransport(asyncio.Transport):
                 self._request(event)
             elif isinstance(event, Response):
                 self._response(event)
+        if (
+            not self._upgraded
+            and self.refusal is None
+            and ws.handshake_exc is not None
+            and isinstance(ws, ServerProtocol)
+        ):
+            self._refused_unread(ws.handshake_exc)
         if self._closing or self._peer_closed:
             self._arm_close_timer()
 
@@ -442,6 +445,11 @@ class WebSocketTransport(asyncio.Transport):
         ws = self._ws
         assert isinstance(ws, ServerProtocol)
         response = ws.accept(request)
+        exc = ws.handshake_exc
+        if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version":
+            # RFC 6455 4.2.2: a version the server does not speak is answered with the
+            # versions it does
+            response.headers["Sec-WebSocket-Version"] = "13"
         if response.status_code == 101 and ws.subprotocol != SUBPROTOCOL:
             response = ws.reject(
                 400,
@@ -468,6 +476,23 @@ class WebSocketTransport(asyncio.Transport):
         )
         self._flush()
         self._upgrade_done(f"HTTP 431: the request head is over {MAX_REQUEST_HEAD} bytes")
+
+    def _refused_unread(self, exc: Exception) -> None:
+        """An upgrade request websockets refused before it could be read -- a request
+        line (414) or a header line (431) past 8192 bytes, more than 128 header lines
+        (431), no HTTP request at all (no answer): its answer, if any, is sent and the
+        connection closing. A refused upgrade like any other (counted as one), not a
+        client that left before its first record."""
+        # (by name: an older websockets has no such classes, and answers none of these)
+        kind = type(exc).__name__
+        if kind == "RequestLineTooLong":
+            why = f"HTTP 414: {exc}"
+        elif kind in ("HeaderLineTooLong", "TooManyHeaders"):
+            why = f"HTTP 431: {exc}"
+        else:
+            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+            why = f"{exc}{cause} (no answer)"
+        self._upgrade_done(why)
 
     def _response(self, response: Response) -> None:
         ws = self._ws
@@ -504,13 +529,12 @@ class WebSocketTransport(asyncio.Transport):
 
     # -- the common frames, without the sans-I/O layer's generators -------------------------
     #
-    # Nearly every read of an open carrier is one whole binary message in one unfragmented
-    # frame, and every write a few records: websockets' parser (generators, a Frame and an
-    # events list a message) and serializer cost more than the DTP record inside
-    # (bench/web_rows.py). On a server these two are framed here, as RFC 6455 section 5.2
-    # frames them; everything else -- fragments, control frames, a read holding more or
-    # less than one frame, a read while websockets holds part of one, a closing carrier,
-    # the client's masked writes -- goes through websockets.
+    # Nearly every read of an open carrier is one whole binary message in one frame, and
+    # every write a few records: websockets' parser and serializer cost more than the DTP
+    # record inside (bench/web_rows.py). On a server these two are framed here (RFC 6455
+    # section 5.2); everything else -- fragments, control frames, partial or several
+    # frames in a read, a closing carrier, the client's masked writes -- goes through
+    # websockets.
 
     def _frame_in(self, data: bytes) -> bool:
         """Hand over ``data`` as a message if it is exactly one final, unmasked-here

@@ -1,27 +1,14 @@
 """The WebSocket carrier for the blocking API: a socket pair whose far end an asyncio
 :class:`~dtp.transport.carriers._websocket.WebSocketTransport` drives.
 
-The blocking engine (dtp.transport.blocking._engine) runs on a file descriptor: it polls
-it, writes whole records with ``sendmsg`` and reads with ``recv_into``. A WebSocket is a
-stream of messages over TCP (or TLS), framed and masked, with its own close handshake
-and breach rules (docs/protocol.md §13). Rather than teach the engine to frame, the
-engine gets one end of a ``socketpair`` -- over which the records travel as the TCP byte
-stream they are (§13: the concatenated messages *are* that stream) -- and the other end
-is bridged to the same :class:`WebSocketTransport` the asyncio API uses (its
-:func:`~dtp.transport.carriers._websocket.connect_websocket`), on one event loop thread
-shared by every blocking WebSocket connection of the process. Every carrier rule is the
-asyncio side's: one record per binary message, 1002/1003/1009 on a breach (the engine
-then reads the end of its stream: ``ConnectionLost``), close 1000 with the peer's close
-awaited, ``wss://`` through the standard library's :mod:`ssl`.
-
-(``websockets``' own blocking client, :mod:`websockets.sync.client`, was the other way:
-its API is a message at a time from blocking calls, with a thread of its own per
-connection, so bridging it to the engine's descriptor would take two more threads per
-connection, and its breach and close rules would be a second copy of this carrier's.)
-
-The bridge loop starts with the first such connection and stops once the last one's
-carrier has closed.
-"""
+The blocking engine runs on a file descriptor (poll, ``sendmsg``, ``recv_into``); rather
+than teach it WebSocket framing, it gets one end of a ``socketpair``, over which the
+records travel as the byte stream they are (docs/protocol.md §13), and the other end is
+bridged to the asyncio API's own :class:`WebSocketTransport`, on one event loop thread
+shared by the process's blocking WebSocket connections (started with the first, stopped
+after the last): every carrier rule is the asyncio side's, a breach read by the engine
+as ``ConnectionLost``. (``websockets.sync.client`` would have taken two more threads per
+connection, and a second copy of the breach and close rules.)"""
 
 from __future__ import annotations
 
@@ -32,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import ConnectionLost, DTPError, HandshakeError
+from dtp.transport.carriers._bridged_end import BridgedEnd
 from dtp.transport.carriers._tcp import unreachable
 from dtp.transport.carriers._websocket import WebSocketTransport, connect_websocket
 
@@ -45,42 +33,6 @@ SETTLE_PASSES = 10
 #: Seconds the pair stays half-closed after the WebSocket ended, for the engine to read
 #: what it holds and close its end (it does at once: this bounds one never closed).
 PAIR_LINGER = 30.0
-
-
-class _EngineEnd(socket.socket):
-    """The engine's end of the pair. When the WebSocket ended for a reason (a breach of
-    §13's rules, a broken frame), the end of its reads is that reason: the carrier's
-    :class:`~dtp.errors.ConnectionLost` -- an OSError, which the engine takes as the
-    carrier failing and puts in the connection's error -- rather than a bare end of
-    stream, as the asyncio client reports it."""
-
-    __slots__ = ("failure",)
-
-    def __init__(
-        self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
-    ) -> None:
-        # (socket.socket's signature: its dup() makes another of this class)
-        super().__init__(family, type, proto, fileno)
-        #: Set by the bridge, before it closes its end, when the WebSocket failed
-        self.failure: BaseException | None = None
-
-    def lost_error(self) -> BaseException | None:
-        """The failure, None while the WebSocket has not failed: asked by the engine as
-        its carrier ends, whichever read saw the end (its C read lane reads the
-        descriptor, not these methods)."""
-        return self.failure
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        if not data and bufsize and self.failure is not None:
-            raise self.failure
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n = super().recv_into(buffer, nbytes, flags)
-        if not n and self.failure is not None and (nbytes or memoryview(buffer).nbytes):
-            raise self.failure
-        return n
 
 
 class _BridgeLoop:
@@ -203,7 +155,7 @@ class _WsSide(asyncio.Protocol):
 class _Bridge:
     """One carrier: the pair's far end and the WebSocket, on the bridge loop."""
 
-    def __init__(self, owner: _BridgeLoop, near: _EngineEnd) -> None:
+    def __init__(self, owner: _BridgeLoop, near: BridgedEnd) -> None:
         self.owner = owner
         self.near = near
         self.pair: asyncio.Transport | None = None
@@ -243,11 +195,10 @@ class _Bridge:
                 pair.close()  # (after what it holds for the engine; pair_lost follows)
             else:
                 # half-closed, as a TCP peer's FIN: the engine reads the end of its
-                # stream after what the pair holds, and what it writes meanwhile is read
-                # and dropped. A pair closed whole fails the engine's next write (EPIPE)
-                # before it read the records that came last -- a refusal's CLOSE behind
-                # message 2, taken for a lost carrier. Closed whole once the engine ends
-                # its side, or after PAIR_LINGER.
+                # stream after what the pair holds (closed whole, the pair failed the
+                # engine's next write before it read the records that came last: a
+                # refusal's CLOSE). Closed whole once the engine ends its side, or after
+                # PAIR_LINGER.
                 pair.write_eof()
                 loop = asyncio.get_running_loop()
                 self.linger = loop.call_later(PAIR_LINGER, pair.close)
@@ -274,7 +225,7 @@ def open_websocket_carrier(
     upgrade (its HTTP answer in the reason), OSError when the connect fails (an
     :class:`ssl.SSLError` when the certificate does not verify)."""
     pair, far = socket.socketpair()
-    near = _EngineEnd(pair.family, pair.type, pair.proto, fileno=pair.detach())
+    near = BridgedEnd(pair.family, pair.type, pair.proto, fileno=pair.detach())
     owner = _BridgeLoop.acquire()
     bridge = _Bridge(owner, near)
     future = asyncio.run_coroutine_threadsafe(bridge.open(far, url, origin, ssl, bound), owner.loop)

@@ -2,10 +2,19 @@
 ///
 /// Time is cut into slots of `slot_ms` starting when the broadcast is created; slot `k`
 /// is `[start_ms + k*slot_ms, start_ms + (k+1)*slot_ms)`. Listeners' contributions go into
-/// one pool. The broadcast is *on air* while the pool covers the slot in progress
-/// (`pool >= slot_price` once completed slots are paid). Each completed slot that the pool
-/// covers moves `slot_price` from the pool to the broadcaster's earnings; completed slots
-/// the pool could not cover were off air and are skipped (never charged later).
+/// one pool. The broadcast is *on air* while the pool covers what is left of the slot in
+/// progress (`pool >= slot_price` once completed slots are paid, less the part of the slot
+/// a contribution in it already accounted for). Each completed slot that the pool covers
+/// moves `slot_price` from the pool to the broadcaster's earnings; completed slots the
+/// pool could not cover were off air and are skipped (never charged later).
+///
+/// A contribution pays only from the moment it joins: before it buys its shares, the part
+/// of the slot in progress that has gone by is accounted for with the money that was in
+/// the pool during it -- paid pro rata (`slot_price * ms / slot_ms`, rounded down) if the
+/// pool covered the slot, skipped if the broadcast was off air -- so the new money shares
+/// only the rest of the slot, and never revives air time already past. Every stretch of
+/// air time accounted for is told by an event: `BroadcastSlotsPaid` for what the pool
+/// paid, `BroadcastSlotsSkipped` for what was off air (docs/escrow.md §9).
 ///
 /// The pool is held in *shares* (docs/escrow.md §9): a contribution buys shares at the
 /// pool's value per share when it is made (after the completed slots are paid), so each
@@ -25,6 +34,7 @@
 module dtp::broadcast;
 
 use dtp::tickets::TicketSale;
+use dtp::version::{Self, AdminCap};
 use std::string::{Self, String};
 use sui::balance::{Self, Balance};
 use sui::clock::Clock;
@@ -83,6 +93,8 @@ const MAX_IDLE_MS: u64 = 86_400_000;
 
 public struct Broadcast has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     broadcaster: address,
     channel: String,
     /// MIST per slot.
@@ -91,9 +103,13 @@ public struct Broadcast has key {
     slot_ms: u64,
     /// Start of slot 0 (creation time).
     start_ms: u64,
-    /// First slot not yet accounted for (paid or skipped).
+    /// First slot not yet accounted for (paid or skipped) to its end.
     next_slot: u64,
-    /// Slots paid to the broadcaster so far.
+    /// How much of slot `next_slot`, in ms from its start, is already accounted for: the
+    /// time before a contribution made in it (0 otherwise).
+    slot_accounted_ms: u64,
+    /// Slots paid to the broadcaster to their end so far (a slot a contribution put on
+    /// air part way counts: its part before was skipped).
     paid_slots: u64,
     /// Listeners' money not yet earned: the value of all shares of the current generation.
     pool: Balance<SUI>,
@@ -176,6 +192,23 @@ public struct BroadcastClaimed has copy, drop {
     paid_slots: u64,
 }
 
+/// The pool paid the broadcaster `amount` for the air time `[from_ms, to_ms)`, on air all
+/// through; `slots` slots ended in it (`paid_slots` grew by that much).
+public struct BroadcastSlotsPaid has copy, drop {
+    broadcast: ID,
+    from_ms: u64,
+    to_ms: u64,
+    slots: u64,
+    amount: u64,
+}
+
+/// The air time `[from_ms, to_ms)` was off air (the pool did not cover it): never paid.
+public struct BroadcastSlotsSkipped has copy, drop {
+    broadcast: ID,
+    from_ms: u64,
+    to_ms: u64,
+}
+
 public struct BroadcastCancelled has copy, drop {
     broadcast: ID,
     at_ms: u64,
@@ -214,6 +247,7 @@ public fun create_ticketed(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    sale.check_version();
     assert!(ctx.sender() == sale.organizer(), ENotOrganizer);
     new(channel, slot_price, slot_ms, option::some(object::id(sale)), clock, ctx)
 }
@@ -231,12 +265,14 @@ fun new(
     let start_ms = clock.timestamp_ms();
     let b = Broadcast {
         id: object::new(ctx),
+        version: version::current(),
         broadcaster: ctx.sender(),
         channel,
         slot_price,
         slot_ms,
         start_ms,
         next_slot: 0,
+        slot_accounted_ms: 0,
         paid_slots: 0,
         pool: balance::zero(),
         earned: balance::zero(),
@@ -268,12 +304,13 @@ fun new(
 /// Publish one message on the channel; only while on air. Returns its sequence number.
 /// The broadcast is live from then on (`last_live_ms`).
 public fun transmit(b: &mut Broadcast, data: vector<u8>, clock: &Clock, ctx: &TxContext): u64 {
+    b.check_version();
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     assert!(!b.cancelled, EBroadcastCancelled);
     assert!(data.length() <= MAX_DATA_LENGTH, EDataTooLarge);
     let now = clock.timestamp_ms();
     b.accrue(now);
-    assert!(b.pool.value() >= b.slot_price, ENotOnAir);
+    assert!(b.pool.value() >= b.slot_rest(), ENotOnAir);
     b.last_live_ms = now;
     let seq = b.next_seq;
     b.next_seq = seq + 1;
@@ -286,11 +323,12 @@ public fun transmit(b: &mut Broadcast, data: vector<u8>, clock: &Clock, ctx: &Tx
 /// leaving for `idle_ms`: the chain cannot see the messages, so this is the
 /// broadcaster's word (docs/escrow.md §9).
 public fun heartbeat(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
+    b.check_version();
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     assert!(!b.cancelled, EBroadcastCancelled);
     let now = clock.timestamp_ms();
     b.accrue(now);
-    assert!(b.pool.value() >= b.slot_price, ENotOnAir);
+    assert!(b.pool.value() >= b.slot_rest(), ENotOnAir);
     b.last_live_ms = now;
     event::emit(BroadcastHeartbeat { broadcast: object::id(b), at_ms: now });
 }
@@ -298,6 +336,7 @@ public fun heartbeat(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
 /// Pay the broadcaster for every completed, covered slot. Returns the amount sent
 /// (no coin is sent when it is 0). Also works after cancel, for slots paid before it.
 public fun claim(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
+    b.check_version();
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     b.accrue(clock.timestamp_ms());
     let amount = b.earned.value();
@@ -312,6 +351,7 @@ public fun claim(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
 /// Stop the broadcast: completed slots are paid, the rest of the pool is the listeners'
 /// to withdraw, each the value of its shares.
 public fun cancel(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
+    b.check_version();
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     assert!(!b.cancelled, EBroadcastCancelled);
     let now = clock.timestamp_ms();
@@ -327,14 +367,16 @@ public fun cancel(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
 // === Listeners ===
 
 /// Add `payment` to the pool on the sender's behalf: it buys shares at the pool's value
-/// per share once the completed slots are paid, so it never pays for a slot that ended
-/// before it (in a pool spent to 0, a new generation at `SHARE_SCALE` shares per MIST).
+/// per share once the air time up to now is accounted for (the completed slots, and the
+/// part of the slot in progress gone by), so it pays only from now on (in a pool spent to
+/// 0, a new generation at `SHARE_SCALE` shares per MIST).
 public fun contribute(b: &mut Broadcast, payment: Coin<SUI>, clock: &Clock, ctx: &TxContext) {
+    b.check_version();
     assert!(!b.cancelled, EBroadcastCancelled);
     let amount = payment.value();
     assert!(amount > 0, EZeroAmount);
-    // Account for elapsed slots first, so new money never pays for past slots.
-    b.accrue(clock.timestamp_ms());
+    // Account for the air time up to now first, so new money never pays for time past.
+    b.account(clock.timestamp_ms(), true);
     let pool = b.pool.value();
     if (pool == 0 && (b.total_shares > 0 || b.holders > 0)) {
         // Spent to 0 with shares left: they are worth nothing, and new money must not
@@ -384,6 +426,7 @@ public fun contribute(b: &mut Broadcast, payment: Coin<SUI>, clock: &Clock, ctx:
 /// After cancel, take back the value of the sender's shares. Returns the amount sent
 /// (no coin is sent when it is 0).
 public fun withdraw(b: &mut Broadcast, ctx: &mut TxContext): u64 {
+    b.check_version();
     assert!(b.cancelled, ENotCancelled);
     let listener = ctx.sender();
     assert!(b.stakes.contains(listener), ENoContribution);
@@ -395,6 +438,7 @@ public fun withdraw(b: &mut Broadcast, ctx: &mut TxContext): u64 {
 /// paid first (they are the broadcaster's); the sender takes back the value of its
 /// shares. Returns the amount sent (no coin is sent when it is 0).
 public fun leave(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
+    b.check_version();
     assert!(!b.cancelled, EBroadcastCancelled);
     let listener = ctx.sender();
     assert!(b.stakes.contains(listener), ENoContribution);
@@ -406,11 +450,11 @@ public fun leave(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
 
 // === Reading ===
 
-/// Whether the pool covers the slot in progress at the clock's time.
+/// Whether the pool covers what is left of the slot in progress at the clock's time.
 public fun is_on_air(b: &Broadcast, clock: &Clock): bool {
     if (b.cancelled) return false;
-    let (paid, _) = b.due(clock.timestamp_ms());
-    b.pool.value() - paid * b.slot_price >= b.slot_price
+    let (amount, _, _, _, accounted) = b.due(clock.timestamp_ms(), false);
+    b.pool.value() - amount >= b.slot_price - b.slot_part(accounted)
 }
 
 /// Whether a listener may `leave` at the clock's time.
@@ -430,9 +474,8 @@ public fun idle_ms(b: &Broadcast): u64 {
 public fun refund_value(b: &Broadcast, listener: address, clock: &Clock): u64 {
     if (!b.stakes.contains(listener)) return 0;
     let stake = *b.stakes.borrow(listener);
-    let (paid, _) = b.due(clock.timestamp_ms());
-    let pool = b.pool.value() - paid * b.slot_price;
-    b.value_of(&stake, pool)
+    let (amount, _, _, _, _) = b.due(clock.timestamp_ms(), false);
+    b.value_of(&stake, b.pool.value() - amount)
 }
 
 /// Index of the slot in progress at `now_ms`.
@@ -451,6 +494,12 @@ public fun slot_ms(b: &Broadcast): u64 { b.slot_ms }
 public fun start_ms(b: &Broadcast): u64 { b.start_ms }
 
 public fun paid_slots(b: &Broadcast): u64 { b.paid_slots }
+
+/// The first slot not accounted for to its end.
+public fun next_slot(b: &Broadcast): u64 { b.next_slot }
+
+/// How much of the first slot not accounted for to its end is accounted for already (ms).
+public fun slot_accounted_ms(b: &Broadcast): u64 { b.slot_accounted_ms }
 
 /// Pool value as last accounted (call `is_on_air` for the time-aware view).
 public fun pool_value(b: &Broadcast): u64 { b.pool.value() }
@@ -491,28 +540,109 @@ public fun set_total_shares_for_testing(b: &mut Broadcast, total_shares: u128) {
     b.total_shares = total_shares;
 }
 
-// === Internal ===
-
-/// Slots to pay at `now_ms` and the slot in progress: completed slots are those below
-/// `slot_at(now_ms)` from `next_slot` on; as many are paid as the pool covers.
-fun due(b: &Broadcast, now_ms: u64): (u64, u64) {
-    let current = b.slot_at(now_ms);
-    if (b.cancelled || current <= b.next_slot) return (0, current.max(b.next_slot));
-    let completed = current - b.next_slot;
-    let affordable = b.pool.value() / b.slot_price;
-    (completed.min(affordable), current)
+/// A `BroadcastSlotsPaid` event as `account` emits it, for tests to compare with.
+#[test_only]
+public fun slots_paid_for_testing(
+    broadcast: ID,
+    from_ms: u64,
+    to_ms: u64,
+    slots: u64,
+    amount: u64,
+): BroadcastSlotsPaid {
+    BroadcastSlotsPaid { broadcast, from_ms, to_ms, slots, amount }
 }
 
-/// Move the pay for completed, covered slots from the pool to the earnings, and skip
-/// completed slots the pool could not cover.
-fun accrue(b: &mut Broadcast, now_ms: u64) {
-    let (paid, current) = b.due(now_ms);
-    if (paid > 0) {
-        let pay = b.pool.split(paid * b.slot_price);
-        b.earned.join(pay);
-        b.paid_slots = b.paid_slots + paid;
+/// A `BroadcastSlotsSkipped` event as `account` emits it, for tests to compare with.
+#[test_only]
+public fun slots_skipped_for_testing(broadcast: ID, from_ms: u64, to_ms: u64): BroadcastSlotsSkipped {
+    BroadcastSlotsSkipped { broadcast, from_ms, to_ms }
+}
+
+// === Internal ===
+
+/// Start of slot `slot` (ms).
+fun slot_start(b: &Broadcast, slot: u64): u64 {
+    b.start_ms + slot * b.slot_ms
+}
+
+/// The price of the first `ms` of a slot, rounded down: cut anywhere, the parts of a slot
+/// add up to `slot_price` exactly, and what is left of it always costs at least 1 MIST.
+fun slot_part(b: &Broadcast, ms: u64): u64 {
+    (((b.slot_price as u128) * (ms as u128) / (b.slot_ms as u128)) as u64)
+}
+
+/// What covers the rest of slot `next_slot` (the slot in progress, once accrued).
+fun slot_rest(b: &Broadcast): u64 {
+    b.slot_price - b.slot_part(b.slot_accounted_ms)
+}
+
+/// The air time to account for at `now_ms`: the rest of slot `next_slot`, then the whole
+/// slots after it up to the slot in progress, each paid while the pool covers it and
+/// skipped (off air) from the first it does not; with `split`, also the part of the slot
+/// in progress gone by, paid pro rata if the pool covers that slot's rest. Returns (MIST
+/// to pay, slots paid to their end, the end of the air time paid, and the new
+/// `next_slot` and `slot_accounted_ms`). Nothing after a cancel.
+fun due(b: &Broadcast, now_ms: u64, split: bool): (u64, u64, u64, u64, u64) {
+    let mut slot = b.next_slot;
+    let mut accounted = b.slot_accounted_ms;
+    let mut paid_to = b.slot_start(slot) + accounted;
+    if (b.cancelled) return (0, 0, paid_to, slot, accounted);
+    let current = b.slot_at(now_ms);
+    let mut pool = b.pool.value();
+    let mut amount = 0;
+    let mut slots = 0;
+    if (current > slot) {
+        let rest = b.slot_price - b.slot_part(accounted);
+        if (pool >= rest) {
+            pool = pool - rest;
+            let whole = (current - slot - 1).min(pool / b.slot_price);
+            pool = pool - whole * b.slot_price;
+            slots = 1 + whole;
+            amount = rest + whole * b.slot_price;
+            paid_to = b.slot_start(slot + slots);
+        };
+        slot = current;
+        accounted = 0;
     };
-    b.next_slot = current;
+    let start = b.slot_start(slot);
+    if (split && current == slot && now_ms > start + accounted) {
+        let at = now_ms - start;
+        // covered: the pool holds the slot's rest (nothing before it was skipped then)
+        if (pool >= b.slot_price - b.slot_part(accounted)) {
+            amount = amount + b.slot_part(at) - b.slot_part(accounted);
+            paid_to = now_ms;
+        };
+        accounted = at;
+    };
+    (amount, slots, paid_to, slot, accounted)
+}
+
+/// Account for the air time up to `now_ms` (completed slots only: the slot in progress
+/// is paid when it ends).
+fun accrue(b: &mut Broadcast, now_ms: u64) {
+    b.account(now_ms, false)
+}
+
+/// Move the pay for the air time `due` finds from the pool to the earnings, skip what the
+/// pool could not cover, and tell both.
+fun account(b: &mut Broadcast, now_ms: u64, split: bool) {
+    let from = b.slot_start(b.next_slot) + b.slot_accounted_ms;
+    let (amount, slots, paid_to, next_slot, accounted) = b.due(now_ms, split);
+    if (amount > 0) {
+        let pay = b.pool.split(amount);
+        b.earned.join(pay);
+    };
+    b.paid_slots = b.paid_slots + slots;
+    b.next_slot = next_slot;
+    b.slot_accounted_ms = accounted;
+    let to = b.slot_start(next_slot) + accounted;
+    let broadcast = object::id(b);
+    if (paid_to > from) {
+        event::emit(BroadcastSlotsPaid { broadcast, from_ms: from, to_ms: paid_to, slots, amount });
+    };
+    if (to > paid_to) {
+        event::emit(BroadcastSlotsSkipped { broadcast, from_ms: paid_to, to_ms: to });
+    };
 }
 
 /// Whether `idle_ms` has passed at `now_ms` since the broadcaster last showed it was live.
@@ -587,3 +717,20 @@ fun excess_bits(total: u256): u8 {
     };
     bits
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `b` was made by or last migrated to.
+public fun package_version(b: &Broadcast): u64 { b.version }
+
+/// Abort with `version::EWrongVersion` unless `b` is of this package's version.
+public(package) fun check_version(b: &Broadcast) { version::check(b.version) }
+
+/// The admin migrates `b` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, b: &mut Broadcast) {
+    b.version = version::migrate(object::id(b), b.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(b: &mut Broadcast, v: u64) { b.version = v; }

@@ -38,6 +38,7 @@ module dtp::escrow;
 
 use dtp::host::{Self, Sla};
 use dtp::spending_cap::SpendingCap;
+use dtp::version::{Self, AdminCap};
 use std::type_name;
 use sui::balance::Balance;
 use sui::bcs;
@@ -85,6 +86,8 @@ const ED25519_KEY_LENGTH: u64 = 32;
 /// Shared: the server claims from it, the client tops it up, settlement empties it.
 public struct Escrow has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     /// The connection (TransportControl) this escrow pays for; part of every receipt.
     connection: ID,
     client: address,
@@ -166,6 +169,7 @@ public(package) fun create(
     let deposited = deposit.value();
     let escrow = Escrow {
         id: object::new(ctx),
+        version: version::current(),
         connection,
         client,
         client_public_key,
@@ -207,6 +211,7 @@ public fun claim(
     signature: vector<u8>,
     ctx: &mut TxContext,
 ): u64 {
+    escrow.check_version();
     let signed_for = object::id(escrow);
     escrow.claim_signed_for(
         signed_for,
@@ -289,6 +294,8 @@ public fun top_up(
     coin: Coin<SUI>,
     ctx: &TxContext,
 ) {
+    escrow.check_version();
+    cap.check_version();
     assert!(ctx.sender() == escrow.client, ENotClient);
     assert!(!escrow.settled, EEscrowSettled);
     escrow.assert_spending_cap(cap);
@@ -342,6 +349,15 @@ public(package) fun refund_remainder(
         amount,
     });
     amount
+}
+
+/// Delete a settled escrow (by `transport_control::destroy`, which checks who may and
+/// that the connection is settled). Settlement emptied it: a balance left would abort
+/// (`balance::destroy_zero`), so no MIST is ever destroyed with it.
+public(package) fun destroy(escrow: Escrow) {
+    let Escrow { id, funds, .. } = escrow;
+    funds.destroy_zero();
+    id.delete();
 }
 
 // === The spending cap's counts ===
@@ -477,3 +493,20 @@ public fun claim_for_testing(
         ctx,
     )
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `escrow` was made by or last migrated to.
+public fun package_version(escrow: &Escrow): u64 { escrow.version }
+
+/// Abort with `version::EWrongVersion` unless `escrow` is of this package's version.
+public(package) fun check_version(escrow: &Escrow) { version::check(escrow.version) }
+
+/// The admin migrates `escrow` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, escrow: &mut Escrow) {
+    escrow.version = version::migrate(object::id(escrow), escrow.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(escrow: &mut Escrow, v: u64) { escrow.version = v; }

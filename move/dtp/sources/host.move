@@ -4,13 +4,15 @@
 /// the Noise static key clients use for the `IK` handshake, optional reachable endpoints,
 /// its services (port -> kind and SLA) and its firewall. Connections (see
 /// `dtp::transport_control`) are admitted through `admit`, which applies the firewall and
-/// hands back a copy of the service's fee terms.
+/// hands back a copy of the service's terms: its fees and the half-close timeout its
+/// connections keep.
 ///
 /// Every per-connection call takes the Host read-only (`&Host`), or not at all: Sui runs
 /// the transactions that only read a shared object concurrently and orders those that
-/// write it, so a popular host's opens do not queue behind one another. The firewall's
-/// allow and deny lists are `Table`s (dynamic fields of the Host): `permits` looks a
-/// client up in each at most once, whatever the lists' lengths. The connection
+/// write it, so a popular host's opens do not queue behind one another. Its services and
+/// the firewall's allow and deny lists are `Table`s (dynamic fields of the Host): an open
+/// reads one service and looks a client up in each list at most once, whatever their
+/// lengths. The connection
 /// limits it publishes (`max_connections`, `max_connections_per_client`) are enforced by
 /// the host's own admission off-chain, which sees the connections it serves
 /// (docs/escrow.md §2, "Throughput").
@@ -18,10 +20,10 @@
 /// Rules are written out in docs/escrow.md; the Python `LocalLedger` follows the same text.
 module dtp::host;
 
+use dtp::version::{Self, AdminCap};
 use std::string::{Self, String};
 use sui::event;
 use sui::table::{Self, Table};
-use sui::vec_map::{Self, VecMap};
 
 // === Errors (codes are unique across the dtp package; see docs/escrow.md) ===
 
@@ -47,6 +49,8 @@ const EFirewallDenied: vector<u8> = b"The host's firewall denies this client";
 const EMaxConnections: vector<u8> = b"Connection limit reached";
 #[error(code = 10)]
 const EFirewallListFull: vector<u8> = b"The firewall list already holds its maximum of addresses";
+#[error(code = 11)]
+const EInvalidHalfCloseTimeout: vector<u8> = b"Half-close timeout must be from 10 minutes to 7 days";
 
 // === Constants ===
 
@@ -64,6 +68,16 @@ const MAX_ENDPOINT_LENGTH: u64 = 256;
 /// Host's storage bounded (docs/escrow.md §2).
 const MAX_FIREWALL_ENTRIES: u64 = 1024;
 
+/// The half-close timeout of a service's connections (docs/escrow.md §7): how long a
+/// half-closed connection waits for the peer, and the server has from the first close to
+/// claim before the client may settle alone. `new_sla` gives the default, 10 minutes;
+/// a provider may choose from 10 minutes (never less time to claim than the default
+/// gives) to 7 days (never a client's deposit locked longer than a week after its
+/// half-close, whatever becomes of its server).
+const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+const MIN_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+const MAX_HALF_CLOSE_TIMEOUT_MS: u64 = 604_800_000;
+
 /// `HostUpdated.change` values.
 const CHANGE_AUTHORITY: u8 = 0;
 const CHANGE_NOISE_KEY: u8 = 1;
@@ -75,6 +89,8 @@ const CHANGE_FIREWALL: u8 = 3;
 /// A host. Shared, so that clients can open connections against it (read-only).
 public struct Host has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     /// The Sui address allowed to change this host; fees of new connections go to it.
     authority: address,
     /// X25519 public key for the Noise handshake (32 bytes, not a low-order point).
@@ -82,13 +98,13 @@ public struct Host has key {
     /// Reachable endpoints for direct connections (e.g. b"tcp://203.0.113.7:7000");
     /// empty for hosts reached only through the ledger carrier.
     endpoints: vector<vector<u8>>,
-    /// Services by port.
-    services: VecMap<u16, Service>,
+    /// Services by port: a Table, so an open reads the one it names (docs/escrow.md §2).
+    services: Table<u16, Service>,
     firewall: Firewall,
 }
 
-/// The fee terms of a service; copied into each connection when it opens, so later price
-/// changes never affect an open connection.
+/// The terms of a service; copied into each connection when it opens, so later changes
+/// never affect an open connection.
 public struct Sla has copy, drop, store {
     /// MIST per KiB (1024 bytes) transferred; charged per byte, rounded up (see `fee`).
     price_per_kib: u64,
@@ -96,6 +112,10 @@ public struct Sla has copy, drop, store {
     price_per_request: u64,
     /// Smallest deposit accepted when a connection opens, in MIST.
     min_deposit: u64,
+    /// How long the server has, from a connection's first close, to claim before the
+    /// client may settle alone; from `MIN_HALF_CLOSE_TIMEOUT_MS` to
+    /// `MAX_HALF_CLOSE_TIMEOUT_MS` (`dtp::transport_control::finalize`, `settle`).
+    half_close_timeout_ms: u64,
 }
 
 /// A service published on a port.
@@ -172,10 +192,11 @@ public fun create(
     assert_endpoints(&endpoints);
     let host = Host {
         id: object::new(ctx),
+        version: version::current(),
         authority: ctx.sender(),
         noise_static_key,
         endpoints,
-        services: vec_map::empty(),
+        services: table::new(ctx),
         firewall: Firewall {
             mode: MODE_ALLOW_ALL,
             allow: table::new(ctx),
@@ -191,21 +212,45 @@ public fun create(
     host_id
 }
 
-/// Build fee terms, e.g. for `add_service`.
+/// Build terms, e.g. for `add_service`, with the default half-close timeout (10 minutes).
 public fun new_sla(price_per_kib: u64, price_per_request: u64, min_deposit: u64): Sla {
-    Sla { price_per_kib, price_per_request, min_deposit }
+    Sla {
+        price_per_kib,
+        price_per_request,
+        min_deposit,
+        half_close_timeout_ms: DEFAULT_HALF_CLOSE_TIMEOUT_MS,
+    }
+}
+
+/// Build terms with a half-close timeout of the provider's choosing: from 10 minutes to
+/// 7 days (`EInvalidHalfCloseTimeout`). Every `Sla` is built here or by `new_sla`, so
+/// every one a service or a connection holds has its timeout within those bounds.
+public fun new_sla_with_half_close_timeout(
+    price_per_kib: u64,
+    price_per_request: u64,
+    min_deposit: u64,
+    half_close_timeout_ms: u64,
+): Sla {
+    assert!(
+        half_close_timeout_ms >= MIN_HALF_CLOSE_TIMEOUT_MS
+            && half_close_timeout_ms <= MAX_HALF_CLOSE_TIMEOUT_MS,
+        EInvalidHalfCloseTimeout,
+    );
+    Sla { price_per_kib, price_per_request, min_deposit, half_close_timeout_ms }
 }
 
 // === Authority-only setters ===
 
 /// Hand the host to another authority. Open connections keep paying the old one.
 public fun set_authority(host: &mut Host, new_authority: address, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     host.authority = new_authority;
     host.emit_updated(CHANGE_AUTHORITY);
 }
 
 public fun set_noise_static_key(host: &mut Host, key: vector<u8>, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     assert_noise_key(&key);
     host.noise_static_key = key;
@@ -213,13 +258,14 @@ public fun set_noise_static_key(host: &mut Host, key: vector<u8>, ctx: &TxContex
 }
 
 public fun set_endpoints(host: &mut Host, endpoints: vector<vector<u8>>, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     assert_endpoints(&endpoints);
     host.endpoints = endpoints;
     host.emit_updated(CHANGE_ENDPOINTS);
 }
 
-/// Publish a service on `port` with fee terms `sla`.
+/// Publish a service on `port` with terms `sla`.
 public fun add_service(
     host: &mut Host,
     port: u16,
@@ -228,14 +274,16 @@ public fun add_service(
     max_connections: u64,
     ctx: &TxContext,
 ) {
+    host.check_version();
     host.assert_authority(ctx);
-    assert!(!host.services.contains(&port), EServiceExists);
+    assert!(!host.services.contains(port), EServiceExists);
     let kind = string::utf8(kind);
-    host.services.insert(port, Service { kind, sla, max_connections });
+    host.services.add(port, Service { kind, sla, max_connections });
     event::emit(ServiceAdded { host: object::id(host), port, kind, sla, max_connections });
 }
 
-/// Change a service's fee terms and limit. Applies to connections opened afterwards only.
+/// Change a service's terms and limit. Applies to connections opened afterwards only: an
+/// open one keeps the terms it opened with, its half-close timeout included.
 public fun update_service(
     host: &mut Host,
     port: u16,
@@ -243,9 +291,10 @@ public fun update_service(
     max_connections: u64,
     ctx: &TxContext,
 ) {
+    host.check_version();
     host.assert_authority(ctx);
-    assert!(host.services.contains(&port), EServiceNotFound);
-    let service = host.services.get_mut(&port);
+    assert!(host.services.contains(port), EServiceNotFound);
+    let service = host.services.borrow_mut(port);
     service.sla = sla;
     service.max_connections = max_connections;
     event::emit(ServiceUpdated { host: object::id(host), port, sla, max_connections });
@@ -254,13 +303,15 @@ public fun update_service(
 /// Withdraw a service. Connections already open to it go on: each carries its own copy
 /// of the SLA and never reads the service again.
 public fun remove_service(host: &mut Host, port: u16, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
-    assert!(host.services.contains(&port), EServiceNotFound);
-    let (_, _) = host.services.remove(&port);
+    assert!(host.services.contains(port), EServiceNotFound);
+    host.services.remove(port);
     event::emit(ServiceRemoved { host: object::id(host), port });
 }
 
 public fun set_firewall_mode(host: &mut Host, mode: u8, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     assert!(mode == MODE_ALLOW_ALL || mode == MODE_ALLOW_LISTED, EInvalidFirewallMode);
     host.firewall.mode = mode;
@@ -270,6 +321,7 @@ public fun set_firewall_mode(host: &mut Host, mode: u8, ctx: &TxContext) {
 /// Add to the allow list (no-op if present; `EFirewallListFull` when it holds
 /// `MAX_FIREWALL_ENTRIES` others).
 public fun allow(host: &mut Host, client: address, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     add_entry(&mut host.firewall.allow, client);
     host.emit_updated(CHANGE_FIREWALL);
@@ -277,6 +329,7 @@ public fun allow(host: &mut Host, client: address, ctx: &TxContext) {
 
 /// Remove from the allow list (no-op if absent).
 public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     remove_entry(&mut host.firewall.allow, client);
     host.emit_updated(CHANGE_FIREWALL);
@@ -286,6 +339,7 @@ public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
 /// `MAX_FIREWALL_ENTRIES` others). Existing connections are not cut; new ones
 /// from `client` are refused.
 public fun deny(host: &mut Host, client: address, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     add_entry(&mut host.firewall.deny, client);
     host.emit_updated(CHANGE_FIREWALL);
@@ -293,6 +347,7 @@ public fun deny(host: &mut Host, client: address, ctx: &TxContext) {
 
 /// Remove from the deny list (no-op if absent).
 public fun undeny(host: &mut Host, client: address, ctx: &TxContext) {
+    host.check_version();
     host.assert_authority(ctx);
     remove_entry(&mut host.firewall.deny, client);
     host.emit_updated(CHANGE_FIREWALL);
@@ -307,6 +362,7 @@ public fun set_client_limits(
     max_requests_per_sec: u64,
     ctx: &TxContext,
 ) {
+    host.check_version();
     host.assert_authority(ctx);
     host.firewall.max_connections_per_client = max_connections_per_client;
     host.firewall.max_bytes_per_sec = max_bytes_per_sec;
@@ -328,12 +384,12 @@ public fun fee(sla: &Sla, total_bytes: u64, total_requests: u64): u256 {
 // === Admission (used by dtp::transport_control) ===
 
 /// Apply the firewall to a new connection from `client` to `port` and return the
-/// service's current fee terms. Reads the host only: it counts nothing, so opens of one
-/// host run concurrently on Sui.
+/// service's current terms. Reads the host only, and of its services the one on `port`:
+/// it counts nothing, so opens of one host run concurrently on Sui.
 public(package) fun admit(host: &Host, port: u16, client: address): Sla {
-    assert!(host.services.contains(&port), EServiceNotFound);
+    assert!(host.services.contains(port), EServiceNotFound);
     assert!(host.permits(client), EFirewallDenied);
-    host.services.get(&port).sla
+    host.services.borrow(port).sla
 }
 
 // === Reading ===
@@ -352,12 +408,15 @@ public fun noise_static_key(host: &Host): vector<u8> { host.noise_static_key }
 
 public fun endpoints(host: &Host): vector<vector<u8>> { host.endpoints }
 
-public fun has_service(host: &Host, port: u16): bool { host.services.contains(&port) }
+public fun has_service(host: &Host, port: u16): bool { host.services.contains(port) }
 
 public fun service(host: &Host, port: u16): Service {
-    assert!(host.services.contains(&port), EServiceNotFound);
-    *host.services.get(&port)
+    assert!(host.services.contains(port), EServiceNotFound);
+    *host.services.borrow(port)
 }
+
+/// Services the host publishes.
+public fun service_count(host: &Host): u64 { host.services.length() }
 
 public fun firewall(host: &Host): &Firewall { &host.firewall }
 
@@ -372,6 +431,14 @@ public fun price_per_kib(sla: &Sla): u64 { sla.price_per_kib }
 public fun price_per_request(sla: &Sla): u64 { sla.price_per_request }
 
 public fun min_deposit(sla: &Sla): u64 { sla.min_deposit }
+
+public fun half_close_timeout_ms(sla: &Sla): u64 { sla.half_close_timeout_ms }
+
+public fun default_half_close_timeout_ms(): u64 { DEFAULT_HALF_CLOSE_TIMEOUT_MS }
+
+public fun min_half_close_timeout_ms(): u64 { MIN_HALF_CLOSE_TIMEOUT_MS }
+
+public fun max_half_close_timeout_ms(): u64 { MAX_HALF_CLOSE_TIMEOUT_MS }
 
 public fun firewall_mode(fw: &Firewall): u8 { fw.mode }
 
@@ -456,3 +523,35 @@ fun remove_entry(list: &mut Table<address, bool>, client: address) {
 fun emit_updated(host: &Host, change: u8) {
     event::emit(HostUpdated { host: object::id(host), change });
 }
+
+// === Test-only ===
+
+/// Put `count` addresses (`first`, `first + 1`, ...) on the deny list (`deny`) or the
+/// allow list through the same `add_entry` as `deny`/`allow`, without their events: a
+/// test fills a list to its bound at a fraction of the cost of that many calls.
+#[test_only]
+public fun fill_firewall_list_for_testing(host: &mut Host, deny: bool, first: u64, count: u64) {
+    let list = if (deny) &mut host.firewall.deny else &mut host.firewall.allow;
+    let mut i = 0;
+    while (i < count) {
+        add_entry(list, sui::address::from_u256(((first + i) as u256)));
+        i = i + 1;
+    };
+}
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `host` was made by or last migrated to.
+public fun package_version(host: &Host): u64 { host.version }
+
+/// Abort with `version::EWrongVersion` unless `host` is of this package's version.
+public(package) fun check_version(host: &Host) { version::check(host.version) }
+
+/// The admin migrates `host` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, host: &mut Host) {
+    host.version = version::migrate(object::id(host), host.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(host: &mut Host, v: u64) { host.version = v; }

@@ -36,6 +36,7 @@ public struct MailDeposited has copy, drop {
 
 /// Leave `payload` (1..16381 bytes) in the mailbox of `host`.
 public fun send(host: &Host, payload: vector<u8>, _ctx: &TxContext) {
+    host.check_version();
     assert!(payload.length() > 0, EEmptyPayload);
     assert!(payload.length() <= MAX_PAYLOAD_LENGTH, EPayloadTooLarge);
     event::emit(MailDeposited { recipient_host: object::id(host), payload });

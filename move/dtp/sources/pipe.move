@@ -41,6 +41,7 @@ public struct PipeDestroyed has copy, drop {
 /// the sender. Aborts with `ENotParticipant` / `EConnectionClosed` from
 /// `dtp::transport_control`, or `EInvalidInnerCount`.
 public fun create(tc: &TransportControl, inner_count: u64, ctx: &mut TxContext): ID {
+    tc.check_version();
     let owner = ctx.sender();
     tc.assert_participant(owner);
     tc.assert_not_closed();

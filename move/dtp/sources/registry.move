@@ -17,6 +17,7 @@
 /// Sui's object size limit and lets a reader fetch it whole in one request.
 module dtp::registry;
 
+use dtp::version::{Self, AdminCap};
 use std::string::{Self, String};
 use sui::clock::Clock;
 use sui::event;
@@ -86,6 +87,8 @@ public struct Entry has copy, drop, store {
 
 public struct Registry has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     owner: address,
     /// Addresses besides the owner that may acquire leases.
     members: VecSet<address>,
@@ -154,6 +157,7 @@ public struct ValueRemoved has copy, drop {
 public fun create(ctx: &mut TxContext): ID {
     let registry = Registry {
         id: object::new(ctx),
+        version: version::current(),
         owner: ctx.sender(),
         members: vec_set::empty(),
         leases: vec_map::empty(),
@@ -168,6 +172,7 @@ public fun create(ctx: &mut TxContext): ID {
 /// Let `member` take leases and write (owner only; admitting a member twice changes
 /// nothing). Aborts with `ERegistryFull` past `MAX_MEMBERS`.
 public fun admit(registry: &mut Registry, member: address, ctx: &TxContext) {
+    registry.check_version();
     assert!(ctx.sender() == registry.owner, ENotRegistryOwner);
     if (registry.members.contains(&member)) return;
     assert!(registry.members.size() < MAX_MEMBERS, ERegistryFull);
@@ -178,6 +183,7 @@ public fun admit(registry: &mut Registry, member: address, ctx: &TxContext) {
 /// Stop `member` from acquiring, renewing or writing (owner only; idempotent). A lease
 /// it holds runs out at its expiry; it may still release it.
 public fun revoke(registry: &mut Registry, member: address, ctx: &TxContext) {
+    registry.check_version();
     assert!(ctx.sender() == registry.owner, ENotRegistryOwner);
     if (!registry.members.contains(&member)) return;
     registry.members.remove(&member);
@@ -197,6 +203,7 @@ public fun acquire(
     clock: &Clock,
     ctx: &TxContext,
 ): u64 {
+    registry.check_version();
     registry.assert_member(ctx.sender());
     assert_duration(duration_ms);
     assert_name(&name);
@@ -241,6 +248,7 @@ public fun renew(
     clock: &Clock,
     ctx: &TxContext,
 ) {
+    registry.check_version();
     registry.assert_member(ctx.sender());
     assert_duration(duration_ms);
     let name = string::utf8(name);
@@ -254,6 +262,7 @@ public fun renew(
 /// Give up the lease `name` held with `token`: it is free at once. Only its holder
 /// (even a revoked member, even after expiry); the name keeps its last token.
 public fun release(registry: &mut Registry, name: vector<u8>, token: u64, ctx: &TxContext) {
+    registry.check_version();
     let name = string::utf8(name);
     assert!(registry.leases.contains(&name), ENoLease);
     let lease = registry.leases.get_mut(&name);
@@ -277,6 +286,7 @@ public fun put(
     clock: &Clock,
     ctx: &TxContext,
 ) {
+    registry.check_version();
     registry.assert_member(ctx.sender());
     assert_name(&key);
     assert!(value.length() <= MAX_VALUE_LEN, EInvalidEntry);
@@ -307,6 +317,7 @@ public fun remove(
     clock: &Clock,
     ctx: &TxContext,
 ) {
+    registry.check_version();
     registry.assert_member(ctx.sender());
     assert_name(&key);
     let name = string::utf8(name);
@@ -367,3 +378,20 @@ fun assert_holding(registry: &Registry, name: &String, token: u64, now: u64, sen
     assert!(sender == lease.owner, ENotHolder);
     assert!(now < lease.expires_at_ms, ELeaseExpired);
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `registry` was made by or last migrated to.
+public fun package_version(registry: &Registry): u64 { registry.version }
+
+/// Abort with `version::EWrongVersion` unless `registry` is of this package's version.
+public(package) fun check_version(registry: &Registry) { version::check(registry.version) }
+
+/// The admin migrates `registry` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, registry: &mut Registry) {
+    registry.version = version::migrate(object::id(registry), registry.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(registry: &mut Registry, v: u64) { registry.version = v; }

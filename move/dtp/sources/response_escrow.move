@@ -29,6 +29,7 @@
 module dtp::response_escrow;
 
 use dtp::escrow;
+use dtp::version::{Self, AdminCap};
 use sui::balance::Balance;
 use sui::bcs;
 use sui::clock::Clock;
@@ -67,6 +68,8 @@ const EInvalidHash: vector<u8> = b"Response hash must be 32 bytes";
 const EResponseTooLarge: vector<u8> = b"Response exceeds the per-message limit";
 #[error(code = 183)]
 const EEmptyResponse: vector<u8> = b"A delivered response must not be empty";
+#[error(code = 184)]
+const EEscrowOpen: vector<u8> = b"Response escrow is still open: it is deleted once paid or refunded";
 
 // === Constants ===
 
@@ -87,6 +90,8 @@ const STATE_REFUNDED: u8 = 3;
 /// Shared: the server claims or delivers, the requester refunds.
 public struct ResponseEscrow has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     requester: address,
     /// Acknowledgements must verify against this key (it derives `requester`).
     requester_public_key: vector<u8>,
@@ -135,6 +140,13 @@ public struct ResponseFeeRefunded has copy, drop {
     amount: u64,
 }
 
+public struct ResponseEscrowDeleted has copy, drop {
+    escrow: ID,
+    requester: address,
+    /// The final state it was deleted in: 1 paid, 2 delivered, 3 refunded.
+    state: u8,
+}
+
 // === Entry points ===
 
 /// Prepay `fee` for a response from `server` by `deadline_ms`. Checks, in order: the key
@@ -158,6 +170,7 @@ public fun deposit(
     assert!(deadline_ms > clock.timestamp_ms(), EDeadlineInPast);
     let e = ResponseEscrow {
         id: object::new(ctx),
+        version: version::current(),
         requester: ctx.sender(),
         requester_public_key,
         server,
@@ -189,6 +202,7 @@ public fun claim(
     signature: vector<u8>,
     ctx: &mut TxContext,
 ): u64 {
+    e.check_version();
     assert!(ctx.sender() == e.server, ENotServer);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(response_hash.length() == HASH_LENGTH, EInvalidHash);
@@ -219,6 +233,7 @@ public fun deliver(
     clock: &Clock,
     ctx: &mut TxContext,
 ): u64 {
+    e.check_version();
     assert!(ctx.sender() == e.server, ENotServer);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(clock.timestamp_ms() <= e.deadline_ms, EDeadlinePassed);
@@ -239,6 +254,7 @@ public fun deliver(
 /// After the deadline, the requester takes back an unpaid fee. Checks: requester
 /// (`ENotRequester`), open (`EEscrowClosed`), past the deadline (`EDeadlineNotReached`).
 public fun refund(e: &mut ResponseEscrow, clock: &Clock, ctx: &mut TxContext): u64 {
+    e.check_version();
     assert!(ctx.sender() == e.requester, ENotRequester);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(clock.timestamp_ms() > e.deadline_ms, EDeadlineNotReached);
@@ -246,6 +262,22 @@ public fun refund(e: &mut ResponseEscrow, clock: &Clock, ctx: &mut TxContext): u
     let amount = pay_out(e, to, STATE_REFUNDED, ctx);
     event::emit(ResponseFeeRefunded { escrow: object::id(e), requester: e.requester, amount });
     amount
+}
+
+/// The requester deletes its escrow once it is paid, delivered or refunded: its deposit
+/// paid for the object's storage, whose rebate Sui credits to the deleting transaction's
+/// gas payer (a refund and the deletion fit one transaction). Checks: requester
+/// (`ENotRequester`), not open (`EEscrowOpen`). Every final state left no funds, so no
+/// MIST moves; what the escrow did stays in its events (`ResponseDelivered` carries a
+/// delivered response).
+public fun destroy(e: ResponseEscrow, ctx: &TxContext) {
+    e.check_version();
+    assert!(ctx.sender() == e.requester, ENotRequester);
+    assert!(e.state != STATE_OPEN, EEscrowOpen);
+    let ResponseEscrow { id, requester, funds, state, .. } = e;
+    funds.destroy_zero();
+    event::emit(ResponseEscrowDeleted { escrow: id.to_inner(), requester, state });
+    id.delete();
 }
 
 // === Helpers ===
@@ -289,3 +321,20 @@ public fun amount(e: &ResponseEscrow): u64 { e.amount }
 public fun state(e: &ResponseEscrow): u8 { e.state }
 
 public fun is_open(e: &ResponseEscrow): bool { e.state == STATE_OPEN }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `e` was made by or last migrated to.
+public fun package_version(e: &ResponseEscrow): u64 { e.version }
+
+/// Abort with `version::EWrongVersion` unless `e` is of this package's version.
+public(package) fun check_version(e: &ResponseEscrow) { version::check(e.version) }
+
+/// The admin migrates `e` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, e: &mut ResponseEscrow) {
+    e.version = version::migrate(object::id(e), e.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(e: &mut ResponseEscrow, v: u64) { e.version = v; }

@@ -27,6 +27,7 @@ module dtp::retention;
 use dtp::host::Host;
 use dtp::pipe::Pipe;
 use dtp::transport_control::{Self, TransportControl};
+use dtp::version::{Self, AdminCap};
 use sui::balance::Balance;
 use sui::clock::Clock;
 use sui::coin::{Self, Coin};
@@ -71,6 +72,8 @@ const MAX_RETENTION_MS: u64 = 2_592_000_000;
 
 public struct RetentionTerms has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     host: ID,
     port: u16,
     /// Records are kept at least this long after they are stored (ms).
@@ -83,6 +86,8 @@ public struct RetentionTerms has key {
 
 public struct RetainedRecord has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     connection: ID,
     pipe: ID,
     inner: u64,
@@ -149,11 +154,13 @@ public fun create_terms(
     storage_price_per_byte: u64,
     ctx: &mut TxContext,
 ): ID {
+    host.check_version();
     assert!(ctx.sender() == host.authority(), ENotProvider);
     let _ = host.service(port);
     assert!(retention_ms <= MAX_RETENTION_MS, EInvalidTerms);
     let terms = RetentionTerms {
         id: object::new(ctx),
+        version: version::current(),
         host: object::id(host),
         port,
         retention_ms,
@@ -176,6 +183,8 @@ public fun create_terms(
 /// their deadlines). Checks: the host's authority now (`ENotProvider`), the terms are
 /// this host's (`EWrongTerms`), not retired yet (`ETermsRetired`).
 public fun retire_terms(terms: &mut RetentionTerms, host: &Host, ctx: &TxContext) {
+    terms.check_terms_version();
+    host.check_version();
     assert!(ctx.sender() == host.authority(), ENotProvider);
     assert!(terms.host == object::id(host), EWrongTerms);
     assert!(!terms.retired, ETermsRetired);
@@ -196,6 +205,8 @@ public fun replace_terms(
     storage_price_per_byte: u64,
     ctx: &mut TxContext,
 ): ID {
+    terms.check_terms_version();
+    host.check_version();
     retire_terms(terms, host, ctx);
     create_terms(host, terms.port, retention_ms, storage_price_per_byte, ctx)
 }
@@ -218,6 +229,8 @@ public fun send(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    tc.check_version();
+    terms.check_terms_version();
     assert!(pipe.connection() == tc.connection_id(), EWrongConnection);
     assert!(tc.state_code() == transport_control::state_open(), EConnectionNotOpen);
     assert!(terms.host == tc.host_id() && terms.port == tc.port(), EWrongTerms);
@@ -233,6 +246,7 @@ public fun send(
     let now = clock.timestamp_ms();
     let record = RetainedRecord {
         id: object::new(ctx),
+        version: version::current(),
         connection: tc.connection_id(),
         pipe: object::id(pipe),
         inner,
@@ -269,12 +283,14 @@ public fun send(
 /// (`ENotConsumed`), now >= stored_at_ms + retention_ms (`ERetentionNotElapsed`).
 /// Returns the refund.
 public fun delete(record: RetainedRecord, clock: &Clock, ctx: &mut TxContext): u64 {
+    record.check_record_version();
     assert!(ctx.sender() == record.sender, ENotSender);
     let now = clock.timestamp_ms();
     assert!(record.consumed || now >= reclaim_after_ms(&record), ENotConsumed);
     assert!(now >= record.stored_at_ms + record.retention_ms, ERetentionNotElapsed);
     let RetainedRecord {
         id,
+        version: _,
         connection: _,
         pipe: _,
         inner: _,
@@ -303,6 +319,7 @@ public fun delete(record: RetainedRecord, clock: &Clock, ctx: &mut TxContext): u
 /// The receiver confirms it consumed the record. Checks: receiver (`ENotReceiver`), not
 /// confirmed before (`EAlreadyConsumed`).
 public fun confirm(record: &mut RetainedRecord, ctx: &TxContext) {
+    record.check_record_version();
     assert!(ctx.sender() == record.receiver, ENotReceiver);
     assert!(!record.consumed, EAlreadyConsumed);
     record.consumed = true;
@@ -331,3 +348,35 @@ public fun delete_after_ms(record: &RetainedRecord): u64 { record.stored_at_ms +
 public fun reclaim_after_ms(record: &RetainedRecord): u64 {
     record.stored_at_ms + 2 * record.retention_ms
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `terms` was made by or last migrated to.
+public fun terms_version(terms: &RetentionTerms): u64 { terms.version }
+
+/// Abort with `version::EWrongVersion` unless `terms` is of this package's version.
+public(package) fun check_terms_version(terms: &RetentionTerms) { version::check(terms.version) }
+
+/// The admin migrates `terms` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate_terms(_: &AdminCap, terms: &mut RetentionTerms) {
+    terms.version = version::migrate(object::id(terms), terms.version);
+}
+
+#[test_only]
+public fun set_terms_version_for_testing(terms: &mut RetentionTerms, v: u64) { terms.version = v; }
+
+/// The package version `record` was made by or last migrated to.
+public fun record_version(record: &RetainedRecord): u64 { record.version }
+
+/// Abort with `version::EWrongVersion` unless `record` is of this package's version.
+public(package) fun check_record_version(record: &RetainedRecord) { version::check(record.version) }
+
+/// The admin migrates `record` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate_record(_: &AdminCap, record: &mut RetainedRecord) {
+    record.version = version::migrate(object::id(record), record.version);
+}
+
+#[test_only]
+public fun set_record_version_for_testing(record: &mut RetainedRecord, v: u64) { record.version = v; }

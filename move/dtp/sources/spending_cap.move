@@ -23,6 +23,7 @@
 /// objects owned by its sender.
 module dtp::spending_cap;
 
+use dtp::version::{Self, AdminCap};
 use sui::event;
 
 #[error(code = 20)]
@@ -32,6 +33,8 @@ const ESpendingCapExceeded: vector<u8> = b"Payment would exceed the client's spe
 
 public struct SpendingCap has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     /// The client this cap belongs to.
     owner: address,
     /// Most MIST that may be claimed in one epoch, counting every deposit not yet
@@ -89,6 +92,7 @@ public struct SpendingCapReleased has copy, drop {
 public fun create(max_per_epoch: u64, ctx: &mut TxContext): ID {
     let cap = SpendingCap {
         id: object::new(ctx),
+        version: version::current(),
         owner: ctx.sender(),
         max_per_epoch,
         claimed: 0,
@@ -105,6 +109,7 @@ public fun create(max_per_epoch: u64, ctx: &mut TxContext): ID {
 /// top-ups of more than 0). What is outstanding stays claimable whatever the limit
 /// becomes: no claim and no reservation of 0 is ever refused for it.
 public fun set_max_per_epoch(cap: &mut SpendingCap, max_per_epoch: u64, ctx: &TxContext) {
+    cap.check_version();
     assert!(ctx.sender() == cap.owner, ENotCapOwner);
     cap.max_per_epoch = max_per_epoch;
     event::emit(SpendingCapChanged { cap: object::id(cap), max_per_epoch });
@@ -208,3 +213,20 @@ fun roll_epoch(cap: &mut SpendingCap, now_epoch: u64) {
         cap.claimed = 0;
     }
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `cap` was made by or last migrated to.
+public fun package_version(cap: &SpendingCap): u64 { cap.version }
+
+/// Abort with `version::EWrongVersion` unless `cap` is of this package's version.
+public(package) fun check_version(cap: &SpendingCap) { version::check(cap.version) }
+
+/// The admin migrates `cap` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, cap: &mut SpendingCap) {
+    cap.version = version::migrate(object::id(cap), cap.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(cap: &mut SpendingCap, v: u64) { cap.version = v; }

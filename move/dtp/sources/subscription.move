@@ -17,7 +17,13 @@
 /// by the provider as soon as it has begun (the epoch in progress counts as used).
 /// `claim` pays the provider what it earned so far. When the provider withdraws the offer,
 /// every holder gets back the epochs that had not begun at the withdrawal (`refund`), and
-/// no one can subscribe or renew any more. Money is conserved at every step:
+/// no one can subscribe or renew any more.
+///
+/// An offer sells for its host only while its provider is the host's authority: after
+/// `host::set_authority` to another address, `subscribe`, `renew` and `open_connection`
+/// refuse it (`EProviderChanged`), and anyone -- the new authority, a holder, a watcher --
+/// may withdraw it, so that the provider earns no epoch begun after the withdrawal and
+/// the holders take back the rest (docs/escrow.md §13). Money is conserved at every step:
 /// `funds == (expires_epoch - start_epoch - claimed_epochs) * price_per_epoch`.
 ///
 /// Both objects are shared: the provider's claim and the holder's refund touch the same
@@ -29,6 +35,7 @@ use dtp::escrow::Escrow;
 use dtp::host::Host;
 use dtp::spending_cap::SpendingCap;
 use dtp::transport_control::{Self, TransportControl};
+use dtp::version::{Self, AdminCap};
 use sui::balance::Balance;
 use sui::clock::Clock;
 use sui::coin::{Self, Coin};
@@ -63,14 +70,19 @@ const EAlreadyRefunded: vector<u8> = b"The subscription was already refunded";
 const ENotSubscribed: vector<u8> = b"The connection was not opened with this subscription";
 #[error(code = 197)]
 const ESubscriptionLive: vector<u8> = b"The subscription still covers its connections";
+#[error(code = 198)]
+const EProviderChanged: vector<u8> = b"The host's authority is no longer the offer's provider: the offer sells nothing more";
 
 // === Objects ===
 
 public struct SubscriptionOffer has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     host: ID,
     port: u16,
-    /// The host's authority when the offer was made; receives the earnings.
+    /// The host's authority when the offer was made; receives the earnings. The offer
+    /// sells only while it is still the host's authority.
     provider: address,
     price_per_epoch: u64,
     /// Subscriptions and renewals are sold in multiples of this many epochs.
@@ -82,6 +94,8 @@ public struct SubscriptionOffer has key {
 
 public struct Subscription has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     offer: ID,
     holder: address,
     /// Copied from the offer (an offer's price never changes).
@@ -169,11 +183,13 @@ public fun create_offer(
     period_epochs: u64,
     ctx: &mut TxContext,
 ): ID {
+    host.check_version();
     assert!(ctx.sender() == host.authority(), ENotProvider);
     let _ = host.service(port);
     assert!(price_per_epoch > 0 && period_epochs > 0, EInvalidTerms);
     let offer = SubscriptionOffer {
         id: object::new(ctx),
+        version: version::current(),
         host: object::id(host),
         port,
         provider: ctx.sender(),
@@ -196,10 +212,17 @@ public fun create_offer(
 }
 
 /// Stop selling: no new subscriptions or renewals; holders may take back the epochs that
-/// had not begun (`refund`). Checks: provider (`ENotProvider`), not yet withdrawn
-/// (`EOfferWithdrawn`).
-public fun withdraw_offer(offer: &mut SubscriptionOffer, ctx: &TxContext) {
-    assert!(ctx.sender() == offer.provider, ENotProvider);
+/// had not begun (`refund`), and the connections opened with the offer's subscriptions
+/// may be ended (`end_connection`). The provider may withdraw at any time; once the host
+/// has another authority, anyone may (the offer sells nothing more, and the withdrawal
+/// stops its earning: docs/escrow.md §13). Checks: the offer's host (`EWrongHost`), the
+/// sender is the provider or the host's authority is no longer the provider
+/// (`ENotProvider`), not yet withdrawn (`EOfferWithdrawn`).
+public fun withdraw_offer(offer: &mut SubscriptionOffer, host: &Host, ctx: &TxContext) {
+    offer.check_offer_version();
+    host.check_version();
+    assert!(object::id(host) == offer.host, EWrongHost);
+    assert!(ctx.sender() == offer.provider || host.authority() != offer.provider, ENotProvider);
     assert!(!offer.withdrawn, EOfferWithdrawn);
     offer.withdrawn = true;
     offer.withdrawn_epoch = ctx.epoch();
@@ -214,6 +237,8 @@ public fun claim(
     offer: &SubscriptionOffer,
     ctx: &mut TxContext,
 ): u64 {
+    sub.check_subscription_version();
+    offer.check_offer_version();
     assert!(ctx.sender() == offer.provider, ENotProvider);
     assert!(sub.offer == object::id(offer), EWrongOffer);
     let epochs = sub.earned_epochs(offer, ctx.epoch()) - sub.claimed_epochs;
@@ -230,22 +255,28 @@ public fun claim(
 
 // === Holder ===
 
-/// Buy `epochs` epochs of access from the current epoch on. Checks: offer not withdrawn
-/// (`EOfferWithdrawn`), `epochs` a positive multiple of the period (`EInvalidEpochs`),
-/// payment == epochs * price (`EWrongPayment`). Returns the subscription's ID.
+/// Buy `epochs` epochs of access from the current epoch on. Checks: the offer's host
+/// (`EWrongHost`), offer not withdrawn (`EOfferWithdrawn`), its provider still the host's
+/// authority (`EProviderChanged`), `epochs` a positive multiple of the period
+/// (`EInvalidEpochs`), payment == epochs * price (`EWrongPayment`). Returns the
+/// subscription's ID.
 public fun subscribe(
     offer: &SubscriptionOffer,
+    host: &Host,
     epochs: u64,
     payment: Coin<SUI>,
     ctx: &mut TxContext,
 ): ID {
-    assert!(!offer.withdrawn, EOfferWithdrawn);
+    offer.check_offer_version();
+    host.check_version();
+    offer.assert_selling(host);
     offer.assert_epochs(epochs);
     let paid = payment.value();
     assert!((paid as u128) == (epochs as u128) * (offer.price_per_epoch as u128), EWrongPayment);
     let start = ctx.epoch();
     let sub = Subscription {
         id: object::new(ctx),
+        version: version::current(),
         offer: object::id(offer),
         holder: ctx.sender(),
         price_per_epoch: offer.price_per_epoch,
@@ -271,18 +302,23 @@ public fun subscribe(
 /// Extend `sub` by `epochs`. A live subscription is extended at its end; an expired one
 /// first pays the provider everything it earned and then starts afresh at the current
 /// epoch (the gap is never paid for). Checks: holder (`ENotHolder`), offer
-/// (`EWrongOffer`), not withdrawn (`EOfferWithdrawn`), epochs (`EInvalidEpochs`), payment
-/// (`EWrongPayment`). Returns the new `expires_epoch`.
+/// (`EWrongOffer`), the offer's host (`EWrongHost`), not withdrawn (`EOfferWithdrawn`),
+/// provider still the host's authority (`EProviderChanged`), epochs (`EInvalidEpochs`),
+/// payment (`EWrongPayment`). Returns the new `expires_epoch`.
 public fun renew(
     sub: &mut Subscription,
     offer: &SubscriptionOffer,
+    host: &Host,
     epochs: u64,
     payment: Coin<SUI>,
     ctx: &mut TxContext,
 ): u64 {
+    sub.check_subscription_version();
+    offer.check_offer_version();
+    host.check_version();
     assert!(ctx.sender() == sub.holder, ENotHolder);
     assert!(sub.offer == object::id(offer), EWrongOffer);
-    assert!(!offer.withdrawn, EOfferWithdrawn);
+    offer.assert_selling(host);
     offer.assert_epochs(epochs);
     let paid = payment.value();
     assert!((paid as u128) == (epochs as u128) * (sub.price_per_epoch as u128), EWrongPayment);
@@ -319,6 +355,8 @@ public fun refund(
     offer: &SubscriptionOffer,
     ctx: &mut TxContext,
 ): u64 {
+    sub.check_subscription_version();
+    offer.check_offer_version();
     assert!(ctx.sender() == sub.holder, ENotHolder);
     assert!(sub.offer == object::id(offer), EWrongOffer);
     assert!(offer.withdrawn, ENotWithdrawn);
@@ -338,7 +376,8 @@ public fun refund(
 /// Open a connection to the offer's service with no metering (see
 /// `transport_control::open_prepaid`). Checks, before the usual ones of `open`: holder
 /// (`ENotHolder`), offer (`EWrongOffer`), the offer's host (`EWrongHost`), not withdrawn
-/// (`EOfferWithdrawn`), `start_epoch <= epoch < expires_epoch` (`ESubscriptionExpired`).
+/// (`EOfferWithdrawn`), provider still the host's authority (`EProviderChanged`),
+/// `start_epoch <= epoch < expires_epoch` (`ESubscriptionExpired`).
 public fun open_connection(
     sub: &Subscription,
     offer: &SubscriptionOffer,
@@ -349,10 +388,13 @@ public fun open_connection(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    sub.check_subscription_version();
+    offer.check_offer_version();
+    host.check_version();
+    cap.check_version();
     assert!(ctx.sender() == sub.holder, ENotHolder);
     assert!(sub.offer == object::id(offer), EWrongOffer);
-    assert!(object::id(host) == offer.host, EWrongHost);
-    assert!(!offer.withdrawn, EOfferWithdrawn);
+    offer.assert_selling(host);
     assert!(sub.is_live(ctx.epoch()), ESubscriptionExpired);
     let connection = transport_control::open_prepaid(
         host,
@@ -387,6 +429,11 @@ public fun end_connection(
     clock: &Clock,
     ctx: &mut TxContext,
 ): u64 {
+    sub.check_subscription_version();
+    offer.check_offer_version();
+    tc.check_version();
+    escrow.check_version();
+    cap.check_version();
     assert!(sub.offer == object::id(offer), EWrongOffer);
     assert!(tc.subscription() == option::some(object::id(sub)), ENotSubscribed);
     assert!(sub.is_over(offer, ctx.epoch()), ESubscriptionLive);
@@ -451,6 +498,15 @@ public fun is_withdrawn(offer: &SubscriptionOffer): bool { offer.withdrawn }
 
 // === Internal ===
 
+/// The offer may sell for `host` now: it is the offer's host (`EWrongHost`), the offer is
+/// not withdrawn (`EOfferWithdrawn`), and its provider is still the host's authority
+/// (`EProviderChanged`): what it sells is then paid to the one whose server serves it.
+fun assert_selling(offer: &SubscriptionOffer, host: &Host) {
+    assert!(object::id(host) == offer.host, EWrongHost);
+    assert!(!offer.withdrawn, EOfferWithdrawn);
+    assert!(host.authority() == offer.provider, EProviderChanged);
+}
+
 fun assert_epochs(offer: &SubscriptionOffer, epochs: u64) {
     assert!(epochs > 0 && epochs % offer.period_epochs == 0, EInvalidEpochs);
 }
@@ -464,3 +520,35 @@ fun pay_out(sub: &mut Subscription, epochs: u64, to: address, ctx: &mut TxContex
     };
     amount
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `offer` was made by or last migrated to.
+public fun offer_version(offer: &SubscriptionOffer): u64 { offer.version }
+
+/// Abort with `version::EWrongVersion` unless `offer` is of this package's version.
+public(package) fun check_offer_version(offer: &SubscriptionOffer) { version::check(offer.version) }
+
+/// The admin migrates `offer` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate_offer(_: &AdminCap, offer: &mut SubscriptionOffer) {
+    offer.version = version::migrate(object::id(offer), offer.version);
+}
+
+#[test_only]
+public fun set_offer_version_for_testing(offer: &mut SubscriptionOffer, v: u64) { offer.version = v; }
+
+/// The package version `sub` was made by or last migrated to.
+public fun subscription_version(sub: &Subscription): u64 { sub.version }
+
+/// Abort with `version::EWrongVersion` unless `sub` is of this package's version.
+public(package) fun check_subscription_version(sub: &Subscription) { version::check(sub.version) }
+
+/// The admin migrates `sub` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate_subscription(_: &AdminCap, sub: &mut Subscription) {
+    sub.version = version::migrate(object::id(sub), sub.version);
+}
+
+#[test_only]
+public fun set_subscription_version_for_testing(sub: &mut Subscription, v: u64) { sub.version = v; }

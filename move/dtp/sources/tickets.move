@@ -11,6 +11,7 @@
 /// refund removes the buyer's tickets from `sold` and their price from `funds`.
 module dtp::tickets;
 
+use dtp::version::{Self, AdminCap};
 use std::string::{Self, String};
 use sui::balance::{Self, Balance};
 use sui::clock::Clock;
@@ -41,11 +42,20 @@ const ERefundNotOpen: vector<u8> = b"Refunds open only after a cancel or a misse
 const ENoTickets: vector<u8> = b"Sender holds no tickets to refund";
 #[error(code = 219)]
 const ECancelled: vector<u8> = b"The sale is cancelled";
+// 220-251 are other modules': tickets goes on at 252
+#[error(code = 252)]
+const ENotOnAir: vector<u8> = b"Tickets are given back only once the event went on air (else refunded)";
+#[error(code = 253)]
+const ESaleNotOver: vector<u8> = b"The sale is not over: not on air, cancelled or past its deadline";
+#[error(code = 254)]
+const ETicketsHeld: vector<u8> = b"Buyers still hold tickets of the sale";
 
 // === Object ===
 
 public struct TicketSale has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     organizer: address,
     title: String,
     ticket_price: u64,
@@ -101,6 +111,17 @@ public struct TicketsRefunded has copy, drop {
     amount: u64,
 }
 
+public struct TicketsGivenBack has copy, drop {
+    sale: ID,
+    buyer: address,
+    count: u64,
+}
+
+public struct TicketSaleDeleted has copy, drop {
+    sale: ID,
+    organizer: address,
+}
+
 // === Organizer ===
 
 /// Open a sale. Checks (`EInvalidTerms`): price > 0, min_tickets > 0, max_tickets == 0 or
@@ -123,6 +144,7 @@ public fun create(
     let title = string::utf8(title);
     let sale = TicketSale {
         id: object::new(ctx),
+        version: version::current(),
         organizer: ctx.sender(),
         title,
         ticket_price,
@@ -154,6 +176,7 @@ public fun create(
 /// air (`EAlreadyOnAir`), now <= deadline (`ESaleClosed`), sold >= min_tickets
 /// (`EThresholdNotMet`). Returns the revenue paid.
 public fun go_on_air(sale: &mut TicketSale, clock: &Clock, ctx: &mut TxContext): u64 {
+    sale.check_version();
     assert!(ctx.sender() == sale.organizer, ENotOrganizer);
     assert!(!sale.cancelled, ECancelled);
     assert!(!sale.on_air, EAlreadyOnAir);
@@ -171,6 +194,7 @@ public fun go_on_air(sale: &mut TicketSale, clock: &Clock, ctx: &mut TxContext):
 
 /// Call the event off; refunds open at once. Checks: organizer, not cancelled, not on air.
 public fun cancel(sale: &mut TicketSale, ctx: &TxContext) {
+    sale.check_version();
     assert!(ctx.sender() == sale.organizer, ENotOrganizer);
     assert!(!sale.cancelled, ECancelled);
     assert!(!sale.on_air, EAlreadyOnAir);
@@ -190,6 +214,7 @@ public fun buy(
     clock: &Clock,
     ctx: &TxContext,
 ) {
+    sale.check_version();
     assert!(!sale.cancelled, ECancelled);
     assert!(!sale.on_air, EAlreadyOnAir);
     assert!(clock.timestamp_ms() <= sale.deadline_ms, ESaleClosed);
@@ -214,6 +239,7 @@ public fun buy(
 /// cancelled, or not on air and now > deadline (`ERefundNotOpen`); the sender holds
 /// tickets (`ENoTickets`). Returns the refund.
 public fun refund(sale: &mut TicketSale, clock: &Clock, ctx: &mut TxContext): u64 {
+    sale.check_version();
     let missed = !sale.on_air && clock.timestamp_ms() > sale.deadline_ms;
     assert!(sale.cancelled || missed, ERefundNotOpen);
     let buyer = ctx.sender();
@@ -225,6 +251,43 @@ public fun refund(sale: &mut TicketSale, clock: &Clock, ctx: &mut TxContext): u6
     transfer::public_transfer(coin::from_balance(part, ctx), buyer);
     event::emit(TicketsRefunded { sale: object::id(sale), buyer, count, amount });
     amount
+}
+
+// === Giving the storage back ===
+
+/// A buyer gives its tickets back once the event went on air, removing its entry in
+/// `holders`, whose storage its first `buy` paid for: Sui credits the rebate of a removed
+/// entry to the gas payer of the removing transaction, the buyer's. It no longer holds a
+/// ticket (a ticketed broadcast admits it no more); `sold` stays what was sold. Checks: on
+/// air (`ENotOnAir`: before, a buyer's way out is `refund`), the sender holds tickets
+/// (`ENoTickets`). No MIST moves. Returns the tickets given back.
+public fun leave(sale: &mut TicketSale, ctx: &TxContext): u64 {
+    sale.check_version();
+    assert!(sale.on_air, ENotOnAir);
+    let buyer = ctx.sender();
+    assert!(sale.holders.contains(buyer), ENoTickets);
+    let count = sale.holders.remove(buyer);
+    event::emit(TicketsGivenBack { sale: object::id(sale), buyer, count });
+    count
+}
+
+/// The organizer deletes a sale that is over and holds nothing: its storage, paid by
+/// `create`, comes back to it as the deleting transaction's gas payer. Checks: organizer
+/// (`ENotOrganizer`), over -- on air, cancelled, or past its deadline -- (`ESaleNotOver`),
+/// no entry left in `holders` (`ETicketsHeld`: every buyer refunded, or given its
+/// tickets back after the event went on air). Then `funds` is empty (on air: paid out;
+/// else `sold` is 0), so no MIST moves.
+public fun destroy(sale: TicketSale, clock: &Clock, ctx: &TxContext) {
+    sale.check_version();
+    assert!(ctx.sender() == sale.organizer, ENotOrganizer);
+    let over = sale.on_air || sale.cancelled || clock.timestamp_ms() > sale.deadline_ms;
+    assert!(over, ESaleNotOver);
+    assert!(sale.holders.is_empty(), ETicketsHeld);
+    let TicketSale { id, organizer, holders, funds, .. } = sale;
+    holders.destroy_empty();
+    funds.destroy_zero();
+    event::emit(TicketSaleDeleted { sale: id.to_inner(), organizer });
+    id.delete();
 }
 
 // === Reading ===
@@ -246,3 +309,20 @@ public fun is_cancelled(sale: &TicketSale): bool { sale.cancelled }
 public fun tickets_of(sale: &TicketSale, buyer: address): u64 {
     if (sale.holders.contains(buyer)) *sale.holders.borrow(buyer) else 0
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `sale` was made by or last migrated to.
+public fun package_version(sale: &TicketSale): u64 { sale.version }
+
+/// Abort with `version::EWrongVersion` unless `sale` is of this package's version.
+public(package) fun check_version(sale: &TicketSale) { version::check(sale.version) }
+
+/// The admin migrates `sale` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, sale: &mut TicketSale) {
+    sale.version = version::migrate(object::id(sale), sale.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(sale: &mut TicketSale, v: u64) { sale.version = v; }

@@ -10,10 +10,12 @@
 ///  Closed ──settle (server: any time; client: now >= half-close at_ms + timeout)──> settled
 /// ```
 ///
-/// The server can claim receipts from the escrow at any time before settlement; settling
-/// optionally claims a final receipt and then refunds the rest to the client. The client
-/// may only settle once the server has had `HALF_CLOSE_TIMEOUT_MS` since the first close
-/// to submit its last receipt.
+/// The timeout is the connection's own: its SLA's `half_close_timeout_ms`, which the
+/// provider chose for the service (10 minutes unless it chose longer) and the connection
+/// copied when it opened. The server can claim receipts from the escrow at any time
+/// before settlement; settling optionally claims a final receipt and then refunds the
+/// rest to the client. The client may only settle once the server has had the timeout
+/// since the first close to submit its last receipt.
 ///
 /// Only `open` reads the `Host`, and read-only: closing and settling touch the
 /// connection's own objects (and the client's spending cap), so the connections of one
@@ -23,6 +25,7 @@ module dtp::transport_control;
 use dtp::escrow::{Self, Escrow};
 use dtp::host::{Self, Host, Sla};
 use dtp::spending_cap::SpendingCap;
+use dtp::version::{Self, AdminCap};
 use sui::clock::Clock;
 use sui::coin::Coin;
 use sui::event;
@@ -49,13 +52,14 @@ const EConnectionOpen: vector<u8> = b"Connection must be closed (or half-closed)
 const EWrongEscrow: vector<u8> = b"Not this connection's escrow";
 #[error(code = 59)]
 const EAlreadySettled: vector<u8> = b"Connection is already settled";
+#[error(code = 60)]
+const ENotClient: vector<u8> = b"Only the connection's client can delete it";
+#[error(code = 61)]
+const ENotSettled: vector<u8> = b"Connection must be settled before it is deleted";
+#[error(code = 242)]
+const ESponsored: vector<u8> = b"A sponsored connection is deleted by sponsor::reimburse_and_destroy, which reimburses it first";
 
 // === Constants ===
-
-/// How long a half-closed connection waits for the peer before either side may finalize
-/// it, and how long the server has (from the first close) to claim before the client may
-/// settle: 10 minutes.
-const HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
 
 /// `state_code` values.
 const STATE_OPEN: u8 = 0;
@@ -74,12 +78,15 @@ public enum State has copy, drop, store {
 
 public struct TransportControl has key {
     id: UID,
+    /// The package version that made it or last migrated it (`dtp::version`).
+    version: u64,
     host: ID,
     port: u16,
     client: address,
     /// The host's authority when the connection opened; paid by the escrow.
     server: address,
-    /// Fee terms copied from the service at open; never change afterwards.
+    /// Terms copied from the service at open, the half-close timeout among them; never
+    /// change afterwards.
     sla: Sla,
     escrow: ID,
     spending_cap: ID,
@@ -90,6 +97,10 @@ public struct TransportControl has key {
     /// a metered one. Anyone may end the connection once that subscription is over
     /// (`dtp::subscription::end_connection`, docs/escrow.md §13).
     subscription: Option<ID>,
+    /// The SponsorLane a sponsored connection was opened through
+    /// (`dtp::sponsor::open_connection`); none for any other. Such a connection is deleted
+    /// only through `dtp::sponsor::reimburse_and_destroy`, which releases its pledge first.
+    sponsor: Option<ID>,
 }
 
 // === Events ===
@@ -129,6 +140,12 @@ public struct ConnectionSettled has copy, drop {
     refunded: u64,
 }
 
+public struct ConnectionDeleted has copy, drop {
+    connection: ID,
+    escrow: ID,
+    client: address,
+}
+
 // === Opening ===
 
 /// Open a connection from the sender to `host`'s service on `port`, depositing `deposit`
@@ -150,7 +167,10 @@ public fun open(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
-    open_with(host, port, cap, client_public_key, deposit, option::none(), true, clock, ctx)
+    host.check_version();
+    cap.check_version();
+    let none = option::none();
+    open_with(host, port, cap, client_public_key, deposit, none, none, true, clock, ctx)
 }
 
 /// `open` with a session key (docs/escrow.md §6.2): `session_public_key` is any Ed25519
@@ -169,14 +189,17 @@ public fun open_with_session_key(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    host.check_version();
+    cap.check_version();
     let none = option::none();
-    open_with(host, port, cap, session_public_key, deposit, none, false, clock, ctx)
+    open_with(host, port, cap, session_public_key, deposit, none, none, false, clock, ctx)
 }
 
 /// `open` for a holder of a live subscription (`dtp::subscription::open_connection`):
-/// the same checks, but the connection's SLA is all zeros, so it needs no deposit and
-/// every receipt must be for 0 MIST; the connection records `subscription`, which ends
-/// it once over (`end_prepaid`; docs/escrow.md §13).
+/// the same checks, but the connection's prices and minimum deposit are all zeros, so it
+/// needs no deposit and every receipt must be for 0 MIST (its half-close timeout is the
+/// service's); the connection records `subscription`, which ends it once over
+/// (`end_prepaid`; docs/escrow.md §13).
 public(package) fun open_prepaid(
     host: &Host,
     port: u16,
@@ -188,7 +211,24 @@ public(package) fun open_prepaid(
     ctx: &mut TxContext,
 ): ID {
     let sub = option::some(subscription);
-    open_with(host, port, cap, client_public_key, deposit, sub, true, clock, ctx)
+    open_with(host, port, cap, client_public_key, deposit, sub, option::none(), true, clock, ctx)
+}
+
+/// `open` through a sponsor lane (`dtp::sponsor::open_connection`): the same checks and
+/// connection, which records `lane`, so that it is deleted only once the lane's pledge to
+/// it is released (`dtp::sponsor::reimburse_and_destroy`; docs/escrow.md §7, §14).
+public(package) fun open_sponsored(
+    host: &Host,
+    port: u16,
+    cap: &mut SpendingCap,
+    client_public_key: vector<u8>,
+    deposit: Coin<SUI>,
+    lane: ID,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    let lane = option::some(lane);
+    open_with(host, port, cap, client_public_key, deposit, option::none(), lane, true, clock, ctx)
 }
 
 fun open_with(
@@ -198,6 +238,7 @@ fun open_with(
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     subscription: Option<ID>,
+    sponsor: Option<ID>,
     key_of_client: bool,
     clock: &Clock,
     ctx: &mut TxContext,
@@ -206,7 +247,9 @@ fun open_with(
     cap.assert_owner(client);
     let admitted = host.admit(port, client);
     // a prepaid connection is admitted like any other, and simply not metered
-    let sla = if (subscription.is_some()) host::new_sla(0, 0, 0) else admitted;
+    let sla = if (subscription.is_some()) {
+        host::new_sla_with_half_close_timeout(0, 0, 0, admitted.half_close_timeout_ms())
+    } else admitted;
     let amount = deposit.value();
     assert!(amount >= sla.min_deposit(), EInsufficientDeposit);
 
@@ -230,6 +273,7 @@ fun open_with(
     let now = clock.timestamp_ms();
     let tc = TransportControl {
         id,
+        version: version::current(),
         host: object::id(host),
         port,
         client,
@@ -241,6 +285,7 @@ fun open_with(
         opened_at_ms: now,
         settled: false,
         subscription,
+        sponsor,
     };
     event::emit(ConnectionOpened {
         connection,
@@ -262,6 +307,7 @@ fun open_with(
 /// Close the sender's side. Open -> HalfClosed{by: sender}; HalfClosed by the peer ->
 /// Closed.
 public fun close(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
+    tc.check_version();
     let who = ctx.sender();
     tc.assert_participant(who);
     let now = clock.timestamp_ms();
@@ -280,8 +326,9 @@ public fun close(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
 }
 
 /// Either participant finalizes a half-closed connection whose peer did not answer within
-/// `HALF_CLOSE_TIMEOUT_MS`: HalfClosed -> Closed.
+/// the connection's half-close timeout (`half_close_timeout_ms`): HalfClosed -> Closed.
 public fun finalize(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
+    tc.check_version();
     let who = ctx.sender();
     tc.assert_participant(who);
     let now = clock.timestamp_ms();
@@ -289,7 +336,7 @@ public fun finalize(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
     match (state) {
         State::Open => abort ENotHalfClosed,
         State::HalfClosed { by: _, at_ms } => {
-            assert!(now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
+            assert!(now >= at_ms + tc.half_close_timeout_ms(), ETimeoutNotReached);
             tc.close_fully(at_ms, now, who);
         },
         State::Closed { .. } => abort EConnectionClosed,
@@ -303,8 +350,8 @@ public fun finalize(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
 /// `escrow::EWrongSpendingCap`) and release the refund from it (docs/escrow.md §4).
 /// The server may settle at any time (it forgoes further claims), an Open connection
 /// closing in the same step: one transaction ends a connection whose client closed it
-/// in-band. The client may settle only once `HALF_CLOSE_TIMEOUT_MS` has passed since
-/// the first close. An Open or half-closed connection becomes Closed.
+/// in-band. The client may settle only once the connection's half-close timeout has
+/// passed since the first close. An Open or half-closed connection becomes Closed.
 public fun settle(
     tc: &mut TransportControl,
     escrow: &mut Escrow,
@@ -312,6 +359,9 @@ public fun settle(
     clock: &Clock,
     ctx: &mut TxContext,
 ) {
+    tc.check_version();
+    escrow.check_version();
+    cap.check_version();
     let who = ctx.sender();
     tc.assert_participant(who);
     assert!(!tc.settled, EAlreadySettled);
@@ -319,6 +369,7 @@ public fun settle(
     escrow.assert_spending_cap(cap);
     let now = clock.timestamp_ms();
     let is_server = who == tc.server;
+    let timeout = tc.half_close_timeout_ms();
     let state = tc.state;
     match (state) {
         State::Open => {
@@ -326,14 +377,11 @@ public fun settle(
             tc.close_fully(now, now, who);
         },
         State::HalfClosed { by: _, at_ms } => {
-            assert!(is_server || now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
+            assert!(is_server || now >= at_ms + timeout, ETimeoutNotReached);
             tc.close_fully(at_ms, now, who);
         },
         State::Closed { half_closed_at_ms, closed_at_ms: _ } => {
-            assert!(
-                is_server || now >= half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS,
-                ETimeoutNotReached,
-            );
+            assert!(is_server || now >= half_closed_at_ms + timeout, ETimeoutNotReached);
         },
     };
     let refunded = escrow.refund_remainder(cap, ctx);
@@ -362,6 +410,9 @@ public fun settle_with_receipt(
     clock: &Clock,
     ctx: &mut TxContext,
 ) {
+    tc.check_version();
+    escrow.check_version();
+    cap.check_version();
     assert!(!tc.settled, EAlreadySettled);
     assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
     escrow.assert_spending_cap(cap);
@@ -407,6 +458,42 @@ public(package) fun end_prepaid(
     refunded
 }
 
+// === Deletion ===
+
+/// The client deletes its settled connection: the TransportControl and its Escrow, whose
+/// storage its open paid for. Sui credits a deleted object's storage rebate to the gas
+/// payer of the deleting transaction, so only the client may delete them (a server that
+/// did would pocket the client's rebate); a client's own settlement may do it in the same
+/// transaction (`settle` then `destroy`). Checks, in order: the sender is the client
+/// (`ENotClient`), the connection is settled (`ENotSettled`), the escrow is its own
+/// (`EWrongEscrow`), the connection is not sponsored (`ESponsored`: its lane's pledge
+/// must be released first, which `dtp::sponsor::reimburse_and_destroy` does and then
+/// deletes it). A settled escrow holds nothing (its remainder went back at settlement),
+/// so no MIST moves.
+public fun destroy(tc: TransportControl, escrow: Escrow, ctx: &TxContext) {
+    tc.check_version();
+    escrow.check_version();
+    tc.assert_deletable(&escrow, ctx);
+    assert!(tc.sponsor.is_none(), ESponsored);
+    tc.delete(escrow);
+}
+
+/// The checks of `destroy` but the last (`ENotClient`, `ENotSettled`, `EWrongEscrow`):
+/// `dtp::sponsor::reimburse_and_destroy` makes them before it releases the pledge.
+public(package) fun assert_deletable(tc: &TransportControl, escrow: &Escrow, ctx: &TxContext) {
+    assert!(ctx.sender() == tc.client, ENotClient);
+    assert!(tc.settled, ENotSettled);
+    assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
+}
+
+/// Delete the connection and its escrow (checked by `assert_deletable`).
+public(package) fun delete(tc: TransportControl, escrow: Escrow) {
+    let TransportControl { id, client, escrow: escrow_id, .. } = tc;
+    escrow.destroy();
+    event::emit(ConnectionDeleted { connection: id.to_inner(), escrow: escrow_id, client });
+    id.delete();
+}
+
 // === Checks used by other modules ===
 
 public fun is_participant(tc: &TransportControl, who: address): bool {
@@ -450,6 +537,9 @@ public fun is_settled(tc: &TransportControl): bool { tc.settled }
 /// The Subscription a prepaid connection was opened with (none for a metered one).
 public fun subscription(tc: &TransportControl): Option<ID> { tc.subscription }
 
+/// The SponsorLane a sponsored connection was opened through (none for any other).
+public fun sponsor(tc: &TransportControl): Option<ID> { tc.sponsor }
+
 /// 0 Open, 1 HalfClosed, 2 Closed.
 public fun state_code(tc: &TransportControl): u8 {
     match (&tc.state) {
@@ -467,7 +557,8 @@ public fun half_closed_by(tc: &TransportControl): Option<address> {
     }
 }
 
-public fun half_close_timeout_ms(): u64 { HALF_CLOSE_TIMEOUT_MS }
+/// The connection's half-close timeout: its SLA's, fixed when it opened.
+public fun half_close_timeout_ms(tc: &TransportControl): u64 { tc.sla.half_close_timeout_ms() }
 
 public fun state_open(): u8 { STATE_OPEN }
 
@@ -481,3 +572,20 @@ fun close_fully(tc: &mut TransportControl, half_closed_at_ms: u64, now: u64, by:
     tc.state = State::Closed { half_closed_at_ms, closed_at_ms: now };
     event::emit(ConnectionClosed { connection: tc.connection_id(), by, at_ms: now });
 }
+
+// === Versions (docs/escrow.md "Versions") ===
+
+/// The package version `tc` was made by or last migrated to.
+public fun package_version(tc: &TransportControl): u64 { tc.version }
+
+/// Abort with `version::EWrongVersion` unless `tc` is of this package's version.
+public(package) fun check_version(tc: &TransportControl) { version::check(tc.version) }
+
+/// The admin migrates `tc` to this package's version after an upgrade (only
+/// forward: `version::ENotUpgrade`). Event `version::ObjectMigrated`.
+public fun migrate(_: &AdminCap, tc: &mut TransportControl) {
+    tc.version = version::migrate(object::id(tc), tc.version);
+}
+
+#[test_only]
+public fun set_version_for_testing(tc: &mut TransportControl, v: u64) { tc.version = v; }

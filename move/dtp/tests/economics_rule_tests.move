@@ -7,7 +7,7 @@ use dtp::escrow::Escrow;
 use dtp::host::{Self, Host};
 use dtp::retention::{Self, RetainedRecord, RetentionTerms};
 use dtp::spending_cap::{Self, SpendingCap};
-use dtp::sponsor::{Self, SponsorPool};
+use dtp::sponsor::{Self, SponsorLane, SponsorPool};
 use dtp::subscription::{Self, Subscription, SubscriptionOffer};
 use dtp::test_helpers as th;
 use dtp::tickets::{Self, TicketSale};
@@ -36,9 +36,11 @@ fun subscription_underpaid_rejected() {
     ts::return_shared(h);
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(&mut scenario, th::client(), 199);
-    subscription::subscribe(&offer, 2, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, 2, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     th::finish(scenario, clock);
 }
 
@@ -52,9 +54,11 @@ fun subscription_used_by_another_rejected() {
     ts::return_shared(h);
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(&mut scenario, th::client(), 100);
-    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, 1, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     scenario.next_tx(th::mallory());
     let mallory_cap = spending_cap::create(1_000, scenario.ctx());
     th::fund(&mut scenario, th::mallory(), 1);
@@ -94,9 +98,11 @@ fun subscribed_open_survives_a_lowered_cap() {
     ts::return_shared(h);
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(&mut scenario, th::client(), 100);
-    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, 1, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
@@ -120,23 +126,41 @@ fun subscribed_open_survives_a_lowered_cap() {
     th::finish(scenario, clock);
 }
 
+/// SERVER creates a pool of `lanes` lanes on the service (the only pool: `take_shared`).
+fun create_pool(scenario: &mut Scenario, share_bps: u64, max_pledge: u64, lanes: u64) {
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    sponsor::create(&h, th::port(), share_bps, max_pledge, lanes, scenario.ctx());
+    ts::return_shared(h);
+}
+
 #[test]
 fun sponsor_pledge_limit_of_zero_pledges_nothing() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    scenario.next_tx(th::server());
-    let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), 10_000, 0, scenario.ctx());
-    ts::return_shared(h);
+    create_pool(&mut scenario, 10_000, 0, 1);
     scenario.next_tx(th::client());
-    let mut pool = scenario.take_shared<SponsorPool>();
+    let pool = scenario.take_shared<SponsorPool>();
+    let lanes = pool.lanes();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(lanes[0]);
     let h = scenario.take_shared<Host>();
     let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(&mut scenario, th::client(), 1_000);
-    // an empty pool opens it: the pledge is 0
-    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, &clock, scenario.ctx());
-    assert!(pool.pledge_of(conn) == 0 && pool.reserved() == 0 && pool.pledge_for(1_000) == 0);
+    // an empty lane opens it: the pledge is 0
+    let conn = pool.open_connection(
+        &mut lane,
+        &h,
+        &mut cap,
+        th::client_pk(),
+        payment,
+        &clock,
+        scenario.ctx(),
+    );
+    assert!(lane.pledge_of(conn) == 0 && lane.reserved() == 0 && pool.pledge_for(1_000) == 0);
+    // a pledge of 0 is still a pledge: the connection is sponsored through this lane
+    assert!(lane.pledge_count() == 1);
     ts::return_shared(pool);
+    ts::return_shared(lane);
     ts::return_shared(h);
     ts::return_shared(cap);
     th::finish(scenario, clock);
@@ -146,10 +170,72 @@ fun sponsor_pledge_limit_of_zero_pledges_nothing() {
 fun sponsor_share_above_everything_rejected() {
     let (mut scenario, clock) = th::start();
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 10_001, 10_000, 1);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EInvalidLanes)]
+fun sponsor_pool_without_lanes_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 5_000, 10_000, 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EInvalidLanes)]
+fun sponsor_pool_over_the_lane_limit_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 5_000, 10_000, 65);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun sponsor_pool_makes_its_lanes() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 5_000, 10_000, 64);
     scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let lanes = pool.lanes();
+    assert!(lanes.length() == 64);
+    let mut i = 0;
+    while (i < lanes.length()) {
+        let lane = scenario.take_shared_by_id<SponsorLane>(lanes[i]);
+        assert!(lane.lane_pool() == object::id(&pool));
+        assert!(lane.funds_value() == 0 && lane.reserved() == 0 && lane.pledge_count() == 0);
+        ts::return_shared(lane);
+        i = i + 1;
+    };
+    ts::return_shared(pool);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EWrongLane)]
+fun sponsor_lane_of_another_pool_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 5_000, 10_000, 1);
+    scenario.next_tx(th::server());
+    let first = scenario.take_shared<SponsorPool>();
+    let lanes = first.lanes();
+    let first_lane = lanes[0];
+    ts::return_shared(first);
+    // a second pool of the same service: the first one's lane is not its own
+    create_pool(&mut scenario, 5_000, 10_000, 1);
+    scenario.next_tx(th::client());
+    let pool = scenario.take_shared<SponsorPool>(); // (the newest: the second)
+    let lanes = pool.lanes();
+    assert!(!lanes.contains(&first_lane));
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(first_lane);
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), 10_001, 10_000, scenario.ctx());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(&mut scenario, th::client(), 1_000);
+    pool.open_connection(&mut lane, &h, &mut cap, th::client_pk(), payment, &clock, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(lane);
     ts::return_shared(h);
+    ts::return_shared(cap);
     th::finish(scenario, clock);
 }
 
@@ -157,19 +243,40 @@ fun sponsor_share_above_everything_rejected() {
 fun reimburse_unsponsored_connection_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    scenario.next_tx(th::server());
-    let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), 5_000, 10_000, scenario.ctx());
-    ts::return_shared(h);
+    create_pool(&mut scenario, 5_000, 10_000, 1);
     let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
     scenario.next_tx(th::client());
-    let mut pool = scenario.take_shared<SponsorPool>();
+    let pool = scenario.take_shared<SponsorPool>();
+    let lanes = pool.lanes();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(lanes[0]);
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
     let e = scenario.take_shared_by_id<dtp::escrow::Escrow>(tc.escrow_id());
-    pool.reimburse(&tc, &e, scenario.ctx());
+    pool.reimburse(&mut lane, &tc, &e, scenario.ctx());
     ts::return_shared(pool);
+    ts::return_shared(lane);
     ts::return_shared(tc);
     ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+/// A connection not opened through the lane is not deleted through it (its deletion is
+/// `transport_control::destroy`'s).
+#[test, expected_failure(abort_code = sponsor::ENotSponsored)]
+fun reimburse_and_destroy_unsponsored_connection_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    create_pool(&mut scenario, 5_000, 10_000, 1);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    scenario.next_tx(th::client());
+    let pool = scenario.take_shared<SponsorPool>();
+    let lanes = pool.lanes();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(lanes[0]);
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let e = scenario.take_shared_by_id<dtp::escrow::Escrow>(tc.escrow_id());
+    pool.reimburse_and_destroy(&mut lane, tc, e, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(lane);
     th::finish(scenario, clock);
 }
 
@@ -224,15 +331,19 @@ fun retention_short_deposit_rejected() {
 fun prepaid_sla_is_all_zero() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    // the service's half-close timeout is not a price: the prepaid connection keeps it
+    th::update_service(&mut scenario, 10, 5, 1000, 3_600_000, 0);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
     subscription::create_offer(&h, th::port(), 100, 1, scenario.ctx());
     ts::return_shared(h);
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(&mut scenario, th::client(), 100);
-    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, 1, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let sub_id = object::id(&sub);
@@ -257,6 +368,7 @@ fun prepaid_sla_is_all_zero() {
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
     let sla = tc.sla();
     assert!(sla.price_per_kib() == 0 && sla.price_per_request() == 0 && sla.min_deposit() == 0);
+    assert!(sla.half_close_timeout_ms() == 3_600_000 && tc.half_close_timeout_ms() == 3_600_000);
     assert!(tc.state_code() == transport_control::state_open());
     // the connection records its subscription, which ends it once over
     assert!(tc.subscription() == option::some(sub_id));
@@ -288,9 +400,11 @@ fun subscribed_connection(scenario: &mut Scenario, clock: &Clock, cap_id: ID): I
     ts::return_shared(h);
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(scenario, th::client(), 100);
-    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, 1, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
@@ -380,8 +494,10 @@ fun subscribed_connection_ended_through_another_offer_rejected() {
     ts::return_shared(h);
     scenario.next_tx(th::server());
     let mut offer = scenario.take_shared_by_id<SubscriptionOffer>(other);
-    offer.withdraw_offer(scenario.ctx());
+    let h = scenario.take_shared<Host>();
+    offer.withdraw_offer(&h, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
     end_with(&mut scenario, &clock, conn, other, th::other());
     th::finish(scenario, clock);
 }
@@ -397,10 +513,12 @@ fun renewed_subscription_keeps_its_connection() {
     {
         let mut sub = scenario.take_shared<Subscription>();
         let the_offer = scenario.take_shared_by_id<SubscriptionOffer>(offer);
+        let h = scenario.take_shared<Host>();
         let payment = th::take(&mut scenario, th::client(), 100);
-        sub.renew(&the_offer, 1, payment, scenario.ctx());
+        sub.renew(&the_offer, &h, 1, payment, scenario.ctx());
         ts::return_shared(sub);
         ts::return_shared(the_offer);
+        ts::return_shared(h);
     };
     // live again in this epoch: its connections go on
     end_with(&mut scenario, &clock, conn, offer, th::other());

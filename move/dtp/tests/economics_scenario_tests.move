@@ -11,7 +11,7 @@ use dtp::payment;
 use dtp::pipe::{Self, Pipe};
 use dtp::retention::{Self, RetainedRecord, RetentionTerms};
 use dtp::spending_cap::SpendingCap;
-use dtp::sponsor::{Self, SponsorPool};
+use dtp::sponsor::{Self, SponsorLane, SponsorPool};
 use dtp::subscription::{Self, Subscription, SubscriptionOffer};
 use dtp::test_helpers as th;
 use dtp::tickets::{Self, TicketSale};
@@ -35,9 +35,25 @@ fun offer_create(scenario: &mut Scenario, price: u64, period: u64) {
 fun subscribe(scenario: &mut Scenario, epochs: u64, price: u64) {
     scenario.next_tx(th::client());
     let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
     let payment = th::take(scenario, th::client(), epochs * price);
-    subscription::subscribe(&offer, epochs, payment, scenario.ctx());
+    subscription::subscribe(&offer, &h, epochs, payment, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
+}
+
+/// CLIENT renews its subscription by `epochs` at `price`; returns the new `expires_epoch`.
+fun renew(scenario: &mut Scenario, epochs: u64, price: u64): u64 {
+    scenario.next_tx(th::client());
+    let mut sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
+    let payment = th::take(scenario, th::client(), epochs * price);
+    let expires = sub.renew(&offer, &h, epochs, payment, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(h);
+    expires
 }
 
 fun subscription_claim(scenario: &mut Scenario): u64 {
@@ -51,10 +67,17 @@ fun subscription_claim(scenario: &mut Scenario): u64 {
 }
 
 fun offer_withdraw(scenario: &mut Scenario) {
-    scenario.next_tx(th::server());
+    offer_withdraw_as(scenario, th::server());
+}
+
+/// `who` withdraws the offer (the provider; anyone once the host has another authority).
+fun offer_withdraw_as(scenario: &mut Scenario, who: address) {
+    scenario.next_tx(who);
     let mut offer = scenario.take_shared<SubscriptionOffer>();
-    offer.withdraw_offer(scenario.ctx());
+    let h = scenario.take_shared<Host>();
+    offer.withdraw_offer(&h, scenario.ctx());
     ts::return_shared(offer);
+    ts::return_shared(h);
 }
 
 fun subscription_refund(scenario: &mut Scenario): u64 {
@@ -148,15 +171,7 @@ fun subscription_expiry_and_renewal() {
         assert!(sub.claimed_epochs() == 1 && sub.funds_value() == 100);
         ts::return_shared(sub);
     };
-    scenario.next_tx(th::client());
-    {
-        let mut sub = scenario.take_shared<Subscription>();
-        let offer = scenario.take_shared<SubscriptionOffer>();
-        let payment = th::take(&mut scenario, th::client(), 100);
-        assert!(sub.renew(&offer, 1, payment, scenario.ctx()) == 3);
-        ts::return_shared(sub);
-        ts::return_shared(offer);
-    };
+    assert!(renew(&mut scenario, 1, 100) == 3);
     scenario.next_tx(th::client());
     {
         let sub = scenario.take_shared<Subscription>();
@@ -294,10 +309,106 @@ fun subscription_end_metered_connection_rejected() {
     th::finish(scenario, clock);
 }
 
+// === The host changes hands (docs/escrow.md §13) ===
+
+#[test]
+fun subscription_offer_ends_with_the_hosts_sale() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 1_000, 1);
+    subscribe(&mut scenario, 5, 1_000);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 0);
+    scenario.next_epoch(th::server());
+    set_authority(&mut scenario, th::other());
+    // the new authority withdraws: the old one earned the epochs begun until now
+    offer_withdraw_as(&mut scenario, th::other());
+    assert!(subscription_claim(&mut scenario) == 2_000);
+    assert!(subscription_refund(&mut scenario) == 3_000);
+    assert!(end_subscribed(&mut scenario, &clock, conn, th::other()) == 0);
+    assert!(closed_and_settled(&mut scenario, conn));
+    scenario.next_epoch(th::server());
+    assert!(subscription_claim(&mut scenario) == 0);
+    scenario.next_tx(th::client());
+    {
+        let sub = scenario.take_shared<Subscription>();
+        assert!(!sub.is_live(scenario.ctx().epoch()));
+        assert!(sub.expires_epoch() == 2 && sub.claimed_epochs() == 2 && sub.funds_value() == 0);
+        ts::return_shared(sub);
+    };
+    assert!(th::balance_of(&scenario, th::client()) == 8_000);
+    assert!(th::balance_of(&scenario, th::server()) == 2_000);
+    assert!(th::balance_of(&scenario, th::other()) == 0);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun subscription_holder_withdraws_a_sold_hosts_offer() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 3, 100);
+    set_authority(&mut scenario, th::other());
+    offer_withdraw_as(&mut scenario, th::client());
+    assert!(subscription_refund(&mut scenario) == 200);
+    scenario.next_epoch(th::server());
+    assert!(subscription_claim(&mut scenario) == 100);
+    scenario.next_tx(th::client());
+    {
+        let sub = scenario.take_shared<Subscription>();
+        assert!(sub.funds_value() == 0);
+        ts::return_shared(sub);
+    };
+    assert!(th::balance_of(&scenario, th::client()) == 9_900);
+    assert!(th::balance_of(&scenario, th::server()) == 100);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ENotProvider)]
+fun subscription_withdrawal_by_another_before_a_sale_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 3, 100);
+    offer_withdraw_as(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EProviderChanged)]
+fun subscription_open_after_the_hosts_sale_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 5, 100);
+    set_authority(&mut scenario, th::other());
+    open_subscribed(&mut scenario, &clock, cap_id, 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EProviderChanged)]
+fun subscription_subscribe_after_the_hosts_sale_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    set_authority(&mut scenario, th::other());
+    subscribe(&mut scenario, 1, 100);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EProviderChanged)]
+fun subscription_renew_after_the_hosts_sale_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    set_authority(&mut scenario, th::other());
+    renew(&mut scenario, 1, 100);
+    th::finish(scenario, clock);
+}
+
 // === Sponsor helpers ===
 
-/// SERVER receives `server_funds`, creates a pool with `share_bps` and `max_pledge` and
-/// puts `pool_funds` into it.
+/// SERVER receives `server_funds`, creates a pool of one lane with `share_bps` and
+/// `max_pledge` and puts `pool_funds` into it.
 fun sponsor_setup(
     scenario: &mut Scenario,
     server_funds: u64,
@@ -305,69 +416,133 @@ fun sponsor_setup(
     max_pledge: u64,
     pool_funds: u64,
 ) {
+    sponsor_create(scenario, server_funds, share_bps, max_pledge, 1);
+    sponsor_fund(scenario, 0, pool_funds);
+}
+
+/// SERVER receives `server_funds` and creates a pool of `lanes` lanes.
+fun sponsor_create(
+    scenario: &mut Scenario,
+    server_funds: u64,
+    share_bps: u64,
+    max_pledge: u64,
+    lanes: u64,
+) {
     th::fund(scenario, th::server(), server_funds);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), share_bps, max_pledge, scenario.ctx());
+    sponsor::create(&h, th::port(), share_bps, max_pledge, lanes, scenario.ctx());
     ts::return_shared(h);
-    scenario.next_tx(th::server());
-    let mut pool = scenario.take_shared<SponsorPool>();
-    let payment = th::take(scenario, th::server(), pool_funds);
-    pool.fund(payment);
-    ts::return_shared(pool);
 }
 
-/// CLIENT opens a sponsored connection (its escrow not pinned: for a second one).
+/// The ID of the pool's lane `index`.
+fun lane_id(scenario: &mut Scenario, index: u64): ID {
+    scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let lanes = pool.lanes();
+    let id = lanes[index];
+    ts::return_shared(pool);
+    id
+}
+
+/// SERVER puts `amount` into lane `index`.
+fun sponsor_fund(scenario: &mut Scenario, index: u64, amount: u64) {
+    let id = lane_id(scenario, index);
+    scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(id);
+    let payment = th::take(scenario, th::server(), amount);
+    pool.fund(&mut lane, payment);
+    ts::return_shared(pool);
+    ts::return_shared(lane);
+}
+
+/// CLIENT opens a sponsored connection through lane `index` (its escrow not pinned: for
+/// a second one).
 fun open_sponsored_unpinned(
     scenario: &mut Scenario,
     clock: &Clock,
     cap_id: ID,
     deposit: u64,
+    index: u64,
 ): ID {
+    let id = lane_id(scenario, index);
     scenario.next_tx(th::client());
-    let mut pool = scenario.take_shared<SponsorPool>();
+    let pool = scenario.take_shared<SponsorPool>();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(id);
     let h = scenario.take_shared<Host>();
     let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(scenario, th::client(), deposit);
-    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
+    let conn = pool.open_connection(
+        &mut lane,
+        &h,
+        &mut cap,
+        th::client_pk(),
+        payment,
+        clock,
+        scenario.ctx(),
+    );
     ts::return_shared(pool);
+    ts::return_shared(lane);
     ts::return_shared(h);
     ts::return_shared(cap);
     conn
 }
 
-/// CLIENT opens a sponsored connection; its escrow is pinned to 0x…c0ffee.
-fun open_sponsored(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {
-    scenario.next_tx(th::client());
-    let mut pool = scenario.take_shared<SponsorPool>();
-    let h = scenario.take_shared<Host>();
-    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
-    let payment = th::take(scenario, th::client(), deposit);
-    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
-    ts::return_shared(pool);
-    ts::return_shared(h);
-    ts::return_shared(cap);
+/// CLIENT opens a sponsored connection through lane `index`; its escrow is pinned to
+/// 0x…c0ffee.
+fun open_sponsored(
+    scenario: &mut Scenario,
+    clock: &Clock,
+    cap_id: ID,
+    deposit: u64,
+    index: u64,
+): ID {
+    let conn = open_sponsored_unpinned(scenario, clock, cap_id, deposit, index);
     pin_escrow(scenario);
     conn
 }
 
-fun reimburse(scenario: &mut Scenario, conn: ID, who: address): u64 {
+/// `who` reimburses `conn` through lane `index`.
+fun reimburse(scenario: &mut Scenario, conn: ID, who: address, index: u64): u64 {
+    let id = lane_id(scenario, index);
     scenario.next_tx(who);
-    let mut pool = scenario.take_shared<SponsorPool>();
+    let pool = scenario.take_shared<SponsorPool>();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(id);
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
     let e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
-    let amount = pool.reimburse(&tc, &e, scenario.ctx());
+    let amount = pool.reimburse(&mut lane, &tc, &e, scenario.ctx());
     ts::return_shared(pool);
+    ts::return_shared(lane);
     ts::return_shared(tc);
     ts::return_shared(e);
     amount
 }
 
+/// Lane `index`'s funds, reserved and number of pledges.
+fun lane_state(scenario: &mut Scenario, index: u64): (u64, u64, u64) {
+    let id = lane_id(scenario, index);
+    scenario.next_tx(th::server());
+    let lane = scenario.take_shared_by_id<SponsorLane>(id);
+    let (funds, reserved, pledges) = (lane.funds_value(), lane.reserved(), lane.pledge_count());
+    ts::return_shared(lane);
+    (funds, reserved, pledges)
+}
+
+/// The pool's funds and reserved: the sums of its lanes'.
 fun pool_state(scenario: &mut Scenario): (u64, u64) {
     scenario.next_tx(th::server());
     let pool = scenario.take_shared<SponsorPool>();
-    let (funds, reserved) = (pool.funds_value(), pool.reserved());
+    let lanes = pool.lanes();
+    let count = lanes.length();
     ts::return_shared(pool);
+    let (mut funds, mut reserved, mut i) = (0, 0, 0);
+    while (i < count) {
+        let (f, r, _) = lane_state(scenario, i);
+        funds = funds + f;
+        reserved = reserved + r;
+        i = i + 1;
+    };
     (funds, reserved)
 }
 
@@ -379,11 +554,15 @@ fun pool_max_pledge(scenario: &mut Scenario): u64 {
     max_pledge
 }
 
-fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
+/// SERVER withdraws `amount` from lane `index`.
+fun sponsor_withdraw(scenario: &mut Scenario, amount: u64, index: u64) {
+    let id = lane_id(scenario, index);
     scenario.next_tx(th::server());
-    let mut pool = scenario.take_shared<SponsorPool>();
-    pool.withdraw(amount, scenario.ctx());
+    let pool = scenario.take_shared<SponsorPool>();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(id);
+    pool.withdraw(&mut lane, amount, scenario.ctx());
     ts::return_shared(pool);
+    ts::return_shared(lane);
 }
 
 fun sponsor_set_max_pledge(scenario: &mut Scenario, who: address, max_pledge: u64) {
@@ -415,11 +594,11 @@ fun sponsor_pays_all() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
-    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 2_000 && reserved == 1_000);
     claim_close_settle(&mut scenario, &clock, conn);
-    assert!(reimburse(&mut scenario, conn, th::client()) == 120);
+    assert!(reimburse(&mut scenario, conn, th::client(), 0) == 120);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::client()) == 10_000);
     assert!(th::balance_of(&scenario, th::server()) == 3_120);
@@ -440,19 +619,19 @@ fun sponsor_split_costs() {
         assert!(client_part == 90 && provider_part == 30);
         ts::return_shared(pool);
     };
-    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     let (_, reserved) = pool_state(&mut scenario);
     assert!(reserved == 250);
     th::close_as(&mut scenario, &clock, conn, th::server());
     th::close_as(&mut scenario, &clock, conn, th::client());
     th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
-    assert!(reimburse(&mut scenario, conn, th::server()) == 30);
+    assert!(reimburse(&mut scenario, conn, th::server(), 0) == 30);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::client()) == 9_910);
     assert!(th::balance_of(&scenario, th::server()) == 120);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 970 && reserved == 0);
-    sponsor_withdraw(&mut scenario, 970);
+    sponsor_withdraw(&mut scenario, 970, 0);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::server()) == 1_090);
     let (funds, reserved) = pool_state(&mut scenario);
@@ -465,7 +644,7 @@ fun sponsor_unfunded_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 100, 5_000, 10_000, 100);
-    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     th::finish(scenario, clock);
 }
 
@@ -474,8 +653,8 @@ fun sponsor_pledge_cannot_be_withdrawn() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
-    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
-    sponsor_withdraw(&mut scenario, 501);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    sponsor_withdraw(&mut scenario, 501, 0);
     th::finish(scenario, clock);
 }
 
@@ -484,20 +663,23 @@ fun sponsor_reimburse_before_settle_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
-    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
-    reimburse(&mut scenario, conn, th::client());
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    reimburse(&mut scenario, conn, th::client(), 0);
     th::finish(scenario, clock);
 }
 
-#[test, expected_failure(abort_code = sponsor::EAlreadyReimbursed)]
+#[test, expected_failure(abort_code = sponsor::ENotSponsored)]
 fun sponsor_double_reimburse_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
-    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     claim_close_settle(&mut scenario, &clock, conn);
-    assert!(reimburse(&mut scenario, conn, th::client()) == 60);
-    reimburse(&mut scenario, conn, th::client());
+    assert!(reimburse(&mut scenario, conn, th::client(), 0) == 60);
+    // the pledge is gone with its reimbursement: nothing is left to pay twice
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 940 && reserved == 0 && pledges == 0);
+    reimburse(&mut scenario, conn, th::client(), 0);
     th::finish(scenario, clock);
 }
 
@@ -506,15 +688,15 @@ fun sponsor_pledge_is_bounded_per_connection() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 10_000, 300, 1_000);
-    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     // A deposit larger than the whole pool is pledged the same 300.
-    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 5_000);
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 5_000, 0);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 1_000 && reserved == 600);
     assert!(pool_max_pledge(&mut scenario) == 300);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::client()) == 4_000);
-    sponsor_withdraw(&mut scenario, 401);
+    sponsor_withdraw(&mut scenario, 401, 0);
     th::finish(scenario, clock);
 }
 
@@ -524,7 +706,7 @@ fun sponsor_pledge_limit_is_the_providers() {
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     sponsor_set_max_pledge(&mut scenario, th::server(), 200);
-    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     let (_, reserved) = pool_state(&mut scenario);
     assert!(reserved == 200);
     assert!(pool_max_pledge(&mut scenario) == 200);
@@ -537,16 +719,164 @@ fun sponsor_stops_after_an_authority_change() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
-    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
     set_authority(&mut scenario, th::other());
     // Still the provider's money: it takes back what is not pledged.
-    sponsor_withdraw(&mut scenario, 500);
+    sponsor_withdraw(&mut scenario, 500, 0);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 500 && reserved == 500);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::server()) == 500);
     assert!(th::balance_of(&scenario, th::client()) == 9_000);
-    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 1_000);
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 1_000, 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ESponsorUnfunded)]
+fun sponsor_lanes_pledge_from_their_own_funds() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_create(&mut scenario, 1_000, 5_000, 10_000, 2);
+    sponsor_fund(&mut scenario, 0, 600);
+    sponsor_fund(&mut scenario, 1, 400);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 600 && reserved == 500 && pledges == 1);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 1);
+    assert!(funds == 400 && reserved == 0 && pledges == 0);
+    // the pool holds 500 unpledged, but no lane can pledge 500 of its own
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 1_000, 1);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ENotSponsored)]
+fun sponsor_reimbursed_through_its_own_lane() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_create(&mut scenario, 2_000, 5_000, 10_000, 2);
+    sponsor_fund(&mut scenario, 0, 1_000);
+    sponsor_fund(&mut scenario, 1, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 1);
+    claim_close_settle(&mut scenario, &clock, conn);
+    assert!(reimburse(&mut scenario, conn, th::server(), 1) == 60);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 1);
+    assert!(funds == 940 && reserved == 0 && pledges == 0);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 1_000 && reserved == 0 && pledges == 0);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9_940);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    // the other lane never pledged to it
+    reimburse(&mut scenario, conn, th::server(), 0);
+    th::finish(scenario, clock);
+}
+
+// === Deleting a sponsored connection (docs/escrow.md §7, §14) ===
+
+/// `who` deletes `conn` through lane `index` (`reimburse_and_destroy`); returns what it
+/// reimbursed and checks both objects went.
+fun reimburse_and_destroy_as(scenario: &mut Scenario, conn: ID, who: address, index: u64): u64 {
+    let id = lane_id(scenario, index);
+    scenario.next_tx(who);
+    let pool = scenario.take_shared<SponsorPool>();
+    let mut lane = scenario.take_shared_by_id<SponsorLane>(id);
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let escrow_id = tc.escrow_id();
+    let e = scenario.take_shared_by_id<Escrow>(escrow_id);
+    let amount = pool.reimburse_and_destroy(&mut lane, tc, e, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(lane);
+    let effects = scenario.next_tx(who);
+    assert!(effects.deleted().contains(&conn) && effects.deleted().contains(&escrow_id));
+    amount
+}
+
+#[test]
+fun sponsor_deletion_reimburses_a_server_settlement() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
+    assert!(reimburse_and_destroy_as(&mut scenario, conn, th::client(), 0) == 120);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 10_000);
+    assert!(th::balance_of(&scenario, th::server()) == 3_120);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 1_880 && reserved == 0 && pledges == 0);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun sponsor_deletion_after_the_clients_settlement() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 2_500, 10_000, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    clock.increment_for_testing(600_000);
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 1_000 && reserved == 250 && pledges == 1);
+    assert!(reimburse_and_destroy_as(&mut scenario, conn, th::client(), 0) == 30);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9_910);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 970 && reserved == 0 && pledges == 0);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun sponsor_deletion_after_a_reimbursement() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
+    assert!(reimburse(&mut scenario, conn, th::server(), 0) == 120);
+    assert!(reimburse_and_destroy_as(&mut scenario, conn, th::client(), 0) == 0);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 10_000);
+    assert!(th::balance_of(&scenario, th::server()) == 3_120);
+    let (funds, reserved, pledges) = lane_state(&mut scenario, 0);
+    assert!(funds == 1_880 && reserved == 0 && pledges == 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ESponsored)]
+fun sponsored_connection_not_deleted_plainly() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    tc.destroy(e, scenario.ctx());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ENotClient)]
+fun sponsor_deletion_by_the_client_only() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
+    reimburse_and_destroy_as(&mut scenario, conn, th::server(), 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ENotSettled)]
+fun sponsor_deletion_before_settlement_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000, 0);
+    reimburse_and_destroy_as(&mut scenario, conn, th::client(), 0);
     th::finish(scenario, clock);
 }
 

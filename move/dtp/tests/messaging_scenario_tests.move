@@ -12,15 +12,7 @@ use sui::test_scenario::{Self as ts, Scenario};
 
 // === Helpers ===
 
-fun payload(size: u64): vector<u8> {
-    let mut v = vector[];
-    let mut i = 0;
-    while (i < size) {
-        v.push_back(0x2a);
-        i = i + 1;
-    };
-    v
-}
+fun payload(size: u64): vector<u8> { th::bytes(size) }
 
 fun start(client_funds: u64): (Scenario, Clock) {
     let (mut scenario, clock) = th::start();

@@ -319,7 +319,7 @@ fun half_close_timeout() {
     let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     clock.set_for_testing(1_000);
     th::close_as(&mut scenario, &clock, conn, th::client());
-    clock.increment_for_testing(transport_control::half_close_timeout_ms());
+    clock.increment_for_testing(host::default_half_close_timeout_ms());
     th::finalize_as(&mut scenario, &clock, conn, th::client());
     th::settle_as(&mut scenario, &clock, conn, th::client());
 
@@ -338,8 +338,85 @@ fun half_close_before_timeout_rejected() {
     let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     clock.set_for_testing(1_000);
     th::close_as(&mut scenario, &clock, conn, th::client());
-    clock.increment_for_testing(transport_control::half_close_timeout_ms() - 1);
+    clock.increment_for_testing(host::default_half_close_timeout_ms() - 1);
     th::finalize_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun long_half_close_timeout_protects_claims() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::update_service(&mut scenario, 10, 5, 1000, 3_600_000, 0);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::connection_timeout(&mut scenario, conn) == 3_600_000);
+    clock.set_for_testing(1_000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    // the server comes back ten minutes later: its receipt is still claimable
+    clock.increment_for_testing(600_000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    clock.increment_for_testing(3_000_000);
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9_880);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    let e = scenario.take_shared<Escrow>();
+    assert!(e.balance() == 0 && e.claimed() == 120 && e.refunded() == 880 && e.is_settled());
+    ts::return_shared(e);
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    assert!(tc.state_code() == transport_control::state_closed() && tc.is_settled());
+    ts::return_shared(tc);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ETimeoutNotReached)]
+fun long_half_close_timeout_refuses_an_early_settle() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::update_service(&mut scenario, 10, 5, 1000, 3_600_000, 0);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    clock.set_for_testing(1_000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    clock.increment_for_testing(600_000);
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ETimeoutNotReached)]
+fun open_connection_keeps_its_half_close_timeout() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let c1 = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::update_service(&mut scenario, 10, 5, 1000, 3_600_000, 0);
+    let c2 = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::update_service(&mut scenario, 10, 5, 1000, 600_000, 0);
+    assert!(th::connection_timeout(&mut scenario, c1) == 600_000);
+    assert!(th::connection_timeout(&mut scenario, c2) == 3_600_000);
+    clock.set_for_testing(1_000);
+    th::close_as(&mut scenario, &clock, c1, th::client());
+    th::close_as(&mut scenario, &clock, c2, th::client());
+    clock.increment_for_testing(600_000);
+    th::settle_as(&mut scenario, &clock, c1, th::client());
+    th::settle_as(&mut scenario, &clock, c2, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EInvalidHalfCloseTimeout)]
+fun half_close_timeout_below_minimum_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::update_service(&mut scenario, 10, 5, 1000, 599_999, 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EInvalidHalfCloseTimeout)]
+fun half_close_timeout_above_maximum_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::update_service(&mut scenario, 10, 5, 1000, 604_800_001, 0);
     th::finish(scenario, clock);
 }
 
@@ -497,13 +574,15 @@ fun broadcast_idle_listeners_leave() {
     clock.set_for_testing(350_000);
     th::contribute_as(&mut scenario, &clock, th::listener_b(), 500);
     clock.set_for_testing(650_000);
-    // Slots 3-5 (300) are paid from 1200 held 700 (A) to 500 (B): A keeps 525, B 375.
-    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 525);
-    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 375);
+    // B joined half way through slot 3: slots 0-2 and its first half (350) were A's
+    // alone; the rest of it and slots 4-5 (250) are paid from 1150 held 650 (A) to 500
+    // (B): A keeps 508 (508.69 rounded down), B, last out, 392.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 508);
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 392);
     assert!(claim_as_server(&mut scenario, &clock) == 600);
     scenario.next_tx(th::server());
-    assert!(th::balance_of(&scenario, th::listener_a()) == 525);
-    assert!(th::balance_of(&scenario, th::listener_b()) == 875);
+    assert!(th::balance_of(&scenario, th::listener_a()) == 508);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 892);
     assert!(th::balance_of(&scenario, th::server()) == 600);
     {
         let b = scenario.take_shared<Broadcast>();
@@ -511,6 +590,98 @@ fun broadcast_idle_listeners_leave() {
         assert!(!b.is_on_air(&clock));
         ts::return_shared(b);
     };
+    th::finish(scenario, clock);
+}
+
+/// Whether the broadcast's pool and earnings as last accounted are `pool` and `earned`.
+fun pool_and_earned(scenario: &mut ts::Scenario, pool: u64, earned: u64): bool {
+    scenario.next_tx(th::server());
+    let b = scenario.take_shared<Broadcast>();
+    let found = b.pool_value() == pool && b.earned_value() == earned;
+    ts::return_shared(b);
+    found
+}
+
+#[test]
+fun broadcast_late_listener_pays_from_its_moment() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"late", 100, 3_600_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 100);
+    clock.set_for_testing(3_599_999);
+    // The 3,599,999 ms gone by were off air: skipped, never paid.
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 100);
+    assert!(th::on_air(&mut scenario, &clock));
+    assert!(pool_and_earned(&mut scenario, 100, 0));
+    clock.set_for_testing(3_600_000);
+    // What is left of slot 0 cost 1 MIST (100 - 3,599,999 ms' 99 rounded down).
+    assert!(claim_as_server(&mut scenario, &clock) == 1);
+    assert!(!th::on_air(&mut scenario, &clock));
+    assert!(pool_and_earned(&mut scenario, 99, 0));
+    clock.set_for_testing(10_800_000);
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 99);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 99);
+    assert!(th::balance_of(&scenario, th::server()) == 1);
+    assert!(pool_and_earned(&mut scenario, 0, 0));
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun broadcast_contribution_never_revives_past_air_time() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"revive", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 33);
+    th::fund(&mut scenario, th::listener_b(), 67);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 33);
+    assert!(!th::on_air(&mut scenario, &clock));
+    clock.set_for_testing(999);
+    // The 999 ms gone by stay off air; the pool of 100 covers the last millisecond.
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 67);
+    assert!(th::on_air(&mut scenario, &clock));
+    assert!(pool_and_earned(&mut scenario, 100, 0));
+    clock.set_for_testing(600_000);
+    // 1 MIST for slot 0, from 33 (A) and 67 (B): B keeps 66 (66.33 rounded down), A the rest.
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 66);
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 33);
+    assert!(claim_as_server(&mut scenario, &clock) == 1);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 33);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 66);
+    assert!(th::balance_of(&scenario, th::server()) == 1);
+    assert!(pool_and_earned(&mut scenario, 0, 0));
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun broadcast_listener_joining_mid_slot_pays_its_part() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"midway", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 200);
+    th::fund(&mut scenario, th::listener_b(), 100);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 200);
+    clock.set_for_testing(500);
+    // The first half of slot 0 (50) is paid by A's money alone.
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 100);
+    assert!(th::on_air(&mut scenario, &clock));
+    assert!(pool_and_earned(&mut scenario, 250, 50));
+    clock.set_for_testing(1_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.cancel(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    // The second half (50) from 150 (A) and 100 (B): A 30, B 20.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 120);
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 80);
+    assert!(claim_as_server(&mut scenario, &clock) == 100);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 120);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 80);
+    assert!(th::balance_of(&scenario, th::server()) == 100);
     th::finish(scenario, clock);
 }
 

@@ -40,6 +40,7 @@ use dtp::escrow::Escrow;
 use dtp::host::{Self, Host};
 use dtp::spending_cap::{Self, SpendingCap};
 use dtp::transport_control::{Self, TransportControl};
+use std::bcs;
 use sui::clock::{Self, Clock};
 use sui::coin::{Self, Coin};
 use sui::sui::SUI;
@@ -64,6 +65,8 @@ const PRICE_PER_KIB: u64 = 10;
 const PRICE_PER_REQUEST: u64 = 5;
 const MIN_DEPOSIT: u64 = 1000;
 const NOISE_KEY: vector<u8> = x"0101010101010101010101010101010101010101010101010101010101010101";
+/// 32 bytes of test data (`bytes` makes longer data of it).
+const WORD: vector<u8> = x"2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
 
 // === Receipt vectors ===
 
@@ -113,6 +116,22 @@ public fun rmismatch_sig(): vector<u8> { RMISMATCH_SIG }
 public fun rzero_sig(): vector<u8> { RZERO_SIG }
 
 public fun r1_by_mallory_sig(): vector<u8> { R1_BY_MALLORY_SIG }
+
+/// `length` bytes of test data, made in at most a few hundred steps rather than one per
+/// byte (a test's gas limit counts every instruction): `bcs::to_bytes` serializes copies
+/// of a 32-byte word natively -- k of them take a 1- or 2-byte length and 33k bytes --
+/// and the excess, at most 33 bytes, is popped.
+public fun bytes(length: u64): vector<u8> {
+    let mut words = vector[];
+    while (33 * words.length() + 1 < length) {
+        words.push_back(WORD);
+    };
+    let mut out = bcs::to_bytes(&words);
+    while (out.length() > length) {
+        out.pop_back();
+    };
+    out
+}
 
 // === Wallets ===
 
@@ -173,6 +192,37 @@ public fun setup(scenario: &mut Scenario, max_connections: u64, cap_max: u64, cl
     fund(scenario, CLIENT, client_funds);
     scenario.next_tx(CLIENT);
     cap_id
+}
+
+/// SERVER changes the terms of the service on PORT (`host::update_service`) to these, the
+/// half-close timeout among them: they apply to the connections opened afterwards.
+public fun update_service(
+    scenario: &mut Scenario,
+    price_per_kib: u64,
+    price_per_request: u64,
+    min_deposit: u64,
+    half_close_timeout_ms: u64,
+    max_connections: u64,
+) {
+    scenario.next_tx(SERVER);
+    let mut h = scenario.take_shared<Host>();
+    let sla = host::new_sla_with_half_close_timeout(
+        price_per_kib,
+        price_per_request,
+        min_deposit,
+        half_close_timeout_ms,
+    );
+    h.update_service(PORT, sla, max_connections, scenario.ctx());
+    ts::return_shared(h);
+}
+
+/// The half-close timeout of the connection `conn` (its own, fixed when it opened).
+public fun connection_timeout(scenario: &mut Scenario, conn: ID): u64 {
+    scenario.next_tx(SERVER);
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let timeout = tc.half_close_timeout_ms();
+    ts::return_shared(tc);
+    timeout
 }
 
 /// `who` (holding the key `pk`) opens a connection to PORT with `deposit` taken from

@@ -26,6 +26,7 @@ BLOCKED = frozenset(
         "pytest",
         "_pytest",
         "uvloop",
+        "pycrdt",
     }
 )
 

@@ -6,11 +6,13 @@
 
 import { fromHex, fromUtf8, utf8 } from '../src/bytes.js';
 import { ed25519Signer } from '../src/identity.js';
+import { Payment, receiptKey } from '../src/receipt.js';
 import { connect } from '../src/websocket.js';
 
 const PARAMS = ['x'.repeat(64)];
 let nextId = 0;
 let dtp = null;
+let paid = null;
 let plain = null;
 
 /** One call's request: the same JSON-RPC text both ways, a fresh id each time. */
@@ -43,6 +45,46 @@ export async function dtpCalls(n) {
     check(fromUtf8(await stream.readAll()), nextId);
   }
   return performance.now() - start;
+}
+
+/** Connects to the paid DTP service (IK, `seed` the test wallet) on the ledger connection
+ * `cid` its wallet opened, and pays its calls with `Payment`: `options` is {scope, sla,
+ * deposit, sessionSeed (hex: the escrow's receipt key), every (Payment's, or absent: its
+ * default)}. Holds stream 0 as openDtp does. */
+export async function openDtpPaid(url, serverKey, seed, cid, options) {
+  const connection = await connect(url, { signer: ed25519Signer(fromHex(seed)), serverKey, cid, port: options.port });
+  connection.first = await connection.openStream();
+  paid = new Payment(connection, {
+    scope: options.scope,
+    sla: options.sla,
+    deposit: BigInt(options.deposit),
+    key: receiptKey(options.sessionSeed),
+    ...(options.every ? { every: options.every } : {}),
+  });
+  paid.receipts = 0;
+  paid.onreceipt = () => {
+    paid.receipts += 1;
+  };
+  return connection.address;
+}
+
+/** n paid calls, each with `Payment.request` (a stream a call, as dtpCalls). */
+export async function dtpPaidCalls(n) {
+  const start = performance.now();
+  for (let i = 0; i < n; i++) {
+    const body = request();
+    check(fromUtf8(await paid.request(utf8(body))), nextId);
+  }
+  return performance.now() - start;
+}
+
+/** Ends the paid connection (its final receipt, then CLOSE): {requests, receipts}. */
+export async function closePaid() {
+  const connection = paid.connection;
+  await connection.first.end();
+  await paid.close();
+  const { requests } = connection.usage;
+  return { requests, receipts: paid.receipts };
 }
 
 /** Opens the plain JSON-RPC WebSocket (wss://). */
@@ -89,4 +131,9 @@ export async function closeAll() {
 /** (for profiling: the DTP connection) */
 export function _dtp() {
   return dtp;
+}
+
+/** (for profiling: the paid connection's Payment) */
+export function _paid() {
+  return paid;
 }

@@ -5,76 +5,30 @@
 // allow list tries the same and is refused, by the ledger and by the DTP server.
 //
 // The wallet is a test key (an Ed25519 seed) standing in for a browser wallet: it signs
-// personal messages (the DTP identity proof) and transactions (sui:signTransaction's
-// stand-in, over LocalLedger's transaction bytes), and nothing else. The receipts are
+// personal messages (the DTP identity proof) and LocalLedger transactions
+// (localTransactionSigner: a Sui transaction signature over LocalLedger's transaction
+// bytes, which a real wallet's sui:signTransaction would not sign), and nothing else. The receipts are
 // signed by a session key the page makes and the wallet authorises once, in the open
 // transaction (transport_control::open_with_session_key, docs/escrow.md 6.2): per
 // connection the wallet is asked for that transaction and the identity proof, whatever
 // the number of calls.
 
-import { ed25519 } from '@noble/curves/ed25519.js';
-import { blake2b } from '@noble/hashes/blake2.js';
-import { concat, fromHex, hex, utf8, fromUtf8 } from '../src/bytes.js';
-import { ed25519Signer } from '../src/identity.js';
+import { fromUtf8, utf8 } from '../src/bytes.js';
+import { LocalLedgerBridge, localTransactionSigner } from '../src/local-ledger.js';
 import { Payment, sessionKey } from '../src/receipt.js';
 import { connect } from '../src/websocket.js';
 
-const INTENT_TRANSACTION = Uint8Array.of(0, 0, 0);
+/** The test wallet: a DTP signer that also signs LocalLedger transactions (a stand-in
+ * for a browser wallet, whose sui:signTransaction takes Sui transactions only). */
+export const testWallet = localTransactionSigner;
 
-/** The test wallet: a DTP signer that also signs transactions as a Sui wallet would. */
-export function testWallet(seedHex) {
-  const seed = fromHex(seedHex);
-  const signer = ed25519Signer(seed);
-  return {
-    ...signer,
-    seed,
-    async signTransaction(txBytes) {
-      const digest = blake2b(concat(INTENT_TRANSACTION, txBytes), { dkLen: 32 });
-      return concat(Uint8Array.of(0), ed25519.sign(digest, seed), signer.publicKey);
-    },
-  };
-}
-
-/** The demo's ledger bridge (examples/dapp_demo.py): JSON over HTTP. */
-export class Bridge {
-  constructor(base) {
-    this.base = base;
-  }
-
-  async call(name, body) {
-    const response = await fetch(`${this.base}/ledger/${name}`, body === undefined
-      ? {}
-      : { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-    const answer = await response.json();
-    if (!response.ok) {
-      const error = new Error(answer.message);
-      error.name = answer.error;
-      throw error;
-    }
-    return answer;
-  }
-
-  /** Builds a transaction for `wallet`, has the wallet sign it, runs it. */
-  async transact(wallet, call) {
-    const { tx } = await this.call('build', { sender: wallet.address, ...call });
-    const signature = await wallet.signTransaction(fromHex(tx));
-    return this.call('execute', { tx, signature: hex(signature) });
-  }
-
+/** The demo's ledger bridge (dtp.ledger.local.bridge): the package's LocalLedgerBridge,
+ * with the shape the flow below uses. */
+export class Bridge extends LocalLedgerBridge {
   /** spending_cap::create then transport_control::open_with_session_key: the connection
    * and its escrow, whose receipts `session` signs. */
-  async openEscrow(wallet, info, deposit, session) {
-    const cap = await this.transact(wallet, { call: 'spending_cap::create', max_per_epoch: deposit * 10 });
-    const opened = await this.transact(wallet, {
-      call: 'transport_control::open_with_session_key',
-      host: info.host,
-      port: info.port,
-      cap: cap.value,
-      public_key: hex(session.publicKey),
-      deposit,
-    });
-    const event = opened.events.find((e) => e.name === 'ConnectionOpened');
-    return { connection: opened.value, escrow: event.fields.escrow, deposit };
+  openEscrow(wallet, info, deposit, session) {
+    return super.openEscrow(wallet, { host: info.host, port: info.port, deposit, session });
   }
 }
 
@@ -100,7 +54,7 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
   const connection = await connect(info.url, {
     signer: wallet,
     serverKey: info.serverKey,
-    cid: fromHex(escrow.connection.slice(2).padStart(64, '0')),
+    cid: escrow.connection, // the connection ID as the ledger names it ("0x..."): connect() takes it as it is
     port: info.port,
   });
   log(`DTP connection accepted (${connection.pattern}), identity ${connection.address}`);

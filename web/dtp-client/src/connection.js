@@ -13,11 +13,12 @@ import {
 import {
   CONTROL_ACCEPT, CONTROL_AUTH, FrameType, MAX_CLOSE_REASON, MAX_FRAME_DATA, decodeFrames, encodeFrames, frame,
 } from './frames.js';
-import { makeProof, proofMessage } from './identity.js';
+import { isEd25519Proof, makeProof, proofMessage } from './identity.js';
 import { Initiator, NOISE_OVERHEAD, PATTERN_BYTE, ikBinding } from './noise.js';
 import { DEFAULT_PARAMS, TRANSPORT_VERSION, decodeParams, encodeParams } from './params.js';
 import { RecordKind, RecordProtection, handshakeRecord, parseHeader } from './record.js';
 import { Stream } from './stream.js';
+import { connectionCid } from './ids.js';
 
 const MAX_PAYLOAD = 3968; // section 8.1
 const VARINT_LIMIT = 2 ** 62 - 1;
@@ -45,11 +46,18 @@ function cutReason(reason) {
   return bytes;
 }
 
+/** Whether a signer says it signs with an Ed25519 key (ed25519Signer, keypairSigner of
+ * an Ed25519Keypair): its proof is version 1's, whatever the version offered. */
+function ed25519Signer(signer) {
+  return typeof signer?.scheme === 'string' && signer.scheme.toUpperCase() === 'ED25519';
+}
+
 export class Connection {
   /**
    * Options: `signer` ({address, signPersonalMessage}: the client's identity, section 8.4);
    * `serverKey` (32 bytes or hex: IK, else XX); `expectedServerKey` (XX: refuse another);
-   * `params` (overrides of {md, msd, ms, it}); `cid`, `port` (optional parameters);
+   * `params` (overrides of {md, msd, ms, it}); `cid` (the ledger connection's ID: "0x" and
+   * hex, hex, or 32 bytes; anything else a TypeError), `port` (optional parameters);
    * `handshakeTimeout` (ms, 10000); `staticKey`, `ephemeralKey` (X25519 key pairs: only
    * to replay fixed transcripts); `logger` (console-like, optional).
    */
@@ -60,11 +68,16 @@ export class Connection {
     this.carrier = carrier;
     this.options = options;
     this.signer = options.signer;
+    // the ledger connection's ID, as 32 bytes whatever form it came in (a string sent
+    // as it was would be encoded as zeros, and the server would refuse the connection)
+    this.cid = options.cid === undefined || options.cid === null ? null : connectionCid(options.cid);
     this.state = State.HANDSHAKE;
     const serverKey = typeof options.serverKey === 'string' ? fromHexKey(options.serverKey) : options.serverKey;
     this.pattern = serverKey ? 'IK' : 'XX';
     this.serverKey = serverKey ?? null;
-    this.localParams = { ...DEFAULT_PARAMS, ...(options.params ?? {}), v: TRANSPORT_VERSION };
+    // the version a client offers: 1 when its proof is Ed25519 (what a version-1 server
+    // takes), else 2 (section 8.2); a server answers (server.js)
+    this.localParams = { ...DEFAULT_PARAMS, ...(options.params ?? {}), v: ed25519Signer(options.signer) ? 1 : TRANSPORT_VERSION };
     this.peerParams = null;
     this.noise = client && new Initiator({
       pattern: this.pattern,
@@ -79,6 +92,9 @@ export class Connection {
     this.nextLocalStream = 0; // client streams are even
     this.nextPeerStream = 1; // server streams are odd
     this.localStreamsOpened = 0;
+    // whether stream 0 (the client's first, which the connection opens) has carried data,
+    // either way: a request only then (docs/escrow.md 6.1)
+    this.firstStreamCarried = false;
     this.peerMaxStreams = 0; // how many streams we may open
     this.peerStreamsDone = 0;
     this.acceptQueue = [];
@@ -126,11 +142,13 @@ export class Connection {
 
   async _handshake() {
     const params = { ...this.localParams };
-    if (this.options.cid) params.cid = this.options.cid;
+    if (this.cid) params.cid = this.cid;
     if (this.options.port !== undefined) params.port = this.options.port;
     if (this.pattern === 'IK') {
       const binding = ikBinding(this.serverKey, this.noise.e.publicKey);
       params.auth = await makeProof(this.signer, proofMessage('IK', binding));
+      params.v = isEd25519Proof(params.auth) ? 1 : TRANSPORT_VERSION;
+      this.localParams.v = params.v;
     }
     const payload = encodeParams(params);
     if (payload.length > MAX_PAYLOAD) throw new HandshakeError('the transport parameters are too large');
@@ -152,7 +170,7 @@ export class Connection {
     } catch (err) {
       throw this._failHandshake(err instanceof HandshakeError ? err : new HandshakeError(String(err)));
     }
-    if (serverParams.v !== TRANSPORT_VERSION) {
+    if (serverParams.v < 1 || serverParams.v > this.localParams.v) {
       throw this._failHandshake(new HandshakeError(`the server answered transport version ${serverParams.v}`));
     }
     this.peerParams = serverParams;
@@ -178,6 +196,11 @@ export class Connection {
         proof = await makeProof(this.signer, proofMessage('XX', this.handshakeHash));
       } catch (err) {
         throw this._failHandshake(err instanceof DTPError ? err : new HandshakeError(`signing failed: ${err}`));
+      }
+      if (serverParams.v < 2 && !isEd25519Proof(proof)) {
+        throw this._failHandshake(new HandshakeError(
+          `the server speaks transport version ${serverParams.v}, which takes only Ed25519 identity proofs: this wallet's proof is of another scheme`,
+        ));
       }
       this._checkOpen();
       for (const r of outgoing) this._sendRaw(r);
@@ -427,6 +450,7 @@ export class Connection {
     }
     if (offset !== stream.received) throw new ProtocolError('CONTIGUITY', `stream ${stream.id}: offset ${offset}, expected ${stream.received}`);
     this.receivedTotal += grown;
+    if (grown > 0 && stream.id === 0) this.firstStreamCarried = true;
     stream.received = end;
     if (fin) stream.finalSize = end;
     if (stream.stopCode !== null) {
@@ -452,6 +476,7 @@ export class Connection {
     }
     if (stream.resetByPeer) return;
     this.receivedTotal += grown;
+    if (finalSize > 0 && stream.id === 0) this.firstStreamCarried = true;
     stream.received = finalSize;
     stream.finalSize = finalSize;
     // the bytes never read are credited at once: they will never be read (section 3.1)
@@ -609,6 +634,7 @@ export class Connection {
         stream.announced = true;
         stream.sent += n;
         this.sentTotal += n;
+        if (n > 0 && stream.id === 0) this.firstStreamCarried = true;
         if (fin) {
           stream.finSent = true;
           // a FIN that ends a peer's stream carries its MAX_STREAMS in the same record
@@ -670,9 +696,15 @@ export class Connection {
 
   /** What a paid service meters (docs/escrow.md 6.1): application bytes both ways (new
    * stream bytes sent and received, datagram payloads) and requests (the streams the
-   * client opened, the first one included). */
+   * client opened, the first one -- stream 0, which the connection opens -- only once data
+   * went on it, either way: held open and ended empty, it carries none). */
   get usage() {
-    return { bytes: this.sentTotal + this.receivedTotal + this.datagramBytes, requests: this.localStreamsOpened };
+    return { bytes: this.sentTotal + this.receivedTotal + this.datagramBytes, requests: this._requests(this.localStreamsOpened) };
+  }
+
+  /** The requests of `opened` client streams: the first one counts once it carried data. */
+  _requests(opened) {
+    return opened > 0 && !this.firstStreamCarried ? opened - 1 : opened;
   }
 
   /** Sends a CONTROL message of an application kind (16 and up). */

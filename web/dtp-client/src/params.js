@@ -5,11 +5,14 @@
 import { concat, fromUtf8, utf8 } from './bytes.js';
 import { HandshakeError } from './errors.js';
 
-export const TRANSPORT_VERSION = 1;
+/** The highest transport version spoken (section 8.2): 2 takes identity proofs of every
+ * Sui scheme, 1 the Ed25519 one only (what a client whose proof is Ed25519 offers). */
+export const TRANSPORT_VERSION = 2;
 export const DEFAULT_PARAMS = Object.freeze({ v: 1, md: 8388608, msd: 4194304, ms: 128, it: 60000 });
 const INT_KEYS = ['v', 'md', 'msd', 'ms', 'it'];
 const ORDER = ['v', 'md', 'msd', 'ms', 'it', 'auth', 'cid', 'port'];
-const BIN_SIZES = { auth: 97, cid: 32 };
+// the sizes a bin may have: `auth` 1 ..= 3840 (section 8.4), `cid` 32
+const BIN_SIZES = { auth: [1, 3840], cid: [32, 32] };
 const LIMIT = 1n << 62n;
 
 function encodeUint(n) {
@@ -34,7 +37,8 @@ function encodeStr(text) {
 }
 
 function encodeBin(bytes) {
-  if (bytes.length > 255) throw new RangeError('parameter bins are short');
+  if (bytes.length > 0xffff) throw new RangeError('parameter bins are short');
+  if (bytes.length > 255) return concat(Uint8Array.of(0xc5, bytes.length >> 8, bytes.length & 0xff), bytes);
   return concat(Uint8Array.of(0xc4, bytes.length), bytes);
 }
 
@@ -178,7 +182,10 @@ export function decodeParams(payload) {
     if (r.at >= payload.length) throw bad('the map ends early');
     if (key in BIN_SIZES) {
       const value = r.bin();
-      if (value === null || value.length !== BIN_SIZES[key]) throw bad(`"${key}" is not a bin of ${BIN_SIZES[key]} bytes`);
+      const [least, most] = BIN_SIZES[key];
+      if (value === null || value.length < least || value.length > most) {
+        throw bad(`"${key}" is not a bin of ${least === most ? least : `${least} to ${most}`} bytes`);
+      }
       out[key] = value;
     } else {
       const value = r.int();

@@ -129,14 +129,16 @@ export class ServerConnection extends Connection {
     } catch (err) {
       throw this._fail(err instanceof HandshakeError ? err : new HandshakeError(String(err?.message ?? err)));
     }
-    // a version-1 server answers 1 to every v of 1 or more, and fails v = 0 (section 8.2)
+    // a server answers the highest version it speaks up to the client's, and fails v = 0
+    // (section 8.2); version 1 takes the Ed25519 proof alone
     if (params.v < 1) throw this._fail('the client speaks no transport version (v = 0)');
+    this.version = Math.min(params.v, TRANSPORT_VERSION);
     if (pattern === 'IK' && !params.auth) throw this._fail('IK message 1 without the identity proof');
     if (pattern === 'XX' && params.auth) throw this._fail('XX message 1 carries a proof');
     if (pattern === 'IK') {
       // checked before answering: a failing proof gets no reply (section 8.4)
       try {
-        this.clientAddress = checkProof(params.auth, proofMessage('IK', ikBinding(this.staticKey.publicKey, this.noise.re)));
+        this.clientAddress = checkProof(params.auth, proofMessage('IK', ikBinding(this.staticKey.publicKey, this.noise.re)), this.version);
       } catch (err) {
         throw this._fail(`identity proof rejected: ${err.message}`);
       }
@@ -152,7 +154,7 @@ export class ServerConnection extends Connection {
     this.sendLimit = params.md;
     this.peerMaxStreams = params.ms;
     this._checkOpen();
-    const ours = { ...this.localParams, v: TRANSPORT_VERSION };
+    const ours = { ...this.localParams, v: this.version };
     this._sendRaw(handshakeRecord(RecordKind.HS_RESP, this.noise.writeMessage2(encodeParams(ours))));
     if (pattern === 'XX') {
       const [h3, r3] = await this._takeHandshakeRecord();
@@ -279,7 +281,7 @@ export class ServerConnection extends Connection {
   _onAuth(body) {
     this._awaitingAuth = false;
     try {
-      this.clientAddress = checkProof(body, proofMessage('XX', this.handshakeHash));
+      this.clientAddress = checkProof(body, proofMessage('XX', this.handshakeHash), this.version);
     } catch (err) {
       // a proof that fails is HANDSHAKE_FAILED, not a verdict (section 8.4)
       const error = new HandshakeError(`identity proof rejected: ${err.message}`, CloseCode.HANDSHAKE_FAILED);
@@ -324,7 +326,7 @@ export class ServerConnection extends Connection {
 
   get usage() {
     // what the client used, as a paid server meters it (docs/escrow.md 6.1)
-    return { bytes: this.sentTotal + this.receivedTotal + this.datagramBytes, requests: this.peerStreamsOpened };
+    return { bytes: this.sentTotal + this.receivedTotal + this.datagramBytes, requests: this._requests(this.peerStreamsOpened) };
   }
 
   get peerStreamsOpened() {

@@ -17,6 +17,10 @@ import { Transaction } from '@mysten/sui/transactions';
 import { toBase64 } from '@mysten/sui/utils';
 import { fromHex, hex } from './bytes.js';
 
+// (connectionCid lives in ids.js, which needs no SDK: a page on LocalLedger imports it
+// from the package's main module; it is re-exported here as before)
+export { connectionCid } from './ids.js';
+
 /** The Clock's ID (0x6), shared since genesis (initial shared version 1). */
 export const CLOCK = { objectId: '0x6', initialSharedVersion: 1 };
 
@@ -227,9 +231,6 @@ export class SuiEscrows {
 }
 
 /** The 32-byte connection ID of `connection` (0x hex), as `connect({cid})` takes it. */
-export function connectionCid(connection) {
-  return fromHex(connection.slice(2).padStart(64, '0'));
-}
 
 /**
  * A test key standing in for a Sui wallet (an Ed25519 keypair of the SDK): its

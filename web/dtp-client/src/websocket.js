@@ -3,6 +3,7 @@
 
 import { asBytes } from './bytes.js';
 import { Connection } from './connection.js';
+import { connectionCid } from './ids.js';
 import { CloseCode, HandshakeError, TimeoutError } from './errors.js';
 import { HEADER_SIZE, MAX_RECORD } from './record.js';
 
@@ -121,6 +122,8 @@ function openWebSocket(url, WebSocketImpl, timeout) {
 export async function connect(url, options = {}) {
   const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
   if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass options.WebSocket');
+  // (a connection ID in a form it does not take is refused before anything is opened)
+  if (options.cid !== undefined && options.cid !== null) options = { ...options, cid: connectionCid(options.cid) };
   const ws = await openWebSocket(url, WebSocketImpl, options.handshakeTimeout ?? 10000);
   const carrier = new WebSocketCarrier(ws);
   let connection;

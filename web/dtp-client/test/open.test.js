@@ -39,6 +39,28 @@ describe('opening streams', () => {
     assert.equal(new TextDecoder().decode(await reading), 'hi');
   });
 
+  test('the first stream is a request only once the client sends data on it (docs/escrow.md 6.1)', async () => {
+    const { t, connection } = await acceptedIK();
+    assert.equal(connection.usage.requests, 0); // (stream 0, which the ACCEPT opened, carries nothing yet)
+    const first = await connection.openStream(); // held open, as a page holds it
+    for (let i = 0; i < 3; i++) {
+      const stream = await connection.openStream();
+      await stream.end(utf8('call'));
+      await flush();
+      assert.equal(connection.usage.requests, i + 1);
+      connection._onRecord(fromServer(t, 1 + i, [frame(FrameType.STREAM_FIN, { a: stream.id, b: 0, data: utf8('answer') })]));
+      await stream.readAll();
+    }
+    await first.end(); // (ended empty: still no request)
+    await flush();
+    assert.equal(connection.usage.requests, 3);
+    // one that carries a call counts, as any other stream
+    const { connection: other } = await acceptedIK();
+    await (await other.openStream()).write(utf8('ping'));
+    await flush();
+    assert.equal(other.usage.requests, 1);
+  });
+
   test('the client forgets its streams once they ended both ways', async () => {
     const { t, connection } = await acceptedIK();
     await connection.openStream();

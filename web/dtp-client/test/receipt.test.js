@@ -64,6 +64,20 @@ describe('receipts', () => {
     assert.equal(fee({ pricePerKib: 1024, pricePerRequest: 0 }, (1n << 60n) + 1n, 0), (1n << 60n) + 1n);
   });
 
+  test("libsodium's signatures (where it loaded) are @noble/curves' to the byte", async () => {
+    const { SODIUM } = await import('../src/record.js');
+    assert.ok(SODIUM !== null, 'libsodium loads in node');
+    for (let i = 0; i < 8; i++) {
+      const seed = sessionKey().publicKey; // (any 32 bytes)
+      const fast = receiptKey(seed);
+      const noble = receiptKey(seed, { sodium: false });
+      assert.equal(hex(fast.publicKey), hex(noble.publicKey));
+      const message = receiptMessage(SCOPE, { ...TOTALS, nonce: i + 1 });
+      assert.equal(hex(fast.sign(message)), hex(noble.sign(message)));
+    }
+    assert.equal(hex(receiptKey(SEED, { sodium: false }).sign(escrowVector().message)), hex(escrowVector().signature));
+  });
+
   test('a session key is fresh each time and signs what verifies under its public key', () => {
     const a = sessionKey();
     const b = sessionKey();
@@ -84,6 +98,10 @@ class FakeConnection {
 
   sendReceipt(encoded) {
     this.sent.push(encoded);
+  }
+
+  async close() {
+    this.state = 'closed';
   }
 }
 
@@ -145,5 +163,113 @@ describe('Payment', () => {
     connection.usage = { bytes: 0, requests: 1 };
     await assert.rejects(payment.request(new Uint8Array(5)), PaymentRequired);
     assert.equal(opened, 0);
+  });
+});
+
+describe('Payment: receipts that cover several calls (every)', () => {
+  const sla = { pricePerKib: 0, pricePerRequest: 25, minDeposit: 1000 };
+
+  /** A connection whose calls each open a stream (a request) and read a short answer. */
+  function callingConnection() {
+    const connection = new FakeConnection();
+    connection.openStream = async () => {
+      connection.usage = { ...connection.usage, requests: connection.usage.requests + 1 };
+      return {
+        end: async (body) => {
+          connection.usage = { ...connection.usage, bytes: connection.usage.bytes + body.length };
+        },
+        readAll: async () => {
+          connection.usage = { ...connection.usage, bytes: connection.usage.bytes + 2 };
+          return new Uint8Array(2);
+        },
+      };
+    };
+    return connection;
+  }
+
+  test('by default a receipt once a quarter of the credit (minDeposit) is unsigned', async () => {
+    const connection = callingConnection();
+    const payment = new Payment(connection, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED) });
+    assert.equal(payment.everyAmount, 250n);
+    for (let i = 0; i < 25; i++) await payment.request(new Uint8Array(5));
+    // every 10th call (250 MIST), each receipt cumulative, none for more than was used
+    assert.deepEqual(connection.sent.map((r) => decoded(r).requests), [10n, 20n]);
+    assert.deepEqual(connection.sent.map((r) => decoded(r).amount), [250n, 500n]);
+    assert.equal(payment.unsigned(), 125n);
+    // the close signs the rest: the whole usage, to the MIST
+    await payment.close();
+    const last = decoded(connection.sent.at(-1));
+    assert.deepEqual([last.requests, last.amount, last.nonce], [25n, 625n, 3n]);
+  });
+
+  test('every.amount: 0 signs with every call; a bound in MIST signs once it is reached', async () => {
+    const each = callingConnection();
+    const perCall = new Payment(each, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED), every: { amount: 0 } });
+    for (let i = 0; i < 3; i++) await perCall.request(new Uint8Array(1));
+    assert.deepEqual(each.sent.map((r) => decoded(r).requests), [1n, 2n, 3n]);
+    const batched = callingConnection();
+    const payment = new Payment(batched, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED), every: { amount: 60 } });
+    for (let i = 0; i < 7; i++) await payment.request(new Uint8Array(1));
+    // 75 MIST unsigned at the third call (>= 60): a receipt every three calls
+    assert.deepEqual(batched.sent.map((r) => decoded(r).requests), [3n, 6n]);
+  });
+
+  test('no minDeposit in the SLA: a receipt with every call, as before', async () => {
+    const connection = callingConnection();
+    const payment = new Payment(connection, {
+      scope: SCOPE, sla: { pricePerKib: 0, pricePerRequest: 25 }, deposit: 1000, key: receiptKey(SEED),
+    });
+    await payment.request(new Uint8Array(1));
+    await payment.request(new Uint8Array(1));
+    assert.deepEqual(connection.sent.map((r) => decoded(r).requests), [1n, 2n]);
+  });
+
+  test('every.ms: what is left unsigned is signed that long after the first call it covers', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const connection = callingConnection();
+    const payment = new Payment(connection, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED), every: { ms: 300 } });
+    await payment.request(new Uint8Array(1));
+    t.mock.timers.tick(200);
+    await payment.request(new Uint8Array(1)); // (the timer runs from the first unsigned call)
+    assert.equal(connection.sent.length, 0);
+    t.mock.timers.tick(100);
+    assert.deepEqual(connection.sent.map((r) => decoded(r).requests), [2n]);
+    t.mock.timers.tick(10000); // nothing unsigned: nothing more
+    assert.equal(connection.sent.length, 1);
+    await payment.request(new Uint8Array(1));
+    t.mock.timers.tick(299);
+    assert.equal(connection.sent.length, 1);
+    t.mock.timers.tick(1);
+    assert.deepEqual(connection.sent.map((r) => decoded(r).requests), [2n, 3n]);
+  });
+
+  test("the server's ask signs what is unsigned at once, and stops the timer", async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const connection = callingConnection();
+    const payment = new Payment(connection, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED) });
+    await payment.request(new Uint8Array(1));
+    await payment.request(new Uint8Array(1));
+    connection.onreceipt(new Uint8Array(0));
+    assert.deepEqual(connection.sent.map((r) => decoded(r).amount), [50n]);
+    t.mock.timers.tick(5000);
+    assert.equal(connection.sent.length, 1);
+  });
+
+  test('a closed connection signs nothing when the time bound passes', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const connection = callingConnection();
+    const payment = new Payment(connection, { scope: SCOPE, sla, deposit: 100000, key: receiptKey(SEED) });
+    await payment.request(new Uint8Array(1));
+    connection.state = 'closed';
+    t.mock.timers.tick(5000);
+    assert.equal(connection.sent.length, 0);
+  });
+
+  test('bad bounds are refused', () => {
+    const connection = new FakeConnection();
+    const options = { scope: SCOPE, sla, deposit: 100, key: receiptKey(SEED) };
+    assert.throws(() => new Payment(connection, { ...options, every: { amount: -1 } }), RangeError);
+    assert.throws(() => new Payment(connection, { ...options, every: { ms: -5 } }), RangeError);
+    assert.throws(() => new Payment(connection, { ...options, every: { ms: Number.NaN } }), RangeError);
   });
 });

@@ -99,6 +99,8 @@ describe('section 12 transcripts, server side', () => {
     assert.equal(decisions[0].address, t.public.client_sui_address);
     assert.equal(decisions[0].pattern, 'IK');
     assert.equal(new TextDecoder().decode(streams.get(0).request), 'ping');
+    // the client's first stream carried its ping: one request (docs/escrow.md 6.1)
+    assert.equal(connection.usage.requests, 1);
     assert.deepEqual(connection.closeInfo, { code: 0, reason: 'bye', byPeer: true, error: connection.closeInfo.error });
     assert.deepEqual(clientFrames(t).map((f) => f.type), [FrameType.STREAM_FIN, FrameType.CLOSE]);
   });
@@ -213,6 +215,10 @@ describe('the server holds the client to the rules', () => {
     const second = await connection.acceptStream();
     assert.deepEqual([first.id, second.id], [0, 2]); // the ACCEPT opened 0, the held frame 2
     assert.equal(new TextDecoder().decode(await second.readAll()), 'early');
+    // as a paid server meters it: stream 2 carried a request, stream 0 (empty) none
+    assert.equal(connection.usage.requests, 1);
+    connection._onRecord(fromClient(t, 1, [frame(FrameType.STREAM, { a: 0, b: 0, data: utf8('late') })]));
+    assert.equal(connection.usage.requests, 2);
   });
 
   test('what the client sent before a refusal never reaches the application', async () => {

@@ -23,6 +23,7 @@ async function replay(name) {
     const honest = signer;
     signer = {
       address: honest.address,
+      scheme: honest.scheme, // (an Ed25519 signer: the client offers version 1)
       async signPersonalMessage(message) {
         const proof = await honest.signPersonalMessage(message);
         proof[64] ^= 1; // the signature's last byte: the transcript's corrupted proof
@@ -249,14 +250,21 @@ describe('the client holds the server to the rules', () => {
     assert.ok(carrier.closed);
   });
 
-  test('a signer that is no Ed25519 Sui signer is refused before anything is sent', async () => {
-    const carrier = new RecordingCarrier();
-    const connection = new Connection(carrier, {
-      signer: { address: '0x1', signPersonalMessage: async () => new Uint8Array(98) },
-      serverKey: new Uint8Array(32).fill(9),
-    });
-    await assert.rejects(connection.open(), /Ed25519 Sui signature/);
-    assert.equal(carrier.sent.length, 0);
+  test('a signer whose signature is no Sui signature is refused before anything is sent', async () => {
+    for (const [bytes, why] of [
+      [new Uint8Array(98), /Ed25519 signature of 98 bytes, not 97/],
+      [Uint8Array.of(4, ...new Uint8Array(97)), /not a Sui signature/],
+      [new Uint8Array(0), /not a Sui signature/],
+      [Uint8Array.of(1, ...new Uint8Array(3840)), /at most 3840/],
+    ]) {
+      const carrier = new RecordingCarrier();
+      const connection = new Connection(carrier, {
+        signer: { address: '0x1', signPersonalMessage: async () => bytes },
+        serverKey: new Uint8Array(32).fill(9),
+      });
+      await assert.rejects(connection.open(), why);
+      assert.equal(carrier.sent.length, 0);
+    }
   });
 
   test('a base64 wallet signature is taken', async () => {

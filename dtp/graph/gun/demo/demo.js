@@ -12,6 +12,7 @@
   var relay = location.origin + '/gun';
   var gun = Gun({ peers: [relay], localStorage: false });
   var chat = gun.get(room);
+  window.dtpDemo = { gun: gun, room: room }; // (collab.mjs edits the shared note through it)
 
   var list = document.getElementById('messages');
   var empty = document.getElementById('empty');

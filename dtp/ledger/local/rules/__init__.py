@@ -69,6 +69,7 @@ from dtp.ledger.local.rules._host import (
     host_set_noise_static_key,
     host_update_service,
     list_op,
+    new_sla,
 )
 from dtp.ledger.local.rules._messaging import (
     mailbox_send,
@@ -86,6 +87,7 @@ from dtp.ledger.local.rules._transport_control import (
     tc_settle,
     tc_settle_with_receipt,
 )
+from dtp.ledger.local.rules._versions import call as _call
 
 __all__ = [
     "EINVALID_UTF8",
@@ -109,9 +111,11 @@ __all__ = [
     "broadcast_leave",
     "broadcast_transmit",
     "broadcast_withdraw",
+    "call",
     "cap_create",
     "cap_set_max_per_epoch",
     "check_args",
+    "entry",
     "escrow_claim",
     "escrow_top_up",
     "fee",
@@ -128,6 +132,7 @@ __all__ = [
     "host_update_service",
     "mailbox_send",
     "new_broadcast",
+    "new_sla",
     "parse_stored_int",
     "pipe_create",
     "pipe_destroy",
@@ -156,12 +161,13 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("host", "set_authority"): (("obj:Host", "address"), host_set_authority),
     ("host", "set_noise_static_key"): (("obj:Host", "bytes"), host_set_noise_static_key),
     ("host", "set_endpoints"): (("obj:Host", "vec_bytes"), host_set_endpoints),
+    # an Sla is its four u64 (host::new_sla gives the default half-close timeout)
     ("host", "add_service"): (
-        ("obj:Host", "u16", "utf8", "u64", "u64", "u64", "u64"),
+        ("obj:Host", "u16", "utf8", "u64", "u64", "u64", "u64", "u64"),
         host_add_service,
     ),
     ("host", "update_service"): (
-        ("obj:Host", "u16", "u64", "u64", "u64", "u64"),
+        ("obj:Host", "u16", "u64", "u64", "u64", "u64", "u64"),
         host_update_service,
     ),
     ("host", "remove_service"): (("obj:Host", "u16"), host_remove_service),
@@ -272,3 +278,19 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
                 raise InvalidArgument(f"{where} must be an address or object ID.")
             out.append(str(value))
     return out
+
+
+def call(x: Exec, module: str, function: str, args: list[Any] | tuple[Any, ...]) -> Any:
+    """Run the entry function ``module::function`` of :data:`FUNCTIONS` on ``args`` (as
+    ``check_args`` gives them) as Sui runs a Move call: the objects loaded, the coin split
+    and the objects' versions checked first (:mod:`._versions`), then its rule."""
+    return _call(x, FUNCTIONS, module, function, args)
+
+
+def entry(module: str, function: str) -> Handler:
+    """:func:`call` of ``module::function`` as a handler (``handler(x, *args)``)."""
+
+    def run(x: Exec, *args: Any) -> Any:
+        return call(x, module, function, args)
+
+    return run

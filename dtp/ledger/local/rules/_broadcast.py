@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import move_error
+from dtp.ledger._airtime import air_time_due, slot_part
 from dtp.ledger._objects import MAX_DATA_LENGTH, broadcast_idle_ms
 from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8
 
@@ -15,21 +16,55 @@ SHARE_SCALE: Final = 1_000_000_000
 SHARE_BITS: Final = 120
 
 
-def _slot_at(b: dict[str, Any], now_ms: int) -> int:
-    return 0 if now_ms < b["start_ms"] else (now_ms - b["start_ms"]) // b["slot_ms"]
+def _accounted(b: dict[str, Any]) -> int:
+    """Of slot ``next_slot``, the ms accounted for (a broadcast a LocalLedger file kept
+    from before contributions accounted for the slot in progress has none)."""
+    done: int = b.get("slot_accounted_ms", 0)
+    return done
 
 
-def _accrue(b: dict[str, Any], now_ms: int) -> None:
-    current = _slot_at(b, now_ms)
-    if b["cancelled"] or current <= b["next_slot"]:
-        b["next_slot"] = max(current, b["next_slot"])
-        return
-    paid = min(current - b["next_slot"], b["pool"] // b["slot_price"])
-    if paid:
-        b["pool"] -= paid * b["slot_price"]
-        b["earned"] += paid * b["slot_price"]
-        b["paid_slots"] += paid
-    b["next_slot"] = current
+def _slot_rest(b: dict[str, Any]) -> int:
+    """``broadcast::slot_rest``: what covers the rest of slot ``next_slot``."""
+    return int(b["slot_price"] - slot_part(b["slot_price"], b["slot_ms"], _accounted(b)))
+
+
+def _account(x: Exec, b: dict[str, Any], b_id: str, split: bool = False) -> None:
+    """``broadcast::account`` (``accrue`` without ``split``): pay the air time the pool
+    covered up to now, skip what it did not, and tell both."""
+    due = air_time_due(
+        start_ms=b["start_ms"],
+        slot_ms=b["slot_ms"],
+        slot_price=b["slot_price"],
+        next_slot=b["next_slot"],
+        slot_accounted_ms=_accounted(b),
+        pool=b["pool"],
+        cancelled=b["cancelled"],
+        now_ms=x.now_ms,
+        split=split,
+    )
+    b["pool"] -= due.amount
+    b["earned"] += due.amount
+    b["paid_slots"] += due.slots
+    b["next_slot"] = due.next_slot
+    b["slot_accounted_ms"] = due.slot_accounted_ms
+    if due.paid_to_ms > due.from_ms:
+        x.emit(
+            "broadcast",
+            "BroadcastSlotsPaid",
+            {
+                "broadcast": b_id,
+                "from_ms": due.from_ms,
+                "to_ms": due.paid_to_ms,
+                "slots": due.slots,
+                "amount": due.amount,
+            },
+        )
+    if due.to_ms > due.paid_to_ms:
+        x.emit(
+            "broadcast",
+            "BroadcastSlotsSkipped",
+            {"broadcast": b_id, "from_ms": due.paid_to_ms, "to_ms": due.to_ms},
+        )
 
 
 def _idle_at(b: dict[str, Any], now_ms: int) -> bool:
@@ -67,6 +102,17 @@ def _assert_broadcaster(x: Exec, b: dict[str, Any], b_id: str) -> None:
         raise move_error("broadcast", "ENotBroadcaster", f"{x.sender} does not broadcast {b_id}")
 
 
+def _assert_on_air(b: dict[str, Any], b_id: str) -> None:
+    """(accrued) The pool covers what is left of the slot in progress (``ENotOnAir``)."""
+    rest = _slot_rest(b)
+    if b["pool"] < rest:
+        raise move_error(
+            "broadcast",
+            "ENotOnAir",
+            f"broadcast {b_id} has {b['pool']} MIST, the rest of the slot costs {rest}",
+        )
+
+
 def _assert_not_cancelled(b: dict[str, Any], b_id: str) -> None:
     if b["cancelled"]:
         raise move_error("broadcast", "EBroadcastCancelled", f"broadcast {b_id}")
@@ -93,6 +139,7 @@ def new_broadcast(
             "slot_ms": slot_ms,
             "start_ms": x.now_ms,
             "next_slot": 0,
+            "slot_accounted_ms": 0,
             "paid_slots": 0,
             "pool": 0,
             "earned": 0,
@@ -130,13 +177,8 @@ def broadcast_transmit(x: Exec, b_id: str, data: bytes) -> int:
     _assert_not_cancelled(b, b_id)
     if len(data) > MAX_DATA_LENGTH:
         raise move_error("broadcast", "EDataTooLarge", f"{len(data)} > {MAX_DATA_LENGTH} bytes")
-    _accrue(b, x.now_ms)
-    if b["pool"] < b["slot_price"]:
-        raise move_error(
-            "broadcast",
-            "ENotOnAir",
-            f"broadcast {b_id} has {b['pool']} MIST, a slot costs {b['slot_price']}",
-        )
+    _account(x, b, b_id)
+    _assert_on_air(b, b_id)
     b["last_live_ms"] = x.now_ms
     seq: int = b["next_seq"]
     b["next_seq"] = seq + 1
@@ -148,13 +190,8 @@ def broadcast_heartbeat(x: Exec, b_id: str) -> None:
     b = x.load(b_id, "Broadcast")
     _assert_broadcaster(x, b, b_id)
     _assert_not_cancelled(b, b_id)
-    _accrue(b, x.now_ms)
-    if b["pool"] < b["slot_price"]:
-        raise move_error(
-            "broadcast",
-            "ENotOnAir",
-            f"broadcast {b_id} has {b['pool']} MIST, a slot costs {b['slot_price']}",
-        )
+    _account(x, b, b_id)
+    _assert_on_air(b, b_id)
     b["last_live_ms"] = x.now_ms
     x.emit("broadcast", "BroadcastHeartbeat", {"broadcast": b_id, "at_ms": x.now_ms})
 
@@ -162,7 +199,7 @@ def broadcast_heartbeat(x: Exec, b_id: str) -> None:
 def broadcast_claim(x: Exec, b_id: str) -> int:
     b = x.load(b_id, "Broadcast")
     _assert_broadcaster(x, b, b_id)
-    _accrue(b, x.now_ms)
+    _account(x, b, b_id)
     amount: int = b["earned"]
     b["earned"] = 0
     x.pay(b["broadcaster"], amount)
@@ -178,7 +215,7 @@ def broadcast_cancel(x: Exec, b_id: str) -> None:
     b = x.load(b_id, "Broadcast")
     _assert_broadcaster(x, b, b_id)
     _assert_not_cancelled(b, b_id)
-    _accrue(b, x.now_ms)
+    _account(x, b, b_id)
     b["cancelled"] = True
     x.emit(
         "broadcast",
@@ -193,7 +230,7 @@ def broadcast_contribute(x: Exec, b_id: str, amount: int) -> None:
     _assert_not_cancelled(b, b_id)
     if amount == 0:
         raise move_error("broadcast", "EZeroAmount", f"broadcast {b_id}")
-    _accrue(b, x.now_ms)  # new money never pays for slots that ended before it
+    _account(x, b, b_id, split=True)  # new money never pays for time past
     pool: int = b["pool"]
     if pool == 0 and (b["total_shares"] or b["holders"]):
         # spent to 0 with shares left: they are worth nothing, and new money must not
@@ -281,5 +318,5 @@ def broadcast_leave(x: Exec, b_id: str) -> int:
             f"broadcast {b_id} was live at {b['last_live_ms']} ms; listeners may leave "
             f"{broadcast_idle_ms(b['slot_ms'])} ms after that",
         )
-    _accrue(b, x.now_ms)
+    _account(x, b, b_id)
     return _pay_out(x, b, b_id)

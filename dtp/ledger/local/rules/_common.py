@@ -15,7 +15,9 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
     foreign_abort,
+    move_error,
 )
+from dtp.ledger._versions import ADMIN_CAP, PACKAGE_VERSION, VERSIONED, stored_version
 from dtp.ledger.local._tx import derive_object_id
 
 U64_MAX: Final = 2**64 - 1
@@ -30,6 +32,7 @@ OBJECT_TYPES: Final = {
     "Pipe": "dtp::pipe::Pipe",
     "Broadcast": "dtp::broadcast::Broadcast",
     "ResponseEscrow": "dtp::response_escrow::ResponseEscrow",
+    ADMIN_CAP: "dtp::version::AdminCap",
 }
 
 
@@ -156,6 +159,9 @@ class Exec:
     #: The package ID the rules run as: Move's ``type_name::get_with_original_ids`` of
     #: its own types, which receipts name (docs/escrow.md §6).
     package: str
+    #: The package version whose code runs (``version::VERSION``): LocalLedger's
+    #: ``package_version``, its stand-in for an upgrade (docs/escrow.md "Versions").
+    code_version: int = PACKAGE_VERSION
     objects: dict[str, Obj] = field(default_factory=dict)
     credits: dict[str, int] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -189,7 +195,10 @@ class Exec:
         return obj.data
 
     def create(self, struct: str, owner: str, data: dict[str, Any]) -> str:
-        """Create an object (shared when ``owner`` is ``"shared"``) and return its ID."""
+        """Create an object (shared when ``owner`` is ``"shared"``) and return its ID; a
+        versioned one records the version of the code that made it."""
+        if struct in VERSIONED:
+            data.setdefault("version", self.code_version)
         object_id = self.new_id()
         self.objects[object_id] = Obj(object_id, OBJECT_TYPES[struct], owner, 0, data, None)
         return object_id
@@ -203,10 +212,29 @@ class Exec:
     def delete(self, object_id: str) -> None:
         self.objects[object_id].deleted = True
 
+    def check_version(self, object_id: str, struct: str) -> None:
+        """``check_version`` of a loaded object: ``version::EWrongVersion`` unless it
+        records the version of the code that runs."""
+        version = stored_version(self.load(object_id, struct))
+        if version != self.code_version:
+            raise move_error(
+                "version",
+                "EWrongVersion",
+                f"{struct} {object_id} is of package version {version}, the code called is "
+                f"version {self.code_version}",
+            )
+
     # money
 
     def take_coin(self, amount: int) -> int:
         """Split ``amount`` MIST off the sender's balance (a ``Coin<SUI>`` argument)."""
+        self.check_coin(amount)
+        self.credits[self.sender] = self.credits.get(self.sender, 0) - amount
+        return amount
+
+    def check_coin(self, amount: int) -> None:
+        """The ``SplitCoins`` of :meth:`take_coin`, which runs before any Move code:
+        InsufficientFunds unless the sender holds ``amount``."""
         available = self.store.balance(self.sender) + self.credits.get(self.sender, 0)
         if amount > available:
             raise InsufficientFunds(
@@ -214,13 +242,17 @@ class Exec:
                 name="InsufficientCoinBalance",
                 module="sui",
             )
-        self.credits[self.sender] = self.credits.get(self.sender, 0) - amount
-        return amount
 
     def pay(self, address: str, amount: int) -> None:
         """Transfer a coin of ``amount`` MIST to ``address`` (nothing when 0)."""
         if amount:
             self.credits[address] = self.credits.get(address, 0) + amount
+
+    def require_sender(self, who: str, module: str, error: str, what: str) -> None:
+        """Abort ``module::error`` unless the sender is ``who`` (the one role of ``what``
+        that may make the call)."""
+        if self.sender != who:
+            raise move_error(module, error, f"{self.sender} on {what}")
 
     # events
 

@@ -38,8 +38,7 @@ def registry_create(x: Exec) -> str:
 
 
 def _assert_owner(x: Exec, registry: dict[str, Any], registry_id: str) -> None:
-    if x.sender != registry["owner"]:
-        raise move_error("registry", "ENotRegistryOwner", f"{x.sender} on {registry_id}")
+    x.require_sender(registry["owner"], "registry", "ENotRegistryOwner", registry_id)
 
 
 def registry_admit(x: Exec, registry_id: str, member: str) -> None:

@@ -5,7 +5,7 @@
 :mod:`dtp.ledger.local._store`.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
-(a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
+(a SponsorLane's pledges, a TicketSale's holders) are dicts keyed by ID or address.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import move_error
-from dtp.ledger._economics import BPS, MAX_PAYMENT_MEMO, MAX_RETENTION_MS
+from dtp.ledger._economics import (
+    BPS,
+    ECONOMICS_MODULES,
+    MAX_PAYMENT_MEMO,
+    MAX_RETENTION_MS,
+    MAX_SPONSOR_LANES,
+)
 from dtp.ledger.local.rules._broadcast import new_broadcast
-from dtp.ledger.local.rules._common import SHARED, U64_MAX, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, Handler, add_u64, utf8
 from dtp.ledger.local.rules._transport_control import tc_end_prepaid, tc_open
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
 #: Move types of the payment-model objects, by struct name.
-OBJECT_TYPES: Final = {
-    "SubscriptionOffer": "dtp::subscription::SubscriptionOffer",
-    "Subscription": "dtp::subscription::Subscription",
-    "SponsorPool": "dtp::sponsor::SponsorPool",
-    "TicketSale": "dtp::tickets::TicketSale",
-    "RetentionTerms": "dtp::retention::RetentionTerms",
-    "RetainedRecord": "dtp::retention::RetainedRecord",
-}
+OBJECT_TYPES: Final = {name: f"dtp::{module}::{name}" for name, module in ECONOMICS_MODULES.items()}
 
 
 def _coin_exists(x: Exec, amount: int) -> None:
@@ -48,8 +47,7 @@ def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
 
 def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> str:
     host = x.load(host_id, "Host")
-    if x.sender != host["authority"]:
-        raise move_error("subscription", "ENotProvider", f"{x.sender} on host {host_id}")
+    x.require_sender(host["authority"], "subscription", "ENotProvider", f"host {host_id}")
     _service_exists(host, host_id, port)
     if price == 0 or period == 0:
         raise move_error("subscription", "EInvalidTerms", f"price {price}, period {period}")
@@ -97,11 +95,28 @@ def _assert_payment(paid: int, epochs: int, price: int) -> None:
         )
 
 
-def subscribe(x: Exec, offer_id: str, epochs: int, paid: int) -> str:
-    offer = x.load(offer_id, "SubscriptionOffer")
-    x.take_coin(paid)
+def _assert_offer_selling(
+    offer: dict[str, Any], offer_id: str, host: dict[str, Any], host_id: str
+) -> None:
+    """``subscription::assert_selling``: the offer's host, not withdrawn, and its provider
+    still the host's authority (what it sells is paid to the one whose server serves it)."""
+    if host_id != offer["host"]:
+        raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
     if offer["withdrawn"]:
         raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    if host["authority"] != offer["provider"]:
+        raise move_error(
+            "subscription",
+            "EProviderChanged",
+            f"host {host_id} is {host['authority']}'s now, offer {offer_id} {offer['provider']}'s",
+        )
+
+
+def subscribe(x: Exec, offer_id: str, host_id: str, epochs: int, paid: int) -> str:
+    offer = x.load(offer_id, "SubscriptionOffer")
+    host = x.load(host_id, "Host")
+    x.take_coin(paid)
+    _assert_offer_selling(offer, offer_id, host, host_id)
     _assert_epochs(offer, epochs)
     _assert_payment(paid, epochs, offer["price_per_epoch"])
     start = x.epoch
@@ -143,10 +158,15 @@ def _earned_epochs(sub: dict[str, Any], offer: dict[str, Any], epoch: int) -> in
     return 0 if end <= sub["start_epoch"] else int(end - sub["start_epoch"])
 
 
-def _pay_out(x: Exec, sub: dict[str, Any], epochs: int, to: str) -> int:
+def _pay_out(x: Exec, sub: dict[str, Any], sub_id: str, epochs: int, event: str, to: str) -> int:
+    """Pay ``epochs`` of the subscription's money to its provider (``event``
+    SubscriptionClaimed) or its holder (SubscriptionRefunded), and say so."""
     amount: int = epochs * sub["price_per_epoch"]
     sub["funds"] -= amount
     x.pay(to, amount)
+    role = "provider" if event == "SubscriptionClaimed" else "holder"
+    fields = {"subscription": sub_id, role: to, "epochs": epochs, "amount": amount}
+    x.emit("subscription", event, fields)
     return amount
 
 
@@ -167,38 +187,25 @@ def _sub_and_offer(
 def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "provider")
     epochs = _earned_epochs(sub, offer, x.epoch) - sub["claimed_epochs"]
-    amount = _pay_out(x, sub, epochs, offer["provider"])
+    amount = _pay_out(x, sub, sub_id, epochs, "SubscriptionClaimed", offer["provider"])
     sub["claimed_epochs"] += epochs
-    x.emit(
-        "subscription",
-        "SubscriptionClaimed",
-        {"subscription": sub_id, "provider": offer["provider"], "epochs": epochs, "amount": amount},
-    )
     return amount
 
 
-def subscription_renew(x: Exec, sub_id: str, offer_id: str, epochs: int, paid: int) -> int:
+def subscription_renew(
+    x: Exec, sub_id: str, offer_id: str, host_id: str, epochs: int, paid: int
+) -> int:
     x.load(sub_id, "Subscription")
     x.load(offer_id, "SubscriptionOffer")
+    host = x.load(host_id, "Host")
     x.take_coin(paid)
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
-    if offer["withdrawn"]:
-        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    _assert_offer_selling(offer, offer_id, host, host_id)
     _assert_epochs(offer, epochs)
     _assert_payment(paid, epochs, sub["price_per_epoch"])
     if sub["expires_epoch"] <= x.epoch:
         due = sub["expires_epoch"] - sub["start_epoch"] - sub["claimed_epochs"]
-        amount = _pay_out(x, sub, due, offer["provider"])
-        x.emit(
-            "subscription",
-            "SubscriptionClaimed",
-            {
-                "subscription": sub_id,
-                "provider": offer["provider"],
-                "epochs": due,
-                "amount": amount,
-            },
-        )
+        _pay_out(x, sub, sub_id, due, "SubscriptionClaimed", offer["provider"])
         sub["start_epoch"] = x.epoch
         sub["expires_epoch"] = x.epoch
         sub["claimed_epochs"] = 0
@@ -217,10 +224,19 @@ def subscription_renew(x: Exec, sub_id: str, offer_id: str, epochs: int, paid: i
     return int(sub["expires_epoch"])
 
 
-def offer_withdraw(x: Exec, offer_id: str) -> None:
+def offer_withdraw(x: Exec, offer_id: str, host_id: str) -> None:
+    """``subscription::withdraw_offer``: by the provider, or by anyone once the host has
+    another authority (the offer sells nothing more; the withdrawal stops its earning)."""
     offer = x.load(offer_id, "SubscriptionOffer")
-    if x.sender != offer["provider"]:
-        raise move_error("subscription", "ENotProvider", f"{x.sender} on offer {offer_id}")
+    host = x.load(host_id, "Host")
+    if host_id != offer["host"]:
+        raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
+    if x.sender != offer["provider"] and host["authority"] == offer["provider"]:
+        raise move_error(
+            "subscription",
+            "ENotProvider",
+            f"{x.sender} on offer {offer_id}, whose provider is still host {host_id}'s authority",
+        )
     if offer["withdrawn"]:
         raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
     offer["withdrawn"] = True
@@ -236,14 +252,9 @@ def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
         raise move_error("subscription", "EAlreadyRefunded", f"subscription {sub_id}")
     cut = max(sub["start_epoch"], min(sub["expires_epoch"], offer["withdrawn_epoch"] + 1))
     epochs = sub["expires_epoch"] - cut
-    amount = _pay_out(x, sub, epochs, sub["holder"])
+    amount = _pay_out(x, sub, sub_id, epochs, "SubscriptionRefunded", sub["holder"])
     sub["expires_epoch"] = cut
     sub["refunded"] = True
-    x.emit(
-        "subscription",
-        "SubscriptionRefunded",
-        {"subscription": sub_id, "holder": sub["holder"], "epochs": epochs, "amount": amount},
-    )
     return amount
 
 
@@ -253,14 +264,11 @@ def subscription_open(
     # Every input object is checked before the coin is split and the call runs.
     x.load(sub_id, "Subscription")
     x.load(offer_id, "SubscriptionOffer")
-    x.load(host_id, "Host")
+    host = x.load(host_id, "Host")
     x.load(cap_id, "SpendingCap")
     _coin_exists(x, amount)
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
-    if host_id != offer["host"]:
-        raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
-    if offer["withdrawn"]:
-        raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
+    _assert_offer_selling(offer, offer_id, host, host_id)
     if not sub["start_epoch"] <= x.epoch < sub["expires_epoch"]:
         raise move_error(
             "subscription",
@@ -321,34 +329,36 @@ def _share(amount: int, share_bps: int) -> int:
     return amount * share_bps // BPS
 
 
-def _max_pledge(pool: dict[str, Any]) -> int:
-    """The pool's pledge limit per connection; a pool a LocalLedger file kept from before
-    the limit pledged without one."""
-    limit: int = pool.get("max_pledge", U64_MAX)
-    return limit
+def check_lane(pool_id: str, lane_id: str, lane: dict[str, Any]) -> None:
+    """Every call with a lane first checks it is one of the pool's (``EWrongLane``)."""
+    if lane["pool"] != pool_id:
+        raise move_error("sponsor", "EWrongLane", f"lane {lane_id} is pool {lane['pool']}'s")
 
 
-def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int) -> str:
+def sponsor_create(
+    x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int, lanes: int
+) -> str:
     host = x.load(host_id, "Host")
-    if x.sender != host["authority"]:
-        raise move_error("sponsor", "ENotProvider", f"{x.sender} on host {host_id}")
+    x.require_sender(host["authority"], "sponsor", "ENotProvider", f"host {host_id}")
     _service_exists(host, host_id, port)
     if not 0 < share_bps <= BPS:
         raise move_error("sponsor", "EInvalidShare", f"got {share_bps}")
-    pool_id = x.create(
-        "SponsorPool",
-        SHARED,
-        {
-            "host": host_id,
-            "port": port,
-            "provider": x.sender,
-            "share_bps": share_bps,
-            "max_pledge": max_pledge,
-            "funds": 0,
-            "reserved": 0,
-            "pledges": {},
-        },
-    )
+    if not 0 < lanes <= MAX_SPONSOR_LANES:
+        raise move_error("sponsor", "EInvalidLanes", f"got {lanes}")
+    lane_ids: list[str] = []
+    pool = {
+        "host": host_id,
+        "port": port,
+        "provider": x.sender,
+        "share_bps": share_bps,
+        "max_pledge": max_pledge,
+        "lanes": lane_ids,
+    }
+    # the pool's UID first, then its lanes', as Move makes them
+    pool_id = x.create("SponsorPool", SHARED, pool)
+    for _ in range(lanes):
+        lane = {"pool": pool_id, "funds": 0, "reserved": 0, "pledges": {}}
+        lane_ids.append(x.create("SponsorLane", SHARED, lane))
     x.emit(
         "sponsor",
         "SponsorPoolCreated",
@@ -359,56 +369,67 @@ def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int, max_pledge:
             "provider": x.sender,
             "share_bps": share_bps,
             "max_pledge": max_pledge,
+            "lanes": list(lane_ids),
         },
     )
     return pool_id
 
 
-def sponsor_fund(x: Exec, pool_id: str, amount: int) -> None:
-    pool = x.load(pool_id, "SponsorPool")
+def sponsor_fund(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
+    x.load(pool_id, "SponsorPool")
+    lane = x.load(lane_id, "SponsorLane")
     x.take_coin(amount)
+    check_lane(pool_id, lane_id, lane)
     if amount == 0:
-        raise move_error("sponsor", "EZeroAmount", f"pool {pool_id}")
-    pool["funds"] = add_u64(pool["funds"], amount)
+        raise move_error("sponsor", "EZeroAmount", f"lane {lane_id}")
+    lane["funds"] = add_u64(lane["funds"], amount)
     x.emit(
-        "sponsor", "SponsorPoolFunded", {"pool": pool_id, "amount": amount, "funds": pool["funds"]}
+        "sponsor",
+        "SponsorPoolFunded",
+        {"pool": pool_id, "lane": lane_id, "amount": amount, "funds": lane["funds"]},
     )
 
 
-def sponsor_withdraw(x: Exec, pool_id: str, amount: int) -> None:
+def sponsor_withdraw(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     pool = x.load(pool_id, "SponsorPool")
-    if x.sender != pool["provider"]:
-        raise move_error("sponsor", "ENotProvider", f"{x.sender} on pool {pool_id}")
+    lane = x.load(lane_id, "SponsorLane")
+    check_lane(pool_id, lane_id, lane)
+    x.require_sender(pool["provider"], "sponsor", "ENotProvider", f"pool {pool_id}")
     if amount == 0:
-        raise move_error("sponsor", "EZeroAmount", f"pool {pool_id}")
-    available = pool["funds"] - pool["reserved"]
+        raise move_error("sponsor", "EZeroAmount", f"lane {lane_id}")
+    available = lane["funds"] - lane["reserved"]
     if amount > available:
         raise move_error(
-            "sponsor", "ESponsorUnfunded", f"{amount} MIST asked, {available} unpledged"
+            "sponsor",
+            "ESponsorUnfunded",
+            f"{amount} MIST asked, lane {lane_id} has {available} unpledged",
         )
-    pool["funds"] -= amount
+    lane["funds"] -= amount
     x.pay(pool["provider"], amount)
     x.emit(
         "sponsor",
         "SponsorPoolWithdrawn",
-        {"pool": pool_id, "amount": amount, "funds": pool["funds"]},
+        {"pool": pool_id, "lane": lane_id, "amount": amount, "funds": lane["funds"]},
     )
 
 
 def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
     """``sponsor::set_max_pledge``: binds the connections opened from now on."""
     pool = x.load(pool_id, "SponsorPool")
-    if x.sender != pool["provider"]:
-        raise move_error("sponsor", "ENotProvider", f"{x.sender} on pool {pool_id}")
+    x.require_sender(pool["provider"], "sponsor", "ENotProvider", f"pool {pool_id}")
     pool["max_pledge"] = max_pledge
     x.emit("sponsor", "SponsorPledgeLimitChanged", {"pool": pool_id, "max_pledge": max_pledge})
 
 
-def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, amount: int) -> str:
+def sponsor_open(
+    x: Exec, pool_id: str, lane_id: str, host_id: str, cap_id: str, key: bytes, amount: int
+) -> str:
     pool = x.load(pool_id, "SponsorPool")
+    lane = x.load(lane_id, "SponsorLane")
     host = x.load(host_id, "Host")
     x.load(cap_id, "SpendingCap")
     _coin_exists(x, amount)
+    check_lane(pool_id, lane_id, lane)
     if host_id != pool["host"]:
         raise move_error("sponsor", "EWrongHost", f"pool {pool_id} is for host {pool['host']}")
     if host["authority"] != pool["provider"]:
@@ -418,22 +439,24 @@ def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, a
             "EProviderChanged",
             f"host {host_id} is {host['authority']}'s now, pool {pool_id} {pool['provider']}'s",
         )
-    pledge = min(_share(amount, pool["share_bps"]), _max_pledge(pool))
-    available = pool["funds"] - pool["reserved"]
+    pledge = min(_share(amount, pool["share_bps"]), pool["max_pledge"])
+    available = lane["funds"] - lane["reserved"]
     if pledge > available:
         raise move_error(
             "sponsor",
             "ESponsorUnfunded",
-            f"pool {pool_id} must pledge {pledge} MIST and has {available} unpledged",
+            f"lane {lane_id} of pool {pool_id} must pledge {pledge} MIST and has "
+            f"{available} unpledged",
         )
-    connection = tc_open(x, host_id, pool["port"], cap_id, key, amount)
-    pool["pledges"][connection] = {"amount": pledge, "reimbursed": False}
-    pool["reserved"] += pledge
+    connection = tc_open(x, host_id, pool["port"], cap_id, key, amount, sponsor=lane_id)
+    lane["pledges"][connection] = pledge
+    lane["reserved"] += pledge
     x.emit(
         "sponsor",
         "SponsoredConnectionOpened",
         {
             "pool": pool_id,
+            "lane": lane_id,
             "connection": connection,
             "pledge": pledge,
             "share_bps": pool["share_bps"],
@@ -442,29 +465,50 @@ def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, a
     return connection
 
 
-def sponsor_reimburse(x: Exec, pool_id: str, tc_id: str, escrow_id: str) -> int:
+def sponsor_reimburse(x: Exec, pool_id: str, lane_id: str, tc_id: str, escrow_id: str) -> int:
     pool = x.load(pool_id, "SponsorPool")
+    lane = x.load(lane_id, "SponsorLane")
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
-    pledge = pool["pledges"].get(tc_id)
-    if pledge is None:
-        raise move_error("sponsor", "ENotSponsored", f"connection {tc_id} on pool {pool_id}")
-    if pledge["reimbursed"]:
-        raise move_error("sponsor", "EAlreadyReimbursed", f"connection {tc_id}")
+    check_lane(pool_id, lane_id, lane)
+    if tc_id not in lane["pledges"]:
+        raise move_error(
+            "sponsor",
+            "ENotSponsored",
+            f"lane {lane_id} holds no pledge for connection {tc_id} (not opened through "
+            "it, or reimbursed)",
+        )
     if escrow_id != tc["escrow"]:
         raise move_error("sponsor", "EWrongEscrow", f"connection {tc_id} uses {tc['escrow']}")
     if not tc["settled"]:
         raise move_error("sponsor", "ENotSettled", f"connection {tc_id}")
-    amount: int = min(_share(escrow["claimed"], pool["share_bps"]), pledge["amount"])
-    pool["reserved"] -= pledge["amount"]
-    pledge["reimbursed"] = True
-    pool["funds"] -= amount
+    return pay_pledge(x, pool, pool_id, lane, lane_id, tc, tc_id, escrow)
+
+
+def pay_pledge(
+    x: Exec,
+    pool: dict[str, Any],
+    pool_id: str,
+    lane: dict[str, Any],
+    lane_id: str,
+    tc: dict[str, Any],
+    tc_id: str,
+    escrow: dict[str, Any],
+) -> int:
+    """``sponsor::pay_pledge``: the lane's pledge to the settled connection removed, its
+    client paid ``min(pledge, claimed * share_bps / 10000)`` from the lane, the rest
+    released."""
+    pledge: int = lane["pledges"].pop(tc_id)
+    amount = min(_share(escrow["claimed"], pool["share_bps"]), pledge)
+    lane["reserved"] -= pledge
+    lane["funds"] -= amount
     x.pay(tc["client"], amount)
     x.emit(
         "sponsor",
         "SponsorReimbursed",
         {
             "pool": pool_id,
+            "lane": lane_id,
             "connection": tc_id,
             "client": tc["client"],
             "claimed": escrow["claimed"],
@@ -539,8 +583,7 @@ def _assert_selling(x: Exec, sale: dict[str, Any], sale_id: str) -> None:
 
 def tickets_go_on_air(x: Exec, sale_id: str) -> int:
     sale = x.load(sale_id, "TicketSale")
-    if x.sender != sale["organizer"]:
-        raise move_error("tickets", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
     _assert_selling(x, sale, sale_id)
     if sale["sold"] < sale["min_tickets"]:
         raise move_error(
@@ -562,8 +605,7 @@ def tickets_go_on_air(x: Exec, sale_id: str) -> int:
 
 def tickets_cancel(x: Exec, sale_id: str) -> None:
     sale = x.load(sale_id, "TicketSale")
-    if x.sender != sale["organizer"]:
-        raise move_error("tickets", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
     if sale["cancelled"]:
         raise move_error("tickets", "ECancelled", f"sale {sale_id}")
     if sale["on_air"]:
@@ -622,8 +664,7 @@ def broadcast_create_ticketed(
     """``broadcast::create_ticketed``: a broadcast for the holders of ``sale_id``'s
     tickets, by the sale's organizer only."""
     sale = x.load(sale_id, "TicketSale")
-    if x.sender != sale["organizer"]:
-        raise move_error("broadcast", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    x.require_sender(sale["organizer"], "broadcast", "ENotOrganizer", f"sale {sale_id}")
     return new_broadcast(x, raw_channel, slot_price, slot_ms, sale_id)
 
 
@@ -634,8 +675,7 @@ def retention_create_terms(
     x: Exec, host_id: str, port: int, retention_ms: int, price_per_byte: int
 ) -> str:
     host = x.load(host_id, "Host")
-    if x.sender != host["authority"]:
-        raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
+    x.require_sender(host["authority"], "retention", "ENotProvider", f"host {host_id}")
     _service_exists(host, host_id, port)
     if retention_ms > MAX_RETENTION_MS:
         raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
@@ -668,8 +708,7 @@ def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
     """``retention::retire_terms``: the provider stops offering the terms."""
     terms = x.load(terms_id, "RetentionTerms")
     host = x.load(host_id, "Host")
-    if x.sender != host["authority"]:
-        raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
+    x.require_sender(host["authority"], "retention", "ENotProvider", f"host {host_id}")
     if terms["host"] != host_id:
         raise move_error("retention", "EWrongTerms", f"terms {terms_id} are not of host {host_id}")
     if terms.get("retired", False):
@@ -758,8 +797,7 @@ def retention_send(
 
 def retention_confirm(x: Exec, record_id: str) -> None:
     record = x.load(record_id, "RetainedRecord")
-    if x.sender != record["receiver"]:
-        raise move_error("retention", "ENotReceiver", f"{x.sender} on record {record_id}")
+    x.require_sender(record["receiver"], "retention", "ENotReceiver", f"record {record_id}")
     if record["consumed"]:
         raise move_error("retention", "EAlreadyConsumed", f"record {record_id}")
     record["consumed"] = True
@@ -768,8 +806,7 @@ def retention_confirm(x: Exec, record_id: str) -> None:
 
 def retention_delete(x: Exec, record_id: str) -> int:
     record = x.load(record_id, "RetainedRecord")
-    if x.sender != record["sender"]:
-        raise move_error("retention", "ENotSender", f"{x.sender} on record {record_id}")
+    x.require_sender(record["sender"], "retention", "ENotSender", f"record {record_id}")
     # unconfirmed, the record goes once its retention time has passed twice over: the
     # receiver cannot hold the sender's deposit longer (docs/escrow.md §16)
     reclaim_after = record["stored_at_ms"] + 2 * record["retention_ms"]
@@ -821,16 +858,22 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
 #: :data:`dtp.ledger.local.rules.FUNCTIONS`.
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
-    ("subscription", "subscribe"): (("obj:SubscriptionOffer", "u64", "coin"), subscribe),
+    ("subscription", "subscribe"): (
+        ("obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
+        subscribe,
+    ),
     ("subscription", "renew"): (
-        ("obj:Subscription", "obj:SubscriptionOffer", "u64", "coin"),
+        ("obj:Subscription", "obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
         subscription_renew,
     ),
     ("subscription", "claim"): (
         ("obj:Subscription", "obj:SubscriptionOffer"),
         subscription_claim,
     ),
-    ("subscription", "withdraw_offer"): (("obj:SubscriptionOffer",), offer_withdraw),
+    ("subscription", "withdraw_offer"): (
+        ("obj:SubscriptionOffer", "obj:Host"),
+        offer_withdraw,
+    ),
     ("subscription", "refund"): (
         ("obj:Subscription", "obj:SubscriptionOffer"),
         subscription_refund,
@@ -856,16 +899,16 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
         ),
         subscription_end,
     ),
-    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64"), sponsor_create),
-    ("sponsor", "fund"): (("obj:SponsorPool", "coin"), sponsor_fund),
-    ("sponsor", "withdraw"): (("obj:SponsorPool", "u64"), sponsor_withdraw),
+    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64", "u64"), sponsor_create),
+    ("sponsor", "fund"): (("obj:SponsorPool", "obj:SponsorLane", "coin"), sponsor_fund),
+    ("sponsor", "withdraw"): (("obj:SponsorPool", "obj:SponsorLane", "u64"), sponsor_withdraw),
     ("sponsor", "set_max_pledge"): (("obj:SponsorPool", "u64"), sponsor_set_max_pledge),
     ("sponsor", "open_connection"): (
-        ("obj:SponsorPool", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
+        ("obj:SponsorPool", "obj:SponsorLane", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
         sponsor_open,
     ),
     ("sponsor", "reimburse"): (
-        ("obj:SponsorPool", "obj:TransportControl", "obj:Escrow"),
+        ("obj:SponsorPool", "obj:SponsorLane", "obj:TransportControl", "obj:Escrow"),
         sponsor_reimburse,
     ),
     ("tickets", "create"): (("utf8", "u64", "u64", "u64", "u64"), tickets_create),

@@ -1,9 +1,10 @@
 """The rules of ``dtp::host``: a Host object, its services and its firewall.
 
-The firewall's allow and deny lists are Move ``Table<address, bool>``s: LocalLedger keeps
-each as a mapping of address to ``true`` inside the Host's data (as a Broadcast keeps its
-contributions), the node stand-in serves them as the Table's dynamic fields, and only
-their sizes count towards the Host's size on Sui."""
+The services (``Table<u16, Service>``) and the firewall's allow and deny lists (Move
+``Table<address, bool>``s) are Tables: LocalLedger keeps each as a mapping inside the
+Host's data (the services by port as text, each list of address to ``true``, as a
+Broadcast keeps its contributions), the node stand-in serves them as the Tables' dynamic
+fields, and only their sizes count towards the Host's size on Sui."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any, Final
 from dtp.errors import ChainError, move_error
 from dtp.identity._bcs import uleb128
 from dtp.ledger._objects import (
+    HALF_CLOSE_TIMEOUT_MS,
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
     MAX_FIREWALL_ENTRIES,
+    check_half_close_timeout,
     firewall_entries,
     is_low_order_noise_key,
 )
@@ -100,11 +103,21 @@ def host_set_endpoints(x: Exec, host_id: str, endpoints: list[bytes]) -> None:
     _updated(x, host_id, 2)
 
 
-def new_sla(price_per_kib: int, price_per_request: int, min_deposit: int) -> dict[str, int]:
+def new_sla(
+    price_per_kib: int,
+    price_per_request: int,
+    min_deposit: int,
+    half_close_timeout_ms: int = HALF_CLOSE_TIMEOUT_MS,
+) -> dict[str, int]:
+    """``host::new_sla``, or with a timeout ``host::new_sla_with_half_close_timeout``:
+    out of its bounds, ``EInvalidHalfCloseTimeout``. On Sui the Sla is built by its own
+    call before the one that takes it, so its check comes before that call's."""
+    check_half_close_timeout(half_close_timeout_ms)
     return {
         "price_per_kib": price_per_kib,
         "price_per_request": price_per_request,
         "min_deposit": min_deposit,
+        "half_close_timeout_ms": half_close_timeout_ms,
     }
 
 
@@ -125,40 +138,51 @@ def _bytes_size(value: bytes) -> int:
 #: A ``Table`` inside an object: its UID and its u64 size (the entries are dynamic fields,
 #: objects of their own).
 _TABLE_SIZE: Final = 32 + 8
+#: An ``Sla``: four u64.
+_SLA_SIZE: Final = 4 * 8
 
 
 def host_bcs_size(host: dict[str, Any]) -> int:
-    """The BCS size of a ``Host`` as Sui stores it: UID, authority, key, endpoints, the
-    services' VecMap (entries of u16 port and Service: kind, SLA, limit) and the firewall
-    (a u8, the two Tables of its lists, three u64): the lists' entries are not in it."""
-    services = host["services"]
+    """The BCS size of a ``Host`` as Sui stores it: UID, version, authority, key,
+    endpoints, the services' Table and the firewall (a u8, the two Tables of its lists,
+    three u64): the services and the lists' entries are objects of their own
+    (:func:`service_field_bcs_size`)."""
     return (
         32
+        + 8
         + 32
         + _bytes_size(host["noise_static_key"])
         + _vector_size(len(host["endpoints"]))
         + sum(_bytes_size(e) for e in host["endpoints"])
-        + _vector_size(len(services))
-        + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 for s in services.values())
+        + _TABLE_SIZE
         + 1
         + 2 * _TABLE_SIZE
         + 24
     )
 
 
-def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
+def service_field_bcs_size(service: dict[str, Any]) -> int:
+    """The BCS size of one service's entry, a ``Field<u16, Service>``: its UID, the u16
+    port, and the Service (kind, Sla, limit)."""
+    return 32 + 2 + _bytes_size(service["kind"].encode()) + _SLA_SIZE + 8
+
+
+def _assert_size(size: int, what: str) -> None:
     """Sui fails a transaction that leaves an object over its size limit, after the Move
-    code ran (an execution error, not an abort). No Move check bounds the number of a
-    Host's services, so a Host can reach the limit; then endpoints, bounded, can no
-    longer be added either (firewall entries can: they are not in the Host)."""
-    size = host_bcs_size(host)
+    code ran (an execution error, not an abort). Neither a Host (its endpoints bounded,
+    its services and lists in Tables) nor a service's entry (its kind one pure argument)
+    can reach it; the rule stays, as Sui's, on what those objects hold."""
     if size > MAX_MOVE_OBJECT_SIZE:
         raise ChainError(
-            f"Transaction failed (OBJECT_TOO_BIG): host {host_id} would be {size} bytes, "
+            f"Transaction failed (OBJECT_TOO_BIG): {what} would be {size} bytes, "
             f"over Sui's {MAX_MOVE_OBJECT_SIZE}-byte object limit.",
             name="OBJECT_TOO_BIG",
             module="sui",
         )
+
+
+def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
+    _assert_size(host_bcs_size(host), f"host {host_id}")
 
 
 def host_add_service(
@@ -169,16 +193,18 @@ def host_add_service(
     kib: int,
     req: int,
     minimum: int,
+    timeout: int,
     max_conn: int,
 ) -> None:
+    sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
     if str(port) in host["services"]:
         raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
-    sla = new_sla(kib, req, minimum)
     kind = utf8(raw_kind, "service kind")
-    host["services"][str(port)] = {"kind": kind, "sla": sla, "max_connections": max_conn}
-    _assert_host_size(host, host_id)
+    service = {"kind": kind, "sla": sla, "max_connections": max_conn}
+    _assert_size(service_field_bcs_size(service), f"the service on port {port}")
+    host["services"][str(port)] = service
     x.emit(
         "host",
         "ServiceAdded",
@@ -187,14 +213,22 @@ def host_add_service(
 
 
 def host_update_service(
-    x: Exec, host_id: str, port: int, kib: int, req: int, minimum: int, max_conn: int
+    x: Exec,
+    host_id: str,
+    port: int,
+    kib: int,
+    req: int,
+    minimum: int,
+    timeout: int,
+    max_conn: int,
 ) -> None:
+    sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
     service = host["services"].get(str(port))
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
-    sla = new_sla(kib, req, minimum)
+    # open connections keep the terms they copied, their half-close timeout included
     service["sla"] = sla
     service["max_connections"] = max_conn
     x.emit(
@@ -209,7 +243,7 @@ def host_remove_service(x: Exec, host_id: str, port: int) -> None:
     _assert_authority(x, host, host_id)
     if str(port) not in host["services"]:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
-    # connections open to it go on: each carries its own copy of the SLA
+    # connections open to it go on: each carries its own copy of the terms
     del host["services"][str(port)]
     x.emit("host", "ServiceRemoved", {"host": host_id, "port": port})
 
@@ -276,10 +310,12 @@ def _permits(host: dict[str, Any], client: str) -> bool:
 
 def admit(host: dict[str, Any], host_id: str, port: int, client: str) -> dict[str, int]:
     """``host::admit``: the service and the firewall, read only (the connection limits are
-    the host's own admission's, off-chain: docs/escrow.md §2)."""
+    the host's own admission's, off-chain: docs/escrow.md §2). The service's terms come
+    back whole, their half-close timeout too (the default for terms a file kept from
+    before it was one)."""
     service = host["services"].get(str(port))
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
     if not _permits(host, client):
         raise move_error("host", "EFirewallDenied", f"host {host_id} refuses {client}")
-    return dict(service["sla"])
+    return {"half_close_timeout_ms": HALF_CLOSE_TIMEOUT_MS, **service["sla"]}

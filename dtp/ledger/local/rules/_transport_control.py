@@ -34,10 +34,13 @@ def tc_open(
     amount: int,
     *,
     subscription: str | None = None,
+    sponsor: str | None = None,
     key_of_client: bool = True,
 ) -> str:
-    """``transport_control::open``; with ``subscription`` it is ``open_prepaid`` (all-zero
-    SLA, the subscription recorded; used by ``subscription::open_connection``); with
+    """``transport_control::open``; with ``subscription`` it is ``open_prepaid`` (prices
+    and minimum deposit all zero, the service's half-close timeout kept, the
+    subscription recorded; used by ``subscription::open_connection``); with ``sponsor``
+    it is ``open_sponsored`` (the lane recorded; used by ``sponsor::open_connection``); with
     ``key_of_client=False`` it is ``open_with_session_key`` (the key need not be the
     sender's, docs/escrow.md §6.2). The host is only read."""
     host = x.load(host_id, "Host")
@@ -48,7 +51,7 @@ def tc_open(
         raise move_error("spending_cap", "ENotCapOwner", f"cap {cap_id} belongs to {cap['owner']}")
     sla = admit(host, host_id, port, client)
     if subscription is not None:
-        sla = new_sla(0, 0, 0)
+        sla = new_sla(0, 0, 0, sla["half_close_timeout_ms"])
     if amount < sla["min_deposit"]:
         raise move_error(
             "transport_control",
@@ -91,6 +94,7 @@ def tc_open(
         SHARED,
         0,
         {
+            "version": x.code_version,
             "host": host_id,
             "port": port,
             "client": client,
@@ -102,6 +106,7 @@ def tc_open(
             "opened_at_ms": x.now_ms,
             "settled": False,
             "subscription": subscription,
+            "sponsor": sponsor,
         },
         None,
     )
@@ -173,27 +178,33 @@ def tc_finalize(x: Exec, tc_id: str) -> None:
     if state["kind"] == "Open":
         raise move_error("transport_control", "ENotHalfClosed", f"connection {tc_id} is open")
     if state["kind"] == "HalfClosed":
-        if x.now_ms < state["at_ms"] + HALF_CLOSE_TIMEOUT_MS:
-            raise _timeout_error(tc_id, state["at_ms"], x.now_ms)
+        _assert_timeout_passed(x, tc, tc_id, state["at_ms"])
         _close_fully(x, tc, tc_id, state["at_ms"])
     else:
         raise closed_error(tc_id)
 
 
-def _timeout_error(tc_id: str, since: int, now: int) -> ChainError:
-    return move_error(
-        "transport_control",
-        "ETimeoutNotReached",
-        f"connection {tc_id} half-closed at {since} ms, now {now} ms, timeout "
-        f"{HALF_CLOSE_TIMEOUT_MS} ms",
-    )
+def half_close_timeout_ms(tc: dict[str, Any]) -> int:
+    """``transport_control::half_close_timeout_ms``: the connection's own, its SLA's (the
+    default for a connection a file kept from before the timeout was a term)."""
+    return int(tc["sla"].get("half_close_timeout_ms", HALF_CLOSE_TIMEOUT_MS))
 
 
-def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
-    tc = x.load(tc_id, "TransportControl")
-    escrow = x.load(escrow_id, "Escrow")
-    cap = x.load(cap_id, "SpendingCap")
-    assert_participant(x, tc, tc_id)
+def _assert_timeout_passed(x: Exec, tc: dict[str, Any], tc_id: str, since: int) -> None:
+    timeout = half_close_timeout_ms(tc)
+    if x.now_ms < since + timeout:
+        raise move_error(
+            "transport_control",
+            "ETimeoutNotReached",
+            f"connection {tc_id} half-closed at {since} ms, now {x.now_ms} ms, timeout "
+            f"{timeout} ms",
+        )
+
+
+def _assert_settleable(
+    tc: dict[str, Any], tc_id: str, escrow: dict[str, Any], escrow_id: str, cap_id: str
+) -> None:
+    """Not settled yet, ``escrow_id`` its escrow, ``cap_id`` the escrow's spending cap."""
     if tc["settled"]:
         raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
     if escrow_id != tc["escrow"]:
@@ -201,6 +212,39 @@ def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
             "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
         )
     assert_spending_cap(escrow, escrow_id, cap_id)
+
+
+def _settle(
+    x: Exec,
+    tc: dict[str, Any],
+    tc_id: str,
+    escrow: tuple[dict[str, Any], str],
+    cap: tuple[dict[str, Any], str],
+) -> int:
+    """The settlement of a closed connection: what its escrow holds unclaimed goes back
+    to the client (returned), and ConnectionSettled says so."""
+    refunded = refund_remainder(x, escrow[0], escrow[1], cap[0], cap[1])
+    tc["settled"] = True
+    x.emit(
+        "transport_control",
+        "ConnectionSettled",
+        {
+            "connection": tc_id,
+            "escrow": tc["escrow"],
+            "by": x.sender,
+            "claimed": escrow[0]["claimed"],
+            "refunded": refunded,
+        },
+    )
+    return refunded
+
+
+def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
+    tc = x.load(tc_id, "TransportControl")
+    escrow = x.load(escrow_id, "Escrow")
+    cap = x.load(cap_id, "SpendingCap")
+    assert_participant(x, tc, tc_id)
+    _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
     is_server = x.sender == tc["server"]
     state = tc["state"]
     if state["kind"] == "Open":
@@ -210,25 +254,12 @@ def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
             raise move_error("transport_control", "EConnectionOpen", f"connection {tc_id}")
         _close_fully(x, tc, tc_id, x.now_ms)
     elif state["kind"] == "HalfClosed":
-        if not is_server and x.now_ms < state["at_ms"] + HALF_CLOSE_TIMEOUT_MS:
-            raise _timeout_error(tc_id, state["at_ms"], x.now_ms)
+        if not is_server:
+            _assert_timeout_passed(x, tc, tc_id, state["at_ms"])
         _close_fully(x, tc, tc_id, state["at_ms"])
-    elif not is_server and x.now_ms < state["half_closed_at_ms"] + HALF_CLOSE_TIMEOUT_MS:
-        raise _timeout_error(tc_id, state["half_closed_at_ms"], x.now_ms)
-    refunded = refund_remainder(x, escrow, escrow_id, cap, cap_id)
-    tc["settled"] = True
-    x.emit(
-        "transport_control",
-        "ConnectionSettled",
-        {
-            "connection": tc_id,
-            "escrow": tc["escrow"],
-            "by": x.sender,
-            "claimed": escrow["claimed"],
-            "refunded": refunded,
-        },
-    )
-    return refunded
+    elif not is_server:
+        _assert_timeout_passed(x, tc, tc_id, state["half_closed_at_ms"])
+    return _settle(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
 
 
 def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_id: str) -> int:
@@ -237,32 +268,13 @@ def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_
     whoever sends it; the whole escrow goes back to the client."""
     escrow = x.load(escrow_id, "Escrow")
     cap = x.load(cap_id, "SpendingCap")
-    if tc["settled"]:
-        raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
-    if escrow_id != tc["escrow"]:
-        raise move_error(
-            "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
-        )
-    assert_spending_cap(escrow, escrow_id, cap_id)
+    _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
     state = tc["state"]
     if state["kind"] == "Open":
         _close_fully(x, tc, tc_id, x.now_ms)
     elif state["kind"] == "HalfClosed":
         _close_fully(x, tc, tc_id, state["at_ms"])
-    refunded = refund_remainder(x, escrow, escrow_id, cap, cap_id)
-    tc["settled"] = True
-    x.emit(
-        "transport_control",
-        "ConnectionSettled",
-        {
-            "connection": tc_id,
-            "escrow": tc["escrow"],
-            "by": x.sender,
-            "claimed": escrow["claimed"],
-            "refunded": refunded,
-        },
-    )
-    return refunded
+    return _settle(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
 
 
 def tc_settle_with_receipt(
@@ -279,13 +291,7 @@ def tc_settle_with_receipt(
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
     x.load(cap_id, "SpendingCap")
-    if tc["settled"]:
-        raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
-    if escrow_id != tc["escrow"]:
-        raise move_error(
-            "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
-        )
-    assert_spending_cap(escrow, escrow_id, cap_id)
+    _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
     paid = escrow_claim(x, escrow_id, total_bytes, total_requests, total_amount, nonce, signature)
     tc_settle(x, tc_id, escrow_id, cap_id)
     return paid

@@ -1,0 +1,186 @@
+"""Counts per 1,000 echoed datagrams of the udp_tunnel_pps row's halves (bench/udp_rows.py),
+which a loaded machine does not move as it moves the rate: system calls, Python calls
+and calls into the C core.
+
+    python bench/udp_counts.py [--path blocking|daemon] [--count N] [--mode calls|strace]
+
+``calls``: each half runs under a profile hook on every thread (``sys.setprofile``),
+counting Python calls (and the twelve most called functions), calls of built-in
+functions (``builtin_calls``: a socket's ``send`` among them), and of those the C
+core's (``lib.dtp_*``) and cffi's; the hook
+slows the halves, so a window may arrive in more reads than without it. ``strace``:
+each half runs under ``strace -c -f`` twice, driven ``count`` and ``3 x count``
+datagrams, and the difference is reported, so start-up and warm-up cancel out (the
+halves' idle wake-ups, a few a second, do not). Prints one JSON object per half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+HALVES = ("near", "far")
+
+
+def _hooked(script: str, args: list[str]) -> None:
+    """Run ``script`` counting calls: SIGUSR1 resets the counts, SIGUSR2 prints them to
+    stderr as one JSON line."""
+    counts: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[str] = collections.Counter()  # Python calls by function
+
+    def hook(frame: types.FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            counts["python_calls"] += 1
+            code = frame.f_code
+            functions[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+        elif event == "c_call":
+            counts["builtin_calls"] += 1
+            owner = getattr(arg, "__self__", None)
+            if type(owner).__name__ == "Lib":
+                counts["c_core_calls"] += 1
+                counts[arg.__name__] += 1
+            elif type(owner).__name__ == "FFI":
+                counts["ffi_calls"] += 1
+            elif isinstance(owner, socket.socket):
+                counts[f"socket.{arg.__name__}"] += 1
+
+    def reset(*_: object) -> None:
+        counts.clear()
+        functions.clear()
+
+    def dump(*_: object) -> None:
+        # (a copy: other threads go on counting meanwhile)
+        top = {f"py {name}": n for name, n in collections.Counter(dict(functions)).most_common(12)}
+        print(json.dumps({**counts, **top}), file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, reset)
+    signal.signal(signal.SIGUSR2, dump)
+    threading.setprofile(hook)
+    sys.setprofile(hook)
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+
+
+class _Half:
+    """One half of our side, its process wrapped in ``prefix``."""
+
+    def __init__(self, prefix: list[str], script: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*prefix, str(ROOT / "bench" / script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.address = ("127.0.0.1", int(info["port"]))
+        self.key: str = info.get("key", "")
+
+
+def _run(
+    path: str, count: int, prefix: dict[str, list[str]], hooked: bool = True
+) -> dict[str, Any]:
+    """Start both halves, warm up, drive ``count`` datagrams; the halves' stderr
+    (``hooked``: each half's counts of the driven datagrams alone)."""
+    from bench import udp_rows
+
+    kind = "dtp-aio" if path == "daemon" else "dtp"
+    far = _Half(prefix["far"], "udp_far.py", kind)
+    near = _Half(prefix["near"], "udp_near.py", kind, str(far.address[1]), far.key)
+    clients: list[socket.socket] = []
+    try:
+        op = udp_rows._drive(near.address, count, clients)  # (warms up)
+        for half in (near, far) if hooked else ():
+            half.proc.send_signal(signal.SIGUSR1)
+        op()
+        for half in (near, far) if hooked else ():
+            half.proc.send_signal(signal.SIGUSR2)
+    finally:
+        for client in clients:
+            client.close()
+        out: dict[str, Any] = {}
+        for name, half in zip(HALVES, (near, far), strict=True):
+            try:
+                _, err = half.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                half.proc.kill()
+                _, err = half.proc.communicate()
+            out[name] = err
+    return out
+
+
+def _calls(path: str, count: int) -> dict[str, dict[str, float]]:
+    me = [sys.executable, str(Path(__file__).resolve()), "--hook"]
+    errs = _run(path, count, {"near": me, "far": me})
+    result = {}
+    for name, err in errs.items():
+        lines = [x for x in err.splitlines() if x.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"the {name} half printed no counts:\n{err}")
+        line = lines[-1]
+        result[name] = {k: round(v * 1000 / count, 1) for k, v in json.loads(line).items()}
+    return result
+
+
+def _strace_table(text: str) -> dict[str, int]:
+    """``strace -c``'s table: calls per system call."""
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0].replace(".", "").isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
+def _strace(path: str, count: int) -> dict[str, dict[str, float]]:
+    tables: list[dict[str, dict[str, int]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (count, 3 * count):
+            files = {name: os.path.join(tmp, f"{name}-{n}") for name in HALVES}
+            prefix = {
+                name: ["strace", "-c", "-f", "-o", files[name], sys.executable] for name in HALVES
+            }
+            _run(path, n, prefix, hooked=False)
+            tables.append({name: _strace_table(Path(files[name]).read_text()) for name in HALVES})
+    result: dict[str, dict[str, float]] = {}
+    for name in HALVES:
+        low, high = tables[0][name], tables[1][name]
+        diff = {k: (high.get(k, 0) - low.get(k, 0)) * 1000 / (2 * count) for k in high}
+        kept = {k: round(v, 1) for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v >= 1}
+        result[name] = {"total": round(sum(diff.values()), 1), **kept}
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--hook":
+        _hooked(sys.argv[2], sys.argv[3:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", choices=("blocking", "daemon"), default="blocking")
+    parser.add_argument("--count", type=int, default=4096)
+    parser.add_argument("--mode", choices=("calls", "strace"), default="calls")
+    args = parser.parse_args()
+    count = args.count - args.count % 32
+    counted = _calls if args.mode == "calls" else _strace
+    print(json.dumps(counted(args.path, count)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Sequential calls through the asyncio RPC pair, on the paths a lone call takes: the
+client's deadline kept by the protocol's timers (one loop timer for the client), and a
+request for a plain handler answered by the server's stream task rather than a task of
+its own -- with what a request's own task gave it kept (its context variables, an
+awaitable result awaited with the request's deadline, a failure answered)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import dtp.aio
+from dtp.identity.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN", default="unset")
+
+
+async def with_pair(rpc: AsyncRpcServer, body: Callable[[AsyncRpcClient], Awaitable[None]]) -> None:
+    identity = HostIdentity.generate()
+    server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
+    async with server:
+        reader, writer = await dtp.aio.open_connection(
+            *server.address, server_key=identity.noise_public
+        )
+        client = AsyncRpcClient(reader, writer, timeout=30)
+        try:
+            await body(client)
+        finally:
+            await client.close()
+            writer.close()
+            await writer.wait_closed()
+
+
+def test_a_plain_handlers_context_variables_stay_its_own() -> None:
+    """Each request's handler runs in a copy of the stream's context, as in a task of
+    its own: what one sets, the next request does not see."""
+    rpc = AsyncRpcServer()
+
+    def mark(value: str) -> str:
+        before = SEEN.get()
+        SEEN.set(value)
+        return before
+
+    rpc.register("mark", mark)
+
+    async def body(client: AsyncRpcClient) -> None:
+        for value in ("a", "b", "c"):
+            assert await client.call("mark", value) == "unset"
+
+    asyncio.run(with_pair(rpc, body))
+
+
+def test_a_plain_handler_returning_an_awaitable_is_awaited_within_its_deadline() -> None:
+    """A plain function whose result is a coroutine: the coroutine is awaited (its
+    result is the answer), and past the request's deadline the caller gets RpcTimeout
+    and the coroutine is cancelled."""
+    rpc = AsyncRpcServer()
+    ended: list[str] = []
+
+    async def later(delay: float, value: Any) -> Any:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+        return value
+
+    rpc.register("later", lambda p: later(p[0], p[1]))
+
+    async def body(client: AsyncRpcClient) -> None:
+        assert await client.call("later", [0.01, "done"]) == "done"
+        with pytest.raises(E.RpcTimeout):
+            await client.call("later", [30, "never"], timeout=0.2)
+        for _ in range(100):  # (the server sees the deadline, or the CANCEL, soon after)
+            if ended:
+                break
+            await asyncio.sleep(0.05)
+        assert ended == ["cancelled"]
+        # the stream goes on, on the quick path again
+        assert await client.call("later", [0, 7]) == 7
+
+    asyncio.run(with_pair(rpc, body))
+
+
+def test_a_plain_handlers_failure_is_answered_and_the_stream_goes_on() -> None:
+    rpc = AsyncRpcServer()
+
+    def fail(kind: str) -> None:
+        if kind == "remote":
+            raise E.RemoteError("refused here", -32050, {"why": "test"})
+        raise RuntimeError("private detail")
+
+    rpc.register("fail", fail)
+    rpc.register("echo", lambda p: p)
+
+    async def body(client: AsyncRpcClient) -> None:
+        with pytest.raises(E.RemoteError) as refused:
+            await client.call("fail", "remote")
+        assert (refused.value.code, refused.value.data) == (-32050, {"why": "test"})
+        with pytest.raises(E.RemoteError) as failed:
+            await client.call("fail", "other")
+        assert failed.value.code == E.INTERNAL_ERROR and "private" not in failed.value.message
+        assert await client.call("echo", b"x" * 100) == b"x" * 100
+        assert rpc.served == 1
+
+    asyncio.run(with_pair(rpc, body))
+
+
+def test_sequential_calls_keep_one_loop_timer_and_no_protocol_timers() -> None:
+    """A call's deadline is the protocol's timer, run by one loop timer of the client's:
+    calls answered in time leave no timer behind, and the loop timer stays the one
+    armed for the first deadline (none made per call)."""
+    rpc = AsyncRpcServer()
+    rpc.register("echo", lambda p: p)
+
+    async def body(client: AsyncRpcClient) -> None:
+        assert await client.call("echo", 0) == 0
+        armed = client._timer
+        assert armed is not None
+        for i in range(200):
+            assert await client.call("echo", i) == i
+        assert client._timer is armed
+        assert client._proto._timers == [] and client._proto.in_flight == 0
+
+    asyncio.run(with_pair(rpc, body))
+
+
+def test_a_timed_out_call_tells_the_server_and_the_next_call_is_answered() -> None:
+    rpc = AsyncRpcServer()
+    cancelled = asyncio.Event()
+
+    async def hold(_: Any) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    rpc.register("hold", hold)
+    rpc.register("echo", lambda p: p)
+
+    async def body(client: AsyncRpcClient) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(E.RpcTimeout):
+            await client.call("hold", None, timeout=0.2)
+        assert loop.time() - started >= 0.2 - 0.001  # (uvloop's clock counts whole ms)
+        await asyncio.wait_for(cancelled.wait(), 10)  # the client's CANCEL reached it
+        assert await client.call("echo", "after") == "after"
+        assert client._futures == {} and client._proto.in_flight == 0
+
+    asyncio.run(with_pair(rpc, body))
