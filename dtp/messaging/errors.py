@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from dtp.errors import (
     AccessDenied,
@@ -111,9 +111,8 @@ class MessagingProtocolError(RemoteProtocolError, MessagingError):
     """The peer sent a frame that breaks the messaging wire format (docs/messaging.md)."""
 
     wire_code: int = INVALID_REQUEST
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or "invalid message", ErrorCode.FRAME_VALUE)
+    code = ErrorCode.FRAME_VALUE
+    default_message = "invalid message"
 
 
 class MalformedMessage(MessagingProtocolError):
@@ -126,10 +125,8 @@ class MessageTooLarge(MessagingProtocolError):
     """A frame exceeds the receiver's size cap (it is skipped; the stream stays usable)."""
 
     wire_code = MESSAGE_TOO_LARGE
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or "message exceeds the size cap")
-        self.code = ErrorCode.FRAME_SIZE
+    code = ErrorCode.FRAME_SIZE
+    default_message = "message exceeds the size cap"
 
 
 # -- a call failed ------------------------------------------------------------------------------
@@ -275,11 +272,6 @@ class RpcConnectionLost(RpcError, ConnectionError):
 class _BadBytes(RemoteProtocolError):
     """A peer's sealed message, broadcast or announcement that fails its check: an
     ``ErrorCode.ARG`` with the class's own message unless one is given."""
-
-    default_message: ClassVar[str]
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.default_message, ErrorCode.ARG)
 
 
 # -- sealed messages ----------------------------------------------------------------------------
