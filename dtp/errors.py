@@ -24,7 +24,7 @@ import errno
 import math
 import re
 import sqlite3
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from dtp._distribution import NAME as DISTRIBUTION
 
@@ -98,14 +98,16 @@ class DTPError(Exception):
 
 
 class ProtocolError(DTPError):
-    """A DTP protocol rule was broken; :attr:`code` says which."""
+    """A DTP protocol rule was broken; :attr:`code` says which. Without a message, its
+    class's :attr:`default_message` says what, else the code's description."""
 
     code: ErrorCode = ErrorCode.ARG
+    default_message: ClassVar[str] = ""
 
     def __init__(self, message: str | None = None, code: ErrorCode | None = None) -> None:
         if code is not None:
             self.code = code
-        super().__init__(message or describe(self.code))
+        super().__init__(message or self.default_message or describe(self.code))
 
 
 class LocalProtocolError(ProtocolError):

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.errors import LocalProtocolError
 from dtp.graph._batch import batch_count
 from dtp.identity._files import companion, lock_exclusive
 from dtp.native.reference._limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
@@ -119,9 +119,6 @@ class StorageTables(Protocol):
 class GraphStorageError(LocalProtocolError):
     """The graph's SQLite file cannot be opened, read or written (not a graph database,
     corrupt, already open in another graph, disk full, I/O error)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.ARG)
 
 
 class GraphStorage:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.errors import DTPError, LocalProtocolError
 from dtp.graph._batch import Entry
 from dtp.graph.values import (
     JSON,
@@ -61,9 +61,6 @@ class QueryError(LocalProtocolError, ValueError):
     """A query that cannot be run as written: an unknown operator, a value Gun cannot
     hold, an order comparison of booleans, null or links, a bad soul or field name, a
     :meth:`~dtp.graph._store.Graph.find` on a field with no index."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.ARG)
 
 
 def comparable(value: JSON) -> tuple[int, Key] | None:

@@ -69,7 +69,6 @@ from dtp.graph._summaries import (
     LEAF_LEVEL,
     SummaryView,
     check_node,
-    entry_hash,
     soul_leaf,
 )
 from dtp.graph._tiers import (
@@ -1399,6 +1398,5 @@ __all__ = [
     "Graph",
     "MergeReport",
     "Subscription",
-    "entry_hash",
     "soul_leaf",
 ]

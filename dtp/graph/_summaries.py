@@ -22,11 +22,6 @@ def soul_leaf(soul: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(soul, digest_size=2).digest(), "big")
 
 
-def entry_hash(canonical: bytes) -> int:
-    """The 64-bit hash of one update's canonical encoding (summary digests XOR these)."""
-    return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
-
-
 def check_node(what: str, node: object, top: int) -> tuple[int, int]:
     """A summary node ``(level, prefix)`` of level 0..``top`` and a prefix that level
     has (0..256**level - 1). Out of range, a level past the leaves failed deep inside
@@ -82,6 +77,7 @@ class SummaryView:
                 leaves.setdefault(leaf, set()).add(soul)
             else:
                 leaf = leaf_of[soul]
+            # the entry hash: the update's canonical bytes' 64-bit BLAKE2b, little-endian
             h = int.from_bytes(blake(raw, digest_size=8).digest(), "little")
             old = node.get(field)
             if old is None:

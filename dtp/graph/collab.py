@@ -70,9 +70,6 @@ class CollabError(LocalProtocolError, ValueError):
     """An edit that cannot be made: a position outside the value, a value a Yjs
     document cannot hold in every peer alike, an update too large for one field."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.ARG)
-
 
 # -- records -------------------------------------------------------------------------------
 

@@ -43,9 +43,6 @@ _CONTAINERS: tuple[type, ...] = (list, dict)
 class GraphValueError(LocalProtocolError, ValueError):
     """A value (or field name) that a Gun peer could not hold, given to the graph."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorCode.ARG)
-
 
 def link(soul: str) -> dict[str, str]:
     """A link to the node ``soul``: ``{"#": soul}``."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, get_args
 
 from dtp.errors import InvalidArgument, move_error
 from dtp.ledger._move_call import Id, MoveCall, MoveCaller, signer_key, u64
@@ -410,16 +410,7 @@ _M = TypeVar("_M", bound=EconomicsObject)
 
 #: The payment-model objects' classes, by struct name.
 _ECONOMICS_OBJECTS: Final[dict[str, type[EconomicsObject]]] = {
-    cls.__name__: cls
-    for cls in (
-        SubscriptionOffer,
-        Subscription,
-        SponsorPool,
-        SponsorLane,
-        TicketSale,
-        RetentionTerms,
-        RetainedRecord,
-    )
+    cls.__name__: cls for cls in get_args(EconomicsObject)
 }
 #: Struct name -> Move module, for the objects of this module.
 ECONOMICS_MODULES: Final = {name: MIGRATE[name][0] for name in _ECONOMICS_OBJECTS}

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from dtp.errors import (
     AccessDenied,
@@ -111,9 +111,8 @@ class MessagingProtocolError(RemoteProtocolError, MessagingError):
     """The peer sent a frame that breaks the messaging wire format (docs/messaging.md)."""
 
     wire_code: int = INVALID_REQUEST
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or "invalid message", ErrorCode.FRAME_VALUE)
+    code = ErrorCode.FRAME_VALUE
+    default_message = "invalid message"
 
 
 class MalformedMessage(MessagingProtocolError):
@@ -126,10 +125,8 @@ class MessageTooLarge(MessagingProtocolError):
     """A frame exceeds the receiver's size cap (it is skipped; the stream stays usable)."""
 
     wire_code = MESSAGE_TOO_LARGE
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or "message exceeds the size cap")
-        self.code = ErrorCode.FRAME_SIZE
+    code = ErrorCode.FRAME_SIZE
+    default_message = "message exceeds the size cap"
 
 
 # -- a call failed ------------------------------------------------------------------------------
@@ -139,10 +136,21 @@ class RpcError(MessagingError):
     """A remote call did not produce a result."""
 
 
+#: The class of each wire code, for :func:`remote_error`: every :class:`RemoteError`
+#: subclass that names its own code (``class E(RemoteError, wire_code=N)``) enters it.
+WIRE_CODES: Final[dict[int, type[RemoteError]]] = {}
+
+
 class RemoteError(RpcError):
     """The remote side answered with an error: ``code``, ``message`` and ``data``."""
 
     wire_code: int = INTERNAL_ERROR
+
+    def __init_subclass__(cls, *, wire_code: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if wire_code is not None:
+            cls.wire_code = wire_code
+            WIRE_CODES[wire_code] = cls
 
     def __init__(self, message: str, code: int | None = None, data: Any = None) -> None:
         self.code: int = self.wire_code if code is None else code
@@ -151,41 +159,29 @@ class RemoteError(RpcError):
         super().__init__(f"[{self.code}] {message}")
 
 
-class ParseError(RemoteError):
+class ParseError(RemoteError, wire_code=PARSE_ERROR):
     """The remote side could not decode our message."""
 
-    wire_code = PARSE_ERROR
 
-
-class InvalidRequest(RemoteError):
+class InvalidRequest(RemoteError, wire_code=INVALID_REQUEST):
     """The remote side says our message is not a valid request."""
 
-    wire_code = INVALID_REQUEST
 
-
-class MethodNotFound(RemoteError):
+class MethodNotFound(RemoteError, wire_code=METHOD_NOT_FOUND):
     """No such method on the remote side."""
 
-    wire_code = METHOD_NOT_FOUND
 
-
-class InvalidParams(RemoteError):
+class InvalidParams(RemoteError, wire_code=INVALID_PARAMS):
     """The method refused its parameters."""
 
-    wire_code = INVALID_PARAMS
 
-
-class InternalError(RemoteError):
+class InternalError(RemoteError, wire_code=INTERNAL_ERROR):
     """The remote handler failed."""
 
-    wire_code = INTERNAL_ERROR
 
-
-class RequestTooLarge(RemoteError):
+class RequestTooLarge(RemoteError, wire_code=MESSAGE_TOO_LARGE):
     """Our request exceeded the remote side's size cap (or, as the subclass
     :class:`ResponseTooLarge`, its answer did)."""
-
-    wire_code = MESSAGE_TOO_LARGE
 
 
 #: The message of the ``MESSAGE_TOO_LARGE`` error that answers a request whose result
@@ -202,94 +198,51 @@ class ResponseTooLarge(RequestTooLarge):
     An answer over *our* cap is :class:`MessageTooLarge` instead."""
 
 
-class DeadlineExceeded(RemoteError):
+class DeadlineExceeded(RemoteError, wire_code=DEADLINE_EXCEEDED):
     """The remote side gave up: the request's deadline passed there."""
 
-    wire_code = DEADLINE_EXCEEDED
 
-
-class Cancelled(RemoteError):
+class Cancelled(RemoteError, wire_code=CANCELLED):
     """The remote side cancelled the request."""
 
-    wire_code = CANCELLED
 
-
-class PaymentRequired(RemoteError, PaymentError):
+class PaymentRequired(RemoteError, PaymentError, wire_code=PAYMENT_REQUIRED):
     """The request is not covered by a valid receipt or prepaid response fee (a
     :class:`dtp.errors.PaymentError`, as a paid connection closed for want of
     receipts is)."""
 
-    wire_code = PAYMENT_REQUIRED
 
-
-class ServerBusy(RemoteError):
+class ServerBusy(RemoteError, wire_code=SERVER_BUSY):
     """The remote side has too many requests in progress."""
 
-    wire_code = SERVER_BUSY
 
-
-class MethodNotAllowed(RemoteError, AccessDenied):
+class MethodNotAllowed(RemoteError, AccessDenied, wire_code=METHOD_NOT_ALLOWED):
     """The provider's method rules refuse this client the method (its address is not
     allowed, or denied, for it): nothing was charged. A :class:`dtp.errors.AccessDenied`."""
 
-    wire_code = METHOD_NOT_ALLOWED
 
-
-class LoginRefused(RemoteError, AccessDenied):
+class LoginRefused(RemoteError, AccessDenied, wire_code=LOGIN_REFUSED):
     """A login (docs/messaging.md §3.1) or a session was refused; the subclasses say why.
     Raised as it is when the server's rule refuses the client, or the challenge was
     answered already. A :class:`dtp.errors.AccessDenied`."""
 
-    wire_code = LOGIN_REFUSED
 
-
-class BadLoginAnswer(LoginRefused):
+class BadLoginAnswer(LoginRefused, wire_code=BAD_LOGIN_ANSWER):
     """The answer to a login challenge does not prove its sender: not sealed to the
     server, anonymous, its signature (the sealed sender proof) not verifying, or not
     the challenge the server issued."""
 
-    wire_code = BAD_LOGIN_ANSWER
 
-
-class LoginExpired(LoginRefused):
+class LoginExpired(LoginRefused, wire_code=LOGIN_EXPIRED):
     """The login challenge was answered after its expiry: ask for a new one."""
 
-    wire_code = LOGIN_EXPIRED
 
-
-class InvalidSession(LoginRefused):
+class InvalidSession(LoginRefused, wire_code=INVALID_SESSION):
     """A session token the server did not issue (altered, or another server's)."""
 
-    wire_code = INVALID_SESSION
 
-
-class SessionExpired(LoginRefused):
+class SessionExpired(LoginRefused, wire_code=SESSION_EXPIRED):
     """A session token past its expiry: log in again."""
-
-    wire_code = SESSION_EXPIRED
-
-
-WIRE_CODES: Final[dict[int, type[RemoteError]]] = {
-    cls.wire_code: cls
-    for cls in (
-        ParseError,
-        InvalidRequest,
-        MethodNotFound,
-        InvalidParams,
-        InternalError,
-        RequestTooLarge,
-        DeadlineExceeded,
-        Cancelled,
-        PaymentRequired,
-        ServerBusy,
-        MethodNotAllowed,
-        LoginRefused,
-        BadLoginAnswer,
-        LoginExpired,
-        InvalidSession,
-        SessionExpired,
-    )
-}
 
 
 def remote_error(code: int, message: str, data: Any = None) -> RemoteError:
@@ -319,11 +272,6 @@ class RpcConnectionLost(RpcError, ConnectionError):
 class _BadBytes(RemoteProtocolError):
     """A peer's sealed message, broadcast or announcement that fails its check: an
     ``ErrorCode.ARG`` with the class's own message unless one is given."""
-
-    default_message: ClassVar[str]
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.default_message, ErrorCode.ARG)
 
 
 # -- sealed messages ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -162,7 +163,27 @@ class BatchPlan:
         return bool(self.settle or self.leave)
 
 
-class EndBatch:
+class _ByConnection:
+    """A table of connections keyed by normalized ID, guarded by ``_lock``: ``in`` takes
+    an ID in any spelling (anything but a str is in none), ``len`` counts them."""
+
+    _lock: threading.Lock
+
+    def _table(self) -> Collection[str]:
+        raise NotImplementedError
+
+    def __contains__(self, connection_id: object) -> bool:
+        if not isinstance(connection_id, str):
+            return False
+        with self._lock:
+            return normalize_id(connection_id, "connection ID") in self._table()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table())
+
+
+class EndBatch(_ByConnection):
     """The ends a server waits to settle together (:attr:`EndChoice.BATCH`), by
     connection ID. Thread-safe; sans-I/O: :meth:`plan` says what to do, the server does
     it (and puts back with :meth:`add` what a failed batch did not settle)."""
@@ -184,15 +205,8 @@ class EndBatch:
         with self._lock:
             return self._waiting.pop(normalize_id(connection_id, "connection ID"), None)
 
-    def __contains__(self, connection_id: object) -> bool:
-        if not isinstance(connection_id, str):
-            return False
-        with self._lock:
-            return normalize_id(connection_id, "connection ID") in self._waiting
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._waiting)
+    def _table(self) -> dict[str, Deferred]:
+        return self._waiting
 
     def waiting(self) -> list[Deferred]:
         with self._lock:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 from dtp.errors import ChainError, ConnectionStateError, InvalidArgument, ReplayedReceipt
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import U64_MAX
-from dtp.payments._ends import check_seconds
+from dtp.payments._ends import _ByConnection, check_seconds
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -231,7 +231,7 @@ class _Watched:
         return max(0, latest.total_amount - self.claimed)
 
 
-class LiveClaims:
+class LiveClaims(_ByConnection):
     """Which receipts of the connections a server serves are claimed, and when (see the
     module docs). Sans I/O: every call takes ``now`` (monotonic seconds); thread-safe."""
 
@@ -267,15 +267,8 @@ class LiveClaims:
                 now + self.rule.interval,
             )
 
-    def __contains__(self, connection_id: object) -> bool:
-        if not isinstance(connection_id, str):
-            return False
-        with self._lock:
-            return normalize_id(connection_id, "connection ID") in self._watched
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._watched)
+    def _table(self) -> dict[str, _Watched]:
+        return self._watched
 
     def kept(self, receipt: Receipt, now: float) -> bool:
         """``receipt`` is durable (stored, or kept by a per-request check): it may be

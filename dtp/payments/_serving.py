@@ -19,7 +19,7 @@ from dtp.errors import (
 )
 from dtp.ledger._objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments._ends import EndBatch, EndDeferred, EndLeft, EndRule
+from dtp.payments._ends import EndBatch, EndDeferred, EndLeft, EndRule, _ByConnection
 from dtp.payments._gate import (
     ConnectionIds,
 )
@@ -289,7 +289,7 @@ RECOVERY_CLOSE_WAIT = 5.0
 RETRY_MAX_ROUNDS = 4
 
 
-class SettlementRetries:
+class SettlementRetries(_ByConnection):
     """A live paid server's own failed settlements, tried again in its :class:`Recovery`
     rounds: the dead-run recovery never claims a live run's rows, and the client may
     take the whole deposit back once the half-close timeout has passed.
@@ -324,15 +324,8 @@ class SettlementRetries:
         with self._lock:
             self._pending.add(key)
 
-    def __contains__(self, connection_id: object) -> bool:
-        if not isinstance(connection_id, str):
-            return False
-        with self._lock:
-            return normalize_id(connection_id, "connection ID") in self._pending
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending)
+    def _table(self) -> set[str]:
+        return self._pending
 
     @property
     def rounds(self) -> int:

@@ -52,6 +52,7 @@ from dtp.payments._ends import (
     EndDeferred,
     EndLeft,
     EndRule,
+    _ByConnection,
 )
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments._refund_engine import RefundAction, RefundStep, refund_cost, worth_gas
@@ -828,7 +829,7 @@ def _current(
     return ledger.get_connection(connection_id)
 
 
-class ClaimBackoff:
+class ClaimBackoff(_ByConnection):
     """The receipts a live server's recovery failed to claim, per connection ID, in
     recovery rounds (:meth:`next_round`): one the ledger refuses for good was else tried
     every round by every server. After its n-th failure it waits 2**(n-1) rounds (at
@@ -851,15 +852,8 @@ class ClaimBackoff:
         with self._lock:
             self._round += 1
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._failed)
-
-    def __contains__(self, connection_id: object) -> bool:
-        if not isinstance(connection_id, str):
-            return False
-        with self._lock:
-            return normalize_id(connection_id, "connection ID") in self._failed
+    def _table(self) -> dict[str, tuple[int, int]]:
+        return self._failed
 
     def failures(self, connection_id: str) -> int:
         """How many tries of ``connection_id`` failed in a row (0: none remembered)."""

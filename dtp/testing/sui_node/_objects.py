@@ -43,7 +43,6 @@ __all__ = [
     "move_type",
     "object_contents",
     "object_digest",
-    "object_fields",
     "table_uid",
     "tables",
 ]
@@ -114,11 +113,6 @@ def table_uid(parent: str, field: str) -> str:
         b"dtp-stand-in-table" + bytes.fromhex(parent[2:]) + field.encode(), digest_size=32
     )
     return "0x" + raw.hexdigest()
-
-
-def object_fields(struct: str) -> tuple[tuple[str, Layout], ...]:
-    """The fields of an object struct, in BCS order, with their layouts."""
-    return tuple(_OBJECT_LAYOUTS[struct][1])
 
 
 def _move_value(layout: Layout, value: Any, object_id: str, field: str) -> Any:
