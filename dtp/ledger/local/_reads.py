@@ -36,6 +36,37 @@ SELECT id, type, version, data FROM objects WHERE id IN (
 UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
 """
 
+#: The hosts connection_view built lately, by ID: each with the stored type, version and
+#: text it was built from. A paid server's admission reads its own Host with every
+#: connection, unchanged but for its publishes; built again, that is its JSON decoded,
+#: each service, Sla and firewall list made and every field checked. A view is built
+#: from those three alone, and frozen, so one made from the same row is shared.
+#: Bounded: cleared when full.
+_HOSTS_BUILT: dict[str, tuple[str, int, str, ChainObject]] = {}
+_HOSTS_BUILT_MAX: Final = 64
+
+
+def _built_host(host_id: str, row: tuple[str, Any, Any]) -> ChainObject:
+    """The object of the row ``(type, version, data)`` read for ``host_id`` (a Host, or
+    whatever else that ID names, which the view then refuses)."""
+    type_, version, text = row
+    known = _HOSTS_BUILT.get(host_id)
+    if (
+        known is not None
+        and known[0] == type_
+        and known[1] == version
+        and type(version) is int
+        and known[2] == text
+    ):
+        return known[3]
+    obj = build(type_.rsplit("::", 1)[-1], host_id, *decoded(host_id, version, text))
+    if type(text) is str:
+        if len(_HOSTS_BUILT) >= _HOSTS_BUILT_MAX:
+            _HOSTS_BUILT.clear()
+        _HOSTS_BUILT[host_id] = (type_, version, text, obj)
+    return obj
+
+
 #: A TransportControl's stored ``state.kind`` (its Move variant's name) as read alone.
 _CONNECTION_STATES: Final = {state.label: state for state in ConnectionState}
 
@@ -134,6 +165,9 @@ class LedgerReads(LocalStore):
                 row = found.get(object_id)
                 if row is None:
                     raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                if object_id == hid:
+                    objects.append(_built_host(hid, row))
+                    continue
                 name = row[0].rsplit("::", 1)[-1]
                 objects.append(build(name, object_id, *decoded(object_id, row[1], row[2])))
             epoch_row = found.get("") if with_cap else None
