@@ -794,6 +794,9 @@ def object_from_fields(
 
 
 _D = TypeVar("_D", bound="DataclassInstance")
+#: Per typed object class: the Move fields :func:`from_move_fields` reads by name (all
+#: after the ID and version but ``package_version``), and whether it has that one.
+_MOVE_FIELDS: dict[type, tuple[tuple[str, ...], bool]] = {}
 
 
 def from_move_fields(
@@ -802,9 +805,17 @@ def from_move_fields(
     """``cls``, a typed object (its ID and version, then its Move fields), from the fields
     ``d`` by name but for those ``given`` (read otherwise); its ``package_version``, where
     it has one, the Move field ``version``. KeyError for a field missing."""
-    names = [f.name for f in dataclasses.fields(cls)[2:]]
-    values = {n: given[n] if n in given else d[n] for n in names if n != "package_version"}
-    if "package_version" in names:
+    found = _MOVE_FIELDS.get(cls)
+    if found is None:
+        # (made once per class: dataclasses.fields walks every field at each call)
+        names = tuple(f.name for f in dataclasses.fields(cls)[2:])
+        found = _MOVE_FIELDS[cls] = (
+            tuple(n for n in names if n != "package_version"),
+            "package_version" in names,
+        )
+    moved, versioned = found
+    values = {n: given[n] if n in given else d[n] for n in moved}
+    if versioned:
         values["package_version"] = stored_version(d)
     make: Callable[..., _D] = cls
     return make(object_id, version, **values)
@@ -1083,7 +1094,11 @@ def _make_dataclass_check(cls: type) -> _Check:
         for name, kind in exact:
             if type(fields[name]) is not kind:
                 return False
-        return all(check(fields[name]) for name, check in other)
+        # a loop, not all() of a generator: no frame made per field
+        for name, check in other:  # noqa: SIM110
+            if not check(fields[name]):
+                return False
+        return True
 
     return check_dataclass
 
@@ -1130,10 +1145,24 @@ def _mapping_check(key: _Check, item: _Check) -> _Check:
 _HEX_ID = re.compile(r"0[xX]([0-9a-fA-F]{1,64})")
 
 
+#: Texts :func:`normalize_id` took, each with its normalized form: a connection by host ID
+#: normalizes the same few IDs some 36 times on its server (the admission, the gate, the
+#: settlement, the receipt scopes), each a pattern match and four string methods. Only
+#: exact ``str`` keys (a subclass may compare otherwise) of an ID's length at most (not
+#: one padded with spaces); cleared when full, so a process naming many IDs holds at
+#: most this many.
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_MAX: Final = 4096
+
+
 def normalize_id(value: str, what: str = "object ID") -> str:
     """``0x`` + 64 lowercase hex for an ID or address (short forms are zero-padded, as
     Sui does); raises :class:`~dtp.errors.InvalidObjectId`."""
-    if not isinstance(value, str):
+    if type(value) is str:
+        known = _NORMALIZED.get(value)
+        if known is not None:
+            return known
+    elif not isinstance(value, str):
         raise InvalidObjectId(
             f"An {what} must be a string like 0x1234…, got {type(value).__name__}."
         )
@@ -1143,4 +1172,9 @@ def normalize_id(value: str, what: str = "object ID") -> str:
         raise InvalidObjectId(
             f"{value!r} is not a valid {what} (0x followed by 1 to 64 hex digits)."
         )
-    return "0x" + match.group(1).lower().rjust(64, "0")
+    normal = "0x" + match.group(1).lower().rjust(64, "0")
+    if type(value) is str and len(value) <= 66:
+        if len(_NORMALIZED) >= _NORMALIZED_MAX:
+            _NORMALIZED.clear()
+        _NORMALIZED[value] = normal
+    return normal

@@ -94,3 +94,32 @@ def test_address_with_whitespace_inside_is_refused(text: str) -> None:
     assert not is_dtp_address(text)
     # around it, as before
     assert HostAddress.parse(f"  dtp://{FULL}:80\n") == HostAddress(FULL, 80)
+
+
+def test_normalize_id_remembers_answers_within_its_bound() -> None:
+    from dtp.ledger import _objects
+
+    forms = ["0xC0FFEE", " 0xc0ffee ", FULL.upper().replace("0X", "0x")]
+    first = [normalize_id(text) for text in forms]
+    # asked again, the remembered answer is the one worked out
+    assert [normalize_id(text) for text in forms] == first
+    assert first[0] == first[1] == "0x" + "0" * 58 + "c0ffee" and first[2] == FULL
+    assert _objects._NORMALIZED["0xC0FFEE"] == first[0]
+    # a text longer than an ID (padded) is answered but not kept
+    padded = " " * 100 + "0x1"
+    assert normalize_id(padded) == "0x" + "0" * 63 + "1"
+    assert padded not in _objects._NORMALIZED
+
+    # nor is a str subclass's, which may compare otherwise
+    class Text(str):
+        pass
+
+    assert normalize_id(Text("0x5eed5eed")) == "0x" + "0" * 56 + "5eed5eed"
+    assert "0x5eed5eed" not in _objects._NORMALIZED
+    # many IDs never hold more than the bound
+    for value in range(_objects._NORMALIZED_MAX + 10):
+        normalize_id(hex(value))
+    assert len(_objects._NORMALIZED) <= _objects._NORMALIZED_MAX
+    # a bad ID is refused after good ones, as before
+    with pytest.raises(InvalidObjectId):
+        normalize_id("0x1_0")

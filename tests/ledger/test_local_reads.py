@@ -93,6 +93,33 @@ def test_connection_view_refusals(world: World) -> None:
     assert isinstance(view.cap, SpendingCap)
 
 
+def test_reads_share_an_unchanged_host_and_follow_each_change(world: World) -> None:
+    ledger = world.ledger
+    opened = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
+    first = ledger.connection_view(opened.connection_id, world.host)
+    again = ledger.connection_view(opened.connection_id, world.host)
+    assert first is not None and again is not None
+    assert again.host is first.host  # built once from the same row
+    assert ledger.get_host(world.host) is first.host
+    # a change made through another handle of the file is seen at the next read
+    other = LocalLedger(ledger.path)
+    try:
+        other.add_service(SERVER, world.host, 8, "raw", SLA)
+    finally:
+        other.close()
+    changed = ledger.connection_view(opened.connection_id, world.host)
+    assert changed is not None
+    assert changed.host is not first.host
+    assert sorted(changed.host.services) == [7, 8]
+    assert changed.host == ledger.get_host(world.host)
+    assert changed.host.version == first.host.version + 1
+    # read as a Host, the row is refused as before when it names another type
+    with pytest.raises(ObjectNotFound, match="is a SpendingCap, not a Host"):
+        ledger.get_host(world.cap)
+    with pytest.raises(ObjectNotFound):
+        ledger.get_host("0x" + "ee" * 32)
+
+
 def test_object_version_follows_every_change(world: World) -> None:
     ledger = world.ledger
     opened = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)

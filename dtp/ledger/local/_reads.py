@@ -36,6 +36,50 @@ SELECT id, type, version, data FROM objects WHERE id IN (
 UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
 """
 
+#: The Hosts built lately, by ID: each with the stored type, version and text it was
+#: built from. A client resolves the Host it connects to, and a paid server's admission
+#: reads its own, with every connection, unchanged but for its publishes; built again,
+#: that is its JSON decoded, each service, Sla and firewall list made and every field
+#: checked. A view is built from those three alone, and frozen, so one made from the
+#: same row is shared. Bounded: cleared when full.
+_HOSTS_BUILT: dict[str, tuple[str, int, str, ChainObject]] = {}
+_HOSTS_BUILT_MAX: Final = 64
+_HOST_ROW: Final = "SELECT type, version, data FROM objects WHERE id = ?"
+
+
+def _host_seen(host_id: str, row: tuple[str, Any, Any]) -> ChainObject | None:
+    """The Host built from the row ``(type, version, data)`` read for ``host_id``, when
+    the same row built it lately."""
+    known = _HOSTS_BUILT.get(host_id)
+    if (
+        known is not None
+        and known[0] == row[0]
+        and known[1] == row[1]
+        and type(row[1]) is int
+        and known[2] == row[2]
+    ):
+        return known[3]
+    return None
+
+
+def _keep_host(host_id: str, row: tuple[str, Any, Any], obj: ChainObject) -> None:
+    """Remember ``obj``, the Host built from ``row`` (:func:`_host_seen`)."""
+    if type(obj) is Host and type(row[2]) is str:
+        if len(_HOSTS_BUILT) >= _HOSTS_BUILT_MAX:
+            _HOSTS_BUILT.clear()
+        _HOSTS_BUILT[host_id] = (row[0], row[1], row[2], obj)
+
+
+def _built_host(host_id: str, row: tuple[str, Any, Any]) -> ChainObject:
+    """The object of the row ``(type, version, data)`` read for ``host_id`` (a Host, or
+    whatever else that ID names, which the caller then refuses)."""
+    obj = _host_seen(host_id, row)
+    if obj is None:
+        obj = build(row[0].rsplit("::", 1)[-1], host_id, *decoded(host_id, row[1], row[2]))
+        _keep_host(host_id, row, obj)
+    return obj
+
+
 #: A TransportControl's stored ``state.kind`` (its Move variant's name) as read alone.
 _CONNECTION_STATES: Final = {state.label: state for state in ConnectionState}
 
@@ -69,6 +113,8 @@ class LedgerReads(LocalStore):
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
         object_id = normalize_id(object_id)
+        if struct == "Host":
+            return self._host(object_id)
         row = SqlStore(self._db).load(object_id)
         if row is None:
             raise not_found(object_id, None, struct)
@@ -77,6 +123,24 @@ class LedgerReads(LocalStore):
         if struct is not None and name != struct:
             raise not_found(object_id, name, struct)
         return build(name, object_id, version, data)
+
+    def _host(self, host_id: str) -> ChainObject:
+        """:meth:`_typed` of a Host (``host_id`` normalized): the same checks in the same
+        order (the row decoded, then its type, then built), the object shared while its
+        row is unchanged (:func:`_host_seen`)."""
+        row = self._db.execute(_HOST_ROW, (host_id,)).fetchone()
+        if row is None:
+            raise not_found(host_id, None, "Host")
+        seen = _host_seen(host_id, row)
+        if seen is not None:
+            return seen
+        version, data = decoded(host_id, row[1], row[2])
+        name = row[0].rsplit("::", 1)[-1]
+        if name != "Host":
+            raise not_found(host_id, name, "Host")
+        obj = build(name, host_id, version, data)
+        _keep_host(host_id, row, obj)
+        return obj
 
     def get_object(self, object_id: str) -> ChainObject:
         return self._read_one(lambda: self._typed(object_id, None))
@@ -134,6 +198,9 @@ class LedgerReads(LocalStore):
                 row = found.get(object_id)
                 if row is None:
                     raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                if object_id == hid:
+                    objects.append(_built_host(hid, row))
+                    continue
                 name = row[0].rsplit("::", 1)[-1]
                 objects.append(build(name, object_id, *decoded(object_id, row[1], row[2])))
             epoch_row = found.get("") if with_cap else None
