@@ -39,6 +39,28 @@ def test_ws_rpc_paid_roundtrip(benchmark, side: str) -> None:  # type: ignore[no
     run_side(benchmark, web_rows.ws_rpc_paid_roundtrip(20), side)
 
 
+def test_a_dtp_call_is_one_message_each_way_and_counted() -> None:
+    """bench/web_counts.py on a few calls: a DTP call from the page is one WebSocket
+    message each way (the stream's opening, request and FIN in one record; the answer,
+    its FIN and the stream credit in one), as a plain call is, and each count is taken."""
+    from bench import web_counts
+
+    _need_row()
+    w = web_rows.ws_rpc_roundtrip(10)
+    try:
+        page, loop = w.page, w.loop  # type: ignore[attr-defined]
+        w.ours()  # (warm)
+        for side, method in web_counts.SIDES:
+            assert web_counts.ws_messages(page, method, 10) == {"sent": 10, "received": 10}, side
+            calls = web_counts.js_calls(page, method, 10)
+            assert sum(calls.values()) >= 10 * 3, (side, calls)  # (the loop, request, check)
+            python = web_counts.python_calls(loop, page, method, 10)
+            assert python.calls > 0 and python.passes > 0, side
+    finally:
+        assert w.close is not None
+        w.close()
+
+
 def test_the_paid_rows_calls_are_claimed_to_the_mist() -> None:
     """The paid row's body: each call a request of 25 MIST, its receipts far fewer than
     its calls (the page's Payment as the docs advise: a quarter of the 2000 MIST credit,

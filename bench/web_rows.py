@@ -395,6 +395,9 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
         close=bench.close,
     )
     workload.browser_pid = bench.browser.process.pid  # type: ignore[attr-defined,union-attr]
+    # (for bench/web_counts.py: the page, and the servers' loop)
+    workload.page = page  # type: ignore[attr-defined]
+    workload.loop = bench.runner.loop  # type: ignore[attr-defined]
     return workload
 
 

@@ -11,8 +11,9 @@ behave like :class:`asyncio.StreamReader` / :class:`asyncio.StreamWriter`.
 Each connection carries many streams: ``await writer.open_stream()`` opens another
 (reader, writer) pair, ``await writer.accept_stream()`` waits for one the peer opens,
 and ``await writer.serve_streams(handler)`` serves each one the peer opens with
-``handler(reader, writer)`` in a task of its own (a request a stream: a loop pass a
-request fewer than an ``accept_stream()`` loop starting the tasks).
+``handler(reader, writer)`` in a task of its own, whose first step runs as the
+stream's opening is read (a request a stream that came whole is answered in the loop
+pass that read it; an ``accept_stream()`` loop starting tasks answers two passes later).
 
 Where these differ from asyncio's streams, on purpose:
 

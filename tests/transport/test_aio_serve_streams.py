@@ -59,6 +59,41 @@ def test_streams_waiting_go_first_then_each_as_it_comes() -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_a_handler_runs_in_a_task_of_its_own_from_its_first_step() -> None:
+    """The first step runs as the stream's opening is read, with the handler's task
+    current: asyncio.timeout() works there, and a read that waits goes on in the same
+    task."""
+    seen: list[asyncio.Task[Any] | None] = []
+
+    async def reverse(reader: Reader, writer: Writer) -> None:
+        task = asyncio.current_task()
+        seen.append(task)
+        async with asyncio.timeout(5):
+            body = await reader.read()
+        assert asyncio.current_task() is task
+        writer.write_eof(body[::-1])
+
+    async def main() -> None:
+        server, (_, client), (_, server_writer) = await served_connection()
+        serving = asyncio.ensure_future(server_writer.serve_streams(reverse))
+        assert await asyncio.wait_for(_call(client, b"whole"), 5) == b"elohw"
+        r, w = await client.open_stream()
+        w.write(b"in ")
+        await w.drain()
+        await asyncio.sleep(0.05)  # (the handler waits for the rest in its first step)
+        w.write_eof(b"parts")
+        assert await asyncio.wait_for(r.read(), 5) == b"strap ni"
+        assert len(seen) == 2 and all(isinstance(t, asyncio.Task) for t in seen)
+        assert seen[0] is not seen[1] and serving not in seen
+        client.close()
+        await client.wait_closed()
+        await asyncio.wait_for(serving, 10)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_a_failing_handler_resets_its_stream_and_is_reported() -> None:
     reported: list[dict[str, Any]] = []
 

@@ -14,6 +14,7 @@ from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamRes
 from dtp.protocol.connection import CloseCode
 from dtp.transport._hooks import NOT_PAID, ConnectionHook
 from dtp.transport._session import ACCEPT_KEY, CARRIER_DRAIN, UNSENT, StreamSink
+from dtp.transport.asyncio._begun import start_now
 from dtp.transport.asyncio._protocol import BROAD_KEY, CARRIER_GRACE, Protocol, abort, end_unpaid
 from dtp.transport.blocking._checks import readable
 
@@ -952,10 +953,11 @@ class DTPStreamWriter:
         of its own, until the connection ends; then wait for the handlers still
         running, and return. The streams waiting to be accepted go first.
 
-        What an ``accept_stream()`` loop that starts a task per stream does, a loop
-        pass sooner: each task is started as the stream's opening is read, not by a
-        task woken to accept it (a call a stream answers in two passes of the loop,
-        not three). The writer is closed when the handler returns, if it did not close
+        What an ``accept_stream()`` loop that starts a task per stream does, sooner:
+        each task is started as the stream's opening is read, not by a task woken to
+        accept it, and its first step runs then, with the task current (a call whose
+        request came whole is answered in the turn of the loop that read it, not in
+        the next two). The writer is closed when the handler returns, if it did not close
         it; a handler that raises has its exception passed to the loop's exception
         handler and its stream reset (code 0: the peer reads StreamReset, not a clean
         end). Cancelled, it resets the streams still served (code 0) and cancels their
@@ -996,7 +998,11 @@ class DTPStreamWriter:
         def start(stream_id: int) -> None:
             reader = DTPStreamReader(proto, stream_id)
             writer = kind(proto, stream_id, primary=False)
-            tasks[stream_id] = (loop.create_task(serve(reader, writer)), writer)
+            # (its first step at once, as the stream's opening is read: a call whose
+            # request came whole is answered in that turn of the loop, not the next)
+            task, ended = start_now(loop, serve(reader, writer))
+            if not ended:
+                tasks[stream_id] = (task, writer)
 
         proto.stream_handler = start
         try:

@@ -26,6 +26,7 @@ const VARINT_LIMIT = 2 ** 62 - 1;
  * and its data fit one record's 16384 plaintext bytes. */
 export const STREAM_CHUNK = MAX_FRAME_DATA - 32;
 const KEEPALIVE_MS = 15000;
+const NO_RANGES = Object.freeze([]);
 /** Where a record's STREAM frame is encoded before it is sealed (_sendFrames). */
 const PLAINTEXT = new Uint8Array(MAX_FRAME_DATA);
 
@@ -282,7 +283,8 @@ export class Connection {
     }
     let frames;
     try {
-      frames = decodeFrames(this.protection.open(record, header));
+      // (the plaintext is the connection's own: its frames' data are views of it)
+      frames = decodeFrames(this.protection.open(record, header), true);
     } catch (err) {
       this._protocolFailure(err);
       return;
@@ -297,7 +299,7 @@ export class Connection {
         return;
       }
     }
-    this._pump();
+    if (this.sending.size) this._pump();
   }
 
   _protocolFailure(err) {
@@ -564,7 +566,16 @@ export class Connection {
    * reached. In IK the first call returns stream 0, which the ACCEPT opened. A stream may
    * be opened and written before the verdict, once the keys exist (section 8.5): the
    * server holds what it carries until it accepts. */
-  async openStream() {
+  openStream() {
+    // (no wait for a place, the usual case: the stream at once, without an async call)
+    if (this.state !== State.CLOSED && this.protection && !this._firstStream
+        && this.localStreamsOpened < this.peerMaxStreams) {
+      return Promise.resolve(this._newLocalStream());
+    }
+    return this._openStream();
+  }
+
+  async _openStream() {
     this._checkOpen();
     if (!this.protection) throw new Error('streams open once the handshake has its keys');
     if (this._firstStream) {
@@ -629,19 +640,7 @@ export class Connection {
         if (n === 0 && item.data.length > 0) break;
         const last = n === item.data.length;
         const fin = last && item.fin;
-        const chunk = item.data.subarray(0, n);
-        const frames = [frame(fin ? FrameType.STREAM_FIN : FrameType.STREAM, { a: stream.id, b: stream.sent, data: chunk })];
-        stream.announced = true;
-        stream.sent += n;
-        this.sentTotal += n;
-        if (n > 0 && stream.id === 0) this.firstStreamCarried = true;
-        if (fin) {
-          stream.finSent = true;
-          // a FIN that ends a peer's stream carries its MAX_STREAMS in the same record
-          // (section 12's transcripts: the answer to a call is one record)
-          this._maybeDone(stream, frames);
-        }
-        this._sendFrames(frames);
+        this._sendStreamFrame(stream, last ? item.data : item.data.subarray(0, n), fin);
         if (last) {
           stream.queue.shift();
           item.resolve();
@@ -651,6 +650,35 @@ export class Connection {
       }
       if (stream.queue.length === 0) this.sending.delete(stream);
     }
+  }
+
+  /** Sends `data` on `stream` at once, if nothing keeps it back: the connection sends,
+   * and the credit covers it whole in one frame (false: left to the stream's queue). */
+  _sendNow(stream, data, fin) {
+    if (!this._canSend() || data.length > STREAM_CHUNK) return false;
+    const n = data.length;
+    if (n > 0 && (n > stream.sendLimit - stream.sent || n > this.sendLimit - this.sentTotal)) return false;
+    this._sendStreamFrame(stream, data, fin);
+    return true;
+  }
+
+  /** One STREAM (or STREAM_FIN) frame of `stream` at its offset, in a record of its own. */
+  _sendStreamFrame(stream, chunk, fin) {
+    const n = chunk.length;
+    const frames = [{
+      type: fin ? FrameType.STREAM_FIN : FrameType.STREAM, a: stream.id, b: stream.sent, c: 0, data: chunk, ranges: NO_RANGES,
+    }];
+    stream.announced = true;
+    stream.sent += n;
+    this.sentTotal += n;
+    if (n > 0 && stream.id === 0) this.firstStreamCarried = true;
+    if (fin) {
+      stream.finSent = true;
+      // a FIN that ends a peer's stream carries its MAX_STREAMS in the same record
+      // (section 12's transcripts: the answer to a call is one record)
+      this._maybeDone(stream, frames);
+    }
+    this._sendFrames(frames);
   }
 
   _resetStream(stream, errorCode) {

@@ -49,6 +49,8 @@ const SHAPES = {
 };
 
 const EMPTY = new Uint8Array(0);
+// (a decoded frame other than an ACK has no ranges: one frozen empty list for all)
+const NO_RANGES = Object.freeze([]);
 
 function fail(detail, message) {
   return new ProtocolError(detail, message, CloseCode.FRAME_ENCODING_ERROR);
@@ -192,55 +194,64 @@ export function encodeFrame(f, scratch = null) {
   return concat(...parts);
 }
 
+/** Where decodeFrames is in its body: readVarint moves it on (one cursor for the module,
+ * not a closure made for each body; decoding calls nothing that decodes). */
+const CURSOR = { at: 0 };
+
+/** The varint of `body` at CURSOR.at, which it moves past it (FRAME_TRUNCATED if the
+ * body ends inside it). */
+function readVarint(body) {
+  const at = CURSOR.at;
+  const first = body[at];
+  const size = 1 << (first >> 6);
+  if (size === 1 && at < body.length) {
+    CURSOR.at = at + 1;
+    return first;
+  }
+  if (size === 2 && at + 2 <= body.length) {
+    CURSOR.at = at + 2;
+    return ((first & 0x3f) << 8) | body[at + 1];
+  }
+  const r = decodeVarint(body, at);
+  if (r === null) throw fail('FRAME_TRUNCATED', 'the body ends inside a frame');
+  CURSOR.at = r[1];
+  return r[0];
+}
+
 /** Decodes a complete record body into its frames (section 3.2); any error throws a
- * ProtocolError whose `detail` is the section's code. */
-export function decodeFrames(body) {
+ * ProtocolError whose `detail` is the section's code. A frame's data is a copy, or with
+ * `views` a view of `body` (for a body of the caller's own: a record's plaintext, which
+ * nothing writes to again). */
+export function decodeFrames(body, views = false) {
   const frames = [];
-  let at = 0;
-  const truncated = () => fail('FRAME_TRUNCATED', 'the body ends inside a frame');
-  const read = () => {
-    // (the one- and two-byte forms, nearly every varint of a short call, inline)
-    const first = body[at];
-    const size = 1 << (first >> 6);
-    if (size === 1 && at < body.length) {
-      at += 1;
-      return first;
-    }
-    if (size === 2 && at + 2 <= body.length) {
-      at += 2;
-      return ((first & 0x3f) << 8) | body[at - 1];
-    }
-    const r = decodeVarint(body, at);
-    if (r === null) throw truncated();
-    at = r[1];
-    return r[0];
-  };
-  while (at < body.length) {
-    const type = body[at];
+  const cursor = CURSOR;
+  cursor.at = 0;
+  while (cursor.at < body.length) {
+    const type = body[cursor.at];
     if (type === 0) {
-      let end = at;
+      let end = cursor.at;
       while (end < body.length && body[end] === 0) end++;
-      frames.push(frame(0, { a: end - at }));
-      at = end;
+      frames.push(frame(0, { a: end - cursor.at }));
+      cursor.at = end;
       continue;
     }
     if (type > 0x0d) throw fail('FRAME_TYPE', `type 0x${type.toString(16)}`);
-    at++;
+    cursor.at++;
     if (type === FrameType.ACK) {
-      const largest = toBig(read());
-      const delay = read();
-      const count = read();
+      const largest = toBig(readVarint(body));
+      const delay = readVarint(body);
+      const count = readVarint(body);
       if (count === 0) throw valueError('ACK range count 0');
       if (count > MAX_ACK_RANGES) throw fail('FRAME_SIZE', `${count} ACK ranges`);
-      const first = toBig(read());
+      const first = toBig(readVarint(body));
       if (first > largest) throw valueError('ACK first range below 0');
       const ranges = [[narrow(largest - first), narrow(largest)]];
       let lo = largest - first;
       for (let i = 1; i < count; i++) {
-        const gap = toBig(read());
+        const gap = toBig(readVarint(body));
         if (lo < gap + 2n) throw valueError('ACK gap below 0');
         const hi = lo - gap - 2n;
-        const len = toBig(read());
+        const len = toBig(readVarint(body));
         if (len > hi) throw valueError('ACK range below 0');
         lo = hi - len;
         ranges.push([narrow(lo), narrow(hi)]);
@@ -249,22 +260,23 @@ export function decodeFrames(body) {
       continue;
     }
     const [slots, cap] = SHAPES[type];
-    const values = [0, 0, 0];
-    for (let i = 0; i < slots; i++) values[i] = read();
+    const a = slots > 0 ? readVarint(body) : 0;
+    const b = slots > 1 ? readVarint(body) : 0;
+    const c = slots > 2 ? readVarint(body) : 0;
     let data = EMPTY;
     if (cap !== null) {
-      const len = read();
+      const len = readVarint(body);
       if (len > cap) throw fail('FRAME_SIZE', `${len} bytes of data (at most ${cap})`);
       // (an offset that is a Number is below 2^53: only a BigInt one can pass 2^62 - 1)
-      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && typeof values[1] === 'bigint'
-          && values[1] + BigInt(len) > VARINT_MAX) {
+      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && typeof b === 'bigint'
+          && b + BigInt(len) > VARINT_MAX) {
         throw valueError('stream offset + length beyond 2^62 - 1');
       }
-      if (at + len > body.length) throw truncated();
-      data = body.slice(at, at + len);
-      at += len;
+      if (cursor.at + len > body.length) throw fail('FRAME_TRUNCATED', 'the body ends inside a frame');
+      data = views ? body.subarray(cursor.at, cursor.at + len) : body.slice(cursor.at, cursor.at + len);
+      cursor.at += len;
     }
-    frames.push({ type, a: values[0], b: values[1], c: values[2], data, ranges: [] });
+    frames.push({ type, a, b, c, data, ranges: NO_RANGES });
   }
   return frames;
 }

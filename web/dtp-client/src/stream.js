@@ -40,15 +40,20 @@ export class Stream {
   }
 
   /** Everything up to the end of the stream, as one Uint8Array. */
-  async readAll() {
+  readAll() {
+    if (!this.announced) this.connection._announce(this);
     const parts = [];
-    for (;;) {
-      // what arrived already is taken without a read's promise each (a short answer that
-      // came whole, with its end, in one record: one wait for the lot, not two)
-      const chunk = this._readable() ? this._takeNow() : await this.read();
-      if (chunk === null) return parts.length === 1 ? parts[0] : concat(...parts);
+    // what arrived already is taken at once; the rest is gathered by one waiting reader
+    // as it comes (a short answer, whole with its end in one record: one promise a call)
+    while (this._readable()) {
+      const chunk = this._takeNow();
+      if (chunk === null) return Promise.resolve(joined(parts));
       parts.push(chunk);
     }
+    return new Promise((resolve, reject) => {
+      this.readers.push({ max: Infinity, parts, resolve, reject });
+      this._serveReaders();
+    });
   }
 
   /** Whether a read would be answered at once, with bytes or the clean end (not an error:
@@ -114,6 +119,9 @@ export class Stream {
     }
     if (this.finQueued) return Promise.reject(new Error(`stream ${this.id} was ended`));
     if (fin) this.finQueued = true;
+    // nothing queued before it and the credit for all of it: sent now, with no queue entry
+    // (a call's request, with its FIN: what _pump would send at once)
+    if (this.queue.length === 0 && this.connection._sendNow(this, data, fin)) return RESOLVED;
     return new Promise((resolve, reject) => {
       this.queue.push({ data, fin, resolve, reject });
       this.connection._queued(this);
@@ -134,6 +142,14 @@ export class Stream {
       }
       if (this.chunks.length) {
         let chunk = this.chunks[0];
+        if (reader.parts) {
+          // readAll's: every chunk, until the end
+          this.chunks.shift();
+          this.consumed += chunk.length;
+          this.connection._consumed(this, chunk.length);
+          reader.parts.push(chunk);
+          continue;
+        }
         if (chunk.length > reader.max) {
           this.chunks[0] = chunk.subarray(reader.max);
           chunk = chunk.subarray(0, reader.max);
@@ -147,7 +163,7 @@ export class Stream {
         continue;
       }
       if (this.finalSize !== null && this.consumed === this.finalSize) {
-        this.readers.shift().resolve(null);
+        this.readers.shift().resolve(reader.parts ? joined(reader.parts) : null);
         if (!this.readEnded) {
           this.readEnded = true;
           this.connection._maybeDone(this);
@@ -171,5 +187,12 @@ export class Stream {
     this._serveReaders();
   }
 }
+
+/** The parts readAll gathered, as one Uint8Array (the one part itself where there is one). */
+function joined(parts) {
+  return parts.length === 1 ? parts[0] : concat(...parts);
+}
+
+const RESOLVED = Promise.resolve();
 
 export { ConnectionClosed };

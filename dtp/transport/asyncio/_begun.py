@@ -1,0 +1,100 @@
+"""A task whose first step runs at once, in the caller's turn of the loop:
+``asyncio.Task(..., eager_start=True)`` from Python 3.12, and the same for 3.11.
+
+There :func:`start_now` makes the task first (so that the step runs with it as the current
+task: ``asyncio.current_task()``, ``asyncio.timeout()`` inside it see the task that
+carries the coroutine on), runs the coroutine's first step in the task's context, and
+hands the task a :class:`_Begun` wrapper that replays that step's outcome at the task's
+own first step, then passes every later ``send``/``throw`` to the coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_YIELDED = 0
+_RETURNED = 1
+_RAISED = 2
+
+
+class _Begun(Coroutine[Any, Any, T]):
+    """``coro`` after its first step: the task's first ``send`` gets what that step
+    came to (the future it waits on, its result, or its exception)."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+        self._first: tuple[int, Any] | None = None
+
+    def begin(self) -> None:
+        try:
+            self._first = (_YIELDED, self._coro.send(None))
+        except StopIteration as done:
+            self._first = (_RETURNED, done.value)
+        except BaseException as exc:  # (the task raises it, as the step's own)
+            self._first = (_RAISED, exc)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the coroutine returned or raised in its first step."""
+        return self._first is not None and self._first[0] != _YIELDED
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first is None:
+            return self._coro.send(value)
+        self._first = None
+        kind, outcome = first
+        if kind == _YIELDED:
+            return outcome
+        if kind == _RETURNED:
+            raise StopIteration(outcome)
+        raise outcome
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        first = self._first
+        if first is not None and first[0] != _YIELDED:
+            # (cancelled before the task's first step, with the work done already: the
+            # outcome stands, as an eager task's does)
+            return self.send(None)
+        self._first = None
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._first = None
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        raise TypeError("a _Begun is run by its task only")
+
+
+def start_now(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+) -> tuple[asyncio.Task[T], bool]:
+    """A task for ``coro`` whose first step has run already (from a callback of the
+    loop, with no task current), and whether ``coro`` ended in it; a plain
+    ``create_task`` where a task is current (and False)."""
+    if asyncio.current_task(loop) is not None:
+        return loop.create_task(coro), False
+    if sys.version_info >= (3, 12):
+        # (an eager task that ends in its first step is never scheduled at all)
+        eager = asyncio.Task(coro, loop=loop, eager_start=True)
+        return eager, eager.done()
+    begun: _Begun[T] = _Begun(coro)
+    context = contextvars.copy_context()
+    task = loop.create_task(begun, context=context)
+    asyncio.tasks._enter_task(loop, task)
+    try:
+        context.run(begun.begin)
+    finally:
+        asyncio.tasks._leave_task(loop, task)
+    return task, begun.ended
