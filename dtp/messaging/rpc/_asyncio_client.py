@@ -36,6 +36,7 @@ from dtp.messaging.rpc._fees import (
 )
 from dtp.messaging.rpc._streams import (
     DEFAULT,
+    LOOP_TURN,
     TAKE_PIECE,
     TAKE_TIME,
     check_async_streams,
@@ -425,10 +426,10 @@ class AsyncRpcClient(ClientBase):
             for event in proto.events():
                 dispatch(event)
                 if type(event) is NotificationReceived and loop.time() - since >= TAKE_TIME:
-                    await asyncio.sleep(0)
+                    await LOOP_TURN
                     since = loop.time()
             if pieces:
-                await asyncio.sleep(0)
+                await LOOP_TURN
                 since = loop.time()
 
     def _dispatch(self, event: RpcEvent) -> None:
