@@ -205,15 +205,16 @@ class AsyncRpcClient(ClientBase):
                             break
                         if self._output:
                             await self._flush()
-                except (DTPError, OSError) as exc:
+                except asyncio.CancelledError:
+                    raise  # (this call's own: its deadline, close(), its caller)
+                except BaseException as exc:
+                    # the stream ended or failed, or taking a read did: every call fails
+                    # (RpcConnectionLost), this one too, as the reader task's failure
+                    # fails them
                     error = self._read_failed(exc)
-                    if error is exc:
+                    if error is exc or not isinstance(exc, Exception):
                         raise
                     raise error from exc
-                except BaseException as exc:
-                    if not isinstance(exc, asyncio.CancelledError):  # (else this call's own)
-                        self._read_failed(exc)
-                    raise
                 finally:
                     self._sending.pop(task, None)
                     if self._reading is task:
