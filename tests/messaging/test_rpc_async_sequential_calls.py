@@ -1,8 +1,9 @@
 """Sequential calls through the asyncio RPC pair, on the paths a lone call takes: the
-client's deadline kept by the protocol's timers (one loop timer for the client), and a
-request for a plain handler answered by the server's stream task rather than a task of
-its own -- with what a request's own task gave it kept (its context variables, an
-awaitable result awaited with the request's deadline, a failure answered)."""
+client reading its answer in the caller's own task, its deadline kept by the protocol's
+timers (one loop timer for the client), and a request for a plain handler answered by
+the server's stream task rather than a task of its own -- with what a request's own
+task gave it kept (its context variables, an awaitable result awaited with the
+request's deadline, a failure answered)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,41 @@ def test_a_timed_out_call_tells_the_server_and_the_next_call_is_answered() -> No
         assert loop.time() - started >= 0.2 - 0.001  # (uvloop's clock counts whole ms)
         await asyncio.wait_for(cancelled.wait(), 10)  # the client's CANCEL reached it
         assert await client.call("echo", "after") == "after"
+        assert client._futures == {} and client._proto.in_flight == 0
+
+    asyncio.run(with_pair(rpc, body))
+
+
+def test_a_lone_call_reads_its_answer_and_overlapping_calls_are_all_answered() -> None:
+    """A call alone in flight reads its answer in its own task (no reader task between
+    calls); calls made while it reads are answered whichever answer comes first (taken
+    by the reading call, or by the reader it hands over to), and a call cancelled in
+    its read leaves the stream whole for the next."""
+    rpc = AsyncRpcServer()
+
+    async def slow(p: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return p
+
+    rpc.register("slow", slow)
+    rpc.register("echo", lambda p: p)
+
+    async def body(client: AsyncRpcClient) -> None:
+        assert await client.call("echo", 1) == 1
+        assert client._task is None
+        # the reading call's answer last, then first
+        pair = await asyncio.gather(client.call("slow", "a"), client.call("echo", "b"))
+        assert pair == ["a", "b"]
+        pair = await asyncio.gather(client.call("echo", "c"), client.call("slow", "d"))
+        assert pair == ["c", "d"]
+        await asyncio.sleep(0)
+        assert client._task is None and client._futures == {}  # (the reader ended)
+        cut = asyncio.create_task(client.call("slow", "e"))
+        await asyncio.sleep(0.02)
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        assert await client.call("echo", "f") == "f"
         assert client._futures == {} and client._proto.in_flight == 0
 
     asyncio.run(with_pair(rpc, body))

@@ -371,10 +371,10 @@ def test_async_call_deadline_covers_a_send_the_peer_does_not_take() -> None:
     asyncio.run(main())
 
 
-def test_async_client_fails_its_calls_when_its_reading_is_cancelled() -> None:
-    """asyncio.run() ending cancels every task, the client's reader too; a task whose
-    cleanup then called the client waited for an answer nobody would read, and
-    asyncio.run() never returned."""
+def _call_in_cleanup_at_loop_end(reader_task: bool) -> list[Any]:
+    """What a call made by a task's cleanup, as asyncio.run() ends and cancels every
+    task, comes to (``reader_task``: with a background reader, which notifications
+    keep, cancelled with the rest); asyncio.run() must return."""
     rpc = RpcServer(workers=2)
     rpc.register("echo", lambda p: p)
     rpc.register("sleep", lambda p: time.sleep(p) or "slept")
@@ -386,7 +386,8 @@ def test_async_client_fails_its_calls_when_its_reading_is_cancelled() -> None:
             reader, writer = await dtp.aio.open_connection(
                 *s.server.address, server_key=s.identity.noise_public
             )
-            client = AsyncRpcClient(reader, writer)
+            on_notification = (lambda method, params: None) if reader_task else None
+            client = AsyncRpcClient(reader, writer, on_notification=on_notification)
             assert await client.call("echo", 1) == 1
 
             async def with_cleanup() -> None:
@@ -406,9 +407,23 @@ def test_async_client_fails_its_calls_when_its_reading_is_cancelled() -> None:
         thread.start()
         thread.join(6)
         assert not thread.is_alive(), "asyncio.run() never returned"
-        assert len(outcome) == 1 and isinstance(outcome[0], E.RpcConnectionLost)
+        return outcome
     finally:
         s.close()
+
+
+def test_async_client_fails_its_calls_when_its_reading_is_cancelled() -> None:
+    """asyncio.run() ending cancels every task, the client's reader too; a task whose
+    cleanup then called the client waited for an answer nobody would read, and
+    asyncio.run() never returned."""
+    outcome = _call_in_cleanup_at_loop_end(reader_task=True)
+    assert len(outcome) == 1 and isinstance(outcome[0], E.RpcConnectionLost)
+
+
+def test_async_call_alone_reads_its_answer_as_the_loop_ends() -> None:
+    """A call alone in flight reads its answer in its own task: one made by a task's
+    cleanup as asyncio.run() ends, with no reader to cancel, is answered."""
+    assert _call_in_cleanup_at_loop_end(reader_task=False) == ["slept"]
 
 
 def test_async_calls_leave_no_protocol_timers_behind() -> None:

@@ -36,6 +36,7 @@ from dtp.messaging.rpc._fees import (
 )
 from dtp.messaging.rpc._streams import (
     DEFAULT,
+    LOOP_TURN,
     TAKE_PIECE,
     TAKE_TIME,
     check_async_streams,
@@ -49,7 +50,9 @@ logger = logging.getLogger(__name__)
 
 class AsyncRpcClient(ClientBase):
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
-    :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
+    :func:`dtp.aio.open_connection`). A call alone in flight reads its answer in its
+    own task; while calls overlap (or with ``on_notification``) a background task
+    reads for them all, and calls await futures.
 
     ``meter`` and ``prepay`` work as for :class:`RpcClient` (per-request receipts;
     prepaid response fees, acknowledged on each response); the ledger calls of
@@ -79,12 +82,15 @@ class AsyncRpcClient(ClientBase):
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._closed: BaseException | None = None
+        # the background reader (while calls overlap, or for notifications), and the
+        # call reading its own answer: never both at once (one read waits at a time)
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[Any] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         # the tasks of calls and notifications waiting in _send for the peer to take
-        # their frame, which close() cancels (_closing: those it cancelled, which end
-        # in RpcConnectionLost): the writer stays open, so a peer that does not read
-        # would hold them for good
+        # their frame, or reading their own answer, which close() cancels (_closing:
+        # those it cancelled, which end in RpcConnectionLost): the writer stays open,
+        # so a peer that does not read would hold them for good
         self._sending: dict[asyncio.Task[Any], int | None] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         # the calls' deadlines are the protocol's timers (as the blocking client's), run
@@ -98,10 +104,12 @@ class AsyncRpcClient(ClientBase):
         self._output = self._proto.output
         self.violations = 0
 
-    def _start(self) -> None:
+    def _start(self, data: bytes | None = None) -> None:
+        """Start the background reader (``data``: a read to take first) unless it or a
+        call reads already."""
         # (not once closed: the reader would take the stream, which is not ours, for good)
-        if self._task is None and self._closed is None:
-            self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        if self._task is None and self._reading is None and self._closed is None:
+            self._task = asyncio.get_running_loop().create_task(self._read_loop(data))
 
     async def call(
         self,
@@ -117,8 +125,6 @@ class AsyncRpcClient(ClientBase):
         metered as (docs/messaging.md §2.5; 0: a free method)."""
         if requests != 1 or type(requests) is not int:
             _check_count("requests", requests, 0)
-        if self._task is None:
-            self._start()
         if timeout is DEFAULT:
             timeout = self.timeout
         if self._closed is not None:
@@ -175,6 +181,47 @@ class AsyncRpcClient(ClientBase):
             # drain, and the timer cancels it (the frame is whole in the writer's
             # buffer: ending the wait loses nothing of it)
             await self._send(frame, task, request_id)
+            if self._task is None and self._reading is None and task is not None:
+                if self.on_notification is not None:
+                    self._start()  # (notifications come between calls too)
+                    return await future
+                # nobody reads: this call reads its answer itself, a task's step fewer
+                # than a reader task's wake-up then the caller's (its deadline and
+                # close() cancel the read as they cancel a send); the answers of calls
+                # made meanwhile are taken too
+                self._reading = task
+                self._sending[task] = request_id
+                read = self._reader.read
+                try:
+                    while not future.done():
+                        data = await read(RECV_SIZE)
+                        if not data:
+                            raise E.RpcConnectionLost("the peer closed the stream")
+                        if not self._take(data, loop):
+                            # to take in pieces, the loop running in between: by the
+                            # reader, whose work a cancel of this call does not cut short
+                            self._reading = None
+                            self._start(data)
+                            break
+                        if self._output:
+                            await self._flush()
+                except asyncio.CancelledError:
+                    raise  # (this call's own: its deadline, close(), its caller)
+                except BaseException as exc:
+                    # the stream ended or failed, or taking a read did: every call fails
+                    # (RpcConnectionLost), this one too, as the reader task's failure
+                    # fails them
+                    error = self._read_failed(exc)
+                    if error is exc or not isinstance(exc, Exception):
+                        raise
+                    raise error from exc
+                finally:
+                    self._sending.pop(task, None)
+                    if self._reading is task:
+                        self._reading = None
+                        futures = self._futures
+                        if futures and (len(futures) > 1 or request_id not in futures):
+                            self._start()  # (calls made meanwhile: the reader reads for them)
             # (no shield: the future is this call's alone, and what settles it looks
             # whether it is done first)
             return await future
@@ -293,50 +340,78 @@ class AsyncRpcClient(ClientBase):
             self._writer.write(data)
             await self._writer.drain()
 
-    async def _read_loop(self) -> None:
-        """Read for every call until the stream ends or fails, which fails the calls."""
+    async def _read_loop(self, data: bytes | None = None) -> None:
+        """Read for every call while calls are in flight (for good with
+        ``on_notification``) or until the stream ends or fails, which fails the calls;
+        ``data``: a read a call made, to take first."""
         loop = asyncio.get_running_loop()
         try:
-            read, proto, fees = self._reader.read, self._proto, self._fees
+            read = self._reader.read
             while True:
-                data = await read(RECV_SIZE)
-                if not data:
-                    raise E.RpcConnectionLost("the peer closed the stream")
-                futures = self._futures
-                if len(futures) == 1 and not (fees.escrows or fees.charges):
-                    # one call in flight (a sequential caller's) and a read that is
-                    # exactly its RESPONSE: taken as the blocking client's quiet call
-                    # takes it, with no decoder, event or dispatch (its timer dropped)
-                    request_id = next(iter(futures))
-                    got = proto.take_response(request_id, data)
-                    if got is not None:
-                        future = futures.pop(request_id)
-                        if not future.done():
-                            future.set_result(got[0])
-                        continue
-                if len(data) <= TAKE_PIECE and self.on_notification is None:
-                    proto.receive_data(data, loop.time())
-                    for event in proto.events():
-                        self._dispatch(event)
-                else:
+                if data is None:
+                    data = await read(RECV_SIZE)
+                    if not data:
+                        raise E.RpcConnectionLost("the peer closed the stream")
+                if not self._take(data, loop):
                     await self._receive_in_pieces(data, loop)
-                if self._timer is not None:
-                    proto.get_timer()  # (drops the timers of the calls just answered)
+                    if self._timer is not None:
+                        self._proto.get_timer()  # (drops the timers of calls just answered)
+                data = None
                 if self._output:
                     await self._flush()
+                if not self._futures and self.on_notification is None:
+                    # no call waits: the next one reads for itself (call)
+                    self._task = None
+                    return
         except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
-            error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
-            self._fail_all(error)
+            self._read_failed(exc)
         except BaseException as exc:
             # cancelled (close(), or the loop shutting down) or failed: nobody reads any
             # more, so the calls waiting and those to come fail now, not at their
             # deadlines (or never, without one)
-            if self._closed is None:
-                if isinstance(exc, asyncio.CancelledError):
-                    self._fail_all(E.RpcConnectionLost("the client stopped reading (cancelled)"))
-                else:
-                    self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
+            self._read_failed(exc)
             raise
+
+    def _read_failed(self, exc: BaseException) -> E.RpcConnectionLost:
+        """The error of every call once reading failed with ``exc`` (the stream ended or
+        failed: RpcConnectionLost; nobody reading any more: cancelled, or anything
+        else), and of the calls to come: returned, and the calls fail with it."""
+        if isinstance(exc, E.RpcConnectionLost):
+            error = exc
+        elif isinstance(exc, (DTPError, OSError, asyncio.IncompleteReadError)):
+            error = E.RpcConnectionLost(str(exc))
+        elif isinstance(exc, asyncio.CancelledError):
+            error = E.RpcConnectionLost("the client stopped reading (cancelled)")
+        else:
+            error = E.RpcConnectionLost(f"reading failed: {exc!r}")
+        if self._closed is None:
+            self._fail_all(error)
+        return error
+
+    def _take(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
+        """Take ``data``, a read, at once; False, taking nothing, when it is to be taken
+        in pieces (:meth:`_receive_in_pieces`: a large read, or notifications for a
+        handler)."""
+        proto, futures, fees = self._proto, self._futures, self._fees
+        if len(futures) == 1 and not (fees.escrows or fees.charges):
+            # one call in flight (a sequential caller's) and a read that is exactly its
+            # RESPONSE: taken as the blocking client's quiet call takes it, with no
+            # decoder, event or dispatch (its timer dropped)
+            request_id = next(iter(futures))
+            got = proto.take_response(request_id, data)
+            if got is not None:
+                future = futures.pop(request_id)
+                if not future.done():
+                    future.set_result(got[0])
+                return True
+        if len(data) > TAKE_PIECE or self.on_notification is not None:
+            return False
+        proto.receive_data(data, loop.time())
+        for event in proto.events():
+            self._dispatch(event)
+        if self._timer is not None:
+            proto.get_timer()  # (drops the timers of the calls just answered)
+        return True
 
     async def _receive_in_pieces(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         """Take a large read, or one that may hold notifications, letting the loop run
@@ -352,10 +427,10 @@ class AsyncRpcClient(ClientBase):
             for event in proto.events():
                 dispatch(event)
                 if type(event) is NotificationReceived and loop.time() - since >= TAKE_TIME:
-                    await asyncio.sleep(0)
+                    await LOOP_TURN
                     since = loop.time()
             if pieces:
-                await asyncio.sleep(0)
+                await LOOP_TURN
                 since = loop.time()
 
     def _dispatch(self, event: RpcEvent) -> None:
@@ -409,6 +484,13 @@ class AsyncRpcClient(ClientBase):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        reading = self._reading
+        if reading is not None and reading is not asyncio.current_task():
+            # a call reading its answer: its read ends, the call failing as the others
+            # (a call close() cancels, once: out of _sending, which close() cancels)
+            self._sending.pop(reading, None)
+            self._closing.add(reading)
+            reading.cancel()
         futures, self._futures = self._futures, {}
         # the prepaid calls failing so got no response: their fees come back (refund_due)
         self._fees.all_unanswered()

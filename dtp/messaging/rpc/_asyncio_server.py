@@ -48,7 +48,7 @@ from dtp.messaging.rpc._server_base import (
     refuse_missing,
     tell_client_ended,
 )
-from dtp.messaging.rpc._streams import TAKE_PIECE, TAKE_TIME
+from dtp.messaging.rpc._streams import LOOP_TURN, TAKE_PIECE, TAKE_TIME
 from dtp.transport.asyncio._threads import threaded_or_released
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ class AsyncRpcServer(ServerBase):
                             # as the request's own task would: the loop's other work (the
                             # other streams) has its turn in between. Nothing of this
                             # stream is read meanwhile (this task is its reader)
-                            await asyncio.sleep(0)
+                            await LOOP_TURN
                             since = now
                             # (in a copy of this task's context, as the request's own task
                             # would run it: its context variables stay its own)
@@ -362,7 +362,7 @@ class AsyncRpcServer(ServerBase):
                 pieces = len(data) > TAKE_PIECE
                 for pos in range(0, len(data) or 1, TAKE_PIECE):
                     if pos:  # (pieces only)
-                        await asyncio.sleep(0)
+                        await LOOP_TURN
                         since = now = loop.time()
                     if data:
                         proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, now)
@@ -400,7 +400,7 @@ class AsyncRpcServer(ServerBase):
                 if loop.time() - since >= TAKE_TIME:
                     # reads back to back (the reader's buffer full) never wait: let the
                     # loop run now and then
-                    await asyncio.sleep(0)
+                    await LOOP_TURN
                     since = loop.time()
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)

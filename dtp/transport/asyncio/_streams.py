@@ -150,7 +150,9 @@ class DTPStreamReader:
                 try:
                     await waiter
                 finally:
-                    proto.unlisten(waiter, stream_id)
+                    # (unlisten's own test first: a wake-up took the waiter off the lists)
+                    if not waiter.done() or waiter.cancelled():
+                        proto.unlisten(waiter, stream_id)
                 if session.readable(stream_id):
                     return
         finally:
