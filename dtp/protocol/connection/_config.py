@@ -429,7 +429,17 @@ def parse_params(
 
     ``v``: a client offers the highest version it speaks, so a server (``from_client``)
     takes any version from 1 up and answers the highest it speaks that is not above it;
-    a client takes a version from 1 to the one it ``offered`` (docs/protocol.md 8.2)."""
+    a client takes a version from 1 to the one it ``offered`` (docs/protocol.md 8.2).
+
+    A server's parameters, the same at each of its connections, are remembered by their
+    bytes (a client connects to one server again and again); a client's, which carry its
+    connection's ID and proof, are not."""
+    seen = None
+    if not from_client and type(payload) is bytes:
+        seen = (payload, offered)
+        known = _SERVER_PARAMS.get(seen)
+        if known is not None:
+            return dict(known)
     values: dict[str, bytes] = {}
     for raw_key, value in split_map(payload):
         key = _KNOWN_PARAMS.get(raw_key)
@@ -465,7 +475,17 @@ def parse_params(
                 f"transport parameter 'auth' must be 1 to {MAX_AUTH_PROOF_SIZE} bytes"
             )
         out["auth"] = proof
+    if seen is not None:
+        if len(_SERVER_PARAMS) >= _SERVER_PARAMS_HELD:
+            _SERVER_PARAMS.clear()
+        _SERVER_PARAMS[seen] = dict(out)
     return out
+
+
+#: What :func:`parse_params` remembers: a server's parameters by their bytes and the
+#: version offered, at most this many (then forgotten all at once).
+_SERVER_PARAMS: dict[tuple[bytes, int], dict[str, Any]] = {}
+_SERVER_PARAMS_HELD = 256
 
 
 #: The keys of docs/protocol.md 8.2's table (its registry, section 17), by their bytes.
