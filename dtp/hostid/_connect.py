@@ -9,6 +9,7 @@ connect fails (:func:`abandon_host_connection`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -146,6 +147,7 @@ def _unusable_tcp_endpoints(host: Host) -> list[str]:
     return broken
 
 
+@functools.lru_cache(maxsize=256)  # (a client connects to the same hosts again and again)
 def tcp_endpoint(text: str) -> tuple[str, int] | None:
     """One published endpoint as ``(host, port)`` when it is a TCP one a client can use
     (``tcp://host:port``, or a bare ``host:port``; ``[v6]:port`` for IPv6); None for
