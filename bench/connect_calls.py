@@ -1,13 +1,16 @@
 """How many calls a connection by host ID makes on each side: counts, not time.
 
-    python bench/connect_calls.py [--connections N] [--top K]
+    python bench/connect_calls.py [--connections N] [--top K] [--plain]
 
 Runs ``hostid_connect_rate``'s operation (connect by host ID to a paid echo service on a
-LocalLedger file, one 100-byte round trip, close) N times and prints, per connection,
+LocalLedger file, one 100-byte round trip, close), or with ``--plain`` ``connect_rate``'s
+(connect with a known key to bench/netpeers.py's blocking echo server, the same round
+trip and close), N times and prints, per connection,
 the calls the client's process and the paid server's process made (Python functions and
 builtins, counted with a profile hook in every thread), the server's calls inside each
 of ``SERVER_PHASES`` (nested ones counted in each) and the K functions called most on
-each side. A count does not move with the machine's load, as a CPU reading does
+each side (``--inside``: the K with the most calls made inside them, nested ones
+included). A count does not move with the machine's load, as a CPU reading does
 (``bench/connect_phases.py``); under the hook each call costs far more than without,
 so the hook is set only for the connections counted.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,6 +90,7 @@ class Counter:
 
     def report(self, n: int, top: int) -> dict[str, Any]:
         self.on = False
+        ranked = self.inside if os.environ.get("DTP_CALLS_INSIDE") else self.calls
         total = sum(self.calls.values())
         builtin = sum(c for k, c in self.calls.items() if k.startswith("<builtin>"))
         phases = {
@@ -96,7 +101,7 @@ class Counter:
             "calls": total / n,
             "python": (total - builtin) / n,
             "phases": phases,
-            "top": [(k, c / n) for k, c in self.calls.most_common(top)],
+            "top": [(k, c / n) for k, c in ranked.most_common(top)],
         }
 
 
@@ -106,6 +111,7 @@ class Counter:
 
 def _serve(report: str, args: list[str]) -> None:
     import bench.hostid_rows as rows
+    from bench.netpeers import serve_dtp_blocking
 
     counter = Counter()
     box: dict[str, int] = {}
@@ -122,6 +128,9 @@ def _serve(report: str, args: list[str]) -> None:
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, dump)
     counter.install()
+    if args == ["plain"]:
+        serve_dtp_blocking("echo")
+        return
     spec, package, state, host_id, port, seed_hex, mode = args
     rows._serve(spec, package, state, host_id, int(port), seed_hex, mode)
 
@@ -136,7 +145,30 @@ def _wait_for(path: str) -> dict[str, Any]:
     raise RuntimeError("the paid server did not report its counts")
 
 
-def measure(connections: int, top: int) -> dict[str, Any]:
+class _PlainPeer:
+    """bench/netpeers.py's blocking echo server, run by this file with its calls counted."""
+
+    def __init__(self) -> None:
+        cmd = [sys.executable, __file__, "plain"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.endpoint = ("127.0.0.1", int(info["port"]))
+        self.key = bytes.fromhex(info["key"])
+
+    def connect(self) -> Any:
+        import dtp.socket
+
+        return dtp.socket.create_connection(self.endpoint, server_key=self.key)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def measure(connections: int, top: int, plain: bool = False) -> dict[str, Any]:
     """Each side's calls per connection."""
     import bench.hostid_rows as rows
     from bench.net import _pingpong
@@ -148,7 +180,7 @@ def measure(connections: int, top: int) -> dict[str, Any]:
     os.environ["DTP_CALLS_REPORT"] = report
     os.environ["DTP_CALLS_TOP"] = str(top)
     try:
-        paid = rows._PaidPeer("echo")
+        paid: Any = _PlainPeer() if plain else rows._PaidPeer("echo")
     finally:
         rows.__file__ = rows_file
         del os.environ["DTP_CALLS_REPORT"]
@@ -185,8 +217,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--plain", action="store_true", help="connect_rate's operation")
+    parser.add_argument(
+        "--inside", action="store_true", help="rank functions by the calls made inside them"
+    )
     args = parser.parse_args()
-    r = measure(args.connections, args.top)
+    if args.inside:
+        os.environ["DTP_CALLS_INSIDE"] = "1"  # (the server's process, started below, too)
+    r = measure(args.connections, args.top, args.plain)
     for side in ("client", "server"):
         got = r[side]
         print(f"{side}: {got['calls']:.0f} calls per connection ({got['python']:.0f} Python)")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import asdict, is_dataclass
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -358,8 +359,10 @@ def env_passphrase(args: argparse.Namespace) -> str | None:
 
 def plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return plain(asdict(value))
-    if isinstance(value, dict):
+        # field by field, not asdict(): that deep-copies what is not a dict, list or
+        # tuple, and a read-only mapping (a Host's services) cannot be copied
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]

@@ -9,12 +9,13 @@ connect fails (:func:`abandon_host_connection`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp.errors import (
@@ -39,7 +40,7 @@ from dtp.ledger._objects import (
 )
 from dtp.payments._refunds import connection_ended
 from dtp.payments.metering import MeteringConfig
-from dtp.protocol.connection import ConnectionConfig, checked_noise_key
+from dtp.protocol.connection import ConnectionConfig, checked_noise_key, ledger_client_config
 from dtp.transport.carriers._tcp import PendingTcp
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ def _unusable_tcp_endpoints(host: Host) -> list[str]:
     return broken
 
 
+@functools.lru_cache(maxsize=256)  # (a client connects to the same hosts again and again)
 def tcp_endpoint(text: str) -> tuple[str, int] | None:
     """One published endpoint as ``(host, port)`` when it is a TCP one a client can use
     (``tcp://host:port``, or a bare ``host:port``; ``[v6]:port`` for IPv6); None for
@@ -427,8 +429,9 @@ def prepare_host_connection(
         )
     check_ledger_object(ledger)
     if config is not None and not isinstance(config, ConnectionConfig):
-        # else replace() below finds it, after the spending cap is created and (paying by
-        # subscription or sponsor pool) the deposit moved, with nothing half-closed
+        # else the client config made below finds it, after the spending cap is created
+        # and (paying by subscription or sponsor pool) the deposit moved, with nothing
+        # half-closed
         raise TypeError(f"config must be a ConnectionConfig or None, got {type(config).__name__}")
     # the keys the caller was told the host has: each must be the one it publishes (the
     # handshake runs IK to the published key, so a key not compared here goes unchecked)
@@ -496,12 +499,11 @@ def prepare_host_connection(
     for given, pinned in pins:
         if pinned is not None and pinned != host_key:
             raise ValueError(f"{given} differs from the Noise key host {address.host_id} publishes")
-    base = config or ConnectionConfig(identity=identity, is_client=True)
     if resolved.endpoint is None:
         # the ledger carrier's config, made now: a config fit for TCP may not be for a
         # lossy carrier (a stream_window of 0, records too small to carry a byte), and
         # found out below it failed after the deposit moved
-        ledger_config(base)
+        ledger_config(config or ConnectionConfig(identity=identity, is_client=True))
     if on_resolved is not None:
         on_resolved(resolved)
     if cap_id is None:
@@ -543,7 +545,7 @@ def prepare_host_connection(
                 on_open(cap_id, connection_id)
             except Exception:
                 logger.exception("recording connection %s failed", connection_id)
-    cfg = _client_config(base, identity, host_key, connection_id, address.port, resolved)
+    cfg = _client_config(config, identity, host_key, connection_id, address.port, resolved)
     return PreparedConnection(
         resolved.endpoint,
         cfg,
@@ -587,9 +589,8 @@ def prepare_reconnection(
     resolved = resolve_service(
         ledger, address.host_id, address.port, identity.sui_address, 0, carrier, min_deposit=0
     )
-    base = config or ConnectionConfig(identity=identity, is_client=True)
     key = resolved.host.noise_static_key
-    cfg = _client_config(base, identity, key, tc.id, address.port, resolved)
+    cfg = _client_config(config, identity, key, tc.id, address.port, resolved)
     return PreparedConnection(
         resolved.endpoint,
         cfg,
@@ -603,25 +604,17 @@ def prepare_reconnection(
 
 
 def _client_config(
-    base: ConnectionConfig,
+    base: ConnectionConfig | None,
     identity: HostIdentity,
     host_key: bytes,
     connection_id: str,
     port: int,
     resolved: ResolvedService,
 ) -> ConnectionConfig:
-    """The client's handshake config for a ledger connection: IK to the key the Host
-    publishes, the connection named, the ledger carrier's settings where the host is
-    reached through it."""
-    cfg = replace(
-        base,
-        identity=identity,
-        is_client=True,
-        server_static=host_key,
-        expected_server_static=None,
-        connection_id=bytes.fromhex(connection_id[2:]),
-        port=port,
-    )
+    """The client's handshake config for a ledger connection (``base``, else the
+    defaults): IK to the key the Host publishes, the connection named, the ledger
+    carrier's settings where the host is reached through it."""
+    cfg = ledger_client_config(base, identity, host_key, bytes.fromhex(connection_id[2:]), port)
     return ledger_config(cfg) if resolved.endpoint is None else cfg
 
 

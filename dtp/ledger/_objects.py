@@ -874,7 +874,10 @@ def _object_from_fields(
             sizes = {which: _list_count(fw[which], f"firewall.{which}") for which in FIREWALL_LISTS}
         else:
             sizes = dict(table_sizes)
-        services = {_port(port): _service(s) for port, s in d["services"].items()}
+        # read-only: a ledger may hand the same Host to every reader (LocalLedger does)
+        services = types.MappingProxyType(
+            {_port(port): _service(s) for port, s in d["services"].items()}
+        )
         firewall = Firewall(
             FirewallMode(_integer(fw["mode"], "firewall.mode")),
             sizes["allow"],

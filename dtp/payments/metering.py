@@ -107,6 +107,10 @@ class MeteringConfig:
                 )
 
 
+#: What a connect given no MeteringConfig meters by (made and checked once: frozen).
+_DEFAULT_METERING = MeteringConfig()
+
+
 class ClientMeter:
     """The client's meter of one connection, its receipts bound to ``scope`` (the
     package, the escrow and the connection, docs/escrow.md §6).
@@ -126,7 +130,7 @@ class ClientMeter:
         *,
         now_ms: int = 0,
     ) -> None:
-        cfg = config or MeteringConfig()
+        cfg = config or _DEFAULT_METERING
         # bytes that cost nothing (price_per_kib 0) are never signed for on their own:
         # such a receipt pays nothing more
         every_bytes = cfg.every_bytes if sla.price_per_kib else 0

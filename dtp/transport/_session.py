@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
@@ -40,7 +40,13 @@ from dtp.protocol._events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.protocol.connection import (
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    error_for_termination,
+    with_handshake_timeout,
+)
 from dtp.transport._hooks import PeerInfo
 
 logger = logging.getLogger(__name__)
@@ -112,7 +118,7 @@ def bounded_by_caller(cfg: ConnectionConfig, timeout: float | None) -> Connectio
     leaves the config's timeout in force."""
     if timeout is None or cfg.handshake_timeout > timeout + 1.0:
         return cfg
-    return replace(cfg, handshake_timeout=min(float(timeout) + 1.0, threading.TIMEOUT_MAX))
+    return with_handshake_timeout(cfg, min(float(timeout) + 1.0, threading.TIMEOUT_MAX))
 
 
 def connect_timed_out(target: str, timeout: float) -> DTPTimeoutError:

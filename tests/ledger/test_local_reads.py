@@ -113,6 +113,10 @@ def test_reads_share_an_unchanged_host_and_follow_each_change(world: World) -> N
     assert sorted(changed.host.services) == [7, 8]
     assert changed.host == ledger.get_host(world.host)
     assert changed.host.version == first.host.version + 1
+    # shared between readers, its services cannot be changed by one of them
+    with pytest.raises(TypeError):
+        changed.host.services[9] = changed.host.services[7]  # type: ignore[index]
+    assert sorted(ledger.get_host(world.host).services) == [7, 8]
     # read as a Host, the row is refused as before when it names another type
     with pytest.raises(ObjectNotFound, match="is a SpendingCap, not a Host"):
         ledger.get_host(world.cap)

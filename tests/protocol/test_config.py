@@ -11,7 +11,11 @@ so a bad config was taken when made and failed only at a connection -- inside a
 server's accept, or after a ledger deposit for a connect by host ID -- and a
 ``max_datagram_size`` of 0 or less was taken, refusing every datagram. Each is now
 refused when the config is made (and by ``dataclasses.replace``), with the TypeError /
-ValueError the config's other values raise. Connections are driven in memory."""
+ValueError the config's other values raise. Connections are driven in memory.
+
+The configs made past the checks of the fields that did not change (a connection by
+host ID's, a connect bounded by its caller's timeout) are the ones ``replace`` makes,
+and refuse what it refuses, with its errors."""
 
 from __future__ import annotations
 
@@ -26,7 +30,13 @@ import pytest
 from dtp.errors import LocalProtocolError
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
 from dtp.protocol._events import DatagramReceived, StreamResetReceived
-from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig
+from dtp.protocol.connection import (
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    ledger_client_config,
+    with_handshake_timeout,
+)
 from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 
@@ -322,3 +332,82 @@ def test_a_bad_handshake_timeout_is_refused_when_the_config_is_made(
     good = ConnectionConfig(identity=CLIENT_ID, is_client=True, handshake_timeout=0.25)
     with pytest.raises(error, match="handshake_timeout"):
         replace(good, handshake_timeout=value)  # type: ignore[arg-type]
+
+
+# -- 4. the configs made past the checks of what did not change -------------------------
+
+
+def _ledger_replace(base: ConnectionConfig, port: object, cid: object) -> ConnectionConfig:
+    return replace(
+        base,
+        identity=CLIENT_ID,
+        is_client=True,
+        server_static=SERVER_ID.noise_public,
+        expected_server_static=None,
+        connection_id=cid,  # type: ignore[arg-type]
+        port=port,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["defaults", "config-given"])
+def test_a_connection_by_host_id_has_the_config_replace_made(given: bool) -> None:
+    # made past the base's own checks, it is the config dataclasses.replace made
+    base = (
+        ConnectionConfig(
+            identity=SERVER_ID,
+            is_client=False,
+            expected_server_static=bytes(32),
+            stream_window=1234,
+            handshake_timeout=3,
+        )
+        if given
+        else None
+    )
+    cid = bytearray(b"\x05" * 32)
+    made = ledger_client_config(base, CLIENT_ID, SERVER_ID.noise_public, cid, 80)  # type: ignore[arg-type]
+    expected = _ledger_replace(
+        base or ConnectionConfig(identity=CLIENT_ID, is_client=True), 80, bytes(cid)
+    )
+    assert made == expected and type(made) is ConnectionConfig
+    assert vars(made) == vars(expected)  # (no field of another type: a float stays a float)
+    assert type(made.connection_id) is bytes
+    cid[0] = 9  # (kept as bytes: not changed with the bytearray)
+    assert made.connection_id == b"\x05" * 32
+
+
+@pytest.mark.parametrize(
+    ("port", "cid", "error", "name"),
+    [
+        (70000, bytes(32), ValueError, "port"),
+        (-1, bytes(32), ValueError, "port"),
+        (True, bytes(32), TypeError, "port"),
+        ("80", bytes(32), TypeError, "port"),
+        (80, bytes(31), ValueError, "connection_id"),
+        (80, "00" * 32, TypeError, "connection_id"),
+    ],
+)
+def test_a_connection_by_host_id_refuses_what_replace_refuses(
+    port: object, cid: object, error: type[Exception], name: str
+) -> None:
+    base = ConnectionConfig(identity=CLIENT_ID, is_client=True)
+    with pytest.raises(error, match=name) as caught:
+        _ledger_replace(base, port, cid)
+    for given in (base, None):
+        with pytest.raises(error, match=name) as ours:
+            ledger_client_config(given, CLIENT_ID, SERVER_ID.noise_public, cid, port)  # type: ignore[arg-type]
+        assert str(ours.value) == str(caught.value)
+
+
+def test_a_bounded_handshake_timeout_is_the_config_replace_made() -> None:
+    base = ConnectionConfig(identity=CLIENT_ID, is_client=True, port=9, max_streams=3)
+    made = with_handshake_timeout(base, 2.5)
+    assert vars(made) == vars(replace(base, handshake_timeout=2.5))
+    assert base.handshake_timeout == 10.0  # (the base as it was)
+    # what the checks refuse goes through them, with their error
+    for value in (0.0, -1.0, math.nan, math.inf, 1e300):
+        with pytest.raises(ValueError, match="handshake_timeout"):
+            with_handshake_timeout(base, value)
+    with pytest.raises(TypeError, match="handshake_timeout"):
+        with_handshake_timeout(base, True)
+    made = with_handshake_timeout(base, 3)  # (an int is taken, as a float)
+    assert made.handshake_timeout == 3.0 and type(made.handshake_timeout) is float

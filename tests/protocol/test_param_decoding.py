@@ -1,6 +1,7 @@
 """docs/protocol.md 8.2, the decoder's rules: strict for the listed keys (their msgpack
 forms, ranges, sizes, each at most once), tolerant for every other key (one well-formed
-msgpack object, whatever it holds)."""
+msgpack object, whatever it holds); a server's parameters, remembered by their bytes,
+read again as a fresh dict and checked again against the version offered."""
 
 from __future__ import annotations
 
@@ -132,3 +133,19 @@ def test_bin_in_any_width_but_never_a_str(cid: bytes) -> None:
 )
 def test_the_map_in_any_width(header: bytes) -> None:
     assert _parse_params(header + BASE[1:]) == PARAMS
+
+
+def test_a_servers_parameters_read_again_are_a_fresh_dict() -> None:
+    # remembered by their bytes: what one reader does to its dict is not the next's
+    first = _parse_params(BASE)
+    first["v"] = 99
+    first["cid"] = b"x"
+    assert _parse_params(BASE) == PARAMS
+    assert _parse_params(BASE, offered=1) == PARAMS
+
+
+def test_a_servers_parameters_read_again_are_checked_against_the_version_offered() -> None:
+    two = msgpack.packb({**PARAMS, "v": 2})
+    assert _parse_params(two)["v"] == 2
+    with pytest.raises(HandshakeError, match="version 2"):
+        _parse_params(two, offered=1)  # (remembered for offered=2, refused here)

@@ -60,6 +60,8 @@ from dtp.protocol.connection._config import (
     checked_noise_key,
     direct_client_config,
     first_message_window,
+    ledger_client_config,
+    with_handshake_timeout,
 )
 from dtp.protocol.connection._config import parse_params as _parse_params
 from dtp.protocol.connection._core import Connection, _split_records, error_for_termination
@@ -87,6 +89,8 @@ __all__ = [
     "direct_client_config",
     "error_for_termination",
     "first_message_window",
+    "ledger_client_config",
+    "with_handshake_timeout",
 ]
 
 # private names the tests import from here

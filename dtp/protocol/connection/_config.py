@@ -1,5 +1,6 @@
 """How one side of a connection behaves and what the wire allows: :class:`ConnectionConfig`
-and its checks, the client config of a direct connect (:func:`direct_client_config`), the
+and its checks, the client config of a direct connect (:func:`direct_client_config`) and
+of one by host ID (:func:`ledger_client_config`), the
 limits of records and frames, and the transport parameters of the handshake
 (:func:`parse_params`, docs/protocol.md 8.2)."""
 
@@ -173,15 +174,8 @@ class ConnectionConfig:
         # "port" and "cid": what the peer's parse_params takes, else its handshake fails
         if self.port is not None:
             self._check_int("port", self.port, 0, 0xFFFF)
-        cid = self.connection_id
-        if cid is not None:
-            if not isinstance(cid, bytes | bytearray):
-                raise TypeError(f"connection_id must be bytes or None, not {type(cid).__name__}")
-            if len(cid) != 32:
-                raise ValueError(f"connection_id must be 32 bytes, not {len(cid)}")
-            if not isinstance(cid, bytes):
-                # a bytearray changed after this check would reach the peer unchecked
-                object.__setattr__(self, "connection_id", bytes(cid))
+        if self.connection_id is not None:
+            object.__setattr__(self, "connection_id", _checked_connection_id(self.connection_id))
 
     @staticmethod
     def _check_int(
@@ -316,11 +310,85 @@ def _default_client_config(fields: dict[str, Any]) -> ConnectionConfig:
         if fields.keys() == _KEY_FIELDS:
             _CLIENT_DEFAULTS = {k: v for k, v in vars(made).items() if k not in _KEY_FIELDS}
         return made
+    return _made(_CLIENT_DEFAULTS, fields)
+
+
+def _checked_connection_id(cid: object) -> bytes | None:
+    """A config's ``connection_id`` as bytes (a bytearray changed after this check would
+    reach the peer unchecked): TypeError unless bytes, a bytearray or None, ValueError
+    unless 32 bytes."""
+    if cid is None:
+        return None
+    if not isinstance(cid, bytes | bytearray):
+        raise TypeError(f"connection_id must be bytes or None, not {type(cid).__name__}")
+    if len(cid) != 32:
+        raise ValueError(f"connection_id must be 32 bytes, not {len(cid)}")
+    return bytes(cid)
+
+
+def ledger_client_config(
+    base: ConnectionConfig | None,
+    identity: HostIdentity,
+    server_static: bytes,
+    connection_id: bytes,
+    port: int,
+) -> ConnectionConfig:
+    """``replace(base or ConnectionConfig(identity=identity, is_client=True), ...)`` with
+    these fields, ``is_client`` True and no ``expected_server_static``: the client config
+    of a connection by host ID. Only the fields given are checked (as ``__post_init__``
+    checks them): the rest were when ``base`` was made, or the defaults when the first
+    default config was."""
+    if base is not None and type(base) is not ConnectionConfig:  # (a subclass's checks)
+        return replace(
+            base,
+            identity=identity,
+            is_client=True,
+            server_static=server_static,
+            expected_server_static=None,
+            connection_id=connection_id,
+            port=port,
+        )
+    ConnectionConfig._check_int("port", port, 0, 0xFFFF)
+    fields = {
+        "identity": identity,
+        "is_client": True,
+        "server_static": server_static,
+        "expected_server_static": None,
+        "connection_id": _checked_connection_id(connection_id),
+        "port": port,
+    }
+    return _made(vars(base) if base is not None else _client_defaults(identity), fields)
+
+
+def with_handshake_timeout(cfg: ConnectionConfig, seconds: float) -> ConnectionConfig:
+    """``replace(cfg, handshake_timeout=seconds)``, checking only the new timeout: the
+    rest was checked when ``cfg`` was made."""
+    if (
+        type(cfg) is not ConnectionConfig
+        or type(seconds) is not float
+        or not 0 < seconds <= threading.TIMEOUT_MAX
+    ):
+        return replace(cfg, handshake_timeout=seconds)  # (its checks, its error)
+    return _made(vars(cfg), {"handshake_timeout": seconds})
+
+
+def _made(checked: dict[str, Any], fields: dict[str, Any]) -> ConnectionConfig:
+    """A ConnectionConfig of the fields ``checked`` (a checked config's), ``fields``
+    (checked by the caller as ``__post_init__`` would) in place of theirs."""
     cfg: ConnectionConfig = object.__new__(ConnectionConfig)
     held = vars(cfg)  # (frozen: filled in past __setattr__, as __init__ itself does)
-    held.update(_CLIENT_DEFAULTS)
+    held.update(checked)
     held.update(fields)
     return cfg
+
+
+def _client_defaults(identity: HostIdentity) -> dict[str, Any]:
+    """The checked defaults of a client config past its key fields (:data:`_KEY_FIELDS`)."""
+    global _CLIENT_DEFAULTS
+    if _CLIENT_DEFAULTS is None:
+        made = ConnectionConfig(identity=identity, is_client=True)
+        _CLIENT_DEFAULTS = {k: v for k, v in vars(made).items() if k not in _KEY_FIELDS}
+    return _CLIENT_DEFAULTS
 
 
 def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> float:
@@ -361,7 +429,17 @@ def parse_params(
 
     ``v``: a client offers the highest version it speaks, so a server (``from_client``)
     takes any version from 1 up and answers the highest it speaks that is not above it;
-    a client takes a version from 1 to the one it ``offered`` (docs/protocol.md 8.2)."""
+    a client takes a version from 1 to the one it ``offered`` (docs/protocol.md 8.2).
+
+    A server's parameters, the same at each of its connections, are remembered by their
+    bytes (a client connects to one server again and again); a client's, which carry its
+    connection's ID and proof, are not."""
+    seen = None
+    if not from_client and type(payload) is bytes:
+        seen = (payload, offered)
+        known = _SERVER_PARAMS.get(seen)
+        if known is not None:
+            return dict(known)
     values: dict[str, bytes] = {}
     for raw_key, value in split_map(payload):
         key = _KNOWN_PARAMS.get(raw_key)
@@ -397,7 +475,17 @@ def parse_params(
                 f"transport parameter 'auth' must be 1 to {MAX_AUTH_PROOF_SIZE} bytes"
             )
         out["auth"] = proof
+    if seen is not None:
+        if len(_SERVER_PARAMS) >= _SERVER_PARAMS_HELD:
+            _SERVER_PARAMS.clear()
+        _SERVER_PARAMS[seen] = dict(out)
     return out
+
+
+#: What :func:`parse_params` remembers: a server's parameters by their bytes and the
+#: version offered, at most this many (then forgotten all at once).
+_SERVER_PARAMS: dict[tuple[bytes, int], dict[str, Any]] = {}
+_SERVER_PARAMS_HELD = 256
 
 
 #: The keys of docs/protocol.md 8.2's table (its registry, section 17), by their bytes.
