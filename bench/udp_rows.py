@@ -51,9 +51,9 @@ class _Side:
 
 
 def _drive(
-    target: tuple[str, int], count: int, sockets: list[socket.socket]
+    target: tuple[str, int], count: int, sockets: list[socket.socket], window: int = WINDOW
 ) -> Callable[[], object]:
-    """Send ``count`` datagrams in windows of WINDOW, reading each window's echoes
+    """Send ``count`` datagrams in windows of ``window``, reading each window's echoes
     (a lost one costs a short timeout, so loss shows in the rate); the client's socket
     goes into ``sockets``, for the workload's close."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -64,10 +64,10 @@ def _drive(
     payload = bytes(SIZE)
 
     def op() -> object:
-        for _ in range(count // WINDOW):
-            for _ in range(WINDOW):
+        for _ in range(count // window):
+            for _ in range(window):
                 client.sendto(payload, target)
-            for _ in range(WINDOW):
+            for _ in range(window):
                 try:
                     client.recv(65535)
                 except TimeoutError:

@@ -8,6 +8,7 @@ cuts apart below its route lookup. Both give exactly what their twin,
 
 from __future__ import annotations
 
+import _socket
 import errno
 import itertools
 import socket
@@ -30,6 +31,9 @@ __all__ = [
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 _SOCKADDRS: dict[tuple[int, Address], bytes] = {}
+#: A socket's family as the plain int the C socket keeps: ``socket.socket.family`` is a
+#: property that makes an enum of it, four Python calls at every run a relay sends
+_family: Any = _socket.socket.family.__get__
 _SOCKADDRS_KEPT = 256
 
 
@@ -85,7 +89,7 @@ def native_send_datagram_run(
         alen = 0
     else:
         try:
-            addr = _sockaddr(sock.family, address)
+            addr = _sockaddr(_family(sock), address)
         except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)

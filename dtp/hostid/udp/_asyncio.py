@@ -274,6 +274,9 @@ class _Flow(FlowAccount):
         self.source = source
         self.reader: DTPStreamReader | None = None
         self.writer: DTPStreamWriter | None = None
+        #: The writer's max_datagram_size, once asked (its config's: fixed for the
+        #: connection's life); 0 until then
+        self.limit = 0
         self.pending: list[bytes] = []  # datagrams that arrived while connecting
         self.last = time.monotonic()
         self.final = asyncio.Event()
@@ -425,13 +428,22 @@ class AsyncUdpForwarder(FlowTable):
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.admit(batch, writer.max_datagram_size)
+        limit = flow.limit or writer.max_datagram_size  # (asked once: four calls deep)
+        flow.limit = limit
+        out, oversized, unpaid = flow.admit(batch, limit)
         try:
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", flow.source, exc)
             self.stats.add(**flow.count_send(out, None, oversized, unpaid))
             self._end_later(flow)
+            return
+        if sent == len(batch):
+            # the usual run, all of it gone: the fields added in place (one thread, the
+            # event loop, writes them), no counts' dict and no lock
+            stats = self.stats
+            stats.datagrams_out += sent
+            stats.bytes_out += sum(map(len, out))
             return
         self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
 

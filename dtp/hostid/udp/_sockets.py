@@ -193,6 +193,8 @@ def pass_replies(
     """Both relays' reply path: hand ``send`` what :meth:`RelayEngine.replies` lets
     through, then :meth:`RelayEngine.replied`, ``guard`` held around each engine call,
     never around ``send``. Whether ``send`` was called, and the report due, if any."""
+    if not engine.gated:
+        return _pass_ungated(batch, limit, send, stats, guard is not _UNGUARDED), None
     with guard:
         replies = engine.replies(batch, limit)
     fits = replies.send
@@ -220,6 +222,46 @@ def pass_replies(
         dropped_unpaid=replies.unpaid,
     )
     return True, frame
+
+
+def _pass_ungated(
+    batch: list[bytes],
+    limit: int,
+    send: Callable[[list[bytes]], int],
+    stats: UdpStats,
+    shared: bool,
+) -> bool:
+    """:func:`pass_replies` for an engine with no billing and no rate limits, whose
+    :meth:`~RelayEngine.replies` only drops what does not fit ``limit`` and whose
+    :meth:`~RelayEngine.replied` does nothing: the same counts, with no engine call
+    and no guard (one thread alone, not ``shared``: added to the fields, no lock)."""
+    if max(map(len, batch), default=0) <= limit:
+        fits, oversized = batch, 0
+    else:
+        fits = [d for d in batch if len(d) <= limit]
+        oversized = len(batch) - len(fits)
+    if not fits:
+        if oversized:
+            stats.add(dropped_oversized=oversized)
+        return False
+    try:
+        sent = send(fits)
+    except BaseException:
+        if oversized:
+            stats.add(dropped_oversized=oversized)
+        raise
+    nbytes = sum(map(len, fits if sent == len(fits) else fits[:sent]))
+    if shared or oversized or sent < len(fits):
+        stats.add(
+            datagrams_out=sent,
+            bytes_out=nbytes,
+            dropped_backlog=len(fits) - sent,
+            dropped_oversized=oversized,
+        )
+    else:  # (the usual run: all of it went)
+        stats.datagrams_out += sent
+        stats.bytes_out += nbytes
+    return True
 
 
 def deliver(
