@@ -13,12 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgpack
+
 from dtp.errors import HandshakeError
 from dtp.identity._noise import ANY_SCHEME_VERSION, MAX_AUTH_PROOF_SIZE
 from dtp.identity._zklogin import ZkLoginVerifier
 from dtp.identity.keys import HostIdentity
 from dtp.identity.wallets import SuiWallet
 from dtp.protocol.connection._param_map import read_bin, read_uint, split_map
+
+_unpackb = msgpack.unpackb
 
 MAX_RECORD_PLAINTEXT = 16384
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
@@ -440,6 +444,66 @@ def parse_params(
         known = _SERVER_PARAMS.get(seen)
         if known is not None:
             return dict(known)
+    out = _parse_common(payload, from_client, offered)
+    if out is None:
+        out = _parse_strict(payload, from_client, offered)
+    if seen is not None:
+        if len(_SERVER_PARAMS) >= _SERVER_PARAMS_HELD:
+            _SERVER_PARAMS.clear()
+        _SERVER_PARAMS[seen] = dict(out)
+    return out
+
+
+#: The keys a common payload holds, each at most once (:func:`_parse_common`).
+_PARAM_NAMES: frozenset[str] = frozenset(("v", "md", "msd", "ms", "it", "auth", "cid", "port"))
+
+
+def _parse_common(payload: Any, from_client: bool, offered: int) -> dict[str, Any] | None:
+    """:func:`parse_params`'s answer for the common payload, in one msgpack decode: a
+    fixmap of only 8.2's keys, each well-formed and in range; None for anything else,
+    which :func:`_parse_strict` then judges (its value or its error). Never a value the
+    strict decoder would not give (tests/protocol/test_param_fast_path.py): msgpack
+    refuses bytes after the map and a key that is not UTF-8; a duplicate key shows as
+    fewer entries than the header counts; a bin key, an unknown key, a boolean or a
+    float as fewer known keys or the wrong type."""
+    head = payload[0] if payload else 0
+    if not 0x85 <= head <= 0x88:
+        return None  # (not a fixmap of the 5 required keys and at most 3 more)
+    try:
+        values = _unpackb(payload, raw=False)
+    except Exception:  # whatever msgpack refuses, the strict decoder judges
+        return None
+    if len(values) != head - 0x80 or not values.keys() <= _PARAM_NAMES:
+        return None
+    out: dict[str, Any] = {}
+    for key in ("v", "md", "msd", "ms", "it"):
+        number = values.get(key)
+        if type(number) is not int or not 0 <= number <= VARINT_MAX:
+            return None
+        out[key] = number
+    version = out["v"]
+    if version < 1 or (version > offered and not from_client):
+        return None
+    if "cid" in values:
+        cid = values["cid"]
+        if type(cid) is not bytes or len(cid) != 32:
+            return None
+        out["cid"] = cid
+    if "port" in values:
+        port = values["port"]
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            return None
+        out["port"] = port
+    if "auth" in values:
+        proof = values["auth"]
+        if type(proof) is not bytes or not 1 <= len(proof) <= MAX_AUTH_PROOF_SIZE:
+            return None
+        out["auth"] = proof
+    return out
+
+
+def _parse_strict(payload: Any, from_client: bool, offered: int) -> dict[str, Any]:
+    """:func:`parse_params`'s rules, key by key over :func:`split_map`'s pairs."""
     values: dict[str, bytes] = {}
     for raw_key, value in split_map(payload):
         key = _KNOWN_PARAMS.get(raw_key)
@@ -475,10 +539,6 @@ def parse_params(
                 f"transport parameter 'auth' must be 1 to {MAX_AUTH_PROOF_SIZE} bytes"
             )
         out["auth"] = proof
-    if seen is not None:
-        if len(_SERVER_PARAMS) >= _SERVER_PARAMS_HELD:
-            _SERVER_PARAMS.clear()
-        _SERVER_PARAMS[seen] = dict(out)
     return out
 
 
