@@ -506,12 +506,11 @@ class Connection(_Streams, _FastPaths):
             if self._recv_aead is not None:
                 if self._inbuf:
                     data = self._complete_partial(data, now)
-                # (self.closed, inline: a call saved on every read)
-                if not self._inbuf and data and self._state is not ConnState.CLOSED:
+                if not self._inbuf and data and not self.closed:
                     # whole records are opened straight from the caller's buffer; only
                     # a trailing partial record (or anything unusual) is copied
                     data = self._process_direct(data, now)
-                if not data or self._state is ConnState.CLOSED:
+                if not data or self.closed:
                     return
             self._inbuf += data
             self._process_input(now)
