@@ -5,8 +5,11 @@ per state directory; a forward of the wrong protocol is refused or logged."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import signal
 import socket
+import struct
+import termios
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +52,14 @@ class StuckBackend:
                 return
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             self.held.append(conn)
+
+    def reached(self) -> bool:
+        """Whether the tunnel's bytes reached a held connection: some wait unread in its
+        receive queue (the provider's tunnel is carrying data, not just opened)."""
+        return any(
+            struct.unpack("i", fcntl.ioctl(conn, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+            for conn in list(self.held)
+        )
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)
@@ -144,9 +155,10 @@ def stuck_tunnel(tmp_path: Path, procs: list[Proc], drain_timeout: float = 0.5) 
                 with contextlib.suppress(BlockingIOError):
                     while True:
                         sent += sock.send(chunk)
-                # (and the provider's tunnel reached the backend: before that, on a
-                # loaded machine, a stop found nothing in flight and ended at once)
-                return sent > (1 << 20) and '"connection open"' in d.log() and bool(backend.held)
+                # (and the provider's tunnel carried bytes to the backend: before that, on
+                # a loaded machine, a stop found nothing in flight and ended at once, the
+                # connection open and the backend connected but no byte through yet)
+                return sent > (1 << 20) and '"connection open"' in d.log() and backend.reached()
 
             wait_until(push, what="a stuck tunnel")
             yield d
