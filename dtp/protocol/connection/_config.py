@@ -308,13 +308,9 @@ _KEY_FIELDS = frozenset({"is_client", "identity", "server_static", "expected_ser
 def _default_client_config(fields: dict[str, Any]) -> ConnectionConfig:
     """``ConnectionConfig(**fields)``; past the checks of the defaults when ``fields``
     name ``is_client``, ``identity`` and the server keys (checked by the caller)."""
-    global _CLIENT_DEFAULTS
-    if _CLIENT_DEFAULTS is None or fields.keys() != _KEY_FIELDS:
-        made = ConnectionConfig(**fields)
-        if fields.keys() == _KEY_FIELDS:
-            _CLIENT_DEFAULTS = {k: v for k, v in vars(made).items() if k not in _KEY_FIELDS}
-        return made
-    return _made(_CLIENT_DEFAULTS, fields)
+    if fields.keys() != _KEY_FIELDS:
+        return ConnectionConfig(**fields)
+    return _made(_client_defaults(fields["identity"]), fields)
 
 
 def _checked_connection_id(cid: object) -> bytes | None:
