@@ -1,5 +1,5 @@
 """Scale runs: pub/sub, membership and graph sync at 10, 100 and 1,000 peers, in one
-process per run on a virtual clock (docs/benchmarks.md, "Scale").
+process per run on a virtual clock (docs/scale.md).
 
     python bench/scale.py                  # every run, a table per part
     python bench/scale.py pubsub --sizes 10,100
