@@ -516,14 +516,10 @@ class PaidAioServer(ServerBooks[PaidConnection]):
             options.address[0],
             options.address[1],
             identity=self.identity,
-            config=options.config,
             admit=self.admission,
-            backlog=options.backlog,
-            max_handshakes=options.max_handshakes,
-            max_handshakes_per_address=options.max_handshakes_per_address,
-            max_waiting_per_address=options.max_waiting_per_address,
             websocket=options.websocket,
             origins=options.origins,
+            **options.listening(),
         )
         endpoint = options.endpoint or self.address
         await asyncio.to_thread(

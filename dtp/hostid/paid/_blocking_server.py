@@ -198,14 +198,7 @@ class PaidServer(ServerBooks[PaidConnection]):
                 self._admit, served, ledger, self.host_id, port, options.open_grace, identity
             )
             self.server = create_server(
-                options.address,
-                identity=identity,
-                admit=self.admission,
-                config=options.config,
-                backlog=options.backlog,
-                max_handshakes=options.max_handshakes,
-                max_handshakes_per_address=options.max_handshakes_per_address,
-                max_waiting_per_address=options.max_waiting_per_address,
+                options.address, identity=identity, admit=self.admission, **options.listening()
             )
             self.address = self.server.address
             publish_endpoint(ledger, identity, self.host_id, options.endpoint or self.address)
