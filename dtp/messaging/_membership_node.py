@@ -7,7 +7,6 @@ member is reached (:data:`Route`), and the face that reads the engine without wa
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Final
@@ -15,18 +14,15 @@ from typing import TYPE_CHECKING, Final
 from dtp.errors import ConnectionRefused
 from dtp.messaging import errors as E
 from dtp.messaging._framing import Oversized
-from dtp.messaging._membership import (
-    Member,
-    Membership,
-    MembershipConfig,
-    MembershipEvent,
-    MemberState,
-    Seed,
-)
-from dtp.messaging._membership_admission import Gate, GroupAdmission
+from dtp.messaging._membership import Member, Membership, MemberState, Seed
+from dtp.messaging._membership_admission import Gate
 
 if TYPE_CHECKING:
+    import random
+
     from dtp.identity.keys import HostIdentity
+    from dtp.messaging._membership import MembershipConfig, MembershipEvent
+    from dtp.messaging._membership_admission import GroupAdmission
 
 __all__ = ["EVENT_QUEUE", "LINK_QUEUE", "NodeFace", "Route"]
 
