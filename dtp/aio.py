@@ -59,7 +59,7 @@ from dtp.eventloop import run
 from dtp.hostid import _asyncio as hostid
 from dtp.hostid._address import HostAddress
 from dtp.hostid._asyncio import DTPServer, start_server
-from dtp.hostid._connect import refuse_ledger_options, websocket_url
+from dtp.hostid._connect import LedgerTerms, websocket_url
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport._admission import (
     DEFAULT_MAX_HANDSHAKES,
@@ -183,20 +183,19 @@ async def open_connection(
             raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
         if isinstance(host, HostAddress):
             raise ValueError("a HostAddress names its port: pass no port")
+    terms = LedgerTerms(
+        ledger=ledger,
+        deposit=deposit,
+        cap_id=cap_id,
+        carrier=carrier,
+        ledger_options=ledger_options,
+        metering=metering,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+        on_open=on_open,
+    )
     if url is not None or port is not None:
-        # the ledger's options belong to a DTP address only
-        refuse_ledger_options(
-            url is not None,
-            ledger=ledger,
-            deposit=deposit,
-            cap_id=cap_id,
-            carrier=carrier,
-            ledger_options=ledger_options,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            metering=metering,
-            on_open=on_open,
-        )
+        terms.refuse(url is not None)  # (the ledger's options belong to a DTP address only)
     if url is not None:
         return await connect.open_websocket_connection(
             url,
@@ -212,21 +211,13 @@ async def open_connection(
     if port is None:
         return await hostid.open_connection(
             host,
-            ledger=ledger,
+            terms,
             identity=identity,
             server_key=server_key,
             expected_server_key=expected_server_key,
             config=config,
             timeout=timeout,
-            deposit=deposit,
-            cap_id=cap_id,
-            carrier=carrier,
-            ledger_options=ledger_options,
-            metering=metering,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
             limit=limit,
-            on_open=on_open,
             websocket=websocket,
             origin=origin,
             ssl=ssl,

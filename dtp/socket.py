@@ -32,9 +32,9 @@ from dtp.hostid._admission import PeerInfo
 from dtp.hostid._blocking import DTPServer, connect_by_host_id, create_server
 from dtp.hostid._connect import (
     CarrierChoice,
+    LedgerTerms,
     OpenJournal,
     pinned_host_key,
-    refuse_ledger_options,
     websocket_url,
 )
 from dtp.hostid._payment_hook import PAID_CLOSE_WAIT
@@ -166,20 +166,19 @@ def create_connection(
     url = websocket_url(address)
     if url is None and (origin is not None or ssl is not None):
         raise ValueError("origin and ssl are for a WebSocket URL (ws://…, wss://…)")
+    terms = LedgerTerms(
+        ledger=ledger,
+        deposit=deposit,
+        cap_id=cap_id,
+        carrier=carrier,
+        ledger_options=ledger_options,
+        metering=metering,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+        on_open=on_open,
+    )
     if url is not None or not isinstance(address, (str, HostAddress)):
-        # the ledger's options belong to a DTP address only
-        refuse_ledger_options(
-            url is not None,
-            ledger=ledger,
-            deposit=deposit,
-            cap_id=cap_id,
-            carrier=carrier,
-            ledger_options=ledger_options,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            metering=metering,
-            on_open=on_open,
-        )
+        terms.refuse(url is not None)  # (the ledger's options belong to a DTP address only)
     if url is not None:
         return blocking_connect.create_websocket_connection(
             url,
@@ -195,18 +194,10 @@ def create_connection(
         return connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,
             timeout,
+            terms,
             server_key=pinned_host_key(server_key, expected_server_key),
             identity=identity,
             config=config,
-            ledger=ledger,
-            deposit=deposit,
-            cap_id=cap_id,
-            carrier=carrier,
-            ledger_options=ledger_options,
-            metering=metering,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            on_open=on_open,
         )
     return blocking_connect.create_connection(
         address,

@@ -14,16 +14,13 @@ from typing import TYPE_CHECKING
 from dtp._extras import require
 from dtp.hostid._address import HostAddress
 from dtp.hostid._admission import (
-    CarrierChoice,
     PreparedConnection,
     abandon_host_connection,
-    check_connect_options,
     check_open_grace_use,
     pinned_host_key,
-    prepare_connecting_early,
     server_admission,
 )
-from dtp.hostid._connect import OpenJournal, prepare_reconnection
+from dtp.hostid._connect import LedgerTerms, OpenJournal, prepare_reconnection
 from dtp.hostid._payment_hook import MeteredClient, PaidOpening
 from dtp.hostid._served import reservations_of
 from dtp.hostid.ledger_carrier._bridge import (
@@ -198,22 +195,14 @@ def _websocket_carrier(url: str, origin: str | None, ssl: _ssl.SSLContext | None
 
 async def open_connection(
     host: str | HostAddress,
+    terms: LedgerTerms,
     *,
-    ledger: Ledger | None,
     identity: HostIdentity | None,
     server_key: bytes | None = None,
     expected_server_key: bytes | None = None,
     config: ConnectionConfig | None = None,
     timeout: float | None = None,
-    deposit: int | None = None,
-    cap_id: str | None = None,
-    carrier: CarrierChoice = "auto",
-    ledger_options: LedgerCarrierOptions | None = None,
-    metering: MeteringConfig | None = None,
-    subscription: str | None = None,
-    sponsor_pool: str | None = None,
     limit: int = LIMIT,
-    on_open: OpenJournal | None = None,
     websocket: str | None = None,
     origin: str | None = None,
     ssl: _ssl.SSLContext | None = None,
@@ -223,9 +212,10 @@ async def open_connection(
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.hostid._address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
-    (see there for the arguments, checked there). ``on_open``: told of the connection
-    before its deposit can move (:func:`~dtp.hostid._connect.prepare_host_connection`;
-    called in a worker thread, it may block). ``reconnect`` and ``keep_failed``: see
+    (see there for the arguments, checked there), on ``terms`` (its ledger options).
+    ``terms.on_open``: told of the connection before its deposit can move
+    (:func:`~dtp.hostid._connect.prepare_host_connection`; called in a worker thread, it
+    may block). ``reconnect`` and ``keep_failed``: see
     :func:`open_kept_connection`.
 
     ``websocket``: reach the service over the WebSocket carrier at this URL
@@ -237,20 +227,21 @@ async def open_connection(
     resolved (while the open is signed), and the open executes while the server works
     on the first handshake message."""
     address = HostAddress.parse(host) if isinstance(host, str) else host
+    ledger = terms.ledger
     if ledger is None or identity is None:
         raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
     over: Carrier | None = None
     if websocket is not None:
-        if carrier == "ledger" or ledger_options is not None:
+        if terms.carrier == "ledger" or terms.ledger_options is not None:
             raise ValueError("websocket= and the ledger carrier exclude each other")
-        carrier = "tcp"
+        terms = replace(terms, carrier="tcp")
         over = _websocket_carrier(websocket, origin, ssl)
     elif origin is not None or ssl is not None:
         raise ValueError("origin and ssl are for the WebSocket carrier (websocket=...)")
     server_key = pinned_host_key(server_key, expected_server_key)
     # the preparation may open the connection, in a thread a cancellation cannot stop:
     # what it opened for a connect cancelled meanwhile is abandoned (half-closed)
-    check_connect_options(metering, ledger_options)
+    terms.check()
     handover = threading.Lock()
     taken: list[tuple[PreparedConnection, PendingTcp | None]] = []
     cancelled = False
@@ -259,22 +250,10 @@ async def open_connection(
         if reconnect is not None:
             # (nothing written to the ledger: no early connect to overlap with it)
             again = prepare_reconnection(
-                ledger, address, identity, reconnect, config=config, carrier=carrier
+                ledger, address, identity, reconnect, config=config, carrier=terms.carrier
             )
             return again, None
-        result = prepare_connecting_early(
-            ledger,
-            address,
-            identity,
-            deposit=deposit,
-            cap_id=cap_id,
-            server_key=server_key,
-            config=config,
-            carrier=carrier,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            on_open=on_open,
-        )
+        result = terms.prepare_early(ledger, address, identity, server_key, config)
         with handover:
             if not cancelled:
                 taken.append(result)
@@ -296,7 +275,7 @@ async def open_connection(
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
     landing: asyncio.Future[OpenedConnection | None] | None = None
-    opening = PaidOpening(ledger, identity, address.host_id, prepared, metering)
+    opening = PaidOpening(ledger, identity, address.host_id, prepared, terms.metering)
 
     async def while_waiting(proto: Protocol) -> None:
         nonlocal landing
@@ -330,7 +309,7 @@ async def open_connection(
                     identity,
                     prepared.connection_id,
                     prepared.server_address,
-                    ledger_options,
+                    terms.ledger_options,
                 ),
                 lambda bridge: bridge.socket.close(),  # (its thread ends with its socket)
             )
@@ -394,13 +373,10 @@ async def open_kept_connection(
     written), left Open too on failure."""
     return await open_connection(
         address,
-        ledger=ledger,
+        LedgerTerms(ledger=ledger, deposit=deposit, metering=metering, on_open=on_open),
         identity=identity,
         config=config,
         timeout=timeout,
-        deposit=deposit,
-        metering=metering,
-        on_open=on_open,
         reconnect=reconnect,
         keep_failed=on_open is not None or reconnect is not None,
     )

@@ -9,13 +9,7 @@ from typing import TYPE_CHECKING
 
 from dtp.hostid._address import HostAddress
 from dtp.hostid._admission import check_open_grace_use, server_admission
-from dtp.hostid._connect import (
-    CarrierChoice,
-    OpenJournal,
-    abandon_host_connection,
-    check_connect_options,
-    prepare_connecting_early,
-)
+from dtp.hostid._connect import LedgerTerms, abandon_host_connection
 from dtp.hostid._payment_hook import MeteredClient, PaidOpening
 from dtp.hostid._served import reservations_of
 from dtp.hostid.ledger_carrier._bridge import (
@@ -27,7 +21,6 @@ from dtp.hostid.ledger_carrier._bridge import (
     listen_on_ledger,
 )
 from dtp.identity.keys import HostIdentity
-from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport._admission import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
@@ -49,40 +42,21 @@ if TYPE_CHECKING:
 def connect_by_host_id(
     address: HostAddress,
     timeout: float | None,
+    terms: LedgerTerms,
     *,
     server_key: bytes | None,
     identity: HostIdentity | None,
     config: ConnectionConfig | None,
-    ledger: Ledger | None,
-    deposit: int | None,
-    cap_id: str | None,
-    carrier: CarrierChoice = "auto",
-    ledger_options: LedgerCarrierOptions | None = None,
-    metering: MeteringConfig | None = None,
-    subscription: str | None = None,
-    sponsor_pool: str | None = None,
-    on_open: OpenJournal | None = None,
 ) -> HostSocket:
-    """:func:`dtp.socket.create_connection` for a DTP address (see there)."""
+    """:func:`dtp.socket.create_connection` for a DTP address (see there), on ``terms``."""
+    ledger = terms.ledger
     if ledger is None:
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
-    check_connect_options(metering, ledger_options)
-    prepared, early = prepare_connecting_early(
-        ledger,
-        address,
-        identity,
-        deposit=deposit,
-        cap_id=cap_id,
-        server_key=server_key,
-        config=config,
-        carrier=carrier,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-        on_open=on_open,
-    )
-    opening = PaidOpening(ledger, identity, address.host_id, prepared, metering)
+    terms.check()
+    prepared, early = terms.prepare_early(ledger, address, identity, server_key, config)
+    opening = PaidOpening(ledger, identity, address.host_id, prepared, terms.metering)
 
     def while_waiting(conn: Connection) -> None:
         # while the server works on our first message
@@ -93,7 +67,11 @@ def connect_by_host_id(
     try:
         if prepared.endpoint is None:
             bridge = connect_ledger_carrier(
-                ledger, identity, prepared.connection_id, prepared.server_address, ledger_options
+                ledger,
+                identity,
+                prepared.connection_id,
+                prepared.server_address,
+                terms.ledger_options,
             )
             sock = connect(
                 bridge.peername,

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CarrierChoice",
+    "LedgerTerms",
     "NoCarrierEndpoint",
     "OpenJournal",
     "PreparedConnection",
@@ -296,42 +297,75 @@ def websocket_url(address: object) -> str | None:
     return None
 
 
-def refuse_ledger_options(
-    websocket: bool,
-    *,
-    ledger: object = None,
-    deposit: object = None,
-    cap_id: object = None,
-    carrier: str = "auto",
-    ledger_options: object = None,
-    subscription: object = None,
-    sponsor_pool: object = None,
-    metering: object = None,
-    on_open: object = None,
-) -> None:
-    """ValueError naming the ledger's options given to a connect to an address that is
-    not a DTP address (only a host ID, dtp://…, is paid on the ledger); an empty
-    ``cap_id`` is none."""
-    address = "a WebSocket URL" if websocket else "a carrier address"
-    given = [
-        name
-        for name, value in (
-            ("ledger", ledger),
-            ("deposit", deposit),
-            ("cap_id", cap_id or None),
-            ("ledger_options", ledger_options),
-            ("subscription", subscription),
-            ("sponsor_pool", sponsor_pool),
-            ("metering", metering),
-            ("on_open", on_open),
-        )
-        if value is not None
-    ]
-    if carrier not in ("auto", "tcp"):
-        given.append(f"carrier={carrier!r}")
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: the ledger's options need a DTP address (dtp://…), not {address}"
+@dataclass(frozen=True)
+class LedgerTerms:
+    """A connect's ledger options, as both faces' connects take them
+    (``dtp.socket.create_connection``, ``dtp.aio.open_connection``): how a DTP address is
+    paid for and carried; any of them given for another address is refused."""
+
+    ledger: Ledger | None = None
+    deposit: int | None = None
+    cap_id: str | None = None
+    carrier: CarrierChoice = "auto"
+    ledger_options: LedgerCarrierOptions | None = None
+    metering: MeteringConfig | None = None
+    subscription: str | None = None
+    sponsor_pool: str | None = None
+    on_open: OpenJournal | None = None
+
+    def refuse(self, websocket: bool) -> None:
+        """ValueError naming the options given to a connect to an address that is not a
+        DTP address (only a host ID, dtp://…, is paid on the ledger; ``websocket``: a
+        WebSocket URL, else a carrier address); an empty ``cap_id`` is none."""
+        address = "a WebSocket URL" if websocket else "a carrier address"
+        given = [
+            name
+            for name, value in (
+                ("ledger", self.ledger),
+                ("deposit", self.deposit),
+                ("cap_id", self.cap_id or None),
+                ("ledger_options", self.ledger_options),
+                ("subscription", self.subscription),
+                ("sponsor_pool", self.sponsor_pool),
+                ("metering", self.metering),
+                ("on_open", self.on_open),
+            )
+            if value is not None
+        ]
+        if self.carrier not in ("auto", "tcp"):
+            given.append(f"carrier={self.carrier!r}")
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: the ledger's options need a DTP address (dtp://…), "
+                f"not {address}"
+            )
+
+    def check(self) -> None:
+        """:func:`check_connect_options` of these."""
+        check_connect_options(self.metering, self.ledger_options)
+
+    def prepare_early(
+        self,
+        ledger: Ledger,
+        address: HostAddress,
+        identity: HostIdentity,
+        server_key: bytes | None,
+        config: ConnectionConfig | None,
+    ) -> tuple[PreparedConnection, PendingTcp | None]:
+        """:func:`prepare_connecting_early` on these terms (``ledger``: theirs, checked
+        present by the caller)."""
+        return prepare_connecting_early(
+            ledger,
+            address,
+            identity,
+            deposit=self.deposit,
+            cap_id=self.cap_id,
+            server_key=server_key,
+            config=config,
+            carrier=self.carrier,
+            subscription=self.subscription,
+            sponsor_pool=self.sponsor_pool,
+            on_open=self.on_open,
         )
 
 

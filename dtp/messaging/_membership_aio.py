@@ -35,11 +35,10 @@ from dtp.messaging._membership import (
     Membership,
     MembershipConfig,
     MembershipEvent,
-    MemberState,
     Outgoing,
     Seed,
 )
-from dtp.messaging._membership_admission import Gate, GroupAdmission
+from dtp.messaging._membership_admission import GroupAdmission
 from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
@@ -87,24 +86,16 @@ class AsyncMemberNode(NodeFace):
         route: Route | None = None,
         admission: GroupAdmission | None = None,
     ) -> None:
-        self.identity = identity
-        self._log = logger
-        self._route = route
-        self.config = config
-        self._gate = Gate(admission)
-        self._refusals: set[tuple[str, int]] = set()
+        self._face(identity, config, route, admission, logger)
         self.engine: Membership
         self._server: dtp.aio.DTPServer | None = None
         self._links: dict[_Address, asyncio.Queue[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._callbacks: list[Callable[[MembershipEvent], object]] = []
         self._listeners: list[asyncio.Queue[MembershipEvent | None]] = []
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closed = False
         self._held = contextlib.nullcontext()
-        #: Messages dropped on the way out (peer unreachable or its queue full).
-        self.dropped = 0
 
     async def _start(
         self,
@@ -119,9 +110,8 @@ class AsyncMemberNode(NodeFace):
             self._serve_peer, host, port, identity=self.identity, admit=self._gate.hook
         )
         where = advertise or self._server.address
-        me = Member(member_id, where[0], where[1], self.identity.noise_public, 0, MemberState.ALIVE)
-        loop = asyncio.get_running_loop()
-        self.engine = Membership(me, loop.time(), config=self.config, rng=rng, seeds=seeds)
+        now = asyncio.get_running_loop().time()
+        self.engine = self._engine_at(member_id, where, now, rng, seeds)
         self._spawn(self._pump())
 
     # -- the face (and NodeFace's) -----------------------------------------------------------

@@ -7,15 +7,22 @@ member is reached (:data:`Route`), and the face that reads the engine without wa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from dtp.errors import ConnectionRefused
 from dtp.messaging import errors as E
 from dtp.messaging._framing import Oversized
-from dtp.messaging._membership import Member, Membership, MembershipConfig, MembershipEvent, Seed
+from dtp.messaging._membership import Member, Membership, MemberState, Seed
 from dtp.messaging._membership_admission import Gate
+
+if TYPE_CHECKING:
+    import random
+
+    from dtp.identity.keys import HostIdentity
+    from dtp.messaging._membership import MembershipConfig, MembershipEvent
+    from dtp.messaging._membership_admission import GroupAdmission
 
 __all__ = ["EVENT_QUEUE", "LINK_QUEUE", "NodeFace", "Route"]
 
@@ -38,6 +45,7 @@ class NodeFace:
     """The face both member nodes share: this member's record, a seed for others, the
     event callbacks, and where (and for how long idle) a link to a member goes."""
 
+    identity: HostIdentity
     engine: Membership
     config: MembershipConfig
     _gate: Gate
@@ -48,6 +56,39 @@ class NodeFace:
     _log: logging.Logger = logger
     #: Addresses that refused this member at the handshake, logged once each.
     _refusals: set[tuple[str, int]]
+    dropped: int
+
+    def _face(
+        self,
+        identity: HostIdentity,
+        config: MembershipConfig,
+        route: Route | None,
+        admission: GroupAdmission | None,
+        log: logging.Logger,
+    ) -> None:
+        """The state both drivers start with (``log``: the driver's own logger)."""
+        self.identity = identity
+        self._log = log
+        self._route = route
+        self.config = config
+        self._gate = Gate(admission)
+        self._refusals = set()
+        self._callbacks = []
+        #: Messages dropped on the way out (peer unreachable or its queue full).
+        self.dropped = 0
+
+    def _engine_at(
+        self,
+        member_id: str,
+        where: tuple[str, int],
+        now: float,
+        rng: random.Random | None,
+        seeds: Sequence[Seed],
+    ) -> Membership:
+        """The engine of this member, reached at ``where``: alive, at incarnation 0,
+        joining through ``seeds``; ``now`` on the driver's clock."""
+        me = Member(member_id, where[0], where[1], self.identity.noise_public, 0, MemberState.ALIVE)
+        return Membership(me, now, config=self.config, rng=rng, seeds=seeds)
 
     @property
     def me(self) -> Member:

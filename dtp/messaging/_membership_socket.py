@@ -30,14 +30,12 @@ from dtp.messaging._framing import read_frames
 from dtp.messaging._membership import (
     MAX_MESSAGE,
     Member,
-    Membership,
     MembershipConfig,
     MembershipEvent,
-    MemberState,
     Outgoing,
     Seed,
 )
-from dtp.messaging._membership_admission import Gate, GroupAdmission
+from dtp.messaging._membership_admission import GroupAdmission
 from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
@@ -96,28 +94,19 @@ class MemberNode(NodeFace):
         route: Route | None = None,
         admission: GroupAdmission | None = None,
     ) -> None:
-        self.identity = identity
-        self._log = logger
-        self._route = route
-        self.config = config or MembershipConfig()
-        self._gate = Gate(admission)
-        self._refusals: set[tuple[str, int]] = set()
+        self._face(identity, config or MembershipConfig(), route, admission, logger)
         self._server = dtp.socket.create_server(
             (host, port), identity=identity, admit=self._gate.hook
         )
         where = advertise or self._server.address
-        me = Member(member_id, where[0], where[1], identity.noise_public, 0, MemberState.ALIVE)
         self._lock = self._held = threading.Condition()
         self._dispatch = threading.RLock()
-        self.engine = Membership(me, time.monotonic(), config=self.config, rng=rng, seeds=seeds)
+        self.engine = self._engine_at(member_id, where, time.monotonic(), rng, seeds)
         self._links: dict[_Address, queue.Queue[bytes]] = {}
         self._socks: set[dtp.socket.DTPSocket] = set()
-        self._callbacks: list[Callable[[MembershipEvent], object]] = []
         self._listeners: list[queue.Queue[MembershipEvent | None]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        #: Messages dropped on the way out (peer unreachable or its queue full).
-        self.dropped = 0
         self._spawn(self._pump, "timers")
         self._spawn(self._accept, "accept")
         self._flush()

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dtp.errors import ChainError, ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
 from dtp.hostid.paid._engine import (
     Close,
-    Credit,
-    PaidConnectionEngine,
+    PaidConnectionState,
     PauseAction,
     ReceiptStep,
     RefillStep,
@@ -50,7 +49,7 @@ _CHARGED_KEPT = 64
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
 
-class PaidConnection:
+class PaidConnection(PaidConnectionState):
     """The server's state of one paid connection (shared by its streams)."""
 
     def __init__(
@@ -62,25 +61,14 @@ class PaidConnection:
         writer: ReceiptWriter,
         ledger: Ledger | None = None,
     ) -> None:
-        self.proto = proto
-        self.receipt_writer = writer
-        #: Where the escrow is read again (in a thread) when the deposit holds the
-        #: connection (as dtp.hostid.paid's); None: never
-        self.ledger = ledger
-        self.conn = proto.conn
-        self.client = proto.conn.peer_address or ""
         cid = proto.conn.peer_connection_id
-        self.connection_id = "" if cid is None else "0x" + cid.hex()
-        self.gate = gate
-        #: The receipt path's rules (shared with the blocking driver)
-        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
-        self.buckets = buckets
-        self.policy = policy
-        #: When (monotonic) the connection's state on the ledger is read next
-        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
-        #: The send credit a held write takes from (:meth:`wait_send`, :meth:`reserve`,
-        #: :meth:`sent`); reads ask the gate at each call, one event loop needing no cache
-        self.credit = Credit()
+        # (the escrow is read again in a thread; the send credit is what a held write
+        # takes from: wait_send, reserve, sent; reads ask the gate at each call, one event
+        # loop needing no cache)
+        named = ("" if cid is None else "0x" + cid.hex(), proto.conn.peer_address or "")
+        super().__init__(gate, buckets, policy, writer, ledger, *named)
+        self.proto = proto
+        self.conn = proto.conn
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
         #: The first stream's close (PaidWriter.close): the end phase waits for it

@@ -164,13 +164,9 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         client = conn.peer_address
         raw_cid = conn.peer_connection_id
         cid = None if raw_cid is None else "0x" + raw_cid.hex()
-        # (taken first, whatever follows: a connection refused below leaves no entry)
-        admitted = None if cid is None else self._take_admitted(cid)
-        refused = self.core.serve_refusal(cid, client)
+        admitted, refused = self._opening(cid, client, logger)
         if refused is not None:
-            if refused.warning is not None:
-                logger.warning(refused.warning)
-            writer.abort(refused.reason)
+            writer.abort(refused)
             return
         assert cid is not None and client is not None  # (serve_refusal refuses them)
         # Nor may one come back after its receipts were kept (its settlement failed),
@@ -409,10 +405,6 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         finally:
             self._done()
 
-    def _take_admitted(self, cid: str) -> Admitted | None:
-        """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        return None if self.admission is None else self.admission.take_view(cid)
-
     async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
         """Settle an admitted connection the server will not serve (nothing claimed),
         unless another one on it is served or settled."""
@@ -524,14 +516,10 @@ class PaidAioServer(ServerBooks[PaidConnection]):
             options.address[0],
             options.address[1],
             identity=self.identity,
-            config=options.config,
             admit=self.admission,
-            backlog=options.backlog,
-            max_handshakes=options.max_handshakes,
-            max_handshakes_per_address=options.max_handshakes_per_address,
-            max_waiting_per_address=options.max_waiting_per_address,
             websocket=options.websocket,
             origins=options.origins,
+            **options.listening(),
         )
         endpoint = options.endpoint or self.address
         await asyncio.to_thread(

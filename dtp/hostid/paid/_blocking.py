@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from dtp.errors import ChainError, DTPError, DTPTimeoutError, PaymentRequired
 from dtp.hostid.paid._engine import (
     Close,
-    Credit,
     PaidConnectionEngine,
+    PaidConnectionState,
     PauseAction,
     ReceiptStep,
     RefillStep,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class PaidConnection:
+class PaidConnection(PaidConnectionState):
     """The server's state of one paid connection (shared by its streams)."""
 
     def __init__(
@@ -66,28 +66,16 @@ class PaidConnection:
         writer: ReceiptWriter,
         ledger: Ledger | None = None,
     ) -> None:
+        named = (sock.peer_connection_id or "", sock.peer_address or "")
+        super().__init__(gate, buckets, policy, writer, ledger, *named)
         self.sock = sock
-        self.receipt_writer = writer
-        #: Where the escrow is read again when the deposit holds the connection (a
-        #: top-up while it is open); None: never
-        self.ledger = ledger
         # the engine is the connection's I/O driver; the paid layer waits on it while
         # paused, as the socket's own calls do (the one place it is taken from the
         # socket: the rest goes through ended(), wake(), abort() and attach())
         self.engine = sock.layer.driver
-        self.client = sock.peer_address or ""
-        self.connection_id = sock.peer_connection_id or ""
-        self.gate = gate
-        #: The receipt path's rules (shared with the asyncio driver)
-        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
-        self.buckets = buckets
         self.limit_lock = limit_lock
-        self.policy = policy
-        #: When (monotonic) the connection's state on the ledger is read next
-        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
-        #: What may move before the gate is asked again (the engine's arithmetic, under
-        #: ``_cond`` where writes take from it: the streams may be driven from threads)
-        self.credit = Credit()
+        # (the credit is what may move before the gate is asked again, under _cond
+        # where writes take from it)
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
 

@@ -198,14 +198,7 @@ class PaidServer(ServerBooks[PaidConnection]):
                 self._admit, served, ledger, self.host_id, port, options.open_grace, identity
             )
             self.server = create_server(
-                options.address,
-                identity=identity,
-                admit=self.admission,
-                config=options.config,
-                backlog=options.backlog,
-                max_handshakes=options.max_handshakes,
-                max_handshakes_per_address=options.max_handshakes_per_address,
-                max_waiting_per_address=options.max_waiting_per_address,
+                options.address, identity=identity, admit=self.admission, **options.listening()
             )
             self.address = self.server.address
             publish_endpoint(ledger, identity, self.host_id, options.endpoint or self.address)
@@ -253,13 +246,9 @@ class PaidServer(ServerBooks[PaidConnection]):
     def _serve(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
         client = sock.peer_address
-        # (taken first, whatever follows: a connection refused below leaves no entry)
-        admitted = None if cid is None else self._take_admitted(cid)
-        refused = self.core.serve_refusal(cid, client)
+        admitted, refused = self._opening(cid, client, logger)
         if refused is not None:
-            if refused.warning is not None:
-                logger.warning(refused.warning)
-            sock.abort(refused.reason)
+            sock.abort(refused)
             return
         assert cid is not None and client is not None  # (serve_refusal refuses them)
         key = normalize_id(cid, "connection ID")
@@ -421,10 +410,6 @@ class PaidServer(ServerBooks[PaidConnection]):
             self.core.work_starts()  # (the release waits for the settlement)
         # taken now, before the DTPServer's refusal drops what admission read of it
         self._settle_aside(cid, self._take_admitted(cid))
-
-    def _take_admitted(self, cid: str) -> Admitted | None:
-        """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        return self.admission.take_view(cid)
 
     def _settle_aside(self, cid: str, admitted: Admitted | None) -> None:
         """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from dtp.hostid.paid._policy import ServicePolicy
+    from dtp.ledger.interface import Ledger
     from dtp.ledger.receipt import Receipt
     from dtp.payments._ratelimit import ClientBuckets
+    from dtp.payments._receipt_writer import ReceiptWriter
 
 logger = logging.getLogger(__name__)
 
@@ -624,6 +627,38 @@ class PaidConnectionEngine:
         client raises :class:`~dtp.errors.SubscriptionEnded`."""
         logger.info("closing connection %s: %s", self.connection_id, why)
         return Close(CLOSE_SUBSCRIPTION_ENDED, f"the subscription is over: {why}")
+
+
+class PaidConnectionState:
+    """What both drivers' ``PaidConnection`` hold of one paid connection, made in one
+    place: its engine and send credit, and what they judge and pace it by."""
+
+    def __init__(
+        self,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        policy: ServicePolicy,
+        writer: ReceiptWriter,
+        ledger: Ledger | None,
+        connection_id: str,
+        client: str,
+    ) -> None:
+        self.receipt_writer = writer
+        #: Where the escrow is read again when the deposit holds the connection (a
+        #: top-up while it is open); None: never
+        self.ledger = ledger
+        self.client = client
+        self.connection_id = connection_id
+        self.gate = gate
+        #: The receipt path's rules (shared by the blocking and the asyncio driver)
+        self.core = PaidConnectionEngine(gate, buckets, policy, connection_id, client)
+        self.buckets = buckets
+        self.policy = policy
+        #: When (monotonic) the connection's state on the ledger is read next
+        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
+        #: The send credit writes take from (the blocking driver's reads too, under its
+        #: condition: its streams may be driven from threads; asyncio reads ask the gate)
+        self.credit = Credit()
 
 
 def _clock_needed(method: str) -> LocalProtocolError:

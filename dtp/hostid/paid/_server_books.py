@@ -12,10 +12,11 @@ same in both; when a settlement runs (inline, or in the loop's executor) is thei
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dtp.hostid.paid._server_core import SETTLEMENTS_KEPT, PaidServerCore, _Served
 from dtp.hostid.paid._server_steps import release_store, writer_done
@@ -32,6 +33,7 @@ from dtp.payments._serving import (
 if TYPE_CHECKING:
     from dtp.hostid._admission import Admitted
     from dtp.hostid.paid._policy import ServicePolicy
+    from dtp.hostid.paid._server_admission import PaidAdmission
     from dtp.identity.keys import HostIdentity
     from dtp.ledger._objects import Settlement
     from dtp.ledger.interface import Ledger
@@ -70,6 +72,7 @@ class ServerBooks(Generic[_C]):
     deferred: DeferredEnds
     _recovery: Recovery | None
     recovered: list[tuple[str, Settlement]]
+    admission: PaidAdmission[Any] | None
 
     def _keep_books(
         self,
@@ -116,6 +119,25 @@ class ServerBooks(Generic[_C]):
         """(connection ID, settlement) of what dead server runs left unclaimed: at the
         start, then every :data:`~dtp.payments._serving.RECOVERY_INTERVAL` (this
         server's own settlements retried then go to :attr:`settlements`)."""
+
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        return None if self.admission is None else self.admission.take_view(cid)
+
+    def _opening(
+        self, cid: str | None, client: str | None, log: logging.Logger
+    ) -> tuple[Admitted | None, str | None]:
+        """A connection the DTP server handed over: what admission read of it (taken
+        first, whatever follows: one refused leaves no entry), and the reason to abort
+        it with (:meth:`PaidServerCore.serve_refusal`, its warning logged on ``log``,
+        the server's own logger) or None, its ID reserved, to serve it."""
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is None:
+            return admitted, None
+        if refused.warning is not None:
+            log.warning(refused.warning)
+        return admitted, refused.reason
 
     def _recovered(self, alone: bool) -> list[tuple[str, Settlement]]:
         """Claim what dead server runs left unclaimed in the store, attached by this

@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypedDict, TypeVar
 
 from dtp._extras import require
 from dtp.errors import DTPError
@@ -56,6 +56,18 @@ END_FAILED = "connection %s: its end before the settlement failed"
 TOP_UP_FAILED = "connection %s: reading its escrow at the end failed"
 
 
+class Listening(TypedDict):
+    """How a paid server's DTP server listens: its handshake bounds and connections'
+    configuration, as both servers' ``create_server`` / ``start_server`` take them
+    (:meth:`ServerOptions.listening`)."""
+
+    config: ConnectionConfig | None
+    backlog: int
+    max_handshakes: int
+    max_handshakes_per_address: int | None
+    max_waiting_per_address: int
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """A paid server's options as both servers take them (``PaidServer``'s and
@@ -86,6 +98,16 @@ class ServerOptions:
     """Where to listen for the WebSocket carrier too (None: not at all)."""
     origins: tuple[str, ...] | None = None
     """The web origins whose pages may connect over WebSocket (None: none)."""
+
+    def listening(self) -> Listening:
+        """The options the DTP server listens with (the same for both servers)."""
+        return Listening(
+            config=self.config,
+            backlog=self.backlog,
+            max_handshakes=self.max_handshakes,
+            max_handshakes_per_address=self.max_handshakes_per_address,
+            max_waiting_per_address=self.max_waiting_per_address,
+        )
 
     @classmethod
     def checked(
