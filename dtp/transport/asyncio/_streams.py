@@ -34,7 +34,11 @@ class DTPStreamReader:
 
     def __init__(self, proto: Protocol, stream_id: int) -> None:
         self._proto = proto
-        self._owner = proto.owner()
+        # (proto.owner()'s, its owner read inline: a stream served makes a reader and a
+        # writer, a call fewer each)
+        ref = proto._owner
+        owner = ref() if ref is not None else None
+        self._owner = owner if owner is not None else proto.owner()
         self._session = proto.session
         self._stream_id = stream_id
         #: The read waiting for bytes, if one is: a second one raises RuntimeError
@@ -373,7 +377,9 @@ class DTPStreamWriter:
 
     def __init__(self, proto: Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
-        self._owner = proto.owner()
+        ref = proto._owner  # (as DTPStreamReader's)
+        owner = ref() if ref is not None else None
+        self._owner = owner if owner is not None else proto.owner()
         self._session = proto.session
         self._conn = proto.conn
         self._stream_id = stream_id
@@ -995,7 +1001,7 @@ class DTPStreamWriter:
                 if not writer._closing:
                     writer.close()
             finally:
-                tasks.pop(writer.stream_id, None)
+                tasks.pop(writer._stream_id, None)
 
         def start(stream_id: int) -> None:
             reader = DTPStreamReader(proto, stream_id)
