@@ -560,7 +560,11 @@ class Session:
         if self._datagrams_in:
             changed = True
             self._take_datagrams()
-        while (event := self.conn.next_event()) is not None:
+        # (Connection.next_event's queue, popped here: a call fewer an event, and one
+        # fewer each time, the usual case, when none waits)
+        events = self.conn._events
+        while events:
+            event = events.popleft()
             changed = True
             self._apply(event)
             if self._tracking:
