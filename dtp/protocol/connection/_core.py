@@ -506,7 +506,10 @@ class Connection(_Streams, _FastPaths):
             if self._recv_aead is not None:
                 if self._inbuf:
                     data = self._complete_partial(data, now)
-                if not self._inbuf and data and not self.closed:
+                    if self.closed:  # (the completed record ended it)
+                        return
+                # (else the state is what the test above found: not closed)
+                if not self._inbuf and data:
                     # whole records are opened straight from the caller's buffer; only
                     # a trailing partial record (or anything unusual) is copied
                     data = self._process_direct(data, now)

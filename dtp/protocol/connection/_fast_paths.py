@@ -91,7 +91,12 @@ class _FastPaths(_ConnectionState):
             return data
         offset = stream.next_offset
         view = data if n == size else memoryview(data)[:n]
-        if fin and self._frees_a_stream(stream, n):
+        if (
+            fin
+            # (_frees_a_stream, inline: a call fewer at every reply's end)
+            and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
+            and self.streams.frees_a_place(stream)
+        ):
             self._seal_last(stream, offset, view)
             return b""
         rl = self.records
@@ -124,7 +129,8 @@ class _FastPaths(_ConnectionState):
 
     def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
         """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
-        its end frees, in one record (:meth:`_frees_a_stream`)."""
+        its end frees, in one record (:meth:`_frees_a_stream`, whose test
+        :meth:`_seal_stream_now` makes inline)."""
         n = len(view)
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n

@@ -69,7 +69,7 @@ def send_done(stream: Stream) -> bool:
         stream.send_state is SendState.FIN_SENT
         and stream.fin_acked
         and not stream.send_buf  # (base_offset == end_offset, without the property's call)
-        and not stream.retransmit
+        and not stream.retransmit.ranges  # (RangeSet's __bool__, without its call)
     )
 
 
