@@ -560,7 +560,11 @@ class Session:
         if self._datagrams_in:
             changed = True
             self._take_datagrams()
-        while (event := self.conn.next_event()) is not None:
+        # (Connection.next_event's queue, popped here: a call fewer an event, and one
+        # fewer each time, the usual case, when none waits)
+        events = self.conn._events
+        while events:
+            event = events.popleft()
             changed = True
             self._apply(event)
             if self._tracking:
@@ -651,7 +655,9 @@ class Session:
             if sink is not None:
                 self._to_sink(event.stream_id, sink, event.data, event.end_stream)
                 return
-            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+            buf = self.streams.get(event.stream_id)
+            if buf is None:
+                buf = self.streams[event.stream_id] = StreamBuffer()
             if buf.discarded:
                 self.conn.acknowledge_read(event.stream_id, len(event.data))
                 return
@@ -659,7 +665,10 @@ class Session:
             if event.end_stream:
                 buf.eof = True
         elif isinstance(event, StreamOpened):
-            self.streams.setdefault(event.stream_id, StreamBuffer())
+            # (its data, read with its opening, may have made the buffer already: no
+            # StreamBuffer made to be dropped, as setdefault would)
+            if event.stream_id not in self.streams:
+                self.streams[event.stream_id] = StreamBuffer()
             self.incoming_streams.append(event.stream_id)
             if event.stream_id == PRIMARY_STREAM:
                 # the client's first stream is the connection's own (the adapters'
@@ -726,7 +735,9 @@ class Session:
         drop what is buffered and what comes later, returning their flow-control credit
         (unread, they would hold the connection's window for good and stall its other
         streams), and let reads end: :meth:`take` returns b"" from now on."""
-        buf = self.streams.setdefault(stream_id, StreamBuffer())
+        buf = self.streams.get(stream_id)
+        if buf is None:  # (not setdefault: a stream read from has its buffer)
+            buf = self.streams[stream_id] = StreamBuffer()
         buf.discarded = True
         if buf.data:
             owed = buf.uncredited(len(buf.data))

@@ -506,7 +506,10 @@ class Connection(_Streams, _FastPaths):
             if self._recv_aead is not None:
                 if self._inbuf:
                     data = self._complete_partial(data, now)
-                if not self._inbuf and data and not self.closed:
+                    if self.closed:  # (the completed record ended it)
+                        return
+                # (else the state is what the test above found: not closed)
+                if not self._inbuf and data:
                     # whole records are opened straight from the caller's buffer; only
                     # a trailing partial record (or anything unusual) is copied
                     data = self._process_direct(data, now)
@@ -1236,9 +1239,22 @@ class Connection(_Streams, _FastPaths):
                 frames = [RawFrame(FRAME_DATAGRAM, 0, 0, 0, data, ()) for data in run]
             elif fast and len(frames) == 1:
                 frame = frames[0]
-                if frame.type == FRAME_STREAM and self._fast_stream_frame(
-                    frame.a, frame.b, frame.data
+                ftype = frame.type
+                if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                    continue
+                if (
+                    ftype == FRAME_STREAM_FIN
+                    and self._state is ConnState.ESTABLISHED
+                    and type(frame.data) is bytes
                 ):
+                    # a stream's end alone in a record (a request's, a reply's): what
+                    # _handle_record and _handle_frame would do with it, over a reliable
+                    # carrier once established (no ACKs, no check before AUTH), without
+                    # their two calls
+                    self._on_stream_frame(frame.a, frame.b, frame.data, True)
+                    # (mypy keeps the state narrowed across the call, which may close)
+                    if self._state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
+                        return False
                     continue
             self._handle_record(record.counter, frames, now)
             if self._state is ConnState.CLOSED:  # a frame in the record ended it

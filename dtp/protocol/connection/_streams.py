@@ -143,8 +143,13 @@ class _Streams(_ConnectionState):
         bound their own buffering with :meth:`send_buffered`."""
         if self.lent_lane is not None:
             self._take_back()
-        self._require_open()
-        stream = self.streams.get(stream_id)
+        # (_require_open's and StreamTable.get's tests inline, each raising through its
+        # own call: every write comes here)
+        if self._state is ConnState.CLOSED or self.records.send_aead is None:
+            self._require_open()
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self.streams.get(stream_id)
         if stream.send_state is not SendState.OPEN:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
         if not stream.send_buf and self._can_seal_now():

@@ -21,6 +21,11 @@ T = TypeVar("T")
 _YIELDED = 0
 _RETURNED = 1
 _RAISED = 2
+if sys.version_info < (3, 12):
+    #: The running task of each loop: asyncio's own table, which current_task() reads
+    _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+        asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+    )
 
 
 class _Begun(Coroutine[Any, Any, T]):
@@ -32,19 +37,6 @@ class _Begun(Coroutine[Any, Any, T]):
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self._coro = coro
         self._first: tuple[int, Any] | None = None
-
-    def begin(self) -> None:
-        try:
-            self._first = (_YIELDED, self._coro.send(None))
-        except StopIteration as done:
-            self._first = (_RETURNED, done.value)
-        except BaseException as exc:  # (the task raises it, as the step's own)
-            self._first = (_RAISED, exc)
-
-    @property
-    def ended(self) -> bool:
-        """Whether the coroutine returned or raised in its first step."""
-        return self._first is not None and self._first[0] != _YIELDED
 
     def send(self, value: Any) -> Any:
         first = self._first
@@ -83,18 +75,29 @@ def start_now(
     """A task for ``coro`` whose first step has run already (from a callback of the
     loop, with no task current), and whether ``coro`` ended in it; a plain
     ``create_task`` where a task is current (and False)."""
-    if asyncio.current_task(loop) is not None:
-        return loop.create_task(coro), False
     if sys.version_info >= (3, 12):
+        if asyncio.current_task(loop) is not None:
+            return loop.create_task(coro), False
         # (an eager task that ends in its first step is never scheduled at all)
         eager = asyncio.Task(coro, loop=loop, eager_start=True)
         return eager, eager.done()
+    # (3.11's current_task() is Python: its table is read directly, a call fewer)
+    if _current_tasks.get(loop) is not None:
+        return loop.create_task(coro), False
     begun: _Begun[T] = _Begun(coro)
     context = contextvars.copy_context()
     task = loop.create_task(begun, context=context)
     asyncio.tasks._enter_task(loop, task)
+    # the step runs in the task's context with the task current; whatever it comes to
+    # is the task's first step's (a BaseException too: the task raises it, as the
+    # step's own)
     try:
-        context.run(begun.begin)
+        first: tuple[int, Any] = (_YIELDED, context.run(coro.send, None))
+    except StopIteration as done:
+        first = (_RETURNED, done.value)
+    except BaseException as exc:
+        first = (_RAISED, exc)
     finally:
         asyncio.tasks._leave_task(loop, task)
-    return task, begun.ended
+    begun._first = first
+    return task, first[0] != _YIELDED

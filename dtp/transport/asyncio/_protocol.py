@@ -11,7 +11,6 @@ import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
@@ -99,7 +98,7 @@ class Protocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         # the tasks waiting for a change: on any change (_waiters), or on a change to one
         # stream's reads or to the streams the peer opened (_keyed, by stream ID or
-        # ACCEPT_KEY), which wake only when that changed (_notify_some)
+        # ACCEPT_KEY), which wake only when that changed (notify_changes)
         self._waiters: list[asyncio.Future[None]] = []
         self._keyed: dict[int, list[asyncio.Future[None]]] = {}
         session.track_changes()
@@ -422,19 +421,17 @@ class Protocol(asyncio.BufferedProtocol):
     def notify_changes(self, *keys: int) -> None:
         """Wake the tasks that what the session applied since the last look concerns
         (:meth:`Session.take_changes`), and those waiting on ``keys``: after any
-        ``process_events()``, or a change applied then reaches no keyed waiter."""
+        ``process_events()``, or a change applied then reaches no keyed waiter. Only
+        those a change concerns: the tasks waiting on any change, and those waiting on
+        one of the changed keys (a stream's reads, or ACCEPT_KEY) -- not every reader
+        and acceptor of the connection, who would only look again and wait on."""
         touched = self.session.take_changes()
         if touched is None:
             self._notify()
-        else:
-            self._notify_some(touched | set(keys) if keys else touched)
-
-    def _notify_some(self, keys: AbstractSet[int]) -> None:
-        """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
-        and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY) -- not
-        every reader and acceptor of the connection, who would only look again and wait
-        on."""
-        if self.stream_handler is not None and ACCEPT_KEY in keys:
+            return
+        if keys:
+            touched = touched | set(keys)
+        if self.stream_handler is not None and ACCEPT_KEY in touched:
             self.start_streams()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -442,7 +439,7 @@ class Protocol(asyncio.BufferedProtocol):
                 waiter.set_result(None)
         keyed = self._keyed
         if keyed:
-            for key in keys:
+            for key in touched:
                 some = keyed.pop(key, None)
                 if some is not None:
                     for waiter in some:
@@ -458,7 +455,7 @@ class Protocol(asyncio.BufferedProtocol):
     async def wait_change(self, key: int | None = None) -> None:
         """Wait until anything happens on the connection; with ``key`` (a stream's ID,
         or ACCEPT_KEY), until something happens that may let that stream be read (or a
-        stream be accepted): see :meth:`_notify_some`."""
+        stream be accepted): see :meth:`notify_changes`."""
         waiter = self.listen(key)
         try:
             await waiter

@@ -262,7 +262,7 @@ class WebSocketTransport(asyncio.Transport):
         #: The protocol's data_received (set_protocol), or None
         self._deliver_to: Callable[[bytes], object] | None = None
         #: websockets' side of the carrier was found open, with no extension, between two
-        #: frames and holding nothing (_frame_in): true until it is handed bytes, or told
+        #: frames and holding nothing (_receive): true until it is handed bytes, or told
         #: to close, again -- it changes only then, and the fast path need not look at it
         self._ws_idle = False
         #: The same for writes: websockets' side was found open, a server's with no
@@ -322,6 +322,19 @@ class WebSocketTransport(asyncio.Transport):
         if self._ws_out_idle and not self._held:
             tcp = self._tcp
             if tcp is not None and not tcp.is_closing():
+                size = len(data)
+                if (
+                    size >= RECORD_HEADER_LEN
+                    and RECORD_HEADER_LEN + (data[2] | data[3] << 8) == size
+                    and size <= MAX_MESSAGE
+                ):
+                    # one record (most writes): framed here, as _framed would (a call
+                    # fewer a write)
+                    if size < 126:
+                        tcp.write(bytes((0x82, size)) + data)
+                    else:
+                        tcp.write(bytes((0x82, 126, size >> 8, size & 0xFF)) + data)
+                    return
                 framed = _framed(data)
                 if framed is not None:
                     tcp.write(framed)
@@ -382,10 +395,10 @@ class WebSocketTransport(asyncio.Transport):
             self._ws.send_request(self._ws.connect())
             self._flush()
 
-    def _receive(self, data: bytes) -> None:
+    def _receive_ws(self, data: bytes) -> None:
+        """What :meth:`_receive` does not take: the upgrade, and every read that is not
+        one whole binary message in one frame, through websockets' parser."""
         ws = self._ws
-        if self._upgraded and self._frame_in(data):
-            return
         if not self._upgraded and isinstance(ws, ServerProtocol):
             self._head += len(data)
             if self._head > MAX_REQUEST_HEAD and ws.state is State.CONNECTING:
@@ -536,29 +549,30 @@ class WebSocketTransport(asyncio.Transport):
     # frames in a read, a closing carrier, the client's masked writes -- goes through
     # websockets.
 
-    def _frame_in(self, data: bytes) -> bool:
-        """Hand over ``data`` as a message if it is exactly one final, unmasked-here
-        binary frame (masked from a client, as RFC 6455 requires of it) and nothing is
-        buffered before it; False to have websockets parse it."""
+    def _receive(self, data: bytes) -> None:
+        """Bytes read from the TCP connection. Handed over here as a message if they are
+        exactly one final, unmasked-here binary frame (masked from a client, as RFC 6455
+        requires of it) of an open carrier, nothing buffered before it; else to
+        websockets (:meth:`_receive_ws`). (One method for both: a call fewer a read.)"""
         size = len(data)
-        if size < 2 or data[0] != 0x82 or self._closing or self._peer_closed:
-            return False  # (0x82: FIN, no RSV bits, a binary frame)
+        if not self._upgraded or size < 2 or data[0] != 0x82 or self._closing or self._peer_closed:
+            return self._receive_ws(data)  # (0x82: FIN, no RSV bits, a binary frame)
         ws = self._ws
         masked = ws.side is Side.SERVER
         head2 = data[1]
         if bool(head2 & 0x80) is not masked:
-            return False  # (websockets fails it: incorrect masking)
+            return self._receive_ws(data)  # (websockets fails it: incorrect masking)
         length = head2 & 0x7F
         at = 2
         if length == 126:
             if size < 4:
-                return False
+                return self._receive_ws(data)
             length = data[2] << 8 | data[3]
             at = 4
         elif length == 127:
-            return False  # (above MAX_MESSAGE, whatever it says: websockets fails it)
+            return self._receive_ws(data)  # (above MAX_MESSAGE: websockets fails it)
         if at + (4 if masked else 0) + length != size or length > MAX_MESSAGE:
-            return False
+            return self._receive_ws(data)
         if not self._ws_idle:
             if (
                 ws.state is not State.OPEN
@@ -567,7 +581,7 @@ class WebSocketTransport(asyncio.Transport):
                 or self._fragments is not None
                 or not _between_frames(ws)
             ):
-                return False
+                return self._receive_ws(data)
             self._ws_idle = True
         # (a client's frames are masked; a server's, to a client carrier, are not)
         payload = apply_mask(memoryview(data)[at + 4 :], data[at : at + 4]) if masked else data[at:]
@@ -586,7 +600,6 @@ class WebSocketTransport(asyncio.Transport):
             self._message(payload)
         if self._closing or self._peer_closed:
             self._arm_close_timer()
-        return True
 
     def _frames_out(self, records: list[bytes]) -> bool:
         """Write ``records`` to the TCP transport, one unmasked binary frame each, when
@@ -771,6 +784,10 @@ def accept_websocket(
 
     class _Accepted(asyncio.Protocol):
         """The listener's protocol: the carrier is made known with the TCP one."""
+
+        def __init__(self) -> None:
+            # every read goes straight to the carrier, as _TcpSide's (a call fewer a read)
+            self.data_received = carrier._receive  # type: ignore[method-assign]
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             side.connection_made(transport)
