@@ -730,8 +730,8 @@ class Engine:
             now = sched.monotonic()
             if now >= timer:
                 conn.handle_timer(now)
-        self.session.process_events()
-        self.flush()
+        if self.session.process_events() or self.hook is not None or self.out or conn.has_output():
+            self.flush()  # (else the read was datagrams a sink took: nothing to send)
         if self.ends_carrier and self.session.terminated is not None:
             self._end_carrier()
 
