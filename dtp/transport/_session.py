@@ -589,8 +589,20 @@ class Session:
             return False
         queued = False
         for data in arrived:
-            if self._give_datagram(data):
-                queued = True
+            if self.datagram_run_sink is not None or self.datagram_sink is not None:
+                # (read at each datagram: a sink may be set, or replace itself, midway)
+                if self._give_datagram(data):
+                    queued = True
+                continue
+            # (_give_datagram's queueing, inline: a blocking socket's every datagram)
+            queue = self._datagrams
+            if queue is None:
+                queue = self._datagrams = deque()
+            if len(queue) >= MAX_QUEUED_EXTRAS:
+                self.datagrams_dropped += 1
+                queue.popleft()  # (as _bounded_append: the newest are kept)
+            queue.append(data)
+            queued = True
         if queued and self._tracking:
             self._broad = True
         return queued
