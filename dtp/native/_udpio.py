@@ -188,15 +188,23 @@ def native_recv_datagram_run(
                 return out, froms, int(slots.err[0])
             view = slots.view
             lens = slots.lens
-            out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
-            if sources:
-                raw = slots.addrs_view
-                alens = slots.addr_lens
-                known = _SOURCES.get  # (a burst's sources are known: no call each)
-                froms += [
-                    known(a) or _source(a)
-                    for a in [raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)]
-                ]
+            if rc == 1:  # (one datagram, the usual read of a quiet flow: no comprehensions)
+                out.append(view[: lens[0]])
+                if sources:
+                    a = slots.addrs_view[: slots.addr_lens[0]]
+                    froms.append(_SOURCES.get(a) or _source(a))
+            else:
+                out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
+                if sources:
+                    raw = slots.addrs_view
+                    alens = slots.addr_lens
+                    known = _SOURCES.get  # (a burst's sources are known: no call each)
+                    froms += [
+                        known(a) or _source(a)
+                        for a in [
+                            raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                        ]
+                    ]
             if rc < want:
                 break
     finally:

@@ -718,7 +718,8 @@ class Connection(_Streams, _FastPaths):
         how many were queued."""
         if self.lent_lane is not None:
             self._take_back()
-        self._require_open()
+        if self._state is not ConnState.ESTABLISHED:  # (else open: a call saved a send)
+            self._require_open()
         if self._can_seal_now():
             # nothing waits to go first: sealed at once, the run framed in one call
             queued, dropped, size = self.records.seal_datagrams(datagrams, backlog)
