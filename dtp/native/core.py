@@ -388,9 +388,9 @@ class NativeAead:
         """Seal the bytes of ``data`` cut as ``lens`` says."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
-        plain = _from(data)
-        size = len(plain) + n * RECORD_OVERHEAD
-        out = self._buffer(size)
+        plain = ffi.from_buffer("uint8_t[]", data)  # (_from and _buffer's usual case,
+        size = len(plain) + n * RECORD_OVERHEAD  # inline: every record sealed goes here)
+        out = self._scratch if size <= self._scratch_len else self._buffer(size)
         written = self._sizes
         rc = lib.dtp_aead_seal_batch(
             self._ctx,
@@ -404,7 +404,8 @@ class NativeAead:
             written,
         )
         del plain  # (see _from)
-        _check(rc, remote=False)
+        if rc < 0:
+            _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, written[0])[:]
         return sealed
 
@@ -499,7 +500,7 @@ class NativeAead:
         ``datagram_runs``: see :class:`~dtp.native.types.OpenedFrames`."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
-        data = _from(buf)
+        data = ffi.from_buffer("uint8_t[]", buf)  # (_from, inline: every read)
         size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
         runs = bool(datagram_runs)
@@ -559,7 +560,8 @@ class NativeAead:
             slots.ranges = _new_uninit("dtp_ack_range[]", ranges_len)
             slots.ranges_view = memoryview(ffi.buffer(slots.ranges))
             slots.ranges_len = ranges_len
-        plain = self._buffer(max(1, size))
+        # (_buffer's usual case inline: every read)
+        plain = self._scratch if size <= self._scratch_len else self._buffer(max(1, size))
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
             self._ctx,
@@ -590,7 +592,15 @@ class NativeAead:
             recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
-                if runs and count:
+                if runs and count == 1:
+                    # (a record of one DATAGRAM frame, a quiet flow's: as below, without
+                    # the comprehension's call)
+                    ftype, dlen, doff, _a, _b, _c = cframes[first]
+                    if ftype == _DATAGRAM:
+                        payload = [view[doff : doff + dlen]]
+                        append(_tuple_new(OpenedFrames, (counter, False, out, payload)))
+                        continue
+                elif runs and count:
                     # a burst's records hold DATAGRAM frames alone: their payloads in
                     # one list, no RawFrame each (a cffi buffer's slice is a bytes copy)
                     payloads = [
