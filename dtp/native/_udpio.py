@@ -89,7 +89,8 @@ def native_send_datagram_run(
         alen = 0
     else:
         try:
-            addr = _sockaddr(_family(sock), address)
+            # (_sockaddr's cache, looked at first: a flow's every run goes to one address)
+            addr = _SOCKADDRS.get((_family(sock), address)) or _sockaddr(_family(sock), address)
         except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)

@@ -504,23 +504,19 @@ class NativeAead:
         size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
         runs = bool(datagram_runs)
-        result = self._open_frames(data, size, cap, max_frames, max_ranges, runs)
-        if result.status == t.FULL and not result.records:
-            result = self._open_frames(
-                data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
-            )
-        return result
-
-    def _open_frames(
-        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int, runs: bool
-    ) -> OpenFramesResult:
-        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
+        # (one set of result arrays for the call and its retry, taken here: every read
+        # goes through this)
         try:
             slots = _spare_slots.pop()
         except IndexError:
             slots = _FrameSlots()
         try:
-            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
+            result = self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
+            if result.status == t.FULL and not result.records:
+                result = self._open_frames_into(
+                    slots, data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
+                )
+            return result
         finally:
             if (
                 slots.frames_len <= _SLOTS_KEEP
@@ -539,7 +535,8 @@ class NativeAead:
         max_ranges: int,
         runs: bool,
     ) -> OpenFramesResult:
-        """:meth:`_open_frames` with the result arrays of ``slots``."""
+        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer) with the
+        result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)

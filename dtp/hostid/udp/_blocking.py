@@ -50,6 +50,7 @@ from dtp.hostid.udp._sockets import (
     drain,
     drain_by_source,
     pass_replies,
+    pass_ungated,
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
@@ -175,9 +176,13 @@ def relay_udp(
                     if engine.finishing:
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
-                    went, frame = pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, engine, lock
-                    )
+                    if gated:
+                        went, frame = pass_replies(
+                            drain(udp), limit, sock.send_datagrams, stats, engine, lock
+                        )
+                    else:
+                        went = pass_ungated(drain(udp), limit, sock.send_datagrams, stats, True)
+                        frame = None
                     if not went:
                         continue
                 last[0] = time.monotonic()
