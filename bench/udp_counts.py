@@ -3,12 +3,15 @@ which a loaded machine does not move as it moves the rate: system calls, Python 
 and calls into the C core.
 
     python bench/udp_counts.py [--path blocking|daemon] [--count N] [--mode calls|strace]
+        [--window N] [--top N]
 
 ``calls``: each half runs under a profile hook on every thread (``sys.setprofile``),
-counting Python calls (and the twelve most called functions), calls of built-in
-functions (``builtin_calls``: a socket's ``send`` among them), and of those the C
-core's (``lib.dtp_*``) and cffi's; the hook
-slows the halves, so a window may arrive in more reads than without it. ``strace``:
+counting Python calls (and the ``--top`` most called functions, twelve by default),
+calls of built-in functions (``builtin_calls``: a socket's ``send`` among them), and of
+those the C core's (``lib.dtp_*``) and cffi's; the hook slows the halves, so a window
+may arrive in more reads than without it. ``--window 1`` (each datagram echoed before
+the next goes) makes each datagram a run at every hop: the counts per 1,000 datagrams
+are then a run's, a thousand times. ``strace``:
 each half runs under ``strace -c -f`` twice, driven ``count`` and ``3 x count``
 datagrams, and the difference is reported, so start-up and warm-up cancel out (the
 halves' idle wake-ups, a few a second, do not). Prints one JSON object per half.
@@ -65,7 +68,10 @@ def _hooked(script: str, args: list[str]) -> None:
 
     def dump(*_: object) -> None:
         # (a copy: other threads go on counting meanwhile)
-        top = {f"py {name}": n for name, n in collections.Counter(dict(functions)).most_common(12)}
+        most = collections.Counter(dict(functions)).most_common(
+            int(os.environ.get("UDP_COUNTS_TOP", "12"))
+        )
+        top = {f"py {name}": n for name, n in most}
         print(json.dumps({**counts, **top}), file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGUSR1, reset)
@@ -95,7 +101,11 @@ class _Half:
 
 
 def _run(
-    path: str, count: int, prefix: dict[str, list[str]], hooked: bool = True
+    path: str,
+    count: int,
+    prefix: dict[str, list[str]],
+    hooked: bool = True,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """Start both halves, warm up, drive ``count`` datagrams; the halves' stderr
     (``hooked``: each half's counts of the driven datagrams alone)."""
@@ -106,7 +116,7 @@ def _run(
     near = _Half(prefix["near"], "udp_near.py", kind, str(far.address[1]), far.key)
     clients: list[socket.socket] = []
     try:
-        op = udp_rows._drive(near.address, count, clients)  # (warms up)
+        op = udp_rows._drive(near.address, count, clients, window or udp_rows.WINDOW)
         for half in (near, far) if hooked else ():
             half.proc.send_signal(signal.SIGUSR1)
         op()
@@ -126,9 +136,9 @@ def _run(
     return out
 
 
-def _calls(path: str, count: int) -> dict[str, dict[str, float]]:
+def _calls(path: str, count: int, window: int | None = None) -> dict[str, dict[str, float]]:
     me = [sys.executable, str(Path(__file__).resolve()), "--hook"]
-    errs = _run(path, count, {"near": me, "far": me})
+    errs = _run(path, count, {"near": me, "far": me}, window=window)
     result = {}
     for name, err in errs.items():
         lines = [x for x in err.splitlines() if x.startswith("{")]
@@ -149,7 +159,7 @@ def _strace_table(text: str) -> dict[str, int]:
     return calls
 
 
-def _strace(path: str, count: int) -> dict[str, dict[str, float]]:
+def _strace(path: str, count: int, window: int | None = None) -> dict[str, dict[str, float]]:
     tables: list[dict[str, dict[str, int]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (count, 3 * count):
@@ -157,7 +167,7 @@ def _strace(path: str, count: int) -> dict[str, dict[str, float]]:
             prefix = {
                 name: ["strace", "-c", "-f", "-o", files[name], sys.executable] for name in HALVES
             }
-            _run(path, n, prefix, hooked=False)
+            _run(path, n, prefix, hooked=False, window=window)
             tables.append({name: _strace_table(Path(files[name]).read_text()) for name in HALVES})
     result: dict[str, dict[str, float]] = {}
     for name in HALVES:
@@ -176,10 +186,13 @@ def main() -> None:
     parser.add_argument("--path", choices=("blocking", "daemon"), default="blocking")
     parser.add_argument("--count", type=int, default=4096)
     parser.add_argument("--mode", choices=("calls", "strace"), default="calls")
+    parser.add_argument("--window", type=int, help="datagrams a window (the row's 32)")
+    parser.add_argument("--top", type=int, default=12, help="most called functions listed")
     args = parser.parse_args()
+    os.environ["UDP_COUNTS_TOP"] = str(args.top)  # (for the halves: _hooked)
     count = args.count - args.count % 32
     counted = _calls if args.mode == "calls" else _strace
-    print(json.dumps(counted(args.path, count)))
+    print(json.dumps(counted(args.path, count, args.window)))
 
 
 if __name__ == "__main__":

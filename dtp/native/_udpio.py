@@ -89,7 +89,8 @@ def native_send_datagram_run(
         alen = 0
     else:
         try:
-            addr = _sockaddr(_family(sock), address)
+            # (_sockaddr's cache, looked at first: a flow's every run goes to one address)
+            addr = _SOCKADDRS.get((_family(sock), address)) or _sockaddr(_family(sock), address)
         except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)
@@ -188,15 +189,23 @@ def native_recv_datagram_run(
                 return out, froms, int(slots.err[0])
             view = slots.view
             lens = slots.lens
-            out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
-            if sources:
-                raw = slots.addrs_view
-                alens = slots.addr_lens
-                known = _SOURCES.get  # (a burst's sources are known: no call each)
-                froms += [
-                    known(a) or _source(a)
-                    for a in [raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)]
-                ]
+            if rc == 1:  # (one datagram, the usual read of a quiet flow: no comprehensions)
+                out.append(view[: lens[0]])
+                if sources:
+                    a = slots.addrs_view[: slots.addr_lens[0]]
+                    froms.append(_SOURCES.get(a) or _source(a))
+            else:
+                out += [view[i * MAX_UDP_READ : i * MAX_UDP_READ + lens[i]] for i in range(rc)]
+                if sources:
+                    raw = slots.addrs_view
+                    alens = slots.addr_lens
+                    known = _SOURCES.get  # (a burst's sources are known: no call each)
+                    froms += [
+                        known(a) or _source(a)
+                        for a in [
+                            raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                        ]
+                    ]
             if rc < want:
                 break
     finally:

@@ -505,23 +505,19 @@ class NativeAead:
         size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
         runs = bool(datagram_runs)
-        result = self._open_frames(data, size, cap, max_frames, max_ranges, runs)
-        if result.status == t.FULL and not result.records:
-            result = self._open_frames(
-                data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
-            )
-        return result
-
-    def _open_frames(
-        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int, runs: bool
-    ) -> OpenFramesResult:
-        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
+        # (one set of result arrays for the call and its retry, taken here: every read
+        # goes through this)
         try:
             slots = _spare_slots.pop()
         except IndexError:
             slots = _FrameSlots()
         try:
-            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
+            result = self._open_frames_into(slots, data, size, cap, max_frames, max_ranges, runs)
+            if result.status == t.FULL and not result.records:
+                result = self._open_frames_into(
+                    slots, data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT, runs
+                )
+            return result
         finally:
             if (
                 slots.frames_len <= _SLOTS_KEEP
@@ -540,7 +536,8 @@ class NativeAead:
         max_ranges: int,
         runs: bool,
     ) -> OpenFramesResult:
-        """:meth:`_open_frames` with the result arrays of ``slots``."""
+        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer) with the
+        result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)
@@ -561,8 +558,8 @@ class NativeAead:
             slots.ranges = _new_uninit("dtp_ack_range[]", ranges_len)
             slots.ranges_view = memoryview(ffi.buffer(slots.ranges))
             slots.ranges_len = ranges_len
-        need = max(1, size)
-        plain = self._scratch if need <= self._scratch_len else self._buffer(need)
+        # (_buffer's usual case inline: every read)
+        plain = self._scratch if size <= self._scratch_len else self._buffer(max(1, size))
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
             self._ctx,
@@ -593,7 +590,15 @@ class NativeAead:
             recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
-                if runs and count and cframes[first][0] == _DATAGRAM:
+                if runs and count == 1:
+                    # (a record of one DATAGRAM frame, a quiet flow's: as below, without
+                    # the comprehension's call)
+                    ftype, dlen, doff, _a, _b, _c = cframes[first]
+                    if ftype == _DATAGRAM:
+                        payload = [view[doff : doff + dlen]]
+                        append(_tuple_new(OpenedFrames, (counter, False, out, payload)))
+                        continue
+                elif runs and count and cframes[first][0] == _DATAGRAM:
                     # a burst's records hold DATAGRAM frames alone: their payloads in
                     # one list, no RawFrame each (a cffi buffer's slice is a bytes copy;
                     # a record whose first frame is another kind is not one: no list)

@@ -554,12 +554,13 @@ class Session:
     # -- events ------------------------------------------------------------------------
 
     def process_events(self) -> bool:
-        """Apply every pending event; True if anything a waiter cares about changed."""
+        """Apply every pending event; True if anything a waiter cares about changed
+        (datagrams a sink took are no such change: nothing waits for them, and a sink
+        that raised ends the connection, which is one)."""
         changed = self._data_arrived
         self._data_arrived = False
-        if self._datagrams_in:
+        if self._datagrams_in and self._take_datagrams():
             changed = True
-            self._take_datagrams()
         # (Connection.next_event's queue, popped here: a call fewer an event, and one
         # fewer each time, the usual case, when none waits)
         events = self.conn._events
@@ -576,19 +577,39 @@ class Session:
             self._broad = True
         return changed
 
-    def _take_datagrams(self) -> None:
+    def _take_datagrams(self) -> bool:
         """The datagrams the connection handed over (:attr:`Connection.datagram_handler`),
         together to :attr:`datagram_run_sink`, else each to :attr:`datagram_sink` or the
-        bounded queue, as a DatagramReceived event's would go."""
+        bounded queue, as a DatagramReceived event's would go; True when any went to the
+        queue (where the adapters' ``recv_datagram`` waits)."""
         arrived = self._datagrams_in[:]
         self._datagrams_in.clear()  # (the same list: it is the connection's handler)
-        if self._tracking:
-            self._broad = True
-        if self.datagram_run_sink is not None:
-            self._take_run(arrived)
-            return
+        sink = self.datagram_run_sink
+        if sink is not None:  # (_take_run, inline: a call saved on every run)
+            try:
+                sink(arrived)
+            except Exception as exc:
+                self._callback_failed("the datagram sink", exc)
+            return False
+        queued = False
         for data in arrived:
-            self._give_datagram(data)
+            if self.datagram_run_sink is not None or self.datagram_sink is not None:
+                # (read at each datagram: a sink may be set, or replace itself, midway)
+                if self._give_datagram(data):
+                    queued = True
+                continue
+            # (_give_datagram's queueing, inline: a blocking socket's every datagram)
+            queue = self._datagrams
+            if queue is None:
+                queue = self._datagrams = deque()
+            if len(queue) >= MAX_QUEUED_EXTRAS:
+                self.datagrams_dropped += 1
+                queue.popleft()  # (as _bounded_append: the newest are kept)
+            queue.append(data)
+            queued = True
+        if queued and self._tracking:
+            self._broad = True
+        return queued
 
     def _take_run(self, run: list[bytes]) -> None:
         """A run of datagrams to :attr:`datagram_run_sink` (set)."""
@@ -599,24 +620,25 @@ class Session:
         except Exception as exc:
             self._callback_failed("the datagram sink", exc)
 
-    def _give_datagram(self, data: bytes) -> None:
+    def _give_datagram(self, data: bytes) -> bool:
         """One datagram to :attr:`datagram_sink`, else to the bounded queue (counted in
-        :attr:`datagrams_dropped` when it pushes the oldest out). The sink is read at
-        each datagram: it may replace itself midway, as a relay whose control stream
-        failed does."""
+        :attr:`datagrams_dropped` when it pushes the oldest out); True when queued. The
+        sink is read at each datagram: it may replace itself midway, as a relay whose
+        control stream failed does."""
         if self.datagram_run_sink is not None:
             self._take_run([data])
-            return
+            return False
         sink = self.datagram_sink
         if sink is not None:
             try:
                 sink(data)
             except Exception as exc:
                 self._callback_failed("the datagram sink", exc)
-            return
+            return False
         if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
             self.datagrams_dropped += 1
         _bounded_append(self.datagrams, data)
+        return True
 
     # -- what changed (an adapter's targeted wake-ups) -------------------------------------
 

@@ -47,7 +47,7 @@ def test_datagrams_go_to_the_sink_without_events_and_are_metered() -> None:
     assert server.conn.next_event() is None  # (none was queued for them)
     assert server.conn.datagram_bytes - metered == sum(map(len, sent))
     assert got == []  # handed on by process_events, not inside receive_data
-    assert server.process_events()
+    assert not server.process_events()  # (what a sink took no waiter looks for)
     assert got == sent
 
 
@@ -94,6 +94,39 @@ def test_without_a_sink_datagrams_queue_and_a_sink_set_midway_takes_the_rest() -
     assert list(server.datagrams) == [b"d", b"e"]
 
 
+def test_only_datagrams_left_queued_are_a_change_for_waiters() -> None:
+    """process_events and take_changes report datagrams a sink took as no change (the
+    drivers wake nobody and flush nothing for them), those queued for a reader as one
+    that concerns every waiter, and a sink that raised as one (the connection ends)."""
+    client, server = _established()
+    server.track_changes()
+    server.take_changes()
+    got: list[bytes] = []
+    server.datagram_run_sink = got.append
+    client.conn.send_datagrams([b"a", b"b"])
+    server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
+    assert not server.process_events()
+    assert got == [[b"a", b"b"]]
+    assert server.take_changes() == set()  # (nothing touched, nothing broad)
+    assert not server.conn.has_output()  # a driver's flush after this read is skipped
+
+    server.datagram_run_sink = None
+    client.conn.send_datagrams([b"c"])
+    server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
+    assert server.process_events()
+    assert server.take_changes() is None  # a reader of datagrams may be waiting
+    assert list(server.datagrams) == [b"c"]
+
+    def sink(data: bytes) -> None:
+        raise ValueError(data)
+
+    server.datagram_sink = sink
+    client.conn.send_datagrams([b"d"])
+    server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
+    assert server.process_events()  # the sink raised: the connection ends
+    assert server.terminated is not None and server.conn.has_output()  # (its CLOSE)
+
+
 def test_a_record_of_datagrams_goes_to_the_session_in_one_call() -> None:
     """A burst's records (DATAGRAM frames alone) reach the Session as one list each
     (Connection.datagram_run_handler), never as one RawFrame and handler call each."""
@@ -114,7 +147,7 @@ def test_a_record_of_datagrams_goes_to_the_session_in_one_call() -> None:
     server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
     assert calls and len(calls) < len(sent)  # (several datagrams a record)
     assert [d for run in calls for d in run] == sent
-    assert server.process_events()
+    assert not server.process_events()
     assert [d for run in got for d in run] == sent
 
 

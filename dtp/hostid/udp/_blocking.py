@@ -50,10 +50,10 @@ from dtp.hostid.udp._sockets import (
     drain,
     drain_by_source,
     pass_replies,
+    pass_ungated,
     wall_ms,
 )
 from dtp.hostid.udp._stats import UdpStats
-from dtp.native._udpio import send_datagram_run
 from dtp.payments.receipts import Meter
 from dtp.transport.carriers._tcp import wait_ready
 
@@ -176,13 +176,18 @@ def relay_udp(
                     if engine.finishing:
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
-                    went, frame = pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, engine, lock
-                    )
+                    if gated:
+                        went, frame = pass_replies(
+                            drain(udp), limit, sock.send_datagrams, stats, engine, lock
+                        )
+                    else:
+                        went = pass_ungated(drain(udp), limit, sock.send_datagrams, stats, True)
+                        frame = None
                     if not went:
                         continue
                 last[0] = time.monotonic()
-                send_control(frame)  # (replies alone may make a report due)
+                if frame is not None:  # (replies alone may make a report due)
+                    send_control(frame)
 
     def send_control(frame: bytes | None) -> None:
         """Write a control frame the engine returned (None: nothing to write)."""
@@ -211,14 +216,15 @@ def relay_udp(
         """The client's datagrams to the backend, one read's batch: an engine call before
         and after it under the engine lock, never around the sends."""
         last[0] = time.monotonic()
+        if not gated:
+            # nothing billed or limited (the engine would let every datagram go and
+            # return no report): the batch in one call (sendmmsg), as the asyncio relay
+            # sends an ungated run, waiting for room as a blocking send does
+            deliver(udp, batch, stats)
+            return
         with lock:
             admission = engine.admit(batch, last[0])
-        if gated:
-            sent, nbytes = _send_each(udp, admission.forward)
-        else:
-            # nothing billed: the batch in one call (sendmmsg), as the asyncio relay
-            # sends an ungated run, waiting for room as a blocking send does
-            sent, nbytes, _ = send_datagram_run(udp, admission.forward)
+        sent, nbytes = _send_each(udp, admission.forward)
         with lock:
             frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
         stats.add(
@@ -304,6 +310,9 @@ class _Flow(FlowAccount):
         super().__init__(meter)
         self.source = source
         self.sock = sock
+        #: The connection's max_datagram_size (its config's: fixed for its life), asked
+        #: once here rather than four calls deep at every send
+        self.limit = sock.max_datagram_size
         # counted as replies are read, and once more after the flow's end has waited
         # for the relay's final report: nothing reads replies then
         self.unread = UnreadDrops(sock, stats)
@@ -519,7 +528,7 @@ class UdpForwarder(FlowTable):
             self.stats.add(dropped_no_session=len(batch))
             return False
         flow.last = time.monotonic()
-        out, oversized, unpaid = flow.admit(batch, flow.sock.max_datagram_size)
+        out, oversized, unpaid = flow.admit(batch, flow.limit)
         try:
             sent = flow.sock.send_datagrams(out) if out else 0
         except DTPError as exc:

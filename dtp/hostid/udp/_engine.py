@@ -620,8 +620,12 @@ class FlowAccount:
         bill each), and how many were too large (over ``limit``) or beyond the deposit."""
         out: list[bytes]
         if self.meter is None:
-            # unmetered: only the size decides (no deposit to ask per datagram)
-            out = [data for data in batch if len(data) <= limit]
+            # unmetered: only the size decides (no deposit to ask per datagram); a run
+            # that all fits, the usual, is taken as it is
+            if batch and max(map(len, batch)) <= limit:
+                out = batch[:]
+            else:
+                out = [data for data in batch if len(data) <= limit]
             self.sent_datagrams += len(out)
             self.sent_bytes += sum(map(len, out))
             return out, len(batch) - len(out), 0

@@ -563,6 +563,25 @@ class Connection(_Streams, _FastPaths):
         self.bytes_sent += len(joined)
         return joined
 
+    def has_output(self) -> bool:
+        """False when :meth:`data_to_send` would return nothing and queue nothing: no
+        record sealed, no ACK, frame or stream data waiting. A driver's pass after a
+        read asks this before its flush: a run of datagrams taken in queues nothing."""
+        # (RecordLayer.waiting, inline: this runs after every read; test_waiting_checks.py)
+        rl = self.records
+        return bool(
+            self.lent_lane is not None
+            or rl.out
+            or rl.acks is not None  # a lossy carrier: an ACK may be due
+            or rl.streams_dirty
+            or rl.ctrl
+            or rl.pending_max_data
+            or rl.pending_stream_credit
+            or rl.pending_max_streams
+            or rl.ping_pending
+            or rl.close_frame is not None
+        )
+
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
         if self.lent_lane is not None:
@@ -702,7 +721,8 @@ class Connection(_Streams, _FastPaths):
         how many were queued."""
         if self.lent_lane is not None:
             self._take_back()
-        self._require_open()
+        if self._state is not ConnState.ESTABLISHED:  # (else open: a call saved a send)
+            self._require_open()
         if self._can_seal_now():
             # nothing waits to go first: sealed at once, the run framed in one call
             queued, dropped, size = self.records.seal_datagrams(datagrams, backlog)

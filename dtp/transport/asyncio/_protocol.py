@@ -256,7 +256,10 @@ class Protocol(asyncio.BufferedProtocol):
     def _after_io(self) -> None:
         session = self.session
         changed = session.process_events()
-        self.flush()
+        if changed or self.hook is not None or self._timer is None or self.conn.has_output():
+            # (else the read was datagrams a sink took: nothing to send, and no timer
+            # moves earlier, as only a change of state would move it)
+            self.flush()
         if (
             session.terminated is not None
             and self.transport is not None

@@ -681,7 +681,8 @@ class Engine:
         leaves the reading to the caller (who reads straight into its own buffer)."""
         self.pumping = True
         try:
-            self.flush()
+            if self.hook is not None or self.out or self.conn.has_output():
+                self.flush()  # (else it would send nothing: see _after_io)
             # What we wait for has often arrived already (a reply that came while we
             # were sending): a non-blocking read first saves the wait and its syscall.
             if read and not self.carrier_closed and self._read_available():
@@ -731,7 +732,10 @@ class Engine:
             if now >= timer:
                 conn.handle_timer(now)
         self.session.process_events()
-        self.flush()
+        if self.hook is not None or self.out or conn.has_output():
+            # (else flush would send nothing: has_output is data_to_send's own test, held
+            # by tests/protocol/test_waiting_checks.py; no timer here moves with a flush)
+            self.flush()
         if self.ends_carrier and self.session.terminated is not None:
             self._end_carrier()
 

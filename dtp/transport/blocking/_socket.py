@@ -13,7 +13,9 @@ import logging
 import operator
 import socket as _socket
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
+from threading import TIMEOUT_MAX
 from typing import Any, Literal
 
 from dtp.errors import (
@@ -1116,10 +1118,13 @@ class DTPSocket:
         max_count = operator.index(max_count)
         if max_count < 1:
             raise ValueError(f"max_count must be at least 1, not {max_count}")
-        first = self.recv_datagram(timeout)
-        out = [first]
-        queue = self._engine.session.datagrams
+        if timeout != "socket" and not (type(timeout) is float and 0.0 <= timeout <= TIMEOUT_MAX):
+            timeout = checked_timeout(timeout)  # (else checked already: a relay's every run)
+        if self._closed:  # (_check_open, inline)
+            raise SocketClosed("operation on a closed DTP socket")
         with self._engine.lock:
+            queue = self._queued_datagrams(timeout)
+            out = [queue.popleft()]
             while queue and len(out) < max_count:
                 out.append(queue.popleft())
         return out
@@ -1138,25 +1143,31 @@ class DTPSocket:
             # for None would look like a quiet peer)
             timeout = checked_timeout(timeout)
         self._check_open()
+        with self._engine.lock:
+            return self._queued_datagrams(timeout).popleft()
+
+    def _queued_datagrams(self, timeout: float | Literal["socket"] | None) -> deque[bytes]:
+        """The connection's queue of datagrams once it holds one (engine lock held),
+        waiting for it as :meth:`recv_datagram` says (``timeout`` checked)."""
         engine = self._engine
         session = engine.session
-        with engine.lock:
-            if not session.datagrams:
+        queue = session.datagrams  # (made once, never replaced)
+        if not queue:
 
-                def ready() -> bool:
-                    return bool(session.datagrams) or session.terminated is not None
+            def ready() -> bool:
+                return bool(queue) or session.terminated is not None
 
-                if timeout == "socket":
-                    self._wait(ready)
-                elif timeout == 0:
-                    engine.poll()
-                    if not ready():
-                        raise DTPTimeoutError("no datagram")
-                else:
-                    engine.pump(ready, timeout)
-            if not session.datagrams:
+            if timeout == "socket":
+                self._wait(ready)
+            elif timeout == 0:
+                engine.poll()
+                if not ready():
+                    raise DTPTimeoutError("no datagram")
+            else:
+                engine.pump(ready, timeout)
+            if not queue:
                 raise session.error or ConnectionClosed("the connection is closed")
-            return session.datagrams.popleft()
+        return queue
 
     @property
     def max_datagram_size(self) -> int:

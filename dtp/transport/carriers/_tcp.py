@@ -48,7 +48,10 @@ def wait_ready(
         # the usual look (one carrier, readable yet?), several times a connect: a
         # third of the general path's CPU
         obj = readers[0]
-        poller.register(_descriptor(obj), _READ)
+        fd = obj.fileno()  # (_descriptor, inline)
+        if fd < 0:
+            raise ValueError("file descriptor cannot be a negative integer")
+        poller.register(fd, _READ)
         events = poller.poll(None if timeout is None else max(0.0, timeout * 1000.0))
         if not events:
             return [], []
@@ -57,11 +60,16 @@ def wait_ready(
             raise OSError(errno.EBADF, f"descriptor {fd} is not open")
         return [obj], []  # (registered for reading only: any event is a reason to read)
     by_fd: dict[int, tuple[T | None, T | None]] = {}
+    # (_descriptor, inline: a blocking engine's every wait looks at two objects)
     for obj in readers:
-        fd = _descriptor(obj)
+        fd = obj.fileno()
+        if fd < 0:
+            raise ValueError("file descriptor cannot be a negative integer")
         by_fd[fd] = (obj, by_fd.get(fd, (None, None))[1])
     for obj in writers:
-        fd = _descriptor(obj)
+        fd = obj.fileno()
+        if fd < 0:
+            raise ValueError("file descriptor cannot be a negative integer")
         by_fd[fd] = (by_fd.get(fd, (None, None))[0], obj)
     for fd, (reader, writer) in by_fd.items():
         poller.register(
