@@ -153,7 +153,9 @@ class DTPStreamReader:
                     # (unlisten's own test first: a wake-up took the waiter off the lists)
                     if not waiter.done() or waiter.cancelled():
                         proto.unlisten(waiter, stream_id)
-                if session.readable(stream_id):
+                # (Session.readable's usual answer, bytes came, first: with no call)
+                buf = session.streams.get(stream_id)
+                if (buf is not None and buf.data) or session.readable(stream_id):
                     return
         finally:
             self._waiting = None
@@ -204,9 +206,16 @@ class DTPStreamReader:
                 # for the next read (dropped, it would be lost)
                 self._unread(b"".join(chunks))
                 raise
-        if not self._session.readable(self._stream_id):
+        session = self._session
+        if not session.readable(self._stream_id):
             await self._wait_for_bytes("read")
-        return self._take_from_stream(n)
+        # (_take_from_stream written out: a call fewer a read)
+        data = session.take(self._stream_id, n)
+        if data:
+            proto = self._proto
+            if proto.hook is not None or proto.conn.credit_due():
+                proto.flush()
+        return data
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
@@ -491,10 +500,14 @@ class DTPStreamWriter:
         TypeError -- a strided view BufferError, as a socket's send() -- in any state,
         before anything is queued (asyncio's transport failed the connection then). On a
         paid connection, a write its deposit cannot pay ends it: PaymentRequired."""
-        view = readable(data)
+        # (bytes, the usual case, need no check: readable()'s view of them, with no call)
+        view = memoryview(data) if type(data) is bytes else readable(data)
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
-        self._session.check_writable(self._stream_id)
+        session = self._session
+        buf = session.streams.get(self._stream_id)
+        if session.terminated is not None or (buf is not None and buf.send_stopped is not None):
+            session.check_writable(self._stream_id)  # (raises: its tests, written out above)
         if view:
             proto = self._proto
             if proto.hook is not None:
