@@ -317,6 +317,8 @@ class Session:
         self._closed_streams: set[int] | None = None
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
+        # (the connection's event queue, live: process_events asks it with no call)
+        self._conn_events = self.conn.pending_events
         # and so do datagrams, gathered here until process_events hands them on (ahead of
         # the events, which the connection queues only behind them: see datagram_handler)
         self._datagrams_in: list[bytes] = []
@@ -560,7 +562,8 @@ class Session:
         if self._datagrams_in:
             changed = True
             self._take_datagrams()
-        while (event := self.conn.next_event()) is not None:
+        conn, events = self.conn, self._conn_events
+        while events and (event := conn.next_event()) is not None:
             changed = True
             self._apply(event)
             if self._tracking:

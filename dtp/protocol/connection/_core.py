@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import msgpack
@@ -577,6 +577,13 @@ class Connection(_Streams, _FastPaths):
     def next_event(self) -> Event | None:
         """The next event, or None."""
         return self._events.popleft() if self._events else None
+
+    @property
+    def pending_events(self) -> Collection[Event]:
+        """The events :meth:`next_event` gives, oldest first. A live read-only view, the
+        same object for the connection's life: a driver may keep it and test it for
+        events with no call per pass (most reads make none)."""
+        return self._events
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
