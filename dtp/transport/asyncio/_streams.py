@@ -136,7 +136,8 @@ class DTPStreamReader:
 
     async def _wait_for_bytes(self, name: str) -> None:
         """:meth:`_wait_readable` once a read found nothing to take (the protocol's
-        ``wait_for`` written out: a read that waits asks ``readable`` once a wake-up)."""
+        ``wait_for`` written out: a read that waits asks ``readable`` once a wake-up;
+        :meth:`read` of ``n`` bytes has it written out in turn)."""
         if self._waiting is not None:
             self._claim_wait(name)  # (raises)
         self._waiting = name
@@ -207,10 +208,29 @@ class DTPStreamReader:
                 self._unread(b"".join(chunks))
                 raise
         session = self._session
-        if not session.readable(self._stream_id):
-            await self._wait_for_bytes("read")
+        stream_id = self._stream_id
+        if not session.readable(stream_id):
+            # (_wait_for_bytes written out: a coroutine fewer a read that waits, and
+            # the resumption of its frame)
+            if self._waiting is not None:
+                self._claim_wait("read")  # (raises)
+            self._waiting = "read"
+            proto = self._proto
+            try:
+                while True:
+                    waiter = proto.listen(stream_id)
+                    try:
+                        await waiter
+                    finally:
+                        if not waiter.done() or waiter.cancelled():
+                            proto.unlisten(waiter, stream_id)
+                    buf = session.streams.get(stream_id)
+                    if (buf is not None and buf.data) or session.readable(stream_id):
+                        break
+            finally:
+                self._waiting = None
         # (_take_from_stream written out: a call fewer a read)
-        data = session.take(self._stream_id, n)
+        data = session.take(stream_id, n)
         if data:
             proto = self._proto
             if proto.hook is not None or proto.conn.credit_due():
