@@ -84,13 +84,15 @@ MAX_ID: Final = 2**63 - 1
 #: Longest relative timeout a request may carry (ms; about 49 days).
 MAX_TIMEOUT_MS: Final = 2**32 - 1
 _MISSING: Any = object()
-#: The first bytes of a RESPONSE's and a REQUEST's body: their array and kind.
-_RESPONSE_HEAD: Final = b"\x94\x01"
-_REQUEST_HEAD: Final = b"\x96\x00"
+#: The first two bytes of a RESPONSE's and a REQUEST's body, their array and kind, as
+#: a big-endian number (read with the frame's length: _frame_head).
+_RESPONSE_HEAD: Final = 0x9401
+_REQUEST_HEAD: Final = 0x9600
 
 
 _unpackb = msgpack.unpackb
-_frame_length = struct.Struct(">I").unpack_from
+#: A frame's length and its body's first two bytes, in one call with no slice
+_frame_head = struct.Struct(">IH").unpack_from
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
 _SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
@@ -573,13 +575,14 @@ class RpcProtocol:
     # -- fast path -----------------------------------------------------------------------------
 
     def begin_request(
-        self, method: str, params: Any, now: float, timeout: float | None
+        self, method: str, params: Any, now: float, timeout: float | None, tracked: bool = False
     ) -> tuple[int, bytes]:
         """Frame a request for the caller to send itself (nothing is queued): returns
         (id, frame). The request is in flight (:meth:`is_pending`) with its deadline
         but no timer: the caller reads the answer with :meth:`take_response`, or
-        hands the request to the timers with :meth:`track`. Raises as
-        :meth:`send_request` does."""
+        hands the request to the timers with :meth:`track` (``tracked``: at once, as
+        :meth:`track` would, with no call of its own). Raises as :meth:`send_request`
+        does."""
         if method is not self._last_method:
             # (a str checked once stays good: a caller's usual name, the same object
             # each call, is not checked again)
@@ -615,7 +618,12 @@ class RpcProtocol:
                 f"message of {size} bytes exceeds the cap of {self.max_message_size}"
             )
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
-        outgoing[request_id] = None if timeout is None else now + timeout
+        if timeout is None:
+            outgoing[request_id] = None
+        else:
+            outgoing[request_id] = deadline = now + timeout
+            if tracked:
+                heapq.heappush(self._timers, (deadline, 0, request_id))
         return request_id, size.to_bytes(4, "big") + body
 
     def track(self, request_id: int) -> None:
@@ -631,15 +639,14 @@ class RpcProtocol:
         gave it one, goes) and return ``(result,)`` (a response's meta is not kept).
         Otherwise None, with nothing changed: feed ``data`` to :meth:`receive_data`."""
         # exactly one whole frame, nothing partial in the decoder (checked here, not in
-        # a helper shared with take_request: a Python call less per call; struct and
-        # a slice cost a third of int.from_bytes and startswith)
+        # a helper shared with take_request: a Python call less per call; struct
+        # reads the length and the body's head at once, with no slice's bytes)
         n = len(data)
         decoder = self._decoder
         if (
             n < 8
             or n - 4 > self.max_message_size
-            or _frame_length(data)[0] != n - 4
-            or data[4:6] != _RESPONSE_HEAD
+            or _frame_head(data) != (n - 4, _RESPONSE_HEAD)
             or decoder._buf
             or decoder._skip
         ):
@@ -683,8 +690,7 @@ class RpcProtocol:
         if (
             n < 11
             or n - 4 > self.max_message_size
-            or _frame_length(data)[0] != n - 4
-            or data[4:6] != _REQUEST_HEAD
+            or _frame_head(data) != (n - 4, _REQUEST_HEAD)
             or decoder._buf
             or decoder._skip
         ):

@@ -843,10 +843,14 @@ class Session:
         before the stream ended (:meth:`cut_short`), with nothing left to read."""
         buf = self.streams.get(stream_id)
         if buf is not None and buf.data:
-            with memoryview(buf.data) as view:
-                chunk = view[:max_bytes].tobytes()  # one copy (a slice would make two)
+            data = buf.data
+            if max_bytes >= len(data):
+                chunk = bytes(data)  # (all of it, the usual read: one copy, no view)
+            else:
+                with memoryview(data) as view:
+                    chunk = view[:max_bytes].tobytes()  # one copy (a slice would make two)
             n = len(chunk)
-            del buf.data[:n]
+            del data[:n]
             if buf.credited:
                 n = buf.uncredited(n)
             if n:

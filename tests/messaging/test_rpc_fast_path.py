@@ -97,6 +97,25 @@ def test_begin_request_frames_what_send_request_queues(calls: list[tuple[str, An
                     proto.send_request(method, None, timeout=bad)
 
 
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=64), VALUES), min_size=1, max_size=5))
+def test_begin_request_tracked_times_out_as_send_request(calls: list[tuple[str, Any]]) -> None:
+    """``tracked``: the request has its timer at once, as track() gives it, and its
+    deadline ends it as send_request's (events and CANCEL); no timer without one."""
+    tracked, general = RpcProtocol(first_id=7), RpcProtocol(first_id=7)
+    for i, (method, params) in enumerate(calls):
+        tracked.begin_request(method, params, float(i), 2.5, tracked=True)
+        general.send_request(method, params, now=float(i), timeout=2.5)
+        assert tracked.get_timer() == general.get_timer() == 2.5  # (the first's)
+    general.data_to_send()
+    for proto in (tracked, general):
+        proto.handle_timer(3.5 + len(calls))
+    assert norm(tracked.events()) == norm(general.events()) != []
+    assert tracked.data_to_send() == general.data_to_send()
+    fresh = RpcProtocol()
+    request_id, _ = fresh.begin_request("m", None, 0.0, None, tracked=True)
+    assert fresh.get_timer() is None and fresh.is_pending(request_id)
+
+
 def responses() -> st.SearchStrategy[bytes]:
     """What a client may read after a request: its answer (of any value, meta nil or a
     map), another id's, an error, a notification, garbage, several frames, a part."""

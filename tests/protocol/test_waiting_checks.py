@@ -1,8 +1,8 @@
-"""The test "do frames wait for the next record?" is written out five times, each inline
+"""The test "do frames wait for the next record?" is written out six times, each inline
 on a hot path: RecordLayer.waiting() (the definition), build()'s early return, the
-send path's _can_seal_now(), the lane's _nothing_goes_first() and the drivers'
-Connection.has_output() after a read. Here they are held to agree over every combination
-of what may wait, so a field added to one is added to all."""
+send path's _can_seal_now(), the lane's _nothing_goes_first(), seal_fast() and the
+drivers' Connection.has_output() after a read. Here they are held to agree over every
+combination of what may wait, so a field added to one is added to all."""
 
 from __future__ import annotations
 
@@ -74,12 +74,14 @@ def test_the_fast_paths_go_exactly_when_nothing_waits(
         conn.records.streams_dirty = True
         assert conn.has_output(), waiting
         conn.records.streams_dirty = False
+        assert (conn.seal_fast(sid, b"x", 1.0) is None) == bool(waiting), waiting
         # (only the lane also needs no sealed record before it: it writes to the carrier
         # itself, while the send path seals after what is in out)
         conn.records.out.append(b"sealed")
         assert conn._can_seal_now() == (not waiting), waiting
         assert not conn._nothing_goes_first(), waiting
         assert conn.has_output(), waiting
+        assert conn.seal_fast(sid, b"x", 1.0) is None, waiting
     _clear(conn)
 
 

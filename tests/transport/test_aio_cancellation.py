@@ -12,7 +12,7 @@ connection task cancelled (the loop ending) as its handshake completed ran the c
 callback on, so ``asyncio.run`` waited on it for good; a writer's close over an
 acknowledging carrier, cancelled as a change arrived, went on for up to 30 s.
 In-process server and client on 127.0.0.1; the cancel is landed at that instant by a
-wrapper around the protocol's ``data_received`` / ``_notify`` (which still run): a real
+wrapper around the protocol's ``_after_io`` / ``_notify`` (which still run): a real
 race, made certain."""
 
 from __future__ import annotations
@@ -668,14 +668,15 @@ def _fds() -> int:
 
 
 def _after_data(monkeypatch: pytest.MonkeyPatch, then: Callable[[Protocol], None]) -> None:
-    """Have ``then(protocol)`` run after each of the protocols' ``data_received``."""
-    real = Protocol.data_received
+    """Have ``then(protocol)`` run after each of the protocols' reads is applied (its
+    ``_after_io``, which every carrier read ends with)."""
+    real = Protocol._after_io
 
-    def data_received(self: Protocol, data: bytes) -> None:
-        real(self, data)
+    def after_io(self: Protocol) -> None:
+        real(self)
         then(self)
 
-    monkeypatch.setattr(Protocol, "data_received", data_received)
+    monkeypatch.setattr(Protocol, "_after_io", after_io)
 
 
 def test_open_connection_cancelled_as_its_handshake_completes_raises_cancelled(

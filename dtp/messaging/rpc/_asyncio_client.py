@@ -137,9 +137,8 @@ class AsyncRpcClient(ClientBase):
             if meta is None:
                 # (the protocol's fast framing, as the blocking client's quiet call: the
                 # checks of a method name and timeout seen last time are not made again)
-                request_id, frame = proto.begin_request(method, params, now, timeout)
-                if timeout is not None:
-                    proto.track(request_id)  # (its deadline's timer, as send_request's)
+                # (tracked: its deadline's timer, as send_request's)
+                request_id, frame = proto.begin_request(method, params, now, timeout, tracked=True)
                 if self._output:  # (what the protocol queued goes first: CANCELs)
                     frame = proto.data_to_send() + frame
             else:
@@ -175,29 +174,57 @@ class AsyncRpcClient(ClientBase):
             self._arm(now + timeout)
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         try:
             # the deadline covers the send too: a peer that does not read holds the
             # drain, and the timer cancels it (the frame is whole in the writer's
-            # buffer: ending the wait loses nothing of it)
-            await self._send(frame, task, request_id)
-            if self._task is None and self._reading is None and task is not None:
-                if self.on_notification is not None:
-                    self._start()  # (notifications come between calls too)
-                    return await future
+            # buffer: ending the wait loses nothing of it). (_send written out: a
+            # coroutine fewer a call; the task stays in _sending, for close() and the
+            # deadline to cancel, until its send ends -- or its own read below does)
+            if task is not None:
+                self._sending[task] = request_id
+            try:
+                if frame:
+                    self._writer.write(frame)
+                    await self._writer.drain()
+            except BaseException as exc:
+                if task is not None:
+                    self._sending.pop(task, None)
+                if isinstance(exc, (DTPError, OSError)):
+                    raise self._send_failed(exc, request_id) from exc
+                raise
+            if self._task is not None or self._reading is not None or task is None:
+                if task is not None:
+                    self._sending.pop(task, None)
+            elif self.on_notification is not None:
+                self._sending.pop(task, None)
+                self._start()  # (notifications come between calls too)
+            else:
                 # nobody reads: this call reads its answer itself, a task's step fewer
                 # than a reader task's wake-up then the caller's (its deadline and
                 # close() cancel the read as they cancel a send); the answers of calls
                 # made meanwhile are taken too
                 self._reading = task
-                self._sending[task] = request_id
                 read = self._reader.read
                 try:
                     while not future.done():
                         data = await read(RECV_SIZE)
                         if not data:
                             raise E.RpcConnectionLost("the peer closed the stream")
-                        if not self._take(data, loop):
+                        # (_take's first step written out for this call's id, as the
+                        # blocking client's quiet call takes its answer: the usual read
+                        # is exactly its RESPONSE, taken with no call of _take's)
+                        futures = self._futures
+                        if (
+                            len(futures) == 1
+                            and request_id in futures
+                            and not (fees.escrows or fees.charges)
+                            and (got := proto.take_response(request_id, data)) is not None
+                        ):
+                            del futures[request_id]
+                            if not future.done():
+                                future.set_result(got[0])
+                        elif not self._take(data, loop):
                             # to take in pieces, the loop running in between: by the
                             # reader, whose work a cancel of this call does not cut short
                             self._reading = None
@@ -324,15 +351,21 @@ class AsyncRpcClient(ClientBase):
                 self._writer.write(data)
                 await self._writer.drain()
         except (DTPError, OSError) as exc:
-            if request_id is not None:
-                self._futures.pop(request_id, None)
-                self._fees.unanswered(request_id)
-            error = send_failed(exc)
-            self._fail_all(error)
-            raise error from exc
+            raise self._send_failed(exc, request_id) from exc
         finally:
             if task is not None:
                 self._sending.pop(task, None)
+
+    def _send_failed(self, exc: BaseException, request_id: int | None) -> E.RpcConnectionLost:
+        """A write for a call (``request_id``) or a notification failed with ``exc``:
+        every call fails (RpcConnectionLost, as the blocking client's), the error
+        returned for the sender to raise."""
+        if request_id is not None:
+            self._futures.pop(request_id, None)
+            self._fees.unanswered(request_id)
+        error = send_failed(exc)
+        self._fail_all(error)
+        return error
 
     async def _flush(self) -> None:
         data = self._proto.data_to_send()

@@ -58,6 +58,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: Exact types of what a plain handler returns that are no awaitable (nor a generator):
+#: the inline answer's test for one is made with no call for these
+_SETTLED: frozenset[type] = frozenset(
+    {bytes, str, int, float, bool, type(None), list, dict, tuple, bytearray}
+)
+
+
 def _returning(outcome: Any) -> Handler:
     """A handler giving ``outcome``, what a plain handler returned that is still to be
     awaited (AsyncRpcServer.serve_stream's inline answers)."""
@@ -333,8 +340,9 @@ class AsyncRpcServer(ServerBase):
                                     await writer.drain()
                                 raise
                             else:
-                                if hasattr(outcome, "__await__") or isinstance(
-                                    outcome, types.GeneratorType
+                                if type(outcome) not in _SETTLED and (
+                                    hasattr(outcome, "__await__")
+                                    or isinstance(outcome, types.GeneratorType)
                                 ):
                                     # a plain function that returned an awaitable: awaited
                                     # in a task of its own, in the context it ran in

@@ -181,7 +181,9 @@ class Protocol(asyncio.BufferedProtocol):
         view = self._rbuf
         assert view is not None
         if self._shares_rbuf:  # (the shared one: RECV_CHUNK already, nothing to resize)
-            self.data_received(view[:nbytes])
+            # (data_received written out: a call fewer a read)
+            self.conn.receive_data(view[:nbytes], self.now())
+            self._after_io()
             return
         size = len(view)
         if nbytes == size:

@@ -140,7 +140,8 @@ class DTPStreamReader:
 
     async def _wait_for_bytes(self, name: str) -> None:
         """:meth:`_wait_readable` once a read found nothing to take (the protocol's
-        ``wait_for`` written out: a read that waits asks ``readable`` once a wake-up)."""
+        ``wait_for`` written out: a read that waits asks ``readable`` once a wake-up;
+        :meth:`read` of ``n`` bytes has it written out in turn)."""
         if self._waiting is not None:
             self._claim_wait(name)  # (raises)
         self._waiting = name
@@ -157,7 +158,9 @@ class DTPStreamReader:
                     # (unlisten's own test first: a wake-up took the waiter off the lists)
                     if not waiter.done() or waiter.cancelled():
                         proto.unlisten(waiter, stream_id)
-                if session.readable(stream_id):
+                # (Session.readable's usual answer, bytes came, first: with no call)
+                buf = session.streams.get(stream_id)
+                if (buf is not None and buf.data) or session.readable(stream_id):
                     return
         finally:
             self._waiting = None
@@ -213,9 +216,35 @@ class DTPStreamReader:
                 # for the next read (dropped, it would be lost)
                 self._unread(b"".join(chunks))
                 raise
-        if not self._session.readable(self._stream_id):
-            await self._wait_for_bytes("read")
-        return self._take_from_stream(n)
+        session = self._session
+        stream_id = self._stream_id
+        if not session.readable(stream_id):
+            # (_wait_for_bytes written out: a coroutine fewer a read that waits, and
+            # the resumption of its frame)
+            if self._waiting is not None:
+                self._claim_wait("read")  # (raises)
+            self._waiting = "read"
+            proto = self._proto
+            try:
+                while True:
+                    waiter = proto.listen(stream_id)
+                    try:
+                        await waiter
+                    finally:
+                        if not waiter.done() or waiter.cancelled():
+                            proto.unlisten(waiter, stream_id)
+                    buf = session.streams.get(stream_id)
+                    if (buf is not None and buf.data) or session.readable(stream_id):
+                        break
+            finally:
+                self._waiting = None
+        # (_take_from_stream written out: a call fewer a read)
+        data = session.take(stream_id, n)
+        if data:
+            proto = self._proto
+            if proto.hook is not None or proto.conn.credit_due():
+                proto.flush()
+        return data
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
@@ -506,7 +535,10 @@ class DTPStreamWriter:
         view = memoryview(data) if type(data) is bytes else readable(data)
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
-        self._session.check_writable(self._stream_id)
+        session = self._session
+        buf = session.streams.get(self._stream_id)
+        if session.terminated is not None or (buf is not None and buf.send_stopped is not None):
+            session.check_writable(self._stream_id)  # (raises: its tests, written out above)
         if view:
             proto = self._proto
             if proto.hook is not None:
