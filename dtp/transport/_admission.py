@@ -354,6 +354,10 @@ class AddressSlots(Generic[T]):
         (the caller closes them): they wait no longer than their deadline for a turn
         that would refuse them anyway."""
         expired: list[T] = []
+        if not self._waiting:
+            # (nobody waits, the usual case: as if looked at under the lock just before
+            # a line began -- the reader thread looks several times a connection)
+            return expired
         with self._lock:
             for address in [a for a, line in self._waiting.items() if line[0][0] <= now]:
                 line = self._waiting[address]
@@ -369,6 +373,8 @@ class AddressSlots(Generic[T]):
         """The earliest deadline of those waiting in the lines' heads (None: nobody
         waits). A line is in arrival order, its deadlines too but for connections of a
         longer handshake timeout (over the ledger carrier), met at their turn."""
+        if not self._waiting:
+            return None  # (as in expire)
         with self._lock:
             heads = [line[0][0] for line in self._waiting.values() if line]
         return min(heads, default=None)
@@ -954,10 +960,15 @@ class Admission(Generic[H]):
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has something to do next (None: nothing waits)."""
-        deadlines = [self.unproven.next_deadline(), self.server_slots.next_deadline()]
+        first = self.unproven.next_deadline()
+        line = self.server_slots.next_deadline()
+        if line is not None and (first is None or line < first):
+            first = line
         if self.address_slots is not None:
-            deadlines.append(self.address_slots.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+            line = self.address_slots.next_deadline()
+            if line is not None and (first is None or line < first):
+                first = line
+        return first
 
     # -- proven: the slots ------------------------------------------------------------------
 
