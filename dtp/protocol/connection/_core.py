@@ -385,14 +385,25 @@ class Connection(_Streams, _FastPaths):
         plus received -- stream bytes over all streams, and datagram payloads as they are
         queued to go out or accepted from an authenticated record; requests,
         :meth:`requests_made`)."""
-        return self.used_bytes(), self.requests_made()
+        # (both inlined: a paid connection reads its usage several times a request)
+        table = self.streams
+        lane = self.lent_lane
+        if lane is not None:
+            f = lane.flow
+            used: int = f.conn_sent + f.rx.conn_received + self.datagram_bytes
+        else:
+            used = table.conn_sent + table.conn_received + self.datagram_bytes
+        opened = table.opened_by_us if table.is_client else table.peer_opened
+        if opened and not table.first_carried and not self._first_carries():
+            return used, opened - 1
+        return used, opened
 
     def requests_made(self) -> int:
         """The requests of :attr:`usage`: the streams the client opened, its first one
         (stream 0, which the connection opens with it) only once data went on it, either
         way -- a first stream held open and ended empty carries no request."""
         table = self.streams
-        opened = table.client_streams()
+        opened = table.opened_by_us if table.is_client else table.peer_opened  # (client_streams)
         if opened and not table.first_carried and not self._first_carries():
             return opened - 1
         return opened
