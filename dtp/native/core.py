@@ -335,7 +335,8 @@ class NativeAead:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
-        ctx = lib.dtp_aead_new(_from(key), len(key))
+        # (bytes, as the handshake's keys are, go to C as they are: no export to make)
+        ctx = lib.dtp_aead_new(key if type(key) is bytes else _from(key), 32)
         if ctx == ffi.NULL:
             raise MemoryError("could not allocate an AEAD context")
         self._ctx = ffi.gc(ctx, lib.dtp_aead_free)

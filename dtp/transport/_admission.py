@@ -525,27 +525,28 @@ class FirstMessage:
         INVALID: a client sends nothing more before our reply) or ignored."""
         if self.state is Progress.INVALID:
             return self.state
-        self._buf += data
-        if len(self._buf) > _MAX_KEPT:
+        buf = self._buf
+        buf += data
+        size = len(buf)
+        if size > _MAX_KEPT:
             self.state = Progress.INVALID
             return self.state
         if self.state is Progress.COMPLETE:
             return self.state
-        buf = self._buf
         # (the kind and flags bytes at once: an HTTP, TLS or SSH client is turned away
         # with its first segment, not after twelve bytes)
         if bytes(buf[:1]) not in (b"", _HS_INIT) or bytes(buf[1:2]) not in (b"", b"\0"):
             self.state = Progress.INVALID
             return self.state
-        if len(buf) >= RECORD_HEADER_LEN and self._need == RECORD_HEADER_LEN:
+        if size >= RECORD_HEADER_LEN and self._need == RECORD_HEADER_LEN:
             kind, flags, length = struct.unpack_from("<BBH", buf)
             if kind != REC_HS_INIT or flags or not 1 <= length <= MAX_MESSAGE_SIZE:
                 self.state = Progress.INVALID
                 return self.state
             self._need = RECORD_HEADER_LEN + length
-        if len(buf) > RECORD_HEADER_LEN and buf[RECORD_HEADER_LEN] not in (PATTERN_IK, PATTERN_XX):
+        if size > RECORD_HEADER_LEN and buf[RECORD_HEADER_LEN] not in (PATTERN_IK, PATTERN_XX):
             self.state = Progress.INVALID
-        elif self._need > RECORD_HEADER_LEN and len(buf) >= self._need:
+        elif self._need > RECORD_HEADER_LEN and size >= self._need:
             self.state = Progress.COMPLETE
         return self.state
 
