@@ -88,7 +88,10 @@ class PaidConnection:
         #: What may move before the gate is asked again (the engine's arithmetic, under
         #: ``_cond`` where writes take from it: the streams may be driven from threads)
         self.credit = Credit()
-        self._cond = threading.Condition(threading.Lock())
+        # (taken as ``with self._lock``, its condition's own lock: Condition's __enter__
+        # and __exit__ are two Python calls each, several times a request)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiters = 0
 
     # -- the connection's I/O driver -------------------------------------------------
@@ -321,7 +324,7 @@ class PaidConnection:
         if not writing:
             self.credit.read = self.core.read_credit(engine.conn.usage)
             return True
-        with self._cond:
+        with self._lock:
             # usage and queue first, then what is under way, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
             # at all
@@ -356,7 +359,7 @@ class PaidConnection:
     def reserve(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` may go now (after :meth:`wait_send`), taken
         from the credit at once and held as under way until :meth:`sent`."""
-        with self._cond:
+        with self._lock:
             return self.credit.reserve(nbytes)
 
     # (blocking only: a datagram send waits for credit (asyncio's drops: datagrams_now))
@@ -377,7 +380,7 @@ class PaidConnection:
             "socket" if deadline is None else max(0.0, deadline - began)
         )
         while True:
-            with self._cond:
+            with self._lock:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
             if count:
                 core = self.core
@@ -398,7 +401,7 @@ class PaidConnection:
 
     def sent(self, reserved: int) -> None:
         """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
-        with self._cond:
+        with self._lock:
             self.credit.sent(reserved)
             if self._waiters:
                 self._cond.notify_all()
@@ -540,7 +543,7 @@ class PaidConnection:
                 else:
                     queue.extendleft(reversed(batch[count:]))
         if count < len(batch):
-            with self._cond:
+            with self._lock:
                 self.credit.void()
         if count:
             self.credit.spent(sum(map(len, batch[:count])))
