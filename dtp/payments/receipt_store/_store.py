@@ -89,7 +89,9 @@ class ReceiptStore:
         # reads in progress (they take no write lock: WAL lets them run beside a write),
         # which close() waits for as it waits for the write
         self._reads = 0
-        self._reads_done = threading.Condition()
+        # (a read takes the lock itself: Condition's __enter__/__exit__ are Python calls)
+        self._reads_lock = threading.RLock()
+        self._reads_done = threading.Condition(self._reads_lock)
         # the live servers using this store (attach_server): those on this handle, and
         # the lock file that tells other handles and processes of them
         self._path = None if str(path) in ("", ":memory:") else Path(path)
@@ -229,13 +231,13 @@ class ReceiptStore:
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         """A read of the handle, refused once closed, which :meth:`close` waits for."""
-        with self._reads_done:
+        with self._reads_lock:
             self._check_open("read")
             self._reads += 1
         try:
             yield
         finally:
-            with self._reads_done:
+            with self._reads_lock:
                 self._reads -= 1
                 self._reads_done.notify_all()
 
