@@ -248,6 +248,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     _timeout: float | None
     _dispatch: Callable[[DTPSocket], None] | None
     _closed: threading.Event
+    _closing: bool
     _jobs: queue.SimpleQueue[_Job | None]
     _idle: int
     _idle_lock: threading.Lock
@@ -333,6 +334,9 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._closed = threading.Event()
+        # (set with it, by close() alone: what the per-connection paths read, where
+        # Event.is_set is a Python call)
+        self._closing = False
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
         # (see _hand_to_thread and _connection_thread)
@@ -389,6 +393,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         closed."""
         if self._closed.is_set():
             return
+        self._closing = True
         self._closed.set()
         with self._stats_lock:
             handshaking = list(self._handshaking)
@@ -479,7 +484,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     def _watch(self, arrival: _Arrival) -> None:
         """Leave ``arrival``'s first record to the reader thread."""
         with self._stats_lock:
-            if self._closed.is_set():
+            if self._closing:
                 arrival.tcp.close()
                 return
             self._reading[arrival.tcp.fileno()] = arrival
@@ -496,7 +501,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         wake = self._reader_wake
         wake_fd = wake.fileno()
         try:
-            while not self._closed.is_set():
+            while not self._closing:
                 poller = sched.poll()
                 poller.register(wake, select.POLLIN)
                 with self._stats_lock:
@@ -552,7 +557,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         in a connection thread -- this one, when the accepting thread asked for it
         (:meth:`_accept_next`). False when it cannot (the server closed, the client
         left, no thread): closed."""
-        if self._closed.is_set():
+        if self._closing:
             arrival.tcp.close()
             return False
         mine: list[_Arrival] | None = getattr(self._local, "mine", None)
@@ -609,7 +614,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         transactions), holding no thread meanwhile. False (the carrier closed) once the
         server is closed, when the server's line is full, or when no thread can be
         started for it."""
-        if self._closed.is_set():
+        if self._closing:
             carrier.close()
             return False
         # no IP address to cap by: the ledger bridge is a local socket
@@ -629,7 +634,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         lines, and this thread accepts on. None once the server is closed."""
         listener = self._listener
         assert listener is not None
-        while not self._closed.is_set():
+        while not self._closing:
             with self._idle_lock:
                 if self._orphans:
                     return self._orphans.popleft()
@@ -650,7 +655,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             except BlockingIOError:
                 continue  # (another took it: none here)
             except (OSError, ValueError):
-                if self._closed.is_set():
+                if self._closing:
                     return None
                 sched.sleep(0.05)
                 continue
@@ -720,7 +725,7 @@ class DTPServer(AdmittingServer[_Arrival]):
                     self._turn_left = False
                     job = _ACCEPT_TURN
                     continue
-                if self._closed.is_set():
+                if self._closing:
                     return
                 self._idle += 1
             try:
@@ -744,7 +749,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             self._handshake_over(arrival)
         if sock is None:
             return
-        if self._closed.is_set():
+        if self._closing:
             sock.abort("the server is closed")  # nobody will take it now
             return
         dispatch = self._dispatch
@@ -753,7 +758,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             dispatch(sock)
             return
         self._queue.put(sock)  # (its place was taken before its client was told it is in)
-        if self._closed.is_set():
+        if self._closing:
             self._queue.close()  # close() ran meanwhile and may have missed it
 
     def _handshake_over(self, arrival: _Arrival) -> None:
@@ -783,7 +788,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             self._handshaking.add(engine)
         try:
             # (close() sets _closed before it wakes what it finds in _handshaking)
-            if self._closed.is_set():
+            if self._closing:
                 outcome, verdict = Outcome.CLOSED, ""
             else:
                 outcome, verdict = self._authenticate(engine, arrival)
@@ -826,7 +831,6 @@ class DTPServer(AdmittingServer[_Arrival]):
                 engine._after_io()
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
-            closed = self._closed
             if arrival.key is not None and session.authenticated_address is None:
                 # its first record, read, got our reply: its client's next message is
                 # due. (A ledger bridge's first record comes over the ledger, slowly: it
@@ -836,13 +840,13 @@ class DTPServer(AdmittingServer[_Arrival]):
                 lambda: (
                     session.authenticated_address is not None
                     or session.terminated is not None
-                    or closed.is_set()
+                    or self._closing
                     or arrival.gave_way
                 ),
                 conn.config.handshake_timeout,
             )
             self._admission.authenticated(arrival)
-            if closed.is_set():
+            if self._closing:
                 return Outcome.CLOSED, ""
             if arrival.gave_way:
                 return Outcome.GAVE_WAY, ""
@@ -950,7 +954,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         own = isinstance(timeout, Own)
         # (checked first: NaN would wait for good, and a negative one raise queue's error)
         wait = self._timeout if isinstance(timeout, Own) else checked_timeout(timeout)
-        if self._closed.is_set():
+        if self._closing:
             raise SocketClosed("accept() on a closed server")
         try:
             sock = self._queue.take(wait)
@@ -998,7 +1002,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         # From now on, each connection's handshake thread goes on to run its handler
         # (no thread hand-off); the loop below serves what was queued before.
         self._dispatch = run
-        while not self._closed.is_set():
+        while not self._closing:
             try:
                 sock, _ = self.accept(timeout=0.5)
             except DTPTimeoutError:
@@ -1030,7 +1034,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             if self._dispatch is not None:
                 return True
             left = deadline - sched.monotonic()
-            if left <= 0 or self._closed.is_set() or session.terminated is not None:
+            if left <= 0 or self._closing or session.terminated is not None:
                 return False
             with contextlib.suppress(DTPTimeoutError):
                 engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
