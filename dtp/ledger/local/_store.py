@@ -557,6 +557,16 @@ class LocalStore(TypedReads):
     def _read_one(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, which reads with a single statement: that statement is a
         transaction of its own (autocommit), so no BEGIN and COMMIT around it."""
+        # A first try in place, as _retry's own first would run it: a paid server reads
+        # this way several times a connection (its admission's looks for the client's
+        # open), and _retry costs two calls more. What that try raises that _retry would
+        # handle (a busy file, a damaged one) sends the read through _retry from the
+        # start -- its waits, tries and typed errors; a read, it may run again.
+        try:
+            with self._lock:
+                return fn()
+        except (rules.DamagedData, sqlite3.DatabaseError):
+            pass
 
         def attempt() -> T:
             with self._lock:
