@@ -634,6 +634,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         lines, and this thread accepts on. None once the server is closed."""
         listener = self._listener
         assert listener is not None
+        # socket.accept less its look-ups: it reads the listener's family and type at
+        # every call (each an enum made from an int), the same every time. Only for the
+        # operating system's own listener (a simulated network's has its own accept)
+        plain = type(listener) is _socket.socket
+        made = (listener.family, listener.type, listener.proto) if plain else None
         while not self._closing:
             with self._idle_lock:
                 if self._orphans:
@@ -647,11 +652,20 @@ class DTPServer(AdmittingServer[_Arrival]):
                 fd = listener.fileno()
                 poller.register(fd, select.POLLIN)
                 poller.register(self._orphan_wake, select.POLLIN)
-                if not any(ready == fd for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0)):
+                for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0):
+                    if ready == fd:
+                        break
+                else:
                     with contextlib.suppress(OSError):
                         self._orphan_wake.recv(4096)
                     continue
-                tcp, peer = listener.accept()
+                if made is not None:
+                    # (as socket.accept; its return to blocking mode for a default
+                    # timeout of None is moot: the socket goes non-blocking below)
+                    accepted, peer = listener._accept()  # type: ignore[attr-defined]
+                    tcp = _socket.socket(*made, fileno=accepted)
+                else:
+                    tcp, peer = listener.accept()
             except BlockingIOError:
                 continue  # (another took it: none here)
             except (OSError, ValueError):
