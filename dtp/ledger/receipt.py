@@ -118,9 +118,8 @@ class ReceiptScope:
     def raw(self) -> bytes:
         """The 96 bytes the scope takes in a message and an encoding: package, escrow,
         connection (32 raw bytes each)."""
-        return b"".join(
-            bytes.fromhex(value[2:]) for value in (self.package, self.escrow_id, self.connection_id)
-        )
+        # (normalized: 64 hex digits each, so one fromhex of the three reads the same)
+        return bytes.fromhex(self.package[2:] + self.escrow_id[2:] + self.connection_id[2:])
 
 
 def receipt_message(

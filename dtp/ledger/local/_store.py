@@ -937,11 +937,13 @@ class LocalStore(TypedReads):
         nonce = next(self._nonce_counter) & U64_MAX
         tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
         tx_bytes = encode_tx(tx)
-        if (
-            len(tx_bytes) > _DIRECT_TX_MAX
-            or len(args) > _DIRECT_ARGS_MAX
-            or any(isinstance(a, list) for a in args)
-        ):
+        direct = len(tx_bytes) <= _DIRECT_TX_MAX and len(args) <= _DIRECT_ARGS_MAX
+        if direct:
+            for arg in args:  # (a loop, not any() over a generator: a call an argument)
+                if isinstance(arg, list):
+                    direct = False
+                    break
+        if not direct:
             tx = decode_tx(tx_bytes)
         if type(signer) is HostIdentity:
             # The sender's own key is in hand and the sender is its address: a signature
