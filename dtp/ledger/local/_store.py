@@ -957,13 +957,12 @@ class LocalStore(TypedReads):
 
     @staticmethod
     def _settlement(result: TxResult, paid: int) -> Settlement:
-        settled = next(e for e in result.events if e.name == "ConnectionSettled")
+        settled = _first_event(result, "ConnectionSettled")
         return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
 
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:
-        opened = next(e for e in result.events if e.name == "ConnectionOpened")
-        return OpenedConnection.from_event(opened.fields)
+        return OpenedConnection.from_event(_first_event(result, "ConnectionOpened").fields)
 
     # -- test money: the faucet, transfers, the audit of all MIST --------------------------
 
@@ -1070,3 +1069,14 @@ class LocalStore(TypedReads):
     @staticmethod
     def _port(port: int) -> int:
         return check_port(port)
+
+
+def _first_event(result: TxResult, name: str) -> Event:
+    """The first of ``result``'s events named ``name`` (:attr:`Event.name`, the type's
+    last part), read without the property: one settles or opens every paid connection."""
+    suffix = "::" + name
+    for event in result.events:
+        kind = event.type
+        if kind.endswith(suffix) or kind == name:
+            return event
+    raise StopIteration  # (as next() over none did)
