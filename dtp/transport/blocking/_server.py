@@ -242,6 +242,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     _serving: Reservations | None
     _config: ConnectionConfig
     _listener: _socket.socket | None
+    _accepted_as: tuple[Any, Any, int] | None
     _address: tuple[str, int] | None
     _attached: Listener | None
     _queue: AcceptQueue
@@ -325,6 +326,14 @@ class DTPServer(AdmittingServer[_Arrival]):
         if self._listener is not None:
             # (the accepting thread waits for it and for orphans at once: _accept_next)
             self._listener.setblocking(False)
+        # socket.accept less its look-ups: it reads the listener's family and type at
+        # every call (each an enum made from an int), the same every time; read once
+        # here for the operating system's own listener (a simulated network's has its
+        # own accept, called as it is: _accept_next)
+        self._accepted_as: tuple[Any, Any, int] | None = None
+        if type(self._listener) is _socket.socket:
+            listener = self._listener
+            self._accepted_as = (listener.family, listener.type, listener.proto)
         self._address: tuple[str, int] | None = None
         if self._listener is not None:
             host, tcp_port = self._listener.getsockname()[:2]
@@ -634,11 +643,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         lines, and this thread accepts on. None once the server is closed."""
         listener = self._listener
         assert listener is not None
-        # socket.accept less its look-ups: it reads the listener's family and type at
-        # every call (each an enum made from an int), the same every time. Only for the
-        # operating system's own listener (a simulated network's has its own accept)
-        plain = type(listener) is _socket.socket
-        made = (listener.family, listener.type, listener.proto) if plain else None
+        made = self._accepted_as
         while not self._closing:
             with self._idle_lock:
                 if self._orphans:
