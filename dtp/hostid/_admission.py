@@ -428,20 +428,30 @@ def while_opening(
             return None
         looked = last_read - start
         earliest = last_read + looked / LOOK_SPREAD
-        time.sleep(min(max(delay, earliest - now), left))
+        # min(max(delay, earliest - now), left), written out (a look or two a millisecond,
+        # as a paid server waits for each client's open)
+        wait = earliest - now
+        if wait < delay:
+            wait = delay
+        time.sleep(left if wait > left else wait)
         now = time.monotonic()
         final = now >= deadline  # (the last look: whatever the schedule says)
         if changed is None:
             # (×1.5, not ×2: the open usually lands 0.5-2 ms in, and each doubling step
             # left up to half the wait unseen; 164 → 169 conn/s by host ID, interleaved)
-            delay = min(delay * 1.5, _MAX_LOOK_S)
+            delay = delay * 1.5
+            if delay > _MAX_LOOK_S:
+                delay = _MAX_LOOK_S
             seen = None
         else:
-            delay = min(delay * 1.25, _MAX_WATCH_S)
+            delay = delay * 1.25
+            if delay > _MAX_WATCH_S:
+                delay = _MAX_WATCH_S
             seen = changed()
             # a read with no change seen is a safeguard (a landing the marker missed):
-            # as far apart as the time looked so far
-            if seen == marker and now - last_read < max(_MAX_LOOK_S, looked) and not final:
+            # as far apart as the time looked so far (at least _MAX_LOOK_S)
+            apart = looked if looked > _MAX_LOOK_S else _MAX_LOOK_S
+            if seen == marker and now - last_read < apart and not final:
                 continue
         if now < earliest and not final:
             continue  # (the marker is kept: the change is read once the spread allows)

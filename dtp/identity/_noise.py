@@ -116,6 +116,7 @@ ANY_SCHEME_VERSION: Final = 2
 
 def _as_bytes(name: str, value: bytes) -> bytes:
     # bytes(5) would quietly make five zero bytes; accept only bytes-like objects.
+    # (Callers on the handshake's path pass plain bytes by themselves, skipping the call.)
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
     return bytes(value)
@@ -130,7 +131,8 @@ _MAX_PROLOGUE_SIZE: Final = 0xFFFF
 def _check_prologue(prologue: bytes) -> bytes:
     """``prologue`` as bytes; TypeError if it is not bytes-like, ValueError if it is
     longer than 65535 bytes."""
-    prologue = _as_bytes("prologue", prologue)
+    if type(prologue) is not bytes:
+        prologue = _as_bytes("prologue", prologue)
     if len(prologue) > _MAX_PROLOGUE_SIZE:
         raise ValueError(
             f"prologue must be at most {_MAX_PROLOGUE_SIZE} bytes, got {len(prologue)}"
@@ -139,7 +141,8 @@ def _check_prologue(prologue: bytes) -> bytes:
 
 
 def _check_key(name: str, key: bytes) -> bytes:
-    key = _as_bytes(name, key)
+    if type(key) is not bytes:
+        key = _as_bytes(name, key)
     if len(key) != KEY_SIZE:
         raise ValueError(f"{name} must be {KEY_SIZE} bytes, got {len(key)}")
     return key
@@ -482,10 +485,13 @@ class Handshake:
         over, or ``payload`` is longer than :data:`MAX_PAYLOAD_SIZE` (these leave the
         handshake usable), or if Noise fails (which does not).
         """
-        self._check_usable()
-        if not self.wants_write:
+        if self._failed or self._keys is not None:
+            self._check_usable()
+        # (wants_write, neither failed nor complete)
+        if ((self._messages_done & 1) == 0) != self._is_initiator:
             raise HandshakeError("out of turn: a handshake message must be read first")
-        payload = _as_bytes("payload", payload)
+        if type(payload) is not bytes:
+            payload = _as_bytes("payload", payload)
         if len(payload) > MAX_PAYLOAD_SIZE:
             raise HandshakeError(
                 f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
@@ -511,8 +517,9 @@ class Handshake:
         forged or damaged message must be dropped. Also raises it, without killing the
         handshake, when the handshake is already complete or failed.
         """
-        self._check_usable()
-        data = _as_bytes("message", message)
+        if self._failed or self._keys is not None:
+            self._check_usable()
+        data = message if type(message) is bytes else _as_bytes("message", message)
         # (a Noise read is all or nothing: a failed one changed no state)
         started = self._noise is not None
         try:
@@ -544,7 +551,8 @@ class Handshake:
         self._pattern = None
 
     def _read(self, data: bytes) -> bytes:
-        if self.wants_write:
+        # (wants_write: read_message checked it is neither failed nor complete)
+        if ((self._messages_done & 1) == 0) == self._is_initiator:
             raise HandshakeError("out of turn: expected to write a handshake message, not read")
         if len(data) > MAX_MESSAGE_SIZE:
             raise HandshakeError(
@@ -595,9 +603,8 @@ class Handshake:
     def _after_message(self) -> None:
         self._messages_done += 1
         noise = self._noise
-        remote = noise.remote_static
-        if remote is not None:
-            self._remote_static = remote
+        if self._remote_static is None:  # (once known, Noise's rs stays the same)
+            self._remote_static = noise.remote_static
         if noise.complete:
             assert self._pattern is not None
             assert self._messages_done == _MESSAGE_COUNT[self._pattern]
@@ -621,7 +628,8 @@ def _early_binding(prologue: bytes, server_static: bytes, client_ephemeral: byte
 
 
 def _auth_message(session_digest: bytes, early: bool) -> bytes:
-    session_digest = _as_bytes("session_digest", session_digest)  # bytes(32): 32 zeros
+    if type(session_digest) is not bytes:
+        session_digest = _as_bytes("session_digest", session_digest)  # bytes(32): 32 zeros
     if len(session_digest) != 32:
         raise ValueError("a handshake hash or binding is 32 bytes")
     return (AUTH_EARLY_CONTEXT if early else AUTH_CONTEXT) + session_digest
@@ -704,7 +712,8 @@ def check_auth_proof(
     proof or the digest is not bytes-like.
     """
     message = _auth_message(session_digest, early)
-    proof = _as_bytes("proof", proof)
+    if type(proof) is not bytes:
+        proof = _as_bytes("proof", proof)
     if not 1 <= len(proof) <= MAX_AUTH_PROOF_SIZE:
         raise HandshakeError(
             f"identity proof must be 1 to {MAX_AUTH_PROOF_SIZE} bytes, got {len(proof)}"

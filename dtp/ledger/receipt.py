@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import MalformedReceipt, UnsupportedReceiptVersion
 from dtp.identity._ed25519 import verify_memoized
-from dtp.ledger._objects import Sla, normalize_id
+from dtp.ledger._objects import _NORMALIZED, Sla, normalize_id
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -100,16 +100,26 @@ class ReceiptScope:
     connection_id: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "package", normalize_id(self.package, "package ID"))
-        object.__setattr__(self, "escrow_id", normalize_id(self.escrow_id, "escrow ID"))
-        object.__setattr__(self, "connection_id", normalize_id(self.connection_id, "connection ID"))
+        # (a paid connection makes several: an ID normalize_id met before is looked up
+        # here, as it would look it up, without the call; a get, as another thread may
+        # clear the table meanwhile)
+        known = _NORMALIZED
+        package, escrow, connection = self.package, self.escrow_id, self.connection_id
+        normal = known.get(package) if type(package) is str else None
+        package = normalize_id(package, "package ID") if normal is None else normal
+        normal = known.get(escrow) if type(escrow) is str else None
+        escrow = normalize_id(escrow, "escrow ID") if normal is None else normal
+        normal = known.get(connection) if type(connection) is str else None
+        connection = normalize_id(connection, "connection ID") if normal is None else normal
+        object.__setattr__(self, "package", package)
+        object.__setattr__(self, "escrow_id", escrow)
+        object.__setattr__(self, "connection_id", connection)
 
     def raw(self) -> bytes:
         """The 96 bytes the scope takes in a message and an encoding: package, escrow,
         connection (32 raw bytes each)."""
-        return b"".join(
-            bytes.fromhex(value[2:]) for value in (self.package, self.escrow_id, self.connection_id)
-        )
+        # (normalized: 64 hex digits each, so one fromhex of the three reads the same)
+        return bytes.fromhex(self.package[2:] + self.escrow_id[2:] + self.connection_id[2:])
 
 
 def receipt_message(

@@ -58,6 +58,7 @@ def _ctx() -> Any:
 
 
 def _check(rc: int) -> int:
+    # (the handshake's path writes ``if rc < 0: raise NoiseError(rc)`` itself: a call less)
     if rc < 0:
         raise NoiseError(rc)
     return rc
@@ -76,7 +77,8 @@ class NativeNoiseKey:
     __slots__ = ("_key", "public")
 
     def __init__(self, private: bytes, *, keep_results: bool = False) -> None:
-        private = _bytes_arg(private)
+        if type(private) is not bytes:
+            private = _bytes_arg(private)
         if len(private) != KEY_LEN:
             raise NoiseError(ref.ARG, "a key is 32 bytes")
         made = lib.dtp_noise_key_new(private, KEY_LEN, 1 if keep_results else 0)
@@ -84,7 +86,9 @@ class NativeNoiseKey:
             raise NoiseError(ref.CRYPTO, "OpenSSL refused the key")
         self._key = ffi.gc(made, lib.dtp_noise_key_free)
         out = ffi.new("uint8_t[32]")
-        _check(lib.dtp_noise_key_public(self._key, out, KEY_LEN))
+        rc = lib.dtp_noise_key_public(self._key, out, KEY_LEN)
+        if rc < 0:
+            raise NoiseError(rc)
         #: the 32-byte public key
         self.public: bytes = bytes(ffi.buffer(out))
 
@@ -119,8 +123,9 @@ class NativeNoiseState:
     ) -> None:
         if not isinstance(s, NativeNoiseKey) or not (e is None or isinstance(e, NativeNoiseKey)):
             raise NoiseError(ref.ARG, "keys must be NativeNoiseKey")
-        prologue = _bytes_arg(prologue)
-        remote = ffi.NULL if rs is None else _bytes_arg(rs)
+        if type(prologue) is not bytes:
+            prologue = _bytes_arg(prologue)
+        remote = ffi.NULL if rs is None else rs if type(rs) is bytes else _bytes_arg(rs)
         if pattern not in (NOISE_IK, NOISE_XX):  # (before cffi: it would take 2**32 + 1 as 1)
             raise NoiseError(ref.ARG, "unknown pattern")
         self._hs = ffi.gc(ffi.new("dtp_noise *"), lib.dtp_noise_wipe)
@@ -128,20 +133,20 @@ class NativeNoiseState:
         self._e = e
         self.pattern = pattern
         self.initiator = bool(initiator)
-        _check(
-            lib.dtp_noise_init(
-                self._hs,
-                _ctx(),
-                pattern,
-                1 if initiator else 0,
-                prologue,
-                len(prologue),
-                s._key,
-                ffi.NULL if e is None else e._key,
-                remote,
-                0 if rs is None else len(remote),
-            )
+        rc = lib.dtp_noise_init(
+            self._hs,
+            _CTX if _CTX is not None else _ctx(),
+            pattern,
+            1 if initiator else 0,
+            prologue,
+            len(prologue),
+            s._key,
+            ffi.NULL if e is None else e._key,
+            remote,
+            0 if rs is None else len(remote),
         )
+        if rc < 0:
+            raise NoiseError(rc)
 
     @property
     def s(self) -> NativeNoiseKey:
@@ -171,7 +176,10 @@ class NativeNoiseState:
     def remote_static(self) -> bytes | None:
         """The peer's static key, once known."""
         out = ffi.new("uint8_t[32]")
-        if _check(lib.dtp_noise_remote_static(self._hs, out, KEY_LEN)) == 0:
+        rc = lib.dtp_noise_remote_static(self._hs, out, KEY_LEN)
+        if rc <= 0:
+            if rc < 0:
+                raise NoiseError(rc)
             return None
         return bytes(ffi.buffer(out))
 
@@ -179,7 +187,9 @@ class NativeNoiseState:
         """Set the ephemeral key of a handshake started without one (before any message)."""
         if not isinstance(e, NativeNoiseKey):
             raise NoiseError(ref.ARG, "keys must be NativeNoiseKey")
-        _check(lib.dtp_noise_set_ephemeral(self._hs, e._key))
+        rc = lib.dtp_noise_set_ephemeral(self._hs, e._key)
+        if rc < 0:
+            raise NoiseError(rc)
         self._e = e
 
     def give_dh(self, token: int, secret: bytes) -> None:
@@ -191,32 +201,44 @@ class NativeNoiseState:
 
     def overhead(self) -> int:
         """Bytes the next message adds to its payload."""
-        return _check(lib.dtp_noise_overhead(self._hs))
+        rc: int = lib.dtp_noise_overhead(self._hs)
+        if rc < 0:
+            raise NoiseError(rc)
+        return rc
 
     def write_message(self, payload: bytes = b"") -> bytes:
         """WriteMessage: the next message, carrying ``payload``."""
-        payload = _bytes_arg(payload)
+        if type(payload) is not bytes:
+            payload = _bytes_arg(payload)
         extra = lib.dtp_noise_overhead(self._hs)
-        cap = len(payload) + max(extra, 0)
-        out = ffi.new("uint8_t[]", max(cap, 1))
+        cap = len(payload) + (extra if extra > 0 else 0)
+        out = ffi.new("uint8_t[]", cap if cap > 1 else 1)
         written = ffi.new("size_t *")
-        _check(lib.dtp_noise_write(self._hs, _ctx(), payload, len(payload), out, cap, written))
+        ctx = _CTX if _CTX is not None else _ctx()
+        rc = lib.dtp_noise_write(self._hs, ctx, payload, len(payload), out, cap, written)
+        if rc < 0:
+            raise NoiseError(rc)
         return bytes(ffi.buffer(out, written[0]))
 
     def read_message(self, message: bytes) -> bytes:
         """ReadMessage: the payload ``message`` carries; all or nothing."""
-        message = _bytes_arg(message)
-        out = ffi.new("uint8_t[]", max(len(message), 1))
+        if type(message) is not bytes:
+            message = _bytes_arg(message)
+        size = len(message)
+        out = ffi.new("uint8_t[]", size if size > 1 else 1)
         written = ffi.new("size_t *")
-        _check(
-            lib.dtp_noise_read(self._hs, _ctx(), message, len(message), out, len(message), written)
-        )
+        ctx = _CTX if _CTX is not None else _ctx()
+        rc = lib.dtp_noise_read(self._hs, ctx, message, size, out, size, written)
+        if rc < 0:
+            raise NoiseError(rc)
         return bytes(ffi.buffer(out, written[0]))
 
     def handshake_hash(self) -> bytes:
         """The handshake hash, once every message is done."""
         out = ffi.new("uint8_t[32]")
-        _check(lib.dtp_noise_hash(self._hs, out, 32))
+        rc = lib.dtp_noise_hash(self._hs, out, 32)
+        if rc < 0:
+            raise NoiseError(rc)
         return bytes(ffi.buffer(out))
 
     def split(self) -> tuple[bytes, bytes]:
@@ -224,7 +246,9 @@ class NativeNoiseState:
         handshake's secrets are wiped."""
         send = ffi.new("uint8_t[32]")
         recv = ffi.new("uint8_t[32]")
-        _check(lib.dtp_noise_split(self._hs, _ctx(), send, recv))
+        rc = lib.dtp_noise_split(self._hs, _CTX if _CTX is not None else _ctx(), send, recv)
+        if rc < 0:
+            raise NoiseError(rc)
         self._e = None
         return bytes(ffi.buffer(send)), bytes(ffi.buffer(recv))
 

@@ -53,10 +53,9 @@ def native_write_record_header(kind: int, flags: int, body_len: int, counter: in
     if not 0 <= body_len <= 0xFFFF:
         raise LocalProtocolError(code=ErrorCode.RECORD_SIZE)
     out = bytearray(RECORD_HEADER_LEN)
-    _check(
-        lib.dtp_record_header_write(kind, flags, body_len, counter, _from(out), len(out)),
-        remote=False,
-    )
+    rc = lib.dtp_record_header_write(kind, flags, body_len, counter, _from(out), len(out))
+    if rc < 0:  # (the check in place: a call less a record on the handshake's path)
+        _check(rc, remote=False)
     return bytes(out)
 
 
@@ -72,10 +71,11 @@ def native_parse_records(
     consumed = ffi.new("size_t *")
     rc = lib.dtp_records_parse(data, size, out, cap, n, consumed)
     del data  # (see _from)
-    _check(rc, remote=True)
+    if rc < 0:
+        _check(rc, remote=True)
+    # (the array's first n[0] entries, as a slice: no generator of indexes)
     records = [
-        RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset)
-        for r in (out[i] for i in range(n[0]))
+        RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset) for r in out[0 : n[0]]
     ]
     return RecordBatch(records, consumed[0], rc)
 
@@ -335,7 +335,8 @@ class NativeAead:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
-        ctx = lib.dtp_aead_new(_from(key), len(key))
+        # (bytes, as the handshake's keys are, go to C as they are: no export to make)
+        ctx = lib.dtp_aead_new(key if type(key) is bytes else _from(key), 32)
         if ctx == ffi.NULL:
             raise MemoryError("could not allocate an AEAD context")
         self._ctx = ffi.gc(ctx, lib.dtp_aead_free)

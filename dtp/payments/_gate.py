@@ -325,7 +325,8 @@ class ReceiptGate:
     def payable(self) -> int:
         """What the accepted receipts let the server collect: the latest one's amount
         (within the deposit, reserved on the client's cap: no claim of it can be
-        refused)."""
+        refused). (The gate's own checks read :attr:`latest_amount`, several times a
+        request, without the call.)"""
         return self.latest_amount
 
     def wants_deposit(
@@ -344,7 +345,7 @@ class ReceiptGate:
             return False
         if self.over_deposit is not None:
             return True
-        owed = fee(self.sla, total_bytes, total_requests) - self.payable()
+        owed = fee(self.sla, total_bytes, total_requests) - self.latest_amount
         credit = self.credit()
         return owed > credit and self._credit(U64_MAX) > credit
 
@@ -390,24 +391,26 @@ class ReceiptGate:
     def _headroom(self, deposited: int) -> int:
         """:meth:`credit` before it is floored at 0 (never negative while receipts stay
         within the deposit, as :meth:`check` sees to)."""
-        return min(self.allowance, deposited - self.payable())
+        return min(self.allowance, deposited - self.latest_amount)
 
     def owed(self, total_bytes: int, total_requests: int) -> int:
         """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
-        return max(0, fee(self.sla, total_bytes, total_requests) - self.payable())
+        return max(0, fee(self.sla, total_bytes, total_requests) - self.latest_amount)
 
     def settled_up(self, total_bytes: int, total_requests: int) -> bool:
         """Whether no further receipt is to be expected: the usage is covered, or the
         receipts already reach all the client can pay (its deposit)."""
-        return self.owed(total_bytes, total_requests) == 0 or self.payable() >= self.deposited
+        return self.owed(total_bytes, total_requests) == 0 or self.latest_amount >= self.deposited
 
     def serving(self, total_bytes: int, total_requests: int) -> bool:
         """The cheap check made before every read and write: True when the verdict is
         SERVE (no bad receipt, credit within the allowance)."""
         if self.violation is not None:
             return False
-        if fee(self.sla, total_bytes, total_requests) - self.payable() > self._headroom(
-            self.deposited
+        # (_headroom inlined: this runs before every read and write)
+        paid = self.latest_amount
+        if fee(self.sla, total_bytes, total_requests) - paid > min(
+            self.allowance, self.deposited - paid
         ):
             return False
         self._paused_since = None
@@ -420,7 +423,7 @@ class ReceiptGate:
             return 0
         room = (
             self._headroom(self.deposited)
-            + self.payable()
+            + self.latest_amount
             - total_requests * self.sla.price_per_request
         )
         if room < 0:
@@ -438,7 +441,7 @@ class ReceiptGate:
             return GateVerdict(GateState.CLOSE, owed, self.violation)
         headroom = self._headroom(self.deposited)
         credit = max(0, headroom)
-        if fee(self.sla, total_bytes, total_requests) - self.payable() <= headroom:
+        if fee(self.sla, total_bytes, total_requests) - self.latest_amount <= headroom:
             self._paused_since = None
             return GateVerdict(GateState.SERVE, owed)
         if self._paused_since is None:

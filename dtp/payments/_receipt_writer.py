@@ -72,7 +72,10 @@ class ReceiptWriter:
         # the newest receipt given up of each connection (only it is worth claiming: a
         # store closed under the writer drops one per batch, for as long as it runs)
         self._given_up: dict[str, Receipt] = {}
-        self._cond = threading.Condition()
+        # (taken as ``with self._cond_lock``: Condition's __enter__/__exit__ are Python
+        # calls, and a paid server looks at the writer several times a connection)
+        self._cond_lock = threading.RLock()
+        self._cond = threading.Condition(self._cond_lock)
         self._closed = False
         # when_stopped(): run once the thread is past its last write (set under _cond)
         self._ended = False
@@ -87,7 +90,7 @@ class ReceiptWriter:
     def submit(self, receipt: Receipt, done: Done) -> None:
         """Queue ``receipt`` (replacing an older one of its connection still waiting;
         one older than the one waiting is dropped, as the store would refuse it)."""
-        with self._cond:
+        with self._cond_lock:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
             # keyed as latest() and mark_claimed() look it up (a receipt made by hand
@@ -100,7 +103,7 @@ class ReceiptWriter:
         """The newest receipt of a connection, waiting, being written or stored, claimed
         as far as the store and the marks not yet written say."""
         key = normalize_id(connection_id, "connection ID")
-        with self._cond:
+        with self._cond_lock:
             waiting = self._pending.get(key)
             receipt = waiting[0] if waiting is not None else self._busy.get(key)
             mark = max(self._marks.get(key, 0), self._busy_marks.get(key, 0))
@@ -120,7 +123,7 @@ class ReceiptWriter:
             # refused here: found by the writer thread, it would end the thread, and no
             # receipt would be written after it
             raise ValueError(f"a claimed amount is a u64, got {amount!r}")
-        with self._cond:
+        with self._cond_lock:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
             if not self._marks:
@@ -139,7 +142,7 @@ class ReceiptWriter:
                 return not self._pending and not self._marks and not self._busy
             return key not in self._pending and key not in self._marks and key not in self._busy
 
-        with self._cond:
+        with self._cond_lock:
             if self._marks:
                 self._mark_now = True
                 self._cond.notify_all()
@@ -180,7 +183,7 @@ class ReceiptWriter:
         step (:attr:`stopped` True only after it), or at once when it is past its last
         write. What a paid server's release leaves to a writer still writing (detach,
         close). An exception it raises is logged."""
-        with self._cond:
+        with self._cond_lock:
             if not self._ended:
                 self._on_stop.append(then)
                 return
@@ -190,7 +193,7 @@ class ReceiptWriter:
         try:
             self._write_all()
         finally:
-            with self._cond:
+            with self._cond_lock:
                 self._ended = True
                 hooks, self._on_stop = self._on_stop, []
             for then in hooks:
@@ -200,7 +203,7 @@ class ReceiptWriter:
         """The thread's work: every batch, until closed and drained."""
         _lower_priority(WRITER_NICE)
         while True:
-            with self._cond:
+            with self._cond_lock:
                 taken = self._next_batch()
             if taken is None:
                 return
@@ -220,12 +223,12 @@ class ReceiptWriter:
                 batch = {}
             except Exception as exc:  # (not the disk: trying again would fail alike)
                 logger.exception("cannot store receipts (%s)", _brief(batch or marks))
-                with self._cond:
+                with self._cond_lock:
                     self._note_given_up(batch)
                 _give_up(batch, marks, exc, "dropped")
                 batch = {}
             else:
-                with self._cond:
+                with self._cond_lock:
                     self._retry_at = None
             for (receipt, done), kept in zip(batch.values(), stored, strict=False):
                 if not kept:
@@ -244,7 +247,7 @@ class ReceiptWriter:
                         callback(receipt)
                     except Exception:
                         logger.exception("receipt callback failed for %s", receipt.connection_id)
-            with self._cond:
+            with self._cond_lock:
                 self._busy = {}
                 self._busy_marks = {}
                 self._cond.notify_all()
@@ -255,7 +258,7 @@ class ReceiptWriter:
         """A write failed: keep the batch waiting and try again after
         :data:`RETRY_DELAY` (dropped, the client would not sign that usage again). After
         :meth:`close`, only within its timeout; then it is given up (:func:`_give_up`)."""
-        with self._cond:
+        with self._cond_lock:
             self._requeue(batch, marks)
             retry_at = time.monotonic() + RETRY_DELAY
             if self._closed and retry_at >= self._give_up_at:
@@ -297,7 +300,7 @@ class ReceiptWriter:
         """A write failed because the store is closed, for good: drop the batch and what
         waits, each receipt logged whole and kept in :attr:`given_up`, rather than retry
         it for good. ``done`` does not run for them: ``done`` means kept."""
-        with self._cond:
+        with self._cond_lock:
             self._requeue(batch, marks)
             receipts, dropped_marks = self._take_all()
             self._note_given_up(receipts)
@@ -307,7 +310,7 @@ class ReceiptWriter:
     def given_up(self) -> tuple[Receipt, ...]:
         """The receipts given up (the newest of each connection), not stored, each
         logged whole at error level."""
-        with self._cond:
+        with self._cond_lock:
             return tuple(self._given_up.values())
 
     def _note_given_up(self, receipts: Mapping[str, tuple[Receipt, Done]]) -> None:
@@ -327,7 +330,7 @@ class ReceiptWriter:
         ``timeout`` (of the first call), then giving it up. True when everything was
         written; False when receipts were given up or the thread still writes
         (:attr:`stopped` tells: then the store must not be closed)."""
-        with self._cond:
+        with self._cond_lock:
             if not self._closed:
                 # (None: tried again for as long as it takes, as join(None) waits; set
                 # before _closed, so that a bad timeout leaves the writer as it was)

@@ -354,6 +354,10 @@ class AddressSlots(Generic[T]):
         (the caller closes them): they wait no longer than their deadline for a turn
         that would refuse them anyway."""
         expired: list[T] = []
+        if not self._waiting:
+            # (nobody waits, the usual case: as if looked at under the lock just before
+            # a line began -- the reader thread looks several times a connection)
+            return expired
         with self._lock:
             for address in [a for a, line in self._waiting.items() if line[0][0] <= now]:
                 line = self._waiting[address]
@@ -369,6 +373,8 @@ class AddressSlots(Generic[T]):
         """The earliest deadline of those waiting in the lines' heads (None: nobody
         waits). A line is in arrival order, its deadlines too but for connections of a
         longer handshake timeout (over the ledger carrier), met at their turn."""
+        if not self._waiting:
+            return None  # (as in expire)
         with self._lock:
             heads = [line[0][0] for line in self._waiting.values() if line]
         return min(heads, default=None)
@@ -519,27 +525,28 @@ class FirstMessage:
         INVALID: a client sends nothing more before our reply) or ignored."""
         if self.state is Progress.INVALID:
             return self.state
-        self._buf += data
-        if len(self._buf) > _MAX_KEPT:
+        buf = self._buf
+        buf += data
+        size = len(buf)
+        if size > _MAX_KEPT:
             self.state = Progress.INVALID
             return self.state
         if self.state is Progress.COMPLETE:
             return self.state
-        buf = self._buf
         # (the kind and flags bytes at once: an HTTP, TLS or SSH client is turned away
         # with its first segment, not after twelve bytes)
         if bytes(buf[:1]) not in (b"", _HS_INIT) or bytes(buf[1:2]) not in (b"", b"\0"):
             self.state = Progress.INVALID
             return self.state
-        if len(buf) >= RECORD_HEADER_LEN and self._need == RECORD_HEADER_LEN:
+        if size >= RECORD_HEADER_LEN and self._need == RECORD_HEADER_LEN:
             kind, flags, length = struct.unpack_from("<BBH", buf)
             if kind != REC_HS_INIT or flags or not 1 <= length <= MAX_MESSAGE_SIZE:
                 self.state = Progress.INVALID
                 return self.state
             self._need = RECORD_HEADER_LEN + length
-        if len(buf) > RECORD_HEADER_LEN and buf[RECORD_HEADER_LEN] not in (PATTERN_IK, PATTERN_XX):
+        if size > RECORD_HEADER_LEN and buf[RECORD_HEADER_LEN] not in (PATTERN_IK, PATTERN_XX):
             self.state = Progress.INVALID
-        elif self._need > RECORD_HEADER_LEN and len(buf) >= self._need:
+        elif self._need > RECORD_HEADER_LEN and size >= self._need:
             self.state = Progress.COMPLETE
         return self.state
 
@@ -954,10 +961,15 @@ class Admission(Generic[H]):
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has something to do next (None: nothing waits)."""
-        deadlines = [self.unproven.next_deadline(), self.server_slots.next_deadline()]
+        first = self.unproven.next_deadline()
+        line = self.server_slots.next_deadline()
+        if line is not None and (first is None or line < first):
+            first = line
         if self.address_slots is not None:
-            deadlines.append(self.address_slots.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+            line = self.address_slots.next_deadline()
+            if line is not None and (first is None or line < first):
+                first = line
+        return first
 
     # -- proven: the slots ------------------------------------------------------------------
 

@@ -672,83 +672,89 @@ class Session:
         return _NOTHING_TOUCHED if touched is None else touched
 
     def _apply(self, event: Event) -> None:
-        if isinstance(event, StreamDataReceived):
-            sink = self.sinks.get(event.stream_id)
-            if sink is not None:
-                self._to_sink(event.stream_id, sink, event.data, event.end_stream)
-                return
-            buf = self.streams.get(event.stream_id)
-            if buf is None:
-                buf = self.streams[event.stream_id] = StreamBuffer()
-            if buf.discarded:
-                self.conn.acknowledge_read(event.stream_id, len(event.data))
-                return
-            buf.data += event.data
-            if event.end_stream:
-                buf.eof = True
-        elif isinstance(event, StreamOpened):
-            # (its data, read with its opening, may have made the buffer already: no
-            # StreamBuffer made to be dropped, as setdefault would)
-            if event.stream_id not in self.streams:
-                self.streams[event.stream_id] = StreamBuffer()
-            self.incoming_streams.append(event.stream_id)
-            if event.stream_id == PRIMARY_STREAM:
-                # the client's first stream is the connection's own (the adapters'
-                # accept never hands it out): the application has it from the start
-                self.conn.stream_taken(0)
-        elif isinstance(event, StreamResetReceived):
-            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
-            buf.reset_code = event.error_code
-            sink = self.sinks.get(event.stream_id)
-            if sink is not None:
-                self._end_sink(
-                    event.stream_id, sink, StreamReset(event.stream_id, event.error_code)
-                )
-        elif isinstance(event, StopSendingReceived):
-            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
-            buf.send_stopped = event.error_code
-        elif isinstance(event, ConnectionAccepted):
-            self.accepted = True
-        elif isinstance(event, PeerAuthenticated):
-            self.zklogin_check = event.zklogin
-            self.authenticated_address = event.address
-            if self.on_authenticated is not None:
-                self.on_authenticated(event.address)
-        elif isinstance(event, DatagramReceived):
-            self._give_datagram(event.data)
-        elif isinstance(event, ControlReceived):
-            _bounded_append(self.controls, (event.kind, event.data))
-        elif isinstance(event, ReceiptReceived):
-            if self.on_receipt is not None:
-                try:
-                    self.on_receipt(event.data)
-                except Exception as exc:
-                    self._callback_failed("the receipt handler", exc)
-            else:
-                _bounded_append(self.receipts, event.data)
-        elif isinstance(event, ConnectionTerminated):
-            self.terminated = event
-            self.error = error_for_termination(event)
-            if self._failure is not None and not event.by_peer and event.reason == CALLBACK_FAILED:
-                self.error = self._failed_error()
-            elif (
-                self._carrier_cause is not None
-                and self.error is not None
-                and event.error_code == CloseCode.CONNECTION_LOST
-            ):
-                self.error.__cause__ = self._carrier_cause
-            for stream_id, sink in list(self.sinks.items()):
-                # (a sink's stream had not ended, or it would be detached already)
-                self._end_sink(stream_id, sink, self.error or self.cut_short(stream_id))
-            # none of these can be called once the connection has ended (the final
-            # receipt came before this event); each is a bound method or closure of an
-            # object that holds the session, a cycle left to the collector otherwise
-            self.on_receipt = self.on_authenticated = self.on_handshake = None
-        elif isinstance(event, HandshakeCompleted):
-            if self.on_handshake is not None:
-                self.on_handshake()
-        elif isinstance(event, SendWindowOpened):
-            pass  # waiters re-check their condition on any change
+        # (class patterns: the isinstance checks of an if-chain, without its calls)
+        match event:
+            case StreamDataReceived():
+                sink = self.sinks.get(event.stream_id)
+                if sink is not None:
+                    self._to_sink(event.stream_id, sink, event.data, event.end_stream)
+                    return
+                buf = self.streams.get(event.stream_id)
+                if buf is None:
+                    buf = self.streams[event.stream_id] = StreamBuffer()
+                if buf.discarded:
+                    self.conn.acknowledge_read(event.stream_id, len(event.data))
+                    return
+                buf.data += event.data
+                if event.end_stream:
+                    buf.eof = True
+            case StreamOpened():
+                # (its data, read with its opening, may have made the buffer already: no
+                # StreamBuffer made to be dropped, as setdefault would)
+                if event.stream_id not in self.streams:
+                    self.streams[event.stream_id] = StreamBuffer()
+                self.incoming_streams.append(event.stream_id)
+                if event.stream_id == PRIMARY_STREAM:
+                    # the client's first stream is the connection's own (the adapters'
+                    # accept never hands it out): the application has it from the start
+                    self.conn.stream_taken(0)
+            case StreamResetReceived():
+                buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+                buf.reset_code = event.error_code
+                sink = self.sinks.get(event.stream_id)
+                if sink is not None:
+                    self._end_sink(
+                        event.stream_id, sink, StreamReset(event.stream_id, event.error_code)
+                    )
+            case StopSendingReceived():
+                buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+                buf.send_stopped = event.error_code
+            case ConnectionAccepted():
+                self.accepted = True
+            case PeerAuthenticated():
+                self.zklogin_check = event.zklogin
+                self.authenticated_address = event.address
+                if self.on_authenticated is not None:
+                    self.on_authenticated(event.address)
+            case DatagramReceived():
+                self._give_datagram(event.data)
+            case ControlReceived():
+                _bounded_append(self.controls, (event.kind, event.data))
+            case ReceiptReceived():
+                if self.on_receipt is not None:
+                    try:
+                        self.on_receipt(event.data)
+                    except Exception as exc:
+                        self._callback_failed("the receipt handler", exc)
+                else:
+                    _bounded_append(self.receipts, event.data)
+            case ConnectionTerminated():
+                self.terminated = event
+                self.error = error_for_termination(event)
+                if (
+                    self._failure is not None
+                    and not event.by_peer
+                    and event.reason == CALLBACK_FAILED
+                ):
+                    self.error = self._failed_error()
+                elif (
+                    self._carrier_cause is not None
+                    and self.error is not None
+                    and event.error_code == CloseCode.CONNECTION_LOST
+                ):
+                    self.error.__cause__ = self._carrier_cause
+                for stream_id, sink in list(self.sinks.items()):
+                    # (a sink's stream had not ended, or it would be detached already)
+                    self._end_sink(stream_id, sink, self.error or self.cut_short(stream_id))
+                # none of these can be called once the connection has ended (the final
+                # receipt came before this event); each is a bound method or closure of an
+                # object that holds the session, a cycle left to the collector otherwise
+                self.on_receipt = self.on_authenticated = self.on_handshake = None
+            case HandshakeCompleted():
+                if self.on_handshake is not None:
+                    self.on_handshake()
+            case SendWindowOpened():
+                pass  # waiters re-check their condition on any change
 
     # -- reading -----------------------------------------------------------------------
 

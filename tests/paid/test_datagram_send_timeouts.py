@@ -91,10 +91,11 @@ def test_the_rate_limit_holds_a_datagram_send_no_longer_than_its_timeout(
 
 
 class _Waits(threading.Condition):
-    """The connection's credit condition, recording the timeout of every wait on it."""
+    """The connection's credit condition, recording the timeout of every wait on it (over
+    the connection's lock, which its methods take themselves)."""
 
-    def __init__(self) -> None:
-        super().__init__(threading.Lock())
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
         self.timeouts: list[float | None] = []
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -118,7 +119,7 @@ def test_a_datagram_send_waits_for_credit_held_by_a_write_within_its_timeout(
     def handle(sock: PaidSocket) -> None:
         paid = sock._paid
         assert sock.recv(1) == b"g"
-        waits = _Waits()
+        waits = _Waits(paid._lock)
         paid._cond = waits
         # the credit a sendall in another thread takes before it sends
         paid.wait_send(sock._sock)

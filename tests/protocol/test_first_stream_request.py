@@ -14,6 +14,9 @@ from tests.support.pairs import Side, connect, run
 
 
 def _requests(c: Side, s: Side) -> tuple[int, int]:
+    # (usage reads both parts itself: it must say what used_bytes and requests_made say)
+    for conn in (c.conn, s.conn):
+        assert conn.usage == (conn.used_bytes(), conn.requests_made())
     return c.conn.usage[1], s.conn.usage[1]
 
 

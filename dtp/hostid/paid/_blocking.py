@@ -75,8 +75,11 @@ class PaidConnection(PaidConnectionState):
         self.engine = sock.layer.driver
         self.limit_lock = limit_lock
         # (the credit is what may move before the gate is asked again, under _cond
-        # where writes take from it)
-        self._cond = threading.Condition(threading.Lock())
+        # where writes take from it; taken as ``with self._lock``, its condition's own
+        # lock: Condition's __enter__ and __exit__ are two Python calls each, several
+        # times a request)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiters = 0
 
     # -- the connection's I/O driver -------------------------------------------------
@@ -309,7 +312,7 @@ class PaidConnection(PaidConnectionState):
         if not writing:
             self.credit.read = self.core.read_credit(engine.conn.usage)
             return True
-        with self._cond:
+        with self._lock:
             # usage and queue first, then what is under way, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
             # at all
@@ -344,7 +347,7 @@ class PaidConnection(PaidConnectionState):
     def reserve(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` may go now (after :meth:`wait_send`), taken
         from the credit at once and held as under way until :meth:`sent`."""
-        with self._cond:
+        with self._lock:
             return self.credit.reserve(nbytes)
 
     # (blocking only: a datagram send waits for credit (asyncio's drops: datagrams_now))
@@ -365,7 +368,7 @@ class PaidConnection(PaidConnectionState):
             "socket" if deadline is None else max(0.0, deadline - began)
         )
         while True:
-            with self._cond:
+            with self._lock:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
             if count:
                 core = self.core
@@ -386,7 +389,7 @@ class PaidConnection(PaidConnectionState):
 
     def sent(self, reserved: int) -> None:
         """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
-        with self._cond:
+        with self._lock:
             self.credit.sent(reserved)
             if self._waiters:
                 self._cond.notify_all()
@@ -528,7 +531,7 @@ class PaidConnection(PaidConnectionState):
                 else:
                     queue.extendleft(reversed(batch[count:]))
         if count < len(batch):
-            with self._cond:
+            with self._lock:
                 self.credit.void()
         if count:
             self.credit.spent(sum(map(len, batch[:count])))

@@ -134,6 +134,11 @@ def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
 _BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
 
 # the handshake record each state waits for (built once: each handshake message looks)
+# a server's packed transport parameters by (id of its config, version answered):
+# Connection._transport_params
+_SERVER_PARAMS: dict[tuple[int, int], tuple[ConnectionConfig, bytes]] = {}
+_SERVER_PARAMS_KEPT = 32
+
 _HANDSHAKE_KIND = {
     ConnState.SERVER_WAIT: REC_HS_INIT,
     ConnState.CLIENT_HELLO: REC_HS_RESP,
@@ -385,14 +390,25 @@ class Connection(_Streams, _FastPaths):
         plus received -- stream bytes over all streams, and datagram payloads as they are
         queued to go out or accepted from an authenticated record; requests,
         :meth:`requests_made`)."""
-        return self.used_bytes(), self.requests_made()
+        # (both inlined: a paid connection reads its usage several times a request)
+        table = self.streams
+        lane = self.lent_lane
+        if lane is not None:
+            f = lane.flow
+            used: int = f.conn_sent + f.rx.conn_received + self.datagram_bytes
+        else:
+            used = table.conn_sent + table.conn_received + self.datagram_bytes
+        opened = table.opened_by_us if table.is_client else table.peer_opened
+        if opened and not table.first_carried and not self._first_carries():
+            return used, opened - 1
+        return used, opened
 
     def requests_made(self) -> int:
         """The requests of :attr:`usage`: the streams the client opened, its first one
         (stream 0, which the connection opens with it) only once data went on it, either
         way -- a first stream held open and ended empty carries no request."""
         table = self.streams
-        opened = table.client_streams()
+        opened = table.opened_by_us if table.is_client else table.peer_opened  # (client_streams)
         if opened and not table.first_carried and not self._first_carries():
             return opened - 1
         return opened
@@ -1136,6 +1152,13 @@ class Connection(_Streams, _FastPaths):
     # what the handshake sends
 
     def _transport_params(self) -> bytes:
+        if not self.is_client:
+            # a server's are its config's and the version it answers: the same bytes for
+            # every client of that version, packed once (a client's carry its proof)
+            key = (id(self.config), self._offered_version())
+            kept = _SERVER_PARAMS.get(key)
+            if kept is not None and kept[0] is self.config:
+                return kept[1]
         params: dict[str, Any] = {
             "v": self._offered_version(),
             "md": self.config.connection_window,
@@ -1155,6 +1178,11 @@ class Connection(_Streams, _FastPaths):
             if self.config.port is not None:
                 params["port"] = self.config.port
         packed: bytes = msgpack.packb(params)
+        if not self.is_client:
+            if len(_SERVER_PARAMS) >= _SERVER_PARAMS_KEPT:
+                _SERVER_PARAMS.clear()  # (configs made and dropped by the dozen)
+            # (the config is held with its bytes, so that its id is not reused meanwhile)
+            _SERVER_PARAMS[key] = (self.config, packed)
         return packed
 
     def _prover(self) -> Any:

@@ -242,12 +242,14 @@ class DTPServer(AdmittingServer[_Arrival]):
     _serving: Reservations | None
     _config: ConnectionConfig
     _listener: _socket.socket | None
+    _accepted_as: tuple[Any, Any, int] | None
     _address: tuple[str, int] | None
     _attached: Listener | None
     _queue: AcceptQueue
     _timeout: float | None
     _dispatch: Callable[[DTPSocket], None] | None
     _closed: threading.Event
+    _closing: bool
     _jobs: queue.SimpleQueue[_Job | None]
     _idle: int
     _idle_lock: threading.Lock
@@ -324,6 +326,14 @@ class DTPServer(AdmittingServer[_Arrival]):
         if self._listener is not None:
             # (the accepting thread waits for it and for orphans at once: _accept_next)
             self._listener.setblocking(False)
+        # socket.accept less its look-ups: it reads the listener's family and type at
+        # every call (each an enum made from an int), the same every time; read once
+        # here for the operating system's own listener (a simulated network's has its
+        # own accept, called as it is: _accept_next)
+        self._accepted_as: tuple[Any, Any, int] | None = None
+        if type(self._listener) is _socket.socket:
+            listener = self._listener
+            self._accepted_as = (listener.family, listener.type, listener.proto)
         self._address: tuple[str, int] | None = None
         if self._listener is not None:
             host, tcp_port = self._listener.getsockname()[:2]
@@ -333,6 +343,9 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._closed = threading.Event()
+        # (set with it, by close() alone: what the per-connection paths read, where
+        # Event.is_set is a Python call)
+        self._closing = False
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
         # (see _hand_to_thread and _connection_thread)
@@ -389,6 +402,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         closed."""
         if self._closed.is_set():
             return
+        self._closing = True
         self._closed.set()
         with self._stats_lock:
             handshaking = list(self._handshaking)
@@ -479,12 +493,14 @@ class DTPServer(AdmittingServer[_Arrival]):
     def _watch(self, arrival: _Arrival) -> None:
         """Leave ``arrival``'s first record to the reader thread."""
         with self._stats_lock:
-            if self._closed.is_set():
+            if self._closing:
                 arrival.tcp.close()
                 return
             self._reading[arrival.tcp.fileno()] = arrival
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress, per connection)
             self._reader_waker.send(b"\0")
+        except OSError:
+            pass
 
     def _read_loop(self) -> None:
         """The reader thread: the first records of the connections that are still
@@ -492,8 +508,9 @@ class DTPServer(AdmittingServer[_Arrival]):
         connections waiting in a line for a slot, closed once past their deadline
         (looked at every :data:`_EXPIRY_POLL` seconds at most)."""
         wake = self._reader_wake
+        wake_fd = wake.fileno()
         try:
-            while not self._closed.is_set():
+            while not self._closing:
                 poller = sched.poll()
                 poller.register(wake, select.POLLIN)
                 with self._stats_lock:
@@ -504,9 +521,11 @@ class DTPServer(AdmittingServer[_Arrival]):
                 if deadline is not None:
                     wait = min(max(deadline - sched.monotonic(), 0.0), wait)
                 for fd, _ in poller.poll(wait * 1000.0 + 1):
-                    if fd == wake.fileno():
-                        with contextlib.suppress(OSError):
+                    if fd == wake_fd:
+                        try:  # noqa: SIM105 (as in _watch)
                             wake.recv(4096)
+                        except OSError:
+                            pass
                         continue
                     with self._stats_lock:
                         arrival = self._reading.get(fd)
@@ -547,7 +566,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         in a connection thread -- this one, when the accepting thread asked for it
         (:meth:`_accept_next`). False when it cannot (the server closed, the client
         left, no thread): closed."""
-        if self._closed.is_set():
+        if self._closing:
             arrival.tcp.close()
             return False
         mine: list[_Arrival] | None = getattr(self._local, "mine", None)
@@ -604,7 +623,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         transactions), holding no thread meanwhile. False (the carrier closed) once the
         server is closed, when the server's line is full, or when no thread can be
         started for it."""
-        if self._closed.is_set():
+        if self._closing:
             carrier.close()
             return False
         # no IP address to cap by: the ledger bridge is a local socket
@@ -624,7 +643,8 @@ class DTPServer(AdmittingServer[_Arrival]):
         lines, and this thread accepts on. None once the server is closed."""
         listener = self._listener
         assert listener is not None
-        while not self._closed.is_set():
+        made = self._accepted_as
+        while not self._closing:
             with self._idle_lock:
                 if self._orphans:
                     return self._orphans.popleft()
@@ -637,15 +657,24 @@ class DTPServer(AdmittingServer[_Arrival]):
                 fd = listener.fileno()
                 poller.register(fd, select.POLLIN)
                 poller.register(self._orphan_wake, select.POLLIN)
-                if not any(ready == fd for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0)):
+                for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0):
+                    if ready == fd:
+                        break
+                else:
                     with contextlib.suppress(OSError):
                         self._orphan_wake.recv(4096)
                     continue
-                tcp, peer = listener.accept()
+                if made is not None:
+                    # (as socket.accept; its return to blocking mode for a default
+                    # timeout of None is moot: the socket goes non-blocking below)
+                    accepted, peer = listener._accept()  # type: ignore[attr-defined]
+                    tcp = _socket.socket(*made, fileno=accepted)
+                else:
+                    tcp, peer = listener.accept()
             except BlockingIOError:
                 continue  # (another took it: none here)
             except (OSError, ValueError):
-                if self._closed.is_set():
+                if self._closing:
                     return None
                 sched.sleep(0.05)
                 continue
@@ -715,7 +744,7 @@ class DTPServer(AdmittingServer[_Arrival]):
                     self._turn_left = False
                     job = _ACCEPT_TURN
                     continue
-                if self._closed.is_set():
+                if self._closing:
                     return
                 self._idle += 1
             try:
@@ -739,7 +768,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             self._handshake_over(arrival)
         if sock is None:
             return
-        if self._closed.is_set():
+        if self._closing:
             sock.abort("the server is closed")  # nobody will take it now
             return
         dispatch = self._dispatch
@@ -748,7 +777,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             dispatch(sock)
             return
         self._queue.put(sock)  # (its place was taken before its client was told it is in)
-        if self._closed.is_set():
+        if self._closing:
             self._queue.close()  # close() ran meanwhile and may have missed it
 
     def _handshake_over(self, arrival: _Arrival) -> None:
@@ -778,7 +807,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             self._handshaking.add(engine)
         try:
             # (close() sets _closed before it wakes what it finds in _handshaking)
-            if self._closed.is_set():
+            if self._closing:
                 outcome, verdict = Outcome.CLOSED, ""
             else:
                 outcome, verdict = self._authenticate(engine, arrival)
@@ -821,7 +850,6 @@ class DTPServer(AdmittingServer[_Arrival]):
                 engine._after_io()
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
-            closed = self._closed
             if arrival.key is not None and session.authenticated_address is None:
                 # its first record, read, got our reply: its client's next message is
                 # due. (A ledger bridge's first record comes over the ledger, slowly: it
@@ -831,13 +859,13 @@ class DTPServer(AdmittingServer[_Arrival]):
                 lambda: (
                     session.authenticated_address is not None
                     or session.terminated is not None
-                    or closed.is_set()
+                    or self._closing
                     or arrival.gave_way
                 ),
                 conn.config.handshake_timeout,
             )
             self._admission.authenticated(arrival)
-            if closed.is_set():
+            if self._closing:
                 return Outcome.CLOSED, ""
             if arrival.gave_way:
                 return Outcome.GAVE_WAY, ""
@@ -945,7 +973,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         own = isinstance(timeout, Own)
         # (checked first: NaN would wait for good, and a negative one raise queue's error)
         wait = self._timeout if isinstance(timeout, Own) else checked_timeout(timeout)
-        if self._closed.is_set():
+        if self._closing:
             raise SocketClosed("accept() on a closed server")
         try:
             sock = self._queue.take(wait)
@@ -993,7 +1021,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         # From now on, each connection's handshake thread goes on to run its handler
         # (no thread hand-off); the loop below serves what was queued before.
         self._dispatch = run
-        while not self._closed.is_set():
+        while not self._closing:
             try:
                 sock, _ = self.accept(timeout=0.5)
             except DTPTimeoutError:
@@ -1025,7 +1053,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             if self._dispatch is not None:
                 return True
             left = deadline - sched.monotonic()
-            if left <= 0 or self._closed.is_set() or session.terminated is not None:
+            if left <= 0 or self._closing or session.terminated is not None:
                 return False
             with contextlib.suppress(DTPTimeoutError):
                 engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
