@@ -76,8 +76,8 @@ def _assert_name(raw: bytes, what: str) -> None:
         raise move_error("registry", "EInvalidEntry", f"a {what} of {len(raw)} bytes")
 
 
-def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
-    """``assert_holding``: the sender holds ``name`` with ``token`` now; the lease."""
+def _owned_lease(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
+    """The lease ``name``, the sender's with ``token`` (expired or not: ``release``)."""
     lease: dict[str, Any] | None = registry["leases"].get(name)
     if lease is None:
         raise move_error("registry", "ENoLease", repr(name))
@@ -85,6 +85,12 @@ def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) ->
         raise move_error("registry", "EStaleToken", f"{name!r}: {token}, current {lease['token']}")
     if x.sender != lease["owner"]:
         raise move_error("registry", "ENotHolder", f"{x.sender} for {name!r}")
+    return lease
+
+
+def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
+    """``assert_holding``: the sender holds ``name`` with ``token`` now; the lease."""
+    lease = _owned_lease(x, registry, name, token)
     if x.now_ms >= lease["expires_at_ms"]:
         raise move_error("registry", "ELeaseExpired", f"{name!r} (token {token})")
     return lease
@@ -155,13 +161,7 @@ def lease_renew(x: Exec, registry_id: str, raw_name: bytes, token: int, duration
 def lease_release(x: Exec, registry_id: str, raw_name: bytes, token: int) -> None:
     registry = x.load(registry_id, "Registry")
     name = utf8(raw_name, "lease name")
-    lease: dict[str, Any] | None = registry["leases"].get(name)
-    if lease is None:
-        raise move_error("registry", "ENoLease", repr(name))
-    if token != lease["token"]:
-        raise move_error("registry", "EStaleToken", f"{name!r}: {token}, current {lease['token']}")
-    if x.sender != lease["owner"]:
-        raise move_error("registry", "ENotHolder", f"{x.sender} for {name!r}")
+    lease = _owned_lease(x, registry, name, token)
     lease["expires_at_ms"] = 0
     x.emit("registry", "LeaseReleased", {"registry": registry_id, "name": name, "token": token})
 

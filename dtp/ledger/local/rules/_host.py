@@ -185,20 +185,20 @@ def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
     _assert_size(host_bcs_size(host), f"host {host_id}")
 
 
-def host_add_service(
-    x: Exec,
-    host_id: str,
-    port: int,
-    raw_kind: bytes,
-    kib: int,
-    req: int,
-    minimum: int,
-    timeout: int,
-    max_conn: int,
-) -> None:
+def _service_terms(
+    x: Exec, host_id: str, terms: tuple[int, ...]
+) -> tuple[dict[str, Any], dict[str, int], int]:
+    """The Host of a service's call, its authority the sender, and the call's ``terms``
+    (the Sla's four u64, then max_connections) as the Sla and max_connections."""
+    kib, req, minimum, timeout, max_conn = terms
     sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
+    return host, sla, max_conn
+
+
+def host_add_service(x: Exec, host_id: str, port: int, raw_kind: bytes, *terms: int) -> None:
+    host, sla, max_conn = _service_terms(x, host_id, terms)
     if str(port) in host["services"]:
         raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
     kind = utf8(raw_kind, "service kind")
@@ -212,19 +212,8 @@ def host_add_service(
     )
 
 
-def host_update_service(
-    x: Exec,
-    host_id: str,
-    port: int,
-    kib: int,
-    req: int,
-    minimum: int,
-    timeout: int,
-    max_conn: int,
-) -> None:
-    sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
-    host = x.load(host_id, "Host")
-    _assert_authority(x, host, host_id)
+def host_update_service(x: Exec, host_id: str, port: int, *terms: int) -> None:
+    host, sla, max_conn = _service_terms(x, host_id, terms)
     service = host["services"].get(str(port))
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
