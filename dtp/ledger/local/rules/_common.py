@@ -17,6 +17,7 @@ from dtp.errors import (
     foreign_abort,
     move_error,
 )
+from dtp.ledger._entry_functions import MOVE_CALLS, OBJECT_KINDS, Entry
 from dtp.ledger._versions import ADMIN_CAP, PACKAGE_VERSION, VERSIONED, stored_version
 from dtp.ledger.local._tx import derive_object_id
 
@@ -270,12 +271,43 @@ def add_u64(a: int, b: int) -> int:
     return total
 
 
-#: Argument kinds: "u8", "u16", "u64", "bytes", "utf8", "address", "vec_bytes", "coin"
-#: (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID). "utf8" is
-#: a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed on
-#: as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes which
-#: are not UTF-8 abort there as they do on Sui.
 Handler = Callable[..., Any]
+
+#: How a transaction carries the kinds of MOVE_CALLS that are not one value: an Sla and a
+#: Receipt as their fields (``LocalStore._move_args``), the Clock not at all.
+_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "clock": (),
+    "sla": ("u64",) * 4,
+    "receipt": ("u64",) * 4 + ("bytes",),
+}
+
+
+def _schema(call: Entry) -> tuple[str, ...]:
+    kinds: list[str] = []
+    for kind, what in call.args:
+        if kind in OBJECT_KINDS:
+            kinds.append(f"obj:{what}")
+        else:
+            kinds += _FIELDS.get(kind, (kind,))
+    return tuple(kinds)
+
+
+#: Each entry function's argument kinds, as its transaction carries them: "u8", "u16",
+#: "u64", "bytes", "utf8", "address", "vec_bytes", "coin" (u64 MIST split from the
+#: sender's balance) and "obj:<Struct>" (an object ID), from its row of
+#: :data:`~dtp.ledger._entry_functions.MOVE_CALLS`, the table the Sui builders read. "utf8"
+#: is a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed
+#: on as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes
+#: which are not UTF-8 abort there as they do on Sui.
+SCHEMAS: Final = {(call.module, call.function): _schema(call) for call in MOVE_CALLS.values()}
+
+
+def with_schemas(
+    rules: dict[tuple[str, str], Handler],
+) -> dict[tuple[str, str], tuple[tuple[str, ...], Handler]]:
+    """``(module, function)`` -> (argument kinds, rule): each rule of ``rules`` with its
+    entry function's :data:`SCHEMAS`, the format of :data:`dtp.ledger.local.rules.FUNCTIONS`."""
+    return {key: (SCHEMAS[key], rule) for key, rule in rules.items()}
 
 
 #: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).

@@ -20,7 +20,7 @@ from dtp.ledger._coordination import (
     MAX_NAMES,
     MAX_VALUE_LEN,
 )
-from dtp.ledger.local.rules._common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8, with_schemas
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
@@ -215,13 +215,15 @@ def registry_remove(x: Exec, registry_id: str, raw_name: bytes, token: int, raw_
         )
 
 
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("registry", "create"): ((), registry_create),
-    ("registry", "admit"): (("obj:Registry", "address"), registry_admit),
-    ("registry", "revoke"): (("obj:Registry", "address"), registry_revoke),
-    ("registry", "acquire"): (("obj:Registry", "utf8", "bytes", "u64"), lease_acquire),
-    ("registry", "renew"): (("obj:Registry", "utf8", "u64", "u64"), lease_renew),
-    ("registry", "release"): (("obj:Registry", "utf8", "u64"), lease_release),
-    ("registry", "put"): (("obj:Registry", "utf8", "u64", "utf8", "bytes"), registry_put),
-    ("registry", "remove"): (("obj:Registry", "utf8", "u64", "utf8"), registry_remove),
-}
+FUNCTIONS: Final = with_schemas(
+    {
+        ("registry", "create"): registry_create,
+        ("registry", "admit"): registry_admit,
+        ("registry", "revoke"): registry_revoke,
+        ("registry", "acquire"): lease_acquire,
+        ("registry", "renew"): lease_renew,
+        ("registry", "release"): lease_release,
+        ("registry", "put"): registry_put,
+        ("registry", "remove"): registry_remove,
+    }
+)

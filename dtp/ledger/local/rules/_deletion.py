@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import ChainError, move_error
-from dtp.ledger.local.rules._common import Exec, Handler
+from dtp.ledger.local.rules._common import Exec, with_schemas
 from dtp.ledger.local.rules._economics import check_lane, pay_pledge
 
 __all__ = ["FUNCTIONS"]
@@ -155,13 +155,12 @@ def tickets_destroy(x: Exec, sale_id: str) -> None:
 
 #: The deleting entry functions: (module, function) -> (argument kinds, rule), merged into
 #: :data:`dtp.ledger.local.rules.FUNCTIONS`.
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("transport_control", "destroy"): (("obj:TransportControl", "obj:Escrow"), tc_destroy),
-    ("sponsor", "reimburse_and_destroy"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:TransportControl", "obj:Escrow"),
-        sponsor_reimburse_and_destroy,
-    ),
-    ("response_escrow", "destroy"): (("obj:ResponseEscrow",), response_escrow_destroy),
-    ("tickets", "leave"): (("obj:TicketSale",), tickets_leave),
-    ("tickets", "destroy"): (("obj:TicketSale",), tickets_destroy),
-}
+FUNCTIONS: Final = with_schemas(
+    {
+        ("transport_control", "destroy"): tc_destroy,
+        ("sponsor", "reimburse_and_destroy"): sponsor_reimburse_and_destroy,
+        ("response_escrow", "destroy"): response_escrow_destroy,
+        ("tickets", "leave"): tickets_leave,
+        ("tickets", "destroy"): tickets_destroy,
+    }
+)

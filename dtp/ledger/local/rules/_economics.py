@@ -21,7 +21,7 @@ from dtp.ledger._economics import (
     MAX_SPONSOR_LANES,
 )
 from dtp.ledger.local.rules._broadcast import new_broadcast
-from dtp.ledger.local.rules._common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8, with_schemas
 from dtp.ledger.local.rules._transport_control import tc_end_prepaid, tc_open
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
@@ -856,87 +856,34 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
 
 #: ``(module, function)`` -> (argument kinds, handler), in the format of
 #: :data:`dtp.ledger.local.rules.FUNCTIONS`.
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
-    ("subscription", "subscribe"): (
-        ("obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
-        subscribe,
-    ),
-    ("subscription", "renew"): (
-        ("obj:Subscription", "obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
-        subscription_renew,
-    ),
-    ("subscription", "claim"): (
-        ("obj:Subscription", "obj:SubscriptionOffer"),
-        subscription_claim,
-    ),
-    ("subscription", "withdraw_offer"): (
-        ("obj:SubscriptionOffer", "obj:Host"),
-        offer_withdraw,
-    ),
-    ("subscription", "refund"): (
-        ("obj:Subscription", "obj:SubscriptionOffer"),
-        subscription_refund,
-    ),
-    ("subscription", "open_connection"): (
-        (
-            "obj:Subscription",
-            "obj:SubscriptionOffer",
-            "obj:Host",
-            "obj:SpendingCap",
-            "bytes",
-            "coin",
-        ),
-        subscription_open,
-    ),
-    ("subscription", "end_connection"): (
-        (
-            "obj:Subscription",
-            "obj:SubscriptionOffer",
-            "obj:TransportControl",
-            "obj:Escrow",
-            "obj:SpendingCap",
-        ),
-        subscription_end,
-    ),
-    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64", "u64"), sponsor_create),
-    ("sponsor", "fund"): (("obj:SponsorPool", "obj:SponsorLane", "coin"), sponsor_fund),
-    ("sponsor", "withdraw"): (("obj:SponsorPool", "obj:SponsorLane", "u64"), sponsor_withdraw),
-    ("sponsor", "set_max_pledge"): (("obj:SponsorPool", "u64"), sponsor_set_max_pledge),
-    ("sponsor", "open_connection"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
-        sponsor_open,
-    ),
-    ("sponsor", "reimburse"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:TransportControl", "obj:Escrow"),
-        sponsor_reimburse,
-    ),
-    ("tickets", "create"): (("utf8", "u64", "u64", "u64", "u64"), tickets_create),
-    ("tickets", "buy"): (("obj:TicketSale", "u64", "coin"), tickets_buy),
-    ("tickets", "go_on_air"): (("obj:TicketSale",), tickets_go_on_air),
-    ("tickets", "cancel"): (("obj:TicketSale",), tickets_cancel),
-    ("tickets", "refund"): (("obj:TicketSale",), tickets_refund),
-    ("retention", "create_terms"): (
-        ("obj:Host", "u16", "u64", "u64"),
-        retention_create_terms,
-    ),
-    ("retention", "retire_terms"): (
-        ("obj:RetentionTerms", "obj:Host"),
-        retention_retire_terms,
-    ),
-    ("retention", "replace_terms"): (
-        ("obj:RetentionTerms", "obj:Host", "u64", "u64"),
-        retention_replace_terms,
-    ),
-    ("retention", "send"): (
-        ("obj:Pipe", "obj:TransportControl", "obj:RetentionTerms", "u64", "bytes", "coin"),
-        retention_send,
-    ),
-    ("retention", "confirm"): (("obj:RetainedRecord",), retention_confirm),
-    ("retention", "delete"): (("obj:RetainedRecord",), retention_delete),
-    ("broadcast", "create_ticketed"): (
-        ("obj:TicketSale", "utf8", "u64", "u64"),
-        broadcast_create_ticketed,
-    ),
-    ("payment", "pay"): (("coin", "address", "bytes"), payment_pay),
-}
+FUNCTIONS: Final = with_schemas(
+    {
+        ("subscription", "create_offer"): offer_create,
+        ("subscription", "subscribe"): subscribe,
+        ("subscription", "renew"): subscription_renew,
+        ("subscription", "claim"): subscription_claim,
+        ("subscription", "withdraw_offer"): offer_withdraw,
+        ("subscription", "refund"): subscription_refund,
+        ("subscription", "open_connection"): subscription_open,
+        ("subscription", "end_connection"): subscription_end,
+        ("sponsor", "create"): sponsor_create,
+        ("sponsor", "fund"): sponsor_fund,
+        ("sponsor", "withdraw"): sponsor_withdraw,
+        ("sponsor", "set_max_pledge"): sponsor_set_max_pledge,
+        ("sponsor", "open_connection"): sponsor_open,
+        ("sponsor", "reimburse"): sponsor_reimburse,
+        ("tickets", "create"): tickets_create,
+        ("tickets", "buy"): tickets_buy,
+        ("tickets", "go_on_air"): tickets_go_on_air,
+        ("tickets", "cancel"): tickets_cancel,
+        ("tickets", "refund"): tickets_refund,
+        ("retention", "create_terms"): retention_create_terms,
+        ("retention", "retire_terms"): retention_retire_terms,
+        ("retention", "replace_terms"): retention_replace_terms,
+        ("retention", "send"): retention_send,
+        ("retention", "confirm"): retention_confirm,
+        ("retention", "delete"): retention_delete,
+        ("broadcast", "create_ticketed"): broadcast_create_ticketed,
+        ("payment", "pay"): payment_pay,
+    }
+)
