@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, WrongSigner
+from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
 from dtp.identity._zklogin import NodeVerifier
 from dtp.ledger._economics import ECONOMICS_MODULES, EconomicsObject
 from dtp.ledger._gas import EndGas, GasSpent
@@ -32,6 +32,7 @@ from dtp.ledger._objects import (
     check_firewall_list,
     check_port,
     normalize_id,
+    owned_by_another,
     service_from_fields,
 )
 from dtp.ledger.interface import TypedReads, check_event_read
@@ -293,11 +294,7 @@ class SuiLedgerCore(TypedReads):
     def _owned(self, signer: HostIdentity, object_id: str, struct: str) -> OwnedRef:
         obj, _ = self._load(object_id, struct)
         if obj.owner != signer.sui_address:
-            raise WrongSigner(
-                f"{struct} {obj.object_id} is owned by {obj.owner}; only its owner can use it "
-                f"(sender {signer.sui_address}).",
-                name="ObjectOwnedByAnother",
-            )
+            raise owned_by_another(struct, obj.object_id, obj.owner, signer.sui_address)
         return obj.owned_ref()
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:

@@ -13,11 +13,11 @@ from dtp.errors import (
     InsufficientFunds,
     LedgerUnavailable,
     ObjectNotFound,
-    WrongSigner,
     foreign_abort,
     move_error,
 )
 from dtp.ledger._entry_functions import MOVE_CALLS, OBJECT_KINDS, Entry
+from dtp.ledger._objects import owned_by_another
 from dtp.ledger._versions import ADMIN_CAP, PACKAGE_VERSION, VERSIONED, stored_version
 from dtp.ledger.local._tx import derive_object_id
 
@@ -188,11 +188,7 @@ class Exec:
                 f"Object {object_id} is a {obj.type.rsplit('::', 1)[-1]}, not a {struct}."
             )
         if obj.owner not in (SHARED, self.sender):
-            raise WrongSigner(
-                f"{struct} {object_id} is owned by {obj.owner}; only its owner can use it "
-                f"(sender {self.sender}).",
-                name="ObjectOwnedByAnother",
-            )
+            raise owned_by_another(struct, object_id, obj.owner, self.sender)
         return obj.data
 
     def create(self, struct: str, owner: str, data: dict[str, Any]) -> str:
