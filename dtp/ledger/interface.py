@@ -1057,9 +1057,9 @@ def check_event_read(filter: EventFilter | None, limit: int) -> None:
 
 
 class TypedReads(Ledger):
-    """The typed getters and :meth:`events` as both ledgers write them, over the
+    """The typed getters and the reads of events as both ledgers write them, over the
     ledger's own ``_get`` (one object of a struct, checked to be of its class) and
-    :meth:`read_events` (LocalLedger and SuiLedger both know where a read ends)."""
+    ``_read_after`` (LocalLedger and SuiLedger both know where a read ends)."""
 
     @abc.abstractmethod
     def _get(self, object_id: str, struct: str, cls: type[_T]) -> _T:
@@ -1091,6 +1091,32 @@ class TypedReads(Ledger):
     ) -> tuple[list[Event], str | None]:
         read = self.read_events(cursor, filter, limit)
         return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        position = self._event_position(cursor)  # the cursor first, then filter and limit
+        check_event_read(filter, limit)
+        if limit <= 0:
+            # nothing, and the cursor stays (a read takes an event before it compares
+            # with limit)
+            return EventRead([], cursor, False)
+        return self._read_after(position, cursor, filter, limit)
+
+    @abc.abstractmethod
+    def _event_position(self, cursor: str | None) -> Any:
+        """Where ``cursor`` is, in the ledger's own terms (InvalidArgument for a cursor
+        it does not hand out)."""
+
+    @abc.abstractmethod
+    def _read_after(
+        self, position: Any, cursor: str | None, filter: EventFilter | None, limit: int
+    ) -> EventRead:
+        """:meth:`read_events` from ``position`` (``cursor``'s), its arguments checked
+        and ``limit`` above 0."""
 
     def wait_events(
         self,

@@ -21,7 +21,7 @@ from dtp.ledger._objects import (
     firewall_entries,
     normalize_id,
 )
-from dtp.ledger.interface import ConnectionView, _connection_view, check_event_read
+from dtp.ledger.interface import ConnectionView, _connection_view
 from dtp.ledger.local import rules
 from dtp.ledger.local._store import LocalStore, T
 from dtp.ledger.local._stored import SEQ_MAX, SqlStore, build, decoded, not_found, stored_version
@@ -353,20 +353,10 @@ class LedgerReads(LocalStore):
 
     # -- events ----------------------------------------------------------------------------------
 
-    def read_events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
+    def _read_after(
+        self, start: int, cursor: str | None, filter: EventFilter | None, limit: int
     ) -> EventRead:
         # a read stops at `limit` events or at the newest row: fewer is the end
-        start = self._cursor(cursor)
-        check_event_read(filter, limit)
-        if limit <= 0:
-            # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
-            # before it compares with limit)
-            return EventRead([], cursor, False)
-
         def read() -> EventRead:
             out: list[Event] = []
             last = start
@@ -398,7 +388,7 @@ class LedgerReads(LocalStore):
         return None if row is None or row[0] is None else str(row[0])
 
     @staticmethod
-    def _cursor(cursor: str | None) -> int:
+    def _event_position(cursor: str | None) -> int:
         if cursor is None:
             return 0
         # the decimal positions events() hands out; int() alone would take " 3", "-0"

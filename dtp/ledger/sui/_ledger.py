@@ -35,7 +35,7 @@ from dtp.ledger._objects import (
     owned_by_another,
     service_from_fields,
 )
-from dtp.ledger.interface import TypedReads, check_event_read
+from dtp.ledger.interface import TypedReads
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui._client import (
@@ -691,7 +691,7 @@ class SuiLedgerCore(TypedReads):
     # -- events ----------------------------------------------------------------------------
 
     @staticmethod
-    def _cursor_bytes(cursor: str | None) -> bytes | None:
+    def _event_position(cursor: str | None) -> bytes | None:
         if cursor is None or cursor == "":
             return None
         try:
@@ -713,19 +713,12 @@ class SuiLedgerCore(TypedReads):
                 self._checkpoint_ms[checkpoint] = cached
         return cached
 
-    def read_events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
+    def _read_after(
+        self, after: bytes | None, cursor: str | None, filter: EventFilter | None, limit: int
     ) -> EventRead:
         """At the end when the node ended the stream at its indexed tip
         (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
         cursor did not move."""
-        after = self._cursor_bytes(cursor)
-        check_event_read(filter, limit)
-        if limit <= 0:
-            return EventRead([], cursor, False)
         page = self._node.scan_events(
             self.config.type_package or self.package, after, limit, **narrowing(filter)
         )
