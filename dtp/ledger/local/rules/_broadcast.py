@@ -118,6 +118,14 @@ def _assert_not_cancelled(b: dict[str, Any], b_id: str) -> None:
         raise move_error("broadcast", "EBroadcastCancelled", f"broadcast {b_id}")
 
 
+def _live_for_broadcaster(x: Exec, b_id: str) -> dict[str, Any]:
+    """The broadcast ``b_id``, the sender its broadcaster, not cancelled."""
+    b = x.load(b_id, "Broadcast")
+    _assert_broadcaster(x, b, b_id)
+    _assert_not_cancelled(b, b_id)
+    return b
+
+
 def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int) -> str:
     return new_broadcast(x, raw_channel, slot_price, slot_ms, None)
 
@@ -172,9 +180,7 @@ def new_broadcast(
 
 
 def broadcast_transmit(x: Exec, b_id: str, data: bytes) -> int:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     if len(data) > MAX_DATA_LENGTH:
         raise move_error("broadcast", "EDataTooLarge", f"{len(data)} > {MAX_DATA_LENGTH} bytes")
     _account(x, b, b_id)
@@ -187,9 +193,7 @@ def broadcast_transmit(x: Exec, b_id: str, data: bytes) -> int:
 
 
 def broadcast_heartbeat(x: Exec, b_id: str) -> None:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     _account(x, b, b_id)
     _assert_on_air(b, b_id)
     b["last_live_ms"] = x.now_ms
@@ -212,9 +216,7 @@ def broadcast_claim(x: Exec, b_id: str) -> int:
 
 
 def broadcast_cancel(x: Exec, b_id: str) -> None:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     _account(x, b, b_id)
     b["cancelled"] = True
     x.emit(
