@@ -37,7 +37,11 @@ def _coin_exists(x: Exec, amount: int) -> None:
     x.credits[x.sender] += amount
 
 
-def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
+def _assert_provider_service(x: Exec, module: str, host_id: str, port: int) -> None:
+    """The terms a host's authority offers for one of its services: the sender is the
+    Host's authority (``module::ENotProvider``), the port one of its services."""
+    host = x.load(host_id, "Host")
+    x.require_sender(host["authority"], module, "ENotProvider", f"host {host_id}")
     if str(port) not in host["services"]:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
 
@@ -46,9 +50,7 @@ def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
 
 
 def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "subscription", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "subscription", host_id, port)
     if price == 0 or period == 0:
         raise move_error("subscription", "EInvalidTerms", f"price {price}, period {period}")
     offer_id = x.create(
@@ -338,9 +340,7 @@ def check_lane(pool_id: str, lane_id: str, lane: dict[str, Any]) -> None:
 def sponsor_create(
     x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int, lanes: int
 ) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "sponsor", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "sponsor", host_id, port)
     if not 0 < share_bps <= BPS:
         raise move_error("sponsor", "EInvalidShare", f"got {share_bps}")
     if not 0 < lanes <= MAX_SPONSOR_LANES:
@@ -674,9 +674,7 @@ def broadcast_create_ticketed(
 def retention_create_terms(
     x: Exec, host_id: str, port: int, retention_ms: int, price_per_byte: int
 ) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "retention", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "retention", host_id, port)
     if retention_ms > MAX_RETENTION_MS:
         raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
     terms_id = x.create(
