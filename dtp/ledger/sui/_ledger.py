@@ -611,22 +611,24 @@ class SuiLedgerCore(TypedReads):
 
     # -- a ledger method's Move call, sent --------------------------------------------------
 
-    def _ref(self, signer: HostIdentity, arg: Id, kind: str) -> SharedRef | OwnedRef | str:
-        """The reference of an ID argument of ``kind`` (its column of MOVE_CALLS): owned
-        by the signer, or shared; an address is its text."""
-        struct = arg.struct
-        if struct is None:
-            return arg.value
-        if kind == "owned":
-            return self._owned(signer, arg.value, struct)
-        return self._shared(arg.value, struct)
+    def _ref(
+        self, signer: HostIdentity, arg: Id, kind: tuple[str, str]
+    ) -> SharedRef | OwnedRef | str:
+        """The reference of an ID argument of ``kind`` (its column of MOVE_CALLS: the
+        kind and the struct): owned by the signer, or shared; an address is its text."""
+        match kind:
+            case ("owned", struct):
+                return self._owned(signer, arg.value, struct)
+            case ("mut" | "imm", struct):
+                return self._shared(arg.value, struct)
+        return arg.value
 
     def _move(self, signer: HostIdentity, call: MoveCall) -> Any:
         """Send ``call`` as the transaction of its row of MOVE_CALLS, its objects by
         reference, ``call.spend`` split off the gas coin; returns what ``call.result``
         names (the created object of ``call.created`` first, when there is one)."""
         builder = _BUILDER_OF[call.module, call.function]
-        kinds = [kind for kind, _ in sui_tx.MOVE_CALLS[builder][2] if kind != "clock"]
+        kinds = [kind for kind in sui_tx.MOVE_CALLS[builder][2] if kind[0] != "clock"]
         refs = {
             i: (arg, kind)
             for i, (arg, kind) in enumerate(zip(call.args, kinds, strict=True))
@@ -643,7 +645,7 @@ class SuiLedgerCore(TypedReads):
             nonlocal again
             if again:
                 for i, (arg, kind) in refs.items():
-                    if kind == "owned":
+                    if kind[0] == "owned":
                         values[i] = self._ref(signer, arg, kind)
             again = True
             tx = sui_tx._Tx(ctx)
