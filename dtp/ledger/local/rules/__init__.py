@@ -1,5 +1,5 @@
 """The Move package's rules, executed by LocalLedger on plain dicts: one module a group of
-``move/dtp`` modules, and here the call table that maps each entry function to its rule.
+``move/dtp`` modules, each rule joining the call table :data:`FUNCTIONS` (``@rule``).
 
 One function per entry point of ``move/dtp``, with the same checks in the same order as
 the Move code (docs/escrow.md; where the text is silent, the ``.move`` files decide).
@@ -31,6 +31,7 @@ from dtp.ledger.local.rules._broadcast import (
 )
 from dtp.ledger.local.rules._common import (
     EINVALID_UTF8,
+    FUNCTIONS,
     MOVE_STDLIB,
     OBJECT_TYPES,
     SHARED,
@@ -46,7 +47,6 @@ from dtp.ledger.local.rules._common import (
     stored_int,
     to_json,
     utf8,
-    with_schemas,
     wrong_shape,
 )
 from dtp.ledger.local.rules._escrow import (
@@ -69,7 +69,6 @@ from dtp.ledger.local.rules._host import (
     host_set_firewall_mode,
     host_set_noise_static_key,
     host_update_service,
-    list_op,
     new_sla,
 )
 from dtp.ledger.local.rules._messaging import (
@@ -156,51 +155,6 @@ __all__ = [
     "wrong_shape",
 ]
 
-
-FUNCTIONS: Final = with_schemas(
-    {
-        ("host", "create"): host_create,
-        ("host", "set_authority"): host_set_authority,
-        ("host", "set_noise_static_key"): host_set_noise_static_key,
-        ("host", "set_endpoints"): host_set_endpoints,
-        ("host", "add_service"): host_add_service,
-        ("host", "update_service"): host_update_service,
-        ("host", "remove_service"): host_remove_service,
-        ("host", "set_firewall_mode"): host_set_firewall_mode,
-        ("host", "allow"): list_op("allow", True),
-        ("host", "disallow"): list_op("allow", False),
-        ("host", "deny"): list_op("deny", True),
-        ("host", "undeny"): list_op("deny", False),
-        ("host", "set_client_limits"): host_set_client_limits,
-        ("spending_cap", "create"): cap_create,
-        ("spending_cap", "set_max_per_epoch"): cap_set_max_per_epoch,
-        ("transport_control", "open"): tc_open,
-        ("transport_control", "open_with_session_key"): tc_open_with_session_key,
-        ("escrow", "top_up"): escrow_top_up,
-        ("escrow", "claim"): escrow_claim,
-        ("transport_control", "close"): tc_close,
-        ("transport_control", "finalize"): tc_finalize,
-        ("transport_control", "settle"): tc_settle,
-        ("transport_control", "settle_with_receipt"): tc_settle_with_receipt,
-        ("pipe", "create"): pipe_create,
-        ("pipe", "send"): pipe_send,
-        ("pipe", "sync"): pipe_sync,
-        ("pipe", "destroy"): pipe_destroy,
-        ("broadcast", "create"): broadcast_create,
-        ("broadcast", "transmit"): broadcast_transmit,
-        ("broadcast", "claim"): broadcast_claim,
-        ("broadcast", "cancel"): broadcast_cancel,
-        ("broadcast", "contribute"): broadcast_contribute,
-        ("broadcast", "withdraw"): broadcast_withdraw,
-        ("broadcast", "leave"): broadcast_leave,
-        ("broadcast", "heartbeat"): broadcast_heartbeat,
-        ("mailbox", "send"): mailbox_send,
-        ("response_escrow", "deposit"): response_escrow_deposit,
-        ("response_escrow", "claim"): response_escrow_claim,
-        ("response_escrow", "deliver"): response_escrow_deliver,
-        ("response_escrow", "refund"): response_escrow_refund,
-    }
-)
 
 _LIMITS: Final = {"u8": 0xFF, "u16": 0xFFFF, "u64": U64_MAX, "coin": U64_MAX}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from dtp.errors import (
     ChainError,
@@ -298,12 +298,23 @@ def _schema(call: Entry) -> tuple[str, ...]:
 SCHEMAS: Final = {(call.module, call.function): _schema(call) for call in MOVE_CALLS.values()}
 
 
-def with_schemas(
-    rules: dict[tuple[str, str], Handler],
-) -> dict[tuple[str, str], tuple[tuple[str, ...], Handler]]:
-    """``(module, function)`` -> (argument kinds, rule): each rule of ``rules`` with its
-    entry function's :data:`SCHEMAS`, the format of :data:`dtp.ledger.local.rules.FUNCTIONS`."""
-    return {key: (SCHEMAS[key], rule) for key, rule in rules.items()}
+#: Every entry function's rule and argument kinds: ``(module, function)`` -> (kinds,
+#: rule), as :func:`rule` registers them (:data:`dtp.ledger.local.rules.FUNCTIONS`).
+FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {}
+
+_H = TypeVar("_H", bound=Handler)
+
+
+def rule(target: str) -> Callable[[_H], _H]:
+    """A decorator: the function is the rule of the entry function ``target``
+    (``"module::function"``), registered in :data:`FUNCTIONS` with its :data:`SCHEMAS`."""
+    module, function = target.split("::")
+
+    def register(handler: _H) -> _H:
+        FUNCTIONS[module, function] = (SCHEMAS[module, function], handler)
+        return handler
+
+    return register
 
 
 #: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).

@@ -1,7 +1,8 @@
 """LocalLedger rules of ``dtp::registry`` (move/dtp/sources/registry.move; docs/escrow.md
 §21, docs/coordination.md): leases with fencing tokens and fenced writes of a small
-key-value registry, with the checks in the order of the ``.move`` file. Registered into
-:data:`dtp.ledger.local.rules.FUNCTIONS` by :mod:`dtp.ledger.local._store`.
+key-value registry, with the checks in the order of the ``.move`` file. Each joins
+:data:`dtp.ledger.local.rules.FUNCTIONS` (``@rule``) as :mod:`dtp.ledger.local._store`
+imports this module.
 
 A Registry's data: ``owner``; ``members``, a list (Move's ``VecSet``); ``leases`` and
 ``entries``, dicts keyed by the name or key (Move's ``VecMap<String, _>``).
@@ -20,13 +21,14 @@ from dtp.ledger._coordination import (
     MAX_NAMES,
     MAX_VALUE_LEN,
 )
-from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8, with_schemas
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
 
-__all__ = ["FUNCTIONS", "OBJECT_TYPES"]
+__all__ = ["OBJECT_TYPES"]
 
 OBJECT_TYPES: Final = {"Registry": "dtp::registry::Registry"}
 
 
+@rule("registry::create")
 def registry_create(x: Exec) -> str:
     registry_id = x.create(
         "Registry",
@@ -41,6 +43,7 @@ def _assert_owner(x: Exec, registry: dict[str, Any], registry_id: str) -> None:
     x.require_sender(registry["owner"], "registry", "ENotRegistryOwner", registry_id)
 
 
+@rule("registry::admit")
 def registry_admit(x: Exec, registry_id: str, member: str) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_owner(x, registry, registry_id)
@@ -52,6 +55,7 @@ def registry_admit(x: Exec, registry_id: str, member: str) -> None:
     x.emit("registry", "MemberAdmitted", {"registry": registry_id, "member": member})
 
 
+@rule("registry::revoke")
 def registry_revoke(x: Exec, registry_id: str, member: str) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_owner(x, registry, registry_id)
@@ -96,6 +100,7 @@ def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) ->
     return lease
 
 
+@rule("registry::acquire")
 def lease_acquire(
     x: Exec, registry_id: str, raw_name: bytes, holder: bytes, duration_ms: int
 ) -> int:
@@ -139,6 +144,7 @@ def lease_acquire(
     return token
 
 
+@rule("registry::renew")
 def lease_renew(x: Exec, registry_id: str, raw_name: bytes, token: int, duration_ms: int) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_member(x, registry, registry_id)
@@ -158,6 +164,7 @@ def lease_renew(x: Exec, registry_id: str, raw_name: bytes, token: int, duration
     )
 
 
+@rule("registry::release")
 def lease_release(x: Exec, registry_id: str, raw_name: bytes, token: int) -> None:
     registry = x.load(registry_id, "Registry")
     name = utf8(raw_name, "lease name")
@@ -166,6 +173,7 @@ def lease_release(x: Exec, registry_id: str, raw_name: bytes, token: int) -> Non
     x.emit("registry", "LeaseReleased", {"registry": registry_id, "name": name, "token": token})
 
 
+@rule("registry::put")
 def registry_put(
     x: Exec, registry_id: str, raw_name: bytes, token: int, raw_key: bytes, value: bytes
 ) -> None:
@@ -199,6 +207,7 @@ def registry_put(
     )
 
 
+@rule("registry::remove")
 def registry_remove(x: Exec, registry_id: str, raw_name: bytes, token: int, raw_key: bytes) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_member(x, registry, registry_id)
@@ -213,17 +222,3 @@ def registry_remove(x: Exec, registry_id: str, raw_name: bytes, token: int, raw_
             "ValueRemoved",
             {"registry": registry_id, "key": key, "name": name, "token": token},
         )
-
-
-FUNCTIONS: Final = with_schemas(
-    {
-        ("registry", "create"): registry_create,
-        ("registry", "admit"): registry_admit,
-        ("registry", "revoke"): registry_revoke,
-        ("registry", "acquire"): lease_acquire,
-        ("registry", "renew"): lease_renew,
-        ("registry", "release"): lease_release,
-        ("registry", "put"): registry_put,
-        ("registry", "remove"): registry_remove,
-    }
-)

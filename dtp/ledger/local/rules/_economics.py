@@ -1,8 +1,8 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
 ``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
 ``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
-``.move`` files. Registered into :data:`dtp.ledger.local.rules.FUNCTIONS` by
-:mod:`dtp.ledger.local._store`.
+``.move`` files. Each joins :data:`dtp.ledger.local.rules.FUNCTIONS` (``@rule``) as
+:mod:`dtp.ledger.local._store` imports this module.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorLane's pledges, a TicketSale's holders) are dicts keyed by ID or address.
@@ -21,10 +21,10 @@ from dtp.ledger._economics import (
     MAX_SPONSOR_LANES,
 )
 from dtp.ledger.local.rules._broadcast import new_broadcast
-from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8, with_schemas
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
 from dtp.ledger.local.rules._transport_control import tc_end_prepaid, tc_open
 
-__all__ = ["FUNCTIONS", "OBJECT_TYPES"]
+__all__ = ["OBJECT_TYPES"]
 
 #: Move types of the payment-model objects, by struct name.
 OBJECT_TYPES: Final = {name: f"dtp::{module}::{name}" for name, module in ECONOMICS_MODULES.items()}
@@ -49,6 +49,7 @@ def _assert_provider_service(x: Exec, module: str, host_id: str, port: int) -> N
 # -- subscription -----------------------------------------------------------------------------
 
 
+@rule("subscription::create_offer")
 def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> str:
     _assert_provider_service(x, "subscription", host_id, port)
     if price == 0 or period == 0:
@@ -114,6 +115,7 @@ def _assert_offer_selling(
         )
 
 
+@rule("subscription::subscribe")
 def subscribe(x: Exec, offer_id: str, host_id: str, epochs: int, paid: int) -> str:
     offer = x.load(offer_id, "SubscriptionOffer")
     host = x.load(host_id, "Host")
@@ -186,6 +188,7 @@ def _sub_and_offer(
     return sub, offer
 
 
+@rule("subscription::claim")
 def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "provider")
     epochs = _earned_epochs(sub, offer, x.epoch) - sub["claimed_epochs"]
@@ -194,6 +197,7 @@ def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
     return amount
 
 
+@rule("subscription::renew")
 def subscription_renew(
     x: Exec, sub_id: str, offer_id: str, host_id: str, epochs: int, paid: int
 ) -> int:
@@ -226,6 +230,7 @@ def subscription_renew(
     return int(sub["expires_epoch"])
 
 
+@rule("subscription::withdraw_offer")
 def offer_withdraw(x: Exec, offer_id: str, host_id: str) -> None:
     """``subscription::withdraw_offer``: by the provider, or by anyone once the host has
     another authority (the offer sells nothing more; the withdrawal stops its earning)."""
@@ -246,6 +251,7 @@ def offer_withdraw(x: Exec, offer_id: str, host_id: str) -> None:
     x.emit("subscription", "SubscriptionOfferWithdrawn", {"offer": offer_id, "epoch": x.epoch})
 
 
+@rule("subscription::refund")
 def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
     if not offer["withdrawn"]:
@@ -260,6 +266,7 @@ def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
     return amount
 
 
+@rule("subscription::open_connection")
 def subscription_open(
     x: Exec, sub_id: str, offer_id: str, host_id: str, cap_id: str, key: bytes, amount: int
 ) -> str:
@@ -292,6 +299,7 @@ def subscription_over(sub: dict[str, Any], offer: dict[str, Any], epoch: int) ->
     return bool(offer["withdrawn"]) or not sub["start_epoch"] <= epoch < sub["expires_epoch"]
 
 
+@rule("subscription::end_connection")
 def subscription_end(
     x: Exec, sub_id: str, offer_id: str, tc_id: str, escrow_id: str, cap_id: str
 ) -> int:
@@ -337,6 +345,7 @@ def check_lane(pool_id: str, lane_id: str, lane: dict[str, Any]) -> None:
         raise move_error("sponsor", "EWrongLane", f"lane {lane_id} is pool {lane['pool']}'s")
 
 
+@rule("sponsor::create")
 def sponsor_create(
     x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int, lanes: int
 ) -> str:
@@ -375,6 +384,7 @@ def sponsor_create(
     return pool_id
 
 
+@rule("sponsor::fund")
 def sponsor_fund(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -390,6 +400,7 @@ def sponsor_fund(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     )
 
 
+@rule("sponsor::withdraw")
 def sponsor_withdraw(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     pool = x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -413,6 +424,7 @@ def sponsor_withdraw(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     )
 
 
+@rule("sponsor::set_max_pledge")
 def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
     """``sponsor::set_max_pledge``: binds the connections opened from now on."""
     pool = x.load(pool_id, "SponsorPool")
@@ -421,6 +433,7 @@ def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
     x.emit("sponsor", "SponsorPledgeLimitChanged", {"pool": pool_id, "max_pledge": max_pledge})
 
 
+@rule("sponsor::open_connection")
 def sponsor_open(
     x: Exec, pool_id: str, lane_id: str, host_id: str, cap_id: str, key: bytes, amount: int
 ) -> str:
@@ -465,6 +478,7 @@ def sponsor_open(
     return connection
 
 
+@rule("sponsor::reimburse")
 def sponsor_reimburse(x: Exec, pool_id: str, lane_id: str, tc_id: str, escrow_id: str) -> int:
     pool = x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -521,6 +535,7 @@ def pay_pledge(
 # -- tickets ---------------------------------------------------------------------------------
 
 
+@rule("tickets::create")
 def tickets_create(
     x: Exec, raw_title: bytes, price: int, min_tickets: int, max_tickets: int, deadline_ms: int
 ) -> str:
@@ -581,6 +596,7 @@ def _assert_selling(x: Exec, sale: dict[str, Any], sale_id: str) -> None:
         )
 
 
+@rule("tickets::go_on_air")
 def tickets_go_on_air(x: Exec, sale_id: str) -> int:
     sale = x.load(sale_id, "TicketSale")
     x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
@@ -603,6 +619,7 @@ def tickets_go_on_air(x: Exec, sale_id: str) -> int:
     return revenue
 
 
+@rule("tickets::cancel")
 def tickets_cancel(x: Exec, sale_id: str) -> None:
     sale = x.load(sale_id, "TicketSale")
     x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
@@ -614,6 +631,7 @@ def tickets_cancel(x: Exec, sale_id: str) -> None:
     x.emit("tickets", "TicketSaleCancelled", {"sale": sale_id, "sold": sale["sold"]})
 
 
+@rule("tickets::buy")
 def tickets_buy(x: Exec, sale_id: str, count: int, paid: int) -> None:
     sale = x.load(sale_id, "TicketSale")
     x.take_coin(paid)
@@ -638,6 +656,7 @@ def tickets_buy(x: Exec, sale_id: str, count: int, paid: int) -> None:
     )
 
 
+@rule("tickets::refund")
 def tickets_refund(x: Exec, sale_id: str) -> int:
     sale = x.load(sale_id, "TicketSale")
     missed = not sale["on_air"] and x.now_ms > sale["deadline_ms"]
@@ -658,6 +677,7 @@ def tickets_refund(x: Exec, sale_id: str) -> int:
     return amount
 
 
+@rule("broadcast::create_ticketed")
 def broadcast_create_ticketed(
     x: Exec, sale_id: str, raw_channel: bytes, slot_price: int, slot_ms: int
 ) -> str:
@@ -671,6 +691,7 @@ def broadcast_create_ticketed(
 # -- retention -------------------------------------------------------------------------------
 
 
+@rule("retention::create_terms")
 def retention_create_terms(
     x: Exec, host_id: str, port: int, retention_ms: int, price_per_byte: int
 ) -> str:
@@ -702,6 +723,7 @@ def retention_create_terms(
     return terms_id
 
 
+@rule("retention::retire_terms")
 def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
     """``retention::retire_terms``: the provider stops offering the terms."""
     terms = x.load(terms_id, "RetentionTerms")
@@ -719,6 +741,7 @@ def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
     )
 
 
+@rule("retention::replace_terms")
 def retention_replace_terms(
     x: Exec, terms_id: str, host_id: str, retention_ms: int, price_per_byte: int
 ) -> str:
@@ -728,6 +751,7 @@ def retention_replace_terms(
     return retention_create_terms(x, host_id, port, retention_ms, price_per_byte)
 
 
+@rule("retention::send")
 def retention_send(
     x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
 ) -> str:
@@ -793,6 +817,7 @@ def retention_send(
     return record_id
 
 
+@rule("retention::confirm")
 def retention_confirm(x: Exec, record_id: str) -> None:
     record = x.load(record_id, "RetainedRecord")
     x.require_sender(record["receiver"], "retention", "ENotReceiver", f"record {record_id}")
@@ -802,6 +827,7 @@ def retention_confirm(x: Exec, record_id: str) -> None:
     x.emit("retention", "RecordConsumed", {"record": record_id, "receiver": record["receiver"]})
 
 
+@rule("retention::delete")
 def retention_delete(x: Exec, record_id: str) -> int:
     record = x.load(record_id, "RetainedRecord")
     x.require_sender(record["sender"], "retention", "ENotSender", f"record {record_id}")
@@ -837,6 +863,7 @@ def retention_delete(x: Exec, record_id: str) -> int:
 # -- payment ---------------------------------------------------------------------------------
 
 
+@rule("payment::pay")
 def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
     """``payment::pay``: the coin goes to ``recipient`` at once."""
     x.take_coin(amount)
@@ -850,38 +877,3 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
         "PaymentSent",
         {"from": x.sender, "to": recipient, "amount": amount, "memo": memo},
     )
-
-
-#: ``(module, function)`` -> (argument kinds, handler), in the format of
-#: :data:`dtp.ledger.local.rules.FUNCTIONS`.
-FUNCTIONS: Final = with_schemas(
-    {
-        ("subscription", "create_offer"): offer_create,
-        ("subscription", "subscribe"): subscribe,
-        ("subscription", "renew"): subscription_renew,
-        ("subscription", "claim"): subscription_claim,
-        ("subscription", "withdraw_offer"): offer_withdraw,
-        ("subscription", "refund"): subscription_refund,
-        ("subscription", "open_connection"): subscription_open,
-        ("subscription", "end_connection"): subscription_end,
-        ("sponsor", "create"): sponsor_create,
-        ("sponsor", "fund"): sponsor_fund,
-        ("sponsor", "withdraw"): sponsor_withdraw,
-        ("sponsor", "set_max_pledge"): sponsor_set_max_pledge,
-        ("sponsor", "open_connection"): sponsor_open,
-        ("sponsor", "reimburse"): sponsor_reimburse,
-        ("tickets", "create"): tickets_create,
-        ("tickets", "buy"): tickets_buy,
-        ("tickets", "go_on_air"): tickets_go_on_air,
-        ("tickets", "cancel"): tickets_cancel,
-        ("tickets", "refund"): tickets_refund,
-        ("retention", "create_terms"): retention_create_terms,
-        ("retention", "retire_terms"): retention_retire_terms,
-        ("retention", "replace_terms"): retention_replace_terms,
-        ("retention", "send"): retention_send,
-        ("retention", "confirm"): retention_confirm,
-        ("retention", "delete"): retention_delete,
-        ("broadcast", "create_ticketed"): broadcast_create_ticketed,
-        ("payment", "pay"): payment_pay,
-    }
-)

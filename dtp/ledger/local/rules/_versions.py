@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from dtp.errors import move_error
 from dtp.ledger._versions import MIGRATE, VERSIONED, stored_version
-from dtp.ledger.local.rules._common import Exec, Handler, with_schemas
+from dtp.ledger.local.rules._common import SCHEMAS, Exec, Handler
 
 __all__ = ["FUNCTIONS", "call"]
 
@@ -74,7 +74,8 @@ def _migrate(struct: str) -> Callable[[Exec, str, str], int]:
 
 
 #: Each versioned struct's ``migrate``: (module, function) -> (argument kinds, rule).
-FUNCTIONS: Final = with_schemas(
-    {(module, function): _migrate(struct) for struct, (module, function) in MIGRATE.items()}
-)
+FUNCTIONS: Final = {
+    (module, function): (SCHEMAS[module, function], _migrate(struct))
+    for struct, (module, function) in MIGRATE.items()
+}
 _MIGRATIONS: Final = frozenset(FUNCTIONS)
