@@ -208,9 +208,7 @@ def broadcast_claim(x: Exec, b_id: str) -> int:
     b = x.load(b_id, "Broadcast")
     _assert_broadcaster(x, b, b_id)
     _account(x, b, b_id)
-    amount: int = b["earned"]
-    b["earned"] = 0
-    x.pay(b["broadcaster"], amount)
+    amount = x.pay_all(b, "earned", b["broadcaster"])
     x.emit(
         "broadcast",
         "BroadcastClaimed",

@@ -245,6 +245,14 @@ class Exec:
         if amount:
             self.credits[address] = self.credits.get(address, 0) + amount
 
+    def pay_all(self, obj: dict[str, Any], field: str, address: str) -> int:
+        """The whole balance ``obj[field]`` paid to ``address`` (Move's
+        ``balance::withdraw_all`` then a transfer); returns the MIST paid."""
+        amount: int = obj[field]
+        obj[field] = 0
+        self.pay(address, amount)
+        return amount
+
     def require_sender(self, who: str, module: str, error: str, what: str) -> None:
         """Abort ``module::error`` unless the sender is ``who`` (the one role of ``what``
         that may make the call)."""

@@ -608,9 +608,7 @@ def tickets_go_on_air(x: Exec, sale_id: str) -> int:
             f"{sale['sold']} of {sale['min_tickets']} tickets sold for sale {sale_id}",
         )
     sale["on_air"] = True
-    revenue: int = sale["funds"]
-    sale["funds"] = 0
-    x.pay(sale["organizer"], revenue)
+    revenue = x.pay_all(sale, "funds", sale["organizer"])
     x.emit(
         "tickets",
         "TicketedEventOnAir",
@@ -848,9 +846,7 @@ def retention_delete(x: Exec, record_id: str) -> int:
             "ERetentionNotElapsed",
             f"record {record_id} may be deleted from {due} ms, now {x.now_ms} ms",
         )
-    refunded: int = record["deposit"]
-    record["deposit"] = 0
-    x.pay(record["sender"], refunded)
+    refunded = x.pay_all(record, "deposit", record["sender"])
     x.delete(record_id)
     x.emit(
         "retention",

@@ -94,11 +94,8 @@ def _open_response_escrow(x: Exec, escrow_id: str, role: str) -> dict[str, Any]:
 
 
 def _pay_out(x: Exec, e: dict[str, Any], to: str, state: int) -> int:
-    amount: int = e["funds"]
-    e["funds"] = 0
     e["state"] = state
-    x.pay(to, amount)
-    return amount
+    return x.pay_all(e, "funds", to)
 
 
 @rule("response_escrow::claim")
