@@ -283,21 +283,13 @@ def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_
 
 
 @rule("transport_control::settle_with_receipt")
-def tc_settle_with_receipt(
-    x: Exec,
-    tc_id: str,
-    escrow_id: str,
-    cap_id: str,
-    total_bytes: int,
-    total_requests: int,
-    total_amount: int,
-    nonce: int,
-    signature: bytes,
-) -> int:
+def tc_settle_with_receipt(x: Exec, tc_id: str, escrow_id: str, cap_id: str, *receipt: Any) -> int:
+    """The claim of ``receipt`` (its five fields, as ``escrow::claim`` takes them), then
+    the settlement."""
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
     x.load(cap_id, "SpendingCap")
     _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
-    paid = escrow_claim(x, escrow_id, total_bytes, total_requests, total_amount, nonce, signature)
+    paid = escrow_claim(x, escrow_id, *receipt)
     tc_settle(x, tc_id, escrow_id, cap_id)
     return paid
