@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from dtp.errors import move_error
 from dtp.ledger._move_call import Id, MoveCall, MoveCaller
@@ -23,8 +23,8 @@ from dtp.ledger._objects import check_signer
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
-    from dtp.ledger._objects import Settlement
-    from dtp.ledger.interface import Ledger
+    from dtp.ledger._economics import SponsorLane
+    from dtp.ledger._objects import Settlement, TransportControl
 
 __all__ = ["Deletions", "StorageRebate"]
 
@@ -61,6 +61,25 @@ class StorageRebate:
         return self.rebate - self.gas
 
 
+class _Settles(Protocol):
+    """The calls of :class:`~dtp.ledger.interface.Ledger` the two-step defaults make."""
+
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement: ...
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int: ...
+
+    def get_connection(self, connection_id: str) -> TransportControl: ...
+
+    def get_sponsor_lane(self, lane_id: str) -> SponsorLane: ...
+
+
 class Deletions(MoveCaller):
     """The deleting calls of a :class:`~dtp.ledger.interface.Ledger`. Not abstract: a
     ledger written before them keeps working (without ``_move`` each raises
@@ -78,7 +97,7 @@ class Deletions(MoveCaller):
         check_signer(signer)
         if escrow_id is None:
             # (read only when not given: the call loads and checks both objects itself)
-            escrow_id = cast("Ledger", self).get_connection(connection_id).escrow
+            escrow_id = cast(_Settles, self).get_connection(connection_id).escrow
         args = (Id(connection_id), Id(escrow_id))
         self._move(signer, MoveCall("transport_control", "destroy", args))
 
@@ -91,7 +110,7 @@ class Deletions(MoveCaller):
         MIST reimbursed (0 when someone's ``reimburse`` came first). A connection that
         was not sponsored raises WrongObject ``ENotSponsored`` before any transaction
         (it has no lane to name)."""
-        ledger = cast("Ledger", self)
+        ledger = cast(_Settles, self)
         tc = ledger.get_connection(connection_id)
         if tc.sponsor is None:
             raise move_error("sponsor", "ENotSponsored", f"connection {tc.id} is not sponsored")
@@ -113,7 +132,7 @@ class Deletions(MoveCaller):
         objects ``&mut`` and the deletion by value), else one after the other (this
         default; a settlement whose deletion then fails stays settled, and is deleted
         later). Returns the settlement."""
-        ledger = cast("Ledger", self)
+        ledger = cast(_Settles, self)
         settlement = ledger.settle(signer, connection_id, escrow_id=escrow_id, cap_id=cap_id)
         if ledger.get_connection(connection_id).sponsor is not None:
             self.reimburse_and_destroy(signer, connection_id, escrow_id=escrow_id)
@@ -142,7 +161,7 @@ class Deletions(MoveCaller):
         """The requester's ``response_escrow::refund`` after the deadline and
         :meth:`destroy_response_escrow`: one transaction where the ledger can, else one
         after the other (this default). Returns the refund."""
-        ledger = cast("Ledger", self)
+        ledger = cast(_Settles, self)
         refunded = ledger.response_escrow_refund(signer, escrow_id)
         self.destroy_response_escrow(signer, escrow_id)
         return refunded

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, get_args
 
 from dtp.errors import InvalidArgument, move_error
 from dtp.ledger._move_call import Id, MoveCall, MoveCaller, signer_key, u64
 from dtp.ledger._objects import (
     OpenedConnection,
+    Pipe,
+    TransportControl,
     as_bytes,
     check_port,
     check_signer,
@@ -39,7 +41,6 @@ from dtp.ledger._versions import MIGRATE
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
-    from dtp.ledger.interface import Ledger
 
 __all__ = [
     "BPS",
@@ -448,6 +449,16 @@ def economics_object_from_fields(
     return from_move_fields(cls, object_id, version, d, **given)
 
 
+class _Reads(Protocol):
+    """The reads of :class:`~dtp.ledger.interface.Ledger` the sponsoring methods use."""
+
+    def balance(self, address: str) -> int: ...
+
+    def get_connection(self, connection_id: str) -> TransportControl: ...
+
+    def get_pipe(self, pipe_id: str) -> Pipe: ...
+
+
 # the argument names the calls below name more than once
 _PER_BYTE: Final = "storage_price_per_byte"
 _DEPOSIT: Final = "the storage deposit"
@@ -608,7 +619,7 @@ class PaymentModels(MoveCaller):
         (``ENotSubscribed``). ``ESubscriptionLive`` while the subscription still covers
         the connection."""
         check_signer(signer)
-        tc = cast("Ledger", self).get_connection(connection_id)
+        tc = cast(_Reads, self).get_connection(connection_id)
         subscription_id = subscription_id or tc.subscription
         if subscription_id is None:
             # (Move would need a subscription to be given: refused here, before any call)
@@ -683,7 +694,7 @@ class PaymentModels(MoveCaller):
         lanes = self.get_sponsor_lanes(pool_id)
         parts = spread_over_lanes(amount, [one.available for one in lanes])
         plan = [(one.id, part) for one, part in zip(lanes, parts, strict=True) if part]
-        if len(plan) > 1 and amount > cast("Ledger", self).balance(signer.sui_address):
+        if len(plan) > 1 and amount > cast(_Reads, self).balance(signer.sui_address):
             plan = [(plan[0][0], amount)]  # refused by the ledger as it refuses any fund
         self._per_lane(
             "funded",
@@ -782,7 +793,7 @@ class PaymentModels(MoveCaller):
         which refuses with ``ENotSponsored``). Removes the pledge; returns the MIST paid
         to the connection's client."""
         check_signer(signer)
-        tc = cast("Ledger", self).get_connection(connection_id)
+        tc = cast(_Reads, self).get_connection(connection_id)
         if lane is None:
             pool = self.get_sponsor_pool(pool_id)
             found = self._find_pledge(pool, tc.id, tc.spending_cap)
@@ -997,7 +1008,7 @@ class PaymentModels(MoveCaller):
         # items, and retention::send aborts EWrongDeposit unless deposit == bytes * price)
         payload = as_bytes(data, "data")
         u64(inner, "inner")
-        pipe = cast("Ledger", self).get_pipe(pipe_id)
+        pipe = cast(_Reads, self).get_pipe(pipe_id)
         deposit = u64(self.get_retention_terms(terms_id).deposit_for(len(payload)), _DEPOSIT)
         objects = (Id(pipe_id), Id(pipe.connection))
         args = (*objects, Id(terms_id), inner, payload, deposit)
