@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.errors import InvalidArgument
 from dtp.ledger._objects import (
     FIREWALL_LISTS,
     Broadcast,
@@ -106,7 +106,7 @@ class LedgerReads(LocalStore):
         def read() -> ObjectRef:
             row = SqlStore(self._db).load(object_id)
             if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                raise not_found(object_id, None, None)
             return ObjectRef(object_id, row[2], row[1], row[0])
 
         return self._read_one(read)
@@ -165,7 +165,7 @@ class LedgerReads(LocalStore):
             for object_id in ids:
                 row = found.get(object_id)
                 if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                    raise not_found(object_id, None, None)
                 version, data = decoded(object_id, row[1], row[2])
                 out.append(build(row[0].rsplit("::", 1)[-1], object_id, version, data))
         except rules.DamagedData as exc:
@@ -197,7 +197,7 @@ class LedgerReads(LocalStore):
             for object_id in wanted:
                 row = found.get(object_id)
                 if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                    raise not_found(object_id, None, None)
                 if object_id == hid:
                     objects.append(_built_host(hid, row))
                     continue
@@ -236,7 +236,7 @@ class LedgerReads(LocalStore):
                 "SELECT version FROM objects WHERE id = ?", (object_id,)
             ).fetchone()
             if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                raise not_found(object_id, None, None)
             return stored_version(object_id, row[0])
 
         return self._read_one(read)
