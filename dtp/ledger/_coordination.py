@@ -171,7 +171,7 @@ class Coordination(MoveCaller):
         or expired (else :class:`~dtp.errors.LeaseHeld`). Returns its fencing token."""
         check_signer(signer)
         lease = (text(name, "lease name"), text(holder, "holder"), u64(duration_ms, _DURATION))
-        args = (Id(registry_id, "Registry"), *lease)
+        args = (Id(registry_id), *lease)
         return int(self._move(signer, MoveCall("registry", "acquire", args, 0, _ACQUIRED)))
 
     def renew_lease(
@@ -182,14 +182,14 @@ class Coordination(MoveCaller):
         once it expired or another tenure began."""
         check_signer(signer)
         lease = (text(name, "lease name"), u64(token, "token"), u64(duration_ms, _DURATION))
-        args = (Id(registry_id, "Registry"), *lease)
+        args = (Id(registry_id), *lease)
         return int(self._move(signer, MoveCall("registry", "renew", args, 0, _RENEWED)))
 
     def release_lease(self, signer: HostIdentity, registry_id: str, name: str, token: int) -> None:
         """``registry::release``: give up the lease held with ``token`` (free at once)."""
         check_signer(signer)
         lease = (text(name, "lease name"), u64(token, "token"))
-        self._move(signer, MoveCall("registry", "release", (Id(registry_id, "Registry"), *lease)))
+        self._move(signer, MoveCall("registry", "release", (Id(registry_id), *lease)))
 
     def registry_put(
         self,
@@ -205,7 +205,7 @@ class Coordination(MoveCaller):
         the key's new version."""
         check_signer(signer)
         raw, raw_key, data = text(name, "lease name"), text(key, "key"), as_bytes(value, "value")
-        args = (Id(registry_id, "Registry"), raw, u64(token, "token"), raw_key, data)
+        args = (Id(registry_id), raw, u64(token, "token"), raw_key, data)
         return int(self._move(signer, MoveCall("registry", "put", args, 0, "ValuePut.version")))
 
     def registry_remove(
@@ -214,7 +214,7 @@ class Coordination(MoveCaller):
         """``registry::remove``: delete ``key`` (nothing when absent), fenced as ``put``."""
         check_signer(signer)
         raw, raw_key = text(name, "lease name"), text(key, "key")
-        args = (Id(registry_id, "Registry"), raw, u64(token, "token"), raw_key)
+        args = (Id(registry_id), raw, u64(token, "token"), raw_key)
         self._move(signer, MoveCall("registry", "remove", args))
 
     def get_registry(self, registry_id: str) -> RegistryState:
@@ -224,4 +224,4 @@ class Coordination(MoveCaller):
     def _on_members(self, signer: HostIdentity, registry_id: str, member: str, fn: str) -> None:
         check_signer(signer)
         who = Id(normalize_id(member, "member address"))
-        self._move(signer, MoveCall("registry", fn, (Id(registry_id, "Registry"), who)))
+        self._move(signer, MoveCall("registry", fn, (Id(registry_id), who)))

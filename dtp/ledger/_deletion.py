@@ -98,7 +98,7 @@ class Deletions(MoveCaller):
         if escrow_id is None:
             # (read only when not given: the call loads and checks both objects itself)
             escrow_id = cast(_Settles, self).get_connection(connection_id).escrow
-        args = (Id(connection_id, "TransportControl"), Id(escrow_id, "Escrow"))
+        args = (Id(connection_id), Id(escrow_id))
         self._move(signer, MoveCall("transport_control", "destroy", args))
 
     def reimburse_and_destroy(
@@ -145,8 +145,8 @@ class Deletions(MoveCaller):
     ) -> int:
         """``sponsor::reimburse_and_destroy(&pool, &mut lane, tc, escrow)``."""
         check_signer(signer)
-        lane = (Id(pool_id, "SponsorPool"), Id(lane_id, "SponsorLane"))
-        args = (*lane, Id(connection_id, "TransportControl"), Id(escrow_id, "Escrow"))
+        lane = (Id(pool_id), Id(lane_id))
+        args = (*lane, Id(connection_id), Id(escrow_id))
         call = MoveCall("sponsor", "reimburse_and_destroy", args, 0, "SponsorReimbursed.amount")
         return int(self._move(signer, call))
 
@@ -154,7 +154,7 @@ class Deletions(MoveCaller):
         """``response_escrow::destroy``: the requester deletes its escrow once paid,
         delivered or refunded (``EEscrowOpen`` before)."""
         check_signer(signer)
-        args = (Id(escrow_id, "ResponseEscrow"),)
+        args = (Id(escrow_id),)
         self._move(signer, MoveCall("response_escrow", "destroy", args))
 
     def refund_and_destroy_response_escrow(self, signer: HostIdentity, escrow_id: str) -> int:
@@ -170,7 +170,7 @@ class Deletions(MoveCaller):
         """``tickets::leave``: a holder gives its tickets back once the event went on air,
         its entry deleted (it is admitted no more). Returns the tickets given back."""
         check_signer(signer)
-        sale = (Id(sale_id, "TicketSale"),)
+        sale = (Id(sale_id),)
         return int(
             self._move(signer, MoveCall("tickets", "leave", sale, 0, "TicketsGivenBack.count"))
         )
@@ -179,7 +179,7 @@ class Deletions(MoveCaller):
         """``tickets::destroy``: the organizer deletes a sale that is over (on air,
         cancelled or past its deadline) and whose every holder is refunded or left."""
         check_signer(signer)
-        self._move(signer, MoveCall("tickets", "destroy", (Id(sale_id, "TicketSale"),)))
+        self._move(signer, MoveCall("tickets", "destroy", (Id(sale_id),)))
 
     def storage_rebate(self, object_ids: Sequence[str]) -> StorageRebate:
         """What deleting ``object_ids`` in one transaction would give back to its sender,

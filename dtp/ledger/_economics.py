@@ -459,9 +459,7 @@ class _Reads(Protocol):
     def get_pipe(self, pipe_id: str) -> Pipe: ...
 
 
-# the Move types and argument names the calls below name more than once
-_TERMS: Final = "RetentionTerms"
-_RECORD: Final = "RetainedRecord"
+# the argument names the calls below name more than once
 _PER_BYTE: Final = "storage_price_per_byte"
 _DEPOSIT: Final = "the storage deposit"
 # where SuiLedger reads each call's result (MoveCall.result)
@@ -479,11 +477,11 @@ _DELETED: Final = "RecordDeleted.refunded"
 
 
 def _pool_lane(pool_id: str, lane_id: str) -> tuple[Id, Id]:
-    return Id(pool_id, "SponsorPool"), Id(lane_id, "SponsorLane")
+    return Id(pool_id), Id(lane_id)
 
 
 def _subscription_ids(sub: Subscription) -> tuple[Id, Id]:
-    return Id(sub.id, "Subscription"), Id(sub.offer, "SubscriptionOffer")
+    return Id(sub.id), Id(sub.offer)
 
 
 def _missing(ledger: object, what: str) -> NotImplementedError:
@@ -520,7 +518,7 @@ class PaymentModels(MoveCaller):
         call = MoveCall(
             "subscription",
             "create_offer",
-            (Id(host_id, "Host"), *args, u64(period_epochs, "period_epochs")),
+            (Id(host_id), *args, u64(period_epochs, "period_epochs")),
             result="SubscriptionOfferCreated.offer",
         )
         return str(self._move(signer, call))
@@ -536,8 +534,8 @@ class PaymentModels(MoveCaller):
         u64(epochs, "epochs")
         offer = self.get_subscription_offer(offer_id)
         payment = u64(epochs * offer.price_per_epoch, "the payment")
-        host = Id(offer.host if host_id is None else host_id, "Host")
-        args = (Id(offer_id, "SubscriptionOffer"), host, epochs, payment)
+        host = Id(offer.host if host_id is None else host_id)
+        args = (Id(offer_id), host, epochs, payment)
         call = MoveCall("subscription", "subscribe", args, payment, "Subscribed.subscription")
         return str(self._move(signer, call))
 
@@ -553,7 +551,7 @@ class PaymentModels(MoveCaller):
         if host_id is None:
             host_id = self.get_subscription_offer(sub.offer).host
         payment = u64(epochs * sub.price_per_epoch, "the payment")
-        args = (*_subscription_ids(sub), Id(host_id, "Host"), epochs, payment)
+        args = (*_subscription_ids(sub), Id(host_id), epochs, payment)
         call = MoveCall("subscription", "renew", args, payment, "SubscriptionRenewed.expires_epoch")
         return int(self._move(signer, call))
 
@@ -573,7 +571,7 @@ class PaymentModels(MoveCaller):
         check_signer(signer)
         if host_id is None:
             host_id = self.get_subscription_offer(offer_id).host
-        ids = (Id(offer_id, "SubscriptionOffer"), Id(host_id, "Host"))
+        ids = (Id(offer_id), Id(host_id))
         self._move(signer, MoveCall("subscription", "withdraw_offer", ids))
 
     def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
@@ -600,7 +598,7 @@ class PaymentModels(MoveCaller):
         sub = self.get_subscription(subscription_id)
         if host_id is None:
             host_id = self.get_subscription_offer(sub.offer).host
-        ids = (*_subscription_ids(sub), Id(host_id, "Host"), Id(cap_id, "SpendingCap"))
+        ids = (*_subscription_ids(sub), Id(host_id), Id(cap_id))
         call = MoveCall("subscription", "open_connection", (*ids, key, deposit), deposit, _OPENED)
         return cast(OpenedConnection, self._move(signer, call))
 
@@ -632,9 +630,9 @@ class PaymentModels(MoveCaller):
             )
         ids = _subscription_ids(self.get_subscription(subscription_id))
         objects = (
-            Id(tc.id, "TransportControl"),
-            Id(escrow_id or tc.escrow, "Escrow"),
-            Id(cap_id or tc.spending_cap, "SpendingCap"),
+            Id(tc.id),
+            Id(escrow_id or tc.escrow),
+            Id(cap_id or tc.spending_cap),
         )
         result = "SubscribedConnectionEnded.refunded"
         call = MoveCall("subscription", "end_connection", (*ids, *objects), 0, result)
@@ -671,14 +669,14 @@ class PaymentModels(MoveCaller):
         Returns the pool ID."""
         check_signer(signer)
         terms = (check_port(port), u64(share_bps, "share_bps"), u64(max_pledge, "max_pledge"))
-        args = (Id(host_id, "Host"), *terms, u64(lanes, "lanes"))
+        args = (Id(host_id), *terms, u64(lanes, "lanes"))
         return str(self._move(signer, MoveCall("sponsor", "create", args, 0, _POOL_CREATED)))
 
     def set_sponsor_max_pledge(self, signer: HostIdentity, pool_id: str, max_pledge: int) -> None:
         """``sponsor::set_max_pledge`` (provider): the most a lane pledges to one
         connection opened from now on (0 pauses the sponsoring)."""
         check_signer(signer)
-        args = (Id(pool_id, "SponsorPool"), u64(max_pledge, "max_pledge"))
+        args = (Id(pool_id), u64(max_pledge, "max_pledge"))
         self._move(signer, MoveCall("sponsor", "set_max_pledge", args))
 
     def fund_sponsor_pool(
@@ -865,7 +863,7 @@ class PaymentModels(MoveCaller):
         check_signer(signer)
         u64(deposit, "the deposit")
         key = signer_key(signer, client_public_key, "client_public_key")
-        ids = (*_pool_lane(pool_id, lane_id), Id(host_id, "Host"), Id(cap_id, "SpendingCap"))
+        ids = (*_pool_lane(pool_id, lane_id), Id(host_id), Id(cap_id))
         call = MoveCall("sponsor", "open_connection", (*ids, key, deposit), deposit, _OPENED)
         return cast(OpenedConnection, self._move(signer, call))
 
@@ -874,7 +872,7 @@ class PaymentModels(MoveCaller):
     ) -> int:
         """``sponsor::reimburse(&pool, &mut lane, &tc, &escrow)``."""
         check_signer(signer)
-        objects = (Id(connection_id, "TransportControl"), Id(escrow_id, "Escrow"))
+        objects = (Id(connection_id), Id(escrow_id))
         args = (*_pool_lane(pool_id, lane_id), *objects)
         return int(self._move(signer, MoveCall("sponsor", "reimburse", args, 0, _REIMBURSED)))
 
@@ -898,7 +896,7 @@ class PaymentModels(MoveCaller):
         check_signer(signer)
         raw = as_bytes(channel, "channel")
         args = (
-            Id(sale_id, "TicketSale"),
+            Id(sale_id),
             raw,
             u64(slot_price, "slot_price"),
             u64(slot_ms, "slot_ms"),
@@ -934,24 +932,24 @@ class PaymentModels(MoveCaller):
         check_signer(signer)
         u64(count, "count")
         payment = u64(count * self.get_ticket_sale(sale_id).ticket_price, "the payment")
-        args = (Id(sale_id, "TicketSale"), count, payment)
+        args = (Id(sale_id), count, payment)
         self._move(signer, MoveCall("tickets", "buy", args, payment))
 
     def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
         """``tickets::go_on_air`` (organizer): returns the revenue paid out."""
         check_signer(signer)
-        call = MoveCall("tickets", "go_on_air", (Id(sale_id, "TicketSale"),), 0, _ON_AIR)
+        call = MoveCall("tickets", "go_on_air", (Id(sale_id),), 0, _ON_AIR)
         return int(self._move(signer, call))
 
     def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
         """``tickets::cancel`` (organizer)."""
         check_signer(signer)
-        self._move(signer, MoveCall("tickets", "cancel", (Id(sale_id, "TicketSale"),)))
+        self._move(signer, MoveCall("tickets", "cancel", (Id(sale_id),)))
 
     def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
         """``tickets::refund`` (a buyer, after cancel or a missed deadline)."""
         check_signer(signer)
-        call = MoveCall("tickets", "refund", (Id(sale_id, "TicketSale"),), 0, _TICKETS_REFUNDED)
+        call = MoveCall("tickets", "refund", (Id(sale_id),), 0, _TICKETS_REFUNDED)
         return int(self._move(signer, call))
 
     def get_ticket_sale(self, sale_id: str) -> TicketSale:
@@ -972,7 +970,7 @@ class PaymentModels(MoveCaller):
         check_signer(signer)
         port = check_port(port)
         terms = (u64(retention_ms, "retention_ms"), u64(storage_price_per_byte, _PER_BYTE))
-        args = (Id(host_id, "Host"), port, *terms)
+        args = (Id(host_id), port, *terms)
         call = MoveCall("retention", "create_terms", args, 0, _TERMS_CREATED)
         return str(self._move(signer, call))
 
@@ -980,8 +978,8 @@ class PaymentModels(MoveCaller):
         """``retention::retire_terms`` (the host's authority): sends refuse the terms
         from now on (``ETermsRetired``); records kept under them keep their deadlines."""
         check_signer(signer)
-        host = Id(self.get_retention_terms(terms_id).host, "Host")
-        self._move(signer, MoveCall("retention", "retire_terms", (Id(terms_id, _TERMS), host)))
+        host = Id(self.get_retention_terms(terms_id).host)
+        self._move(signer, MoveCall("retention", "retire_terms", (Id(terms_id), host)))
 
     def replace_retention_terms(
         self,
@@ -994,8 +992,8 @@ class PaymentModels(MoveCaller):
         publish new terms for its port in one transaction. Returns the new terms' ID."""
         check_signer(signer)
         terms = (u64(retention_ms, "retention_ms"), u64(storage_price_per_byte, _PER_BYTE))
-        host = Id(self.get_retention_terms(terms_id).host, "Host")
-        args = (Id(terms_id, _TERMS), host, *terms)
+        host = Id(self.get_retention_terms(terms_id).host)
+        args = (Id(terms_id), host, *terms)
         call = MoveCall("retention", "replace_terms", args, 0, _TERMS_CREATED)
         return str(self._move(signer, call))
 
@@ -1012,22 +1010,22 @@ class PaymentModels(MoveCaller):
         u64(inner, "inner")
         pipe = cast(_Reads, self).get_pipe(pipe_id)
         deposit = u64(self.get_retention_terms(terms_id).deposit_for(len(payload)), _DEPOSIT)
-        objects = (Id(pipe_id, "Pipe"), Id(pipe.connection, "TransportControl"))
-        args = (*objects, Id(terms_id, _TERMS), inner, payload, deposit)
+        objects = (Id(pipe_id), Id(pipe.connection))
+        args = (*objects, Id(terms_id), inner, payload, deposit)
         call = MoveCall("retention", "send", args, deposit, "RecordRetained.record")
         return str(self._move(signer, call))
 
     def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
         """``retention::confirm`` (the receiver)."""
         check_signer(signer)
-        self._move(signer, MoveCall("retention", "confirm", (Id(record_id, _RECORD),)))
+        self._move(signer, MoveCall("retention", "confirm", (Id(record_id),)))
 
     def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
         """``retention::delete`` (the sender): returns the deposit refunded. A confirmed
         record goes once its retention time has passed, an unconfirmed one once twice
         that has (:attr:`RetainedRecord.reclaim_after_ms`)."""
         check_signer(signer)
-        call = MoveCall("retention", "delete", (Id(record_id, _RECORD),), 0, _DELETED)
+        call = MoveCall("retention", "delete", (Id(record_id),), 0, _DELETED)
         return int(self._move(signer, call))
 
     def get_retention_terms(self, terms_id: str) -> RetentionTerms:

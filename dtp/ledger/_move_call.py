@@ -73,11 +73,11 @@ def check_receipt(receipt: Receipt) -> Receipt:
 
 @dataclass(frozen=True)
 class Id:
-    """An ID argument: an object's, of Move type ``struct`` (SuiLedger references it by
-    its kind: shared, or owned by the signer), or, ``struct`` None, an address."""
+    """An ID argument: an object's or an address, as the call's row of
+    :data:`~dtp.ledger._entry_functions.MOVE_CALLS` says (an object's with its struct and
+    kind, by which SuiLedger references it: shared, or owned by the signer)."""
 
     value: str
-    struct: str | None = None
 
 
 @dataclass(frozen=True)

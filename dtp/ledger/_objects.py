@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from dtp.errors import InvalidArgument, InvalidObjectId, move_error
+from dtp.errors import InvalidArgument, InvalidObjectId, WrongSigner, move_error
 from dtp.ledger._airtime import AirTime, air_time_due, slot_part
 from dtp.ledger._versions import stored_version
 
@@ -34,6 +34,17 @@ def check_signer(signer: object) -> None:
     for attribute in ("sui_address", "ed25519_public", "sign_transaction"):
         if not hasattr(signer, attribute):
             raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
+
+
+def owned_by_another(
+    struct: str, object_id: str, owner: str, sender: str, use: str = "use it"
+) -> WrongSigner:
+    """Sui's refusal of an input object owned by another address than the sender (both
+    ledgers, before any Move code runs)."""
+    return WrongSigner(
+        f"{struct} {object_id} is owned by {owner}; only its owner can {use} (sender {sender}).",
+        name="ObjectOwnedByAnother",
+    )
 
 
 def check_port(port: object) -> int:

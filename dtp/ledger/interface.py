@@ -456,7 +456,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups of
         more than 0 from now on: what is outstanding stays claimable, docs/escrow.md §4)."""
         check_signer(signer)
-        args = (Id(cap_id, "SpendingCap"), u64(max_per_epoch, "max_per_epoch"))
+        args = (Id(cap_id), u64(max_per_epoch, "max_per_epoch"))
         self._move(signer, MoveCall("spending_cap", "set_max_per_epoch", args))
 
     # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
@@ -522,7 +522,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         u64(amount, "the top-up amount")
         if cap_id is None:
             cap_id = self.get_escrow(escrow_id).spending_cap
-        args = (Id(escrow_id, "Escrow"), Id(cap_id, "SpendingCap"), amount)
+        args = (Id(escrow_id), Id(cap_id), amount)
         self._move(signer, MoveCall("escrow", "top_up", args, amount))
 
     @abc.abstractmethod
@@ -531,21 +531,21 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         spending cap is not involved: the deposit was reserved on it (the escrow counts
         the claim on it at its next top-up or its settlement)."""
         check_signer(signer)
-        args = (Id(escrow_id, "Escrow"), check_receipt(receipt))
+        args = (Id(escrow_id), check_receipt(receipt))
         return int(self._move(signer, MoveCall("escrow", "claim", args, 0, "ReceiptClaimed.paid")))
 
     @abc.abstractmethod
     def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::close``: half-close, or complete the peer's half-close."""
         check_signer(signer)
-        args = (Id(connection_id, "TransportControl"),)
+        args = (Id(connection_id),)
         self._move(signer, MoveCall("transport_control", "close", args))
 
     @abc.abstractmethod
     def finalize(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::finalize``: close a half-closed connection after the timeout."""
         check_signer(signer)
-        args = (Id(connection_id, "TransportControl"),)
+        args = (Id(connection_id),)
         self._move(signer, MoveCall("transport_control", "finalize", args))
 
     @abc.abstractmethod
@@ -632,7 +632,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
         """``pipe::create``: a Pipe owned by the signer. Returns its ID."""
         check_signer(signer)
-        args = (Id(connection_id, "TransportControl"), u64(inner_count, "inner_count"))
+        args = (Id(connection_id), u64(inner_count, "inner_count"))
         call = MoveCall("pipe", "create", args, 0, "PipeCreated.pipe", "Pipe")
         return str(self._move(signer, call))
 
@@ -640,21 +640,21 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
         """``pipe::send`` (owner only): emits ``PipeDataSent``; returns the record's seq."""
         check_signer(signer)
-        args = (Id(pipe_id, "Pipe"), u64(inner, "inner"), as_bytes(data, "data"))
+        args = (Id(pipe_id), u64(inner, "inner"), as_bytes(data, "data"))
         return int(self._move(signer, MoveCall("pipe", "send", args, 0, "PipeDataSent.seq")))
 
     @abc.abstractmethod
     def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
         """``pipe::sync`` (owner only): every seq below ``acked`` was received."""
         check_signer(signer)
-        args = (Id(pipe_id, "Pipe"), u64(inner, "inner"), u64(acked, "acked"))
+        args = (Id(pipe_id), u64(inner, "inner"), u64(acked, "acked"))
         self._move(signer, MoveCall("pipe", "sync", args))
 
     @abc.abstractmethod
     def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
         """``pipe::destroy`` (owner only)."""
         check_signer(signer)
-        self._move(signer, MoveCall("pipe", "destroy", (Id(pipe_id, "Pipe"),)))
+        self._move(signer, MoveCall("pipe", "destroy", (Id(pipe_id),)))
 
     # -- broadcast (dtp::broadcast) ---------------------------------------------------------
 
@@ -675,14 +675,14 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
         """``broadcast::contribute``: ``amount`` MIST from the signer's balance to the pool."""
         check_signer(signer)
-        args = (Id(broadcast_id, "Broadcast"), u64(amount, "the contribution"))
+        args = (Id(broadcast_id), u64(amount, "the contribution"))
         self._move(signer, MoveCall("broadcast", "contribute", args, amount))
 
     @abc.abstractmethod
     def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
         """``broadcast::transmit`` (broadcaster, on air): returns the message's seq."""
         check_signer(signer)
-        args = (Id(broadcast_id, "Broadcast"), as_bytes(data, "data"))
+        args = (Id(broadcast_id), as_bytes(data, "data"))
         call = MoveCall("broadcast", "transmit", args, 0, "BroadcastTransmitted.seq")
         return int(self._move(signer, call))
 
@@ -750,7 +750,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         """``mailbox::send``: emit ``MailDeposited { recipient_host, payload }`` for the Host
         ``host_id`` (1..MAX_MAIL_PAYLOAD bytes; anyone may send)."""
         check_signer(signer)
-        args = (Id(host_id, "Host"), as_bytes(payload, "payload"))
+        args = (Id(host_id), as_bytes(payload, "payload"))
         self._move(signer, MoveCall("mailbox", "send", args))
 
     def response_escrow_deposit(
@@ -783,7 +783,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         Returns the MIST paid."""
         check_signer(signer)
         proof = (as_bytes(response_hash, "response_hash"), as_bytes(signature, "signature"))
-        args = (Id(escrow_id, "ResponseEscrow"), *proof)
+        args = (Id(escrow_id), *proof)
         call = MoveCall("response_escrow", "claim", args, 0, "ResponseFeeClaimed.amount")
         return int(self._move(signer, call))
 
@@ -791,14 +791,14 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         """``response_escrow::deliver`` (server, before the deadline): post the response
         as an event and take the fee. Returns the MIST paid."""
         check_signer(signer)
-        args = (Id(escrow_id, "ResponseEscrow"), as_bytes(response, "response"))
+        args = (Id(escrow_id), as_bytes(response, "response"))
         call = MoveCall("response_escrow", "deliver", args, 0, "ResponseDelivered.amount")
         return int(self._move(signer, call))
 
     def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
         """``response_escrow::refund`` (requester, after the deadline). Returns the refund."""
         check_signer(signer)
-        args = (Id(escrow_id, "ResponseEscrow"),)
+        args = (Id(escrow_id),)
         call = MoveCall("response_escrow", "refund", args, 0, "ResponseFeeRefunded.amount")
         return int(self._move(signer, call))
 
@@ -809,7 +809,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     # -- the calls' shared steps ----------------------------------------------------------
 
     def _on_host(self, signer: HostIdentity, host_id: str, function: str, *args: Any) -> None:
-        self._move(signer, MoveCall("host", function, (Id(host_id, "Host"), *args)))
+        self._move(signer, MoveCall("host", function, (Id(host_id), *args)))
 
     def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
         check_signer(signer)
@@ -831,7 +831,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         check_port(port)
         u64(deposit, "the deposit")
         raw = key()
-        objects = (Id(host_id, "Host"), port, Id(cap_id, "SpendingCap"))
+        objects = (Id(host_id), port, Id(cap_id))
         return MoveCall("transport_control", function, (*objects, raw, deposit), deposit, _OPENED)
 
     def _client_open(
@@ -858,16 +858,16 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
             escrow_id = tc.escrow if escrow_id is None else escrow_id
             cap_id = tc.spending_cap if cap_id is None else cap_id
         return (
-            Id(connection_id, "TransportControl"),
-            Id(escrow_id, "Escrow"),
-            Id(cap_id, "SpendingCap"),
+            Id(connection_id),
+            Id(escrow_id),
+            Id(cap_id),
         )
 
     def _on_broadcast(
         self, signer: HostIdentity, broadcast_id: str, function: str, result: str = ""
     ) -> Any:
         check_signer(signer)
-        args = (Id(broadcast_id, "Broadcast"),)
+        args = (Id(broadcast_id),)
         return self._move(signer, MoveCall("broadcast", function, args, 0, result))
 
     # -- reading -----------------------------------------------------------------------------
@@ -1057,9 +1057,9 @@ def check_event_read(filter: EventFilter | None, limit: int) -> None:
 
 
 class TypedReads(Ledger):
-    """The typed getters and :meth:`events` as both ledgers write them, over the
+    """The typed getters and the reads of events as both ledgers write them, over the
     ledger's own ``_get`` (one object of a struct, checked to be of its class) and
-    :meth:`read_events` (LocalLedger and SuiLedger both know where a read ends)."""
+    ``_read_after`` (LocalLedger and SuiLedger both know where a read ends)."""
 
     @abc.abstractmethod
     def _get(self, object_id: str, struct: str, cls: type[_T]) -> _T:
@@ -1091,6 +1091,32 @@ class TypedReads(Ledger):
     ) -> tuple[list[Event], str | None]:
         read = self.read_events(cursor, filter, limit)
         return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        position = self._event_position(cursor)  # the cursor first, then filter and limit
+        check_event_read(filter, limit)
+        if limit <= 0:
+            # nothing, and the cursor stays (a read takes an event before it compares
+            # with limit)
+            return EventRead([], cursor, False)
+        return self._read_after(position, cursor, filter, limit)
+
+    @abc.abstractmethod
+    def _event_position(self, cursor: str | None) -> Any:
+        """Where ``cursor`` is, in the ledger's own terms (InvalidArgument for a cursor
+        it does not hand out)."""
+
+    @abc.abstractmethod
+    def _read_after(
+        self, position: Any, cursor: str | None, filter: EventFilter | None, limit: int
+    ) -> EventRead:
+        """:meth:`read_events` from ``position`` (``cursor``'s), its arguments checked
+        and ``limit`` above 0."""
 
     def wait_events(
         self,

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 
-from dtp.errors import InvalidArgument, ObjectNotFound, WrongObject
+from dtp.errors import InvalidArgument, WrongObject
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import check_signer, normalize_id
 from dtp.ledger._versions import ADMIN_CAP, MIGRATE, VERSIONED, stored_version
 from dtp.ledger.local import rules
 from dtp.ledger.local._store import LocalStore
-from dtp.ledger.local._stored import SqlStore
+from dtp.ledger.local._stored import SqlStore, not_found
 
 __all__ = ["VersionCalls", "admin_cap_digest"]
 
@@ -65,7 +65,7 @@ class VersionCalls(LocalStore):
         def read() -> tuple[str, int]:
             row = SqlStore(self._db).load(object_id)
             if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                raise not_found(object_id, None, None)
             struct = row[0].rsplit("::", 1)[-1]
             if struct not in VERSIONED:
                 raise WrongObject(f"Object {object_id} is a {struct}: it records no version.")

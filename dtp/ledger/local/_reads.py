@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.errors import InvalidArgument
 from dtp.ledger._objects import (
     FIREWALL_LISTS,
     Broadcast,
@@ -21,7 +21,7 @@ from dtp.ledger._objects import (
     firewall_entries,
     normalize_id,
 )
-from dtp.ledger.interface import ConnectionView, _connection_view, check_event_read
+from dtp.ledger.interface import ConnectionView, _connection_view
 from dtp.ledger.local import rules
 from dtp.ledger.local._store import LocalStore, T
 from dtp.ledger.local._stored import SEQ_MAX, SqlStore, build, decoded, not_found, stored_version
@@ -106,7 +106,7 @@ class LedgerReads(LocalStore):
         def read() -> ObjectRef:
             row = SqlStore(self._db).load(object_id)
             if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                raise not_found(object_id, None, None)
             return ObjectRef(object_id, row[2], row[1], row[0])
 
         return self._read_one(read)
@@ -165,7 +165,7 @@ class LedgerReads(LocalStore):
             for object_id in ids:
                 row = found.get(object_id)
                 if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                    raise not_found(object_id, None, None)
                 version, data = decoded(object_id, row[1], row[2])
                 out.append(build(row[0].rsplit("::", 1)[-1], object_id, version, data))
         except rules.DamagedData as exc:
@@ -197,7 +197,7 @@ class LedgerReads(LocalStore):
             for object_id in wanted:
                 row = found.get(object_id)
                 if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                    raise not_found(object_id, None, None)
                 if object_id == hid:
                     objects.append(_built_host(hid, row))
                     continue
@@ -236,7 +236,7 @@ class LedgerReads(LocalStore):
                 "SELECT version FROM objects WHERE id = ?", (object_id,)
             ).fetchone()
             if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                raise not_found(object_id, None, None)
             return stored_version(object_id, row[0])
 
         return self._read_one(read)
@@ -353,20 +353,10 @@ class LedgerReads(LocalStore):
 
     # -- events ----------------------------------------------------------------------------------
 
-    def read_events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
+    def _read_after(
+        self, start: int, cursor: str | None, filter: EventFilter | None, limit: int
     ) -> EventRead:
         # a read stops at `limit` events or at the newest row: fewer is the end
-        start = self._cursor(cursor)
-        check_event_read(filter, limit)
-        if limit <= 0:
-            # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
-            # before it compares with limit)
-            return EventRead([], cursor, False)
-
         def read() -> EventRead:
             out: list[Event] = []
             last = start
@@ -398,7 +388,7 @@ class LedgerReads(LocalStore):
         return None if row is None or row[0] is None else str(row[0])
 
     @staticmethod
-    def _cursor(cursor: str | None) -> int:
+    def _event_position(cursor: str | None) -> int:
         if cursor is None:
             return 0
         # the decimal positions events() hands out; int() alone would take " 3", "-0"

@@ -56,7 +56,7 @@ from dtp.ledger.local._checkpoints import (
 from dtp.ledger.local._stored import SEQ_MAX, SHAPE_ERRORS, SqlStore, _balance
 from dtp.ledger.local._tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.ledger.local.rules import _coordination as local_coordination
-from dtp.ledger.local.rules import _deletion as local_deletion
+from dtp.ledger.local.rules import _deletion  # noqa: F401  (its rules register themselves)
 from dtp.ledger.local.rules import _economics as local_economics
 from dtp.ledger.local.rules import _versions as local_versions
 from dtp.ledger.receipt import Receipt
@@ -131,15 +131,11 @@ def _clock(value: int, what: str) -> int:
 _DIRECT_TX_MAX: Final = 4096
 _DIRECT_ARGS_MAX: Final = 16
 
-# The payment models' rules (docs/escrow.md §13-16) join the call table.
-rules.FUNCTIONS.update(local_economics.FUNCTIONS)
+# The payment models' rules (docs/escrow.md §13-16), the registry's (§21) and the
+# deletions of what is over (§7, §12, §15) joined the call table as they loaded (rule);
+# their objects join the types, and each versioned object's migration the call table.
 rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
-# So do the registry's (docs/escrow.md §21).
-rules.FUNCTIONS.update(local_coordination.FUNCTIONS)
 rules.OBJECT_TYPES.update(local_coordination.OBJECT_TYPES)
-# And the deletions of what is over (docs/escrow.md §7, §12, §15).
-rules.FUNCTIONS.update(local_deletion.FUNCTIONS)
-# And each versioned object's migration (docs/escrow.md "Versions").
 rules.FUNCTIONS.update(local_versions.FUNCTIONS)
 
 

@@ -6,9 +6,9 @@ at offset 32 of every versioned struct's BCS), and ``migrate`` with the AdminCap
 
 from __future__ import annotations
 
-from dtp.errors import InvalidArgument, ObjectNotFound, WrongObject, WrongSigner
+from dtp.errors import InvalidArgument, ObjectNotFound, WrongObject
 from dtp.identity.keys import HostIdentity
-from dtp.ledger._objects import check_signer
+from dtp.ledger._objects import check_signer, owned_by_another
 from dtp.ledger._versions import ADMIN_CAP, MIGRATE, VERSIONED
 from dtp.ledger.sui import _tx_versions as tx
 from dtp.ledger.sui._client import MalformedResponse, NodeObject
@@ -66,12 +66,9 @@ class VersionCalls(SuiLedgerCore):
         obj, struct = self._dtp_object(cap_id, ADMIN_CAP)
         if struct != ADMIN_CAP or not obj.type.endswith(f"::version::{ADMIN_CAP}"):
             raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not the AdminCap.")
-        if obj.owner != signer.sui_address:
-            raise WrongSigner(
-                f"AdminCap {obj.object_id} is owned by {obj.owner}; only its owner can "
-                f"migrate (sender {signer.sui_address}).",
-                name="ObjectOwnedByAnother",
-            )
+        sender = signer.sui_address
+        if obj.owner != sender:
+            raise owned_by_another(ADMIN_CAP, obj.object_id, obj.owner, sender, "migrate")
         return obj.owned_ref()
 
     def _dtp_object(self, object_id: str, what: str) -> tuple[NodeObject, str]:

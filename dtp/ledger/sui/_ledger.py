@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, WrongSigner
+from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
 from dtp.identity._zklogin import NodeVerifier
 from dtp.ledger._economics import ECONOMICS_MODULES, EconomicsObject
 from dtp.ledger._gas import EndGas, GasSpent
@@ -32,9 +32,10 @@ from dtp.ledger._objects import (
     check_firewall_list,
     check_port,
     normalize_id,
+    owned_by_another,
     service_from_fields,
 )
-from dtp.ledger.interface import TypedReads, check_event_read
+from dtp.ledger.interface import TypedReads
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui._client import (
@@ -293,11 +294,7 @@ class SuiLedgerCore(TypedReads):
     def _owned(self, signer: HostIdentity, object_id: str, struct: str) -> OwnedRef:
         obj, _ = self._load(object_id, struct)
         if obj.owner != signer.sui_address:
-            raise WrongSigner(
-                f"{struct} {obj.object_id} is owned by {obj.owner}; only its owner can use it "
-                f"(sender {signer.sui_address}).",
-                name="ObjectOwnedByAnother",
-            )
+            raise owned_by_another(struct, obj.object_id, obj.owner, signer.sui_address)
         return obj.owned_ref()
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
@@ -614,22 +611,24 @@ class SuiLedgerCore(TypedReads):
 
     # -- a ledger method's Move call, sent --------------------------------------------------
 
-    def _ref(self, signer: HostIdentity, arg: Id, kind: str) -> SharedRef | OwnedRef | str:
-        """The reference of an ID argument of ``kind`` (its column of MOVE_CALLS): owned
-        by the signer, or shared; an address is its text."""
-        struct = arg.struct
-        if struct is None:
-            return arg.value
-        if kind == "owned":
-            return self._owned(signer, arg.value, struct)
-        return self._shared(arg.value, struct)
+    def _ref(
+        self, signer: HostIdentity, arg: Id, kind: tuple[str, str]
+    ) -> SharedRef | OwnedRef | str:
+        """The reference of an ID argument of ``kind`` (its column of MOVE_CALLS: the
+        kind and the struct): owned by the signer, or shared; an address is its text."""
+        match kind:
+            case ("owned", struct):
+                return self._owned(signer, arg.value, struct)
+            case ("mut" | "imm", struct):
+                return self._shared(arg.value, struct)
+        return arg.value
 
     def _move(self, signer: HostIdentity, call: MoveCall) -> Any:
         """Send ``call`` as the transaction of its row of MOVE_CALLS, its objects by
         reference, ``call.spend`` split off the gas coin; returns what ``call.result``
         names (the created object of ``call.created`` first, when there is one)."""
         builder = _BUILDER_OF[call.module, call.function]
-        kinds = [kind for kind, _ in sui_tx.MOVE_CALLS[builder][2] if kind != "clock"]
+        kinds = [kind for kind in sui_tx.MOVE_CALLS[builder][2] if kind[0] != "clock"]
         refs = {
             i: (arg, kind)
             for i, (arg, kind) in enumerate(zip(call.args, kinds, strict=True))
@@ -646,7 +645,7 @@ class SuiLedgerCore(TypedReads):
             nonlocal again
             if again:
                 for i, (arg, kind) in refs.items():
-                    if kind == "owned":
+                    if kind[0] == "owned":
                         values[i] = self._ref(signer, arg, kind)
             again = True
             tx = sui_tx._Tx(ctx)
@@ -694,7 +693,7 @@ class SuiLedgerCore(TypedReads):
     # -- events ----------------------------------------------------------------------------
 
     @staticmethod
-    def _cursor_bytes(cursor: str | None) -> bytes | None:
+    def _event_position(cursor: str | None) -> bytes | None:
         if cursor is None or cursor == "":
             return None
         try:
@@ -716,19 +715,12 @@ class SuiLedgerCore(TypedReads):
                 self._checkpoint_ms[checkpoint] = cached
         return cached
 
-    def read_events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
+    def _read_after(
+        self, after: bytes | None, cursor: str | None, filter: EventFilter | None, limit: int
     ) -> EventRead:
         """At the end when the node ended the stream at its indexed tip
         (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
         cursor did not move."""
-        after = self._cursor_bytes(cursor)
-        check_event_read(filter, limit)
-        if limit <= 0:
-            return EventRead([], cursor, False)
         page = self._node.scan_events(
             self.config.type_package or self.package, after, limit, **narrowing(filter)
         )

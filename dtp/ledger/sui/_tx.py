@@ -11,7 +11,8 @@ pure argument encoded here to exact BCS (``u8``/``u16``/``u64`` little-endian,
 width-guessing ``PureInput`` is never involved. Object inputs are deduplicated by ID (a
 transaction may list an object once; a shared object used both ways is mutable).
 
-Each builder is a row of :data:`MOVE_CALLS`: the Move function and the kinds of its
+Each builder is a row of :data:`MOVE_CALLS` (:mod:`dtp.ledger._entry_functions`, the
+table LocalLedger checks its calls against too): the Move function and the kinds of its
 arguments in the order it takes them, which is the order their inputs join the
 transaction (and so fixes its bytes); one function, ``_add_call``, turns a row and the
 builder's values into the call. A builder is this module's attribute of its row's name
@@ -31,13 +32,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
 from dtp.errors import InvalidArgument
 from dtp.identity._bcs import bcs_uleb128
+from dtp.ledger._entry_functions import (
+    COORDINATION_CALLS,
+    ECONOMICS_CALLS,
+    LEDGER_CALLS,
+    MESSAGING_CALLS,
+    MOVE_CALLS,
+    Entry,
+)
 from dtp.ledger._objects import (
     HALF_CLOSE_TIMEOUT_MS,
     MAX_PURE_BYTES,
@@ -46,7 +55,6 @@ from dtp.ledger._objects import (
     as_bytes_list,
     normalize_id,
 )
-from dtp.ledger._versions import MIGRATE, MIGRATE_BUILDERS
 from dtp.ledger.interface import Endpoint
 
 __all__ = [
@@ -64,7 +72,6 @@ __all__ = [
     "MOVE_CALL_BUILDERS",
     "TARGETS",
     "GasData",
-    "MoveCall",
     "OwnedRef",
     "SharedRef",
     "TxContext",
@@ -353,299 +360,13 @@ class _Tx:
         return bytes(data.serialize())
 
 
-#: Argument kinds of :data:`MOVE_CALLS` that name no value (the Clock takes none).
-_CLOCK: Final = ("clock", "")
-_MUT: Final = ("mut", "")
-_IMM: Final = ("imm", "")
-_OWNED: Final = ("owned", "")
-_SLA: Final = ("sla", "")
-_RECEIPT: Final = ("receipt", "")
-_PORT: Final = ("u16", "A port")
-#: Where an open's builder takes the deposit before the key, as the Ledger methods do.
-_DEPOSIT_BEFORE_KEY: Final = (0, 1, 2, 4, 3)
-
-
-class MoveCall(NamedTuple):
-    """A builder's Move call: ``module::function`` and its arguments' kinds in the order
-    the call takes them, which is the order their inputs join the transaction (and so
-    fixes its bytes): "mut"/"imm" a shared object taken ``&mut``/``&`` (or by value:
-    "mut"), "owned" an owned one, "clock" the Clock (no value given), "coin"
-    ``SplitCoins(GasCoin, [amount])``, "sla" ``host::new_sla`` (:meth:`_Tx.sla`),
-    "receipt" its five fields, else a pure value of :data:`_ENCODERS`; the text names the
-    value in errors. The builder takes the values (all but the Clock's) in that order, or
-    in ``order``'s: the builder's position of each of the call's values."""
-
-    module: str
-    function: str
-    args: tuple[tuple[str, str], ...]
-    order: tuple[int, ...] | None = None
-
-
-#: The Ledger interface's methods (:data:`BUILDERS`), in its order.
-_LEDGER_CALLS: Final = {
-    "create_host": MoveCall(
-        "host", "create", (("bytes", "noise_static_key"), ("vec_bytes", "endpoint"))
-    ),
-    "set_authority": MoveCall("host", "set_authority", (_MUT, ("address", "address"))),
-    "set_noise_static_key": MoveCall("host", "set_noise_static_key", (_MUT, ("bytes", "key"))),
-    "set_endpoints": MoveCall("host", "set_endpoints", (_MUT, ("vec_bytes", "endpoint"))),
-    "set_firewall_mode": MoveCall("host", "set_firewall_mode", (_MUT, ("u8", "The firewall mode"))),
-    "allow": MoveCall("host", "allow", (_MUT, ("address", "client address"))),
-    "disallow": MoveCall("host", "disallow", (_MUT, ("address", "client address"))),
-    "deny": MoveCall("host", "deny", (_MUT, ("address", "client address"))),
-    "undeny": MoveCall("host", "undeny", (_MUT, ("address", "client address"))),
-    "set_client_limits": MoveCall(
-        "host",
-        "set_client_limits",
-        (
-            _MUT,
-            ("u64", "max_connections_per_client"),
-            ("u64", "max_bytes_per_sec"),
-            ("u64", "max_requests_per_sec"),
-        ),
-    ),
-    # the SLA is host::new_sla's result, made first (:meth:`_Tx.sla`)
-    "add_service": MoveCall(
-        "host", "add_service", (_MUT, _PORT, ("bytes", "kind"), _SLA, ("u64", "max_connections"))
-    ),
-    "update_service": MoveCall(
-        "host", "update_service", (_MUT, _PORT, _SLA, ("u64", "max_connections"))
-    ),
-    "remove_service": MoveCall("host", "remove_service", (_MUT, _PORT)),
-    "create_spending_cap": MoveCall("spending_cap", "create", (("u64", "max_per_epoch"),)),
-    "set_max_per_epoch": MoveCall(
-        "spending_cap", "set_max_per_epoch", (_MUT, ("u64", "max_per_epoch"))
-    ),
-    # the Host read-only, so that opens of one host run concurrently on Sui
-    "open_connection": MoveCall(
-        "transport_control",
-        "open",
-        (_IMM, _PORT, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
-        _DEPOSIT_BEFORE_KEY,
-    ),
-    # docs/escrow.md §6.2
-    "open_session_connection": MoveCall(
-        "transport_control",
-        "open_with_session_key",
-        (_IMM, _PORT, _MUT, ("bytes", "session_public_key"), ("coin", "the deposit"), _CLOCK),
-        _DEPOSIT_BEFORE_KEY,
-    ),
-    "top_up": MoveCall("escrow", "top_up", (_MUT, _MUT, ("coin", "the top-up amount"))),
-    # the receipt is a dtp.ledger.receipt.Receipt
-    "claim": MoveCall("escrow", "claim", (_MUT, _RECEIPT)),
-    "close_connection": MoveCall("transport_control", "close", (_MUT, _CLOCK)),
-    "finalize": MoveCall("transport_control", "finalize", (_MUT, _CLOCK)),
-    "settle": MoveCall("transport_control", "settle", (_MUT, _MUT, _MUT, _CLOCK)),
-    "settle_with_receipt": MoveCall(
-        "transport_control", "settle_with_receipt", (_MUT, _MUT, _MUT, _RECEIPT, _CLOCK)
-    ),
-    "create_pipe": MoveCall("pipe", "create", (_IMM, ("u64", "inner_count"))),
-    "pipe_send": MoveCall("pipe", "send", (_OWNED, ("u64", "inner"), ("bytes", "data"))),
-    "pipe_sync": MoveCall("pipe", "sync", (_OWNED, ("u64", "inner"), ("u64", "acked"))),
-    "destroy_pipe": MoveCall("pipe", "destroy", (_OWNED,)),
-    "create_broadcast": MoveCall(
-        "broadcast",
-        "create",
-        (("bytes", "channel"), ("u64", "slot_price"), ("u64", "slot_ms"), _CLOCK),
-    ),
-    "broadcast_contribute": MoveCall(
-        "broadcast", "contribute", (_MUT, ("coin", "the contribution"), _CLOCK)
-    ),
-    "broadcast_transmit": MoveCall("broadcast", "transmit", (_MUT, ("bytes", "data"), _CLOCK)),
-    "broadcast_claim": MoveCall("broadcast", "claim", (_MUT, _CLOCK)),
-    "broadcast_cancel": MoveCall("broadcast", "cancel", (_MUT, _CLOCK)),
-    "broadcast_withdraw": MoveCall("broadcast", "withdraw", (_MUT,)),
-    "broadcast_leave": MoveCall("broadcast", "leave", (_MUT, _CLOCK)),
-    "broadcast_heartbeat": MoveCall("broadcast", "heartbeat", (_MUT, _CLOCK)),
-}
-
-#: The messaging entry points (mailbox, response escrow).
-_MESSAGING_CALLS: Final = {
-    "mailbox_send": MoveCall("mailbox", "send", (_IMM, ("bytes", "payload"))),
-    "response_escrow_deposit": MoveCall(
-        "response_escrow",
-        "deposit",
-        (
-            ("address", "server"),
-            ("bytes", "request_id"),
-            ("bytes", "requester_public_key"),
-            ("u64", "deadline_ms"),
-            ("coin", "the response fee"),
-            _CLOCK,
-        ),
-    ),
-    "response_escrow_claim": MoveCall(
-        "response_escrow", "claim", (_MUT, ("bytes", "response_hash"), ("bytes", "signature"))
-    ),
-    "response_escrow_deliver": MoveCall(
-        "response_escrow", "deliver", (_MUT, ("bytes", "response"), _CLOCK)
-    ),
-    "response_escrow_refund": MoveCall("response_escrow", "refund", (_MUT, _CLOCK)),
-}
-
-#: The payment models' entry points (docs/escrow.md §13-16).
-_ECONOMICS_CALLS: Final = {
-    "create_subscription_offer": MoveCall(
-        "subscription",
-        "create_offer",
-        (_IMM, _PORT, ("u64", "price_per_epoch"), ("u64", "period_epochs")),
-    ),
-    "subscribe": MoveCall(
-        "subscription", "subscribe", (_IMM, _IMM, ("u64", "epochs"), ("coin", "the payment"))
-    ),
-    "renew_subscription": MoveCall(
-        "subscription", "renew", (_MUT, _IMM, _IMM, ("u64", "epochs"), ("coin", "the payment"))
-    ),
-    "claim_subscription": MoveCall("subscription", "claim", (_MUT, _IMM)),
-    "withdraw_subscription_offer": MoveCall("subscription", "withdraw_offer", (_MUT, _IMM)),
-    "refund_subscription": MoveCall("subscription", "refund", (_MUT, _IMM)),
-    "open_subscribed_connection": MoveCall(
-        "subscription",
-        "open_connection",
-        (_IMM, _IMM, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
-        (0, 1, 2, 3, 5, 4),
-    ),
-    "end_subscribed_connection": MoveCall(
-        "subscription", "end_connection", (_IMM, _IMM, _MUT, _MUT, _MUT, _CLOCK)
-    ),
-    "create_sponsor_pool": MoveCall(
-        "sponsor",
-        "create",
-        (_IMM, _PORT, ("u64", "share_bps"), ("u64", "max_pledge"), ("u64", "lanes")),
-    ),
-    # a sponsor pool is read (its terms), the lane written (its money and pledges)
-    "fund_sponsor_pool": MoveCall("sponsor", "fund", (_IMM, _MUT, ("coin", "the amount"))),
-    "withdraw_sponsor_pool": MoveCall("sponsor", "withdraw", (_IMM, _MUT, ("u64", "the amount"))),
-    "set_sponsor_max_pledge": MoveCall("sponsor", "set_max_pledge", (_MUT, ("u64", "max_pledge"))),
-    "open_sponsored_connection": MoveCall(
-        "sponsor",
-        "open_connection",
-        (_IMM, _MUT, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
-        (0, 1, 2, 3, 5, 4),
-    ),
-    "reimburse": MoveCall("sponsor", "reimburse", (_IMM, _MUT, _IMM, _IMM)),
-    "create_ticketed_broadcast": MoveCall(
-        "broadcast",
-        "create_ticketed",
-        (_IMM, ("bytes", "channel"), ("u64", "slot_price"), ("u64", "slot_ms"), _CLOCK),
-    ),
-    # the builder takes the recipient first, as Ledger.pay does
-    "pay": MoveCall(
-        "payment",
-        "pay",
-        (("coin", "the amount"), ("address", "recipient"), ("bytes", "memo")),
-        (1, 0, 2),
-    ),
-    "create_ticket_sale": MoveCall(
-        "tickets",
-        "create",
-        (
-            ("bytes", "title"),
-            ("u64", "ticket_price"),
-            ("u64", "min_tickets"),
-            ("u64", "max_tickets"),
-            ("u64", "deadline_ms"),
-            _CLOCK,
-        ),
-    ),
-    "buy_tickets": MoveCall(
-        "tickets", "buy", (_MUT, ("u64", "count"), ("coin", "the payment"), _CLOCK)
-    ),
-    "go_on_air": MoveCall("tickets", "go_on_air", (_MUT, _CLOCK)),
-    "cancel_ticket_sale": MoveCall("tickets", "cancel", (_MUT,)),
-    "refund_tickets": MoveCall("tickets", "refund", (_MUT, _CLOCK)),
-    "create_retention_terms": MoveCall(
-        "retention",
-        "create_terms",
-        (_IMM, _PORT, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
-    ),
-    "retire_retention_terms": MoveCall("retention", "retire_terms", (_MUT, _IMM)),
-    "replace_retention_terms": MoveCall(
-        "retention",
-        "replace_terms",
-        (_MUT, _IMM, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
-    ),
-    "send_retained": MoveCall(
-        "retention",
-        "send",
-        (
-            _OWNED,
-            _IMM,
-            _IMM,
-            ("u64", "inner"),
-            ("bytes", "data"),
-            ("coin", "the storage deposit"),
-            _CLOCK,
-        ),
-    ),
-    "confirm_consumed": MoveCall("retention", "confirm", (_MUT,)),
-    # by value: the shared record is deleted
-    "delete_retained": MoveCall("retention", "delete", (_MUT, _CLOCK)),
-}
-
-#: The registry's entry points (dtp.ledger._coordination.Coordination; docs/escrow.md §21).
-_COORDINATION_CALLS: Final = {
-    "create_registry": MoveCall("registry", "create", ()),
-    "registry_admit": MoveCall("registry", "admit", (_MUT, ("address", "member address"))),
-    "registry_revoke": MoveCall("registry", "revoke", (_MUT, ("address", "member address"))),
-    "acquire_lease": MoveCall(
-        "registry",
-        "acquire",
-        (_MUT, ("bytes", "lease name"), ("bytes", "holder"), ("u64", "duration_ms"), _CLOCK),
-    ),
-    "renew_lease": MoveCall(
-        "registry",
-        "renew",
-        (_MUT, ("bytes", "lease name"), ("u64", "token"), ("u64", "duration_ms"), _CLOCK),
-    ),
-    "release_lease": MoveCall(
-        "registry", "release", (_MUT, ("bytes", "lease name"), ("u64", "token"))
-    ),
-    "registry_put": MoveCall(
-        "registry",
-        "put",
-        (
-            _MUT,
-            ("bytes", "lease name"),
-            ("u64", "token"),
-            ("bytes", "key"),
-            ("bytes", "value"),
-            _CLOCK,
-        ),
-    ),
-    "registry_remove": MoveCall(
-        "registry",
-        "remove",
-        (_MUT, ("bytes", "lease name"), ("u64", "token"), ("bytes", "key"), _CLOCK),
-    ),
-}
-
-#: Every builder's Move call, by builder name: the groups above, the deletions (their
-#: builders are dtp.ledger.sui._tx_deletion's: the objects taken by value, "mut") and each
-#: versioned object's migration by the AdminCap's holder (dtp.ledger.sui._tx_versions).
-MOVE_CALLS: Final[dict[str, MoveCall]] = {
-    **_LEDGER_CALLS,
-    **_MESSAGING_CALLS,
-    **_ECONOMICS_CALLS,
-    **_COORDINATION_CALLS,
-    "destroy_connection": MoveCall("transport_control", "destroy", (_MUT, _MUT)),
-    # a sponsored connection's deletion: the pool read, the lane written, the objects moved
-    "reimburse_and_destroy": MoveCall("sponsor", "reimburse_and_destroy", (_IMM, _MUT, _MUT, _MUT)),
-    "destroy_response_escrow": MoveCall("response_escrow", "destroy", (_MUT,)),
-    "leave_ticket_sale": MoveCall("tickets", "leave", (_MUT,)),
-    "destroy_ticket_sale": MoveCall("tickets", "destroy", (_MUT, _CLOCK)),
-    **{
-        MIGRATE_BUILDERS[struct]: MoveCall(module, function, (_OWNED, _MUT))
-        for struct, (module, function) in MIGRATE.items()
-    },
-}
-
 _ENCODERS: Final[dict[str, Callable[[Any, str], bytes]]] = {
     "u8": encode_u8,
     "u16": encode_u16,
     "u64": encode_u64,
     "address": encode_address,
     "bytes": encode_bytes,
+    "utf8": encode_bytes,
     "vec_bytes": encode_vec_bytes,
 }
 
@@ -759,25 +480,25 @@ def transfer_sui(ctx: TxContext, recipient: str, amount: int) -> bytes:
     return tx.finish()
 
 
-def _group(calls: dict[str, MoveCall]) -> dict[str, Callable[..., bytes]]:
+def _group(calls: dict[str, Entry]) -> dict[str, Callable[..., bytes]]:
     return {name: MOVE_CALL_BUILDERS[name] for name in calls}
 
 
-def _targets(calls: dict[str, MoveCall]) -> dict[str, tuple[str, str]]:
+def _targets(calls: dict[str, Entry]) -> dict[str, tuple[str, str]]:
     return {name: (call.module, call.function) for name, call in calls.items()}
 
 
 #: Ledger method name -> builder: exactly the abstract methods of
 #: :class:`~dtp.ledger.interface.Ledger`; the other groups are kept apart.
-BUILDERS: Final = _group(_LEDGER_CALLS)
+BUILDERS: Final = _group(LEDGER_CALLS)
 #: Ledger method name -> the Move function its transaction calls (module, function).
-TARGETS: Final = _targets(_LEDGER_CALLS)
-MESSAGING_BUILDERS: Final = _group(_MESSAGING_CALLS)
-MESSAGING_TARGETS: Final = _targets(_MESSAGING_CALLS)
-ECONOMICS_BUILDERS: Final = _group(_ECONOMICS_CALLS)
-ECONOMICS_TARGETS: Final = _targets(_ECONOMICS_CALLS)
-COORDINATION_BUILDERS: Final = _group(_COORDINATION_CALLS)
-COORDINATION_TARGETS: Final = _targets(_COORDINATION_CALLS)
+TARGETS: Final = _targets(LEDGER_CALLS)
+MESSAGING_BUILDERS: Final = _group(MESSAGING_CALLS)
+MESSAGING_TARGETS: Final = _targets(MESSAGING_CALLS)
+ECONOMICS_BUILDERS: Final = _group(ECONOMICS_CALLS)
+ECONOMICS_TARGETS: Final = _targets(ECONOMICS_CALLS)
+COORDINATION_BUILDERS: Final = _group(COORDINATION_CALLS)
+COORDINATION_TARGETS: Final = _targets(COORDINATION_CALLS)
 
 # the Ledger methods' builders are names of this module too (its __getattr__), as they were
 # of dtp.ledger.sui_tx, the 0.0.x path of this module (dtp._retired)

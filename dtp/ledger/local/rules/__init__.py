@@ -1,5 +1,5 @@
 """The Move package's rules, executed by LocalLedger on plain dicts: one module a group of
-``move/dtp`` modules, and here the call table that maps each entry function to its rule.
+``move/dtp`` modules, each rule joining the call table :data:`FUNCTIONS` (``@rule``).
 
 One function per entry point of ``move/dtp``, with the same checks in the same order as
 the Move code (docs/escrow.md; where the text is silent, the ``.move`` files decide).
@@ -31,6 +31,7 @@ from dtp.ledger.local.rules._broadcast import (
 )
 from dtp.ledger.local.rules._common import (
     EINVALID_UTF8,
+    FUNCTIONS,
     MOVE_STDLIB,
     OBJECT_TYPES,
     SHARED,
@@ -68,7 +69,6 @@ from dtp.ledger.local.rules._host import (
     host_set_firewall_mode,
     host_set_noise_static_key,
     host_update_service,
-    list_op,
     new_sla,
 )
 from dtp.ledger.local.rules._messaging import (
@@ -155,83 +155,6 @@ __all__ = [
     "wrong_shape",
 ]
 
-
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("host", "create"): (("bytes", "vec_bytes"), host_create),
-    ("host", "set_authority"): (("obj:Host", "address"), host_set_authority),
-    ("host", "set_noise_static_key"): (("obj:Host", "bytes"), host_set_noise_static_key),
-    ("host", "set_endpoints"): (("obj:Host", "vec_bytes"), host_set_endpoints),
-    # an Sla is its four u64 (host::new_sla gives the default half-close timeout)
-    ("host", "add_service"): (
-        ("obj:Host", "u16", "utf8", "u64", "u64", "u64", "u64", "u64"),
-        host_add_service,
-    ),
-    ("host", "update_service"): (
-        ("obj:Host", "u16", "u64", "u64", "u64", "u64", "u64"),
-        host_update_service,
-    ),
-    ("host", "remove_service"): (("obj:Host", "u16"), host_remove_service),
-    ("host", "set_firewall_mode"): (("obj:Host", "u8"), host_set_firewall_mode),
-    ("host", "allow"): (("obj:Host", "address"), list_op("allow", True)),
-    ("host", "disallow"): (("obj:Host", "address"), list_op("allow", False)),
-    ("host", "deny"): (("obj:Host", "address"), list_op("deny", True)),
-    ("host", "undeny"): (("obj:Host", "address"), list_op("deny", False)),
-    ("host", "set_client_limits"): (("obj:Host", "u64", "u64", "u64"), host_set_client_limits),
-    ("spending_cap", "create"): (("u64",), cap_create),
-    ("spending_cap", "set_max_per_epoch"): (("obj:SpendingCap", "u64"), cap_set_max_per_epoch),
-    ("transport_control", "open"): (
-        ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
-        tc_open,
-    ),
-    ("transport_control", "open_with_session_key"): (
-        ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
-        tc_open_with_session_key,
-    ),
-    ("escrow", "top_up"): (("obj:Escrow", "obj:SpendingCap", "coin"), escrow_top_up),
-    ("escrow", "claim"): (
-        ("obj:Escrow", "u64", "u64", "u64", "u64", "bytes"),
-        escrow_claim,
-    ),
-    ("transport_control", "close"): (("obj:TransportControl",), tc_close),
-    ("transport_control", "finalize"): (("obj:TransportControl",), tc_finalize),
-    ("transport_control", "settle"): (
-        ("obj:TransportControl", "obj:Escrow", "obj:SpendingCap"),
-        tc_settle,
-    ),
-    ("transport_control", "settle_with_receipt"): (
-        (
-            "obj:TransportControl",
-            "obj:Escrow",
-            "obj:SpendingCap",
-            "u64",
-            "u64",
-            "u64",
-            "u64",
-            "bytes",
-        ),
-        tc_settle_with_receipt,
-    ),
-    ("pipe", "create"): (("obj:TransportControl", "u64"), pipe_create),
-    ("pipe", "send"): (("obj:Pipe", "u64", "bytes"), pipe_send),
-    ("pipe", "sync"): (("obj:Pipe", "u64", "u64"), pipe_sync),
-    ("pipe", "destroy"): (("obj:Pipe",), pipe_destroy),
-    ("broadcast", "create"): (("utf8", "u64", "u64"), broadcast_create),
-    ("broadcast", "transmit"): (("obj:Broadcast", "bytes"), broadcast_transmit),
-    ("broadcast", "claim"): (("obj:Broadcast",), broadcast_claim),
-    ("broadcast", "cancel"): (("obj:Broadcast",), broadcast_cancel),
-    ("broadcast", "contribute"): (("obj:Broadcast", "coin"), broadcast_contribute),
-    ("broadcast", "withdraw"): (("obj:Broadcast",), broadcast_withdraw),
-    ("broadcast", "leave"): (("obj:Broadcast",), broadcast_leave),
-    ("broadcast", "heartbeat"): (("obj:Broadcast",), broadcast_heartbeat),
-    ("mailbox", "send"): (("obj:Host", "bytes"), mailbox_send),
-    ("response_escrow", "deposit"): (
-        ("address", "bytes", "bytes", "u64", "coin"),
-        response_escrow_deposit,
-    ),
-    ("response_escrow", "claim"): (("obj:ResponseEscrow", "bytes", "bytes"), response_escrow_claim),
-    ("response_escrow", "deliver"): (("obj:ResponseEscrow", "bytes"), response_escrow_deliver),
-    ("response_escrow", "refund"): (("obj:ResponseEscrow",), response_escrow_refund),
-}
 
 _LIMITS: Final = {"u8": 0xFF, "u16": 0xFFFF, "u64": U64_MAX, "coin": U64_MAX}
 

@@ -7,7 +7,7 @@ from typing import Any, Final
 from dtp.errors import move_error
 from dtp.ledger._airtime import air_time_due, slot_part
 from dtp.ledger._objects import MAX_DATA_LENGTH, broadcast_idle_ms
-from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
 
 #: Shares one MIST buys in a new share generation (``broadcast::SHARE_SCALE``).
 SHARE_SCALE: Final = 1_000_000_000
@@ -118,6 +118,15 @@ def _assert_not_cancelled(b: dict[str, Any], b_id: str) -> None:
         raise move_error("broadcast", "EBroadcastCancelled", f"broadcast {b_id}")
 
 
+def _live_for_broadcaster(x: Exec, b_id: str) -> dict[str, Any]:
+    """The broadcast ``b_id``, the sender its broadcaster, not cancelled."""
+    b = x.load(b_id, "Broadcast")
+    _assert_broadcaster(x, b, b_id)
+    _assert_not_cancelled(b, b_id)
+    return b
+
+
+@rule("broadcast::create")
 def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int) -> str:
     return new_broadcast(x, raw_channel, slot_price, slot_ms, None)
 
@@ -171,10 +180,9 @@ def new_broadcast(
     return b_id
 
 
+@rule("broadcast::transmit")
 def broadcast_transmit(x: Exec, b_id: str, data: bytes) -> int:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     if len(data) > MAX_DATA_LENGTH:
         raise move_error("broadcast", "EDataTooLarge", f"{len(data)} > {MAX_DATA_LENGTH} bytes")
     _account(x, b, b_id)
@@ -186,23 +194,21 @@ def broadcast_transmit(x: Exec, b_id: str, data: bytes) -> int:
     return seq
 
 
+@rule("broadcast::heartbeat")
 def broadcast_heartbeat(x: Exec, b_id: str) -> None:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     _account(x, b, b_id)
     _assert_on_air(b, b_id)
     b["last_live_ms"] = x.now_ms
     x.emit("broadcast", "BroadcastHeartbeat", {"broadcast": b_id, "at_ms": x.now_ms})
 
 
+@rule("broadcast::claim")
 def broadcast_claim(x: Exec, b_id: str) -> int:
     b = x.load(b_id, "Broadcast")
     _assert_broadcaster(x, b, b_id)
     _account(x, b, b_id)
-    amount: int = b["earned"]
-    b["earned"] = 0
-    x.pay(b["broadcaster"], amount)
+    amount = x.pay_all(b, "earned", b["broadcaster"])
     x.emit(
         "broadcast",
         "BroadcastClaimed",
@@ -211,10 +217,9 @@ def broadcast_claim(x: Exec, b_id: str) -> int:
     return amount
 
 
+@rule("broadcast::cancel")
 def broadcast_cancel(x: Exec, b_id: str) -> None:
-    b = x.load(b_id, "Broadcast")
-    _assert_broadcaster(x, b, b_id)
-    _assert_not_cancelled(b, b_id)
+    b = _live_for_broadcaster(x, b_id)
     _account(x, b, b_id)
     b["cancelled"] = True
     x.emit(
@@ -224,6 +229,7 @@ def broadcast_cancel(x: Exec, b_id: str) -> None:
     )
 
 
+@rule("broadcast::contribute")
 def broadcast_contribute(x: Exec, b_id: str, amount: int) -> None:
     b = x.load(b_id, "Broadcast")
     x.take_coin(amount)
@@ -297,6 +303,7 @@ def _pay_out(x: Exec, b: dict[str, Any], b_id: str) -> int:
     return amount
 
 
+@rule("broadcast::withdraw")
 def broadcast_withdraw(x: Exec, b_id: str) -> int:
     b = x.load(b_id, "Broadcast")
     if not b["cancelled"]:
@@ -306,6 +313,7 @@ def broadcast_withdraw(x: Exec, b_id: str) -> int:
     return _pay_out(x, b, b_id)
 
 
+@rule("broadcast::leave")
 def broadcast_leave(x: Exec, b_id: str) -> int:
     b = x.load(b_id, "Broadcast")
     _assert_not_cancelled(b, b_id)

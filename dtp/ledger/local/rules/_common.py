@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
     LedgerUnavailable,
     ObjectNotFound,
-    WrongSigner,
     foreign_abort,
     move_error,
 )
+from dtp.ledger._entry_functions import MOVE_CALLS, OBJECT_KINDS, Entry
+from dtp.ledger._objects import owned_by_another
 from dtp.ledger._versions import ADMIN_CAP, PACKAGE_VERSION, VERSIONED, stored_version
 from dtp.ledger.local._tx import derive_object_id
 
@@ -187,11 +188,7 @@ class Exec:
                 f"Object {object_id} is a {obj.type.rsplit('::', 1)[-1]}, not a {struct}."
             )
         if obj.owner not in (SHARED, self.sender):
-            raise WrongSigner(
-                f"{struct} {object_id} is owned by {obj.owner}; only its owner can use it "
-                f"(sender {self.sender}).",
-                name="ObjectOwnedByAnother",
-            )
+            raise owned_by_another(struct, object_id, obj.owner, self.sender)
         return obj.data
 
     def create(self, struct: str, owner: str, data: dict[str, Any]) -> str:
@@ -248,6 +245,14 @@ class Exec:
         if amount:
             self.credits[address] = self.credits.get(address, 0) + amount
 
+    def pay_all(self, obj: dict[str, Any], field: str, address: str) -> int:
+        """The whole balance ``obj[field]`` paid to ``address`` (Move's
+        ``balance::withdraw_all`` then a transfer); returns the MIST paid."""
+        amount: int = obj[field]
+        obj[field] = 0
+        self.pay(address, amount)
+        return amount
+
     def require_sender(self, who: str, module: str, error: str, what: str) -> None:
         """Abort ``module::error`` unless the sender is ``who`` (the one role of ``what``
         that may make the call)."""
@@ -270,12 +275,54 @@ def add_u64(a: int, b: int) -> int:
     return total
 
 
-#: Argument kinds: "u8", "u16", "u64", "bytes", "utf8", "address", "vec_bytes", "coin"
-#: (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID). "utf8" is
-#: a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed on
-#: as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes which
-#: are not UTF-8 abort there as they do on Sui.
 Handler = Callable[..., Any]
+
+#: How a transaction carries the kinds of MOVE_CALLS that are not one value: an Sla and a
+#: Receipt as their fields (``LocalStore._move_args``), the Clock not at all.
+_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "clock": (),
+    "sla": ("u64",) * 4,
+    "receipt": ("u64",) * 4 + ("bytes",),
+}
+
+
+def _schema(call: Entry) -> tuple[str, ...]:
+    kinds: list[str] = []
+    for kind, what in call.args:
+        if kind in OBJECT_KINDS:
+            kinds.append(f"obj:{what}")
+        else:
+            kinds += _FIELDS.get(kind, (kind,))
+    return tuple(kinds)
+
+
+#: Each entry function's argument kinds, as its transaction carries them: "u8", "u16",
+#: "u64", "bytes", "utf8", "address", "vec_bytes", "coin" (u64 MIST split from the
+#: sender's balance) and "obj:<Struct>" (an object ID), from its row of
+#: :data:`~dtp.ledger._entry_functions.MOVE_CALLS`, the table the Sui builders read. "utf8"
+#: is a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed
+#: on as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes
+#: which are not UTF-8 abort there as they do on Sui.
+SCHEMAS: Final = {(call.module, call.function): _schema(call) for call in MOVE_CALLS.values()}
+
+
+#: Every entry function's rule and argument kinds: ``(module, function)`` -> (kinds,
+#: rule), as :func:`rule` registers them (:data:`dtp.ledger.local.rules.FUNCTIONS`).
+FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {}
+
+_H = TypeVar("_H", bound=Handler)
+
+
+def rule(target: str) -> Callable[[_H], _H]:
+    """A decorator: the function is the rule of the entry function ``target``
+    (``"module::function"``), registered in :data:`FUNCTIONS` with its :data:`SCHEMAS`."""
+    module, function = target.split("::")
+
+    def register(handler: _H) -> _H:
+        FUNCTIONS[module, function] = (SCHEMAS[module, function], handler)
+        return handler
+
+    return register
 
 
 #: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).

@@ -1,7 +1,8 @@
 """LocalLedger rules of ``dtp::registry`` (move/dtp/sources/registry.move; docs/escrow.md
 §21, docs/coordination.md): leases with fencing tokens and fenced writes of a small
-key-value registry, with the checks in the order of the ``.move`` file. Registered into
-:data:`dtp.ledger.local.rules.FUNCTIONS` by :mod:`dtp.ledger.local._store`.
+key-value registry, with the checks in the order of the ``.move`` file. Each joins
+:data:`dtp.ledger.local.rules.FUNCTIONS` (``@rule``) as :mod:`dtp.ledger.local._store`
+imports this module.
 
 A Registry's data: ``owner``; ``members``, a list (Move's ``VecSet``); ``leases`` and
 ``entries``, dicts keyed by the name or key (Move's ``VecMap<String, _>``).
@@ -20,13 +21,14 @@ from dtp.ledger._coordination import (
     MAX_NAMES,
     MAX_VALUE_LEN,
 )
-from dtp.ledger.local.rules._common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
 
-__all__ = ["FUNCTIONS", "OBJECT_TYPES"]
+__all__ = ["OBJECT_TYPES"]
 
 OBJECT_TYPES: Final = {"Registry": "dtp::registry::Registry"}
 
 
+@rule("registry::create")
 def registry_create(x: Exec) -> str:
     registry_id = x.create(
         "Registry",
@@ -41,6 +43,7 @@ def _assert_owner(x: Exec, registry: dict[str, Any], registry_id: str) -> None:
     x.require_sender(registry["owner"], "registry", "ENotRegistryOwner", registry_id)
 
 
+@rule("registry::admit")
 def registry_admit(x: Exec, registry_id: str, member: str) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_owner(x, registry, registry_id)
@@ -52,6 +55,7 @@ def registry_admit(x: Exec, registry_id: str, member: str) -> None:
     x.emit("registry", "MemberAdmitted", {"registry": registry_id, "member": member})
 
 
+@rule("registry::revoke")
 def registry_revoke(x: Exec, registry_id: str, member: str) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_owner(x, registry, registry_id)
@@ -76,8 +80,8 @@ def _assert_name(raw: bytes, what: str) -> None:
         raise move_error("registry", "EInvalidEntry", f"a {what} of {len(raw)} bytes")
 
 
-def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
-    """``assert_holding``: the sender holds ``name`` with ``token`` now; the lease."""
+def _owned_lease(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
+    """The lease ``name``, the sender's with ``token`` (expired or not: ``release``)."""
     lease: dict[str, Any] | None = registry["leases"].get(name)
     if lease is None:
         raise move_error("registry", "ENoLease", repr(name))
@@ -85,11 +89,18 @@ def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) ->
         raise move_error("registry", "EStaleToken", f"{name!r}: {token}, current {lease['token']}")
     if x.sender != lease["owner"]:
         raise move_error("registry", "ENotHolder", f"{x.sender} for {name!r}")
+    return lease
+
+
+def _assert_holding(x: Exec, registry: dict[str, Any], name: str, token: int) -> dict[str, Any]:
+    """``assert_holding``: the sender holds ``name`` with ``token`` now; the lease."""
+    lease = _owned_lease(x, registry, name, token)
     if x.now_ms >= lease["expires_at_ms"]:
         raise move_error("registry", "ELeaseExpired", f"{name!r} (token {token})")
     return lease
 
 
+@rule("registry::acquire")
 def lease_acquire(
     x: Exec, registry_id: str, raw_name: bytes, holder: bytes, duration_ms: int
 ) -> int:
@@ -133,6 +144,7 @@ def lease_acquire(
     return token
 
 
+@rule("registry::renew")
 def lease_renew(x: Exec, registry_id: str, raw_name: bytes, token: int, duration_ms: int) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_member(x, registry, registry_id)
@@ -152,20 +164,16 @@ def lease_renew(x: Exec, registry_id: str, raw_name: bytes, token: int, duration
     )
 
 
+@rule("registry::release")
 def lease_release(x: Exec, registry_id: str, raw_name: bytes, token: int) -> None:
     registry = x.load(registry_id, "Registry")
     name = utf8(raw_name, "lease name")
-    lease: dict[str, Any] | None = registry["leases"].get(name)
-    if lease is None:
-        raise move_error("registry", "ENoLease", repr(name))
-    if token != lease["token"]:
-        raise move_error("registry", "EStaleToken", f"{name!r}: {token}, current {lease['token']}")
-    if x.sender != lease["owner"]:
-        raise move_error("registry", "ENotHolder", f"{x.sender} for {name!r}")
+    lease = _owned_lease(x, registry, name, token)
     lease["expires_at_ms"] = 0
     x.emit("registry", "LeaseReleased", {"registry": registry_id, "name": name, "token": token})
 
 
+@rule("registry::put")
 def registry_put(
     x: Exec, registry_id: str, raw_name: bytes, token: int, raw_key: bytes, value: bytes
 ) -> None:
@@ -199,6 +207,7 @@ def registry_put(
     )
 
 
+@rule("registry::remove")
 def registry_remove(x: Exec, registry_id: str, raw_name: bytes, token: int, raw_key: bytes) -> None:
     registry = x.load(registry_id, "Registry")
     _assert_member(x, registry, registry_id)
@@ -213,15 +222,3 @@ def registry_remove(x: Exec, registry_id: str, raw_name: bytes, token: int, raw_
             "ValueRemoved",
             {"registry": registry_id, "key": key, "name": name, "token": token},
         )
-
-
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("registry", "create"): ((), registry_create),
-    ("registry", "admit"): (("obj:Registry", "address"), registry_admit),
-    ("registry", "revoke"): (("obj:Registry", "address"), registry_revoke),
-    ("registry", "acquire"): (("obj:Registry", "utf8", "bytes", "u64"), lease_acquire),
-    ("registry", "renew"): (("obj:Registry", "utf8", "u64", "u64"), lease_renew),
-    ("registry", "release"): (("obj:Registry", "utf8", "u64"), lease_release),
-    ("registry", "put"): (("obj:Registry", "utf8", "u64", "utf8", "bytes"), registry_put),
-    ("registry", "remove"): (("obj:Registry", "utf8", "u64", "utf8"), registry_remove),
-}

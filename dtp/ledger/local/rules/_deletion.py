@@ -3,8 +3,9 @@ Escrow (``transport_control::destroy``; a sponsored one's by
 ``sponsor::reimburse_and_destroy``, its pledge released first), a paid or refunded ResponseEscrow
 (``response_escrow::destroy``), a ticket holder's entry once the event went on air and an
 ended, empty TicketSale (``tickets::leave``, ``tickets::destroy``), with the checks in the
-order of the ``.move`` files (docs/escrow.md §7, §12, §15). Registered into
-:data:`dtp.ledger.local.rules.FUNCTIONS` by :mod:`dtp.ledger.local._store`.
+order of the ``.move`` files (docs/escrow.md §7, §12, §15). Each joins
+:data:`dtp.ledger.local.rules.FUNCTIONS` (``@rule``) as :mod:`dtp.ledger.local._store`
+imports this module.
 
 Each is sent by whoever paid for the object's storage, to whom Sui credits the rebate of
 a deleted object (the deleting transaction's gas payer); LocalLedger charges no gas, so
@@ -13,13 +14,19 @@ here the rows simply go, and no MIST moves.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from dtp.errors import ChainError, move_error
-from dtp.ledger.local.rules._common import Exec, Handler
+from dtp.ledger.local.rules._common import Exec, rule
 from dtp.ledger.local.rules._economics import check_lane, pay_pledge
 
-__all__ = ["FUNCTIONS"]
+__all__ = [
+    "response_escrow_destroy",
+    "sponsor_reimburse_and_destroy",
+    "tc_destroy",
+    "tickets_destroy",
+    "tickets_leave",
+]
 
 
 def _not_empty(what: str, object_id: str, funds: int) -> ChainError:
@@ -32,6 +39,7 @@ def _not_empty(what: str, object_id: str, funds: int) -> ChainError:
     )
 
 
+@rule("transport_control::destroy")
 def tc_destroy(x: Exec, tc_id: str, escrow_id: str) -> None:
     """``transport_control::destroy``: the client deletes its settled connection and the
     connection's escrow; a sponsored one only through :func:`sponsor_reimburse_and_destroy`."""
@@ -47,6 +55,7 @@ def tc_destroy(x: Exec, tc_id: str, escrow_id: str) -> None:
     _delete_connection(x, tc_id, tc, escrow_id, escrow)
 
 
+@rule("sponsor::reimburse_and_destroy")
 def sponsor_reimburse_and_destroy(
     x: Exec, pool_id: str, lane_id: str, tc_id: str, escrow_id: str
 ) -> int:
@@ -98,6 +107,7 @@ def _delete_connection(
     )
 
 
+@rule("response_escrow::destroy")
 def response_escrow_destroy(x: Exec, escrow_id: str) -> None:
     """``response_escrow::destroy``: the requester deletes its escrow once paid,
     delivered or refunded."""
@@ -118,6 +128,7 @@ def response_escrow_destroy(x: Exec, escrow_id: str) -> None:
     )
 
 
+@rule("tickets::leave")
 def tickets_leave(x: Exec, sale_id: str) -> int:
     """``tickets::leave``: a holder gives its tickets back once the event went on air
     (its entry goes; ``sold`` stays)."""
@@ -131,6 +142,7 @@ def tickets_leave(x: Exec, sale_id: str) -> int:
     return count
 
 
+@rule("tickets::destroy")
 def tickets_destroy(x: Exec, sale_id: str) -> None:
     """``tickets::destroy``: the organizer deletes a sale that is over and holds no
     entry."""
@@ -151,17 +163,3 @@ def tickets_destroy(x: Exec, sale_id: str) -> None:
         raise _not_empty("ticket sale", sale_id, sale["funds"])
     x.delete(sale_id)
     x.emit("tickets", "TicketSaleDeleted", {"sale": sale_id, "organizer": sale["organizer"]})
-
-
-#: The deleting entry functions: (module, function) -> (argument kinds, rule), merged into
-#: :data:`dtp.ledger.local.rules.FUNCTIONS`.
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("transport_control", "destroy"): (("obj:TransportControl", "obj:Escrow"), tc_destroy),
-    ("sponsor", "reimburse_and_destroy"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:TransportControl", "obj:Escrow"),
-        sponsor_reimburse_and_destroy,
-    ),
-    ("response_escrow", "destroy"): (("obj:ResponseEscrow",), response_escrow_destroy),
-    ("tickets", "leave"): (("obj:TicketSale",), tickets_leave),
-    ("tickets", "destroy"): (("obj:TicketSale",), tickets_destroy),
-}

@@ -1,8 +1,8 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
 ``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
 ``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
-``.move`` files. Registered into :data:`dtp.ledger.local.rules.FUNCTIONS` by
-:mod:`dtp.ledger.local._store`.
+``.move`` files. Each joins :data:`dtp.ledger.local.rules.FUNCTIONS` (``@rule``) as
+:mod:`dtp.ledger.local._store` imports this module.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorLane's pledges, a TicketSale's holders) are dicts keyed by ID or address.
@@ -21,10 +21,10 @@ from dtp.ledger._economics import (
     MAX_SPONSOR_LANES,
 )
 from dtp.ledger.local.rules._broadcast import new_broadcast
-from dtp.ledger.local.rules._common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
 from dtp.ledger.local.rules._transport_control import tc_end_prepaid, tc_open
 
-__all__ = ["FUNCTIONS", "OBJECT_TYPES"]
+__all__ = ["OBJECT_TYPES"]
 
 #: Move types of the payment-model objects, by struct name.
 OBJECT_TYPES: Final = {name: f"dtp::{module}::{name}" for name, module in ECONOMICS_MODULES.items()}
@@ -37,7 +37,11 @@ def _coin_exists(x: Exec, amount: int) -> None:
     x.credits[x.sender] += amount
 
 
-def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
+def _assert_provider_service(x: Exec, module: str, host_id: str, port: int) -> None:
+    """The terms a host's authority offers for one of its services: the sender is the
+    Host's authority (``module::ENotProvider``), the port one of its services."""
+    host = x.load(host_id, "Host")
+    x.require_sender(host["authority"], module, "ENotProvider", f"host {host_id}")
     if str(port) not in host["services"]:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
 
@@ -45,10 +49,9 @@ def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
 # -- subscription -----------------------------------------------------------------------------
 
 
+@rule("subscription::create_offer")
 def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "subscription", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "subscription", host_id, port)
     if price == 0 or period == 0:
         raise move_error("subscription", "EInvalidTerms", f"price {price}, period {period}")
     offer_id = x.create(
@@ -112,6 +115,7 @@ def _assert_offer_selling(
         )
 
 
+@rule("subscription::subscribe")
 def subscribe(x: Exec, offer_id: str, host_id: str, epochs: int, paid: int) -> str:
     offer = x.load(offer_id, "SubscriptionOffer")
     host = x.load(host_id, "Host")
@@ -184,6 +188,7 @@ def _sub_and_offer(
     return sub, offer
 
 
+@rule("subscription::claim")
 def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "provider")
     epochs = _earned_epochs(sub, offer, x.epoch) - sub["claimed_epochs"]
@@ -192,6 +197,7 @@ def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
     return amount
 
 
+@rule("subscription::renew")
 def subscription_renew(
     x: Exec, sub_id: str, offer_id: str, host_id: str, epochs: int, paid: int
 ) -> int:
@@ -224,6 +230,7 @@ def subscription_renew(
     return int(sub["expires_epoch"])
 
 
+@rule("subscription::withdraw_offer")
 def offer_withdraw(x: Exec, offer_id: str, host_id: str) -> None:
     """``subscription::withdraw_offer``: by the provider, or by anyone once the host has
     another authority (the offer sells nothing more; the withdrawal stops its earning)."""
@@ -244,6 +251,7 @@ def offer_withdraw(x: Exec, offer_id: str, host_id: str) -> None:
     x.emit("subscription", "SubscriptionOfferWithdrawn", {"offer": offer_id, "epoch": x.epoch})
 
 
+@rule("subscription::refund")
 def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
     if not offer["withdrawn"]:
@@ -258,6 +266,7 @@ def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
     return amount
 
 
+@rule("subscription::open_connection")
 def subscription_open(
     x: Exec, sub_id: str, offer_id: str, host_id: str, cap_id: str, key: bytes, amount: int
 ) -> str:
@@ -290,6 +299,7 @@ def subscription_over(sub: dict[str, Any], offer: dict[str, Any], epoch: int) ->
     return bool(offer["withdrawn"]) or not sub["start_epoch"] <= epoch < sub["expires_epoch"]
 
 
+@rule("subscription::end_connection")
 def subscription_end(
     x: Exec, sub_id: str, offer_id: str, tc_id: str, escrow_id: str, cap_id: str
 ) -> int:
@@ -335,12 +345,11 @@ def check_lane(pool_id: str, lane_id: str, lane: dict[str, Any]) -> None:
         raise move_error("sponsor", "EWrongLane", f"lane {lane_id} is pool {lane['pool']}'s")
 
 
+@rule("sponsor::create")
 def sponsor_create(
     x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int, lanes: int
 ) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "sponsor", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "sponsor", host_id, port)
     if not 0 < share_bps <= BPS:
         raise move_error("sponsor", "EInvalidShare", f"got {share_bps}")
     if not 0 < lanes <= MAX_SPONSOR_LANES:
@@ -375,6 +384,7 @@ def sponsor_create(
     return pool_id
 
 
+@rule("sponsor::fund")
 def sponsor_fund(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -390,6 +400,7 @@ def sponsor_fund(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     )
 
 
+@rule("sponsor::withdraw")
 def sponsor_withdraw(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     pool = x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -413,6 +424,7 @@ def sponsor_withdraw(x: Exec, pool_id: str, lane_id: str, amount: int) -> None:
     )
 
 
+@rule("sponsor::set_max_pledge")
 def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
     """``sponsor::set_max_pledge``: binds the connections opened from now on."""
     pool = x.load(pool_id, "SponsorPool")
@@ -421,6 +433,7 @@ def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
     x.emit("sponsor", "SponsorPledgeLimitChanged", {"pool": pool_id, "max_pledge": max_pledge})
 
 
+@rule("sponsor::open_connection")
 def sponsor_open(
     x: Exec, pool_id: str, lane_id: str, host_id: str, cap_id: str, key: bytes, amount: int
 ) -> str:
@@ -465,6 +478,7 @@ def sponsor_open(
     return connection
 
 
+@rule("sponsor::reimburse")
 def sponsor_reimburse(x: Exec, pool_id: str, lane_id: str, tc_id: str, escrow_id: str) -> int:
     pool = x.load(pool_id, "SponsorPool")
     lane = x.load(lane_id, "SponsorLane")
@@ -521,6 +535,7 @@ def pay_pledge(
 # -- tickets ---------------------------------------------------------------------------------
 
 
+@rule("tickets::create")
 def tickets_create(
     x: Exec, raw_title: bytes, price: int, min_tickets: int, max_tickets: int, deadline_ms: int
 ) -> str:
@@ -581,6 +596,7 @@ def _assert_selling(x: Exec, sale: dict[str, Any], sale_id: str) -> None:
         )
 
 
+@rule("tickets::go_on_air")
 def tickets_go_on_air(x: Exec, sale_id: str) -> int:
     sale = x.load(sale_id, "TicketSale")
     x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
@@ -592,9 +608,7 @@ def tickets_go_on_air(x: Exec, sale_id: str) -> int:
             f"{sale['sold']} of {sale['min_tickets']} tickets sold for sale {sale_id}",
         )
     sale["on_air"] = True
-    revenue: int = sale["funds"]
-    sale["funds"] = 0
-    x.pay(sale["organizer"], revenue)
+    revenue = x.pay_all(sale, "funds", sale["organizer"])
     x.emit(
         "tickets",
         "TicketedEventOnAir",
@@ -603,6 +617,7 @@ def tickets_go_on_air(x: Exec, sale_id: str) -> int:
     return revenue
 
 
+@rule("tickets::cancel")
 def tickets_cancel(x: Exec, sale_id: str) -> None:
     sale = x.load(sale_id, "TicketSale")
     x.require_sender(sale["organizer"], "tickets", "ENotOrganizer", f"sale {sale_id}")
@@ -614,6 +629,7 @@ def tickets_cancel(x: Exec, sale_id: str) -> None:
     x.emit("tickets", "TicketSaleCancelled", {"sale": sale_id, "sold": sale["sold"]})
 
 
+@rule("tickets::buy")
 def tickets_buy(x: Exec, sale_id: str, count: int, paid: int) -> None:
     sale = x.load(sale_id, "TicketSale")
     x.take_coin(paid)
@@ -638,6 +654,7 @@ def tickets_buy(x: Exec, sale_id: str, count: int, paid: int) -> None:
     )
 
 
+@rule("tickets::refund")
 def tickets_refund(x: Exec, sale_id: str) -> int:
     sale = x.load(sale_id, "TicketSale")
     missed = not sale["on_air"] and x.now_ms > sale["deadline_ms"]
@@ -658,6 +675,7 @@ def tickets_refund(x: Exec, sale_id: str) -> int:
     return amount
 
 
+@rule("broadcast::create_ticketed")
 def broadcast_create_ticketed(
     x: Exec, sale_id: str, raw_channel: bytes, slot_price: int, slot_ms: int
 ) -> str:
@@ -671,12 +689,11 @@ def broadcast_create_ticketed(
 # -- retention -------------------------------------------------------------------------------
 
 
+@rule("retention::create_terms")
 def retention_create_terms(
     x: Exec, host_id: str, port: int, retention_ms: int, price_per_byte: int
 ) -> str:
-    host = x.load(host_id, "Host")
-    x.require_sender(host["authority"], "retention", "ENotProvider", f"host {host_id}")
-    _service_exists(host, host_id, port)
+    _assert_provider_service(x, "retention", host_id, port)
     if retention_ms > MAX_RETENTION_MS:
         raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
     terms_id = x.create(
@@ -704,6 +721,7 @@ def retention_create_terms(
     return terms_id
 
 
+@rule("retention::retire_terms")
 def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
     """``retention::retire_terms``: the provider stops offering the terms."""
     terms = x.load(terms_id, "RetentionTerms")
@@ -721,6 +739,7 @@ def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
     )
 
 
+@rule("retention::replace_terms")
 def retention_replace_terms(
     x: Exec, terms_id: str, host_id: str, retention_ms: int, price_per_byte: int
 ) -> str:
@@ -730,6 +749,7 @@ def retention_replace_terms(
     return retention_create_terms(x, host_id, port, retention_ms, price_per_byte)
 
 
+@rule("retention::send")
 def retention_send(
     x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
 ) -> str:
@@ -795,6 +815,7 @@ def retention_send(
     return record_id
 
 
+@rule("retention::confirm")
 def retention_confirm(x: Exec, record_id: str) -> None:
     record = x.load(record_id, "RetainedRecord")
     x.require_sender(record["receiver"], "retention", "ENotReceiver", f"record {record_id}")
@@ -804,6 +825,7 @@ def retention_confirm(x: Exec, record_id: str) -> None:
     x.emit("retention", "RecordConsumed", {"record": record_id, "receiver": record["receiver"]})
 
 
+@rule("retention::delete")
 def retention_delete(x: Exec, record_id: str) -> int:
     record = x.load(record_id, "RetainedRecord")
     x.require_sender(record["sender"], "retention", "ENotSender", f"record {record_id}")
@@ -824,9 +846,7 @@ def retention_delete(x: Exec, record_id: str) -> int:
             "ERetentionNotElapsed",
             f"record {record_id} may be deleted from {due} ms, now {x.now_ms} ms",
         )
-    refunded: int = record["deposit"]
-    record["deposit"] = 0
-    x.pay(record["sender"], refunded)
+    refunded = x.pay_all(record, "deposit", record["sender"])
     x.delete(record_id)
     x.emit(
         "retention",
@@ -839,6 +859,7 @@ def retention_delete(x: Exec, record_id: str) -> int:
 # -- payment ---------------------------------------------------------------------------------
 
 
+@rule("payment::pay")
 def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
     """``payment::pay``: the coin goes to ``recipient`` at once."""
     x.take_coin(amount)
@@ -852,91 +873,3 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
         "PaymentSent",
         {"from": x.sender, "to": recipient, "amount": amount, "memo": memo},
     )
-
-
-#: ``(module, function)`` -> (argument kinds, handler), in the format of
-#: :data:`dtp.ledger.local.rules.FUNCTIONS`.
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
-    ("subscription", "subscribe"): (
-        ("obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
-        subscribe,
-    ),
-    ("subscription", "renew"): (
-        ("obj:Subscription", "obj:SubscriptionOffer", "obj:Host", "u64", "coin"),
-        subscription_renew,
-    ),
-    ("subscription", "claim"): (
-        ("obj:Subscription", "obj:SubscriptionOffer"),
-        subscription_claim,
-    ),
-    ("subscription", "withdraw_offer"): (
-        ("obj:SubscriptionOffer", "obj:Host"),
-        offer_withdraw,
-    ),
-    ("subscription", "refund"): (
-        ("obj:Subscription", "obj:SubscriptionOffer"),
-        subscription_refund,
-    ),
-    ("subscription", "open_connection"): (
-        (
-            "obj:Subscription",
-            "obj:SubscriptionOffer",
-            "obj:Host",
-            "obj:SpendingCap",
-            "bytes",
-            "coin",
-        ),
-        subscription_open,
-    ),
-    ("subscription", "end_connection"): (
-        (
-            "obj:Subscription",
-            "obj:SubscriptionOffer",
-            "obj:TransportControl",
-            "obj:Escrow",
-            "obj:SpendingCap",
-        ),
-        subscription_end,
-    ),
-    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64", "u64"), sponsor_create),
-    ("sponsor", "fund"): (("obj:SponsorPool", "obj:SponsorLane", "coin"), sponsor_fund),
-    ("sponsor", "withdraw"): (("obj:SponsorPool", "obj:SponsorLane", "u64"), sponsor_withdraw),
-    ("sponsor", "set_max_pledge"): (("obj:SponsorPool", "u64"), sponsor_set_max_pledge),
-    ("sponsor", "open_connection"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
-        sponsor_open,
-    ),
-    ("sponsor", "reimburse"): (
-        ("obj:SponsorPool", "obj:SponsorLane", "obj:TransportControl", "obj:Escrow"),
-        sponsor_reimburse,
-    ),
-    ("tickets", "create"): (("utf8", "u64", "u64", "u64", "u64"), tickets_create),
-    ("tickets", "buy"): (("obj:TicketSale", "u64", "coin"), tickets_buy),
-    ("tickets", "go_on_air"): (("obj:TicketSale",), tickets_go_on_air),
-    ("tickets", "cancel"): (("obj:TicketSale",), tickets_cancel),
-    ("tickets", "refund"): (("obj:TicketSale",), tickets_refund),
-    ("retention", "create_terms"): (
-        ("obj:Host", "u16", "u64", "u64"),
-        retention_create_terms,
-    ),
-    ("retention", "retire_terms"): (
-        ("obj:RetentionTerms", "obj:Host"),
-        retention_retire_terms,
-    ),
-    ("retention", "replace_terms"): (
-        ("obj:RetentionTerms", "obj:Host", "u64", "u64"),
-        retention_replace_terms,
-    ),
-    ("retention", "send"): (
-        ("obj:Pipe", "obj:TransportControl", "obj:RetentionTerms", "u64", "bytes", "coin"),
-        retention_send,
-    ),
-    ("retention", "confirm"): (("obj:RetainedRecord",), retention_confirm),
-    ("retention", "delete"): (("obj:RetainedRecord",), retention_delete),
-    ("broadcast", "create_ticketed"): (
-        ("obj:TicketSale", "utf8", "u64", "u64"),
-        broadcast_create_ticketed,
-    ),
-    ("payment", "pay"): (("coin", "address", "bytes"), payment_pay),
-}

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from dtp.errors import move_error
-from dtp.ledger.local.rules._common import SHARED, Exec, add_u64
+from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule
 
 # -- spending cap ------------------------------------------------------------------------------
 
 
+@rule("spending_cap::create")
 def cap_create(x: Exec, max_per_epoch: int) -> str:
     data = {
         "owner": x.sender,
@@ -28,6 +29,7 @@ def cap_create(x: Exec, max_per_epoch: int) -> str:
     return cap_id
 
 
+@rule("spending_cap::set_max_per_epoch")
 def cap_set_max_per_epoch(x: Exec, cap_id: str, max_per_epoch: int) -> None:
     cap = x.load(cap_id, "SpendingCap")
     if x.sender != cap["owner"]:
@@ -141,6 +143,7 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     return verify_memoized(public_key, signature, message)
 
 
+@rule("escrow::claim")
 def escrow_claim(
     x: Exec,
     escrow_id: str,
@@ -258,6 +261,7 @@ def assert_spending_cap(escrow: dict[str, Any], escrow_id: str, cap_id: str) -> 
         )
 
 
+@rule("escrow::top_up")
 def escrow_top_up(x: Exec, escrow_id: str, cap_id: str, amount: int) -> None:
     escrow = x.load(escrow_id, "Escrow")
     cap = x.load(cap_id, "SpendingCap")

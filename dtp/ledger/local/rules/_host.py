@@ -22,7 +22,7 @@ from dtp.ledger._objects import (
     firewall_entries,
     is_low_order_noise_key,
 )
-from dtp.ledger.local.rules._common import SHARED, Exec, utf8
+from dtp.ledger.local.rules._common import SHARED, Exec, rule, utf8
 
 
 def _assert_authority(x: Exec, host: dict[str, Any], host_id: str) -> None:
@@ -57,6 +57,7 @@ def _updated(x: Exec, host_id: str, change: int) -> None:
     x.emit("host", "HostUpdated", {"host": host_id, "change": change})
 
 
+@rule("host::create")
 def host_create(x: Exec, noise_key: bytes, endpoints: list[bytes]) -> str:
     _assert_noise_key(noise_key)
     _assert_endpoints(endpoints)
@@ -79,6 +80,7 @@ def host_create(x: Exec, noise_key: bytes, endpoints: list[bytes]) -> str:
     return host_id
 
 
+@rule("host::set_authority")
 def host_set_authority(x: Exec, host_id: str, new_authority: str) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
@@ -86,6 +88,7 @@ def host_set_authority(x: Exec, host_id: str, new_authority: str) -> None:
     _updated(x, host_id, 0)
 
 
+@rule("host::set_noise_static_key")
 def host_set_noise_static_key(x: Exec, host_id: str, key: bytes) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
@@ -94,6 +97,7 @@ def host_set_noise_static_key(x: Exec, host_id: str, key: bytes) -> None:
     _updated(x, host_id, 1)
 
 
+@rule("host::set_endpoints")
 def host_set_endpoints(x: Exec, host_id: str, endpoints: list[bytes]) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
@@ -185,20 +189,21 @@ def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
     _assert_size(host_bcs_size(host), f"host {host_id}")
 
 
-def host_add_service(
-    x: Exec,
-    host_id: str,
-    port: int,
-    raw_kind: bytes,
-    kib: int,
-    req: int,
-    minimum: int,
-    timeout: int,
-    max_conn: int,
-) -> None:
+def _service_terms(
+    x: Exec, host_id: str, terms: tuple[int, ...]
+) -> tuple[dict[str, Any], dict[str, int], int]:
+    """The Host of a service's call, its authority the sender, and the call's ``terms``
+    (the Sla's four u64, then max_connections) as the Sla and max_connections."""
+    kib, req, minimum, timeout, max_conn = terms
     sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
+    return host, sla, max_conn
+
+
+@rule("host::add_service")
+def host_add_service(x: Exec, host_id: str, port: int, raw_kind: bytes, *terms: int) -> None:
+    host, sla, max_conn = _service_terms(x, host_id, terms)
     if str(port) in host["services"]:
         raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
     kind = utf8(raw_kind, "service kind")
@@ -212,19 +217,9 @@ def host_add_service(
     )
 
 
-def host_update_service(
-    x: Exec,
-    host_id: str,
-    port: int,
-    kib: int,
-    req: int,
-    minimum: int,
-    timeout: int,
-    max_conn: int,
-) -> None:
-    sla = new_sla(kib, req, minimum, timeout)  # (built before the call, as on Sui)
-    host = x.load(host_id, "Host")
-    _assert_authority(x, host, host_id)
+@rule("host::update_service")
+def host_update_service(x: Exec, host_id: str, port: int, *terms: int) -> None:
+    host, sla, max_conn = _service_terms(x, host_id, terms)
     service = host["services"].get(str(port))
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
@@ -238,6 +233,7 @@ def host_update_service(
     )
 
 
+@rule("host::remove_service")
 def host_remove_service(x: Exec, host_id: str, port: int) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
@@ -248,6 +244,7 @@ def host_remove_service(x: Exec, host_id: str, port: int) -> None:
     x.emit("host", "ServiceRemoved", {"host": host_id, "port": port})
 
 
+@rule("host::set_firewall_mode")
 def host_set_firewall_mode(x: Exec, host_id: str, mode: int) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
@@ -288,6 +285,13 @@ def list_op(list_name: str, add: bool) -> Callable[[Exec, str, str], None]:
     return op
 
 
+rule("host::allow")(list_op("allow", True))
+rule("host::disallow")(list_op("allow", False))
+rule("host::deny")(list_op("deny", True))
+rule("host::undeny")(list_op("deny", False))
+
+
+@rule("host::set_client_limits")
 def host_set_client_limits(
     x: Exec, host_id: str, per_client: int, bytes_per_sec: int, requests_per_sec: int
 ) -> None:

@@ -7,12 +7,13 @@ from typing import Any
 
 from dtp.errors import move_error
 from dtp.identity.keys import sui_address_from_public_key
-from dtp.ledger.local.rules._common import SHARED, Exec
+from dtp.ledger.local.rules._common import SHARED, Exec, rule
 from dtp.ledger.local.rules._escrow import verify
 
 # -- mailbox (sealed messages for offline hosts) ------------------------------------------------
 
 
+@rule("mailbox::send")
 def mailbox_send(x: Exec, host_id: str, payload: bytes) -> None:
     from dtp.ledger.interface import MAX_MAIL_PAYLOAD
 
@@ -29,6 +30,7 @@ def mailbox_send(x: Exec, host_id: str, payload: bytes) -> None:
 # -- response escrow (prepaid response fees) -----------------------------------------------------
 
 
+@rule("response_escrow::deposit")
 def response_escrow_deposit(
     x: Exec, server: str, request_id: bytes, public_key: bytes, deadline_ms: int, amount: int
 ) -> str:
@@ -92,13 +94,11 @@ def _open_response_escrow(x: Exec, escrow_id: str, role: str) -> dict[str, Any]:
 
 
 def _pay_out(x: Exec, e: dict[str, Any], to: str, state: int) -> int:
-    amount: int = e["funds"]
-    e["funds"] = 0
     e["state"] = state
-    x.pay(to, amount)
-    return amount
+    return x.pay_all(e, "funds", to)
 
 
+@rule("response_escrow::claim")
 def response_escrow_claim(x: Exec, escrow_id: str, response_hash: bytes, signature: bytes) -> int:
     from dtp.ledger.interface import RESPONSE_ESCROW_PAID, response_ack_message
 
@@ -122,6 +122,7 @@ def response_escrow_claim(x: Exec, escrow_id: str, response_hash: bytes, signatu
     return amount
 
 
+@rule("response_escrow::deliver")
 def response_escrow_deliver(x: Exec, escrow_id: str, response: bytes) -> int:
     from dtp.ledger.interface import MAX_RESPONSE_LENGTH, RESPONSE_ESCROW_DELIVERED
 
@@ -150,6 +151,7 @@ def response_escrow_deliver(x: Exec, escrow_id: str, response: bytes) -> int:
     return amount
 
 
+@rule("response_escrow::refund")
 def response_escrow_refund(x: Exec, escrow_id: str) -> int:
     from dtp.ledger.interface import RESPONSE_ESCROW_REFUNDED
 

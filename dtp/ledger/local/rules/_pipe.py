@@ -6,10 +6,11 @@ from typing import Any
 
 from dtp.errors import move_error
 from dtp.ledger._objects import MAX_DATA_LENGTH, MAX_INNERS
-from dtp.ledger.local.rules._common import Exec
+from dtp.ledger.local.rules._common import Exec, rule
 from dtp.ledger.local.rules._transport_control import assert_participant, closed_error
 
 
+@rule("pipe::create")
 def pipe_create(x: Exec, tc_id: str, inner_count: int) -> str:
     tc = x.load(tc_id, "TransportControl")
     assert_participant(x, tc, tc_id)
@@ -36,6 +37,7 @@ def _inner(pipe: dict[str, Any], pipe_id: str, inner: int) -> dict[str, Any]:
     return lane
 
 
+@rule("pipe::send")
 def pipe_send(x: Exec, pipe_id: str, inner: int, data: bytes) -> int:
     pipe = x.load(pipe_id, "Pipe")
     lane = _inner(pipe, pipe_id, inner)
@@ -49,6 +51,7 @@ def pipe_send(x: Exec, pipe_id: str, inner: int, data: bytes) -> int:
     return seq
 
 
+@rule("pipe::sync")
 def pipe_sync(x: Exec, pipe_id: str, inner: int, acked: int) -> None:
     pipe = x.load(pipe_id, "Pipe")
     lane = _inner(pipe, pipe_id, inner)
@@ -62,6 +65,7 @@ def pipe_sync(x: Exec, pipe_id: str, inner: int, acked: int) -> None:
     x.emit("inner_pipe", "PipeSynced", {"pipe": pipe_id, "inner": inner, "acked": acked})
 
 
+@rule("pipe::destroy")
 def pipe_destroy(x: Exec, pipe_id: str) -> None:
     pipe = x.load(pipe_id, "Pipe")
     x.delete(pipe_id)

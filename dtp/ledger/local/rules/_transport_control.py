@@ -7,7 +7,7 @@ from typing import Any
 from dtp.errors import ChainError, move_error
 from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
-from dtp.ledger.local.rules._common import OBJECT_TYPES, SHARED, Exec, Obj
+from dtp.ledger.local.rules._common import OBJECT_TYPES, SHARED, Exec, Obj, rule
 from dtp.ledger.local.rules._escrow import (
     assert_spending_cap,
     escrow_claim,
@@ -17,6 +17,7 @@ from dtp.ledger.local.rules._escrow import (
 from dtp.ledger.local.rules._host import admit, new_sla
 
 
+@rule("transport_control::open_with_session_key")
 def tc_open_with_session_key(
     x: Exec, host_id: str, port: int, cap_id: str, public_key: bytes, amount: int
 ) -> str:
@@ -25,6 +26,7 @@ def tc_open_with_session_key(
     return tc_open(x, host_id, port, cap_id, public_key, amount, key_of_client=False)
 
 
+@rule("transport_control::open")
 def tc_open(
     x: Exec,
     host_id: str,
@@ -150,6 +152,7 @@ def closed_error(tc_id: str) -> ChainError:
     return move_error("transport_control", "EConnectionClosed", f"connection {tc_id}")
 
 
+@rule("transport_control::close")
 def tc_close(x: Exec, tc_id: str) -> None:
     tc = x.load(tc_id, "TransportControl")
     assert_participant(x, tc, tc_id)
@@ -171,6 +174,7 @@ def tc_close(x: Exec, tc_id: str) -> None:
         raise closed_error(tc_id)
 
 
+@rule("transport_control::finalize")
 def tc_finalize(x: Exec, tc_id: str) -> None:
     tc = x.load(tc_id, "TransportControl")
     assert_participant(x, tc, tc_id)
@@ -239,6 +243,7 @@ def _settle(
     return refunded
 
 
+@rule("transport_control::settle")
 def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
@@ -277,21 +282,14 @@ def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_
     return _settle(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
 
 
-def tc_settle_with_receipt(
-    x: Exec,
-    tc_id: str,
-    escrow_id: str,
-    cap_id: str,
-    total_bytes: int,
-    total_requests: int,
-    total_amount: int,
-    nonce: int,
-    signature: bytes,
-) -> int:
+@rule("transport_control::settle_with_receipt")
+def tc_settle_with_receipt(x: Exec, tc_id: str, escrow_id: str, cap_id: str, *receipt: Any) -> int:
+    """The claim of ``receipt`` (its five fields, as ``escrow::claim`` takes them), then
+    the settlement."""
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
     x.load(cap_id, "SpendingCap")
     _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
-    paid = escrow_claim(x, escrow_id, total_bytes, total_requests, total_amount, nonce, signature)
+    paid = escrow_claim(x, escrow_id, *receipt)
     tc_settle(x, tc_id, escrow_id, cap_id)
     return paid

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dtp.errors import move_error
-from dtp.ledger._versions import ADMIN_CAP, MIGRATE, VERSIONED, stored_version
-from dtp.ledger.local.rules._common import Exec, Handler
+from dtp.ledger._versions import MIGRATE, VERSIONED, stored_version
+from dtp.ledger.local.rules._common import SCHEMAS, Exec, Handler
 
 __all__ = ["FUNCTIONS", "call"]
 
@@ -74,8 +74,8 @@ def _migrate(struct: str) -> Callable[[Exec, str, str], int]:
 
 
 #: Each versioned struct's ``migrate``: (module, function) -> (argument kinds, rule).
-FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
-    (module, function): ((f"obj:{ADMIN_CAP}", f"obj:{struct}"), _migrate(struct))
+FUNCTIONS: Final = {
+    (module, function): (SCHEMAS[module, function], _migrate(struct))
     for struct, (module, function) in MIGRATE.items()
 }
 _MIGRATIONS: Final = frozenset(FUNCTIONS)
