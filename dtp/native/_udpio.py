@@ -43,13 +43,17 @@ def _sockaddr(family: int, address: Address) -> bytes:
     host. Raises OSError, ValueError, TypeError or struct.error for anything else (a
     name to look up, a bad port or flow label...): the caller then leaves it to
     ``sendto``, as the twin does."""
+    port = address[1]
+    if type(port) is not int or not 0 <= port <= 65535:
+        # (before the look-up: ("h", 5.0) and ("h", True) equal ("h", 5) as keys, and
+        # sendto refuses them)
+        raise ValueError("not a port number")
+    if len(address) == 4 and not (type(address[2]) is int and type(address[3]) is int):
+        raise ValueError("not a flow label and scope id")  # (the same, for IPv6's)
     key = (family, address)
     found = _SOCKADDRS.get(key)
     if found is not None:
         return found
-    port = address[1]
-    if type(port) is not int or not 0 <= port <= 65535:
-        raise ValueError("not a port number")
     if family == socket.AF_INET:
         host = address[0]
         # (inet_pton, not inet_aton: that takes "127.0.0.1 junk" and "1" as addresses)
@@ -89,8 +93,15 @@ def native_send_datagram_run(
         alen = 0
     else:
         try:
-            # (_sockaddr's cache, looked at first: a flow's every run goes to one address)
-            addr = _SOCKADDRS.get((_family(sock), address)) or _sockaddr(_family(sock), address)
+            # (_sockaddr's cache, looked at first: a flow's every run goes to one address;
+            # only for an address of ints, as a float equal to a remembered int is a key
+            # equal to its own, which sendto refuses)
+            exact = type(address[1]) is int and (
+                len(address) == 2 or type(address[2]) is type(address[3]) is int
+            )
+            addr = (exact and _SOCKADDRS.get((_family(sock), address))) or _sockaddr(
+                _family(sock), address
+            )
         except (OSError, ValueError, TypeError, struct.error):
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)

@@ -136,12 +136,27 @@ def test_both_backends_treat_a_bad_address_alike(
     assert _waiting(rx) == []
 
 
+def test_an_address_equal_to_a_remembered_one_is_still_checked(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # the C path remembers each address's sockaddr; ("h", 5.0) == ("h", 5), yet sendto
+    # refuses a float port: both backends refuse it after the int one was sent, too
+    rx, tx = pair
+    port = rx.getsockname()[1]
+    for send in SENDERS:
+        assert send(tx, [b"x"], ("127.0.0.1", port)) == (1, 1, 0)
+    outcomes = [_outcome(send, tx, ("127.0.0.1", float(port))) for send in SENDERS]
+    assert outcomes == [TypeError] * len(SENDERS), outcomes
+    assert _waiting(rx) == [b"x"] * len(SENDERS)
+
+
 @pytest.mark.parametrize(
     "address",
     [
         lambda port: ("::1", port, 1 << 32, 0),  # flow label beyond 32 bits
         lambda port: ("::1", port, 0, -1),  # scope negative
         lambda port: ("::1", port, "0", 0),
+        lambda port: ("::1", port, 0.0, 0),  # equal to a remembered (.., 0, 0) as a key
         lambda port: ("::1%no-such-interface", port),
     ],
 )
@@ -158,6 +173,9 @@ def test_both_backends_treat_a_bad_ipv6_address_alike(address: Callable[[int], A
             pytest.skip("no IPv6 loopback here")
         rx.setblocking(False)
         tx.setblocking(False)
+        for send in SENDERS:  # (remembered by the C path: the next must still be checked)
+            send(tx, [b"x"], ("::1", rx.getsockname()[1], 0, 0))
+        _waiting(rx)
         outcomes = []
         for send in SENDERS:  # (what sendto makes of it, sent or not: the same for both)
             outcomes.append((_outcome(send, tx, address(rx.getsockname()[1])), _waiting(rx)))
