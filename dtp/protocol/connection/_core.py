@@ -133,12 +133,12 @@ def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
 #: The frames an XX server takes before the client's AUTH (section 8 of the spec).
 _BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
 
-# the handshake record each state waits for (built once: each handshake message looks)
 # a server's packed transport parameters by (id of its config, version answered):
 # Connection._transport_params
 _SERVER_PARAMS: dict[tuple[int, int], tuple[ConnectionConfig, bytes]] = {}
 _SERVER_PARAMS_KEPT = 32
 
+# the handshake record each state waits for (built once: each handshake message looks)
 _HANDSHAKE_KIND = {
     ConnState.SERVER_WAIT: REC_HS_INIT,
     ConnState.CLIENT_HELLO: REC_HS_RESP,

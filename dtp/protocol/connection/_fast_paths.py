@@ -93,7 +93,10 @@ class _FastPaths(_ConnectionState):
         view = data if n == size else memoryview(data)[:n]
         if (
             fin
-            # (_frees_a_stream, inline: a call fewer at every reply's end)
+            # the FIN ends the peer's stream (its receiving half ended, the application
+            # took it): the MAX_STREAMS that returns its place goes in the same record,
+            # where the frame and the credit fit one (a reply on a stream of its own, a
+            # JSON-RPC call's, is one record, not two)
             and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
             and self.streams.frees_a_place(stream)
         ):
@@ -116,21 +119,9 @@ class _FastPaths(_ConnectionState):
             return b""
         return b"" if n == size else memoryview(data)[n:]
 
-    def _frees_a_stream(self, stream: Stream, n: int) -> bool:
-        """Whether the FIN about to be sealed on the peer's ``stream`` ends it (its
-        receiving half ended, the application took it): then the MAX_STREAMS that
-        returns its place goes in the same record (a reply to a request on a stream of
-        its own -- a JSON-RPC call -- is one record, not two). Only where the stream
-        frame and the credit fit one record."""
-        return (
-            n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
-            and self.streams.frees_a_place(stream)
-        )
-
     def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
         """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
-        its end frees, in one record (:meth:`_frees_a_stream`, whose test
-        :meth:`_seal_stream_now` makes inline)."""
+        its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
         n = len(view)
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n

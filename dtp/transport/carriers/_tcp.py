@@ -48,7 +48,7 @@ def wait_ready(
         # the usual look (one carrier, readable yet?), several times a connect: a
         # third of the general path's CPU
         obj = readers[0]
-        fd = obj.fileno()  # (_descriptor, inline)
+        fd = obj.fileno()
         if fd < 0:
             raise ValueError("file descriptor cannot be a negative integer")
         poller.register(fd, _READ)
@@ -60,7 +60,7 @@ def wait_ready(
             raise OSError(errno.EBADF, f"descriptor {fd} is not open")
         return [obj], []  # (registered for reading only: any event is a reason to read)
     by_fd: dict[int, tuple[T | None, T | None]] = {}
-    # (_descriptor, inline: a blocking engine's every wait looks at two objects)
+    # (a negative descriptor refused, as select refuses it)
     for obj in readers:
         fd = obj.fileno()
         if fd < 0:
@@ -87,13 +87,6 @@ def wait_ready(
         if writer is not None and mask & (_WRITE | _FAILED):
             ready_w.append(writer)
     return ready_r, ready_w
-
-
-def _descriptor(obj: _HasFileno) -> int:
-    fd = obj.fileno()
-    if fd < 0:
-        raise ValueError("file descriptor cannot be a negative integer")
-    return fd
 
 
 def tune(sock: socket.socket) -> None:

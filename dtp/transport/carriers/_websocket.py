@@ -793,9 +793,6 @@ def accept_websocket(
             side.connection_made(transport)
             arrived(carrier)
 
-        def data_received(self, data: bytes) -> None:
-            side.data_received(data)
-
         def eof_received(self) -> bool | None:
             return side.eof_received()
 
