@@ -31,7 +31,7 @@ SEALED_EXTRA = ["_PROTECTED_SEEN"]
 
 # each member's parameters (a keyword-only one after "*")
 RPC_MEMBERS = {
-    "begin_request": "method params now timeout",
+    "begin_request": "method params now timeout tracked",
     "cancel": "request_id",
     "check_request": "method params * timeout meta reserve",
     "clear_output": "",
