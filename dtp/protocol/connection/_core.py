@@ -133,8 +133,7 @@ def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
 #: The frames an XX server takes before the client's AUTH (section 8 of the spec).
 _BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
 
-# a server's packed transport parameters by (id of its config, version answered):
-# Connection._transport_params
+# a server's packed transport parameters by (id of its config, version): _transport_params
 _SERVER_PARAMS: dict[tuple[int, int], tuple[ConnectionConfig, bytes]] = {}
 _SERVER_PARAMS_KEPT = 32
 
@@ -1152,15 +1151,16 @@ class Connection(_Streams, _FastPaths):
     # what the handshake sends
 
     def _transport_params(self) -> bytes:
+        version = self._offered_version()
         if not self.is_client:
             # a server's are its config's and the version it answers: the same bytes for
             # every client of that version, packed once (a client's carry its proof)
-            key = (id(self.config), self._offered_version())
+            key = (id(self.config), version)
             kept = _SERVER_PARAMS.get(key)
             if kept is not None and kept[0] is self.config:
                 return kept[1]
         params: dict[str, Any] = {
-            "v": self._offered_version(),
+            "v": version,
             "md": self.config.connection_window,
             "msd": self.config.stream_window,
             "ms": self.config.max_streams,
@@ -1181,8 +1181,7 @@ class Connection(_Streams, _FastPaths):
         if not self.is_client:
             if len(_SERVER_PARAMS) >= _SERVER_PARAMS_KEPT:
                 _SERVER_PARAMS.clear()  # (configs made and dropped by the dozen)
-            # (the config is held with its bytes, so that its id is not reused meanwhile)
-            _SERVER_PARAMS[key] = (self.config, packed)
+            _SERVER_PARAMS[key] = (self.config, packed)  # (held: its id is not reused)
         return packed
 
     def _prover(self) -> Any:
