@@ -33,6 +33,7 @@ from dtp.errors import ConnectionLimitReached, ConnectionStateError
 from dtp.hostid._served import ServedConnections
 from dtp.ledger._objects import ConnectionState, EventFilter, Sla
 from dtp.ledger.local import LocalLedger
+from dtp.payments._refunds import refunds_for
 from dtp.payments._settlement import collect_refund
 from tests.support.ledger_server import identity_from_seed
 from tests.support.paid_twins import loop_in_thread
@@ -239,7 +240,7 @@ def test_a_settling_server_refunds_a_connection_refused_at_a_limit_at_once(
             assert wait_for(_settled_refunded(world, cid), timeout=10), cid
             escrow = settled_escrow(world.ledger, cid)  # (closed by its settlement)
             assert escrow.claimed == 0 and escrow.settled
-            assert cid not in serving  # (its ID given back once settled)
+            assert wait_for(lambda c=cid: c not in serving, timeout=10)  # (given back once settled)
         alice.sendall(b"still")  # served on
         assert alice.recv(5) == b"still"
         alice.close()
@@ -272,5 +273,8 @@ def test_a_server_that_does_not_settle_leaves_a_refused_connection_to_its_client
             collect_refund(world.ledger, ALICE, cid)
         assert info.value.name == "ETimeoutNotReached"
         alice.close()
+    # (the process's own refund collector would take it back as soon as it looked;
+    # stopped, as when the process that connected has ended and `dtp refund` is used)
+    refunds_for(world.ledger, ALICE).close(log_waiting=False)
     world.ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
     assert collect_refund(world.ledger, ALICE, cid) == DEPOSIT
