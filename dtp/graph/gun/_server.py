@@ -348,13 +348,7 @@ class GunServer:
             return _yjs.file_for(self.yjs_dir, path)
         else:
             base, rel = self.site, path.lstrip("/") or "index.html"
-        if base is None:
-            return None
-        root = base.resolve()
-        target = (root / rel).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            return None
-        return target
+        return None if base is None else _yjs.file_within(base, rel)
 
 
 def _response(status: int, body: bytes, kind: str) -> Response:

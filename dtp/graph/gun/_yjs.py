@@ -103,7 +103,13 @@ def file_for(modules: Path | None, path: str) -> Path | None:
     rel = path[len(PREFIX) :]
     if not rel.endswith((".js", ".mjs")):
         return None
-    root = modules.resolve()
+    return file_within(modules, rel)
+
+
+def file_within(base: Path, rel: str) -> Path | None:
+    """The file ``rel`` names inside ``base``, or None: none there, or a path that leads
+    out of it (``..``, a link pointing elsewhere), which the page server must not serve."""
+    root = base.resolve()
     target = (root / rel).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         return None

@@ -273,6 +273,22 @@ def clever_code(code: int, line: int) -> int:
     return (1 << 63) | ((code & 0xFF) << 48) | ((line & 0xFFFF) << 32)
 
 
+def _move_abort(
+    code: int | None,
+    location: sui_prot.MoveLocation,
+    command: int,
+    message: str,
+    clever: sui_prot.CleverError | None = None,
+) -> sui_prot.ExecutionError:
+    return sui_prot.ExecutionError(
+        description=f"MoveAbort in {location.package}::{location.module} with code {code} "
+        f"in command {command}: {message}",
+        command=command,
+        kind=_KINDS.MOVE_ABORT,
+        abort=sui_prot.MoveAbort(abort_code=code, location=location, clever_error=clever),
+    )
+
+
 def abort_error(
     exc: ChainError, package: str, command: int, module: str, function: str
 ) -> sui_prot.ExecutionError:
@@ -288,36 +304,18 @@ def abort_error(
             instruction=0,
             function_name=function if info.module == module else None,
         )
-        code = clever_code(info.code, line)
-        return sui_prot.ExecutionError(
-            description=f"MoveAbort in {package}::{info.module} with code {code} in command "
-            f"{command}: {message}",
-            command=command,
-            kind=_KINDS.MOVE_ABORT,
-            abort=sui_prot.MoveAbort(
-                abort_code=code,
-                location=location,
-                clever_error=sui_prot.CleverError(
-                    error_code=info.code,
-                    line_number=line,
-                    constant_name=info.name,
-                    constant_type="vector<u8>",
-                    rendered=info.message,
-                ),
-            ),
+        clever = sui_prot.CleverError(
+            error_code=info.code,
+            line_number=line,
+            constant_name=info.name,
+            constant_type="vector<u8>",
+            rendered=info.message,
         )
+        return _move_abort(clever_code(info.code, line), location, command, message, clever)
     if exc.name == "MoveAbort":  # a module outside the package (std::string::utf8)
         where = MOVE_STDLIB if exc.module == "string" else SUI_FRAMEWORK
-        return sui_prot.ExecutionError(
-            description=f"MoveAbort in {where}::{exc.module} with code {exc.code} in command "
-            f"{command}: {message}",
-            command=command,
-            kind=_KINDS.MOVE_ABORT,
-            abort=sui_prot.MoveAbort(
-                abort_code=exc.code,
-                location=sui_prot.MoveLocation(package=where, module=exc.module),
-            ),
-        )
+        location = sui_prot.MoveLocation(package=where, module=exc.module)
+        return _move_abort(exc.code, location, command, message)
     kinds = {
         "InsufficientCoinBalance": _KINDS.INSUFFICIENT_COIN_BALANCE,
         "ArithmeticError": _KINDS.MOVE_PRIMITIVE_RUNTIME_ERROR,

@@ -468,18 +468,23 @@ class SuiNodeStandIn:
         self._recent.append(now)
         return False
 
+    async def _admit(self, name: str) -> bool:
+        """A call's knobs, in the order both paths (gRPC, gRPC-web) take them: counted,
+        held while stalled, refused (Refusal) or delayed; whether to garble its answer."""
+        self.calls[name] += 1
+        if self._stalled is not None:
+            await self._stalled.wait()
+        if self._consume_knob(self._refuse_next, name) or self._over_rate():
+            raise Refusal(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
+        if name != "ExecuteTransaction" and self.read_latency > 0:
+            await asyncio.sleep(self.read_latency)
+        return self._consume_knob(self._garble_next, name)
+
     def _handler(self, name: str, streaming: bool) -> Callable[[Any], Awaitable[None]]:
         async def handle(stream: Any) -> None:
             data = await stream.recv_message()
-            self.calls[name] += 1
-            if self._stalled is not None:
-                await self._stalled.wait()
-            if self._consume_knob(self._refuse_next, name) or self._over_rate():
-                raise GRPCError(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
-            if name != "ExecuteTransaction" and self.read_latency > 0:
-                await asyncio.sleep(self.read_latency)
-            garble = self._consume_knob(self._garble_next, name)
             try:
+                garble = await self._admit(name)
                 if streaming:
                     async for frame in self._list_events(data):
                         await stream.send_message(GARBAGE if garble else bytes(frame))
@@ -501,14 +506,7 @@ class SuiNodeStandIn:
             if self._server is None:
                 # gone away (go_away): as a proxy in front of a node that is down answers
                 raise Refusal(Status.UNAVAILABLE, "the node is not serving")
-            self.calls[name] += 1
-            if self._stalled is not None:
-                await self._stalled.wait()
-            if self._consume_knob(self._refuse_next, name) or self._over_rate():
-                raise Refusal(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
-            if name != "ExecuteTransaction" and self.read_latency > 0:
-                await asyncio.sleep(self.read_latency)
-            garble = self._consume_knob(self._garble_next, name)
+            garble = await self._admit(name)
             answer = await self._answer(name, data, peer)
             return GARBAGE if garble else bytes(answer)
 

@@ -251,22 +251,15 @@ def _proto_tx(tx: ParsedTx, given: sui_prot.Transaction | None) -> sui_prot.Tran
     for item in tx.inputs:
         if isinstance(item, bytes):
             inputs.append(sui_prot.Input(kind=_KIND.PURE, pure=item))
-        elif item.kind == "shared":
-            inputs.append(
-                sui_prot.Input(
-                    kind=_KIND.SHARED,
-                    object_id=item.object_id,
-                    version=item.version,
-                    mutable=item.mutable,
-                )
-            )
         else:
+            shared = item.kind == "shared"  # (a shared object has no digest, only mutable)
             inputs.append(
                 sui_prot.Input(
-                    kind=_KIND.IMMUTABLE_OR_OWNED,
+                    kind=_KIND.SHARED if shared else _KIND.IMMUTABLE_OR_OWNED,
                     object_id=item.object_id,
                     version=item.version,
-                    digest=item.digest,
+                    mutable=item.mutable if shared else None,
+                    digest=None if shared else item.digest,
                 )
             )
     commands = (
