@@ -61,8 +61,42 @@ _DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
 _PLAIN_DECODER: Final = json.JSONDecoder()
 
 
+def _one_shot_encoder() -> Callable[[Any, int], Any] | None:
+    """_ENCODER's C encoder, made once: ``encode`` makes one for every call (and checks
+    and joins around it), some five calls of each of the objects and events every
+    transaction writes. Made without the markers that catch a cycle, which no object's
+    data has (it is parsed JSON or dicts a rule builds), so one serves every thread.
+    None where the C encoder is missing or takes other arguments."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder: Callable[[Any, int], Any] = make(
+            None,
+            _bytes_to_json,
+            json.encoder.encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            True,
+        )
+        sample = {"b": [1, b"\x00", None, True], "a": {"z": "\u00e9", "y": -5}}
+        if "".join(encoder(sample, 0)) != _ENCODER.encode(sample):
+            return None
+    except Exception:  # any failure: the encoder of every other case
+        return None
+    return encoder
+
+
+_ONE_SHOT: Final = _one_shot_encoder()
+
+
 def to_json(value: Any) -> str:
     """Canonical JSON of object data; bytes become ``{"$b": hex}``."""
+    if _ONE_SHOT is not None:
+        return "".join(_ONE_SHOT(value, 0))
     return _ENCODER.encode(value)
 
 
