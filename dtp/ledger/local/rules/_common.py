@@ -59,6 +59,10 @@ _DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
 # Without the hook the C decoder calls no Python per object: for data holding no bytes
 # (no "$b" key can be in a text without that substring, as to_json writes it)
 _PLAIN_DECODER: Final = json.JSONDecoder()
+# their scanners, which decode calls (from_json calls them directly)
+_Scan = Callable[[str, int], tuple[Any, int]]
+_SCAN: Final[_Scan] = _DECODER.scan_once  # type: ignore[attr-defined]
+_PLAIN_SCAN: Final[_Scan] = _PLAIN_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _one_shot_encoder() -> Callable[[Any, int], Any] | None:
@@ -122,9 +126,19 @@ def wrong_shape(what: str, exc: BaseException) -> DamagedData:
 def from_json(text: str) -> Any:
     """Inverse of :func:`to_json`; :class:`DamagedData` for a text it cannot have written."""
     try:
-        if '"$b"' not in text:
-            return _PLAIN_DECODER.decode(text)
-        return _DECODER.decode(text)
+        plain = '"$b"' not in text
+        decoder, scan = (_PLAIN_DECODER, _PLAIN_SCAN) if plain else (_DECODER, _SCAN)
+        # The scanner alone for a text as to_json writes it (one value, nothing around
+        # it): decode's whitespace matches and raw_decode around it are some seven calls
+        # of every object a transaction reads. Any other text goes through decode, which
+        # gives the same value or raises its own error.
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decoder.decode(text)
+        if end != len(text):
+            return decoder.decode(text)
+        return value
     except (ValueError, TypeError, AttributeError) as exc:
         # not JSON, a "$b" that is not hex, or not text at all (a row rewritten as a blob)
         raise DamagedData(f"stored data does not parse ({exc})") from None
