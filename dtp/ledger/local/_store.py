@@ -130,6 +130,8 @@ def _clock(value: int, what: str) -> int:
 # below the decoder's limits: 64 arguments, 1 MiB a field)
 _DIRECT_TX_MAX: Final = 4096
 _DIRECT_ARGS_MAX: Final = 16
+#: The exact types of the arguments that are not vectors (as _signed checks them).
+_PLAIN_ARGS: Final = frozenset({Address, int, bytes})
 
 # The payment models' rules (docs/escrow.md §13-16), the registry's (§21) and the
 # deletions of what is over (§7, §12, §15) joined the call table as they loaded (rule);
@@ -894,7 +896,10 @@ class LocalStore(TypedReads):
         if call.result == "ConnectionOpened":
             return self._opened(result)
         if call.result == "ConnectionSettled":
-            receipt = any(isinstance(a, Receipt) for a in call.args)
+            # (a Receipt by its exact type first: a settlement's is, and this is on its path)
+            receipt = Receipt in map(type, call.args) or any(
+                isinstance(a, Receipt) for a in call.args
+            )
             return self._settlement(result, int(result.value) if receipt else 0)
         if result.value is None and call.result:
             # a function that returns nothing: its result is its event's, as on Sui
@@ -908,7 +913,8 @@ class LocalStore(TypedReads):
         Receipt as their fields (the values Sui's ``host::new_sla`` and claim take)."""
         args: list[TxValue] = []
         for a in call.args:
-            if isinstance(a, Id):
+            # (the common argument by its exact type first: no isinstance call)
+            if type(a) is Id or isinstance(a, Id):
                 args.append(self._id(a.value))
             elif isinstance(a, Sla):
                 args += (a.price_per_kib, a.price_per_request, a.min_deposit)
@@ -934,7 +940,8 @@ class LocalStore(TypedReads):
         tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
         tx_bytes = encode_tx(tx)
         direct = len(tx_bytes) <= _DIRECT_TX_MAX and len(args) <= _DIRECT_ARGS_MAX
-        if direct:
+        # (no vector when every argument is of a plain type: one call for them all)
+        if direct and not _PLAIN_ARGS.issuperset(map(type, args)):
             for arg in args:  # (a loop, not any() over a generator: a call an argument)
                 if isinstance(arg, list):
                     direct = False
