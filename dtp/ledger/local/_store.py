@@ -598,15 +598,20 @@ class LocalStore(TypedReads):
         if meta["clock_frozen"] == "1":
             return rules.stored_int(meta["clock_ms"])
         offset = meta["clock_offset"]
-        now = max(_wall_ms() + rules.stored_int(offset), rules.stored_int(meta["clock_floor"]))
+        # (max and min written out: this runs on every transaction)
+        now = _wall_ms() + rules.stored_int(offset)
+        floor = rules.stored_int(meta["clock_floor"])
+        if floor > now:
+            now = floor
         served_offset, served = self._clock_served
         # a new offset is a clock set on purpose (unfreeze_clock, advance_clock), which
         # saved its own floor: what was served before it no longer holds the clock
-        if served_offset == offset:
-            now = max(now, served)
+        if served_offset == offset and served > now:
+            now = served
         # a clock set or advanced close to the end runs into it in wall mode: it stops
         # there rather than pass what the event log can store
-        now = min(now, CLOCK_MAX_MS)
+        if now > CLOCK_MAX_MS:
+            now = CLOCK_MAX_MS
         self._clock_served = (offset, now)
         return now
 
@@ -843,7 +848,7 @@ class LocalStore(TypedReads):
             )
         if balances:
             db.executemany(_UPSERT_BALANCE, balances)
-        events = []
+        events: list[Event] = []
         if x.events:
             # one INSERT of all rows: they get consecutive sequence numbers, the last one
             # reported as lastrowid
@@ -852,10 +857,11 @@ class LocalStore(TypedReads):
                 "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
                 event_values,
             )
-            seq = int(cursor.lastrowid or 0) - len(x.events)
-            for type_, fields in x.events:
-                seq += 1
-                events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
+            first = int(cursor.lastrowid or 0) - len(x.events) + 1
+            events = [
+                Event(str(seq), type_, fields, tx.sender, digest_text, now)
+                for seq, (type_, fields) in enumerate(x.events, first)
+            ]
         touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
         return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
 

@@ -147,10 +147,18 @@ def from_json(text: str) -> Any:
 def stored_int(value: Any) -> int:
     """A number as stored (a balance or a meta value: decimal text, as the ledger
     writes it, or an INTEGER); :class:`DamagedData` for anything else."""
-    number = parse_stored_int(value)
-    if number is None:
+    if type(value) is str:  # (parse_stored_int's first step, without its call)
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+        else:
+            if -(10**20) < number < 10**20 and str(number) == value:
+                return number
+    parsed = parse_stored_int(value)
+    if parsed is None:
         raise DamagedData(f"a stored number is not an integer ({value!r:.60})")
-    return number
+    return parsed
 
 
 def parse_stored_int(value: Any) -> int | None:
@@ -158,6 +166,14 @@ def parse_stored_int(value: Any) -> int | None:
     if type(value) is int:
         return value
     if type(value) is str:
+        # The text the ledger writes, str() of the number, in one step (no call): it is
+        # read on every transaction (the clock's meta values, the balances it moves)
+        try:
+            number = int(value)
+        except ValueError:
+            return None  # (no text the checks below take fails int())
+        if -(10**20) < number < 10**20 and str(number) == value:
+            return number
         # int() alone would also take " 5", "5_0", "+5" and non-ASCII digits, none of
         # which the ledger writes (a clock offset is the one negative value it keeps),
         # and a float's fraction would be cut
