@@ -1084,8 +1084,9 @@ def _first_event(result: TxResult, name: str) -> Event:
     """The first of ``result``'s events named ``name`` (:attr:`Event.name`, the type's
     last part), read without the property: one settles or opens every paid connection."""
     suffix = "::" + name
+    cut = -len(suffix)  # (a slice compared, not endswith: no call an event)
     for event in result.events:
         kind = event.type
-        if kind.endswith(suffix) or kind == name:
+        if kind[cut:] == suffix or kind == name:
             return event
     raise StopIteration  # (as next() over none did)

@@ -107,7 +107,8 @@ def encode_tx(tx: Tx) -> bytes:
     out += tx.nonce.to_bytes(8, "little")
     for name in (tx.module, tx.function):
         raw = name.encode()
-        out += (_SHORT[len(raw)] if len(raw) < 0x80 else uleb128(len(raw))) + raw
+        size = len(raw)
+        out += (_SHORT[size] if size < 0x80 else uleb128(size)) + raw
     count = len(tx.args)
     out += _SHORT[count] if count < 0x80 else uleb128(count)
     # The common values inline, by their exact type (every transaction a LocalLedger
@@ -120,8 +121,8 @@ def encode_tx(tx: Tx) -> bytes:
             out += _ADDRESS_TAG + bytes.fromhex(arg[2:])
         elif kind is int:
             out += _U64_TAG + arg.to_bytes(8, "little")
-        elif kind is bytes and len(arg) < 0x80:
-            out += _BYTES_SHORT[len(arg)] + arg
+        elif kind is bytes and (size := len(arg)) < 0x80:
+            out += _BYTES_SHORT[size] + arg
         else:
             _encode_value(arg, out)
     return bytes(out)
