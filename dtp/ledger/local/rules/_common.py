@@ -276,7 +276,11 @@ class Exec:
     def check_version(self, object_id: str, struct: str) -> None:
         """``check_version`` of a loaded object: ``version::EWrongVersion`` unless it
         records the version of the code that runs."""
-        version = stored_version(self.load(object_id, struct))
+        self.check_loaded_version(self.load(object_id, struct), object_id, struct)
+
+    def check_loaded_version(self, data: dict[str, Any], object_id: str, struct: str) -> None:
+        """:meth:`check_version` of ``data``, which :meth:`load` gave for ``object_id``."""
+        version = stored_version(data)
         if version != self.code_version:
             raise move_error(
                 "version",
