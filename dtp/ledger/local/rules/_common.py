@@ -47,7 +47,8 @@ def _bytes_to_json(obj: Any) -> Any:
 
 
 def _bytes_from_json(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "$b" in obj:
+    # (the key first: no len call for the other objects of a text that holds bytes)
+    if "$b" in obj and len(obj) == 1:
         return bytes.fromhex(obj["$b"])
     return obj
 
