@@ -83,6 +83,13 @@ _UPSERT_BALANCE: Final = (
     "INSERT INTO balances VALUES (?, ?) ON CONFLICT(address) DO UPDATE SET amount = excluded.amount"
 )
 
+#: The meta values (as _metas reads them) and a row (0, 0) if the transaction
+#: (sender, nonce) executed already.
+_META_AND_REPLAY: Final = (
+    "SELECT key, value FROM meta "
+    "UNION ALL SELECT 0, 0 FROM transactions WHERE sender = ? AND nonce = ?"
+)
+
 _META_DEFAULTS: Final = {
     "epoch": "0",
     "minted": "0",
@@ -780,14 +787,14 @@ class LocalStore(TypedReads):
         db = self._db
         digest_text = base58(digest)
         # (sender, nonce) executes once: a replay fails here, before the rule runs; the
-        # row itself is written with the effects (the primary key guards it too)
-        if db.execute(
-            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?",
-            (tx.sender, str(tx.nonce)),
-        ).fetchone():
+        # row itself is written with the effects (the primary key guards it too). Read
+        # with the meta values, in one statement: a row of an executed transaction is
+        # the key 0, which no meta row can have (a number stored in the TEXT key column
+        # becomes text).
+        meta = {**_META_DEFAULTS, **dict(db.execute(_META_AND_REPLAY, (tx.sender, str(tx.nonce))))}
+        if 0 in meta:
             raise _replayed(tx)
         store = SqlStore(db)
-        meta = self._metas()
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
         x = rules.Exec(
