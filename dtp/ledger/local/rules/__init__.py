@@ -240,9 +240,18 @@ def call(x: Exec, module: str, function: str, args: list[Any] | tuple[Any, ...])
 
 
 def entry(module: str, function: str) -> Handler:
-    """:func:`call` of ``module::function`` as a handler (``handler(x, *args)``)."""
+    """:func:`call` of ``module::function`` as a handler (``handler(x, *args)``), made
+    once for each entry function of :data:`FUNCTIONS` (every transaction takes one)."""
+    known = _ENTRIES.get((module, function))
+    if known is not None:
+        return known
 
     def run(x: Exec, *args: Any) -> Any:
-        return call(x, module, function, args)
+        return _call(x, FUNCTIONS, module, function, args)  # (call, without its frame)
 
+    if (module, function) in FUNCTIONS:
+        _ENTRIES[module, function] = run
     return run
+
+
+_ENTRIES: Final[dict[tuple[str, str], Handler]] = {}
