@@ -35,6 +35,8 @@ U64_MAX: Final = 2**64 - 1
 def u64(value: int, what: str) -> int:
     """``value`` as the u64 argument it stands for: a bool, a float or a negative number
     would make a call no Move transaction can."""
+    if type(value) is int and 0 <= value <= U64_MAX:  # (the common case, no call)
+        return value
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
         raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
     return value

@@ -71,6 +71,8 @@ def as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
     every byte; wrap another buffer, an ``array``, in a memoryview), text as UTF-8.
     Anything else is :class:`InvalidArgument`: ``bytes(n)`` would turn an int into
     ``n`` zero bytes, signed and sent."""
+    if type(value) is bytes:  # (the common case, no call: bytes() would return it)
+        return value
     if isinstance(value, str):
         try:
             return value.encode()

@@ -71,6 +71,8 @@ def object_id_bytes(object_id: str) -> bytes:
 
 
 def _check_u64(name: str, value: int) -> None:
+    if type(value) is int and 0 <= value <= U64_MAX:  # (the common case, no call)
+        return
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
         raise ValueError(f"{name} must be an integer in 0..2**64-1, got {value!r}")
 
@@ -78,6 +80,8 @@ def _check_u64(name: str, value: int) -> None:
 def _check_nonce(value: int) -> None:
     # nonces start at 1: an escrow's latest_nonce is 0 before any claim and a claim
     # needs a nonce above it, so a receipt with nonce 0 could never be claimed
+    if type(value) is int and 1 <= value <= U64_MAX:  # (the common case, no call)
+        return
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= U64_MAX:
         raise ValueError(
             f"nonce must be an integer in 1..2**64-1 (0 is never claimable), got {value!r}"

@@ -83,6 +83,13 @@ _UPSERT_BALANCE: Final = (
     "INSERT INTO balances VALUES (?, ?) ON CONFLICT(address) DO UPDATE SET amount = excluded.amount"
 )
 
+#: The meta values (as _metas reads them) and a row (0, 0) if the transaction
+#: (sender, nonce) executed already.
+_META_AND_REPLAY: Final = (
+    "SELECT key, value FROM meta "
+    "UNION ALL SELECT 0, 0 FROM transactions WHERE sender = ? AND nonce = ?"
+)
+
 _META_DEFAULTS: Final = {
     "epoch": "0",
     "minted": "0",
@@ -130,6 +137,8 @@ def _clock(value: int, what: str) -> int:
 # below the decoder's limits: 64 arguments, 1 MiB a field)
 _DIRECT_TX_MAX: Final = 4096
 _DIRECT_ARGS_MAX: Final = 16
+#: The exact types of the arguments that are not vectors (as _signed checks them).
+_PLAIN_ARGS: Final = frozenset({Address, int, bytes})
 
 # The payment models' rules (docs/escrow.md §13-16), the registry's (§21) and the
 # deletions of what is over (§7, §12, §15) joined the call table as they loaded (rule);
@@ -596,15 +605,20 @@ class LocalStore(TypedReads):
         if meta["clock_frozen"] == "1":
             return rules.stored_int(meta["clock_ms"])
         offset = meta["clock_offset"]
-        now = max(_wall_ms() + rules.stored_int(offset), rules.stored_int(meta["clock_floor"]))
+        # (max and min written out: this runs on every transaction)
+        now = _wall_ms() + rules.stored_int(offset)
+        floor = rules.stored_int(meta["clock_floor"])
+        if floor > now:
+            now = floor
         served_offset, served = self._clock_served
         # a new offset is a clock set on purpose (unfreeze_clock, advance_clock), which
         # saved its own floor: what was served before it no longer holds the clock
-        if served_offset == offset:
-            now = max(now, served)
+        if served_offset == offset and served > now:
+            now = served
         # a clock set or advanced close to the end runs into it in wall mode: it stops
         # there rather than pass what the event log can store
-        now = min(now, CLOCK_MAX_MS)
+        if now > CLOCK_MAX_MS:
+            now = CLOCK_MAX_MS
         self._clock_served = (offset, now)
         return now
 
@@ -773,14 +787,14 @@ class LocalStore(TypedReads):
         db = self._db
         digest_text = base58(digest)
         # (sender, nonce) executes once: a replay fails here, before the rule runs; the
-        # row itself is written with the effects (the primary key guards it too)
-        if db.execute(
-            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?",
-            (tx.sender, str(tx.nonce)),
-        ).fetchone():
+        # row itself is written with the effects (the primary key guards it too). Read
+        # with the meta values, in one statement: a row of an executed transaction is
+        # the key 0, which no meta row can have (a number stored in the TEXT key column
+        # becomes text).
+        meta = {**_META_DEFAULTS, **dict(db.execute(_META_AND_REPLAY, (tx.sender, str(tx.nonce))))}
+        if 0 in meta:
             raise _replayed(tx)
         store = SqlStore(db)
-        meta = self._metas()
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
         x = rules.Exec(
@@ -841,7 +855,7 @@ class LocalStore(TypedReads):
             )
         if balances:
             db.executemany(_UPSERT_BALANCE, balances)
-        events = []
+        events: list[Event] = []
         if x.events:
             # one INSERT of all rows: they get consecutive sequence numbers, the last one
             # reported as lastrowid
@@ -850,10 +864,11 @@ class LocalStore(TypedReads):
                 "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
                 event_values,
             )
-            seq = int(cursor.lastrowid or 0) - len(x.events)
-            for type_, fields in x.events:
-                seq += 1
-                events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
+            first = int(cursor.lastrowid or 0) - len(x.events) + 1
+            events = [
+                Event(str(seq), type_, fields, tx.sender, digest_text, now)
+                for seq, (type_, fields) in enumerate(x.events, first)
+            ]
         touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
         return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
 
@@ -894,7 +909,10 @@ class LocalStore(TypedReads):
         if call.result == "ConnectionOpened":
             return self._opened(result)
         if call.result == "ConnectionSettled":
-            receipt = any(isinstance(a, Receipt) for a in call.args)
+            # (a Receipt by its exact type first: a settlement's is, and this is on its path)
+            receipt = Receipt in map(type, call.args) or any(
+                isinstance(a, Receipt) for a in call.args
+            )
             return self._settlement(result, int(result.value) if receipt else 0)
         if result.value is None and call.result:
             # a function that returns nothing: its result is its event's, as on Sui
@@ -908,7 +926,8 @@ class LocalStore(TypedReads):
         Receipt as their fields (the values Sui's ``host::new_sla`` and claim take)."""
         args: list[TxValue] = []
         for a in call.args:
-            if isinstance(a, Id):
+            # (the common argument by its exact type first: no isinstance call)
+            if type(a) is Id or isinstance(a, Id):
                 args.append(self._id(a.value))
             elif isinstance(a, Sla):
                 args += (a.price_per_kib, a.price_per_request, a.min_deposit)
@@ -934,7 +953,8 @@ class LocalStore(TypedReads):
         tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
         tx_bytes = encode_tx(tx)
         direct = len(tx_bytes) <= _DIRECT_TX_MAX and len(args) <= _DIRECT_ARGS_MAX
-        if direct:
+        # (no vector when every argument is of a plain type: one call for them all)
+        if direct and not _PLAIN_ARGS.issuperset(map(type, args)):
             for arg in args:  # (a loop, not any() over a generator: a call an argument)
                 if isinstance(arg, list):
                     direct = False
@@ -1071,8 +1091,9 @@ def _first_event(result: TxResult, name: str) -> Event:
     """The first of ``result``'s events named ``name`` (:attr:`Event.name`, the type's
     last part), read without the property: one settles or opens every paid connection."""
     suffix = "::" + name
+    cut = -len(suffix)  # (a slice compared, not endswith: no call an event)
     for event in result.events:
         kind = event.type
-        if kind.endswith(suffix) or kind == name:
+        if kind[cut:] == suffix or kind == name:
             return event
     raise StopIteration  # (as next() over none did)

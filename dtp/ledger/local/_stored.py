@@ -122,12 +122,16 @@ class SqlStore:
         """The balances of ``addresses`` that are not zero (one statement for those not
         read by :meth:`balance` already, none when all were)."""
         known = self._balances
-        held = {a: known[a] for a in addresses if known.get(a)}
-        rest = [a for a in addresses if a not in known]
+        if known:
+            held = {a: known[a] for a in addresses if known.get(a)}
+            rest = [a for a in addresses if a not in known]
+        else:  # (none read yet, as in a settlement: no comprehension needed)
+            held, rest = {}, list(addresses)
         if rest:
             marks = ",".join("?" * len(rest))
             rows = self.db.execute(
                 f"SELECT address, amount FROM balances WHERE address IN ({marks})", rest
             )
-            held.update((address, _balance(address, amount)) for address, amount in rows)
+            for address, amount in rows:
+                held[address] = _balance(address, amount)
         return held

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from dtp.errors import InvalidTransaction
 from dtp.identity._bcs import uleb128
@@ -91,17 +91,40 @@ def _encode_value(value: TxValue, out: bytearray) -> None:
         raise TypeError(f"cannot encode {type(value).__name__} in a transaction")
 
 
+#: The encoding's fixed head, and the one-byte length prefixes (uleb128 of 0-127 is the
+#: number itself): a transaction's lengths are nearly all that short.
+_HEAD: Final = uleb128(len(TX_TAG)) + TX_TAG
+_SHORT: Final = [bytes([n]) for n in range(0x80)]
+_BYTES_SHORT: Final = [bytes([_T_BYTES, n]) for n in range(0x80)]
+_ADDRESS_TAG: Final = bytes([_T_ADDRESS])
+_U64_TAG: Final = bytes([_T_U64])
+
+
 def encode_tx(tx: Tx) -> bytes:
     """The canonical bytes of ``tx`` (see the module docs)."""
-    out = bytearray(uleb128(len(TX_TAG)) + TX_TAG)
+    out = bytearray(_HEAD)
     out += bytes.fromhex(tx.sender[2:])
     out += tx.nonce.to_bytes(8, "little")
     for name in (tx.module, tx.function):
         raw = name.encode()
-        out += uleb128(len(raw)) + raw
-    out += uleb128(len(tx.args))
-    for arg in tx.args:
-        _encode_value(arg, out)
+        size = len(raw)
+        out += (_SHORT[size] if size < 0x80 else uleb128(size)) + raw
+    count = len(tx.args)
+    out += _SHORT[count] if count < 0x80 else uleb128(count)
+    # The common values inline, by their exact type (every transaction a LocalLedger
+    # builds is encoded here, on the path of a paid connection's open and settlement);
+    # anything else, a subclass included, as _encode_value has it.
+    args: tuple[Any, ...] = tx.args  # (each narrowed by its exact type below)
+    for arg in args:
+        kind = type(arg)
+        if kind is Address:
+            out += _ADDRESS_TAG + bytes.fromhex(arg[2:])
+        elif kind is int:
+            out += _U64_TAG + arg.to_bytes(8, "little")
+        elif kind is bytes and (size := len(arg)) < 0x80:
+            out += _BYTES_SHORT[size] + arg
+        else:
+            _encode_value(arg, out)
     return bytes(out)
 
 
@@ -185,17 +208,20 @@ def derive_object_id(digest: bytes, index: int) -> str:
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
-_B58_PAIRS: Final = [a + b for a in _B58 for b in _B58]  # two digits per division
+_B58_PAIRS: Final = [a + b for a in _B58 for b in _B58]  # two digits per entry
+_B58_QUAD: Final = 58**4
 
 
 def base58(data: bytes) -> str:
     """Bitcoin-alphabet base58, as Sui displays digests."""
     n = int.from_bytes(data, "big")
     pairs = _B58_PAIRS
-    out = []
+    text = ""
+    # four digits a step, by operators rather than divmod and a list: a digest's 44
+    # digits are 11 steps and no call (this runs on every LocalLedger transaction)
     while n:
-        n, rem = divmod(n, 58 * 58)
-        out.append(pairs[rem])
-    text = "".join(reversed(out)).lstrip("1")  # the top pair's leading zero digit
+        n, rem = n // _B58_QUAD, n % _B58_QUAD
+        text = pairs[rem // 3364] + pairs[rem % 3364] + text
+    text = text.lstrip("1")  # the top step's leading zero digits
     zeros = len(data) - len(data.lstrip(b"\0"))
     return "1" * zeros + text

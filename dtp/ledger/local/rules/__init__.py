@@ -159,6 +159,23 @@ __all__ = [
 _LIMITS: Final = {"u8": 0xFF, "u16": 0xFFFF, "u64": U64_MAX, "coin": U64_MAX}
 
 
+#: Each schema's arguments as :func:`check_args` first checks them: the exact type an
+#: argument of that kind has and its bound (a u64's largest value, a String's most bytes),
+#: made once per entry function. An argument of exactly that type within the bound is
+#: one the checks below accept as it is (an Address as its text); None for a vector.
+_CHECKS: Final[dict[tuple[str, ...], tuple[tuple[Any, int | None], ...]]] = {}
+
+
+def _check_of(kind: str) -> tuple[Any, int | None]:
+    if kind in _LIMITS:
+        return int, _LIMITS[kind]
+    if kind in ("bytes", "utf8"):
+        return bytes, MAX_PURE_BYTES if kind == "utf8" else None
+    if kind == "vec_bytes":
+        return None, None
+    return Address, None
+
+
 def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[Any]:
     """Type-check decoded arguments against the function's schema (as Sui's
     transaction input checks would); returns them converted for the handler."""
@@ -170,6 +187,18 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
         raise InvalidArgument(
             f"{module}::{function} takes {len(schema)} arguments, the transaction has {len(args)}."
         )
+    checks = _CHECKS.get(schema)
+    if checks is None:
+        checks = _CHECKS[schema] = tuple(_check_of(kind) for kind in schema)
+    values: tuple[Any, ...] = args  # (each narrowed by its exact type)
+    for (expected, limit), arg in zip(checks, values, strict=True):
+        if type(arg) is not expected:
+            break
+        if limit is not None and (arg if expected is int else len(arg)) > limit:
+            break
+    else:
+        return [str(arg) if type(arg) is Address else arg for arg in values]
+    # an argument of another type, or one past its bound: checked one by one below
     out: list[Any] = []
     for position, (kind, value) in enumerate(zip(schema, args, strict=True)):
         where = f"argument {position} of {module}::{function}"
@@ -211,9 +240,18 @@ def call(x: Exec, module: str, function: str, args: list[Any] | tuple[Any, ...])
 
 
 def entry(module: str, function: str) -> Handler:
-    """:func:`call` of ``module::function`` as a handler (``handler(x, *args)``)."""
+    """:func:`call` of ``module::function`` as a handler (``handler(x, *args)``), made
+    once for each entry function of :data:`FUNCTIONS` (every transaction takes one)."""
+    known = _ENTRIES.get((module, function))
+    if known is not None:
+        return known
 
     def run(x: Exec, *args: Any) -> Any:
-        return call(x, module, function, args)
+        return _call(x, FUNCTIONS, module, function, args)  # (call, without its frame)
 
+    if (module, function) in FUNCTIONS:
+        _ENTRIES[module, function] = run
     return run
+
+
+_ENTRIES: Final[dict[tuple[str, str], Handler]] = {}

@@ -47,7 +47,8 @@ def _bytes_to_json(obj: Any) -> Any:
 
 
 def _bytes_from_json(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "$b" in obj:
+    # (the key first: no len call for the other objects of a text that holds bytes)
+    if "$b" in obj and len(obj) == 1:
         return bytes.fromhex(obj["$b"])
     return obj
 
@@ -59,10 +60,48 @@ _DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
 # Without the hook the C decoder calls no Python per object: for data holding no bytes
 # (no "$b" key can be in a text without that substring, as to_json writes it)
 _PLAIN_DECODER: Final = json.JSONDecoder()
+# their scanners, which decode calls (from_json calls them directly)
+_Scan = Callable[[str, int], tuple[Any, int]]
+_SCAN: Final[_Scan] = _DECODER.scan_once  # type: ignore[attr-defined]
+_PLAIN_SCAN: Final[_Scan] = _PLAIN_DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _one_shot_encoder() -> Callable[[Any, int], Any] | None:
+    """_ENCODER's C encoder, made once: ``encode`` makes one for every call (and checks
+    and joins around it), some five calls of each of the objects and events every
+    transaction writes. Made without the markers that catch a cycle, which no object's
+    data has (it is parsed JSON or dicts a rule builds), so one serves every thread.
+    None where the C encoder is missing or takes other arguments."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder: Callable[[Any, int], Any] = make(
+            None,
+            _bytes_to_json,
+            json.encoder.encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            True,
+        )
+        sample = {"b": [1, b"\x00", None, True], "a": {"z": "\u00e9", "y": -5}}
+        if "".join(encoder(sample, 0)) != _ENCODER.encode(sample):
+            return None
+    except Exception:  # any failure: the encoder of every other case
+        return None
+    return encoder
+
+
+_ONE_SHOT: Final = _one_shot_encoder()
 
 
 def to_json(value: Any) -> str:
     """Canonical JSON of object data; bytes become ``{"$b": hex}``."""
+    if _ONE_SHOT is not None:
+        return "".join(_ONE_SHOT(value, 0))
     return _ENCODER.encode(value)
 
 
@@ -88,9 +127,19 @@ def wrong_shape(what: str, exc: BaseException) -> DamagedData:
 def from_json(text: str) -> Any:
     """Inverse of :func:`to_json`; :class:`DamagedData` for a text it cannot have written."""
     try:
-        if '"$b"' not in text:
-            return _PLAIN_DECODER.decode(text)
-        return _DECODER.decode(text)
+        plain = '"$b"' not in text
+        decoder, scan = (_PLAIN_DECODER, _PLAIN_SCAN) if plain else (_DECODER, _SCAN)
+        # The scanner alone for a text as to_json writes it (one value, nothing around
+        # it): decode's whitespace matches and raw_decode around it are some seven calls
+        # of every object a transaction reads. Any other text goes through decode, which
+        # gives the same value or raises its own error.
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decoder.decode(text)
+        if end != len(text):
+            return decoder.decode(text)
+        return value
     except (ValueError, TypeError, AttributeError) as exc:
         # not JSON, a "$b" that is not hex, or not text at all (a row rewritten as a blob)
         raise DamagedData(f"stored data does not parse ({exc})") from None
@@ -99,10 +148,18 @@ def from_json(text: str) -> Any:
 def stored_int(value: Any) -> int:
     """A number as stored (a balance or a meta value: decimal text, as the ledger
     writes it, or an INTEGER); :class:`DamagedData` for anything else."""
-    number = parse_stored_int(value)
-    if number is None:
+    if type(value) is str:  # (parse_stored_int's first step, without its call)
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+        else:
+            if -(10**20) < number < 10**20 and str(number) == value:
+                return number
+    parsed = parse_stored_int(value)
+    if parsed is None:
         raise DamagedData(f"a stored number is not an integer ({value!r:.60})")
-    return number
+    return parsed
 
 
 def parse_stored_int(value: Any) -> int | None:
@@ -110,6 +167,14 @@ def parse_stored_int(value: Any) -> int | None:
     if type(value) is int:
         return value
     if type(value) is str:
+        # The text the ledger writes, str() of the number, in one step (no call): it is
+        # read on every transaction (the clock's meta values, the balances it moves)
+        try:
+            number = int(value)
+        except ValueError:
+            return None  # (no text the checks below take fails int())
+        if -(10**20) < number < 10**20 and str(number) == value:
+            return number
         # int() alone would also take " 5", "5_0", "+5" and non-ASCII digits, none of
         # which the ledger writes (a clock offset is the one negative value it keeps),
         # and a float's fraction would be cut
@@ -212,7 +277,11 @@ class Exec:
     def check_version(self, object_id: str, struct: str) -> None:
         """``check_version`` of a loaded object: ``version::EWrongVersion`` unless it
         records the version of the code that runs."""
-        version = stored_version(self.load(object_id, struct))
+        self.check_loaded_version(self.load(object_id, struct), object_id, struct)
+
+    def check_loaded_version(self, data: dict[str, Any], object_id: str, struct: str) -> None:
+        """:meth:`check_version` of ``data``, which :meth:`load` gave for ``object_id``."""
+        version = stored_version(data)
         if version != self.code_version:
             raise move_error(
                 "version",

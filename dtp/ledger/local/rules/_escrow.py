@@ -156,6 +156,22 @@ def escrow_claim(
     """``escrow::claim``: the cap is not involved (the deposit was reserved on it); the
     escrow notes the claim's epoch for its next report to the cap."""
     escrow = x.load(escrow_id, "Escrow")
+    return claim_loaded(
+        x, escrow, escrow_id, total_bytes, total_requests, total_amount, nonce, signature
+    )
+
+
+def claim_loaded(
+    x: Exec,
+    escrow: dict[str, Any],
+    escrow_id: str,
+    total_bytes: int,
+    total_requests: int,
+    total_amount: int,
+    nonce: int,
+    signature: bytes,
+) -> int:
+    """:func:`escrow_claim` of the escrow ``escrow_id`` loaded already as ``escrow``."""
     if x.sender != escrow["server"]:
         raise move_error(
             "escrow", "ENotServer", f"{x.sender} is not the server of escrow {escrow_id}"

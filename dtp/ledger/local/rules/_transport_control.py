@@ -10,7 +10,7 @@ from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.ledger.local.rules._common import OBJECT_TYPES, SHARED, Exec, Obj, rule
 from dtp.ledger.local.rules._escrow import (
     assert_spending_cap,
-    escrow_claim,
+    claim_loaded,
     refund_remainder,
     reserve,
 )
@@ -250,6 +250,17 @@ def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
     cap = x.load(cap_id, "SpendingCap")
     assert_participant(x, tc, tc_id)
     _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
+    return _settle_checked(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
+
+
+def _settle_checked(
+    x: Exec,
+    tc: dict[str, Any],
+    tc_id: str,
+    escrow: tuple[dict[str, Any], str],
+    cap: tuple[dict[str, Any], str],
+) -> int:
+    """:func:`tc_settle` after its checks of the participant and the escrow and cap."""
     is_server = x.sender == tc["server"]
     state = tc["state"]
     if state["kind"] == "Open":
@@ -264,7 +275,7 @@ def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
         _close_fully(x, tc, tc_id, state["at_ms"])
     elif not is_server:
         _assert_timeout_passed(x, tc, tc_id, state["half_closed_at_ms"])
-    return _settle(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
+    return _settle(x, tc, tc_id, escrow, cap)
 
 
 def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_id: str) -> int:
@@ -288,8 +299,12 @@ def tc_settle_with_receipt(x: Exec, tc_id: str, escrow_id: str, cap_id: str, *re
     the settlement."""
     tc = x.load(tc_id, "TransportControl")
     escrow = x.load(escrow_id, "Escrow")
-    x.load(cap_id, "SpendingCap")
+    cap = x.load(cap_id, "SpendingCap")
     _assert_settleable(tc, tc_id, escrow, escrow_id, cap_id)
-    paid = escrow_claim(x, escrow_id, *receipt)
-    tc_settle(x, tc_id, escrow_id, cap_id)
+    paid = claim_loaded(x, escrow, escrow_id, *receipt)
+    # tc_settle on the objects loaded: its loads and _assert_settleable would repeat
+    # those above, which the claim cannot have changed (it writes the escrow's counts
+    # and funds, not its cap, nor the connection)
+    assert_participant(x, tc, tc_id)
+    _settle_checked(x, tc, tc_id, (escrow, escrow_id), (cap, cap_id))
     return paid

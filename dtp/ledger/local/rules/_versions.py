@@ -36,15 +36,16 @@ def call(
     structs = [
         (kind[4:], value) for kind, value in zip(schema, args, strict=True) if kind[:4] == "obj:"
     ]
-    for struct, value in structs:
-        x.load(value, struct)
+    loaded = [x.load(value, struct) for struct, value in structs]
     for kind, value in zip(schema, args, strict=True):
         if kind == "coin":
             x.check_coin(value)
     if (module, function) not in _MIGRATIONS:
-        for struct, value in structs:
+        # (the data loaded above: a coin's split reads no object, so a second load of
+        # each would find the same)
+        for (struct, value), data in zip(structs, loaded, strict=True):
             if struct in VERSIONED:
-                x.check_version(value, struct)
+                x.check_loaded_version(data, value, struct)
     return handler(x, *args)
 
 
