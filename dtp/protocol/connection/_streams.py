@@ -359,7 +359,9 @@ class _Streams(_ConnectionState):
                 handler(stream_id, chunk, done)
             else:
                 self._deliver(StreamDataReceived(stream_id, chunk, done))
-            if done:
+            if done and stream.send_state is not SendState.OPEN:
+                # (a sending half still open keeps the stream, as forget_if_done would
+                # find: a request's stream, its answer not written yet)
                 self.records.forget_if_done(stream)
 
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
