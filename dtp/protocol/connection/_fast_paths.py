@@ -130,19 +130,32 @@ class _FastPaths(_ConnectionState):
         stream.fin_acked = True
         self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
         # (the frames' bytes as the record layer's _emit_stream_chunk and build make them;
-        # _varint's one-byte form inline for the offset and length, mostly that short)
+        # _varint's one- and two-byte forms inline: a short answer's stream ID, offset,
+        # length and stream count are mostly that short)
+        sid = stream.stream_id
         plaintext = b"".join(
             (
                 _FIN,
-                _varint(stream.stream_id),
+                _SHORT_VARINTS[sid]
+                if sid < 64
+                else (0x4000 | sid).to_bytes(2, "big")
+                if sid < 16384
+                else _varint(sid),
                 _SHORT_VARINTS[offset] if offset < 64 else _varint(offset),
-                _SHORT_VARINTS[n] if n < 64 else _varint(n),
+                _SHORT_VARINTS[n]
+                if n < 64
+                else (0x4000 | n).to_bytes(2, "big")
+                if n < 16384
+                else _varint(n),
                 view,
             )
         )
         rl = self.records
         if rl.pending_max_streams:
-            plaintext += _MAX_STREAMS + _varint(self.streams.max_streams_limit())
+            limit = self.streams.max_streams_limit()
+            plaintext += _MAX_STREAMS + (
+                (0x4000 | limit).to_bytes(2, "big") if 64 <= limit < 16384 else _varint(limit)
+            )
             rl.pending_max_streams = False
         if rl.recovery is None:
             # (RecordLayer.seal inline, a call fewer: a reliable carrier tracks no record)
