@@ -573,6 +573,7 @@ def ws_rpc_paid_roundtrip(calls: int = 200, every: dict[str, int] | None = None)
     workload.browser_pid = bench.browser.process.pid  # type: ignore[attr-defined,union-attr]
     workload.finish = finish  # type: ignore[attr-defined]
     workload.loop = bench.runner.loop  # type: ignore[attr-defined]
+    workload.page = page  # type: ignore[attr-defined]
     return workload
 
 
@@ -593,24 +594,32 @@ WEB_ROWS: dict[str, Callable[..., Workload]] = {
 
 @contextmanager
 def _cpu(
-    into: dict[str, float], browser_pid: int, loop: asyncio.AbstractEventLoop
+    into: dict[str, float], browser_pid: int, loop: asyncio.AbstractEventLoop, page: Page
 ) -> Iterator[None]:
     """CPU seconds of what runs inside: this process, its servers' loop thread (read on
-    the loop: ``time.thread_time``), and the browser's processes by kind."""
+    the loop: ``time.thread_time``), the browser's processes by kind, and the page's
+    main thread (DevTools' Performance metrics in thread ticks, once
+    ``Performance.enable`` asked for them): its tasks, and the JavaScript in them."""
 
     def on_loop() -> float:
         return asyncio.run_coroutine_threadsafe(_thread_time(), loop).result(30)
 
+    def main_thread() -> dict[str, float]:
+        metrics = page.send("Performance.getMetrics")["metrics"]
+        return {m["name"]: m["value"] for m in metrics}
+
     wall, ours, loop_cpu = time.perf_counter(), time.process_time(), on_loop()
-    theirs = _group_cpu(browser_pid)
+    theirs, tasks = _group_cpu(browser_pid), main_thread()
     yield
     into["wall"] = time.perf_counter() - wall
     into["python"] = time.process_time() - ours
     into["loop"] = on_loop() - loop_cpu
-    now = _group_cpu(browser_pid)
+    now, tasks_now = _group_cpu(browser_pid), main_thread()
     into["browser"] = sum(now.values()) - sum(theirs.values())
     for kind in ("renderer", "network"):
         into[kind] = now.get(kind, 0.0) - theirs.get(kind, 0.0)
+    for name in ("TaskDuration", "ScriptDuration"):
+        into[name] = tasks_now.get(name, 0.0) - tasks.get(name, 0.0)
 
 
 async def _thread_time() -> float:
@@ -638,21 +647,25 @@ def main(argv: list[str] | None = None) -> int:
         w = ws_rpc_roundtrip(args.calls)
     pid: int = w.browser_pid  # type: ignore[attr-defined]
     loop: asyncio.AbstractEventLoop = w.loop  # type: ignore[attr-defined]
+    page: Page = w.page  # type: ignore[attr-defined]
     try:
         assert w.peer is not None
+        page.send("Performance.enable", {"timeDomain": "threadTicks"})
         w.ours()
         w.peer()  # (warm up)
         for _ in range(args.rounds):
             for name, op in (("dtp", w.ours), ("wss", w.peer)):
                 got: dict[str, float] = {}
-                with _cpu(got, pid, loop):
+                with _cpu(got, pid, loop, page):
                     op()
                 per = {k: v / args.calls * 1e6 for k, v in got.items()}
                 print(
                     f"{name}: {args.calls / got['wall']:8.0f} calls/s  per call: "
                     f"wall {per['wall']:6.1f} µs, python (servers) {per['python']:6.1f} µs "
                     f"(the loop's thread {per['loop']:6.1f}), browser {per['browser']:6.1f} µs "
-                    f"(renderers {per['renderer']:6.1f}, network {per['network']:6.1f})",
+                    f"(renderers {per['renderer']:6.1f}, network {per['network']:6.1f}; the "
+                    f"page's main thread {per['TaskDuration']:6.1f}, its JavaScript "
+                    f"{per['ScriptDuration']:6.1f})",
                     flush=True,
                 )
         finish = getattr(w, "finish", None)
