@@ -248,7 +248,6 @@ class Connection(_Streams, _FastPaths):
         "records_received",
         "stream_data_handler",
         "streams",
-        "timer_steady",
         "transport_version",
     )
 
@@ -287,9 +286,6 @@ class Connection(_Streams, _FastPaths):
         self.lent_lane: Any = None
         self.lent_stream_id: int | None = None
         self.lent_timer: float | None = None
-        #: Whether the last deadline :meth:`get_timer` gave only moves later while
-        #: :meth:`timer_still_steady` holds
-        self.timer_steady = False
         self.lent_can_recv = False  # whether the lane may take the lent stream's bytes
         self._lent: Stream | None = None
         self._early_records: tuple[bytes, ...] = ()  # (lossy carriers; a few at most)
@@ -621,27 +617,21 @@ class Connection(_Streams, _FastPaths):
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` should be called next (None: no timer). Sets
-        :attr:`timer_steady` to whether the deadline is one that records received and
-        sent only move later (see :meth:`timer_still_steady`)."""
+        """When :meth:`handle_timer` should be called next (None: no timer)."""
         if self.lent_lane is not None:
             # no later than the real one (sends and receives only move timers later),
             # and read-only: timer threads ask without the adapter's lock
-            self.timer_steady = False
             return self.lent_timer
         if self._state is ConnState.CLOSED:
-            self.timer_steady = False
             return self.records.closing_deadline()
         config = self.config
         if self._state is ConnState.ESTABLISHED and not self._lossy and self._hs_resend_at is None:
             # the common case, without building a list: idle timeout and keepalive
-            self.timer_steady = True
             idle = self._last_received + config.idle_timeout
             if self._keepalive:
                 keepalive = self._last_sent + self._keepalive
                 return keepalive if keepalive < idle else idle
             return idle
-        self.timer_steady = False
         deadlines = [self._last_received + self.config.idle_timeout]
         if self._state is not ConnState.ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)
@@ -654,20 +644,6 @@ class Connection(_Streams, _FastPaths):
             if deadline is not None:
                 deadlines.append(deadline)
         return min(deadlines)
-
-    def timer_still_steady(self) -> bool:
-        """Whether :meth:`get_timer` would still take its steady branch: established
-        over a reliable carrier, no handshake message to send again, nothing lent. Its
-        deadline there is the idle timeout and the keepalive, from the last record
-        received and sent, which only move later: a driver that armed its timer for a
-        deadline asked while :attr:`timer_steady` was True, and finds this True after a
-        read that left nothing to send (:meth:`has_output`), has its timer in time."""
-        return (
-            self._state is ConnState.ESTABLISHED
-            and not self._lossy
-            and self._hs_resend_at is None
-            and self.lent_lane is None
-        )
 
     def handle_timer(self, now: float) -> None:
         """Act on whatever timers have expired at ``now``."""

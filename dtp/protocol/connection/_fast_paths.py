@@ -165,6 +165,20 @@ class _FastPaths(_ConnectionState):
         else:
             rl.seal([plaintext], [[]], [True], 0.0)
 
+    def timer_steady(self) -> bool:
+        """Whether :meth:`get_timer` takes its steady branch: established over a
+        reliable carrier, no handshake message to send again, nothing lent. Its deadline
+        there is the idle timeout and the keepalive, from the last record received and
+        sent, which only move later: a driver that armed its timer for a deadline asked
+        while this held, and finds it still holds after a read that left nothing to send
+        (:meth:`has_output`), has its timer in time."""
+        return (
+            self._state is ConnState.ESTABLISHED
+            and not self._lossy
+            and self._hs_resend_at is None
+            and self.lent_lane is None
+        )
+
     def _get_lane(self) -> Any:
         if self._lane is None:
             self._lane = _core.Lane(self.records.send_aead, self._recv_aead)

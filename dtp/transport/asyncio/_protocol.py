@@ -255,7 +255,7 @@ class Protocol(asyncio.BufferedProtocol):
         if data:
             transport.write(data)
         deadline = conn.get_timer()
-        self._timer_steady = conn.timer_steady
+        self._timer_steady = conn.timer_steady()
         if self._timer is not None and deadline is not None and self._timer_at <= deadline + 0.001:
             return  # (the usual case, without a call: see _schedule_timer)
         self._schedule_timer(deadline)
@@ -268,7 +268,7 @@ class Protocol(asyncio.BufferedProtocol):
             self.hook is not None
             or self._timer is None
             or conn.has_output()
-            or (changed and not (self._timer_steady and conn.timer_still_steady()))
+            or (changed and not (self._timer_steady and conn.timer_steady()))
         ):
             # (else nothing to send, and the timer is in time: the read was datagrams a
             # sink took, or changed what the timer's deadline cannot move earlier, as a
