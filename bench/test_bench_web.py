@@ -56,6 +56,8 @@ def test_a_dtp_call_is_one_message_each_way_and_counted() -> None:
             assert sum(calls.values()) >= 10 * 3, (side, calls)  # (the loop, request, check)
             python = web_counts.python_calls(loop, page, method, 10)
             assert python.calls > 0 and python.passes > 0, side
+            opcodes = web_counts.python_opcodes(loop, page, method, 10)
+            assert sum(opcodes.values()) > python.calls, (side, opcodes.most_common(3))
     finally:
         assert w.close is not None
         w.close()

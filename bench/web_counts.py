@@ -9,8 +9,10 @@ bytes the page allocates (the sampling heap profiler, every 32 bytes on average,
 objects the collector took back counted too) and the WebSocket messages each way (the
 Network domain's frame events); on the servers' event loop thread, the Python function
 calls and coroutine resumptions, the calls of C functions from Python and the loop's
-passes (``sys.setprofile``, as bench/aio_rpc_counts.py). Each figure is divided by the
-calls made.
+passes (``sys.setprofile``, as bench/aio_rpc_counts.py), and the bytecodes it ran
+(``sys.settrace`` with opcode events): a call count weighs a function of three
+bytecodes as one of three hundred, the bytecodes follow the thread's CPU. Each figure
+is divided by the calls made.
 """
 
 from __future__ import annotations
@@ -142,6 +144,36 @@ def python_calls(loop: asyncio.AbstractEventLoop, page: Page, method: str, calls
     return counter
 
 
+def python_opcodes(
+    loop: asyncio.AbstractEventLoop, page: Page, method: str, calls: int
+) -> collections.Counter[str]:
+    """The bytecodes the servers' loop thread ran in ``calls`` calls, by function."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts[f"{code.co_qualname} ({Path(code.co_filename).name})"] += 1
+        return trace
+
+    switched = threading.Event()
+
+    def tracing(on: bool) -> None:
+        sys.settrace(trace if on else None)
+        switched.set()
+
+    loop.call_soon_threadsafe(tracing, True)
+    switched.wait(30)
+    switched.clear()
+    try:
+        page.evaluate(f"rpcBench.{method}({calls})")
+    finally:
+        loop.call_soon_threadsafe(tracing, False)
+        switched.wait(30)
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ws_rpc_roundtrip's counts per call")
     parser.add_argument("--calls", type=int, default=300)
@@ -161,17 +193,19 @@ def main(argv: list[str] | None = None) -> int:
             sizes = js_allocations(page, method, n)
             messages = ws_messages(page, method, n)
             python = python_calls(loop, page, method, n)
+            opcodes = python_opcodes(loop, page, method, n)
             print(
                 f"{side}: JS calls {sum(calls.values()) / n:.1f}, JS bytes allocated "
                 f"{sum(sizes.values()) / n:.0f}, WebSocket messages {messages['sent'] / n:.2f} "
                 f"sent {messages['received'] / n:.2f} received; Python calls "
                 f"{python.calls / n:.1f}, C calls {python.c_calls / n:.1f}, loop passes "
-                f"{python.passes / n:.2f}"
+                f"{python.passes / n:.2f}, Python bytecodes {sum(opcodes.values()) / n:.0f}"
             )
             for title, counts in (
                 ("JS calls", calls),
                 ("JS bytes", sizes),
                 ("Python calls", _functions(python.by_name)),
+                ("Python bytecodes", opcodes),
             ):
                 top = ", ".join(f"{name} {v / n:.1f}" for name, v in counts.most_common(args.top))
                 print(f"  {title}: {top}")

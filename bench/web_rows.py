@@ -244,20 +244,35 @@ def _page_report(page: Page, server: _PackageServer, since: int) -> str:
     )
 
 
-def _group_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of the processes in ``pid``'s process group so far."""
+def _group_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the processes in ``pid``'s process group, by
+    Chromium's kind of process (``renderer``, ``network``, ``gpu-process``, ``browser``
+    for the one without a ``--type``: its command line says which)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total: collections.Counter[str] = collections.Counter()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pid:  # (fields[2] is pgrp: the 5th field of stat)
+                continue
+            # (Chromium's children rewrite their command line as one string: split on both)
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").split()
         except OSError:
             continue
-        if int(fields[2]) == pid:  # (fields[2] is pgrp: the 5th field of stat)
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+        total[_kind(args)] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(total)
+
+
+def _kind(args: list[bytes]) -> str:
+    kind = "browser"
+    for arg in args:
+        if arg.startswith(b"--type="):
+            kind = arg[7:].decode()
+        elif arg.startswith(b"--utility-sub-type=network."):
+            return "network"
+    return kind
 
 
 class _Bench:
@@ -557,6 +572,8 @@ def ws_rpc_paid_roundtrip(calls: int = 200, every: dict[str, int] | None = None)
     )
     workload.browser_pid = bench.browser.process.pid  # type: ignore[attr-defined,union-attr]
     workload.finish = finish  # type: ignore[attr-defined]
+    workload.loop = bench.runner.loop  # type: ignore[attr-defined]
+    workload.page = page  # type: ignore[attr-defined]
     return workload
 
 
@@ -576,12 +593,37 @@ WEB_ROWS: dict[str, Callable[..., Workload]] = {
 
 
 @contextmanager
-def _cpu(into: dict[str, float], browser_pid: int) -> Iterator[None]:
-    wall, ours, theirs = time.perf_counter(), time.process_time(), _group_cpu(browser_pid)
+def _cpu(
+    into: dict[str, float], browser_pid: int, loop: asyncio.AbstractEventLoop, page: Page
+) -> Iterator[None]:
+    """CPU seconds of what runs inside: this process, its servers' loop thread (read on
+    the loop: ``time.thread_time``), the browser's processes by kind, and the page's
+    main thread (DevTools' Performance metrics in thread ticks, once
+    ``Performance.enable`` asked for them): its tasks, and the JavaScript in them."""
+
+    def on_loop() -> float:
+        return asyncio.run_coroutine_threadsafe(_thread_time(), loop).result(30)
+
+    def main_thread() -> dict[str, float]:
+        metrics = page.send("Performance.getMetrics")["metrics"]
+        return {m["name"]: m["value"] for m in metrics}
+
+    wall, ours, loop_cpu = time.perf_counter(), time.process_time(), on_loop()
+    theirs, tasks = _group_cpu(browser_pid), main_thread()
     yield
     into["wall"] = time.perf_counter() - wall
     into["python"] = time.process_time() - ours
-    into["browser"] = _group_cpu(browser_pid) - theirs
+    into["loop"] = on_loop() - loop_cpu
+    now, tasks_now = _group_cpu(browser_pid), main_thread()
+    into["browser"] = sum(now.values()) - sum(theirs.values())
+    for kind in ("renderer", "network"):
+        into[kind] = now.get(kind, 0.0) - theirs.get(kind, 0.0)
+    for name in ("TaskDuration", "ScriptDuration"):
+        into[name] = tasks_now.get(name, 0.0) - tasks.get(name, 0.0)
+
+
+async def _thread_time() -> float:
+    return time.thread_time()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,20 +646,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         w = ws_rpc_roundtrip(args.calls)
     pid: int = w.browser_pid  # type: ignore[attr-defined]
+    loop: asyncio.AbstractEventLoop = w.loop  # type: ignore[attr-defined]
+    page: Page = w.page  # type: ignore[attr-defined]
     try:
         assert w.peer is not None
+        page.send("Performance.enable", {"timeDomain": "threadTicks"})
         w.ours()
         w.peer()  # (warm up)
         for _ in range(args.rounds):
             for name, op in (("dtp", w.ours), ("wss", w.peer)):
                 got: dict[str, float] = {}
-                with _cpu(got, pid):
+                with _cpu(got, pid, loop, page):
                     op()
                 per = {k: v / args.calls * 1e6 for k, v in got.items()}
                 print(
                     f"{name}: {args.calls / got['wall']:8.0f} calls/s  per call: "
-                    f"wall {per['wall']:6.1f} µs, python (servers) {per['python']:6.1f} µs, "
-                    f"browser {per['browser']:6.1f} µs",
+                    f"wall {per['wall']:6.1f} µs, python (servers) {per['python']:6.1f} µs "
+                    f"(the loop's thread {per['loop']:6.1f}), browser {per['browser']:6.1f} µs "
+                    f"(renderers {per['renderer']:6.1f}, network {per['network']:6.1f}; the "
+                    f"page's main thread {per['TaskDuration']:6.1f}, its JavaScript "
+                    f"{per['ScriptDuration']:6.1f})",
                     flush=True,
                 )
         finish = getattr(w, "finish", None)

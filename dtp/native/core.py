@@ -285,6 +285,7 @@ _OPENED_REC = struct.Struct("=QQIiII")
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 _DATAGRAM = t.FRAME_DATAGRAM
+_ACK = t.FRAME_ACK
 
 
 class _FrameSlots:
@@ -584,7 +585,20 @@ class NativeAead:
         if n:
             view = ffi.buffer(plain, size)
             if nf == 1:
-                cframes = [_CFRAME.unpack_from(slots.frames_view)]
+                cframe = _CFRAME.unpack_from(slots.frames_view)
+                if n == 1 and rc >= 0 and cframe[0] != _ACK and cframe[0] != _DATAGRAM:
+                    # one record of one frame, neither an ACK nor a DATAGRAM (a short
+                    # call's request or its answer): its RawFrame made without the loops
+                    # below
+                    counter, _off, _plen, status, _first, _count = _OPENED_REC.unpack_from(
+                        slots.recs_view
+                    )
+                    ftype, data_len, data_off, a, b, c = cframe
+                    data = view[data_off : data_off + data_len] if data_len else b""
+                    frame = _tuple_new(RawFrame, (ftype, a, b, c, data, ()))
+                    opened = _tuple_new(OpenedFrames, (counter, status != 0, [frame], None))
+                    return _tuple_new(OpenFramesResult, ([opened], consumed, rc, None))
+                cframes = [cframe]
             else:
                 cframes = list(_CFRAME.iter_unpack(slots.frames_view[: nf * _CFRAME.size]))
             append = records.append

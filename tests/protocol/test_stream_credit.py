@@ -326,6 +326,28 @@ def test_the_fin_that_ends_a_peers_stream_carries_its_max_streams(answer: bytes)
     assert c.conn.termination is None
 
 
+def test_the_fins_record_past_one_byte_varints_reads_the_same() -> None:
+    """The same record once the stream's ID, the answer's length and the stream count
+    take two bytes each (a page's 40th call, an answer of 100 bytes)."""
+    c, s, _ = connect()
+    answer = bytes(range(100))
+    for _ in range(40):
+        sid = c.conn.open_stream()
+        c.conn.send_stream_data(sid, b"request", end_stream=True)
+        s.conn.receive_data(c.conn.data_to_send(0.0), 0.0)
+        s.drain()
+        s.conn.send_stream_data(sid, answer, end_stream=True)
+        (record,) = _records_sent(s.conn, c.conn)
+        c.drain()
+    assert sid >= 64
+    limit = s.conn.streams.max_streams_limit()
+    assert limit >= 64
+    assert [(f.type, f.a, f.b, bytes(f.data)) for f in record] == [
+        (FRAME_STREAM_FIN, sid, 0, answer),
+        (FRAME_MAX_STREAMS, limit, 0, b""),
+    ]
+
+
 def test_a_fin_on_a_stream_still_receiving_goes_alone() -> None:
     """The stream's receiving half is open: its end frees nothing yet, and the FIN goes
     as before (no MAX_STREAMS)."""

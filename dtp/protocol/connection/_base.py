@@ -37,6 +37,7 @@ class _ConnectionState:
     _last_received: float
     _last_sent: float
     _keepalive: float | None
+    _hs_resend_at: float | None
     _recv_aead: Any
     _lane: Any
     _lane_sid: int | None

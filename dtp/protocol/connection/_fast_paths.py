@@ -130,19 +130,32 @@ class _FastPaths(_ConnectionState):
         stream.fin_acked = True
         self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
         # (the frames' bytes as the record layer's _emit_stream_chunk and build make them;
-        # _varint's one-byte form inline for the offset and length, mostly that short)
+        # _varint's one- and two-byte forms inline: a short answer's stream ID, offset,
+        # length and stream count are mostly that short)
+        sid = stream.stream_id
         plaintext = b"".join(
             (
                 _FIN,
-                _varint(stream.stream_id),
+                _SHORT_VARINTS[sid]
+                if sid < 64
+                else (0x4000 | sid).to_bytes(2, "big")
+                if sid < 16384
+                else _varint(sid),
                 _SHORT_VARINTS[offset] if offset < 64 else _varint(offset),
-                _SHORT_VARINTS[n] if n < 64 else _varint(n),
+                _SHORT_VARINTS[n]
+                if n < 64
+                else (0x4000 | n).to_bytes(2, "big")
+                if n < 16384
+                else _varint(n),
                 view,
             )
         )
         rl = self.records
         if rl.pending_max_streams:
-            plaintext += _MAX_STREAMS + _varint(self.streams.max_streams_limit())
+            limit = self.streams.max_streams_limit()
+            plaintext += _MAX_STREAMS + (
+                (0x4000 | limit).to_bytes(2, "big") if 64 <= limit < 16384 else _varint(limit)
+            )
             rl.pending_max_streams = False
         if rl.recovery is None:
             # (RecordLayer.seal inline, a call fewer: a reliable carrier tracks no record)
@@ -151,6 +164,20 @@ class _FastPaths(_ConnectionState):
             rl.records_sent += 1
         else:
             rl.seal([plaintext], [[]], [True], 0.0)
+
+    def timer_steady(self) -> bool:
+        """Whether :meth:`get_timer` takes its steady branch: established over a
+        reliable carrier, no handshake message to send again, nothing lent. Its deadline
+        there is the idle timeout and the keepalive, from the last record received and
+        sent, which only move later: a driver that armed its timer for a deadline asked
+        while this held, and finds it still holds after a read that left nothing to send
+        (:meth:`has_output`), has its timer in time."""
+        return (
+            self._state is ConnState.ESTABLISHED
+            and not self._lossy
+            and self._hs_resend_at is None
+            and self.lent_lane is None
+        )
 
     def _get_lane(self) -> Any:
         if self._lane is None:

@@ -211,15 +211,21 @@ class StreamTable:
         """A peer stream ID implicitly opens every lower peer stream ID (as in QUIC):
         opens them, and returns their IDs (the caller reports each opened). Past our
         limit: RemoteProtocolError, with nothing opened."""
-        new_total = (stream_id - (1 if self.is_client else 0)) // 2 + 1
+        first = 1 if self.is_client else 0
+        new_total = (stream_id - first) // 2 + 1
         if new_total > self.local_max + self.peer_done:
             raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
-        opened = range(self.peer_next_id(), stream_id + 1, 2)
+        opened = range(first + 2 * self.peer_opened, stream_id + 1, 2)  # (from peer_next_id)
         untaken = self.untaken
         if untaken is None and self.defers_credit and opened:
             untaken = self.untaken = set()
+        by_id = self.by_id
         for sid in opened:
-            self.create(sid)
+            # (create, inline: a stream a call opens each comes here)
+            if sid not in by_id:
+                by_id[sid] = Stream(
+                    sid, send_credit=self.send_window, recv_limit=self.stream_window
+                )
             self.peer_opened += 1
             if untaken is not None:
                 untaken.add(sid)

@@ -291,10 +291,11 @@ class _Streams(_ConnectionState):
         stream = self._streams.get(stream_id)
         if stream is None:
             table = self.streams
-            if table.is_ours(stream_id):
+            # (is_ours and peer_next_id inline: a stream a call opens each comes here)
+            if (stream_id % 2 == 0) == table.is_client:
                 table.check_not_unopened(stream_id)
                 return  # a late frame for a stream we already forgot
-            if stream_id < table.peer_next_id():
+            if stream_id < (1 if table.is_client else 0) + 2 * table.peer_opened:
                 return  # a late frame for a finished peer stream
             stream = self._open_peer_streams_up_to(stream_id)
         end = offset + len(data)
@@ -359,7 +360,9 @@ class _Streams(_ConnectionState):
                 handler(stream_id, chunk, done)
             else:
                 self._deliver(StreamDataReceived(stream_id, chunk, done))
-            if done:
+            if done and stream.send_state is not SendState.OPEN:
+                # (a sending half still open keeps the stream, as forget_if_done would
+                # find: a request's stream, its answer not written yet)
                 self.records.forget_if_done(stream)
 
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:

@@ -104,6 +104,9 @@ class Protocol(asyncio.BufferedProtocol):
         session.track_changes()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # (when _timer fires)
+        # whether _timer was armed (or kept) for a deadline the connection gave in its
+        # steady state (Connection.timer_steady): see _after_io
+        self._timer_steady = False
         self._abort_timer: asyncio.TimerHandle | None = None
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
         #: closes its side, or when this fires
@@ -247,10 +250,12 @@ class Protocol(asyncio.BufferedProtocol):
         now = self.now()
         if self.hook is not None:
             self.hook.on_output(now)
-        data = self.conn.data_to_send(now)
+        conn = self.conn
+        data = conn.data_to_send(now)
         if data:
             transport.write(data)
-        deadline = self.conn.get_timer()
+        deadline = conn.get_timer()
+        self._timer_steady = conn.timer_steady()
         if self._timer is not None and deadline is not None and self._timer_at <= deadline + 0.001:
             return  # (the usual case, without a call: see _schedule_timer)
         self._schedule_timer(deadline)
@@ -258,9 +263,16 @@ class Protocol(asyncio.BufferedProtocol):
     def _after_io(self) -> None:
         session = self.session
         changed = session.process_events()
-        if changed or self.hook is not None or self._timer is None or self.conn.has_output():
-            # (else the read was datagrams a sink took: nothing to send, and no timer
-            # moves earlier, as only a change of state would move it)
+        conn = self.conn
+        if (
+            self.hook is not None
+            or self._timer is None
+            or conn.has_output()
+            or (changed and not (self._timer_steady and conn.timer_steady()))
+        ):
+            # (else nothing to send, and the timer is in time: the read was datagrams a
+            # sink took, or changed what the timer's deadline cannot move earlier, as a
+            # request that its handler answers with a flush of its own)
             self.flush()
         if (
             session.terminated is not None
