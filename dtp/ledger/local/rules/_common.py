@@ -148,18 +148,10 @@ def from_json(text: str) -> Any:
 def stored_int(value: Any) -> int:
     """A number as stored (a balance or a meta value: decimal text, as the ledger
     writes it, or an INTEGER); :class:`DamagedData` for anything else."""
-    if type(value) is str:  # (parse_stored_int's first step, without its call)
-        try:
-            number = int(value)
-        except ValueError:
-            pass
-        else:
-            if -(10**20) < number < 10**20 and str(number) == value:
-                return number
-    parsed = parse_stored_int(value)
-    if parsed is None:
+    number = parse_stored_int(value)
+    if number is None:
         raise DamagedData(f"a stored number is not an integer ({value!r:.60})")
-    return parsed
+    return number
 
 
 def parse_stored_int(value: Any) -> int | None:
