@@ -480,7 +480,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go
         on; those still waiting for a handshake slot, their address's or the server's,
-        are closed)."""
+        are closed, and those accepted as it ran as they arrive: :func:`_stop_listening`)."""
         for listener in (self._server, *self._websockets):
             if listener is not None and (stopping := _stop_listening(listener)) is not None:
                 self._stopping.append(stopping)
@@ -527,8 +527,9 @@ class DTPServer(AdmittingServer[_Arrival]):
     async def wait_closed(self) -> None:
         """Wait until the server is closed (as :meth:`asyncio.Server.wait_closed`, at
         once when it is already), its ledger listener's thread ended too (up to 5 s),
-        and the carriers :meth:`abort_clients` ended are closed. A server on the ledger
-        carrier alone returned at once however open it was."""
+        and the carriers :meth:`abort_clients` ended, and those of connections accepted
+        as :meth:`close` ran, are closed. A server on the ledger carrier alone returned
+        at once however open it was."""
         while self._stopping:
             # (their accepts' transports made first: then each is closed as it arrives)
             stopped = self._stopping[-1]
