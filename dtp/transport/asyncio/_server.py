@@ -12,6 +12,7 @@ import contextvars
 import inspect
 import logging
 import time
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -107,6 +108,8 @@ class _Arrival(asyncio.Protocol):
         self.proto: Protocol | None = None  # made as its handshake starts
         self.lost = False
         self.gave_way = False
+        #: set at connection_lost, when a closed server closed it on arrival (wait_closed)
+        self.gone: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
@@ -135,6 +138,8 @@ class _Arrival(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         # (a client that hung up before its first record: its address is struck)
         self.server._admission.dropped(self, self.server._now())
 
@@ -172,6 +177,31 @@ def loop_time(loop: asyncio.AbstractEventLoop | None) -> float:
     run by (``time.monotonic`` on asyncio's loops; a virtual clock on
     dtp.testing.network's), or ``time.monotonic`` before it has one."""
     return loop.time() if loop is not None else time.monotonic()
+
+
+def _stop_listening(listener: asyncio.base_events.Server) -> asyncio.Future[None] | None:
+    """Close ``listener`` once the connections it accepted already have their transports:
+    the future done then (None: closed now). asyncio's selector loops accept in a task of
+    their own whose first step makes the transport, a pass later; a listener closed
+    before that step fails it (``Server._attach`` asserts the listener is open, and the
+    error goes unseen), leaving the connection's socket open until the garbage
+    collector finds it -- a ResourceWarning where it does. So the listener stops
+    reading at once and is closed after those steps, which the loop runs first."""
+    loop = listener.get_loop()
+    if not isinstance(loop, BaseSelectorEventLoop) or not loop.is_running():
+        listener.close()  # (no accept task: uvloop makes the transport as it accepts)
+        return None
+    for sock in listener.sockets:
+        loop.remove_reader(sock.fileno())
+    closed = loop.create_future()
+
+    def close() -> None:
+        listener.close()
+        if not closed.done():
+            closed.set_result(None)
+
+    loop.call_soon(close)
+    return closed
 
 
 class DTPServer(AdmittingServer[_Arrival]):
@@ -269,8 +299,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         #: every connection from its handshake's start until its carrier closed
         #: (abort_clients ends them)
         self._connections: set[Protocol] = set()
-        #: the carriers abort_clients ended, for wait_closed to wait for
+        #: the carriers abort_clients ended (and those close() met arriving after it),
+        #: for wait_closed to wait for
         self._aborted: list[asyncio.Future[None]] = []
+        #: the listeners close() stopped, until they are closed (_stop_listening)
+        self._stopping: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
             self._loop = asyncio.get_running_loop()
@@ -447,11 +480,10 @@ class DTPServer(AdmittingServer[_Arrival]):
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go
         on; those still waiting for a handshake slot, their address's or the server's,
-        are closed)."""
-        if self._server is not None:
-            self._server.close()
-        for server in self._websockets:
-            server.close()
+        are closed, and those accepted as it ran as they arrive: :func:`_stop_listening`)."""
+        for listener in (self._server, *self._websockets):
+            if listener is not None and (stopping := _stop_listening(listener)) is not None:
+                self._stopping.append(stopping)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -495,8 +527,15 @@ class DTPServer(AdmittingServer[_Arrival]):
     async def wait_closed(self) -> None:
         """Wait until the server is closed (as :meth:`asyncio.Server.wait_closed`, at
         once when it is already), its ledger listener's thread ended too (up to 5 s),
-        and the carriers :meth:`abort_clients` ended are closed. A server on the ledger
-        carrier alone returned at once however open it was."""
+        and the carriers :meth:`abort_clients` ended, and those of connections accepted
+        as :meth:`close` ran, are closed. A server on the ledger carrier alone returned
+        at once however open it was."""
+        while self._stopping:
+            # (their accepts' transports made first: then each is closed as it arrives)
+            stopped = self._stopping[-1]
+            await asyncio.shield(stopped)
+            with contextlib.suppress(ValueError):  # (another wait_closed() took it)
+                self._stopping.remove(stopped)
         if self._server is not None:
             await self._server.wait_closed()
         else:
@@ -582,8 +621,13 @@ class DTPServer(AdmittingServer[_Arrival]):
         assert transport is not None
         if self._closed.is_set():
             # accepted as close() ran (a ledger bridge handed over just before it, its
-            # attach still under way): closed unserved, as the blocking server closes
-            # what it accepted once closed, rather than started after the server's end
+            # attach still under way; a TCP accept whose transport came after it):
+            # closed unserved, as the blocking server closes what it accepted once
+            # closed, rather than started after the server's end; wait_closed() waits
+            # for its carrier too
+            if not arrival.lost:
+                arrival.gone = asyncio.get_running_loop().create_future()
+                self._aborted.append(arrival.gone)
             transport.close()
             return
         if self._loop is None:
