@@ -453,29 +453,35 @@ class NativeAead:
         data: bytes | bytearray | memoryview,
         fin: bool = False,
         max_chunk: int = MAX_FRAME_DATA,
+        head: bytes | bytearray | memoryview = b"",
     ) -> tuple[bytes, int]:
         """Seal stream bytes as records of one STREAM frame each, straight from ``data``
         (``dtp_stream_seal``): chunks of ``max_chunk`` or what fills a record (one empty
-        record for empty data), the last frame STREAM_FIN when ``fin``; (bytes, records)."""
+        record for empty data), the last frame STREAM_FIN when ``fin``; (bytes, records).
+        ``head`` (at most ``MAX_SEAL_HEAD`` bytes): stream bytes before ``data``, sealed
+        as if joined to it (``dtp_stream_seal_head``)."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
         if max_chunk <= 0:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
         src = _from(data)
-        size = len(src)
+        first = _from(head)
+        size = len(first) + len(src)
         # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
         # most 25 of frame header per record, each but the last full or of max_chunk
         cap = size + (size // min(chunk, MAX_STREAM_CHUNK) + 1) * 53
         out = self._buffer(cap)
         counts = self._sizes
-        rc = lib.dtp_stream_seal(
+        rc = lib.dtp_stream_seal_head(
             self._ctx,
             first_counter,
             sid,
             off,
+            first,
+            len(first),
             src,
-            size,
+            len(src),
             int(fin),
             chunk,
             out,
@@ -483,7 +489,7 @@ class NativeAead:
             counts,
             counts + 1,
         )
-        del src  # (see _from)
+        del src, first  # (see _from)
         _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, counts[0])[:]
         return sealed, counts[1]
@@ -840,22 +846,31 @@ class NativeLane:
         return n
 
     def seal(
-        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+        self,
+        counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        head: bytes = b"",
     ) -> tuple[memoryview, int]:
-        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
-        ``counter``; returns the sealed bytes (a view valid until the next call) and
-        the number of records."""
+        """Seal ``data`` (at most :attr:`max_seal` bytes with ``head``) as STREAM records
+        from ``counter``; returns the sealed bytes (a view valid until the next call) and
+        the number of records. ``head`` (bytes, at most ``MAX_SEAL_HEAD`` of them): stream
+        bytes before ``data``, sealed as if joined to it (a message's length prefix)."""
         src = _from_buffer(data)
         size = len(src)
+        head_len = len(head)
         counts = self._counts
         try:
-            if size > self.max_seal:
+            if size + head_len > self.max_seal:
                 raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
-            rc = lib.dtp_stream_seal(
+            rc = lib.dtp_stream_seal_head(
                 self._send_ctx,
                 counter,
                 stream_id,
                 offset,
+                head,
+                head_len,
                 src,
                 size,
                 0,
@@ -878,7 +893,7 @@ class NativeLane:
                 # more than the output holds yet: grown (to at most seal_cap, which
                 # holds max_seal), the seal runs again
                 self._grow_output(min(self._seal_cap, max(2 * self._out_cap, 2 * size + 4096)))
-                return self.seal(counter, stream_id, offset, data)
+                return self.seal(counter, stream_id, offset, data, head)
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
 

@@ -182,12 +182,17 @@ class Lane:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def seal(
-        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+        self,
+        counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        head: bytes = b"",
     ) -> tuple[memoryview, int]:
         """As :meth:`dtp.native.core.NativeLane.seal`."""
-        if memoryview(data).nbytes > self.max_seal:
+        if memoryview(data).nbytes + len(head) > self.max_seal:
             raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
-        sealed, n = self._send.seal_stream(counter, stream_id, offset, data)
+        sealed, n = self._send.seal_stream(counter, stream_id, offset, data, head=head)
         return memoryview(sealed), n
 
     def release_output(self) -> None:
