@@ -175,13 +175,16 @@ class _FastPaths(_ConnectionState):
         )
 
     def seal_fast(
-        self, stream_id: int, data: bytes | bytearray | memoryview, now: float
+        self, stream_id: int, data: bytes | bytearray | memoryview, now: float, head: bytes = b""
     ) -> tuple[memoryview, int] | None:
         """Seal the start of ``data`` on ``stream_id`` now, as much as flow control
         allows, when nothing else must go first; returns (records, bytes of ``data``
         taken) or None to use :meth:`send_stream_data`. The records are a view into the
         lane's buffer, valid until the next call: the caller writes them to the carrier
-        (or copies them) at once, before anything :meth:`data_to_send` returns."""
+        (or copies them) at once, before anything :meth:`data_to_send` returns.
+        ``head`` (bytes, at most ``MAX_SEAL_HEAD``): stream bytes before ``data`` (a
+        message's length prefix), sealed with it as the two joined -- only all of both
+        at once (None otherwise: the caller joins them)."""
         if self.lent_lane is not None:
             self._take_back()
         stream = self._streams.get(stream_id)
@@ -207,19 +210,26 @@ class _FastPaths(_ConnectionState):
         if credit <= 0 or not data:
             return None
         lane = self._lane or self._get_lane()
-        n = min(len(data), credit, lane.max_seal)
-        if n == table.conn_send_credit - table.conn_sent and n != len(data):
-            rl.pack_after = stream_id  # (as in _seal_stream_now)
-        sealed, records = lane.seal(
-            rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
-        )
+        if head:
+            n = len(data)
+            total = n + len(head)
+            if total > credit or total > lane.max_seal:
+                return None
+            sealed, records = lane.seal(rl.send_counter, stream_id, offset, data, head)
+        else:
+            n = total = min(len(data), credit, lane.max_seal)
+            if n == table.conn_send_credit - table.conn_sent and n != len(data):
+                rl.pack_after = stream_id  # (as in _seal_stream_now)
+            sealed, records = lane.seal(
+                rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
+            )
         rl.send_counter += records
         rl.records_sent += records
         self.bytes_sent += len(sealed)
         self._last_sent = now
         stream.announce = False
-        stream.next_offset = stream.base_offset = offset + n
-        table.conn_sent += n
+        stream.next_offset = stream.base_offset = offset + total
+        table.conn_sent += total
         return sealed, n
 
     def sealed_kept(self) -> None:
