@@ -725,6 +725,30 @@ _SCRATCH_KEPT = 4  # most spare take() scratch buffers (one per thread taking at
 _spare_scratch: list[Any] = []
 
 
+class _MadeOnUse:
+    """A lane's carrier-read buffer (``rview``, ``own``), made by its ``_ready_io`` on
+    first use. A descriptor with no ``__set__``: ``_ready_io`` sets the instance's own
+    attribute, which wins from then on. (A ``__getattr__`` on the class instead made
+    every attribute read of the lane -- a seal or take reads seven -- take CPython's
+    slow path: three times the cost, and a method-wrapper object each.)"""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, lane: None, owner: type) -> _MadeOnUse: ...
+
+    @overload
+    def __get__(self, lane: NativeLane, owner: type) -> memoryview: ...
+
+    def __get__(self, lane: NativeLane | None, owner: type) -> _MadeOnUse | memoryview:
+        if lane is None:
+            return self
+        lane._ready_io()
+        view: memoryview = lane.__dict__[self._name]
+        return view
+
+
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -784,9 +808,9 @@ class NativeLane:
         self._err = ffi.new("int *")
 
     #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
-    rview: memoryview
+    rview = _MadeOnUse()
     #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes)
-    own: memoryview
+    own = _MadeOnUse()
 
     def _ready_io(self) -> None:
         """Make the carrier reads' buffers, flow_take's scratch and the full seal
@@ -815,15 +839,6 @@ class NativeLane:
         self._out_view = memoryview(ffi.buffer(self._out))
         self.io.out = self._out
         self.io.out_cap = cap
-
-    def __getattr__(self, name: str) -> memoryview:
-        # (rview and own before the first carrier read: made now; set as attributes
-        # from then on, so that this costs nothing on the paths that use them)
-        if name in ("rview", "own"):
-            self._ready_io()
-            view: memoryview = self.__dict__[name]
-            return view
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def pending(self) -> int:
