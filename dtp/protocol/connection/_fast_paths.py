@@ -23,7 +23,15 @@ from typing import Any
 from dtp.native import core as _core
 from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN, FULL, REC_DATA, STOP, TakeResult
 from dtp.protocol._events import StreamDataReceived
-from dtp.protocol._state import ConnState, RecvState, SendState
+from dtp.protocol._state import (
+    CONN_CLOSED,
+    CONN_ESTABLISHED,
+    RECV_OPEN,
+    SEND_OPEN,
+    ConnState,
+    RecvState,
+    SendState,
+)
 from dtp.protocol.connection._base import Stream, _ConnectionState
 from dtp.protocol.connection._config import MAX_RECORD_PLAINTEXT, MAX_STREAM_FRAME_OVERHEAD
 from dtp.protocol.connection._records import _SHORT_VARINTS, _varint
@@ -192,9 +200,9 @@ class _FastPaths(_ConnectionState):
         if (
             stream is None
             or stream.send_buf
-            or stream.send_state is not SendState.OPEN
+            or stream.send_state is not SEND_OPEN
             # (_nothing_goes_first, inline: a call fewer a write; test_waiting_checks.py)
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
             or self._lossy
             or rl.out
             or rl.ctrl
@@ -263,9 +271,9 @@ class _FastPaths(_ConnectionState):
         stream = self._streams.get(stream_id)
         if (
             stream is None
-            or stream.recv_state is not RecvState.OPEN
+            or stream.recv_state is not RECV_OPEN
             or stream.recv_highest != stream.delivered
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
             or self._lossy
             or not len(dst)
         ):
@@ -449,16 +457,16 @@ class _FastPaths(_ConnectionState):
                 if other is not None and other.recv_highest == other.delivered:
                     stream, stream_id, before = other, other.stream_id, other.delivered
             if (
-                self._state is not ConnState.ESTABLISHED
+                self._state is not CONN_ESTABLISHED
                 or stream.delivered != before
-                or stream.recv_state is not RecvState.OPEN
+                or stream.recv_state is not RECV_OPEN
                 or self._inbuf
             ):
                 self._receive(view, now)
                 general = True
                 break
         self._lane_sid = stream_id
-        if taken and not deliver and self._state is not ConnState.CLOSED:
+        if taken and not deliver and self._state is not CONN_CLOSED:
             # what dst holds counts as read (as acknowledge_read would count it)
             table.conn_consumed += taken
             read = self._streams.get(stream_id)
@@ -525,10 +533,10 @@ class _FastPaths(_ConnectionState):
         if (
             handler is None
             or stream is None
-            or stream.recv_state is not RecvState.OPEN
+            or stream.recv_state is not RECV_OPEN
             or offset != stream.delivered
             or self._lossy
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
         ):
             return False
         end = offset + len(data)
