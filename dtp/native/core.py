@@ -872,7 +872,9 @@ class NativeLane:
         from ``counter``; returns the sealed bytes (a view valid until the next call) and
         the number of records. ``head`` (bytes, at most ``MAX_SEAL_HEAD`` of them): stream
         bytes before ``data``, sealed as if joined to it (a message's length prefix)."""
-        src = _from_buffer(data)
+        # (bytes go to C as they are: cffi passes their buffer, with no cdata made and no
+        # keywords parsed as ffi.from_buffer makes and parses)
+        src = data if type(data) is bytes else _from_buffer(data)
         size = len(src)
         head_len = len(head)
         counts = self._counts
