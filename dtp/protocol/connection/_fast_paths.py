@@ -336,11 +336,13 @@ class _FastPaths(_ConnectionState):
         else:
             if len(buf) < size:
                 buf = memoryview(bytearray(size))
+        # (a view as it is, the adapters' usual read: memoryview() of one is another)
+        view = data if type(data) is memoryview else memoryview(data)
         try:
             if self._inbuf:
-                self._lane_feed(memoryview(data), stream, buf, now, True)
+                self._lane_feed(view, stream, buf, now, True)
             else:
-                self._take_run(memoryview(data), stream, buf, now, True)
+                self._take_run(view, stream, buf, now, True)
         finally:
             if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
                 _spare_buffers.append(buf)
