@@ -626,13 +626,24 @@ size_t dtp_stream_seal_size(uint64_t stream_id, uint64_t offset, size_t len, siz
 int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, uint64_t offset,
                     const uint8_t *data, size_t len, int fin, size_t max_chunk, uint8_t *out,
                     size_t out_cap, size_t *written, size_t *n_records) {
+    return dtp_stream_seal_head(ctx, first_counter, stream_id, offset, NULL, 0, data, len, fin,
+                                max_chunk, out, out_cap, written, n_records);
+}
+
+int dtp_stream_seal_head(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id,
+                         uint64_t offset, const uint8_t *head, size_t head_len,
+                         const uint8_t *data, size_t len, int fin, size_t max_chunk,
+                         uint8_t *out, size_t out_cap, size_t *written, size_t *n_records) {
     if (ctx == NULL || written == NULL || n_records == NULL || (data == NULL && len > 0) ||
-        (out == NULL && out_cap > 0))
+        (head == NULL && head_len > 0) || (out == NULL && out_cap > 0))
         return DTP_ERR_ARG;
     *written = 0;
     *n_records = 0;
+    if (head_len > DTP_MAX_SEAL_HEAD) return DTP_ERR_ARG;
+    if (len > SIZE_MAX - head_len) return DTP_ERR_FRAME_VALUE;
+    size_t all = head_len + len; /* the stream bytes: head, then data */
     size_t n = 0, total = 0;
-    int rc = stream_seal_check(stream_id, offset, len, max_chunk, &n, &total);
+    int rc = stream_seal_check(stream_id, offset, all, max_chunk, &n, &total);
     if (rc != DTP_OK) return rc;
     if (first_counter == COUNTER_RESERVED ||
         (uint64_t)(n - 1) > COUNTER_RESERVED - 1 - first_counter)
@@ -642,13 +653,22 @@ int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, u
     size_t out_pos = 0, pos = 0, sid_size = dtp_varint_size(stream_id);
     for (size_t i = 0; i < n; i++) {
         size_t h_len = 0;
-        size_t chunk = stream_chunk(sid_size, offset, pos, len, max_chunk, &h_len);
-        uint8_t fh[STREAM_HEADER_MAX];
+        size_t chunk = stream_chunk(sid_size, offset, pos, all, max_chunk, &h_len);
+        /* the frame header, then the chunk's bytes of the head (if any): one piece */
+        uint8_t fh[STREAM_HEADER_MAX + DTP_MAX_SEAL_HEAD];
         size_t h = 0;
         fh[h++] = (fin && i == n - 1) ? DTP_FRAME_STREAM_FIN : DTP_FRAME_STREAM;
-        h += dtp_varint_put(fh + h, sizeof fh - h, stream_id);
-        h += dtp_varint_put(fh + h, sizeof fh - h, offset + (uint64_t)pos);
-        h += dtp_varint_put(fh + h, sizeof fh - h, (uint64_t)chunk);
+        h += dtp_varint_put(fh + h, STREAM_HEADER_MAX - h, stream_id);
+        h += dtp_varint_put(fh + h, STREAM_HEADER_MAX - h, offset + (uint64_t)pos);
+        h += dtp_varint_put(fh + h, STREAM_HEADER_MAX - h, (uint64_t)chunk);
+        size_t from_head = 0;
+        if (pos < head_len) {
+            from_head = head_len - pos < chunk ? head_len - pos : chunk;
+            memcpy(fh + h, head + pos, from_head);
+        }
+        /* the chunk's bytes of data: from where the head ended, or went on before */
+        size_t from_data = chunk - from_head;
+        const uint8_t *p2 = from_data > 0 ? data + (pos + from_head - head_len) : NULL;
         uint64_t counter = first_counter + (uint64_t)i;
         uint8_t *hdr = out + out_pos;
         size_t plen = h + chunk; /* (h == h_len) */
@@ -657,8 +677,9 @@ int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, u
         dtp_put_u16le(hdr + 2, (uint16_t)(plen + DTP_AEAD_TAG_LEN));
         dtp_put_u64le(hdr + 4, counter);
         uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
-        rc = seal_raw2(ctx, counter, hdr, DTP_RECORD_HEADER_LEN, fh, h,
-                       chunk > 0 ? data + pos : NULL, chunk, ct, ct + plen);
+        rc = seal_raw2(ctx, counter, hdr, DTP_RECORD_HEADER_LEN, fh, h + from_head, p2,
+                       from_data, ct, ct + plen);
+        if (from_head > 0) OPENSSL_cleanse(fh + h, from_head);
         if (rc != DTP_OK) {
             OPENSSL_cleanse(out, out_pos + DTP_RECORD_HEADER_LEN + plen);
             return rc;

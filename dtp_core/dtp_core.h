@@ -73,6 +73,9 @@
 /* The data bytes a STREAM record holds at any stream id and offset: its frame header
  * (type, two 8-byte varints, a 2-byte length) always fits beside them. */
 #define DTP_MAX_STREAM_CHUNK 16363 /* DTP_MAX_RECORD_PLAINTEXT - 21 */
+/* The longest head dtp_stream_seal_head puts before the caller's data (a message
+ * framing's length prefix, say: RPC's is 4 bytes). */
+#define DTP_MAX_SEAL_HEAD 64
 #define DTP_MAX_CLOSE_REASON 1024
 #define DTP_MAX_RECEIPT 1024
 #define DTP_MAX_ACK_RANGES 256
@@ -229,6 +232,17 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
 int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, uint64_t offset,
                     const uint8_t *data, size_t len, int fin, size_t max_chunk, uint8_t *out,
                     size_t out_cap, size_t *written, size_t *n_records);
+
+/* dtp_stream_seal of head[0..head_len) || data[0..len), without the caller joining them
+ * first (a message's length prefix and its body: one record, no copy of the body). The
+ * records, their cuts and their checks are those of dtp_stream_seal over the joined
+ * bytes (len there is head_len + len); head_len above DTP_MAX_SEAL_HEAD, or a NULL head
+ * with head_len > 0 -> DTP_ERR_ARG; head_len + len past SIZE_MAX -> DTP_ERR_FRAME_VALUE.
+ * dtp_stream_seal_size(stream_id, offset, head_len + len, max_chunk) gives the size. */
+int dtp_stream_seal_head(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id,
+                         uint64_t offset, const uint8_t *head, size_t head_len,
+                         const uint8_t *data, size_t len, int fin, size_t max_chunk,
+                         uint8_t *out, size_t out_cap, size_t *written, size_t *n_records);
 
 /* Output size of dtp_stream_seal for these arguments (0 if they are invalid). */
 size_t dtp_stream_seal_size(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk);

@@ -91,6 +91,11 @@ _REQUEST_HEAD: Final = 0x9600
 
 
 _unpackb = msgpack.unpackb
+#: The length prefixes of the frames whose body is shorter than this many bytes, made
+#: once: a small call's prefix is then no new bytes object (begin_request_parts,
+#: response_parts)
+_HEADS_KEPT: Final = 512
+_HEADS: Final = tuple(size.to_bytes(4, "big") for size in range(_HEADS_KEPT))
 #: A frame's length and its body's first two bytes, in one call with no slice
 _frame_head = struct.Struct(">IH").unpack_from
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
@@ -583,6 +588,15 @@ class RpcProtocol:
         hands the request to the timers with :meth:`track` (``tracked``: at once, as
         :meth:`track` would, with no call of its own). Raises as :meth:`send_request`
         does."""
+        request_id, head, body = self.begin_request_parts(method, params, now, timeout, tracked)
+        return request_id, head + body
+
+    def begin_request_parts(
+        self, method: str, params: Any, now: float, timeout: float | None, tracked: bool = False
+    ) -> tuple[int, bytes, bytes]:
+        """:meth:`begin_request`, the frame in two parts: (id, length prefix, body), for
+        a writer that seals them as one (``DTPStreamWriter.writelines``) without joining
+        them."""
         if method is not self._last_method:
             # (a str checked once stays good: a caller's usual name, the same object
             # each call, is not checked again)
@@ -624,7 +638,7 @@ class RpcProtocol:
             outgoing[request_id] = deadline = now + timeout
             if tracked:
                 heapq.heappush(self._timers, (deadline, 0, request_id))
-        return request_id, size.to_bytes(4, "big") + body
+        return request_id, _HEADS[size] if size < _HEADS_KEPT else size.to_bytes(4, "big"), body
 
     def track(self, request_id: int) -> None:
         """Give a request from :meth:`begin_request` its timer, as :meth:`send_request`
@@ -718,15 +732,23 @@ class RpcProtocol:
         """The frame answering a request from :meth:`take_request` with ``result``: as
         :meth:`send_response` would send it (an error frame for a result that cannot
         be encoded or is too large)."""
+        head, body = self.response_parts(request_id, result)
+        return head + body
+
+    def response_parts(self, request_id: int, result: Any) -> tuple[bytes, bytes]:
+        """:meth:`response_frame` in two parts, (length prefix, body), as
+        :meth:`begin_request_parts` gives a request's (an error frame comes whole, as
+        the body, after an empty prefix)."""
         try:
             body: bytes = self._pack([RESPONSE, request_id, result, None])
         except Exception as exc:  # whatever packing the result raised: still an answer
-            return self._frame([ERROR, request_id, E.INTERNAL_ERROR, _unencodable(exc), None])
-        if len(body) > self.max_message_size:
-            return self._frame(
-                [ERROR, request_id, E.MESSAGE_TOO_LARGE, E.RESPONSE_TOO_LARGE_TEXT, None]
-            )
-        return len(body).to_bytes(4, "big") + body
+            error = [ERROR, request_id, E.INTERNAL_ERROR, _unencodable(exc), None]
+            return b"", self._frame(error)
+        size = len(body)
+        if size > self.max_message_size:
+            error = [ERROR, request_id, E.MESSAGE_TOO_LARGE, E.RESPONSE_TOO_LARGE_TEXT, None]
+            return b"", self._frame(error)
+        return _HEADS[size] if size < _HEADS_KEPT else size.to_bytes(4, "big"), body
 
     def error_frame(self, request_id: int, code: int, message: str, data: Any = None) -> bytes:
         """The frame answering a request from :meth:`take_request` with an error, as

@@ -454,29 +454,35 @@ class NativeAead:
         data: bytes | bytearray | memoryview,
         fin: bool = False,
         max_chunk: int = MAX_FRAME_DATA,
+        head: bytes | bytearray | memoryview = b"",
     ) -> tuple[bytes, int]:
         """Seal stream bytes as records of one STREAM frame each, straight from ``data``
         (``dtp_stream_seal``): chunks of ``max_chunk`` or what fills a record (one empty
-        record for empty data), the last frame STREAM_FIN when ``fin``; (bytes, records)."""
+        record for empty data), the last frame STREAM_FIN when ``fin``; (bytes, records).
+        ``head`` (at most ``MAX_SEAL_HEAD`` bytes): stream bytes before ``data``, sealed
+        as if joined to it (``dtp_stream_seal_head``)."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
         if max_chunk <= 0:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
         src = _from(data)
-        size = len(src)
+        first = _from(head)
+        size = len(first) + len(src)
         # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
         # most 25 of frame header per record, each but the last full or of max_chunk
         cap = size + (size // min(chunk, MAX_STREAM_CHUNK) + 1) * 53
         out = self._buffer(cap)
         counts = self._sizes
-        rc = lib.dtp_stream_seal(
+        rc = lib.dtp_stream_seal_head(
             self._ctx,
             first_counter,
             sid,
             off,
+            first,
+            len(first),
             src,
-            size,
+            len(src),
             int(fin),
             chunk,
             out,
@@ -484,7 +490,7 @@ class NativeAead:
             counts,
             counts + 1,
         )
-        del src  # (see _from)
+        del src, first  # (see _from)
         _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, counts[0])[:]
         return sealed, counts[1]
@@ -733,6 +739,30 @@ _SCRATCH_KEPT = 4  # most spare take() scratch buffers (one per thread taking at
 _spare_scratch: list[Any] = []
 
 
+class _MadeOnUse:
+    """A lane's carrier-read buffer (``rview``, ``own``), made by its ``_ready_io`` on
+    first use. A descriptor with no ``__set__``: ``_ready_io`` sets the instance's own
+    attribute, which wins from then on. (A ``__getattr__`` on the class instead made
+    every attribute read of the lane -- a seal or take reads seven -- take CPython's
+    slow path: three times the cost, and a method-wrapper object each.)"""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, lane: None, owner: type) -> _MadeOnUse: ...
+
+    @overload
+    def __get__(self, lane: NativeLane, owner: type) -> memoryview: ...
+
+    def __get__(self, lane: NativeLane | None, owner: type) -> _MadeOnUse | memoryview:
+        if lane is None:
+            return self
+        lane._ready_io()
+        view: memoryview = lane.__dict__[self._name]
+        return view
+
+
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -792,9 +822,9 @@ class NativeLane:
         self._err = ffi.new("int *")
 
     #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
-    rview: memoryview
+    rview = _MadeOnUse()
     #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes)
-    own: memoryview
+    own = _MadeOnUse()
 
     def _ready_io(self) -> None:
         """Make the carrier reads' buffers, flow_take's scratch and the full seal
@@ -824,15 +854,6 @@ class NativeLane:
         self.io.out = self._out
         self.io.out_cap = cap
 
-    def __getattr__(self, name: str) -> memoryview:
-        # (rview and own before the first carrier read: made now; set as attributes
-        # from then on, so that this costs nothing on the paths that use them)
-        if name in ("rview", "own"):
-            self._ready_io()
-            view: memoryview = self.__dict__[name]
-            return view
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @property
     def pending(self) -> int:
         """Bytes of a record the carrier has only begun to bring, kept at
@@ -854,22 +875,33 @@ class NativeLane:
         return n
 
     def seal(
-        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+        self,
+        counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        head: bytes = b"",
     ) -> tuple[memoryview, int]:
-        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
-        ``counter``; returns the sealed bytes (a view valid until the next call) and
-        the number of records."""
-        src = _from_buffer(data)
+        """Seal ``data`` (at most :attr:`max_seal` bytes with ``head``) as STREAM records
+        from ``counter``; returns the sealed bytes (a view valid until the next call) and
+        the number of records. ``head`` (bytes, at most ``MAX_SEAL_HEAD`` of them): stream
+        bytes before ``data``, sealed as if joined to it (a message's length prefix)."""
+        # (bytes go to C as they are: cffi passes their buffer, with no cdata made and no
+        # keywords parsed as ffi.from_buffer makes and parses)
+        src = data if type(data) is bytes else _from_buffer(data)
         size = len(src)
+        head_len = len(head)
         counts = self._counts
         try:
-            if size > self.max_seal:
+            if size + head_len > self.max_seal:
                 raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
-            rc = lib.dtp_stream_seal(
+            rc = lib.dtp_stream_seal_head(
                 self._send_ctx,
                 counter,
                 stream_id,
                 offset,
+                head,
+                head_len,
                 src,
                 size,
                 0,
@@ -892,7 +924,7 @@ class NativeLane:
                 # more than the output holds yet: grown (to at most seal_cap, which
                 # holds max_seal), the seal runs again
                 self._grow_output(min(self._seal_cap, max(2 * self._out_cap, 2 * size + 4096)))
-                return self.seal(counter, stream_id, offset, data)
+                return self.seal(counter, stream_id, offset, data, head)
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
 

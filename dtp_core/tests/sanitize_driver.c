@@ -256,6 +256,20 @@ static void exercise_small_entry_points(void) {
                                  sizeof out, &written, &n);
         CHECK(rc == DTP_OK ? written == want : (want == 0 || rc == DTP_ERR_BUFFER));
         CHECK(rc == DTP_OK || (written == 0 && n == 0));
+        /* the same bytes as a head (up to one past its limit) and the rest: the same
+         * records, or the same refusal, but for a head over the limit */
+        size_t head_len = next() % (DTP_MAX_SEAL_HEAD + 2);
+        if (head_len > len) head_len = len;
+        static uint8_t out2[sizeof out];
+        size_t written2 = 1, n2 = 1;
+        int rc2 = dtp_stream_seal_head(tx, 0, sid, off, data, head_len, data + head_len,
+                                       len - head_len, (int)(round & 1), chunk, out2,
+                                       sizeof out2, &written2, &n2);
+        if (head_len > DTP_MAX_SEAL_HEAD)
+            CHECK(rc2 == DTP_ERR_ARG && written2 == 0 && n2 == 0);
+        else
+            CHECK(rc2 == rc && written2 == written && n2 == n &&
+                  (rc != DTP_OK || memcmp(out, out2, written) == 0));
     }
     dtp_aead_free(tx);
 

@@ -230,3 +230,28 @@ def test_response_frame_of_an_unencodable_result() -> None:
     general.receive_data(frame(PACK([0, 3, "m", None, 0, None])), 0.0)
     general.send_response(3, object())
     assert fast.response_frame(3, object()) == general.data_to_send()
+
+
+# (bodies of 511 to 513 bytes: requests of 496 to 498 bytes of params, responses of
+# 504 to 506: each side of the prefixes made once)
+@pytest.mark.parametrize("size", [0, 1, 400, 496, 497, 498, 504, 505, 506, 5000])
+def test_the_parts_of_a_frame_are_its_prefix_and_body(size: int) -> None:
+    payload = b"x" * size
+    fast, general = RpcProtocol(first_id=5), RpcProtocol(first_id=5)
+    request_id, head, body = fast.begin_request_parts("echo", payload, 1.0, 2.0)
+    assert request_id == general.send_request("echo", payload, now=1.0, timeout=2.0)
+    assert head == len(body).to_bytes(4, "big") and head + body == general.data_to_send()
+    general.receive_data(frame(PACK([0, 9, "m", None, 0, None])), 0.0)
+    general.events()
+    general.send_response(9, payload)
+    head, body = fast.response_parts(9, payload)
+    assert head == len(body).to_bytes(4, "big") and head + body == general.data_to_send()
+
+
+def test_the_parts_of_an_error_answer_are_the_whole_frame() -> None:
+    # a result that cannot be sent: its ERROR frame comes whole after an empty prefix
+    fast = RpcProtocol(max_message_size=100)
+    for result in (object(), b"x" * 200):
+        head, body = fast.response_parts(3, result)
+        assert head == b"" and body == fast.response_frame(3, result)
+        assert body[4:6] == b"\x95\x02"  # [ERROR, id, code, text, None]

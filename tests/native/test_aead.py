@@ -704,6 +704,36 @@ def test_seal_stream_fills_each_record(backend: SimpleNamespace, offset: int) ->
                 assert all(len(r.plaintext) == MAX for r in records[:-1])
 
 
+# A head (a message's length prefix) sealed before the data is the seal of the two joined:
+# every split of the joined bytes between chunks, the head's own included (max_chunk
+# below the head's length cuts it across records).
+@pytest.mark.parametrize("max_chunk", [1, 3, 4, 5, 64, 1000, MAX])
+def test_seal_stream_with_a_head_is_the_seal_of_the_joined_bytes(
+    backend: SimpleNamespace, max_chunk: int
+) -> None:
+    key = os.urandom(32)
+    for head_len in (0, 1, 4, 63, 64):
+        for size in (0, 1, 100, 2000, MAX + 5):
+            if max_chunk < 64 and size > 2000:
+                continue  # (thousands of records: the small sizes cover the splits)
+            head, data = os.urandom(head_len), os.urandom(size)
+            for fin in (False, True):
+                got = backend.Aead(key).seal_stream(5, 4, 1000, data, fin, max_chunk, head)
+                assert got == REFERENCE.Aead(key).seal_stream(
+                    5, 4, 1000, head + data, fin, max_chunk
+                ), (head_len, size, fin)
+
+
+def test_seal_stream_refuses_a_head_over_its_limit(backend: SimpleNamespace) -> None:
+    from dtp.native.reference._limits import MAX_SEAL_HEAD
+
+    aead = backend.Aead(os.urandom(32))
+    assert aead.seal_stream(0, 4, 0, b"x", head=bytes(MAX_SEAL_HEAD))[1] == 1
+    with pytest.raises(LocalProtocolError) as info:
+        aead.seal_stream(0, 4, 0, b"x", head=bytes(MAX_SEAL_HEAD + 1))
+    assert info.value.code == ErrorCode.ARG
+
+
 def test_seal_stream_empty_and_fin(backend: SimpleNamespace) -> None:
     key = os.urandom(32)
     for fin in (False, True):
@@ -789,12 +819,20 @@ def test_open_frames_full_on_frame_slots(backend: SimpleNamespace) -> None:
     data=st.binary(max_size=300),
     fin=st.booleans(),
     chunk=st.integers(-1, 70) | st.sampled_from([MAX - 25, MAX - 21, MAX, MAX + 1]),
+    head=st.binary(max_size=70),
 )
 def test_differential_seal_stream(
-    key: bytes, first: int, stream_id: int, offset: int, data: bytes, fin: bool, chunk: int
+    key: bytes,
+    first: int,
+    stream_id: int,
+    offset: int,
+    data: bytes,
+    fin: bool,
+    chunk: int,
+    head: bytes,
 ) -> None:
     require_native()
-    args = (first, stream_id, offset, data, fin, chunk)
+    args = (first, stream_id, offset, data, fin, chunk, head)
     assert outcome(NATIVE.Aead(key).seal_stream, *args) == outcome(
         REFERENCE.Aead(key).seal_stream, *args
     )

@@ -267,6 +267,19 @@ def test_seal_is_dtp_stream_seal_and_bounded(backend: SimpleNamespace) -> None:
         backend.Lane(backend.Aead(key), backend.Aead(key), seal_cap=100)
 
 
+def test_seal_with_a_head_is_the_seal_of_head_and_data_joined(backend: SimpleNamespace) -> None:
+    key = os.urandom(32)
+    lane = backend.Lane(backend.Aead(key), backend.Aead(os.urandom(32)))
+    for size in (0, 100, 70_000):
+        data = os.urandom(size)
+        head = size.to_bytes(4, "big")
+        sealed, n = lane.seal(7, SID, 123, data, head)
+        assert (bytes(sealed), n) == backend.Aead(key).seal_stream(7, SID, 123, head + data)
+    # the head counts toward what one seal takes
+    with pytest.raises(LocalProtocolError):
+        lane.seal(0, SID, 0, bytes(lane.max_seal - 3), b"\0\0\0\0")
+
+
 # -- the C core and its twin agree ----------------------------------------------------------
 
 PIECES = ["good", "other", "offset", "fin", "control", "tamper", "replay", "empty"]
@@ -494,3 +507,31 @@ def test_the_seal_output_grows_from_small_to_max_seal(backend: SimpleNamespace) 
         assert result.taken == size and bytes(dst) == data
         offset += size
         counter += n
+
+
+def test_seal_fast_with_a_head_sends_the_records_of_head_and_data_joined() -> None:
+    c, s, _ = connect(stream_window=64 * 1024, connection_window=128 * 1024)
+    client, server = c.conn, s.conn
+    sid = client.open_stream()
+    got, joined = bytearray(), bytearray()
+    for size in (100, 5000, 40_000):
+        body = os.urandom(size)
+        head = size.to_bytes(4, "big")
+        joined += head + body
+        rl = client.records
+        counter, offset = rl.send_counter, client._streams[sid].next_offset
+        expected, records = rl.send_aead.seal_stream(counter, sid, offset, head + body)
+        sealed = client.seal_fast(sid, body, 0.0, head)
+        assert sealed is not None and (bytes(sealed[0]), sealed[1]) == (expected, size)
+        assert rl.send_counter == counter + records
+        assert client._streams[sid].next_offset == offset + 4 + size
+        _feed(server, expected, False, 0, got, {})
+        client.receive_data(server.data_to_send(0.0), 0.0)  # credit flows back
+    assert got == joined
+    # beyond the stream's credit: nothing sealed (the caller joins them), nothing moved
+    rl = client.records
+    counter, offset = rl.send_counter, client._streams[sid].next_offset
+    credit = client._streams[sid].send_credit - offset
+    assert client.seal_fast(sid, bytes(credit - 3), 0.0, b"\0\0\0\0") is None
+    assert (rl.send_counter, client._streams[sid].next_offset) == (counter, offset)
+    assert client.seal_fast(sid, bytes(credit - 4), 0.0, b"\0\0\0\0") is not None

@@ -76,6 +76,11 @@ class AsyncRpcClient(ClientBase):
         check_one_meter(meter, writer)
         self._reader = reader
         self._writer = writer
+        # a frame's two parts, written as one (a DTP writer seals them with no joined
+        # copy); a writer without writelines gets them joined
+        self._write_parts: Callable[[tuple[bytes, bytes]], Any] = getattr(
+            writer, "writelines", None
+        ) or (lambda parts: writer.write(b"".join(parts)))
         self.timeout = timeout
         self._fees = ClientFees(meter, prepay)
         self.on_notification = on_notification
@@ -133,14 +138,18 @@ class AsyncRpcClient(ClientBase):
         proto = self._proto
         now = loop.time()
         fees = self._fees
+        head = b""  # (a frame's length prefix, when frame is its body: written as one)
         if fees.meter is None and fees.prepay is None:
             if meta is None:
                 # (the protocol's fast framing, as the blocking client's quiet call: the
                 # checks of a method name and timeout seen last time are not made again)
                 # (tracked: its deadline's timer, as send_request's)
-                request_id, frame = proto.begin_request(method, params, now, timeout, tracked=True)
+                request_id, head, frame = proto.begin_request_parts(
+                    method, params, now, timeout, tracked=True
+                )
                 if self._output:  # (what the protocol queued goes first: CANCELs)
-                    frame = proto.data_to_send() + frame
+                    frame = proto.data_to_send() + head + frame
+                    head = b""
             else:
                 request_id = proto.send_request(
                     method, params, now=now, timeout=timeout, meta=meta_copy(meta)
@@ -184,7 +193,12 @@ class AsyncRpcClient(ClientBase):
             if task is not None:
                 self._sending[task] = request_id
             try:
-                if frame:
+                if head:
+                    # the prefix and the body sealed as one, not joined first (a DTP
+                    # writer's writelines; any other's joins them)
+                    self._write_parts((head, frame))
+                    await self._writer.drain()
+                elif frame:
                     self._writer.write(frame)
                     await self._writer.drain()
             except BaseException as exc:

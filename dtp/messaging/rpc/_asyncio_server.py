@@ -266,7 +266,11 @@ class AsyncRpcServer(ServerBase):
         # (kept: live views of the protocol's state, asked per read without a call)
         methods, plain, unanswered = self.methods, self._plain, proto.unanswered
         output = proto.output
-        take_request, response_frame = proto.take_request, proto.response_frame
+        take_request, response_parts = proto.take_request, proto.response_parts
+        # an answer's two parts, written as one (AsyncRpcClient._write_parts)
+        write_parts = getattr(writer, "writelines", None) or (
+            lambda parts: writer.write(b"".join(parts))
+        )
         try:
             while True:
                 # no wait_for around read(): cancelling a read can lose what it took;
@@ -294,7 +298,7 @@ class AsyncRpcServer(ServerBase):
                 # context, of a stream that pays nothing on a server with no method
                 # rules: answered by this task, with no task of its own, event or
                 # pending state (the blocking server's inline loop; the engine's
-                # take_request and response_frame)
+                # take_request and response_parts)
                 message = (
                     take_request(data)
                     if not fees.paid and self.rules is None and not self._pricing
@@ -319,6 +323,7 @@ class AsyncRpcServer(ServerBase):
                             context = contextvars.copy_context()
                             request_id = message[1]
                             reply = None
+                            head = b""  # (reply's length prefix: the two written as one)
                             try:
                                 outcome = context.run(fn, message[3])
                             except asyncio.CancelledError as exc:  # (its own: as run()'s)
@@ -353,12 +358,15 @@ class AsyncRpcServer(ServerBase):
                                         run(event, _returning(outcome), False), context=context
                                     )
                                 else:
-                                    reply = response_frame(request_id, outcome)
+                                    head, reply = response_parts(request_id, outcome)
                                     self.served += 1
                             if reply is not None:
                                 if output:  # (what was queued before goes first)
                                     writer.write(proto.data_to_send())
-                                writer.write(reply)
+                                if head:
+                                    write_parts((head, reply))
+                                else:
+                                    writer.write(reply)
                                 await writer.drain()
                             continue
                     if message is not None:

@@ -306,7 +306,10 @@ class RpcClient(ClientBase):
                 or self._notes
             )
             if quiet:
-                request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
+                request_id, head, body = proto.begin_request_parts(
+                    method, params, time.monotonic(), timeout
+                )
+                frame = head + body  # (the lane's exchange takes one buffer)
                 # we read for everybody until the answer: calls other threads start
                 # meanwhile wait for us (RpcClient._read_loop), as for any reader
                 self._reading = True

@@ -351,7 +351,7 @@ class _ServerStream:
         anything else takes the protocol's general path and the handlers run in turn."""
         stream, proto = self.stream, self.proto
         methods = self.server.methods
-        take_request, response_frame = proto.take_request, proto.response_frame
+        take_request, response_parts = proto.take_request, proto.response_parts
         closed = self.server._closed
         # a DTPSocket sends an answer and reads on in one go (None: do it ourselves)
         send_recv: Callable[[bytes, int], bytes | None] = getattr(
@@ -395,7 +395,8 @@ class _ServerStream:
                 if entry is not None and not entry[1]:
                     # a plain handler: answered at once
                     try:
-                        reply = response_frame(message[1], entry[0](message[3]))
+                        head, body = response_parts(message[1], entry[0](message[3]))
+                        reply = head + body  # (send_recv takes one buffer)
                         self.served += 1
                     except Exception as exc:
                         reply = self.answer_error(message, exc)

@@ -35,6 +35,7 @@ from dtp.native.reference._limits import (
     AEAD_TAG_LEN,
     MAX_FRAME_DATA,
     MAX_RECORD_PLAINTEXT,
+    MAX_SEAL_HEAD,
     MAX_STREAM_CHUNK,
     OPEN_FRAMES_MAX,
     RECORD_HEADER_LEN,
@@ -245,17 +246,23 @@ class Aead:
         data: bytes | bytearray | memoryview,
         fin: bool = False,
         max_chunk: int = MAX_FRAME_DATA,
+        head: bytes | bytearray | memoryview = b"",
     ) -> tuple[bytes, int]:
         """Seal stream bytes as records of one STREAM frame each (``dtp_stream_seal``):
         ``data`` in chunks of ``max_chunk``, or of what fills the record's plaintext to
         16,384 bytes where the frame header beside ``max_chunk`` would pass it (one
         empty record for empty data), the last frame STREAM_FIN when ``fin``. Returns
-        (sealed bytes, number of records)."""
-        raw = bytes(data)
+        (sealed bytes, number of records). ``head`` (at most :data:`MAX_SEAL_HEAD`
+        bytes): stream bytes before ``data``, sealed as the two joined
+        (``dtp_stream_seal_head``)."""
+        first = bytes(head)
+        raw = first + bytes(data)
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
         if max_chunk <= 0:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        if len(first) > MAX_SEAL_HEAD:
+            raise LocalProtocolError("a seal's head is too long", ErrorCode.ARG)
         if max_chunk > MAX_FRAME_DATA:
             raise LocalProtocolError(code=ErrorCode.FRAME_SIZE)
         if not (0 <= stream_id <= VARINT_MAX and 0 <= offset <= VARINT_MAX):

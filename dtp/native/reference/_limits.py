@@ -22,6 +22,8 @@ MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21
 """The stream bytes a record holds at any stream id and offset: a STREAM frame header
 (type, two 8-byte varints, a 2-byte length) always fits beside them. Every record
 ``seal_stream`` fills holds at least this many."""
+MAX_SEAL_HEAD = 64
+"""The most bytes ``seal_stream``'s ``head`` takes (a message framing's length prefix)."""
 # a record of one STREAM frame: header, tag and at most 25 bytes of frame header
 STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 LANE_OWN_CAP = 1 << 16  # a lane's own receive buffer (Lane.own)

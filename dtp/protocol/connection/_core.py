@@ -87,7 +87,16 @@ from dtp.protocol._events import (
     StopSendingReceived,
 )
 from dtp.protocol._recovery import MAX_PTO_COUNT
-from dtp.protocol._state import CloseCode, ConnState, ControlKind, RecvState, SendState, transition
+from dtp.protocol._state import (
+    CONN_CLOSED,
+    CONN_ESTABLISHED,
+    RECV_OPEN,
+    CloseCode,
+    ConnState,
+    ControlKind,
+    SendState,
+    transition,
+)
 from dtp.protocol.connection._config import (
     MAX_PENDING_EARLY_RECORDS,
     MIN_KEEPALIVE,
@@ -485,7 +494,7 @@ class Connection(_Streams, _FastPaths):
         """Feed bytes from the carrier (any split: whole, partial, many records)."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is ConnState.CLOSED or not data:
+        if self._state is CONN_CLOSED or not data:
             if self.records.closing is not None and data:
                 self.records.input_while_closing(now)
             return
@@ -499,14 +508,14 @@ class Connection(_Streams, _FastPaths):
             sid is not None
             and self.stream_data_handler is not None
             and not self._lossy
-            and self._state is ConnState.ESTABLISHED
+            and self._state is CONN_ESTABLISHED
         ):
             # the stream that got data last probably gets this too: the lane opens its
             # run of records into one buffer, for one handler call
             stream = self._streams.get(sid)
             if (
                 stream is not None
-                and stream.recv_state is RecvState.OPEN
+                and stream.recv_state is RECV_OPEN
                 and stream.recv_highest == stream.delivered
             ):
                 self._feed_stream(data, stream, now)
@@ -515,7 +524,7 @@ class Connection(_Streams, _FastPaths):
 
     def _receive(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """:meth:`receive_data` after its bookkeeping."""
-        if self._state is ConnState.CLOSED or not data:
+        if self._state is CONN_CLOSED or not data:
             return
         try:
             if self._recv_aead is not None:
@@ -561,7 +570,7 @@ class Connection(_Streams, _FastPaths):
         if self.lent_lane is not None:
             self._take_back()
         records = self.records
-        if self._state is not ConnState.CLOSED or records.close_frame is not None:
+        if self._state is not CONN_CLOSED or records.close_frame is not None:
             # (the state is asked only when some stream has something to send)
             records.build(now, records.streams_dirty and self._streams_may_go())
         out = records.out
@@ -621,10 +630,10 @@ class Connection(_Streams, _FastPaths):
             # no later than the real one (sends and receives only move timers later),
             # and read-only: timer threads ask without the adapter's lock
             return self.lent_timer
-        if self._state is ConnState.CLOSED:
+        if self._state is CONN_CLOSED:
             return self.records.closing_deadline()
         config = self.config
-        if self._state is ConnState.ESTABLISHED and not self._lossy and self._hs_resend_at is None:
+        if self._state is CONN_ESTABLISHED and not self._lossy and self._hs_resend_at is None:
             # the common case, without building a list: idle timeout and keepalive
             idle = self._last_received + config.idle_timeout
             if self._keepalive:
@@ -632,9 +641,9 @@ class Connection(_Streams, _FastPaths):
                 return keepalive if keepalive < idle else idle
             return idle
         deadlines = [self._last_received + self.config.idle_timeout]
-        if self._state is not ConnState.ESTABLISHED:
+        if self._state is not CONN_ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)
-        if self._state is ConnState.ESTABLISHED and self._keepalive:
+        if self._state is CONN_ESTABLISHED and self._keepalive:
             deadlines.append(self._last_sent + self._keepalive)
         if self._hs_resend_at is not None:
             deadlines.append(self._hs_resend_at)
@@ -685,7 +694,7 @@ class Connection(_Streams, _FastPaths):
         on a client right behind its AUTH frame (the server holds it until it accepts),
         but only where records cannot overtake each other."""
         state = self._state
-        return state is ConnState.ESTABLISHED or (
+        return state is CONN_ESTABLISHED or (
             self.is_client and state is ConnState.AUTHENTICATING and self.config.reliable_carrier
         )
 

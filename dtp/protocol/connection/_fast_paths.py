@@ -23,7 +23,15 @@ from typing import Any
 from dtp.native import core as _core
 from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN, FULL, REC_DATA, STOP, TakeResult
 from dtp.protocol._events import StreamDataReceived
-from dtp.protocol._state import ConnState, RecvState, SendState
+from dtp.protocol._state import (
+    CONN_CLOSED,
+    CONN_ESTABLISHED,
+    RECV_OPEN,
+    SEND_OPEN,
+    ConnState,
+    RecvState,
+    SendState,
+)
 from dtp.protocol.connection._base import Stream, _ConnectionState
 from dtp.protocol.connection._config import MAX_RECORD_PLAINTEXT, MAX_STREAM_FRAME_OVERHEAD
 from dtp.protocol.connection._records import _SHORT_VARINTS, _varint
@@ -202,13 +210,16 @@ class _FastPaths(_ConnectionState):
         )
 
     def seal_fast(
-        self, stream_id: int, data: bytes | bytearray | memoryview, now: float
+        self, stream_id: int, data: bytes | bytearray | memoryview, now: float, head: bytes = b""
     ) -> tuple[memoryview, int] | None:
         """Seal the start of ``data`` on ``stream_id`` now, as much as flow control
         allows, when nothing else must go first; returns (records, bytes of ``data``
         taken) or None to use :meth:`send_stream_data`. The records are a view into the
         lane's buffer, valid until the next call: the caller writes them to the carrier
-        (or copies them) at once, before anything :meth:`data_to_send` returns."""
+        (or copies them) at once, before anything :meth:`data_to_send` returns.
+        ``head`` (bytes, at most ``MAX_SEAL_HEAD``): stream bytes before ``data`` (a
+        message's length prefix), sealed with it as the two joined -- only all of both
+        at once (None otherwise: the caller joins them)."""
         if self.lent_lane is not None:
             self._take_back()
         stream = self._streams.get(stream_id)
@@ -216,9 +227,9 @@ class _FastPaths(_ConnectionState):
         if (
             stream is None
             or stream.send_buf
-            or stream.send_state is not SendState.OPEN
+            or stream.send_state is not SEND_OPEN
             # (_nothing_goes_first, inline: a call fewer a write; test_waiting_checks.py)
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
             or self._lossy
             or rl.out
             or rl.ctrl
@@ -234,19 +245,26 @@ class _FastPaths(_ConnectionState):
         if credit <= 0 or not data:
             return None
         lane = self._lane or self._get_lane()
-        n = min(len(data), credit, lane.max_seal)
-        if n == table.conn_send_credit - table.conn_sent and n != len(data):
-            rl.pack_after = stream_id  # (as in _seal_stream_now)
-        sealed, records = lane.seal(
-            rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
-        )
+        if head:
+            n = len(data)
+            total = n + len(head)
+            if total > credit or total > lane.max_seal:
+                return None
+            sealed, records = lane.seal(rl.send_counter, stream_id, offset, data, head)
+        else:
+            n = total = min(len(data), credit, lane.max_seal)
+            if n == table.conn_send_credit - table.conn_sent and n != len(data):
+                rl.pack_after = stream_id  # (as in _seal_stream_now)
+            sealed, records = lane.seal(
+                rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
+            )
         rl.send_counter += records
         rl.records_sent += records
         self.bytes_sent += len(sealed)
         self._last_sent = now
         stream.announce = False
-        stream.next_offset = stream.base_offset = offset + n
-        table.conn_sent += n
+        stream.next_offset = stream.base_offset = offset + total
+        table.conn_sent += total
         return sealed, n
 
     def sealed_kept(self) -> None:
@@ -280,9 +298,9 @@ class _FastPaths(_ConnectionState):
         stream = self._streams.get(stream_id)
         if (
             stream is None
-            or stream.recv_state is not RecvState.OPEN
+            or stream.recv_state is not RECV_OPEN
             or stream.recv_highest != stream.delivered
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
             or self._lossy
             or not len(dst)
         ):
@@ -345,11 +363,13 @@ class _FastPaths(_ConnectionState):
         else:
             if len(buf) < size:
                 buf = memoryview(bytearray(size))
+        # (a view as it is, the adapters' usual read: memoryview() of one is another)
+        view = data if type(data) is memoryview else memoryview(data)
         try:
             if self._inbuf:
-                self._lane_feed(memoryview(data), stream, buf, now, True)
+                self._lane_feed(view, stream, buf, now, True)
             else:
-                self._take_run(memoryview(data), stream, buf, now, True)
+                self._take_run(view, stream, buf, now, True)
         finally:
             if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
                 _spare_buffers.append(buf)
@@ -466,16 +486,16 @@ class _FastPaths(_ConnectionState):
                 if other is not None and other.recv_highest == other.delivered:
                     stream, stream_id, before = other, other.stream_id, other.delivered
             if (
-                self._state is not ConnState.ESTABLISHED
+                self._state is not CONN_ESTABLISHED
                 or stream.delivered != before
-                or stream.recv_state is not RecvState.OPEN
+                or stream.recv_state is not RECV_OPEN
                 or self._inbuf
             ):
                 self._receive(view, now)
                 general = True
                 break
         self._lane_sid = stream_id
-        if taken and not deliver and self._state is not ConnState.CLOSED:
+        if taken and not deliver and self._state is not CONN_CLOSED:
             # what dst holds counts as read (as acknowledge_read would count it)
             table.conn_consumed += taken
             read = self._streams.get(stream_id)
@@ -542,10 +562,10 @@ class _FastPaths(_ConnectionState):
         if (
             handler is None
             or stream is None
-            or stream.recv_state is not RecvState.OPEN
+            or stream.recv_state is not RECV_OPEN
             or offset != stream.delivered
             or self._lossy
-            or self._state is not ConnState.ESTABLISHED
+            or self._state is not CONN_ESTABLISHED
         ):
             return False
         end = offset + len(data)

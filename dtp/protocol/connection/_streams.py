@@ -18,6 +18,7 @@ from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
 from dtp.protocol._events import StreamDataReceived, StreamOpened, StreamResetReceived
 from dtp.protocol._state import (
+    CONN_CLOSED,
     CloseCode,
     ConnState,
     RecvState,
@@ -204,7 +205,7 @@ class _Streams(_ConnectionState):
         """The application consumed ``nbytes`` of a stream: return flow-control credit."""
         if self.lent_lane is not None:
             self._take_back()
-        if nbytes <= 0 or self._state is ConnState.CLOSED:
+        if nbytes <= 0 or self._state is CONN_CLOSED:
             return
         table = self.streams
         table.conn_consumed += nbytes

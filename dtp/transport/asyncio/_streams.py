@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamReset
+from dtp.native.reference._limits import MAX_SEAL_HEAD
 from dtp.protocol.connection import CloseCode
 from dtp.transport._hooks import NOT_PAID, ConnectionHook
 from dtp.transport._session import ACCEPT_KEY, CARRIER_DRAIN, UNSENT, StreamSink
@@ -567,6 +568,40 @@ class DTPStreamWriter:
             proto.flush()
 
     def writelines(self, lines: Any) -> None:
+        """:meth:`write` of the pieces joined. Two pieces of bytes, the first short (a
+        message's length prefix and its body: ``RpcProtocol.begin_request_parts``), go
+        as one seal of both where the stream's credit takes them at once, with no
+        joined copy made (the records are those of the joined bytes)."""
+        if type(lines) is tuple and len(lines) == 2:
+            head, body = lines
+            if (
+                type(head) is bytes
+                and type(body) is bytes
+                and 0 < len(head) <= MAX_SEAL_HEAD
+                and body
+                and not (self._closing or self._eof_sent)
+                and self._proto.hook is None
+            ):
+                session = self._session
+                buf = session.streams.get(self._stream_id)
+                proto = self._proto
+                transport = proto.transport
+                if (
+                    session.terminated is None
+                    and (buf is None or buf.send_stopped is None)
+                    and transport is not None
+                    and not transport.is_closing()
+                ):
+                    # (write's lane, for both pieces at once: all of them, or the join)
+                    conn = self._conn
+                    sealed = conn.seal_fast(self._stream_id, body, proto.now(), head)
+                    if sealed is not None:
+                        transport.write(sealed[0])
+                        if transport.get_write_buffer_size() and _keeps_views(transport):
+                            conn.sealed_kept()
+                        if proto._timer is None:
+                            proto.flush()
+                        return
         self.write(b"".join(lines))
 
     def can_write_eof(self) -> bool:
