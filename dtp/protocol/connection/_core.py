@@ -59,7 +59,6 @@ from dtp.native.types import (
     FRAME_MAX_STREAM_DATA,
     FRAME_MAX_STREAMS,
     FRAME_PADDING,
-    FRAME_PING,
     FRAME_RECEIPT,
     FRAME_RESET_STREAM,
     FRAME_STOP_SENDING,
@@ -107,6 +106,11 @@ from dtp.protocol.connection._config import (
     parse_params,
 )
 from dtp.protocol.connection._fast_paths import _FastPaths
+from dtp.protocol.connection._frame_order import (
+    allowed_before_auth,
+    repeat_safe_before,
+    stream_frame_before_accept,
+)
 from dtp.protocol.connection._records import RecordLayer
 from dtp.protocol.connection._stream_table import Stream, StreamTable, send_done
 from dtp.protocol.connection._streams import (
@@ -124,24 +128,6 @@ logger = logging.getLogger("dtp.protocol.connection")
 _BAD_HEADER = frozenset({ErrorCode.RECORD_KIND, ErrorCode.RECORD_FLAGS, ErrorCode.RECORD_SIZE})
 
 
-_STREAM_FRAMES = frozenset(
-    {FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_MAX_STREAM_DATA}
-)
-
-
-def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
-    """Whether a frame about a stream comes before any ACCEPT in ``frames``."""
-    for frame in frames:
-        if frame.type == FRAME_CONTROL and frame.a == ControlKind.ACCEPT:
-            return False
-        if frame.type in _STREAM_FRAMES:
-            return True
-    return False
-
-
-#: The frames an XX server takes before the client's AUTH (section 8 of the spec).
-_BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
-
 # a server's packed transport parameters by (id of its config, version): _transport_params
 _SERVER_PARAMS: dict[tuple[int, int], tuple[ConnectionConfig, bytes]] = {}
 _SERVER_PARAMS_KEPT = 32
@@ -152,47 +138,6 @@ _HANDSHAKE_KIND = {
     ConnState.CLIENT_HELLO: REC_HS_RESP,
     ConnState.SERVER_FINAL: REC_HS_FINAL,
 }
-
-
-def _allowed_before_auth(frames: list[RawFrame]) -> bool:
-    """Whether every frame before the first AUTH in ``frames`` (all of them if there is
-    none) is one a server takes from a client not yet authenticated."""
-    for frame in frames:
-        if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
-            return True
-        if frame.type not in _BEFORE_AUTH:
-            return False
-    return True
-
-
-#: Frames whose effect is the same when a copy comes again: what a record holds before
-#: a STREAM frame it is dropped at may be taken twice (the record is sent again).
-#: (RESET_STREAM and STOP_SENDING are no-ops once taken; a DATAGRAM is never resent.)
-_REPEAT_SAFE = frozenset(
-    {
-        FRAME_PADDING,
-        FRAME_PING,
-        FRAME_ACK,
-        FRAME_STREAM,
-        FRAME_STREAM_FIN,
-        FRAME_MAX_DATA,
-        FRAME_MAX_STREAM_DATA,
-        FRAME_MAX_STREAMS,
-        FRAME_RESET_STREAM,
-        FRAME_STOP_SENDING,
-        FRAME_DATAGRAM,
-    }
-)
-
-
-def _repeat_safe_before(frames: list[RawFrame], failed: RawFrame) -> bool:
-    """Whether every frame of ``frames`` before ``failed`` is in :data:`_REPEAT_SAFE`."""
-    for frame in frames:
-        if frame is failed:
-            return True
-        if frame.type not in _REPEAT_SAFE:
-            return False
-    return False
 
 
 class Connection(_Streams, _FastPaths):
@@ -1344,14 +1289,14 @@ class Connection(_Streams, _FastPaths):
         scratch buffer: whatever outlives this call is copied)."""
         if self._state is ConnState.AUTHENTICATING:
             if self.is_client:
-                if self._lossy and _stream_frame_before_accept(frames):
+                if self._lossy and stream_frame_before_accept(frames):
                     # a lossy carrier lost the ACCEPT's record or brought it late: the
                     # server's first stream frames got here first. Dropped
                     # unacknowledged, they come again; taken, they would be data before
                     # authentication (and a reset of stream 0, not open before the
                     # ACCEPT, would be lost).
                     return
-            elif self.peer_address is None and not _allowed_before_auth(frames):
+            elif self.peer_address is None and not allowed_before_auth(frames):
                 # XX: the client's first DATA record opens with its AUTH: what came
                 # before it would be answered (a STOP_SENDING's reset) before
                 # authentication, and reach the application after accept() as if the
@@ -1388,7 +1333,7 @@ class Connection(_Streams, _FastPaths):
             if not (
                 exc.code == ErrorCode.REASM_FRAGMENTED
                 and self._lossy
-                and _repeat_safe_before(frames, frame)
+                and repeat_safe_before(frames, frame)
             ):
                 raise
             # A lossy carrier: an honest sender with many small records in flight, some
