@@ -188,11 +188,13 @@ def _stop_listening(listener: asyncio.base_events.Server) -> asyncio.Future[None
     collector finds it -- a ResourceWarning where it does. So the listener stops
     reading at once and is closed after those steps, which the loop runs first."""
     loop = listener.get_loop()
-    if not isinstance(loop, BaseSelectorEventLoop) or not loop.is_running():
+    # (sockets without a descriptor: a simulated network's, which accept without a reader)
+    fds = [fd for sock in listener.sockets if (fd := sock.fileno()) >= 0]
+    if not isinstance(loop, BaseSelectorEventLoop) or not loop.is_running() or not fds:
         listener.close()  # (no accept task: uvloop makes the transport as it accepts)
         return None
-    for sock in listener.sockets:
-        loop.remove_reader(sock.fileno())
+    for fd in fds:
+        loop.remove_reader(fd)
     closed = loop.create_future()
 
     def close() -> None:
