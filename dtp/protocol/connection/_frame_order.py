@@ -5,28 +5,20 @@ server's ACCEPT, and ahead of a frame a record is dropped at."""
 
 from __future__ import annotations
 
-from dtp.native.types import (
-    FRAME_ACK,
-    FRAME_CLOSE,
-    FRAME_CONTROL,
-    FRAME_DATAGRAM,
-    FRAME_MAX_DATA,
-    FRAME_MAX_STREAM_DATA,
-    FRAME_MAX_STREAMS,
-    FRAME_PADDING,
-    FRAME_PING,
-    FRAME_RESET_STREAM,
-    FRAME_STOP_SENDING,
-    FRAME_STREAM,
-    FRAME_STREAM_FIN,
-    RawFrame,
-)
+from dtp.native import types as t
+from dtp.native.types import FRAME_CONTROL, RawFrame
 from dtp.protocol._state import ControlKind
 
 __all__ = ["allowed_before_auth", "repeat_safe_before", "stream_frame_before_accept"]
 
 _STREAM_FRAMES = frozenset(
-    {FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_MAX_STREAM_DATA}
+    {
+        t.FRAME_STREAM,
+        t.FRAME_STREAM_FIN,
+        t.FRAME_RESET_STREAM,
+        t.FRAME_STOP_SENDING,
+        t.FRAME_MAX_STREAM_DATA,
+    }
 )
 
 
@@ -41,7 +33,7 @@ def stream_frame_before_accept(frames: list[RawFrame]) -> bool:
 
 
 #: The frames an XX server takes before the client's AUTH (section 8 of the spec).
-_BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
+_BEFORE_AUTH = frozenset({t.FRAME_ACK, t.FRAME_PADDING, t.FRAME_PING, t.FRAME_CLOSE})
 
 
 def allowed_before_auth(frames: list[RawFrame]) -> bool:
@@ -60,17 +52,17 @@ def allowed_before_auth(frames: list[RawFrame]) -> bool:
 #: (RESET_STREAM and STOP_SENDING are no-ops once taken; a DATAGRAM is never resent.)
 _REPEAT_SAFE = frozenset(
     {
-        FRAME_PADDING,
-        FRAME_PING,
-        FRAME_ACK,
-        FRAME_STREAM,
-        FRAME_STREAM_FIN,
-        FRAME_MAX_DATA,
-        FRAME_MAX_STREAM_DATA,
-        FRAME_MAX_STREAMS,
-        FRAME_RESET_STREAM,
-        FRAME_STOP_SENDING,
-        FRAME_DATAGRAM,
+        t.FRAME_PADDING,
+        t.FRAME_PING,
+        t.FRAME_ACK,
+        t.FRAME_STREAM,
+        t.FRAME_STREAM_FIN,
+        t.FRAME_MAX_DATA,
+        t.FRAME_MAX_STREAM_DATA,
+        t.FRAME_MAX_STREAMS,
+        t.FRAME_RESET_STREAM,
+        t.FRAME_STOP_SENDING,
+        t.FRAME_DATAGRAM,
     }
 )
 
