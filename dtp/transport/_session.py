@@ -780,6 +780,34 @@ class Session:
             else:
                 touched.add(stream_id)
 
+    def drop_finished(self, stream_id: int) -> bool:
+        """The application closes ``stream_id`` whose reads are over (its end came and
+        everything was read) and which the connection is done with (forgotten: both
+        ways ended), with nothing else pending (no event, no change not taken yet):
+        its buffer goes at once, which is what :meth:`discard` then :meth:`forget`
+        would come to (a request answered with ``write_eof()``, then closed). True
+        when it went; False, changing nothing, otherwise."""
+        buf = self.streams.get(stream_id)
+        if (
+            buf is None
+            or not buf.eof
+            or buf.data
+            or buf.discarded
+            or buf.reset_code is not None
+            or self.terminated is not None
+            or self._data_arrived
+            or self._touched is not None
+            or self._broad
+            or self._failure is not None
+            or self._datagrams_in
+            or self._closed_queue
+            or self.conn._events
+            or stream_id in self.conn.streams.by_id
+        ):
+            return False
+        del self.streams[stream_id]
+        return True
+
     def unread(self, stream_id: int, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete, back in front of
         ``stream_id``'s buffer. Its flow-control credit went back when it was taken:

@@ -689,6 +689,18 @@ class DTPStreamWriter:
             self._close_task = task
             self._proto._notify()  # (a drain() waiting raises now: see there)
         else:
+            proto = self._proto
+            stream_id = self._stream_id
+            if (
+                self._eof_sent
+                and not proto._waiters
+                and stream_id not in proto._keyed
+                and self._session.drop_finished(stream_id)
+            ):
+                # both halves done and read, the connection done with the stream, and
+                # nothing waiting on it: what the close below comes to (no frame, the
+                # buffer gone, no task to wake), in one step
+                return
             # (whether this queues anything for the peer: a stream whose both ends are
             # done -- a request answered with write_eof() -- queues nothing, and its
             # close needs no flush)
