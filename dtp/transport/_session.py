@@ -567,6 +567,21 @@ class Session:
         while events:
             event = events.popleft()
             changed = True
+            if type(event) is StreamOpened and self._tracking:
+                # (_apply's and _track's case written out: every stream the peer opens)
+                sid = event.stream_id
+                if sid not in self.streams:
+                    self.streams[sid] = StreamBuffer()
+                self.incoming_streams.append(sid)
+                if sid == PRIMARY_STREAM:
+                    self.conn.stream_taken(0)
+                touched = self._touched
+                if touched is None:
+                    self._touched = {sid, ACCEPT_KEY}
+                else:
+                    touched.add(sid)
+                    touched.add(ACCEPT_KEY)
+                continue
             self._apply(event)
             if self._tracking:
                 self._track(event)
