@@ -192,9 +192,14 @@ class DTPStreamReader:
         if n == 0:
             return b""
         if n < 0:
-            chunks: list[bytes] = []
             session = self._session
             stream_id = self._stream_id
+            buf = session.streams.get(stream_id)
+            if buf is not None and buf.eof and buf.data and buf.reset_code is None:
+                # the whole stream is here with its end (a short request): what the
+                # loop below comes to, its first take, without the loop
+                return self._take_from_stream(len(buf.data))
+            chunks: list[bytes] = []
             try:
                 while True:
                     # (_wait_readable inline: a coroutine fewer a pass when the bytes
