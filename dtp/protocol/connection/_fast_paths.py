@@ -195,6 +195,23 @@ class _FastPaths(_ConnectionState):
             and self.lent_lane is None
         )
 
+    def steady_timer(self) -> float | None:
+        """:meth:`get_timer`'s deadline when :meth:`timer_steady` holds, else None (ask
+        get_timer then): both answers of a driver's flush in one call."""
+        if (
+            self._state is ConnState.ESTABLISHED
+            and not self._lossy
+            and self._hs_resend_at is None
+            and self.lent_lane is None
+        ):
+            # (get_timer's steady branch)
+            idle = self._last_received + self.config.idle_timeout
+            if self._keepalive:
+                keepalive = self._last_sent + self._keepalive
+                return keepalive if keepalive < idle else idle
+            return idle
+        return None
+
     def _get_lane(self) -> Any:
         if self._lane is None:
             self._lane = _core.Lane(self.records.send_aead, self._recv_aead)

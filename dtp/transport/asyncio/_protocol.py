@@ -254,8 +254,13 @@ class Protocol(asyncio.BufferedProtocol):
         data = conn.data_to_send(now)
         if data:
             transport.write(data)
-        deadline = conn.get_timer()
-        self._timer_steady = conn.timer_steady()
+        # (get_timer() and timer_steady() in one call, in the steady state)
+        deadline = conn.steady_timer()
+        if deadline is None:
+            deadline = conn.get_timer()
+            self._timer_steady = False
+        else:
+            self._timer_steady = True
         if self._timer is not None and deadline is not None and self._timer_at <= deadline + 0.001:
             return  # (the usual case, without a call: see _schedule_timer)
         self._schedule_timer(deadline)
