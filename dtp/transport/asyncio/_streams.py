@@ -32,6 +32,10 @@ LOSSY_CLOSE_LINGER = 30.0
 class DTPStreamReader:
     """Reads one stream; the :class:`asyncio.StreamReader` interface."""
 
+    #: The read waiting for bytes, if one is: a second one raises RuntimeError (each
+    #: reader's own once set; until then this, shared: a store fewer a stream served)
+    _waiting: str | None = None
+
     def __init__(self, proto: Protocol, stream_id: int) -> None:
         self._proto = proto
         # (proto.owner()'s, its owner read inline: a stream served makes a reader and a
@@ -41,8 +45,6 @@ class DTPStreamReader:
         self._owner = owner if owner is not None else proto.owner()
         self._session = proto.session
         self._stream_id = stream_id
-        #: The read waiting for bytes, if one is: a second one raises RuntimeError
-        self._waiting: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -413,6 +415,13 @@ class DTPStreamWriter:
     connection_id: str | None = None
     """The ledger connection (TransportControl) ID when connected by host ID."""
     escrow_id: str | None = None
+    # (each writer's own once set; until then these, shared: a stream served makes a
+    # writer, four stores fewer)
+    _closing = False
+    _eof_sent = False
+    #: The code close() asks the peer to stop sending with (reset()'s, else 0)
+    _stop_code = 0
+    _close_task: asyncio.Future[None] | None = None
 
     def __init__(self, proto: Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
@@ -423,11 +432,6 @@ class DTPStreamWriter:
         self._conn = proto.conn
         self._stream_id = stream_id
         self._primary = primary
-        self._closing = False
-        self._eof_sent = False
-        # the code close() asks the peer to stop sending with (reset()'s, else 0)
-        self._stop_code = 0
-        self._close_task: asyncio.Future[None] | None = None
 
     @property
     def stream_id(self) -> int:
@@ -630,19 +634,6 @@ class DTPStreamWriter:
         after it waits as before). A drain() already waiting when the close comes raises
         then too."""
 
-        def room() -> bool:
-            # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
-            # and a peer not reading would hold a writing task's drain() for good, or for
-            # the first stream's CLOSE_LINGER)
-            return (
-                self._closing
-                or self._session.terminated is not None
-                or (
-                    not self._proto.write_paused
-                    and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
-                )
-            )
-
         proto = self._proto
         if not (
             self._closing
@@ -653,7 +644,22 @@ class DTPStreamWriter:
             )
         ):
             # (room() written out first: with room already, the common case, no wait is
-            # built and no call made: the same answer, a coroutine fewer a drain)
+            # built, no closure made and no call made: the same answer, a coroutine fewer
+            # a drain)
+
+            def room() -> bool:
+                # (a close here ends the wait: what is queued is wait_closed()'s to wait
+                # for, and a peer not reading would hold a writing task's drain() for
+                # good, or for the first stream's CLOSE_LINGER)
+                return (
+                    self._closing
+                    or self._session.terminated is not None
+                    or (
+                        not self._proto.write_paused
+                        and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                    )
+                )
+
             await proto.wait_for(room)
         session = self._session
         buf = session.streams.get(self._stream_id)
