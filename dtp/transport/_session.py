@@ -360,15 +360,17 @@ class Session:
             return
         buf = self.streams.get(stream_id)
         if buf is None:
-            buf = self.streams[stream_id] = StreamBuffer()
-        if buf.discarded:
+            # (made with its bytes and end: a stream that came whole, a short call's)
+            self.streams[stream_id] = StreamBuffer(bytearray(data), end)
+        elif buf.discarded:
             # nobody will read them: their credit goes back now, or the connection's
             # window would shrink by them for good
             self.conn.acknowledge_read(stream_id, len(data))
             return
-        buf.data += data
-        if end:
-            buf.eof = True
+        else:
+            buf.data += data
+            if end:
+                buf.eof = True
         self._data_arrived = True
         if self._tracking:
             touched = self._touched

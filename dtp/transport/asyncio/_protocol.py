@@ -455,10 +455,11 @@ class Protocol(asyncio.BufferedProtocol):
             touched = touched | set(keys)
         if self.stream_handler is not None and ACCEPT_KEY in touched:
             self.start_streams()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiters:  # (no new list when none waits: most passes)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         keyed = self._keyed
         if keyed:
             for key in touched:
