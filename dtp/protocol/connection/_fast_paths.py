@@ -175,7 +175,7 @@ class _FastPaths(_ConnectionState):
             rl.pending_max_streams = False
         if rl.recovery is None:
             # (RecordLayer.seal inline, a call fewer: a reliable carrier tracks no record)
-            rl.out.append(rl.send_aead.seal(rl.send_counter, [plaintext]))
+            rl.out.append(rl.send_aead.seal_one(rl.send_counter, plaintext))
             rl.send_counter += 1
             rl.records_sent += 1
         else:
