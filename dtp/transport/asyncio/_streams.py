@@ -606,7 +606,10 @@ class DTPStreamWriter:
         if view:
             if self._closing or self._eof_sent:
                 raise LocalProtocolError("write on a closed or half-closed DTP stream")
-            self._session.check_writable(self._stream_id)
+            session = self._session
+            buf = session.streams.get(self._stream_id)
+            if session.terminated is not None or (buf is not None and buf.send_stopped is not None):
+                session.check_writable(self._stream_id)  # (raises: its tests, as write()'s)
             if self._proto.hook is not None:
                 self._check_payable(len(view))
         elif self._eof_sent or self._closing or self._session.terminated is not None:
