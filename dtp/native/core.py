@@ -10,8 +10,9 @@ from __future__ import annotations
 import array
 import os
 import struct
+import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
@@ -282,6 +283,8 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
+#: A uint32_t's bytes in memory (seal_one's one length, as C reads it)
+_BYTE_ORDER: Literal["little", "big"] = "little" if sys.byteorder == "little" else "big"
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 _DATAGRAM = t.FRAME_DATAGRAM
@@ -368,6 +371,36 @@ class NativeAead:
         if max(lens) > MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
         return self._seal(first_counter, plain, lens, len(plaintexts))
+
+    def seal_one(self, counter: int, plaintext: bytes | memoryview) -> bytes:
+        """``seal(counter, [plaintext])``: one DATA record, without the batch's list
+        and lengths array (a short answer's record)."""
+        plain = ffi.from_buffer("uint8_t[]", plaintext)  # (its bytes, whatever its items)
+        n = len(plain)
+        # (seal's checks, in its order)
+        if n > MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        if not 0 <= counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        size = n + RECORD_OVERHEAD
+        out = self._scratch if size <= self._scratch_len else self._buffer(size)
+        written = self._sizes
+        rc = lib.dtp_aead_seal_batch(
+            self._ctx,
+            counter,
+            plain,
+            n,
+            ffi.from_buffer("uint32_t[]", n.to_bytes(4, _BYTE_ORDER)),
+            1,
+            out,
+            size,
+            written,
+        )
+        del plain  # (see _from)
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
 
     def seal_chunks(
         self,

@@ -360,15 +360,17 @@ class Session:
             return
         buf = self.streams.get(stream_id)
         if buf is None:
-            buf = self.streams[stream_id] = StreamBuffer()
-        if buf.discarded:
+            # (made with its bytes and end: a stream that came whole, a short call's)
+            self.streams[stream_id] = StreamBuffer(bytearray(data), end)
+        elif buf.discarded:
             # nobody will read them: their credit goes back now, or the connection's
             # window would shrink by them for good
             self.conn.acknowledge_read(stream_id, len(data))
             return
-        buf.data += data
-        if end:
-            buf.eof = True
+        else:
+            buf.data += data
+            if end:
+                buf.eof = True
         self._data_arrived = True
         if self._tracking:
             touched = self._touched
@@ -567,6 +569,21 @@ class Session:
         while events:
             event = events.popleft()
             changed = True
+            if type(event) is StreamOpened and self._tracking:
+                # (_apply's and _track's case written out: every stream the peer opens)
+                sid = event.stream_id
+                if sid not in self.streams:
+                    self.streams[sid] = StreamBuffer()
+                self.incoming_streams.append(sid)
+                if sid == PRIMARY_STREAM:
+                    self.conn.stream_taken(0)
+                touched = self._touched
+                if touched is None:
+                    self._touched = {sid, ACCEPT_KEY}
+                else:
+                    touched.add(sid)
+                    touched.add(ACCEPT_KEY)
+                continue
             self._apply(event)
             if self._tracking:
                 self._track(event)
@@ -779,6 +796,34 @@ class Session:
                 self._touched = {stream_id}
             else:
                 touched.add(stream_id)
+
+    def drop_finished(self, stream_id: int) -> bool:
+        """The application closes ``stream_id`` whose reads are over (its end came and
+        everything was read) and which the connection is done with (forgotten: both
+        ways ended), with nothing else pending (no event, no change not taken yet):
+        its buffer goes at once, which is what :meth:`discard` then :meth:`forget`
+        would come to (a request answered with ``write_eof()``, then closed). True
+        when it went; False, changing nothing, otherwise."""
+        buf = self.streams.get(stream_id)
+        if (
+            buf is None
+            or not buf.eof
+            or buf.data
+            or buf.discarded
+            or buf.reset_code is not None
+            or self.terminated is not None
+            or self._data_arrived
+            or self._touched is not None
+            or self._broad
+            or self._failure is not None
+            or self._datagrams_in
+            or self._closed_queue
+            or self.conn._events
+            or stream_id in self.conn.streams.by_id
+        ):
+            return False
+        del self.streams[stream_id]
+        return True
 
     def unread(self, stream_id: int, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete, back in front of

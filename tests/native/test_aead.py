@@ -949,3 +949,25 @@ def test_open_frames_datagram_runs(backend: SimpleNamespace) -> None:
     again.open_frames(sealed, datagram_runs=True)
     replayed = again.open_frames(sealed, datagram_runs=True).records
     assert [(r.replayed, r.frames, r.datagrams) for r in replayed] == [(True, [], None)] * 3
+
+
+def test_seal_one_is_seal_of_one_plaintext(backend: SimpleNamespace) -> None:
+    key = os.urandom(32)
+    aead = backend.Aead(key)
+    for counter, size in ((0, 0), (1, 1), (7, 200), (LAST, 300), (3, MAX)):
+        plaintext = os.urandom(size)
+        one = aead.seal_one(counter, plaintext)
+        assert one == aead.seal(counter, [plaintext])
+        assert one == aead.seal_one(counter, memoryview(plaintext))
+    for counter, plaintext in (
+        (0, bytes(MAX + 1)),
+        (-1, b"x"),
+        (2**64, b"x"),
+        (-1, bytes(MAX + 1)),
+    ):
+        assert outcome(aead.seal_one, counter, plaintext) == outcome(
+            aead.seal, counter, [plaintext]
+        )
+        assert outcome(aead.seal_one, counter, plaintext)[0] == "raise"
+    if backend is NATIVE:
+        assert aead.seal_one(5, b"abc") == REFERENCE.Aead(key).seal_one(5, b"abc")

@@ -22,6 +22,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.protocol._events import PeerAuthenticated
 from dtp.protocol.connection import MIN_KEEPALIVE, Connection, ConnectionConfig
 from dtp.transport.carriers._memory import MemoryLink
+from tests.support.pairs import connect, make_pair
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()
@@ -145,3 +146,21 @@ def test_a_keepalive_interval_of_the_wrong_type_is_refused(bad: object) -> None:
 def test_good_keepalive_intervals_are_taken() -> None:
     for good in (None, 0.25, 15, 3600.0):
         assert ConnectionConfig(identity=ID, is_client=True, keepalive_interval=good)
+
+
+@pytest.mark.parametrize("reliable", [True, False])
+def test_steady_timer_is_get_timer_exactly_while_timer_steady_holds(reliable: bool) -> None:
+    # (a driver's flush asks steady_timer() for both answers at once)
+    client, server = make_pair(reliable_carrier=reliable)
+    seen = []
+    for conn in (client, server):  # before the handshake
+        assert not conn.timer_steady() and conn.steady_timer() is None
+    c, s, link = connect(reliable_carrier=reliable)
+    for side in (c, s):
+        conn = side.conn
+        conn.data_to_send(link.now + 3.0)  # (the keepalive's start moves)
+        seen.append(conn.timer_steady())
+        assert conn.steady_timer() == (conn.get_timer() if conn.timer_steady() else None)
+        conn.close()
+        assert not conn.timer_steady() and conn.steady_timer() is None
+    assert seen == [reliable, reliable]

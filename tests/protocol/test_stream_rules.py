@@ -64,3 +64,36 @@ def test_a_lossy_carrier_reassembles_the_same_frames(case: str) -> None:
     _, s, _ = run_records(False, [*_OUT_OF_ORDER[case], [RawFrame(FRAME_STREAM, 0, 2, 0, b"cd")]])
     assert s.conn.termination is None
     assert bytes(s.data[0]) == b"abcd"
+
+
+@pytest.mark.parametrize("reliable", [True, False])
+def test_a_stream_arriving_whole_ends_as_one_sent_in_two_frames(reliable: bool) -> None:
+    # its bytes and its end in one frame (a short call's request) take a shorter way in
+    # (Connection._open_whole): the same events, the same stream state, the same counts
+    whole = run_records(reliable, [[RawFrame(FRAME_STREAM_FIN, 2, 0, 0, b"call")]])
+    split = run_records(
+        reliable,
+        [[RawFrame(FRAME_STREAM, 2, 0, 0, b"call")], [RawFrame(FRAME_STREAM_FIN, 2, 4, 0, b"")]],
+    )
+    (_, sw, _), (_, ss, _) = whole, split
+    assert sw.conn.termination is None and ss.conn.termination is None
+    assert [e.stream_id for e in sw.of(StreamOpened)] == [0, 2]
+    assert [(e.stream_id, bytes(e.data), e.end_stream) for e in sw.of(StreamDataReceived)] == [
+        (2, b"call", True)
+    ]
+    assert b"".join(bytes(e.data) for e in ss.of(StreamDataReceived)) == b"call"
+    assert sw.conn.streams.by_id[2] == ss.conn.streams.by_id[2]
+    for name in ("peer_opened", "conn_received", "untaken"):
+        assert getattr(sw.conn.streams, name) == getattr(ss.conn.streams, name), name
+
+
+def test_a_whole_stream_past_its_window_or_the_stream_limit_is_refused_as_any() -> None:
+    # (run_records' windows: 1000 bytes a stream)
+    _, s, _ = run_records(True, [[RawFrame(FRAME_STREAM_FIN, 2, 0, 0, b"x" * 1001)]])
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
+    c, s, link = connect(max_streams=2)  # stream 0 and one more
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 2, 0, 0, b"ok")], link.now) is None
+    term = send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 4, 0, 0, b"no")], link.now)
+    assert term is not None and "too many streams" in term.reason
+    assert [e.stream_id for e in s.of(StreamOpened)] == [0, 2]

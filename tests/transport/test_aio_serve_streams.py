@@ -174,3 +174,37 @@ def test_the_end_waits_for_the_handlers_and_a_cancel_cancels_them() -> None:
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_calls_answered_and_closed_leave_no_stream_state_behind() -> None:
+    """A handler that answers with write_eof() and closes, in its first step: each
+    stream's buffer goes with the close (none kept waiting for the connection), and its
+    reads are over."""
+    closed: list[Writer] = []
+
+    async def answer(reader: Reader, writer: Writer) -> None:
+        writer.write_eof((await reader.read()).upper())
+        await writer.drain()
+        writer.close()
+        closed.append(writer)
+
+    async def main() -> None:
+        server, (_, client), (_, server_writer) = await served_connection()
+        serving = asyncio.ensure_future(server_writer.serve_streams(answer))
+        got = [await asyncio.wait_for(_call(client, b"call %d" % i), 5) for i in range(50)]
+        assert got == [b"CALL %d" % i for i in range(50)]
+        session = server_writer._session
+        assert len(closed) == 50
+        assert set(session.streams) <= {0}
+        assert not session._closed_queue
+        for writer in closed:
+            sid = writer.stream_id
+            assert sid not in session.conn.streams.by_id
+            assert session.readable(sid) and session.take(sid, 10) == b""
+        client.close()
+        await client.wait_closed()
+        await asyncio.wait_for(serving, 10)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -123,6 +123,8 @@ def test_drain_raises_once_the_peer_stopped_reading_the_stream() -> None:
                 await writer2.drain()
             with pytest.raises(StreamReset):
                 writer2.write(b"y")
+            with pytest.raises(StreamReset):
+                writer2.write_eof(b"last")  # (its last bytes are written as write()'s)
             writer2.close()
             await asyncio.wait_for(writer2.wait_closed(), 5)
 

@@ -132,3 +132,64 @@ def test_buffers_of_closed_streams_go_once_the_connection_is_done_with_them() ->
     for sid in lingering + short:
         assert client.readable(sid)
         assert client.take(sid, 100) == b""
+
+
+def _answered(client: Session, server: Session, link: MemoryLink, step: Callable[[], None]) -> int:
+    """A stream the client opened with its whole request and the server answered with
+    its end: the client read it all, and the connection is done with it."""
+    sid = client.conn.open_stream()
+    client.conn.send_stream_data(sid, b"request", end_stream=True)
+    link.run(None, on_round=step)
+    server.conn.send_stream_data(sid, b"reply", end_stream=True)
+    assert link.run(lambda: sid not in client.conn.streams.by_id, on_round=step)
+    client.process_events()
+    client.take_changes()
+    assert client.take(sid, 100) == b"reply"
+    return sid
+
+
+def test_a_finished_stream_closed_goes_at_once_as_discard_and_forget_leave_it() -> None:
+    client, server, link, step = _session_link()
+    fast = _answered(client, server, link, step)
+    assert client.drop_finished(fast)
+    slow = _answered(client, server, link, step)
+    _close(client, slow)
+    client.take_changes()
+    # the same end: no buffer, reads over, nothing queued for the peer
+    for sid in (fast, slow):
+        assert sid not in client.streams
+        assert client.readable(sid)
+        assert client.take(sid, 100) == b""
+    assert not client.conn.has_output()
+
+
+def test_a_stream_not_finished_is_not_dropped() -> None:
+    client, server, link, step = _session_link()
+    # bytes unread
+    sid = client.conn.open_stream()
+    client.conn.send_stream_data(sid, b"request", end_stream=True)
+    link.run(None, on_round=step)
+    server.conn.send_stream_data(sid, b"reply", end_stream=True)
+    assert link.run(lambda: sid not in client.conn.streams.by_id, on_round=step)
+    client.process_events()
+    client.take_changes()
+    assert not client.drop_finished(sid)
+    assert client.streams[sid].data == b"reply"
+    # read, but the connection still tracks it (our end not sent)
+    assert client.take(sid, 100) == b"reply"
+    other = client.conn.open_stream()
+    client.conn.send_stream_data(other, b"request")
+    link.run(None, on_round=step)
+    server.conn.send_stream_data(other, b"reply", end_stream=True)
+    link.run(None, on_round=step)
+    client.process_events()
+    client.take_changes()
+    assert client.take(other, 100) == b"reply"
+    assert not client.drop_finished(other)
+    assert other in client.streams
+    # a change not taken yet (an adapter's wake-ups to come) keeps the general path
+    assert client.drop_finished(sid) is True
+    third = _answered(client, server, link, step)
+    client.discard(other)
+    assert not client.drop_finished(third)
+    assert third in client.streams

@@ -152,6 +152,10 @@ class Aead:
                 raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
         return self._seal(first_counter, raw)
 
+    def seal_one(self, counter: int, plaintext: bytes | memoryview) -> bytes:
+        """As :meth:`dtp.native.core.NativeAead.seal_one`: ``seal(counter, [plaintext])``."""
+        return self.seal(counter, [plaintext])
+
     def seal_chunks(
         self,
         first_counter: int,

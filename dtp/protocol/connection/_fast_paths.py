@@ -33,7 +33,11 @@ from dtp.protocol._state import (
     SendState,
 )
 from dtp.protocol.connection._base import Stream, _ConnectionState
-from dtp.protocol.connection._config import MAX_RECORD_PLAINTEXT, MAX_STREAM_FRAME_OVERHEAD
+from dtp.protocol.connection._config import (
+    MAX_RECORD_PLAINTEXT,
+    MAX_STREAM_FRAME_OVERHEAD,
+    VARINT_MAX,
+)
 from dtp.protocol.connection._records import _SHORT_VARINTS, _varint
 
 _FIN = bytes([FRAME_STREAM_FIN])
@@ -106,7 +110,10 @@ class _FastPaths(_ConnectionState):
             # where the frame and the credit fit one (a reply on a stream of its own, a
             # JSON-RPC call's, is one record, not two)
             and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
-            and self.streams.frees_a_place(stream)
+            # (StreamTable.frees_a_place, inline: every answer on a stream of its own)
+            and (stream.stream_id % 2 == 0) != table.is_client
+            and (stream.recv_state is RecvState.DONE or stream.recv_state is RecvState.RESET)
+            and (table.untaken is None or stream.stream_id not in table.untaken)
         ):
             self._seal_last(stream, offset, view)
             return b""
@@ -131,16 +138,26 @@ class _FastPaths(_ConnectionState):
         """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
         its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
         n = len(view)
+        table = self.streams
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
-        self.streams.conn_sent += n
+        table.conn_sent += n
         stream.send_state = SendState.FIN_SENT
         stream.fin_acked = True
-        self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
+        rl = self.records
+        sid = stream.stream_id
+        if sid and not stream.send_buf and not stream.retransmit.ranges and sid in table.by_id:
+            # (RecordLayer.forget_if_done's outcome, known here: its FIN went with every
+            # byte, its receiving half ended, the application took it -- frees_a_place --
+            # and it is not the client's first stream, which is remembered as it goes)
+            del table.by_id[sid]
+            table.peer_done += 1
+            rl.pending_max_streams = True
+        else:
+            rl.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
         # (the frames' bytes as the record layer's _emit_stream_chunk and build make them;
         # _varint's one- and two-byte forms inline: a short answer's stream ID, offset,
         # length and stream count are mostly that short)
-        sid = stream.stream_id
         plaintext = b"".join(
             (
                 _FIN,
@@ -158,16 +175,15 @@ class _FastPaths(_ConnectionState):
                 view,
             )
         )
-        rl = self.records
         if rl.pending_max_streams:
-            limit = self.streams.max_streams_limit()
+            limit = min(table.local_max + table.peer_done, VARINT_MAX)  # (max_streams_limit)
             plaintext += _MAX_STREAMS + (
                 (0x4000 | limit).to_bytes(2, "big") if 64 <= limit < 16384 else _varint(limit)
             )
             rl.pending_max_streams = False
         if rl.recovery is None:
             # (RecordLayer.seal inline, a call fewer: a reliable carrier tracks no record)
-            rl.out.append(rl.send_aead.seal(rl.send_counter, [plaintext]))
+            rl.out.append(rl.send_aead.seal_one(rl.send_counter, plaintext))
             rl.send_counter += 1
             rl.records_sent += 1
         else:
@@ -186,6 +202,23 @@ class _FastPaths(_ConnectionState):
             and self._hs_resend_at is None
             and self.lent_lane is None
         )
+
+    def steady_timer(self) -> float | None:
+        """:meth:`get_timer`'s deadline when :meth:`timer_steady` holds, else None (ask
+        get_timer then): both answers of a driver's flush in one call."""
+        if (
+            self._state is ConnState.ESTABLISHED
+            and not self._lossy
+            and self._hs_resend_at is None
+            and self.lent_lane is None
+        ):
+            # (get_timer's steady branch)
+            idle = self._last_received + self.config.idle_timeout
+            if self._keepalive:
+                keepalive = self._last_sent + self._keepalive
+                return keepalive if keepalive < idle else idle
+            return idle
+        return None
 
     def _get_lane(self) -> Any:
         if self._lane is None:

@@ -296,8 +296,11 @@ class _Streams(_ConnectionState):
             if (stream_id % 2 == 0) == table.is_client:
                 table.check_not_unopened(stream_id)
                 return  # a late frame for a stream we already forgot
-            if stream_id < (1 if table.is_client else 0) + 2 * table.peer_opened:
+            next_id = (1 if table.is_client else 0) + 2 * table.peer_opened
+            if stream_id < next_id:
                 return  # a late frame for a finished peer stream
+            if fin and not offset and stream_id == next_id and self._open_whole(stream_id, data):
+                return
             stream = self._open_peer_streams_up_to(stream_id)
         end = offset + len(data)
         # checked before a finished stream's frames are let go: a late copy of what was
@@ -365,6 +368,48 @@ class _Streams(_ConnectionState):
                 # (a sending half still open keeps the stream, as forget_if_done would
                 # find: a request's stream, its answer not written yet)
                 self.records.forget_if_done(stream)
+
+    def _open_whole(self, stream_id: int, data: bytes) -> bool:
+        """The peer's next stream, arriving whole: its bytes from offset 0 and its end
+        in one frame (a short call's request). Opened, and its bytes and end handed on,
+        as :meth:`_open_peer_streams_up_to` and the rest of :meth:`_on_stream_frame`
+        would, without the checks and states a stream under way goes through; False,
+        with nothing changed, when a rule there refuses it (the stream limit, a flow
+        control window: the general path raises its error)."""
+        table = self.streams
+        n = len(data)
+        if (
+            n > table.stream_window
+            or table.conn_received + n > table.conn_recv_limit
+            or table.peer_opened >= table.local_max + table.peer_done
+        ):
+            return False
+        # (StreamTable.open_peer_up_to's bookkeeping for one stream)
+        untaken = table.untaken
+        if untaken is None and table.defers_credit:
+            untaken = table.untaken = set()
+        table.by_id[stream_id] = Stream(
+            stream_id,
+            send_credit=table.send_window,
+            recv_limit=table.stream_window,
+            recv_state=RecvState.DONE,
+            delivered=n,
+            recv_highest=n,
+            final_size=n,
+        )
+        table.peer_opened += 1
+        if untaken is not None:
+            untaken.add(stream_id)
+        table.conn_received += n
+        if n:
+            self._lane_sid = stream_id
+        self._deliver(StreamOpened(stream_id))
+        handler = self.stream_data_handler
+        if handler is not None and (self.is_client or self._state is not ConnState.AUTHENTICATING):
+            handler(stream_id, data, True)
+        else:
+            self._deliver(StreamDataReceived(stream_id, data, True))
+        return True
 
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
         stream = self._streams.get(stream_id)

@@ -69,35 +69,50 @@ class _Begun(Coroutine[Any, Any, T]):
         raise TypeError("a _Begun is run by its task only")
 
 
-def start_now(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
-) -> tuple[asyncio.Task[T], bool]:
-    """A task for ``coro`` whose first step has run already (from a callback of the
-    loop, with no task current), and whether ``coro`` ended in it; a plain
-    ``create_task`` where a task is current (and False)."""
-    if sys.version_info >= (3, 12):
+if sys.version_info >= (3, 12):
+
+    def start_now(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+    ) -> tuple[asyncio.Task[T], bool]:
+        """A task for ``coro`` whose first step has run already (from a callback of the
+        loop, with no task current), and whether ``coro`` ended in it; a plain
+        ``create_task`` where a task is current (and False)."""
         if asyncio.current_task(loop) is not None:
             return loop.create_task(coro), False
         # (an eager task that ends in its first step is never scheduled at all)
         eager = asyncio.Task(coro, loop=loop, eager_start=True)
         return eager, eager.done()
-    # (3.11's current_task() is Python: its table is read directly, a call fewer)
-    if _current_tasks.get(loop) is not None:
-        return loop.create_task(coro), False
-    begun: _Begun[T] = _Begun(coro)
-    context = contextvars.copy_context()
-    task = loop.create_task(begun, context=context)
-    asyncio.tasks._enter_task(loop, task)
-    # the step runs in the task's context with the task current; whatever it comes to
-    # is the task's first step's (a BaseException too: the task raises it, as the
-    # step's own)
-    try:
-        first: tuple[int, Any] = (_YIELDED, context.run(coro.send, None))
-    except StopIteration as done:
-        first = (_RETURNED, done.value)
-    except BaseException as exc:
-        first = (_RAISED, exc)
-    finally:
-        asyncio.tasks._leave_task(loop, task)
-    begun._first = first
-    return task, first[0] != _YIELDED
+
+else:
+    # (asyncio's own functions, looked up once: a stream served calls each)
+    _enter_task = asyncio.tasks._enter_task
+    _leave_task = asyncio.tasks._leave_task
+    _copy_context = contextvars.copy_context
+
+    def start_now(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+    ) -> tuple[asyncio.Task[T], bool]:
+        """As 3.12's (above), with a :class:`_Begun` replaying the first step."""
+        # (3.11's current_task() is Python: its table is read directly, a call fewer)
+        if _current_tasks.get(loop) is not None:
+            return loop.create_task(coro), False
+        begun: _Begun[T] = _Begun(coro)
+        context = _copy_context()
+        task = loop.create_task(begun, context=context)
+        _enter_task(loop, task)
+        # the step runs in the task's context with the task current; whatever it comes
+        # to is the task's first step's (a BaseException too: the task raises it, as the
+        # step's own)
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration as done:
+            _leave_task(loop, task)
+            begun._first = (_RETURNED, done.value)
+            return task, True
+        except BaseException as exc:
+            _leave_task(loop, task)
+            begun._first = (_RAISED, exc)
+            return task, True
+        _leave_task(loop, task)
+        begun._first = (_YIELDED, yielded)
+        return task, False

@@ -254,8 +254,13 @@ class Protocol(asyncio.BufferedProtocol):
         data = conn.data_to_send(now)
         if data:
             transport.write(data)
-        deadline = conn.get_timer()
-        self._timer_steady = conn.timer_steady()
+        # (get_timer() and timer_steady() in one call, in the steady state)
+        deadline = conn.steady_timer()
+        if deadline is None:
+            deadline = conn.get_timer()
+            self._timer_steady = False
+        else:
+            self._timer_steady = True
         if self._timer is not None and deadline is not None and self._timer_at <= deadline + 0.001:
             return  # (the usual case, without a call: see _schedule_timer)
         self._schedule_timer(deadline)
@@ -450,10 +455,11 @@ class Protocol(asyncio.BufferedProtocol):
             touched = touched | set(keys)
         if self.stream_handler is not None and ACCEPT_KEY in touched:
             self.start_streams()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiters:  # (no new list when none waits: most passes)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         keyed = self._keyed
         if keyed:
             for key in touched:

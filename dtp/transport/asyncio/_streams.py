@@ -33,6 +33,10 @@ LOSSY_CLOSE_LINGER = 30.0
 class DTPStreamReader:
     """Reads one stream; the :class:`asyncio.StreamReader` interface."""
 
+    #: The read waiting for bytes, if one is: a second one raises RuntimeError (each
+    #: reader's own once set; until then this, shared: a store fewer a stream served)
+    _waiting: str | None = None
+
     def __init__(self, proto: Protocol, stream_id: int) -> None:
         self._proto = proto
         # (proto.owner()'s, its owner read inline: a stream served makes a reader and a
@@ -42,8 +46,6 @@ class DTPStreamReader:
         self._owner = owner if owner is not None else proto.owner()
         self._session = proto.session
         self._stream_id = stream_id
-        #: The read waiting for bytes, if one is: a second one raises RuntimeError
-        self._waiting: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -193,9 +195,14 @@ class DTPStreamReader:
         if n == 0:
             return b""
         if n < 0:
-            chunks: list[bytes] = []
             session = self._session
             stream_id = self._stream_id
+            buf = session.streams.get(stream_id)
+            if buf is not None and buf.eof and buf.data and buf.reset_code is None:
+                # the whole stream is here with its end (a short request): what the
+                # loop below comes to, its first take, without the loop
+                return self._take_from_stream(len(buf.data))
+            chunks: list[bytes] = []
             try:
                 while True:
                     # (_wait_readable inline: a coroutine fewer a pass when the bytes
@@ -409,6 +416,13 @@ class DTPStreamWriter:
     connection_id: str | None = None
     """The ledger connection (TransportControl) ID when connected by host ID."""
     escrow_id: str | None = None
+    # (each writer's own once set; until then these, shared: a stream served makes a
+    # writer, four stores fewer)
+    _closing = False
+    _eof_sent = False
+    #: The code close() asks the peer to stop sending with (reset()'s, else 0)
+    _stop_code = 0
+    _close_task: asyncio.Future[None] | None = None
 
     def __init__(self, proto: Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
@@ -419,11 +433,6 @@ class DTPStreamWriter:
         self._conn = proto.conn
         self._stream_id = stream_id
         self._primary = primary
-        self._closing = False
-        self._eof_sent = False
-        # the code close() asks the peer to stop sending with (reset()'s, else 0)
-        self._stop_code = 0
-        self._close_task: asyncio.Future[None] | None = None
 
     @property
     def stream_id(self) -> int:
@@ -632,7 +641,10 @@ class DTPStreamWriter:
         if view:
             if self._closing or self._eof_sent:
                 raise LocalProtocolError("write on a closed or half-closed DTP stream")
-            self._session.check_writable(self._stream_id)
+            session = self._session
+            buf = session.streams.get(self._stream_id)
+            if session.terminated is not None or (buf is not None and buf.send_stopped is not None):
+                session.check_writable(self._stream_id)  # (raises: its tests, as write()'s)
             if self._proto.hook is not None:
                 self._check_payable(len(view))
         elif self._eof_sent or self._closing or self._session.terminated is not None:
@@ -660,19 +672,6 @@ class DTPStreamWriter:
         after it waits as before). A drain() already waiting when the close comes raises
         then too."""
 
-        def room() -> bool:
-            # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
-            # and a peer not reading would hold a writing task's drain() for good, or for
-            # the first stream's CLOSE_LINGER)
-            return (
-                self._closing
-                or self._session.terminated is not None
-                or (
-                    not self._proto.write_paused
-                    and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
-                )
-            )
-
         proto = self._proto
         if not (
             self._closing
@@ -683,7 +682,22 @@ class DTPStreamWriter:
             )
         ):
             # (room() written out first: with room already, the common case, no wait is
-            # built and no call made: the same answer, a coroutine fewer a drain)
+            # built, no closure made and no call made: the same answer, a coroutine fewer
+            # a drain)
+
+            def room() -> bool:
+                # (a close here ends the wait: what is queued is wait_closed()'s to wait
+                # for, and a peer not reading would hold a writing task's drain() for
+                # good, or for the first stream's CLOSE_LINGER)
+                return (
+                    self._closing
+                    or self._session.terminated is not None
+                    or (
+                        not self._proto.write_paused
+                        and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                    )
+                )
+
             await proto.wait_for(room)
         session = self._session
         buf = session.streams.get(self._stream_id)
@@ -724,6 +738,18 @@ class DTPStreamWriter:
             self._close_task = task
             self._proto._notify()  # (a drain() waiting raises now: see there)
         else:
+            proto = self._proto
+            stream_id = self._stream_id
+            if (
+                self._eof_sent
+                and not proto._waiters
+                and stream_id not in proto._keyed
+                and self._session.drop_finished(stream_id)
+            ):
+                # both halves done and read, the connection done with the stream, and
+                # nothing waiting on it: what the close below comes to (no frame, the
+                # buffer gone, no task to wake), in one step
+                return
             # (whether this queues anything for the peer: a stream whose both ends are
             # done -- a request answered with write_eof() -- queues nothing, and its
             # close needs no flush)
