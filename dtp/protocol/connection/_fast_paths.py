@@ -69,7 +69,7 @@ class _FastPaths(_ConnectionState):
         return (
             not self._lossy
             and (
-                self._state is ConnState.ESTABLISHED
+                self._state is CONN_ESTABLISHED
                 or (self.is_client and self._state is ConnState.AUTHENTICATING)
             )
             and not (
@@ -197,7 +197,7 @@ class _FastPaths(_ConnectionState):
         while this held, and finds it still holds after a read that left nothing to send
         (:meth:`has_output`), has its timer in time."""
         return (
-            self._state is ConnState.ESTABLISHED
+            self._state is CONN_ESTABLISHED
             and not self._lossy
             and self._hs_resend_at is None
             and self.lent_lane is None
@@ -207,7 +207,7 @@ class _FastPaths(_ConnectionState):
         """:meth:`get_timer`'s deadline when :meth:`timer_steady` holds, else None (ask
         get_timer then): both answers of a driver's flush in one call."""
         if (
-            self._state is ConnState.ESTABLISHED
+            self._state is CONN_ESTABLISHED
             and not self._lossy
             and self._hs_resend_at is None
             and self.lent_lane is None
@@ -232,7 +232,7 @@ class _FastPaths(_ConnectionState):
         # implied by the state, as it comes with CLOSED; test_waiting_checks.py)
         rl = self.records
         return not (
-            self._state is not ConnState.ESTABLISHED
+            self._state is not CONN_ESTABLISHED
             or self._lossy  # a lossy carrier: records are tracked for resending
             or rl.out
             or rl.ctrl
@@ -554,7 +554,7 @@ class _FastPaths(_ConnectionState):
         data in two pieces, which any split must handle alike.)"""
         view = memoryview(data)
         inbuf = self._inbuf
-        while inbuf and view and self._state is not ConnState.CLOSED:
+        while inbuf and view and self._state is not CONN_CLOSED:
             have = len(inbuf)
             if have < 12:
                 need = 12 - have  # the header first: its checks come as soon as it is whole
