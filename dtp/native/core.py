@@ -913,7 +913,7 @@ class NativeLane:
         stream_id: int,
         offset: int,
         data: bytes | bytearray | memoryview,
-        head: bytes = b"",
+        head: bytes | bytearray | memoryview = b"",
     ) -> tuple[memoryview, int]:
         """Seal ``data`` (at most :attr:`max_seal` bytes with ``head``) as STREAM records
         from ``counter``; returns the sealed bytes (a view valid until the next call) and
@@ -923,6 +923,8 @@ class NativeLane:
         # keywords parsed as ffi.from_buffer makes and parses)
         src = data if type(data) is bytes else _from_buffer(data)
         size = len(src)
+        if type(head) is not bytes:
+            head = _from_buffer(head)  # (a bytearray or view, as the twin takes)
         head_len = len(head)
         counts = self._counts
         try:

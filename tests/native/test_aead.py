@@ -732,6 +732,8 @@ def test_seal_stream_refuses_a_head_over_its_limit(backend: SimpleNamespace) -> 
     with pytest.raises(LocalProtocolError) as info:
         aead.seal_stream(0, 4, 0, b"x", head=bytes(MAX_SEAL_HEAD + 1))
     assert info.value.code == ErrorCode.ARG
+    with pytest.raises(TypeError):  # (not a count of zero bytes)
+        aead.seal_stream(0, 4, 0, b"x", head=5)  # type: ignore[arg-type]
 
 
 def test_seal_stream_empty_and_fin(backend: SimpleNamespace) -> None:

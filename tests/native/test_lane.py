@@ -278,6 +278,10 @@ def test_seal_with_a_head_is_the_seal_of_head_and_data_joined(backend: SimpleNam
     # the head counts toward what one seal takes
     with pytest.raises(LocalProtocolError):
         lane.seal(0, SID, 0, bytes(lane.max_seal - 3), b"\0\0\0\0")
+    # a head in any bytes-like form seals as its bytes, on either backend
+    for kind in (bytearray, memoryview):
+        sealed, n = lane.seal(9, SID, 0, b"data", kind(b"head"))
+        assert (bytes(sealed), n) == backend.Aead(key).seal_stream(9, SID, 0, b"headdata")
 
 
 # -- the C core and its twin agree ----------------------------------------------------------

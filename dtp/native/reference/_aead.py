@@ -259,7 +259,7 @@ class Aead:
         (sealed bytes, number of records). ``head`` (at most :data:`MAX_SEAL_HEAD`
         bytes): stream bytes before ``data``, sealed as the two joined
         (``dtp_stream_seal_head``)."""
-        first = bytes(head)
+        first = memoryview(head).tobytes()  # (a bytes-like head only, as C takes)
         raw = first + bytes(data)
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)

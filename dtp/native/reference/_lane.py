@@ -202,7 +202,7 @@ class Lane:
         stream_id: int,
         offset: int,
         data: bytes | bytearray | memoryview,
-        head: bytes = b"",
+        head: bytes | bytearray | memoryview = b"",
     ) -> tuple[memoryview, int]:
         """As :meth:`dtp.native.core.NativeLane.seal`."""
         if memoryview(data).nbytes + len(head) > self.max_seal:
