@@ -577,14 +577,9 @@ class Connection(_Streams, _FastPaths):
             return self.lent_timer
         if self._state is CONN_CLOSED:
             return self.records.closing_deadline()
-        config = self.config
-        if self._state is CONN_ESTABLISHED and not self._lossy and self._hs_resend_at is None:
-            # the common case, without building a list: idle timeout and keepalive
-            idle = self._last_received + config.idle_timeout
-            if self._keepalive:
-                keepalive = self._last_sent + self._keepalive
-                return keepalive if keepalive < idle else idle
-            return idle
+        steady = self.steady_timer()  # (the common case: idle timeout and keepalive)
+        if steady is not None:
+            return steady
         deadlines = [self._last_received + self.config.idle_timeout]
         if self._state is not CONN_ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)

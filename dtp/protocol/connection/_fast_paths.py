@@ -196,23 +196,18 @@ class _FastPaths(_ConnectionState):
         sent, which only move later: a driver that armed its timer for a deadline asked
         while this held, and finds it still holds after a read that left nothing to send
         (:meth:`has_output`), has its timer in time."""
-        return (
-            self._state is CONN_ESTABLISHED
-            and not self._lossy
-            and self._hs_resend_at is None
-            and self.lent_lane is None
-        )
+        return self.steady_timer() is not None
 
     def steady_timer(self) -> float | None:
         """:meth:`get_timer`'s deadline when :meth:`timer_steady` holds, else None (ask
-        get_timer then): both answers of a driver's flush in one call."""
+        get_timer then): both answers of a driver's flush in one call; get_timer's
+        steady branch."""
         if (
             self._state is CONN_ESTABLISHED
             and not self._lossy
             and self._hs_resend_at is None
             and self.lent_lane is None
         ):
-            # (get_timer's steady branch)
             idle = self._last_received + self.config.idle_timeout
             if self._keepalive:
                 keepalive = self._last_sent + self._keepalive
