@@ -47,6 +47,7 @@ from dtp.payments._refund_engine import RefundAction, refund_cost
 __all__ = ["Forwarder"]
 
 from dtp.daemon._logs import kv
+from dtp.transport.asyncio._listeners import close_listener
 from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon._forwarder")
@@ -131,6 +132,8 @@ class Forwarder(Forward):
 
     def _own_fields(self) -> None:
         self.server: asyncio.base_events.Server | None = None
+        self._stopping: asyncio.Future[None] | None = None
+        """Done once the listener stop_listening() stopped is closed (close_listener)."""
         self._link: _Link | None = None
         self._links: set[_Link] = set()
         self._opening = asyncio.Lock()
@@ -515,8 +518,17 @@ class Forwarder(Forward):
     # -- shutdown ------------------------------------------------------------------------
 
     def stop_listening(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        """Stop accepting; the listener closes a pass later, once the clients accepted
+        as this ran have their transports (:func:`close_listener`): each is served as
+        those accepted before, never left half-made with its socket open."""
+        if self.server is not None and self._stopping is None:
+            self._stopping = close_listener(self.server)
+
+    async def _listener_closed(self) -> None:
+        """Wait until the listener :meth:`stop_listening` stopped is closed (its port
+        free, the tunnels of the clients it accepted as it stopped begun)."""
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
 
     def retire(self) -> None:
         """Stop accepting (after a reload replaced this forwarder); each connection
@@ -529,6 +541,7 @@ class Forwarder(Forward):
     async def release(self) -> None:
         """Retire; the port is free on return (closing the server closes its sockets)."""
         self.retire()
+        await self._listener_closed()
 
     @property
     def active_tunnels(self) -> int:
@@ -542,6 +555,7 @@ class Forwarder(Forward):
     async def drain(self, timeout: float) -> None:
         """Stop accepting, wait up to ``timeout`` for tunnels, then close connections."""
         self.stop_listening()
+        await self._listener_closed()  # (the tunnels of clients accepted meanwhile counted)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._clients and loop.time() < deadline:

@@ -28,6 +28,7 @@ from dtp._extras import missing
 from dtp.daemon._control import bind_unix
 from dtp.daemon._logs import kv
 from dtp.errors import MissingExtra
+from dtp.transport.asyncio._listeners import close_listener
 
 if TYPE_CHECKING:
     from dtp.daemon._metrics import Metrics
@@ -97,6 +98,10 @@ class StatusEndpoint:
         self._metrics = metrics
         self._page = page.encode()
         self._servers: list[asyncio.Server] = []
+        #: the listeners abort() stopped, until they are closed (close_listener)
+        self._stopping: list[asyncio.Future[None]] = []
+        self._stopped = False
+        """Set by abort(): a client accepted as the listeners closed is closed unserved."""
         self._clients: set[asyncio.Task[None]] = set()
         # the requests for /stopped.json held, each answered when the daemon stops
         self._stop_watchers: dict[asyncio.Task[None], asyncio.Future[bytes]] = {}
@@ -114,7 +119,7 @@ class StatusEndpoint:
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
         """Serve on TCP ``host:port`` (port 0: any); returns the bound address."""
         server = await asyncio.start_server(
-            self._serve, host, port, reuse_address=True, limit=MAX_HEAD
+            self._accepted, host, port, reuse_address=True, limit=MAX_HEAD
         )
         self._servers.append(server)
         name = server.sockets[0].getsockname()
@@ -127,7 +132,7 @@ class StatusEndpoint:
             path.unlink()
         sock = bind_unix(path)
         try:
-            server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_HEAD)
+            server = await asyncio.start_unix_server(self._accepted, sock=sock, limit=MAX_HEAD)
         except BaseException:
             sock.close()
             raise
@@ -136,9 +141,13 @@ class StatusEndpoint:
 
     def abort(self) -> None:
         """Stop listening and cancel the requests under way, without waiting; remove the
-        socket file (``dtp status`` then reads the status file)."""
+        socket file (``dtp status`` then reads the status file). The listeners close a
+        pass later, once the clients they accepted as this ran have their transports
+        (:func:`close_listener`); each of those is closed unserved as it arrives."""
+        self._stopped = True
         for server in self._servers:
-            server.close()
+            if (stopping := close_listener(server)) is not None:
+                self._stopping.append(stopping)
         for task in list(self._clients):
             task.cancel()
         if self._unix_path is not None:
@@ -167,6 +176,10 @@ class StatusEndpoint:
         servers = list(self._servers)
         self.abort()
         self._servers.clear()
+        if self._stopping:
+            # (then those accepted as they closed are among the requests)
+            await asyncio.wait(self._stopping, timeout=2.0)
+            self._stopping.clear()
         if self._clients:
             await asyncio.wait(set(self._clients), timeout=2.0)
         for server in servers:
@@ -175,20 +188,25 @@ class StatusEndpoint:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._clients) >= MAX_CLIENTS or task is None:
-            writer.close()
-            return
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A client connected: among the requests from here (so that :meth:`close`
+        finds those accepted as the listeners closed), served in a task of its own."""
+        refused = self._stopped or len(self._clients) >= MAX_CLIENTS
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, refused))
         self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refused: bool
+    ) -> None:
         try:
-            await self._answer(reader, writer)
+            if not refused:
+                await self._answer(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # (the client went away, or was too slow)
         except Exception as exc:  # a fault here must not end the daemon's loop
             logger.warning("status endpoint failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
         finally:
-            self._clients.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)

@@ -18,7 +18,7 @@ from dtp.messaging._membership_admission import GroupAdmission
 from dtp.messaging._membership_aio import AsyncMemberNode, join_group_async
 from dtp.messaging._membership_socket import MemberNode, join_group
 from dtp.testing._loops import LoopThread
-from dtp.transport.asyncio._server import _stop_listening
+from dtp.transport.asyncio._listeners import close_listener
 
 
 class Forwarders:
@@ -90,7 +90,7 @@ class Forwarders:
         async def stop() -> None:
             # (each closed once the accepts it made have their transports: closed now,
             # such an accept's transport failed half-made, its socket left open)
-            stopping = [s for s in map(_stop_listening, self.servers.values()) if s is not None]
+            stopping = [s for s in map(close_listener, self.servers.values()) if s is not None]
             await asyncio.gather(*stopping)
             # a connection accepted just now has a handler task that has not run yet: a
             # cancel before its first step would skip its finally, its transport unclosed;

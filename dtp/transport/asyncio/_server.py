@@ -12,7 +12,6 @@ import contextvars
 import inspect
 import logging
 import time
-from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,6 +39,7 @@ from dtp.transport._collector import tune_for_serving
 from dtp.transport._hooks import Listener, PeerInfo, Reservations
 from dtp.transport._server_base import AdmittingServer
 from dtp.transport._session import HOOK_FAILED, Session, hook_calls, refusal_reason
+from dtp.transport.asyncio._listeners import close_listener
 from dtp.transport.asyncio._protocol import (
     LIMIT,
     Protocol,
@@ -179,33 +179,6 @@ def loop_time(loop: asyncio.AbstractEventLoop | None) -> float:
     return loop.time() if loop is not None else time.monotonic()
 
 
-def _stop_listening(listener: asyncio.base_events.Server) -> asyncio.Future[None] | None:
-    """Close ``listener`` once the connections it accepted already have their transports:
-    the future done then (None: closed now). asyncio's selector loops accept in a task of
-    their own whose first step makes the transport, a pass later; a listener closed
-    before that step fails it (``Server._attach`` asserts the listener is open, and the
-    error goes unseen), leaving the connection's socket open until the garbage
-    collector finds it -- a ResourceWarning where it does. So the listener stops
-    reading at once and is closed after those steps, which the loop runs first."""
-    loop = listener.get_loop()
-    # (sockets without a descriptor: a simulated network's, which accept without a reader)
-    fds = [fd for sock in listener.sockets if (fd := sock.fileno()) >= 0]
-    if not isinstance(loop, BaseSelectorEventLoop) or not loop.is_running() or not fds:
-        listener.close()  # (no accept task: uvloop makes the transport as it accepts)
-        return None
-    for fd in fds:
-        loop.remove_reader(fd)
-    closed = loop.create_future()
-
-    def close() -> None:
-        listener.close()
-        if not closed.done():
-            closed.set_result(None)
-
-    loop.call_soon(close)
-    return closed
-
-
 class DTPServer(AdmittingServer[_Arrival]):
     """A listening asyncio DTP server (see :func:`start_server`).
 
@@ -304,7 +277,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         #: the carriers abort_clients ended (and those close() met arriving after it),
         #: for wait_closed to wait for
         self._aborted: list[asyncio.Future[None]] = []
-        #: the listeners close() stopped, until they are closed (_stop_listening)
+        #: the listeners close() stopped, until they are closed (close_listener)
         self._stopping: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
@@ -482,9 +455,10 @@ class DTPServer(AdmittingServer[_Arrival]):
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go
         on; those still waiting for a handshake slot, their address's or the server's,
-        are closed, and those accepted as it ran as they arrive: :func:`_stop_listening`)."""
+        are closed, and those accepted as it ran as they arrive:
+        :func:`~dtp.transport.asyncio._listeners.close_listener`)."""
         for listener in (self._server, *self._websockets):
-            if listener is not None and (stopping := _stop_listening(listener)) is not None:
+            if listener is not None and (stopping := close_listener(listener)) is not None:
                 self._stopping.append(stopping)
         if self._expiry is not None:
             self._expiry.cancel()
