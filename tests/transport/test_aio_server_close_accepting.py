@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import socket
 import warnings
 
+import pytest
+
 import dtp.aio
 from dtp.identity.keys import HostIdentity
+from dtp.transport.asyncio._listeners import accepts_waiting
 from tests.transport.half_handshakes import closed_by_peer
 
 
 def accept_pending() -> bool:
     """Whether the running loop holds an accept task whose first step is still to run."""
-    return any(
-        getattr(task.get_coro(), "__qualname__", "").endswith("_accept_connection2")
-        and inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
-        for task in asyncio.all_tasks()
-    )
+    return accepts_waiting(asyncio.get_running_loop())
 
 
 def test_a_connection_accepted_as_the_server_closes_is_closed_by_wait_closed() -> None:
@@ -60,3 +58,28 @@ def test_a_connection_accepted_as_the_server_closes_is_closed_by_wait_closed() -
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_a_server_closed_with_no_accept_waiting_stops_listening_at_once() -> None:
+    """With no accept task waiting, close() closes the listener in its own call, as
+    asyncio's does: a loop stopped right after it runs no later pass to do so."""
+    loop = asyncio.SelectorEventLoop()
+    try:
+        server = loop.run_until_complete(
+            dtp.aio.start_server(
+                lambda r, w: None, "127.0.0.1", 0, identity=HostIdentity.generate()
+            )
+        )
+        address = server.address
+
+        def close_and_stop() -> None:
+            server.close()
+            loop.stop()
+
+        loop.call_soon(close_and_stop)
+        loop.run_forever()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5).close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()
