@@ -19,7 +19,7 @@ from dtp.protocol.connection._stream_table import Stream as Stream
 from dtp.protocol.connection._stream_table import StreamTable
 
 if TYPE_CHECKING:
-    from dtp.native.types import OpenedFrames
+    from dtp.native.types import OpenedFrames, OpenFramesResult
     from dtp.protocol._events import Event
     from dtp.protocol._state import ConnState
     from dtp.protocol.connection._config import ConnectionConfig
@@ -64,12 +64,18 @@ class _ConnectionState:
     if TYPE_CHECKING:
         # the methods a mixin calls outside itself (and only those): the fast paths
         # hand records to the general path and back (_core.py), and the streams API
-        # seals at once or takes a lent stream back first (_fast_paths.py); the fast
-        # paths call nothing of _streams.py
+        # seals at once or takes a lent stream back first (_fast_paths.py), and hands a
+        # record it does not open a stream with to the general path; the fast paths call
+        # nothing of _streams.py
 
         # defined in _core.py (Connection itself)
         def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
-        def _receive(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
+        def _receive(
+            self,
+            data: bytes | bytearray | memoryview,
+            now: float,
+            opened: OpenFramesResult | None = None,
+        ) -> None: ...
         def get_timer(self) -> float | None: ...
         def _process_input(self, now: float) -> None: ...
         def _handle_records(self, records: list[OpenedFrames], now: float) -> bool: ...

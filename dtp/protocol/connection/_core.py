@@ -71,6 +71,7 @@ from dtp.native.types import (
     REC_HS_RESP,
     STOP,
     OpenedFrames,
+    OpenFramesResult,
     RawFrame,
 )
 from dtp.protocol._events import (
@@ -448,27 +449,37 @@ class Connection(_Streams, _FastPaths):
             # send a datagram, and forged ones would hold off the idle timeout for good
             self._last_received = now
         self.bytes_received += len(data)
-        sid = self._lane_sid
         if (
-            sid is not None
-            and self.stream_data_handler is not None
+            self.stream_data_handler is not None
             and not self._lossy
             and self._state is CONN_ESTABLISHED
         ):
-            # the stream that got data last probably gets this too: the lane opens its
-            # run of records into one buffer, for one handler call
-            stream = self._streams.get(sid)
-            if (
-                stream is not None
-                and stream.recv_state is RECV_OPEN
-                and stream.recv_highest == stream.delivered
-            ):
-                self._feed_stream(data, stream, now)
+            sid = self._lane_sid
+            if sid is not None:
+                # the stream that got data last probably gets this too: the lane opens
+                # its run of records into one buffer, for one handler call
+                stream = self._streams.get(sid)
+                if (
+                    stream is not None
+                    and stream.recv_state is RECV_OPEN
+                    and stream.recv_highest == stream.delivered
+                ):
+                    self._feed_stream(data, stream, now)
+                    return
+            if not self._inbuf and self._recv_aead is not None:
+                self._receive_whole_stream(data, now)
                 return
         self._receive(data, now)
 
-    def _receive(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """:meth:`receive_data` after its bookkeeping."""
+    def _receive(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        opened: OpenFramesResult | None = None,
+    ) -> None:
+        """:meth:`receive_data` after its bookkeeping; ``opened``: the records at the
+        start of ``data``, already opened (:meth:`_receive_whole_stream`), nothing
+        buffered before them."""
         if self._state is CONN_CLOSED or not data:
             return
         try:
@@ -481,7 +492,7 @@ class Connection(_Streams, _FastPaths):
                 if not self._inbuf and data:
                     # whole records are opened straight from the caller's buffer; only
                     # a trailing partial record (or anything unusual) is copied
-                    data = self._process_direct(data, now)
+                    data = self._process_direct(data, now, opened)
                 if not data or self.closed:
                     return
             self._inbuf += data

@@ -21,7 +21,15 @@ from __future__ import annotations
 from typing import Any
 
 from dtp.native import core as _core
-from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN, FULL, REC_DATA, STOP, TakeResult
+from dtp.native.types import (
+    FRAME_MAX_STREAMS,
+    FRAME_STREAM_FIN,
+    FULL,
+    REC_DATA,
+    STOP,
+    OpenFramesResult,
+    TakeResult,
+)
 from dtp.protocol._events import StreamDataReceived
 from dtp.protocol._state import (
     CONN_CLOSED,
@@ -564,21 +572,30 @@ class _FastPaths(_ConnectionState):
         return view
 
     def _process_direct(
-        self, data: bytes | bytearray | memoryview, now: float
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        opened: OpenFramesResult | None = None,
     ) -> bytes | bytearray | memoryview:
         """Open the DATA records at the start of ``data`` without copying it; returns
         what is left for :meth:`_process_input` (a partial record, or a record that
-        needs its attention: an error or a handshake record)."""
+        needs its attention: an error or a handshake record). ``opened``: the first
+        ``open_frames`` of ``data``, made already."""
         view = memoryview(data)
         pos = 0
         size = len(view)
+        result = opened
         while pos < size:
-            result = self._recv_aead.open_frames(view[pos:] if pos else view, datagram_runs=True)
+            if result is None:
+                result = self._recv_aead.open_frames(
+                    view[pos:] if pos else view, datagram_runs=True
+                )
             if not self._handle_records(result.records, now):
                 return b""
             pos += result.consumed
             if result.status != FULL or result.error is not None:
                 break
+            result = None
         return view[pos:] if pos else data
 
     def _fast_stream_frame(self, stream_id: int, offset: int, data: bytes | memoryview) -> bool:

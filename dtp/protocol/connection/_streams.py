@@ -15,7 +15,7 @@ from dtp.errors import (
     RemoteProtocolError,
 )
 from dtp.native import core as _core
-from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
+from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_STREAM_FIN, RawFrame
 from dtp.protocol._events import StreamDataReceived, StreamOpened, StreamResetReceived
 from dtp.protocol._state import (
     CONN_CLOSED,
@@ -368,6 +368,37 @@ class _Streams(_ConnectionState):
                 # (a sending half still open keeps the stream, as forget_if_done would
                 # find: a request's stream, its answer not written yet)
                 self.records.forget_if_done(stream)
+
+    def _receive_whole_stream(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Bytes from the carrier of an established connection over a reliable carrier,
+        with a stream data handler and nothing buffered: when they are one record of
+        one frame that opens the peer's next stream whole (a short call's request), the
+        stream is opened and handed on here, as :meth:`_handle_records` and
+        :meth:`_on_stream_frame` would (:meth:`_open_whole`), without their loops and
+        checks. Anything else goes the general way (:meth:`_receive`) with the records
+        already opened, so its errors and events are the general path's
+        (tests/protocol/test_receive_whole_stream.py)."""
+        result = self._recv_aead.open_frames(data, datagram_runs=True)
+        records = result.records
+        if result.error is None and len(records) == 1 and result.consumed == len(data):
+            record = records[0]
+            frames = record.frames
+            if not record.replayed and len(frames) == 1 and record.datagrams is None:
+                frame = frames[0]
+                stream_id = frame.a
+                table = self.streams
+                if (
+                    frame.type == FRAME_STREAM_FIN
+                    and not frame.b
+                    and type(frame.data) is bytes
+                    and stream_id == (1 if table.is_client else 0) + 2 * table.peer_opened
+                    and stream_id not in self._streams
+                ):
+                    self.records_received += 1
+                    if self._open_whole(stream_id, frame.data):
+                        return
+                    self.records_received -= 1  # (the general path counts it again)
+        self._receive(data, now, result)
 
     def _open_whole(self, stream_id: int, data: bytes) -> bool:
         """The peer's next stream, arriving whole: its bytes from offset 0 and its end
