@@ -100,7 +100,8 @@ def test_argument_checks_of_exact_types_and_of_others() -> None:
     assert rules.check_args("transport_control", "settle", (cid, eid, cap)) == checked[:3]
     # an int subclass within the bound passes, as the checks one by one take it
     assert rules.check_args("spending_cap", "create", (_Int(5),)) == [5]
-    for bad in (2**64, b"5", cid):
+    # (a negative one too, of either kind: Move's unsigned integers have none)
+    for bad in (2**64, -1, _Int(-1), b"5", cid):
         with pytest.raises(InvalidArgument, match="argument 0 of spending_cap::create"):
             rules.check_args("spending_cap", "create", (bad,))
     with pytest.raises(InvalidArgument, match="must be an address or object ID"):

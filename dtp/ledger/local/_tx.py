@@ -209,6 +209,7 @@ _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 _B58_PAIRS: Final = [a + b for a in _B58 for b in _B58]  # two digits per entry
+_B58_PAIR: Final = 58**2  # (what one entry of _B58_PAIRS stands for)
 _B58_QUAD: Final = 58**4
 
 
@@ -221,7 +222,7 @@ def base58(data: bytes) -> str:
     # digits are 11 steps and no call (this runs on every LocalLedger transaction)
     while n:
         n, rem = n // _B58_QUAD, n % _B58_QUAD
-        text = pairs[rem // 3364] + pairs[rem % 3364] + text
+        text = pairs[rem // _B58_PAIR] + pairs[rem % _B58_PAIR] + text
     text = text.lstrip("1")  # the top step's leading zero digits
     zeros = len(data) - len(data.lstrip(b"\0"))
     return "1" * zeros + text

@@ -194,7 +194,10 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
     for (expected, limit), arg in zip(checks, values, strict=True):
         if type(arg) is not expected:
             break
-        if limit is not None and (arg if expected is int else len(arg)) > limit:
+        if expected is int:
+            if not 0 <= arg <= limit:
+                break
+        elif limit is not None and len(arg) > limit:
             break
     else:
         return [str(arg) if type(arg) is Address else arg for arg in values]
@@ -203,7 +206,11 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
     for position, (kind, value) in enumerate(zip(schema, args, strict=True)):
         where = f"argument {position} of {module}::{function}"
         if kind in _LIMITS:
-            if not isinstance(value, int) or isinstance(value, Address) or value > _LIMITS[kind]:
+            if (
+                not isinstance(value, int)
+                or isinstance(value, Address)
+                or not 0 <= value <= _LIMITS[kind]
+            ):
                 raise InvalidArgument(f"{where} must be a {kind} integer.")
             out.append(value)
         elif kind in ("bytes", "utf8"):
