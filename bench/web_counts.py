@@ -133,7 +133,8 @@ def python_calls(loop: asyncio.AbstractEventLoop, page: Page, method: str, calls
         switched.set()
 
     loop.call_soon_threadsafe(profile, True)
-    switched.wait(30)
+    if not switched.wait(30):
+        raise RuntimeError("the servers' loop did not take the profile hook in 30 s")
     switched.clear()
     counter.reset()
     try:
@@ -164,7 +165,8 @@ def python_opcodes(
         switched.set()
 
     loop.call_soon_threadsafe(tracing, True)
-    switched.wait(30)
+    if not switched.wait(30):
+        raise RuntimeError("the servers' loop did not take the trace hook in 30 s")
     switched.clear()
     try:
         page.evaluate(f"rpcBench.{method}({calls})")
