@@ -777,6 +777,35 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
     return rc;
 }
 
+int dtp_aead_open_lone_frame(dtp_aead *ctx, const uint8_t *buf, size_t len, uint8_t *plain_out,
+                             size_t plain_cap, dtp_lone_frame *out) {
+    if (ctx == NULL || out == NULL || (buf == NULL && len > 0) ||
+        (plain_out == NULL && plain_cap > 0))
+        return DTP_ERR_ARG;
+    dtp_record rec;
+    if (next_data_record(buf, len, 0, &rec) != DTP_OK ||
+        len - DTP_RECORD_HEADER_LEN != (size_t)rec.body_len)
+        return DTP_STOP;
+    size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
+    /* (an empty plaintext has no frame) */
+    if (plen == 0 || plen > plain_cap || rec.counter == COUNTER_RESERVED ||
+        !window_check(ctx, rec.counter))
+        return DTP_STOP;
+    /* (open_raw writes plain_out only for a record that authenticates) */
+    if (open_record(ctx, buf, &rec, plain_out) != DTP_OK) return DTP_STOP;
+    dtp_frame f = {0};
+    size_t fn = 0, rn = 0, used = 0;
+    int dc = dtp_frames_decode(plain_out, plen, 1, &f, 1, NULL, 0, &fn, &rn, &used);
+    if (dc != DTP_OK || fn != 1 || f.type == DTP_FRAME_ACK || f.type == DTP_FRAME_DATAGRAM) {
+        OPENSSL_cleanse(plain_out, plen);
+        return DTP_STOP;
+    }
+    window_mark(ctx, rec.counter);
+    out->counter = rec.counter;
+    out->frame = f;
+    return DTP_OK;
+}
+
 /* Parse the STREAM frame header at p[0..avail): the header length, or 0 unless it is a
  * STREAM (not FIN) frame of rx's stream at rx's offset, whose data -- the rest of a
  * plaintext of plen bytes exactly -- is nonempty and within both limits. */

@@ -276,6 +276,25 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
                          size_t max_ranges, size_t *n_recs, size_t *n_frames, size_t *n_ranges,
                          size_t *consumed);
 
+/* What dtp_aead_open_lone_frame opens: the record's counter and its one frame. */
+typedef struct dtp_lone_frame {
+    uint64_t counter;
+    dtp_frame frame;
+} dtp_lone_frame;
+
+/* dtp_aead_open_frames of a buffer that is one record of one frame (a short call's
+ * request or answer), without its arrays: when buf[0..len) is exactly one DATA record
+ * whose plaintext decodes to exactly one frame, neither an ACK nor a DATAGRAM, the
+ * record is opened into plain_out (the replay window advances for it), its counter and
+ * frame (data_off an offset into plain_out) go to *out, and the call returns DTP_OK.
+ * Anything else -- more or less than one record, another kind, a malformed header, a
+ * reserved, replayed or forged counter, other frames, a plaintext that does not decode,
+ * plain_cap below the plaintext -- returns DTP_STOP with nothing changed and none of the
+ * plaintext left in plain_out, for dtp_aead_open_frames to open and judge.
+ * NULL pointers -> DTP_ERR_ARG. */
+int dtp_aead_open_lone_frame(dtp_aead *ctx, const uint8_t *buf, size_t len, uint8_t *plain_out,
+                             size_t plain_cap, dtp_lone_frame *out);
+
 /* The receive side of an established stream's fast path: where one stream's in-order
  * bytes go, and the flow-control limits they must stay within. The caller fills the
  * inputs; dtp_rx_take advances offset and conn_received and fills the outputs. */

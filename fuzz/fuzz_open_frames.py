@@ -1,5 +1,6 @@
 """Fuzz target: ``dtp_aead_open_frames`` (open records and decode their frames in one
-call) and ``dtp_rx_take`` (the lane's run of in-order STREAM records) on arbitrary record
+call), ``dtp_aead_open_lone_frame`` (a buffer of one record of one frame) and
+``dtp_rx_take`` (the lane's run of in-order STREAM records) on arbitrary record
 plaintexts and arbitrary record streams (atheris / libFuzzer).
 
 Each input is used twice: as the plaintexts of genuine records (so that the frame
@@ -55,9 +56,21 @@ def test_one_input(data: bytes) -> None:
         got, want = _summary(native), _summary(twin)
         if got != want:
             raise AssertionError(f"backends disagree: {got!r} != {want!r}")
+        got, want = (_lone(aead(KEY), blob) for aead in (_core.NativeAead, _reference.Aead))
+        if got != want:
+            raise AssertionError(f"lone frames disagree: {got!r} != {want!r}")
         got, want = (_take(lane, blob, data) for lane in (_core.NativeLane, _reference.Lane))
         if got != want:
             raise AssertionError(f"lanes disagree: {got!r} != {want!r}")
+
+
+def _lone(aead: Any, blob: bytes) -> object:
+    """``open_lone_frame`` of ``blob``, then ``open_frames`` of it (what the first left)."""
+    record = aead.open_lone_frame(blob)
+    lone = None
+    if record is not None:
+        lone = (record.counter, record.replayed, [(*f[:4], bytes(f.data)) for f in record.frames])
+    return lone, _summary(aead.open_frames(blob))
 
 
 def _take(lane_type: Any, blob: bytes, data: bytes) -> object:

@@ -87,12 +87,14 @@ def native_parse_records(
 _CFRAME = struct.Struct("=BxxxIQQQQ")
 _CFRAME_OUT = struct.Struct("=BBHIQQQQ")  # the same with the reserved fields (encode input)
 _CRANGE = struct.Struct("=QQ")
+_LONE = struct.Struct("=QBxxxIQQQQ")  # dtp_lone_frame: the counter, then a dtp_frame
 if ffi is not None and (
     ffi.sizeof("dtp_frame") != _CFRAME.size
     or ffi.offsetof("dtp_frame", "data_len") != 4
     or ffi.sizeof("dtp_ack_range") != _CRANGE.size
+    or ffi.sizeof("dtp_lone_frame") != _LONE.size
 ):  # pragma: no cover - only on an ABI this code was not written for
-    raise ImportError("unexpected dtp_frame / dtp_ack_range layout")
+    raise ImportError("unexpected dtp_frame / dtp_ack_range / dtp_lone_frame layout")
 
 
 class NativeFrameBatch(FrameBatch):
@@ -349,6 +351,10 @@ class NativeAead:
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
         self._sizes = ffi.new("size_t[4]")
+        # (open_lone_frame's result and a view of it: made on its first call, as most
+        # of a host's AEADs seal and never open one)
+        self._lone: Any = None
+        self._lone_view: Any = None
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -566,6 +572,29 @@ class NativeAead:
                 and len(_spare_slots) < _SLOTS_KEPT
             ):
                 _spare_slots.append(slots)
+
+    def open_lone_frame(self, buf: bytes | bytearray | memoryview) -> OpenedFrames | None:
+        """``buf`` opened when it is exactly one DATA record whose plaintext is exactly
+        one frame, neither an ACK nor a DATAGRAM (``dtp_aead_open_lone_frame``: a short
+        call's request or answer, without :meth:`open_frames`' arrays): the record as
+        :meth:`open_frames` reports it, the replay window advanced for it; None, with
+        nothing changed, for anything else (:meth:`open_frames` opens it and judges).
+        See the twin in :mod:`dtp.native.reference._aead`."""
+        data = ffi.from_buffer("uint8_t[]", buf)  # (_from inline)
+        size = len(data)
+        plain = self._scratch if size <= self._scratch_len else self._buffer(size)
+        lone = self._lone
+        if lone is None:
+            lone = self._lone = ffi.new("dtp_lone_frame *")
+            self._lone_view = ffi.buffer(lone)
+        rc = lib.dtp_aead_open_lone_frame(self._ctx, data, size, plain, size, lone)
+        del data  # (see _from)
+        if rc:
+            return None
+        counter, ftype, data_len, data_off, a, b, c = _LONE.unpack(self._lone_view)
+        data = ffi.buffer(plain, size)[data_off : data_off + data_len] if data_len else b""
+        frame = _tuple_new(RawFrame, (ftype, a, b, c, data, ()))
+        return _tuple_new(OpenedFrames, (counter, False, [frame], None))
 
     def _open_frames_into(
         self,

@@ -329,6 +329,80 @@ static void exercise_rx_take(void) {
     dtp_aead_free(rx);
 }
 
+/* dtp_aead_open_lone_frame on one-frame records (a stream's last bytes, or a random
+ * plaintext), some damaged, cut, doubled or replayed: what it opens, dtp_aead_open_frames
+ * opens alike on a second receiver; what it refuses changes nothing. */
+static void exercise_open_lone_frame(void) {
+    static uint8_t data[600], sealed[2 * (600 + 64)], plain[sizeof sealed];
+    static uint8_t plain2[sizeof sealed];
+    dtp_opened_rec recs[4];
+    dtp_frame frames[64];
+    dtp_ack_range ranges[64];
+    dtp_lone_frame lone;
+    uint8_t key[32];
+    size_t written = 0, n = 0, opened = 0;
+    fill(key, sizeof key);
+    dtp_aead *tx = dtp_aead_new(key, sizeof key);
+    dtp_aead *rx = dtp_aead_new(key, sizeof key);
+    dtp_aead *twin = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL && rx != NULL && twin != NULL);
+    for (int round = 0; round < 4000; round++) {
+        size_t len = next() % sizeof data;
+        fill(data, len);
+        uint64_t counter = next() % 64;
+        if (round % 2) {
+            CHECK(dtp_stream_seal(tx, counter, next() % 100, next() % 1000, data, len, 1,
+                                  DTP_MAX_FRAME_DATA, sealed, sizeof sealed, &written,
+                                  &n) == DTP_OK);
+        } else {
+            if (len > 0) data[0] = (uint8_t)(next() % 14); /* a plausible frame type */
+            uint32_t lens[1] = {(uint32_t)len};
+            CHECK(dtp_aead_seal_batch(tx, counter, data, len, lens, 1, sealed, sizeof sealed,
+                                      &written) == DTP_OK);
+        }
+        size_t size = written;
+        if (round % 7 == 3) sealed[next() % size] ^= (uint8_t)(1u << (next() % 8));
+        if (round % 11 == 5) size = next() % size;
+        if (round % 13 == 6) {
+            memcpy(sealed + size, sealed, size); /* the record twice: two records */
+            size *= 2;
+        }
+        size_t cap = round % 17 == 8 ? next() % sizeof plain : sizeof plain;
+        int rc = dtp_aead_open_lone_frame(rx, sealed, size, plain, cap, &lone);
+        size_t nr = 0, nf = 0, ng = 0, used = 0;
+        int gc = dtp_aead_open_frames(twin, sealed, size, recs, 4, plain2, sizeof plain2, frames,
+                                      64, ranges, 64, &nr, &nf, &ng, &used);
+        CHECK(rc == DTP_OK || rc == DTP_STOP);
+        if (rc == DTP_OK) {
+            opened++;
+            CHECK(gc == DTP_OK && nr == 1 && nf == 1 && used == size);
+            CHECK(recs[0].status == DTP_OK && recs[0].counter == lone.counter);
+            CHECK(frames[0].type == lone.frame.type && frames[0].a == lone.frame.a &&
+                  frames[0].b == lone.frame.b && frames[0].c == lone.frame.c &&
+                  frames[0].data_len == lone.frame.data_len);
+            CHECK(lone.frame.data_off + lone.frame.data_len <= cap &&
+                  memcmp(plain + lone.frame.data_off, plain2 + frames[0].data_off,
+                         lone.frame.data_len) == 0);
+        } else if (gc >= 0 && nr > 0) {
+            /* refused, opened there: the receivers part; start both afresh */
+            dtp_aead_free(rx);
+            dtp_aead_free(twin);
+            rx = dtp_aead_new(key, sizeof key);
+            twin = dtp_aead_new(key, sizeof key);
+            CHECK(rx != NULL && twin != NULL);
+        }
+    }
+    CHECK(opened > 400); /* (the rounds' lone records, most of them opened) */
+    CHECK(dtp_aead_open_lone_frame(NULL, sealed, 1, plain, 1, &lone) == DTP_ERR_ARG);
+    CHECK(dtp_aead_open_lone_frame(rx, NULL, 1, plain, 1, &lone) == DTP_ERR_ARG);
+    CHECK(dtp_aead_open_lone_frame(rx, sealed, 1, NULL, 1, &lone) == DTP_ERR_ARG);
+    CHECK(dtp_aead_open_lone_frame(rx, sealed, 1, plain, 1, NULL) == DTP_ERR_ARG);
+    CHECK(dtp_aead_open_lone_frame(rx, NULL, 0, NULL, 0, &lone) == DTP_STOP);
+    dtp_aead_free(tx);
+    dtp_aead_free(rx);
+    dtp_aead_free(twin);
+}
+
 static void exercise_flow(void) {
     static uint8_t data[70000], out[1 << 18], rbuf[1 << 17], dst[80000];
     static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT];
@@ -743,6 +817,7 @@ int main(void) {
     exercise_open_frames();
     exercise_small_entry_points();
     exercise_rx_take();
+    exercise_open_lone_frame();
     exercise_flow();
     exercise_reasm();
     exercise_ham();

@@ -46,6 +46,7 @@ from dtp.native.reference._limits import (
 from dtp.native.reference._records import RECORD_HEADER, check_header
 from dtp.native.reference._varint import varint_encode, varint_size
 from dtp.native.types import (
+    FRAME_ACK,
     FRAME_DATAGRAM,
     FRAME_STREAM,
     FRAME_STREAM_FIN,
@@ -362,6 +363,38 @@ class Aead:
                 records.append(OpenedFrames(counter, False, frames))
             pos = end
         return OpenFramesResult(records, pos, int(status), error)
+
+    def open_lone_frame(self, buf: bytes | bytearray | memoryview) -> OpenedFrames | None:
+        """``buf`` opened when it is exactly one DATA record whose plaintext is exactly
+        one frame, neither an ACK nor a DATAGRAM (``dtp_aead_open_lone_frame``): the
+        record as :meth:`open_frames` reports it (the replay window advances for it);
+        None, with nothing changed, for anything else (:meth:`open_frames` opens it and
+        judges)."""
+        from dtp.native.reference._frames import decode_frames
+
+        with memoryview(buf) as base, base.cast("B") as view:
+            header = next_data_record(view, 0)
+            if isinstance(header, int) or RECORD_HEADER_LEN + header.body_len != len(view):
+                return None
+            counter = header.counter
+            if (
+                header.body_len == AEAD_TAG_LEN  # (an empty plaintext has no frame)
+                or counter == COUNTER_RESERVED
+                or not self._window.check(counter)
+            ):
+                return None
+            ad = bytes(view[:RECORD_HEADER_LEN])
+            body = bytes(view[RECORD_HEADER_LEN:])
+        try:
+            plaintext = self._cipher.decrypt(nonce(counter), body, ad)
+            batch = decode_frames(plaintext, True, 1, 0)
+        except (InvalidTag, ProtocolError):
+            return None
+        frames = list(batch)
+        if batch.status != OK or len(frames) != 1 or frames[0].type in (FRAME_ACK, FRAME_DATAGRAM):
+            return None
+        self._window.mark(counter)
+        return OpenedFrames(counter, False, frames)
 
     # ---- single messages (Noise's ChaChaPoly) ----------------------------------------
 

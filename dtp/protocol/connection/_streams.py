@@ -15,7 +15,14 @@ from dtp.errors import (
     RemoteProtocolError,
 )
 from dtp.native import core as _core
-from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_STREAM_FIN, RawFrame
+from dtp.native.types import (
+    FRAME_RESET_STREAM,
+    FRAME_STOP_SENDING,
+    FRAME_STREAM_FIN,
+    OK,
+    OpenFramesResult,
+    RawFrame,
+)
 from dtp.protocol._events import StreamDataReceived, StreamOpened, StreamResetReceived
 from dtp.protocol._state import (
     CONN_CLOSED,
@@ -29,6 +36,8 @@ from dtp.protocol.connection._config import MAX_CLOSE_REASON
 from dtp.protocol.connection._stream_table import NO_RANGES
 from dtp.protocol.connection._stream_table import Stream as Stream
 from dtp.protocol.connection._stream_table import send_done as send_done
+
+_tuple_new = tuple.__new__
 
 
 class _FlowControlViolation(RemoteProtocolError):
@@ -377,28 +386,28 @@ class _Streams(_ConnectionState):
         :meth:`_on_stream_frame` would (:meth:`_open_whole`), without their loops and
         checks. Anything else goes the general way (:meth:`_receive`) with the records
         already opened, so its errors and events are the general path's
-        (tests/protocol/test_receive_whole_stream.py)."""
-        result = self._recv_aead.open_frames(data, datagram_runs=True)
-        records = result.records
-        if result.error is None and len(records) == 1 and result.consumed == len(data):
-            record = records[0]
-            frames = record.frames
-            if not record.replayed and len(frames) == 1 and record.datagrams is None:
-                frame = frames[0]
-                stream_id = frame.a
-                table = self.streams
-                if (
-                    frame.type == FRAME_STREAM_FIN
-                    and not frame.b
-                    and type(frame.data) is bytes
-                    and stream_id == (1 if table.is_client else 0) + 2 * table.peer_opened
-                    and stream_id not in self._streams
-                ):
-                    self.records_received += 1
-                    if self._open_whole(stream_id, frame.data):
-                        return
-                    self.records_received -= 1  # (the general path counts it again)
-        self._receive(data, now, result)
+        (tests/protocol/test_receive_whole_stream.py). The one record is opened by
+        ``open_lone_frame``; anything else it leaves unopened, for the general path."""
+        record = self._recv_aead.open_lone_frame(data)
+        if record is None:
+            self._receive(data, now)
+            return
+        frame = record.frames[0]
+        stream_id = frame.a
+        table = self.streams
+        if (
+            frame.type == FRAME_STREAM_FIN
+            and not frame.b
+            and type(frame.data) is bytes
+            and stream_id == (1 if table.is_client else 0) + 2 * table.peer_opened
+            and stream_id not in self._streams
+        ):
+            self.records_received += 1
+            if self._open_whole(stream_id, frame.data):
+                return
+            self.records_received -= 1  # (the general path counts it again)
+        # (the record as open_frames reports it: the general path takes it from there)
+        self._receive(data, now, _tuple_new(OpenFramesResult, ([record], len(data), OK, None)))
 
     def _open_whole(self, stream_id: int, data: bytes) -> bool:
         """The peer's next stream, arriving whole: its bytes from offset 0 and its end
