@@ -10,9 +10,8 @@ from __future__ import annotations
 import array
 import os
 import struct
-import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 from dtp.native import types as t
@@ -285,8 +284,6 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
-#: A uint32_t's bytes in memory (seal_one's one length, as C reads it)
-_BYTE_ORDER: Literal["little", "big"] = "little" if sys.byteorder == "little" else "big"
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 _DATAGRAM = t.FRAME_DATAGRAM
@@ -351,6 +348,7 @@ class NativeAead:
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
         self._sizes = ffi.new("size_t[4]")
+        self._one_len = ffi.new("uint32_t[1]")  # (seal_one's one length)
         # (open_lone_frame's result and a view of it: made on its first call, as most
         # of a host's AEADs seal and never open one)
         self._lone: Any = None
@@ -368,7 +366,8 @@ class NativeAead:
     def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
         """Seal each plaintext as one DATA record, counters from ``first_counter``."""
         if not plaintexts:
-            return self._seal(first_counter, b"", array.array("I", [0]), 0)
+            lens = array.array("I", [0])
+            return self._seal(first_counter, _from(b""), ffi.from_buffer("uint32_t[]", lens), 0)
         plain = b"".join(plaintexts)
         lens = array.array("I", map(len, plaintexts))
         if sum(lens) != len(plain):
@@ -376,37 +375,15 @@ class NativeAead:
             lens = array.array("I", (memoryview(p).nbytes for p in plaintexts))
         if max(lens) > MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-        return self._seal(first_counter, plain, lens, len(plaintexts))
+        return self._seal(
+            first_counter, _from(plain), ffi.from_buffer("uint32_t[]", lens), len(plaintexts)
+        )
 
     def seal_one(self, counter: int, plaintext: bytes | memoryview) -> bytes:
         """``seal(counter, [plaintext])``: one DATA record, without the batch's list
         and lengths array (a short answer's record)."""
-        plain = ffi.from_buffer("uint8_t[]", plaintext)  # (its bytes, whatever its items)
-        n = len(plain)
-        # (seal's checks, in its order)
-        if n > MAX_RECORD_PLAINTEXT:
-            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-        if not 0 <= counter < 2**64:
-            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
-        size = n + RECORD_OVERHEAD
-        out = self._scratch if size <= self._scratch_len else self._buffer(size)
-        written = self._sizes
-        rc = lib.dtp_aead_seal_batch(
-            self._ctx,
-            counter,
-            plain,
-            n,
-            ffi.from_buffer("uint32_t[]", n.to_bytes(4, _BYTE_ORDER)),
-            1,
-            out,
-            size,
-            written,
-        )
-        del plain  # (see _from)
-        if rc < 0:
-            raise error_for(rc, remote=False)
-        sealed: bytes = ffi.buffer(out, written[0])[:]
-        return sealed
+        # (its bytes, whatever its items; _seal takes its length)
+        return self._seal(counter, ffi.from_buffer("uint8_t[]", plaintext), None, 1)
 
     def seal_chunks(
         self,
@@ -423,29 +400,33 @@ class NativeAead:
         n = max(1, -(-total // chunk))
         lens = array.array("I", [chunk]) * n
         lens[n - 1] = total - chunk * (n - 1)
-        return self._seal(first_counter, data, lens, n), n
+        return self._seal(first_counter, _from(data), ffi.from_buffer("uint32_t[]", lens), n), n
 
-    def _seal(self, first_counter: int, data: Any, lens: array.array[int], n: int) -> bytes:
-        """Seal the bytes of ``data`` cut as ``lens`` says."""
-        if not 0 <= first_counter < 2**64:
-            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
-        # (_from, _buffer's common case and _check inline: a seal is on every answer)
-        plain = ffi.from_buffer("uint8_t[]", data)
-        size = len(plain) + n * RECORD_OVERHEAD
-        out = self._scratch if size <= self._scratch_len else self._buffer(size)
+    def _seal(self, first_counter: int, plain: Any, lens: Any, n: int) -> bytes:
+        """Seal the bytes of ``plain`` (a ``_from`` buffer, the caller's only reference:
+        dropped here before raising) cut as ``lens`` (a ``uint32_t[]`` of ``n``
+        lengths) says; ``lens`` None: one record of all of ``plain`` (seal_one's: its
+        length goes in the instance's one-length array, not one made each call)."""
+        size = len(plain)
+        if lens is None:
+            if size > MAX_RECORD_PLAINTEXT:  # (seal's check, in its order)
+                del plain  # (see _from)
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+            lens = self._one_len
+            lens[0] = size
+        # (_buffer's common case and _check inline: a seal is on every answer)
+        cap = size + n * RECORD_OVERHEAD
+        out = self._scratch if cap <= self._scratch_len else self._buffer(cap)
         written = self._sizes
-        rc = lib.dtp_aead_seal_batch(
-            self._ctx,
-            first_counter,
-            plain,
-            len(plain),
-            ffi.from_buffer("uint32_t[]", lens),
-            n,
-            out,
-            size,
-            written,
-        )
-        del plain  # (see _from)
+        try:
+            rc = lib.dtp_aead_seal_batch(
+                self._ctx, first_counter, plain, size, lens, n, out, cap, written
+            )
+        except OverflowError:
+            # a counter outside uint64_t (caught, not checked first: off the per-call path)
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER) from None
+        finally:
+            del plain  # (see _from)
         if rc < 0:
             raise error_for(rc, remote=False)
         sealed: bytes = ffi.buffer(out, written[0])[:]
