@@ -268,6 +268,9 @@ class WebSocketTransport(asyncio.Transport):
         #: The same for writes: websockets' side was found open, a server's with no
         #: extension, no message begun and nothing of its own to send (_frames_out)
         self._ws_out_idle = False
+        #: A server's carrier: the frames it reads are masked (RFC 6455 5.1), 4 bytes of
+        #: key after the length (_receive)
+        self._masked = ws.side is Side.SERVER
         #: The request path, the Origin and the subprotocol, once the upgrade is done
         self.path: str | None = None
         self.origin: str | None = None
@@ -555,24 +558,25 @@ class WebSocketTransport(asyncio.Transport):
         requires of it) of an open carrier, nothing buffered before it; else to
         websockets (:meth:`_receive_ws`). (One method for both: a call fewer a read.)"""
         size = len(data)
-        if not self._upgraded or size < 2 or data[0] != 0x82 or self._closing or self._peer_closed:
+        if size < 2 or data[0] != 0x82 or not self._upgraded or self._closing or self._peer_closed:
             return self._receive_ws(data)  # (0x82: FIN, no RSV bits, a binary frame)
-        ws = self._ws
-        masked = ws.side is Side.SERVER
         head2 = data[1]
-        if bool(head2 & 0x80) is not masked:
+        masked = self._masked
+        if (head2 < 0x80) is masked:
             return self._receive_ws(data)  # (websockets fails it: incorrect masking)
         length = head2 & 0x7F
-        at = 2
-        if length == 126:
-            if size < 4:
-                return self._receive_ws(data)
+        if length < 126:
+            at = 6 if masked else 2  # (where the key ends, or the payload starts)
+        elif length == 126 and size >= 4:
             length = data[2] << 8 | data[3]
-            at = 4
-        elif length == 127:
-            return self._receive_ws(data)  # (above MAX_MESSAGE: websockets fails it)
-        if at + (4 if masked else 0) + length != size or length > MAX_MESSAGE:
+            if length > MAX_MESSAGE:
+                return self._receive_ws(data)  # (websockets fails it)
+            at = 8 if masked else 4
+        else:
+            return self._receive_ws(data)  # (127: above MAX_MESSAGE, websockets fails it)
+        if at + length != size:
             return self._receive_ws(data)
+        ws = self._ws
         if not self._ws_idle:
             if (
                 ws.state is not State.OPEN
@@ -584,15 +588,14 @@ class WebSocketTransport(asyncio.Transport):
                 return self._receive_ws(data)
             self._ws_idle = True
         # (a client's frames are masked; a server's, to a client carrier, are not)
-        payload = apply_mask(memoryview(data)[at + 4 :], data[at : at + 4]) if masked else data[at:]
+        payload = apply_mask(memoryview(data)[at:], data[at - 4 : at]) if masked else data[at:]
         deliver = self._deliver_to
-        n = len(payload)
         if (
             deliver is not None
             and self._reading
             and not self._pending
-            and n >= RECORD_HEADER_LEN
-            and RECORD_HEADER_LEN + (payload[2] | payload[3] << 8) == n
+            and length >= RECORD_HEADER_LEN  # (the payload's length)
+            and RECORD_HEADER_LEN + (payload[2] | payload[3] << 8) == length
         ):
             # one record, nothing waiting before it: to the protocol at once (_message)
             deliver(payload)
