@@ -384,10 +384,10 @@ class _Streams(_ConnectionState):
         one frame that opens the peer's next stream whole (a short call's request), the
         stream is opened and handed on here, as :meth:`_handle_records` and
         :meth:`_on_stream_frame` would (:meth:`_open_whole`), without their loops and
-        checks. Anything else goes the general way (:meth:`_receive`) with the records
-        already opened, so its errors and events are the general path's
-        (tests/protocol/test_receive_whole_stream.py). The one record is opened by
-        ``open_lone_frame``; anything else it leaves unopened, for the general path."""
+        checks. Anything else goes the general way (:meth:`_receive`), so its errors and
+        events are the general path's (tests/protocol/test_receive_whole_stream.py):
+        already opened when it is one record of one frame that opens no stream whole
+        (``open_lone_frame`` opened it), else unopened."""
         record = self._recv_aead.open_lone_frame(data)
         if record is None:
             self._receive(data, now)
