@@ -1,11 +1,13 @@
 """A read that is one record of one frame opening the peer's next stream whole (a short
 call's request) is taken by ``Connection._receive_whole_stream`` without the general
-loops; every other read it hands to the general path, the record already opened. Each
+loops; every other read it hands to the general path (its record opened already when
+it is one record of one frame, neither an ACK nor a DATAGRAM: open_lone_frame). Each
 read here is fed to a server with a stream data handler twice, once as it is and once
 with that fast path replaced by the general one, and the two must leave the same
 handler calls, events, stream table, counters, termination and output: the requests
 it takes, and the reads it must give up on (two records, a gap in the stream ids, a
-window or the stream limit refusing, a damaged or replayed record, a partial one)."""
+window or the stream limit refusing, a damaged or replayed record, a partial one, a
+record of one frame that opens no stream, an ACK, a DATAGRAM, a request padded)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ from typing import Any
 import pytest
 
 from dtp.native import core as _core
-from dtp.native.types import FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
+from dtp.native.types import (
+    FRAME_ACK,
+    FRAME_DATAGRAM,
+    FRAME_MAX_DATA,
+    FRAME_PING,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    RawFrame,
+)
 from dtp.protocol.connection import Connection
 from tests.support.pairs import Side, connect, sealed_by
 
@@ -122,6 +132,15 @@ def _out_of_order(c: Side, s: Side) -> list[bytes]:
     return [two, one]
 
 
+def _one_frame(frame: RawFrame) -> Reads:
+    return lambda c, s: [sealed_by(c.conn, _core.encode_frames([frame]))]
+
+
+def _padded_request(c: Side, s: Side) -> list[bytes]:
+    frame = RawFrame(FRAME_STREAM_FIN, _next_id(s), 0, 0, b"call")
+    return [sealed_by(c.conn, _core.encode_frames([frame]) + bytes(3))]
+
+
 CASES: dict[str, Reads] = {
     "requests": _requests,
     "empty request": _empty_request,
@@ -139,6 +158,13 @@ CASES: dict[str, Reads] = {
     "damaged": _damaged,
     "replayed": _replayed,
     "out of order": _out_of_order,
+    # one record of one frame that opens no stream (opened by open_lone_frame, then
+    # handed on), and records open_lone_frame leaves unopened
+    "a ping": _one_frame(RawFrame(FRAME_PING)),
+    "a credit update": _one_frame(RawFrame(FRAME_MAX_DATA, 1 << 30)),
+    "an ack": _one_frame(RawFrame(FRAME_ACK, c=0, ranges=((0, 3),))),
+    "a datagram": _one_frame(RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d")),
+    "a padded request": _padded_request,
 }
 
 
