@@ -28,7 +28,7 @@ from dtp.native.types import (
 )
 from dtp.protocol._events import StreamDataReceived
 from dtp.protocol.connection import Connection
-from tests.native.lanes import SID, take
+from tests.native.lanes import BIG, SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
 
@@ -139,6 +139,32 @@ def test_small_buffer_spills_the_rest_of_a_record(backend: SimpleNamespace) -> N
     # the second record is untouched: the next call takes it at the advanced offset
     second = take(lane, sealed[result.consumed :], bytearray(2000), offset=1000)
     assert (second.status, second.taken) == (OK, 1000)
+
+
+def test_a_kept_destination_takes_each_read_and_others_are_not_held(
+    backend: SimpleNamespace,
+) -> None:
+    """``keep``: the caller's long-lived buffer (a connection's spare read buffer) is
+    written through the pointer kept from the first take into it, read after read;
+    a buffer given without ``keep`` is held by no take once it returns (the caller may
+    resize it)."""
+    sender, lane = lane_pair(backend, os.urandom(32))
+    spare = memoryview(bytearray(4000))
+    offset = 0
+    for counter in range(3):
+        data = os.urandom(500 + counter)
+        sealed = sender.seal_stream(counter, SID, offset, data)[0]
+        if counter == 1:  # another buffer between two reads into the kept one
+            other = bytearray(4000)
+            before = bytes(spare)
+            sealed2 = sender.seal_stream(counter + 10, SID + 4, 0, b"x")[0]
+            assert lane.take(sealed2, SID + 4, 0, BIG, 0, BIG, other).taken == 1
+            other.extend(b"more")  # (no export of it left: resizable)
+            assert bytes(spare) == before
+        result = lane.take(sealed, SID, offset, BIG, offset, BIG, spare, True)
+        assert (result.status, result.taken) == (OK, len(data))
+        assert bytes(spare[: len(data)]) == data
+        offset += len(data)
 
 
 def test_full_buffer_stops_between_records(backend: SimpleNamespace) -> None:

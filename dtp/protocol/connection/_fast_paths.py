@@ -482,6 +482,7 @@ class _FastPaths(_ConnectionState):
                     table.conn_received,
                     table.conn_recv_limit,
                     out[taken:] if taken and not deliver else out,
+                    deliver,  # (then dst is _feed_stream's spare buffer: kept)
                 )
             if result.records:
                 n = result.taken

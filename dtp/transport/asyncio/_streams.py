@@ -226,7 +226,14 @@ class DTPStreamReader:
                 raise
         session = self._session
         stream_id = self._stream_id
-        if not session.readable(stream_id):
+        buf = session.streams.get(stream_id)
+        if (
+            # (Session.readable's usual answer, a buffer of nothing yet on a live
+            # connection, first: with no call)
+            buf is not None
+            and not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
+            and session.terminated is None
+        ) or not session.readable(stream_id):
             # (_wait_for_bytes written out: a coroutine fewer a read that waits, and
             # the resumption of its frame)
             if self._waiting is not None:
@@ -250,7 +257,8 @@ class DTPStreamReader:
         data = session.take(stream_id, n)
         if data:
             proto = self._proto
-            if proto.hook is not None or proto.conn.credit_due():
+            rl = proto.conn.records  # (Connection.credit_due, written out)
+            if proto.hook is not None or rl.pending_max_data or rl.pending_stream_credit:
                 proto.flush()
         return data
 
