@@ -242,7 +242,15 @@ class DTPStreamReader:
             proto = self._proto
             try:
                 while True:
-                    waiter = proto.listen(stream_id)
+                    # (Protocol.listen(stream_id), written out: a call fewer a read; its
+                    # table read each time, as _notify makes a new one)
+                    waiter = proto.loop.create_future()
+                    keyed = proto._keyed
+                    some = keyed.get(stream_id)
+                    if some is None:
+                        keyed[stream_id] = [waiter]
+                    else:
+                        some.append(waiter)
                     try:
                         await waiter
                     finally:
@@ -681,12 +689,20 @@ class DTPStreamWriter:
         then too."""
 
         proto = self._proto
+        # (Connection.send_buffered's answer for one stream, written out: every drain
+        # asks it)
+        stream = self._conn._streams.get(self._stream_id)
         if not (
             self._closing
             or self._session.terminated is not None
             or (
                 not proto._write_paused
-                and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                and (
+                    stream.base_offset + len(stream.send_buf) - stream.next_offset
+                    if stream is not None
+                    else 0
+                )
+                < SEND_HIGH_WATER
             )
         ):
             # (room() written out first: with room already, the common case, no wait is
