@@ -27,7 +27,7 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol._events import StreamDataReceived
-from dtp.protocol.connection import Connection
+from dtp.protocol.connection import Connection, _fast_paths
 from tests.native.lanes import BIG, SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
@@ -487,6 +487,27 @@ def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: 
     assert client.send_buffered(sid) == 0
     assert sealed_fast and taken_fast  # both lanes carried data
     assert runs or not handler
+
+
+def test_a_connection_keeps_only_a_spare_sized_read_buffer() -> None:
+    """A connection's lane reads go into a spare buffer whose C pointer the native lane
+    keeps (NativeLane.take's ``keep``); a read too large for a spare's buffer is not
+    kept, as it is not kept as a spare (else one huge read's buffer stayed held)."""
+    if _core.Lane is not _core.NativeLane:
+        pytest.skip("the pure-Python lane keeps no pointer")
+    c, s, _ = connect(stream_window=4 << 20, connection_window=8 << 20)
+    client, server = c.conn, s.conn
+    server.stream_data_handler = lambda sid, data, end: server.acknowledge_read(sid, len(data))
+    sid = client.open_stream()
+    for size in (100, 100):  # the first makes its stream the lane's, the second goes there
+        client.send_stream_data(sid, os.urandom(size))
+        server.receive_data(client.data_to_send(0.0), 0.0)
+    kept = _core._kept_out[0][0]
+    assert kept is not None and kept is _fast_paths._spare_buffers[-1]
+    client.send_stream_data(sid, os.urandom(_fast_paths._LANE_BUFFER_KEEP + 1000))
+    server.receive_data(client.data_to_send(0.0), 0.0)
+    assert not server.closed
+    assert len(_core._kept_out[0][0]) <= _fast_paths._LANE_BUFFER_KEEP
 
 
 def test_lane_is_not_used_before_the_connection_is_established() -> None:

@@ -418,7 +418,8 @@ class _FastPaths(_ConnectionState):
                     table.conn_received,
                     table.conn_recv_limit,
                     buf,
-                    True,  # (a spare buffer: kept)
+                    # (a spare buffer: kept, but never one too large to be a spare)
+                    len(buf) <= _LANE_BUFFER_KEEP,
                 )
                 if result.consumed != len(view) or result.spill:
                     self._take_run(view, stream, buf, now, True, result)
@@ -507,7 +508,8 @@ class _FastPaths(_ConnectionState):
                     table.conn_received,
                     table.conn_recv_limit,
                     out[taken:] if taken and not deliver else out,
-                    deliver,  # (then dst is _feed_stream's spare buffer: kept)
+                    # (delivering, dst is _feed_stream's spare buffer: kept, as there)
+                    deliver and len(out) <= _LANE_BUFFER_KEEP,
                 )
             if result.records:
                 n = result.taken
