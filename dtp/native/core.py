@@ -780,6 +780,11 @@ _SCRATCH_KEPT = 4  # most spare take() scratch buffers (one per thread taking at
 # connection then holds no page of it. Pop and append are atomic (the C call releases
 # the GIL: threads taking at once each borrow one of their own).
 _spare_scratch: list[Any] = []
+# take()'s last destination given with ``keep`` and its C pointer, as one tuple (swapped
+# whole: threads read a pair that belongs together). A connection's reads go into one
+# of a few long-lived spare buffers: ffi.from_buffer of the same one, every read, is
+# made once.
+_kept_out: list[tuple[Any, Any]] = [(None, None)]
 
 
 class _MadeOnUse:
@@ -988,12 +993,15 @@ class NativeLane:
         conn_received: int,
         conn_limit: int,
         dst: bytearray | memoryview,
+        keep: bool = False,
     ) -> TakeResult:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
         anything else (see ``dtp_rx_take``). ``dst`` past ``taken`` is unspecified
         afterwards (data decrypted in place there is zeroed when its record fails
-        authentication)."""
+        authentication). ``keep``: ``dst`` is the caller's own long-lived buffer, never
+        resized or released: its C pointer is kept for the next take into it (which
+        holds one export of it until another takes its place)."""
         rx = self._rx
         rx.stream_id = stream_id
         rx.offset = offset
@@ -1001,11 +1009,17 @@ class NativeLane:
         rx.conn_received = conn_received
         rx.conn_limit = conn_limit
         src = _from_buffer(buf)
-        try:  # (inline _writable: one call less per take)
-            out = _from_buffer(_U8, dst, True)
-        except (TypeError, BufferError):
-            del src  # (see _from)
-            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        kept = _kept_out[0]
+        if kept[0] is dst:
+            out = kept[1]
+        else:
+            try:  # (inline _writable: one call less per take)
+                out = _from_buffer(_U8, dst, True)
+            except (TypeError, BufferError):
+                del src  # (see _from)
+                raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+            if keep:
+                _kept_out[0] = (dst, out)
         try:
             scratch = _spare_scratch.pop()
         except IndexError:

@@ -27,8 +27,8 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol._events import StreamDataReceived
-from dtp.protocol.connection import Connection
-from tests.native.lanes import SID, take
+from dtp.protocol.connection import Connection, _fast_paths
+from tests.native.lanes import BIG, SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
 
@@ -139,6 +139,32 @@ def test_small_buffer_spills_the_rest_of_a_record(backend: SimpleNamespace) -> N
     # the second record is untouched: the next call takes it at the advanced offset
     second = take(lane, sealed[result.consumed :], bytearray(2000), offset=1000)
     assert (second.status, second.taken) == (OK, 1000)
+
+
+def test_a_kept_destination_takes_each_read_and_others_are_not_held(
+    backend: SimpleNamespace,
+) -> None:
+    """``keep``: the caller's long-lived buffer (a connection's spare read buffer) is
+    written through the pointer kept from the first take into it, read after read;
+    a buffer given without ``keep`` is held by no take once it returns (the caller may
+    resize it)."""
+    sender, lane = lane_pair(backend, os.urandom(32))
+    spare = memoryview(bytearray(4000))
+    offset = 0
+    for counter in range(3):
+        data = os.urandom(500 + counter)
+        sealed = sender.seal_stream(counter, SID, offset, data)[0]
+        if counter == 1:  # another buffer between two reads into the kept one
+            other = bytearray(4000)
+            before = bytes(spare)
+            sealed2 = sender.seal_stream(counter + 10, SID + 4, 0, b"x")[0]
+            assert lane.take(sealed2, SID + 4, 0, BIG, 0, BIG, other).taken == 1
+            other.extend(b"more")  # (no export of it left: resizable)
+            assert bytes(spare) == before
+        result = lane.take(sealed, SID, offset, BIG, offset, BIG, spare, True)
+        assert (result.status, result.taken) == (OK, len(data))
+        assert bytes(spare[: len(data)]) == data
+        offset += len(data)
 
 
 def test_full_buffer_stops_between_records(backend: SimpleNamespace) -> None:
@@ -461,6 +487,27 @@ def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: 
     assert client.send_buffered(sid) == 0
     assert sealed_fast and taken_fast  # both lanes carried data
     assert runs or not handler
+
+
+def test_a_connection_keeps_only_a_spare_sized_read_buffer() -> None:
+    """A connection's lane reads go into a spare buffer whose C pointer the native lane
+    keeps (NativeLane.take's ``keep``); a read too large for a spare's buffer is not
+    kept, as it is not kept as a spare (else one huge read's buffer stayed held)."""
+    if _core.Lane is not _core.NativeLane:
+        pytest.skip("the pure-Python lane keeps no pointer")
+    c, s, _ = connect(stream_window=4 << 20, connection_window=8 << 20)
+    client, server = c.conn, s.conn
+    server.stream_data_handler = lambda sid, data, end: server.acknowledge_read(sid, len(data))
+    sid = client.open_stream()
+    for size in (100, 100):  # the first makes its stream the lane's, the second goes there
+        client.send_stream_data(sid, os.urandom(size))
+        server.receive_data(client.data_to_send(0.0), 0.0)
+    kept = _core._kept_out[0][0]
+    assert kept is not None and kept is _fast_paths._spare_buffers[-1]
+    client.send_stream_data(sid, os.urandom(_fast_paths._LANE_BUFFER_KEEP + 1000))
+    server.receive_data(client.data_to_send(0.0), 0.0)
+    assert not server.closed
+    assert len(_core._kept_out[0][0]) <= _fast_paths._LANE_BUFFER_KEEP
 
 
 def test_lane_is_not_used_before_the_connection_is_established() -> None:

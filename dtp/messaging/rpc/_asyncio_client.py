@@ -8,6 +8,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,6 +47,15 @@ from dtp.payments.receipts import Meter
 from dtp.transport.asyncio._threads import threaded_or_released
 
 logger = logging.getLogger(__name__)
+
+if sys.version_info < (3, 12):
+    # (asyncio.current_task() is a Python function there, reading this table of
+    # asyncio's: every call asks it)
+    _current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+        asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+    )
+else:
+    _current_task = asyncio.current_task
 
 
 class AsyncRpcClient(ClientBase):
@@ -183,7 +193,7 @@ class AsyncRpcClient(ClientBase):
             self._arm(now + timeout)
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
-        task = asyncio.current_task(loop)
+        task = _current_task(loop)
         try:
             # the deadline covers the send too: a peer that does not read holds the
             # drain, and the timer cancels it (the frame is whole in the writer's

@@ -223,9 +223,11 @@ class Lane:
         conn_received: int,
         conn_limit: int,
         dst: bytearray | memoryview,
+        keep: bool = False,
     ) -> TakeResult:
         """As :meth:`dtp.native.core.NativeLane.take` (which decrypts in place in ``dst``
-        past ``taken``; this twin leaves it as it was)."""
+        past ``taken``; this twin leaves it as it was, and keeps nothing: ``keep`` is
+        the native lane's)."""
         out = memoryview(dst).cast("B")
         if out.readonly:
             out.release()  # (no export of the caller's buffer outlives the call)

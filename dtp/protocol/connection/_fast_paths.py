@@ -405,7 +405,33 @@ class _FastPaths(_ConnectionState):
             if self._inbuf:
                 self._lane_feed(view, stream, buf, now, True)
             else:
-                self._take_run(view, stream, buf, now, True)
+                # (_take_run's usual read written out: one take of whole records of this
+                # stream, all of the read, one handler call; anything else goes on there)
+                lane = self._lane or self._get_lane()
+                table = self.streams
+                stream_id = stream.stream_id
+                result = lane.take(
+                    view,
+                    stream_id,
+                    stream.delivered,
+                    stream.recv_limit,
+                    table.conn_received,
+                    table.conn_recv_limit,
+                    buf,
+                    # (a spare buffer: kept, but never one too large to be a spare)
+                    len(buf) <= _LANE_BUFFER_KEEP,
+                )
+                if result.consumed != len(view) or result.spill:
+                    self._take_run(view, stream, buf, now, True, result)
+                else:
+                    n = result.taken
+                    stream.delivered = stream.recv_highest = stream.delivered + n
+                    table.conn_received += n
+                    self.records_received += result.records
+                    handler = self.stream_data_handler
+                    if n and handler is not None:
+                        handler(stream_id, buf[:n], False)
+                    self._lane_sid = stream_id
         finally:
             if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
                 _spare_buffers.append(buf)
@@ -482,6 +508,8 @@ class _FastPaths(_ConnectionState):
                     table.conn_received,
                     table.conn_recv_limit,
                     out[taken:] if taken and not deliver else out,
+                    # (delivering, dst is _feed_stream's spare buffer: kept, as there)
+                    deliver and len(out) <= _LANE_BUFFER_KEEP,
                 )
             if result.records:
                 n = result.taken
@@ -498,10 +526,11 @@ class _FastPaths(_ConnectionState):
                         handler(stream_id, spill, False)
                     else:
                         self._deliver(StreamDataReceived(stream_id, bytes(spill), False))
-            view = view[result.consumed :]
+            consumed = result.consumed
             status, result = result.status, None
-            if not view:
-                break
+            if consumed == len(view):
+                break  # (all of it taken: no view of nothing made)
+            view = view[consumed:]
             attention = True
             if status != STOP:
                 # a partial record (kept for the next read), or dst is full: the rest

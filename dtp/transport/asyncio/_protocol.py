@@ -11,11 +11,13 @@ import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
 from dtp.transport._session import (
+    _NOTHING_TOUCHED,
     ACCEPT_KEY,
     CARRIER_DRAIN,
     FIRST_RECV_CHUNK,
@@ -273,7 +275,8 @@ class Protocol(asyncio.BufferedProtocol):
             self.hook is not None
             or self._timer is None
             or conn.has_output()
-            or (changed and not (self._timer_steady and conn.timer_steady()))
+            # (timer_steady() is this, a call fewer a read)
+            or (changed and not (self._timer_steady and conn.steady_timer() is not None))
         ):
             # (else nothing to send, and the timer is in time: the read was datagrams a
             # sink took, or changed what the timer's deadline cannot move earlier, as a
@@ -447,10 +450,16 @@ class Protocol(asyncio.BufferedProtocol):
         those a change concerns: the tasks waiting on any change, and those waiting on
         one of the changed keys (a stream's reads, or ACCEPT_KEY) -- not every reader
         and acceptor of the connection, who would only look again and wait on."""
-        touched = self.session.take_changes()
-        if touched is None:
+        # (Session.take_changes, written out: a call fewer a read that changed anything)
+        session = self.session
+        touched: AbstractSet[int] | None = session._touched
+        session._touched = None
+        if session._broad:
+            session._broad = False
             self._notify()
             return
+        if touched is None:
+            touched = _NOTHING_TOUCHED
         if keys:
             touched = touched | set(keys)
         if self.stream_handler is not None and ACCEPT_KEY in touched:

@@ -226,7 +226,14 @@ class DTPStreamReader:
                 raise
         session = self._session
         stream_id = self._stream_id
-        if not session.readable(stream_id):
+        buf = session.streams.get(stream_id)
+        if (
+            # (Session.readable's usual answer, a buffer of nothing yet on a live
+            # connection, first: with no call)
+            buf is not None
+            and not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
+            and session.terminated is None
+        ) or not session.readable(stream_id):
             # (_wait_for_bytes written out: a coroutine fewer a read that waits, and
             # the resumption of its frame)
             if self._waiting is not None:
@@ -235,7 +242,15 @@ class DTPStreamReader:
             proto = self._proto
             try:
                 while True:
-                    waiter = proto.listen(stream_id)
+                    # (Protocol.listen(stream_id), written out: a call fewer a read; its
+                    # table read each time, as _notify makes a new one)
+                    waiter = proto.loop.create_future()
+                    keyed = proto._keyed
+                    some = keyed.get(stream_id)
+                    if some is None:
+                        keyed[stream_id] = [waiter]
+                    else:
+                        some.append(waiter)
                     try:
                         await waiter
                     finally:
@@ -250,7 +265,8 @@ class DTPStreamReader:
         data = session.take(stream_id, n)
         if data:
             proto = self._proto
-            if proto.hook is not None or proto.conn.credit_due():
+            rl = proto.conn.records  # (Connection.credit_due, written out)
+            if proto.hook is not None or rl.pending_max_data or rl.pending_stream_credit:
                 proto.flush()
         return data
 
@@ -673,12 +689,20 @@ class DTPStreamWriter:
         then too."""
 
         proto = self._proto
+        # (Connection.send_buffered's answer for one stream, written out: every drain
+        # asks it)
+        stream = self._conn._streams.get(self._stream_id)
         if not (
             self._closing
             or self._session.terminated is not None
             or (
                 not proto._write_paused
-                and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                and (
+                    stream.base_offset + len(stream.send_buf) - stream.next_offset
+                    if stream is not None
+                    else 0
+                )
+                < SEND_HIGH_WATER
             )
         ):
             # (room() written out first: with room already, the common case, no wait is
