@@ -3,7 +3,7 @@
 // the counter, from the header, as the nonce.
 
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
-import { concat, readU16le, readU64le, u16le, u64le } from './bytes.js';
+import { concat, newBytes, readU16le, readU64le, u16le, u64le } from './bytes.js';
 import { CloseCode, DecryptionError, ProtocolError } from './errors.js';
 
 /** ChaCha20-Poly1305 (RFC 8439) as the records use it: `sealInto` writes the ciphertext
@@ -127,7 +127,11 @@ function rawSodium(lib, wrapped) {
       const rc = lib._crypto_aead_chacha20poly1305_ietf_decrypt(OUT, 0, 0, IN, bodyLength, 0, AD, 12, 0, NONCE, KEY);
       wipe();
       if (rc !== 0) throw new Error('ciphertext cannot be decrypted using that key');
-      return lib.HEAPU8.slice(OUT, OUT + bodyLength - 16);
+      // (into a piece of a shared buffer, not a slice: a buffer of its own a record was
+      // the largest part of opening one in Chromium)
+      const plaintext = newBytes(bodyLength - 16);
+      plaintext.set(lib.HEAPU8.subarray(OUT, OUT + bodyLength - 16));
+      return plaintext;
     },
     sealInto(key, nonce, ad, plaintext, out) {
       if (!fits(key, nonce, ad, plaintext)) {
@@ -219,7 +223,9 @@ export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
     throw new ProtocolError('RECORD_SIZE', `${plaintext.length} plaintext bytes`);
   }
   const bodyLength = plaintext.length + TAG_SIZE;
-  const record = new Uint8Array(HEADER_SIZE + bodyLength);
+  // (a short record is a piece of a shared buffer, bytes.js: its own buffer cost more
+  // than the rest of sealing it in Chromium)
+  const record = newBytes(HEADER_SIZE + bodyLength);
   record[0] = RecordKind.DATA; // (flags, record[1], stay 0)
   record[2] = bodyLength & 0xff;
   record[3] = bodyLength >>> 8;
@@ -235,7 +241,7 @@ export function sealRecord(key, counter, plaintext, aead = RECORD_AEAD) {
     record[10] = (hi >>> 16) & 0xff;
     record[11] = hi >>> 24;
   } else {
-    new DataView(record.buffer).setBigUint64(4, n, true);
+    new DataView(record.buffer, record.byteOffset, HEADER_SIZE).setBigUint64(4, n, true);
   }
   if (aead.sealRecordInto) aead.sealRecordInto(key, record, plaintext);
   else aead.sealInto(key, nonceOf(record), record.subarray(0, HEADER_SIZE), plaintext, record.subarray(HEADER_SIZE));

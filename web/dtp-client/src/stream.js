@@ -1,7 +1,7 @@
 // One stream of a connection (docs/protocol.md section 10): an ordered byte stream each
 // way. Reads hand out what arrived, in order; writes wait for flow-control credit.
 
-import { concat } from './bytes.js';
+import { concat, utf8Piece } from './bytes.js';
 import { ConnectionClosed, StreamReset } from './errors.js';
 
 export class Stream {
@@ -87,12 +87,13 @@ export class Stream {
     }
   }
 
-  /** Queues `data`; resolves once every byte of it went out (flow control permitting). */
+  /** Queues `data` (bytes, or a string: its UTF-8); resolves once every byte of it went
+   * out (flow control permitting). */
   write(data) {
     return this._enqueue(data, false);
   }
 
-  /** Ends this side of the stream (STREAM_FIN), after `data` if given. */
+  /** Ends this side of the stream (STREAM_FIN), after `data` (as write's) if given. */
   end(data = new Uint8Array(0)) {
     return this._enqueue(data, true);
   }
@@ -112,7 +113,7 @@ export class Stream {
   }
 
   _enqueue(data, fin) {
-    if (typeof data === 'string') data = new TextEncoder().encode(data);
+    if (typeof data === 'string') data = utf8Piece(data);
     if (this.failure) return Promise.reject(this.failure);
     if (this.resetSent || this.stopCode !== null) {
       return Promise.reject(new StreamReset(this.id, this.stopCode ?? 0));
