@@ -92,9 +92,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # (LAN sync brings in mDNS: imported on first use, see dtp.graph.sync)
-    if name in ("LanSync", "sync_with_lan"):
-        from dtp.graph.sync import _lan as lan
+    # LanSync and sync_with_lan: dtp.graph.sync's, which imports them (and mDNS) on
+    # first use
+    from dtp.graph import sync
 
-        return getattr(lan, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return sync.__getattr__(name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

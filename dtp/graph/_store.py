@@ -80,6 +80,7 @@ from dtp.graph._tiers import (
     private_node,
     protected_node,
     public_node,
+    signed_value,
 )
 from dtp.graph._writeback import WriteBack
 from dtp.graph.rules import EMPTY_BATCH, RULE, Refusal, RuleRefused, RuleSet
@@ -87,7 +88,6 @@ from dtp.graph.values import (
     JSON,
     GunValue,
     check_field_name,
-    decode_value,
     encode_value,
     link_soul,
 )
@@ -370,11 +370,7 @@ class Graph:
         if self._closed:
             raise LocalProtocolError("the graph is closed", ErrorCode.ARG)
 
-    @staticmethod
-    def _value_of(soul: bytes, stored: bytes) -> JSON:
-        if namespace.is_user_space(soul):
-            stored = namespace.open_envelope(stored)
-        return decode_value(stored)
+    _value_of = staticmethod(signed_value)
 
     def _ensure_view(self) -> SummaryView:
         view = self._view

@@ -117,9 +117,15 @@ class Signer:
         return namespace.seal(self.identity, soul, field, state, text)
 
     def open(self, soul: bytes, field: bytes, state: float, stored: bytes) -> JSON:
-        if namespace.is_user_space(soul):
-            stored = namespace.open_envelope(stored)
-        return decode_value(stored)
+        return signed_value(soul, stored)
+
+
+def signed_value(soul: bytes, stored: bytes) -> JSON:
+    """The value of a public or protected field as stored (a ``~0x<address>/...`` one
+    in its envelope): what the graph's reads give."""
+    if namespace.is_user_space(soul):
+        stored = namespace.open_envelope(stored)
+    return decode_value(stored)
 
 
 PUBLIC = "public"

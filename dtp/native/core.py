@@ -787,30 +787,6 @@ _spare_scratch: list[Any] = []
 _kept_out: list[tuple[Any, Any]] = [(None, None)]
 
 
-class _MadeOnUse:
-    """A lane's carrier-read buffer (``rview``, ``own``), made by its ``_ready_io`` on
-    first use. A descriptor with no ``__set__``: ``_ready_io`` sets the instance's own
-    attribute, which wins from then on. (A ``__getattr__`` on the class instead made
-    every attribute read of the lane -- a seal or take reads seven -- take CPython's
-    slow path: three times the cost, and a method-wrapper object each.)"""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, lane: None, owner: type) -> _MadeOnUse: ...
-
-    @overload
-    def __get__(self, lane: NativeLane, owner: type) -> memoryview: ...
-
-    def __get__(self, lane: NativeLane | None, owner: type) -> _MadeOnUse | memoryview:
-        if lane is None:
-            return self
-        lane._ready_io()
-        view: memoryview = lane.__dict__[self._name]
-        return view
-
-
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -870,9 +846,9 @@ class NativeLane:
         self._err = ffi.new("int *")
 
     #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
-    rview = _MadeOnUse()
+    rview = t.MadeOnUse()
     #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes)
-    own = _MadeOnUse()
+    own = t.MadeOnUse()
 
     def _ready_io(self) -> None:
         """Make the carrier reads' buffers, flow_take's scratch and the full seal

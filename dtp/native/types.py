@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, overload
+from typing import NamedTuple, Protocol, overload
 
 from dtp.errors import DTPError
 
@@ -194,3 +194,35 @@ class MergeResult(NamedTuple):
 
     statuses: bytes
     changed: bytes
+
+
+class _IoLane(Protocol):
+    """A lane whose carrier-read buffers ``_ready_io`` makes (NativeLane, Lane)."""
+
+    def _ready_io(self) -> None: ...
+
+
+class MadeOnUse:
+    """A lane's carrier-read buffer (``rview``, ``own``), made by its ``_ready_io`` on
+    first use: only the blocking adapter reads its carrier through the lane, and a
+    server keeps thousands of idle connections. A descriptor with no ``__set__``:
+    ``_ready_io`` sets the instance's own attribute, which wins from then on. (A
+    ``__getattr__`` on the class instead made every attribute read of the lane -- a
+    seal or take reads seven -- take CPython's slow path: three times the cost, and a
+    method-wrapper object each.)"""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, lane: None, owner: type) -> MadeOnUse: ...
+
+    @overload
+    def __get__(self, lane: _IoLane, owner: type) -> memoryview: ...
+
+    def __get__(self, lane: _IoLane | None, owner: type) -> MadeOnUse | memoryview:
+        if lane is None:
+            return self
+        lane._ready_io()
+        view: memoryview = lane.__dict__[self._name]
+        return view

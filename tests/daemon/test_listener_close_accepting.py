@@ -14,7 +14,7 @@ import asyncio
 import gc
 import socket
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,10 @@ def _on_selector_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> list[str
     return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
 
 
-def test_a_client_accepted_as_a_reload_retires_the_forwarder_is_not_left_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its tunnel fails (the target cannot be reached): the client is closed at once,
-    as one accepted before the retirement is. Before, the half-made transport held its
-    socket: the tunnel's close waited for a transport that never came."""
+@pytest.fixture
+def forwarder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Forwarder]:
+    """A forwarder on a free port of 127.0.0.1 whose tunnels fail at once (their target
+    cannot be reached): each client it accepts is closed."""
 
     async def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise OSError("unreachable")
@@ -70,8 +68,27 @@ def test_a_client_accepted_as_a_reload_retires_the_forwarder_is_not_left_open(
     config = ForwardConfig(
         "f", Backend("127.0.0.1", 0), HostAddress.parse("dtp://0x" + "ab" * 32 + ":80")
     )
-    forwarder = Forwarder(config, ledger, HostIdentity.generate(), StatusBook(tmp_path))
-    clients: list[socket.socket] = []
+    try:
+        yield Forwarder(config, ledger, HostIdentity.generate(), StatusBook(tmp_path))
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[socket.socket]]:
+    """The test's client sockets, closed when it ends."""
+    made: list[socket.socket] = []
+    yield made
+    for sock in made:
+        sock.close()
+
+
+def test_a_client_accepted_as_a_reload_retires_the_forwarder_is_not_left_open(
+    forwarder: Forwarder, clients: list[socket.socket]
+) -> None:
+    """Its tunnel fails (the target cannot be reached): the client is closed at once,
+    as one accepted before the retirement is. Before, the half-made transport held its
+    socket: the tunnel's close waited for a transport that never came."""
     closed: list[bool] = []
 
     async def main() -> None:
@@ -82,31 +99,15 @@ def test_a_client_accepted_as_a_reload_retires_the_forwarder_is_not_left_open(
         assert forwarder.server is not None and not forwarder.server.is_serving()
         await forwarder.drain(0.5)
 
-    try:
-        assert _on_selector_loop(main) == []
-        assert closed == [True]
-        assert forwarder.stats.errors == 1  # (its tunnel was tried)
-    finally:
-        ledger.close()
-        for sock in clients:
-            sock.close()
+    assert _on_selector_loop(main) == []
+    assert closed == [True]
+    assert forwarder.stats.errors == 1  # (its tunnel was tried)
 
 
 def test_a_forwarder_released_frees_its_port_with_a_client_accepted_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    forwarder: Forwarder, clients: list[socket.socket]
 ) -> None:
     """release() (a reload trading ports): the port can be bound again on return."""
-
-    async def unreachable(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("unreachable")
-
-    monkeypatch.setattr(dtp.daemon._forwarder, "connect_forward", unreachable)
-    ledger = LocalLedger(tmp_path / "ledger.sqlite")
-    config = ForwardConfig(
-        "f", Backend("127.0.0.1", 0), HostAddress.parse("dtp://0x" + "ab" * 32 + ":80")
-    )
-    forwarder = Forwarder(config, ledger, HostIdentity.generate(), StatusBook(tmp_path))
-    clients: list[socket.socket] = []
 
     async def main() -> None:
         address = await forwarder.start()
@@ -122,18 +123,14 @@ def test_a_forwarder_released_frees_its_port_with_a_client_accepted_meanwhile(
         assert await asyncio.to_thread(closed_by_peer, clients[0], 5)
         await forwarder.drain(0.5)
 
-    try:
-        assert _on_selector_loop(main) == []
-    finally:
-        ledger.close()
-        for sock in clients:
-            sock.close()
+    assert _on_selector_loop(main) == []
 
 
-def test_a_client_accepted_as_the_status_endpoint_stops_is_closed_by_its_close() -> None:
+def test_a_client_accepted_as_the_status_endpoint_stops_is_closed_by_its_close(
+    clients: list[socket.socket],
+) -> None:
     """close() returns once that client is closed, so that an event loop closed right
     after finds it closed."""
-    clients: list[socket.socket] = []
 
     async def main() -> None:
         endpoint = _endpoint()
@@ -141,9 +138,5 @@ def test_a_client_accepted_as_the_status_endpoint_stops_is_closed_by_its_close()
         await endpoint.close()
         # (returning now: the loop is closed with no pass after this one)
 
-    try:
-        assert _on_selector_loop(main) == []
-        assert closed_by_peer(clients[0], within=5)
-    finally:
-        for sock in clients:
-            sock.close()
+    assert _on_selector_loop(main) == []
+    assert closed_by_peer(clients[0], within=5)

@@ -13,7 +13,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from dtp.ledger.sui._coordination import decode_registry
 from dtp.testing.sui_node._objects import object_contents
 from tests.ledger.coordination_tx_cases import CASES
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 
 
@@ -416,22 +416,15 @@ TestRegistryRules = RegistryMachine.TestCase
 
 def regenerate() -> None:
     """Rewrite tests/golden/coordination_transactions.json from the current builders."""
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx registry builders "
-            "(dtp::registry) for the fixed inputs of tests/ledger/coordination_tx_cases.py. "
-            "Regenerate with `python -m tests.ledger.test_coordination_rules --regenerate` "
-            "after a deliberate change."
+    write_golden(
+        GOLDEN,
+        (
+            "the dtp.ledger.sui._tx registry builders (dtp::registry) for the fixed inputs of "
+            "tests/ledger/coordination_tx_cases.py"
         ),
-        "transactions": build_all(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+        build_all(),
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_coordination_rules --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

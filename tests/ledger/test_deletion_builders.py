@@ -12,7 +12,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from pysui.sui.sui_bcs import bcs
@@ -24,6 +23,7 @@ from dtp.ledger.sui._tx import CLOCK_ID
 from tests.ledger.deletion_tx_cases import CASES
 from tests.ledger.payment_model_cases import LANE, POOL
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 
 GOLDEN = GOLDEN_DIR / "deletion_transactions.json"
@@ -84,22 +84,15 @@ def test_deletion_golden_bytes(name: str) -> None:
 
 def regenerate() -> None:
     """Rewrite tests/golden/deletion_transactions.json from the current builders."""
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx_deletion builders "
-            "for the fixed inputs of tests/ledger/deletion_tx_cases.py. Regenerate with "
-            "`python -m tests.ledger.test_deletion_builders --regenerate` after a "
-            "deliberate change."
+    write_golden(
+        GOLDEN,
+        (
+            "the dtp.ledger.sui._tx_deletion builders for the fixed inputs of "
+            "tests/ledger/deletion_tx_cases.py"
         ),
-        "transactions": build_all(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+        build_all(),
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_deletion_builders --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import tomllib
 from typing import Any
 
@@ -23,6 +22,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.sui import _tx as sui_tx
 from tests.ledger.messaging_tx_cases import SUI_CASES
 from tests.ledger.sui_tx_cases import CTX, SENDER
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import ROOT
 
 SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
@@ -263,23 +263,16 @@ def test_messaging_event_layouts_match_local_ledger_events() -> None:
 
 def regenerate() -> None:
     """Rewrite tests/golden/messaging_transactions.json from the current builders."""
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx messaging builders "
-            "(mailbox, response_escrow) for the fixed inputs of "
-            "tests/ledger/test_messaging_rules.py and tests/ledger/test_sui_transactions.py. "
-            "Regenerate with "
-            "`python -m tests.ledger.test_messaging_rules --regenerate` after a deliberate change."
+    write_golden(
+        GOLDEN,
+        (
+            "the dtp.ledger.sui._tx messaging builders (mailbox, response_escrow) for the fixed "
+            "inputs of tests/ledger/test_messaging_rules.py and "
+            "tests/ledger/test_sui_transactions.py"
         ),
-        "transactions": build_messaging(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+        build_messaging(),
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_messaging_rules --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

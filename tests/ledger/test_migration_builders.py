@@ -11,7 +11,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from pysui.sui.sui_bcs import bcs
@@ -21,6 +20,7 @@ from dtp.ledger.sui import _tx_versions as tx
 from dtp.ledger.sui._tx import OwnedRef, SharedRef
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
 from tests.ledger.test_move_signatures import parse_package
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 
 GOLDEN = GOLDEN_DIR / "migration_transactions.json"
@@ -68,22 +68,15 @@ def test_migration_golden_bytes(name: str) -> None:
 
 def regenerate() -> None:
     """Rewrite tests/golden/migration_transactions.json from the current builders."""
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx_versions builders "
-            "for a fixed AdminCap and object (tests/ledger/test_migration_builders.py). "
-            "Regenerate with `python -m tests.ledger.test_migration_builders --regenerate` "
-            "after a deliberate change."
+    write_golden(
+        GOLDEN,
+        (
+            "the dtp.ledger.sui._tx_versions builders for a fixed AdminCap and object "
+            "(tests/ledger/test_migration_builders.py)"
         ),
-        "transactions": build_all(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+        build_all(),
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_migration_builders --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

@@ -10,7 +10,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from dtp.ledger.sui._economics import (
 from dtp.payments.receipts import Meter, Receipt
 from tests.ledger.payment_model_cases import CASES, CLIENT, OTHER, OWN, SERVER, S, ident
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 from tests.support.sui_network import SuiNetwork
 
@@ -609,22 +609,15 @@ def test_live_ticket_sale_cancel_refund(sui_network: SuiNetwork) -> None:
 
 def regenerate() -> None:
     """Rewrite tests/golden/economics_transactions.json from the current builders."""
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui._tx payment-model "
-            "builders (subscription, sponsor, tickets, retention) for the fixed inputs of "
-            "tests/ledger/test_payment_models.py. Regenerate with "
-            "`python -m tests.ledger.test_payment_models --regenerate` after a deliberate change."
+    write_golden(
+        GOLDEN,
+        (
+            "the dtp.ledger.sui._tx payment-model builders (subscription, sponsor, tickets, "
+            "retention) for the fixed inputs of tests/ledger/test_payment_models.py"
         ),
-        "transactions": build_all(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+        build_all(),
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_payment_models --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from typing import Any
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
@@ -72,6 +71,7 @@ from tests.ledger.sui_tx_cases import (
     SLA,
     S,
 )
+from tests.support.golden_tx import regenerate_main, write_golden
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 from tests.support.ports import free_port
 from tests.support.sui_network import SuiNetwork, transfer
@@ -656,25 +656,15 @@ def test_live_pipe_owned_by_sender(sui: SuiLedger) -> None:
 
 def regenerate() -> None:
     """Rewrite tests/golden/sui_transactions.json from the current builders."""
-    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "description": (
-            "Sui TransactionData V1 bytes (hex) of dtp.ledger.sui._tx builders for the fixed "
-            "inputs of tests/ledger/test_sui_transactions.py. Regenerate with "
-            "`python -m tests.ledger.test_sui_transactions --regenerate` after a deliberate change."
-        ),
-        "package": PACKAGE,
-        "sender": SENDER.sui_address,
-        "gas": {"price": 1000, "budget": 10_000_000},
-        "transactions": build_all(),
-    }
-    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+    write_golden(
+        GOLDEN,
+        "dtp.ledger.sui._tx builders for the fixed inputs of tests/ledger/test_sui_transactions.py",
+        build_all(),
+        package=PACKAGE,
+        sender=SENDER.sui_address,
+        gas={"price": 1000, "budget": 10_000_000},
+    )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--regenerate"]:
-        regenerate()
-    else:
-        print("usage: python -m tests.ledger.test_sui_transactions --regenerate", file=sys.stderr)
-        sys.exit(2)
+    regenerate_main(regenerate)

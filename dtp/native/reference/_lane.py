@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Any, overload
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -47,6 +47,7 @@ from dtp.native.types import (
     STOP,
     WAIT,
     WAKE,
+    MadeOnUse,
     TakeResult,
 )
 
@@ -149,32 +150,6 @@ class Io:
         self.status = OK
 
 
-class _MadeOnUse:
-    """``rview`` / ``own``, made on first use as the C core's are (only the blocking
-    adapter reads its carrier through the lane: an idle connection of the asyncio one
-    should not hold 320 KiB of zeroed buffers). A descriptor with no ``__set__``, as
-    ``dtp.native.core``'s: the instance's own attribute wins once made, and the lane's
-    other attributes keep CPython's fast reads (a ``__getattr__`` slows them all)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, lane: None, owner: type) -> _MadeOnUse: ...
-
-    @overload
-    def __get__(self, lane: Lane, owner: type) -> memoryview: ...
-
-    def __get__(self, lane: Lane | None, owner: type) -> _MadeOnUse | memoryview:
-        if lane is None:
-            return self
-        if "rview" not in lane.__dict__:
-            lane.rview = memoryview(bytearray(lane._recv_cap))
-            lane.own = memoryview(bytearray(OWN_CAP))
-        view: memoryview = lane.__dict__[self._name]
-        return view
-
-
 class Lane:
     """The fast path of an established stream (pure Python); same methods and results
     as :class:`dtp.native.core.NativeLane`."""
@@ -183,7 +158,7 @@ class Lane:
         self, send: Aead, recv: Aead, seal_cap: int = 1 << 18, recv_cap: int = 1 << 18
     ) -> None:
         self.max_seal = lane_max_seal(seal_cap, recv_cap)
-        self._recv_cap = recv_cap  # (rview and own: made on first use, _MadeOnUse)
+        self._recv_cap = recv_cap  # (rview and own: made on first use, _ready_io)
         self.own_cap = OWN_CAP
         self._send = send
         self._recv = recv
@@ -192,9 +167,16 @@ class Lane:
         self._spill: bytes = b""
 
     #: Where the adapter reads the carrier for :meth:`flow_take`.
-    rview = _MadeOnUse()
+    rview = MadeOnUse()
     #: A buffer of the lane's own for :meth:`recv` to read into.
-    own = _MadeOnUse()
+    own = MadeOnUse()
+
+    def _ready_io(self) -> None:
+        """Make ``rview`` and ``own`` (as the C core's lane does: an idle connection of
+        the asyncio adapter should not hold 320 KiB of zeroed buffers)."""
+        if "rview" not in self.__dict__:
+            self.rview = memoryview(bytearray(self._recv_cap))
+            self.own = memoryview(bytearray(OWN_CAP))
 
     def seal(
         self,

@@ -15,13 +15,12 @@ answers the same. A bad request gets 400 with ``{"status": {"Failure": {"interna
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any, Final
 
 from dtp._http_json import answer_json
-from dtp.errors import InvalidObjectId
+from dtp.errors import FaucetError, InvalidObjectId
+from dtp.ledger._faucet import ask_faucet
 from dtp.ledger._objects import normalize_id
 from dtp.testing.sui_node._http_server import QuietHandler, ThreadedHttpServer
 
@@ -33,10 +32,6 @@ DEFAULT_AMOUNT: Final = 10 * 10**9
 MAX_AMOUNT: Final = 2**64 - 1
 _PATHS: Final = ("/v2/gas", "/gas")
 _MAX_BODY: Final = 4096
-
-
-class FaucetError(RuntimeError):
-    """The faucet refused a request (its reason), or could not be reached."""
 
 
 class FaucetServer(ThreadedHttpServer):
@@ -104,28 +99,6 @@ def request_funds(
 ) -> str:
     """Ask the faucet at ``faucet_url`` (``http://host:port/v2/gas``, as the stand-in's
     ready line prints it) for ``amount`` MIST (its default when None) to ``recipient``;
-    returns the new coin's ID. Raises :class:`FaucetError` with the faucet's reason."""
-    request: dict[str, Any] = {"recipient": recipient}
-    if amount is not None:
-        request["amount"] = amount
-    data = json.dumps({"FixedAmountRequest": request}).encode()
-    call = urllib.request.Request(
-        faucet_url, data=data, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(call, timeout=timeout) as answer:
-            doc = json.load(answer)
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.load(exc)["status"]["Failure"]["internal"]
-        except (ValueError, KeyError, TypeError):
-            why = f"HTTP {exc.code}"
-        finally:
-            exc.close()
-        raise FaucetError(f"the faucet refused: {why}") from None
-    except (OSError, ValueError) as exc:
-        raise FaucetError(f"the faucet at {faucet_url} cannot be reached: {exc}") from None
-    try:
-        return str(doc["coins_sent"][0]["id"])
-    except (KeyError, IndexError, TypeError):
-        raise FaucetError(f"the faucet answered no coin: {doc!r}") from None
+    returns the new coin's ID. Raises :class:`~dtp.errors.FaucetError` with the
+    faucet's reason (:func:`dtp.ledger._faucet.ask_faucet`, ``dtp fund``'s client)."""
+    return ask_faucet(faucet_url, recipient, amount, timeout=timeout).coin_id

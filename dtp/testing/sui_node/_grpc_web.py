@@ -35,7 +35,7 @@ from grpclib.const import Status
 
 from dtp.testing.sui_node._http_server import QuietHandler, ThreadedHttpServer
 
-__all__ = ["GrpcWebServer", "frame", "unframe"]
+__all__ = ["GrpcWebServer", "Refusal", "frame", "unframe"]
 
 #: The largest request body accepted (a transaction with its signatures is far smaller).
 MAX_BODY: Final = 4 << 20
@@ -46,12 +46,13 @@ _CORS: Final = (
     ("Access-Control-Expose-Headers", "grpc-status, grpc-message"),
 )
 
-#: ``answer(method, request bytes) -> answer bytes``; raises :class:`GrpcWebError`.
+#: ``answer(method, request bytes) -> answer bytes``; raises :class:`Refusal`.
 Answer = Callable[[str, bytes], bytes]
 
 
-class GrpcWebError(Exception):
-    """A call's gRPC status and message, for the trailers."""
+class Refusal(Exception):
+    """The node refuses a request before executing anything: a gRPC status and the
+    message a node gives (over gRPC, or gRPC-web's trailers)."""
 
     def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
@@ -135,7 +136,7 @@ class GrpcWebServer(ThreadedHttpServer):
                         data = answer(name, unframe(body))
                     except ValueError as exc:
                         self._trailers_only(Status.INVALID_ARGUMENT, str(exc))
-                    except GrpcWebError as exc:
+                    except Refusal as exc:
                         self._trailers_only(exc.status, exc.message)
                     except Exception as exc:  # (a fault of the stand-in: said, as a node would)
                         self._trailers_only(Status.INTERNAL, f"{type(exc).__name__}: {exc}")

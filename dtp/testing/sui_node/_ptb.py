@@ -18,6 +18,7 @@ from pysui.sui.sui_bcs import bcs
 
 from dtp.ledger.local._tx import Address, TxValue
 from dtp.ledger.sui._codec import BcsDecodeError, decode
+from dtp.testing.sui_node._grpc_web import Refusal
 
 __all__ = [
     "MAX_PURE_ARGUMENT",
@@ -34,16 +35,6 @@ __all__ = [
 MAX_PURE_ARGUMENT: Final = 16 * 1024
 #: Sui's ``max_gas_payment_objects``.
 MAX_GAS_OBJECTS: Final = 256
-
-
-class Refusal(Exception):
-    """The node refuses a request before executing anything: a gRPC status and the
-    message a node gives."""
-
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

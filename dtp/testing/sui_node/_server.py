@@ -43,7 +43,7 @@ from dtp.testing.sui_node import _answers as answers
 from dtp.testing.sui_node import _execute as execute
 from dtp.testing.sui_node import _simulate as simulate
 from dtp.testing.sui_node._faucet import FaucetServer
-from dtp.testing.sui_node._grpc_web import GrpcWebError, GrpcWebServer
+from dtp.testing.sui_node._grpc_web import GrpcWebServer
 from dtp.testing.sui_node._objects import full_address
 from dtp.testing.sui_node._ptb import Refusal, parse_tx
 from dtp.testing.sui_node._state import DAY_MS, NodeState
@@ -510,10 +510,7 @@ class SuiNodeStandIn:
             answer = await self._answer(name, data, peer)
             return GARBAGE if garble else bytes(answer)
 
-        try:
-            return cast(bytes, self._run(handle()))
-        except Refusal as refusal:
-            raise GrpcWebError(refusal.status, refusal.message) from None
+        return cast(bytes, self._run(handle()))
 
     @staticmethod
     def _peer(stream: Any) -> object:
