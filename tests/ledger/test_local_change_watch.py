@@ -4,6 +4,8 @@ waiting for a client's open need not poll its change marker on a timer."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -125,6 +127,21 @@ def test_closing_the_ledger_closes_its_watch(tmp_path: Path) -> None:
     watch = ledger.change_watch()
     ledger.close()
     assert watch is not None and watch.live is False
+
+
+def test_a_ledger_dropped_unclosed_closes_its_watch(tmp_path: Path) -> None:
+    """Its inotify instance is the user's, not only the process's: not left behind."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    watch = ledger.change_watch()
+    assert watch is not None
+    fd = watch._fd
+    assert os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    del ledger, watch
+    gc.collect()
+    target = None
+    with contextlib.suppress(OSError):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    assert target != "anon_inode:inotify"
 
 
 def test_a_ledger_in_memory_has_no_watch() -> None:

@@ -5,6 +5,7 @@ watch, and a waiter polls on its timer as it would without one."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -106,3 +107,11 @@ class WalWatch:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+    def __del__(self) -> None:
+        # a ledger dropped unclosed: its inotify instance goes with it (they are few,
+        # 128 a user by default, and shared by every process of the user)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
