@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from dtp.errors import (
     ChainError,
@@ -78,21 +78,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-class ChangeWatch(Protocol):
-    """What :func:`while_opening` waits on between two looks at a ledger's change
-    token (:class:`dtp.ledger.local._watch.WalWatch`)."""
-
-    def drain(self) -> bool:
-        """Forget the changes so far."""
-        ...
-
-    def wait(self, seconds: float) -> bool:
-        """Up to ``seconds``, less once the ledger may have changed: whether it may have."""
-        ...
-
-
 _H = TypeVar("_H")
 
 
@@ -400,13 +385,10 @@ class LedgerAdmission:
     def _view(self, cid: str) -> ConnectionView | None:
         """The connection's view; looked for again for up to :attr:`OPEN_GRACE` while
         there is no such connection (yet)."""
-        ledger = self.ledger
-        watch_of = getattr(ledger, "change_watch", None)
         return while_opening(
-            lambda: ledger.connection_view(cid, self.host_id),
+            lambda: self.ledger.connection_view(cid, self.host_id),
             self.OPEN_GRACE,
-            getattr(ledger, "change_marker", None),
-            watch_of() if watch_of is not None else None,  # (before the marker)
+            getattr(self.ledger, "change_marker", None),
         )
 
 
@@ -415,9 +397,6 @@ _MAX_LOOK_S = 0.02
 # watching a change marker costs far less than a read: looked at sooner and more often
 _FIRST_WATCH_S = 0.00005
 _MAX_WATCH_S = 0.005
-# a WAL write seen by a watch: its commit shows in the marker within this, or it was a
-# write of no commit (a checkpoint restarting the log)
-_CLOSE_WATCH_S = 0.002
 LOOK_SPREAD: Final = 4
 """A connection not found is read again no sooner than 1 / LOOK_SPREAD of the time
 looked so far: anyone may name one that does not exist, and every 20 ms that cost ~110
@@ -425,35 +404,20 @@ reads (Sui RPC calls) over the grace; now 30 to 40 at most."""
 
 
 def while_opening(
-    read: Callable[[], _T | None],
-    grace: float,
-    changed: Callable[[], object] | None = None,
-    watch: ChangeWatch | None = None,
+    read: Callable[[], _T | None], grace: float, changed: Callable[[], object] | None = None
 ) -> _T | None:
     """``read()`` of a connection a client named, again more and more rarely for up to
     ``grace`` seconds while it gives None. ``changed()``: a cheap token that differs once
-    the ledger changed, so a read follows an open's landing closely. ``watch`` (taken
-    before ``changed`` is first called): what wakes the wait between two looks at the
-    token as soon as the ledger may have changed (LocalLedger's
-    :meth:`~dtp.ledger.local.LocalLedger.change_watch`), rather than a sleep. Never two
-    reads closer than :data:`LOOK_SPREAD` allows; always one at the end of the grace."""
-    if watch is not None:
-        watch.drain()  # (earlier commits' writes: not the open looked for)
+    the ledger changed, so a read follows an open's landing closely. Never two reads
+    closer than :data:`LOOK_SPREAD` allows; always one at the end of the grace."""
     marker = changed() if changed is not None else None
     found = read()
     if found is not None:
         return found
     start = now = time.monotonic()
     deadline = start + grace
-    # (with a watch a commit ends the wait: its timer is a safeguard, as with two
-    # waiters on one watch, where one may take the other's event)
-    first_watch = _FIRST_WATCH_S if watch is None else _MAX_WATCH_S
-    delay = _FIRST_LOOK_S if changed is None else first_watch
+    delay = _FIRST_LOOK_S if changed is None else _FIRST_WATCH_S
     last_read = now
-    # with a watch: whether the next wait is a sleep of the schedule, not one on the
-    # watch (the WAL was written and the marker does not show the commit yet, or it
-    # shows one the spread keeps unread for now)
-    closely = watch is None
     while True:
         left = deadline - now
         if left <= 0:
@@ -465,14 +429,7 @@ def while_opening(
         wait = earliest - now
         if wait < delay:
             wait = delay
-        if closely:
-            time.sleep(left if wait > left else wait)
-        elif watch is not None and watch.wait(left if wait > left else wait):
-            # a commit of any process is being written: the marker shows it once the
-            # write ends, looked for from the schedule's first step on (not up to a
-            # quarter of the time waited late, as sleeps alone saw it)
-            closely = True
-            delay = _FIRST_WATCH_S / 1.25
+        time.sleep(left if wait > left else wait)
         now = time.monotonic()
         final = now >= deadline  # (the last look: whatever the schedule says)
         if changed is None:
@@ -487,9 +444,6 @@ def while_opening(
             if delay > _MAX_WATCH_S:
                 delay = _MAX_WATCH_S
             seen = changed()
-            if watch is not None:
-                # (a write whose commit does not show by _CLOSE_WATCH_S was not one)
-                closely = seen != marker or (closely and delay < _CLOSE_WATCH_S)
             # a read with no change seen is a safeguard (a landing the marker missed):
             # as far apart as the time looked so far (at least _MAX_LOOK_S)
             apart = looked if looked > _MAX_LOOK_S else _MAX_LOOK_S
@@ -499,7 +453,6 @@ def while_opening(
             continue  # (the marker is kept: the change is read once the spread allows)
         marker = seen
         last_read = now
-        closely = watch is None
         found = read()
         if found is not None or final:
             return found

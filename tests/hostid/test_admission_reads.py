@@ -23,7 +23,6 @@ from dtp.hostid._admission import LedgerAdmission, PeerInfo, while_opening
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.local._watch import _INOTIFY, WalWatch
 
 PORT = 443
 GRACE = 1.0
@@ -64,17 +63,6 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         ledger.close()
 
 
-@pytest.fixture(params=[False, True], ids=["sleeps", "watch"])
-def watch(request: pytest.FixtureRequest, ledger: LocalLedger) -> WalWatch | None:
-    """Each wait of while_opening a sleep, or one on the ledger file's watch (ended by a
-    commit): the same outcomes, the same bounds."""
-    if not request.param:
-        return None
-    if _INOTIFY is None:
-        pytest.skip("inotify is Linux's")
-    return ledger.change_watch()
-
-
 @contextlib.contextmanager
 def _busy(ledger: LocalLedger, tmp_path: Path, every: float) -> Iterator[None]:
     """Another process's writes (another handle here) to the ledger file, one each
@@ -109,24 +97,18 @@ def test_a_connection_never_found_is_read_a_bounded_number_of_times() -> None:
     assert read.reads <= MOST_READS
 
 
-def test_a_busy_ledger_does_not_multiply_the_reads(
-    ledger: LocalLedger, tmp_path: Path, watch: WalWatch | None
-) -> None:
+def test_a_busy_ledger_does_not_multiply_the_reads(ledger: LocalLedger, tmp_path: Path) -> None:
     """Other clients' transactions move the change marker all the time: each move was a
     read of the connection (every 5 ms)."""
     read = Counted()
     with _busy(ledger, tmp_path, 0.002):
-        assert while_opening(read, GRACE, ledger.change_marker, watch) is None
+        assert while_opening(read, GRACE, ledger.change_marker) is None
     assert read.reads <= MOST_READS
 
 
-def test_a_quiet_ledger_is_read_now_and_then_only(
-    ledger: LocalLedger, watch: WalWatch | None
-) -> None:
+def test_a_quiet_ledger_is_read_now_and_then_only(ledger: LocalLedger) -> None:
     read = Counted()
-    started = time.monotonic()
-    assert while_opening(read, GRACE, ledger.change_marker, watch) is None
-    assert time.monotonic() - started >= GRACE * 0.99
+    assert while_opening(read, GRACE, ledger.change_marker) is None
     assert read.reads <= 12  # a safeguard read twice as far apart each time
 
 
@@ -137,9 +119,7 @@ def test_the_end_of_the_grace_is_read_whatever_the_marker_says() -> None:
     assert while_opening(read, GRACE, lambda: 0) == "found"
 
 
-def test_an_open_landing_under_load_is_found_soon(
-    ledger: LocalLedger, tmp_path: Path, watch: WalWatch | None
-) -> None:
+def test_an_open_landing_under_load_is_found_soon(ledger: LocalLedger, tmp_path: Path) -> None:
     """Other clients' writes move the marker every millisecond or so: an open landing
     80 ms in is found within a quarter of the time waited (the first bounded version
     spent its quick reads in the first milliseconds and found it 150 ms late)."""
@@ -150,7 +130,7 @@ def test_an_open_landing_under_load_is_found_soon(
             time.sleep(0.05)  # (the writer under way)
             started = time.monotonic()
             timer.start()
-            assert while_opening(read, 60.0, ledger.change_marker, watch) == "found"
+            assert while_opening(read, 60.0, ledger.change_marker) == "found"
         finally:
             timer.cancel()
     assert read.landed_at is not None and read.found_at is not None
@@ -160,17 +140,15 @@ def test_an_open_landing_under_load_is_found_soon(
 
 @pytest.mark.parametrize("marker", [False, True])
 def test_an_open_landing_late_in_the_grace_is_still_found(
-    ledger: LocalLedger, marker: bool, watch: WalWatch | None
+    ledger: LocalLedger, marker: bool
 ) -> None:
     read = Counted(lands_after=GRACE * 0.8)
-    found = while_opening(read, GRACE, ledger.change_marker if marker else None, watch)
+    found = while_opening(read, GRACE, ledger.change_marker if marker else None)
     assert found == "found"
     assert read.reads <= MOST_READS
 
 
-def test_an_open_landing_soon_is_found_at_once(
-    ledger: LocalLedger, tmp_path: Path, watch: WalWatch | None
-) -> None:
+def test_an_open_landing_soon_is_found_at_once(ledger: LocalLedger, tmp_path: Path) -> None:
     """The quick reads: an open landing a few milliseconds in (the usual case, the client
     naming its connection while the open lands) is read as soon as the marker moves."""
     read = Counted()
@@ -187,41 +165,11 @@ def test_an_open_landing_soon_is_found_at_once(
     timer = threading.Timer(0.01, land)
     timer.start()
     try:
-        assert while_opening(read, 60.0, ledger.change_marker, watch) == "found"
+        assert while_opening(read, 60.0, ledger.change_marker) == "found"
     finally:
         timer.join(30)
     assert read.landed_at is not None and read.found_at is not None
     assert read.found_at - read.landed_at < 1.0  # (0.25 s at most once it moved)
-
-
-def test_an_open_is_read_as_its_commit_shows(
-    ledger: LocalLedger, tmp_path: Path, watch: WalWatch | None
-) -> None:
-    """A read that finds what the commit wrote (not a flag set beside it): with the
-    watch, its wake-up comes with the WAL's write, before the marker shows the commit,
-    and the marker is looked at closely until it does."""
-    alice = HostIdentity.generate()
-    committed: list[float] = []
-
-    def land() -> None:
-        writer = LocalLedger(tmp_path / "ledger.db")
-        try:
-            writer.faucet(alice.sui_address, 1)
-            committed.append(time.monotonic())
-        finally:
-            writer.close()
-
-    def read() -> str | None:
-        return "found" if ledger.balance(alice.sui_address) else None
-
-    timer = threading.Timer(0.05, land)
-    timer.start()
-    try:
-        assert while_opening(read, 60.0, ledger.change_marker, watch) == "found"
-        found_at = time.monotonic()
-    finally:
-        timer.join(30)
-    assert found_at - committed[0] < 1.0
 
 
 def test_the_admission_reads_an_unknown_connection_a_bounded_number_of_times(

@@ -25,7 +25,6 @@ from dtp.ledger.interface import ConnectionView, _connection_view
 from dtp.ledger.local import rules
 from dtp.ledger.local._store import LocalStore, T
 from dtp.ledger.local._stored import SEQ_MAX, SqlStore, build, decoded, not_found, stored_version
-from dtp.ledger.local._watch import WalWatch
 
 # LocalLedger.connection_view: a connection (?1), the escrow and cap its data names, a
 # host (?2), and with ?3 the epoch (under the empty ID)
@@ -226,24 +225,6 @@ class LedgerReads(LocalStore):
             return int(row[0]), self._commits
 
         return self._read_one(read)
-
-    def change_watch(self) -> WalWatch | None:
-        """What wakes a watcher of :meth:`change_marker` when the file may have changed
-        (a commit in any process), so that it need not poll on a timer: None where the
-        ledger has none (in memory; not on Linux). Taken before the marker it is to
-        wake a wait for; one per handle, made again after its WAL went away."""
-        watch = self._wal_watch
-        if watch is not None and watch.live:
-            return watch
-        if self.path == ":memory:":
-            return None
-        with self._lock:
-            watch = self._wal_watch
-            if watch is None or not watch.live:
-                if watch is not None:
-                    watch.close()
-                watch = self._wal_watch = WalWatch.of(self._real_path + "-wal")
-            return watch
 
     def object_version(self, object_id: str) -> int:
         """The version of a live object: it changes with every transaction that changes

@@ -55,7 +55,6 @@ from dtp.ledger.local._checkpoints import (
 )
 from dtp.ledger.local._stored import SEQ_MAX, SHAPE_ERRORS, SqlStore, _balance
 from dtp.ledger.local._tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
-from dtp.ledger.local._watch import WalWatch
 from dtp.ledger.local.rules import _coordination as local_coordination
 from dtp.ledger.local.rules import _deletion  # noqa: F401  (its rules register themselves)
 from dtp.ledger.local.rules import _economics as local_economics
@@ -340,8 +339,6 @@ class LocalStore(TypedReads):
         # with none wakes nobody (notify_all's four calls a commit, saved)
         self._change_waiters = 0
         self._commits = 0
-        # the file's WAL watched for commits, made for the first waiter (change_watch)
-        self._wal_watch: WalWatch | None = None
         self._nonce_counter = _nonces()
         #: (clock_offset, ms): the latest wall-mode time this handle read (see _now)
         self._clock_served: tuple[str, int] = ("", 0)
@@ -363,11 +360,6 @@ class LocalStore(TypedReads):
         self._changed = threading.Condition(self._lock)
         self._change_waiters = 0
         self._nonce_counter = _nonces()
-        if self._wal_watch is not None:
-            # (its descriptor shares the parent's inotify instance: reading it here
-            # would take the parent's events)
-            self._wal_watch.close()
-            self._wal_watch = None
         if self.path != ":memory:" and isinstance(self._db, sqlite3.Connection):
             _INHERITED.append(self._db)
             self._db = cast(sqlite3.Connection, _ReopenInChild(self))
@@ -481,9 +473,6 @@ class LocalStore(TypedReads):
                 _CHECKPOINTER.wait(self._real_path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
             self._db.close()
             self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))
-            if self._wal_watch is not None:
-                self._wal_watch.close()
-                self._wal_watch = None
 
     # -- SQLite transactions, retried while another writer holds the file ------------------
 
