@@ -126,9 +126,15 @@ class ReceiptWriter:
         with self._cond_lock:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
-            if not self._marks:
-                self._marks_since = time.monotonic()
-            self._marks[key] = max(amount, self._marks.get(key, 0))
+            marks = self._marks
+            if marks:
+                # the writer knows of the marks' deadline already (waiting for it, or
+                # writing and back for them next): no wake-up, one a paid server's
+                # settlement otherwise paid for nothing
+                marks[key] = max(amount, marks.get(key, 0))
+                return
+            self._marks_since = time.monotonic()
+            marks[key] = amount
             self._cond.notify_all()
 
     def flush(self, connection_id: str | None = None, timeout: float = 30.0) -> bool:

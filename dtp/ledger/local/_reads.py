@@ -405,4 +405,8 @@ class LedgerReads(LocalStore):
     def _await_events(self, remaining: float) -> None:
         # Woken at once by commits of this process; other processes are polled.
         with self._changed:
-            self._changed.wait(min(remaining, 0.05))
+            self._change_waiters += 1
+            try:
+                self._changed.wait(min(remaining, 0.05))
+            finally:
+                self._change_waiters -= 1

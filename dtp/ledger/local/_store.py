@@ -335,6 +335,9 @@ class LocalStore(TypedReads):
             _clock(clock_ms, "clock_ms")
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # threads waiting on _changed (_await_events), counted under _lock: a commit
+        # with none wakes nobody (notify_all's four calls a commit, saved)
+        self._change_waiters = 0
         self._commits = 0
         self._nonce_counter = _nonces()
         #: (clock_offset, ms): the latest wall-mode time this handle read (see _now)
@@ -355,6 +358,7 @@ class LocalStore(TypedReads):
         the locks are gone, and the parent goes on drawing the same nonces."""
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._change_waiters = 0
         self._nonce_counter = _nonces()
         if self.path != ":memory:" and isinstance(self._db, sqlite3.Connection):
             _INHERITED.append(self._db)
@@ -541,7 +545,8 @@ class LocalStore(TypedReads):
     def _committed(self) -> None:
         """After a commit (lock held): wake waiters for events, and now and then ask for a
         checkpoint."""
-        self._changed.notify_all()
+        if self._change_waiters:
+            self._changed.notify_all()
         self._commits += 1
         if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
             _CHECKPOINTER.request(self._real_path)

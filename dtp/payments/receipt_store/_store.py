@@ -243,7 +243,8 @@ class ReceiptStore:
         finally:
             with self._reads_lock:
                 self._reads -= 1
-                self._reads_done.notify_all()
+                if self._closed and not self._reads:
+                    self._reads_done.notify_all()  # (close() waits: see latest)
 
     def _check_open(self, doing: str) -> None:
         """Refuse a call on a closed store at once, saying so: sqlite3's "Cannot operate
@@ -338,7 +339,11 @@ class ReceiptStore:
             finally:
                 with self._reads_lock:
                     self._reads -= 1
-                    self._reads_done.notify_all()
+                    # only close() waits here, and it sets _closed first under this lock:
+                    # a read ending before never has it to wake (a paid server reads
+                    # twice a connection, and notify_all is four calls)
+                    if self._closed and not self._reads:
+                        self._reads_done.notify_all()
         except ReceiptStoreError:
             raise
         except sqlite3.Error as exc:
