@@ -192,6 +192,11 @@ class Engine:
         self.lock = sched.Lock()
         self.cond = sched.Condition(self.lock)
         self.pumping = False
+        # the pumping thread's own pass runs (lock held): what its flushes leave queued
+        # it waits on next, with no wake -- a wake to itself ended each of its waits at
+        # once, and a writer waiting on a full carrier spun
+        # (test_socket_end_to_end.py::test_a_sender_waiting_for_a_full_carrier_sleeps)
+        self.own_pass = False
         self.out: list[memoryview] = []
         self.carrier_closed = False
         self.closed = False
@@ -279,7 +284,7 @@ class Engine:
             self.write(memoryview(data))
         elif self.out:
             self._send_some()
-            if self.out and self.pumping:
+            if self.out and self.pumping and not self.own_pass:
                 self._wake()
 
     def write(self, data: memoryview, reused: bool = False) -> None:
@@ -301,7 +306,7 @@ class Engine:
             data = data[n:]
         self.out.append(memoryview(data.tobytes()) if reused else data)
         self._send_some()
-        if self.out and self.pumping:
+        if self.out and self.pumping and not self.own_pass:
             self._wake()
 
     def backlog(self) -> int:
@@ -724,7 +729,7 @@ class Engine:
     def _pump_once(self, deadline: float | None, read: bool = True) -> None:
         """Flush, wait for the carrier, then act on what happened; ``read=False``
         leaves the reading to the caller (who reads straight into its own buffer)."""
-        self.pumping = True
+        self.pumping = self.own_pass = True
         try:
             if self.hook is not None or self.out or self.conn.has_output():
                 self.flush()  # (else it would send nothing: see _after_io)
@@ -742,6 +747,7 @@ class Engine:
             wlist = [self.sock] if self.out and not self.carrier_closed else []
             waker = self._waker
             rlist: list[Any] = [waker] if self.carrier_closed else [waker, self.sock]
+            self.own_pass = False  # (another thread's flush meanwhile wakes us)
             self.lock.release()
             try:
                 r, w = sched.wait_ready(rlist, wlist, wait)
@@ -755,6 +761,7 @@ class Engine:
                         self.lock.release()
             finally:
                 self.lock.acquire()
+            self.own_pass = True
             if waker in r:
                 waker.take()
             if read and self.sock in r:
@@ -763,7 +770,7 @@ class Engine:
                 self._send_some()
             self._after_io()
         finally:
-            self.pumping = False
+            self.pumping = self.own_pass = False
             if self.waiters:
                 self.cond.notify_all()
 
@@ -826,13 +833,13 @@ class Engine:
         """One non-blocking pass (lock held): read what arrived, run timers, write."""
         if self.pumping or self.closed:
             return
-        self.pumping = True
+        self.pumping = self.own_pass = True
         try:
             if not self.carrier_closed:
                 self._read_available()
             self._after_io()
         finally:
-            self.pumping = False
+            self.pumping = self.own_pass = False
             if self.waiters:
                 self.cond.notify_all()
 
