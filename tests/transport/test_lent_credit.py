@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 import dtp.socket
+import dtp.transport.blocking._socket
 from dtp.identity.keys import HostIdentity
-from dtp.protocol.connection import ConnectionConfig
+from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.blocking._engine import Engine
 from tests.transport.small_window import WINDOW, window_pair
 
@@ -109,6 +110,55 @@ def test_a_sender_out_of_credit_takes_the_credit_in_the_socket(
     if conn.lent_stream_id is not None:
         conn.take_back(0.0)  # the stream's state back, the credit included
     assert conn._streams[client._stream_id].send_credit >= SMALL_WINDOW + CHUNK
+
+
+def test_a_blocking_sender_out_of_credit_waits_for_it_in_the_lane(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader's credit comes while the writer waits: the writer seals again in the
+    lane, none of its bytes queued on the stream for the general path and the timer
+    thread."""
+    client, server = small_pair
+    # (the reader starts once the writer waits: a loaded machine may make it late)
+    monkeypatch.setattr(dtp.transport.blocking._socket, "CREDIT_WAIT", 30.0)
+    waiting = threading.Event()
+    waits: list[bool] = []
+    original = Engine.wait_lent_credit
+
+    def wait(self: Engine, lane: Any, stream_id: int, deadline: float) -> bool:
+        waiting.set()
+        got = original(self, lane, stream_id, deadline)
+        waits.append(got)
+        return got
+
+    monkeypatch.setattr(Engine, "wait_lent_credit", wait)
+    client.sendall(b"a")
+    assert server.recv(1) == b"a"  # both ends lend the stream from here
+    data = os.urandom(SMALL_WINDOW - 1)
+    client.sendall(data)  # the whole credit: the next byte waits for the reader's
+    queued: list[int] = []
+    send_stream_data = Connection.send_stream_data
+
+    def counted(self: Connection, stream_id: int, chunk: Any, end_stream: bool = False) -> None:
+        queued.append(len(chunk))
+        send_stream_data(self, stream_id, chunk, end_stream)
+
+    monkeypatch.setattr(Connection, "send_stream_data", counted)
+    more = os.urandom(4 * CHUNK)
+    got: list[bytes] = []
+
+    def read() -> None:
+        waiting.wait(10)
+        _read_all(server, len(data) + len(more), got)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    client.sendall(more)
+    reader.join(30)
+    assert got == [hashlib.sha256(data + more).digest()]
+    assert waits and all(waits)  # each wait ended with the credit, taken in the lane
+    assert queued == []
 
 
 def test_a_bulk_sender_delivers_everything(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -404,6 +405,32 @@ def test_a_full_carrier_holds_back_the_sender() -> None:
                 most = max(most, sum(len(b) for b in sock._engine.out))
         sock.abort()  # (a close would wait for the queue the peer never reads)
         assert most <= 2 * len(chunk)
+
+
+def test_a_sender_waiting_for_a_full_carrier_sleeps() -> None:
+    """A sender waiting for its full carrier to take what is queued sleeps until it
+    has room: what its own pass left queued wakes nobody (a wake to itself ended each
+    of its waits at once, and the thread spun for as long as the peer did not read)."""
+    with (
+        server_process("sink") as srv,
+        dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,
+    ):
+        sock.sendall(b"x")
+        os.kill(srv.proc.pid, signal.SIGSTOP)  # the peer reads nothing from here
+        try:
+            sock._engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+            sock.settimeout(1.0)
+            chunk = os.urandom(65536)
+            cpu, start = time.thread_time(), time.monotonic()
+            with pytest.raises(DTPTimeoutError):
+                while True:  # the carrier fills well within the peer's credit
+                    sock.sendall(chunk)
+            spent, took = time.thread_time() - cpu, time.monotonic() - start
+            assert sock._engine.out
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        sock.abort()  # (a close would wait for the queue the peer never reads)
+    assert spent < 0.25, f"the sender spent {spent:.2f} s of CPU in {took:.2f} s"
 
 
 def test_send_recv_exchanges_through_the_lent_stream(echo_server) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,11 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _BACKLOG_ENTRIES = 256
 
 CREDIT_READ = 4096  # a sender's read for credit records (any stream data goes to the connection)
+# Seconds a blocking write out of credit waits in the lane for the reader's next credit
+# before it queues its bytes on the stream instead (wait_lent_credit): a reader that
+# keeps up returns credit every quarter window, well within this; one that does not
+# leaves the write to queue, as it did at once before, this much later.
+CREDIT_WAIT = 0.02
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
@@ -187,6 +192,11 @@ class Engine:
         self.lock = sched.Lock()
         self.cond = sched.Condition(self.lock)
         self.pumping = False
+        # the pumping thread's own pass runs (lock held): what its flushes leave queued
+        # it waits on next, with no wake -- a wake to itself ended each of its waits at
+        # once, and a writer waiting on a full carrier spun
+        # (test_socket_end_to_end.py::test_a_sender_waiting_for_a_full_carrier_sleeps)
+        self.own_pass = False
         self.out: list[memoryview] = []
         self.carrier_closed = False
         self.closed = False
@@ -274,7 +284,7 @@ class Engine:
             self.write(memoryview(data))
         elif self.out:
             self._send_some()
-            if self.out and self.pumping:
+            if self.out and self.pumping and not self.own_pass:
                 self._wake()
 
     def write(self, data: memoryview, reused: bool = False) -> None:
@@ -296,7 +306,7 @@ class Engine:
             data = data[n:]
         self.out.append(memoryview(data.tobytes()) if reused else data)
         self._send_some()
-        if self.out and self.pumping:
+        if self.out and self.pumping and not self.own_pass:
             self._wake()
 
     def backlog(self) -> int:
@@ -591,6 +601,46 @@ class Engine:
         self._after_io()
         return False
 
+    def wait_lent_credit(self, lane: Any, stream_id: int, deadline: float) -> bool:
+        """The lent stream ``stream_id`` sealed nothing for want of credit, and the
+        carrier held none (lock held): wait for the carrier until the monotonic
+        ``deadline``, then take what came as :meth:`take_lent_credit` does. True when
+        the lane may seal again; False when the general path goes on: nothing came in
+        time, another thread wants the connection, or the loan ended.
+
+        A bulk writer whose reader keeps up runs out of credit every few MiB and has it
+        back a moment later: waiting here keeps its bytes in the lane. Queued on the
+        stream instead, they were copied there, sealed by the general path, and
+        watched by the timer thread until the credit came (a wake-up of it, and its
+        contention with this thread, each time). The wait flushes nothing, so the loan
+        lasts through it (a flush takes the stream back)."""
+        if self.pumping or self.waiters or self.out or self.carrier_closed:
+            return False
+        if not lane.flow.take_credit:
+            return False  # (the lane may not take the credit: Connection.lend)
+        wait = deadline - sched.monotonic()
+        if wait <= 0:
+            return False
+        waker = self._waker
+        rlist: list[Any] = [waker, self.sock]
+        self.pumping = True  # (other threads leave the carrier to us, and wake us)
+        self.lock.release()
+        try:
+            r, _ = sched.wait_ready(rlist, [], wait)
+        except (OSError, ValueError):
+            r = []  # (a failed carrier: the general path's next look reports it)
+        finally:
+            self.lock.acquire()
+            self.pumping = False
+            if self.waiters:
+                self.cond.notify_all()
+        if waker in r:
+            waker.take()
+            return False  # another thread wants the general path
+        if not r or self.conn.lent_lane is not lane or self.conn.lent_stream_id != stream_id:
+            return False
+        return self.take_lent_credit(lane)
+
     def take_interrupt(self, stream_id: int) -> None:
         """Raise DTPTimeoutError when a read of ``stream_id`` was interrupted (lock
         held; the interruption is used up)."""
@@ -679,7 +729,7 @@ class Engine:
     def _pump_once(self, deadline: float | None, read: bool = True) -> None:
         """Flush, wait for the carrier, then act on what happened; ``read=False``
         leaves the reading to the caller (who reads straight into its own buffer)."""
-        self.pumping = True
+        self.pumping = self.own_pass = True
         try:
             if self.hook is not None or self.out or self.conn.has_output():
                 self.flush()  # (else it would send nothing: see _after_io)
@@ -697,6 +747,7 @@ class Engine:
             wlist = [self.sock] if self.out and not self.carrier_closed else []
             waker = self._waker
             rlist: list[Any] = [waker] if self.carrier_closed else [waker, self.sock]
+            self.own_pass = False  # (another thread's flush meanwhile wakes us)
             self.lock.release()
             try:
                 r, w = sched.wait_ready(rlist, wlist, wait)
@@ -710,6 +761,7 @@ class Engine:
                         self.lock.release()
             finally:
                 self.lock.acquire()
+            self.own_pass = True
             if waker in r:
                 waker.take()
             if read and self.sock in r:
@@ -718,7 +770,7 @@ class Engine:
                 self._send_some()
             self._after_io()
         finally:
-            self.pumping = False
+            self.pumping = self.own_pass = False
             if self.waiters:
                 self.cond.notify_all()
 
@@ -781,13 +833,13 @@ class Engine:
         """One non-blocking pass (lock held): read what arrived, run timers, write."""
         if self.pumping or self.closed:
             return
-        self.pumping = True
+        self.pumping = self.own_pass = True
         try:
             if not self.carrier_closed:
                 self._read_available()
             self._after_io()
         finally:
-            self.pumping = False
+            self.pumping = self.own_pass = False
             if self.waiters:
                 self.cond.notify_all()
 

@@ -41,7 +41,7 @@ from dtp.transport.blocking._checks import (
     recv_into_target,
     writable,
 )
-from dtp.transport.blocking._engine import Engine
+from dtp.transport.blocking._engine import CREDIT_WAIT, Engine
 from dtp.transport.blocking._files import stream_file
 
 SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
@@ -874,9 +874,24 @@ class DTPSocket:
                     if not n and engine.take_lent_credit(lane):
                         # out of credit, which the peer's records in the socket gave
                         n = len(view) - lane.send(engine._fd, view, engine.out)
+                    if not n and timeout != 0:
+                        # blocking: a reader that keeps up has its next credit on the
+                        # way; waited for in the lane (Engine.wait_lent_credit)
+                        wait = CREDIT_WAIT if timeout is None else min(timeout, CREDIT_WAIT)
+                        deadline = sched.monotonic() + wait
+                        while (
+                            engine.wait_lent_credit(lane, sid, deadline)
+                            and not self._wr_shut
+                            and not self._closed
+                        ):
+                            n = len(view) - lane.send(engine._fd, view, engine.out)
+                            if n:
+                                break
                 except OSError as exc:
                     engine._carrier_failed(exc)
                     n = len(view)  # lost with the carrier: the next call reports it
+                if not n:
+                    self._check_sendable()  # (shut or closed by another thread as it waited)
                 if n:
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
