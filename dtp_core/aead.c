@@ -693,14 +693,13 @@ int dtp_stream_seal_head(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_
 }
 
 int dtp_stream_seal_last(dtp_aead *ctx, uint64_t counter, uint64_t stream_id, uint64_t offset,
-                         const uint8_t *data, size_t len, int with_credit, uint64_t max_streams,
-                         uint8_t *out, size_t out_cap, size_t *written) {
+                         const uint8_t *data, size_t len, uint64_t max_streams, uint8_t *out,
+                         size_t out_cap, size_t *written) {
     if (ctx == NULL || written == NULL || (data == NULL && len > 0) ||
         (out == NULL && out_cap > 0))
         return DTP_ERR_ARG;
     *written = 0;
-    if (stream_id > VARINT_MAX_U64 || offset > VARINT_MAX_U64 ||
-        (with_credit && max_streams > VARINT_MAX_U64))
+    if (stream_id > VARINT_MAX_U64 || offset > VARINT_MAX_U64 || max_streams > VARINT_MAX_U64)
         return DTP_ERR_VARINT;
     if ((uint64_t)len > VARINT_MAX_U64 - offset) return DTP_ERR_FRAME_VALUE;
     /* the two frames' heads: STREAM_FIN's before the data, MAX_STREAMS after it */
@@ -710,7 +709,7 @@ int dtp_stream_seal_last(dtp_aead *ctx, uint64_t counter, uint64_t stream_id, ui
     h += dtp_varint_put(fh + h, sizeof fh - h, stream_id);
     h += dtp_varint_put(fh + h, sizeof fh - h, offset);
     h += dtp_varint_put(fh + h, sizeof fh - h, (uint64_t)len);
-    if (with_credit) {
+    if (max_streams > 0) {
         tail[t++] = DTP_FRAME_MAX_STREAMS;
         t += dtp_varint_put(tail + t, sizeof tail - t, max_streams);
     }

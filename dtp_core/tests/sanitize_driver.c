@@ -425,12 +425,12 @@ static void exercise_seal_last(void) {
         fill(data, len);
         uint64_t sid = next() % 4 == 0 ? next() : next() % 20000;
         uint64_t offset = next() % 4 == 0 ? next() >> 1 : next() % 70000;
-        int credit = (int)(next() % 2);
-        uint64_t limit = next() % 3 == 0 ? next() : next() % 20000;
+        uint64_t limit = next() % 2 ? 0 : next() % 3 == 0 ? next() : next() % 20000;
+        int credit = limit > 0;
         size_t cap = round % 3 == 0 ? next() % sizeof sealed : sizeof sealed;
         memset(sealed, 0, sizeof sealed);
-        int rc = dtp_stream_seal_last(tx, round, sid, offset, data, len, credit, limit,
-                                      sealed, cap, &written);
+        int rc = dtp_stream_seal_last(tx, round, sid, offset, data, len, limit, sealed, cap,
+                                      &written);
         if (rc != DTP_OK) {
             CHECK(rc < 0 && written == 0);
             int untouched = 1;
@@ -454,15 +454,15 @@ static void exercise_seal_last(void) {
         if (credit) CHECK(frames[1].type == DTP_FRAME_MAX_STREAMS && frames[1].a == limit);
     }
     CHECK(ok > 1000);
-    CHECK(dtp_stream_seal_last(NULL, 0, 2, 0, data, 1, 0, 0, sealed, sizeof sealed,
+    CHECK(dtp_stream_seal_last(NULL, 0, 2, 0, data, 1, 0, sealed, sizeof sealed,
                                &written) == DTP_ERR_ARG);
-    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, NULL, 1, 0, 0, sealed, sizeof sealed, &written) ==
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, NULL, 1, 0, sealed, sizeof sealed, &written) ==
           DTP_ERR_ARG);
-    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, 0, NULL, sizeof sealed, &written) ==
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, NULL, sizeof sealed, &written) ==
           DTP_ERR_ARG);
-    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, 0, sealed, sizeof sealed, NULL) ==
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, sealed, sizeof sealed, NULL) ==
           DTP_ERR_ARG);
-    CHECK(dtp_stream_seal_last(tx, UINT64_MAX, 2, 0, NULL, 0, 0, 0, sealed, sizeof sealed,
+    CHECK(dtp_stream_seal_last(tx, UINT64_MAX, 2, 0, NULL, 0, 0, sealed, sizeof sealed,
                                &written) == DTP_ERR_COUNTER);
     dtp_aead_free(tx);
     dtp_aead_free(rx);

@@ -94,11 +94,9 @@ CASES: dict[str, Answer] = {
 
 
 def _general(aead: Any) -> Callable[..., bytes]:
-    def seal_last(
-        counter: int, sid: int, offset: int, data: Any, max_streams: int | None = None
-    ) -> bytes:
+    def seal_last(counter: int, sid: int, offset: int, data: Any, max_streams: int = 0) -> bytes:
         frames = [RawFrame(FRAME_STREAM_FIN, sid, offset, 0, bytes(data))]
-        if max_streams is not None:
+        if max_streams:
             frames.append(RawFrame(FRAME_MAX_STREAMS, max_streams))
         return aead.seal_one(counter, _core.encode_frames(frames))  # type: ignore[no-any-return]
 

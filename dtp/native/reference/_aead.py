@@ -302,16 +302,18 @@ class Aead:
         stream_id: int,
         offset: int,
         data: bytes | bytearray | memoryview,
-        max_streams: int | None = None,
+        max_streams: int = 0,
     ) -> bytes:
         """A served stream's last record (``dtp_stream_seal_last``): one DATA record whose
         plaintext is the STREAM_FIN frame of ``data`` at ``offset`` and, unless
-        ``max_streams`` is None, a MAX_STREAMS frame of it after (an answer and the
-        stream credit its end returns). Checks in C's order: varints, the stream's end,
-        the record's size, the counter."""
+        ``max_streams`` is 0 (a MAX_STREAMS of 0 would raise no limit), a MAX_STREAMS
+        frame of it after (an answer and the stream credit its end returns). Checks in
+        C's order: varints, the stream's end, the record's size, the counter."""
         raw = memoryview(data).tobytes()  # (its bytes, whatever its items)
-        if not (0 <= stream_id <= VARINT_MAX and 0 <= offset <= VARINT_MAX) or (
-            max_streams is not None and not 0 <= max_streams <= VARINT_MAX
+        if not (
+            0 <= stream_id <= VARINT_MAX
+            and 0 <= offset <= VARINT_MAX
+            and 0 <= max_streams <= VARINT_MAX
         ):
             raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
         if len(raw) > VARINT_MAX - offset:
@@ -325,7 +327,7 @@ class Aead:
                 raw,
             )
         )
-        if max_streams is not None:
+        if max_streams:
             plain += bytes([FRAME_MAX_STREAMS]) + (varint_encode(max_streams) or b"")
         if len(plain) > MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)

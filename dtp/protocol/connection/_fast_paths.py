@@ -117,7 +117,7 @@ class _FastPaths(_ConnectionState):
             and (stream.recv_state is RecvState.DONE or stream.recv_state is RecvState.RESET)
             and (table.untaken is None or stream.stream_id not in table.untaken)
         ):
-            self._seal_last(stream, offset, view)
+            self._seal_last(stream, offset, view, n)
             return b""
         rl = self.records
         sealed, records = rl.send_aead.seal_stream(
@@ -136,10 +136,9 @@ class _FastPaths(_ConnectionState):
             return b""
         return b"" if n == size else memoryview(data)[n:]
 
-    def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
-        """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
-        its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
-        n = len(view)
+    def _seal_last(self, stream: Stream, offset: int, view: Any, n: int) -> None:
+        """Seal ``view`` (``n`` bytes) as the FIN of ``stream`` at ``offset`` with the
+        MAX_STREAMS its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
         table = self.streams
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
@@ -154,20 +153,19 @@ class _FastPaths(_ConnectionState):
             # and it is not the client's first stream, which is remembered as it goes)
             del table.by_id[sid]
             table.peer_done += 1
-            # (its MAX_STREAMS goes in this record: none was waiting, _can_seal_now)
-            limit: int | None = min(table.local_max + table.peer_done, VARINT_MAX)
+            # (its MAX_STREAMS goes in this record: none was waiting, _can_seal_now;
+            # max_streams_limit inline)
+            limit = min(table.local_max + table.peer_done, VARINT_MAX)
         else:
             rl.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
-            limit = (
-                min(table.local_max + table.peer_done, VARINT_MAX)  # (max_streams_limit)
-                if rl.pending_max_streams
-                else None
-            )
+            limit = 0  # (no credit: seal_last's 0)
+            if rl.pending_max_streams:
+                rl.pending_max_streams = False
+                limit = min(table.local_max + table.peer_done, VARINT_MAX)
         # (the frames the record layer's _emit_stream_chunk and build make, built and
         # sealed in one call: RecordLayer.seal's outcome on a reliable carrier, the only
         # one _can_seal_now lets here, which tracks no record)
         rl.out.append(rl.send_aead.seal_last(rl.send_counter, sid, offset, view, limit))
-        rl.pending_max_streams = False
         rl.send_counter += 1
         rl.records_sent += 1
 
