@@ -692,6 +692,51 @@ int dtp_stream_seal_head(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_
     return DTP_OK;
 }
 
+int dtp_stream_seal_last(dtp_aead *ctx, uint64_t counter, uint64_t stream_id, uint64_t offset,
+                         const uint8_t *data, size_t len, uint64_t max_streams, uint8_t *out,
+                         size_t out_cap, size_t *written) {
+    if (ctx == NULL || written == NULL || (data == NULL && len > 0) ||
+        (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    if (stream_id > VARINT_MAX_U64 || offset > VARINT_MAX_U64 || max_streams > VARINT_MAX_U64)
+        return DTP_ERR_VARINT;
+    if ((uint64_t)len > VARINT_MAX_U64 - offset) return DTP_ERR_FRAME_VALUE;
+    /* the two frames' heads: STREAM_FIN's before the data, MAX_STREAMS after it */
+    uint8_t fh[STREAM_HEADER_MAX], tail[1 + 8];
+    size_t h = 0, t = 0;
+    fh[h++] = DTP_FRAME_STREAM_FIN;
+    h += dtp_varint_put(fh + h, sizeof fh - h, stream_id);
+    h += dtp_varint_put(fh + h, sizeof fh - h, offset);
+    h += dtp_varint_put(fh + h, sizeof fh - h, (uint64_t)len);
+    if (max_streams > 0) {
+        tail[t++] = DTP_FRAME_MAX_STREAMS;
+        t += dtp_varint_put(tail + t, sizeof tail - t, max_streams);
+    }
+    if (len > DTP_MAX_RECORD_PLAINTEXT - h - t) return DTP_ERR_RECORD_SIZE;
+    size_t plen = h + len + t;
+    if (counter == COUNTER_RESERVED) return DTP_ERR_COUNTER;
+    if (out_cap < DTP_RECORD_HEADER_LEN + plen + DTP_AEAD_TAG_LEN) return DTP_ERR_BUFFER;
+
+    uint8_t *hdr = out;
+    hdr[0] = DTP_REC_DATA;
+    hdr[1] = 0;
+    dtp_put_u16le(hdr + 2, (uint16_t)(plen + DTP_AEAD_TAG_LEN));
+    dtp_put_u64le(hdr + 4, counter);
+    /* the plaintext put together where its ciphertext goes, then sealed there */
+    uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+    memcpy(ct, fh, h);
+    if (len > 0) memcpy(ct + h, data, len);
+    if (t > 0) memcpy(ct + h + len, tail, t);
+    int rc = seal_raw(ctx, counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct, ct + plen);
+    if (rc != DTP_OK) {
+        OPENSSL_cleanse(out, DTP_RECORD_HEADER_LEN + plen);
+        return rc;
+    }
+    *written = DTP_RECORD_HEADER_LEN + plen + DTP_AEAD_TAG_LEN;
+    return DTP_OK;
+}
+
 int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened_rec *recs,
                          size_t max_recs, uint8_t *plain_out, size_t plain_cap,
                          dtp_frame *frames, size_t max_frames, dtp_ack_range *ranges,

@@ -244,6 +244,21 @@ int dtp_stream_seal_head(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_
                          const uint8_t *data, size_t len, int fin, size_t max_chunk,
                          uint8_t *out, size_t out_cap, size_t *written, size_t *n_records);
 
+/* A served stream's last record: one DATA record (counter `counter`) whose plaintext is
+ * a STREAM_FIN frame of data[0..len) at `offset` and, when max_streams is not 0, a
+ * MAX_STREAMS frame of max_streams after it (minimal varints, as dtp_frames_encode
+ * writes them): an answer and the stream credit its end returns, in one record. (0:
+ * no credit; a MAX_STREAMS of 0 would raise no limit, and a stream's end raises the
+ * limit to 1 at least.)
+ * Checks, in order: NULL pointers -> DTP_ERR_ARG; stream_id, offset or max_streams >
+ * DTP_VARINT_MAX -> DTP_ERR_VARINT; offset + len > DTP_VARINT_MAX -> DTP_ERR_FRAME_VALUE;
+ * a plaintext past DTP_MAX_RECORD_PLAINTEXT -> DTP_ERR_RECORD_SIZE; counter 2^64 - 1 ->
+ * DTP_ERR_COUNTER; out_cap below the record's size (its plaintext + 28) ->
+ * DTP_ERR_BUFFER. Nothing is written on error; on success *written bytes. */
+int dtp_stream_seal_last(dtp_aead *ctx, uint64_t counter, uint64_t stream_id, uint64_t offset,
+                         const uint8_t *data, size_t len, uint64_t max_streams, uint8_t *out,
+                         size_t out_cap, size_t *written);
+
 /* Output size of dtp_stream_seal for these arguments (0 if they are invalid). */
 size_t dtp_stream_seal_size(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk);
 

@@ -515,6 +515,44 @@ class NativeAead:
         sealed: bytes = ffi.buffer(out, counts[0])[:]
         return sealed, counts[1]
 
+    def seal_last(
+        self,
+        counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        max_streams: int = 0,
+    ) -> bytes:
+        """A served stream's last record (``dtp_stream_seal_last``): one DATA record whose
+        plaintext is the STREAM_FIN frame of ``data`` at ``offset`` and, unless
+        ``max_streams`` is 0, a MAX_STREAMS frame of it after (an answer and the stream
+        credit its end returns, frames and seal in one call). See the twin in
+        :mod:`dtp.native.reference._aead`."""
+        src = ffi.from_buffer("uint8_t[]", data)  # (_from inline)
+        size = len(src)
+        # the record: its plaintext and 28 bytes of overhead, the frames' heads at most
+        # 25 (STREAM_FIN) and 9 (MAX_STREAMS) bytes
+        cap = size + 62
+        out = self._scratch if cap <= self._scratch_len else self._buffer(cap)
+        written = self._sizes
+        try:
+            rc = lib.dtp_stream_seal_last(
+                self._ctx, counter, stream_id, offset, src, size, max_streams, out, cap, written
+            )
+        except OverflowError:
+            # a value outside uint64_t (caught, not checked first: off the per-call
+            # path): out of range for its field as UINT64_MAX, so C's check and code
+            rc = lib.dtp_stream_seal_last(
+                self._ctx, _u64(counter), _u64(stream_id), _u64(offset), src, size,
+                _u64(max_streams), out, cap, written,
+            )  # fmt: skip
+        finally:
+            del src  # (see _from)
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
+
     def open_frames(
         self,
         buf: bytes | bytearray | memoryview,

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dtp_core.h"
+#include "dtp_internal.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -401,6 +402,70 @@ static void exercise_open_lone_frame(void) {
     dtp_aead_free(tx);
     dtp_aead_free(rx);
     dtp_aead_free(twin);
+}
+
+/* dtp_stream_seal_last on answers of every size up to past a record, credit or none,
+ * into rooms exact, short or ample: what it seals opens as its two frames; what it
+ * refuses writes nothing. */
+static void exercise_seal_last(void) {
+    static uint8_t data[DTP_MAX_RECORD_PLAINTEXT + 8], sealed[DTP_MAX_RECORD_PLAINTEXT + 64];
+    static uint8_t plain[sizeof sealed];
+    dtp_opened_rec recs[2];
+    dtp_frame frames[4];
+    dtp_ack_range ranges[1];
+    uint8_t key[32];
+    size_t written = 0, ok = 0;
+    fill(key, sizeof key);
+    dtp_aead *tx = dtp_aead_new(key, sizeof key);
+    dtp_aead *rx = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL && rx != NULL);
+    for (uint64_t round = 0; round < 3000; round++) {
+        size_t len = round % 5 == 0 ? DTP_MAX_RECORD_PLAINTEXT - 40 + next() % 48
+                                    : next() % 300;
+        fill(data, len);
+        uint64_t sid = next() % 4 == 0 ? next() : next() % 20000;
+        uint64_t offset = next() % 4 == 0 ? next() >> 1 : next() % 70000;
+        uint64_t limit = next() % 2 ? 0 : next() % 3 == 0 ? next() : next() % 20000;
+        int credit = limit > 0;
+        size_t cap = round % 3 == 0 ? next() % sizeof sealed : sizeof sealed;
+        memset(sealed, 0, sizeof sealed);
+        int rc = dtp_stream_seal_last(tx, round, sid, offset, data, len, limit, sealed, cap,
+                                      &written);
+        if (rc != DTP_OK) {
+            CHECK(rc < 0 && written == 0);
+            int untouched = 1;
+            for (size_t i = 0; i < sizeof sealed; i++) untouched &= sealed[i] == 0;
+            CHECK(untouched);
+            continue;
+        }
+        ok++;
+        CHECK(written <= cap && written == DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN +
+                                               1 + dtp_varint_size(sid) +
+                                               dtp_varint_size(offset) +
+                                               dtp_varint_size((uint64_t)len) + len +
+                                               (credit ? 1 + dtp_varint_size(limit) : 0));
+        size_t nr = 0, nf = 0, ng = 0, used = 0;
+        CHECK(dtp_aead_open_frames(rx, sealed, written, recs, 2, plain, sizeof plain, frames,
+                                   4, ranges, 1, &nr, &nf, &ng, &used) == DTP_OK);
+        CHECK(nr == 1 && nf == (size_t)(1 + credit) && used == written);
+        CHECK(frames[0].type == DTP_FRAME_STREAM_FIN && frames[0].a == sid &&
+              frames[0].b == offset && frames[0].data_len == len &&
+              memcmp(plain + frames[0].data_off, data, len) == 0);
+        if (credit) CHECK(frames[1].type == DTP_FRAME_MAX_STREAMS && frames[1].a == limit);
+    }
+    CHECK(ok > 1000);
+    CHECK(dtp_stream_seal_last(NULL, 0, 2, 0, data, 1, 0, sealed, sizeof sealed,
+                               &written) == DTP_ERR_ARG);
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, NULL, 1, 0, sealed, sizeof sealed, &written) ==
+          DTP_ERR_ARG);
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, NULL, sizeof sealed, &written) ==
+          DTP_ERR_ARG);
+    CHECK(dtp_stream_seal_last(tx, 0, 2, 0, data, 1, 0, sealed, sizeof sealed, NULL) ==
+          DTP_ERR_ARG);
+    CHECK(dtp_stream_seal_last(tx, UINT64_MAX, 2, 0, NULL, 0, 0, sealed, sizeof sealed,
+                               &written) == DTP_ERR_COUNTER);
+    dtp_aead_free(tx);
+    dtp_aead_free(rx);
 }
 
 static void exercise_flow(void) {
@@ -818,6 +883,7 @@ int main(void) {
     exercise_small_entry_points();
     exercise_rx_take();
     exercise_open_lone_frame();
+    exercise_seal_last();
     exercise_flow();
     exercise_reasm();
     exercise_ham();

@@ -48,6 +48,7 @@ from dtp.native.reference._varint import varint_encode, varint_size
 from dtp.native.types import (
     FRAME_ACK,
     FRAME_DATAGRAM,
+    FRAME_MAX_STREAMS,
     FRAME_STREAM,
     FRAME_STREAM_FIN,
     FULL,
@@ -294,6 +295,45 @@ class Aead:
         if first_counter + n - 1 >= COUNTER_RESERVED:
             raise LocalProtocolError(code=ErrorCode.COUNTER)
         return self._seal(first_counter, plaintexts), n
+
+    def seal_last(
+        self,
+        counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        max_streams: int = 0,
+    ) -> bytes:
+        """A served stream's last record (``dtp_stream_seal_last``): one DATA record whose
+        plaintext is the STREAM_FIN frame of ``data`` at ``offset`` and, unless
+        ``max_streams`` is 0 (a MAX_STREAMS of 0 would raise no limit), a MAX_STREAMS
+        frame of it after (an answer and the stream credit its end returns). Checks in
+        C's order: varints, the stream's end, the record's size, the counter."""
+        raw = memoryview(data).tobytes()  # (its bytes, whatever its items)
+        if not (
+            0 <= stream_id <= VARINT_MAX
+            and 0 <= offset <= VARINT_MAX
+            and 0 <= max_streams <= VARINT_MAX
+        ):
+            raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
+        if len(raw) > VARINT_MAX - offset:
+            raise LocalProtocolError("stream offset out of range", ErrorCode.FRAME_VALUE)
+        plain = b"".join(
+            (
+                bytes([FRAME_STREAM_FIN]),
+                varint_encode(stream_id) or b"",
+                varint_encode(offset) or b"",
+                varint_encode(len(raw)) or b"",
+                raw,
+            )
+        )
+        if max_streams:
+            plain += bytes([FRAME_MAX_STREAMS]) + (varint_encode(max_streams) or b"")
+        if len(plain) > MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        if not 0 <= counter < COUNTER_RESERVED:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        return self._seal(counter, [plain])
 
     def open_frames(
         self,

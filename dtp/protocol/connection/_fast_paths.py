@@ -22,8 +22,6 @@ from typing import Any
 
 from dtp.native import core as _core
 from dtp.native.types import (
-    FRAME_MAX_STREAMS,
-    FRAME_STREAM_FIN,
     FULL,
     REC_DATA,
     STOP,
@@ -46,10 +44,6 @@ from dtp.protocol.connection._config import (
     MAX_STREAM_FRAME_OVERHEAD,
     VARINT_MAX,
 )
-from dtp.protocol.connection._records import _SHORT_VARINTS, _varint
-
-_FIN = bytes([FRAME_STREAM_FIN])
-_MAX_STREAMS = bytes([FRAME_MAX_STREAMS])
 
 _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer kept between reads
 _SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding at once)
@@ -123,7 +117,7 @@ class _FastPaths(_ConnectionState):
             and (stream.recv_state is RecvState.DONE or stream.recv_state is RecvState.RESET)
             and (table.untaken is None or stream.stream_id not in table.untaken)
         ):
-            self._seal_last(stream, offset, view)
+            self._seal_last(stream, offset, view, n)
             return b""
         rl = self.records
         sealed, records = rl.send_aead.seal_stream(
@@ -142,10 +136,9 @@ class _FastPaths(_ConnectionState):
             return b""
         return b"" if n == size else memoryview(data)[n:]
 
-    def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
-        """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
-        its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
-        n = len(view)
+    def _seal_last(self, stream: Stream, offset: int, view: Any, n: int) -> None:
+        """Seal ``view`` (``n`` bytes) as the FIN of ``stream`` at ``offset`` with the
+        MAX_STREAMS its end frees, in one record (when, :meth:`_seal_stream_now` says)."""
         table = self.streams
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
@@ -160,42 +153,21 @@ class _FastPaths(_ConnectionState):
             # and it is not the client's first stream, which is remembered as it goes)
             del table.by_id[sid]
             table.peer_done += 1
-            rl.pending_max_streams = True
+            # (its MAX_STREAMS goes in this record: none was waiting, _can_seal_now;
+            # max_streams_limit inline)
+            limit = min(table.local_max + table.peer_done, VARINT_MAX)
         else:
             rl.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
-        # (the frames' bytes as the record layer's _emit_stream_chunk and build make them;
-        # _varint's one- and two-byte forms inline: a short answer's stream ID, offset,
-        # length and stream count are mostly that short)
-        plaintext = b"".join(
-            (
-                _FIN,
-                _SHORT_VARINTS[sid]
-                if sid < 64
-                else (0x4000 | sid).to_bytes(2, "big")
-                if sid < 16384
-                else _varint(sid),
-                _SHORT_VARINTS[offset] if offset < 64 else _varint(offset),
-                _SHORT_VARINTS[n]
-                if n < 64
-                else (0x4000 | n).to_bytes(2, "big")
-                if n < 16384
-                else _varint(n),
-                view,
-            )
-        )
-        if rl.pending_max_streams:
-            limit = min(table.local_max + table.peer_done, VARINT_MAX)  # (max_streams_limit)
-            plaintext += _MAX_STREAMS + (
-                (0x4000 | limit).to_bytes(2, "big") if 64 <= limit < 16384 else _varint(limit)
-            )
-            rl.pending_max_streams = False
-        if rl.recovery is None:
-            # (RecordLayer.seal inline, a call fewer: a reliable carrier tracks no record)
-            rl.out.append(rl.send_aead.seal_one(rl.send_counter, plaintext))
-            rl.send_counter += 1
-            rl.records_sent += 1
-        else:
-            rl.seal([plaintext], [[]], [True], 0.0)
+            limit = 0  # (no credit: seal_last's 0)
+            if rl.pending_max_streams:
+                rl.pending_max_streams = False
+                limit = min(table.local_max + table.peer_done, VARINT_MAX)
+        # (the frames the record layer's _emit_stream_chunk and build make, built and
+        # sealed in one call: RecordLayer.seal's outcome on a reliable carrier, the only
+        # one _can_seal_now lets here, which tracks no record)
+        rl.out.append(rl.send_aead.seal_last(rl.send_counter, sid, offset, view, limit))
+        rl.send_counter += 1
+        rl.records_sent += 1
 
     def timer_steady(self) -> bool:
         """Whether :meth:`get_timer` takes its steady branch: established over a
