@@ -70,11 +70,12 @@ export function utf8(text) {
 // string written to a stream) are cut from a shared ArrayBuffer rather than made each
 // with a buffer of its own: a new buffer is an allocation outside the JavaScript heap,
 // which the collector then tracks, about 0.6-1 µs each in Chromium against 0.1 for a view
-// of one already made -- three a call's worth in a short call (bench/client.js). A piece
-// is handed out once and never written again by the package, so it is as much the
-// caller's as a new array, except that its `.buffer` is shared: code that hands one
-// on uses the view (its byteOffset and byteLength), as WebSocket.send and every
-// TypedArray method do. A piece kept keeps its slab (SLAB_SIZE bytes) alive.
+// of one already made (bench/client.js). Pieces are only for arrays the package keeps to
+// itself and hands on as views (a sealed record to WebSocket.send, a written string's
+// UTF-8 to a seal), never for what the application is given: through a piece's `.buffer`
+// it could read other pieces' bytes, or detach the slab by transferring it. A piece is
+// handed out once and never written again by the package. A piece kept keeps its slab
+// (SLAB_SIZE bytes) alive.
 const SLAB_SIZE = 16384;
 /** The longest piece cut from a slab; a longer array has a buffer of its own. */
 export const SLAB_PIECE = 2048;

@@ -127,11 +127,9 @@ function rawSodium(lib, wrapped) {
       const rc = lib._crypto_aead_chacha20poly1305_ietf_decrypt(OUT, 0, 0, IN, bodyLength, 0, AD, 12, 0, NONCE, KEY);
       wipe();
       if (rc !== 0) throw new Error('ciphertext cannot be decrypted using that key');
-      // (into a piece of a shared buffer, not a slice: a buffer of its own a record was
-      // the largest part of opening one in Chromium)
-      const plaintext = newBytes(bodyLength - 16);
-      plaintext.set(lib.HEAPU8.subarray(OUT, OUT + bodyLength - 16));
-      return plaintext;
+      // (a buffer of its own, not a piece of a shared one: what is read out of it goes to
+      // the application, whose .buffer must hold nothing else -- bytes.js)
+      return lib.HEAPU8.slice(OUT, OUT + bodyLength - 16);
     },
     sealInto(key, nonce, ad, plaintext, out) {
       if (!fits(key, nonce, ad, plaintext)) {

@@ -1,6 +1,7 @@
 // Short arrays cut from a shared buffer (bytes.js newBytes, utf8Piece) and what is made
-// of them: sealed records, opened plaintexts and a string written to a stream. Each
-// piece is the caller's alone -- nothing the package makes later lands on it.
+// of them: sealed records and a string written to a stream. Each piece is the caller's
+// alone -- nothing the package makes later lands on it -- and what the application is
+// given (an opened plaintext) is never one.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -68,6 +69,15 @@ describe('records and plaintexts as pieces', () => {
     const first = openRecord(key, sealRecord(key, 0, utf8('the first answer')));
     for (let i = 1; i < 200; i++) openRecord(key, sealRecord(key, i, utf8(`answer ${i}`.repeat(3))));
     assert.equal(new TextDecoder().decode(first), 'the first answer');
+  });
+
+  test('a plaintext opened has a buffer of its own: nothing else is read through it, and transferring it breaks no later seal', () => {
+    const opened = openRecord(key, sealRecord(key, 0, utf8('mine')));
+    assert.equal(opened.byteOffset, 0);
+    assert.equal(opened.buffer.byteLength, opened.length);
+    structuredClone(opened.buffer, { transfer: [opened.buffer] });
+    assert.equal(opened.length, 0); // (detached: the transfer took it)
+    assert.equal(hex(openRecord(key, sealRecord(key, 1, utf8('after')))), hex(utf8('after')));
   });
 
   test(`a flipped bit anywhere in a record is refused, and the next record opens (${RECORD_AEAD.name})`, () => {
