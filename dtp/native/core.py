@@ -96,6 +96,10 @@ if ffi is not None and (
     raise ImportError("unexpected dtp_frame / dtp_ack_range / dtp_lone_frame layout")
 
 
+#: NativeAead._sizes' length: four counts, or one dtp_lone_frame, whichever is larger
+_SIZES_LEN = max(4, -(-_LONE.size // ffi.sizeof("size_t"))) if ffi is not None else 4
+
+
 class NativeFrameBatch(FrameBatch):
     """Frames decoded by the C core; each :class:`RawFrame` is built on first access
     (iterating builds them all at once)."""
@@ -335,6 +339,17 @@ class NativeAead:
     around it.
     """
 
+    # (slots, no instance dict: a connection holds two; idle_memory_10k counts them)
+    __slots__ = (
+        "_ctx",
+        "_one_len",
+        "_opened",
+        "_opened_len",
+        "_scratch",
+        "_scratch_len",
+        "_sizes",
+    )
+
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
@@ -347,12 +362,10 @@ class NativeAead:
         self._scratch_len = 1
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
-        self._sizes = ffi.new("size_t[4]")
+        # (written sizes and counts; open_lone_frame's result is read through it too, so
+        # an AEAD carries no allocation of its own for it: idle_memory_10k)
+        self._sizes = ffi.new("size_t[]", _SIZES_LEN)
         self._one_len = ffi.new("uint32_t[1]")  # (seal_one's one length)
-        # (open_lone_frame's result and a view of it: made on its first call, as most
-        # of a host's AEADs seal and never open one)
-        self._lone: Any = None
-        self._lone_view: Any = None
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -601,16 +614,17 @@ class NativeAead:
         See the twin in :mod:`dtp.native.reference._aead`."""
         data = ffi.from_buffer("uint8_t[]", buf)  # (_from inline)
         size = len(data)
+        if size > MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD:
+            return None  # (more than one record: no scratch grown for a read it refuses)
         plain = self._scratch if size <= self._scratch_len else self._buffer(size)
-        lone = self._lone
-        if lone is None:
-            lone = self._lone = ffi.new("dtp_lone_frame *")
-            self._lone_view = ffi.buffer(lone)
-        rc = lib.dtp_aead_open_lone_frame(self._ctx, data, size, plain, size, lone)
+        sizes = self._sizes
+        rc = lib.dtp_aead_open_lone_frame(
+            self._ctx, data, size, plain, size, ffi.cast("dtp_lone_frame *", sizes)
+        )
         del data  # (see _from)
         if rc:
             return None
-        counter, ftype, data_len, data_off, a, b, c = _LONE.unpack(self._lone_view)
+        counter, ftype, data_len, data_off, a, b, c = _LONE.unpack_from(ffi.buffer(sizes))
         data = ffi.buffer(plain, size)[data_off : data_off + data_len] if data_len else b""
         frame = _tuple_new(RawFrame, (ftype, a, b, c, data, ()))
         return _tuple_new(OpenedFrames, (counter, False, [frame], None))
