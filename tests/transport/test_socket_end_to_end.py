@@ -409,8 +409,8 @@ def test_a_full_carrier_holds_back_the_sender() -> None:
 
 def test_a_sender_waiting_for_a_full_carrier_sleeps() -> None:
     """A sender waiting for its full carrier to take what is queued sleeps until it
-    has room: what its own pass left queued wakes nobody (a wake to itself ended each
-    of its waits at once, and the thread spun for as long as the peer did not read)."""
+    has room: what its own pass left queued wakes nobody (a wake to itself would end
+    each of its waits at once, and the thread would spin while the peer reads nothing)."""
     with (
         server_process("sink") as srv,
         dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,

@@ -43,7 +43,7 @@ CREDIT_READ = 4096  # a sender's read for credit records (any stream data goes t
 # Seconds a blocking write out of credit waits in the lane for the reader's next credit
 # before it queues its bytes on the stream instead (wait_lent_credit): a reader that
 # keeps up returns credit every quarter window, well within this; one that does not
-# leaves the write to queue, as it did at once before, this much later.
+# leaves the write to queue this much later.
 CREDIT_WAIT = 0.02
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 
@@ -193,9 +193,8 @@ class Engine:
         self.cond = sched.Condition(self.lock)
         self.pumping = False
         # the pumping thread's own pass runs (lock held): what its flushes leave queued
-        # it waits on next, with no wake -- a wake to itself ended each of its waits at
-        # once, and a writer waiting on a full carrier spun
-        # (test_socket_end_to_end.py::test_a_sender_waiting_for_a_full_carrier_sleeps)
+        # it waits on next, so they wake no one -- a wake to itself would end its wait
+        # at once (test_socket_end_to_end.py::test_a_sender_waiting_for_a_full_carrier_sleeps)
         self.own_pass = False
         self.out: list[memoryview] = []
         self.carrier_closed = False
@@ -609,11 +608,10 @@ class Engine:
         time, another thread wants the connection, or the loan ended.
 
         A bulk writer whose reader keeps up runs out of credit every few MiB and has it
-        back a moment later: waiting here keeps its bytes in the lane. Queued on the
-        stream instead, they were copied there, sealed by the general path, and
-        watched by the timer thread until the credit came (a wake-up of it, and its
-        contention with this thread, each time). The wait flushes nothing, so the loan
-        lasts through it (a flush takes the stream back)."""
+        back a moment later: waiting here keeps its bytes in the lane, where queued on
+        the stream they would be copied, sealed by the general path and watched by the
+        timer thread until the credit came. The wait flushes nothing, so the loan lasts
+        through it (a flush takes the stream back)."""
         if self.pumping or self.waiters or self.out or self.carrier_closed:
             return False
         if not lane.flow.take_credit:
