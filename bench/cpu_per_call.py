@@ -42,8 +42,8 @@ def _cpu_ns(pid: int) -> int:
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat") as f:
                 total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # (a thread that ended since the listing)
     return total
 
 

@@ -11,6 +11,7 @@ so the row takes its deposits back itself before closing that ledger.
 
 from __future__ import annotations
 
+from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.ledger.interface import Ledger
@@ -36,6 +37,11 @@ def take_back_deposits(ledger: Ledger, identity: HostIdentity) -> int:
     if not waiting or not isinstance(ledger, LocalLedger):
         return 0
     ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1_000)
+    taken = 0
     for connection_id in waiting:
-        collect_refund(ledger, identity, connection_id)
-    return len(waiting)
+        try:
+            collect_refund(ledger, identity, connection_id)
+        except ObjectNotFound:
+            continue  # (settled and deleted by its server since the list was taken)
+        taken += 1
+    return taken

@@ -182,7 +182,11 @@ def test_requests_are_claimed_while_the_connection_lives(tmp_path: Path) -> None
         escrow_id = ledger.get_connection(cid).escrow
         assert wait_for(lambda: ledger.get_escrow(escrow_id).claimed == signed, 20)
         assert not ledger.get_connection(cid).settled  # (claimed while it lives)
-        assert [c.total_amount for k, c in server.live_claims if k == cid][-1] == signed
+        # (the server notes its claim once the ledger's call returns: just after the
+        # escrow shows it)
+        assert wait_for(
+            lambda: [c.total_amount for k, c in server.live_claims if k == cid][-1:] == [signed], 10
+        )
         client.close()
         sock.close()
         assert wait_for(lambda: is_settled(ledger, cid), 20)

@@ -120,6 +120,9 @@ def serve_blocking(world: World, **kw: object) -> PaidServer:
 
 
 def test_receipt_writer_close_writes_what_waits_then_ends_its_thread(tmp_path: Path) -> None:
+    # (its own thread: another test's server, left open by that test's failure, may
+    # still run one)
+    before = set(threading.enumerate())
     with ReceiptStore(tmp_path / "r.db") as store:
         writer = ReceiptWriter(store)
         written: list[Receipt] = []
@@ -127,7 +130,7 @@ def test_receipt_writer_close_writes_what_waits_then_ends_its_thread(tmp_path: P
         writer.mark_claimed(CID, 10)  # a mark alone would wait MARK_DELAY for company
         writer.submit(a_receipt(2, 8192), written.append)
         assert writer.close(timeout=10.0) is True
-        assert not any(t.name == "dtp-receipts" for t in threading.enumerate())
+        assert not any(t.name == "dtp-receipts" for t in set(threading.enumerate()) - before)
         with pytest.raises(RuntimeError):
             writer.submit(a_receipt(3), written.append)
     assert written and written[-1].nonce == 2
