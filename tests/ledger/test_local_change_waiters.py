@@ -14,29 +14,9 @@ import pytest
 
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
+from tests.support.counted_condition import CountedCondition
 
 ALICE = HostIdentity.generate()
-
-
-class _Counted:
-    """A condition with its notify_all calls counted."""
-
-    def __init__(self, cond: threading.Condition) -> None:
-        self._cond = cond
-        self.notified = 0
-
-    def notify_all(self) -> None:
-        self.notified += 1
-        self._cond.notify_all()
-
-    def __enter__(self) -> bool:
-        return self._cond.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._cond.__exit__(*exc)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._cond, name)
 
 
 @pytest.fixture
@@ -48,8 +28,8 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         ledger.close()
 
 
-def _counted(ledger: LocalLedger) -> _Counted:
-    counted = _Counted(ledger._changed)
+def _counted(ledger: LocalLedger) -> CountedCondition:
+    counted = CountedCondition(ledger._changed)
     ledger._changed = counted  # type: ignore[assignment]
     return counted
 

@@ -11,28 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dtp.payments.receipt_store import ReceiptStore
+from tests.support.counted_condition import CountedCondition
 from tests.support.receipt_stores import CONN, receipt
-
-
-class _Counted:
-    """A condition with its notify_all calls counted."""
-
-    def __init__(self, cond: threading.Condition) -> None:
-        self._cond = cond
-        self.notified = 0
-
-    def notify_all(self) -> None:
-        self.notified += 1
-        self._cond.notify_all()
-
-    def __enter__(self) -> bool:
-        return self._cond.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._cond.__exit__(*exc)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._cond, name)
 
 
 class _HeldDb:
@@ -57,7 +37,7 @@ def test_reads_with_no_close_waiting_wake_nobody(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path / "receipts.db")
     try:
         store.keep_many([receipt(1, 10)])
-        counted = _Counted(store._reads_done)
+        counted = CountedCondition(store._reads_done)
         store._reads_done = counted  # type: ignore[assignment]
         for _ in range(3):
             stored = store.latest(CONN)

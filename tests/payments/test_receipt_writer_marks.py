@@ -9,7 +9,6 @@ its condition."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import dtp.payments._receipt_writer
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipts import Receipt
+from tests.support.counted_condition import CountedCondition
 from tests.support.receipt_stores import CLIENT, CONN
 from tests.support.scopes import scope_of
 
@@ -29,21 +29,6 @@ DELAY = 0.3
 
 def receipt(nonce: int, amount: int, cid: str) -> Receipt:
     return Receipt(scope_of(cid), amount, 0, amount, nonce).sign(CLIENT)
-
-
-class _Counted:
-    """The writer's condition with its wake-ups (notify_all) counted."""
-
-    def __init__(self, cond: threading.Condition) -> None:
-        self._cond = cond
-        self.wakes = 0
-
-    def notify_all(self) -> None:
-        self.wakes += 1
-        self._cond.notify_all()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._cond, name)
 
 
 @pytest.fixture
@@ -75,14 +60,14 @@ def test_marks_after_the_first_wake_nothing_and_go_in_one_write(store: ReceiptSt
             many(marks)
 
         store.mark_claimed_many = counted  # type: ignore[method-assign]
-        cond = _Counted(writer._cond)
+        cond = CountedCondition(writer._cond)
         writer._cond = cond  # type: ignore[assignment]
         started = time.monotonic()
         writer.mark_claimed(CONN, 7)
         for n, cid in enumerate(OTHERS, 1):
             writer.mark_claimed(cid, n)
         writer.mark_claimed(CONN, 5)  # (lower: the higher one stays)
-        assert cond.wakes == 1
+        assert cond.notified == 1
         # waiting, they count for latest() as written ones do
         latest = writer.latest(CONN)
         assert latest is not None and latest.claimed_amount == 7
@@ -95,7 +80,7 @@ def test_marks_after_the_first_wake_nothing_and_go_in_one_write(store: ReceiptSt
         # (once written, the next mark starts a batch of its own: it wakes the writer)
         assert writer.flush(timeout=30)
         writer.mark_claimed(OTHERS[0], 50)
-        assert cond.wakes >= 2
+        assert cond.notified >= 2
     finally:
         assert writer.close()
     for n, cid in enumerate(OTHERS, 1):
