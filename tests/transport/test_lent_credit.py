@@ -5,10 +5,12 @@ peer's own stream bytes -- goes to the connection, lost to nobody."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 import dtp.socket
 import dtp.transport.blocking._socket
+from dtp.errors import DTPTimeoutError, SendAfterShutdown, SocketClosed
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.blocking._engine import Engine
@@ -24,6 +27,9 @@ from tests.transport.small_window import WINDOW, window_pair
 TOTAL = 24 << 20  # several times the 4 MiB stream window
 CHUNK = 64 << 10
 SMALL_WINDOW = 256 << 10
+# A send's timeout in the timeout tests, and what a loaded machine may add to it
+TIMEOUT = 0.2
+MARGIN = 0.3
 
 
 @pytest.fixture
@@ -244,3 +250,180 @@ def test_bytes_queued_on_another_stream_follow_the_credit_a_lent_stream_reads() 
         assert s_got == [b"end"]
         t_server.close()
         t_client.close()
+
+
+def _out_of_credit(client: dtp.socket.DTPSocket, server: dtp.socket.DTPSocket) -> None:
+    """Lend the stream at both ends, then send the whole of the client's credit, which
+    the server, reading nothing more, never returns."""
+    client.sendall(b"a")
+    assert server.recv(1) == b"a"
+    client.sendall(os.urandom(SMALL_WINDOW - 1))
+
+
+@pytest.fixture
+def credit_budgets(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The seconds each Engine.wait_lent_credit call was given (its deadline, from its
+    start); CREDIT_WAIT made long, so that only the send's timeout bounds them."""
+    monkeypatch.setattr(dtp.transport.blocking._socket, "CREDIT_WAIT", 30.0)
+    budgets: list[float] = []
+    original = Engine.wait_lent_credit
+
+    def wait(self: Engine, lane: Any, stream_id: int, deadline: float) -> bool:
+        budgets.append(deadline - time.monotonic())
+        return original(self, lane, stream_id, deadline)
+
+    monkeypatch.setattr(Engine, "wait_lent_credit", wait)
+    return budgets
+
+
+def test_sends_to_a_peer_that_reads_nothing_end_within_their_timeout(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], credit_budgets: list[float]
+) -> None:
+    """Each send() out of credit returns (its bytes queued on the stream) or raises
+    DTPTimeoutError once the stream holds as much as it may, within the socket's
+    timeout: the credit wait and the wait for the stream's room share it."""
+    client, server = small_pair
+    _out_of_credit(client, server)
+    client.settimeout(TIMEOUT)
+    taken: list[tuple[int | str, float]] = []
+    for _ in range(dtp.socket.SEND_HIGH_WATER // CHUNK + 2):
+        start = time.monotonic()
+        try:
+            n: int | str = client.send(bytes(CHUNK))
+        except DTPTimeoutError:
+            n = "timed out"
+        taken.append((n, time.monotonic() - start))
+        if n == "timed out":
+            break
+    assert credit_budgets  # the first waited for credit in the lane
+    assert taken[0][0] == CHUNK  # ... then queued its bytes on the stream
+    assert taken[-1][0] == "timed out", taken  # the stream full, the last waited for room
+    assert all(took <= TIMEOUT + MARGIN for _, took in taken), taken
+    conn = client._engine.conn
+    assert conn.send_buffered(client.stream_id) == sum(n for n, _ in taken[:-1])
+
+
+def test_a_sendall_to_a_peer_that_reads_nothing_ends_within_its_timeout(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], credit_budgets: list[float]
+) -> None:
+    client, server = small_pair
+    _out_of_credit(client, server)
+    client.settimeout(TIMEOUT)
+    start = time.monotonic()
+    with pytest.raises(DTPTimeoutError):
+        client.sendall(bytes(4 << 20))
+    assert time.monotonic() - start <= TIMEOUT + MARGIN
+    assert credit_budgets and all(budget <= TIMEOUT for budget in credit_budgets)
+
+
+@pytest.mark.parametrize("timeout", [0.005, TIMEOUT])  # (below CREDIT_WAIT, and above)
+def test_the_socket_timeout_bounds_the_credit_wait(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+    credit_budgets: list[float],
+    timeout: float,
+) -> None:
+    """A send's credit wait lasts no longer than the socket's timeout, however long
+    CREDIT_WAIT: then its bytes are queued on the stream (or, its room gone, the
+    timeout's error)."""
+    client, server = small_pair
+    _out_of_credit(client, server)
+    client.settimeout(timeout)
+    start = time.monotonic()
+    try:
+        n = client.send(bytes(CHUNK))
+    except DTPTimeoutError:
+        n = 0
+    took = time.monotonic() - start
+    assert n in (0, CHUNK)
+    assert credit_budgets and all(budget <= timeout for budget in credit_budgets)
+    assert took <= timeout + MARGIN
+
+
+def test_a_sendall_credit_wait_has_only_what_is_left_of_its_timeout(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+    credit_budgets: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sendall()'s timeout bounds the whole call, its sends' waits included: once the
+    call has spent its timeout (here in a slowed look for credit, as a wait for a full
+    carrier would), the credit wait gets none of it, rather than a budget of its own."""
+    client, server = small_pair
+    _out_of_credit(client, server)
+    original = Engine.take_lent_credit
+    slowed: list[bool] = []
+
+    def slow(self: Engine, lane: Any) -> bool:
+        if not slowed:
+            slowed.append(True)
+            time.sleep(TIMEOUT)
+        return original(self, lane)
+
+    monkeypatch.setattr(Engine, "take_lent_credit", slow)
+    client.settimeout(TIMEOUT)
+    start = time.monotonic()
+    with contextlib.suppress(DTPTimeoutError):  # (or its bytes queued on the stream)
+        client.sendall(bytes(CHUNK))
+    took = time.monotonic() - start
+    assert slowed and credit_budgets
+    assert all(budget <= 0 for budget in credit_budgets), credit_budgets
+    assert took <= TIMEOUT + MARGIN
+
+
+@pytest.mark.parametrize(
+    ("which", "how"), [("first", "shutdown"), ("second", "shutdown"), ("second", "close")]
+)
+def test_shutdown_wr_or_close_ends_a_send_waiting_for_credit(
+    small_pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+    monkeypatch: pytest.MonkeyPatch,
+    which: str,
+    how: str,
+) -> None:
+    """Another thread's shutdown(SHUT_WR) or close() (of a second stream: closing the
+    first closes the connection) wakes a send waiting for credit in the lane: it fails
+    at once (SendAfterShutdown, as a socket's send fails with EPIPE), not at the end of
+    its timeout or of CREDIT_WAIT."""
+    client, server = small_pair
+    if which == "first":
+        sender = client
+        _out_of_credit(client, server)
+    else:
+        sender = client.open_stream()
+        sender.settimeout(30)
+        sender.sendall(b"a")
+        peer = server.accept_stream()
+        peer.settimeout(30)
+        assert peer.recv(1) == b"a"
+        sender.sendall(os.urandom(SMALL_WINDOW - 1))  # (its whole credit, as above)
+    monkeypatch.setattr(dtp.transport.blocking._socket, "CREDIT_WAIT", 30.0)
+    waiting = threading.Event()
+    original = Engine.wait_lent_credit
+
+    def wait(self: Engine, lane: Any, stream_id: int, deadline: float) -> bool:
+        waiting.set()
+        return original(self, lane, stream_id, deadline)
+
+    monkeypatch.setattr(Engine, "wait_lent_credit", wait)
+    sender.settimeout(10)
+    outcome: list[BaseException | int] = []
+
+    def send() -> None:
+        try:
+            outcome.append(sender.send(bytes(CHUNK)))
+        except BaseException as exc:  # reported to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    assert waiting.wait(10)
+    start = time.monotonic()
+    if how == "shutdown":
+        sender.shutdown(dtp.socket.SHUT_WR)
+    else:
+        sender.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - start <= 5
+    # (a close sets the socket closed just after it shuts it: either error, as a
+    # socket's EPIPE or EBADF)
+    wanted = SendAfterShutdown if how == "shutdown" else (SendAfterShutdown, SocketClosed)
+    assert len(outcome) == 1 and isinstance(outcome[0], wanted), outcome

@@ -707,7 +707,11 @@ class Engine:
 
         Raises DTPTimeoutError when ``timeout`` (seconds) passes first.
         """
-        deadline = None if timeout is None else sched.monotonic() + timeout
+        self.pump_until(ready, None if timeout is None else sched.monotonic() + timeout)
+
+    def pump_until(self, ready: Callable[[], bool], deadline: float | None) -> None:
+        """:meth:`pump` until the monotonic ``deadline`` (None: for good), for a call
+        whose waits share one (DTPSocket._send)."""
         while not ready():
             if self.carrier_closed and not self.out:
                 return  # nothing more will happen; the caller reports the outcome

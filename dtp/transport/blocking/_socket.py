@@ -125,6 +125,21 @@ class DTPSocket:
             return
         engine.pump(ready, timeout)
 
+    def _wait_by(
+        self, ready: Callable[[], bool], timeout: float | None, deadline: float | None
+    ) -> float | None:
+        """:meth:`_wait` for a call whose waits share one deadline: ``deadline``
+        (monotonic), or ``timeout`` from now when this is the call's first wait (None:
+        for good; 0: BlockingIOError unless ready after one look). Returns the deadline
+        for the next wait; what is ready at once reads no clock."""
+        if timeout == 0:
+            self._wait(ready, 0.0)
+        elif not ready():
+            if deadline is None and timeout is not None:
+                deadline = sched.monotonic() + timeout
+            self._engine.pump_until(ready, deadline)
+        return deadline
+
     def _check_sendable(self) -> None:
         """Raise when this socket sends no more: closed, or shut for writing (also by
         another thread while this one waited to send, as a socket's send() then fails
@@ -834,8 +849,11 @@ class DTPSocket:
         self._engine.leave_queued(self._stream_id)
         return n
 
-    def _send(self, data: Any, timeout: float | None) -> int:
-        """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
+    def _send(self, data: Any, timeout: float | None, deadline: float | None = None) -> int:
+        """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not) in
+        all: its waits (for the carrier, the credit, the stream's room) share one
+        ``deadline`` (monotonic), the caller's when it has one (sendall's), else taken at
+        the first wait -- a send that waits for nothing reads no clock for it."""
         self._check_sendable()
         # bytes and views of bytes go as they are (what sendall takes them as); anything
         # else as a socket sends it (readable: an array('i') by its bytes, or the error)
@@ -856,8 +874,10 @@ class DTPSocket:
             if engine.out and timeout != 0 and not engine.carrier_closed:
                 # the carrier is full: wait (reading meanwhile) until it has taken what
                 # is queued, rather than seal more behind it -- copies that only wait
-                self._wait(
-                    lambda: not engine.out or engine.carrier_closed or self._wr_shut, timeout
+                if deadline is None and timeout is not None:
+                    deadline = sched.monotonic() + timeout
+                engine.pump_until(
+                    lambda: not engine.out or engine.carrier_closed or self._wr_shut, deadline
                 )
                 self._check_sendable()
             if conn.lent_stream_id == sid:
@@ -876,11 +896,17 @@ class DTPSocket:
                         n = len(view) - lane.send(engine._fd, view, engine.out)
                     if not n and timeout != 0:
                         # blocking: a reader that keeps up has its next credit on the
-                        # way; waited for in the lane (Engine.wait_lent_credit)
-                        wait = CREDIT_WAIT if timeout is None else min(timeout, CREDIT_WAIT)
-                        deadline = sched.monotonic() + wait
+                        # way; waited for in the lane (Engine.wait_lent_credit), out
+                        # of what is left of the timeout, not a wait of its own
+                        now = sched.monotonic()
+                        until = now + CREDIT_WAIT
+                        if timeout is not None:
+                            if deadline is None:
+                                deadline = now + timeout
+                            if deadline < until:
+                                until = deadline
                         while (
-                            engine.wait_lent_credit(lane, sid, deadline)
+                            engine.wait_lent_credit(lane, sid, until)
                             and not self._wr_shut
                             and not self._closed
                         ):
@@ -922,7 +948,9 @@ class DTPSocket:
                     conn.send_stream_data(sid, view if n == len(view) else memoryview(view)[:n])
                     engine.flush()
                     return n
-            self._wait(lambda: self._stream_ready_for_send() or self._wr_shut, timeout)
+            deadline = self._wait_by(
+                lambda: self._stream_ready_for_send() or self._wr_shut, timeout, deadline
+            )
             self._check_sendable()
             engine.session.check_writable(self._stream_id)
 
@@ -933,7 +961,7 @@ class DTPSocket:
                     or self._wr_shut
                 )
 
-            self._wait(room, timeout)
+            self._wait_by(room, timeout, deadline)
             self._check_sendable()
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
@@ -1031,7 +1059,7 @@ class DTPSocket:
                 remaining = deadline - sched.monotonic()
                 if remaining <= 0:
                     raise DTPTimeoutError("timed out")
-                n = self._send(view, remaining)
+                n = self._send(view, remaining, deadline)
                 view = view[n:]
         engine.leave_queued(self._stream_id)
 
@@ -1077,7 +1105,7 @@ class DTPSocket:
                     remaining = None if deadline is None else deadline - sched.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise DTPTimeoutError("timed out")
-                    n = self._send(view, remaining)
+                    n = self._send(view, remaining, deadline)
                     view = view[n:]
                     sent += n
         finally:
