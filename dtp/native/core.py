@@ -544,8 +544,9 @@ class NativeAead:
         src = ffi.from_buffer("uint8_t[]", data)  # (_from inline)
         size = len(src)
         # the record: its plaintext and 28 bytes of overhead, the frames' heads at most
-        # 25 (STREAM_FIN) and 9 (MAX_STREAMS) bytes
-        cap = size + 62
+        # 25 (STREAM_FIN) and 9 (MAX_STREAMS) bytes; data that cannot fit a record is
+        # refused (RECORD_SIZE) before the room is looked at, so no room is made for it
+        cap = (size if size < MAX_RECORD_PLAINTEXT else MAX_RECORD_PLAINTEXT) + 62
         out = self._scratch if cap <= self._scratch_len else self._buffer(cap)
         written = self._sizes
         try:

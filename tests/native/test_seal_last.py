@@ -117,6 +117,15 @@ def test_the_largest_record_fits() -> None:
         assert got == _general(backend, 0, 2, 0, b"x" * 16376, 64)
 
 
+def test_oversized_data_is_refused_without_room_made_for_it() -> None:
+    require_native()
+    aead = NATIVE.Aead(KEY)
+    with pytest.raises(LocalProtocolError) as caught:
+        aead.seal_last(0, 2, 0, bytes(2 << 20), 0)
+    assert caught.value.code == ErrorCode.RECORD_SIZE
+    assert aead._scratch_len <= 16384 + 62  # (room for a record at most, not 2 MiB)
+
+
 @given(
     counter=st.one_of(st.integers(0, 50), st.sampled_from([RESERVED - 1, RESERVED, 2**64])),
     sid=st.one_of(_VARINTS, st.sampled_from([-1, 2**62, 2**64])),
