@@ -73,9 +73,13 @@ def _serving(tmp_path: Path, policy: ServicePolicy | None = None) -> Iterator[di
         billing="requests",
         policy=policy,
     )
+    opened: list[Any] = []  # (what _connect opened: closed here too, so a test that
+    # fails midway leaves no client running into the next test's thread counts)
     try:
-        yield {"ledger": ledger, "host": host, "server": server, "rpc": rpc}
+        yield {"ledger": ledger, "host": host, "server": server, "rpc": rpc, "opened": opened}
     finally:
+        for end in reversed(opened):
+            end.close()
         server.close()
         server.wait_released(10)
         rpc.close()
@@ -93,8 +97,11 @@ def _connect(world: dict[str, Any], key: HostIdentity) -> tuple[RpcClient, Meter
         timeout=10,
         metering=MeteringConfig(enabled=False),
     )
+    world["opened"].append(sock)
     meter = Meter(key, ledger.receipt_scope(sock.connection_id), SLA, DEPOSIT, every_requests=1)
-    return RpcClient(sock, timeout=10, meter=meter), meter, sock
+    client = RpcClient(sock, timeout=10, meter=meter)
+    world["opened"].append(client)
+    return client, meter, sock
 
 
 def test_requests_are_billed_at_their_prices_and_settled(world: dict[str, Any]) -> None:
