@@ -39,7 +39,7 @@ from dtp.messaging._membership import (
     Seed,
 )
 from dtp.messaging._membership_admission import GroupAdmission
-from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
+from dtp.messaging._membership_node import LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -229,11 +229,7 @@ class AsyncMemberNode(NodeFace):
         changed = False
         while (event := self.engine.next_event()) is not None:
             changed = True
-            self._tell_callbacks(event)
-            for queue in self._listeners:
-                if queue.qsize() >= EVENT_QUEUE:
-                    queue.get_nowait()
-                queue.put_nowait(event)
+            self._tell(event)
         if changed:
             self._changed.set()
         self._wake.set()

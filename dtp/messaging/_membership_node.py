@@ -6,9 +6,11 @@ member is reached (:data:`Route`), and the face that reads the engine without wa
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from typing import TYPE_CHECKING, Final
 
 from dtp.errors import ConnectionRefused
@@ -51,6 +53,9 @@ class NodeFace:
     _gate: Gate
     _route: Route | None
     _callbacks: list[Callable[[MembershipEvent], object]]
+    _listeners: Sequence[
+        queue.Queue[MembershipEvent | None] | asyncio.Queue[MembershipEvent | None]
+    ]
     #: Held while the engine is read (the blocking node's lock; nothing on asyncio).
     _held: AbstractContextManager[object]
     _log: logging.Logger = logger
@@ -132,12 +137,18 @@ class NodeFace:
         the others still run."""
         self._callbacks.append(callback)
 
-    def _tell_callbacks(self, event: MembershipEvent) -> None:
+    def _tell(self, event: MembershipEvent) -> None:
+        """To the callbacks, then each ``events()`` queue (a full one loses its oldest)."""
         for callback in list(self._callbacks):
             try:
                 callback(event)
             except Exception:
                 self._log.exception("a membership callback failed")
+        for listener in list(self._listeners):
+            if listener.qsize() >= EVENT_QUEUE:
+                with suppress(queue.Empty, asyncio.QueueEmpty):
+                    listener.get_nowait()
+            listener.put_nowait(event)
 
     def _where(self, host: str, port: int) -> tuple[str, int]:
         """The address to connect to for a member advertising ``host:port`` (:data:`Route`)."""

@@ -36,7 +36,7 @@ from dtp.messaging._membership import (
     Seed,
 )
 from dtp.messaging._membership_admission import GroupAdmission
-from dtp.messaging._membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
+from dtp.messaging._membership_node import LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -229,12 +229,7 @@ class MemberNode(NodeFace):
         for message in out:
             self._send(message)
         for event in events:
-            self._tell_callbacks(event)
-            for listener in list(self._listeners):
-                if listener.qsize() >= EVENT_QUEUE:
-                    with contextlib.suppress(queue.Empty):
-                        listener.get_nowait()
-                listener.put(event)
+            self._tell(event)
 
     def _send(self, out: Outgoing) -> None:
         address = (out.host, out.port, out.key)

@@ -6,16 +6,19 @@ never declared dead; a member that leaves is seen to leave."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.messaging._framing import encode_frame
-from dtp.messaging._membership import MembershipConfig, MemberState
+from dtp.messaging._membership import MembershipConfig, MembershipEvent, MemberState
 from dtp.messaging._membership_aio import join_group_async
+from dtp.messaging._membership_node import EVENT_QUEUE, NodeFace
 from dtp.messaging._membership_socket import join_group
 from tests.messaging.membership_net import Group, states
 from tests.support.polling import wait_for
@@ -224,3 +227,38 @@ def test_events_come_as_an_iterator_on_both_drivers() -> None:
         return seen
 
     assert asyncio.run(on_the_loop()) == [("joined", "b"), ("left", "b")]
+
+
+def test_a_reader_that_falls_behind_loses_the_oldest_events_on_both_drivers() -> None:
+    """An ``events()`` reader holding EVENT_QUEUE events loses the oldest as the next
+    one comes, on either driver's queue (threads' or asyncio's), while the callbacks
+    see every event."""
+
+    def tell(node: NodeFace, reader: queue.Queue[Any] | asyncio.Queue[Any]) -> None:
+        seen: list[MembershipEvent] = []
+        node.on_event(seen.append)
+        events = [MembershipEvent("alive", node.me, float(at)) for at in range(EVENT_QUEUE + 2)]
+        for event in events:
+            node._tell(event)
+        assert seen == events
+        assert reader.qsize() == EVENT_QUEUE
+        assert reader.get_nowait() is events[2]  # the two oldest were dropped
+
+    node = join_group("a", HostIdentity.generate(), config=CONFIG)
+    try:
+        reader: queue.Queue[MembershipEvent | None] = queue.Queue()
+        node._listeners.append(reader)  # (as events() registers its queue)
+        tell(node, reader)
+    finally:
+        node.close()
+
+    async def on_the_loop() -> None:
+        node = await join_group_async("a", HostIdentity.generate(), config=CONFIG)
+        try:
+            reader: asyncio.Queue[MembershipEvent | None] = asyncio.Queue()
+            node._listeners.append(reader)
+            tell(node, reader)
+        finally:
+            await node.close()
+
+    asyncio.run(on_the_loop())
