@@ -681,16 +681,20 @@ async def serve(
     origins: Iterable[str] | None = None,
     billing: Billing = "bytes",
 ) -> PaidAioServer:
-    """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
-    ``callback(reader, writer)`` runs per admitted client.
+    """Serve a paid DTP service on ``port`` of the Host ``host_id`` (:func:`dtp.aio.serve`,
+    the asyncio twin of :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a
+    paid stream pair per admitted client. Returns the running :class:`PaidAioServer`;
+    see :mod:`dtp.hostid.paid._aio`.
 
-    ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` taking an
-    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments`` (docs/messaging.md
-    §2.5). ``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
-    ``max_waiting_per_address``, ``open_grace``, ``websocket=(host, port)`` and
-    ``origins``: as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
-    only; the WebSocket address is ``server.websocket_addresses``). Every option is
-    refused before the ledger is read or written."""
+    ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` billing each RPC request
+    by the receipt it carries, ``callback`` then an
+    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments``
+    (docs/messaging.md §2.5). The handshake bounds (``max_handshakes``, ``backlog``,
+    ``max_handshakes_per_address``, ``max_waiting_per_address``), ``open_grace``, and
+    ``websocket=(host, port)`` and ``origins`` (the WebSocket carrier beside TCP): as
+    :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint only; the
+    WebSocket address is ``server.websocket_addresses``). Every option is refused
+    before the ledger is read or written."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
     checked_billing(billing)  # (the callback is checked with it as the server is made)
