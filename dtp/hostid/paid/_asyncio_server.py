@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted, checked_open_grace
-from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._asyncio import (
     PaidCallback,
@@ -697,8 +696,6 @@ async def serve(
     before the ledger is read or written."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
-    checked_billing(billing)  # (the callback is checked with it as the server is made)
-    check_ledger_object(ledger)
     options = ServerOptions.checked(
         identity,
         address=address,
@@ -713,6 +710,7 @@ async def serve(
         websocket=websocket,
         origins=origins,
         ledger=ledger,
+        billing=billing,
     )
     store, opened = open_store(receipts)
     try:

@@ -42,14 +42,12 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted
-from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for, watch_claims
 from dtp.hostid.paid._request_billing import (
     RequestServer,
     bill_for,
-    checked_billing,
     request_server,
 )
 from dtp.hostid.paid._server_admission import PaidAdmission, ReportedConnections
@@ -140,9 +138,6 @@ class PaidServer(ServerBooks[PaidConnection]):
     ) -> None:
         from dtp.hostid._blocking import create_server
 
-        checked_billing(billing)
-        check_ledger_object(ledger)
-
         options = ServerOptions.checked(
             identity,
             address=address,
@@ -155,6 +150,7 @@ class PaidServer(ServerBooks[PaidConnection]):
             max_waiting_per_address=max_waiting_per_address,
             open_grace=open_grace,
             ledger=ledger,
+            billing=billing,
         )
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
