@@ -45,7 +45,7 @@ from dtp.hostid.paid._server_core import AdmitStep, EndPhase, EndStep, HandleSte
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments._ends import EndDeferred, EndLeft
-from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, open_store, served_refusal
+from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, served_refusal, server_store
 from dtp.payments._settlement import publish_endpoint
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport._admission import (
@@ -712,8 +712,7 @@ async def serve(
         ledger=ledger,
         billing=billing,
     )
-    store, opened = open_store(receipts)
-    try:
+    with server_store(receipts) as (store, opened):
         server = PaidAioServer(
             host_id,
             port,
@@ -726,10 +725,6 @@ async def serve(
             open_grace=options.open_grace,
             billing=billing,
         )
-    except BaseException:
-        if opened:
-            store.close()
-        raise
     try:
         await server._start(options)
     except BaseException:
