@@ -52,8 +52,7 @@ This module is the face: a plain address goes to the asyncio transport
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 from dtp.eventloop import run
 from dtp.hostid import _asyncio as hostid
@@ -61,11 +60,6 @@ from dtp.hostid._address import HostAddress
 from dtp.hostid._asyncio import DTPServer, start_server
 from dtp.hostid._connect import LedgerTerms, websocket_url
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport._admission import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
 from dtp.transport._session import check_connect_timeout
 from dtp.transport.asyncio import _connect as connect
 from dtp.transport.asyncio._connect import check_limit
@@ -80,18 +74,14 @@ from dtp.transport.asyncio._streams import (
 
 if TYPE_CHECKING:
     import ssl as _ssl
-    from pathlib import Path
 
     from dtp.hostid._admission import CarrierChoice
     from dtp.hostid._connect import OpenJournal
     from dtp.hostid.ledger_carrier._bridge import LedgerCarrierOptions
-    from dtp.hostid.paid import ServicePolicy
-    from dtp.hostid.paid._aio import PaidAioServer, PaidCallback
-    from dtp.hostid.paid._request_billing import AsyncRequestServer
+    from dtp.hostid.paid._aio import serve
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.payments.metering import MeteringConfig
-    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "CARRIER_GRACE",
@@ -235,55 +225,17 @@ async def open_connection(
     )
 
 
-async def serve(
-    host_id: str,
-    port: int,
-    callback: PaidCallback | AsyncRequestServer,
-    *,
-    ledger: Ledger,
-    identity: HostIdentity,
-    address: tuple[str, int] = ("127.0.0.1", 0),
-    receipts: ReceiptStore | str | Path | None = None,
-    policy: ServicePolicy | None = None,
-    config: ConnectionConfig | None = None,
-    endpoint: tuple[str, int] | None = None,
-    backlog: int = 128,
-    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-    open_grace: float | None = None,
-    websocket: tuple[str, int] | None = None,
-    origins: Iterable[str] | None = None,
-    billing: Literal["bytes", "requests"] = "bytes",
-) -> PaidAioServer:
-    """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
-    :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
-    The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
-    ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s, and so
-    are ``websocket`` and ``origins`` (the WebSocket carrier beside TCP). ``billing``
-    as :func:`dtp.socket.serve`'s: ``"requests"`` bills each RPC request by the receipt
-    it carries, ``callback`` then an :class:`~dtp.messaging.rpc.AsyncRpcServer` made
-    without ``payments``. Returns the running
-    :class:`~dtp.hostid.paid._aio.PaidAioServer`; see :mod:`dtp.hostid.paid._aio`."""
-    from dtp.hostid.paid._aio import serve as serve_paid
+def __getattr__(name: str) -> Any:
+    """``serve``: :func:`dtp.hostid.paid._aio.serve`, imported on first use (PEP 562), so
+    that ``import dtp.aio`` loads nothing of the paid server (as :func:`dtp.socket.serve`
+    imports its server when called)."""
+    if name != "serve":
+        raise AttributeError(f"module 'dtp.aio' has no attribute {name!r}")
+    from dtp.hostid.paid._aio import serve as paid_serve
 
-    return await serve_paid(
-        host_id,
-        port,
-        callback,
-        ledger=ledger,
-        identity=identity,
-        address=address,
-        receipts=receipts,
-        policy=policy,
-        config=config,
-        endpoint=endpoint,
-        backlog=backlog,
-        max_handshakes=max_handshakes,
-        max_handshakes_per_address=max_handshakes_per_address,
-        max_waiting_per_address=max_waiting_per_address,
-        open_grace=open_grace,
-        websocket=websocket,
-        origins=origins,
-        billing=billing,
-    )
+    globals()["serve"] = paid_serve
+    return paid_serve
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,11 +4,12 @@ settlement of its connections as they end, and the retries of those that failed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,22 @@ def open_store(receipts: ReceiptStore | str | Path | None) -> tuple[ReceiptStore
             f"receipts must be a ReceiptStore, a file path or None, got {type(receipts).__name__}"
         )
     return ReceiptStore(receipts or ":memory:"), True
+
+
+@contextlib.contextmanager
+def server_store(
+    receipts: ReceiptStore | str | Path | None,
+) -> Iterator[tuple[ReceiptStore, bool]]:
+    """:func:`open_store`'s store and whether it was opened here, for making a paid
+    server: one opened here is closed again when the making fails (nobody else holds
+    it then)."""
+    store, opened = open_store(receipts)
+    try:
+        yield store, opened
+    except BaseException:
+        if opened:
+            store.close()
+        raise
 
 
 def _receipts_held(writer: ReceiptWriter, connection_id: str) -> bool:

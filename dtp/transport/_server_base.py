@@ -13,11 +13,13 @@ from dtp.protocol.connection import ConnectionConfig, first_message_window
 from dtp.transport._admission import (
     AddressSlots,
     Admission,
+    HeapRelease,
     ReplayGuard,
     Why,
     checked_first_message_timeout,
 )
-from dtp.transport._hooks import Listener
+from dtp.transport._collector import tune_for_serving
+from dtp.transport._hooks import Listener, Reservations
 
 A = TypeVar("A")
 
@@ -43,11 +45,15 @@ class AdmittingServer(Generic[A]):
     _attached: Listener | None
     _config: ConnectionConfig
     _replays: ReplayGuard
+    _heap: HeapRelease
+    _serving: Reservations | None
 
     def _admit_by(
         self,
+        identity: HostIdentity,
         config: ConnectionConfig | None,
         *,
+        reservations: Reservations | None,
         max_handshakes: int,
         max_handshakes_per_address: int | None,
         max_waiting_per_address: int,
@@ -56,7 +62,9 @@ class AdmittingServer(Generic[A]):
         gone: Callable[[A], bool],
     ) -> None:
         """Make the server's admission from its settings (the server's ``_begin``,
-        ``_close_unserved`` and ``_give_way`` are its steps) and zero its counters."""
+        ``_close_unserved`` and ``_give_way`` are its steps), zero its counters, and set
+        up what both servers serve with: ``identity``, the ``reservations`` the hooks'
+        accepted connections take, the heap's release and the collector."""
         self._admission = Admission(
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
@@ -80,6 +88,13 @@ class AdmittingServer(Generic[A]):
         # IK first messages seen: a replayed one is turned away before the hooks, so it
         # never holds a client's ledger connection (dtp.transport._admission)
         self._replays = ReplayGuard()
+        self.identity = identity
+        # (what the admission counts while a connection is served: hooks.Reservations)
+        self._serving = reservations
+        # the heap's free pages go back to the system after churn (dtp.transport._admission)
+        self._heap = HeapRelease()
+        # the collector sized for serving, once per process (dtp.transport._collector)
+        tune_for_serving()
 
     def _begin(self, arrival: A) -> bool:
         raise NotImplementedError

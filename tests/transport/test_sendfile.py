@@ -109,6 +109,8 @@ def test_sendfile_refuses_what_socket_sendfile_refuses(
             client.sendfile(f, 0, 1.5)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="offset"):
             client.sendfile(f, -1)
+        with pytest.raises(TypeError, match="offset"):
+            client.sendfile(f, 1.5)  # type: ignore[arg-type]
         client.setblocking(False)
         with pytest.raises(ValueError, match="non-blocking"):
             client.sendfile(f)

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted, checked_open_grace
-from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._asyncio import (
     PaidCallback,
@@ -46,7 +45,7 @@ from dtp.hostid.paid._server_core import AdmitStep, EndPhase, EndStep, HandleSte
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments._ends import EndDeferred, EndLeft
-from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, open_store, served_refusal
+from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, served_refusal, server_store
 from dtp.payments._settlement import publish_endpoint
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport._admission import (
@@ -681,20 +680,22 @@ async def serve(
     origins: Iterable[str] | None = None,
     billing: Billing = "bytes",
 ) -> PaidAioServer:
-    """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
-    ``callback(reader, writer)`` runs per admitted client.
+    """Serve a paid DTP service on ``port`` of the Host ``host_id`` (:func:`dtp.aio.serve`,
+    the asyncio twin of :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a
+    paid stream pair per admitted client. Returns the running :class:`PaidAioServer`;
+    see :mod:`dtp.hostid.paid._aio`.
 
-    ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` taking an
-    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments`` (docs/messaging.md
-    §2.5). ``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
-    ``max_waiting_per_address``, ``open_grace``, ``websocket=(host, port)`` and
-    ``origins``: as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
-    only; the WebSocket address is ``server.websocket_addresses``). Every option is
-    refused before the ledger is read or written."""
+    ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` billing each RPC request
+    by the receipt it carries, ``callback`` then an
+    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments``
+    (docs/messaging.md §2.5). The handshake bounds (``max_handshakes``, ``backlog``,
+    ``max_handshakes_per_address``, ``max_waiting_per_address``), ``open_grace``, and
+    ``websocket=(host, port)`` and ``origins`` (the WebSocket carrier beside TCP): as
+    :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint only; the
+    WebSocket address is ``server.websocket_addresses``). Every option is refused
+    before the ledger is read or written."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
-    checked_billing(billing)  # (the callback is checked with it as the server is made)
-    check_ledger_object(ledger)
     options = ServerOptions.checked(
         identity,
         address=address,
@@ -709,9 +710,9 @@ async def serve(
         websocket=websocket,
         origins=origins,
         ledger=ledger,
+        billing=billing,
     )
-    store, opened = open_store(receipts)
-    try:
+    with server_store(receipts) as (store, opened):
         server = PaidAioServer(
             host_id,
             port,
@@ -724,10 +725,6 @@ async def serve(
             open_grace=options.open_grace,
             billing=billing,
         )
-    except BaseException:
-        if opened:
-            store.close()
-        raise
     try:
         await server._start(options)
     except BaseException:

@@ -36,6 +36,7 @@ from dtp.payments._ratelimit import ClientBuckets, datagram_charge
 from dtp.payments._receipt_writer import ReceiptWriter
 from dtp.transport.blocking._checks import (
     SSIZE_MAX,
+    check_sendfile,
     checked_flags,
     checked_size,
     checked_timeout,
@@ -750,17 +751,7 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.sendfile` through :meth:`send`, piece by piece, so
         that the gate and the rate limits act between the pieces (the wrapped socket's
         would pass them). Returns the bytes sent; the timeout bounds each piece."""
-        if "b" not in getattr(file, "mode", "b"):
-            raise ValueError("file should be opened in binary mode")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
-        if count is not None:
-            if not isinstance(count, int) or isinstance(count, bool):
-                raise TypeError(f"count must be a positive integer (got {count!r})")
-            if count <= 0:
-                raise ValueError(f"count must be a positive integer (got {count!r})")
-        if self._sock.gettimeout() == 0:
-            raise ValueError("non-blocking sockets are not supported")
+        check_sendfile(file, offset, count, self._sock.gettimeout())
         if offset:
             file.seek(offset)
         sent = 0

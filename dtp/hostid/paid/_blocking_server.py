@@ -42,14 +42,12 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from dtp.errors import ChainError, DTPError, LocalProtocolError
 from dtp.hostid._admission import Admitted
-from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid import _server_steps as steps
 from dtp.hostid.paid._blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, gate_for, watch_claims
 from dtp.hostid.paid._request_billing import (
     RequestServer,
     bill_for,
-    checked_billing,
     request_server,
 )
 from dtp.hostid.paid._server_admission import PaidAdmission, ReportedConnections
@@ -57,7 +55,7 @@ from dtp.hostid.paid._server_books import ServerBooks
 from dtp.hostid.paid._server_core import AdmitStep, EndPhase, EndStep, HandleStep, ServerOptions
 from dtp.ledger._objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, open_store, served_refusal
+from dtp.payments._serving import RECOVERY_CLOSE_WAIT, closes_store, served_refusal, server_store
 from dtp.payments._settlement import publish_endpoint
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.transport._admission import (
@@ -140,9 +138,6 @@ class PaidServer(ServerBooks[PaidConnection]):
     ) -> None:
         from dtp.hostid._blocking import create_server
 
-        checked_billing(billing)
-        check_ledger_object(ledger)
-
         options = ServerOptions.checked(
             identity,
             address=address,
@@ -155,6 +150,7 @@ class PaidServer(ServerBooks[PaidConnection]):
             max_waiting_per_address=max_waiting_per_address,
             open_grace=open_grace,
             ledger=ledger,
+            billing=billing,
         )
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
@@ -172,8 +168,7 @@ class PaidServer(ServerBooks[PaidConnection]):
         self._in_handler = threading.local()
         self._threads: list[threading.Thread] = []
         self.server: DTPServer | None = None
-        store, opened = open_store(receipts)
-        try:
+        with server_store(receipts) as (store, opened):
             #: With ``billing="requests"``: the handler, serving requests paid one by one
             self.requests = (
                 request_server(handler, asynchronous=False) if billing == "requests" else None
@@ -181,10 +176,6 @@ class PaidServer(ServerBooks[PaidConnection]):
             # (the server-wide rules, self.core, are called under _live_lock: the
             # threads share it)
             self._keep_books(ledger, identity, options.policy, store, closes_store(receipts))
-        except BaseException:
-            if opened:
-                store.close()
-            raise
         try:
             host = steps.served_host(ledger, self.host_id, port)
             alone = self.store.attach_server()

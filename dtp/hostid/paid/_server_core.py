@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypedDict, TypeVar
 from dtp._extras import require
 from dtp.errors import DTPError
 from dtp.hostid._admission import checked_open_grace
+from dtp.hostid._connect import check_ledger_object
 from dtp.hostid.paid._policy import CLOSED_REFUSAL, ServicePolicy, check_address
+from dtp.hostid.paid._request_billing import checked_billing
 from dtp.identity._zklogin import ZkLoginVerifier
 from dtp.ledger._objects import normalize_id
 from dtp.payments._ends import EndDeferred, EndLeft
@@ -126,11 +128,15 @@ class ServerOptions:
         websocket: tuple[str, int] | None = None,
         origins: Iterable[str] | None = None,
         ledger: ZkLoginVerifier | None = None,
+        billing: object = "bytes",
     ) -> ServerOptions:
         """The options, refused as the DTP server would refuse them (TypeError,
         ValueError, InvalidArgument, MissingExtra for ``websocket`` without ``ws``) but
         before the ledger is read or written, for the store's recovery claims on it
-        (tests/paid/test_server_options.py)."""
+        (tests/paid/test_server_options.py); first ``billing`` (the handler is checked
+        with it as the server is made) and a ledger file's path given for ``ledger``."""
+        checked_billing(billing)
+        check_ledger_object(ledger)
         check_server_identity(identity)
         check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog

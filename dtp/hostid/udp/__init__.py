@@ -13,8 +13,9 @@ from dtp.hostid.udp._engine import (
     MAX_UDP_PAYLOAD,
     FlowAccount,
     UdpBilling,
+    check_count,
+    check_seconds,
 )
-from dtp.hostid.udp._sockets import check_count, check_seconds
 from dtp.hostid.udp._stats import UdpStats
 
 __all__ = [

@@ -31,8 +31,6 @@ from dtp.hostid.udp._sockets import (
     backend_socket,
     bind_udp,
     check_backend,
-    check_count,
-    check_seconds,
     deliver,
     drain,
     drain_by_source,
@@ -109,17 +107,15 @@ async def relay_udp_async(
     loop = asyncio.get_running_loop()
     limit = writer.max_datagram_size
     try:
-        # checked before the backend socket is made: a bad argument leaves nothing
-        # open but for the connection, closed below (tests/udp/test_arguments.py)
-        check_seconds("idle_timeout", idle_timeout)
-        check_count("report_every", report_every, 1)
+        # the engine checks its settings before the backend socket is made: a bad
+        # argument leaves nothing open but for the connection, closed below
+        engine = RelayEngine(
+            billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+        )
         udp = await _open_backend(backend)
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
-    engine = RelayEngine(
-        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
-    )
     last = [loop.time()]  # (after the lookup: it may have taken a while)
     unpaid = False  # the control stream failed: what arrives is dropped (drop_unpaid)
 

@@ -44,8 +44,6 @@ from dtp.hostid.udp._sockets import (
     abort_control,
     backend_socket,
     bind_udp,
-    check_count,
-    check_seconds,
     deliver,
     drain,
     drain_by_source,
@@ -135,10 +133,11 @@ def relay_udp(
     as :func:`dtp.hostid.udp._asyncio.relay_udp_async` does."""
     stats = stats if stats is not None else UdpStats()
     try:
-        # checked before the backend socket is made: a bad argument leaves nothing
-        # open (tests/udp/test_arguments.py)
-        check_seconds("idle_timeout", idle_timeout)
-        check_count("report_every", report_every, 1)
+        # the engine checks its settings before the backend socket is made: a bad
+        # argument leaves nothing open
+        engine = RelayEngine(
+            billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+        )
         udp = backend_socket(backend)
     except BaseException:  # (TunnelError, InvalidArgument, or no (host, port) at all)
         with contextlib.suppress(DTPError, OSError):
@@ -146,9 +145,6 @@ def relay_udp(
         raise
     done = threading.Event()
     last = [time.monotonic()]
-    engine = RelayEngine(
-        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
-    )
     # the engine's one lock, held for engine calls only, never for I/O
     # (tests/udp/test_relay_engine_lock.py); reentrant: on_receipt may call kept()
     lock = threading.RLock()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import struct
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 from dtp.errors import (
     DTPError,
     InsufficientFunds,
+    InvalidArgument,
     RemoteProtocolError,
     UnsupportedReceiptVersion,
 )
@@ -401,6 +403,29 @@ FINAL_RECEIPT_WAIT = 5.0
 LOSSY_FINAL_RECEIPT_WAIT = 30.0
 
 
+def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
+    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
+    infinity is "never"), NaN included: else it fails in a thread or task long after
+    the start."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0"
+        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
+
+
+def check_count(name: str, value: object, least: int) -> None:
+    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
+    raised in the socket's reader for every new source, its datagrams lost uncounted;
+    True passed as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
+
+
 class RelayEngine:
     """The rules of one relayed flow for :func:`dtp.hostid.udp._blocking.relay_udp` and
     :func:`dtp.hostid.udp._asyncio.relay_udp_async` (docs/udp.md): the drivers pass
@@ -415,6 +440,10 @@ class RelayEngine:
         report_every: int,
         limits: ClientBuckets | None = None,
     ) -> None:
+        # (made before the driver's backend socket: a bad argument leaves nothing open,
+        # tests/udp/test_arguments.py)
+        check_seconds("idle_timeout", idle_timeout)
+        check_count("report_every", report_every, 1)
         self.billing = billing
         self.limits = limits
         #: Whether :meth:`admit` may drop anything: without rate limits and billing,

@@ -5,7 +5,7 @@ drivers pass ``now`` (``time.monotonic()``) and the counts, and keep the flows."
 
 from __future__ import annotations
 
-from dtp.hostid.udp._sockets import check_count, check_seconds
+from dtp.hostid.udp._engine import check_count, check_seconds
 
 Source = tuple[str, int]
 

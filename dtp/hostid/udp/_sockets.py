@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket as _socket
 import threading
@@ -71,29 +70,6 @@ class UnreadDrops:
             if dropped != self._seen:
                 self._stats.add(dropped_unread=dropped - self._seen)
                 self._seen = dropped
-
-
-def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
-    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
-    infinity is "never"), NaN included: else it fails in a thread or task long after
-    the start."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        low = "from 0" if zero else "above 0"
-        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
-
-
-def check_count(name: str, value: object, least: int) -> None:
-    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
-    raised in the socket's reader for every new source, its datagrams lost uncounted;
-    True passed as 1)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
 
 
 def _port_ok(port: object) -> bool:

@@ -26,7 +26,6 @@ from dtp.transport._admission import (
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     ENDINGS,
     FirstMessage,
-    HeapRelease,
     Outcome,
     Progress,
     ReplayGuard,
@@ -35,7 +34,6 @@ from dtp.transport._admission import (
     release_free_heap,
     unserved_counts,
 )
-from dtp.transport._collector import tune_for_serving
 from dtp.transport._hooks import Listener, PeerInfo, Reservations
 from dtp.transport._server_base import AdmittingServer
 from dtp.transport._session import HOOK_FAILED, Session, hook_calls, refusal_reason
@@ -192,9 +190,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     (and any whose accept completes after it)."""
 
     _expiry: asyncio.TimerHandle | None
-    _heap: HeapRelease
     _heap_look: asyncio.TimerHandle | None
-    _serving: Reservations | None
     _limit: int
     _callback: ClientCallback
     _accept: AcceptHook | None
@@ -236,7 +232,9 @@ class DTPServer(AdmittingServer[_Arrival]):
         # too: it left a bound socket open)
         check_backlog(backlog)
         self._admit_by(
+            identity,
             config,
+            reservations=reservations,
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
             max_waiting_per_address=max_waiting_per_address,
@@ -245,12 +243,7 @@ class DTPServer(AdmittingServer[_Arrival]):
             gone=_waiting_gone,
         )
         self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
-        # the heap's free pages go back to the system after churn (dtp.transport._admission)
-        self._heap = HeapRelease()
-        # the collector sized for serving, once per process (dtp.transport._collector)
-        tune_for_serving()
         self._heap_look: asyncio.TimerHandle | None = None
-        self._serving = reservations
         # the context the server's own bookkeeping callbacks run in (a connection's
         # count, its task's end): they read no context variable, and a future's
         # callback added without one copies the caller's, an object a connection. One
@@ -258,7 +251,6 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._bookkeeping = contextvars.Context()
         self._limit = limit
         self._callback = callback
-        self.identity = identity
         self._accept = accept
         self._admit = admit
         self._config = config

@@ -82,6 +82,26 @@ def checked_flags(flags: Any) -> None:
         raise _no_flags(flags)
 
 
+def check_sendfile(file: Any, offset: Any, count: Any, timeout: float | None) -> None:
+    """Raise what a socket's sendfile() raises for its arguments and its ``timeout``,
+    before anything is sent: ValueError for a file not opened in binary mode, a
+    negative ``offset`` or a ``count`` of 0 or less, or a non-blocking socket;
+    TypeError for an ``offset`` or ``count`` that is not an int (1.5)."""
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer, not {offset!r}")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+    if count is not None:
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if timeout == 0:
+        raise ValueError("non-blocking sockets are not supported")
+
+
 def _timeout_seconds(timeout: Any) -> float:
     """``timeout`` (not None) as a float of seconds, or the error a socket's settimeout
     raises for it: TypeError when not a number, ValueError for NaN, OverflowError past

@@ -37,7 +37,6 @@ from dtp.transport._admission import (
     SERVER_BUSY,
     AddressSlots,
     FirstMessage,
-    HeapRelease,
     Outcome,
     Progress,
     ReplayGuard,
@@ -48,7 +47,6 @@ from dtp.transport._admission import (
     release_free_heap,
     unserved_counts,
 )
-from dtp.transport._collector import tune_for_serving
 from dtp.transport._hooks import Listener, PeerInfo, Reservations
 from dtp.transport._server_base import AdmittingServer
 from dtp.transport._session import CALLBACK_FAILED, HOOK_FAILED, Session, hook_calls, refusal_reason
@@ -235,11 +233,9 @@ class DTPServer(AdmittingServer[_Arrival]):
     #: want of room in the accept() queue
     busy_refused: int
     _reading: dict[int, _Arrival]
-    _heap: HeapRelease
     _local: threading.local
     _accept_hook: AcceptHook | None
     _admit_hook: AdmitHook | None
-    _serving: Reservations | None
     _config: ConnectionConfig
     _listener: _socket.socket | None
     _accepted_as: tuple[Any, Any, int] | None
@@ -299,7 +295,9 @@ class DTPServer(AdmittingServer[_Arrival]):
         if address is not None:
             check_backlog(backlog)
         self._admit_by(
+            identity,
             config,
+            reservations=reservations,
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
             max_waiting_per_address=max_waiting_per_address,
@@ -309,17 +307,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         )
         # unproven connections the reader thread watches, by descriptor (_read_loop)
         self._reading: dict[int, _Arrival] = {}
-        # the heap's free pages go back to the system after churn (dtp.transport._admission)
-        self._heap = HeapRelease()
-        # the collector sized for serving, once per process (dtp.transport._collector)
-        tune_for_serving()
         # the accepting thread's own next connection, when the admission starts it at
         # once (leader/follower: _accept_next)
         self._local = threading.local()
-        self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
-        self._serving = reservations
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else sched.listen_tcp(address, backlog)

@@ -34,6 +34,7 @@ from dtp.transport.blocking._checks import (
     OWN,
     SSIZE_MAX,
     Own,
+    check_sendfile,
     checked_flags,
     checked_size,
     checked_timeout,
@@ -1069,21 +1070,8 @@ class DTPSocket:
         and leaves the file's position after the last of them. The socket's timeout
         bounds the whole call, as for :meth:`sendall`. Non-blocking sockets are not
         supported (ValueError, as for a socket)."""
-        if "b" not in getattr(file, "mode", "b"):
-            raise ValueError("file should be opened in binary mode")
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            # (as a socket's: TypeError for 1.5)
-            raise TypeError(f"offset must be a non-negative integer, not {offset!r}")
-        if offset < 0:
-            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
-        if count is not None:
-            if not isinstance(count, int) or isinstance(count, bool):
-                raise TypeError(f"count must be a positive integer (got {count!r})")
-            if count <= 0:
-                raise ValueError(f"count must be a positive integer (got {count!r})")
         timeout = self._timeout
-        if timeout == 0:
-            raise ValueError("non-blocking sockets are not supported")
+        check_sendfile(file, offset, count, timeout)
         deadline = None if timeout is None else sched.monotonic() + timeout
         if offset:
             file.seek(offset)
