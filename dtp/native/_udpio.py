@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, ffi, lib
 from dtp.native.reference._udpio import MAX_UDP_READ
 from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
+from dtp.native.reference._udpio import same_source as _twin_same_source
 from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run
 
 __all__ = [
     "native_recv_datagram_run",
+    "native_same_source",
     "native_send_datagram_run",
     "recv_datagram_run",
+    "same_source",
     "send_datagram_run",
 ]
 
@@ -241,12 +244,20 @@ def native_recv_datagram_run(
                     raw = slots.addrs_view
                     alens = slots.addr_lens
                     known = _SOURCES.get  # (a burst's sources are known: no call each)
-                    froms += [
-                        known(a) or _source(a)
-                        for a in [
-                            raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                    # (one client's burst, the usual: its source looked up once)
+                    same = lib.dtp_udp_same_source(
+                        slots.addrs, _RUN * _ADDR_SLOT, _ADDR_SLOT, alens, rc
+                    )
+                    if same == rc:
+                        a = raw[: alens[0]]
+                        froms += [known(a) or _source(a)] * rc
+                    else:
+                        froms += [
+                            known(a) or _source(a)
+                            for a in [
+                                raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                            ]
                         ]
-                    ]
             if rc < want:
                 break
     finally:
@@ -255,9 +266,23 @@ def native_recv_datagram_run(
     return out, froms, 0
 
 
+def native_same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n: int) -> int:
+    """The C core's :func:`dtp.native.reference._udpio.same_source` (a read of sources
+    calls it on its own buffers, :func:`native_recv_datagram_run`)."""
+    if len(addr_lens) < n:
+        raise ValueError("sources out of bounds")
+    lens = ffi.new("uint32_t[]", list(addr_lens[:n]) or [0])
+    rc = lib.dtp_udp_same_source(ffi.from_buffer(addrs), len(addrs), addr_slot, lens, n)
+    if rc < 0:
+        raise ValueError("sources out of bounds")
+    return int(rc)
+
+
 if TYPE_CHECKING or (HAVE_NATIVE and not PUREPYTHON):
     send_datagram_run = native_send_datagram_run
     recv_datagram_run = native_recv_datagram_run
+    same_source = native_same_source
 else:
     send_datagram_run = _twin_send_datagram_run
     recv_datagram_run = _twin_recv_datagram_run
+    same_source = _twin_same_source
