@@ -13,8 +13,9 @@ may arrive in more reads than without it. ``--window 1`` (each datagram echoed b
 the next goes) makes each datagram a run at every hop: the counts per 1,000 datagrams
 are then a run's, a thousand times. ``strace``:
 each half runs under ``strace -c -f`` twice, driven ``count`` and ``3 x count``
-datagrams, and the difference is reported, so start-up and warm-up cancel out (the
-halves' idle wake-ups, a few a second, do not). Prints one JSON object per half.
+datagrams (each after a warm-up of as many), and the difference is reported, so
+start-up cancels out (the halves' idle wake-ups, a few a second, do not). Prints one
+JSON object per half.
 """
 
 from __future__ import annotations
@@ -170,9 +171,12 @@ def _strace(path: str, count: int, window: int | None = None) -> dict[str, dict[
             _run(path, n, prefix, hooked=False, window=window)
             tables.append({name: _strace_table(Path(files[name]).read_text()) for name in HALVES})
     result: dict[str, dict[str, float]] = {}
+    # each run sends its count twice (udp_rows._drive warms up with a count of its
+    # own), so the two runs are 2 x count and 6 x count datagrams apart by 4 x count
+    driven = 4 * count
     for name in HALVES:
         low, high = tables[0][name], tables[1][name]
-        diff = {k: (high.get(k, 0) - low.get(k, 0)) * 1000 / (2 * count) for k in high}
+        diff = {k: (high.get(k, 0) - low.get(k, 0)) * 1000 / driven for k in high}
         kept = {k: round(v, 1) for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v >= 1}
         result[name] = {"total": round(sum(diff.values()), 1), **kept}
     return result

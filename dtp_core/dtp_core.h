@@ -613,6 +613,14 @@ int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t buf_cap, size_t slot, size
                          uint32_t *lens, uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
                          uint32_t *addr_lens, int *err);
 
+/* Of the n sources a dtp_udp_recv_run read into addrs (addr_slot bytes apart,
+ * addr_lens[i] bytes each, addrs holding addrs_cap bytes), how many from the first are
+ * the first's byte for byte: 1 to n (0 for n 0), or DTP_ERR_ARG when n slots overrun
+ * addrs_cap or the first's length its slot. A burst of one client's datagrams is then
+ * one source to the reader, not one to look up each. */
+int64_t dtp_udp_same_source(const uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
+                            const uint32_t *addr_lens, size_t n);
+
 /* ---- Noise handshakes (noise.c) --------------------------------------------------- */
 /* Noise_IK and Noise_XX with 25519_ChaChaPoly_BLAKE2s (the Noise spec, revision 34),
  * message by message; docs/protocol.md section 3 says how DTP carries them, and

@@ -183,3 +183,18 @@ int64_t dtp_udp_recv_run(int fd, uint8_t *buf, size_t buf_cap, size_t slot, size
     }
     return r;
 }
+
+int64_t dtp_udp_same_source(const uint8_t *addrs, size_t addrs_cap, uint32_t addr_slot,
+                            const uint32_t *addr_lens, size_t n) {
+    if (n == 0) return 0;
+    if (addrs == NULL || addr_lens == NULL || addr_slot == 0 || n > addrs_cap / addr_slot)
+        return DTP_ERR_ARG;
+    uint32_t len = addr_lens[0];
+    if (len > addr_slot) return DTP_ERR_ARG;
+    /* (a source's bytes alike are one source: the same tuple for recvfrom, flow label
+     * and scope included, so a reader groups them without a look at each) */
+    size_t k = 1;
+    while (k < n && addr_lens[k] == len && memcmp(addrs + k * (size_t)addr_slot, addrs, len) == 0)
+        k++;
+    return (int64_t)k;
+}

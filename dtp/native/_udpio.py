@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 from dtp.native._binding import HAVE_NATIVE, PUREPYTHON, ffi, lib
 from dtp.native.reference._udpio import MAX_UDP_READ
 from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
+from dtp.native.reference._udpio import same_source as _twin_same_source
 from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run
 
 __all__ = [
     "native_recv_datagram_run",
+    "native_same_source",
     "native_send_datagram_run",
     "recv_datagram_run",
+    "same_source",
     "send_datagram_run",
 ]
 
@@ -75,6 +78,23 @@ def _sockaddr(family: int, address: Address) -> bytes:
     return raw
 
 
+_RUN = 64  # DTP_UDP_RUN_MAX: datagrams per sendmmsg or recvmmsg
+
+
+class _SendSlots:
+    """A send's arguments to the C core, kept for the next run as a read's are (three
+    allocations less per run): the offsets of up to _RUN datagrams, the bytes sent
+    and the errno."""
+
+    def __init__(self) -> None:
+        self.offs = ffi.new("uint64_t[]", _RUN + 1)
+        self.out = ffi.new("uint64_t *")
+        self.err = ffi.new("int *")
+
+
+_spare_send_slots: list[_SendSlots] = []  # (one per thread sending at once)
+
+
 def native_send_datagram_run(
     sock: socket.socket,
     datagrams: Sequence[bytes | bytearray | memoryview],
@@ -106,20 +126,33 @@ def native_send_datagram_run(
             # what sendto makes of it (a name it looks up, an error per datagram)
             return _twin_send_datagram_run(sock, datagrams, address)
         alen = len(addr)
-    data = b"".join(datagrams)
-    offs = ffi.new("uint64_t[]", list(itertools.accumulate(map(len, datagrams), initial=0)))
-    if len(data) != offs[n]:
-        # a datagram of items wider than a byte (len() counted items): as the twin does
-        return _twin_send_datagram_run(sock, datagrams, address)
-    out = ffi.new("uint64_t[2]")  # (the bytes sent; the errno, as an int beside it)
-    err = ffi.cast("int *", out + 1)
-    rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, out, err)
-    if rc < 0:  # (only for arguments the checks above rule out)
-        raise ValueError(f"dtp_udp_send_run: bad arguments ({rc})")
-    return int(rc), int(out[0]), int(err[0])
+    data = b"".join(datagrams)  # (one bytes object: itself, not a copy)
+    try:
+        slots = _spare_send_slots.pop()
+    except IndexError:
+        slots = _SendSlots()
+    try:
+        if n == 1:  # (a quiet flow's run: offs[0] is 0 for good)
+            offs = slots.offs
+            offs[1] = len(datagrams[0])
+        elif n <= _RUN:
+            offs = slots.offs
+            offs[0 : n + 1] = list(itertools.accumulate(map(len, datagrams), initial=0))
+        else:
+            offs = ffi.new("uint64_t[]", list(itertools.accumulate(map(len, datagrams), initial=0)))
+        if len(data) != offs[n]:
+            # a datagram of items wider than a byte (len() counted items): as the twin does
+            return _twin_send_datagram_run(sock, datagrams, address)
+        out = slots.out
+        rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, out, slots.err)
+        if rc < 0:  # (only for arguments the checks above rule out)
+            raise ValueError(f"dtp_udp_send_run: bad arguments ({rc})")
+        return int(rc), int(out[0]), int(slots.err[0])
+    finally:
+        if len(_spare_send_slots) < 4:
+            _spare_send_slots.append(slots)
 
 
-_RUN = 64  # DTP_UDP_RUN_MAX: datagrams per recvmmsg
 _ADDR_SLOT = 128  # sizeof(struct sockaddr_storage)
 _SOURCES: dict[bytes, tuple[Any, ...]] = {}
 
@@ -211,12 +244,20 @@ def native_recv_datagram_run(
                     raw = slots.addrs_view
                     alens = slots.addr_lens
                     known = _SOURCES.get  # (a burst's sources are known: no call each)
-                    froms += [
-                        known(a) or _source(a)
-                        for a in [
-                            raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                    # (one client's burst, the usual: its source looked up once)
+                    same = lib.dtp_udp_same_source(
+                        slots.addrs, _RUN * _ADDR_SLOT, _ADDR_SLOT, alens, rc
+                    )
+                    if same == rc:
+                        a = raw[: alens[0]]
+                        froms += [known(a) or _source(a)] * rc
+                    else:
+                        froms += [
+                            known(a) or _source(a)
+                            for a in [
+                                raw[i * _ADDR_SLOT : i * _ADDR_SLOT + alens[i]] for i in range(rc)
+                            ]
                         ]
-                    ]
             if rc < want:
                 break
     finally:
@@ -225,9 +266,23 @@ def native_recv_datagram_run(
     return out, froms, 0
 
 
+def native_same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n: int) -> int:
+    """The C core's :func:`dtp.native.reference._udpio.same_source` (a read of sources
+    calls it on its own buffers, :func:`native_recv_datagram_run`)."""
+    if len(addr_lens) < n:
+        raise ValueError("sources out of bounds")
+    lens = ffi.new("uint32_t[]", list(addr_lens[:n]) or [0])
+    rc = lib.dtp_udp_same_source(ffi.from_buffer(addrs), len(addrs), addr_slot, lens, n)
+    if rc < 0:
+        raise ValueError("sources out of bounds")
+    return int(rc)
+
+
 if TYPE_CHECKING or (HAVE_NATIVE and not PUREPYTHON):
     send_datagram_run = native_send_datagram_run
     recv_datagram_run = native_recv_datagram_run
+    same_source = native_same_source
 else:
     send_datagram_run = _twin_send_datagram_run
     recv_datagram_run = _twin_recv_datagram_run
+    same_source = _twin_same_source

@@ -867,6 +867,9 @@ static void exercise_udp(void) {
         for (int64_t i = 0; i < got && i < (int64_t)n; i++)
             CHECK(lens[i] == offs[i + 1] - offs[i] &&
                   memcmp(buf + i * 512, data + offs[i], lens[i]) == 0);
+        /* one peer sent them all: one source, counted within the slots given */
+        CHECK(dtp_udp_same_source(addrs, sizeof addrs, 128, alens, n) == (int64_t)n);
+        CHECK(dtp_udp_same_source(addrs, n * 128 - 1, 128, alens, n) == DTP_ERR_ARG);
     }
     CHECK(dtp_udp_recv_run(sv[1], buf, sizeof buf, 512, 8, lens, NULL, 0, 128, alens, &err) == 0);
     close(sv[0]);

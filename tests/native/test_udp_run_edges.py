@@ -1,7 +1,8 @@
 """The edges of the UDP runs (dtp_core/udpio.c, dtp/native/_udpio.py and its twin):
 the C functions refuse offsets and capacities outside the caller's buffers, both
 backends give the same outcome for addresses ``sendto`` would refuse or look up, the
-same sources (an IPv6 scope in scope_id, never in the host), a send on a socket
+same sources (an IPv6 scope in scope_id, never in the host; a burst's sources told
+apart where they change), a send on a socket
 with a timeout never waits, and one on a blocking socket waits for room, as ``send``."""
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode
 from dtp.hostid.udp import _sockets
 from dtp.native import _udpio
 from dtp.native import core as _core
 from dtp.native.reference._udpio import recv_datagram_run as twin_recv
+from dtp.native.reference._udpio import same_source as twin_same_source
 from dtp.native.reference._udpio import send_datagram_run as twin_send
 
 SENDERS: list[Callable[..., tuple[int, int, int]]] = [twin_send]
 RECEIVERS: list[Callable[..., tuple[list[bytes], list[Any], int]]] = [twin_recv]
+SAME_SOURCE: list[Callable[[bytes, int, list[int], int], int]] = [twin_same_source]
 if _core.HAVE_NATIVE:
     SENDERS.append(_udpio.native_send_datagram_run)
     RECEIVERS.append(_udpio.native_recv_datagram_run)
+    SAME_SOURCE.append(_udpio.native_same_source)
 
 native_only = pytest.mark.skipif(not _core.HAVE_NATIVE, reason="the C core is not built")
 
@@ -234,6 +240,55 @@ def test_flows_are_keyed_by_host_port_and_scope(
     flows = _sockets.drain_by_source(None)  # type: ignore[arg-type]
     # the flow label does not split a flow; the scope does, and stays for the reply
     assert flows == {a: [b"1", b"3"], b: [b"2"], ("10.0.0.1", 5): [b"4"]}
+
+
+def _same_source_outcome(
+    count: Callable[[bytes, int, list[int], int], int],
+    addrs: bytes,
+    slot: int,
+    lens: list[int],
+    n: int,
+) -> int | type[Exception]:
+    try:
+        return count(addrs, slot, lens, n)
+    except ValueError as exc:
+        return type(exc)
+
+
+@given(st.data())
+def test_both_backends_count_the_sources_alike_as_the_first(data: st.DataObject) -> None:
+    slot = data.draw(st.integers(min_value=1, max_value=12))
+    first = data.draw(st.binary(min_size=slot, max_size=slot))
+    n = data.draw(st.integers(min_value=0, max_value=8))
+    # slots mostly the first's bytes (some changed), lengths mostly the first's: runs of
+    # one source that end somewhere, and bounds overrun now and then
+    slots = [data.draw(st.sampled_from([first, first[:-1] + b"?", bytes(slot)])) for _ in range(n)]
+    addrs = b"".join(slots)[: data.draw(st.integers(min_value=0, max_value=slot * n + 3))]
+    size = data.draw(st.integers(min_value=0, max_value=slot + 1))
+    lens = [data.draw(st.sampled_from([size, size, max(size - 1, 0)])) for _ in range(n)]
+    outcomes = [_same_source_outcome(count, addrs, slot, lens, n) for count in SAME_SOURCE]
+    assert all(o == outcomes[0] for o in outcomes)
+    if outcomes[0] is not ValueError and n:
+        assert 1 <= outcomes[0] <= n  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("recv", RECEIVERS)
+def test_a_burst_of_two_sources_keeps_each_datagram_s_own(
+    recv: Callable[..., tuple[list[bytes], list[Any], int]],
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, a = pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        # (one source's run, another's, the first's again: each where it changes)
+        order = [a, a, a, b, b, a, b]
+        for i, tx in enumerate(order):
+            tx.sendto(b"%d" % i, rx.getsockname())
+        time.sleep(0.05)
+        datagrams, sources, err = recv(rx, 64, True)
+        assert (datagrams, err) == ([b"%d" % i for i in range(len(order))], 0)
+        assert sources == [tx.getsockname() for tx in order]
 
 
 @pytest.mark.parametrize("send", SENDERS)

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["recv_datagram_run", "send_datagram_run"]
+__all__ = ["recv_datagram_run", "same_source", "send_datagram_run"]
 
 #: The largest UDP payload a read takes whole (IPv4's limit; IPv6 jumbograms aside)
 MAX_UDP_READ = 65535
@@ -77,3 +77,26 @@ def recv_datagram_run(
     except OSError as exc:
         return out, froms, exc.errno or 0
     return out, froms, 0
+
+
+def same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n: int) -> int:
+    """Of ``n`` raw sources (struct sockaddrs ``addr_slot`` bytes apart in ``addrs``,
+    ``addr_lens[i]`` bytes each), how many from the first are the first's byte for byte:
+    1 to ``n`` (0 for ``n`` 0). Raises ValueError when ``n`` slots overrun ``addrs`` or
+    the first's length its slot (or ``addr_lens`` has fewer than ``n`` lengths)."""
+    if n == 0:
+        return 0
+    if addr_slot <= 0 or n > len(addrs) // addr_slot or len(addr_lens) < n:
+        raise ValueError("sources out of bounds")
+    size = addr_lens[0]
+    if size > addr_slot:
+        raise ValueError("a source longer than its slot")
+    first = addrs[:size]
+    count = 1
+    while (
+        count < n
+        and addr_lens[count] == size
+        and addrs[count * addr_slot : count * addr_slot + size] == first
+    ):
+        count += 1
+    return count
