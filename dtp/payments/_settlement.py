@@ -373,14 +373,28 @@ def claim_and_settle(
     ``store``: the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which
     knows receipts not yet fsynced). ``escrow``, ``connection``: as the caller read
     them, not read again (a stale escrow is refused as replayed, read afresh, tried
-    once more). ``final``: a checked receipt not stored (the one CLOSE came with); of
-    it and the store's latest, the one for more is claimed; when the store cannot be
-    read, without ``final``, ReceiptStoreError (settling without the latest receipt
-    would refund what the client owes).
+    once more; the connection is taken as it is where ``ledger.free_refusals``, else
+    read when its version moved). ``final``: a checked receipt not stored (the one
+    CLOSE came with); of it and the store's latest, the one for more is claimed; when
+    the store cannot be read, without ``final``, ReceiptStoreError (settling without
+    the latest receipt would refund what the client owes).
 
     Returns None when already settled. The spending cap cannot refuse the claim: the
     deposit was reserved on it at the open (docs/escrow.md §4).
     """
+    if (
+        ledger.free_refusals
+        and connection is not None
+        and connection.id == normalize_id(connection_id, "connection ID")
+    ):
+        # the connection as known, not read: a settlement it no longer fits is refused
+        # at no cost -- settled meanwhile (_settle_end reads it then), Open or
+        # half-closed (settled all the same), deleted (read below, and found so)
+        try:
+            end = _read_end(ledger, connection_id, store, escrow, connection, final, known=True)
+            return None if end is None else _settle_end(ledger, identity, connection_id, store, end)
+        except ObjectNotFound:
+            pass
     end = _read_end(ledger, connection_id, store, escrow, connection, final)
     if end is None:
         return None
@@ -414,10 +428,17 @@ def _read_end(
     escrow: Escrow | None,
     connection: TransportControl | None,
     final: Receipt | None,
+    *,
+    known: bool = False,
 ) -> _End | None:
-    """The connection's end as read (None: settled, and deleted since by its client)."""
+    """The connection's end as read (None: settled, and deleted since by its client).
+    ``known``: ``connection`` is taken as it is, not read (nor its version)."""
     try:
-        tc = _current(ledger, connection_id, connection)
+        tc = (
+            connection
+            if known and connection is not None
+            else _current(ledger, connection_id, connection)
+        )
     except ObjectNotFound:
         if deleted_once_settled(ledger, connection_id, store) is None:
             raise
