@@ -307,3 +307,61 @@ def test_a_known_connection_settled_since_is_read_once_after_the_refusal(tmp_pat
         assert _escrow_totals(world, escrow_id) == (0, DEPOSIT)
     finally:
         ledger.close()
+
+
+class _CountingStore:
+    """A receipt store whose reads of a connection's latest receipt are counted."""
+
+    def __init__(self, store: ReceiptStore) -> None:
+        self._store = store
+        self.latest_reads = 0
+
+    def latest(self, connection_id: str) -> Any:
+        self.latest_reads += 1
+        return self._store.latest(connection_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_final_receipt_known_newest_is_claimed_without_reading_the_store(
+    world: World, tmp_path: Path
+) -> None:
+    cid, escrow_id = world.open()
+    known = _admitted(world, cid, escrow_id)
+    kept, final = world.receipt(cid, 20_480, 1), world.receipt(cid, 40_960, 2)
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep(kept)  # (a receipt of the connection stored before its end)
+        counting = _CountingStore(store)
+        world.ledger.close_connection(world.client, cid)  # (moved since it was known)
+        settled = claim_and_settle(
+            world.ledger,
+            world.server,
+            cid,
+            counting,  # type: ignore[arg-type]
+            escrow=known[1],
+            connection=known[0],
+            final=final,
+            final_is_newest=True,
+        )
+        assert counting.latest_reads == 0
+        assert settled is not None and settled.claimed == final.total_amount
+        assert settled.refunded == DEPOSIT - final.total_amount
+        stored = store.latest(cid)  # the one kept, marked claimed by the settlement
+        assert stored is not None and stored.receipt == kept and stored.unclaimed == 0
+    assert _escrow_totals(world, escrow_id) == (final.total_amount, DEPOSIT - final.total_amount)
+
+
+def test_a_final_receipt_not_known_newest_loses_to_the_stores_for_more(
+    world: World, tmp_path: Path
+) -> None:
+    """What the store is read for where the final receipt's gate did not check every
+    receipt stored (a connection billed per request: the RPC bill keeps its own)."""
+    cid, escrow_id = world.open()
+    known = _admitted(world, cid, escrow_id)
+    kept, final = world.receipt(cid, 40_960, 1), world.receipt(cid, 1024, 9)
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep(kept)
+        settled = _settle_known(world, cid, store, known, final)
+        assert settled is not None and settled.claimed == kept.total_amount
+    assert _escrow_totals(world, escrow_id) == (kept.total_amount, DEPOSIT - kept.total_amount)
