@@ -34,7 +34,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
 
 from dtp.errors import (
     ChainError,
@@ -614,6 +614,12 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
                     )
                 )
         return done
+
+    #: Whether a transaction this ledger refuses costs its sender nothing (no gas): a
+    #: paid server's settlement then acts on the connection it knows, the settlement's
+    #: own checks of its state refusing it if it moved (read again then), rather than
+    #: reading it first. False (Sui: an aborted transaction pays its gas): read first.
+    free_refusals: ClassVar[bool] = False
 
     def end_gas(self) -> EndGas:
         """What each transaction of a connection's end is expected to cost its sender in

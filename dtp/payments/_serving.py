@@ -61,6 +61,7 @@ def settle_ended(
     batch: EndBatch | None = None,
     now: float = 0.0,
     claims: LiveClaimer | None = None,
+    final_is_newest: bool = False,
 ) -> Settlement | EndLeft | EndDeferred | None:
     """A paid server's settlement of a connection that ended (:func:`claim_and_settle`,
     its gas weighed with ``rule``: :func:`end_connection`), once the live ``claims``
@@ -82,6 +83,7 @@ def settle_ended(
                 escrow=escrow,
                 connection=connection,
                 final=final,
+                final_is_newest=final_is_newest,
             )
         else:
             settlement = end_connection(
@@ -95,6 +97,7 @@ def settle_ended(
                 escrow=escrow,
                 connection=connection,
                 final=final,
+                final_is_newest=final_is_newest,
             )
     except (ChainError, ReceiptStoreError) as exc:
         # (a ReceiptStoreError: no final receipt, and its latest could not be read) it

@@ -365,6 +365,7 @@ def claim_and_settle(
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
     final: Receipt | None = None,
+    final_is_newest: bool = False,
 ) -> Settlement | None:
     """The server's end of a connection: claim the latest receipt and settle, refunding
     the client the rest, in one transaction that also closes it when still Open
@@ -373,15 +374,43 @@ def claim_and_settle(
     ``store``: the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which
     knows receipts not yet fsynced). ``escrow``, ``connection``: as the caller read
     them, not read again (a stale escrow is refused as replayed, read afresh, tried
-    once more). ``final``: a checked receipt not stored (the one CLOSE came with); of
-    it and the store's latest, the one for more is claimed; when the store cannot be
-    read, without ``final``, ReceiptStoreError (settling without the latest receipt
-    would refund what the client owes).
+    once more; the connection is taken as it is where ``ledger.free_refusals``, else
+    read when its version moved). ``final``: a checked receipt not stored (the one
+    CLOSE came with); of it and the store's latest, the one for more is claimed; when
+    the store cannot be read, without ``final``, ReceiptStoreError (settling without
+    the latest receipt would refund what the client owes). ``final_is_newest``:
+    ``final`` is for no less than any receipt the store holds of the connection (the
+    gate that checked it checked every one stored, the store holding none before it: a
+    paid server's connection billed by its bytes), and the store is not read.
 
     Returns None when already settled. The spending cap cannot refuse the claim: the
     deposit was reserved on it at the open (docs/escrow.md §4).
     """
-    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    if (
+        ledger.free_refusals
+        and connection is not None
+        and connection.id == normalize_id(connection_id, "connection ID")
+    ):
+        # the connection as known, not read: a settlement it no longer fits is refused
+        # at no cost -- settled meanwhile (_settle_end reads it then), Open or
+        # half-closed (settled all the same), deleted (read below, and found so)
+        try:
+            end = _read_end(
+                ledger,
+                connection_id,
+                store,
+                escrow,
+                connection,
+                final,
+                known=True,
+                final_is_newest=final_is_newest,
+            )
+            return None if end is None else _settle_end(ledger, identity, connection_id, store, end)
+        except ObjectNotFound:
+            pass
+    end = _read_end(
+        ledger, connection_id, store, escrow, connection, final, final_is_newest=final_is_newest
+    )
     if end is None:
         return None
     return _settle_end(ledger, identity, connection_id, store, end)
@@ -414,16 +443,28 @@ def _read_end(
     escrow: Escrow | None,
     connection: TransportControl | None,
     final: Receipt | None,
+    *,
+    known: bool = False,
+    final_is_newest: bool = False,
 ) -> _End | None:
-    """The connection's end as read (None: settled, and deleted since by its client)."""
+    """The connection's end as read (None: settled, and deleted since by its client).
+    ``known``: ``connection`` is taken as it is, not read (nor its version);
+    ``final_is_newest``: as :func:`claim_and_settle`'s."""
     try:
-        tc = _current(ledger, connection_id, connection)
+        tc = (
+            connection
+            if known and connection is not None
+            else _current(ledger, connection_id, connection)
+        )
     except ObjectNotFound:
         if deleted_once_settled(ledger, connection_id, store) is None:
             raise
         return None
     try:
-        stored = store.latest(connection_id) if store is not None else None
+        if final is not None and final_is_newest:
+            stored = None  # (none for more than the final one: it is claimed below)
+        else:
+            stored = store.latest(connection_id) if store is not None else None
     except ReceiptStoreError:
         if final is None:
             raise  # settling without the latest receipt would refund what the client owes
@@ -512,6 +553,7 @@ def end_connection(
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
     final: Receipt | None = None,
+    final_is_newest: bool = False,
 ) -> Settlement | EndLeft | EndDeferred | None:
     """A paid server's end of a connection, its gas weighed (:mod:`dtp.payments._ends`):
     what its receipts can claim against ``ledger.end_gas()`` decides between
@@ -528,8 +570,11 @@ def end_connection(
             escrow=escrow,
             connection=connection,
             final=final,
+            final_is_newest=final_is_newest,
         )
-    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    end = _read_end(
+        ledger, connection_id, store, escrow, connection, final, final_is_newest=final_is_newest
+    )
     if end is None:
         return None
     # (a subscribed connection of a host sold to us is ended whatever the gas: that

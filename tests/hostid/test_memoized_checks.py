@@ -743,11 +743,15 @@ def test_claimed_marks_go_with_the_next_receipt_write(
 
 
 def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> None:
+    """Where a refused settlement costs gas (``free_refusals`` False) the known
+    connection's version is looked at first (tests/payments/test_settlement_known_connection.py:
+    where refusals are free, not even that)."""
     cid, escrow_id = world.open()
     known = world.ledger.get_connection(cid)  # as admission read it
     escrow = world.ledger.get_escrow(escrow_id)
     world.ledger.close_connection(CLIENT, cid)  # it moved
     counting = _CountingReads(world.ledger)
+    counting.free_refusals = False
     settled = claim_and_settle(
         counting,  # type: ignore[arg-type]
         SERVER,
@@ -762,6 +766,7 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
     cid, escrow_id = world.open()
     known = world.ledger.get_connection(cid)
     counting = _CountingReads(world.ledger)
+    counting.free_refusals = False
     settled = claim_and_settle(
         counting,  # type: ignore[arg-type]
         SERVER,

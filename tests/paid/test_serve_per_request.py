@@ -25,7 +25,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.method_rules import MethodRule, MethodRules
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.receipts import Meter
+from dtp.payments.receipts import Meter, Receipt, fee
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 from tests.support.settlements import is_settled, settled_escrow
@@ -202,3 +202,39 @@ def test_requests_are_claimed_while_the_connection_lives(tmp_path: Path) -> None
         assert ledger.balance(PROVIDER.sui_address) - provider_before == signed
         audit = ledger.audit()
         assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_a_receipt_for_less_sent_with_the_close_does_not_undercut_the_bills_receipts(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RPC bill stores receipts the connection's byte gate never checks: one sent
+    with the CLOSE, for less but a later nonce, passes that gate, so the settlement
+    reads the store for the one for more (tests/paid/test_final_receipt_is_newest.py:
+    billed by bytes, every receipt stored went through the gate, and it is not read)."""
+    import dtp.hostid.paid._server_books as books
+
+    seen: list[tuple[bool, object]] = []
+    settle_ended = books.settle_ended
+
+    def settle_seen(*args: Any, **kwargs: Any) -> Any:
+        seen.append((kwargs["final_is_newest"], args[4]))
+        return settle_ended(*args, **kwargs)
+
+    monkeypatch.setattr(books, "settle_ended", settle_seen)
+    ledger, server = world["ledger"], world["server"]
+    client, meter, sock = _connect(world, ALICE)
+    for i in range(3):
+        assert client.call("echo", i) == i
+    cid = sock.connection_id
+    assert cid is not None and meter.latest is not None
+    signed = meter.latest.total_amount
+    low = Receipt(ledger.receipt_scope(cid), 0, 1, fee(SLA, 0, 1), meter.latest.nonce + 100)
+    engine = sock._engine
+    with engine.lock:  # (queued, not flushed: it goes with the CLOSE)
+        engine.conn.send_receipt(low.sign(ALICE).encode())
+    client.close()
+    sock.close()
+    assert wait_for(lambda: any(c == cid for c, _ in server.settlements), 20)
+    assert [newest for newest, _ in seen] == [False]
+    escrow = settled_escrow(ledger, cid)
+    assert (escrow.claimed, escrow.refunded) == (signed, DEPOSIT - signed)

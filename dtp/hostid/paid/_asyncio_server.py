@@ -289,7 +289,8 @@ class PaidAioServer(ServerBooks[PaidConnection]):
             if self.admission is not None:
                 self.admission.served.ended(cid)
         elif step is EndStep.SETTLE:
-            if await self._settle_surely(cid, paid.final, admitted):
+            # (the final receipt is the newest: as in the blocking server's _end)
+            if await self._settle_surely(cid, paid.final, admitted, self.requests is None):
                 phase.cancel()
         else:  # (EndStep.CLOSE)
             self._release_carrier(proto)
@@ -325,11 +326,15 @@ class PaidAioServer(ServerBooks[PaidConnection]):
             await paid.request_final_receipt()
 
     async def _settle_surely(
-        self, cid: str, final: Receipt | None, known: Admitted | None = None
+        self,
+        cid: str,
+        final: Receipt | None,
+        known: Admitted | None = None,
+        final_is_newest: bool = False,
     ) -> bool:
         """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
         try:
-            await self._settle(cid, final, known)
+            await self._settle(cid, final, known, final_is_newest)
         except asyncio.CancelledError:
             return True
         return False
@@ -340,10 +345,17 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         if proto.session.terminated is not None:
             proto.close_carrier()
 
-    async def _settle(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> None:
+    async def _settle(
+        self,
+        cid: str,
+        final: Receipt | None,
+        known: Admitted | None = None,
+        final_is_newest: bool = False,
+    ) -> None:
         # the settlement's thread goes on when this task is cancelled: it counts as a
         # handler until done, so the store is not closed under it
-        job = asyncio.get_running_loop().run_in_executor(None, self._settling(cid, final, known))
+        settling = self._settling(cid, final, known, final_is_newest)
+        job = asyncio.get_running_loop().run_in_executor(None, settling)
         self.core.work_starts()
         job.add_done_callback(self._settled)
         cancelled = False

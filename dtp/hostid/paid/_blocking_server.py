@@ -327,7 +327,10 @@ class PaidServer(ServerBooks[PaidConnection]):
                     # its ID stays reserved until the engine goes (docs/escrow.md §2)
                     self.admission.served.ended(cid)
                 elif step is EndStep.SETTLE:
-                    self._settle(cid, admitted, paid.final)
+                    # billed by its bytes, every receipt stored of it went through its
+                    # gate (none was before: _serve), which checked the final one
+                    # against them: the store is not read for one for more
+                    self._settle(cid, admitted, paid.final, self.requests is None)
                 elif phase.plan.abort is not None:  # (EndStep.CLOSE)
                     sock.abort(phase.plan.abort)  # (as dtp.socket's and dtp.aio's servers)
                 else:  # (EndStep.CLOSE, gracefully)
@@ -336,9 +339,13 @@ class PaidServer(ServerBooks[PaidConnection]):
                 logger.exception(step.failure, cid)
 
     def _settle(
-        self, cid: str, known: Admitted | None = None, final: Receipt | None = None
+        self,
+        cid: str,
+        known: Admitted | None = None,
+        final: Receipt | None = None,
+        final_is_newest: bool = False,
     ) -> None:
-        self._record(cid, self._settling(cid, final, known)())
+        self._record(cid, self._settling(cid, final, known, final_is_newest)())
 
     def __enter__(self) -> PaidServer:
         return self

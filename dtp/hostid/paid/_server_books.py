@@ -172,9 +172,16 @@ class ServerBooks(Generic[_C]):
         (:func:`~dtp.hostid.paid._server_steps.writer_done`)."""
         return writer_done(self.receipt_writer, wait)
 
-    def _settling(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> Settling:
+    def _settling(
+        self,
+        cid: str,
+        final: Receipt | None,
+        known: Admitted | None = None,
+        final_is_newest: bool = False,
+    ) -> Settling:
         """The settlement of ended connection ``cid`` (``final``: the receipt its CLOSE
-        came with; ``known``: what admission read of it), made now, to run where the
+        came with; ``known``: what admission read of it; ``final_is_newest``: as
+        :func:`~dtp.payments._settlement.claim_and_settle`'s), made now, to run where the
         server runs ledger transactions."""
         return functools.partial(
             settle_ended,
@@ -189,6 +196,7 @@ class ServerBooks(Generic[_C]):
             batch=self.deferred.batch,
             now=time.monotonic(),
             claims=self.claimer,
+            final_is_newest=final_is_newest,
         )
 
     def _record(self, cid: str, settlement: Settlement | EndLeft | EndDeferred | None) -> None:

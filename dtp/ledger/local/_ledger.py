@@ -39,6 +39,10 @@ class LocalLedger(
     writer holding it past the busy timeout) raises
     :class:`~dtp.errors.LedgerUnavailable` naming it, never a bare sqlite3 error."""
 
+    #: A transaction runs in one SQLite transaction, its checks with its writes, and
+    #: charges no gas: one refused costs nothing (Ledger.free_refusals)
+    free_refusals = True
+
     def _prepared(self, signer: HostIdentity, call: MoveCall) -> PendingOpen:
         """The open signed now; its IDs derived from the transaction's digest, as Sui
         derives them."""

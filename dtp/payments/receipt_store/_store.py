@@ -326,7 +326,7 @@ class ReceiptStore:
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
         key = normalize_id(connection_id, "connection ID")
-        # (_errors("read") and _reading() written out: a paid server reads here twice a
+        # (_errors("read") and _reading() written out: a paid server reads here for each
         # connection, and each generator context manager costs about seven calls)
         try:
             with self._reads_lock:
@@ -341,7 +341,7 @@ class ReceiptStore:
                     self._reads -= 1
                     # only close() waits here, and it sets _closed first under this lock:
                     # a read ending before never has it to wake (a paid server reads
-                    # twice a connection, and notify_all is four calls)
+                    # here for each connection, and notify_all is four calls)
                     if self._closed and not self._reads:
                         self._reads_done.notify_all()
         except ReceiptStoreError:
