@@ -57,9 +57,11 @@ __all__ = [
     "Subscription",
     "SubscriptionOffer",
     "TicketSale",
+    "bps_share",
     "economics_object_from_fields",
     "gather_from_lanes",
     "lane_order",
+    "sponsor_pledge",
     "sponsor_split",
     "spread_over_lanes",
 ]
@@ -92,12 +94,25 @@ def _whole(value: int, what: str, top: int) -> int:
     return value
 
 
+def bps_share(amount: int, share_bps: int) -> int:
+    """``share_bps`` basis points of ``amount``, rounded down: the provider's part of a
+    fee, and of a deposit or a claim the part its sponsor pledges or pays back (the
+    ``amount * share_bps / 10000`` of ``dtp::sponsor``)."""
+    return amount * share_bps // BPS
+
+
+def sponsor_pledge(deposit: int, share_bps: int, max_pledge: int) -> int:
+    """``sponsor::pledge_for``: what a lane pledges to a connection opened with
+    ``deposit``, its share capped at the pool's ``max_pledge``."""
+    return min(bps_share(deposit, share_bps), max_pledge)
+
+
 def sponsor_split(fee: int, share_bps: int) -> tuple[int, int]:
     """``sponsor::quote``: (what the client bears, what the provider pays) of ``fee``.
     Raises InvalidArgument unless ``fee`` is a u64 and ``0 <= share_bps <= BPS``."""
     _whole(fee, "the fee", _U64_MAX)
     _whole(share_bps, "share_bps", BPS)
-    provider = fee * share_bps // BPS
+    provider = bps_share(fee, share_bps)
     return fee - provider, provider
 
 
@@ -265,7 +280,7 @@ class SponsorPool:
         ``min(deposit × share_bps / 10000, max_pledge)``, rounded down (``sponsor::
         pledge_for``). Raises InvalidArgument for a deposit that is not a u64."""
         whole = _whole(deposit, "the deposit", _U64_MAX)
-        return min(whole * self.share_bps // BPS, self.max_pledge)
+        return sponsor_pledge(whole, self.share_bps, self.max_pledge)
 
     def quote(self, fee: int) -> tuple[int, int]:
         """The split of ``fee`` shown before opening: (client pays, provider pays).
