@@ -712,6 +712,12 @@ class Settlement:
     #: Returned to the client by this settlement.
     refunded: int
 
+    @classmethod
+    def from_event(cls, settled: Event, paid: int = 0) -> Settlement:
+        """From the ``ConnectionSettled`` event ``settled`` and what the call's receipt
+        paid the server (``paid``), on every ledger alike."""
+        return cls(paid, int(settled["claimed"]), int(settled["refunded"]))
+
 
 @dataclass(frozen=True)
 class Event:

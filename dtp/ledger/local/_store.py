@@ -978,8 +978,7 @@ class LocalStore(TypedReads):
 
     @staticmethod
     def _settlement(result: TxResult, paid: int) -> Settlement:
-        settled = _first_event(result, "ConnectionSettled")
-        return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+        return Settlement.from_event(_first_event(result, "ConnectionSettled"), paid)
 
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:

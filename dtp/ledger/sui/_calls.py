@@ -76,7 +76,7 @@ class SuiCalls(LedgerCalls, SuiLedgerCore):
                     module="sui",
                 )
             claimed = paid.get(tc.object_id, 0) if item.receipt is not None else 0
-            done.append(Settlement(claimed, int(event["claimed"]), int(event["refunded"])))
+            done.append(Settlement.from_event(event, claimed))
         solo = self._gas_book.estimate(SETTLE_WITH_RECEIPT)
         if solo is not None and all(i.receipt is not None for i in items):
             self._gas_book.sample(SETTLE_BATCH, (out.gas_cost - solo) // (len(items) - 1))

@@ -77,8 +77,7 @@ class DeletionCalls(SuiAppCalls, SuiCalls):
                 "sponsor::settle_reimburse_and_destroy",
                 lambda ctx: tx.settle_reimburse_and_destroy(ctx, tc, escrow, cap, pool, lane),
             )
-        settled = out.event("ConnectionSettled")
-        return Settlement(0, int(settled["claimed"]), int(settled["refunded"]))
+        return Settlement.from_event(out.event("ConnectionSettled"))
 
     def refund_and_destroy_response_escrow(self, signer: HostIdentity, escrow_id: str) -> int:
         check_signer(signer)

@@ -656,7 +656,7 @@ class SuiLedgerCore(TypedReads):
             settled = out.event("ConnectionSettled")
             receipt = any(isinstance(a, Receipt) for a in call.args)
             paid = int(out.event("ReceiptClaimed")["paid"]) if receipt else 0
-            return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+            return Settlement.from_event(settled, paid)
         created = out.created_of(call.created) if call.created else None
         if created is not None or not call.result:
             return created
