@@ -386,7 +386,9 @@ class SuiLedgerCore(TypedReads):
         """One GetObject of the service's dynamic field, whose ID is derived from the
         services Table's and the port (absent: no service on the port), whatever the
         number of the Host's services."""
-        self._check_port(port)
+        # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
+        # says it in its own)
+        check_port(port)
         field_id = port_field_id(self._firewall_table(host_id, "services"), port)
         try:
             entry = self._node.get_object(field_id)
@@ -571,17 +573,6 @@ class SuiLedgerCore(TypedReads):
             self._gas_book.record(sender, what, gas_used(executed.effects))
         settle_from_effects(pool, lease, executed, splits, split)
         return executed
-
-    @staticmethod
-    def _amount(value: int, what: str) -> int:
-        sui_tx.encode_u64(value, what)
-        return value
-
-    @staticmethod
-    def _check_port(port: int) -> None:
-        # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
-        # says it in its own)
-        check_port(port)
 
     def _model_object(self, object_id: str, struct: str) -> NodeObject:
         obj, short = self._fetch(object_id, struct)
