@@ -35,6 +35,7 @@ from dtp.ledger._objects import (
     check_port,
     check_signer,
     from_move_fields,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger._versions import MIGRATE
@@ -89,7 +90,7 @@ _U64_MAX: Final = 2**64 - 1
 def _whole(value: int, what: str, top: int) -> int:
     # bool is an int, and a float or a negative number would give a split or a deposit
     # that no Move call can produce: refuse them as the u64 arguments they stand for
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+    if not is_whole(value, 0, top):
         raise InvalidArgument(f"{what} must be an integer from 0 to {top}, got {value!r}.")
     return value
 

@@ -70,6 +70,7 @@ from dtp.ledger._objects import (
     check_port,
     check_signer,
     from_move_fields,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger._versions import Versions
@@ -334,7 +335,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
         """``host::set_firewall_mode``: 0 allow-all, 1 allow-listed."""
         check_signer(signer)
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
+        if not is_whole(mode, 0, 0xFF):
             raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
         self._on_host(signer, host_id, "set_firewall_mode", mode)
 
