@@ -35,6 +35,7 @@ from dtp.ledger._objects import (
     check_port,
     check_signer,
     from_move_fields,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger._versions import MIGRATE
@@ -57,9 +58,11 @@ __all__ = [
     "Subscription",
     "SubscriptionOffer",
     "TicketSale",
+    "bps_share",
     "economics_object_from_fields",
     "gather_from_lanes",
     "lane_order",
+    "sponsor_pledge",
     "sponsor_split",
     "spread_over_lanes",
 ]
@@ -87,9 +90,22 @@ _U64_MAX: Final = 2**64 - 1
 def _whole(value: int, what: str, top: int) -> int:
     # bool is an int, and a float or a negative number would give a split or a deposit
     # that no Move call can produce: refuse them as the u64 arguments they stand for
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+    if not is_whole(value, 0, top):
         raise InvalidArgument(f"{what} must be an integer from 0 to {top}, got {value!r}.")
     return value
+
+
+def bps_share(amount: int, share_bps: int) -> int:
+    """``share_bps`` basis points of ``amount``, rounded down: the provider's part of a
+    fee, and of a deposit or a claim the part its sponsor pledges or pays back (the
+    ``amount * share_bps / 10000`` of ``dtp::sponsor``)."""
+    return amount * share_bps // BPS
+
+
+def sponsor_pledge(deposit: int, share_bps: int, max_pledge: int) -> int:
+    """``sponsor::pledge_for``: what a lane pledges to a connection opened with
+    ``deposit``, its share capped at the pool's ``max_pledge``."""
+    return min(bps_share(deposit, share_bps), max_pledge)
 
 
 def sponsor_split(fee: int, share_bps: int) -> tuple[int, int]:
@@ -97,7 +113,7 @@ def sponsor_split(fee: int, share_bps: int) -> tuple[int, int]:
     Raises InvalidArgument unless ``fee`` is a u64 and ``0 <= share_bps <= BPS``."""
     _whole(fee, "the fee", _U64_MAX)
     _whole(share_bps, "share_bps", BPS)
-    provider = fee * share_bps // BPS
+    provider = bps_share(fee, share_bps)
     return fee - provider, provider
 
 
@@ -265,7 +281,7 @@ class SponsorPool:
         ``min(deposit × share_bps / 10000, max_pledge)``, rounded down (``sponsor::
         pledge_for``). Raises InvalidArgument for a deposit that is not a u64."""
         whole = _whole(deposit, "the deposit", _U64_MAX)
-        return min(whole * self.share_bps // BPS, self.max_pledge)
+        return sponsor_pledge(whole, self.share_bps, self.max_pledge)
 
     def quote(self, fee: int) -> tuple[int, int]:
         """The split of ``fee`` shown before opening: (client pays, provider pays).

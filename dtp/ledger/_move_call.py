@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dtp.errors import InvalidArgument
-from dtp.ledger._objects import Sla, as_bytes, check_half_close_timeout
+from dtp.ledger._objects import Sla, as_bytes, check_half_close_timeout, is_whole
 from dtp.ledger.receipt import Receipt
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def u64(value: int, what: str) -> int:
     would make a call no Move transaction can."""
     if type(value) is int and 0 <= value <= U64_MAX:  # (the common case, no call)
         return value
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+    if not is_whole(value, 0, U64_MAX):
         raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
     return value
 

@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeGuard, TypeVar
 
 from dtp.errors import InvalidArgument, InvalidObjectId, WrongSigner, move_error
 from dtp.ledger._airtime import AirTime, air_time_due, slot_part
@@ -47,9 +47,16 @@ def owned_by_another(
     )
 
 
+def is_whole(value: object, low: int, high: int) -> TypeGuard[int]:
+    """Whether ``value`` is an int from ``low`` to ``high``, a bool not counting as one:
+    what a Move integer argument can stand for (a float or a bool would give a value no
+    Move call can take). Each check that uses it says its own words."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def check_port(port: object) -> int:
     """A port: a u16 (both ledgers' words, before anything is read or signed)."""
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+    if not is_whole(port, 0, 0xFFFF):
         raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
     return port
 
@@ -146,6 +153,7 @@ __all__ = [
     "firewall_entries",
     "from_move_fields",
     "is_low_order_noise_key",
+    "is_whole",
     "service_from_fields",
 ]
 
@@ -711,6 +719,12 @@ class Settlement:
     claimed: int
     #: Returned to the client by this settlement.
     refunded: int
+
+    @classmethod
+    def from_event(cls, settled: Event, paid: int = 0) -> Settlement:
+        """From the ``ConnectionSettled`` event ``settled`` and what the call's receipt
+        paid the server (``paid``), on every ledger alike."""
+        return cls(paid, int(settled["claimed"]), int(settled["refunded"]))
 
 
 @dataclass(frozen=True)

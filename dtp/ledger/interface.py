@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
 
@@ -70,6 +70,7 @@ from dtp.ledger._objects import (
     check_port,
     check_signer,
     from_move_fields,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger._versions import Versions
@@ -97,6 +98,7 @@ __all__ = [
     "TypedReads",
     "check_event_read",
     "response_ack_message",
+    "settle_items",
 ]
 
 _T = TypeVar("_T")
@@ -333,7 +335,7 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
     def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
         """``host::set_firewall_mode``: 0 allow-all, 1 allow-listed."""
         check_signer(signer)
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
+        if not is_whole(mode, 0, 0xFF):
             raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
         self._on_host(signer, host_id, "set_firewall_mode", mode)
 
@@ -591,12 +593,8 @@ class Ledger(PaymentModels, Coordination, Deletions, Versions, abc.ABC):
         ChainError leaves the ones before the failing one settled. Either way a caller
         whose batch failed settles each connection on its own (which finds the ones
         settled already)."""
-        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-            raise InvalidArgument(f"items must be a sequence of SettleItem, got {items!r:.60}.")
         done: list[Settlement] = []
-        for item in items:
-            if not isinstance(item, SettleItem):
-                raise InvalidArgument(f"a batch item must be a SettleItem, got {item!r:.60}.")
+        for item in settle_items(items):
             if item.receipt is None:
                 done.append(
                     self.settle(
@@ -1060,6 +1058,18 @@ def check_event_read(filter: EventFilter | None, limit: int) -> None:
         raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
     if filter is not None and not isinstance(filter, EventFilter):
         raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
+
+
+def settle_items(items: Sequence[SettleItem]) -> Iterator[SettleItem]:
+    """The items of :meth:`Ledger.settle_batch`, each checked as it is reached, as both
+    ledgers check them (InvalidArgument for a batch that is not a sequence, or an item
+    that is not a SettleItem)."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidArgument(f"items must be a sequence of SettleItem, got {items!r:.60}.")
+    for item in items:
+        if not isinstance(item, SettleItem):
+            raise InvalidArgument(f"a batch item must be a SettleItem, got {item!r:.60}.")
+        yield item
 
 
 class TypedReads(Ledger):

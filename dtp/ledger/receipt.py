@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import MalformedReceipt, UnsupportedReceiptVersion
 from dtp.identity._ed25519 import verify_memoized
-from dtp.ledger._objects import _NORMALIZED, Sla, normalize_id
+from dtp.ledger._objects import _NORMALIZED, Sla, is_whole, normalize_id
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -73,7 +73,7 @@ def object_id_bytes(object_id: str) -> bytes:
 def _check_u64(name: str, value: int) -> None:
     if type(value) is int and 0 <= value <= U64_MAX:  # (the common case, no call)
         return
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+    if not is_whole(value, 0, U64_MAX):
         raise ValueError(f"{name} must be an integer in 0..2**64-1, got {value!r}")
 
 
@@ -82,7 +82,7 @@ def _check_nonce(value: int) -> None:
     # needs a nonce above it, so a receipt with nonce 0 could never be claimed
     if type(value) is int and 1 <= value <= U64_MAX:  # (the common case, no call)
         return
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= U64_MAX:
+    if not is_whole(value, 1, U64_MAX):
         raise ValueError(
             f"nonce must be an integer in 1..2**64-1 (0 is never claimable), got {value!r}"
         )

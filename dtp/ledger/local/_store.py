@@ -42,6 +42,7 @@ from dtp.ledger._objects import (
     check_port,
     check_signer,
     check_transfer_amount,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger._spec import default_local_path
@@ -125,7 +126,7 @@ def _wall_ms() -> int:
 
 
 def _clock(value: int, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= CLOCK_MAX_MS:
+    if not is_whole(value, 0, CLOCK_MAX_MS):
         raise InvalidArgument(
             f"{what} must be an integer from 0 to 2**63-1 ms (the ledger's latest time), "
             f"got {value!r}."
@@ -306,11 +307,7 @@ class LocalStore(TypedReads):
         clock_ms: int | None = None,
         package_version: int = PACKAGE_VERSION,
     ):
-        if (
-            not isinstance(package_version, int)
-            or isinstance(package_version, bool)
-            or not 1 <= package_version <= U64_MAX
-        ):
+        if not is_whole(package_version, 1, U64_MAX):
             raise InvalidArgument(
                 f"package_version must be a package version from 1 to 2**64-1, got "
                 f"{package_version!r:.40}."
@@ -978,8 +975,7 @@ class LocalStore(TypedReads):
 
     @staticmethod
     def _settlement(result: TxResult, paid: int) -> Settlement:
-        settled = _first_event(result, "ConnectionSettled")
-        return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+        return Settlement.from_event(_first_event(result, "ConnectionSettled"), paid)
 
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:

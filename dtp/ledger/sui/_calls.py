@@ -10,7 +10,7 @@ from dtp.errors import InvalidArgument
 from dtp.ledger._calls import LedgerCalls
 from dtp.ledger._move_call import check_receipt
 from dtp.ledger._objects import Settlement, check_signer, normalize_id
-from dtp.ledger.interface import SettleItem
+from dtp.ledger.interface import SettleItem, settle_items
 from dtp.ledger.sui import _tx as sui_tx
 from dtp.ledger.sui._effects import MissingEvent
 from dtp.ledger.sui._gas import SETTLE_BATCH, SETTLE_WITH_RECEIPT
@@ -43,12 +43,8 @@ class SuiCalls(LedgerCalls, SuiLedgerCore):
         paid beyond one settlement, per further connection, is what
         :meth:`end_gas` gives as ``batch_claim`` from then on."""
         check_signer(signer)
-        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-            raise InvalidArgument(f"items must be a sequence of SettleItem, got {items!r:.60}.")
         seen: set[str] = set()
-        for item in items:
-            if not isinstance(item, SettleItem):
-                raise InvalidArgument(f"a batch item must be a SettleItem, got {item!r:.60}.")
+        for item in settle_items(items):
             if item.receipt is not None:
                 check_receipt(item.receipt)
             key = normalize_id(item.connection_id, "connection ID")
@@ -80,7 +76,7 @@ class SuiCalls(LedgerCalls, SuiLedgerCore):
                     module="sui",
                 )
             claimed = paid.get(tc.object_id, 0) if item.receipt is not None else 0
-            done.append(Settlement(claimed, int(event["claimed"]), int(event["refunded"])))
+            done.append(Settlement.from_event(event, claimed))
         solo = self._gas_book.estimate(SETTLE_WITH_RECEIPT)
         if solo is not None and all(i.receipt is not None for i in items):
             self._gas_book.sample(SETTLE_BATCH, (out.gas_cost - solo) // (len(items) - 1))

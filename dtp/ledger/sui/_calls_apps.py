@@ -34,11 +34,11 @@ class SuiAppCalls(SuiLedgerCore):
         self._execute(signer, "transfer", lambda ctx: sui_tx.transfer_sui(ctx, to, amount), amount)
 
     def get_registry(self, registry_id: str) -> RegistryState:
-        obj = self._registry_object(registry_id)
+        obj = self._app_object(registry_id, "Registry")
         return decode_registry(obj.version, obj.contents)
 
     def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
-        obj = self._response_escrow_object(escrow_id)
+        obj = self._app_object(escrow_id, "ResponseEscrow")
         d = decode(RESPONSE_ESCROW_LAYOUT, obj.contents)
         return ResponseEscrow.from_fields(obj.object_id, obj.version, d)
 

@@ -25,11 +25,16 @@ __all__ = ["REBATE_BPS", "DeletionCalls", "deletion_gas"]
 REBATE_BPS: Final = 9_900
 
 
+def _rebate(storage_fee: int) -> int:
+    """What Sui pays back of an object's ``storage_fee`` when it is deleted or rewritten."""
+    return storage_fee * REBATE_BPS // 10_000
+
+
 def deletion_gas(price: int) -> int:
     """What a transaction deleting objects costs its sender besides their rebate, at gas
     price ``price``: one transaction's minimum computation, and its gas coin rewritten
     (the new version's storage less the old one's rebate)."""
-    return price * TX_UNITS + COIN_STORAGE - COIN_STORAGE * REBATE_BPS // 10_000
+    return price * TX_UNITS + COIN_STORAGE - _rebate(COIN_STORAGE)
 
 
 class DeletionCalls(SuiAppCalls, SuiCalls):
@@ -72,8 +77,7 @@ class DeletionCalls(SuiAppCalls, SuiCalls):
                 "sponsor::settle_reimburse_and_destroy",
                 lambda ctx: tx.settle_reimburse_and_destroy(ctx, tc, escrow, cap, pool, lane),
             )
-        settled = out.event("ConnectionSettled")
-        return Settlement(0, int(settled["claimed"]), int(settled["refunded"]))
+        return Settlement.from_event(out.event("ConnectionSettled"))
 
     def refund_and_destroy_response_escrow(self, signer: HostIdentity, escrow_id: str) -> int:
         check_signer(signer)
@@ -90,5 +94,5 @@ class DeletionCalls(SuiAppCalls, SuiCalls):
         the node reports it, less the non-refundable part), and :func:`deletion_gas` at
         the network's gas price. Raises ObjectNotFound for an object not there."""
         paid = [self._node.storage_paid(normalize_id(i)) for i in object_ids]
-        rebate = sum(fee * REBATE_BPS // 10_000 for fee in paid)
+        rebate = sum(_rebate(fee) for fee in paid)
         return StorageRebate(rebate, deletion_gas(self._price.get()))

@@ -140,6 +140,10 @@ def _builder_order(builder: str, values: Sequence[Any]) -> list[Any]:
 #: version that is not its current one (``ObjectVersionUnavailableForConsumption``).
 _STALE_INPUT: Final = "is not available for consumption"
 
+#: The shared objects beside the core and the payment models, by struct: their modules
+#: (read by :meth:`SuiLedgerCore._app_object`).
+_APP_MODULES: Final = {"ResponseEscrow": "response_escrow", "Registry": "registry"}
+
 
 class _InputMoved(Exception):
     """A transaction refused before executing because an owned input was at another
@@ -263,10 +267,8 @@ class SuiLedgerCore(TypedReads):
         def load() -> NodeObject:
             if struct in ECONOMICS_MODULES:
                 return self._model_object(object_id, struct)
-            if struct == "ResponseEscrow":
-                return self._response_escrow_object(object_id)
-            if struct == "Registry":
-                return self._registry_object(object_id)
+            if struct in _APP_MODULES:
+                return self._app_object(object_id, struct)
             return self._load(object_id, struct)[0]
 
         return self._shared_ref(object_id, struct, load)
@@ -384,7 +386,9 @@ class SuiLedgerCore(TypedReads):
         """One GetObject of the service's dynamic field, whose ID is derived from the
         services Table's and the port (absent: no service on the port), whatever the
         number of the Host's services."""
-        self._check_port(port)
+        # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
+        # says it in its own)
+        check_port(port)
         field_id = port_field_id(self._firewall_table(host_id, "services"), port)
         try:
             entry = self._node.get_object(field_id)
@@ -570,17 +574,6 @@ class SuiLedgerCore(TypedReads):
         settle_from_effects(pool, lease, executed, splits, split)
         return executed
 
-    @staticmethod
-    def _amount(value: int, what: str) -> int:
-        sui_tx.encode_u64(value, what)
-        return value
-
-    @staticmethod
-    def _check_port(port: int) -> None:
-        # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
-        # says it in its own)
-        check_port(port)
-
     def _model_object(self, object_id: str, struct: str) -> NodeObject:
         obj, short = self._fetch(object_id, struct)
         if short != f"dtp::{ECONOMICS_MODULES[struct]}::{struct}":
@@ -597,16 +590,11 @@ class SuiLedgerCore(TypedReads):
         # (the event carries the SLA and deposit too, as LocalLedger reports them)
         return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
 
-    def _response_escrow_object(self, escrow_id: str) -> NodeObject:
-        obj = self._node.get_object(normalize_id(escrow_id))
-        if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
-            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
-        return obj
-
-    def _registry_object(self, registry_id: str) -> NodeObject:
-        obj = self._node.get_object(normalize_id(registry_id))
-        if short_type(obj.type, self._packages) != "dtp::registry::Registry":
-            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a Registry.")
+    def _app_object(self, object_id: str, struct: str) -> NodeObject:
+        """The ResponseEscrow or Registry ``object_id`` (:data:`_APP_MODULES`)."""
+        obj = self._node.get_object(normalize_id(object_id))
+        if short_type(obj.type, self._packages) != f"dtp::{_APP_MODULES[struct]}::{struct}":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a {struct}.")
         return obj
 
     # -- a ledger method's Move call, sent --------------------------------------------------
@@ -659,7 +647,7 @@ class SuiLedgerCore(TypedReads):
             settled = out.event("ConnectionSettled")
             receipt = any(isinstance(a, Receipt) for a in call.args)
             paid = int(out.event("ReceiptClaimed")["paid"]) if receipt else 0
-            return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+            return Settlement.from_event(settled, paid)
         created = out.created_of(call.created) if call.created else None
         if created is not None or not call.result:
             return created

@@ -53,6 +53,7 @@ from dtp.ledger._objects import (
     Sla,
     as_bytes,
     as_bytes_list,
+    is_whole,
     normalize_id,
 )
 from dtp.ledger.interface import Endpoint
@@ -105,7 +106,7 @@ def encode_uleb128(n: int) -> bytes:
 
 
 def _uint(value: int, bits: int, what: str) -> bytes:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+    if not is_whole(value, 0, (1 << bits) - 1):
         raise InvalidArgument(f"{what} must be an integer from 0 to 2**{bits}-1, got {value!r}.")
     return value.to_bytes(bits // 8, "little")
 

@@ -111,37 +111,33 @@ def lease_acquire(
     if len(holder) > MAX_NAME_LEN:
         raise move_error("registry", "EInvalidEntry", f"a holder of {len(holder)} bytes")
     name = utf8(raw_name, "lease name")
-    lease: dict[str, Any] | None = registry["leases"].get(name)
-    if lease is not None:
-        if x.now_ms < lease["expires_at_ms"]:
-            raise move_error(
-                "registry", "ELeaseHeld", f"{name!r} until {lease['expires_at_ms']} ms"
-            )
-        token = add_u64(lease["token"], 1)
-    else:
-        if len(registry["leases"]) >= MAX_NAMES:
-            raise move_error("registry", "ERegistryFull", f"{MAX_NAMES} lease names")
-        token = 1
-    expires_at_ms = add_u64(x.now_ms, duration_ms)
-    registry["leases"][name] = {
+    old: dict[str, Any] | None = registry["leases"].get(name)
+    if old is not None and x.now_ms < old["expires_at_ms"]:
+        raise move_error("registry", "ELeaseHeld", f"{name!r} until {old['expires_at_ms']} ms")
+    token = _next_number(old, "token", registry["leases"], (MAX_NAMES, "lease names"))
+    lease = {
         "holder": holder,
         "owner": x.sender,
         "token": token,
-        "expires_at_ms": expires_at_ms,
+        "expires_at_ms": add_u64(x.now_ms, duration_ms),
     }
-    x.emit(
-        "registry",
-        "LeaseAcquired",
-        {
-            "registry": registry_id,
-            "name": name,
-            "holder": holder,
-            "owner": x.sender,
-            "token": token,
-            "expires_at_ms": expires_at_ms,
-        },
-    )
+    registry["leases"][name] = lease
+    x.emit("registry", "LeaseAcquired", {"registry": registry_id, "name": name, **lease})
     return token
+
+
+def _next_number(
+    old: dict[str, Any] | None, field: str, table: dict[str, Any], room: tuple[int, str]
+) -> int:
+    """The ``field`` (a lease's token, an entry's version) of what takes the place of
+    ``old`` in ``table``: one more than ``old``'s, or 1 for a new name or key while
+    ``table`` holds fewer than ``room`` (``ERegistryFull`` naming them)."""
+    if old is not None:
+        return add_u64(old[field], 1)
+    most, what = room
+    if len(table) >= most:
+        raise move_error("registry", "ERegistryFull", f"{most} {what}")
+    return 1
 
 
 @rule("registry::renew")
@@ -185,13 +181,8 @@ def registry_put(
     name = utf8(raw_name, "lease name")
     _assert_holding(x, registry, name, token)
     key = utf8(raw_key, "key")
-    old: dict[str, Any] | None = registry["entries"].get(key)
-    if old is not None:
-        version = add_u64(old["version"], 1)
-    else:
-        if len(registry["entries"]) >= MAX_KEYS:
-            raise move_error("registry", "ERegistryFull", f"{MAX_KEYS} keys")
-        version = 1
+    old = registry["entries"].get(key)
+    version = _next_number(old, "version", registry["entries"], (MAX_KEYS, "keys"))
     registry["entries"][key] = {"value": value, "name": name, "token": token, "version": version}
     x.emit(
         "registry",

@@ -19,6 +19,8 @@ from dtp.ledger._economics import (
     MAX_PAYMENT_MEMO,
     MAX_RETENTION_MS,
     MAX_SPONSOR_LANES,
+    bps_share,
+    sponsor_pledge,
 )
 from dtp.ledger.local.rules._broadcast import new_broadcast
 from dtp.ledger.local.rules._common import SHARED, Exec, add_u64, rule, utf8
@@ -54,31 +56,17 @@ def offer_create(x: Exec, host_id: str, port: int, price: int, period: int) -> s
     _assert_provider_service(x, "subscription", host_id, port)
     if price == 0 or period == 0:
         raise move_error("subscription", "EInvalidTerms", f"price {price}, period {period}")
-    offer_id = x.create(
-        "SubscriptionOffer",
-        SHARED,
-        {
-            "host": host_id,
-            "port": port,
-            "provider": x.sender,
-            "price_per_epoch": price,
-            "period_epochs": period,
-            "withdrawn": False,
-            "withdrawn_epoch": 0,
-        },
-    )
-    x.emit(
-        "subscription",
-        "SubscriptionOfferCreated",
-        {
-            "offer": offer_id,
-            "host": host_id,
-            "port": port,
-            "provider": x.sender,
-            "price_per_epoch": price,
-            "period_epochs": period,
-        },
-    )
+    # the offer's terms, which its event repeats
+    terms = {
+        "host": host_id,
+        "port": port,
+        "provider": x.sender,
+        "price_per_epoch": price,
+        "period_epochs": period,
+    }
+    withdrawn = {"withdrawn": False, "withdrawn_epoch": 0}
+    offer_id = x.create("SubscriptionOffer", SHARED, {**terms, **withdrawn})
+    x.emit("subscription", "SubscriptionOfferCreated", {"offer": offer_id, **terms})
     return offer_id
 
 
@@ -107,11 +95,20 @@ def _assert_offer_selling(
         raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
     if offer["withdrawn"]:
         raise move_error("subscription", "EOfferWithdrawn", f"offer {offer_id}")
-    if host["authority"] != offer["provider"]:
+    _assert_provider("subscription", ("offer", offer_id, offer), host, host_id)
+
+
+def _assert_provider(
+    module: str, made: tuple[str, str, dict[str, Any]], host: dict[str, Any], host_id: str
+) -> None:
+    """``module::EProviderChanged`` unless the provider who made the offer or pool
+    ``made`` (its kind, ID and fields) is still the host's authority."""
+    what, made_id, fields = made
+    if host["authority"] != fields["provider"]:
         raise move_error(
-            "subscription",
+            module,
             "EProviderChanged",
-            f"host {host_id} is {host['authority']}'s now, offer {offer_id} {offer['provider']}'s",
+            f"host {host_id} is {host['authority']}'s now, {what} {made_id} {fields['provider']}'s",
         )
 
 
@@ -335,10 +332,6 @@ def subscription_end(
 # -- sponsor ---------------------------------------------------------------------------------
 
 
-def _share(amount: int, share_bps: int) -> int:
-    return amount * share_bps // BPS
-
-
 def check_lane(pool_id: str, lane_id: str, lane: dict[str, Any]) -> None:
     """Every call with a lane first checks it is one of the pool's (``EWrongLane``)."""
     if lane["pool"] != pool_id:
@@ -445,14 +438,9 @@ def sponsor_open(
     check_lane(pool_id, lane_id, lane)
     if host_id != pool["host"]:
         raise move_error("sponsor", "EWrongHost", f"pool {pool_id} is for host {pool['host']}")
-    if host["authority"] != pool["provider"]:
-        # the connection's fees go to the authority now: only its own pool pays them back
-        raise move_error(
-            "sponsor",
-            "EProviderChanged",
-            f"host {host_id} is {host['authority']}'s now, pool {pool_id} {pool['provider']}'s",
-        )
-    pledge = min(_share(amount, pool["share_bps"]), pool["max_pledge"])
+    # the connection's fees go to the authority now: only its own pool pays them back
+    _assert_provider("sponsor", ("pool", pool_id, pool), host, host_id)
+    pledge = sponsor_pledge(amount, pool["share_bps"], pool["max_pledge"])
     available = lane["funds"] - lane["reserved"]
     if pledge > available:
         raise move_error(
@@ -513,7 +501,7 @@ def pay_pledge(
     client paid ``min(pledge, claimed * share_bps / 10000)`` from the lane, the rest
     released."""
     pledge: int = lane["pledges"].pop(tc_id)
-    amount = min(_share(escrow["claimed"], pool["share_bps"]), pledge)
+    amount = min(bps_share(escrow["claimed"], pool["share_bps"]), pledge)
     lane["reserved"] -= pledge
     lane["funds"] -= amount
     x.pay(tc["client"], amount)
@@ -551,37 +539,18 @@ def tickets_create(
             f"price {price}, tickets {min_tickets}..{max_tickets}, deadline {deadline_ms} ms "
             f"(now {x.now_ms})",
         )
-    title = utf8(raw_title, "title")
-    sale_id = x.create(
-        "TicketSale",
-        SHARED,
-        {
-            "organizer": x.sender,
-            "title": title,
-            "ticket_price": price,
-            "min_tickets": min_tickets,
-            "max_tickets": max_tickets,
-            "deadline_ms": deadline_ms,
-            "sold": 0,
-            "holders": {},
-            "funds": 0,
-            "on_air": False,
-            "cancelled": False,
-        },
-    )
-    x.emit(
-        "tickets",
-        "TicketSaleCreated",
-        {
-            "sale": sale_id,
-            "organizer": x.sender,
-            "title": title,
-            "ticket_price": price,
-            "min_tickets": min_tickets,
-            "max_tickets": max_tickets,
-            "deadline_ms": deadline_ms,
-        },
-    )
+    # the sale's terms, which its event repeats
+    terms = {
+        "organizer": x.sender,
+        "title": utf8(raw_title, "title"),
+        "ticket_price": price,
+        "min_tickets": min_tickets,
+        "max_tickets": max_tickets,
+        "deadline_ms": deadline_ms,
+    }
+    unsold = {"sold": 0, "holders": {}, "funds": 0, "on_air": False, "cancelled": False}
+    sale_id = x.create("TicketSale", SHARED, {**terms, **unsold})
+    x.emit("tickets", "TicketSaleCreated", {"sale": sale_id, **terms})
     return sale_id
 
 
@@ -696,28 +665,14 @@ def retention_create_terms(
     _assert_provider_service(x, "retention", host_id, port)
     if retention_ms > MAX_RETENTION_MS:
         raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
-    terms_id = x.create(
-        "RetentionTerms",
-        SHARED,
-        {
-            "host": host_id,
-            "port": port,
-            "retention_ms": retention_ms,
-            "storage_price_per_byte": price_per_byte,
-            "retired": False,
-        },
-    )
-    x.emit(
-        "retention",
-        "RetentionTermsCreated",
-        {
-            "terms": terms_id,
-            "host": host_id,
-            "port": port,
-            "retention_ms": retention_ms,
-            "storage_price_per_byte": price_per_byte,
-        },
-    )
+    terms = {
+        "host": host_id,
+        "port": port,
+        "retention_ms": retention_ms,
+        "storage_price_per_byte": price_per_byte,
+    }
+    terms_id = x.create("RetentionTerms", SHARED, {**terms, "retired": False})
+    x.emit("retention", "RetentionTermsCreated", {"terms": terms_id, **terms})
     return terms_id
 
 
@@ -779,16 +734,20 @@ def retention_send(
     receiver = tc["server"] if x.sender == tc["client"] else tc["client"]
     delete_after = add_u64(x.now_ms, terms["retention_ms"])
     reclaim_after = add_u64(delete_after, terms["retention_ms"])
+    # where the data was sent, which the record's event repeats
+    sent = {
+        "connection": tc_id,
+        "pipe": pipe_id,
+        "inner": inner,
+        "seq": seq,
+        "sender": x.sender,
+        "receiver": receiver,
+    }
     record_id = x.create(
         "RetainedRecord",
         SHARED,
         {
-            "connection": tc_id,
-            "pipe": pipe_id,
-            "inner": inner,
-            "seq": seq,
-            "sender": x.sender,
-            "receiver": receiver,
+            **sent,
             "data": data,
             "stored_at_ms": x.now_ms,
             "retention_ms": terms["retention_ms"],
@@ -801,12 +760,7 @@ def retention_send(
         "RecordRetained",
         {
             "record": record_id,
-            "connection": tc_id,
-            "pipe": pipe_id,
-            "inner": inner,
-            "seq": seq,
-            "sender": x.sender,
-            "receiver": receiver,
+            **sent,
             "deposit": amount,
             "delete_after_ms": delete_after,
             "reclaim_after_ms": reclaim_after,
