@@ -553,10 +553,15 @@ class Engine:
             rx = lane.flow.rx
             taken: int = rx.taken
             if status == DUE:
-                # all taken, but credit is owed: the connection sends it (what the lane
-                # keeps pending of a record goes to the connection, and comes back
-                # with the next loan)
-                conn.take_back(sched.monotonic())
+                # all taken, but credit is owed: sealed in the loan, which goes on (the
+                # meter's output hook, when set, runs on the general path's); else the
+                # connection sends it (what the lane keeps pending of a record goes to
+                # it, and comes back with the next loan)
+                now = sched.monotonic()
+                if self.hook is None and (credit := conn.lent_credit(now)) is not None:
+                    self.write(memoryview(credit))
+                    return taken
+                conn.take_back(now)
             else:
                 spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
                 conn.take_back(sched.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
