@@ -427,3 +427,54 @@ def test_shutdown_wr_or_close_ends_a_send_waiting_for_credit(
     # socket's EPIPE or EBADF)
     wanted = SendAfterShutdown if how == "shutdown" else (SendAfterShutdown, SocketClosed)
     assert len(outcome) == 1 and isinstance(outcome[0], wanted), outcome
+
+
+def test_a_bulk_reader_returns_credit_in_the_loan(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader's credit records are sealed in its loan (Connection.lent_credit): its
+    lane reads on, the stream never taken back for them (tests/protocol/
+    test_lent_credit_record.py holds them to the general path's records)."""
+    client, server = pair
+    reader_conn = server._engine.conn
+    sealed: list[int] = []
+    taken_back: list[int] = []
+    lent_credit, take_back = Connection.lent_credit, Connection.take_back
+
+    def counted_credit(self: Connection, now: float) -> bytes | None:
+        record = lent_credit(self, now)
+        if self is reader_conn and record is not None:
+            sealed.append(len(record))
+        return record
+
+    def counted_take_back(self: Connection, *args: Any) -> None:
+        if self is reader_conn:
+            taken_back.append(len(sealed))
+        take_back(self, *args)
+
+    monkeypatch.setattr(Connection, "lent_credit", counted_credit)
+    monkeypatch.setattr(Connection, "take_back", counted_take_back)
+    data = os.urandom(TOTAL)
+    got: list[bytes] = []
+
+    def read() -> None:
+        digest = hashlib.sha256()
+        buf = bytearray(1 << 20)  # (more than a lane read: no record is cut by the end)
+        n_got = 0
+        while n_got < TOTAL:
+            n = server.recv_into(buf)
+            assert n, "the stream ended early"
+            digest.update(memoryview(buf)[:n])
+            n_got += n
+        got.append(digest.digest())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    view = memoryview(data)
+    for pos in range(0, TOTAL, CHUNK):
+        client.sendall(view[pos : pos + CHUNK])
+    reader.join(30)
+    assert got == [hashlib.sha256(data).digest()]
+    # a quarter of the 4 MiB window read, credit goes back: about 24 records for 24 MiB
+    assert len(sealed) >= 12
+    assert len(taken_back) <= len(sealed) // 4, taken_back

@@ -22,6 +22,8 @@ from typing import Any
 
 from dtp.native import core as _core
 from dtp.native.types import (
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAM_DATA,
     FULL,
     REC_DATA,
     STOP,
@@ -54,6 +56,23 @@ _SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding
 # gives it back (list.pop and append: atomic, so each thread, and a handler that feeds
 # another connection, gets a buffer of its own).
 _spare_buffers: list[memoryview] = []
+
+# The frame types of a credit record sealed in a loan (lent_credit), one byte each as
+# varints (docs/protocol.md 3.1)
+_MAX_DATA = bytes((FRAME_MAX_DATA,))
+_MAX_STREAM_DATA = bytes((FRAME_MAX_STREAM_DATA,))
+
+
+def _varint(value: int) -> bytes:
+    """The minimal QUIC varint of ``value`` (0 to VARINT_MAX), as the frame encoder
+    writes it (dtp_core/util.c)."""
+    if value < 0x40:
+        return bytes((value,))
+    if value < 0x4000:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 0x40000000:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")
 
 
 class _FastPaths(_ConnectionState):
@@ -718,6 +737,53 @@ class _FastPaths(_ConnectionState):
         self._lent = stream
         return lane
 
+    def lent_credit(self, now: float) -> bytes | None:
+        """The lane took the lent stream's bytes up to where credit is due (its status
+        DUE): seal the record :meth:`take_back` and the general path would send for it
+        (MAX_DATA, then the stream's MAX_STREAM_DATA, as RecordLayer.return_credit
+        raises them) and go on lending, the flow's limits raised. Returns the record,
+        for the adapter to write at once, before anything else; None when no credit is
+        due after all (the caller takes the stream back). Nothing else can be waiting:
+        the loan began with nothing to go first, and anything queued since ended it."""
+        stream = self._lent
+        if stream is None:
+            return None
+        f = self.lent_lane.flow
+        rx = f.rx
+        table = self.streams
+        config = self.config
+        # what the lane took counts as read at once (lend), as _take_back counts it
+        got = rx.offset - stream.delivered
+        consumed = stream.consumed + got
+        conn_consumed = table.conn_consumed + got
+        plain = b""
+        conn_limit = table.conn_recv_limit
+        if conn_limit - conn_consumed < table.conn_credit_at:
+            limit = min(conn_consumed + config.connection_window, VARINT_MAX)
+            if limit > conn_limit:
+                conn_limit = limit
+                plain = _MAX_DATA + _varint(limit)
+        stream_limit = stream.recv_limit
+        if stream_limit - consumed < table.stream_credit_at and stream.recv_state is RecvState.OPEN:
+            limit = min(consumed + config.stream_window, VARINT_MAX)
+            if limit > stream_limit:
+                stream_limit = limit
+                plain += _MAX_STREAM_DATA + _varint(stream.stream_id) + _varint(limit)
+        if not plain:
+            return None
+        sealed: bytes = self.records.send_aead.seal_one(f.send_counter, plain)
+        # counted in the flow, as the lane counts its own records (_take_back)
+        f.send_counter += 1
+        f.records_sent += 1
+        f.wire_sent += len(sealed)
+        f.last_sent = now
+        stream.recv_limit = rx.stream_limit = stream_limit
+        table.conn_recv_limit = rx.conn_limit = conn_limit
+        # (lend's thresholds, from where the loan stands now)
+        f.credit_offset = rx.offset + max(0, stream_limit - consumed - table.stream_credit_at)
+        f.credit_conn = rx.conn_received + max(0, conn_limit - conn_consumed - table.conn_credit_at)
+        return sealed
+
     def take_back(
         self,
         now: float,
@@ -766,6 +832,7 @@ class _FastPaths(_ConnectionState):
             self.streams.conn_sent = f.conn_sent
             if f.conn_sent >= f.conn_send_limit:
                 records.pack_after = stream.stream_id  # (as in _seal_stream_now)
+        if f.records_sent:  # (the stream's records, and the credit's: lent_credit)
             records.records_sent += f.records_sent
             self.bytes_sent += f.wire_sent
             self._last_sent = f.last_sent
