@@ -291,3 +291,41 @@ def test_a_connect_leaves_the_next_one_its_identity_proof_and_the_server_takes_i
             message = crypto._auth_message(binding, True)
             assert list(crypto._PROOFS_AHEAD) == [(CLIENT.ed25519_public, message)]
             made = list(crypto._PROOFS_AHEAD)
+
+
+def test_a_key_made_in_one_step_is_offered_only_with_its_dh() -> None:
+    # the connect makes its next keys in steps of one scalar multiplication each, so
+    # that the server's reply waits on one at most; between the key's step and its DH's
+    # no handshake may take the key (it would go without the DH, and the DH put by
+    # after it would keep the key alive past the handshake)
+    made = keys_ahead.make_ephemeral_key()
+    assert made is not None
+    assert not keys_ahead._ephemeral and not keys_ahead._shared
+    assert keys_ahead.new_ephemeral_key() != made[0]  # (not handed out: a fresh one)
+    keys_ahead.offer_ephemeral_key(made, SERVER.noise_public)
+    assert keys_ahead._ephemeral[0] is made
+    assert (made[0], SERVER.noise_public) in keys_ahead._shared
+    noise = keys_ahead.new_anonymous_noise_key()
+    identity = keys_ahead.new_anonymous_identity(noise)
+    assert identity.noise_private_bytes() == noise[0] and identity.noise_public == noise[1].public
+    assert not keys_ahead._identities
+    assert keys_ahead.offer_anonymous_identity(identity, SERVER.noise_public)
+    assert keys_ahead.take_anonymous_identity() is identity
+
+
+def test_keys_made_past_the_limit_meanwhile_drop_the_one_being_made() -> None:
+    made = keys_ahead.make_ephemeral_key()
+    identity = keys_ahead.new_anonymous_identity()
+    assert made is not None
+    for _ in range(keys_ahead.MAX_AHEAD):
+        keys_ahead.prepare_ephemeral_key()
+        keys_ahead.prepare_anonymous_identity()
+    assert keys_ahead.make_ephemeral_key() is None
+    assert not keys_ahead.anonymous_identities_wanted()
+    keys_ahead.offer_ephemeral_key(made, SERVER.noise_public)
+    assert not keys_ahead.offer_anonymous_identity(identity, SERVER.noise_public)
+    assert all(private != made[0] for private, _key in keys_ahead._ephemeral)
+    assert identity not in keys_ahead._identities
+    assert not any(
+        private in (made[0], identity.noise_private_bytes()) for private, _ in keys_ahead._shared
+    )
