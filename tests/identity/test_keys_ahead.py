@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
 from dtp.identity import _ahead as keys_ahead
+from dtp.identity._ed25519 import sign_personal_with_seed
 from dtp.identity._noise import PATTERN_IK, Handshake, _static_key
 from dtp.identity.keys import HostIdentity, core_noise_key
 from tests.support.procs import server_process
@@ -329,3 +330,43 @@ def test_keys_made_past_the_limit_meanwhile_drop_the_one_being_made() -> None:
     assert not any(
         private in (made[0], identity.noise_private_bytes()) for private, _ in keys_ahead._shared
     )
+
+
+@pytest.mark.skipif(sign_personal_with_seed is None, reason="needs fastcrypto")
+def test_fastcryptos_seed_signature_is_the_identitys_own() -> None:
+    # one call for a fresh key and its first signature: the same 97 bytes (deterministic
+    # Ed25519) the identity of that seed signs through OpenSSL, ending in its public key
+    assert sign_personal_with_seed is not None
+    for size in (0, 1, 46, 200):
+        seed, message = os.urandom(32), os.urandom(size)
+        identity = HostIdentity.from_private_bytes(seed, os.urandom(32))
+        signature = sign_personal_with_seed(seed, message)
+        assert signature == identity.sign_personal_message(message)
+        assert signature[-32:] == identity.ed25519_public
+
+
+@pytest.mark.skipif(sign_personal_with_seed is None, reason="needs fastcrypto")
+def test_an_anonymous_identity_made_with_its_proof_is_whole_and_its_proof_taken() -> None:
+    from dtp.identity import _noise as crypto
+
+    crypto._PROOFS_AHEAD.clear()
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    ephemeral = keys_ahead.next_ephemeral_public()
+    assert ephemeral is not None
+    noise = keys_ahead.new_anonymous_noise_key()
+    identity = crypto.anonymous_identity_proving(noise, SERVER.noise_public, ephemeral)
+    assert identity is not None and type(identity) is HostIdentity
+    assert len(crypto._PROOFS_AHEAD) == 1
+    # the handshake for that ephemeral key takes the proof made, and the server takes it
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
+    assert not crypto._PROOFS_AHEAD
+    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+    # a whole identity: its key object, made at first use, is the seed's (the public
+    # key the signature gave), it signs anew, saves and loads
+    assert identity.sign_personal_message(b"again")[-32:] == identity.ed25519_public
+    again = HostIdentity.from_sui_keystring(identity.to_sui_keystring(), noise[0])
+    assert again == identity and again.sui_address == identity.sui_address
+    assert identity.noise_public == noise[1].public

@@ -21,7 +21,12 @@ from dtp.identity._ahead import (
     prepare_static_secret,
     take_anonymous_identity,
 )
-from dtp.identity._noise import prepare_auth_proof, prepare_handshake, static_secret_kept
+from dtp.identity._noise import (
+    anonymous_identity_proving,
+    prepare_auth_proof,
+    prepare_handshake,
+    static_secret_kept,
+)
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, direct_client_config
 from dtp.transport._session import (
@@ -288,8 +293,16 @@ class NextConnectKeys:
 
     def _anonymous_identity(self) -> None:
         noise, self._noise_made = self._noise_made, None
-        if noise is not None:
-            self._identity_made = new_anonymous_identity(noise)
+        if noise is None:
+            return
+        # with its identity proof for the next connect (the _auth_proof step then finds
+        # it made), in one call for the key and the signature where fastcrypto is
+        server_key = self._cfg.server_static
+        ephemeral = next_ephemeral_public()
+        made = None
+        if server_key is not None and ephemeral is not None:
+            made = anonymous_identity_proving(noise, server_key, ephemeral)
+        self._identity_made = made if made is not None else new_anonymous_identity(noise)
 
     def _static(self) -> None:
         server_key = self._cfg.server_static
