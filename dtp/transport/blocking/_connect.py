@@ -302,6 +302,8 @@ class NextConnectKeys:
         made = None
         if server_key is not None and ephemeral is not None:
             made = anonymous_identity_proving(noise, server_key, ephemeral)
+        if made is not None and self._auth_proof in self._steps:
+            self._steps.remove(self._auth_proof)  # (made with it)
         self._identity_made = made if made is not None else new_anonymous_identity(noise)
 
     def _static(self) -> None:
