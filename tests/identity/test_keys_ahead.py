@@ -370,3 +370,25 @@ def test_an_anonymous_identity_made_with_its_proof_is_whole_and_its_proof_taken(
     again = HostIdentity.from_sui_keystring(identity.to_sui_keystring(), noise[0])
     assert again == identity and again.sui_address == identity.sui_address
     assert identity.noise_public == noise[1].public
+
+
+def test_next_connect_keys_leave_an_anonymous_identity_with_its_proof_made() -> None:
+    from dtp.identity import _noise as crypto
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.blocking import _connect as blocking_connect
+
+    crypto._PROOFS_AHEAD.clear()
+    anonymous = keys_ahead.new_anonymous_identity()
+    cfg = ConnectionConfig(identity=anonymous, is_client=True, server_static=SERVER.noise_public)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=True)
+    assert keys.make() and keys.done
+    identity = keys_ahead.take_anonymous_identity()
+    assert identity is not anonymous and not keys_ahead._identities
+    # one proof, for the ephemeral key the next connect takes, which its handshake takes
+    assert len(crypto._PROOFS_AHEAD) == 1
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
+    assert not crypto._PROOFS_AHEAD
+    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
