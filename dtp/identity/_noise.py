@@ -683,7 +683,10 @@ def anonymous_identity_proving(
     )
     message = _auth_message(binding, True)
     seed = os.urandom(32)
-    proof = sign(seed, message)
+    try:
+        proof = sign(seed, message)
+    except (ValueError, TypeError):  # (not expected: the usual way then)
+        return None
     if not is_ed25519_proof(proof):
         return None
     private, key = noise

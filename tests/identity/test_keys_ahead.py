@@ -392,3 +392,37 @@ def test_next_connect_keys_leave_an_anonymous_identity_with_its_proof_made() -> 
     proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
     assert not crypto._PROOFS_AHEAD
     assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+
+
+@pytest.mark.parametrize("signer", ["missing", "failing", "not_ed25519"])
+def test_without_fastcryptos_signature_the_next_keys_make_the_identity_and_proof_apart(
+    monkeypatch: pytest.MonkeyPatch, signer: str
+) -> None:
+    from dtp.identity import _noise as crypto
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.blocking import _connect as blocking_connect
+
+    def failing(seed: bytes, message: bytes) -> bytes:
+        raise ValueError("no")
+
+    replacement = {
+        "missing": None,
+        "failing": failing,
+        "not_ed25519": lambda seed, message: b"\x01" + bytes(96),
+    }[signer]
+    monkeypatch.setattr(crypto, "sign_personal_with_seed", replacement)
+    crypto._PROOFS_AHEAD.clear()
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    ephemeral = keys_ahead.next_ephemeral_public()
+    assert ephemeral is not None
+    noise = keys_ahead.new_anonymous_noise_key()
+    assert crypto.anonymous_identity_proving(noise, SERVER.noise_public, ephemeral) is None
+    assert not crypto._PROOFS_AHEAD
+    # the connect's steps still leave an identity and its proof, made the usual way
+    keys_ahead._forget_all()
+    anonymous = keys_ahead.new_anonymous_identity()
+    cfg = ConnectionConfig(identity=anonymous, is_client=True, server_static=SERVER.noise_public)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=True)
+    assert keys.make() and keys.done
+    identity = keys_ahead.take_anonymous_identity()
+    assert [key for key, _message in crypto._PROOFS_AHEAD] == [identity.ed25519_public]

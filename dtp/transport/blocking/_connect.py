@@ -295,8 +295,8 @@ class NextConnectKeys:
         noise, self._noise_made = self._noise_made, None
         if noise is None:
             return
-        # with its identity proof for the next connect (the _auth_proof step then finds
-        # it made), in one call for the key and the signature where fastcrypto is
+        # with its identity proof for the next connect (the _auth_proof step is then
+        # left out), in one call for the key and the signature where fastcrypto is
         server_key = self._cfg.server_static
         ephemeral = next_ephemeral_public()
         made = None
