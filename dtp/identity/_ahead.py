@@ -33,10 +33,15 @@ from dtp.identity.keys import HostIdentity
 from dtp.native._noise import NoiseError, NoiseKey
 
 __all__ = [
+    "anonymous_identities_wanted",
     "forget_shared_secrets",
+    "make_ephemeral_key",
     "new_anonymous_identity",
+    "new_anonymous_noise_key",
     "new_ephemeral_key",
     "next_ephemeral_public",
+    "offer_anonymous_identity",
+    "offer_ephemeral_key",
     "prepare_anonymous_identity",
     "prepare_ephemeral_key",
     "prepare_static_secret",
@@ -108,11 +113,33 @@ def prepare_ephemeral_key(peer_static: bytes | None = None) -> None:
     """Make one Noise ephemeral key pair for a later handshake (unless
     :data:`MAX_AHEAD` are ready already), and its DH with ``peer_static`` (the server's
     Noise key, when the next handshake is likely to be with it: IK's ``es``)."""
-    if len(_ephemeral) < MAX_AHEAD:
-        private = os.urandom(32)
-        key = NoiseKey(private)
-        _share_ahead(private, key, peer_static)
-        _ephemeral.append((private, key))
+    made = make_ephemeral_key()
+    if made is not None:
+        offer_ephemeral_key(made, peer_static)
+
+
+def make_ephemeral_key() -> tuple[bytes, Any] | None:
+    """:func:`prepare_ephemeral_key`'s first half, one scalar multiplication: a fresh
+    key pair (private bytes, the core's NoiseKey), not offered to any handshake until
+    :func:`offer_ephemeral_key`; None when :data:`MAX_AHEAD` are ready already."""
+    if len(_ephemeral) >= MAX_AHEAD:
+        return None
+    private = os.urandom(32)
+    return private, NoiseKey(private)
+
+
+def offer_ephemeral_key(made: tuple[bytes, Any], peer_static: bytes | None = None) -> None:
+    """:func:`prepare_ephemeral_key`'s second half: the DH of the key pair ``made``
+    (:func:`make_ephemeral_key`'s) with ``peer_static``, then the pair offered to the
+    next handshake. The DH comes first, so that no handshake takes the key without it
+    or before it is put by (a result put by after a handshake took the key would keep
+    the key alive past it); the pair is dropped if :data:`MAX_AHEAD` were made
+    meanwhile."""
+    if len(_ephemeral) >= MAX_AHEAD:
+        return
+    private, key = made
+    _share_ahead(private, key, peer_static)
+    _ephemeral.append(made)
 
 
 def next_ephemeral_public() -> bytes | None:
@@ -152,19 +179,44 @@ def prepare_anonymous_identity(peer_static: bytes | None = None) -> HostIdentity
     if len(_identities) >= MAX_AHEAD:
         return None
     identity = new_anonymous_identity()
+    return identity if offer_anonymous_identity(identity, peer_static) else None
+
+
+def offer_anonymous_identity(identity: HostIdentity, peer_static: bytes | None = None) -> bool:
+    """:func:`prepare_anonymous_identity`'s second half, for an ``identity`` made by
+    :func:`new_anonymous_identity` and handed to no one: its static key's DH with
+    ``peer_static``, then the identity offered to the next anonymous connect (the DH
+    first, as in :func:`offer_ephemeral_key`); whether it was (not when
+    :data:`MAX_AHEAD` were made meanwhile)."""
+    if len(_identities) >= MAX_AHEAD:
+        return False
     _share_ahead(identity.noise_private_bytes(), identity._noise_key, peer_static)
     _identities.append(identity)
-    return identity
+    return True
 
 
-def new_anonymous_identity() -> HostIdentity:
-    """A fresh identity whose Noise key is the core's key object (made from 32 random
-    bytes, its public half derived there once), which its handshakes then use as it is
-    (:meth:`HostIdentity._around_noise_key`); one made with :meth:`HostIdentity.generate`
-    derived that public half twice, once for the identity and once for the core."""
+def anonymous_identities_wanted() -> bool:
+    """Whether :func:`prepare_anonymous_identity` would make one (fewer than
+    :data:`MAX_AHEAD` are ready)."""
+    return len(_identities) < MAX_AHEAD
+
+
+def new_anonymous_noise_key() -> tuple[bytes, Any]:
+    """:func:`new_anonymous_identity`'s first scalar multiplication, on its own: 32
+    random bytes and the core's key object made from them (its public half derived)."""
     private = os.urandom(32)
     # (keep_results: its handshake's ss, made ahead with the key, is kept in it)
-    key = NoiseKey(private, keep_results=True)
+    return private, NoiseKey(private, keep_results=True)
+
+
+def new_anonymous_identity(noise: tuple[bytes, Any] | None = None) -> HostIdentity:
+    """A fresh identity whose Noise key is the core's key object (made from 32 random
+    bytes, its public half derived there once; or ``noise``, fresh from
+    :func:`new_anonymous_noise_key` and used for nothing else), which its handshakes
+    then use as it is (:meth:`HostIdentity._around_noise_key`); one made with
+    :meth:`HostIdentity.generate` derived that public half twice, once for the identity
+    and once for the core."""
+    private, key = new_anonymous_noise_key() if noise is None else noise
     return HostIdentity._around_noise_key(Ed25519PrivateKey.generate(), private, key)
 
 

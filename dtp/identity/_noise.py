@@ -46,6 +46,7 @@ from dtp.identity._ahead import (
     take_ephemeral_keypair,
     take_shared_secret,
 )
+from dtp.identity._ed25519 import sign_personal_with_seed
 from dtp.identity._schemes import InvalidSignature, SuiSigner, check_signature
 from dtp.identity.keys import (
     HostIdentity,
@@ -662,6 +663,36 @@ def prepare_auth_proof(
         return
     # (past the bound the oldest goes: for an ephemeral key another connect took first)
     _bounded_put(_PROOFS_AHEAD, key, identity.sign_personal_message(message), _MAX_PROOFS_AHEAD)
+
+
+def anonymous_identity_proving(
+    noise: tuple[bytes, Any], server_static: bytes, ephemeral_public: bytes
+) -> HostIdentity | None:
+    """A fresh anonymous identity around the fresh Noise key ``noise`` (private bytes,
+    the core's key object: dtp.identity._ahead.new_anonymous_noise_key) and a fresh
+    Ed25519 key, with :func:`prepare_auth_proof`'s proof for ``server_static`` and
+    ``ephemeral_public`` made with it: fastcrypto derives the key and signs in one call
+    (dtp.identity._ed25519.sign_personal_with_seed), about half of what OpenSSL's key
+    generation and signature cost. None without fastcrypto (or if its answer is not an
+    Ed25519 signature): the caller makes the identity the usual way."""
+    sign = sign_personal_with_seed
+    if sign is None:
+        return None
+    binding = _early_binding(
+        DEFAULT_PROLOGUE, _check_key("server_static", server_static), bytes(ephemeral_public)
+    )
+    message = _auth_message(binding, True)
+    seed = os.urandom(32)
+    try:
+        proof = sign(seed, message)
+    except (ValueError, TypeError):  # (not expected: the usual way then)
+        return None
+    if not is_ed25519_proof(proof):
+        return None
+    private, key = noise
+    identity = HostIdentity._around_seed(seed, proof[-32:], private, key)
+    _bounded_put(_PROOFS_AHEAD, (identity.ed25519_public, message), proof, _MAX_PROOFS_AHEAD)
+    return identity
 
 
 def make_auth_proof(identity: Any, session_digest: bytes, *, early: bool = False) -> bytes:

@@ -354,6 +354,7 @@ class HostIdentity:
         "__weakref__",
         "_ed25519",
         "_ed25519_public",
+        "_ed25519_seed",
         "_noise",
         "_noise_key",
         "_noise_public",
@@ -407,6 +408,40 @@ class HostIdentity:
         set_(self, "_sui_address", sui_address_from_public_key(ed_public))
         _BY_NOISE_KEY[self._noise_raw] = self
         return self
+
+    @classmethod
+    def _around_seed(
+        cls, ed25519_seed: bytes, ed25519_public: bytes, noise_private: bytes, noise_key: Any
+    ) -> HostIdentity:
+        """:meth:`_around_noise_key` for the Ed25519 key of the fresh 32-byte
+        ``ed25519_seed``, whose public key ``ed25519_public`` came with its first
+        signature (dtp.identity._ed25519.sign_personal_with_seed): its key object is made
+        at its first use (:meth:`__getattr__`), not here -- an anonymous identity signs
+        its proof ahead and, most often, nothing else."""
+        self = cls.__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "_ed25519_seed", bytes(ed25519_seed))
+        set_(self, "_noise", None)
+        set_(self, "_noise_key", noise_key)
+        set_(self, "_noise_raw", bytes(noise_private))
+        set_(self, "_ed25519_public", bytes(ed25519_public))
+        set_(self, "_noise_public", bytes(noise_key.public))
+        set_(self, "_sui_address", sui_address_from_public_key(ed25519_public))
+        _BY_NOISE_KEY[self._noise_raw] = self
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # (called only for a slot not set: the key object of an identity made around a
+        # seed, _around_seed, made at its first use)
+        if name == "_ed25519":
+            try:
+                seed = object.__getattribute__(self, "_ed25519_seed")
+            except AttributeError:
+                raise AttributeError(name) from None
+            key = Ed25519PrivateKey.from_private_bytes(seed)
+            object.__setattr__(self, "_ed25519", key)
+            return key
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("HostIdentity is immutable")

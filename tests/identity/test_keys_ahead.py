@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
 from dtp.identity import _ahead as keys_ahead
+from dtp.identity._ed25519 import sign_personal_with_seed
 from dtp.identity._noise import PATTERN_IK, Handshake, _static_key
 from dtp.identity.keys import HostIdentity, core_noise_key
 from tests.support.procs import server_process
@@ -291,3 +292,137 @@ def test_a_connect_leaves_the_next_one_its_identity_proof_and_the_server_takes_i
             message = crypto._auth_message(binding, True)
             assert list(crypto._PROOFS_AHEAD) == [(CLIENT.ed25519_public, message)]
             made = list(crypto._PROOFS_AHEAD)
+
+
+def test_a_key_made_in_one_step_is_offered_only_with_its_dh() -> None:
+    # the connect makes its next keys in steps of one scalar multiplication each, so
+    # that the server's reply waits on one at most; between the key's step and its DH's
+    # no handshake may take the key (it would go without the DH, and the DH put by
+    # after it would keep the key alive past the handshake)
+    made = keys_ahead.make_ephemeral_key()
+    assert made is not None
+    assert not keys_ahead._ephemeral and not keys_ahead._shared
+    assert keys_ahead.new_ephemeral_key() != made[0]  # (not handed out: a fresh one)
+    keys_ahead.offer_ephemeral_key(made, SERVER.noise_public)
+    assert keys_ahead._ephemeral[0] is made
+    assert (made[0], SERVER.noise_public) in keys_ahead._shared
+    noise = keys_ahead.new_anonymous_noise_key()
+    identity = keys_ahead.new_anonymous_identity(noise)
+    assert identity.noise_private_bytes() == noise[0] and identity.noise_public == noise[1].public
+    assert not keys_ahead._identities
+    assert keys_ahead.offer_anonymous_identity(identity, SERVER.noise_public)
+    assert keys_ahead.take_anonymous_identity() is identity
+
+
+def test_keys_made_past_the_limit_meanwhile_drop_the_one_being_made() -> None:
+    made = keys_ahead.make_ephemeral_key()
+    identity = keys_ahead.new_anonymous_identity()
+    assert made is not None
+    for _ in range(keys_ahead.MAX_AHEAD):
+        keys_ahead.prepare_ephemeral_key()
+        keys_ahead.prepare_anonymous_identity()
+    assert keys_ahead.make_ephemeral_key() is None
+    assert not keys_ahead.anonymous_identities_wanted()
+    keys_ahead.offer_ephemeral_key(made, SERVER.noise_public)
+    assert not keys_ahead.offer_anonymous_identity(identity, SERVER.noise_public)
+    assert all(private != made[0] for private, _key in keys_ahead._ephemeral)
+    assert identity not in keys_ahead._identities
+    assert not any(
+        private in (made[0], identity.noise_private_bytes()) for private, _ in keys_ahead._shared
+    )
+
+
+@pytest.mark.skipif(sign_personal_with_seed is None, reason="needs fastcrypto")
+def test_fastcryptos_seed_signature_is_the_identitys_own() -> None:
+    # one call for a fresh key and its first signature: the same 97 bytes (deterministic
+    # Ed25519) the identity of that seed signs through OpenSSL, ending in its public key
+    assert sign_personal_with_seed is not None
+    for size in (0, 1, 46, 200):
+        seed, message = os.urandom(32), os.urandom(size)
+        identity = HostIdentity.from_private_bytes(seed, os.urandom(32))
+        signature = sign_personal_with_seed(seed, message)
+        assert signature == identity.sign_personal_message(message)
+        assert signature[-32:] == identity.ed25519_public
+
+
+@pytest.mark.skipif(sign_personal_with_seed is None, reason="needs fastcrypto")
+def test_an_anonymous_identity_made_with_its_proof_is_whole_and_its_proof_taken() -> None:
+    from dtp.identity import _noise as crypto
+
+    crypto._PROOFS_AHEAD.clear()
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    ephemeral = keys_ahead.next_ephemeral_public()
+    assert ephemeral is not None
+    noise = keys_ahead.new_anonymous_noise_key()
+    identity = crypto.anonymous_identity_proving(noise, SERVER.noise_public, ephemeral)
+    assert identity is not None and type(identity) is HostIdentity
+    assert len(crypto._PROOFS_AHEAD) == 1
+    # the handshake for that ephemeral key takes the proof made, and the server takes it
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
+    assert not crypto._PROOFS_AHEAD
+    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+    # a whole identity: its key object, made at first use, is the seed's (the public
+    # key the signature gave), it signs anew, saves and loads
+    assert identity.sign_personal_message(b"again")[-32:] == identity.ed25519_public
+    again = HostIdentity.from_sui_keystring(identity.to_sui_keystring(), noise[0])
+    assert again == identity and again.sui_address == identity.sui_address
+    assert identity.noise_public == noise[1].public
+
+
+def test_next_connect_keys_leave_an_anonymous_identity_with_its_proof_made() -> None:
+    from dtp.identity import _noise as crypto
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.blocking import _connect as blocking_connect
+
+    crypto._PROOFS_AHEAD.clear()
+    anonymous = keys_ahead.new_anonymous_identity()
+    cfg = ConnectionConfig(identity=anonymous, is_client=True, server_static=SERVER.noise_public)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=True)
+    assert keys.make() and keys.done
+    identity = keys_ahead.take_anonymous_identity()
+    assert identity is not anonymous and not keys_ahead._identities
+    # one proof, for the ephemeral key the next connect takes, which its handshake takes
+    assert len(crypto._PROOFS_AHEAD) == 1
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
+    assert not crypto._PROOFS_AHEAD
+    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+
+
+@pytest.mark.parametrize("signer", ["missing", "failing", "not_ed25519"])
+def test_without_fastcryptos_signature_the_next_keys_make_the_identity_and_proof_apart(
+    monkeypatch: pytest.MonkeyPatch, signer: str
+) -> None:
+    from dtp.identity import _noise as crypto
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.blocking import _connect as blocking_connect
+
+    def failing(seed: bytes, message: bytes) -> bytes:
+        raise ValueError("no")
+
+    replacement = {
+        "missing": None,
+        "failing": failing,
+        "not_ed25519": lambda seed, message: b"\x01" + bytes(96),
+    }[signer]
+    monkeypatch.setattr(crypto, "sign_personal_with_seed", replacement)
+    crypto._PROOFS_AHEAD.clear()
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    ephemeral = keys_ahead.next_ephemeral_public()
+    assert ephemeral is not None
+    noise = keys_ahead.new_anonymous_noise_key()
+    assert crypto.anonymous_identity_proving(noise, SERVER.noise_public, ephemeral) is None
+    assert not crypto._PROOFS_AHEAD
+    # the connect's steps still leave an identity and its proof, made the usual way
+    keys_ahead._forget_all()
+    anonymous = keys_ahead.new_anonymous_identity()
+    cfg = ConnectionConfig(identity=anonymous, is_client=True, server_static=SERVER.noise_public)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=True)
+    assert keys.make() and keys.done
+    identity = keys_ahead.take_anonymous_identity()
+    assert [key for key, _message in crypto._PROOFS_AHEAD] == [identity.ed25519_public]

@@ -11,13 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPTimeoutError, HandshakeError
 from dtp.identity._ahead import (
+    anonymous_identities_wanted,
+    make_ephemeral_key,
+    new_anonymous_identity,
+    new_anonymous_noise_key,
     next_ephemeral_public,
-    prepare_anonymous_identity,
-    prepare_ephemeral_key,
+    offer_anonymous_identity,
+    offer_ephemeral_key,
     prepare_static_secret,
     take_anonymous_identity,
 )
-from dtp.identity._noise import prepare_auth_proof, prepare_handshake, static_secret_kept
+from dtp.identity._noise import (
+    anonymous_identity_proving,
+    prepare_auth_proof,
+    prepare_handshake,
+    static_secret_kept,
+)
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, direct_client_config
 from dtp.transport._session import (
@@ -227,13 +236,23 @@ class NextConnectKeys:
     key's DH with the server's; and in IK the Noise state and the identity proof for
     that key (dtp.identity._noise.prepare_auth_proof). :meth:`make` stops between steps
     once the server's reply is here: the rest is made in the connection's next waits
-    (:meth:`Engine._make_ahead`), at the latest at its close (:meth:`Engine._release`)."""
+    (:meth:`Engine._make_ahead`), at the latest at its close (:meth:`Engine._release`).
+
+    A step is one scalar multiplication or signature at most (about 30 µs), so that the
+    reply, which :meth:`make` looks for between steps only, waits on one such at most;
+    a key made by one step and finished by the next is handed to no one in between."""
 
     def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
         self._cfg = cfg
         self._anonymous = anonymous
         self._identity: HostIdentity | None = cfg.identity
-        self._steps = [self._ephemeral, self._static, self._noise_state, self._auth_proof]
+        self._ephemeral_made: tuple[bytes, Any] | None = None
+        self._noise_made: tuple[bytes, Any] | None = None
+        self._identity_made: HostIdentity | None = None
+        self._steps: list[Callable[[], None]] = [self._ephemeral, self._offer_ephemeral]
+        if anonymous:
+            self._steps += [self._anonymous_noise_key, self._anonymous_identity]
+        self._steps += [self._static, self._noise_state, self._auth_proof]
 
     @property
     def done(self) -> bool:
@@ -261,12 +280,38 @@ class NextConnectKeys:
         return True
 
     def _ephemeral(self) -> None:
-        prepare_ephemeral_key(self._cfg.server_static)
+        self._ephemeral_made = make_ephemeral_key()
+
+    def _offer_ephemeral(self) -> None:
+        made, self._ephemeral_made = self._ephemeral_made, None
+        if made is not None:
+            offer_ephemeral_key(made, self._cfg.server_static)
+
+    def _anonymous_noise_key(self) -> None:
+        if anonymous_identities_wanted():
+            self._noise_made = new_anonymous_noise_key()
+
+    def _anonymous_identity(self) -> None:
+        noise, self._noise_made = self._noise_made, None
+        if noise is None:
+            return
+        # with its identity proof for the next connect (the _auth_proof step is then
+        # left out), in one call for the key and the signature where fastcrypto is
+        server_key = self._cfg.server_static
+        ephemeral = next_ephemeral_public()
+        made = None
+        if server_key is not None and ephemeral is not None:
+            made = anonymous_identity_proving(noise, server_key, ephemeral)
+        if made is not None and self._auth_proof in self._steps:
+            self._steps.remove(self._auth_proof)  # (made with it)
+        self._identity_made = made if made is not None else new_anonymous_identity(noise)
 
     def _static(self) -> None:
         server_key = self._cfg.server_static
         if self._anonymous:
-            self._identity = prepare_anonymous_identity(server_key)
+            made, self._identity_made = self._identity_made, None
+            offered = made is not None and offer_anonymous_identity(made, server_key)
+            self._identity = made if offered else None
         elif server_key is not None and not static_secret_kept(self._cfg.identity, server_key):
             prepare_static_secret(self._cfg.identity, server_key)
 
