@@ -970,6 +970,29 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
     return rc;
 }
 
+int dtp_rx_take_counts(dtp_aead *ctx, const uint8_t *buf, size_t len, uint64_t stream_id,
+                       uint64_t offset, uint64_t stream_limit, uint64_t conn_received,
+                       uint64_t conn_limit, uint8_t *dst, size_t dst_cap, uint8_t *scratch,
+                       size_t scratch_cap, size_t *counts, size_t counts_len) {
+    if (counts == NULL || counts_len < DTP_RX_COUNTS) return DTP_ERR_ARG;
+    for (size_t i = 0; i < DTP_RX_COUNTS; i++) counts[i] = 0;
+    dtp_rx rx = {.stream_id = stream_id,
+                 .offset = offset,
+                 .stream_limit = stream_limit,
+                 .conn_received = conn_received,
+                 .conn_limit = conn_limit};
+    int rc = dtp_rx_take(ctx, buf, len, &rx, dst, dst_cap, scratch, scratch_cap);
+    if (rc < 0) return rc;
+    /* (each fits a size_t: consumed <= len, taken <= dst_cap, records <= consumed,
+     * spill_off + spill_len <= scratch_cap) */
+    counts[DTP_RX_CONSUMED] = (size_t)rx.consumed;
+    counts[DTP_RX_RECORDS] = (size_t)rx.records;
+    counts[DTP_RX_TAKEN] = (size_t)rx.taken;
+    counts[DTP_RX_SPILL_OFF] = (size_t)rx.spill_off;
+    counts[DTP_RX_SPILL_LEN] = (size_t)rx.spill_len;
+    return rc;
+}
+
 int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
                   size_t max_chunk, uint8_t *out, size_t out_cap, double now) {
     if (ctx == NULL || f == NULL || (data == NULL && len > 0) || out == NULL ||

@@ -344,6 +344,23 @@ typedef struct dtp_rx {
 int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
                 size_t dst_cap, uint8_t *scratch, size_t scratch_cap);
 
+/* dtp_rx_take with rx's inputs as arguments and its outputs in counts[0 ..
+ * DTP_RX_COUNTS): consumed, records, taken, spill_off, spill_len at the DTP_RX_*
+ * indices (the stream's and the connection's bytes both advance by taken + spill_len).
+ * A caller from Python passes numbers and reads one array, where dtp_rx's fields cost an
+ * attribute access each. Same statuses; counts all 0 on DTP_ERR_ARG, and counts NULL
+ * or counts_len below DTP_RX_COUNTS -> DTP_ERR_ARG. */
+#define DTP_RX_COUNTS 5
+#define DTP_RX_CONSUMED 0
+#define DTP_RX_RECORDS 1
+#define DTP_RX_TAKEN 2
+#define DTP_RX_SPILL_OFF 3
+#define DTP_RX_SPILL_LEN 4
+int dtp_rx_take_counts(dtp_aead *ctx, const uint8_t *buf, size_t len, uint64_t stream_id,
+                       uint64_t offset, uint64_t stream_limit, uint64_t conn_received,
+                       uint64_t conn_limit, uint8_t *dst, size_t dst_cap, uint8_t *scratch,
+                       size_t scratch_cap, size_t *counts, size_t counts_len);
+
 /* An established stream lent to the I/O adapter: the state that changes on every send
  * and receive of that stream, kept here (and not in the connection's own fields) for
  * as long as the connection lends it, so one call does a whole send or receive. The

@@ -815,6 +815,10 @@ def _bytes_like(data: Any) -> Any:
 
 
 _lane_recv = lib.dtp_lane_recv
+_rx_take = lib.dtp_rx_take_counts
+_RX_COUNTS: int = lib.DTP_RX_COUNTS
+#: take's counts (consumed, records, taken, spill_off, spill_len: the DTP_RX_* order)
+_unpack_rx = struct.Struct(f"{_RX_COUNTS}N").unpack_from
 _lane_send = lib.dtp_lane_send
 _wait_readable = lib.dtp_wait_readable
 
@@ -845,10 +849,10 @@ class NativeLane:
 
     :meth:`seal` seals stream bytes into a buffer the lane owns (``dtp_stream_seal``);
     :meth:`take` takes one stream's in-order bytes out of received records straight
-    into the caller's buffer (``dtp_rx_take``). Each is one C call with every buffer and
-    result slot allocated once, so a small message costs little more than the crypto.
-    The AEADs are the connection's own (their counters and replay window are shared
-    with its general path). Not thread-safe.
+    into the caller's buffer (``dtp_rx_take_counts``). Each is one C call with every
+    buffer and result slot allocated once, so a small message costs little more than the
+    crypto. The AEADs are the connection's own (their counters and replay window are
+    shared with its general path). Not thread-safe.
     """
 
     def __init__(
@@ -872,9 +876,11 @@ class NativeLane:
         self._out = _new_uninit("uint8_t[]", FIRST_OUT)
         self._out_cap = FIRST_OUT
         self._out_view = memoryview(ffi.buffer(self._out))
-        self._counts = ffi.new("size_t[2]")
+        # (seal's two counts, and take's DTP_RX_COUNTS read with one unpack of their
+        # buffer: a cdata field or item costs an attribute access or index each)
+        self._counts = ffi.new("size_t[]", _RX_COUNTS)
         self._counts1 = self._counts + 1
-        self._rx = ffi.new("dtp_rx *")
+        self._counts_buf = ffi.buffer(self._counts)
         # flow_take's (made by _ready_io; take borrows one of _spare_scratch)
         self._scratch: Any = None
         self._scratch_view = memoryview(b"")
@@ -1026,17 +1032,12 @@ class NativeLane:
     ) -> TakeResult:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
-        anything else (see ``dtp_rx_take``). ``dst`` past ``taken`` is unspecified
-        afterwards (data decrypted in place there is zeroed when its record fails
-        authentication). ``keep``: ``dst`` is the caller's own long-lived buffer, never
-        resized or released: its C pointer is kept for the next take into it (which
-        holds one export of it until another takes its place)."""
-        rx = self._rx
-        rx.stream_id = stream_id
-        rx.offset = offset
-        rx.stream_limit = stream_limit
-        rx.conn_received = conn_received
-        rx.conn_limit = conn_limit
+        anything else (see ``dtp_rx_take``: called as ``dtp_rx_take_counts``). ``dst``
+        past ``taken`` is unspecified afterwards (data decrypted in place there is
+        zeroed when its record fails authentication). ``keep``: ``dst`` is the caller's
+        own long-lived buffer, never resized or released: its C pointer is kept for the
+        next take into it (which holds one export of it until another takes its
+        place)."""
         src = _from_buffer(buf)
         kept = _kept_out[0]
         if kept[0] is dst:
@@ -1054,26 +1055,37 @@ class NativeLane:
         except IndexError:
             scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
         try:
-            rc = lib.dtp_rx_take(
-                self._recv_ctx,
-                src,
-                len(src),
-                rx,
-                out,
-                len(out),
-                scratch,
-                MAX_RECORD_PLAINTEXT,
-            )
+            try:
+                rc = _rx_take(
+                    self._recv_ctx,
+                    src,
+                    len(src),
+                    stream_id,
+                    offset,
+                    stream_limit,
+                    conn_received,
+                    conn_limit,
+                    out,
+                    len(out),
+                    scratch,
+                    MAX_RECORD_PLAINTEXT,
+                    self._counts,
+                    _RX_COUNTS,
+                )
+            except OverflowError:  # (a number outside uint64_t)
+                del src, out  # (see _from)
+                raise
             del src, out  # (see _from)
             if rc < 0:
                 raise error_for(rc, remote=False)
+            consumed, records, taken, spill_off, spill_len = _unpack_rx(self._counts_buf)
             spill: bytes | memoryview = b""
-            if rx.spill_len:  # (a copy: the scratch goes back to the others)
-                spill = ffi.buffer(scratch + rx.spill_off, rx.spill_len)[:]
+            if spill_len:  # (a copy: the scratch goes back to the others)
+                spill = ffi.buffer(scratch + spill_off, spill_len)[:]
         finally:
             if len(_spare_scratch) < _SCRATCH_KEPT:
                 _spare_scratch.append(scratch)
-        return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
+        return _tuple_new(TakeResult, (rc, consumed, records, taken, spill))
 
     def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
         """Seal the start of ``data`` on the lent stream, as much as its limits allow

@@ -288,15 +288,19 @@ static void exercise_small_entry_points(void) {
     dtp_aead_free(rx);
 }
 
+/* dtp_rx_take on random runs of records, some damaged or cut, into destinations of any
+ * size within random limits; dtp_rx_take_counts on a second receiver, given the same,
+ * gives the same status, counts, data and spill. */
 static void exercise_rx_take(void) {
-    static uint8_t data[40000], sealed[40000 + 8 * 53], dst[50000];
-    static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT];
+    static uint8_t data[40000], sealed[40000 + 8 * 53], dst[50000], dst2[50000];
+    static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT], scratch2[DTP_MAX_RECORD_PLAINTEXT];
     uint8_t key[32];
-    size_t written, n;
+    size_t written, n, counts[DTP_RX_COUNTS + 1];
     fill(key, sizeof key);
     dtp_aead *tx = dtp_aead_new(key, sizeof key);
     dtp_aead *rx = dtp_aead_new(key, sizeof key);
-    CHECK(tx != NULL && rx != NULL);
+    dtp_aead *rx2 = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL && rx != NULL && rx2 != NULL);
     uint64_t counter = 0, offset = 0;
     for (int round = 0; round < 500; round++) {
         size_t len = 1 + next() % sizeof data;
@@ -310,24 +314,51 @@ static void exercise_rx_take(void) {
         size_t cap = next() % sizeof dst;
         dtp_rx r = {.stream_id = 4, .offset = offset, .stream_limit = offset + next() % 60000,
                     .conn_received = 0, .conn_limit = next() % 60000};
+        dtp_rx before = r;
         int rc = dtp_rx_take(rx, sealed, cut, &r, dst, cap, scratch, sizeof scratch);
         CHECK(rc >= 0 && r.consumed <= cut && r.taken <= cap);
         CHECK(r.spill_off + r.spill_len <= sizeof scratch);
         CHECK(r.offset - offset == r.taken + r.spill_len);
+        counts[DTP_RX_COUNTS] = 77; /* (past the counts: left alone) */
+        int rc2 = dtp_rx_take_counts(rx2, sealed, cut, before.stream_id, before.offset,
+                                     before.stream_limit, before.conn_received, before.conn_limit,
+                                     dst2, cap, scratch2, sizeof scratch2, counts,
+                                     DTP_RX_COUNTS + 1);
+        CHECK(rc2 == rc && counts[DTP_RX_CONSUMED] == r.consumed &&
+              counts[DTP_RX_RECORDS] == r.records && counts[DTP_RX_TAKEN] == r.taken &&
+              counts[DTP_RX_SPILL_OFF] == r.spill_off && counts[DTP_RX_SPILL_LEN] == r.spill_len &&
+              counts[DTP_RX_COUNTS] == 77);
+        CHECK(memcmp(dst, dst2, r.taken) == 0);
+        CHECK(memcmp(scratch + r.spill_off, scratch2 + r.spill_off, r.spill_len) == 0);
         /* the sender's stream moves on, whatever the receiver made of these bytes */
         offset += len;
         if (r.offset != offset) {
-            /* resynchronise: a fresh receiver for the next round's counters */
+            /* resynchronise: fresh receivers for the next round's counters */
             dtp_aead_free(rx);
+            dtp_aead_free(rx2);
             rx = dtp_aead_new(key, sizeof key);
-            CHECK(rx != NULL);
+            rx2 = dtp_aead_new(key, sizeof key);
+            CHECK(rx != NULL && rx2 != NULL);
         }
     }
     dtp_rx r = {0};
     CHECK(dtp_rx_take(rx, sealed, 1, &r, dst, 1, scratch, 10) == DTP_ERR_ARG);
     CHECK(dtp_rx_take(NULL, sealed, 1, &r, dst, 1, scratch, sizeof scratch) == DTP_ERR_ARG);
+    for (size_t i = 0; i < DTP_RX_COUNTS; i++) counts[i] = 9;
+    CHECK(dtp_rx_take_counts(rx, sealed, 1, 4, 0, 1, 0, 1, dst, 1, scratch, 10, counts,
+                             DTP_RX_COUNTS) == DTP_ERR_ARG);
+    for (size_t i = 0; i < DTP_RX_COUNTS; i++) CHECK(counts[i] == 0);
+    CHECK(dtp_rx_take_counts(NULL, sealed, 1, 4, 0, 1, 0, 1, dst, 1, scratch, sizeof scratch,
+                             counts, DTP_RX_COUNTS) == DTP_ERR_ARG);
+    CHECK(dtp_rx_take_counts(rx, sealed, 1, 4, 0, 1, 0, 1, dst, 1, scratch, sizeof scratch,
+                             counts, DTP_RX_COUNTS - 1) == DTP_ERR_ARG);
+    CHECK(dtp_rx_take_counts(rx, sealed, 1, 4, 0, 1, 0, 1, dst, 1, scratch, sizeof scratch, NULL,
+                             DTP_RX_COUNTS) == DTP_ERR_ARG);
+    CHECK(dtp_rx_take_counts(rx, NULL, 1, 4, 0, 1, 0, 1, dst, 1, scratch, sizeof scratch, counts,
+                             DTP_RX_COUNTS) == DTP_ERR_ARG);
     dtp_aead_free(tx);
     dtp_aead_free(rx);
+    dtp_aead_free(rx2);
 }
 
 /* dtp_aead_open_lone_frame on one-frame records (a stream's last bytes, or a random

@@ -167,6 +167,26 @@ def test_a_kept_destination_takes_each_read_and_others_are_not_held(
         offset += len(data)
 
 
+def test_a_number_outside_uint64_raises_and_holds_no_buffer() -> None:
+    """The C lane passes the stream's numbers to ``dtp_rx_take_counts`` as arguments:
+    one outside uint64_t raises OverflowError, and the caller's buffers are released
+    before it propagates (its traceback keeps the frame: an export held there would
+    stop the caller resizing them while it handles the error)."""
+    require_native()
+    sender, lane = lane_pair(NATIVE, os.urandom(32))
+    buf = bytearray(sender.seal_stream(0, SID, 0, b"x" * 10)[0])
+    dst = bytearray(100)
+    for limits in ({"stream_limit": 1 << 64}, {"conn_received": -1}):
+        with pytest.raises(OverflowError) as info:
+            take(lane, buf, dst, **limits)
+        assert info.tb is not None
+        buf.extend(b"!")  # (no export of either left: resizable)
+        dst.extend(b"!")
+        del buf[-1:], dst[-1:]
+    result = take(lane, buf, dst)
+    assert (result.status, result.taken) == (OK, 10) and dst[:10] == b"x" * 10
+
+
 def test_full_buffer_stops_between_records(backend: SimpleNamespace) -> None:
     sender, lane = lane_pair(backend, os.urandom(32))
     sealed = sender.seal_stream(0, SID, 0, b"a" * 10)[0] + sender.seal_stream(1, SID, 10, b"b")[0]

@@ -1,5 +1,5 @@
-"""The established-stream fast path: the twin of ``dtp_rx_take`` (aead.c) and of
-:class:`dtp.native.core.NativeLane`.
+"""The established-stream fast path: the twin of ``dtp_rx_take`` and
+``dtp_rx_take_counts`` (aead.c) and of :class:`dtp.native.core.NativeLane`.
 
 A connection over a reliable carrier spends most of its life moving one stream's bytes
 in order. The lane seals them (``dtp_stream_seal``) and, on the way in, takes the run of
