@@ -3,7 +3,7 @@ with, without reading its receipt store again (dtp.payments._settlement,
 ``final_is_newest``): every receipt stored of the connection went through the gate that
 checked the final one, which refuses one for less, and the store held none when it was
 served (dtp.payments._serving.served_refusal). One billed per request keeps reading:
-its RPC bill stores receipts that gate never saw.
+its RPC bill stores receipts that gate never saw (tests/paid/test_serve_per_request.py).
 
 Both drivers (the ``driver`` fixture), a real echo over 127.0.0.1 and a LocalLedger file
 in tmp_path; ``settle_ended`` is wrapped where the servers look it up, and still runs."""

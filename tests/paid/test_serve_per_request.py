@@ -79,7 +79,8 @@ def _serving(tmp_path: Path, policy: ServicePolicy | None = None) -> Iterator[di
         yield {"ledger": ledger, "host": host, "server": server, "rpc": rpc, "opened": opened}
     finally:
         for end in reversed(opened):
-            end.close()
+            with contextlib.suppress(Exception):  # (one failing to close stops no other)
+                end.close()
         server.close()
         server.wait_released(10)
         rpc.close()

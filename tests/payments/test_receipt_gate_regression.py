@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from dtp.errors import InvalidReceipt
+from dtp.hostid.paid._engine import PaidConnectionState
 from dtp.identity.keys import HostIdentity
 from dtp.ledger._objects import Sla
 from dtp.payments._gate import GateState, ReceiptGate
@@ -49,3 +52,17 @@ def test_a_regression_is_a_violation() -> None:
     assert refused.value.name == "EReceiptNotCumulative"
     assert g.violation is not None
     assert g.verdict(0, 400 * 1024, 1).state is GateState.CLOSE
+
+
+def test_the_final_receipt_is_the_newest_only_while_no_other_was_checked_after_it() -> None:
+    # (a paid server settles from the final receipt alone only then: PaidConnectionState)
+    g = gate()
+    state = object.__new__(PaidConnectionState)
+    state.gate = g
+    state.core = SimpleNamespace(final=None)  # type: ignore[assignment]
+    assert not state.final_is_newest()  # (no final receipt: the store is read)
+    g.kept(g.check(receipt(100 * 1024, 1)))
+    state.core.final = g.check(receipt(200 * 1024, 2))
+    assert state.final_is_newest()
+    g.check(receipt(300 * 1024, 3))  # (checked after the final one: a top-up's)
+    assert not state.final_is_newest()

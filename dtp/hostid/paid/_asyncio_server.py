@@ -290,7 +290,8 @@ class PaidAioServer(ServerBooks[PaidConnection]):
                 self.admission.served.ended(cid)
         elif step is EndStep.SETTLE:
             # (the final receipt is the newest: as in the blocking server's _end)
-            if await self._settle_surely(cid, paid.final, admitted, self.requests is None):
+            newest = self.requests is None and paid.final_is_newest()
+            if await self._settle_surely(cid, paid.final, admitted, newest):
                 phase.cancel()
         else:  # (EndStep.CLOSE)
             self._release_carrier(proto)
@@ -695,7 +696,7 @@ async def serve(
     """Serve a paid DTP service on ``port`` of the Host ``host_id`` (:func:`dtp.aio.serve`,
     the asyncio twin of :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a
     paid stream pair per admitted client. Returns the running :class:`PaidAioServer`;
-    see :mod:`dtp.hostid.paid._aio`.
+    docs/escrow.md says what a paid server does with each connection's money.
 
     ``billing``: as :func:`dtp.socket.serve`'s, ``"requests"`` billing each RPC request
     by the receipt it carries, ``callback`` then an

@@ -330,7 +330,8 @@ class PaidServer(ServerBooks[PaidConnection]):
                     # billed by its bytes, every receipt stored of it went through its
                     # gate (none was before: _serve), which checked the final one
                     # against them: the store is not read for one for more
-                    self._settle(cid, admitted, paid.final, self.requests is None)
+                    newest = self.requests is None and paid.final_is_newest()
+                    self._settle(cid, admitted, paid.final, newest)
                 elif phase.plan.abort is not None:  # (EndStep.CLOSE)
                     sock.abort(phase.plan.abort)  # (as dtp.socket's and dtp.aio's servers)
                 else:  # (EndStep.CLOSE, gracefully)

@@ -660,6 +660,15 @@ class PaidConnectionState:
         #: condition: its streams may be driven from threads; asyncio reads ask the gate)
         self.credit = Credit()
 
+    def final_is_newest(self) -> bool:
+        """Whether the receipt the CLOSE came with is the last one the gate checked: of
+        a connection billed by its bytes every stored receipt went through this gate
+        (none was stored before it was served), which refuses one for less than any it
+        checked, so its settlement need not read the store for one for more. False for
+        no final receipt, or for one another receipt was checked after."""
+        final = self.core.final
+        return final is not None and self.gate.checked is final
+
 
 def _clock_needed(method: str) -> LocalProtocolError:
     """``method`` was given no ``now`` under a bytes/s limit, which it would skip."""
