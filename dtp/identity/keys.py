@@ -46,7 +46,7 @@ import unicodedata
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from dtp.errors import KeyFileError
+from dtp.errors import CryptoError, KeyFileError
 from dtp.identity._bcs import uleb128
 from dtp.identity._ed25519 import has_small_order as has_small_order
 from dtp.identity._files import data_home, fsync_directory
@@ -430,18 +430,24 @@ class HostIdentity:
         _BY_NOISE_KEY[self._noise_raw] = self
         return self
 
-    def __getattr__(self, name: str) -> Any:
-        # (called only for a slot not set: the key object of an identity made around a
-        # seed, _around_seed, made at its first use)
-        if name == "_ed25519":
-            try:
-                seed = object.__getattribute__(self, "_ed25519_seed")
-            except AttributeError:
-                raise AttributeError(name) from None
-            key = Ed25519PrivateKey.from_private_bytes(seed)
-            object.__setattr__(self, "_ed25519", key)
-            return key
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # (so mypy still refuses a misspelt attribute of an identity)
+
+        def __getattr__(self, name: str) -> Any:
+            # (called only for a slot not set: the key object of an identity made around
+            # a seed, _around_seed, made at its first use)
+            if name == "_ed25519":
+                try:
+                    seed = object.__getattribute__(self, "_ed25519_seed")
+                except AttributeError:
+                    raise AttributeError(name) from None
+                key = Ed25519PrivateKey.from_private_bytes(seed)
+                # fastcrypto gave the public key that _sui_sign appends: were OpenSSL's key
+                # of the same seed another, every signature would fail to verify
+                if _raw_public(key.public_key()) != self._ed25519_public:
+                    raise CryptoError("the Ed25519 key of the seed is not the public key given")
+                object.__setattr__(self, "_ed25519", key)
+                return key
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("HostIdentity is immutable")

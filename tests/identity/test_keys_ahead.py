@@ -11,10 +11,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
+from dtp.errors import CryptoError
 from dtp.identity import _ahead as keys_ahead
-from dtp.identity._ed25519 import sign_personal_with_seed
+from dtp.identity._ed25519 import sign_personal_with_seed, verify
 from dtp.identity._noise import PATTERN_IK, Handshake, _static_key
-from dtp.identity.keys import HostIdentity, core_noise_key
+from dtp.identity.keys import (
+    ED25519_FLAG,
+    HostIdentity,
+    core_noise_key,
+    personal_message_digest,
+)
 from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
@@ -366,10 +372,37 @@ def test_an_anonymous_identity_made_with_its_proof_is_whole_and_its_proof_taken(
     assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
     # a whole identity: its key object, made at first use, is the seed's (the public
     # key the signature gave), it signs anew, saves and loads
-    assert identity.sign_personal_message(b"again")[-32:] == identity.ed25519_public
+    signature = identity.sign_personal_message(b"again")
+    assert signature[0] == ED25519_FLAG
+    assert verify(identity.ed25519_public, signature[1:65], personal_message_digest(b"again"))
     again = HostIdentity.from_sui_keystring(identity.to_sui_keystring(), noise[0])
     assert again == identity and again.sui_address == identity.sui_address
     assert identity.noise_public == noise[1].public
+
+
+@pytest.mark.skipif(sign_personal_with_seed is None, reason="needs fastcrypto")
+def test_an_anonymous_identity_whose_seed_is_not_its_public_key_refuses_to_sign(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # were fastcrypto's public key not the seed's, the identity's signatures (which end
+    # with that key) would never verify: its key object, made at first use, refuses
+    from dtp.identity import _noise as crypto
+
+    sign = sign_personal_with_seed
+    assert sign is not None
+    other = HostIdentity.generate().ed25519_public
+    monkeypatch.setattr(crypto, "sign_personal_with_seed", lambda s, m: sign(s, m)[:-32] + other)
+    crypto._PROOFS_AHEAD.clear()
+    identity = crypto.anonymous_identity_proving(
+        keys_ahead.new_anonymous_noise_key(), SERVER.noise_public, os.urandom(32)
+    )
+    crypto._PROOFS_AHEAD.clear()
+    assert identity is not None and identity.ed25519_public == other
+    for _ in range(2):  # (the key refused is not kept)
+        with pytest.raises(CryptoError):
+            identity.sign_personal_message(b"again")
+    with pytest.raises(CryptoError):
+        identity.to_sui_keystring()
 
 
 def test_next_connect_keys_leave_an_anonymous_identity_with_its_proof_made() -> None:
