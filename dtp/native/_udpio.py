@@ -268,13 +268,26 @@ def native_recv_datagram_run(
 
 def native_same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n: int) -> int:
     """The C core's :func:`dtp.native.reference._udpio.same_source` (a read of sources
-    calls it on its own buffers, :func:`native_recv_datagram_run`)."""
+    calls it on its own buffers, :func:`native_recv_datagram_run`): the same count, and
+    the same ValueError for the same bad arguments."""
+    if n <= 0:
+        if n:
+            raise ValueError("a negative count of sources")
+        return 0
     if len(addr_lens) < n:
         raise ValueError("sources out of bounds")
-    lens = ffi.new("uint32_t[]", list(addr_lens[:n]) or [0])
-    rc = lib.dtp_udp_same_source(ffi.from_buffer(addrs), len(addrs), addr_slot, lens, n)
-    if rc < 0:
-        raise ValueError("sources out of bounds")
+    try:
+        lens = ffi.new("uint32_t[]", list(addr_lens[:n]))
+        rc = lib.dtp_udp_same_source(ffi.from_buffer(addrs), len(addrs), addr_slot, lens, n)
+    except OverflowError:
+        # a slot or length outside a uint32 (caught, not checked first: off the usual
+        # path): the twin's checks, in its order, say which
+        _twin_same_source(addrs, addr_slot, addr_lens, n)
+        raise ValueError("sources out of bounds") from None  # (the twin always raises)
+    if rc < 0:  # (DTP_ERR_ARG: the slots overrun addrs, or the first's length its slot)
+        if addr_slot <= 0 or n > len(addrs) // addr_slot:
+            raise ValueError("sources out of bounds")
+        raise ValueError("a source longer than its slot")
     return int(rc)
 
 

@@ -248,28 +248,85 @@ def _same_source_outcome(
     slot: int,
     lens: list[int],
     n: int,
-) -> int | type[Exception]:
+) -> int | tuple[type[Exception], str]:
     try:
         return count(addrs, slot, lens, n)
-    except ValueError as exc:
-        return type(exc)
+    except Exception as exc:  # (any error: the backends' must be alike, and ValueError)
+        return type(exc), str(exc)
+
+
+#: Values the C core's size_t and uint32_t arguments cannot hold, and their edges
+_OUTSIDE_UINT32 = [-(2**64), -16, -1, 2**32, 2**64]
 
 
 @given(st.data())
 def test_both_backends_count_the_sources_alike_as_the_first(data: st.DataObject) -> None:
     slot = data.draw(st.integers(min_value=1, max_value=12))
     first = data.draw(st.binary(min_size=slot, max_size=slot))
-    n = data.draw(st.integers(min_value=0, max_value=8))
+    n = data.draw(st.integers(min_value=-2, max_value=8))
     # slots mostly the first's bytes (some changed), lengths mostly the first's: runs of
     # one source that end somewhere, and bounds overrun now and then
     slots = [data.draw(st.sampled_from([first, first[:-1] + b"?", bytes(slot)])) for _ in range(n)]
-    addrs = b"".join(slots)[: data.draw(st.integers(min_value=0, max_value=slot * n + 3))]
+    addrs = b"".join(slots)[: data.draw(st.integers(min_value=0, max_value=slot * max(n, 0) + 3))]
     size = data.draw(st.integers(min_value=0, max_value=slot + 1))
-    lens = [data.draw(st.sampled_from([size, size, max(size - 1, 0)])) for _ in range(n)]
+    lens = [
+        data.draw(st.sampled_from([size, size, max(size - 1, 0)]))
+        for _ in range(max(n, 0) + data.draw(st.integers(min_value=-1, max_value=1)))
+    ]
+    # in a quarter of the runs each, a length or the slot no uint32 holds (or its edges)
+    odd = st.sampled_from([*_OUTSIDE_UINT32, 0, 2**32 - 1])
+    if lens and data.draw(st.integers(min_value=0, max_value=3)) == 0:
+        lens[data.draw(st.integers(min_value=0, max_value=len(lens) - 1))] = data.draw(odd)
+    if data.draw(st.integers(min_value=0, max_value=3)) == 0:
+        slot = data.draw(odd)
     outcomes = [_same_source_outcome(count, addrs, slot, lens, n) for count in SAME_SOURCE]
     assert all(o == outcomes[0] for o in outcomes)
-    if outcomes[0] is not ValueError and n:
-        assert 1 <= outcomes[0] <= n  # type: ignore[operator]
+    if isinstance(outcomes[0], tuple):
+        assert outcomes[0][0] is ValueError
+    else:
+        assert outcomes[0] == 0 if n <= 0 else 1 <= outcomes[0] <= n
+
+
+@pytest.mark.parametrize("count", SAME_SOURCE)
+@pytest.mark.parametrize(
+    ("slot", "lens", "n", "message"),
+    [
+        (16, [4], -1, "a negative count of sources"),
+        (16, [4], -(2**64), "a negative count of sources"),
+        (-16, [4], 1, "sources out of bounds"),
+        (0, [4], 1, "sources out of bounds"),
+        (2**32, [4], 1, "sources out of bounds"),
+        (16, [2**32], 1, "a source length outside uint32"),
+        (16, [-1], 1, "a source length outside uint32"),
+        # (the run would stop at the first's length 4: C reads every length all the same)
+        (16, [4, 2**32], 2, "a source length outside uint32"),
+        (16, [4, -1], 2, "a source length outside uint32"),
+        (16, [17], 1, "a source longer than its slot"),
+        # (more than one fault: the first in the documented order)
+        (-16, [2**32], -1, "a negative count of sources"),
+        (2**32, [-1], 1, "sources out of bounds"),
+        (16, [2**32, 4], 5, "sources out of bounds"),
+        (16, [17, 2**32], 2, "a source length outside uint32"),
+    ],
+)
+def test_same_source_refuses_arguments_outside_c_s_types_with_value_error(
+    count: Callable[[bytes, int, list[int], int], int],
+    slot: int,
+    lens: list[int],
+    n: int,
+    message: str,
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        count(bytes(32), slot, lens, n)
+
+
+@pytest.mark.parametrize("count", SAME_SOURCE)
+def test_same_source_of_no_sources_is_none_whatever_the_rest(
+    count: Callable[[bytes, int, list[int], int], int],
+) -> None:
+    # (n 0: nothing is read, so nothing else is looked at, as dtp_udp_same_source)
+    assert count(b"", -16, [2**32], 0) == 0
+    assert count(b"", 0, [], 0) == 0
 
 
 @pytest.mark.parametrize("recv", RECEIVERS)

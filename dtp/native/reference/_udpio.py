@@ -82,20 +82,29 @@ def recv_datagram_run(
 def same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n: int) -> int:
     """Of ``n`` raw sources (struct sockaddrs ``addr_slot`` bytes apart in ``addrs``,
     ``addr_lens[i]`` bytes each), how many from the first are the first's byte for byte:
-    1 to ``n`` (0 for ``n`` 0). Raises ValueError when ``n`` slots overrun ``addrs`` or
-    the first's length its slot (or ``addr_lens`` has fewer than ``n`` lengths)."""
-    if n == 0:
+    1 to ``n`` (0 for ``n`` 0, nothing else looked at). Raises ValueError, in this order,
+    for a negative ``n``; when ``n`` slots overrun ``addrs``, the slot is outside 1 to
+    2**32 - 1 or ``addr_lens`` has fewer than ``n`` lengths; for one of the ``n``
+    lengths outside a uint32; when the first's length overruns its slot."""
+    # (the C core takes n as a size_t, the slot and lengths as uint32s: a value outside
+    # one is refused here as there, never wrapped, tests/native/test_udp_run_edges.py)
+    if n <= 0:
+        if n:
+            raise ValueError("a negative count of sources")
         return 0
-    if addr_slot <= 0 or n > len(addrs) // addr_slot or len(addr_lens) < n:
+    if not 0 < addr_slot <= 0xFFFFFFFF or n > len(addrs) // addr_slot or len(addr_lens) < n:
         raise ValueError("sources out of bounds")
-    size = addr_lens[0]
+    lens = addr_lens[:n]
+    if min(lens) < 0 or max(lens) > 0xFFFFFFFF:
+        raise ValueError("a source length outside uint32")
+    size = lens[0]
     if size > addr_slot:
         raise ValueError("a source longer than its slot")
     first = addrs[:size]
     count = 1
     while (
         count < n
-        and addr_lens[count] == size
+        and lens[count] == size
         and addrs[count * addr_slot : count * addr_slot + size] == first
     ):
         count += 1
