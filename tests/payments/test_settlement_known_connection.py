@@ -12,6 +12,7 @@ the refund the rest, the receipt marked done in the store."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,19 +114,47 @@ def _escrow_totals(world: World, escrow_id: str) -> tuple[int, int]:
     return escrow.claimed, escrow.refunded
 
 
-def _settle_known(
-    world: World, cid: str, store: ReceiptStore, known: tuple[Any, Any], final: Receipt | None
-) -> Settlement | None:
-    connection, escrow = known
-    return claim_and_settle(
-        world.ledger,
-        world.server,
-        cid,
-        store,
-        escrow=escrow,
-        connection=connection,
-        final=final,
-    )
+@dataclass
+class _Kept:
+    """A connection opened, as its admission read it (``known``), with a receipt of it
+    kept in ``store``."""
+
+    world: World
+    cid: str
+    escrow_id: str
+    known: tuple[Any, Any]
+    receipt: Receipt
+    store: ReceiptStore
+
+    def settle(self, final: Receipt | None = None) -> Settlement | None:
+        """The server's settlement from what its admission read."""
+        connection, escrow = self.known
+        return claim_and_settle(
+            self.world.ledger,
+            self.world.server,
+            self.cid,
+            self.store,
+            escrow=escrow,
+            connection=connection,
+            final=final,
+        )
+
+    def marked_done(self) -> Any:
+        """The latest receipt stored, asserted done with (nothing left unclaimed)."""
+        stored = self.store.latest(self.cid)
+        assert stored is not None and stored.unclaimed == 0
+        return stored
+
+
+@contextmanager
+def _kept(world: World, tmp_path: Path, nbytes: int = 20_480) -> Iterator[_Kept]:
+    """A connection opened and known, its receipt for ``nbytes`` kept in a store."""
+    cid, escrow_id = world.open()
+    known = _admitted(world, cid, escrow_id)
+    receipt = world.receipt(cid, nbytes, 1)
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep(receipt)
+        yield _Kept(world, cid, escrow_id, known, receipt, store)
 
 
 def _admitted(world: World, cid: str, escrow_id: str) -> tuple[Any, Any]:
@@ -136,21 +165,17 @@ def _admitted(world: World, cid: str, escrow_id: str) -> tuple[Any, Any]:
 def test_a_connection_half_closed_since_it_was_known_is_settled_with_its_receipt(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    receipt = world.receipt(cid, 20_480, 1)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(receipt)
-        world.ledger.close_connection(world.client, cid)  # moved: HalfClosed by its client
-        settled = _settle_known(world, cid, store, known, None)
+    with _kept(world, tmp_path) as kept:
+        receipt = kept.receipt
+        world.ledger.close_connection(world.client, kept.cid)  # moved: HalfClosed by its client
+        settled = kept.settle()
         assert settled is not None
         assert (settled.paid, settled.claimed) == (receipt.total_amount, receipt.total_amount)
         assert settled.refunded == DEPOSIT - receipt.total_amount
-        stored = store.latest(cid)
-        assert stored is not None and stored.unclaimed == 0
-    tc = world.ledger.get_connection(cid)
+        kept.marked_done()
+    tc = world.ledger.get_connection(kept.cid)
     assert tc.settled
-    assert _escrow_totals(world, escrow_id) == (
+    assert _escrow_totals(world, kept.escrow_id) == (
         receipt.total_amount,
         DEPOSIT - receipt.total_amount,
     )
@@ -159,197 +184,174 @@ def test_a_connection_half_closed_since_it_was_known_is_settled_with_its_receipt
 def test_a_connection_its_client_settled_since_it_was_known_is_written_off(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    receipt = world.receipt(cid, 20_480, 1)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(receipt)
+    with _kept(world, tmp_path) as kept:
         # the server away past the timeout: its client takes the whole deposit back
-        world.ledger.close_connection(world.client, cid)
+        world.ledger.close_connection(world.client, kept.cid)
         world.advance_clock(PAST_TIMEOUT)
-        assert world.ledger.settle(world.client, cid).refunded == DEPOSIT
+        assert world.ledger.settle(world.client, kept.cid).refunded == DEPOSIT
         gas_before = world.gas_paid(world.server.sui_address)
-        assert _settle_known(world, cid, store, known, None) is None
+        assert kept.settle() is None
         # written off: done with, not left unclaimed for every start to try again
-        stored = store.latest(cid)
-        assert stored is not None and stored.receipt == receipt and stored.unclaimed == 0
+        assert kept.marked_done().receipt == kept.receipt
     # nothing claimed after the settlement, nothing refunded twice; on Sui the server read
     # first, and paid for no refused transaction
-    assert _escrow_totals(world, escrow_id) == (0, DEPOSIT)
+    assert _escrow_totals(world, kept.escrow_id) == (0, DEPOSIT)
     assert world.gas_paid(world.server.sui_address) == gas_before
 
 
 def test_a_connection_its_client_settled_and_deleted_since_it_was_known_is_written_off(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    receipt = world.receipt(cid, 20_480, 1)
-    final = world.receipt(cid, 40_960, 2)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(receipt)
-        world.ledger.close_connection(world.client, cid)
+    with _kept(world, tmp_path) as kept:
+        final = world.receipt(kept.cid, 40_960, 2)
+        world.ledger.close_connection(world.client, kept.cid)
         world.advance_clock(PAST_TIMEOUT)
-        assert world.ledger.settle_and_destroy(world.client, cid).refunded == DEPOSIT
-        assert _settle_known(world, cid, store, known, final) is None
-        stored = store.latest(cid)
-        assert stored is not None and stored.unclaimed == 0
+        assert world.ledger.settle_and_destroy(world.client, kept.cid).refunded == DEPOSIT
+        assert kept.settle(final) is None
+        kept.marked_done()
     with pytest.raises(ObjectNotFound):
-        world.ledger.get_connection(cid)
+        world.ledger.get_connection(kept.cid)
 
 
 def test_a_stale_escrow_known_with_the_connection_claims_nothing_twice(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    first = world.receipt(cid, 20_480, 1)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(first)
+    with _kept(world, tmp_path) as kept:
+        first = kept.receipt
         # a live claim of the server's own since the admission read: the escrow moved
-        assert world.ledger.claim(world.server, escrow_id, first) == first.total_amount
-        world.ledger.close_connection(world.client, cid)  # and the connection
-        settled = _settle_known(world, cid, store, known, None)
+        assert world.ledger.claim(world.server, kept.escrow_id, first) == first.total_amount
+        world.ledger.close_connection(world.client, kept.cid)  # and the connection
+        settled = kept.settle()
         assert settled is not None
         assert (settled.paid, settled.claimed) == (0, first.total_amount)
         assert settled.refunded == DEPOSIT - first.total_amount
-        stored = store.latest(cid)
-        assert stored is not None and stored.unclaimed == 0
-    assert _escrow_totals(world, escrow_id) == (first.total_amount, DEPOSIT - first.total_amount)
+        kept.marked_done()
+    assert _escrow_totals(world, kept.escrow_id) == (
+        first.total_amount,
+        DEPOSIT - first.total_amount,
+    )
 
 
 def test_a_stale_escrow_known_with_the_connection_claims_the_final_receipts_rest(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    first, final = world.receipt(cid, 20_480, 1), world.receipt(cid, 51_200, 2)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(first)
-        assert world.ledger.claim(world.server, escrow_id, first) == first.total_amount
-        settled = _settle_known(world, cid, store, known, final)  # still Open: closed too
+    with _kept(world, tmp_path) as kept:
+        first, final = kept.receipt, world.receipt(kept.cid, 51_200, 2)
+        assert world.ledger.claim(world.server, kept.escrow_id, first) == first.total_amount
+        settled = kept.settle(final)  # still Open: closed too
         assert settled is not None
         assert settled.paid == final.total_amount - first.total_amount
         assert settled.claimed == final.total_amount
         assert settled.refunded == DEPOSIT - final.total_amount
-    tc = world.ledger.get_connection(cid)
+    tc = world.ledger.get_connection(kept.cid)
     assert tc.settled
-    assert _escrow_totals(world, escrow_id) == (final.total_amount, DEPOSIT - final.total_amount)
+    assert _escrow_totals(world, kept.escrow_id) == (
+        final.total_amount,
+        DEPOSIT - final.total_amount,
+    )
 
 
-class _CountingReads:
-    """Counts the connection reads and version looks a LocalLedger serves."""
+class _Counting:
+    """``inner`` with the calls of its methods named in ``counted`` counted."""
 
-    def __init__(self, ledger: LocalLedger) -> None:
-        self._ledger = ledger
-        self.reads = 0
-
-    def get_connection(self, cid: str) -> Any:
-        self.reads += 1
-        return self._ledger.get_connection(cid)
-
-    def object_version(self, object_id: str) -> int:
-        self.reads += 1
-        return self._ledger.object_version(object_id)
+    def __init__(self, inner: Any, *counted: str) -> None:
+        self._inner = inner
+        self._counted = counted
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
+        attr = getattr(self._inner, name)
+        if name not in self._counted:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+@contextmanager
+def _local_known() -> Iterator[tuple[World, LocalLedger, str, str]]:
+    """A LocalLedger world with a connection opened: the world, its ledger, the
+    connection and its escrow."""
+    server, client = HostIdentity.generate(), HostIdentity.generate()
+    ledger = _local(LocalLedger, server, client)
+    try:
+        world = _world(ledger, server, client, ledger.advance_clock, lambda _: 0)
+        yield (world, ledger, *world.open())
+    finally:
+        ledger.close()
+
+
+def _settle_counting_reads(
+    world: World, cid: str, known: tuple[Any, Any]
+) -> tuple[Settlement | None, int]:
+    """The settlement from what the admission read, and the connection reads and
+    version looks it made of the ledger."""
+    counting = _Counting(world.ledger, "get_connection", "object_version")
+    connection, escrow = known
+    settled = claim_and_settle(
+        counting,  # type: ignore[arg-type]
+        world.server,
+        cid,
+        None,
+        escrow=escrow,
+        connection=connection,
+    )
+    return settled, counting.calls
 
 
 @pytest.mark.parametrize("moved", [False, True], ids=["as-known", "half-closed-since"])
-def test_a_known_connection_is_not_read_where_refusals_are_free(
-    tmp_path: Path, moved: bool
-) -> None:
-    server, client = HostIdentity.generate(), HostIdentity.generate()
-    ledger = _local(LocalLedger, server, client)
-    try:
-        world = _world(ledger, server, client, ledger.advance_clock, lambda _: 0)
-        cid, escrow_id = world.open()
-        connection, escrow = _admitted(world, cid, escrow_id)
+def test_a_known_connection_is_not_read_where_refusals_are_free(moved: bool) -> None:
+    with _local_known() as (world, ledger, cid, escrow_id):
+        known = _admitted(world, cid, escrow_id)
         if moved:
-            ledger.close_connection(client, cid)
-        counting = _CountingReads(ledger)
-        settled = claim_and_settle(
-            counting,  # type: ignore[arg-type]
-            server,
-            cid,
-            None,
-            escrow=escrow,
-            connection=connection,
-        )
-        assert counting.reads == 0  # neither the connection nor its version
+            ledger.close_connection(world.client, cid)
+        settled, reads = _settle_counting_reads(world, cid, known)
+        assert reads == 0  # neither the connection nor its version
         assert settled is not None and settled.refunded == DEPOSIT
         assert ledger.get_connection(cid).settled
-    finally:
-        ledger.close()
 
 
-def test_a_known_connection_settled_since_is_read_once_after_the_refusal(tmp_path: Path) -> None:
-    server, client = HostIdentity.generate(), HostIdentity.generate()
-    ledger = _local(LocalLedger, server, client)
-    try:
-        world = _world(ledger, server, client, ledger.advance_clock, lambda _: 0)
-        cid, escrow_id = world.open()
-        connection, escrow = _admitted(world, cid, escrow_id)
-        ledger.close_connection(client, cid)
+def test_a_known_connection_settled_since_is_read_once_after_the_refusal() -> None:
+    with _local_known() as (world, ledger, cid, escrow_id):
+        known = _admitted(world, cid, escrow_id)
+        ledger.close_connection(world.client, cid)
         ledger.advance_clock(PAST_TIMEOUT)
-        ledger.settle(client, cid)
-        counting = _CountingReads(ledger)
-        settled = claim_and_settle(
-            counting,  # type: ignore[arg-type]
-            server,
-            cid,
-            None,
-            escrow=escrow,
-            connection=connection,
-        )
-        assert settled is None and counting.reads == 1
+        ledger.settle(world.client, cid)
+        settled, reads = _settle_counting_reads(world, cid, known)
+        assert settled is None and reads == 1
         assert _escrow_totals(world, escrow_id) == (0, DEPOSIT)
-    finally:
-        ledger.close()
-
-
-class _CountingStore:
-    """A receipt store whose reads of a connection's latest receipt are counted."""
-
-    def __init__(self, store: ReceiptStore) -> None:
-        self._store = store
-        self.latest_reads = 0
-
-    def latest(self, connection_id: str) -> Any:
-        self.latest_reads += 1
-        return self._store.latest(connection_id)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 def test_a_final_receipt_known_newest_is_claimed_without_reading_the_store(
     world: World, tmp_path: Path
 ) -> None:
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    kept, final = world.receipt(cid, 20_480, 1), world.receipt(cid, 40_960, 2)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(kept)  # (a receipt of the connection stored before its end)
-        counting = _CountingStore(store)
-        world.ledger.close_connection(world.client, cid)  # (moved since it was known)
+    # (a receipt of the connection stored before its end)
+    with _kept(world, tmp_path) as kept:
+        final = world.receipt(kept.cid, 40_960, 2)
+        counting = _Counting(kept.store, "latest")  # (its reads of the latest receipt)
+        world.ledger.close_connection(world.client, kept.cid)  # (moved since it was known)
         settled = claim_and_settle(
             world.ledger,
             world.server,
-            cid,
+            kept.cid,
             counting,  # type: ignore[arg-type]
-            escrow=known[1],
-            connection=known[0],
+            escrow=kept.known[1],
+            connection=kept.known[0],
             final=final,
             final_is_newest=True,
         )
-        assert counting.latest_reads == 0
+        assert counting.calls == 0
         assert settled is not None and settled.claimed == final.total_amount
         assert settled.refunded == DEPOSIT - final.total_amount
-        stored = store.latest(cid)  # the one kept, marked claimed by the settlement
-        assert stored is not None and stored.receipt == kept and stored.unclaimed == 0
-    assert _escrow_totals(world, escrow_id) == (final.total_amount, DEPOSIT - final.total_amount)
+        # the one kept, marked claimed by the settlement
+        assert kept.marked_done().receipt == kept.receipt
+    assert _escrow_totals(world, kept.escrow_id) == (
+        final.total_amount,
+        DEPOSIT - final.total_amount,
+    )
 
 
 def test_a_final_receipt_not_known_newest_loses_to_the_stores_for_more(
@@ -357,11 +359,11 @@ def test_a_final_receipt_not_known_newest_loses_to_the_stores_for_more(
 ) -> None:
     """What the store is read for where the final receipt's gate did not check every
     receipt stored (a connection billed per request: the RPC bill keeps its own)."""
-    cid, escrow_id = world.open()
-    known = _admitted(world, cid, escrow_id)
-    kept, final = world.receipt(cid, 40_960, 1), world.receipt(cid, 1024, 9)
-    with ReceiptStore(tmp_path / "r.db") as store:
-        assert store.keep(kept)
-        settled = _settle_known(world, cid, store, known, final)
-        assert settled is not None and settled.claimed == kept.total_amount
-    assert _escrow_totals(world, escrow_id) == (kept.total_amount, DEPOSIT - kept.total_amount)
+    with _kept(world, tmp_path, 40_960) as kept:
+        final = world.receipt(kept.cid, 1024, 9)
+        settled = kept.settle(final)
+        assert settled is not None and settled.claimed == kept.receipt.total_amount
+    assert _escrow_totals(world, kept.escrow_id) == (
+        kept.receipt.total_amount,
+        DEPOSIT - kept.receipt.total_amount,
+    )

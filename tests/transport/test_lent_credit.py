@@ -11,7 +11,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -77,16 +77,36 @@ def credit_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return seen
 
 
-def _read_all(sock: dtp.socket.DTPSocket, total: int, out: list[bytes]) -> None:
+def _read_all(
+    sock: dtp.socket.DTPSocket,
+    total: int,
+    out: list[bytes],
+    size: int = CHUNK,
+    then: Callable[[int], None] | None = None,
+) -> None:
+    """Reads ``total`` bytes in reads of up to ``size``, calling ``then`` with the count
+    so far after each, and appends their digest to ``out``."""
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
+    buf = bytearray(size)
     got = 0
     while got < total:
         n = sock.recv_into(buf)
         assert n, "the stream ended early"
         digest.update(memoryview(buf)[:n])
         got += n
+        if then is not None:
+            then(got)
     out.append(digest.digest())
+
+
+def _send_in_chunks(client: dtp.socket.DTPSocket, data: bytes, read: Callable[[], None]) -> None:
+    """Sends ``data`` a CHUNK a sendall while ``read`` runs on a thread of its own."""
+    reader = threading.Thread(target=read)
+    reader.start()
+    view = memoryview(data)
+    for pos in range(0, len(data), CHUNK):
+        client.sendall(view[pos : pos + CHUNK])
+    reader.join(30)
 
 
 def test_a_sender_out_of_credit_takes_the_credit_in_the_socket(
@@ -173,12 +193,7 @@ def test_a_bulk_sender_delivers_everything(
     client, server = pair
     data = os.urandom(TOTAL)
     got: list[bytes] = []
-    reader = threading.Thread(target=_read_all, args=(server, TOTAL, got))
-    reader.start()
-    view = memoryview(data)
-    for pos in range(0, TOTAL, CHUNK):
-        client.sendall(view[pos : pos + CHUNK])
-    reader.join(30)
+    _send_in_chunks(client, data, lambda: _read_all(server, TOTAL, got))
     assert got == [hashlib.sha256(data).digest()]
     assert credit_reads  # the sender ran out of credit (4 MiB) and looked in the lane
 
@@ -191,28 +206,15 @@ def test_what_the_peer_sends_meanwhile_reaches_the_sender(
     replies = [os.urandom(1000 + i) for i in range(20)]
     got: list[bytes] = []
 
-    def read_and_answer() -> None:
-        digest = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        n_got = 0
-        step = TOTAL // len(replies)
-        sent = 0
-        while n_got < TOTAL:
-            n = server.recv_into(buf)
-            assert n
-            digest.update(memoryview(buf)[:n])
-            n_got += n
-            while sent < len(replies) and n_got >= (sent + 1) * step:
-                server.sendall(replies[sent])
-                sent += 1
-        got.append(digest.digest())
+    step = TOTAL // len(replies)
+    sent: list[bytes] = []
 
-    reader = threading.Thread(target=read_and_answer)
-    reader.start()
-    view = memoryview(data)
-    for pos in range(0, TOTAL, CHUNK):
-        client.sendall(view[pos : pos + CHUNK])
-    reader.join(30)
+    def answer(n_got: int) -> None:
+        while len(sent) < len(replies) and n_got >= (len(sent) + 1) * step:
+            sent.append(replies[len(sent)])
+            server.sendall(sent[-1])
+
+    _send_in_chunks(client, data, lambda: _read_all(server, TOTAL, got, then=answer))
     assert got == [hashlib.sha256(data).digest()]
     want = b"".join(replies)
     received = bytearray()
@@ -457,23 +459,8 @@ def test_a_bulk_reader_returns_credit_in_the_loan(
     data = os.urandom(TOTAL)
     got: list[bytes] = []
 
-    def read() -> None:
-        digest = hashlib.sha256()
-        buf = bytearray(1 << 20)  # (more than a lane read: no record is cut by the end)
-        n_got = 0
-        while n_got < TOTAL:
-            n = server.recv_into(buf)
-            assert n, "the stream ended early"
-            digest.update(memoryview(buf)[:n])
-            n_got += n
-        got.append(digest.digest())
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    view = memoryview(data)
-    for pos in range(0, TOTAL, CHUNK):
-        client.sendall(view[pos : pos + CHUNK])
-    reader.join(30)
+    # (reads of more than a lane read: no record is cut by the end)
+    _send_in_chunks(client, data, lambda: _read_all(server, TOTAL, got, 1 << 20))
     assert got == [hashlib.sha256(data).digest()]
     # a quarter of the 4 MiB window read, credit goes back: about 24 records for 24 MiB
     assert len(sealed) >= 12
