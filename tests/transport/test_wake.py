@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from dtp.transport.blocking import sched
-from dtp.transport.blocking._wakers import Waker, _EventWaker, _PairWaker, make_waker
+from dtp.transport.blocking._engine import Waker, _EventWaker, _PairWaker, make_waker
 from dtp.transport.carriers._tcp import wait_ready
 
 

@@ -26,7 +26,6 @@ from dtp.protocol._state import SendState
 from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG, CloseCode
 from dtp.transport._session import CARRIER_DRAIN, FIRST_RECV_CHUNK, RECV_CHUNK, UNSENT, Session
 from dtp.transport.blocking import LINGER, sched
-from dtp.transport.blocking._wakers import make_waker
 
 if TYPE_CHECKING:
     from dtp.transport._hooks import ConnectionHook
@@ -55,6 +54,118 @@ _WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which tim
 logger = logging.getLogger("dtp.transport.blocking._engine")
 
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
+
+
+# --------------------------------------------------------------------------------------
+# the wake-up descriptor: how a thread makes the one waiting on the carrier (in ``poll``,
+# or in the C lane's ``dtp_wait_readable``) look at its conditions again. On Linux an
+# ``eventfd``: one descriptor, about 2.5 us to make and close, where a socket pair took
+# two and about 12 us (docs/benchmark-history.md, "The transport's own connect and
+# accept paths"); a simulated scheduler (``sched.install``) gets its own ``socketpair``.
+
+_EVENTFD = hasattr(os, "eventfd")
+
+
+class Waker:
+    """The interface: ``fileno`` (-1 once closed), ``wake``, ``take``, ``close``."""
+
+    __slots__ = ()
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Make the descriptor readable (from any thread; after close, nothing)."""
+        raise NotImplementedError
+
+    def take(self) -> bool:
+        """Make it quiet again: the wakes so far are seen. Whether there was one."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close it (once; again, nothing), waking a thread that waits on it."""
+        raise NotImplementedError
+
+
+class _EventWaker(Waker):
+    __slots__ = ("_fds",)
+
+    def __init__(self) -> None:
+        # (a list taken with one pop, a single step under the GIL: of two threads
+        # closing at once -- a release and a collected socket's close -- one closes)
+        self._fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)]
+
+    def fileno(self) -> int:
+        fds = self._fds
+        return fds[0] if fds else -1
+
+    def wake(self) -> None:
+        fds = self._fds
+        if fds:
+            with contextlib.suppress(OSError, IndexError):
+                os.eventfd_write(fds[0], 1)
+
+    def take(self) -> bool:
+        fds = self._fds
+        try:
+            return bool(os.eventfd_read(fds[0]))
+        except (OSError, IndexError):  # (BlockingIOError: no wake; IndexError: closed)
+            return False
+
+    def close(self) -> None:
+        try:
+            fd = self._fds.pop()
+        except IndexError:
+            return
+        # a wake first: a thread polling it holds the file open past our close and
+        # would sleep on (the pair's close woke it: its other end's hang-up)
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress, per connection)
+            os.eventfd_write(fd, 1)
+        except OSError:
+            pass
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress, per connection)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class _PairWaker(Waker):
+    __slots__ = ("_r", "_w")
+
+    def __init__(self) -> None:
+        self._r, self._w = sched.socketpair()
+        try:
+            self._r.setblocking(False)
+            self._w.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._w.send(b"\0")
+
+    def take(self) -> bool:
+        try:
+            return bool(self._r.recv(4096))
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        for s in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def make_waker() -> Waker:
+    """A new wake-up descriptor: an eventfd under the operating system's scheduler,
+    else the installed scheduler's socket pair. OSError when out of descriptors."""
+    if _EVENTFD and sched.socketpair is _socket.socketpair:
+        return _EventWaker()
+    return _PairWaker()
 
 
 class AheadKeys(Protocol):
@@ -95,7 +206,7 @@ class Engine:
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._fd = sock.fileno()
         self._read_first_skip = 0  # reads to go before recv_lent tries one without waiting
-        self._waker = make_waker()  # (an eventfd: _wakers.py)
+        self._waker = make_waker()  # (an eventfd: _wake.py)
         self._wake_fd = self._waker.fileno()
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         # streams whose next (or current) blocking read ends in DTPTimeoutError at once
@@ -442,10 +553,9 @@ class Engine:
             rx = lane.flow.rx
             taken: int = rx.taken
             if status == DUE:
-                # all taken, but credit is owed: sealed in the loan, which goes on (the
-                # meter's output hook, when set, runs on the general path's); else the
-                # connection sends it (what the lane keeps pending of a record goes to
-                # it, and comes back with the next loan)
+                # all taken, but credit is owed: sealed in the loan, which goes on, unless a
+                # meter hooks the output (the general path's); else the connection sends it
+                # (what the lane keeps pending goes to it, and back with the next loan)
                 now = sched.monotonic()
                 if self.hook is None and (credit := conn.lent_credit(now)) is not None:
                     self.write(memoryview(credit))
