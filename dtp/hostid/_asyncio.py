@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dtp._extras import require
 from dtp.hostid._address import HostAddress
 from dtp.hostid._admission import (
     PreparedConnection,
@@ -50,8 +49,8 @@ from dtp.transport.asyncio._streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio._threads import threaded_or_released
 from dtp.transport.carriers._tcp import (
     PendingTcp,
-    check_listen_address,
     check_listen_host_port,
+    checked_websocket_listen,
     connect_any,
 )
 
@@ -453,14 +452,9 @@ async def start_server(
     None for a server on WebSocket alone. Its address: ``websocket_addresses``.
     """
     check_listen_host_port(host, port)
-    if websocket is not None:
-        check_listen_address(websocket, "websocket")
+    allowed = checked_websocket_listen(websocket, origins)
     check_limit(limit)
     check_open_grace_use(open_grace, ledger)
-    if origins is not None and websocket is None:
-        raise ValueError("origins are for a WebSocket listener (websocket=(host, port))")
-    if websocket is not None:
-        require("ws", "The WebSocket carrier")
     carriers, admit = server_admission(
         carriers,
         admit,
@@ -497,7 +491,7 @@ async def start_server(
             await server.listen_websocket(
                 websocket[0],
                 websocket[1],
-                origins=origins,
+                origins=allowed,
                 backlog=backlog,
                 start_serving=start_serving,
             )

@@ -121,6 +121,51 @@ def test_both_servers_refuse_a_bad_option_before_the_ledger(
         w.close()
 
 
+#: (websocket= and origins= over the defaults, the error, what its message says)
+WEBSOCKET_BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
+    (
+        {"origins": ["https://a.example"]},
+        ValueError,
+        r"origins are for a WebSocket listener \(websocket=\(host, port\)\)",
+    ),
+    ({"websocket": "127.0.0.1:0"}, TypeError, "websocket must be a"),
+    ({"websocket": ("127.0.0.1", 70000)}, InvalidArgument, "websocket: port 70000"),
+    ({"websocket": ("127.0.0.1", 0), "origins": "https://a.example"}, TypeError, "one string"),
+    (
+        {"websocket": ("127.0.0.1", 0), "origins": ["https://a.example", ""]},
+        ValueError,
+        "an origin must be a non-empty string, not ''",
+    ),
+]
+
+
+@pytest.mark.parametrize("server", ["paid", "start_server"])
+@pytest.mark.parametrize(("given", "error", "says"), WEBSOCKET_BAD)
+def test_a_paid_server_and_start_server_refuse_websocket_arguments_alike(
+    server: str, given: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    """One check (dtp.transport.carriers._tcp.checked_websocket_listen) for both, so
+    the same error and words, before anything listens."""
+    pytest.importorskip("websockets")
+    with pytest.raises(error, match=says):
+        if server == "paid":
+            ServerOptions.checked(SERVER, **_options(**given))
+        else:
+            asyncio.run(
+                dtp.aio.start_server(lambda r, w: None, "127.0.0.1", 0, identity=SERVER, **given)
+            )
+
+
+def test_origins_are_kept_read_once() -> None:
+    """Origins given as an iterator are read once: checked and kept, not used up."""
+    pytest.importorskip("websockets")
+    given = (o for o in ["https://a.example", "*"])
+    options = ServerOptions.checked(SERVER, **_options(websocket=("127.0.0.1", 0), origins=given))
+    assert options.websocket == ("127.0.0.1", 0)
+    assert options.origins == ("https://a.example", "*")
+    assert ServerOptions.checked(SERVER, **_options(websocket=("::1", 0))).origins is None
+
+
 def test_dtp_socket_serve_names_a_bad_identity_first(tmp_path: Path) -> None:
     """The error a user of ``dtp.socket.serve`` reads for an identity that is no
     HostIdentity: its exact text, and before any other bad option's."""

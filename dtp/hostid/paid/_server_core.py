@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Generic, Protocol, TypedDict, TypeVar
 
-from dtp._extras import require
 from dtp.errors import DTPError
 from dtp.hostid._admission import checked_open_grace
 from dtp.hostid._connect import check_ledger_object
@@ -34,6 +33,7 @@ from dtp.payments._serving import SERVED_REFUSAL
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport._session import CALLBACK_FAILED
 from dtp.transport.blocking._server import check_handshake_bounds, check_server_identity
+from dtp.transport.carriers._tcp import checked_websocket_listen
 
 if TYPE_CHECKING:
     from dtp.hostid._admission import Admitted
@@ -144,18 +144,7 @@ class ServerOptions:
         check_address(address, "address")
         if endpoint is not None:
             check_address(endpoint, "endpoint")
-        allowed = None
-        if websocket is not None:
-            check_address(websocket, "websocket")
-            require("ws", "The WebSocket carrier")
-        if origins is not None:
-            if websocket is None:
-                raise ValueError("origins are for a WebSocket listener (websocket=)")
-            if isinstance(origins, str):
-                raise TypeError("origins must be a list of origins, not one string")
-            allowed = tuple(origins)
-            if not all(isinstance(o, str) and o for o in allowed):
-                raise ValueError(f"origins must be non-empty strings: {allowed!r}")
+        allowed = checked_websocket_listen(websocket, origins)
         if ledger is not None and (config is None or config.zklogin_verifier is None):
             base = config or ConnectionConfig(identity=identity, is_client=False)  # type: ignore[arg-type]
             config = replace(base, zklogin_verifier=ledger)

@@ -14,9 +14,10 @@ import logging
 import os
 import select
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from dtp._extras import require
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError, InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,31 @@ def check_listen_address(address: object, name: str = "address") -> None:
         )
     if not 0 <= address[1] <= 0xFFFF:
         raise InvalidArgument(f"{name}: port {address[1]} is outside 0..65535")
+
+
+def checked_websocket_listen(
+    websocket: object, origins: Iterable[str] | None
+) -> tuple[str, ...] | None:
+    """A server's ``websocket=(host, port)`` and ``origins=`` (the servers' one check,
+    before anything listens): the address as :func:`check_listen_address`'s, ValueError
+    for origins without a WebSocket listener, MissingExtra without the ``ws`` extra, and
+    the origins as the listener's :func:`~dtp.transport.carriers._websocket.origin_rule`
+    takes them (TypeError for one string); returns them as a tuple (None: none given)."""
+    if websocket is not None:
+        check_listen_address(websocket, "websocket")
+    if origins is not None and websocket is None:
+        raise ValueError("origins are for a WebSocket listener (websocket=(host, port))")
+    if websocket is None:
+        return None
+    require("ws", "The WebSocket carrier")
+    if origins is None:
+        return None
+    from dtp.transport.carriers._websocket import origin_rule
+
+    # (a str goes through whole, for origin_rule's TypeError; an iterator is read once)
+    allowed = origins if isinstance(origins, str) else tuple(origins)
+    origin_rule(allowed)
+    return tuple(allowed)
 
 
 def check_listen_host_port(host: object, port: object) -> None:
