@@ -36,6 +36,20 @@ def _public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
+def _the_handshake_takes_its_one_proof_made(identity: HostIdentity) -> None:
+    """One identity proof made ahead, for the ephemeral key the next connect takes: the
+    handshake with that key takes it, and the server's check takes it as ``identity``'s."""
+    from dtp.identity import _noise as crypto
+
+    assert len(crypto._PROOFS_AHEAD) == 1
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
+    assert not crypto._PROOFS_AHEAD
+    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+
+
 def test_prepared_ephemeral_keys_are_handed_out_once_then_fresh_ones() -> None:
     for _ in range(keys_ahead.MAX_AHEAD + 3):  # more than the pool holds
         keys_ahead.prepare_ephemeral_key()
@@ -362,14 +376,7 @@ def test_an_anonymous_identity_made_with_its_proof_is_whole_and_its_proof_taken(
     noise = keys_ahead.new_anonymous_noise_key()
     identity = crypto.anonymous_identity_proving(noise, SERVER.noise_public, ephemeral)
     assert identity is not None and type(identity) is HostIdentity
-    assert len(crypto._PROOFS_AHEAD) == 1
-    # the handshake for that ephemeral key takes the proof made, and the server takes it
-    client = Handshake.initiator(
-        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
-    )
-    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
-    assert not crypto._PROOFS_AHEAD
-    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+    _the_handshake_takes_its_one_proof_made(identity)
     # a whole identity: its key object, made at first use, is the seed's (the public
     # key the signature gave), it signs anew, saves and loads
     signature = identity.sign_personal_message(b"again")
@@ -417,14 +424,7 @@ def test_next_connect_keys_leave_an_anonymous_identity_with_its_proof_made() -> 
     assert keys.make() and keys.done
     identity = keys_ahead.take_anonymous_identity()
     assert identity is not anonymous and not keys_ahead._identities
-    # one proof, for the ephemeral key the next connect takes, which its handshake takes
-    assert len(crypto._PROOFS_AHEAD) == 1
-    client = Handshake.initiator(
-        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
-    )
-    proof = crypto.make_auth_proof(identity, client.auth_binding, early=True)
-    assert not crypto._PROOFS_AHEAD
-    assert crypto.verify_auth_proof(proof, client.auth_binding, early=True) == identity.sui_address
+    _the_handshake_takes_its_one_proof_made(identity)
 
 
 @pytest.mark.parametrize("signer", ["missing", "failing", "not_ed25519"])
