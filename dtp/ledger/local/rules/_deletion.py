@@ -112,10 +112,9 @@ def response_escrow_destroy(x: Exec, escrow_id: str) -> None:
     """``response_escrow::destroy``: the requester deletes its escrow once paid,
     delivered or refunded."""
     e = x.load(escrow_id, "ResponseEscrow")
-    if x.sender != e["requester"]:
-        raise move_error(
-            "response_escrow", "ENotRequester", f"{x.sender} on response escrow {escrow_id}"
-        )
+    x.require_sender(
+        e["requester"], "response_escrow", "ENotRequester", f"response escrow {escrow_id}"
+    )
     if e["state"] == 0:
         raise move_error("response_escrow", "EEscrowOpen", f"response escrow {escrow_id}")
     if e["funds"]:

@@ -176,10 +176,10 @@ def _sub_and_offer(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     sub = x.load(sub_id, "Subscription")
     offer = x.load(offer_id, "SubscriptionOffer")
-    if role == "provider" and x.sender != offer["provider"]:
-        raise move_error("subscription", "ENotProvider", f"{x.sender} on offer {offer_id}")
-    if role == "holder" and x.sender != sub["holder"]:
-        raise move_error("subscription", "ENotHolder", f"{x.sender} on subscription {sub_id}")
+    if role == "provider":
+        x.require_sender(offer["provider"], "subscription", "ENotProvider", f"offer {offer_id}")
+    if role == "holder":
+        x.require_sender(sub["holder"], "subscription", "ENotHolder", f"subscription {sub_id}")
     if sub["offer"] != offer_id:
         raise move_error("subscription", "EWrongOffer", f"subscription {sub_id}")
     return sub, offer

@@ -84,10 +84,10 @@ def _open_response_escrow(x: Exec, escrow_id: str, role: str) -> dict[str, Any]:
     from dtp.ledger.interface import RESPONSE_ESCROW_OPEN
 
     e = x.load(escrow_id, "ResponseEscrow")
-    if role == "server" and x.sender != e["server"]:
-        raise move_error("response_escrow", "ENotServer", f"{x.sender} on {escrow_id}")
-    if role == "requester" and x.sender != e["requester"]:
-        raise move_error("response_escrow", "ENotRequester", f"{x.sender} on {escrow_id}")
+    if role == "server":
+        x.require_sender(e["server"], "response_escrow", "ENotServer", escrow_id)
+    if role == "requester":
+        x.require_sender(e["requester"], "response_escrow", "ENotRequester", escrow_id)
     if e["state"] != RESPONSE_ESCROW_OPEN:
         raise move_error("response_escrow", "EEscrowClosed", f"response escrow {escrow_id}")
     return e
