@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, get_args
 from dtp.errors import InvalidArgument, move_error
 from dtp.ledger._move_call import Id, MoveCall, MoveCaller, signer_key, u64
 from dtp.ledger._objects import (
+    U64_MAX,
     OpenedConnection,
     Pipe,
     TransportControl,
@@ -84,8 +85,6 @@ MAX_PAYMENT_MEMO: Final = 256
 #: unconfirmed record's deposit comes back after twice its retention time at most.
 MAX_RETENTION_MS: Final = 2_592_000_000
 
-_U64_MAX: Final = 2**64 - 1
-
 
 def _whole(value: int, what: str, top: int) -> int:
     # bool is an int, and a float or a negative number would give a split or a deposit
@@ -111,7 +110,7 @@ def sponsor_pledge(deposit: int, share_bps: int, max_pledge: int) -> int:
 def sponsor_split(fee: int, share_bps: int) -> tuple[int, int]:
     """``sponsor::quote``: (what the client bears, what the provider pays) of ``fee``.
     Raises InvalidArgument unless ``fee`` is a u64 and ``0 <= share_bps <= BPS``."""
-    _whole(fee, "the fee", _U64_MAX)
+    _whole(fee, "the fee", U64_MAX)
     _whole(share_bps, "share_bps", BPS)
     provider = bps_share(fee, share_bps)
     return fee - provider, provider
@@ -280,7 +279,7 @@ class SponsorPool:
         """The pledge a connection opened now with ``deposit`` would get:
         ``min(deposit × share_bps / 10000, max_pledge)``, rounded down (``sponsor::
         pledge_for``). Raises InvalidArgument for a deposit that is not a u64."""
-        whole = _whole(deposit, "the deposit", _U64_MAX)
+        whole = _whole(deposit, "the deposit", U64_MAX)
         return sponsor_pledge(whole, self.share_bps, self.max_pledge)
 
     def quote(self, fee: int) -> tuple[int, int]:
@@ -370,7 +369,7 @@ class RetentionTerms:
     def deposit_for(self, size: int) -> int:
         """The storage deposit of a record of ``size`` bytes (InvalidArgument for a size
         that is not a non-negative integer)."""
-        return _whole(size, "the record size", _U64_MAX) * self.storage_price_per_byte
+        return _whole(size, "the record size", U64_MAX) * self.storage_price_per_byte
 
 
 @dataclass(frozen=True)
@@ -703,7 +702,7 @@ class PaymentModels(MoveCaller):
         each lane it reaches: if one fails, the ones before it stay funded, as the
         error's note says). A signer without ``amount`` MIST is refused before any."""
         check_signer(signer)
-        _whole(amount, "the amount", _U64_MAX)
+        _whole(amount, "the amount", U64_MAX)
         if lane is not None:
             self._sponsor_fund(signer, pool_id, lane, amount)
             return
@@ -726,7 +725,7 @@ class PaymentModels(MoveCaller):
         each: if one fails, the ones before it stay withdrawn, as the error's note says).
         More than the lanes hold unpledged is refused before any."""
         check_signer(signer)
-        _whole(amount, "the amount", _U64_MAX)
+        _whole(amount, "the amount", U64_MAX)
         if lane is not None:
             self._sponsor_withdraw(signer, pool_id, lane, amount)
             return
@@ -774,7 +773,7 @@ class PaymentModels(MoveCaller):
         ``ESponsorUnfunded``). ``host_id`` defaults to the pool's host."""
         # (the arguments checked before anything is read)
         check_signer(signer)
-        _whole(deposit, "the deposit", _U64_MAX)
+        _whole(deposit, "the deposit", U64_MAX)
         if client_public_key is not None:
             as_bytes(client_public_key, "client_public_key")
         pool = self.get_sponsor_pool(pool_id)

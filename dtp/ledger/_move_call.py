@@ -9,10 +9,10 @@ reference, and reads the result from the event the call emits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import InvalidArgument
-from dtp.ledger._objects import Sla, as_bytes, check_half_close_timeout, is_whole
+from dtp.ledger._objects import U64_MAX, Sla, as_bytes, check_half_close_timeout, is_whole
 from dtp.ledger.receipt import Receipt
 
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ __all__ = [
     "signer_key",
     "u64",
 ]
-
-U64_MAX: Final = 2**64 - 1
 
 
 def u64(value: int, what: str) -> int:

@@ -47,6 +47,10 @@ def owned_by_another(
     )
 
 
+#: The largest Move ``u64``.
+U64_MAX: Final = 2**64 - 1
+
+
 def is_whole(value: object, low: int, high: int) -> TypeGuard[int]:
     """Whether ``value`` is an int from ``low`` to ``high``, a bool not counting as one:
     what a Move integer argument can stand for (a float or a bool would give a value no
@@ -121,6 +125,7 @@ __all__ = [
     "MAX_INNERS",
     "MAX_PURE_BYTES",
     "MIN_HALF_CLOSE_TIMEOUT_MS",
+    "U64_MAX",
     "U128",
     "Broadcast",
     "BroadcastStake",
@@ -1035,7 +1040,6 @@ def _table(entries: Any) -> dict[str, Any]:
 
 # -- checking the fields of a typed view ---------------------------------------------------
 
-_U64_MAX: Final = 2**64 - 1
 #: Whether a value is of the type it checks.
 _Check = Callable[[Any], bool]
 #: Per dataclass: its fields, each with the check of its declared type and, for a field
@@ -1119,7 +1123,7 @@ def _make_dataclass_check(cls: type) -> _Check:
         fields = value.__dict__
         for name in ints:
             x = fields[name]
-            if type(x) is not int or not 0 <= x <= _U64_MAX:
+            if type(x) is not int or not 0 <= x <= U64_MAX:
                 return False
         for name, kind in exact:
             if type(fields[name]) is not kind:
@@ -1136,7 +1140,7 @@ def _make_dataclass_check(cls: type) -> _Check:
 def _compile(hint: Any) -> _Check:
     """The check of a value of the type ``hint``."""
     if hint is int:
-        return lambda value: type(value) is int and 0 <= value <= _U64_MAX
+        return lambda value: type(value) is int and 0 <= value <= U64_MAX
     if hint is U128:
         return lambda value: type(value) is int and 0 <= value < 1 << 128
     if hint in (bool, str, bytes) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):

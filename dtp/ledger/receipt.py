@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import MalformedReceipt, UnsupportedReceiptVersion
 from dtp.identity._ed25519 import verify_memoized
-from dtp.ledger._objects import _NORMALIZED, Sla, is_whole, normalize_id
+from dtp.ledger._objects import _NORMALIZED, U64_MAX, Sla, is_whole, normalize_id
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -48,7 +48,6 @@ RECEIPT_ENCODING_VERSION: Final = 2
 _ENCODING: Final = struct.Struct("<B32s32s32sQQQQ64s")
 #: Size of :meth:`Receipt.encode`'s output (fits a RECEIPT frame's 1024 bytes).
 RECEIPT_ENCODED_SIZE: Final = _ENCODING.size
-U64_MAX: Final = 2**64 - 1
 _MESSAGE: Final = struct.Struct("<15s32s32s32sQQQQ")
 
 

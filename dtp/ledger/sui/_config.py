@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dtp.errors import ChainError, SuiConfigError, shown
-from dtp.ledger._objects import normalize_id
+from dtp.ledger._objects import U64_MAX, is_whole, normalize_id
 from dtp.ledger._versions import PACKAGE_VERSION
 from dtp.ledger.sui._client import parse_endpoint, positive_seconds
 
@@ -67,11 +67,7 @@ class SuiConfig:
                 )
         except ChainError as exc:
             raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
-        if (
-            not isinstance(self.package_version, int)
-            or isinstance(self.package_version, bool)
-            or not 0 < self.package_version < 2**64
-        ):
+        if not is_whole(self.package_version, 1, U64_MAX):
             raise SuiConfigError(
                 f"DTP_SUI_PACKAGE_VERSION: a package version is a positive integer, got "
                 f"{shown(self.package_version)}."
@@ -83,11 +79,7 @@ class SuiConfig:
                 raise SuiConfigError(f"DTP_SUI_ADMIN_CAP: {exc}") from None
         # an int (not a bool), checked here: encode_u64 would refuse a float only in
         # each transaction, after the node was asked for gas; True would be 1 MIST
-        if (
-            not isinstance(self.gas_budget, int)
-            or isinstance(self.gas_budget, bool)
-            or not 0 < self.gas_budget < 2**64
-        ):
+        if not is_whole(self.gas_budget, 1, U64_MAX):
             raise SuiConfigError(
                 f"DTP_SUI_GAS_BUDGET: the gas budget must be a positive integer of MIST "
                 f"below 2**64, got {shown(self.gas_budget)}."

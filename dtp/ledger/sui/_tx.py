@@ -93,7 +93,6 @@ __all__ = [
 CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
 #: Sui's ``max_pure_argument_size``: a pure input must be shorter than this.
 _MAX_PURE_ARGUMENT: Final = 16 * 1024
-U64_MAX: Final = 2**64 - 1
 #: Bitcoin's base58 alphabet, which Sui digests use (no 0, O, I, l, +, /, =).
 _BASE58: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 

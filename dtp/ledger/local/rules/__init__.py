@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import InvalidArgument
-from dtp.ledger._objects import MAX_PURE_BYTES
+from dtp.ledger._objects import MAX_PURE_BYTES, U64_MAX
 from dtp.ledger.local._tx import Address, TxValue
 from dtp.ledger.local.rules._broadcast import (
     broadcast_cancel,
@@ -35,7 +35,6 @@ from dtp.ledger.local.rules._common import (
     MOVE_STDLIB,
     OBJECT_TYPES,
     SHARED,
-    U64_MAX,
     DamagedData,
     Exec,
     Handler,

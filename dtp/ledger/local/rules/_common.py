@@ -17,11 +17,10 @@ from dtp.errors import (
     move_error,
 )
 from dtp.ledger._entry_functions import MOVE_CALLS, OBJECT_KINDS, Entry
-from dtp.ledger._objects import owned_by_another
+from dtp.ledger._objects import U64_MAX, owned_by_another
 from dtp.ledger._versions import ADMIN_CAP, PACKAGE_VERSION, VERSIONED, stored_version
 from dtp.ledger.local._tx import derive_object_id
 
-U64_MAX: Final = 2**64 - 1
 SHARED: Final = "shared"
 
 #: Short Move type names of LocalLedger objects, by struct name.
