@@ -144,21 +144,11 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
 
 
 @rule("escrow::claim")
-def escrow_claim(
-    x: Exec,
-    escrow_id: str,
-    total_bytes: int,
-    total_requests: int,
-    total_amount: int,
-    nonce: int,
-    signature: bytes,
-) -> int:
-    """``escrow::claim``: the cap is not involved (the deposit was reserved on it); the
-    escrow notes the claim's epoch for its next report to the cap."""
-    escrow = x.load(escrow_id, "Escrow")
-    return claim_loaded(
-        x, escrow, escrow_id, total_bytes, total_requests, total_amount, nonce, signature
-    )
+def escrow_claim(x: Exec, escrow_id: str, *receipt: Any) -> int:
+    """``escrow::claim`` of ``receipt`` (its five fields, as :func:`claim_loaded` takes
+    them): the cap is not involved (the deposit was reserved on it); the escrow notes the
+    claim's epoch for its next report to the cap."""
+    return claim_loaded(x, x.load(escrow_id, "Escrow"), escrow_id, *receipt)
 
 
 def claim_loaded(
