@@ -171,7 +171,7 @@ class ServiceConfig:
 
     @property
     def paid(self) -> bool:
-        return self.price_per_kib > 0 or self.price_per_request > 0
+        return self.sla().paid
 
     def sla(self, published: Sla | None = None) -> Sla:
         """The terms the service publishes: its prices and minimum deposit, and its

@@ -94,7 +94,7 @@ class ClientFees:
         deposit: int,
         every_bytes: int,
     ) -> None:
-        self.paid = sla.price_per_kib > 0 or sla.price_per_request > 0
+        self.paid = sla.paid
         self.meter = Meter(
             identity,
             scope,

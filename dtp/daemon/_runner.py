@@ -493,7 +493,7 @@ class Daemon:
         """Warn about the paid services whose prices cannot cover the gas of a typical
         connection's end (:func:`dtp.daemon._gas.warn_prices`); on a LocalLedger (no gas)
         nothing is said."""
-        if not any(s.price_per_kib or s.price_per_request for s in services):
+        if not any(s.paid for s in services):
             return
         try:
             gas = await asyncio.to_thread(self.ledger.end_gas)

@@ -60,7 +60,7 @@ class ServedTunnels(ServedSide):
         writer.set_datagram_sink(self._stray_datagrams(conn))
         acceptor = asyncio.ensure_future(self._accept(conn))
         try:
-            if conn.terms.sla.price_per_kib or conn.terms.sla.price_per_request:
+            if conn.terms.sla.paid:
                 await self._read_receipts(conn, reader)
             else:
                 # nothing to read on stream 0 of a free service; a reader would wake on
@@ -262,8 +262,7 @@ class ServedTunnels(ServedSide):
             old rate reaches it without waiting for that hold to end)."""
             conn.bytes += n
             book.touch()
-            sla = conn.terms.sla
-            if sla.price_per_kib > 0 or sla.price_per_request > 0:
+            if conn.terms.sla.paid:
                 unpaid = unpaid_hold(conn, service)
             else:
                 # (nothing to pay: never behind, as unpaid_hold says, without the call)

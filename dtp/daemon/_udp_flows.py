@@ -72,7 +72,7 @@ class UdpFlows(ServedSide):
         backend = service.backends[turn % len(service.backends)]
         settlements = self.settlements
         billing = None
-        if terms.sla.price_per_kib or terms.sla.price_per_request:
+        if terms.sla.paid:
 
             def kept(receipt: Receipt) -> None:
                 settlements.kept(stats, conn, receipt)

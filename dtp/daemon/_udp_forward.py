@@ -197,7 +197,7 @@ class UdpForward(Forward):
         sla = self._slas.pop(connection_id)
         deposit = self._deposits.pop(connection_id)
         escrow_id = self._escrows.pop(connection_id)
-        if sla.price_per_kib == 0 and sla.price_per_request == 0:
+        if not sla.paid:
             return None
         scope = ReceiptScope(self.ledger.package_id, escrow_id, connection_id)
         return Meter(self.identity, scope, sla, deposit, every_bytes=0)

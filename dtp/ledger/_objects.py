@@ -278,6 +278,12 @@ class Sla:
     #: :data:`MIN_HALF_CLOSE_TIMEOUT_MS` to :data:`MAX_HALF_CLOSE_TIMEOUT_MS`.
     half_close_timeout_ms: int = HALF_CLOSE_TIMEOUT_MS
 
+    @property
+    def paid(self) -> bool:
+        """Whether the terms charge for anything (bytes or requests): a free service's
+        connections carry no receipts, and its server has nothing to claim."""
+        return self.price_per_kib > 0 or self.price_per_request > 0
+
     def to_fields(self) -> dict[str, int]:
         """The Move struct's fields as a dict."""
         return {

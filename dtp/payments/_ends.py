@@ -268,7 +268,7 @@ def check_prices(
     """Whether ``sla``'s prices cover the gas of a typical connection's end; None for a
     free service (it claims nothing: its ends are left to the clients) and on a ledger
     that charges no gas."""
-    if not gas.charged or (sla.price_per_kib == 0 and sla.price_per_request == 0):
+    if not gas.charged or not sla.paid:
         return None
     typical = sla_fee(sla, typical_bytes, typical_requests)
     rest = gas.settle_claim - sla.price_per_request * typical_requests
