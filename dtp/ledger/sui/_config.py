@@ -59,24 +59,16 @@ class SuiConfig:
             parse_endpoint(self.rpc)  # ValueError for a non-str too
         except ValueError as exc:
             raise SuiConfigError(f"DTP_SUI_RPC: {exc}.") from None
-        try:
-            object.__setattr__(self, "package", normalize_id(self.package, "package ID"))
-            if self.type_package is not None:
-                object.__setattr__(
-                    self, "type_package", normalize_id(self.type_package, "package ID")
-                )
-        except ChainError as exc:
-            raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
+        self._normalize_id("package", "package ID", "DTP_SUI_PACKAGE")
+        if self.type_package is not None:
+            self._normalize_id("type_package", "package ID", "DTP_SUI_PACKAGE")
         if not is_whole(self.package_version, 1, U64_MAX):
             raise SuiConfigError(
                 f"DTP_SUI_PACKAGE_VERSION: a package version is a positive integer, got "
                 f"{shown(self.package_version)}."
             )
         if self.admin_cap is not None:
-            try:
-                object.__setattr__(self, "admin_cap", normalize_id(self.admin_cap, "AdminCap ID"))
-            except ChainError as exc:
-                raise SuiConfigError(f"DTP_SUI_ADMIN_CAP: {exc}") from None
+            self._normalize_id("admin_cap", "AdminCap ID", "DTP_SUI_ADMIN_CAP")
         # an int (not a bool), checked here: encode_u64 would refuse a float only in
         # each transaction, after the node was asked for gas; True would be 1 MIST
         if not is_whole(self.gas_budget, 1, U64_MAX):
@@ -99,6 +91,14 @@ class SuiConfig:
             raise SuiConfigError(
                 f"DTP_SUI_RETRIES must be a non-negative integer, got {shown(self.retries)}."
             )
+
+    def _normalize_id(self, name: str, what: str, variable: str) -> None:
+        """The object ID in field ``name`` normalized in place; a malformed one is the
+        error of the variable ``variable`` that gives it."""
+        try:
+            object.__setattr__(self, name, normalize_id(getattr(self, name), what))
+        except ChainError as exc:
+            raise SuiConfigError(f"{variable}: {exc}") from None
 
     def __repr__(self) -> str:
         key = self.key.sui_address if self.key is not None else None
