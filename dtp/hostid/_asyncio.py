@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -285,22 +286,16 @@ async def open_connection(
         if opening.metered:
             await asyncio.to_thread(opening.meter, proto.conn, proto.loop.time(), opened)
 
+    reached: tuple[str, int | str | None]
+    sock: socket.socket | None = None
+    peername: tuple[str, str] | None = None  # (a ledger bridge's names its connection)
     try:
         if over is not None:
             # the WebSocket carrier the caller named (its TCP connect done there)
             if early is not None:
                 early.close()
                 early = None
-            reader, writer = await connect.open(
-                f"dtp://{address.host_id}:{address.port}",
-                None,
-                prepared.config,
-                timeout,
-                while_waiting=while_waiting,
-                writer_class=HostStreamWriter,
-                limit=limit,
-                carrier=over,
-            )
+            reached = (f"dtp://{address.host_id}:{address.port}", None)
         elif prepared.endpoint is None:
             bridge = await threaded_or_released(
                 lambda: connect_ledger_carrier(
@@ -312,16 +307,8 @@ async def open_connection(
                 ),
                 lambda bridge: bridge.socket.close(),  # (its thread ends with its socket)
             )
-            reader, writer = await connect.open(
-                *bridge.peername,
-                prepared.config,
-                timeout,
-                sock=bridge.socket,
-                while_waiting=while_waiting,
-                writer_class=HostStreamWriter,
-                limit=limit,
-                peername=bridge.peername,
-            )
+            sock, reached = bridge.socket, bridge.peername
+            peername = bridge.peername
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
             pending_tcp = early
@@ -329,15 +316,18 @@ async def open_connection(
                 lambda: connect_any(pending_tcp, prepared.endpoints, timeout),
                 lambda made: made[0].close(),
             )
-            reader, writer = await connect.open(
-                *reached,
-                prepared.config,
-                timeout,
-                sock=tcp,
-                while_waiting=while_waiting,
-                writer_class=HostStreamWriter,
-                limit=limit,
-            )
+            sock = tcp
+        reader, writer = await connect.open(
+            *reached,
+            prepared.config,
+            timeout,
+            sock,
+            while_waiting=while_waiting,
+            writer_class=HostStreamWriter,
+            limit=limit,
+            peername=peername,
+            carrier=over,
+        )
     except BaseException as exc:
         if early is not None:
             early.close()

@@ -64,6 +64,7 @@ def connect_by_host_id(
         if opening.metered:
             opening.meter(conn, time.monotonic(), opened)
 
+    reached: tuple[str, int | str]  # (a ledger bridge's names its connection)
     try:
         if prepared.endpoint is None:
             bridge = connect_ledger_carrier(
@@ -73,30 +74,21 @@ def connect_by_host_id(
                 prepared.server_address,
                 terms.ledger_options,
             )
-            sock = connect(
-                bridge.peername,
-                timeout,
-                prepared.config,
-                str(address),
-                bridge.socket,
-                while_waiting=while_waiting,
-                timer=False,
-                socket_class=HostSocket,
-            )
+            carrier, reached = bridge.socket, bridge.peername
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
-            tcp, reached = connect_any(early, prepared.endpoints, timeout)
-            early = None  # (finished: what it made is tcp, or closed)
-            sock = connect(
-                reached,
-                timeout,
-                prepared.config,
-                name=str(address),
-                carrier=tcp,
-                while_waiting=while_waiting,
-                timer=False,
-                socket_class=HostSocket,
-            )
+            carrier, reached = connect_any(early, prepared.endpoints, timeout)
+            early = None  # (finished: what it made is carrier, or closed)
+        sock = connect(
+            reached,
+            timeout,
+            prepared.config,
+            str(address),
+            carrier,
+            while_waiting=while_waiting,
+            timer=False,
+            socket_class=HostSocket,
+        )
     except BaseException as exc:
         if early is not None:
             early.close()

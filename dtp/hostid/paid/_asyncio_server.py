@@ -199,7 +199,7 @@ class PaidAioServer(ServerBooks[PaidConnection]):
             refused = self.core.unmetered(cid, exc)
             logger.warning(refused.warning)
             writer.abort(refused.reason)
-            if refused.settle and await self._settle_surely(cid, None, admitted):
+            if refused.settle and await self._settle(cid, None, admitted):
                 raise asyncio.CancelledError from None
             return
         watch_claims(self.claimer, gate)  # (ended by its settlement, in _end)
@@ -291,7 +291,7 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         elif step is EndStep.SETTLE:
             # (the final receipt is the newest: as in the blocking server's _end)
             newest = self.requests is None and paid.final_is_newest()
-            if await self._settle_surely(cid, paid.final, admitted, newest):
+            if await self._settle(cid, paid.final, admitted, newest):
                 phase.cancel()
         else:  # (EndStep.CLOSE)
             self._release_carrier(proto)
@@ -326,20 +326,6 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         if paid.proto.session.terminated is None:
             await paid.request_final_receipt()
 
-    async def _settle_surely(
-        self,
-        cid: str,
-        final: Receipt | None,
-        known: Admitted | None = None,
-        final_is_newest: bool = False,
-    ) -> bool:
-        """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
-        try:
-            await self._settle(cid, final, known, final_is_newest)
-        except asyncio.CancelledError:
-            return True
-        return False
-
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
         proto.hold_carrier = False
@@ -352,7 +338,9 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         final: Receipt | None,
         known: Admitted | None = None,
         final_is_newest: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Settle ``cid`` (:meth:`_settling`, in a thread), waited for to the end even
+        when this task is cancelled: whether it was (the caller goes on with it)."""
         # the settlement's thread goes on when this task is cancelled: it counts as a
         # handler until done, so the store is not closed under it
         settling = self._settling(cid, final, known, final_is_newest)
@@ -366,13 +354,12 @@ class PaidAioServer(ServerBooks[PaidConnection]):
                 break
             except asyncio.CancelledError:
                 # waited for all the same (the thread goes on: what it settled is
-                # recorded), the cancellation re-raised after
+                # recorded), the cancellation told after
                 if job.cancelled():
-                    raise
+                    return True
                 cancelled = True
         self._record(cid, settlement)
-        if cancelled:
-            raise asyncio.CancelledError
+        return cancelled
 
     def _settled(self, job: asyncio.Future[Settlement | EndLeft | EndDeferred | None]) -> None:
         self._done()
@@ -424,7 +411,8 @@ class PaidAioServer(ServerBooks[PaidConnection]):
         if key is None:
             return
         try:
-            await self._settle(key, None, admitted)
+            if await self._settle(key, None, admitted):
+                raise asyncio.CancelledError
         finally:
             self._serving.release(key)
 
