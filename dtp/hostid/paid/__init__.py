@@ -1,11 +1,12 @@
 """Paid connections by host ID (docs/escrow.md §6.1): the blocking paid
 server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid._aio`.
 
-``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they
-both pump (sans-I/O); the drivers: ``blocking`` the paid stream, ``blocking_server`` the
-blocking server (its parts in ``blocking_server_*``), ``asyncio`` and ``asyncio_server``
-their asyncio twins (``asyncio_server_*``); the server's
-receipt store and settlements are the payments layer's (:mod:`dtp.payments._serving`).
+``_policy`` has what both drivers apply, ``_engine`` and ``_server_core`` the rules they
+both pump (sans-I/O), ``_server_admission``, ``_server_steps`` and ``_server_books`` the
+server's parts both drivers share; the drivers: ``_blocking`` the paid stream,
+``_blocking_server`` the blocking server, ``_asyncio`` and ``_asyncio_server`` their
+asyncio twins; the server's receipt store and settlements are the payments layer's
+(:mod:`dtp.payments._serving`).
 """
 
 from dtp.hostid.paid._blocking import Handler, PaidSocket
