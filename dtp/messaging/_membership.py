@@ -494,7 +494,7 @@ class Membership:
         kind, seq, target = msg.kind, msg.seq, msg.target
         if kind == PING:
             if target == self.me.id:
-                self._reply(sender, msg.version, ACK, seq)
+                self._send(sender, self._answer_in(sender, msg.version), ACK, seq)
         elif kind == ACK:
             probe = self._probe
             if probe is not None and seq == probe.seq:
@@ -510,7 +510,7 @@ class Membership:
             held = self._table.get(target) if target is not None else None
             if held is None or not held.member.live:
                 if msg.version >= 2:  # not one to ping: say so at once (it heard from us)
-                    self._reply(sender, msg.version, NACK, seq, target)
+                    self._send(sender, self._answer_in(sender, msg.version), NACK, seq, target)
             # (bounded: each relay lives one period; a flood of requests is dropped)
             elif len(self._relays) < _MAX_RELAYS:
                 self._seq += 1
@@ -523,7 +523,9 @@ class Membership:
                 )
                 self._ping(held, self._seq)
         elif kind == SYNC:
-            self._reply(sender, msg.version, SYNC_REPLY, 0, records=self._all())
+            self._send(
+                sender, self._answer_in(sender, msg.version), SYNC_REPLY, 0, records=self._all()
+            )
 
     def leave(self, now: float) -> None:
         """Say goodbye: a LEFT record of this member goes to every live member at once,
@@ -796,20 +798,12 @@ class Membership:
     def _ping(self, entry: _Entry, seq: int) -> None:
         self._send(entry.member, entry.version, PING, seq, entry.member.id)
 
-    def _reply(
-        self,
-        to: Member,
-        version: int,
-        kind: int,
-        seq: int,
-        target: str | None = None,
-        records: Iterable[tuple[Member, str | None]] | None = None,
-    ) -> None:
-        # the address the sender gave in this very message (it may be newer than our
-        # record: a restart, and is where it listens now), in the version it spoke
-        entry = self._table.get(to.id)
-        speaks = max(version, entry.version) if entry is not None else version
-        self._send(to, speaks, kind, seq, target, records)
+    def _answer_in(self, sender: Member, version: int) -> int:
+        """The version to answer ``sender`` in: the one it spoke, or a newer one its record
+        holds. (The answer goes to the address it gave in this very message: it may be
+        newer than our record -- a restart -- and is where it listens now.)"""
+        entry = self._table.get(sender.id)
+        return max(version, entry.version) if entry is not None else version
 
     def _send(
         self,

@@ -25,6 +25,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from dtp.messaging import errors as E
 from dtp.messaging._framing import encode_frame
+from dtp.messaging._pubsub_scoring import check_number
 
 __all__ = [
     "GRAFT",
@@ -129,11 +130,7 @@ class MeshParams:
             "unsubscribe_backoff",
             "delivery_window",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be finite and 0 or more")
+            check_number(name, getattr(self, name), signed=False)
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be above 0 seconds")
         if max(self.prune_backoff, self.unsubscribe_backoff) > MAX_BACKOFF:

@@ -44,6 +44,15 @@ class Standing(enum.Enum):
     DISCONNECT = "disconnect"
 
 
+def check_number(name: str, value: object, *, signed: bool) -> None:
+    """The rule of the pub/sub parameters that are numbers: an int or a float (not a
+    bool; TypeError), finite and, unless ``signed``, 0 or more (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__!r}")
+    if not math.isfinite(value) or (value < 0 and not signed):
+        raise ValueError(f"{name} must be finite" + ("" if signed else " and 0 or more"))
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreParams:
     """Weights, caps, half-lives (seconds) and thresholds of peer scores.
@@ -91,11 +100,7 @@ class ScoreParams:
             "mesh_delivery_half_life",
             "mesh_delivery_activation",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite")
+            check_number(name, getattr(self, name), signed=True)
         if self.first_delivery_weight < 0 or self.first_delivery_cap < 0:
             raise ValueError("first-delivery weight and cap are 0 or more (a credit)")
         if self.invalid_weight > 0 or self.mesh_delivery_weight > 0:

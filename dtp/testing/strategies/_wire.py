@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 _DATA_BODY_MIN, _DATA_BODY_MAX = AEAD_TAG_LEN, MAX_FRAME_DATA + AEAD_TAG_LEN
+#: The record kinds docs/protocol.md §2 names (any other is ``RECORD_KIND``).
+_RECORD_KINDS = (REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL, REC_DATA)
 
 
 def _varints(big: bool) -> st.SearchStrategy[int]:
@@ -290,7 +292,7 @@ def records(*, max_body: int = 512) -> st.SearchStrategy[bytes]:
 
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
-        kind = draw(st.sampled_from([REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL, REC_DATA]))
+        kind = draw(st.sampled_from(_RECORD_KINDS))
         if kind == REC_DATA:
             size = draw(
                 st.integers(_DATA_BODY_MIN, min(_DATA_BODY_MAX, max(max_body, _DATA_BODY_MIN)))
@@ -324,14 +326,10 @@ def hostile_records() -> st.SearchStrategy[HostileRecord]:
     @st.composite
     def build(draw: st.DrawFn) -> HostileRecord:
         flaw = draw(st.sampled_from(["kind", "flags", "size"]))
-        kind = draw(st.sampled_from([REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL, REC_DATA]))
+        kind = draw(st.sampled_from(_RECORD_KINDS))
         flags, size, error = 0, 16 if kind == REC_DATA else 1, ErrorCode.RECORD_SIZE
         if flaw == "kind":
-            kind = draw(
-                st.integers(0, 255).filter(
-                    lambda k: k not in (REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL, REC_DATA)
-                )
-            )
+            kind = draw(st.integers(0, 255).filter(lambda k: k not in _RECORD_KINDS))
             error = ErrorCode.RECORD_KIND
         elif flaw == "flags":
             flags, error = draw(st.integers(1, 255)), ErrorCode.RECORD_FLAGS
