@@ -140,7 +140,7 @@ class StreamTable:
         self.stream_credit_at = stream_window * 3 // 4
 
     def is_ours(self, stream_id: int) -> bool:
-        # (stream_initiator_is_client inline, a call fewer: a client opens the even IDs)
+        # (a client opens the even stream IDs, a server the odd ones)
         return (stream_id % 2 == 0) == self.is_client
 
     def peer_next_id(self) -> int:
