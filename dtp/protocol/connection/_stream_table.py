@@ -246,15 +246,6 @@ class StreamTable:
             self.by_id[stream_id] = stream
         return stream
 
-    def frees_a_place(self, stream: Stream) -> bool:
-        """Whether the end of our sending on the peer's ``stream`` will forget it and
-        give its place back (its receiving half ended, the application took it)."""
-        return (
-            not self.is_ours(stream.stream_id)
-            and stream.recv_state in (RecvState.DONE, RecvState.RESET)
-            and (self.untaken is None or stream.stream_id not in self.untaken)
-        )
-
     def forget_if_done(self, stream: Stream) -> bool:
         """Forget ``stream`` once both its halves ended; returns whether a peer stream's
         place went back to the peer with it (a MAX_STREAMS is then due)."""
