@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 KeyPath = tuple[str | int, ...]
-U64 = 2**64 - 1
 
 #: ``[daemon] refund_interval`` by default: seconds between two looks at the connections
 #: the forwarders opened and no longer use, until each is settled (dtp.daemon._refunds;

@@ -114,8 +114,3 @@ CONN_ESTABLISHED: Final = ConnState.ESTABLISHED
 CONN_CLOSED: Final = ConnState.CLOSED
 SEND_OPEN: Final = SendState.OPEN
 RECV_OPEN: Final = RecvState.OPEN
-
-
-def stream_initiator_is_client(stream_id: int) -> bool:
-    """Client-opened streams have even IDs, server-opened ones odd IDs."""
-    return stream_id % 2 == 0

@@ -39,7 +39,6 @@ from dtp.ledger._objects import (
     Settlement,
     Sla,
     as_bytes,
-    check_port,
     check_signer,
     check_transfer_amount,
     is_whole,
@@ -1082,10 +1081,6 @@ class LocalStore(TypedReads):
     @staticmethod
     def _id(value: str, what: str = "object ID") -> Address:
         return Address(normalize_id(value, what))
-
-    @staticmethod
-    def _port(port: int) -> int:
-        return check_port(port)
 
 
 def _first_event(result: TxResult, name: str) -> Event:

@@ -450,11 +450,6 @@ class SuiNode:
     # the current runner's parts, None before the first call and after close() (tests and
     # debugging look at them)
     @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None:
-        runner = self._runner
-        return runner.loop if runner is not None else None
-
-    @property
     def _thread(self) -> threading.Thread | None:
         runner = self._runner
         return runner.thread if runner is not None else None

@@ -81,7 +81,6 @@ class NoiseError(HandshakeError):
         super().__init__(f"{text} ({context})" if context else text)
 
 
-_HASHLEN: Final = 32
 _TAGLEN: Final = 16
 #: The Noise protocol name of each pattern (dtp_core/noise.c NAMES: the two agree,
 #: tests/native/test_noise.py).

@@ -131,7 +131,8 @@ class _FastPaths(_ConnectionState):
             # where the frame and the credit fit one (a reply on a stream of its own, a
             # JSON-RPC call's, is one record, not two)
             and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
-            # (StreamTable.frees_a_place, inline: every answer on a stream of its own)
+            # (the end of our sending on the peer's stream frees its place: its
+            # receiving half ended, the application took it)
             and (stream.stream_id % 2 == 0) != table.is_client
             and (stream.recv_state is RecvState.DONE or stream.recv_state is RecvState.RESET)
             and (table.untaken is None or stream.stream_id not in table.untaken)
@@ -168,7 +169,7 @@ class _FastPaths(_ConnectionState):
         sid = stream.stream_id
         if sid and not stream.send_buf and not stream.retransmit.ranges and sid in table.by_id:
             # (RecordLayer.forget_if_done's outcome, known here: its FIN went with every
-            # byte, its receiving half ended, the application took it -- frees_a_place --
+            # byte, its receiving half ended, the application took it -- its place is free --
             # and it is not the client's first stream, which is remembered as it goes)
             del table.by_id[sid]
             table.peer_done += 1

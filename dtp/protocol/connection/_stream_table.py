@@ -140,7 +140,7 @@ class StreamTable:
         self.stream_credit_at = stream_window * 3 // 4
 
     def is_ours(self, stream_id: int) -> bool:
-        # (stream_initiator_is_client inline, a call fewer: a client opens the even IDs)
+        # (a client opens the even stream IDs, a server the odd ones)
         return (stream_id % 2 == 0) == self.is_client
 
     def peer_next_id(self) -> int:
@@ -245,15 +245,6 @@ class StreamTable:
             stream = Stream(stream_id, send_credit=self.send_window, recv_limit=self.stream_window)
             self.by_id[stream_id] = stream
         return stream
-
-    def frees_a_place(self, stream: Stream) -> bool:
-        """Whether the end of our sending on the peer's ``stream`` will forget it and
-        give its place back (its receiving half ended, the application took it)."""
-        return (
-            not self.is_ours(stream.stream_id)
-            and stream.recv_state in (RecvState.DONE, RecvState.RESET)
-            and (self.untaken is None or stream.stream_id not in self.untaken)
-        )
 
     def forget_if_done(self, stream: Stream) -> bool:
         """Forget ``stream`` once both its halves ended; returns whether a peer stream's

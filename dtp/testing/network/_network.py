@@ -472,13 +472,13 @@ class SimNetwork:
         serial = next(self._serial)
         rng = random.Random(f"{self.seed}/{serial}/syn")
         lives = src.crashes
-        await self._control(src, dst, rng, syn=True)
+        await self._control(src, dst, rng)
         if src.crashes != lives:
             # (the connecting program died meanwhile, as crash() ends the host's others)
             raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
         listener = self._listeners.get((dst.name, port))
         if listener is None:
-            await self._control(dst, src, rng, syn=False)
+            await self._control(dst, src, rng)
             self.stats.refused += 1
             self._note(f"refused {src.name} -> {dst.name}:{port}")
             raise ConnectionRefusedError(
@@ -489,7 +489,7 @@ class SimNetwork:
         # lost SYN-ACK costs the client its retries, not the server's first-message
         # window (its handshake timer starts at the accept). Nothing exists of it
         # meanwhile, so a connect cancelled or failed on the way leaves nothing behind
-        await self._control(dst, src, rng, syn=False)
+        await self._control(dst, src, rng)
         if src.crashes != lives:
             raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
         if self._listeners.get((dst.name, port)) is not listener:
@@ -513,7 +513,7 @@ class SimNetwork:
         client.attach(protocol)
         return client, protocol
 
-    async def _control(self, src: SimHost, dst: SimHost, rng: random.Random, *, syn: bool) -> None:
+    async def _control(self, src: SimHost, dst: SimHost, rng: random.Random) -> None:
         """Wait until a SYN (or its answer) crosses from ``src`` to ``dst``. A datagram
         link's loss spares them: a datagram carrier has no connect of its own, its
         first datagram is the handshake's message 1, whose losses DTP's resends recover

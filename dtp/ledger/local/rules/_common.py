@@ -265,13 +265,9 @@ class Exec:
     def delete(self, object_id: str) -> None:
         self.objects[object_id].deleted = True
 
-    def check_version(self, object_id: str, struct: str) -> None:
-        """``check_version`` of a loaded object: ``version::EWrongVersion`` unless it
-        records the version of the code that runs."""
-        self.check_loaded_version(self.load(object_id, struct), object_id, struct)
-
     def check_loaded_version(self, data: dict[str, Any], object_id: str, struct: str) -> None:
-        """:meth:`check_version` of ``data``, which :meth:`load` gave for ``object_id``."""
+        """``check_version`` of ``data``, which :meth:`load` gave for ``object_id``:
+        ``version::EWrongVersion`` unless it records the version of the code that runs."""
         version = stored_version(data)
         if version != self.code_version:
             raise move_error(
