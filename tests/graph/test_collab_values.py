@@ -324,3 +324,22 @@ def test_a_tracked_node_gets_no_version_of_its_documents_records() -> None:
     assert g.history(note.doc_soul) == []
     assert note.value == "abc"
     g.close()
+
+
+def test_state_vector_and_whole_update_carry_every_replicas_edits() -> None:
+    """``state_vector()`` counts each author's Yjs clock (one a UTF-16 unit inserted),
+    and ``as_update()`` rebuilds the same text in a plain Yjs document outside the graph."""
+    pycrdt = pytest.importorskip("pycrdt")
+    a, b = Graph(), Graph()
+    ta, tb = a.text("note/1", "body"), b.text("note/1", "body")
+    ta.insert(0, "héllo")
+    sync(a, b)
+    tb.insert(5, " 😀")  # three UTF-16 units: the emoji is a surrogate pair
+    tb.delete(0, 1)  # a deletion makes no struct: the clock does not move
+    sync(a, b)
+    assert ta.state_vector() == tb.state_vector() == {ta.client_id: 5, tb.client_id: 3}
+    outside = pycrdt.Doc()
+    outside.apply_update(ta.as_update())
+    assert str(outside.get("text", type=pycrdt.Text)) == ta.value == "éllo 😀"
+    a.close()
+    b.close()

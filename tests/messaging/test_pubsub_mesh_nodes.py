@@ -94,7 +94,7 @@ def test_a_hello_of_another_version_is_refused_with_the_link() -> None:
         mesh.close()
 
 
-def test_a_mesh_node_grafts_a_raw_peer_and_serves_its_iwant() -> None:
+def test_a_mesh_node_grafts_a_raw_peer_serves_its_iwant_and_keeps_its_peer_exchange() -> None:
     mesh = Mesh(1, [], mesh=FAST)
     try:
         sub = mesh.nodes[0].subscribe("t")
@@ -106,8 +106,11 @@ def test_a_mesh_node_grafts_a_raw_peer_and_serves_its_iwant() -> None:
         assert drain(sub, 1) == [b"x"]
         raw.send([IWANT, [message_id]])
         assert _wait(lambda: sum(1 for f in raw.frames if f[0] == 10) == 2)
-        raw.send([PRUNE, ["t"], 60, []])
+        assert mesh.nodes[0].exchanged_peers() == {}
+        raw.send([PRUNE, ["t"], 60, [["n9", "10.0.0.9:7000"], ["n8", None]]])
         assert _wait(lambda: mesh.nodes[0].mesh_peers("t") == [])
+        # the PRUNE's peer exchange, for the application to link to
+        assert mesh.nodes[0].exchanged_peers() == {"n9": "10.0.0.9:7000", "n8": None}
         raw.send([IHAVE, "t", [b"\x01" * 16]])
         assert _wait(lambda: [IWANT, [b"\x01" * 16]] in raw.frames)
         counters = mesh.nodes[0].mesh_counters()
