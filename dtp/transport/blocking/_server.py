@@ -249,8 +249,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     _dispatch: Callable[[DTPSocket], None] | None
     _closed: threading.Event
     _closing: bool
-    _jobs: queue.SimpleQueue[_Job | None]
-    _idle: int
+    _waiting: list[queue.SimpleQueue[_Job | None]]
     _idle_lock: threading.Lock
     _turn_left: bool
     _orphans: deque[_Arrival]
@@ -342,10 +341,13 @@ class DTPServer(AdmittingServer[_Arrival]):
         # Event.is_set is a Python call)
         self._closing = False
         # connection threads waiting for work (a carrier to serve, or the turn to
-        # accept on the listener): _idle counts those not yet promised a job from _jobs
-        # (see _hand_to_thread and _connection_thread)
-        self._jobs: queue.SimpleQueue[_Job | None] = sched.SimpleQueue()
-        self._idle = 0
+        # accept on the listener) and not yet promised any, each by its own queue: a
+        # job wakes the one thread it goes to (threads waiting on one queue woke each
+        # other at every job, glibc's semaphore waking a second waiter, which then
+        # took the interpreter's lock from the thread serving the connection). The
+        # last to come free is the first given work (see _hand_to_thread and
+        # _connection_thread)
+        self._waiting: list[queue.SimpleQueue[_Job | None]] = []
         self._idle_lock = threading.Lock()
         self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
         # connections whose handshake may start but no thread could be started for: the
@@ -370,6 +372,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._reader.start()
         if self._listener is not None:
             self._hand_to_thread(_ACCEPT_TURN)
+
+    @property
+    def _idle(self) -> int:
+        """Connection threads waiting for work, none promised them yet."""
+        return len(self._waiting)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -411,11 +418,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         with contextlib.suppress(OSError):
             self._reader_waker.send(b"\0")  # the reader thread sees _closed: it ends
         with self._idle_lock:
-            idle, self._idle = self._idle, 0
+            waiting, self._waiting = self._waiting, []
             orphans = list(self._orphans)
             self._orphans.clear()
-        for _ in range(idle):
-            self._jobs.put(None)  # waiting connection threads end now
+        for jobs in waiting:
+            jobs.put(None)  # waiting connection threads end now
         for arrival in orphans:  # (no thread came free for them: never served)
             arrival.tcp.close()
             self._admission.ended(arrival, sched.monotonic())
@@ -751,9 +758,8 @@ class DTPServer(AdmittingServer[_Arrival]):
     def _hand_to_thread(self, job: _Job) -> None:
         """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
-            if self._idle:
-                self._idle -= 1  # that waiting thread is promised this job
-                self._jobs.put(job)
+            if self._waiting:
+                self._waiting.pop().put(job)  # (that waiting thread is promised it)
                 return
         thread = sched.Thread(
             target=self._connection_thread, args=(job,), name="dtp-handshake", daemon=True
@@ -764,6 +770,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
+        jobs: queue.SimpleQueue[_Job | None] | None = None  # (its own, once it waits)
         while job is not None:
             if isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
@@ -777,9 +784,8 @@ class DTPServer(AdmittingServer[_Arrival]):
                     # serving, it stopped accepting for the handler's whole run)
                     logger.warning("no thread to pass the accepting on to: %s", exc)
                     with self._idle_lock:
-                        if self._idle:  # one became free meanwhile (and waits)
-                            self._idle -= 1
-                            self._jobs.put(_ACCEPT_TURN)
+                        if self._waiting:  # one became free meanwhile (and waits)
+                            self._waiting.pop().put(_ACCEPT_TURN)
                         else:
                             self._turn_left = True
                 job = accepted
@@ -794,16 +800,18 @@ class DTPServer(AdmittingServer[_Arrival]):
                     continue
                 if self._closing:
                     return
-                self._idle += 1
+                if jobs is None:
+                    jobs = sched.SimpleQueue()
+                self._waiting.append(jobs)
             try:
-                job = self._jobs.get(timeout=self.WORKER_IDLE)
+                job = jobs.get(timeout=self.WORKER_IDLE)
             except queue.Empty:
                 with self._idle_lock:
-                    if self._idle:
-                        self._idle -= 1  # no job promised to us: leave
+                    if jobs in self._waiting:
+                        self._waiting.remove(jobs)  # no job promised to us: leave
                         return
-                # every waiting thread was promised a job, we included: it is queued
-                job = self._jobs.get()
+                # we were promised a job meanwhile: it is queued
+                job = jobs.get()
 
     def _serve_one(self, arrival: _Arrival) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
