@@ -342,11 +342,10 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._closing = False
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener) and not yet promised any, each by its own queue: a
-        # job wakes the one thread it goes to (threads waiting on one queue woke each
-        # other at every job, glibc's semaphore waking a second waiter, which then
-        # took the interpreter's lock from the thread serving the connection). The
-        # last to come free is the first given work (see _hand_to_thread and
-        # _connection_thread)
+        # job wakes the one thread it goes to (on one shared queue a job woke two
+        # waiting threads, and the second took the interpreter's lock from the thread
+        # serving the connection, to find nothing). The last to come free is the first
+        # given work (see _hand_to_thread and _connection_thread)
         self._waiting: list[queue.SimpleQueue[_Job | None]] = []
         self._idle_lock = threading.Lock()
         self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
