@@ -1,7 +1,8 @@
 """DTPServer's connection threads: the one that accepts a connection whose first record
-came with it serves it and passes the accepting on (else an idle thread serves it once
-the record is in), one per concurrent connection, reused across connections, ended by
-close() and (all but the one accepting) after WORKER_IDLE without work.
+came with it, or soon after it, serves it and passes the accepting on (else an idle thread
+serves it once the record is in), one per concurrent connection, reused across
+connections, ended by close() and (all but the one accepting) after WORKER_IDLE without
+work.
 
 Out of threads, a blocking server's accepting is not held by one long handler.
 
@@ -342,3 +343,88 @@ def test_serve_forever_out_of_threads_refuses_a_queued_connection_and_goes_on(
             assert serving.is_alive()
         finally:
             queued.close()
+
+
+class _LateRelay:
+    """A TCP relay to ``target`` that connects on at once but holds what its client
+    sends for ``hold`` seconds: the server sees a connect whose first record comes
+    after it (as a connection by host ID's does, its ledger's work in between)."""
+
+    def __init__(self, target: tuple[str, int], hold: float) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.target, self.hold = target, hold
+        threading.Thread(target=self._relay, daemon=True).start()
+
+    def _relay(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(self.target)
+        threading.Event().wait(self.hold)
+
+        def pipe(src: socket.socket, dst: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+        back.start()
+        pipe(client, upstream)
+        back.join(10)
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_record_that_comes_after_the_connect_is_read_by_the_accepting_thread() -> None:
+    """The accepting thread watches the newest connection whose first record had not
+    come with its connect, beside the listener, and serves it itself once the record
+    is in: no hand-off to the reader thread. The one it watched before goes to the
+    reader thread as the next connects, and is still closed at its first-message
+    timeout."""
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100))
+
+    with dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER, first_message_timeout=1.0
+    ) as server:
+        watched: list[object] = []
+        watch = server._watch
+
+        def spy(arrival: object) -> None:
+            watched.append(arrival)
+            watch(arrival)  # type: ignore[arg-type]
+
+        server._watch = spy  # type: ignore[method-assign]
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        relay = _LateRelay(server.address, 0.3)
+        try:
+            with dtp.socket.create_connection(
+                relay.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+            ) as sock:
+                sock.sendall(b"late")
+                assert sock.recv(100) == b"late"
+        finally:
+            relay.close()
+        assert watched == []
+        # a silent connect, then a late one: the silent one goes to the reader thread
+        silent = socket.create_connection(server.address)
+        assert wait_for(lambda: server._admission.unproven.from_address("127.0.0.1") == 1)
+        relay = _LateRelay(server.address, 0.3)
+        try:
+            with dtp.socket.create_connection(
+                relay.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+            ) as sock:
+                sock.sendall(b"later")
+                assert sock.recv(100) == b"later"
+        finally:
+            relay.close()
+        assert len(watched) == 1
+        with silent:
+            silent.settimeout(5.0)
+            assert silent.recv(1) == b""  # closed at its first-message timeout
+        assert server.unproven_closed >= 1

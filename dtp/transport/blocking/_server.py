@@ -219,7 +219,10 @@ class DTPServer(AdmittingServer[_Arrival]):
     asyncio server admits them (the rules and defaults: docs/protocol.md §8,
     "Admission"), counted in :attr:`unproven_closed`, :attr:`half_handshakes_evicted`
     and :attr:`busy_refused` as there. While unproven, a connection holds only its
-    socket, one reader thread watching them all; a record that came with the connect is
+    socket, one reader thread watching them all but the newest, which the accepting
+    thread watches beside the listener until it accepts the next and serves itself once
+    its record is in (a client that connects ahead of its first record, as one by host
+    ID does, is served with no thread hand-off); a record that came with the connect is
     read as it is accepted, so that connection never waits there. The accepting thread
     never waits for a slot: silent connections cannot hold the listen backlog, nor the
     handshake slots, against clients that speak. Accepted connections wait for
@@ -246,8 +249,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     _dispatch: Callable[[DTPSocket], None] | None
     _closed: threading.Event
     _closing: bool
-    _jobs: queue.SimpleQueue[_Job | None]
-    _idle: int
+    _waiting: list[queue.SimpleQueue[_Job | None]]
     _idle_lock: threading.Lock
     _turn_left: bool
     _orphans: deque[_Arrival]
@@ -339,10 +341,12 @@ class DTPServer(AdmittingServer[_Arrival]):
         # Event.is_set is a Python call)
         self._closing = False
         # connection threads waiting for work (a carrier to serve, or the turn to
-        # accept on the listener): _idle counts those not yet promised a job from _jobs
-        # (see _hand_to_thread and _connection_thread)
-        self._jobs: queue.SimpleQueue[_Job | None] = sched.SimpleQueue()
-        self._idle = 0
+        # accept on the listener) and not yet promised any, each by its own queue: a
+        # job wakes the one thread it goes to (on one shared queue a job woke two
+        # waiting threads, and the second took the interpreter's lock from the thread
+        # serving the connection, to find nothing). The last to come free is the first
+        # given work (see _hand_to_thread and _connection_thread)
+        self._waiting: list[queue.SimpleQueue[_Job | None]] = []
         self._idle_lock = threading.Lock()
         self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
         # connections whose handshake may start but no thread could be started for: the
@@ -367,6 +371,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._reader.start()
         if self._listener is not None:
             self._hand_to_thread(_ACCEPT_TURN)
+
+    @property
+    def _idle(self) -> int:
+        """Connection threads waiting for work, none promised them yet."""
+        return len(self._waiting)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -408,11 +417,11 @@ class DTPServer(AdmittingServer[_Arrival]):
         with contextlib.suppress(OSError):
             self._reader_waker.send(b"\0")  # the reader thread sees _closed: it ends
         with self._idle_lock:
-            idle, self._idle = self._idle, 0
+            waiting, self._waiting = self._waiting, []
             orphans = list(self._orphans)
             self._orphans.clear()
-        for _ in range(idle):
-            self._jobs.put(None)  # waiting connection threads end now
+        for jobs in waiting:
+            jobs.put(None)  # waiting connection threads end now
         for arrival in orphans:  # (no thread came free for them: never served)
             arrival.tcp.close()
             self._admission.ended(arrival, sched.monotonic())
@@ -446,20 +455,20 @@ class DTPServer(AdmittingServer[_Arrival]):
 
     # -- admission: first records, the lines for handshake slots -------------------------------
 
-    def _admit_arrival(self, arrival: _Arrival) -> None:
+    def _admit_arrival(self, arrival: _Arrival) -> bool:
         """A new TCP connection: its first record is read now if it came with the
         connect (as a genuine client's does) -- then it goes on to the slots without
         waiting among the unproven, where it could make another give way -- else it
-        waits there, the reader thread reading it."""
+        waits there: True, and the caller watches it (the accepting thread, then the
+        reader thread: _accept_next)."""
         now = sched.monotonic()
         arrival.deadline = now + arrival.config.handshake_timeout
         self._heap.connected(now)
         progress = _read_first(arrival)
         if progress is Progress.NEED_MORE:
-            if self._admission.arrived(arrival, arrival.key, now):
-                self._watch(arrival)
-            return
+            return self._admission.arrived(arrival, arrival.key, now)
         self._first_read(arrival, progress, waited=False)
+        return False
 
     def _first_read(
         self, arrival: _Arrival, progress: Progress | None, *, waited: bool = True
@@ -485,10 +494,11 @@ class DTPServer(AdmittingServer[_Arrival]):
     def _watch(self, arrival: _Arrival) -> None:
         """Leave ``arrival``'s first record to the reader thread."""
         with self._stats_lock:
-            if self._closing:
+            fd = arrival.tcp.fileno()
+            if self._closing or fd < 0:  # (or closed already: it timed out, or gave way)
                 arrival.tcp.close()
                 return
-            self._reading[arrival.tcp.fileno()] = arrival
+            self._reading[fd] = arrival
         try:  # noqa: SIM105 (cheaper than contextlib.suppress, per connection)
             self._reader_waker.send(b"\0")
         except OSError:
@@ -630,74 +640,125 @@ class DTPServer(AdmittingServer[_Arrival]):
 
     def _accept_next(self) -> _Arrival | None:
         """The accepting thread's turn: the next TCP connection whose handshake may
-        start at once (its first record came with its connect, and its slots were
-        free), for this thread to serve; the others go to the reader thread, or to the
-        lines, and this thread accepts on. None once the server is closed."""
+        start at once, for this thread to serve -- one whose first record came with its
+        connect (and whose slots were free), or the newest of those whose record had
+        not come yet, which this thread watches with the listener until it accepts
+        another: a client that connects a little ahead of its first record (a
+        connection by host ID runs its ledger's work between the two) is served by the
+        thread that read it, with no hand-off to the reader thread and from it to a
+        connection thread. The others go to the reader thread, or to the lines, and
+        this thread accepts on. None once the server is closed."""
+        fresh: _Arrival | None = None
+        try:
+            while not self._closing:
+                with self._idle_lock:
+                    if self._orphans:
+                        return self._orphans.popleft()
+                got, fresh = self._accept_one(fresh)
+                if got is not None:
+                    return got
+            return None
+        finally:
+            if fresh is not None:
+                self._watch(fresh)  # (the reader thread's now; closed if the server is)
+
+    def _accept_one(self, fresh: _Arrival | None) -> tuple[_Arrival | None, _Arrival | None]:
+        """One wait of the accepting thread (for the listener, the orphans' wake, and
+        ``fresh``'s first record) and what came of it: (the connection this thread is
+        to serve, or None; the one it watches next, or None)."""
         listener = self._listener
         assert listener is not None
-        made = self._accepted_as
-        while not self._closing:
-            with self._idle_lock:
-                if self._orphans:
-                    return self._orphans.popleft()
-            try:
-                # (woken by a connection, by an orphan, or by close()'s shutdown; and
-                # every _ACCEPT_POLL at the latest: close() closes what this waits on,
-                # whose numbers a new descriptor may take before this poll begins. A
-                # closed one: a ValueError here, or POLLNVAL, whose accept or recv fails)
-                poller = sched.poll()
-                fd = listener.fileno()
-                poller.register(fd, select.POLLIN)
-                poller.register(self._orphan_wake, select.POLLIN)
-                for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0):
-                    if ready == fd:
-                        break
+        try:
+            # (woken by a connection, by an orphan, by close()'s shutdown, or by what
+            # ``fresh`` sends; and every _ACCEPT_POLL at the latest: close() closes
+            # what this waits on, whose numbers a new descriptor may take before this
+            # poll begins. A closed one: a ValueError here, or POLLNVAL, whose accept
+            # or recv fails)
+            poller = sched.poll()
+            fd = listener.fileno()
+            poller.register(fd, select.POLLIN)
+            poller.register(self._orphan_wake, select.POLLIN)
+            fresh_fd = -2
+            if fresh is not None:
+                fresh_fd = fresh.tcp.fileno()
+                if fresh_fd < 0:
+                    fresh = None  # closed meanwhile: timed out, gave way, or the server closed
                 else:
-                    with contextlib.suppress(OSError):
-                        self._orphan_wake.recv(4096)
-                    continue
-                if made is not None:
-                    # (as socket.accept; its return to blocking mode for a default
-                    # timeout of None is moot: the socket goes non-blocking below)
-                    accepted, peer = listener._accept()  # type: ignore[attr-defined]
-                    tcp = _socket.socket(*made, fileno=accepted)
-                else:
-                    tcp, peer = listener.accept()
-            except BlockingIOError:
-                continue  # (another took it: none here)
-            except (OSError, ValueError):
-                if self._closing:
-                    return None
+                    poller.register(fresh_fd, select.POLLIN)
+            accepting = False
+            for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0):
+                if ready == fresh_fd:
+                    assert fresh is not None
+                    done, serve = self._fresh_read(fresh)
+                    if done:
+                        return serve, None
+                elif ready == fd:
+                    accepting = True
+            if not accepting:
+                with contextlib.suppress(OSError):
+                    self._orphan_wake.recv(4096)
+                return None, fresh
+            made = self._accepted_as
+            if made is not None:
+                # (as socket.accept; its return to blocking mode for a default timeout of
+                # None is moot: the socket goes non-blocking below)
+                accepted, peer = listener._accept()  # type: ignore[attr-defined]
+                tcp = _socket.socket(*made, fileno=accepted)
+            else:
+                tcp, peer = listener.accept()
+        except BlockingIOError:
+            return None, fresh  # (another took it: none here)
+        except (OSError, ValueError):
+            if not self._closing:
                 sched.sleep(0.05)
-                continue
-            try:
-                tcp.setblocking(False)  # (tuned already: it has the listener's TCP_NODELAY)
-            except OSError:
-                tcp.close()  # (reset already)
-                continue
-            arrival = _Arrival(tcp, peer, self._config, address_key(str(peer[0])))
-            mine: list[_Arrival] = []
-            self._local.mine = mine
-            try:
-                self._admit_arrival(arrival)
-            except Exception:
-                # (a fault of ours at one connection: it goes, the accepting goes on --
-                # escaping, it ended this thread and all accepting with it)
-                logger.exception("a connection from %s could not be taken in", peer)
-                tcp.close()
-                continue
-            finally:
-                self._local.mine = None
-            if mine:
-                return mine[0]
-        return None
+            return None, fresh
+        try:
+            tcp.setblocking(False)  # (tuned already: it has the listener's TCP_NODELAY)
+        except OSError:
+            tcp.close()  # (reset already)
+            return None, fresh
+        arrival = _Arrival(tcp, peer, self._config, address_key(str(peer[0])))
+        mine: list[_Arrival] = []
+        self._local.mine = mine
+        try:
+            if self._admit_arrival(arrival):
+                # its record is not in yet: watched here, until the next one's turn
+                if fresh is not None:
+                    self._watch(fresh)
+                fresh = arrival
+        except Exception:
+            # (a fault of ours at one connection: it goes, the accepting goes on --
+            # escaping, it ended this thread and all accepting with it)
+            logger.exception("a connection from %s could not be taken in", peer)
+            tcp.close()
+        finally:
+            self._local.mine = None
+        return (mine[0] if mine else None), fresh
+
+    def _fresh_read(self, arrival: _Arrival) -> tuple[bool, _Arrival | None]:
+        """Read what came of the first record of ``arrival``, which the accepting thread
+        watches: (False, None) while it is still coming; else (True, ``arrival``) when
+        its handshake may start at once, for this thread to serve, or (True, None)
+        when not (it waits in a line, or was closed)."""
+        progress = _read_first(arrival)
+        if progress is Progress.NEED_MORE:
+            return False, None
+        mine: list[_Arrival] = []
+        self._local.mine = mine
+        try:
+            self._first_read(arrival, progress)
+        except Exception:
+            logger.exception("a connection from %s could not be taken in", arrival.peer)
+            arrival.tcp.close()
+        finally:
+            self._local.mine = None
+        return True, (mine[0] if mine else None)
 
     def _hand_to_thread(self, job: _Job) -> None:
         """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
-            if self._idle:
-                self._idle -= 1  # that waiting thread is promised this job
-                self._jobs.put(job)
+            if self._waiting:
+                self._waiting.pop().put(job)  # (that waiting thread is promised it)
                 return
         thread = sched.Thread(
             target=self._connection_thread, args=(job,), name="dtp-handshake", daemon=True
@@ -708,6 +769,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
+        jobs: queue.SimpleQueue[_Job | None] | None = None  # (its own, once it waits)
         while job is not None:
             if isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
@@ -721,9 +783,8 @@ class DTPServer(AdmittingServer[_Arrival]):
                     # serving, it stopped accepting for the handler's whole run)
                     logger.warning("no thread to pass the accepting on to: %s", exc)
                     with self._idle_lock:
-                        if self._idle:  # one became free meanwhile (and waits)
-                            self._idle -= 1
-                            self._jobs.put(_ACCEPT_TURN)
+                        if self._waiting:  # one became free meanwhile (and waits)
+                            self._waiting.pop().put(_ACCEPT_TURN)
                         else:
                             self._turn_left = True
                 job = accepted
@@ -738,16 +799,18 @@ class DTPServer(AdmittingServer[_Arrival]):
                     continue
                 if self._closing:
                     return
-                self._idle += 1
+                if jobs is None:
+                    jobs = sched.SimpleQueue()
+                self._waiting.append(jobs)
             try:
-                job = self._jobs.get(timeout=self.WORKER_IDLE)
+                job = jobs.get(timeout=self.WORKER_IDLE)
             except queue.Empty:
                 with self._idle_lock:
-                    if self._idle:
-                        self._idle -= 1  # no job promised to us: leave
+                    if jobs in self._waiting:
+                        self._waiting.remove(jobs)  # no job promised to us: leave
                         return
-                # every waiting thread was promised a job, we included: it is queued
-                job = self._jobs.get()
+                # we were promised a job meanwhile: it is queued
+                job = jobs.get()
 
     def _serve_one(self, arrival: _Arrival) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
