@@ -842,6 +842,9 @@ _spare_scratch: list[Any] = []
 # of a few long-lived spare buffers: ffi.from_buffer of the same one, every read, is
 # made once.
 _kept_out: list[tuple[Any, Any]] = [(None, None)]
+# (and the last source given with ``size``: a connection's reads come into its thread's
+# one long-lived read buffer)
+_kept_src: list[tuple[Any, Any]] = [(None, None)]
 
 
 class NativeLane:
@@ -1029,6 +1032,7 @@ class NativeLane:
         conn_limit: int,
         dst: bytearray | memoryview,
         keep: bool = False,
+        size: int | None = None,
     ) -> TakeResult:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
@@ -1037,8 +1041,19 @@ class NativeLane:
         zeroed when its record fails authentication). ``keep``: ``dst`` is the caller's
         own long-lived buffer, never resized or released: its C pointer is kept for the
         next take into it (which holds one export of it until another takes its
-        place)."""
-        src = _from_buffer(buf)
+        place). ``size``: take from ``buf[:size]`` only, ``buf`` being the caller's
+        long-lived read buffer (its pointer kept likewise, for the next take from it)."""
+        if size is None:
+            src = _from_buffer(buf)
+            size = len(src)
+        else:
+            kept = _kept_src[0]
+            src = kept[1] if kept[0] is buf else _from_buffer(buf)
+            if not 0 <= size <= len(src):
+                del src  # (see _from)
+                raise LocalProtocolError("size past the buffer's end", ErrorCode.ARG)
+            if src is not kept[1]:  # (a new one, kept once it is known good)
+                _kept_src[0] = (buf, src)
         kept = _kept_out[0]
         if kept[0] is dst:
             out = kept[1]
@@ -1059,7 +1074,7 @@ class NativeLane:
                 rc = _rx_take(
                     self._recv_ctx,
                     src,
-                    len(src),
+                    size,
                     stream_id,
                     offset,
                     stream_limit,

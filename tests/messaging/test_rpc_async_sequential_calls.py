@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -192,3 +193,40 @@ def test_a_lone_call_reads_its_answer_and_overlapping_calls_are_all_answered() -
         assert client._futures == {} and client._proto.in_flight == 0
 
     asyncio.run(with_pair(rpc, body))
+
+
+def test_a_loop_turn_lets_the_others_run_once_with_no_python_call() -> None:
+    """``await LOOP_TURN`` (the server's turn between a read and its inline answer) is
+    a bare yield: the task's step ends, the tasks ready run, the task goes on at the
+    next; each await a new iterator, made with no Python frame (a profile function sees
+    no call)."""
+    from dtp.messaging.rpc._streams import LOOP_TURN
+
+    async def main() -> list[str]:
+        order: list[str] = []
+
+        async def other() -> None:
+            order.append("other")
+            await LOOP_TURN
+            order.append("other again")
+
+        task = asyncio.get_running_loop().create_task(other())
+        calls: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                calls.append(frame.f_code.co_qualname)
+
+        order.append("before")
+        sys.setprofile(profile)
+        try:
+            await LOOP_TURN
+        finally:
+            sys.setprofile(None)
+        order.append("after")
+        await LOOP_TURN
+        await task
+        assert "_LoopTurn.__await__" not in calls, calls
+        return order
+
+    assert asyncio.run(main()) == ["before", "other", "after", "other again"]

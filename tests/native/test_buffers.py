@@ -214,6 +214,11 @@ def test_a_failed_call_leaves_no_export_of_the_callers_buffers(b: SimpleNamespac
     big = bytearray(lane.max_seal + 1)
     _fail_and_resize(lambda: lane.seal(0, SID, 0, big), big)
     _fail_and_resize(lambda: lane.take(sealed, SID, 0, BIG, 0, BIG, b"read-only"), sealed)
+    # (a read buffer whose size is refused is kept by neither: only a good one is)
+    _fail_and_resize(
+        lambda: lane.take(sealed, SID, 0, BIG, 0, BIG, bytearray(9), False, len(sealed) + 1),
+        sealed,
+    )
     flow = lane.flow
     flow.stream_id, flow.can_send = SID, 1
     flow.send_offset = 2**62 - 2  # the data would pass 2**62 - 1: FRAME_VALUE

@@ -167,6 +167,39 @@ def test_a_kept_destination_takes_each_read_and_others_are_not_held(
         offset += len(data)
 
 
+def test_a_read_buffer_given_with_its_size_takes_only_that_read(
+    backend: SimpleNamespace,
+) -> None:
+    """``size``: the records are ``buf[:size]``, ``buf`` the caller's long-lived read
+    buffer (an asyncio connection's, shared by its thread), stale bytes after them; the
+    native lane keeps its pointer for the next read into it. A size past its end is
+    refused, on either backend."""
+    sender, lane = lane_pair(backend, os.urandom(32))
+    rbuf = memoryview(bytearray(os.urandom(20_000)))
+    offset = 0
+    for counter in range(3):
+        data = os.urandom(500 + 3000 * counter)
+        sealed = sender.seal_stream(counter, SID, offset, data)[0]
+        if counter == 1:  # a take from another buffer between two from the kept one
+            other = bytearray(sender.seal_stream(counter + 10, SID + 4, 0, b"x")[0])
+            assert lane.take(other, SID + 4, 0, BIG, 0, BIG, bytearray(10)).taken == 1
+            other.extend(b"more")  # (no export of it left: resizable)
+        # (what follows the read: a record's start, so one read too far would not stop)
+        rbuf[: len(sealed) + 12] = sealed + sealed[:12]
+        dst = bytearray(10_000)
+        result = lane.take(rbuf, SID, offset, BIG, offset, BIG, dst, False, len(sealed))
+        assert (result.status, result.consumed, result.taken) == (OK, len(sealed), len(data))
+        assert bytes(dst[: len(data)]) == data
+        if backend is NATIVE:
+            assert _core._kept_src[0][0] is rbuf
+        offset += len(data)
+    empty = lane.take(rbuf, SID, offset, BIG, offset, BIG, bytearray(10), False, 0)
+    assert (empty.status, empty.consumed, empty.records) == (OK, 0, 0)
+    for size in (-1, len(rbuf) + 1):
+        with pytest.raises(LocalProtocolError):
+            lane.take(rbuf, SID, offset, BIG, offset, BIG, bytearray(10), False, size)
+
+
 def test_a_number_outside_uint64_raises_and_holds_no_buffer() -> None:
     """The C lane passes the stream's numbers to ``dtp_rx_take_counts`` as arguments:
     one outside uint64_t raises OverflowError, and the caller's buffers are released
@@ -342,6 +375,7 @@ PIECES = ["good", "other", "offset", "fin", "control", "tamper", "replay", "empt
     dst_size=st.integers(0, 40_000),
     stream_slack=st.integers(0, 60_000),
     conn_slack=st.integers(0, 60_000),
+    stale=st.one_of(st.none(), st.integers(0, 100)),
 )
 @settings(max_examples=150, deadline=None)
 def test_native_and_reference_take_agree(
@@ -351,6 +385,7 @@ def test_native_and_reference_take_agree(
     dst_size: int,
     stream_slack: int,
     conn_slack: int,
+    stale: int | None,
 ) -> None:
     require_native()
     key = os.urandom(32)
@@ -382,7 +417,11 @@ def test_native_and_reference_take_agree(
     for backend in (NATIVE, REFERENCE):
         lane = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
         dst = bytearray(dst_size)
-        result = lane.take(bytes(blob), SID, 0, stream_slack, 0, conn_slack, dst)
+        if stale is None:
+            result = lane.take(bytes(blob), SID, 0, stream_slack, 0, conn_slack, dst)
+        else:  # (the blob read into a long-lived buffer, ``stale`` bytes after it)
+            rbuf = memoryview(blob + bytes(blob[:stale]) + b"\xff" * stale)
+            result = lane.take(rbuf, SID, 0, stream_slack, 0, conn_slack, dst, False, len(blob))
         rest = lane._recv.open_frames(bytes(blob[result.consumed :]))
         outcomes.append(
             (
@@ -412,14 +451,20 @@ def _feed(
     dst_size: int,
     got: bytearray,
     other: dict[int, bytearray],
+    rbuf: memoryview | None = None,
 ) -> int:
     """Feed carrier bytes to ``receiver`` by the lane or the general path, collecting
-    stream 0's bytes in ``got`` (in stream order) and other streams' in ``other``."""
+    stream 0's bytes in ``got`` (in stream order) and other streams' in ``other``.
+    ``rbuf``: the general path's bytes are read into the start of this long-lived
+    buffer (as the asyncio adapter's), the last read's bytes after them."""
     taken = 0
     if use_lane:
         dst = bytearray(dst_size)
         taken, _ = receiver.take_fast(data, 0, dst, 0.0)
         got += dst[:taken]
+    elif rbuf is not None and len(data) <= len(rbuf):
+        rbuf[: len(data)] = data
+        receiver.receive_data(rbuf, 0.0, len(data))
     else:
         receiver.receive_data(data, 0.0)
     while (event := receiver.next_event()) is not None:
@@ -432,10 +477,14 @@ def _feed(
     return taken
 
 
+@pytest.mark.parametrize("read_buffer", [False, True], ids=["reads", "read-buffer"])
 @pytest.mark.parametrize("handler", [False, True], ids=["events", "handler"])
 @pytest.mark.parametrize("seed", range(6))
-def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: bool) -> None:
+def test_connection_lane_and_general_paths_deliver_the_same(
+    seed: int, handler: bool, read_buffer: bool
+) -> None:
     rng = random.Random(seed)
+    rbuf = memoryview(bytearray(1 << 20)) if read_buffer else None
     c, s, _ = connect(stream_window=64 * 1024, connection_window=128 * 1024)
     client, server = c.conn, s.conn
     sid = client.open_stream()
@@ -488,7 +537,7 @@ def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: 
             cut = rng.randint(1, len(pending))
             chunk, pending = bytes(pending[:cut]), pending[cut:]
             dst_size = rng.choice([10, 1000, 70_000])
-            taken_fast += _feed(server, chunk, rng.random() < 0.7, dst_size, got, other)
+            taken_fast += _feed(server, chunk, rng.random() < 0.7, dst_size, got, other, rbuf)
             got += handled
             handled.clear()
             client.receive_data(server.data_to_send(0.0), 0.0)  # credit flows back
@@ -507,6 +556,24 @@ def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: 
     assert client.send_buffered(sid) == 0
     assert sealed_fast and taken_fast  # both lanes carried data
     assert runs or not handler
+
+
+def test_a_read_size_past_the_buffer_is_refused_and_feeds_nothing() -> None:
+    """``receive_data``'s ``size`` is checked against the buffer before anything is
+    counted or fed (a LocalProtocolError: the adapter's mistake, not the peer's)."""
+    c, s, _ = connect()
+    client, server = c.conn, s.conn
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"hello")
+    wire = client.data_to_send(0.0)
+    rbuf = memoryview(bytearray(wire))
+    before = server.bytes_received
+    for size in (-1, len(wire) + 1):
+        with pytest.raises(LocalProtocolError):
+            server.receive_data(rbuf, 0.0, size)
+    assert server.bytes_received == before and server.next_event() is None
+    server.receive_data(rbuf, 0.0, len(wire))
+    assert server.bytes_received == before + len(wire) and not server.closed
 
 
 def test_a_connection_keeps_only_a_spare_sized_read_buffer() -> None:

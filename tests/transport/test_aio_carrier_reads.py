@@ -23,6 +23,7 @@ import pytest
 
 import dtp.aio as daio
 from dtp.identity.keys import HostIdentity
+from dtp.native import core as _core
 from dtp.transport._session import FIRST_RECV_CHUNK, RECV_CHUNK
 from dtp.transport.asyncio import _protocol
 from dtp.transport.asyncio._protocol import Protocol
@@ -247,3 +248,29 @@ def test_idle_connections_share_one_buffer() -> None:
         asyncio.run(main())
     finally:
         mp.undo()
+
+
+def test_the_lane_takes_from_the_shared_buffer_through_one_pointer() -> None:
+    # the shared buffer goes to the connection whole with the read's length: the native
+    # lane makes its C pointer once (NativeLane.take's ``size``), not at every read
+    if _core.Lane is not _core.NativeLane:
+        pytest.skip("the pure-Python lane makes no pointer")
+    shared = _protocol._shared_buffer()
+    made: list[object] = []
+    from_buffer = _core._from_buffer
+
+    def counting(*args: object) -> object:
+        if args[-1] is shared:
+            made.append(args[-1])
+        return from_buffer(*args)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_core, "_kept_src", [(None, None)])
+    mp.setattr(_core, "_from_buffer", counting)
+    try:
+        payload = os.urandom(2 << 20)
+        digest, _, reads = _send_and_digest(payload, [1, 7, 16_000, 65_537])
+    finally:
+        mp.undo()
+    assert digest == hashlib.sha256(payload).hexdigest()
+    assert len(reads) > 3 and len(made) == 1, (len(reads), len(made))

@@ -206,15 +206,22 @@ class Lane:
         conn_limit: int,
         dst: bytearray | memoryview,
         keep: bool = False,
+        size: int | None = None,
     ) -> TakeResult:
         """As :meth:`dtp.native.core.NativeLane.take` (which decrypts in place in ``dst``
-        past ``taken``; this twin leaves it as it was, and keeps nothing: ``keep`` is
-        the native lane's)."""
+        past ``taken``; this twin leaves it as it was, and keeps nothing: ``keep``, and
+        ``size``'s keeping ``buf``, are the native lane's)."""
+        view = memoryview(buf).cast("B")
+        if size is not None:
+            if not 0 <= size <= len(view):
+                view.release()  # (no export of the caller's buffer outlives the call)
+                raise LocalProtocolError("size past the buffer's end", ErrorCode.ARG)
+            view = view[:size]
         out = memoryview(dst).cast("B")
         if out.readonly:
-            out.release()  # (no export of the caller's buffer outlives the call)
+            out.release()
+            view.release()
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
-        view = memoryview(buf).cast("B")
         window = self._recv._window
         cipher = self._recv._cipher
         pos = taken = records = 0

@@ -69,7 +69,9 @@ class _ConnectionState:
         # nothing of _streams.py
 
         # defined in _core.py (Connection itself)
-        def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
+        def receive_data(
+            self, data: bytes | bytearray | memoryview, now: float, size: int | None = None
+        ) -> None: ...
         def _receive(
             self,
             data: bytes | bytearray | memoryview,

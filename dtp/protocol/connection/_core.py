@@ -436,19 +436,30 @@ class Connection(_Streams, _FastPaths):
         """The final event once the connection is closed."""
         return self._terminated
 
-    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Feed bytes from the carrier (any split: whole, partial, many records)."""
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, now: float, size: int | None = None
+    ) -> None:
+        """Feed bytes from the carrier (any split: whole, partial, many records).
+        ``size``: the bytes are ``data[:size]``, ``data`` being the adapter's long-lived
+        read buffer, never resized nor released (the lane keeps its C pointer from one
+        read to the next: ``NativeLane.take``)."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is CONN_CLOSED or not data:
-            if self.records.closing is not None and data:
+        if size is None:
+            n = len(data)
+        elif 0 <= size <= len(data):
+            n = size
+        else:
+            raise LocalProtocolError("size past the buffer's end", ErrorCode.ARG)
+        if self._state is CONN_CLOSED or not n:
+            if self.records.closing is not None and n:
                 self.records.input_while_closing(now)
             return
         if not self._lossy:
             # lossy carriers count only what authenticates (_handle_records): anyone can
             # send a datagram, and forged ones would hold off the idle timeout for good
             self._last_received = now
-        self.bytes_received += len(data)
+        self.bytes_received += n
         if (
             self.stream_data_handler is not None
             and not self._lossy
@@ -464,12 +475,12 @@ class Connection(_Streams, _FastPaths):
                     and stream.recv_state is RECV_OPEN
                     and stream.recv_highest == stream.delivered
                 ):
-                    self._feed_stream(data, stream, now)
+                    self._feed_stream(data, stream, now, size)
                     return
             if not self._inbuf and self._recv_aead is not None:
-                self._receive_whole_stream(data, now)
+                self._receive_whole_stream(data if size is None else data[:size], now)
                 return
-        self._receive(data, now)
+        self._receive(data if size is None else data[:size], now)
 
     def _receive(
         self,

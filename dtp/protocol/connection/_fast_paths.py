@@ -378,24 +378,30 @@ class _FastPaths(_ConnectionState):
         )
 
     def _feed_stream(
-        self, data: bytes | bytearray | memoryview, stream: Stream, now: float
+        self,
+        data: bytes | bytearray | memoryview,
+        stream: Stream,
+        now: float,
+        size: int | None = None,
     ) -> None:
         """:meth:`receive_data`'s lane: ``stream``'s run of records opened into one
         buffer for one handler call. The buffer (at most the read plus the record it
-        completes) comes from :data:`_spare_buffers` and goes back there."""
-        size = len(data) + MAX_RECORD_PLAINTEXT
+        completes) comes from :data:`_spare_buffers` and goes back there. ``size``: as
+        receive_data's (the read is ``data[:size]``, ``data`` long-lived)."""
+        n = len(data) if size is None else size
+        need = n + MAX_RECORD_PLAINTEXT
         try:
             buf = _spare_buffers.pop()
         except IndexError:
-            buf = memoryview(bytearray(size))
+            buf = memoryview(bytearray(need))
         else:
-            if len(buf) < size:
-                buf = memoryview(bytearray(size))
+            if len(buf) < need:
+                buf = memoryview(bytearray(need))
         # (a view as it is, the adapters' usual read: memoryview() of one is another)
         view = data if type(data) is memoryview else memoryview(data)
         try:
             if self._inbuf:
-                self._lane_feed(view, stream, buf, now, True)
+                self._lane_feed(view if size is None else view[:size], stream, buf, now, True)
             else:
                 # (_take_run's usual read written out: one take of whole records of this
                 # stream, all of the read, one handler call; anything else goes on there)
@@ -412,8 +418,11 @@ class _FastPaths(_ConnectionState):
                     buf,
                     # (a spare buffer: kept, but never one too large to be a spare)
                     len(buf) <= _LANE_BUFFER_KEEP,
+                    size,
                 )
-                if result.consumed != len(view) or result.spill:
+                if result.consumed != n or result.spill:
+                    if size is not None:
+                        view = view[:size]
                     self._take_run(view, stream, buf, now, True, result)
                 else:
                     n = result.taken

@@ -186,8 +186,9 @@ class Protocol(asyncio.BufferedProtocol):
         view = self._rbuf
         assert view is not None
         if self._shares_rbuf:  # (the shared one: RECV_CHUNK already, nothing to resize)
-            # (data_received written out: a call fewer a read)
-            self.conn.receive_data(view[:nbytes], self.now())
+            # (data_received written out: a call fewer a read; the buffer as it is, with
+            # the read's length: long-lived, its C pointer is made once)
+            self.conn.receive_data(view, self.now(), nbytes)
             self._after_io()
             return
         size = len(view)
