@@ -646,9 +646,10 @@ class DTPServer(AdmittingServer[_Arrival]):
         start at once, for this thread to serve -- one whose first record came with its
         connect (and whose slots were free), or the newest of those whose record had
         not come yet, which this thread watches with the listener until it accepts
-        another: a client that connects a little ahead of its first record (a
-        connection by host ID runs its ledger's work between the two) is served by the
-        thread that read it, with no hand-off to the reader thread and from it to a
+        another (or until its first-message timeout, when the reader thread closes
+        it): a client that connects a little ahead of its first record (a connection
+        by host ID runs its ledger's work between the two) is served by the thread
+        that read it, with no hand-off to the reader thread and from it to a
         connection thread. The others go to the reader thread, or to the lines, and
         this thread accepts on. None once the server is closed."""
         fresh: _Arrival | None = None
