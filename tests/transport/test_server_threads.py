@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -428,3 +429,20 @@ def test_a_record_that_comes_after_the_connect_is_read_by_the_accepting_thread()
             silent.settimeout(5.0)
             assert silent.recv(1) == b""  # closed at its first-message timeout
         assert server.unproven_closed >= 1
+
+
+def test_the_silent_connection_the_accepting_thread_watches_closes_at_its_timeout() -> None:
+    """The newest silent connection, which the accepting thread watches beside the
+    listener, is closed at its first-message timeout, not at the end of the accepting
+    thread's wait: a descriptor the reader thread closes while a poll waits on it stays
+    open until that poll ends (up to half a second later)."""
+    with dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER, first_message_timeout=0.1
+    ) as server:
+        with socket.create_connection(server.address) as silent:
+            silent.settimeout(5.0)
+            start = time.monotonic()
+            assert silent.recv(1) == b""
+            took = time.monotonic() - start
+        assert took < 0.4  # (0.1, and the reader thread's wake-up)
+        assert server.unproven_closed == 1

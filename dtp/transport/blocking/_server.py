@@ -73,6 +73,7 @@ class _Arrival:
         "reader",
         "slots_freed",
         "tcp",
+        "unproven_until",
     )
 
     def __init__(
@@ -87,6 +88,7 @@ class _Arrival:
         self.engine: Engine | None = None  # made as its handshake starts
         self.gave_way = False
         self.slots_freed = False  # its handshake ended: its slots went on (_handshake_over)
+        self.unproven_until = 0.0  # its first-message deadline, when it waits unproven
 
 
 def _read_first(arrival: _Arrival) -> Progress | None:
@@ -466,6 +468,7 @@ class DTPServer(AdmittingServer[_Arrival]):
         self._heap.connected(now)
         progress = _read_first(arrival)
         if progress is Progress.NEED_MORE:
+            arrival.unproven_until = now + self._admission.unproven.timeout
             return self._admission.arrived(arrival, arrival.key, now)
         self._first_read(arrival, progress, waited=False)
         return False
@@ -643,9 +646,10 @@ class DTPServer(AdmittingServer[_Arrival]):
         start at once, for this thread to serve -- one whose first record came with its
         connect (and whose slots were free), or the newest of those whose record had
         not come yet, which this thread watches with the listener until it accepts
-        another: a client that connects a little ahead of its first record (a
-        connection by host ID runs its ledger's work between the two) is served by the
-        thread that read it, with no hand-off to the reader thread and from it to a
+        another (or until its first-message timeout, when the reader thread closes
+        it): a client that connects a little ahead of its first record (a connection
+        by host ID runs its ledger's work between the two) is served by the thread
+        that read it, with no hand-off to the reader thread and from it to a
         connection thread. The others go to the reader thread, or to the lines, and
         this thread accepts on. None once the server is closed."""
         fresh: _Arrival | None = None
@@ -679,14 +683,20 @@ class DTPServer(AdmittingServer[_Arrival]):
             poller.register(fd, select.POLLIN)
             poller.register(self._orphan_wake, select.POLLIN)
             fresh_fd = -2
+            wait = _ACCEPT_POLL
             if fresh is not None:
                 fresh_fd = fresh.tcp.fileno()
                 if fresh_fd < 0:
                     fresh = None  # closed meanwhile: timed out, gave way, or the server closed
                 else:
                     poller.register(fresh_fd, select.POLLIN)
+                    # (until its first-message timeout at most: a descriptor another
+                    # thread closes while this poll waits on it stays open until the
+                    # poll ends -- the client was told of its timeout that much late)
+                    left = fresh.unproven_until - sched.monotonic()
+                    wait = min(wait, max(left, 0.0) + 0.001)
             accepting = False
-            for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0):
+            for ready, _ in poller.poll(wait * 1000.0):
                 if ready == fresh_fd:
                     assert fresh is not None
                     done, serve = self._fresh_read(fresh)
@@ -697,6 +707,10 @@ class DTPServer(AdmittingServer[_Arrival]):
             if not accepting:
                 with contextlib.suppress(OSError):
                     self._orphan_wake.recv(4096)
+                if fresh is not None and sched.monotonic() >= fresh.unproven_until:
+                    # its timeout is the reader thread's to keep: woken, it closes it now
+                    self._watch(fresh)
+                    return None, None
                 return None, fresh
             made = self._accepted_as
             if made is not None:
