@@ -222,7 +222,7 @@ class DTPServer(AdmittingServer[_Arrival]):
     "Admission"), counted in :attr:`unproven_closed`, :attr:`half_handshakes_evicted`
     and :attr:`busy_refused` as there. While unproven, a connection holds only its
     socket, one reader thread watching them all but the newest, which the accepting
-    thread watches beside the listener until it accepts the next and serves itself once
+    thread watches beside the listener until it accepts the next and serves it itself once
     its record is in (a client that connects ahead of its first record, as one by host
     ID does, is served with no thread hand-off); a record that came with the connect is
     read as it is accepted, so that connection never waits there. The accepting thread
@@ -539,7 +539,8 @@ class DTPServer(AdmittingServer[_Arrival]):
                     progress = _read_first(arrival)
                     if progress is not Progress.NEED_MORE:
                         with self._stats_lock:
-                            self._reading.pop(fd, None)
+                            if self._reading.get(fd) is arrival:  # (its number, not a newer one's)
+                                del self._reading[fd]
                         self._guarded_first_read(arrival, progress)
                 now = sched.monotonic()
                 try:
@@ -603,12 +604,14 @@ class DTPServer(AdmittingServer[_Arrival]):
         with self._stats_lock:
             self.busy_refused += busy
             self.unproven_closed += unproven
+            # (closed under the lock: _watch, which looks at the descriptor under it,
+            # then never files one that is leaving, nor a number it freed)
             for arrival in arrivals:
                 with contextlib.suppress(OSError):
                     self._reading.pop(arrival.tcp.fileno(), None)
+                arrival.tcp.close()
         for arrival in arrivals:
             logger.debug("closed a connection from %s unserved: %s", arrival.peer, why)
-            arrival.tcp.close()
 
     def _give_way(self, arrival: _Arrival) -> None:
         """The admission's ``give_way``: end a half-handshake, for a proven connection
