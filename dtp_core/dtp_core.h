@@ -298,8 +298,8 @@ typedef struct dtp_lone_frame {
 } dtp_lone_frame;
 
 /* dtp_aead_open_frames of a buffer that is one record of one frame (a short call's
- * request or answer), without its arrays: when buf[0..len) is exactly one DATA record
- * whose plaintext decodes to exactly one frame, neither an ACK nor a DATAGRAM, the
+ * request or answer, a quiet flow's datagram), without its arrays: when buf[0..len) is
+ * exactly one DATA record whose plaintext decodes to exactly one frame, not an ACK, the
  * record is opened into plain_out (the replay window advances for it), its counter and
  * frame (data_off an offset into plain_out) go to *out, and the call returns DTP_OK.
  * Anything else -- more or less than one record, another kind, a malformed header, a

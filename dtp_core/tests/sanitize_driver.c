@@ -425,6 +425,25 @@ static void exercise_open_lone_frame(void) {
         }
     }
     CHECK(opened > 400); /* (the rounds' lone records, most of them opened) */
+    /* a record of one DATAGRAM frame (a quiet flow's datagram) is opened here, once;
+     * two of them in one record are not */
+    for (size_t count = 1; count <= 2; count++) {
+        uint64_t offs[3] = {0, 300, 600}, ends[1];
+        fill(data, 600);
+        CHECK(dtp_datagram_frames_encode(data, 600, offs, count, DTP_MAX_RECORD_PLAINTEXT,
+                                         plain2, sizeof plain2, ends, 1) == 1);
+        uint32_t lens[1] = {(uint32_t)ends[0]};
+        CHECK(dtp_aead_seal_batch(tx, 100 + count, plain2, ends[0], lens, 1, sealed,
+                                  sizeof sealed, &written) == DTP_OK);
+        int rc = dtp_aead_open_lone_frame(rx, sealed, written, plain, sizeof plain, &lone);
+        if (count == 1) {
+            CHECK(rc == DTP_OK && lone.counter == 101 && lone.frame.type == DTP_FRAME_DATAGRAM &&
+                  lone.frame.data_len == 300 &&
+                  memcmp(plain + lone.frame.data_off, data, 300) == 0);
+        } else {
+            CHECK(rc == DTP_STOP);
+        }
+    }
     CHECK(dtp_aead_open_lone_frame(NULL, sealed, 1, plain, 1, &lone) == DTP_ERR_ARG);
     CHECK(dtp_aead_open_lone_frame(rx, NULL, 1, plain, 1, &lone) == DTP_ERR_ARG);
     CHECK(dtp_aead_open_lone_frame(rx, sealed, 1, NULL, 1, &lone) == DTP_ERR_ARG);
