@@ -120,7 +120,10 @@ def _run(
     near = _Half(prefix["near"], "udp_near.py", kind, str(far.address[1]), far.key)
     clients: list[socket.socket] = []
     try:
-        op = udp_rows._drive(near.address, count, clients, window or udp_rows.WINDOW)
+        # (a long wait for each window's echoes: a window echoed late under a loaded
+        # machine, a profile hook or valgrind would otherwise overlap the next, and
+        # the runs counted would not be the window's)
+        op = udp_rows._drive(near.address, count, clients, window or udp_rows.WINDOW, 10.0)
         for half in (near, far) if hooked else ():
             half.proc.send_signal(signal.SIGUSR1)
         op()
