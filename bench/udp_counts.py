@@ -17,7 +17,9 @@ datagrams (each after a warm-up of as many), and the difference is reported, so
 start-up cancels out (the halves' idle wake-ups, a few a second, do not).
 ``callgrind``: the same two runs under ``valgrind --tool=callgrind``, the instructions
 each half ran (all its threads, the C core, libraries and Python alike; the kernel's
-not), per 1,000 datagrams. Prints one JSON object per half.
+not), per 1,000 datagrams. They include what a half runs while it waits (timers, idle
+wake-ups), which grows with how long valgrind's run takes, and so with the machine's
+load: compare runs made alike, on a quiet machine. Prints one JSON object per half.
 """
 
 from __future__ import annotations
