@@ -395,7 +395,11 @@ class NativeAead:
     def seal_one(self, counter: int, plaintext: bytes | memoryview) -> bytes:
         """``seal(counter, [plaintext])``: one DATA record, without the batch's list
         and lengths array (a short answer's record)."""
-        # (its bytes, whatever its items; _seal takes its length)
+        # (its bytes, whatever its items; _seal takes its length. bytes go to C as they
+        # are: no cdata made and no keywords parsed, as ffi.from_buffer makes and parses.
+        # No local holds the buffer: _seal's del is its only reference, see _from)
+        if type(plaintext) is bytes:
+            return self._seal(counter, plaintext, None, 1)
         return self._seal(counter, ffi.from_buffer("uint8_t[]", plaintext), None, 1)
 
     def seal_chunks(
