@@ -2,8 +2,8 @@
 which a loaded machine does not move as it moves the rate: system calls, Python calls
 and calls into the C core.
 
-    python bench/udp_counts.py [--path blocking|daemon] [--count N] [--mode calls|strace]
-        [--window N] [--top N]
+    python bench/udp_counts.py [--path blocking|daemon] [--count N]
+        [--mode calls|strace|callgrind] [--window N] [--top N]
 
 ``calls``: each half runs under a profile hook on every thread (``sys.setprofile``),
 counting Python calls (and the ``--top`` most called functions, twelve by default),
@@ -14,8 +14,12 @@ the next goes) makes each datagram a run at every hop: the counts per 1,000 data
 are then a run's, a thousand times. ``strace``:
 each half runs under ``strace -c -f`` twice, driven ``count`` and ``3 x count``
 datagrams (each after a warm-up of as many), and the difference is reported, so
-start-up cancels out (the halves' idle wake-ups, a few a second, do not). Prints one
-JSON object per half.
+start-up cancels out (the halves' idle wake-ups, a few a second, do not).
+``callgrind``: the same two runs under ``valgrind --tool=callgrind``, the instructions
+each half ran (all its threads, the C core, libraries and Python alike; the kernel's
+not), per 1,000 datagrams. They include what a half runs while it waits (timers, idle
+wake-ups), which grows with how long valgrind's run takes, and so with the machine's
+load: compare runs made alike, on a quiet machine. Prints one JSON object per half.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +122,10 @@ def _run(
     near = _Half(prefix["near"], "udp_near.py", kind, str(far.address[1]), far.key)
     clients: list[socket.socket] = []
     try:
-        op = udp_rows._drive(near.address, count, clients, window or udp_rows.WINDOW)
+        # (a long wait for each window's echoes: a window echoed late under a loaded
+        # machine, a profile hook or valgrind would otherwise overlap the next, and
+        # the runs counted would not be the window's)
+        op = udp_rows._drive(near.address, count, clients, window or udp_rows.WINDOW, 10.0)
         for half in (near, far) if hooked else ():
             half.proc.send_signal(signal.SIGUSR1)
         op()
@@ -160,16 +168,53 @@ def _strace_table(text: str) -> dict[str, int]:
     return calls
 
 
-def _strace(path: str, count: int, window: int | None = None) -> dict[str, dict[str, float]]:
+def _callgrind_total(text: str) -> dict[str, int]:
+    """A callgrind output file's total: {"instructions": its Ir}."""
+    for line in text.splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return {"instructions": int(line.split()[1])}
+    raise RuntimeError("no total in a callgrind output file")
+
+
+def _two_runs(
+    path: str,
+    count: int,
+    window: int | None,
+    tool: Callable[[str], list[str]],
+    read: Callable[[str], dict[str, int]],
+) -> list[dict[str, dict[str, int]]]:
+    """Each half run under ``tool`` (the command before Python's, given its output
+    file) twice, driven ``count`` and ``3 x count`` datagrams; ``read`` of each output
+    file's text."""
     tables: list[dict[str, dict[str, int]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (count, 3 * count):
             files = {name: os.path.join(tmp, f"{name}-{n}") for name in HALVES}
-            prefix = {
-                name: ["strace", "-c", "-f", "-o", files[name], sys.executable] for name in HALVES
-            }
+            prefix = {name: [*tool(files[name]), sys.executable] for name in HALVES}
             _run(path, n, prefix, hooked=False, window=window)
-            tables.append({name: _strace_table(Path(files[name]).read_text()) for name in HALVES})
+            tables.append({name: read(Path(files[name]).read_text()) for name in HALVES})
+    return tables
+
+
+def _callgrind(path: str, count: int, window: int | None = None) -> dict[str, dict[str, float]]:
+    def tool(out: str) -> list[str]:
+        return ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
+
+    tables = _two_runs(path, count, window, tool, _callgrind_total)
+    return _per_thousand(tables, count)
+
+
+def _strace(path: str, count: int, window: int | None = None) -> dict[str, dict[str, float]]:
+    tables = _two_runs(
+        path, count, window, lambda out: ["strace", "-c", "-f", "-o", out], _strace_table
+    )
+    return _per_thousand(tables, count)
+
+
+def _per_thousand(
+    tables: list[dict[str, dict[str, int]]], count: int
+) -> dict[str, dict[str, float]]:
+    """The two runs' difference per 1,000 datagrams, each half's."""
     result: dict[str, dict[str, float]] = {}
     # each run sends its count twice (udp_rows._drive warms up with a count of its
     # own), so the two runs are 2 x count and 6 x count datagrams apart by 4 x count
@@ -189,13 +234,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", choices=("blocking", "daemon"), default="blocking")
     parser.add_argument("--count", type=int, default=4096)
-    parser.add_argument("--mode", choices=("calls", "strace"), default="calls")
+    parser.add_argument("--mode", choices=("calls", "strace", "callgrind"), default="calls")
     parser.add_argument("--window", type=int, help="datagrams a window (the row's 32)")
     parser.add_argument("--top", type=int, default=12, help="most called functions listed")
     args = parser.parse_args()
     os.environ["UDP_COUNTS_TOP"] = str(args.top)  # (for the halves: _hooked)
     count = args.count - args.count % 32
-    counted = _calls if args.mode == "calls" else _strace
+    counted = {"calls": _calls, "strace": _strace, "callgrind": _callgrind}[args.mode]
     print(json.dumps(counted(args.path, count, args.window)))
 
 

@@ -51,16 +51,20 @@ class _Side:
 
 
 def _drive(
-    target: tuple[str, int], count: int, sockets: list[socket.socket], window: int = WINDOW
+    target: tuple[str, int],
+    count: int,
+    sockets: list[socket.socket],
+    window: int = WINDOW,
+    timeout: float = 0.2,
 ) -> Callable[[], object]:
     """Send ``count`` datagrams in windows of ``window``, reading each window's echoes
-    (a lost one costs a short timeout, so loss shows in the rate); the client's socket
-    goes into ``sockets``, for the workload's close."""
+    (a lost one costs a short ``timeout``, so loss shows in the rate); the client's
+    socket goes into ``sockets``, for the workload's close."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sockets.append(client)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     client.bind(("127.0.0.1", 0))
-    client.settimeout(0.2)
+    client.settimeout(timeout)
     payload = bytes(SIZE)
 
     def op() -> object:

@@ -298,8 +298,8 @@ typedef struct dtp_lone_frame {
 } dtp_lone_frame;
 
 /* dtp_aead_open_frames of a buffer that is one record of one frame (a short call's
- * request or answer), without its arrays: when buf[0..len) is exactly one DATA record
- * whose plaintext decodes to exactly one frame, neither an ACK nor a DATAGRAM, the
+ * request or answer, a quiet flow's datagram), without its arrays: when buf[0..len) is
+ * exactly one DATA record whose plaintext decodes to exactly one frame, not an ACK, the
  * record is opened into plain_out (the replay window advances for it), its counter and
  * frame (data_off an offset into plain_out) go to *out, and the call returns DTP_OK.
  * Anything else -- more or less than one record, another kind, a malformed header, a
@@ -604,19 +604,27 @@ int64_t dtp_datagram_frames_encode(const uint8_t *data, size_t data_len, const u
 /* ---- UDP runs (udpio.c) ------------------------------------------------------------ */
 #define DTP_UDP_RUN_MAX 64 /* datagrams per sendmmsg call */
 
+/* Whether the socket fd takes a segmented send (UDP_SEGMENT: a UDP socket of a kernel
+ * that knows the option): 1 or 0, DTP_ERR_ARG for fd < 0. The answer is the socket's
+ * protocol's (the option's presence, not its value), so it holds for the socket's life
+ * and for every socket of its family, type and protocol: dtp_udp_send_run's gso. */
+int dtp_udp_takes_gso(int fd);
+
 /* Send n datagrams on the UDP socket fd, datagram i being
  * data[offs[i] .. offs[i + 1]) (offs has n + 1 ascending entries, the last at most
  * data_len, else DTP_ERR_ARG before any send): to addr (a struct sockaddr of addr_len
  * bytes) or, addr NULL and addr_len 0, to the socket's connected peer. One sendmmsg
- * call per DTP_UDP_RUN_MAX datagrams, where a UDP socket takes datagrams of one size
- * together as one segmented (UDP_SEGMENT) message but for each call's first; a datagram
- * the kernel refuses (a full buffer, an ICMP error) is dropped and the rest still
- * tried, the last errno in *err (0 if none was refused); a full buffer refuses one
- * only on a non-blocking fd, a blocking one waits for room as send() does. Returns the
- * number sent (their bytes in *sent_bytes), or DTP_ERR_ARG. */
+ * call per DTP_UDP_RUN_MAX datagrams, where a socket that takes it (gso: 1 when
+ * dtp_udp_takes_gso said so of fd, 0 when it did not, negative to ask it here, a system
+ * call per run of more than 2) takes datagrams of one size together as one segmented
+ * (UDP_SEGMENT) message but for each call's first; a datagram the kernel refuses (a
+ * full buffer, an ICMP error) is dropped and the rest still tried, the last errno in
+ * *err (0 if none was refused); a full buffer refuses one only on a non-blocking fd, a
+ * blocking one waits for room as send() does. Returns the number sent (their bytes in
+ * *sent_bytes), or DTP_ERR_ARG. */
 int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
-                         size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
-                         int *err);
+                         size_t n, const uint8_t *addr, uint32_t addr_len, int gso,
+                         uint64_t *sent_bytes, int *err);
 
 /* Read up to max (<= DTP_UDP_RUN_MAX) datagrams waiting on the UDP socket fd without
  * waiting (recvmmsg): datagram i into buf[i * slot ..), its length in lens[i] (a longer

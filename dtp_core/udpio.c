@@ -39,11 +39,17 @@
 /* Whether fd takes a segmented send: a UDP socket (IPv4 or IPv6) of a kernel that knows
  * UDP_SEGMENT. Other sockets (a Unix datagram socket, an ICMP ping one) and older
  * kernels refuse the option here, where a send would ignore its control message and
- * send the whole buffer as one datagram. */
+ * send the whole buffer as one datagram. (Whether the option is there, not its value:
+ * the answer is the socket's protocol's, for its life.) */
 static int takes_gso(int fd) {
     int size = 0;
     socklen_t len = sizeof size;
     return getsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, &len) == 0;
+}
+
+int dtp_udp_takes_gso(int fd) {
+    if (fd < 0) return DTP_ERR_ARG;
+    return takes_gso(fd);
 }
 
 /* How many datagrams from first (of the n left, offs as in dtp_udp_send_run) go as one
@@ -65,8 +71,8 @@ static size_t gso_group(const uint64_t *offs, size_t first, size_t n) {
 }
 
 int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uint64_t *offs,
-                         size_t n, const uint8_t *addr, uint32_t addr_len, uint64_t *sent_bytes,
-                         int *err) {
+                         size_t n, const uint8_t *addr, uint32_t addr_len, int gso,
+                         uint64_t *sent_bytes, int *err) {
     if (fd < 0 || err == NULL || sent_bytes == NULL || (n > 0 && (data == NULL || offs == NULL)) ||
         (addr == NULL && addr_len != 0) || addr_len > sizeof(struct sockaddr_storage))
         return DTP_ERR_ARG;
@@ -88,8 +94,9 @@ int64_t dtp_udp_send_run(int fd, const uint8_t *data, size_t data_len, const uin
      * error the kernel reports on a send (an ICMP error it keeps for the next one, a
      * full buffer) then still drops that one datagram alone, the rest tried, as without;
      * one a segmented message meets later only ends the call's run there (sendmmsg
-     * reports what went before it), and the rest go one by one. */
-    int gso = n > 2 && takes_gso(fd);
+     * reports what went before it), and the rest go one by one. (The socket is asked
+     * only when the caller does not know its answer: a system call per run.) */
+    gso = n > 2 && (gso > 0 || (gso < 0 && takes_gso(fd)));
     int64_t sent = 0;
     size_t i = 0;
     while (i < n) {

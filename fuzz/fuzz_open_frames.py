@@ -69,7 +69,8 @@ def _lone(aead: Any, blob: bytes) -> object:
     record = aead.open_lone_frame(blob)
     lone = None
     if record is not None:
-        lone = (record.counter, record.replayed, [(*f[:4], bytes(f.data)) for f in record.frames])
+        frames = [(*f[:4], bytes(f.data)) for f in record.frames]
+        lone = (record.counter, record.replayed, frames, record.datagrams)
     return lone, _summary(aead.open_frames(blob))
 
 

@@ -3,7 +3,8 @@
 (``sendmmsg`` / ``recvmmsg``, a system call per 64 datagrams), so that a burst takes
 and releases the interpreter lock once, not once per datagram; on a UDP socket a run's
 datagrams of one size go as segmented messages (``UDP_SEGMENT``), which the kernel
-cuts apart below its route lookup. Both give exactly what their twin,
+cuts apart below its route lookup (whether a socket takes them asked once per kind of
+socket, :func:`takes_gso`). All give exactly what their twin,
 :mod:`dtp.native.reference._udpio` (``DTP_PUREPYTHON=1``), gives."""
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from dtp.native.reference._udpio import MAX_UDP_READ
 from dtp.native.reference._udpio import recv_datagram_run as _twin_recv_datagram_run
 from dtp.native.reference._udpio import same_source as _twin_same_source
 from dtp.native.reference._udpio import send_datagram_run as _twin_send_datagram_run
+from dtp.native.reference._udpio import takes_gso as _twin_takes_gso
 
 __all__ = [
     "native_recv_datagram_run",
     "native_same_source",
     "native_send_datagram_run",
+    "native_takes_gso",
     "recv_datagram_run",
     "same_source",
     "send_datagram_run",
+    "takes_gso",
 ]
 
 Address = tuple[str, int] | tuple[str, int, int, int]
@@ -37,7 +41,12 @@ _SOCKADDRS: dict[tuple[int, Address], bytes] = {}
 #: A socket's family as the plain int the C socket keeps: ``socket.socket.family`` is a
 #: property that makes an enum of it, four Python calls at every run a relay sends
 _family: Any = _socket.socket.family.__get__
+_type: Any = _socket.socket.type.__get__  # (the same, for its type)
 _SOCKADDRS_KEPT = 256
+#: Whether sockets of a (family, type, protocol) take a segmented send
+#: (``dtp_udp_takes_gso``): the option's presence is the protocol's, not one socket's,
+#: so it is asked once, not by a system call at every run of more than two
+_GSO: dict[tuple[int, int, int], int] = {}
 
 
 def _sockaddr(family: int, address: Address) -> bytes:
@@ -143,8 +152,14 @@ def native_send_datagram_run(
         if len(data) != offs[n]:
             # a datagram of items wider than a byte (len() counted items): as the twin does
             return _twin_send_datagram_run(sock, datagrams, address)
+        gso = 0  # (a run of two or fewer is never segmented)
+        if n > 2:
+            kind = (_family(sock), _type(sock), sock.proto)
+            gso = _GSO.get(kind, -1)
+            if gso < 0:
+                gso = _GSO[kind] = lib.dtp_udp_takes_gso(fd)
         out = slots.out
-        rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, out, slots.err)
+        rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, gso, out, slots.err)
         if rc < 0:  # (only for arguments the checks above rule out)
             raise ValueError(f"dtp_udp_send_run: bad arguments ({rc})")
         return int(rc), int(out[0]), int(slots.err[0])
@@ -291,11 +306,20 @@ def native_same_source(addrs: bytes, addr_slot: int, addr_lens: Sequence[int], n
     return int(rc)
 
 
+def native_takes_gso(sock: socket.socket) -> bool:
+    """The C core's :func:`dtp.native.reference._udpio.takes_gso`
+    (``dtp_udp_takes_gso``): the same answer."""
+    fd = sock.fileno()
+    return fd >= 0 and lib.dtp_udp_takes_gso(fd) == 1
+
+
 if TYPE_CHECKING or (HAVE_NATIVE and not PUREPYTHON):
     send_datagram_run = native_send_datagram_run
     recv_datagram_run = native_recv_datagram_run
     same_source = native_same_source
+    takes_gso = native_takes_gso
 else:
     send_datagram_run = _twin_send_datagram_run
     recv_datagram_run = _twin_recv_datagram_run
     same_source = _twin_same_source
+    takes_gso = _twin_takes_gso

@@ -395,7 +395,11 @@ class NativeAead:
     def seal_one(self, counter: int, plaintext: bytes | memoryview) -> bytes:
         """``seal(counter, [plaintext])``: one DATA record, without the batch's list
         and lengths array (a short answer's record)."""
-        # (its bytes, whatever its items; _seal takes its length)
+        # (its bytes, whatever its items; _seal takes its length. bytes go to C as they
+        # are: no cdata made and no keywords parsed, as ffi.from_buffer makes and parses.
+        # No local holds the buffer: _seal's del is its only reference, see _from)
+        if type(plaintext) is bytes:
+            return self._seal(counter, plaintext, None, 1)
         return self._seal(counter, ffi.from_buffer("uint8_t[]", plaintext), None, 1)
 
     def seal_chunks(
@@ -608,11 +612,12 @@ class NativeAead:
 
     def open_lone_frame(self, buf: bytes | bytearray | memoryview) -> OpenedFrames | None:
         """``buf`` opened when it is exactly one DATA record whose plaintext is exactly
-        one frame, neither an ACK nor a DATAGRAM (``dtp_aead_open_lone_frame``: a short
-        call's request or answer, without :meth:`open_frames`' arrays): the record as
-        :meth:`open_frames` reports it, the replay window advanced for it; None, with
-        nothing changed, for anything else (:meth:`open_frames` opens it and judges).
-        See the twin in :mod:`dtp.native.reference._aead`."""
+        one frame, not an ACK (``dtp_aead_open_lone_frame``: a short call's request or
+        answer, a quiet flow's datagram, without :meth:`open_frames`' arrays): the
+        record as ``open_frames(..., datagram_runs=True)`` reports it, the replay window
+        advanced for it; None, with nothing changed, for anything else
+        (:meth:`open_frames` opens it and judges). See the twin in
+        :mod:`dtp.native.reference._aead`."""
         data = ffi.from_buffer("uint8_t[]", buf)  # (_from inline)
         size = len(data)
         if size > MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD:
@@ -627,6 +632,8 @@ class NativeAead:
             return None
         counter, ftype, data_len, data_off, a, b, c = _LONE.unpack_from(ffi.buffer(sizes))
         data = ffi.buffer(plain, size)[data_off : data_off + data_len] if data_len else b""
+        if ftype == _DATAGRAM:  # (a datagram run of one, as open_frames' runs report it)
+            return _tuple_new(OpenedFrames, (counter, False, [], [data]))
         frame = _tuple_new(RawFrame, (ftype, a, b, c, data, ()))
         return _tuple_new(OpenedFrames, (counter, False, [frame], None))
 

@@ -1,6 +1,8 @@
 """A run of DATAGRAM frames framed in one call (``dtp_datagram_frames_encode``), and a
 run of UDP datagrams sent (``dtp_udp_send_run``) or read (``dtp_udp_recv_run``) in
-one: both backends give the same bytes, results and error codes."""
+one: both backends give the same bytes, results and error codes; whether a socket
+takes a segmented send (``dtp_udp_takes_gso``) is answered alike, and asked once per
+kind of socket."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from hypothesis import strategies as st
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native import core as _core
 from dtp.native._datagrams import native_encode_datagram_run
-from dtp.native._udpio import native_recv_datagram_run, native_send_datagram_run
+from dtp.native._udpio import native_recv_datagram_run, native_send_datagram_run, native_takes_gso
 from dtp.native.reference._datagrams import encode_datagram_run as twin_encode
 from dtp.native.reference._limits import MAX_FRAME_DATA, MAX_RECORD_PLAINTEXT
 from dtp.native.reference._udpio import recv_datagram_run as twin_recv
 from dtp.native.reference._udpio import send_datagram_run as twin_send
+from dtp.native.reference._udpio import takes_gso as twin_takes_gso
 from dtp.native.types import FRAME_DATAGRAM
 
 Encode = Callable[[Sequence[bytes | bytearray | memoryview], int], list[bytes]]
@@ -197,6 +200,64 @@ def test_a_unix_datagram_socket_gets_each_datagram_apart(
         run = [bytes([i]) * 100 for i in range(10)]
         assert send(a, run) == (10, 1000, 0)
         assert _read_all(b, len(run)) == run
+
+
+TAKES_GSO = [twin_takes_gso, *([native_takes_gso] if _core.HAVE_NATIVE else [])]
+
+
+@pytest.mark.parametrize("takes", TAKES_GSO)
+def test_a_udp_socket_takes_segmented_sends_and_others_do_not(
+    takes: Callable[[socket.socket], bool],
+) -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with udp, a, b:
+        # (the kernel's answer, asked as the C core asks it: Linux 4.18 on says yes)
+        try:
+            udp.getsockopt(17, 103)  # SOL_UDP, UDP_SEGMENT
+            kernel = True
+        except OSError:
+            kernel = False
+        assert takes(udp) is kernel
+        assert takes(a) is False
+    assert takes(udp) is False  # (closed)
+
+
+@pytest.mark.skipif(not _core.HAVE_NATIVE, reason="the C core is not built")
+def test_the_c_core_asks_a_kind_of_socket_once_whether_it_takes_segmented_sends(
+    receiver: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtp.native import _udpio
+
+    asked: list[int] = []
+
+    class Lib:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(_core.lib, name)
+
+        def dtp_udp_takes_gso(self, fd: int) -> int:
+            asked.append(fd)
+            return int(_core.lib.dtp_udp_takes_gso(fd))
+
+    monkeypatch.setattr(_udpio, "lib", Lib())
+    monkeypatch.setattr(_udpio, "_GSO", {})
+    run = [b"x" * 100] * 5
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        for sock in socks:
+            for _ in range(3):
+                assert native_send_datagram_run(sock, run, receiver.getsockname())[0] == 5
+        assert native_send_datagram_run(a, run[:2]) == (2, 200, 0)  # (two: never grouped)
+        assert len(asked) == 1
+        for _ in range(2):
+            assert native_send_datagram_run(a, run) == (5, 500, 0)
+        assert len(asked) == 2  # (a Unix datagram socket: a kind of its own, asked once)
+        assert _read_all(b, 12) == run[:2] + run * 2  # (each apart: never segmented)
+        assert _read_all(receiver, 45) == run * 9  # (each whole, however it went)
+    finally:
+        for sock in [*socks, a, b]:
+            sock.close()
 
 
 @pytest.mark.parametrize("send", SENDERS)

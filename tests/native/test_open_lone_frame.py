@@ -1,8 +1,8 @@
 """``Aead.open_lone_frame`` (``dtp_aead_open_lone_frame``): a buffer that is exactly one
-DATA record of exactly one frame, neither an ACK nor a DATAGRAM, is opened as
-``open_frames`` opens it; anything else is left unopened (None), the replay window as it
-was, for ``open_frames`` to open and judge. Held against ``open_frames`` on each backend,
-and the C core against its twin."""
+DATA record of exactly one frame, not an ACK, is opened as ``open_frames(...,
+datagram_runs=True)`` opens it (a DATAGRAM's payload as a run of one); anything else is
+left unopened (None), the replay window as it was, for ``open_frames`` to open and
+judge. Held against ``open_frames`` on each backend, and the C core against its twin."""
 
 from __future__ import annotations
 
@@ -48,12 +48,15 @@ LONE = [
     encode_frames([RawFrame(FRAME_PING)]),
     encode_frames([RawFrame(FRAME_MAX_DATA, 1 << 20)]),
     encode_frames([RawFrame(FRAME_CLOSE, 0, 0, 0, b"bye")]),
+    encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"dgram")]),
+    encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"")]),
+    encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d" * 16000)]),
 ]
 #: plaintexts the lone path leaves to open_frames
 NOT_LONE = [
     b"",  # (no frame)
     encode_frames([RawFrame(FRAME_ACK, c=1, ranges=((20, 30), (5, 9)))]),
-    encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"dgram")]),
+    encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"dg")] * 2),  # (a run of two)
     REQUEST + encode_frames([RawFrame(FRAME_PING)]),
     REQUEST + b"\x00\x00",  # (padding after it: a second frame)
     b"\x00" + REQUEST,
@@ -83,12 +86,9 @@ def _lone_shape(result: Any, size: int) -> bool:
     if result.error is not None or len(result.records) != 1 or result.consumed != size:
         return False
     record = result.records[0]
-    return (
-        not record.replayed
-        and record.datagrams is None
-        and len(record.frames) == 1
-        and record.frames[0].type not in (FRAME_ACK, FRAME_DATAGRAM)
-    )
+    if record.datagrams is not None:  # (a DATAGRAM frame's record, as a run)
+        return not record.replayed and len(record.datagrams) == 1
+    return not record.replayed and len(record.frames) == 1 and record.frames[0].type != FRAME_ACK
 
 
 def _check_against_open_frames(
@@ -111,7 +111,7 @@ def _check_against_open_frames(
         assert _lone_shape(want, len(buf))
         assert want.status == OK
         assert _summary(got) == _summary(want.records[0])
-        assert type(got.frames[0].data) is bytes
+        assert all(type(d) is bytes for d in [f.data for f in got.frames] + (got.datagrams or []))
     assert lone.replay_top == general.replay_top
     # and what comes next is judged alike (a second open of buf: a replay)
     assert _general(lone.open_frames(buf, datagram_runs=True)) == _general(
@@ -184,6 +184,13 @@ def test_the_window_advances_for_an_opened_record(backend: SimpleNamespace) -> N
     assert rx.replay_top == 3
     assert all(rx.open_lone_frame(r) is None for r in records)
     assert [r.replayed for r in rx.open_frames(b"".join(records)).records] == [True] * 3
+
+
+def test_a_datagram_is_opened_as_a_run_of_one(backend: SimpleNamespace) -> None:
+    plain = encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"payload")])
+    got = backend.Aead(KEY).open_lone_frame(backend.Aead(KEY).seal(9, [plain]))
+    assert got == OpenedFrames(9, False, [], [b"payload"])
+    assert type(got.datagrams[0]) is bytes  # type: ignore[union-attr,index]
 
 
 def test_a_buffer_of_any_kind_is_read_through(backend: SimpleNamespace) -> None:

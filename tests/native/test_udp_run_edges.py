@@ -72,12 +72,13 @@ def test_send_run_refuses_offsets_past_its_data(pair: tuple[socket.socket, socke
     for offsets in ([0, 3, 7], [0, 4, 2], [0, 1 << 40]):  # past the end, descending, far out
         offs = ffi.new("uint64_t[]", offsets)
         rc = lib.dtp_udp_send_run(
-            tx.fileno(), data, len(data), offs, len(offsets) - 1, ffi.NULL, 0, sent, err
+            tx.fileno(), data, len(data), offs, len(offsets) - 1, ffi.NULL, 0, -1, sent, err
         )
         assert rc == ErrorCode.ARG
     assert _waiting(rx) == []  # nothing left: not even the datagrams before the bad one
     offs = ffi.new("uint64_t[]", [0, 3, 6])
-    assert lib.dtp_udp_send_run(tx.fileno(), data, len(data), offs, 2, ffi.NULL, 0, sent, err) == 2
+    fd = tx.fileno()
+    assert lib.dtp_udp_send_run(fd, data, len(data), offs, 2, ffi.NULL, 0, -1, sent, err) == 2
     assert (sent[0], err[0]) == (6, 0)
     assert _waiting(rx) == [b"abc", b"def"]
 

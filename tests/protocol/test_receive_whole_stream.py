@@ -1,13 +1,15 @@
 """A read that is one record of one frame opening the peer's next stream whole (a short
-call's request) is taken by ``Connection._receive_whole_stream`` without the general
+call's request), or of one DATAGRAM frame that the datagram run handler takes (a quiet
+flow's datagram), is taken by ``Connection._receive_whole_stream`` without the general
 loops; every other read it hands to the general path (its record opened already when
-it is one record of one frame, neither an ACK nor a DATAGRAM: open_lone_frame). Each
-read here is fed to a server with a stream data handler twice, once as it is and once
-with that fast path replaced by the general one, and the two must leave the same
-handler calls, events, stream table, counters, termination and output: the requests
-it takes, and the reads it must give up on (two records, a gap in the stream ids, a
-window or the stream limit refusing, a damaged or replayed record, a partial one, a
-record of one frame that opens no stream, an ACK, a DATAGRAM, a request padded)."""
+it is one record of one frame, not an ACK: open_lone_frame). Each read here is fed to
+a server with a stream data handler twice, once as it is and once with that fast path
+replaced by the general one, and the two must leave the same handler calls, events,
+stream table, counters, termination and output: the requests and datagrams it takes,
+and the reads it must give up on (two records, a gap in the stream ids, a window or
+the stream limit refusing, a damaged or replayed record, a partial one, a record of one
+frame that opens no stream, an ACK, a DATAGRAM with no run handler or an event
+waiting before it, a request padded)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dtp.native.types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
+from dtp.protocol._events import StreamOpened
 from dtp.protocol.connection import Connection
 from tests.support.pairs import Side, connect, sealed_by
 
@@ -136,6 +139,21 @@ def _one_frame(frame: RawFrame) -> Reads:
     return lambda c, s: [sealed_by(c.conn, _core.encode_frames([frame]))]
 
 
+def _datagram(c: Side, data: bytes) -> bytes:
+    return sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, data)]))
+
+
+def _datagrams(c: Side, s: Side) -> list[bytes]:
+    # a quiet flow's datagrams, each its own read: the run handler takes each
+    return [_datagram(c, b"dgram %d" % i) for i in range(3)] + [_datagram(c, b"")]
+
+
+def _datagram_after_an_event(c: Side, s: Side) -> list[bytes]:
+    # (an event waiting: the run handler must not overtake it, the general path judges)
+    s.conn._events.append(StreamOpened(1))
+    return [_datagram(c, b"late")]
+
+
 def _padded_request(c: Side, s: Side) -> list[bytes]:
     frame = RawFrame(FRAME_STREAM_FIN, _next_id(s), 0, 0, b"call")
     return [sealed_by(c.conn, _core.encode_frames([frame]) + bytes(3))]
@@ -164,8 +182,14 @@ CASES: dict[str, Reads] = {
     "a credit update": _one_frame(RawFrame(FRAME_MAX_DATA, 1 << 30)),
     "an ack": _one_frame(RawFrame(FRAME_ACK, c=0, ranges=((0, 3),))),
     "a datagram": _one_frame(RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d")),
+    # (with datagram handlers set: DATAGRAM_HANDLED)
+    "datagrams, handled": _datagrams,
+    "a datagram after an event, handled": _datagram_after_an_event,
     "a padded request": _padded_request,
 }
+#: the cases whose server has datagram handlers (as a session sets them): a run handler,
+#: and the one each datagram goes to when a record's run is not handed on whole
+DATAGRAM_HANDLED = ("datagrams, handled", "a datagram after an event, handled")
 
 
 def _snapshot(c: Side, s: Side, calls: list[tuple[int, bytes, bool]], now: float) -> Any:
@@ -200,6 +224,7 @@ def _snapshot(c: Side, s: Side, calls: list[tuple[int, bytes, bool]], now: float
             None if table.untaken is None else sorted(table.untaken),
         ),
         "records_received": conn.records_received,
+        "datagram_bytes": conn.datagram_bytes,
         "bytes_received": conn.bytes_received,
         "lane": conn._lane_sid,
         "inbuf": bytes(conn._inbuf),
@@ -207,14 +232,20 @@ def _snapshot(c: Side, s: Side, calls: list[tuple[int, bytes, bool]], now: float
     }
 
 
-def _serve(reads: Reads, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int, int]:
+def _serve(
+    reads: Reads, fast: bool, monkeypatch: pytest.MonkeyPatch, datagrams: bool = False
+) -> tuple[Any, int, int]:
     """The server's account of ``reads``, how many reads the fast path took whole, and
-    how many reads there were."""
+    how many reads there were; ``datagrams``: the server has datagram handlers, whose
+    calls are handler calls too."""
     c, s, link = connect()
     s.drain()
     s.events.clear()
-    calls: list[tuple[int, bytes, bool]] = []
+    calls: list[Any] = []
     s.conn.stream_data_handler = lambda sid, data, fin: calls.append((sid, bytes(data), fin))
+    if datagrams:
+        s.conn.datagram_handler = lambda data: calls.append(("one", bytes(data)))
+        s.conn.datagram_run_handler = lambda run: calls.append(("run", [bytes(d) for d in run]))
     taken = general_passes = 0
     receive = Connection._receive
     whole = Connection._receive_whole_stream
@@ -250,12 +281,13 @@ def _serve(reads: Reads, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[A
 def test_the_fast_path_leaves_what_the_general_one_does(
     case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fast, taken, reads = _serve(CASES[case], True, monkeypatch)
-    general, none, _ = _serve(CASES[case], False, monkeypatch)
+    handled = case in DATAGRAM_HANDLED
+    fast, taken, reads = _serve(CASES[case], True, monkeypatch, handled)
+    general, none, _ = _serve(CASES[case], False, monkeypatch, handled)
     assert none == 0
     assert fast == general
-    if case in ("requests", "empty request"):
-        # the fast path's own case: taken whole, every read
+    if case in ("requests", "empty request", "datagrams, handled"):
+        # the fast path's own cases: taken whole, every read
         assert taken == reads == len(fast["calls"])
         assert fast["termination"] is None
     else:
@@ -274,6 +306,16 @@ def test_a_request_taken_whole_is_opened_ended_and_handed_on(
         assert stream["delivered"] == stream["final_size"] == len(b"call %d" % i)
     assert sum(e.startswith("StreamOpened(") for e in state["events"]) == 3
     assert state["lane"] == first + 4
+
+
+def test_a_datagram_taken_whole_goes_to_the_run_handler_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state, taken, _ = _serve(_datagrams, True, monkeypatch, datagrams=True)
+    assert taken == 4
+    assert state["calls"] == [("run", [b"dgram %d" % i]) for i in range(3)] + [("run", [b""])]
+    assert state["datagram_bytes"] == 3 * len(b"dgram 0")
+    assert not state["events"] and state["termination"] is None
 
 
 def test_the_stream_limit_refusal_closes_as_the_general_path_does(

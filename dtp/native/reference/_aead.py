@@ -406,10 +406,10 @@ class Aead:
 
     def open_lone_frame(self, buf: bytes | bytearray | memoryview) -> OpenedFrames | None:
         """``buf`` opened when it is exactly one DATA record whose plaintext is exactly
-        one frame, neither an ACK nor a DATAGRAM (``dtp_aead_open_lone_frame``): the
-        record as :meth:`open_frames` reports it (the replay window advances for it);
-        None, with nothing changed, for anything else (:meth:`open_frames` opens it and
-        judges)."""
+        one frame, not an ACK (``dtp_aead_open_lone_frame``): the record as
+        ``open_frames(..., datagram_runs=True)`` reports it (the replay window advances
+        for it; a DATAGRAM's payload in ``datagrams``, as bytes); None, with nothing
+        changed, for anything else (:meth:`open_frames` opens it and judges)."""
         from dtp.native.reference._frames import decode_frames
 
         with memoryview(buf) as base, base.cast("B") as view:
@@ -431,9 +431,11 @@ class Aead:
         except (InvalidTag, ProtocolError):
             return None
         frames = list(batch)
-        if batch.status != OK or len(frames) != 1 or frames[0].type in (FRAME_ACK, FRAME_DATAGRAM):
+        if batch.status != OK or len(frames) != 1 or frames[0].type == FRAME_ACK:
             return None
         self._window.mark(counter)
+        if frames[0].type == FRAME_DATAGRAM:
+            return OpenedFrames(counter, False, [], [bytes(frames[0].data)])
         return OpenedFrames(counter, False, frames)
 
     # ---- single messages (Noise's ChaChaPoly) ----------------------------------------

@@ -8,10 +8,26 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["recv_datagram_run", "same_source", "send_datagram_run"]
+__all__ = ["recv_datagram_run", "same_source", "send_datagram_run", "takes_gso"]
 
 #: The largest UDP payload a read takes whole (IPv4's limit; IPv6 jumbograms aside)
 MAX_UDP_READ = 65535
+_SOL_UDP = 17
+_UDP_SEGMENT = 103  # (Linux 4.18; not in every Python's socket module)
+
+
+def takes_gso(sock: socket.socket) -> bool:
+    """Whether ``sock`` takes a segmented send (``UDP_SEGMENT``: a UDP socket of a kernel
+    that knows the option; not a Unix datagram socket, not a closed one). The answer is
+    the socket's protocol's, for its life: the C core's sends ask it once per kind of
+    socket (the sends here go one datagram a call, segmented never)."""
+    if sock.fileno() < 0:
+        return False
+    try:
+        sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
 
 
 def send_datagram_run(

@@ -65,8 +65,8 @@ class _ConnectionState:
         # the methods a mixin calls outside itself (and only those): the fast paths
         # hand records to the general path and back (_core.py), and the streams API
         # seals at once or takes a lent stream back first (_fast_paths.py), and hands a
-        # record it does not open a stream with to the general path; the fast paths call
-        # nothing of _streams.py
+        # record it does not open a stream with (or a datagram it does not hand on) to
+        # the general path; the fast paths call nothing of _streams.py
 
         # defined in _core.py (Connection itself)
         def receive_data(
@@ -81,6 +81,7 @@ class _ConnectionState:
         def get_timer(self) -> float | None: ...
         def _process_input(self, now: float) -> None: ...
         def _handle_records(self, records: list[OpenedFrames], now: float) -> bool: ...
+        def _take_datagram_run(self, counter: int, run: list[bytes], now: float) -> bool: ...
         def _deliver(self, event: Event) -> None: ...
 
         # defined in _fast_paths.py

@@ -90,6 +90,8 @@ _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL,
 
 
 _SHORT_VARINTS = tuple(bytes((v,)) for v in range(64))
+#: a DATAGRAM frame's head for each length with a one-byte varint
+_DATAGRAM_HEADS = tuple(bytes((FRAME_DATAGRAM, n)) for n in range(64))
 
 
 def _varint(value: int) -> bytes:
@@ -264,7 +266,21 @@ class RecordLayer:
         (one C call frames the run: ``encode_datagram_run``) -- for a reliable carrier
         when nothing waits to go before them (the stream data fast path's test)."""
         bodies, dropped, size = self._datagram_bodies(datagrams, backlog)
-        if bodies:
+        if len(bodies) == 1:
+            # a quiet flow's run of one: its frame (the type, a minimal varint length:
+            # _datagram_bodies kept it below 2**14 and within a record) made here and
+            # sealed in one call, encode_datagram_run's plaintext without the run's
+            # arrays (tests/protocol/test_datagram_sealing.py)
+            body = bodies[0]
+            n = len(body)
+            head = (
+                _DATAGRAM_HEADS[n] if n < 64 else bytes((FRAME_DATAGRAM, 0x40 | n >> 8, n & 0xFF))
+            )
+            first = self.send_counter
+            self.out.append(self.send_aead.seal_one(first, head + body))
+            self.send_counter = first + 1
+            self.records_sent += 1
+        elif bodies:
             limit = self.config.max_record_plaintext
             if max(map(len, bodies)) + 3 > limit:
                 # (a datagram up to max_datagram_size goes in a record of its own, as

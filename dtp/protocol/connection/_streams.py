@@ -384,28 +384,36 @@ class _Streams(_ConnectionState):
         one frame that opens the peer's next stream whole (a short call's request), the
         stream is opened and handed on here, as :meth:`_handle_records` and
         :meth:`_on_stream_frame` would (:meth:`_open_whole`), without their loops and
-        checks. Anything else goes the general way (:meth:`_receive`), so its errors and
-        events are the general path's (tests/protocol/test_receive_whole_stream.py):
-        already opened when it is one record of one frame that opens no stream whole
-        (``open_lone_frame`` opened it), else unopened."""
+        checks; when it is one datagram (a quiet flow's), it goes to the datagram run
+        handler as :meth:`_handle_records` would hand it on. Anything else goes the
+        general way (:meth:`_receive`), so its errors and events are the general path's
+        (tests/protocol/test_receive_whole_stream.py): already opened when it is one
+        record of one frame (``open_lone_frame`` opened it), else unopened."""
         record = self._recv_aead.open_lone_frame(data)
         if record is None:
             self._receive(data, now)
             return
-        frame = record.frames[0]
-        stream_id = frame.a
-        table = self.streams
-        if (
-            frame.type == FRAME_STREAM_FIN
-            and not frame.b
-            and type(frame.data) is bytes
-            and stream_id == (1 if table.is_client else 0) + 2 * table.peer_opened
-            and stream_id not in self._streams
-        ):
+        run = record.datagrams
+        if run is not None:
             self.records_received += 1
-            if self._open_whole(stream_id, frame.data):
+            if self._take_datagram_run(record.counter, run, now):
                 return
             self.records_received -= 1  # (the general path counts it again)
+        else:
+            frame = record.frames[0]
+            stream_id = frame.a
+            table = self.streams
+            if (
+                frame.type == FRAME_STREAM_FIN
+                and not frame.b
+                and type(frame.data) is bytes
+                and stream_id == (1 if table.is_client else 0) + 2 * table.peer_opened
+                and stream_id not in self._streams
+            ):
+                self.records_received += 1
+                if self._open_whole(stream_id, frame.data):
+                    return
+                self.records_received -= 1  # (the general path counts it again)
         # (the record as open_frames reports it: the general path takes it from there)
         self._receive(data, now, _tuple_new(OpenFramesResult, ([record], len(data), OK, None)))
 
