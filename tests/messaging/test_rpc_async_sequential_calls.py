@@ -230,3 +230,19 @@ def test_a_loop_turn_lets_the_others_run_once_with_no_python_call() -> None:
         return order
 
     assert asyncio.run(main()) == ["before", "other", "after", "other again"]
+
+
+def test_a_loop_turn_awaits_alike_where_a_partial_binds_self() -> None:
+    """The await looks ``__await__`` up through the descriptor protocol: a bare
+    functools.partial there warns on Python 3.13 (an AttributeError under warnings as
+    errors) and binds the instance from 3.14 (``iter((None,), turn)``, a TypeError).
+    What the class holds gives a no-argument callable through ``__get__`` itself, the
+    way every version calls it, so the turn does not rest on the partial's binding."""
+    from dtp.messaging.rpc._streams import LOOP_TURN, _LoopTurn
+
+    held = vars(_LoopTurn)["__await__"]
+    get = getattr(type(held), "__get__", None)
+    assert get is not None, "a bare partial: bound (3.14) or warned about (3.13)"
+    it = get(held, LOOP_TURN, _LoopTurn)()
+    assert list(it) == [None]
+    assert list(get(held, LOOP_TURN, _LoopTurn)()) == [None]  # (a fresh one each await)

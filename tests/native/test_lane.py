@@ -597,6 +597,31 @@ def test_a_connection_keeps_only_a_spare_sized_read_buffer() -> None:
     assert len(_core._kept_out[0][0]) <= _fast_paths._LANE_BUFFER_KEEP
 
 
+def test_a_read_buffer_of_any_kind_given_with_its_size_is_kept_as_given() -> None:
+    """``receive_data(buf, now, size)``: the lane keeps the pointer of ``buf`` itself, so
+    the next read into it is a match; of a bytearray, not of a memoryview made for the
+    one read, which no later read could match while it held the bytearray's export."""
+    if _core.Lane is not _core.NativeLane:
+        pytest.skip("the pure-Python lane keeps no pointer")
+    c, s, _ = connect()
+    client, server = c.conn, s.conn
+    got: list[bytes] = []
+    server.stream_data_handler = lambda sid, data, end: got.append(bytes(data))
+    sid = client.open_stream()
+    rbuf = bytearray(4096)
+    pointers = []
+    for i in range(3):  # (the first makes the stream the lane's, the others go there)
+        client.send_stream_data(sid, b"read %d" % i)
+        wire = client.data_to_send(0.0)
+        rbuf[: len(wire)] = wire
+        server.receive_data(rbuf, 0.0, len(wire))
+        if i:
+            assert _core._kept_src[0][0] is rbuf
+            pointers.append(_core._kept_src[0][1])
+    assert b"".join(got) == b"read 0read 1read 2"
+    assert pointers[0] is pointers[1]  # (made once)
+
+
 def test_lane_is_not_used_before_the_connection_is_established() -> None:
     from tests.support.pairs import make_pair
 

@@ -148,14 +148,14 @@ class _LoopTurn:
     __slots__ = ()
 
     # (any iterator will do: the task takes the None it yields as a bare yield. A
-    # partial is no descriptor: the await calls it with no self, and a new iterator
-    # comes with no Python frame)
+    # partial called with no self makes a new iterator with no Python frame; wrapped in
+    # staticmethod, as a bare partial binds self from Python 3.14 and warns on 3.13)
     if TYPE_CHECKING:
 
         def __await__(self) -> Generator[None, None, None]: ...
 
     else:
-        __await__ = functools.partial(iter, (None,))
+        __await__ = staticmethod(functools.partial(iter, (None,)))
 
 
 LOOP_TURN = _LoopTurn()

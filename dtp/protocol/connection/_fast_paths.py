@@ -409,7 +409,9 @@ class _FastPaths(_ConnectionState):
                 table = self.streams
                 stream_id = stream.stream_id
                 result = lane.take(
-                    view,
+                    # (with size, the caller's own buffer: the lane keeps its pointer by
+                    # identity, and a view made here for one read would match no other)
+                    view if size is None else data,
                     stream_id,
                     stream.delivered,
                     stream.recv_limit,
