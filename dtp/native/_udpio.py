@@ -45,7 +45,7 @@ _type: Any = _socket.socket.type.__get__  # (the same, for its type)
 _SOCKADDRS_KEPT = 256
 #: Whether sockets of a (family, type, protocol) take a segmented send
 #: (``dtp_udp_takes_gso``): the option's presence is the protocol's, not one socket's,
-#: so it is asked once, not by a system call at every run of more than two
+#: so a yes is asked once, not by a system call at every run of more than two
 _GSO: dict[tuple[int, int, int], int] = {}
 
 
@@ -157,7 +157,11 @@ def native_send_datagram_run(
             kind = (_family(sock), _type(sock), sock.proto)
             gso = _GSO.get(kind, -1)
             if gso < 0:
-                gso = _GSO[kind] = lib.dtp_udp_takes_gso(fd)
+                # (a yes is kept for the kind; a no is asked again: it may have been a
+                # socket closed under the call, which must not turn segmenting off)
+                gso = lib.dtp_udp_takes_gso(fd)
+                if gso == 1:
+                    _GSO[kind] = 1
         out = slots.out
         rc = lib.dtp_udp_send_run(fd, data, len(data), offs, n, addr, alen, gso, out, slots.err)
         if rc < 0:  # (only for arguments the checks above rule out)
